@@ -1,0 +1,92 @@
+"""A thread-safe LRU cache bounded by bytes, that makes each missing value only once.
+
+Several kernel requests for one frame arrive together (one per 128 KiB); the first one
+makes the value and the others wait for it instead of decoding the frame again.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable
+
+
+def _size_of(value) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    return int(nbytes) if nbytes is not None else len(value)
+
+
+class _Pending:
+    def __init__(self):
+        self.done = threading.Event()
+        self.value = None
+        self.error: BaseException | None = None
+
+
+class ByteCache:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, _Pending] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Hashable):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items or key in self._pending
+
+    def put(self, key: Hashable, value) -> None:
+        size = _size_of(value)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= _size_of(old)
+            if size > self.max_bytes:
+                return                      # never cache what would flush everything else
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= _size_of(evicted)
+
+    def get_or_make(self, key: Hashable, make: Callable[[], object]):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return value
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = _Pending()
+                self.misses += 1
+        if not owner:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.value
+        try:
+            pending.value = make()
+            self.put(key, pending.value)
+            return pending.value
+        except BaseException as exc:
+            pending.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()

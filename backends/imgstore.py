@@ -1,0 +1,465 @@
+"""An imgstore as a tree of per-frame image files.
+
+    frames/000000.png ...      one file per frame, by frame_index (zero-padded, sorted)
+    by-number/001000.png ...   the same files by frame_number (duplicates: 001000.dup1.png)
+    at-time/<time>.png         a link to the frame nearest to an ISO-8601 time or epoch seconds
+    metadata.yaml              verbatim
+    metadata.json              the user metadata as JSON
+    store.json                 what the store is (format, shape, frame count, time span...)
+    frames.csv                 frame_index, frame_number, frame_time, ISO time, chunk, position
+    extra.jsonl, extra.csv     extra data, when the store has any
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import logging
+import os
+import re
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..formats.images import PASSTHROUGH, ImageFormat, make_format
+from ..formats.imgstore import extra as extra_data
+from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
+from ..formats.imgstore.index import FrameIndex
+from ..formats.imgstore.metadata import StoreError, looks_like_store, read_metadata
+from .cache import ByteCache
+from .nodes import (Attr, BytesHandle, Directory, File, FileHandle, GeneratedFile, StaticDirectory,
+                    Symlink, Tree)
+from .options import MountError, Options
+
+log = logging.getLogger(__name__)
+
+TYPE = "imgstore"
+MiB = 1 << 20
+
+
+def detect(source: str) -> bool:
+    return looks_like_store(source)
+
+
+def open(source: str, options: Options) -> "ImgstoreTree":
+    fmt_name = options.str("image_format", "")
+    try:
+        settings = dict(
+            png_compression=options.int("png_compression", 0, 0, 9),
+            jpeg_quality=options.int("jpeg_quality", 95, 1, 100),
+            encoded_cache=options.int("cache_mb", 256, 0) * MiB,
+            decoded_cache=options.int("decoded_cache_mb", 64, 0) * MiB,
+            prefetch=options.int("prefetch", 4, 0, 64),
+            passthrough=options.flag("passthrough", True),
+            skip_bad_chunks=options.flag("skip_bad_chunks", False),
+        )
+        options.finish()
+        meta = read_metadata(source)
+        index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"))
+        reader = open_reader(meta, index)
+    except StoreError as exc:
+        raise MountError(str(exc)) from None
+    fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
+    return ImgstoreTree(meta, index, reader, fmt, **settings)
+
+
+def _choose_format(name: str, reader: FrameReader, png_compression: int, jpeg_quality: int) -> ImageFormat:
+    """The requested format, or PNG; PNG cannot hold every dtype, so the default falls
+    back to TIFF and then NPY where it must."""
+    candidates = [name] if name else ["png", "tiff", "npy"]
+    reasons = []
+    for candidate in candidates:
+        try:
+            fmt = make_format(candidate, png_compression=png_compression, jpeg_quality=jpeg_quality)
+        except ValueError as exc:
+            raise MountError(f"option image_format: {exc}") from None
+        reason = fmt.supports(reader.shape, reader.dtype)
+        if reason is None:
+            return fmt
+        reasons.append(reason)
+    raise MountError(f"{'; '.join(reasons)} (choose another -o image_format=)")
+
+
+class FrameService:
+    """Frames of one store, encoded in the served format: sizes without decoding,
+    single-flight decode+encode through bounded caches, and read-ahead for sequential
+    readers that keeps the video decoder positioned."""
+
+    def __init__(self, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, *, encoded_cache: int,
+                 decoded_cache: int, prefetch: int, passthrough: bool):
+        self.index = index
+        self.reader = reader
+        self.format = fmt
+        self.extension = fmt.extension_for(reader.shape)
+        self.encoded = ByteCache(encoded_cache)
+        self.decoded = ByteCache(decoded_cache)
+        self._fixed_size = fmt.fixed_size(reader.shape, reader.dtype)
+        self.passthrough = bool(
+            passthrough and reader.meta.kind == "directory" and not reader.meta.encoding
+            and reader.meta.format in PASSTHROUGH.get(fmt.name, ())
+            # stored colour npy is BGR; served npy is RGB like every other format
+            and not (fmt.name == "npy" and len(reader.shape) == 3))
+        n = len(index)
+        self._sizes = np.full(n, -1, np.int64)       # learned sizes (passthrough, lossy)
+        self._mtimes = np.zeros(n if self.passthrough else 0, np.int64)
+        self._chunk_mtimes: dict[int, int] = {}
+        self._prefetch_depth = prefetch
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        self._last_read = -2
+        self._lock = threading.Lock()
+        self.frames_decoded = 0
+
+    # -- metadata, never decoding (except for formats whose size needs an encoding) ---
+    def _source_path(self, i: int) -> str:
+        chunk, position = self.index.locate(i)
+        return self.reader.frame_path(chunk, position)
+
+    def _stat_source(self, i: int) -> None:
+        st = os.stat(self._source_path(i))
+        self._sizes[i] = st.st_size
+        self._mtimes[i] = st.st_mtime_ns
+
+    def size(self, i: int) -> int:
+        if self.passthrough:
+            if self._sizes[i] < 0:
+                self._stat_source(i)
+            return int(self._sizes[i])
+        if self._fixed_size is not None:
+            return self._fixed_size
+        if self._sizes[i] < 0:
+            self._sizes[i] = len(self.encoded_frame(i, prefetch=False))
+        return int(self._sizes[i])
+
+    def mtime_ns(self, i: int) -> int:
+        if self.passthrough:
+            if self._sizes[i] < 0:
+                self._stat_source(i)
+            return int(self._mtimes[i])
+        chunk, _ = self.index.locate(i)
+        mtime = self._chunk_mtimes.get(chunk.number)
+        if mtime is None:
+            path = chunk.data_path if os.path.exists(chunk.data_path) else chunk.index_path
+            mtime = self._chunk_mtimes[chunk.number] = os.stat(path).st_mtime_ns
+        return mtime
+
+    # -- content ----------------------------------------------------------------------
+    def decoded_frame(self, i: int) -> np.ndarray:
+        def decode():
+            self.frames_decoded += 1
+            return self.reader.read(i)
+        return self.decoded.get_or_make(i, decode)
+
+    def encoded_frame(self, i: int, prefetch: bool = True) -> bytes:
+        data = self.encoded.get_or_make(i, lambda: self.format.encode_checked(self.decoded_frame(i)))
+        if prefetch and self._prefetcher is not None:
+            with self._lock:
+                sequential = i == self._last_read + 1
+                self._last_read = i
+            if sequential:
+                self._prefetcher.submit(self._prefetch, i)
+        return data
+
+    def _prefetch(self, i: int) -> None:
+        for j in range(i + 1, min(i + 1 + self._prefetch_depth, len(self.index))):
+            with self._lock:
+                if self._last_read > j:
+                    return                       # the reader is already past us
+            if j in self.encoded:
+                continue
+            try:
+                self.encoded_frame(j, prefetch=False)
+            except Exception as exc:             # the reader will meet it and report it
+                log.debug("prefetch of frame %d failed: %s", j, exc)
+                return
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        self.reader.close()
+
+
+class PassthroughHandle(FileHandle):
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class FrameHandle(FileHandle):
+    def __init__(self, service: FrameService, i: int):
+        self._service = service
+        self._i = i
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            data = self._service.encoded_frame(self._i)
+        except (FrameError, StoreError, IndexError) as exc:
+            raise OSError(errno.EIO, f"frame {self._i}: {exc}") from None
+        return data[offset:offset + size]
+
+    def cached_read(self, offset: int, size: int) -> bytes | None:
+        data = self._service.encoded.get(self._i)
+        return None if data is None else data[offset:offset + size]
+
+
+class FrameFile(File):
+    def __init__(self, service: FrameService, i: int):
+        self.service = service
+        self.i = i
+
+    def attr(self) -> Attr:
+        # listed both in frames/ and by-number/: two names, one inode
+        return Attr(stat.S_IFREG | 0o444, self.service.size(self.i), self.service.mtime_ns(self.i), nlink=2)
+
+    def open(self, flags: int) -> FileHandle:
+        if self.service.passthrough:
+            return PassthroughHandle(self.service._source_path(self.i))
+        return FrameHandle(self.service, self.i)
+
+
+_INDEX_NAME = re.compile(r"^(\d+)$")
+_NUMBER_NAME = re.compile(r"^(-?\d+)(?:\.dup(\d+))?$")
+
+
+class FramesByIndex(Directory):
+    def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
+        self.tree = tree
+        self.mtime_ns = mtime_ns
+        n = len(tree.index)
+        self.width = max(6, len(str(max(n - 1, 0))))
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    def name(self, i: int) -> str:
+        return f"{i:0{self.width}d}{self.tree.service.extension}"
+
+    def entries(self, offset: int):
+        for i in range(offset, len(self.tree.index)):
+            yield i + 1, self.name(i), self.tree.frame_node(i)
+
+    def lookup(self, name: str):
+        stem = _strip(name, self.tree.service.extension)
+        m = _INDEX_NAME.match(stem or "")
+        if not m:
+            return None
+        i = int(m.group(1))
+        return self.tree.frame_node(i) if i < len(self.tree.index) else None
+
+
+class FramesByNumber(Directory):
+    def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
+        self.tree = tree
+        self.mtime_ns = mtime_ns
+        numbers = tree.index.numbers
+        biggest = int(np.abs(numbers).max()) if numbers.size else 0
+        self.width = max(6, len(str(biggest)))
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    def name(self, number: int, rank: int) -> str:
+        sign = "-" if number < 0 else ""
+        dup = f".dup{rank}" if rank else ""
+        return f"{sign}{abs(number):0{self.width}d}{dup}{self.tree.service.extension}"
+
+    def entries(self, offset: int):
+        index = self.tree.index
+        for position in range(offset, len(index)):
+            i, rank = index.by_number_position(position)
+            yield position + 1, self.name(int(index.numbers[i]), rank), self.tree.frame_node(i)
+
+    def lookup(self, name: str):
+        stem = _strip(name, self.tree.service.extension)
+        m = _NUMBER_NAME.match(stem or "")
+        if not m:
+            return None
+        rank = int(m.group(2)) if m.group(2) else 0
+        i = self.tree.index.find_number(int(m.group(1)), rank)
+        return None if i is None else self.tree.frame_node(i)
+
+
+AT_TIME_README = """\
+Look up a frame by time: open at-time/<time>{ext}, where <time> is
+  - an ISO-8601 time, e.g. 2023-11-14T22:13:20.5+01:00 or 2023-11-14T21:13:20Z
+    (without a zone it is read in the store's zone, {zone}), or
+  - seconds since the epoch, e.g. 1700000000.25.
+The name is a link to the frame in ../frames/ whose frame_time is nearest.
+Nothing is listed here because every time is a valid name.
+"""
+
+
+class FramesByTime(Directory):
+    def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
+        self.tree = tree
+        self.mtime_ns = mtime_ns
+        text = AT_TIME_README.format(ext=tree.service.extension, zone=_zone_name(tree.meta.timezone))
+        self.readme = tree.add(GeneratedFile(lambda: text.encode(), mtime_ns))
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    def entries(self, offset: int):
+        if offset == 0:
+            yield 1, "README.txt", self.readme
+
+    def lookup(self, name: str):
+        if name == "README.txt":
+            return self.readme
+        # the extension is optional here: ISO times have dots of their own
+        t = parse_time(_strip(name, self.tree.service.extension) or name, self.tree.meta.timezone)
+        if t is None:
+            return None
+        i = self.tree.index.nearest_time(t)
+        if i is None:
+            return None
+        target = "../frames/" + self.tree.frames_dir.name(i)
+        return self.tree.dynamic(("at-time", name), lambda: Symlink(target, self.mtime_ns))
+
+
+def _strip(name: str, extension: str) -> str | None:
+    """The name without the served extension, or None if it has another one."""
+    return name[: -len(extension)] if name.endswith(extension) else None
+
+
+_EPOCH = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def parse_time(text: str, zone: _dt.tzinfo) -> float | None:
+    if _EPOCH.match(text):
+        return float(text)
+    try:
+        when = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=zone)
+    return when.timestamp()
+
+
+def _zone_name(zone: _dt.tzinfo) -> str:
+    return getattr(zone, "key", None) or str(zone)
+
+
+def frames_csv(index: FrameIndex, zone: _dt.tzinfo) -> bytes:
+    """frame_index,frame_number,frame_time,frame_time_iso,chunk,chunk_position."""
+    n = len(index)
+    rows = ["frame_index,frame_number,frame_time,frame_time_iso,chunk,chunk_position\n"]
+    if n:
+        times = index.times
+        iso = _iso_times(times, zone)
+        chunk_of = np.empty(n, np.int64)
+        position = np.empty(n, np.int64)
+        for c in index.chunks:
+            chunk_of[c.start:c.start + c.count] = c.number
+            position[c.start:c.start + c.count] = np.arange(c.count)
+        numbers = index.numbers.tolist()
+        time_list = times.tolist()
+        chunks, positions = chunk_of.tolist(), position.tolist()
+        rows.extend(f"{i},{numbers[i]},{time_list[i]!r},{iso[i]},{chunks[i]},{positions[i]}\n"
+                    for i in range(n))
+    return "".join(rows).encode()
+
+
+def _iso_times(times: np.ndarray, zone: _dt.tzinfo) -> list[str]:
+    """ISO-8601 with the zone's offset at each instant, vectorised: the offset is looked
+    up once per distinct hour, not once per frame."""
+    finite = np.isfinite(times)
+    safe = np.where(finite, times, 0.0)
+    hours = np.floor(safe / 3600.0).astype(np.int64)
+    offsets = np.zeros(times.size, np.int64)
+    for hour in np.unique(hours):
+        instant = _dt.datetime.fromtimestamp(int(hour) * 3600, _dt.timezone.utc)
+        delta = zone.utcoffset(instant.astimezone(zone)) or _dt.timedelta(0)
+        offsets[hours == hour] = int(delta.total_seconds())
+    local = (np.round(safe * 1e6).astype(np.int64) + offsets * 1_000_000).astype("datetime64[us]")
+    text = np.datetime_as_string(local, unit="us").tolist()
+    out = []
+    for s, off, ok in zip(text, offsets.tolist(), finite.tolist()):
+        if not ok:
+            out.append("")
+            continue
+        sign = "+" if off >= 0 else "-"
+        off = abs(off)
+        out.append(f"{s}{sign}{off // 3600:02d}:{off % 3600 // 60:02d}")
+    return out
+
+
+class ImgstoreTree(Tree):
+    def __init__(self, meta, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, **settings):
+        super().__init__()
+        self.meta = meta
+        self.index = index
+        self.service = FrameService(index, reader, fmt, **settings)
+        self.generated_cache = ByteCache(64 * MiB)
+        mtime = os.stat(os.path.join(meta.path, "metadata.yaml")).st_mtime_ns
+        root = self.add(StaticDirectory(mtime))
+        self._frames_base = self.reserve(len(index), lambda i: FrameFile(self.service, i))
+        self.frames_dir = self.add(FramesByIndex(self, mtime))
+        root.add("frames", self.frames_dir)
+        root.add("by-number", self.add(FramesByNumber(self, mtime)))
+        root.add("at-time", self.add(FramesByTime(self, mtime)))
+        root.add("metadata.yaml", self.add(GeneratedFile(lambda: meta.raw, mtime)))
+        root.add("metadata.json", self.add(self._json_file(lambda: meta.user, mtime)))
+        root.add("store.json", self.add(self._json_file(self.summary, mtime)))
+        root.add("frames.csv", self.add(GeneratedFile(lambda: frames_csv(index, meta.timezone), mtime,
+                                                      self.generated_cache)))
+        if extra_data.extra_data_files(meta, index):
+            records = lambda: extra_data.read_extra_data(meta, index)  # noqa: E731
+            root.add("extra.jsonl", self.add(GeneratedFile(lambda: extra_data.records_to_jsonl(records()),
+                                                           mtime, self.generated_cache)))
+            root.add("extra.csv", self.add(GeneratedFile(lambda: extra_data.records_to_csv(records()),
+                                                         mtime, self.generated_cache)))
+
+    @staticmethod
+    def _json_file(make, mtime: int) -> GeneratedFile:
+        return GeneratedFile(lambda: (json.dumps(make(), indent=2, default=str, ensure_ascii=False) + "\n").encode(),
+                             mtime)
+
+    def frame_node(self, i: int) -> FrameFile:
+        return self.get(self._frames_base + i)
+
+    def summary(self) -> dict:
+        meta, index, service = self.meta, self.index, self.service
+        n = len(index)
+        return {
+            "source": meta.path,
+            "class": meta.store["class"],
+            "format": meta.format,
+            "encoding": meta.encoding,
+            "frame_count": n,
+            "frame_number_min": int(index.numbers.min()) if n else None,
+            "frame_number_max": int(index.numbers.max()) if n else None,
+            "frame_time_min": float(np.nanmin(index.times)) if n else None,
+            "frame_time_max": float(np.nanmax(index.times)) if n else None,
+            "chunks": len(index.chunks),
+            "timezone": _zone_name(meta.timezone),
+            "uuid": meta.store.get("uuid"),
+            "created_utc": str(meta.created_utc) if meta.created_utc else None,
+            "served": {
+                "image_format": service.format.name,
+                "extension": service.extension,
+                "shape": list(service.reader.shape),
+                "dtype": service.reader.dtype.name,
+                "channel_order": "RGB" if len(service.reader.shape) == 3 else "gray",
+                "original_files": service.passthrough,
+                "size_known_without_decoding": service.passthrough or service._fixed_size is not None,
+            },
+        }
+
+    def statfs_counts(self) -> tuple[int, int]:
+        n = len(self.index)
+        size = self.service._fixed_size or 0
+        return n * size, n + 16
+
+    def extended_attributes(self) -> dict[str, bytes]:
+        return {"user.scopefs.frames_decoded": str(self.service.frames_decoded).encode()}
+
+    def close(self) -> None:
+        self.service.close()

@@ -1,0 +1,247 @@
+"""The node interface between backends and the daemon.
+
+A backend is a `Tree` of nodes. Every node has an inode number that the backend
+assigns and keeps for the life of the mount, so the daemon never has to hold a table
+of every node the kernel has seen: it asks `Tree.get(ino)`. Large regular directories
+(a million frames) reserve a range of inode numbers and build their nodes on demand.
+
+Node methods may block (disk, decoding): the daemon always calls them from worker
+threads, so they must be thread-safe. None of them knows about FUSE.
+"""
+from __future__ import annotations
+
+import bisect
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .cache import ByteCache
+
+ROOT_INO = 1
+
+
+@dataclass(frozen=True)
+class Attr:
+    mode: int                 # including the file type bits
+    size: int = 0
+    mtime_ns: int = 0
+    nlink: int = 1
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How long the kernel may trust what it was told, and whether file pages survive
+    close/open. Read-only sources can be trusted for long; writable ones cannot."""
+    entry_timeout: float = 3600.0
+    attr_timeout: float = 3600.0
+    negative_timeout: float = 60.0
+    keep_cache: bool = True
+
+
+class Node:
+    ino: int = 0
+
+    def attr(self) -> Attr:
+        raise NotImplementedError
+
+
+class Directory(Node):
+    def lookup(self, name: str) -> Node | None:
+        raise NotImplementedError
+
+    def entries(self, offset: int) -> Iterator[tuple[int, str, Node]]:
+        """(next offset, name, node) from `offset` on. Offsets are stable: 0 is the
+        start and the same offset always resumes at the same entry."""
+        raise NotImplementedError
+
+
+class FileHandle:
+    """One open file. `read` may block; `cached_read` must not (it answers only when
+    the bytes are already in memory, so the daemon can skip a thread hop)."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def cached_read(self, offset: int, size: int) -> bytes | None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+
+class File(Node):
+    def open(self, flags: int) -> FileHandle:
+        raise NotImplementedError
+
+
+class Symlink(Node):
+    def __init__(self, target: str, mtime_ns: int = 0):
+        self.target = target
+        self.mtime_ns = mtime_ns
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFLNK | 0o777, len(self.target.encode()), self.mtime_ns)
+
+
+# -- simple building blocks -------------------------------------------------------------
+
+class StaticDirectory(Directory):
+    """A directory whose children are fixed when the tree is built."""
+
+    def __init__(self, mtime_ns: int = 0, mode: int = 0o555):
+        self.mtime_ns = mtime_ns
+        self.mode = mode
+        self._children: dict[str, Node] = {}
+        self._names: list[str] = []
+
+    def add(self, name: str, node: Node) -> Node:
+        if name in self._children:
+            raise ValueError(f"duplicate name {name!r}")
+        self._children[name] = node
+        self._names.append(name)
+        return node
+
+    def attr(self) -> Attr:
+        subdirs = sum(isinstance(n, Directory) for n in self._children.values())
+        return Attr(stat.S_IFDIR | self.mode, 0, self.mtime_ns, 2 + subdirs)
+
+    def lookup(self, name: str) -> Node | None:
+        return self._children.get(name)
+
+    def entries(self, offset: int):
+        for pos in range(offset, len(self._names)):
+            name = self._names[pos]
+            yield pos + 1, name, self._children[name]
+
+
+class BytesHandle(FileHandle):
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+    cached_read = read
+
+
+class GeneratedFile(File):
+    """A read-only file whose content is made on demand (CSV of a million rows, JSON
+    summaries...). The content is generated once for its size and kept in `cache`
+    (bounded); if evicted, it is made again, identically."""
+
+    def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
+        self._make = make
+        self.mtime_ns = mtime_ns
+        self._size: int | None = None
+        self._cache = cache
+        self._data: bytes | None = None
+        self._lock = threading.Lock()
+
+    def content(self) -> bytes:
+        if self._cache is None:
+            with self._lock:
+                if self._data is None:
+                    self._data = self._make()
+                return self._data
+        data = self._cache.get_or_make(("generated", id(self)), self._make)
+        self._size = len(data)
+        return data
+
+    def attr(self) -> Attr:
+        if self._size is None:
+            self._size = len(self.content())
+        return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        return BytesHandle(self.content())
+
+
+# -- inode numbering --------------------------------------------------------------------
+
+class Tree:
+    """Owns the inode numbers of one backend.
+
+    Fixed nodes get numbers in order of `add`. A `reserve`d range maps numbers to nodes
+    built on demand by a factory. Dynamic nodes (made by a lookup, such as a name that
+    resolves a timestamp) are numbered by key while the kernel remembers them, and
+    dropped when it forgets them.
+    """
+
+    cache_policy = CachePolicy()
+    writable = False
+
+    def __init__(self):
+        self._fixed: dict[int, Node] = {}
+        self._range_starts: list[int] = []
+        self._ranges: list[tuple[int, int, Callable[[int], Node]]] = []
+        self._next = ROOT_INO
+        self._dynamic_by_key: dict[object, Node] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Directory:
+        return self._fixed[ROOT_INO]
+
+    def add(self, node: Node) -> Node:
+        with self._lock:
+            node.ino = self._next
+            self._next += 1
+            self._fixed[node.ino] = node
+        return node
+
+    def reserve(self, count: int, factory: Callable[[int], Node]) -> int:
+        """Reserve `count` numbers; node k is `factory(k)` and has number base + k."""
+        with self._lock:
+            base = self._next
+            self._next += max(count, 0)
+            self._range_starts.append(base)
+            self._ranges.append((base, count, factory))
+        return base
+
+    def dynamic(self, key: object, factory: Callable[[], Node]) -> Node:
+        with self._lock:
+            node = self._dynamic_by_key.get(key)
+            if node is None:
+                node = factory()
+                node.ino = self._next
+                self._next += 1
+                node._key = key
+                self._dynamic_by_key[key] = node
+                self._fixed[node.ino] = node
+            return node
+
+    def get(self, ino: int) -> Node | None:
+        node = self._fixed.get(ino)
+        if node is not None:
+            return node
+        pos = bisect.bisect_right(self._range_starts, ino) - 1
+        if pos >= 0:
+            base, count, factory = self._ranges[pos]
+            if ino < base + count:
+                node = factory(ino - base)
+                node.ino = ino
+                return node
+        return None
+
+    def forget(self, ino: int) -> None:
+        """The kernel holds no reference to `ino` any more."""
+        with self._lock:
+            node = self._fixed.get(ino)
+            key = getattr(node, "_key", None)
+            if key is not None:
+                del self._fixed[ino]
+                del self._dynamic_by_key[key]
+
+    def statfs_counts(self) -> tuple[int, int]:
+        """(bytes used, files) for statfs; cheap estimates are fine."""
+        return 0, self._next
+
+    def extended_attributes(self) -> dict[str, bytes]:
+        """Read-only xattrs of the root that describe the mount."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+

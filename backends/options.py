@@ -1,0 +1,85 @@
+"""Mount options (`-o key=value,flag`) as a backend sees them, and the one-line error
+every backend raises when a source cannot be mounted."""
+from __future__ import annotations
+
+
+class MountError(Exception):
+    """The source cannot be mounted; the message is one line for the user."""
+
+
+_TRUE = {"1", "yes", "true", "on", ""}
+_FALSE = {"0", "no", "false", "off"}
+
+
+class Options:
+    """Typed access to options; `finish()` rejects any option nobody asked for."""
+
+    def __init__(self, values: dict[str, str] | None = None):
+        self._values = dict(values or {})
+        self._used: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def _raw(self, key: str):
+        self._used.add(key)
+        return self._values.get(key)
+
+    def str(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if choices and value not in choices:
+            raise MountError(f"option {key}={value}: choose one of {', '.join(choices)}")
+        return value
+
+    def int(self, key: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._raw(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise MountError(f"option {key}={value}: not a whole number") from None
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise MountError(f"option {key}={value}: must be between {minimum} and {maximum}")
+        return number
+
+    def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self._raw(key)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise MountError(f"option {key}={value}: not a number") from None
+        if number < minimum:
+            raise MountError(f"option {key}={value}: must be at least {minimum}")
+        return number
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise MountError(f"option {key}={value}: say yes or no")
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._values) - self._used)
+        if unknown:
+            raise MountError(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+
+
+def parse_option_string(text: str) -> dict[str, str]:
+    """'ro,image_format=tiff' -> {'ro': '', 'image_format': 'tiff'} (later ones win)."""
+    values = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        values[key.strip()] = value.strip()
+    return values

@@ -1,0 +1,1 @@
+"""scopefs daemon: the only package that knows pyfuse3."""

@@ -1,0 +1,285 @@
+"""pyfuse3 operations over a backend `Tree`.
+
+Every handler is wrapped so that no exception but `FUSEError` ever reaches pyfuse3 (any
+other would tear the mount down): OS errors keep their errno, anything else becomes
+EIO, and each failure is logged once. Backend calls run in worker threads under one
+capacity limit; the trio thread only shuffles bytes and counts.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+
+import pyfuse3
+import trio
+
+from ..backends.nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
+
+log = logging.getLogger(__name__)
+
+#: attributes per worker-thread call when listing a directory
+READDIR_BATCH = 512
+#: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
+BLOCK_SIZE = 128 * 1024
+#: errors that are answers, not failures: not worth a log line above debug
+_QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES}
+
+
+@dataclass
+class Counters:
+    started: float = field(default_factory=time.time)
+    requests: int = 0
+    bytes_read: int = 0
+    errors: int = 0
+
+
+def _guard(fn):
+    """Map every exception of a handler to FUSEError, logging it once."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        self.counters.requests += 1
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno not in _QUIET:
+                self.counters.errors += 1
+            raise
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if code in _QUIET:
+                log.debug("%s%r: %s", name, args[:2], exc)
+            else:
+                self.counters.errors += 1
+                log.warning("%s%r: %s", name, args[:2], exc)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            self.counters.errors += 1
+            log.exception("%s%r failed", name, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, tree: Tree, *, threads: int = 8, policy: CachePolicy | None = None,
+                 info: dict[str, str] | None = None):
+        super().__init__()
+        self.tree = tree
+        self.policy = policy or tree.cache_policy
+        self.limiter = trio.CapacityLimiter(threads)
+        self.counters = Counters()
+        self.info = dict(info or {})
+        self._lookups: dict[int, int] = {}
+        self._handles: dict[int, FileHandle] = {}
+        self._next_fh = 1
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # -- helpers ----------------------------------------------------------------------
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _node(self, ino: int) -> Node:
+        node = self.tree.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _directory(self, ino: int) -> Directory:
+        node = self._node(ino)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = ino
+        entry.generation = 0
+        entry.entry_timeout = self.policy.entry_timeout
+        entry.attr_timeout = self.policy.attr_timeout
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_uid = self._uid
+        entry.st_gid = self._gid
+        entry.st_rdev = 0
+        entry.st_size = attr.size
+        entry.st_blksize = BLOCK_SIZE
+        entry.st_blocks = (attr.size + 511) // 512
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        return entry
+
+    def _remember(self, ino: int) -> None:
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    @property
+    def known_inodes(self) -> int:
+        return len(self._lookups)
+
+    # -- namespace --------------------------------------------------------------------
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        directory = self._directory(parent_inode)
+
+        def find():
+            child = directory.lookup(os.fsdecode(name))
+            return (child, child.attr()) if child is not None else (None, None)
+
+        child, attr = await self._run(find)
+        if child is None:
+            if self.policy.negative_timeout > 0:
+                negative = pyfuse3.EntryAttributes()
+                negative.st_ino = 0
+                negative.entry_timeout = self.policy.negative_timeout
+                return negative
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self._remember(child.ino)
+        return self._entry(child.ino, attr)
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        node = self._node(inode)
+        return self._entry(inode, await self._run(node.attr))
+
+    def forget(self, inode_list):
+        # must never raise: pyfuse3 gives forget no way to report an error
+        try:
+            for ino, count in inode_list:
+                left = self._lookups.get(ino, 0) - count
+                if left > 0:
+                    self._lookups[ino] = left
+                else:
+                    self._lookups.pop(ino, None)
+                    if ino != ROOT_INO:
+                        self.tree.forget(ino)
+        except Exception:
+            log.exception("forget failed")
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        self._directory(inode)
+        return inode
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        directory = self._directory(fh)
+
+        def batch(offset):
+            out = []
+            for next_offset, name, child in islice(directory.entries(offset), READDIR_BATCH):
+                try:
+                    out.append((next_offset, name, child, child.attr()))
+                except OSError as exc:
+                    log.warning("listing %s: %s", name, exc)
+                    out.append((next_offset, None, None, None))
+            return out
+
+        offset = start_id
+        while True:
+            entries = await self._run(batch, offset)
+            for next_offset, name, child, attr in entries:
+                if name is not None:
+                    if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(child.ino, attr),
+                                                 next_offset):
+                        return
+                    self._remember(child.ino)
+                offset = next_offset
+            if len(entries) < READDIR_BATCH:
+                return
+
+    @_guard
+    async def releasedir(self, fh):
+        pass
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    # -- files ------------------------------------------------------------------------
+    @_guard
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
+        if (flags & os.O_ACCMODE) != os.O_RDONLY and not self.tree.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        handle = await self._run(node.open, flags)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.policy.keep_cache)
+
+    @_guard
+    async def read(self, fh, off, size):
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        data = handle.cached_read(off, size)
+        if data is None:
+            data = await self._run(handle.read, off, size)
+        self.counters.bytes_read += len(data)
+        return data
+
+    @_guard
+    async def release(self, fh):
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            await self._run(handle.release)
+
+    # -- filesystem -------------------------------------------------------------------
+    @_guard
+    async def statfs(self, ctx):
+        used, files = self.tree.statfs_counts()
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = BLOCK_SIZE
+        st.f_frsize = 512
+        st.f_blocks = (used + 511) // 512
+        st.f_bfree = st.f_bavail = 0
+        st.f_files = files
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = 255
+        return st
+
+    def _xattrs(self, inode: int) -> dict[str, bytes]:
+        if inode != ROOT_INO:
+            return {}
+        c = self.counters
+        stats = {"pid": os.getpid(), "uptime_s": round(time.time() - c.started, 3), "requests": c.requests,
+                 "bytes_read": c.bytes_read, "errors": c.errors, "known_inodes": self.known_inodes,
+                 "open_files": len(self._handles)}
+        values = {f"user.scopefs.{k}": str(v).encode() for k, v in self.info.items()}
+        values["user.scopefs.pid"] = str(os.getpid()).encode()
+        values["user.scopefs.stats"] = json.dumps(stats).encode()
+        values.update(self.tree.extended_attributes())
+        return values
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        self._node(inode)
+        value = self._xattrs(inode).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)   # never ENOSYS: that disables xattrs for good
+        return value
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        self._node(inode)
+        return [os.fsencode(k) for k in self._xattrs(inode)]
+
+    @_guard
+    async def access(self, inode, mode, ctx):
+        # reached only without default_permissions; the kernel checks modes otherwise
+        self._node(inode)
+        if mode & os.W_OK and not self.tree.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)

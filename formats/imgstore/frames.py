@@ -1,0 +1,270 @@
+"""Decoding the frames of an imgstore into numpy arrays (OpenCV channel order, BGR).
+
+Directory stores hold one image file per frame. Video stores hold one video per chunk,
+decoded with OpenCV; to make random access exact and sequential access cheap, each
+chunk keeps a small pool of positioned decoders: a request at or a little after a
+decoder's position reads forward, anything else seeks and checks where the seek landed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+
+import cv2
+import numpy as np
+
+from .index import Chunk, FrameIndex
+from .metadata import StoreError, StoreMetadata
+
+log = logging.getLogger(__name__)
+
+_CONVERSION_NAME = re.compile(r"^COLOR_(?P<codec>[A-Za-z0-9_]+)2BGR(?P<method>_[A-Za-z0-9]+)?$")
+
+
+class FrameError(Exception):
+    """One frame cannot be read; the rest of the store is fine."""
+
+
+def colour_conversions() -> dict[str, int]:
+    """imgstore `encoding` names ('cv_bayerbg', 'cv_yuv_nv12', ...) -> cv2 conversion codes.
+
+    imgstore names an encoding after the OpenCV constant `COLOR_<X>2BGR[_<method>]`:
+    'cv_' + X lowered without underscores, plus '_<method>' lowered; the Bayer variants
+    with a demosaicing method are not encodings.
+    """
+    table = {}
+    for name in dir(cv2):
+        m = _CONVERSION_NAME.match(name)
+        if not m:
+            continue
+        code = "cv_" + m["codec"].lower().replace("_", "")
+        method = m["method"]
+        if method:
+            if "bayer" in code:
+                continue
+            code += "_" + method[1:].lower().replace("_", "")
+        table.setdefault(code, int(getattr(cv2, name)))
+    return table
+
+
+def _match_channels(img: np.ndarray, colour: bool) -> np.ndarray:
+    if colour and img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if not colour and img.ndim == 3:
+        if img.shape[2] == 1:
+            return img[:, :, 0]
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if colour and img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return img
+
+
+class FrameReader:
+    """Returns decoded frames by frame_index. Thread-safe."""
+
+    def __init__(self, meta: StoreMetadata, index: FrameIndex):
+        self.meta = meta
+        self.index = index
+        stored = meta.imgshape
+        if meta.kind == "video":
+            # the video writer truncates to even sizes, and so must the reader
+            stored = (stored[0] & ~1, stored[1] & ~1) + stored[2:]
+        self._colour = len(stored) == 3 and stored[2] == 3
+        self._conversion = None
+        if meta.encoding:
+            table = colour_conversions()
+            if meta.encoding not in table:
+                raise StoreError(f"{meta.path}: encoding {meta.encoding!r} is not an OpenCV colour conversion")
+            self._conversion = table[meta.encoding]
+            self.shape = (stored[0], stored[1], 3)
+        else:
+            self.shape = stored if len(stored) == 2 or self._colour else stored[:2]
+        self.dtype = np.dtype(meta.imgdtype) if meta.kind == "directory" else np.dtype(np.uint8)
+
+    def read(self, frame_index: int) -> np.ndarray:
+        chunk, position = self.index.locate(frame_index)
+        img = self._load(chunk, position)
+        img = _match_channels(img, self._colour)
+        if self._conversion is not None:
+            img = cv2.cvtColor(img, self._conversion)
+        if img.shape != self.shape or img.dtype != self.dtype:
+            raise FrameError(f"frame {frame_index} decodes as {img.shape} {img.dtype}, "
+                             f"but the store declares {self.shape} {self.dtype}")
+        return img
+
+    def _load(self, chunk: Chunk, position: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class DirectoryFrameReader(FrameReader):
+    def frame_path(self, chunk: Chunk, position: int) -> str:
+        return os.path.join(chunk.data_path, f"{position:06d}.{self.meta.format}")
+
+    def _load(self, chunk: Chunk, position: int) -> np.ndarray:
+        path = self.frame_path(chunk, position)
+        try:
+            if self.meta.format == "npy":
+                img = np.load(path, allow_pickle=False)
+            else:
+                with open(path, "rb") as fh:
+                    data = np.frombuffer(fh.read(), np.uint8)
+                img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        except (OSError, ValueError, EOFError) as exc:
+            raise FrameError(f"{path}: {exc}") from None
+        if img is None:
+            raise FrameError(f"{path}: not a decodable {self.meta.format} image")
+        return img
+
+
+class _Decoder:
+    """One OpenCV capture on one chunk, and where it stands (the next frame it returns)."""
+
+    def __init__(self, chunk: Chunk):
+        self.chunk = chunk
+        self.cap = None
+        self.next = 0
+
+    def open(self) -> None:
+        self.close()
+        if not os.path.exists(self.chunk.data_path):
+            raise FrameError(f"{self.chunk.data_path}: video chunk is missing")
+        cap = cv2.VideoCapture(self.chunk.data_path, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise FrameError(f"{self.chunk.data_path}: OpenCV cannot open this video chunk")
+        self.cap, self.next = cap, 0
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+    def read(self, position: int, forward_limit: int) -> np.ndarray:
+        if self.cap is None:
+            self.open()
+        if not (self.next <= position <= self.next + forward_limit):
+            frame = self._seek_read(position)
+            if frame is not None:
+                return frame
+            log.debug("%s: seek to %d was not exact, decoding from the start",
+                      self.chunk.data_path, position)
+            self.open()
+        frame = self._forward_read(position)
+        if frame is None:
+            # a decoder can get stuck after a seek (upstream's one-frame-chunk bug):
+            # a fresh one read forward is always right
+            self.open()
+            frame = self._forward_read(position)
+        if frame is None:
+            self.close()
+            raise FrameError(f"{self.chunk.data_path}: frame {position} cannot be decoded "
+                             f"(chunk has {self.chunk.count} frames in its index)")
+        return frame
+
+    def _forward_read(self, position: int) -> np.ndarray | None:
+        while self.next < position:
+            if not self.cap.grab():
+                return None
+            self.next += 1
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            return None
+        self.next = position + 1
+        return frame
+
+    def _seek_read(self, position: int) -> np.ndarray | None:
+        self.cap.set(cv2.CAP_PROP_POS_FRAMES, position)
+        ok, frame = self.cap.read()
+        landed = int(round(self.cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
+        if not ok or frame is None or landed != position:
+            return None
+        self.next = position + 1
+        return frame
+
+
+class VideoFrameReader(FrameReader):
+    """Video chunks decoded by a bounded pool of positioned decoders."""
+
+    #: read forward instead of seeking when the target is at most this far ahead
+    FORWARD_LIMIT = 48
+
+    def __init__(self, meta: StoreMetadata, index: FrameIndex, decoders_per_chunk: int = 4,
+                 max_decoders: int = 16):
+        super().__init__(meta, index)
+        self._per_chunk = decoders_per_chunk
+        self._max = max(max_decoders, decoders_per_chunk)
+        self._cond = threading.Condition()
+        self._idle: OrderedDict[int, _Decoder] = OrderedDict()   # id -> decoder, LRU first
+        self._open_per_chunk: dict[int, int] = {}
+        self._closed = False
+
+    def _load(self, chunk: Chunk, position: int) -> np.ndarray:
+        decoder = self._acquire(chunk, position)
+        ok = False
+        try:
+            frame = decoder.read(position, self.FORWARD_LIMIT)
+            ok = True
+            return frame
+        finally:
+            self._release(decoder, keep=ok)
+
+    def _acquire(self, chunk: Chunk, position: int) -> _Decoder:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise FrameError("store is closed")
+                best = None
+                for key, dec in self._idle.items():
+                    if dec.chunk.number != chunk.number:
+                        continue
+                    ahead = position - dec.next
+                    score = ahead if 0 <= ahead <= self.FORWARD_LIMIT else self.FORWARD_LIMIT + 1
+                    if best is None or score < best[0]:
+                        best = (score, key)
+                if best is not None and (best[0] <= self.FORWARD_LIMIT
+                                         or self._open_per_chunk.get(chunk.number, 0) >= self._per_chunk):
+                    return self._take(best[1])
+                if self._open_per_chunk.get(chunk.number, 0) < self._per_chunk:
+                    self._evict_for_room()
+                    self._open_per_chunk[chunk.number] = self._open_per_chunk.get(chunk.number, 0) + 1
+                    return _Decoder(chunk)
+                self._cond.wait()
+
+    def _take(self, key: int) -> _Decoder:
+        return self._idle.pop(key)
+
+    def _evict_for_room(self) -> None:
+        total = sum(self._open_per_chunk.values())
+        while total >= self._max and self._idle:
+            _, dec = self._idle.popitem(last=False)
+            dec.close()
+            self._open_per_chunk[dec.chunk.number] -= 1
+            total -= 1
+
+    def _release(self, decoder: _Decoder, keep: bool) -> None:
+        with self._cond:
+            if keep and not self._closed:
+                self._idle[id(decoder)] = decoder
+            else:
+                decoder.close()
+                self._open_per_chunk[decoder.chunk.number] -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for dec in self._idle.values():
+                dec.close()
+            self._idle.clear()
+            self._cond.notify_all()
+
+
+def open_reader(meta: StoreMetadata, index: FrameIndex) -> FrameReader:
+    if meta.kind == "directory":
+        return DirectoryFrameReader(meta, index)
+    return VideoFrameReader(meta, index)

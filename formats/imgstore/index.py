@@ -1,0 +1,231 @@
+"""Chunk discovery and the frame index of an imgstore.
+
+Frames have three coordinates: `frame_index` (dense position over the whole store),
+`frame_number` (whatever the camera said: gaps, duplicates, wrap-around, negatives) and
+`frame_time` (float, usually epoch seconds). The index keeps them as numpy arrays so
+that every lookup is a binary search, never a scan, even for millions of frames.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from .metadata import StoreError, StoreMetadata
+
+log = logging.getLogger(__name__)
+
+_CHUNK_NAME = re.compile(r"^-?\d+$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    number: int          # the chunk's own number (its name)
+    index_path: str      # the .npz (or legacy .yaml) this chunk's frames came from
+    data_path: str       # the chunk directory (directory store) or the video file
+    start: int           # frame_index of its first frame
+    count: int           # frames in it
+
+
+def discover_chunks(meta: StoreMetadata) -> list[tuple[int, str, str]]:
+    """(chunk number, index path without extension, data path), sorted by number.
+
+    Follows upstream: directory stores have one numeric sub-directory per chunk, video
+    stores one numeric `NNNNNN<ext>` file per chunk. A non-numeric name is refused
+    (upstream refuses too), so a stray file never silently shifts frame indexes.
+    """
+    base = meta.path
+    found = []
+    try:
+        names = os.listdir(base)
+    except OSError as exc:
+        raise StoreError(f"{base}: {exc.strerror}") from None
+    if meta.kind == "directory":
+        for name in names:
+            full = os.path.join(base, name)
+            if not os.path.isdir(full) or name.startswith("."):
+                continue
+            if not _CHUNK_NAME.match(name):
+                raise StoreError(f"{full}: chunk directory name is not a number")
+            found.append((int(name), os.path.join(full, "index"), full))
+    else:
+        ext = meta.video_extension
+        for name in names:
+            if not name.endswith(ext) or name.startswith("."):
+                continue
+            stem = name[: -len(ext)]
+            full = os.path.join(base, name)
+            if not _CHUNK_NAME.match(stem):
+                raise StoreError(f"{full}: video chunk name is not a number")
+            found.append((int(stem), os.path.join(base, stem), full))
+        # a chunk whose video went missing still has its index: keep it so that its
+        # frames keep their indexes and fail alone (EIO) instead of vanishing
+        have = {n for n, _, _ in found}
+        for name in names:
+            if name.endswith(".npz") and _CHUNK_NAME.match(name[:-4]) and int(name[:-4]) not in have:
+                stem = name[:-4]
+                found.append((int(stem), os.path.join(base, stem), os.path.join(base, stem + ext)))
+    found.sort()
+    return found
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    # only these two members: the others are copies of __store (one of them pickled)
+    with np.load(path, allow_pickle=False) as dat:
+        return dat["frame_number"], dat["frame_time"]
+
+
+def _read_yaml(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as fh:
+        doc = yaml.safe_load(fh)
+    if not isinstance(doc, dict):
+        raise ValueError("not a mapping")
+    return np.asarray(doc["frame_number"]), np.asarray(doc["frame_time"])
+
+
+def read_chunk_index(index_base: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """frame_number (int64) and frame_time (float64) of one chunk; None if it has no index."""
+    for ext, reader in ((".npz", _read_npz), (".yaml", _read_yaml)):
+        path = index_base + ext
+        if not os.path.exists(path):
+            continue
+        try:
+            numbers, times = reader(path)
+            numbers = np.asarray(numbers).reshape(-1)
+            times = np.asarray(times, dtype=np.float64).reshape(-1)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, yaml.YAMLError) as exc:
+            raise StoreError(f"{path}: chunk index is unreadable ({type(exc).__name__}: {exc})") from None
+        if numbers.shape != times.shape:
+            raise StoreError(f"{path}: chunk index has {numbers.size} frame numbers "
+                             f"but {times.size} frame times")
+        if numbers.size and not np.all(np.isfinite(numbers.astype(np.float64))):
+            raise StoreError(f"{path}: chunk index has non-finite frame numbers")
+        return numbers.astype(np.int64), times
+    return None
+
+
+class FrameIndex:
+    """All frames of a store in frame_index order, with O(log n) lookups."""
+
+    def __init__(self, chunks: list[Chunk], numbers: np.ndarray, times: np.ndarray):
+        self.chunks = chunks
+        self.numbers = numbers
+        self.times = times
+        self._starts = [c.start for c in chunks]
+        self._lock = threading.Lock()
+        self._by_number: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_time: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.numbers.size)
+
+    @classmethod
+    def load(cls, meta: StoreMetadata, skip_bad_chunks: bool = False, workers: int = 4) -> "FrameIndex":
+        found = discover_chunks(meta)
+
+        def load_one(item):
+            number, index_base, data = item
+            try:
+                return item, read_chunk_index(index_base)
+            except StoreError as exc:
+                if not skip_bad_chunks:
+                    raise
+                log.warning("skipping chunk %d: %s", number, exc)
+                return item, None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            loaded = list(pool.map(load_one, found))
+        chunks, numbers, times = [], [], []
+        start = 0
+        for (number, index_base, data), arrays in loaded:
+            if arrays is None:
+                if not os.path.exists(index_base + ".npz") and not os.path.exists(index_base + ".yaml"):
+                    log.warning("chunk %d has no index, its frames are not visible", number)
+                continue
+            n_numbers, n_times = arrays
+            if n_numbers.size == 0:
+                continue  # the trailing empty chunk of an exact multiple, or an empty store
+            path = index_base + (".npz" if os.path.exists(index_base + ".npz") else ".yaml")
+            chunks.append(Chunk(number, path, data, start, int(n_numbers.size)))
+            numbers.append(n_numbers)
+            times.append(n_times)
+            start += int(n_numbers.size)
+        if numbers:
+            return cls(chunks, np.concatenate(numbers), np.concatenate(times))
+        return cls(chunks, np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    # -- frame_index ------------------------------------------------------------------
+    def locate(self, index: int) -> tuple[Chunk, int]:
+        """The chunk holding a frame and the frame's position inside it."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        chunk = self.chunks[bisect.bisect_right(self._starts, index) - 1]
+        return chunk, index - chunk.start
+
+    # -- frame_number -----------------------------------------------------------------
+    def _number_order(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._by_number is None:
+                order = np.argsort(self.numbers, kind="stable")
+                self._by_number = (order, self.numbers[order])
+            return self._by_number
+
+    def by_number_position(self, position: int) -> tuple[int, int]:
+        """(frame_index, duplicate rank) of the position-th frame in frame_number order."""
+        order, values = self._number_order()
+        rank = position - int(np.searchsorted(values, values[position], side="left"))
+        return int(order[position]), rank
+
+    def find_number(self, number: int, rank: int = 0) -> int | None:
+        """frame_index of the rank-th frame (in index order) carrying this frame_number."""
+        order, values = self._number_order()
+        lo = int(np.searchsorted(values, number, side="left"))
+        hi = int(np.searchsorted(values, number, side="right"))
+        if not 0 <= rank < hi - lo:
+            return None
+        return int(order[lo + rank])
+
+    def duplicate_rank(self, index: int) -> int:
+        """How many earlier frames carry the same frame_number as this one."""
+        order, values = self._number_order()
+        number = self.numbers[index]
+        lo = int(np.searchsorted(values, number, side="left"))
+        hi = int(np.searchsorted(values, number, side="right"))
+        # within equal numbers the stable sort keeps frame_index order
+        return int(np.searchsorted(order[lo:hi], index))
+
+    # -- frame_time -------------------------------------------------------------------
+    def _time_order(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._by_time is None:
+                order = np.argsort(self.times, kind="stable")
+                self._by_time = (order, self.times[order])
+            return self._by_time
+
+    def nearest_time(self, t: float) -> int | None:
+        """frame_index of the frame whose time is closest to t (earliest index on ties)."""
+        if not len(self):
+            return None
+        order, values = self._time_order()
+        pos = int(np.searchsorted(values, t, side="left"))
+        candidates = []
+        if pos < values.size:
+            candidates.append(pos)
+        if pos > 0:
+            candidates.append(pos - 1)
+        best = min(candidates, key=lambda p: abs(values[p] - t))
+        # several frames may share that exact time: the first by frame_index wins
+        lo = int(np.searchsorted(values, values[best], side="left"))
+        hi = int(np.searchsorted(values, values[best], side="right"))
+        if pos < values.size and pos - 1 >= 0 and abs(values[pos] - t) == abs(values[pos - 1] - t):
+            lo = min(lo, int(np.searchsorted(values, values[pos - 1], side="left")))
+            hi = max(hi, int(np.searchsorted(values, values[pos], side="right")))
+        return int(order[lo:hi].min())

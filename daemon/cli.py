@@ -214,15 +214,24 @@ def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> int:
         return 1
     # the kernel detaches at once, the daemon finishes its work after: wait for it
     deadline = time.monotonic() + timeout
-    while pid is not None and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"scopefs" not in fh.read():
-                    break          # the pid was reused by something else
-        except OSError:
-            break
-        time.sleep(0.05)
+    while pid is not None and _is_scopefs_process(pid):
+        if time.monotonic() > deadline:
+            print(f"scopefs: unmounted, but daemon {pid} is still finishing after {timeout:g} s", file=sys.stderr)
+            return 1
+        time.sleep(0.02)
     return 0
+
+
+def _is_scopefs_process(pid: int) -> bool:
+    """Alive (not a zombie) and still ours, not a reused pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"scopefs" not in fh.read():
+                return False
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,127 @@
+"""Fixtures that mount through the real `scopefs` command and always clean up.
+
+Every mount made by a test is unmounted in teardown (`fusermount3 -u`, then `-uz`), and
+the daemon it started (its PID comes from the mount's own xattr) is waited for, then
+ended by PID if it lingers. Nothing else is ever signalled.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
+
+
+class MountFailed(Exception):
+    def __init__(self, returncode: int, stderr: str):
+        super().__init__(stderr)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def run_scopefs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*SCOPEFS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    try:
+        return int(os.getxattr(mountpoint, "user.scopefs.pid"))
+    except OSError:
+        return None
+
+
+def is_stale(mountpoint: Path) -> bool:
+    try:
+        os.stat(mountpoint)
+        return False
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for init to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def cleanup_mount(mountpoint: Path, pid: int | None) -> None:
+    if os.path.ismount(mountpoint) or is_stale(mountpoint):
+        if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+    if pid is not None and not wait_gone(pid, 20):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Mounter:
+    def __init__(self, base: Path):
+        self.base = base
+        self.mounts: list[tuple[Path, int | None]] = []
+        self.log_file = base / "scopefs.log"
+
+    def __call__(self, source, *args: str, mountpoint: Path | None = None) -> Path:
+        if mountpoint is None:
+            mountpoint = self.base / f"mnt{len(self.mounts)}"
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        result = run_scopefs("mount", str(source), str(mountpoint), "--log-file", str(self.log_file), *args)
+        if result.returncode != 0:
+            if os.path.ismount(mountpoint):        # must never happen; clean up all the same
+                self.mounts.append((mountpoint, daemon_pid(mountpoint)))
+            raise MountFailed(result.returncode, result.stderr)
+        assert os.path.ismount(mountpoint), "scopefs mount returned 0 but nothing is mounted"
+        self.mounts.append((mountpoint, daemon_pid(mountpoint)))
+        return mountpoint
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def cleanup(self) -> None:
+        for mountpoint, pid in reversed(self.mounts):
+            cleanup_mount(mountpoint, pid)
+        self.mounts.clear()
+
+
+@pytest.fixture
+def mount(tmp_path):
+    mounter = Mounter(tmp_path)
+    try:
+        yield mounter
+    finally:
+        mounter.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_mount(tmp_path_factory):
+    mounter = Mounter(tmp_path_factory.mktemp("mounts"))
+    try:
+        yield mounter
+    finally:
+        mounter.cleanup()
+
+
+def pytest_configure(config):
+    missing = [tool for tool in ("fusermount3", "ffmpeg") if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(f"missing {', '.join(missing)}: run ./dev setup first")

@@ -1,0 +1,282 @@
+"""imgstores mounted through the real CLI and read with real tools."""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import subprocess
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from stores import T0, barcode, make_store
+
+DIRECTORY_FORMATS = ["npy", "png", "bmp", "tif", "pgm", "ppm"]
+VIDEO_FORMATS = ["mjpeg/avi", "avc1/mp4", "h264/mkv"]
+
+
+def read_png(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def frames_decoded(mnt) -> int:
+    return int(os.getxattr(mnt, "user.scopefs.frames_decoded"))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stores")
+    made = {}
+    for fmt in DIRECTORY_FORMATS:
+        shape = (48, 64) if fmt == "pgm" else (48, 64, 3)
+        made[fmt] = make_store(base / f"dir_{fmt}", fmt, shape=shape)
+    made["png_gray"] = make_store(base / "png_gray", "png", shape=(48, 64))
+    made["png16"] = make_store(base / "png16", "png", shape=(48, 64), dtype=np.uint16)
+    made["npy16_color"] = make_store(base / "npy16", "npy", shape=(48, 64, 3), dtype=np.uint16)
+    made["jpg"] = make_store(base / "jpg", "jpg", shape=(48, 64, 3))
+    made["bayer"] = make_store(base / "bayer", "npy", shape=(48, 64), encoding="cv_bayerbg")
+    for fmt in VIDEO_FORMATS:
+        made[fmt] = make_store(base / fmt.replace("/", "_"), fmt, shape=(120, 160, 3), video=True,
+                               numbers=range(1000, 1030), chunksize=12)
+    made["video_gray"] = make_store(base / "video_gray", "mjpeg/avi", shape=(120, 160), video=True)
+    made["odd_numbers"] = make_store(base / "odd_numbers", "npy", shape=(48, 64),
+                                     numbers=[6050, 6055, 6056, 0, 1, 2, -3, 2, 2], chunksize=2)
+    made["extra"] = make_store(base / "extra", "npy", shape=(48, 64), extra=True,
+                               metadata={"genotype": "wt", "experiment": {"arena": 3}})
+    made["empty"] = make_store(base / "empty", "npy", shape=(48, 64), numbers=[])
+    return made
+
+
+@pytest.fixture(scope="module")
+def mounted(samples, module_mount):
+    cache = {}
+
+    def get(name, *options):
+        key = (name, options)
+        if key not in cache:
+            cache[key] = module_mount(samples[name].path, *options)
+        return cache[key]
+    return get
+
+
+# -- pixels ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", DIRECTORY_FORMATS + ["png_gray", "png16", "bayer"])
+def test_every_frame_of_lossless_store_matches_source(samples, mounted, name):
+    sample = samples[name]
+    mnt = mounted(name)
+    names = sorted(os.listdir(mnt / "frames"))
+    assert names == [f"{i:06d}.png" for i in range(len(sample.numbers))]
+    for i, fname in enumerate(names):
+        got = read_png(mnt / "frames" / fname)
+        expected = sample.expected_rgb(i)
+        assert got.shape == expected.shape and got.dtype == expected.dtype, (name, i)
+        assert np.array_equal(got, expected), (name, i)
+
+
+def test_sixteen_bit_stays_sixteen_bit_and_gray_stays_gray(samples, mounted):
+    img = Image.open(mounted("png16") / "frames" / "000003.png")
+    assert img.mode in ("I;16", "I;16B", "I")
+    arr = cv2.imread(str(mounted("png16") / "frames" / "000003.png"), cv2.IMREAD_UNCHANGED)
+    assert arr.dtype == np.uint16 and arr.ndim == 2 and arr.max() == 65535
+    assert Image.open(mounted("png_gray") / "frames" / "000000.png").mode == "L"
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "npy", "bmp", "pnm"])
+def test_selectable_lossless_formats(samples, mounted, fmt):
+    sample = samples["png"]
+    mnt = mounted("png", "-o", f"image_format={fmt}")
+    ext = {"tiff": ".tif", "npy": ".npy", "bmp": ".bmp", "pnm": ".ppm"}[fmt]
+    for i in range(len(sample.numbers)):
+        path = mnt / "frames" / f"{i:06d}{ext}"
+        if fmt == "npy":
+            got = np.load(path)
+        else:
+            bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            assert bgr is not None, path
+            got = bgr[:, :, ::-1]
+        assert np.array_equal(got, sample.expected_rgb(i)), (fmt, i)
+
+
+def test_npy_colour_is_rgb_and_keeps_dtype(samples, mounted):
+    sample = samples["npy16_color"]
+    mnt = mounted("npy16_color", "-o", "image_format=npy")
+    got = np.load(mnt / "frames" / "000004.npy")
+    assert got.dtype == np.uint16
+    assert np.array_equal(got, sample.written[4][:, :, ::-1])
+
+
+@pytest.mark.parametrize("name,options,ext", [("png", (), "png"), ("jpg", ("-o", "image_format=jpg"), "jpg"),
+                                              ("bmp", ("-o", "image_format=bmp"), "bmp"),
+                                              ("pgm", ("-o", "image_format=pnm"), "pgm")])
+def test_original_files_are_served_untouched(samples, mounted, name, options, ext):
+    sample = samples[name]
+    mnt = mounted(name, *options)
+    for i in range(len(sample.numbers)):
+        chunk, pos = divmod(i, 5)
+        original = (sample.path / f"{chunk:06d}" / f"{pos:06d}.{ext}").read_bytes()
+        assert (mnt / "frames" / f"{i:06d}.{ext}").read_bytes() == original, (name, i)
+    assert json.loads((mnt / "store.json").read_text())["served"]["original_files"] is True
+
+
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
+def test_video_frames_random_and_sequential_are_the_right_frames(samples, mounted, fmt):
+    sample = samples[fmt]
+    mnt = mounted(fmt)
+    n = len(sample.numbers)
+    order = list(range(n)) + random.Random(7).sample(range(n), n) + [n - 1, 0, n - 1, 5, 5, 17]
+    for i in order:
+        got = read_png(mnt / "frames" / f"{i:06d}.png")
+        assert got.shape == (120, 160, 3)
+        assert barcode(got) == sample.numbers[i], (fmt, i)
+        # lossy codec, but the right picture: close to the source (RGB order)
+        diff = np.abs(got.astype(int) - sample.written[i][:, :, ::-1].astype(int)).mean()
+        assert diff < 12, (fmt, i, diff)
+    # colours are not swapped: the top-left mark was written blue (BGR 255,0,0)
+    corner = read_png(mnt / "frames" / "000000.png")[4, 4]
+    assert corner[2] > 200 and corner[0] < 60
+
+
+def test_gray_video_store_serves_gray(mounted):
+    img = Image.open(mounted("video_gray") / "frames" / "000003.png")
+    assert img.mode == "L" and img.size == (160, 120)
+
+
+def test_parallel_readers_get_right_frames(samples, mounted):
+    sample = samples["avc1/mp4"]
+    mnt = mounted("avc1/mp4")
+    indexes = random.Random(3).choices(range(len(sample.numbers)), k=64)
+
+    def read(i):
+        return i, barcode(read_png(mnt / "frames" / f"{i:06d}.png"))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for i, code in pool.map(read, indexes):
+            assert code == sample.numbers[i]
+
+
+# -- sizes and tools ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["png", "mjpeg/avi", "jpg", "bayer"])
+def test_stat_never_decodes_and_sizes_are_exact(samples, module_mount, name):
+    # a fresh mount, so that nothing was decoded before
+    mnt = module_mount(samples[name].path)
+    listing = subprocess.run(["ls", "-l", str(mnt / "frames"), str(mnt / "by-number")],
+                             capture_output=True, text=True, check=True)
+    assert listing.stdout.count(".png") == 2 * len(samples[name].numbers)
+    sizes = {f: os.stat(mnt / "frames" / f).st_size for f in os.listdir(mnt / "frames")}
+    assert frames_decoded(mnt) == 0
+    for fname, size in sizes.items():
+        data = (mnt / "frames" / fname).read_bytes()
+        assert len(data) == size, fname
+        assert os.stat(mnt / "frames" / fname).st_blocks == (size + 511) // 512
+
+
+def test_cp_rsync_tar_copy_everything(samples, mounted, tmp_path):
+    mnt = mounted("mjpeg/avi")
+    subprocess.run(["cp", "-r", str(mnt), str(tmp_path / "cp")], check=True)
+    subprocess.run(["rsync", "-a", f"{mnt}/", str(tmp_path / "rsync")], check=True)
+    subprocess.run(["tar", "-cf", str(tmp_path / "all.tar"), "-C", str(mnt), "."], check=True)
+    with tarfile.open(tmp_path / "all.tar") as tar:
+        members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+    for rel in ["frames/000000.png", "frames/000029.png", "frames.csv", "metadata.yaml", "store.json"]:
+        source = (mnt / rel).read_bytes()
+        digest = hashlib.sha256(source).hexdigest()
+        assert hashlib.sha256((tmp_path / "cp" / rel).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((tmp_path / "rsync" / rel).read_bytes()).hexdigest() == digest
+        assert members[rel].size == len(source)
+    assert len(os.listdir(tmp_path / "cp" / "frames")) == 30
+    assert os.stat(tmp_path / "rsync" / "frames" / "000007.png").st_mtime == os.stat(mnt / "frames" / "000007.png").st_mtime
+
+
+def test_ffmpeg_reads_the_frame_sequence(samples, mounted, tmp_path):
+    mnt = mounted("h264/mkv")
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(mnt / "frames" / "%06d.png"),
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
+    frames = np.frombuffer(out.stdout, np.uint8).reshape(-1, 120, 160, 3)
+    assert len(frames) == 30
+    assert [barcode(f) for f in frames] == samples["h264/mkv"].numbers
+
+
+def test_opencv_and_pil_open_frames(mounted):
+    mnt = mounted("mjpeg/avi")
+    bgr = cv2.imread(str(mnt / "frames" / "000010.png"))
+    rgb = np.asarray(Image.open(mnt / "frames" / "000010.png"))
+    assert np.array_equal(bgr[:, :, ::-1], rgb)
+
+
+# -- names ---------------------------------------------------------------------------------
+
+def test_by_number_handles_gaps_wraparound_negatives_and_duplicates(samples, mounted):
+    sample = samples["odd_numbers"]
+    mnt = mounted("odd_numbers")
+    names = os.listdir(mnt / "by-number")
+    assert sorted(names) == sorted([
+        "-000003.png", "000000.png", "000001.png", "000002.png", "000002.dup1.png", "000002.dup2.png",
+        "006050.png", "006055.png", "006056.png"])
+    for name in names:
+        got = read_png(mnt / "by-number" / name)
+        stem = name[:-4]
+        number, _, dup = stem.partition(".dup")
+        rank = int(dup) if dup else 0
+        matches = [i for i, n in enumerate(sample.numbers) if n == int(number)]
+        assert np.array_equal(got, sample.expected_rgb(matches[rank])), name
+    # same inode as the frames/ entry, and unpadded names work as well
+    assert os.stat(mnt / "by-number" / "6055.png").st_ino == os.stat(mnt / "frames" / "000001.png").st_ino
+    assert not os.path.exists(mnt / "by-number" / "000002.dup3.png")
+    assert not os.path.exists(mnt / "by-number" / "4.png")
+
+
+def test_at_time_links_to_nearest_frame(samples, mounted):
+    mnt = mounted("mjpeg/avi")
+    at = mnt / "at-time"
+    assert os.readlink(at / f"{T0 + 0.04 * 7 + 0.01:.3f}.png") == "../frames/000007.png"
+    assert os.readlink(at / "2023-11-14T22:13:20.4Z.png") == "../frames/000010.png"
+    assert os.readlink(at / "2023-11-14T23:13:20.2+01:00.png") == "../frames/000005.png"
+    assert os.readlink(at / "0") == "../frames/000000.png"
+    assert barcode(read_png(at / "2023-11-14T22:13:20.4Z.png")) == samples["mjpeg/avi"].numbers[10]
+    assert not os.path.exists(at / "not-a-time.png")
+    assert os.listdir(at) == ["README.txt"]
+
+
+def test_metadata_files(samples, mounted):
+    sample = samples["extra"]
+    mnt = mounted("extra")
+    assert (mnt / "metadata.yaml").read_bytes() == (sample.path / "metadata.yaml").read_bytes()
+    assert json.loads((mnt / "metadata.json").read_text()) == {"genotype": "wt", "experiment": {"arena": 3}}
+    summary = json.loads((mnt / "store.json").read_text())
+    assert summary["frame_count"] == 12 and summary["served"]["image_format"] == "png"
+    rows = list(csv.DictReader(io.StringIO((mnt / "frames.csv").read_text())))
+    assert len(rows) == 12
+    assert rows[7]["frame_index"] == "7" and rows[7]["frame_number"] == "7"
+    assert float(rows[7]["frame_time"]) == sample.times[7]
+    assert rows[7]["frame_time_iso"].startswith("2023-11-14T22:13:20.28")
+    assert rows[7]["chunk"] == "1" and rows[7]["chunk_position"] == "2"
+    records = [json.loads(line) for line in (mnt / "extra.jsonl").read_text().splitlines()]
+    assert [r["frame_index"] for r in records] == [0, 2, 4, 6, 8, 10]
+    assert records[2]["vec"] == [4, 8] and records[2]["label"] == "f4"
+    table = list(csv.DictReader(io.StringIO((mnt / "extra.csv").read_text())))
+    assert table[1]["temperature"] == "22.0" and table[1]["vec"] == "[2, 4]"
+
+
+def test_empty_store_mounts_with_empty_frames(mounted):
+    mnt = mounted("empty")
+    assert os.listdir(mnt / "frames") == [] and os.listdir(mnt / "by-number") == []
+    assert json.loads((mnt / "store.json").read_text())["frame_count"] == 0
+    assert not os.path.exists(mnt / "at-time" / "1700000000.png")
+
+
+def test_mount_is_read_only(mounted):
+    mnt = mounted("png")
+    with pytest.raises(OSError) as err:
+        open(mnt / "frames" / "000000.png", "r+b")
+    assert err.value.errno == 30  # EROFS
+    with pytest.raises(OSError):
+        (mnt / "new.txt").write_text("x")

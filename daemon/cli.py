@@ -10,7 +10,6 @@ import argparse
 import errno
 import logging
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -27,6 +26,10 @@ DAEMON_OPTIONS = ("ro", "rw", "threads", "fsname") + FUSE_FLAGS
 
 class CliError(Exception):
     pass
+
+
+#: what a mount point whose daemon died answers (kernels differ)
+STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def default_log_file() -> str:
@@ -60,26 +63,41 @@ def _fusermount(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["fusermount3", *args], capture_output=True, text=True)
 
 
+def mount_state(path: str) -> str:
+    """'live', 'stale' (a FUSE mount whose daemon died) or 'none'.
+
+    `stat` may still answer from the kernel's attribute cache after the daemon died;
+    `statvfs` always reaches the daemon, so it is the probe."""
+    try:
+        if not os.path.ismount(path):
+            return "none"
+        os.statvfs(path)
+        return "live"
+    except OSError as exc:
+        if exc.errno in STALE_ERRNOS:
+            return "stale"
+        raise
+
+
 def prepare_mountpoint(path: str) -> None:
     """Refuse an unusable mount point; recover one left stale by a killed daemon."""
     try:
-        st = os.stat(path)
+        state = mount_state(path)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            log.info("%s: stale mount of a dead daemon, detaching it", path)
-            _fusermount("-uz", path)
-            try:
-                st = os.stat(path)
-            except OSError as again:
-                raise CliError(f"{path}: {again.strerror} (stale mount could not be cleared)") from None
-        elif exc.errno == errno.ENOENT:
+        if exc.errno == errno.ENOENT:
             raise CliError(f"mount point {path} does not exist") from None
-        else:
-            raise CliError(f"mount point {path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CliError(f"mount point {path} is not a directory")
-    if os.path.ismount(path):
+        raise CliError(f"mount point {path}: {exc.strerror}") from None
+    if state == "stale":
+        log.info("%s: stale mount of a dead daemon, detaching it", path)
+        _fusermount("-uz", path)
+        if mount_state(path) != "none":
+            raise CliError(f"{path}: stale mount could not be cleared (fusermount3 -uz failed)")
+    elif state == "live":
         raise CliError(f"{path} is already a mount point (unmount it first)")
+    if not os.path.exists(path):
+        raise CliError(f"mount point {path} does not exist")
+    if not os.path.isdir(path):
+        raise CliError(f"mount point {path} is not a directory")
 
 
 # -- mount ------------------------------------------------------------------------------
@@ -197,14 +215,14 @@ def _daemon_pid(mountpoint: str) -> int | None:
 def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> int:
     mountpoint = os.path.abspath(mountpoint)
     try:
-        os.stat(mountpoint)
+        state = mount_state(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            _fusermount("-uz", mountpoint)
-            return 0
         print(f"scopefs: {mountpoint}: {exc.strerror}", file=sys.stderr)
         return 1
-    if not os.path.ismount(mountpoint):
+    if state == "stale":
+        _fusermount("-uz", mountpoint)
+        return 0
+    if state == "none":
         print(f"scopefs: {mountpoint} is not mounted", file=sys.stderr)
         return 1
     pid = _daemon_pid(mountpoint)

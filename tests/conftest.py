@@ -40,11 +40,12 @@ def daemon_pid(mountpoint: Path) -> int | None:
 
 
 def is_stale(mountpoint: Path) -> bool:
+    """A mount whose daemon is gone (statvfs reaches the daemon; stat may be cached)."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
         return False
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 def alive(pid: int) -> bool:

@@ -193,15 +193,6 @@ class FrameIndex:
             return None
         return int(order[lo + rank])
 
-    def duplicate_rank(self, index: int) -> int:
-        """How many earlier frames carry the same frame_number as this one."""
-        order, values = self._number_order()
-        number = self.numbers[index]
-        lo = int(np.searchsorted(values, number, side="left"))
-        hi = int(np.searchsorted(values, number, side="right"))
-        # within equal numbers the stable sort keeps frame_index order
-        return int(np.searchsorted(order[lo:hi], index))
-
     # -- frame_time -------------------------------------------------------------------
     def _time_order(self) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:

@@ -1,0 +1,169 @@
+"""Pure format code: the frame index, encoders, extra data, caches (no FUSE)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from scopefs.backends.cache import ByteCache
+from scopefs.formats.images import make_format
+from scopefs.formats.imgstore.extra import read_extra_data
+from scopefs.formats.imgstore.frames import FrameReader, colour_conversions, open_reader
+from scopefs.formats.imgstore.index import Chunk, FrameIndex
+from scopefs.formats.imgstore.metadata import read_metadata
+from stores import barcode, make_store
+
+
+def index_of(numbers, times=None) -> FrameIndex:
+    numbers = np.asarray(numbers, np.int64)
+    times = np.asarray(times if times is not None else np.arange(len(numbers)) * 0.04, np.float64)
+    return FrameIndex([Chunk(0, "", "", 0, len(numbers))], numbers, times)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-5, 20), max_size=40), st.integers(-6, 21), st.integers(0, 3))
+def test_find_number_matches_a_scan(numbers, wanted, rank):
+    idx = index_of(numbers)
+    matches = [i for i, n in enumerate(numbers) if n == wanted]
+    assert idx.find_number(wanted, rank) == (matches[rank] if rank < len(matches) else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=40), st.floats(-10, 110))
+def test_nearest_time_matches_a_scan(times, t):
+    idx = index_of(range(len(times)), times)
+    best = min(abs(x - t) for x in times)
+    assert idx.nearest_time(t) == next(i for i, x in enumerate(times) if abs(x - t) == best)
+
+
+@given(st.lists(st.integers(-3, 3), max_size=30))
+def test_by_number_listing_is_sorted_and_complete(numbers):
+    idx = index_of(numbers)
+    listed = [idx.by_number_position(p) for p in range(len(numbers))]
+    assert sorted(i for i, _ in listed) == list(range(len(numbers)))
+    assert [numbers[i] for i, _ in listed] == sorted(numbers)
+    for i, rank in listed:
+        assert idx.find_number(numbers[i], rank) == i
+
+
+def test_locate_across_uneven_chunks():
+    chunks = [Chunk(0, "", "", 0, 3), Chunk(2, "", "", 3, 1), Chunk(7, "", "", 4, 5)]
+    idx = FrameIndex(chunks, np.arange(9), np.arange(9.0))
+    assert [(c.number, p) for c, p in map(idx.locate, range(9))] == [
+        (0, 0), (0, 1), (0, 2), (2, 0), (7, 0), (7, 1), (7, 2), (7, 3), (7, 4)]
+    with pytest.raises(IndexError):
+        idx.locate(9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["png", "tiff", "bmp", "pnm", "npy"]), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from([1, 3]), st.sampled_from(["uint8", "uint16"]), st.integers(0, 2**32 - 1))
+def test_size_follows_from_shape_and_pixels_round_trip(name, h, w, channels, dtype, seed):
+    fmt = make_format(name)
+    shape = (h, w) if channels == 1 else (h, w, 3)
+    if fmt.supports(shape, np.dtype(dtype)):
+        return
+    img = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    data = fmt.encode_checked(img)
+    assert len(data) == fmt.fixed_size(shape, dtype)
+    if name == "npy":
+        import io
+        back = np.load(io.BytesIO(data))
+        back = back[:, :, ::-1] if back.ndim == 3 else back
+    else:
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back, img)
+
+
+def test_lossy_formats_have_no_size_from_shape():
+    assert make_format("jpg").fixed_size((10, 10, 3), np.uint8) is None
+    assert make_format("png", png_compression=6).fixed_size((10, 10, 3), np.uint8) is None
+    assert make_format("bmp").supports((4, 4), np.dtype("uint16"))
+
+
+def test_colour_conversion_names_follow_imgstore():
+    table = colour_conversions()
+    assert table["cv_bayerbg"] == cv2.COLOR_BayerBG2BGR
+    assert table["cv_bayerrg"] == cv2.COLOR_BayerRG2BGR
+    assert "cv_yuv_nv12" in table
+
+
+def test_legacy_yaml_index_and_trailing_empty_chunk(tmp_path):
+    sample = make_store(tmp_path / "s", "npy", shape=(8, 8), numbers=range(10), chunksize=5)
+    index1 = sample.path / "000001" / "index.npz"
+    with np.load(index1) as dat:
+        numbers, times = dat["frame_number"].tolist(), dat["frame_time"].tolist()
+    index1.unlink()
+    (sample.path / "000001" / "index.yaml").write_text(yaml.safe_dump({"frame_number": numbers,
+                                                                       "frame_time": times}))
+    (sample.path / "000002").mkdir()
+    np.savez(sample.path / "000002" / "index.npz", frame_number=np.zeros(0), frame_time=np.zeros(0))
+    meta = read_metadata(str(sample.path))
+    idx = FrameIndex.load(meta)
+    assert len(idx) == 10 and [c.number for c in idx.chunks] == [0, 1]
+    assert idx.numbers.tolist() == list(range(10))
+
+
+def test_chunk_without_index_is_skipped_like_upstream(tmp_path):
+    sample = make_store(tmp_path / "s", "npy", shape=(8, 8), numbers=range(10), chunksize=5)
+    (sample.path / "000000" / "index.npz").unlink()
+    idx = FrameIndex.load(read_metadata(str(sample.path)))
+    assert idx.numbers.tolist() == list(range(5, 10))
+
+
+def test_one_frame_chunk_can_be_read_again(tmp_path):
+    # upstream fails the second read of the only frame of a chunk
+    sample = make_store(tmp_path / "s", "mjpeg/avi", shape=(64, 64, 3), numbers=[3, 4, 5, 6], chunksize=3,
+                        video=True)
+    meta = read_metadata(str(sample.path))
+    reader = open_reader(meta, FrameIndex.load(meta))
+    for i in (3, 3, 0, 3, 2, 3):
+        assert barcode(reader.read(i)) == sample.numbers[i]
+    reader.close()
+
+
+def test_extra_data_of_a_crashed_writer_and_nan(tmp_path):
+    sample = make_store(tmp_path / "s", "npy", shape=(8, 8), numbers=range(6), chunksize=5, extra=True)
+    (sample.path / "000001" / "index.extra.json").write_text(
+        '[{"a": 1, "frame_index": 5, "frame_number": NaN}, {"a": 2, "frame_ind')
+    meta = read_metadata(str(sample.path))
+    records = read_extra_data(meta, FrameIndex.load(meta))
+    assert [r.get("a", r.get("label")) for r in records] == ["f0", "f2", "f4", 1]
+    assert records[-1]["frame_number"] is None
+
+
+def test_byte_cache_is_bounded_and_makes_each_value_once():
+    cache = ByteCache(100)
+    calls = []
+
+    def make():
+        calls.append(1)
+        time.sleep(0.05)
+        return b"x" * 40
+
+    threads = [threading.Thread(target=cache.get_or_make, args=("k", make)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    cache.put("a", b"y" * 40)
+    cache.put("b", b"z" * 40)
+    assert cache.used_bytes <= 100 and cache.get("k") is None and cache.get("b") == b"z" * 40
+    cache.put("huge", b"h" * 500)
+    assert cache.get("huge") is None
+
+
+def test_reader_refuses_frames_of_the_wrong_shape(tmp_path):
+    sample = make_store(tmp_path / "s", "npy", shape=(8, 8), numbers=range(3))
+    np.save(sample.path / "000000" / "000001.npy", np.zeros((9, 9), np.uint8))
+    meta = read_metadata(str(sample.path))
+    reader = open_reader(meta, FrameIndex.load(meta))
+    assert isinstance(reader, FrameReader)
+    with pytest.raises(Exception, match="declares"):
+        reader.read(1)

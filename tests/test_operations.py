@@ -1,0 +1,149 @@
+"""The daemon's Operations driven directly (no kernel): counts, errors, caching policy."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import pyfuse3
+import pytest
+
+from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, StaticDirectory, Symlink, Tree)
+from scopefs.daemon.fs import Operations
+
+
+class Exploding(File):
+    def attr(self):
+        raise RuntimeError("backend bug")
+
+
+class Vanished(File):
+    def attr(self):
+        return Attr(stat.S_IFREG | 0o444, 10)
+
+    def open(self, flags):
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+
+class SampleTree(Tree):
+    def __init__(self):
+        super().__init__()
+        self.forgotten = []
+        root = self.add(StaticDirectory(mtime_ns=123))
+        sub = root.add("sub", self.add(StaticDirectory()))
+        self.hello = root.add("hello.txt", self.add(GeneratedFile(lambda: b"hello world", mtime_ns=456)))
+        root.add("boom", self.add(Exploding()))
+        root.add("vanished", self.add(Vanished()))
+        self.sub = sub
+
+    def forget(self, ino):
+        self.forgotten.append(ino)
+        super().forget(ino)
+
+
+@pytest.fixture
+def ops():
+    return Operations(SampleTree(), threads=2)
+
+
+async def test_lookup_getattr_and_forget_counts(ops):
+    entry = await ops.lookup(ROOT_INO, b"hello.txt")
+    assert entry.st_size == 11 and entry.st_mtime_ns == 456 and stat.S_ISREG(entry.st_mode)
+    assert entry.st_blocks == 1 and entry.entry_timeout == ops.policy.entry_timeout
+    again = await ops.lookup(ROOT_INO, b"hello.txt")
+    assert again.st_ino == entry.st_ino
+    assert ops._lookups[entry.st_ino] == 2
+    ops.forget([(entry.st_ino, 1)])
+    assert ops._lookups[entry.st_ino] == 1 and ops.tree.forgotten == []
+    ops.forget([(entry.st_ino, 1)])
+    assert entry.st_ino not in ops._lookups and ops.tree.forgotten == [entry.st_ino]
+    # a fixed node survives being forgotten: same number next time
+    assert (await ops.lookup(ROOT_INO, b"hello.txt")).st_ino == entry.st_ino
+    attr = await ops.getattr(entry.st_ino)
+    assert attr.st_size == 11
+    root = await ops.getattr(ROOT_INO)
+    assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 3
+
+
+async def test_negative_entries_are_cached_by_the_kernel(ops):
+    entry = await ops.lookup(ROOT_INO, b"missing")
+    assert entry.st_ino == 0 and entry.entry_timeout == ops.policy.negative_timeout
+
+
+async def test_unexpected_exception_becomes_eio_and_one_log_line(ops, caplog):
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.lookup(ROOT_INO, b"boom")
+    assert err.value.errno == errno.EIO
+    failures = [r for r in caplog.records if "backend bug" in (r.exc_text or "") or "lookup" in r.getMessage()]
+    assert len(failures) == 1
+    assert ops.counters.errors == 1
+
+
+async def test_os_errors_keep_their_errno(ops):
+    entry = await ops.lookup(ROOT_INO, b"vanished")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(entry.st_ino, os.O_RDONLY, None)
+    assert err.value.errno == errno.ENOENT
+
+
+async def test_open_read_release_and_read_only(ops):
+    entry = await ops.lookup(ROOT_INO, b"hello.txt")
+    info = await ops.open(entry.st_ino, os.O_RDONLY, None)
+    assert info.keep_cache
+    assert await ops.read(info.fh, 6, 100) == b"world"
+    assert ops.counters.bytes_read == 5
+    await ops.release(info.fh)
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.read(info.fh, 0, 10)
+    assert err.value.errno == errno.EBADF
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(entry.st_ino, os.O_RDWR, None)
+    assert err.value.errno == errno.EROFS
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(ROOT_INO, os.O_RDONLY, None)
+    assert err.value.errno == errno.EISDIR
+
+
+async def test_unknown_inode_and_not_a_directory(ops):
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.getattr(99999)
+    assert err.value.errno == errno.ENOENT
+    entry = await ops.lookup(ROOT_INO, b"hello.txt")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.lookup(entry.st_ino, b"x")
+    assert err.value.errno == errno.ENOTDIR
+
+
+async def test_control_xattrs_on_the_root(ops):
+    ops.info = {"source": "/data/store", "type": "imgstore"}
+    assert await ops.getxattr(ROOT_INO, b"user.scopefs.source", None) == b"/data/store"
+    assert int(await ops.getxattr(ROOT_INO, b"user.scopefs.pid", None)) == os.getpid()
+    names = await ops.listxattr(ROOT_INO, None)
+    assert b"user.scopefs.stats" in names
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.getxattr(ROOT_INO, b"user.other", None)
+    assert err.value.errno == errno.ENODATA
+
+
+def test_dynamic_nodes_keep_their_number_while_remembered():
+    tree = Tree()
+    tree.add(StaticDirectory())
+    a = tree.dynamic(("t", 1), lambda: Symlink("x"))
+    assert tree.dynamic(("t", 1), lambda: Symlink("y")) is a
+    assert tree.get(a.ino) is a
+    tree.forget(a.ino)
+    assert tree.get(a.ino) is None
+    assert tree.dynamic(("t", 1), lambda: Symlink("x")).ino != a.ino
+
+
+def test_reserved_ranges_build_nodes_on_demand():
+    tree = Tree()
+    tree.add(StaticDirectory())
+    base = tree.reserve(1_000_000, lambda k: GeneratedFile(lambda: str(k).encode()))
+    after = tree.add(StaticDirectory())
+    assert after.ino == base + 1_000_000
+    node = tree.get(base + 999_999)
+    assert node.ino == base + 999_999 and node.open(0).read(0, 10) == b"999999"
+    assert tree.get(base + 1_000_001) is None

@@ -49,16 +49,17 @@ def open(source: str, options: Options) -> "ImgstoreTree":
         settings = dict(
             png_compression=options.int("png_compression", 0, 0, 9),
             jpeg_quality=options.int("jpeg_quality", 95, 1, 100),
-            encoded_cache=options.int("cache_mb", 256, 0) * MiB,
-            decoded_cache=options.int("decoded_cache_mb", 64, 0) * MiB,
-            prefetch=options.int("prefetch", 4, 0, 64),
+            encoded_cache=options.int("cache_mb", 192, 0) * MiB,
+            decoded_cache=options.int("decoded_cache_mb", 48, 0) * MiB,
+            prefetch=options.int("prefetch", 8, 0, 64),
             passthrough=options.flag("passthrough", True),
             skip_bad_chunks=options.flag("skip_bad_chunks", False),
+            mjpeg_reader=options.str("mjpeg_reader", "ffmpeg", ("ffmpeg", "opencv")),
         )
         options.finish()
         meta = read_metadata(source)
         index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"))
-        reader = open_reader(meta, index)
+        reader = open_reader(meta, index, settings.pop("mjpeg_reader"))
     except StoreError as exc:
         raise MountError(str(exc)) from None
     fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
@@ -106,7 +107,10 @@ class FrameService:
         self._mtimes = np.zeros(n if self.passthrough else 0, np.int64)
         self._chunk_mtimes: dict[int, int] = {}
         self._prefetch_depth = prefetch
-        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        # read-ahead: one thread decodes in order (the video decoder stays positioned),
+        # a pool as wide as the machine encodes
+        self._decode_ahead = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead") if prefetch else None
+        self._encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="encode") if prefetch else None
         self._last_read = -2
         self._lock = threading.Lock()
         self.frames_decoded = 0
@@ -153,15 +157,15 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes:
         data = self.encoded.get_or_make(i, lambda: self.format.encode_checked(self.decoded_frame(i)))
-        if prefetch and self._prefetcher is not None:
+        if prefetch and self._decode_ahead is not None:
             with self._lock:
                 sequential = i == self._last_read + 1
                 self._last_read = i
             if sequential:
-                self._prefetcher.submit(self._prefetch, i)
+                self._decode_ahead.submit(self._read_ahead, i)
         return data
 
-    def _prefetch(self, i: int) -> None:
+    def _read_ahead(self, i: int) -> None:
         for j in range(i + 1, min(i + 1 + self._prefetch_depth, len(self.index))):
             with self._lock:
                 if self._last_read > j:
@@ -169,18 +173,28 @@ class FrameService:
             if j in self.encoded:
                 continue
             try:
-                self.encoded_frame(j, prefetch=False)
+                self.decoded_frame(j)
             except Exception as exc:             # the reader will meet it and report it
-                log.debug("prefetch of frame %d failed: %s", j, exc)
+                log.debug("read-ahead of frame %d failed: %s", j, exc)
                 return
+            self._encoders.submit(self._encode_ahead, j)
+
+    def _encode_ahead(self, j: int) -> None:
+        try:
+            self.encoded_frame(j, prefetch=False)
+        except Exception as exc:
+            log.debug("read-ahead of frame %d failed: %s", j, exc)
 
     def close(self) -> None:
-        if self._prefetcher is not None:
-            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._decode_ahead, self._encoders):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         self.reader.close()
 
 
 class PassthroughHandle(FileHandle):
+    release_blocks = True
+
     def __init__(self, path: str):
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -221,6 +235,9 @@ class FrameFile(File):
         if self.service.passthrough:
             return PassthroughHandle(self.service._source_path(self.i))
         return FrameHandle(self.service, self.i)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        return None if self.service.passthrough else FrameHandle(self.service, self.i)
 
 
 _INDEX_NAME = re.compile(r"^(\d+)$")

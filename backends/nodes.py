@@ -58,7 +58,10 @@ class Directory(Node):
 
 class FileHandle:
     """One open file. `read` may block; `cached_read` must not (it answers only when
-    the bytes are already in memory, so the daemon can skip a thread hop)."""
+    the bytes are already in memory, so the daemon can skip a thread hop). `release`
+    runs in a worker thread only if `release_blocks`."""
+
+    release_blocks = False
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
@@ -72,7 +75,12 @@ class FileHandle:
 
 class File(Node):
     def open(self, flags: int) -> FileHandle:
+        """May block (it runs in a worker thread)."""
         raise NotImplementedError
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        """A handle if opening needs no I/O, else None (then `open` is called in a thread)."""
+        return None
 
 
 class Symlink(Node):
@@ -155,6 +163,10 @@ class GeneratedFile(File):
 
     def open(self, flags: int) -> FileHandle:
         return BytesHandle(self.content())
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
+        return None if data is None else BytesHandle(data)
 
 
 # -- inode numbering --------------------------------------------------------------------

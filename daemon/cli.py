@@ -21,7 +21,7 @@ log = logging.getLogger("scopefs")
 
 #: -o options the daemon itself understands; everything else goes to the backend
 FUSE_FLAGS = ("allow_other", "allow_root", "default_permissions")
-DAEMON_OPTIONS = ("ro", "rw", "threads", "fsname") + FUSE_FLAGS
+DAEMON_OPTIONS = ("ro", "rw", "threads", "fsname", "read_ahead_kb") + FUSE_FLAGS
 
 
 class CliError(Exception):
@@ -133,6 +133,7 @@ def _mount_in_foreground(args) -> int:
         daemon_opts, backend_opts = _split_options(args.options)
         opts = Options(daemon_opts)
         threads = opts.int("threads", 8, 1, 256)
+        read_ahead_kib = opts.int("read_ahead_kb", 1024, 0, 65536)
         fsname = opts.str("fsname", args.source)
         extra = {flag for flag in FUSE_FLAGS if opts.flag(flag, False)}
         opts.flag("ro")
@@ -157,7 +158,7 @@ def _mount_in_foreground(args) -> int:
     from .serve import serve   # pyfuse3 is only needed once we really mount
     os.chdir("/")
     try:
-        serve(tree, args.mountpoint, fuse_options, threads=threads,
+        serve(tree, args.mountpoint, fuse_options, threads=threads, read_ahead_kib=read_ahead_kib,
               info={"source": args.source, "type": kind},
               on_ready=lambda: report("READY"))
     except RuntimeError as exc:       # pyfuse3.init failed: nothing was mounted

@@ -214,7 +214,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         if (flags & os.O_ACCMODE) != os.O_RDONLY and not self.tree.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
-        handle = await self._run(node.open, flags)
+        handle = node.open_nowait(flags) or await self._run(node.open, flags)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
@@ -235,7 +235,10 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if handle is not None:
-            await self._run(handle.release)
+            if handle.release_blocks:
+                await self._run(handle.release)
+            else:
+                handle.release()
 
     # -- filesystem -------------------------------------------------------------------
     @_guard

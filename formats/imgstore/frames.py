@@ -125,8 +125,9 @@ class DirectoryFrameReader(FrameReader):
 class _Decoder:
     """One OpenCV capture on one chunk, and where it stands (the next frame it returns)."""
 
-    def __init__(self, chunk: Chunk):
+    def __init__(self, chunk: Chunk, api: int):
         self.chunk = chunk
+        self.api = api
         self.cap = None
         self.next = 0
 
@@ -134,7 +135,7 @@ class _Decoder:
         self.close()
         if not os.path.exists(self.chunk.data_path):
             raise FrameError(f"{self.chunk.data_path}: video chunk is missing")
-        cap = cv2.VideoCapture(self.chunk.data_path, cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(self.chunk.data_path, self.api)
         if not cap.isOpened():
             raise FrameError(f"{self.chunk.data_path}: OpenCV cannot open this video chunk")
         self.cap, self.next = cap, 0
@@ -188,14 +189,27 @@ class _Decoder:
 
 
 class VideoFrameReader(FrameReader):
-    """Video chunks decoded by a bounded pool of positioned decoders."""
+    """Video chunks decoded by a bounded pool of positioned decoders.
 
-    #: read forward instead of seeking when the target is at most this far ahead
-    FORWARD_LIMIT = 48
+    `mjpeg_reader='opencv'` reads MJPEG/AVI chunks with OpenCV's own MJPEG reader, which
+    seeks through the AVI index (one decode per random frame instead of up to 17), but
+    decodes with libjpeg: pixels differ slightly from FFmpeg's (and upstream's) decode.
+    """
 
     def __init__(self, meta: StoreMetadata, index: FrameIndex, decoders_per_chunk: int = 4,
-                 max_decoders: int = 16):
+                 max_decoders: int = 16, mjpeg_reader: str = "ffmpeg"):
         super().__init__(meta, index)
+        mjpeg = meta.format in ("mjpeg/avi", "mjpeg")
+        self._api = cv2.CAP_OPENCV_MJPEG if (mjpeg and mjpeg_reader == "opencv") else cv2.CAP_FFMPEG
+        # read forward instead of seeking when the target is at most this far ahead:
+        # FFmpeg seeks land up to 16 frames early and decode forward anyway; an indexed
+        # MJPEG seek costs one decode; inter-frame codecs decode from a keyframe
+        if self._api == cv2.CAP_OPENCV_MJPEG:
+            self.forward_limit = 1
+        elif mjpeg:
+            self.forward_limit = 12
+        else:
+            self.forward_limit = 96
         self._per_chunk = decoders_per_chunk
         self._max = max(max_decoders, decoders_per_chunk)
         self._cond = threading.Condition()
@@ -207,7 +221,7 @@ class VideoFrameReader(FrameReader):
         decoder = self._acquire(chunk, position)
         ok = False
         try:
-            frame = decoder.read(position, self.FORWARD_LIMIT)
+            frame = decoder.read(position, self.forward_limit)
             ok = True
             return frame
         finally:
@@ -223,16 +237,16 @@ class VideoFrameReader(FrameReader):
                     if dec.chunk.number != chunk.number:
                         continue
                     ahead = position - dec.next
-                    score = ahead if 0 <= ahead <= self.FORWARD_LIMIT else self.FORWARD_LIMIT + 1
+                    score = ahead if 0 <= ahead <= self.forward_limit else self.forward_limit + 1
                     if best is None or score < best[0]:
                         best = (score, key)
-                if best is not None and (best[0] <= self.FORWARD_LIMIT
+                if best is not None and (best[0] <= self.forward_limit
                                          or self._open_per_chunk.get(chunk.number, 0) >= self._per_chunk):
                     return self._take(best[1])
                 if self._open_per_chunk.get(chunk.number, 0) < self._per_chunk:
                     self._evict_for_room()
                     self._open_per_chunk[chunk.number] = self._open_per_chunk.get(chunk.number, 0) + 1
-                    return _Decoder(chunk)
+                    return _Decoder(chunk, self._api)
                 self._cond.wait()
 
     def _take(self, key: int) -> _Decoder:
@@ -264,7 +278,7 @@ class VideoFrameReader(FrameReader):
             self._cond.notify_all()
 
 
-def open_reader(meta: StoreMetadata, index: FrameIndex) -> FrameReader:
+def open_reader(meta: StoreMetadata, index: FrameIndex, mjpeg_reader: str = "ffmpeg") -> FrameReader:
     if meta.kind == "directory":
         return DirectoryFrameReader(meta, index)
-    return VideoFrameReader(meta, index)
+    return VideoFrameReader(meta, index, mjpeg_reader=mjpeg_reader)

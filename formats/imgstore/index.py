@@ -202,21 +202,17 @@ class FrameIndex:
             return self._by_time
 
     def nearest_time(self, t: float) -> int | None:
-        """frame_index of the frame whose time is closest to t (earliest index on ties)."""
+        """frame_index of the frame whose time is closest to t; on a tie (equal times, or
+        equal float distances on both sides) the earliest frame_index, as upstream."""
         if not len(self):
             return None
         order, values = self._time_order()
-        pos = int(np.searchsorted(values, t, side="left"))
-        candidates = []
-        if pos < values.size:
-            candidates.append(pos)
-        if pos > 0:
-            candidates.append(pos - 1)
-        best = min(candidates, key=lambda p: abs(values[p] - t))
-        # several frames may share that exact time: the first by frame_index wins
-        lo = int(np.searchsorted(values, values[best], side="left"))
-        hi = int(np.searchsorted(values, values[best], side="right"))
-        if pos < values.size and pos - 1 >= 0 and abs(values[pos] - t) == abs(values[pos - 1] - t):
-            lo = min(lo, int(np.searchsorted(values, values[pos - 1], side="left")))
-            hi = max(hi, int(np.searchsorted(values, values[pos], side="right")))
-        return int(order[lo:hi].min())
+        n = values.size
+        pos = int(np.searchsorted(values, t, side="left"))      # values[:pos] < t <= values[pos:]
+        best = t - values[pos - 1] if pos else np.inf
+        if pos < n:
+            best = min(best, values[pos] - t)
+        # distance falls to the left of pos and grows to the right: both ends by bisection
+        first = bisect.bisect_left(range(pos), True, key=lambda i: bool(t - values[i] <= best))
+        end = pos + bisect.bisect_left(range(pos, n), True, key=lambda i: bool(values[i] - t > best))
+        return int(order[first:end].min())

@@ -62,6 +62,24 @@ class ByteCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= _size_of(evicted)
 
+    def claim(self, key: Hashable) -> bool:
+        """Promise to make `key` (True), unless it is cached or being made already.
+        Whoever claims must call `complete`; `get_or_make` callers wait meanwhile."""
+        with self._lock:
+            if key in self._items or key in self._pending:
+                return False
+            self._pending[key] = _Pending()
+            self.misses += 1
+            return True
+
+    def complete(self, key: Hashable, value=None, error: BaseException | None = None) -> None:
+        if error is None:
+            self.put(key, value)
+        with self._lock:
+            pending = self._pending.pop(key)
+        pending.value, pending.error = value, error
+        pending.done.set()
+
     def get_or_make(self, key: Hashable, make: Callable[[], object]):
         with self._lock:
             value = self._items.get(key)
@@ -80,13 +98,9 @@ class ByteCache:
                 raise pending.error
             return pending.value
         try:
-            pending.value = make()
-            self.put(key, pending.value)
-            return pending.value
+            value = make()
         except BaseException as exc:
-            pending.error = exc
+            self.complete(key, error=exc)
             raise
-        finally:
-            with self._lock:
-                del self._pending[key]
-            pending.done.set()
+        self.complete(key, value)
+        return value

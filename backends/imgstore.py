@@ -166,24 +166,29 @@ class FrameService:
         return data
 
     def _read_ahead(self, i: int) -> None:
+        """Decode the next frames in order and hand them to the encoders. Each frame is
+        claimed first, so a reader that gets there meanwhile waits for it instead of
+        decoding it a second time on a decoder that has to seek."""
         for j in range(i + 1, min(i + 1 + self._prefetch_depth, len(self.index))):
             with self._lock:
                 if self._last_read > j:
                     return                       # the reader is already past us
-            if j in self.encoded:
+            if not self.encoded.claim(j):
                 continue
             try:
-                self.decoded_frame(j)
-            except Exception as exc:             # the reader will meet it and report it
-                log.debug("read-ahead of frame %d failed: %s", j, exc)
+                img = self.decoded_frame(j)
+            except Exception as exc:             # the reader meets it, and reports it
+                self.encoded.complete(j, error=exc)
                 return
-            self._encoders.submit(self._encode_ahead, j)
+            self._encoders.submit(self._encode_claimed, j, img)
 
-    def _encode_ahead(self, j: int) -> None:
+    def _encode_claimed(self, j: int, img: np.ndarray) -> None:
         try:
-            self.encoded_frame(j, prefetch=False)
+            data = self.format.encode_checked(img)
         except Exception as exc:
-            log.debug("read-ahead of frame %d failed: %s", j, exc)
+            self.encoded.complete(j, error=exc)
+        else:
+            self.encoded.complete(j, data)
 
     def close(self) -> None:
         for pool in (self._decode_ahead, self._encoders):

@@ -480,8 +480,14 @@ class ImgstoreTree(Tree):
         size = self.service._fixed_size or 0
         return n * size, n + 16
 
-    def extended_attributes(self) -> dict[str, bytes]:
-        return {"user.scopefs.frames_decoded": str(self.service.frames_decoded).encode()}
+    def status(self) -> dict:
+        service = self.service
+        caches = (service.encoded, service.decoded)
+        hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
+        return {"frames": len(self.index), "frames_decoded": service.frames_decoded,
+                "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+                "encoded_cache_bytes": service.encoded.used_bytes,
+                "decoded_cache_bytes": service.decoded.used_bytes}
 
     def close(self) -> None:
         self.service.close()

@@ -249,8 +249,8 @@ class Tree:
         """(bytes used, files) for statfs; cheap estimates are fine."""
         return 0, self._next
 
-    def extended_attributes(self) -> dict[str, bytes]:
-        """Read-only xattrs of the root that describe the mount."""
+    def status(self) -> dict:
+        """What the backend adds to the mount's status (the control file)."""
         return {}
 
     def close(self) -> None:

@@ -69,7 +69,7 @@ class Mount:
         t0 = time.perf_counter()
         subprocess.run([*SCOPEFS, "mount", str(source), str(self.path), *options], check=True)
         self.mount_s = time.perf_counter() - t0
-        self.pid = int(os.getxattr(self.path, "user.scopefs.pid"))
+        self.pid = json.loads((self.path / ".scopefs").read_text())["pid"]
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.pid}/status") as fh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import subprocess
@@ -16,6 +17,7 @@ import time
 
 from ..backends import BACKENDS, detect, open_tree
 from ..backends.options import MountError, Options, parse_option_string
+from .fs import CONTROL_NAME
 
 log = logging.getLogger("scopefs")
 
@@ -155,7 +157,7 @@ def _mount_in_foreground(args) -> int:
     fuse_options = {f"fsname={fsname}", f"subtype=scopefs.{kind}", "default_permissions", *extra}
     if not tree.writable or "ro" in daemon_opts:
         fuse_options.add("ro")
-    from .serve import serve   # pyfuse3 is only needed once we really mount
+    from .serve import serve
     os.chdir("/")
     try:
         serve(tree, args.mountpoint, fuse_options, threads=threads, read_ahead_kib=read_ahead_kib,
@@ -206,11 +208,18 @@ def _absolute_argv(args) -> list[str]:
 
 # -- umount -----------------------------------------------------------------------------
 
-def _daemon_pid(mountpoint: str) -> int | None:
+def daemon_status(mountpoint: str) -> dict | None:
+    """The status a live scopefs mount shows in its control file, or None."""
     try:
-        return int(os.getxattr(mountpoint, "user.scopefs.pid"))
+        with open(os.path.join(mountpoint, CONTROL_NAME), "rb") as fh:
+            return json.loads(fh.read())
     except (OSError, ValueError):
         return None
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    status = daemon_status(mountpoint)
+    return status.get("pid") if status else None
 
 
 def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> int:

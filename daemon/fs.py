@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -19,7 +20,8 @@ from itertools import islice
 import pyfuse3
 import trio
 
-from ..backends.nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
+from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
+                              Symlink, Tree)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,12 @@ log = logging.getLogger(__name__)
 READDIR_BATCH = 512
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
 BLOCK_SIZE = 128 * 1024
+#: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
+#: daemon's status as JSON (pid, source, counters). It replaces extended attributes:
+#: answering getxattr at all costs `ls -l` two round trips per file (SELinux label and
+#: ACL probes), so getxattr says ENOSYS once and the kernel stops asking.
+CONTROL_NAME = ".scopefs"
+CONTROL_INO = (1 << 63) - 2
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES}
 
@@ -127,6 +135,9 @@ class Operations(pyfuse3.Operations):
     # -- namespace --------------------------------------------------------------------
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):
+        if parent_inode == ROOT_INO and name == CONTROL_NAME.encode():
+            self._remember(CONTROL_INO)
+            return self._control_entry()
         directory = self._directory(parent_inode)
 
         def find():
@@ -146,6 +157,8 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode, ctx=None):
+        if inode == CONTROL_INO:
+            return self._control_entry()
         node = self._node(inode)
         return self._entry(inode, await self._run(node.attr))
 
@@ -158,7 +171,7 @@ class Operations(pyfuse3.Operations):
                     self._lookups[ino] = left
                 else:
                     self._lookups.pop(ino, None)
-                    if ino != ROOT_INO:
+                    if ino not in (ROOT_INO, CONTROL_INO):
                         self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
@@ -209,16 +222,25 @@ class Operations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------------------
     @_guard
     async def open(self, inode, flags, ctx):
+        if inode == CONTROL_INO:
+            if (flags & os.O_ACCMODE) != os.O_RDONLY:
+                raise pyfuse3.FUSEError(errno.EACCES)
+            return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True)
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         if (flags & os.O_ACCMODE) != os.O_RDONLY and not self.tree.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         handle = node.open_nowait(flags) or await self._run(node.open, flags)
+        return self._add_handle(handle)
+
+    def _add_handle(self, handle: FileHandle, direct_io: bool = False) -> pyfuse3.FileInfo:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.policy.keep_cache)
+        # direct_io: content that changes under a fixed name must not be cut at a stale size
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.policy.keep_cache and not direct_io,
+                                direct_io=direct_io)
 
     @_guard
     async def read(self, fh, off, size):
@@ -254,35 +276,25 @@ class Operations(pyfuse3.Operations):
         st.f_namemax = 255
         return st
 
-    def _xattrs(self, inode: int) -> dict[str, bytes]:
-        if inode != ROOT_INO:
-            return {}
-        c = self.counters
-        stats = {"pid": os.getpid(), "uptime_s": round(time.time() - c.started, 3), "requests": c.requests,
-                 "bytes_read": c.bytes_read, "errors": c.errors, "known_inodes": self.known_inodes,
-                 "open_files": len(self._handles)}
-        values = {f"user.scopefs.{k}": str(v).encode() for k, v in self.info.items()}
-        values["user.scopefs.pid"] = str(os.getpid()).encode()
-        values["user.scopefs.stats"] = json.dumps(stats).encode()
-        values.update(self.tree.extended_attributes())
-        return values
-
     @_guard
     async def getxattr(self, inode, name, ctx):
-        self._node(inode)
-        value = self._xattrs(inode).get(os.fsdecode(name))
-        if value is None:
-            raise pyfuse3.FUSEError(errno.ENODATA)   # never ENOSYS: that disables xattrs for good
-        return value
+        raise pyfuse3.FUSEError(errno.ENOSYS)     # the kernel then stops asking (see CONTROL_NAME)
 
-    @_guard
-    async def listxattr(self, inode, ctx):
-        self._node(inode)
-        return [os.fsencode(k) for k in self._xattrs(inode)]
+    # -- the control file -------------------------------------------------------------
+    def status(self) -> dict:
+        c = self.counters
+        status = dict(self.info)
+        status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
+                      bytes_read=c.bytes_read, errors=c.errors, known_inodes=self.known_inodes,
+                      open_files=len(self._handles))
+        status.update(self.tree.status())
+        return status
 
-    @_guard
-    async def access(self, inode, mode, ctx):
-        # reached only without default_permissions; the kernel checks modes otherwise
-        self._node(inode)
-        if mode & os.W_OK and not self.tree.writable:
-            raise pyfuse3.FUSEError(errno.EROFS)
+    def _control_bytes(self) -> bytes:
+        return (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
+
+    def _control_entry(self) -> pyfuse3.EntryAttributes:
+        entry = self._entry(CONTROL_INO, Attr(stat.S_IFREG | 0o444, len(self._control_bytes()),
+                                              int(self.counters.started * 1e9)))
+        entry.entry_timeout = entry.attr_timeout = 0
+        return entry

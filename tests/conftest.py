@@ -1,12 +1,13 @@
 """Fixtures that mount through the real `scopefs` command and always clean up.
 
 Every mount made by a test is unmounted in teardown (`fusermount3 -u`, then `-uz`), and
-the daemon it started (its PID comes from the mount's own xattr) is waited for, then
+the daemon it started (its PID comes from the mount's control file) is waited for, then
 ended by PID if it lingers. Nothing else is ever signalled.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -32,10 +33,15 @@ def run_scopefs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     return subprocess.run([*SCOPEFS, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def daemon_status(mountpoint: Path) -> dict:
+    """The JSON a mount shows in its hidden control file."""
+    return json.loads((mountpoint / ".scopefs").read_text())
+
+
 def daemon_pid(mountpoint: Path) -> int | None:
     try:
-        return int(os.getxattr(mountpoint, "user.scopefs.pid"))
-    except OSError:
+        return daemon_status(mountpoint)["pid"]
+    except (OSError, ValueError):
         return None
 
 

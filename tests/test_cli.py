@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import SCOPEFS, MountFailed, alive, cleanup_mount, daemon_pid, is_stale, run_scopefs, wait_gone
+from conftest import SCOPEFS, MountFailed, alive, cleanup_mount, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
 from stores import make_store
 
 
@@ -24,6 +24,9 @@ def test_mount_returns_once_live_and_umount_waits_for_the_daemon(store, mount):
     assert sorted(os.listdir(mnt))[:3] == ["at-time", "by-number", "frames"]
     pid = daemon_pid(mnt)
     assert alive(pid)
+    status = daemon_status(mnt)
+    assert status["source"] == str(store) and status["type"] == "imgstore" and status["frames"] == 12
+    assert ".scopefs" not in os.listdir(mnt)
     result = run_scopefs("umount", str(mnt))
     assert result.returncode == 0, result.stderr
     assert not os.path.ismount(mnt)

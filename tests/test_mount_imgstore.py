@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import daemon_status
 from stores import T0, barcode, make_store
 
 DIRECTORY_FORMATS = ["npy", "png", "bmp", "tif", "pgm", "ppm"]
@@ -27,7 +28,7 @@ def read_png(path) -> np.ndarray:
 
 
 def frames_decoded(mnt) -> int:
-    return int(os.getxattr(mnt, "user.scopefs.frames_decoded"))
+    return daemon_status(mnt)["frames_decoded"]
 
 
 @pytest.fixture(scope="module")

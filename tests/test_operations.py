@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -10,7 +11,7 @@ import pyfuse3
 import pytest
 
 from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, StaticDirectory, Symlink, Tree)
-from scopefs.daemon.fs import Operations
+from scopefs.daemon.fs import CONTROL_NAME, Operations
 
 
 class Exploding(File):
@@ -116,15 +117,23 @@ async def test_unknown_inode_and_not_a_directory(ops):
     assert err.value.errno == errno.ENOTDIR
 
 
-async def test_control_xattrs_on_the_root(ops):
+async def test_control_file_is_hidden_fresh_and_xattrs_are_off(ops):
     ops.info = {"source": "/data/store", "type": "imgstore"}
-    assert await ops.getxattr(ROOT_INO, b"user.scopefs.source", None) == b"/data/store"
-    assert int(await ops.getxattr(ROOT_INO, b"user.scopefs.pid", None)) == os.getpid()
-    names = await ops.listxattr(ROOT_INO, None)
-    assert b"user.scopefs.stats" in names
+    entry = await ops.lookup(ROOT_INO, CONTROL_NAME.encode())
+    assert entry.attr_timeout == 0 and entry.entry_timeout == 0
+    info = await ops.open(entry.st_ino, os.O_RDONLY, None)
+    assert info.direct_io and not info.keep_cache
+    status = json.loads(await ops.read(info.fh, 0, 1 << 20))
+    assert status["pid"] == os.getpid() and status["source"] == "/data/store"
+    assert status["requests"] >= 2
     with pytest.raises(pyfuse3.FUSEError) as err:
-        await ops.getxattr(ROOT_INO, b"user.other", None)
-    assert err.value.errno == errno.ENODATA
+        await ops.open(entry.st_ino, os.O_WRONLY, None)
+    assert err.value.errno == errno.EACCES
+    # never listed, so tar, rsync and find do not see it
+    assert CONTROL_NAME not in [name for _, name, _ in ops.tree.root.entries(0)]
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.getxattr(ROOT_INO, b"security.selinux", None)
+    assert err.value.errno == errno.ENOSYS
 
 
 def test_dynamic_nodes_keep_their_number_while_remembered():

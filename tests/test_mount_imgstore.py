@@ -8,12 +8,14 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import tarfile
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import daemon_status
@@ -281,3 +283,27 @@ def test_mount_is_read_only(mounted):
     assert err.value.errno == 30  # EROFS
     with pytest.raises(OSError):
         (mnt / "new.txt").write_text("x")
+
+
+def test_indexed_mjpeg_reader_gives_the_right_frames(samples, mounted):
+    sample = samples["mjpeg/avi"]
+    mnt = mounted("mjpeg/avi", "-o", "mjpeg_reader=opencv")
+    n = len(sample.numbers)
+    for i in random.Random(11).sample(range(n), n) + [3, 3, 29, 0]:
+        assert barcode(read_png(mnt / "frames" / f"{i:06d}.png")) == sample.numbers[i]
+
+
+def test_legacy_motif_store_without_extension(samples, module_mount, tmp_path):
+    # Motif wrote class VideoImgStoreFFMPEG, format 'libx264', encoding '' and no extension
+    legacy = tmp_path / "motif"
+    shutil.copytree(samples["avc1/mp4"].path, legacy)
+    meta = yaml.safe_load((legacy / "metadata.yaml").read_text())
+    store = meta["__store"]
+    store.update({"class": "VideoImgStoreFFMPEG", "format": "libx264", "encoding": ""})
+    for key in ("extension", "created_utc", "timezone_local"):
+        store.pop(key)
+    (legacy / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    mnt = module_mount(legacy)
+    for i in (0, 13, 29, 2):
+        assert barcode(read_png(mnt / "frames" / f"{i:06d}.png")) == samples["avc1/mp4"].numbers[i]
+    assert json.loads((mnt / "store.json").read_text())["timezone"] == "UTC"

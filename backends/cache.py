@@ -36,13 +36,17 @@ class ByteCache:
     def used_bytes(self) -> int:
         return self._bytes
 
+    def _hit(self, key: Hashable):
+        """The cached value, marked recently used; call with the lock held."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return value
+
     def get(self, key: Hashable):
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-            return value
+            return self._hit(key)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -82,10 +86,8 @@ class ByteCache:
 
     def get_or_make(self, key: Hashable, make: Callable[[], object]):
         with self._lock:
-            value = self._items.get(key)
+            value = self._hit(key)
             if value is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
                 return value
             pending = self._pending.get(key)
             owner = pending is None

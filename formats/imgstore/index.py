@@ -121,8 +121,7 @@ class FrameIndex:
         self.times = times
         self._starts = [c.start for c in chunks]
         self._lock = threading.Lock()
-        self._by_number: tuple[np.ndarray, np.ndarray] | None = None
-        self._by_time: tuple[np.ndarray, np.ndarray] | None = None
+        self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return int(self.numbers.size)
@@ -170,13 +169,19 @@ class FrameIndex:
         chunk = self.chunks[bisect.bisect_right(self._starts, index) - 1]
         return chunk, index - chunk.start
 
+    def _sorted(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """(frame indexes in order of `field`, the sorted values), made on first use; the
+        stable sort keeps equal values in frame_index order."""
+        with self._lock:
+            if field not in self._orders:
+                values = getattr(self, field)
+                order = np.argsort(values, kind="stable")
+                self._orders[field] = (order, values[order])
+            return self._orders[field]
+
     # -- frame_number -----------------------------------------------------------------
     def _number_order(self) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            if self._by_number is None:
-                order = np.argsort(self.numbers, kind="stable")
-                self._by_number = (order, self.numbers[order])
-            return self._by_number
+        return self._sorted("numbers")
 
     def by_number_position(self, position: int) -> tuple[int, int]:
         """(frame_index, duplicate rank) of the position-th frame in frame_number order."""
@@ -195,11 +200,7 @@ class FrameIndex:
 
     # -- frame_time -------------------------------------------------------------------
     def _time_order(self) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            if self._by_time is None:
-                order = np.argsort(self.times, kind="stable")
-                self._by_time = (order, self.times[order])
-            return self._by_time
+        return self._sorted("times")
 
     def nearest_time(self, t: float) -> int | None:
         """frame_index of the frame whose time is closest to t; on a tie (equal times, or

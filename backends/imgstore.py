@@ -29,8 +29,8 @@ from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
 from ..formats.imgstore.metadata import StoreError, looks_like_store, read_metadata
 from .cache import ByteCache
-from .nodes import (Attr, BytesHandle, Directory, File, FileHandle, GeneratedFile, StaticDirectory,
-                    Symlink, Tree)
+from .nodes import (Attr, Directory, File, FileHandle, GeneratedFile, RowsFile, StaticDirectory, Symlink,
+                    Tree)
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -369,37 +369,65 @@ def _zone_name(zone: _dt.tzinfo) -> str:
     return getattr(zone, "key", None) or str(zone)
 
 
-def frames_csv(index: FrameIndex, zone: _dt.tzinfo) -> bytes:
-    """frame_index,frame_number,frame_time,frame_time_iso,chunk,chunk_position."""
-    n = len(index)
-    rows = ["frame_index,frame_number,frame_time,frame_time_iso,chunk,chunk_position\n"]
-    if n:
-        times = index.times
-        iso = _iso_times(times, zone)
-        chunk_of = np.empty(n, np.int64)
-        position = np.empty(n, np.int64)
-        for c in index.chunks:
-            chunk_of[c.start:c.start + c.count] = c.number
-            position[c.start:c.start + c.count] = np.arange(c.count)
-        numbers = index.numbers.tolist()
-        time_list = times.tolist()
-        chunks, positions = chunk_of.tolist(), position.tolist()
-        rows.extend(f"{i},{numbers[i]},{time_list[i]!r},{iso[i]},{chunks[i]},{positions[i]}\n"
-                    for i in range(n))
-    return "".join(rows).encode()
+FRAMES_CSV_HEADER = b"frame_index,frame_number,frame_time,frame_time_iso,chunk,chunk_position\n"
+_POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
+#: epoch seconds of years 1000 and 9999 (with a day's margin for zone offsets): times in
+#: between get a fixed-width ISO string; others (and NaN) an empty one
+_ISO_RANGE = (-30610224000 + 86400, 253402214400 - 86400)
+
+
+def _iso_valid(times: np.ndarray) -> np.ndarray:
+    return np.isfinite(times) & (times >= _ISO_RANGE[0]) & (times <= _ISO_RANGE[1])
+
+
+def _int_lengths(values: np.ndarray) -> np.ndarray:
+    """len(str(v)) for every int64, without making the strings."""
+    values = np.asarray(values, np.int64)
+    return np.searchsorted(_POW10, np.abs(values), side="right") + 1 + (values < 0)
+
+
+class FramesTable:
+    """frames.csv, row by row: exact row lengths for the size, formatting on demand."""
+
+    def __init__(self, index: FrameIndex, zone: _dt.tzinfo):
+        self.index = index
+        self.zone = zone
+        self._starts = np.asarray([c.start for c in index.chunks], np.int64)
+        self._numbers = np.asarray([c.number for c in index.chunks], np.int64)
+
+    def _chunk_columns(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(lo, hi, dtype=np.int64)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        return self._numbers[which], rows - self._starts[which]
+
+    def row_lengths(self) -> np.ndarray:
+        n = len(self.index)
+        times = self.index.times
+        chunks, positions = self._chunk_columns(0, n)
+        iso = np.where(_iso_valid(times), 32, 0)          # YYYY-MM-DDTHH:MM:SS.ffffff+HH:MM
+        return (_int_lengths(np.arange(n)) + _int_lengths(self.index.numbers)
+                + np.strings.str_len(times.astype(str)) + iso
+                + _int_lengths(chunks) + _int_lengths(positions) + 6)   # 5 commas, 1 newline
+
+    def render(self, lo: int, hi: int) -> bytes:
+        chunks, positions = self._chunk_columns(lo, hi)
+        columns = (np.arange(lo, hi).astype(str).tolist(), self.index.numbers[lo:hi].astype(str).tolist(),
+                   self.index.times[lo:hi].astype(str).tolist(), _iso_times(self.index.times[lo:hi], self.zone),
+                   chunks.astype(str).tolist(), positions.astype(str).tolist())
+        return "".join(",".join(row) + "\n" for row in zip(*columns)).encode()
 
 
 def _iso_times(times: np.ndarray, zone: _dt.tzinfo) -> list[str]:
     """ISO-8601 with the zone's offset at each instant, vectorised: the offset is looked
     up once per distinct hour, not once per frame."""
-    finite = np.isfinite(times)
+    finite = _iso_valid(times)
     safe = np.where(finite, times, 0.0)
-    hours = np.floor(safe / 3600.0).astype(np.int64)
-    offsets = np.zeros(times.size, np.int64)
-    for hour in np.unique(hours):
-        instant = _dt.datetime.fromtimestamp(int(hour) * 3600, _dt.timezone.utc)
-        delta = zone.utcoffset(instant.astimezone(zone)) or _dt.timedelta(0)
-        offsets[hours == hour] = int(delta.total_seconds())
+    hours, which = np.unique(np.floor(safe / 3600.0).astype(np.int64), return_inverse=True)
+    per_hour = np.zeros(hours.size, np.int64)
+    for k, hour in enumerate(hours.tolist()):
+        instant = _dt.datetime.fromtimestamp(hour * 3600, _dt.timezone.utc)
+        per_hour[k] = int((zone.utcoffset(instant.astimezone(zone)) or _dt.timedelta(0)).total_seconds())
+    offsets = per_hour[which.reshape(-1)]
     local = (np.round(safe * 1e6).astype(np.int64) + offsets * 1_000_000).astype("datetime64[us]")
     text = np.datetime_as_string(local, unit="us").tolist()
     out = []
@@ -430,8 +458,8 @@ class ImgstoreTree(Tree):
         root.add("metadata.yaml", self.add(GeneratedFile(lambda: meta.raw, mtime)))
         root.add("metadata.json", self.add(self._json_file(lambda: meta.user, mtime)))
         root.add("store.json", self.add(self._json_file(self.summary, mtime)))
-        root.add("frames.csv", self.add(GeneratedFile(lambda: frames_csv(index, meta.timezone), mtime,
-                                                      self.generated_cache)))
+        table = FramesTable(index, meta.timezone)
+        root.add("frames.csv", self.add(RowsFile(FRAMES_CSV_HEADER, table.row_lengths, table.render, mtime)))
         if extra_data.extra_data_files(meta, index):
             records = lambda: extra_data.read_extra_data(meta, index)  # noqa: E731
             root.add("extra.jsonl", self.add(GeneratedFile(lambda: extra_data.records_to_jsonl(records()),

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
+
 from .cache import ByteCache
 
 ROOT_INO = 1
@@ -167,6 +169,58 @@ class GeneratedFile(File):
     def open_nowait(self, flags: int) -> FileHandle | None:
         data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
         return None if data is None else BytesHandle(data)
+
+
+class RowsFile(File):
+    """A large read-only text table (a CSV of a million frames) served by ranges.
+
+    `row_lengths()` gives the byte length of every row, computed once (vectorised) when
+    the size is first asked for; `render(lo, hi)` formats rows lo..hi-1 and must give
+    exactly those lengths. A read formats only the rows it covers, so neither `stat` nor
+    a read ever builds the whole file.
+    """
+
+    def __init__(self, header: bytes, row_lengths: Callable[[], "np.ndarray"],
+                 render: Callable[[int, int], bytes], mtime_ns: int = 0):
+        self.header = header
+        self._row_lengths = row_lengths
+        self.render = render
+        self.mtime_ns = mtime_ns
+        self._ends: "np.ndarray | None" = None
+        self._lock = threading.Lock()
+
+    def row_ends(self) -> "np.ndarray":
+        """Byte offset just past each row, counted from the end of the header."""
+        with self._lock:
+            if self._ends is None:
+                self._ends = np.cumsum(self._row_lengths(), dtype=np.int64)
+            return self._ends
+
+    def attr(self) -> Attr:
+        ends = self.row_ends()
+        return Attr(stat.S_IFREG | 0o444, len(self.header) + (int(ends[-1]) if ends.size else 0), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        return RowsHandle(self)
+
+
+class RowsHandle(FileHandle):
+    def __init__(self, table: RowsFile):
+        self.table = table
+
+    def read(self, offset: int, size: int) -> bytes:
+        header, ends = self.table.header, self.table.row_ends()
+        out = header[offset:offset + size]
+        start, stop = max(offset - len(header), 0), offset + size - len(header)
+        if stop <= 0 or not ends.size:
+            return out
+        lo = int(np.searchsorted(ends, start, side="right"))
+        hi = min(int(np.searchsorted(ends, stop, side="left")) + 1, ends.size)
+        if lo >= hi:
+            return out
+        first = int(ends[lo - 1]) if lo else 0
+        chunk = self.table.render(lo, hi)
+        return out + chunk[start - first:stop - first]
 
 
 # -- inode numbering --------------------------------------------------------------------

@@ -167,3 +167,26 @@ def test_reader_refuses_frames_of_the_wrong_shape(tmp_path):
     assert isinstance(reader, FrameReader)
     with pytest.raises(Exception, match="declares"):
         reader.read(1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-10**12, 10**12),
+                          st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 2e9))),
+                min_size=0, max_size=30),
+       st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 700)), max_size=8))
+def test_frames_csv_rows_have_exact_sizes_and_ranges(rows, reads):
+    import datetime as dt
+    from scopefs.backends.imgstore import FRAMES_CSV_HEADER, FramesTable
+    from scopefs.backends.nodes import RowsFile
+    numbers = np.asarray([r[0] for r in rows], np.int64)
+    times = np.asarray([r[1] for r in rows], np.float64)
+    chunks = [Chunk(3, "", "", 0, len(rows) // 2), Chunk(9, "", "", len(rows) // 2, len(rows) - len(rows) // 2)]
+    table = FramesTable(FrameIndex([c for c in chunks if c.count], numbers, times),
+                        dt.timezone(dt.timedelta(hours=-5)))
+    csv_file = RowsFile(FRAMES_CSV_HEADER, table.row_lengths, table.render)
+    whole = FRAMES_CSV_HEADER + table.render(0, len(rows))
+    assert csv_file.attr().size == len(whole)
+    handle = csv_file.open(0)
+    for offset, size in reads:
+        assert handle.read(offset, size) == whole[offset:offset + size]
+    assert whole.count(b"\n") == len(rows) + 1

@@ -1,8 +1,8 @@
 """Backends: each turns one kind of data source into a `Tree` of nodes.
 
-A backend module has `TYPE` (the name given to `-t`), `detect(source) -> bool` (cheap,
-for auto-detection) and `open(source, options) -> Tree`. Adding a format means adding
-a module here and a line to `BACKENDS`; the daemon does not change.
+A backend module, named as the type `-t` takes, has `detect(source) -> bool` (cheap, for
+auto-detection) and `open(source, options) -> Tree`. Adding a format means adding a
+module here and its name to `BACKENDS`; the daemon does not change.
 """
 from __future__ import annotations
 

@@ -35,7 +35,6 @@ from .options import MountError, Options
 
 log = logging.getLogger(__name__)
 
-TYPE = "imgstore"
 MiB = 1 << 20
 
 
@@ -494,6 +493,7 @@ class ImgstoreTree(Tree):
             "created_utc": str(meta.created_utc) if meta.created_utc else None,
             "served": {
                 "image_format": service.format.name,
+                "lossless": service.format.lossless,
                 "extension": service.extension,
                 "shape": list(service.reader.shape),
                 "dtype": service.reader.dtype.name,

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 UPSTREAMS = {
     "imgstore": ["imgstore==0.4.0", "opencv-python-headless", "pandas", "tzlocal"],
+    # iidfile declares no dependencies; it needs numpy >= 2 (np.bool) and scikit-image
+    "iidfile": ["iidfile==0.2.0", "numpy>=2", "scikit-image"],
 }
 
 

@@ -42,7 +42,7 @@ def detect(source: str) -> bool:
     return looks_like_store(source)
 
 
-def open(source: str, options: Options) -> "ImgstoreTree":
+def open(source: str, options: Options, read_only: bool = True) -> "ImgstoreTree":
     fmt_name = options.str("image_format", "")
     try:
         settings = dict(

@@ -11,8 +11,11 @@ threads, so they must be thread-safe. None of them knows about FUSE.
 from __future__ import annotations
 
 import bisect
+import errno
+import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -48,6 +51,10 @@ class Node:
         raise NotImplementedError
 
 
+def read_only(what: str = "") -> OSError:
+    return OSError(errno.EROFS, "read-only", what)
+
+
 class Directory(Node):
     def lookup(self, name: str) -> Node | None:
         raise NotImplementedError
@@ -57,11 +64,32 @@ class Directory(Node):
         start and the same offset always resumes at the same entry."""
         raise NotImplementedError
 
+    # writable directories override these; by default they refuse
+    def create(self, name: str, mode: int) -> "File":
+        raise read_only(name)
+
+    def mkdir(self, name: str, mode: int) -> "Directory":
+        raise read_only(name)
+
+    def symlink(self, name: str, target: str) -> "Symlink":
+        raise read_only(name)
+
+    def unlink(self, name: str) -> None:
+        raise read_only(name)
+
+    def rmdir(self, name: str) -> None:
+        raise read_only(name)
+
+    def rename(self, name: str, new_parent: "Directory", new_name: str) -> None:
+        raise read_only(name)
+
 
 class FileHandle:
     """One open file. `read` may block; `cached_read` must not (it answers only when
     the bytes are already in memory, so the daemon can skip a thread hop). `release`
-    runs in a worker thread only if `release_blocks`."""
+    runs in a worker thread only if `release_blocks`. Writable handles also implement
+    `write`, `truncate` and `flush` (close and fsync call it; it may refuse what was
+    written with an OSError, which the writer sees as the error of close or fsync)."""
 
     release_blocks = False
 
@@ -71,6 +99,15 @@ class FileHandle:
     def cached_read(self, offset: int, size: int) -> bytes | None:
         return None
 
+    def write(self, offset: int, data: bytes) -> int:
+        raise OSError(errno.EBADF, "not open for writing")
+
+    def truncate(self, size: int) -> None:
+        raise OSError(errno.EBADF, "not open for writing")
+
+    def flush(self) -> None:
+        pass
+
     def release(self) -> None:
         pass
 
@@ -79,6 +116,10 @@ class File(Node):
     def open(self, flags: int) -> FileHandle:
         """May block (it runs in a worker thread)."""
         raise NotImplementedError
+
+    def truncate(self, size: int) -> None:
+        """truncate(2) without an open file."""
+        raise read_only()
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         """A handle if opening needs no I/O, else None (then `open` is called in a thread)."""
@@ -133,6 +174,95 @@ class BytesHandle(FileHandle):
         return self.data[offset:offset + size]
 
     cached_read = read
+
+
+class BufferHandle(FileHandle):
+    """Writes go to a private copy; `commit(data)` runs when the handle is flushed after
+    a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
+    document) is applied whole or not at all. A refused commit leaves the copy dirty
+    and raises again at the next flush, so the error reaches close(2)."""
+
+    def __init__(self, data: bytes, commit: Callable[[bytes], None]):
+        self.buf = bytearray(data)
+        self.commit = commit
+        self.dirty = False
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            return bytes(self.buf[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            if offset > len(self.buf):
+                self.buf.extend(bytes(offset - len(self.buf)))
+            self.buf[offset:offset + len(data)] = data
+            self.dirty = True
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            del self.buf[size:]
+            self.buf.extend(bytes(size - len(self.buf)))
+            self.dirty = True
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self.dirty:
+                return
+            data = bytes(self.buf)
+        self.commit(data)
+        self.dirty = False
+
+
+class MemoryFile(File):
+    """A plain writable file kept in memory (new files, editors' temporary files).
+    All handles share its content, as they would on a disk."""
+
+    def __init__(self, data: bytes = b"", mode: int = 0o644, mtime_ns: int | None = None):
+        self.data = bytearray(data)
+        self.mode = mode
+        self.mtime_ns = mtime_ns if mtime_ns is not None else time.time_ns()
+        self.lock = threading.Lock()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | (self.mode & 0o7777), len(self.data), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        if flags & os.O_TRUNC:
+            self.truncate(0)
+        return MemoryHandle(self)
+
+    open_nowait = open
+
+    def truncate(self, size: int) -> None:
+        with self.lock:
+            del self.data[size:]
+            self.data.extend(bytes(size - len(self.data)))
+            self.mtime_ns = time.time_ns()
+
+
+class MemoryHandle(FileHandle):
+    def __init__(self, file: MemoryFile):
+        self.file = file
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.file.lock:
+            return bytes(self.file.data[offset:offset + size])
+
+    cached_read = read
+
+    def write(self, offset: int, data: bytes) -> int:
+        f = self.file
+        with f.lock:
+            if offset > len(f.data):
+                f.data.extend(bytes(offset - len(f.data)))
+            f.data[offset:offset + len(data)] = data
+            f.mtime_ns = time.time_ns()
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        self.file.truncate(size)
 
 
 class GeneratedFile(File):
@@ -298,6 +428,18 @@ class Tree:
             if key is not None:
                 del self._fixed[ino]
                 del self._dynamic_by_key[key]
+
+    def discard(self, ino: int) -> None:
+        """Forget a fixed node that was deleted (handles still open keep the object)."""
+        with self._lock:
+            self._fixed.pop(ino, None)
+
+    def sync(self) -> None:
+        """Write pending changes back to the source (writable trees)."""
+
+    def sync_due(self) -> bool:
+        """True when changes have waited long enough to be written back unasked."""
+        return False
 
     def statfs_counts(self) -> tuple[int, int]:
         """(bytes used, files) for statfs; cheap estimates are fine."""

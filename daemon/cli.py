@@ -142,7 +142,7 @@ def _mount_in_foreground(args) -> int:
         opts.flag("rw")
         prepare_mountpoint(args.mountpoint)
         kind = args.type or detect(args.source)
-        tree = open_tree(kind, args.source, Options(backend_opts))
+        tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts)
     except (MountError, CliError) as exc:
         log.error("cannot mount %s: %s", args.source, exc)
         if args.ready_fd is None:
@@ -155,7 +155,7 @@ def _mount_in_foreground(args) -> int:
         return 1
 
     fuse_options = {f"fsname={fsname}", f"subtype=scopefs.{kind}", "default_permissions", *extra}
-    if not tree.writable or "ro" in daemon_opts:
+    if not tree.writable:
         fuse_options.add("ro")
     from .serve import serve
     os.chdir("/")

@@ -229,8 +229,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
-        if (flags & os.O_ACCMODE) != os.O_RDONLY and not self.tree.writable:
-            raise pyfuse3.FUSEError(errno.EROFS)
+        if (flags & os.O_ACCMODE) != os.O_RDONLY:
+            self._writable()
         handle = node.open_nowait(flags) or await self._run(node.open, flags)
         return self._add_handle(handle)
 
@@ -244,14 +244,118 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh, off, size):
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = self._handle(fh)
         data = handle.cached_read(off, size)
         if data is None:
             data = await self._run(handle.read, off, size)
         self.counters.bytes_read += len(data)
         return data
+
+    # -- changes (writable trees; read-only ones are mounted `ro` and never get here) --
+    def _writable(self) -> None:
+        if not self.tree.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = await self._run(node.attr)
+        self._remember(node.ino)
+        return self._entry(node.ino, attr)
+
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable()
+        directory = self._directory(parent_inode)
+
+        def make():
+            node = directory.create(os.fsdecode(name), mode)
+            return node, node.open(flags)
+
+        node, handle = await self._run(make)
+        entry = await self._new_entry(node)
+        return self._add_handle(handle), entry
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable()
+        directory = self._directory(parent_inode)
+        return await self._new_entry(await self._run(directory.mkdir, os.fsdecode(name), mode))
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        directory = self._directory(parent_inode)
+        return await self._new_entry(await self._run(directory.symlink, os.fsdecode(name), os.fsdecode(target)))
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        self._writable()
+        await self._run(self._directory(parent_inode).unlink, os.fsdecode(name))
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        self._writable()
+        await self._run(self._directory(parent_inode).rmdir, os.fsdecode(name))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable()
+        old, new = self._directory(parent_inode_old), self._directory(parent_inode_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        new_name = os.fsdecode(name_new)
+
+        def move():
+            if flags & pyfuse3.RENAME_NOREPLACE and new.lookup(new_name) is not None:
+                raise FileExistsError(errno.EEXIST, "exists", new_name)
+            old.rename(os.fsdecode(name_old), new, new_name)
+
+        await self._run(move)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        self._writable()
+        return await self._run(self._handle(fh).write, off, buf)
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if fields.update_size:
+            self._writable()
+            if fh is not None and fh in self._handles:
+                await self._run(self._handles[fh].truncate, attr.st_size)
+            else:
+                await self._run(node.truncate, attr.st_size)
+        # modes, owners and times are not part of these formats: accepted, not kept
+        return self._entry(inode, await self._run(node.attr))
+
+    @_guard
+    async def flush(self, fh):
+        await self._run(self._handle(fh).flush)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self._run(self._handle(fh).flush)
+        await self._run(self.tree.sync)
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        await self._run(self.tree.sync)
+
+    def _handle(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle
+
+    async def sync_when_idle(self, period: float = 0.5) -> None:
+        """Write back changes that have waited long enough (a writable tree's own rule)."""
+        while True:
+            await trio.sleep(period)
+            if self.tree.sync_due():
+                try:
+                    await self._run(self.tree.sync)
+                except Exception:
+                    log.exception("write-back failed; will try again")
 
     @_guard
     async def release(self, fh):

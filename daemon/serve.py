@@ -18,10 +18,12 @@ from .fs import Operations
 log = logging.getLogger(__name__)
 
 
-async def _main(mountpoint: str, when_live: Callable[[], None]) -> None:
+async def _main(ops: Operations, mountpoint: str, when_live: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(_wait_until_live, mountpoint, when_live)
+        if ops.tree.writable:
+            nursery.start_soon(ops.sync_when_idle)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -83,7 +85,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         on_ready()
 
     try:
-        trio.run(_main, mountpoint, when_live)
+        trio.run(_main, ops, mountpoint, when_live)
     finally:
         # unmount first, so that nothing waits on a mount whose daemon is going away
         try:
@@ -91,5 +93,8 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         except Exception:
             log.exception("unmounting failed; trying fusermount3 -uz")
             subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
-        tree.close()
+        try:
+            tree.close()               # writable trees write their last changes back here
+        except Exception:
+            log.exception("closing the source failed; its last changes may not be saved")
         log.info("unmounted %s", mountpoint)

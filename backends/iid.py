@@ -417,8 +417,10 @@ class View(File):
         self.staged = current[:size] + bytes(max(0, size - len(current)))
 
     def _commit(self, data: bytes) -> None:
-        self.commit(data)
-        self.staged = None
+        try:
+            self.commit(data)
+        finally:
+            self.staged = None         # accepted, or refused: either way the model shows
         self.owner.mtime_ns = time.time_ns()
 
 

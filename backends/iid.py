@@ -143,19 +143,24 @@ def decode_mask(data: bytes) -> np.ndarray:
     return img != 0
 
 
-def _hex_or_text(doc: dict, name: str, current: bytes | None) -> bytes | None:
-    if f"{name}_hex" in doc and doc[f"{name}_hex"] is not None:
+def _hex_or_text(doc: dict, name: str, current: bytes | None, is_new: bool) -> bytes | None:
+    """The value asked for by `name` (text) or `name_hex` (exact bytes). entry.json shows
+    both, so the one that differs from the current value is the edit."""
+    from_hex = from_text = None
+    if doc.get(f"{name}_hex") is not None:
         try:
-            return bytes.fromhex(doc[f"{name}_hex"])
+            from_hex = bytes.fromhex(doc[f"{name}_hex"])
         except (TypeError, ValueError):
             raise invalid(f"entry.json: {name}_hex is not hexadecimal") from None
     if name in doc:
         value = doc[name]
-        if value is None:
-            return None if name == "domain" else b""
-        if not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise invalid(f"entry.json: {name} must be text or null")
-        return value.encode("utf-8")
+        from_text = value.encode("utf-8") if value is not None else None
+    if from_hex is not None and (is_new or from_hex != current):
+        return from_hex
+    if name in doc and (is_new or from_text != current) and not (from_text is None and from_hex is not None):
+        return from_text if from_text is not None or name == "domain" else b""
     return current
 
 
@@ -168,8 +173,8 @@ def parse_entry_json(data: bytes, entry: Entry | None) -> dict:
         raise invalid(f"entry.json is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise invalid("entry.json must hold a JSON object")
-    out = {"domain": _hex_or_text(doc, "domain", entry.domain if entry else None),
-           "address": _hex_or_text(doc, "address", entry.address if entry else b"")}
+    out = {"domain": _hex_or_text(doc, "domain", entry.domain if entry else None, entry is None),
+           "address": _hex_or_text(doc, "address", entry.address if entry else b"", entry is None)}
     bbox = doc.get("bbox", list(entry.bbox) if entry else None)
     if isinstance(bbox, dict):
         bbox = [bbox.get(k) for k in ("minr", "minc", "maxr", "maxc")]

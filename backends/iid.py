@@ -464,13 +464,18 @@ class RootFolder(Directory):
 
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
+        self._cached: tuple[int, list] | None = None
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 4)
 
     def _listing(self) -> list[tuple[str, Node]]:
+        """Made once per change of the folder set, not once per readdir batch."""
         with self.tree.lock:
-            return list(self.tree.fixed.items()) + [(f.name, f) for f in self.tree.folders]
+            if self._cached is None or self._cached[0] != self.tree.folders_version:
+                listing = list(self.tree.fixed.items()) + [(f.name, f) for f in self.tree.folders]
+                self._cached = (self.tree.folders_version, listing)
+            return self._cached[1]
 
     def entries(self, offset: int):
         listing = self._listing()
@@ -589,17 +594,20 @@ class GroupFolder(Directory):
 class ByAddressFolder(Directory):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
+        self._cached: tuple[int, dict] | None = None
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.tree.mtime_ns, 2)
 
     def _addresses(self) -> dict[str, list[EntryFolder]]:
-        found: dict[str, list[EntryFolder]] = {}
         with self.tree.lock:
-            for f in self.tree.folders:
-                if f.entry is not None:
-                    found.setdefault(readable(f.entry.address, 240) or "%empty", []).append(f)
-        return found
+            if self._cached is None or self._cached[0] != self.tree.version:
+                found: dict[str, list[EntryFolder]] = {}
+                for f in self.tree.folders:
+                    if f.entry is not None:
+                        found.setdefault(readable(f.entry.address, 240) or "%empty", []).append(f)
+                self._cached = (self.tree.version, found)
+            return self._cached[1]
 
     def entries(self, offset: int):
         names = sorted(self._addresses())
@@ -640,6 +648,7 @@ This folder shows {path}, an .iid segmentation file: one folder per entry.
   by-address/<address>/        links to the entries with that address
   meta.json                    the file's metadata (any JSON)
   overview.png                 every mask in its own colour on the image plane
+                               (scaled down to at most 2048 pixels on its long side)
 
 Folder names stay the same while mounted; keys are renumbered when entries are deleted,
 so names may change at the next mount. Addresses that are not plain text show %XX.
@@ -670,7 +679,8 @@ class IIDTree(Tree):
         self.writeback_delay = writeback_delay
         self.mtime_ns = os.stat(path).st_mtime_ns
         self.meta = iid.meta
-        self._version = 0              # bumped by every change
+        self.version = 0              # bumped by every change
+        self.folders_version = 0      # bumped when folders come or go
         self._synced = 0               # the version last written
         self._last_change = 0.0
         self.writebacks = 0
@@ -696,12 +706,16 @@ class IIDTree(Tree):
             "meta.json": self.add(MetaView(self)),
             "overview.png": self.add(OverviewFile(self)),
         }
+        # the overview's size needs one encoding of a blank plane (up to 12 MB): learn it
+        # in the background so that the first `ls -l` need not wait
+        threading.Thread(target=self.fixed["overview.png"].attr, daemon=True, name="overview-size").start()
 
     # folders and keys --------------------------------------------------------------
     def _register(self, folder: EntryFolder) -> None:
         self.add(folder)
         self.folders.append(folder)
         self.folder_by_name[folder.name] = folder
+        self.folders_version += 1
 
     def new_folder(self, name: str) -> EntryFolder:
         folder = EntryFolder(self, name, None)
@@ -711,6 +725,7 @@ class IIDTree(Tree):
     def delete_folder(self, folder: EntryFolder) -> None:
         self.folders.remove(folder)
         del self.folder_by_name[folder.name]
+        self.folders_version += 1
         for members in self.groups.values():
             if folder in members:
                 members.remove(folder)
@@ -767,20 +782,20 @@ class IIDTree(Tree):
 
     # write-back --------------------------------------------------------------------
     def changed(self) -> None:
-        self._version += 1
+        self.version += 1
         self._last_change = time.monotonic()
         self.mtime_ns = time.time_ns()
 
     def sync_due(self) -> bool:
-        return (self.writable and self._version != self._synced
+        return (self.writable and self.version != self._synced
                 and time.monotonic() - self._last_change >= self.writeback_delay)
 
     def sync(self) -> None:
         """Rewrite the .iid atomically with the current entries, groups and metadata."""
         with self.lock:
-            if self._version == self._synced:
+            if self.version == self._synced:
                 return
-            version = self._version
+            version = self.version
             live = self.live()
             out = IIDFile()
             out.entries = [f.entry for f in live]
@@ -805,7 +820,7 @@ class IIDTree(Tree):
 
     def status(self) -> dict:
         with self.lock:
-            return {"entries": len(self.live()), "pending_changes": self._version != self._synced,
+            return {"entries": len(self.live()), "pending_changes": self.version != self._synced,
                     "writebacks": self.writebacks}
 
     def close(self) -> None:
@@ -815,42 +830,54 @@ class IIDTree(Tree):
 
 
 class OverviewFile(File):
-    """Every mask in its own colour on the image plane (later keys drawn on top)."""
+    """Every mask in its own colour on the image plane (later keys drawn on top), scaled
+    down to at most OVERVIEW_SIDE pixels on its long side: a picture to look at, not data."""
+
+    OVERVIEW_SIDE = 2048
 
     def __init__(self, tree: IIDTree):
         self.tree = tree
         self._cache: tuple[int, bytes] | None = None
         self._png = make_format("png")
 
-    def _shape(self) -> tuple[int, int]:
+    def _plane(self) -> tuple[tuple[int, int], float]:
         with self.tree.lock:
             live = self.tree.live()
-            return (max([f.entry.bbox[2] for f in live], default=0) or 1,
-                    max([f.entry.bbox[3] for f in live], default=0) or 1)
+            h = max([f.entry.bbox[2] for f in live], default=0) or 1
+            w = max([f.entry.bbox[3] for f in live], default=0) or 1
+        scale = min(1.0, self.OVERVIEW_SIDE / max(h, w))
+        return (max(1, round(h * scale)), max(1, round(w * scale))), scale
 
     def content(self) -> bytes:
         with self.tree.lock:
-            version = self.tree._version
+            version = self.tree.version
             if self._cache and self._cache[0] == version:
                 return self._cache[1]
             live = self.tree.live()
-        h, w = self._shape()
+        (h, w), scale = self._plane()
         plane = np.zeros((h, w, 3), np.uint8)
         for k, folder in enumerate(live):
             try:
                 mask = folder.mask()
             except OSError:
                 continue                                   # a damaged segment is left out
-            minr, minc, maxr, maxc = folder.entry.bbox
+            minr, minc, maxr, maxc = (round(v * scale) for v in folder.entry.bbox)
+            maxr, maxc = min(max(maxr, minr + 1), h), min(max(maxc, minc + 1), w)
+            if minr >= h or minc >= w:
+                continue
+            if scale < 1.0:
+                mask = cv2.resize(mask.view(np.uint8), (maxc - minc, maxr - minr),
+                                  interpolation=cv2.INTER_NEAREST).astype(bool)
             r, g, b = colorsys.hsv_to_rgb((k * 0.61803398875) % 1.0, 0.75, 1.0)
-            plane[minr:maxr, minc:maxc][mask] = (int(b * 255), int(g * 255), int(r * 255))
+            plane[minr:maxr, minc:maxc][mask[:maxr - minr, :maxc - minc]] = (int(b * 255), int(g * 255),
+                                                                              int(r * 255))
         data = self._png.encode_checked(plane)
         self._cache = (version, data)
         return data
 
     def attr(self) -> Attr:
-        h, w = self._shape()
-        return Attr(stat.S_IFREG | 0o444, self._png.fixed_size((h, w, 3), np.uint8), self.tree.mtime_ns)
+        shape, _ = self._plane()
+        return Attr(stat.S_IFREG | 0o444, self._png.fixed_size(shape + (3,), np.uint8), self.tree.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         return BytesHandle(self.content())

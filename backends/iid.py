@@ -377,7 +377,7 @@ class EntryFolder(Directory):
                 target_view.commit(data)       # rsync/editors: a temporary file becomes the mask
                 self.hidden.discard(new_name)
                 if name in self.scratch:
-                    self.tree.discard(self.scratch.pop(name).ino)
+                    self.tree.alias(self.scratch.pop(name).ino, target_view)
                 return
             if name in self.scratch:           # scratch to scratch
                 old = self.scratch.pop(new_name, None)

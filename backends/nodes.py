@@ -429,6 +429,12 @@ class Tree:
                 del self._fixed[ino]
                 del self._dynamic_by_key[key]
 
+    def alias(self, ino: int, node: Node) -> None:
+        """Let `ino` answer as `node`: after a file is renamed onto a name the backend
+        serves itself, the kernel still knows that name by the renamed file's inode."""
+        with self._lock:
+            self._fixed[ino] = node
+
     def discard(self, ino: int) -> None:
         """Forget a fixed node that was deleted (handles still open keep the object)."""
         with self._lock:

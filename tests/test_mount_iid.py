@@ -271,3 +271,24 @@ def test_truncated_and_flipped_files_through_the_mount(sample, mount, tmp_path):
         (mnt / "overview.png").read_bytes()
         assert alive(daemon_pid(mnt))
         mount.cleanup()
+
+
+@pytest.mark.parametrize("tool", [["rsync", "-r"], ["cp", "-r"]])
+def test_new_entries_copied_in_with_real_tools(copy, mount, tmp_path, tool):
+    path, _ = copy
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    mask = np.zeros((6, 5), np.uint8)
+    mask[1:5, 1:4] = 255
+    Image.fromarray(mask).save(cell / "mask.png")
+    (cell / "entry.json").write_text(json.dumps({"address": "copied in", "bbox": [7, 9], "groups": ["plain"]}))
+    mnt = mount(path)
+    subprocess.run([*tool, str(cell), str(mnt) + "/"], check=True)
+    doc = json.loads((mnt / "cell" / "entry.json").read_text())
+    assert doc["address"] == "copied in" and doc["bbox"]["maxr"] == 13 and doc["area"] == 12
+    assert np.array_equal(read_mask(mnt / "cell" / "mask.png"), mask > 0)
+    mount.cleanup()
+    info, masks = read_upstream(path)
+    last = info["entries"][-1]
+    assert bytes.fromhex(last["address"]) == b"copied in" and last["bbox"] == [7, 9, 13, 14]
+    assert last["key"] in info["groups"]["plain"]

@@ -31,7 +31,7 @@ import numpy as np
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import make_format
 from .nodes import (Attr, BufferHandle, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
-                    MemoryFile, Node, Symlink, Tree)
+                    ListedDirectory, MemoryFile, Node, Symlink, Tree)
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -207,12 +207,10 @@ def place(mask: np.ndarray, bbox: list[int]) -> tuple[int, int, int, int]:
 
 # -- the model ----------------------------------------------------------------------------
 
-class EntryFolder(Directory):
+class EntryFolder(ListedDirectory):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
     entry.json). Its mask and entry.json are views of the entry; other names are
     scratch files (editors' and rsync's temporary files), kept in memory only."""
-
-    VIEWS = ("mask", "entry.json")
 
     def __init__(self, tree: "IIDTree", name: str, entry: Entry | None):
         self.tree = tree
@@ -326,11 +324,9 @@ class EntryFolder(Directory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.mtime_ns, 2)
 
-    def entries(self, offset: int):
+    def listing(self):
         with self.tree.lock:
-            listing = self._views() + sorted(self.scratch.items())
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1]
+            return self._views() + sorted(self.scratch.items())
 
     def lookup(self, name: str):
         with self.tree.lock:
@@ -459,7 +455,7 @@ class MetaView(View):
             self.owner.changed()
 
 
-class RootFolder(Directory):
+class RootFolder(ListedDirectory):
     """Fixed items, then the entry folders; `mkdir` makes a new entry folder."""
 
     def __init__(self, tree: "IIDTree"):
@@ -469,18 +465,13 @@ class RootFolder(Directory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 4)
 
-    def _listing(self) -> list[tuple[str, Node]]:
+    def listing(self) -> list[tuple[str, Node]]:
         """Made once per change of the folder set, not once per readdir batch."""
         with self.tree.lock:
             if self._cached is None or self._cached[0] != self.tree.folders_version:
                 listing = list(self.tree.fixed.items()) + [(f.name, f) for f in self.tree.folders]
                 self._cached = (self.tree.folders_version, listing)
             return self._cached[1]
-
-    def entries(self, offset: int):
-        listing = self._listing()
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1]
 
     def lookup(self, name: str):
         with self.tree.lock:
@@ -506,18 +497,16 @@ class RootFolder(Directory):
         raise OSError(errno.EPERM, "entry folders are named by the file; change entry.json instead")
 
 
-class GroupsFolder(Directory):
+class GroupsFolder(ListedDirectory):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 2)
 
-    def entries(self, offset: int):
+    def listing(self):
         with self.tree.lock:
-            listing = [(readable(g.encode(), 240), self.tree.group_folder(g)) for g in self.tree.groups]
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1]
+            return [(readable(g.encode(), 240), self.tree.group_folder(g)) for g in self.tree.groups]
 
     def lookup(self, name: str):
         with self.tree.lock:
@@ -547,7 +536,7 @@ class GroupsFolder(Directory):
             self.tree.changed()
 
 
-class GroupFolder(Directory):
+class GroupFolder(ListedDirectory):
     """Members as links to their entry folders; `ln -s` adds one, `rm` removes one."""
 
     def __init__(self, tree: "IIDTree", group: str):
@@ -561,10 +550,8 @@ class GroupFolder(Directory):
         with self.tree.lock:
             return list(self.tree.groups.get(self.group, []))
 
-    def entries(self, offset: int):
-        members = self._members()
-        for pos in range(offset, len(members)):
-            yield pos + 1, members[pos].name, self.tree.link_to(members[pos], 2)
+    def listing(self):
+        return [(f.name, self.tree.link_to(f, 2)) for f in self._members()]
 
     def lookup(self, name: str):
         folder = self.tree.folder_by_name.get(name)
@@ -591,7 +578,7 @@ class GroupFolder(Directory):
             self.tree.changed()
 
 
-class ByAddressFolder(Directory):
+class ByAddressFolder(ListedDirectory):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
         self._cached: tuple[int, dict] | None = None
@@ -609,16 +596,14 @@ class ByAddressFolder(Directory):
                 self._cached = (self.tree.version, found)
             return self._cached[1]
 
-    def entries(self, offset: int):
-        names = sorted(self._addresses())
-        for pos in range(offset, len(names)):
-            yield pos + 1, names[pos], self.tree.address_folder(names[pos])
+    def listing(self):
+        return [(name, self.tree.address_folder(name)) for name in sorted(self._addresses())]
 
     def lookup(self, name: str):
         return self.tree.address_folder(name) if name in self._addresses() else None
 
 
-class AddressFolder(Directory):
+class AddressFolder(ListedDirectory):
     def __init__(self, parent: ByAddressFolder, name: str):
         self.parent = parent
         self.name = name
@@ -626,10 +611,8 @@ class AddressFolder(Directory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.parent.tree.mtime_ns, 2)
 
-    def entries(self, offset: int):
-        members = self.parent._addresses().get(self.name, [])
-        for pos in range(offset, len(members)):
-            yield pos + 1, members[pos].name, self.parent.tree.link_to(members[pos], 2)
+    def listing(self):
+        return [(f.name, self.parent.tree.link_to(f, 2)) for f in self.parent._addresses().get(self.name, [])]
 
     def lookup(self, name: str):
         for f in self.parent._addresses().get(self.name, []):

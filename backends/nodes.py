@@ -137,20 +137,33 @@ class Symlink(Node):
 
 # -- simple building blocks -------------------------------------------------------------
 
-class StaticDirectory(Directory):
+class ListedDirectory(Directory):
+    """A directory whose children come as one list (small, or cached by the subclass);
+    offsets are positions in it."""
+
+    def listing(self) -> list[tuple[str, Node]]:
+        raise NotImplementedError
+
+    def entries(self, offset: int):
+        listing = self.listing()
+        for pos in range(offset, len(listing)):
+            yield pos + 1, listing[pos][0], listing[pos][1]
+
+
+class StaticDirectory(ListedDirectory):
     """A directory whose children are fixed when the tree is built."""
 
     def __init__(self, mtime_ns: int = 0, mode: int = 0o555):
         self.mtime_ns = mtime_ns
         self.mode = mode
         self._children: dict[str, Node] = {}
-        self._names: list[str] = []
+        self._listing: list[tuple[str, Node]] = []
 
     def add(self, name: str, node: Node) -> Node:
         if name in self._children:
             raise ValueError(f"duplicate name {name!r}")
         self._children[name] = node
-        self._names.append(name)
+        self._listing.append((name, node))
         return node
 
     def attr(self) -> Attr:
@@ -160,10 +173,8 @@ class StaticDirectory(Directory):
     def lookup(self, name: str) -> Node | None:
         return self._children.get(name)
 
-    def entries(self, offset: int):
-        for pos in range(offset, len(self._names)):
-            name = self._names[pos]
-            yield pos + 1, name, self._children[name]
+    def listing(self) -> list[tuple[str, Node]]:
+        return self._listing
 
 
 class BytesHandle(FileHandle):

@@ -1,7 +1,7 @@
 """Backends: each turns one kind of data source into a `Tree` of nodes.
 
 A backend module, named as the type `-t` takes, has `detect(source) -> bool` (cheap, for
-auto-detection) and `open(source, options, read_only) -> Tree`. Adding a format means adding a
+auto-detection) and `open(source, options, read_only, progress) -> Tree`. Adding a format means adding a
 module here and its name to `BACKENDS`; the daemon does not change.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ def detect(source: str) -> str:
                      f"(give -t, one of {', '.join(BACKENDS)})")
 
 
-def open_tree(kind: str, source: str, options: Options, read_only: bool = False):
+def open_tree(kind: str, source: str, options: Options, read_only: bool = False, progress=None):
     """The backend's tree; it calls `options.finish()` before any slow work, so that a
-    typo in an option fails at once. Read-only sources ignore `read_only`."""
-    return _module(kind).open(source, options, read_only)
+    typo in an option fails at once. Read-only sources ignore `read_only`; slow start-up
+    work reports through `progress(message)`."""
+    return _module(kind).open(source, options, read_only, progress)

@@ -44,7 +44,7 @@ def detect(source: str) -> bool:
     return source.endswith(".iid") and os.path.isfile(source)
 
 
-def open(source: str, options: Options, read_only: bool = False) -> "IIDTree":
+def open(source: str, options: Options, read_only: bool = False, progress=None) -> "IIDTree":
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
     options.finish()

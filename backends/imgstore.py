@@ -42,7 +42,7 @@ def detect(source: str) -> bool:
     return looks_like_store(source)
 
 
-def open(source: str, options: Options, read_only: bool = True) -> "ImgstoreTree":
+def open(source: str, options: Options, read_only: bool = True, progress=None) -> "ImgstoreTree":
     fmt_name = options.str("image_format", "")
     try:
         settings = dict(
@@ -57,7 +57,7 @@ def open(source: str, options: Options, read_only: bool = True) -> "ImgstoreTree
         )
         options.finish()
         meta = read_metadata(source)
-        index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"))
+        index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"), progress=progress)
         reader = open_reader(meta, index, settings.pop("mjpeg_reader"))
     except StoreError as exc:
         raise MountError(str(exc)) from None

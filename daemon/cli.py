@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,12 +19,23 @@ import time
 from ..backends import BACKENDS, detect, open_tree
 from ..backends.options import MountError, Options, parse_option_string
 from .fs import CONTROL_NAME
+from .systemd import JournalFormatter, Progress, notify, under_systemd
 
 log = logging.getLogger("scopefs")
 
 #: -o options the daemon itself understands; everything else goes to the backend
 FUSE_FLAGS = ("allow_other", "allow_root", "default_permissions")
-DAEMON_OPTIONS = ("ro", "rw", "threads", "fsname", "read_ahead_kb") + FUSE_FLAGS
+DAEMON_OPTIONS = ("ro", "rw", "threads", "fsname", "read_ahead_kb", "timeout") + FUSE_FLAGS
+#: options that are for mount(8), fstab and systemd, or that every FUSE mount has anyway
+MOUNT_ONLY = {"auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group",
+              "defaults", "nosuid", "suid", "nodev", "dev", "exec", "noexec", "atime", "noatime",
+              "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime",
+              "sync", "async", "dirsync", "silent", "loud"}
+COMMANDS = ("mount", "umount", "status")
+
+
+def ignored_option(key: str) -> bool:
+    return key in MOUNT_ONLY or key.startswith(("x-", "comment"))
 
 
 class CliError(Exception):
@@ -52,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f unless --log-file)")
     m.add_argument("--log-file", help=f"where the background daemon logs (default {default_log_file()})")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    st = sub.add_parser("status", help="list live scopefs mounts with their counters")
+    st.add_argument("mountpoint", nargs="?")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
     u = sub.add_parser("umount", help="unmount MOUNTPOINT and wait for its daemon to finish")
     u.add_argument("mountpoint")
     u.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
@@ -107,15 +122,41 @@ def prepare_mountpoint(path: str) -> None:
 def _split_options(raw: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     values: dict[str, str] = {}
     for text in raw:
-        values.update(parse_option_string(text))
+        values.update({k: v for k, v in parse_option_string(text).items() if not ignored_option(k)})
     daemon = {k: v for k, v in values.items() if k in DAEMON_OPTIONS}
     backend = {k: v for k, v in values.items() if k not in DAEMON_OPTIONS}
     return daemon, backend
 
 
+_SECRETS = [
+    (re.compile(r"(\w:/+[^/\s:@]*:)[^/\s@]+@"), r"\1***@"),                      # user:password@ in URLs
+    (re.compile(r"(?i)((?:secret|password|passwd|token|key)[\w-]*[\"']?\s*[=:]\s*[\"']?)[^\s,\"'}]+"),
+     r"\1***"),
+]
+
+
+def redact(text: str) -> str:
+    """The text with credentials (URL passwords, secret=..., token: ...) masked."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
 def _setup_logging(debug: bool) -> None:
-    fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if under_systemd():
+        handler.setFormatter(JournalFormatter())    # journald adds time and pid itself
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
@@ -135,6 +176,7 @@ def _mount_in_foreground(args) -> int:
         daemon_opts, backend_opts = _split_options(args.options)
         opts = Options(daemon_opts)
         threads = opts.int("threads", 8, 1, 256)
+        timeout = opts.float("timeout", 60.0)
         read_ahead_kib = opts.int("read_ahead_kb", 1024, 0, 65536)
         fsname = opts.str("fsname", args.source)
         extra = {flag for flag in FUSE_FLAGS if opts.flag(flag, False)}
@@ -142,16 +184,18 @@ def _mount_in_foreground(args) -> int:
         opts.flag("rw")
         prepare_mountpoint(args.mountpoint)
         kind = args.type or detect(args.source)
-        tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts)
+        progress = Progress(foreground=args.ready_fd is None)
+        tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress)
     except (MountError, CliError) as exc:
         log.error("cannot mount %s: %s", args.source, exc)
         if args.ready_fd is None:
-            print(f"scopefs: cannot mount {args.source}: {exc}", file=sys.stderr)
-        report(f"ERROR {exc}")
+            print(redact(f"scopefs: cannot mount {args.source}: {exc}"), file=sys.stderr)
+        report(redact(f"ERROR {exc}"))
+        notify(redact(f"STATUS=cannot mount: {exc}"))
         return 1
     except Exception as exc:  # a bug: still one line for the user, the traceback in the log
         log.exception("cannot mount %s", args.source)
-        report(f"ERROR {type(exc).__name__}: {exc}")
+        report(redact(f"ERROR {type(exc).__name__}: {exc}"))
         return 1
 
     fuse_options = {f"fsname={fsname}", f"subtype=scopefs.{kind}", "default_permissions", *extra}
@@ -160,13 +204,13 @@ def _mount_in_foreground(args) -> int:
     from .serve import serve
     os.chdir("/")
     try:
-        serve(tree, args.mountpoint, fuse_options, threads=threads, read_ahead_kib=read_ahead_kib,
+        serve(tree, args.mountpoint, fuse_options, threads=threads, timeout=timeout, read_ahead_kib=read_ahead_kib,
               info={"source": args.source, "type": kind},
               on_ready=lambda: report("READY"))
     except RuntimeError as exc:       # pyfuse3.init failed: nothing was mounted
         log.error("cannot mount %s: %s", args.mountpoint, exc)
         if args.ready_fd is None:
-            print(f"scopefs: cannot mount on {args.mountpoint}: {exc}", file=sys.stderr)
+            print(redact(f"scopefs: cannot mount on {args.mountpoint}: {exc}"), file=sys.stderr)
         report(f"ERROR {exc}")
         return 1
     return 0
@@ -190,13 +234,18 @@ def _mount_in_background(args, argv: list[str]) -> int:
     else:
         code = proc.wait()
         message = f"the daemon exited (status {code}) before the mount was ready; see {log_file}"
-    print(f"scopefs: cannot mount {args.source}: {message}", file=sys.stderr)
+    print(redact(f"scopefs: cannot mount {args.source}: {message}"), file=sys.stderr)
     proc.wait()
     return 1
 
 
+def _absolute(source: str) -> str:
+    """Local paths made absolute (the daemon runs in /); URLs (s3://...) kept as given."""
+    return source if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) else os.path.abspath(source)
+
+
 def _absolute_argv(args) -> list[str]:
-    argv = ["mount", os.path.abspath(args.source), os.path.abspath(args.mountpoint)]
+    argv = ["mount", _absolute(args.source), os.path.abspath(args.mountpoint)]
     if args.type:
         argv += ["-t", args.type]
     for opt in args.options:
@@ -262,16 +311,113 @@ def _is_scopefs_process(pid: int) -> bool:
         return False
 
 
+# -- status -----------------------------------------------------------------------------
+
+def scopefs_mounts() -> list[tuple[str, str]]:
+    """(mount point, fuse type) of every scopefs mount, from mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype.startswith("fuse.scopefs"):
+                path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                found.append((path, fstype))
+    return found
+
+
+def status(mountpoint: str | None, as_json: bool) -> int:
+    wanted = os.path.abspath(mountpoint) if mountpoint else None
+    rows = []
+    for path, fstype in scopefs_mounts():
+        if wanted and path != wanted:
+            continue
+        info = daemon_status(path) if mount_state(path) == "live" else None
+        rows.append({"mountpoint": path, "state": "live" if info else "stale", **(info or {"type": fstype[13:]})})
+    if wanted and not rows:
+        print(f"scopefs: {wanted} is not a scopefs mount", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no scopefs mounts")
+        return 0
+    print(f"{'MOUNTPOINT':<28} {'TYPE':<9} {'STATE':<6} {'UPTIME':>9} {'REQUESTS':>9} {'READ':>9} "
+          f"{'DECODED':>8} {'HIT':>5} {'ERR':>4}  SOURCE")
+    for r in rows:
+        hit = r.get("cache_hit_rate")
+        print(f"{r['mountpoint']:<28} {r.get('type', '?'):<9} {r['state']:<6} {_duration(r.get('uptime_s')):>9} "
+              f"{r.get('requests', '-'):>9} {_size(r.get('bytes_read')):>9} {r.get('frames_decoded', '-'):>8} "
+              f"{'-' if hit is None else f'{hit:.0%}':>5} {r.get('errors', '-'):>4}  {r.get('source', '?')}")
+    return 0
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+
+
+# -- the mount(8) helper ------------------------------------------------------------------
+
+def mount_helper(argv: list[str] | None = None) -> int:
+    """`mount.scopefs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`, as mount(8) calls helpers
+    (link it as /sbin/mount.fuse.scopefs for `mount -t fuse.scopefs` and fstab)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    positional, options, fake = [], [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-o" and i + 1 < len(argv):
+            options.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options.append(arg[2:])
+        elif arg == "-t" and i + 1 < len(argv):
+            i += 1                                   # the type: we are it
+        elif arg.startswith("-") and len(arg) > 1:
+            fake = fake or "f" in arg[1:]            # -f: fake, -s/-n/-v: nothing to do
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        print("usage: mount.scopefs SOURCE MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        return 2
+    if fake:
+        return 0
+    source, mountpoint = positional
+    if source.startswith("scopefs#"):                # the old fuse "type#source" spelling
+        source = source[len("scopefs#"):]
+    return main(["mount", source, mountpoint, *[x for o in options for x in ("-o", o)]])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv = ["mount", *argv]           # `scopefs SOURCE MOUNTPOINT -o ...`, as mount.fuse3 runs it
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return status(args.mountpoint, args.json)
     if args.command == "umount":
         return umount(args.mountpoint, args.lazy, args.timeout)
     if args.debug and not args.log_file:
         args.foreground = True
     if args.foreground:
         _setup_logging(args.debug)
-        args.source = os.path.abspath(args.source)
+        args.source = _absolute(args.source)
         args.mountpoint = os.path.abspath(args.mountpoint)
         return _mount_in_foreground(args)
     return _mount_in_background(args, _absolute_argv(args) + (["--log-file", args.log_file] if args.log_file else []))

@@ -7,6 +7,7 @@ capacity limit; the trio thread only shuffles bytes and counts.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -79,12 +80,16 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, *, threads: int = 8, policy: CachePolicy | None = None,
+    def __init__(self, tree: Tree, *, threads: int = 8, timeout: float = 60.0, policy: CachePolicy | None = None,
                  info: dict[str, str] | None = None):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
-        self.limiter = trio.CapacityLimiter(threads)
+        # file contents and names get threads of their own, so that reads stuck on a hung
+        # source cannot starve `ls` of the threads it needs
+        self.data_limiter = trio.CapacityLimiter(threads)
+        self.meta_limiter = trio.CapacityLimiter(max(2, threads // 2))
+        self.timeout = timeout
         self.counters = Counters()
         self.info = dict(info or {})
         self._lookups: dict[int, int] = {}
@@ -93,8 +98,16 @@ class Operations(pyfuse3.Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
 
     # -- helpers ----------------------------------------------------------------------
-    async def _run(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+    async def _run(self, fn, *args, data: bool = False):
+        """Run blocking backend work in a worker thread. After `timeout` seconds the
+        request fails with EIO and the thread is left to finish on its own: a hung source
+        costs an error, never a hung `ls` or `umount`."""
+        limiter = self.data_limiter if data else self.meta_limiter
+        try:
+            with trio.fail_after(self.timeout) if self.timeout else contextlib.nullcontext():
+                return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            raise OSError(errno.EIO, f"the source did not answer within {self.timeout:g} s") from None
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
@@ -231,7 +244,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         if (flags & os.O_ACCMODE) != os.O_RDONLY:
             self._writable()
-        handle = node.open_nowait(flags) or await self._run(node.open, flags)
+        handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True)
         return self._add_handle(handle)
 
     def _add_handle(self, handle: FileHandle, direct_io: bool = False) -> pyfuse3.FileInfo:
@@ -247,7 +260,7 @@ class Operations(pyfuse3.Operations):
         handle = self._handle(fh)
         data = handle.cached_read(off, size)
         if data is None:
-            data = await self._run(handle.read, off, size)
+            data = await self._run(handle.read, off, size, data=True)
         self.counters.bytes_read += len(data)
         return data
 
@@ -270,7 +283,7 @@ class Operations(pyfuse3.Operations):
             node = directory.create(os.fsdecode(name), mode)
             return node, node.open(flags)
 
-        node, handle = await self._run(make)
+        node, handle = await self._run(make, data=True)
         entry = await self._new_entry(node)
         return self._add_handle(handle), entry
 
@@ -314,7 +327,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def write(self, fh, off, buf):
         self._writable()
-        return await self._run(self._handle(fh).write, off, buf)
+        return await self._run(self._handle(fh).write, off, buf, data=True)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -322,24 +335,24 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             self._writable()
             if fh is not None and fh in self._handles:
-                await self._run(self._handles[fh].truncate, attr.st_size)
+                await self._run(self._handles[fh].truncate, attr.st_size, data=True)
             else:
-                await self._run(node.truncate, attr.st_size)
+                await self._run(node.truncate, attr.st_size, data=True)
         # modes, owners and times are not part of these formats: accepted, not kept
         return self._entry(inode, await self._run(node.attr))
 
     @_guard
     async def flush(self, fh):
-        await self._run(self._handle(fh).flush)
+        await self._run(self._handle(fh).flush, data=True)
 
     @_guard
     async def fsync(self, fh, datasync):
-        await self._run(self._handle(fh).flush)
-        await self._run(self.tree.sync)
+        await self._run(self._handle(fh).flush, data=True)
+        await self._run(self.tree.sync, data=True)
 
     @_guard
     async def fsyncdir(self, fh, datasync):
-        await self._run(self.tree.sync)
+        await self._run(self.tree.sync, data=True)
 
     def _handle(self, fh: int) -> FileHandle:
         handle = self._handles.get(fh)
@@ -353,16 +366,24 @@ class Operations(pyfuse3.Operations):
             await trio.sleep(period)
             if self.tree.sync_due():
                 try:
-                    await self._run(self.tree.sync)
+                    await self._run(self.tree.sync, data=True)
                 except Exception:
                     log.exception("write-back failed; will try again")
+
+    def flush_open_files(self) -> None:
+        """At shutdown: commit what writers still hold open (each refusal is logged)."""
+        for fh, handle in list(self._handles.items()):
+            try:
+                handle.flush()
+            except Exception as exc:
+                log.warning("at shutdown, file handle %d could not be saved: %s", fh, exc)
 
     @_guard
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if handle is not None:
             if handle.release_blocks:
-                await self._run(handle.release)
+                await self._run(handle.release, data=True)
             else:
                 handle.release()
 

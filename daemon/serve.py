@@ -14,6 +14,7 @@ import trio
 
 from ..backends.nodes import Tree
 from .fs import Operations
+from .systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ async def _stop_on_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s received, unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1")
             pyfuse3.terminate()
             return
 
@@ -72,21 +74,24 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
         log.debug("cannot set read_ahead_kb of %s: %s", device, exc)
 
 
-def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, read_ahead_kib: int,
-          info: dict[str, str], on_ready: Callable[[], None]) -> None:
+def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, timeout: float,
+          read_ahead_kib: int, info: dict[str, str], on_ready: Callable[[], None]) -> None:
     """Mount `tree` on `mountpoint` and serve until unmounted or signalled."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    ops = Operations(tree, threads=threads, info=info)
+    ops = Operations(tree, threads=threads, timeout=timeout, info=info)
     pyfuse3.init(ops, mountpoint, fuse_options)
 
     def when_live() -> None:
         set_read_ahead(mountpoint, read_ahead_kib)
         log.info("mounted %s on %s", info.get("source"), mountpoint)
+        notify("READY=1", f"STATUS=serving {info.get('source')} on {mountpoint}")
         on_ready()
 
     try:
         trio.run(_main, ops, mountpoint, when_live)
     finally:
+        notify("STOPPING=1")
+        ops.flush_open_files()
         # unmount first, so that nothing waits on a mount whose daemon is going away
         try:
             pyfuse3.close(unmount=True)

@@ -15,6 +15,7 @@ import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -127,7 +128,8 @@ class FrameIndex:
         return int(self.numbers.size)
 
     @classmethod
-    def load(cls, meta: StoreMetadata, skip_bad_chunks: bool = False, workers: int = 4) -> "FrameIndex":
+    def load(cls, meta: StoreMetadata, skip_bad_chunks: bool = False, workers: int = 4,
+             progress: Callable[[str], None] | None = None) -> "FrameIndex":
         found = discover_chunks(meta)
 
         def load_one(item):
@@ -140,8 +142,12 @@ class FrameIndex:
                 log.warning("skipping chunk %d: %s", number, exc)
                 return item, None
 
+        loaded = []
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            loaded = list(pool.map(load_one, found))
+            for item in pool.map(load_one, found):
+                loaded.append(item)
+                if progress:
+                    progress(f"indexing {meta.path}: chunk {len(loaded)}/{len(found)}")
         chunks, numbers, times = [], [], []
         start = 0
         for (number, index_base, data), arrays in loaded:

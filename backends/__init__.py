@@ -10,7 +10,7 @@ import importlib
 
 from .options import MountError, Options
 
-BACKENDS = ("imgstore", "iid")
+BACKENDS = ("imgstore", "iid", "fsdb")
 
 
 def _module(kind: str):
@@ -28,6 +28,7 @@ def detect(source: str) -> str:
 
 
 def open_tree(kind: str, source: str, options: Options, read_only: bool = False, progress=None):
+    # (grafted views pass `base` to a backend's open directly)
     """The backend's tree; it calls `options.finish()` before any slow work, so that a
     typo in an option fails at once. Read-only sources ignore `read_only`; slow start-up
     work reports through `progress(message)`."""

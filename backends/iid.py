@@ -30,8 +30,8 @@ import numpy as np
 
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import make_format
-from .nodes import (Attr, BufferHandle, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
-                    ListedDirectory, MemoryFile, Node, Symlink, Tree)
+from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
+                    ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View)
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def detect(source: str) -> bool:
     return source.endswith(".iid") and os.path.isfile(source)
 
 
-def open(source: str, options: Options, read_only: bool = False, progress=None) -> "IIDTree":
+def open(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO) -> "IIDTree":
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
     options.finish()
@@ -54,7 +54,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None) 
         raise MountError(str(exc)) from None
     except OSError as exc:
         raise MountError(f"{source}: {exc.strerror}") from None
-    return IIDTree(source, iid, mask_format, delay, read_only)
+    return IIDTree(source, iid, mask_format, delay, read_only, base)
 
 
 def invalid(message: str) -> OSError:
@@ -384,47 +384,6 @@ class EntryFolder(ListedDirectory):
                 self.scratch[new_name] = self.tree.add(MemoryFile(source.content()))
 
 
-class View(File):
-    """A file whose content is derived from the model and that writes back through it:
-    a writer's bytes are committed whole when it closes, or refused with nothing changed.
-    `owner` (an entry folder, or the tree) carries the mtime."""
-
-    def __init__(self, owner):
-        self.owner = owner
-        self.staged: bytes | None = None          # truncated or created, not yet committed
-
-    def content(self) -> bytes:
-        raise NotImplementedError
-
-    def commit(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def attr(self) -> Attr:
-        data = self.staged if self.staged is not None else self.content()
-        return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
-
-    def open(self, flags: int) -> FileHandle:
-        if flags & os.O_TRUNC:
-            self.staged = b""
-        current = self.staged if self.staged is not None else self.content()
-        if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return BytesHandle(current)
-        # committed only once written to: a shell's `>` closes a dup of the file first
-        return BufferHandle(current, self._commit)
-
-    def truncate(self, size: int) -> None:
-        # `> file` truncates before it writes: keep that staged until a writer closes
-        current = self.staged if self.staged is not None else self.content()
-        self.staged = current[:size] + bytes(max(0, size - len(current)))
-
-    def _commit(self, data: bytes) -> None:
-        try:
-            self.commit(data)
-        finally:
-            self.staged = None         # accepted, or refused: either way the model shows
-        self.owner.mtime_ns = time.time_ns()
-
-
 class MaskView(View):
     def content(self) -> bytes:
         return self.owner.tree.encode_mask(self.owner.mask())
@@ -648,8 +607,9 @@ The .iid file is rewritten atomically on fsync, after {delay:g} idle seconds, an
 class IIDTree(Tree):
     writable = True
 
-    def __init__(self, path: str, iid: IIDFile, mask_format: str, writeback_delay: float, read_only: bool):
-        super().__init__()
+    def __init__(self, path: str, iid: IIDFile, mask_format: str, writeback_delay: float, read_only: bool,
+                 base: int = ROOT_INO):
+        super().__init__(base)
         self.path = os.path.abspath(path)
         self.iid = iid
         self.writable = not read_only

@@ -29,8 +29,8 @@ from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
 from ..formats.imgstore.metadata import StoreError, looks_like_store, read_metadata
 from .cache import ByteCache
-from .nodes import (Attr, Directory, File, FileHandle, GeneratedFile, RowsFile, StaticDirectory, Symlink,
-                    Tree)
+from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, OSFileHandle, RowsFile,
+                    StaticDirectory, Symlink, Tree)
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def detect(source: str) -> bool:
     return looks_like_store(source)
 
 
-def open(source: str, options: Options, read_only: bool = True, progress=None) -> "ImgstoreTree":
+def open(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO) -> "ImgstoreTree":
     fmt_name = options.str("image_format", "")
     try:
         settings = dict(
@@ -62,7 +62,7 @@ def open(source: str, options: Options, read_only: bool = True, progress=None) -
     except StoreError as exc:
         raise MountError(str(exc)) from None
     fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
-    return ImgstoreTree(meta, index, reader, fmt, **settings)
+    return ImgstoreTree(meta, index, reader, fmt, base=base, **settings)
 
 
 def _choose_format(name: str, reader: FrameReader, png_compression: int, jpeg_quality: int) -> ImageFormat:
@@ -196,19 +196,6 @@ class FrameService:
         self.reader.close()
 
 
-class PassthroughHandle(FileHandle):
-    release_blocks = True
-
-    def __init__(self, path: str):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
-
-    def release(self) -> None:
-        os.close(self._fd)
-
-
 class FrameHandle(FileHandle):
     def __init__(self, service: FrameService, i: int):
         self._service = service
@@ -237,7 +224,7 @@ class FrameFile(File):
 
     def open(self, flags: int) -> FileHandle:
         if self.service.passthrough:
-            return PassthroughHandle(self.service._source_path(self.i))
+            return OSFileHandle(self.service._source_path(self.i))
         return FrameHandle(self.service, self.i)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -441,8 +428,9 @@ def _iso_times(times: np.ndarray, zone: _dt.tzinfo) -> list[str]:
 
 
 class ImgstoreTree(Tree):
-    def __init__(self, meta, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, **settings):
-        super().__init__()
+    def __init__(self, meta, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, base: int = ROOT_INO,
+                 **settings):
+        super().__init__(base)
         self.meta = meta
         self.index = index
         self.service = FrameService(index, reader, fmt, **settings)

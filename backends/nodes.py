@@ -13,7 +13,9 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +26,9 @@ import numpy as np
 from .cache import ByteCache
 
 ROOT_INO = 1
+#: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
+#: stay far below that)
+GRAFT_SHIFT = 40
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,65 @@ class BufferHandle(FileHandle):
         self.dirty = False
 
 
+class OSFileHandle(FileHandle):
+    """Reads of a real file, straight from the OS."""
+    release_blocks = True
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class TempFileHandle(FileHandle):
+    """Writes to a real file go to a temporary copy beside it; flush (close, fsync) hands
+    the finished copy to `commit(temp_path)`, which renames it into place (an atomic
+    replace) and registers it. Large files never pass through memory."""
+    release_blocks = True
+
+    def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False):
+        directory, name = os.path.split(target)
+        self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".scopefs-tmp", dir=directory)
+        if copy_from is not None:
+            with open(copy_from, "rb") as src:
+                shutil.copyfileobj(src, os.fdopen(os.dup(self._fd), "wb"))
+        self._commit = commit
+        self._dirty = dirty
+        self._committed = False
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            self._dirty = True
+            return os.pwrite(self._fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._dirty = True
+            os.ftruncate(self._fd, size)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            os.fsync(self._fd)
+            self._commit(self.temp)            # renames self.temp to its final name
+            self._dirty = False
+            self._committed = True
+
+    def release(self) -> None:
+        os.close(self._fd)
+        if not self._committed and os.path.exists(self.temp):
+            os.unlink(self.temp)
+
+
 class MemoryFile(File):
     """A plain writable file kept in memory (new files, editors' temporary files).
     All handles share its content, as they would on a disk."""
@@ -274,6 +338,47 @@ class MemoryHandle(FileHandle):
 
     def truncate(self, size: int) -> None:
         self.file.truncate(size)
+
+
+class View(File):
+    """A file whose content is derived from the model and that writes back through it:
+    a writer's bytes are committed whole when it closes, or refused with nothing changed.
+    `owner` (an entry folder, or the tree) carries the mtime."""
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.staged: bytes | None = None          # truncated or created, not yet committed
+
+    def content(self) -> bytes:
+        raise NotImplementedError
+
+    def commit(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def attr(self) -> Attr:
+        data = self.staged if self.staged is not None else self.content()
+        return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        if flags & os.O_TRUNC:
+            self.staged = b""
+        current = self.staged if self.staged is not None else self.content()
+        if (flags & os.O_ACCMODE) == os.O_RDONLY:
+            return BytesHandle(current)
+        # committed only once written to: a shell's `>` closes a dup of the file first
+        return BufferHandle(current, self._commit)
+
+    def truncate(self, size: int) -> None:
+        # `> file` truncates before it writes: keep that staged until a writer closes
+        current = self.staged if self.staged is not None else self.content()
+        self.staged = current[:size] + bytes(max(0, size - len(current)))
+
+    def _commit(self, data: bytes) -> None:
+        try:
+            self.commit(data)
+        finally:
+            self.staged = None         # accepted, or refused: either way the model shows
+        self.owner.mtime_ns = time.time_ns()
 
 
 class GeneratedFile(File):
@@ -378,17 +483,34 @@ class Tree:
     cache_policy = CachePolicy()
     writable = False
 
-    def __init__(self):
+    def __init__(self, base: int = ROOT_INO):
+        self.base = base
         self._fixed: dict[int, Node] = {}
         self._range_starts: list[int] = []
         self._ranges: list[tuple[int, int, Callable[[int], Node]]] = []
-        self._next = ROOT_INO
+        self._next = base
         self._dynamic_by_key: dict[object, Node] = {}
+        self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
 
     @property
     def root(self) -> Directory:
-        return self._fixed[ROOT_INO]
+        return self._fixed[self.base]
+
+    def graft(self, make: Callable[[int], "Tree"]) -> "Tree":
+        """Another tree shown inside this one (an .iid file inside a database), numbered
+        in a range of its own: `make(base)` builds it with its first inode at `base`.
+        Only a top-level tree grafts."""
+        if self.base != ROOT_INO:
+            raise OSError(errno.EPERM, "a grafted tree cannot graft again")
+        with self._lock:
+            slot = len(self._grafts) + 1
+            tree = make(slot << GRAFT_SHIFT)
+            self._grafts[slot] = tree
+            return tree
+
+    def _graft_of(self, ino: int) -> "Tree | None":
+        return self._grafts.get(ino >> GRAFT_SHIFT) if ino >> GRAFT_SHIFT else None
 
     def add(self, node: Node) -> Node:
         with self._lock:
@@ -419,6 +541,9 @@ class Tree:
             return node
 
     def get(self, ino: int) -> Node | None:
+        graft = self._graft_of(ino)
+        if graft is not None:
+            return graft.get(ino)
         node = self._fixed.get(ino)
         if node is not None:
             return node
@@ -433,6 +558,10 @@ class Tree:
 
     def forget(self, ino: int) -> None:
         """The kernel holds no reference to `ino` any more."""
+        graft = self._graft_of(ino)
+        if graft is not None:
+            graft.forget(ino)
+            return
         with self._lock:
             node = self._fixed.get(ino)
             key = getattr(node, "_key", None)
@@ -467,6 +596,7 @@ class Tree:
         return {}
 
     def close(self) -> None:
-        pass
+        for tree in self._grafts.values():
+            tree.close()
 
 

@@ -86,6 +86,7 @@ def mount_state(path: str) -> str:
     `stat` may still answer from the kernel's attribute cache after the daemon died;
     `statvfs` always reaches the daemon, so it is the probe."""
     try:
+        os.lstat(path)                     # a dead mount may fail even this (ismount hides it)
         if not os.path.ismount(path):
             return "none"
         os.statvfs(path)
@@ -93,6 +94,8 @@ def mount_state(path: str) -> str:
     except OSError as exc:
         if exc.errno in STALE_ERRNOS:
             return "stale"
+        if exc.errno == errno.ENOENT:
+            return "none"
         raise
 
 

@@ -91,7 +91,10 @@ class Mounter:
     def __call__(self, source, *args: str, mountpoint: Path | None = None) -> Path:
         if mountpoint is None:
             mountpoint = self.base / f"mnt{len(self.mounts)}"
-        mountpoint.mkdir(parents=True, exist_ok=True)
+        try:
+            mountpoint.mkdir(parents=True)
+        except FileExistsError:      # (a stale mount point cannot even be stat'ed)
+            pass
         result = run_scopefs("mount", str(source), str(mountpoint), "--log-file", str(self.log_file), *args)
         if result.returncode != 0:
             if os.path.ismount(mountpoint):        # must never happen; clean up all the same

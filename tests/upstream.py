@@ -19,6 +19,9 @@ UPSTREAMS = {
     "imgstore": ["imgstore==0.4.0", "opencv-python-headless", "pandas", "tzlocal"],
     # iidfile declares no dependencies; it needs numpy >= 2 (np.bool) and scikit-image
     "iidfile": ["iidfile==0.2.0", "numpy>=2", "scikit-image"],
+    # the FSDB of today (per-scan flock files) and the last one with the root `lock`
+    "plantdb": ["plantdb-commons==0.17.0"],
+    "plantdb014": ["plantdb-commons==0.14.5"],
 }
 
 

@@ -1,0 +1,640 @@
+"""The FSDB API of romidata/plantdb, on the real layout, with safe locking and atomic writes.
+
+    from scopefs.backends.fsdb import FSDB, io
+    db = FSDB(path); db.connect()
+    scan = db.create_scan("myscan_001"); scan.set_metadata({"scanner": {...}})
+    fileset = scan.create_fileset("images")
+    file = fileset.create_file("0"); io.write_image(file, img); file.set_metadata("key", "0")
+    db.disconnect()
+
+Locking: `connect()` creates the root `lock` exclusively (romidata and plantdb <= 0.14
+then see the database busy), writes who holds it into it, and keeps an OS lock (flock)
+on it while connected. A lock whose holder is provably gone (a scopefs lock on this host
+whose flock is free and whose process is dead) is broken with a warning; any other lock
+(an empty legacy one, another host's, a live holder's) makes `connect()` fail with
+DBBusyError naming the holder, unless `break_lock=True`. Writes also take plantdb 0.17's
+per-resource flock files under `.locks/`.
+
+Writes: data first (temporary file + rename), then `files.json` is re-read, changed and
+replaced atomically, so nothing another writer added is lost and a crash at any point
+leaves a database that romidata, plantdb and this module open.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+from ...formats import fsdb as layout
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 30.0
+
+
+class DBBusyError(OSError):
+    """The database is locked by someone else; the message names the holder."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EBUSY, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotAnFSDBError(OSError):
+    pass
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "a client that records no owner (romidata or plantdb <= 0.14)"
+    return (f"{holder.get('program', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {holder.get('since', '?')})")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:          # a zombie holds nothing
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class RootLock:
+    """The root `lock` file, held exclusively for a connection's life."""
+
+    def __init__(self, root: str):
+        self.path = os.path.join(root, layout.LOCK)
+        self._fd: int | None = None
+
+    def holder(self) -> dict | None:
+        try:
+            with open(self.path, "rb") as fh:
+                text = fh.read()
+            doc = json.loads(text) if text.strip() else None
+            return doc if isinstance(doc, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _is_stale(self) -> bool:
+        """Provably abandoned: our kind of lock, from this host, flock free, pid dead."""
+        holder = self.holder()
+        if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return not _pid_alive(holder["pid"])
+
+    def acquire(self, break_lock: bool = False) -> None:
+        for attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+                break
+            except FileExistsError:
+                holder = self.holder()
+                if attempt == 0 and (break_lock or self._is_stale()):
+                    log.warning("breaking the lock of %s on %s: %s", _describe(holder), self.path,
+                                "asked to" if break_lock and not self._is_stale() else "its holder is gone")
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                raise DBBusyError(f"{os.path.dirname(self.path)} is in use by {_describe(holder)}; "
+                                  f"if that is wrong, remove {self.path}") from None
+        else:
+            raise DBBusyError(f"{self.path}: could not take the lock")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        program = os.path.basename(sys.argv[0] or "python")
+        info = {"holder": "scopefs", "program": " ".join(["scopefs" if program == "__main__.py" else program] + sys.argv[1:3]),
+                "pid": os.getpid(), "host": socket.gethostname(),
+                "since": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.write(fd, json.dumps(info).encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+class _HeldLock:
+    def __init__(self):
+        self.thread_lock = threading.RLock()     # threads of this process, re-entrant
+        self.fd: int | None = None               # the flock, taken once per outermost use
+        self.depth = 0
+
+
+_held: dict[str, _HeldLock] = {}
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
+    """plantdb 0.17's lock for a scan, fileset or file: flock on `.locks/<a>_<b>_<c>.lock`.
+    Re-entrant within a thread (flocks of one process through two descriptors would
+    exclude each other). The file is left in place; plantdb removes free ones."""
+    path = os.path.join(root, layout.LOCKS_DIR, "_".join(parts) + ".lock")
+    with _held_guard:
+        held = _held.setdefault(path, _HeldLock())
+    with held.thread_lock:
+        if held.depth == 0:
+            held.fd = _flock(path, parts, timeout)
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0 and held.fd is not None:
+                os.close(held.fd)
+                held.fd = None
+
+
+def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+    except OSError as exc:                      # a read-only database: nothing to coordinate
+        log.debug("no plantdb lock for %s: %s", parts, exc)
+        return None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise DBBusyError(f"{'/'.join(parts)} stayed locked by another program for {timeout:g} s") from None
+            time.sleep(0.1)
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat()
+
+
+class _Metadata:
+    """get_metadata/set_metadata over one JSON file, kept in memory."""
+
+    _md: dict
+    _md_path: str
+
+    def _load_metadata(self) -> None:
+        try:
+            doc = layout.read_json(self._md_path, {})
+        except ValueError:
+            log.warning("%s is not valid JSON; it reads as {}", self._md_path)
+            doc = {}
+        self._md = doc if isinstance(doc, dict) else {}
+
+    def get_metadata(self, key: str | None = None, default=None):
+        if key is None:
+            return copy.deepcopy(self._md)
+        return copy.deepcopy(self._md.get(key, default))
+
+    def set_metadata(self, data, value=None) -> None:
+        """A key and its value, or a dict merged at the top level."""
+        if isinstance(data, str):
+            if value is None:
+                raise IOError(f"No value given for key {data}")
+            update = {data: value}
+        elif isinstance(data, dict):
+            update = data
+        else:
+            raise IOError(f"metadata must be a key and value or a dict, not {type(data).__name__}")
+        json.dumps(update)                          # refuse what JSON cannot hold, before writing
+        with self._write_lock():
+            merged = dict(self._md)
+            merged.update(copy.deepcopy(update))
+            os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
+            layout.write_json(self._md_path, merged)
+            self._md = merged
+
+    def replace_metadata(self, data: dict) -> None:
+        """Set the whole metadata dict (what editing its JSON file through the mount does)."""
+        if not isinstance(data, dict):
+            raise ValueError("metadata must be a JSON object")
+        with self._write_lock():
+            os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
+            layout.write_json(self._md_path, data)
+            self._md = copy.deepcopy(data)
+
+
+class File(_Metadata):
+    def __init__(self, fileset: "Fileset", file_id: str, filename: str | None):
+        self.fileset = fileset
+        self.id = file_id
+        self.filename = filename
+        self._md_path = layout.file_metadata_path(fileset.scan.path(), fileset.id, file_id)
+        self._load_metadata()
+
+    def _write_lock(self):
+        return self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id, self.id)
+
+    def path(self) -> str:
+        if self.filename is None:
+            raise IOError(f"file {self.id} has no data yet")
+        return os.path.join(self.fileset.path(), self.filename)
+
+    def get_id(self) -> str:
+        return self.id
+
+    def import_file(self, path: str) -> None:
+        ext = os.path.splitext(path)[1].lstrip(".")
+        with open(path, "rb") as fh:
+            self.write_raw(fh.read(), ext)
+
+    def write_raw(self, data: bytes, ext: str = "") -> None:
+        filename = layout.file_name(self.id, ext)
+        with self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id):
+            layout.atomic_write(os.path.join(self.fileset.path(), filename), bytes(data))
+            self._registered_as(filename)
+
+    def adopt(self, finished: str, ext: str) -> None:
+        """Make a finished file (written beside its final place) this file's data: one
+        rename, then files.json. Large files need not pass through memory."""
+        filename = layout.file_name(self.id, ext)
+        with self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id):
+            os.replace(finished, os.path.join(self.fileset.path(), filename))
+            self._registered_as(filename)
+
+    def _registered_as(self, filename: str) -> None:
+        old, self.filename = self.filename, filename
+        self.fileset._register(self)
+        if old and old != filename:
+            _unlink(os.path.join(self.fileset.path(), old))
+
+    def read_raw(self) -> bytes:
+        with open(self.path(), "rb") as fh:
+            return fh.read()
+
+    def write(self, data: str, ext: str = "") -> None:
+        self.write_raw(data.encode(), ext)
+
+    def read(self) -> str:
+        return self.read_raw().decode()
+
+    def __repr__(self) -> str:
+        return f"<File {self.fileset.scan.id}/{self.fileset.id}/{self.id}>"
+
+
+class Fileset(_Metadata):
+    def __init__(self, scan: "Scan", fileset_id: str, entries: list[dict] | None = None):
+        self.scan = scan
+        self.id = fileset_id
+        self.files: dict[str, File] = {}
+        self._md_path = layout.fileset_metadata_path(scan.path(), fileset_id)
+        self._load_metadata()
+        for entry in entries or []:
+            fid, fname = entry.get("id"), entry.get("file")
+            if not isinstance(fid, str) or not isinstance(fname, str):
+                log.warning("%s/%s: skipping a files.json entry without id or file name: %r",
+                            scan.id, fileset_id, entry)
+                continue
+            self.files[fid] = File(self, fid, fname)
+
+    def _write_lock(self):
+        return self.scan.db._writing(self.scan.id, self.id)
+
+    def path(self) -> str:
+        return os.path.join(self.scan.path(), self.id)
+
+    def get_id(self) -> str:
+        return self.id
+
+    def get_files(self, query=None) -> list[File]:
+        files = list(self.files.values())
+        if query:
+            files = [f for f in files if all(f.get_metadata(k) == v for k, v in query.items())]
+        return files
+
+    def list_files(self) -> list[str]:
+        return list(self.files)
+
+    def get_file(self, file_id: str, create: bool = False) -> File | None:
+        found = self.files.get(file_id)
+        if found is None and create:
+            return self.create_file(file_id)
+        return found
+
+    def file_exists(self, file_id: str) -> bool:
+        return file_id in self.files
+
+    def create_file(self, file_id: str) -> File:
+        """A new file; it is registered in files.json once it has data (an entry without a
+        file name would make plantdb 0.14 refuse the whole database)."""
+        _check_id(file_id, strict=False)
+        if file_id in self.files:
+            raise IOError(f"file {file_id} already exists in {self.scan.id}/{self.id}")
+        file = File(self, file_id, None)
+        self.files[file_id] = file
+        return file
+
+    def delete_file(self, file_id: str) -> None:
+        file = self.files.get(file_id)
+        if file is None:
+            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+        with self.scan.db._writing(self.scan.id, self.id):
+            self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+            del self.files[file_id]
+            if file.filename:
+                _unlink(os.path.join(self.path(), file.filename))
+            _unlink(file._md_path)
+
+    def rename_file(self, file_id: str, new_id: str, ext: str) -> File:
+        """A file under a new id (and extension): data and metadata move with it."""
+        _check_id(new_id, strict=False)
+        file = self.files.get(file_id)
+        if file is None:
+            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+        if new_id != file_id and new_id in self.files:
+            raise IOError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
+        metadata = file.get_metadata()
+        moved = File(self, new_id, None) if new_id != file_id else file
+        with self.scan.db._writing(self.scan.id, self.id):
+            if file.filename:
+                moved.adopt(file.path(), ext)
+            if moved is not file:
+                self.files[new_id] = moved
+                if metadata:
+                    moved.replace_metadata(metadata)
+                self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+                del self.files[file_id]
+                _unlink(file._md_path)
+        return moved
+
+    def _register(self, file: File) -> None:
+        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file.id, file.filename))
+
+    def __repr__(self) -> str:
+        return f"<Fileset {self.scan.id}/{self.id}>"
+
+
+class Scan(_Metadata):
+    def __init__(self, db: "FSDB", scan_id: str):
+        self.db = db
+        self.id = scan_id
+        self._md_path = layout.scan_metadata_path(self.path())
+        self._load_metadata()
+        self.filesets: dict[str, Fileset] = {}
+        try:
+            doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []})
+        except ValueError as exc:
+            raise NotAnFSDBError(errno.EINVAL, f"{self.path()}/files.json is not JSON: {exc}") from None
+        for entry in doc.get("filesets", []) if isinstance(doc, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                self.filesets[entry["id"]] = Fileset(self, entry["id"], entry.get("files", []))
+
+    def _write_lock(self):
+        return self.db._writing(self.id)
+
+    def path(self) -> str:
+        return os.path.join(self.db.basedir, self.id)
+
+    def get_id(self) -> str:
+        return self.id
+
+    def get_filesets(self, query=None) -> list[Fileset]:
+        return list(self.filesets.values())
+
+    def list_filesets(self) -> list[str]:
+        return list(self.filesets)
+
+    def get_fileset(self, fileset_id: str, create: bool = False) -> Fileset | None:
+        found = self.filesets.get(fileset_id)
+        if found is None and create:
+            return self.create_fileset(fileset_id)
+        return found
+
+    def fileset_exists(self, fileset_id: str) -> bool:
+        return fileset_id in self.filesets
+
+    def create_fileset(self, fileset_id: str, metadata: dict | None = None) -> Fileset:
+        _check_id(fileset_id)
+        if fileset_id in self.filesets:
+            raise IOError(f"fileset {fileset_id} already exists in {self.id}")
+        with self.db._writing(self.id, fileset_id):
+            os.makedirs(os.path.join(self.path(), fileset_id), exist_ok=True)
+            self._update_files_json(lambda doc: _put_fileset(doc, fileset_id))
+            fileset = self.filesets[fileset_id] = Fileset(self, fileset_id)
+        if metadata:
+            fileset.set_metadata(metadata)
+        return fileset
+
+    def delete_fileset(self, fileset_id: str) -> None:
+        fileset = self.filesets.get(fileset_id)
+        if fileset is None:
+            raise IOError(f"no fileset {fileset_id} in {self.id}")
+        with self.db._writing(self.id, fileset_id):
+            self._update_files_json(lambda doc: _remove_fileset(doc, fileset_id))
+            del self.filesets[fileset_id]
+            self.db._discard(fileset.path())
+            self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
+            _unlink(fileset._md_path)
+
+    def _update_files_json(self, change) -> None:
+        """Re-read files.json, apply `change`, replace it atomically: what another writer
+        added meanwhile is kept."""
+        path = os.path.join(self.path(), layout.FILES_JSON)
+        with self.db._files_lock:
+            try:
+                doc = layout.read_json(path, {"filesets": []})
+            except ValueError:
+                log.warning("%s was not valid JSON; rewriting it from memory", path)
+                doc = self._files_doc()
+            if not isinstance(doc, dict) or not isinstance(doc.get("filesets"), list):
+                doc = self._files_doc()
+            change(doc)
+            layout.write_json(path, doc)
+
+    def _files_doc(self) -> dict:
+        return {"filesets": [{"files": [{"file": f.filename, "id": f.id} for f in fs.files.values() if f.filename],
+                              "id": fs.id} for fs in self.filesets.values()]}
+
+    def __repr__(self) -> str:
+        return f"<Scan {self.id}>"
+
+
+class FSDB:
+    def __init__(self, basedir: str):
+        basedir = os.fspath(basedir)
+        if not os.path.isdir(basedir):
+            raise NotAnFSDBError(errno.ENOTDIR, f"Not a directory: {basedir}")
+        if not layout.is_db(basedir):
+            raise NotAnFSDBError(errno.EINVAL, f"Not a DB. Check that there is a marker named "
+                                               f"{layout.MARKER} in {basedir}")
+        self.basedir = os.path.abspath(basedir)
+        self.scans: dict[str, Scan] = {}
+        self.is_connected = False
+        self._lock = RootLock(self.basedir)
+        self._files_lock = threading.RLock()
+
+    def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
+        """Take the database (see the module's notes on locking) and load its scans."""
+        if self.is_connected:
+            return
+        if not unsafe:
+            self._lock.acquire(break_lock=break_lock)
+        try:
+            self._clean_staging()
+            self.reload()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.is_connected = True
+
+    def disconnect(self) -> None:
+        if self._lock._fd is not None:
+            self._clean_staging()
+        self._lock.release()
+        self.scans = {}
+        self.is_connected = False
+
+    def reload(self) -> None:
+        self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir)}
+
+    def path(self) -> str:
+        return self.basedir
+
+    def get_scans(self, query=None) -> list[Scan]:
+        return list(self.scans.values())
+
+    def list_scans(self, query=None) -> list[str]:
+        return list(self.scans)
+
+    def scan_exists(self, scan_id: str) -> bool:
+        return scan_id in self.scans
+
+    def get_scan(self, scan_id: str, create: bool = False) -> Scan | None:
+        found = self.scans.get(scan_id)
+        if found is None and create:
+            return self.create_scan(scan_id)
+        return found
+
+    def create_scan(self, scan_id: str, metadata: dict | None = None) -> Scan:
+        """Assembled in a hidden staging folder (files.json, metadata/) and renamed into
+        place, so a crash never leaves a scan folder plantdb would refuse the database for."""
+        _check_id(scan_id)
+        target = os.path.join(self.basedir, scan_id)
+        if scan_id in self.scans or os.path.exists(target):
+            raise IOError(f"scan {scan_id} already exists")
+        with self._writing(scan_id):
+            staging = self._staging()
+            build = tempfile.mkdtemp(prefix=f"new-{scan_id}-", dir=staging)
+            os.makedirs(os.path.join(build, layout.METADATA_DIR))
+            layout.write_json(layout.scan_metadata_path(build), metadata or {})
+            layout.write_json(os.path.join(build, layout.FILES_JSON), {"filesets": []})
+            os.rename(build, target)
+            scan = self.scans[scan_id] = Scan(self, scan_id)
+        return scan
+
+    def delete_scan(self, scan_id: str) -> None:
+        if scan_id not in self.scans:
+            raise IOError(f"no scan {scan_id}")
+        with self._writing(scan_id):
+            self._discard(os.path.join(self.basedir, scan_id))
+            del self.scans[scan_id]
+
+    # -- internals ----------------------------------------------------------------------
+    def _writing(self, *parts: str):
+        if not self.is_connected and self._lock._fd is None:
+            raise IOError("not connected (call connect() first)")
+        return resource_lock(self.basedir, *parts)
+
+    def _staging(self) -> str:
+        path = os.path.join(self.basedir, layout.STAGING)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def _discard(self, path: str) -> None:
+        """Make a folder disappear at once (a rename), then remove it."""
+        if not os.path.exists(path):
+            return
+        gone = os.path.join(self._staging(), f"deleted-{os.path.basename(path)}-{time.time_ns()}")
+        os.rename(path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def _clean_staging(self) -> None:
+        path = os.path.join(self.basedir, layout.STAGING)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_id(value: str, strict: bool = True) -> None:
+    if not isinstance(value, str) or not value or "/" in value or value in (".", "..") or "\0" in value:
+        raise ValueError(f"invalid identifier {value!r}")
+    if strict and not layout.PLANTDB_ID.match(value):
+        raise ValueError(f"invalid identifier {value!r}: plantdb accepts letters, digits, '_' and '-' "
+                         f"(not first), up to 128")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fileset_entry(doc: dict, fileset_id: str) -> dict:
+    for entry in doc["filesets"]:
+        if isinstance(entry, dict) and entry.get("id") == fileset_id:
+            entry.setdefault("files", [])
+            return entry
+    entry = {"files": [], "id": fileset_id}
+    doc["filesets"].append(entry)
+    return entry
+
+
+def _put_fileset(doc: dict, fileset_id: str) -> None:
+    _fileset_entry(doc, fileset_id)
+
+
+def _remove_fileset(doc: dict, fileset_id: str) -> None:
+    doc["filesets"] = [e for e in doc["filesets"] if not (isinstance(e, dict) and e.get("id") == fileset_id)]
+
+
+def _put_file(doc: dict, fileset_id: str, file_id: str, filename: str) -> None:
+    files = _fileset_entry(doc, fileset_id)["files"]
+    for entry in files:
+        if isinstance(entry, dict) and entry.get("id") == file_id:
+            entry["file"] = filename
+            return
+    files.append({"file": filename, "id": file_id})
+
+
+def _remove_file(doc: dict, fileset_id: str, file_id: str) -> None:
+    entry = _fileset_entry(doc, fileset_id)
+    entry["files"] = [f for f in entry["files"] if not (isinstance(f, dict) and f.get("id") == file_id)]

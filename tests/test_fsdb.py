@@ -1,0 +1,271 @@
+"""ROMI FSDB: the library, its layout and locks against plantdb, and the mount."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MountFailed, daemon_pid, wait_gone
+from upstream import run_upstream, upstream_python
+
+from scopefs.backends.fsdb import FSDB, DBBusyError, io
+
+pytestmark = pytest.mark.upstream
+
+
+def new_db(path: Path) -> Path:
+    path.mkdir()
+    (path / "romidb").touch()
+    return path
+
+
+def plantdb_read(db: Path) -> dict:
+    lines = run_upstream("plantdb", "upstream_plantdb.py", "read", str(db)).strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def documented_example(db_path: Path, n: int = 100) -> list[np.ndarray]:
+    """The romidata docs' example, run against scopefs's FSDB."""
+    rng = np.random.default_rng(0)
+    imgs = [np.array(256 * rng.random((32, 32, 3)), dtype=np.uint8) for _ in range(n)]
+    db = FSDB(str(db_path))
+    db.connect()
+    scan = db.create_scan("myscan_001")
+    scan.set_metadata({"scanner": {"harware": "test"}})
+    fileset = scan.create_fileset("images")
+    for i, img in enumerate(imgs):
+        file = fileset.create_file("%i" % i)
+        io.write_image(file, img)
+        file.set_metadata("key", "%i" % i)
+    db.disconnect()
+    return imgs
+
+
+def test_documented_example_gives_the_documented_tree_and_opens_in_plantdb(tmp_path):
+    db_path = new_db(tmp_path / "mydb")
+    imgs = documented_example(db_path)
+    assert sorted(os.listdir(db_path)) == [".locks", "myscan_001", "romidb"]     # no lock left
+    scan_dir = db_path / "myscan_001"
+    assert sorted(os.listdir(scan_dir)) == ["files.json", "images", "metadata"]
+    assert sorted(os.listdir(scan_dir / "images")) == sorted(f"{i}.png" for i in range(100))
+    assert sorted(os.listdir(scan_dir / "metadata" / "images")) == sorted(f"{i}.json" for i in range(100))
+    files_json = (scan_dir / "files.json").read_text()
+    expected = {"filesets": [{"files": [{"file": f"{i}.png", "id": f"{i}"} for i in range(100)], "id": "images"}]}
+    assert files_json == json.dumps(expected, sort_keys=True, indent=4, separators=(",", ": "))
+    assert json.loads((scan_dir / "metadata" / "metadata.json").read_text()) == {"scanner": {"harware": "test"}}
+    assert (scan_dir / "metadata" / "images" / "7.json").read_text() == '{\n    "key": "7"\n}'
+    # the docs' reading loop, with scopefs
+    db = FSDB(str(db_path))
+    db.connect()
+    files = db.get_scan("myscan_001").get_fileset("images").get_files()
+    assert [f.get_metadata("key") for f in files] == [str(i) for i in range(100)]
+    assert np.array_equal(io.read_image(files[42]), imgs[42])
+    db.disconnect()
+    # and with plantdb 0.17
+    seen = plantdb_read(db_path)
+    images = seen["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(images, key=int) == [str(i) for i in range(100)]
+    assert images["42"]["file"] == "42.png" and images["42"]["metadata"]["key"] == "42"
+    assert seen["myscan_001"]["metadata"]["scanner"] == {"harware": "test"}
+
+
+def test_database_written_by_plantdb_mounts_and_reads(tmp_path, mount):
+    db_path = new_db(tmp_path / "pdb")
+    run_upstream("plantdb", "upstream_plantdb.py", "write", str(db_path))
+    mnt = mount(db_path)
+    assert sorted(p for p in os.listdir(mnt)) == ["plant_001", "plant_001.metadata.json"]
+    scan_md = json.loads((mnt / "plant_001.metadata.json").read_text())
+    assert scan_md["species"] == "arabidopsis" and scan_md["pot"] == 7
+    images = sorted(n for n in os.listdir(mnt / "plant_001" / "images") if not n.endswith(".metadata.json"))
+    assert images == ["img_000.png", "img_001.png", "img_002.png"]
+    for name in images:
+        assert (mnt / "plant_001" / "images" / name).read_bytes() == (db_path / "plant_001" / "images" / name).read_bytes()
+    md = json.loads((mnt / "plant_001" / "images" / "img_002.png.metadata.json").read_text())
+    assert md["shot_id"] == 2 and md["pose"] == [0.0, 2.0, 0.0]
+    assert json.loads((mnt / "plant_001" / "measures" / "summary.json").read_text()) == {"height_mm": 120.5}
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+def test_lock_interop_with_plantdb_014(tmp_path):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=3)
+    ours = FSDB(str(db_path))
+    ours.connect()
+    out = run_upstream("plantdb014", "upstream_plantdb.py", "try", str(db_path))
+    assert "busy:" in out
+    holder = json.loads((db_path / "lock").read_text())
+    assert holder["pid"] == os.getpid() and holder["holder"] == "scopefs"
+    ours.disconnect()
+    assert not (db_path / "lock").exists()
+    # the other way round: plantdb 0.14.5 holds it (an empty lock file)
+    proc = subprocess.Popen([upstream_python("plantdb014"), str(Path(__file__).parent / "upstream_plantdb.py"),
+                             "hold", str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        for _ in range(50):                          # plantdb logs on stdout too
+            line = proc.stdout.readline()
+            if line.startswith("connected") or not line:
+                break
+        assert line.startswith("connected")
+        with pytest.raises(DBBusyError) as err:
+            FSDB(str(db_path)).connect()
+        assert "records no owner" in str(err.value) and str(db_path / "lock") in str(err.value)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    FSDB(str(db_path)).connect()         # released by plantdb: free again
+
+
+def test_mount_holds_the_lock_and_a_killed_mount_does_not_block(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path)
+    pid = daemon_pid(mnt)
+    with pytest.raises(MountFailed) as err:
+        mount(db_path)
+    assert f"pid {pid}" in err.value.stderr and len(err.value.stderr.strip().splitlines()) == 1
+    with pytest.raises(DBBusyError) as busy:
+        FSDB(str(db_path)).connect()
+    assert f"pid {pid}" in str(busy.value)
+    assert "busy:" in run_upstream("plantdb014", "upstream_plantdb.py", "try", str(db_path))
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    again = mount(db_path, mountpoint=mnt)          # stale mount point and stale lock: both recovered
+    assert "myscan_001" in os.listdir(again)
+    assert "its holder is gone" in mount.log()
+    mount.cleanup()
+    assert not (db_path / "lock").exists()
+
+
+# -- the mount -------------------------------------------------------------------------------
+
+def test_changes_through_the_mount_persist(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    imgs = documented_example(db_path, n=4)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    (mnt / "scan_b").mkdir()
+    (mnt / "scan_b" / "raw").mkdir()
+    src = tmp_path / "photo.png"
+    src.write_bytes((images / "2.png").read_bytes())
+    subprocess.run(["cp", str(src), str(mnt / "scan_b" / "raw" / "photo.png")], check=True)
+    subprocess.run(["rsync", str(src), str(mnt / "scan_b" / "raw" / "synced.png")], check=True)
+    (mnt / "scan_b" / "raw" / "photo.png.metadata.json").write_text('{"exposure": 12}')
+    (mnt / "scan_b.metadata.json").write_text('{"plant": "b"}')
+    (images / "1.png").unlink()
+    os.rename(images / "3.png", images / "three.png")
+    with pytest.raises(OSError) as err:
+        with open(images / "0.png.metadata.json", "w") as fh:
+            fh.write("{broken")
+    assert err.value.errno == 22
+    with pytest.raises(OSError):
+        (mnt / "bad name").mkdir()
+    subprocess.run(["rm", "-r", str(mnt / "myscan_001" / "images")], check=False)
+    assert json.loads((images.parent.parent / "myscan_001.metadata.json").read_text())
+    mount.cleanup()
+
+    again = mount(db_path)
+    raw = sorted(os.listdir(again / "scan_b" / "raw"))
+    assert raw == ["photo.png", "photo.png.metadata.json", "synced.png", "synced.png.metadata.json"]
+    assert json.loads((again / "scan_b" / "raw" / "photo.png.metadata.json").read_text()) == {"exposure": 12}
+    assert json.loads((again / "scan_b.metadata.json").read_text()) == {"plant": "b"}
+    assert "images" not in os.listdir(again / "myscan_001")       # rm -r removed the fileset
+    mount.cleanup()
+    seen = plantdb_read(db_path)
+    assert sorted(seen["scan_b"]["filesets"]["raw"]["files"]) == ["photo", "synced"]
+    assert seen["scan_b"]["filesets"]["raw"]["files"]["photo"]["metadata"] == {"exposure": 12}
+    del imgs
+
+
+def test_rename_and_metadata_of_a_file(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=4)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    os.rename(images / "3.png", images / "three.png")
+    assert json.loads((images / "three.png.metadata.json").read_text()) == {"key": "3"}
+    (images / "1.png").unlink()
+    mount.cleanup()
+    db = FSDB(str(db_path))
+    db.connect()
+    fs = db.get_scan("myscan_001").get_fileset("images")
+    assert sorted(f.id for f in fs.get_files()) == ["0", "2", "three"]
+    assert fs.get_file("three").get_metadata("key") == "3" and fs.get_file("three").filename == "three.png"
+    assert not (db_path / "myscan_001" / "images" / "1.png").exists()
+    db.disconnect()
+
+
+def test_iid_and_imgstore_inside_the_database_have_views(tmp_path, mount):
+    from scopefs.formats.iid import IIDFile
+    from scopefs.formats.imgstore.writer import ImgStoreWriter
+    db_path = new_db(tmp_path / "db")
+    db = FSDB(str(db_path))
+    db.connect()
+    scan = db.create_scan("plate")
+    seg = IIDFile()
+    seg.add(np.ones((3, 4), bool), (1, 2, 4, 6), address=b"leaf")
+    seg.save(str(tmp_path / "cells.iid"))
+    scan.create_fileset("segmentation").create_file("cells").import_file(str(tmp_path / "cells.iid"))
+    video = scan.create_fileset("video")
+    with ImgStoreWriter(str(tmp_path / "store"), "npy", (8, 8)) as w:   # a store another tool wrote
+        for i in range(5):
+            w.add_image(np.full((8, 8), i, np.uint8), i, 1.7e9 + i)
+    for name in os.listdir(tmp_path / "store"):
+        os.rename(tmp_path / "store" / name, Path(video.path()) / name)
+    video.create_file("metadata").import_file(str(Path(video.path()) / "metadata.yaml"))
+    db.disconnect()
+    mnt = mount(db_path)
+    entry = json.loads((mnt / "plate" / "segmentation" / "cells.iid.view" / "000000-leaf" / "entry.json").read_text())
+    assert entry["area"] == 12
+    assert len(os.listdir(mnt / "plate" / "video.view" / "frames")) == 5
+    assert (mnt / "plate" / "segmentation" / "cells.iid").read_bytes() == (tmp_path / "cells.iid").read_bytes()
+
+
+WRITE_LOOP = """
+import sys, numpy as np
+from scopefs.backends.fsdb import FSDB, io
+db = FSDB(sys.argv[1]); db.connect()
+scan = db.get_scan("loop") or db.create_scan("loop")
+i = 0
+while True:
+    fs = scan.get_fileset(f"fs{i % 3}") or scan.create_fileset(f"fs{i % 3}")
+    f = fs.get_file(str(i)) or fs.create_file(str(i))
+    io.write_image(f, np.full((16, 16, 3), i % 255, np.uint8))
+    f.set_metadata({"i": i, "tags": list(range(i % 7))})
+    scan.set_metadata("count", i)
+    old = scan.get_fileset(f"fs{(i - 2) % 3}")
+    if i % 5 == 4 and old is not None and old.get_file(str(i - 2)) is not None:
+        old.delete_file(str(i - 2))
+    i += 1
+"""
+
+
+def test_json_stays_valid_when_writers_are_killed_at_random_points(tmp_path):
+    db_path = new_db(tmp_path / "db")
+    rng = random.Random(4)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(db_path)], stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.6, 1.6))
+        proc.kill()
+        assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        for path in glob.glob(str(db_path / "**" / "*.json"), recursive=True):
+            json.loads(Path(path).read_text())              # every JSON file is whole
+        db = FSDB(str(db_path))
+        db.connect()                                        # the dead writer's lock is broken
+        scan = db.get_scan("loop")
+        for fs in scan.get_filesets():
+            for f in fs.get_files():
+                assert os.path.exists(f.path()), f         # files.json names only real files
+        db.disconnect()
+    seen = plantdb_read(db_path)
+    assert seen["loop"]["metadata"]["count"] >= 1

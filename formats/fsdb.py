@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+
+from .atomic import atomic_write
 
 MARKER = "romidb"
 LOCK = "lock"
@@ -32,22 +33,6 @@ PLANTDB_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$")
 
 def dump_json(data) -> bytes:
     return json.dumps(data, sort_keys=True, indent=4, separators=(",", ": ")).encode()
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file, never a part."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: str, data) -> None:

@@ -21,11 +21,12 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_write
 
 HEADER = struct.Struct("<12I")
 LUT_ENTRY = struct.Struct("<5I")
@@ -243,30 +244,8 @@ class IIDFile:
         return HEADER.pack(*header) + b"".join(body)
 
     def save(self, path: str) -> None:
-        """Write atomically: a temporary file beside `path`, fsync, rename, fsync the
-        directory. A crash leaves the old file or the new one, never a truncated one."""
-        data = self.to_bytes()
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-            except FileNotFoundError:
-                pass
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        """Write atomically: a crash leaves the old file or the new one, never a truncated one."""
+        atomic_write(path, self.to_bytes())
 
 
 def _parse_groups(buf: memoryview, offset: int, length: int, n: int) -> dict[str, list[int]]:

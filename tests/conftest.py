@@ -82,6 +82,23 @@ def cleanup_mount(mountpoint: Path, pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def wait_mounted(proc: subprocess.Popen, mountpoint: Path, timeout: float = 30) -> None:
+    """Wait for a foreground daemon's mount to appear (failing if the daemon exits)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "daemon exited"
+        assert time.monotonic() < deadline, "mount did not appear"
+        time.sleep(0.05)
+
+
+def stop_foreground(proc: subprocess.Popen, mountpoint: Path) -> None:
+    """Teardown for a daemon a test started with -f: end it (by its own PID) and unmount."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    cleanup_mount(mountpoint, None)
+
+
 class Mounter:
     def __init__(self, base: Path):
         self.base = base

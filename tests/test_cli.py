@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import SCOPEFS, MountFailed, alive, cleanup_mount, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
+from conftest import SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, cleanup_mount, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
 from stores import make_store
 
 
@@ -86,21 +86,14 @@ def test_foreground_mode_serves_until_interrupted(store, tmp_path):
     proc = subprocess.Popen([*SCOPEFS, "mount", "-f", str(store), str(mnt)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_mounted(proc, mnt)
         assert len(os.listdir(mnt / "frames")) == 12
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
         assert "mounted" in proc.stderr.read()
         assert not os.path.ismount(mnt)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        cleanup_mount(mnt, None)
+        stop_foreground(proc, mnt)
 
 
 def test_umount_of_something_not_mounted(tmp_path):

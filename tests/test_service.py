@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SCOPEFS, MountFailed, alive, cleanup_mount, daemon_pid, daemon_status, run_scopefs, \
+from conftest import ROOT, SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, cleanup_mount, daemon_pid, daemon_status, run_scopefs, \
     wait_gone
 from stores import make_store
 
@@ -94,10 +94,7 @@ def test_ready_only_once_the_mount_answers_then_stopping(store, tmp_path, abstra
         assert lines and all(line[:3] in ("<6>", "<4>", "<3>", "<7>") for line in lines), lines
         assert not os.path.ismount(mnt)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        cleanup_mount(mnt, None)
+        stop_foreground(proc, mnt)
         listener.sock.close()
 
 
@@ -222,10 +219,7 @@ def test_sigterm_with_reader_and_writer_saves_and_exits_zero(tmp_path):
                 errors.append(exc.errno)
                 return
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        wait_mounted(proc, mnt)
         (mnt / "000000-a" / "entry.json").write_text(json.dumps({"address": "committed"}))
         writer = open(mnt / "meta.json", "w")
         writer.write('{"v": "written, not yet closed"}')
@@ -247,10 +241,7 @@ def test_sigterm_with_reader_and_writer_saves_and_exits_zero(tmp_path):
         assert not os.path.ismount(mnt)
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        cleanup_mount(mnt, None)
+        stop_foreground(proc, mnt)
 
 
 def test_hung_source_gives_eio_after_timeout_and_never_blocks_ls_or_umount(tmp_path, mount):

@@ -503,7 +503,9 @@ class FSDB:
         self._files_lock = threading.RLock()
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
-        """Take the database (see the module's notes on locking) and load its scans."""
+        """Take the database (see the module's notes on locking) and load its scans.
+        `login_data` is accepted as romidata accepts it; FSDB files carry no users."""
+        del login_data
         if self.is_connected:
             return
         if not unsafe:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import yaml
 
+from ..atomic import atomic_write
 from .metadata import DIRECTORY_FORMATS, STORE_KEY, VIDEO_FORMATS, StoreError
 
 #: frame rate written into video containers; real timing lives in frame_time
@@ -29,15 +30,6 @@ _FFMPEG_CODECS = {
     "avc1/mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-tag:v", "avc1"],
     "h264/mkv": ["-c:v", "libx264", "-pix_fmt", "yuv420p"],
 }
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _local_zone_name() -> str:
@@ -133,7 +125,7 @@ class ImgStoreWriter:
             store["extension"] = VIDEO_FORMATS[fmt][1]
         self._store = store
         doc = {STORE_KEY: store, **(metadata or {})}
-        _atomic_write(os.path.join(basedir, "metadata.yaml"), yaml.safe_dump(doc).encode())
+        atomic_write(os.path.join(basedir, "metadata.yaml"), yaml.safe_dump(doc).encode())
         self._new_chunk()
 
     # -- chunks -----------------------------------------------------------------------
@@ -181,7 +173,7 @@ class ImgStoreWriter:
         if self._extra:
             extra_path = (os.path.join(base, "index.extra.json") if not self.is_video
                           else base + ".extra.json")
-            _atomic_write(extra_path, json.dumps(self._extra).encode())
+            atomic_write(extra_path, json.dumps(self._extra).encode())
 
     # -- frames -----------------------------------------------------------------------
     def add_image(self, img: np.ndarray, frame_number: int, frame_time: float | None = None) -> None:

@@ -10,7 +10,7 @@ import importlib
 
 from .options import MountError, Options
 
-BACKENDS = ("imgstore", "iid", "fsdb")
+BACKENDS = ("imgstore", "iid", "fsdb", "copick")
 
 
 def _module(kind: str):

@@ -55,6 +55,9 @@ class Node:
     def attr(self) -> Attr:
         raise NotImplementedError
 
+    def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        """chmod/utimens. Formats without modes or times accept and ignore them."""
+
 
 def read_only(what: str = "") -> OSError:
     return OSError(errno.EROFS, "read-only", what)
@@ -88,6 +91,9 @@ class Directory(Node):
     def rename(self, name: str, new_parent: "Directory", new_name: str) -> None:
         raise read_only(name)
 
+    def link(self, name: str, target: "Node") -> "Node":
+        raise OSError(errno.EPERM, "hard links are not supported here", name)
+
 
 class FileHandle:
     """One open file. `read` may block; `cached_read` must not (it answers only when
@@ -112,6 +118,10 @@ class FileHandle:
 
     def flush(self) -> None:
         pass
+
+    def fsync(self) -> None:
+        """fsync(2): by default what close does."""
+        self.flush()
 
     def release(self) -> None:
         pass

@@ -188,6 +188,7 @@ def _mount_in_foreground(args) -> int:
         prepare_mountpoint(args.mountpoint)
         kind = args.type or detect(args.source)
         progress = Progress(foreground=args.ready_fd is None)
+        backend_opts["_mountpoint"] = args.mountpoint      # for sources that describe their own mount
         tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress)
     except (MountError, CliError) as exc:
         log.error("cannot mount %s: %s", args.source, exc)

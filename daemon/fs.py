@@ -37,7 +37,8 @@ BLOCK_SIZE = 128 * 1024
 CONTROL_NAME = ".scopefs"
 CONTROL_INO = (1 << 63) - 2
 #: errors that are answers, not failures: not worth a log line above debug
-_QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES}
+_QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
+          errno.EEXIST, errno.ENOTEMPTY}
 
 
 @dataclass
@@ -338,8 +339,19 @@ class Operations(pyfuse3.Operations):
                 await self._run(self._handles[fh].truncate, attr.st_size, data=True)
             else:
                 await self._run(node.truncate, attr.st_size, data=True)
-        # modes, owners and times are not part of these formats: accepted, not kept
+        if fields.update_mode or fields.update_mtime:
+            self._writable()
+            mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else None
+            mtime = attr.st_mtime_ns if fields.update_mtime else None
+            await self._run(node.set_attr, mode, mtime, data=True)
         return self._entry(inode, await self._run(node.attr))
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        node, directory = self._node(inode), self._directory(new_parent_inode)
+        linked = await self._run(directory.link, os.fsdecode(new_name), node)
+        return await self._new_entry(linked)
 
     @_guard
     async def flush(self, fh):
@@ -347,7 +359,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def fsync(self, fh, datasync):
-        await self._run(self._handle(fh).flush, data=True)
+        await self._run(self._handle(fh).fsync, data=True)
         await self._run(self.tree.sync, data=True)
 
     @_guard

@@ -22,6 +22,7 @@ UPSTREAMS = {
     # the FSDB of today (per-scan flock files) and the last one with the root `lock`
     "plantdb": ["plantdb-commons==0.17.0"],
     "plantdb014": ["plantdb-commons==0.14.5"],
+    "copick": ["copick==1.31.0", "trimesh"],      # copick 1.x pins zarr<3 itself
 }
 
 

@@ -1,0 +1,242 @@
+"""Static + overlay roots merged by the copick backend: one test per rule (local roots),
+the static root unchanged by all of them, and a randomized check against a plain directory."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from conftest import Mounter
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st_ = path.lstat()
+        rel = str(path.relative_to(root))
+        out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and not path.is_symlink()
+                    else f"dir {stat.S_IMODE(st_.st_mode):o}" if path.is_dir() else "link")
+        out[rel] += f" {stat.S_IMODE(st_.st_mode):o} {st_.st_mtime_ns}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("overlay")
+    static = base / "static"
+    (static / "run1" / "Picks").mkdir(parents=True)
+    (static / "run1" / "Picks" / "a_1_ribosome.json").write_text('{"static": 1}')
+    (static / "run1" / "Picks" / "both.json").write_text('{"static": 2}')
+    (static / "run1" / "tomo").mkdir()
+    (static / "run1" / "tomo" / "chunk").write_bytes(os.urandom(5000))
+    (static / "only_static.txt").write_text("static text\n")
+    (static / "only_static.txt").chmod(0o640)
+    (static / "empty_static_dir").mkdir()
+    os.symlink("only_static.txt", static / "link")
+    before = tree_digest(static)
+    yield base, static
+    # the static root is never written, whatever the tests did
+    assert tree_digest(static) == before
+
+
+@pytest.fixture
+def merged(roots, tmp_path):
+    base, static = roots
+    overlay = tmp_path / "overlay"
+    (overlay / "run1" / "Picks").mkdir(parents=True)
+    (overlay / "run1" / "Picks" / "both.json").write_text('{"overlay": 2}')
+    (overlay / "only_overlay.txt").write_text("overlay text\n")
+    mounter = Mounter(tmp_path)
+    try:
+        mnt = mounter(static, "-t", "copick", "-o", f"overlay={overlay}")
+        yield mnt, static, overlay
+    finally:
+        mounter.cleanup()
+
+
+def test_directories_merge_and_the_overlay_wins(merged):
+    mnt, static, overlay = merged
+    assert sorted(os.listdir(mnt)) == ["copick_config.json", "empty_static_dir", "link", "only_overlay.txt",
+                                        "only_static.txt", "run1"]
+    assert sorted(os.listdir(mnt / "run1" / "Picks")) == ["a_1_ribosome.json", "both.json"]
+    assert (mnt / "run1" / "Picks" / "both.json").read_text() == '{"overlay": 2}'
+    assert (mnt / "only_static.txt").read_text() == "static text\n"
+    assert os.readlink(mnt / "link") == "only_static.txt"
+    assert stat.S_IMODE(os.stat(mnt / "only_static.txt").st_mode) == 0o640
+
+
+def test_writes_go_to_the_overlay_with_atomic_copy_up(merged):
+    mnt, static, overlay = merged
+    with open(mnt / "only_static.txt", "a") as fh:
+        fh.write("appended\n")
+    assert (overlay / "only_static.txt").read_text() == "static text\nappended\n"
+    assert stat.S_IMODE((overlay / "only_static.txt").stat().st_mode) == 0o640     # mode kept
+    (mnt / "run1" / "Picks" / "new_1_x.json").write_text("{}")
+    assert (overlay / "run1" / "Picks" / "new_1_x.json").exists()
+    (mnt / "run1" / "tomo" / "new").write_text("n")                # parents made in the overlay
+    assert (overlay / "run1" / "tomo" / "new").read_text() == "n"
+    assert not [n for n in os.listdir(overlay) if "copyup" in n]
+
+
+@pytest.mark.parametrize("op", ["truncate", "chmod", "utime"])
+def test_truncate_chmod_utimens_copy_up(merged, op):
+    mnt, static, overlay = merged
+    target = mnt / "run1" / "tomo" / "chunk"
+    if op == "truncate":
+        os.truncate(target, 10)
+        assert (overlay / "run1" / "tomo" / "chunk").stat().st_size == 10
+    elif op == "chmod":
+        os.chmod(target, 0o600)
+        assert stat.S_IMODE((overlay / "run1" / "tomo" / "chunk").stat().st_mode) == 0o600
+    else:
+        os.utime(target, ns=(1_000_000_000, 2_000_000_000))
+        assert (overlay / "run1" / "tomo" / "chunk").stat().st_mtime_ns == 2_000_000_000
+    assert os.stat(target).st_size == (10 if op == "truncate" else 5000)
+
+
+def test_deleting_static_entries_leaves_whiteouts(merged):
+    mnt, static, overlay = merged
+    os.unlink(mnt / "run1" / "Picks" / "a_1_ribosome.json")
+    assert "a_1_ribosome.json" not in os.listdir(mnt / "run1" / "Picks")
+    assert (overlay / "run1" / "Picks" / ".wh.a_1_ribosome.json").exists()
+    os.unlink(mnt / "run1" / "Picks" / "both.json")                # overlay copy and static copy both go
+    assert not os.path.exists(mnt / "run1" / "Picks" / "both.json")
+    os.rmdir(mnt / "empty_static_dir")
+    assert (overlay / ".wh.empty_static_dir").exists()
+    os.mkdir(mnt / "empty_static_dir")                              # made again: opaque
+    assert (overlay / "empty_static_dir" / ".wh..wh..opq").exists()
+    assert os.listdir(mnt / "empty_static_dir") == []
+    with pytest.raises(OSError) as err:
+        os.rmdir(mnt / "run1")
+    assert err.value.errno == errno.ENOTEMPTY
+    subprocess.run(["rm", "-r", str(mnt / "run1")], check=True)     # a static tree removed
+    assert "run1" not in os.listdir(mnt) and (overlay / ".wh.run1").exists()
+
+
+def test_renames(merged, tmp_path):
+    mnt, static, overlay = merged
+    with pytest.raises(OSError) as err:
+        os.rename(mnt / "run1", mnt / "run2")
+    assert err.value.errno == errno.EXDEV
+    subprocess.run(["mv", str(mnt / "run1"), str(mnt / "run2")], check=True)     # mv falls back to copying
+    assert (mnt / "run2" / "Picks" / "both.json").read_text() == '{"overlay": 2}'
+    assert "run1" not in os.listdir(mnt)
+    os.rename(mnt / "only_static.txt", mnt / "moved.txt")
+    assert (mnt / "moved.txt").read_text() == "static text\n" and not os.path.exists(mnt / "only_static.txt")
+    assert (overlay / ".wh.only_static.txt").exists()
+    os.mkdir(mnt / "fresh")
+    os.rename(mnt / "fresh", mnt / "fresh2")                        # overlay-only dirs rename
+    assert (overlay / "fresh2").is_dir()
+
+
+def test_hard_links_only_within_the_overlay(merged):
+    mnt, static, overlay = merged
+    os.link(mnt / "only_overlay.txt", mnt / "hard.txt")
+    assert os.stat(mnt / "hard.txt").st_nlink == 2
+    with pytest.raises(OSError) as err:
+        os.link(mnt / "only_static.txt", mnt / "nope.txt")
+    assert err.value.errno == errno.EXDEV
+
+
+def test_copick_config_points_at_the_mount(merged):
+    import json
+    mnt, _, _ = merged
+    config = json.loads((mnt / "copick_config.json").read_text())
+    assert config["overlay_root"] == f"local://{mnt}" and "static_root" not in config
+    assert config["overlay_fs_args"] == {"auto_mkdir": True}
+
+
+class MountVsPlainDirectory(RuleBasedStateMachine):
+    """The same operations on the merged mount and on a plain directory holding what the
+    merge should show: contents and listings identical after every step."""
+
+    names = st.sampled_from(["a", "b", "c", "d/x", "d/y", "e"])
+
+    @initialize()
+    def start(self):
+        base = Path(self._base)
+        for d in ("static", "overlay", "plain", "mnt"):
+            shutil.rmtree(base / d, ignore_errors=True)
+        (base / "static" / "d").mkdir(parents=True)
+        (base / "static" / "a").write_bytes(b"static a")
+        (base / "static" / "d" / "x").write_bytes(b"static x")
+        (base / "overlay").mkdir()
+        shutil.copytree(base / "static", base / "plain")
+        self.plain = base / "plain"
+        self.mounter = Mounter(base)
+        self.mnt = self.mounter(base / "static", "-t", "copick", "-o", f"overlay={base / 'overlay'}",
+                                mountpoint=base / "mnt")
+
+    def _both(self, fn):
+        results = []
+        for root in (self.mnt, self.plain):
+            try:
+                fn(root)
+                results.append(None)
+            except OSError as exc:
+                results.append(exc.errno)
+        assert results[0] == results[1], results
+
+    @rule(name=names, offset=st.integers(0, 40), data=st.binary(min_size=1, max_size=30))
+    def write_at(self, name, offset, data):
+        def op(root):
+            fd = os.open(root / name, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+        self._both(op)
+
+    @rule(name=names, size=st.integers(0, 50))
+    def truncate(self, name, size):
+        self._both(lambda root: os.truncate(root / name, size))
+
+    @rule(src=names, dst=names)
+    def rename(self, src, dst):
+        if src != dst:
+            self._both(lambda root: os.rename(root / src, root / dst))
+
+    @rule(name=names)
+    def unlink(self, name):
+        self._both(lambda root: os.unlink(root / name))
+
+    @rule(name=st.sampled_from(["d", "f", "f/g"]))
+    def mkdir(self, name):
+        self._both(lambda root: os.mkdir(root / name))
+
+    @rule(name=st.sampled_from(["d", "f", "f/g"]))
+    def rmdir(self, name):
+        self._both(lambda root: os.rmdir(root / name))
+
+    @invariant()
+    def same(self):
+        if not hasattr(self, "mnt"):
+            return
+        for rel in ("", "d", "f", "f/g"):
+            a, b = self.mnt / rel, self.plain / rel
+            assert a.is_dir() == b.is_dir(), rel
+            if b.is_dir():
+                assert sorted(os.listdir(a)) == sorted(os.listdir(b)) or \
+                    (rel == "" and sorted(set(os.listdir(a)) - {"copick_config.json"}) == sorted(os.listdir(b))), rel
+                for name in os.listdir(b):
+                    if (b / name).is_file():
+                        assert (a / name).read_bytes() == (b / name).read_bytes(), rel + "/" + name
+
+    def teardown(self):
+        if hasattr(self, "mounter"):
+            self.mounter.cleanup()
+
+
+def test_randomized_operations_match_a_plain_directory(tmp_path):
+    MountVsPlainDirectory._base = str(tmp_path)
+    run = MountVsPlainDirectory.TestCase
+    run.settings = settings(max_examples=12, stateful_step_count=25, deadline=None)
+    run().runTest()

@@ -25,7 +25,7 @@ def detect(source: str) -> bool:
     if not (source.endswith(".json") and os.path.isfile(source)):
         return False
     try:
-        with open(source, "rb") as fh:
+        with builtins.open(source, "rb") as fh:
             return b'"overlay_root"' in fh.read(1 << 20)
     except OSError:
         return False

@@ -1,0 +1,85 @@
+"""Driven by the tests with copick 1.31's own venv (not collected by pytest).
+
+    make STATIC OVERLAY    a small project: static run data, and overlay picks (one clashing)
+    use CONFIG             open CONFIG (the mount's), list everything, read the tomogram,
+                           write new picks, a mesh and a segmentation; print JSON
+"""
+import json
+import sys
+
+import numpy as np
+
+OBJECTS = [{"name": "ribosome", "is_particle": True, "label": 1, "radius": 60},
+           {"name": "proteasome", "is_particle": True, "label": 2, "radius": 50},
+           {"name": "membrane", "is_particle": False, "label": 3}]
+
+
+def config(path, overlay, static=None):
+    cfg = {"config_type": "filesystem", "name": "test", "pickable_objects": OBJECTS,
+           "overlay_root": f"local://{overlay}", "overlay_fs_args": {"auto_mkdir": True}}
+    if static:
+        cfg.update(static_root=f"local://{static}", static_fs_args={"auto_mkdir": False})
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+    return path
+
+
+def points(n):
+    from copick.models import CopickPoint, CopickLocation
+    return [CopickPoint(location=CopickLocation(x=10.0 * i, y=20.0, z=30.0)) for i in range(n)]
+
+
+def make(static, overlay):
+    import copick
+    root = copick.from_file(config(f"{static}/../static_only.json", static))
+    run = root.new_run("TS_001")
+    vs = run.new_voxel_spacing(10.0)
+    vs.new_tomogram("wbp").from_numpy(np.arange(32 ** 3, dtype=np.float32).reshape(32, 32, 32), levels=1)
+    picks = run.new_picks("ribosome", "1", user_id="curator")
+    picks.points = points(2)
+    picks.store()
+    run.new_segmentation(10.0, "membrane", "1", False, user_id="curator").from_numpy(
+        (np.arange(32 ** 3).reshape(32, 32, 32) % 2).astype(np.uint8))
+    root2 = copick.from_file(config(f"{overlay}/../overlay_only.json", overlay))
+    run2 = root2.new_run("TS_001", exist_ok=True) if "exist_ok" in root2.new_run.__code__.co_varnames \
+        else root2.new_run("TS_001")
+    clash = run2.new_picks("ribosome", "1", user_id="curator")
+    clash.points = points(3)
+    clash.store()
+    print("made")
+
+
+def use(path):
+    import copick
+    import trimesh
+    root = copick.from_file(path)
+    out = {"runs": [r.name for r in root.runs]}
+    run = root.get_run("TS_001")
+    out["voxel_spacings"] = [vs.voxel_size for vs in run.voxel_spacings]
+    vs = run.get_voxel_spacing(10.0)
+    out["tomograms"] = [t.tomo_type for t in vs.tomograms]
+    tomo = vs.get_tomogram("wbp")
+    out["tomogram_sum"] = float(np.asarray(tomo.numpy()).sum())
+    out["picks"] = sorted((p.user_id, p.session_id, p.pickable_object_name, len(p.points)) for p in run.picks)
+    out["segmentations"] = sorted((s.user_id, s.name) for s in run.segmentations)
+    new = run.new_picks("proteasome", "7", user_id="annotator")
+    new.points = points(4)
+    new.store()
+    mesh = run.new_mesh("membrane", "7", user_id="annotator")
+    mesh.mesh = trimesh.creation.icosphere(subdivisions=1)
+    mesh.store()
+    run.new_segmentation(10.0, "membrane", "7", False, user_id="annotator").from_numpy(
+        np.ones((32, 32, 32), np.uint8))
+    again = copick.from_file(path).get_run("TS_001")
+    out["after"] = {"picks": sorted((p.user_id, p.session_id, p.pickable_object_name, len(p.points))
+                                    for p in again.picks),
+                    "meshes": sorted((m.user_id, m.session_id) for m in again.meshes),
+                    "segmentations": sorted((s.user_id, s.session_id, s.name) for s in again.segmentations)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3])
+    else:
+        use(sys.argv[2])

@@ -17,28 +17,18 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import threading
-import time
 
-from .nodes import (Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, OSFileHandle, Symlink,
-                    Tree)
+from .nodes import Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, Symlink, Tree
+from .roots import Info, LocalRoot
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-COPYUP = ".wh.scopefs-copyup."       # a temporary name that is internal by construction
 
 
 def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
 
 
 def _internal(name: str) -> bool:
@@ -48,13 +38,14 @@ def _internal(name: str) -> bool:
 class OverlayTree(Tree):
     """The merged view; nodes are numbered per path for the life of the mount."""
 
-    def __init__(self, static: str, overlay: str, read_only: bool = False):
+    def __init__(self, static, upper, read_only: bool = False):
         super().__init__()
-        self.static = os.path.abspath(static)
-        self.upper = os.path.abspath(overlay)
+        self.static = static
+        self.upper = upper
         self.writable = not read_only
-        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0,
-                                        keep_cache=True)
+        local = isinstance(static, LocalRoot) and isinstance(upper, LocalRoot)
+        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if local else 5.0,
+                                        negative_timeout=0.0, keep_cache=True)
         self.lock = threading.RLock()
         self._by_path: dict[str, Node] = {}
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
@@ -62,14 +53,8 @@ class OverlayTree(Tree):
         self._by_path[""] = self.root
 
     # -- resolving ------------------------------------------------------------------------
-    def s_path(self, rel: str) -> str:
-        return os.path.join(self.static, rel) if rel else self.static
-
-    def u_path(self, rel: str) -> str:
-        return os.path.join(self.upper, rel) if rel else self.upper
-
     def opaque(self, rel: str) -> bool:
-        return os.path.exists(os.path.join(self.u_path(rel), OPAQUE))
+        return self.upper.stat(_join(rel, OPAQUE)) is not None
 
     def static_visible(self, rel: str) -> bool:
         """Whether the static root's entry at rel shows: no whiteout for it and no opaque
@@ -77,15 +62,24 @@ class OverlayTree(Tree):
         parts = rel.split("/") if rel else []
         for i, name in enumerate(parts):
             parent = "/".join(parts[:i])
-            if os.path.lexists(os.path.join(self.u_path(parent), WHITEOUT + name)) or self.opaque(parent):
+            if self.upper.stat(_join(parent, WHITEOUT + name)) is not None or self.opaque(parent):
                 return False
         return True
 
-    def layers(self, rel: str) -> tuple[os.stat_result | None, os.stat_result | None]:
-        """(overlay stat, static stat) of what rel shows; static is None if hidden."""
-        up = _lstat(self.u_path(rel))
-        st = _lstat(self.s_path(rel)) if self.static_visible(rel) else None
+    def layers(self, rel: str) -> tuple[Info | None, Info | None]:
+        """(overlay info, static info) of what rel shows; static is None if hidden."""
+        up = self.upper.stat(rel)
+        st = self.static.stat(rel) if self.static_visible(rel) else None
         return up, st
+
+    def top(self, rel: str):
+        """The root whose copy of rel shows, and its info."""
+        up, st = self.layers(rel)
+        if up is not None:
+            return self.upper, up
+        if st is not None:
+            return self.static, st
+        raise FileNotFoundError(errno.ENOENT, "gone", rel)
 
     def node_at(self, rel: str) -> Node | None:
         with self.lock:
@@ -94,7 +88,7 @@ class OverlayTree(Tree):
             top = up or st
             if top is None:
                 return None
-            kind = stat.S_IFMT(top.st_mode)
+            kind = stat.S_IFMT(top.mode)
             if node is not None and getattr(node, "kind", None) == kind:
                 return node
             cls = MergedDir if kind == stat.S_IFDIR else MergedLink if kind == stat.S_IFLNK else MergedFile
@@ -104,34 +98,26 @@ class OverlayTree(Tree):
             return node
 
     def listing(self, rel: str) -> list[str]:
-        up_dir = self.u_path(rel)
-        names = set()
-        try:
-            names.update(n for n in os.listdir(up_dir) if not _internal(n))
-            whiteouts = {n[len(WHITEOUT):] for n in os.listdir(up_dir) if n.startswith(WHITEOUT)}
-        except (FileNotFoundError, NotADirectoryError):
-            whiteouts = set()
+        upper_names = self.upper.listdir(rel) or []
+        names = {n for n in upper_names if not _internal(n)}
+        whiteouts = {n[len(WHITEOUT):] for n in upper_names if n.startswith(WHITEOUT)}
         if self.static_visible(rel) and not self.opaque(rel):
-            up = _lstat(up_dir)
-            if up is None or stat.S_ISDIR(up.st_mode):
-                try:
-                    names.update(n for n in os.listdir(self.s_path(rel))
-                                 if n not in whiteouts and not _internal(n))
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
+            up = self.upper.stat(rel)
+            if up is None or stat.S_ISDIR(up.mode):
+                names.update(n for n in self.static.listdir(rel) or [] if n not in whiteouts and not _internal(n))
         return sorted(names)
 
     # -- writing into the overlay -----------------------------------------------------
     def ensure_upper_dir(self, rel: str) -> None:
         """The overlay gets the directories on the way to rel (modes from the static root)."""
-        if not rel or os.path.isdir(self.u_path(rel)):
+        if not rel:
             return
-        parent = rel.rpartition("/")[0]
-        self.ensure_upper_dir(parent)
-        st = _lstat(self.s_path(rel))
-        os.mkdir(self.u_path(rel), stat.S_IMODE(st.st_mode) if st else 0o755)
-        if st:
-            os.utime(self.u_path(rel), ns=(st.st_atime_ns, st.st_mtime_ns))
+        up = self.upper.stat(rel)
+        if up is not None and stat.S_ISDIR(up.mode):
+            return
+        self.ensure_upper_dir(rel.rpartition("/")[0])
+        st = self.static.stat(rel)
+        self.upper.mkdir(rel, stat.S_IMODE(st.mode) if st else 0o755, st.mtime_ns if st else None)
 
     def copy_up(self, rel: str) -> None:
         """A static-only file or link, copied into the overlay atomically."""
@@ -140,35 +126,22 @@ class OverlayTree(Tree):
             return
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "no such file", rel)
-        parent, _, name = rel.rpartition("/")
-        self.ensure_upper_dir(parent)
-        if stat.S_ISDIR(st.st_mode):
+        self.ensure_upper_dir(rel.rpartition("/")[0])
+        if stat.S_ISDIR(st.mode):
             self.ensure_upper_dir(rel)
-            return
-        tmp = os.path.join(self.u_path(parent), f"{COPYUP}{name}.{os.getpid()}.{threading.get_ident()}")
-        try:
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(self.s_path(rel)), tmp)
-            else:
-                shutil.copyfile(self.s_path(rel), tmp)
-                shutil.copystat(self.s_path(rel), tmp)
-            os.rename(tmp, self.u_path(rel))
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        else:
+            self.upper.copy_in(self.static, rel, st)
 
     def whiteout(self, rel: str) -> None:
         parent, _, name = rel.rpartition("/")
         self.ensure_upper_dir(parent)
-        with open(os.path.join(self.u_path(parent), WHITEOUT + name), "wb"):
-            pass
+        self.upper.touch(_join(parent, WHITEOUT + name))
 
     def clear_whiteout(self, rel: str) -> bool:
         parent, _, name = rel.rpartition("/")
-        path = os.path.join(self.u_path(parent), WHITEOUT + name)
-        if os.path.lexists(path):
-            os.unlink(path)
+        marker = _join(parent, WHITEOUT + name)
+        if self.upper.stat(marker) is not None:
+            self.upper.unlink(marker)
             return True
         return False
 
@@ -186,6 +159,9 @@ class OverlayTree(Tree):
                 node.rel = new + path[len(old):]
                 self._by_path[node.rel] = node
 
+    def status(self) -> dict:
+        return {"static": self.static.describe(), "overlay": self.upper.describe()}
+
 
 class MergedNode(Node):
     kind = 0
@@ -194,71 +170,39 @@ class MergedNode(Node):
         self.tree = tree
         self.rel = rel
 
-    def _top_path(self) -> str:
-        up, st = self.tree.layers(self.rel)
-        if up is not None:
-            return self.tree.u_path(self.rel)
-        if st is not None:
-            return self.tree.s_path(self.rel)
-        raise FileNotFoundError(errno.ENOENT, "gone", self.rel)
-
     def attr(self) -> Attr:
-        st = os.lstat(self._top_path())
-        return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+        _, info = self.tree.top(self.rel)
+        return Attr(info.mode, info.size, info.mtime_ns, info.nlink)
 
     def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
         with self.tree.lock:
             self.tree.copy_up(self.rel)
-            path = self.tree.u_path(self.rel)
             if mode is not None:
-                os.chmod(path, mode)
+                self.tree.upper.chmod(self.rel, mode)
             if mtime_ns is not None:
-                os.utime(path, ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
+                self.tree.upper.utime(self.rel, mtime_ns)
 
 
 class MergedLink(MergedNode, Symlink):
     @property
     def target(self) -> str:
-        return os.readlink(self._top_path())
+        root, _ = self.tree.top(self.rel)
+        return root.readlink(self.rel)
 
 
 class MergedFile(MergedNode, File):
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return OSFileHandle(self._top_path())
+            root, _ = self.tree.top(self.rel)
+            return root.open_read(self.rel)
         with self.tree.lock:
             self.tree.copy_up(self.rel)
-        return UpperFileHandle(self.tree.u_path(self.rel), flags)
+        return self.tree.upper.open_write(self.rel, flags)
 
     def truncate(self, size: int) -> None:
         with self.tree.lock:
             self.tree.copy_up(self.rel)
-        os.truncate(self.tree.u_path(self.rel), size)
-
-
-class UpperFileHandle(FileHandle):
-    """A file in the overlay, written in place (as a local disk would be)."""
-    release_blocks = True
-
-    def __init__(self, path: str, flags: int):
-        keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND
-        self.fd = os.open(path, (flags & keep) | os.O_CLOEXEC)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def write(self, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, offset)
-
-    def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
-
-    def fsync(self) -> None:
-        os.fsync(self.fd)
-
-    def release(self) -> None:
-        os.close(self.fd)
-
+        self.tree.upper.truncate(self.rel, size)
 
 class MergedDir(MergedNode, ListedDirectory):
     def listing(self) -> list[tuple[str, Node]]:
@@ -289,8 +233,7 @@ class MergedDir(MergedNode, ListedDirectory):
                 raise FileExistsError(errno.EEXIST, "exists", name)
             self.tree.ensure_upper_dir(self.rel)
             self.tree.clear_whiteout(rel)
-            os.close(os.open(self.tree.u_path(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
-                             mode & 0o7777))
+            self.tree.upper.create(rel, mode)
             return self.tree.node_at(rel)
 
     def mkdir(self, name: str, mode: int) -> Directory:
@@ -300,9 +243,9 @@ class MergedDir(MergedNode, ListedDirectory):
                 raise FileExistsError(errno.EEXIST, "exists", name)
             self.tree.ensure_upper_dir(self.rel)
             was_deleted = self.tree.clear_whiteout(rel)
-            os.mkdir(self.tree.u_path(rel), mode & 0o7777)
-            if was_deleted and os.path.lexists(self.tree.s_path(rel)):
-                open(os.path.join(self.tree.u_path(rel), OPAQUE), "wb").close()
+            self.tree.upper.mkdir(rel, mode)
+            if was_deleted and self.tree.static.stat(rel) is not None:
+                self.tree.upper.touch(_join(rel, OPAQUE))
             return self.tree.node_at(rel)
 
     def symlink(self, name: str, target: str) -> Symlink:
@@ -312,7 +255,7 @@ class MergedDir(MergedNode, ListedDirectory):
                 raise FileExistsError(errno.EEXIST, "exists", name)
             self.tree.ensure_upper_dir(self.rel)
             self.tree.clear_whiteout(rel)
-            os.symlink(target, self.tree.u_path(rel))
+            self.tree.upper.symlink(target, rel)
             return self.tree.node_at(rel)
 
     def link(self, name: str, target: Node) -> Node:
@@ -327,17 +270,17 @@ class MergedDir(MergedNode, ListedDirectory):
                 raise FileExistsError(errno.EEXIST, "exists", name)
             self.tree.ensure_upper_dir(self.rel)
             self.tree.clear_whiteout(rel)
-            os.link(self.tree.u_path(target.rel), self.tree.u_path(rel))
+            self.tree.upper.link(target.rel, rel)
             return self.tree.node_at(rel)
 
     def unlink(self, name: str) -> None:
         rel = _join(self.rel, name)
         with self.tree.lock:
             up, st = self.tree.layers(rel)
-            if up is None and st is None or (up or st) and stat.S_ISDIR((up or st).st_mode):
+            if up is None and st is None or (up or st) and stat.S_ISDIR((up or st).mode):
                 raise OSError(errno.EISDIR if (up or st) else errno.ENOENT, "cannot unlink", name)
             if up is not None:
-                os.unlink(self.tree.u_path(rel))
+                self.tree.upper.unlink(rel)
             if st is not None:
                 self.tree.whiteout(rel)
             self.tree.forget_subtree(rel)
@@ -348,12 +291,12 @@ class MergedDir(MergedNode, ListedDirectory):
             up, st = self.tree.layers(rel)
             if up is None and st is None:
                 raise FileNotFoundError(errno.ENOENT, "no such directory", name)
-            if not stat.S_ISDIR((up or st).st_mode):
+            if not stat.S_ISDIR((up or st).mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
             if self.tree.listing(rel):
                 raise OSError(errno.ENOTEMPTY, "directory not empty", name)
             if up is not None:
-                shutil.rmtree(self.tree.u_path(rel))          # holds only whiteouts by now
+                self.tree.upper.rmtree(rel)                   # holds only whiteouts by now
             if st is not None:
                 self.tree.whiteout(rel)
             self.tree.forget_subtree(rel)
@@ -366,21 +309,21 @@ class MergedDir(MergedNode, ListedDirectory):
             up, st = self.tree.layers(old)
             if up is None and st is None:
                 raise FileNotFoundError(errno.ENOENT, "no such file", name)
-            if stat.S_ISDIR((up or st).st_mode) and st is not None:
+            if stat.S_ISDIR((up or st).mode) and st is not None:
                 raise OSError(errno.EXDEV, "a directory of the static root moves by copying", name)
             target_up, target_st = self.tree.layers(new)
-            target, source_is_dir = target_up or target_st, stat.S_ISDIR((up or st).st_mode)
+            target, source_is_dir = target_up or target_st, stat.S_ISDIR((up or st).mode)
             if target is not None:
-                if stat.S_ISDIR(target.st_mode) and not source_is_dir:
+                if stat.S_ISDIR(target.mode) and not source_is_dir:
                     raise IsADirectoryError(errno.EISDIR, "target is a directory", new_name)
-                if source_is_dir and not stat.S_ISDIR(target.st_mode):
+                if source_is_dir and not stat.S_ISDIR(target.mode):
                     raise NotADirectoryError(errno.ENOTDIR, "target is not a directory", new_name)
-                if stat.S_ISDIR(target.st_mode) and self.tree.listing(new):
+                if stat.S_ISDIR(target.mode) and self.tree.listing(new):
                     raise OSError(errno.ENOTEMPTY, "target directory not empty", new_name)
             self.tree.copy_up(old)
             self.tree.ensure_upper_dir(new_parent.rel)
             self.tree.clear_whiteout(new)
-            os.rename(self.tree.u_path(old), self.tree.u_path(new))
+            self.tree.upper.rename(old, new)
             if st is not None:
                 self.tree.whiteout(old)
             self.tree.move_subtree(old, new)

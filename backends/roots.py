@@ -1,0 +1,371 @@
+"""The two kinds of root an overlay is built from.
+
+`LocalRoot` is a directory, used through the OS directly (no fsspec on the hot path).
+`FsspecRoot` is any fsspec URL (s3://, ...): metadata is cached for `ttl` seconds,
+reads go through fsspec's read-ahead in large blocks, and when it is the writable side,
+a written file is kept in a local temporary file and uploaded when closed or fsynced;
+a failed upload is the writer's EIO, never silently dropped. Object stores have no
+directories: an empty one is kept alive by a hidden marker object.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from typing import NamedTuple
+
+from .nodes import FileHandle, OSFileHandle
+
+COPY_BLOCK = 8 << 20
+DIR_MARKER = ".wh.scopefs-dir"          # internal by the overlay's naming rule
+
+
+class Info(NamedTuple):
+    mode: int
+    size: int
+    mtime_ns: int
+    nlink: int = 1
+
+
+class LocalRoot:
+    links = True
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def full(self, rel: str) -> str:
+        return os.path.join(self.path, rel) if rel else self.path
+
+    def describe(self) -> str:
+        return self.path
+
+    def stat(self, rel: str) -> Info | None:
+        try:
+            st = os.lstat(self.full(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Info(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+
+    def listdir(self, rel: str) -> list[str] | None:
+        try:
+            return os.listdir(self.full(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def readlink(self, rel: str) -> str:
+        return os.readlink(self.full(rel))
+
+    def open_read(self, rel: str) -> FileHandle:
+        return OSFileHandle(self.full(rel))
+
+    # -- as the writable side -------------------------------------------------------------
+    def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:
+        os.mkdir(self.full(rel), mode & 0o7777)
+        if mtime_ns is not None:
+            os.utime(self.full(rel), ns=(mtime_ns, mtime_ns))
+
+    def touch(self, rel: str) -> None:
+        open(self.full(rel), "wb").close()
+
+    def create(self, rel: str, mode: int) -> None:
+        os.close(os.open(self.full(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, mode & 0o7777))
+
+    def unlink(self, rel: str) -> None:
+        os.unlink(self.full(rel))
+
+    def rmtree(self, rel: str) -> None:
+        shutil.rmtree(self.full(rel))
+
+    def rename(self, old: str, new: str) -> None:
+        os.rename(self.full(old), self.full(new))
+
+    def symlink(self, target: str, rel: str) -> None:
+        os.symlink(target, self.full(rel))
+
+    def link(self, existing: str, rel: str) -> None:
+        os.link(self.full(existing), self.full(rel))
+
+    def open_write(self, rel: str, flags: int) -> FileHandle:
+        return LocalWriteHandle(self.full(rel), flags)
+
+    def truncate(self, rel: str, size: int) -> None:
+        os.truncate(self.full(rel), size)
+
+    def chmod(self, rel: str, mode: int) -> None:
+        os.chmod(self.full(rel), mode)
+
+    def utime(self, rel: str, mtime_ns: int) -> None:
+        os.utime(self.full(rel), ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
+
+    def copy_in(self, source, rel: str, info: Info) -> None:
+        """rel from another root, written beside its place and renamed in (atomic)."""
+        parent, _, name = rel.rpartition("/")
+        tmp = os.path.join(self.full(parent), f"{DIR_MARKER}.copy.{name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            if stat.S_ISLNK(info.mode):
+                os.symlink(source.readlink(rel), tmp)
+            else:
+                with open(tmp, "wb") as out:
+                    _copy(source.open_read(rel), out)
+                os.chmod(tmp, stat.S_IMODE(info.mode))
+                os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
+            os.rename(tmp, self.full(rel))
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _copy(handle: FileHandle, out) -> None:
+    try:
+        offset = 0
+        while True:
+            block = handle.read(offset, COPY_BLOCK)
+            if not block:
+                return
+            out.write(block)
+            offset += len(block)
+    finally:
+        handle.release()
+
+
+class LocalWriteHandle(FileHandle):
+    """A local file written in place, as a local disk would be."""
+    release_blocks = True
+
+    def __init__(self, path: str, flags: int):
+        keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND
+        self.fd = os.open(path, (flags & keep) | os.O_CLOEXEC)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class FsspecRoot:
+    """A root behind fsspec (S3 through s3fs...)."""
+    links = False
+
+    def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
+        import fsspec                                   # only remote mounts need it
+        self.fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        self.base = base.rstrip("/")
+        self.url = url
+        self.ttl = ttl
+        self._info: dict[str, tuple[float, Info | None]] = {}
+        self._dirs: dict[str, tuple[float, list[str] | None]] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return self.url.split("@")[-1]                  # never a credential in a URL
+
+    def full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _fresh(self, table: dict, key: str):
+        with self._lock:
+            hit = table.get(key)
+            return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else ...
+
+    def _remember(self, table: dict, key: str, value) -> None:
+        with self._lock:
+            table[key] = (time.monotonic(), value)
+
+    def invalidate(self, rel: str) -> None:
+        """Forget what is known of rel and of its parent's listing (after our own writes)."""
+        parent = rel.rpartition("/")[0]
+        with self._lock:
+            self._info.pop(rel, None)
+            self._dirs.pop(parent, None)
+            self._dirs.pop(rel, None)
+        self.fs.invalidate_cache(self.full(parent))
+
+    @staticmethod
+    def _to_info(entry: dict) -> Info:
+        if entry.get("type") == "directory":
+            return Info(stat.S_IFDIR | 0o755, 0, 0, 2)
+        mtime = entry.get("LastModified") or entry.get("mtime") or entry.get("created") or 0
+        if hasattr(mtime, "timestamp"):
+            mtime = mtime.timestamp()
+        return Info(stat.S_IFREG | 0o644, int(entry.get("size") or 0), int(float(mtime) * 1e9))
+
+    def stat(self, rel: str) -> Info | None:
+        cached = self._fresh(self._info, rel)
+        if cached is not ...:
+            return cached
+        parent, _, name = rel.rpartition("/")
+        if rel and self._fresh(self._dirs, parent) is not ...:
+            names = self._fresh(self._dirs, parent)     # a listing just made answers for its children
+            if names is not None and name not in names:
+                return None
+        try:
+            info = self._to_info(self.fs.info(self.full(rel)))
+        except FileNotFoundError:
+            info = None
+        self._remember(self._info, rel, info)
+        return info
+
+    def listdir(self, rel: str) -> list[str] | None:
+        cached = self._fresh(self._dirs, rel)
+        if cached is not ...:
+            return cached
+        try:
+            entries = self.fs.ls(self.full(rel), detail=True, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            self._remember(self._dirs, rel, None)
+            return None
+        names = []
+        for entry in entries:
+            name = entry["name"].rstrip("/").rpartition("/")[2]
+            if not name or entry["name"].rstrip("/") == self.full(rel):
+                continue
+            names.append(name)
+            self._remember(self._info, f"{rel}/{name}" if rel else name, self._to_info(entry))
+        self._remember(self._dirs, rel, names)
+        return names
+
+    def readlink(self, rel: str) -> str:
+        raise OSError(errno.EINVAL, "object stores have no links", rel)
+
+    def open_read(self, rel: str) -> FileHandle:
+        return RemoteReadHandle(self.fs, self.full(rel))
+
+    # -- as the writable side -------------------------------------------------------------
+    def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:
+        self.fs.pipe(f"{self.full(rel)}/{DIR_MARKER}", b"")
+        self.invalidate(rel)
+
+    def touch(self, rel: str) -> None:
+        self.fs.pipe(self.full(rel), b"")
+        self.invalidate(rel)
+
+    def create(self, rel: str, mode: int) -> None:
+        if self.stat(rel) is not None:
+            raise FileExistsError(errno.EEXIST, "exists", rel)
+        self.touch(rel)
+
+    def unlink(self, rel: str) -> None:
+        self.fs.rm(self.full(rel))
+        self.invalidate(rel)
+
+    def rmtree(self, rel: str) -> None:
+        self.fs.rm(self.full(rel), recursive=True)
+        if hasattr(self.fs, "split_path") and hasattr(self.fs, "call_s3"):
+            # S3 servers with real folders (SeaweedFS, MinIO) keep "rel/" after its objects go
+            bucket, key, _ = self.fs.split_path(self.full(rel))
+            try:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
+            except Exception:
+                pass
+        self.invalidate(rel)
+
+    def rename(self, old: str, new: str) -> None:
+        """Copy, then delete: object stores cannot rename (not atomic, documented)."""
+        self.fs.mv(self.full(old), self.full(new), recursive=True)
+        self.invalidate(old)
+        self.invalidate(new)
+
+    def symlink(self, target: str, rel: str) -> None:
+        raise OSError(errno.EPERM, "object stores have no links", rel)
+
+    def link(self, existing: str, rel: str) -> None:
+        raise OSError(errno.EPERM, "object stores have no links", rel)
+
+    def open_write(self, rel: str, flags: int) -> FileHandle:
+        return UploadHandle(self, rel, keep=not flags & os.O_TRUNC)
+
+    def truncate(self, rel: str, size: int) -> None:
+        handle = UploadHandle(self, rel, keep=True)
+        try:
+            handle.truncate(size)
+            handle.flush()
+        finally:
+            handle.release()
+
+    def chmod(self, rel: str, mode: int) -> None:
+        pass                                            # objects have no modes
+
+    def utime(self, rel: str, mtime_ns: int) -> None:
+        pass
+
+    def copy_in(self, source, rel: str, info: Info) -> None:
+        if stat.S_ISLNK(info.mode):
+            raise OSError(errno.EPERM, "object stores have no links", rel)
+        with tempfile.NamedTemporaryFile() as tmp:
+            _copy(source.open_read(rel), tmp)
+            tmp.flush()
+            self.fs.put_file(tmp.name, self.full(rel))
+        self.invalidate(rel)
+
+
+class RemoteReadHandle(FileHandle):
+    """Ranged reads with fsspec's read-ahead cache (large blocks for sequential readers)."""
+    release_blocks = True
+
+    def __init__(self, fs, path: str):
+        self._file = fs.open(path, "rb", block_size=COPY_BLOCK, cache_type="readahead")
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            self._file.seek(offset)
+            return self._file.read(size)
+
+    def release(self) -> None:
+        self._file.close()
+
+
+class UploadHandle(FileHandle):
+    """A remote file edited in a local temporary copy and uploaded at close or fsync."""
+    release_blocks = True
+
+    def __init__(self, root: FsspecRoot, rel: str, keep: bool):
+        self.root, self.rel = root, rel
+        self._tmp = tempfile.NamedTemporaryFile(prefix="scopefs-upload-")
+        if keep and root.stat(rel) is not None:
+            root.fs.get_file(root.full(rel), self._tmp.name)
+        self._dirty = not keep
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._tmp.fileno(), size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            self._dirty = True
+            return os.pwrite(self._tmp.fileno(), data, offset)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._dirty = True
+            os.ftruncate(self._tmp.fileno(), size)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            try:
+                self.root.fs.put_file(self._tmp.name, self.root.full(self.rel))
+            except Exception as exc:                   # the writer must hear of it
+                raise OSError(errno.EIO, f"upload of {self.rel} failed: {exc}") from None
+            finally:
+                self.root.invalidate(self.rel)
+            self._dirty = False
+
+    def release(self) -> None:
+        self._tmp.close()

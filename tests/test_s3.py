@@ -1,0 +1,135 @@
+"""copick roots on a real S3 server (SeaweedFS on loopback): static on S3 with a local
+overlay, and both on S3; the static bucket is never written."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from s3server import SeaweedS3
+from upstream import run_upstream
+
+pytestmark = pytest.mark.upstream
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bucket_state(fs, bucket: str) -> dict:
+    return {path: fs.cat(path) for path in sorted(fs.find(bucket))}
+
+
+@pytest.fixture(scope="module")
+def static_bucket(s3):
+    fs = s3.filesystem()
+    fs.mkdir("static")
+    fs.pipe("static/run1/Picks/a_1_ribosome.json", b'{"static": 1}')
+    fs.pipe("static/run1/Picks/both.json", b'{"static": 2}')
+    fs.pipe("static/run1/tomo/chunk", os.urandom(3 << 20))
+    fs.pipe("static/only_static.txt", b"static text\n")
+    before = bucket_state(fs, "static")
+    yield "static"
+    assert bucket_state(s3.filesystem(), "static") == before      # never written
+
+
+def project(tmp_path, s3, static_url, overlay_url, overlay_args=None):
+    path = tmp_path / "project.json"
+    path.write_text(json.dumps({
+        "config_type": "filesystem", "name": "s3 test", "pickable_objects": [
+            {"name": "ribosome", "is_particle": True, "label": 1}],
+        "static_root": static_url, "static_fs_args": s3.fs_args,
+        "overlay_root": overlay_url, "overlay_fs_args": overlay_args or {"auto_mkdir": True}}))
+    return path
+
+
+def test_s3_static_with_local_overlay(s3, static_bucket, tmp_path, mount):
+    overlay = tmp_path / "overlay"
+    (overlay / "run1" / "Picks").mkdir(parents=True)
+    (overlay / "run1" / "Picks" / "both.json").write_text('{"overlay": 2}')
+    mnt = mount(project(tmp_path, s3, "s3://static", f"local://{overlay}"))
+    assert sorted(os.listdir(mnt)) == ["copick_config.json", "only_static.txt", "run1"]
+    assert (mnt / "run1" / "Picks" / "both.json").read_text() == '{"overlay": 2}'
+    chunk = s3.filesystem().cat("static/run1/tomo/chunk")
+    assert (mnt / "run1" / "tomo" / "chunk").read_bytes() == chunk
+    with open(mnt / "run1" / "tomo" / "chunk", "rb") as fh:          # ranged reads
+        fh.seek(1 << 20)
+        assert fh.read(100) == chunk[1 << 20:(1 << 20) + 100]
+    with open(mnt / "only_static.txt", "a") as fh:
+        fh.write("more\n")
+    assert (overlay / "only_static.txt").read_text() == "static text\nmore\n"
+    os.unlink(mnt / "run1" / "Picks" / "a_1_ribosome.json")
+    assert (overlay / "run1" / "Picks" / ".wh.a_1_ribosome.json").exists()
+    assert "a_1_ribosome.json" not in os.listdir(mnt / "run1" / "Picks")
+    with pytest.raises(OSError) as err:
+        os.rename(mnt / "run1", mnt / "run2")
+    assert err.value.errno == errno.EXDEV
+
+
+def test_both_roots_on_s3_and_upload_errors_reach_the_writer(s3, static_bucket, tmp_path, mount):
+    fs = s3.filesystem()
+    fs.mkdir("overlay-a")
+    mnt = mount(project(tmp_path, s3, "s3://static", "s3://overlay-a", s3.fs_args))
+    (mnt / "run1" / "Picks" / "new_1_ribosome.json").write_text('{"new": 1}')
+    assert fs.cat("overlay-a/run1/Picks/new_1_ribosome.json") == b'{"new": 1}'
+    with open(mnt / "only_static.txt", "r+") as fh:                  # copy-up into the bucket
+        fh.write("STATIC")
+    assert fs.cat("overlay-a/only_static.txt") == b"STATIC text\n"
+    os.unlink(mnt / "run1" / "Picks" / "a_1_ribosome.json")
+    assert fs.exists("overlay-a/run1/Picks/.wh.a_1_ribosome.json")
+    os.mkdir(mnt / "empty")
+    assert os.listdir(mnt / "empty") == [] and "empty" in os.listdir(mnt)
+    os.rmdir(mnt / "empty")
+    assert "empty" not in os.listdir(mnt)
+    subprocess.run(["cp", "-r", str(mnt / "run1"), str(tmp_path / "copied")], check=True)
+    assert (tmp_path / "copied" / "tomo" / "chunk").read_bytes() == fs.cat("static/run1/tomo/chunk")
+
+
+def test_a_failed_upload_is_the_writers_eio(tmp_path, mount):
+    server = SeaweedS3(tmp_path / "weed")
+    try:
+        fs = server.filesystem()
+        fs.mkdir("static")
+        fs.pipe("static/a.txt", b"a")
+        fs.mkdir("overlay")
+        mnt = mount(project(tmp_path, server, "s3://static", "s3://overlay", server.fs_args), "-o", "timeout=20")
+        fh = open(mnt / "late.txt", "w")
+        fh.write("written while the server was up")
+        server.stop()                                                    # the S3 server goes away
+        started = time.monotonic()
+        with pytest.raises(OSError) as err:
+            fh.close()
+        assert err.value.errno == errno.EIO and time.monotonic() - started < 30
+        assert "late.txt" in mount.log()
+        assert (mnt / "copick_config.json").exists()                     # the mount still answers
+    finally:
+        server.stop()
+
+
+def test_copick_reads_an_s3_static_root(s3, tmp_path, mount):
+    fs = s3.filesystem()
+    local_static, overlay = tmp_path / "static", tmp_path / "overlay"
+    local_static.mkdir()
+    overlay.mkdir()
+    run_upstream("copick", "upstream_copick.py", "make", str(local_static), str(overlay))
+    fs.put(str(local_static) + "/", "copick-static/", recursive=True)
+    objects = json.loads((tmp_path / "static_only.json").read_text())["pickable_objects"]
+    config = project(tmp_path, s3, "s3://copick-static", f"local://{overlay}")
+    doc = json.loads(config.read_text())
+    doc["pickable_objects"] = objects
+    config.write_text(json.dumps(doc))
+    mnt = mount(config)
+    out = json.loads(run_upstream("copick", "upstream_copick.py", "use", str(mnt / "copick_config.json"))
+                     .strip().splitlines()[-1])
+    assert out["tomogram_sum"] == float(sum(range(32 ** 3)))
+    assert out["picks"] == [["curator", "1", "ribosome", 3]]
+    assert (overlay / "ExperimentRuns" / "TS_001" / "Picks" / "annotator_7_proteasome.json").exists()

@@ -14,12 +14,19 @@ import json
 import os
 import re
 
+import csv
+import io
+import logging
+
+from .cache import ByteCache
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
 from .roots import FsspecRoot, LocalRoot
 
 CONFIG_NAME = "copick_config.json"
+MESH_FORMATS = ("ply", "obj", "stl")
+log = logging.getLogger(__name__)
 
 
 def detect(source: str) -> bool:
@@ -81,6 +88,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
     tree = OverlayTree(static, overlay, read_only)
+    tree.derive = DerivedViews(tree)
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -88,3 +96,97 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
     return tree
 
+
+
+class DerivedViews:
+    """Read-only files made from copick data for tools that read other formats, named so
+    that copick's own globs (`Picks/*.json`, `Meshes/*.glb`, `*.zarr`) never match them:
+
+        Picks/<u>_<s>_<o>.csv        the picks as a table (x, y, z in Å, instance, score, 4x4)
+        Meshes/<u>_<s>_<o>.ply|.obj|.stl   the mesh through trimesh
+        VoxelSpacing<vs>/<tomo>.png  central slices (z, y, x) of the coarsest level, side by side
+    """
+
+    def __init__(self, tree: OverlayTree):
+        self.tree = tree
+        self.cache = ByteCache(128 << 20)
+
+    def __call__(self, rel: str, names: list[str]):
+        folder = rel.rpartition("/")[2]
+        out = []
+        if folder == "Picks":
+            for name in names:
+                if name.endswith(".json") and not name.startswith("."):
+                    src = f"{rel}/{name}"
+                    out.append((name[:-5] + ".csv", src, self._file(src, self.picks_csv)))
+        elif folder == "Meshes":
+            for name in names:
+                if name.endswith(".glb") and not name.startswith("."):
+                    src = f"{rel}/{name}"
+                    for fmt in MESH_FORMATS:
+                        out.append((f"{name[:-4]}.{fmt}", src, self._file(src, self.mesh_as, fmt)))
+        elif folder.startswith("VoxelSpacing"):
+            for name in names:
+                if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
+                    src = f"{rel}/{name}"
+                    out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
+        return out
+
+    def _file(self, source: str, convert, *args):
+        key = (source, convert.__name__) + args
+
+        def make():
+            def content():
+                return self.cache.get_or_make(key + self.tree._source_key(source), lambda: convert(source, *args))
+            return GeneratedFile(content, (self.tree.layers(source)[0] or self.tree.layers(source)[1]).mtime_ns)
+        return make
+
+    def _bytes(self, rel: str) -> bytes:
+        root, info = self.tree.top(rel)
+        handle = root.open_read(rel)
+        try:
+            return handle.read(0, info.size)
+        finally:
+            handle.release()
+
+    def picks_csv(self, rel: str) -> bytes:
+        try:
+            doc = json.loads(self._bytes(rel))
+        except ValueError:
+            return b"error: not a JSON picks file\n"
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["x", "y", "z", "instance_id", "score"] + [f"m{r}{c}" for r in range(4) for c in range(4)])
+        for point in doc.get("points") or []:
+            loc = point.get("location") or {}
+            matrix = point.get("transformation_") or [[float(r == c) for c in range(4)] for r in range(4)]
+            writer.writerow([loc.get("x"), loc.get("y"), loc.get("z"), point.get("instance_id", 0),
+                             point.get("score", 1.0)] + [v for row in matrix for v in row])
+        return out.getvalue().encode()
+
+    def mesh_as(self, rel: str, fmt: str) -> bytes:
+        import trimesh
+        mesh = trimesh.load(io.BytesIO(self._bytes(rel)), file_type="glb", force="mesh")
+        data = mesh.export(file_type=fmt)
+        return data if isinstance(data, bytes) else data.encode()
+
+    def preview(self, rel: str) -> bytes:
+        import cv2
+        import numpy as np
+        import zarr
+        root, _ = self.tree.top(rel)
+        store = (zarr.storage.LocalStore(root.full(rel), read_only=True) if isinstance(root, LocalRoot)
+                 else zarr.storage.FsspecStore(root.fs, path=root.full(rel), read_only=True))
+        group = zarr.open_group(store, mode="r")
+        levels = sorted(group.array_keys(), key=lambda k: int(k) if k.isdigit() else 0)
+        volume = group[levels[-1]]
+        z, y, x = (n // 2 for n in volume.shape[-3:])
+        slices = [np.asarray(volume[z]), np.asarray(volume[:, y, :]), np.asarray(volume[:, :, x])]
+        height = max(s.shape[0] for s in slices)
+        tiles = []
+        for plane in slices:
+            plane = plane.astype(np.float64)
+            lo, hi = np.percentile(plane, (1, 99)) if plane.size else (0, 1)
+            scaled = np.clip((plane - lo) / ((hi - lo) or 1) * 255, 0, 255).astype(np.uint8)
+            tiles.append(np.pad(scaled, ((0, height - scaled.shape[0]), (0, 4))))
+        return cv2.imencode(".png", np.hstack(tiles))[1].tobytes()

@@ -49,6 +49,9 @@ class OverlayTree(Tree):
         self.lock = threading.RLock()
         self._by_path: dict[str, Node] = {}
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
+        # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
+        self.derive = None
+        self._derived: dict[str, Node] = {}
         self.add(MergedDir(self, ""))
         self._by_path[""] = self.root
 
@@ -145,6 +148,28 @@ class OverlayTree(Tree):
             return True
         return False
 
+    def derived(self, rel: str, names: list[str]) -> list[tuple[str, Node]]:
+        """The derived files of a directory (never shadowing a real name)."""
+        if self.derive is None:
+            return []
+        out = []
+        for name, source, make in self.derive(rel, names):
+            if name in names:
+                continue
+            path = _join(rel, name)
+            with self.lock:
+                node = self._derived.get(path)
+                if node is None or node.source_key != self._source_key(source):
+                    node = self._derived[path] = self.add(make())
+                    node.source_key = self._source_key(source)
+            out.append((name, node))
+        return out
+
+    def _source_key(self, rel: str):
+        up, st = self.layers(rel)
+        info = up or st
+        return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
+
     def forget_subtree(self, rel: str) -> None:
         with self.lock:
             for path in [p for p in self._by_path if p == rel or p.startswith(rel + "/")]:
@@ -208,20 +233,24 @@ class MergedDir(MergedNode, ListedDirectory):
     def listing(self) -> list[tuple[str, Node]]:
         out = []
         extra = self.tree.extra if not self.rel else {}
-        for name in self.tree.listing(self.rel):
+        names = self.tree.listing(self.rel)
+        for name in names:
             if name in extra:
                 continue
             node = self.tree.node_at(_join(self.rel, name))
             if node is not None:
                 out.append((name, node))
-        return sorted(extra.items()) + out
+        return sorted(extra.items()) + out + self.tree.derived(self.rel, names)
 
     def lookup(self, name: str):
         if not self.rel and name in self.tree.extra:
             return self.tree.extra[name]
         if _internal(name) or name in (".", ".."):
             return None
-        return self.tree.node_at(_join(self.rel, name))
+        node = self.tree.node_at(_join(self.rel, name))
+        if node is None and self.tree.derive is not None:
+            node = dict(self.tree.derived(self.rel, self.tree.listing(self.rel))).get(name)
+        return node
 
     def _exists(self, name: str) -> bool:
         return self.lookup(name) is not None

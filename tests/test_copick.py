@@ -2,9 +2,14 @@
 the project with the overlay winning, and what it writes lands in the overlay only."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 
+import numpy as np
 import pytest
+import trimesh
+from PIL import Image
 
 from test_overlay import tree_digest
 from upstream import run_upstream
@@ -40,3 +45,14 @@ def test_copick_reads_and_writes_through_the_mount(tmp_path, mount):
     assert (overlay / "ExperimentRuns" / "TS_001" / "Meshes" / "annotator_7_membrane.glb").exists()
     assert list((overlay / "ExperimentRuns" / "TS_001" / "Segmentations").glob("10.000_annotator_7_membrane.zarr"))
     assert tree_digest(static) == before
+    # derived read-only views, which copick (above) listed past without noticing
+    run = mnt / "ExperimentRuns" / "TS_001"
+    rows = list(csv.DictReader(io.StringIO((run / "Picks" / "curator_1_ribosome.csv").read_text())))
+    assert len(rows) == 3 and float(rows[2]["x"]) == 20.0 and rows[0]["m33"] == "1.0"
+    for fmt in ("ply", "obj", "stl"):
+        mesh = trimesh.load(run / "Meshes" / f"annotator_7_membrane.{fmt}", force="mesh")
+        assert len(mesh.vertices) == 42, fmt              # an icosphere with one subdivision
+    preview = np.asarray(Image.open(run / "VoxelSpacing10.000" / "wbp.png"))
+    assert preview.shape == (32, 3 * 32 + 3 * 4) and preview.max() > 200
+    with pytest.raises(OSError):
+        (run / "Picks" / "curator_1_ribosome.csv").write_text("x")

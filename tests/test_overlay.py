@@ -66,7 +66,8 @@ def test_directories_merge_and_the_overlay_wins(merged):
     mnt, static, overlay = merged
     assert sorted(os.listdir(mnt)) == ["copick_config.json", "empty_static_dir", "link", "only_overlay.txt",
                                         "only_static.txt", "run1"]
-    assert sorted(os.listdir(mnt / "run1" / "Picks")) == ["a_1_ribosome.json", "both.json"]
+    assert sorted(os.listdir(mnt / "run1" / "Picks")) == ["a_1_ribosome.csv", "a_1_ribosome.json",
+                                                          "both.csv", "both.json"]       # + derived CSVs
     assert (mnt / "run1" / "Picks" / "both.json").read_text() == '{"overlay": 2}'
     assert (mnt / "only_static.txt").read_text() == "static text\n"
     assert os.readlink(mnt / "link") == "only_static.txt"

@@ -306,6 +306,8 @@ class MergedDir(MergedNode, ListedDirectory):
         rel = _join(self.rel, name)
         with self.tree.lock:
             up, st = self.tree.layers(rel)
+            if up is None and st is None and rel in self.tree._derived:
+                return              # a derived view: nothing to delete, it goes with its source
             if up is None and st is None or (up or st) and stat.S_ISDIR((up or st).mode):
                 raise OSError(errno.EISDIR if (up or st) else errno.ENOENT, "cannot unlink", name)
             if up is not None:

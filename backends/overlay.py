@@ -338,6 +338,20 @@ class MergedDir(MergedNode, ListedDirectory):
         old, new = _join(self.rel, name), _join(new_parent.rel, new_name)
         with self.tree.lock:
             up, st = self.tree.layers(old)
+            if up is None and st is None and old in self.tree._derived:
+                # a derived view moved (mv copying a tree): a real file with its content,
+                # unless the target is the same view of the moved source already
+                if new_parent.lookup(new_name) is self.tree._derived.get(new):
+                    return
+                data = self.tree._derived[old].open(os.O_RDONLY).read(0, 1 << 62)
+                new_parent.create(new_name, 0o644)
+                handle = self.tree.upper.open_write(new, os.O_WRONLY)
+                try:
+                    handle.write(0, data)
+                    handle.flush()
+                finally:
+                    handle.release()
+                return
             if up is None and st is None:
                 raise FileNotFoundError(errno.ENOENT, "no such file", name)
             if stat.S_ISDIR((up or st).mode) and st is not None:

@@ -341,7 +341,8 @@ class MergedDir(MergedNode, ListedDirectory):
             if up is None and st is None and old in self.tree._derived:
                 # a derived view moved (mv copying a tree): a real file with its content,
                 # unless the target is the same view of the moved source already
-                if new_parent.lookup(new_name) is self.tree._derived.get(new):
+                existing = new_parent.lookup(new_name)
+                if existing is not None and existing is self.tree._derived.get(new):
                     return
                 data = self.tree._derived[old].open(os.O_RDONLY).read(0, 1 << 62)
                 new_parent.create(new_name, 0o644)

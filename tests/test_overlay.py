@@ -241,3 +241,45 @@ def test_randomized_operations_match_a_plain_directory(tmp_path):
     run = MountVsPlainDirectory.TestCase
     run.settings = settings(max_examples=12, stateful_step_count=25, deadline=None)
     run().runTest()
+
+
+WRITER = """
+import os, sys
+mnt, who = sys.argv[1], sys.argv[2]
+os.makedirs(f"{mnt}/run1/Picks", exist_ok=True)
+for i in range(60):
+    data = (f"{who}-{i}-" * 50).encode()
+    with open(f"{mnt}/run1/Picks/{who}_{i}_x.json", "wb") as fh:
+        fh.write(data)
+print("ok")
+"""
+
+READER = """
+import os, sys, time
+mnt, expected = sys.argv[1], open(sys.argv[2], "rb").read()
+end = time.monotonic() + float(sys.argv[3])
+n = 0
+while time.monotonic() < end:
+    assert open(f"{mnt}/run1/tomo/chunk", "rb").read() == expected
+    os.listdir(f"{mnt}/run1/Picks")
+    n += 1
+print("ok", n)
+"""
+
+
+def test_parallel_writers_and_readers_lose_nothing(merged):
+    import sys
+    mnt, static, overlay = merged
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(mnt), str(static / "run1" / "tomo" / "chunk"),
+                                 "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(mnt), f"w{k}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for k in range(4)]
+    for proc in writers + readers:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.startswith("ok"), err
+    for k in range(4):
+        for i in range(60):
+            name = f"w{k}_{i}_x.json"
+            expected = (f"w{k}-{i}-" * 50).encode()
+            assert (overlay / "run1" / "Picks" / name).read_bytes() == expected
+            assert (mnt / "run1" / "Picks" / name).read_bytes() == expected

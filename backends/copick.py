@@ -111,7 +111,25 @@ class DerivedViews:
         self.tree = tree
         self.cache = ByteCache(128 << 20)
 
-    def __call__(self, rel: str, names: list[str]):
+    def lookup(self, rel: str, name: str):
+        """(source, make) of one derived name, from the name alone."""
+        for derived, source, make in self.listing(rel, [self._source_name(rel, name)]):
+            if derived == name:
+                return source, make
+        return None
+
+    @staticmethod
+    def _source_name(rel: str, name: str) -> str:
+        folder, (stem, _, ext) = rel.rpartition("/")[2], name.rpartition(".")
+        if folder == "Picks" and ext == "csv":
+            return stem + ".json"
+        if folder == "Meshes" and ext in MESH_FORMATS:
+            return stem + ".glb"
+        if folder.startswith("VoxelSpacing") and ext == "png":
+            return stem + ".zarr"
+        return ""
+
+    def listing(self, rel: str, names: list[str]):
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":

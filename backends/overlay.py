@@ -52,6 +52,7 @@ class OverlayTree(Tree):
         # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
         self.derive = None
         self._derived: dict[str, Node] = {}
+        self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
         self.add(MergedDir(self, ""))
         self._by_path[""] = self.root
 
@@ -61,13 +62,18 @@ class OverlayTree(Tree):
 
     def static_visible(self, rel: str) -> bool:
         """Whether the static root's entry at rel shows: no whiteout for it and no opaque
-        directory or whiteout on the way down."""
-        parts = rel.split("/") if rel else []
-        for i, name in enumerate(parts):
-            parent = "/".join(parts[:i])
-            if self.upper.stat(_join(parent, WHITEOUT + name)) is not None or self.opaque(parent):
-                return False
-        return True
+        directory or whiteout on the way down (remembered per parent until a write)."""
+        if not rel:
+            return True
+        parent, _, name = rel.rpartition("/")
+        seen = self._visible.get(parent)
+        if seen is None:
+            seen = self._visible[parent] = self.static_visible(parent) and not self.opaque(parent)
+        return seen and self.upper.stat(_join(parent, WHITEOUT + name)) is None
+
+    def changed(self) -> None:
+        """Whiteouts or opaque markers may have changed: forget visibility."""
+        self._visible.clear()
 
     def layers(self, rel: str) -> tuple[Info | None, Info | None]:
         """(overlay info, static info) of what rel shows; static is None if hidden."""
@@ -139,12 +145,14 @@ class OverlayTree(Tree):
         parent, _, name = rel.rpartition("/")
         self.ensure_upper_dir(parent)
         self.upper.touch(_join(parent, WHITEOUT + name))
+        self.changed()
 
     def clear_whiteout(self, rel: str) -> bool:
         parent, _, name = rel.rpartition("/")
         marker = _join(parent, WHITEOUT + name)
         if self.upper.stat(marker) is not None:
             self.upper.unlink(marker)
+            self.changed()
             return True
         return False
 
@@ -152,18 +160,26 @@ class OverlayTree(Tree):
         """The derived files of a directory (never shadowing a real name)."""
         if self.derive is None:
             return []
-        out = []
-        for name, source, make in self.derive(rel, names):
-            if name in names:
-                continue
-            path = _join(rel, name)
-            with self.lock:
-                node = self._derived.get(path)
-                if node is None or node.source_key != self._source_key(source):
-                    node = self._derived[path] = self.add(make())
-                    node.source_key = self._source_key(source)
-            out.append((name, node))
-        return out
+        return [(name, self._derived_node(rel, name, source, make))
+                for name, source, make in self.derive.listing(rel, names) if name not in names]
+
+    def derived_lookup(self, rel: str, name: str) -> Node | None:
+        """One derived file by name: only its own source is looked at."""
+        if self.derive is None:
+            return None
+        found = self.derive.lookup(rel, name)
+        if found is None or self.node_at(found[0]) is None:
+            return None
+        return self._derived_node(rel, name, *found)
+
+    def _derived_node(self, rel: str, name: str, source: str, make) -> Node:
+        path = _join(rel, name)
+        with self.lock:
+            node = self._derived.get(path)
+            if node is None or node.source_key != self._source_key(source):
+                node = self._derived[path] = self.add(make())
+                node.source_key = self._source_key(source)
+            return node
 
     def _source_key(self, rel: str):
         up, st = self.layers(rel)
@@ -230,6 +246,17 @@ class MergedFile(MergedNode, File):
         self.tree.upper.truncate(self.rel, size)
 
 class MergedDir(MergedNode, ListedDirectory):
+    _pass: list | None = None
+
+    def entries(self, offset: int):
+        """A readdir pass lists the directory once (at offset 0) and continues from that
+        list, as overlayfs does per open directory."""
+        if offset == 0 or self._pass is None:
+            self._pass = self.listing()
+        listing = self._pass
+        for pos in range(offset, len(listing)):
+            yield pos + 1, listing[pos][0], listing[pos][1]
+
     def listing(self) -> list[tuple[str, Node]]:
         out = []
         extra = self.tree.extra if not self.rel else {}
@@ -247,10 +274,7 @@ class MergedDir(MergedNode, ListedDirectory):
             return self.tree.extra[name]
         if _internal(name) or name in (".", ".."):
             return None
-        node = self.tree.node_at(_join(self.rel, name))
-        if node is None and self.tree.derive is not None:
-            node = dict(self.tree.derived(self.rel, self.tree.listing(self.rel))).get(name)
-        return node
+        return self.tree.node_at(_join(self.rel, name)) or self.tree.derived_lookup(self.rel, name)
 
     def _exists(self, name: str) -> bool:
         return self.lookup(name) is not None
@@ -275,6 +299,7 @@ class MergedDir(MergedNode, ListedDirectory):
             self.tree.upper.mkdir(rel, mode)
             if was_deleted and self.tree.static.stat(rel) is not None:
                 self.tree.upper.touch(_join(rel, OPAQUE))
+                self.tree.changed()
             return self.tree.node_at(rel)
 
     def symlink(self, name: str, target: str) -> Symlink:
@@ -328,6 +353,7 @@ class MergedDir(MergedNode, ListedDirectory):
                 raise OSError(errno.ENOTEMPTY, "directory not empty", name)
             if up is not None:
                 self.tree.upper.rmtree(rel)                   # holds only whiteouts by now
+                self.tree.changed()
             if st is not None:
                 self.tree.whiteout(rel)
             self.tree.forget_subtree(rel)
@@ -370,6 +396,7 @@ class MergedDir(MergedNode, ListedDirectory):
             self.tree.ensure_upper_dir(new_parent.rel)
             self.tree.clear_whiteout(new)
             self.tree.upper.rename(old, new)
+            self.tree.changed()
             if st is not None:
                 self.tree.whiteout(old)
             self.tree.move_subtree(old, new)

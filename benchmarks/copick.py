@@ -1,0 +1,174 @@
+"""copick merged mounts vs the backing files used directly, side by side in one run.
+
+    python benchmarks/copick.py [--gib 1] [--files 100000] [--picks 10000] [--s3-mib 256]
+
+Prints seconds and ratios (direct time / mount time: 1 means as fast as direct, above 1
+faster). Goals: local reads >= 0.8, metadata walks >= 0.5 (within 2x), S3 reads >= 1.
+Both sides read files already in the page cache of the disk they sit on, so the local
+lines measure what FUSE and scopefs add.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
+BLOCK = 1 << 20
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def read_all(paths) -> None:
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.read(BLOCK):
+                pass
+
+
+def line(label: str, direct: float, mounted: float, goal: str) -> None:
+    print(f"  {label:<44} direct {direct:8.3f} s   mount {mounted:8.3f} s   ratio {direct / mounted:5.2f}  ({goal})")
+
+
+def make_static(work: Path, gib: float, files: int) -> Path:
+    static = work / "static"
+    marker = static / f".made-{gib}-{files}"
+    if marker.exists():
+        return static
+    shutil.rmtree(static, ignore_errors=True)
+    chunks = static / "ExperimentRuns" / "TS_000" / "VoxelSpacing10.000" / "raw.zarr" / "0"
+    chunks.mkdir(parents=True)
+    block = os.urandom(16 << 20)
+    for i in range(int(gib * 64)):
+        (chunks / f"{i}").write_bytes(block)
+    import zarr
+    z = zarr.create_array(str(static / "ExperimentRuns" / "TS_000" / "VoxelSpacing10.000" / "wbp.zarr"),
+                          shape=(256, 256, 256), chunks=(64, 64, 64), dtype="float32", zarr_format=2)
+    z[:] = np.random.default_rng(0).random((256, 256, 256), dtype=np.float32)
+    many = static / "many"
+    for d in range(100):
+        folder = many / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(files // 100):
+            (folder / f"f{i:05d}.json").write_bytes(b"{}")
+    marker.touch()
+    return static
+
+
+def mount(source: str, mountpoint: Path, *options: str) -> None:
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*SCOPEFS, "mount", source, str(mountpoint), *options], check=True)
+
+
+def umount(mountpoint: Path) -> None:
+    subprocess.run([*SCOPEFS, "umount", str(mountpoint)], check=False)
+
+
+def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
+    import zarr
+    static = make_static(work, gib, files)
+    overlay = work / "overlay"
+    shutil.rmtree(overlay, ignore_errors=True)
+    overlay.mkdir()
+    mnt = work / "mnt"
+    mount(str(static), mnt, "-t", "copick", "-o", f"overlay={overlay}")
+    try:
+        rel_chunks = Path("ExperimentRuns/TS_000/VoxelSpacing10.000/raw.zarr/0")
+        names = sorted(os.listdir(static / rel_chunks), key=int)
+        read_all(static / rel_chunks / n for n in names)                   # both sides from the page cache
+        direct = timed(lambda: read_all(static / rel_chunks / n for n in names))
+        mounted = timed(lambda: read_all(mnt / rel_chunks / n for n in names))
+        line(f"sequential read, {gib:g} GiB in 16 MiB chunk files", direct, mounted, "goal >= 0.8")
+        rel_tomo = "ExperimentRuns/TS_000/VoxelSpacing10.000/wbp.zarr"
+        direct = timed(lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:])
+        mounted = timed(lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:])
+        line("zarr: every chunk of a 256^3 tomogram (64 chunks)", direct, mounted, "goal >= 0.8")
+        walk = ["find", "{}", "-type", "f", "-printf", "%s\\n"]
+        direct = timed(lambda: subprocess.run([w.replace("{}", str(static / "many")) for w in walk],
+                                              check=True, stdout=subprocess.DEVNULL))
+        mounted = timed(lambda: subprocess.run([w.replace("{}", str(mnt / "many")) for w in walk],
+                                               check=True, stdout=subprocess.DEVNULL))
+        line(f"find + stat over {files:,} files", direct, mounted, "goal >= 0.5 (within 2x)")
+        plain = work / "plain-picks"
+        shutil.rmtree(plain, ignore_errors=True)
+        plain.mkdir()
+        target = mnt / "ExperimentRuns" / "TS_000" / "Picks"
+        target.mkdir(parents=True, exist_ok=True)
+        doc = json.dumps({"pickable_object_name": "ribosome", "points": [{"location": {"x": 1, "y": 2, "z": 3}}]})
+
+        def write_picks(folder: Path) -> None:
+            for i in range(picks):
+                (folder / f"user_{i}_ribosome.json").write_text(doc)
+        direct = timed(lambda: write_picks(plain))
+        mounted = timed(lambda: write_picks(target))
+        line(f"write {picks:,} small picks files", direct, mounted, "no goal set; for reference")
+    finally:
+        umount(mnt)
+
+
+def s3_benchmark(work: Path, mib: int) -> None:
+    from s3server import SeaweedS3
+    server = SeaweedS3(Path(tempfile.mkdtemp(dir=work, prefix="weed")))
+    mnt = work / "mnt-s3"
+    try:
+        fs = server.filesystem()
+        fs.mkdir("bench")
+        block = os.urandom(8 << 20)
+        names = [f"run/chunk{i:03d}" for i in range(max(1, mib // 8))]
+        for name in names:
+            fs.pipe(f"bench/{name}", block)
+        overlay = work / "overlay-s3"
+        shutil.rmtree(overlay, ignore_errors=True)
+        overlay.mkdir()
+        config = work / "s3.json"
+        config.write_text(json.dumps({"config_type": "filesystem", "pickable_objects": [],
+                                      "static_root": "s3://bench", "static_fs_args": server.fs_args,
+                                      "overlay_root": f"local://{overlay}"}))
+        mount(str(config), mnt)
+
+        def direct_read():
+            direct_fs = server.filesystem()
+            for name in names:
+                with direct_fs.open(f"bench/{name}", "rb") as fh:
+                    while fh.read(BLOCK):
+                        pass
+        direct = timed(direct_read)
+        mounted = timed(lambda: read_all(mnt / name for name in names))
+        line(f"S3 static root: read {len(names) * 8} MiB in 8 MiB objects", direct, mounted,
+             "vs s3fs used directly; goal >= 1")
+    finally:
+        umount(mnt)
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--picks", type=int, default=10_000)
+    parser.add_argument("--s3-mib", type=int, default=256)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"scopefs copick benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}")
+    local_benchmarks(args.work, args.gib, args.files, args.picks)
+    s3_benchmark(args.work, args.s3_mib)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,8 @@ import builtins
 import json
 import os
 import re
+import stat
+import tempfile
 
 import csv
 import io
@@ -189,15 +191,49 @@ class DerivedViews:
         return data if isinstance(data, bytes) else data.encode()
 
     def preview(self, rel: str) -> bytes:
-        import cv2
-        import numpy as np
         import zarr
         root, _ = self.tree.top(rel)
-        store = (zarr.storage.LocalStore(root.full(rel), read_only=True) if isinstance(root, LocalRoot)
-                 else zarr.storage.FsspecStore(root.fs, path=root.full(rel), read_only=True))
-        group = zarr.open_group(store, mode="r")
-        levels = sorted(group.array_keys(), key=lambda k: int(k) if k.isdigit() else 0)
-        volume = group[levels[-1]]
+        with tempfile.TemporaryDirectory(prefix="scopefs-preview-") as tmp:
+            path = root.full(rel) if isinstance(root, LocalRoot) else self._fetch_coarsest(root, rel, tmp)
+            group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+            levels = sorted(group.array_keys(), key=lambda k: int(k) if k.isdigit() else 0)
+            return self._slices_png(group[levels[-1]])
+
+    @staticmethod
+    def _fetch_coarsest(root, rel: str, tmp: str) -> str:
+        """A remote store's metadata and coarsest level, copied through the root's own reads
+        (zarr's own fsspec store would drive s3fs from another event loop)."""
+        def copy(sub: str) -> None:
+            handle = root.open_read(f"{rel}/{sub}")
+            try:
+                os.makedirs(os.path.dirname(os.path.join(tmp, sub)) or tmp, exist_ok=True)
+                with builtins.open(os.path.join(tmp, sub), "wb") as out:
+                    offset = 0
+                    while block := handle.read(offset, 8 << 20):
+                        out.write(block)
+                        offset += len(block)
+            finally:
+                handle.release()
+
+        names = root.listdir(rel) or []
+        for meta in (".zgroup", ".zattrs", "zarr.json"):
+            if meta in names:
+                copy(meta)
+        levels = sorted((n for n in names if n.isdigit()), key=int)
+        stack = [levels[-1]] if levels else []
+        while stack:
+            sub = stack.pop()
+            info = root.stat(f"{rel}/{sub}")
+            if info is not None and stat.S_ISDIR(info.mode):
+                stack.extend(f"{sub}/{n}" for n in root.listdir(f"{rel}/{sub}") or [])
+            else:
+                copy(sub)
+        return tmp
+
+    @staticmethod
+    def _slices_png(volume) -> bytes:
+        import cv2
+        import numpy as np
         z, y, x = (n // 2 for n in volume.shape[-3:])
         slices = [np.asarray(volume[z]), np.asarray(volume[:, y, :]), np.asarray(volume[:, :, x])]
         height = max(s.shape[0] for s in slices)

@@ -243,7 +243,8 @@ class FsspecRoot:
         raise OSError(errno.EINVAL, "object stores have no links", rel)
 
     def open_read(self, rel: str) -> FileHandle:
-        return RemoteReadHandle(self.fs, self.full(rel))
+        info = self.stat(rel)                            # known from a listing: no HEAD again
+        return RemoteReadHandle(self.fs, self.full(rel), info.size if info else None)
 
     # -- as the writable side -------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:
@@ -317,8 +318,9 @@ class RemoteReadHandle(FileHandle):
     """Ranged reads with fsspec's read-ahead cache (large blocks for sequential readers)."""
     release_blocks = True
 
-    def __init__(self, fs, path: str):
-        self._file = fs.open(path, "rb", block_size=COPY_BLOCK, cache_type="readahead")
+    def __init__(self, fs, path: str, size: int | None = None):
+        extra = {"size": size} if size is not None else {}
+        self._file = fs.open(path, "rb", block_size=COPY_BLOCK, cache_type="readahead", **extra)
         self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:

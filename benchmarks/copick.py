@@ -4,8 +4,8 @@
 
 Prints seconds and ratios (direct time / mount time: 1 means as fast as direct, above 1
 faster). Goals: local reads >= 0.8, metadata walks >= 0.5 (within 2x), S3 reads >= 1.
-Both sides read files already in the page cache of the disk they sit on, so the local
-lines measure what FUSE and scopefs add.
+Local reads start cold (as root, the page cache is dropped before each side); with
+--warm both sides read cached files, which measures only what FUSE and scopefs add.
 """
 from __future__ import annotations
 
@@ -27,7 +27,19 @@ SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 BLOCK = 1 << 20
 
 
-def timed(fn) -> float:
+COLD = True
+
+
+def drop_caches() -> None:
+    if COLD and os.geteuid() == 0:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+
+
+def timed(fn, cold: bool = False) -> float:
+    if cold:
+        drop_caches()
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -89,19 +101,19 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
     try:
         rel_chunks = Path("ExperimentRuns/TS_000/VoxelSpacing10.000/raw.zarr/0")
         names = sorted(os.listdir(static / rel_chunks), key=int)
-        read_all(static / rel_chunks / n for n in names)                   # both sides from the page cache
-        direct = timed(lambda: read_all(static / rel_chunks / n for n in names))
-        mounted = timed(lambda: read_all(mnt / rel_chunks / n for n in names))
+        read_all(static / rel_chunks / n for n in names)                   # warm, for --warm
+        direct = timed(lambda: read_all(static / rel_chunks / n for n in names), cold=True)
+        mounted = timed(lambda: read_all(mnt / rel_chunks / n for n in names), cold=True)
         line(f"sequential read, {gib:g} GiB in 16 MiB chunk files", direct, mounted, "goal >= 0.8")
         rel_tomo = "ExperimentRuns/TS_000/VoxelSpacing10.000/wbp.zarr"
-        direct = timed(lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:])
-        mounted = timed(lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:])
+        direct = timed(lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:], cold=True)
+        mounted = timed(lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:], cold=True)
         line("zarr: every chunk of a 256^3 tomogram (64 chunks)", direct, mounted, "goal >= 0.8")
         walk = ["find", "{}", "-type", "f", "-printf", "%s\\n"]
         direct = timed(lambda: subprocess.run([w.replace("{}", str(static / "many")) for w in walk],
-                                              check=True, stdout=subprocess.DEVNULL))
+                                              check=True, stdout=subprocess.DEVNULL), cold=True)
         mounted = timed(lambda: subprocess.run([w.replace("{}", str(mnt / "many")) for w in walk],
-                                               check=True, stdout=subprocess.DEVNULL))
+                                               check=True, stdout=subprocess.DEVNULL), cold=True)
         line(f"find + stat over {files:,} files", direct, mounted, "goal >= 0.5 (within 2x)")
         plain = work / "plain-picks"
         shutil.rmtree(plain, ignore_errors=True)
@@ -162,10 +174,13 @@ def main() -> None:
     parser.add_argument("--picks", type=int, default=10_000)
     parser.add_argument("--s3-mib", type=int, default=256)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
+    parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
     args = parser.parse_args()
+    global COLD
+    COLD = not args.warm
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"scopefs copick benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}")
+          f"load {os.getloadavg()[0]:.1f}, {'cold' if COLD and os.geteuid() == 0 else 'warm'} page cache")
     local_benchmarks(args.work, args.gib, args.files, args.picks)
     s3_benchmark(args.work, args.s3_mib)
 

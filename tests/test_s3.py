@@ -133,3 +133,5 @@ def test_copick_reads_an_s3_static_root(s3, tmp_path, mount):
     assert out["tomogram_sum"] == float(sum(range(32 ** 3)))
     assert out["picks"] == [["curator", "1", "ribosome", 3]]
     assert (overlay / "ExperimentRuns" / "TS_001" / "Picks" / "annotator_7_proteasome.json").exists()
+    preview = (mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "wbp.png").read_bytes()
+    assert preview[:8] == b"\x89PNG\r\n\x1a\n"                    # made from the S3 static root

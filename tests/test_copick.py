@@ -33,6 +33,7 @@ def test_copick_reads_and_writes_through_the_mount(tmp_path, mount):
                      .strip().splitlines()[-1])
     assert out["runs"] == ["TS_001"] and out["voxel_spacings"] == [10.0] and out["tomograms"] == ["wbp"]
     assert out["tomogram_sum"] == float(sum(range(32 ** 3)))
+    assert out["features"] == ["sobel"]
     # the clashing picks show once, with the overlay's 3 points
     assert out["picks"] == [["curator", "1", "ribosome", 3]]
     assert out["segmentations"] == [["curator", "membrane"]]

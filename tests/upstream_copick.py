@@ -34,7 +34,11 @@ def make(static, overlay):
     root = copick.from_file(config(f"{static}/../static_only.json", static))
     run = root.new_run("TS_001")
     vs = run.new_voxel_spacing(10.0)
-    vs.new_tomogram("wbp").from_numpy(np.arange(32 ** 3, dtype=np.float32).reshape(32, 32, 32), levels=1)
+    tomo = vs.new_tomogram("wbp")
+    tomo.from_numpy(np.arange(32 ** 3, dtype=np.float32).reshape(32, 32, 32), levels=1)
+    import zarr
+    features = zarr.group(tomo.new_features("sobel").zarr(), overwrite=True)
+    features.create_dataset("0", data=np.ones((4, 32, 32, 32), np.float32), chunks=(4, 16, 16, 16))
     picks = run.new_picks("ribosome", "1", user_id="curator")
     picks.points = points(2)
     picks.store()
@@ -60,6 +64,7 @@ def use(path):
     out["tomograms"] = [t.tomo_type for t in vs.tomograms]
     tomo = vs.get_tomogram("wbp")
     out["tomogram_sum"] = float(np.asarray(tomo.numpy()).sum())
+    out["features"] = [f.feature_type for f in tomo.features]
     out["picks"] = sorted((p.user_id, p.session_id, p.pickable_object_name, len(p.points)) for p in run.picks)
     out["segmentations"] = sorted((s.user_id, s.name) for s in run.segmentations)
     new = run.new_picks("proteasome", "7", user_id="annotator")

@@ -276,26 +276,24 @@ class MergedDir(MergedNode, ListedDirectory):
             return None
         return self.tree.node_at(_join(self.rel, name)) or self.tree.derived_lookup(self.rel, name)
 
-    def _exists(self, name: str) -> bool:
-        return self.lookup(name) is not None
+    def _new_name(self, name: str) -> tuple[str, bool]:
+        """Before making `name`: refuse it if taken; the overlay gets this directory and
+        loses the name's whiteout (True if there was one)."""
+        if self.lookup(name) is not None:
+            raise FileExistsError(errno.EEXIST, "exists", name)
+        rel = _join(self.rel, name)
+        self.tree.ensure_upper_dir(self.rel)
+        return rel, self.tree.clear_whiteout(rel)
 
     def create(self, name: str, mode: int) -> File:
-        rel = _join(self.rel, name)
         with self.tree.lock:
-            if self._exists(name):
-                raise FileExistsError(errno.EEXIST, "exists", name)
-            self.tree.ensure_upper_dir(self.rel)
-            self.tree.clear_whiteout(rel)
+            rel, _ = self._new_name(name)
             self.tree.upper.create(rel, mode)
             return self.tree.node_at(rel)
 
     def mkdir(self, name: str, mode: int) -> Directory:
-        rel = _join(self.rel, name)
         with self.tree.lock:
-            if self._exists(name):
-                raise FileExistsError(errno.EEXIST, "exists", name)
-            self.tree.ensure_upper_dir(self.rel)
-            was_deleted = self.tree.clear_whiteout(rel)
+            rel, was_deleted = self._new_name(name)
             self.tree.upper.mkdir(rel, mode)
             if was_deleted and self.tree.static.stat(rel) is not None:
                 self.tree.upper.touch(_join(rel, OPAQUE))
@@ -303,27 +301,19 @@ class MergedDir(MergedNode, ListedDirectory):
             return self.tree.node_at(rel)
 
     def symlink(self, name: str, target: str) -> Symlink:
-        rel = _join(self.rel, name)
         with self.tree.lock:
-            if self._exists(name):
-                raise FileExistsError(errno.EEXIST, "exists", name)
-            self.tree.ensure_upper_dir(self.rel)
-            self.tree.clear_whiteout(rel)
+            rel, _ = self._new_name(name)
             self.tree.upper.symlink(target, rel)
             return self.tree.node_at(rel)
 
     def link(self, name: str, target: Node) -> Node:
-        rel = _join(self.rel, name)
         with self.tree.lock:
             if not isinstance(target, MergedFile):
                 raise OSError(errno.EPERM, "only files are linked", name)
             up, _ = self.tree.layers(target.rel)
             if up is None:
                 raise OSError(errno.EXDEV, "hard links only between files that live in the overlay", name)
-            if self._exists(name):
-                raise FileExistsError(errno.EEXIST, "exists", name)
-            self.tree.ensure_upper_dir(self.rel)
-            self.tree.clear_whiteout(rel)
+            rel, _ = self._new_name(name)
             self.tree.upper.link(target.rel, rel)
             return self.tree.node_at(rel)
 

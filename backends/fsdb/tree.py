@@ -26,6 +26,7 @@ from ...formats import fsdb as layout
 from ..nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, OSFileHandle,
                      TempFileHandle, Tree, View)
 from ..options import MountError, Options
+from ..roots import LocalWriteHandle
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -150,30 +151,10 @@ class Scratch(File):
         return Attr(stat.S_IFREG | (st.st_mode & 0o777), st.st_size, st.st_mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
-        return ScratchHandle(self.path, flags)
+        return LocalWriteHandle(self.path, flags)
 
     def truncate(self, size: int) -> None:
         os.truncate(self.path, size)
-
-
-class ScratchHandle(FileHandle):
-    release_blocks = True
-
-    def __init__(self, path: str, flags: int):
-        mode = os.O_RDONLY if (flags & os.O_ACCMODE) == os.O_RDONLY else os.O_RDWR
-        self.fd = os.open(path, mode | (flags & os.O_TRUNC) | os.O_CLOEXEC)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def write(self, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, offset)
-
-    def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
-
-    def release(self) -> None:
-        os.close(self.fd)
 
 
 class RootFolder(ListedDirectory):

@@ -16,11 +16,13 @@ import stat
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from typing import NamedTuple
 
 from .nodes import FileHandle, OSFileHandle
 
 COPY_BLOCK = 8 << 20
+CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
 DIR_MARKER = ".wh.scopefs-dir"          # internal by the overlay's naming rule
 
 
@@ -167,8 +169,9 @@ class FsspecRoot:
         self.base = base.rstrip("/")
         self.url = url
         self.ttl = ttl
-        self._info: dict[str, tuple[float, Info | None]] = {}
-        self._dirs: dict[str, tuple[float, list[str] | None]] = {}
+        # bounded as well as timed: the oldest entries go first past CACHE_ENTRIES
+        self._info: OrderedDict[str, tuple[float, Info | None]] = OrderedDict()
+        self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -182,9 +185,12 @@ class FsspecRoot:
             hit = table.get(key)
             return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else ...
 
-    def _remember(self, table: dict, key: str, value) -> None:
+    def _remember(self, table: OrderedDict, key: str, value) -> None:
         with self._lock:
             table[key] = (time.monotonic(), value)
+            table.move_to_end(key)
+            while len(table) > CACHE_ENTRIES:
+                table.popitem(last=False)
 
     def invalidate(self, rel: str) -> None:
         """Forget what is known of rel and of its parent's listing (after our own writes)."""

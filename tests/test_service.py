@@ -50,7 +50,7 @@ def test_units_verify_and_keep_the_mount_visible(tmp_path):
         keys = dict(line.split("=", 1) for line in example.read_text().splitlines()
                     if line and not line.startswith("#"))
         assert {"SOURCE", "MOUNTPOINT", "TYPE", "OPTIONS"} <= set(keys)
-        assert keys["TYPE"] in ("imgstore", "iid", "fsdb")
+        assert keys["TYPE"] in ("imgstore", "iid", "fsdb", "copick")
 
 
 # -- sd_notify -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@ here and stopped by its PID."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

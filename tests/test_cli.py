@@ -5,11 +5,10 @@ import errno
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from conftest import SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, cleanup_mount, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
+from conftest import SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
 from stores import make_store
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MountFailed, alive, daemon_pid, daemon_status, wait_gone
+from conftest import MountFailed, alive, daemon_pid, daemon_status
 from iid_samples import ODD_ADDRESSES, read_upstream, write_upstream
 
 pytestmark = pytest.mark.upstream

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, cleanup_mount, daemon_pid, daemon_status, run_scopefs, \
+from conftest import ROOT, SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, cleanup_mount, daemon_pid, run_scopefs, \
     wait_gone
 from stores import make_store
 

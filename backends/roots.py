@@ -34,7 +34,6 @@ class Info(NamedTuple):
 
 
 class LocalRoot:
-    links = True
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -161,7 +160,6 @@ class LocalWriteHandle(FileHandle):
 
 class FsspecRoot:
     """A root behind fsspec (S3 through s3fs...)."""
-    links = False
 
     def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
         import fsspec                                   # only remote mounts need it

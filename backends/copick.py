@@ -157,8 +157,8 @@ class DerivedViews:
 
         def make():
             def content():
-                return self.cache.get_or_make(key + self.tree._source_key(source), lambda: convert(source, *args))
-            return GeneratedFile(content, (self.tree.layers(source)[0] or self.tree.layers(source)[1]).mtime_ns)
+                return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
+            return GeneratedFile(content, self.tree.top(source)[1].mtime_ns)
         return make
 
     def _bytes(self, rel: str) -> bytes:

@@ -250,7 +250,7 @@ class FramesByIndex(Directory):
 
     def entries(self, offset: int):
         for i in range(offset, len(self.tree.index)):
-            yield i + 1, self.name(i), self.tree.frame_node(i)
+            yield i + 1, self.name(i), self.tree.frame_node(i), None
 
     def lookup(self, name: str):
         stem = _strip(name, self.tree.service.extension)
@@ -281,7 +281,7 @@ class FramesByNumber(Directory):
         index = self.tree.index
         for position in range(offset, len(index)):
             i, rank = index.by_number_position(position)
-            yield position + 1, self.name(int(index.numbers[i]), rank), self.tree.frame_node(i)
+            yield position + 1, self.name(int(index.numbers[i]), rank), self.tree.frame_node(i), None
 
     def lookup(self, name: str):
         stem = _strip(name, self.tree.service.extension)
@@ -315,7 +315,7 @@ class FramesByTime(Directory):
 
     def entries(self, offset: int):
         if offset == 0:
-            yield 1, "README.txt", self.readme
+            yield 1, "README.txt", self.readme, None
 
     def lookup(self, name: str):
         if name == "README.txt":

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -31,8 +31,8 @@ ROOT_INO = 1
 GRAFT_SHIFT = 40
 
 
-@dataclass(frozen=True)
-class Attr:
+class Attr(NamedTuple):
+    """What stat shows of a node (a tuple: one is made per entry of every listing)."""
     mode: int                 # including the file type bits
     size: int = 0
     mtime_ns: int = 0
@@ -67,9 +67,15 @@ class Directory(Node):
     def lookup(self, name: str) -> Node | None:
         raise NotImplementedError
 
-    def entries(self, offset: int) -> Iterator[tuple[int, str, Node]]:
-        """(next offset, name, node) from `offset` on. Offsets are stable: 0 is the
-        start and the same offset always resumes at the same entry."""
+    def lookup_attr(self, name: str) -> tuple[Node, Attr] | None:
+        """A child and its attributes: directories that learn both at once override it."""
+        node = self.lookup(name)
+        return None if node is None else (node, node.attr())
+
+    def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
+        """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is
+        the start and the same offset always resumes at the same entry. Attributes are
+        given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
 
     # writable directories override these; by default they refuse
@@ -162,7 +168,7 @@ class ListedDirectory(Directory):
     def entries(self, offset: int):
         listing = self.listing()
         for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1]
+            yield pos + 1, listing[pos][0], listing[pos][1], None
 
 
 class StaticDirectory(ListedDirectory):

@@ -20,8 +20,8 @@ import os
 import stat
 import threading
 
-from .nodes import Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, Symlink, Tree
-from .roots import Info, LocalRoot
+from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
+from .roots import LocalRoot, ScanAhead
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -53,13 +53,12 @@ class OverlayTree(Tree):
         self.derive = None
         self._derived: dict[str, Node] = {}
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
+        self.scan_ahead = ScanAhead(static, threads=2 if isinstance(static, LocalRoot) else 8,
+                                    horizon=self.cache_policy.attr_timeout)
         self.add(MergedDir(self, ""))
         self._by_path[""] = self.root
 
     # -- resolving ------------------------------------------------------------------------
-    def opaque(self, rel: str) -> bool:
-        return self.upper.stat(_join(rel, OPAQUE)) is not None
-
     def static_visible(self, rel: str) -> bool:
         """Whether the static root's entry at rel shows: no whiteout for it and no opaque
         directory or whiteout on the way down (remembered per parent until a write)."""
@@ -68,37 +67,50 @@ class OverlayTree(Tree):
         parent, _, name = rel.rpartition("/")
         seen = self._visible.get(parent)
         if seen is None:
-            seen = self._visible[parent] = self.static_visible(parent) and not self.opaque(parent)
+            seen = self._visible[parent] = (self.static_visible(parent)
+                                            and self.upper.stat(_join(parent, OPAQUE)) is None)
         return seen and self.upper.stat(_join(parent, WHITEOUT + name)) is None
 
     def changed(self) -> None:
         """Whiteouts or opaque markers may have changed: forget visibility."""
         self._visible.clear()
 
-    def layers(self, rel: str) -> tuple[Info | None, Info | None]:
+    def layers(self, rel: str) -> tuple[Attr | None, Attr | None]:
         """(overlay info, static info) of what rel shows; static is None if hidden."""
         up = self.upper.stat(rel)
         st = self.static.stat(rel) if self.static_visible(rel) else None
         return up, st
 
     def top(self, rel: str):
-        """The root whose copy of rel shows, and its info."""
-        up, st = self.layers(rel)
+        """The root whose copy of rel shows, and its info (the static root is not asked
+        when the overlay has rel)."""
+        up = self.upper.stat(rel)
         if up is not None:
             return self.upper, up
-        if st is not None:
-            return self.static, st
-        raise FileNotFoundError(errno.ENOENT, "gone", rel)
+        st = self.static.stat(rel) if self.static_visible(rel) else None
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "gone", rel)
+        return self.static, st
+
+    def shown(self, rel: str) -> Attr | None:
+        try:
+            return self.top(rel)[1]
+        except FileNotFoundError:
+            return None
 
     def node_at(self, rel: str) -> Node | None:
+        info = self.shown(rel)
+        return None if info is None else self.node_for(rel, info.mode)
+
+    def node_for(self, rel: str, mode: int) -> Node:
+        """The node of rel, which shows an entry of this type (a new node if it changed)."""
+        kind = stat.S_IFMT(mode)
+        node = self._by_path.get(rel)
+        if node is not None and node.kind == kind:
+            return node
         with self.lock:
             node = self._by_path.get(rel)
-            up, st = self.layers(rel)
-            top = up or st
-            if top is None:
-                return None
-            kind = stat.S_IFMT(top.mode)
-            if node is not None and getattr(node, "kind", None) == kind:
+            if node is not None and node.kind == kind:
                 return node
             cls = MergedDir if kind == stat.S_IFDIR else MergedLink if kind == stat.S_IFLNK else MergedFile
             node = self.add(cls(self, rel))
@@ -106,15 +118,39 @@ class OverlayTree(Tree):
             self._by_path[rel] = node
             return node
 
+    def _names(self, rel: str) -> tuple[list[str], set[str] | None]:
+        """What directory rel shows of each root: (the overlay's names, the static names
+        the overlay hides, or None if it hides the whole static directory). Whiteouts and
+        opaqueness come from the overlay's listing."""
+        upper_names = self.upper.listdir(rel)
+        upper = [n for n in upper_names or [] if not _internal(n)]
+        if upper_names is None:
+            static_shows = self.upper.stat(rel) is None          # an overlay file hides a static dir
+        else:
+            static_shows = OPAQUE not in upper_names
+        if not (static_shows and self.static_visible(rel)):
+            return upper, None
+        return upper, set(upper).union(n[len(WHITEOUT):] for n in upper_names or [] if n.startswith(WHITEOUT))
+
     def listing(self, rel: str) -> list[str]:
-        upper_names = self.upper.listdir(rel) or []
-        names = {n for n in upper_names if not _internal(n)}
-        whiteouts = {n[len(WHITEOUT):] for n in upper_names if n.startswith(WHITEOUT)}
-        if self.static_visible(rel) and not self.opaque(rel):
-            up = self.upper.stat(rel)
-            if up is None or stat.S_ISDIR(up.mode):
-                names.update(n for n in self.static.listdir(rel) or [] if n not in whiteouts and not _internal(n))
-        return sorted(names)
+        upper, hidden = self._names(rel)
+        if hidden is None:
+            return sorted(upper)
+        return sorted(upper + [n for n in self.static.listdir(rel) or [] if n not in hidden and not _internal(n)])
+
+    def scan(self, rel: str) -> list[tuple[str, Attr]]:
+        """The listing with what each name shows: one stat per name, in the root that shows
+        it (the static root's side may have been scanned ahead)."""
+        upper, hidden = self._names(rel)
+        found = list(zip(upper, self.upper.stat_many(rel, upper)))
+        if hidden is not None:
+            ahead = self.scan_ahead.take(rel)
+            if ahead is None:
+                names = [n for n in self.static.listdir(rel) or [] if n not in hidden and not _internal(n)]
+                found += zip(names, self.static.stat_many(rel, names))
+            else:
+                found += [(n, info) for n, info in ahead.items() if n not in hidden and not _internal(n)]
+        return sorted((name, info) for name, info in found if info is not None)
 
     # -- writing into the overlay -----------------------------------------------------
     def ensure_upper_dir(self, rel: str) -> None:
@@ -156,12 +192,13 @@ class OverlayTree(Tree):
             return True
         return False
 
-    def derived(self, rel: str, names: list[str]) -> list[tuple[str, Node]]:
-        """The derived files of a directory (never shadowing a real name)."""
+    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node]]:
+        """The derived files of a directory (never shadowing a real name), given what its
+        entries show."""
         if self.derive is None:
             return []
-        return [(name, self._derived_node(rel, name, source, make))
-                for name, source, make in self.derive.listing(rel, names) if name not in names]
+        return [(name, self._derived_node(rel, name, source, make, infos.get(source.rpartition("/")[2])))
+                for name, source, make in self.derive.listing(rel, list(infos)) if name not in infos]
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
         """One derived file by name: only its own source is looked at."""
@@ -172,18 +209,19 @@ class OverlayTree(Tree):
             return None
         return self._derived_node(rel, name, *found)
 
-    def _derived_node(self, rel: str, name: str, source: str, make) -> Node:
+    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None) -> Node:
         path = _join(rel, name)
+        key = self.source_key(source, info)
         with self.lock:
             node = self._derived.get(path)
-            if node is None or node.source_key != self._source_key(source):
+            if node is None or node.source_key != key:
                 node = self._derived[path] = self.add(make())
-                node.source_key = self._source_key(source)
+                node.source_key = key
             return node
 
-    def _source_key(self, rel: str):
-        up, st = self.layers(rel)
-        info = up or st
+    def source_key(self, rel: str, info: Attr | None = None):
+        """What a derived file's content depends on: its source's path, size and time."""
+        info = info or self.shown(rel)
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
 
     def forget_subtree(self, rel: str) -> None:
@@ -201,7 +239,8 @@ class OverlayTree(Tree):
                 self._by_path[node.rel] = node
 
     def status(self) -> dict:
-        return {"static": self.static.describe(), "overlay": self.upper.describe()}
+        return {"static": self.static.describe(), "overlay": self.upper.describe(),
+                "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused}}
 
 
 class MergedNode(Node):
@@ -212,8 +251,7 @@ class MergedNode(Node):
         self.rel = rel
 
     def attr(self) -> Attr:
-        _, info = self.tree.top(self.rel)
-        return Attr(info.mode, info.size, info.mtime_ns, info.nlink)
+        return self.tree.top(self.rel)[1]
 
     def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
         with self.tree.lock:
@@ -245,29 +283,34 @@ class MergedFile(MergedNode, File):
             self.tree.copy_up(self.rel)
         self.tree.upper.truncate(self.rel, size)
 
-class MergedDir(MergedNode, ListedDirectory):
+class MergedDir(MergedNode, Directory):
     _pass: list | None = None
 
     def entries(self, offset: int):
         """A readdir pass lists the directory once (at offset 0) and continues from that
         list, as overlayfs does per open directory."""
         if offset == 0 or self._pass is None:
-            self._pass = self.listing()
-        listing = self._pass
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1]
+            self._pass = self._scan()
+        return iter(self._pass[offset:])
 
-    def listing(self) -> list[tuple[str, Node]]:
-        out = []
+    def _scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if not self.rel else {}
-        names = self.tree.listing(self.rel)
-        for name in names:
-            if name in extra:
-                continue
-            node = self.tree.node_at(_join(self.rel, name))
-            if node is not None:
-                out.append((name, node))
-        return sorted(extra.items()) + out + self.tree.derived(self.rel, names)
+        infos = dict(self.tree.scan(self.rel))
+        node_for, prefix = self.tree.node_for, self.rel + "/" if self.rel else ""
+        found = [(name, node, None) for name, node in sorted(extra.items())]
+        found += [(name, node_for(prefix + name, info.mode), info) for name, info in infos.items() if name not in extra]
+        found += [(name, node, None) for name, node in self.tree.derived(self.rel, infos)]
+        self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
+        return [(pos, *entry) for pos, entry in enumerate(found, 1)]
+
+    def lookup_attr(self, name: str):
+        if not self.rel and name in self.tree.extra or _internal(name) or name in (".", ".."):
+            return super().lookup_attr(name)
+        rel = _join(self.rel, name)
+        info = self.tree.shown(rel)
+        if info is None:
+            return super().lookup_attr(name)             # a derived file, or nothing
+        return self.tree.node_for(rel, info.mode), info
 
     def lookup(self, name: str):
         if not self.rel and name in self.tree.extra:

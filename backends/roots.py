@@ -10,27 +10,25 @@ directories: an empty one is kept alive by a hidden marker object.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import queue
 import shutil
 import stat
 import tempfile
 import threading
 import time
-from collections import OrderedDict
-from typing import NamedTuple
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 
-from .nodes import FileHandle, OSFileHandle
+from .nodes import Attr, FileHandle, OSFileHandle
+
+log = logging.getLogger(__name__)
 
 COPY_BLOCK = 8 << 20
-CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
+CACHE_ENTRIES = 200_000
+PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers        # metadata entries an fsspec root remembers (about 40 MB at most)
 DIR_MARKER = ".wh.scopefs-dir"          # internal by the overlay's naming rule
-
-
-class Info(NamedTuple):
-    mode: int
-    size: int
-    mtime_ns: int
-    nlink: int = 1
 
 
 class LocalRoot:
@@ -44,18 +42,38 @@ class LocalRoot:
     def describe(self) -> str:
         return self.path
 
-    def stat(self, rel: str) -> Info | None:
+    def stat(self, rel: str) -> Attr | None:
         try:
             st = os.lstat(self.full(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return Info(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+        return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
 
     def listdir(self, rel: str) -> list[str] | None:
         try:
             return os.listdir(self.full(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def stat_many(self, rel: str, names: list[str]) -> list[Attr | None]:
+        """Attrs of names in directory rel, each resolved from the open directory (no
+        walk down the whole path per name)."""
+        try:
+            fd = os.open(self.full(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return [None] * len(names)
+        out: list[Attr | None] = []
+        try:
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    out.append(None)
+                else:
+                    out.append(Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink))
+        finally:
+            os.close(fd)
+        return out
 
     def readlink(self, rel: str) -> str:
         return os.readlink(self.full(rel))
@@ -102,7 +120,7 @@ class LocalRoot:
     def utime(self, rel: str, mtime_ns: int) -> None:
         os.utime(self.full(rel), ns=(time.time_ns(), mtime_ns), follow_symlinks=False)
 
-    def copy_in(self, source, rel: str, info: Info) -> None:
+    def copy_in(self, source, rel: str, info: Attr) -> None:
         """rel from another root, written beside its place and renamed in (atomic)."""
         parent, _, name = rel.rpartition("/")
         tmp = os.path.join(self.full(parent), f"{DIR_MARKER}.copy.{name}.{os.getpid()}.{threading.get_ident()}")
@@ -132,6 +150,87 @@ def _copy(handle: FileHandle, out) -> None:
             offset += len(block)
     finally:
         handle.release()
+
+
+class ScanAhead:
+    """Listings (names with their stat) of the directories a walker will open next, made
+    by background threads while the daemon answers for the current one. `find`, `du`,
+    `rsync`, `tar` and copick descend in listing order, so the disk reads (or S3 LISTs)
+    of the next directories overlap the work on this one.
+
+    A listing is used once, and only within `horizon` seconds of being asked for (the
+    kernel trusts what it is told for as long). At most `window` listings wait at a
+    time, and new ones are started only as the walker takes them, so an `ls` of a
+    directory of a thousand folders costs `window` listings, not a thousand."""
+
+    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0):
+        self.root = root
+        self.window = window
+        self.horizon = horizon
+        self._ready: dict[str, tuple[float, Future]] = {}
+        self._plan: deque[str] = deque()
+        self._planned: set[str] = set()           # what the plan still holds
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.used = self.unused = 0               # listings taken / made for nothing
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"scopefs-scan-ahead-{i}", daemon=True).start()
+
+    def plan(self, rels: list[str]) -> None:
+        """These directories were just listed: a depth-first walker opens them next, before
+        what an earlier plan named."""
+        if not rels:
+            return
+        with self._lock:
+            self._plan.extendleft(reversed(rels))
+            self._planned.update(rels)
+            while len(self._plan) > PLAN_LIMIT:
+                self._planned.discard(self._plan.pop())
+            self._start(purge=True)
+
+    def take(self, rel: str) -> dict[str, Attr | None] | None:
+        """The listing of rel made ahead, or None if there is none fresh."""
+        with self._lock:
+            started, future = self._ready.pop(rel, (0.0, None))
+            if future is None:
+                self._planned.discard(rel)       # the walker got here first: not later either
+            self._start()
+        if future is None:
+            return None
+        try:
+            listing = future.result()
+        except Exception as exc:                         # the caller lists it itself
+            log.debug("scan ahead of %s: %s", rel, exc)
+            return None
+        if time.monotonic() - started >= self.horizon:
+            self.unused += 1
+            return None
+        self.used += 1
+        return listing
+
+    def _start(self, purge: bool = False) -> None:
+        now = time.monotonic()
+        if purge:
+            for rel, (started, future) in list(self._ready.items()):
+                if now - started >= self.horizon and future.done():
+                    del self._ready[rel]
+                    self.unused += 1
+        while self._plan and len(self._ready) < self.window:
+            rel = self._plan.popleft()
+            if rel in self._planned:             # else taken by the walker, or planned twice
+                self._planned.discard(rel)
+                future: Future = Future()
+                self._ready[rel] = (now, future)
+                self._jobs.put((rel, future))
+
+    def _work(self) -> None:
+        while True:
+            rel, future = self._jobs.get()
+            try:
+                names = self.root.listdir(rel) or []
+                future.set_result(dict(zip(names, self.root.stat_many(rel, names))))
+            except BaseException as exc:
+                future.set_exception(exc)
 
 
 class LocalWriteHandle(FileHandle):
@@ -168,7 +267,7 @@ class FsspecRoot:
         self.url = url
         self.ttl = ttl
         # bounded as well as timed: the oldest entries go first past CACHE_ENTRIES
-        self._info: OrderedDict[str, tuple[float, Info | None]] = OrderedDict()
+        self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -200,15 +299,15 @@ class FsspecRoot:
         self.fs.invalidate_cache(self.full(parent))
 
     @staticmethod
-    def _to_info(entry: dict) -> Info:
+    def _to_info(entry: dict) -> Attr:
         if entry.get("type") == "directory":
-            return Info(stat.S_IFDIR | 0o755, 0, 0, 2)
+            return Attr(stat.S_IFDIR | 0o755, 0, 0, 2)
         mtime = entry.get("LastModified") or entry.get("mtime") or entry.get("created") or 0
         if hasattr(mtime, "timestamp"):
             mtime = mtime.timestamp()
-        return Info(stat.S_IFREG | 0o644, int(entry.get("size") or 0), int(float(mtime) * 1e9))
+        return Attr(stat.S_IFREG | 0o644, int(entry.get("size") or 0), int(float(mtime) * 1e9))
 
-    def stat(self, rel: str) -> Info | None:
+    def stat(self, rel: str) -> Attr | None:
         cached = self._fresh(self._info, rel)
         if cached is not ...:
             return cached
@@ -242,6 +341,9 @@ class FsspecRoot:
             self._remember(self._info, f"{rel}/{name}" if rel else name, self._to_info(entry))
         self._remember(self._dirs, rel, names)
         return names
+
+    def stat_many(self, rel: str, names: list[str]) -> list[Attr | None]:
+        return [self.stat(f"{rel}/{name}" if rel else name) for name in names]  # listed: cached
 
     def readlink(self, rel: str) -> str:
         raise OSError(errno.EINVAL, "object stores have no links", rel)
@@ -308,7 +410,7 @@ class FsspecRoot:
     def utime(self, rel: str, mtime_ns: int) -> None:
         pass
 
-    def copy_in(self, source, rel: str, info: Info) -> None:
+    def copy_in(self, source, rel: str, info: Attr) -> None:
         if stat.S_ISLNK(info.mode):
             raise OSError(errno.EPERM, "object stores have no links", rel)
         with tempfile.NamedTemporaryFile() as tmp:

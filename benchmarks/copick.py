@@ -2,9 +2,10 @@
 
     python benchmarks/copick.py [--gib 1] [--files 100000] [--picks 10000] [--s3-mib 256]
 
-Prints seconds and ratios (direct time / mount time: 1 means as fast as direct, above 1
+Each case runs --repeat times, direct and mount alternating; printed are the median
+seconds and the ratio of the medians (direct / mount: 1 means as fast as direct, above 1
 faster). Goals: local reads >= 0.8, metadata walks >= 0.5 (within 2x), S3 reads >= 1.
-Local reads start cold (as root, the page cache is dropped before each side); with
+Local cases start cold (as root, the page cache is dropped before each run); with
 --warm both sides read cached files, which measures only what FUSE and scopefs add.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ BLOCK = 1 << 20
 
 
 COLD = True
+REPEAT = 3
 
 
 def drop_caches() -> None:
@@ -52,8 +55,16 @@ def read_all(paths) -> None:
                 pass
 
 
-def line(label: str, direct: float, mounted: float, goal: str) -> None:
-    print(f"  {label:<44} direct {direct:8.3f} s   mount {mounted:8.3f} s   ratio {direct / mounted:5.2f}  ({goal})")
+def compare(label: str, direct_fn, mount_fn, goal: str, cold: bool = True, prepare=None) -> None:
+    """Median seconds of each side over REPEAT alternating runs, and their ratio."""
+    direct, mounted = [], []
+    for _ in range(REPEAT):
+        for fn, times in ((direct_fn, direct), (mount_fn, mounted)):
+            if prepare:
+                prepare()
+            times.append(timed(fn, cold))
+    d, m = statistics.median(direct), statistics.median(mounted)
+    print(f"  {label:<44} direct {d:8.3f} s   mount {m:8.3f} s   ratio {d / m:5.2f}  ({goal})", flush=True)
 
 
 def make_static(work: Path, gib: float, files: int) -> Path:
@@ -102,32 +113,32 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
         rel_chunks = Path("ExperimentRuns/TS_000/VoxelSpacing10.000/raw.zarr/0")
         names = sorted(os.listdir(static / rel_chunks), key=int)
         read_all(static / rel_chunks / n for n in names)                   # warm, for --warm
-        direct = timed(lambda: read_all(static / rel_chunks / n for n in names), cold=True)
-        mounted = timed(lambda: read_all(mnt / rel_chunks / n for n in names), cold=True)
-        line(f"sequential read, {gib:g} GiB in 16 MiB chunk files", direct, mounted, "goal >= 0.8")
+        compare(f"sequential read, {gib:g} GiB in 16 MiB chunk files",
+                lambda: read_all(static / rel_chunks / n for n in names),
+                lambda: read_all(mnt / rel_chunks / n for n in names), "goal >= 0.8")
         rel_tomo = "ExperimentRuns/TS_000/VoxelSpacing10.000/wbp.zarr"
-        direct = timed(lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:], cold=True)
-        mounted = timed(lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:], cold=True)
-        line("zarr: every chunk of a 256^3 tomogram (64 chunks)", direct, mounted, "goal >= 0.8")
-        walk = ["find", "{}", "-type", "f", "-printf", "%s\\n"]
-        direct = timed(lambda: subprocess.run([w.replace("{}", str(static / "many")) for w in walk],
-                                              check=True, stdout=subprocess.DEVNULL), cold=True)
-        mounted = timed(lambda: subprocess.run([w.replace("{}", str(mnt / "many")) for w in walk],
-                                               check=True, stdout=subprocess.DEVNULL), cold=True)
-        line(f"find + stat over {files:,} files", direct, mounted, "goal >= 0.5 (within 2x)")
+        compare("zarr: every chunk of a 256^3 tomogram (64 chunks)",
+                lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:],
+                lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:], "goal >= 0.8")
+
+        def walk(top: Path):
+            subprocess.run(["find", str(top), "-type", "f", "-printf", "%s\\n"], check=True, stdout=subprocess.DEVNULL)
+        compare(f"find + stat over {files:,} files", lambda: walk(static / "many"), lambda: walk(mnt / "many"),
+                "goal >= 0.5 (within 2x)")
         plain = work / "plain-picks"
-        shutil.rmtree(plain, ignore_errors=True)
-        plain.mkdir()
         target = mnt / "ExperimentRuns" / "TS_000" / "Picks"
-        target.mkdir(parents=True, exist_ok=True)
         doc = json.dumps({"pickable_object_name": "ribosome", "points": [{"location": {"x": 1, "y": 2, "z": 3}}]})
+
+        def fresh_folders():
+            for folder in (plain, target):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
 
         def write_picks(folder: Path) -> None:
             for i in range(picks):
                 (folder / f"user_{i}_ribosome.json").write_text(doc)
-        direct = timed(lambda: write_picks(plain))
-        mounted = timed(lambda: write_picks(target))
-        line(f"write {picks:,} small picks files", direct, mounted, "no goal set; for reference")
+        compare(f"write {picks:,} small picks files", lambda: write_picks(plain), lambda: write_picks(target),
+                "no goal set; for reference", cold=False, prepare=fresh_folders)
     finally:
         umount(mnt)
 
@@ -158,10 +169,8 @@ def s3_benchmark(work: Path, mib: int) -> None:
                 with direct_fs.open(f"bench/{name}", "rb") as fh:
                     while fh.read(BLOCK):
                         pass
-        direct = timed(direct_read)
-        mounted = timed(lambda: read_all(mnt / name for name in names))
-        line(f"S3 static root: read {len(names) * 8} MiB in 8 MiB objects", direct, mounted,
-             "vs s3fs used directly; goal >= 1")
+        compare(f"S3 static root: read {len(names) * 8} MiB in 8 MiB objects", direct_read,
+                lambda: read_all(mnt / name for name in names), "vs s3fs used directly; goal >= 1")
     finally:
         umount(mnt)
         server.stop()
@@ -175,12 +184,14 @@ def main() -> None:
     parser.add_argument("--s3-mib", type=int, default=256)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
     parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
     args = parser.parse_args()
-    global COLD
-    COLD = not args.warm
+    global COLD, REPEAT
+    COLD, REPEAT = not args.warm, args.repeat
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"scopefs copick benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}, {'cold' if COLD and os.geteuid() == 0 else 'warm'} page cache")
+          f"load {os.getloadavg()[0]:.1f}, {'cold' if COLD and os.geteuid() == 0 else 'warm'} page cache, "
+          f"median of {REPEAT} runs")
     local_benchmarks(args.work, args.gib, args.files, args.picks)
     s3_benchmark(args.work, args.s3_mib)
 

@@ -27,7 +27,7 @@ from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Director
 log = logging.getLogger(__name__)
 
 #: attributes per worker-thread call when listing a directory
-READDIR_BATCH = 512
+READDIR_BATCH = 4096
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
 BLOCK_SIZE = 128 * 1024
 #: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
@@ -47,6 +47,16 @@ class Counters:
     requests: int = 0
     bytes_read: int = 0
     errors: int = 0
+
+
+@dataclass
+class _Listing:
+    """An open directory: the entries the kernel's last readdir buffer had no room for
+    (each with the offset it sits at) wait here for the next readdir."""
+    directory: Directory
+    pending: list = field(default_factory=list)
+    pending_offset: int = 0     # the offset the first pending entry sits at
+    more: bool = False          # whether entries follow the pending ones
 
 
 def _guard(fn):
@@ -95,6 +105,7 @@ class Operations(pyfuse3.Operations):
         self.info = dict(info or {})
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}
+        self._listings: dict[int, _Listing] = {}
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
 
@@ -123,16 +134,14 @@ class Operations(pyfuse3.Operations):
         return node
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
+        entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
-        entry.generation = 0
         entry.entry_timeout = self.policy.entry_timeout
         entry.attr_timeout = self.policy.attr_timeout
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_uid = self._uid
         entry.st_gid = self._gid
-        entry.st_rdev = 0
         entry.st_size = attr.size
         entry.st_blksize = BLOCK_SIZE
         entry.st_blocks = (attr.size + 511) // 512
@@ -154,18 +163,15 @@ class Operations(pyfuse3.Operations):
             return self._control_entry()
         directory = self._directory(parent_inode)
 
-        def find():
-            child = directory.lookup(os.fsdecode(name))
-            return (child, child.attr()) if child is not None else (None, None)
-
-        child, attr = await self._run(find)
-        if child is None:
+        found = await self._run(directory.lookup_attr, os.fsdecode(name))
+        if found is None:
             if self.policy.negative_timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
                 negative.entry_timeout = self.policy.negative_timeout
                 return negative
             raise pyfuse3.FUSEError(errno.ENOENT)
+        child, attr = found
         self._remember(child.ino)
         return self._entry(child.ino, attr)
 
@@ -192,39 +198,52 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode, ctx):
-        self._directory(inode)
-        return inode
+        fh = self._next_fh
+        self._next_fh += 1
+        self._listings[fh] = _Listing(self._directory(inode))
+        return fh
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        directory = self._directory(fh)
+        listing = self._listings.get(fh)
+        if listing is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        directory = listing.directory
 
         def batch(offset):
+            """The next entries as the kernel wants them (made here, off the trio thread)."""
             out = []
-            for next_offset, name, child in islice(directory.entries(offset), READDIR_BATCH):
+            for next_offset, name, child, attr in islice(directory.entries(offset), READDIR_BATCH):
                 try:
-                    out.append((next_offset, name, child, child.attr()))
+                    entry = self._entry(child.ino, attr or child.attr())
                 except OSError as exc:
                     log.warning("listing %s: %s", name, exc)
-                    out.append((next_offset, None, None, None))
+                    out.append((next_offset, None, None))
+                else:
+                    out.append((next_offset, os.fsencode(name), entry))
             return out
 
         offset = start_id
         while True:
-            entries = await self._run(batch, offset)
-            for next_offset, name, child, attr in entries:
+            # what the last reply could not take is where the kernel resumes: no thread hop
+            if listing.pending and listing.pending_offset == offset:
+                entries, more, listing.pending = listing.pending, listing.more, []
+            else:
+                entries = await self._run(batch, offset)
+                more = len(entries) == READDIR_BATCH
+            for pos, (next_offset, name, entry) in enumerate(entries):
                 if name is not None:
-                    if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(child.ino, attr),
-                                                 next_offset):
+                    if not pyfuse3.readdir_reply(token, name, entry, next_offset):
+                        listing.pending, listing.pending_offset, listing.more = entries[pos:], offset, more
                         return
-                    self._remember(child.ino)
+                    self._remember(entry.st_ino)
                 offset = next_offset
-            if len(entries) < READDIR_BATCH:
+            if not more:
                 return
 
     @_guard
     async def releasedir(self, fh):
-        pass
+        self._listings.pop(fh, None)
 
     @_guard
     async def readlink(self, inode, ctx):

@@ -130,7 +130,7 @@ async def test_control_file_is_hidden_fresh_and_xattrs_are_off(ops):
         await ops.open(entry.st_ino, os.O_WRONLY, None)
     assert err.value.errno == errno.EACCES
     # never listed, so tar, rsync and find do not see it
-    assert CONTROL_NAME not in [name for _, name, _ in ops.tree.root.entries(0)]
+    assert CONTROL_NAME not in [name for _, name, _, _ in ops.tree.root.entries(0)]
     with pytest.raises(pyfuse3.FUSEError) as err:
         await ops.getxattr(ROOT_INO, b"security.selinux", None)
     assert err.value.errno == errno.ENOSYS

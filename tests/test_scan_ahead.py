@@ -1,0 +1,118 @@
+"""Listings made ahead for walkers (`backends.roots.ScanAhead`), without the kernel: what
+is used, what is never made, what is too old, and what a walk through a mount sees."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+import time
+
+from conftest import Mounter
+
+from scopefs.backends.nodes import Attr
+from scopefs.backends.roots import ScanAhead
+
+
+class CountingRoot:
+    """A root of folders d0..dN with two files each, counting listings; `gate` holds them."""
+
+    def __init__(self):
+        self.listed: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def listdir(self, rel):
+        self.gate.wait(10)
+        self.listed.append(rel)
+        return ["a", "b"]
+
+    def stat_many(self, rel, names):
+        return [Attr(stat.S_IFREG | 0o644, len(rel) + i) for i, _ in enumerate(names)]
+
+
+def wait_for(predicate, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_planned_listing_is_used_once_with_its_attributes():
+    root = CountingRoot()
+    ahead = ScanAhead(root, threads=2, window=4, horizon=5.0)
+    ahead.plan(["d0", "d1"])
+    assert wait_for(lambda: len(root.listed) == 2)
+    listing = ahead.take("d1")
+    assert listing == {"a": Attr(stat.S_IFREG | 0o644, 2), "b": Attr(stat.S_IFREG | 0o644, 3)}
+    assert ahead.take("d1") is None                  # used once: the next listing is fresh
+    assert (ahead.used, ahead.unused) == (1, 0)
+
+
+def test_only_a_window_is_listed_and_more_only_as_the_walker_takes_them():
+    root = CountingRoot()
+    ahead = ScanAhead(root, threads=2, window=3, horizon=5.0)
+    ahead.plan([f"d{i}" for i in range(100)])
+    assert wait_for(lambda: len(root.listed) == 3)
+    time.sleep(0.2)
+    assert sorted(root.listed) == ["d0", "d1", "d2"]     # an `ls` of the parent costs 3 listings
+    assert ahead.take("d0") is not None
+    assert wait_for(lambda: len(root.listed) == 4) and root.listed[-1] == "d3"
+
+
+def test_a_directory_the_walker_reached_first_is_not_listed_later():
+    root = CountingRoot()
+    root.gate.clear()                                # d0 and d1 hang: d2..d5 wait their turn
+    ahead = ScanAhead(root, threads=2, window=2, horizon=5.0)
+    ahead.plan(["d0", "d1", "d2", "d3"])
+    assert ahead.take("d2") is None                  # the caller lists d2 itself
+    root.gate.set()
+    assert ahead.take("d0") is not None and ahead.take("d1") is not None
+    assert wait_for(lambda: "d3" in root.listed)
+    time.sleep(0.2)
+    assert "d2" not in root.listed
+
+
+def test_a_listing_older_than_the_horizon_is_not_used():
+    root = CountingRoot()
+    ahead = ScanAhead(root, threads=1, window=2, horizon=0.2)
+    ahead.plan(["d0"])
+    assert wait_for(lambda: root.listed == ["d0"])
+    time.sleep(0.3)
+    assert ahead.take("d0") is None
+    assert (ahead.used, ahead.unused) == (0, 1)
+
+
+def test_a_failed_listing_is_made_again_by_the_caller():
+    class Failing(CountingRoot):
+        def listdir(self, rel):
+            raise OSError(5, "device gone")
+    ahead = ScanAhead(Failing(), threads=1, window=2, horizon=5.0)
+    ahead.plan(["d0"])
+    assert ahead.take("d0") is None
+
+
+def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(mount: Mounter, tmp_path):
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    for d in range(30):
+        folder = static / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            (folder / f"f{i}").write_bytes(b"x" * (d + i))
+    overlay.mkdir()
+    mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
+    os.listdir(mnt)                                  # lists d00..d29 ahead
+    os.unlink(mnt / "d03" / "f5")                    # a whiteout in the overlay
+    (mnt / "d04" / "f6").write_bytes(b"new")         # copied up, then changed
+    (mnt / "d05" / "g").write_bytes(b"added")
+    out = subprocess.run(["find", str(mnt), "-type", "f", "-printf", "%P %s\n"], check=True,
+                         capture_output=True, text=True).stdout.split("\n")
+    seen = dict(line.split(" ") for line in out if line)
+    assert seen.pop("copick_config.json")           # the mount's own config
+    expected = {f"d{d:02d}/f{i}": str(d + i) for d in range(30) for i in range(40)}
+    del expected["d03/f5"]
+    expected["d04/f6"] = "3"
+    expected["d05/g"] = "5"
+    assert seen == expected
+    status = (mnt / ".scopefs").read_text()
+    assert '"listings_scanned_ahead"' in status

@@ -26,6 +26,7 @@ import numpy as np
 from .cache import ByteCache
 
 ROOT_INO = 1
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 #: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
 #: stay far below that)
 GRAFT_SHIFT = 40
@@ -256,6 +257,18 @@ class OSFileHandle(FileHandle):
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
+
+    def cached_read(self, offset: int, size: int) -> bytearray | None:
+        """The bytes if the page cache holds them all: no worker thread needed. The OS
+        reads ahead of a sequential reader, so even a cold file mostly answers here."""
+        if _NOWAIT is None:
+            return None
+        buf = bytearray(size)
+        try:
+            done = os.preadv(self._fd, [buf], offset, _NOWAIT)
+        except OSError:                 # EAGAIN: not cached; EOPNOTSUPP: no such reads here
+            return None
+        return buf if done == size else None       # short: the worker thread reads on
 
     def release(self) -> None:
         os.close(self._fd)

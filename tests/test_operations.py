@@ -10,7 +10,8 @@ import stat
 import pyfuse3
 import pytest
 
-from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, StaticDirectory, Symlink, Tree)
+from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, OSFileHandle, StaticDirectory, Symlink,
+                                     Tree)
 from scopefs.daemon.fs import CONTROL_NAME, Operations
 
 
@@ -156,3 +157,17 @@ def test_reserved_ranges_build_nodes_on_demand():
     node = tree.get(base + 999_999)
     assert node.ino == base + 999_999 and node.open(0).read(0, 10) == b"999999"
     assert tree.get(base + 1_000_001) is None
+
+
+def test_os_file_reads_answer_from_the_page_cache_without_a_thread(tmp_path):
+    path = tmp_path / "data"
+    data = os.urandom(3 << 20)
+    path.write_bytes(data)
+    path.read_bytes()                                   # now in the page cache
+    handle = OSFileHandle(str(path))
+    try:
+        assert handle.cached_read(1 << 20, 1 << 20) == data[1 << 20:2 << 20]
+        assert handle.cached_read((3 << 20) - 10, 100) is None     # short: the thread reads on
+        assert handle.read((3 << 20) - 10, 100) == data[-10:]
+    finally:
+        handle.release()

@@ -26,6 +26,8 @@ from .nodes import Attr, FileHandle, OSFileHandle
 log = logging.getLogger(__name__)
 
 COPY_BLOCK = 8 << 20
+FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
+FETCH_PARTS = 2                # ...as this many concurrent range requests
 CACHE_ENTRIES = 200_000
 PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers        # metadata entries an fsspec root remembers (about 40 MB at most)
 DIR_MARKER = ".wh.scopefs-dir"          # internal by the overlay's naming rule
@@ -152,6 +154,29 @@ def _copy(handle: FileHandle, out) -> None:
         handle.release()
 
 
+class Workers:
+    """A few daemon threads for work done ahead of need: they never hold up the exit,
+    and what they fail at is done again by whoever needs it."""
+
+    def __init__(self, threads: int, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"scopefs-{name}-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._jobs.get()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
 class ScanAhead:
     """Listings (names with their stat) of the directories a walker will open next, made
     by background threads while the daemon answers for the current one. `find`, `du`,
@@ -171,10 +196,8 @@ class ScanAhead:
         self._plan: deque[str] = deque()
         self._planned: set[str] = set()           # what the plan still holds
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = Workers(threads, "scan-ahead")
         self.used = self.unused = 0               # listings taken / made for nothing
-        for i in range(threads):
-            threading.Thread(target=self._work, name=f"scopefs-scan-ahead-{i}", daemon=True).start()
 
     def plan(self, rels: list[str]) -> None:
         """These directories were just listed: a depth-first walker opens them next, before
@@ -219,18 +242,11 @@ class ScanAhead:
             rel = self._plan.popleft()
             if rel in self._planned:             # else taken by the walker, or planned twice
                 self._planned.discard(rel)
-                future: Future = Future()
-                self._ready[rel] = (now, future)
-                self._jobs.put((rel, future))
+                self._ready[rel] = (now, self._workers.submit(self._scan, rel))
 
-    def _work(self) -> None:
-        while True:
-            rel, future = self._jobs.get()
-            try:
-                names = self.root.listdir(rel) or []
-                future.set_result(dict(zip(names, self.root.stat_many(rel, names))))
-            except BaseException as exc:
-                future.set_exception(exc)
+    def _scan(self, rel: str) -> dict[str, Attr | None]:
+        names = self.root.listdir(rel) or []
+        return dict(zip(names, self.root.stat_many(rel, names)))
 
 
 class LocalWriteHandle(FileHandle):
@@ -270,6 +286,7 @@ class FsspecRoot:
         self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self.fetch_ahead = Workers(4, "fetch-ahead")
 
     def describe(self) -> str:
         return self.url.split("@")[-1]                  # never a credential in a URL
@@ -350,7 +367,7 @@ class FsspecRoot:
 
     def open_read(self, rel: str) -> FileHandle:
         info = self.stat(rel)                            # known from a listing: no HEAD again
-        return RemoteReadHandle(self.fs, self.full(rel), info.size if info else None)
+        return RemoteReadHandle(self, self.full(rel), info.size if info else None)
 
     # -- as the writable side -------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:
@@ -421,21 +438,81 @@ class FsspecRoot:
 
 
 class RemoteReadHandle(FileHandle):
-    """Ranged reads with fsspec's read-ahead cache (large blocks for sequential readers)."""
+    """Reads of an object in blocks of FETCH_BLOCK, each fetched as FETCH_PARTS concurrent
+    range requests. A sequential reader's next block is fetched in the background while
+    it reads this one, and reads of blocks already here need no worker thread."""
     release_blocks = True
 
-    def __init__(self, fs, path: str, size: int | None = None):
-        extra = {"size": size} if size is not None else {}
-        self._file = fs.open(path, "rb", block_size=COPY_BLOCK, cache_type="readahead", **extra)
+    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
+        self.root, self.path = root, path
+        self.size = size if size is not None else root.fs.size(path)
+        self._blocks: dict[int, Future] = {}          # the block read last and the next one
         self._lock = threading.Lock()
 
-    def read(self, offset: int, size: int) -> bytes:
+    def _fetch(self, index: int) -> bytes:
+        start = index * FETCH_BLOCK
+        end = min(start + FETCH_BLOCK, self.size)
+        step = max(-(-(end - start) // FETCH_PARTS), 1 << 20)
+        starts = list(range(start, end, step))
+        parts = self.root.fs.cat_ranges([self.path] * len(starts), starts, [min(s + step, end) for s in starts])
+        for part in parts:
+            if isinstance(part, Exception):
+                raise part
+        return b"".join(parts)
+
+    def _block(self, index: int, wait: bool = True) -> bytes | None:
         with self._lock:
-            self._file.seek(offset)
-            return self._file.read(size)
+            future = self._blocks.get(index)
+            if future is None or (future.done() and future.exception() is not None):
+                if not wait:
+                    return None
+                future = self._blocks[index] = Future()
+                future.set_running_or_notify_cancel()
+                fetch_here = True
+            else:
+                fetch_here = False
+        if fetch_here:
+            try:
+                future.set_result(self._fetch(index))
+            except BaseException as exc:
+                future.set_exception(exc)
+        elif not wait and not future.done():
+            return None
+        return future.result()
+
+    def _read(self, offset: int, size: int, wait: bool) -> bytes | None:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // FETCH_BLOCK, (end - 1) // FETCH_BLOCK
+        pieces = []
+        for index in range(first, last + 1):
+            block = self._block(index, wait)
+            if block is None:
+                return None
+            base = index * FETCH_BLOCK
+            pieces.append(block[max(offset - base, 0):end - base])
+        self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _ahead(self, index: int, finished: bool) -> None:
+        """Keep the block being read (unless read to its end) and the next one, which
+        starts coming now: an open handle holds two blocks at most."""
+        with self._lock:
+            for old in [k for k in self._blocks if k != index + 1 and (k != index or finished)]:
+                del self._blocks[old]
+            if (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
+                self._blocks[index + 1] = self.root.fetch_ahead.submit(self._fetch, index + 1)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._read(offset, size, wait=True)
+
+    def cached_read(self, offset: int, size: int) -> bytes | None:
+        return self._read(offset, size, wait=False)
 
     def release(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._blocks.clear()
 
 
 class UploadHandle(FileHandle):

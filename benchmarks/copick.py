@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
     parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
+    parser.add_argument("--only", choices=("local", "s3"), help="run only these cases")
     args = parser.parse_args()
     global COLD, REPEAT
     COLD, REPEAT = not args.warm, args.repeat
@@ -192,8 +193,10 @@ def main() -> None:
     print(f"scopefs copick benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}, {'cold' if COLD and os.geteuid() == 0 else 'warm'} page cache, "
           f"median of {REPEAT} runs")
-    local_benchmarks(args.work, args.gib, args.files, args.picks)
-    s3_benchmark(args.work, args.s3_mib)
+    if args.only != "s3":
+        local_benchmarks(args.work, args.gib, args.files, args.picks)
+    if args.only != "local":
+        s3_benchmark(args.work, args.s3_mib)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ class BufferHandle(FileHandle):
 
 class OSFileHandle(FileHandle):
     """Reads of a real file, straight from the OS."""
-    release_blocks = True
+    release_blocks = False          # closing a local file descriptor does not wait
 
     def __init__(self, path: str):
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -251,7 +251,7 @@ class ScanAhead:
 
 class LocalWriteHandle(FileHandle):
     """A local file written in place, as a local disk would be."""
-    release_blocks = True
+    release_blocks = False          # closing a local file descriptor does not wait
 
     def __init__(self, path: str, flags: int):
         keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND

@@ -289,8 +289,13 @@ class Operations(pyfuse3.Operations):
         if not self.tree.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    async def _new_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        attr = await self._run(node.attr)
+    async def _new_entry(self, make, *args) -> pyfuse3.EntryAttributes:
+        """Make a node and learn its attributes in one worker-thread call."""
+        def made():
+            node = make(*args)
+            return node, node.attr()
+
+        node, attr = await self._run(made, data=True)
         self._remember(node.ino)
         return self._entry(node.ino, attr)
 
@@ -298,26 +303,25 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         directory = self._directory(parent_inode)
+        handles = []
 
         def make():
             node = directory.create(os.fsdecode(name), mode)
-            return node, node.open(flags)
+            handles.append(node.open(flags))
+            return node
 
-        node, handle = await self._run(make, data=True)
-        entry = await self._new_entry(node)
-        return self._add_handle(handle), entry
+        entry = await self._new_entry(make)
+        return self._add_handle(handles[0]), entry
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
-        directory = self._directory(parent_inode)
-        return await self._new_entry(await self._run(directory.mkdir, os.fsdecode(name), mode))
+        return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode)
 
     @_guard
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
-        directory = self._directory(parent_inode)
-        return await self._new_entry(await self._run(directory.symlink, os.fsdecode(name), os.fsdecode(target)))
+        return await self._new_entry(self._directory(parent_inode).symlink, os.fsdecode(name), os.fsdecode(target))
 
     @_guard
     async def unlink(self, parent_inode, name, ctx):
@@ -369,8 +373,7 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         node, directory = self._node(inode), self._directory(new_parent_inode)
-        linked = await self._run(directory.link, os.fsdecode(new_name), node)
-        return await self._new_entry(linked)
+        return await self._new_entry(directory.link, os.fsdecode(new_name), node)
 
     @_guard
     async def flush(self, fh):

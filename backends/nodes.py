@@ -598,6 +598,19 @@ class Tree:
                 del self._fixed[ino]
                 del self._dynamic_by_key[key]
 
+    def adopt(self, node: Node) -> None:
+        """The daemon hands `node` to the kernel, which held no reference to it: a node let
+        go at the kernel's forget while a lookup was finding it must answer again."""
+        graft = self._graft_of(node.ino)
+        if graft is not None:
+            graft.adopt(node)
+            return
+        key = getattr(node, "_key", None)
+        if key is not None and self._fixed.get(node.ino) is not node:
+            with self._lock:
+                self._fixed[node.ino] = node
+                self._dynamic_by_key.setdefault(key, node)
+
     def alias(self, ino: int, node: Node) -> None:
         """Let `ino` answer as `node`: after a file is renamed onto a name the backend
         serves itself, the kernel still knows that name by the renamed file's inode."""

@@ -216,7 +216,7 @@ class OverlayTree(Tree):
             node = self._derived.get(path)
             if node is None or node.source_key != key:
                 node = self._derived[path] = self.add(make())
-                node.source_key = key
+                node.source_key, node.derived_path = key, path
             return node
 
     def source_key(self, rel: str, info: Attr | None = None):
@@ -224,22 +224,48 @@ class OverlayTree(Tree):
         info = info or self.shown(rel)
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
 
+    def _subtree(self, rel: str) -> list[str]:
+        """The known paths at and under rel (only a directory makes a walk of the table)."""
+        node = self._by_path.get(rel)
+        if node is None or node.kind != stat.S_IFDIR:
+            return [rel] if node is not None else []
+        return [p for p in list(self._by_path) if p == rel or p.startswith(rel + "/")]
+
     def forget_subtree(self, rel: str) -> None:
         with self.lock:
-            for path in [p for p in self._by_path if p == rel or p.startswith(rel + "/")]:
-                node = self._by_path.pop(path)
-                self.discard(node.ino)
+            for path in self._subtree(rel):
+                self.discard(self._by_path.pop(path).ino)
 
     def move_subtree(self, old: str, new: str) -> None:
         with self.lock:
             self.forget_subtree(new)
-            for path in [p for p in self._by_path if p == old or p.startswith(old + "/")]:
+            for path in self._subtree(old):
                 node = self._by_path.pop(path)
                 node.rel = new + path[len(old):]
                 self._by_path[node.rel] = node
 
+    def forget(self, ino: int) -> None:
+        """The kernel let go of ino, so its node goes too: a walk over millions of files
+        keeps no table of them, and the next lookup of the path makes a new node. This
+        runs in the trio thread, so it takes no lock that a copy-up may hold: its steps
+        are single dict operations (at worst a path gets a second node)."""
+        node = self.get(ino)
+        path = getattr(node, "rel", None) if isinstance(node, MergedNode) else getattr(node, "derived_path", None)
+        if not path:
+            return                                   # the root, the virtual config
+        table = self._by_path if isinstance(node, MergedNode) else self._derived
+        if table.get(path) is node:
+            table.pop(path, None)
+        self.discard(ino)
+
+    def adopt(self, node: Node) -> None:
+        if self.get(node.ino) is not node:
+            self.alias(node.ino, node)
+            if isinstance(node, MergedNode):
+                self._by_path.setdefault(node.rel, node)
+
     def status(self) -> dict:
-        return {"static": self.static.describe(), "overlay": self.upper.describe(),
+        return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_path),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused}}
 
 
@@ -288,10 +314,11 @@ class MergedDir(MergedNode, Directory):
 
     def entries(self, offset: int):
         """A readdir pass lists the directory once (at offset 0) and continues from that
-        list, as overlayfs does per open directory."""
+        list, as overlayfs does per open directory, until it is read to its end."""
         if offset == 0 or self._pass is None:
             self._pass = self._scan()
-        return iter(self._pass[offset:])
+        yield from self._pass[offset:]
+        self._pass = None                    # read to its end: no need to keep it
 
     def _scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if not self.rel else {}

@@ -148,8 +148,11 @@ class Operations(pyfuse3.Operations):
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
         return entry
 
-    def _remember(self, ino: int) -> None:
-        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+    def _remember(self, ino: int, node: Node | None = None) -> None:
+        count = self._lookups.get(ino, 0)
+        if not count and node is not None:
+            self.tree.adopt(node)
+        self._lookups[ino] = count + 1
 
     @property
     def known_inodes(self) -> int:
@@ -172,7 +175,7 @@ class Operations(pyfuse3.Operations):
                 return negative
             raise pyfuse3.FUSEError(errno.ENOENT)
         child, attr = found
-        self._remember(child.ino)
+        self._remember(child.ino, child)
         return self._entry(child.ino, attr)
 
     @_guard
@@ -218,9 +221,9 @@ class Operations(pyfuse3.Operations):
                     entry = self._entry(child.ino, attr or child.attr())
                 except OSError as exc:
                     log.warning("listing %s: %s", name, exc)
-                    out.append((next_offset, None, None))
+                    out.append((next_offset, None, None, None))
                 else:
-                    out.append((next_offset, os.fsencode(name), entry))
+                    out.append((next_offset, os.fsencode(name), entry, child))
             return out
 
         offset = start_id
@@ -231,12 +234,12 @@ class Operations(pyfuse3.Operations):
             else:
                 entries = await self._run(batch, offset)
                 more = len(entries) == READDIR_BATCH
-            for pos, (next_offset, name, entry) in enumerate(entries):
+            for pos, (next_offset, name, entry, child) in enumerate(entries):
                 if name is not None:
                     if not pyfuse3.readdir_reply(token, name, entry, next_offset):
                         listing.pending, listing.pending_offset, listing.more = entries[pos:], offset, more
                         return
-                    self._remember(entry.st_ino)
+                    self._remember(entry.st_ino, child)
                 offset = next_offset
             if not more:
                 return
@@ -296,7 +299,7 @@ class Operations(pyfuse3.Operations):
             return node, node.attr()
 
         node, attr = await self._run(made, data=True)
-        self._remember(node.ino)
+        self._remember(node.ino, node)
         return self._entry(node.ino, attr)
 
     @_guard

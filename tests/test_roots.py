@@ -100,6 +100,9 @@ def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(moun
         folder.mkdir(parents=True)
         for i in range(40):
             (folder / f"f{i}").write_bytes(b"x" * (d + i))
+    (static / "big").mkdir()
+    for i in range(3000):                            # more than one kernel readdir buffer
+        (static / "big" / f"entry-{i:04d}").write_bytes(b"y" * (i % 7))
     overlay.mkdir()
     mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
     os.listdir(mnt)                                  # lists d00..d29 ahead
@@ -114,6 +117,7 @@ def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(moun
     del expected["d03/f5"]
     expected["d04/f6"] = "3"
     expected["d05/g"] = "5"
+    expected.update({f"big/entry-{i:04d}": str(i % 7) for i in range(3000)})
     assert seen == expected
     status = (mnt / ".scopefs").read_text()
     assert '"listings_scanned_ahead"' in status
@@ -172,3 +176,45 @@ def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
     finally:
         root.fs.cat_ranges = real
         handle.release()
+
+
+def test_nodes_the_kernel_forgot_are_dropped_and_a_racing_lookup_keeps_its_node(tmp_path):
+    from scopefs.backends.overlay import OverlayTree
+    from scopefs.backends.roots import LocalRoot
+    (tmp_path / "static" / "d").mkdir(parents=True)
+    (tmp_path / "static" / "d" / "f").write_text("x")
+    (tmp_path / "upper").mkdir()
+    tree = OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    node = tree.node_at("d/f")
+    tree.forget(node.ino)
+    assert tree.get(node.ino) is None and tree.status()["nodes"] == 1          # the root stays
+    again = tree.node_at("d/f")
+    assert again is not node and again.attr().size == 1
+    tree.forget(again.ino)
+    tree.adopt(again)                          # a lookup that found it before the forget
+    assert tree.get(again.ino) is again and tree.node_at("d/f") is again
+
+
+def test_a_walk_keeps_no_table_of_what_the_kernel_forgot(mount: Mounter, tmp_path):
+    import json
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("making the kernel forget inodes (drop_caches) needs root")
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    for d in range(20):
+        (static / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (static / f"d{d}" / f"f{i}").write_text(str(i))
+    overlay.mkdir()
+    mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
+
+    def walk():
+        return sorted((p, len(fs)) for p, _, fs in os.walk(mnt))
+
+    first = walk()
+    assert json.loads((mnt / ".scopefs").read_text())["nodes"] > 2000
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("2\n")
+    assert wait_for(lambda: json.loads((mnt / ".scopefs").read_text())["nodes"] < 100)
+    assert walk() == first
+    assert (mnt / "d7" / "f42").read_text() == "42"

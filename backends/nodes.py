@@ -51,6 +51,7 @@ class CachePolicy:
 
 
 class Node:
+    __slots__ = ()              # lets a backend with millions of nodes give them slots
     ino: int = 0
 
     def attr(self) -> Attr:
@@ -65,6 +66,8 @@ def read_only(what: str = "") -> OSError:
 
 
 class Directory(Node):
+    __slots__ = ()
+
     def lookup(self, name: str) -> Node | None:
         raise NotImplementedError
 
@@ -135,6 +138,8 @@ class FileHandle:
 
 
 class File(Node):
+    __slots__ = ()
+
     def open(self, flags: int) -> FileHandle:
         """May block (it runs in a worker thread)."""
         raise NotImplementedError

@@ -19,11 +19,13 @@ import errno
 import os
 import stat
 import threading
+from collections import OrderedDict
 
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
 from .roots import LocalRoot, ScanAhead
 
 WHITEOUT = ".wh."
+IDLE_NODES = 100_000        # nodes the kernel forgot that are kept for a walk done again
 OPAQUE = ".wh..wh..opq"
 
 
@@ -48,6 +50,7 @@ class OverlayTree(Tree):
                                         negative_timeout=0.0, keep_cache=True)
         self.lock = threading.RLock()
         self._by_path: dict[str, Node] = {}
+        self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
         # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
         self.derive = None
@@ -245,32 +248,37 @@ class OverlayTree(Tree):
                 self._by_path[node.rel] = node
 
     def forget(self, ino: int) -> None:
-        """The kernel let go of ino, so its node goes too: a walk over millions of files
-        keeps no table of them, and the next lookup of the path makes a new node. This
-        runs in the trio thread, so it takes no lock that a copy-up may hold: its steps
-        are single dict operations (at worst a path gets a second node)."""
+        """The kernel let go of ino. Its node waits among the IDLE_NODES most recently
+        forgotten (a walk done again reuses them), then goes: a walk over millions of
+        files keeps no table of them. This runs in the trio thread, so it takes no lock
+        that a copy-up may hold: each step is one dict operation (at worst a path gets
+        a second node)."""
         node = self.get(ino)
-        path = getattr(node, "rel", None) if isinstance(node, MergedNode) else getattr(node, "derived_path", None)
-        if not path:
+        if node is None or not getattr(node, "rel", getattr(node, "derived_path", None)):
             return                                   # the root, the virtual config
-        table = self._by_path if isinstance(node, MergedNode) else self._derived
-        if table.get(path) is node:
-            table.pop(path, None)
-        self.discard(ino)
+        self._idle[ino] = node
+        while len(self._idle) > IDLE_NODES:
+            old_ino, old = self._idle.popitem(last=False)
+            path = old.rel if isinstance(old, MergedNode) else old.derived_path
+            table = self._by_path if isinstance(old, MergedNode) else self._derived
+            if table.get(path) is old:
+                table.pop(path, None)
+            self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:
-        if self.get(node.ino) is not node:
+        self._idle.pop(node.ino, None)
+        if self.get(node.ino) is not node:           # let go while a lookup was finding it
             self.alias(node.ino, node)
             if isinstance(node, MergedNode):
                 self._by_path.setdefault(node.rel, node)
 
     def status(self) -> dict:
-        return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_path),
+        return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_path), "nodes_forgotten_kept": len(self._idle),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused}}
 
 
 class MergedNode(Node):
-    kind = 0
+    __slots__ = ("tree", "rel", "kind", "ino")
 
     def __init__(self, tree: OverlayTree, rel: str):
         self.tree = tree
@@ -296,6 +304,8 @@ class MergedLink(MergedNode, Symlink):
 
 
 class MergedFile(MergedNode, File):
+    __slots__ = ()
+
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             root, _ = self.tree.top(self.rel)
@@ -310,15 +320,18 @@ class MergedFile(MergedNode, File):
         self.tree.upper.truncate(self.rel, size)
 
 class MergedDir(MergedNode, Directory):
-    _pass: list | None = None
+    __slots__ = ("_pass",)
+
+    def __init__(self, tree: OverlayTree, rel: str):
+        super().__init__(tree, rel)
+        self._pass: list | None = None
 
     def entries(self, offset: int):
         """A readdir pass lists the directory once (at offset 0) and continues from that
-        list, as overlayfs does per open directory, until it is read to its end."""
+        list, as overlayfs does per open directory."""
         if offset == 0 or self._pass is None:
             self._pass = self._scan()
-        yield from self._pass[offset:]
-        self._pass = None                    # read to its end: no need to keep it
+        return iter(self._pass[offset:])
 
     def _scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if not self.rel else {}

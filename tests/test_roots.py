@@ -178,24 +178,33 @@ def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
         handle.release()
 
 
-def test_nodes_the_kernel_forgot_are_dropped_and_a_racing_lookup_keeps_its_node(tmp_path):
-    from scopefs.backends.overlay import OverlayTree
+def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeypatch):
+    from scopefs.backends import overlay
     from scopefs.backends.roots import LocalRoot
+    monkeypatch.setattr(overlay, "IDLE_NODES", 2)
     (tmp_path / "static" / "d").mkdir(parents=True)
-    (tmp_path / "static" / "d" / "f").write_text("x")
+    for name in "abc":
+        (tmp_path / "static" / "d" / name).write_text(name * 3)
     (tmp_path / "upper").mkdir()
-    tree = OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
-    node = tree.node_at("d/f")
-    tree.forget(node.ino)
-    assert tree.get(node.ino) is None and tree.status()["nodes"] == 1          # the root stays
-    again = tree.node_at("d/f")
-    assert again is not node and again.attr().size == 1
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    a, b, c = (tree.node_at(f"d/{name}") for name in "abc")
+    for node in (a, b):
+        tree.forget(node.ino)
+    assert tree.node_at("d/a") is a and tree.status()["nodes_forgotten_kept"] == 2
+    tree.forget(c.ino)                               # the oldest forgotten goes
+    assert tree.get(a.ino) is None and tree.get(b.ino) is b
+    again = tree.node_at("d/a")
+    assert again is not a and again.attr().size == 3
+    tree.adopt(b)                                    # the kernel knows b again: it stays
+    assert tree.status()["nodes_forgotten_kept"] == 1
     tree.forget(again.ino)
-    tree.adopt(again)                          # a lookup that found it before the forget
-    assert tree.get(again.ino) is again and tree.node_at("d/f") is again
+    tree.forget(b.ino)
+    tree.forget(a.ino)
+    tree.adopt(again)                                # a lookup that found it before the forget
+    assert tree.get(again.ino) is again and tree.node_at("d/a") is again
 
 
-def test_a_walk_keeps_no_table_of_what_the_kernel_forgot(mount: Mounter, tmp_path):
+def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount: Mounter, tmp_path):
     import json
     import pytest
     if os.geteuid() != 0:
@@ -215,6 +224,7 @@ def test_a_walk_keeps_no_table_of_what_the_kernel_forgot(mount: Mounter, tmp_pat
     assert json.loads((mnt / ".scopefs").read_text())["nodes"] > 2000
     with open("/proc/sys/vm/drop_caches", "w") as fh:
         fh.write("2\n")
-    assert wait_for(lambda: json.loads((mnt / ".scopefs").read_text())["nodes"] < 100)
+    assert wait_for(lambda: json.loads((mnt / ".scopefs").read_text())["nodes_forgotten_kept"] > 2000)
     assert walk() == first
+    assert json.loads((mnt / ".scopefs").read_text())["nodes_forgotten_kept"] < 100
     assert (mnt / "d7" / "f42").read_text() == "42"

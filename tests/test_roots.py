@@ -3,6 +3,7 @@
 mount sees) and remote reads in blocks fetched ahead (`RemoteReadHandle`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -123,59 +124,53 @@ def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(moun
     assert '"listings_scanned_ahead"' in status
 
 
-def memory_root(name: str, data: bytes) -> FsspecRoot:
+@contextlib.contextmanager
+def remote_object(name: str, size: int):
+    """(root, open handle, bytes) of an object of `size` random bytes in fsspec's memory store."""
+    data = os.urandom(size)
     root = FsspecRoot(f"memory://{name}")
     root.fs.pipe(f"/{name}/obj", data)
-    return root
-
-
-def test_remote_reads_in_any_order_give_the_object_bytes():
-    data = os.urandom(2 * FETCH_BLOCK + 12345)
-    root = memory_root("order", data)
     handle = root.open_read("obj")
     try:
-        got = b"".join(handle.read(offset, 1 << 20) for offset in range(0, len(data), 1 << 20))
-        assert got == data
-        for offset, size in [(FETCH_BLOCK - 10, 20), (len(data) - 5, 100), (0, len(data) + 1), (len(data), 10)]:
-            assert handle.read(offset, size) == data[offset:offset + size]
+        yield root, handle, data
     finally:
         handle.release()
 
 
+def test_remote_reads_in_any_order_give_the_object_bytes():
+    with remote_object("order", 2 * FETCH_BLOCK + 12345) as (_, handle, data):
+        got = b"".join(handle.read(offset, 1 << 20) for offset in range(0, len(data), 1 << 20))
+        assert got == data
+        for offset, size in [(FETCH_BLOCK - 10, 20), (len(data) - 5, 100), (0, len(data) + 1), (len(data), 10)]:
+            assert handle.read(offset, size) == data[offset:offset + size]
+
+
 def test_a_sequential_reader_finds_the_next_block_fetched_ahead():
-    data = os.urandom(3 * FETCH_BLOCK)
-    root = memory_root("ahead", data)
-    handle = root.open_read("obj")
-    try:
+    with remote_object("ahead", 3 * FETCH_BLOCK) as (_, handle, data):
         assert handle.cached_read(0, 1 << 20) is None                  # nothing fetched yet
         assert handle.read(0, 1 << 20) == data[:1 << 20]
         assert handle.cached_read(1 << 20, 1 << 20) == data[1 << 20:2 << 20]    # same block
         assert wait_for(lambda: handle.cached_read(FETCH_BLOCK, 10) is not None)
         assert handle.cached_read(FETCH_BLOCK, 10) == data[FETCH_BLOCK:FETCH_BLOCK + 10]
         assert len(handle._blocks) <= 2                                 # bounded per handle
-    finally:
-        handle.release()
 
 
 def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
-    data = os.urandom(2 * FETCH_BLOCK)
-    root = memory_root("retry", data)
-    handle = root.open_read("obj")
-    real, failures = root.fs.cat_ranges, []
+    with remote_object("retry", 2 * FETCH_BLOCK) as (root, handle, data):
+        real, failures = root.fs.cat_ranges, []
 
-    def flaky(paths, starts, ends, **kw):
-        if starts[0] >= FETCH_BLOCK and not failures:
-            failures.append(starts[0])
-            raise OSError(5, "connection reset")
-        return real(paths, starts, ends, **kw)
-    root.fs.cat_ranges = flaky
-    try:
-        assert handle.read(0, FETCH_BLOCK) == data[:FETCH_BLOCK]     # starts the fetch ahead
-        assert wait_for(lambda: failures)
-        assert handle.read(FETCH_BLOCK, FETCH_BLOCK) == data[FETCH_BLOCK:]
-    finally:
-        root.fs.cat_ranges = real
-        handle.release()
+        def flaky(paths, starts, ends, **kw):
+            if starts[0] >= FETCH_BLOCK and not failures:
+                failures.append(starts[0])
+                raise OSError(5, "connection reset")
+            return real(paths, starts, ends, **kw)
+        root.fs.cat_ranges = flaky
+        try:
+            assert handle.read(0, FETCH_BLOCK) == data[:FETCH_BLOCK]     # starts the fetch ahead
+            assert wait_for(lambda: failures)
+            assert handle.read(FETCH_BLOCK, FETCH_BLOCK) == data[FETCH_BLOCK:]
+        finally:
+            root.fs.cat_ranges = real
 
 
 def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeypatch):

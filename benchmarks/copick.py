@@ -30,7 +30,7 @@ BLOCK = 1 << 20
 
 
 COLD = True
-REPEAT = 3
+REPEAT = 5
 
 
 def drop_caches() -> None:
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--s3-mib", type=int, default=256)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
     parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each side; medians are printed")
     parser.add_argument("--only", choices=("local", "s3"), help="run only these cases")
     args = parser.parse_args()
     global COLD, REPEAT

@@ -266,7 +266,8 @@ class OverlayTree(Tree):
             self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:
-        self._idle.pop(node.ino, None)
+        if self._idle.pop(node.ino, None) is not None:
+            return                                   # still here: the kernel knows it again
         if self.get(node.ino) is not node:           # let go while a lookup was finding it
             self.alias(node.ino, node)
             if isinstance(node, MergedNode):

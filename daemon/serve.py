@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import re
@@ -78,6 +79,10 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
           read_ahead_kib: int, info: dict[str, str], on_ready: Callable[[], None]) -> None:
     """Mount `tree` on `mountpoint` and serve until unmounted or signalled."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # a listing makes tens of thousands of short-lived tuples per directory: collecting
+    # every 700 allocations (the default) walks the node table over and over
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     ops = Operations(tree, threads=threads, timeout=timeout, info=info)
     pyfuse3.init(ops, mountpoint, fuse_options)
 

@@ -440,13 +440,15 @@ class FsspecRoot:
 class RemoteReadHandle(FileHandle):
     """Reads of an object in blocks of FETCH_BLOCK, each fetched as FETCH_PARTS concurrent
     range requests. A sequential reader's next block is fetched in the background while
-    it reads this one, and reads of blocks already here need no worker thread."""
+    it reads this one (a reader jumping about gets no such guesses), and reads of blocks
+    already here need no worker thread."""
     release_blocks = True
 
     def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
         self.root, self.path = root, path
         self.size = size if size is not None else root.fs.size(path)
         self._blocks: dict[int, Future] = {}          # the block read last and the next one
+        self._last_end = 0                            # where the last read ended
         self._lock = threading.Lock()
 
     def _fetch(self, index: int) -> bytes:
@@ -492,16 +494,19 @@ class RemoteReadHandle(FileHandle):
                 return None
             base = index * FETCH_BLOCK
             pieces.append(block[max(offset - base, 0):end - base])
-        self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size))
+        # the kernel may send two reads out of order: "sequential" is within a MiB
+        sequential = abs(offset - self._last_end) <= 1 << 20
+        self._last_end = end
+        self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size), fetch_next=sequential)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _ahead(self, index: int, finished: bool) -> None:
-        """Keep the block being read (unless read to its end) and the next one, which
-        starts coming now: an open handle holds two blocks at most."""
+    def _ahead(self, index: int, finished: bool, fetch_next: bool) -> None:
+        """Keep the block being read (unless read to its end) and the next one, which a
+        sequential reader gets fetched now: an open handle holds two blocks at most."""
         with self._lock:
             for old in [k for k in self._blocks if k != index + 1 and (k != index or finished)]:
                 del self._blocks[old]
-            if (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
+            if fetch_next and (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
                 self._blocks[index + 1] = self.root.fetch_ahead.submit(self._fetch, index + 1)
 
     def read(self, offset: int, size: int) -> bytes:

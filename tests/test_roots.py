@@ -223,3 +223,21 @@ def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount:
     assert walk() == first
     assert json.loads((mnt / ".scopefs").read_text())["nodes_forgotten_kept"] < 100
     assert (mnt / "d7" / "f42").read_text() == "42"
+
+
+def test_a_reader_jumping_about_gets_no_block_fetched_ahead():
+    with remote_object("jumps", 4 * FETCH_BLOCK) as (root, handle, data):
+        fetched = []
+        real = root.fs.cat_ranges
+
+        def counting(paths, starts, ends, **kw):
+            fetched.append(starts[0] // FETCH_BLOCK)
+            return real(paths, starts, ends, **kw)
+        root.fs.cat_ranges = counting
+        try:
+            for offset in (3 * FETCH_BLOCK + 5, FETCH_BLOCK + 7, 2 * FETCH_BLOCK + 100):
+                assert handle.read(offset, 1000) == data[offset:offset + 1000]
+            time.sleep(0.2)
+            assert sorted(fetched) == [1, 2, 3]
+        finally:
+            root.fs.cat_ranges = real

@@ -57,6 +57,10 @@ class Node:
     def attr(self) -> Attr:
         raise NotImplementedError
 
+    def cached_attr(self) -> Attr | None:
+        """The attributes if known without any I/O (the daemon then skips a thread hop)."""
+        return None
+
     def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
         """chmod/utimens. Formats without modes or times accept and ignore them."""
 

@@ -16,9 +16,11 @@ The static root is never written. Names of the form `.wh.*` are internal and not
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
@@ -320,12 +322,44 @@ class MergedFile(MergedNode, File):
             self.tree.copy_up(self.rel)
         self.tree.upper.truncate(self.rel, size)
 
+def _changes_entries(method):
+    """A change of a directory's entries changes its mtime (and nlink): they are learnt
+    again at once, so the kernel's next getattr of it, which default_permissions makes
+    it send after every create, is answered without a worker thread."""
+    @functools.wraps(method)
+    def changing(self, *args):
+        try:
+            return method(self, *args)
+        finally:
+            self.learn_attr()
+            if method.__name__ == "rename" and isinstance(args[1], MergedDir) and args[1] is not self:
+                args[1].learn_attr()
+    return changing
+
+
 class MergedDir(MergedNode, Directory):
-    __slots__ = ("_pass",)
+    __slots__ = ("_pass", "_known")
 
     def __init__(self, tree: OverlayTree, rel: str):
         super().__init__(tree, rel)
         self._pass: list | None = None
+        self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
+
+    def learn_attr(self) -> None:
+        try:
+            self._known = (time.monotonic(), self.tree.top(self.rel)[1])
+        except OSError:
+            self._known = None
+
+    def cached_attr(self) -> Attr | None:
+        known = self._known
+        if known is not None and time.monotonic() - known[0] < self.tree.cache_policy.attr_timeout:
+            return known[1]
+        return None
+
+    def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        self._known = None
+        super().set_attr(mode, mtime_ns)
 
     def entries(self, offset: int):
         """A readdir pass lists the directory once (at offset 0) and continues from that
@@ -369,12 +403,14 @@ class MergedDir(MergedNode, Directory):
         self.tree.ensure_upper_dir(self.rel)
         return rel, self.tree.clear_whiteout(rel)
 
+    @_changes_entries
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
             rel, _ = self._new_name(name)
             self.tree.upper.create(rel, mode)
             return self.tree.node_at(rel)
 
+    @_changes_entries
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             rel, was_deleted = self._new_name(name)
@@ -384,12 +420,14 @@ class MergedDir(MergedNode, Directory):
                 self.tree.changed()
             return self.tree.node_at(rel)
 
+    @_changes_entries
     def symlink(self, name: str, target: str) -> Symlink:
         with self.tree.lock:
             rel, _ = self._new_name(name)
             self.tree.upper.symlink(target, rel)
             return self.tree.node_at(rel)
 
+    @_changes_entries
     def link(self, name: str, target: Node) -> Node:
         with self.tree.lock:
             if not isinstance(target, MergedFile):
@@ -401,6 +439,7 @@ class MergedDir(MergedNode, Directory):
             self.tree.upper.link(target.rel, rel)
             return self.tree.node_at(rel)
 
+    @_changes_entries
     def unlink(self, name: str) -> None:
         rel = _join(self.rel, name)
         with self.tree.lock:
@@ -415,6 +454,7 @@ class MergedDir(MergedNode, Directory):
                 self.tree.whiteout(rel)
             self.tree.forget_subtree(rel)
 
+    @_changes_entries
     def rmdir(self, name: str) -> None:
         rel = _join(self.rel, name)
         with self.tree.lock:
@@ -432,6 +472,7 @@ class MergedDir(MergedNode, Directory):
                 self.tree.whiteout(rel)
             self.tree.forget_subtree(rel)
 
+    @_changes_entries
     def rename(self, name: str, new_parent: Directory, new_name: str) -> None:
         if not isinstance(new_parent, MergedDir):
             raise OSError(errno.EXDEV, "cross-device", new_name)

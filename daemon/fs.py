@@ -183,7 +183,7 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             return self._control_entry()
         node = self._node(inode)
-        return self._entry(inode, await self._run(node.attr))
+        return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
     def forget(self, inode_list):
         # must never raise: pyfuse3 gives forget no way to report an error

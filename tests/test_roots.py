@@ -241,3 +241,22 @@ def test_a_reader_jumping_about_gets_no_block_fetched_ahead():
             assert sorted(fetched) == [1, 2, 3]
         finally:
             root.fs.cat_ranges = real
+
+
+def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
+    from scopefs.backends.overlay import OverlayTree
+    from scopefs.backends.roots import LocalRoot
+    (tmp_path / "static" / "run").mkdir(parents=True)
+    (tmp_path / "upper").mkdir()
+    tree = OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    run = tree.node_at("run")
+    assert run.cached_attr() is None                 # nothing learnt yet: the daemon stats
+    run.create("a.json", 0o644)
+    assert run.cached_attr() == run.attr()           # the overlay's copy, with the new mtime
+    assert run.cached_attr().mtime_ns == (tmp_path / "upper" / "run").stat().st_mtime_ns
+    sub = run.mkdir("sub", 0o755)
+    assert run.cached_attr().nlink == 3
+    run.rename("a.json", sub, "b.json")
+    assert sub.cached_attr() == sub.attr() and run.cached_attr() == run.attr()
+    run.set_attr(0o700)
+    assert run.cached_attr() is None                 # its own mode changed: stat again

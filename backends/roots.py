@@ -221,9 +221,12 @@ class ScanAhead:
         if future is None:
             return None
         try:
-            listing = future.result()
+            # waited for no longer than it would stay usable: a hung source costs the
+            # walker one horizon, then it lists for itself
+            listing = future.result(timeout=max(self.horizon - (time.monotonic() - started), 0.0))
         except Exception as exc:                         # the caller lists it itself
-            log.debug("scan ahead of %s: %s", rel, exc)
+            log.debug("scan ahead of %s: %r", rel, exc)
+            self.unused += isinstance(exc, TimeoutError)
             return None
         if time.monotonic() - started >= self.horizon:
             self.unused += 1

@@ -260,3 +260,14 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert sub.cached_attr() == sub.attr() and run.cached_attr() == run.attr()
     run.set_attr(0o700)
     assert run.cached_attr() is None                 # its own mode changed: stat again
+
+
+def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():
+    root = CountingRoot()
+    root.gate.clear()                                # the source hangs
+    ahead = ScanAhead(root, threads=1, window=2, horizon=0.3)
+    ahead.plan(["d0"])
+    started = time.monotonic()
+    assert ahead.take("d0") is None                  # the caller lists it itself
+    assert time.monotonic() - started < 2.0
+    root.gate.set()

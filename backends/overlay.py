@@ -324,16 +324,16 @@ class MergedFile(MergedNode, File):
 
 def _changes_entries(method):
     """A change of a directory's entries changes its mtime (and nlink): they are learnt
-    again at once, so the kernel's next getattr of it, which default_permissions makes
-    it send after every create, is answered without a worker thread."""
+    again at once, for it and for any other directory the change involved (a rename's
+    target), so the kernel's next getattr of it, which default_permissions makes it send
+    after every create, is answered without a worker thread."""
     @functools.wraps(method)
     def changing(self, *args):
         try:
             return method(self, *args)
         finally:
-            self.learn_attr()
-            if method.__name__ == "rename" and isinstance(args[1], MergedDir) and args[1] is not self:
-                args[1].learn_attr()
+            for directory in {self, *(a for a in args if isinstance(a, MergedDir))}:
+                directory.learn_attr()
     return changing
 
 

@@ -1,19 +1,23 @@
-"""The roots' work done ahead of need, without the kernel: listings made ahead for walkers
-(`ScanAhead`: what is used, what is never made, what is too old, and what a walk through a
-mount sees) and remote reads in blocks fetched ahead (`RemoteReadHandle`)."""
+"""The roots' work done ahead of need, mostly without the kernel: listings made ahead for
+walkers (`ScanAhead`: what is used, what is never made, what is too old, and what a walk
+through a mount sees), remote reads in blocks fetched ahead (`RemoteReadHandle`), and what
+the overlay keeps of its nodes and directory attributes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import subprocess
 import threading
 import time
 
+import pytest
 from conftest import Mounter
 
+from scopefs.backends import overlay
 from scopefs.backends.nodes import Attr
-from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, ScanAhead
+from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead
 
 
 class CountingRoot:
@@ -174,8 +178,6 @@ def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
 
 
 def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeypatch):
-    from scopefs.backends import overlay
-    from scopefs.backends.roots import LocalRoot
     monkeypatch.setattr(overlay, "IDLE_NODES", 2)
     (tmp_path / "static" / "d").mkdir(parents=True)
     for name in "abc":
@@ -200,8 +202,6 @@ def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeyp
 
 
 def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount: Mounter, tmp_path):
-    import json
-    import pytest
     if os.geteuid() != 0:
         pytest.skip("making the kernel forget inodes (drop_caches) needs root")
     static, overlay = tmp_path / "static", tmp_path / "overlay"
@@ -244,11 +244,9 @@ def test_a_reader_jumping_about_gets_no_block_fetched_ahead():
 
 
 def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
-    from scopefs.backends.overlay import OverlayTree
-    from scopefs.backends.roots import LocalRoot
     (tmp_path / "static" / "run").mkdir(parents=True)
     (tmp_path / "upper").mkdir()
-    tree = OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
     run = tree.node_at("run")
     assert run.cached_attr() is None                 # nothing learnt yet: the daemon stats
     run.create("a.json", 0o644)

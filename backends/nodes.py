@@ -11,6 +11,7 @@ threads, so they must be thread-safe. None of them knows about FUSE.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import os
 import shutil
@@ -258,14 +259,22 @@ class BufferHandle(FileHandle):
 
 
 class OSFileHandle(FileHandle):
-    """Reads of a real file, straight from the OS."""
+    """Reads of a real file, straight from the OS.
+
+    With `drop_behind`, the pages a read brought into the page cache are dropped right
+    after it: the kernel keeps its own cache of the mount's files, and keeping the
+    source's pages as well would cache the data twice (and cost twice the fresh memory).
+    A file that was already cached when opened is left alone: another program uses it."""
     release_blocks = False          # closing a local file descriptor does not wait
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, drop_behind: bool = False):
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._drop = drop_behind and not cached_pages(self._fd)
 
     def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
+        data = os.pread(self._fd, size, offset)
+        self._dropped(offset, len(data))
+        return data
 
     def cached_read(self, offset: int, size: int) -> bytearray | None:
         """The bytes if the page cache holds them all: no worker thread needed. The OS
@@ -277,10 +286,39 @@ class OSFileHandle(FileHandle):
             done = os.preadv(self._fd, [buf], offset, _NOWAIT)
         except OSError:                 # EAGAIN: not cached; EOPNOTSUPP: no such reads here
             return None
-        return buf if done == size else None       # short: the worker thread reads on
+        if done != size:
+            return None                 # short: the worker thread reads on
+        self._dropped(offset, size)
+        return buf
+
+    def _dropped(self, offset: int, size: int) -> None:
+        if self._drop and size:
+            os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
 
     def release(self) -> None:
         os.close(self._fd)
+
+
+def cached_pages(fd: int) -> int | None:
+    """How many pages of the file the page cache holds, without reading or faulting
+    anything (cachestat(2), Linux 6.5); None where the kernel cannot tell."""
+    global _cachestat
+    if _cachestat is None:
+        return None
+    counts = (ctypes.c_uint64 * 5)()                # cached, dirty, writeback, evicted...
+    whole = (ctypes.c_uint64 * 2)(0, 0)             # offset 0, length 0: the whole file
+    if _cachestat(_SYS_CACHESTAT, fd, whole, counts, 0) != 0:
+        if ctypes.get_errno() == errno.ENOSYS:
+            _cachestat = None
+        return None
+    return counts[0]
+
+
+_SYS_CACHESTAT = 451                                # the same number on every architecture
+try:
+    _cachestat = ctypes.CDLL(None, use_errno=True).syscall
+except (OSError, AttributeError):
+    _cachestat = None
 
 
 class TempFileHandle(FileHandle):

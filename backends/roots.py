@@ -81,7 +81,7 @@ class LocalRoot:
         return os.readlink(self.full(rel))
 
     def open_read(self, rel: str) -> FileHandle:
-        return OSFileHandle(self.full(rel))
+        return OSFileHandle(self.full(rel), drop_behind=True)
 
     # -- as the writable side -------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import Mounter
 
 from scopefs.backends import overlay
-from scopefs.backends.nodes import Attr
+from scopefs.backends.nodes import Attr, cached_pages
 from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead
 
 
@@ -126,6 +126,39 @@ def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(moun
     assert seen == expected
     status = (mnt / ".scopefs").read_text()
     assert '"listings_scanned_ahead"' in status
+
+
+def page_cached(path) -> int | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return cached_pages(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_read_through_the_mount_drops_only_the_source_pages_it_brought_in(mount: Mounter, tmp_path):
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    cold, warm = static / "cold.bin", static / "warm.bin"
+    body = os.urandom(8 << 20)
+    for path in (cold, warm):
+        path.write_bytes(body)
+    os.sync()
+    fd = os.open(cold, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if page_cached(cold) != 0:
+        pytest.skip("this kernel cannot tell what a file has in the page cache (cachestat)")
+    assert warm.read_bytes() == body                 # another program is using this one
+    pages = len(body) // os.sysconf("SC_PAGE_SIZE")
+    assert page_cached(warm) == pages
+    mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
+    assert (mnt / "cold.bin").read_bytes() == body
+    assert (mnt / "warm.bin").read_bytes() == body
+    assert page_cached(cold) <= pages // 10          # cached once, by the mount, not twice
+    assert page_cached(warm) == pages                # left alone
+    assert (mnt / "cold.bin").read_bytes() == body   # again, from the mount's own cache
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ threads, so they must be thread-safe. None of them knows about FUSE.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .cache import ByteCache
+from .kernel import cached_pages
 
 ROOT_INO = 1
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
@@ -267,8 +267,9 @@ class OSFileHandle(FileHandle):
     A file that was already cached when opened is left alone: another program uses it."""
     release_blocks = False          # closing a local file descriptor does not wait
 
-    def __init__(self, path: str, drop_behind: bool = False):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    def __init__(self, path: str | int, drop_behind: bool = False):
+        """`path` may be a descriptor already open for reading: the handle owns it."""
+        self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._drop = drop_behind and not cached_pages(self._fd)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -297,28 +298,6 @@ class OSFileHandle(FileHandle):
 
     def release(self) -> None:
         os.close(self._fd)
-
-
-def cached_pages(fd: int) -> int | None:
-    """How many pages of the file the page cache holds, without reading or faulting
-    anything (cachestat(2), Linux 6.5); None where the kernel cannot tell."""
-    global _cachestat
-    if _cachestat is None:
-        return None
-    counts = (ctypes.c_uint64 * 5)()                # cached, dirty, writeback, evicted...
-    whole = (ctypes.c_uint64 * 2)(0, 0)             # offset 0, length 0: the whole file
-    if _cachestat(_SYS_CACHESTAT, fd, whole, counts, 0) != 0:
-        if ctypes.get_errno() == errno.ENOSYS:
-            _cachestat = None
-        return None
-    return counts[0]
-
-
-_SYS_CACHESTAT = 451                                # the same number on every architecture
-try:
-    _cachestat = ctypes.CDLL(None, use_errno=True).syscall
-except (OSError, AttributeError):
-    _cachestat = None
 
 
 class TempFileHandle(FileHandle):

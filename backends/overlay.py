@@ -47,8 +47,8 @@ class OverlayTree(Tree):
         self.static = static
         self.upper = upper
         self.writable = not read_only
-        local = isinstance(static, LocalRoot) and isinstance(upper, LocalRoot)
-        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if local else 5.0,
+        self.local = isinstance(static, LocalRoot) and isinstance(upper, LocalRoot)
+        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
                                         negative_timeout=0.0, keep_cache=True)
         self.lock = threading.RLock()
         self._by_path: dict[str, Node] = {}
@@ -96,6 +96,23 @@ class OverlayTree(Tree):
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "gone", rel)
         return self.static, st
+
+    def open_read_nowait(self, rel: str) -> FileHandle | None:
+        """A read handle of what rel shows if finding it needs no I/O (local roots whose
+        lookups the kernel has cached), else None."""
+        if not self.local:
+            return None
+        try:
+            return self.upper.open_read_cached(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        parent, _, name = rel.rpartition("/")
+        if self._visible.get(parent) and self.upper.exists_cached(_join(parent, WHITEOUT + name)) is False:
+            try:
+                return self.static.open_read_cached(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return None
 
     def shown(self, rel: str) -> Attr | None:
         try:
@@ -316,6 +333,11 @@ class MergedFile(MergedNode, File):
         with self.tree.lock:
             self.tree.copy_up(self.rel)
         return self.tree.upper.open_write(self.rel, flags)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY:
+            return None
+        return self.tree.open_read_nowait(self.rel)
 
     def truncate(self, size: int) -> None:
         with self.tree.lock:

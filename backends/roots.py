@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 
+from .kernel import open_cached
 from .nodes import Attr, FileHandle, OSFileHandle
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 COPY_BLOCK = 8 << 20
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
 FETCH_PARTS = 2                # ...as this many concurrent range requests
-CACHE_ENTRIES = 200_000
-PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers        # metadata entries an fsspec root remembers (about 40 MB at most)
+CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
+PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers
 DIR_MARKER = ".wh.scopefs-dir"          # internal by the overlay's naming rule
 
 
@@ -82,6 +83,23 @@ class LocalRoot:
 
     def open_read(self, rel: str) -> FileHandle:
         return OSFileHandle(self.full(rel), drop_behind=True)
+
+    def open_read_cached(self, rel: str) -> FileHandle | None:
+        """A read handle if finding rel needs no I/O, else None (FileNotFoundError if the
+        kernel knows rel is missing)."""
+        fd = open_cached(self.full(rel), os.O_RDONLY)
+        return None if fd is None else OSFileHandle(fd, drop_behind=True)
+
+    def exists_cached(self, rel: str) -> bool | None:
+        """Whether rel exists, if the kernel knows without I/O; else None."""
+        try:
+            fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if fd is None:
+            return None
+        os.close(fd)
+        return True
 
     # -- as the writable side -------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:

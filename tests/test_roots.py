@@ -16,7 +16,8 @@ import pytest
 from conftest import Mounter
 
 from scopefs.backends import overlay
-from scopefs.backends.nodes import Attr, cached_pages
+from scopefs.backends.kernel import cached_pages
+from scopefs.backends.nodes import Attr
 from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead
 
 
@@ -291,6 +292,42 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert sub.cached_attr() == sub.attr() and run.cached_attr() == run.attr()
     run.set_attr(0o700)
     assert run.cached_attr() is None                 # its own mode changed: stat again
+
+
+def test_an_open_without_a_thread_shows_what_the_thread_would(tmp_path):
+    """Opening for reading from the kernel's lookup cache (no worker thread) follows the
+    merge rules: the overlay's copy wins, whiteouts and opaque directories hide the
+    static one, and whatever the cache cannot tell is left to the thread (None)."""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    for d in ("run", "gone", "flat"):
+        (static / d).mkdir(parents=True)
+        (static / d / "a").write_text(f"static {d}")
+        (static / d / "b").write_text(f"static {d} b")
+    (upper / "run").mkdir(parents=True)
+    (upper / "run" / "a").write_text("overlay")
+    (upper / "gone").mkdir()
+    (upper / "gone" / ".wh.a").write_text("")
+    (upper / "flat").mkdir()
+    (upper / "flat" / ".wh..wh..opq").write_text("")
+    tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+
+    def opened(rel):
+        tree.shown(rel)                              # what the kernel's lookup does first
+        handle = tree.open_read_nowait(rel)
+        if handle is None:
+            return None
+        try:
+            return handle.read(0, 100)
+        finally:
+            handle.release()
+
+    assert opened("run/a") == b"overlay"
+    assert opened("run/b") == b"static run b"
+    assert opened("gone/a") is None and tree.shown("gone/a") is None
+    assert opened("gone/b") == b"static gone b"
+    assert opened("flat/b") is None and tree.shown("flat/b") is None
+    tree.changed()                                   # visibility not known: the thread decides
+    assert tree.open_read_nowait("run/b") is None
 
 
 def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():

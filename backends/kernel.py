@@ -1,0 +1,63 @@
+"""Linux calls Python's os module lacks, made through libc's syscall(2). Each answers
+None where the running kernel cannot (too old, or not Linux), and callers then do
+without: these only let the daemon skip work, never change what it answers."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+# new system calls have the same number on every architecture
+_SYS_OPENAT2 = 437
+_SYS_CACHESTAT = 451
+_RESOLVE_CACHED = 0x20          # fail with EAGAIN rather than look anything up on disk
+_AT_FDCWD = -100
+
+try:
+    _syscall = ctypes.CDLL(None, use_errno=True).syscall
+except (OSError, AttributeError):
+    _syscall = None
+_missing: set[int] = set()      # calls this kernel has been found not to have
+
+
+def _call(number: int, *args) -> int | None:
+    """The call's result; None if this kernel lacks it; OSError for any other failure."""
+    if _syscall is None or number in _missing:
+        return None
+    result = _syscall(number, *args)
+    if result >= 0:
+        return result
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.E2BIG):
+        _missing.add(number)
+        return None
+    raise OSError(code, os.strerror(code))
+
+
+def cached_pages(fd: int) -> int | None:
+    """How many pages of the open file the page cache holds, found without reading or
+    faulting anything (cachestat(2), Linux 6.5)."""
+    counts = (ctypes.c_uint64 * 5)()                # cached, dirty, writeback, evicted...
+    whole = (ctypes.c_uint64 * 2)(0, 0)             # offset 0, length 0: the whole file
+    try:
+        if _call(_SYS_CACHESTAT, fd, whole, counts, 0) is None:
+            return None
+    except OSError:
+        return None
+    return counts[0]
+
+
+def open_cached(path: str, flags: int) -> int | None:
+    """open(2) that never waits for the disk: a file descriptor if every component of
+    path is in the kernel's lookup cache (openat2 with RESOLVE_CACHED, Linux 5.12), None
+    if finding it needs I/O. A missing file raises FileNotFoundError, as open would."""
+    how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    try:
+        return _call(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, ctypes.sizeof(how))
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return None
+        if exc.errno == errno.EINVAL:                # RESOLVE_CACHED unknown here
+            _missing.add(_SYS_OPENAT2)
+            return None
+        raise OSError(exc.errno, exc.strerror, path) from None

@@ -264,13 +264,14 @@ class OSFileHandle(FileHandle):
     With `drop_behind`, the pages a read brought into the page cache are dropped right
     after it: the kernel keeps its own cache of the mount's files, and keeping the
     source's pages as well would cache the data twice (and cost twice the fresh memory).
-    A file that was already cached when opened is left alone: another program uses it."""
+    A file that was already cached when opened is left alone (another program uses it),
+    and so is every file where the kernel cannot tell (before Linux 6.5)."""
     release_blocks = False          # closing a local file descriptor does not wait
 
     def __init__(self, path: str | int, drop_behind: bool = False):
         """`path` may be a descriptor already open for reading: the handle owns it."""
         self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._drop = drop_behind and not cached_pages(self._fd)
+        self._drop = drop_behind and cached_pages(self._fd) == 0
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, offset)

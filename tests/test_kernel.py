@@ -1,0 +1,62 @@
+"""The Linux calls os lacks (backends/kernel.py): answers that let the daemon skip a
+worker thread must be right when given, and absent (None) when the kernel cannot tell."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from scopefs.backends import kernel
+
+
+def test_open_cached_opens_what_the_lookup_cache_knows_and_nothing_else(tmp_path):
+    present = tmp_path / "present"
+    present.write_bytes(b"data")
+    present.stat()                                   # now in the lookup cache
+    fd = kernel.open_cached(str(present), os.O_RDONLY)
+    if fd is None:
+        pytest.skip("this kernel has no cached-only open (openat2 RESOLVE_CACHED)")
+    try:
+        assert os.read(fd, 10) == b"data"
+        assert os.get_inheritable(fd) is False       # close-on-exec, as os.open does
+    finally:
+        os.close(fd)
+    missing = tmp_path / "missing"
+    assert not missing.exists()                      # the kernel now knows it is missing
+    with pytest.raises(FileNotFoundError):
+        kernel.open_cached(str(missing), os.O_RDONLY)
+
+
+def test_open_cached_declines_a_path_that_needs_the_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("emptying the lookup cache (drop_caches) needs root")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("2\n")
+    fd = kernel.open_cached(str(deep / "f"), os.O_RDONLY)
+    if fd is not None:
+        os.close(fd)
+        pytest.skip("the lookup cache kept these entries (or the kernel cannot tell)")
+    assert (deep / "f").read_text() == "x"          # an ordinary open still works
+    fd = kernel.open_cached(str(deep / "f"), os.O_RDONLY)
+    assert fd is not None
+    os.close(fd)
+
+
+def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if kernel.cached_pages(fd) is None:
+            pytest.skip("this kernel cannot tell (cachestat, Linux 6.5)")
+        assert kernel.cached_pages(fd) == 0
+        os.pread(fd, 1 << 20, 0)
+        assert kernel.cached_pages(fd) == (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    finally:
+        os.close(fd)

@@ -81,6 +81,11 @@ class Directory(Node):
         node = self.lookup(name)
         return None if node is None else (node, node.attr())
 
+    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
+        """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
+        (then `lookup_attr` is called in a thread, and decides what is missing)."""
+        return None
+
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
         """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is
         the start and the same offset always resumes at the same entry. Attributes are

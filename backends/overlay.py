@@ -61,6 +61,7 @@ class OverlayTree(Tree):
         self.scan_ahead = ScanAhead(static, threads=2 if isinstance(static, LocalRoot) else 8,
                                     horizon=self.cache_policy.attr_timeout)
         self.add(MergedDir(self, ""))
+        self.root.kind = stat.S_IFDIR
         self._by_path[""] = self.root
 
     # -- resolving ------------------------------------------------------------------------
@@ -97,22 +98,34 @@ class OverlayTree(Tree):
             raise FileNotFoundError(errno.ENOENT, "gone", rel)
         return self.static, st
 
-    def open_read_nowait(self, rel: str) -> FileHandle | None:
-        """A read handle of what rel shows if finding it needs no I/O (local roots whose
-        lookups the kernel has cached), else None."""
+    def _static_visible_cached(self, rel: str) -> bool:
+        """Whether the static entry at rel shows, if known without I/O (else False)."""
+        parent, _, name = rel.rpartition("/")
+        return bool(self._visible.get(parent)) and self.upper.exists_cached(_join(parent, WHITEOUT + name)) is False
+
+    def _cached_top(self, rel: str, ask):
+        """ask(root, rel) of the root whose rel shows, if the kernel's lookup cache tells
+        which without I/O (local roots); None if it cannot, or if rel is missing."""
         if not self.local:
             return None
         try:
-            return self.upper.open_read_cached(rel)
+            return ask(self.upper, rel)
         except (FileNotFoundError, NotADirectoryError):
             pass
-        parent, _, name = rel.rpartition("/")
-        if self._visible.get(parent) and self.upper.exists_cached(_join(parent, WHITEOUT + name)) is False:
+        if self._static_visible_cached(rel):
             try:
-                return self.static.open_read_cached(rel)
+                return ask(self.static, rel)
             except (FileNotFoundError, NotADirectoryError):
                 pass
         return None
+
+    def open_read_nowait(self, rel: str) -> FileHandle | None:
+        """A read handle of what rel shows, if finding it needs no I/O."""
+        return self._cached_top(rel, LocalRoot.open_read_cached)
+
+    def shown_nowait(self, rel: str) -> Attr | None:
+        """What rel shows, if known without I/O; None if not known, or missing."""
+        return self._cached_top(rel, LocalRoot.stat_cached)
 
     def shown(self, rel: str) -> Attr | None:
         try:
@@ -124,13 +137,16 @@ class OverlayTree(Tree):
         info = self.shown(rel)
         return None if info is None else self.node_for(rel, info.mode)
 
-    def node_for(self, rel: str, mode: int) -> Node:
-        """The node of rel, which shows an entry of this type (a new node if it changed)."""
+    def node_for(self, rel: str, mode: int, wait: bool = True) -> Node | None:
+        """The node of rel, which shows an entry of this type (a new node if it changed).
+        Making one takes the tree's lock: without `wait`, None if a change holds it."""
         kind = stat.S_IFMT(mode)
         node = self._by_path.get(rel)
         if node is not None and node.kind == kind:
             return node
-        with self.lock:
+        if not self.lock.acquire(blocking=wait):
+            return None
+        try:
             node = self._by_path.get(rel)
             if node is not None and node.kind == kind:
                 return node
@@ -139,6 +155,8 @@ class OverlayTree(Tree):
             node.kind = kind
             self._by_path[rel] = node
             return node
+        finally:
+            self.lock.release()
 
     def _names(self, rel: str) -> tuple[list[str], set[str] | None]:
         """What directory rel shows of each root: (the overlay's names, the static names
@@ -408,6 +426,14 @@ class MergedDir(MergedNode, Directory):
         if info is None:
             return super().lookup_attr(name)             # a derived file, or nothing
         return self.tree.node_for(rel, info.mode), info
+
+    def lookup_attr_nowait(self, name: str):
+        if not self.rel and name in self.tree.extra or _internal(name) or name in (".", ".."):
+            return None
+        rel = _join(self.rel, name)
+        info = self.tree.shown_nowait(rel)
+        node = None if info is None else self.tree.node_for(rel, info.mode, wait=False)
+        return None if node is None else (node, info)
 
     def lookup(self, name: str):
         if not self.rel and name in self.tree.extra:

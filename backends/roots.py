@@ -90,6 +90,18 @@ class LocalRoot:
         fd = open_cached(self.full(rel), os.O_RDONLY)
         return None if fd is None else OSFileHandle(fd, drop_behind=True)
 
+    def stat_cached(self, rel: str) -> Attr | None:
+        """What `stat` gives, if the kernel knows without I/O: FileNotFoundError if it knows
+        rel is missing, None if it cannot tell."""
+        fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW)
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+
     def exists_cached(self, rel: str) -> bool | None:
         """Whether rel exists, if the kernel knows without I/O; else None."""
         try:

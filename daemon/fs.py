@@ -166,7 +166,8 @@ class Operations(pyfuse3.Operations):
             return self._control_entry()
         directory = self._directory(parent_inode)
 
-        found = await self._run(directory.lookup_attr, os.fsdecode(name))
+        name = os.fsdecode(name)
+        found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
         if found is None:
             if self.policy.negative_timeout > 0:
                 negative = pyfuse3.EntryAttributes()

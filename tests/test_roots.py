@@ -294,8 +294,8 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert run.cached_attr() is None                 # its own mode changed: stat again
 
 
-def test_an_open_without_a_thread_shows_what_the_thread_would(tmp_path):
-    """Opening for reading from the kernel's lookup cache (no worker thread) follows the
+def test_an_open_or_lookup_without_a_thread_shows_what_the_thread_would(tmp_path):
+    """Opening for reading and looking up from the kernel's lookup cache (no thread) follow the
     merge rules: the overlay's copy wins, whiteouts and opaque directories hide the
     static one, and whatever the cache cannot tell is left to the thread (None)."""
     static, upper = tmp_path / "static", tmp_path / "upper"
@@ -321,13 +321,31 @@ def test_an_open_without_a_thread_shows_what_the_thread_would(tmp_path):
         finally:
             handle.release()
 
-    assert opened("run/a") == b"overlay"
-    assert opened("run/b") == b"static run b"
-    assert opened("gone/a") is None and tree.shown("gone/a") is None
-    assert opened("gone/b") == b"static gone b"
-    assert opened("flat/b") is None and tree.shown("flat/b") is None
+    def looked_up(rel):
+        parent, _, name = rel.rpartition("/")
+        tree.shown(rel)
+        found = tree.node_at(parent).lookup_attr_nowait(name)
+        if found is not None:
+            assert found == tree.node_at(parent).lookup_attr(name)      # what the thread finds
+            return found[1].size
+        return None
+
+    assert opened("run/a") == b"overlay" and looked_up("run/a") == len("overlay")
+    assert opened("run/b") == b"static run b" and looked_up("run/b") == len("static run b")
+    assert opened("gone/a") is None and looked_up("gone/a") is None and tree.shown("gone/a") is None
+    assert opened("gone/b") == b"static gone b" and looked_up("gone/b") == len("static gone b")
+    assert opened("flat/b") is None and looked_up("flat/b") is None and tree.shown("flat/b") is None
+    assert tree.node_at("").lookup_attr_nowait("run")[1].mode & 0o170000 == 0o040000
     tree.changed()                                   # visibility not known: the thread decides
     assert tree.open_read_nowait("run/b") is None
+    assert tree.node_at("run").lookup_attr_nowait("b") is None
+    with tree.lock:                                  # a change under way: no new node without waiting
+        other = threading.Thread(target=lambda: results.append(tree.node_for("new", 0o100644, wait=False)))
+        results: list = []
+        other.start()
+        other.join()
+    assert results == [None]
+    assert tree.node_for("new", 0o100644, wait=False) is not None
 
 
 def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():

@@ -61,3 +61,26 @@ def open_cached(path: str, flags: int) -> int | None:
             _missing.add(_SYS_OPENAT2)
             return None
         raise OSError(exc.errno, exc.strerror, path) from None
+
+
+#: filesystems on local storage, where a lookup the kernel has cached, and the open or
+#: fstat that follows it, never wait for a server (NFS, FUSE and the like may)
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs",
+                               "jfs", "tmpfs", "overlay", "vfat", "exfat", "ntfs3"})
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem holding path, as /proc/self/mountinfo names it."""
+    path = os.path.realpath(path)
+    found, depth = None, -1
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                point = left.split(" ")[4].replace("\\040", " ").replace("\\011", "\t")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= depth:        # the last of equal depth is on top
+                    found, depth = right.split(" ")[0], len(point)
+    except OSError:
+        return None
+    return found

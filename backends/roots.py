@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 
-from .kernel import open_cached
+from .kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached
 from .nodes import Attr, FileHandle, OSFileHandle
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class LocalRoot:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        # answers from the kernel's caches (the *_cached methods) only on local storage
+        self.local_storage = filesystem_type(self.path) in LOCAL_FILESYSTEMS
 
     def full(self, rel: str) -> str:
         return os.path.join(self.path, rel) if rel else self.path
@@ -87,13 +89,13 @@ class LocalRoot:
     def open_read_cached(self, rel: str) -> FileHandle | None:
         """A read handle if finding rel needs no I/O, else None (FileNotFoundError if the
         kernel knows rel is missing)."""
-        fd = open_cached(self.full(rel), os.O_RDONLY)
+        fd = open_cached(self.full(rel), os.O_RDONLY) if self.local_storage else None
         return None if fd is None else OSFileHandle(fd, drop_behind=True)
 
     def stat_cached(self, rel: str) -> Attr | None:
         """What `stat` gives, if the kernel knows without I/O: FileNotFoundError if it knows
         rel is missing, None if it cannot tell."""
-        fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW)
+        fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW) if self.local_storage else None
         if fd is None:
             return None
         try:
@@ -104,6 +106,8 @@ class LocalRoot:
 
     def exists_cached(self, rel: str) -> bool | None:
         """Whether rel exists, if the kernel knows without I/O; else None."""
+        if not self.local_storage:
+            return None
         try:
             fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from scopefs.backends import kernel
+from scopefs.backends.roots import LocalRoot
 
 
 def test_open_cached_opens_what_the_lookup_cache_knows_and_nothing_else(tmp_path):
@@ -60,3 +61,31 @@ def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
         assert kernel.cached_pages(fd) == (1 << 20) // os.sysconf("SC_PAGE_SIZE")
     finally:
         os.close(fd)
+
+
+def test_the_filesystem_type_of_a_path_is_that_of_its_own_mount(tmp_path):
+    assert kernel.filesystem_type("/proc/self") == "proc"
+    assert kernel.filesystem_type(str(tmp_path)) == kernel.filesystem_type(str(tmp_path.parent))
+
+
+def test_a_root_on_a_fuse_mount_is_never_answered_from_caches(mount, tmp_path):
+    """An open or fstat on FUSE (or NFS) may wait for a server even when the lookup is
+    cached: such roots always go through a worker thread."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    (static / "f").write_text("x")
+    mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
+    assert kernel.filesystem_type(str(mnt)).startswith("fuse")
+    on_fuse, on_disk = LocalRoot(str(mnt)), LocalRoot(str(static))
+    assert not on_fuse.local_storage
+    (mnt / "f").stat()
+    assert on_fuse.stat_cached("f") is None and on_fuse.open_read_cached("f") is None
+    assert on_fuse.exists_cached("f") is None
+    handle = on_fuse.open_read("f")
+    try:
+        assert handle.read(0, 10) == b"x"
+    finally:
+        handle.release()
+    if on_disk.local_storage and on_disk.stat_cached("f") is not None:
+        assert on_disk.stat_cached("f").size == 1

@@ -271,11 +271,13 @@ class OSFileHandle(FileHandle):
     source's pages as well would cache the data twice (and cost twice the fresh memory).
     A file that was already cached when opened is left alone (another program uses it),
     and so is every file where the kernel cannot tell (before Linux 6.5)."""
-    release_blocks = False          # closing a local file descriptor does not wait
+    release_blocks = False          # closing a file on local storage does not wait
 
-    def __init__(self, path: str | int, drop_behind: bool = False):
-        """`path` may be a descriptor already open for reading: the handle owns it."""
+    def __init__(self, path: str | int, drop_behind: bool = False, release_blocks: bool = False):
+        """`path` may be a descriptor already open for reading: the handle owns it. A file
+        on NFS or FUSE may wait for its server at close: `release_blocks` then."""
         self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.release_blocks = release_blocks
         self._drop = drop_behind and cached_pages(self._fd) == 0
 
     def read(self, offset: int, size: int) -> bytes:

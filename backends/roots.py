@@ -84,7 +84,7 @@ class LocalRoot:
         return os.readlink(self.full(rel))
 
     def open_read(self, rel: str) -> FileHandle:
-        return OSFileHandle(self.full(rel), drop_behind=True)
+        return OSFileHandle(self.full(rel), drop_behind=True, release_blocks=not self.local_storage)
 
     def open_read_cached(self, rel: str) -> FileHandle | None:
         """A read handle if finding rel needs no I/O, else None (FileNotFoundError if the
@@ -145,7 +145,7 @@ class LocalRoot:
         os.link(self.full(existing), self.full(rel))
 
     def open_write(self, rel: str, flags: int) -> FileHandle:
-        return LocalWriteHandle(self.full(rel), flags)
+        return LocalWriteHandle(self.full(rel), flags, release_blocks=not self.local_storage)
 
     def truncate(self, rel: str, size: int) -> None:
         os.truncate(self.full(rel), size)
@@ -288,11 +288,12 @@ class ScanAhead:
 
 class LocalWriteHandle(FileHandle):
     """A local file written in place, as a local disk would be."""
-    release_blocks = False          # closing a local file descriptor does not wait
 
-    def __init__(self, path: str, flags: int):
+    def __init__(self, path: str, flags: int, release_blocks: bool = False):
+        """A file on NFS or FUSE may wait for its server at close: `release_blocks` then."""
         keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND
         self.fd = os.open(path, (flags & keep) | os.O_CLOEXEC)
+        self.release_blocks = release_blocks
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)

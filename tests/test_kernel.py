@@ -85,7 +85,11 @@ def test_a_root_on_a_fuse_mount_is_never_answered_from_caches(mount, tmp_path):
     handle = on_fuse.open_read("f")
     try:
         assert handle.read(0, 10) == b"x"
+        assert handle.release_blocks                 # its close may wait too: a worker thread
     finally:
         handle.release()
+    writer = on_fuse.open_write("f", os.O_WRONLY)
+    assert writer.release_blocks
+    writer.release()
     if on_disk.local_storage and on_disk.stat_cached("f") is not None:
         assert on_disk.stat_cached("f").size == 1

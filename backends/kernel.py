@@ -24,7 +24,8 @@ def _call(number: int, *args) -> int | None:
     """The call's result; None if this kernel lacks it; OSError for any other failure."""
     if _syscall is None or number in _missing:
         return None
-    result = _syscall(number, *args)
+    # syscall(2) takes longs: every integer goes as a full register, whatever the ABI
+    result = _syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
     if result >= 0:
         return result
     code = ctypes.get_errno()

@@ -418,20 +418,23 @@ class MergedDir(MergedNode, Directory):
         self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
         return [(pos, *entry) for pos, entry in enumerate(found, 1)]
 
-    def lookup_attr(self, name: str):
+    def _merged(self, name: str) -> str | None:
+        """The path of name if the two roots decide what it shows (not a virtual file at
+        the root, an internal name, or . and ..)."""
         if not self.rel and name in self.tree.extra or _internal(name) or name in (".", ".."):
-            return super().lookup_attr(name)
-        rel = _join(self.rel, name)
-        info = self.tree.shown(rel)
+            return None
+        return _join(self.rel, name)
+
+    def lookup_attr(self, name: str):
+        rel = self._merged(name)
+        info = None if rel is None else self.tree.shown(rel)
         if info is None:
-            return super().lookup_attr(name)             # a derived file, or nothing
+            return super().lookup_attr(name)             # virtual, derived, or nothing
         return self.tree.node_for(rel, info.mode), info
 
     def lookup_attr_nowait(self, name: str):
-        if not self.rel and name in self.tree.extra or _internal(name) or name in (".", ".."):
-            return None
-        rel = _join(self.rel, name)
-        info = self.tree.shown_nowait(rel)
+        rel = self._merged(name)
+        info = None if rel is None else self.tree.shown_nowait(rel)
         node = None if info is None else self.tree.node_for(rel, info.mode, wait=False)
         return None if node is None else (node, info)
 

@@ -2,7 +2,7 @@
 
 `LocalRoot` is a directory, used through the OS directly (no fsspec on the hot path).
 `FsspecRoot` is any fsspec URL (s3://, ...): metadata is cached for `ttl` seconds,
-reads go through fsspec's read-ahead in large blocks, and when it is the writable side,
+reads come in blocks of concurrent range requests (`RemoteReadHandle`), and when it is the writable side,
 a written file is kept in a local temporary file and uploaded when closed or fsynced;
 a failed upload is the writer's EIO, never silently dropped. Object stores have no
 directories: an empty one is kept alive by a hidden marker object.
@@ -106,16 +106,10 @@ class LocalRoot:
 
     def exists_cached(self, rel: str) -> bool | None:
         """Whether rel exists, if the kernel knows without I/O; else None."""
-        if not self.local_storage:
-            return None
         try:
-            fd = open_cached(self.full(rel), os.O_PATH | os.O_NOFOLLOW)
+            return None if self.stat_cached(rel) is None else True
         except (FileNotFoundError, NotADirectoryError):
             return False
-        if fd is None:
-            return None
-        os.close(fd)
-        return True
 
     # -- as the writable side -------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, mtime_ns: int | None = None) -> None:

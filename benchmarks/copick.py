@@ -7,6 +7,9 @@ seconds and the ratio of the medians (direct / mount: 1 means as fast as direct,
 faster). Goals: local reads >= 0.8, metadata walks >= 0.5 (within 2x), S3 reads >= 1.
 Local cases start cold (as root, the page cache is dropped before each run); with
 --warm both sides read cached files, which measures only what FUSE and scopefs add.
+Where fuse-overlayfs is installed, the local cases also run through it over the same
+static root (its own empty upper directory): the same merge by a C daemon on libfuse,
+for a reference of what FUSE itself costs on this machine.
 """
 from __future__ import annotations
 
@@ -55,16 +58,48 @@ def read_all(paths) -> None:
                 pass
 
 
-def compare(label: str, direct_fn, mount_fn, goal: str, cold: bool = True, prepare=None) -> None:
-    """Median seconds of each side over REPEAT alternating runs, and their ratio."""
-    direct, mounted = [], []
+def compare(label: str, direct_fn, mount_fn, goal: str, cold: bool = True, prepare=None, peer_fn=None) -> None:
+    """Median seconds of each side over REPEAT alternating runs, and their ratio (and
+    those of fuse-overlayfs, with `peer_fn`)."""
+    sides = [(direct_fn, []), (mount_fn, [])] + ([(peer_fn, [])] if peer_fn else [])
     for _ in range(REPEAT):
-        for fn, times in ((direct_fn, direct), (mount_fn, mounted)):
+        for fn, times in sides:
             if prepare:
                 prepare()
             times.append(timed(fn, cold))
-    d, m = statistics.median(direct), statistics.median(mounted)
-    print(f"  {label:<44} direct {d:8.3f} s   mount {m:8.3f} s   ratio {d / m:5.2f}  ({goal})", flush=True)
+    d, m, *peer = (statistics.median(times) for _, times in sides)
+    line = f"  {label:<44} direct {d:8.3f} s   mount {m:8.3f} s   ratio {d / m:5.2f}  ({goal})"
+    if peer:
+        line += f"   fuse-overlayfs {peer[0]:8.3f} s   ratio {d / peer[0]:5.2f}"
+    print(line, flush=True)
+
+
+class FuseOverlayfs:
+    """fuse-overlayfs over the static root with an empty upper directory of its own; a
+    no-op (every path None) where it is not installed."""
+
+    def __init__(self, static: Path, work: Path):
+        self.mnt = None
+        if shutil.which("fuse-overlayfs") is None:
+            print("  (fuse-overlayfs is not installed: no reference column)")
+            return
+        upper, scratch, mnt = work / "ofs-upper", work / "ofs-work", work / "ofs-mnt"
+        for folder in (upper, scratch, mnt):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        done = subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={static},upperdir={upper},workdir={scratch}",
+                               str(mnt)], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"fuse-overlayfs could not mount: {done.stderr.strip()}")
+        self.mnt = mnt
+
+    def path(self, rel: Path | str) -> Path | None:
+        return None if self.mnt is None else self.mnt / rel
+
+    def close(self) -> None:
+        if self.mnt is not None:
+            if subprocess.run(["fusermount3", "-u", str(self.mnt)]).returncode:
+                subprocess.run(["fusermount3", "-uz", str(self.mnt)])
 
 
 def make_static(work: Path, gib: float, files: int) -> Path:
@@ -109,37 +144,44 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
     overlay.mkdir()
     mnt = work / "mnt"
     mount(str(static), mnt, "-t", "copick", "-o", f"overlay={overlay}")
+    peer = FuseOverlayfs(static, work)
+
+    def sides(fn, rel):
+        """fn on the direct, mount and fuse-overlayfs paths of rel (None: no such side)."""
+        at = peer.path(rel)
+        return (lambda: fn(static / rel), lambda: fn(mnt / rel), at and (lambda: fn(at)))
     try:
         rel_chunks = Path("ExperimentRuns/TS_000/VoxelSpacing10.000/raw.zarr/0")
         names = sorted(os.listdir(static / rel_chunks), key=int)
         read_all(static / rel_chunks / n for n in names)                   # warm, for --warm
-        compare(f"sequential read, {gib:g} GiB in 16 MiB chunk files",
-                lambda: read_all(static / rel_chunks / n for n in names),
-                lambda: read_all(mnt / rel_chunks / n for n in names), "goal >= 0.8")
-        rel_tomo = "ExperimentRuns/TS_000/VoxelSpacing10.000/wbp.zarr"
-        compare("zarr: every chunk of a 256^3 tomogram (64 chunks)",
-                lambda: zarr.open_array(str(static / rel_tomo), mode="r")[:],
-                lambda: zarr.open_array(str(mnt / rel_tomo), mode="r")[:], "goal >= 0.8")
+        direct, mounted, other = sides(lambda top: read_all(top / n for n in names), rel_chunks)
+        compare(f"sequential read, {gib:g} GiB in 16 MiB chunk files", direct, mounted, "goal >= 0.8", peer_fn=other)
+        direct, mounted, other = sides(lambda top: zarr.open_array(str(top), mode="r")[:],
+                                       "ExperimentRuns/TS_000/VoxelSpacing10.000/wbp.zarr")
+        compare("zarr: every chunk of a 256^3 tomogram (64 chunks)", direct, mounted, "goal >= 0.8", peer_fn=other)
 
         def walk(top: Path):
             subprocess.run(["find", str(top), "-type", "f", "-printf", "%s\\n"], check=True, stdout=subprocess.DEVNULL)
-        compare(f"find + stat over {files:,} files", lambda: walk(static / "many"), lambda: walk(mnt / "many"),
-                "goal >= 0.5 (within 2x)")
-        plain = work / "plain-picks"
-        target = mnt / "ExperimentRuns" / "TS_000" / "Picks"
+        direct, mounted, other = sides(walk, "many")
+        compare(f"find + stat over {files:,} files", direct, mounted, "goal >= 0.5 (within 2x)", peer_fn=other)
+        rel_picks = "ExperimentRuns/TS_000/Picks"
         doc = json.dumps({"pickable_object_name": "ribosome", "points": [{"location": {"x": 1, "y": 2, "z": 3}}]})
+        folders = [work / "plain-picks", mnt / rel_picks] + ([peer.path(rel_picks)] if peer.mnt else [])
 
         def fresh_folders():
-            for folder in (plain, target):
+            for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
 
         def write_picks(folder: Path) -> None:
             for i in range(picks):
                 (folder / f"user_{i}_ribosome.json").write_text(doc)
-        compare(f"write {picks:,} small picks files", lambda: write_picks(plain), lambda: write_picks(target),
-                "no goal set; for reference", cold=False, prepare=fresh_folders)
+        plain, through_mount, *through_peer = folders
+        compare(f"write {picks:,} small picks files", lambda: write_picks(plain), lambda: write_picks(through_mount),
+                "no goal set; for reference", cold=False, prepare=fresh_folders,
+                peer_fn=through_peer and (lambda: write_picks(through_peer[0])))
     finally:
+        peer.close()
         umount(mnt)
 
 

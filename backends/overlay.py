@@ -425,12 +425,20 @@ class MergedDir(MergedNode, Directory):
             return None
         return _join(self.rel, name)
 
+    def _unmerged(self, name: str, rel: str | None) -> Node | None:
+        """What name shows when the two roots show nothing there: a virtual file at the
+        root, or a derived view (rel is `_merged(name)`)."""
+        if rel is None:
+            return None if self.rel else self.tree.extra.get(name)
+        return self.tree.derived_lookup(self.rel, name)
+
     def lookup_attr(self, name: str):
         rel = self._merged(name)
         info = None if rel is None else self.tree.shown(rel)
-        if info is None:
-            return super().lookup_attr(name)             # virtual, derived, or nothing
-        return self.tree.node_for(rel, info.mode), info
+        if info is not None:
+            return self.tree.node_for(rel, info.mode), info
+        node = self._unmerged(name, rel)                 # the roots were asked once, above
+        return None if node is None else (node, node.attr())
 
     def lookup_attr_nowait(self, name: str):
         rel = self._merged(name)
@@ -439,11 +447,8 @@ class MergedDir(MergedNode, Directory):
         return None if node is None else (node, info)
 
     def lookup(self, name: str):
-        if not self.rel and name in self.tree.extra:
-            return self.tree.extra[name]
-        if _internal(name) or name in (".", ".."):
-            return None
-        return self.tree.node_at(_join(self.rel, name)) or self.tree.derived_lookup(self.rel, name)
+        rel = self._merged(name)
+        return (rel is not None and self.tree.node_at(rel)) or self._unmerged(name, rel)
 
     def _new_name(self, name: str) -> tuple[str, bool]:
         """Before making `name`: refuse it if taken; the overlay gets this directory and

@@ -294,6 +294,24 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert run.cached_attr() is None                 # its own mode changed: stat again
 
 
+def test_a_lookup_of_a_missing_name_asks_each_root_once(tmp_path):
+    """A name neither root has (every create looks one up first) costs one stat of each
+    root and of the whiteout, not a second round for the derived views' sake."""
+    (tmp_path / "static" / "run").mkdir(parents=True)
+    (tmp_path / "upper" / "run").mkdir(parents=True)
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    run = tree.node_at("run")
+    run.lookup_attr("warm.json")                     # whether run is opaque is learnt once
+    asked: list[tuple[str, str]] = []
+    for side, root in (("static", tree.static), ("upper", tree.upper)):
+        plain = root.stat
+        root.stat = lambda rel, side=side, plain=plain: asked.append((side, rel)) or plain(rel)
+    assert run.lookup_attr("new.json") is None
+    assert sorted(asked) == [("static", "run/new.json"), ("upper", "run/.wh.new.json"), ("upper", "run/new.json")]
+    asked.clear()
+    assert run.lookup("new.json") is None and len(asked) == 3
+
+
 def test_an_open_or_lookup_without_a_thread_shows_what_the_thread_would(tmp_path):
     """Opening for reading and looking up from the kernel's lookup cache (no thread) follow the
     merge rules: the overlay's copy wins, whiteouts and opaque directories hide the

@@ -205,12 +205,11 @@ class OverlayTree(Tree):
         self.upper.mkdir(rel, stat.S_IMODE(st.mode) if st else 0o755, st.mtime_ns if st else None)
 
     def copy_up(self, rel: str) -> None:
-        """A static-only file or link, copied into the overlay atomically."""
-        up, st = self.layers(rel)
-        if up is not None:
+        """A static-only file or link, copied into the overlay atomically (FileNotFoundError
+        if rel shows nothing)."""
+        root, st = self.top(rel)
+        if root is self.upper:
             return
-        if st is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file", rel)
         self.ensure_upper_dir(rel.rpartition("/")[0])
         if stat.S_ISDIR(st.mode):
             self.ensure_upper_dir(rel)

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Symlink, Tree
-from .roots import LocalRoot, ScanAhead
+from .roots import LocalRoot, ScanAhead, SiblingWarmer
 
 WHITEOUT = ".wh."
 IDLE_NODES = 100_000        # nodes the kernel forgot that are kept for a walk done again
@@ -60,6 +60,8 @@ class OverlayTree(Tree):
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
         self.scan_ahead = ScanAhead(static, threads=2 if isinstance(static, LocalRoot) else 8,
                                     horizon=self.cache_policy.attr_timeout)
+        # only local roots have lookups answered from the kernel's caches (shown_nowait)
+        self.warmer = SiblingWarmer(static) if self.local and static.local_storage else None
         self.add(MergedDir(self, ""))
         self.root.kind = stat.S_IFDIR
         self._by_path[""] = self.root
@@ -311,7 +313,8 @@ class OverlayTree(Tree):
 
     def status(self) -> dict:
         return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_path), "nodes_forgotten_kept": len(self._idle),
-                "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused}}
+                "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
+                "directories_warmed": self.warmer.warmed if self.warmer else 0}
 
 
 class MergedNode(Node):
@@ -433,6 +436,8 @@ class MergedDir(MergedNode, Directory):
 
     def lookup_attr(self, name: str):
         rel = self._merged(name)
+        if rel is not None and self.tree.warmer is not None:
+            self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
         info = None if rel is None else self.tree.shown(rel)
         if info is not None:
             return self.tree.node_for(rel, info.mode), info

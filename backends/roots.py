@@ -280,6 +280,52 @@ class ScanAhead:
         return dict(zip(names, self.root.stat_many(rel, names)))
 
 
+class SiblingWarmer:
+    """zarr reads a tomogram's chunks, and copick a run's files, by looking up one name
+    after another in the same directory. On a local root each lookup that the kernel's
+    caches cannot answer costs the daemon a worker thread. After two such lookups in a
+    directory within `window` seconds, its entries are stat'ed in the background, and the
+    kernel's lookup cache answers for their siblings from then on (`LocalRoot.stat_cached`);
+    if it has dropped them again, two more misses warm the directory again. A directory
+    looked into once is never warmed, and one of more than `limit` entries (warmed in part)
+    not again within `window`."""
+
+    def __init__(self, root: LocalRoot, *, limit: int = 4096, window: float = 10.0, remember: int = 1024):
+        self.root = root
+        self.limit = limit
+        self.window = window
+        self.remember = remember
+        # directory: (first miss since the last warming, misses since, not again before)
+        self._misses: OrderedDict[str, tuple[float, int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._workers = Workers(1, "warm")
+        self.warmed = 0
+
+    def missed(self, rel: str) -> None:
+        """A lookup in directory rel needed I/O."""
+        now = time.monotonic()
+        with self._lock:
+            first, count, hold = self._misses.pop(rel, (now, 0, 0.0))
+            if now - first >= self.window:
+                first, count = now, 0
+            warm = count + 1 >= 2 and now >= hold
+            self._misses[rel] = (now, 0, hold) if warm else (first, count + 1, hold)
+            while len(self._misses) > self.remember:
+                self._misses.popitem(last=False)
+            if not warm:
+                return
+            self.warmed += 1
+        self._workers.submit(self._warm, rel)
+
+    def _warm(self, rel: str) -> None:
+        names = self.root.listdir(rel) or []
+        self.root.stat_many(rel, names[:self.limit])
+        if len(names) > self.limit:
+            with self._lock:
+                first, count, _ = self._misses.get(rel, (0.0, 0, 0.0))
+                self._misses[rel] = (first, count, time.monotonic() + self.window)
+
+
 class LocalWriteHandle(FileHandle):
     """A local file written in place, as a local disk would be."""
 

@@ -18,7 +18,7 @@ from conftest import Mounter
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
 from scopefs.backends.nodes import Attr
-from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead
+from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
 
 
 class CountingRoot:
@@ -292,6 +292,57 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert sub.cached_attr() == sub.attr() and run.cached_attr() == run.attr()
     run.set_attr(0o700)
     assert run.cached_attr() is None                 # its own mode changed: stat again
+
+
+class StatCountingRoot(LocalRoot):
+    """A local root that records which directories were stat'ed in full."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.stat_many_calls: list[tuple[str, int]] = []
+
+    def stat_many(self, rel, names):
+        self.stat_many_calls.append((rel, len(names)))
+        return super().stat_many(rel, names)
+
+
+def test_a_directory_is_warmed_at_the_second_lookup_that_misses_the_caches(tmp_path):
+    for d, count in (("run", 3), ("big", 5)):
+        (tmp_path / d).mkdir()
+        for i in range(count):
+            (tmp_path / d / f"{i}.json").write_text("{}")
+    root = StatCountingRoot(str(tmp_path))
+    warmer = SiblingWarmer(root, limit=4, window=60.0)
+    warmer.missed("run")
+    time.sleep(0.1)
+    assert root.stat_many_calls == []                # one lookup: nothing done ahead
+    warmer.missed("run")
+    assert wait_for(lambda: root.stat_many_calls == [("run", 3)])
+    warmer.missed("run")                             # the kernel dropped them: two more misses
+    time.sleep(0.1)
+    assert root.stat_many_calls == [("run", 3)]
+    warmer.missed("run")
+    assert wait_for(lambda: root.stat_many_calls == [("run", 3), ("run", 3)])
+    warmer.missed("big")
+    warmer.missed("big")                             # more entries than the limit: part of them, once
+    assert wait_for(lambda: root.stat_many_calls[-1] == ("big", 4))
+    warmer.missed("big")
+    warmer.missed("big")
+    time.sleep(0.2)
+    assert root.stat_many_calls[-1] == ("big", 4) and len(root.stat_many_calls) == 3
+    assert warmer.warmed == 3
+
+
+def test_lookups_that_need_the_disk_warm_their_directory_in_a_local_tree(tmp_path):
+    (tmp_path / "static" / "run").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "static" / "run" / f"{i}.json").write_text("{}")
+    (tmp_path / "upper").mkdir()
+    tree = overlay.OverlayTree(StatCountingRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    run = tree.node_at("run")
+    assert run.lookup_attr("0.json") is not None and run.lookup_attr("1.json") is not None
+    assert wait_for(lambda: ("run", 3) in tree.static.stat_many_calls)
+    assert tree.status()["directories_warmed"] == 1
 
 
 def test_a_lookup_of_a_missing_name_asks_each_root_once(tmp_path):

@@ -35,13 +35,13 @@ def _call(number: int, *args) -> int | None:
     raise OSError(code, os.strerror(code))
 
 
-def cached_pages(fd: int) -> int | None:
-    """How many pages of the open file the page cache holds, found without reading or
-    faulting anything (cachestat(2), Linux 6.5)."""
+def cached_pages(fd: int, offset: int = 0, length: int = 0) -> int | None:
+    """How many pages of the open file (from offset, length bytes; 0: to its end) the page
+    cache holds, found without reading or faulting anything (cachestat(2), Linux 6.5)."""
     counts = (ctypes.c_uint64 * 5)()                # cached, dirty, writeback, evicted...
-    whole = (ctypes.c_uint64 * 2)(0, 0)             # offset 0, length 0: the whole file
+    where = (ctypes.c_uint64 * 2)(offset, length)
     try:
-        if _call(_SYS_CACHESTAT, fd, whole, counts, 0) is None:
+        if _call(_SYS_CACHESTAT, fd, where, counts, 0) is None:
             return None
     except OSError:
         return None

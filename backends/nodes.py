@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import mmap
 import os
 import shutil
 import stat
@@ -270,26 +271,41 @@ class OSFileHandle(FileHandle):
     after it: the kernel keeps its own cache of the mount's files, and keeping the
     source's pages as well would cache the data twice (and cost twice the fresh memory).
     A file that was already cached when opened is left alone (another program uses it),
-    and so is every file where the kernel cannot tell (before Linux 6.5)."""
+    and so is every file where the kernel cannot tell (before Linux 6.5).
+
+    With `mapped` (files on local storage), a read the page cache holds in full is
+    answered with a view of a shared read-only mapping of the file: the reply is copied
+    into the kernel straight from the source's page cache, once instead of twice. Only
+    the kernel touches the mapped bytes, so a file cut short meanwhile costs that read an
+    EIO (the kernel's copy fails), never a SIGBUS."""
     release_blocks = False          # closing a file on local storage does not wait
 
-    def __init__(self, path: str | int, drop_behind: bool = False, release_blocks: bool = False):
+    def __init__(self, path: str | int, drop_behind: bool = False, release_blocks: bool = False,
+                 mapped: bool = False):
         """`path` may be a descriptor already open for reading: the handle owns it. A file
         on NFS or FUSE may wait for its server at close: `release_blocks` then."""
         self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.release_blocks = release_blocks
         self._drop = drop_behind and cached_pages(self._fd) == 0
+        self._map: mmap.mmap | None = None
+        self._lent: tuple[int, int] | None = None     # the range the last view showed
+        if mapped and cached_pages(self._fd) is not None:
+            try:
+                self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+            except (ValueError, OSError):           # empty, or not mappable
+                pass
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, offset)
         self._dropped(offset, len(data))
         return data
 
-    def cached_read(self, offset: int, size: int) -> bytearray | None:
+    def cached_read(self, offset: int, size: int) -> bytearray | memoryview | None:
         """The bytes if the page cache holds them all: no worker thread needed. The OS
         reads ahead of a sequential reader, so even a cold file mostly answers here."""
-        if _NOWAIT is None:
-            return None
+        view = self._mapped_read(offset, size)
+        if view is not None or _NOWAIT is None:
+            return view
         buf = bytearray(size)
         try:
             done = os.preadv(self._fd, [buf], offset, _NOWAIT)
@@ -300,11 +316,37 @@ class OSFileHandle(FileHandle):
         self._dropped(offset, size)
         return buf
 
+    def _mapped_read(self, offset: int, size: int) -> memoryview | None:
+        """A view of the mapped range if it is all in the page cache. The daemon's reply
+        has copied the last view's bytes by the time the next read comes (it replies
+        before it takes another request), so that range can be dropped now."""
+        end = offset + size
+        if self._map is None or offset % mmap.PAGESIZE or end > len(self._map):
+            return None
+        if cached_pages(self._fd, offset, size) != -(-size // mmap.PAGESIZE):
+            return None
+        self._return_lent()
+        self._lent = (offset, size)
+        return memoryview(self._map)[offset:end]
+
+    def _return_lent(self) -> None:
+        if self._lent is not None and self._drop:
+            offset, size = self._lent
+            self._map.madvise(mmap.MADV_DONTNEED, offset, size)      # unmapped pages can go
+            self._dropped(offset, size)
+        self._lent = None
+
     def _dropped(self, offset: int, size: int) -> None:
         if self._drop and size:
             os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
 
     def release(self) -> None:
+        if self._map is not None:
+            self._return_lent()
+            try:
+                self._map.close()
+            except BufferError:         # a view still referenced: the mapping goes with it
+                pass
         os.close(self._fd)
 
 

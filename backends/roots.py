@@ -84,13 +84,14 @@ class LocalRoot:
         return os.readlink(self.full(rel))
 
     def open_read(self, rel: str) -> FileHandle:
-        return OSFileHandle(self.full(rel), drop_behind=True, release_blocks=not self.local_storage)
+        local = self.local_storage
+        return OSFileHandle(self.full(rel), drop_behind=True, release_blocks=not local, mapped=local)
 
     def open_read_cached(self, rel: str) -> FileHandle | None:
         """A read handle if finding rel needs no I/O, else None (FileNotFoundError if the
         kernel knows rel is missing)."""
         fd = open_cached(self.full(rel), os.O_RDONLY) if self.local_storage else None
-        return None if fd is None else OSFileHandle(fd, drop_behind=True)
+        return None if fd is None else OSFileHandle(fd, drop_behind=True, mapped=True)
 
     def stat_cached(self, rel: str) -> Attr | None:
         """What `stat` gives, if the kernel knows without I/O: FileNotFoundError if it knows

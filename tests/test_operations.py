@@ -12,6 +12,7 @@ import pytest
 
 from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, OSFileHandle, StaticDirectory, Symlink,
                                      Tree)
+from scopefs.backends.kernel import cached_pages
 from scopefs.daemon.fs import CONTROL_NAME, Operations
 
 
@@ -171,3 +172,60 @@ def test_os_file_reads_answer_from_the_page_cache_without_a_thread(tmp_path):
         assert handle.read((3 << 20) - 10, 100) == data[-10:]
     finally:
         handle.release()
+
+
+def uncached_file(path, size: int) -> bytes:
+    """A file of random bytes, none of them in the page cache."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if cached_pages(fd) != 0:
+            pytest.skip("this kernel cannot tell what a file has in the page cache (cachestat)")
+    finally:
+        os.close(fd)
+    return data
+
+
+def test_mapped_reads_lend_views_of_the_page_cache_and_drop_what_they_lent(tmp_path):
+    path = tmp_path / "data"
+    data = uncached_file(path, 3 << 20)
+    handle = OSFileHandle(str(path), drop_behind=True, mapped=True)
+    other = os.open(path, os.O_RDONLY)
+    try:
+        assert handle.cached_read(1 << 20, 1 << 20) is None         # not cached: the thread reads
+        os.pread(other, 2 << 20, 1 << 20)                           # now it is
+        view = handle.cached_read(1 << 20, 1 << 20)
+        assert isinstance(view, memoryview) and view == data[1 << 20:2 << 20]
+        assert cached_pages(other, 1 << 20, 1 << 20) == 256          # lent: kept until replied
+        assert handle.cached_read(2 << 20, 1 << 20) == data[2 << 20:]
+        assert cached_pages(other, 1 << 20, 1 << 20) == 0            # the range lent before is dropped
+        del view
+        handle.release()
+        assert cached_pages(other) == 0                              # and the last one at close
+    finally:
+        os.close(other)
+
+
+def test_a_view_of_a_file_cut_short_fails_the_kernels_copy_with_an_error_not_a_signal(tmp_path):
+    """The daemon replies with writev(2) from the view: the kernel's copy of bytes that
+    are gone fails (the FUSE request then ends in EIO), and the daemon lives on."""
+    path = tmp_path / "data"
+    data = uncached_file(path, 2 << 20)
+    assert path.read_bytes() == data
+    handle = OSFileHandle(str(path), mapped=True)
+    read_end, write_end = os.pipe()
+    try:
+        view = handle.cached_read(1 << 20, 64 << 10)
+        assert isinstance(view, memoryview)
+        os.truncate(path, 4096)
+        with pytest.raises(OSError) as failed:
+            os.writev(write_end, [view])
+        assert failed.value.errno == errno.EFAULT
+        del view
+    finally:
+        handle.release()
+        os.close(read_end)
+        os.close(write_end)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 
 # new system calls have the same number on every architecture
@@ -14,9 +15,10 @@ _RESOLVE_CACHED = 0x20          # fail with EAGAIN rather than look anything up 
 _AT_FDCWD = -100
 
 try:
-    _syscall = ctypes.CDLL(None, use_errno=True).syscall
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _syscall = _libc.syscall
 except (OSError, AttributeError):
-    _syscall = None
+    _libc = _syscall = None
 _missing: set[int] = set()      # calls this kernel has been found not to have
 
 
@@ -35,17 +37,29 @@ def _call(number: int, *args) -> int | None:
     raise OSError(code, os.strerror(code))
 
 
-def cached_pages(fd: int, offset: int = 0, length: int = 0) -> int | None:
-    """How many pages of the open file (from offset, length bytes; 0: to its end) the page
-    cache holds, found without reading or faulting anything (cachestat(2), Linux 6.5)."""
+def cached_pages(fd: int) -> int | None:
+    """How many pages of the open file the page cache holds, found without reading or
+    faulting anything (cachestat(2), Linux 6.5)."""
     counts = (ctypes.c_uint64 * 5)()                # cached, dirty, writeback, evicted...
-    where = (ctypes.c_uint64 * 2)(offset, length)
+    whole = (ctypes.c_uint64 * 2)(0, 0)             # offset 0, length 0: the whole file
     try:
-        if _call(_SYS_CACHESTAT, fd, where, counts, 0) is None:
+        if _call(_SYS_CACHESTAT, fd, whole, counts, 0) is None:
             return None
     except OSError:
         return None
     return counts[0]
+
+
+def resident(address: int, length: int) -> bool | None:
+    """Whether every page of a mapped range is in memory and up to date, so that touching
+    it never waits for the disk (mincore(2); a page still being read counts as absent).
+    None if the call fails."""
+    if _libc is None:
+        return None
+    pages = (ctypes.c_ubyte * -(-length // mmap.PAGESIZE))()
+    if _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(length), pages) != 0:
+        return None
+    return 0 not in bytes(pages)                    # bit 0: resident; the others are unused
 
 
 def open_cached(path: str, flags: int) -> int | None:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .cache import ByteCache
-from .kernel import cached_pages
+from .kernel import cached_pages, resident
 
 ROOT_INO = 1
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
@@ -289,11 +289,13 @@ class OSFileHandle(FileHandle):
         self._drop = drop_behind and cached_pages(self._fd) == 0
         self._map: mmap.mmap | None = None
         self._lent: tuple[int, int] | None = None     # the range the last view showed
-        if mapped and cached_pages(self._fd) is not None:
+        if mapped:
             try:
                 self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
             except (ValueError, OSError):           # empty, or not mappable
                 pass
+            else:
+                self._address = np.frombuffer(self._map, np.uint8).ctypes.data     # for mincore
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._fd, size, offset)
@@ -303,9 +305,10 @@ class OSFileHandle(FileHandle):
     def cached_read(self, offset: int, size: int) -> bytearray | memoryview | None:
         """The bytes if the page cache holds them all: no worker thread needed. The OS
         reads ahead of a sequential reader, so even a cold file mostly answers here."""
-        view = self._mapped_read(offset, size)
-        if view is not None or _NOWAIT is None:
-            return view
+        if self._map is not None and not offset % mmap.PAGESIZE and offset + size <= len(self._map):
+            return self._mapped_read(offset, size)
+        if _NOWAIT is None:
+            return None
         buf = bytearray(size)
         try:
             done = os.preadv(self._fd, [buf], offset, _NOWAIT)
@@ -317,17 +320,15 @@ class OSFileHandle(FileHandle):
         return buf
 
     def _mapped_read(self, offset: int, size: int) -> memoryview | None:
-        """A view of the mapped range if it is all in the page cache. The daemon's reply
+        """A view of the mapped range if it is all in the page cache and read (a page that
+        the disk has yet to fill would make the reply wait for it). The daemon's reply
         has copied the last view's bytes by the time the next read comes (it replies
         before it takes another request), so that range can be dropped now."""
-        end = offset + size
-        if self._map is None or offset % mmap.PAGESIZE or end > len(self._map):
-            return None
-        if cached_pages(self._fd, offset, size) != -(-size // mmap.PAGESIZE):
+        if not resident(self._address + offset, size):
             return None
         self._return_lent()
         self._lent = (offset, size)
-        return memoryview(self._map)[offset:end]
+        return memoryview(self._map)[offset:offset + size]
 
     def _return_lent(self) -> None:
         if self._lent is not None and self._drop:

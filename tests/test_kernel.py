@@ -2,8 +2,10 @@
 worker thread must be right when given, and absent (None) when the kernel cannot tell."""
 from __future__ import annotations
 
+import mmap
 import os
 
+import numpy as np
 import pytest
 
 from scopefs.backends import kernel
@@ -60,6 +62,25 @@ def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
         os.pread(fd, 1 << 20, 0)
         assert kernel.cached_pages(fd) == (1 << 20) // os.sysconf("SC_PAGE_SIZE")
     finally:
+        os.close(fd)
+
+
+def test_resident_tells_whether_a_mapped_range_is_in_memory(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    try:
+        address = np.frombuffer(mapping, np.uint8).ctypes.data
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)     # no read-ahead past what is read
+        assert kernel.resident(address, 1 << 20) is False
+        os.pread(fd, 64 << 10, 0)                        # read, not mapped: still counts
+        assert kernel.resident(address, 64 << 10) is True
+        assert kernel.resident(address, 1 << 20) is False
+    finally:
+        mapping.close()
         os.close(fd)
 
 

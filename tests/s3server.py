@@ -2,12 +2,15 @@
 here and stopped by its PID."""
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,14 +49,17 @@ class SeaweedS3:
         taken: set[int] = set()
         self.port = _free_port(taken)
         ports = [_free_port(taken) for _ in range(3)]
+        self._ports = taken                        # every port, with each gRPC port (+10000)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / "weed.log", "wb")
+        # weed puts its extra logs in TMPDIR: one of its own, removed at stop
+        self.scratch = tempfile.mkdtemp(prefix="weed-")
         self.proc = subprocess.Popen(
             [weed, "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
              "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-volume.max=200",
              "-master.volumeSizeLimitMB=64", "-s3.port.lance=0", "-s3.port.iceberg=0"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": self.scratch})
         self.fs_args = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
         self._wait()
 
@@ -85,3 +91,7 @@ class SeaweedS3:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        for port in self._ports:                   # its unix sockets are always made in /tmp
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                os.unlink(path)

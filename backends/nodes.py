@@ -305,7 +305,7 @@ class OSFileHandle(FileHandle):
     def cached_read(self, offset: int, size: int) -> bytearray | memoryview | None:
         """The bytes if the page cache holds them all: no worker thread needed. The OS
         reads ahead of a sequential reader, so even a cold file mostly answers here."""
-        if self._map is not None and not offset % mmap.PAGESIZE and offset + size <= len(self._map):
+        if self._map is not None and not offset % mmap.PAGESIZE and offset < len(self._map):
             return self._mapped_read(offset, size)
         if _NOWAIT is None:
             return None
@@ -321,9 +321,16 @@ class OSFileHandle(FileHandle):
 
     def _mapped_read(self, offset: int, size: int) -> memoryview | None:
         """A view of the mapped range if it is all in the page cache and read (a page that
-        the disk has yet to fill would make the reply wait for it). The daemon's reply
-        has copied the last view's bytes by the time the next read comes (it replies
-        before it takes another request), so that range can be dropped now."""
+        the disk has yet to fill would make the reply wait for it). A read past the end
+        gets the bytes up to it, as pread would, if the file is still as long as when it
+        was mapped. The daemon's reply has copied the last view's bytes by the time the
+        next read comes (it replies before it takes another request), so that range can
+        be dropped now."""
+        mapped = len(self._map)
+        if offset + size > mapped:
+            if os.fstat(self._fd).st_size != mapped:
+                return None                         # grown or cut since: pread knows
+            size = mapped - offset
         if not resident(self._address + offset, size):
             return None
         self._return_lent()

@@ -221,6 +221,26 @@ def test_mapped_reads_lend_views_of_the_page_cache_and_drop_what_they_lent(tmp_p
         os.close(other)
 
 
+def test_a_mapped_read_past_the_end_gets_the_tail_while_the_file_keeps_its_length(tmp_path):
+    """The kernel asks for whole pages: the last read of a file runs past its end, and is
+    answered from the mapping as pread would answer it, unless the file changed length."""
+    path = tmp_path / "data"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    assert path.read_bytes() == data                 # in the page cache
+    handle = OSFileHandle(str(path), mapped=True)
+    try:
+        tail = handle.cached_read(8192, 4096)
+        assert isinstance(tail, memoryview) and tail == data[8192:]
+        del tail
+        with open(path, "ab") as fh:
+            fh.write(b"more")
+        assert handle.cached_read(8192, 4096) is None                # grown: the thread reads on
+        assert handle.read(8192, 4096) == data[8192:] + b"more"
+    finally:
+        handle.release()
+
+
 def test_a_view_of_a_file_cut_short_fails_the_kernels_copy_with_an_error_not_a_signal(tmp_path):
     """The daemon replies with writev(2) from the view: the kernel's copy of bytes that
     are gone fails (the FUSE request then ends in EIO), and the daemon lives on."""

@@ -99,6 +99,19 @@ def stop_foreground(proc: subprocess.Popen, mountpoint: Path) -> None:
     cleanup_mount(mountpoint, None)
 
 
+def uncached_file(path: Path, size: int) -> bytes:
+    """A file of random bytes written to disk, none of them left in the page cache."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return data
+
+
 class Mounter:
     def __init__(self, base: Path):
         self.base = base

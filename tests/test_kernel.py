@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import uncached_file
 
 from scopefs.backends import kernel
 from scopefs.backends.roots import LocalRoot
@@ -51,11 +52,9 @@ def test_open_cached_declines_a_path_that_needs_the_disk(tmp_path):
 
 def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
     path = tmp_path / "f"
-    path.write_bytes(os.urandom(1 << 20))
-    os.sync()
+    uncached_file(path, 1 << 20)
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if kernel.cached_pages(fd) is None:
             pytest.skip("this kernel cannot tell (cachestat, Linux 6.5)")
         assert kernel.cached_pages(fd) == 0
@@ -67,13 +66,11 @@ def test_cached_pages_counts_what_the_page_cache_holds(tmp_path):
 
 def test_resident_tells_whether_a_mapped_range_is_in_memory(tmp_path):
     path = tmp_path / "f"
-    path.write_bytes(os.urandom(1 << 20))
-    os.sync()
+    uncached_file(path, 1 << 20)
     fd = os.open(path, os.O_RDONLY)
     mapping = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     try:
         address = np.frombuffer(mapping, np.uint8).ctypes.data
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)     # no read-ahead past what is read
         assert kernel.resident(address, 1 << 20) is False
         os.pread(fd, 64 << 10, 0)                        # read, not mapped: still counts

@@ -2,10 +2,10 @@
 
 `LocalRoot` is a directory, used through the OS directly (no fsspec on the hot path).
 `FsspecRoot` is any fsspec URL (s3://, ...): metadata is cached for `ttl` seconds,
-reads come in blocks of concurrent range requests (`RemoteReadHandle`), and when it is the writable side,
-a written file is kept in a local temporary file and uploaded when closed or fsynced;
-a failed upload is the writer's EIO, never silently dropped. Object stores have no
-directories: an empty one is kept alive by a hidden marker object.
+reads come in blocks of concurrent range requests (`RemoteReadHandle`), and when it is
+the writable side, a written file is kept in a local temporary file and uploaded when
+closed or fsynced; a failed upload is the writer's EIO, never silently dropped. Object
+stores have no directories: an empty one is kept alive by a hidden marker object.
 """
 from __future__ import annotations
 

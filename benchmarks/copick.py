@@ -143,8 +143,12 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
     shutil.rmtree(overlay, ignore_errors=True)
     overlay.mkdir()
     mnt = work / "mnt"
-    mount(str(static), mnt, "-t", "copick", "-o", f"overlay={overlay}")
-    peer = FuseOverlayfs(static, work)
+    peer = FuseOverlayfs(static, work)         # first: if it cannot mount, nothing is left mounted
+    try:
+        mount(str(static), mnt, "-t", "copick", "-o", f"overlay={overlay}")
+    except BaseException:
+        peer.close()
+        raise
 
     def sides(fn, rel):
         """fn on the direct, mount and fuse-overlayfs paths of rel (None: no such side)."""

@@ -1,35 +1,71 @@
 """Backends: each turns one kind of data source into a `Tree` of nodes.
 
-A backend module, named as the type `-t` takes, has `detect(source) -> bool` (cheap, for
-auto-detection) and `open(source, options, read_only, progress) -> Tree`. Adding a format means adding a
-module here and its name to `BACKENDS`; the daemon does not change.
+A backend is a module here, named as the type `-t` takes, with
+`open_tree(source, options, read_only=False, progress=None, base=ROOT_INO, mountpoint=None) -> Tree`.
+Its detection test is in `DETECTORS`, in modules that import nothing heavy: the CLI tells
+a source's kind (or that it is none) without loading numpy, OpenCV or zarr, and a mount
+loads only the backend module it uses. Adding a format means adding a module here and its
+detector to `DETECTORS`; the daemon does not change.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import re
 
+from ..formats.fsdb import is_db
+from ..formats.imgstore.metadata import looks_like_store
 from .options import MountError, Options
 
-BACKENDS = ("imgstore", "iid", "fsdb", "copick")
+
+def looks_like_iid(source: str) -> bool:
+    """`.iid` files have no magic number: the name says it (the mount checks the rest)."""
+    return source.endswith(".iid") and os.path.isfile(source)
 
 
-def _module(kind: str):
-    if kind not in BACKENDS:
-        raise MountError(f"unknown source type {kind!r} (known: {', '.join(BACKENDS)})")
-    return importlib.import_module(f"{__name__}.{kind}")
+def looks_like_copick_config(source: str) -> bool:
+    """A JSON file naming an `overlay_root`: copick's config (of any config_type)."""
+    if not (source.endswith(".json") and os.path.isfile(source)):
+        return False
+    try:
+        with open(source, "rb") as fh:
+            return b'"overlay_root"' in fh.read(1 << 20)
+    except OSError:
+        return False
+
+
+#: type name -> cheap test for a source of that type, in the order they are tried
+DETECTORS = {"imgstore": looks_like_store, "iid": looks_like_iid, "fsdb": is_db, "copick": looks_like_copick_config}
+BACKENDS = tuple(DETECTORS)
+
+
+def is_url(source: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
+
+
+def _require_exists(source: str) -> None:
+    if not is_url(source) and not os.path.lexists(source):
+        raise MountError("it does not exist")
 
 
 def detect(source: str) -> str:
-    for kind in BACKENDS:
-        if _module(kind).detect(source):
+    _require_exists(source)
+    for kind, looks_like in DETECTORS.items():
+        if looks_like(source):
             return kind
-    raise MountError(f"{source}: cannot tell what kind of source this is "
+    raise MountError(f"cannot tell what kind of source this is "
                      f"(give -t, one of {', '.join(BACKENDS)})")
 
 
-def open_tree(kind: str, source: str, options: Options, read_only: bool = False, progress=None):
-    # (grafted views pass `base` to a backend's open directly)
+def open_tree(kind: str, source: str, options: Options, read_only: bool = False, progress=None,
+              mountpoint: str | None = None):
     """The backend's tree; it calls `options.finish()` before any slow work, so that a
     typo in an option fails at once. Read-only sources ignore `read_only`; slow start-up
-    work reports through `progress(message)`."""
-    return _module(kind).open(source, options, read_only, progress)
+    work reports through `progress(message)`; `mountpoint` is for sources whose content
+    names their own mount (copick's config). Grafted views call a backend's `open_tree`
+    directly, with the `base` of their inode numbers."""
+    if kind not in DETECTORS:
+        raise MountError(f"unknown source type {kind!r} (known: {', '.join(BACKENDS)})")
+    _require_exists(source)
+    backend = importlib.import_module(f"{__name__}.{kind}")
+    return backend.open_tree(source, options, read_only, progress, mountpoint=mountpoint)

@@ -9,7 +9,6 @@ config with the mount as its only (overlay) root, so `copick.from_file()` on it 
 """
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import csv
 import io
 import logging
 
+from . import is_url
 from .cache import ByteCache
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
@@ -31,22 +31,12 @@ MESH_FORMATS = ("ply", "obj", "stl")
 log = logging.getLogger(__name__)
 
 
-def detect(source: str) -> bool:
-    if not (source.endswith(".json") and os.path.isfile(source)):
-        return False
-    try:
-        with builtins.open(source, "rb") as fh:
-            return b'"overlay_root"' in fh.read(1 << 20)
-    except OSError:
-        return False
-
-
 def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
     """`local:///abs`, `file:///abs` or a plain path: straight to the OS; any other fsspec
     URL (s3://...) through fsspec, with fs_args (endpoint, credentials...)."""
     match = re.match(r"^(?:local|file)://(.*)$", url)
     path = (match.group(1) or "/") if match else url
-    if match or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+    if match or not is_url(url):
         if not os.path.isdir(path):
             raise MountError(f"the {key} {path} is not a directory")
         return LocalRoot(path)
@@ -62,9 +52,11 @@ def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
         raise MountError(f"the {key} {url.split('@')[-1]} cannot be opened: {type(exc).__name__}: {exc}") from None
 
 
-def open(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO):
+def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
+              mountpoint: str | None = None):
+    """The merged tree; with a `mountpoint`, its root also shows the project's config
+    rewritten to name the mount as its only root."""
     overlay_dir = options.str("overlay", "")
-    mountpoint = options.str("_mountpoint", "")
     ttl = options.float("metadata_ttl", 60.0)
     options.finish()
     if base != ROOT_INO:
@@ -78,7 +70,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         static, overlay = make_root(source, None, "static root", ttl), make_root(overlay_dir, None, "overlay root", ttl)
     else:
         try:
-            with builtins.open(source, encoding="utf-8") as fh:
+            with open(source, encoding="utf-8") as fh:
                 config = json.load(fh)
         except (OSError, ValueError) as exc:
             raise MountError(f"{source}: not a readable copick config ({exc})") from None
@@ -207,7 +199,7 @@ class DerivedViews:
             handle = root.open_read(f"{rel}/{sub}")
             try:
                 os.makedirs(os.path.dirname(os.path.join(tmp, sub)) or tmp, exist_ok=True)
-                with builtins.open(os.path.join(tmp, sub), "wb") as out:
+                with open(os.path.join(tmp, sub), "wb") as out:
                     offset = 0
                     while block := handle.read(offset, 8 << 20):
                         out.write(block)

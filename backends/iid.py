@@ -40,11 +40,8 @@ MASK_FORMATS = ("png", "tiff", "npy", "bmp", "pnm")
 NAME_BYTES = 180            # readable part of a folder name; the key keeps it unique
 
 
-def detect(source: str) -> bool:
-    return source.endswith(".iid") and os.path.isfile(source)
-
-
-def open(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO) -> "IIDTree":
+def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
+              mountpoint: str | None = None) -> "IIDTree":
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
     options.finish()

@@ -27,7 +27,7 @@ from ..formats.images import PASSTHROUGH, ImageFormat, make_format
 from ..formats.imgstore import extra as extra_data
 from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
-from ..formats.imgstore.metadata import StoreError, looks_like_store, read_metadata
+from ..formats.imgstore.metadata import StoreError, read_metadata
 from .cache import ByteCache
 from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, OSFileHandle, RowsFile,
                     StaticDirectory, Symlink, Tree)
@@ -38,11 +38,8 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
-def detect(source: str) -> bool:
-    return looks_like_store(source)
-
-
-def open(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO) -> "ImgstoreTree":
+def open_tree(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO,
+              mountpoint: str | None = None) -> "ImgstoreTree":
     fmt_name = options.str("image_format", "")
     try:
         settings = dict(

@@ -68,8 +68,8 @@ class Options:
         raise MountError(f"option {key}={value}: say yes or no")
 
     def finish(self) -> None:
-        """Refuse options nobody asked for ('_'-names are the daemon's notes to backends)."""
-        unknown = sorted(k for k in set(self._values) - self._used if not k.startswith("_"))
+        """Refuse options nobody asked for."""
+        unknown = sorted(set(self._values) - self._used)
         if unknown:
             raise MountError(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
 

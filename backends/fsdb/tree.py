@@ -35,11 +35,8 @@ META = ".metadata.json"
 VIEW = ".view"
 
 
-def detect(source: str) -> bool:
-    return layout.is_db(source)
-
-
-def open(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO) -> "FSDBTree":
+def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
+              mountpoint: str | None = None) -> "FSDBTree":
     break_lock = options.flag("break_lock")
     options.finish()
     try:
@@ -49,7 +46,11 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         db.connect(break_lock=break_lock)
     except DBBusyError as exc:
         raise MountError(f"{exc} (-o break_lock takes it anyway)") from None
-    except (NotAnFSDBError, OSError, ValueError) as exc:
+    except NotAnFSDBError as exc:
+        missing = "it is not a directory" if exc.errno == errno.ENOTDIR else f"it has no {layout.MARKER!r} file"
+        raise MountError(f"{source} is not an FSDB root ({missing}): an FSDB root is a directory holding "
+                         f"an empty file named {layout.MARKER!r} and one folder per scan") from None
+    except (OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
     return FSDBTree(db, read_only, base)
 
@@ -419,12 +420,12 @@ class FSDBTree(Tree):
 
     def iid_view(self, file) -> Directory | None:
         from .. import iid
-        return self._view("iid", file.path(), lambda base: iid.open(file.path(), Options(), True, base=base))
+        return self._view("iid", file.path(), lambda base: iid.open_tree(file.path(), Options(), True, base=base))
 
     def imgstore_view(self, fileset) -> Directory | None:
         from .. import imgstore
         return self._view("imgstore", fileset.path(),
-                          lambda base: imgstore.open(fileset.path(), Options(), True, base=base))
+                          lambda base: imgstore.open_tree(fileset.path(), Options(), True, base=base))
 
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": self.db._lock.path}

@@ -1,12 +1,15 @@
-"""Linux calls Python's os module lacks, made through libc's syscall(2). Each answers
-None where the running kernel cannot (too old, or not Linux), and callers then do
-without: these only let the daemon skip work, never change what it answers."""
+"""Linux facts, in one place: calls Python's os module lacks, made through libc's
+syscall(2), and what /proc tells (mounts, processes). The calls answer None where the
+running kernel cannot (too old, or not Linux), and callers then do without: these only let
+the daemon skip work, never change what it answers."""
 from __future__ import annotations
 
 import ctypes
 import errno
 import mmap
 import os
+import re
+from typing import NamedTuple
 
 # new system calls have the same number on every architecture
 _SYS_OPENAT2 = 437
@@ -84,18 +87,105 @@ LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "
                                "jfs", "tmpfs", "overlay", "vfat", "exfat", "ntfs3"})
 
 
+class Mount(NamedTuple):
+    point: str          # where it is mounted
+    device: str         # "major:minor"
+    fstype: str         # "ext4", "fuse.scopefs.imgstore"...
+    source: str
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo field as a path: the kernel writes space, tab, newline and backslash
+    as octal escapes (\\040...) and every other byte as it is."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def mounts() -> list[Mount]:
+    """This process's mounts, oldest first (so the last of one point is on top)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        left, _, right = line.partition(b" - ")
+        fields, tail = left.split(b" "), right.split(b" ")
+        found.append(Mount(_unescape(fields[4]), fields[2].decode(), tail[0].decode(), _unescape(tail[1])))
+    return found
+
+
 def filesystem_type(path: str) -> str | None:
     """The type of the filesystem holding path, as /proc/self/mountinfo names it."""
     path = os.path.realpath(path)
     found, depth = None, -1
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                left, _, right = line.partition(" - ")
-                point = left.split(" ")[4].replace("\\040", " ").replace("\\011", "\t")
-                inside = path == point or path.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= depth:        # the last of equal depth is on top
-                    found, depth = right.split(" ")[0], len(point)
-    except OSError:
-        return None
+    for mount in mounts():
+        point = mount.point
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= depth:        # the last of equal depth is on top
+            found, depth = mount.fstype, len(point)
     return found
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not a zombie (which has exited and holds nothing, but keeps its pid until
+    it is reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:                          # no /proc to read: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def _paths_held(proc: str) -> list[str]:
+    """What the process at /proc/<pid> holds: working and root directory, executable,
+    open files and mapped files (each part it may not inspect is left out)."""
+    held = []
+    for link in ("cwd", "root", "exe"):
+        try:
+            held.append(os.readlink(f"{proc}/{link}"))
+        except OSError:
+            pass
+    try:
+        for fd in os.scandir(f"{proc}/fd"):
+            try:
+                held.append(os.readlink(fd.path))
+            except OSError:
+                pass
+    except OSError:
+        pass
+    try:
+        with open(f"{proc}/maps", "rb") as fh:
+            for line in fh:
+                fields = line.rstrip(b"\n").split(None, 5)    # address perms offset dev inode path
+                if len(fields) == 6:
+                    held.append(os.fsdecode(fields[5]))
+    except OSError:
+        pass
+    return held
+
+
+def processes_using(path: str) -> dict[int, str]:
+    """pid -> command name of every process (that we may inspect) holding something
+    under path: what keeps a mount busy."""
+    path = os.path.realpath(path)
+    inside = path.rstrip("/") + "/"
+    holders = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if any(held == path or held.startswith(inside) for held in _paths_held(entry.path)):
+            try:
+                with open(f"{entry.path}/comm") as fh:
+                    holders[int(entry.name)] = fh.read().strip()
+            except OSError:                  # gone meanwhile
+                continue
+    return holders

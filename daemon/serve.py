@@ -5,7 +5,6 @@ import faulthandler
 import gc
 import logging
 import os
-import re
 import signal
 import subprocess
 from typing import Callable
@@ -13,6 +12,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
+from ..backends.kernel import mounts
 from ..backends.nodes import Tree
 from .fs import Operations
 from .systemd import notify
@@ -49,16 +49,9 @@ async def _stop_on_signal() -> None:
 def _mount_device(mountpoint: str) -> str | None:
     """'major:minor' of the mount on `mountpoint`, from mountinfo: a stat() of our own
     mount before we serve requests would wait forever."""
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            lines = fh.readlines()
-    except OSError:
-        return None
-    for line in reversed(lines):            # the newest mount on that path wins
-        fields = line.split()
-        path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        if path == mountpoint:
-            return fields[2]
+    for mount in reversed(mounts()):          # the newest mount on that path wins
+        if mount.point == mountpoint:
+            return mount.device
     return None
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from scopefs.backends.kernel import process_alive as alive
+
 ROOT = Path(__file__).resolve().parent.parent
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 
@@ -52,15 +54,6 @@ def is_stale(mountpoint: Path) -> bool:
         return False
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for init to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -37,6 +37,7 @@ import time
 from contextlib import contextmanager
 
 from ...formats import fsdb as layout
+from ..kernel import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,6 @@ def _describe(holder: dict | None) -> str:
         return "a client that records no owner (romidata or plantdb <= 0.14)"
     return (f"{holder.get('program', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
             f"since {holder.get('since', '?')})")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:          # a zombie holds nothing
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class RootLock:
@@ -110,7 +97,7 @@ class RootLock:
             return False
         finally:
             os.close(fd)
-        return not _pid_alive(holder["pid"])
+        return not process_alive(holder["pid"])
 
     def acquire(self, break_lock: bool = False) -> None:
         for attempt in range(2):

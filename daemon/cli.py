@@ -1,8 +1,12 @@
-"""The `scopefs` command: mount and umount.
+"""The `scopefs` command: mount, umount, status.
 
 `scopefs mount` returns once the mount is live (exit 0), or prints one error line and
 exits non-zero with nothing mounted. Unless `-f` is given, the daemon is a child
 process in its own session that reports "ready" or its error through a pipe.
+
+Only what every command needs is imported here: pyfuse3, trio and the backend (with
+numpy, OpenCV, zarr...) are loaded when a mount starts, so that help, status, umount
+and errors answer at once.
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ import subprocess
 import sys
 import time
 
-from ..backends import BACKENDS, detect, open_tree
+from ..backends import BACKENDS, detect, is_url, open_tree
+from ..backends.kernel import mounts, process_alive, processes_using
 from ..backends.options import MountError, Options, parse_option_string
-from .fs import CONTROL_NAME
+from .control import read_status
 from .systemd import JournalFormatter, Progress, notify, under_systemd
 
 log = logging.getLogger("scopefs")
@@ -32,6 +37,18 @@ MOUNT_ONLY = {"auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", 
               "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime",
               "sync", "async", "dirsync", "silent", "loud"}
 COMMANDS = ("mount", "umount", "status")
+
+MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details):
+  every source   ro, allow_other, allow_root, threads=N (8), timeout=SECONDS (60),
+                 read_ahead_kb=N (1024; needs root), fsname=NAME;
+                 mount(8)/fstab/systemd options (noauto, _netdev, nofail, x-*...) are ignored
+  imgstore       image_format=png|tiff|npy|bmp|pnm|jpg, jpeg_quality=N (95),
+                 png_compression=0..9 (0), cache_mb=N (192), decoded_cache_mb=N (48),
+                 prefetch=N (8), passthrough=yes|no (yes: files already in the served format
+                 are served as they are), mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
+  iid            mask_format=png|tiff|npy|bmp|pnm, writeback_delay=SECONDS (2)
+  fsdb           break_lock (take the database even if another client holds its lock)
+  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)"""
 
 
 def ignored_option(key: str) -> bool:
@@ -51,15 +68,43 @@ def default_log_file() -> str:
     return os.path.join(base, "scopefs", "scopefs.log")
 
 
+class _PrintVersion(argparse.Action):
+    """--version, looked up only when asked for (the package metadata is slow to load)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+        print(f"scopefs {version('scopefs')}")
+        parser.exit()
+
+
+EXAMPLES = """examples:
+  scopefs mount /data/fly_2023-11-14 /mnt/fly      an imgstore: frames as PNG files
+  scopefs mount -o ro segmentation.iid /mnt/seg    an .iid file: one folder per entry
+  scopefs mount /data/plantdb /mnt/db              a ROMI FSDB (a folder with a romidb marker)
+  scopefs mount project/copick_config.json /mnt/p  a copick project: static + overlay merged
+  scopefs status                                   live mounts and their counters
+  scopefs umount /mnt/fly
+
+`scopefs mount --help` lists the mount options; README.md describes each kind of source."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scopefs", description="Mount scientific imaging data as plain files.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT")
-    m.add_argument("source")
-    m.add_argument("mountpoint")
+    parser = argparse.ArgumentParser(prog="scopefs", description="Mount scientific imaging data as plain files.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_PrintVersion)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{mount,umount,status}")
+    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT (the word `mount` may be left out)",
+                       description="Mount SOURCE on MOUNTPOINT; returns once the mount answers.",
+                       epilog=MOUNT_OPTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("source", help="an imgstore directory or its metadata.yaml, an .iid file, "
+                                  "an FSDB root or a copick config JSON")
+    m.add_argument("mountpoint", help="an existing directory")
     m.add_argument("-t", "--type", choices=BACKENDS, help="kind of source (default: detected)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="mount options: ro, allow_other, threads=N, and the backend's own")
+                   help="mount options (below)")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f unless --log-file)")
     m.add_argument("--log-file", help=f"where the background daemon logs (default {default_log_file()})")
@@ -188,8 +233,8 @@ def _mount_in_foreground(args) -> int:
         prepare_mountpoint(args.mountpoint)
         kind = args.type or detect(args.source)
         progress = Progress(foreground=args.ready_fd is None)
-        backend_opts["_mountpoint"] = args.mountpoint      # for sources that describe their own mount
-        tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress)
+        tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress,
+                         mountpoint=args.mountpoint)
     except (MountError, CliError) as exc:
         log.error("cannot mount %s: %s", args.source, exc)
         if args.ready_fd is None:
@@ -221,6 +266,13 @@ def _mount_in_foreground(args) -> int:
 
 
 def _mount_in_background(args, argv: list[str]) -> int:
+    try:                              # what is wrong with the command line is told at once
+        prepare_mountpoint(args.mountpoint)
+        if not args.type:
+            argv += ["-t", detect(args.source)]
+    except (MountError, CliError) as exc:
+        print(redact(f"scopefs: cannot mount {args.source}: {exc}"), file=sys.stderr)
+        return 1
     log_file = args.log_file or default_log_file()
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_fd, write_fd = os.pipe()
@@ -245,7 +297,7 @@ def _mount_in_background(args, argv: list[str]) -> int:
 
 def _absolute(source: str) -> str:
     """Local paths made absolute (the daemon runs in /); URLs (s3://...) kept as given."""
-    return source if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) else os.path.abspath(source)
+    return source if is_url(source) else os.path.abspath(source)
 
 
 def _absolute_argv(args) -> list[str]:
@@ -261,17 +313,8 @@ def _absolute_argv(args) -> list[str]:
 
 # -- umount -----------------------------------------------------------------------------
 
-def daemon_status(mountpoint: str) -> dict | None:
-    """The status a live scopefs mount shows in its control file, or None."""
-    try:
-        with open(os.path.join(mountpoint, CONTROL_NAME), "rb") as fh:
-            return json.loads(fh.read())
-    except (OSError, ValueError):
-        return None
-
-
 def _daemon_pid(mountpoint: str) -> int | None:
-    status = daemon_status(mountpoint)
+    status = read_status(mountpoint)
     return status.get("pid") if status else None
 
 
@@ -291,7 +334,10 @@ def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> int:
     pid = _daemon_pid(mountpoint)
     result = _fusermount("-uz" if lazy else "-u", mountpoint)
     if result.returncode != 0:
-        print(f"scopefs: {result.stderr.strip() or 'fusermount3 failed'}", file=sys.stderr)
+        if "busy" in result.stderr:
+            print(f"scopefs: {_busy(mountpoint, pid)}", file=sys.stderr)
+        else:
+            print(f"scopefs: {result.stderr.strip() or 'fusermount3 failed'}", file=sys.stderr)
         return 1
     # the kernel detaches at once, the daemon finishes its work after: wait for it
     deadline = time.monotonic() + timeout
@@ -303,31 +349,37 @@ def umount(mountpoint: str, lazy: bool = False, timeout: float = 60.0) -> int:
     return 0
 
 
+def _busy(mountpoint: str, daemon_pid: int | None) -> str:
+    """Why an unmount was refused: who holds the mount, and what to do about it."""
+    holders = {pid: name for pid, name in processes_using(mountpoint).items() if pid != daemon_pid}
+    if holders:
+        who = "in use by " + ", ".join(f"{name} (pid {pid})" for pid, name in sorted(holders.items()))
+    else:
+        who = "in use (by no process this user may inspect: as root, this names them)"
+    return (f"{mountpoint} is busy, {who}; end or leave them, or detach it now with "
+            f"`scopefs umount -z {mountpoint}` (the daemon finishes once they let go)")
+
+
 def _is_scopefs_process(pid: int) -> bool:
-    """Alive (not a zombie) and still ours, not a reused pid."""
+    """Alive and still ours, not a reused pid."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             if b"scopefs" not in fh.read():
                 return False
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+    return process_alive(pid)
 
 
 # -- status -----------------------------------------------------------------------------
 
 def scopefs_mounts() -> list[tuple[str, str]]:
-    """(mount point, fuse type) of every scopefs mount, from mountinfo."""
-    found = []
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            fields = line.split()
-            fstype = fields[fields.index("-") + 1]
-            if fstype.startswith("fuse.scopefs"):
-                path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                found.append((path, fstype))
-    return found
+    """(mount point, fuse type) of every scopefs mount."""
+    return [(m.point, m.fstype) for m in mounts() if m.fstype.startswith("fuse.scopefs")]
+
+
+#: what every daemon reports, shown as columns; the rest of a status is the tree's own
+COLUMNS = ("type", "uptime_s", "requests", "bytes_read", "errors", "source")
 
 
 def status(mountpoint: str | None, as_json: bool) -> int:
@@ -336,8 +388,9 @@ def status(mountpoint: str | None, as_json: bool) -> int:
     for path, fstype in scopefs_mounts():
         if wanted and path != wanted:
             continue
-        info = daemon_status(path) if mount_state(path) == "live" else None
-        rows.append({"mountpoint": path, "state": "live" if info else "stale", **(info or {"type": fstype[13:]})})
+        info = read_status(path) if mount_state(path) == "live" else None
+        rows.append({"mountpoint": path, "state": "live" if info else "stale",
+                     **(info or {"type": fstype[len("fuse.scopefs."):]})})
     if wanted and not rows:
         print(f"scopefs: {wanted} is not a scopefs mount", file=sys.stderr)
         return 1
@@ -347,14 +400,34 @@ def status(mountpoint: str | None, as_json: bool) -> int:
     if not rows:
         print("no scopefs mounts")
         return 0
-    print(f"{'MOUNTPOINT':<28} {'TYPE':<9} {'STATE':<6} {'UPTIME':>9} {'REQUESTS':>9} {'READ':>9} "
-          f"{'DECODED':>8} {'HIT':>5} {'ERR':>4}  SOURCE")
+    print(f"{'MOUNTPOINT':<28} {'TYPE':<9} {'STATE':<6} {'UPTIME':>9} {'REQUESTS':>9} {'READ':>9} {'ERR':>4}  SOURCE")
     for r in rows:
-        hit = r.get("cache_hit_rate")
         print(f"{r['mountpoint']:<28} {r.get('type', '?'):<9} {r['state']:<6} {_duration(r.get('uptime_s')):>9} "
-              f"{r.get('requests', '-'):>9} {_size(r.get('bytes_read')):>9} {r.get('frames_decoded', '-'):>8} "
-              f"{'-' if hit is None else f'{hit:.0%}':>5} {r.get('errors', '-'):>4}  {r.get('source', '?')}")
+              f"{r.get('requests', '-'):>9} {_size(r.get('bytes_read')):>9} {r.get('errors', '-'):>4}  "
+              f"{r.get('source', '?')}")
+        details = {k: v for k, v in r.items() if k not in COLUMNS and k not in ("mountpoint", "state")}
+        if details:
+            print("    " + " ".join(f"{key}={_value(value)}" for key, value in _flat(details)))
     return 0
+
+
+def _flat(values: dict, prefix: str = ""):
+    """(dotted key, value) of a status, nested dicts flattened."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _duration(seconds) -> str:
@@ -412,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         argv = ["mount", *argv]           # `scopefs SOURCE MOUNTPOINT -o ...`, as mount.fuse3 runs it
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     if args.command == "status":
         return status(args.mountpoint, args.json)
     if args.command == "umount":

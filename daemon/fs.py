@@ -23,6 +23,7 @@ import trio
 
 from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
                               Symlink, Tree)
+from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ BLOCK_SIZE = 128 * 1024
 #: daemon's status as JSON (pid, source, counters). It replaces extended attributes:
 #: answering getxattr at all costs `ls -l` two round trips per file (SELinux label and
 #: ACL probes), so getxattr says ENOSYS once and the kernel stops asking.
-CONTROL_NAME = ".scopefs"
 CONTROL_INO = (1 << 63) - 2
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from conftest import SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
 from stores import make_store
+
+from scopefs.backends import kernel
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +102,83 @@ def test_foreground_mode_serves_until_interrupted(store, tmp_path):
 def test_umount_of_something_not_mounted(tmp_path):
     result = run_scopefs("umount", str(tmp_path))
     assert result.returncode == 1 and "not mounted" in result.stderr
+
+
+# -- what a new user meets ------------------------------------------------------------------
+
+def test_help_alone_and_with_help_and_a_version():
+    for args in ((), ("--help",), ("-h",)):
+        result = run_scopefs(*args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: scopefs") and "umount" in result.stdout and "examples:" in result.stdout
+    mount_help = run_scopefs("mount", "--help").stdout
+    assert "passthrough=yes|no" in mount_help and "mask_format" in mount_help and "break_lock" in mount_help
+    from importlib.metadata import version
+    result = run_scopefs("--version")
+    assert result.returncode == 0 and result.stdout == f"scopefs {version('scopefs')}\n"
+
+
+def test_a_missing_source_is_said_to_be_missing(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    for args in ((), ("-t", "imgstore"), ("-f",)):
+        result = run_scopefs("mount", *args, str(tmp_path / "no-such-store"), str(tmp_path / "mnt"))
+        assert result.returncode == 1
+        assert result.stderr.strip().endswith("no-such-store: it does not exist"), result.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_fsdb_type_on_a_file_says_what_an_fsdb_root_is(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "scan.txt").write_text("x")
+    result = run_scopefs("mount", "-t", "fsdb", str(tmp_path / "scan.txt"), str(tmp_path / "mnt"))
+    assert result.returncode == 1
+    assert "is not an FSDB root (it is not a directory)" in result.stderr and "'romidb'" in result.stderr
+    assert "Errno" not in result.stderr
+
+
+def test_commands_that_do_not_mount_load_no_fuse_and_no_backend(tmp_path, store):
+    """help, version, status, umount and refused mounts answer at once: they import neither
+    pyfuse3/trio nor a backend's numpy, OpenCV or zarr (counted in sys.modules, not timed)."""
+    (tmp_path / "file").write_text("x")
+    commands = [[], ["--help"], ["--version"], ["mount", "--help"], ["status"], ["status", "--json"],
+                ["umount", str(tmp_path)], ["mount", str(tmp_path / "missing"), str(tmp_path)],
+                ["mount", str(tmp_path / "file"), str(tmp_path)], ["mount", "-t", "fsdb", str(store), str(tmp_path / "file")]]
+    program = f"""
+import contextlib, io, json, sys
+from scopefs.daemon.cli import main
+for argv in {commands!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+heavy = ("numpy", "cv2", "zarr", "trimesh", "pyfuse3", "trio", "fsspec")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_busy_umount_names_the_holders_and_the_lazy_way_out(store, mount):
+    mnt = mount(store)
+    holder = subprocess.Popen(["sleep", "60"], cwd=mnt / "frames")
+    try:
+        result = run_scopefs("umount", str(mnt))
+        assert result.returncode == 1 and os.path.ismount(mnt)
+        assert f"sleep (pid {holder.pid})" in result.stderr, result.stderr
+        assert f"scopefs umount -z {mnt}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_scopefs("umount", str(mnt)).returncode == 0 and not os.path.ismount(mnt)
+
+
+def test_mount_points_with_odd_names_are_found(store, mount, tmp_path):
+    """mountinfo escapes space, tab, newline and backslash; every reader unescapes all four."""
+    mnt = mount(store, mountpoint=tmp_path / "odd \\ name\tand\nlines")
+    assert kernel.filesystem_type(str(mnt / "frames")) == "fuse.scopefs.imgstore"
+    rows = json.loads(run_scopefs("status", "--json").stdout)
+    assert [r["frames"] for r in rows if r["mountpoint"] == str(mnt)] == [12]
+    table = run_scopefs("status", str(mnt)).stdout
+    assert "frames=12" in table and "frames_decoded=0" in table   # the tree's own status, generically

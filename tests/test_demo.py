@@ -77,3 +77,25 @@ def test_demo_that_fails_half_way_still_unmounts(run_demo, tmp_path):
     assert result.returncode != 0 and "broken on purpose" in result.stderr
     assert "unmounted the demo's mounts" in result.stdout
     assert mounts_under(tmp_path) == []
+
+
+#: modules a mount of each kind must not load at start-up (they belong to other backends,
+#: or to views made on first use: copick's previews and meshes, remote roots)
+NOT_NEEDED = {"imgstore": ["fsspec", "trimesh", "zarr"], "iid": ["fsspec", "trimesh", "zarr"],
+              "fsdb": ["cv2", "fsspec", "trimesh", "zarr"], "copick": ["cv2", "fsspec", "trimesh", "zarr"]}
+
+
+def test_opening_a_source_loads_only_what_its_backend_needs(tmp_path):
+    sources = make_all(str(tmp_path / "samples"), frames=10)
+    for kind, source in sources.items():
+        program = f"""
+import sys
+from scopefs.backends import open_tree
+from scopefs.backends.options import Options
+tree = open_tree({kind!r}, {source!r}, Options({{}}), mountpoint={str(tmp_path)!r})
+tree.close()
+print(" ".join(sorted(m for m in {NOT_NEEDED[kind]!r} if m in sys.modules)))
+"""
+        result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [], kind

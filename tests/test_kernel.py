@@ -111,3 +111,22 @@ def test_a_root_on_a_fuse_mount_is_never_answered_from_caches(mount, tmp_path):
     writer.release()
     if on_disk.local_storage and on_disk.stat_cached("f") is not None:
         assert on_disk.stat_cached("f").size == 1
+
+
+def test_process_alive_counts_a_zombie_as_dead():
+    import subprocess
+    import time
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert kernel.process_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while kernel.process_alive(child.pid):        # exited, not yet reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with open(f"/proc/{child.pid}/stat") as fh:
+            assert fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        child.kill()
+        child.wait()
+    assert not kernel.process_alive(child.pid)

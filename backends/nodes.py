@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
-import numpy as np
-
 from .cache import ByteCache
 from .kernel import cached_pages, resident
 
@@ -295,6 +293,7 @@ class OSFileHandle(FileHandle):
             except (ValueError, OSError):           # empty, or not mappable
                 pass
             else:
+                import numpy as np                  # (here: trees without arrays start without numpy)
                 self._address = np.frombuffer(self._map, np.uint8).ctypes.data     # for mincore
 
     def read(self, offset: int, size: int) -> bytes:
@@ -552,6 +551,7 @@ class RowsFile(File):
         """Byte offset just past each row, counted from the end of the header."""
         with self._lock:
             if self._ends is None:
+                import numpy as np                  # (here: trees without tables start without numpy)
                 self._ends = np.cumsum(self._row_lengths(), dtype=np.int64)
             return self._ends
 
@@ -573,8 +573,8 @@ class RowsHandle(FileHandle):
         start, stop = max(offset - len(header), 0), offset + size - len(header)
         if stop <= 0 or not ends.size:
             return out
-        lo = int(np.searchsorted(ends, start, side="right"))
-        hi = min(int(np.searchsorted(ends, stop, side="left")) + 1, ends.size)
+        lo = int(ends.searchsorted(start, side="right"))
+        hi = min(int(ends.searchsorted(stop, side="left")) + 1, ends.size)
         if lo >= hi:
             return out
         first = int(ends[lo - 1]) if lo else 0

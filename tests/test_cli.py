@@ -152,7 +152,7 @@ for argv in {commands!r}:
             main(argv)
         except SystemExit:
             pass
-heavy = ("numpy", "cv2", "zarr", "trimesh", "pyfuse3", "trio", "fsspec")
+heavy = ("numpy", "cv2", "zarr", "trimesh", "pyfuse3", "trio", "fsspec", "yaml")
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 """
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)

@@ -81,8 +81,9 @@ def test_demo_that_fails_half_way_still_unmounts(run_demo, tmp_path):
 
 #: modules a mount of each kind must not load at start-up (they belong to other backends,
 #: or to views made on first use: copick's previews and meshes, remote roots)
-NOT_NEEDED = {"imgstore": ["fsspec", "trimesh", "zarr"], "iid": ["fsspec", "trimesh", "zarr"],
-              "fsdb": ["cv2", "fsspec", "trimesh", "zarr"], "copick": ["cv2", "fsspec", "trimesh", "zarr"]}
+NOT_NEEDED = {"imgstore": ["fsspec", "trimesh", "zarr"], "iid": ["fsspec", "trimesh", "yaml", "zarr"],
+              "fsdb": ["cv2", "fsspec", "numpy", "trimesh", "yaml", "zarr"],
+              "copick": ["cv2", "fsspec", "numpy", "trimesh", "yaml", "zarr"]}
 
 
 def test_opening_a_source_loads_only_what_its_backend_needs(tmp_path):

@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 
 STORE_KEY = "__store"
 SUPPORTED_VERSION = 2
@@ -129,6 +128,7 @@ def read_metadata(source: str) -> StoreMetadata:
         raise StoreError(f"{path}: no such file (an imgstore needs metadata.yaml)") from None
     except OSError as exc:
         raise StoreError(f"{path}: {exc.strerror}") from None
+    import yaml                                  # (here: detecting a store needs no YAML parser)
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

@@ -48,7 +48,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         raise MountError(f"{exc} (-o break_lock takes it anyway)") from None
     except NotAnFSDBError as exc:
         missing = "it is not a directory" if exc.errno == errno.ENOTDIR else f"it has no {layout.MARKER!r} file"
-        raise MountError(f"{source} is not an FSDB root ({missing}): an FSDB root is a directory holding "
+        raise MountError(f"not an FSDB root ({missing}): an FSDB root is a directory holding "
                          f"an empty file named {layout.MARKER!r} and one folder per scan") from None
     except (OSError, ValueError) as exc:
         raise MountError(str(exc)) from None

@@ -43,13 +43,15 @@ def is_url(source: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
 
 
-def _require_exists(source: str) -> None:
+def source_kind(source: str, given: str | None = None) -> str:
+    """The kind of source to mount: `given` (from -t) or detected. Cheap: no backend is
+    imported, so that what is wrong with a command line is told at once."""
     if not is_url(source) and not os.path.lexists(source):
         raise MountError("it does not exist")
-
-
-def detect(source: str) -> str:
-    _require_exists(source)
+    if given:
+        if given not in DETECTORS:
+            raise MountError(f"unknown source type {given!r} (known: {', '.join(BACKENDS)})")
+        return given
     for kind, looks_like in DETECTORS.items():
         if looks_like(source):
             return kind
@@ -62,10 +64,7 @@ def open_tree(kind: str, source: str, options: Options, read_only: bool = False,
     """The backend's tree; it calls `options.finish()` before any slow work, so that a
     typo in an option fails at once. Read-only sources ignore `read_only`; slow start-up
     work reports through `progress(message)`; `mountpoint` is for sources whose content
-    names their own mount (copick's config). Grafted views call a backend's `open_tree`
-    directly, with the `base` of their inode numbers."""
-    if kind not in DETECTORS:
-        raise MountError(f"unknown source type {kind!r} (known: {', '.join(BACKENDS)})")
-    _require_exists(source)
+    names their own mount (copick's config). `kind` comes from `source_kind`. Grafted views
+    call a backend's `open_tree` directly, with the `base` of their inode numbers."""
     backend = importlib.import_module(f"{__name__}.{kind}")
     return backend.open_tree(source, options, read_only, progress, mountpoint=mountpoint)

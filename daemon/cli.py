@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from ..backends import BACKENDS, detect, is_url, open_tree
+from ..backends import BACKENDS, is_url, open_tree, source_kind
 from ..backends.kernel import mounts, process_alive, processes_using
 from ..backends.options import MountError, Options, parse_option_string
 from .control import read_status
@@ -231,7 +231,7 @@ def _mount_in_foreground(args) -> int:
         opts.flag("ro")
         opts.flag("rw")
         prepare_mountpoint(args.mountpoint)
-        kind = args.type or detect(args.source)
+        kind = source_kind(args.source, args.type)
         progress = Progress(foreground=args.ready_fd is None)
         tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress,
                          mountpoint=args.mountpoint)
@@ -265,14 +265,14 @@ def _mount_in_foreground(args) -> int:
     return 0
 
 
-def _mount_in_background(args, argv: list[str]) -> int:
+def _mount_in_background(args) -> int:
     try:                              # what is wrong with the command line is told at once
         prepare_mountpoint(args.mountpoint)
-        if not args.type:
-            argv += ["-t", detect(args.source)]
+        args.type = source_kind(args.source, args.type)
     except (MountError, CliError) as exc:
         print(redact(f"scopefs: cannot mount {args.source}: {exc}"), file=sys.stderr)
         return 1
+    argv = _absolute_argv(args) + (["--log-file", args.log_file] if args.log_file else [])
     log_file = args.log_file or default_log_file()
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_fd, write_fd = os.pipe()
@@ -501,4 +501,4 @@ def main(argv: list[str] | None = None) -> int:
         args.source = _absolute(args.source)
         args.mountpoint = os.path.abspath(args.mountpoint)
         return _mount_in_foreground(args)
-    return _mount_in_background(args, _absolute_argv(args) + (["--log-file", args.log_file] if args.log_file else []))
+    return _mount_in_background(args)

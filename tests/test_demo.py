@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cleanup_mount, daemon_pid
 
-from scopefs.backends import detect
+from scopefs.backends import source_kind
 from scopefs.backends.kernel import mounts
 from scopefs.formats.samples import make_all
 
@@ -38,7 +38,7 @@ def run_demo(tmp_path):
 
 def test_samples_are_each_detected_as_their_kind(tmp_path):
     sources = make_all(str(tmp_path / "samples"), frames=10)
-    assert {kind: detect(source) for kind, source in sources.items()} == {kind: kind for kind in sources}
+    assert {kind: source_kind(source) for kind, source in sources.items()} == {kind: kind for kind in sources}
 
 
 def test_demo_shows_every_kind_and_unmounts_everything(run_demo, tmp_path):

@@ -276,8 +276,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         self._handles[fh] = handle
         # direct_io: content that changes under a fixed name must not be cut at a stale size
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.policy.keep_cache and not direct_io,
-                                direct_io=direct_io)
+        keep_cache = (self.policy.keep_cache or handle.keep_cache) and not direct_io
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_guard
     async def read(self, fh, off, size):

@@ -137,7 +137,7 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
         entry.entry_timeout = self.policy.entry_timeout
-        entry.attr_timeout = self.policy.attr_timeout
+        entry.attr_timeout = self.policy.attr_timeout_of(attr.mode)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_uid = self._uid

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import bisect
 import colorsys
+import contextlib
 import errno
+import gc
 import hashlib
 import io
 import json
@@ -50,13 +52,28 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
     options.finish()
+    with gc_paused():
+        try:
+            iid = IIDFile.open(source)
+        except IIDFormatError as exc:
+            raise MountError(str(exc)) from None
+        except OSError as exc:
+            raise MountError(f"{source}: {exc.strerror}") from None
+        return IIDTree(source, iid, mask_format, delay, read_only, base)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Opening makes about ten objects per entry, all kept while mounted; Python's cyclic
+    collector would scan them over and over as they pile up (5 of the 6 s a 100,000-entry
+    file took to mount). It runs again once they are made."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        iid = IIDFile.open(source)
-    except IIDFormatError as exc:
-        raise MountError(str(exc)) from None
-    except OSError as exc:
-        raise MountError(f"{source}: {exc.strerror}") from None
-    return IIDTree(source, iid, mask_format, delay, read_only, base)
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def invalid(message: str) -> OSError:
@@ -239,11 +256,11 @@ class EntryFolder(IIDFolder):
         self.name = name
         self.entry = entry
         self.slot = -1                            # its place in tree.folders, for its key
-        self.groups: set[str] = set()
+        self.groups: frozenset[str] = frozenset()   # replaced, not changed: the empty one is shared
         self.revision = 0                         # bumped whenever its views change
         self.pending_mask: np.ndarray | None = None
         self.pending_json: dict | None = None
-        self.hidden: set[str] = set()             # views removed by rm -r before rmdir
+        self.hidden: frozenset[str] = frozenset()  # views removed by rm -r before rmdir
         self.scratch: dict[str, Node] = {}
         self.mtime_ns = time.time_ns()
         self.mask_file = tree.add(MaskView(self))
@@ -386,7 +403,7 @@ class EntryFolder(IIDFolder):
         with self.tree.lock:
             view = self._view_for(name)
             if view is not None:
-                self.hidden.discard(name)
+                self.hidden -= {name}
                 view.staged = b""             # created anew: empty until written and closed
                 return view
             node = self.scratch.get(name)
@@ -399,7 +416,7 @@ class EntryFolder(IIDFolder):
             if name in self.scratch:
                 self.tree.discard(self.scratch.pop(name).ino)
             elif name in dict(self._views()):
-                self.hidden.add(name)          # rm -r: the entry goes with its folder
+                self.hidden |= {name}          # rm -r: the entry goes with its folder
             else:
                 raise FileNotFoundError(errno.ENOENT, "no such file", name)
 
@@ -416,7 +433,7 @@ class EntryFolder(IIDFolder):
                     return
                 data = bytes(source.data) if isinstance(source, MemoryFile) else source.content()
                 target_view.commit(data)       # rsync/editors: a temporary file becomes the mask
-                self.hidden.discard(new_name)
+                self.hidden -= {new_name}
                 if name in self.scratch:
                     self.tree.alias(self.scratch.pop(name).ino, target_view)
                 return
@@ -854,12 +871,12 @@ class IIDTree(Tree):
         """Membership shows in the folder's entry.json (the caller marks the tree changed)."""
         if folder not in self.groups[group]:
             self.groups[group][folder] = None
-            folder.groups.add(group)
+            folder.groups |= {group}
             folder.revision += 1
 
     def leave(self, folder: EntryFolder, group: str) -> None:
         del self.groups[group][folder]
-        folder.groups.discard(group)
+        folder.groups -= {group}
         folder.revision += 1
 
     def groups_of(self, folder: EntryFolder) -> list[str]:

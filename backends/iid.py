@@ -755,10 +755,11 @@ class IIDTree(Tree):
         self.writable = not read_only
         # writable: what the kernel is told of a file must be asked again (a change to one
         # file changes others: a new mask changes entry.json); pages are kept per open
-        # while a view's content stays the same (View.open). Folders only change mtime.
+        # while a view's content stays the same (View.open). Folders change only their
+        # mtime, links never.
         self.cache_policy = (CachePolicy() if read_only else
                              CachePolicy(entry_timeout=1.0, attr_timeout=0.0, negative_timeout=0.0,
-                                         keep_cache=False, directory_attr_timeout=1.0))
+                                         keep_cache=False, namespace_attr_timeout=1.0))
         self.lock = threading.RLock()
         self.cache = ByteCache(self.CACHE_BYTES)
         self.counts = {"segments_decoded": 0, "masks_encoded": 0, "entry_json_made": 0}

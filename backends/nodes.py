@@ -50,14 +50,14 @@ class CachePolicy:
     attr_timeout: float = 3600.0
     negative_timeout: float = 60.0
     keep_cache: bool = True
-    #: for directories, if they may be trusted longer than files (None: attr_timeout).
-    #: The kernel checks each directory of a path it resolves, so at 0 every path
-    #: component costs a round trip.
-    directory_attr_timeout: float | None = None
+    #: for directories and symbolic links, where a tree can trust them longer than its
+    #: files (None: attr_timeout). The kernel checks each directory of a path it
+    #: resolves and each link it follows: at 0, each costs a round trip.
+    namespace_attr_timeout: float | None = None
 
     def attr_timeout_of(self, mode: int) -> float:
-        if self.directory_attr_timeout is not None and stat.S_ISDIR(mode):
-            return self.directory_attr_timeout
+        if self.namespace_attr_timeout is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            return self.namespace_attr_timeout
         return self.attr_timeout
 
 

@@ -925,10 +925,8 @@ class IIDTree(Tree):
 
     def encode_mask(self, mask: np.ndarray) -> bytes:
         self.counts["masks_encoded"] += 1
-        try:
+        with self._encoding(mask.shape):
             return self.mask_format.encode_checked(self._mask_image(mask))
-        except (EncodeError, cv2.error) as exc:
-            raise OSError(errno.EIO, f"a {mask.shape[0]}x{mask.shape[1]} mask cannot be encoded: {exc}") from None
 
     def mask_size(self, shape: tuple[int, int], learn: bool = True) -> int | None:
         """The size of a mask file, from its shape: one blank mask is encoded per shape
@@ -936,10 +934,17 @@ class IIDTree(Tree):
         dtype = bool if self.mask_format.name == "npy" else np.uint8
         if not learn:
             return self.mask_format.known_size(shape, dtype)
-        try:
+        with self._encoding(shape):
             return self.mask_format.fixed_size(shape, dtype)
-        except (EncodeError, cv2.error) as exc:
-            raise OSError(errno.EIO, f"a {shape[0]}x{shape[1]} mask cannot be encoded: {exc}") from None
+
+    @contextlib.contextmanager
+    def _encoding(self, shape: tuple[int, int]):
+        """An encoder's failure (an empty bbox) is EIO for that one mask file."""
+        try:
+            yield
+        except (EncodeError, cv2.error):
+            raise OSError(errno.EIO, f"a {shape[0]}x{shape[1]} mask cannot be written as "
+                                     f"{self.mask_format.name}") from None
 
     # write-back --------------------------------------------------------------------
     def changed(self) -> None:

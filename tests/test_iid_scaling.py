@@ -7,6 +7,7 @@ or of a group's members per entry would add thousands of lines to the larger one
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -196,3 +197,22 @@ def test_second_read_comes_from_the_kernel_and_stat_encodes_nothing(files, mount
     Image.fromarray(new).save(mnt / folders[KEY] / "mask.png")
     assert json.loads(path.read_text())["area"] == 4
     assert os.stat(mnt / folders[KEY] / "mask.png").st_size == len((mnt / folders[KEY] / "mask.png").read_bytes())
+
+
+def test_a_mask_that_cannot_be_an_image_fails_alone(tmp_path):
+    f = IIDFile()
+    f.add(np.zeros((0, 4), bool), (5, 5, 5, 9), address=b"flat")      # an empty bbox: no image
+    f.add(DISK, (0, 0, 9, 7), address=b"disk")
+    f.save(str(tmp_path / "flat.iid"))
+    tree = open_tree(tmp_path / "flat.iid", read_only=True)
+    try:
+        flat = tree.root.lookup("000000-flat")
+        for call in (flat.mask_file.attr, lambda: flat.mask_file.open(os.O_RDONLY)):
+            with pytest.raises(OSError) as err:
+                call()
+            assert err.value.errno == errno.EIO and "\n" not in str(err.value)
+        assert doc_of(flat)["height"] == 0
+        disk = tree.root.lookup("000001-disk").mask_file
+        assert disk.attr().size == len(disk.open(os.O_RDONLY).read(0, 1 << 16))
+    finally:
+        tree.close()

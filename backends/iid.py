@@ -14,8 +14,11 @@ atomically on fsync, after `writeback_delay` idle seconds, and at unmount.
 """
 from __future__ import annotations
 
+import bisect
 import colorsys
+import contextlib
 import errno
+import gc
 import hashlib
 import io
 import json
@@ -29,7 +32,8 @@ import cv2
 import numpy as np
 
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
-from ..formats.images import make_format
+from ..formats.images import EncodeError, make_format
+from .cache import ByteCache
 from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
                     ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View)
 from .options import MountError, Options
@@ -45,13 +49,28 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
     options.finish()
+    with gc_paused():
+        try:
+            iid = IIDFile.open(source)
+        except IIDFormatError as exc:
+            raise MountError(str(exc)) from None
+        except OSError as exc:
+            raise MountError(f"{source}: {exc.strerror}") from None
+        return IIDTree(source, iid, mask_format, delay, read_only, base)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Opening makes about ten objects per entry, all kept while mounted; Python's cyclic
+    collector would scan them over and over as they pile up (5 of the 6 s a 100,000-entry
+    file took to mount). It runs again once they are made."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        iid = IIDFile.open(source)
-    except IIDFormatError as exc:
-        raise MountError(str(exc)) from None
-    except OSError as exc:
-        raise MountError(f"{source}: {exc.strerror}") from None
-    return IIDTree(source, iid, mask_format, delay, read_only, base)
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def invalid(message: str) -> OSError:
@@ -204,7 +223,27 @@ def place(mask: np.ndarray, bbox: list[int]) -> tuple[int, int, int, int]:
 
 # -- the model ----------------------------------------------------------------------------
 
-class EntryFolder(ListedDirectory):
+class IIDFolder(ListedDirectory):
+    """A folder of the mount: its attributes and lookups come from memory, so the daemon
+    answers them on its own thread unless a change holds the tree's lock."""
+
+    tree: "IIDTree"
+
+    def cached_attr(self) -> Attr:
+        return self.attr()
+
+    def lookup_attr_nowait(self, name: str):
+        if not self.tree.lock.acquire(blocking=False):
+            return None
+        try:
+            node = self.lookup(name)
+        finally:
+            self.tree.lock.release()
+        attr = None if node is None else node.cached_attr()
+        return None if attr is None else (node, attr)
+
+
+class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
     entry.json). Its mask and entry.json are views of the entry; other names are
     scratch files (editors' and rsync's temporary files), kept in memory only."""
@@ -213,27 +252,37 @@ class EntryFolder(ListedDirectory):
         self.tree = tree
         self.name = name
         self.entry = entry
+        self.slot = -1                            # its place in tree.folders, for its key
+        self.groups: frozenset[str] = frozenset()   # replaced, not changed: the empty one is shared
+        self.revision = 0                         # bumped whenever its views change
         self.pending_mask: np.ndarray | None = None
         self.pending_json: dict | None = None
-        self.hidden: set[str] = set()             # views removed by rm -r before rmdir
+        self.hidden: frozenset[str] = frozenset()  # views removed by rm -r before rmdir
         self.scratch: dict[str, Node] = {}
         self.mtime_ns = time.time_ns()
-        self._mask_cache: np.ndarray | None = None
         self.mask_file = tree.add(MaskView(self))
         self.json_file = tree.add(EntryJsonView(self))
 
     # the entry's content ------------------------------------------------------------
-    def mask(self) -> np.ndarray:
-        if self.entry is None:
-            if self.pending_mask is None:
-                raise OSError(errno.ENOENT, "no mask yet")
-            return self.pending_mask
-        if self._mask_cache is None:
-            try:
-                self._mask_cache = self.entry.mask()
-            except SegmentError as exc:
-                raise OSError(errno.EIO, f"entry {self.name}: damaged segment: {exc}") from None
-        return self._mask_cache
+    def mask(self, keep: bool = True) -> np.ndarray:
+        """The mask, decoded once per revision and kept in the tree's bounded cache
+        (`keep=False`: decoded without filling the cache, for the overview)."""
+        with self.tree.lock:
+            entry, revision = self.entry, self.revision
+            if entry is None:
+                if self.pending_mask is None:
+                    raise OSError(errno.ENOENT, "no mask yet")
+                return self.pending_mask
+        if not keep:
+            return self.tree.decode(entry, self.name)
+        return self.tree.cache.get_or_make(("mask", self.ino, revision), lambda: self.tree.decode(entry, self.name))
+
+    def mask_shape(self) -> tuple[int, int]:
+        if self.entry is not None:
+            return self.entry.shape
+        if self.pending_mask is None:
+            raise OSError(errno.ENOENT, "no mask yet")
+        return self.pending_mask.shape
 
     def describe(self) -> dict:
         e = self.entry
@@ -258,6 +307,11 @@ class EntryFolder(ListedDirectory):
         }
 
     # changes (each under the tree lock) -------------------------------------------------
+    def changed(self) -> None:
+        """What the views show has changed (the tree counts it as a change to write)."""
+        self.revision += 1
+        self.tree.changed()
+
     def set_mask(self, mask: np.ndarray) -> None:
         with self.tree.lock:
             if self.entry is None:
@@ -267,12 +321,14 @@ class EntryFolder(ListedDirectory):
                 except OSError:
                     self.pending_mask = previous       # a refused write changes nothing
                     raise
+                if self.entry is None:
+                    self.revision += 1                 # still pending: what it shows changed
                 return
             bbox = place(mask, list(self.entry.bbox[:2]))
             segment, area = encode_segment(mask, bbox)
             self.entry = Entry(self.entry.domain, self.entry.address, bbox, area, segment)
-            self._mask_cache = mask
-            self.tree.changed()
+            self.changed()
+            self.tree.cache.put(("mask", self.ino, self.revision), mask)
 
     def set_json(self, data: bytes) -> None:
         with self.tree.lock:
@@ -284,16 +340,21 @@ class EntryFolder(ListedDirectory):
                 except OSError:
                     self.pending_json = previous
                     raise
+                if self.entry is None:
+                    self.revision += 1
                 return
             mask = self.mask()
             bbox = place(mask, wanted["bbox"])
             segment = self.entry.segment
             if bbox != self.entry.bbox:            # moved: regions carry absolute coordinates
                 segment, _ = encode_segment(mask, bbox)
+            if wanted["address"] != self.entry.address:
+                self.tree.addresses_version += 1
             self.entry = Entry(wanted["domain"], wanted["address"], bbox, self.entry.area, segment)
             if wanted["groups"] is not None:
                 self.tree.set_groups_of(self, wanted["groups"])
-            self.tree.changed()
+            self.changed()
+            self.tree.cache.put(("mask", self.ino, self.revision), mask)
 
     def _complete(self) -> None:
         """A new folder becomes an entry once it has both a mask and an entry.json."""
@@ -303,11 +364,12 @@ class EntryFolder(ListedDirectory):
         bbox = place(mask, wanted["bbox"])
         segment, area = encode_segment(mask, bbox)
         self.entry = Entry(wanted["domain"], wanted["address"] or b"", bbox, area, segment)
-        self._mask_cache = mask
         self.pending_mask = self.pending_json = None
+        self.tree.now_live(self)
         if wanted["groups"]:
             self.tree.set_groups_of(self, wanted["groups"])
-        self.tree.changed()
+        self.changed()
+        self.tree.cache.put(("mask", self.ino, self.revision), mask)
 
     # the folder ---------------------------------------------------------------------------
     def _views(self) -> list[tuple[str, Node]]:
@@ -338,7 +400,7 @@ class EntryFolder(ListedDirectory):
         with self.tree.lock:
             view = self._view_for(name)
             if view is not None:
-                self.hidden.discard(name)
+                self.hidden -= {name}
                 view.staged = b""             # created anew: empty until written and closed
                 return view
             node = self.scratch.get(name)
@@ -351,7 +413,7 @@ class EntryFolder(ListedDirectory):
             if name in self.scratch:
                 self.tree.discard(self.scratch.pop(name).ino)
             elif name in dict(self._views()):
-                self.hidden.add(name)          # rm -r: the entry goes with its folder
+                self.hidden |= {name}          # rm -r: the entry goes with its folder
             else:
                 raise FileNotFoundError(errno.ENOENT, "no such file", name)
 
@@ -368,7 +430,7 @@ class EntryFolder(ListedDirectory):
                     return
                 data = bytes(source.data) if isinstance(source, MemoryFile) else source.content()
                 target_view.commit(data)       # rsync/editors: a temporary file becomes the mask
-                self.hidden.discard(new_name)
+                self.hidden -= {new_name}
                 if name in self.scratch:
                     self.tree.alias(self.scratch.pop(name).ino, target_view)
                 return
@@ -381,24 +443,95 @@ class EntryFolder(ListedDirectory):
                 self.scratch[new_name] = self.tree.add(MemoryFile(source.content()))
 
 
-class MaskView(View):
+class CachedView(View):
+    """A view whose bytes are made once per `content_tag` and kept in the tree's bounded
+    cache; while the tag stays, the kernel keeps the file's pages too (see View.open)."""
+
+    def __init__(self, owner, tree: "IIDTree"):
+        super().__init__(owner)
+        self.tree = tree
+
+    def make(self) -> bytes:
+        raise NotImplementedError
+
     def content(self) -> bytes:
-        return self.owner.tree.encode_mask(self.owner.mask())
+        return self.tree.cache.get_or_make(self.content_tag(), self.make)
+
+    def size(self) -> int:
+        return len(self.content())
+
+    def known_size(self) -> int | None:
+        """The size if known without making anything."""
+        data = self.tree.cache.get(self.content_tag())
+        return None if data is None else len(data)
+
+    def attr(self) -> Attr:
+        size = len(self.staged) if self.staged is not None else self.size()
+        return Attr(stat.S_IFREG | 0o644, size, self.owner.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        size = len(self.staged) if self.staged is not None else self.known_size()
+        return None if size is None else Attr(stat.S_IFREG | 0o644, size, self.owner.mtime_ns)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
+            return None
+        tag = self.content_tag()
+        data = self.tree.cache.get(tag)
+        return None if data is None else self._reader(data, tag)
+
+
+class MaskView(CachedView):
+    """The mask as an image file whose size follows from the bbox (the mask formats
+    store pixels uncompressed), so `stat` never decodes the segment."""
+
+    def __init__(self, folder: EntryFolder):
+        super().__init__(folder, folder.tree)
+
+    def content_tag(self):
+        return ("mask file", self.ino, self.owner.revision)
+
+    def make(self) -> bytes:
+        return self.tree.encode_mask(self.owner.mask())
+
+    def size(self) -> int:
+        return self.tree.mask_size(self.owner.mask_shape())
+
+    def known_size(self) -> int | None:
+        try:
+            return self.tree.mask_size(self.owner.mask_shape(), learn=False)
+        except OSError:
+            return None
 
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
 
 
-class EntryJsonView(View):
-    def content(self) -> bytes:
-        return (json.dumps(self.owner.describe(), indent=2, ensure_ascii=False) + "\n").encode()
+class EntryJsonView(CachedView):
+    def __init__(self, folder: EntryFolder):
+        super().__init__(folder, folder.tree)
+
+    def content_tag(self):
+        return ("entry.json", self.ino, self.owner.revision, self.tree.keys_version)
+
+    def make(self) -> bytes:
+        with self.tree.lock:
+            self.tree.counts["entry_json_made"] += 1
+            doc = self.owner.describe()
+        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
     def commit(self, data: bytes) -> None:
         self.owner.set_json(data)
 
 
-class MetaView(View):
-    def content(self) -> bytes:
+class MetaView(CachedView):
+    def __init__(self, tree: "IIDTree"):
+        super().__init__(tree, tree)
+
+    def content_tag(self):
+        return ("meta.json", self.tree.meta_revision)
+
+    def make(self) -> bytes:
         return (json.dumps(self.owner.meta, indent=2, ensure_ascii=False) + "\n").encode()
 
     def commit(self, data: bytes) -> None:
@@ -408,10 +541,11 @@ class MetaView(View):
             raise invalid(f"meta.json is not JSON: {exc}") from None
         with self.owner.lock:
             self.owner.meta = meta
+            self.owner.meta_revision += 1
             self.owner.changed()
 
 
-class RootFolder(ListedDirectory):
+class RootFolder(IIDFolder):
     """Fixed items, then the entry folders; `mkdir` makes a new entry folder."""
 
     def __init__(self, tree: "IIDTree"):
@@ -425,7 +559,7 @@ class RootFolder(ListedDirectory):
         """Made once per change of the folder set, not once per readdir batch."""
         with self.tree.lock:
             if self._cached is None or self._cached[0] != self.tree.folders_version:
-                listing = list(self.tree.fixed.items()) + [(f.name, f) for f in self.tree.folders]
+                listing = list(self.tree.fixed.items()) + [(f.name, f) for f in self.tree.folders if f is not None]
                 self._cached = (self.tree.folders_version, listing)
             return self._cached[1]
 
@@ -453,9 +587,10 @@ class RootFolder(ListedDirectory):
         raise OSError(errno.EPERM, "entry folders are named by the file; change entry.json instead")
 
 
-class GroupsFolder(ListedDirectory):
+class GroupsFolder(IIDFolder):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
+        self._names: tuple[int, dict[str, str]] | None = None     # folder name -> group, per version
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 2)
@@ -466,17 +601,18 @@ class GroupsFolder(ListedDirectory):
 
     def lookup(self, name: str):
         with self.tree.lock:
-            for group in self.tree.groups:
-                if readable(group.encode(), 240) == name:
-                    return self.tree.group_folder(group)
-        return None
+            if self._names is None or self._names[0] != self.tree.groups_version:
+                names = {readable(g.encode(), 240): g for g in reversed(self.tree.groups)}  # the first one wins
+                self._names = (self.tree.groups_version, names)
+            group = self._names[1].get(name)
+            return None if group is None else self.tree.group_folder(group)
 
     def mkdir(self, name: str, mode: int) -> Directory:
         group = unreadable(name).decode("utf-8", errors="replace")
         with self.tree.lock:
             if group in self.tree.groups or self.lookup(name) is not None:
                 raise FileExistsError(errno.EEXIST, "group exists", name)
-            self.tree.groups[group] = []
+            self.tree.add_group(group)
             self.tree.changed()
             return self.tree.group_folder(group)
 
@@ -485,14 +621,13 @@ class GroupsFolder(ListedDirectory):
             node = self.lookup(name)
             if node is None:
                 raise FileNotFoundError(errno.ENOENT, "no such group", name)
-            group = node.group
-            if self.tree.groups[group]:
+            if self.tree.groups[node.group]:
                 raise OSError(errno.ENOTEMPTY, "group has members", name)
-            del self.tree.groups[group]
+            self.tree.remove_group(node.group)
             self.tree.changed()
 
 
-class GroupFolder(ListedDirectory):
+class GroupFolder(IIDFolder):
     """Members as links to their entry folders; `ln -s` adds one, `rm` removes one."""
 
     def __init__(self, tree: "IIDTree", group: str):
@@ -502,35 +637,34 @@ class GroupFolder(ListedDirectory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 2)
 
-    def _members(self) -> list[EntryFolder]:
-        with self.tree.lock:
-            return list(self.tree.groups.get(self.group, []))
+    def _members(self) -> dict[EntryFolder, None]:
+        return self.tree.groups.get(self.group, {})
 
     def listing(self):
-        return [(f.name, self.tree.link_to(f, 2)) for f in self._members()]
+        with self.tree.lock:
+            return [(f.name, self.tree.link_to(f, 2)) for f in self._members()]
 
     def lookup(self, name: str):
-        folder = self.tree.folder_by_name.get(name)
-        return self.tree.link_to(folder, 2) if folder in self._members() else None
+        with self.tree.lock:
+            folder = self.tree.folder_by_name.get(name)
+            return self.tree.link_to(folder, 2) if folder in self._members() else None
 
     def symlink(self, name: str, target: str) -> Symlink:
-        folder = self.tree.folder_by_name.get(os.path.basename(target.rstrip("/")))
-        if folder is None or folder.entry is None:
-            raise invalid(f"group link {name} -> {target}: the target is not an entry folder of this file")
         with self.tree.lock:
-            members = self.tree.groups[self.group]
-            if folder not in members:
-                members.append(folder)
+            folder = self.tree.folder_by_name.get(os.path.basename(target.rstrip("/")))
+            if folder is None or folder.entry is None:
+                raise invalid(f"group link {name} -> {target}: the target is not an entry folder of this file")
+            if folder not in self._members():
+                self.tree.join(folder, self.group)
                 self.tree.changed()
-        return self.tree.link_to(folder, 2)
+            return self.tree.link_to(folder, 2)
 
     def unlink(self, name: str) -> None:
         with self.tree.lock:
             folder = self.tree.folder_by_name.get(name)
-            members = self.tree.groups.get(self.group, [])
-            if folder not in members:
+            if folder not in self._members():
                 raise FileNotFoundError(errno.ENOENT, "not a member", name)
-            members.remove(folder)
+            self.tree.leave(folder, self.group)
             self.tree.changed()
 
 
@@ -542,14 +676,16 @@ class ByAddressFolder(ListedDirectory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.tree.mtime_ns, 2)
 
+    cached_attr = attr
+
     def _addresses(self) -> dict[str, list[EntryFolder]]:
+        """Made once per change of the addresses."""
         with self.tree.lock:
-            if self._cached is None or self._cached[0] != self.tree.version:
+            if self._cached is None or self._cached[0] != self.tree.addresses_version:
                 found: dict[str, list[EntryFolder]] = {}
-                for f in self.tree.folders:
-                    if f.entry is not None:
-                        found.setdefault(readable(f.entry.address, 240) or "%empty", []).append(f)
-                self._cached = (self.tree.version, found)
+                for f in self.tree.live():
+                    found.setdefault(readable(f.entry.address, 240) or "%empty", []).append(f)
+                self._cached = (self.tree.addresses_version, found)
             return self._cached[1]
 
     def listing(self):
@@ -566,6 +702,8 @@ class AddressFolder(ListedDirectory):
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.parent.tree.mtime_ns, 2)
+
+    cached_attr = attr
 
     def listing(self):
         return [(f.name, self.parent.tree.link_to(f, 2)) for f in self.parent._addresses().get(self.name, [])]
@@ -603,6 +741,8 @@ The .iid file is rewritten atomically on fsync, after {delay:g} idle seconds, an
 
 class IIDTree(Tree):
     writable = True
+    #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
+    CACHE_BYTES = 64 << 20
 
     def __init__(self, path: str, iid: IIDFile, mask_format: str, writeback_delay: float, read_only: bool,
                  base: int = ROOT_INO):
@@ -610,10 +750,16 @@ class IIDTree(Tree):
         self.path = os.path.abspath(path)
         self.iid = iid
         self.writable = not read_only
+        # writable: what the kernel is told of a file must be asked again (a change to one
+        # file changes others: a new mask changes entry.json); pages are kept per open
+        # while a view's content stays the same (View.open). Folders change only their
+        # mtime, links never.
         self.cache_policy = (CachePolicy() if read_only else
                              CachePolicy(entry_timeout=1.0, attr_timeout=0.0, negative_timeout=0.0,
-                                         keep_cache=False))
+                                         keep_cache=False, namespace_attr_timeout=1.0))
         self.lock = threading.RLock()
+        self.cache = ByteCache(self.CACHE_BYTES)
+        self.counts = {"segments_decoded": 0, "masks_encoded": 0, "entry_json_made": 0}
         self.mask_format = make_format(mask_format)
         self.mask_name = "mask" + self.mask_format.extension_for((1, 1))
         self.writeback_delay = writeback_delay
@@ -621,16 +767,27 @@ class IIDTree(Tree):
         self.meta = iid.meta
         self.version = 0              # bumped by every change
         self.folders_version = 0      # bumped when folders come or go
+        self.keys_version = 0         # bumped when keys of existing entries shift
+        self.addresses_version = 0    # bumped when the set of addresses may have changed
+        self.groups_version = 0       # bumped when groups come or go
+        self.meta_revision = 0
         self._synced = 0               # the version last written
         self._last_change = 0.0
         self.writebacks = 0
         self.add(RootFolder(self))
-        self.folders: list[EntryFolder] = []
+        # folders by slot (None where deleted); an entry's key is its slot less the slots
+        # before it that hold no entry (deleted, or new and still pending): one bisect
+        self.folders: list[EntryFolder | None] = []
+        self._gaps: list[int] = []
         self.folder_by_name: dict[str, EntryFolder] = {}
         for key, entry in enumerate(iid.entries):
             self._register(EntryFolder(self, entry_folder_name(key, entry.address), entry))
-        self.groups: dict[str, list[EntryFolder]] = {
-            name: [self.folders[k] for k in dict.fromkeys(keys)] for name, keys in iid.groups.items()}
+        self.groups: dict[str, dict[EntryFolder, None]] = {}     # members in order, as a set
+        self._group_rank: dict[str, int] = {}
+        for name, keys in iid.groups.items():
+            self.add_group(name)
+            for k in keys:
+                self.join(self.folders[k], name)
         self._group_nodes: dict[str, GroupFolder] = {}
         self._links: dict[tuple[int, int], Symlink] = {}
         self._address_nodes: dict[str, AddressFolder] = {}
@@ -653,7 +810,10 @@ class IIDTree(Tree):
     # folders and keys --------------------------------------------------------------
     def _register(self, folder: EntryFolder) -> None:
         self.add(folder)
+        folder.slot = len(self.folders)
         self.folders.append(folder)
+        if folder.entry is None:
+            self._gaps.append(folder.slot)        # the highest slot: the list stays sorted
         self.folder_by_name[folder.name] = folder
         self.folders_version += 1
 
@@ -662,37 +822,71 @@ class IIDTree(Tree):
         self._register(folder)
         return folder
 
+    def now_live(self, folder: EntryFolder) -> None:
+        """A new folder became an entry: entries after it (made earlier) move up one key."""
+        del self._gaps[bisect.bisect_left(self._gaps, folder.slot)]
+        self._keys_shift_after(folder.slot)
+        self.addresses_version += 1
+
     def delete_folder(self, folder: EntryFolder) -> None:
-        self.folders.remove(folder)
+        self.folders[folder.slot] = None
         del self.folder_by_name[folder.name]
         self.folders_version += 1
-        for members in self.groups.values():
-            if folder in members:
-                members.remove(folder)
+        for group in list(folder.groups):
+            self.leave(folder, group)
         for node in (folder, folder.mask_file, folder.json_file):
             self.discard(node.ino)
         if folder.entry is not None:
+            bisect.insort(self._gaps, folder.slot)
+            self._keys_shift_after(folder.slot)
+            self.addresses_version += 1
             self.changed()
 
+    def _keys_shift_after(self, slot: int) -> None:
+        entries_after = len(self.folders) - 1 - slot - (len(self._gaps) - bisect.bisect_right(self._gaps, slot))
+        if entries_after:
+            self.keys_version += 1
+
     def live(self) -> list[EntryFolder]:
-        return [f for f in self.folders if f.entry is not None]
+        return [f for f in self.folders if f is not None and f.entry is not None]
 
     def key_of(self, folder: EntryFolder) -> int:
         """The key the entry has in the file as it will be written next."""
         with self.lock:
-            return self.live().index(folder)
+            return folder.slot - bisect.bisect_left(self._gaps, folder.slot)
+
+    # groups ------------------------------------------------------------------------
+    def add_group(self, group: str) -> None:
+        self.groups[group] = {}
+        self._group_rank[group] = self.groups_version       # increases: groups keep their order
+        self.groups_version += 1
+
+    def remove_group(self, group: str) -> None:
+        del self.groups[group], self._group_rank[group]
+        self.groups_version += 1
+
+    def join(self, folder: EntryFolder, group: str) -> None:
+        """Membership shows in the folder's entry.json (the caller marks the tree changed)."""
+        if folder not in self.groups[group]:
+            self.groups[group][folder] = None
+            folder.groups |= {group}
+            folder.revision += 1
+
+    def leave(self, folder: EntryFolder, group: str) -> None:
+        del self.groups[group][folder]
+        folder.groups -= {group}
+        folder.revision += 1
 
     def groups_of(self, folder: EntryFolder) -> list[str]:
-        return [g for g, members in self.groups.items() if folder in members]
+        return sorted(folder.groups, key=self._group_rank.__getitem__)
 
     def set_groups_of(self, folder: EntryFolder, names: list[str]) -> None:
         for group in names:
-            self.groups.setdefault(group, [])
-        for group, members in self.groups.items():
-            if group in names and folder not in members:
-                members.append(folder)
-            elif group not in names and folder in members:
-                members.remove(folder)
+            if group not in self.groups:
+                self.add_group(group)
+            self.join(folder, group)
+        for group in folder.groups - set(names):
+            self.leave(folder, group)
 
     def group_folder(self, group: str) -> GroupFolder:
         node = self._group_nodes.get(group)
@@ -709,16 +903,45 @@ class IIDTree(Tree):
 
     def link_to(self, folder: EntryFolder, depth: int) -> Symlink:
         with self.lock:
-            key = (id(folder), depth)
+            key = (folder.ino, depth)
             node = self._links.get(key)
             if node is None:
                 node = self._links[key] = self.add(Symlink("../" * depth + folder.name, folder.mtime_ns))
             return node
 
+    # masks -------------------------------------------------------------------------
+    def decode(self, entry: Entry, name: str) -> np.ndarray:
+        self.counts["segments_decoded"] += 1
+        try:
+            return entry.mask()
+        except SegmentError as exc:
+            raise OSError(errno.EIO, f"entry {name}: damaged segment: {exc}") from None
+
+    def _mask_image(self, mask: np.ndarray) -> np.ndarray:
+        return mask if self.mask_format.name == "npy" else mask.astype(np.uint8) * 255
+
     def encode_mask(self, mask: np.ndarray) -> bytes:
-        if self.mask_format.name == "npy":
-            return self.mask_format.encode(mask)
-        return self.mask_format.encode(mask.astype(np.uint8) * 255)
+        self.counts["masks_encoded"] += 1
+        with self._encoding(mask.shape):
+            return self.mask_format.encode_checked(self._mask_image(mask))
+
+    def mask_size(self, shape: tuple[int, int], learn: bool = True) -> int | None:
+        """The size of a mask file, from its shape: one blank mask is encoded per shape
+        (remembered for the shapes used last), never the entry's own."""
+        dtype = bool if self.mask_format.name == "npy" else np.uint8
+        if not learn:
+            return self.mask_format.known_size(shape, dtype)
+        with self._encoding(shape):
+            return self.mask_format.fixed_size(shape, dtype)
+
+    @contextlib.contextmanager
+    def _encoding(self, shape: tuple[int, int]):
+        """An encoder's failure (an empty bbox) is EIO for that one mask file."""
+        try:
+            yield
+        except (EncodeError, cv2.error):
+            raise OSError(errno.EIO, f"a {shape[0]}x{shape[1]} mask cannot be written as "
+                                     f"{self.mask_format.name}") from None
 
     # write-back --------------------------------------------------------------------
     def changed(self) -> None:
@@ -753,15 +976,17 @@ class IIDTree(Tree):
         with self.lock:
             for k, folder in enumerate(live):
                 if folder.entry is out.entries[k]:
-                    folder.entry = fresh.entries[k]
+                    folder.entry = fresh.entries[k]       # the same content: views stay valid
             self._synced = version
         old, self.iid = self.iid, fresh
         old.close()
 
     def status(self) -> dict:
-        with self.lock:
-            return {"entries": len(self.live()), "pending_changes": self.version != self._synced,
-                    "writebacks": self.writebacks}
+        cache = self.cache
+        lookups = cache.hits + cache.misses
+        return {"entries": len(self.folders) - len(self._gaps), "pending_changes": self.version != self._synced,
+                "writebacks": self.writebacks, **self.counts, "cache_bytes": cache.used_bytes,
+                "cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None}
 
     def close(self) -> None:
         if self.writable:
@@ -778,15 +1003,20 @@ class OverviewFile(File):
     def __init__(self, tree: IIDTree):
         self.tree = tree
         self._cache: tuple[int, bytes] | None = None
+        self._plane_of: tuple[int, tuple] | None = None      # (version, plane shape and scale)
         self._png = make_format("png")
 
     def _plane(self) -> tuple[tuple[int, int], float]:
+        """The plane's shape and scale, worked out once per version of the tree."""
         with self.tree.lock:
-            live = self.tree.live()
-            h = max([f.entry.bbox[2] for f in live], default=0) or 1
-            w = max([f.entry.bbox[3] for f in live], default=0) or 1
-        scale = min(1.0, self.OVERVIEW_SIDE / max(h, w))
-        return (max(1, round(h * scale)), max(1, round(w * scale))), scale
+            version = self.tree.version
+            if self._plane_of is None or self._plane_of[0] != version:
+                live = self.tree.live()
+                h = max([f.entry.bbox[2] for f in live], default=0) or 1
+                w = max([f.entry.bbox[3] for f in live], default=0) or 1
+                scale = min(1.0, self.OVERVIEW_SIDE / max(h, w))
+                self._plane_of = (version, ((max(1, round(h * scale)), max(1, round(w * scale))), scale))
+            return self._plane_of[1]
 
     def content(self) -> bytes:
         with self.tree.lock:
@@ -798,7 +1028,7 @@ class OverviewFile(File):
         plane = np.zeros((h, w, 3), np.uint8)
         for k, folder in enumerate(live):
             try:
-                mask = folder.mask()
+                mask = folder.mask(keep=False)
             except OSError:
                 continue                                   # a damaged segment is left out
             minr, minc, maxr, maxc = (round(v * scale) for v in folder.entry.bbox)

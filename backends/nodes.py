@@ -48,6 +48,15 @@ class CachePolicy:
     attr_timeout: float = 3600.0
     negative_timeout: float = 60.0
     keep_cache: bool = True
+    #: for directories and symbolic links, where a tree can trust them longer than its
+    #: files (None: attr_timeout). The kernel checks each directory of a path it
+    #: resolves and each link it follows: at 0, each costs a round trip.
+    namespace_attr_timeout: float | None = None
+
+    def attr_timeout_of(self, mode: int) -> float:
+        if self.namespace_attr_timeout is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            return self.namespace_attr_timeout
+        return self.attr_timeout
 
 
 class Node:
@@ -122,6 +131,9 @@ class FileHandle:
     written with an OSError, which the writer sees as the error of close or fsync)."""
 
     release_blocks = False
+    #: the content is what an earlier open of the same file served: the kernel may keep
+    #: the pages it cached then (the tree's CachePolicy may allow that for every file)
+    keep_cache = False
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError
@@ -169,6 +181,8 @@ class Symlink(Node):
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFLNK | 0o777, len(self.target.encode()), self.mtime_ns)
+
+    cached_attr = attr
 
 
 # -- simple building blocks -------------------------------------------------------------
@@ -460,9 +474,15 @@ class View(File):
     def __init__(self, owner):
         self.owner = owner
         self.staged: bytes | None = None          # truncated or created, not yet committed
+        self._served_tag = None                   # content_tag() of the last read-only open
 
     def content(self) -> bytes:
         raise NotImplementedError
+
+    def content_tag(self):
+        """Something hashable that changes whenever the content does, or None if the view
+        cannot tell. While it stays the same, opens let the kernel keep the file's pages."""
+        return None
 
     def commit(self, data: bytes) -> None:
         raise NotImplementedError
@@ -474,16 +494,25 @@ class View(File):
     def open(self, flags: int) -> FileHandle:
         if flags & os.O_TRUNC:
             self.staged = b""
-        current = self.staged if self.staged is not None else self.content()
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return BytesHandle(current)
+            tag = self.content_tag() if self.staged is None else None     # before the content
+            return self._reader(self.staged if self.staged is not None else self.content(), tag)
+        self._served_tag = None               # the writer's bytes land in the kernel's pages
+        current = self.staged if self.staged is not None else self.content()
         # committed only once written to: a shell's `>` closes a dup of the file first
         return BufferHandle(current, self._commit)
+
+    def _reader(self, data: bytes, tag) -> BytesHandle:
+        handle = BytesHandle(data)
+        handle.keep_cache = tag is not None and tag == self._served_tag
+        self._served_tag = tag
+        return handle
 
     def truncate(self, size: int) -> None:
         # `> file` truncates before it writes: keep that staged until a writer closes
         current = self.staged if self.staged is not None else self.content()
         self.staged = current[:size] + bytes(max(0, size - len(current)))
+        self._served_tag = None
 
     def _commit(self, data: bytes) -> None:
         try:

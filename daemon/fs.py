@@ -137,7 +137,7 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
         entry.entry_timeout = self.policy.entry_timeout
-        entry.attr_timeout = self.policy.attr_timeout
+        entry.attr_timeout = self.policy.attr_timeout_of(attr.mode)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_uid = self._uid
@@ -276,8 +276,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         self._handles[fh] = handle
         # direct_io: content that changes under a fixed name must not be cut at a stale size
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.policy.keep_cache and not direct_io,
-                                direct_io=direct_io)
+        keep_cache = (self.policy.keep_cache or handle.keep_cache) and not direct_io
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_guard
     async def read(self, fh, off, size):

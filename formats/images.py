@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -29,8 +30,11 @@ class ImageFormat:
     #: whether the size follows from shape and dtype
     size_from_shape = True
 
+    #: shapes whose size is remembered (masks of an .iid come in many shapes)
+    SIZES_KEPT = 4096
+
     def __init__(self):
-        self._sizes: dict[tuple, int] = {}
+        self._sizes: OrderedDict[tuple, int] = OrderedDict()
         self._lock = threading.Lock()
 
     def supports(self, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
@@ -48,13 +52,22 @@ class ImageFormat:
     def fixed_size(self, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
         if not self.size_from_shape:
             return None
-        key = (tuple(shape), np.dtype(dtype).str)
-        with self._lock:
-            size = self._sizes.get(key)
+        size = self.known_size(shape, dtype)
         if size is None:
             size = len(self.encode(np.zeros(shape, dtype)))
             with self._lock:
-                self._sizes[key] = size
+                self._sizes[(tuple(shape), np.dtype(dtype).str)] = size
+                if len(self._sizes) > self.SIZES_KEPT:
+                    self._sizes.popitem(last=False)
+        return size
+
+    def known_size(self, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
+        """`fixed_size` if it is already known (no encoding), else None."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            size = self._sizes.get(key)
+            if size is not None:
+                self._sizes.move_to_end(key)
         return size
 
     def encode_checked(self, img: np.ndarray) -> bytes:

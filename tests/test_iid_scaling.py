@@ -1,0 +1,218 @@
+"""The .iid tree's work per entry does not grow with the file, and its caches stay right.
+
+The scaling tests count the Python lines scopefs executes (sys.settrace) while answering
+what a walk asks of one entry, in a file of 100 and one of 10,000 entries that hold the
+same entry at the same key, and require the counts to be equal: any scan of all entries
+or of a group's members per entry would add thousands of lines to the larger one.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import daemon_status
+from scopefs.backends import iid as iid_backend
+from scopefs.backends.options import Options
+from scopefs.formats.iid import IIDFile
+
+PACKAGE = str(Path(iid_backend.__file__).resolve().parent.parent)
+KEY = 42                     # the entry looked at, the same in every file
+DISK = np.add.outer((np.arange(9) - 4) ** 2, (np.arange(7) - 3) ** 2) < 12
+
+
+def uniform_file(path: Path, count: int) -> Path:
+    """`count` entries of one mask, fixed-width addresses, in three groups."""
+    f = IIDFile()
+    for i in range(count):
+        r, c = 10 * (i % 300), 10 * (i // 300)
+        f.add(DISK, (r, c, r + 9, c + 7), address=f"cell-{i:05d}".encode(), domain=b"d", groups=(f"g{i % 3}",))
+    f.meta = {"n": count}
+    f.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    work = tmp_path_factory.mktemp("iid-scaling")
+    return {n: uniform_file(work / f"u{n}.iid", n) for n in (100, 10_000)}
+
+
+def open_tree(path: Path, read_only: bool = False):
+    return iid_backend.open(str(path), Options(""), read_only)
+
+
+def lines_run(fn) -> int:
+    """How many lines of scopefs's own code `fn()` executes."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename.startswith(PACKAGE) else None
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def walk_one_entry(tree) -> None:
+    """What ls -l, stat, find and reading entry.json twice ask of one entry folder."""
+    name = f"{KEY:06d}-cell-{KEY:05d}"
+    folder, _ = tree.root.lookup_attr(name)
+    for _, child_name, child, attr in folder.entries(0):
+        attr or child.attr()
+        folder.lookup_attr(child_name)
+    folder.mask_file.attr()
+    for _ in range(2):
+        json_file, _ = folder.lookup_attr("entry.json")
+        json_file.attr()
+        handle = json_file.open(os.O_RDONLY)
+        handle.read(0, 1 << 16)
+        handle.release()
+    tree.fixed["groups"].lookup("g0").lookup(name).attr()
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_work_per_entry_does_not_grow_with_the_file(files, read_only):
+    counts = {}
+    for n, path in files.items():
+        tree = open_tree(path, read_only)
+        try:
+            counts[n] = lines_run(lambda: walk_one_entry(tree))
+        finally:
+            tree.close()
+    assert counts[100] == counts[10_000], counts
+
+
+def test_stat_and_warm_reads_make_nothing(files):
+    tree = open_tree(files[100], read_only=True)
+    try:
+        folder = tree.root.lookup(f"{KEY:06d}-cell-{KEY:05d}")
+        assert folder.mask_file.attr().size == len(tree.encode_mask(DISK))
+        tree.counts.update(masks_encoded=0)
+        for f in tree.live():                         # sizes of every mask, none encoded or decoded
+            f.mask_file.attr()
+        assert tree.counts["masks_encoded"] == tree.counts["segments_decoded"] == 0
+        first = folder.json_file.open(os.O_RDONLY)
+        second = folder.json_file.open_nowait(os.O_RDONLY)   # answered from memory, no thread
+        assert second is not None and second.read(0, 1 << 16) == first.read(0, 1 << 16)
+        assert not first.keep_cache and second.keep_cache and tree.counts["entry_json_made"] == 1
+        assert folder.json_file.cached_attr().size == len(first.read(0, 1 << 16))
+    finally:
+        tree.close()
+
+
+def write(view, data: bytes) -> None:
+    handle = view.open(os.O_WRONLY | os.O_TRUNC)
+    handle.write(0, data)
+    handle.flush()
+
+
+def doc_of(folder) -> dict:
+    handle = folder.json_file.open(os.O_RDONLY)
+    return json.loads(handle.read(0, 1 << 16))
+
+
+def copy_of(path: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    return copy
+
+
+def test_views_follow_every_change(files, tmp_path):
+    tree = open_tree(copy_of(files[100], tmp_path))
+    try:
+        root = tree.root
+        later = root.lookup("000050-cell-00050")
+        before = doc_of(later)
+        assert before["key"] == 50 and before["groups"] == ["g2"]
+        # a deleted entry moves the keys after it down at once
+        gone = root.lookup("000003-cell-00003")
+        for view in ("mask.png", "entry.json"):
+            gone.unlink(view)
+        root.rmdir(gone.name)
+        assert doc_of(later)["key"] == 49 and doc_of(root.lookup("000002-cell-00002"))["key"] == 2
+        # a group link shows in entry.json; a removed one goes
+        tree.fixed["groups"].lookup("g0").symlink(later.name, f"../../{later.name}")
+        assert doc_of(later)["groups"] == ["g0", "g2"]
+        tree.fixed["groups"].lookup("g2").unlink(later.name)
+        assert doc_of(later)["groups"] == ["g0"]
+        # a new mask changes the mask file, its size, the area and the bbox
+        old_size = later.mask_file.attr().size
+        reader = later.mask_file.open(os.O_RDONLY)
+        assert later.mask_file.open(os.O_RDONLY).keep_cache           # unchanged: the kernel keeps it
+        new = np.zeros((20, 30), np.uint8)
+        new[2:5, 3:9] = 255
+        png = tmp_path / "new.png"
+        Image.fromarray(new).save(png)
+        write(later.mask_file, png.read_bytes())
+        reopened = later.mask_file.open(os.O_RDONLY)
+        assert not reopened.keep_cache and reopened.read(0, 1 << 20) != reader.read(0, 1 << 20)
+        assert later.mask_file.attr().size == len(reopened.read(0, 1 << 20)) != old_size
+        doc = doc_of(later)
+        assert doc["area"] == 18 and (doc["height"], doc["width"]) == (20, 30)
+        # a new entry made after the last one takes the next key; one made earlier and
+        # completed later moves it up
+        first, second = root.mkdir("first", 0o755), root.mkdir("second", 0o755)
+        for folder in (second, first):
+            write(folder.mask_file, png.read_bytes())
+            write(folder.json_file, b'{"address": "new", "bbox": [0, 0]}')
+        assert doc_of(first)["key"] == 99 and doc_of(second)["key"] == 100
+        assert tree.status()["entries"] == 101
+    finally:
+        tree.close()
+
+
+def test_second_read_comes_from_the_kernel_and_stat_encodes_nothing(files, mount, tmp_path):
+    mnt = mount(copy_of(files[100], tmp_path))
+    folders = sorted(n for n in os.listdir(mnt) if n.startswith("0"))
+    path = mnt / folders[KEY] / "entry.json"
+    first = path.read_bytes()
+    control = (mnt / ".scopefs").read_bytes()
+    assert path.read_bytes() == first
+    # the daemon was asked for the control file's bytes only: entry.json came from the kernel
+    assert daemon_status(mnt)["bytes_read"] - json.loads(control)["bytes_read"] == len(control)
+    for name in folders:
+        os.stat(mnt / name / "mask.png")
+        os.stat(mnt / name / "entry.json")
+    status = daemon_status(mnt)
+    assert status["masks_encoded"] == status["segments_decoded"] == 0
+    # a change is seen at once: the new mask's area in entry.json, its size by stat
+    new = np.zeros((4, 4), np.uint8)
+    new[1:3, 1:3] = 255
+    Image.fromarray(new).save(mnt / folders[KEY] / "mask.png")
+    assert json.loads(path.read_text())["area"] == 4
+    assert os.stat(mnt / folders[KEY] / "mask.png").st_size == len((mnt / folders[KEY] / "mask.png").read_bytes())
+
+
+def test_a_mask_that_cannot_be_an_image_fails_alone(tmp_path):
+    f = IIDFile()
+    f.add(np.zeros((0, 4), bool), (5, 5, 5, 9), address=b"flat")      # an empty bbox: no image
+    f.add(DISK, (0, 0, 9, 7), address=b"disk")
+    f.save(str(tmp_path / "flat.iid"))
+    tree = open_tree(tmp_path / "flat.iid", read_only=True)
+    try:
+        flat = tree.root.lookup("000000-flat")
+        for call in (flat.mask_file.attr, lambda: flat.mask_file.open(os.O_RDONLY)):
+            with pytest.raises(OSError) as err:
+                call()
+            assert err.value.errno == errno.EIO and "\n" not in str(err.value)
+        assert doc_of(flat)["height"] == 0
+        disk = tree.root.lookup("000001-disk").mask_file
+        assert disk.attr().size == len(disk.open(os.O_RDONLY).read(0, 1 << 16))
+    finally:
+        tree.close()

@@ -51,8 +51,6 @@ from ...formats import fsdb as layout
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
-#: lazily registered files reach files.json after at most this many seconds
-REGISTER_DELAY = 1.0
 JOURNAL = ".scopefs-journal"
 
 
@@ -571,6 +569,7 @@ class FSDB:
         self.scans: dict[str, Scan] = {}
         self.is_connected = False
         self.register_lazily = False
+        self.register_delay = 1.0                   # seconds a lazy registration may wait
         #: work done, for tests and status: files_json_reads/_writes, metadata_reads
         self.counts: Counter[str] = Counter()
         self._lock = RootLock(self.basedir)
@@ -619,9 +618,9 @@ class FSDB:
                 _unlink(os.path.join(self.basedir, JOURNAL))
 
     def flush_due(self) -> bool:
-        """Some registration has waited REGISTER_DELAY seconds."""
+        """Some registration has waited `register_delay` seconds."""
         oldest = min(self._dirty.values(), default=None)
-        return oldest is not None and time.monotonic() - oldest >= REGISTER_DELAY
+        return oldest is not None and time.monotonic() - oldest >= self.register_delay
 
     def _journal(self, entry: tuple[str, str, str, str]) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""

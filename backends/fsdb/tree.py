@@ -55,6 +55,7 @@ def detect(source: str) -> bool:
 
 def open(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO) -> "FSDBTree":
     break_lock = options.flag("break_lock")
+    register_delay = options.float("register_delay", 1.0)
     options.finish()
     try:
         db = FSDB(source)
@@ -65,7 +66,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         raise MountError(f"{exc} (-o break_lock takes it anyway)") from None
     except (NotAnFSDBError, OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
-    return FSDBTree(db, read_only, base)
+    return FSDBTree(db, read_only, base, register_delay)
 
 
 def _api_errors(fn):
@@ -573,12 +574,12 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
 
 
 class FSDBTree(Tree):
-    def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO):
+    def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO, register_delay: float = 1.0):
         super().__init__(base)
         self.db = db
         self.writable = not read_only
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(entry_timeout=1.0, attr_timeout=0.0, negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=False))
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
@@ -586,7 +587,8 @@ class FSDBTree(Tree):
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
         self._views: dict[tuple, Directory] = {}
-        db.register_lazily = not read_only
+        db.register_lazily = not read_only and register_delay > 0
+        db.register_delay = register_delay
         self.add(RootFolder(self))
 
     def changed(self) -> None:

@@ -149,6 +149,38 @@ def test_mount_holds_the_lock_and_a_killed_mount_does_not_block(tmp_path, mount)
 
 # -- the mount -------------------------------------------------------------------------------
 
+def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_file(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path, "-o", "register_delay=600")          # nothing is registered unasked
+    images = mnt / "myscan_001" / "images"
+    for i in range(20):
+        subprocess.run(["cp", "/dev/stdin", str(images / f"new_{i}.png")], input=bytes([i]) * 1000, check=True)
+    with open(images / "synced.png", "wb") as fh:               # fsync registers at once
+        fh.write(b"durable")
+        fh.flush()
+        os.fsync(fh.fileno())
+    with open(images / "late.png", "wb") as fh:
+        fh.write(b"late")
+    registered = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    assert sorted(f["id"] for f in registered) == ["0", "1"] + sorted(f"new_{i}" for i in range(20)) + ["synced"]
+    assert len((db_path / ".scopefs-journal").read_text().splitlines()) == 1     # late.png
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert "late" not in seen and len(seen) == 23
+    for entry in seen.values():
+        assert (db_path / "myscan_001" / "images" / entry["file"]).is_file()
+    again = mount(db_path, mountpoint=mnt)                     # the journal is replayed
+    assert (again / "myscan_001" / "images" / "late.png").read_bytes() == b"late"
+    assert (again / "myscan_001" / "images" / "new_7.png").read_bytes() == bytes([7]) * 1000
+    assert "registered 1 file(s)" in mount.log()
+    mount.cleanup()
+    assert len(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == 24
+    assert not (db_path / ".scopefs-journal").exists()
+
+
 def test_changes_through_the_mount_persist(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     imgs = documented_example(db_path, n=4)

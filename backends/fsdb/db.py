@@ -25,6 +25,9 @@ rewrites it a few times, not N times. Until then upstream readers do not see the
 files (no partial file is ever visible), and each registration is appended to a journal
 (`.scopefs-journal`) that the next `connect()` replays, so a killed writer loses no file
 whose writer had closed it. Removals are written at once (with whatever is pending).
+A lazy database's writes and `flush()` must not run concurrently (the mount serializes
+them with its lock): a flush takes plantdb's fileset locks, which writers hold before
+they register.
 
 Metadata JSON is read on first use, not at connect.
 """

@@ -635,7 +635,8 @@ class FSDBTree(Tree):
                           lambda base: imgstore.open(fileset.path(), Options(), True, base=base))
 
     def sync(self) -> None:
-        self.db.flush()
+        with self.lock:                 # writers take plantdb's locks, then files.json's: same order
+            self.db.flush()
 
     def sync_due(self) -> bool:
         return self.db.flush_due()

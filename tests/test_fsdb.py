@@ -219,6 +219,27 @@ def test_changes_through_the_mount_persist(tmp_path, mount):
     del imgs
 
 
+def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=30)
+    mnt = mount(db_path)
+    (mnt / "myscan_001" / "images" / "3.png.metadata.json").write_text('{"edited": true}')
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", f"{mnt}/", f"{copy}/"], check=True)
+
+    def walk(top: Path) -> list[str]:
+        listed = subprocess.run(["find", ".", "-printf", "%P %y %s\\n"], cwd=top, check=True, capture_output=True,
+                                text=True).stdout.splitlines()
+        return sorted(line for line in listed if not line.startswith(".scopefs") and " d " not in line)
+    through_mount = walk(mnt)
+    assert through_mount == walk(copy) and len(through_mount) == 2 * 30 + 2
+    for line in through_mount:
+        name, _, size = line.split(" ")
+        data = (mnt / name).read_bytes()
+        assert len(data) == int(size) and data == (copy / name).read_bytes()
+    assert json.loads((copy / "myscan_001" / "images" / "3.png.metadata.json").read_text()) == {"edited": True}
+
+
 def test_rename_and_metadata_of_a_file(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     documented_example(db_path, n=4)

@@ -171,6 +171,7 @@ class DataFile(File):
         self.file = file
         self.name = name
         self._attr: Attr | None = None         # learned from the disk, until a writer commits
+        self._commits = 0                       # a stat that raced a commit is not kept
 
     def _path(self) -> str:
         return os.path.join(self.file.fileset.path(), self.name)
@@ -179,15 +180,20 @@ class DataFile(File):
         return self._attr
 
     def forget_attr(self) -> None:
+        """The data changed on disk (call after the change)."""
+        self._commits += 1
         self._attr = None
 
     def attr(self) -> Attr:
+        commits = self._commits
         try:
             st = os.stat(self._path())
         except FileNotFoundError:               # created, not yet closed
             return Attr(FILE_MODE, 0, 0)
-        self._attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
-        return self._attr
+        attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
+        if commits == self._commits:
+            self._attr = attr
+        return attr
 
     def open(self, flags: int) -> FileHandle:
         exists = os.path.exists(self._path())
@@ -199,8 +205,10 @@ class DataFile(File):
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:
-            self._attr = None
-            _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
+            try:
+                _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
+            finally:
+                self.forget_attr()
             self.folder.committed(self)
 
     def truncate(self, size: int) -> None:

@@ -74,8 +74,8 @@ class Mount:
     def __init__(self, source: Path, mountpoint: Path, env: dict | None = None):
         self.mountpoint, self.env = mountpoint, env
         mountpoint.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "scopefs.daemon", "mount", str(source), str(mountpoint)],
-                       check=True, env=env)
+        subprocess.run([sys.executable, "-m", "scopefs.daemon", "mount", str(source), str(mountpoint),
+                        "--log-file", f"{mountpoint}.log"], check=True, env=env)
 
     def close(self) -> None:
         done = subprocess.run([sys.executable, "-m", "scopefs.daemon", "umount", str(self.mountpoint)], env=self.env)

@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    db = make_db(work / "db", args.scans, args.filesets, args.files)
+    db = make_db(work / f"db-{args.scans}-{args.filesets}-{args.files}", args.scans, args.filesets, args.files)
     print(f"scopefs FSDB benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}; {args.scans} scans x {args.filesets} filesets x {args.files} files, "
           f"median of {args.repeat} runs, warm page cache")
@@ -134,8 +134,7 @@ def main() -> None:
             mounts[label] = Mount(sources[label], work / f"mnt-{len(mounts)}", env)
         plain = work / "plain"
         shutil.rmtree(plain, ignore_errors=True)
-        first = next(iter(mounts.values())).mountpoint
-        subprocess.run(["rsync", "-a", f"{first}/", f"{plain}/"], check=True)
+        subprocess.run(["rsync", "-a", f"{mounts['mount'].mountpoint}/", f"{plain}/"], check=True)
         tops = {"plain copy": plain, **{label: m.mountpoint for label, m in mounts.items()}}
         n_files = sum(1 for _ in plain.rglob("*"))
         n_meta = sum(1 for _ in plain.rglob("*.metadata.json"))

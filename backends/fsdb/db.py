@@ -24,7 +24,9 @@ batches (`flush()`: when due, at fsync, at disconnect), so adding N files to a s
 rewrites it a few times, not N times. Until then upstream readers do not see the new
 files (no partial file is ever visible), and each registration is appended to a journal
 (`.scopefs-journal`) that the next `connect()` replays, so a killed writer loses no file
-whose writer had closed it. Removals are written at once (with whatever is pending).
+whose writer had closed it. New data need not be on disk yet when it is registered
+lazily: a flush fsyncs it before files.json names it, and a replay registers only files
+of the journaled size. Removals are written at once (with whatever is pending).
 A lazy database's writes and `flush()` must not run concurrently (the mount serializes
 them with its lock): a flush takes plantdb's fileset locks, which writers hold before
 they register.
@@ -320,10 +322,11 @@ class File(_Metadata):
 
     def _registered_as(self, filename: str) -> None:
         old, self.filename = self.filename, filename
-        if old == filename:
-            return                              # new data under a registered name
-        self.fileset._register(self, old)
-        if old:
+        if old == filename and not self._db().register_lazily:
+            return                              # new data under a name files.json has
+        # (lazily, new data is journaled again: a replay checks the size it has now)
+        self.fileset._register(self, old, os.path.join(self.fileset.path(), filename))
+        if old and old != filename:
             _unlink(os.path.join(self.fileset.path(), old))
 
     def read_raw(self) -> bytes:
@@ -433,14 +436,16 @@ class Fileset(_Metadata):
                 _unlink(file._md_path)
         return moved
 
-    def _register(self, file: File, old_name: str | None) -> None:
+    def _register(self, file: File, old_name: str | None, data_path: str) -> None:
         """files.json names `file` (now, or lazily if nothing else changes in it)."""
         if old_name and self.by_name.get(old_name) is file:
             del self.by_name[old_name]
         self.by_name[file.filename] = file
         file_id, filename = file.id, file.filename
-        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file_id, filename),
-                                     lazily=(self.id, file_id, filename))
+        # a new name for data whose old name goes now is written at once: files.json
+        # must not name the old one a moment longer than the disk has it
+        lazily = (self.id, file_id, filename, data_path) if old_name in (None, filename) else None
+        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file_id, filename), lazily=lazily)
 
     def _unindex(self, file: File) -> None:
         if file.filename and self.by_name.get(file.filename) is file:
@@ -458,6 +463,7 @@ class Scan(_Metadata):
         self.filesets: dict[str, Fileset] = {}
         self._pending: list = []                    # changes to files.json not written yet
         self._pending_filesets: set[str] = set()
+        self._pending_data: list[str] = []          # lazily registered data, to fsync first
         try:
             db.counts["files_json_reads"] += 1
             doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []})
@@ -517,15 +523,17 @@ class Scan(_Metadata):
             self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
             _unlink(fileset._md_path)
 
-    def _update_files_json(self, change, lazily: tuple[str, str, str] | None = None) -> None:
+    def _update_files_json(self, change, lazily: tuple[str, str, str, str] | None = None) -> None:
         """Re-read files.json, apply the pending changes and `change`, replace it atomically:
         what another writer added meanwhile is kept. A registration (`lazily`: fileset,
-        file id, file name) waits for `flush` if the database registers lazily."""
+        file id, file name, data path) waits for `flush` if the database registers lazily."""
         with self.db._files_lock:
             self._pending.append(change)
             if lazily is not None and self.db.register_lazily:
-                self._pending_filesets.add(lazily[0])
-                self.db._journal((self.id,) + lazily)
+                fileset_id, file_id, filename, data_path = lazily
+                self._pending_filesets.add(fileset_id)
+                self._pending_data.append(data_path)
+                self.db._journal([self.id, fileset_id, file_id, filename, os.path.getsize(data_path)])
                 self.db._dirty.setdefault(self.id, time.monotonic())
                 return
             self._write_pending()
@@ -536,6 +544,8 @@ class Scan(_Metadata):
         with ExitStack() as locks:
             for fileset_id in sorted(self._pending_filesets):       # plantdb's writers take these
                 locks.enter_context(self.db._writing(self.id, fileset_id))
+            for data_path in self._pending_data:
+                _fsync(data_path)
             self.db.counts["files_json_reads"] += 1
             try:
                 doc = layout.read_json(path, {"filesets": []})
@@ -550,6 +560,7 @@ class Scan(_Metadata):
             self.db.counts["files_json_writes"] += 1
             self._pending.clear()
             self._pending_filesets.clear()
+            self._pending_data.clear()
             self.db._dirty.pop(self.id, None)
 
     def _files_doc(self) -> dict:
@@ -625,7 +636,7 @@ class FSDB:
         oldest = min(self._dirty.values(), default=None)
         return oldest is not None and time.monotonic() - oldest >= self.register_delay
 
-    def _journal(self, entry: tuple[str, str, str, str]) -> None:
+    def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
         if self._journal_fd is None:
             self._journal_fd = os.open(os.path.join(self.basedir, JOURNAL),
@@ -641,16 +652,19 @@ class FSDB:
                 lines = fh.read().splitlines()
         except FileNotFoundError:
             return
-        found = 0
+        latest = {}
         for line in lines:
             try:
-                scan_id, fileset_id, file_id, filename = json.loads(line)
+                scan_id, fileset_id, file_id, filename, size = json.loads(line)
             except (ValueError, TypeError):
                 continue                        # a line cut short by the crash
+            latest[scan_id, fileset_id, file_id] = filename, size
+        found = 0
+        for (scan_id, fileset_id, file_id), (filename, size) in latest.items():
             scan = self.scans.get(scan_id)
             fileset = scan and scan.filesets.get(fileset_id)
-            if fileset is None or not os.path.isfile(os.path.join(fileset.path(), filename)):
-                continue
+            if fileset is None or _size(os.path.join(fileset.path(), filename)) != size:
+                continue                        # gone, or not all on disk (a power cut)
             file = fileset.files.get(file_id)
             if file is not None and file.filename is not None:
                 continue
@@ -744,6 +758,24 @@ def _check_id(value: str, strict: bool = True) -> None:
     if strict and not layout.PLANTDB_ID.match(value):
         raise ValueError(f"invalid identifier {value!r}: plantdb accepts letters, digits, '_' and '-' "
                          f"(not first), up to 128")
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:                   # removed since: nothing to keep
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: str) -> None:

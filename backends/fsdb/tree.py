@@ -200,8 +200,11 @@ class DataFile(File):
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return OSFileHandle(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
-        # a new file is registered at close even if nothing was written (touch)
-        return TempFileHandle(self._path(), copy, self._commit, dirty=self.file.filename is None)
+        new = self.file.filename is None
+        # a new file is registered at close even if nothing was written (touch); if lazily,
+        # the registration's flush makes it durable (files.json names no file before that)
+        return TempFileHandle(self._path(), copy, self._commit, dirty=new,
+                              durable_later=new and self.tree.db.register_lazily)
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:

@@ -160,11 +160,13 @@ def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_fil
         fh.write(b"durable")
         fh.flush()
         os.fsync(fh.fileno())
-    with open(images / "late.png", "wb") as fh:
-        fh.write(b"late")
+    for name, data in (("late.png", b"late"), ("later.png", b"later"), ("late.png", b"late, again"),
+                       ("cut.png", b"will lose its data")):
+        with open(images / name, "wb") as fh:
+            fh.write(data)
     registered = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
     assert sorted(f["id"] for f in registered) == ["0", "1"] + sorted(f"new_{i}" for i in range(20)) + ["synced"]
-    assert len((db_path / ".scopefs-journal").read_text().splitlines()) == 1     # late.png
+    assert len((db_path / ".scopefs-journal").read_text().splitlines()) == 4
     pid = daemon_pid(mnt)
     os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid, 10)
@@ -172,12 +174,15 @@ def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_fil
     assert "late" not in seen and len(seen) == 23
     for entry in seen.values():
         assert (db_path / "myscan_001" / "images" / entry["file"]).is_file()
+    os.truncate(db_path / "myscan_001" / "images" / "cut.png", 0)   # as a power cut may leave it
     again = mount(db_path, mountpoint=mnt)                     # the journal is replayed
-    assert (again / "myscan_001" / "images" / "late.png").read_bytes() == b"late"
-    assert (again / "myscan_001" / "images" / "new_7.png").read_bytes() == bytes([7]) * 1000
-    assert "registered 1 file(s)" in mount.log()
+    images = again / "myscan_001" / "images"
+    assert (images / "late.png").read_bytes() == b"late, again" and (images / "later.png").read_bytes() == b"later"
+    assert (images / "new_7.png").read_bytes() == bytes([7]) * 1000
+    assert not (images / "cut.png").exists()
+    assert "registered 2 file(s)" in mount.log()
     mount.cleanup()
-    assert len(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == 24
+    assert len(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == 25
     assert not (db_path / ".scopefs-journal").exists()
 
 

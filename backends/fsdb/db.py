@@ -610,7 +610,10 @@ class FSDB:
 
     def disconnect(self) -> None:
         if self._lock._fd is not None or self.is_connected:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:              # the journal keeps them for the next connect
+                log.error("%s: new files could not be written to files.json: %s", self.basedir, exc)
         if self._lock._fd is not None:
             self._clean_staging()
         self._lock.release()

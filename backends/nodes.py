@@ -374,10 +374,13 @@ class OSFileHandle(FileHandle):
 class TempFileHandle(FileHandle):
     """Writes to a real file go to a temporary copy beside it; flush (close, fsync) hands
     the finished copy to `commit(temp_path)`, which renames it into place (an atomic
-    replace) and registers it. Large files never pass through memory."""
+    replace) and registers it. Large files never pass through memory. The copy is
+    fsynced first unless `durable_later` (the committer makes it durable itself before
+    anything names it)."""
     release_blocks = True
 
-    def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False):
+    def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False,
+                 durable_later: bool = False):
         directory, name = os.path.split(target)
         self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".scopefs-tmp", dir=directory)
         if copy_from is not None:
@@ -385,6 +388,7 @@ class TempFileHandle(FileHandle):
                 shutil.copyfileobj(src, os.fdopen(os.dup(self._fd), "wb"))
         self._commit = commit
         self._dirty = dirty
+        self._durable_later = durable_later
         self._committed = False
         self._lock = threading.Lock()
 
@@ -405,7 +409,8 @@ class TempFileHandle(FileHandle):
         with self._lock:
             if not self._dirty:
                 return
-            os.fsync(self._fd)
+            if not self._durable_later:
+                os.fsync(self._fd)
             self._commit(self.temp)            # renames self.temp to its final name
             self._dirty = False
             self._committed = True

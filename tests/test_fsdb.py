@@ -149,6 +149,43 @@ def test_mount_holds_the_lock_and_a_killed_mount_does_not_block(tmp_path, mount)
 
 # -- the mount -------------------------------------------------------------------------------
 
+def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_file(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path, "-o", "register_delay=600")          # nothing is registered unasked
+    images = mnt / "myscan_001" / "images"
+    for i in range(20):
+        subprocess.run(["cp", "/dev/stdin", str(images / f"new_{i}.png")], input=bytes([i]) * 1000, check=True)
+    with open(images / "synced.png", "wb") as fh:               # fsync registers at once
+        fh.write(b"durable")
+        fh.flush()
+        os.fsync(fh.fileno())
+    for name, data in (("late.png", b"late"), ("later.png", b"later"), ("late.png", b"late, again"),
+                       ("cut.png", b"will lose its data")):
+        with open(images / name, "wb") as fh:
+            fh.write(data)
+    registered = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    assert sorted(f["id"] for f in registered) == ["0", "1"] + sorted(f"new_{i}" for i in range(20)) + ["synced"]
+    assert len((db_path / ".scopefs-journal").read_text().splitlines()) == 4
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert "late" not in seen and len(seen) == 23
+    for entry in seen.values():
+        assert (db_path / "myscan_001" / "images" / entry["file"]).is_file()
+    os.truncate(db_path / "myscan_001" / "images" / "cut.png", 0)   # as a power cut may leave it
+    again = mount(db_path, mountpoint=mnt)                     # the journal is replayed
+    images = again / "myscan_001" / "images"
+    assert (images / "late.png").read_bytes() == b"late, again" and (images / "later.png").read_bytes() == b"later"
+    assert (images / "new_7.png").read_bytes() == bytes([7]) * 1000
+    assert not (images / "cut.png").exists()
+    assert "registered 2 file(s)" in mount.log()
+    mount.cleanup()
+    assert len(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == 25
+    assert not (db_path / ".scopefs-journal").exists()
+
+
 def test_changes_through_the_mount_persist(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     imgs = documented_example(db_path, n=4)
@@ -185,6 +222,27 @@ def test_changes_through_the_mount_persist(tmp_path, mount):
     assert sorted(seen["scan_b"]["filesets"]["raw"]["files"]) == ["photo", "synced"]
     assert seen["scan_b"]["filesets"]["raw"]["files"]["photo"]["metadata"] == {"exposure": 12}
     del imgs
+
+
+def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=30)
+    mnt = mount(db_path)
+    (mnt / "myscan_001" / "images" / "3.png.metadata.json").write_text('{"edited": true}')
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", f"{mnt}/", f"{copy}/"], check=True)
+
+    def walk(top: Path) -> list[str]:
+        listed = subprocess.run(["find", ".", "-printf", "%P %y %s\\n"], cwd=top, check=True, capture_output=True,
+                                text=True).stdout.splitlines()
+        return sorted(line for line in listed if not line.startswith(".scopefs") and " d " not in line)
+    through_mount = walk(mnt)
+    assert through_mount == walk(copy) and len(through_mount) == 2 * 30 + 2
+    for line in through_mount:
+        name, _, size = line.split(" ")
+        data = (mnt / name).read_bytes()
+        assert len(data) == int(size) and data == (copy / name).read_bytes()
+    assert json.loads((copy / "myscan_001" / "images" / "3.png.metadata.json").read_text()) == {"edited": True}
 
 
 def test_rename_and_metadata_of_a_file(tmp_path, mount):

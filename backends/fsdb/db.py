@@ -18,6 +18,20 @@ per-resource flock files under `.locks/`.
 Writes: data first (temporary file + rename), then `files.json` is re-read, changed and
 replaced atomically, so nothing another writer added is lost and a crash at any point
 leaves a database that romidata, plantdb and this module open.
+
+With `register_lazily` (the mount sets it), new data is registered in `files.json` in
+batches (`flush()`: when due, at fsync, at disconnect), so adding N files to a scan
+rewrites it a few times, not N times. Until then upstream readers do not see the new
+files (no partial file is ever visible), and each registration is appended to a journal
+(`.scopefs-journal`) that the next `connect()` replays, so a killed writer loses no file
+whose writer had closed it. New data need not be on disk yet when it is registered
+lazily: a flush fsyncs it before files.json names it, and a replay registers only files
+of the journaled size. Removals are written at once (with whatever is pending).
+A lazy database's writes and `flush()` must not run concurrently (the mount serializes
+them with its lock): a flush takes plantdb's fileset locks, which writers hold before
+they register.
+
+Metadata JSON is read on first use, not at connect.
 """
 from __future__ import annotations
 
@@ -34,7 +48,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
 from ..kernel import process_alive
@@ -42,6 +57,7 @@ from ..kernel import process_alive
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
+JOURNAL = ".scopefs-journal"
 
 
 class DBBusyError(OSError):
@@ -194,18 +210,29 @@ def _now() -> str:
 
 
 class _Metadata:
-    """get_metadata/set_metadata over one JSON file, kept in memory."""
+    """get_metadata/set_metadata over one JSON file, read on first use and kept in memory.
+    `md_version` counts changes (views derived from the metadata key on it)."""
 
-    _md: dict
     _md_path: str
+    _md_loaded: dict | None = None
+    md_version = 0
 
-    def _load_metadata(self) -> None:
-        try:
-            doc = layout.read_json(self._md_path, {})
-        except ValueError:
-            log.warning("%s is not valid JSON; it reads as {}", self._md_path)
-            doc = {}
-        self._md = doc if isinstance(doc, dict) else {}
+    @property
+    def _md(self) -> dict:
+        if self._md_loaded is None:
+            self._db().counts["metadata_reads"] += 1
+            try:
+                doc = layout.read_json(self._md_path, {})
+            except ValueError:
+                log.warning("%s is not valid JSON; it reads as {}", self._md_path)
+                doc = {}
+            self._md_loaded = doc if isinstance(doc, dict) else {}
+        return self._md_loaded
+
+    @_md.setter
+    def _md(self, doc: dict) -> None:
+        self._md_loaded = doc
+        self.md_version += 1
 
     def get_metadata(self, key: str | None = None, default=None):
         if key is None:
@@ -246,7 +273,9 @@ class File(_Metadata):
         self.id = file_id
         self.filename = filename
         self._md_path = layout.file_metadata_path(fileset.scan.path(), fileset.id, file_id)
-        self._load_metadata()
+
+    def _db(self) -> "FSDB":
+        return self.fileset.scan.db
 
     def _write_lock(self):
         return self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id, self.id)
@@ -280,7 +309,10 @@ class File(_Metadata):
 
     def _registered_as(self, filename: str) -> None:
         old, self.filename = self.filename, filename
-        self.fileset._register(self)
+        if old == filename and not self._db().register_lazily:
+            return                              # new data under a name files.json has
+        # (lazily, new data is journaled again: a replay checks the size it has now)
+        self.fileset._register(self, old, os.path.join(self.fileset.path(), filename))
         if old and old != filename:
             _unlink(os.path.join(self.fileset.path(), old))
 
@@ -303,15 +335,18 @@ class Fileset(_Metadata):
         self.scan = scan
         self.id = fileset_id
         self.files: dict[str, File] = {}
+        self.by_name: dict[str, File] = {}          # registered files by file name
         self._md_path = layout.fileset_metadata_path(scan.path(), fileset_id)
-        self._load_metadata()
         for entry in entries or []:
             fid, fname = entry.get("id"), entry.get("file")
             if not isinstance(fid, str) or not isinstance(fname, str):
                 log.warning("%s/%s: skipping a files.json entry without id or file name: %r",
                             scan.id, fileset_id, entry)
                 continue
-            self.files[fid] = File(self, fid, fname)
+            self.files[fid] = self.by_name[fname] = File(self, fid, fname)
+
+    def _db(self) -> "FSDB":
+        return self.scan.db
 
     def _write_lock(self):
         return self.scan.db._writing(self.scan.id, self.id)
@@ -330,6 +365,9 @@ class Fileset(_Metadata):
 
     def list_files(self) -> list[str]:
         return list(self.files)
+
+    def file_named(self, filename: str) -> File | None:
+        return self.by_name.get(filename)
 
     def get_file(self, file_id: str, create: bool = False) -> File | None:
         found = self.files.get(file_id)
@@ -357,6 +395,7 @@ class Fileset(_Metadata):
         with self.scan.db._writing(self.scan.id, self.id):
             self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
             del self.files[file_id]
+            self._unindex(file)
             if file.filename:
                 _unlink(os.path.join(self.path(), file.filename))
             _unlink(file._md_path)
@@ -380,11 +419,24 @@ class Fileset(_Metadata):
                     moved.replace_metadata(metadata)
                 self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
                 del self.files[file_id]
+                self._unindex(file)
                 _unlink(file._md_path)
         return moved
 
-    def _register(self, file: File) -> None:
-        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file.id, file.filename))
+    def _register(self, file: File, old_name: str | None, data_path: str) -> None:
+        """files.json names `file` (now, or lazily if nothing else changes in it)."""
+        if old_name and self.by_name.get(old_name) is file:
+            del self.by_name[old_name]
+        self.by_name[file.filename] = file
+        file_id, filename = file.id, file.filename
+        # a new name for data whose old name goes now is written at once: files.json
+        # must not name the old one a moment longer than the disk has it
+        lazily = (self.id, file_id, filename, data_path) if old_name in (None, filename) else None
+        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file_id, filename), lazily=lazily)
+
+    def _unindex(self, file: File) -> None:
+        if file.filename and self.by_name.get(file.filename) is file:
+            del self.by_name[file.filename]
 
     def __repr__(self) -> str:
         return f"<Fileset {self.scan.id}/{self.id}>"
@@ -395,15 +447,21 @@ class Scan(_Metadata):
         self.db = db
         self.id = scan_id
         self._md_path = layout.scan_metadata_path(self.path())
-        self._load_metadata()
         self.filesets: dict[str, Fileset] = {}
+        self._pending: list = []                    # changes to files.json not written yet
+        self._pending_filesets: set[str] = set()
+        self._pending_data: list[str] = []          # lazily registered data, to fsync first
         try:
+            db.counts["files_json_reads"] += 1
             doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []})
         except ValueError as exc:
             raise NotAnFSDBError(errno.EINVAL, f"{self.path()}/files.json is not JSON: {exc}") from None
         for entry in doc.get("filesets", []) if isinstance(doc, dict) else []:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 self.filesets[entry["id"]] = Fileset(self, entry["id"], entry.get("files", []))
+
+    def _db(self) -> "FSDB":
+        return self.db
 
     def _write_lock(self):
         return self.db._writing(self.id)
@@ -452,11 +510,30 @@ class Scan(_Metadata):
             self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
             _unlink(fileset._md_path)
 
-    def _update_files_json(self, change) -> None:
-        """Re-read files.json, apply `change`, replace it atomically: what another writer
-        added meanwhile is kept."""
-        path = os.path.join(self.path(), layout.FILES_JSON)
+    def _update_files_json(self, change, lazily: tuple[str, str, str, str] | None = None) -> None:
+        """Re-read files.json, apply the pending changes and `change`, replace it atomically:
+        what another writer added meanwhile is kept. A registration (`lazily`: fileset,
+        file id, file name, data path) waits for `flush` if the database registers lazily."""
         with self.db._files_lock:
+            self._pending.append(change)
+            if lazily is not None and self.db.register_lazily:
+                fileset_id, file_id, filename, data_path = lazily
+                self._pending_filesets.add(fileset_id)
+                self._pending_data.append(data_path)
+                self.db._journal([self.id, fileset_id, file_id, filename, os.path.getsize(data_path)])
+                self.db._dirty.setdefault(self.id, time.monotonic())
+                return
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write what is pending (with the files.json lock held)."""
+        path = os.path.join(self.path(), layout.FILES_JSON)
+        with ExitStack() as locks:
+            for fileset_id in sorted(self._pending_filesets):       # plantdb's writers take these
+                locks.enter_context(self.db._writing(self.id, fileset_id))
+            for data_path in self._pending_data:
+                _fsync(data_path)
+            self.db.counts["files_json_reads"] += 1
             try:
                 doc = layout.read_json(path, {"filesets": []})
             except ValueError:
@@ -464,8 +541,14 @@ class Scan(_Metadata):
                 doc = self._files_doc()
             if not isinstance(doc, dict) or not isinstance(doc.get("filesets"), list):
                 doc = self._files_doc()
-            change(doc)
+            for change in self._pending:
+                change(doc)
             layout.write_json(path, doc)
+            self.db.counts["files_json_writes"] += 1
+            self._pending.clear()
+            self._pending_filesets.clear()
+            self._pending_data.clear()
+            self.db._dirty.pop(self.id, None)
 
     def _files_doc(self) -> dict:
         return {"filesets": [{"files": [{"file": f.filename, "id": f.id} for f in fs.files.values() if f.filename],
@@ -486,8 +569,14 @@ class FSDB:
         self.basedir = os.path.abspath(basedir)
         self.scans: dict[str, Scan] = {}
         self.is_connected = False
+        self.register_lazily = False
+        self.register_delay = 1.0                   # seconds a lazy registration may wait
+        #: work done, for tests and status: files_json_reads/_writes, metadata_reads
+        self.counts: Counter[str] = Counter()
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
+        self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
+        self._journal_fd: int | None = None
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
         """Take the database (see the module's notes on locking) and load its scans.
@@ -500,17 +589,88 @@ class FSDB:
         try:
             self._clean_staging()
             self.reload()
+            self._replay_journal()
         except BaseException:
             self._lock.release()
             raise
         self.is_connected = True
 
     def disconnect(self) -> None:
+        if self._lock._fd is not None or self.is_connected:
+            try:
+                self.flush()
+            except OSError as exc:              # the journal keeps them for the next connect
+                log.error("%s: new files could not be written to files.json: %s", self.basedir, exc)
         if self._lock._fd is not None:
             self._clean_staging()
         self._lock.release()
         self.scans = {}
         self.is_connected = False
+
+    def flush(self) -> None:
+        """Write every lazy registration to files.json (then the journal is emptied)."""
+        with self._files_lock:
+            for scan_id in list(self._dirty):
+                scan = self.scans.get(scan_id)
+                if scan is None:
+                    self._dirty.pop(scan_id)
+                else:
+                    scan._write_pending()
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
+                _unlink(os.path.join(self.basedir, JOURNAL))
+
+    def flush_due(self) -> bool:
+        """Some registration has waited `register_delay` seconds."""
+        oldest = min(self._dirty.values(), default=None)
+        return oldest is not None and time.monotonic() - oldest >= self.register_delay
+
+    def _journal(self, entry: list) -> None:
+        """Note a lazy registration where the next connect() finds it (one append)."""
+        if self._journal_fd is None:
+            self._journal_fd = os.open(os.path.join(self.basedir, JOURNAL),
+                                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        os.write(self._journal_fd, json.dumps(entry).encode() + b"\n")
+
+    def _replay_journal(self) -> None:
+        """Register what a writer that died before its flush had journaled: files whose
+        data is in place and whose id files.json does not name otherwise."""
+        path = os.path.join(self.basedir, JOURNAL)
+        try:
+            with open(path, "rb") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            return
+        latest = {}
+        for line in lines:
+            try:
+                scan_id, fileset_id, file_id, filename, size = json.loads(line)
+            except (ValueError, TypeError):
+                continue                        # a line cut short by the crash
+            latest[scan_id, fileset_id, file_id] = filename, size
+        found = 0
+        for (scan_id, fileset_id, file_id), (filename, size) in latest.items():
+            scan = self.scans.get(scan_id)
+            fileset = scan and scan.filesets.get(fileset_id)
+            if fileset is None or _size(os.path.join(fileset.path(), filename)) != size:
+                continue                        # gone, or not all on disk (a power cut)
+            file = fileset.files.get(file_id)
+            if file is not None and file.filename is not None:
+                continue
+            file = fileset.files[file_id] = File(fileset, file_id, None)
+            file.filename = filename
+            fileset.by_name[filename] = file
+            scan._pending.append(lambda doc, f=fileset_id, i=file_id, n=filename: _put_file(doc, f, i, n))
+            self._dirty.setdefault(scan_id, 0.0)
+            found += 1
+        if found:
+            log.warning("registered %d file(s) that a writer which stopped had not yet written to "
+                        "files.json", found)
+        with self._files_lock:
+            for scan_id in list(self._dirty):
+                self.scans[scan_id]._write_pending()
+        _unlink(path)
 
     def reload(self) -> None:
         self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir)}
@@ -588,6 +748,24 @@ def _check_id(value: str, strict: bool = True) -> None:
     if strict and not layout.PLANTDB_ID.match(value):
         raise ValueError(f"invalid identifier {value!r}: plantdb accepts letters, digits, '_' and '-' "
                          f"(not first), up to 128")
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:                   # removed since: nothing to keep
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: str) -> None:

@@ -12,6 +12,14 @@
 The mount holds the database's lock for its whole life. Names starting with '.' in a
 fileset are temporary files (rsync's, editors'): real files that are not registered,
 until renamed to a visible name.
+
+Every name is found through the model's indexes (scans, filesets, files by name), so a
+lookup or stat costs the same in a fileset of ten files or a million. Attributes are
+kept in the nodes (the mount is the database's only writer while it holds the lock),
+so `stat` needs no thread; a folder lists itself once per readdir pass. Metadata views
+are read once and kept in a bounded cache, keyed by the metadata's version. New files
+are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or
+at unmount.
 """
 from __future__ import annotations
 
@@ -21,9 +29,11 @@ import logging
 import os
 import stat
 import threading
+from collections import Counter
 
 from ...formats import fsdb as layout
-from ..nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, OSFileHandle,
+from ..cache import ByteCache
+from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node, OSFileHandle,
                      TempFileHandle, Tree, View)
 from ..options import MountError, Options
 from ..roots import LocalWriteHandle
@@ -33,11 +43,16 @@ log = logging.getLogger(__name__)
 
 META = ".metadata.json"
 VIEW = ".view"
+#: bytes of metadata views kept in memory
+META_CACHE_BYTES = 16 << 20
+DIR_MODE = stat.S_IFDIR | 0o755
+FILE_MODE = stat.S_IFREG | 0o644
 
 
 def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
               mountpoint: str | None = None) -> "FSDBTree":
     break_lock = options.flag("break_lock")
+    register_delay = options.float("register_delay", 1.0)
     options.finish()
     try:
         db = FSDB(source)
@@ -52,7 +67,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
                          f"an empty file named {layout.MARKER!r} and one folder per scan") from None
     except (OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
-    return FSDBTree(db, read_only, base)
+    return FSDBTree(db, read_only, base, register_delay)
 
 
 def _api_errors(fn):
@@ -74,15 +89,60 @@ def _api_errors(fn):
 
 
 class MetaView(View):
-    """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL)."""
+    """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL).
+    Its bytes are made once per version of the metadata (and kept in the tree's bounded
+    cache), its size is remembered, so stat and repeated reads cost no JSON work."""
 
-    def __init__(self, obj):
+    def __init__(self, tree: "FSDBTree", obj):
         super().__init__(self)
+        self.tree = tree
         self.obj = obj
-        self.mtime_ns = _mtime(obj._md_path)
+        self._mtime_ns: int | None = None
+        self._size: tuple[int, int] | None = None      # (metadata version, size)
+
+    @property
+    def mtime_ns(self) -> int:
+        if self._mtime_ns is None:
+            self._mtime_ns = _mtime(self.obj._md_path)
+        return self._mtime_ns
+
+    @mtime_ns.setter
+    def mtime_ns(self, value: int) -> None:
+        self._mtime_ns = value
+
+    def _cache_key(self) -> tuple:
+        return (self.ino, self.obj.md_version)
 
     def content(self) -> bytes:
+        key = self._cache_key()
+        data = self.tree.meta_cache.get_or_make(key, self._render)
+        self._size = (key[1], len(data))
+        return data
+
+    def _render(self) -> bytes:
+        self.tree.counts["metadata_views_made"] += 1
         return layout.dump_json(self.obj.get_metadata()) + b"\n"
+
+    def cached_attr(self) -> Attr | None:
+        if self.staged is not None:
+            return Attr(FILE_MODE, len(self.staged), self.mtime_ns)
+        size = self._size
+        if size is None or size[0] != self.obj.md_version or self._mtime_ns is None:
+            return None
+        return Attr(FILE_MODE, size[1], self._mtime_ns)
+
+    def attr(self) -> Attr:
+        known = self.cached_attr()
+        if known is not None:
+            return known
+        size = len(self.content())
+        return Attr(FILE_MODE, size, self.mtime_ns)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
+            return None
+        data = self.tree.meta_cache.get(self._cache_key())
+        return None if data is None else BytesHandle(data)
 
     def commit(self, data: bytes) -> None:
         try:
@@ -92,6 +152,7 @@ class MetaView(View):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
+        self._size = None
 
 
 def _mtime(path: str) -> int:
@@ -105,32 +166,54 @@ class DataFile(File):
     """A registered file's data: read from disk; written through a temporary copy that
     replaces it atomically and is registered in files.json when the writer closes."""
 
-    def __init__(self, tree: "FSDBTree", file, name: str):
-        self.tree = tree
+    def __init__(self, folder: "FilesetFolder", file, name: str):
+        self.folder = folder
+        self.tree = folder.tree
         self.file = file
         self.name = name
+        self._attr: Attr | None = None         # learned from the disk, until a writer commits
+        self._commits = 0                       # a stat that raced a commit is not kept
 
     def _path(self) -> str:
         return os.path.join(self.file.fileset.path(), self.name)
 
+    def cached_attr(self) -> Attr | None:
+        return self._attr
+
+    def forget_attr(self) -> None:
+        """The data changed on disk (call after the change)."""
+        self._commits += 1
+        self._attr = None
+
     def attr(self) -> Attr:
+        commits = self._commits
         try:
             st = os.stat(self._path())
-            return Attr(stat.S_IFREG | 0o644, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:               # created, not yet closed
-            return Attr(stat.S_IFREG | 0o644, 0, 0)
+            return Attr(FILE_MODE, 0, 0)
+        attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
+        if commits == self._commits:
+            self._attr = attr
+        return attr
 
     def open(self, flags: int) -> FileHandle:
         exists = os.path.exists(self._path())
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return OSFileHandle(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
-        # a new file is registered at close even if nothing was written (touch)
-        return TempFileHandle(self._path(), copy, self._commit, dirty=self.file.filename is None)
+        new = self.file.filename is None
+        # a new file is registered at close even if nothing was written (touch); if lazily,
+        # the registration's flush makes it durable (files.json names no file before that)
+        return TempFileHandle(self._path(), copy, self._commit, dirty=new,
+                              durable_later=new and self.tree.db.register_lazily)
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:
-            _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
+            try:
+                _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
+            finally:
+                self.forget_attr()
+            self.folder.committed(self)
 
     def truncate(self, size: int) -> None:
         handle = TempFileHandle(self._path(), self._path() if os.path.exists(self._path()) else None, self._commit)
@@ -158,30 +241,101 @@ class Scratch(File):
         os.truncate(self.path, size)
 
 
-class RootFolder(ListedDirectory):
+#: what Folder.find answers when only I/O can tell (hidden files, grafted views)
+NEEDS_IO = object()
+
+
+class Folder(Directory):
+    """What the database's folders share: names found in the model's indexes (no listing,
+    no I/O where the model knows), a listing made once per readdir pass, attributes kept
+    until the tree changes."""
+
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
+        self._pass: tuple[int, list[tuple[str, Node]]] | None = None     # (generation, listing)
+        self._attr: tuple[int, Attr] | None = None
 
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o755, 0, _mtime(self.tree.db.basedir), 2)
+    def path(self) -> str:
+        raise NotImplementedError
+
+    def find(self, name: str):
+        """The child called `name` from memory, None, or NEEDS_IO (call with the tree's lock)."""
+        raise NotImplementedError
+
+    def find_slow(self, name: str) -> Node | None:
+        """The children only I/O can find (call with the tree's lock)."""
+        return None
 
     def listing(self) -> list[tuple[str, Node]]:
-        with self.tree.lock:
-            out = []
-            for scan in self.tree.db.get_scans():
-                out.append((scan.id, self.tree.node(("scan", scan.id), lambda s=scan: ScanFolder(self.tree, s))))
-                if scan.id + META not in self.tree.hidden:
-                    out.append((scan.id + META, self.tree.node(("meta", scan.id), lambda s=scan: MetaView(s))))
-            return out
+        raise NotImplementedError
 
-    def lookup(self, name: str):
-        return dict(self.listing()).get(name)
+    def lookup(self, name: str) -> Node | None:
+        with self.tree.lock:
+            found = self.find(name)
+            return self.find_slow(name) if found is NEEDS_IO else found
+
+    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
+        if not self.tree.lock.acquire(blocking=False):      # a writer holds it: never wait here
+            return None
+        try:
+            node = self.find(name)
+        finally:
+            self.tree.lock.release()
+        attr = None if node is None or node is NEEDS_IO else node.cached_attr()
+        return None if attr is None else (node, attr)
+
+    def cached_attr(self) -> Attr | None:
+        known = self._attr
+        return known[1] if known is not None and known[0] == self.tree.generation else None
+
+    def attr(self) -> Attr:
+        generation = self.tree.generation
+        attr = Attr(DIR_MODE, 0, _mtime(self.path()), 2)
+        self._attr = (generation, attr)
+        return attr
+
+    def entries(self, offset: int):
+        generation = self.tree.generation
+        known = self._pass
+        if offset == 0 or known is None or known[0] != generation:
+            with self.tree.lock:
+                known = self._pass = (generation, self.listing())
+            self.tree.counts["listings"] += 1
+        listing = known[1]
+        for pos in range(offset, len(listing)):
+            name, node = listing[pos]
+            yield pos + 1, name, node, node.cached_attr()
+
+
+class RootFolder(Folder):
+    def path(self) -> str:
+        return self.tree.db.basedir
+
+    def find(self, name: str):
+        tree = self.tree
+        scan = tree.db.scans.get(name)
+        if scan is not None:
+            return tree.node(("scan", scan.id), lambda: ScanFolder(tree, scan))
+        if name.endswith(META) and name not in tree.hidden:
+            scan = tree.db.scans.get(name[:-len(META)])
+            if scan is not None:
+                return tree.node(("meta", scan.id), lambda: MetaView(tree, scan))
+        return None
+
+    def listing(self) -> list[tuple[str, Node]]:
+        out = []
+        for scan in self.tree.db.get_scans():
+            out.append((scan.id, self.find(scan.id)))
+            if scan.id + META not in self.tree.hidden:
+                out.append((scan.id + META, self.find(scan.id + META)))
+        return out
 
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
-            scan = _api_errors(self.tree.db.create_scan)(name)
+            _api_errors(self.tree.db.create_scan)(name)
             self.tree.hidden.discard(name + META)
-            return self.tree.node(("scan", scan.id), lambda: ScanFolder(self.tree, scan))
+            self.tree.changed()
+            return self.find(name)
 
     def rmdir(self, name: str) -> None:
         with self.tree.lock:
@@ -192,6 +346,7 @@ class RootFolder(ListedDirectory):
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
             self.tree.forget_nodes(("scan", name), ("meta", name))
+            self.tree.changed()
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name)
@@ -200,47 +355,60 @@ class RootFolder(ListedDirectory):
         return _rewrite_view(self, name)
 
 
-class ScanFolder(ListedDirectory):
+class ScanFolder(Folder):
     def __init__(self, tree: "FSDBTree", scan):
-        self.tree = tree
+        super().__init__(tree)
         self.scan = scan
 
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o755, 0, _mtime(self.scan.path()), 2)
+    def path(self) -> str:
+        return self.scan.path()
+
+    def find(self, name: str):
+        tree, scan = self.tree, self.scan
+        fs = scan.filesets.get(name)
+        if fs is not None:
+            return tree.node(("fileset", scan.id, fs.id), lambda: FilesetFolder(tree, fs))
+        if name.endswith(META) and f"{scan.id}/{name}" not in tree.hidden:
+            fs = scan.filesets.get(name[:-len(META)])
+            if fs is not None:
+                return tree.node(("meta", scan.id, fs.id), lambda: MetaView(tree, fs))
+        if name.endswith(VIEW) and _is_imgstore(scan.filesets.get(name[:-len(VIEW)])):
+            return NEEDS_IO
+        return None
+
+    def find_slow(self, name: str) -> Node | None:
+        return self.tree.imgstore_view(self.scan.filesets[name[:-len(VIEW)]])
 
     def listing(self) -> list[tuple[str, Node]]:
         tree, scan = self.tree, self.scan
-        with tree.lock:
-            out = []
-            for fs in scan.get_filesets():
-                key = (scan.id, fs.id)
-                out.append((fs.id, tree.node(("fileset",) + key, lambda f=fs: FilesetFolder(tree, f))))
-                if f"{scan.id}/{fs.id}{META}" not in tree.hidden:
-                    out.append((fs.id + META, tree.node(("meta",) + key, lambda f=fs: MetaView(f))))
-                if any(f.filename == "metadata.yaml" for f in fs.get_files()):
-                    view = tree.imgstore_view(fs)
-                    if view is not None:
-                        out.append((fs.id + VIEW, view))
-            return out
-
-    def lookup(self, name: str):
-        return dict(self.listing()).get(name)
+        out = []
+        for fs in scan.get_filesets():
+            out.append((fs.id, self.find(fs.id)))
+            if f"{scan.id}/{fs.id}{META}" not in tree.hidden:
+                out.append((fs.id + META, self.find(fs.id + META)))
+            if _is_imgstore(fs):
+                view = tree.imgstore_view(fs)
+                if view is not None:
+                    out.append((fs.id + VIEW, view))
+        return out
 
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
-            fs = _api_errors(self.scan.create_fileset)(name)
+            _api_errors(self.scan.create_fileset)(name)
             self.tree.hidden.discard(f"{self.scan.id}/{name}{META}")
-            return self.tree.node(("fileset", self.scan.id, fs.id), lambda: FilesetFolder(self.tree, fs))
+            self.tree.changed()
+            return self.find(name)
 
     def rmdir(self, name: str) -> None:
         with self.tree.lock:
             fs = self.scan.get_fileset(name)
             if fs is None:
                 raise FileNotFoundError(errno.ENOENT, "no such fileset", name)
-            if fs.get_files():
+            if fs.files:
                 raise OSError(errno.ENOTEMPTY, "fileset has files", name)
             _api_errors(self.scan.delete_fileset)(name)
             self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name))
+            self.tree.changed()
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name, f"{self.scan.id}/")
@@ -249,87 +417,123 @@ class ScanFolder(ListedDirectory):
         return _rewrite_view(self, name, f"{self.scan.id}/")
 
 
-class FilesetFolder(ListedDirectory):
-    def __init__(self, tree: "FSDBTree", fileset):
-        self.tree = tree
-        self.fileset = fileset
+def _is_imgstore(fileset) -> bool:
+    return fileset is not None and fileset.file_named("metadata.yaml") is not None
 
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o755, 0, _mtime(self.fileset.path()), 2)
+
+class FilesetFolder(Folder):
+    def __init__(self, tree: "FSDBTree", fileset):
+        super().__init__(tree)
+        self.fileset = fileset
+        self.prefix = f"{fileset.scan.id}/{fileset.id}/"      # of its names in tree.hidden
+        self.pending: dict[str, object] = {}       # created files not yet closed, by name
+
+    def path(self) -> str:
+        return self.fileset.path()
 
     def _key(self, *rest) -> tuple:
         return (self.fileset.scan.id, self.fileset.id) + rest
 
-    def _data(self, file) -> DataFile:
-        name = file.filename or self.tree.pending_names.get(id(file), file.id)
-        return self.tree.node(("data",) + self._key(file.id), lambda: DataFile(self.tree, file, name))
+    def _data(self, file, name: str | None = None) -> DataFile:
+        return self.tree.node(("data",) + self._key(file.id),
+                              lambda: DataFile(self, file, name or file.filename or file.id))
+
+    def _meta(self, file) -> MetaView:
+        return self.tree.node(("meta",) + self._key(file.id), lambda: MetaView(self.tree, file))
+
+    def _scratch(self, name: str) -> "Scratch":
+        return self.tree.node(("scratch",) + self._key(name), lambda: Scratch(os.path.join(self.path(), name)))
+
+    def _file_by_name(self, name: str):
+        """The file shown as `name`: registered, or created and not yet closed."""
+        file = self.fileset.file_named(name)
+        if file is None:
+            file = self.pending.get(name)
+            if file is not None and self.fileset.files.get(file.id) is not file:
+                file = None
+        return file
+
+    def find(self, name: str):
+        if name.startswith("."):
+            return NEEDS_IO
+        file = self._file_by_name(name)
+        if file is not None:
+            return self._data(file, name)
+        if name.endswith(META) and self.prefix + name not in self.tree.hidden:
+            file = self.fileset.file_named(name[:-len(META)])
+            if file is not None:
+                return self._meta(file)
+        if name.endswith(".iid" + VIEW) and self.fileset.file_named(name[:-len(VIEW)]) is not None:
+            return NEEDS_IO
+        return None
+
+    def find_slow(self, name: str) -> Node | None:
+        if name.startswith("."):
+            return self._scratch(name) if os.path.lexists(os.path.join(self.path(), name)) else None
+        return self.tree.iid_view(self.fileset.file_named(name[:-len(VIEW)]))
 
     def listing(self) -> list[tuple[str, Node]]:
-        tree, fs = self.tree, self.fileset
-        prefix = f"{fs.scan.id}/{fs.id}/"
-        with tree.lock:
-            out = []
-            for file in fs.get_files():
-                data = self._data(file)
-                out.append((data.name, data))
-                if prefix + data.name + META not in tree.hidden and file.filename:
-                    out.append((data.name + META, tree.node(("meta",) + self._key(file.id),
-                                                             lambda f=file: MetaView(f))))
-                if data.name.endswith(".iid") and file.filename:
+        tree = self.tree
+        pending = {id(file): name for name, file in self.pending.items()}
+        out = []
+        for file in self.fileset.get_files():
+            data = self._data(file, pending.get(id(file)))
+            out.append((data.name, data))
+            if file.filename:
+                if self.prefix + data.name + META not in tree.hidden:
+                    out.append((data.name + META, self._meta(file)))
+                if data.name.endswith(".iid"):
                     view = tree.iid_view(file)
                     if view is not None:
                         out.append((data.name + VIEW, view))
-            try:
-                hidden = sorted(n for n in os.listdir(fs.path()) if n.startswith("."))
-            except FileNotFoundError:
-                hidden = []
-            for name in hidden:
-                out.append((name, tree.node(("scratch",) + self._key(name),
-                                            lambda n=name: Scratch(os.path.join(fs.path(), n)))))
-            return out
+        try:
+            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith("."))
+        except FileNotFoundError:
+            hidden = []
+        out.extend((name, self._scratch(name)) for name in hidden)
+        return out
 
-    def lookup(self, name: str):
-        return dict(self.listing()).get(name)
-
-    def _file_by_name(self, name: str):
-        for file in self.fileset.get_files():
-            if (file.filename or self.tree.pending_names.get(id(file))) == name:
-                return file
-        return None
+    def committed(self, data: DataFile) -> None:
+        """A created file was closed: it is registered now (call with the tree's lock)."""
+        if self.pending.get(data.name) is data.file:
+            del self.pending[data.name]
+        self.tree.changed()
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
-            prefix = f"{self.fileset.scan.id}/{self.fileset.id}/"
             if name.endswith(META) and self._file_by_name(name[:-len(META)]):
-                return _rewrite_view(self, name, prefix)
+                return _rewrite_view(self, name, self.prefix)
+            self.tree.changed()
             if name.startswith("."):
-                path = os.path.join(self.fileset.path(), name)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, mode & 0o777))
-                return self.tree.node(("scratch",) + self._key(name), lambda: Scratch(path))
+                os.close(os.open(os.path.join(self.path(), name), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, mode & 0o777))
+                return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
-            self.tree.pending_names[id(file)] = name
-            return self._data(file)
+            self.pending[name] = file
+            return self._data(file, name)
 
     def unlink(self, name: str) -> None:
         with self.tree.lock:
-            prefix = f"{self.fileset.scan.id}/{self.fileset.id}/"
             if name.startswith("."):
-                os.unlink(os.path.join(self.fileset.path(), name))
+                os.unlink(os.path.join(self.path(), name))
                 self.tree.forget_nodes(("scratch",) + self._key(name))
+                self.tree.changed()
                 return
             file = self._file_by_name(name)
             if file is not None:
                 _api_errors(self.fileset.delete_file)(file.id)
                 self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id))
-                self.tree.hidden.discard(prefix + name + META)
+                self.tree.hidden.discard(self.prefix + name + META)
+                self.pending.pop(name, None)
+                self.tree.changed()
                 return
-            _hide_view(self.tree, self, name, prefix)
+            _hide_view(self.tree, self, name, self.prefix)
 
     def rename(self, name: str, new_parent: Directory, new_name: str) -> None:
         if new_parent is not self:
             raise OSError(errno.EXDEV, "files move only within their fileset")
         with self.tree.lock:
+            self.tree.changed()
             fs = self.fileset
             new_id, ext = layout.split_name(new_name)
             if name.startswith(".") and not new_name.startswith("."):
@@ -338,8 +542,10 @@ class FilesetFolder(ListedDirectory):
                 file = existing or _api_errors(fs.create_file)(new_id)
                 _api_errors(file.adopt)(os.path.join(fs.path(), name), ext)
                 scratch = self.tree.nodes.pop(("scratch",) + self._key(name), None)
+                data = self._data(file)
+                data.forget_attr()
                 if scratch is not None:
-                    self.tree.alias(scratch.ino, self._data(file))
+                    self.tree.alias(scratch.ino, data)
                 return
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
@@ -349,6 +555,7 @@ class FilesetFolder(ListedDirectory):
             if file is None or new_name.endswith(META) or new_name.startswith("."):
                 raise OSError(errno.EPERM, "only files (not metadata) move, to visible names")
             moved = _api_errors(fs.rename_file)(file.id, new_id, ext)
+            self.pending.pop(name, None)
             old = self.tree.nodes.pop(("data",) + self._key(file.id), None)
             self.tree.forget_nodes(("meta",) + self._key(file.id))
             if old is not None:                  # the kernel knows the new name by the old inode
@@ -362,6 +569,7 @@ def _hide_view(tree: "FSDBTree", folder: Directory, name: str, prefix: str = "")
         raise FileNotFoundError(errno.ENOENT, "no such file", name)
     with tree.lock:
         tree.hidden.add(prefix + name)
+        tree.changed()
 
 
 def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
@@ -369,6 +577,7 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
     tree = folder.tree
     with tree.lock:
         tree.hidden.discard(prefix + name)
+        tree.changed()
         node = folder.lookup(name)
         if not isinstance(node, MetaView):
             raise OSError(errno.EPERM, "only scans and filesets (mkdir) and files go here", name)
@@ -377,18 +586,26 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
 
 
 class FSDBTree(Tree):
-    def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO):
+    def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO, register_delay: float = 1.0):
         super().__init__(base)
         self.db = db
         self.writable = not read_only
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(entry_timeout=1.0, attr_timeout=0.0, negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=False))
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
-        self.pending_names: dict[int, str] = {}
+        self.generation = 0                     # of the namespace: listings and folder attributes follow it
+        self.meta_cache = ByteCache(META_CACHE_BYTES)
+        self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
         self._views: dict[tuple, Directory] = {}
+        db.register_lazily = not read_only and register_delay > 0
+        db.register_delay = register_delay
         self.add(RootFolder(self))
+
+    def changed(self) -> None:
+        """Something in the namespace changed (call with the lock held)."""
+        self.generation += 1
 
     def node(self, key: tuple, make) -> Node:
         with self.lock:
@@ -419,6 +636,8 @@ class FSDBTree(Tree):
             return view
 
     def iid_view(self, file) -> Directory | None:
+        if file is None:
+            return None
         from .. import iid
         return self._view("iid", file.path(), lambda base: iid.open_tree(file.path(), Options(), True, base=base))
 
@@ -427,8 +646,16 @@ class FSDBTree(Tree):
         return self._view("imgstore", fileset.path(),
                           lambda base: imgstore.open_tree(fileset.path(), Options(), True, base=base))
 
+    def sync(self) -> None:
+        with self.lock:                 # writers take plantdb's locks, then files.json's: same order
+            self.db.flush()
+
+    def sync_due(self) -> bool:
+        return self.db.flush_due()
+
     def status(self) -> dict:
-        return {"scans": len(self.db.scans), "lock": self.db._lock.path}
+        return {"scans": len(self.db.scans), "lock": self.db._lock.path,
+                "work": dict(self.counts + self.db.counts)}
 
     def close(self) -> None:
         super().close()

@@ -1,0 +1,189 @@
+"""The FSDB tree without the kernel: the work a lookup, a stat, a listing or a new file
+costs must not grow with the database (counted, not timed)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from itertools import islice
+from pathlib import Path
+
+import pytest
+
+from scopefs.backends.fsdb import FSDB
+from scopefs.backends.fsdb import tree as fsdb_tree
+from scopefs.backends.options import Options
+from scopefs.formats import fsdb as layout
+
+SMALL, BIG = 5, 400
+
+
+def make_db(path: Path, files: int) -> Path:
+    """One scan with a fileset of `files` files (each with metadata) and a small one."""
+    path.mkdir()
+    (path / "romidb").touch()
+    db = FSDB(str(path))
+    db.connect()
+    db.register_lazily = True              # builds in one files.json write per scan
+    scan = db.create_scan("scan")
+    for fileset_id, count in (("images", files), ("other", 2)):
+        fileset = scan.create_fileset(fileset_id)
+        for i in range(count):
+            file = fileset.create_file(f"img_{i:04d}")
+            file.write_raw(b"x" * 100, "png")
+            file.set_metadata({"i": i})
+    db.disconnect()
+    return path
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory):
+    """Databases with a SMALL and a BIG fileset, made once (tests work on copies)."""
+    base = tmp_path_factory.mktemp("fsdb")
+    return {n: make_db(base / f"db{n}", n) for n in (SMALL, BIG)}
+
+
+@pytest.fixture
+def trees(databases, tmp_path):
+    """Copies of both databases, each opened as a tree."""
+    opened = {n: fsdb_tree.open(str(shutil.copytree(path, tmp_path / path.name)), Options())
+              for n, path in databases.items()}
+    yield opened
+    for tree in opened.values():
+        tree.close()
+
+
+class Work:
+    """Counts what a piece of work costs: nodes the tree touched, files.json bytes
+    written, metadata views rendered, JSON files read."""
+
+    def __init__(self, monkeypatch, tree=None):
+        self.counts = dict.fromkeys(("nodes", "files_json_bytes", "renders", "json_reads"), 0)
+        write_json, dump_json, read_json = layout.write_json, layout.dump_json, layout.read_json
+        if tree is not None:
+            node = tree.node
+
+            def counting_node(*args):
+                self.counts["nodes"] += 1
+                return node(*args)
+            monkeypatch.setattr(tree, "node", counting_node)
+
+        def counting_write_json(path, doc):
+            if os.path.basename(path) == layout.FILES_JSON:
+                self.counts["files_json_bytes"] += len(dump_json(doc))
+            write_json(path, doc)
+
+        def counting_dump_json(doc):
+            self.counts["renders"] += 1
+            return dump_json(doc)
+
+        def counting_read_json(*args):
+            self.counts["json_reads"] += 1
+            return read_json(*args)
+        monkeypatch.setattr(layout, "write_json", counting_write_json)
+        monkeypatch.setattr(layout, "dump_json", counting_dump_json)
+        monkeypatch.setattr(layout, "read_json", counting_read_json)
+
+    def of(self, fn) -> dict:
+        before = dict(self.counts)
+        fn()
+        return {k: self.counts[k] - before[k] for k in self.counts}
+
+
+def fileset_folder(tree):
+    return tree.root.lookup("scan").lookup("images")
+
+
+def test_mounting_reads_no_metadata_of_files(databases, monkeypatch):
+    reads = {}
+    for n, path in databases.items():
+        work = Work(monkeypatch)
+        reads[n] = work.of(lambda: fsdb_tree.open(str(path), Options()).close())["json_reads"]
+    assert reads[SMALL] == reads[BIG]
+
+
+def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monkeypatch):
+    costs = {}
+    for n, tree in trees.items():
+        folder = fileset_folder(tree)
+        name = "img_0003.png"
+        folder.lookup_attr(name)                 # nodes made once; then the steady cost
+        folder.lookup_attr(name + ".metadata.json")
+        work = Work(monkeypatch, tree)
+
+        def stat_both():
+            for _ in range(3):
+                folder.lookup_attr(name)
+                folder.lookup_attr(name + ".metadata.json")
+                assert folder.lookup("absent.png") is None
+        costs[n] = work.of(stat_both)
+    assert costs[SMALL] == costs[BIG]
+    assert costs[BIG]["nodes"] <= 6 and costs[BIG]["renders"] == 0
+
+
+def test_a_metadata_view_is_rendered_once_for_stat_and_reads(trees, monkeypatch):
+    tree = trees[BIG]
+    folder = fileset_folder(tree)
+    work = Work(monkeypatch, tree)
+
+    def stat_and_read_twice():
+        node, attr = folder.lookup_attr("img_0007.png.metadata.json")
+        for _ in range(2):
+            handle = node.open(os.O_RDONLY)
+            assert len(handle.read(0, 1 << 16)) == attr.size
+            handle.release()
+            assert node.attr().size == attr.size
+    assert work.of(stat_and_read_twice)["renders"] == 1
+    # a change is seen at once (the cache follows the metadata's version)
+    node = folder.lookup("img_0007.png.metadata.json")
+    handle = node.open(os.O_WRONLY | os.O_TRUNC)
+    handle.write(0, b'{"i": "seven"}')
+    handle.flush()
+    handle.release()
+    handle = node.open(os.O_RDONLY)
+    assert b'"seven"' in handle.read(0, 4096) and node.attr().size == len(handle.read(0, 4096))
+
+
+def test_a_readdir_pass_lists_a_fileset_once(trees, monkeypatch):
+    costs = {}
+    for n, tree in trees.items():
+        folder = fileset_folder(tree)
+        work = Work(monkeypatch, tree)
+
+        def readdir_in_batches():
+            offset, names = 0, []
+            while True:                      # as the daemon does: a new call per batch
+                batch = list(islice(folder.entries(offset), 16))
+                if not batch:
+                    return names
+                names += [name for _, name, _, _ in batch]
+                offset = batch[-1][0]
+        costs[n] = work.of(readdir_in_batches)["nodes"]
+    # each file has its data and its metadata view: two nodes a file, once
+    assert costs[BIG] <= 2 * BIG + 2 and costs[SMALL] <= 2 * SMALL + 2
+
+
+def add_file(folder, name: str) -> None:
+    """What the kernel asks for `cp new folder/name`."""
+    assert folder.lookup(name) is None
+    node = folder.create(name, 0o644)
+    node.attr()
+    handle = node.open(os.O_WRONLY | os.O_CREAT)
+    handle.write(0, b"new data")
+    handle.flush()
+    handle.release()
+    assert folder.lookup_attr(name)[1].size == len(b"new data")
+
+
+def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    work = Work(monkeypatch, tree)
+    costs = [work.of(lambda: add_file(folder, f"new_{k:04d}.png")) for k in range(300)]
+    assert costs[10] == costs[150] == costs[299]
+    assert costs[299]["files_json_bytes"] == 0          # registered in a batch, not per file
+    # the batch: one files.json write names them all, and upstream readers see them
+    flushed = work.of(tree.sync)
+    assert 0 < flushed["files_json_bytes"] < 2 * os.path.getsize(os.path.join(tree.db.basedir, "scan", "files.json"))
+    doc = json.loads(Path(tree.db.basedir, "scan", "files.json").read_text())
+    assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300

@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 TOOLS = ("Xvfb", "pcmanfm", "xdotool")
@@ -92,6 +92,26 @@ def bytes_read(pid: int) -> int:
     return 0
 
 
+def waiting_on_files(pid: int) -> bool:
+    """Whether a thread of the process waits for a file system: for a FUSE daemon's
+    answer (it then sleeps in the kernel's FUSE code) or for the disk (state D)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/task/{tid}/wchan") as fh:
+                wchan = fh.read()
+        except (OSError, IndexError):
+            continue
+        if state == "D" or "fuse" in wchan or wchan == "request_wait_answer":
+            return True
+    return False
+
+
 @dataclass
 class Box:
     left: int
@@ -103,20 +123,54 @@ class Box:
         return image.crop((self.left, self.top, self.right, self.bottom))
 
 
+def _longest_run(flags) -> tuple[int, int]:
+    """Start and end (exclusive) of the longest run of True in a 1-d array."""
+    best, start = (0, 0), None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+def view_box(screenshot) -> Box:
+    """The folder view of a window showing an empty folder: the largest white area (its
+    longest white run down the middle column, then across the middle row)."""
+    import numpy as np
+    white = (np.asarray(screenshot.convert("RGB")) == 255).all(axis=2)
+    top, bottom = _longest_run(white[:, white.shape[1] * 3 // 5])
+    left, right = _longest_run(white[(top + bottom) // 2])
+    if bottom - top < 100 or right - left < 100:
+        raise RuntimeError("no empty folder view found in the screenshot")
+    return Box(left + 2, top + 2, right - 2, bottom - 2)
+
+
+def items_shown(view_image) -> bool:
+    """Whether a folder view shows something: neither all background (white) nor no
+    background at all (the window not drawn yet)."""
+    import numpy as np
+    white = (np.asarray(view_image.convert("RGB")) == 255).all(axis=2).mean()
+    return 0.02 < white < 0.998
+
+
 @dataclass
 class Timeline:
     """What a file manager showed after it was started on a folder, in seconds from the
-    start: the first screenshot with items in the view, the first that equals the
-    settled view (thumbnails drawn), and when the file manager stopped working (reading
-    files, using CPU); `settled` is False if that did not happen before the deadline."""
+    start: the window, the first items in the view, the first screenshot equal to the
+    settled view (its thumbnails drawn), and when the file manager stopped working (no
+    CPU, no reads, no thread waiting on a file system). `settled` is False when that
+    did not happen before the deadline."""
+    window: float | None = None
     first_items: float | None = None
     view_final: float | None = None
     idle: float | None = None
     settled: bool = False
     bytes_read: int = 0
-    cpu: float = 0.0
     shots: int = 0
-    samples: list = field(default_factory=list, repr=False)   # (t, extra) from the probe
+    requests: int = 0       # what a daemon counted meanwhile, where the caller measures it
 
 
 class FileManager:
@@ -149,47 +203,48 @@ class FileManager:
             time.sleep(0.05)
         raise TimeoutError(f"no window for {self.folder} within {timeout:g} s")
 
-    def watch(self, view: Box, timeout: float, quiet: float = 2.0, interval: float = 0.2,
-              probe=None) -> Timeline:
-        """Screenshots of `view` until it has not changed for `quiet` seconds while the
-        file manager read nothing and used (almost) no CPU, or until `timeout` seconds
-        after the start. `probe()` is sampled with each screenshot (e.g. a daemon's
-        request counter)."""
+    def watch(self, view: Box, timeout: float, quiet: float = 2.0, interval: float = 0.1) -> Timeline:
+        """Screenshots of the folder view until it has not changed for `quiet` seconds
+        while the file manager did no work, or until `timeout` seconds after the start."""
         line = Timeline()
-        blank = None
         history: list[tuple[float, bytes]] = []
         last_change = last_busy = time.monotonic()
         cpu, read = cpu_seconds(self.pid), bytes_read(self.pid)
         while True:
             now = time.monotonic()
             t = now - self.started
-            digest = hashlib.blake2b(view.crop(self.desktop.screenshot()).tobytes(), digest_size=16).digest()
+            if line.window is None and self.windows():
+                line.window = t
+            image = view.crop(self.desktop.screenshot())
+            digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
             line.shots += 1
-            if probe is not None:
-                line.samples.append((t, probe()))
-            if blank is None:
-                blank = digest if not history else blank
+            if line.first_items is None and line.window is not None and items_shown(image):
+                line.first_items = t
             if history and digest != history[-1][1]:
                 last_change = now
             history.append((t, digest))
-            if line.first_items is None and digest != blank:
-                line.first_items = t
             new_cpu, new_read = cpu_seconds(self.pid), bytes_read(self.pid)
-            if new_read != read or new_cpu - cpu > 0.05 * interval:
-                last_busy = now
-                line.idle = None
+            if new_read != read or new_cpu - cpu > 0.02 * interval or waiting_on_files(self.pid):
+                last_busy, line.idle = now, None
             elif line.idle is None:
                 line.idle = t
             cpu, read = new_cpu, new_read
-            if now - max(last_change, last_busy) >= quiet and line.first_items is not None:
+            if line.first_items is not None and now - max(last_change, last_busy) >= quiet:
                 line.settled = True
                 break
             if t >= timeout or not self.alive():
                 break
             time.sleep(interval)
-        final = history[-1][1]
-        line.view_final = next(t for t, digest in history if digest == final) if line.settled else None
-        line.bytes_read, line.cpu = read, cpu
+        # the view's last state counts as reached if it then held for `quiet` seconds
+        # (the file manager may still be busy: thumbnails of items out of sight)
+        since = len(history) - 1
+        while since and history[since - 1][1] == history[-1][1]:
+            since -= 1
+        if history[-1][0] - history[since][0] >= quiet:
+            line.view_final = history[since][0]
+        if not line.settled:
+            line.idle = None
+        line.bytes_read = read
         return line
 
     def close(self) -> None:
@@ -266,6 +321,27 @@ class Desktop:
     def screenshot(self):
         from PIL import ImageGrab
         return ImageGrab.grab(xdisplay=self.display)
+
+    def folder_view(self, empty: Path, timeout: float = 20) -> Box:
+        """Where PCManFM draws a folder's items, found on a window showing `empty`
+        (the same box twice in a row: the window is drawn)."""
+        fm = self.open(empty)
+        try:
+            fm.wait_window(timeout)
+            deadline, last = time.monotonic() + timeout, None
+            while True:
+                try:
+                    box = view_box(self.screenshot())
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    box = None
+                if box is not None and box == last:
+                    return box
+                last = box
+                time.sleep(0.2)
+        finally:
+            fm.close()
 
     def open(self, folder: Path, thumbnails: bool = True) -> FileManager:
         """PCManFM started on `folder` (its clock starts now). Its settings are written

@@ -132,7 +132,8 @@ class Case:
     source: str
     options: tuple[str, ...]
     folder: str            # the folder opened, relative to the mount
-    copy: str              # what is copied for the plain side, relative to the mount
+    copy: str              # what is copied for the plain side, relative to the mount (with
+                           # the case's options or without: the same files)
 
 
 def cases(args, work: Path) -> list[Case]:
@@ -146,11 +147,13 @@ def cases(args, work: Path) -> list[Case]:
         iid = work / f"cells-{args.entries}.iid"
         make_iid(iid, args.entries)
         out.append(Case(f".iid root, {args.entries:,} entries", str(iid), (), ".", "."))
+        out.append(Case(f".iid root, {args.entries:,} entries, mounted -o ro", str(iid), ("-o", "ro"), ".", "."))
         out.append(Case(f".iid entry folder ({args.entries:,} entries)", str(iid), (), "000042-cell-42", "."))
     if "fsdb" in args.cases:
         db = made(work / f"fsdb-{args.fileset}", make_fsdb(args.fileset))
-        out.append(Case(f"FSDB fileset, {args.fileset:,} images", str(db), (), "plant_001/images",
-                        "plant_001/images"))
+        for options in ((), ("-o", "ro")):
+            out.append(Case(f"FSDB fileset, {args.fileset:,} images{', mounted -o ro' if options else ''}",
+                            str(db), options, "plant_001/images", "plant_001/images"))
     if "copick" in args.cases:
         static = made(work / f"copick-{args.runs}", make_copick(args.runs))
         overlay = work / f"copick-{args.runs}-overlay"
@@ -164,7 +167,7 @@ def cases(args, work: Path) -> list[Case]:
 
 def plain_copy(case: Case, work: Path) -> Path:
     """`rsync -a` of what the case opens, from a mount of its own (made once per source)."""
-    key = re.sub(r"[^A-Za-z0-9]+", "_", f"{case.source}-{'_'.join(case.options)}-{case.copy}")[-120:]
+    key = re.sub(r"[^A-Za-z0-9]+", "_", f"{case.source}-{case.copy}")[-120:]
     plain = work / "plain" / key
     if not (plain.parent / (key + ".made")).exists():
         shutil.rmtree(plain, ignore_errors=True)

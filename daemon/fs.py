@@ -66,6 +66,7 @@ def _guard(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         self.counters.requests += 1
+        log.debug("%s%r", name, args[:2])      # -d: every request
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError as exc:

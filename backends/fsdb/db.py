@@ -406,7 +406,7 @@ class Fileset(_Metadata):
         if file is None:
             raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
         with self.scan.db._writing(self.scan.id, self.id):
-            self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+            self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
             del self.files[file_id]
             self._unindex(file)
             if file.filename:
@@ -430,7 +430,7 @@ class Fileset(_Metadata):
                 self.files[new_id] = moved
                 if metadata:
                     moved.replace_metadata(metadata)
-                self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+                self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
                 del self.files[file_id]
                 self._unindex(file)
                 _unlink(file._md_path)
@@ -445,7 +445,7 @@ class Fileset(_Metadata):
         # a new name for data whose old name goes now is written at once: files.json
         # must not name the old one a moment longer than the disk has it
         lazily = (self.id, file_id, filename, data_path) if old_name in (None, filename) else None
-        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file_id, filename), lazily=lazily)
+        self.scan._update_files_json(lambda doc: doc.put_file(self.id, file_id, filename), lazily=lazily)
 
     def _unindex(self, file: File) -> None:
         if file.filename and self.by_name.get(file.filename) is file:
@@ -506,7 +506,7 @@ class Scan(_Metadata):
             raise IOError(f"fileset {fileset_id} already exists in {self.id}")
         with self.db._writing(self.id, fileset_id):
             os.makedirs(os.path.join(self.path(), fileset_id), exist_ok=True)
-            self._update_files_json(lambda doc: _put_fileset(doc, fileset_id))
+            self._update_files_json(lambda doc: doc.fileset(fileset_id))
             fileset = self.filesets[fileset_id] = Fileset(self, fileset_id)
         if metadata:
             fileset.set_metadata(metadata)
@@ -517,7 +517,7 @@ class Scan(_Metadata):
         if fileset is None:
             raise IOError(f"no fileset {fileset_id} in {self.id}")
         with self.db._writing(self.id, fileset_id):
-            self._update_files_json(lambda doc: _remove_fileset(doc, fileset_id))
+            self._update_files_json(lambda doc: doc.remove_fileset(fileset_id))
             del self.filesets[fileset_id]
             self.db._discard(fileset.path())
             self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
@@ -554,8 +554,9 @@ class Scan(_Metadata):
                 doc = self._files_doc()
             if not isinstance(doc, dict) or not isinstance(doc.get("filesets"), list):
                 doc = self._files_doc()
+            indexed = _FilesDoc(doc)
             for change in self._pending:
-                change(doc)
+                change(indexed)
             layout.write_json(path, doc)
             self.db.counts["files_json_writes"] += 1
             self._pending.clear()
@@ -674,7 +675,7 @@ class FSDB:
             file = fileset.files[file_id] = File(fileset, file_id, None)
             file.filename = filename
             fileset.by_name[filename] = file
-            scan._pending.append(lambda doc, f=fileset_id, i=file_id, n=filename: _put_file(doc, f, i, n))
+            scan._pending.append(lambda doc, f=fileset_id, i=file_id, n=filename: doc.put_file(f, i, n))
             self._dirty.setdefault(scan_id, 0.0)
             found += 1
         if found:
@@ -788,33 +789,55 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _fileset_entry(doc: dict, fileset_id: str) -> dict:
-    for entry in doc["filesets"]:
-        if isinstance(entry, dict) and entry.get("id") == fileset_id:
-            entry.setdefault("files", [])
-            return entry
-    entry = {"files": [], "id": fileset_id}
-    doc["filesets"].append(entry)
-    return entry
+class _FilesDoc:
+    """files.json being changed, its filesets and files found by id through indexes made
+    on first use, so a batch of k registrations costs time linear in k and the document."""
 
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self._filesets: dict[str, dict] | None = None
+        self._files: dict[str, dict[str, dict]] = {}
 
-def _put_fileset(doc: dict, fileset_id: str) -> None:
-    _fileset_entry(doc, fileset_id)
+    def fileset(self, fileset_id: str) -> dict:
+        """The fileset's entry (added if missing)."""
+        if self._filesets is None:
+            self._filesets = {}
+            for entry in self.doc["filesets"]:
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    self._filesets.setdefault(entry["id"], entry)
+        entry = self._filesets.get(fileset_id)
+        if entry is None:
+            entry = self._filesets[fileset_id] = {"files": [], "id": fileset_id}
+            self.doc["filesets"].append(entry)
+        if not isinstance(entry.get("files"), list):
+            entry["files"] = []
+        return entry
 
+    def _files_of(self, fileset_id: str) -> dict[str, dict]:
+        index = self._files.get(fileset_id)
+        if index is None:
+            index = self._files[fileset_id] = {}
+            for entry in self.fileset(fileset_id)["files"]:
+                if isinstance(entry, dict):
+                    index.setdefault(entry.get("id"), entry)
+        return index
 
-def _remove_fileset(doc: dict, fileset_id: str) -> None:
-    doc["filesets"] = [e for e in doc["filesets"] if not (isinstance(e, dict) and e.get("id") == fileset_id)]
-
-
-def _put_file(doc: dict, fileset_id: str, file_id: str, filename: str) -> None:
-    files = _fileset_entry(doc, fileset_id)["files"]
-    for entry in files:
-        if isinstance(entry, dict) and entry.get("id") == file_id:
+    def put_file(self, fileset_id: str, file_id: str, filename: str) -> None:
+        index = self._files_of(fileset_id)
+        entry = index.get(file_id)
+        if entry is not None:
             entry["file"] = filename
-            return
-    files.append({"file": filename, "id": file_id})
+        else:
+            entry = index[file_id] = {"file": filename, "id": file_id}
+            self.fileset(fileset_id)["files"].append(entry)
 
+    def remove_file(self, fileset_id: str, file_id: str) -> None:
+        entry = self.fileset(fileset_id)
+        entry["files"] = [f for f in entry["files"] if not (isinstance(f, dict) and f.get("id") == file_id)]
+        self._files.pop(fileset_id, None)
 
-def _remove_file(doc: dict, fileset_id: str, file_id: str) -> None:
-    entry = _fileset_entry(doc, fileset_id)
-    entry["files"] = [f for f in entry["files"] if not (isinstance(f, dict) and f.get("id") == file_id)]
+    def remove_fileset(self, fileset_id: str) -> None:
+        self.doc["filesets"] = [e for e in self.doc["filesets"]
+                                if not (isinstance(e, dict) and e.get("id") == fileset_id)]
+        self._filesets = None
+        self._files.pop(fileset_id, None)

@@ -56,7 +56,6 @@ from ...formats import fsdb as layout
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
-JOURNAL = ".scopefs-journal"
 
 
 class DBBusyError(OSError):
@@ -633,7 +632,7 @@ class FSDB:
             if self._journal_fd is not None:
                 os.close(self._journal_fd)
                 self._journal_fd = None
-                _unlink(os.path.join(self.basedir, JOURNAL))
+                _unlink(os.path.join(self.basedir, layout.JOURNAL))
 
     def flush_due(self) -> bool:
         """Some registration has waited `register_delay` seconds."""
@@ -643,14 +642,14 @@ class FSDB:
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
         if self._journal_fd is None:
-            self._journal_fd = os.open(os.path.join(self.basedir, JOURNAL),
+            self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         os.write(self._journal_fd, json.dumps(entry).encode() + b"\n")
 
     def _replay_journal(self) -> None:
         """Register what a writer that died before its flush had journaled: files whose
         data is in place and whose id files.json does not name otherwise."""
-        path = os.path.join(self.basedir, JOURNAL)
+        path = os.path.join(self.basedir, layout.JOURNAL)
         try:
             with open(path, "rb") as fh:
                 lines = fh.read().splitlines()

@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
@@ -56,6 +56,8 @@ from ...formats import fsdb as layout
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
+#: metadata documents kept in memory (the others are read again when asked for)
+METADATA_KEPT = 50_000
 
 
 class DBBusyError(OSError):
@@ -222,8 +224,10 @@ def _now() -> str:
 
 
 class _Metadata:
-    """get_metadata/set_metadata over one JSON file, read on first use and kept in memory.
-    `md_version` counts changes (views derived from the metadata key on it)."""
+    """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
+    while among the database's `METADATA_KEPT` most recently used (the file always holds
+    what was set: writes go to it first). `md_version` counts changes (views derived from
+    the metadata key on it)."""
 
     _md_path: str
     _md_loaded: dict | None = None
@@ -231,20 +235,23 @@ class _Metadata:
 
     @property
     def _md(self) -> dict:
-        if self._md_loaded is None:
+        doc = self._md_loaded
+        if doc is None:
             self._db().counts["metadata_reads"] += 1
             try:
                 doc = layout.read_json(self._md_path, {})
             except ValueError:
                 log.warning("%s is not valid JSON; it reads as {}", self._md_path)
                 doc = {}
-            self._md_loaded = doc if isinstance(doc, dict) else {}
-        return self._md_loaded
+            doc = self._md_loaded = doc if isinstance(doc, dict) else {}
+        self._db()._keep_metadata(self)
+        return doc
 
     @_md.setter
     def _md(self, doc: dict) -> None:
         self._md_loaded = doc
         self.md_version += 1
+        self._db()._keep_metadata(self)
 
     def get_metadata(self, key: str | None = None, default=None):
         if key is None:
@@ -589,6 +596,8 @@ class FSDB:
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
         self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
+        self._metadata_kept: OrderedDict[int, _Metadata] = OrderedDict()
+        self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
@@ -618,6 +627,7 @@ class FSDB:
             self._clean_staging()
         self._lock.release()
         self.scans = {}
+        self._metadata_kept.clear()
         self.is_connected = False
 
     def flush(self) -> None:
@@ -633,6 +643,15 @@ class FSDB:
                 os.close(self._journal_fd)
                 self._journal_fd = None
                 _unlink(os.path.join(self.basedir, layout.JOURNAL))
+
+    def _keep_metadata(self, obj: _Metadata) -> None:
+        """`obj` used its metadata: keep it in memory, let the least recently used go."""
+        with self._metadata_lock:
+            kept = self._metadata_kept
+            kept[id(obj)] = obj
+            kept.move_to_end(id(obj))
+            while len(kept) > METADATA_KEPT:
+                kept.popitem(last=False)[1]._md_loaded = None
 
     def flush_due(self) -> bool:
         """Some registration has waited `register_delay` seconds."""

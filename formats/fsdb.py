@@ -3,6 +3,7 @@
     <db>/romidb                                marker
     <db>/lock                                  held while a (legacy) client is connected
     <db>/.locks/                               plantdb >= 0.15 per-resource flock files
+    <db>/.scopefs-journal                      scopefs: files not yet in files.json (JSON lines)
     <db>/<scan>/files.json                     {"filesets": [{"files": [{"file", "id"}], "id"}]}
     <db>/<scan>/metadata/metadata.json         scan metadata
     <db>/<scan>/metadata/<fileset>.json        fileset metadata
@@ -27,6 +28,8 @@ FILES_JSON = "files.json"
 METADATA_DIR = "metadata"
 #: where new scans are assembled before they appear whole, and deleted ones disappear from
 STAGING = ".scopefs-staging"
+#: registrations a writer made that files.json may not have yet: [scan, fileset, id, file, size]
+JOURNAL = ".scopefs-journal"
 #: identifiers plantdb 0.17 accepts when creating scans and filesets
 PLANTDB_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$")
 

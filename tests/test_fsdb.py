@@ -294,6 +294,7 @@ import sys, numpy as np
 from scopefs.backends.fsdb import FSDB, io
 db = FSDB(sys.argv[1]); db.connect()
 scan = db.get_scan("loop") or db.create_scan("loop")
+print("writing", flush=True)
 i = 0
 while True:
     fs = scan.get_fileset(f"fs{i % 3}") or scan.create_fileset(f"fs{i % 3}")
@@ -312,8 +313,10 @@ def test_json_stays_valid_when_writers_are_killed_at_random_points(tmp_path):
     db_path = new_db(tmp_path / "db")
     rng = random.Random(4)
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(db_path)], stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.6, 1.6))
+        proc = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(db_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout.readline() == b"writing\n", proc.stderr.read().decode()[-2000:]    # (slow imports)
+        time.sleep(rng.uniform(0.1, 1.1))
         proc.kill()
         assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
         for path in glob.glob(str(db_path / "**" / "*.json"), recursive=True):

@@ -187,3 +187,22 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert 0 < flushed["files_json_bytes"] < 2 * os.path.getsize(os.path.join(tree.db.basedir, "scan", "files.json"))
     doc = json.loads(Path(tree.db.basedir, "scan", "files.json").read_text())
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
+
+
+def test_metadata_kept_in_memory_is_bounded_and_read_again_when_needed(trees, monkeypatch):
+    from scopefs.backends.fsdb import db as fsdb_db
+    monkeypatch.setattr(fsdb_db, "METADATA_KEPT", 10, raising=False)
+    tree = trees[BIG]
+    tree.meta_cache = fsdb_tree.ByteCache(1 << 10)        # views evicted too: reads render again
+    folder = fileset_folder(tree)
+    files = tree.db.get_scan("scan").get_fileset("images").get_files()
+
+    def read_views() -> list[bytes]:
+        out = []
+        for i in range(40):
+            handle = folder.lookup(f"img_{i:04d}.png.metadata.json").open(os.O_RDONLY)
+            out.append(handle.read(0, 4096))
+        return out
+    first = read_views()
+    assert sum(f._md_loaded is not None for f in files) <= 10
+    assert read_views() == first and json.loads(first[39]) == {"i": 39}

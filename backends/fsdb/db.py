@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
@@ -57,7 +57,8 @@ from ..kernel import process_alive
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
-JOURNAL = ".scopefs-journal"
+#: metadata documents kept in memory (the others are read again when asked for)
+METADATA_KEPT = 50_000
 
 
 class DBBusyError(OSError):
@@ -210,8 +211,10 @@ def _now() -> str:
 
 
 class _Metadata:
-    """get_metadata/set_metadata over one JSON file, read on first use and kept in memory.
-    `md_version` counts changes (views derived from the metadata key on it)."""
+    """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
+    while among the database's `METADATA_KEPT` most recently used (the file always holds
+    what was set: writes go to it first). `md_version` counts changes (views derived from
+    the metadata key on it)."""
 
     _md_path: str
     _md_loaded: dict | None = None
@@ -219,20 +222,23 @@ class _Metadata:
 
     @property
     def _md(self) -> dict:
-        if self._md_loaded is None:
+        doc = self._md_loaded
+        if doc is None:
             self._db().counts["metadata_reads"] += 1
             try:
                 doc = layout.read_json(self._md_path, {})
             except ValueError:
                 log.warning("%s is not valid JSON; it reads as {}", self._md_path)
                 doc = {}
-            self._md_loaded = doc if isinstance(doc, dict) else {}
-        return self._md_loaded
+            doc = self._md_loaded = doc if isinstance(doc, dict) else {}
+        self._db()._keep_metadata(self)
+        return doc
 
     @_md.setter
     def _md(self, doc: dict) -> None:
         self._md_loaded = doc
         self.md_version += 1
+        self._db()._keep_metadata(self)
 
     def get_metadata(self, key: str | None = None, default=None):
         if key is None:
@@ -393,7 +399,7 @@ class Fileset(_Metadata):
         if file is None:
             raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
         with self.scan.db._writing(self.scan.id, self.id):
-            self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+            self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
             del self.files[file_id]
             self._unindex(file)
             if file.filename:
@@ -417,7 +423,7 @@ class Fileset(_Metadata):
                 self.files[new_id] = moved
                 if metadata:
                     moved.replace_metadata(metadata)
-                self.scan._update_files_json(lambda doc: _remove_file(doc, self.id, file_id))
+                self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
                 del self.files[file_id]
                 self._unindex(file)
                 _unlink(file._md_path)
@@ -432,7 +438,7 @@ class Fileset(_Metadata):
         # a new name for data whose old name goes now is written at once: files.json
         # must not name the old one a moment longer than the disk has it
         lazily = (self.id, file_id, filename, data_path) if old_name in (None, filename) else None
-        self.scan._update_files_json(lambda doc: _put_file(doc, self.id, file_id, filename), lazily=lazily)
+        self.scan._update_files_json(lambda doc: doc.put_file(self.id, file_id, filename), lazily=lazily)
 
     def _unindex(self, file: File) -> None:
         if file.filename and self.by_name.get(file.filename) is file:
@@ -493,7 +499,7 @@ class Scan(_Metadata):
             raise IOError(f"fileset {fileset_id} already exists in {self.id}")
         with self.db._writing(self.id, fileset_id):
             os.makedirs(os.path.join(self.path(), fileset_id), exist_ok=True)
-            self._update_files_json(lambda doc: _put_fileset(doc, fileset_id))
+            self._update_files_json(lambda doc: doc.fileset(fileset_id))
             fileset = self.filesets[fileset_id] = Fileset(self, fileset_id)
         if metadata:
             fileset.set_metadata(metadata)
@@ -504,7 +510,7 @@ class Scan(_Metadata):
         if fileset is None:
             raise IOError(f"no fileset {fileset_id} in {self.id}")
         with self.db._writing(self.id, fileset_id):
-            self._update_files_json(lambda doc: _remove_fileset(doc, fileset_id))
+            self._update_files_json(lambda doc: doc.remove_fileset(fileset_id))
             del self.filesets[fileset_id]
             self.db._discard(fileset.path())
             self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
@@ -541,8 +547,9 @@ class Scan(_Metadata):
                 doc = self._files_doc()
             if not isinstance(doc, dict) or not isinstance(doc.get("filesets"), list):
                 doc = self._files_doc()
+            indexed = _FilesDoc(doc)
             for change in self._pending:
-                change(doc)
+                change(indexed)
             layout.write_json(path, doc)
             self.db.counts["files_json_writes"] += 1
             self._pending.clear()
@@ -576,6 +583,8 @@ class FSDB:
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
         self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
+        self._metadata_kept: OrderedDict[int, _Metadata] = OrderedDict()
+        self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
@@ -605,6 +614,7 @@ class FSDB:
             self._clean_staging()
         self._lock.release()
         self.scans = {}
+        self._metadata_kept.clear()
         self.is_connected = False
 
     def flush(self) -> None:
@@ -619,7 +629,16 @@ class FSDB:
             if self._journal_fd is not None:
                 os.close(self._journal_fd)
                 self._journal_fd = None
-                _unlink(os.path.join(self.basedir, JOURNAL))
+                _unlink(os.path.join(self.basedir, layout.JOURNAL))
+
+    def _keep_metadata(self, obj: _Metadata) -> None:
+        """`obj` used its metadata: keep it in memory, let the least recently used go."""
+        with self._metadata_lock:
+            kept = self._metadata_kept
+            kept[id(obj)] = obj
+            kept.move_to_end(id(obj))
+            while len(kept) > METADATA_KEPT:
+                kept.popitem(last=False)[1]._md_loaded = None
 
     def flush_due(self) -> bool:
         """Some registration has waited `register_delay` seconds."""
@@ -629,14 +648,14 @@ class FSDB:
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
         if self._journal_fd is None:
-            self._journal_fd = os.open(os.path.join(self.basedir, JOURNAL),
+            self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         os.write(self._journal_fd, json.dumps(entry).encode() + b"\n")
 
     def _replay_journal(self) -> None:
         """Register what a writer that died before its flush had journaled: files whose
         data is in place and whose id files.json does not name otherwise."""
-        path = os.path.join(self.basedir, JOURNAL)
+        path = os.path.join(self.basedir, layout.JOURNAL)
         try:
             with open(path, "rb") as fh:
                 lines = fh.read().splitlines()
@@ -661,7 +680,7 @@ class FSDB:
             file = fileset.files[file_id] = File(fileset, file_id, None)
             file.filename = filename
             fileset.by_name[filename] = file
-            scan._pending.append(lambda doc, f=fileset_id, i=file_id, n=filename: _put_file(doc, f, i, n))
+            scan._pending.append(lambda doc, f=fileset_id, i=file_id, n=filename: doc.put_file(f, i, n))
             self._dirty.setdefault(scan_id, 0.0)
             found += 1
         if found:
@@ -775,33 +794,55 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _fileset_entry(doc: dict, fileset_id: str) -> dict:
-    for entry in doc["filesets"]:
-        if isinstance(entry, dict) and entry.get("id") == fileset_id:
-            entry.setdefault("files", [])
-            return entry
-    entry = {"files": [], "id": fileset_id}
-    doc["filesets"].append(entry)
-    return entry
+class _FilesDoc:
+    """files.json being changed, its filesets and files found by id through indexes made
+    on first use, so a batch of k registrations costs time linear in k and the document."""
 
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self._filesets: dict[str, dict] | None = None
+        self._files: dict[str, dict[str, dict]] = {}
 
-def _put_fileset(doc: dict, fileset_id: str) -> None:
-    _fileset_entry(doc, fileset_id)
+    def fileset(self, fileset_id: str) -> dict:
+        """The fileset's entry (added if missing)."""
+        if self._filesets is None:
+            self._filesets = {}
+            for entry in self.doc["filesets"]:
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    self._filesets.setdefault(entry["id"], entry)
+        entry = self._filesets.get(fileset_id)
+        if entry is None:
+            entry = self._filesets[fileset_id] = {"files": [], "id": fileset_id}
+            self.doc["filesets"].append(entry)
+        if not isinstance(entry.get("files"), list):
+            entry["files"] = []
+        return entry
 
+    def _files_of(self, fileset_id: str) -> dict[str, dict]:
+        index = self._files.get(fileset_id)
+        if index is None:
+            index = self._files[fileset_id] = {}
+            for entry in self.fileset(fileset_id)["files"]:
+                if isinstance(entry, dict):
+                    index.setdefault(entry.get("id"), entry)
+        return index
 
-def _remove_fileset(doc: dict, fileset_id: str) -> None:
-    doc["filesets"] = [e for e in doc["filesets"] if not (isinstance(e, dict) and e.get("id") == fileset_id)]
-
-
-def _put_file(doc: dict, fileset_id: str, file_id: str, filename: str) -> None:
-    files = _fileset_entry(doc, fileset_id)["files"]
-    for entry in files:
-        if isinstance(entry, dict) and entry.get("id") == file_id:
+    def put_file(self, fileset_id: str, file_id: str, filename: str) -> None:
+        index = self._files_of(fileset_id)
+        entry = index.get(file_id)
+        if entry is not None:
             entry["file"] = filename
-            return
-    files.append({"file": filename, "id": file_id})
+        else:
+            entry = index[file_id] = {"file": filename, "id": file_id}
+            self.fileset(fileset_id)["files"].append(entry)
 
+    def remove_file(self, fileset_id: str, file_id: str) -> None:
+        entry = self.fileset(fileset_id)
+        entry["files"] = [f for f in entry["files"] if not (isinstance(f, dict) and f.get("id") == file_id)]
+        self._files.pop(fileset_id, None)
 
-def _remove_file(doc: dict, fileset_id: str, file_id: str) -> None:
-    entry = _fileset_entry(doc, fileset_id)
-    entry["files"] = [f for f in entry["files"] if not (isinstance(f, dict) and f.get("id") == file_id)]
+    def remove_fileset(self, fileset_id: str) -> None:
+        self.doc["filesets"] = [e for e in self.doc["filesets"]
+                                if not (isinstance(e, dict) and e.get("id") == fileset_id)]
+        self._filesets = None
+        self._files.pop(fileset_id, None)

@@ -124,10 +124,12 @@ class MetaView(View):
         return layout.dump_json(self.obj.get_metadata()) + b"\n"
 
     def cached_attr(self) -> Attr | None:
+        if self._mtime_ns is None:
+            return None
         if self.staged is not None:
-            return Attr(FILE_MODE, len(self.staged), self.mtime_ns)
+            return Attr(FILE_MODE, len(self.staged), self._mtime_ns)
         size = self._size
-        if size is None or size[0] != self.obj.md_version or self._mtime_ns is None:
+        if size is None or size[0] != self.obj.md_version:
             return None
         return Attr(FILE_MODE, size[1], self._mtime_ns)
 

@@ -272,8 +272,8 @@ def _mount_in_background(args) -> int:
     except (MountError, CliError) as exc:
         print(redact(f"scopefs: cannot mount {args.source}: {exc}"), file=sys.stderr)
         return 1
-    argv = _absolute_argv(args) + (["--log-file", args.log_file] if args.log_file else [])
-    log_file = args.log_file or default_log_file()
+    log_file = os.path.abspath(args.log_file or default_log_file())
+    argv = _absolute_argv(args) + (["--log-file", log_file] if args.log_file else [])
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_fd, write_fd = os.pipe()
     child_argv = [sys.executable, "-m", "scopefs.daemon", *argv, "--foreground", "--ready-fd", str(write_fd)]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import SCOPEFS, MountFailed, stop_foreground, wait_mounted, alive, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
+from conftest import SCOPEFS, MountFailed, cleanup_mount, stop_foreground, wait_mounted, alive, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
 from stores import make_store
 
 from scopefs.backends import kernel
@@ -182,3 +182,17 @@ def test_mount_points_with_odd_names_are_found(store, mount, tmp_path):
     assert [r["frames"] for r in rows if r["mountpoint"] == str(mnt)] == [12]
     table = run_scopefs("status", str(mnt)).stdout
     assert "frames=12" in table and "frames_decoded=0" in table   # the tree's own status, generically
+
+
+def test_a_relative_log_file_is_the_one_the_daemon_writes(store, tmp_path):
+    """--log-file given as a bare name, relative to the caller's directory."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = subprocess.run([*SCOPEFS, "mount", str(store), str(mnt), "--log-file", "daemon.log"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    pid = daemon_pid(mnt) if os.path.ismount(mnt) else None
+    try:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "daemon.log").exists()
+    finally:
+        cleanup_mount(mnt, pid)

@@ -197,13 +197,27 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes:
         data = self.encoded.get_or_make(i, lambda: self.format.encode_checked(self.decoded_frame(i)))
-        if prefetch and self._decode_ahead is not None:
-            with self._lock:
-                sequential = i == self._last_read + 1
-                self._last_read = i
-            if sequential:
-                self._decode_ahead.submit(self._read_ahead, i)
+        if prefetch:
+            self._reading(i)
         return data
+
+    def cached_frame(self, i: int) -> bytes | None:
+        """The encoded frame if it is in memory (never waits). A hit is a read like any
+        other for read-ahead: a reader served from what was read ahead keeps it going."""
+        data = self.encoded.get(i)
+        if data is not None:
+            self._reading(i)
+        return data
+
+    def _reading(self, i: int) -> None:
+        """Frame i is being read: after i-1, read ahead from it."""
+        if self._decode_ahead is None:
+            return
+        with self._lock:
+            sequential = i == self._last_read + 1
+            self._last_read = i
+        if sequential:
+            self._decode_ahead.submit(self._read_ahead, i)
 
     def _read_ahead(self, i: int) -> None:
         """Decode the next frames in order and hand them to the encoders. Each frame is
@@ -250,7 +264,7 @@ class FrameHandle(FileHandle):
         return data[offset:offset + size]
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
-        data = self._service.encoded.get(self._i)
+        data = self._service.cached_frame(self._i)
         return None if data is None else data[offset:offset + size]
 
 

@@ -1,4 +1,6 @@
-"""Listing a big directory costs the daemon work per batch, not Python per entry.
+"""An imgstore at scale: listing a big directory costs the daemon work per batch, not
+Python per entry, and a reader going through the frames in order (tar, rsync, cp) is
+served by the read-ahead all the way.
 
 The daemon's Operations are driven without the kernel: `readdir_reply` is replaced by a
 buffer that takes a few hundred entries per call (as the kernel's does), worker-thread
@@ -9,12 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pyfuse3
 import pytest
 from stores import index_only_store
 
 from scopefs.backends import imgstore
+from scopefs.formats.imgstore.sample import make_sample
 from scopefs.backends.options import Options
 from scopefs.daemon import fs
 from scopefs.daemon.fs import Operations
@@ -154,3 +158,24 @@ async def test_stat_of_one_frame_costs_the_same_in_small_and_big_stores(tmp_path
         finally:
             tree.close()
     assert counts[0] == counts[1]
+
+
+def test_a_reader_served_from_read_ahead_keeps_it_going(tmp_path):
+    """Frames read ahead are answered without a worker thread (`cached_read`); such a read
+    must move the read-ahead on, or it stops after `prefetch` frames and every later frame
+    is decoded while the reader waits."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    try:
+        service = tree.service
+        for i in (0, 1):                          # two reads in order start the read-ahead
+            assert imgstore.FrameHandle(service, i).read(0, 1 << 20)
+        for i in range(2, 40):
+            handle = imgstore.FrameHandle(service, i)
+            deadline = time.monotonic() + 5
+            while handle.cached_read(0, 1 << 20) is None:
+                assert time.monotonic() < deadline, f"frame {i} was not read ahead"
+                time.sleep(0.005)
+        assert service.frames_decoded == 40
+    finally:
+        tree.close()

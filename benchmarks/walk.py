@@ -1,7 +1,8 @@
 """Walking every kind of mount against a plain copy of the same tree, side by side.
 
     python benchmarks/walk.py [--quick] [--repeat 3] [--kinds imgstore,iid,fsdb,copick]
-                              [--no-cold] [--work DIR]
+                              [--no-cold] [--work DIR] [--frames N] [--million N]
+                              [--iid N,N] [--fsdb SxFxN] [--copick RxP] [--copy-in N]
 
 For each source the plain copy is made with `rsync -a` of the mount onto the same disk.
 Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
@@ -305,12 +306,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-walk")
+    parser.add_argument("--frames", type=int, help=f"imgstore frames for the walks ({FULL['imgstore_frames']})")
+    parser.add_argument("--million", type=int, help=f"frames of the index-only store ({FULL['million']:,})")
+    parser.add_argument("--iid", type=lambda v: tuple(int(n) for n in v.split(",")),
+                        help="entries of each .iid file (10000,100000)")
+    parser.add_argument("--fsdb", type=lambda v: tuple(int(n) for n in v.split("x")),
+                        help="scans x filesets x files (50x3x60)")
+    parser.add_argument("--copick", type=lambda v: tuple(int(n) for n in v.split("x")), help="runs x picks (50x100)")
+    parser.add_argument("--copy-in", type=int, help="files copied into the FSDB and .iid mounts (1000)")
     args = parser.parse_args()
     global REPEAT
     REPEAT = args.repeat
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    for key, value in (("imgstore_frames", args.frames), ("million", args.million), ("iid", args.iid),
+                       ("fsdb", args.fsdb), ("copick", args.copick), ("copy_in", args.copy_in)):
+        if value is not None:
+            sizes[key] = value
     kinds = args.kinds.split(",")
-    work = args.work / ("quick" if args.quick else "full")
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     report(f"scopefs walk benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
            f"load {os.getloadavg()[0]:.1f}, median of {REPEAT} runs, cold = fresh mount"

@@ -48,8 +48,8 @@ def iid(path: Path, entries: int) -> Source:
             else:
                 mask = np.ones((h, w), bool)
             r, c = (int(v) for v in rng.integers(0, 4000, 2))
-            f.add(mask, (r, c, r + h, c + w), address=f"cell-{i}".encode(), domain=b"walk", groups=(f"g{i % 10}",))
-        f.meta = {"image": "walk.tif"}
+            f.add(mask, (r, c, r + h, c + w), address=f"cell-{i}".encode(), domain=b"bench", groups=(f"g{i % 10}",))
+        f.meta = {"image": "bench.tif"}
         f.save(str(path))
     return Source("iid", path, [], ("entry.json", "meta.json"), write_dir=".")
 

@@ -3,6 +3,7 @@
     python benchmarks/walk.py [--quick] [--repeat 3] [--kinds imgstore,iid,fsdb,copick]
                               [--no-cold] [--work DIR] [--frames N] [--million N]
                               [--iid N,N] [--fsdb SxFxN] [--copick RxP] [--copy-in N]
+                              [--limit 300] [--results FILE]
 
 For each source the plain copy is made with `rsync -a` of the mount onto the same disk.
 Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
@@ -18,6 +19,7 @@ Only the scopefs CLI and the writers' public APIs are used, so it runs on any ve
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -47,14 +49,15 @@ class Report:
 
     def __init__(self):
         self.lines: list[str] = []
+        self.path = RESULTS
 
     def __call__(self, text: str = "") -> None:
         print(text, flush=True)
         self.lines.append(text)
 
     def save(self) -> None:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(self.lines) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
 
 
 report = Report()
@@ -97,6 +100,12 @@ class Mount:
         self.unmount()
         os.rmdir(self.path)
 
+    def daemon_cpu_s(self) -> float:
+        """CPU seconds the mount's daemon has used (user + system)."""
+        pid = json.loads((self.path / ".scopefs").read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def walks(source: walk_samples.Source, scratch: Path, small: list[str]):
     """(label, fn(root)) of every walk; `small` are the small files' relative paths."""
@@ -128,13 +137,17 @@ def timed(fn, root: Path) -> float:
 
 
 def compare(label: str, plain_fn, mount_fn, goal: str) -> tuple[float, float]:
-    """Run both sides REPEAT times, alternating; print medians and plain/mount."""
+    """Run both sides REPEAT times, alternating (fewer once a run takes over LIMIT
+    seconds); print medians and plain/mount."""
     plain, mounted = [], []
-    for _ in range(REPEAT):
+    while len(plain) < REPEAT:
         plain.append(plain_fn())
         mounted.append(mount_fn())
+        if max(plain[-1], mounted[-1]) > LIMIT:
+            break
     p, m = statistics.median(plain), statistics.median(mounted)
-    report(f"  {label:<38} plain {p:9.3f} s   mount {m:9.3f} s   ratio {p / m:6.2f}  (goal {goal})")
+    runs = "" if len(plain) == REPEAT else f"  [{len(plain)} run(s): over {LIMIT:g} s]"
+    report(f"  {label:<38} plain {p:9.3f} s   mount {m:9.3f} s   ratio {p / m:6.2f}  (goal {goal}){runs}")
     return p, m
 
 
@@ -250,16 +263,23 @@ def million(work: Path, frames: int) -> None:
         for label, cmd in (("ls -l frames/", ["ls", "-l"]), ("ls -f frames/", ["ls", "-f"]),
                            ("find -printf %s frames/", ["find"])):
             extra = ["-printf", "%s\\n"] if cmd == ["find"] else []
+            daemon_cpu = []
             for state in ("cold", "warm"):
                 def run(root: Path, state=state, cmd=cmd, extra=extra) -> float:
                     if state == "cold":
                         if root == mnt.path:
                             mnt.fresh()
                         drop_caches()
+                    through_mount = root == mnt.path
+                    cpu = mnt.daemon_cpu_s() if through_mount else 0.0
                     t = time.perf_counter()
                     sh(*cmd, str(root / "frames"), *extra)
-                    return time.perf_counter() - t
+                    elapsed = time.perf_counter() - t
+                    if through_mount:
+                        daemon_cpu.append(mnt.daemon_cpu_s() - cpu)
+                    return elapsed
                 compare(f"{label}, {state}", lambda run=run: run(plain), lambda run=run: run(mnt.path), ">= 0.5")
+            report(f"  {'  daemon CPU per ' + label:<38} {statistics.median(daemon_cpu):9.3f} s (median)")
     finally:
         mnt.close()
 
@@ -305,6 +325,8 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(walk_samples.KINDS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
+    parser.add_argument("--limit", type=float, default=300, help="no more runs of a walk once one takes longer (s)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the printed lines are written too")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-walk")
     parser.add_argument("--frames", type=int, help=f"imgstore frames for the walks ({FULL['imgstore_frames']})")
     parser.add_argument("--million", type=int, help=f"frames of the index-only store ({FULL['million']:,})")
@@ -315,8 +337,9 @@ def main() -> None:
     parser.add_argument("--copick", type=lambda v: tuple(int(n) for n in v.split("x")), help="runs x picks (50x100)")
     parser.add_argument("--copy-in", type=int, help="files copied into the FSDB and .iid mounts (1000)")
     args = parser.parse_args()
-    global REPEAT
-    REPEAT = args.repeat
+    global REPEAT, LIMIT
+    REPEAT, LIMIT = args.repeat, args.limit
+    report.path = args.results
     sizes = dict(QUICK if args.quick else FULL)
     for key, value in (("imgstore_frames", args.frames), ("million", args.million), ("iid", args.iid),
                        ("fsdb", args.fsdb), ("copick", args.copick), ("copy_in", args.copy_in)):
@@ -353,10 +376,11 @@ def main() -> None:
                       work, args.cold)
     finally:
         report.save()
-        print(f"\n(written to {RESULTS.relative_to(ROOT)})")
+        print(f"\n(written to {report.path})")
 
 
 REPEAT = 3
+LIMIT = 300.0
 
 if __name__ == "__main__":
     main()

@@ -292,15 +292,29 @@ _INDEX_NAME = re.compile(r"^(\d+)$")
 _NUMBER_NAME = re.compile(r"^(-?\d+)(?:\.dup(\d+))?$")
 
 
-class FramesByIndex(Directory):
+class FramesDirectory(Directory):
+    """A read-only folder of the store's frames (by index or by number)."""
+
     def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
         self.tree = tree
         self.mtime_ns = mtime_ns
-        n = len(tree.index)
-        self.width = max(6, len(str(max(n - 1, 0))))
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    def lookup_attr_nowait(self, name: str):
+        """Names resolve by arithmetic and binary search: no thread, once the frame's
+        attributes are known without I/O."""
+        node = self.lookup(name)
+        attr = None if node is None else node.cached_attr()
+        return None if attr is None else (node, attr)
+
+
+class FramesByIndex(FramesDirectory):
+    def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
+        super().__init__(tree, mtime_ns)
+        n = len(tree.index)
+        self.width = max(6, len(str(max(n - 1, 0))))
 
     def name(self, i: int) -> str:
         return f"{i:0{self.width}d}{self.tree.service.extension}"
@@ -325,24 +339,13 @@ class FramesByIndex(Directory):
         i = int(m.group(1))
         return self.tree.frame_node(i) if i < len(self.tree.index) else None
 
-    def lookup_attr_nowait(self, name: str):
-        node = self.lookup(name)
-        if node is None:
-            return None
-        attr = node.cached_attr()
-        return None if attr is None else (node, attr)
 
-
-class FramesByNumber(Directory):
+class FramesByNumber(FramesDirectory):
     def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
-        self.tree = tree
-        self.mtime_ns = mtime_ns
+        super().__init__(tree, mtime_ns)
         numbers = tree.index.numbers
         biggest = int(np.abs(numbers).max()) if numbers.size else 0
         self.width = max(6, len(str(biggest)))
-
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
 
     def name(self, number: int, rank: int) -> str:
         sign = "-" if number < 0 else ""

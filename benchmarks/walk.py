@@ -310,7 +310,8 @@ def frame_reads(work: Path, source: walk_samples.Source, frames: int) -> None:
         for _ in range(REPEAT):
             mnt.fresh()
             t = time.perf_counter()
-            subprocess.run(f"tar cf - -C '{mnt.path}' frames | wc -c", shell=True, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(f"tar cf - -C '{mnt.path}' frames | wc -c", shell=True, check=True,
+                           stdout=subprocess.DEVNULL)
             tar.append((time.perf_counter() - t) / frames)
     finally:
         mnt.close()

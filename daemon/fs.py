@@ -253,7 +253,8 @@ class Operations(pyfuse3.Operations):
                 if name is not None:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                        listing.pending, listing.position, listing.offset, listing.more = entries, position, offset, more
+                        listing.pending, listing.position = entries, position
+                        listing.offset, listing.more = offset, more
                         return
                     if child is not None:
                         self._remember(ino, child)

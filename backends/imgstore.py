@@ -36,6 +36,9 @@ from .options import MountError, Options
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+FRAME_MODE = stat.S_IFREG | 0o444
+#: a frame is listed both in frames/ and by-number/: two names, one inode
+FRAME_NLINK = 2
 
 
 def open_tree(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO,
@@ -102,6 +105,7 @@ class FrameService:
         self._sizes = np.full(n, -1, np.int64)       # learned sizes (passthrough, lossy)
         self._mtimes = np.zeros(n if self.passthrough else 0, np.int64)
         self._chunk_mtimes: dict[int, int] = {}
+        self._chunk_attrs: dict[int, Attr] = {}
         self._prefetch_depth = prefetch
         # read-ahead: one thread decodes in order (the video decoder stays positioned),
         # a pool as wide as the machine encodes
@@ -138,11 +142,48 @@ class FrameService:
                 self._stat_source(i)
             return int(self._mtimes[i])
         chunk, _ = self.index.locate(i)
+        return self._chunk_mtime(chunk)
+
+    def _chunk_mtime(self, chunk) -> int:
         mtime = self._chunk_mtimes.get(chunk.number)
         if mtime is None:
             path = chunk.data_path if os.path.exists(chunk.data_path) else chunk.index_path
             mtime = self._chunk_mtimes[chunk.number] = os.stat(path).st_mtime_ns
         return mtime
+
+    def _fixed_attrs(self) -> bool:
+        """Whether every frame of a chunk has the same attributes (known without I/O per frame)."""
+        return self._fixed_size is not None and not self.passthrough
+
+    def _chunk_attr(self, chunk) -> Attr:
+        """The one Attr every frame of a chunk shares (for `_fixed_attrs`)."""
+        attr = self._chunk_attrs.get(chunk.number)
+        if attr is None:
+            attr = Attr(FRAME_MODE, self._fixed_size, self._chunk_mtime(chunk), FRAME_NLINK)
+            self._chunk_attrs[chunk.number] = attr
+        return attr
+
+    def cached_attr(self, i: int) -> Attr | None:
+        """The attributes if known without I/O (a fixed size, the chunk's time seen)."""
+        if self._fixed_attrs():
+            return self._chunk_attrs.get(self.index.locate(i)[0].number)
+        return None
+
+    def attr(self, i: int) -> Attr:
+        if self._fixed_attrs():
+            return self._chunk_attr(self.index.locate(i)[0])
+        return Attr(FRAME_MODE, self.size(i), self.mtime_ns(i), FRAME_NLINK)
+
+    def attrs(self, indexes: np.ndarray) -> list[Attr]:
+        """The attributes of many frames: with fixed sizes, shared Attrs looked up by chunk
+        (no call per frame); otherwise frame by frame (a stat, or an encoding, each)."""
+        if not self._fixed_attrs():
+            return [self.attr(i) for i in indexes.tolist()]
+        positions = self.index.chunk_positions(indexes)
+        table = [None] * len(self.index.chunks)
+        for position in np.unique(positions).tolist():
+            table[position] = self._chunk_attr(self.index.chunks[position])
+        return list(map(table.__getitem__, positions.tolist()))
 
     # -- content ----------------------------------------------------------------------
     def decoded_frame(self, i: int) -> np.ndarray:
@@ -153,13 +194,27 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes:
         data = self.encoded.get_or_make(i, lambda: self.format.encode_checked(self.decoded_frame(i)))
-        if prefetch and self._decode_ahead is not None:
-            with self._lock:
-                sequential = i == self._last_read + 1
-                self._last_read = i
-            if sequential:
-                self._decode_ahead.submit(self._read_ahead, i)
+        if prefetch:
+            self._reading(i)
         return data
+
+    def cached_frame(self, i: int) -> bytes | None:
+        """The encoded frame if it is in memory (never waits). A hit is a read like any
+        other for read-ahead: a reader served from what was read ahead keeps it going."""
+        data = self.encoded.get(i)
+        if data is not None:
+            self._reading(i)
+        return data
+
+    def _reading(self, i: int) -> None:
+        """Frame i is being read: after i-1, read ahead from it."""
+        if self._decode_ahead is None:
+            return
+        with self._lock:
+            sequential = i == self._last_read + 1
+            self._last_read = i
+        if sequential:
+            self._decode_ahead.submit(self._read_ahead, i)
 
     def _read_ahead(self, i: int) -> None:
         """Decode the next frames in order and hand them to the encoders. Each frame is
@@ -206,7 +261,7 @@ class FrameHandle(FileHandle):
         return data[offset:offset + size]
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
-        data = self._service.encoded.get(self._i)
+        data = self._service.cached_frame(self._i)
         return None if data is None else data[offset:offset + size]
 
 
@@ -216,8 +271,10 @@ class FrameFile(File):
         self.i = i
 
     def attr(self) -> Attr:
-        # listed both in frames/ and by-number/: two names, one inode
-        return Attr(stat.S_IFREG | 0o444, self.service.size(self.i), self.service.mtime_ns(self.i), nlink=2)
+        return self.service.attr(self.i)
+
+    def cached_attr(self) -> Attr | None:
+        return self.service.cached_attr(self.i)
 
     def open(self, flags: int) -> FileHandle:
         if self.service.passthrough:
@@ -232,15 +289,29 @@ _INDEX_NAME = re.compile(r"^(\d+)$")
 _NUMBER_NAME = re.compile(r"^(-?\d+)(?:\.dup(\d+))?$")
 
 
-class FramesByIndex(Directory):
+class FramesDirectory(Directory):
+    """A read-only folder of the store's frames (by index or by number)."""
+
     def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
         self.tree = tree
         self.mtime_ns = mtime_ns
-        n = len(tree.index)
-        self.width = max(6, len(str(max(n - 1, 0))))
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    def lookup_attr_nowait(self, name: str):
+        """Names resolve by arithmetic and binary search: no thread, once the frame's
+        attributes are known without I/O."""
+        node = self.lookup(name)
+        attr = None if node is None else node.cached_attr()
+        return None if attr is None else (node, attr)
+
+
+class FramesByIndex(FramesDirectory):
+    def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
+        super().__init__(tree, mtime_ns)
+        n = len(tree.index)
+        self.width = max(6, len(str(max(n - 1, 0))))
 
     def name(self, i: int) -> str:
         return f"{i:0{self.width}d}{self.tree.service.extension}"
@@ -248,6 +319,14 @@ class FramesByIndex(Directory):
     def entries(self, offset: int):
         for i in range(offset, len(self.tree.index)):
             yield i + 1, self.name(i), self.tree.frame_node(i), None
+
+    def entry_batch(self, offset: int, count: int):
+        tree = self.tree
+        indexes = np.arange(offset, min(offset + count, len(tree.index)))
+        names = _decimal_names(indexes, self.width, tree.service.extension.encode()).tolist()
+        return list(zip(range(offset + 1, offset + 1 + indexes.size), names,
+                        range(tree.frames_base + offset, tree.frames_base + offset + indexes.size),
+                        tree.service.attrs(indexes)))
 
     def lookup(self, name: str):
         stem = _strip(name, self.tree.service.extension)
@@ -258,16 +337,12 @@ class FramesByIndex(Directory):
         return self.tree.frame_node(i) if i < len(self.tree.index) else None
 
 
-class FramesByNumber(Directory):
+class FramesByNumber(FramesDirectory):
     def __init__(self, tree: "ImgstoreTree", mtime_ns: int):
-        self.tree = tree
-        self.mtime_ns = mtime_ns
+        super().__init__(tree, mtime_ns)
         numbers = tree.index.numbers
         biggest = int(np.abs(numbers).max()) if numbers.size else 0
         self.width = max(6, len(str(biggest)))
-
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
 
     def name(self, number: int, rank: int) -> str:
         sign = "-" if number < 0 else ""
@@ -279,6 +354,23 @@ class FramesByNumber(Directory):
         for position in range(offset, len(index)):
             i, rank = index.by_number_position(position)
             yield position + 1, self.name(int(index.numbers[i]), rank), self.tree.frame_node(i), None
+
+    def entry_batch(self, offset: int, count: int):
+        tree = self.tree
+        order, values = tree.index.by_number_order()
+        positions = np.arange(offset, min(offset + count, len(order)))
+        indexes, numbers = order[positions], values[positions]
+        plain = numbers >= 0
+        plain[1:] &= numbers[1:] != numbers[:-1]              # no duplicate inside the batch
+        if positions.size and positions[0] and numbers[0] == values[positions[0] - 1]:
+            plain[0] = False                                  # nor one across its start
+        if plain.all():
+            names = _decimal_names(numbers, self.width, tree.service.extension.encode()).tolist()
+        else:                                                 # negative or duplicate numbers: rare
+            names = [self.name(int(values[p]), tree.index.by_number_position(p)[1]).encode()
+                     for p in positions.tolist()]
+        return list(zip(range(offset + 1, offset + 1 + positions.size), names,
+                        (indexes + tree.frames_base).tolist(), tree.service.attrs(indexes)))
 
     def lookup(self, name: str):
         stem = _strip(name, self.tree.service.extension)
@@ -326,6 +418,18 @@ class FramesByTime(Directory):
             return None
         target = "../frames/" + self.tree.frames_dir.name(i)
         return self.tree.dynamic(("at-time", name), lambda: Symlink(target, self.mtime_ns))
+
+
+def _decimal_names(values: np.ndarray, width: int, suffix: bytes) -> np.ndarray:
+    """Non-negative integers below 10**width as zero-padded names with a suffix, as a
+    bytes array: digits are computed for all values at once, not formatted one by one."""
+    out = np.empty((values.size, width + len(suffix)), np.uint8)
+    rest = values.astype(np.int64)
+    for column in range(width - 1, -1, -1):
+        out[:, column] = 48 + rest % 10
+        rest //= 10
+    out[:, width:] = np.frombuffer(suffix, np.uint8)
+    return out.view(f"S{width + len(suffix)}").reshape(-1)
 
 
 def _strip(name: str, extension: str) -> str | None:
@@ -434,7 +538,7 @@ class ImgstoreTree(Tree):
         self.generated_cache = ByteCache(64 * MiB)
         mtime = os.stat(os.path.join(meta.path, "metadata.yaml")).st_mtime_ns
         root = self.add(StaticDirectory(mtime))
-        self._frames_base = self.reserve(len(index), lambda i: FrameFile(self.service, i))
+        self.frames_base = self.reserve(len(index), lambda i: FrameFile(self.service, i))
         self.frames_dir = self.add(FramesByIndex(self, mtime))
         root.add("frames", self.frames_dir)
         root.add("by-number", self.add(FramesByNumber(self, mtime)))
@@ -457,7 +561,7 @@ class ImgstoreTree(Tree):
                              mtime)
 
     def frame_node(self, i: int) -> FrameFile:
-        return self.get(self._frames_base + i)
+        return self.get(self.frames_base + i)
 
     def summary(self) -> dict:
         meta, index, service = self.meta, self.index, self.service

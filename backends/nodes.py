@@ -100,6 +100,13 @@ class Directory(Node):
         given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
 
+    def entry_batch(self, offset: int, count: int) -> list[tuple[int, bytes, int, Attr]] | None:
+        """Up to `count` entries from `offset` as (next offset, name as bytes, inode number,
+        attributes), for directories of numbered children in a reserved range (`Tree.get`
+        builds them from the number): listing a million of them then builds no node and
+        calls no Python per entry. None (the default): the daemon lists through `entries`."""
+        return None
+
     # writable directories override these; by default they refuse
     def create(self, name: str, mode: int) -> "File":
         raise read_only(name)
@@ -709,6 +716,8 @@ class Tree:
         if graft is not None:
             graft.forget(ino)
             return
+        if ino not in self._fixed:
+            return                      # a numbered node (a reserved range): nothing to drop
         with self._lock:
             node = self._fixed.get(ino)
             key = getattr(node, "_key", None)

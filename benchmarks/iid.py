@@ -31,35 +31,16 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+import walk_samples  # noqa: E402
 from upstream import upstream_python  # noqa: E402
 
-from scopefs.formats.iid import IIDFile  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 
 
 def make_file(path: Path, entries: int) -> Path:
     """Disks, 15%-scatter and full rectangles, 4 to 63 px a side (like the research's)."""
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
-    f = IIDFile()
-    for i in range(entries):
-        h, w = rng.integers(4, 64, 2)
-        kind = i % 3
-        if kind == 0:
-            yy, xx = np.mgrid[:h, :w]
-            mask = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 2) ** 2
-        elif kind == 1:
-            mask = rng.random((h, w)) < 0.15
-        else:
-            mask = np.ones((h, w), bool)
-        r, c = rng.integers(0, 4000, 2)
-        f.add(mask, (int(r), int(c), int(r + h), int(c + w)), address=f"cell-{i}".encode(), domain=b"bench",
-              groups=(f"g{i % 10}",))
-    f.meta = {"image": "bench.tif"}
-    f.save(str(path))
-    return path
+    return walk_samples.iid(path, entries).path
 
 
 def upstream(*args: str) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from stores import index_only_store  # noqa: E402
 from upstream import upstream_python  # noqa: E402  (the venv the tests use too)
 
 from scopefs.formats.imgstore.sample import sample_frame  # noqa: E402
@@ -50,15 +51,8 @@ def make_store(path: Path, fmt: str, frames: int) -> Path:
 def make_million(path: Path, frames: int = 1_000_000, chunk: int = 10_000) -> Path:
     """A directory store whose index says a million frames; mounting and listing never
     read frame files, so none are written."""
-    if (path / "metadata.yaml").exists():
-        return path
-    with ImgStoreWriter(str(path), "npy", SHAPE, chunksize=chunk) as store:
-        store.add_image(np.zeros(SHAPE, np.uint8), 0, 1.7e9)
-    for c in range(frames // chunk):
-        d = path / f"{c:06d}"
-        d.mkdir(exist_ok=True)
-        numbers = np.arange(c * chunk, (c + 1) * chunk, dtype=np.int64)
-        np.savez(d / "index.npz", frame_number=numbers, frame_time=1.7e9 + numbers * 0.04)
+    if not (path / "metadata.yaml").exists():
+        index_only_store(path, range(frames), chunk, SHAPE)
     return path
 
 

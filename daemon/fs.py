@@ -52,10 +52,11 @@ class Counters:
 @dataclass
 class _Listing:
     """An open directory: the entries the kernel's last readdir buffer had no room for
-    (each with the offset it sits at) wait here for the next readdir."""
+    wait here for the next readdir (from `pending[position]`, which sits at `offset`)."""
     directory: Directory
     pending: list = field(default_factory=list)
-    pending_offset: int = 0     # the offset the first pending entry sits at
+    position: int = 0
+    offset: int = 0
     more: bool = False          # whether entries follow the pending ones
 
 
@@ -190,14 +191,13 @@ class Operations(pyfuse3.Operations):
     def forget(self, inode_list):
         # must never raise: pyfuse3 gives forget no way to report an error
         try:
+            lookups = self._lookups
             for ino, count in inode_list:
-                left = self._lookups.get(ino, 0) - count
+                left = lookups.pop(ino, 0) - count
                 if left > 0:
-                    self._lookups[ino] = left
-                else:
-                    self._lookups.pop(ino, None)
-                    if ino not in (ROOT_INO, CONTROL_INO):
-                        self.tree.forget(ino)
+                    lookups[ino] = left
+                elif ino != ROOT_INO and ino != CONTROL_INO:
+                    self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
 
@@ -208,40 +208,57 @@ class Operations(pyfuse3.Operations):
         self._listings[fh] = _Listing(self._directory(inode))
         return fh
 
+    def _listing_batch(self, directory: Directory, offset: int) -> list:
+        """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
+        worker thread. Entries with equal attributes share one EntryAttributes (readdir
+        sets st_ino just before each reply, which copies it). Entries of an `entry_batch`
+        come without a node and are not counted: `Tree.get` builds them from the number
+        whenever asked, so their life does not hang on the kernel's forget."""
+        shared: dict[Attr, pyfuse3.EntryAttributes] = {}
+
+        def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+            made = shared.get(attr)
+            if made is None:
+                made = shared[attr] = self._entry(0, attr)
+            return made
+
+        rows = directory.entry_batch(offset, READDIR_BATCH)
+        if rows is not None:
+            return [(next_offset, name, ino, shared.get(attr) or entry(attr), None)
+                    for next_offset, name, ino, attr in rows]
+        out = []
+        for next_offset, name, child, attr in islice(directory.entries(offset), READDIR_BATCH):
+            try:
+                out.append((next_offset, os.fsencode(name), child.ino, entry(attr or child.attr()), child))
+            except OSError as exc:
+                log.warning("listing %s: %s", name, exc)
+                out.append((next_offset, None, None, None, None))
+        return out
+
     @_guard
     async def readdir(self, fh, start_id, token):
         listing = self._listings.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        directory = listing.directory
-
-        def batch(offset):
-            """The next entries as the kernel wants them (made here, off the trio thread)."""
-            out = []
-            for next_offset, name, child, attr in islice(directory.entries(offset), READDIR_BATCH):
-                try:
-                    entry = self._entry(child.ino, attr or child.attr())
-                except OSError as exc:
-                    log.warning("listing %s: %s", name, exc)
-                    out.append((next_offset, None, None, None))
-                else:
-                    out.append((next_offset, os.fsencode(name), entry, child))
-            return out
-
         offset = start_id
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
-            if listing.pending and listing.pending_offset == offset:
-                entries, more, listing.pending = listing.pending, listing.more, []
+            if listing.pending and listing.offset == offset:
+                entries, position, more = listing.pending, listing.position, listing.more
             else:
-                entries = await self._run(batch, offset)
+                entries, position = await self._run(self._listing_batch, listing.directory, offset), 0
                 more = len(entries) == READDIR_BATCH
-            for pos, (next_offset, name, entry, child) in enumerate(entries):
+            listing.pending = []
+            for position in range(position, len(entries)):
+                next_offset, name, ino, entry, child = entries[position]
                 if name is not None:
+                    entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                        listing.pending, listing.pending_offset, listing.more = entries[pos:], offset, more
+                        listing.pending, listing.position = entries, position
+                        listing.offset, listing.more = offset, more
                         return
-                    self._remember(entry.st_ino, child)
+                    if child is not None:
+                        self._remember(ino, child)
                 offset = next_offset
             if not more:
                 return

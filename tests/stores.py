@@ -61,4 +61,19 @@ def make_store(path: Path, fmt: str, shape=(48, 64, 3), dtype=np.uint8, numbers=
     return Sample(path, fmt, numbers, times, written, encoding)
 
 
-__all__ = ["Sample", "make_store", "noise_frame", "barcode", "T0"]
+def index_only_store(path: Path, numbers, chunksize: int = 10_000, shape=(480, 640, 3)) -> Path:
+    """A directory store whose chunk indexes hold `numbers` (frame_number per frame_index)
+    but whose frame files are never written: mounting, listing and stat never read them,
+    so a million frames cost a few index files."""
+    numbers = np.asarray(numbers, np.int64)
+    with ImgStoreWriter(str(path), "npy", shape, chunksize=chunksize):
+        pass
+    for c, start in enumerate(range(0, numbers.size, chunksize)):
+        chunk = numbers[start:start + chunksize]
+        folder = path / f"{c:06d}"
+        folder.mkdir(exist_ok=True)
+        np.savez(folder / "index.npz", frame_number=chunk, frame_time=T0 + np.arange(start, start + chunk.size) * 0.04)
+    return path
+
+
+__all__ = ["Sample", "make_store", "index_only_store", "noise_frame", "barcode", "T0"]

@@ -121,6 +121,7 @@ class FrameIndex:
         self.numbers = numbers
         self.times = times
         self._starts = [c.start for c in chunks]
+        self._start_array = np.asarray(self._starts, np.int64)
         self._lock = threading.Lock()
         self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -175,6 +176,10 @@ class FrameIndex:
         chunk = self.chunks[bisect.bisect_right(self._starts, index) - 1]
         return chunk, index - chunk.start
 
+    def chunk_positions(self, indexes: np.ndarray) -> np.ndarray:
+        """For many frames at once: the position in `chunks` of the chunk holding each."""
+        return np.searchsorted(self._start_array, indexes, side="right") - 1
+
     def _sorted(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """(frame indexes in order of `field`, the sorted values), made on first use; the
         stable sort keeps equal values in frame_index order."""
@@ -186,18 +191,19 @@ class FrameIndex:
             return self._orders[field]
 
     # -- frame_number -----------------------------------------------------------------
-    def _number_order(self) -> tuple[np.ndarray, np.ndarray]:
+    def by_number_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame indexes in frame_number order, the sorted frame numbers)."""
         return self._sorted("numbers")
 
     def by_number_position(self, position: int) -> tuple[int, int]:
         """(frame_index, duplicate rank) of the position-th frame in frame_number order."""
-        order, values = self._number_order()
+        order, values = self.by_number_order()
         rank = position - int(np.searchsorted(values, values[position], side="left"))
         return int(order[position]), rank
 
     def find_number(self, number: int, rank: int = 0) -> int | None:
         """frame_index of the rank-th frame (in index order) carrying this frame_number."""
-        order, values = self._number_order()
+        order, values = self.by_number_order()
         lo = int(np.searchsorted(values, number, side="left"))
         hi = int(np.searchsorted(values, number, side="right"))
         if not 0 <= rank < hi - lo:

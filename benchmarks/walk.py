@@ -1,0 +1,387 @@
+"""Walking every kind of mount against a plain copy of the same tree, side by side.
+
+    python benchmarks/walk.py [--quick] [--repeat 3] [--kinds imgstore,iid,fsdb,copick]
+                              [--no-cold] [--work DIR] [--frames N] [--million N]
+                              [--iid N,N] [--fsdb SxFxN] [--copick RxP] [--copy-in N]
+                              [--limit 300] [--results FILE]
+
+For each source the plain copy is made with `rsync -a` of the mount onto the same disk.
+Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
+and the page cache dropped when run as root) and warm (run once before, same mount):
+`ls -lR`, `find`, `find -printf %s`, `du -s`, reading every small file, `tar cf - | wc
+-c` and `rsync -a` to a scratch folder; then `cp` of 1,000 new files into an FSDB
+fileset and into new entry folders of an `.iid` mount. Printed are the medians and the
+ratio plain time / mount time (1: as fast as the plain copy, 0.5: twice as slow). The
+1,000,000-frame imgstore is listed against 1,000,000 empty files of the same names (a
+real copy would be 900 GB). Everything printed also goes to benchmarks/results/walk-latest.txt.
+Only the scopefs CLI and the writers' public APIs are used, so it runs on any version.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import walk_samples  # noqa: E402
+from stores import index_only_store  # noqa: E402
+
+SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
+RESULTS = ROOT / "benchmarks" / "results" / "walk-latest.txt"
+FULL = {"imgstore_frames": 3000, "million": 1_000_000, "iid": (10_000, 100_000), "fsdb": (50, 3, 60),
+        "copick": (50, 100), "copy_in": 1000}
+QUICK = {"imgstore_frames": 100, "million": 20_000, "iid": (500,), "fsdb": (3, 2, 10), "copick": (3, 5),
+         "copy_in": 100}
+GOALS = {"ls -lR": ">= 0.5", "find": ">= 0.5", "find -printf %s": ">= 0.5", "du -s": ">= 0.5",
+         "read small files": ">= 0.33", "copy-in": ">= 0.2"}
+
+
+class Report:
+    """Prints a line and keeps it for the results file."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.path = RESULTS
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+
+
+report = Report()
+
+
+def drop_caches() -> None:
+    if os.geteuid() == 0:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+class Mount:
+    """`scopefs mount` of a source; `fresh()` mounts it again (nothing cached anywhere)."""
+
+    def __init__(self, source: walk_samples.Source, work: Path):
+        self.source = source
+        self.path = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
+        self.mounted = False
+        self.mount()
+
+    def mount(self) -> None:
+        subprocess.run([*SCOPEFS, "mount", str(self.source.path), str(self.path), *self.source.options,
+                        "--log-file", str(self.path.parent / "scopefs.log")], check=True)
+        self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run([*SCOPEFS, "umount", str(self.path)], check=False)
+            self.mounted = False
+
+    def fresh(self) -> None:
+        self.unmount()
+        self.mount()
+
+    def close(self) -> None:
+        self.unmount()
+        os.rmdir(self.path)
+
+    def daemon_cpu_s(self) -> float:
+        """CPU seconds the mount's daemon has used (user + system)."""
+        pid = json.loads((self.path / ".scopefs").read_text())["pid"]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def walks(source: walk_samples.Source, scratch: Path, small: list[str]):
+    """(label, fn(root)) of every walk; `small` are the small files' relative paths."""
+    def read_small(root: Path) -> None:
+        for rel in small:
+            with open(root / rel, "rb") as fh:
+                fh.read()
+
+    def tar(root: Path) -> None:
+        subprocess.run(f"tar cf - -C '{root}' . | wc -c", shell=True, check=True, stdout=subprocess.DEVNULL)
+
+    def rsync(root: Path) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        sh("rsync", "-a", f"{root}/", f"{scratch}/")
+
+    return [("ls -lR", lambda root: sh("ls", "-lR", str(root))),
+            ("find", lambda root: sh("find", str(root))),
+            ("find -printf %s", lambda root: sh("find", str(root), "-printf", "%s\\n")),
+            ("du -s", lambda root: sh("du", "-s", str(root))),
+            (f"read small files ({len(small):,})", read_small),
+            ("tar cf - | wc -c", tar),
+            ("rsync -a", rsync)]
+
+
+def timed(fn, root: Path) -> float:
+    t = time.perf_counter()
+    fn(root)
+    return time.perf_counter() - t
+
+
+def compare(label: str, plain_fn, mount_fn, goal: str) -> tuple[float, float]:
+    """Run both sides REPEAT times, alternating (fewer once a run takes over LIMIT
+    seconds); print medians and plain/mount."""
+    plain, mounted = [], []
+    while len(plain) < REPEAT:
+        plain.append(plain_fn())
+        mounted.append(mount_fn())
+        if max(plain[-1], mounted[-1]) > LIMIT:
+            break
+    p, m = statistics.median(plain), statistics.median(mounted)
+    runs = "" if len(plain) == REPEAT else f"  [{len(plain)} run(s): over {LIMIT:g} s]"
+    report(f"  {label:<38} plain {p:9.3f} s   mount {m:9.3f} s   ratio {p / m:6.2f}  (goal {goal}){runs}")
+    return p, m
+
+
+def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -> dict:
+    """The walks over one source: mount, plain copy by rsync -a, cold and warm runs."""
+    report(f"\n{title}")
+    mnt = Mount(source, work)
+    plain = work / f"plain-{source.kind}"
+    scratch = work / "scratch"
+    results = {}
+    try:
+        shutil.rmtree(plain, ignore_errors=True)
+        t = time.perf_counter()
+        sh("rsync", "-a", f"{mnt.path}/", f"{plain}/")
+        report(f"  (plain copy made with rsync -a of the mount in {time.perf_counter() - t:.1f} s: "
+               f"{sum(1 for _ in plain.rglob('*')):,} paths)")
+        small = [str(p.relative_to(plain)) for p in walk_samples.small_files(plain, source)]
+        for label, fn in walks(source, scratch, small):
+            goal = next((g for k, g in GOALS.items() if label.startswith(k)), "for reference")
+            if cold:
+                def cold_plain(fn=fn):
+                    drop_caches()
+                    return timed(fn, plain)
+
+                def cold_mount(fn=fn):
+                    mnt.fresh()
+                    drop_caches()
+                    return timed(fn, mnt.path)
+                results[label, "cold"] = compare(f"{label}, cold", cold_plain, cold_mount, goal)
+            fn(plain)
+            fn(mnt.path)
+            results[label, "warm"] = compare(f"{label}, warm", lambda fn=fn: timed(fn, plain),
+                                             lambda fn=fn: timed(fn, mnt.path), goal)
+    finally:
+        mnt.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, entry_folders: bool) -> None:
+    """cp of `files` new files (into new entry folders, or into one folder) on a copy of
+    the source mounted afresh, against the same cp into its plain copy; each round adds
+    new names, so the per-round times show whether the cost grows with the folder."""
+    report(f"\n{title}")
+    scratch_source = work / f"copy-in-{source.path.name}"
+    shutil.rmtree(scratch_source, ignore_errors=True)
+    if source.path.is_dir():
+        shutil.copytree(source.path, scratch_source, symlinks=True)
+    else:
+        shutil.copy2(source.path, scratch_source)
+    copied = walk_samples.Source(source.kind, scratch_source, source.options, source.small_files, source.write_dir)
+    mnt = Mount(copied, work)
+    plain = work / f"plain-copy-in-{source.kind}"
+    try:
+        shutil.rmtree(plain, ignore_errors=True)
+        sh("rsync", "-a", f"{mnt.path}/", f"{plain}/")
+        template = next(p for p in sorted(plain.rglob("*.png")) if p.is_file()).read_bytes()
+        rounds = iter(range(2 * REPEAT))
+
+        def prepare() -> Path:
+            """A folder of `files` new files (or entry folders holding a mask.png each)."""
+            batch = work / "new-files"
+            shutil.rmtree(batch, ignore_errors=True)
+            batch.mkdir()
+            r = next(rounds)
+            for i in range(files):
+                if entry_folders:
+                    (batch / f"new{r}-{i:05d}").mkdir()
+                    (batch / f"new{r}-{i:05d}" / "mask.png").write_bytes(template)
+                else:
+                    (batch / f"new{r}_{i:05d}.png").write_bytes(template)
+            return batch
+
+        def cp_into(root: Path) -> float:
+            batch = prepare()
+            names = sorted(str(p) for p in batch.iterdir())
+            t = time.perf_counter()
+            sh("cp", "-r", *names, str(root / source.write_dir))
+            return time.perf_counter() - t
+
+        plain_times, mount_times = [], []
+        compare(f"cp {files:,} new files", lambda: _kept(plain_times, cp_into(plain)),
+                lambda: _kept(mount_times, cp_into(mnt.path)), GOALS["copy-in"])
+        report(f"  {'per file, round by round (mount)':<38} "
+               + "  ".join(f"{t / files * 1e3:.2f}" for t in mount_times) + " ms   (flat: cost not growing)")
+    finally:
+        mnt.close()
+        shutil.rmtree(work / "new-files", ignore_errors=True)
+
+
+def _kept(times: list, t: float) -> float:
+    times.append(t)
+    return t
+
+
+def million(work: Path, frames: int) -> None:
+    """ls -l of frames/ of an index-only store against empty files of the same names."""
+    store = work / f"index-only-{frames}"
+    if not (store / "metadata.yaml").exists():
+        shutil.rmtree(store, ignore_errors=True)
+        index_only_store(store, range(frames))
+    plain = work / f"names-{frames}"
+    width = max(6, len(str(frames - 1)))
+    if not (plain / ".made").exists():
+        shutil.rmtree(plain, ignore_errors=True)
+        (plain / "frames").mkdir(parents=True)
+        for i in range(frames):
+            os.close(os.open(plain / "frames" / f"{i:0{width}d}.png", os.O_CREAT | os.O_WRONLY, 0o444))
+        (plain / ".made").touch()
+    report(f"\nimgstore, {frames:,} frames (index only): frames/ against {frames:,} empty files of the same names")
+    mnt = Mount(walk_samples.Source("imgstore", store), work)
+    try:
+        for label, cmd in (("ls -l frames/", ["ls", "-l"]), ("ls -f frames/", ["ls", "-f"]),
+                           ("find -printf %s frames/", ["find"])):
+            extra = ["-printf", "%s\\n"] if cmd == ["find"] else []
+            daemon_cpu = []
+            for state in ("cold", "warm"):
+                def run(root: Path, state=state, cmd=cmd, extra=extra) -> float:
+                    if state == "cold":
+                        if root == mnt.path:
+                            mnt.fresh()
+                        drop_caches()
+                    through_mount = root == mnt.path
+                    cpu = mnt.daemon_cpu_s() if through_mount else 0.0
+                    t = time.perf_counter()
+                    sh(*cmd, str(root / "frames"), *extra)
+                    elapsed = time.perf_counter() - t
+                    if through_mount:
+                        daemon_cpu.append(mnt.daemon_cpu_s() - cpu)
+                    return elapsed
+                compare(f"{label}, {state}", lambda run=run: run(plain), lambda run=run: run(mnt.path), ">= 0.5")
+            report(f"  {'  daemon CPU per ' + label:<38} {statistics.median(daemon_cpu):9.3f} s (median)")
+    finally:
+        mnt.close()
+
+
+def frame_reads(work: Path, source: walk_samples.Source, frames: int) -> None:
+    """tar of frames/ through a fresh mount, per frame, against decoding alone (and
+    decoding + encoding), both with scopefs's own reader in this process."""
+    from scopefs.formats.images import make_format
+    from scopefs.formats.imgstore.frames import open_reader
+    from scopefs.formats.imgstore.index import FrameIndex
+    from scopefs.formats.imgstore.metadata import read_metadata
+    meta = read_metadata(str(source.path))
+    index = FrameIndex.load(meta)
+    reader = open_reader(meta, index, "ffmpeg")
+    fmt = make_format("png", png_compression=0, jpeg_quality=95)
+    decode, encode = [], []
+    for i in range(frames):
+        t = time.perf_counter()
+        img = reader.read(i)
+        decode.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fmt.encode_checked(img)
+        encode.append(time.perf_counter() - t)
+    reader.close()
+    tar = []
+    mnt = Mount(source, work)
+    try:
+        for _ in range(REPEAT):
+            mnt.fresh()
+            t = time.perf_counter()
+            subprocess.run(f"tar cf - -C '{mnt.path}' frames | wc -c", shell=True, check=True,
+                           stdout=subprocess.DEVNULL)
+            tar.append((time.perf_counter() - t) / frames)
+    finally:
+        mnt.close()
+    d, e, t = (statistics.median(v) * 1e3 for v in (decode, encode, tar))
+    report(f"  {'tar of frames/, per frame (fresh mount)':<38} {t:7.2f} ms   decode alone {d:.2f} ms, "
+           f"decode + PNG encode {d + e:.2f} ms   (goal: bound by decoding, {os.cpu_count()} cores)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sources (a check that it runs)")
+    parser.add_argument("--kinds", default=",".join(walk_samples.KINDS))
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are printed")
+    parser.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
+    parser.add_argument("--limit", type=float, default=300, help="no more runs of a walk once one takes longer (s)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the printed lines are written too")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-walk")
+    parser.add_argument("--frames", type=int, help=f"imgstore frames for the walks ({FULL['imgstore_frames']})")
+    parser.add_argument("--million", type=int, help=f"frames of the index-only store ({FULL['million']:,})")
+    parser.add_argument("--iid", type=lambda v: tuple(int(n) for n in v.split(",")),
+                        help="entries of each .iid file (10000,100000)")
+    parser.add_argument("--fsdb", type=lambda v: tuple(int(n) for n in v.split("x")),
+                        help="scans x filesets x files (50x3x60)")
+    parser.add_argument("--copick", type=lambda v: tuple(int(n) for n in v.split("x")), help="runs x picks (50x100)")
+    parser.add_argument("--copy-in", type=int, help="files copied into the FSDB and .iid mounts (1000)")
+    args = parser.parse_args()
+    global REPEAT, LIMIT
+    REPEAT, LIMIT = args.repeat, args.limit
+    report.path = args.results
+    sizes = dict(QUICK if args.quick else FULL)
+    for key, value in (("imgstore_frames", args.frames), ("million", args.million), ("iid", args.iid),
+                       ("fsdb", args.fsdb), ("copick", args.copick), ("copy_in", args.copy_in)):
+        if value is not None:
+            sizes[key] = value
+    kinds = args.kinds.split(",")
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    report(f"scopefs walk benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+           f"load {os.getloadavg()[0]:.1f}, median of {REPEAT} runs, cold = fresh mount"
+           f"{' + page cache dropped' if os.geteuid() == 0 else ' (page cache kept: not root)'}; "
+           f"ratio = plain time / mount time")
+    try:
+        if "imgstore" in kinds:
+            million(work, sizes["million"])
+            frames = sizes["imgstore_frames"]
+            source = walk_samples.imgstore(work / f"imgstore-{frames}", frames)
+            run_walks(f"imgstore, {frames:,} frames of 320x240 (MJPEG, served as PNG)", source, work, args.cold)
+            frame_reads(work, source, frames)
+        if "iid" in kinds:
+            for entries in sizes["iid"]:
+                source = walk_samples.iid(work / f"cells-{entries}.iid", entries)
+                run_walks(f".iid, {entries:,} entries", source, work, args.cold)
+            copy_in(f".iid, {entries:,} entries: new entry folders", source, work, sizes["copy_in"], True)
+        if "fsdb" in kinds:
+            scans, filesets, files = sizes["fsdb"]
+            source = walk_samples.fsdb(work / f"fsdb-{scans}x{filesets}x{files}", scans, filesets, files)
+            run_walks(f"FSDB, {scans} scans x {filesets} filesets x {files} files", source, work, args.cold)
+            copy_in(f"FSDB: new files into a fileset of {files}", source, work, sizes["copy_in"], False)
+        if "copick" in kinds:
+            runs, picks = sizes["copick"]
+            source = walk_samples.copick(work / f"copick-{runs}x{picks}", runs, picks)
+            run_walks(f"copick, {runs} runs x ({picks} picks + a 64^3 zarr tomogram), empty overlay", source,
+                      work, args.cold)
+    finally:
+        report.save()
+        print(f"\n(written to {report.path})")
+
+
+REPEAT = 3
+LIMIT = 300.0
+
+if __name__ == "__main__":
+    main()

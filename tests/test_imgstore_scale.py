@@ -1,0 +1,181 @@
+"""An imgstore at scale: listing a big directory costs the daemon work per batch, not
+Python per entry, and a reader going through the frames in order (tar, rsync, cp) is
+served by the read-ahead all the way.
+
+The daemon's Operations are driven without the kernel: `readdir_reply` is replaced by a
+buffer that takes a few hundred entries per call (as the kernel's does), worker-thread
+calls run inline, and every Python function call is counted with `sys.setprofile`. The
+counts, not seconds, must not grow with the number of frames.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pyfuse3
+import pytest
+from stores import index_only_store
+
+from scopefs.backends import imgstore
+from scopefs.formats.imgstore.sample import make_sample
+from scopefs.backends.options import Options
+from scopefs.daemon import fs
+from scopefs.daemon.fs import Operations
+
+#: entries one kernel readdir buffer takes (about what 128 KiB hold for short names)
+PER_REPLY = 700
+
+
+class Listing:
+    """Drives opendir/readdir/releasedir of one directory; counts Python calls, thread hops."""
+
+    def __init__(self, ops: Operations, monkeypatch):
+        self.ops = ops
+        self.names: list[bytes] = []
+        self.inodes: list[int] = []
+        self.sizes: list[int] = []
+        self.room = 0
+        self.hops = 0
+
+        def reply(token, name, entry, next_id):
+            if not self.room:
+                return False
+            self.room -= 1
+            self.names.append(name)
+            self.inodes.append(entry.st_ino)
+            self.sizes.append(entry.st_size)
+            self.next_id = next_id
+            return True
+
+        async def inline(fn, *args, data=False):
+            self.hops += 1
+            return fn(*args)
+
+        self.reply_code = reply.__code__          # the kernel's side: not counted
+        monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+        monkeypatch.setattr(ops, "_run", inline)
+
+    async def __call__(self, ino: int) -> int:
+        """List `ino` to its end; the number of Python function calls it took."""
+        calls = 0
+
+        def count(frame, event, arg):
+            nonlocal calls
+            calls += event == "call" and frame.f_code is not self.reply_code
+
+        fh = await self.ops.opendir(ino, None)
+        self.next_id = 0
+        sys.setprofile(count)
+        try:
+            while True:
+                before = len(self.names)
+                self.room = PER_REPLY
+                await self.ops.readdir(fh, self.next_id, None)
+                if len(self.names) == before:
+                    break
+        finally:
+            sys.setprofile(None)
+        await self.ops.releasedir(fh)
+        return calls
+
+
+def mounted_tree(path, frames: int):
+    return imgstore.open(str(index_only_store(path, range(frames), chunksize=1000)), Options())
+
+
+async def listing_calls(tmp_path, monkeypatch, frames: int, folder: str) -> tuple[int, Listing]:
+    tree = mounted_tree(tmp_path / f"store{frames}", frames)
+    try:
+        ops = Operations(tree)
+        listing = Listing(ops, monkeypatch)
+        directory = tree.root.lookup(folder)
+        calls = await listing(directory.ino)
+        assert len(listing.names) == frames
+        assert len(set(listing.inodes)) == frames and tree.get(listing.inodes[-1]).i in range(frames)
+        assert set(listing.sizes) == {tree.service.size(0)}
+        return calls, listing
+    finally:
+        tree.close()
+
+
+@pytest.mark.parametrize("folder", ["frames", "by-number"])
+async def test_listing_frames_calls_no_python_per_entry(tmp_path, monkeypatch, folder):
+    small, _ = await listing_calls(tmp_path, monkeypatch, 100, folder)
+    big, listing = await listing_calls(tmp_path, monkeypatch, 10_000, folder)
+    assert listing.names[:2] == [b"000000.png", b"000001.png"] and listing.names[-1] == b"009999.png"
+    # work grows with batches of READDIR_BATCH and kernel buffers, not with entries
+    batches = -(-10_000 // fs.READDIR_BATCH)
+    assert listing.hops == batches + 1            # and the readdir that finds the end
+    assert big / 10_000 < 0.1, f"{big / 10_000:.2f} Python calls per listed entry"
+    assert big < small * (batches + 10_000 // PER_REPLY)
+
+
+def test_entry_batch_names_negative_and_duplicate_numbers_as_entries_does(tmp_path):
+    numbers = [5, 3, 3, -2, 7, 3, 10, 10, 0]
+    tree = imgstore.open(str(index_only_store(tmp_path / "s", numbers, chunksize=4)), Options())
+    try:
+        for folder in ("frames", "by-number"):
+            directory = tree.root.lookup(folder)
+            expected = [(nxt, os.fsencode(name), node.ino, node.attr()) for nxt, name, node, _ in directory.entries(0)]
+            for count in (1, 2, 3, 100):
+                got = []
+                while len(got) < len(expected):
+                    batch = directory.entry_batch(len(got), count)
+                    assert 0 < len(batch) <= count
+                    got += batch
+                assert got == expected
+                assert directory.entry_batch(len(expected), count) == []
+        assert [e[1] for e in expected] == [b"-000002.png", b"000000.png", b"000003.png", b"000003.dup1.png",
+                                            b"000003.dup2.png", b"000005.png", b"000007.png", b"000010.png",
+                                            b"000010.dup1.png"]
+    finally:
+        tree.close()
+
+
+async def test_stat_of_one_frame_costs_the_same_in_small_and_big_stores(tmp_path, monkeypatch):
+    counts = []
+    for frames in (100, 10_000):
+        tree = mounted_tree(tmp_path / f"store{frames}", frames)
+        try:
+            ops = Operations(tree)
+            Listing(ops, monkeypatch)
+            frames_dir = tree.root.lookup("frames")
+            await ops.lookup(frames_dir.ino, b"000042.png")      # the chunk's time is learned once
+            calls = 0
+
+            def count(frame, event, arg):
+                nonlocal calls
+                calls += event == "call"
+
+            sys.setprofile(count)
+            try:
+                entry = await ops.lookup(frames_dir.ino, b"000057.png")
+                await ops.getattr(entry.st_ino)
+            finally:
+                sys.setprofile(None)
+            counts.append(calls)
+        finally:
+            tree.close()
+    assert counts[0] == counts[1]
+
+
+def test_a_reader_served_from_read_ahead_keeps_it_going(tmp_path):
+    """Frames read ahead are answered without a worker thread (`cached_read`); such a read
+    must move the read-ahead on, or it stops after `prefetch` frames and every later frame
+    is decoded while the reader waits."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    try:
+        service = tree.service
+        for i in (0, 1):                          # two reads in order start the read-ahead
+            assert imgstore.FrameHandle(service, i).read(0, 1 << 20)
+        for i in range(2, 40):
+            handle = imgstore.FrameHandle(service, i)
+            deadline = time.monotonic() + 5
+            while handle.cached_read(0, 1 << 20) is None:
+                assert time.monotonic() < deadline, f"frame {i} was not read ahead"
+                time.sleep(0.005)
+        assert service.frames_decoded == 40
+    finally:
+        tree.close()

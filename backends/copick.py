@@ -21,6 +21,7 @@ import io
 import logging
 
 from .cache import ByteCache
+from .copick_views import VolumeViews
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -66,6 +67,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
     overlay_dir = options.str("overlay", "")
     mountpoint = options.str("_mountpoint", "")
     ttl = options.float("metadata_ttl", 60.0)
+    volume_cache = options.int("mrc_cache_mb", 512, minimum=16) << 20
     options.finish()
     if base != ROOT_INO:
         raise MountError("a copick project cannot be shown inside another source")
@@ -89,8 +91,8 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         overlay = make_root(config["overlay_root"], config.get("overlay_fs_args"), "overlay_root", ttl)
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
-    tree = OverlayTree(static, overlay, read_only)
-    tree.derive = DerivedViews(tree)
+    tree = CopickTree(static, overlay, read_only)
+    tree.derive = DerivedViews(tree, volume_cache)
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -98,6 +100,16 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
         tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
     return tree
 
+
+class CopickTree(OverlayTree):
+    """The merged tree, with the derived views' counters in its status."""
+
+    def status(self) -> dict:
+        return {**super().status(), **self.derive.volumes.status()}
+
+    def close(self) -> None:
+        super().close()
+        self.derive.volumes.close()
 
 
 class DerivedViews:
@@ -107,14 +119,19 @@ class DerivedViews:
         Picks/<u>_<s>_<o>.csv        the picks as a table (x, y, z in Å, instance, score, 4x4)
         Meshes/<u>_<s>_<o>.ply|.obj|.stl   the mesh through trimesh
         VoxelSpacing<vs>/<tomo>.png  central slices (z, y, x) of the coarsest level, side by side
+        VoxelSpacing<vs>/<tomo>[.bin<N>].mrc, Segmentations/<seg>[.bin<N>].mrc   (copick_views.py)
     """
 
-    def __init__(self, tree: OverlayTree):
+    def __init__(self, tree: OverlayTree, volume_cache: int):
         self.tree = tree
         self.cache = ByteCache(128 << 20)
+        self.volumes = VolumeViews(tree, volume_cache)
 
     def lookup(self, rel: str, name: str):
         """(source, make) of one derived name, from the name alone."""
+        found = self.volumes.lookup(rel, name)
+        if found is not None:
+            return found
         for derived, source, make in self.listing(rel, [self._source_name(rel, name)]):
             if derived == name:
                 return source, make
@@ -150,7 +167,7 @@ class DerivedViews:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
-        return out
+        return out + self.volumes.listing(rel, names)
 
     def _file(self, source: str, convert, *args):
         key = (source, convert.__name__) + args

@@ -3,8 +3,15 @@
 The header comes from `mrcfile` (mode from the dtype, nx/ny/nz, voxel size, statistics
 "not computed" as MRC2014 allows: dmax < dmin, dmean < both, rms < 0); the voxels follow it
 in the zarr array's own (z, y, x) C order, which is MRC's x-fastest order. A read of a byte
-range decodes only the zarr chunks of the rows it touches, through a bounded cache of
-decoded chunks shared by all volumes: the whole volume is never in memory.
+range decodes only the zarr chunks of the rows it touches: the whole volume is never in
+memory.
+
+MRC is read plane by plane while zarr chunks are cubes (copick writes 256**3), so one plane
+needs a whole slab of chunks. What is cached (bounded, shared by all volumes) is therefore a
+*piece*: a few consecutive planes of one decoded chunk, as many as let a quarter of the
+cache hold those planes across the whole slab. A viewer reading one slice decodes each of
+its chunks once; a sequential reader of the whole file decodes each chunk once per piece
+(once in all if the cache holds 4 slabs).
 """
 from __future__ import annotations
 
@@ -94,6 +101,8 @@ class MrcVolume:
         self.header = mrc_header(self.shape, array.dtype, voxel_size, label)
         self.size = HEADER_BYTES + math.prod(self.shape) * self.dtype.itemsize
         self._chunks, self._key, self._pool, self._counters = chunks, key, pool, counters
+        plane = self.shape[1] * self.shape[2] * self.dtype.itemsize
+        self.planes_per_piece = max(1, min(int(array.chunks[0]), chunks.max_bytes // (4 * max(plane, 1))))
 
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
@@ -113,18 +122,19 @@ class MrcVolume:
         first_row, last_row = start // row_bytes, (end - 1) // row_bytes      # rows = (z, y)
         rows = np.empty((last_row - first_row + 1, nx), self.dtype)
         cz, cy, cx = self.array.chunks
+        per = self.planes_per_piece
         columns = range(math.ceil(nx / cx))
         bands = list(self._bands(first_row, last_row, ny, cy))
-        needed = sorted({(z // cz, y0 // cy, xc) for z, y0, _ in bands for xc in columns})
-        decoded = self._pool.map(self._chunk, needed) if len(needed) > 1 else map(self._chunk, needed)
-        blocks = dict(zip(needed, decoded))
+        needed = sorted({(z // cz, y0 // cy, xc, z % cz // per) for z, y0, _ in bands for xc in columns})
+        decoded = self._pool.map(self._piece, needed) if len(needed) > 1 else map(self._piece, needed)
+        pieces = dict(zip(needed, decoded))
         for z, y0, y1 in bands:
-            zc, yc = z // cz, y0 // cy
+            zc, yc, plane = z // cz, y0 // cy, z % cz
             at = z * ny + y0 - first_row
             for xc in columns:
-                block = blocks[(zc, yc, xc)]
-                rows[at:at + y1 - y0, xc * cx:xc * cx + block.shape[2]] = \
-                    block[z - zc * cz, y0 - yc * cy:y1 - yc * cy]
+                piece = pieces[(zc, yc, xc, plane // per)]
+                rows[at:at + y1 - y0, xc * cx:xc * cx + piece.shape[2]] = \
+                    piece[plane % per, y0 - yc * cy:y1 - yc * cy]
         flat = rows.reshape(-1).view(np.uint8)
         lo = start - first_row * row_bytes
         return flat[lo:lo + end - start].tobytes()
@@ -139,19 +149,19 @@ class MrcVolume:
             yield z, y0, y1
             row += y1 - y0
 
-    def _chunk(self, index: tuple[int, int, int]) -> np.ndarray:
+    def _piece(self, index: tuple[int, int, int, int]) -> np.ndarray:
+        """Planes [g * per, (g + 1) * per) of chunk (zc, yc, xc), for index (zc, yc, xc, g)."""
         return self._chunks.get_or_make((self._key, index), lambda: self._decode(index))
 
-    def _decode(self, index: tuple[int, int, int]) -> np.ndarray:
-        block = np.asarray(self.array.blocks[index])
+    def _decode(self, index: tuple[int, int, int, int]) -> np.ndarray:
+        zc, yc, xc, group = index
+        block = np.asarray(self.array.blocks[zc, yc, xc])
         self._counters.add(block.nbytes)
-        if block.dtype == self.dtype:
-            return block
-        converted = block.astype(self.dtype)
-        if self.dtype.kind == "f" and block.dtype.kind in "iu" and block.size and \
+        if block.dtype.kind in "iu" and self.dtype.kind == "f" and block.size and \
                 (block.min() < -FLOAT32_EXACT or block.max() > FLOAT32_EXACT):
-            raise ValueError(f"labels beyond ±2**24 in chunk {index} have no exact MRC value")
-        return converted
+            raise ValueError(f"labels beyond 2**24 in chunk {index[:3]} have no exact MRC value")
+        per = self.planes_per_piece
+        return np.ascontiguousarray(block[group * per:(group + 1) * per], dtype=self.dtype)
 
 
 class Counters:

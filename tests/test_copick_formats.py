@@ -1,0 +1,179 @@
+"""copick data in the formats of cryo-ET tools: MRC views of tomograms and segmentations
+(read by byte ranges, checked with mrcfile), compared with zarr and with copick 1.31's own
+exporter."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import zarr
+
+from conftest import daemon_status
+from upstream import run_upstream, upstream_python
+from scopefs.backends.cache import ByteCache
+from scopefs.formats.mrc import HEADER_BYTES, Counters, MrcVolume, mrc_dtype
+
+SHAPE = (20, 30, 44)
+CHUNKS = (7, 16, 13)                # divides no axis of SHAPE
+DTYPES = ["float32", "int8", "int16", "uint16", "float16"]
+
+
+def write_volume(path: Path, data: np.ndarray, chunks=CHUNKS, levels: int = 1, voxel_size: float = 10.0) -> None:
+    """An OME-Zarr multiscale image as copick 1.x writes it (zarr v2, levels 0, 1, ... binned 2x)."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for index in range(levels):
+        level = data[::2 ** index, ::2 ** index, ::2 ** index]
+        array = group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=chunks,
+                                   chunk_key_encoding={"name": "v2", "separator": "/"})
+        array[:] = level
+        datasets.append({"path": str(index), "coordinateTransformations": [
+            {"type": "scale", "scale": [voxel_size * 2 ** index] * 3}]})
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": datasets,
+                                   "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]}]
+
+
+def volume_of(dtype: str) -> np.ndarray:
+    values = np.random.default_rng(7).normal(0, 40, SHAPE)
+    info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+    return np.clip(values, max(info.min, -1000), min(info.max, 1000)).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, module_mount):
+    """A static root with a tomogram per dtype (3 levels for float32), a uint8 segmentation
+    and a multilabel int16 one, mounted once."""
+    base = tmp_path_factory.mktemp("formats")
+    run = base / "static" / "ExperimentRuns" / "TS_001"
+    volumes = {}
+    for dtype in DTYPES:
+        volumes[f"VoxelSpacing10.000/{dtype}.zarr"] = volume_of(dtype)
+        write_volume(run / "VoxelSpacing10.000" / f"{dtype}.zarr", volumes[f"VoxelSpacing10.000/{dtype}.zarr"],
+                     levels=3 if dtype == "float32" else 1)
+    mask = (volume_of("float32") > 0).astype(np.uint8)
+    labels = (np.arange(np.prod(SHAPE)) % 300).reshape(SHAPE).astype(np.int16)
+    for name, data in (("10.000_curator_1_membrane.zarr", mask), ("10.000_curator_1_organelles-multilabel.zarr", labels)):
+        volumes[f"Segmentations/{name}"] = data
+        write_volume(run / "Segmentations" / name, data)
+    (base / "overlay").mkdir()
+    mnt = module_mount(base / "static", "-t", "copick", "-o", f"overlay={base / 'overlay'}")
+    return mnt, mnt / "ExperimentRuns" / "TS_001", volumes
+
+
+def chunks_decoded(mnt: Path) -> int:
+    return daemon_status(mnt)["mrc_views"]["chunks_decoded"]
+
+
+def test_listing_stat_find_du_read_no_voxels(project):
+    mnt, run, _ = project
+    assert chunks_decoded(mnt) == 0
+    views = sorted(p.name for p in (run / "VoxelSpacing10.000").iterdir() if p.suffix == ".mrc")
+    assert views == sorted([f"{d}.mrc" for d in DTYPES] + ["float32.bin2.mrc", "float32.bin4.mrc"])
+    assert sorted(p.name for p in (run / "Segmentations").glob("*.mrc")) == [
+        "10.000_curator_1_membrane.mrc", "10.000_curator_1_organelles-multilabel.mrc"]
+    sizes = {p.name: p.stat().st_size for p in (run / "VoxelSpacing10.000").glob("*.mrc")}
+    assert sizes["float32.mrc"] == HEADER_BYTES + np.prod(SHAPE) * 4          # exact, from metadata only
+    assert sizes["float32.bin2.mrc"] == HEADER_BYTES + 10 * 15 * 22 * 4
+    assert sizes["int8.mrc"] == HEADER_BYTES + np.prod(SHAPE)
+    for walk in (["find", str(mnt), "-ls"], ["du", "-s", str(mnt)], ["ls", "-lR", str(mnt)]):
+        subprocess.run(walk, check=True, capture_output=True)
+    assert chunks_decoded(mnt) == 0
+    with open(run / "VoxelSpacing10.000" / "float32.mrc", "rb") as fh:
+        fh.seek(HEADER_BYTES + 5000)
+        fh.read(100)
+    assert chunks_decoded(mnt) > 0
+
+
+@pytest.mark.parametrize("view", [f"VoxelSpacing10.000/{d}" for d in DTYPES] + [
+    "VoxelSpacing10.000/float32.bin2", "VoxelSpacing10.000/float32.bin4",
+    "Segmentations/10.000_curator_1_membrane", "Segmentations/10.000_curator_1_organelles-multilabel"])
+def test_mrc_view_validates_and_reads_like_zarr(project, view):
+    _, run, volumes = project
+    stem, _, binned = view.partition(".bin")
+    binning = int(binned or 1)
+    expected = volumes[stem + ".zarr"][::binning, ::binning, ::binning]
+    path = run / f"{view}.mrc"
+    report = io.StringIO()
+    assert mrcfile.validate(str(path), print_file=report), report.getvalue()
+    with mrcfile.mmap(str(path), mode="r") as mrc:
+        # mrcfile's own reading of the dtype (uint8 is widened to uint16, as mrcfile writes it)
+        assert mrc.data.dtype == mrc_dtype(expected.dtype)
+        assert np.array_equal(mrc.data, expected.astype(mrc.data.dtype))
+        assert mrc.voxel_size.tolist() == (10.0 * binning,) * 3
+        header = mrc.header
+        assert header.dmax < header.dmin and header.dmean < min(header.dmin, header.dmax) and header.rms < 0
+    assert path.read_bytes() == path.read_bytes()                           # deterministic header
+
+
+def test_mrc_views_are_read_only(project):
+    _, run, _ = project
+    with pytest.raises(OSError):
+        with open(run / "VoxelSpacing10.000" / "float32.mrc", "r+b") as fh:
+            fh.write(b"x")
+
+
+def test_byte_ranges_through_a_small_cache():
+    """Any byte range equals the same range of the whole file, with a cache so small that
+    one piece holds a single plane (each chunk is cut into pieces)."""
+    data = volume_of("int16")
+    array = zarr.create_array(store={}, shape=SHAPE, chunks=CHUNKS, dtype="int16", zarr_format=2)
+    array[:] = data
+    counters = Counters()
+    with ThreadPoolExecutor(4) as pool:
+        volume = MrcVolume(array, 7.5, "test", ByteCache(6 * SHAPE[1] * SHAPE[2] * 2), "k", pool, counters)
+        assert volume.planes_per_piece == 1
+        whole = volume.header + data.tobytes()
+        assert volume.size == len(whole)
+        rng = np.random.default_rng(1)
+        for _ in range(200):
+            offset = int(rng.integers(0, volume.size + 10))
+            size = int(rng.integers(1, 3 * SHAPE[1] * SHAPE[2] * 2))
+            assert volume.read(offset, size) == whole[offset:offset + size]
+    assert counters.chunks > 0
+
+
+def test_labels_mrc_cannot_hold_exactly_are_an_error_not_wrong_values():
+    data = np.zeros(SHAPE, np.int32)
+    data[3, 4, 5] = (1 << 24) + 1
+    array = zarr.create_array(store={}, shape=SHAPE, chunks=CHUNKS, dtype="int32", zarr_format=2)
+    array[:] = data
+    with ThreadPoolExecutor(2) as pool:
+        volume = MrcVolume(array, 10.0, "test", ByteCache(1 << 20), "k", pool, Counters())
+        assert volume.dtype == np.dtype("<f4")
+        assert volume.read(HEADER_BYTES + 10 * SHAPE[1] * SHAPE[2] * 4, 4) == bytes(4)    # another chunk: fine
+        with pytest.raises(ValueError):
+            volume.read(HEADER_BYTES, volume.size)
+
+
+@pytest.mark.upstream
+def test_mrc_views_equal_copick_export(tmp_path, mount):
+    """copick 1.31's `copick export tomogram|segmentation --output-format mrc` and the views
+    hold the same voxel values and voxel size (copick writes float32 tomograms and int16
+    labels; the views keep the zarr's own type, so values are compared)."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    run_upstream("copick", "upstream_copick.py", "make", str(static), str(overlay))
+    mnt = mount(tmp_path / "static_only.json")
+    copick = str(Path(upstream_python("copick")).parent / "copick")
+    config = str(tmp_path / "static_only.json")
+    for kind, uri in (("tomogram", "wbp@10.0"), ("segmentation", "membrane:curator/1@10.0")):
+        subprocess.run([copick, "export", kind, "-c", config, f"--{kind}-uri", uri, "--output-dir",
+                        str(tmp_path / "out"), "--output-format", "mrc"], check=True, capture_output=True)
+    run = mnt / "ExperimentRuns" / "TS_001"
+    pairs = [(tmp_path / "out" / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc", run / "VoxelSpacing10.000" / "wbp.mrc"),
+             (next((tmp_path / "out" / "TS_001").rglob("membrane_curator_1.mrc")),
+              run / "Segmentations" / "10.000_curator_1_membrane.mrc")]
+    for exported, view in pairs:
+        with mrcfile.open(exported) as theirs, mrcfile.mmap(view, mode="r") as ours:
+            assert theirs.data.shape == ours.data.shape
+            assert np.array_equal(theirs.data.astype(np.float64), ours.data.astype(np.float64)), view.name
+            assert theirs.voxel_size == ours.voxel_size
+            assert (theirs.header.nx, theirs.header.ny, theirs.header.nz) == (ours.header.nx, ours.header.ny, ours.header.nz)

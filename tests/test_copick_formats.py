@@ -178,32 +178,3 @@ def test_mrc_views_equal_copick_export(tmp_path, mount):
             assert theirs.voxel_size == ours.voxel_size
             assert (theirs.header.nx, theirs.header.ny, theirs.header.nz) == (ours.header.nx, ours.header.ny, ours.header.nz)
 
-
-@pytest.mark.upstream
-def test_mrc_views_of_an_s3_static_root(tmp_path, mount):
-    """A tomogram in an S3 bucket (SeaweedFS) reads through its MRC view like from zarr."""
-    from s3server import SeaweedS3
-    server = SeaweedS3(tmp_path / "weed")
-    try:
-        data = volume_of("float32")
-        local = tmp_path / "zarr" / "wbp.zarr"
-        write_volume(local, data, levels=2)
-        fs = server.filesystem()
-        fs.mkdir("static")
-        fs.put(str(local), "static/ExperimentRuns/TS_001/VoxelSpacing10.000/", recursive=True)
-        (tmp_path / "overlay").mkdir()
-        config = tmp_path / "project.json"
-        config.write_text(json.dumps({"config_type": "filesystem", "name": "s3", "pickable_objects": [],
-                                      "static_root": "s3://static", "static_fs_args": server.fs_args,
-                                      "overlay_root": f"local://{tmp_path / 'overlay'}"}))
-        mnt = mount(config)
-        spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
-        assert sorted(p.name for p in spacing.glob("*.mrc")) == ["wbp.bin2.mrc", "wbp.mrc"]
-        assert chunks_decoded(mnt) == 0
-        for name, expected in (("wbp.mrc", data), ("wbp.bin2.mrc", data[::2, ::2, ::2])):
-            assert mrcfile.validate(str(spacing / name), print_file=io.StringIO())
-            with mrcfile.mmap(str(spacing / name), mode="r") as mrc:
-                assert np.array_equal(mrc.data, expected)
-    finally:
-        mount.cleanup()
-        server.stop()

@@ -21,7 +21,7 @@ import io
 import logging
 
 from .cache import ByteCache
-from .copick_views import VolumeViews
+from .copick_views import PicksViews, VolumeViews
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -119,17 +119,19 @@ class DerivedViews:
         Picks/<u>_<s>_<o>.csv        the picks as a table (x, y, z in Å, instance, score, 4x4)
         Meshes/<u>_<s>_<o>.ply|.obj|.stl   the mesh through trimesh
         VoxelSpacing<vs>/<tomo>.png  central slices (z, y, x) of the coarsest level, side by side
-        VoxelSpacing<vs>/<tomo>[.bin<N>].mrc, Segmentations/<seg>[.bin<N>].mrc   (copick_views.py)
+        VoxelSpacing<vs>/<tomo>[.bin<N>].mrc, Segmentations/<seg>[.bin<N>].mrc,
+        VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv   (copick_views.py)
     """
 
     def __init__(self, tree: OverlayTree, volume_cache: int):
         self.tree = tree
         self.cache = ByteCache(128 << 20)
         self.volumes = VolumeViews(tree, volume_cache)
+        self.picks = PicksViews(tree, self.volumes)
 
     def lookup(self, rel: str, name: str):
         """(source, make) of one derived name, from the name alone."""
-        found = self.volumes.lookup(rel, name)
+        found = self.volumes.lookup(rel, name) or self.picks.lookup(rel, name)
         if found is not None:
             return found
         for derived, source, make in self.listing(rel, [self._source_name(rel, name)]):
@@ -167,7 +169,7 @@ class DerivedViews:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
-        return out + self.volumes.listing(rel, names)
+        return out + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
 
     def _file(self, source: str, convert, *args):
         key = (source, convert.__name__) + args

@@ -1,12 +1,16 @@
-"""copick volumes in the format cryo-ET tools read: derived read-only MRC files.
+"""copick data in the formats cryo-ET tools read: derived read-only files.
 
     VoxelSpacing<vs>/<tomo>.mrc            a tomogram's full-resolution level
     VoxelSpacing<vs>/<tomo>.bin<N>.mrc     its coarser levels, binned N times
     Segmentations/<vs>_<u>_<s>_<name>.mrc  a segmentation (and .bin<N>.mrc)
+    VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv
+                                           the run's picks (Picks/<u>_<s>_<o>.json) in
+                                           pixels of this spacing (formats/picks.py)
 
-copick only globs `*.zarr` (and `*.json`, `*.glb`) there, so it never sees them. A view's
-size comes from the zarr metadata alone; its bytes are read by range (formats/mrc.py).
-These are hooked into the tree by `copick.DerivedViews` (listing and lookup by name).
+copick only globs `*.zarr` (and `*.json`, `*.glb`) there, so it never sees them. A volume
+view's size comes from the zarr metadata alone; its bytes are read by range
+(formats/mrc.py). These are hooked into the tree by `copick.DerivedViews` (listing and
+lookup by name).
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ..formats import picks as picks_format
 from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .cache import ByteCache
-from .nodes import Attr, File, FileHandle, read_only
+from .nodes import Attr, File, FileHandle, GeneratedFile, read_only
 from .roots import LocalRoot
 
 log = logging.getLogger(__name__)
@@ -184,3 +189,80 @@ class MrcHandle(FileHandle):
             return self.volume.read(offset, size)
         except (ValueError, KeyError) as exc:
             raise OSError(errno.EIO, f"MRC view of {self.source}: {exc}") from None
+
+
+class PicksViews:
+    """Each picks file of a run in the particle formats of cryo-ET tools, under each of the
+    run's VoxelSpacing<vs>/ folders (pixel coordinates need the spacing)."""
+
+    def __init__(self, tree, volumes: VolumeViews):
+        self.tree = tree
+        self.volumes = volumes
+        self.cache = ByteCache(32 << 20)
+
+    @staticmethod
+    def _run(rel: str) -> tuple[str, float] | None:
+        """(run folder, voxel size) of ExperimentRuns/<run>/VoxelSpacing<vs>, else None."""
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "ExperimentRuns" or not parts[2].startswith(SPACING):
+            return None
+        size = voxel_size_of(parts[2], "")
+        return None if size is None else ("/".join(parts[:2]), size)
+
+    def listing(self, rel: str, names: list[str], picks: list[str] | None = None):
+        """(view name, source picks JSON, make node) for folder rel; `picks` limits the
+        picks files looked at (a lookup's one candidate), else the run's Picks/ is listed."""
+        found = self._run(rel)
+        if found is None:
+            return []
+        run, voxel_size = found
+        if picks is None:
+            picks = self.tree.listing(f"{run}/Picks") if self.tree.shown(f"{run}/Picks") else []
+        out = []
+        for name in picks:
+            if name.endswith(".json") and not name.startswith("."):
+                source = f"{run}/Picks/{name}"
+                for suffix, kind in picks_format.FORMATS.items():
+                    out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
+        return out
+
+    def lookup(self, rel: str, name: str):
+        for suffix in picks_format.FORMATS:
+            if name.endswith(suffix) and self._run(rel) is not None:
+                source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
+                if self.tree.shown(source) is None:
+                    return None
+                for view, source, make in self.listing(rel, [], [source.rpartition("/")[2]]):
+                    if view == name:
+                        return source, make
+                return None
+        return None
+
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float):
+        def make():
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size),
+                                 self.tree.top(source)[1].mtime_ns, self.cache)
+        return make
+
+    def render(self, source: str, kind: str, rel: str, voxel_size: float) -> bytes:
+        try:
+            picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OSError(errno.EIO, f"not a copick picks file: {exc}", source) from None
+        run = rel.split("/")[1]
+        center = self.center(rel, voxel_size) if kind == "star" else None
+        return picks_format.export(picks, kind, run, voxel_size, center)
+
+    def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
+        """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:
+        the first tomogram of this spacing, else of the run's smallest spacing with one."""
+        run = rel.rpartition("/")[0]
+        spacings = sorted((size, f"{run}/{name}") for name in self.tree.listing(run)
+                          if (size := voxel_size_of(name, "")) is not None and name.startswith(SPACING))
+        for size, folder in sorted(spacings, key=lambda s: (s[1] != rel, s[0])):
+            tomograms = sorted(n for n in self.tree.listing(folder)
+                               if n.endswith(".zarr") and not n.endswith("_features.zarr") and not n.startswith("."))
+            if tomograms:
+                nz, ny, nx = self.volumes.open_volume(f"{folder}/{tomograms[0]}", "0", size).shape
+                return nx / 2 * size, ny / 2 * size, nz / 2 * size
+        return None

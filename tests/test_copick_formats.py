@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from conftest import daemon_status
-from upstream import run_upstream, upstream_python
+from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
 from scopefs.formats.mrc import HEADER_BYTES, Counters, MrcVolume, mrc_dtype
 
@@ -152,29 +152,102 @@ def test_labels_mrc_cannot_hold_exactly_are_an_error_not_wrong_values():
             volume.read(HEADER_BYTES, volume.size)
 
 
-@pytest.mark.upstream
-def test_mrc_views_equal_copick_export(tmp_path, mount):
-    """copick 1.31's `copick export tomogram|segmentation --output-format mrc` and the views
-    hold the same voxel values and voxel size (copick writes float32 tomograms and int16
-    labels; the views keep the zarr's own type, so values are compared)."""
-    static, overlay = tmp_path / "static", tmp_path / "overlay"
+
+def rich_picks(n: int = 7) -> dict:
+    """Picks with rotations (one identity), shifts, scores and instance IDs."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(5)
+    points = []
+    for i in range(n):
+        transform = np.eye(4)
+        if i:
+            transform[:3, :3] = Rotation.random(random_state=i).as_matrix()
+        if i % 2:
+            transform[:3, 3] = rng.normal(0, 5, 3)
+        points.append({"location": dict(zip("xyz", rng.uniform(0, 320, 3).tolist())), "transformation_": transform.tolist(),
+                       "instance_id": i, "score": float(rng.uniform())})
+    return {"pickable_object_name": "proteasome", "user_id": "tester", "session_id": "2", "run_name": "TS_001",
+            "voxel_spacing": None, "unit": "angstrom", "points": points}
+
+
+def parsed(path: Path, kind: str):
+    """A picks file as its format's library reads it."""
+    if kind in ("star", "relion4"):
+        import starfile
+        return starfile.read(path, always_dict=True)["particles"]
+    if kind == "dynamo":
+        import dynamotable
+        return dynamotable.read(str(path))
+    if kind == "em":
+        import emfile
+        return emfile.read(str(path))[1]
+    import pandas as pd
+    return pd.read_csv(path)
+
+
+def same(theirs, ours) -> bool:
+    if isinstance(theirs, np.ndarray):
+        return theirs.shape == ours.shape and np.array_equal(theirs, ours)
+    return list(theirs.columns) == list(ours.columns) and theirs.equals(ours)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A project made by copick 1.31 (a 32**3 float32 tomogram, a uint8 segmentation),
+    with rich picks added, and what copick 1.31's exporter (`copick export`, run in one
+    process) writes of it, and of the same project without tomograms ("bare")."""
+    import shutil
+    base = tmp_path_factory.mktemp("exported")
+    static, overlay = base / "static", base / "overlay"
     static.mkdir()
     overlay.mkdir()
     run_upstream("copick", "upstream_copick.py", "make", str(static), str(overlay))
-    mnt = mount(tmp_path / "static_only.json")
-    copick = str(Path(upstream_python("copick")).parent / "copick")
-    config = str(tmp_path / "static_only.json")
-    for kind, uri in (("tomogram", "wbp@10.0"), ("segmentation", "membrane:curator/1@10.0")):
-        subprocess.run([copick, "export", kind, "-c", config, f"--{kind}-uri", uri, "--output-dir",
-                        str(tmp_path / "out"), "--output-format", "mrc"], check=True, capture_output=True)
-    run = mnt / "ExperimentRuns" / "TS_001"
-    pairs = [(tmp_path / "out" / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc", run / "VoxelSpacing10.000" / "wbp.mrc"),
-             (next((tmp_path / "out" / "TS_001").rglob("membrane_curator_1.mrc")),
+    picks_dir = static / "ExperimentRuns" / "TS_001" / "Picks"
+    (picks_dir / "tester_2_proteasome.json").write_text(json.dumps(rich_picks()))
+    bare = base / "bare"
+    shutil.copytree(static, bare, ignore=shutil.ignore_patterns("*.zarr"))
+    config = base / "static_only.json"
+    (base / "bare.json").write_text(config.read_text().replace(str(static), str(bare)))
+    run_upstream("copick", "upstream_copick.py", "export", "proteasome:tester/2",
+                 str(base / "out"), str(config), str(base / "out" / "bare"), str(base / "bare.json"))
+    return config, base / "out"
+
+
+@pytest.mark.upstream
+def test_mrc_views_equal_copick_export(exported, mount):
+    """copick 1.31's `copick export tomogram|segmentation --output-format mrc` and the views
+    hold the same voxel values and voxel size (copick writes float32 tomograms and int16
+    labels; the views keep the zarr's own type, so values are compared)."""
+    config, out = exported
+    run = mount(config) / "ExperimentRuns" / "TS_001"
+    pairs = [(out / "mrc" / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc", run / "VoxelSpacing10.000" / "wbp.mrc"),
+             (next((out / "mrc" / "TS_001").rglob("membrane_curator_1.mrc")),
               run / "Segmentations" / "10.000_curator_1_membrane.mrc")]
-    for exported, view in pairs:
-        with mrcfile.open(exported) as theirs, mrcfile.mmap(view, mode="r") as ours:
+    for theirs_path, view in pairs:
+        with mrcfile.open(theirs_path) as theirs, mrcfile.mmap(view, mode="r") as ours:
             assert theirs.data.shape == ours.data.shape
             assert np.array_equal(theirs.data.astype(np.float64), ours.data.astype(np.float64)), view.name
             assert theirs.voxel_size == ours.voxel_size
             assert (theirs.header.nx, theirs.header.ny, theirs.header.nz) == (ours.header.nx, ours.header.ny, ours.header.nz)
 
+
+@pytest.mark.upstream
+def test_picks_views_equal_copick_export(exported, mount):
+    """Each picks view parses (starfile, dynamotable, emfile, pandas) to exactly what
+    `copick export picks` writes for the same picks; RELION 5 coordinates are centred on
+    the tomogram, and with no tomogram (the .relion4.star view, or copick on a project
+    without one) they are pixels of the voxel spacing."""
+    config, out = exported
+    spacing = mount(config) / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    cases = [("star", "star", "star"), ("relion4.star", "relion4", "bare/star"), ("tbl", "dynamo", "dynamo"),
+             ("em", "em", "em"), ("csv", "csv", "csv")]
+    for suffix, kind, where in cases:
+        exported_file = next((out / where).glob("*"))
+        view = spacing / f"tester_2_proteasome.{suffix}"
+        assert same(parsed(exported_file, kind), parsed(view, kind)), suffix
+    star = parsed(spacing / "tester_2_proteasome.star", "star")
+    assert "rlnCenteredCoordinateXAngst" in star and "rlnCoordinateX" not in star
+    assert "rlnCoordinateX" in parsed(spacing / "tester_2_proteasome.relion4.star", "relion4")
+    # the picks of every run's spacing, and nothing for copick to see
+    assert sorted(p.name for p in spacing.glob("curator_1_ribosome.*")) == [
+        f"curator_1_ribosome.{s}" for s in ("csv", "em", "relion4.star", "star", "tbl")]

@@ -3,6 +3,10 @@
     make STATIC OVERLAY    a small project: static run data, and overlay picks (one clashing)
     use CONFIG             open CONFIG (the mount's), list everything, read the tomogram,
                            write new picks, a mesh and a segmentation; print JSON
+    export URI OUT CONFIG [OUT CONFIG...]   what `copick export` writes, in one process: for
+                           each CONFIG, the wbp tomogram and curator's membrane as MRC
+                           (OUT/mrc/...) and the picks URI in every picks format at 10 Å
+                           (OUT/<format>/...)
 """
 import json
 import sys
@@ -83,8 +87,22 @@ def use(path):
     print(json.dumps(out))
 
 
+def export(picks_uri, *outs_and_configs):
+    from copick.ops.export import export as copick_export
+    for out, path in zip(outs_and_configs[::2], outs_and_configs[1::2]):
+        copick_export(path, f"{out}/mrc", tomogram_uri="wbp@10.0", output_format="mrc", n_workers=1)
+        copick_export(path, f"{out}/mrc", segmentation_uri="membrane:curator/1@10.0", output_format="mrc",
+                      n_workers=1)
+        for fmt in ("star", "dynamo", "em", "csv"):
+            copick_export(path, f"{out}/{fmt}", picks_uri=picks_uri, output_format=fmt, voxel_spacing=10.0,
+                          n_workers=1)
+    print("exported")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "export":
+        export(*sys.argv[2:])
     else:
         use(sys.argv[2])

@@ -57,7 +57,9 @@ class VolumeViews:
     def __init__(self, tree, cache_bytes: int):
         self.tree = tree
         self.pieces = ByteCache(cache_bytes)
-        self.pool = ThreadPoolExecutor(4, thread_name_prefix="scopefs-mrc")
+        # chunks decoded at once: each holds a decoded chunk (64 MiB at copick's 256**3) and
+        # zarr's buffers beside the cache, so no more than there are cores to decode them
+        self.pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="scopefs-mrc")
         self.counters = Counters()
         self._keys = itertools.count()
         self._levels: dict[tuple, list[tuple[str, int]]] = {}     # by source key, bounded below

@@ -8,10 +8,10 @@ memory.
 
 MRC is read plane by plane while zarr chunks are cubes (copick writes 256**3), so one plane
 needs a whole slab of chunks. What is cached (bounded, shared by all volumes) is therefore a
-*piece*: a few consecutive planes of one decoded chunk, as many as let a quarter of the
-cache hold those planes across the whole slab. A viewer reading one slice decodes each of
+*piece*: a few consecutive planes of one decoded chunk, as many as let half the cache hold
+those planes across the whole slab. A viewer reading one slice decodes each of
 its chunks once; a sequential reader of the whole file decodes each chunk once per piece
-(once in all if the cache holds 4 slabs).
+(once in all if the cache holds two slabs).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class MrcVolume:
         self.size = HEADER_BYTES + math.prod(self.shape) * self.dtype.itemsize
         self._chunks, self._key, self._pool, self._counters = chunks, key, pool, counters
         plane = self.shape[1] * self.shape[2] * self.dtype.itemsize
-        self.planes_per_piece = max(1, min(int(array.chunks[0]), chunks.max_bytes // (4 * max(plane, 1))))
+        self.planes_per_piece = max(1, min(int(array.chunks[0]), chunks.max_bytes // (2 * max(plane, 1))))
 
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
@@ -161,7 +161,8 @@ class MrcVolume:
                 (block.min() < -FLOAT32_EXACT or block.max() > FLOAT32_EXACT):
             raise ValueError(f"labels beyond 2**24 in chunk {index[:3]} have no exact MRC value")
         per = self.planes_per_piece
-        return np.ascontiguousarray(block[group * per:(group + 1) * per], dtype=self.dtype)
+        # a copy, never a view: a view would keep the whole chunk alive behind the cache's back
+        return np.array(block[group * per:(group + 1) * per], dtype=self.dtype, order="C", copy=True)
 
 
 class Counters:

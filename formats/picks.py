@@ -14,9 +14,13 @@ copick 1.31's own exporter (`copick export picks`), so the values are the same:
 - CSV: copick's own table (run_name, x, y, z, transform_00..33, score, instance_id).
 An identity rotation gives zero angles. Each writer is the format's library (starfile,
 dynamotable, emfile, pandas); this module only computes the columns.
+
+Reading (`parse`) inverts the same conventions, as `copick add picks` reads these formats;
+the result is a copick picks JSON document (`Picks.to_json`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -58,6 +62,30 @@ class Picks:
                 ids[i] = int(point["instance_id"])
         return cls(locations, transforms, scores, ids)
 
+    @classmethod
+    def from_poses(cls, points, rotations, shifts, scores=None, instance_ids=None) -> "Picks":
+        n = len(points)
+        transforms = np.zeros((n, 4, 4))
+        transforms[:, :3, :3] = rotations
+        transforms[:, :3, 3] = shifts
+        transforms[:, 3, 3] = 1.0
+        scores = np.ones(n) if scores is None else np.asarray(scores, dtype=float)
+        ids = np.zeros(n, np.int64) if instance_ids is None else np.asarray(instance_ids, dtype=np.int64)
+        picks = cls(np.asarray(points, dtype=float).reshape(n, 3), transforms, scores, ids)
+        if not (np.isfinite(picks.points).all() and np.isfinite(transforms).all() and np.isfinite(scores).all()):
+            raise ValueError("coordinates, angles or scores that are not finite numbers")
+        return picks
+
+    def to_json(self, object_name: str, user_id: str, session_id: str, run_name: str) -> bytes:
+        """A copick picks file, with the fields (and their order) copick writes."""
+        points = [{"location": {"x": float(p[0]), "y": float(p[1]), "z": float(p[2])},
+                   "transformation_": t.tolist(), "instance_id": int(i), "score": float(s)}
+                  for p, t, i, s in zip(self.points, self.transforms, self.instance_ids, self.scores)]
+        doc = {"pickable_object_name": object_name, "user_id": user_id, "session_id": session_id,
+               "run_name": run_name, "voxel_spacing": None, "unit": "angstrom", "points": points,
+               "trust_orientation": True}
+        return json.dumps(doc, indent=4).encode()
+
     @property
     def shifts(self) -> np.ndarray:
         return self.transforms[:, :3, 3] / self.transforms[:, 3, 3][:, None]
@@ -76,6 +104,116 @@ class Picks:
                 continue
             out[i] = (rotation.inv() if inverse else rotation).as_euler(axes, degrees=True)
         return out
+
+
+def _rotations(angles: np.ndarray, axes: str, inverse: bool) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+    rotation = Rotation.from_euler(axes, np.asarray(angles, dtype=float).reshape(-1, 3), degrees=True)
+    return (rotation.inv() if inverse else rotation).as_matrix()
+
+
+def _read(read, data: bytes, suffix: str):
+    """What a library's `read(path)` makes of `data` (they all read paths)."""
+    with tempfile.TemporaryDirectory(prefix="scopefs-picks-") as tmp:
+        path = os.path.join(tmp, "picks" + suffix)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return read(path)
+
+
+def _columns(table, names: list[str]) -> np.ndarray:
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)}")
+    return table[names].to_numpy(dtype=float)
+
+
+def from_star(data: bytes, voxel_size: float, center: tuple[float, float, float] | None) -> Picks:
+    """RELION particles: centred Å coordinates with the tomogram centre, else rlnCoordinate
+    in tilt-series pixels (the optics table's rlnTomoTiltSeriesPixelSize), else in pixels of
+    `voxel_size`; shifts rlnOrigin{X,Y,Z}Angst are subtracted (as RELION places particles).
+    Subtomogram orientations (rlnTomoSubtomogram*) are refused rather than half applied."""
+    import starfile
+    blocks = _read(lambda path: starfile.read(path, always_dict=True), data, ".star")
+    table = blocks.get("particles", next(iter(blocks.values()), None)) if blocks else None
+    if table is None or not hasattr(table, "columns") or not len(table.columns):
+        raise ValueError("no particle table")
+    if any(c.startswith("rlnTomoSubtomogram") for c in table.columns):
+        raise ValueError("subtomogram orientations (rlnTomoSubtomogram*) are not imported here")
+    centred = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+    if all(c in table.columns for c in centred) and center is not None:
+        points = _columns(table, centred) + np.asarray(center, dtype=float)
+    else:
+        optics = blocks.get("optics")
+        size = voxel_size
+        if optics is not None and "rlnTomoTiltSeriesPixelSize" in getattr(optics, "columns", ()):
+            size = float(optics["rlnTomoTiltSeriesPixelSize"].iloc[0])
+        points = _columns(table, [f"rlnCoordinate{a}" for a in "XYZ"]) * size
+    origins = [f"rlnOrigin{a}Angst" for a in "XYZ"]
+    if all(c in table.columns for c in origins):
+        points = points - _columns(table, origins)
+    angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    rotations = (_rotations(_columns(table, angles), "ZYZ", inverse=True) if all(c in table.columns for c in angles)
+                 else np.tile(np.eye(3), (len(table), 1, 1)))
+    return Picks.from_poses(points, rotations, np.zeros((len(table), 3)))
+
+
+def from_dynamo(data: bytes, voxel_size: float) -> Picks:
+    import dynamotable
+    table = _read(dynamotable.read, data, ".tbl")
+    scores = table["cc"].to_numpy(dtype=float) if "cc" in table.columns else None
+    return Picks.from_poses(_columns(table, ["x", "y", "z"]) * voxel_size,
+                            _rotations(_columns(table, ["tdrot", "tilt", "narot"]), "zxz", inverse=True),
+                            _columns(table, ["dx", "dy", "dz"]) * voxel_size, scores)
+
+
+def from_em(data: bytes, voxel_size: float) -> Picks:
+    import emfile
+    rows = np.squeeze(_read(lambda path: emfile.read(path)[1], data, ".em"))
+    if rows.ndim == 1:
+        rows = rows.reshape(1, -1)
+    if rows.ndim != 2 or 20 not in rows.shape:
+        raise ValueError(f"a motive list is 20 x N, not {rows.shape}")
+    if rows.shape[1] == 20 and rows.shape[0] != 20:
+        rows = rows.T
+    rows = rows.astype(float)
+    angles = np.column_stack([rows[16], rows[18], rows[17]])          # phi, theta, psi
+    return Picks.from_poses((rows[7:10].T - 1) * voxel_size, _rotations(angles, "zxz", inverse=False),
+                            rows[10:13].T * voxel_size, rows[3])
+
+
+def from_csv(data: bytes, run_name: str) -> Picks:
+    """copick's table; rows of other runs (its run_name column) are refused."""
+    import pandas as pd
+    table = pd.read_csv(io.BytesIO(data))
+    if "run_name" in table.columns and set(table["run_name"].astype(str)) - {run_name}:
+        raise ValueError(f"rows of other runs than {run_name}")
+    n = len(table)
+    transforms = np.tile(np.eye(4), (n, 1, 1))
+    for i in range(4):
+        for j in range(4):
+            if f"transform_{i}{j}" in table.columns:
+                transforms[:, i, j] = table[f"transform_{i}{j}"].to_numpy(dtype=float)
+    if not np.allclose(transforms[:, 3], [0, 0, 0, 1]):
+        raise ValueError("a transform whose last row is not [0, 0, 0, 1]")
+    scores = table["score"].to_numpy(dtype=float) if "score" in table.columns else None
+    ids = table["instance_id"].fillna(0).to_numpy().astype(np.int64) if "instance_id" in table.columns else None
+    return Picks.from_poses(_columns(table, ["x", "y", "z"]), transforms[:, :3, :3], transforms[:, :3, 3], scores, ids)
+
+
+def parse(kind: str, data: bytes, run_name: str, voxel_size: float,
+          center: tuple[float, float, float] | None) -> Picks:
+    """A whole picks file of `kind` (a value of FORMATS; "relion4" reads as "star");
+    ValueError (or a library's error) if it is not one."""
+    if not data.strip():
+        raise ValueError("empty file")
+    if kind in ("star", "relion4"):
+        return from_star(data, voxel_size, center)
+    if kind == "dynamo":
+        return from_dynamo(data, voxel_size)
+    if kind == "em":
+        return from_em(data, voxel_size)
+    return from_csv(data, run_name)
 
 
 def _written(write, suffix: str) -> bytes:

@@ -21,7 +21,7 @@ import io
 import logging
 
 from .cache import ByteCache
-from .copick_views import PicksViews, VolumeViews
+from .copick_views import PicksImports, PicksViews, VolumeViews
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -93,6 +93,8 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
                   if config.get("static_root") else overlay)
     tree = CopickTree(static, overlay, read_only)
     tree.derive = DerivedViews(tree, volume_cache)
+    objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
+    tree.imports = PicksImports(tree, tree.derive.picks, objects or None)
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -105,7 +107,8 @@ class CopickTree(OverlayTree):
     """The merged tree, with the derived views' counters in its status."""
 
     def status(self) -> dict:
-        return {**super().status(), **self.derive.volumes.status()}
+        return {**super().status(), **self.derive.volumes.status(),
+                "picks_imports": {"imported": self.imports.imported, "refused": self.imports.refused}}
 
     def close(self) -> None:
         super().close()

@@ -5,7 +5,9 @@
     Segmentations/<vs>_<u>_<s>_<name>.mrc  a segmentation (and .bin<N>.mrc)
     VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv
                                            the run's picks (Picks/<u>_<s>_<o>.json) in
-                                           pixels of this spacing (formats/picks.py)
+                                           pixels of this spacing (formats/picks.py);
+                                           a new file of such a name written there is
+                                           imported: it becomes Picks/<u>_<s>_<o>.json
 
 copick only globs `*.zarr` (and `*.json`, `*.glb`) there, so it never sees them. A volume
 view's size comes from the zarr metadata alone; its bytes are read by range
@@ -21,12 +23,14 @@ import os
 import re
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .cache import ByteCache
-from .nodes import Attr, File, FileHandle, GeneratedFile, read_only
+from ..formats.atomic import atomic_write
+from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, read_only
 from .roots import LocalRoot
 
 log = logging.getLogger(__name__)
@@ -268,3 +272,86 @@ class PicksViews:
                 nz, ny, nx = self.volumes.open_volume(f"{folder}/{tomograms[0]}", "0", size).shape
                 return nx / 2 * size, ny / 2 * size, nz / 2 * size
         return None
+
+
+class PicksImports:
+    """A file created under a picks view's name that has no picks yet (`cp particles.star
+    VoxelSpacing10.000/annotator_3_ribosome.star`) is an import: its bytes are kept until
+    the writer closes, then read whole in its format and written to the overlay as
+    Picks/<user>_<session>_<object>.json (atomically); a file that does not read, or an
+    object the project does not know, is refused with EINVAL at close and nothing is
+    written. `objects` are the config's pickable object names (None: any)."""
+
+    def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
+        self.tree, self.picks, self.objects = tree, picks, objects
+        self.imported = 0
+        self.refused = 0
+
+    def __call__(self, rel: str, name: str) -> File | None:
+        """The node for a new file `name` in folder rel, if it is an import (the hook
+        `OverlayTree.imports`)."""
+        found = self.picks._run(rel)
+        if found is None:
+            return None
+        kind = next((k for suffix, k in picks_format.FORMATS.items() if name.endswith(suffix)), None)
+        stem = name[:-len(next(s for s, k in picks_format.FORMATS.items() if k == kind))] if kind else ""
+        parts = stem.split("_")
+        if kind is None or len(parts) != 3 or not all(parts):
+            return None
+        return self.tree.add(PicksImport(self, rel, name, kind, parts, *found))
+
+    def commit(self, node: "PicksImport", data: bytes) -> None:
+        user, session, object_name = node.parts
+        run_dir, run = node.run, node.run.rpartition("/")[2]
+        try:
+            if self.objects is not None and object_name not in self.objects:
+                raise ValueError(f"the project has no pickable object {object_name!r}")
+            center = self.picks.center(node.rel, node.voxel_size) if node.kind == "star" else None
+            picks = picks_format.parse(node.kind, data, run, node.voxel_size, center)
+        except Exception as exc:                # any library's complaint: this file is refused
+            self.refused += 1
+            log.warning("refused import %s/%s: %s", node.rel, node.name, exc)
+            raise OSError(errno.EINVAL, f"not an importable picks file: {exc}", node.name) from None
+        target = f"{run_dir}/Picks/{user}_{session}_{object_name}.json"
+        with self.tree.lock:
+            self.tree.ensure_upper_dir(f"{run_dir}/Picks")
+            self.tree.clear_whiteout(target)
+            self._write(target, picks.to_json(object_name, user, session, run))
+        self.imported += 1
+        log.info("imported %s/%s as %s (%d points)", node.rel, node.name, target, len(picks.points))
+
+    def _write(self, rel: str, data: bytes) -> None:
+        upper = self.tree.upper
+        if isinstance(upper, LocalRoot):
+            atomic_write(upper.full(rel), data, keep_mode=False)
+            return
+        handle = upper.open_write(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)     # one object put: atomic
+        try:
+            handle.write(0, data)
+            handle.flush()
+        finally:
+            handle.release()
+
+
+class PicksImport(File):
+    """A picks file being written in; converted when its writer closes."""
+
+    def __init__(self, imports: PicksImports, rel: str, name: str, kind: str, parts: list[str], run: str,
+                 voxel_size: float):
+        self.imports, self.rel, self.name, self.kind, self.parts = imports, rel, name, kind, parts
+        self.run, self.voxel_size = run, voxel_size
+        self.data = b""
+        self.mtime_ns = time.time_ns()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o644, len(self.data), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        return BufferHandle(b"" if flags & os.O_TRUNC else self.data, self._commit)
+
+    def truncate(self, size: int) -> None:
+        self.data = self.data[:size] + bytes(max(0, size - len(self.data)))
+
+    def _commit(self, data: bytes) -> None:
+        self.imports.commit(self, data)
+        self.data, self.mtime_ns = data, time.time_ns()

@@ -347,6 +347,8 @@ class PicksImport(File):
         return Attr(stat.S_IFREG | 0o644, len(self.data), self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
+        # imported at the first close after a write (a shell's `>` closes a dup of the file
+        # before it writes); a file created and never written imports nothing
         return BufferHandle(b"" if flags & os.O_TRUNC else self.data, self._commit)
 
     def truncate(self, size: int) -> None:

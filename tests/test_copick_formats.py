@@ -3,6 +3,7 @@
 exporter."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -253,3 +254,57 @@ def test_picks_views_equal_copick_export(exported, mount):
     # the picks of every run's spacing, and nothing for copick to see
     assert sorted(p.name for p in spacing.glob("curator_1_ribosome.*")) == [
         f"curator_1_ribosome.{s}" for s in ("csv", "em", "relion4.star", "star", "tbl")]
+
+
+@pytest.mark.upstream
+def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
+    """Each picks view copied back in under a new user's name becomes that user's copick
+    picks in the overlay (same points, to the format's precision), which copick 1.31 lists
+    and reads through the mount and from the overlay root alone; bad files and unknown
+    objects are refused at close and nothing is written."""
+    import shutil
+    config, _ = exported
+    static = config.parent / "static"
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    project = tmp_path / "project.json"
+    project.write_text(json.dumps({**json.loads(config.read_text()), "static_root": f"local://{static}",
+                                   "overlay_root": f"local://{overlay}"}))
+    mnt = mount(project)
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    suffixes = {"star": "star", "relion4": "relion4.star", "dynamo": "tbl", "em": "em", "csv": "csv"}
+    for user, suffix in suffixes.items():
+        shutil.copyfile(spacing / f"tester_2_proteasome.{suffix}", tmp_path / f"x.{suffix}")
+        shutil.copyfile(tmp_path / f"x.{suffix}", spacing / f"{user}_5_proteasome.{suffix}")
+    (tmp_path / "bad.tbl").write_text("1 2 3\nnot a table\n")
+    (tmp_path / "bad.em").write_bytes(b"\0" * 600)
+    for bad, source in (("bad_5_proteasome.tbl", "bad.tbl"), ("nobody_5_unknownobject.csv", "x.csv"),
+                        ("bad_5_proteasome.em", "bad.em")):
+        with pytest.raises(OSError) as refused:
+            with open(spacing / bad, "wb") as fh:
+                fh.write((tmp_path / source).read_bytes())
+        assert refused.value.errno == errno.EINVAL, bad
+    subprocess.run(f"cat {tmp_path / 'x.tbl'} > {spacing / 'shell_5_proteasome.tbl'}", shell=True, check=True)
+    assert sorted(p.name for p in (overlay / "ExperimentRuns" / "TS_001" / "Picks").iterdir()) == sorted(
+        f"{user}_5_proteasome.json" for user in [*suffixes, "shell"])
+    assert daemon_status(mnt)["picks_imports"] == {"imported": 6, "refused": 3}
+    # copick 1.31 through the mount, and from the overlay root alone
+    overlay_only = tmp_path / "overlay_only.json"
+    overlay_only.write_text(json.dumps({**json.loads(config.read_text()), "overlay_root": f"local://{overlay}"}))
+    original = rich_picks()
+    for cfg in (mnt / "copick_config.json", overlay_only):
+        found = {p["user"]: p for p in json.loads(run_upstream("copick", "upstream_copick.py", "picks", str(cfg))
+                                                  .strip().splitlines()[-1])}
+        for user in suffixes:
+            got = found[user]
+            assert (got["session"], got["object"]) == ("5", "proteasome")
+            points = np.array([[p["location"][a] for a in "xyz"] for p in original["points"]])
+            transforms = np.array([p["transformation_"] for p in original["points"]])
+            got_points, got_transforms = np.array(got["points"]), np.array(got["transforms"])
+            if user in ("star", "relion4"):      # RELION keeps the shift in the position
+                points, got_points = points + transforms[:, :3, 3], got_points + got_transforms[:, :3, 3]
+                transforms[:, :3, 3] = got_transforms[:, :3, 3]
+            assert np.allclose(got_points, points, atol=1e-4), user
+            assert np.allclose(got_transforms, transforms, atol=1e-5), user
+            if user in ("dynamo", "em", "csv"):
+                assert np.allclose(got["scores"], [p["score"] for p in original["points"]], atol=1e-6), user

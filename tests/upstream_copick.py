@@ -3,6 +3,8 @@
     make STATIC OVERLAY    a small project: static run data, and overlay picks (one clashing)
     use CONFIG             open CONFIG (the mount's), list everything, read the tomogram,
                            write new picks, a mesh and a segmentation; print JSON
+    picks CONFIG           every run's picks: user, session, object and points (location,
+                           transform, score, instance) as JSON
     export URI OUT CONFIG [OUT CONFIG...]   what `copick export` writes, in one process: for
                            each CONFIG, the wbp tomogram and curator's membrane as MRC
                            (OUT/mrc/...) and the picks URI in every picks format at 10 Å
@@ -99,9 +101,24 @@ def export(picks_uri, *outs_and_configs):
     print("exported")
 
 
+def picks(path):
+    import copick
+    root = copick.from_file(path)
+    out = []
+    for run in root.runs:
+        for p in run.picks:
+            points, transforms = p.numpy()
+            out.append({"run": run.name, "user": p.user_id, "session": p.session_id, "object": p.pickable_object_name,
+                        "points": points.tolist(), "transforms": transforms.tolist(), "scores": p.scores().tolist(),
+                        "instance_ids": p.instance_ids().tolist()})
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "picks":
+        picks(sys.argv[2])
     elif sys.argv[1] == "export":
         export(*sys.argv[2:])
     else:

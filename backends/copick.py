@@ -21,7 +21,7 @@ import io
 import logging
 
 from .cache import ByteCache
-from .copick_views import PicksImports, PicksViews, VolumeViews
+from .copick_views import PicksImports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -184,12 +184,7 @@ class DerivedViews:
         return make
 
     def _bytes(self, rel: str) -> bytes:
-        root, info = self.tree.top(rel)
-        handle = root.open_read(rel)
-        try:
-            return handle.read(0, info.size)
-        finally:
-            handle.release()
+        return read_file(self.tree, rel)
 
     def picks_csv(self, rel: str) -> bytes:
         try:

@@ -42,6 +42,16 @@ def mrc_name(stem: str, binning: int) -> str:
     return f"{stem}.mrc" if binning == 1 else f"{stem}.bin{binning}.mrc"
 
 
+def read_file(tree, rel: str) -> bytes:
+    """The whole (small) file that rel shows in the merged tree (FileNotFoundError if none)."""
+    root, info = tree.top(rel)
+    handle = root.open_read(rel)
+    try:
+        return handle.read(0, info.size)
+    finally:
+        handle.release()
+
+
 def voxel_size_of(folder: str, zarr_name: str) -> float | None:
     """The voxel size (Å) of a tomogram in VoxelSpacing<vs>/ or of a segmentation store
     `<vs>_<user>_<session>_<name>.zarr`; None for anything else."""
@@ -123,14 +133,7 @@ class VolumeViews:
 
     def _read_small(self, rel: str) -> bytes | None:
         info = self.tree.shown(rel)
-        if info is None or not stat.S_ISREG(info.mode):
-            return None
-        root, _ = self.tree.top(rel)
-        handle = root.open_read(rel)
-        try:
-            return handle.read(0, info.size)
-        finally:
-            handle.release()
+        return read_file(self.tree, rel) if info is not None and stat.S_ISREG(info.mode) else None
 
     # -- nodes ----------------------------------------------------------------------------
     def _maker(self, source: str, level: str, voxel_size: float):

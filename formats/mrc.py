@@ -15,6 +15,7 @@ its chunks once; a sequential reader of the whole file decodes each chunk once p
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import threading
@@ -23,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 HEADER_BYTES = 1024
+#: the most one read may ask for: the kernel asks 128 KiB to 1 MiB at a time, and a caller
+#: wanting a whole 64 GiB view at once must get an error, not take the memory
+MAX_READ = 256 << 20
 #: float32 holds every integer up to 2**24 exactly (labels MRC has no integer mode for)
 FLOAT32_EXACT = 1 << 24
 
@@ -106,6 +110,8 @@ class MrcVolume:
 
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
+        if end - offset > MAX_READ:
+            raise OSError(errno.EFBIG, f"an MRC view is read by ranges of at most {MAX_READ >> 20} MiB")
         if offset >= end:
             return b""
         out = bytearray(self.header[offset:end])

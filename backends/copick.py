@@ -107,12 +107,12 @@ class CopickTree(OverlayTree):
     """The merged tree, with the derived views' counters in its status."""
 
     def status(self) -> dict:
-        return {**super().status(), **self.derive.volumes.status(),
-                "picks_imports": {"imported": self.imports.imported, "refused": self.imports.refused}}
+        return {**super().status(), **self.derive.volumes.status(), **self.imports.status()}
 
     def close(self) -> None:
         super().close()
         self.derive.volumes.close()
+        self.imports.close()
 
 
 class DerivedViews:

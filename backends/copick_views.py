@@ -8,6 +8,8 @@
                                            pixels of this spacing (formats/picks.py);
                                            a new file of such a name written there is
                                            imported: it becomes Picks/<u>_<s>_<o>.json
+    VoxelSpacing<vs>/<new>.mrc             written there: imported as <new>.zarr, a copick
+                                           tomogram (formats/tomogram.py), after close
 
 copick only globs `*.zarr` (and `*.json`, `*.glb`) there, so it never sees them. A volume
 view's size comes from the zarr metadata alone; its bytes are read by range
@@ -30,7 +32,7 @@ from ..formats import picks as picks_format
 from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .cache import ByteCache
 from ..formats.atomic import atomic_write
-from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, read_only
+from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, TempFileHandle, read_only
 from .roots import LocalRoot
 
 log = logging.getLogger(__name__)
@@ -283,12 +285,19 @@ class PicksImports:
     the writer closes, then read whole in its format and written to the overlay as
     Picks/<user>_<session>_<object>.json (atomically); a file that does not read, or an
     object the project does not know, is refused with EINVAL at close and nothing is
-    written. `objects` are the config's pickable object names (None: any)."""
+    written. `objects` are the config's pickable object names (None: any).
+
+    A new `<name>.mrc` there (with no `<name>.zarr`) is a tomogram import, on a local
+    overlay: written to a hidden temporary file, its header checked at close (an MRC
+    volume whose voxel size is the folder's, else EINVAL), then converted in the
+    background to a hidden store renamed to `<name>.zarr` when complete."""
 
     def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
         self.tree, self.picks, self.objects = tree, picks, objects
         self.imported = 0
         self.refused = 0
+        self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "running": {}}
+        self._converter = ThreadPoolExecutor(1, thread_name_prefix="scopefs-import")
 
     def __call__(self, rel: str, name: str) -> File | None:
         """The node for a new file `name` in folder rel, if it is an import (the hook
@@ -296,6 +305,8 @@ class PicksImports:
         found = self.picks._run(rel)
         if found is None:
             return None
+        if name.endswith(".mrc"):
+            return self._tomogram(rel, name, found[1])
         kind = next((k for suffix, k in picks_format.FORMATS.items() if name.endswith(suffix)), None)
         stem = name[:-len(next(s for s, k in picks_format.FORMATS.items() if k == kind))] if kind else ""
         parts = stem.split("_")
@@ -334,6 +345,86 @@ class PicksImports:
             handle.flush()
         finally:
             handle.release()
+
+
+    # -- tomograms ---------------------------------------------------------------------------
+    def _tomogram(self, rel: str, name: str, voxel_size: float) -> File | None:
+        stem = name[:-4]
+        if (not isinstance(self.tree.upper, LocalRoot) or stem.startswith(".") or BINNED.match(stem)
+                or self.tree.shown(f"{rel}/{stem}.zarr") is not None):
+            return None
+        return self.tree.add(TomogramImport(self, rel, name, voxel_size))
+
+    def check_tomogram(self, node: "TomogramImport", temp: str) -> None:
+        """At close: the written file must be an MRC volume of the folder's voxel size;
+        then its conversion is queued (the converter owns `temp` from here on)."""
+        import mrcfile
+        try:
+            with mrcfile.mmap(temp, mode="r", permissive=False) as mrc:
+                if mrc.data is None or mrc.data.ndim != 3:
+                    raise ValueError("not a 3-d volume")
+                size = float(mrc.voxel_size.x)
+            if round(size, 3) != round(node.voxel_size, 3):
+                raise ValueError(f"its voxel size {size:.3f} Å is not the folder's {node.voxel_size:.3f} Å")
+        except Exception as exc:
+            self.tomograms["refused"] += 1
+            log.warning("refused tomogram import %s/%s: %s", node.rel, node.name, exc)
+            raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", node.name) from None
+        self.tomograms["running"][f"{node.rel}/{node.name}"] = "queued"
+        self._converter.submit(self._convert, node, temp)
+
+    def _convert(self, node: "TomogramImport", temp: str) -> None:
+        import shutil
+
+        import mrcfile
+
+        from ..formats.tomogram import write_copick_tomogram
+        key = f"{node.rel}/{node.name}"
+        target = self.tree.upper.full(f"{node.rel}/{node.name[:-4]}.zarr")
+        partial = self.tree.upper.full(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
+
+        def progress(done: int, total: int) -> None:
+            self.tomograms["running"][key] = f"{done}/{total} chunks"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            with mrcfile.mmap(temp, mode="r") as mrc:
+                write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
+            os.rename(partial, target)          # complete, or not there at all
+            self.tomograms["imported"] += 1
+            log.info("imported %s as %s", key, target)
+        except Exception as exc:
+            self.tomograms["failed"] += 1
+            log.error("tomogram import %s failed: %s: %s", key, type(exc).__name__, exc)
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            self.tomograms["running"].pop(key, None)
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+
+    def status(self) -> dict:
+        return {"picks_imports": {"imported": self.imported, "refused": self.refused},
+                "tomogram_imports": {**self.tomograms, "running": dict(self.tomograms["running"])}}
+
+    def close(self) -> None:
+        self._converter.shutdown(wait=False, cancel_futures=True)
+
+
+class TomogramImport(File):
+    """An MRC file being written in: to a hidden temporary file in the overlay, handed to
+    the converter when its writer closes."""
+
+    def __init__(self, imports: PicksImports, rel: str, name: str, voxel_size: float):
+        self.imports, self.rel, self.name, self.voxel_size = imports, rel, name, voxel_size
+        self.mtime_ns = time.time_ns()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o644, 0, self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        target = self.imports.tree.upper.full(f"{self.rel}/{self.name}")
+        return TempFileHandle(target, None, lambda temp: self.imports.check_tomogram(self, temp))
 
 
 class PicksImport(File):

@@ -308,3 +308,52 @@ def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
             assert np.allclose(got_transforms, transforms, atol=1e-5), user
             if user in ("dynamo", "em", "csv"):
                 assert np.allclose(got["scores"], [p["score"] for p in original["points"]], atol=1e-6), user
+
+
+def wait_for_imports(mnt: Path, timeout: float = 60) -> dict:
+    import time
+    deadline = time.monotonic() + timeout
+    while (status := daemon_status(mnt)["tomogram_imports"])["running"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
+@pytest.mark.upstream
+def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
+    """An .mrc copied into VoxelSpacing10.000/ becomes a copick tomogram in the overlay
+    (levels 0-2 as copick's own pyramid makes them), which copick 1.31 reads through the
+    mount and from the overlay root alone; a wrong voxel size is refused at close and
+    nothing is written."""
+    config, _ = exported
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    project = tmp_path / "project.json"
+    project.write_text(json.dumps({**json.loads(config.read_text()), "static_root": f"local://{config.parent / 'static'}",
+                                   "overlay_root": f"local://{overlay}"}))
+    mnt = mount(project)
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    data = (np.random.default_rng(2).normal(0, 100, (21, 34, 27))).astype(np.int16)
+    for name, voxel_size in (("imported.mrc", 10.0), ("wrong.mrc", 12.5)):
+        with mrcfile.new(str(tmp_path / name)) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = voxel_size
+    subprocess.run(["cp", str(tmp_path / "imported.mrc"), str(spacing)], check=True)
+    with pytest.raises(OSError) as refused:
+        with open(spacing / "wrong.mrc", "wb") as fh:
+            fh.write((tmp_path / "wrong.mrc").read_bytes())
+    assert refused.value.errno == errno.EINVAL
+    status = wait_for_imports(mnt)
+    assert (status["imported"], status["refused"], status["failed"]) == (1, 1, 0)
+    stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert sorted(p.name for p in stored.iterdir()) == ["imported.zarr"]          # nothing else, nothing hidden
+    with mrcfile.mmap(str(spacing / "imported.mrc"), mode="r") as view:           # now a view of the new store
+        assert np.array_equal(view.data, data.astype(np.float32))
+    overlay_only = tmp_path / "overlay_only.json"
+    overlay_only.write_text(json.dumps({**json.loads(config.read_text()), "overlay_root": f"local://{overlay}"}))
+    for cfg in (mnt / "copick_config.json", overlay_only):
+        seen = json.loads(run_upstream("copick", "upstream_copick.py", "tomogram", str(cfg), "imported")
+                          .strip().splitlines()[-1])
+        assert seen["shapes"] == [[21, 34, 27], [11, 17, 14], [6, 9, 7]] and seen["dtype"] == "float32"
+        assert np.array_equal(np.array(seen["level0"]), data.astype(np.float32).ravel())
+        assert max(seen["pyramid_error"]) < 1e-4

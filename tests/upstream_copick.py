@@ -5,6 +5,9 @@
                            write new picks, a mesh and a segmentation; print JSON
     picks CONFIG           every run's picks: user, session, object and points (location,
                            transform, score, instance) as JSON
+    tomogram CONFIG TYPE   the TS_001 tomogram TYPE at 10 Å as copick reads it: its levels'
+                           shapes and voxel size, and how far each coarser level is from
+                           copick's own pyramid of its level 0 (`volume_pyramid`)
     export URI OUT CONFIG [OUT CONFIG...]   what `copick export` writes, in one process: for
                            each CONFIG, the wbp tomogram and curator's membrane as MRC
                            (OUT/mrc/...) and the picks URI in every picks format at 10 Å
@@ -114,9 +117,24 @@ def picks(path):
     print(json.dumps(out))
 
 
+def tomogram(path, tomo_type):
+    import copick
+    import zarr
+    from copick.util.ome import volume_pyramid
+    tomo = copick.from_file(path).get_run("TS_001").get_voxel_spacing(10.0).get_tomogram(tomo_type)
+    group = zarr.open(tomo.zarr(), mode="r")
+    levels = [np.asarray(group[str(i)]) for i in range(3)]
+    ours = volume_pyramid(levels[0], 10.0, 3)
+    print(json.dumps({"shapes": [list(a.shape) for a in levels], "dtype": str(levels[0].dtype),
+                      "level0": levels[0].ravel().tolist(),
+                      "pyramid_error": [float(np.abs(a - b).max()) for a, b in zip(levels, ours.values())]}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "tomogram":
+        tomogram(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "picks":
         picks(sys.argv[2])
     elif sys.argv[1] == "export":

@@ -256,6 +256,21 @@ def test_picks_views_equal_copick_export(exported, mount):
         f"curator_1_ribosome.{s}" for s in ("csv", "em", "relion4.star", "star", "tbl")]
 
 
+def importing(exported, tmp_path: Path, mount):
+    """The exported fixture's project mounted with an empty overlay of its own: (config,
+    overlay, mountpoint, its TS_001/VoxelSpacing10.000, a config of the overlay alone)."""
+    config, _ = exported
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    settings = json.loads(config.read_text())
+    project, overlay_only = tmp_path / "project.json", tmp_path / "overlay_only.json"
+    project.write_text(json.dumps({**settings, "static_root": f"local://{config.parent / 'static'}",
+                                   "overlay_root": f"local://{overlay}"}))
+    overlay_only.write_text(json.dumps({**settings, "overlay_root": f"local://{overlay}"}))
+    mnt = mount(project)
+    return config, overlay, mnt, mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000", overlay_only
+
+
 @pytest.mark.upstream
 def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
     """Each picks view copied back in under a new user's name becomes that user's copick
@@ -263,15 +278,7 @@ def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
     and reads through the mount and from the overlay root alone; bad files and unknown
     objects are refused at close and nothing is written."""
     import shutil
-    config, _ = exported
-    static = config.parent / "static"
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    project = tmp_path / "project.json"
-    project.write_text(json.dumps({**json.loads(config.read_text()), "static_root": f"local://{static}",
-                                   "overlay_root": f"local://{overlay}"}))
-    mnt = mount(project)
-    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
     suffixes = {"star": "star", "relion4": "relion4.star", "dynamo": "tbl", "em": "em", "csv": "csv"}
     for user, suffix in suffixes.items():
         shutil.copyfile(spacing / f"tester_2_proteasome.{suffix}", tmp_path / f"x.{suffix}")
@@ -289,8 +296,6 @@ def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
         f"{user}_5_proteasome.json" for user in [*suffixes, "shell"])
     assert daemon_status(mnt)["picks_imports"] == {"imported": 6, "refused": 3}
     # copick 1.31 through the mount, and from the overlay root alone
-    overlay_only = tmp_path / "overlay_only.json"
-    overlay_only.write_text(json.dumps({**json.loads(config.read_text()), "overlay_root": f"local://{overlay}"}))
     original = rich_picks()
     for cfg in (mnt / "copick_config.json", overlay_only):
         found = {p["user"]: p for p in json.loads(run_upstream("copick", "upstream_copick.py", "picks", str(cfg))
@@ -325,14 +330,7 @@ def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
     (levels 0-2 as copick's own pyramid makes them), which copick 1.31 reads through the
     mount and from the overlay root alone; a wrong voxel size is refused at close and
     nothing is written."""
-    config, _ = exported
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    project = tmp_path / "project.json"
-    project.write_text(json.dumps({**json.loads(config.read_text()), "static_root": f"local://{config.parent / 'static'}",
-                                   "overlay_root": f"local://{overlay}"}))
-    mnt = mount(project)
-    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
     data = (np.random.default_rng(2).normal(0, 100, (21, 34, 27))).astype(np.int16)
     for name, voxel_size in (("imported.mrc", 10.0), ("wrong.mrc", 12.5)):
         with mrcfile.new(str(tmp_path / name)) as mrc:
@@ -349,8 +347,6 @@ def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
     assert sorted(p.name for p in stored.iterdir()) == ["imported.zarr"]          # nothing else, nothing hidden
     with mrcfile.mmap(str(spacing / "imported.mrc"), mode="r") as view:           # now a view of the new store
         assert np.array_equal(view.data, data.astype(np.float32))
-    overlay_only = tmp_path / "overlay_only.json"
-    overlay_only.write_text(json.dumps({**json.loads(config.read_text()), "overlay_root": f"local://{overlay}"}))
     for cfg in (mnt / "copick_config.json", overlay_only):
         seen = json.loads(run_upstream("copick", "upstream_copick.py", "tomogram", str(cfg), "imported")
                           .strip().splitlines()[-1])

@@ -297,6 +297,7 @@ class PicksImports:
         self.imported = 0
         self.refused = 0
         self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "running": {}}
+        self._status_lock = threading.Lock()
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="scopefs-import")
 
     def __call__(self, rel: str, name: str) -> File | None:
@@ -353,7 +354,19 @@ class PicksImports:
         if (not isinstance(self.tree.upper, LocalRoot) or stem.startswith(".") or BINNED.match(stem)
                 or self.tree.shown(f"{rel}/{stem}.zarr") is not None):
             return None
+        if f"{rel}/{name}" in self.tomograms["running"]:
+            raise FileExistsError(errno.EEXIST, "this tomogram is being imported", name)
         return self.tree.add(TomogramImport(self, rel, name, voxel_size))
+
+    def _count(self, key: str, running: str | None = None, done: str | None = None) -> None:
+        """What the status says of import `key`: `running` (its progress), or ended with one
+        more `done` ("imported", "refused", "failed")."""
+        with self._status_lock:
+            if running is not None:
+                self.tomograms["running"][key] = running
+            else:
+                self.tomograms["running"].pop(key, None)
+                self.tomograms[done] += 1
 
     def check_tomogram(self, node: "TomogramImport", temp: str) -> None:
         """At close: the written file must be an MRC volume of the folder's voxel size;
@@ -367,10 +380,10 @@ class PicksImports:
             if round(size, 3) != round(node.voxel_size, 3):
                 raise ValueError(f"its voxel size {size:.3f} Å is not the folder's {node.voxel_size:.3f} Å")
         except Exception as exc:
-            self.tomograms["refused"] += 1
+            self._count(f"{node.rel}/{node.name}", done="refused")
             log.warning("refused tomogram import %s/%s: %s", node.rel, node.name, exc)
             raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", node.name) from None
-        self.tomograms["running"][f"{node.rel}/{node.name}"] = "queued"
+        self._count(f"{node.rel}/{node.name}", running="queued")
         self._converter.submit(self._convert, node, temp)
 
     def _convert(self, node: "TomogramImport", temp: str) -> None:
@@ -384,20 +397,20 @@ class PicksImports:
         partial = self.tree.upper.full(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
 
         def progress(done: int, total: int) -> None:
-            self.tomograms["running"][key] = f"{done}/{total} chunks"
+            self._count(key, running=f"{done}/{total} chunks")
+        outcome = "failed"
         try:
             shutil.rmtree(partial, ignore_errors=True)
             with mrcfile.mmap(temp, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
             os.rename(partial, target)          # complete, or not there at all
-            self.tomograms["imported"] += 1
+            outcome = "imported"
             log.info("imported %s as %s", key, target)
         except Exception as exc:
-            self.tomograms["failed"] += 1
             log.error("tomogram import %s failed: %s: %s", key, type(exc).__name__, exc)
             shutil.rmtree(partial, ignore_errors=True)
         finally:
-            self.tomograms["running"].pop(key, None)
+            self._count(key, done=outcome)
             try:
                 os.unlink(temp)
             except OSError:
@@ -405,7 +418,11 @@ class PicksImports:
 
     def status(self) -> dict:
         return {"picks_imports": {"imported": self.imported, "refused": self.refused},
-                "tomogram_imports": {**self.tomograms, "running": dict(self.tomograms["running"])}}
+                "tomogram_imports": self._tomogram_status()}
+
+    def _tomogram_status(self) -> dict:
+        with self._status_lock:
+            return {**self.tomograms, "running": dict(self.tomograms["running"])}
 
     def close(self) -> None:
         self._converter.shutdown(wait=False, cancel_futures=True)

@@ -10,6 +10,7 @@ config with the mount as its only (overlay) root, so `copick.from_file()` on it 
 from __future__ import annotations
 
 import builtins
+import errno
 import json
 import os
 import re
@@ -179,7 +180,12 @@ class DerivedViews:
 
         def make():
             def content():
-                return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
+                try:
+                    return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
+                except OSError:
+                    raise
+                except Exception as exc:        # a bad source: EIO for this view, the listing goes on
+                    raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
             return GeneratedFile(content, self.tree.top(source)[1].mtime_ns)
         return make
 

@@ -124,7 +124,7 @@ class VolumeViews:
             attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
             axes = (attrs.get("multiscales") or [{}])[0].get("axes")
             levels = [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
+        except Exception as exc:                # whatever the store holds, the listing goes on
             log.info("no MRC view of %s: %s", source, exc)
             levels = []
         with self._lock:
@@ -178,7 +178,9 @@ class MrcView(File):
             if self._volume is None:
                 try:
                     self._volume = self.views.open_volume(self.source, self.level, self.voxel_size)
-                except (KeyError, ValueError, TypeError) as exc:
+                except OSError:
+                    raise
+                except Exception as exc:        # zarr's complaint about this store: EIO for this file
                     raise OSError(errno.EIO, f"not a readable volume: {exc}", self.source) from None
             return self._volume
 
@@ -258,11 +260,12 @@ class PicksViews:
     def render(self, source: str, kind: str, rel: str, voxel_size: float) -> bytes:
         try:
             picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise OSError(errno.EIO, f"not a copick picks file: {exc}", source) from None
-        run = rel.split("/")[1]
-        center = self.center(rel, voxel_size) if kind == "star" else None
-        return picks_format.export(picks, kind, run, voxel_size, center)
+            center = self.center(rel, voxel_size) if kind == "star" else None
+            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center)
+        except OSError:
+            raise
+        except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only
+            raise OSError(errno.EIO, f"no {kind} view of {source}: {type(exc).__name__}: {exc}") from None
 
     def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
         """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:

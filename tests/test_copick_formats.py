@@ -353,3 +353,30 @@ def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
         assert seen["shapes"] == [[21, 34, 27], [11, 17, 14], [6, 9, 7]] and seen["dtype"] == "float32"
         assert np.array_equal(np.array(seen["level0"]), data.astype(np.float32).ravel())
         assert max(seen["pyramid_error"]) < 1e-4
+
+
+def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
+    """A level whose metadata is not JSON, a store whose attributes are not, and picks
+    that are not copick's: EIO for their own views only; the folder lists, the rest reads."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    spacing = run / "VoxelSpacing10.000"
+    write_volume(spacing / "good.zarr", volume_of("float32"))
+    write_volume(spacing / "broken.zarr", volume_of("float32"), levels=2)
+    (spacing / "broken.zarr" / "1" / ".zarray").write_text("{not json")
+    (spacing / "garbage.zarr").mkdir()
+    (spacing / "garbage.zarr" / ".zattrs").write_text("xx")
+    (run / "Picks").mkdir()
+    (run / "Picks" / "bad_1_ribosome.json").write_text('{"points": [{"location": 5}]}')
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    shown = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    names = set(os.listdir(shown))          # (the daemon leaves out entries whose stat fails)
+    assert {"good.mrc", "good.zarr", "broken.mrc", "broken.zarr", "garbage.zarr"} <= names
+    assert not any(n.startswith("garbage") and n.endswith(".mrc") for n in names)
+    with mrcfile.mmap(str(shown / "good.mrc"), mode="r") as mrc:
+        assert np.array_equal(mrc.data, volume_of("float32"))
+    for bad in ("broken.bin2.mrc", "bad_1_ribosome.star", "bad_1_ribosome.tbl"):
+        with pytest.raises(OSError) as failed:
+            (shown / bad).read_bytes()
+        assert failed.value.errno == errno.EIO, bad
+    assert (shown / "broken.mrc").stat().st_size == HEADER_BYTES + np.prod(SHAPE) * 4

@@ -163,3 +163,20 @@ def test_mrc_views_of_an_s3_static_root(s3, tmp_path, mount):
         assert mrcfile.validate(str(spacing / name), print_file=io.StringIO())
         with mrcfile.mmap(str(spacing / name), mode="r") as mrc:
             assert np.array_equal(mrc.data, expected)
+
+
+def test_picks_imported_into_an_s3_overlay(s3, tmp_path, mount):
+    """A picks CSV copied into VoxelSpacing<vs>/ of a mount whose overlay is a bucket
+    becomes the copick picks JSON there (one object put); a bad one writes nothing."""
+    fs = s3.filesystem()
+    fs.mkdir("importstatic")
+    fs.mkdir("importoverlay")
+    fs.pipe("importstatic/ExperimentRuns/TS_001/VoxelSpacing10.000/.meta", b"meta")
+    mnt = mount(project(tmp_path, s3, "s3://importstatic", "s3://importoverlay", s3.fs_args))
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    (spacing / "tester_1_ribosome.csv").write_text("run_name,x,y,z,score\nTS_001,10.0,20.0,30.0,0.5\n")
+    doc = json.loads(fs.cat("importoverlay/ExperimentRuns/TS_001/Picks/tester_1_ribosome.json"))
+    assert doc["points"][0]["location"] == {"x": 10.0, "y": 20.0, "z": 30.0} and doc["points"][0]["score"] == 0.5
+    with pytest.raises(OSError):
+        (spacing / "tester_2_ribosome.csv").write_text("run_name,x\nTS_009,1\n")
+    assert not fs.exists("importoverlay/ExperimentRuns/TS_001/Picks/tester_2_ribosome.json")

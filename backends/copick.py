@@ -22,7 +22,7 @@ import io
 import logging
 
 from .cache import ByteCache
-from .copick_views import PicksImports, PicksViews, VolumeViews, read_file
+from .copick_views import Imports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -95,7 +95,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
     tree = CopickTree(static, overlay, read_only)
     tree.derive = DerivedViews(tree, volume_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
-    tree.imports = PicksImports(tree, tree.derive.picks, objects or None)
+    tree.imports = Imports(tree, tree.derive.picks, objects or None)
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -105,7 +105,7 @@ def open(source: str, options: Options, read_only: bool = False, progress=None, 
 
 
 class CopickTree(OverlayTree):
-    """The merged tree, with the derived views' counters in its status."""
+    """The merged tree, with the derived views' and imports' counters in its status."""
 
     def status(self) -> dict:
         return {**super().status(), **self.derive.volumes.status(), **self.imports.status()}

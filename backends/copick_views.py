@@ -282,7 +282,7 @@ class PicksViews:
         return None
 
 
-class PicksImports:
+class Imports:
     """A file created under a picks view's name that has no picks yet (`cp particles.star
     VoxelSpacing10.000/annotator_3_ribosome.star`) is an import: its bytes are kept until
     the writer closes, then read whole in its format and written to the overlay as
@@ -435,7 +435,7 @@ class TomogramImport(File):
     """An MRC file being written in: to a hidden temporary file in the overlay, handed to
     the converter when its writer closes."""
 
-    def __init__(self, imports: PicksImports, rel: str, name: str, voxel_size: float):
+    def __init__(self, imports: Imports, rel: str, name: str, voxel_size: float):
         self.imports, self.rel, self.name, self.voxel_size = imports, rel, name, voxel_size
         self.mtime_ns = time.time_ns()
 
@@ -450,7 +450,7 @@ class TomogramImport(File):
 class PicksImport(File):
     """A picks file being written in; converted when its writer closes."""
 
-    def __init__(self, imports: PicksImports, rel: str, name: str, kind: str, parts: list[str], run: str,
+    def __init__(self, imports: Imports, rel: str, name: str, kind: str, parts: list[str], run: str,
                  voxel_size: float):
         self.imports, self.rel, self.name, self.kind, self.parts = imports, rel, name, kind, parts
         self.run, self.voxel_size = run, voxel_size

@@ -58,7 +58,7 @@ class OverlayTree(Tree):
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
-        # name that is an import (copick picks in other formats), else None
+        # name that is an import (copick picks or tomograms in other formats), else None
         self.imports = None
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
         self.scan_ahead = ScanAhead(static, threads=2 if isinstance(static, LocalRoot) else 8,

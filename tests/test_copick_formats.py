@@ -380,3 +380,28 @@ def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
             (shown / bad).read_bytes()
         assert failed.value.errno == errno.EIO, bad
     assert (shown / "broken.mrc").stat().st_size == HEADER_BYTES + np.prod(SHAPE) * 4
+
+
+@pytest.mark.upstream
+def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path, mount):
+    """The daemon killed while it converts: the overlay holds only hidden leftovers, and
+    copick 1.31 lists no new tomogram (a store appears whole or not at all)."""
+    import signal
+    import time
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
+    with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
+        mrc.set_data(np.random.default_rng(3).normal(size=(96, 512, 512)).astype(np.float32))
+        mrc.voxel_size = 10.0
+    pid = daemon_status(mnt)["pid"]
+    subprocess.run(["cp", str(tmp_path / "big.mrc"), str(spacing)], check=True)
+    deadline = time.monotonic() + 60
+    while not any("chunks" in state for state in daemon_status(mnt)["tomogram_imports"]["running"].values()):
+        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)                   # the daemon this test started
+    stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    left = sorted(p.name for p in stored.iterdir())
+    assert left and all(name.startswith(".big.") for name in left), left
+    seen = json.loads(run_upstream("copick", "upstream_copick.py", "use_tomograms", str(overlay_only))
+                      .strip().splitlines()[-1])
+    assert seen == []

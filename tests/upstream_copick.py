@@ -5,6 +5,7 @@
                            write new picks, a mesh and a segmentation; print JSON
     picks CONFIG           every run's picks: user, session, object and points (location,
                            transform, score, instance) as JSON
+    use_tomograms CONFIG   the tomogram types copick lists in TS_001 at 10 Å, as JSON
     tomogram CONFIG TYPE   the TS_001 tomogram TYPE at 10 Å as copick reads it: its levels'
                            shapes and voxel size, and how far each coarser level is from
                            copick's own pyramid of its level 0 (`volume_pyramid`)
@@ -117,6 +118,13 @@ def picks(path):
     print(json.dumps(out))
 
 
+def use_tomograms(path):
+    import copick
+    run = copick.from_file(path).get_run("TS_001")
+    spacing = run.get_voxel_spacing(10.0) if run is not None else None
+    print(json.dumps(sorted(t.tomo_type for t in spacing.tomograms) if spacing is not None else []))
+
+
 def tomogram(path, tomo_type):
     import copick
     import zarr
@@ -133,6 +141,8 @@ def tomogram(path, tomo_type):
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "use_tomograms":
+        use_tomograms(sys.argv[2])
     elif sys.argv[1] == "tomogram":
         tomogram(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "picks":

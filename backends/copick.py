@@ -9,6 +9,7 @@ config with the mount as its only (overlay) root, so `copick.from_file()` on it 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import logging
 
 from . import is_url
 from .cache import ByteCache
+from .copick_views import Imports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
 from .overlay import OverlayTree
@@ -58,6 +60,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     rewritten to name the mount as its only root."""
     overlay_dir = options.str("overlay", "")
     ttl = options.float("metadata_ttl", 60.0)
+    volume_cache = options.int("mrc_cache_mb", 512, minimum=16) << 20
     options.finish()
     if base != ROOT_INO:
         raise MountError("a copick project cannot be shown inside another source")
@@ -81,8 +84,10 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         overlay = make_root(config["overlay_root"], config.get("overlay_fs_args"), "overlay_root", ttl)
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
-    tree = OverlayTree(static, overlay, read_only)
-    tree.derive = DerivedViews(tree)
+    tree = CopickTree(static, overlay, read_only)
+    tree.derive = DerivedViews(tree, volume_cache)
+    objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
+    tree.imports = Imports(tree, tree.derive.picks, objects or None)
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -90,6 +95,17 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
     return tree
 
+
+class CopickTree(OverlayTree):
+    """The merged tree, with the derived views' and imports' counters in its status."""
+
+    def status(self) -> dict:
+        return {**super().status(), **self.derive.volumes.status(), **self.imports.status()}
+
+    def close(self) -> None:
+        super().close()
+        self.derive.volumes.close()
+        self.imports.close()
 
 
 class DerivedViews:
@@ -99,14 +115,21 @@ class DerivedViews:
         Picks/<u>_<s>_<o>.csv        the picks as a table (x, y, z in Å, instance, score, 4x4)
         Meshes/<u>_<s>_<o>.ply|.obj|.stl   the mesh through trimesh
         VoxelSpacing<vs>/<tomo>.png  central slices (z, y, x) of the coarsest level, side by side
+        VoxelSpacing<vs>/<tomo>[.bin<N>].mrc, Segmentations/<seg>[.bin<N>].mrc,
+        VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv   (copick_views.py)
     """
 
-    def __init__(self, tree: OverlayTree):
+    def __init__(self, tree: OverlayTree, volume_cache: int):
         self.tree = tree
         self.cache = ByteCache(128 << 20)
+        self.volumes = VolumeViews(tree, volume_cache)
+        self.picks = PicksViews(tree, self.volumes)
 
     def lookup(self, rel: str, name: str):
         """(source, make) of one derived name, from the name alone."""
+        found = self.volumes.lookup(rel, name) or self.picks.lookup(rel, name)
+        if found is not None:
+            return found
         for derived, source, make in self.listing(rel, [self._source_name(rel, name)]):
             if derived == name:
                 return source, make
@@ -142,24 +165,24 @@ class DerivedViews:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
-        return out
+        return out + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
 
     def _file(self, source: str, convert, *args):
         key = (source, convert.__name__) + args
 
         def make():
             def content():
-                return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
+                try:
+                    return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
+                except OSError:
+                    raise
+                except Exception as exc:        # a bad source: EIO for this view, the listing goes on
+                    raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
             return GeneratedFile(content, self.tree.top(source)[1].mtime_ns)
         return make
 
     def _bytes(self, rel: str) -> bytes:
-        root, info = self.tree.top(rel)
-        handle = root.open_read(rel)
-        try:
-            return handle.read(0, info.size)
-        finally:
-            handle.release()
+        return read_file(self.tree, rel)
 
     def picks_csv(self, rel: str) -> bytes:
         try:

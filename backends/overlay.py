@@ -57,6 +57,9 @@ class OverlayTree(Tree):
         # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
         self.derive = None
         self._derived: dict[str, Node] = {}
+        # imports(dir rel, name) -> a node that converts what is written to it, for a new
+        # name that is an import (copick picks or tomograms in other formats), else None
+        self.imports = None
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
         self.scan_ahead = ScanAhead(static, threads=2 if isinstance(static, LocalRoot) else 8,
                                     horizon=self.cache_policy.attr_timeout)
@@ -467,6 +470,9 @@ class MergedDir(MergedNode, Directory):
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
             rel, _ = self._new_name(name)
+            imported = self.tree.imports and self.tree.imports(self.rel, name)
+            if imported:
+                return imported
             self.tree.upper.create(rel, mode)
             return self.tree.node_at(rel)
 

@@ -1,6 +1,7 @@
 """copick merged mounts vs the backing files used directly, side by side in one run.
 
     python benchmarks/copick.py [--gib 1] [--files 100000] [--picks 10000] [--s3-mib 256]
+                                [--mrc-shape 256,1024,1024] [--mrc-chunk 256] [--only local|s3|mrc]
 
 Each case runs --repeat times, direct and mount alternating; printed are the median
 seconds and the ratio of the medians (direct / mount: 1 means as fast as direct, above 1
@@ -222,6 +223,88 @@ def s3_benchmark(work: Path, mib: int) -> None:
         server.stop()
 
 
+def make_tomogram(work: Path, shape: tuple[int, int, int], chunk: int) -> Path:
+    """A copick project (static root and config) with one float32 tomogram written as copick
+    1.x writes it: OME-Zarr, zarr v2, blosc-lz4, cubic chunks."""
+    import numcodecs
+    import zarr
+    static = work / f"mrc-static-{'x'.join(map(str, shape))}-{chunk}"
+    config = work / f"{static.name}.json"
+    if not (static / ".made").exists():
+        shutil.rmtree(static, ignore_errors=True)
+        store = static / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"
+        group = zarr.open_group(str(store), mode="w", zarr_format=2)
+        array = group.create_array("0", shape=shape, dtype="float32", chunks=(chunk,) * 3,
+                                   compressors=numcodecs.Blosc(cname="lz4", clevel=5, shuffle=1),
+                                   chunk_key_encoding={"name": "v2", "separator": "/"})
+        rng = np.random.default_rng(0)
+        for z in range(0, shape[0], chunk):
+            array[z:z + chunk] = rng.normal(size=(min(chunk, shape[0] - z), *shape[1:])).astype(np.float32)
+        group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [10.0] * 3}]}], "axes": [{"name": a, "type": "space", "unit": "angstrom"}
+                                                              for a in "zyx"]}]
+        (static / ".made").touch()
+    config.write_text(json.dumps({"config_type": "filesystem", "name": "bench", "pickable_objects": [],
+                                  "overlay_root": f"local://{static}", "overlay_fs_args": {"auto_mkdir": True}}))
+    return config
+
+
+def daemon_peak_rss_mib(mountpoint: Path) -> float:
+    pid = json.loads((mountpoint / ".scopefs").read_text())["pid"]
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+
+
+def mrc_benchmark(work: Path, shape: tuple[int, int, int], chunk: int) -> None:
+    """The MRC view of a tomogram against what a user does today (`copick export tomogram
+    --output-format mrc`, then read the file) and against zarr in-process."""
+    import mrcfile
+    import zarr
+    from upstream import upstream_python
+    config = make_tomogram(work, shape, chunk)
+    copick = str(Path(upstream_python("copick")).parent / "copick")
+    mnt, out = work / "mnt-mrc", work / "mrc-export"
+    view = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc"
+    exported = out / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc"
+    store = config.parent / config.stem / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"
+    mib = np.prod(shape) * 4 / 2 ** 20
+
+    def remount(*options: str):
+        """A fresh daemon, nothing decoded yet; the view stat'ed once (as `ls -l` would), so
+        the daemon's one-time imports of zarr and mrcfile are not counted."""
+        if os.path.ismount(mnt):
+            umount(mnt)
+        mount(str(config), mnt, *options)
+        view.stat()
+
+    def central_slice(path: Path) -> None:
+        with mrcfile.mmap(str(path), mode="r") as mrc:
+            np.array(mrc.data[shape[0] // 2])
+
+    def export_then_slice() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run([copick, "export", "tomogram", "-c", str(config), "--tomogram-uri", "wbp@10.0",
+                        "--output-dir", str(out), "--output-format", "mrc"], check=True, capture_output=True)
+        central_slice(exported)
+    try:
+        compare(f"MRC {'x'.join(map(str, shape[::-1]))} f32: first slice, export+read vs view",
+                export_then_slice, lambda: central_slice(view), "goal >= 20", prepare=remount)
+        compare(f"MRC: read all {mib:.0f} MiB, exported file vs view", lambda: read_all([exported]),
+                lambda: read_all([view]), "goal >= 0.5", prepare=remount)
+        compare(f"MRC: read all {mib:.0f} MiB, zarr in-process vs view",
+                lambda: zarr.open_array(str(store / "0"), mode="r")[:], lambda: read_all([view]),
+                "for reference", prepare=remount)
+        cache_mib = 64
+        remount("-o", f"mrc_cache_mb={cache_mib}")
+        read_all([view])
+        print(f"  MRC: daemon peak RSS after streaming {mib:.0f} MiB with mrc_cache_mb={cache_mib}: "
+              f"{daemon_peak_rss_mib(mnt):.0f} MiB (chunks decoded: "
+              f"{json.loads((mnt / '.scopefs').read_text())['mrc_views']['chunks_decoded']})", flush=True)
+    finally:
+        umount(mnt)
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0)
@@ -231,7 +314,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
     parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each side; medians are printed")
-    parser.add_argument("--only", choices=("local", "s3"), help="run only these cases")
+    parser.add_argument("--mrc-shape", default="256,1024,1024", help="z,y,x of the MRC cases' tomogram")
+    parser.add_argument("--mrc-chunk", type=int, default=256, help="its cubic zarr chunks (copick: 256)")
+    parser.add_argument("--only", choices=("local", "s3", "mrc"), help="run only these cases")
     args = parser.parse_args()
     global COLD, REPEAT
     COLD, REPEAT = not args.warm, args.repeat
@@ -239,10 +324,12 @@ def main() -> None:
     print(f"scopefs copick benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}, {'cold' if COLD and os.geteuid() == 0 else 'warm'} page cache, "
           f"median of {REPEAT} runs")
-    if args.only != "s3":
+    if args.only in (None, "local"):
         local_benchmarks(args.work, args.gib, args.files, args.picks)
-    if args.only != "local":
+    if args.only in (None, "s3"):
         s3_benchmark(args.work, args.s3_mib)
+    if args.only in (None, "mrc"):
+        mrc_benchmark(args.work, tuple(int(n) for n in args.mrc_shape.split(",")), args.mrc_chunk)
 
 
 if __name__ == "__main__":

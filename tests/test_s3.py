@@ -3,14 +3,18 @@ overlay, and both on S3; the static bucket is never written."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import subprocess
 import time
 
+import mrcfile
+import numpy as np
 import pytest
 
 from s3server import SeaweedS3
+from test_copick_formats import chunks_decoded, volume_of, write_volume
 from upstream import run_upstream
 
 pytestmark = pytest.mark.upstream
@@ -135,3 +139,44 @@ def test_copick_reads_an_s3_static_root(s3, tmp_path, mount):
     assert (overlay / "ExperimentRuns" / "TS_001" / "Picks" / "annotator_7_proteasome.json").exists()
     preview = (mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "wbp.png").read_bytes()
     assert preview[:8] == b"\x89PNG\r\n\x1a\n"                    # made from the S3 static root
+
+
+def test_mrc_views_of_an_s3_static_root(s3, tmp_path, mount):
+    """A tomogram in an S3 bucket reads through its MRC view (zarr through the root's own
+    reads) like from zarr."""
+    data = volume_of("float32")
+    local = tmp_path / "zarr" / "wbp.zarr"
+    write_volume(local, data, levels=2)
+    fs = s3.filesystem()
+    fs.mkdir("mrcstatic")
+    fs.put(str(local), "mrcstatic/ExperimentRuns/TS_001/VoxelSpacing10.000/", recursive=True)
+    (tmp_path / "overlay").mkdir()
+    config = tmp_path / "project.json"
+    config.write_text(json.dumps({"config_type": "filesystem", "name": "s3", "pickable_objects": [],
+                                  "static_root": "s3://mrcstatic", "static_fs_args": s3.fs_args,
+                                  "overlay_root": f"local://{tmp_path / 'overlay'}"}))
+    mnt = mount(config)
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert sorted(p.name for p in spacing.glob("*.mrc")) == ["wbp.bin2.mrc", "wbp.mrc"]
+    assert chunks_decoded(mnt) == 0
+    for name, expected in (("wbp.mrc", data), ("wbp.bin2.mrc", data[::2, ::2, ::2])):
+        assert mrcfile.validate(str(spacing / name), print_file=io.StringIO())
+        with mrcfile.mmap(str(spacing / name), mode="r") as mrc:
+            assert np.array_equal(mrc.data, expected)
+
+
+def test_picks_imported_into_an_s3_overlay(s3, tmp_path, mount):
+    """A picks CSV copied into VoxelSpacing<vs>/ of a mount whose overlay is a bucket
+    becomes the copick picks JSON there (one object put); a bad one writes nothing."""
+    fs = s3.filesystem()
+    fs.mkdir("importstatic")
+    fs.mkdir("importoverlay")
+    fs.pipe("importstatic/ExperimentRuns/TS_001/VoxelSpacing10.000/.meta", b"meta")
+    mnt = mount(project(tmp_path, s3, "s3://importstatic", "s3://importoverlay", s3.fs_args))
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    (spacing / "tester_1_ribosome.csv").write_text("run_name,x,y,z,score\nTS_001,10.0,20.0,30.0,0.5\n")
+    doc = json.loads(fs.cat("importoverlay/ExperimentRuns/TS_001/Picks/tester_1_ribosome.json"))
+    assert doc["points"][0]["location"] == {"x": 10.0, "y": 20.0, "z": 30.0} and doc["points"][0]["score"] == 0.5
+    with pytest.raises(OSError):
+        (spacing / "tester_2_ribosome.csv").write_text("run_name,x\nTS_009,1\n")
+    assert not fs.exists("importoverlay/ExperimentRuns/TS_001/Picks/tester_2_ribosome.json")

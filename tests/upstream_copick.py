@@ -3,6 +3,16 @@
     make STATIC OVERLAY    a small project: static run data, and overlay picks (one clashing)
     use CONFIG             open CONFIG (the mount's), list everything, read the tomogram,
                            write new picks, a mesh and a segmentation; print JSON
+    picks CONFIG           every run's picks: user, session, object and points (location,
+                           transform, score, instance) as JSON
+    use_tomograms CONFIG   the tomogram types copick lists in TS_001 at 10 Å, as JSON
+    tomogram CONFIG TYPE   the TS_001 tomogram TYPE at 10 Å as copick reads it: its levels'
+                           shapes and voxel size, and how far each coarser level is from
+                           copick's own pyramid of its level 0 (`volume_pyramid`)
+    export URI OUT CONFIG [OUT CONFIG...]   what `copick export` writes, in one process: for
+                           each CONFIG, the wbp tomogram and curator's membrane as MRC
+                           (OUT/mrc/...) and the picks URI in every picks format at 10 Å
+                           (OUT/<format>/...)
 """
 import json
 import sys
@@ -83,8 +93,61 @@ def use(path):
     print(json.dumps(out))
 
 
+def export(picks_uri, *outs_and_configs):
+    from copick.ops.export import export as copick_export
+    for out, path in zip(outs_and_configs[::2], outs_and_configs[1::2]):
+        copick_export(path, f"{out}/mrc", tomogram_uri="wbp@10.0", output_format="mrc", n_workers=1)
+        copick_export(path, f"{out}/mrc", segmentation_uri="membrane:curator/1@10.0", output_format="mrc",
+                      n_workers=1)
+        for fmt in ("star", "dynamo", "em", "csv"):
+            copick_export(path, f"{out}/{fmt}", picks_uri=picks_uri, output_format=fmt, voxel_spacing=10.0,
+                          n_workers=1)
+    print("exported")
+
+
+def picks(path):
+    import copick
+    root = copick.from_file(path)
+    out = []
+    for run in root.runs:
+        for p in run.picks:
+            points, transforms = p.numpy()
+            out.append({"run": run.name, "user": p.user_id, "session": p.session_id, "object": p.pickable_object_name,
+                        "points": points.tolist(), "transforms": transforms.tolist(), "scores": p.scores().tolist(),
+                        "instance_ids": p.instance_ids().tolist()})
+    print(json.dumps(out))
+
+
+def use_tomograms(path):
+    import copick
+    run = copick.from_file(path).get_run("TS_001")
+    spacing = run.get_voxel_spacing(10.0) if run is not None else None
+    print(json.dumps(sorted(t.tomo_type for t in spacing.tomograms) if spacing is not None else []))
+
+
+def tomogram(path, tomo_type):
+    import copick
+    import zarr
+    from copick.util.ome import volume_pyramid
+    tomo = copick.from_file(path).get_run("TS_001").get_voxel_spacing(10.0).get_tomogram(tomo_type)
+    group = zarr.open(tomo.zarr(), mode="r")
+    levels = [np.asarray(group[str(i)]) for i in range(3)]
+    ours = volume_pyramid(levels[0], 10.0, 3)
+    print(json.dumps({"shapes": [list(a.shape) for a in levels], "dtype": str(levels[0].dtype),
+                      "level0": levels[0].ravel().tolist(),
+                      "pyramid_error": [float(np.abs(a - b).max()) for a, b in zip(levels, ours.values())]}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "use_tomograms":
+        use_tomograms(sys.argv[2])
+    elif sys.argv[1] == "tomogram":
+        tomogram(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "picks":
+        picks(sys.argv[2])
+    elif sys.argv[1] == "export":
+        export(*sys.argv[2:])
     else:
         use(sys.argv[2])

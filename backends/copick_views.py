@@ -1,0 +1,473 @@
+"""copick data in the formats cryo-ET tools read: derived read-only files.
+
+    VoxelSpacing<vs>/<tomo>.mrc            a tomogram's full-resolution level
+    VoxelSpacing<vs>/<tomo>.bin<N>.mrc     its coarser levels, binned N times
+    Segmentations/<vs>_<u>_<s>_<name>.mrc  a segmentation (and .bin<N>.mrc)
+    VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv
+                                           the run's picks (Picks/<u>_<s>_<o>.json) in
+                                           pixels of this spacing (formats/picks.py);
+                                           a new file of such a name written there is
+                                           imported: it becomes Picks/<u>_<s>_<o>.json
+    VoxelSpacing<vs>/<new>.mrc             written there: imported as <new>.zarr, a copick
+                                           tomogram (formats/tomogram.py), after close
+
+copick only globs `*.zarr` (and `*.json`, `*.glb`) there, so it never sees them. A volume
+view's size comes from the zarr metadata alone; its bytes are read by range
+(formats/mrc.py). These are hooked into the tree by `copick.DerivedViews` (listing and
+lookup by name).
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..formats import picks as picks_format
+from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
+from .cache import ByteCache
+from ..formats.atomic import atomic_write
+from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, TempFileHandle, read_only
+from .roots import LocalRoot
+
+log = logging.getLogger(__name__)
+BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
+SPACING = "VoxelSpacing"
+
+
+def mrc_name(stem: str, binning: int) -> str:
+    return f"{stem}.mrc" if binning == 1 else f"{stem}.bin{binning}.mrc"
+
+
+def read_file(tree, rel: str) -> bytes:
+    """The whole (small) file that rel shows in the merged tree (FileNotFoundError if none)."""
+    root, info = tree.top(rel)
+    handle = root.open_read(rel)
+    try:
+        return handle.read(0, info.size)
+    finally:
+        handle.release()
+
+
+def voxel_size_of(folder: str, zarr_name: str) -> float | None:
+    """The voxel size (Å) of a tomogram in VoxelSpacing<vs>/ or of a segmentation store
+    `<vs>_<user>_<session>_<name>.zarr`; None for anything else."""
+    try:
+        if folder.startswith(SPACING):
+            return float(folder[len(SPACING):])
+        if folder == "Segmentations":
+            return float(zarr_name.partition("_")[0])
+    except ValueError:
+        pass
+    return None
+
+
+class VolumeViews:
+    """The MRC views of one mount: listing, lookup by name, and the shared chunk cache."""
+
+    def __init__(self, tree, cache_bytes: int):
+        self.tree = tree
+        self.pieces = ByteCache(cache_bytes)
+        # chunks decoded at once: each holds a decoded chunk (64 MiB at copick's 256**3) and
+        # zarr's buffers beside the cache, so no more than there are cores to decode them
+        self.pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="scopefs-mrc")
+        self.counters = Counters()
+        self._keys = itertools.count()
+        self._levels: dict[tuple, list[tuple[str, int]]] = {}     # by source key, bounded below
+        self._lock = threading.Lock()
+
+    # -- names ----------------------------------------------------------------------------
+    def listing(self, rel: str, names: list[str]):
+        """(view name, source .zarr, make node) for the volumes among `names` of folder rel."""
+        folder = rel.rpartition("/")[2]
+        out = []
+        for name in names:
+            if not name.endswith(".zarr") or name.startswith(".") or name.endswith("_features.zarr"):
+                continue
+            voxel_size = voxel_size_of(folder, name)
+            if voxel_size is None:
+                continue
+            source = f"{rel}/{name}"
+            for path, binning in self.levels(source):
+                out.append((mrc_name(name[:-5], binning), source,
+                            self._maker(source, path, voxel_size * binning)))
+        return out
+
+    def lookup(self, rel: str, name: str):
+        """(source, make) of one view name, looking only at the zarr stores it can come from."""
+        if not name.endswith(".mrc"):
+            return None
+        stem = name[:-4]
+        binned = BINNED.match(stem)
+        for candidate in [stem] + ([binned["stem"]] if binned else []):
+            if self.tree.shown(f"{rel}/{candidate}.zarr") is None:
+                continue
+            for view, source, make in self.listing(rel, [candidate + ".zarr"]):
+                if view == name:
+                    return source, make
+        return None
+
+    def levels(self, source: str) -> list[tuple[str, int]]:
+        """(array path, binning) of a zarr store's 3-d levels, from its group metadata only;
+        none if it is not a readable 3-d multiscale image."""
+        key = self.tree.source_key(source)
+        with self._lock:
+            known = self._levels.get(key)
+        if known is not None:
+            return known
+        try:
+            attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
+            axes = (attrs.get("multiscales") or [{}])[0].get("axes")
+            levels = [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
+        except Exception as exc:                # whatever the store holds, the listing goes on
+            log.info("no MRC view of %s: %s", source, exc)
+            levels = []
+        with self._lock:
+            if len(self._levels) > 10_000:
+                self._levels.clear()
+            self._levels[key] = levels
+        return levels
+
+    def _read_small(self, rel: str) -> bytes | None:
+        info = self.tree.shown(rel)
+        return read_file(self.tree, rel) if info is not None and stat.S_ISREG(info.mode) else None
+
+    # -- nodes ----------------------------------------------------------------------------
+    def _maker(self, source: str, level: str, voxel_size: float):
+        def make():
+            return MrcView(self, source, level, voxel_size, self.tree.top(source)[1].mtime_ns)
+        return make
+
+    def open_volume(self, source: str, level: str, voxel_size: float) -> MrcVolume:
+        import zarr
+        root, _ = self.tree.top(source)
+        if isinstance(root, LocalRoot):
+            store = zarr.storage.LocalStore(root.full(source), read_only=True)
+        else:
+            from ..formats.zarrstore import ReadOnlyStore
+            store = ReadOnlyStore(lambda key: self._read_small(f"{source}/{key}"))
+        array = zarr.open_array(store, path=level, mode="r")
+        return MrcVolume(array, voxel_size, f"scopefs: copick {source} level {level}",
+                         self.pieces, next(self._keys), self.pool, self.counters)
+
+    def status(self) -> dict:
+        return {"mrc_views": {"chunks_decoded": self.counters.chunks, "bytes_decoded": self.counters.bytes,
+                              "cache_bytes": self.pieces.used_bytes, "cache_limit": self.pieces.max_bytes}}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class MrcView(File):
+    """One level of a zarr store as an MRC file (read-only). The volume (its metadata) is
+    opened once, at the first stat or open."""
+
+    def __init__(self, views: VolumeViews, source: str, level: str, voxel_size: float, mtime_ns: int):
+        self.views, self.source, self.level, self.voxel_size = views, source, level, voxel_size
+        self.mtime_ns = mtime_ns
+        self._volume: MrcVolume | None = None
+        self._lock = threading.Lock()
+
+    def volume(self) -> MrcVolume:
+        with self._lock:
+            if self._volume is None:
+                try:
+                    self._volume = self.views.open_volume(self.source, self.level, self.voxel_size)
+                except OSError:
+                    raise
+                except Exception as exc:        # zarr's complaint about this store: EIO for this file
+                    raise OSError(errno.EIO, f"not a readable volume: {exc}", self.source) from None
+            return self._volume
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o444, self.volume().size, self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY:
+            raise read_only(self.source)
+        return MrcHandle(self.volume(), self.source)
+
+
+class MrcHandle(FileHandle):
+    def __init__(self, volume: MrcVolume, source: str):
+        self.volume, self.source = volume, source
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            return self.volume.read(offset, size)
+        except (ValueError, KeyError) as exc:
+            raise OSError(errno.EIO, f"MRC view of {self.source}: {exc}") from None
+
+
+class PicksViews:
+    """Each picks file of a run in the particle formats of cryo-ET tools, under each of the
+    run's VoxelSpacing<vs>/ folders (pixel coordinates need the spacing)."""
+
+    def __init__(self, tree, volumes: VolumeViews):
+        self.tree = tree
+        self.volumes = volumes
+        self.cache = ByteCache(32 << 20)
+
+    @staticmethod
+    def _run(rel: str) -> tuple[str, float] | None:
+        """(run folder, voxel size) of ExperimentRuns/<run>/VoxelSpacing<vs>, else None."""
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "ExperimentRuns" or not parts[2].startswith(SPACING):
+            return None
+        size = voxel_size_of(parts[2], "")
+        return None if size is None else ("/".join(parts[:2]), size)
+
+    def listing(self, rel: str, names: list[str], picks: list[str] | None = None):
+        """(view name, source picks JSON, make node) for folder rel; `picks` limits the
+        picks files looked at (a lookup's one candidate), else the run's Picks/ is listed."""
+        found = self._run(rel)
+        if found is None:
+            return []
+        run, voxel_size = found
+        if picks is None:
+            picks = self.tree.listing(f"{run}/Picks") if self.tree.shown(f"{run}/Picks") else []
+        out = []
+        for name in picks:
+            if name.endswith(".json") and not name.startswith("."):
+                source = f"{run}/Picks/{name}"
+                for suffix, kind in picks_format.FORMATS.items():
+                    out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
+        return out
+
+    def lookup(self, rel: str, name: str):
+        for suffix in picks_format.FORMATS:
+            if name.endswith(suffix) and self._run(rel) is not None:
+                source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
+                if self.tree.shown(source) is None:
+                    return None
+                for view, source, make in self.listing(rel, [], [source.rpartition("/")[2]]):
+                    if view == name:
+                        return source, make
+                return None
+        return None
+
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float):
+        def make():
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size),
+                                 self.tree.top(source)[1].mtime_ns, self.cache)
+        return make
+
+    def render(self, source: str, kind: str, rel: str, voxel_size: float) -> bytes:
+        try:
+            picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
+            center = self.center(rel, voxel_size) if kind == "star" else None
+            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center)
+        except OSError:
+            raise
+        except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only
+            raise OSError(errno.EIO, f"no {kind} view of {source}: {type(exc).__name__}: {exc}") from None
+
+    def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
+        """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:
+        the first tomogram of this spacing, else of the run's smallest spacing with one."""
+        run = rel.rpartition("/")[0]
+        spacings = sorted((size, f"{run}/{name}") for name in self.tree.listing(run)
+                          if (size := voxel_size_of(name, "")) is not None and name.startswith(SPACING))
+        for size, folder in sorted(spacings, key=lambda s: (s[1] != rel, s[0])):
+            tomograms = sorted(n for n in self.tree.listing(folder)
+                               if n.endswith(".zarr") and not n.endswith("_features.zarr") and not n.startswith("."))
+            if tomograms:
+                nz, ny, nx = self.volumes.open_volume(f"{folder}/{tomograms[0]}", "0", size).shape
+                return nx / 2 * size, ny / 2 * size, nz / 2 * size
+        return None
+
+
+class Imports:
+    """A file created under a picks view's name that has no picks yet (`cp particles.star
+    VoxelSpacing10.000/annotator_3_ribosome.star`) is an import: its bytes are kept until
+    the writer closes, then read whole in its format and written to the overlay as
+    Picks/<user>_<session>_<object>.json (atomically); a file that does not read, or an
+    object the project does not know, is refused with EINVAL at close and nothing is
+    written. `objects` are the config's pickable object names (None: any).
+
+    A new `<name>.mrc` there (with no `<name>.zarr`) is a tomogram import, on a local
+    overlay: written to a hidden temporary file, its header checked at close (an MRC
+    volume whose voxel size is the folder's, else EINVAL), then converted in the
+    background to a hidden store renamed to `<name>.zarr` when complete."""
+
+    def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
+        self.tree, self.picks, self.objects = tree, picks, objects
+        self.imported = 0
+        self.refused = 0
+        self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "running": {}}
+        self._status_lock = threading.Lock()
+        self._converter = ThreadPoolExecutor(1, thread_name_prefix="scopefs-import")
+
+    def __call__(self, rel: str, name: str) -> File | None:
+        """The node for a new file `name` in folder rel, if it is an import (the hook
+        `OverlayTree.imports`)."""
+        found = self.picks._run(rel)
+        if found is None:
+            return None
+        if name.endswith(".mrc"):
+            return self._tomogram(rel, name, found[1])
+        kind = next((k for suffix, k in picks_format.FORMATS.items() if name.endswith(suffix)), None)
+        stem = name[:-len(next(s for s, k in picks_format.FORMATS.items() if k == kind))] if kind else ""
+        parts = stem.split("_")
+        if kind is None or len(parts) != 3 or not all(parts):
+            return None
+        return self.tree.add(PicksImport(self, rel, name, kind, parts, *found))
+
+    def commit(self, node: "PicksImport", data: bytes) -> None:
+        user, session, object_name = node.parts
+        run_dir, run = node.run, node.run.rpartition("/")[2]
+        try:
+            if self.objects is not None and object_name not in self.objects:
+                raise ValueError(f"the project has no pickable object {object_name!r}")
+            center = self.picks.center(node.rel, node.voxel_size) if node.kind == "star" else None
+            picks = picks_format.parse(node.kind, data, run, node.voxel_size, center)
+        except Exception as exc:                # any library's complaint: this file is refused
+            self.refused += 1
+            log.warning("refused import %s/%s: %s", node.rel, node.name, exc)
+            raise OSError(errno.EINVAL, f"not an importable picks file: {exc}", node.name) from None
+        target = f"{run_dir}/Picks/{user}_{session}_{object_name}.json"
+        with self.tree.lock:
+            self.tree.ensure_upper_dir(f"{run_dir}/Picks")
+            self.tree.clear_whiteout(target)
+            self._write(target, picks.to_json(object_name, user, session, run))
+        self.imported += 1
+        log.info("imported %s/%s as %s (%d points)", node.rel, node.name, target, len(picks.points))
+
+    def _write(self, rel: str, data: bytes) -> None:
+        upper = self.tree.upper
+        if isinstance(upper, LocalRoot):
+            atomic_write(upper.full(rel), data, keep_mode=False)
+            return
+        handle = upper.open_write(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)     # one object put: atomic
+        try:
+            handle.write(0, data)
+            handle.flush()
+        finally:
+            handle.release()
+
+
+    # -- tomograms ---------------------------------------------------------------------------
+    def _tomogram(self, rel: str, name: str, voxel_size: float) -> File | None:
+        stem = name[:-4]
+        if (not isinstance(self.tree.upper, LocalRoot) or stem.startswith(".") or BINNED.match(stem)
+                or self.tree.shown(f"{rel}/{stem}.zarr") is not None):
+            return None
+        if f"{rel}/{name}" in self.tomograms["running"]:
+            raise FileExistsError(errno.EEXIST, "this tomogram is being imported", name)
+        return self.tree.add(TomogramImport(self, rel, name, voxel_size))
+
+    def _count(self, key: str, running: str | None = None, done: str | None = None) -> None:
+        """What the status says of import `key`: `running` (its progress), or ended with one
+        more `done` ("imported", "refused", "failed")."""
+        with self._status_lock:
+            if running is not None:
+                self.tomograms["running"][key] = running
+            else:
+                self.tomograms["running"].pop(key, None)
+                self.tomograms[done] += 1
+
+    def check_tomogram(self, node: "TomogramImport", temp: str) -> None:
+        """At close: the written file must be an MRC volume of the folder's voxel size;
+        then its conversion is queued (the converter owns `temp` from here on)."""
+        import mrcfile
+        try:
+            with mrcfile.mmap(temp, mode="r", permissive=False) as mrc:
+                if mrc.data is None or mrc.data.ndim != 3:
+                    raise ValueError("not a 3-d volume")
+                size = float(mrc.voxel_size.x)
+            if round(size, 3) != round(node.voxel_size, 3):
+                raise ValueError(f"its voxel size {size:.3f} Å is not the folder's {node.voxel_size:.3f} Å")
+        except Exception as exc:
+            self._count(f"{node.rel}/{node.name}", done="refused")
+            log.warning("refused tomogram import %s/%s: %s", node.rel, node.name, exc)
+            raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", node.name) from None
+        self._count(f"{node.rel}/{node.name}", running="queued")
+        self._converter.submit(self._convert, node, temp)
+
+    def _convert(self, node: "TomogramImport", temp: str) -> None:
+        import shutil
+
+        import mrcfile
+
+        from ..formats.tomogram import write_copick_tomogram
+        key = f"{node.rel}/{node.name}"
+        target = self.tree.upper.full(f"{node.rel}/{node.name[:-4]}.zarr")
+        partial = self.tree.upper.full(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
+
+        def progress(done: int, total: int) -> None:
+            self._count(key, running=f"{done}/{total} chunks")
+        outcome = "failed"
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            with mrcfile.mmap(temp, mode="r") as mrc:
+                write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
+            os.rename(partial, target)          # complete, or not there at all
+            outcome = "imported"
+            log.info("imported %s as %s", key, target)
+        except Exception as exc:
+            log.error("tomogram import %s failed: %s: %s", key, type(exc).__name__, exc)
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            self._count(key, done=outcome)
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+
+    def status(self) -> dict:
+        return {"picks_imports": {"imported": self.imported, "refused": self.refused},
+                "tomogram_imports": self._tomogram_status()}
+
+    def _tomogram_status(self) -> dict:
+        with self._status_lock:
+            return {**self.tomograms, "running": dict(self.tomograms["running"])}
+
+    def close(self) -> None:
+        self._converter.shutdown(wait=False, cancel_futures=True)
+
+
+class TomogramImport(File):
+    """An MRC file being written in: to a hidden temporary file in the overlay, handed to
+    the converter when its writer closes."""
+
+    def __init__(self, imports: Imports, rel: str, name: str, voxel_size: float):
+        self.imports, self.rel, self.name, self.voxel_size = imports, rel, name, voxel_size
+        self.mtime_ns = time.time_ns()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o644, 0, self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        target = self.imports.tree.upper.full(f"{self.rel}/{self.name}")
+        return TempFileHandle(target, None, lambda temp: self.imports.check_tomogram(self, temp))
+
+
+class PicksImport(File):
+    """A picks file being written in; converted when its writer closes."""
+
+    def __init__(self, imports: Imports, rel: str, name: str, kind: str, parts: list[str], run: str,
+                 voxel_size: float):
+        self.imports, self.rel, self.name, self.kind, self.parts = imports, rel, name, kind, parts
+        self.run, self.voxel_size = run, voxel_size
+        self.data = b""
+        self.mtime_ns = time.time_ns()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o644, len(self.data), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        # imported at the first close after a write (a shell's `>` closes a dup of the file
+        # before it writes); a file created and never written imports nothing
+        return BufferHandle(b"" if flags & os.O_TRUNC else self.data, self._commit)
+
+    def truncate(self, size: int) -> None:
+        self.data = self.data[:size] + bytes(max(0, size - len(self.data)))
+
+    def _commit(self, data: bytes) -> None:
+        self.imports.commit(self, data)
+        self.data, self.mtime_ns = data, time.time_ns()

@@ -1,0 +1,407 @@
+"""copick data in the formats of cryo-ET tools: MRC views of tomograms and segmentations
+(read by byte ranges, checked with mrcfile), compared with zarr and with copick 1.31's own
+exporter."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import zarr
+
+from conftest import daemon_status
+from upstream import run_upstream
+from scopefs.backends.cache import ByteCache
+from scopefs.formats.mrc import HEADER_BYTES, Counters, MrcVolume, mrc_dtype
+
+SHAPE = (20, 30, 44)
+CHUNKS = (7, 16, 13)                # divides no axis of SHAPE
+DTYPES = ["float32", "int8", "int16", "uint16", "float16"]
+
+
+def write_volume(path: Path, data: np.ndarray, chunks=CHUNKS, levels: int = 1, voxel_size: float = 10.0) -> None:
+    """An OME-Zarr multiscale image as copick 1.x writes it (zarr v2, levels 0, 1, ... binned 2x)."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for index in range(levels):
+        level = data[::2 ** index, ::2 ** index, ::2 ** index]
+        array = group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=chunks,
+                                   chunk_key_encoding={"name": "v2", "separator": "/"})
+        array[:] = level
+        datasets.append({"path": str(index), "coordinateTransformations": [
+            {"type": "scale", "scale": [voxel_size * 2 ** index] * 3}]})
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": datasets,
+                                   "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]}]
+
+
+def volume_of(dtype: str) -> np.ndarray:
+    values = np.random.default_rng(7).normal(0, 40, SHAPE)
+    info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+    return np.clip(values, max(info.min, -1000), min(info.max, 1000)).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, module_mount):
+    """A static root with a tomogram per dtype (3 levels for float32), a uint8 segmentation
+    and a multilabel int16 one, mounted once."""
+    base = tmp_path_factory.mktemp("formats")
+    run = base / "static" / "ExperimentRuns" / "TS_001"
+    volumes = {}
+    for dtype in DTYPES:
+        volumes[f"VoxelSpacing10.000/{dtype}.zarr"] = volume_of(dtype)
+        write_volume(run / "VoxelSpacing10.000" / f"{dtype}.zarr", volumes[f"VoxelSpacing10.000/{dtype}.zarr"],
+                     levels=3 if dtype == "float32" else 1)
+    mask = (volume_of("float32") > 0).astype(np.uint8)
+    labels = (np.arange(np.prod(SHAPE)) % 300).reshape(SHAPE).astype(np.int16)
+    for name, data in (("10.000_curator_1_membrane.zarr", mask), ("10.000_curator_1_organelles-multilabel.zarr", labels)):
+        volumes[f"Segmentations/{name}"] = data
+        write_volume(run / "Segmentations" / name, data)
+    (base / "overlay").mkdir()
+    mnt = module_mount(base / "static", "-t", "copick", "-o", f"overlay={base / 'overlay'}")
+    return mnt, mnt / "ExperimentRuns" / "TS_001", volumes
+
+
+def chunks_decoded(mnt: Path) -> int:
+    return daemon_status(mnt)["mrc_views"]["chunks_decoded"]
+
+
+def test_listing_stat_find_du_read_no_voxels(project):
+    mnt, run, _ = project
+    assert chunks_decoded(mnt) == 0
+    views = sorted(p.name for p in (run / "VoxelSpacing10.000").iterdir() if p.suffix == ".mrc")
+    assert views == sorted([f"{d}.mrc" for d in DTYPES] + ["float32.bin2.mrc", "float32.bin4.mrc"])
+    assert sorted(p.name for p in (run / "Segmentations").glob("*.mrc")) == [
+        "10.000_curator_1_membrane.mrc", "10.000_curator_1_organelles-multilabel.mrc"]
+    sizes = {p.name: p.stat().st_size for p in (run / "VoxelSpacing10.000").glob("*.mrc")}
+    assert sizes["float32.mrc"] == HEADER_BYTES + np.prod(SHAPE) * 4          # exact, from metadata only
+    assert sizes["float32.bin2.mrc"] == HEADER_BYTES + 10 * 15 * 22 * 4
+    assert sizes["int8.mrc"] == HEADER_BYTES + np.prod(SHAPE)
+    for walk in (["find", str(mnt), "-ls"], ["du", "-s", str(mnt)], ["ls", "-lR", str(mnt)]):
+        subprocess.run(walk, check=True, capture_output=True)
+    assert chunks_decoded(mnt) == 0
+    with open(run / "VoxelSpacing10.000" / "float32.mrc", "rb") as fh:
+        fh.seek(HEADER_BYTES + 5000)
+        fh.read(100)
+    assert chunks_decoded(mnt) > 0
+
+
+@pytest.mark.parametrize("view", [f"VoxelSpacing10.000/{d}" for d in DTYPES] + [
+    "VoxelSpacing10.000/float32.bin2", "VoxelSpacing10.000/float32.bin4",
+    "Segmentations/10.000_curator_1_membrane", "Segmentations/10.000_curator_1_organelles-multilabel"])
+def test_mrc_view_validates_and_reads_like_zarr(project, view):
+    _, run, volumes = project
+    stem, _, binned = view.partition(".bin")
+    binning = int(binned or 1)
+    expected = volumes[stem + ".zarr"][::binning, ::binning, ::binning]
+    path = run / f"{view}.mrc"
+    report = io.StringIO()
+    assert mrcfile.validate(str(path), print_file=report), report.getvalue()
+    with mrcfile.mmap(str(path), mode="r") as mrc:
+        # mrcfile's own reading of the dtype (uint8 is widened to uint16, as mrcfile writes it)
+        assert mrc.data.dtype == mrc_dtype(expected.dtype)
+        assert np.array_equal(mrc.data, expected.astype(mrc.data.dtype))
+        assert mrc.voxel_size.tolist() == (10.0 * binning,) * 3
+        header = mrc.header
+        assert header.dmax < header.dmin and header.dmean < min(header.dmin, header.dmax) and header.rms < 0
+    assert path.read_bytes() == path.read_bytes()                           # deterministic header
+
+
+def test_mrc_views_are_read_only(project):
+    _, run, _ = project
+    with pytest.raises(OSError):
+        with open(run / "VoxelSpacing10.000" / "float32.mrc", "r+b") as fh:
+            fh.write(b"x")
+
+
+def test_byte_ranges_through_a_small_cache():
+    """Any byte range equals the same range of the whole file, with a cache so small that
+    one piece holds a single plane (each chunk is cut into pieces)."""
+    data = volume_of("int16")
+    array = zarr.create_array(store={}, shape=SHAPE, chunks=CHUNKS, dtype="int16", zarr_format=2)
+    array[:] = data
+    counters = Counters()
+    with ThreadPoolExecutor(4) as pool:
+        volume = MrcVolume(array, 7.5, "test", ByteCache(3 * SHAPE[1] * SHAPE[2] * 2), "k", pool, counters)
+        assert volume.planes_per_piece == 1
+        whole = volume.header + data.tobytes()
+        assert volume.size == len(whole)
+        rng = np.random.default_rng(1)
+        for _ in range(200):
+            offset = int(rng.integers(0, volume.size + 10))
+            size = int(rng.integers(1, 3 * SHAPE[1] * SHAPE[2] * 2))
+            assert volume.read(offset, size) == whole[offset:offset + size]
+        # a cached piece owns its bytes (a view would keep its whole chunk alive, uncounted)
+        assert volume._piece((1, 1, 1, 0)).base is None
+    assert counters.chunks > 0
+
+
+def test_labels_mrc_cannot_hold_exactly_are_an_error_not_wrong_values():
+    data = np.zeros(SHAPE, np.int32)
+    data[3, 4, 5] = (1 << 24) + 1
+    array = zarr.create_array(store={}, shape=SHAPE, chunks=CHUNKS, dtype="int32", zarr_format=2)
+    array[:] = data
+    with ThreadPoolExecutor(2) as pool:
+        volume = MrcVolume(array, 10.0, "test", ByteCache(1 << 20), "k", pool, Counters())
+        assert volume.dtype == np.dtype("<f4")
+        assert volume.read(HEADER_BYTES + 10 * SHAPE[1] * SHAPE[2] * 4, 4) == bytes(4)    # another chunk: fine
+        with pytest.raises(ValueError):
+            volume.read(HEADER_BYTES, volume.size)
+
+
+
+def rich_picks(n: int = 7) -> dict:
+    """Picks with rotations (one identity), shifts, scores and instance IDs."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(5)
+    points = []
+    for i in range(n):
+        transform = np.eye(4)
+        if i:
+            transform[:3, :3] = Rotation.random(random_state=i).as_matrix()
+        if i % 2:
+            transform[:3, 3] = rng.normal(0, 5, 3)
+        points.append({"location": dict(zip("xyz", rng.uniform(0, 320, 3).tolist())), "transformation_": transform.tolist(),
+                       "instance_id": i, "score": float(rng.uniform())})
+    return {"pickable_object_name": "proteasome", "user_id": "tester", "session_id": "2", "run_name": "TS_001",
+            "voxel_spacing": None, "unit": "angstrom", "points": points}
+
+
+def parsed(path: Path, kind: str):
+    """A picks file as its format's library reads it."""
+    if kind in ("star", "relion4"):
+        import starfile
+        return starfile.read(path, always_dict=True)["particles"]
+    if kind == "dynamo":
+        import dynamotable
+        return dynamotable.read(str(path))
+    if kind == "em":
+        import emfile
+        return emfile.read(str(path))[1]
+    import pandas as pd
+    return pd.read_csv(path)
+
+
+def same(theirs, ours) -> bool:
+    if isinstance(theirs, np.ndarray):
+        return theirs.shape == ours.shape and np.array_equal(theirs, ours)
+    return list(theirs.columns) == list(ours.columns) and theirs.equals(ours)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A project made by copick 1.31 (a 32**3 float32 tomogram, a uint8 segmentation),
+    with rich picks added, and what copick 1.31's exporter (`copick export`, run in one
+    process) writes of it, and of the same project without tomograms ("bare")."""
+    import shutil
+    base = tmp_path_factory.mktemp("exported")
+    static, overlay = base / "static", base / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    run_upstream("copick", "upstream_copick.py", "make", str(static), str(overlay))
+    picks_dir = static / "ExperimentRuns" / "TS_001" / "Picks"
+    (picks_dir / "tester_2_proteasome.json").write_text(json.dumps(rich_picks()))
+    bare = base / "bare"
+    shutil.copytree(static, bare, ignore=shutil.ignore_patterns("*.zarr"))
+    config = base / "static_only.json"
+    (base / "bare.json").write_text(config.read_text().replace(str(static), str(bare)))
+    run_upstream("copick", "upstream_copick.py", "export", "proteasome:tester/2",
+                 str(base / "out"), str(config), str(base / "out" / "bare"), str(base / "bare.json"))
+    return config, base / "out"
+
+
+@pytest.mark.upstream
+def test_mrc_views_equal_copick_export(exported, mount):
+    """copick 1.31's `copick export tomogram|segmentation --output-format mrc` and the views
+    hold the same voxel values and voxel size (copick writes float32 tomograms and int16
+    labels; the views keep the zarr's own type, so values are compared)."""
+    config, out = exported
+    run = mount(config) / "ExperimentRuns" / "TS_001"
+    pairs = [(out / "mrc" / "TS_001" / "VoxelSpacing10.000" / "wbp.mrc", run / "VoxelSpacing10.000" / "wbp.mrc"),
+             (next((out / "mrc" / "TS_001").rglob("membrane_curator_1.mrc")),
+              run / "Segmentations" / "10.000_curator_1_membrane.mrc")]
+    for theirs_path, view in pairs:
+        with mrcfile.open(theirs_path) as theirs, mrcfile.mmap(view, mode="r") as ours:
+            assert theirs.data.shape == ours.data.shape
+            assert np.array_equal(theirs.data.astype(np.float64), ours.data.astype(np.float64)), view.name
+            assert theirs.voxel_size == ours.voxel_size
+            assert (theirs.header.nx, theirs.header.ny, theirs.header.nz) == (ours.header.nx, ours.header.ny, ours.header.nz)
+
+
+@pytest.mark.upstream
+def test_picks_views_equal_copick_export(exported, mount):
+    """Each picks view parses (starfile, dynamotable, emfile, pandas) to exactly what
+    `copick export picks` writes for the same picks; RELION 5 coordinates are centred on
+    the tomogram, and with no tomogram (the .relion4.star view, or copick on a project
+    without one) they are pixels of the voxel spacing."""
+    config, out = exported
+    spacing = mount(config) / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    cases = [("star", "star", "star"), ("relion4.star", "relion4", "bare/star"), ("tbl", "dynamo", "dynamo"),
+             ("em", "em", "em"), ("csv", "csv", "csv")]
+    for suffix, kind, where in cases:
+        exported_file = next((out / where).glob("*"))
+        view = spacing / f"tester_2_proteasome.{suffix}"
+        assert same(parsed(exported_file, kind), parsed(view, kind)), suffix
+    star = parsed(spacing / "tester_2_proteasome.star", "star")
+    assert "rlnCenteredCoordinateXAngst" in star and "rlnCoordinateX" not in star
+    assert "rlnCoordinateX" in parsed(spacing / "tester_2_proteasome.relion4.star", "relion4")
+    # the picks of every run's spacing, and nothing for copick to see
+    assert sorted(p.name for p in spacing.glob("curator_1_ribosome.*")) == [
+        f"curator_1_ribosome.{s}" for s in ("csv", "em", "relion4.star", "star", "tbl")]
+
+
+def importing(exported, tmp_path: Path, mount):
+    """The exported fixture's project mounted with an empty overlay of its own: (config,
+    overlay, mountpoint, its TS_001/VoxelSpacing10.000, a config of the overlay alone)."""
+    config, _ = exported
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    settings = json.loads(config.read_text())
+    project, overlay_only = tmp_path / "project.json", tmp_path / "overlay_only.json"
+    project.write_text(json.dumps({**settings, "static_root": f"local://{config.parent / 'static'}",
+                                   "overlay_root": f"local://{overlay}"}))
+    overlay_only.write_text(json.dumps({**settings, "overlay_root": f"local://{overlay}"}))
+    mnt = mount(project)
+    return config, overlay, mnt, mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000", overlay_only
+
+
+@pytest.mark.upstream
+def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
+    """Each picks view copied back in under a new user's name becomes that user's copick
+    picks in the overlay (same points, to the format's precision), which copick 1.31 lists
+    and reads through the mount and from the overlay root alone; bad files and unknown
+    objects are refused at close and nothing is written."""
+    import shutil
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
+    suffixes = {"star": "star", "relion4": "relion4.star", "dynamo": "tbl", "em": "em", "csv": "csv"}
+    for user, suffix in suffixes.items():
+        shutil.copyfile(spacing / f"tester_2_proteasome.{suffix}", tmp_path / f"x.{suffix}")
+        shutil.copyfile(tmp_path / f"x.{suffix}", spacing / f"{user}_5_proteasome.{suffix}")
+    (tmp_path / "bad.tbl").write_text("1 2 3\nnot a table\n")
+    (tmp_path / "bad.em").write_bytes(b"\0" * 600)
+    for bad, source in (("bad_5_proteasome.tbl", "bad.tbl"), ("nobody_5_unknownobject.csv", "x.csv"),
+                        ("bad_5_proteasome.em", "bad.em")):
+        with pytest.raises(OSError) as refused:
+            with open(spacing / bad, "wb") as fh:
+                fh.write((tmp_path / source).read_bytes())
+        assert refused.value.errno == errno.EINVAL, bad
+    subprocess.run(f"cat {tmp_path / 'x.tbl'} > {spacing / 'shell_5_proteasome.tbl'}", shell=True, check=True)
+    assert sorted(p.name for p in (overlay / "ExperimentRuns" / "TS_001" / "Picks").iterdir()) == sorted(
+        f"{user}_5_proteasome.json" for user in [*suffixes, "shell"])
+    assert daemon_status(mnt)["picks_imports"] == {"imported": 6, "refused": 3}
+    # copick 1.31 through the mount, and from the overlay root alone
+    original = rich_picks()
+    for cfg in (mnt / "copick_config.json", overlay_only):
+        found = {p["user"]: p for p in json.loads(run_upstream("copick", "upstream_copick.py", "picks", str(cfg))
+                                                  .strip().splitlines()[-1])}
+        for user in suffixes:
+            got = found[user]
+            assert (got["session"], got["object"]) == ("5", "proteasome")
+            points = np.array([[p["location"][a] for a in "xyz"] for p in original["points"]])
+            transforms = np.array([p["transformation_"] for p in original["points"]])
+            got_points, got_transforms = np.array(got["points"]), np.array(got["transforms"])
+            if user in ("star", "relion4"):      # RELION keeps the shift in the position
+                points, got_points = points + transforms[:, :3, 3], got_points + got_transforms[:, :3, 3]
+                transforms[:, :3, 3] = got_transforms[:, :3, 3]
+            assert np.allclose(got_points, points, atol=1e-4), user
+            assert np.allclose(got_transforms, transforms, atol=1e-5), user
+            if user in ("dynamo", "em", "csv"):
+                assert np.allclose(got["scores"], [p["score"] for p in original["points"]], atol=1e-6), user
+
+
+def wait_for_imports(mnt: Path, timeout: float = 60) -> dict:
+    import time
+    deadline = time.monotonic() + timeout
+    while (status := daemon_status(mnt)["tomogram_imports"])["running"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
+@pytest.mark.upstream
+def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
+    """An .mrc copied into VoxelSpacing10.000/ becomes a copick tomogram in the overlay
+    (levels 0-2 as copick's own pyramid makes them), which copick 1.31 reads through the
+    mount and from the overlay root alone; a wrong voxel size is refused at close and
+    nothing is written."""
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
+    data = (np.random.default_rng(2).normal(0, 100, (21, 34, 27))).astype(np.int16)
+    for name, voxel_size in (("imported.mrc", 10.0), ("wrong.mrc", 12.5)):
+        with mrcfile.new(str(tmp_path / name)) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = voxel_size
+    subprocess.run(["cp", str(tmp_path / "imported.mrc"), str(spacing)], check=True)
+    with pytest.raises(OSError) as refused:
+        with open(spacing / "wrong.mrc", "wb") as fh:
+            fh.write((tmp_path / "wrong.mrc").read_bytes())
+    assert refused.value.errno == errno.EINVAL
+    status = wait_for_imports(mnt)
+    assert (status["imported"], status["refused"], status["failed"]) == (1, 1, 0)
+    stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert sorted(p.name for p in stored.iterdir()) == ["imported.zarr"]          # nothing else, nothing hidden
+    with mrcfile.mmap(str(spacing / "imported.mrc"), mode="r") as view:           # now a view of the new store
+        assert np.array_equal(view.data, data.astype(np.float32))
+    for cfg in (mnt / "copick_config.json", overlay_only):
+        seen = json.loads(run_upstream("copick", "upstream_copick.py", "tomogram", str(cfg), "imported")
+                          .strip().splitlines()[-1])
+        assert seen["shapes"] == [[21, 34, 27], [11, 17, 14], [6, 9, 7]] and seen["dtype"] == "float32"
+        assert np.array_equal(np.array(seen["level0"]), data.astype(np.float32).ravel())
+        assert max(seen["pyramid_error"]) < 1e-4
+
+
+def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
+    """A level whose metadata is not JSON, a store whose attributes are not, and picks
+    that are not copick's: EIO for their own views only; the folder lists, the rest reads."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    spacing = run / "VoxelSpacing10.000"
+    write_volume(spacing / "good.zarr", volume_of("float32"))
+    write_volume(spacing / "broken.zarr", volume_of("float32"), levels=2)
+    (spacing / "broken.zarr" / "1" / ".zarray").write_text("{not json")
+    (spacing / "garbage.zarr").mkdir()
+    (spacing / "garbage.zarr" / ".zattrs").write_text("xx")
+    (run / "Picks").mkdir()
+    (run / "Picks" / "bad_1_ribosome.json").write_text('{"points": [{"location": 5}]}')
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    shown = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    names = set(os.listdir(shown))          # (the daemon leaves out entries whose stat fails)
+    assert {"good.mrc", "good.zarr", "broken.mrc", "broken.zarr", "garbage.zarr"} <= names
+    assert not any(n.startswith("garbage") and n.endswith(".mrc") for n in names)
+    with mrcfile.mmap(str(shown / "good.mrc"), mode="r") as mrc:
+        assert np.array_equal(mrc.data, volume_of("float32"))
+    for bad in ("broken.bin2.mrc", "bad_1_ribosome.star", "bad_1_ribosome.tbl"):
+        with pytest.raises(OSError) as failed:
+            (shown / bad).read_bytes()
+        assert failed.value.errno == errno.EIO, bad
+    assert (shown / "broken.mrc").stat().st_size == HEADER_BYTES + np.prod(SHAPE) * 4
+
+
+@pytest.mark.upstream
+def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path, mount):
+    """The daemon killed while it converts: the overlay holds only hidden leftovers, and
+    copick 1.31 lists no new tomogram (a store appears whole or not at all)."""
+    import signal
+    import time
+    config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
+    with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
+        mrc.set_data(np.random.default_rng(3).normal(size=(96, 512, 512)).astype(np.float32))
+        mrc.voxel_size = 10.0
+    pid = daemon_status(mnt)["pid"]
+    subprocess.run(["cp", str(tmp_path / "big.mrc"), str(spacing)], check=True)
+    deadline = time.monotonic() + 60
+    while not any("chunks" in state for state in daemon_status(mnt)["tomogram_imports"]["running"].values()):
+        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)                   # the daemon this test started
+    stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    left = sorted(p.name for p in stored.iterdir())
+    assert left and all(name.startswith(".big.") for name in left), left
+    seen = json.loads(run_upstream("copick", "upstream_copick.py", "use_tomograms", str(overlay_only))
+                      .strip().splitlines()[-1])
+    assert seen == []

@@ -46,7 +46,7 @@ def databases(tmp_path_factory):
 @pytest.fixture
 def trees(databases, tmp_path):
     """Copies of both databases, each opened as a tree."""
-    opened = {n: fsdb_tree.open(str(shutil.copytree(path, tmp_path / path.name)), Options())
+    opened = {n: fsdb_tree.open_tree(str(shutil.copytree(path, tmp_path / path.name)), Options())
               for n, path in databases.items()}
     yield opened
     for tree in opened.values():
@@ -98,7 +98,7 @@ def test_mounting_reads_no_metadata_of_files(databases, monkeypatch):
     reads = {}
     for n, path in databases.items():
         work = Work(monkeypatch)
-        reads[n] = work.of(lambda: fsdb_tree.open(str(path), Options()).close())["json_reads"]
+        reads[n] = work.of(lambda: fsdb_tree.open_tree(str(path), Options()).close())["json_reads"]
     assert reads[SMALL] == reads[BIG]
 
 

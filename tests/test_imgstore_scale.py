@@ -81,7 +81,7 @@ class Listing:
 
 
 def mounted_tree(path, frames: int):
-    return imgstore.open(str(index_only_store(path, range(frames), chunksize=1000)), Options())
+    return imgstore.open_tree(str(index_only_store(path, range(frames), chunksize=1000)), Options())
 
 
 async def listing_calls(tmp_path, monkeypatch, frames: int, folder: str) -> tuple[int, Listing]:
@@ -113,7 +113,7 @@ async def test_listing_frames_calls_no_python_per_entry(tmp_path, monkeypatch, f
 
 def test_entry_batch_names_negative_and_duplicate_numbers_as_entries_does(tmp_path):
     numbers = [5, 3, 3, -2, 7, 3, 10, 10, 0]
-    tree = imgstore.open(str(index_only_store(tmp_path / "s", numbers, chunksize=4)), Options())
+    tree = imgstore.open_tree(str(index_only_store(tmp_path / "s", numbers, chunksize=4)), Options())
     try:
         for folder in ("frames", "by-number"):
             directory = tree.root.lookup(folder)
@@ -165,7 +165,7 @@ def test_a_reader_served_from_read_ahead_keeps_it_going(tmp_path):
     must move the read-ahead on, or it stops after `prefetch` frames and every later frame
     is decoded while the reader waits."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
-    tree = imgstore.open(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
     try:
         service = tree.service
         for i in (0, 1):                          # two reads in order start the read-ahead

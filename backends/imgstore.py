@@ -151,12 +151,12 @@ class FrameService:
             mtime = self._chunk_mtimes[chunk.number] = os.stat(path).st_mtime_ns
         return mtime
 
-    def _fixed_attrs(self) -> bool:
+    def fixed_attrs(self) -> bool:
         """Whether every frame of a chunk has the same attributes (known without I/O per frame)."""
         return self._fixed_size is not None and not self.passthrough
 
     def _chunk_attr(self, chunk) -> Attr:
-        """The one Attr every frame of a chunk shares (for `_fixed_attrs`)."""
+        """The one Attr every frame of a chunk shares (for `fixed_attrs`)."""
         attr = self._chunk_attrs.get(chunk.number)
         if attr is None:
             attr = Attr(FRAME_MODE, self._fixed_size, self._chunk_mtime(chunk), FRAME_NLINK)
@@ -165,20 +165,18 @@ class FrameService:
 
     def cached_attr(self, i: int) -> Attr | None:
         """The attributes if known without I/O (a fixed size, the chunk's time seen)."""
-        if self._fixed_attrs():
+        if self.fixed_attrs():
             return self._chunk_attrs.get(self.index.locate(i)[0].number)
         return None
 
     def attr(self, i: int) -> Attr:
-        if self._fixed_attrs():
+        if self.fixed_attrs():
             return self._chunk_attr(self.index.locate(i)[0])
         return Attr(FRAME_MODE, self.size(i), self.mtime_ns(i), FRAME_NLINK)
 
     def attrs(self, indexes: np.ndarray) -> list[Attr]:
-        """The attributes of many frames: with fixed sizes, shared Attrs looked up by chunk
-        (no call per frame); otherwise frame by frame (a stat, or an encoding, each)."""
-        if not self._fixed_attrs():
-            return [self.attr(i) for i in indexes.tolist()]
+        """The attributes of many frames, for `fixed_attrs`: shared Attrs looked up by
+        chunk (no call per frame)."""
         positions = self.index.chunk_positions(indexes)
         table = [None] * len(self.index.chunks)
         for position in np.unique(positions).tolist():
@@ -322,6 +320,8 @@ class FramesByIndex(FramesDirectory):
 
     def entry_batch(self, offset: int, count: int):
         tree = self.tree
+        if not tree.service.fixed_attrs():
+            return None         # a stat or an encoding per frame, each of which may fail alone
         indexes = np.arange(offset, min(offset + count, len(tree.index)))
         names = _decimal_names(indexes, self.width, tree.service.extension.encode()).tolist()
         return list(zip(range(offset + 1, offset + 1 + indexes.size), names,
@@ -357,6 +357,8 @@ class FramesByNumber(FramesDirectory):
 
     def entry_batch(self, offset: int, count: int):
         tree = self.tree
+        if not tree.service.fixed_attrs():
+            return None         # a stat or an encoding per frame, each of which may fail alone
         order, values = tree.index.by_number_order()
         positions = np.arange(offset, min(offset + count, len(order)))
         indexes, numbers = order[positions], values[positions]

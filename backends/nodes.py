@@ -555,6 +555,8 @@ class ViewReader(BytesHandle):
 
 
 class ViewWriter(BufferHandle):
+    """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
+
     def __init__(self, view: View, data: bytes):
         super().__init__(data, view._commit)
         self._view = view

@@ -648,7 +648,7 @@ class Tree:
                 node = factory()
                 node.ino = self._next
                 self._next += 1
-                node._key = key
+                node._dynamic_key = key
                 self._dynamic_by_key[key] = node
                 self._fixed[node.ino] = node
             return node
@@ -677,7 +677,7 @@ class Tree:
             return
         with self._lock:
             node = self._fixed.get(ino)
-            key = getattr(node, "_key", None)
+            key = getattr(node, "_dynamic_key", None)
             if key is not None:
                 del self._fixed[ino]
                 del self._dynamic_by_key[key]
@@ -689,7 +689,7 @@ class Tree:
         if graft is not None:
             graft.adopt(node)
             return
-        key = getattr(node, "_key", None)
+        key = getattr(node, "_dynamic_key", None)
         if key is not None and self._fixed.get(node.ino) is not node:
             with self._lock:
                 self._fixed[node.ino] = node

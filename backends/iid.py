@@ -11,6 +11,9 @@
 Changes (new folders, new masks or entry.json, deleted folders, meta.json, group links)
 are applied when the written file is closed, validated whole; the .iid file is rewritten
 atomically on fsync, after `writeback_delay` idle seconds, and at unmount.
+
+Nothing done for one entry looks at the others: keys, groups and mask sizes come from
+memory, and views are made once per revision of their entry into one bounded cache.
 """
 from __future__ import annotations
 

@@ -486,7 +486,9 @@ class View(File):
     def __init__(self, owner):
         self.owner = owner
         self.staged: bytes | None = None          # truncated or created, not yet committed
-        self._served_tag = None                   # content_tag() of the last read-only open
+        self._served_tag = None                   # the content the kernel's pages hold, if known
+        self._open_tags: dict = {}                # handles open now, by tag (None: writers)
+        self._tags_lock = threading.Lock()
 
     def content(self) -> bytes:
         raise NotImplementedError
@@ -509,22 +511,40 @@ class View(File):
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             tag = self.content_tag() if self.staged is None else None     # before the content
             return self._reader(self.staged if self.staged is not None else self.content(), tag)
-        self._served_tag = None               # the writer's bytes land in the kernel's pages
         current = self.staged if self.staged is not None else self.content()
         # committed only once written to: a shell's `>` closes a dup of the file first
-        return BufferHandle(current, self._commit)
+        writer = ViewWriter(self, current)
+        self._opened(None)                     # the writer's bytes land in the kernel's pages
+        return writer
 
-    def _reader(self, data: bytes, tag) -> BytesHandle:
-        handle = BytesHandle(data)
-        handle.keep_cache = tag is not None and tag == self._served_tag
-        self._served_tag = tag
-        return handle
+    def _reader(self, data: bytes, tag) -> "ViewReader":
+        reader = ViewReader(self, data, tag)
+        reader.keep_cache = self._opened(tag)
+        return reader
+
+    def _opened(self, tag) -> bool:
+        """Count a handle open under `tag`; True if the kernel may keep the pages it has of
+        this file: every handle that could have filled them since they were last dropped
+        served this same content (a handle left open from before a change still can)."""
+        with self._tags_lock:
+            keep = tag is not None and tag == self._served_tag
+            others = any(t != tag for t in self._open_tags)
+            self._served_tag = None if others else tag
+            self._open_tags[tag] = self._open_tags.get(tag, 0) + 1
+            return keep
+
+    def _released(self, tag) -> None:
+        with self._tags_lock:
+            self._open_tags[tag] -= 1
+            if not self._open_tags[tag]:
+                del self._open_tags[tag]
 
     def truncate(self, size: int) -> None:
         # `> file` truncates before it writes: keep that staged until a writer closes
         current = self.staged if self.staged is not None else self.content()
         self.staged = current[:size] + bytes(max(0, size - len(current)))
-        self._served_tag = None
+        with self._tags_lock:
+            self._served_tag = None
 
     def _commit(self, data: bytes) -> None:
         try:
@@ -532,6 +552,28 @@ class View(File):
         finally:
             self.staged = None         # accepted, or refused: either way the model shows
         self.owner.mtime_ns = time.time_ns()
+
+
+class ViewReader(BytesHandle):
+    """A read-only open of a View, counted until released (see View._opened)."""
+
+    def __init__(self, view: View, data: bytes, tag):
+        super().__init__(data)
+        self._view, self._tag = view, tag
+
+    def release(self) -> None:
+        self._view._released(self._tag)
+
+
+class ViewWriter(BufferHandle):
+    """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
+
+    def __init__(self, view: View, data: bytes):
+        super().__init__(data, view._commit)
+        self._view = view
+
+    def release(self) -> None:
+        self._view._released(None)
 
 
 class GeneratedFile(File):
@@ -689,7 +731,7 @@ class Tree:
                 node = factory()
                 node.ino = self._next
                 self._next += 1
-                node._key = key
+                node._dynamic_key = key
                 self._dynamic_by_key[key] = node
                 self._fixed[node.ino] = node
             return node
@@ -720,7 +762,7 @@ class Tree:
             return                      # a numbered node (a reserved range): nothing to drop
         with self._lock:
             node = self._fixed.get(ino)
-            key = getattr(node, "_key", None)
+            key = getattr(node, "_dynamic_key", None)
             if key is not None:
                 del self._fixed[ino]
                 del self._dynamic_by_key[key]
@@ -732,7 +774,7 @@ class Tree:
         if graft is not None:
             graft.adopt(node)
             return
-        key = getattr(node, "_key", None)
+        key = getattr(node, "_dynamic_key", None)
         if key is not None and self._fixed.get(node.ino) is not node:
             with self._lock:
                 self._fixed[node.ino] = node

@@ -89,16 +89,18 @@ def make_fsdb(files: int) -> callable:
 
 
 def make_copick(runs: int) -> callable:
-    """A static root of `runs` runs, each with two 64^3 tomograms and a picks file."""
+    """A static root of `runs` runs, each with two tomograms (multiscale groups of a 64^3
+    and a 32^3 level, as copick writes them) and a picks file."""
     def make(path: Path) -> None:
         import zarr
         rng = np.random.default_rng(0)
         for r in range(runs):
             run = path / "ExperimentRuns" / f"TS_{r:03d}"
             for name in ("wbp", "denoised"):
-                z = zarr.create_array(str(run / "VoxelSpacing10.000" / f"{name}.zarr"), shape=(64, 64, 64),
-                                      chunks=(32, 32, 32), dtype="float32", zarr_format=2)
-                z[:] = rng.random((64, 64, 64), dtype=np.float32) + np.linspace(0, 4, 64, dtype=np.float32)
+                volume = rng.random((64, 64, 64), dtype=np.float32) + np.linspace(0, 4, 64, dtype=np.float32)
+                group = zarr.open_group(str(run / "VoxelSpacing10.000" / f"{name}.zarr"), mode="w", zarr_format=2)
+                for level, data in (("0", volume), ("1", volume[::2, ::2, ::2])):
+                    group.create_array(level, shape=data.shape, chunks=(32, 32, 32), dtype="float32")[:] = data
             picks = run / "Picks"
             picks.mkdir(parents=True)
             (picks / "curator_1_ribosome.json").write_text('{"pickable_object_name": "ribosome", "points": []}')
@@ -221,8 +223,13 @@ def op_counts(case: Case, screen, view, work: Path, timeout: float) -> Counter:
         found = re.search(r" DEBUG scopefs\.daemon\.fs\[\d+\]: ([a-z_]+)\(", line)
         if found:
             ops[found.group(1)] += 1
-    if "Traceback" in log.read_text(errors="replace"):
-        print("    !! the daemon log has a traceback", flush=True)
+    text = log.read_text(errors="replace")
+    if "Traceback" in text:
+        kept = work / f"traceback-{re.sub(r'[^A-Za-z0-9]+', '_', case.label)}.log"
+        shutil.copy(log, kept)
+        after = text[text.index("Traceback"):].splitlines()[1:]
+        error = next((line for line in after if line and not line[0].isspace()), "?")
+        print(f"    !! the daemon log has a traceback ({error[:160]}; kept in {kept})", flush=True)
     return ops
 
 

@@ -128,7 +128,7 @@ def walk(path: Path, work: Path, rounds: int) -> None:
         rsync_s = time.perf_counter() - t
     finally:
         umount(mnt)
-    print(f"\nwalk: {path.name} against a plain copy made with rsync -a of the mount "
+    print(f"\nwalk: {path.name} against a plain copy made with rsync -a of the mount -o ro "
           f"({rsync_s:.1f} s), {rounds} rounds, medians; ratio = plain / mount")
     sides: dict[str, list[dict]] = {"plain": [], "mount": [], "mount -o ro": []}
     for _ in range(rounds):

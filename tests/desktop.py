@@ -235,12 +235,12 @@ class FileManager:
             if t >= timeout or not self.alive():
                 break
             time.sleep(interval)
-        # the view's last state counts as reached if it then held for `quiet` seconds
-        # (the file manager may still be busy: thumbnails of items out of sight)
+        # the view's last state counts as reached if it shows items and then held for
+        # `quiet` seconds (the file manager may still be busy: thumbnails out of sight)
         since = len(history) - 1
         while since and history[since - 1][1] == history[-1][1]:
             since -= 1
-        if history[-1][0] - history[since][0] >= quiet:
+        if line.first_items is not None and history[-1][0] - history[since][0] >= quiet:
             line.view_final = history[since][0]
         if not line.settled:
             line.idle = None

@@ -120,11 +120,20 @@ def write(view, data: bytes) -> None:
     handle = view.open(os.O_WRONLY | os.O_TRUNC)
     handle.write(0, data)
     handle.flush()
+    handle.release()
+
+
+def read(view) -> tuple[bytes, bool]:
+    """What an open, read and close gives, and whether the kernel could keep its pages."""
+    handle = view.open(os.O_RDONLY)
+    try:
+        return handle.read(0, 1 << 20), handle.keep_cache
+    finally:
+        handle.release()
 
 
 def doc_of(folder) -> dict:
-    handle = folder.json_file.open(os.O_RDONLY)
-    return json.loads(handle.read(0, 1 << 16))
+    return json.loads(read(folder.json_file)[0])
 
 
 def copy_of(path: Path, tmp_path: Path) -> Path:
@@ -214,5 +223,20 @@ def test_a_mask_that_cannot_be_an_image_fails_alone(tmp_path):
         assert doc_of(flat)["height"] == 0
         disk = tree.root.lookup("000001-disk").mask_file
         assert disk.attr().size == len(disk.open(os.O_RDONLY).read(0, 1 << 16))
+    finally:
+        tree.close()
+
+
+def test_pages_are_kept_only_when_no_open_file_can_have_filled_them_otherwise(files, tmp_path):
+    tree = open_tree(copy_of(files[100], tmp_path))
+    try:
+        view = tree.root.lookup(f"{KEY:06d}-cell-{KEY:05d}").json_file
+        assert [read(view)[1] for _ in range(2)] == [False, True]
+        old = view.open(os.O_RDONLY)                   # may fill pages with the old content later
+        write(view, b'{"address": "changed"}')
+        assert [read(view)[1] for _ in range(2)] == [False, False]
+        old.release()
+        assert [read(view)[1] for _ in range(3)] == [False, True, True]
+        assert json.loads(read(view)[0])["address"] == "changed"
     finally:
         tree.close()

@@ -152,6 +152,20 @@ def test_dynamic_nodes_keep_their_number_while_remembered():
     assert tree.dynamic(("t", 1), lambda: Symlink("x")).ino != a.ino
 
 
+def test_forgetting_a_fixed_node_keeps_it_whatever_its_attributes_are_called():
+    """A fixed node with a `_key` method of its own (FSDB's fileset folders have one) is
+    not a dynamic node: the kernel's forget leaves it in place and raises nothing."""
+    class Keyed(StaticDirectory):
+        def _key(self, *rest):
+            return rest
+
+    tree = Tree()
+    tree.add(StaticDirectory())
+    node = tree.add(Keyed())
+    tree.forget(node.ino)
+    assert tree.get(node.ino) is node
+
+
 def test_reserved_ranges_build_nodes_on_demand():
     tree = Tree()
     tree.add(StaticDirectory())

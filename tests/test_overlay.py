@@ -176,13 +176,22 @@ def test_renames(merged, tmp_path):
     assert (overlay / "fresh2").is_dir()
 
 
-def test_hard_links_only_within_the_overlay(merged):
+def test_hard_links_share_one_inode_and_a_static_file_is_linked_by_its_copy_up(merged):
     mnt, static, overlay = merged
     os.link(mnt / "only_overlay.txt", mnt / "hard.txt")
     assert os.stat(mnt / "hard.txt").st_nlink == 2
-    with pytest.raises(OSError) as err:
-        os.link(mnt / "only_static.txt", mnt / "nope.txt")
-    assert err.value.errno == errno.EXDEV
+    assert os.stat(mnt / "hard.txt").st_ino == os.stat(mnt / "only_overlay.txt").st_ino
+    if mnt.s3:
+        return
+    os.link(mnt / "only_static.txt", mnt / "linked.txt")
+    assert (mnt / "linked.txt").read_text() == "static text\n"
+    assert os.stat(mnt / "linked.txt").st_ino == os.stat(mnt / "only_static.txt").st_ino
+    assert os.stat(mnt / "only_static.txt").st_nlink == 2
+    os.chmod(mnt / "linked.txt", 0o600)                            # seen through the other name
+    assert stat.S_IMODE(os.stat(mnt / "only_static.txt").st_mode) == 0o600
+    os.symlink("only_static.txt", mnt / "sym")
+    os.link(mnt / "sym", mnt / "sym2", follow_symlinks=False)      # links of symlinks
+    assert os.readlink(mnt / "sym2") == "only_static.txt"
 
 
 def test_copick_config_points_at_the_mount(merged):

@@ -18,7 +18,7 @@ from conftest import Mounter
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
 from scopefs.backends.nodes import Attr
-from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
+from scopefs.backends.overlay import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
 
 
 class CountingRoot:

@@ -23,10 +23,9 @@ import stat
 import threading
 
 from ...formats import fsdb as layout
-from ..nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, Node, OSFileHandle,
-                     TempFileHandle, Tree, View)
+from ..nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, ListedDirectory, LocalWriteHandle, Node,
+                     OSFileHandle, TempFileHandle, Tree, View)
 from ..options import MountError, Options
-from ..roots import LocalWriteHandle
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ _ALL = [
         ("ftruncate", "fd", 1), ("pread", "fd", 10), ("read", "b"), ("close", "fd")]),
     Scenario("item03_listing_while_directory_changes", "3", layers=("new", "static"),
              seed={"big": D(0o777), **{f"big/stable{i:05d}": F() for i in range(1500)}},
-             steps=[("list_while_changing", "big", 30)]),
+             steps=[("list_while_changing", "big", 50)]),
     Scenario("item05_whiteout_names_are_not_whiteouts", "5",
              seed={"one.txt": F(data=b"one"), "data": D(), "data/x": F(data=b"x")}, steps=[
                  ("write_file", ".wh.one.txt", ""), ("read", "one.txt"), ("write_file", "data/.wh..wh..opq", ""),

@@ -1,0 +1,146 @@
+"""Copy-up of a large static file in the merged copick view (issue 12, items 4 and 7): it
+does not hold up the rest of the mount, and a daemon killed in the middle of one leaves
+nothing partial, neither in the view nor (after the next mount) in the overlay root."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Mounter, daemon_pid, uncached_file, wait_gone
+
+BIG = 384 << 20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def overlay_bytes(overlay: Path) -> dict[str, int]:
+    """Every regular file in the overlay root (hidden ones included) with its size."""
+    found = {}
+    for folder, _, files in os.walk(overlay):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if os.path.isfile(path):
+                found[os.path.relpath(path, overlay)] = st.st_size
+    return found
+
+
+def wait_for_copy_in_progress(overlay: Path, timeout: float = 30) -> None:
+    """Until some file in the overlay root holds part of the copy."""
+    deadline = time.monotonic() + timeout
+    while not any(size > 0 for size in overlay_bytes(overlay).values()):
+        assert time.monotonic() < deadline, "no copy-up started"
+        time.sleep(0.002)
+
+
+@pytest.fixture(scope="module")
+def big_static(tmp_path_factory):
+    """A static root with one large file (out of the page cache: the copy reads the disk)."""
+    static = tmp_path_factory.mktemp("copyup") / "static"
+    (static / "run").mkdir(parents=True)
+    uncached_file(static / "run" / "big.mrc", BIG)
+    (static / "small.txt").write_text("small\n")
+    digest = {p: sha256(p) for p in static.rglob("*") if p.is_file()}
+    yield static, digest
+    assert {p: sha256(p) for p in static.rglob("*") if p.is_file()} == digest, "the static root was written"
+
+
+def mount_merged(mounter: Mounter, static: Path, overlay: Path, mountpoint: Path) -> Path:
+    return mounter(static, "-t", "copick", "-o", f"overlay={overlay}", mountpoint=mountpoint)
+
+
+def test_a_long_copy_up_does_not_hold_up_other_operations(big_static, tmp_path):
+    static, _ = big_static
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    mounter = Mounter(tmp_path)
+    try:
+        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
+        os.listdir(mnt / "run")
+        copy_done: list[float] = []
+
+        def append():                                   # opening for writing copies the file up
+            with open(mnt / "run" / "big.mrc", "ab") as fh:
+                fh.write(b"x")
+            copy_done.append(time.monotonic())
+        writer = threading.Thread(target=append)
+        writer.start()
+        wait_for_copy_in_progress(overlay)
+        finished = {}
+        for label, op in [
+            ("mkdir", lambda: os.mkdir(mnt / "new")),
+            ("create", lambda: (mnt / "new" / "picks.json").write_text("{}")),
+            ("rename", lambda: os.rename(mnt / "new" / "picks.json", mnt / "new" / "moved.json")),
+            ("lookup", lambda: os.stat(mnt / "small.txt")),
+            ("lookup of a missing name", lambda: os.path.exists(mnt / "run" / "missing")),
+            ("create beside the copy", lambda: (mnt / "run" / "other.json").write_text("{}")),
+            ("unlink", lambda: os.unlink(mnt / "new" / "moved.json")),
+            ("listing", lambda: os.listdir(mnt / "run")),
+        ]:
+            op()
+            finished[label] = time.monotonic()
+        writer.join(timeout=300)
+        assert copy_done, "the copy-up did not finish"
+        late = [label for label, at in finished.items() if at >= copy_done[0]]
+        assert not late, f"waited for the copy-up to finish: {late}"
+        assert (mnt / "run" / "big.mrc").stat().st_size == BIG + 1
+        assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "other.json"]
+    finally:
+        mounter.cleanup()
+
+
+def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(big_static, tmp_path):
+    static, digest = big_static
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    mounter = Mounter(tmp_path)
+    try:
+        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
+        pid = daemon_pid(mnt)
+        writer = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1], 'ab').write(b'x')",
+                                   str(mnt / "run" / "big.mrc")], stderr=subprocess.DEVNULL)
+        try:
+            wait_for_copy_in_progress(overlay)
+            os.kill(pid, signal.SIGKILL)
+            assert wait_gone(pid, 20)
+            writer.wait(timeout=60)                     # the aborted connection fails its write
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+        mounter.cleanup()                               # the dead mount goes
+        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
+        shown = mnt / "run" / "big.mrc"
+        # either the old content (static) or, had the copy finished, that plus the append
+        assert shown.stat().st_size in (BIG, BIG + 1)
+        if shown.stat().st_size == BIG:
+            assert sha256(shown) == digest[static / "run" / "big.mrc"]
+        assert sorted(os.listdir(mnt / "run")) == ["big.mrc"]
+        assert sorted(set(os.listdir(mnt)) - {"copick_config.json"}) == ["run", "small.txt"]
+        # the next mount clears what the killed copy left in the overlay root
+        deadline = time.monotonic() + 10
+        while (left := {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left, f"partial copies left in the overlay root: {left}"
+        full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
+        assert full in ([], ["run/big.mrc"]), full
+    finally:
+        mounter.cleanup()

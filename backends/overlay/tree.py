@@ -151,6 +151,30 @@ class OverlayTree(Tree):
         raw = set(upper_names or [])
         return upper, set(upper) | deleted_names(raw), raw
 
+    def dir_info(self, rel: str, info: Attr) -> Attr:
+        """The overlay's copy of directory rel, with the nlink of the merged view (2 and
+        its subdirectories, those of the static root that show included), as a plain
+        directory has. Only the overlay's entries are looked at."""
+        st = self.static.stat(rel) if self.static_visible(rel) else None
+        if st is None or not stat.S_ISDIR(st.mode):
+            return info
+        raw = self.upper.listdir(rel) or []
+        if OPAQUE in raw:
+            return info
+        if st.nlink < 2:                                # a filesystem that does not count (btrfs)
+            return info._replace(nlink=1)
+        entries = [n for n in raw if not internal(n)]
+        named = sorted(set(entries) | deleted_names(raw))
+        upper_dirs = {n for n, i in zip(entries, self.upper.stat_many(rel, entries)) if i and stat.S_ISDIR(i.mode)}
+        static_dirs = {n for n, i in zip(named, self.static.stat_many(rel, named)) if i and stat.S_ISDIR(i.mode)}
+        return info._replace(nlink=st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs))
+
+    def shown_dir_exact(self, rel: str, root: Root, info: Attr) -> Attr:
+        """info, corrected if it is the overlay's copy of a merged directory."""
+        if root is self.upper and stat.S_ISDIR(info.mode):
+            return self.dir_info(rel, info)
+        return info
+
     @staticmethod
     def _static_shows(name: str, hidden: set[str], raw: set[str]) -> bool:
         return not (name in hidden or internal(name) or (len(name) > 240 and whiteout_name(name) in raw))
@@ -169,10 +193,15 @@ class OverlayTree(Tree):
         if hidden is not None:
             ahead = self.scan_ahead.take(rel)
             if ahead is None:
-                names = [n for n in self.static.listdir(rel) or [] if self._static_shows(n, hidden, raw)]
+                static_names = self.static.listdir(rel) or []
+                names = [n for n in static_names if self._static_shows(n, hidden, raw)]
                 found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
             else:
+                static_names = ahead
                 found += [(n, self.static, info) for n, info in ahead.items() if self._static_shows(n, hidden, raw)]
+            merged = set(upper).intersection(static_names)         # directories in both count both
+            found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
+                      and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
         return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])
 
     # -- nodes ----------------------------------------------------------------------------
@@ -418,12 +447,17 @@ class MergedNode(Node):
         """Through `handle` if it is open on the overlay's copy (fchmod after unlink),
         else by name, after a copy-up."""
         if handle is None or self.opened_on(handle) is not self.tree.upper:
-            self.tree.copy_up(self)
-            handle = None
+            handle = self.upper_handle() if self.place is None else None     # fchmod after unlink
+            if handle is None:
+                self.tree.copy_up(self)
         self.tree.upper.set_attr(self.rel if handle is None else "", handle, mode, uid, gid, atime_ns, mtime_ns)
 
     def opened_on(self, handle: FileHandle) -> Root | None:
         """The root a handle of this node reads (None: not one of its handles)."""
+        return None
+
+    def upper_handle(self) -> FileHandle | None:
+        """A handle open on the overlay's copy, if there is one."""
         return None
 
 
@@ -485,6 +519,12 @@ class MergedFile(MergedNode, File):
 
     def opened_on(self, handle: FileHandle) -> Root | None:
         return None if self._open is None else self._open.get(handle)
+
+    def upper_handle(self) -> FileHandle | None:
+        for handle, root in list((self._open or {}).items()):
+            if root is self.tree.upper and root.handle_attr(handle) is not None:
+                return handle
+        return None
 
     def _track(self, handle: FileHandle, root: Root) -> FileHandle:
         if self._open is None:
@@ -553,7 +593,8 @@ class MergedDir(MergedNode, Directory):
         self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
 
     def attr(self) -> Attr:
-        return self.tree.top(self.rel)[1]
+        rel = self.rel
+        return self.tree.shown_dir_exact(rel, *self.tree.top(rel))
 
     def learn_attr(self) -> None:
         try:
@@ -614,13 +655,16 @@ class MergedDir(MergedNode, Directory):
             self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
         shown = None if rel is None else self.tree.shown(rel)
         if shown is not None:
-            return self.tree.node_for(self, name, rel, *shown), shown[1]
+            return self.tree.node_for(self, name, rel, *shown), self.tree.shown_dir_exact(rel, *shown)
         node = self._unmerged(name, rel)                 # the roots were asked once, above
         return None if node is None else (node, node.attr())
 
     def lookup_attr_nowait(self, name: str):
         rel = self._merged(name)
         shown = None if rel is None else self.tree.shown_nowait(rel)
+        if shown is not None and shown[0] is self.tree.upper and stat.S_ISDIR(shown[1].mode) and \
+                self.tree.static.exists_cached(rel) is not False:
+            return None                                  # maybe merged: its nlink needs counting
         node = None if shown is None else self.tree.node_for(self, name, rel, *shown, wait=False)
         return None if node is None else (node, shown[1])
 

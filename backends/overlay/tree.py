@@ -170,8 +170,9 @@ class OverlayTree(Tree):
         return info._replace(nlink=st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs))
 
     def shown_dir_exact(self, rel: str, root: Root, info: Attr) -> Attr:
-        """info, corrected if it is the overlay's copy of a merged directory."""
-        if root is self.upper and stat.S_ISDIR(info.mode):
+        """info, corrected if it is the overlay's copy of a merged directory (object
+        stores do not count links: their directories stay at 2)."""
+        if root is self.upper and self.real_owners and stat.S_ISDIR(info.mode):
             return self.dir_info(rel, info)
         return info
 
@@ -199,7 +200,7 @@ class OverlayTree(Tree):
             else:
                 static_names = ahead
                 found += [(n, self.static, info) for n, info in ahead.items() if self._static_shows(n, hidden, raw)]
-            merged = set(upper).intersection(static_names)         # directories in both count both
+            merged = set(upper).intersection(static_names) if self.real_owners else ()  # counted in both
             found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
                       and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
         return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])

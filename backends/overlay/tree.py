@@ -167,7 +167,7 @@ class OverlayTree(Tree):
         named = sorted(set(entries) | deleted_names(raw))
         upper_dirs = {n for n, i in zip(entries, self.upper.stat_many(rel, entries)) if i and stat.S_ISDIR(i.mode)}
         static_dirs = {n for n, i in zip(named, self.static.stat_many(rel, named)) if i and stat.S_ISDIR(i.mode)}
-        return info._replace(nlink=st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs))
+        return info._replace(nlink=max(st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs), 2))
 
     def shown_dir_exact(self, rel: str, root: Root, info: Attr) -> Attr:
         """info, corrected if it is the overlay's copy of a merged directory (object

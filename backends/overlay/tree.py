@@ -694,38 +694,31 @@ class MergedDir(MergedNode, Directory):
             owner = Owner(owner.uid, None)
         return rel, self.tree.clear_whiteout(rel), owner
 
-    def _made(self, name: str, rel: str) -> "MergedNode":
-        return self.tree.node_for(self, name, rel, self.tree.upper, self.tree.upper.stat(rel))
+    def _make(self, name: str, owner: Owner | None, make, directory: bool = False) -> "MergedNode":
+        """`make(rel, owner)` makes name in the overlay; a directory made where a deleted
+        static one was is opaque."""
+        with self.tree.lock:
+            rel, was_deleted, owner = self._new_name(name, owner)
+            make(rel, owner)
+            if directory and was_deleted:
+                self.tree.make_opaque_if_static(rel)
+            return self.tree.node_for(self, name, rel, self.tree.upper, self.tree.upper.stat(rel))
 
     @_changes_entries
     def create(self, name: str, mode: int, owner: Owner | None = None) -> File:
-        with self.tree.lock:
-            rel, _, owner = self._new_name(name, owner)
-            self.tree.upper.create(rel, mode, owner)
-            return self._made(name, rel)
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.create(rel, mode, owner))
 
     @_changes_entries
     def mkdir(self, name: str, mode: int, owner: Owner | None = None) -> Directory:
-        with self.tree.lock:
-            rel, was_deleted, owner = self._new_name(name, owner)
-            self.tree.upper.mkdir(rel, mode, owner)
-            if was_deleted:
-                self.tree.make_opaque_if_static(rel)
-            return self._made(name, rel)
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.mkdir(rel, mode, owner), directory=True)
 
     @_changes_entries
     def symlink(self, name: str, target: str, owner: Owner | None = None) -> Symlink:
-        with self.tree.lock:
-            rel, _, owner = self._new_name(name, owner)
-            self.tree.upper.symlink(target, rel, owner)
-            return self._made(name, rel)
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.symlink(target, rel, owner))
 
     @_changes_entries
     def mknod(self, name: str, mode: int, rdev: int, owner: Owner | None = None) -> Node:
-        with self.tree.lock:
-            rel, _, owner = self._new_name(name, owner)
-            self.tree.upper.mknod(rel, mode, rdev, owner)
-            return self._made(name, rel)
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.mknod(rel, mode, rdev, owner))
 
     @_changes_entries
     def link(self, name: str, target: Node) -> Node:

@@ -83,9 +83,11 @@ class LocalRoot(Root):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def listdir(self, rel: str) -> list[str] | None:
+    def listdir(self, rel: str, touch: bool = True) -> list[str] | None:
         try:
-            fd = self._call(os.open, rel, _DIR_FLAGS)
+            fd = self._call(os.open, rel, _DIR_FLAGS | (0 if touch else os.O_NOATIME))
+        except PermissionError:            # O_NOATIME: only the owner, or root
+            return self.listdir(rel)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:

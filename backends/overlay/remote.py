@@ -102,7 +102,7 @@ class FsspecRoot(Root):
         self._remember(self._info, rel, info)
         return info
 
-    def listdir(self, rel: str) -> list[str] | None:
+    def listdir(self, rel: str, touch: bool = True) -> list[str] | None:
         cached = self._fresh(self._dirs, rel)
         if cached is not ...:
             return cached

@@ -27,8 +27,9 @@ class Root(Protocol):
     def stat(self, rel: str) -> Attr | None:
         """lstat; None if missing."""
 
-    def listdir(self, rel: str) -> list[str] | None:
-        """Names (None if rel is no directory)."""
+    def listdir(self, rel: str, touch: bool = True) -> list[str] | None:
+        """Names (None if rel is no directory); `touch` False: without moving the
+        directory's atime, where the root can."""
 
     def stat_many(self, rel: str, names: list[str]) -> list[Attr | None]:
         """lstat of names in directory rel."""

@@ -26,6 +26,8 @@ from .walk import ScanAhead, SiblingWarmer
 
 #: copy-ups of different files run at once; one file's wait for each other (striped)
 COPY_LOCKS = 64
+#: merged directories whose link count is remembered (until their overlay copy changes)
+NLINK_COUNTS = 100_000
 
 
 def _join(rel: str, name: str) -> str:
@@ -62,6 +64,7 @@ class OverlayTree(Tree):
         self.derive = None
         self._derived: dict[str, Node] = {}
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
+        self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.answers_from_caches else 8,
                                     horizon=self.cache_policy.attr_timeout)
         # lookups answered from the kernel's caches (shown_nowait) need local storage
@@ -154,11 +157,30 @@ class OverlayTree(Tree):
     def dir_info(self, rel: str, info: Attr) -> Attr:
         """The overlay's copy of directory rel, with the nlink of the merged view (2 and
         its subdirectories, those of the static root that show included), as a plain
-        directory has. Only the overlay's entries are looked at."""
+        directory has. Only the overlay's entries are looked at, and only when they
+        changed since the last count (the copy's mtime and ctime say)."""
+        counted = self._nlinks.get(info.backing)
+        if counted is not None and counted[0] == (info.mtime_ns, info.ctime_ns):
+            return info._replace(nlink=counted[1])
+        fixed = self._count_links(rel, info)
+        if info.backing is not None:
+            if len(self._nlinks) >= NLINK_COUNTS:
+                self._nlinks.clear()
+            self._nlinks[info.backing] = ((info.mtime_ns, info.ctime_ns), fixed.nlink)
+        return fixed
+
+    def dir_info_nowait(self, info: Attr) -> Attr | None:
+        """What `dir_info` gives, if it was counted since the last change (else None)."""
+        counted = self._nlinks.get(info.backing)
+        if counted is not None and counted[0] == (info.mtime_ns, info.ctime_ns):
+            return info._replace(nlink=counted[1])
+        return None
+
+    def _count_links(self, rel: str, info: Attr) -> Attr:
         st = self.static.stat(rel) if self.static_visible(rel) else None
         if st is None or not stat.S_ISDIR(st.mode):
             return info
-        raw = self.upper.listdir(rel) or []
+        raw = self.upper.listdir(rel, touch=False) or []       # a stat is no read of the directory
         if OPAQUE in raw:
             return info
         if st.nlink < 2:                                # a filesystem that does not count (btrfs)
@@ -663,11 +685,16 @@ class MergedDir(MergedNode, Directory):
     def lookup_attr_nowait(self, name: str):
         rel = self._merged(name)
         shown = None if rel is None else self.tree.shown_nowait(rel)
-        if shown is not None and shown[0] is self.tree.upper and stat.S_ISDIR(shown[1].mode) and \
+        if shown is None:
+            return None
+        root, info = shown
+        if root is self.tree.upper and self.tree.real_owners and stat.S_ISDIR(info.mode) and \
                 self.tree.static.exists_cached(rel) is not False:
-            return None                                  # maybe merged: its nlink needs counting
-        node = None if shown is None else self.tree.node_for(self, name, rel, *shown, wait=False)
-        return None if node is None else (node, shown[1])
+            info = self.tree.dir_info_nowait(info)       # maybe merged: counted before?
+            if info is None:
+                return None
+        node = self.tree.node_for(self, name, rel, root, info, wait=False)
+        return None if node is None else (node, info)
 
     def lookup(self, name: str):
         found = self.lookup_attr(name)

@@ -180,6 +180,8 @@ class OverlayTree(Tree):
         st = self.static.stat(rel) if self.static_visible(rel) else None
         if st is None or not stat.S_ISDIR(st.mode):
             return info
+        if st.nlink == 2 and rel:                       # no static subdirectory: the overlay's count
+            return info
         raw = self.upper.listdir(rel, touch=False) or []       # a stat is no read of the directory
         if OPAQUE in raw:
             return info
@@ -674,9 +676,9 @@ class MergedDir(MergedNode, Directory):
 
     def lookup_attr(self, name: str):
         rel = self._merged(name)
-        if rel is not None and self.tree.warmer is not None:
-            self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
         shown = None if rel is None else self.tree.shown(rel)
+        if shown is not None and shown[0] is self.tree.static and self.tree.warmer is not None:
+            self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
         if shown is not None:
             return self.tree.node_for(self, name, rel, *shown), self.tree.shown_dir_exact(rel, *shown)
         node = self._unmerged(name, rel)                 # the roots were asked once, above

@@ -62,85 +62,84 @@ def big_static(tmp_path_factory):
     assert {p: sha256(p) for p in static.rglob("*") if p.is_file()} == digest, "the static root was written"
 
 
-def mount_merged(mounter: Mounter, static: Path, overlay: Path, mountpoint: Path) -> Path:
-    return mounter(static, "-t", "copick", "-o", f"overlay={overlay}", mountpoint=mountpoint)
-
-
-def test_a_long_copy_up_does_not_hold_up_other_operations(big_static, tmp_path):
-    static, _ = big_static
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    mounter = Mounter(tmp_path)
-    try:
-        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
-        os.listdir(mnt / "run")
-        copy_done: list[float] = []
-
-        def append():                                   # opening for writing copies the file up
-            with open(mnt / "run" / "big.mrc", "ab") as fh:
-                fh.write(b"x")
-            copy_done.append(time.monotonic())
-        writer = threading.Thread(target=append)
-        writer.start()
-        wait_for_copy_in_progress(overlay)
-        finished = {}
-        for label, op in [
-            ("mkdir", lambda: os.mkdir(mnt / "new")),
-            ("create", lambda: (mnt / "new" / "picks.json").write_text("{}")),
-            ("rename", lambda: os.rename(mnt / "new" / "picks.json", mnt / "new" / "moved.json")),
-            ("lookup", lambda: os.stat(mnt / "small.txt")),
-            ("lookup of a missing name", lambda: os.path.exists(mnt / "run" / "missing")),
-            ("create beside the copy", lambda: (mnt / "run" / "other.json").write_text("{}")),
-            ("unlink", lambda: os.unlink(mnt / "new" / "moved.json")),
-            ("listing", lambda: os.listdir(mnt / "run")),
-        ]:
-            op()
-            finished[label] = time.monotonic()
-        writer.join(timeout=300)
-        assert copy_done, "the copy-up did not finish"
-        late = [label for label, at in finished.items() if at >= copy_done[0]]
-        assert not late, f"waited for the copy-up to finish: {late}"
-        assert (mnt / "run" / "big.mrc").stat().st_size == BIG + 1
-        assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "other.json"]
-    finally:
-        mounter.cleanup()
-
-
-def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(big_static, tmp_path):
+@pytest.fixture
+def merged(big_static, tmp_path):
+    """(static root, its digest, overlay root, a function that mounts them at one place
+    and returns the mount point); whatever it mounted is unmounted in teardown."""
     static, digest = big_static
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     mounter = Mounter(tmp_path)
     try:
-        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
-        pid = daemon_pid(mnt)
-        writer = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1], 'ab').write(b'x')",
-                                   str(mnt / "run" / "big.mrc")], stderr=subprocess.DEVNULL)
-        try:
-            wait_for_copy_in_progress(overlay)
-            os.kill(pid, signal.SIGKILL)
-            assert wait_gone(pid, 20)
-            writer.wait(timeout=60)                     # the aborted connection fails its write
-        finally:
-            if writer.poll() is None:
-                writer.kill()
-                writer.wait()
-        mounter.cleanup()                               # the dead mount goes
-        mnt = mount_merged(mounter, static, overlay, tmp_path / "mnt")
-        shown = mnt / "run" / "big.mrc"
-        # either the old content (static) or, had the copy finished, that plus the append
-        assert shown.stat().st_size in (BIG, BIG + 1)
-        if shown.stat().st_size == BIG:
-            assert sha256(shown) == digest[static / "run" / "big.mrc"]
-        assert sorted(os.listdir(mnt / "run")) == ["big.mrc"]
-        assert sorted(set(os.listdir(mnt)) - {"copick_config.json"}) == ["run", "small.txt"]
-        # the next mount clears what the killed copy left in the overlay root
-        deadline = time.monotonic() + 10
-        while (left := {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not left, f"partial copies left in the overlay root: {left}"
-        full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
-        assert full in ([], ["run/big.mrc"]), full
+        yield static, digest, overlay, mounter, lambda: mounter(static, "-t", "copick", "-o", f"overlay={overlay}",
+                                                                mountpoint=tmp_path / "mnt")
     finally:
         mounter.cleanup()
+
+
+def test_a_long_copy_up_does_not_hold_up_other_operations(merged):
+    static, _, overlay, _, mount = merged
+    mnt = mount()
+    os.listdir(mnt / "run")
+    copy_done: list[float] = []
+
+    def append():                                   # opening for writing copies the file up
+        with open(mnt / "run" / "big.mrc", "ab") as fh:
+            fh.write(b"x")
+        copy_done.append(time.monotonic())
+    writer = threading.Thread(target=append)
+    writer.start()
+    wait_for_copy_in_progress(overlay)
+    finished = {}
+    for label, op in [
+        ("mkdir", lambda: os.mkdir(mnt / "new")),
+        ("create", lambda: (mnt / "new" / "picks.json").write_text("{}")),
+        ("rename", lambda: os.rename(mnt / "new" / "picks.json", mnt / "new" / "moved.json")),
+        ("lookup", lambda: os.stat(mnt / "small.txt")),
+        ("lookup of a missing name", lambda: os.path.exists(mnt / "run" / "missing")),
+        ("create beside the copy", lambda: (mnt / "run" / "other.json").write_text("{}")),
+        ("unlink", lambda: os.unlink(mnt / "new" / "moved.json")),
+        ("listing", lambda: os.listdir(mnt / "run")),
+    ]:
+        op()
+        finished[label] = time.monotonic()
+    writer.join(timeout=300)
+    assert copy_done, "the copy-up did not finish"
+    late = [label for label, at in finished.items() if at >= copy_done[0]]
+    assert not late, f"waited for the copy-up to finish: {late}"
+    assert (mnt / "run" / "big.mrc").stat().st_size == BIG + 1
+    assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "other.json"]
+
+
+def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
+    static, digest, overlay, mounter, mount = merged
+    mnt = mount()
+    pid = daemon_pid(mnt)
+    writer = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1], 'ab').write(b'x')",
+                               str(mnt / "run" / "big.mrc")], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_copy_in_progress(overlay)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid, 20)
+        writer.wait(timeout=60)                     # the aborted connection fails its write
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    mounter.cleanup()                               # the dead mount goes
+    mnt = mount()
+    shown = mnt / "run" / "big.mrc"
+    # either the old content (static) or, had the copy finished, that plus the append
+    assert shown.stat().st_size in (BIG, BIG + 1)
+    if shown.stat().st_size == BIG:
+        assert sha256(shown) == digest[static / "run" / "big.mrc"]
+    assert sorted(os.listdir(mnt / "run")) == ["big.mrc"]
+    assert sorted(set(os.listdir(mnt)) - {"copick_config.json"}) == ["run", "small.txt"]
+    # the next mount clears what the killed copy left in the overlay root
+    deadline = time.monotonic() + 10
+    while (left := {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"partial copies left in the overlay root: {left}"
+    full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
+    assert full in ([], ["run/big.mrc"]), full

@@ -47,7 +47,8 @@ def root_digest(root: Path) -> dict[str, tuple]:
             if os.path.islink(path):
                 content = os.readlink(path)
             elif os.path.isfile(path):
-                with open(path, "rb") as fh:
+                # O_NOATIME: reading the seed must not move the atimes the scenarios compare
+                with open(os.open(path, os.O_RDONLY | os.O_NOATIME), "rb") as fh:
                     content = hashlib.sha256(fh.read()).hexdigest()
             out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, content)
     return out

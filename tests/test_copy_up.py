@@ -143,3 +143,27 @@ def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
     assert not left, f"partial copies left in the overlay root: {left}"
     full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
     assert full in ([], ["run/big.mrc"]), full
+
+
+def daemon_io(pid: int) -> dict[str, int]:
+    """The daemon's I/O counters: bytes through read/write/copy_file_range calls (rchar,
+    wchar) and bytes fetched from storage (read_bytes)."""
+    with open(f"/proc/{pid}/io") as fh:
+        return {key: int(value) for key, value in (line.split(": ") for line in fh)}
+
+
+def test_an_open_that_truncates_copies_no_data(merged):
+    """open(O_TRUNC) of a static file replaces it: the daemon reads and writes next to
+    nothing of the old content (counted, not timed)."""
+    static, digest, overlay, _, mount = merged
+    mnt = mount()
+    pid = daemon_pid(mnt)
+    os.stat(mnt / "run" / "big.mrc")
+    before = daemon_io(pid)
+    with open(mnt / "run" / "big.mrc", "wb") as fh:
+        fh.write(b"new")
+    after = daemon_io(pid)
+    moved = {key: after[key] - before[key] for key in ("rchar", "wchar", "read_bytes")}
+    assert all(n < BIG // 4 for n in moved.values()), moved
+    assert (mnt / "run" / "big.mrc").read_bytes() == b"new"
+    assert (overlay / "run" / "big.mrc").read_bytes() == b"new"

@@ -177,6 +177,9 @@ class Run:
     def op_fchown(self, label, uid, gid):
         os.fchown(self.fds[label], self.uid(uid), self.gid(gid))
 
+    def op_fallocate(self, label, offset, length):
+        os.posix_fallocate(self.fds[label], offset, length)
+
     def op_fsync(self, label):
         os.fsync(self.fds[label])
 

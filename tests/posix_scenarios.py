@@ -174,6 +174,10 @@ _ALL = [
         ("truncate", "d", 0), ("truncate", "f", -1), ("truncate", "ro", 0), ("truncate", "nothing", 0),
         ("open", "fd", "f", RO), ("ftruncate", "fd", 0), ("close", "fd"), ("open", "fd", "f", RW),
         ("ftruncate", "fd", 1 << 20), ("fstat", "fd"), ("close", "fd")]),
+    Scenario("posix_fallocate_rules", "fallocate", seed={"f": F(data=b"abc"), "ro": F(0o444)}, steps=[
+        ("open", "fd", "f", RW), ("fallocate", "fd", 0, 8192), ("fstat", "fd"), ("pread", "fd", 4),
+        ("fallocate", "fd", 100, 10), ("fstat", "fd"), ("fallocate", "fd", -1, 10), ("close", "fd"),
+        ("open", "fd", "ro", RO), ("fallocate", "fd", 0, 10), ("close", "fd")]),
     Scenario("unlink_rules", "unlink", seed={"f": F(), "d": D(), "d/x": F(), "l": L("f")}, steps=[
         ("unlink", "d"), ("unlink", "nothing"), ("unlink", "f/x"), ("unlink", "l"), ("exists", "f"),
         ("mark", "d"), ("unlink", "d/x"), ("moved", "d"), ("unlink", "f"), ("ls", ".")]),

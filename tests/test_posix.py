@@ -6,6 +6,8 @@ mount first; the traces of syscall outcomes must be the same.
 One mount for the module; four runner processes (plain/merged x root/user) run all
 scenarios, then one test per (scenario, layer, user) compares the traces. The static root
 is hashed before the mount and after the unmount: it is never written.
+SCOPEFS_POSIX_UNION=fuse-overlayfs runs the same suite through fuse-overlayfs instead, for
+a reference score.
 """
 from __future__ import annotations
 
@@ -76,8 +78,16 @@ def traces():
         make_seed(str((overlay if layer == "new" else static) / k), seed, USERS[user])
     before = root_digest(static)
     mounter = Mounter(base)
+    reference = base / "reference"
     try:
-        mnt = mounter(static, "-t", "copick", "-o", f"overlay={overlay}", "-o", "allow_other")
+        if os.environ.get("SCOPEFS_POSIX_UNION") == "fuse-overlayfs":     # the suite's score of the C peer
+            mnt = reference
+            for folder in (mnt, base / "work"):
+                folder.mkdir()
+            subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={static},upperdir={overlay},workdir={base / 'work'},"
+                            "allow_other", str(mnt)], check=True)
+        else:
+            mnt = mounter(static, "-t", "copick", "-o", f"overlay={overlay}", "-o", "allow_other")
         for name, layer, user in CASES:
             if layer == "copied":                       # every seeded file and folder copied up
                 k = key(name, layer, user)
@@ -93,6 +103,8 @@ def traces():
         yield results, mounter
     finally:
         mounter.cleanup()
+        if os.path.ismount(reference):
+            subprocess.run(["fusermount3", "-u", str(reference)], check=True)
     assert root_digest(static) == before, "the static root was written"
     shutil.rmtree(base)
 

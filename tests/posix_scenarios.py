@@ -198,6 +198,18 @@ _ALL = [
         ("stat", "g/sub/deep")]),
     Scenario("write_clears_setuid", "chmod", seed={"s": F(0o6777, b"s", owner="other", group="other")}, steps=[
         ("append", "s", "x"), ("stat", "s")]),
+    Scenario("rename_between_directories", "rename", seed={"a": D(), "a/s": F(), "c": D()}, steps=[
+        ("mkdir", "a/b"), ("write_file", "a/b/f", "f"), ("mark", "a"), ("mark", "c"), ("rename", "a/b", "c/b"),
+        ("moved", "a"), ("moved", "c"), ("stat", "a"), ("stat", "c"), ("stat", "c/b/.."), ("read", "c/b/f"),
+        ("ls", "a"), ("ls", "c/b")]),
+    Scenario("symlink_loops_and_exclusive_create", "symlink", steps=[
+        ("symlink", "b", "a"), ("symlink", "a", "b"), ("read", "a"), ("open", "x", "a", WO | CREAT | EXCL),
+        ("symlink", "nothing", "dangling"), ("open", "x", "dangling", WO | CREAT | EXCL),
+        ("open", "x", "dangling", WO | CREAT), ("close", "x"), ("stat", "nothing"), ("lstat", "dangling")]),
+    Scenario("odd_names", "names", seed={"d": D(), "d/\udcffstatic": F(data=b"s")}, steps=[
+        *[step for name in ("a b", "new\nline", "\udcffbyte", "\u00fc", "-dash", "*", "'q'", "\\")
+          for step in (("create", "d/" + name), ("stat", "d/" + name))],
+        ("ls", "d"), ("read", "d/\udcffstatic"), ("rename", "d/\udcffstatic", "d/\udcfe"), ("ls", "d")]),
     Scenario("listing_and_contents", "readdir",
              seed={"d": D(), "d/a": F(data=b"a"), "d/b": F(data=b"b"), "d/sub": D(), "d/l": L("a")},
              steps=[("ls", "d"), ("write_file", "d/c", "c"), ("unlink", "d/a"), ("ls", "d"), ("read", "d/l"),

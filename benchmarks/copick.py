@@ -92,7 +92,10 @@ class Union:
 
     def mount(self) -> None:
         """Mount over an empty upper directory (what an earlier mount wrote is removed)."""
-        for folder in (self.upper, self.scratch, self.mnt):
+        if os.path.ismount(self.mnt):             # left by a run that was killed
+            subprocess.run(self.lazy_unmount_command(), capture_output=True)
+        self.mnt.mkdir(exist_ok=True)             # (never removed: it could still be a mount)
+        for folder in (self.upper, self.scratch):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
         done = subprocess.run(self.command(), capture_output=True, text=True)

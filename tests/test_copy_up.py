@@ -65,14 +65,15 @@ def big_static(tmp_path_factory):
 @pytest.fixture
 def merged(big_static, tmp_path):
     """(static root, its digest, overlay root, a function that mounts them at one place
-    and returns the mount point); whatever it mounted is unmounted in teardown."""
+    with extra options and returns the mount point); whatever it mounted is unmounted in
+    teardown."""
     static, digest = big_static
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     mounter = Mounter(tmp_path)
     try:
-        yield static, digest, overlay, mounter, lambda: mounter(static, "-t", "copick", "-o", f"overlay={overlay}",
-                                                                mountpoint=tmp_path / "mnt")
+        yield static, digest, overlay, mounter, lambda *options: mounter(
+            static, "-t", "copick", "-o", f"overlay={overlay}", *options, mountpoint=tmp_path / "mnt")
     finally:
         mounter.cleanup()
 
@@ -167,3 +168,35 @@ def test_an_open_that_truncates_copies_no_data(merged):
     assert all(n < BIG // 4 for n in moved.values()), moved
     assert (mnt / "run" / "big.mrc").read_bytes() == b"new"
     assert (overlay / "run" / "big.mrc").read_bytes() == b"new"
+
+
+def copy_settled(overlay: Path) -> bool:
+    """No copy of run/big.mrc in progress: no temporary file, and a whole copy or none."""
+    found = overlay_bytes(overlay)
+    return set(found) <= {"run/big.mrc", "run/created.json"} and found.get("run/big.mrc", BIG) == BIG
+
+
+def test_a_change_reported_as_failed_is_not_done(merged):
+    """With a short request timeout, changes made while a copy-up runs either succeed or
+    fail and leave no trace (issue 12 item 4: EIO, then done anyway)."""
+    _, _, overlay, _, mount = merged
+    mnt = mount("-o", "timeout=0.3")
+    os.listdir(mnt / "run")
+    writer = threading.Thread(target=lambda: os.close(os.open(mnt / "run" / "big.mrc", os.O_WRONLY)))
+    writer.start()
+    wait_for_copy_in_progress(overlay)
+    outcomes = {}
+    for path, make in [(mnt / "made", os.mkdir), (mnt / "run" / "created.json", lambda p: p.write_text("{}")),
+                       (mnt / "run" / "dir", os.mkdir)]:
+        try:
+            make(path)
+            outcomes[path] = True
+        except OSError:
+            outcomes[path] = False
+    writer.join(timeout=300)                # (the open may fail too: it is not what is checked)
+    deadline = time.monotonic() + 120
+    while not copy_settled(overlay):
+        assert time.monotonic() < deadline, "the copy-up never completed"
+        time.sleep(0.05)
+    time.sleep(0.5)                         # changes still carried out after the copy would show by then
+    assert {path: os.path.exists(path) for path in outcomes} == outcomes

@@ -64,12 +64,13 @@ def read_all(paths) -> None:
 
 def compare(label: str, direct_fn, union_fns: dict, goal: str, cold: bool = True, prepare=None) -> None:
     """Median seconds of the direct side and of each union over REPEAT alternating runs,
-    and the ratios direct / union (above 1: faster than the backing files used directly)."""
+    and the ratios direct / union (above 1: faster than the backing files used directly).
+    prepare(side name) runs before each run, untimed."""
     sides = [("direct", direct_fn, [])] + [(name, fn, []) for name, fn in union_fns.items()]
     for _ in range(REPEAT):
-        for _, fn, times in sides:
+        for name, fn, times in sides:
             if prepare:
-                prepare()
+                prepare(name)
             times.append(timed(fn, cold))
     medians = {name: statistics.median(times) for name, _, times in sides}
     d = medians.pop("direct")
@@ -253,10 +254,9 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
         rel_picks = Path("ExperimentRuns/TS_000/Picks")
         folders = {"direct": work / "plain-picks", **{u.name: u.mnt / rel_picks for u in unions}}
 
-        def fresh_folders():
-            for folder in folders.values():
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
+        def fresh_folder(side: str) -> None:
+            shutil.rmtree(folders[side], ignore_errors=True)
+            folders[side].mkdir(parents=True)
         for size, what in ((None, "small picks files"), (200, "files of 200 B")):
             doc = json.dumps({"pickable_object_name": "ribosome", "points": [{"location": {"x": 1, "y": 2, "z": 3}}]})
             doc = doc if size is None else doc.ljust(size)
@@ -266,7 +266,7 @@ def local_benchmarks(work: Path, gib: float, files: int, picks: int) -> None:
                     (folder / f"user_{i}_ribosome.json").write_text(doc)
             compare(f"write {picks:,} {what}", lambda: write_picks(folders["direct"]),
                     {name: (lambda f=folder: write_picks(f)) for name, folder in folders.items() if name != "direct"},
-                    "no goal set; for reference", cold=False, prepare=fresh_folders)
+                    "no goal set; for reference", cold=False, prepare=fresh_folder)
     finally:
         for union in unions:
             union.close()

@@ -385,7 +385,7 @@ class MountVsPlainDirectory(RuleBasedStateMachine):
 def test_randomized_operations_match_a_plain_directory(tmp_path):
     MountVsPlainDirectory._base = str(tmp_path)
     run = MountVsPlainDirectory.TestCase
-    run.settings = settings(max_examples=10, stateful_step_count=25, deadline=None)
+    run.settings = settings(max_examples=8, stateful_step_count=25, deadline=None)
     run().runTest()
 
 

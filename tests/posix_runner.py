@@ -7,8 +7,8 @@ where it ran (errno names, stat fields with owners by role and inode numbers by 
 appearance, times as set or "recent"), so the two traces compare with ==.
 
 Run as `python posix_runner.py ROOT UID GID KEY=SCENARIO...`: privileges are dropped to
-UID/GID (no supplementary groups), each scenario runs in ROOT/KEY, and one JSON object
-{KEY: trace} is printed.
+UID/GID (no supplementary groups), each scenario runs in ROOT/KEY, and a JSON line
+[KEY, trace] is printed as each one ends.
 """
 from __future__ import annotations
 
@@ -176,6 +176,9 @@ class Run:
 
     def op_fchown(self, label, uid, gid):
         os.fchown(self.fds[label], self.uid(uid), self.gid(gid))
+
+    def op_fallocate(self, label, offset, length):
+        os.posix_fallocate(self.fds[label], offset, length)
 
     def op_fsync(self, label):
         os.fsync(self.fds[label])
@@ -362,13 +365,11 @@ def main(argv: list[str]) -> None:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    results = {}
     for job in jobs:
         key, name = job.split("=")
         os.chdir(os.path.join(root, key))
-        results[key] = run_scenario(SCENARIOS[name], (uid, gid))
-    os.chdir("/")
-    print(json.dumps(results))
+        print(json.dumps([key, run_scenario(SCENARIOS[name], (uid, gid))]), flush=True)
+        os.chdir("/")
 
 
 if __name__ == "__main__":

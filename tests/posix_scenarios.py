@@ -174,6 +174,10 @@ _ALL = [
         ("truncate", "d", 0), ("truncate", "f", -1), ("truncate", "ro", 0), ("truncate", "nothing", 0),
         ("open", "fd", "f", RO), ("ftruncate", "fd", 0), ("close", "fd"), ("open", "fd", "f", RW),
         ("ftruncate", "fd", 1 << 20), ("fstat", "fd"), ("close", "fd")]),
+    Scenario("posix_fallocate_rules", "fallocate", seed={"f": F(data=b"abc"), "ro": F(0o444)}, steps=[
+        ("open", "fd", "f", RW), ("fallocate", "fd", 0, 8192), ("fstat", "fd"), ("pread", "fd", 4),
+        ("fallocate", "fd", 100, 10), ("fstat", "fd"), ("fallocate", "fd", -1, 10), ("close", "fd"),
+        ("open", "fd", "ro", RO), ("fallocate", "fd", 0, 10), ("close", "fd")]),
     Scenario("unlink_rules", "unlink", seed={"f": F(), "d": D(), "d/x": F(), "l": L("f")}, steps=[
         ("unlink", "d"), ("unlink", "nothing"), ("unlink", "f/x"), ("unlink", "l"), ("exists", "f"),
         ("mark", "d"), ("unlink", "d/x"), ("moved", "d"), ("unlink", "f"), ("ls", ".")]),
@@ -194,6 +198,18 @@ _ALL = [
         ("stat", "g/sub/deep")]),
     Scenario("write_clears_setuid", "chmod", seed={"s": F(0o6777, b"s", owner="other", group="other")}, steps=[
         ("append", "s", "x"), ("stat", "s")]),
+    Scenario("rename_between_directories", "rename", seed={"a": D(), "a/s": F(), "c": D()}, steps=[
+        ("mkdir", "a/b"), ("write_file", "a/b/f", "f"), ("mark", "a"), ("mark", "c"), ("rename", "a/b", "c/b"),
+        ("moved", "a"), ("moved", "c"), ("stat", "a"), ("stat", "c"), ("stat", "c/b/.."), ("read", "c/b/f"),
+        ("ls", "a"), ("ls", "c/b")]),
+    Scenario("symlink_loops_and_exclusive_create", "symlink", steps=[
+        ("symlink", "b", "a"), ("symlink", "a", "b"), ("read", "a"), ("open", "x", "a", WO | CREAT | EXCL),
+        ("symlink", "nothing", "dangling"), ("open", "x", "dangling", WO | CREAT | EXCL),
+        ("open", "x", "dangling", WO | CREAT), ("close", "x"), ("stat", "nothing"), ("lstat", "dangling")]),
+    Scenario("odd_names", "names", seed={"d": D(), "d/\udcffstatic": F(data=b"s")}, steps=[
+        *[step for name in ("a b", "new\nline", "\udcffbyte", "\u00fc", "-dash", "*", "'q'", "\\")
+          for step in (("create", "d/" + name), ("stat", "d/" + name))],
+        ("ls", "d"), ("read", "d/\udcffstatic"), ("rename", "d/\udcffstatic", "d/\udcfe"), ("ls", "d")]),
     Scenario("listing_and_contents", "readdir",
              seed={"d": D(), "d/a": F(data=b"a"), "d/b": F(data=b"b"), "d/sub": D(), "d/l": L("a")},
              steps=[("ls", "d"), ("write_file", "d/c", "c"), ("unlink", "d/a"), ("ls", "d"), ("read", "d/l"),

@@ -440,3 +440,44 @@ def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():
     assert ahead.take("d0") is None                  # the caller lists it itself
     assert time.monotonic() - started < 2.0
     root.gate.set()
+
+
+def test_a_local_root_works_on_paths_longer_than_path_max(tmp_path):
+    """Backing calls are relative to the root's descriptor, and a path too long for one
+    call is walked a directory at a time: a tree deeper than PATH_MAX (a program that
+    changed into a deep directory of the mount) still works."""
+    root = LocalRoot(str(tmp_path))
+    rel = ""
+    for i in range(24):                              # 24 x 250 bytes: 6000 bytes, past PATH_MAX
+        rel = f"{rel}/{i:03d}{'d' * 246}".lstrip("/")
+        root.mkdir(rel, 0o755)
+    assert len(rel.encode()) > 4096
+    root.create(f"{rel}/f", 0o640)
+    assert stat.S_IMODE(root.stat(f"{rel}/f").mode) == 0o640
+    root.rename(f"{rel}/f", f"{rel}/g")
+    assert root.listdir(rel) == ["g"]
+    root.set_attr(f"{rel}/g", None, atime_ns=5_000_000_000)
+    assert root.stat(f"{rel}/g").atime_ns == 5_000_000_000
+    root.unlink(f"{rel}/g")
+    assert root.stat(f"{rel}/g") is None
+
+
+def test_names_of_255_bytes_are_deleted_and_hidden_by_a_hashed_whiteout(tmp_path):
+    """`.wh.<name>` has no room for a name of more than 251 bytes: such a whiteout is a
+    hashed reserved name, probed by name and never listed."""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    long_name = "n" * 255
+    (static / "d").mkdir(parents=True)
+    (static / "d" / long_name).write_text("static")
+    (static / "d" / "short").write_text("static")
+    upper.mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+    d = node_at(tree, "d")
+    assert d.lookup(long_name) is not None and d.lookup("m" * 255) is None
+    d.unlink(long_name)
+    assert d.lookup(long_name) is None
+    assert [name for _, name, _, _ in d.entries(0)] == ["short"]
+    assert [n for n in os.listdir(upper / "d") if n.startswith(".wh..wh.long.")]
+    d.create(long_name, 0o644)                       # made again: the whiteout goes
+    assert node_at(tree, "d/" + long_name).attr().size == 0
+    assert not [n for n in os.listdir(upper / "d") if n.startswith(".wh..wh.long.")]

@@ -61,8 +61,8 @@ class LocalRoot(Root):
         parent, _, name = rel.rpartition("/")
         fd = self.fd
         parts = parent.split("/")
-        for start in range(0, len(parts), 64):        # 64 names of up to 255 bytes: < PATH_MAX
-            step = os.open("/".join(parts[start:start + 64]), _DIR_FLAGS, dir_fd=fd)
+        for start in range(0, len(parts), 15):        # 15 names of up to 255 bytes: < PATH_MAX
+            step = os.open("/".join(parts[start:start + 15]), _DIR_FLAGS, dir_fd=fd)
             if fd != self.fd:
                 os.close(fd)
             fd = step

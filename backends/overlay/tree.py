@@ -159,6 +159,8 @@ class OverlayTree(Tree):
         its subdirectories, those of the static root that show included), as a plain
         directory has. Only the overlay's entries are looked at, and only when they
         changed since the last count (the copy's mtime and ctime say)."""
+        if self.static is self.upper:
+            return info
         counted = self._nlinks.get(info.backing)
         if counted is not None and counted[0] == (info.mtime_ns, info.ctime_ns):
             return info._replace(nlink=counted[1])

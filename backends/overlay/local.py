@@ -161,8 +161,8 @@ class LocalRoot(Root):
     def _give(self, rel: str, owner: Owner | None, mode: int | None = None, fd: int | None = None) -> None:
         """A new entry goes to its maker. chown drops set-user/group-ID bits: the mode the
         maker asked for is set again after it."""
-        if owner is None or not self.as_root:
-            return
+        if owner is None or not self.as_root or owner.uid == 0 and owner.gid in (None, os.getegid()):
+            return                                  # made by its owner already
         gid = -1 if owner.gid is None else owner.gid
         if fd is not None:
             os.fchown(fd, owner.uid, gid)

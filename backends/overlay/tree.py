@@ -161,39 +161,43 @@ class OverlayTree(Tree):
         changed since the last count (the copy's mtime and ctime say)."""
         if self.static is self.upper:
             return info
-        counted = self._nlinks.get(info.backing)
-        if counted is not None and counted[0] == (info.mtime_ns, info.ctime_ns):
-            return info._replace(nlink=counted[1])
-        fixed = self._count_links(rel, info)
+        known = self.dir_info_nowait(info)
+        if known is not None:
+            return known
+        nlink = self._count_links(rel)
         if info.backing is not None:
             if len(self._nlinks) >= NLINK_COUNTS:
                 self._nlinks.clear()
-            self._nlinks[info.backing] = ((info.mtime_ns, info.ctime_ns), fixed.nlink)
-        return fixed
+            # a directory with nothing static merged in stays so (one made where a static
+            # one was is opaque): its own count is right from now on
+            self._nlinks[info.backing] = (None if nlink is None else (info.mtime_ns, info.ctime_ns), nlink)
+        return info if nlink is None else info._replace(nlink=nlink)
 
     def dir_info_nowait(self, info: Attr) -> Attr | None:
-        """What `dir_info` gives, if it was counted since the last change (else None)."""
+        """What `dir_info` gives, if known without I/O (else None)."""
         counted = self._nlinks.get(info.backing)
-        if counted is not None and counted[0] == (info.mtime_ns, info.ctime_ns):
-            return info._replace(nlink=counted[1])
-        return None
+        if counted is None:
+            return None
+        if counted[0] is None:
+            return info
+        return info._replace(nlink=counted[1]) if counted[0] == (info.mtime_ns, info.ctime_ns) else None
 
-    def _count_links(self, rel: str, info: Attr) -> Attr:
+    def _count_links(self, rel: str) -> int | None:
+        """The merged nlink of the overlay's directory rel; None if the overlay's own
+        count is right for good (no static subdirectory merged in)."""
         st = self.static.stat(rel) if self.static_visible(rel) else None
-        if st is None or not stat.S_ISDIR(st.mode):
-            return info
-        if st.nlink == 2 and rel:                       # no static subdirectory: the overlay's count
-            return info
+        if st is None or not stat.S_ISDIR(st.mode) or st.nlink == 2 and rel:
+            return None
         raw = self.upper.listdir(rel, touch=False) or []       # a stat is no read of the directory
         if OPAQUE in raw:
-            return info
+            return None
         if st.nlink < 2:                                # a filesystem that does not count (btrfs)
-            return info._replace(nlink=1)
+            return 1
         entries = [n for n in raw if not internal(n)]
         named = sorted(set(entries) | deleted_names(raw))
         upper_dirs = {n for n, i in zip(entries, self.upper.stat_many(rel, entries)) if i and stat.S_ISDIR(i.mode)}
         static_dirs = {n for n, i in zip(named, self.static.stat_many(rel, named)) if i and stat.S_ISDIR(i.mode)}
-        return info._replace(nlink=max(st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs), 2))
+        return max(st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs), 2)
 
     def shown_dir_exact(self, rel: str, root: Root, info: Attr) -> Attr:
         """info, corrected if it is the overlay's copy of a merged directory (object
@@ -717,10 +721,13 @@ class MergedDir(MergedNode, Directory):
         gets this directory and loses the name's whiteout. (rel, whether there was a
         whiteout, the owner the entry gets: a set-group-ID directory gives its group)."""
         refuse_reserved(name)
-        if self is self.tree.root and name in self.tree.extra or self.lookup(name) is not None:
-            raise FileExistsError(errno.EEXIST, "exists", name)
         rel = _join(self.rel, name)
-        here = self.tree.ensure_upper_dir(self)
+        tree = self.tree
+        # the overlay's own copy of the name is refused by the call that makes it (O_EXCL)
+        if self is tree.root and name in tree.extra or tree.static_visible(rel) and tree.static.stat(rel) \
+                or tree.derived_lookup(self.rel, name) is not None:
+            raise FileExistsError(errno.EEXIST, "exists", name)
+        here = tree.ensure_upper_dir(self)
         if owner is not None and here.mode & stat.S_ISGID:
             owner = Owner(owner.uid, None)
         return rel, self.tree.clear_whiteout(rel), owner

@@ -64,6 +64,8 @@ class OverlayTree(Tree):
         self.derive = None
         self._derived: dict[str, Node] = {}
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
+        self._visible_lock = threading.Lock()
+        self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.answers_from_caches else 8,
                                     horizon=self.cache_policy.attr_timeout)
@@ -84,13 +86,19 @@ class OverlayTree(Tree):
         parent, _, name = rel.rpartition("/")
         seen = self._visible.get(parent)
         if seen is None:
-            seen = self._visible[parent] = (self.static_visible(parent)
-                                            and self.upper.stat(_join(parent, OPAQUE)) is None)
+            generation = self._generation
+            seen = self.static_visible(parent) and self.upper.stat(_join(parent, OPAQUE)) is None
+            with self._visible_lock:
+                if generation == self._generation:       # no change came meanwhile
+                    self._visible[parent] = seen
         return seen and self.upper.stat(_join(parent, whiteout_name(name))) is None
 
     def changed(self) -> None:
-        """Whiteouts or opaque markers may have changed: forget visibility."""
-        self._visible.clear()
+        """Whiteouts or opaque markers may have changed: forget visibility (and what is
+        being learnt of it right now)."""
+        with self._visible_lock:
+            self._generation += 1
+            self._visible.clear()
 
     def layers(self, rel: str) -> tuple[Attr | None, Attr | None]:
         """(overlay info, static info) of what rel shows; static is None if hidden."""

@@ -481,3 +481,45 @@ def test_names_of_255_bytes_are_deleted_and_hidden_by_a_hashed_whiteout(tmp_path
     d.create(long_name, 0o644)                       # made again: the whiteout goes
     assert node_at(tree, "d/" + long_name).attr().size == 0
     assert not [n for n in os.listdir(upper / "d") if n.startswith(".wh..wh.long.")]
+
+
+class ListCountingRoot(LocalRoot):
+    def __init__(self, path):
+        super().__init__(path)
+        self.listed: list[str] = []
+
+    def listdir(self, rel, touch=True):
+        self.listed.append(rel)
+        return super().listdir(rel, touch)
+
+
+def test_a_merged_directory_counts_its_subdirectories_once_and_carries_the_count(tmp_path):
+    """A merged directory's nlink is 2 and the subdirectories the view shows, as in a
+    plain directory; changes through the mount carry the count over instead of listing
+    the overlay's copy again (writing n files is not n listings)."""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    for sub in ("a", "b", "c"):
+        (static / "run" / sub).mkdir(parents=True)
+    (static / "run" / "f").write_text("f")
+    upper.mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(static)), ListCountingRoot(str(upper)))
+    run = node_at(tree, "run")
+
+    def fresh_nlink():
+        other = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+        return node_at(other, "run").attr().nlink
+
+    run.create("new", 0o644)                           # the overlay gets its copy of run
+    assert run.attr().nlink == fresh_nlink() == 5
+    listed = tree.upper.listed.count("run")
+    for i in range(20):
+        run.create(f"x{i}", 0o644)
+        assert run.attr().nlink == 5
+    run.mkdir("d", 0o755)
+    assert run.attr().nlink == fresh_nlink() == 6
+    run.rmdir("a")                                     # a static one: a whiteout
+    assert run.attr().nlink == fresh_nlink() == 5
+    run.unlink("f")
+    run.mkdir("a", 0o755)                              # made again over its whiteout
+    assert run.attr().nlink == fresh_nlink() == 6
+    assert tree.upper.listed.count("run") == listed    # never listed again

@@ -190,6 +190,23 @@ class OverlayTree(Tree):
             return info
         return info._replace(nlink=counted[1]) if counted[0] == (info.mtime_ns, info.ctime_ns) else None
 
+    def count_before(self, node: "MergedDir") -> tuple[Attr, int] | None:
+        """(the overlay copy's attributes, merged nlink) of directory node, if its count is
+        remembered and current: a change then carries it over (`count_after`) instead of
+        counting again (lock held)."""
+        counted = self._nlinks.get(node.key[1]) if node.source is self.upper else None
+        if counted is None or counted[0] is None:
+            return None
+        before = self.upper.stat(node.rel)
+        return (before, counted[1]) if before and counted[0] == (before.mtime_ns, before.ctime_ns) else None
+
+    def count_after(self, node: "MergedDir", before: tuple[Attr, int] | None, delta: int) -> None:
+        """A change made `delta` subdirectories in node (lock held)."""
+        if before is not None:
+            after = self.upper.stat(node.rel)
+            if after is not None and after.backing == before[0].backing:
+                self._nlinks[after.backing] = ((after.mtime_ns, after.ctime_ns), before[1] + delta)
+
     def _count_links(self, rel: str) -> int | None:
         """The merged nlink of the overlay's directory rel; None if the overlay's own
         count is right for good (no static subdirectory merged in)."""
@@ -334,9 +351,12 @@ class OverlayTree(Tree):
                 with self.lock:
                     if node.place is None or node.rel != rel or node.source is self.upper:
                         raise _gone(rel)                 # deleted or moved meanwhile
-                    self.ensure_upper_dir(node.place[0])
+                    parent = node.place[0]
+                    self.ensure_upper_dir(parent)
+                    count = self.count_before(parent)
                     self.upper.place_copy(staged, rel)
                     staged = None
+                    self.count_after(parent, count, 0)
                     self.rekey(node, self.upper, self.upper.stat(rel))
             finally:
                 if staged is not None:
@@ -724,10 +744,11 @@ class MergedDir(MergedNode, Directory):
             raise _gone(name)
         return rel, self.tree.node_for(self, name, rel, *shown)
 
-    def _new_name(self, name: str, owner: Owner | None) -> tuple[str, bool, Owner | None]:
+    def _new_name(self, name: str, owner: Owner | None) -> tuple[str, bool, Owner | None, tuple | None]:
         """Before making `name` (lock held): refuse it if reserved or taken; the overlay
         gets this directory and loses the name's whiteout. (rel, whether there was a
-        whiteout, the owner the entry gets: a set-group-ID directory gives its group)."""
+        whiteout, the owner the entry gets: a set-group-ID directory gives its group, and
+        the link count to carry over: `count_before`)."""
         refuse_reserved(name)
         rel = _join(self.rel, name)
         tree = self.tree
@@ -738,16 +759,18 @@ class MergedDir(MergedNode, Directory):
         here = tree.ensure_upper_dir(self)
         if owner is not None and here.mode & stat.S_ISGID:
             owner = Owner(owner.uid, None)
-        return rel, self.tree.clear_whiteout(rel), owner
+        count = tree.count_before(self)
+        return rel, tree.clear_whiteout(rel), owner, count
 
     def _make(self, name: str, owner: Owner | None, make, directory: bool = False) -> "MergedNode":
         """`make(rel, owner)` makes name in the overlay; a directory made where a deleted
         static one was is opaque."""
         with self.tree.lock:
-            rel, was_deleted, owner = self._new_name(name, owner)
+            rel, was_deleted, owner, count = self._new_name(name, owner)
             make(rel, owner)
             if directory and was_deleted:
                 self.tree.make_opaque_if_static(rel)
+            self.tree.count_after(self, count, 1 if directory else 0)
             return self.tree.node_for(self, name, rel, self.tree.upper, self.tree.upper.stat(rel))
 
     @_changes_entries
@@ -772,8 +795,9 @@ class MergedDir(MergedNode, Directory):
             raise OSError(errno.EPERM, "directories cannot be linked", name)
         self.tree.copy_up(target)                         # as overlayfs: the link is of the copy
         with self.tree.lock:
-            rel, _, _ = self._new_name(name, None)
+            rel, _, _, count = self._new_name(name, None)
             self.tree.upper.link(target.rel, rel)
+            self.tree.count_after(self, count, 0)
             target.found_at(self, name, 2)
             return target
 
@@ -789,10 +813,12 @@ class MergedDir(MergedNode, Directory):
             if stat.S_ISDIR((up or st).mode):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", name)
             node = self.tree.known(self.tree.upper if up else self.tree.static, rel, up or st)
+            count = self.tree.count_before(self)
             if up is not None:
                 self.tree.upper.unlink(rel)
             if st is not None:
                 self.tree.whiteout(self, name)
+            self.tree.count_after(self, count, 0)
             if node is not None:
                 self.tree.unplace(node, self, name, gone=up is None or up.nlink <= 1)
 
@@ -808,11 +834,13 @@ class MergedDir(MergedNode, Directory):
             if self.tree.listing(rel):
                 raise OSError(errno.ENOTEMPTY, "directory not empty", name)
             node = self.tree.known(self.tree.upper if up else self.tree.static, rel, up or st)
+            count = self.tree.count_before(self)
             if up is not None:
                 self.tree.upper.rmtree(rel)                   # holds only whiteouts by now
                 self.tree.changed()
             if st is not None:
                 self.tree.whiteout(self, name)
+            self.tree.count_after(self, count, -1)
             if node is not None:
                 self.tree.unplace(node, self, name, gone=True)
 

@@ -357,6 +357,8 @@ class OverlayTree(Tree):
                     self.upper.place_copy(staged, rel)
                     staged = None
                     self.count_after(parent, count, 0)
+                    if isinstance(node, MergedFile):
+                        node.links = None                # other static names stay the static file
                     self.rekey(node, self.upper, self.upper.stat(rel))
             finally:
                 if staged is not None:
@@ -867,6 +869,8 @@ class MergedDir(MergedNode, Directory):
             return self._exchange(name, node, new_parent, new_name)
         self._movable(node, old)
         new = _join(new_parent.rel, new_name)
+        if new.startswith(old + "/"):
+            raise OSError(errno.EINVAL, "a directory cannot move into itself", new_name)
         with self.tree.lock:
             up, st = self.tree.layers(old)
             if up is None or node.place is None:

@@ -177,6 +177,13 @@ class Run:
     def op_fchown(self, label, uid, gid):
         os.fchown(self.fds[label], self.uid(uid), self.gid(gid))
 
+    def op_mmap_write(self, label, offset, data: str):
+        """Write through a shared mapping of the open file, then msync."""
+        import mmap
+        with mmap.mmap(self.fds[label], 0) as mapped:
+            mapped[offset:offset + len(data)] = data.encode()
+            mapped.flush()
+
     def op_fallocate(self, label, offset, length):
         os.posix_fallocate(self.fds[label], offset, length)
 

@@ -210,6 +210,26 @@ _ALL = [
         *[step for name in ("a b", "new\nline", "\udcffbyte", "\u00fc", "-dash", "*", "'q'", "\\")
           for step in (("create", "d/" + name), ("stat", "d/" + name))],
         ("ls", "d"), ("read", "d/\udcffstatic"), ("rename", "d/\udcffstatic", "d/\udcfe"), ("ls", "d")]),
+    Scenario("whiteouts_survive_moves", "1", seed={"d": D(), "d/m": F(), "s": D(), "s/gone": F(data=b"old")}, steps=[
+        ("unlink", "d/m"), ("rmdir", "d"), ("mkdir", "d"), ("create", "d/w"), ("rename", "d", "e"), ("ls", "e"),
+        ("mkdir", "d"), ("ls", "d"), ("unlink", "s/gone"), ("write_file", "e/gone", "new"),
+        ("rename", "e/gone", "s/gone"), ("read", "s/gone"), ("ls", "s"), ("rename", "s/gone", "e/back"),
+        ("ls", "s"), ("exists", "s/gone"), ("rmdir", "d"), ("ls", ".")]),
+    Scenario("edits_of_a_static_file", "open", seed={"f": F(0o640, b"0123456789"), "g": F(data=b"abc")}, steps=[
+        ("truncate", "f", 20), ("read", "f"), ("open", "fd", "f", WO | os.O_APPEND), ("write", "fd", "END"),
+        ("pwrite", "fd", "X", 0), ("close", "fd"), ("read", "f"), ("open", "fd", "g", RW), ("pwrite", "fd", "Z", 6),
+        ("pread", "fd", 10), ("mmap_write", "fd", 1, "mm"), ("close", "fd"), ("read", "g"), ("stat", "g"),
+        ("stat", "f")]),
+    Scenario("exchange_across_layers", "13", seed={"s": F(data=b"static"), "sd": D(), "sd/x": F(data=b"x")},
+             steps=[("write_file", "n", "new"), ("renameat2", "s", "n", RENAME_EXCHANGE), ("read", "s"),
+                    ("read", "n"), ("renameat2", "n", "sd/x", RENAME_EXCHANGE), ("read", "sd/x"), ("read", "n"),
+                    ("ls", "sd"), ("stat", "sd/x"), ("renameat2", "sd/x", "s", RENAME_NOREPLACE),
+                    ("unlink", "s"), ("renameat2", "sd/x", "s", RENAME_NOREPLACE), ("ls", "sd"), ("read", "s")]),
+    Scenario("listing_of_long_names", "readdir",
+             seed={"d": D(), **{f"d/{i:03d}" + "x" * 200: F() for i in range(200)}}, steps=[
+                 *[("create", f"d/{i:03d}" + "y" * 250) for i in range(0, 200, 3)],
+                 *[("unlink", f"d/{i:03d}" + "x" * 200) for i in range(0, 200, 7)],
+                 ("ls", "d")]),
     Scenario("listing_and_contents", "readdir",
              seed={"d": D(), "d/a": F(data=b"a"), "d/b": F(data=b"b"), "d/sub": D(), "d/l": L("a")},
              steps=[("ls", "d"), ("write_file", "d/c", "c"), ("unlink", "d/a"), ("ls", "d"), ("read", "d/l"),

@@ -184,6 +184,29 @@ class Run:
             mapped[offset:offset + len(data)] = data.encode()
             mapped.flush()
 
+    def op_sh(self, script):
+        """A shell script of real tools (tar, rsync, git...): its exit status and output."""
+        import subprocess
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "HOME": os.getcwd(), "LC_ALL": "C"})
+        return [done.returncode, done.stdout]
+
+    def op_sqlite(self, p, journal):
+        """A SQLite database in p (journal mode journal): rows written in transactions and
+        read back, with an integrity check."""
+        import sqlite3
+        db = sqlite3.connect(p)
+        try:
+            db.execute(f"PRAGMA journal_mode={journal}")
+            db.execute("CREATE TABLE IF NOT EXISTS picks (x REAL, y REAL, z REAL)")
+            for i in range(8):
+                with db:
+                    db.executemany("INSERT INTO picks VALUES (?, ?, ?)", [(i, j, 1.5) for j in range(50)])
+            return [db.execute("SELECT count(*), sum(x) FROM picks").fetchone(),
+                    db.execute("PRAGMA integrity_check").fetchone()[0]]
+        finally:
+            db.close()
+
     def op_fallocate(self, label, offset, length):
         os.posix_fallocate(self.fds[label], offset, length)
 
@@ -299,10 +322,12 @@ class Run:
         return {"blocks": st.f_blocks > 0, "bavail": st.f_bavail > 0, "files": st.f_files > 0,
                 "namemax": st.f_namemax}
 
-    def op_many(self, p, count):
-        """count files p/0.. (a directory to list while it changes)."""
-        for i in range(count):
-            os.close(os.open(f"{p}/stable{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    def op_unlink_while_listing(self, p):
+        """Remove each entry of p as the listing shows it (what rm -r does): every entry
+        is seen, so none is left."""
+        with os.scandir(p) as entries:
+            for entry in entries:
+                os.unlink(entry.path)
 
     def op_list_while_changing(self, p, rounds):
         """List p `rounds` times while one thread creates and deletes other names in it

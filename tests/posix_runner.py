@@ -53,6 +53,14 @@ class D:
 
 
 @dataclass
+class P:
+    """A FIFO."""
+    mode: int = 0o644
+    owner: str = "me"
+    group: str | None = None
+
+
+@dataclass
 class L:
     target: str
     owner: str = "me"
@@ -76,6 +84,8 @@ def make_seed(top: str, seed: dict, me: tuple[int, int]) -> None:
             continue
         if isinstance(entry, D):
             os.mkdir(path)
+        elif isinstance(entry, P):
+            os.mkfifo(path)
         else:
             with open(path, "wb") as fh:
                 fh.write(entry.data)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 
-from posix_runner import (D, F, L, LONG_DIR, NAME_255, NAME_256, RENAME_EXCHANGE, RENAME_NOREPLACE,
+from posix_runner import (D, F, L, LONG_DIR, P, NAME_255, NAME_256, RENAME_EXCHANGE, RENAME_NOREPLACE,
                           RENAME_WHITEOUT, SET_NS, Scenario)
 
 RW, WO, RO = os.O_RDWR, os.O_WRONLY, os.O_RDONLY
@@ -96,6 +96,11 @@ _ALL = [
         ("stat", "node"), ("mknod", "chr", stat.S_IFCHR | 0o600, 1, 3), ("lstat", "chr"),
         ("mknod", "reg", stat.S_IFREG | 0o600), ("stat", "reg"), ("bind", "sock"), ("stat", "sock"),
         ("rename", "fifo", "d/fifo"), ("ls", "d"), ("unlink", "sock"), ("unlink", "d/fifo")]),
+    Scenario("item13_fifos_as_files", "13", seed={"p": P(0o640), "q": P(), "d": D()}, steps=[
+        ("chmod", "p", 0o600), ("stat", "p"), ("utimens", "p", A, M), ("times", "p"), ("truncate", "p", 0),
+        ("link", "p", "d/p2"), ("stat", "d/p2"), ("rename", "q", "d/q"), ("lstat", "d/q"), ("mkfifo", "d/r"),
+        ("chown", "d/r", -1, "me"), ("stat", "d/r"), ("open", "fd", "d/q", RW | os.O_NONBLOCK),
+        ("write", "fd", "through"), ("pread", "fd", 7), ("close", "fd"), ("unlink", "p"), ("ls", "d")]),
     Scenario("item13_rename_flags", "13", seed={"a": F(data=b"a"), "b": F(data=b"b")}, steps=[
         ("renameat2", "a", "b", RENAME_NOREPLACE), ("renameat2", "a", "b", RENAME_EXCHANGE), ("read", "a"),
         ("read", "b"), ("mkdir", "nd"), ("create", "nd/x"), ("renameat2", "a", "nd", RENAME_EXCHANGE),

@@ -61,6 +61,13 @@ class P:
 
 
 @dataclass
+class H:
+    """A hard link to another seeded file."""
+    target: str
+    owner: str = "me"
+
+
+@dataclass
 class L:
     target: str
     owner: str = "me"
@@ -81,6 +88,9 @@ def make_seed(top: str, seed: dict, me: tuple[int, int]) -> None:
         if isinstance(entry, L):
             os.symlink(entry.target, path)
             os.lchown(path, uid, gid)
+            continue
+        if isinstance(entry, H):
+            os.link(os.path.join(top, entry.target), path)
             continue
         if isinstance(entry, D):
             os.mkdir(path)
@@ -174,6 +184,9 @@ class Run:
 
     def op_pread(self, label, size: int, offset: int = 0):
         return os.pread(self.fds[label], size, offset).decode("latin-1")
+
+    def op_ls_fd(self, label):
+        return sorted(os.listdir(self.fds[label]))
 
     def op_fstat(self, label):
         return self.stat_result(os.fstat(self.fds[label]))

@@ -287,6 +287,7 @@ def copy_up_waits(unions: list[Union], rel: Path, gib: float) -> None:
                 waits.append(max_wait_during(union.mnt, rel, took))
             finally:
                 union.close()
+                shutil.rmtree(union.upper, ignore_errors=True)      # (the copy: gib GiB)
     line = f"  {f'longest wait of other operations, {gib:g} GiB copy-up':<52}"
     for name, (waits, took) in results.items():
         line += f" | {name} {statistics.median(waits) * 1000:7.1f} ms (copy {statistics.median(took):.1f} s)"

@@ -53,6 +53,21 @@ class D:
 
 
 @dataclass
+class P:
+    """A FIFO."""
+    mode: int = 0o644
+    owner: str = "me"
+    group: str | None = None
+
+
+@dataclass
+class H:
+    """A hard link to another seeded file."""
+    target: str
+    owner: str = "me"
+
+
+@dataclass
 class L:
     target: str
     owner: str = "me"
@@ -74,8 +89,13 @@ def make_seed(top: str, seed: dict, me: tuple[int, int]) -> None:
             os.symlink(entry.target, path)
             os.lchown(path, uid, gid)
             continue
+        if isinstance(entry, H):
+            os.link(os.path.join(top, entry.target), path)
+            continue
         if isinstance(entry, D):
             os.mkdir(path)
+        elif isinstance(entry, P):
+            os.mkfifo(path)
         else:
             with open(path, "wb") as fh:
                 fh.write(entry.data)
@@ -165,6 +185,9 @@ class Run:
     def op_pread(self, label, size: int, offset: int = 0):
         return os.pread(self.fds[label], size, offset).decode("latin-1")
 
+    def op_ls_fd(self, label):
+        return sorted(os.listdir(self.fds[label]))
+
     def op_fstat(self, label):
         return self.stat_result(os.fstat(self.fds[label]))
 
@@ -176,6 +199,36 @@ class Run:
 
     def op_fchown(self, label, uid, gid):
         os.fchown(self.fds[label], self.uid(uid), self.gid(gid))
+
+    def op_mmap_write(self, label, offset, data: str):
+        """Write through a shared mapping of the open file, then msync."""
+        import mmap
+        with mmap.mmap(self.fds[label], 0) as mapped:
+            mapped[offset:offset + len(data)] = data.encode()
+            mapped.flush()
+
+    def op_sh(self, script):
+        """A shell script of real tools (tar, rsync, git...): its exit status and output."""
+        import subprocess
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "HOME": os.getcwd(), "LC_ALL": "C"})
+        return [done.returncode, done.stdout]
+
+    def op_sqlite(self, p, journal):
+        """A SQLite database in p (journal mode journal): rows written in transactions and
+        read back, with an integrity check."""
+        import sqlite3
+        db = sqlite3.connect(p)
+        try:
+            db.execute(f"PRAGMA journal_mode={journal}")
+            db.execute("CREATE TABLE IF NOT EXISTS picks (x REAL, y REAL, z REAL)")
+            for i in range(8):
+                with db:
+                    db.executemany("INSERT INTO picks VALUES (?, ?, ?)", [(i, j, 1.5) for j in range(50)])
+            return [db.execute("SELECT count(*), sum(x) FROM picks").fetchone(),
+                    db.execute("PRAGMA integrity_check").fetchone()[0]]
+        finally:
+            db.close()
 
     def op_fallocate(self, label, offset, length):
         os.posix_fallocate(self.fds[label], offset, length)
@@ -292,10 +345,12 @@ class Run:
         return {"blocks": st.f_blocks > 0, "bavail": st.f_bavail > 0, "files": st.f_files > 0,
                 "namemax": st.f_namemax}
 
-    def op_many(self, p, count):
-        """count files p/0.. (a directory to list while it changes)."""
-        for i in range(count):
-            os.close(os.open(f"{p}/stable{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    def op_unlink_while_listing(self, p):
+        """Remove each entry of p as the listing shows it (what rm -r does): every entry
+        is seen, so none is left."""
+        with os.scandir(p) as entries:
+            for entry in entries:
+                os.unlink(entry.path)
 
     def op_list_while_changing(self, p, rounds):
         """List p `rounds` times while one thread creates and deletes other names in it

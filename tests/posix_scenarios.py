@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import stat
 
-from posix_runner import (D, F, L, LONG_DIR, NAME_255, NAME_256, RENAME_EXCHANGE, RENAME_NOREPLACE,
+from posix_runner import (D, F, H, L, LONG_DIR, P, NAME_255, NAME_256, RENAME_EXCHANGE, RENAME_NOREPLACE,
                           RENAME_WHITEOUT, SET_NS, Scenario)
 
 RW, WO, RO = os.O_RDWR, os.O_WRONLY, os.O_RDONLY
@@ -32,8 +32,8 @@ _ALL = [
         ("open", "fd", "b", RW), ("rename", "a", "b"), ("fstat", "fd"), ("pread", "fd", 10),
         ("ftruncate", "fd", 1), ("pread", "fd", 10), ("read", "b"), ("close", "fd")]),
     Scenario("item03_listing_while_directory_changes", "3", layers=("new", "static"),
-             seed={"big": D(0o777), **{f"big/stable{i:05d}": F() for i in range(1500)}},
-             steps=[("list_while_changing", "big", 50)]),
+             seed={"big": D(0o777), **{f"big/stable{i:05d}" + "s" * 50: F() for i in range(500)}},
+             steps=[("list_while_changing", "big", 40)]),
     Scenario("item05_whiteout_names_are_not_whiteouts", "5",
              seed={"one.txt": F(data=b"one"), "data": D(), "data/x": F(data=b"x")}, steps=[
                  ("write_file", ".wh.one.txt", ""), ("read", "one.txt"), ("write_file", "data/.wh..wh..opq", ""),
@@ -96,6 +96,11 @@ _ALL = [
         ("stat", "node"), ("mknod", "chr", stat.S_IFCHR | 0o600, 1, 3), ("lstat", "chr"),
         ("mknod", "reg", stat.S_IFREG | 0o600), ("stat", "reg"), ("bind", "sock"), ("stat", "sock"),
         ("rename", "fifo", "d/fifo"), ("ls", "d"), ("unlink", "sock"), ("unlink", "d/fifo")]),
+    Scenario("item13_fifos_as_files", "13", seed={"p": P(0o640), "q": P(), "d": D()}, steps=[
+        ("chmod", "p", 0o600), ("stat", "p"), ("utimens", "p", A, M), ("times", "p"), ("truncate", "p", 0),
+        ("link", "p", "d/p2"), ("stat", "d/p2"), ("rename", "q", "d/q"), ("lstat", "d/q"), ("mkfifo", "d/r"),
+        ("chown", "d/r", -1, "me"), ("stat", "d/r"), ("open", "fd", "d/q", RW | os.O_NONBLOCK),
+        ("write", "fd", "through"), ("pread", "fd", 7), ("close", "fd"), ("unlink", "p"), ("ls", "d")]),
     Scenario("item13_rename_flags", "13", seed={"a": F(data=b"a"), "b": F(data=b"b")}, steps=[
         ("renameat2", "a", "b", RENAME_NOREPLACE), ("renameat2", "a", "b", RENAME_EXCHANGE), ("read", "a"),
         ("read", "b"), ("mkdir", "nd"), ("create", "nd/x"), ("renameat2", "a", "nd", RENAME_EXCHANGE),
@@ -210,6 +215,55 @@ _ALL = [
         *[step for name in ("a b", "new\nline", "\udcffbyte", "\u00fc", "-dash", "*", "'q'", "\\")
           for step in (("create", "d/" + name), ("stat", "d/" + name))],
         ("ls", "d"), ("read", "d/\udcffstatic"), ("rename", "d/\udcffstatic", "d/\udcfe"), ("ls", "d")]),
+    Scenario("whiteouts_survive_moves", "1", seed={"d": D(), "d/m": F(), "s": D(), "s/gone": F(data=b"old")}, steps=[
+        ("unlink", "d/m"), ("rmdir", "d"), ("mkdir", "d"), ("create", "d/w"), ("rename", "d", "e"), ("ls", "e"),
+        ("mkdir", "d"), ("ls", "d"), ("unlink", "s/gone"), ("write_file", "e/gone", "new"),
+        ("rename", "e/gone", "s/gone"), ("read", "s/gone"), ("ls", "s"), ("rename", "s/gone", "e/back"),
+        ("ls", "s"), ("exists", "s/gone"), ("rmdir", "d"), ("ls", ".")]),
+    Scenario("edits_of_a_static_file", "open", seed={"f": F(0o640, b"0123456789"), "g": F(data=b"abc")}, steps=[
+        ("truncate", "f", 20), ("read", "f"), ("open", "fd", "f", WO | os.O_APPEND), ("write", "fd", "END"),
+        ("pwrite", "fd", "X", 0), ("close", "fd"), ("read", "f"), ("open", "fd", "g", RW), ("pwrite", "fd", "Z", 6),
+        ("pread", "fd", 10), ("mmap_write", "fd", 1, "mm"), ("close", "fd"), ("read", "g"), ("stat", "g"),
+        ("stat", "f")]),
+    Scenario("exchange_across_layers", "13", seed={"s": F(data=b"static"), "sd": D(), "sd/x": F(data=b"x")},
+             steps=[("write_file", "n", "new"), ("renameat2", "s", "n", RENAME_EXCHANGE), ("read", "s"),
+                    ("read", "n"), ("renameat2", "n", "sd/x", RENAME_EXCHANGE), ("read", "sd/x"), ("read", "n"),
+                    ("ls", "sd"), ("stat", "sd/x"), ("renameat2", "sd/x", "s", RENAME_NOREPLACE),
+                    ("unlink", "s"), ("renameat2", "sd/x", "s", RENAME_NOREPLACE), ("ls", "sd"), ("read", "s")]),
+    Scenario("listing_of_long_names", "readdir", layers=("new", "static"),
+             seed={"d": D(), **{f"d/{i:03d}" + "x" * 200: F() for i in range(100)}}, steps=[
+                 *[("create", f"d/{i:03d}" + "y" * 250) for i in range(0, 100, 3)],
+                 *[("unlink", f"d/{i:03d}" + "x" * 200) for i in range(0, 100, 7)],
+                 ("ls", "d")]),
+    # (changed or linked, the names of one static inode become separate files: a documented difference)
+    Scenario("static_hard_links", "10", layers=("new", "static"), seed={"f": F(data=b"f"), "d": D(), "d/h": H("f")},
+             steps=[("stat", "f"), ("stat", "d/h"), ("read", "d/h"), ("unlink", "f"), ("stat", "d/h"),
+                    ("read", "d/h")]),
+    Scenario("removed_directory_still_open", "rmdir", seed={"e": D(), "e/x": F()}, steps=[
+        ("open", "dfd", "e", RO | os.O_DIRECTORY), ("ls_fd", "dfd"), ("unlink", "e/x"), ("ls_fd", "dfd"),
+        ("rmdir", "e"), ("fstat", "dfd"), ("ls_fd", "dfd"), ("close", "dfd"), ("exists", "e")]),
+    Scenario("identity_across_copy_up", "10", seed={"f": F(data=b"old"), "d": D(), "d/x": F()}, steps=[
+        ("stat", "f"), ("stat", "d"), ("append", "f", "+"), ("stat", "f"), ("create", "d/y"), ("stat", "d"),
+        ("stat", "d/x"), ("chmod", "d/x", 0o600), ("stat", "d/x")]),
+    Scenario("times_kept_by_copy_up", "12", seed={"f": F(data=b"f"), "d": D(), "d/x": F()}, steps=[
+        ("chmod", "f", 0o600), ("times", "f"), ("chown", "d/x", -1, "me"), ("times", "d/x"), ("times", "d")]),
+    Scenario("unlink_while_listing", "readdir", layers=("new", "static"),      # names of 60 bytes: 4 batches
+             seed={"d": D(), **{f"d/s{i:03d}" + "s" * 56: F() for i in range(100)}}, steps=[
+                 *[("create", f"d/n{i:03d}" + "n" * 56) for i in range(0, 100, 2)], ("unlink_while_listing", "d"),
+                 ("ls", "d")]),
+    Scenario("sqlite_databases", "tools", seed={"static.db": F(0o664)}, steps=[
+        ("sqlite", "new.db", "DELETE"), ("sqlite", "wal.db", "WAL"), ("sqlite", "static.db", "TRUNCATE"),
+        ("sqlite", "new.db", "DELETE"), ("ls", ".")]),
+    Scenario("tar_rsync_git", "tools", layers=("new", "static"), seed={"src": D(), "src/a": F(0o640, b"a"), "src/l": L("a")}, steps=[
+        ("link", "src/a", "src/h"), ("mkfifo", "src/p"),
+        ("sh", "tar -cf t.tar src && mkdir out && tar -xpf t.tar -C out && cd out/src && "
+               "stat -c '%n %F %a %h' * | sort && cat h"),
+        ("sh", "rsync -aH src/ copy/ && stat -c '%n %F %a %h' copy/* | sort && rsync -aHn --itemize-changes src/ copy/"),
+        ("sh", "git init -q repo && cd repo && echo x > f && mkdir d && echo y > d/g && git add -A && "
+               "git -c user.name=t -c user.email=t@t commit -qm first && git mv f d/f && "
+               "git -c user.name=t -c user.email=t@t commit -qm second && git fsck --strict && "
+               "git log --format=%s && git status --porcelain && ls d"),
+        ("sh", "cp -a src cpa && stat -c '%n %F %a %h' cpa/* | sort && du -s --apparent-size src cpa | cut -f1")]),
     Scenario("listing_and_contents", "readdir",
              seed={"d": D(), "d/a": F(data=b"a"), "d/b": F(data=b"b"), "d/sub": D(), "d/l": L("a")},
              steps=[("ls", "d"), ("write_file", "d/c", "c"), ("unlink", "d/a"), ("ls", "d"), ("read", "d/l"),

@@ -17,6 +17,7 @@ import pytest
 from conftest import Mounter, daemon_pid, uncached_file, wait_gone
 
 BIG = 384 << 20
+MEDIUM = 8 << 20
 
 
 def sha256(path: Path) -> str:
@@ -57,6 +58,7 @@ def big_static(tmp_path_factory):
     (static / "run").mkdir(parents=True)
     uncached_file(static / "run" / "big.mrc", BIG)
     (static / "small.txt").write_text("small\n")
+    (static / "run" / "medium.bin").write_bytes(os.urandom(MEDIUM))
     digest = {p: sha256(p) for p in static.rglob("*") if p.is_file()}
     yield static, digest
     assert {p: sha256(p) for p in static.rglob("*") if p.is_file()} == digest, "the static root was written"
@@ -114,7 +116,7 @@ def test_a_long_copy_up_does_not_hold_up_other_operations(merged):
     late = [label for label, at in finished.items() if at >= copy_done[0]]
     assert not late, f"waited for the copy-up to finish: {late}"
     assert (mnt / "run" / "big.mrc").stat().st_size == BIG + 1
-    assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "other.json"]
+    assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "medium.bin", "other.json"]
 
 
 def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
@@ -139,7 +141,7 @@ def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
     assert shown.stat().st_size in (BIG, BIG + 1)
     if shown.stat().st_size == BIG:
         assert sha256(shown) == digest[static / "run" / "big.mrc"]
-    assert sorted(os.listdir(mnt / "run")) == ["big.mrc"]
+    assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "medium.bin"]
     assert sorted(set(os.listdir(mnt)) - {"copick_config.json"}) == ["run", "small.txt"]
     # the next mount clears what the killed copy left in the overlay root
     deadline = time.monotonic() + 10
@@ -205,3 +207,31 @@ def test_a_change_reported_as_failed_is_not_done(merged):
         time.sleep(0.05)
     time.sleep(0.5)                         # changes still carried out after the copy would show by then
     assert {path: os.path.exists(path) for path in outcomes} == outcomes
+
+
+def test_concurrent_copy_ups_of_one_file_lose_no_write(merged):
+    """Eight writers append to one static file at once: one copy-up, every line kept."""
+    static, _, _, _, mount = merged
+    mnt = mount()
+    start = threading.Barrier(8)
+    errors = []
+
+    def append(k: int) -> None:
+        try:
+            start.wait()
+            fd = os.open(mnt / "run" / "medium.bin", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, f"line {k}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            errors.append(exc)
+    writers = [threading.Thread(target=append, args=(k,)) for k in range(8)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert not errors
+    data = (mnt / "run" / "medium.bin").read_bytes()
+    assert data[:MEDIUM] == (static / "run" / "medium.bin").read_bytes()
+    assert sorted(data[MEDIUM:].decode().splitlines()) == [f"line {k}" for k in range(8)]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Mounter
-from posix_runner import USER, USER_GID, L, make_seed
+from posix_runner import USER, USER_GID, D, F, P, make_seed
 from posix_scenarios import SCENARIOS
 
 RUNNER = Path(__file__).with_name("posix_runner.py")
@@ -108,7 +108,7 @@ def traces():
             if layer == "copied":                       # every seeded file and folder copied up
                 k = key(name, layer, user)
                 for rel, entry in SCENARIOS[name].seed.items():
-                    if not isinstance(entry, L):
+                    if isinstance(entry, (F, D, P)):
                         os.chmod(mnt / k / rel, entry.mode)
                 os.chmod(mnt / k, 0o755)
         results = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import stat
 import threading
@@ -320,14 +321,21 @@ class OverlayTree(Tree):
             if not stat.S_ISDIR(up.mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel)
             return up
-        self.ensure_upper_dir(node.place[0])
+        parent = node.place[0]
+        above = self.ensure_upper_dir(parent)
         st = self.static.stat(rel)
         if st is None:
             raise _gone(rel)
         self.upper.copy_dir(self.static, rel, st)
+        self.keep_times(parent, above)
         up = self.upper.stat(rel)
         self.rekey(node, self.upper, up)
         return up
+
+    def keep_times(self, directory: "MergedDir", before: Attr) -> None:
+        """A copy-up placed something in directory: its times stay what they were (the
+        view did not change)."""
+        self.upper.set_attr(directory.rel, None, atime_ns=before.atime_ns, mtime_ns=before.mtime_ns)
 
     def copy_up(self, node: "MergedNode", data: bool = True) -> None:
         """node, shown from the static root, gets its copy in the overlay: written aside
@@ -352,10 +360,11 @@ class OverlayTree(Tree):
                     if node.place is None or node.rel != rel or node.source is self.upper:
                         raise _gone(rel)                 # deleted or moved meanwhile
                     parent = node.place[0]
-                    self.ensure_upper_dir(parent)
+                    above = self.ensure_upper_dir(parent)
                     count = self.count_before(parent)
                     self.upper.place_copy(staged, rel)
                     staged = None
+                    self.keep_times(parent, above)
                     self.count_after(parent, count, 0)
                     if isinstance(node, MergedFile):
                         node.links = None                # other static names stay the static file
@@ -654,6 +663,8 @@ class MergedDir(MergedNode, Directory):
         self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
 
     def attr(self) -> Attr:
+        if self.place is None and self._known is not None:
+            return self._known[1]                        # removed
         rel = self.rel
         return self.tree.shown_dir_exact(rel, *self.tree.top(rel))
 
@@ -668,6 +679,10 @@ class MergedDir(MergedNode, Directory):
         if known is not None and time.monotonic() - known[0] < self.tree.cache_policy.attr_timeout:
             return known[1]
         return None
+
+    def removed(self, info: Attr) -> None:
+        """rmdir: a handle still open on it shows it with no links, and lists nothing."""
+        self._known = (math.inf, info._replace(nlink=0))
 
     def set_attr(self, *args, **kwargs) -> None:
         self._known = None
@@ -845,6 +860,7 @@ class MergedDir(MergedNode, Directory):
             self.tree.count_after(self, count, -1)
             if node is not None:
                 self.tree.unplace(node, self, name, gone=True)
+                node.removed(up or st)
 
     def _movable(self, node: "MergedNode", rel: str) -> None:
         """A directory with static entries merged in moves by copying (EXDEV, as overlayfs

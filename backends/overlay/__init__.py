@@ -17,10 +17,9 @@ protocol), `local` (a directory), `remote` (an object store through fsspec), `wa
 done ahead for walkers), `tree` (the nodes and the merge).
 """
 from .local import LocalRoot
-from .remote import FETCH_BLOCK, FsspecRoot, RemoteReadHandle, UploadHandle
+from .remote import FETCH_BLOCK, FsspecRoot
 from .root import Root
-from .tree import MergedDir, MergedFile, MergedLink, MergedNode, OverlayTree
+from .tree import OverlayTree
 from .walk import ScanAhead, SiblingWarmer
 
-__all__ = ["FETCH_BLOCK", "FsspecRoot", "LocalRoot", "MergedDir", "MergedFile", "MergedLink", "MergedNode",
-           "OverlayTree", "RemoteReadHandle", "Root", "ScanAhead", "SiblingWarmer", "UploadHandle"]
+__all__ = ["FETCH_BLOCK", "FsspecRoot", "LocalRoot", "OverlayTree", "Root", "ScanAhead", "SiblingWarmer"]

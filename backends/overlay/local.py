@@ -31,7 +31,7 @@ class LocalRoot(Root):
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        self.fd = os.open(self.path, _DIR_FLAGS)
+        self.fd = os.open(self.path, _DIR_FLAGS & ~os.O_NOFOLLOW)      # the root itself may be a link
         # answers from the kernel's caches (the *_cached methods) only on local storage
         self.local_storage = self.answers_from_caches = filesystem_type(self.path) in LOCAL_FILESYSTEMS
         self.as_root = os.geteuid() == 0         # only root gives entries away

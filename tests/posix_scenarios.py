@@ -90,7 +90,10 @@ _ALL = [
         ("mark", "h"), ("truncate", "h", 0), ("moved", "h"),
         ("mark", "h"), ("append", "h", "x"), ("moved", "h"),
         ("mark", "d"), ("create", "d/new"), ("moved", "d"),
-        ("mark", "d"), ("unlink", "d/new"), ("moved", "d")]),
+        ("mark", "d"), ("unlink", "d/new"), ("moved", "d"),
+        ("mark", "g"), ("unlink", "h"), ("moved", "g"), ("mark", "g"), ("utimens", "g", "now", "now"), ("moved", "g"),
+        ("open", "fd", "g", WO), ("mark", "g"), ("write", "fd", "x"), ("moved", "g"), ("close", "fd"),
+        ("mkdir", "d/sub"), ("mark", "d/sub"), ("rename", "d/sub", "moved_dir"), ("moved", "moved_dir")]),
     Scenario("item13_special_files", "13", seed={"d": D()}, steps=[
         ("mkfifo", "fifo", 0o640), ("stat", "fifo"), ("mkfifo", "fifo"), ("mknod", "node", stat.S_IFIFO | 0o600),
         ("stat", "node"), ("mknod", "chr", stat.S_IFCHR | 0o600, 1, 3), ("lstat", "chr"),

@@ -55,6 +55,12 @@ _ALL = [
                     ("read", "shared"), ("append", "theirs", "+"), ("stat", "closed/f"), ("ls", "closed"),
                     ("access", "theirs", os.R_OK), ("access", "mine", os.W_OK), ("chmod", "theirs", 0o666),
                     ("chown", "mine", "other", -1), ("stat", "mine")]),
+    Scenario("edit_in_a_directory_of_others", "8",
+             seed={"theirs": D(0o755, owner="other"), "theirs/shared": F(0o666, b"s", owner="other"),
+                   "theirs/deep": D(0o755, owner="other"), "theirs/deep/f": F(0o646, owner="other")},
+             steps=[("append", "theirs/shared", "+me"), ("stat", "theirs/shared"), ("stat", "theirs"),
+                    ("truncate", "theirs/deep/f", 3), ("stat", "theirs/deep"), ("stat", "theirs/deep/f"),
+                    ("create", "theirs/mine"), ("unlink", "theirs/shared"), ("read", "theirs/shared")]),
     Scenario("item09_modes_as_the_kernel_passes_them", "9", steps=[
         ("umask", 0), ("mkdir", "d", 0o777), ("stat", "d"), ("create", "f", 0o666), ("stat", "f"),
         ("mkdir", "t", 0o1777), ("stat", "t"), ("umask", 0o027), ("mkdir", "e", 0o777), ("stat", "e"),

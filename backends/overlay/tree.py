@@ -66,6 +66,8 @@ class OverlayTree(Tree):
         self._derived: dict[str, Node] = {}
         self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
         self._visible_lock = threading.Lock()
+        # counts renames and deletions: a lookup that raced one does not move a node back
+        self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.answers_from_caches else 8,
@@ -268,9 +270,11 @@ class OverlayTree(Tree):
         return (layer, info.backing) if info.backing is not None else (layer, rel)
 
     def node_for(self, parent: "MergedDir", name: str, rel: str, root: Root, info: Attr,
-                 wait: bool = True) -> "MergedNode | None":
+                 wait: bool = True, moves: int | None = None) -> "MergedNode | None":
         """The node of what `parent/name` (at rel) shows: `info` from `root`. Making a new
-        node takes the table's lock: without `wait`, None if another thread holds it."""
+        node takes the table's lock: without `wait`, None if another thread holds it.
+        `moves`: `self.moves` before info was learnt (a node found is placed at name only
+        if nothing was renamed or deleted since)."""
         key, kind = self.key_of(root, rel, info), stat.S_IFMT(info.mode)
         node = self._by_key.get(key)
         if node is None or node.kind != kind:
@@ -286,7 +290,8 @@ class OverlayTree(Tree):
                     return node
             finally:
                 self._table.release()
-        node.found_at(parent, name, info.nlink)
+        if moves is None or moves == self.moves:
+            node.found_at(parent, name, info.nlink)
         return node
 
     def known(self, root: Root, rel: str, info: Attr) -> "MergedNode | None":
@@ -305,6 +310,7 @@ class OverlayTree(Tree):
     def unplace(self, node: "MergedNode", parent: "MergedDir", name: str, gone: bool) -> None:
         """`parent/name` no longer shows node (deleted or replaced); `gone`: nor does any
         other name, so nothing may find it again (its backing inode may be reused)."""
+        self.moves += 1
         node.drop_place(parent, name)
         if node.place is None or gone:
             with self._table:
@@ -699,13 +705,13 @@ class MergedDir(MergedNode, Directory):
         extra = self.tree.extra if self is self.tree.root else {}
         rel = self.rel
         prefix = rel + "/" if rel else ""
-        node_for = self.tree.node_for
+        node_for, moves = self.tree.node_for, self.tree.moves
         found = [(name, node, None) for name, node in sorted(extra.items())]
         infos = {}
         for name, root, info in self.tree.scan(rel):
             if name not in extra:
                 infos[name] = info
-                found.append((name, node_for(self, name, prefix + name, root, info), info))
+                found.append((name, node_for(self, name, prefix + name, root, info, moves=moves), info))
         found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
         self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
         return [(pos, *entry) for pos, entry in enumerate(found, 1)]
@@ -726,17 +732,18 @@ class MergedDir(MergedNode, Directory):
         return self.tree.derived_lookup(self.rel, name)
 
     def lookup_attr(self, name: str):
-        rel = self._merged(name)
+        rel, moves = self._merged(name), self.tree.moves
         shown = None if rel is None else self.tree.shown(rel)
         if shown is not None and shown[0] is self.tree.static and self.tree.warmer is not None:
             self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
         if shown is not None:
-            return self.tree.node_for(self, name, rel, *shown), self.tree.shown_dir_exact(rel, *shown)
+            return (self.tree.node_for(self, name, rel, *shown, moves=moves),
+                    self.tree.shown_dir_exact(rel, *shown))
         node = self._unmerged(name, rel)                 # the roots were asked once, above
         return None if node is None else (node, node.attr())
 
     def lookup_attr_nowait(self, name: str):
-        rel = self._merged(name)
+        rel, moves = self._merged(name), self.tree.moves
         shown = None if rel is None else self.tree.shown_nowait(rel)
         if shown is None:
             return None
@@ -746,7 +753,7 @@ class MergedDir(MergedNode, Directory):
             info = self.tree.dir_info_nowait(info)       # maybe merged: counted before?
             if info is None:
                 return None
-        node = self.tree.node_for(self, name, rel, root, info, wait=False)
+        node = self.tree.node_for(self, name, rel, root, info, wait=False, moves=moves)
         return None if node is None else (node, info)
 
     def lookup(self, name: str):
@@ -913,6 +920,7 @@ class MergedDir(MergedNode, Directory):
             if target is not None and target_node is not None:
                 self.tree.unplace(target_node, new_parent, new_name,
                                   gone=target_up is None or target_up.nlink <= 1 or stat.S_ISDIR(target.mode))
+            self.tree.moves += 1
             node.move_place((self, name), (new_parent, new_name))
             if node.key[1] == old:                        # a root without inodes: the path is its identity
                 self.tree.rekey(node, self.tree.upper, self.tree.upper.stat(new))
@@ -942,6 +950,7 @@ class MergedDir(MergedNode, Directory):
                     raise OSError(errno.EXDEV, "a directory of the static root moves by copying", rel)
             self.tree.upper.rename(old, new, RENAME_EXCHANGE)
             self.tree.changed()
+            self.tree.moves += 1
             node.move_place((self, name), (new_parent, new_name))
             other.move_place((new_parent, new_name), (self, name))
 

@@ -25,6 +25,8 @@ from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
 
+#: what `static_visible` remembers of a directory with no copy in the overlay yet
+BARE = "bare"
 #: copy-ups of different files run at once; one file's wait for each other (striped)
 COPY_LOCKS = 64
 #: merged directories whose link count is remembered (until their overlay copy changes)
@@ -90,11 +92,21 @@ class OverlayTree(Tree):
         seen = self._visible.get(parent)
         if seen is None:
             generation = self._generation
-            seen = self.static_visible(parent) and self.upper.stat(_join(parent, OPAQUE)) is None
+            if not self.static_visible(parent):
+                seen = False
+            elif self.upper.stat(parent) is None:
+                seen = BARE
+            else:
+                seen = self.upper.stat(_join(parent, OPAQUE)) is None
             with self._visible_lock:
                 if generation == self._generation:       # no change came meanwhile
                     self._visible[parent] = seen
-        return seen and self.upper.stat(_join(parent, whiteout_name(name))) is None
+        return seen is BARE or seen and self.upper.stat(_join(parent, whiteout_name(name))) is None
+
+    def _bare(self, rel: str) -> bool:
+        """Whether rel's directory is known to have no copy in the overlay (then nothing
+        there is the overlay's, and no whiteout needs looking for)."""
+        return self._visible.get(rel.rpartition("/")[0]) is BARE
 
     def changed(self) -> None:
         """Whiteouts or opaque markers may have changed: forget visibility (and what is
@@ -105,14 +117,14 @@ class OverlayTree(Tree):
 
     def layers(self, rel: str) -> tuple[Attr | None, Attr | None]:
         """(overlay info, static info) of what rel shows; static is None if hidden."""
-        up = self.upper.stat(rel)
+        up = None if self._bare(rel) else self.upper.stat(rel)
         st = self.static.stat(rel) if self.static_visible(rel) else None
         return up, st
 
     def top(self, rel: str) -> tuple[Root, Attr]:
         """The root whose copy of rel shows, and its info (the static root is not asked
         when the overlay has rel)."""
-        up = self.upper.stat(rel)
+        up = None if self._bare(rel) else self.upper.stat(rel)
         if up is not None:
             return self.upper, up
         st = self.static.stat(rel) if self.static_visible(rel) else None
@@ -129,19 +141,20 @@ class OverlayTree(Tree):
     def _static_visible_cached(self, rel: str) -> bool:
         """Whether the static entry at rel shows, if known without I/O (else False)."""
         parent, _, name = rel.rpartition("/")
-        return bool(self._visible.get(parent)) and \
-            self.upper.exists_cached(_join(parent, whiteout_name(name))) is False
+        seen = self._visible.get(parent)
+        return seen is BARE or bool(seen) and self.upper.exists_cached(_join(parent, whiteout_name(name))) is False
 
     def shown_nowait(self, rel: str) -> tuple[Root, Attr] | None:
         """What rel shows, if the kernel's lookup cache tells without I/O; None if it
         cannot, or if rel is missing."""
         if not self.local:
             return None
-        try:
-            info = self.upper.stat_cached(rel)
-            return None if info is None else (self.upper, info)
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+        if not self._bare(rel):
+            try:
+                info = self.upper.stat_cached(rel)
+                return None if info is None else (self.upper, info)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
         if self._static_visible_cached(rel):
             try:
                 info = self.static.stat_cached(rel)
@@ -333,6 +346,7 @@ class OverlayTree(Tree):
         if st is None:
             raise _gone(rel)
         self.upper.copy_dir(self.static, rel, st)
+        self.changed()                                   # no longer bare
         self.keep_times(parent, above)
         up = self.upper.stat(rel)
         self.rekey(node, self.upper, up)

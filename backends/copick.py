@@ -3,7 +3,7 @@
     scopefs mount project/copick_config.json MOUNTPOINT        (config_type: filesystem)
     scopefs mount -t copick -o overlay=OVERLAY_DIR STATIC_DIR MOUNTPOINT
 
-The merge follows `backends/overlay.py` (overlay wins; whiteouts, which copick never sees
+The merge follows `backends/overlay/` (overlay wins; whiteouts, which copick never sees
 since it skips dot names). The mount root also shows `copick_config.json`: the project's
 config with the mount as its only (overlay) root, so `copick.from_file()` on it works.
 """
@@ -25,8 +25,7 @@ from .cache import ByteCache
 from .copick_views import Imports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO, GeneratedFile
 from .options import MountError, Options
-from .overlay import OverlayTree
-from .roots import FsspecRoot, LocalRoot
+from .overlay import FsspecRoot, LocalRoot, OverlayTree
 
 CONFIG_NAME = "copick_config.json"
 MESH_FORMATS = ("ply", "obj", "stl")
@@ -209,7 +208,7 @@ class DerivedViews:
         import zarr
         root, _ = self.tree.top(rel)
         with tempfile.TemporaryDirectory(prefix="scopefs-preview-") as tmp:
-            path = root.full(rel) if isinstance(root, LocalRoot) else self._fetch_coarsest(root, rel, tmp)
+            path = root.local_path(rel) or self._fetch_coarsest(root, rel, tmp)
             group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
             levels = sorted(group.array_keys(), key=lambda k: int(k) if k.isdigit() else 0)
             return self._slices_png(group[levels[-1]])

@@ -33,7 +33,6 @@ from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .cache import ByteCache
 from ..formats.atomic import atomic_write
 from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, TempFileHandle, read_only
-from .roots import LocalRoot
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
@@ -134,8 +133,8 @@ class VolumeViews:
         return levels
 
     def _read_small(self, rel: str) -> bytes | None:
-        info = self.tree.shown(rel)
-        return read_file(self.tree, rel) if info is not None and stat.S_ISREG(info.mode) else None
+        shown = self.tree.shown(rel)
+        return read_file(self.tree, rel) if shown is not None and stat.S_ISREG(shown[1].mode) else None
 
     # -- nodes ----------------------------------------------------------------------------
     def _maker(self, source: str, level: str, voxel_size: float):
@@ -146,8 +145,9 @@ class VolumeViews:
     def open_volume(self, source: str, level: str, voxel_size: float) -> MrcVolume:
         import zarr
         root, _ = self.tree.top(source)
-        if isinstance(root, LocalRoot):
-            store = zarr.storage.LocalStore(root.full(source), read_only=True)
+        path = root.local_path(source)
+        if path is not None:
+            store = zarr.storage.LocalStore(path, read_only=True)
         else:
             from ..formats.zarrstore import ReadOnlyStore
             store = ReadOnlyStore(lambda key: self._read_small(f"{source}/{key}"))
@@ -332,16 +332,24 @@ class Imports:
             raise OSError(errno.EINVAL, f"not an importable picks file: {exc}", node.name) from None
         target = f"{run_dir}/Picks/{user}_{session}_{object_name}.json"
         with self.tree.lock:
-            self.tree.ensure_upper_dir(f"{run_dir}/Picks")
+            self.tree.ensure_upper_dir(self._directory(f"{run_dir}/Picks"))
             self.tree.clear_whiteout(target)
             self._write(target, picks.to_json(object_name, user, session, run))
         self.imported += 1
         log.info("imported %s/%s as %s (%d points)", node.rel, node.name, target, len(picks.points))
 
+    def _directory(self, rel: str):
+        """The merged directory at rel, made on the way where missing (tree lock held)."""
+        node = self.tree.root
+        for name in rel.split("/"):
+            node = node.lookup(name) or node.mkdir(name, 0o755)
+        return node
+
     def _write(self, rel: str, data: bytes) -> None:
         upper = self.tree.upper
-        if isinstance(upper, LocalRoot):
-            atomic_write(upper.full(rel), data, keep_mode=False)
+        path = upper.local_path(rel)
+        if path is not None:
+            atomic_write(path, data, keep_mode=False)
             return
         handle = upper.open_write(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)     # one object put: atomic
         try:
@@ -354,7 +362,7 @@ class Imports:
     # -- tomograms ---------------------------------------------------------------------------
     def _tomogram(self, rel: str, name: str, voxel_size: float) -> File | None:
         stem = name[:-4]
-        if (not isinstance(self.tree.upper, LocalRoot) or stem.startswith(".") or BINNED.match(stem)
+        if (self.tree.upper.local_path("") is None or stem.startswith(".") or BINNED.match(stem)
                 or self.tree.shown(f"{rel}/{stem}.zarr") is not None):
             return None
         if f"{rel}/{name}" in self.tomograms["running"]:
@@ -396,8 +404,8 @@ class Imports:
 
         from ..formats.tomogram import write_copick_tomogram
         key = f"{node.rel}/{node.name}"
-        target = self.tree.upper.full(f"{node.rel}/{node.name[:-4]}.zarr")
-        partial = self.tree.upper.full(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
+        target = self.tree.upper.local_path(f"{node.rel}/{node.name[:-4]}.zarr")
+        partial = self.tree.upper.local_path(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
 
         def progress(done: int, total: int) -> None:
             self._count(key, running=f"{done}/{total} chunks")
@@ -443,7 +451,7 @@ class TomogramImport(File):
         return Attr(stat.S_IFREG | 0o644, 0, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
-        target = self.imports.tree.upper.full(f"{self.rel}/{self.name}")
+        target = self.imports.tree.upper.local_path(f"{self.rel}/{self.name}")
         return TempFileHandle(target, None, lambda temp: self.imports.check_tomogram(self, temp))
 
 

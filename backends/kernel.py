@@ -65,13 +65,14 @@ def resident(address: int, length: int) -> bool | None:
     return 0 not in bytes(pages)                    # bit 0: resident; the others are unused
 
 
-def open_cached(path: str, flags: int) -> int | None:
+def open_cached(path: str, flags: int, dir_fd: int = _AT_FDCWD) -> int | None:
     """open(2) that never waits for the disk: a file descriptor if every component of
-    path is in the kernel's lookup cache (openat2 with RESOLVE_CACHED, Linux 5.12), None
-    if finding it needs I/O. A missing file raises FileNotFoundError, as open would."""
+    path (relative to `dir_fd`) is in the kernel's lookup cache (openat2 with
+    RESOLVE_CACHED, Linux 5.12), None if finding it needs I/O. A missing file raises
+    FileNotFoundError, as open would."""
     how = (ctypes.c_uint64 * 3)(flags | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
     try:
-        return _call(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, ctypes.sizeof(how))
+        return _call(_SYS_OPENAT2, dir_fd, os.fsencode(path), how, ctypes.sizeof(how))
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
             return None
@@ -189,3 +190,40 @@ def processes_using(path: str) -> dict[int, str]:
             except OSError:                  # gone meanwhile
                 continue
     return holders
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_UTIME_OMIT = (1 << 30) - 2
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+
+def set_times(fd: int, name: str | None, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """utimensat(2): set either time or both, leaving a None one as it is (UTIME_OMIT,
+    which os.utime cannot say). `name` relative to the directory `fd`, not followed if a
+    link; without a name, the times of the open file `fd` itself."""
+    times = (_Timespec * 2)(*(_Timespec(0, _UTIME_OMIT) if t is None else _Timespec(*divmod(t, 10**9))
+                              for t in (atime_ns, mtime_ns)))
+    path = None if name is None else os.fsencode(name)
+    if _libc is None or _libc.utimensat(fd, path, times, _AT_SYMLINK_NOFOLLOW if path else 0) != 0:
+        code = ctypes.get_errno() if _libc is not None else errno.ENOSYS
+        raise OSError(code, os.strerror(code), name)
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def rename_at(old_dir: int, old: str, new_dir: int, new: str, flags: int = 0) -> None:
+    """renameat2(2): a rename that may refuse to replace (RENAME_NOREPLACE) or swap two
+    names (RENAME_EXCHANGE); without flags, os.rename."""
+    if not flags:
+        os.rename(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+        return
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.EINVAL, "renameat2 is not available here", new)
+    if renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), ctypes.c_uint(flags)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), new)

@@ -33,11 +33,35 @@ GRAFT_SHIFT = 40
 
 
 class Attr(NamedTuple):
-    """What stat shows of a node (a tuple: one is made per entry of every listing)."""
+    """What stat shows of a node (a tuple: one is made per entry of every listing).
+
+    The fields after `nlink` are given by backends whose nodes are real files
+    (`attr_of`); left None, the daemon shows its own uid/gid, mtime as atime and ctime,
+    and blocks counted from the size."""
     mode: int                 # including the file type bits
     size: int = 0
     mtime_ns: int = 0
     nlink: int = 1
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    blocks: int | None = None
+    rdev: int = 0
+    backing: tuple[int, int] | None = None    # (st_dev, st_ino): hard links share a node
+
+
+def attr_of(st: os.stat_result) -> Attr:
+    """Everything stat says of a real file."""
+    return Attr(st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink, st.st_uid, st.st_gid, st.st_atime_ns,
+                st.st_ctime_ns, st.st_blocks, st.st_rdev, (st.st_dev, st.st_ino))
+
+
+class Owner(NamedTuple):
+    """Who makes a new entry (the caller of the request), for trees with `real_owners`.
+    gid None: the entry takes its directory's group (a set-group-ID directory)."""
+    uid: int
+    gid: int | None
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,11 @@ class Node:
         """The attributes if known without any I/O (the daemon then skips a thread hop)."""
         return None
 
-    def set_attr(self, mode: int | None = None, mtime_ns: int | None = None) -> None:
-        """chmod/utimens. Formats without modes or times accept and ignore them."""
+    def set_attr(self, mode: int | None = None, mtime_ns: int | None = None, *, atime_ns: int | None = None,
+                 uid: int | None = None, gid: int | None = None, handle: "FileHandle | None" = None) -> None:
+        """chmod/chown/utimens (None: unchanged), through `handle` if the caller holds
+        one open (fchmod...). Formats without modes, owners or times accept and ignore
+        them."""
 
 
 def read_only(what: str = "") -> OSError:
@@ -93,6 +120,15 @@ class Directory(Node):
         """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
         (then `lookup_attr` is called in a thread, and decides what is missing)."""
         return None
+
+    #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
+    rename_flags = 0
+
+    def opendir(self) -> "Directory":
+        """What one open directory handle lists from: anything with `entries`. A directory
+        that changes while it is read returns a snapshot of its own per handle (stable
+        offsets for that reader); by default the directory itself. Must not block."""
+        return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
         """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is
@@ -123,8 +159,13 @@ class Directory(Node):
     def rmdir(self, name: str) -> None:
         raise read_only(name)
 
-    def rename(self, name: str, new_parent: "Directory", new_name: str) -> None:
+    def rename(self, name: str, new_parent: "Directory", new_name: str, flags: int = 0) -> None:
+        """flags: only those of `rename_flags` are ever given."""
         raise read_only(name)
+
+    def mknod(self, name: str, mode: int, rdev: int) -> Node:
+        """A FIFO, socket or device node."""
+        raise OSError(errno.EPERM, "special files are not supported here", name)
 
     def link(self, name: str, target: "Node") -> "Node":
         raise OSError(errno.EPERM, "hard links are not supported here", name)
@@ -182,6 +223,9 @@ class File(Node):
 
 
 class Symlink(Node):
+    #: whether reading `target` may block (then the daemon reads it in a worker thread)
+    target_blocks = False
+
     def __init__(self, target: str, mtime_ns: int = 0):
         self.target = target
         self.mtime_ns = mtime_ns
@@ -368,6 +412,10 @@ class OSFileHandle(FileHandle):
         if self._drop and size:
             os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
 
+    def fileno(self) -> int:
+        """The open file (-1 once released)."""
+        return self._fd
+
     def release(self) -> None:
         if self._map is not None:
             self._return_lent()
@@ -375,7 +423,38 @@ class OSFileHandle(FileHandle):
                 self._map.close()
             except BufferError:         # a view still referenced: the mapping goes with it
                 pass
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+
+
+class LocalWriteHandle(FileHandle):
+    """A local file written in place, as a local disk would be."""
+
+    def __init__(self, path: str | int, flags: int, release_blocks: bool = False):
+        """`path` may be a descriptor already open with `flags`: the handle owns it. A file
+        on NFS or FUSE may wait for its server at close: `release_blocks` then."""
+        keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND | os.O_SYNC | os.O_DSYNC
+        self.fd = path if isinstance(path, int) else os.open(path, (flags & keep) | os.O_CLOEXEC)
+        self.release_blocks = release_blocks
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        os.close(fd)
 
 
 class TempFileHandle(FileHandle):
@@ -678,6 +757,10 @@ class Tree:
 
     cache_policy = CachePolicy()
     writable = False
+    #: entries have real owners, times and modes: create/mkdir/symlink/mknod get the
+    #: caller as an `Owner`, chown changes the owner, and the modes the kernel gives
+    #: (the caller's umask applied) are used as they are (the daemon's umask is 0)
+    real_owners = False
 
     def __init__(self, base: int = ROOT_INO):
         self.base = base
@@ -801,6 +884,10 @@ class Tree:
     def statfs_counts(self) -> tuple[int, int]:
         """(bytes used, files) for statfs; cheap estimates are fine."""
         return 0, self._next
+
+    def statvfs(self) -> os.statvfs_result | None:
+        """The statvfs of the filesystem that holds what is written, if there is one."""
+        return None
 
     def status(self) -> dict:
         """What the backend adds to the mount's status (the control file)."""

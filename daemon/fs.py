@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
-                              Symlink, Tree)
+                              Owner, Symlink, Tree)
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ class Counters:
 
 @dataclass
 class _Listing:
-    """An open directory: the entries the kernel's last readdir buffer had no room for
-    wait here for the next readdir (from `pending[position]`, which sits at `offset`)."""
-    directory: Directory
+    """An open directory (what its listing comes from: `Directory.opendir`): the entries
+    the kernel's last readdir buffer had no room for wait here for the next readdir (from
+    `pending[position]`, which sits at `offset`)."""
+    reader: object
     pending: list = field(default_factory=list)
     position: int = 0
     offset: int = 0
@@ -112,13 +113,15 @@ class Operations(pyfuse3.Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
 
     # -- helpers ----------------------------------------------------------------------
-    async def _run(self, fn, *args, data: bool = False):
+    async def _run(self, fn, *args, data: bool = False, change: bool = False):
         """Run blocking backend work in a worker thread. After `timeout` seconds the
         request fails with EIO and the thread is left to finish on its own: a hung source
-        costs an error, never a hung `ls` or `umount`."""
-        limiter = self.data_limiter if data else self.meta_limiter
+        costs an error, never a hung `ls` or `umount`. A `change` (a write, a new name, a
+        copy-up) is waited for however long it takes: an error must mean it did not
+        happen."""
+        limiter = self.data_limiter if data or change else self.meta_limiter
         try:
-            with trio.fail_after(self.timeout) if self.timeout else contextlib.nullcontext():
+            with trio.fail_after(self.timeout) if self.timeout and not change else contextlib.nullcontext():
                 return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
             raise OSError(errno.EIO, f"the source did not answer within {self.timeout:g} s") from None
@@ -142,12 +145,21 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = self.policy.attr_timeout_of(attr.mode)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
-        entry.st_uid = self._uid
-        entry.st_gid = self._gid
         entry.st_size = attr.size
         entry.st_blksize = BLOCK_SIZE
-        entry.st_blocks = (attr.size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        if attr.uid is None:                   # synthesized attributes: the daemon's defaults
+            entry.st_uid = self._uid
+            entry.st_gid = self._gid
+            entry.st_blocks = (attr.size + 511) // 512
+            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        else:                                  # a real file's
+            entry.st_uid = attr.uid
+            entry.st_gid = attr.gid
+            entry.st_blocks = attr.blocks
+            entry.st_atime_ns = attr.atime_ns
+            entry.st_mtime_ns = attr.mtime_ns
+            entry.st_ctime_ns = attr.ctime_ns
+            entry.st_rdev = attr.rdev
         return entry
 
     def _remember(self, ino: int, node: Node | None = None) -> None:
@@ -205,10 +217,10 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = _Listing(self._directory(inode))
+        self._listings[fh] = _Listing(self._directory(inode).opendir())
         return fh
 
-    def _listing_batch(self, directory: Directory, offset: int) -> list:
+    def _listing_batch(self, reader, offset: int) -> list:
         """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
         worker thread. Entries with equal attributes share one EntryAttributes (readdir
         sets st_ino just before each reply, which copies it). Entries of an `entry_batch`
@@ -222,12 +234,13 @@ class Operations(pyfuse3.Operations):
                 made = shared[attr] = self._entry(0, attr)
             return made
 
-        rows = directory.entry_batch(offset, READDIR_BATCH)
+        batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
+        rows = batch(offset, READDIR_BATCH) if batch is not None else None
         if rows is not None:
             return [(next_offset, name, ino, shared.get(attr) or entry(attr), None)
                     for next_offset, name, ino, attr in rows]
         out = []
-        for next_offset, name, child, attr in islice(directory.entries(offset), READDIR_BATCH):
+        for next_offset, name, child, attr in islice(reader.entries(offset), READDIR_BATCH):
             try:
                 out.append((next_offset, os.fsencode(name), child.ino, entry(attr or child.attr()), child))
             except OSError as exc:
@@ -246,7 +259,7 @@ class Operations(pyfuse3.Operations):
             if listing.pending and listing.offset == offset:
                 entries, position, more = listing.pending, listing.position, listing.more
             else:
-                entries, position = await self._run(self._listing_batch, listing.directory, offset), 0
+                entries, position = await self._run(self._listing_batch, listing.reader, offset), 0
                 more = len(entries) == READDIR_BATCH
             listing.pending = []
             for position in range(position, len(entries)):
@@ -272,6 +285,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.target_blocks:
+            return os.fsencode(await self._run(lambda: node.target))
         return os.fsencode(node.target)
 
     # -- files ------------------------------------------------------------------------
@@ -286,7 +301,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         if (flags & os.O_ACCMODE) != os.O_RDONLY:
             self._writable()
-        handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
         return self._add_handle(handle)
 
     def _add_handle(self, handle: FileHandle, direct_io: bool = False) -> pyfuse3.FileInfo:
@@ -311,13 +327,17 @@ class Operations(pyfuse3.Operations):
         if not self.tree.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
 
+    def _owner(self, ctx) -> tuple:
+        """The maker of a new entry, for trees whose entries have real owners."""
+        return (Owner(ctx.uid, ctx.gid),) if self.tree.real_owners else ()
+
     async def _new_entry(self, make, *args) -> pyfuse3.EntryAttributes:
         """Make a node and learn its attributes in one worker-thread call."""
         def made():
             node = make(*args)
             return node, node.attr()
 
-        node, attr = await self._run(made, data=True)
+        node, attr = await self._run(made, change=True)
         self._remember(node.ino, node)
         return self._entry(node.ino, attr)
 
@@ -327,8 +347,10 @@ class Operations(pyfuse3.Operations):
         directory = self._directory(parent_inode)
         handles = []
 
+        owner = self._owner(ctx)
+
         def make():
-            node = directory.create(os.fsdecode(name), mode)
+            node = directory.create(os.fsdecode(name), mode, *owner)
             handles.append(node.open(flags))
             return node
 
@@ -338,57 +360,80 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
-        return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode)
+        return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode, *self._owner(ctx))
+
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable()
+        return await self._new_entry(self._directory(parent_inode).mknod, os.fsdecode(name), mode, rdev,
+                                     *self._owner(ctx))
 
     @_guard
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
-        return await self._new_entry(self._directory(parent_inode).symlink, os.fsdecode(name), os.fsdecode(target))
+        return await self._new_entry(self._directory(parent_inode).symlink, os.fsdecode(name), os.fsdecode(target),
+                                     *self._owner(ctx))
 
     @_guard
     async def unlink(self, parent_inode, name, ctx):
         self._writable()
-        await self._run(self._directory(parent_inode).unlink, os.fsdecode(name))
+        await self._run(self._directory(parent_inode).unlink, os.fsdecode(name), change=True)
 
     @_guard
     async def rmdir(self, parent_inode, name, ctx):
         self._writable()
-        await self._run(self._directory(parent_inode).rmdir, os.fsdecode(name))
+        await self._run(self._directory(parent_inode).rmdir, os.fsdecode(name), change=True)
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._writable()
         old, new = self._directory(parent_inode_old), self._directory(parent_inode_new)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+        if flags & ~old.rename_flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)     # RENAME_WHITEOUT, or EXCHANGE where not done
         new_name = os.fsdecode(name_new)
 
         def move():
-            if flags & pyfuse3.RENAME_NOREPLACE and new.lookup(new_name) is not None:
+            if not flags:
+                old.rename(os.fsdecode(name_old), new, new_name)
+            elif not flags & ~old.rename_flags:
+                old.rename(os.fsdecode(name_old), new, new_name, flags)
+            elif new.lookup(new_name) is not None:    # NOREPLACE, checked here for the directory
                 raise FileExistsError(errno.EEXIST, "exists", new_name)
-            old.rename(os.fsdecode(name_old), new, new_name)
+            else:
+                old.rename(os.fsdecode(name_old), new, new_name)
 
-        await self._run(move)
+        await self._run(move, change=True)
 
     @_guard
     async def write(self, fh, off, buf):
         self._writable()
-        return await self._run(self._handle(fh).write, off, buf, data=True)
+        return await self._run(self._handle(fh).write, off, buf, change=True)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
+        handle = self._handles.get(fh) if fh is not None else None
         if fields.update_size:
             self._writable()
-            if fh is not None and fh in self._handles:
-                await self._run(self._handles[fh].truncate, attr.st_size, data=True)
+            if handle is not None:
+                await self._run(handle.truncate, attr.st_size, change=True)
             else:
-                await self._run(node.truncate, attr.st_size, data=True)
-        if fields.update_mode or fields.update_mtime:
+                await self._run(node.truncate, attr.st_size, change=True)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if self.tree.real_owners:              # elsewhere owners are the daemon's: chown is a no-op
+            if fields.update_uid:
+                changes["uid"] = attr.st_uid
+            if fields.update_gid:
+                changes["gid"] = attr.st_gid
+        if changes:
             self._writable()
-            mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else None
-            mtime = attr.st_mtime_ns if fields.update_mtime else None
-            await self._run(node.set_attr, mode, mtime, data=True)
+            await self._run(functools.partial(node.set_attr, handle=handle, **changes), change=True)
         return self._entry(inode, await self._run(node.attr))
 
     @_guard
@@ -401,14 +446,14 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh):
         handle = self._handle(fh)
         if type(handle).flush is not FileHandle.flush:     # every close(2) comes here: skip no-ops
-            await self._run(handle.flush, data=True)
+            await self._run(handle.flush, change=True)
 
     @_guard
     async def fsync(self, fh, datasync):
         handle = self._handle(fh)
         if type(handle).fsync is not FileHandle.fsync or type(handle).flush is not FileHandle.flush:
-            await self._run(handle.fsync, data=True)
-        await self._run(self.tree.sync, data=True)
+            await self._run(handle.fsync, change=True)
+        await self._run(self.tree.sync, change=True)
 
     @_guard
     async def fsyncdir(self, fh, datasync):
@@ -450,8 +495,14 @@ class Operations(pyfuse3.Operations):
     # -- filesystem -------------------------------------------------------------------
     @_guard
     async def statfs(self, ctx):
-        used, files = self.tree.statfs_counts()
         st = pyfuse3.StatvfsData()
+        real = await self._run(self.tree.statvfs)
+        if real is not None:                   # the filesystem written to
+            for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
+                setattr(st, name, getattr(real, name))
+            st.f_namemax = 255
+            return st
+        used, files = self.tree.statfs_counts()
         st.f_bsize = BLOCK_SIZE
         st.f_frsize = 512
         st.f_blocks = (used + 511) // 512

@@ -76,6 +76,8 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     # every 700 allocations (the default) walks the node table over and over
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+    if tree.real_owners:
+        os.umask(0)            # modes arrive with the caller's umask applied by the kernel
     ops = Operations(tree, threads=threads, timeout=timeout, info=info)
     pyfuse3.init(ops, mountpoint, fuse_options)
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import uncached_file
 
 from scopefs.backends import kernel
-from scopefs.backends.roots import LocalRoot
+from scopefs.backends.overlay import LocalRoot
 
 
 def test_open_cached_opens_what_the_lookup_cache_knows_and_nothing_else(tmp_path):

@@ -18,7 +18,7 @@ from conftest import Mounter
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
 from scopefs.backends.nodes import Attr
-from scopefs.backends.roots import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
+from scopefs.backends.overlay import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
 
 
 class CountingRoot:
@@ -211,20 +211,30 @@ def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
             root.fs.cat_ranges = real
 
 
-def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeypatch):
-    monkeypatch.setattr(overlay, "IDLE_NODES", 2)
+def node_at(tree, rel):
+    """The node a kernel's lookups one name at a time would find (None if missing)."""
+    node = tree.root
+    for name in filter(None, rel.split("/")):
+        node = node.lookup(name)
+        if node is None:
+            return None
+    return node
+
+
+def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path):
     (tmp_path / "static" / "d").mkdir(parents=True)
     for name in "abc":
         (tmp_path / "static" / "d" / name).write_text(name * 3)
     (tmp_path / "upper").mkdir()
     tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
-    a, b, c = (tree.node_at(f"d/{name}") for name in "abc")
+    tree.idle_nodes = 2
+    a, b, c = (node_at(tree, f"d/{name}") for name in "abc")
     for node in (a, b):
         tree.forget(node.ino)
-    assert tree.node_at("d/a") is a and tree.status()["nodes_forgotten_kept"] == 2
+    assert node_at(tree, "d/a") is a and tree.status()["nodes_forgotten_kept"] == 2
     tree.forget(c.ino)                               # the oldest forgotten goes
     assert tree.get(a.ino) is None and tree.get(b.ino) is b
-    again = tree.node_at("d/a")
+    again = node_at(tree, "d/a")
     assert again is not a and again.attr().size == 3
     tree.adopt(b)                                    # the kernel knows b again: it stays
     assert tree.status()["nodes_forgotten_kept"] == 1
@@ -232,7 +242,7 @@ def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path, monkeyp
     tree.forget(b.ino)
     tree.forget(a.ino)
     tree.adopt(again)                                # a lookup that found it before the forget
-    assert tree.get(again.ino) is again and tree.node_at("d/a") is again
+    assert tree.get(again.ino) is again and node_at(tree, "d/a") is again
 
 
 def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount: Mounter, tmp_path):
@@ -281,7 +291,7 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     (tmp_path / "static" / "run").mkdir(parents=True)
     (tmp_path / "upper").mkdir()
     tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
-    run = tree.node_at("run")
+    run = node_at(tree, "run")
     assert run.cached_attr() is None                 # nothing learnt yet: the daemon stats
     run.create("a.json", 0o644)
     assert run.cached_attr() == run.attr()           # the overlay's copy, with the new mtime
@@ -339,7 +349,7 @@ def test_lookups_that_need_the_disk_warm_their_directory_in_a_local_tree(tmp_pat
         (tmp_path / "static" / "run" / f"{i}.json").write_text("{}")
     (tmp_path / "upper").mkdir()
     tree = overlay.OverlayTree(StatCountingRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
-    run = tree.node_at("run")
+    run = node_at(tree, "run")
     assert run.lookup_attr("0.json") is not None and run.lookup_attr("1.json") is not None
     assert wait_for(lambda: ("run", 3) in tree.static.stat_many_calls)
     assert tree.status()["directories_warmed"] == 1
@@ -351,7 +361,7 @@ def test_a_lookup_of_a_missing_name_asks_each_root_once(tmp_path):
     (tmp_path / "static" / "run").mkdir(parents=True)
     (tmp_path / "upper" / "run").mkdir(parents=True)
     tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
-    run = tree.node_at("run")
+    run = node_at(tree, "run")
     run.lookup_attr("warm.json")                     # whether run is opaque is learnt once
     asked: list[tuple[str, str]] = []
     for side, root in (("static", tree.static), ("upper", tree.upper)):
@@ -381,8 +391,8 @@ def test_an_open_or_lookup_without_a_thread_shows_what_the_thread_would(tmp_path
     tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
 
     def opened(rel):
-        tree.shown(rel)                              # what the kernel's lookup does first
-        handle = tree.open_read_nowait(rel)
+        node = node_at(tree, rel)                    # what the kernel's lookup does first
+        handle = node and node.open_nowait(os.O_RDONLY)
         if handle is None:
             return None
         try:
@@ -392,10 +402,10 @@ def test_an_open_or_lookup_without_a_thread_shows_what_the_thread_would(tmp_path
 
     def looked_up(rel):
         parent, _, name = rel.rpartition("/")
-        tree.shown(rel)
-        found = tree.node_at(parent).lookup_attr_nowait(name)
+        node_at(tree, rel)
+        found = node_at(tree, parent).lookup_attr_nowait(name)
         if found is not None:
-            assert found == tree.node_at(parent).lookup_attr(name)      # what the thread finds
+            assert found == node_at(tree, parent).lookup_attr(name)      # what the thread finds
             return found[1].size
         return None
 
@@ -404,17 +414,21 @@ def test_an_open_or_lookup_without_a_thread_shows_what_the_thread_would(tmp_path
     assert opened("gone/a") is None and looked_up("gone/a") is None and tree.shown("gone/a") is None
     assert opened("gone/b") == b"static gone b" and looked_up("gone/b") == len("static gone b")
     assert opened("flat/b") is None and looked_up("flat/b") is None and tree.shown("flat/b") is None
-    assert tree.node_at("").lookup_attr_nowait("run")[1].mode & 0o170000 == 0o040000
+    assert node_at(tree, "").lookup_attr_nowait("run")[1].mode & 0o170000 == 0o040000
     tree.changed()                                   # visibility not known: the thread decides
-    assert tree.open_read_nowait("run/b") is None
-    assert tree.node_at("run").lookup_attr_nowait("b") is None
-    with tree.lock:                                  # a change under way: no new node without waiting
-        other = threading.Thread(target=lambda: results.append(tree.node_for("new", 0o100644, wait=False)))
+    assert node_at(tree, "run").lookup_attr_nowait("b") is None
+    (upper / "new").write_text("new")
+    shown = tree.shown("new")
+
+    def make_node():
+        return tree.node_for(tree.root, "new", "new", *shown, wait=False)
+    with tree._table:                                # another thread makes a node: no new one without waiting
+        other = threading.Thread(target=lambda: results.append(make_node()))
         results: list = []
         other.start()
         other.join()
     assert results == [None]
-    assert tree.node_for("new", 0o100644, wait=False) is not None
+    assert make_node() is not None
 
 
 def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():
@@ -426,3 +440,86 @@ def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():
     assert ahead.take("d0") is None                  # the caller lists it itself
     assert time.monotonic() - started < 2.0
     root.gate.set()
+
+
+def test_a_local_root_works_on_paths_longer_than_path_max(tmp_path):
+    """Backing calls are relative to the root's descriptor, and a path too long for one
+    call is walked a directory at a time: a tree deeper than PATH_MAX (a program that
+    changed into a deep directory of the mount) still works."""
+    root = LocalRoot(str(tmp_path))
+    rel = ""
+    for i in range(24):                              # 24 x 250 bytes: 6000 bytes, past PATH_MAX
+        rel = f"{rel}/{i:03d}{'d' * 246}".lstrip("/")
+        root.mkdir(rel, 0o755)
+    assert len(rel.encode()) > 4096
+    root.create(f"{rel}/f", 0o640)
+    assert stat.S_IMODE(root.stat(f"{rel}/f").mode) == 0o640
+    root.rename(f"{rel}/f", f"{rel}/g")
+    assert root.listdir(rel) == ["g"]
+    root.set_attr(f"{rel}/g", None, atime_ns=5_000_000_000)
+    assert root.stat(f"{rel}/g").atime_ns == 5_000_000_000
+    root.unlink(f"{rel}/g")
+    assert root.stat(f"{rel}/g") is None
+
+
+def test_names_of_255_bytes_are_deleted_and_hidden_by_a_hashed_whiteout(tmp_path):
+    """`.wh.<name>` has no room for a name of more than 251 bytes: such a whiteout is a
+    hashed reserved name, probed by name and never listed."""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    long_name = "n" * 255
+    (static / "d").mkdir(parents=True)
+    (static / "d" / long_name).write_text("static")
+    (static / "d" / "short").write_text("static")
+    upper.mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+    d = node_at(tree, "d")
+    assert d.lookup(long_name) is not None and d.lookup("m" * 255) is None
+    d.unlink(long_name)
+    assert d.lookup(long_name) is None
+    assert [name for _, name, _, _ in d.entries(0)] == ["short"]
+    assert [n for n in os.listdir(upper / "d") if n.startswith(".wh..wh.long.")]
+    d.create(long_name, 0o644)                       # made again: the whiteout goes
+    assert node_at(tree, "d/" + long_name).attr().size == 0
+    assert not [n for n in os.listdir(upper / "d") if n.startswith(".wh..wh.long.")]
+
+
+class ListCountingRoot(LocalRoot):
+    def __init__(self, path):
+        super().__init__(path)
+        self.listed: list[str] = []
+
+    def listdir(self, rel, touch=True):
+        self.listed.append(rel)
+        return super().listdir(rel, touch)
+
+
+def test_a_merged_directory_counts_its_subdirectories_once_and_carries_the_count(tmp_path):
+    """A merged directory's nlink is 2 and the subdirectories the view shows, as in a
+    plain directory; changes through the mount carry the count over instead of listing
+    the overlay's copy again (writing n files is not n listings)."""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    for sub in ("a", "b", "c"):
+        (static / "run" / sub).mkdir(parents=True)
+    (static / "run" / "f").write_text("f")
+    upper.mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(static)), ListCountingRoot(str(upper)))
+    run = node_at(tree, "run")
+
+    def fresh_nlink():
+        other = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+        return node_at(other, "run").attr().nlink
+
+    run.create("new", 0o644)                           # the overlay gets its copy of run
+    assert run.attr().nlink == fresh_nlink() == 5
+    listed = tree.upper.listed.count("run")
+    for i in range(20):
+        run.create(f"x{i}", 0o644)
+        assert run.attr().nlink == 5
+    run.mkdir("d", 0o755)
+    assert run.attr().nlink == fresh_nlink() == 6
+    run.rmdir("a")                                     # a static one: a whiteout
+    assert run.attr().nlink == fresh_nlink() == 5
+    run.unlink("f")
+    run.mkdir("a", 0o755)                              # made again over its whiteout
+    assert run.attr().nlink == fresh_nlink() == 6
+    assert tree.upper.listed.count("run") == listed    # never listed again

@@ -33,10 +33,9 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node, OSFileHandle,
-                     TempFileHandle, Tree, View)
+from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
+                     OSFileHandle, TempFileHandle, Tree, View)
 from ..options import MountError, Options
-from ..roots import LocalWriteHandle
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)

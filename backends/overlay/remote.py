@@ -1,0 +1,352 @@
+"""An object store (any fsspec URL: s3://...) as a root.
+
+Metadata is cached for `ttl` seconds (bounded: CACHE_ENTRIES). Reads come in blocks of
+concurrent range requests (`RemoteReadHandle`); fsspec's own block caches are not used,
+because they fetch one range at a time on the thread that asks, and keep no bound per
+open file. As the overlay side, a written file is kept in a local temporary file and
+uploaded when closed or fsynced; a failed upload is the writer's EIO, never silently
+dropped. Object stores have no directories (an empty one is kept alive by a hidden
+marker object), no owners or modes (the daemon's are shown, chmod and utimens are
+accepted and not kept, chown to anyone else is EPERM), no hard or symbolic links and no
+special files (EPERM), and no rename (copy, then delete: not atomic).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+
+from ..nodes import Attr, FileHandle, Owner
+from .root import Root
+from .rules import DIR_MARKER
+from .walk import Workers
+
+FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
+FETCH_PARTS = 2                # ...as this many concurrent range requests
+CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
+
+
+def _no_links(rel: str) -> OSError:
+    return OSError(errno.EPERM, "object stores have no links or special files", rel)
+
+
+class FsspecRoot(Root):
+    """A root behind fsspec (S3 through s3fs...)."""
+
+    def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
+        import fsspec                                   # only remote mounts need it
+        self.fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        self.base = base.rstrip("/")
+        self.url = url
+        self.ttl = ttl
+        # bounded as well as timed: the oldest entries go first past CACHE_ENTRIES
+        self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
+        self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.fetch_ahead = Workers(4, "fetch-ahead")
+
+    def describe(self) -> str:
+        return self.url.split("@")[-1]                  # never a credential in a URL
+
+    def full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _fresh(self, table: dict, key: str):
+        with self._lock:
+            hit = table.get(key)
+            return hit[1] if hit and time.monotonic() - hit[0] < self.ttl else ...
+
+    def _remember(self, table: OrderedDict, key: str, value) -> None:
+        with self._lock:
+            table[key] = (time.monotonic(), value)
+            table.move_to_end(key)
+            while len(table) > CACHE_ENTRIES:
+                table.popitem(last=False)
+
+    def invalidate(self, rel: str) -> None:
+        """Forget what is known of rel and of its parent's listing (after our own writes)."""
+        parent = rel.rpartition("/")[0]
+        with self._lock:
+            self._info.pop(rel, None)
+            self._dirs.pop(parent, None)
+            self._dirs.pop(rel, None)
+        self.fs.invalidate_cache(self.full(parent))
+
+    @staticmethod
+    def _to_info(entry: dict) -> Attr:
+        if entry.get("type") == "directory":
+            return Attr(stat.S_IFDIR | 0o755, 0, 0, 2)
+        mtime = entry.get("LastModified") or entry.get("mtime") or entry.get("created") or 0
+        if hasattr(mtime, "timestamp"):
+            mtime = mtime.timestamp()
+        return Attr(stat.S_IFREG | 0o644, int(entry.get("size") or 0), int(float(mtime) * 1e9))
+
+    def stat(self, rel: str) -> Attr | None:
+        cached = self._fresh(self._info, rel)
+        if cached is not ...:
+            return cached
+        parent, _, name = rel.rpartition("/")
+        if rel and self._fresh(self._dirs, parent) is not ...:
+            names = self._fresh(self._dirs, parent)     # a listing just made answers for its children
+            if names is not None and name not in names:
+                return None
+        try:
+            info = self._to_info(self.fs.info(self.full(rel)))
+        except FileNotFoundError:
+            info = None
+        self._remember(self._info, rel, info)
+        return info
+
+    def listdir(self, rel: str, touch: bool = True) -> list[str] | None:
+        cached = self._fresh(self._dirs, rel)
+        if cached is not ...:
+            return cached
+        try:
+            entries = self.fs.ls(self.full(rel), detail=True, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            self._remember(self._dirs, rel, None)
+            return None
+        names = []
+        for entry in entries:
+            name = entry["name"].rstrip("/").rpartition("/")[2]
+            if not name or entry["name"].rstrip("/") == self.full(rel):
+                continue
+            names.append(name)
+            self._remember(self._info, f"{rel}/{name}" if rel else name, self._to_info(entry))
+        self._remember(self._dirs, rel, names)
+        return names
+
+    def stat_many(self, rel: str, names: list[str]) -> list[Attr | None]:
+        return [self.stat(f"{rel}/{name}" if rel else name) for name in names]  # listed: cached
+
+    def readlink(self, rel: str) -> str:
+        raise OSError(errno.EINVAL, "object stores have no links", rel)
+
+    def open_read(self, rel: str) -> FileHandle:
+        info = self.stat(rel)                            # known from a listing: no HEAD again
+        return RemoteReadHandle(self, self.full(rel), info.size if info else None)
+
+    # -- as the overlay side ---------------------------------------------------------------
+    def mkdir(self, rel: str, mode: int = 0o755, owner: Owner | None = None) -> None:
+        self.fs.pipe(f"{self.full(rel)}/{DIR_MARKER}", b"")
+        self.invalidate(rel)
+
+    def copy_dir(self, source: Root, rel: str, info: Attr) -> None:
+        self.mkdir(rel)
+
+    def touch(self, rel: str) -> None:
+        self.fs.pipe(self.full(rel), b"")
+        self.invalidate(rel)
+
+    def create(self, rel: str, mode: int, owner: Owner | None = None) -> None:
+        if self.stat(rel) is not None:
+            raise FileExistsError(errno.EEXIST, "exists", rel)
+        self.touch(rel)
+
+    def unlink(self, rel: str) -> None:
+        self.fs.rm(self.full(rel))
+        self.invalidate(rel)
+
+    def rmtree(self, rel: str) -> None:
+        self.fs.rm(self.full(rel), recursive=True)
+        if hasattr(self.fs, "split_path") and hasattr(self.fs, "call_s3"):
+            # S3 servers with real folders (SeaweedFS, MinIO) keep "rel/" after its objects go
+            bucket, key, _ = self.fs.split_path(self.full(rel))
+            try:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
+            except Exception:
+                pass
+        self.invalidate(rel)
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """Copy, then delete: object stores cannot rename (not atomic, documented)."""
+        if flags:
+            raise OSError(errno.EINVAL, "object stores cannot exchange or refuse in one step", new)
+        self.fs.mv(self.full(old), self.full(new), recursive=True)
+        self.invalidate(old)
+        self.invalidate(new)
+
+    def symlink(self, target: str, rel: str, owner: Owner | None = None) -> None:
+        raise _no_links(rel)
+
+    def mknod(self, rel: str, mode: int, rdev: int, owner: Owner | None = None) -> None:
+        raise _no_links(rel)
+
+    def link(self, existing: str, rel: str) -> None:
+        raise _no_links(rel)
+
+    def open_write(self, rel: str, flags: int) -> FileHandle:
+        return UploadHandle(self, rel, keep=not flags & os.O_TRUNC)
+
+    def truncate(self, rel: str, size: int) -> None:
+        handle = UploadHandle(self, rel, keep=True)
+        try:
+            handle.truncate(size)
+            handle.flush()
+        finally:
+            handle.release()
+
+    def set_attr(self, rel: str, handle: FileHandle | None, mode: int | None = None, uid: int | None = None,
+                 gid: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
+        """Objects have no modes or times (accepted, not kept) and no owners."""
+        if uid not in (None, os.getuid()) or gid not in (None, os.getgid()):
+            raise OSError(errno.EPERM, "objects belong to the daemon's user", rel)
+
+    def stage_copy(self, source: Root, rel: str, info: Attr, data: bool = True):
+        if stat.S_ISLNK(info.mode) or not stat.S_ISREG(info.mode):
+            raise _no_links(rel)
+        staged = tempfile.NamedTemporaryFile(prefix="scopefs-copy-")
+        try:
+            if data:
+                handle = source.open_read(rel)
+                try:
+                    offset = 0
+                    while block := handle.read(offset, FETCH_BLOCK):
+                        staged.write(block)
+                        offset += len(block)
+                finally:
+                    handle.release()
+            staged.flush()
+        except BaseException:
+            staged.close()
+            raise
+        return staged
+
+    def place_copy(self, staged, rel: str) -> None:
+        try:
+            self.fs.put_file(staged.name, self.full(rel))
+        finally:
+            staged.close()
+            self.invalidate(rel)
+
+    def drop_copy(self, staged) -> None:
+        staged.close()
+
+
+class RemoteReadHandle(FileHandle):
+    """Reads of an object in blocks of FETCH_BLOCK, each fetched as FETCH_PARTS concurrent
+    range requests. A sequential reader's next block is fetched in the background while
+    it reads this one (a reader jumping about gets no such guesses), and reads of blocks
+    already here need no worker thread."""
+    release_blocks = True
+
+    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
+        self.root, self.path = root, path
+        self.size = size if size is not None else root.fs.size(path)
+        self._blocks: dict[int, Future] = {}          # the block read last and the next one
+        self._last_end = 0                            # where the last read ended
+        self._lock = threading.Lock()
+
+    def _fetch(self, index: int) -> bytes:
+        start = index * FETCH_BLOCK
+        end = min(start + FETCH_BLOCK, self.size)
+        step = max(-(-(end - start) // FETCH_PARTS), 1 << 20)
+        starts = list(range(start, end, step))
+        parts = self.root.fs.cat_ranges([self.path] * len(starts), starts, [min(s + step, end) for s in starts])
+        for part in parts:
+            if isinstance(part, Exception):
+                raise part
+        return b"".join(parts)
+
+    def _block(self, index: int, wait: bool = True) -> bytes | None:
+        with self._lock:
+            future = self._blocks.get(index)
+            if future is None or (future.done() and future.exception() is not None):
+                if not wait:
+                    return None
+                future = self._blocks[index] = Future()
+                future.set_running_or_notify_cancel()
+                fetch_here = True
+            else:
+                fetch_here = False
+        if fetch_here:
+            try:
+                future.set_result(self._fetch(index))
+            except BaseException as exc:
+                future.set_exception(exc)
+        elif not wait and not future.done():
+            return None
+        return future.result()
+
+    def _read(self, offset: int, size: int, wait: bool) -> bytes | None:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // FETCH_BLOCK, (end - 1) // FETCH_BLOCK
+        pieces = []
+        for index in range(first, last + 1):
+            block = self._block(index, wait)
+            if block is None:
+                return None
+            base = index * FETCH_BLOCK
+            pieces.append(block[max(offset - base, 0):end - base])
+        # the kernel may send two reads out of order: "sequential" is within a MiB
+        sequential = abs(offset - self._last_end) <= 1 << 20
+        self._last_end = end
+        self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size), fetch_next=sequential)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _ahead(self, index: int, finished: bool, fetch_next: bool) -> None:
+        """Keep the block being read (unless read to its end) and the next one, which a
+        sequential reader gets fetched now: an open handle holds two blocks at most."""
+        with self._lock:
+            for old in [k for k in self._blocks if k != index + 1 and (k != index or finished)]:
+                del self._blocks[old]
+            if fetch_next and (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
+                self._blocks[index + 1] = self.root.fetch_ahead.submit(self._fetch, index + 1)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._read(offset, size, wait=True)
+
+    def cached_read(self, offset: int, size: int) -> bytes | None:
+        return self._read(offset, size, wait=False)
+
+    def release(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+
+
+class UploadHandle(FileHandle):
+    """A remote file edited in a local temporary copy and uploaded at close or fsync."""
+    release_blocks = True
+
+    def __init__(self, root: FsspecRoot, rel: str, keep: bool):
+        self.root, self.rel = root, rel
+        self._tmp = tempfile.NamedTemporaryFile(prefix="scopefs-upload-")
+        if keep and root.stat(rel) is not None:
+            root.fs.get_file(root.full(rel), self._tmp.name)
+        self._dirty = not keep
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._tmp.fileno(), size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            self._dirty = True
+            return os.pwrite(self._tmp.fileno(), data, offset)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._dirty = True
+            os.ftruncate(self._tmp.fileno(), size)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            try:
+                self.root.fs.put_file(self._tmp.name, self.root.full(self.rel))
+            except Exception as exc:                   # the writer must hear of it
+                raise OSError(errno.EIO, f"upload of {self.rel} failed: {exc}") from None
+            finally:
+                self.root.invalidate(self.rel)
+            self._dirty = False
+
+    def release(self) -> None:
+        self._tmp.close()

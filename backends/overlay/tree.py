@@ -1,0 +1,995 @@
+"""The merged view: nodes, and the merge rules that decide what each name shows.
+
+A node is its backing file: (layer, st_dev, st_ino), or (layer, path) in an object
+store. Hard links found by that identity share one node (one inode number); a copy-up
+moves a node to the overlay layer and keeps its number. A node knows where it is (its
+parent node and name, and for hard links its other names), so a rename moves one node
+and never rewrites a table of paths; a deleted node lives on, without a place, while
+the kernel holds it (an open file stays usable: `attr` then asks an open handle).
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import math
+import os
+import stat
+import threading
+import time
+import weakref
+from collections import OrderedDict
+
+from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
+from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree
+from .root import Root
+from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
+from .walk import ScanAhead, SiblingWarmer
+
+#: what `static_visible` remembers of a directory with no copy in the overlay yet
+BARE = "bare"
+#: copy-ups of different files run at once; one file's wait for each other (striped)
+COPY_LOCKS = 64
+#: merged directories whose link count is remembered (until their overlay copy changes)
+NLINK_COUNTS = 100_000
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _gone(what: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "no such file or directory", what)
+
+
+class OverlayTree(Tree):
+    """A read-only static root under a writable overlay root, shown as one tree."""
+
+    #: nodes the kernel forgot that are kept for a walk done again
+    idle_nodes = 100_000
+
+    def __init__(self, static: Root, upper: Root, read_only: bool = False):
+        super().__init__()
+        self.static = static
+        self.upper = upper
+        self.writable = not read_only
+        self.real_owners = upper.real_owners
+        self.local = static.answers_from_caches and upper.answers_from_caches
+        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
+                                        negative_timeout=0.0, keep_cache=True)
+        # changes of names (short: a copy-up holds it only to rename its finished copy in)
+        self.lock = threading.RLock()
+        self._table = threading.Lock()                          # guards _by_key changes
+        self._by_key: dict[tuple, MergedNode] = {}
+        self._copying = [threading.Lock() for _ in range(COPY_LOCKS)]
+        self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
+        self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
+        # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
+        self.derive = None
+        self._derived: dict[str, Node] = {}
+        # imports(dir rel, name) -> a node that converts what is written to it, for a new
+        # name that is an import (copick picks or tomograms in other formats), else None
+        self.imports = None
+        self._visible: dict[str, bool] = {}     # static visibility of directories, until a write
+        self._visible_lock = threading.Lock()
+        # counts renames and deletions: a lookup that raced one does not move a node back
+        self.moves = 0
+        self._generation = 0                     # of `_visible`: changed() counts up
+        self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
+        self.scan_ahead = ScanAhead(static, threads=2 if static.answers_from_caches else 8,
+                                    horizon=self.cache_policy.attr_timeout)
+        # lookups answered from the kernel's caches (shown_nowait) need local storage
+        self.warmer = SiblingWarmer(static) if self.local else None
+        if self.writable:
+            upper.clear_work()
+        root = self.add(MergedDir(self, (None, "")))
+        root_source, info = self.top("")
+        root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
+
+    # -- resolving ------------------------------------------------------------------------
+    def static_visible(self, rel: str) -> bool:
+        """Whether the static root's entry at rel shows: no whiteout for it and no opaque
+        directory or whiteout on the way down (remembered per parent until a write)."""
+        if not rel:
+            return True
+        parent, _, name = rel.rpartition("/")
+        seen = self._visible.get(parent)
+        if seen is None:
+            generation = self._generation
+            if not self.static_visible(parent):
+                seen = False
+            elif self.upper.stat(parent) is None:
+                seen = BARE
+            else:
+                seen = self.upper.stat(_join(parent, OPAQUE)) is None
+            with self._visible_lock:
+                if generation == self._generation:       # no change came meanwhile
+                    self._visible[parent] = seen
+        return seen is BARE or seen and self.upper.stat(_join(parent, whiteout_name(name))) is None
+
+    def _bare(self, rel: str) -> bool:
+        """Whether rel's directory is known to have no copy in the overlay (then nothing
+        there is the overlay's, and no whiteout needs looking for)."""
+        return self._visible.get(rel.rpartition("/")[0]) is BARE
+
+    def changed(self) -> None:
+        """Whiteouts or opaque markers may have changed: forget visibility (and what is
+        being learnt of it right now)."""
+        with self._visible_lock:
+            self._generation += 1
+            self._visible.clear()
+
+    def layers(self, rel: str) -> tuple[Attr | None, Attr | None]:
+        """(overlay info, static info) of what rel shows; static is None if hidden."""
+        up = None if self._bare(rel) else self.upper.stat(rel)
+        st = self.static.stat(rel) if self.static_visible(rel) else None
+        return up, st
+
+    def top(self, rel: str) -> tuple[Root, Attr]:
+        """The root whose copy of rel shows, and its info (the static root is not asked
+        when the overlay has rel)."""
+        up = None if self._bare(rel) else self.upper.stat(rel)
+        if up is not None:
+            return self.upper, up
+        st = self.static.stat(rel) if self.static_visible(rel) else None
+        if st is None:
+            raise _gone(rel)
+        return self.static, st
+
+    def shown(self, rel: str) -> tuple[Root, Attr] | None:
+        try:
+            return self.top(rel)
+        except FileNotFoundError:
+            return None
+
+    def _static_visible_cached(self, rel: str) -> bool:
+        """Whether the static entry at rel shows, if known without I/O (else False)."""
+        parent, _, name = rel.rpartition("/")
+        seen = self._visible.get(parent)
+        return seen is BARE or bool(seen) and self.upper.exists_cached(_join(parent, whiteout_name(name))) is False
+
+    def shown_nowait(self, rel: str) -> tuple[Root, Attr] | None:
+        """What rel shows, if the kernel's lookup cache tells without I/O; None if it
+        cannot, or if rel is missing."""
+        if not self.local:
+            return None
+        if not self._bare(rel):
+            try:
+                info = self.upper.stat_cached(rel)
+                return None if info is None else (self.upper, info)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        if self._static_visible_cached(rel):
+            try:
+                info = self.static.stat_cached(rel)
+                return None if info is None else (self.static, info)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return None
+
+    def _names(self, rel: str) -> tuple[list[str], set[str] | None, set[str]]:
+        """What directory rel shows of each root: (the overlay's names, the static names
+        the overlay hides or None if it hides the whole static directory, and the
+        overlay's raw names). Whiteouts and opaqueness come from the overlay's listing."""
+        upper_names = self.upper.listdir(rel)
+        upper = [n for n in upper_names or [] if not internal(n)]
+        if upper_names is None:
+            static_shows = self.upper.stat(rel) is None          # an overlay file hides a static dir
+        else:
+            static_shows = OPAQUE not in upper_names
+        if not (static_shows and self.static_visible(rel)):
+            return upper, None, set()
+        raw = set(upper_names or [])
+        return upper, set(upper) | deleted_names(raw), raw
+
+    def dir_info(self, rel: str, info: Attr) -> Attr:
+        """The overlay's copy of directory rel, with the nlink of the merged view (2 and
+        its subdirectories, those of the static root that show included), as a plain
+        directory has. Only the overlay's entries are looked at, and only when they
+        changed since the last count (the copy's mtime and ctime say)."""
+        if self.static is self.upper:
+            return info
+        known = self.dir_info_nowait(info)
+        if known is not None:
+            return known
+        nlink = self._count_links(rel)
+        if info.backing is not None:
+            if len(self._nlinks) >= NLINK_COUNTS:
+                self._nlinks.clear()
+            # a directory with nothing static merged in stays so (one made where a static
+            # one was is opaque): its own count is right from now on
+            self._nlinks[info.backing] = (None if nlink is None else (info.mtime_ns, info.ctime_ns), nlink)
+        return info if nlink is None else info._replace(nlink=nlink)
+
+    def dir_info_nowait(self, info: Attr) -> Attr | None:
+        """What `dir_info` gives, if known without I/O (else None)."""
+        counted = self._nlinks.get(info.backing)
+        if counted is None:
+            return None
+        if counted[0] is None:
+            return info
+        return info._replace(nlink=counted[1]) if counted[0] == (info.mtime_ns, info.ctime_ns) else None
+
+    def count_before(self, node: "MergedDir") -> tuple[Attr, int] | None:
+        """(the overlay copy's attributes, merged nlink) of directory node, if its count is
+        remembered and current: a change then carries it over (`count_after`) instead of
+        counting again (lock held)."""
+        counted = self._nlinks.get(node.key[1]) if node.source is self.upper else None
+        if counted is None or counted[0] is None:
+            return None
+        before = self.upper.stat(node.rel)
+        return (before, counted[1]) if before and counted[0] == (before.mtime_ns, before.ctime_ns) else None
+
+    def count_after(self, node: "MergedDir", before: tuple[Attr, int] | None, delta: int) -> None:
+        """A change made `delta` subdirectories in node (lock held)."""
+        if before is not None:
+            after = self.upper.stat(node.rel)
+            if after is not None and after.backing == before[0].backing:
+                self._nlinks[after.backing] = ((after.mtime_ns, after.ctime_ns), before[1] + delta)
+
+    def _count_links(self, rel: str) -> int | None:
+        """The merged nlink of the overlay's directory rel; None if the overlay's own
+        count is right for good (no static subdirectory merged in)."""
+        st = self.static.stat(rel) if self.static_visible(rel) else None
+        if st is None or not stat.S_ISDIR(st.mode) or st.nlink == 2 and rel:
+            return None
+        raw = self.upper.listdir(rel, touch=False) or []       # a stat is no read of the directory
+        if OPAQUE in raw:
+            return None
+        if st.nlink < 2:                                # a filesystem that does not count (btrfs)
+            return 1
+        entries = [n for n in raw if not internal(n)]
+        named = sorted(set(entries) | deleted_names(raw))
+        upper_dirs = {n for n, i in zip(entries, self.upper.stat_many(rel, entries)) if i and stat.S_ISDIR(i.mode)}
+        static_dirs = {n for n, i in zip(named, self.static.stat_many(rel, named)) if i and stat.S_ISDIR(i.mode)}
+        return max(st.nlink + len(upper_dirs - static_dirs) - len(static_dirs - upper_dirs), 2)
+
+    def shown_dir_exact(self, rel: str, root: Root, info: Attr) -> Attr:
+        """info, corrected if it is the overlay's copy of a merged directory (object
+        stores do not count links: their directories stay at 2)."""
+        if root is self.upper and self.real_owners and stat.S_ISDIR(info.mode):
+            return self.dir_info(rel, info)
+        return info
+
+    @staticmethod
+    def _static_shows(name: str, hidden: set[str], raw: set[str]) -> bool:
+        return not (name in hidden or internal(name) or (len(name) > 240 and whiteout_name(name) in raw))
+
+    def listing(self, rel: str) -> list[str]:
+        upper, hidden, raw = self._names(rel)
+        if hidden is None:
+            return sorted(upper)
+        return sorted(upper + [n for n in self.static.listdir(rel) or [] if self._static_shows(n, hidden, raw)])
+
+    def scan(self, rel: str) -> list[tuple[str, Root, Attr]]:
+        """The listing with what each name shows: one stat per name, in the root that shows
+        it (the static root's side may have been scanned ahead)."""
+        upper, hidden, raw = self._names(rel)
+        found = [(n, self.upper, info) for n, info in zip(upper, self.upper.stat_many(rel, upper))]
+        if hidden is not None:
+            ahead = self.scan_ahead.take(rel)
+            if ahead is None:
+                static_names = self.static.listdir(rel) or []
+                names = [n for n in static_names if self._static_shows(n, hidden, raw)]
+                found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
+            else:
+                static_names = ahead
+                found += [(n, self.static, info) for n, info in ahead.items() if self._static_shows(n, hidden, raw)]
+            merged = set(upper).intersection(static_names) if self.real_owners else ()  # counted in both
+            found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
+                      and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
+        return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])
+
+    # -- nodes ----------------------------------------------------------------------------
+    def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
+        """A node's identity: its backing file, or its path where a root has no inodes."""
+        layer = 0 if root is self.upper else 1
+        return (layer, info.backing) if info.backing is not None else (layer, rel)
+
+    def node_for(self, parent: "MergedDir", name: str, rel: str, root: Root, info: Attr,
+                 wait: bool = True, moves: int | None = None) -> "MergedNode | None":
+        """The node of what `parent/name` (at rel) shows: `info` from `root`. Making a new
+        node takes the table's lock: without `wait`, None if another thread holds it.
+        `moves`: `self.moves` before info was learnt (a node found is placed at name only
+        if nothing was renamed or deleted since)."""
+        key, kind = self.key_of(root, rel, info), stat.S_IFMT(info.mode)
+        node = self._by_key.get(key)
+        if node is None or node.kind != kind:
+            if not self._table.acquire(blocking=wait):
+                return None
+            try:
+                node = self._by_key.get(key)
+                if node is None or node.kind != kind:
+                    cls = _NODE_KINDS.get(kind, MergedSpecial)
+                    node = self.add(cls(self, (parent, name)))
+                    node.kind, node.source, node.key = kind, root, key
+                    self._by_key[key] = node
+                    return node
+            finally:
+                self._table.release()
+        if moves is None or moves == self.moves:
+            node.found_at(parent, name, info.nlink)
+        return node
+
+    def known(self, root: Root, rel: str, info: Attr) -> "MergedNode | None":
+        return self._by_key.get(self.key_of(root, rel, info))
+
+    def rekey(self, node: "MergedNode", root: Root, info: Attr) -> None:
+        """node's backing file is now `info` in `root` (copied up, or renamed in a root
+        without inodes)."""
+        key = self.key_of(root, node.rel, info)
+        with self._table:
+            if self._by_key.get(node.key) is node:
+                del self._by_key[node.key]
+            node.source, node.key = root, key
+            self._by_key.setdefault(key, node)
+
+    def unplace(self, node: "MergedNode", parent: "MergedDir", name: str, gone: bool) -> None:
+        """`parent/name` no longer shows node (deleted or replaced); `gone`: nor does any
+        other name, so nothing may find it again (its backing inode may be reused)."""
+        self.moves += 1
+        node.drop_place(parent, name)
+        if node.place is None or gone:
+            with self._table:
+                if self._by_key.get(node.key) is node:
+                    del self._by_key[node.key]
+
+    # -- writing into the overlay -----------------------------------------------------
+    def ensure_upper_dir(self, node: "MergedDir") -> Attr:
+        """The overlay gets node's directory and those on the way to it, each with the
+        owner, mode and times of the static one (call with the lock held)."""
+        rel = node.rel
+        up = self.upper.stat(rel)
+        if up is not None:
+            if not stat.S_ISDIR(up.mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", rel)
+            return up
+        parent = node.place[0]
+        above = self.ensure_upper_dir(parent)
+        st = self.static.stat(rel)
+        if st is None:
+            raise _gone(rel)
+        self.upper.copy_dir(self.static, rel, st)
+        self.changed()                                   # no longer bare
+        self.keep_times(parent, above)
+        up = self.upper.stat(rel)
+        self.rekey(node, self.upper, up)
+        return up
+
+    def keep_times(self, directory: "MergedDir", before: Attr) -> None:
+        """A copy-up placed something in directory: its times stay what they were (the
+        view did not change)."""
+        self.upper.set_attr(directory.rel, None, atime_ns=before.atime_ns, mtime_ns=before.mtime_ns)
+
+    def copy_up(self, node: "MergedNode", data: bool = True) -> None:
+        """node, shown from the static root, gets its copy in the overlay: written aside
+        (content only if `data`), fsynced, then renamed into place. Copy-ups of one file
+        wait for each other; nothing else waits for a copy to be made."""
+        if node.source is self.upper:
+            return
+        if isinstance(node, MergedDir):
+            with self.lock:
+                self.ensure_upper_dir(node)
+            return
+        with self._copying[node.ino % COPY_LOCKS]:
+            if node.source is self.upper:
+                return
+            rel = node.rel
+            info = self.static.stat(rel)
+            if info is None:
+                raise _gone(rel)
+            staged = self.upper.stage_copy(self.static, rel, info, data)
+            try:
+                with self.lock:
+                    if node.place is None or node.rel != rel or node.source is self.upper:
+                        raise _gone(rel)                 # deleted or moved meanwhile
+                    parent = node.place[0]
+                    above = self.ensure_upper_dir(parent)
+                    count = self.count_before(parent)
+                    self.upper.place_copy(staged, rel)
+                    staged = None
+                    self.keep_times(parent, above)
+                    self.count_after(parent, count, 0)
+                    if isinstance(node, MergedFile):
+                        node.links = None                # other static names stay the static file
+                    self.rekey(node, self.upper, self.upper.stat(rel))
+            finally:
+                if staged is not None:
+                    self.upper.drop_copy(staged)
+
+    def whiteout(self, parent: "MergedDir", name: str) -> None:
+        self.ensure_upper_dir(parent)
+        self.upper.touch(_join(parent.rel, whiteout_name(name)))
+        self.changed()
+
+    def clear_whiteout(self, rel: str) -> bool:
+        parent, _, name = rel.rpartition("/")
+        marker = _join(parent, whiteout_name(name))
+        if self.upper.stat(marker) is not None:
+            self.upper.unlink(marker)
+            self.changed()
+            return True
+        return False
+
+    def make_opaque_if_static(self, rel: str) -> None:
+        """A directory made or moved where the static root has one: the static entries
+        must not show through it."""
+        st = self.static.stat(rel)
+        if st is not None and stat.S_ISDIR(st.mode):
+            self.upper.touch(_join(rel, OPAQUE))
+            self.changed()
+
+    def opaque(self, rel: str) -> bool:
+        return self.upper.stat(_join(rel, OPAQUE)) is not None
+
+    # -- derived views ---------------------------------------------------------------------
+    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node]]:
+        """The derived files of a directory (never shadowing a real name), given what its
+        entries show."""
+        if self.derive is None:
+            return []
+        return [(name, self._derived_node(rel, name, source, make, infos.get(source.rpartition("/")[2])))
+                for name, source, make in self.derive.listing(rel, list(infos)) if name not in infos]
+
+    def derived_lookup(self, rel: str, name: str) -> Node | None:
+        """One derived file by name: only its own source is looked at."""
+        if self.derive is None:
+            return None
+        found = self.derive.lookup(rel, name)
+        if found is None or self.shown(found[0]) is None:
+            return None
+        return self._derived_node(rel, name, *found)
+
+    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None) -> Node:
+        path = _join(rel, name)
+        key = self.source_key(source, info)
+        with self._table:
+            node = self._derived.get(path)
+            if node is None or node.source_key != key:
+                node = self._derived[path] = self.add(make())
+                node.source_key, node.derived_path = key, path
+            return node
+
+    def source_key(self, rel: str, info: Attr | None = None):
+        """What a derived file's content depends on: its source's path, size and time."""
+        if info is None:
+            shown = self.shown(rel)
+            info = shown[1] if shown else None
+        return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
+
+    # -- the kernel's references -------------------------------------------------------------
+    def forget(self, ino: int) -> None:
+        """The kernel let go of ino. A deleted node goes at once; another waits among the
+        `idle_nodes` most recently forgotten (a walk done again reuses them), then goes:
+        a walk over millions of files keeps no table of them. This runs in the trio
+        thread: each step is one dict operation, no lock (at worst a file gets a second
+        node)."""
+        node = self.get(ino)
+        if node is None or node is self.root or not isinstance(node, MergedNode) and \
+                getattr(node, "derived_path", None) is None:
+            return                                   # the root, the virtual config
+        if isinstance(node, MergedNode) and node.place is None:
+            self.discard(ino)
+            return
+        self._idle[ino] = node
+        while len(self._idle) > self.idle_nodes:
+            old_ino, old = self._idle.popitem(last=False)
+            if isinstance(old, MergedNode):
+                if self._by_key.get(old.key) is old:
+                    self._by_key.pop(old.key, None)
+            elif self._derived.get(old.derived_path) is old:
+                self._derived.pop(old.derived_path, None)
+            self.discard(old_ino)
+
+    def adopt(self, node: Node) -> None:
+        if self._idle.pop(node.ino, None) is not None:
+            return                                   # still here: the kernel knows it again
+        if self.get(node.ino) is not node:           # let go while a lookup was finding it
+            self.alias(node.ino, node)
+            if isinstance(node, MergedNode) and node.place is not None:
+                self._by_key.setdefault(node.key, node)
+
+    def statvfs(self) -> os.statvfs_result | None:
+        return self.upper.statvfs()
+
+    def status(self) -> dict:
+        return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_key),
+                "nodes_forgotten_kept": len(self._idle),
+                "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
+                "directories_warmed": self.warmer.warmed if self.warmer else 0}
+
+    def close(self) -> None:
+        super().close()
+        for root in {id(r): r for r in (self.static, self.upper)}.values():
+            root.close()
+
+
+class MergedNode(Node):
+    """A file, link, special file or directory of the merged view."""
+    __slots__ = ("tree", "ino", "kind", "place", "source", "key")
+
+    def __init__(self, tree: OverlayTree, place: tuple["MergedDir | None", str]):
+        self.tree = tree
+        self.place = place          # (parent, name); None once deleted
+
+    @property
+    def rel(self) -> str:
+        place = self.place
+        if place is None:
+            raise _gone("a deleted file")
+        parent, name = place
+        return _join(parent.rel, name) if parent is not None else name
+
+    def found_at(self, parent: "MergedDir", name: str, nlink: int) -> None:
+        self.place = (parent, name)
+
+    def drop_place(self, parent: "MergedDir", name: str) -> None:
+        if self.place == (parent, name):
+            self.place = None
+
+    def move_place(self, old: tuple, new: tuple) -> None:
+        self.place = new
+
+    def attr(self) -> Attr:
+        info = self.source.stat(self.rel)
+        if info is None:
+            raise _gone(self.rel)
+        return info
+
+    def set_attr(self, mode: int | None = None, mtime_ns: int | None = None, *, atime_ns: int | None = None,
+                 uid: int | None = None, gid: int | None = None, handle: FileHandle | None = None) -> None:
+        """Through `handle` if it is open on the overlay's copy (fchmod after unlink),
+        else by name, after a copy-up."""
+        if handle is None or self.opened_on(handle) is not self.tree.upper:
+            handle = self.upper_handle() if self.place is None else None     # fchmod after unlink
+            if handle is None:
+                self.tree.copy_up(self)
+        self.tree.upper.set_attr(self.rel if handle is None else "", handle, mode, uid, gid, atime_ns, mtime_ns)
+
+    def opened_on(self, handle: FileHandle) -> Root | None:
+        """The root a handle of this node reads (None: not one of its handles)."""
+        return None
+
+    def upper_handle(self) -> FileHandle | None:
+        """A handle open on the overlay's copy, if there is one."""
+        return None
+
+
+class MergedSpecial(MergedNode):
+    """A FIFO, socket or device node (the kernel serves its opens itself)."""
+    __slots__ = ()
+
+
+class MergedLink(MergedNode, Symlink):
+    __slots__ = ()
+    target_blocks = True
+
+    @property
+    def target(self) -> str:
+        return self.source.readlink(self.rel)
+
+
+class MergedFile(MergedNode, File):
+    """A regular file: its other names (hard links) and its open handles are known."""
+    __slots__ = ("links", "_open")
+
+    def __init__(self, tree: OverlayTree, place: tuple):
+        super().__init__(tree, place)
+        self.links: set[tuple] | None = None              # names besides `place`
+        self._open: weakref.WeakKeyDictionary | None = None   # handle: the root it reads
+
+    def found_at(self, parent: "MergedDir", name: str, nlink: int) -> None:
+        place = (parent, name)
+        if place == self.place:
+            return
+        if nlink > 1 and self.place is not None:
+            self.links = (self.links or set()) | {self.place}
+        self.place = place
+
+    def drop_place(self, parent: "MergedDir", name: str) -> None:
+        place = (parent, name)
+        if self.links:
+            self.links.discard(place)
+        if self.place == place:
+            self.place = self.links.pop() if self.links else None
+
+    def move_place(self, old: tuple, new: tuple) -> None:
+        self.drop_place(*old)
+        if self.place is not None:
+            self.links = (self.links or set()) | {self.place}
+        self.place = new
+
+    def attr(self) -> Attr:
+        """From the backing file by name, or (deleted, or replaced) from a handle open on it."""
+        if self.place is not None:
+            info = self.source.stat(self.rel)
+            if info is not None and self.tree.key_of(self.source, self.rel, info) == self.key:
+                return info
+        for handle, root in list((self._open or {}).items()):
+            info = root.handle_attr(handle)
+            if info is not None and root is self.source:
+                return info
+        raise _gone("a deleted file")
+
+    def opened_on(self, handle: FileHandle) -> Root | None:
+        return None if self._open is None else self._open.get(handle)
+
+    def upper_handle(self) -> FileHandle | None:
+        for handle, root in list((self._open or {}).items()):
+            if root is self.tree.upper and root.handle_attr(handle) is not None:
+                return handle
+        return None
+
+    def _track(self, handle: FileHandle, root: Root) -> FileHandle:
+        if self._open is None:
+            self._open = weakref.WeakKeyDictionary()
+        self._open[handle] = root
+        return handle
+
+    def open(self, flags: int) -> FileHandle:
+        if (flags & os.O_ACCMODE) == os.O_RDONLY:
+            source = self.source
+            return self._track(source.open_read(self.rel), source)
+        self.tree.copy_up(self, data=not flags & os.O_TRUNC)
+        return self._track(self.tree.upper.open_write(self.rel, flags), self.tree.upper)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or self.place is None:
+            return None
+        source = self.source
+        try:
+            handle = source.open_read_cached(self.rel)
+        except OSError:
+            return None                              # the thread decides
+        return None if handle is None else self._track(handle, source)
+
+    def truncate(self, size: int) -> None:
+        self.tree.copy_up(self, data=size > 0)
+        self.tree.upper.truncate(self.rel, size)
+
+
+def _changes_entries(method):
+    """A change of a directory's entries changes its mtime (and nlink): they are learnt
+    again at once, for it and for any other directory the change involved (a rename's
+    target), so the kernel's next getattr of it, which default_permissions makes it send
+    after every create, is answered without a worker thread."""
+    @functools.wraps(method)
+    def changing(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for directory in {self, *(a for a in args if isinstance(a, MergedDir))}:
+                directory.learn_attr()
+    return changing
+
+
+class _Snapshot:
+    """One open directory handle's listing: made at offset 0 (opendir, rewinddir) and
+    read on from there, so that a reader's offsets stay stable while others change the
+    directory (as overlayfs does per open directory)."""
+
+    def __init__(self, directory: "MergedDir"):
+        self.directory = directory
+        self._entries: list | None = None
+
+    def entries(self, offset: int):
+        if offset == 0 or self._entries is None:
+            self._entries = self.directory.scan() if self.directory.place is not None else []
+        return iter(self._entries[offset:])
+
+
+class MergedDir(MergedNode, Directory):
+    __slots__ = ("_known",)
+    rename_flags = RENAME_NOREPLACE | RENAME_EXCHANGE
+
+    def __init__(self, tree: OverlayTree, place: tuple):
+        super().__init__(tree, place)
+        self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
+
+    def attr(self) -> Attr:
+        if self.place is None and self._known is not None:
+            return self._known[1]                        # removed
+        rel = self.rel
+        return self.tree.shown_dir_exact(rel, *self.tree.top(rel))
+
+    def learn_attr(self) -> None:
+        try:
+            self._known = (time.monotonic(), self.attr())
+        except OSError:
+            self._known = None
+
+    def cached_attr(self) -> Attr | None:
+        known = self._known
+        if known is not None and time.monotonic() - known[0] < self.tree.cache_policy.attr_timeout:
+            return known[1]
+        return None
+
+    def removed(self, info: Attr) -> None:
+        """rmdir: a handle still open on it shows it with no links, and lists nothing."""
+        self._known = (math.inf, info._replace(nlink=0))
+
+    def set_attr(self, *args, **kwargs) -> None:
+        self._known = None
+        super().set_attr(*args, **kwargs)
+
+    # -- listing ------------------------------------------------------------------------
+    def opendir(self) -> _Snapshot:
+        return _Snapshot(self)
+
+    def entries(self, offset: int):
+        return iter(self.scan()[offset:])
+
+    def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
+        extra = self.tree.extra if self is self.tree.root else {}
+        rel = self.rel
+        prefix = rel + "/" if rel else ""
+        node_for, moves = self.tree.node_for, self.tree.moves
+        found = [(name, node, None) for name, node in sorted(extra.items())]
+        infos = {}
+        for name, root, info in self.tree.scan(rel):
+            if name not in extra:
+                infos[name] = info
+                found.append((name, node_for(self, name, prefix + name, root, info, moves=moves), info))
+        found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
+        self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
+        return [(pos, *entry) for pos, entry in enumerate(found, 1)]
+
+    # -- names ---------------------------------------------------------------------------
+    def _merged(self, name: str) -> str | None:
+        """The path of name if the two roots decide what it shows (not a virtual file at
+        the root, an internal name, or . and ..)."""
+        if self is self.tree.root and name in self.tree.extra or internal(name) or name in (".", ".."):
+            return None
+        return _join(self.rel, name)
+
+    def _unmerged(self, name: str, rel: str | None) -> Node | None:
+        """What name shows when the two roots show nothing there: a virtual file at the
+        root, or a derived view (rel is `_merged(name)`)."""
+        if rel is None:
+            return self.tree.extra.get(name) if self is self.tree.root else None
+        return self.tree.derived_lookup(self.rel, name)
+
+    def lookup_attr(self, name: str):
+        rel, moves = self._merged(name), self.tree.moves
+        shown = None if rel is None else self.tree.shown(rel)
+        if shown is not None and shown[0] is self.tree.static and self.tree.warmer is not None:
+            self.tree.warmer.missed(self.rel)             # the kernel's caches could not answer
+        if shown is not None:
+            return (self.tree.node_for(self, name, rel, *shown, moves=moves),
+                    self.tree.shown_dir_exact(rel, *shown))
+        node = self._unmerged(name, rel)                 # the roots were asked once, above
+        return None if node is None else (node, node.attr())
+
+    def lookup_attr_nowait(self, name: str):
+        rel, moves = self._merged(name), self.tree.moves
+        shown = None if rel is None else self.tree.shown_nowait(rel)
+        if shown is None:
+            return None
+        root, info = shown
+        if root is self.tree.upper and self.tree.real_owners and stat.S_ISDIR(info.mode) and \
+                self.tree.static.exists_cached(rel) is not False:
+            info = self.tree.dir_info_nowait(info)       # maybe merged: counted before?
+            if info is None:
+                return None
+        node = self.tree.node_for(self, name, rel, root, info, wait=False, moves=moves)
+        return None if node is None else (node, info)
+
+    def lookup(self, name: str):
+        found = self.lookup_attr(name)
+        return None if found is None else found[0]
+
+    def _child(self, name: str) -> tuple[str, "MergedNode"]:
+        """(rel, node) of an existing name (ENOENT if none, or internal)."""
+        rel = self._merged(name)
+        shown = None if rel is None else self.tree.shown(rel)
+        if shown is None:
+            raise _gone(name)
+        return rel, self.tree.node_for(self, name, rel, *shown)
+
+    def _new_name(self, name: str, owner: Owner | None) -> tuple[str, bool, Owner | None, tuple | None]:
+        """Before making `name` (lock held): refuse it if reserved or taken; the overlay
+        gets this directory and loses the name's whiteout. (rel, whether there was a
+        whiteout, the owner the entry gets: a set-group-ID directory gives its group, and
+        the link count to carry over: `count_before`)."""
+        refuse_reserved(name)
+        rel = _join(self.rel, name)
+        tree = self.tree
+        # the overlay's own copy of the name is refused by the call that makes it (O_EXCL)
+        if self is tree.root and name in tree.extra or tree.static_visible(rel) and tree.static.stat(rel) \
+                or tree.derived_lookup(self.rel, name) is not None:
+            raise FileExistsError(errno.EEXIST, "exists", name)
+        here = tree.ensure_upper_dir(self)
+        if owner is not None and here.mode & stat.S_ISGID:
+            owner = Owner(owner.uid, None)
+        count = tree.count_before(self)
+        return rel, tree.clear_whiteout(rel), owner, count
+
+    def _make(self, name: str, owner: Owner | None, make, directory: bool = False, imports=None) -> "Node":
+        """`make(rel, owner)` makes name in the overlay; a directory made where a deleted
+        static one was is opaque. `imports(dir rel, name)` may answer instead with a node
+        that converts what is written to it (`OverlayTree.imports`)."""
+        with self.tree.lock:
+            rel, was_deleted, owner, count = self._new_name(name, owner)
+            imported = imports and imports(self.rel, name)
+            if imported:
+                return imported
+            make(rel, owner)
+            if directory and was_deleted:
+                self.tree.make_opaque_if_static(rel)
+            self.tree.count_after(self, count, 1 if directory else 0)
+            return self.tree.node_for(self, name, rel, self.tree.upper, self.tree.upper.stat(rel))
+
+    @_changes_entries
+    def create(self, name: str, mode: int, owner: Owner | None = None) -> File:
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.create(rel, mode, owner),
+                          imports=self.tree.imports)
+
+    @_changes_entries
+    def mkdir(self, name: str, mode: int, owner: Owner | None = None) -> Directory:
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.mkdir(rel, mode, owner), directory=True)
+
+    @_changes_entries
+    def symlink(self, name: str, target: str, owner: Owner | None = None) -> Symlink:
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.symlink(target, rel, owner))
+
+    @_changes_entries
+    def mknod(self, name: str, mode: int, rdev: int, owner: Owner | None = None) -> Node:
+        return self._make(name, owner, lambda rel, owner: self.tree.upper.mknod(rel, mode, rdev, owner))
+
+    @_changes_entries
+    def link(self, name: str, target: Node) -> Node:
+        if not isinstance(target, MergedNode) or isinstance(target, MergedDir):
+            raise OSError(errno.EPERM, "directories cannot be linked", name)
+        self.tree.copy_up(target)                         # as overlayfs: the link is of the copy
+        with self.tree.lock:
+            rel, _, _, count = self._new_name(name, None)
+            self.tree.upper.link(target.rel, rel)
+            self.tree.count_after(self, count, 0)
+            target.found_at(self, name, 2)
+            return target
+
+    @_changes_entries
+    def unlink(self, name: str) -> None:
+        rel = self._merged(name)
+        with self.tree.lock:
+            up, st = self.tree.layers(rel) if rel is not None else (None, None)
+            if up is None and st is None and rel in self.tree._derived:
+                return              # a derived view: nothing to delete, it goes with its source
+            if up is None and st is None:
+                raise _gone(name)
+            if stat.S_ISDIR((up or st).mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", name)
+            node = self.tree.known(self.tree.upper if up else self.tree.static, rel, up or st)
+            count = self.tree.count_before(self)
+            if up is not None:
+                self.tree.upper.unlink(rel)
+            if st is not None:
+                self.tree.whiteout(self, name)
+            self.tree.count_after(self, count, 0)
+            if node is not None:
+                self.tree.unplace(node, self, name, gone=up is None or up.nlink <= 1)
+
+    @_changes_entries
+    def rmdir(self, name: str) -> None:
+        rel = self._merged(name)
+        with self.tree.lock:
+            up, st = self.tree.layers(rel) if rel is not None else (None, None)
+            if up is None and st is None:
+                raise _gone(name)
+            if not stat.S_ISDIR((up or st).mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+            if self.tree.listing(rel):
+                raise OSError(errno.ENOTEMPTY, "directory not empty", name)
+            node = self.tree.known(self.tree.upper if up else self.tree.static, rel, up or st)
+            count = self.tree.count_before(self)
+            if up is not None:
+                self.tree.upper.rmtree(rel)                   # holds only whiteouts by now
+                self.tree.changed()
+            if st is not None:
+                self.tree.whiteout(self, name)
+            self.tree.count_after(self, count, -1)
+            if node is not None:
+                self.tree.unplace(node, self, name, gone=True)
+                node.removed(up or st)
+
+    def _movable(self, node: "MergedNode", rel: str) -> None:
+        """A directory with static entries merged in moves by copying (EXDEV, as overlayfs
+        without redirects); a file or link is copied up first (outside the lock)."""
+        if isinstance(node, MergedDir):
+            up, st = self.tree.layers(rel)
+            if st is not None and stat.S_ISDIR(st.mode) and (up is None or not self.tree.opaque(rel)):
+                raise OSError(errno.EXDEV, "a directory of the static root moves by copying", rel)
+        else:
+            self.tree.copy_up(node)
+
+    @_changes_entries
+    def rename(self, name: str, new_parent: Directory, new_name: str, flags: int = 0) -> None:
+        if not isinstance(new_parent, MergedDir):
+            raise OSError(errno.EXDEV, "cross-device", new_name)
+        refuse_reserved(new_name)
+        old = self._merged(name)
+        if old is not None and self.tree.shown(old) is None and old in self.tree._derived:
+            return self._rename_derived(old, new_parent, new_name)
+        old, node = self._child(name)
+        if flags & RENAME_EXCHANGE:
+            return self._exchange(name, node, new_parent, new_name)
+        self._movable(node, old)
+        new = _join(new_parent.rel, new_name)
+        if new.startswith(old + "/"):
+            raise OSError(errno.EINVAL, "a directory cannot move into itself", new_name)
+        with self.tree.lock:
+            up, st = self.tree.layers(old)
+            if up is None or node.place is None:
+                raise _gone(name)                         # deleted while being copied up
+            target_up, target_st = self.tree.layers(new)
+            target = target_up or target_st
+            if target is not None:
+                target_node = self.tree.known(self.tree.upper if target_up else self.tree.static, new, target)
+                if flags & RENAME_NOREPLACE:
+                    raise FileExistsError(errno.EEXIST, "exists", new_name)
+                if target_node is node:
+                    return                                # two names of one file: nothing to do
+                self._check_replace(node, target, new)
+                if stat.S_ISDIR(target.mode) and target_up is not None:
+                    self.tree.upper.rmtree(new)           # empty in the view: whiteouts only
+            self.tree.ensure_upper_dir(new_parent)
+            self.tree.clear_whiteout(new)
+            self.tree.upper.rename(old, new)
+            self.tree.changed()
+            if isinstance(node, MergedDir):
+                self.tree.make_opaque_if_static(new)
+            if st is not None:
+                self.tree.whiteout(self, name)
+            if target is not None and target_node is not None:
+                self.tree.unplace(target_node, new_parent, new_name,
+                                  gone=target_up is None or target_up.nlink <= 1 or stat.S_ISDIR(target.mode))
+            self.tree.moves += 1
+            node.move_place((self, name), (new_parent, new_name))
+            if node.key[1] == old:                        # a root without inodes: the path is its identity
+                self.tree.rekey(node, self.tree.upper, self.tree.upper.stat(new))
+
+    def _check_replace(self, node: "MergedNode", target: Attr, new: str) -> None:
+        source_is_dir = isinstance(node, MergedDir)
+        if stat.S_ISDIR(target.mode) and not source_is_dir:
+            raise IsADirectoryError(errno.EISDIR, "target is a directory", new)
+        if source_is_dir and not stat.S_ISDIR(target.mode):
+            raise NotADirectoryError(errno.ENOTDIR, "target is not a directory", new)
+        if stat.S_ISDIR(target.mode) and self.tree.listing(new):
+            raise OSError(errno.ENOTEMPTY, "target directory not empty", new)
+
+    def _exchange(self, name: str, node: "MergedNode", new_parent: "MergedDir", new_name: str) -> None:
+        """RENAME_EXCHANGE: both names are made the overlay's, then swapped in one call."""
+        new, other = new_parent._child(new_name)
+        old = node.rel
+        self._movable(node, old)
+        new_parent._movable(other, new)
+        with self.tree.lock:
+            if node.place is None or other.place is None:
+                raise _gone(name)
+            self.tree.ensure_upper_dir(self)
+            self.tree.ensure_upper_dir(new_parent)
+            for rel in (old, new):
+                if self.tree.upper.stat(rel) is None:     # a directory shown from the static root
+                    raise OSError(errno.EXDEV, "a directory of the static root moves by copying", rel)
+            self.tree.upper.rename(old, new, RENAME_EXCHANGE)
+            self.tree.changed()
+            self.tree.moves += 1
+            node.move_place((self, name), (new_parent, new_name))
+            other.move_place((new_parent, new_name), (self, name))
+
+    def _rename_derived(self, old: str, new_parent: "MergedDir", new_name: str) -> None:
+        """A derived view moved (mv copying a tree): a real file with its content, unless
+        the target is the same view of the moved source already."""
+        existing = new_parent.lookup(new_name)
+        if existing is not None and existing is self.tree._derived.get(_join(new_parent.rel, new_name)):
+            return
+        data = self.tree._derived[old].open(os.O_RDONLY).read(0, 1 << 62)
+        made = new_parent.create(new_name, 0o644)
+        handle = made.open(os.O_WRONLY)
+        try:
+            handle.write(0, data)
+            handle.flush()
+        finally:
+            handle.release()
+
+
+_NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: MergedLink}

@@ -1,0 +1,162 @@
+"""Work done ahead of need for programs that walk a tree: listings of the directories a
+walker opens next (`ScanAhead`) and stats of a directory's entries once lookups in it
+keep missing the kernel's caches (`SiblingWarmer`)."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+
+from ..nodes import Attr
+from .root import Root
+
+log = logging.getLogger(__name__)
+
+PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers
+
+
+class Workers:
+    """A few daemon threads for work done ahead of need: they never hold up the exit,
+    and what they fail at is done again by whoever needs it."""
+
+    def __init__(self, threads: int, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"scopefs-{name}-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._jobs.get()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+class ScanAhead:
+    """Listings (names with their stat) of the directories a walker will open next, made
+    by background threads while the daemon answers for the current one. `find`, `du`,
+    `rsync`, `tar` and copick descend in listing order, so the disk reads (or S3 LISTs)
+    of the next directories overlap the work on this one.
+
+    A listing is used once, and only within `horizon` seconds of being asked for (the
+    kernel trusts what it is told for as long). At most `window` listings wait at a
+    time, and new ones are started only as the walker takes them, so an `ls` of a
+    directory of a thousand folders costs `window` listings, not a thousand."""
+
+    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0):
+        self.root = root
+        self.window = window
+        self.horizon = horizon
+        self._ready: dict[str, tuple[float, Future]] = {}
+        self._plan: deque[str] = deque()
+        self._planned: set[str] = set()           # what the plan still holds
+        self._lock = threading.Lock()
+        self._workers = Workers(threads, "scan-ahead")
+        self.used = self.unused = 0               # listings taken / made for nothing
+
+    def plan(self, rels: list[str]) -> None:
+        """These directories were just listed: a depth-first walker opens them next, before
+        what an earlier plan named."""
+        if not rels:
+            return
+        with self._lock:
+            self._plan.extendleft(reversed(rels))
+            self._planned.update(rels)
+            while len(self._plan) > PLAN_LIMIT:
+                self._planned.discard(self._plan.pop())
+            self._start(purge=True)
+
+    def take(self, rel: str) -> dict[str, Attr | None] | None:
+        """The listing of rel made ahead, or None if there is none fresh."""
+        with self._lock:
+            started, future = self._ready.pop(rel, (0.0, None))
+            if future is None:
+                self._planned.discard(rel)       # the walker got here first: not later either
+            self._start()
+        if future is None:
+            return None
+        try:
+            # waited for no longer than it would stay usable: a hung source costs the
+            # walker one horizon, then it lists for itself
+            listing = future.result(timeout=max(self.horizon - (time.monotonic() - started), 0.0))
+        except Exception as exc:                         # the caller lists it itself
+            log.debug("scan ahead of %s: %r", rel, exc)
+            self.unused += isinstance(exc, TimeoutError)
+            return None
+        if time.monotonic() - started >= self.horizon:
+            self.unused += 1
+            return None
+        self.used += 1
+        return listing
+
+    def _start(self, purge: bool = False) -> None:
+        now = time.monotonic()
+        if purge:
+            for rel, (started, future) in list(self._ready.items()):
+                if now - started >= self.horizon and future.done():
+                    del self._ready[rel]
+                    self.unused += 1
+        while self._plan and len(self._ready) < self.window:
+            rel = self._plan.popleft()
+            if rel in self._planned:             # else taken by the walker, or planned twice
+                self._planned.discard(rel)
+                self._ready[rel] = (now, self._workers.submit(self._scan, rel))
+
+    def _scan(self, rel: str) -> dict[str, Attr | None]:
+        names = self.root.listdir(rel) or []
+        return dict(zip(names, self.root.stat_many(rel, names)))
+
+
+class SiblingWarmer:
+    """zarr reads a tomogram's chunks, and copick a run's files, by looking up one name
+    after another in the same directory. On a local root each lookup that the kernel's
+    caches cannot answer costs the daemon a worker thread. After two such lookups in a
+    directory within `window` seconds, its entries are stat'ed in the background, and the
+    kernel's lookup cache answers for their siblings from then on (`LocalRoot.stat_cached`);
+    if it has dropped them again, two more misses warm the directory again. A directory
+    looked into once is never warmed, and one of more than `limit` entries (warmed in part)
+    not again within `window`."""
+
+    def __init__(self, root: Root, *, limit: int = 4096, window: float = 10.0, remember: int = 1024):
+        self.root = root
+        self.limit = limit
+        self.window = window
+        self.remember = remember
+        # directory: (first miss since the last warming, misses since, not again before)
+        self._misses: OrderedDict[str, tuple[float, int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._workers = Workers(1, "warm")
+        self.warmed = 0
+
+    def missed(self, rel: str) -> None:
+        """A lookup in directory rel needed I/O."""
+        now = time.monotonic()
+        with self._lock:
+            first, count, hold = self._misses.pop(rel, (now, 0, 0.0))
+            if now - first >= self.window:
+                first, count = now, 0
+            warm = count + 1 >= 2 and now >= hold
+            self._misses[rel] = (now, 0, hold) if warm else (first, count + 1, hold)
+            while len(self._misses) > self.remember:
+                self._misses.popitem(last=False)
+            if not warm:
+                return
+            self.warmed += 1
+        self._workers.submit(self._warm, rel)
+
+    def _warm(self, rel: str) -> None:
+        names = self.root.listdir(rel) or []
+        self.root.stat_many(rel, names[:self.limit])
+        if len(names) > self.limit:
+            with self._lock:
+                first, count, _ = self._misses.get(rel, (0.0, 0, 0.0))
+                self._misses[rel] = (first, count, time.monotonic() + self.window)

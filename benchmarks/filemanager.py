@@ -292,8 +292,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="scopefs-fm-"))
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
+    cold = "cold runs drop the page cache" if os.geteuid() == 0 else "not root: no cache drop"
     print(f"scopefs file manager benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"load {load:.1f}, PCManFM {pcmanfm_version()}, {'cold runs drop the page cache' if os.geteuid() == 0 else 'not root: no cache drop'}")
+          f"load {load:.1f}, PCManFM {pcmanfm_version()}, {cold}")
     try:
         todo = cases(args, work)
         args.shot_case = next((c for c in todo if c.label.startswith("imgstore")), None)

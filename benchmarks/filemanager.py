@@ -254,7 +254,8 @@ def run_case(case: Case, screen, view, args, work: Path) -> None:
         cells = []
         for name in FIELDS:
             cold, warm = summary(lines, name)
-            cells.append(f"{seconds(cold, args.timeout):>7} | {seconds(warm, args.timeout):<6}")
+            warm_text = seconds(warm, args.timeout) if len(lines) > 1 else "-"
+            cells.append(f"{seconds(cold, args.timeout):>7} | {warm_text:<6}")
         print(f"  {side:<6}" + "".join(f"{c:>16}" for c in cells) + f"   {lines[0].bytes_read / 1e6:7.1f}")
     ratios = []
     for name in FIELDS:

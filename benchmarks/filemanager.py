@@ -254,7 +254,8 @@ def run_case(case: Case, screen, view, args, work: Path) -> None:
         cells = []
         for name in FIELDS:
             cold, warm = summary(lines, name)
-            cells.append(f"{seconds(cold, args.timeout):>7} | {seconds(warm, args.timeout):<6}")
+            warm_text = seconds(warm, args.timeout) if len(lines) > 1 else "-"
+            cells.append(f"{seconds(cold, args.timeout):>7} | {warm_text:<6}")
         print(f"  {side:<6}" + "".join(f"{c:>16}" for c in cells) + f"   {lines[0].bytes_read / 1e6:7.1f}")
     ratios = []
     for name in FIELDS:
@@ -292,8 +293,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="scopefs-fm-"))
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
+    cold = "cold runs drop the page cache" if os.geteuid() == 0 else "not root: no cache drop"
     print(f"scopefs file manager benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
-          f"load {load:.1f}, PCManFM {pcmanfm_version()}, {'cold runs drop the page cache' if os.geteuid() == 0 else 'not root: no cache drop'}")
+          f"load {load:.1f}, PCManFM {pcmanfm_version()}, {cold}")
     try:
         todo = cases(args, work)
         args.shot_case = next((c for c in todo if c.label.startswith("imgstore")), None)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 TOOLS = ("Xvfb", "pcmanfm", "xdotool")
 SCREEN = (1024, 768)
+#: the icon view's icon size: thumbnails are scaled to it (long side)
+ICON_SIZE = 48
 #: PCManFM's settings: icon view, no side pane, no blinking cursor (so that a settled
 #: window gives identical screenshots), thumbnails as libfm's defaults have them
 #: (show_thumbnail, thumbnail_local, thumbnail_max=2048 KB; see README)
@@ -37,7 +39,7 @@ thumbnail_local=1
 thumbnail_max=2048
 
 [ui]
-big_icon_size=48
+big_icon_size={icon_size}
 thumbnail_size=128
 show_thumbnail={show_thumbnail}
 """
@@ -347,8 +349,9 @@ class Desktop:
         """PCManFM started on `folder` (its clock starts now). Its settings are written
         afresh each time, since PCManFM saves its own over them when it exits."""
         config = self.home / ".config"
+        libfm = LIBFM_CONF.format(show_thumbnail=int(thumbnails), icon_size=ICON_SIZE)
         for path, text in ((config / "pcmanfm" / "default" / "pcmanfm.conf", PCMANFM_CONF),
-                           (config / "libfm" / "libfm.conf", LIBFM_CONF.format(show_thumbnail=int(thumbnails)))):
+                           (config / "libfm" / "libfm.conf", libfm)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         with open(self.log, "ab") as log:
@@ -358,10 +361,10 @@ class Desktop:
         return FileManager(self, folder, proc, started)
 
 
-def picture_score(screenshot, picture, long_sides=range(40, 57, 2)) -> float:
+def picture_score(screenshot, picture, long_sides=(ICON_SIZE - 1, ICON_SIZE)) -> float:
     """How well `picture` (e.g. a frame read from the mount), scaled as a thumbnail
-    would be (its long side one of `long_sides` pixels), matches somewhere in the
-    screenshot: 1 is a perfect match (normalised cross-correlation)."""
+    would be (its long side one of `long_sides` pixels, allowing for rounding), matches
+    somewhere in the screenshot: 1 is a perfect match (normalised cross-correlation)."""
     import cv2
     import numpy as np
     screen = np.asarray(screenshot.convert("RGB"), dtype=np.float32)

@@ -233,7 +233,10 @@ class Symlink(Node):
     def attr(self) -> Attr:
         return Attr(stat.S_IFLNK | 0o777, len(self.target.encode()), self.mtime_ns)
 
-    cached_attr = attr
+    def cached_attr(self) -> Attr | None:
+        """A target held in memory tells the attributes without I/O; one read from disk
+        (`target_blocks`) does not."""
+        return None if self.target_blocks else self.attr()
 
 
 # -- simple building blocks -------------------------------------------------------------

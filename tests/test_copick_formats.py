@@ -345,6 +345,11 @@ def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
     assert (status["imported"], status["refused"], status["failed"]) == (1, 1, 0)
     stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
     assert sorted(p.name for p in stored.iterdir()) == ["imported.zarr"]          # nothing else, nothing hidden
+    import time
+    deadline = time.monotonic() + 10      # the kernel may trust the import's empty entry for its 1 s
+    while (spacing / "imported.mrc").stat().st_size < 1024:
+        assert time.monotonic() < deadline, "the MRC view of the imported tomogram did not appear"
+        time.sleep(0.1)
     with mrcfile.mmap(str(spacing / "imported.mrc"), mode="r") as view:           # now a view of the new store
         assert np.array_equal(view.data, data.astype(np.float32))
     for cfg in (mnt / "copick_config.json", overlay_only):

@@ -636,6 +636,8 @@ class Tree:
 
     cache_policy = CachePolicy()
     writable = False
+    #: one line the mount command prints once mounted (why a source is read-only...)
+    notice: str | None = None
 
     def __init__(self, base: int = ROOT_INO):
         self.base = base

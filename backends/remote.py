@@ -153,6 +153,8 @@ def remote_kind(url: str, options: dict[str, str]) -> str:
     fs, root = open_filesystem(path, Options(options))
     try:
         names = {entry.rstrip("/").rpartition("/")[2] for entry in fs.ls(root, detail=False)}
+    except FileNotFoundError:
+        raise MountError("it does not exist") from None
     except Exception as exc:
         raise MountError(f"{public_url(url)} cannot be listed: {type(exc).__name__}: {redact(str(exc))}") from None
     if "metadata.yaml" in names:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MountFailed, daemon_pid, run_scopefs
 from iid_samples import ODD_ADDRESSES, masks_for
 from s3server import KEY, SECRET, s3  # noqa: F401 (a fixture)
 from scopefs.formats.iid import IIDFile
@@ -65,3 +66,29 @@ def test_iid_from_s3_is_the_local_tree(s3, iid_object, mount):
     with pytest.raises(OSError) as err:
         (remote / "meta.json").write_text("{}")
     assert err.value.errno == errno.EROFS
+
+
+def test_no_credential_in_cmdline_status_log_or_errors(s3, iid_object, mount):
+    _, url = iid_object
+    remote = mount(url, *s3_options(s3), "--debug")
+    pid = daemon_pid(remote)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert SECRET.encode() not in cmdline and KEY.encode() not in cmdline
+    assert b"endpoint_url" in cmdline                       # the other options are still there
+    assert os.listdir(remote) and (remote / "meta.json").read_bytes()
+    status = run_scopefs("status").stdout + run_scopefs("status", "--json").stdout
+    assert str(remote) in status and SECRET not in status
+    wrong = "wrong-secret-Kx93"
+    for source, options in ((url, f"endpoint_url={s3.endpoint},key={KEY},secret={wrong}"),
+                            ("s3://iids/missing.iid", f"endpoint_url={s3.endpoint},key={KEY},secret={SECRET}"),
+                            ("s3://iids/sample", f"endpoint_url={s3.endpoint},key={KEY},secret={SECRET}"),
+                            ("s3://iids", f"endpoint_url={s3.endpoint},key={KEY},secret={SECRET}")):
+        with pytest.raises(MountFailed) as err:
+            mount(source, "-o", options)
+        assert err.value.stderr.count("\n") == 1 and SECRET not in err.value.stderr and wrong not in err.value.stderr
+        if source == "s3://iids/sample":
+            assert err.value.stderr.endswith("s3://iids/sample: it does not exist\n")
+    assert "cannot tell what kind of source s3://iids is" in err.value.stderr
+    log = mount.log()
+    assert "GET" in log or "get_object" in log.lower() or "s3" in log     # the debug log saw requests
+    assert SECRET not in log and wrong not in log

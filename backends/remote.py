@@ -48,7 +48,12 @@ def public_url(url: str) -> str:
 
 
 def open_filesystem(url: str, options: Options):
-    """(filesystem, path inside it) of an `s3://` URL; what the options do not give,
+    """(filesystem, path inside it) of an `s3://` URL, made from the mount options."""
+    return filesystem(url, s3_args(url, options))
+
+
+def s3_args(url: str, options: Options) -> dict:
+    """s3fs's arguments for an `s3://` URL from the mount options; what they do not give,
     botocore finds as always (AWS_* variables, ~/.aws/config and credentials)."""
     scheme = url.partition("://")[0].lower()
     if scheme not in ("s3", "s3a"):
@@ -57,20 +62,19 @@ def open_filesystem(url: str, options: Options):
         raise MountError("credentials in the URL are not accepted: give -o key=,secret= "
                          "or the AWS environment")
     values = {name: options.str(name, "") for name in S3_OPTIONS}
-    anon = options.flag("anon", False) if values["anon"] else False
     args: dict = {"skip_instance_cache": True,
                   "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
                                     "retries": {"max_attempts": 2}}}
     for name in ("key", "secret", "token", "profile"):
         if values[name]:
             args[name] = values[name]
-    if anon:
+    if values["anon"] and options.flag("anon"):
         args["anon"] = True
     client = {k: v for k, v in (("endpoint_url", values["endpoint_url"]),
                                 ("region_name", values["region"])) if v}
     if client:
         args["client_kwargs"] = client
-    return filesystem(url, args)
+    return args
 
 
 def filesystem(url: str, fs_args: dict):

@@ -92,3 +92,30 @@ def test_no_credential_in_cmdline_status_log_or_errors(s3, iid_object, mount):
     log = mount.log()
     assert "GET" in log or "get_object" in log.lower() or "s3" in log     # the debug log saw requests
     assert SECRET not in log and wrong not in log
+
+
+@pytest.fixture(scope="module")
+def fsdb_bucket(s3, tmp_path_factory):
+    """The sample FSDB (images with metadata, an .iid, an imgstore) on disk and in a bucket."""
+    from scopefs.formats.samples import make_fsdb
+    local = make_fsdb(str(tmp_path_factory.mktemp("fsdb") / "db"))
+    fs = s3.filesystem()
+    fs.mkdir("plants")
+    fs.put(local + "/", "plants/db/", recursive=True)
+    return Path(local), "s3://plants/db"
+
+
+def test_fsdb_from_s3_is_the_local_tree_read_only(s3, fsdb_bucket, mount):
+    local, url = fsdb_bucket
+    remote = mount(url, *s3_options(s3))
+    assert mount.stderr == "scopefs: mounted read-only: an FSDB in object storage has no lock that plantdb would honour\n"
+    # imgstores are not read from S3 yet: no video.view there
+    expected = {k: v for k, v in tree_of(mount(local, "-o", "ro")).items() if "video.view" not in k}
+    got = tree_of(remote)
+    assert sorted(got) == sorted(expected)
+    # (an .iid view's README names where the file is)
+    assert [name for name in expected if got[name] != expected[name]] == ["plant_001/segmentation/cells.iid.view/README.txt"]
+    assert "plant_001/segmentation/cells.iid.view/README.txt" in got          # a view of an object inside
+    with pytest.raises(OSError) as err:
+        (remote / "plant_001" / "images" / "new.png").write_bytes(b"x")
+    assert err.value.errno == errno.EROFS

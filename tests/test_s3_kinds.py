@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MountFailed, daemon_pid, run_scopefs
+from conftest import MountFailed, daemon_pid, daemon_status, run_scopefs
 from iid_samples import ODD_ADDRESSES, masks_for
 from s3server import KEY, SECRET, s3  # noqa: F401 (a fixture)
 from scopefs.formats.iid import IIDFile
@@ -109,13 +109,49 @@ def test_fsdb_from_s3_is_the_local_tree_read_only(s3, fsdb_bucket, mount):
     local, url = fsdb_bucket
     remote = mount(url, *s3_options(s3))
     assert mount.stderr == "scopefs: mounted read-only: an FSDB in object storage has no lock that plantdb would honour\n"
-    # imgstores are not read from S3 yet: no video.view there
-    expected = {k: v for k, v in tree_of(mount(local, "-o", "ro")).items() if "video.view" not in k}
+    expected = tree_of(mount(local, "-o", "ro"))
     got = tree_of(remote)
     assert sorted(got) == sorted(expected)
     # (an .iid view's README names where the file is)
-    assert [name for name in expected if got[name] != expected[name]] == ["plant_001/segmentation/cells.iid.view/README.txt"]
+    assert [name for name in expected if got[name] != expected[name]] == [
+        "plant_001/segmentation/cells.iid.view/README.txt", "plant_001/video.view/store.json"]
     assert "plant_001/segmentation/cells.iid.view/README.txt" in got          # a view of an object inside
     with pytest.raises(OSError) as err:
         (remote / "plant_001" / "images" / "new.png").write_bytes(b"x")
     assert err.value.errno == errno.EROFS
+
+
+@pytest.fixture(scope="module")
+def imgstores(s3, tmp_path_factory):
+    """Local stores (PNG frames with extra data, npy frames served as PNG, an MJPEG video)
+    and their copies in a bucket."""
+    from stores import make_store
+    base = tmp_path_factory.mktemp("stores")
+    made = {"png": make_store(base / "png", "png", extra=True),
+            "npy": make_store(base / "npy", "npy", shape=(24, 32)),
+            "avi": make_store(base / "avi", "mjpeg/avi", shape=(64, 64, 3), video=True, numbers=range(7), chunksize=3)}
+    fs = s3.filesystem()
+    fs.mkdir("stores")
+    for name, sample in made.items():
+        fs.put(str(sample.path) + "/", f"stores/{name}/", recursive=True)
+    return {name: (sample.path, f"s3://stores/{name}") for name, sample in made.items()}
+
+
+@pytest.mark.parametrize("kind", ["png", "npy", "avi"])
+def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount):
+    local, url = imgstores[kind]
+    remote = mount(url, *s3_options(s3))
+    notice = mount.stderr
+    expected = tree_of(mount(local))
+    got = tree_of(remote)
+    assert sorted(got) == sorted(expected) and len([n for n in got if n.startswith("frames/")]) > 1
+    assert [name for name in expected if got[name] != expected[name]] == ["store.json"]   # its "source"
+    status = daemon_status(remote)
+    if kind == "avi":                 # each chunk fetched once, into a cache that says where it is
+        assert notice.startswith("scopefs: video chunks are fetched whole into ")
+        assert status["chunk_fetches"] == 3 and status["chunk_cache"] in notice
+        assert os.path.isdir(status["chunk_cache"])
+        assert run_scopefs("umount", str(remote)).returncode == 0
+        assert not os.path.exists(status["chunk_cache"])                   # removed at unmount
+    else:
+        assert notice == "" and status["chunk_fetches"] == 0

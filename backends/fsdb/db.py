@@ -44,7 +44,6 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import sys
 import tempfile
 import threading
@@ -54,7 +53,7 @@ from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
 from ..kernel import process_alive
-from .storage import LocalFiles, RemoteFiles
+from ..storage import LocalFiles, RemoteFiles
 
 log = logging.getLogger(__name__)
 
@@ -574,9 +573,9 @@ class FSDB:
         self.files = files or LocalFiles()
         if not self.files.remote:
             basedir = os.path.abspath(basedir)
-        if not self._is_dir(basedir):
+        if not self.files.isdir(basedir):
             raise NotAnFSDBError(errno.ENOTDIR, f"Not a directory: {basedir}")
-        if not self._is_file(os.path.join(basedir, layout.MARKER)):
+        if not self.files.isfile(os.path.join(basedir, layout.MARKER)):
             raise NotAnFSDBError(errno.EINVAL, f"Not a DB. Check that there is a marker named "
                                                f"{layout.MARKER} in {basedir}")
         self.basedir = basedir
@@ -702,19 +701,9 @@ class FSDB:
         _unlink(path)
 
     def reload(self) -> None:
-        self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir, self.files.listdir, self._is_file)}
+        self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir, self.files.listdir, self.files.isfile)}
 
-    def _is_file(self, path: str) -> bool:
-        try:
-            return stat.S_ISREG(self.files.stat(path).mode)
-        except OSError:
-            return False
 
-    def _is_dir(self, path: str) -> bool:
-        try:
-            return stat.S_ISDIR(self.files.stat(path).mode)
-        except OSError:
-            return False
 
     def path(self) -> str:
         return self.basedir

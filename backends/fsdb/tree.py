@@ -36,8 +36,7 @@ from ..cache import ByteCache
 from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
                      TempFileHandle, Tree, View)
 from ..options import MountError, Options
-from . import storage
-from .. import is_url, remote
+from .. import is_url, remote, storage
 from ..roots import FsspecRoot, LocalWriteHandle
 from .db import FSDB, DBBusyError, NotAnFSDBError
 

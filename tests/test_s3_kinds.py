@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MountFailed, daemon_pid, daemon_status, run_scopefs
+from conftest import SCOPEFS, MountFailed, alive, daemon_pid, daemon_status, run_scopefs
 from iid_samples import ODD_ADDRESSES, masks_for
 from s3server import KEY, SECRET, s3  # noqa: F401 (a fixture)
 from scopefs.formats.iid import IIDFile
@@ -38,16 +38,21 @@ def tree_of(root: Path) -> dict[str, bytes | str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def iid_object(s3, tmp_path_factory):
-    """A local .iid with odd addresses and groups, and the same file in a bucket."""
-    path = tmp_path_factory.mktemp("iid") / "sample.iid"
+def build_iid(path: Path) -> Path:
+    """An .iid with odd addresses, domains, two groups and metadata."""
     f = IIDFile()
     for i, (address, mask) in enumerate(zip(ODD_ADDRESSES, masks_for(len(ODD_ADDRESSES)))):
         f.add(mask, (3 * i, 2 * i, 3 * i + mask.shape[0], 2 * i + mask.shape[1]), address=address,
               domain=f"dom{i % 3}".encode(), groups=("plain",) if i % 2 else ("odd/group name",))
     f.meta = {"image": "leaf.png"}
     f.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def iid_object(s3, tmp_path_factory):
+    """A local .iid with odd addresses and groups, and the same file in a bucket."""
+    path = build_iid(tmp_path_factory.mktemp("iid") / "sample.iid")
     fs = s3.filesystem()
     fs.mkdir("iids")
     fs.put_file(str(path), "iids/sample.iid")
@@ -155,3 +160,34 @@ def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount):
         assert not os.path.exists(status["chunk_cache"])                   # removed at unmount
     else:
         assert notice == "" and status["chunk_fetches"] == 0
+
+
+def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mount):
+    """While the server is down: a read that needs it fails with EIO within the mount's
+    timeout, listings and unmount still answer; once it is back, reads work again."""
+    from s3server import SeaweedS3
+    server = SeaweedS3(tmp_path / "weed")
+    try:
+        server.filesystem().mkdir("gone")
+        server.filesystem().pipe("gone/sample.iid", Path(build_iid(tmp_path / "sample.iid")).read_bytes())
+        local = mount(tmp_path / "sample.iid", "-o", "ro")
+        remote = mount("s3://gone/sample.iid", *s3_options(server), "-o", "timeout=15")
+        entries = sorted(n for n in os.listdir(local) if n[:6].isdigit())
+        assert (remote / entries[0] / "mask.png").read_bytes() == (local / entries[0] / "mask.png").read_bytes()
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(OSError) as err:
+            (remote / entries[1] / "mask.png").read_bytes()
+        assert err.value.errno == errno.EIO and time.monotonic() - started < 15 + 5
+        assert sorted(n for n in os.listdir(remote) if n[:6].isdigit()) == entries    # listing answers
+        assert daemon_status(remote)["errors"] >= 1
+        server.start()
+        for name in entries[1:3]:
+            assert (remote / name / "mask.png").read_bytes() == (local / name / "mask.png").read_bytes()
+        server.stop()
+        assert (remote / entries[5] / "mask.png").stat().st_size > 0    # sizes need no server
+        pid = daemon_pid(remote)
+        assert subprocess.run([*SCOPEFS, "umount", str(remote)], timeout=60).returncode == 0
+        assert not os.path.ismount(remote) and not alive(pid)
+    finally:
+        server.stop()

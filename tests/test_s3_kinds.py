@@ -21,6 +21,17 @@ def s3_options(server) -> list[str]:
     return ["-o", f"endpoint_url={server.endpoint},key={KEY},secret={SECRET}"]
 
 
+def mount_both(mount, server, url: str, local: Path, *local_options: str):
+    """The source mounted from S3 and from disk: (the S3 mount, the notice it printed,
+    the names whose content differs); both trees hold the same names."""
+    remote = mount(url, *s3_options(server))
+    notice = mount.stderr
+    expected = tree_of(mount(local, *local_options))
+    got = tree_of(remote)
+    assert sorted(got) == sorted(expected) and len(got) > 5
+    return remote, notice, [name for name in expected if got[name] != expected[name]]
+
+
 def tree_of(root: Path) -> dict[str, bytes | str]:
     """Every name under root: a file's bytes, a link's target, a folder's marker."""
     out: dict[str, bytes | str] = {}
@@ -61,13 +72,9 @@ def iid_object(s3, tmp_path_factory):
 
 def test_iid_from_s3_is_the_local_tree(s3, iid_object, mount):
     local, url = iid_object
-    remote = mount(url, *s3_options(s3))
-    assert mount.stderr == "scopefs: mounted read-only: an .iid in object storage cannot be rewritten in place\n"
-    expected = tree_of(mount(local, "-o", "ro"))
-    got = tree_of(remote)
-    assert sorted(got) == sorted(expected)
-    differing = [name for name in expected if got[name] != expected[name] and name != "README.txt"]
-    assert differing == []
+    remote, notice, differing = mount_both(mount, s3, url, local, "-o", "ro")
+    assert notice == "scopefs: mounted read-only: an .iid in object storage cannot be rewritten in place\n"
+    assert differing == ["README.txt"]                       # it names where the file is
     with pytest.raises(OSError) as err:
         (remote / "meta.json").write_text("{}")
     assert err.value.errno == errno.EROFS
@@ -81,8 +88,10 @@ def test_no_credential_in_cmdline_status_log_or_errors(s3, iid_object, mount):
     assert SECRET.encode() not in cmdline and KEY.encode() not in cmdline
     assert b"endpoint_url" in cmdline                       # the other options are still there
     assert os.listdir(remote) and (remote / "meta.json").read_bytes()
-    status = run_scopefs("status").stdout + run_scopefs("status", "--json").stdout
-    assert str(remote) in status and SECRET not in status
+    for args in (["status", str(remote)], ["status", "--json", str(remote)]):   # (not others' mounts)
+        status = run_scopefs(*args)
+        assert str(remote) in status.stdout, status.stderr
+        assert SECRET not in status.stdout + status.stderr
     wrong = "wrong-secret-Kx93"
     for source, options in ((url, f"endpoint_url={s3.endpoint},key={KEY},secret={wrong}"),
                             ("s3://iids/missing.iid", f"endpoint_url={s3.endpoint},key={KEY},secret={SECRET}"),
@@ -112,15 +121,10 @@ def fsdb_bucket(s3, tmp_path_factory):
 
 def test_fsdb_from_s3_is_the_local_tree_read_only(s3, fsdb_bucket, mount):
     local, url = fsdb_bucket
-    remote = mount(url, *s3_options(s3))
-    assert mount.stderr == "scopefs: mounted read-only: an FSDB in object storage has no lock that plantdb would honour\n"
-    expected = tree_of(mount(local, "-o", "ro"))
-    got = tree_of(remote)
-    assert sorted(got) == sorted(expected)
-    # (an .iid view's README names where the file is)
-    assert [name for name in expected if got[name] != expected[name]] == [
-        "plant_001/segmentation/cells.iid.view/README.txt", "plant_001/video.view/store.json"]
-    assert "plant_001/segmentation/cells.iid.view/README.txt" in got          # a view of an object inside
+    remote, notice, differing = mount_both(mount, s3, url, local, "-o", "ro")
+    assert notice == "scopefs: mounted read-only: an FSDB in object storage has no lock that plantdb would honour\n"
+    # the views of the .iid and the imgstore inside, whose README and store.json say where they are
+    assert differing == ["plant_001/segmentation/cells.iid.view/README.txt", "plant_001/video.view/store.json"]
     with pytest.raises(OSError) as err:
         (remote / "plant_001" / "images" / "new.png").write_bytes(b"x")
     assert err.value.errno == errno.EROFS
@@ -145,12 +149,8 @@ def imgstores(s3, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["png", "npy", "avi"])
 def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount):
     local, url = imgstores[kind]
-    remote = mount(url, *s3_options(s3))
-    notice = mount.stderr
-    expected = tree_of(mount(local))
-    got = tree_of(remote)
-    assert sorted(got) == sorted(expected) and len([n for n in got if n.startswith("frames/")]) > 1
-    assert [name for name in expected if got[name] != expected[name]] == ["store.json"]   # its "source"
+    remote, notice, differing = mount_both(mount, s3, url, local)
+    assert differing == ["store.json"]                       # its "source"
     status = daemon_status(remote)
     if kind == "avi":                 # each chunk fetched once, into a cache that says where it is
         assert notice.startswith("scopefs: video chunks are fetched whole into ")

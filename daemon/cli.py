@@ -48,7 +48,9 @@ MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details
                  are served as they are), mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
   iid            mask_format=png|tiff|npy|bmp|pnm, writeback_delay=SECONDS (2)
   fsdb           break_lock (take the database even if another client holds its lock)
-  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)"""
+  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)
+  s3:// sources  endpoint_url=URL, region=, profile=, anon, key=, secret=, token= (or the AWS
+                 environment and config files); imgstore: chunk_cache_mb=N (1024), chunk_cache_dir=DIR"""
 
 
 def ignored_option(key: str) -> bool:
@@ -100,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Mount SOURCE on MOUNTPOINT; returns once the mount answers.",
                        epilog=MOUNT_OPTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("source", help="an imgstore directory or its metadata.yaml, an .iid file, "
-                                  "an FSDB root or a copick config JSON")
+                                  "an FSDB root (or any of these as an s3:// URL) or a copick config JSON")
     m.add_argument("mountpoint", help="an existing directory")
     m.add_argument("-t", "--type", choices=BACKENDS, help="kind of source (default: detected)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",

@@ -81,6 +81,7 @@ def _open_remote(url: str, options: Options, mask_format: str, delay: float, bas
                              f"{remote.redact(str(exc))}") from None
         tree = IIDTree(remote.public_url(url), iid, mask_format, delay, True, base, remote.mtime_ns(info))
     tree.notice = "mounted read-only: an .iid in object storage cannot be rewritten in place"
+    tree.remote_fs = fs
     return tree
 
 
@@ -766,6 +767,7 @@ The .iid file is rewritten atomically on fsync, after {delay:g} idle seconds, an
 
 class IIDTree(Tree):
     writable = True
+    remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
 
@@ -1012,7 +1014,8 @@ class IIDTree(Tree):
         lookups = cache.hits + cache.misses
         return {"entries": len(self.folders) - len(self._gaps), "pending_changes": self.version != self._synced,
                 "writebacks": self.writebacks, **self.counts, "cache_bytes": cache.used_bytes,
-                "cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None}
+                "cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
+                **({"s3_requests": dict(self.remote_fs.requests)} if self.remote_fs else {})}
 
     def close(self) -> None:
         if self.writable:

@@ -637,7 +637,7 @@ class ImgstoreTree(Tree):
                 "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
                 "encoded_cache_bytes": service.encoded.used_bytes,
                 "decoded_cache_bytes": service.decoded.used_bytes,
-                **(self._chunk_cache.status() if self._chunk_cache else {})}
+                **(self.meta.files.status() if self.meta.files.remote else {})}
 
     @property
     def _chunk_cache(self) -> storage.ChunkCache | None:

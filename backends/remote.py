@@ -48,8 +48,10 @@ def public_url(url: str) -> str:
 
 
 def open_filesystem(url: str, options: Options):
-    """(filesystem, path inside it) of an `s3://` URL, made from the mount options."""
-    return filesystem(url, s3_args(url, options))
+    """(filesystem, path inside it) of an `s3://` URL, made from the mount options; the
+    filesystem counts its requests."""
+    fs, path = filesystem(url, s3_args(url, options))
+    return CountedFilesystem(fs), path
 
 
 def s3_args(url: str, options: Options) -> dict:
@@ -109,10 +111,8 @@ class RemoteObject:
 
     def __init__(self, fs, path: str, size: int):
         self.fs, self.path, self.size = fs, path, size
-        self.requests = 0
 
     def read(self, offset: int, length: int) -> bytes:
-        self.requests += 1
         data = self.fs.cat_file(self.path, start=offset, end=offset + length)
         if len(data) != length:
             raise OSError(f"s3://{self.path}: {len(data)} bytes at {offset}, expected {length}")
@@ -129,7 +129,6 @@ class RemoteObject:
         ends = [ranges[i][0] + ranges[i][1] for i in order]
         _, block_starts, block_ends = merge_offset_ranges([self.path] * len(starts), starts, ends,
                                                           max_gap=MERGE_GAP, max_block=MERGE_BLOCK, sort=False)
-        self.requests += len(block_starts)
         blocks = self.fs.cat_ranges([self.path] * len(block_starts), block_starts, block_ends)
         for block, start, end in zip(blocks, block_starts, block_ends):
             if isinstance(block, Exception):
@@ -167,3 +166,28 @@ def remote_kind(url: str, options: dict[str, str]) -> str:
         return "fsdb"
     raise MountError(f"cannot tell what kind of source {public_url(url)} is (not an .iid name, no "
                      f"metadata.yaml, no romidb marker): give -t imgstore, iid or fsdb")
+
+
+class CountedFilesystem:
+    """An fsspec filesystem whose requests are counted by kind (LIST, HEAD, GET), for
+    `scopefs status`: what a walk or a read cost the server."""
+    KINDS = {"ls": "list", "info": "head", "cat_file": "get", "get_file": "get"}
+
+    def __init__(self, fs):
+        self._fs = fs
+        self.requests = {"list": 0, "head": 0, "get": 0}
+
+    def cat_ranges(self, paths, starts, ends, **kwargs):
+        self.requests["get"] += len(paths)
+        return self._fs.cat_ranges(paths, starts, ends, **kwargs)
+
+    def __getattr__(self, name):
+        attr = getattr(self._fs, name)
+        kind = self.KINDS.get(name)
+        if kind is None:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.requests[kind] += 1
+            return attr(*args, **kwargs)
+        return counted

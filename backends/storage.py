@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from ..formats import files
 from .nodes import Attr, FileHandle, OSFileHandle
+from .remote import CountedFilesystem
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ class RemoteFiles(files.Files):
     def __init__(self, root, base: str, chunk_cache: "ChunkCache | None" = None):
         self.root, self.base = root, base.rstrip("/")
         self.chunk_cache = chunk_cache
+        root.fs = self.counted = CountedFilesystem(root.fs)
+
+    def status(self) -> dict:
+        """Requests made to the server, and the chunk cache."""
+        return {"s3_requests": dict(self.counted.requests),
+                **(self.chunk_cache.status() if self.chunk_cache else {})}
 
     def _rel(self, path: str) -> str:
         if path != self.base and not path.startswith(self.base + "/"):
@@ -55,8 +62,9 @@ class RemoteFiles(files.Files):
 
     def stat(self, path: str) -> Attr:
         rel = self._rel(path)
-        if rel:
-            self.root.listdir(rel.rpartition("/")[0])    # one LIST answers for every sibling
+        # one LIST answers for every sibling (and for a missing folder's contents)
+        if rel and self.root.listdir(rel.rpartition("/")[0]) is None:
+            raise FileNotFoundError(path)
         attr = self.root.stat(rel)
         if attr is None:
             raise FileNotFoundError(path)

@@ -191,3 +191,22 @@ def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mou
         assert not os.path.ismount(remote) and not alive(pid)
     finally:
         server.stop()
+
+
+def test_a_walk_costs_one_list_per_folder(s3, imgstores, fsdb_bucket, iid_object, mount):
+    """Names and sizes of a whole tree cost one LIST per folder of the source at most,
+    and no HEAD per file."""
+    for url, folders in ((imgstores["png"][1], 1 + 3), (fsdb_bucket[1], None), (iid_object[1], 0)):
+        remote = mount(url, *s3_options(s3))
+        for dirpath, dirnames, filenames in os.walk(remote):
+            for name in filenames:
+                os.stat(os.path.join(dirpath, name))
+        requests = daemon_status(remote)["s3_requests"]
+        if folders is None:          # FSDB: its folders, and each fileset's file metadata folder
+            folders = sum(1 for _ in os.walk(fsdb_bucket[0])) + 3
+        # (a HEAD at most: the source itself, at mount)
+        assert requests["head"] <= 1 and requests["list"] <= folders, (url, requests)
+        for dirpath, dirnames, filenames in os.walk(remote):             # again: all known
+            for name in filenames:
+                os.stat(os.path.join(dirpath, name))
+        assert daemon_status(remote)["s3_requests"] == requests

@@ -675,6 +675,7 @@ class FSDBTree(Tree):
 
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,
+                **(self.db.files.status() if self.db.files.remote else {}),
                 "work": dict(self.counts + self.db.counts)}
 
     def close(self) -> None:

@@ -701,7 +701,8 @@ class FSDB:
         _unlink(path)
 
     def reload(self) -> None:
-        self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir, self.files.listdir, self.files.isfile)}
+        found = layout.scan_dirs(self.basedir, self.files.listdir, self.files.isfile)
+        self.scans = {sid: Scan(self, sid) for sid in found}
 
 
 

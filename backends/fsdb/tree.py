@@ -504,7 +504,8 @@ class FilesetFolder(Folder):
                     if view is not None:
                         out.append((data.name + VIEW, view))
         try:
-            hidden = [] if self.tree.db.files.remote else sorted(n for n in os.listdir(self.path()) if n.startswith("."))
+            local = not self.tree.db.files.remote               # (scratch files are written locally)
+            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
             hidden = []
         out.extend((name, self._scratch(name)) for name in hidden)

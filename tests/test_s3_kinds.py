@@ -168,22 +168,33 @@ def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mou
     from s3server import SeaweedS3
     server = SeaweedS3(tmp_path / "weed")
     try:
-        server.filesystem().mkdir("gone")
-        server.filesystem().pipe("gone/sample.iid", Path(build_iid(tmp_path / "sample.iid")).read_bytes())
+        from stores import make_store
+        fs = server.filesystem()
+        fs.mkdir("gone")
+        fs.pipe("gone/sample.iid", Path(build_iid(tmp_path / "sample.iid")).read_bytes())
+        fs.put(str(make_store(tmp_path / "store", "png").path) + "/", "gone/store/", recursive=True)
         local = mount(tmp_path / "sample.iid", "-o", "ro")
         remote = mount("s3://gone/sample.iid", *s3_options(server), "-o", "timeout=15")
+        store = mount("s3://gone/store", *s3_options(server), "-o", "timeout=15")
         entries = sorted(n for n in os.listdir(local) if n[:6].isdigit())
-        assert (remote / entries[0] / "mask.png").read_bytes() == (local / entries[0] / "mask.png").read_bytes()
+        # a mask read needs its segment, a (passed through) frame its object
+        files = [(remote / name / "mask.png", local / name / "mask.png") for name in entries[:4]]
+        files += [(store / "frames" / f"{i:06d}.png", tmp_path / "store" / f"{i // 5:06d}" / f"{i % 5:06d}.png")
+                  for i in range(4)]
+        for got, expected in files[::4]:
+            assert got.read_bytes() == expected.read_bytes()
         server.stop()
-        started = time.monotonic()
-        with pytest.raises(OSError) as err:
-            (remote / entries[1] / "mask.png").read_bytes()
-        assert err.value.errno == errno.EIO and time.monotonic() - started < 15 + 5
-        assert sorted(n for n in os.listdir(remote) if n[:6].isdigit()) == entries    # listing answers
-        assert daemon_status(remote)["errors"] >= 1
+        for got, _ in files[1::4]:
+            started = time.monotonic()
+            with pytest.raises(OSError) as err:
+                got.read_bytes()
+            assert err.value.errno == errno.EIO and time.monotonic() - started < 15 + 5
+        assert sorted(n for n in os.listdir(remote) if n[:6].isdigit()) == entries    # listings answer
+        assert len(os.listdir(store / "frames")) == 12
+        assert daemon_status(remote)["errors"] >= 1 and daemon_status(store)["errors"] >= 1
         server.start()
-        for name in entries[1:3]:
-            assert (remote / name / "mask.png").read_bytes() == (local / name / "mask.png").read_bytes()
+        for got, expected in files[1::4] + files[2::4]:
+            assert got.read_bytes() == expected.read_bytes()
         server.stop()
         assert (remote / entries[5] / "mask.png").stat().st_size > 0    # sizes need no server
         pid = daemon_pid(remote)

@@ -43,15 +43,19 @@ def is_url(source: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
 
 
-def source_kind(source: str, given: str | None = None) -> str:
+def source_kind(source: str, given: str | None = None, options: dict[str, str] | None = None) -> str:
     """The kind of source to mount: `given` (from -t) or detected. Cheap: no backend is
-    imported, so that what is wrong with a command line is told at once."""
+    imported, so that what is wrong with a command line is told at once. A URL's kind
+    comes from its name, else from a listing made with the mount `options`."""
     if not is_url(source) and not os.path.lexists(source):
         raise MountError("it does not exist")
     if given:
         if given not in DETECTORS:
             raise MountError(f"unknown source type {given!r} (known: {', '.join(BACKENDS)})")
         return given
+    if is_url(source):
+        from .remote import remote_kind
+        return remote_kind(source, options or {})
     for kind, looks_like in DETECTORS.items():
         if looks_like(source):
             return kind

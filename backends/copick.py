@@ -20,7 +20,7 @@ import csv
 import io
 import logging
 
-from . import is_url
+from . import is_url, remote
 from .cache import ByteCache
 from .copick_views import Imports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO, GeneratedFile
@@ -50,7 +50,8 @@ def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
     except MountError:
         raise
     except Exception as exc:
-        raise MountError(f"the {key} {url.split('@')[-1]} cannot be opened: {type(exc).__name__}: {exc}") from None
+        raise MountError(f"the {key} {remote.public_url(url)} cannot be opened: {type(exc).__name__}: "
+                         f"{remote.redact(str(exc))}") from None
 
 
 def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
+from . import is_url, remote
 from .cache import ByteCache
 from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
                     ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View)
@@ -51,6 +52,8 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
               mountpoint: str | None = None) -> "IIDTree":
     mask_format = options.str("mask_format", "png", MASK_FORMATS)
     delay = options.float("writeback_delay", 2.0)
+    if is_url(source):
+        return _open_remote(source, options, mask_format, delay, base)
     options.finish()
     with gc_paused():
         try:
@@ -59,7 +62,30 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
             raise MountError(str(exc)) from None
         except OSError as exc:
             raise MountError(f"{source}: {exc.strerror}") from None
-        return IIDTree(source, iid, mask_format, delay, read_only, base)
+        return IIDTree(os.path.abspath(source), iid, mask_format, delay, read_only, base,
+                       os.stat(source).st_mtime_ns)
+
+
+def _open_remote(url: str, options: Options, mask_format: str, delay: float, base: int) -> "IIDTree":
+    """An .iid in object storage, read by byte ranges and always read-only: rewriting it
+    needs every segment downloaded and uploaded again, and a store without a lock cannot
+    keep two writers apart."""
+    fs, path = remote.open_filesystem(url, options)
+    options.finish()
+    info = remote.probe(fs, path)
+    source = remote.RemoteObject(fs, path, int(info.get("size") or 0))
+    with gc_paused():
+        try:
+            iid = IIDFile.open_ranged(source, remote.public_url(url))
+        except IIDFormatError as exc:
+            raise MountError(str(exc)) from None
+        except Exception as exc:
+            raise MountError(f"{remote.public_url(url)} cannot be read: {type(exc).__name__}: "
+                             f"{remote.redact(str(exc))}") from None
+        tree = IIDTree(remote.public_url(url), iid, mask_format, delay, True, base, remote.mtime_ns(info))
+    tree.notice = "mounted read-only: an .iid in object storage cannot be rewritten in place"
+    tree.remote_fs = fs
+    return tree
 
 
 @contextlib.contextmanager
@@ -744,13 +770,15 @@ The .iid file is rewritten atomically on fsync, after {delay:g} idle seconds, an
 
 class IIDTree(Tree):
     writable = True
+    remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
 
     def __init__(self, path: str, iid: IIDFile, mask_format: str, writeback_delay: float, read_only: bool,
-                 base: int = ROOT_INO):
+                 base: int, mtime_ns: int):
+        """`path` is where the file is (a URL for a read-only remote file)."""
         super().__init__(base)
-        self.path = os.path.abspath(path)
+        self.path = path
         self.iid = iid
         self.writable = not read_only
         # writable: what the kernel is told of a file must be asked again (a change to one
@@ -766,7 +794,7 @@ class IIDTree(Tree):
         self.mask_format = make_format(mask_format)
         self.mask_name = "mask" + self.mask_format.extension_for((1, 1))
         self.writeback_delay = writeback_delay
-        self.mtime_ns = os.stat(path).st_mtime_ns
+        self.mtime_ns = mtime_ns
         self.meta = iid.meta
         self.version = 0              # bumped by every change
         self.folders_version = 0      # bumped when folders come or go
@@ -989,7 +1017,8 @@ class IIDTree(Tree):
         lookups = cache.hits + cache.misses
         return {"entries": len(self.folders) - len(self._gaps), "pending_changes": self.version != self._synced,
                 "writebacks": self.writebacks, **self.counts, "cache_bytes": cache.used_bytes,
-                "cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None}
+                "cache_hit_rate": round(cache.hits / lookups, 4) if lookups else None,
+                **({"s3_requests": dict(self.remote_fs.requests)} if self.remote_fs else {})}
 
     def close(self) -> None:
         if self.writable:

@@ -28,8 +28,9 @@ from ..formats.imgstore import extra as extra_data
 from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
 from ..formats.imgstore.metadata import StoreError, read_metadata
+from . import is_url, remote, storage
 from .cache import ByteCache
-from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, OSFileHandle, RowsFile,
+from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, RowsFile,
                     StaticDirectory, Symlink, Tree)
 from .options import MountError, Options
 
@@ -44,6 +45,7 @@ FRAME_NLINK = 2
 def open_tree(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO,
               mountpoint: str | None = None) -> "ImgstoreTree":
     fmt_name = options.str("image_format", "")
+    files = None
     try:
         settings = dict(
             png_compression=options.int("png_compression", 0, 0, 9),
@@ -55,14 +57,43 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
             skip_bad_chunks=options.flag("skip_bad_chunks", False),
             mjpeg_reader=options.str("mjpeg_reader", "ffmpeg", ("ffmpeg", "opencv")),
         )
+        files = _remote_files(source, options) if is_url(source) else storage.LocalFiles()
         options.finish()
-        meta = read_metadata(source)
+        meta = read_metadata(source, files)
         index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"), progress=progress)
         reader = open_reader(meta, index, settings.pop("mjpeg_reader"))
-    except StoreError as exc:
-        raise MountError(str(exc)) from None
+    except Exception as exc:
+        if files is not None and files.remote:
+            files.chunk_cache.close()
+        if isinstance(exc, StoreError):
+            raise MountError(str(exc)) from None
+        if files is None or not files.remote or isinstance(exc, MountError):
+            raise
+        raise MountError(f"{type(exc).__name__}: {remote.redact(str(exc))}") from None   # the store's own
     fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
-    return ImgstoreTree(meta, index, reader, fmt, base=base, **settings)
+    tree = ImgstoreTree(meta, index, reader, fmt, base=base, **settings)
+    cache = getattr(files, "chunk_cache", None)
+    if cache is not None and meta.kind == "video":
+        tree.notice = (f"video chunks are fetched whole into {cache.directory} "
+                       f"(at most {cache.limit >> 20} MiB, removed at unmount)")
+    return tree
+
+
+def _remote_files(url: str, options: Options) -> storage.RemoteFiles:
+    """A store in object storage: metadata and indexes read once, frames of directory
+    stores as objects, video chunks decoded from local copies in a bounded cache."""
+    fs_args = remote.s3_args(url, options)
+    cache = storage.ChunkCache(options.int("chunk_cache_mb", 1024, 1) * MiB, options.str("chunk_cache_dir", "") or None)
+    base = url.rstrip("/")
+    if base.endswith("/metadata.yaml"):
+        base = base.rpartition("/")[0]
+    from .overlay.remote import FsspecRoot        # only object-store sources need it
+    try:
+        return storage.RemoteFiles(FsspecRoot(base, fs_args), base, cache)
+    except Exception as exc:
+        cache.close()
+        raise MountError(f"{remote.public_url(url)} cannot be opened: {type(exc).__name__}: "
+                         f"{remote.redact(str(exc))}") from None
 
 
 def _choose_format(name: str, reader: FrameReader, png_compression: int, jpeg_quality: int) -> ImageFormat:
@@ -121,9 +152,9 @@ class FrameService:
         return self.reader.frame_path(chunk, position)
 
     def _stat_source(self, i: int) -> None:
-        st = os.stat(self._source_path(i))
-        self._sizes[i] = st.st_size
-        self._mtimes[i] = st.st_mtime_ns
+        st = self.reader.meta.files.stat(self._source_path(i))
+        self._sizes[i] = st.size
+        self._mtimes[i] = st.mtime_ns
 
     def size(self, i: int) -> int:
         if self.passthrough:
@@ -147,8 +178,9 @@ class FrameService:
     def _chunk_mtime(self, chunk) -> int:
         mtime = self._chunk_mtimes.get(chunk.number)
         if mtime is None:
-            path = chunk.data_path if os.path.exists(chunk.data_path) else chunk.index_path
-            mtime = self._chunk_mtimes[chunk.number] = os.stat(path).st_mtime_ns
+            files = self.reader.meta.files
+            path = chunk.data_path if files.exists(chunk.data_path) else chunk.index_path
+            mtime = self._chunk_mtimes[chunk.number] = files.stat(path).mtime_ns
         return mtime
 
     def fixed_attrs(self) -> bool:
@@ -276,7 +308,7 @@ class FrameFile(File):
 
     def open(self, flags: int) -> FileHandle:
         if self.service.passthrough:
-            return OSFileHandle(self.service._source_path(self.i))
+            return self.service.reader.meta.files.open_read(self.service._source_path(self.i))
         return FrameHandle(self.service, self.i)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -538,7 +570,7 @@ class ImgstoreTree(Tree):
         self.index = index
         self.service = FrameService(index, reader, fmt, **settings)
         self.generated_cache = ByteCache(64 * MiB)
-        mtime = os.stat(os.path.join(meta.path, "metadata.yaml")).st_mtime_ns
+        mtime = meta.files.stat(os.path.join(meta.path, "metadata.yaml")).mtime_ns
         root = self.add(StaticDirectory(mtime))
         self.frames_base = self.reserve(len(index), lambda i: FrameFile(self.service, i))
         self.frames_dir = self.add(FramesByIndex(self, mtime))
@@ -606,7 +638,14 @@ class ImgstoreTree(Tree):
         return {"frames": len(self.index), "frames_decoded": service.frames_decoded,
                 "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
                 "encoded_cache_bytes": service.encoded.used_bytes,
-                "decoded_cache_bytes": service.decoded.used_bytes}
+                "decoded_cache_bytes": service.decoded.used_bytes,
+                **(self.meta.files.status() if self.meta.files.remote else {})}
+
+    @property
+    def _chunk_cache(self) -> storage.ChunkCache | None:
+        return getattr(self.meta.files, "chunk_cache", None)
 
     def close(self) -> None:
         self.service.close()
+        if self._chunk_cache:
+            self._chunk_cache.close()

@@ -764,6 +764,8 @@ class Tree:
     #: caller as an `Owner`, chown changes the owner, and the modes the kernel gives
     #: (the caller's umask applied) are used as they are (the daemon's umask is 0)
     real_owners = False
+    #: one line the mount command prints once mounted (why a source is read-only...)
+    notice: str | None = None
 
     def __init__(self, base: int = ROOT_INO):
         self.base = base

@@ -15,7 +15,6 @@ import errno
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import time
 from ..backends import BACKENDS, is_url, open_tree, source_kind
 from ..backends.kernel import mounts, process_alive, processes_using
 from ..backends.options import MountError, Options, parse_option_string
+from ..backends.remote import SECRET_OPTIONS, redact
 from .control import read_status
 from .systemd import JournalFormatter, Progress, notify, under_systemd
 
@@ -48,7 +48,9 @@ MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details
                  are served as they are), mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
   iid            mask_format=png|tiff|npy|bmp|pnm, writeback_delay=SECONDS (2)
   fsdb           break_lock (take the database even if another client holds its lock)
-  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)"""
+  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)
+  s3:// sources  endpoint_url=URL, region=, profile=, anon, key=, secret=, token= (or the AWS
+                 environment and config files); imgstore: chunk_cache_mb=N (1024), chunk_cache_dir=DIR"""
 
 
 def ignored_option(key: str) -> bool:
@@ -100,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Mount SOURCE on MOUNTPOINT; returns once the mount answers.",
                        epilog=MOUNT_OPTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("source", help="an imgstore directory or its metadata.yaml, an .iid file, "
-                                  "an FSDB root or a copick config JSON")
+                                  "an FSDB root (or any of these as an s3:// URL) or a copick config JSON")
     m.add_argument("mountpoint", help="an existing directory")
     m.add_argument("-t", "--type", choices=BACKENDS, help="kind of source (default: detected)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -167,6 +169,10 @@ def prepare_mountpoint(path: str) -> None:
 
 # -- mount ------------------------------------------------------------------------------
 
+#: where the background daemon finds the credential options (its argv is world-readable)
+SECRETS_ENV = "SCOPEFS_SECRET_OPTIONS"
+
+
 def _split_options(raw: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     values: dict[str, str] = {}
     for text in raw:
@@ -174,20 +180,6 @@ def _split_options(raw: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     daemon = {k: v for k, v in values.items() if k in DAEMON_OPTIONS}
     backend = {k: v for k, v in values.items() if k not in DAEMON_OPTIONS}
     return daemon, backend
-
-
-_SECRETS = [
-    (re.compile(r"(\w:/+[^/\s:@]*:)[^/\s@]+@"), r"\1***@"),                      # user:password@ in URLs
-    (re.compile(r"(?i)((?:secret|password|passwd|token|key)[\w-]*[\"']?\s*[=:]\s*[\"']?)[^\s,\"'}]+"),
-     r"\1***"),
-]
-
-
-def redact(text: str) -> str:
-    """The text with credentials (URL passwords, secret=..., token: ...) masked."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 class RedactingFilter(logging.Filter):
@@ -221,7 +213,7 @@ def _mount_in_foreground(args) -> int:
             ready_pipe = None
 
     try:
-        daemon_opts, backend_opts = _split_options(args.options)
+        daemon_opts, backend_opts = _split_options(args.options + [os.environ.pop(SECRETS_ENV, "")])
         opts = Options(daemon_opts)
         threads = opts.int("threads", 8, 1, 256)
         timeout = opts.float("timeout", 60.0)
@@ -231,7 +223,7 @@ def _mount_in_foreground(args) -> int:
         opts.flag("ro")
         opts.flag("rw")
         prepare_mountpoint(args.mountpoint)
-        kind = source_kind(args.source, args.type)
+        kind = source_kind(args.source, args.type, backend_opts)
         progress = Progress(foreground=args.ready_fd is None)
         tree = open_tree(kind, args.source, Options(backend_opts), read_only="ro" in daemon_opts, progress=progress,
                          mountpoint=args.mountpoint)
@@ -247,6 +239,8 @@ def _mount_in_foreground(args) -> int:
         report(redact(f"ERROR {type(exc).__name__}: {exc}"))
         return 1
 
+    if tree.notice:
+        log.warning("%s: %s", args.source, tree.notice)
     fuse_options = {f"fsname={fsname}", f"subtype=scopefs.{kind}", "default_permissions", *extra}
     if not tree.writable:
         fuse_options.add("ro")
@@ -255,7 +249,7 @@ def _mount_in_foreground(args) -> int:
     try:
         serve(tree, args.mountpoint, fuse_options, threads=threads, timeout=timeout, read_ahead_kib=read_ahead_kib,
               info={"source": args.source, "type": kind},
-              on_ready=lambda: report("READY"))
+              on_ready=lambda: report(f"READY {tree.notice}" if tree.notice else "READY"))
     except RuntimeError as exc:       # pyfuse3.init failed: nothing was mounted
         log.error("cannot mount %s: %s", args.mountpoint, exc)
         if args.ready_fd is None:
@@ -268,22 +262,26 @@ def _mount_in_foreground(args) -> int:
 def _mount_in_background(args) -> int:
     try:                              # what is wrong with the command line is told at once
         prepare_mountpoint(args.mountpoint)
-        args.type = source_kind(args.source, args.type)
+        args.type = source_kind(args.source, args.type, _split_options(args.options)[1])
     except (MountError, CliError) as exc:
         print(redact(f"scopefs: cannot mount {args.source}: {exc}"), file=sys.stderr)
         return 1
     log_file = os.path.abspath(args.log_file or default_log_file())
-    argv = _absolute_argv(args) + (["--log-file", log_file] if args.log_file else [])
+    argv, secrets = _absolute_argv(args)
+    argv += ["--log-file", log_file] if args.log_file else []
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_fd, write_fd = os.pipe()
     child_argv = [sys.executable, "-m", "scopefs.daemon", *argv, "--foreground", "--ready-fd", str(write_fd)]
     with open(log_file, "ab") as log_out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(child_argv, stdin=devnull, stdout=log_out, stderr=log_out,
-                                pass_fds=(write_fd,), start_new_session=True, close_fds=True)
+                                pass_fds=(write_fd,), start_new_session=True, close_fds=True,
+                                env={**os.environ, SECRETS_ENV: secrets} if secrets else None)
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         line = pipe.readline().strip()
-    if line == "READY":
+    if line.startswith("READY"):
+        if line != "READY":                          # a notice: one line the user must see
+            print(f"scopefs: {line[len('READY '):]}", file=sys.stderr)
         return 0
     if line.startswith("ERROR "):
         message = line[len("ERROR "):]
@@ -300,15 +298,22 @@ def _absolute(source: str) -> str:
     return source if is_url(source) else os.path.abspath(source)
 
 
-def _absolute_argv(args) -> list[str]:
+def _absolute_argv(args) -> tuple[list[str], str]:
+    """The daemon's argv, and its credential options (for its environment, which only
+    its user may read, unlike /proc/PID/cmdline)."""
     argv = ["mount", _absolute(args.source), os.path.abspath(args.mountpoint)]
     if args.type:
         argv += ["-t", args.type]
+    secrets = []
     for opt in args.options:
-        argv += ["-o", opt]
+        items = parse_option_string(opt)
+        secrets += [f"{k}={v}" for k, v in items.items() if k in SECRET_OPTIONS]
+        public = [f"{k}={v}" if v else k for k, v in items.items() if k not in SECRET_OPTIONS]
+        if public:
+            argv += ["-o", ",".join(public)]
     if args.debug:
         argv.append("--debug")
-    return argv
+    return argv, ",".join(secrets)
 
 
 # -- umount -----------------------------------------------------------------------------

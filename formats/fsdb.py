@@ -42,11 +42,15 @@ def write_json(path: str, data) -> None:
     atomic_write(path, dump_json(data))
 
 
-def read_json(path: str, default=None):
-    """The JSON in `path`; `default` if it is missing or empty."""
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_json(path: str, default=None, read=_read):
+    """The JSON in `path` (`read` gives a file's bytes); `default` if it is missing or empty."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read(path)
     except FileNotFoundError:
         return default
     return json.loads(data) if data.strip() else default
@@ -56,11 +60,11 @@ def is_db(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
 
 
-def scan_dirs(root: str) -> list[str]:
+def scan_dirs(root: str, listdir=os.listdir, isfile=os.path.isfile) -> list[str]:
     """Scans as romidata finds them: directories holding a files.json (hidden ones are not)."""
     found = []
-    for name in sorted(os.listdir(root)):
-        if not name.startswith(".") and os.path.isfile(os.path.join(root, name, FILES_JSON)):
+    for name in sorted(listdir(root)):
+        if not name.startswith(".") and isfile(os.path.join(root, name, FILES_JSON)):
             found.append(name)
     return found
 

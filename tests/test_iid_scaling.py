@@ -45,7 +45,7 @@ def files(tmp_path_factory):
 
 
 def open_tree(path: Path, read_only: bool = False):
-    return iid_backend.open_tree(str(path), Options(""), read_only)
+    return iid_backend.open_tree(str(path), Options(), read_only)
 
 
 def lines_run(fn) -> int:

@@ -13,20 +13,11 @@ import mrcfile
 import numpy as np
 import pytest
 
-from s3server import SeaweedS3
+from s3server import SeaweedS3, s3  # noqa: F401 (a fixture)
 from test_copick_formats import chunks_decoded, volume_of, write_volume
 from upstream import run_upstream
 
 pytestmark = pytest.mark.upstream
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("weed"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def bucket_state(fs, bucket: str) -> dict:

@@ -53,6 +53,7 @@ from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
 from ..kernel import process_alive
+from ..storage import LocalFiles, RemoteFiles
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ class _Metadata:
         if doc is None:
             self._db().counts["metadata_reads"] += 1
             try:
-                doc = layout.read_json(self._md_path, {})
+                doc = layout.read_json(self._md_path, {}, self._db().files.read)
             except ValueError:
                 log.warning("%s is not valid JSON; it reads as {}", self._md_path)
                 doc = {}
@@ -323,8 +324,7 @@ class File(_Metadata):
             _unlink(os.path.join(self.fileset.path(), old))
 
     def read_raw(self) -> bytes:
-        with open(self.path(), "rb") as fh:
-            return fh.read()
+        return self._db().files.read(self.path())
 
     def write(self, data: str, ext: str = "") -> None:
         self.write_raw(data.encode(), ext)
@@ -459,7 +459,7 @@ class Scan(_Metadata):
         self._pending_data: list[str] = []          # lazily registered data, to fsync first
         try:
             db.counts["files_json_reads"] += 1
-            doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []})
+            doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []}, db.files.read)
         except ValueError as exc:
             raise NotAnFSDBError(errno.EINVAL, f"{self.path()}/files.json is not JSON: {exc}") from None
         for entry in doc.get("filesets", []) if isinstance(doc, dict) else []:
@@ -566,14 +566,19 @@ class Scan(_Metadata):
 
 
 class FSDB:
-    def __init__(self, basedir: str):
+    def __init__(self, basedir: str, files: RemoteFiles | None = None):
+        """A database on local disk, or read-only in an object store (`files`, with the
+        database's URL as `basedir`)."""
         basedir = os.fspath(basedir)
-        if not os.path.isdir(basedir):
+        self.files = files or LocalFiles()
+        if not self.files.remote:
+            basedir = os.path.abspath(basedir)
+        if not self.files.isdir(basedir):
             raise NotAnFSDBError(errno.ENOTDIR, f"Not a directory: {basedir}")
-        if not layout.is_db(basedir):
+        if not self.files.isfile(os.path.join(basedir, layout.MARKER)):
             raise NotAnFSDBError(errno.EINVAL, f"Not a DB. Check that there is a marker named "
                                                f"{layout.MARKER} in {basedir}")
-        self.basedir = os.path.abspath(basedir)
+        self.basedir = basedir
         self.scans: dict[str, Scan] = {}
         self.is_connected = False
         self.register_lazily = False
@@ -592,6 +597,10 @@ class FSDB:
         `login_data` is accepted as romidata accepts it; FSDB files carry no users."""
         del login_data
         if self.is_connected:
+            return
+        if self.files.remote:                   # read-only: nothing to lock, clean or replay
+            self.reload()
+            self.is_connected = True
             return
         if not unsafe:
             self._lock.acquire(break_lock=break_lock)
@@ -692,7 +701,10 @@ class FSDB:
         _unlink(path)
 
     def reload(self) -> None:
-        self.scans = {sid: Scan(self, sid) for sid in layout.scan_dirs(self.basedir)}
+        found = layout.scan_dirs(self.basedir, self.files.listdir, self.files.isfile)
+        self.scans = {sid: Scan(self, sid) for sid in found}
+
+
 
     def path(self) -> str:
         return self.basedir

@@ -34,8 +34,9 @@ from collections import Counter
 from ...formats import fsdb as layout
 from ..cache import ByteCache
 from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
-                     OSFileHandle, TempFileHandle, Tree, View)
+                     TempFileHandle, Tree, View)
 from ..options import MountError, Options
+from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,17 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
               mountpoint: str | None = None) -> "FSDBTree":
     break_lock = options.flag("break_lock")
     register_delay = options.float("register_delay", 1.0)
+    remote_options = {k: options.str(k, "") for k in remote.S3_OPTIONS if k in options}
+    if is_url(source):                  # read-only, through an fsspec root (cached listings)
+        fs_args = remote.s3_args(source, Options(remote_options))
+        read_only = True
     options.finish()
+    files = None
     try:
-        db = FSDB(source)
+        if is_url(source):
+            from ..overlay.remote import FsspecRoot     # only object-store sources need it
+            files = storage.RemoteFiles(FsspecRoot(source, fs_args), source)
+        db = FSDB(source, files)
         if progress:
             progress(f"loading {source}")
         db.connect(break_lock=break_lock)
@@ -66,7 +75,13 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
                          f"an empty file named {layout.MARKER!r} and one folder per scan") from None
     except (OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
-    return FSDBTree(db, read_only, base, register_delay)
+    except Exception as exc:                        # an object store's own errors
+        raise MountError(f"{type(exc).__name__}: {remote.redact(str(exc))}") from None
+    tree = FSDBTree(db, read_only, base, register_delay)
+    tree.remote_options = remote_options
+    if files is not None:
+        tree.notice = "mounted read-only: an FSDB in object storage has no lock that plantdb would honour"
+    return tree
 
 
 def _api_errors(fn):
@@ -102,7 +117,7 @@ class MetaView(View):
     @property
     def mtime_ns(self) -> int:
         if self._mtime_ns is None:
-            self._mtime_ns = _mtime(self.obj._md_path)
+            self._mtime_ns = _mtime(self.tree.db.files, self.obj._md_path)
         return self._mtime_ns
 
     @mtime_ns.setter
@@ -156,9 +171,9 @@ class MetaView(View):
         self._size = None
 
 
-def _mtime(path: str) -> int:
+def _mtime(files, path: str) -> int:
     try:
-        return os.stat(path).st_mtime_ns
+        return files.stat(path).mtime_ns
     except OSError:
         return 0
 
@@ -189,18 +204,18 @@ class DataFile(File):
     def attr(self) -> Attr:
         commits = self._commits
         try:
-            st = os.stat(self._path())
+            st = self.tree.db.files.stat(self._path())
         except FileNotFoundError:               # created, not yet closed
             return Attr(FILE_MODE, 0, 0)
-        attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
+        attr = Attr(FILE_MODE, st.size, st.mtime_ns)
         if commits == self._commits:
             self._attr = attr
         return attr
 
     def open(self, flags: int) -> FileHandle:
-        exists = os.path.exists(self._path())
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return OSFileHandle(self._path())
+            return self.tree.db.files.open_read(self._path())
+        exists = os.path.exists(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
@@ -291,7 +306,7 @@ class Folder(Directory):
 
     def attr(self) -> Attr:
         generation = self.tree.generation
-        attr = Attr(DIR_MODE, 0, _mtime(self.path()), 2)
+        attr = Attr(DIR_MODE, 0, _mtime(self.tree.db.files, self.path()), 2)
         self._attr = (generation, attr)
         return attr
 
@@ -470,7 +485,8 @@ class FilesetFolder(Folder):
 
     def find_slow(self, name: str) -> Node | None:
         if name.startswith("."):
-            return self._scratch(name) if os.path.lexists(os.path.join(self.path(), name)) else None
+            local = not self.tree.db.files.remote        # (scratch files are written locally)
+            return self._scratch(name) if local and os.path.lexists(os.path.join(self.path(), name)) else None
         return self.tree.iid_view(self.fileset.file_named(name[:-len(VIEW)]))
 
     def listing(self) -> list[tuple[str, Node]]:
@@ -488,7 +504,8 @@ class FilesetFolder(Folder):
                     if view is not None:
                         out.append((data.name + VIEW, view))
         try:
-            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith("."))
+            local = not self.tree.db.files.remote               # (scratch files are written locally)
+            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
             hidden = []
         out.extend((name, self._scratch(name)) for name in hidden)
@@ -600,6 +617,7 @@ class FSDBTree(Tree):
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
         self._views: dict[tuple, Directory] = {}
+        self.remote_options: dict[str, str] = {}    # for the views of files in an object store
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
         self.add(RootFolder(self))
@@ -625,7 +643,7 @@ class FSDBTree(Tree):
     def _view(self, kind: str, path: str, make) -> Directory | None:
         """A read-only tree of a file inside the database, made on first look, made again
         when the file changed."""
-        key = (kind, path, _mtime(path))
+        key = (kind, path, _mtime(self.db.files, path))
         with self.lock:
             view = self._views.get(key)
             if view is None:
@@ -640,12 +658,14 @@ class FSDBTree(Tree):
         if file is None:
             return None
         from .. import iid
-        return self._view("iid", file.path(), lambda base: iid.open_tree(file.path(), Options(), True, base=base))
+        return self._view("iid", file.path(),
+                          lambda base: iid.open_tree(file.path(), Options(self.remote_options), True, base=base))
 
     def imgstore_view(self, fileset) -> Directory | None:
         from .. import imgstore
         return self._view("imgstore", fileset.path(),
-                          lambda base: imgstore.open_tree(fileset.path(), Options(), True, base=base))
+                          lambda base: imgstore.open_tree(fileset.path(), Options(self.remote_options), True,
+                                                          base=base))
 
     def sync(self) -> None:
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
@@ -655,7 +675,8 @@ class FSDBTree(Tree):
         return self.db.flush_due()
 
     def status(self) -> dict:
-        return {"scans": len(self.db.scans), "lock": self.db._lock.path,
+        return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,
+                **(self.db.files.status() if self.db.files.remote else {}),
                 "work": dict(self.counts + self.db.counts)}
 
     def close(self) -> None:

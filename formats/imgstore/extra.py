@@ -25,7 +25,7 @@ def extra_data_files(meta: StoreMetadata, index: FrameIndex) -> list[str]:
     the imgstore API's `NNNNNN.extra.json` / `NNNNNN/index.extra.json`."""
     numbers = set()
     try:
-        names = os.listdir(meta.path)
+        names = meta.files.listdir(meta.path)
     except OSError:
         return []
     for name in names:
@@ -40,7 +40,7 @@ def extra_data_files(meta: StoreMetadata, index: FrameIndex) -> list[str]:
         candidates.append(os.path.join(base, "index.extra.json") if meta.kind == "directory"
                           else base + ".extra.json")
         for path in candidates:
-            if os.path.isfile(path):
+            if meta.files.isfile(path):
                 found.append(path)
                 break
     return found
@@ -84,10 +84,9 @@ def read_extra_data(meta: StoreMetadata, index: FrameIndex) -> list[dict]:
     records = []
     for path in extra_data_files(meta, index):
         try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
+            text = meta.files.read(path).decode("utf-8", errors="replace")
         except OSError as exc:
-            log.warning("%s: %s", path, exc.strerror)
+            log.warning("%s: %s", path, exc.strerror or exc)
             continue
         if not text.strip():
             continue

@@ -7,6 +7,7 @@ decoder's position reads forward, anything else seeks and checks where the seek 
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
+from ..files import Files
 from .index import Chunk, FrameIndex
 from .metadata import StoreError, StoreMetadata
 
@@ -109,12 +111,11 @@ class DirectoryFrameReader(FrameReader):
     def _load(self, chunk: Chunk, position: int) -> np.ndarray:
         path = self.frame_path(chunk, position)
         try:
+            data = self.meta.files.read(path)
             if self.meta.format == "npy":
-                img = np.load(path, allow_pickle=False)
+                img = np.load(io.BytesIO(data), allow_pickle=False)
             else:
-                with open(path, "rb") as fh:
-                    data = np.frombuffer(fh.read(), np.uint8)
-                img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
         except (OSError, ValueError, EOFError) as exc:
             raise FrameError(f"{path}: {exc}") from None
         if img is None:
@@ -125,17 +126,22 @@ class DirectoryFrameReader(FrameReader):
 class _Decoder:
     """One OpenCV capture on one chunk, and where it stands (the next frame it returns)."""
 
-    def __init__(self, chunk: Chunk, api: int):
+    def __init__(self, chunk: Chunk, api: int, files: Files):
         self.chunk = chunk
         self.api = api
+        self.files = files
         self.cap = None
         self.next = 0
 
     def open(self) -> None:
         self.close()
-        if not os.path.exists(self.chunk.data_path):
+        try:
+            local = self.files.local_path(self.chunk.data_path)   # a remote chunk: a cached copy
+        except FileNotFoundError:
+            raise FrameError(f"{self.chunk.data_path}: video chunk is missing") from None
+        if not os.path.exists(local):
             raise FrameError(f"{self.chunk.data_path}: video chunk is missing")
-        cap = cv2.VideoCapture(self.chunk.data_path, self.api)
+        cap = cv2.VideoCapture(local, self.api)
         if not cap.isOpened():
             raise FrameError(f"{self.chunk.data_path}: OpenCV cannot open this video chunk")
         self.cap, self.next = cap, 0
@@ -246,7 +252,7 @@ class VideoFrameReader(FrameReader):
                 if self._open_per_chunk.get(chunk.number, 0) < self._per_chunk:
                     self._evict_for_room()
                     self._open_per_chunk[chunk.number] = self._open_per_chunk.get(chunk.number, 0) + 1
-                    return _Decoder(chunk, self._api)
+                    return _Decoder(chunk, self._api, self.meta.files)
                 self._cond.wait()
 
     def _take(self, key: int) -> _Decoder:

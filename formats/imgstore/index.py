@@ -8,6 +8,7 @@ that every lookup is a binary search, never a scan, even for millions of frames.
 from __future__ import annotations
 
 import bisect
+import io
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from ..files import LOCAL, Files
 from .metadata import StoreError, StoreMetadata
 
 log = logging.getLogger(__name__)
@@ -43,16 +45,16 @@ def discover_chunks(meta: StoreMetadata) -> list[tuple[int, str, str]]:
     stores one numeric `NNNNNN<ext>` file per chunk. A non-numeric name is refused
     (upstream refuses too), so a stray file never silently shifts frame indexes.
     """
-    base = meta.path
+    base, files = meta.path, meta.files
     found = []
     try:
-        names = os.listdir(base)
+        names = files.listdir(base)
     except OSError as exc:
-        raise StoreError(f"{base}: {exc.strerror}") from None
+        raise StoreError(f"{base}: {exc.strerror or exc}") from None
     if meta.kind == "directory":
         for name in names:
             full = os.path.join(base, name)
-            if not os.path.isdir(full) or name.startswith("."):
+            if name.startswith(".") or not files.isdir(full):
                 continue
             if not _CHUNK_NAME.match(name):
                 raise StoreError(f"{full}: chunk directory name is not a number")
@@ -78,28 +80,32 @@ def discover_chunks(meta: StoreMetadata) -> list[tuple[int, str, str]]:
     return found
 
 
-def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     # only these two members: the others are copies of __store (one of them pickled)
-    with np.load(path, allow_pickle=False) as dat:
+    with np.load(io.BytesIO(data), allow_pickle=False) as dat:
         return dat["frame_number"], dat["frame_time"]
 
 
-def _read_yaml(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as fh:
-        doc = yaml.safe_load(fh)
+def _read_yaml(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    doc = yaml.safe_load(data)
     if not isinstance(doc, dict):
         raise ValueError("not a mapping")
     return np.asarray(doc["frame_number"]), np.asarray(doc["frame_time"])
 
 
-def read_chunk_index(index_base: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """frame_number (int64) and frame_time (float64) of one chunk; None if it has no index."""
+def read_chunk_index(index_base: str, files: Files = LOCAL) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """frame_number (int64) and frame_time (float64) of one chunk, and the index file
+    they came from; None if it has no index."""
     for ext, reader in ((".npz", _read_npz), (".yaml", _read_yaml)):
         path = index_base + ext
-        if not os.path.exists(path):
-            continue
         try:
-            numbers, times = reader(path)
+            data = files.read(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"{path}: chunk index is unreadable ({exc})") from None
+        try:
+            numbers, times = reader(data)
             numbers = np.asarray(numbers).reshape(-1)
             times = np.asarray(times, dtype=np.float64).reshape(-1)
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError, yaml.YAMLError) as exc:
@@ -109,7 +115,7 @@ def read_chunk_index(index_base: str) -> tuple[np.ndarray, np.ndarray] | None:
                              f"but {times.size} frame times")
         if numbers.size and not np.all(np.isfinite(numbers.astype(np.float64))):
             raise StoreError(f"{path}: chunk index has non-finite frame numbers")
-        return numbers.astype(np.int64), times
+        return numbers.astype(np.int64), times, path
     return None
 
 
@@ -136,7 +142,7 @@ class FrameIndex:
         def load_one(item):
             number, index_base, data = item
             try:
-                return item, read_chunk_index(index_base)
+                return item, read_chunk_index(index_base, meta.files)
             except StoreError as exc:
                 if not skip_bad_chunks:
                     raise
@@ -153,13 +159,12 @@ class FrameIndex:
         start = 0
         for (number, index_base, data), arrays in loaded:
             if arrays is None:
-                if not os.path.exists(index_base + ".npz") and not os.path.exists(index_base + ".yaml"):
+                if not any(meta.files.exists(index_base + ext) for ext in (".npz", ".yaml")):
                     log.warning("chunk %d has no index, its frames are not visible", number)
                 continue
-            n_numbers, n_times = arrays
+            n_numbers, n_times, path = arrays
             if n_numbers.size == 0:
                 continue  # the trailing empty chunk of an exact multiple, or an empty store
-            path = index_base + (".npz" if os.path.exists(index_base + ".npz") else ".yaml")
             chunks.append(Chunk(number, path, data, start, int(n_numbers.size)))
             numbers.append(n_numbers)
             times.append(n_times)

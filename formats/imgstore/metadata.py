@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..files import LOCAL, Files
+
 
 STORE_KEY = "__store"
 SUPPORTED_VERSION = 2
@@ -38,6 +40,7 @@ class StoreMetadata:
     raw: bytes                     # metadata.yaml exactly as on disk
     store: dict                    # the `__store` mapping
     user: dict = field(default_factory=dict)
+    files: Files = LOCAL           # where the store's files are read from
 
     @property
     def kind(self) -> str:
@@ -99,9 +102,9 @@ class StoreMetadata:
         return None
 
 
-def metadata_path(source: str) -> str:
+def metadata_path(source: str, files: Files = LOCAL) -> str:
     """The `metadata.yaml` of a store given as its directory or the file itself."""
-    if os.path.isdir(source):
+    if files.isdir(source):
         return os.path.join(source, "metadata.yaml")
     return source
 
@@ -119,11 +122,10 @@ def looks_like_store(source: str) -> bool:
     return re.search(rb"^__store\s*:", head, re.MULTILINE) is not None
 
 
-def read_metadata(source: str) -> StoreMetadata:
-    path = metadata_path(source)
+def read_metadata(source: str, files: Files = LOCAL) -> StoreMetadata:
+    path = metadata_path(source, files)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = files.read(path)
     except FileNotFoundError:
         raise StoreError(f"{path}: no such file (an imgstore needs metadata.yaml)") from None
     except OSError as exc:
@@ -141,7 +143,8 @@ def read_metadata(source: str) -> StoreMetadata:
     store = doc[STORE_KEY]
     _validate(path, store)
     user = {k: v for k, v in doc.items() if k != STORE_KEY}
-    return StoreMetadata(path=os.path.dirname(os.path.abspath(path)), raw=raw, store=store, user=user)
+    return StoreMetadata(path=os.path.dirname(path if files.remote else os.path.abspath(path)), raw=raw,
+                         store=store, user=user, files=files)
 
 
 def _validate(path: str, store: dict) -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from ..backends import BACKENDS, is_url, open_tree, source_kind
@@ -387,15 +388,37 @@ def scopefs_mounts() -> list[tuple[str, str]]:
 COLUMNS = ("type", "uptime_s", "requests", "bytes_read", "errors", "source")
 
 
+#: how long `status` waits for the daemons to answer (a stopped or wedged one never does)
+STATUS_WAIT = 3.0
+
+
+def _probe(paths: list[str], wait: float = STATUS_WAIT) -> dict[str, dict | None]:
+    """Each live mount's status (None: stale), asked of all daemons at once, each in a
+    thread of its own; a mount whose daemon has not answered within `wait` is missing
+    from the result (its thread is left blocked, and ends with this process)."""
+    found: dict[str, dict | None] = {}
+
+    def ask(path: str) -> None:
+        found[path] = read_status(path) if mount_state(path) == "live" else None
+
+    threads = [threading.Thread(target=ask, args=(path,), daemon=True) for path in paths]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + wait
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(found)
+
+
 def status(mountpoint: str | None, as_json: bool) -> int:
     wanted = os.path.abspath(mountpoint) if mountpoint else None
+    chosen = [(path, fstype) for path, fstype in scopefs_mounts() if not wanted or path == wanted]
+    answers = _probe([path for path, _ in chosen])
     rows = []
-    for path, fstype in scopefs_mounts():
-        if wanted and path != wanted:
-            continue
-        info = read_status(path) if mount_state(path) == "live" else None
-        rows.append({"mountpoint": path, "state": "live" if info else "stale",
-                     **(info or {"type": fstype[len("fuse.scopefs."):]})})
+    for path, fstype in chosen:
+        info = answers.get(path)
+        state = "live" if info else "stale" if path in answers else "silent"
+        rows.append({"mountpoint": path, "state": state, **(info or {"type": fstype[len("fuse.scopefs."):]})})
     if wanted and not rows:
         print(f"scopefs: {wanted} is not a scopefs mount", file=sys.stderr)
         return 1

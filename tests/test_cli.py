@@ -196,3 +196,17 @@ def test_a_relative_log_file_is_the_one_the_daemon_writes(store, tmp_path):
         assert (tmp_path / "daemon.log").exists()
     finally:
         cleanup_mount(mnt, pid)
+
+
+def test_status_does_not_wait_for_a_daemon_that_does_not_answer(store, mount):
+    """A stopped (or wedged) daemon is shown as silent; the others are listed all the same."""
+    answering, stopped = mount(store), mount(store)
+    pid = daemon_pid(stopped)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result = run_scopefs("status", "--json", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    rows = {row["mountpoint"]: row for row in json.loads(result.stdout)}
+    assert rows[str(stopped)]["state"] == "silent"
+    assert rows[str(answering)]["state"] == "live" and rows[str(answering)]["frames"] == 12

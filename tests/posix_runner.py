@@ -422,8 +422,9 @@ def main(argv: list[str]) -> None:
         os.setuid(uid)
     for job in jobs:
         key, name = job.split("=")
-        os.chdir(os.path.join(root, key))
-        print(json.dumps([key, run_scenario(SCENARIOS[name], (uid, gid))]), flush=True)
+        entered = outcome(os.chdir, os.path.join(root, key))
+        trace = run_scenario(SCENARIOS[name], (uid, gid)) if entered == "ok" else [["chdir", entered]]
+        print(json.dumps([key, trace]), flush=True)
         os.chdir("/")
 
 

@@ -210,9 +210,7 @@ class FrameService:
         """The attributes of many frames, for `fixed_attrs`: shared Attrs looked up by
         chunk (no call per frame)."""
         positions = self.index.chunk_positions(indexes)
-        table = [None] * len(self.index.chunks)
-        for position in np.unique(positions).tolist():
-            table[position] = self._chunk_attr(self.index.chunks[position])
+        table = {position: self._chunk_attr(self.index.chunks[position]) for position in np.unique(positions).tolist()}
         return list(map(table.__getitem__, positions.tolist()))
 
     # -- content ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import mmap
 import os
 import shutil
@@ -658,12 +659,16 @@ class ViewWriter(BufferHandle):
         self._view._released(None)
 
 
+_GENERATED = itertools.count()
+
+
 class GeneratedFile(File):
     """A read-only file whose content is made on demand (CSV of a million rows, JSON
     summaries...). The content is generated once for its size and kept in `cache`
     (bounded); if evicted, it is made again, identically."""
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
+        self._token = next(_GENERATED)      # a key never reused (an id() is, once a file is dropped)
         self._make = make
         self.mtime_ns = mtime_ns
         self._size: int | None = None
@@ -677,7 +682,7 @@ class GeneratedFile(File):
                 if self._data is None:
                     self._data = self._make()
                 return self._data
-        data = self._cache.get_or_make(("generated", id(self)), self._make)
+        data = self._cache.get_or_make(("generated", self._token), self._make)
         self._size = len(data)
         return data
 

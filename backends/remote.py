@@ -44,7 +44,10 @@ def redact(text: str) -> str:
 def public_url(url: str) -> str:
     """The URL without any `user:password@` part."""
     scheme, sep, rest = url.partition("://")
-    return scheme + sep + rest.rpartition("@")[2] if sep else url
+    if not sep:
+        return url
+    host, slash, path = rest.partition("/")          # an '@' in a key is part of the name
+    return scheme + sep + host.rpartition("@")[2] + slash + path
 
 
 def open_filesystem(url: str, options: Options):

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 
 from ..nodes import Attr, FileHandle, Owner
+from ..remote import public_url
 from .root import Root
 from .rules import DIR_MARKER
 from .walk import Workers
@@ -51,7 +52,7 @@ class FsspecRoot(Root):
         self.fetch_ahead = Workers(4, "fetch-ahead")
 
     def describe(self) -> str:
-        return self.url.split("@")[-1]                  # never a credential in a URL
+        return public_url(self.url)                     # never a credential in a URL
 
     def full(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base

@@ -18,7 +18,6 @@ import tempfile
 
 import csv
 import io
-import logging
 
 from . import is_url, remote
 from .cache import ByteCache
@@ -29,7 +28,6 @@ from .overlay import FsspecRoot, LocalRoot, OverlayTree
 
 CONFIG_NAME = "copick_config.json"
 MESH_FORMATS = ("ply", "obj", "stl")
-log = logging.getLogger(__name__)
 
 
 def make_root(url: str, fs_args: dict | None, key: str, ttl: float):

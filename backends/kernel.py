@@ -206,9 +206,13 @@ def set_times(fd: int, name: str | None, atime_ns: int | None, mtime_ns: int | N
     link; without a name, the times of the open file `fd` itself."""
     times = (_Timespec * 2)(*(_Timespec(0, _UTIME_OMIT) if t is None else _Timespec(*divmod(t, 10**9))
                               for t in (atime_ns, mtime_ns)))
-    path = None if name is None else os.fsencode(name)
-    if _libc is None or _libc.utimensat(fd, path, times, _AT_SYMLINK_NOFOLLOW if path else 0) != 0:
-        code = ctypes.get_errno() if _libc is not None else errno.ENOSYS
+    if _libc is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), name)
+    # glibc's utimensat refuses a NULL path (EINVAL): an open file's times go through futimens
+    done = (_libc.futimens(fd, times) if name is None
+            else _libc.utimensat(fd, os.fsencode(name), times, _AT_SYMLINK_NOFOLLOW))
+    if done != 0:
+        code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), name)
 
 

@@ -130,3 +130,22 @@ def test_process_alive_counts_a_zombie_as_dead():
         child.kill()
         child.wait()
     assert not kernel.process_alive(child.pid)
+
+
+def test_set_times_of_an_open_file_and_of_a_name(tmp_path):
+    """Without a name, the open file's own times (futimens); a None time is left as it is."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        before = os.stat(path)
+        kernel.set_times(fd, None, None, 5_000_000_000)
+        assert os.stat(path).st_mtime_ns == 5_000_000_000 and os.stat(path).st_atime_ns == before.st_atime_ns
+    finally:
+        os.close(fd)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        kernel.set_times(dir_fd, "f", 7_000_000_000, None)
+        assert os.stat(path).st_atime_ns == 7_000_000_000 and os.stat(path).st_mtime_ns == 5_000_000_000
+    finally:
+        os.close(dir_fd)

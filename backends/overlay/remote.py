@@ -92,10 +92,9 @@ class FsspecRoot(Root):
         if cached is not ...:
             return cached
         parent, _, name = rel.rpartition("/")
-        if rel and self._fresh(self._dirs, parent) is not ...:
-            names = self._fresh(self._dirs, parent)     # a listing just made answers for its children
-            if names is not None and name not in names:
-                return None
+        names = self._fresh(self._dirs, parent) if rel else ...     # a listing just made answers
+        if names is not ... and names is not None and name not in names:    # for its children
+            return None
         try:
             info = self._to_info(self.fs.info(self.full(rel)))
         except FileNotFoundError:

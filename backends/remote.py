@@ -73,7 +73,7 @@ def s3_args(url: str, options: Options) -> dict:
     for name in ("key", "secret", "token", "profile"):
         if values[name]:
             args[name] = values[name]
-    if values["anon"] and options.flag("anon"):
+    if options.flag("anon"):
         args["anon"] = True
     client = {k: v for k, v in (("endpoint_url", values["endpoint_url"]),
                                 ("region_name", values["region"])) if v}

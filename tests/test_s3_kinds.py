@@ -221,3 +221,11 @@ def test_a_walk_costs_one_list_per_folder(s3, imgstores, fsdb_bucket, iid_object
             for name in filenames:
                 os.stat(os.path.join(dirpath, name))
         assert daemon_status(remote)["s3_requests"] == requests
+
+
+@pytest.mark.parametrize("value, anonymous", [("", True), ("yes", True), ("no", False)])
+def test_anon_alone_asks_for_no_credentials(value, anonymous):
+    """`-o anon`, the bare flag the manual gives, is `-o anon=yes` (it used to be ignored)."""
+    from scopefs.backends.options import Options
+    from scopefs.backends.remote import s3_args
+    assert s3_args("s3://bucket/store", Options({"anon": value})).get("anon", False) is anonymous

@@ -48,8 +48,10 @@ MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details
                  prefetch=N (8), passthrough=yes|no (yes: files already in the served format
                  are served as they are), mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
   iid            mask_format=png|tiff|npy|bmp|pnm, writeback_delay=SECONDS (2)
-  fsdb           break_lock (take the database even if another client holds its lock)
-  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60)
+  fsdb           break_lock (take the database even if another client holds its lock),
+                 register_delay=SECONDS (1)
+  copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60),
+                 mrc_cache_mb=N (512)
   s3:// sources  endpoint_url=URL, region=, profile=, anon, key=, secret=, token= (or the AWS
                  environment and config files); imgstore: chunk_cache_mb=N (1024), chunk_cache_dir=DIR"""
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +118,25 @@ def test_help_alone_and_with_help_and_a_version():
     from importlib.metadata import version
     result = run_scopefs("--version")
     assert result.returncode == 0 and result.stdout == f"scopefs {version('scopefs')}\n"
+
+
+def test_every_mount_option_is_in_the_help_and_the_manual():
+    """Each option the daemon or a backend reads (`options.int("name", ...)` and the like)
+    is listed by `scopefs mount --help` and has a row in README.md's table of options."""
+    from scopefs.backends.remote import S3_OPTIONS
+    from scopefs.daemon.cli import DAEMON_OPTIONS
+    root = Path(__file__).resolve().parents[1]
+    read = re.compile(r"""\b(?:options|opts)\.(?:str|int|float|flag)\(\s*["'](\w+)["']""")
+    names = {name for path in root.glob("backends/**/*.py") for name in read.findall(path.read_text())}
+    assert {"passthrough", "register_delay", "mrc_cache_mb", "chunk_cache_dir"} <= names   # the pattern works
+    names |= set(DAEMON_OPTIONS) | set(S3_OPTIONS)
+    manual = (root / "README.md").read_text()
+    table = manual[manual.index("## Mount options"):]
+    table = table[:table.index("\n## ")]
+    assert sorted(name for name in names if f"`{name}" not in table) == []
+    mount_help = run_scopefs("mount", "--help").stdout
+    accepted_only = {"rw", "default_permissions"}        # change nothing: in the manual only
+    assert sorted(name for name in names - accepted_only if not re.search(rf"\b{name}\b", mount_help)) == []
 
 
 def test_a_missing_source_is_said_to_be_missing(tmp_path):

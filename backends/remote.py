@@ -64,8 +64,8 @@ def s3_args(url: str, options: Options) -> dict:
     if scheme not in ("s3", "s3a"):
         raise MountError(f"{public_url(url)}: only s3:// URLs can be mounted directly")
     if "@" in url.partition("://")[2].partition("/")[0]:
-        raise MountError("credentials in the URL are not accepted: give -o key=,secret= "
-                         "or the AWS environment")
+        raise MountError("credentials in the URL are not accepted: give them as -o key=KEY,secret=SECRET "
+                         "or in the AWS environment")
     values = {name: options.str(name, "") for name in S3_OPTIONS}
     args: dict = {"skip_instance_cache": True,
                   "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,

@@ -229,3 +229,14 @@ def test_anon_alone_asks_for_no_credentials(value, anonymous):
     from scopefs.backends.options import Options
     from scopefs.backends.remote import s3_args
     assert s3_args("s3://bucket/store", Options({"anon": value})).get("anon", False) is anonymous
+
+
+def test_credentials_in_the_url_are_refused_in_a_line_that_stays_readable_masked():
+    """The refusal names the ways to give credentials; masking must not eat them (it took
+    `secret= or` for a secret)."""
+    from scopefs.backends.options import MountError, Options
+    from scopefs.backends.remote import redact, s3_args
+    with pytest.raises(MountError) as refused:
+        s3_args("s3://key:sec@bucket/store", Options())
+    assert redact(str(refused.value)) == ("credentials in the URL are not accepted: give them as "
+                                          "-o key=***,secret=*** or in the AWS environment")

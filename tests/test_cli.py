@@ -231,3 +231,15 @@ def test_status_does_not_wait_for_a_daemon_that_does_not_answer(store, mount):
     rows = {row["mountpoint"]: row for row in json.loads(result.stdout)}
     assert rows[str(stopped)]["state"] == "silent"
     assert rows[str(answering)]["state"] == "live" and rows[str(answering)]["frames"] == 12
+
+
+def test_the_manual_starts_with_the_demo_and_the_command_ci_runs():
+    """README.md's first block: the command that shows the product, then exactly the one
+    that .ci/run runs on a fresh clone."""
+    root = Path(__file__).resolve().parents[1]
+    manual = (root / "README.md").read_text()
+    first_block = manual.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in first_block.splitlines()]
+    ci = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
+    assert commands == ["./dev demo", ci[-1]] and ci[-1] == "./dev test"

@@ -29,10 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
-from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
-from .cache import ByteCache
 from ..formats.atomic import atomic_write
-from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, TempFileHandle, read_only
+from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
+from .blocks import BufferHandle, GeneratedFile
+from .cache import ByteCache
+from .localfiles import TempFileHandle
+from .nodes import Attr, File, FileHandle, read_only
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")

@@ -21,8 +21,8 @@ from itertools import islice
 import pyfuse3
 import trio
 
-from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
-                              Owner, Symlink, Tree)
+from ..backends.blocks import BytesHandle
+from ..backends.nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ import pyfuse3
 import pytest
 from conftest import uncached_file
 
-from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, OSFileHandle, StaticDirectory, Symlink,
-                                     Tree)
+from scopefs.backends.blocks import GeneratedFile, StaticDirectory
+from scopefs.backends.localfiles import OSFileHandle
+from scopefs.backends.nodes import ROOT_INO, Attr, File, Symlink, Tree
 from scopefs.backends.kernel import cached_pages, resident
 from scopefs.daemon.fs import CONTROL_NAME, Operations
 

@@ -4,6 +4,7 @@ No I/O of their own; what they call (a `make`, a `commit`) may block, and runs w
 node contract says (see the table in nodes.py)."""
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
@@ -13,6 +14,46 @@ from typing import Callable
 
 from .cache import ByteCache
 from .nodes import Attr, Directory, File, FileHandle, Node
+
+#: the largest file kept in memory (a view or a picks import being written, an editor's
+#: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
+#: at a filesystem's largest file size, instead of taking the daemon's memory. Not
+#: ENOSPC: the filesystem is not full, other files can still be written.
+MEMORY_FILE_LIMIT = 1 << 30
+
+
+def _too_large() -> OSError:
+    return OSError(errno.EFBIG, f"a file kept in memory holds at most {MEMORY_FILE_LIMIT} bytes")
+
+
+def resize(buf: bytearray, size: int) -> None:
+    """truncate(2) of a file in memory: cut, or padded with zeros."""
+    if size > MEMORY_FILE_LIMIT:
+        raise _too_large()
+    del buf[size:]
+    buf.extend(bytes(size - len(buf)))
+
+
+def resized(data: bytes, size: int) -> bytes:
+    """`resize` of immutable bytes."""
+    if size > MEMORY_FILE_LIMIT:
+        raise _too_large()
+    return data[:size] + bytes(max(0, size - len(data)))
+
+
+def write_into(buf: bytearray, offset: int, data: bytes) -> int:
+    """pwrite(2) to a file in memory: a gap before `offset` reads as zeros. A write that
+    would pass MEMORY_FILE_LIMIT is cut short at it, and one that starts there fails, as
+    the kernel does at a filesystem's largest file size."""
+    room = MEMORY_FILE_LIMIT - offset
+    if len(data) > room:
+        if room <= 0:
+            raise _too_large()
+        data = data[:room]
+    if offset > len(buf):
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset:offset + len(data)] = data
+    return len(data)
 
 
 class ListedDirectory(Directory):
@@ -83,16 +124,13 @@ class BufferHandle(FileHandle):
 
     def write(self, offset: int, data: bytes) -> int:
         with self._lock:
-            if offset > len(self.buf):
-                self.buf.extend(bytes(offset - len(self.buf)))
-            self.buf[offset:offset + len(data)] = data
+            written = write_into(self.buf, offset, data)
             self.dirty = True
-        return len(data)
+        return written
 
     def truncate(self, size: int) -> None:
         with self._lock:
-            del self.buf[size:]
-            self.buf.extend(bytes(size - len(self.buf)))
+            resize(self.buf, size)
             self.dirty = True
 
     def flush(self) -> None:
@@ -126,8 +164,7 @@ class MemoryFile(File):
 
     def truncate(self, size: int) -> None:
         with self.lock:
-            del self.data[size:]
-            self.data.extend(bytes(size - len(self.data)))
+            resize(self.data, size)
             self.mtime_ns = time.time_ns()
 
 
@@ -144,11 +181,9 @@ class MemoryHandle(FileHandle):
     def write(self, offset: int, data: bytes) -> int:
         f = self.file
         with f.lock:
-            if offset > len(f.data):
-                f.data.extend(bytes(offset - len(f.data)))
-            f.data[offset:offset + len(data)] = data
+            written = write_into(f.data, offset, data)
             f.mtime_ns = time.time_ns()
-        return len(data)
+        return written
 
     def truncate(self, size: int) -> None:
         self.file.truncate(size)
@@ -218,7 +253,7 @@ class View(File):
     def truncate(self, size: int) -> None:
         # `> file` truncates before it writes: keep that staged until a writer closes
         current = self.staged if self.staged is not None else self.content()
-        self.staged = current[:size] + bytes(max(0, size - len(current)))
+        self.staged = resized(current, size)
         with self._tags_lock:
             self._served_tag = None
 

@@ -296,7 +296,7 @@ class GeneratedFile(File):
     (bounded); if evicted, it is made again, identically."""
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
-        self._token = next(_GENERATED)      # a key never reused (an id() is, once a file is dropped)
+        self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
         self._make = make
         self.mtime_ns = mtime_ns
         self._size: int | None = None
@@ -310,7 +310,7 @@ class GeneratedFile(File):
                 if self._data is None:
                     self._data = self._make()
                 return self._data
-        data = self._cache.get_or_make(("generated", self._token), self._make)
+        data = self._cache.get_or_make(self._key, self._make)
         self._size = len(data)
         return data
 
@@ -323,7 +323,7 @@ class GeneratedFile(File):
         return BytesHandle(self.content())
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
+        data = self._data if self._cache is None else self._cache.get(self._key)
         return None if data is None else BytesHandle(data)
 
 

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from scopefs.backends import blocks
-from scopefs.backends.blocks import BufferHandle, MemoryFile, View
+from scopefs.backends.blocks import BufferHandle, GeneratedFile, MemoryFile, View
+from scopefs.backends.cache import ByteCache
 
 LIMIT = 4096
 
@@ -74,3 +75,16 @@ def test_a_view_truncated_past_the_limit_stages_nothing(small_limit):
     assert view.staged is None and view.attr().size == len(b"model")
     view.truncate(LIMIT)
     assert view.attr().size == LIMIT
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_generated_file_once_made_opens_without_a_thread(cached):
+    """open_nowait agrees with open once the content is made (stat made it), in the shared
+    cache or kept by the file itself; before, it leaves the making to a worker thread."""
+    made = []
+    file = GeneratedFile(lambda: made.append(1) or b"content", cache=ByteCache(1 << 20) if cached else None)
+    assert file.open_nowait(os.O_RDONLY) is None
+    assert file.attr().size == len(b"content")
+    handle = file.open_nowait(os.O_RDONLY)
+    assert handle is not None and handle.cached_read(0, 100) == b"content"
+    assert made == [1]

@@ -111,6 +111,7 @@ class BufferHandle(FileHandle):
     a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
     document) is applied whole or not at all. A refused commit leaves the copy dirty
     and raises again at the next flush, so the error reaches close(2)."""
+    flush_blocks = True
 
     def __init__(self, data: bytes, commit: Callable[[bytes], None]):
         self.buf = bytearray(data)

@@ -117,6 +117,7 @@ class OSFileHandle(FileHandle):
 
 class LocalWriteHandle(FileHandle):
     """A local file written in place, as a local disk would be."""
+    fsync_blocks = True
 
     def __init__(self, path: str | int, flags: int, release_blocks: bool = False):
         """`path` may be a descriptor already open with `flags`: the handle owns it. A file
@@ -151,6 +152,7 @@ class TempFileHandle(FileHandle):
     replace) and registers it. Large files never pass through memory. The copy is
     fsynced first unless `durable_later` (the committer makes it durable itself before
     anything names it)."""
+    flush_blocks = True
     release_blocks = True
 
     def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False,

@@ -1,12 +1,44 @@
-"""The node interface between backends and the daemon.
+"""The node contract between backends and the daemon: the node types, their attributes
+and `Tree`, which owns the inode numbers. No FUSE and no I/O here: the building blocks
+that implement it are in blocks.py (in memory) and localfiles.py (real local files).
 
 A backend is a `Tree` of nodes. Every node has an inode number that the backend
 assigns and keeps for the life of the mount, so the daemon never has to hold a table
 of every node the kernel has seen: it asks `Tree.get(ino)`. Large regular directories
 (a million frames) reserve a range of inode numbers and build their nodes on demand.
 
-Node methods may block (disk, decoding): the daemon always calls them from worker
-threads, so they must be thread-safe. None of them knows about FUSE.
+The thread rule. The daemon answers the kernel from one event loop. What may block
+(disk, network, decoding, waiting for a lock held across them) it calls in a worker
+thread, under a capacity limit and (reads and lookups) a timeout: every method must be
+thread-safe. What must not block it calls on the loop itself: that answers from memory at
+once, or says "cannot tell" (None) and the daemon calls its blocking twin in a thread.
+There a lock may be taken if it is only ever held briefly (one that a change holds long
+only with a non-blocking try), and system calls made that cannot wait (an RWF_NOWAIT
+read, a RESOLVE_CACHED open, fstat of an open local file). A method listed with a flag
+runs in a thread if its class sets the flag (because it may block), else on the loop.
+
+    may block: in a worker thread              must not block: on the event loop
+    -----------------------------------------  ------------------------------------------
+    Node.attr, set_attr                        Node.cached_attr
+    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
+    Directory.entries, entry_batch (of what    Directory.opendir
+      opendir gave)
+    Directory.create, mkdir, symlink, mknod,
+      link, unlink, rmdir, rename
+    File.open, truncate                        File.open_nowait
+    FileHandle.read, write, truncate           FileHandle.cached_read
+    Symlink.target         if target_blocks    Symlink.target otherwise
+    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
+    FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
+                           or flush_blocks
+    FileHandle.release     if release_blocks   FileHandle.release otherwise
+    Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
+                                               forget, adopt, status, statfs_counts,
+                                               sync_due
+
+What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
+`cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
+loop has ended.
 """
 from __future__ import annotations
 
@@ -110,7 +142,7 @@ class Directory(Node):
 
     def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
         """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
-        (then `lookup_attr` is called in a thread, and decides what is missing)."""
+        (then `lookup_attr` decides, also whether the name is missing)."""
         return None
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
@@ -119,7 +151,7 @@ class Directory(Node):
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable
-        offsets for that reader); by default the directory itself. Must not block."""
+        offsets for that reader); by default the directory itself."""
         return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
@@ -164,12 +196,15 @@ class Directory(Node):
 
 
 class FileHandle:
-    """One open file. `read` may block; `cached_read` must not (it answers only when
-    the bytes are already in memory, so the daemon can skip a thread hop). `release`
-    runs in a worker thread only if `release_blocks`. Writable handles also implement
-    `write`, `truncate` and `flush` (close and fsync call it; it may refuse what was
-    written with an OSError, which the writer sees as the error of close or fsync)."""
+    """One open file. `cached_read` answers only with bytes already in memory (None:
+    then `read`). Writable handles also implement `write`, `truncate` and `flush` (close
+    and fsync call it; it may refuse what was written with an OSError, which the writer
+    sees as the error of close or fsync)."""
 
+    #: flush, fsync (by default flush) or release may block: each that may says so, and
+    #: the daemon calls it in a worker thread (the thread rule above)
+    flush_blocks = False
+    fsync_blocks = False
     release_blocks = False
     #: the content is what an earlier open of the same file served: the kernel may keep
     #: the pages it cached then (the tree's CachePolicy may allow that for every file)
@@ -202,7 +237,6 @@ class File(Node):
     __slots__ = ()
 
     def open(self, flags: int) -> FileHandle:
-        """May block (it runs in a worker thread)."""
         raise NotImplementedError
 
     def truncate(self, size: int) -> None:
@@ -210,12 +244,12 @@ class File(Node):
         raise read_only()
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        """A handle if opening needs no I/O, else None (then `open` is called in a thread)."""
+        """A handle if opening needs no I/O, else None (then `open`)."""
         return None
 
 
 class Symlink(Node):
-    #: whether reading `target` may block (then the daemon reads it in a worker thread)
+    #: reading `target` may block (a link on disk): the daemon reads it in a thread
     target_blocks = False
 
     def __init__(self, target: str, mtime_ns: int = 0):

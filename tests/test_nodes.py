@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 
 import scopefs.backends
 from scopefs.backends.nodes import FileHandle, Symlink
@@ -33,3 +35,12 @@ def test_every_call_that_may_block_is_declared():
     for cls in subclasses(Symlink):
         if isinstance(inspect.getattr_static(cls, "target", None), property):
             assert cls.target_blocks, cls
+
+
+def test_the_contract_imports_no_machinery():
+    """nodes.py is the interface only: importing it loads no numpy, mmap or kernel.py."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, scopefs.backends.nodes; print(' '.join(sys.modules))"],
+        check=True, capture_output=True, text=True).stdout.split()
+    assert "scopefs.backends.nodes" in loaded
+    assert not {"numpy", "mmap", "scopefs.backends.kernel", "scopefs.backends.blocks"} & set(loaded)

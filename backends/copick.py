@@ -20,9 +20,10 @@ import csv
 import io
 
 from . import is_url, remote
+from .blocks import GeneratedFile
 from .cache import ByteCache
 from .copick_views import Imports, PicksViews, VolumeViews, read_file
-from .nodes import ROOT_INO, GeneratedFile
+from .nodes import ROOT_INO
 from .options import MountError, Options
 from .overlay import FsspecRoot, LocalRoot, OverlayTree
 

@@ -29,10 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
-from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
-from .cache import ByteCache
 from ..formats.atomic import atomic_write
-from .nodes import Attr, BufferHandle, File, FileHandle, GeneratedFile, TempFileHandle, read_only
+from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
+from .blocks import BufferHandle, GeneratedFile, resized
+from .cache import ByteCache
+from .localfiles import TempFileHandle
+from .nodes import Attr, File, FileHandle, read_only
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
@@ -474,7 +476,7 @@ class PicksImport(File):
         return BufferHandle(b"" if flags & os.O_TRUNC else self.data, self._commit)
 
     def truncate(self, size: int) -> None:
-        self.data = self.data[:size] + bytes(max(0, size - len(self.data)))
+        self.data = resized(self.data, size)
 
     def _commit(self, data: bytes) -> None:
         self.imports.commit(self, data)

@@ -37,9 +37,9 @@ import numpy as np
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
 from . import is_url, remote
+from .blocks import BytesHandle, GeneratedFile, ListedDirectory, MemoryFile, View
 from .cache import ByteCache
-from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
-                    ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View)
+from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
 from ..formats.imgstore.metadata import StoreError, read_metadata
 from . import is_url, remote, storage
+from .blocks import GeneratedFile, RowsFile, StaticDirectory
 from .cache import ByteCache
-from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, RowsFile,
-                    StaticDirectory, Symlink, Tree)
+from .nodes import ROOT_INO, Attr, Directory, File, FileHandle, Symlink, Tree
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)

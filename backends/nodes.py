@@ -1,33 +1,56 @@
-"""The node interface between backends and the daemon.
+"""The node contract between backends and the daemon: the node types, their attributes
+and `Tree`, which owns the inode numbers. No FUSE and no I/O here: the building blocks
+that implement it are in blocks.py (in memory) and localfiles.py (real local files).
 
 A backend is a `Tree` of nodes. Every node has an inode number that the backend
 assigns and keeps for the life of the mount, so the daemon never has to hold a table
 of every node the kernel has seen: it asks `Tree.get(ino)`. Large regular directories
 (a million frames) reserve a range of inode numbers and build their nodes on demand.
 
-Node methods may block (disk, decoding): the daemon always calls them from worker
-threads, so they must be thread-safe. None of them knows about FUSE.
+The thread rule. The daemon answers the kernel from one event loop. What may block
+(disk, network, decoding, waiting for a lock held across them) it calls in a worker
+thread, under a capacity limit and (reads and lookups) a timeout: every method must be
+thread-safe. What must not block it calls on the loop itself: that answers from memory at
+once, or says "cannot tell" (None) and the daemon calls its blocking twin in a thread.
+There a lock may be taken if it is only ever held briefly (one that a change holds long
+only with a non-blocking try), and system calls made that cannot wait (an RWF_NOWAIT
+read, a RESOLVE_CACHED open, fstat of an open local file). A method listed with a flag
+runs in a thread if its class sets the flag (because it may block), else on the loop.
+
+    may block: in a worker thread              must not block: on the event loop
+    -----------------------------------------  ------------------------------------------
+    Node.attr, set_attr                        Node.cached_attr
+    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
+    Directory.entries, entry_batch (of what    Directory.opendir
+      opendir gave)
+    Directory.create, mkdir, symlink, mknod,
+      link, unlink, rmdir, rename
+    File.open, truncate                        File.open_nowait
+    FileHandle.read, write, truncate           FileHandle.cached_read
+    Symlink.target         if target_blocks    Symlink.target otherwise
+    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
+    FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
+                           or flush_blocks
+    FileHandle.release     if release_blocks   FileHandle.release otherwise
+    Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
+                                               forget, adopt, status, statfs_counts,
+                                               sync_due
+
+What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
+`cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
+loop has ended.
 """
 from __future__ import annotations
 
 import bisect
 import errno
-import itertools
-import mmap
 import os
-import shutil
 import stat
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
-from .cache import ByteCache
-from .kernel import cached_pages, resident
-
 ROOT_INO = 1
-_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 #: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
 #: stay far below that)
 GRAFT_SHIFT = 40
@@ -119,7 +142,7 @@ class Directory(Node):
 
     def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
         """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
-        (then `lookup_attr` is called in a thread, and decides what is missing)."""
+        (then `lookup_attr` decides, also whether the name is missing)."""
         return None
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
@@ -128,7 +151,7 @@ class Directory(Node):
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable
-        offsets for that reader); by default the directory itself. Must not block."""
+        offsets for that reader); by default the directory itself."""
         return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
@@ -173,12 +196,15 @@ class Directory(Node):
 
 
 class FileHandle:
-    """One open file. `read` may block; `cached_read` must not (it answers only when
-    the bytes are already in memory, so the daemon can skip a thread hop). `release`
-    runs in a worker thread only if `release_blocks`. Writable handles also implement
-    `write`, `truncate` and `flush` (close and fsync call it; it may refuse what was
-    written with an OSError, which the writer sees as the error of close or fsync)."""
+    """One open file. `cached_read` answers only with bytes already in memory (None:
+    then `read`). Writable handles also implement `write`, `truncate` and `flush` (close
+    and fsync call it; it may refuse what was written with an OSError, which the writer
+    sees as the error of close or fsync)."""
 
+    #: flush, fsync (by default flush) or release may block: each that may says so, and
+    #: the daemon calls it in a worker thread (the thread rule above)
+    flush_blocks = False
+    fsync_blocks = False
     release_blocks = False
     #: the content is what an earlier open of the same file served: the kernel may keep
     #: the pages it cached then (the tree's CachePolicy may allow that for every file)
@@ -211,7 +237,6 @@ class File(Node):
     __slots__ = ()
 
     def open(self, flags: int) -> FileHandle:
-        """May block (it runs in a worker thread)."""
         raise NotImplementedError
 
     def truncate(self, size: int) -> None:
@@ -219,12 +244,12 @@ class File(Node):
         raise read_only()
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        """A handle if opening needs no I/O, else None (then `open` is called in a thread)."""
+        """A handle if opening needs no I/O, else None (then `open`)."""
         return None
 
 
 class Symlink(Node):
-    #: whether reading `target` may block (then the daemon reads it in a worker thread)
+    #: reading `target` may block (a link on disk): the daemon reads it in a thread
     target_blocks = False
 
     def __init__(self, target: str, mtime_ns: int = 0):
@@ -238,518 +263,6 @@ class Symlink(Node):
         """A target held in memory tells the attributes without I/O; one read from disk
         (`target_blocks`) does not."""
         return None if self.target_blocks else self.attr()
-
-
-# -- simple building blocks -------------------------------------------------------------
-
-class ListedDirectory(Directory):
-    """A directory whose children come as one list (small, or cached by the subclass);
-    offsets are positions in it."""
-
-    def listing(self) -> list[tuple[str, Node]]:
-        raise NotImplementedError
-
-    def entries(self, offset: int):
-        listing = self.listing()
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1], None
-
-
-class StaticDirectory(ListedDirectory):
-    """A directory whose children are fixed when the tree is built."""
-
-    def __init__(self, mtime_ns: int = 0, mode: int = 0o555):
-        self.mtime_ns = mtime_ns
-        self.mode = mode
-        self._children: dict[str, Node] = {}
-        self._listing: list[tuple[str, Node]] = []
-
-    def add(self, name: str, node: Node) -> Node:
-        if name in self._children:
-            raise ValueError(f"duplicate name {name!r}")
-        self._children[name] = node
-        self._listing.append((name, node))
-        return node
-
-    def attr(self) -> Attr:
-        subdirs = sum(isinstance(n, Directory) for n in self._children.values())
-        return Attr(stat.S_IFDIR | self.mode, 0, self.mtime_ns, 2 + subdirs)
-
-    def lookup(self, name: str) -> Node | None:
-        return self._children.get(name)
-
-    def listing(self) -> list[tuple[str, Node]]:
-        return self._listing
-
-
-class BytesHandle(FileHandle):
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.data[offset:offset + size]
-
-    cached_read = read
-
-
-class BufferHandle(FileHandle):
-    """Writes go to a private copy; `commit(data)` runs when the handle is flushed after
-    a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
-    document) is applied whole or not at all. A refused commit leaves the copy dirty
-    and raises again at the next flush, so the error reaches close(2)."""
-
-    def __init__(self, data: bytes, commit: Callable[[bytes], None]):
-        self.buf = bytearray(data)
-        self.commit = commit
-        self.dirty = False
-        self._lock = threading.Lock()
-
-    def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            return bytes(self.buf[offset:offset + size])
-
-    def write(self, offset: int, data: bytes) -> int:
-        with self._lock:
-            if offset > len(self.buf):
-                self.buf.extend(bytes(offset - len(self.buf)))
-            self.buf[offset:offset + len(data)] = data
-            self.dirty = True
-        return len(data)
-
-    def truncate(self, size: int) -> None:
-        with self._lock:
-            del self.buf[size:]
-            self.buf.extend(bytes(size - len(self.buf)))
-            self.dirty = True
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self.dirty:
-                return
-            data = bytes(self.buf)
-        self.commit(data)
-        self.dirty = False
-
-
-class OSFileHandle(FileHandle):
-    """Reads of a real file, straight from the OS.
-
-    With `drop_behind`, the pages a read brought into the page cache are dropped right
-    after it: the kernel keeps its own cache of the mount's files, and keeping the
-    source's pages as well would cache the data twice (and cost twice the fresh memory).
-    A file that was already cached when opened is left alone (another program uses it),
-    and so is every file where the kernel cannot tell (before Linux 6.5).
-
-    With `mapped` (files on local storage), a read the page cache holds in full is
-    answered with a view of a shared read-only mapping of the file: the reply is copied
-    into the kernel straight from the source's page cache, once instead of twice. Only
-    the kernel touches the mapped bytes, so a file cut short meanwhile costs that read an
-    EIO (the kernel's copy fails), never a SIGBUS."""
-    release_blocks = False          # closing a file on local storage does not wait
-
-    def __init__(self, path: str | int, drop_behind: bool = False, release_blocks: bool = False,
-                 mapped: bool = False):
-        """`path` may be a descriptor already open for reading: the handle owns it. A file
-        on NFS or FUSE may wait for its server at close: `release_blocks` then."""
-        self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.release_blocks = release_blocks
-        self._drop = drop_behind and cached_pages(self._fd) == 0
-        self._map: mmap.mmap | None = None
-        self._lent: tuple[int, int] | None = None     # the range the last view showed
-        if mapped:
-            try:
-                self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
-            except (ValueError, OSError):           # empty, or not mappable
-                pass
-            else:
-                import numpy as np                  # (here: trees without arrays start without numpy)
-                self._address = np.frombuffer(self._map, np.uint8).ctypes.data     # for mincore
-
-    def read(self, offset: int, size: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
-        self._dropped(offset, len(data))
-        return data
-
-    def cached_read(self, offset: int, size: int) -> bytearray | memoryview | None:
-        """The bytes if the page cache holds them all: no worker thread needed. The OS
-        reads ahead of a sequential reader, so even a cold file mostly answers here."""
-        if self._map is not None and not offset % mmap.PAGESIZE and offset < len(self._map):
-            return self._mapped_read(offset, size)
-        if _NOWAIT is None:
-            return None
-        buf = bytearray(size)
-        try:
-            done = os.preadv(self._fd, [buf], offset, _NOWAIT)
-        except OSError:                 # EAGAIN: not cached; EOPNOTSUPP: no such reads here
-            return None
-        if done != size:
-            return None                 # short: the worker thread reads on
-        self._dropped(offset, size)
-        return buf
-
-    def _mapped_read(self, offset: int, size: int) -> memoryview | None:
-        """A view of the mapped range if it is all in the page cache and read (a page that
-        the disk has yet to fill would make the reply wait for it). A read past the end
-        gets the bytes up to it, as pread would, if the file is still as long as when it
-        was mapped. The daemon's reply has copied the last view's bytes by the time the
-        next read comes (it replies before it takes another request), so that range can
-        be dropped now."""
-        mapped = len(self._map)
-        if offset + size > mapped:
-            if os.fstat(self._fd).st_size != mapped:
-                return None                         # grown or cut since: pread knows
-            size = mapped - offset
-        if not resident(self._address + offset, size):
-            return None
-        self._return_lent()
-        self._lent = (offset, size)
-        return memoryview(self._map)[offset:offset + size]
-
-    def _return_lent(self) -> None:
-        if self._lent is not None and self._drop:
-            offset, size = self._lent
-            self._map.madvise(mmap.MADV_DONTNEED, offset, size)      # unmapped pages can go
-            self._dropped(offset, size)
-        self._lent = None
-
-    def _dropped(self, offset: int, size: int) -> None:
-        if self._drop and size:
-            os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
-
-    def fileno(self) -> int:
-        """The open file (-1 once released)."""
-        return self._fd
-
-    def release(self) -> None:
-        if self._map is not None:
-            self._return_lent()
-            try:
-                self._map.close()
-            except BufferError:         # a view still referenced: the mapping goes with it
-                pass
-        fd, self._fd = self._fd, -1
-        os.close(fd)
-
-
-class LocalWriteHandle(FileHandle):
-    """A local file written in place, as a local disk would be."""
-
-    def __init__(self, path: str | int, flags: int, release_blocks: bool = False):
-        """`path` may be a descriptor already open with `flags`: the handle owns it. A file
-        on NFS or FUSE may wait for its server at close: `release_blocks` then."""
-        keep = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND | os.O_SYNC | os.O_DSYNC
-        self.fd = path if isinstance(path, int) else os.open(path, (flags & keep) | os.O_CLOEXEC)
-        self.release_blocks = release_blocks
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def write(self, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, offset)
-
-    def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
-
-    def fsync(self) -> None:
-        os.fsync(self.fd)
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, -1
-        os.close(fd)
-
-
-class TempFileHandle(FileHandle):
-    """Writes to a real file go to a temporary copy beside it; flush (close, fsync) hands
-    the finished copy to `commit(temp_path)`, which renames it into place (an atomic
-    replace) and registers it. Large files never pass through memory. The copy is
-    fsynced first unless `durable_later` (the committer makes it durable itself before
-    anything names it)."""
-    release_blocks = True
-
-    def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False,
-                 durable_later: bool = False):
-        directory, name = os.path.split(target)
-        self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".scopefs-tmp", dir=directory)
-        if copy_from is not None:
-            with open(copy_from, "rb") as src:
-                shutil.copyfileobj(src, os.fdopen(os.dup(self._fd), "wb"))
-        self._commit = commit
-        self._dirty = dirty
-        self._durable_later = durable_later
-        self._committed = False
-        self._lock = threading.Lock()
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
-
-    def write(self, offset: int, data: bytes) -> int:
-        with self._lock:
-            self._dirty = True
-            return os.pwrite(self._fd, data, offset)
-
-    def truncate(self, size: int) -> None:
-        with self._lock:
-            self._dirty = True
-            os.ftruncate(self._fd, size)
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._dirty:
-                return
-            if not self._durable_later:
-                os.fsync(self._fd)
-            self._commit(self.temp)            # renames self.temp to its final name
-            self._dirty = False
-            self._committed = True
-
-    def release(self) -> None:
-        os.close(self._fd)
-        if not self._committed and os.path.exists(self.temp):
-            os.unlink(self.temp)
-
-
-class MemoryFile(File):
-    """A plain writable file kept in memory (new files, editors' temporary files).
-    All handles share its content, as they would on a disk."""
-
-    def __init__(self, data: bytes = b"", mode: int = 0o644, mtime_ns: int | None = None):
-        self.data = bytearray(data)
-        self.mode = mode
-        self.mtime_ns = mtime_ns if mtime_ns is not None else time.time_ns()
-        self.lock = threading.Lock()
-
-    def attr(self) -> Attr:
-        return Attr(stat.S_IFREG | (self.mode & 0o7777), len(self.data), self.mtime_ns)
-
-    def open(self, flags: int) -> FileHandle:
-        if flags & os.O_TRUNC:
-            self.truncate(0)
-        return MemoryHandle(self)
-
-    open_nowait = open
-
-    def truncate(self, size: int) -> None:
-        with self.lock:
-            del self.data[size:]
-            self.data.extend(bytes(size - len(self.data)))
-            self.mtime_ns = time.time_ns()
-
-
-class MemoryHandle(FileHandle):
-    def __init__(self, file: MemoryFile):
-        self.file = file
-
-    def read(self, offset: int, size: int) -> bytes:
-        with self.file.lock:
-            return bytes(self.file.data[offset:offset + size])
-
-    cached_read = read
-
-    def write(self, offset: int, data: bytes) -> int:
-        f = self.file
-        with f.lock:
-            if offset > len(f.data):
-                f.data.extend(bytes(offset - len(f.data)))
-            f.data[offset:offset + len(data)] = data
-            f.mtime_ns = time.time_ns()
-        return len(data)
-
-    def truncate(self, size: int) -> None:
-        self.file.truncate(size)
-
-
-class View(File):
-    """A file whose content is derived from the model and that writes back through it:
-    a writer's bytes are committed whole when it closes, or refused with nothing changed.
-    `owner` (an entry folder, or the tree) carries the mtime."""
-
-    def __init__(self, owner):
-        self.owner = owner
-        self.staged: bytes | None = None          # truncated or created, not yet committed
-        self._served_tag = None                   # the content the kernel's pages hold, if known
-        self._open_tags: dict = {}                # handles open now, by tag (None: writers)
-        self._tags_lock = threading.Lock()
-
-    def content(self) -> bytes:
-        raise NotImplementedError
-
-    def content_tag(self):
-        """Something hashable that changes whenever the content does, or None if the view
-        cannot tell. While it stays the same, opens let the kernel keep the file's pages."""
-        return None
-
-    def commit(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def attr(self) -> Attr:
-        data = self.staged if self.staged is not None else self.content()
-        return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
-
-    def open(self, flags: int) -> FileHandle:
-        if flags & os.O_TRUNC:
-            self.staged = b""
-        if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            tag = self.content_tag() if self.staged is None else None     # before the content
-            return self._reader(self.staged if self.staged is not None else self.content(), tag)
-        current = self.staged if self.staged is not None else self.content()
-        # committed only once written to: a shell's `>` closes a dup of the file first
-        writer = ViewWriter(self, current)
-        self._opened(None)                     # the writer's bytes land in the kernel's pages
-        return writer
-
-    def _reader(self, data: bytes, tag) -> "ViewReader":
-        reader = ViewReader(self, data, tag)
-        reader.keep_cache = self._opened(tag)
-        return reader
-
-    def _opened(self, tag) -> bool:
-        """Count a handle open under `tag`; True if the kernel may keep the pages it has of
-        this file: every handle that could have filled them since they were last dropped
-        served this same content (a handle left open from before a change still can)."""
-        with self._tags_lock:
-            keep = tag is not None and tag == self._served_tag
-            others = any(t != tag for t in self._open_tags)
-            self._served_tag = None if others else tag
-            self._open_tags[tag] = self._open_tags.get(tag, 0) + 1
-            return keep
-
-    def _released(self, tag) -> None:
-        with self._tags_lock:
-            self._open_tags[tag] -= 1
-            if not self._open_tags[tag]:
-                del self._open_tags[tag]
-
-    def truncate(self, size: int) -> None:
-        # `> file` truncates before it writes: keep that staged until a writer closes
-        current = self.staged if self.staged is not None else self.content()
-        self.staged = current[:size] + bytes(max(0, size - len(current)))
-        with self._tags_lock:
-            self._served_tag = None
-
-    def _commit(self, data: bytes) -> None:
-        try:
-            self.commit(data)
-        finally:
-            self.staged = None         # accepted, or refused: either way the model shows
-        self.owner.mtime_ns = time.time_ns()
-
-
-class ViewReader(BytesHandle):
-    """A read-only open of a View, counted until released (see View._opened)."""
-
-    def __init__(self, view: View, data: bytes, tag):
-        super().__init__(data)
-        self._view, self._tag = view, tag
-
-    def release(self) -> None:
-        self._view._released(self._tag)
-
-
-class ViewWriter(BufferHandle):
-    """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
-
-    def __init__(self, view: View, data: bytes):
-        super().__init__(data, view._commit)
-        self._view = view
-
-    def release(self) -> None:
-        self._view._released(None)
-
-
-_GENERATED = itertools.count()
-
-
-class GeneratedFile(File):
-    """A read-only file whose content is made on demand (CSV of a million rows, JSON
-    summaries...). The content is generated once for its size and kept in `cache`
-    (bounded); if evicted, it is made again, identically."""
-
-    def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
-        self._token = next(_GENERATED)      # a key never reused (an id() is, once a file is dropped)
-        self._make = make
-        self.mtime_ns = mtime_ns
-        self._size: int | None = None
-        self._cache = cache
-        self._data: bytes | None = None
-        self._lock = threading.Lock()
-
-    def content(self) -> bytes:
-        if self._cache is None:
-            with self._lock:
-                if self._data is None:
-                    self._data = self._make()
-                return self._data
-        data = self._cache.get_or_make(("generated", self._token), self._make)
-        self._size = len(data)
-        return data
-
-    def attr(self) -> Attr:
-        if self._size is None:
-            self._size = len(self.content())
-        return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
-
-    def open(self, flags: int) -> FileHandle:
-        return BytesHandle(self.content())
-
-    def open_nowait(self, flags: int) -> FileHandle | None:
-        data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
-        return None if data is None else BytesHandle(data)
-
-
-class RowsFile(File):
-    """A large read-only text table (a CSV of a million frames) served by ranges.
-
-    `row_lengths()` gives the byte length of every row, computed once (vectorised) when
-    the size is first asked for; `render(lo, hi)` formats rows lo..hi-1 and must give
-    exactly those lengths. A read formats only the rows it covers, so neither `stat` nor
-    a read ever builds the whole file.
-    """
-
-    def __init__(self, header: bytes, row_lengths: Callable[[], "np.ndarray"],
-                 render: Callable[[int, int], bytes], mtime_ns: int = 0):
-        self.header = header
-        self._row_lengths = row_lengths
-        self.render = render
-        self.mtime_ns = mtime_ns
-        self._ends: "np.ndarray | None" = None
-        self._lock = threading.Lock()
-
-    def row_ends(self) -> "np.ndarray":
-        """Byte offset just past each row, counted from the end of the header."""
-        with self._lock:
-            if self._ends is None:
-                import numpy as np                  # (here: trees without tables start without numpy)
-                self._ends = np.cumsum(self._row_lengths(), dtype=np.int64)
-            return self._ends
-
-    def attr(self) -> Attr:
-        ends = self.row_ends()
-        return Attr(stat.S_IFREG | 0o444, len(self.header) + (int(ends[-1]) if ends.size else 0), self.mtime_ns)
-
-    def open(self, flags: int) -> FileHandle:
-        return RowsHandle(self)
-
-
-class RowsHandle(FileHandle):
-    def __init__(self, table: RowsFile):
-        self.table = table
-
-    def read(self, offset: int, size: int) -> bytes:
-        header, ends = self.table.header, self.table.row_ends()
-        out = header[offset:offset + size]
-        start, stop = max(offset - len(header), 0), offset + size - len(header)
-        if stop <= 0 or not ends.size:
-            return out
-        lo = int(ends.searchsorted(start, side="right"))
-        hi = min(int(ends.searchsorted(stop, side="left")) + 1, ends.size)
-        if lo >= hi:
-            return out
-        first = int(ends[lo - 1]) if lo else 0
-        chunk = self.table.render(lo, hi)
-        return out + chunk[start - first:stop - first]
 
 
 # -- inode numbering --------------------------------------------------------------------
@@ -906,5 +419,3 @@ class Tree:
     def close(self) -> None:
         for tree in self._grafts.values():
             tree.close()
-
-

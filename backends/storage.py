@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 
 from ..formats import files
-from .nodes import Attr, FileHandle, OSFileHandle
+from .localfiles import OSFileHandle
+from .nodes import Attr, FileHandle
 from .remote import CountedFilesystem
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 Every handler is wrapped so that no exception but `FUSEError` ever reaches pyfuse3 (any
 other would tear the mount down): OS errors keep their errno, anything else becomes
-EIO, and each failure is logged once. Backend calls run in worker threads under one
-capacity limit; the trio thread only shuffles bytes and counts.
+EIO, and each failure is logged once. Which backend calls run in worker threads and
+which on the event loop: the thread rule in backends/nodes.py.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from itertools import islice
 import pyfuse3
 import trio
 
-from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
-                              Owner, Symlink, Tree)
+from ..backends.blocks import BytesHandle
+from ..backends.nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,11 @@ class Operations(pyfuse3.Operations):
                 return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
             raise OSError(errno.EIO, f"the source did not answer within {self.timeout:g} s") from None
+
+    async def _call(self, fn, blocks: bool, **where):
+        """`fn` in a worker thread (`_run`) if the backend declared that it may block,
+        else right here."""
+        return await self._run(fn, **where) if blocks else fn()
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
@@ -285,9 +290,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if node.target_blocks:
-            return os.fsencode(await self._run(lambda: node.target))
-        return os.fsencode(node.target)
+        return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
 
     # -- files ------------------------------------------------------------------------
     @_guard
@@ -445,14 +448,12 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def flush(self, fh):
         handle = self._handle(fh)
-        if type(handle).flush is not FileHandle.flush:     # every close(2) comes here: skip no-ops
-            await self._run(handle.flush, change=True)
+        await self._call(handle.flush, handle.flush_blocks, change=True)
 
     @_guard
     async def fsync(self, fh, datasync):
         handle = self._handle(fh)
-        if type(handle).fsync is not FileHandle.fsync or type(handle).flush is not FileHandle.flush:
-            await self._run(handle.fsync, change=True)
+        await self._call(handle.fsync, handle.fsync_blocks or handle.flush_blocks, change=True)
         await self._run(self.tree.sync, change=True)
 
     @_guard
@@ -469,11 +470,11 @@ class Operations(pyfuse3.Operations):
         """Write back changes that have waited long enough (a writable tree's own rule)."""
         while True:
             await trio.sleep(period)
-            if self.tree.sync_due():
-                try:
+            try:
+                if self.tree.sync_due():
                     await self._run(self.tree.sync, data=True)
-                except Exception:
-                    log.exception("write-back failed; will try again")
+            except Exception:
+                log.exception("write-back failed; will try again")
 
     def flush_open_files(self) -> None:
         """At shutdown: commit what writers still hold open (each refusal is logged)."""
@@ -487,10 +488,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if handle is not None:
-            if handle.release_blocks:
-                await self._run(handle.release, data=True)
-            else:
-                handle.release()
+            await self._call(handle.release, handle.release_blocks, data=True)
 
     # -- filesystem -------------------------------------------------------------------
     @_guard

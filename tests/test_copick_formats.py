@@ -276,7 +276,8 @@ def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
     """Each picks view copied back in under a new user's name becomes that user's copick
     picks in the overlay (same points, to the format's precision), which copick 1.31 lists
     and reads through the mount and from the overlay root alone; bad files and unknown
-    objects are refused at close and nothing is written."""
+    objects are refused at close and nothing is written, as is a size past what a file in
+    memory may hold."""
     import shutil
     config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
     suffixes = {"star": "star", "relion4": "relion4.star", "dynamo": "tbl", "em": "em", "csv": "csv"}
@@ -292,6 +293,10 @@ def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
                 fh.write((tmp_path / source).read_bytes())
         assert refused.value.errno == errno.EINVAL, bad
     subprocess.run(f"cat {tmp_path / 'x.tbl'} > {spacing / 'shell_5_proteasome.tbl'}", shell=True, check=True)
+    with open(spacing / "huge_5_proteasome.csv", "wb") as fh:    # kept in memory until closed:
+        with pytest.raises(OSError) as refused:                    # a huge size is refused, not allocated
+            os.ftruncate(fh.fileno(), 1 << 40)
+    assert refused.value.errno == errno.EFBIG
     assert sorted(p.name for p in (overlay / "ExperimentRuns" / "TS_001" / "Picks").iterdir()) == sorted(
         f"{user}_5_proteasome.json" for user in [*suffixes, "shell"])
     assert daemon_status(mnt)["picks_imports"] == {"imported": 6, "refused": 3}

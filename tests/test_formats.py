@@ -177,7 +177,7 @@ def test_reader_refuses_frames_of_the_wrong_shape(tmp_path):
 def test_frames_csv_rows_have_exact_sizes_and_ranges(rows, reads):
     import datetime as dt
     from scopefs.backends.imgstore import FRAMES_CSV_HEADER, FramesTable
-    from scopefs.backends.nodes import RowsFile
+    from scopefs.backends.blocks import RowsFile
     numbers = np.asarray([r[0] for r in rows], np.int64)
     times = np.asarray([r[1] for r in rows], np.float64)
     chunks = [Chunk(3, "", "", 0, len(rows) // 2), Chunk(9, "", "", len(rows) // 2, len(rows) - len(rows) // 2)]

@@ -7,14 +7,16 @@ import logging
 import mmap
 import os
 import stat
+import threading
 
 import numpy as np
 import pyfuse3
 import pytest
 from conftest import uncached_file
 
-from scopefs.backends.nodes import (ROOT_INO, Attr, File, GeneratedFile, OSFileHandle, StaticDirectory, Symlink,
-                                     Tree)
+from scopefs.backends.blocks import GeneratedFile, StaticDirectory
+from scopefs.backends.localfiles import OSFileHandle
+from scopefs.backends.nodes import ROOT_INO, Attr, File, FileHandle, Symlink, Tree
 from scopefs.backends.kernel import cached_pages, resident
 from scopefs.daemon.fs import CONTROL_NAME, Operations
 
@@ -140,6 +142,60 @@ async def test_control_file_is_hidden_fresh_and_xattrs_are_off(ops):
         await ops.getxattr(ROOT_INO, b"security.selinux", None)
     assert err.value.errno == errno.ENOSYS
 
+
+
+class NotedHandle(FileHandle):
+    """Notes whether each call ran on the event loop's thread."""
+
+    def __init__(self, blocks: bool, loop_thread: int):
+        self.flush_blocks = self.fsync_blocks = self.release_blocks = blocks
+        self.loop_thread, self.on_loop = loop_thread, {}
+
+    def _note(self, call: str) -> None:
+        self.on_loop[call] = threading.get_ident() == self.loop_thread
+
+    def flush(self):
+        self._note("flush")
+
+    def fsync(self):
+        self._note("fsync")
+
+    def release(self):
+        self._note("release")
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+async def test_calls_a_handle_declares_blocking_run_in_a_thread_the_others_on_the_loop(ops, blocks):
+    handle = NotedHandle(blocks, threading.get_ident())
+    fh = ops._add_handle(handle).fh
+    await ops.flush(fh)
+    await ops.fsync(fh, False)
+    await ops.release(fh)
+    assert handle.on_loop == dict.fromkeys(("flush", "fsync", "release"), not blocks)
+    flushing = NotedHandle(False, threading.get_ident())
+    flushing.flush_blocks = True                   # fsync is flush unless it says otherwise
+    await ops.fsync(ops._add_handle(flushing).fh, False)
+    assert flushing.on_loop == {"fsync": False}
+
+
+class LinkOnDisk(Symlink):
+    target_blocks = True
+    mtime_ns = 0
+
+    def __init__(self, loop_thread: int):
+        self.loop_thread, self.read_on_loop = loop_thread, None
+
+    @property
+    def target(self) -> str:
+        self.read_on_loop = threading.get_ident() == self.loop_thread
+        return "there"
+
+
+async def test_a_link_whose_target_may_block_is_read_in_a_thread(ops):
+    on_disk = ops.tree.root.add("on-disk", ops.tree.add(LinkOnDisk(threading.get_ident())))
+    in_memory = ops.tree.root.add("in-memory", ops.tree.add(Symlink("here")))
+    assert await ops.readlink(on_disk.ino, None) == b"there" and on_disk.read_on_loop is False
+    assert await ops.readlink(in_memory.ino, None) == b"here"
 
 def test_dynamic_nodes_keep_their_number_while_remembered():
     tree = Tree()

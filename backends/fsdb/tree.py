@@ -33,8 +33,9 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
-                     TempFileHandle, Tree, View)
+from ..blocks import BytesHandle, View
+from ..localfiles import LocalWriteHandle, TempFileHandle
+from ..nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError

@@ -16,7 +16,8 @@ import stat
 import threading
 
 from ..kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached, rename_at, set_times
-from ..nodes import Attr, FileHandle, LocalWriteHandle, OSFileHandle, Owner, attr_of
+from ..localfiles import LocalWriteHandle, OSFileHandle
+from ..nodes import Attr, FileHandle, Owner, attr_of
 from .root import Root
 from .rules import WORK_DIR
 

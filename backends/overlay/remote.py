@@ -313,6 +313,7 @@ class RemoteReadHandle(FileHandle):
 
 class UploadHandle(FileHandle):
     """A remote file edited in a local temporary copy and uploaded at close or fsync."""
+    flush_blocks = True
     release_blocks = True
 
     def __init__(self, root: FsspecRoot, rel: str, keep: bool):

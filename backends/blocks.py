@@ -1,0 +1,381 @@
+"""In-memory building blocks of trees: directories listed from memory, files whose
+content is bytes, made on demand, derived from a model (`View`) or served by row ranges.
+No I/O of their own; what they call (a `make`, a `commit`) may block, and runs where the
+node contract says (see the table in nodes.py)."""
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import threading
+import time
+from typing import Callable
+
+from .cache import ByteCache
+from .nodes import Attr, Directory, File, FileHandle, Node
+
+#: the largest file kept in memory (a view or a picks import being written, an editor's
+#: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
+#: at a filesystem's largest file size, instead of taking the daemon's memory. Not
+#: ENOSPC: the filesystem is not full, other files can still be written.
+MEMORY_FILE_LIMIT = 1 << 30
+
+
+def _too_large() -> OSError:
+    return OSError(errno.EFBIG, f"a file kept in memory holds at most {MEMORY_FILE_LIMIT} bytes")
+
+
+def resize(buf: bytearray, size: int) -> None:
+    """truncate(2) of a file in memory: cut, or padded with zeros."""
+    if size > MEMORY_FILE_LIMIT:
+        raise _too_large()
+    del buf[size:]
+    buf.extend(bytes(size - len(buf)))
+
+
+def resized(data: bytes, size: int) -> bytes:
+    """`resize` of immutable bytes."""
+    if size > MEMORY_FILE_LIMIT:
+        raise _too_large()
+    return data[:size] + bytes(max(0, size - len(data)))
+
+
+def write_into(buf: bytearray, offset: int, data: bytes) -> int:
+    """pwrite(2) to a file in memory: a gap before `offset` reads as zeros. A write that
+    would pass MEMORY_FILE_LIMIT is cut short at it, and one that starts there fails, as
+    the kernel does at a filesystem's largest file size."""
+    room = MEMORY_FILE_LIMIT - offset
+    if len(data) > room:
+        if room <= 0:
+            raise _too_large()
+        data = data[:room]
+    if offset > len(buf):
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset:offset + len(data)] = data
+    return len(data)
+
+
+class ListedDirectory(Directory):
+    """A directory whose children come as one list (small, or cached by the subclass);
+    offsets are positions in it."""
+
+    def listing(self) -> list[tuple[str, Node]]:
+        raise NotImplementedError
+
+    def entries(self, offset: int):
+        listing = self.listing()
+        for pos in range(offset, len(listing)):
+            yield pos + 1, listing[pos][0], listing[pos][1], None
+
+
+class StaticDirectory(ListedDirectory):
+    """A directory whose children are fixed when the tree is built."""
+
+    def __init__(self, mtime_ns: int = 0, mode: int = 0o555):
+        self.mtime_ns = mtime_ns
+        self.mode = mode
+        self._children: dict[str, Node] = {}
+        self._listing: list[tuple[str, Node]] = []
+
+    def add(self, name: str, node: Node) -> Node:
+        if name in self._children:
+            raise ValueError(f"duplicate name {name!r}")
+        self._children[name] = node
+        self._listing.append((name, node))
+        return node
+
+    def attr(self) -> Attr:
+        subdirs = sum(isinstance(n, Directory) for n in self._children.values())
+        return Attr(stat.S_IFDIR | self.mode, 0, self.mtime_ns, 2 + subdirs)
+
+    def lookup(self, name: str) -> Node | None:
+        return self._children.get(name)
+
+    def listing(self) -> list[tuple[str, Node]]:
+        return self._listing
+
+
+class BytesHandle(FileHandle):
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+    cached_read = read
+
+
+class BufferHandle(FileHandle):
+    """Writes go to a private copy; `commit(data)` runs when the handle is flushed after
+    a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
+    document) is applied whole or not at all. A refused commit leaves the copy dirty
+    and raises again at the next flush, so the error reaches close(2)."""
+    flush_blocks = True
+
+    def __init__(self, data: bytes, commit: Callable[[bytes], None]):
+        self.buf = bytearray(data)
+        self.commit = commit
+        self.dirty = False
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            return bytes(self.buf[offset:offset + size])
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            written = write_into(self.buf, offset, data)
+            self.dirty = True
+        return written
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            resize(self.buf, size)
+            self.dirty = True
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self.dirty:
+                return
+            data = bytes(self.buf)
+        self.commit(data)
+        self.dirty = False
+
+
+class MemoryFile(File):
+    """A plain writable file kept in memory (new files, editors' temporary files).
+    All handles share its content, as they would on a disk."""
+
+    def __init__(self, data: bytes = b"", mode: int = 0o644, mtime_ns: int | None = None):
+        self.data = bytearray(data)
+        self.mode = mode
+        self.mtime_ns = mtime_ns if mtime_ns is not None else time.time_ns()
+        self.lock = threading.Lock()
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | (self.mode & 0o7777), len(self.data), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        if flags & os.O_TRUNC:
+            self.truncate(0)
+        return MemoryHandle(self)
+
+    open_nowait = open
+
+    def truncate(self, size: int) -> None:
+        with self.lock:
+            resize(self.data, size)
+            self.mtime_ns = time.time_ns()
+
+
+class MemoryHandle(FileHandle):
+    def __init__(self, file: MemoryFile):
+        self.file = file
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.file.lock:
+            return bytes(self.file.data[offset:offset + size])
+
+    cached_read = read
+
+    def write(self, offset: int, data: bytes) -> int:
+        f = self.file
+        with f.lock:
+            written = write_into(f.data, offset, data)
+            f.mtime_ns = time.time_ns()
+        return written
+
+    def truncate(self, size: int) -> None:
+        self.file.truncate(size)
+
+
+class View(File):
+    """A file whose content is derived from the model and that writes back through it:
+    a writer's bytes are committed whole when it closes, or refused with nothing changed.
+    `owner` (an entry folder, or the tree) carries the mtime."""
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.staged: bytes | None = None          # truncated or created, not yet committed
+        self._served_tag = None                   # the content the kernel's pages hold, if known
+        self._open_tags: dict = {}                # handles open now, by tag (None: writers)
+        self._tags_lock = threading.Lock()
+
+    def content(self) -> bytes:
+        raise NotImplementedError
+
+    def content_tag(self):
+        """Something hashable that changes whenever the content does, or None if the view
+        cannot tell. While it stays the same, opens let the kernel keep the file's pages."""
+        return None
+
+    def commit(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def attr(self) -> Attr:
+        data = self.staged if self.staged is not None else self.content()
+        return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        if flags & os.O_TRUNC:
+            self.staged = b""
+        if (flags & os.O_ACCMODE) == os.O_RDONLY:
+            tag = self.content_tag() if self.staged is None else None     # before the content
+            return self._reader(self.staged if self.staged is not None else self.content(), tag)
+        current = self.staged if self.staged is not None else self.content()
+        # committed only once written to: a shell's `>` closes a dup of the file first
+        writer = ViewWriter(self, current)
+        self._opened(None)                     # the writer's bytes land in the kernel's pages
+        return writer
+
+    def _reader(self, data: bytes, tag) -> "ViewReader":
+        reader = ViewReader(self, data, tag)
+        reader.keep_cache = self._opened(tag)
+        return reader
+
+    def _opened(self, tag) -> bool:
+        """Count a handle open under `tag`; True if the kernel may keep the pages it has of
+        this file: every handle that could have filled them since they were last dropped
+        served this same content (a handle left open from before a change still can)."""
+        with self._tags_lock:
+            keep = tag is not None and tag == self._served_tag
+            others = any(t != tag for t in self._open_tags)
+            self._served_tag = None if others else tag
+            self._open_tags[tag] = self._open_tags.get(tag, 0) + 1
+            return keep
+
+    def _released(self, tag) -> None:
+        with self._tags_lock:
+            self._open_tags[tag] -= 1
+            if not self._open_tags[tag]:
+                del self._open_tags[tag]
+
+    def truncate(self, size: int) -> None:
+        # `> file` truncates before it writes: keep that staged until a writer closes
+        current = self.staged if self.staged is not None else self.content()
+        self.staged = resized(current, size)
+        with self._tags_lock:
+            self._served_tag = None
+
+    def _commit(self, data: bytes) -> None:
+        try:
+            self.commit(data)
+        finally:
+            self.staged = None         # accepted, or refused: either way the model shows
+        self.owner.mtime_ns = time.time_ns()
+
+
+class ViewReader(BytesHandle):
+    """A read-only open of a View, counted until released (see View._opened)."""
+
+    def __init__(self, view: View, data: bytes, tag):
+        super().__init__(data)
+        self._view, self._tag = view, tag
+
+    def release(self) -> None:
+        self._view._released(self._tag)
+
+
+class ViewWriter(BufferHandle):
+    """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
+
+    def __init__(self, view: View, data: bytes):
+        super().__init__(data, view._commit)
+        self._view = view
+
+    def release(self) -> None:
+        self._view._released(None)
+
+
+_GENERATED = itertools.count()
+
+
+class GeneratedFile(File):
+    """A read-only file whose content is made on demand (CSV of a million rows, JSON
+    summaries...). The content is generated once for its size and kept in `cache`
+    (bounded); if evicted, it is made again, identically."""
+
+    def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
+        self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
+        self._make = make
+        self.mtime_ns = mtime_ns
+        self._size: int | None = None
+        self._cache = cache
+        self._data: bytes | None = None
+        self._lock = threading.Lock()
+
+    def content(self) -> bytes:
+        if self._cache is None:
+            with self._lock:
+                if self._data is None:
+                    self._data = self._make()
+                return self._data
+        data = self._cache.get_or_make(self._key, self._make)
+        self._size = len(data)
+        return data
+
+    def attr(self) -> Attr:
+        if self._size is None:
+            self._size = len(self.content())
+        return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        return BytesHandle(self.content())
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        data = self._data if self._cache is None else self._cache.get(self._key)
+        return None if data is None else BytesHandle(data)
+
+
+class RowsFile(File):
+    """A large read-only text table (a CSV of a million frames) served by ranges.
+
+    `row_lengths()` gives the byte length of every row, computed once (vectorised) when
+    the size is first asked for; `render(lo, hi)` formats rows lo..hi-1 and must give
+    exactly those lengths. A read formats only the rows it covers, so neither `stat` nor
+    a read ever builds the whole file.
+    """
+
+    def __init__(self, header: bytes, row_lengths: Callable[[], "np.ndarray"],
+                 render: Callable[[int, int], bytes], mtime_ns: int = 0):
+        self.header = header
+        self._row_lengths = row_lengths
+        self.render = render
+        self.mtime_ns = mtime_ns
+        self._ends: "np.ndarray | None" = None
+        self._lock = threading.Lock()
+
+    def row_ends(self) -> "np.ndarray":
+        """Byte offset just past each row, counted from the end of the header."""
+        with self._lock:
+            if self._ends is None:
+                import numpy as np                  # (here: trees without tables start without numpy)
+                self._ends = np.cumsum(self._row_lengths(), dtype=np.int64)
+            return self._ends
+
+    def attr(self) -> Attr:
+        ends = self.row_ends()
+        return Attr(stat.S_IFREG | 0o444, len(self.header) + (int(ends[-1]) if ends.size else 0), self.mtime_ns)
+
+    def open(self, flags: int) -> FileHandle:
+        return RowsHandle(self)
+
+
+class RowsHandle(FileHandle):
+    def __init__(self, table: RowsFile):
+        self.table = table
+
+    def read(self, offset: int, size: int) -> bytes:
+        header, ends = self.table.header, self.table.row_ends()
+        out = header[offset:offset + size]
+        start, stop = max(offset - len(header), 0), offset + size - len(header)
+        if stop <= 0 or not ends.size:
+            return out
+        lo = int(ends.searchsorted(start, side="right"))
+        hi = min(int(ends.searchsorted(stop, side="left")) + 1, ends.size)
+        if lo >= hi:
+            return out
+        first = int(ends[lo - 1]) if lo else 0
+        chunk = self.table.render(lo, hi)
+        return out + chunk[start - first:stop - first]

@@ -2,6 +2,7 @@
 costs must not grow with the database (counted, not timed)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -206,3 +207,22 @@ def test_metadata_kept_in_memory_is_bounded_and_read_again_when_needed(trees, mo
     first = read_views()
     assert sum(f._md_loaded is not None for f in files) <= 10
     assert read_views() == first and json.loads(first[39]) == {"i": 39}
+
+
+def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):
+    """romidata callers catch IOError; the tree maps the type (not the message) to an errno."""
+    tree = trees[SMALL]
+    scan = tree.db.get_scan("scan")
+    for call, kind in ((lambda: tree.db.create_scan("scan"), FileExistsError),
+                       (lambda: tree.db.delete_scan("nope"), FileNotFoundError),
+                       (lambda: scan.create_fileset("images"), FileExistsError),
+                       (lambda: scan.delete_fileset("nope"), FileNotFoundError),
+                       (lambda: scan.get_fileset("images").create_file("img_0000"), FileExistsError),
+                       (lambda: scan.get_fileset("images").delete_file("nope"), FileNotFoundError),
+                       (lambda: scan.get_fileset("images").rename_file("nope", "x", "png"), FileNotFoundError)):
+        with pytest.raises(kind) as err:
+            call()
+        assert isinstance(err.value, IOError) and err.value.errno is None
+    with pytest.raises(FileExistsError) as err:        # mkdir of a fileset that exists
+        tree.root.lookup("scan").mkdir("images", 0o755)
+    assert err.value.errno == errno.EEXIST

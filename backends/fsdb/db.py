@@ -32,6 +32,9 @@ them with its lock): a flush takes plantdb's fileset locks, which writers hold b
 they register.
 
 Metadata JSON is read on first use, not at connect.
+
+Refused requests raise FileExistsError and FileNotFoundError (IOErrors, as romidata's
+callers expect, without an errno); bad identifiers raise ValueError.
 """
 from __future__ import annotations
 
@@ -207,10 +210,6 @@ def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
             time.sleep(0.1)
 
 
-def _now() -> str:
-    return _dt.datetime.now().isoformat()
-
-
 class _Metadata:
     """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
     while among the database's `METADATA_KEPT` most recently used (the file always holds
@@ -289,7 +288,7 @@ class File(_Metadata):
 
     def path(self) -> str:
         if self.filename is None:
-            raise IOError(f"file {self.id} has no data yet")
+            raise FileNotFoundError(f"file {self.id} has no data yet")
         return os.path.join(self.fileset.path(), self.filename)
 
     def get_id(self) -> str:
@@ -389,7 +388,7 @@ class Fileset(_Metadata):
         file name would make plantdb 0.14 refuse the whole database)."""
         _check_id(file_id, strict=False)
         if file_id in self.files:
-            raise IOError(f"file {file_id} already exists in {self.scan.id}/{self.id}")
+            raise FileExistsError(f"file {file_id} already exists in {self.scan.id}/{self.id}")
         file = File(self, file_id, None)
         self.files[file_id] = file
         return file
@@ -397,7 +396,7 @@ class Fileset(_Metadata):
     def delete_file(self, file_id: str) -> None:
         file = self.files.get(file_id)
         if file is None:
-            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+            raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         with self.scan.db._writing(self.scan.id, self.id):
             self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
             del self.files[file_id]
@@ -411,9 +410,9 @@ class Fileset(_Metadata):
         _check_id(new_id, strict=False)
         file = self.files.get(file_id)
         if file is None:
-            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+            raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         if new_id != file_id and new_id in self.files:
-            raise IOError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
+            raise FileExistsError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
         metadata = file.get_metadata()
         moved = File(self, new_id, None) if new_id != file_id else file
         with self.scan.db._writing(self.scan.id, self.id):
@@ -496,7 +495,7 @@ class Scan(_Metadata):
     def create_fileset(self, fileset_id: str, metadata: dict | None = None) -> Fileset:
         _check_id(fileset_id)
         if fileset_id in self.filesets:
-            raise IOError(f"fileset {fileset_id} already exists in {self.id}")
+            raise FileExistsError(f"fileset {fileset_id} already exists in {self.id}")
         with self.db._writing(self.id, fileset_id):
             os.makedirs(os.path.join(self.path(), fileset_id), exist_ok=True)
             self._update_files_json(lambda doc: doc.fileset(fileset_id))
@@ -508,7 +507,7 @@ class Scan(_Metadata):
     def delete_fileset(self, fileset_id: str) -> None:
         fileset = self.filesets.get(fileset_id)
         if fileset is None:
-            raise IOError(f"no fileset {fileset_id} in {self.id}")
+            raise FileNotFoundError(f"no fileset {fileset_id} in {self.id}")
         with self.db._writing(self.id, fileset_id):
             self._update_files_json(lambda doc: doc.remove_fileset(fileset_id))
             del self.filesets[fileset_id]
@@ -730,7 +729,7 @@ class FSDB:
         _check_id(scan_id)
         target = os.path.join(self.basedir, scan_id)
         if scan_id in self.scans or os.path.exists(target):
-            raise IOError(f"scan {scan_id} already exists")
+            raise FileExistsError(f"scan {scan_id} already exists")
         with self._writing(scan_id):
             staging = self._staging()
             build = tempfile.mkdtemp(prefix=f"new-{scan_id}-", dir=staging)
@@ -743,7 +742,7 @@ class FSDB:
 
     def delete_scan(self, scan_id: str) -> None:
         if scan_id not in self.scans:
-            raise IOError(f"no scan {scan_id}")
+            raise FileNotFoundError(f"no scan {scan_id}")
         with self._writing(scan_id):
             self._discard(os.path.join(self.basedir, scan_id))
             del self.scans[scan_id]

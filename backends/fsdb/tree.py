@@ -85,21 +85,21 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
 
 
 def _api_errors(fn):
-    """The FSDB API raises IOError/ValueError for refused requests: give them errnos."""
+    """The FSDB API raises FileExistsError, FileNotFoundError (romidata-style, without an
+    errno) and ValueError for refused requests: give them the errnos their types mean."""
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DBBusyError, FileExistsError, FileNotFoundError):
-            raise
         except ValueError as exc:
             raise OSError(errno.EINVAL, str(exc)) from None
         except OSError as exc:
             if exc.errno is None:
-                text = str(exc)
-                code = errno.EEXIST if "already exists" in text else errno.ENOENT if "no " in text else errno.EIO
-                raise OSError(code, text) from None
+                raise OSError(_ERRNO_OF.get(type(exc), errno.EIO), str(exc)) from None
             raise
     return wrapper
+
+
+_ERRNO_OF = {FileExistsError: errno.EEXIST, FileNotFoundError: errno.ENOENT}
 
 
 class MetaView(View):

@@ -9,6 +9,7 @@ import shutil
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scopefs.backends.fsdb import FSDB
@@ -226,3 +227,58 @@ def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):
     with pytest.raises(FileExistsError) as err:        # mkdir of a fileset that exists
         tree.root.lookup("scan").mkdir("images", 0o755)
     assert err.value.errno == errno.EEXIST
+
+
+def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_path, monkeypatch):
+    from scopefs.backends import iid
+    from scopefs.formats.iid import IIDFile
+    opened = set()
+    make, close = iid.open_tree, iid.IIDTree.close
+
+    def counting_open_tree(*args, **kwargs):
+        view = make(*args, **kwargs)
+        opened.add(view)
+        return view
+
+    def counting_close(view):
+        opened.discard(view)
+        close(view)
+    monkeypatch.setattr(iid, "open_tree", counting_open_tree)
+    monkeypatch.setattr(iid.IIDTree, "close", counting_close)
+
+    def write_iid(path: Path, entries: int, mtime: int) -> None:
+        seg = IIDFile()
+        for i in range(entries):
+            seg.add(np.ones((2, 2), bool), (i, 0, i + 2, 2), address=f"e{i}".encode())
+        seg.save(str(path))
+        os.utime(path, ns=(mtime, mtime))
+    def entries(view) -> int:
+        return sum(name.startswith("0000") for _, name, _, _ in view.entries(0))
+    path = make_db(tmp_path / "db", 1)
+    db = FSDB(str(path))
+    db.connect()
+    write_iid(tmp_path / "cells.iid", 1, 10**18)
+    db.get_scan("scan").get_fileset("other").create_file("cells").import_file(str(tmp_path / "cells.iid"))
+    db.disconnect()
+    tree = fsdb_tree.open_tree(str(path), Options())
+    try:
+        folder = tree.root.lookup("scan").lookup("other")
+        data = Path(folder.path(), "cells.iid")
+        first = folder.lookup("cells.iid.view")
+        assert len(opened) == 1 and entries(first) == 1
+        write_iid(data, 2, 2 * 10**18)                  # rewritten; the kernel held nothing of it
+        second = folder.lookup("cells.iid.view")
+        assert second is not first and entries(second) == 2
+        assert len(opened) == 1
+        tree.adopt(second)                              # the kernel holds this one
+        write_iid(data, 3, 3 * 10**18)
+        third = folder.lookup("cells.iid.view")
+        assert entries(third) == 3
+        assert len(opened) == 2 and tree.get(second.ino) is second
+        tree.forget(second.ino)                         # ... until it forgets it
+        assert tree.sync_due()
+        tree.sync()
+        assert len(opened) == 1 and tree.get(second.ino) is None
+        assert tree.get(third.ino) is third
+    finally:
+        tree.close()

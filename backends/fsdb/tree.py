@@ -33,7 +33,7 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
+from ..nodes import (GRAFT_SHIFT, ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
                      TempFileHandle, Tree, View)
 from ..options import MountError, Options
 from .. import is_url, remote, storage
@@ -603,6 +603,15 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
         return node
 
 
+#: what a closed view's slot holds: an empty tree (its numbers answer nothing)
+_RETIRED = Tree()
+
+
+def _is_view_root(ino: int) -> bool:
+    """A grafted tree's root is the first number of its slot."""
+    return ino >= 1 << GRAFT_SHIFT and not ino & ((1 << GRAFT_SHIFT) - 1)
+
+
 class FSDBTree(Tree):
     def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO, register_delay: float = 1.0):
         super().__init__(base)
@@ -616,7 +625,11 @@ class FSDBTree(Tree):
         self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
-        self._views: dict[tuple, Directory] = {}
+        self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
+        self._views_lock = threading.Lock()     # for these three (never held during I/O)
+        self._held_views: set[int] = set()      # roots of views the kernel holds
+        self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
+        self._unused_views: list[Tree] = []     # views of older versions to close
         self.remote_options: dict[str, str] = {}    # for the views of files in an object store
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
@@ -642,17 +655,55 @@ class FSDBTree(Tree):
 
     def _view(self, kind: str, path: str, make) -> Directory | None:
         """A read-only tree of a file inside the database, made on first look, made again
-        when the file changed."""
-        key = (kind, path, _mtime(self.db.files, path))
+        when the file changed (the superseded one is closed once the kernel lets it go)."""
+        mtime = _mtime(self.db.files, path)
         with self.lock:
-            view = self._views.get(key)
-            if view is None:
-                try:
-                    view = self._views[key] = self.graft(make).root
-                except (MountError, OSError) as exc:
-                    log.warning("%s cannot be shown as %s: %s", path, kind, exc)
-                    return None
-            return view
+            made = self._views.get((kind, path))
+            if made is not None and made[0] == mtime:
+                return made[1].root
+            try:
+                view = self.graft(make)
+            except (MountError, OSError) as exc:
+                log.warning("%s cannot be shown as %s: %s", path, kind, exc)
+                return None
+            self._views[(kind, path)] = (mtime, view)
+            with self._views_lock:
+                if made is not None:
+                    if made[1].base in self._held_views:
+                        self._superseded[made[1].base] = made[1]
+                    else:
+                        self._unused_views.append(made[1])
+        self._close_unused_views()
+        return view.root
+
+    def _close_unused_views(self) -> None:
+        """Close the views of older file versions that the kernel holds nothing of (a node
+        it holds, an open file's included, keeps the view's root held). Their numbers answer
+        nothing after; slots are not reused."""
+        with self._views_lock:
+            unused, self._unused_views = self._unused_views, []
+            for view in unused:
+                self._grafts[view.base >> GRAFT_SHIFT] = _RETIRED
+        for view in unused:
+            view.close()
+
+    def adopt(self, node: Node) -> None:
+        """(On the event loop: no I/O, no lock that I/O holds.)"""
+        if _is_view_root(node.ino):
+            with self._views_lock:
+                self._held_views.add(node.ino)
+        super().adopt(node)
+
+    def forget(self, ino: int) -> None:
+        """(On the event loop: a superseded view let go is closed by the next write-back or
+        view made, in a worker thread.)"""
+        super().forget(ino)
+        if _is_view_root(ino):
+            with self._views_lock:
+                self._held_views.discard(ino)
+                view = self._superseded.pop(ino, None)
+                if view is not None:
+                    self._unused_views.append(view)
 
     def iid_view(self, file) -> Directory | None:
         if file is None:
@@ -670,9 +721,10 @@ class FSDBTree(Tree):
     def sync(self) -> None:
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             self.db.flush()
+        self._close_unused_views()
 
     def sync_due(self) -> bool:
-        return self.db.flush_due()
+        return self.db.flush_due() or bool(self._unused_views)
 
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,

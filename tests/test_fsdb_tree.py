@@ -191,23 +191,31 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
 
 
-def test_metadata_kept_in_memory_is_bounded_and_read_again_when_needed(trees, monkeypatch):
+def test_metadata_kept_in_memory_is_bounded_in_bytes_and_read_again_when_needed(trees, monkeypatch):
     from scopefs.backends.fsdb import db as fsdb_db
-    monkeypatch.setattr(fsdb_db, "METADATA_KEPT", 10, raising=False)
     tree = trees[BIG]
     tree.meta_cache = fsdb_tree.ByteCache(1 << 10)        # views evicted too: reads render again
     folder = fileset_folder(tree)
     files = tree.db.get_scan("scan").get_fileset("images").get_files()
+    big = files[40:43]
+    for file in big:                                      # a few large documents ...
+        file.set_metadata({"blob": "x" * 5000})
+    monkeypatch.setattr(fsdb_db, "METADATA_KEPT_BYTES", 8000)
 
-    def read_views() -> list[bytes]:
+    def read_views(count: int) -> list[bytes]:
         out = []
-        for i in range(40):
+        for i in range(count):
             handle = folder.lookup(f"img_{i:04d}.png.metadata.json").open(os.O_RDONLY)
-            out.append(handle.read(0, 4096))
+            out.append(handle.read(0, 1 << 16))
         return out
-    first = read_views()
-    assert sum(f._md_loaded is not None for f in files) <= 10
-    assert read_views() == first and json.loads(first[39]) == {"i": 39}
+    for file in big:
+        file.get_metadata()
+    assert sum(f._md_loaded is not None for f in big) == 1  # ... are not all kept however few
+    first = read_views(40)                               # small ones: many are kept
+    assert 40 <= sum(f._md_loaded is not None for f in files) < 400
+    kept = [f for f in files if f._md_loaded is not None]
+    assert sum(len(layout.dump_json(f._md_loaded)) for f in kept) <= 8000 + 5100
+    assert read_views(40) == first and json.loads(first[39]) == {"i": 39}
 
 
 def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):

@@ -61,8 +61,9 @@ from ..storage import LocalFiles, RemoteFiles
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
-#: metadata documents kept in memory (the others are read again when asked for)
-METADATA_KEPT = 50_000
+#: metadata kept in memory, in bytes of its JSON (a parsed document takes a few times
+#: that); the least recently used documents are read again when asked for
+METADATA_KEPT_BYTES = 32 << 20
 
 
 class DBBusyError(OSError):
@@ -212,8 +213,8 @@ def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
 
 class _Metadata:
     """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
-    while among the database's `METADATA_KEPT` most recently used (the file always holds
-    what was set: writes go to it first). `md_version` counts changes (views derived from
+    while among the database's most recently used (`METADATA_KEPT_BYTES` in all; the file
+    always holds what was set: writes go to it first). `md_version` counts changes (views derived from
     the metadata key on it)."""
 
     _md_path: str
@@ -224,21 +225,31 @@ class _Metadata:
     def _md(self) -> dict:
         doc = self._md_loaded
         if doc is None:
-            self._db().counts["metadata_reads"] += 1
+            db = self._db()
+            db.counts["metadata_reads"] += 1
+            size = 0
+
+            def read(path: str) -> bytes:
+                nonlocal size
+                data = db.files.read(path)
+                size = len(data)
+                return data
             try:
-                doc = layout.read_json(self._md_path, {}, self._db().files.read)
+                doc = layout.read_json(self._md_path, {}, read)
             except ValueError:
                 log.warning("%s is not valid JSON; it reads as {}", self._md_path)
                 doc = {}
             doc = self._md_loaded = doc if isinstance(doc, dict) else {}
-        self._db()._keep_metadata(self)
+            db._keep_metadata(self, size)
+        else:
+            self._db()._keep_metadata(self)
         return doc
 
-    @_md.setter
-    def _md(self, doc: dict) -> None:
+    def _written(self, doc: dict) -> None:
+        """`doc` was written to the metadata file: it is the metadata now."""
         self._md_loaded = doc
         self.md_version += 1
-        self._db()._keep_metadata(self)
+        self._db()._keep_metadata(self, os.path.getsize(self._md_path))
 
     def get_metadata(self, key: str | None = None, default=None):
         if key is None:
@@ -261,7 +272,7 @@ class _Metadata:
             merged.update(copy.deepcopy(update))
             os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
             layout.write_json(self._md_path, merged)
-            self._md = merged
+            self._written(merged)
 
     def replace_metadata(self, data: dict) -> None:
         """Set the whole metadata dict (what editing its JSON file through the mount does)."""
@@ -270,7 +281,7 @@ class _Metadata:
         with self._write_lock():
             os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
             layout.write_json(self._md_path, data)
-            self._md = copy.deepcopy(data)
+            self._written(copy.deepcopy(data))
 
 
 class File(_Metadata):
@@ -587,7 +598,8 @@ class FSDB:
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
         self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
-        self._metadata_kept: OrderedDict[int, _Metadata] = OrderedDict()
+        self._metadata_kept: OrderedDict[int, tuple[_Metadata, int]] = OrderedDict()   # by id: (obj, bytes)
+        self._metadata_bytes = 0
         self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
 
@@ -623,6 +635,7 @@ class FSDB:
         self._lock.release()
         self.scans = {}
         self._metadata_kept.clear()
+        self._metadata_bytes = 0
         self.is_connected = False
 
     def flush(self) -> None:
@@ -639,14 +652,20 @@ class FSDB:
                 self._journal_fd = None
                 _unlink(os.path.join(self.basedir, layout.JOURNAL))
 
-    def _keep_metadata(self, obj: _Metadata) -> None:
-        """`obj` used its metadata: keep it in memory, let the least recently used go."""
+    def _keep_metadata(self, obj: _Metadata, size: int | None = None) -> None:
+        """`obj` used its metadata (loaded anew: `size` bytes of JSON): keep it in memory,
+        let the least recently used go (the last one used stays, however large)."""
         with self._metadata_lock:
             kept = self._metadata_kept
-            kept[id(obj)] = obj
-            kept.move_to_end(id(obj))
-            while len(kept) > METADATA_KEPT:
-                kept.popitem(last=False)[1]._md_loaded = None
+            if size is not None:
+                self._metadata_bytes += size - kept.pop(id(obj), (obj, 0))[1]
+                kept[id(obj)] = (obj, size)
+            elif id(obj) in kept:
+                kept.move_to_end(id(obj))
+            while self._metadata_bytes > METADATA_KEPT_BYTES and len(kept) > 1:
+                old, old_size = kept.popitem(last=False)[1]
+                old._md_loaded = None
+                self._metadata_bytes -= old_size
 
     def flush_due(self) -> bool:
         """Some registration has waited `register_delay` seconds."""

@@ -214,8 +214,8 @@ def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
 class _Metadata:
     """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
     while among the database's most recently used (`METADATA_KEPT_BYTES` in all; the file
-    always holds what was set: writes go to it first). `md_version` counts changes (views derived from
-    the metadata key on it)."""
+    always holds what was set: writes go to it first). `md_version` counts changes (views
+    derived from the metadata key on it)."""
 
     _md_path: str
     _md_loaded: dict | None = None

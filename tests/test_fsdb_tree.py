@@ -290,3 +290,15 @@ def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_pat
         assert tree.get(third.ino) is third
     finally:
         tree.close()
+
+
+def test_a_metadata_view_opened_again_unchanged_lets_the_kernel_keep_its_pages(trees):
+    view = fileset_folder(trees[SMALL]).lookup("img_0000.png.metadata.json")
+    first = view.open(os.O_RDONLY)
+    first.release()
+    again = view.open(os.O_RDONLY)
+    assert again.keep_cache and again.read(0, 100) == first.read(0, 100)
+    again.release()
+    view.obj.set_metadata({"i": 8})                     # changed: the pages are stale
+    after = view.open(os.O_RDONLY)
+    assert not after.keep_cache and json.loads(after.read(0, 100)) == {"i": 8}

@@ -33,8 +33,9 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..nodes import (GRAFT_SHIFT, ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
-                     TempFileHandle, Tree, View)
+from ..cached_view import CachedView
+from ..nodes import (GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
+                     TempFileHandle, Tree)
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError
@@ -102,13 +103,13 @@ def _api_errors(fn):
 _ERRNO_OF = {FileExistsError: errno.EEXIST, FileNotFoundError: errno.ENOENT}
 
 
-class MetaView(View):
+class MetaView(CachedView):
     """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL).
     Its bytes are made once per version of the metadata (and kept in the tree's bounded
     cache), its size is remembered, so stat and repeated reads cost no JSON work."""
 
     def __init__(self, tree: "FSDBTree", obj):
-        super().__init__(self)
+        super().__init__(self, tree.meta_cache)
         self.tree = tree
         self.obj = obj
         self._mtime_ns: int | None = None
@@ -124,41 +125,29 @@ class MetaView(View):
     def mtime_ns(self, value: int) -> None:
         self._mtime_ns = value
 
-    def _cache_key(self) -> tuple:
-        return (self.ino, self.obj.md_version)
+    def known_mtime_ns(self) -> int | None:
+        return self._mtime_ns
+
+    def content_tag(self) -> tuple:
+        return ("metadata view", self.ino, self.obj.md_version)
 
     def content(self) -> bytes:
-        key = self._cache_key()
-        data = self.tree.meta_cache.get_or_make(key, self._render)
-        self._size = (key[1], len(data))
+        version = self.obj.md_version
+        data = super().content()
+        self._size = (version, len(data))
         return data
 
-    def _render(self) -> bytes:
+    def make(self) -> bytes:
         self.tree.counts["metadata_views_made"] += 1
         return layout.dump_json(self.obj.get_metadata()) + b"\n"
 
-    def cached_attr(self) -> Attr | None:
-        if self._mtime_ns is None:
-            return None
-        if self.staged is not None:
-            return Attr(FILE_MODE, len(self.staged), self._mtime_ns)
+    def known_size(self) -> int | None:
         size = self._size
-        if size is None or size[0] != self.obj.md_version:
-            return None
-        return Attr(FILE_MODE, size[1], self._mtime_ns)
+        return size[1] if size is not None and size[0] == self.obj.md_version else super().known_size()
 
-    def attr(self) -> Attr:
-        known = self.cached_attr()
-        if known is not None:
-            return known
-        size = len(self.content())
-        return Attr(FILE_MODE, size, self.mtime_ns)
-
-    def open_nowait(self, flags: int) -> FileHandle | None:
-        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
-            return None
-        data = self.tree.meta_cache.get(self._cache_key())
-        return None if data is None else BytesHandle(data)
+    def size(self) -> int:
+        known = self.known_size()
+        return len(self.content()) if known is None else known
 
     def commit(self, data: bytes) -> None:
         try:
@@ -168,7 +157,6 @@ class MetaView(View):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
-        self._size = None
 
 
 def _mtime(files, path: str) -> int:

@@ -39,6 +39,7 @@ from ..formats.images import EncodeError, make_format
 from . import is_url, remote
 from .cache import ByteCache
 from .cached_view import CachedView
+from .nowait import lookup_attr_nowait
 from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
                     ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree)
 from .options import MountError, Options
@@ -263,14 +264,7 @@ class IIDFolder(ListedDirectory):
         return self.attr()
 
     def lookup_attr_nowait(self, name: str):
-        if not self.tree.lock.acquire(blocking=False):
-            return None
-        try:
-            node = self.lookup(name)
-        finally:
-            self.tree.lock.release()
-        attr = None if node is None else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.lookup, name, self.tree.lock)
 
 
 class EntryFolder(IIDFolder):

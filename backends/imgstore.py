@@ -32,6 +32,7 @@ from . import is_url, remote, storage
 from .cache import ByteCache
 from .nodes import (ROOT_INO, Attr, Directory, File, FileHandle, GeneratedFile, RowsFile,
                     StaticDirectory, Symlink, Tree)
+from .nowait import lookup_attr_nowait
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -330,9 +331,7 @@ class FramesDirectory(Directory):
     def lookup_attr_nowait(self, name: str):
         """Names resolve by arithmetic and binary search: no thread, once the frame's
         attributes are known without I/O."""
-        node = self.lookup(name)
-        attr = None if node is None else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.lookup, name)
 
 
 class FramesByIndex(FramesDirectory):

@@ -36,6 +36,7 @@ from ..cache import ByteCache
 from ..cached_view import CachedView
 from ..nodes import (GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
                      TempFileHandle, Tree)
+from ..nowait import lookup_attr_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError
@@ -279,14 +280,7 @@ class Folder(Directory):
             return self.find_slow(name) if found is NEEDS_IO else found
 
     def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        if not self.tree.lock.acquire(blocking=False):      # a writer holds it: never wait here
-            return None
-        try:
-            node = self.find(name)
-        finally:
-            self.tree.lock.release()
-        attr = None if node is None or node is NEEDS_IO else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.find, name, self.tree.lock)
 
     def cached_attr(self) -> Attr | None:
         known = self._attr

@@ -460,6 +460,10 @@ def test_a_local_root_works_on_paths_longer_than_path_max(tmp_path):
     assert root.stat(f"{rel}/g").atime_ns == 5_000_000_000
     root.unlink(f"{rel}/g")
     assert root.stat(f"{rel}/g") is None
+    open_fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):                               # a walk that fails half-way closes what it opened
+        assert root.stat(f"{rel}/nope/f") is None
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_names_of_255_bytes_are_deleted_and_hidden_by_a_hashed_whiteout(tmp_path):

@@ -48,10 +48,6 @@ class ByteCache:
         with self._lock:
             return self._hit(key)
 
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._items or key in self._pending
-
     def put(self, key: Hashable, value) -> None:
         size = _size_of(value)
         with self._lock:

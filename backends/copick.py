@@ -129,7 +129,8 @@ class DerivedViews:
         found = self.volumes.lookup(rel, name) or self.picks.lookup(rel, name)
         if found is not None:
             return found
-        for derived, source, make in self.listing(rel, [self._source_name(rel, name)]):
+        source = self._source_name(rel, name)
+        for derived, source, make in self._listing(rel, [source] if source else []):
             if derived == name:
                 return source, make
         return None
@@ -146,6 +147,10 @@ class DerivedViews:
         return ""
 
     def listing(self, rel: str, names: list[str]):
+        return self._listing(rel, names) + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
+
+    def _listing(self, rel: str, names: list[str]):
+        """The views of this module (picks as CSV, meshes, volume previews) among names."""
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":
@@ -164,7 +169,7 @@ class DerivedViews:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
-        return out + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
+        return out
 
     def _file(self, source: str, convert, *args):
         key = (source, convert.__name__) + args

@@ -39,6 +39,8 @@ from ..formats.images import EncodeError, make_format
 from . import is_url, remote
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, MemoryFile, View
 from .cache import ByteCache
+from .cached_view import CachedView
+from .nowait import lookup_attr_nowait
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree
 from .options import MountError, Options
 
@@ -262,14 +264,7 @@ class IIDFolder(ListedDirectory):
         return self.attr()
 
     def lookup_attr_nowait(self, name: str):
-        if not self.tree.lock.acquire(blocking=False):
-            return None
-        try:
-            node = self.lookup(name)
-        finally:
-            self.tree.lock.release()
-        attr = None if node is None else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.lookup, name, self.tree.lock)
 
 
 class EntryFolder(IIDFolder):
@@ -472,45 +467,15 @@ class EntryFolder(IIDFolder):
                 self.scratch[new_name] = self.tree.add(MemoryFile(source.content()))
 
 
-class CachedView(View):
-    """A view whose bytes are made once per `content_tag` and kept in the tree's bounded
-    cache; while the tag stays, the kernel keeps the file's pages too (see View.open)."""
+class IIDView(CachedView):
+    """A view of the .iid model, cached in the tree's cache."""
 
     def __init__(self, owner, tree: "IIDTree"):
-        super().__init__(owner)
+        super().__init__(owner, tree.cache)
         self.tree = tree
 
-    def make(self) -> bytes:
-        raise NotImplementedError
 
-    def content(self) -> bytes:
-        return self.tree.cache.get_or_make(self.content_tag(), self.make)
-
-    def size(self) -> int:
-        return len(self.content())
-
-    def known_size(self) -> int | None:
-        """The size if known without making anything."""
-        data = self.tree.cache.get(self.content_tag())
-        return None if data is None else len(data)
-
-    def attr(self) -> Attr:
-        size = len(self.staged) if self.staged is not None else self.size()
-        return Attr(stat.S_IFREG | 0o644, size, self.owner.mtime_ns)
-
-    def cached_attr(self) -> Attr | None:
-        size = len(self.staged) if self.staged is not None else self.known_size()
-        return None if size is None else Attr(stat.S_IFREG | 0o644, size, self.owner.mtime_ns)
-
-    def open_nowait(self, flags: int) -> FileHandle | None:
-        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
-            return None
-        tag = self.content_tag()
-        data = self.tree.cache.get(tag)
-        return None if data is None else self._reader(data, tag)
-
-
-class MaskView(CachedView):
+class MaskView(IIDView):
     """The mask as an image file whose size follows from the bbox (the mask formats
     store pixels uncompressed), so `stat` never decodes the segment."""
 
@@ -536,7 +501,7 @@ class MaskView(CachedView):
         self.owner.set_mask(decode_mask(data))
 
 
-class EntryJsonView(CachedView):
+class EntryJsonView(IIDView):
     def __init__(self, folder: EntryFolder):
         super().__init__(folder, folder.tree)
 
@@ -553,7 +518,7 @@ class EntryJsonView(CachedView):
         self.owner.set_json(data)
 
 
-class MetaView(CachedView):
+class MetaView(IIDView):
     def __init__(self, tree: "IIDTree"):
         super().__init__(tree, tree)
 

@@ -32,6 +32,7 @@ from . import is_url, remote, storage
 from .blocks import GeneratedFile, RowsFile, StaticDirectory
 from .cache import ByteCache
 from .nodes import ROOT_INO, Attr, Directory, File, FileHandle, Symlink, Tree
+from .nowait import lookup_attr_nowait
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,16 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
             mjpeg_reader=options.str("mjpeg_reader", "ffmpeg", ("ffmpeg", "opencv")),
         )
         files = _remote_files(source, options) if is_url(source) else storage.LocalFiles()
+        if files.remote:
+            chunk_cache = (options.int("chunk_cache_mb", 1024, 1) * MiB, options.str("chunk_cache_dir", "") or None)
         options.finish()
         meta = read_metadata(source, files)
+        if files.remote and meta.kind == "video":   # (frames of a directory store are read as objects)
+            files.chunk_cache = storage.ChunkCache(*chunk_cache)
         index = FrameIndex.load(meta, skip_bad_chunks=settings.pop("skip_bad_chunks"), progress=progress)
         reader = open_reader(meta, index, settings.pop("mjpeg_reader"))
     except Exception as exc:
-        if files is not None and files.remote:
+        if files is not None and files.remote and files.chunk_cache is not None:
             files.chunk_cache.close()
         if isinstance(exc, StoreError):
             raise MountError(str(exc)) from None
@@ -72,8 +77,8 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
         raise MountError(f"{type(exc).__name__}: {remote.redact(str(exc))}") from None   # the store's own
     fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
     tree = ImgstoreTree(meta, index, reader, fmt, base=base, **settings)
-    cache = getattr(files, "chunk_cache", None)
-    if cache is not None and meta.kind == "video":
+    cache = getattr(files, "chunk_cache", None)        # (a video's in object storage)
+    if cache is not None:
         tree.notice = (f"video chunks are fetched whole into {cache.directory} "
                        f"(at most {cache.limit >> 20} MiB, removed at unmount)")
     return tree
@@ -81,17 +86,15 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
 
 def _remote_files(url: str, options: Options) -> storage.RemoteFiles:
     """A store in object storage: metadata and indexes read once, frames of directory
-    stores as objects, video chunks decoded from local copies in a bounded cache."""
+    stores as objects (video chunks are decoded from local copies: see open_tree)."""
     fs_args = remote.s3_args(url, options)
-    cache = storage.ChunkCache(options.int("chunk_cache_mb", 1024, 1) * MiB, options.str("chunk_cache_dir", "") or None)
     base = url.rstrip("/")
     if base.endswith("/metadata.yaml"):
         base = base.rpartition("/")[0]
     from .overlay.remote import FsspecRoot        # only object-store sources need it
     try:
-        return storage.RemoteFiles(FsspecRoot(base, fs_args), base, cache)
+        return storage.RemoteFiles(FsspecRoot(base, fs_args), base)
     except Exception as exc:
-        cache.close()
         raise MountError(f"{remote.public_url(url)} cannot be opened: {type(exc).__name__}: "
                          f"{remote.redact(str(exc))}") from None
 
@@ -330,9 +333,7 @@ class FramesDirectory(Directory):
     def lookup_attr_nowait(self, name: str):
         """Names resolve by arithmetic and binary search: no thread, once the frame's
         attributes are known without I/O."""
-        node = self.lookup(name)
-        attr = None if node is None else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.lookup, name)
 
 
 class FramesByIndex(FramesDirectory):

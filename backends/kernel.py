@@ -92,7 +92,6 @@ class Mount(NamedTuple):
     point: str          # where it is mounted
     device: str         # "major:minor"
     fstype: str         # "ext4", "fuse.scopefs.imgstore"...
-    source: str
 
 
 def _unescape(field: bytes) -> str:
@@ -111,8 +110,8 @@ def mounts() -> list[Mount]:
     found = []
     for line in lines:
         left, _, right = line.partition(b" - ")
-        fields, tail = left.split(b" "), right.split(b" ")
-        found.append(Mount(_unescape(fields[4]), fields[2].decode(), tail[0].decode(), _unescape(tail[1])))
+        fields = left.split(b" ")
+        found.append(Mount(_unescape(fields[4]), fields[2].decode(), right.split(b" ")[0].decode()))
     return found
 
 

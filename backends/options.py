@@ -34,28 +34,30 @@ class Options:
         return value
 
     def int(self, key: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self._raw(key)
-        if value is None:
+        number = self._number(key, int, "a whole number")
+        if number is None:
             return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise MountError(f"option {key}={value}: not a whole number") from None
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            raise MountError(f"option {key}={value}: must be between {minimum} and {maximum}")
+            raise MountError(f"option {key}={self._values[key]}: must be between {minimum} and {maximum}")
         return number
 
     def float(self, key: str, default: float, minimum: float = 0.0) -> float:
+        number = self._number(key, float, "a number")
+        if number is None:
+            return default
+        if number < minimum:
+            raise MountError(f"option {key}={self._values[key]}: must be at least {minimum}")
+        return number
+
+    def _number(self, key: str, convert, what: str):
+        """The option's value as `convert` makes it, None if it is not given."""
         value = self._raw(key)
         if value is None:
-            return default
+            return None
         try:
-            number = float(value)
+            return convert(value)
         except ValueError:
-            raise MountError(f"option {key}={value}: not a number") from None
-        if number < minimum:
-            raise MountError(f"option {key}={value}: must be at least {minimum}")
-        return number
+            raise MountError(f"option {key}={value}: not {what}") from None
 
     def flag(self, key: str, default: bool = False) -> bool:
         value = self._raw(key)

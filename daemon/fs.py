@@ -58,7 +58,6 @@ class _Listing:
     pending: list = field(default_factory=list)
     position: int = 0
     offset: int = 0
-    more: bool = False          # whether entries follow the pending ones
 
 
 def _guard(fn):
@@ -262,10 +261,9 @@ class Operations(pyfuse3.Operations):
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:
-                entries, position, more = listing.pending, listing.position, listing.more
+                entries, position = listing.pending, listing.position
             else:
                 entries, position = await self._run(self._listing_batch, listing.reader, offset), 0
-                more = len(entries) == READDIR_BATCH
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
@@ -273,12 +271,12 @@ class Operations(pyfuse3.Operations):
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, next_offset):
                         listing.pending, listing.position = entries, position
-                        listing.offset, listing.more = offset, more
+                        listing.offset = offset
                         return
                     if child is not None:
                         self._remember(ino, child)
                 offset = next_offset
-            if not more:
+            if len(entries) < READDIR_BATCH:     # a short batch is the last
                 return
 
     @_guard

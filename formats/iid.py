@@ -201,7 +201,7 @@ class IIDFile:
             if offset < HEADER.size or offset + length > size:
                 raise IIDFormatError(f"{name} block ({offset}, {length}) lies outside the file ({size} bytes)")
             blocks[name] = (offset, length)
-        lut_off, lut_len = blocks["lut"]
+        lut_len = blocks["lut"][1]
         if lut_len % LUT_ENTRY.size:
             raise IIDFormatError(f"LUT length {lut_len} is not a multiple of {LUT_ENTRY.size}")
         iids_len = blocks["iids"][1]

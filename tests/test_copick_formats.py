@@ -415,3 +415,27 @@ def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path,
     seen = json.loads(run_upstream("copick", "upstream_copick.py", "use_tomograms", str(overlay_only))
                       .strip().splitlines()[-1])
     assert seen == []
+
+
+def test_a_missed_lookup_in_a_spacing_folder_lists_nothing(tmp_path, monkeypatch):
+    from scopefs.backends import copick
+    from scopefs.backends.options import Options
+    from scopefs.formats.samples import make_copick
+    tree = copick.open_tree(make_copick(str(tmp_path)), Options())
+    try:
+        spacing = tree.root
+        for name in ("ExperimentRuns", "TS_001", "VoxelSpacing10.000"):
+            spacing = spacing.lookup(name)
+        listed = []
+        listing = tree.listing
+
+        def counting_listing(rel, *args, **kwargs):
+            listed.append(rel)
+            return listing(rel, *args, **kwargs)
+        monkeypatch.setattr(tree, "listing", counting_listing)
+        for name in ("notes.txt", "wbp.txt", "x.zarr.png"):
+            assert spacing.lookup(name) is None
+        assert listed == []
+        assert spacing.lookup("wbp.png") is not None and spacing.lookup("curator_1_ribosome.star") is not None
+    finally:
+        tree.close()

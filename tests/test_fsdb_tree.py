@@ -2,12 +2,14 @@
 costs must not grow with the database (counted, not timed)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scopefs.backends.fsdb import FSDB
@@ -189,20 +191,114 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
 
 
-def test_metadata_kept_in_memory_is_bounded_and_read_again_when_needed(trees, monkeypatch):
+def test_metadata_kept_in_memory_is_bounded_in_bytes_and_read_again_when_needed(trees, monkeypatch):
     from scopefs.backends.fsdb import db as fsdb_db
-    monkeypatch.setattr(fsdb_db, "METADATA_KEPT", 10, raising=False)
     tree = trees[BIG]
     tree.meta_cache = fsdb_tree.ByteCache(1 << 10)        # views evicted too: reads render again
     folder = fileset_folder(tree)
     files = tree.db.get_scan("scan").get_fileset("images").get_files()
+    big = files[40:43]
+    for file in big:                                      # a few large documents ...
+        file.set_metadata({"blob": "x" * 5000})
+    monkeypatch.setattr(fsdb_db, "METADATA_KEPT_BYTES", 8000)
 
-    def read_views() -> list[bytes]:
+    def read_views(count: int) -> list[bytes]:
         out = []
-        for i in range(40):
+        for i in range(count):
             handle = folder.lookup(f"img_{i:04d}.png.metadata.json").open(os.O_RDONLY)
-            out.append(handle.read(0, 4096))
+            out.append(handle.read(0, 1 << 16))
         return out
-    first = read_views()
-    assert sum(f._md_loaded is not None for f in files) <= 10
-    assert read_views() == first and json.loads(first[39]) == {"i": 39}
+    for file in big:
+        file.get_metadata()
+    assert sum(f._md_loaded is not None for f in big) == 1  # ... are not all kept however few
+    first = read_views(40)                               # small ones: many are kept
+    assert 40 <= sum(f._md_loaded is not None for f in files) < 400
+    kept = [f for f in files if f._md_loaded is not None]
+    assert sum(len(layout.dump_json(f._md_loaded)) for f in kept) <= 8000 + 5100
+    assert read_views(40) == first and json.loads(first[39]) == {"i": 39}
+
+
+def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):
+    """romidata callers catch IOError; the tree maps the type (not the message) to an errno."""
+    tree = trees[SMALL]
+    scan = tree.db.get_scan("scan")
+    for call, kind in ((lambda: tree.db.create_scan("scan"), FileExistsError),
+                       (lambda: tree.db.delete_scan("nope"), FileNotFoundError),
+                       (lambda: scan.create_fileset("images"), FileExistsError),
+                       (lambda: scan.delete_fileset("nope"), FileNotFoundError),
+                       (lambda: scan.get_fileset("images").create_file("img_0000"), FileExistsError),
+                       (lambda: scan.get_fileset("images").delete_file("nope"), FileNotFoundError),
+                       (lambda: scan.get_fileset("images").rename_file("nope", "x", "png"), FileNotFoundError)):
+        with pytest.raises(kind) as err:
+            call()
+        assert isinstance(err.value, IOError) and err.value.errno is None
+    with pytest.raises(FileExistsError) as err:        # mkdir of a fileset that exists
+        tree.root.lookup("scan").mkdir("images", 0o755)
+    assert err.value.errno == errno.EEXIST
+
+
+def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_path, monkeypatch):
+    from scopefs.backends import iid
+    from scopefs.formats.iid import IIDFile
+    opened = set()
+    make, close = iid.open_tree, iid.IIDTree.close
+
+    def counting_open_tree(*args, **kwargs):
+        view = make(*args, **kwargs)
+        opened.add(view)
+        return view
+
+    def counting_close(view):
+        opened.discard(view)
+        close(view)
+    monkeypatch.setattr(iid, "open_tree", counting_open_tree)
+    monkeypatch.setattr(iid.IIDTree, "close", counting_close)
+
+    def write_iid(path: Path, entries: int, mtime: int) -> None:
+        seg = IIDFile()
+        for i in range(entries):
+            seg.add(np.ones((2, 2), bool), (i, 0, i + 2, 2), address=f"e{i}".encode())
+        seg.save(str(path))
+        os.utime(path, ns=(mtime, mtime))
+    def entries(view) -> int:
+        return sum(name.startswith("0000") for _, name, _, _ in view.entries(0))
+    path = make_db(tmp_path / "db", 1)
+    db = FSDB(str(path))
+    db.connect()
+    write_iid(tmp_path / "cells.iid", 1, 10**18)
+    db.get_scan("scan").get_fileset("other").create_file("cells").import_file(str(tmp_path / "cells.iid"))
+    db.disconnect()
+    tree = fsdb_tree.open_tree(str(path), Options())
+    try:
+        folder = tree.root.lookup("scan").lookup("other")
+        data = Path(folder.path(), "cells.iid")
+        first = folder.lookup("cells.iid.view")
+        assert len(opened) == 1 and entries(first) == 1
+        write_iid(data, 2, 2 * 10**18)                  # rewritten; the kernel held nothing of it
+        second = folder.lookup("cells.iid.view")
+        assert second is not first and entries(second) == 2
+        assert len(opened) == 1
+        tree.adopt(second)                              # the kernel holds this one
+        write_iid(data, 3, 3 * 10**18)
+        third = folder.lookup("cells.iid.view")
+        assert entries(third) == 3
+        assert len(opened) == 2 and tree.get(second.ino) is second
+        tree.forget(second.ino)                         # ... until it forgets it
+        assert tree.sync_due()
+        tree.sync()
+        assert len(opened) == 1 and tree.get(second.ino) is None
+        assert tree.get(third.ino) is third
+    finally:
+        tree.close()
+
+
+def test_a_metadata_view_opened_again_unchanged_lets_the_kernel_keep_its_pages(trees):
+    view = fileset_folder(trees[SMALL]).lookup("img_0000.png.metadata.json")
+    first = view.open(os.O_RDONLY)
+    first.release()
+    again = view.open(os.O_RDONLY)
+    assert again.keep_cache and again.read(0, 100) == first.read(0, 100)
+    again.release()
+    view.obj.set_metadata({"i": 8})                     # changed: the pages are stale
+    after = view.open(os.O_RDONLY)
+    assert not after.keep_cache and json.loads(after.read(0, 100)) == {"i": 8}

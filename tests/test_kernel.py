@@ -149,3 +149,13 @@ def test_set_times_of_an_open_file_and_of_a_name(tmp_path):
         assert os.stat(path).st_atime_ns == 7_000_000_000 and os.stat(path).st_mtime_ns == 5_000_000_000
     finally:
         os.close(dir_fd)
+
+
+def test_mountinfo_gives_mount_points_with_spaces_tabs_newlines_and_backslashes(tmp_path, mount):
+    """The kernel writes these four as octal escapes (\\040, \\011, \\012, \\134)."""
+    from scopefs.formats.samples import make_iid
+    source = make_iid(str(tmp_path / "cells.iid"))
+    point = mount(source, mountpoint=tmp_path / "a b\tc\nd\\e \\134")
+    points = [m.point for m in kernel.mounts()]
+    assert str(point) in points
+    assert kernel.filesystem_type(str(point / "README.txt")).startswith("fuse.scopefs")

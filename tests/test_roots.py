@@ -460,6 +460,10 @@ def test_a_local_root_works_on_paths_longer_than_path_max(tmp_path):
     assert root.stat(f"{rel}/g").atime_ns == 5_000_000_000
     root.unlink(f"{rel}/g")
     assert root.stat(f"{rel}/g") is None
+    open_fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):                               # a walk that fails half-way closes what it opened
+        assert root.stat(f"{rel}/nope/f") is None
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_names_of_255_bytes_are_deleted_and_hidden_by_a_hashed_whiteout(tmp_path):
@@ -523,3 +527,18 @@ def test_a_merged_directory_counts_its_subdirectories_once_and_carries_the_count
     run.mkdir("a", 0o755)                              # made again over its whiteout
     assert run.attr().nlink == fresh_nlink() == 6
     assert tree.upper.listed.count("run") == listed    # never listed again
+
+
+def test_the_static_visibility_remembered_of_directories_is_bounded(tmp_path):
+    for i in range(10):
+        (tmp_path / "static" / f"d{i}").mkdir(parents=True)
+        (tmp_path / "static" / f"d{i}" / "f").write_text("x")
+    (tmp_path / "upper" / "d7").mkdir(parents=True)
+    (tmp_path / "upper" / "d7" / ".wh.f").touch()       # d7/f is deleted
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")),
+                               read_only=True)
+    tree.visible_kept = 4
+    for _ in range(2):
+        assert [tree.static_visible(f"d{i}/f") for i in range(10)] == [i != 7 for i in range(10)]
+        assert len(tree._visible) <= 4
+    tree.close()

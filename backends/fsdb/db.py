@@ -32,6 +32,9 @@ them with its lock): a flush takes plantdb's fileset locks, which writers hold b
 they register.
 
 Metadata JSON is read on first use, not at connect.
+
+Refused requests raise FileExistsError and FileNotFoundError (IOErrors, as romidata's
+callers expect, without an errno); bad identifiers raise ValueError.
 """
 from __future__ import annotations
 
@@ -58,8 +61,9 @@ from ..storage import LocalFiles, RemoteFiles
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30.0
-#: metadata documents kept in memory (the others are read again when asked for)
-METADATA_KEPT = 50_000
+#: metadata kept in memory, in bytes of its JSON (a parsed document takes a few times
+#: that); the least recently used documents are read again when asked for
+METADATA_KEPT_BYTES = 32 << 20
 
 
 class DBBusyError(OSError):
@@ -207,15 +211,11 @@ def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
             time.sleep(0.1)
 
 
-def _now() -> str:
-    return _dt.datetime.now().isoformat()
-
-
 class _Metadata:
     """get_metadata/set_metadata over one JSON file, read on first use and kept in memory
-    while among the database's `METADATA_KEPT` most recently used (the file always holds
-    what was set: writes go to it first). `md_version` counts changes (views derived from
-    the metadata key on it)."""
+    while among the database's most recently used (`METADATA_KEPT_BYTES` in all; the file
+    always holds what was set: writes go to it first). `md_version` counts changes (views
+    derived from the metadata key on it)."""
 
     _md_path: str
     _md_loaded: dict | None = None
@@ -225,21 +225,31 @@ class _Metadata:
     def _md(self) -> dict:
         doc = self._md_loaded
         if doc is None:
-            self._db().counts["metadata_reads"] += 1
+            db = self._db()
+            db.counts["metadata_reads"] += 1
+            size = 0
+
+            def read(path: str) -> bytes:
+                nonlocal size
+                data = db.files.read(path)
+                size = len(data)
+                return data
             try:
-                doc = layout.read_json(self._md_path, {}, self._db().files.read)
+                doc = layout.read_json(self._md_path, {}, read)
             except ValueError:
                 log.warning("%s is not valid JSON; it reads as {}", self._md_path)
                 doc = {}
             doc = self._md_loaded = doc if isinstance(doc, dict) else {}
-        self._db()._keep_metadata(self)
+            db._keep_metadata(self, size)
+        else:
+            self._db()._keep_metadata(self)
         return doc
 
-    @_md.setter
-    def _md(self, doc: dict) -> None:
+    def _written(self, doc: dict) -> None:
+        """`doc` was written to the metadata file: it is the metadata now."""
         self._md_loaded = doc
         self.md_version += 1
-        self._db()._keep_metadata(self)
+        self._db()._keep_metadata(self, os.path.getsize(self._md_path))
 
     def get_metadata(self, key: str | None = None, default=None):
         if key is None:
@@ -262,7 +272,7 @@ class _Metadata:
             merged.update(copy.deepcopy(update))
             os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
             layout.write_json(self._md_path, merged)
-            self._md = merged
+            self._written(merged)
 
     def replace_metadata(self, data: dict) -> None:
         """Set the whole metadata dict (what editing its JSON file through the mount does)."""
@@ -271,7 +281,7 @@ class _Metadata:
         with self._write_lock():
             os.makedirs(os.path.dirname(self._md_path), exist_ok=True)
             layout.write_json(self._md_path, data)
-            self._md = copy.deepcopy(data)
+            self._written(copy.deepcopy(data))
 
 
 class File(_Metadata):
@@ -289,7 +299,7 @@ class File(_Metadata):
 
     def path(self) -> str:
         if self.filename is None:
-            raise IOError(f"file {self.id} has no data yet")
+            raise FileNotFoundError(f"file {self.id} has no data yet")
         return os.path.join(self.fileset.path(), self.filename)
 
     def get_id(self) -> str:
@@ -389,7 +399,7 @@ class Fileset(_Metadata):
         file name would make plantdb 0.14 refuse the whole database)."""
         _check_id(file_id, strict=False)
         if file_id in self.files:
-            raise IOError(f"file {file_id} already exists in {self.scan.id}/{self.id}")
+            raise FileExistsError(f"file {file_id} already exists in {self.scan.id}/{self.id}")
         file = File(self, file_id, None)
         self.files[file_id] = file
         return file
@@ -397,7 +407,7 @@ class Fileset(_Metadata):
     def delete_file(self, file_id: str) -> None:
         file = self.files.get(file_id)
         if file is None:
-            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+            raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         with self.scan.db._writing(self.scan.id, self.id):
             self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
             del self.files[file_id]
@@ -411,9 +421,9 @@ class Fileset(_Metadata):
         _check_id(new_id, strict=False)
         file = self.files.get(file_id)
         if file is None:
-            raise IOError(f"no file {file_id} in {self.scan.id}/{self.id}")
+            raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         if new_id != file_id and new_id in self.files:
-            raise IOError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
+            raise FileExistsError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
         metadata = file.get_metadata()
         moved = File(self, new_id, None) if new_id != file_id else file
         with self.scan.db._writing(self.scan.id, self.id):
@@ -496,7 +506,7 @@ class Scan(_Metadata):
     def create_fileset(self, fileset_id: str, metadata: dict | None = None) -> Fileset:
         _check_id(fileset_id)
         if fileset_id in self.filesets:
-            raise IOError(f"fileset {fileset_id} already exists in {self.id}")
+            raise FileExistsError(f"fileset {fileset_id} already exists in {self.id}")
         with self.db._writing(self.id, fileset_id):
             os.makedirs(os.path.join(self.path(), fileset_id), exist_ok=True)
             self._update_files_json(lambda doc: doc.fileset(fileset_id))
@@ -508,7 +518,7 @@ class Scan(_Metadata):
     def delete_fileset(self, fileset_id: str) -> None:
         fileset = self.filesets.get(fileset_id)
         if fileset is None:
-            raise IOError(f"no fileset {fileset_id} in {self.id}")
+            raise FileNotFoundError(f"no fileset {fileset_id} in {self.id}")
         with self.db._writing(self.id, fileset_id):
             self._update_files_json(lambda doc: doc.remove_fileset(fileset_id))
             del self.filesets[fileset_id]
@@ -588,7 +598,8 @@ class FSDB:
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
         self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
-        self._metadata_kept: OrderedDict[int, _Metadata] = OrderedDict()
+        self._metadata_kept: OrderedDict[int, tuple[_Metadata, int]] = OrderedDict()   # by id: (obj, bytes)
+        self._metadata_bytes = 0
         self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
 
@@ -624,6 +635,7 @@ class FSDB:
         self._lock.release()
         self.scans = {}
         self._metadata_kept.clear()
+        self._metadata_bytes = 0
         self.is_connected = False
 
     def flush(self) -> None:
@@ -640,14 +652,20 @@ class FSDB:
                 self._journal_fd = None
                 _unlink(os.path.join(self.basedir, layout.JOURNAL))
 
-    def _keep_metadata(self, obj: _Metadata) -> None:
-        """`obj` used its metadata: keep it in memory, let the least recently used go."""
+    def _keep_metadata(self, obj: _Metadata, size: int | None = None) -> None:
+        """`obj` used its metadata (loaded anew: `size` bytes of JSON): keep it in memory,
+        let the least recently used go (the last one used stays, however large)."""
         with self._metadata_lock:
             kept = self._metadata_kept
-            kept[id(obj)] = obj
-            kept.move_to_end(id(obj))
-            while len(kept) > METADATA_KEPT:
-                kept.popitem(last=False)[1]._md_loaded = None
+            if size is not None:
+                self._metadata_bytes += size - kept.pop(id(obj), (obj, 0))[1]
+                kept[id(obj)] = (obj, size)
+            elif id(obj) in kept:
+                kept.move_to_end(id(obj))
+            while self._metadata_bytes > METADATA_KEPT_BYTES and len(kept) > 1:
+                old, old_size = kept.popitem(last=False)[1]
+                old._md_loaded = None
+                self._metadata_bytes -= old_size
 
     def flush_due(self) -> bool:
         """Some registration has waited `register_delay` seconds."""
@@ -730,7 +748,7 @@ class FSDB:
         _check_id(scan_id)
         target = os.path.join(self.basedir, scan_id)
         if scan_id in self.scans or os.path.exists(target):
-            raise IOError(f"scan {scan_id} already exists")
+            raise FileExistsError(f"scan {scan_id} already exists")
         with self._writing(scan_id):
             staging = self._staging()
             build = tempfile.mkdtemp(prefix=f"new-{scan_id}-", dir=staging)
@@ -743,7 +761,7 @@ class FSDB:
 
     def delete_scan(self, scan_id: str) -> None:
         if scan_id not in self.scans:
-            raise IOError(f"no scan {scan_id}")
+            raise FileNotFoundError(f"no scan {scan_id}")
         with self._writing(scan_id):
             self._discard(os.path.join(self.basedir, scan_id))
             del self.scans[scan_id]

@@ -33,9 +33,10 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..blocks import BytesHandle, View
+from ..cached_view import CachedView
 from ..localfiles import LocalWriteHandle, TempFileHandle
-from ..nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
+from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
+from ..nowait import lookup_attr_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError
@@ -86,30 +87,30 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
 
 
 def _api_errors(fn):
-    """The FSDB API raises IOError/ValueError for refused requests: give them errnos."""
+    """The FSDB API raises FileExistsError, FileNotFoundError (romidata-style, without an
+    errno) and ValueError for refused requests: give them the errnos their types mean."""
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DBBusyError, FileExistsError, FileNotFoundError):
-            raise
         except ValueError as exc:
             raise OSError(errno.EINVAL, str(exc)) from None
         except OSError as exc:
             if exc.errno is None:
-                text = str(exc)
-                code = errno.EEXIST if "already exists" in text else errno.ENOENT if "no " in text else errno.EIO
-                raise OSError(code, text) from None
+                raise OSError(_ERRNO_OF.get(type(exc), errno.EIO), str(exc)) from None
             raise
     return wrapper
 
 
-class MetaView(View):
+_ERRNO_OF = {FileExistsError: errno.EEXIST, FileNotFoundError: errno.ENOENT}
+
+
+class MetaView(CachedView):
     """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL).
     Its bytes are made once per version of the metadata (and kept in the tree's bounded
     cache), its size is remembered, so stat and repeated reads cost no JSON work."""
 
     def __init__(self, tree: "FSDBTree", obj):
-        super().__init__(self)
+        super().__init__(self, tree.meta_cache)
         self.tree = tree
         self.obj = obj
         self._mtime_ns: int | None = None
@@ -125,41 +126,29 @@ class MetaView(View):
     def mtime_ns(self, value: int) -> None:
         self._mtime_ns = value
 
-    def _cache_key(self) -> tuple:
-        return (self.ino, self.obj.md_version)
+    def known_mtime_ns(self) -> int | None:
+        return self._mtime_ns
+
+    def content_tag(self) -> tuple:
+        return ("metadata view", self.ino, self.obj.md_version)
 
     def content(self) -> bytes:
-        key = self._cache_key()
-        data = self.tree.meta_cache.get_or_make(key, self._render)
-        self._size = (key[1], len(data))
+        version = self.obj.md_version
+        data = super().content()
+        self._size = (version, len(data))
         return data
 
-    def _render(self) -> bytes:
+    def make(self) -> bytes:
         self.tree.counts["metadata_views_made"] += 1
         return layout.dump_json(self.obj.get_metadata()) + b"\n"
 
-    def cached_attr(self) -> Attr | None:
-        if self._mtime_ns is None:
-            return None
-        if self.staged is not None:
-            return Attr(FILE_MODE, len(self.staged), self._mtime_ns)
+    def known_size(self) -> int | None:
         size = self._size
-        if size is None or size[0] != self.obj.md_version:
-            return None
-        return Attr(FILE_MODE, size[1], self._mtime_ns)
+        return size[1] if size is not None and size[0] == self.obj.md_version else super().known_size()
 
-    def attr(self) -> Attr:
-        known = self.cached_attr()
-        if known is not None:
-            return known
-        size = len(self.content())
-        return Attr(FILE_MODE, size, self.mtime_ns)
-
-    def open_nowait(self, flags: int) -> FileHandle | None:
-        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
-            return None
-        data = self.tree.meta_cache.get(self._cache_key())
-        return None if data is None else BytesHandle(data)
+    def size(self) -> int:
+        known = self.known_size()
+        return len(self.content()) if known is None else known
 
     def commit(self, data: bytes) -> None:
         try:
@@ -169,7 +158,6 @@ class MetaView(View):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
-        self._size = None
 
 
 def _mtime(files, path: str) -> int:
@@ -292,14 +280,7 @@ class Folder(Directory):
             return self.find_slow(name) if found is NEEDS_IO else found
 
     def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        if not self.tree.lock.acquire(blocking=False):      # a writer holds it: never wait here
-            return None
-        try:
-            node = self.find(name)
-        finally:
-            self.tree.lock.release()
-        attr = None if node is None or node is NEEDS_IO else node.cached_attr()
-        return None if attr is None else (node, attr)
+        return lookup_attr_nowait(self.find, name, self.tree.lock)
 
     def cached_attr(self) -> Attr | None:
         known = self._attr
@@ -604,6 +585,15 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
         return node
 
 
+#: what a closed view's slot holds: an empty tree (its numbers answer nothing)
+_RETIRED = Tree()
+
+
+def _is_view_root(ino: int) -> bool:
+    """A grafted tree's root is the first number of its slot."""
+    return ino >= 1 << GRAFT_SHIFT and not ino & ((1 << GRAFT_SHIFT) - 1)
+
+
 class FSDBTree(Tree):
     def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO, register_delay: float = 1.0):
         super().__init__(base)
@@ -617,7 +607,11 @@ class FSDBTree(Tree):
         self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
-        self._views: dict[tuple, Directory] = {}
+        self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
+        self._views_lock = threading.Lock()     # for these three (never held during I/O)
+        self._held_views: set[int] = set()      # roots of views the kernel holds
+        self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
+        self._unused_views: list[Tree] = []     # views of older versions to close
         self.remote_options: dict[str, str] = {}    # for the views of files in an object store
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
@@ -643,17 +637,55 @@ class FSDBTree(Tree):
 
     def _view(self, kind: str, path: str, make) -> Directory | None:
         """A read-only tree of a file inside the database, made on first look, made again
-        when the file changed."""
-        key = (kind, path, _mtime(self.db.files, path))
+        when the file changed (the superseded one is closed once the kernel lets it go)."""
+        mtime = _mtime(self.db.files, path)
         with self.lock:
-            view = self._views.get(key)
-            if view is None:
-                try:
-                    view = self._views[key] = self.graft(make).root
-                except (MountError, OSError) as exc:
-                    log.warning("%s cannot be shown as %s: %s", path, kind, exc)
-                    return None
-            return view
+            made = self._views.get((kind, path))
+            if made is not None and made[0] == mtime:
+                return made[1].root
+            try:
+                view = self.graft(make)
+            except (MountError, OSError) as exc:
+                log.warning("%s cannot be shown as %s: %s", path, kind, exc)
+                return None
+            self._views[(kind, path)] = (mtime, view)
+            with self._views_lock:
+                if made is not None:
+                    if made[1].base in self._held_views:
+                        self._superseded[made[1].base] = made[1]
+                    else:
+                        self._unused_views.append(made[1])
+        self._close_unused_views()
+        return view.root
+
+    def _close_unused_views(self) -> None:
+        """Close the views of older file versions that the kernel holds nothing of (a node
+        it holds, an open file's included, keeps the view's root held). Their numbers answer
+        nothing after; slots are not reused."""
+        with self._views_lock:
+            unused, self._unused_views = self._unused_views, []
+            for view in unused:
+                self._grafts[view.base >> GRAFT_SHIFT] = _RETIRED
+        for view in unused:
+            view.close()
+
+    def adopt(self, node: Node) -> None:
+        """(On the event loop: no I/O, no lock that I/O holds.)"""
+        if _is_view_root(node.ino):
+            with self._views_lock:
+                self._held_views.add(node.ino)
+        super().adopt(node)
+
+    def forget(self, ino: int) -> None:
+        """(On the event loop: a superseded view let go is closed by the next write-back or
+        view made, in a worker thread.)"""
+        super().forget(ino)
+        if _is_view_root(ino):
+            with self._views_lock:
+                self._held_views.discard(ino)
+                view = self._superseded.pop(ino, None)
+                if view is not None:
+                    self._unused_views.append(view)
 
     def iid_view(self, file) -> Directory | None:
         if file is None:
@@ -671,9 +703,10 @@ class FSDBTree(Tree):
     def sync(self) -> None:
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             self.db.flush()
+        self._close_unused_views()
 
     def sync_due(self) -> bool:
-        return self.db.flush_due()
+        return self.db.flush_due() or bool(self._unused_views)
 
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,

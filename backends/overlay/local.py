@@ -8,12 +8,14 @@ copy-up is written in the work directory, fsynced, then renamed into place.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import shutil
 import stat
 import threading
+from typing import Iterator
 
 from ..kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached, rename_at, set_times
 from ..localfiles import LocalWriteHandle, OSFileHandle
@@ -53,29 +55,33 @@ class LocalRoot(Root):
         self.fd = self._work_fd = -1
 
     # -- resolving relative to the root's descriptor ----------------------------------
-    def _at(self, rel: str) -> tuple[int, str, int | None]:
-        """(directory fd, name in it, fd to close after) for rel."""
+    @contextlib.contextmanager
+    def _at(self, rel: str) -> Iterator[tuple[int, str]]:
+        """(directory fd, name in it) for rel; a path too long for one call is walked in
+        steps, and the directory opened for it is closed after."""
         if not rel:
-            return self.fd, ".", None
+            yield self.fd, "."
+            return
         if len(rel) < _ONE_CALL // 4 or len(os.fsencode(rel)) < _ONE_CALL:
-            return self.fd, rel, None
+            yield self.fd, rel
+            return
         parent, _, name = rel.rpartition("/")
         fd = self.fd
         parts = parent.split("/")
-        for start in range(0, len(parts), 15):        # 15 names of up to 255 bytes: < PATH_MAX
-            step = os.open("/".join(parts[start:start + 15]), _DIR_FLAGS, dir_fd=fd)
+        try:
+            for start in range(0, len(parts), 15):    # 15 names of up to 255 bytes: < PATH_MAX
+                step = os.open("/".join(parts[start:start + 15]), _DIR_FLAGS, dir_fd=fd)
+                if fd != self.fd:
+                    os.close(fd)
+                fd = step
+            yield fd, name
+        finally:
             if fd != self.fd:
                 os.close(fd)
-            fd = step
-        return fd, name, fd
 
     def _call(self, fn, rel: str, *args, **kwargs):
-        fd, name, close = self._at(rel)
-        try:
+        with self._at(rel) as (fd, name):
             return fn(name, *args, dir_fd=fd, **kwargs)
-        finally:
-            if close is not None:
-                os.close(close)
 
     # -- reading ------------------------------------------------------------------------
     def stat(self, rel: str) -> Attr | None:
@@ -201,25 +207,12 @@ class LocalRoot(Root):
         self._call(os.unlink, rel)
 
     def rmtree(self, rel: str) -> None:
-        fd, name, close = self._at(rel)
-        try:
+        with self._at(rel) as (fd, name):
             shutil.rmtree(name, dir_fd=fd)
-        finally:
-            if close is not None:
-                os.close(close)
 
     def _two(self, fn, a: str, b: str):
-        fd_a, name_a, close_a = self._at(a)
-        try:
-            fd_b, name_b, close_b = self._at(b)
-            try:
-                return fn(fd_a, name_a, fd_b, name_b)
-            finally:
-                if close_b is not None:
-                    os.close(close_b)
-        finally:
-            if close_a is not None:
-                os.close(close_a)
+        with self._at(a) as (fd_a, name_a), self._at(b) as (fd_b, name_b):
+            return fn(fd_a, name_a, fd_b, name_b)
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         self._two(lambda fa, a, fb, b: rename_at(fa, a, fb, b, flags), old, new)
@@ -243,11 +236,7 @@ class LocalRoot(Root):
     def set_attr(self, rel: str, handle: FileHandle | None, mode: int | None = None, uid: int | None = None,
                  gid: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
         fd = handle.fileno() if handle is not None else -1
-        if fd < 0:
-            dir_fd, name, close = self._at(rel)
-        else:
-            dir_fd, name, close = fd, None, None
-        try:
+        with self._at(rel) if fd < 0 else contextlib.nullcontext((fd, None)) as (dir_fd, name):
             if uid is not None or gid is not None:
                 uid, gid = -1 if uid is None else uid, -1 if gid is None else gid
                 if name is None:
@@ -261,9 +250,6 @@ class LocalRoot(Root):
                     os.chmod(name, mode & 0o7777, dir_fd=dir_fd)
             if atime_ns is not None or mtime_ns is not None:
                 set_times(dir_fd, name, atime_ns, mtime_ns)
-        finally:
-            if close is not None:
-                os.close(close)
 
     # -- copy-up through the work directory ------------------------------------------------
     def clear_work(self) -> None:
@@ -313,12 +299,8 @@ class LocalRoot(Root):
         set_times(dir_fd, name, info.atime_ns if info.atime_ns is not None else info.mtime_ns, info.mtime_ns)
 
     def place_copy(self, staged: str, rel: str) -> None:
-        fd, name, close = self._at(rel)
-        try:
+        with self._at(rel) as (fd, name):
             rename_at(self._work(), staged, fd, name)
-        finally:
-            if close is not None:
-                os.close(close)
 
     def drop_copy(self, staged: str) -> None:
         try:
@@ -329,12 +311,8 @@ class LocalRoot(Root):
     def copy_dir(self, source: Root, rel: str, info: Attr) -> None:
         """The overlay's copy of a directory of the other root (empty: its entries merge)."""
         self._call(os.mkdir, rel, 0o700)
-        fd, name, close = self._at(rel)
-        try:
+        with self._at(rel) as (fd, name):
             self._keep_attrs(fd, name, info)
-        finally:
-            if close is not None:
-                os.close(close)
 
 
 def _copy(handle: FileHandle, out: int) -> None:

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 
 from ..nodes import Attr, FileHandle, Owner
-from ..remote import public_url
+from ..remote import mtime_ns, public_url
 from .root import Root
 from .rules import DIR_MARKER
 from .walk import Workers
@@ -82,10 +82,7 @@ class FsspecRoot(Root):
     def _to_info(entry: dict) -> Attr:
         if entry.get("type") == "directory":
             return Attr(stat.S_IFDIR | 0o755, 0, 0, 2)
-        mtime = entry.get("LastModified") or entry.get("mtime") or entry.get("created") or 0
-        if hasattr(mtime, "timestamp"):
-            mtime = mtime.timestamp()
-        return Attr(stat.S_IFREG | 0o644, int(entry.get("size") or 0), int(float(mtime) * 1e9))
+        return Attr(stat.S_IFREG | 0o644, int(entry.get("size") or 0), mtime_ns(entry))
 
     def stat(self, rel: str) -> Attr | None:
         cached = self._fresh(self._info, rel)

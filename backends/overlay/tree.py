@@ -46,6 +46,8 @@ class OverlayTree(Tree):
 
     #: nodes the kernel forgot that are kept for a walk done again
     idle_nodes = 100_000
+    #: directories whose static visibility is remembered (the oldest learnt go first)
+    visible_kept = 100_000
 
     def __init__(self, static: Root, upper: Root, read_only: bool = False):
         super().__init__()
@@ -103,7 +105,10 @@ class OverlayTree(Tree):
                 seen = self.upper.stat(_join(parent, OPAQUE)) is None
             with self._visible_lock:
                 if generation == self._generation:       # no change came meanwhile
-                    self._visible[parent] = seen
+                    visible = self._visible
+                    if len(visible) >= self.visible_kept:
+                        del visible[next(iter(visible))]
+                    visible[parent] = seen
         return seen is BARE or seen and self.upper.stat(_join(parent, whiteout_name(name))) is None
 
     def _bare(self, rel: str) -> bool:

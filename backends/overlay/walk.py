@@ -90,13 +90,15 @@ class ScanAhead:
             listing = future.result(timeout=max(self.horizon - (time.monotonic() - started), 0.0))
         except Exception as exc:                         # the caller lists it itself
             log.debug("scan ahead of %s: %r", rel, exc)
-            self.unused += isinstance(exc, TimeoutError)
-            return None
-        if time.monotonic() - started >= self.horizon:
-            self.unused += 1
-            return None
-        self.used += 1
-        return listing
+            listing, wasted = None, isinstance(exc, TimeoutError)
+        else:
+            wasted = time.monotonic() - started >= self.horizon
+        with self._lock:                                 # (walkers take listings in many threads)
+            if wasted:
+                self.unused += 1
+            elif listing is not None:
+                self.used += 1
+        return None if wasted else listing
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()

@@ -1,0 +1,24 @@
+"""The nowait twin of `lookup_attr` for directories that find their names in memory."""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from .nodes import Attr, Node
+
+
+def lookup_attr_nowait(find: Callable[[str], object], name: str,
+                       lock: threading.Lock | threading.RLock | None = None) -> tuple[Node, Attr] | None:
+    """`find(name)`'s node and its attributes when both are known without I/O or a wait;
+    None when `lock` (which `find` needs) is held by another thread, when there is no such
+    node (`find` gave None or a backend's own "cannot tell" marker), or when its attributes
+    need I/O: then the daemon calls `lookup_attr` in a thread, which decides."""
+    if lock is not None and not lock.acquire(blocking=False):    # a writer holds it: never wait
+        return None
+    try:
+        node = find(name)
+    finally:
+        if lock is not None:
+            lock.release()
+    attr = node.cached_attr() if isinstance(node, Node) else None
+    return None if attr is None else (node, attr)

@@ -564,7 +564,10 @@ class MemoryHandle(FileHandle):
 class View(File):
     """A file whose content is derived from the model and that writes back through it:
     a writer's bytes are committed whole when it closes, or refused with nothing changed.
-    `owner` (an entry folder, or the tree) carries the mtime."""
+    `owner` (an entry folder, or the tree) carries the mtime; `tree`, if set, hears
+    of each commit (`Tree.report`)."""
+
+    tree: "Tree | None" = None
 
     def __init__(self, owner):
         self.owner = owner
@@ -632,9 +635,11 @@ class View(File):
     def _commit(self, data: bytes) -> None:
         try:
             self.commit(data)
+            self.owner.mtime_ns = time.time_ns()
         finally:
             self.staged = None         # accepted, or refused: either way the model shows
-        self.owner.mtime_ns = time.time_ns()
+            if self.tree is not None:  # the kernel has the written size, not the model's
+                self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
 
 
 class ViewReader(BytesHandle):
@@ -781,6 +786,20 @@ class Tree:
         self._dynamic_by_key: dict[object, Node] = {}
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]] = []
+
+    def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]) -> None:
+        """Call `listener(inodes, entries)` for every `report` (the daemon's, to tell the
+        kernel); grafted trees report through it too."""
+        self._listeners.append(listener)
+
+    def report(self, *inodes: int, entries: tuple[tuple[int, str], ...] = ()) -> None:
+        """Tell the kernel what changed without a request of its own on it, so that it
+        may cache the rest for long: `inodes` whose attributes or content changed, and
+        `entries` ((folder inode, name)) that went away or now name another node.
+        Changes the kernel made itself (the file written, the name unlinked) need none."""
+        for listener in self._listeners:
+            listener(inodes, entries)
 
     @property
     def root(self) -> Directory:
@@ -795,6 +814,7 @@ class Tree:
         with self._lock:
             slot = len(self._grafts) + 1
             tree = make(slot << GRAFT_SHIFT)
+            tree._listeners = self._listeners          # shared: listeners added later hear it too
             self._grafts[slot] = tree
             return tree
 

@@ -127,6 +127,8 @@ class MetaView(View):
     def _cache_key(self) -> tuple:
         return (self.ino, self.obj.md_version)
 
+    content_tag = _cache_key              # while it stays, opens keep the kernel's pages
+
     def content(self) -> bytes:
         key = self._cache_key()
         data = self.tree.meta_cache.get_or_make(key, self._render)
@@ -157,8 +159,9 @@ class MetaView(View):
     def open_nowait(self, flags: int) -> FileHandle | None:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
             return None
-        data = self.tree.meta_cache.get(self._cache_key())
-        return None if data is None else BytesHandle(data)
+        tag = self._cache_key()
+        data = self.tree.meta_cache.get(tag)
+        return None if data is None else self._reader(data, tag)
 
     def commit(self, data: bytes) -> None:
         try:
@@ -214,7 +217,7 @@ class DataFile(File):
 
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return self.tree.db.files.open_read(self._path())
+            return self.open_read()
         exists = os.path.exists(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
         new = self.file.filename is None
@@ -229,7 +232,13 @@ class DataFile(File):
                 _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
             finally:
                 self.forget_attr()
+                self.folder.data_changed(self.name, self.ino)
             self.folder.committed(self)
+
+    def open_read(self) -> FileHandle:
+        handle = self.tree.db.files.open_read(self._path())
+        handle.keep_cache = True        # changes come through the mount, and are reported
+        return handle
 
     def truncate(self, size: int) -> None:
         handle = TempFileHandle(self._path(), self._path() if os.path.exists(self._path()) else None, self._commit)
@@ -349,6 +358,7 @@ class RootFolder(Folder):
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.tree.db.create_scan)(name)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
             self.tree.changed()
             return self.find(name)
@@ -361,7 +371,7 @@ class RootFolder(Folder):
             if scan.get_filesets():
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
-            self.tree.forget_nodes(("scan", name), ("meta", name))
+            self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
             self.tree.changed()
 
     def unlink(self, name: str) -> None:
@@ -411,6 +421,7 @@ class ScanFolder(Folder):
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.scan.create_fileset)(name)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(f"{self.scan.id}/{name}{META}")
             self.tree.changed()
             return self.find(name)
@@ -423,7 +434,8 @@ class ScanFolder(Folder):
             if fs.files:
                 raise OSError(errno.ENOTEMPTY, "fileset has files", name)
             _api_errors(self.scan.delete_fileset)(name)
-            self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name))
+            self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name), report=True)
+            self.tree.report(*self.tree.folders_of(self.scan.id), entries=((self.ino, name + VIEW),))
             self.tree.changed()
 
     def unlink(self, name: str) -> None:
@@ -511,6 +523,15 @@ class FilesetFolder(Folder):
         out.extend((name, self._scratch(name)) for name in hidden)
         return out
 
+    def data_changed(self, name: str, *inodes: int, entries: tuple = ()) -> None:
+        """The data of the file shown as `name` changed or went away: the kernel drops what
+        it has of `inodes` and of the views made from the data (call with the tree's lock)."""
+        entries += ((self.ino, name + VIEW),) if name.endswith(".iid") else ()
+        scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
+        if scan is not None and _is_imgstore(self.fileset):
+            entries += ((scan.ino, self.fileset.id + VIEW),)
+        self.tree.report(*inodes, *self.tree.folders_of(self.fileset.scan.id, self.fileset.id), entries=entries)
+
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
         if self.pending.get(data.name) is data.file:
@@ -527,6 +548,7 @@ class FilesetFolder(Folder):
                 return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.pending[name] = file
             return self._data(file, name)
 
@@ -540,7 +562,8 @@ class FilesetFolder(Folder):
             file = self._file_by_name(name)
             if file is not None:
                 _api_errors(self.fileset.delete_file)(file.id)
-                self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id))
+                self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id), report=True)
+                self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
                 self.pending.pop(name, None)
                 self.tree.changed()
@@ -563,7 +586,9 @@ class FilesetFolder(Folder):
                 data = self._data(file)
                 data.forget_attr()
                 if scratch is not None:
-                    self.tree.alias(scratch.ino, data)
+                    self.tree.alias(scratch.ino, data)     # known to the kernel as a scratch file
+                self.data_changed(new_name, data.ino, *([scratch.ino] if scratch is not None else []),
+                                  entries=((self.ino, new_name + META),) if existing is None else ())
                 return
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
@@ -575,9 +600,11 @@ class FilesetFolder(Folder):
             moved = _api_errors(fs.rename_file)(file.id, new_id, ext)
             self.pending.pop(name, None)
             old = self.tree.nodes.pop(("data",) + self._key(file.id), None)
-            self.tree.forget_nodes(("meta",) + self._key(file.id))
+            self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)
             if old is not None:                  # the kernel knows the new name by the old inode
                 self.tree.alias(old.ino, self._data(moved))
+            self.data_changed(name)
+            self.data_changed(new_name, entries=((self.ino, new_name + META),))
 
 
 def _hide_view(tree: "FSDBTree", folder: Directory, name: str, prefix: str = "") -> None:
@@ -608,8 +635,11 @@ class FSDBTree(Tree):
         super().__init__(base)
         self.db = db
         self.writable = not read_only
+        # writable: the kernel keeps names and file attributes, and is told (`report`) of
+        # what changes without a request on it (views of a rewritten file, the metadata
+        # file of a removed one, folders' mtimes: files.json batched in, a file replaced)
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(negative_timeout=0.0, keep_cache=False))
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
@@ -633,12 +663,23 @@ class FSDBTree(Tree):
                 found = self.nodes[key] = self.add(make())
             return found
 
-    def forget_nodes(self, *keys: tuple) -> None:
+    def folders_of(self, scan_id: str, fileset_id: str | None = None) -> list[int]:
+        """The inodes of the root, a scan and a fileset folder (those made so far): their
+        mtimes change when files.json, the journal or a file is written in them."""
+        keys = [("scan", scan_id)] + ([("fileset", scan_id, fileset_id)] if fileset_id is not None else [])
+        return [self.root.ino] + [node.ino for node in map(self.nodes.get, keys) if node is not None]
+
+    def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
+        """Drop the nodes of what was deleted. `report`: the kernel is told their
+        attributes are gone, but keeps their names until it looks again, so that `rm -r`
+        can still remove a metadata file that went with its object."""
         with self.lock:
             for key in keys:
                 node = self.nodes.pop(key, None)
                 if node is not None:
                     self.discard(node.ino)
+                    if report:
+                        self.report(node.ino)
 
     def _view(self, kind: str, path: str, make) -> Directory | None:
         """A read-only tree of a file inside the database, made on first look, made again
@@ -669,7 +710,9 @@ class FSDBTree(Tree):
 
     def sync(self) -> None:
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
+            scans = list(self.db._dirty)
             self.db.flush()
+            self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
 
     def sync_due(self) -> bool:
         return self.db.flush_due()

@@ -474,9 +474,7 @@ class EntryFolder(IIDFolder):
                 target_view.commit(data)       # rsync/editors: a temporary file becomes the mask
                 self.hidden -= {new_name}
                 if name in self.scratch:
-                    scratch = self.scratch.pop(name)
-                    self.tree.alias(scratch.ino, target_view)
-                    self.tree.report(scratch.ino)     # the kernel knows the view by it now
+                    self.tree.alias(self.scratch.pop(name).ino, target_view)
                 return
             if name in self.scratch:           # scratch to scratch
                 old = self.scratch.pop(new_name, None)

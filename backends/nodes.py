@@ -638,7 +638,7 @@ class View(File):
             self.owner.mtime_ns = time.time_ns()
         finally:
             self.staged = None         # accepted, or refused: either way the model shows
-            if self.tree is not None:  # the kernel has the written size, not the model's
+            if self.tree is not None:  # the kernel's pages hold what was written, not the model's
                 self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
 
 

@@ -586,9 +586,8 @@ class FilesetFolder(Folder):
                 data = self._data(file)
                 data.forget_attr()
                 if scratch is not None:
-                    self.tree.alias(scratch.ino, data)     # known to the kernel as a scratch file
-                self.data_changed(new_name, data.ino, *([scratch.ino] if scratch is not None else []),
-                                  entries=((self.ino, new_name + META),) if existing is None else ())
+                    self.tree.alias(scratch.ino, data)
+                self.data_changed(new_name, entries=((self.ino, new_name + META),) if existing is None else ())
                 return
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
@@ -712,7 +711,9 @@ class FSDBTree(Tree):
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             scans = list(self.db._dirty)
             self.db.flush()
-            self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
+            if scans:                   # files.json rewritten: their folders' mtimes
+                self.changed()
+                self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
 
     def sync_due(self) -> bool:
         return self.db.flush_due()

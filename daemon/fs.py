@@ -117,25 +117,32 @@ class Notifier:
                     return
                 batch, reported = list(pending), self._reported
                 pending.clear()
-            for item in batch:
-                self._notify(kind, item)
-            if kind == "inodes":
+            sent = 0
+            try:
+                for item in batch:
+                    sent += self._notify(kind, item)
+            finally:                                 # (a request never waits on a dead thread)
                 with self._cond:
-                    self._done = reported
-                    self._cond.notify_all()
+                    self._counters.invalidations += sent
+                    if kind == "inodes":
+                        self._done = reported
+                        self._cond.notify_all()
 
-    def _notify(self, kind: str, item) -> None:
+    def _notify(self, kind: str, item) -> bool:
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
-                    return
+                    return False
                 pyfuse3.invalidate_inode(item)
             else:
                 pyfuse3.invalidate_entry(item[0], os.fsencode(item[1]))
-            self._counters.invalidations += 1
+            return True
         except OSError as exc:                       # ENOENT: the kernel had already let it go
             if exc.errno != errno.ENOENT:
                 log.warning("invalidating %s %r: %s", kind, item, exc)
+        except Exception:
+            log.exception("invalidating %s %r failed", kind, item)
+        return False
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from .cache import ByteCache
-from .nodes import Attr, Directory, File, FileHandle, Node
+from .nodes import Attr, Directory, File, FileHandle, Node, Tree
 
 #: the largest file kept in memory (a view or a picks import being written, an editor's
 #: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
@@ -193,7 +193,10 @@ class MemoryHandle(FileHandle):
 class View(File):
     """A file whose content is derived from the model and that writes back through it:
     a writer's bytes are committed whole when it closes, or refused with nothing changed.
-    `owner` (an entry folder, or the tree) carries the mtime."""
+    `owner` (an entry folder, or the tree) carries the mtime; `tree`, if set, hears
+    of each commit (`Tree.report`)."""
+
+    tree: "Tree | None" = None
 
     def __init__(self, owner):
         self.owner = owner
@@ -261,9 +264,11 @@ class View(File):
     def _commit(self, data: bytes) -> None:
         try:
             self.commit(data)
+            self.owner.mtime_ns = time.time_ns()
         finally:
             self.staged = None         # accepted, or refused: either way the model shows
-        self.owner.mtime_ns = time.time_ns()
+            if self.tree is not None:  # the kernel's pages hold what was written, not the model's
+                self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
 
 
 class ViewReader(BytesHandle):

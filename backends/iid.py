@@ -132,6 +132,11 @@ def readable(raw: bytes, limit: int = NAME_BYTES) -> str:
     return text
 
 
+def address_name(address: bytes) -> str:
+    """The folder of by-address/ that shows the entries with this address."""
+    return readable(address, 240) or "%empty"
+
+
 def unreadable(text: str) -> bytes:
     """The inverse of `readable` (for names typed by users: group folders)."""
     out, i, raw = bytearray(), 0, text.encode("utf-8", errors="surrogateescape")
@@ -333,8 +338,14 @@ class EntryFolder(IIDFolder):
     # changes (each under the tree lock) -------------------------------------------------
     def changed(self) -> None:
         """What the views show has changed (the tree counts it as a change to write)."""
-        self.revision += 1
+        self.views_changed()
         self.tree.changed()
+
+    def views_changed(self) -> None:
+        """Its mask and entry.json show something else now: a new revision, which the
+        kernel is told of (it caches their sizes)."""
+        self.revision += 1
+        self.tree.report(self.mask_file.ino, self.json_file.ino)
 
     def set_mask(self, mask: np.ndarray) -> None:
         with self.tree.lock:
@@ -346,7 +357,7 @@ class EntryFolder(IIDFolder):
                     self.pending_mask = previous       # a refused write changes nothing
                     raise
                 if self.entry is None:
-                    self.revision += 1                 # still pending: what it shows changed
+                    self.views_changed()               # still pending: what it shows changed
                 return
             bbox = place(mask, list(self.entry.bbox[:2]))
             segment, area = encode_segment(mask, bbox)
@@ -365,7 +376,7 @@ class EntryFolder(IIDFolder):
                     self.pending_json = previous
                     raise
                 if self.entry is None:
-                    self.revision += 1
+                    self.views_changed()
                 return
             mask = self.mask()
             bbox = place(mask, wanted["bbox"])
@@ -374,6 +385,8 @@ class EntryFolder(IIDFolder):
                 segment, _ = encode_segment(mask, bbox)
             if wanted["address"] != self.entry.address:
                 self.tree.addresses_version += 1
+                self.tree.report(entries=self.tree.address_entries(self))
+                self.tree.address_changed(wanted["address"])
             self.entry = Entry(wanted["domain"], wanted["address"], bbox, self.entry.area, segment)
             if wanted["groups"] is not None:
                 self.tree.set_groups_of(self, wanted["groups"])
@@ -627,9 +640,10 @@ class GroupFolder(IIDFolder):
     def __init__(self, tree: "IIDTree", group: str):
         self.tree = tree
         self.group = group
+        self.mtime_ns = tree.mtime_ns             # then when its members change (IIDTree.touch)
 
     def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o755, 0, self.tree.mtime_ns, 2)
+        return Attr(stat.S_IFDIR | 0o755, 0, self.mtime_ns, 2)
 
     def _members(self) -> dict[EntryFolder, None]:
         return self.tree.groups.get(self.group, {})
@@ -678,7 +692,7 @@ class ByAddressFolder(ListedDirectory):
             if self._cached is None or self._cached[0] != self.tree.addresses_version:
                 found: dict[str, list[EntryFolder]] = {}
                 for f in self.tree.live():
-                    found.setdefault(readable(f.entry.address, 240) or "%empty", []).append(f)
+                    found.setdefault(address_name(f.entry.address), []).append(f)
                 self._cached = (self.tree.addresses_version, found)
             return self._cached[1]
 
@@ -693,9 +707,10 @@ class AddressFolder(ListedDirectory):
     def __init__(self, parent: ByAddressFolder, name: str):
         self.parent = parent
         self.name = name
+        self.mtime_ns = parent.tree.mtime_ns      # then when its members change (IIDTree.touch)
 
     def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o555, 0, self.parent.tree.mtime_ns, 2)
+        return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
 
     cached_attr = attr
 
@@ -738,6 +753,8 @@ class IIDTree(Tree):
     remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
+    #: fixed items whose mtime is the tree's
+    TREE_TIMED = ("groups", "meta.json", "overview.png")
 
     def __init__(self, path: str, iid: IIDFile, mask_format: str, writeback_delay: float, read_only: bool,
                  base: int, mtime_ns: int):
@@ -746,13 +763,12 @@ class IIDTree(Tree):
         self.path = path
         self.iid = iid
         self.writable = not read_only
-        # writable: what the kernel is told of a file must be asked again (a change to one
-        # file changes others: a new mask changes entry.json); pages are kept per open
-        # while a view's content stays the same (View.open). Folders change only their
-        # mtime, links never.
+        # writable: the kernel keeps names and file attributes, and is told (`report`)
+        # when a change it did not make itself alters them (a new mask changes entry.json,
+        # a deleted entry shifts keys, a group change moves links); pages are kept per
+        # open while a view's content stays the same (View.open). Links never change.
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(entry_timeout=1.0, attr_timeout=0.0, negative_timeout=0.0,
-                                         keep_cache=False, namespace_attr_timeout=1.0))
+                             CachePolicy(negative_timeout=0.0, keep_cache=False))
         self.lock = threading.RLock()
         self.cache = ByteCache(self.CACHE_BYTES)
         self.counts = {"segments_decoded": 0, "masks_encoded": 0, "entry_json_made": 0}
@@ -778,15 +794,15 @@ class IIDTree(Tree):
         self.folder_by_name: dict[str, EntryFolder] = {}
         for key, entry in enumerate(iid.entries):
             self._register(EntryFolder(self, entry_folder_name(key, entry.address), entry))
+        self._group_nodes: dict[str, GroupFolder] = {}
+        self._links: dict[tuple[int, int], Symlink] = {}
+        self._address_nodes: dict[str, AddressFolder] = {}
         self.groups: dict[str, dict[EntryFolder, None]] = {}     # members in order, as a set
         self._group_rank: dict[str, int] = {}
         for name, keys in iid.groups.items():
             self.add_group(name)
             for k in keys:
                 self.join(self.folders[k], name)
-        self._group_nodes: dict[str, GroupFolder] = {}
-        self._links: dict[tuple[int, int], Symlink] = {}
-        self._address_nodes: dict[str, AddressFolder] = {}
         by_address = self.add(ByAddressFolder(self))
         self.by_address = by_address
         text = README.format(path=self.path, mask=self.mask_name, delay=writeback_delay,
@@ -823,16 +839,19 @@ class IIDTree(Tree):
         del self._gaps[bisect.bisect_left(self._gaps, folder.slot)]
         self._keys_shift_after(folder.slot)
         self.addresses_version += 1
+        self.address_changed(folder.entry.address)
 
     def delete_folder(self, folder: EntryFolder) -> None:
         self.folders[folder.slot] = None
         del self.folder_by_name[folder.name]
         self.folders_version += 1
+        self.report(entries=self.group_entries(folder, folder.groups))
         for group in list(folder.groups):
             self.leave(folder, group)
         for node in (folder, folder.mask_file, folder.json_file):
             self.discard(node.ino)
         if folder.entry is not None:
+            self.report(entries=self.address_entries(folder))
             bisect.insort(self._gaps, folder.slot)
             self._keys_shift_after(folder.slot)
             self.addresses_version += 1
@@ -842,6 +861,25 @@ class IIDTree(Tree):
         entries_after = len(self.folders) - 1 - slot - (len(self._gaps) - bisect.bisect_right(self._gaps, slot))
         if entries_after:
             self.keys_version += 1
+            self.report(*self._json_sizes_changed_after(slot))
+
+    def _json_sizes_changed_after(self, slot: int) -> list[int]:
+        """The entry.json files after `slot` whose size changed when their keys moved by
+        one: those whose key gained or lost a digit (keys 9/10, 99/100, ...), a few at
+        most; the others keep their size (their content is read anew: its tag changed)."""
+        gaps = self._gaps
+
+        def key_below(s: int) -> int:          # non-decreasing; first reaches k at the entry with key k
+            return s - bisect.bisect_right(gaps, s)
+
+        found, power = [], 10
+        while power // 10 <= len(self.folders):
+            for key in (power - 1, power):
+                at = bisect.bisect_left(range(len(self.folders)), key, key=key_below)
+                if slot < at < len(self.folders) and self.folders[at] is not None:
+                    found.append(self.folders[at].json_file.ino)
+            power *= 10
+        return found
 
     def live(self) -> list[EntryFolder]:
         return [f for f in self.folders if f is not None and f.entry is not None]
@@ -866,12 +904,14 @@ class IIDTree(Tree):
         if folder not in self.groups[group]:
             self.groups[group][folder] = None
             folder.groups |= {group}
-            folder.revision += 1
+            folder.views_changed()
+            self.touch(self._group_nodes.get(group))
 
     def leave(self, folder: EntryFolder, group: str) -> None:
         del self.groups[group][folder]
         folder.groups -= {group}
-        folder.revision += 1
+        folder.views_changed()
+        self.touch(self._group_nodes.get(group))
 
     def groups_of(self, folder: EntryFolder) -> list[str]:
         return sorted(folder.groups, key=self._group_rank.__getitem__)
@@ -881,8 +921,33 @@ class IIDTree(Tree):
             if group not in self.groups:
                 self.add_group(group)
             self.join(folder, group)
-        for group in folder.groups - set(names):
+        left = folder.groups - set(names)
+        self.report(entries=self.group_entries(folder, left))
+        for group in left:
             self.leave(folder, group)
+
+    def group_entries(self, folder: EntryFolder, groups) -> tuple[tuple[int, str], ...]:
+        """The links to `folder` in these groups' folders (those shown so far)."""
+        nodes = (self._group_nodes.get(g) for g in groups)
+        return tuple((node.ino, folder.name) for node in nodes if node is not None)
+
+    def address_entries(self, folder: EntryFolder) -> tuple[tuple[int, str], ...]:
+        """The names by-address shows `folder` under, before its address changes."""
+        name = address_name(folder.entry.address)
+        node = self.address_changed(folder.entry.address)
+        return ((self.by_address.ino, name),) + (((node.ino, folder.name),) if node is not None else ())
+
+    def address_changed(self, address: bytes) -> "AddressFolder | None":
+        """The entries with `address` changed: its folder's mtime (if shown so far)."""
+        node = self._address_nodes.get(address_name(address))
+        self.touch(node)
+        return node
+
+    def touch(self, folder: "GroupFolder | AddressFolder | None") -> None:
+        """A group's or an address's folder (if shown so far) gained or lost a member."""
+        if folder is not None:
+            folder.mtime_ns = time.time_ns()
+            self.report(folder.ino)
 
     def group_folder(self, group: str) -> GroupFolder:
         node = self._group_nodes.get(group)
@@ -944,6 +1009,8 @@ class IIDTree(Tree):
         self.version += 1
         self._last_change = time.monotonic()
         self.mtime_ns = time.time_ns()
+        # what shows the tree's mtime (and the overview, what it draws)
+        self.report(self.root.ino, self.by_address.ino, *(self.fixed[name].ino for name in self.TREE_TIMED))
 
     def sync_due(self) -> bool:
         return (self.writable and self.version != self._synced

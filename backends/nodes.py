@@ -294,6 +294,20 @@ class Tree:
         self._dynamic_by_key: dict[object, Node] = {}
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]] = []
+
+    def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]) -> None:
+        """Call `listener(inodes, entries)` for every `report` (the daemon's, to tell the
+        kernel); grafted trees report through it too."""
+        self._listeners.append(listener)
+
+    def report(self, *inodes: int, entries: tuple[tuple[int, str], ...] = ()) -> None:
+        """Tell the kernel what changed without a request of its own on it, so that it
+        may cache the rest for long: `inodes` whose attributes or content changed, and
+        `entries` ((folder inode, name)) that went away or now name another node.
+        Changes the kernel made itself (the file written, the name unlinked) need none."""
+        for listener in self._listeners:
+            listener(inodes, entries)
 
     @property
     def root(self) -> Directory:
@@ -308,6 +322,7 @@ class Tree:
         with self._lock:
             slot = len(self._grafts) + 1
             tree = make(slot << GRAFT_SHIFT)
+            tree._listeners = self._listeners          # shared: listeners added later hear it too
             self._grafts[slot] = tree
             return tree
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -36,6 +37,8 @@ BLOCK_SIZE = 128 * 1024
 #: answering getxattr at all costs `ls -l` two round trips per file (SELinux label and
 #: ACL probes), so getxattr says ENOSYS once and the kernel stops asking.
 CONTROL_INO = (1 << 63) - 2
+#: how long a request that made changes waits for the kernel to be told of them
+NOTIFY_WAIT = 2.0
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY}
@@ -45,8 +48,101 @@ _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
 class Counters:
     started: float = field(default_factory=time.time)
     requests: int = 0
+    attr_requests: int = 0          # lookups and getattrs: what the kernel could not answer itself
     bytes_read: int = 0
     errors: int = 0
+    invalidations: int = 0          # inodes and entries the kernel was told to drop
+
+
+class Notifier:
+    """Tells the kernel what a backend reports changed (`Tree.report`), so that it may
+    cache attributes and names for long. Notifications may block in the kernel (on the
+    page locks of a read we have yet to answer, on a folder whose change is in flight),
+    so they are sent from threads of their own, never from the trio loop: one for inodes
+    (which a request that made changes waits for, `wait`, so that the caller's next stat
+    sees them), one for names (never waited for: a name's notification waits for any
+    change in flight in its folder, possibly the very request that caused it)."""
+
+    def __init__(self, counters: Counters, known: dict[int, int]):
+        self._counters = counters
+        self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
+        self._cond = threading.Condition()
+        self._inodes: dict[int, None] = {}       # pending, in order, without repeats
+        self._entries: dict[tuple[int, str], None] = {}
+        self._reported = 0                       # inode reports made ...
+        self._done = 0                           # ... and sent
+        self._running = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Once the session is mounted: notifications need it."""
+        self._running = True
+        self._threads = [threading.Thread(target=self._send, args=(kind,), daemon=True, name=f"notify-{kind}")
+                         for kind in ("inodes", "entries")]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Before the session closes (what was not sent is moot then)."""
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...]) -> None:
+        """From any thread (a backend's `Tree.report`)."""
+        with self._cond:
+            for ino in inodes:
+                self._inodes[ino] = None
+            for entry in entries:
+                self._entries[entry] = None
+            self._reported += bool(inodes)
+            self._cond.notify_all()
+
+    def mark(self) -> int | None:
+        """What `wait` must see sent, or None if nothing is pending."""
+        return self._reported if self._reported != self._done else None
+
+    def wait(self, mark: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= mark or not self._running, timeout)
+
+    def _send(self, kind: str) -> None:
+        pending = self._inodes if kind == "inodes" else self._entries
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: pending or not self._running)
+                if not self._running:
+                    return
+                batch, reported = list(pending), self._reported
+                pending.clear()
+            sent = 0
+            try:
+                for item in batch:
+                    sent += self._notify(kind, item)
+            finally:                                 # (a request never waits on a dead thread)
+                with self._cond:
+                    self._counters.invalidations += sent
+                    if kind == "inodes":
+                        self._done = reported
+                        self._cond.notify_all()
+
+    def _notify(self, kind: str, item) -> bool:
+        try:
+            if kind == "inodes":
+                if item not in self._known:          # the kernel has nothing of it to drop
+                    return False
+                pyfuse3.invalidate_inode(item)
+            else:
+                pyfuse3.invalidate_entry(item[0], os.fsencode(item[1]))
+            return True
+        except OSError as exc:                       # ENOENT: the kernel had already let it go
+            if exc.errno != errno.ENOENT:
+                log.warning("invalidating %s %r: %s", kind, item, exc)
+        except Exception:
+            log.exception("invalidating %s %r failed", kind, item)
+        return False
 
 
 @dataclass
@@ -110,6 +206,8 @@ class Operations(pyfuse3.Operations):
         self._listings: dict[int, _Listing] = {}
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
+        self.notifier = Notifier(self.counters, self._lookups)
+        tree.listen(self.notifier.report)
 
     # -- helpers ----------------------------------------------------------------------
     async def _run(self, fn, *args, data: bool = False, change: bool = False):
@@ -124,6 +222,16 @@ class Operations(pyfuse3.Operations):
                 return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
             raise OSError(errno.EIO, f"the source did not answer within {self.timeout:g} s") from None
+        finally:
+            if change:
+                await self._notified()
+
+    async def _notified(self) -> None:
+        """Wait until the kernel was told of the inodes a change reported (bounded: a
+        notification must never hold a request for long)."""
+        mark = self.notifier.mark()
+        if mark is not None:
+            await trio.to_thread.run_sync(self.notifier.wait, mark, NOTIFY_WAIT, abandon_on_cancel=True)
 
     async def _call(self, fn, blocks: bool, **where):
         """`fn` in a worker thread (`_run`) if the backend declared that it may block,
@@ -185,6 +293,7 @@ class Operations(pyfuse3.Operations):
         directory = self._directory(parent_inode)
 
         name = os.fsdecode(name)
+        self.counters.attr_requests += 1
         found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
         if found is None:
             if self.policy.negative_timeout > 0:
@@ -202,6 +311,7 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             return self._control_entry()
         node = self._node(inode)
+        self.counters.attr_requests += 1
         return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
     def forget(self, inode_list):
@@ -487,6 +597,7 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if handle is not None:
             await self._call(handle.release, handle.release_blocks, data=True)
+            await self._notified()
 
     # -- filesystem -------------------------------------------------------------------
     @_guard
@@ -517,6 +628,7 @@ class Operations(pyfuse3.Operations):
         c = self.counters
         status = dict(self.info)
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
+                      attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

@@ -80,6 +80,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         os.umask(0)            # modes arrive with the caller's umask applied by the kernel
     ops = Operations(tree, threads=threads, timeout=timeout, info=info)
     pyfuse3.init(ops, mountpoint, fuse_options)
+    ops.notifier.start()
 
     def when_live() -> None:
         set_read_ahead(mountpoint, read_ahead_kib)
@@ -91,6 +92,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         trio.run(_main, ops, mountpoint, when_live)
     finally:
         notify("STOPPING=1")
+        ops.notifier.stop()
         ops.flush_open_files()
         # unmount first, so that nothing waits on a mount whose daemon is going away
         try:

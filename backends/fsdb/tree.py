@@ -132,6 +132,7 @@ class MetaView(CachedView):
     def content_tag(self) -> tuple:
         return ("metadata view", self.ino, self.obj.md_version)
 
+
     def content(self) -> bytes:
         version = self.obj.md_version
         data = super().content()
@@ -203,7 +204,7 @@ class DataFile(File):
 
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
-            return self.tree.db.files.open_read(self._path())
+            return self.open_read()
         exists = os.path.exists(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
         new = self.file.filename is None
@@ -218,7 +219,13 @@ class DataFile(File):
                 _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
             finally:
                 self.forget_attr()
+                self.folder.data_changed(self.name, self.ino)
             self.folder.committed(self)
+
+    def open_read(self) -> FileHandle:
+        handle = self.tree.db.files.open_read(self._path())
+        handle.keep_cache = True        # changes come through the mount, and are reported
+        return handle
 
     def truncate(self, size: int) -> None:
         handle = TempFileHandle(self._path(), self._path() if os.path.exists(self._path()) else None, self._commit)
@@ -331,6 +338,7 @@ class RootFolder(Folder):
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.tree.db.create_scan)(name)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
             self.tree.changed()
             return self.find(name)
@@ -343,7 +351,7 @@ class RootFolder(Folder):
             if scan.get_filesets():
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
-            self.tree.forget_nodes(("scan", name), ("meta", name))
+            self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
             self.tree.changed()
 
     def unlink(self, name: str) -> None:
@@ -393,6 +401,7 @@ class ScanFolder(Folder):
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.scan.create_fileset)(name)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(f"{self.scan.id}/{name}{META}")
             self.tree.changed()
             return self.find(name)
@@ -405,7 +414,8 @@ class ScanFolder(Folder):
             if fs.files:
                 raise OSError(errno.ENOTEMPTY, "fileset has files", name)
             _api_errors(self.scan.delete_fileset)(name)
-            self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name))
+            self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name), report=True)
+            self.tree.report(*self.tree.folders_of(self.scan.id), entries=((self.ino, name + VIEW),))
             self.tree.changed()
 
     def unlink(self, name: str) -> None:
@@ -493,6 +503,15 @@ class FilesetFolder(Folder):
         out.extend((name, self._scratch(name)) for name in hidden)
         return out
 
+    def data_changed(self, name: str, *inodes: int, entries: tuple = ()) -> None:
+        """The data of the file shown as `name` changed or went away: the kernel drops what
+        it has of `inodes` and of the views made from the data (call with the tree's lock)."""
+        entries += ((self.ino, name + VIEW),) if name.endswith(".iid") else ()
+        scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
+        if scan is not None and _is_imgstore(self.fileset):
+            entries += ((scan.ino, self.fileset.id + VIEW),)
+        self.tree.report(*inodes, *self.tree.folders_of(self.fileset.scan.id, self.fileset.id), entries=entries)
+
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
         if self.pending.get(data.name) is data.file:
@@ -509,6 +528,7 @@ class FilesetFolder(Folder):
                 return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
+            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.pending[name] = file
             return self._data(file, name)
 
@@ -522,7 +542,8 @@ class FilesetFolder(Folder):
             file = self._file_by_name(name)
             if file is not None:
                 _api_errors(self.fileset.delete_file)(file.id)
-                self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id))
+                self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id), report=True)
+                self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
                 self.pending.pop(name, None)
                 self.tree.changed()
@@ -546,6 +567,7 @@ class FilesetFolder(Folder):
                 data.forget_attr()
                 if scratch is not None:
                     self.tree.alias(scratch.ino, data)
+                self.data_changed(new_name, entries=((self.ino, new_name + META),) if existing is None else ())
                 return
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
@@ -557,9 +579,11 @@ class FilesetFolder(Folder):
             moved = _api_errors(fs.rename_file)(file.id, new_id, ext)
             self.pending.pop(name, None)
             old = self.tree.nodes.pop(("data",) + self._key(file.id), None)
-            self.tree.forget_nodes(("meta",) + self._key(file.id))
+            self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)
             if old is not None:                  # the kernel knows the new name by the old inode
                 self.tree.alias(old.ino, self._data(moved))
+            self.data_changed(name)
+            self.data_changed(new_name, entries=((self.ino, new_name + META),))
 
 
 def _hide_view(tree: "FSDBTree", folder: Directory, name: str, prefix: str = "") -> None:
@@ -599,8 +623,11 @@ class FSDBTree(Tree):
         super().__init__(base)
         self.db = db
         self.writable = not read_only
+        # writable: the kernel keeps names and file attributes, and is told (`report`) of
+        # what changes without a request on it (views of a rewritten file, the metadata
+        # file of a removed one, folders' mtimes: files.json batched in, a file replaced)
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(entry_timeout=1.0, attr_timeout=1.0, negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(negative_timeout=0.0, keep_cache=False))
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
@@ -628,12 +655,23 @@ class FSDBTree(Tree):
                 found = self.nodes[key] = self.add(make())
             return found
 
-    def forget_nodes(self, *keys: tuple) -> None:
+    def folders_of(self, scan_id: str, fileset_id: str | None = None) -> list[int]:
+        """The inodes of the root, a scan and a fileset folder (those made so far): their
+        mtimes change when files.json, the journal or a file is written in them."""
+        keys = [("scan", scan_id)] + ([("fileset", scan_id, fileset_id)] if fileset_id is not None else [])
+        return [self.root.ino] + [node.ino for node in map(self.nodes.get, keys) if node is not None]
+
+    def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
+        """Drop the nodes of what was deleted. `report`: the kernel is told their
+        attributes are gone, but keeps their names until it looks again, so that `rm -r`
+        can still remove a metadata file that went with its object."""
         with self.lock:
             for key in keys:
                 node = self.nodes.pop(key, None)
                 if node is not None:
                     self.discard(node.ino)
+                    if report:
+                        self.report(node.ino)
 
     def _view(self, kind: str, path: str, make) -> Directory | None:
         """A read-only tree of a file inside the database, made on first look, made again
@@ -702,7 +740,11 @@ class FSDBTree(Tree):
 
     def sync(self) -> None:
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
+            scans = list(self.db._dirty)
             self.db.flush()
+            if scans:                   # files.json rewritten: their folders' mtimes
+                self.changed()
+                self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
         self._close_unused_views()
 
     def sync_due(self) -> bool:

@@ -39,7 +39,7 @@ from ..formats.images import EncodeError, make_format
 from . import is_url, remote
 from .cache import ByteCache
 from .nodes import (Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, GeneratedFile,
-                    ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View)
+                    ListedDirectory, MemoryFile, Node, ROOT_INO, Symlink, Tree, View, read_only, writes)
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -1082,4 +1082,6 @@ class OverviewFile(File):
         return Attr(stat.S_IFREG | 0o444, self._png.fixed_size(shape + (3,), np.uint8), self.tree.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
+        if writes(flags):
+            raise read_only("overview.png")
         return BytesHandle(self.content())

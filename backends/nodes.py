@@ -106,6 +106,11 @@ def read_only(what: str = "") -> OSError:
     return OSError(errno.EROFS, "read-only", what)
 
 
+def writes(flags: int) -> bool:
+    """Whether an open with `flags` may change the file (to write, or to truncate)."""
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
 class Directory(Node):
     __slots__ = ()
 
@@ -692,11 +697,13 @@ class GeneratedFile(File):
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
+        if writes(flags):           # (root passes the kernel's check of the mode)
+            raise read_only()
         return BytesHandle(self.content())
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
-        return None if data is None else BytesHandle(data)
+        data = self._data if self._cache is None else self._cache.get(("generated", self._token))
+        return None if data is None or writes(flags) else BytesHandle(data)
 
 
 class RowsFile(File):

@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from ..backends.nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, Node,
-                              Owner, Symlink, Tree)
+                              Owner, Symlink, Tree, writes)
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
-        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        writing = writes(flags)
         if writing:
             self._writable(inode)
         handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)

@@ -365,9 +365,34 @@ def check_inode_numbers_are_stable_and_unique(walk: Walk) -> None:
     problems.raise_if_any("inode numbers are not stable and unique")
 
 
-#: the checks that only read (each takes a Walk)
+def check_made_up_files_without_write_bits_refuse_writers(walk: Walk) -> None:
+    """In a writable tree, a file the backend makes up (no owner of its own: a generated
+    view, a README) whose mode has no write bit refuses an open for writing or truncating
+    (EROFS or EACCES): root passes the kernel's check of the mode, and would otherwise
+    get a handle whose writes fail with EBADF. (Read-only trees: the daemon refuses.)"""
+    problems = Problems()
+    for e in walk.files():
+        if not walk.tree.writable_at(e.ino) or e.attr.uid is not None or e.attr.mode & 0o222:
+            continue
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+            for how in ("open_nowait", "open"):
+                try:
+                    handle = getattr(e.node, how)(flags)
+                except OSError as exc:
+                    if exc.errno not in (errno.EROFS, errno.EACCES):
+                        problems.append(f"{e.path}: {how}({flags:#o}) raised {exc}")
+                    continue
+                if handle is not None:
+                    handle.release()
+                    problems.append(f"{e.path}: {how}({flags:#o}) of a file with mode {oct(e.attr.mode)} "
+                                    f"gives a handle")
+    problems.raise_if_any("read-only files of writable trees open for writing")
+
+
+#: the checks that change nothing (each takes a Walk)
 READ_CHECKS = (check_listing_offsets_resume, check_lookup_agrees_with_listing, check_size_is_what_a_read_returns,
-               check_nowait_twins_agree, check_unknown_names_are_not_found, check_inode_numbers_are_stable_and_unique)
+               check_nowait_twins_agree, check_unknown_names_are_not_found, check_inode_numbers_are_stable_and_unique,
+               check_made_up_files_without_write_bits_refuse_writers)
 
 
 # -- read-only trees ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -132,6 +133,7 @@ class Mounter:
         assert os.path.ismount(mountpoint), "scopefs mount returned 0 but nothing is mounted"
         self.mounts.append((mountpoint, daemon_pid(mountpoint)))
         self.stderr = result.stderr                # a notice the mount printed, if any
+        self.expected_log += [re.escape(line.removeprefix("scopefs: ")) for line in result.stderr.splitlines()]
         return mountpoint
 
     def log(self) -> str:

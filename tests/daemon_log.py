@@ -67,7 +67,8 @@ def check(log: str, node, expected: Iterable[str] = (), refused_mounts: int = 0)
     allowed = [*allowed_by(node), *expected, *([REFUSED_MOUNT] if refused_mounts else [])]
     found = unexpected(log, allowed)
     if found:
-        shown = "\n".join("\n".join(record[:12]) for record in found[:8])
+        shown = "\n".join("\n".join(record if len(record) < 12 else record[:4] + ["  ..."] + record[-6:])
+                          for record in found[:8])
         more = f"\n... and {len(found) - 8} more" if len(found) > 8 else ""
         pytest.fail(f"the daemon logged what this test does not expect (allow it with "
                     f"@pytest.mark.daemon_log(pattern, reason=...) if it should):\n{shown}{more}", pytrace=False)

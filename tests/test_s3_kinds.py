@@ -162,6 +162,9 @@ def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount):
         assert notice == "" and status["chunk_fetches"] == 0
 
 
+@pytest.mark.daemon_log(r"EndpointConnectionError: Could not connect to the endpoint URL",
+                        reason="the server is stopped mid-test (botocore's error is no OSError: the "
+                               "daemon logs it with its traceback)")
 def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mount):
     """While the server is down: a read that needs it fails with EIO within the mount's
     timeout, listings and unmount still answer; once it is back, reads work again."""

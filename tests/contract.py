@@ -72,7 +72,8 @@ class Walk:
     tree: Tree
     entries: list[Listed] = field(default_factory=list)
     listings: list[Listing] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    failed_attrs: list[str] = field(default_factory=list)       # listed entries whose attr() failed
+    repeated_dirs: list[str] = field(default_factory=list)      # directories listed under a second name
 
     @classmethod
     def of(cls, tree: Tree, max_entries: int = 20_000) -> "Walk":
@@ -87,12 +88,12 @@ class Walk:
                 try:
                     attr = listed_attr or node.attr()
                 except OSError as exc:
-                    walk.problems.append(f"{child}: attr() failed: {exc}")
+                    walk.failed_attrs.append(f"{child}: attr() failed: {exc}")
                     continue
                 walk.entries.append(Listed(child, name, directory, node, node.ino, attr, listed_attr))
                 if isinstance(node, Directory):
                     if node.ino in seen_dirs:
-                        walk.problems.append(f"{child}: directory inode {node.ino} is also {seen_dirs[node.ino]!r}")
+                        walk.repeated_dirs.append(f"{child}: directory inode {node.ino} is also {seen_dirs[node.ino]!r}")
                         continue
                     seen_dirs[node.ino] = child
                     queue.append((child, node))
@@ -114,9 +115,6 @@ class Walk:
 
     def files(self) -> list[Listed]:
         return [e for e in self.entries if isinstance(e.node, File)]
-
-    def directories(self) -> list[Listing]:
-        return self.listings
 
     def inodes(self) -> dict[str, int]:
         return {e.path: e.ino for e in self.entries}
@@ -159,7 +157,7 @@ def check_listing_offsets_resume(walk: Walk) -> None:
     names are not repeated; `entry_batch` resumes in any batch size and agrees with
     `entries` where a directory has both."""
     problems = Problems()
-    for listing in walk.directories():
+    for listing in walk.listings:
         rows, path = listing.rows, listing.path or "/"
         offsets = [row[0] for row in rows]
         if 0 in offsets or len(set(offsets)) != len(offsets):
@@ -205,9 +203,10 @@ def check_listing_offsets_resume(walk: Walk) -> None:
 
 def check_lookup_agrees_with_listing(walk: Walk) -> None:
     """`lookup` and `lookup_attr` of every listed name find the listed inode, with the
-    listed attributes (where the listing gave them) and the node's own `attr()`; the mode's
-    file type matches the node's class; `Tree.get` of the number answers the same."""
-    problems = Problems()
+    listed attributes (where the listing gave them) and the node's own `attr()` (which
+    answers for every listed node); the mode's file type matches the node's class;
+    `Tree.get` of the number answers the same."""
+    problems = Problems(walk.failed_attrs)
     for e in walk.entries:
         found = e.parent.lookup(e.name)
         if found is None or found.ino != e.ino:
@@ -302,7 +301,7 @@ def check_nowait_twins_agree(walk: Walk) -> None:
                     compare(e.path, f"cached_read at {offset}", quick and bytes(quick), data[offset:offset + READ_SIZE])
             finally:
                 handle.release()
-    for listing in walk.directories():
+    for listing in walk.listings:
         for name in [row[1] for row in listing.rows[:3]]:
             quick = listing.directory.lookup_attr_nowait(name)
             slow = listing.directory.lookup_attr(name)
@@ -315,7 +314,7 @@ def check_unknown_names_are_not_found(walk: Walk) -> None:
     """A name a directory does not list is not found (None, or ENOENT), by every lookup;
     an inode number never handed out is unknown to `Tree.get`."""
     problems = Problems()
-    for listing in walk.directories():
+    for listing in walk.listings:
         listed = {row[1] for row in listing.rows}
         guesses = [*UNKNOWN_NAMES, *(name + "~" for name in list(listed)[:3])]
         for name in guesses:
@@ -342,7 +341,7 @@ def check_inode_numbers_are_stable_and_unique(walk: Walk) -> None:
     """The root is `tree.base`; every node has a number; a directory has one name (the
     kernel cannot have two); a file shown under several names has as many links; a second
     walk gives every path the same number."""
-    problems = Problems(walk.problems)
+    problems = Problems(walk.repeated_dirs)
     tree = walk.tree
     if tree.root.ino != tree.base or not isinstance(tree.root, Directory):
         problems.append(f"the root is {tree.root!r} with number {tree.root.ino}, not {tree.base}")
@@ -442,7 +441,7 @@ async def check_read_only_refuses_changes(walk: Walk) -> None:
         if what.startswith("open"):
             await ops.release(answer.fh)
 
-    for listing in walk.directories():
+    for listing in walk.listings:
         d, path = listing.directory, listing.path or "/"
         if tree.writable_at(d.ino):
             continue

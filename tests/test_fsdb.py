@@ -1,6 +1,7 @@
 """ROMI FSDB: the library, its layout and locks against plantdb, and the mount."""
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -294,6 +295,12 @@ def test_iid_and_imgstore_inside_the_database_have_views(tmp_path, mount):
     assert entry["area"] == 12
     assert len(os.listdir(mnt / "plate" / "video.view" / "frames")) == 5
     assert (mnt / "plate" / "segmentation" / "cells.iid").read_bytes() == (tmp_path / "cells.iid").read_bytes()
+    view = mnt / "plate" / "segmentation" / "cells.iid.view"      # read-only: a change would be lost
+    for change in (lambda: (view / "new-entry").mkdir(), lambda: (view / "000000-leaf" / "entry.json").write_text("{}"),
+                   lambda: os.truncate(view / "meta.json", 0)):
+        with pytest.raises(OSError) as err:
+            change()
+        assert err.value.errno == errno.EROFS
 
 
 WRITE_LOOP = """

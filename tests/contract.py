@@ -93,7 +93,8 @@ class Walk:
                 walk.entries.append(Listed(child, name, directory, node, node.ino, attr, listed_attr))
                 if isinstance(node, Directory):
                     if node.ino in seen_dirs:
-                        walk.repeated_dirs.append(f"{child}: directory inode {node.ino} is also {seen_dirs[node.ino]!r}")
+                        walk.repeated_dirs.append(f"{child}: directory inode {node.ino} is also "
+                                                  f"{seen_dirs[node.ino]!r}")
                         continue
                     seen_dirs[node.ino] = child
                     queue.append((child, node))
@@ -468,6 +469,7 @@ async def check_read_only_refuses_changes(walk: Walk) -> None:
     if not asked:
         problems.append("no node of a read-only tree was reached")
     after = _snapshot(Walk.of(tree))
-    problems += [f"{path}: changed: {after.get(path, 'gone')!r:.200}" for path in before if after.get(path) != before[path]]
+    problems += [f"{path}: changed: {after.get(path, 'gone')!r:.200}" for path in before
+                 if after.get(path) != before[path]]
     problems += [f"{path}: appeared" for path in after if path not in before]
     problems.raise_if_any(f"a read-only tree accepts changes ({asked} asked)")

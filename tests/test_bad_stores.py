@@ -74,7 +74,8 @@ def test_unsupported_class_and_version(copy_of, mount):
 
 
 @pytest.mark.parametrize("cut", [0, 10, 200, -30])
-@pytest.mark.daemon_log(r"skipping chunk 1: .*chunk index is unreadable", reason="skip_bad_chunks warns of what it skips")
+@pytest.mark.daemon_log(r"skipping chunk 1: .*chunk index is unreadable",
+                        reason="skip_bad_chunks warns of what it skips")
 def test_truncated_index_is_refused_or_skipped_on_request(copy_of, mount, cut):
     store = copy_of("npy")
     index = store / "000001" / "index.npz"

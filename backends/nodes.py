@@ -247,17 +247,37 @@ class Symlink(Node):
 
 # -- simple building blocks -------------------------------------------------------------
 
+class ListingSnapshot:
+    """What one open directory handle lists: the directory's listing as it was when the
+    handle read from offset 0, read on from there, so that its offsets (positions) keep
+    naming the same entries while the directory changes: a reader that deletes what it
+    has read skips nothing. It keeps the list `listing()` made; it copies nothing."""
+
+    def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False):
+        self._listing, self._attrs = listing, attrs        # attrs: give each node's cached_attr()
+        self._rows: list[tuple[str, Node]] | None = None
+
+    def entries(self, offset: int):
+        if offset == 0 or self._rows is None:
+            self._rows = self._listing()
+        rows = self._rows
+        for pos in range(offset, len(rows)):
+            name, node = rows[pos]
+            yield pos + 1, name, node, node.cached_attr() if self._attrs else None
+
+
 class ListedDirectory(Directory):
     """A directory whose children come as one list (small, or cached by the subclass);
-    offsets are positions in it."""
+    offsets are positions in it, and each open handle lists from a snapshot of it."""
 
     def listing(self) -> list[tuple[str, Node]]:
         raise NotImplementedError
 
+    def opendir(self) -> ListingSnapshot:
+        return ListingSnapshot(self.listing)
+
     def entries(self, offset: int):
-        listing = self.listing()
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1], None
+        return ListingSnapshot(self.listing).entries(offset)
 
 
 class StaticDirectory(ListedDirectory):

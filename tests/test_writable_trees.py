@@ -154,6 +154,22 @@ def test_iid_meta_json_alone_is_a_change_written_back(iid):
         written.close()
 
 
+def test_iid_an_open_listing_skips_nothing_while_entries_go(iid):
+    """A reader deleting what it has read (a scandir-and-unlink loop, over more entries
+    than the daemon lists at once) gets every other entry at the offsets it was given."""
+    tree, _ = iid
+    reader = tree.root.opendir()
+    rows = list(reader.entries(0))
+    listed = [row[1] for row in rows]
+    first = listed.index("000000-nucleus-a")
+    folder = tree.root.lookup(listed[first])
+    for name in names(folder):
+        folder.unlink(name)
+    tree.root.rmdir(listed[first])
+    assert [row[1] for row in reader.entries(rows[first][0])] == listed[first + 1:]
+    assert listed[first] not in names(tree.root)                   # a new handle sees it gone
+
+
 def test_iid_refused_writes_change_nothing(iid):
     tree, path = iid
     before = open(path, "rb").read()
@@ -243,6 +259,17 @@ def test_fsdb_rename_unlink_and_rm_r(fsdb):
         assert not os.path.exists(os.path.join(path, "plant_001", "images", "1.png"))
     finally:
         db.disconnect()
+
+
+def test_fsdb_an_open_listing_skips_nothing_while_files_go(fsdb):
+    tree, _ = fsdb
+    images = tree.root.lookup("plant_001").lookup("images")
+    reader = images.opendir()
+    rows = list(reader.entries(0))
+    listed = [row[1] for row in rows]
+    images.unlink(listed[0])                                    # 0.png, and its metadata with it
+    assert [row[1] for row in reader.entries(rows[1][0])] == listed[2:]
+    assert names(images) == listed[2:]
 
 
 def test_fsdb_refused_metadata_changes_nothing(fsdb):

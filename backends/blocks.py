@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from .cache import ByteCache
-from .nodes import Attr, Directory, File, FileHandle, Node, Tree
+from .nodes import Attr, Directory, File, FileHandle, Node, Tree, read_only, writes
 
 #: the largest file kept in memory (a view or a picks import being written, an editor's
 #: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
@@ -56,17 +56,37 @@ def write_into(buf: bytearray, offset: int, data: bytes) -> int:
     return len(data)
 
 
+class ListingSnapshot:
+    """What one open directory handle lists: the directory's listing as it was when the
+    handle read from offset 0, read on from there, so that its offsets (positions) keep
+    naming the same entries while the directory changes: a reader that deletes what it
+    has read skips nothing. It keeps the list `listing()` made; it copies nothing."""
+
+    def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False):
+        self._listing, self._attrs = listing, attrs        # attrs: give each node's cached_attr()
+        self._rows: list[tuple[str, Node]] | None = None
+
+    def entries(self, offset: int):
+        if offset == 0 or self._rows is None:
+            self._rows = self._listing()
+        rows = self._rows
+        for pos in range(offset, len(rows)):
+            name, node = rows[pos]
+            yield pos + 1, name, node, node.cached_attr() if self._attrs else None
+
+
 class ListedDirectory(Directory):
     """A directory whose children come as one list (small, or cached by the subclass);
-    offsets are positions in it."""
+    offsets are positions in it, and each open handle lists from a snapshot of it."""
 
     def listing(self) -> list[tuple[str, Node]]:
         raise NotImplementedError
 
+    def opendir(self) -> ListingSnapshot:
+        return ListingSnapshot(self.listing)
+
     def entries(self, offset: int):
-        listing = self.listing()
-        for pos in range(offset, len(listing)):
-            yield pos + 1, listing[pos][0], listing[pos][1], None
+        return ListingSnapshot(self.listing).entries(offset)
 
 
 class StaticDirectory(ListedDirectory):
@@ -326,11 +346,13 @@ class GeneratedFile(File):
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
+        if writes(flags):           # (root passes the kernel's check of the mode)
+            raise read_only()
         return BytesHandle(self.content())
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         data = self._data if self._cache is None else self._cache.get(self._key)
-        return None if data is None else BytesHandle(data)
+        return None if data is None or writes(flags) else BytesHandle(data)
 
 
 class RowsFile(File):

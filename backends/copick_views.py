@@ -30,11 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
-from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .blocks import BufferHandle, GeneratedFile, resized
-from .cache import ByteCache
 from .localfiles import TempFileHandle
-from .nodes import Attr, File, FileHandle, read_only
+from .nodes import Attr, File, FileHandle, read_only, writes
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
@@ -190,7 +188,7 @@ class MrcView(File):
         return Attr(stat.S_IFREG | 0o444, self.volume().size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
-        if (flags & os.O_ACCMODE) != os.O_RDONLY:
+        if writes(flags):
             raise read_only(self.source)
         return MrcHandle(self.volume(), self.source)
 
@@ -329,9 +327,8 @@ class Imports:
             center = self.picks.center(node.rel, node.voxel_size) if node.kind == "star" else None
             picks = picks_format.parse(node.kind, data, run, node.voxel_size, center)
         except Exception as exc:                # any library's complaint: this file is refused
-            self.refused += 1
-            log.warning("refused import %s/%s: %s", node.rel, node.name, exc)
-            raise OSError(errno.EINVAL, f"not an importable picks file: {exc}", node.name) from None
+            self.refused += 1                   # (the daemon logs the refusal, once)
+            raise OSError(errno.EINVAL, f"not an importable picks file: {exc}", f"{node.rel}/{node.name}") from None
         target = f"{run_dir}/Picks/{user}_{session}_{object_name}.json"
         with self.tree.lock:
             self.tree.ensure_upper_dir(self._directory(f"{run_dir}/Picks"))
@@ -393,9 +390,8 @@ class Imports:
             if round(size, 3) != round(node.voxel_size, 3):
                 raise ValueError(f"its voxel size {size:.3f} Å is not the folder's {node.voxel_size:.3f} Å")
         except Exception as exc:
-            self._count(f"{node.rel}/{node.name}", done="refused")
-            log.warning("refused tomogram import %s/%s: %s", node.rel, node.name, exc)
-            raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", node.name) from None
+            self._count(f"{node.rel}/{node.name}", done="refused")     # (the daemon logs it, once)
+            raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", f"{node.rel}/{node.name}") from None
         self._count(f"{node.rel}/{node.name}", running="queued")
         self._converter.submit(self._convert, node, temp)
 

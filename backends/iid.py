@@ -41,7 +41,7 @@ from .blocks import BytesHandle, GeneratedFile, ListedDirectory, MemoryFile, Vie
 from .cache import ByteCache
 from .cached_view import CachedView
 from .nowait import lookup_attr_nowait
-from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree
+from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree, read_only, writes
 from .options import MountError, Options
 
 log = logging.getLogger(__name__)
@@ -1114,4 +1114,6 @@ class OverviewFile(File):
         return Attr(stat.S_IFREG | 0o444, self._png.fixed_size(shape + (3,), np.uint8), self.tree.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
+        if writes(flags):
+            raise read_only("overview.png")
         return BytesHandle(self.content())

@@ -129,6 +129,11 @@ def read_only(what: str = "") -> OSError:
     return OSError(errno.EROFS, "read-only", what)
 
 
+def writes(flags: int) -> bool:
+    """Whether an open with `flags` may change the file (to write, or to truncate)."""
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
 class Directory(Node):
     __slots__ = ()
 
@@ -328,6 +333,12 @@ class Tree:
 
     def _graft_of(self, ino: int) -> "Tree | None":
         return self._grafts.get(ino >> GRAFT_SHIFT) if ino >> GRAFT_SHIFT else None
+
+    def writable_at(self, ino: int) -> bool:
+        """Whether the node numbered `ino` may change: not if a read-only tree grafted into
+        this one numbers it (the daemon refuses the change; such nodes are never asked)."""
+        graft = self._graft_of(ino)
+        return self.writable if graft is None else graft.writable_at(ino)
 
     def add(self, node: Node) -> Node:
         with self._lock:

@@ -201,6 +201,9 @@ def _setup_logging(debug: bool) -> None:
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # OpenCV writes its own lines to stderr (no time, no masking) for what the daemon
+    # reports itself as one error (an undecodable frame, a cut video): only with -d
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO" if debug else "SILENT")
 
 
 def _mount_in_foreground(args) -> int:

@@ -23,7 +23,8 @@ import pyfuse3
 import trio
 
 from ..backends.blocks import BytesHandle
-from ..backends.nodes import ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree
+from ..backends.nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink,
+                              Tree, writes)
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -410,9 +411,9 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
-        if (flags & os.O_ACCMODE) != os.O_RDONLY:
-            self._writable()
-        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        writing = writes(flags)
+        if writing:
+            self._writable(inode)
         handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
         return self._add_handle(handle)
 
@@ -434,8 +435,10 @@ class Operations(pyfuse3.Operations):
         return data
 
     # -- changes (writable trees; read-only ones are mounted `ro` and never get here) --
-    def _writable(self) -> None:
-        if not self.tree.writable:
+    def _writable(self, *inodes: int) -> None:
+        """Refuse a change of a read-only tree, or of one grafted read-only into a writable
+        one (a view of a file inside a database): the nodes of such trees are never asked."""
+        if not self.tree.writable or not all(map(self.tree.writable_at, inodes)):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _owner(self, ctx) -> tuple:
@@ -454,7 +457,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._writable()
+        self._writable(parent_inode)
         directory = self._directory(parent_inode)
         handles = []
 
@@ -470,34 +473,34 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self._writable()
+        self._writable(parent_inode)
         return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode, *self._owner(ctx))
 
     @_guard
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._writable()
+        self._writable(parent_inode)
         return await self._new_entry(self._directory(parent_inode).mknod, os.fsdecode(name), mode, rdev,
                                      *self._owner(ctx))
 
     @_guard
     async def symlink(self, parent_inode, name, target, ctx):
-        self._writable()
+        self._writable(parent_inode)
         return await self._new_entry(self._directory(parent_inode).symlink, os.fsdecode(name), os.fsdecode(target),
                                      *self._owner(ctx))
 
     @_guard
     async def unlink(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode)
         await self._run(self._directory(parent_inode).unlink, os.fsdecode(name), change=True)
 
     @_guard
     async def rmdir(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode)
         await self._run(self._directory(parent_inode).rmdir, os.fsdecode(name), change=True)
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self._writable()
+        self._writable(parent_inode_old, parent_inode_new)
         old, new = self._directory(parent_inode_old), self._directory(parent_inode_new)
         if flags & ~old.rename_flags & ~pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EINVAL)     # RENAME_WHITEOUT, or EXCHANGE where not done
@@ -525,7 +528,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         handle = self._handles.get(fh) if fh is not None else None
         if fields.update_size:
-            self._writable()
+            self._writable(inode)
             if handle is not None:
                 await self._run(handle.truncate, attr.st_size, change=True)
             else:
@@ -543,13 +546,13 @@ class Operations(pyfuse3.Operations):
             if fields.update_gid:
                 changes["gid"] = attr.st_gid
         if changes:
-            self._writable()
+            self._writable(inode)
             await self._run(functools.partial(node.set_attr, handle=handle, **changes), change=True)
         return self._entry(inode, await self._run(node.attr))
 
     @_guard
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self._writable()
+        self._writable(new_parent_inode)
         node, directory = self._node(inode), self._directory(new_parent_inode)
         return await self._new_entry(directory.link, os.fsdecode(new_name), node)
 

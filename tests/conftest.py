@@ -2,13 +2,15 @@
 
 Every mount made by a test is unmounted in teardown (`fusermount3 -u`, then `-uz`), and
 the daemon it started (its PID comes from the mount's control file) is waited for, then
-ended by PID if it lingers. Nothing else is ever signalled.
+ended by PID if it lingers. Nothing else is ever signalled. Then the daemon's log is
+checked: a warning or traceback the test does not expect fails it (tests/daemon_log.py).
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import daemon_log
 from scopefs.backends.kernel import process_alive as alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +114,8 @@ class Mounter:
         self.mounts: list[tuple[Path, int | None]] = []
         self.log_file = base / "scopefs.log"
         self.stderr = ""
+        self.expected_log: list[str] = []       # patterns of log records the test expects
+        self.refused = 0                        # mounts that failed (MountFailed)
 
     def __call__(self, source, *args: str, mountpoint: Path | None = None) -> Path:
         if mountpoint is None:
@@ -123,14 +128,24 @@ class Mounter:
         if result.returncode != 0:
             if os.path.ismount(mountpoint):        # must never happen; clean up all the same
                 self.mounts.append((mountpoint, daemon_pid(mountpoint)))
+            self.refused += 1
             raise MountFailed(result.returncode, result.stderr)
         assert os.path.ismount(mountpoint), "scopefs mount returned 0 but nothing is mounted"
         self.mounts.append((mountpoint, daemon_pid(mountpoint)))
         self.stderr = result.stderr                # a notice the mount printed, if any
+        self.expected_log += [re.escape(line.removeprefix("scopefs: ")) for line in result.stderr.splitlines()]
         return mountpoint
 
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def expect_log(self, *patterns: str) -> None:
+        """Log records (regular expressions) this test expects the daemon to write."""
+        self.expected_log += patterns
+
+    def check_log(self, node) -> None:
+        """At teardown, once unmounted: fail on a warning or traceback nobody expected."""
+        daemon_log.check(self.log(), node, self.expected_log, self.refused)
 
     def cleanup(self) -> None:
         for mountpoint, pid in reversed(self.mounts):
@@ -139,24 +154,27 @@ class Mounter:
 
 
 @pytest.fixture
-def mount(tmp_path):
+def mount(request, tmp_path):
     mounter = Mounter(tmp_path)
     try:
         yield mounter
     finally:
         mounter.cleanup()
+    mounter.check_log(request.node)
 
 
 @pytest.fixture(scope="module")
-def module_mount(tmp_path_factory):
+def module_mount(request, tmp_path_factory):
     mounter = Mounter(tmp_path_factory.mktemp("mounts"))
     try:
         yield mounter
     finally:
         mounter.cleanup()
+    mounter.check_log(request.node)
 
 
 def pytest_configure(config):
+    daemon_log.register_marker(config)
     missing = [tool for tool in ("fusermount3", "ffmpeg") if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError(f"missing {', '.join(missing)}: run ./dev setup first")

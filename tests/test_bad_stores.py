@@ -74,6 +74,8 @@ def test_unsupported_class_and_version(copy_of, mount):
 
 
 @pytest.mark.parametrize("cut", [0, 10, 200, -30])
+@pytest.mark.daemon_log(r"skipping chunk 1: .*chunk index is unreadable",
+                        reason="skip_bad_chunks warns of what it skips")
 def test_truncated_index_is_refused_or_skipped_on_request(copy_of, mount, cut):
     store = copy_of("npy")
     index = store / "000001" / "index.npz"
@@ -114,6 +116,7 @@ def test_bad_options_are_refused(good, mount):
     assert "bmp cannot hold uint16" in err.value.stderr
 
 
+@pytest.mark.daemon_log(r"frame \d+: .*OpenCV cannot open this video chunk", reason="each failed read is logged")
 def test_truncated_video_chunk_fails_only_its_frames(copy_of, mount, good):
     store = copy_of("avi")
     chunk = store / "000001.avi"
@@ -135,6 +138,7 @@ def test_truncated_video_chunk_fails_only_its_frames(copy_of, mount, good):
     assert "frame" in mount.log() and "Traceback" not in mount.log()
 
 
+@pytest.mark.daemon_log(r"frame 11: .*video chunk is missing", reason="each failed read is logged")
 def test_missing_video_chunk_fails_only_its_frames(copy_of, mount):
     store = copy_of("avi")
     (store / "000002.avi").unlink()
@@ -146,6 +150,8 @@ def test_missing_video_chunk_fails_only_its_frames(copy_of, mount):
     assert "missing" in mount.log()
 
 
+@pytest.mark.daemon_log(r"frame 2: .*not a decodable png image", r"000003.png'$",
+                        reason="each failed read, and the frame a listing leaves out, is logged")
 def test_corrupt_or_missing_frame_files(copy_of, mount):
     store = copy_of("png")
     (store / "000000" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")

@@ -272,6 +272,7 @@ def importing(exported, tmp_path: Path, mount):
 
 
 @pytest.mark.upstream
+@pytest.mark.daemon_log(r"not an importable picks file", reason="a refused import is logged with its reason")
 def test_picks_imported_by_copying_a_file_in(exported, tmp_path, mount):
     """Each picks view copied back in under a new user's name becomes that user's copick
     picks in the overlay (same points, to the format's precision), which copick 1.31 lists
@@ -330,6 +331,7 @@ def wait_for_imports(mnt: Path, timeout: float = 60) -> dict:
 
 
 @pytest.mark.upstream
+@pytest.mark.daemon_log(r"not an importable tomogram", reason="a refused import is logged with its reason")
 def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
     """An .mrc copied into VoxelSpacing10.000/ becomes a copick tomogram in the overlay
     (levels 0-2 as copick's own pyramid makes them), which copick 1.31 reads through the
@@ -365,6 +367,8 @@ def test_tomogram_imported_by_copying_an_mrc_in(exported, tmp_path, mount):
         assert max(seen["pyramid_error"]) < 1e-4
 
 
+@pytest.mark.daemon_log(r"broken\.zarr", r"garbage\.zarr", r"bad_1_ribosome",
+                        reason="each view of the three broken sources fails alone, logged")
 def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
     """A level whose metadata is not JSON, a store whose attributes are not, and picks
     that are not copick's: EIO for their own views only; the folder lists, the rest reads."""

@@ -1,6 +1,7 @@
 """ROMI FSDB: the library, its layout and locks against plantdb, and the mount."""
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -126,6 +127,8 @@ def test_lock_interop_with_plantdb_014(tmp_path):
     FSDB(str(db_path)).connect()         # released by plantdb: free again
 
 
+@pytest.mark.daemon_log(r"breaking the lock of scopefs mount .*: its holder is gone",
+                        reason="the next mount takes the lock of the killed one, and says so")
 def test_mount_holds_the_lock_and_a_killed_mount_does_not_block(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     documented_example(db_path, n=2)
@@ -149,6 +152,9 @@ def test_mount_holds_the_lock_and_a_killed_mount_does_not_block(tmp_path, mount)
 
 # -- the mount -------------------------------------------------------------------------------
 
+@pytest.mark.daemon_log(r"breaking the lock of scopefs mount .*: its holder is gone",
+                        r"registered \d+ file\(s\) that a writer which stopped had not yet written",
+                        reason="the next mount takes over from the killed one, and says what it did")
 def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_file(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     documented_example(db_path, n=2)
@@ -186,6 +192,8 @@ def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_fil
     assert not (db_path / ".scopefs-journal").exists()
 
 
+@pytest.mark.daemon_log(r"metadata is not JSON", r"invalid identifier 'bad name'",
+                        reason="a refused change is logged with its reason")
 def test_changes_through_the_mount_persist(tmp_path, mount):
     db_path = new_db(tmp_path / "db")
     imgs = documented_example(db_path, n=4)
@@ -287,6 +295,12 @@ def test_iid_and_imgstore_inside_the_database_have_views(tmp_path, mount):
     assert entry["area"] == 12
     assert len(os.listdir(mnt / "plate" / "video.view" / "frames")) == 5
     assert (mnt / "plate" / "segmentation" / "cells.iid").read_bytes() == (tmp_path / "cells.iid").read_bytes()
+    view = mnt / "plate" / "segmentation" / "cells.iid.view"      # read-only: a change would be lost
+    for change in (lambda: (view / "new-entry").mkdir(), lambda: (view / "000000-leaf" / "entry.json").write_text("{}"),
+                   lambda: os.truncate(view / "meta.json", 0)):
+        with pytest.raises(OSError) as err:
+            change()
+        assert err.value.errno == errno.EROFS
 
 
 WRITE_LOOP = """

@@ -153,9 +153,9 @@ def test_a_readdir_pass_lists_a_fileset_once(trees, monkeypatch):
         work = Work(monkeypatch, tree)
 
         def readdir_in_batches():
-            offset, names = 0, []
+            offset, names, reader = 0, [], folder.opendir()
             while True:                      # as the daemon does: a new call per batch
-                batch = list(islice(folder.entries(offset), 16))
+                batch = list(islice(reader.entries(offset), 16))
                 if not batch:
                     return names
                 names += [name for _, name, _, _ in batch]

@@ -154,6 +154,8 @@ def test_changes_through_the_mount_load_in_upstream(copy, mount):
     assert info["groups"]["empty one"] == []
 
 
+@pytest.mark.daemon_log(r"flush\(\d+,\): \[Errno 22\]", r"symlink\(.*\[Errno 22\] group link nowhere",
+                        reason="a refused change is logged with its reason")
 def test_invalid_writes_fail_and_change_nothing(copy, mount):
     path, _ = copy
     digest = sha(path)
@@ -245,6 +247,7 @@ def test_empty_and_damaged_files_are_refused_with_one_line(tmp_path, mount):
     assert "junk.iid" in err.value.stderr and len(err.value.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.daemon_log(r"\[Errno 5\] entry .*: damaged segment", reason="a damaged entry fails alone, logged")
 def test_truncated_and_flipped_files_through_the_mount(sample, mount, tmp_path):
     path, _ = sample
     data = path.read_bytes()

@@ -89,6 +89,7 @@ def test_both_roots_on_s3_and_upload_errors_reach_the_writer(s3, static_bucket, 
     assert (tmp_path / "copied" / "tomo" / "chunk").read_bytes() == fs.cat("static/run1/tomo/chunk")
 
 
+@pytest.mark.daemon_log(r"upload of late\.txt failed", reason="the writer's EIO is logged with its cause")
 def test_a_failed_upload_is_the_writers_eio(tmp_path, mount):
     server = SeaweedS3(tmp_path / "weed")
     try:
@@ -156,6 +157,7 @@ def test_mrc_views_of_an_s3_static_root(s3, tmp_path, mount):
             assert np.array_equal(mrc.data, expected)
 
 
+@pytest.mark.daemon_log(r"not an importable picks file", reason="a refused import is logged with its reason")
 def test_picks_imported_into_an_s3_overlay(s3, tmp_path, mount):
     """A picks CSV copied into VoxelSpacing<vs>/ of a mount whose overlay is a bucket
     becomes the copick picks JSON there (one object put); a bad one writes nothing."""

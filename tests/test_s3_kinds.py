@@ -4,6 +4,7 @@ another user may look, and a server that goes away costs reads their EIO only.""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -12,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SCOPEFS, MountFailed, alive, daemon_pid, daemon_status, run_scopefs
+from contract import READ_CHECKS, Walk, check_read_only_refuses_changes
 from iid_samples import ODD_ADDRESSES, masks_for
 from s3server import KEY, SECRET, s3  # noqa: F401 (a fixture)
+from test_contract import sample_sources  # noqa: F401 (a fixture)
+
+from scopefs.backends import open_tree, source_kind
+from scopefs.backends.options import Options
 from scopefs.formats.iid import IIDFile
 
 
@@ -164,6 +170,9 @@ def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount, tmp_path
         assert notice == "" and "chunk_fetches" not in status and list(caches.iterdir()) == []
 
 
+@pytest.mark.daemon_log(r"EndpointConnectionError: Could not connect to the endpoint URL",
+                        reason="the server is stopped mid-test (botocore's error is no OSError: the "
+                               "daemon logs it with its traceback)")
 def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mount):
     """While the server is down: a read that needs it fails with EIO within the mount's
     timeout, listings and unmount still answer; once it is back, reads work again."""
@@ -242,3 +251,59 @@ def test_credentials_in_the_url_are_refused_in_a_line_that_stays_readable_masked
         s3_args("s3://key:sec@bucket/store", Options())
     assert redact(str(refused.value)) == ("credentials in the URL are not accepted: give them as "
                                           "-o key=***,secret=*** or in the AWS environment")
+
+
+# -- the node contract (tests/contract.py) on every kind in the bucket, copick's static
+# root too, without the kernel (here: they share this module's server) ------------------
+
+#: (name, URL in the bucket "samples", the key of sample_sources uploaded there)
+SOURCES = [("imgstore-video", "s3://samples/video", "video"),
+           ("imgstore-directory", "s3://samples/directory", "directory"),
+           ("iid", "s3://samples/cells.iid", "iid"),
+           ("fsdb", "s3://samples/plantdb", "fsdb"),
+           ("copick", "copick", "copick")]
+
+
+@pytest.fixture(scope="module")
+def remote_sources(s3, sample_sources, tmp_path_factory) -> dict:  # noqa: F811
+    """Each sample uploaded; copick as a config whose static root is in the bucket."""
+    fs = s3.filesystem()
+    fs.mkdir("samples")
+    for name, url, key in SOURCES:
+        local = Path(sample_sources[key])
+        if key == "iid":
+            fs.put_file(str(local), url[len("s3://"):])
+        elif key == "copick":
+            fs.put(str(local.parent / "static") + "/", "samples/copick-static/", recursive=True)
+        else:
+            fs.put(str(local) + "/", url[len("s3://"):] + "/", recursive=True)
+    config = json.loads(Path(sample_sources["copick"]).read_text())
+    config.update(static_root="s3://samples/copick-static", static_fs_args=s3.fs_args)
+    path = tmp_path_factory.mktemp("copick") / "config.json"
+    path.write_text(json.dumps(config))
+    return {name: str(path) if key == "copick" else url for name, url, key in SOURCES}
+
+
+@pytest.fixture(scope="module", params=[name for name, _, _ in SOURCES])
+def remote_tree(request, s3, remote_sources, tmp_path_factory):  # noqa: F811
+    source = remote_sources[request.param]
+    options = {} if request.param == "copick" else {"endpoint_url": s3.endpoint, "key": KEY, "secret": SECRET}
+    kind = source_kind(source, None, options)
+    tree = open_tree(kind, source, Options(options), read_only=True,
+                     mountpoint=str(tmp_path_factory.mktemp("mnt")))
+    yield tree
+    tree.close()
+
+
+@pytest.fixture(scope="module")
+def walked(remote_tree) -> Walk:
+    return Walk.of(remote_tree)
+
+
+@pytest.mark.parametrize("check", READ_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+def test_contract_over_s3(walked, check):
+    check(walked)
+
+
+async def test_s3_trees_refuse_changes(walked):
+    await check_read_only_refuses_changes(walked)

@@ -243,6 +243,7 @@ def test_sigterm_with_reader_and_writer_saves_and_exits_zero(tmp_path):
         stop_foreground(proc, mnt)
 
 
+@pytest.mark.daemon_log(r"the source did not answer within 1 s", reason="each timed-out request is logged")
 def test_hung_source_gives_eio_after_timeout_and_never_blocks_ls_or_umount(tmp_path, mount):
     sample = make_store(tmp_path / "hang", "png", shape=(16, 16, 3), numbers=range(6))
     frame = sample.path / "000000" / "000002.png"

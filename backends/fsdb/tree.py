@@ -33,6 +33,7 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
+from ..blocks import ListingSnapshot
 from ..cached_view import CachedView
 from ..localfiles import LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
@@ -259,12 +260,11 @@ NEEDS_IO = object()
 
 class Folder(Directory):
     """What the database's folders share: names found in the model's indexes (no listing,
-    no I/O where the model knows), a listing made once per readdir pass, attributes kept
-    until the tree changes."""
+    no I/O where the model knows), a listing made once per readdir pass (per open handle),
+    attributes kept until the tree changes."""
 
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
-        self._pass: tuple[int, list[tuple[str, Node]]] | None = None     # (generation, listing)
         self._attr: tuple[int, Attr] | None = None
 
     def path(self) -> str:
@@ -299,17 +299,19 @@ class Folder(Directory):
         self._attr = (generation, attr)
         return attr
 
+    def _listing_now(self) -> list[tuple[str, Node]]:
+        with self.tree.lock:
+            listing = self.listing()
+        self.tree.counts["listings"] += 1
+        return listing
+
+    def opendir(self) -> ListingSnapshot:
+        """Each open handle lists from the listing made when it read from its start (a
+        reader deleting what it has read skips nothing)."""
+        return ListingSnapshot(self._listing_now, attrs=True)
+
     def entries(self, offset: int):
-        generation = self.tree.generation
-        known = self._pass
-        if offset == 0 or known is None or known[0] != generation:
-            with self.tree.lock:
-                known = self._pass = (generation, self.listing())
-            self.tree.counts["listings"] += 1
-        listing = known[1]
-        for pos in range(offset, len(listing)):
-            name, node = listing[pos]
-            yield pos + 1, name, node, node.cached_attr()
+        return self.opendir().entries(offset)
 
 
 class RootFolder(Folder):

@@ -271,6 +271,22 @@ class IIDFolder(ListedDirectory):
         attr = None if node is None else node.cached_attr()
         return None if attr is None else (node, attr)
 
+    def entries_nowait(self, offset: int, count: int):
+        if not self.tree.lock.acquire(blocking=False):
+            return None
+        try:
+            listing = self.listing()
+            rows = []
+            for pos in range(offset, min(offset + count, len(listing))):
+                name, node = listing[pos]
+                attr = node.cached_attr()
+                if attr is None:            # a view not made yet: the worker thread makes it
+                    return None
+                rows.append((pos + 1, name, node, attr))
+            return rows
+        finally:
+            self.tree.lock.release()
+
 
 class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
@@ -288,7 +304,8 @@ class EntryFolder(IIDFolder):
         self.pending_json: dict | None = None
         self.hidden: frozenset[str] = frozenset()  # views removed by rm -r before rmdir
         self.scratch: dict[str, Node] = {}
-        self.mtime_ns = time.time_ns()
+        # the file's entries share its mtime, so a listing's entries share one set of attributes
+        self.mtime_ns = tree.mtime_ns if entry is not None else time.time_ns()
         self.mask_file = tree.add(MaskView(self))
         self.json_file = tree.add(EntryJsonView(self))
 
@@ -697,15 +714,13 @@ class GroupFolder(IIDFolder):
             self.tree.changed()
 
 
-class ByAddressFolder(ListedDirectory):
+class ByAddressFolder(IIDFolder):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
         self._cached: tuple[int, dict] | None = None
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.tree.mtime_ns, 2)
-
-    cached_attr = attr
 
     def _addresses(self) -> dict[str, list[EntryFolder]]:
         """Made once per change of the addresses."""
@@ -724,15 +739,14 @@ class ByAddressFolder(ListedDirectory):
         return self.tree.address_folder(name) if name in self._addresses() else None
 
 
-class AddressFolder(ListedDirectory):
+class AddressFolder(IIDFolder):
     def __init__(self, parent: ByAddressFolder, name: str):
         self.parent = parent
+        self.tree = parent.tree
         self.name = name
 
     def attr(self) -> Attr:
-        return Attr(stat.S_IFDIR | 0o555, 0, self.parent.tree.mtime_ns, 2)
-
-    cached_attr = attr
+        return Attr(stat.S_IFDIR | 0o555, 0, self.tree.mtime_ns, 2)
 
     def listing(self):
         return [(f.name, self.parent.tree.link_to(f, 2)) for f in self.parent._addresses().get(self.name, [])]
@@ -1080,6 +1094,13 @@ class OverviewFile(File):
     def attr(self) -> Attr:
         shape, _ = self._plane()
         return Attr(stat.S_IFREG | 0o444, self._png.fixed_size(shape + (3,), np.uint8), self.tree.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        plane = self._plane_of
+        if plane is None or plane[0] != self.tree.version:
+            return None
+        size = self._png.known_size(plane[1][0] + (3,), np.uint8)
+        return None if size is None else Attr(stat.S_IFREG | 0o444, size, self.tree.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         return BytesHandle(self.content())

@@ -137,6 +137,11 @@ class Directory(Node):
         given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
 
+    def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
+        """Up to `count` of `entries` from `offset`, each with its attributes, if that needs
+        no I/O and no wait; None otherwise (then `entries` is read in a worker thread)."""
+        return None
+
     def entry_batch(self, offset: int, count: int) -> list[tuple[int, bytes, int, Attr]] | None:
         """Up to `count` entries from `offset` as (next offset, name as bytes, inode number,
         attributes), for directories of numbered children in a reserved range (`Tree.get`
@@ -691,11 +696,14 @@ class GeneratedFile(File):
             self._size = len(self.content())
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
+    def cached_attr(self) -> Attr | None:
+        return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+
     def open(self, flags: int) -> FileHandle:
         return BytesHandle(self.content())
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        data = self._data if self._cache is None else self._cache.get(("generated", id(self)))
+        data = self._data if self._cache is None else self._cache.get(("generated", self._token))
         return None if data is None else BytesHandle(data)
 
 

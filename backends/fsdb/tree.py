@@ -17,7 +17,8 @@ Every name is found through the model's indexes (scans, filesets, files by name)
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
 so `stat` needs no thread; a folder lists itself once per readdir pass. Metadata views
-are read once and kept in a bounded cache, keyed by the metadata's version. New files
+show the stored metadata files (sizes from a stat); their bytes are read once and kept
+in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or
 at unmount.
 """
@@ -45,6 +46,8 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: what the metadata view of an object without a metadata file shows
+NO_METADATA = layout.dump_json({})
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
 
@@ -103,61 +106,63 @@ def _api_errors(fn):
 
 
 class MetaView(View):
-    """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL).
-    Its bytes are made once per version of the metadata (and kept in the tree's bounded
-    cache), its size is remembered, so stat and repeated reads cost no JSON work."""
+    """An object's metadata file, byte for byte as stored (plantdb and scopefs write the
+    same sorted, indented JSON), so its size and mtime are one stat away: a walk reads no
+    metadata. A write replaces it whole (a JSON object, or EINVAL). The bytes read are
+    kept in the tree's bounded cache, keyed by the metadata's version."""
 
     def __init__(self, tree: "FSDBTree", obj):
         super().__init__(self)
         self.tree = tree
         self.obj = obj
-        self._mtime_ns: int | None = None
-        self._size: tuple[int, int] | None = None      # (metadata version, size)
+        self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
 
     @property
     def mtime_ns(self) -> int:
-        if self._mtime_ns is None:
-            self._mtime_ns = _mtime(self.tree.db.files, self.obj._md_path)
-        return self._mtime_ns
+        return self._stat_of_version()[2]
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
-        self._mtime_ns = value
+        self._stat = None                   # rewritten: the file's own mtime is asked again
 
-    def _cache_key(self) -> tuple:
-        return (self.ino, self.obj.md_version)
+    def _stat_of_version(self) -> tuple[int, int, int]:
+        known = self._stat
+        version = self.obj.md_version
+        if known is None or known[0] != version:
+            try:
+                st = self.tree.db.files.stat(self.obj._md_path)
+                known = (version, st.size, st.mtime_ns)
+            except FileNotFoundError:
+                known = (version, len(NO_METADATA), 0)
+            self._stat = known
+        return known
 
     def content(self) -> bytes:
-        key = self._cache_key()
-        data = self.tree.meta_cache.get_or_make(key, self._render)
-        self._size = (key[1], len(data))
-        return data
+        return self.tree.meta_cache.get_or_make((self.ino, self.obj.md_version), self._read)
 
-    def _render(self) -> bytes:
-        self.tree.counts["metadata_views_made"] += 1
-        return layout.dump_json(self.obj.get_metadata()) + b"\n"
+    def _read(self) -> bytes:
+        self.tree.counts["metadata_files_read"] += 1
+        try:
+            return self.tree.db.files.read(self.obj._md_path)
+        except FileNotFoundError:
+            return NO_METADATA
 
     def cached_attr(self) -> Attr | None:
-        if self._mtime_ns is None:
-            return None
         if self.staged is not None:
-            return Attr(FILE_MODE, len(self.staged), self._mtime_ns)
-        size = self._size
-        if size is None or size[0] != self.obj.md_version:
-            return None
-        return Attr(FILE_MODE, size[1], self._mtime_ns)
+            return Attr(FILE_MODE, len(self.staged), self.mtime_ns)
+        known = self._stat
+        return None if known is None or known[0] != self.obj.md_version else Attr(FILE_MODE, known[1], known[2])
 
     def attr(self) -> Attr:
-        known = self.cached_attr()
-        if known is not None:
-            return known
-        size = len(self.content())
-        return Attr(FILE_MODE, size, self.mtime_ns)
+        if self.staged is not None:
+            return Attr(FILE_MODE, len(self.staged), self.mtime_ns)
+        _, size, mtime_ns = self._stat_of_version()
+        return Attr(FILE_MODE, size, mtime_ns)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
             return None
-        data = self.tree.meta_cache.get(self._cache_key())
+        data = self.tree.meta_cache.get((self.ino, self.obj.md_version))
         return None if data is None else BytesHandle(data)
 
     def commit(self, data: bytes) -> None:
@@ -168,7 +173,6 @@ class MetaView(View):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
-        self._size = None
 
 
 def _mtime(files, path: str) -> int:
@@ -615,7 +619,7 @@ class FSDBTree(Tree):
         self.hidden: set[str] = set()
         self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
-        self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
+        self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, Directory] = {}
         self.remote_options: dict[str, str] = {}    # for the views of files in an object store
         db.register_lazily = not read_only and register_delay > 0

@@ -224,3 +224,20 @@ def test_metadata_kept_in_memory_is_bounded_and_read_again_when_needed(trees, mo
     first = read_views()
     assert sum(f._md_loaded is not None for f in files) <= 10
     assert read_views() == first and json.loads(first[39]) == {"i": 39}
+
+
+def test_the_kernel_keeps_a_metadata_views_pages_while_it_is_unchanged(trees):
+    """A second open of an unchanged .metadata.json lets the kernel keep the pages the
+    first one filled (no READ request); after a change it must read again."""
+    node = fileset_folder(trees[SMALL]).lookup("img_0001.png.metadata.json")
+
+    def open_close() -> bool:
+        handle = node.open_nowait(os.O_RDONLY) or node.open(os.O_RDONLY)
+        handle.release()
+        return handle.keep_cache
+    assert [open_close(), open_close()] == [False, True]
+    writer = node.open(os.O_WRONLY | os.O_TRUNC)
+    writer.write(0, b'{"i": "one"}')
+    writer.flush()
+    writer.release()
+    assert [open_close(), open_close()] == [False, True]

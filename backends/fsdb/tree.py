@@ -34,7 +34,7 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..nodes import (ROOT_INO, Attr, BytesHandle, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
+from ..nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, LocalWriteHandle, Node,
                      TempFileHandle, Tree, View)
 from ..options import MountError, Options
 from .. import is_url, remote, storage
@@ -137,8 +137,11 @@ class MetaView(View):
             self._stat = known
         return known
 
+    def content_tag(self):
+        return (self.ino, self.obj.md_version)
+
     def content(self) -> bytes:
-        return self.tree.meta_cache.get_or_make((self.ino, self.obj.md_version), self._read)
+        return self.tree.meta_cache.get_or_make(self.content_tag(), self._read)
 
     def _read(self) -> bytes:
         self.tree.counts["metadata_files_read"] += 1
@@ -162,8 +165,9 @@ class MetaView(View):
     def open_nowait(self, flags: int) -> FileHandle | None:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or self.staged is not None:
             return None
-        data = self.tree.meta_cache.get((self.ino, self.obj.md_version))
-        return None if data is None else BytesHandle(data)
+        tag = self.content_tag()
+        data = self.tree.meta_cache.get(tag)
+        return None if data is None else self._reader(data, tag)
 
     def commit(self, data: bytes) -> None:
         try:

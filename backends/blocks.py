@@ -62,8 +62,10 @@ class ListingSnapshot:
     naming the same entries while the directory changes: a reader that deletes what it
     has read skips nothing. It keeps the list `listing()` made; it copies nothing."""
 
-    def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False):
+    def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False,
+                 lock: threading.Lock | threading.RLock | None = None):
         self._listing, self._attrs = listing, attrs        # attrs: give each node's cached_attr()
+        self._lock = lock               # listings from memory under it: `entries_nowait` may try it
         self._rows: list[tuple[str, Node]] | None = None
 
     def entries(self, offset: int):
@@ -73,6 +75,26 @@ class ListingSnapshot:
         for pos in range(offset, len(rows)):
             name, node = rows[pos]
             yield pos + 1, name, node, node.cached_attr() if self._attrs else None
+
+    def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
+        """`Directory.entries_nowait`: for a listing made in memory under `lock`, which is
+        only tried; None if it is held, or if an entry's attributes need work."""
+        if self._lock is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if offset == 0 or self._rows is None:
+                self._rows = self._listing()
+            rows = self._rows
+            out = []
+            for pos in range(offset, min(offset + count, len(rows))):
+                name, node = rows[pos]
+                attr = node.cached_attr()
+                if attr is None:            # (a view not made yet: a worker thread makes it)
+                    return None
+                out.append((pos + 1, name, node, attr))
+            return out
+        finally:
+            self._lock.release()
 
 
 class ListedDirectory(Directory):
@@ -344,6 +366,9 @@ class GeneratedFile(File):
         if self._size is None:
             self._size = len(self.content())
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         if writes(flags):           # (root passes the kernel's check of the mode)

@@ -37,7 +37,7 @@ import numpy as np
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
 from . import is_url, remote
-from .blocks import BytesHandle, GeneratedFile, ListedDirectory, MemoryFile, View
+from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile, View
 from .cache import ByteCache
 from .cached_view import CachedView
 from .nowait import lookup_attr_nowait
@@ -271,6 +271,12 @@ class IIDFolder(ListedDirectory):
     def lookup_attr_nowait(self, name: str):
         return lookup_attr_nowait(self.lookup, name, self.tree.lock)
 
+    def opendir(self) -> ListingSnapshot:
+        return ListingSnapshot(self.listing, lock=self.tree.lock)
+
+    def entries_nowait(self, offset: int, count: int):
+        return self.opendir().entries_nowait(offset, count)
+
 
 class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
@@ -288,7 +294,8 @@ class EntryFolder(IIDFolder):
         self.pending_json: dict | None = None
         self.hidden: frozenset[str] = frozenset()  # views removed by rm -r before rmdir
         self.scratch: dict[str, Node] = {}
-        self.mtime_ns = time.time_ns()
+        # the file's entries share its mtime, so a listing's entries share one set of attributes
+        self.mtime_ns = tree.mtime_ns if entry is not None else time.time_ns()
         self.mask_file = tree.add(MaskView(self))
         self.json_file = tree.add(EntryJsonView(self))
 
@@ -676,15 +683,13 @@ class GroupFolder(IIDFolder):
             self.tree.changed()
 
 
-class ByAddressFolder(ListedDirectory):
+class ByAddressFolder(IIDFolder):
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
         self._cached: tuple[int, dict] | None = None
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.tree.mtime_ns, 2)
-
-    cached_attr = attr
 
     def _addresses(self) -> dict[str, list[EntryFolder]]:
         """Made once per change of the addresses."""
@@ -703,9 +708,10 @@ class ByAddressFolder(ListedDirectory):
         return self.tree.address_folder(name) if name in self._addresses() else None
 
 
-class AddressFolder(ListedDirectory):
+class AddressFolder(IIDFolder):
     def __init__(self, parent: ByAddressFolder, name: str):
         self.parent = parent
+        self.tree = parent.tree
         self.name = name
         self.mtime_ns = parent.tree.mtime_ns      # then when its members change (IIDTree.touch)
 
@@ -1112,6 +1118,13 @@ class OverviewFile(File):
     def attr(self) -> Attr:
         shape, _ = self._plane()
         return Attr(stat.S_IFREG | 0o444, self._png.fixed_size(shape + (3,), np.uint8), self.tree.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        plane = self._plane_of
+        if plane is None or plane[0] != self.tree.version:
+            return None
+        size = self._png.known_size(plane[1][0] + (3,), np.uint8)
+        return None if size is None else Attr(stat.S_IFREG | 0o444, size, self.tree.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         if writes(flags):

@@ -21,8 +21,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     -----------------------------------------  ------------------------------------------
     Node.attr, set_attr                        Node.cached_attr
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
-    Directory.entries, entry_batch (of what    Directory.opendir
-      opendir gave)
+    Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
+      opendir gave)                              (of what opendir gave)
     Directory.create, mkdir, symlink, mknod,
       link, unlink, rmdir, rename
     File.open, truncate                        File.open_nowait
@@ -34,7 +34,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     FileHandle.release     if release_blocks   FileHandle.release otherwise
     Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
                                                forget, adopt, status, statfs_counts,
-                                               sync_due
+                                               sync_due, writable_at, report (any thread)
 
 What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
 `cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
@@ -164,6 +164,11 @@ class Directory(Node):
         the start and the same offset always resumes at the same entry. Attributes are
         given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
+
+    def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
+        """Up to `count` of `entries` from `offset`, each with its attributes, if that needs
+        no I/O and no wait; None otherwise (then `entries` is read in a worker thread)."""
+        return None
 
     def entry_batch(self, offset: int, count: int) -> list[tuple[int, bytes, int, Attr]] | None:
         """Up to `count` entries from `offset` as (next offset, name as bytes, inode number,

@@ -3,7 +3,7 @@
     python benchmarks/walk.py [--quick] [--repeat 3] [--kinds imgstore,iid,fsdb,copick]
                               [--no-cold] [--work DIR] [--frames N] [--million N]
                               [--iid N,N] [--fsdb SxFxN] [--copick RxP] [--copy-in N]
-                              [--limit 300] [--results FILE]
+                              [--limit 300] [--walks ls,find,...] [--results FILE]
 
 For each source the plain copy is made with `rsync -a` of the mount onto the same disk.
 Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
@@ -166,6 +166,8 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                f"{sum(1 for _ in plain.rglob('*')):,} paths)")
         small = [str(p.relative_to(plain)) for p in walk_samples.small_files(plain, source)]
         for label, fn in walks(source, scratch, small):
+            if not any(label.startswith(w) for w in WALKS):
+                continue
             goal = next((g for k, g in GOALS.items() if label.startswith(k)), "for reference")
             if cold:
                 def cold_plain(fn=fn):
@@ -336,10 +338,13 @@ def main() -> None:
     parser.add_argument("--fsdb", type=lambda v: tuple(int(n) for n in v.split("x")),
                         help="scans x filesets x files (50x3x60)")
     parser.add_argument("--copick", type=lambda v: tuple(int(n) for n in v.split("x")), help="runs x picks (50x100)")
-    parser.add_argument("--copy-in", type=int, help="files copied into the FSDB and .iid mounts (1000)")
+    parser.add_argument("--copy-in", type=int, help="files copied into the FSDB and .iid mounts (1000; 0: no copy-in)")
+    parser.add_argument("--walks", type=lambda v: tuple(v.split(",")),
+                        help="only the walks whose labels start with these (e.g. 'ls -lR,find,du -s,read small')")
     args = parser.parse_args()
-    global REPEAT, LIMIT
+    global REPEAT, LIMIT, WALKS
     REPEAT, LIMIT = args.repeat, args.limit
+    WALKS = args.walks or ("",)
     report.path = args.results
     sizes = dict(QUICK if args.quick else FULL)
     for key, value in (("imgstore_frames", args.frames), ("million", args.million), ("iid", args.iid),
@@ -364,12 +369,14 @@ def main() -> None:
             for entries in sizes["iid"]:
                 source = walk_samples.iid(work / f"cells-{entries}.iid", entries)
                 run_walks(f".iid, {entries:,} entries", source, work, args.cold)
-            copy_in(f".iid, {entries:,} entries: new entry folders", source, work, sizes["copy_in"], True)
+            if sizes["copy_in"]:
+                copy_in(f".iid, {entries:,} entries: new entry folders", source, work, sizes["copy_in"], True)
         if "fsdb" in kinds:
             scans, filesets, files = sizes["fsdb"]
             source = walk_samples.fsdb(work / f"fsdb-{scans}x{filesets}x{files}", scans, filesets, files)
             run_walks(f"FSDB, {scans} scans x {filesets} filesets x {files} files", source, work, args.cold)
-            copy_in(f"FSDB: new files into a fileset of {files}", source, work, sizes["copy_in"], False)
+            if sizes["copy_in"]:
+                copy_in(f"FSDB: new files into a fileset of {files}", source, work, sizes["copy_in"], False)
         if "copick" in kinds:
             runs, picks = sizes["copick"]
             source = walk_samples.copick(work / f"copick-{runs}x{picks}", runs, picks)
@@ -382,6 +389,7 @@ def main() -> None:
 
 REPEAT = 3
 LIMIT = 300.0
+WALKS = ("",)
 
 if __name__ == "__main__":
     main()

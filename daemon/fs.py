@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: attributes per worker-thread call when listing a directory
 READDIR_BATCH = 4096
+#: entries per listing batch made on the loop (`Directory.entries_nowait`): short, so other
+#: requests wait at most a few milliseconds
+NOWAIT_BATCH = 1024
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
 BLOCK_SIZE = 128 * 1024
 #: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
@@ -42,7 +45,7 @@ CONTROL_INO = (1 << 63) - 2
 NOTIFY_WAIT = 2.0
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
-          errno.EEXIST, errno.ENOTEMPTY}
+          errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Counters:
     bytes_read: int = 0
     errors: int = 0
     invalidations: int = 0          # inodes and entries the kernel was told to drop
+    worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
 
 
 class Notifier:
@@ -155,6 +159,8 @@ class _Listing:
     pending: list = field(default_factory=list)
     position: int = 0
     offset: int = 0
+    more: bool = False          # whether entries follow the pending ones
+    end: int | None = None      # the offset where this handle found the end of the listing
 
 
 def _guard(fn):
@@ -218,6 +224,7 @@ class Operations(pyfuse3.Operations):
         copy-up) is waited for however long it takes: an error must mean it did not
         happen."""
         limiter = self.data_limiter if data or change else self.meta_limiter
+        self.counters.worker_calls += 1
         try:
             with trio.fail_after(self.timeout) if self.timeout and not change else contextlib.nullcontext():
                 return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)
@@ -335,12 +342,9 @@ class Operations(pyfuse3.Operations):
         self._listings[fh] = _Listing(self._directory(inode).opendir())
         return fh
 
-    def _listing_batch(self, reader, offset: int) -> list:
-        """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
-        worker thread. Entries with equal attributes share one EntryAttributes (readdir
-        sets st_ino just before each reply, which copies it). Entries of an `entry_batch`
-        come without a node and are not counted: `Tree.get` builds them from the number
-        whenever asked, so their life does not hang on the kernel's forget."""
+    def _shared_entries(self):
+        """The EntryAttributes of one batch by Attr, and their maker: entries with equal
+        attributes share one (readdir sets st_ino just before each reply, which copies it)."""
         shared: dict[Attr, pyfuse3.EntryAttributes] = {}
 
         def entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -348,12 +352,19 @@ class Operations(pyfuse3.Operations):
             if made is None:
                 made = shared[attr] = self._entry(0, attr)
             return made
+        return shared, entry
 
+    def _listing_batch(self, reader, offset: int) -> tuple[list, bool]:
+        """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
+        worker thread, and whether more may follow. Entries of an `entry_batch` come
+        without a node and are not counted: `Tree.get` builds them from the number
+        whenever asked, so their life does not hang on the kernel's forget."""
+        shared, entry = self._shared_entries()
         batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
         rows = batch(offset, READDIR_BATCH) if batch is not None else None
         if rows is not None:
             return [(next_offset, name, ino, shared.get(attr) or entry(attr), None)
-                    for next_offset, name, ino, attr in rows]
+                    for next_offset, name, ino, attr in rows], len(rows) == READDIR_BATCH
         out = []
         for next_offset, name, child, attr in islice(reader.entries(offset), READDIR_BATCH):
             try:
@@ -361,7 +372,17 @@ class Operations(pyfuse3.Operations):
             except OSError as exc:
                 log.warning("listing %s: %s", name, exc)
                 out.append((next_offset, None, None, None, None))
-        return out
+        return out, len(out) == READDIR_BATCH
+
+    def _listing_batch_nowait(self, reader, offset: int) -> tuple[list, bool] | None:
+        """`_listing_batch` made on the loop, if the directory can list from memory."""
+        nowait = getattr(reader, "entries_nowait", None)
+        rows = nowait(offset, NOWAIT_BATCH) if nowait is not None else None
+        if rows is None:
+            return None
+        shared, entry = self._shared_entries()
+        return [(next_offset, os.fsencode(name), child.ino, shared.get(attr) or entry(attr), child)
+                for next_offset, name, child, attr in rows], len(rows) == NOWAIT_BATCH
 
     @_guard
     async def readdir(self, fh, start_id, token):
@@ -372,9 +393,13 @@ class Operations(pyfuse3.Operations):
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:
-                entries, position = listing.pending, listing.position
+                entries, position, more = listing.pending, listing.position, listing.more
+            elif listing.end == offset:
+                return                  # the end, found before: the kernel asks once more
             else:
-                entries, position = await self._run(self._listing_batch, listing.reader, offset), 0
+                position = 0
+                entries, more = (self._listing_batch_nowait(listing.reader, offset)
+                                 or await self._run(self._listing_batch, listing.reader, offset))
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
@@ -387,7 +412,8 @@ class Operations(pyfuse3.Operations):
                     if child is not None:
                         self._remember(ino, child)
                 offset = next_offset
-            if len(entries) < READDIR_BATCH:     # a short batch is the last
+            if not more:
+                listing.end = offset
                 return
 
     @_guard
@@ -558,6 +584,10 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh):
+        if not self.tree.writable:
+            # nothing to commit at close anywhere in the tree: ENOSYS makes the kernel stop
+            # sending FLUSH at every close(2), one request less per file read
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
         await self._call(handle.flush, handle.flush_blocks, change=True)
 
@@ -632,7 +662,8 @@ class Operations(pyfuse3.Operations):
         status = dict(self.info)
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
-                      bytes_read=c.bytes_read, errors=c.errors, known_inodes=self.known_inodes,
+                      bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
+                      known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())
         return status

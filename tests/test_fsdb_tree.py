@@ -104,6 +104,20 @@ def test_mounting_reads_no_metadata_of_files(databases, monkeypatch):
     assert reads[SMALL] == reads[BIG]
 
 
+def test_listing_a_fileset_with_attributes_reads_no_metadata(databases):
+    """What ls -l, find and du ask of a fileset seen for the first time (its names and
+    every entry's attributes: readdirplus) costs a stat per file, no metadata file read."""
+    tree = fsdb_tree.open_tree(str(databases[SMALL]), Options(), read_only=True)
+    try:
+        folder = fileset_folder(tree)
+        attrs = {name: attr or node.attr() for _, name, node, attr in folder.entries(0)}
+        metas = [name for name in attrs if name.endswith(".metadata.json")]
+        assert metas and all(attrs[name].size > 2 for name in metas)
+        assert tree.counts["metadata_files_read"] == 0 and tree.db.counts["metadata_reads"] == 0
+    finally:
+        tree.close()
+
+
 def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monkeypatch):
     costs = {}
     for n, tree in trees.items():
@@ -123,19 +137,23 @@ def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monke
     assert costs[BIG]["nodes"] <= 6 and costs[BIG]["renders"] == 0
 
 
-def test_a_metadata_view_is_rendered_once_for_stat_and_reads(trees, monkeypatch):
+def test_a_metadata_view_is_the_stored_file_read_once_for_stat_and_reads(trees, monkeypatch):
     tree = trees[BIG]
     folder = fileset_folder(tree)
     work = Work(monkeypatch, tree)
+    file = folder.fileset.file_named("img_0007.png")
 
     def stat_and_read_twice():
         node, attr = folder.lookup_attr("img_0007.png.metadata.json")
         for _ in range(2):
             handle = node.open(os.O_RDONLY)
-            assert len(handle.read(0, 1 << 16)) == attr.size
+            assert handle.read(0, 1 << 16) == Path(file._md_path).read_bytes()
             handle.release()
-            assert node.attr().size == attr.size
-    assert work.of(stat_and_read_twice)["renders"] == 1
+            assert node.attr().size == attr.size == os.stat(file._md_path).st_size
+    reads = tree.counts["metadata_files_read"]
+    work_done = work.of(stat_and_read_twice)
+    assert work_done["renders"] == work_done["json_reads"] == 0
+    assert tree.counts["metadata_files_read"] == reads + 1
     # a change is seen at once (the cache follows the metadata's version)
     node = folder.lookup("img_0007.png.metadata.json")
     handle = node.open(os.O_WRONLY | os.O_TRUNC)
@@ -211,10 +229,12 @@ def test_metadata_kept_in_memory_is_bounded_in_bytes_and_read_again_when_needed(
     for file in big:
         file.get_metadata()
     assert sum(f._md_loaded is not None for f in big) == 1  # ... are not all kept however few
-    first = read_views(40)                               # small ones: many are kept
+    for file in files[:40]:                              # small ones: many are kept
+        file.get_metadata()
     assert 40 <= sum(f._md_loaded is not None for f in files) < 400
     kept = [f for f in files if f._md_loaded is not None]
     assert sum(len(layout.dump_json(f._md_loaded)) for f in kept) <= 8000 + 5100
+    first = read_views(40)                               # views read the files, not these
     assert read_views(40) == first and json.loads(first[39]) == {"i": 39}
 
 
@@ -302,3 +322,20 @@ def test_a_metadata_view_opened_again_unchanged_lets_the_kernel_keep_its_pages(t
     view.obj.set_metadata({"i": 8})                     # changed: the pages are stale
     after = view.open(os.O_RDONLY)
     assert not after.keep_cache and json.loads(after.read(0, 100)) == {"i": 8}
+
+
+def test_the_kernel_keeps_a_metadata_views_pages_while_it_is_unchanged(trees):
+    """A second open of an unchanged .metadata.json lets the kernel keep the pages the
+    first one filled (no READ request); after a change it must read again."""
+    node = fileset_folder(trees[SMALL]).lookup("img_0001.png.metadata.json")
+
+    def open_close() -> bool:
+        handle = node.open_nowait(os.O_RDONLY) or node.open(os.O_RDONLY)
+        handle.release()
+        return handle.keep_cache
+    assert [open_close(), open_close()] == [False, True]
+    writer = node.open(os.O_WRONLY | os.O_TRUNC)
+    writer.write(0, b'{"i": "one"}')
+    writer.flush()
+    writer.release()
+    assert [open_close(), open_close()] == [False, True]

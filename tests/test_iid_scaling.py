@@ -240,3 +240,29 @@ def test_pages_are_kept_only_when_no_open_file_can_have_filled_them_otherwise(fi
         assert json.loads(read(view)[0])["address"] == "changed"
     finally:
         tree.close()
+
+
+async def test_folders_in_memory_are_listed_without_worker_threads(files, monkeypatch):
+    """Once an entry's views are made, its folder, the root, groups and by-address are
+    listed on the daemon's loop: no worker thread, not even for the readdir that finds
+    the end (each hop costs more than the whole listing of a small folder)."""
+    from scopefs.daemon.fs import Operations
+    from test_imgstore_scale import Listing
+
+    for read_only in (True, False):
+        tree = open_tree(files[100], read_only)
+        try:
+            listing = Listing(Operations(tree), monkeypatch)
+            folder, _ = tree.root.lookup_attr(f"{KEY:06d}-cell-{KEY:05d}")
+            group, _ = tree.root.lookup("groups").lookup_attr("g0")
+            directories = [tree.root, folder, tree.root.lookup("groups"), group, tree.by_address,
+                           tree.by_address.lookup(f"cell-{KEY:05d}")]
+            for directory in directories:
+                await listing(directory.ino)                 # makes what was never made
+            listing.hops = 0
+            for directory in directories:
+                await listing(directory.ino)
+            assert listing.hops == 0, read_only
+            assert len(listing.names) == 2 * (100 + 5 + 2 + 3 + 34 + 100 + 1)
+        finally:
+            tree.close()

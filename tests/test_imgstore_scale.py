@@ -106,7 +106,7 @@ async def test_listing_frames_calls_no_python_per_entry(tmp_path, monkeypatch, f
     assert listing.names[:2] == [b"000000.png", b"000001.png"] and listing.names[-1] == b"009999.png"
     # work grows with batches of READDIR_BATCH and kernel buffers, not with entries
     batches = -(-10_000 // fs.READDIR_BATCH)
-    assert listing.hops == batches + 1            # and the readdir that finds the end
+    assert listing.hops == batches                # the readdir after the end takes none
     assert big / 10_000 < 0.1, f"{big / 10_000:.2f} Python calls per listed entry"
     assert big < small * (batches + 10_000 // PER_REPLY)
 

@@ -320,3 +320,14 @@ def test_a_view_of_a_file_cut_short_fails_the_kernels_copy_with_an_error_not_a_s
         handle.release()
         os.close(read_end)
         os.close(write_end)
+
+
+async def test_a_read_only_tree_turns_flush_off(ops):
+    """Nothing is committed at close in a read-only tree: ENOSYS tells the kernel to stop
+    sending FLUSH at every close(2), one request less per file read."""
+    entry = await ops.lookup(ROOT_INO, b"hello.txt")
+    info = await ops.open(entry.st_ino, os.O_RDONLY, None)
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.flush(info.fh)
+    assert err.value.errno == errno.ENOSYS and ops.counters.errors == 0
+    await ops.release(info.fh)

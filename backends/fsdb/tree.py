@@ -17,7 +17,8 @@ Every name is found through the model's indexes (scans, filesets, files by name)
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
 so `stat` needs no thread; a folder lists itself once per readdir pass. Metadata views
-are read once and kept in a bounded cache, keyed by the metadata's version. New files
+show the stored metadata files (sizes from a stat); their bytes are read once and kept
+in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or
 at unmount.
 """
@@ -48,6 +49,8 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: what the metadata view of an object without a metadata file shows
+NO_METADATA = layout.dump_json({})
 DIR_MODE = stat.S_IFDIR | 0o755
 FILE_MODE = stat.S_IFREG | 0o644
 
@@ -106,51 +109,61 @@ _ERRNO_OF = {FileExistsError: errno.EEXIST, FileNotFoundError: errno.ENOENT}
 
 
 class MetaView(CachedView):
-    """An object's metadata as JSON; a write replaces it whole (a JSON object, or EINVAL).
-    Its bytes are made once per version of the metadata (and kept in the tree's bounded
-    cache), its size is remembered, so stat and repeated reads cost no JSON work."""
+    """An object's metadata file, byte for byte as stored (plantdb and scopefs write the
+    same sorted, indented JSON), so its size and mtime are one stat away: a walk reads no
+    metadata. A write replaces it whole (a JSON object, or EINVAL). The bytes read are
+    kept in the tree's bounded cache, keyed by the metadata's version."""
 
     def __init__(self, tree: "FSDBTree", obj):
         super().__init__(self, tree.meta_cache)
         self.tree = tree
         self.obj = obj
-        self._mtime_ns: int | None = None
-        self._size: tuple[int, int] | None = None      # (metadata version, size)
+        self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
 
     @property
     def mtime_ns(self) -> int:
-        if self._mtime_ns is None:
-            self._mtime_ns = _mtime(self.tree.db.files, self.obj._md_path)
-        return self._mtime_ns
+        return self._stat_of_version()[2]
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
-        self._mtime_ns = value
+        self._stat = None                   # rewritten: the file's own mtime is asked again
 
-    def known_mtime_ns(self) -> int | None:
-        return self._mtime_ns
+    def _stat_of_version(self) -> tuple[int, int, int]:
+        known = self._stat
+        version = self.obj.md_version
+        if known is None or known[0] != version:
+            try:
+                st = self.tree.db.files.stat(self.obj._md_path)
+                known = (version, st.size, st.mtime_ns)
+            except FileNotFoundError:
+                known = (version, len(NO_METADATA), 0)
+            self._stat = known
+        return known
+
+    def _known(self) -> tuple[int, int, int] | None:
+        known = self._stat
+        return None if known is None or known[0] != self.obj.md_version else known
 
     def content_tag(self) -> tuple:
         return ("metadata view", self.ino, self.obj.md_version)
 
-
-    def content(self) -> bytes:
-        version = self.obj.md_version
-        data = super().content()
-        self._size = (version, len(data))
-        return data
-
     def make(self) -> bytes:
-        self.tree.counts["metadata_views_made"] += 1
-        return layout.dump_json(self.obj.get_metadata()) + b"\n"
-
-    def known_size(self) -> int | None:
-        size = self._size
-        return size[1] if size is not None and size[0] == self.obj.md_version else super().known_size()
+        self.tree.counts["metadata_files_read"] += 1
+        try:
+            return self.tree.db.files.read(self.obj._md_path)
+        except FileNotFoundError:
+            return NO_METADATA
 
     def size(self) -> int:
-        known = self.known_size()
-        return len(self.content()) if known is None else known
+        return self._stat_of_version()[1]
+
+    def known_size(self) -> int | None:
+        known = self._known()
+        return None if known is None else known[1]
+
+    def known_mtime_ns(self) -> int | None:
+        known = self._known()
+        return None if known is None else known[2]
 
     def commit(self, data: bytes) -> None:
         try:
@@ -635,7 +648,7 @@ class FSDBTree(Tree):
         self.hidden: set[str] = set()
         self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
-        self.counts: Counter[str] = Counter()   # work done: listings, metadata_views_made
+        self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
         self._views_lock = threading.Lock()     # for these three (never held during I/O)
         self._held_views: set[int] = set()      # roots of views the kernel holds

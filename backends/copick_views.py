@@ -30,7 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
+from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
 from .blocks import BufferHandle, GeneratedFile, resized
+from .cache import ByteCache
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 

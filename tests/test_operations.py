@@ -166,6 +166,7 @@ class NotedHandle(FileHandle):
 
 @pytest.mark.parametrize("blocks", [True, False])
 async def test_calls_a_handle_declares_blocking_run_in_a_thread_the_others_on_the_loop(ops, blocks):
+    ops.tree.writable = True                        # (a read-only tree turns flush off)
     handle = NotedHandle(blocks, threading.get_ident())
     fh = ops._add_handle(handle).fh
     await ops.flush(fh)

@@ -172,25 +172,28 @@ def remote_kind(url: str, options: dict[str, str]) -> str:
 
 
 class CountedFilesystem:
-    """An fsspec filesystem whose requests are counted by kind (LIST, HEAD, GET), for
-    `scopefs status`: what a walk or a read cost the server."""
-    KINDS = {"ls": "list", "info": "head", "cat_file": "get", "get_file": "get"}
+    """An fsspec filesystem whose requests to an S3 server are counted by kind (LIST,
+    HEAD, GET, other), for `scopefs status`: what a walk or a read cost the server. They
+    are counted as botocore makes them, so the requests s3fs makes on its own (a HEAD
+    before a read, the LISTs of `info` on a folder) count too. Other filesystems (memory://
+    in unit tests) are not counted."""
+    OPERATIONS = {"ListObjectsV2": "list", "ListObjects": "list", "HeadObject": "head", "GetObject": "get"}
 
     def __init__(self, fs):
         self._fs = fs
-        self.requests = {"list": 0, "head": 0, "get": 0}
+        self.requests = {"list": 0, "head": 0, "get": 0, "other": 0}
+        self._s3 = hasattr(fs, "_s3")       # s3fs: its botocore client is made at first use
+        self._client = None                 # the client counted (s3fs may make a new one)
 
-    def cat_ranges(self, paths, starts, ends, **kwargs):
-        self.requests["get"] += len(paths)
-        return self._fs.cat_ranges(paths, starts, ends, **kwargs)
+    def _count(self, model, **_) -> None:
+        self.requests[self.OPERATIONS.get(model.name, "other")] += 1
 
     def __getattr__(self, name):
-        attr = getattr(self._fs, name)
-        kind = self.KINDS.get(name)
-        if kind is None:
-            return attr
-
-        def counted(*args, **kwargs):
-            self.requests[kind] += 1
-            return attr(*args, **kwargs)
-        return counted
+        if self._s3:
+            if self._fs._s3 is None:
+                self._fs.connect()          # (makes the client; no request)
+            client = self._fs._s3
+            if client is not self._client:
+                client.meta.events.register("before-call.s3", self._count)
+                self._client = client
+        return getattr(self._fs, name)

@@ -13,6 +13,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from conftest import daemon_status
 from s3server import SeaweedS3, s3  # noqa: F401 (a fixture)
 from test_copick_formats import chunks_decoded, volume_of, write_volume
 from upstream import run_upstream
@@ -171,3 +172,22 @@ def test_picks_imported_into_an_s3_overlay(s3, tmp_path, mount):
     with pytest.raises(OSError):
         (spacing / "tester_2_ribosome.csv").write_text("run_name,x\nTS_009,1\n")
     assert not fs.exists("importoverlay/ExperimentRuns/TS_001/Picks/tester_2_ribosome.json")
+
+
+def test_a_listed_small_object_costs_one_get(s3, tmp_path, mount):
+    """Reading a small object whose size a listing gave costs the server one GET: no
+    HEAD, no second LIST, not a request per kernel read."""
+    fs = s3.filesystem()
+    fs.mkdir("small")
+    docs = {f"small/picks/p{i}.json": json.dumps({"i": i}).ljust(200).encode() for i in range(5)}
+    fs.pipe(docs)
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(project(tmp_path, s3, "s3://small", f"local://{tmp_path / 'overlay'}"))
+    assert sorted(os.listdir(mnt / "picks")) == [f"p{i}.json" for i in range(5)]
+    before = daemon_status(mnt)["static_s3_requests"]
+    for i in range(5):
+        with open(mnt / "picks" / f"p{i}.json", "rb", buffering=0) as fh:
+            assert fh.read(1 << 20) == docs[f"small/picks/p{i}.json"] and fh.read(1 << 20) == b""
+    after = daemon_status(mnt)["static_s3_requests"]
+    assert {kind: after[kind] - before[kind] for kind in after} == {"list": 0, "head": 0, "get": 5, "other": 0}
+

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 
 from ..nodes import Attr, FileHandle, Owner
-from ..remote import public_url
+from ..remote import CountedFilesystem, public_url
 from .root import Root
 from .rules import DIR_MARKER
 from .walk import Workers
@@ -41,7 +41,8 @@ class FsspecRoot(Root):
 
     def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
         import fsspec                                   # only remote mounts need it
-        self.fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        self.fs = CountedFilesystem(fs)
         self.base = base.rstrip("/")
         self.url = url
         self.ttl = ttl
@@ -53,6 +54,9 @@ class FsspecRoot(Root):
 
     def describe(self) -> str:
         return public_url(self.url)                     # never a credential in a URL
+
+    def status(self) -> dict:
+        return {"s3_requests": dict(self.fs.requests)}
 
     def full(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base

@@ -12,6 +12,7 @@ special files (EPERM), and no rename (copy, then delete: not atomic).
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -25,7 +26,6 @@ from ..nodes import Attr, FileHandle, Owner
 from ..remote import CountedFilesystem, public_url
 from .root import Root
 from .rules import DIR_MARKER
-from .walk import Workers
 
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
 FETCH_PARTS = 2                # ...as this many concurrent range requests
@@ -38,10 +38,14 @@ def _no_links(rel: str) -> OSError:
 
 class FsspecRoot(Root):
     """A root behind fsspec (S3 through s3fs...)."""
+    answers_from_caches = True          # what listings told (within ttl) answers without I/O
 
     def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
         import fsspec                                   # only remote mounts need it
         fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        if not fs.async_impl:                           # (memory:// in unit tests)
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+            fs = AsyncFileSystemWrapper(fs)
         self.fs = CountedFilesystem(fs)
         self.base = base.rstrip("/")
         self.url = url
@@ -50,7 +54,6 @@ class FsspecRoot(Root):
         self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self.fetch_ahead = Workers(4, "fetch-ahead")
 
     def describe(self) -> str:
         return public_url(self.url)                     # never a credential in a URL
@@ -134,6 +137,29 @@ class FsspecRoot(Root):
     def open_read(self, rel: str) -> FileHandle:
         info = self.stat(rel)                            # known from a listing: no HEAD again
         return RemoteReadHandle(self, self.full(rel), info.size if info else None)
+
+    # -- answered from what listings told, never blocking --------------------------------
+    def stat_cached(self, rel: str) -> Attr | None:
+        info = self._fresh(self._info, rel)
+        if info is ...:
+            parent, _, name = rel.rpartition("/")
+            names = self._fresh(self._dirs, parent) if rel else ...
+            if names is ... or names is not None and name in names:
+                return None                              # cannot tell
+            info = None
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", rel)
+        return info
+
+    def exists_cached(self, rel: str) -> bool | None:
+        try:
+            return None if self.stat_cached(rel) is None else True
+        except FileNotFoundError:
+            return False
+
+    def open_read_cached(self, rel: str) -> FileHandle | None:
+        info = self.stat_cached(rel)
+        return None if info is None else RemoteReadHandle(self, self.full(rel), info.size)
 
     # -- as the overlay side ---------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, owner: Owner | None = None) -> None:
@@ -233,47 +259,48 @@ class FsspecRoot(Root):
 
 
 class RemoteReadHandle(FileHandle):
-    """Reads of an object in blocks of FETCH_BLOCK, each fetched as FETCH_PARTS concurrent
-    range requests. A sequential reader's next block is fetched in the background while
-    it reads this one (a reader jumping about gets no such guesses), and reads of blocks
-    already here need no worker thread."""
-    release_blocks = True
+    """Reads of an object in blocks of FETCH_BLOCK, each one GET, or FETCH_PARTS
+    concurrent range requests once the reader has shown it reads on (a reader that
+    jumps about, or reads only a header, costs one request per block it touches). A
+    small object (up to FETCH_BLOCK) is fetched whole by one GET started at open, so
+    the kernel's first read often finds it here. The requests run as coroutines on
+    fsspec's event-loop thread: no worker thread waits for a fetch made ahead. Only
+    the next block of a sequential reader is fetched ahead, and a handle holds two
+    blocks at most."""
 
     def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
         self.root, self.path = root, path
-        self.size = size if size is not None else root.fs.size(path)
+        fs = root.fs
+        self.size = size if size is not None else fs.size(path)
+        self._cat, self._loop = fs._cat_file, fs.loop
         self._blocks: dict[int, Future] = {}          # the block read last and the next one
-        self._last_end = 0                            # where the last read ended
+        self._last_end: int | None = None             # where the last read ended
         self._lock = threading.Lock()
+        if 0 < self.size <= FETCH_BLOCK:
+            self._blocks[0] = self._start(0, parts=1)
 
-    def _fetch(self, index: int) -> bytes:
+    def _start(self, index: int, parts: int) -> Future:
+        """Block index's fetch, started on fsspec's loop (a concurrent Future)."""
         start = index * FETCH_BLOCK
         end = min(start + FETCH_BLOCK, self.size)
-        step = max(-(-(end - start) // FETCH_PARTS), 1 << 20)
-        starts = list(range(start, end, step))
-        parts = self.root.fs.cat_ranges([self.path] * len(starts), starts, [min(s + step, end) for s in starts])
-        for part in parts:
-            if isinstance(part, Exception):
-                raise part
-        return b"".join(parts)
+        step = max(-(-(end - start) // parts), 1 << 20)
+        ranges = [(s, min(s + step, end)) for s in range(start, end, step)]
 
-    def _block(self, index: int, wait: bool = True) -> bytes | None:
+        async def fetch() -> bytes:
+            data = b"".join(await asyncio.gather(*(self._cat(self.path, start=s, end=e) for s, e in ranges)))
+            if len(data) != end - start:
+                raise OSError(errno.EIO, f"{len(data)} bytes at {start}, expected {end - start}", self.path)
+            return data
+        return asyncio.run_coroutine_threadsafe(fetch(), self._loop)
+
+    def _block(self, index: int, wait: bool, parts: int) -> bytes | None:
         with self._lock:
             future = self._blocks.get(index)
             if future is None or (future.done() and future.exception() is not None):
                 if not wait:
                     return None
-                future = self._blocks[index] = Future()
-                future.set_running_or_notify_cancel()
-                fetch_here = True
-            else:
-                fetch_here = False
-        if fetch_here:
-            try:
-                future.set_result(self._fetch(index))
-            except BaseException as exc:
-                future.set_exception(exc)
-        elif not wait and not future.done():
+                future = self._blocks[index] = self._start(index, parts)
+        if not wait and not future.done():
             return None
         return future.result()
 
@@ -281,28 +308,28 @@ class RemoteReadHandle(FileHandle):
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
+        # the kernel may send two reads out of order: "sequential" is within a MiB
+        sequential = self._last_end is not None and abs(offset - self._last_end) <= 1 << 20
         first, last = offset // FETCH_BLOCK, (end - 1) // FETCH_BLOCK
         pieces = []
         for index in range(first, last + 1):
-            block = self._block(index, wait)
+            block = self._block(index, wait, FETCH_PARTS if sequential else 1)
             if block is None:
                 return None
             base = index * FETCH_BLOCK
             pieces.append(block[max(offset - base, 0):end - base])
-        # the kernel may send two reads out of order: "sequential" is within a MiB
-        sequential = abs(offset - self._last_end) <= 1 << 20
         self._last_end = end
         self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size), fetch_next=sequential)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _ahead(self, index: int, finished: bool, fetch_next: bool) -> None:
         """Keep the block being read (unless read to its end) and the next one, which a
-        sequential reader gets fetched now: an open handle holds two blocks at most."""
+        sequential reader gets fetched now."""
         with self._lock:
             for old in [k for k in self._blocks if k != index + 1 and (k != index or finished)]:
                 del self._blocks[old]
             if fetch_next and (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
-                self._blocks[index + 1] = self.root.fetch_ahead.submit(self._fetch, index + 1)
+                self._blocks[index + 1] = self._start(index + 1, FETCH_PARTS)
 
     def read(self, offset: int, size: int) -> bytes:
         return self._read(offset, size, wait=True)
@@ -312,6 +339,8 @@ class RemoteReadHandle(FileHandle):
 
     def release(self) -> None:
         with self._lock:
+            for future in self._blocks.values():
+                future.cancel()
             self._blocks.clear()
 
 

@@ -195,14 +195,14 @@ def test_a_sequential_reader_finds_the_next_block_fetched_ahead():
 
 def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
     with remote_object("retry", 2 * FETCH_BLOCK) as (root, handle, data):
-        real, failures = handle._cat, []
+        real, failures = root.fs._cat_file, []
 
         async def flaky(path, start, end):
             if start >= FETCH_BLOCK and not failures:
                 failures.append(start)
                 raise OSError(5, "connection reset")
             return await real(path, start=start, end=end)
-        handle._cat = flaky
+        root.fs._cat_file = flaky
         assert handle.read(0, 1 << 20) == data[:1 << 20]
         assert handle.read(1 << 20, FETCH_BLOCK - (1 << 20)) == data[1 << 20:FETCH_BLOCK]    # reads on: ahead
         assert wait_for(lambda: failures)
@@ -276,12 +276,12 @@ def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount:
 def test_a_reader_jumping_about_gets_no_block_fetched_ahead():
     with remote_object("jumps", 4 * FETCH_BLOCK) as (root, handle, data):
         fetched = []
-        real = handle._cat
+        real = root.fs._cat_file
 
         async def counting(path, start, end):
             fetched.append(start // FETCH_BLOCK)
             return await real(path, start=start, end=end)
-        handle._cat = counting
+        root.fs._cat_file = counting
         for offset in (3 * FETCH_BLOCK + 5, FETCH_BLOCK + 7, 2 * FETCH_BLOCK + 100):
             assert handle.read(offset, 1000) == data[offset:offset + 1000]
         time.sleep(0.2)

@@ -28,7 +28,10 @@ from .root import Root
 from .rules import DIR_MARKER
 
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
-FETCH_PARTS = 2                # ...as this many concurrent range requests
+FETCH_PARTS = 2                # ...as this many concurrent range requests (none under 1 MiB)
+READ_AHEAD_FILES = 8           # a reader going through a folder in order finds this many next...
+READ_AHEAD_SIZE = 256 << 10    # ...objects (up to this size each) fetched ahead...
+READ_AHEAD_AGE = 5.0           # ...and takes them if it opens them within this many seconds
 CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
 
 
@@ -54,12 +57,20 @@ class FsspecRoot(Root):
         self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
+        # small objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, Future of its bytes); at most 4 windows at a time
+        self._fetched_ahead: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+        self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
+        self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
 
     def describe(self) -> str:
         return public_url(self.url)                     # never a credential in a URL
 
     def status(self) -> dict:
         return {"s3_requests": dict(self.fs.requests)}
+
+    def close(self) -> None:
+        self.fs.close()
 
     def full(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
@@ -83,6 +94,7 @@ class FsspecRoot(Root):
             self._info.pop(rel, None)
             self._dirs.pop(parent, None)
             self._dirs.pop(rel, None)
+            self._fetched_ahead.pop(rel, None)
         self.fs.invalidate_cache(self.full(parent))
 
     @staticmethod
@@ -136,7 +148,58 @@ class FsspecRoot(Root):
 
     def open_read(self, rel: str) -> FileHandle:
         info = self.stat(rel)                            # known from a listing: no HEAD again
-        return RemoteReadHandle(self, self.full(rel), info.size if info else None)
+        return self._open(rel, info.size if info else None)
+
+    def _open(self, rel: str, size: int | None) -> "RemoteReadHandle":
+        with self._lock:
+            ahead = self._fetched_ahead.pop(rel, None)
+        first = ahead[1] if ahead and time.monotonic() - ahead[0] < READ_AHEAD_AGE else None
+        handle = RemoteReadHandle(self, self.full(rel), size, first)
+        self._read_on(rel)
+        return handle
+
+    def fetch(self, path: str, start: int, end: int, parts: int) -> Future:
+        """Bytes start..end of an object as up to `parts` concurrent range requests of at
+        least 1 MiB each, run on fsspec's event-loop thread (a concurrent Future: nobody
+        waits for it unless they need it)."""
+        fs = self.fs
+        step = max(-(-(end - start) // parts), 1 << 20)
+        ranges = [(s, min(s + step, end)) for s in range(start, end, step)]
+
+        async def fetch() -> bytes:
+            data = b"".join(await asyncio.gather(*(fs.get_range(path, s, e) for s, e in ranges)))
+            if len(data) != end - start:
+                raise OSError(errno.EIO, f"{len(data)} bytes at {start}, expected {end - start}", path)
+            return data
+        return asyncio.run_coroutine_threadsafe(fetch(), fs.loop)
+
+    def _read_on(self, rel: str) -> None:
+        """After rel is opened: if the one opened before it is its neighbour in its
+        folder's listing, the next READ_AHEAD_FILES small objects there are fetched now."""
+        parent, _, name = rel.rpartition("/")
+        names = self._fresh(self._dirs, parent)
+        if names is ... or not names:
+            return
+        with self._lock:
+            if self._order is None or self._order[0] != parent or self._order[1] is not names:
+                ordered = sorted(names)                   # the merged view lists in this order
+                self._order = (parent, names, {n: i for i, n in enumerate(ordered)}, ordered)
+            position = self._order[2].get(name)
+            last_parent, last = self._last_open
+            self._last_open = (parent, -2 if position is None else position)
+            if position is None or last_parent != parent or not 0 < position - last <= 2:
+                return
+            ordered = self._order[3]
+            now = time.monotonic()
+            for following in ordered[position + 1:position + 1 + READ_AHEAD_FILES]:
+                child = f"{parent}/{following}" if parent else following
+                info = self._info.get(child)
+                if child in self._fetched_ahead or info is None or info[1] is None or \
+                        not stat.S_ISREG(info[1].mode) or not 0 < info[1].size <= READ_AHEAD_SIZE:
+                    continue
+                self._fetched_ahead[child] = (now, self.fetch(self.full(child), 0, info[1].size, 1))
+            while len(self._fetched_ahead) > 4 * READ_AHEAD_FILES:
+                self._fetched_ahead.popitem(last=False)[1][1].cancel()
 
     # -- answered from what listings told, never blocking --------------------------------
     def stat_cached(self, rel: str) -> Attr | None:
@@ -159,7 +222,7 @@ class FsspecRoot(Root):
 
     def open_read_cached(self, rel: str) -> FileHandle | None:
         info = self.stat_cached(rel)
-        return None if info is None else RemoteReadHandle(self, self.full(rel), info.size)
+        return None if info is None else self._open(rel, info.size)
 
     # -- as the overlay side ---------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, owner: Owner | None = None) -> None:
@@ -261,37 +324,25 @@ class FsspecRoot(Root):
 class RemoteReadHandle(FileHandle):
     """Reads of an object in blocks of FETCH_BLOCK, each one GET, or FETCH_PARTS
     concurrent range requests once the reader has shown it reads on (a reader that
-    jumps about, or reads only a header, costs one request per block it touches). A
-    small object (up to FETCH_BLOCK) is fetched whole by one GET started at open, so
-    the kernel's first read often finds it here. The requests run as coroutines on
-    fsspec's event-loop thread: no worker thread waits for a fetch made ahead. Only
-    the next block of a sequential reader is fetched ahead, and a handle holds two
-    blocks at most."""
+    jumps about, or reads only a header, costs one request per block it touches). An
+    object of up to FETCH_BLOCK is fetched whole at open (one GET up to 1 MiB), or was
+    fetched ahead (`FsspecRoot._read_on`), so the kernel's first read often finds it
+    here. Fetches run on fsspec's event-loop thread: no worker thread waits for a fetch
+    made ahead. Only the next block of a sequential reader is fetched ahead, and a
+    handle holds two blocks at most."""
 
-    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
+    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None, first: Future | None = None):
         self.root, self.path = root, path
-        fs = root.fs
-        self.size = size if size is not None else fs.size(path)
-        self._cat, self._loop = fs._cat_file, fs.loop
+        self.size = size if size is not None else root.fs.size(path)
         self._blocks: dict[int, Future] = {}          # the block read last and the next one
         self._last_end: int | None = None             # where the last read ended
         self._lock = threading.Lock()
         if 0 < self.size <= FETCH_BLOCK:
-            self._blocks[0] = self._start(0, parts=1)
+            self._blocks[0] = first or root.fetch(path, 0, self.size, FETCH_PARTS)
 
     def _start(self, index: int, parts: int) -> Future:
-        """Block index's fetch, started on fsspec's loop (a concurrent Future)."""
         start = index * FETCH_BLOCK
-        end = min(start + FETCH_BLOCK, self.size)
-        step = max(-(-(end - start) // parts), 1 << 20)
-        ranges = [(s, min(s + step, end)) for s in range(start, end, step)]
-
-        async def fetch() -> bytes:
-            data = b"".join(await asyncio.gather(*(self._cat(self.path, start=s, end=e) for s, e in ranges)))
-            if len(data) != end - start:
-                raise OSError(errno.EIO, f"{len(data)} bytes at {start}, expected {end - start}", self.path)
-            return data
-        return asyncio.run_coroutine_threadsafe(fetch(), self._loop)
+        return self.root.fetch(self.path, start, min(start + FETCH_BLOCK, self.size), parts)
 
     def _block(self, index: int, wait: bool, parts: int) -> bytes | None:
         with self._lock:
@@ -355,6 +406,11 @@ class UploadHandle(FileHandle):
             root.fs.get_file(root.full(rel), self._tmp.name)
         self._dirty = not keep
         self._lock = threading.Lock()
+        # small objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, Future of its bytes); at most 4 windows at a time
+        self._fetched_ahead: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+        self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
+        self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._tmp.fileno(), size, offset)

@@ -149,9 +149,8 @@ class OverlayTree(Tree):
         return seen is BARE or bool(seen) and self.upper.exists_cached(_join(parent, whiteout_name(name))) is False
 
     def shown_nowait(self, rel: str) -> tuple[Root, Attr] | None:
-        """What rel shows, if the kernel's lookup cache (or a recent listing of an object
-        store) tells without I/O; None if it
-        cannot, or if rel is missing."""
+        """What rel shows, if the kernel's lookup cache (or an object store's recent
+        listing) tells without I/O; None if it cannot, or if rel is missing."""
         if not self.answers_nowait:
             return None
         if not self._bare(rel):

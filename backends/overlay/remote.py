@@ -28,10 +28,10 @@ from .root import Root
 from .rules import DIR_MARKER
 
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
-FETCH_PARTS = 2                # ...as this many concurrent range requests (none under 1 MiB)
+FETCH_PARTS = 4                # ...as this many concurrent range requests (none under 1 MiB)
 READ_AHEAD_FILES = 8           # a reader going through a folder in order finds this many next...
-READ_AHEAD_SIZE = 256 << 10    # ...objects (up to this size each) fetched ahead...
-READ_AHEAD_AGE = 5.0           # ...and takes them if it opens them within this many seconds
+READ_AHEAD_BYTES = 16 << 20    # ...objects (whole, up to FETCH_BLOCK each, this much in all) fetched...
+READ_AHEAD_AGE = 5.0           # ...ahead, and takes them if it opens them within this many seconds
 CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
 
 
@@ -57,9 +57,9 @@ class FsspecRoot(Root):
         self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
-        # small objects fetched ahead for a reader going through a folder in listing order:
-        # rel -> (when, Future of its bytes); at most 4 windows at a time
-        self._fetched_ahead: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+        # objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, size, Future of its bytes); two windows at most
+        self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
         self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
         self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
 
@@ -153,7 +153,7 @@ class FsspecRoot(Root):
     def _open(self, rel: str, size: int | None) -> "RemoteReadHandle":
         with self._lock:
             ahead = self._fetched_ahead.pop(rel, None)
-        first = ahead[1] if ahead and time.monotonic() - ahead[0] < READ_AHEAD_AGE else None
+        first = ahead[2] if ahead and time.monotonic() - ahead[0] < READ_AHEAD_AGE else None
         handle = RemoteReadHandle(self, self.full(rel), size, first)
         self._read_on(rel)
         return handle
@@ -175,7 +175,8 @@ class FsspecRoot(Root):
 
     def _read_on(self, rel: str) -> None:
         """After rel is opened: if the one opened before it is its neighbour in its
-        folder's listing, the next READ_AHEAD_FILES small objects there are fetched now."""
+        folder's listing, the objects after it there are fetched now (up to
+        READ_AHEAD_FILES, READ_AHEAD_BYTES in all; none bigger than FETCH_BLOCK)."""
         parent, _, name = rel.rpartition("/")
         names = self._fresh(self._dirs, parent)
         if names is ... or not names:
@@ -190,16 +191,22 @@ class FsspecRoot(Root):
             if position is None or last_parent != parent or not 0 < position - last <= 2:
                 return
             ordered = self._order[3]
-            now = time.monotonic()
+            now, window = time.monotonic(), 0
             for following in ordered[position + 1:position + 1 + READ_AHEAD_FILES]:
                 child = f"{parent}/{following}" if parent else following
                 info = self._info.get(child)
-                if child in self._fetched_ahead or info is None or info[1] is None or \
-                        not stat.S_ISREG(info[1].mode) or not 0 < info[1].size <= READ_AHEAD_SIZE:
-                    continue
-                self._fetched_ahead[child] = (now, self.fetch(self.full(child), 0, info[1].size, 1))
-            while len(self._fetched_ahead) > 4 * READ_AHEAD_FILES:
-                self._fetched_ahead.popitem(last=False)[1][1].cancel()
+                if info is None or info[1] is None or not stat.S_ISREG(info[1].mode) or \
+                        not 0 < info[1].size <= FETCH_BLOCK or window + info[1].size > READ_AHEAD_BYTES:
+                    break
+                window += info[1].size
+                if child not in self._fetched_ahead:
+                    self._fetched_ahead[child] = (now, info[1].size,
+                                                  self.fetch(self.full(child), 0, info[1].size, FETCH_PARTS))
+            held = sum(size for _, size, _ in self._fetched_ahead.values())
+            while held > 2 * READ_AHEAD_BYTES:
+                _, (_, size, future) = self._fetched_ahead.popitem(last=False)
+                future.cancel()
+                held -= size
 
     # -- answered from what listings told, never blocking --------------------------------
     def stat_cached(self, rel: str) -> Attr | None:
@@ -347,12 +354,21 @@ class RemoteReadHandle(FileHandle):
     def _block(self, index: int, wait: bool, parts: int) -> bytes | None:
         with self._lock:
             future = self._blocks.get(index)
+            ahead = future is not None                   # fetched ahead (or by a read before)
             if future is None or (future.done() and future.exception() is not None):
                 if not wait:
                     return None
-                future = self._blocks[index] = self._start(index, parts)
+                future, ahead = self._start(index, parts), False
+                self._blocks[index] = future
         if not wait and not future.done():
             return None
+        try:
+            return future.result()
+        except Exception:
+            if not ahead:
+                raise
+        with self._lock:                                 # what failed ahead is fetched again
+            future = self._blocks[index] = self._start(index, parts)
         return future.result()
 
     def _read(self, offset: int, size: int, wait: bool) -> bytes | None:
@@ -406,9 +422,9 @@ class UploadHandle(FileHandle):
             root.fs.get_file(root.full(rel), self._tmp.name)
         self._dirty = not keep
         self._lock = threading.Lock()
-        # small objects fetched ahead for a reader going through a folder in listing order:
-        # rel -> (when, Future of its bytes); at most 4 windows at a time
-        self._fetched_ahead: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+        # objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, size, Future of its bytes); two windows at most
+        self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
         self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
         self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
 

@@ -78,8 +78,9 @@ class OverlayTree(Tree):
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
                                     horizon=self.cache_policy.attr_timeout)
-        # lookups answered from the kernel's caches (shown_nowait) need local storage
-        self.warmer = SiblingWarmer(static) if self.local else None
+        # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
+        # object store's listing
+        self.warmer = SiblingWarmer(static) if self.answers_nowait else None
         if self.writable:
             upper.clear_work()
         root = self.add(MergedDir(self, (None, "")))

@@ -524,3 +524,22 @@ def test_a_merged_directory_counts_its_subdirectories_once_and_carries_the_count
     run.mkdir("a", 0o755)                              # made again over its whiteout
     assert run.attr().nlink == fresh_nlink() == 6
     assert tree.upper.listed.count("run") == listed    # never listed again
+
+
+def test_a_reader_going_through_a_folder_in_order_finds_the_next_objects_fetched():
+    root = FsspecRoot("memory://folder")
+    docs = {f"f{i}.json": os.urandom(100 + i) for i in range(12)}
+    for name, doc in docs.items():
+        root.fs.pipe(f"/folder/d/{name}", doc)
+    names = root.listdir("d")
+    for name in ("f5.json", "f1.json"):                    # jumping about: nothing ahead
+        root.open_read(f"d/{name}").release()
+    assert not root._fetched_ahead
+    for name in names[2:4]:                                 # f10, f11 after f1: in order
+        handle = root.open_read(f"d/{name}")
+        assert handle.read(0, 1000) == docs[name]
+        handle.release()
+    assert list(root._fetched_ahead) == [f"d/{name}" for name in names[4:12]]
+    fetched = root._fetched_ahead["d/f3.json"][2]
+    handle = root.open_read("d/f3.json")
+    assert handle._blocks[0] is fetched and handle.read(0, 1000) == docs["f3.json"]

@@ -13,6 +13,7 @@ special files (EPERM), and no rename (copy, then delete: not atomic).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import os
 import stat
@@ -28,7 +29,7 @@ from .root import Root
 from .rules import DIR_MARKER
 
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
-FETCH_PARTS = 4                # ...as this many concurrent range requests (none under 1 MiB)
+FETCH_PARTS = 2                # ...as this many concurrent range requests (none under 1 MiB)
 READ_AHEAD_FILES = 8           # a reader going through a folder in order finds this many next...
 READ_AHEAD_BYTES = 16 << 20    # ...objects (whole, up to FETCH_BLOCK each, this much in all) fetched...
 READ_AHEAD_AGE = 5.0           # ...ahead, and takes them if it opens them within this many seconds
@@ -60,8 +61,7 @@ class FsspecRoot(Root):
         # objects fetched ahead for a reader going through a folder in listing order:
         # rel -> (when, size, Future of its bytes); two windows at most
         self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
-        self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
-        self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
+        self._last_open: tuple[str, int] = ("", -2)       # (folder, position in its listing)
 
     def describe(self) -> str:
         return public_url(self.url)                     # never a credential in a URL
@@ -137,6 +137,7 @@ class FsspecRoot(Root):
                 continue
             names.append(name)
             self._remember(self._info, f"{rel}/{name}" if rel else name, self._to_info(entry))
+        names.sort()                    # as the merged view lists them (and for _read_on's bisect)
         self._remember(self._dirs, rel, names)
         return names
 
@@ -181,18 +182,15 @@ class FsspecRoot(Root):
         names = self._fresh(self._dirs, parent)
         if names is ... or not names:
             return
+        position = bisect.bisect_left(names, name)
         with self._lock:
-            if self._order is None or self._order[0] != parent or self._order[1] is not names:
-                ordered = sorted(names)                   # the merged view lists in this order
-                self._order = (parent, names, {n: i for i, n in enumerate(ordered)}, ordered)
-            position = self._order[2].get(name)
             last_parent, last = self._last_open
-            self._last_open = (parent, -2 if position is None else position)
-            if position is None or last_parent != parent or not 0 < position - last <= 2:
+            self._last_open = (parent, position)
+            if position == len(names) or names[position] != name or last_parent != parent or \
+                    not 0 < position - last <= 2:
                 return
-            ordered = self._order[3]
             now, window = time.monotonic(), 0
-            for following in ordered[position + 1:position + 1 + READ_AHEAD_FILES]:
+            for following in names[position + 1:position + 1 + READ_AHEAD_FILES]:
                 child = f"{parent}/{following}" if parent else following
                 info = self._info.get(child)
                 if info is None or info[1] is None or not stat.S_ISREG(info[1].mode) or \
@@ -425,8 +423,7 @@ class UploadHandle(FileHandle):
         # objects fetched ahead for a reader going through a folder in listing order:
         # rel -> (when, size, Future of its bytes); two windows at most
         self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
-        self._order: tuple | None = None        # (folder, its listing, name -> position, sorted names)
-        self._last_open: tuple[str, int] = ("", -2)                         # (folder, position)
+        self._last_open: tuple[str, int] = ("", -2)       # (folder, position in its listing)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._tmp.fileno(), size, offset)

@@ -392,7 +392,8 @@ class Rclone(S3Mount):
     def mount(self) -> None:
         from s3server import KEY, SECRET
         # (an AWS_CA_BUNDLE in the environment stops rclone's S3 client: plain http here)
-        env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}, "RCLONE_CONFIG_WEED_TYPE": "s3", "RCLONE_CONFIG_WEED_PROVIDER": "Other",
+        env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},
+               "RCLONE_CONFIG_WEED_TYPE": "s3", "RCLONE_CONFIG_WEED_PROVIDER": "Other",
                "RCLONE_CONFIG_WEED_ACCESS_KEY_ID": KEY, "RCLONE_CONFIG_WEED_SECRET_ACCESS_KEY": SECRET,
                "RCLONE_CONFIG_WEED_ENDPOINT": self.server.endpoint, "RCLONE_CONFIG": "/dev/null"}
         cache = self.work / f"{self.key}-cache"

@@ -36,6 +36,12 @@ READ_AHEAD_AGE = 5.0           # ...ahead, and takes them if it opens them withi
 CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
 
 
+def _position(names: list[str], name: str) -> int | None:
+    """Where name is in a listing (sorted when made), or None."""
+    i = bisect.bisect_left(names, name)
+    return i if i < len(names) and names[i] == name else None
+
+
 def _no_links(rel: str) -> OSError:
     return OSError(errno.EPERM, "object stores have no links or special files", rel)
 
@@ -112,7 +118,7 @@ class FsspecRoot(Root):
             return cached
         parent, _, name = rel.rpartition("/")
         names = self._fresh(self._dirs, parent) if rel else ...     # a listing just made answers
-        if names is not ... and names is not None and name not in names:    # for its children
+        if names is not ... and names is not None and _position(names, name) is None:    # for its children
             return None
         try:
             info = self._to_info(self.fs.info(self.full(rel)))
@@ -182,12 +188,11 @@ class FsspecRoot(Root):
         names = self._fresh(self._dirs, parent)
         if names is ... or not names:
             return
-        position = bisect.bisect_left(names, name)
+        position = _position(names, name)
         with self._lock:
             last_parent, last = self._last_open
-            self._last_open = (parent, position)
-            if position == len(names) or names[position] != name or last_parent != parent or \
-                    not 0 < position - last <= 2:
+            self._last_open = (parent, -2 if position is None else position)
+            if position is None or last_parent != parent or not 0 < position - last <= 2:
                 return
             now, window = time.monotonic(), 0
             for following in names[position + 1:position + 1 + READ_AHEAD_FILES]:
@@ -212,7 +217,7 @@ class FsspecRoot(Root):
         if info is ...:
             parent, _, name = rel.rpartition("/")
             names = self._fresh(self._dirs, parent) if rel else ...
-            if names is ... or names is not None and name in names:
+            if names is ... or names is not None and _position(names, name) is not None:
                 return None                              # cannot tell
             info = None
         if info is None:

@@ -181,9 +181,9 @@ class CountedFilesystem:
     in unit tests) are not counted.
 
     `get_range` is the reads' GET: for S3, a URL presigned by botocore and fetched with
-    aiohttp on a pool of at most POOL connections. botocore's own GetObject costs about
-    four times the CPU (it builds, checks and parses every request and reply in Python),
-    which is what bounds a Python daemon reading many small objects."""
+    aiohttp on a pool of at most POOL connections. botocore's own GetObject costs several
+    times the CPU (it builds, checks and parses every request and reply in Python), which
+    is what bounds a Python daemon reading many small objects."""
     OPERATIONS = {"ListObjectsV2": "list", "ListObjects": "list", "HeadObject": "head", "GetObject": "get"}
     POOL = 16
 

@@ -13,6 +13,8 @@ module for `redact`.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 from .options import MountError, Options
@@ -172,25 +174,76 @@ def remote_kind(url: str, options: dict[str, str]) -> str:
 
 
 class CountedFilesystem:
-    """An fsspec filesystem whose requests are counted by kind (LIST, HEAD, GET), for
-    `scopefs status`: what a walk or a read cost the server."""
-    KINDS = {"ls": "list", "info": "head", "cat_file": "get", "get_file": "get"}
+    """An fsspec filesystem whose requests to an S3 server are counted by kind (LIST,
+    HEAD, GET, other), for `scopefs status`: what a walk or a read cost the server. They
+    are counted as botocore makes them, so the requests s3fs makes on its own (a HEAD
+    before a read, the LISTs of `info` on a folder) count too. Other filesystems (memory://
+    in unit tests) are not counted.
+
+    `get_range` is the reads' GET: for S3, a URL presigned by botocore and fetched with
+    aiohttp on a pool of at most POOL connections. botocore's own GetObject costs several
+    times the CPU (it builds, checks and parses every request and reply in Python), which
+    is what bounds a Python daemon reading many small objects."""
+    OPERATIONS = {"ListObjectsV2": "list", "ListObjects": "list", "HeadObject": "head", "GetObject": "get"}
+    POOL = 16
 
     def __init__(self, fs):
         self._fs = fs
-        self.requests = {"list": 0, "head": 0, "get": 0}
+        self.requests = {"list": 0, "head": 0, "get": 0, "other": 0}
+        self._s3 = hasattr(fs, "_s3")       # s3fs: its botocore client is made at first use
+        self._client = None                 # the client counted (s3fs may make a new one)
+        self._http = None                   # aiohttp session of get_range, made on fsspec's loop
 
-    def cat_ranges(self, paths, starts, ends, **kwargs):
-        self.requests["get"] += len(paths)
-        return self._fs.cat_ranges(paths, starts, ends, **kwargs)
+    def _count(self, model, **_) -> None:
+        self.requests[self.OPERATIONS.get(model.name, "other")] += 1
+
+    def _watch(self, client) -> None:
+        if client is not self._client:
+            client.meta.events.register("before-call.s3", self._count)
+            self._client = client
 
     def __getattr__(self, name):
-        attr = getattr(self._fs, name)
-        kind = self.KINDS.get(name)
-        if kind is None:
-            return attr
+        if self._s3:
+            if self._fs._s3 is None:
+                self._fs.connect()          # (makes the client; no request)
+            self._watch(self._fs._s3)
+        return getattr(self._fs, name)
 
-        def counted(*args, **kwargs):
-            self.requests[kind] += 1
-            return attr(*args, **kwargs)
-        return counted
+    async def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes start..end of an object, by one GET (a coroutine for fsspec's loop)."""
+        if not self._s3:
+            return await self._cat_file(path, start=start, end=end)
+        import aiohttp
+        client = await self._fs.set_session()
+        self._watch(client)
+        bucket, key, version = self._fs.split_path(path)
+        params = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
+        url = await client.generate_presigned_url("get_object", Params=params)
+        if self._http is None:
+            import ssl
+            tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.POOL, ssl=tls),
+                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT))
+        self.requests["get"] += 1
+        try:
+            async with self._http.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as reply:
+                data = await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OSError(errno.EIO, f"GET failed: {type(exc).__name__}: {exc}", path) from None
+        if reply.status == 404:
+            raise FileNotFoundError(errno.ENOENT, "no such object", path)
+        if reply.status not in (200, 206):
+            raise OSError(errno.EACCES if reply.status == 403 else errno.EIO, f"the server answered {reply.status}",
+                          path)
+        return data if reply.status == 206 else data[start:end]
+
+    def close(self) -> None:
+        """At unmount: the connections of get_range."""
+        if self._http is not None:
+            from fsspec.asyn import sync
+            try:
+                sync(self._fs.loop, self._http.close, timeout=5)
+            except Exception:
+                pass
+            self._http = None

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from ..formats import files
 from .localfiles import OSFileHandle
 from .nodes import Attr, FileHandle
-from .remote import CountedFilesystem
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +35,10 @@ class RemoteFiles(files.Files):
     def __init__(self, root, base: str, chunk_cache: "ChunkCache | None" = None):
         self.root, self.base = root, base.rstrip("/")
         self.chunk_cache = chunk_cache
-        root.fs = self.counted = CountedFilesystem(root.fs)
 
     def status(self) -> dict:
         """Requests made to the server, and the chunk cache."""
-        return {"s3_requests": dict(self.counted.requests),
+        return {**self.root.status(),
                 **(self.chunk_cache.status() if self.chunk_cache else {})}
 
     def _rel(self, path: str) -> str:

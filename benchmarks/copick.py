@@ -1,6 +1,7 @@
 """copick merged mounts vs the backing files used directly, side by side in one run.
 
     python benchmarks/copick.py [--gib 1] [--files 100000] [--picks 10000] [--s3-mib 256]
+                                [--s3-listed 10000] [--s3-small 1000]
                                 [--mrc-shape 256,1024,1024] [--mrc-chunk 256] [--only local|s3|mrc]
 
 Each case runs --repeat times, the direct side and every union alternating; printed are
@@ -15,6 +16,9 @@ physical limit); one that is not installed is left out with a note. Two shapes: 
 project's (100,000 files in 100 dirs, 64 x 1 MiB zarr chunks, picks documents) and issue
 12's (1,000 dirs, 64 x 2 MiB chunks, 200 B files), and the longest wait of other
 operations of a mount while it copies up a static file of --gib GiB.
+S3 cases (SeaweedFS on loopback): the bucket as a copick static root of scopefs, through
+s3fs-fuse and through `rclone mount` (VFS cache off, and full), against Python's s3fs used
+directly; every run on a fresh mount.
 """
 from __future__ import annotations
 
@@ -317,36 +321,169 @@ def max_wait_during(mnt: Path, rel: Path, took: list[float]) -> float:
     return longest
 
 
-def s3_benchmark(work: Path, mib: int) -> None:
+class S3Mount:
+    """A FUSE mount of the benchmark's bucket at work/<key>-mnt, made fresh before each
+    run (nothing cached from the run before); `skip` says why it cannot run here."""
+    name = key = ""
+    skip: str | None = None
+
+    def __init__(self, server, bucket: str, work: Path):
+        self.server, self.bucket, self.work = server, bucket, work
+        self.mnt = work / f"{self.key}-mnt"
+        self.mounted = False
+
+    def remount(self) -> None:
+        self.close()
+        self.mnt.mkdir(exist_ok=True)
+        self.mount()
+        self.mounted = True
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.mnt):           # (some return before the mount is there)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.name} did not mount {self.mnt}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.mounted or os.path.ismount(self.mnt):
+            self.mounted = False
+            if subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True).returncode:
+                subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
+
+
+class ScopefsS3(S3Mount):
+    """A copick project whose static root is the bucket (an empty local overlay)."""
+    name, key = "scopefs", "scopefs-s3"
+
+    def mount(self) -> None:
+        overlay = self.work / "scopefs-s3-overlay"
+        overlay.mkdir(exist_ok=True)
+        config = self.work / "scopefs-s3.json"
+        config.write_text(json.dumps({"config_type": "filesystem", "pickable_objects": [],
+                                      "static_root": f"s3://{self.bucket}", "static_fs_args": self.server.fs_args,
+                                      "overlay_root": f"local://{overlay}"}))
+        mount(str(config), self.mnt)
+
+    def close(self) -> None:
+        if self.mounted or os.path.ismount(self.mnt):
+            self.mounted = False
+            umount(self.mnt)
+
+
+class S3fsFuse(S3Mount):
+    """s3fs-fuse (Debian's s3fs), path-style requests to the loopback endpoint."""
+    name, key = "s3fs-fuse", "s3fs-fuse"
+    skip = None if shutil.which("s3fs") else "s3fs (s3fs-fuse) is not installed"
+
+    def mount(self) -> None:
+        from s3server import KEY, SECRET
+        passwd = self.work / "s3fs-passwd"
+        passwd.write_text(f"{KEY}:{SECRET}\n")
+        passwd.chmod(0o600)
+        subprocess.run(["s3fs", self.bucket, str(self.mnt), "-o", f"url={self.server.endpoint}",
+                        "-o", "use_path_request_style", "-o", f"passwd_file={passwd}"], check=True)
+
+
+class Rclone(S3Mount):
+    """`rclone mount` (Debian's rclone) with its VFS cache off, the remote given in the
+    environment."""
+    name, key, cache = "rclone", "rclone", "off"
+    skip = None if shutil.which("rclone") else "rclone is not installed"
+
+    def mount(self) -> None:
+        from s3server import KEY, SECRET
+        # (an AWS_CA_BUNDLE in the environment stops rclone's S3 client: plain http here)
+        env = {**{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},
+               "RCLONE_CONFIG_WEED_TYPE": "s3", "RCLONE_CONFIG_WEED_PROVIDER": "Other",
+               "RCLONE_CONFIG_WEED_ACCESS_KEY_ID": KEY, "RCLONE_CONFIG_WEED_SECRET_ACCESS_KEY": SECRET,
+               "RCLONE_CONFIG_WEED_ENDPOINT": self.server.endpoint, "RCLONE_CONFIG": "/dev/null"}
+        cache = self.work / f"{self.key}-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        subprocess.run(["rclone", "mount", f"weed:{self.bucket}", str(self.mnt), "--daemon",
+                        "--vfs-cache-mode", self.cache, "--cache-dir", str(cache)], check=True, env=env)
+
+
+class RcloneFull(Rclone):
+    """... and with `--vfs-cache-mode full` (whole objects kept on local disk)."""
+    name, key, cache = "rclone-full", "rclone-full", "full"
+
+
+S3_MOUNTS = (ScopefsS3, S3fsFuse, Rclone, RcloneFull)
+
+
+def s3_benchmark(work: Path, mib: int, listed: int, small: int) -> None:
+    """Each FUSE mount of one bucket against s3fs (Python) used directly, every run on a
+    fresh mount (and a fresh filesystem object for the direct side): nothing is cached
+    from an earlier run. Sequential reads of 8 MiB objects; a listing with the size of
+    each of `listed` small objects; a listing, then `small` objects of 200 B read one by
+    one."""
     from s3server import SeaweedS3
     server = SeaweedS3(Path(tempfile.mkdtemp(dir=work, prefix="weed")))
-    mnt = work / "mnt-s3"
+    mounts = [cls(server, "bench", work) for cls in S3_MOUNTS]
+    for m in mounts:
+        if m.skip:
+            print(f"  (no {m.name} column: {m.skip})")
+    mounts = [m for m in mounts if not m.skip]
     try:
         fs = server.filesystem()
         fs.mkdir("bench")
         block = os.urandom(8 << 20)
-        names = [f"run/chunk{i:03d}" for i in range(max(1, mib // 8))]
-        for name in names:
+        chunks = [f"run/chunk{i:03d}" for i in range(max(1, mib // 8))]
+        for name in chunks:
             fs.pipe(f"bench/{name}", block)
-        overlay = work / "overlay-s3"
-        shutil.rmtree(overlay, ignore_errors=True)
-        overlay.mkdir()
-        config = work / "s3.json"
-        config.write_text(json.dumps({"config_type": "filesystem", "pickable_objects": [],
-                                      "static_root": "s3://bench", "static_fs_args": server.fs_args,
-                                      "overlay_root": f"local://{overlay}"}))
-        mount(str(config), mnt)
+        many = [f"many/f{i:05d}.json" for i in range(listed)]
+        few = [f"few/f{i:04d}.json" for i in range(small)]
+        doc = b"{}".ljust(200)
+        for batch in range(0, len(many + few), 1000):
+            fs.pipe({f"bench/{name}": doc for name in (many + few)[batch:batch + 1000]})
+        by_name = {m.name: m for m in mounts}
+        direct_fs = None
 
-        def direct_read():
-            direct_fs = server.filesystem()
+        def fresh(side: str) -> None:
+            """A fresh mount, or for the direct side a fresh s3fs with its connection made."""
+            nonlocal direct_fs
+            if side in by_name:
+                by_name[side].remount()
+            else:
+                direct_fs = server.filesystem()
+                direct_fs.connect()
+
+        def sides(direct, on_mount):
+            return direct, {m.name: (lambda m=m: on_mount(m.mnt)) for m in mounts}
+
+        def direct_read(names):
             for name in names:
                 with direct_fs.open(f"bench/{name}", "rb") as fh:
                     while fh.read(BLOCK):
                         pass
-        compare(f"S3 static root: read {len(names) * 8} MiB in 8 MiB objects", direct_read,
-                {"scopefs": lambda: read_all(mnt / name for name in names)}, "vs s3fs used directly; goal >= 1")
+
+        def direct_list_stat():
+            assert len(direct_fs.ls("bench/many", detail=True)) == listed
+
+        def list_stat(mnt: Path):
+            assert sum(1 for e in os.scandir(mnt / "many") if e.stat().st_size) == listed
+
+        def direct_small():
+            names = direct_fs.ls("bench/few", detail=False)
+            for name in names:
+                with direct_fs.open(name, "rb") as fh:
+                    fh.read()
+
+        def small_reads(mnt: Path):
+            folder = mnt / "few"
+            for name in os.listdir(folder):
+                with open(folder / name, "rb", buffering=0) as fh:
+                    fh.read(BLOCK)
+        goal = "vs s3fs used directly; goal: ahead of the other mounts"
+        compare(f"S3: sequential read, {len(chunks) * 8} MiB in {len(chunks)} x 8 MiB objects",
+                *sides(lambda: direct_read(chunks), lambda mnt: read_all(mnt / name for name in chunks)),
+                goal, cold=False, prepare=fresh)
+        compare(f"S3: listing + stat of {listed:,} small objects", *sides(direct_list_stat, list_stat),
+                goal, cold=False, prepare=fresh)
+        compare(f"S3: list, then read {small:,} objects of 200 B one by one", *sides(direct_small, small_reads),
+                goal, cold=False, prepare=fresh)
     finally:
-        umount(mnt)
+        for m in mounts:
+            m.close()
         server.stop()
 
 
@@ -437,7 +574,9 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--picks", type=int, default=10_000)
-    parser.add_argument("--s3-mib", type=int, default=256)
+    parser.add_argument("--s3-mib", type=int, default=256, help="S3: MiB read in 8 MiB objects")
+    parser.add_argument("--s3-listed", type=int, default=10_000, help="S3: small objects listed with their sizes")
+    parser.add_argument("--s3-small", type=int, default=1_000, help="S3: objects of 200 B read one by one")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-copick")
     parser.add_argument("--warm", action="store_true", help="compare with files in the page cache")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each side; medians are printed")
@@ -454,7 +593,7 @@ def main() -> None:
     if args.only in (None, "local"):
         local_benchmarks(args.work, args.gib, args.files, args.picks)
     if args.only in (None, "s3"):
-        s3_benchmark(args.work, args.s3_mib)
+        s3_benchmark(args.work, args.s3_mib, args.s3_listed, args.s3_small)
     if args.only in (None, "mrc"):
         mrc_benchmark(args.work, tuple(int(n) for n in args.mrc_shape.split(",")), args.mrc_chunk)
 

@@ -195,20 +195,24 @@ def test_a_sequential_reader_finds_the_next_block_fetched_ahead():
 
 def test_a_failed_fetch_ahead_is_fetched_again_when_needed():
     with remote_object("retry", 2 * FETCH_BLOCK) as (root, handle, data):
-        real, failures = root.fs.cat_ranges, []
+        real, failures = root.fs._cat_file, []
 
-        def flaky(paths, starts, ends, **kw):
-            if starts[0] >= FETCH_BLOCK and not failures:
-                failures.append(starts[0])
+        async def flaky(path, start, end):
+            if start >= FETCH_BLOCK and not failures:
+                failures.append(start)
                 raise OSError(5, "connection reset")
-            return real(paths, starts, ends, **kw)
-        root.fs.cat_ranges = flaky
-        try:
-            assert handle.read(0, FETCH_BLOCK) == data[:FETCH_BLOCK]     # starts the fetch ahead
-            assert wait_for(lambda: failures)
-            assert handle.read(FETCH_BLOCK, FETCH_BLOCK) == data[FETCH_BLOCK:]
-        finally:
-            root.fs.cat_ranges = real
+            return await real(path, start=start, end=end)
+        root.fs._cat_file = flaky
+        assert handle.read(0, 1 << 20) == data[:1 << 20]
+        assert handle.read(1 << 20, FETCH_BLOCK - (1 << 20)) == data[1 << 20:FETCH_BLOCK]    # reads on: ahead
+        assert wait_for(lambda: failures)
+        assert handle.read(FETCH_BLOCK, FETCH_BLOCK) == data[FETCH_BLOCK:]
+
+
+def test_a_small_object_is_fetched_whole_at_open():
+    with remote_object("small", 1000) as (_, handle, data):
+        assert wait_for(lambda: handle._blocks[0].done())                        # no read asked yet
+        assert handle.cached_read(0, 4096) == data and handle.cached_read(1000, 10) == b""
 
 
 def node_at(tree, rel):
@@ -272,19 +276,16 @@ def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount:
 def test_a_reader_jumping_about_gets_no_block_fetched_ahead():
     with remote_object("jumps", 4 * FETCH_BLOCK) as (root, handle, data):
         fetched = []
-        real = root.fs.cat_ranges
+        real = root.fs._cat_file
 
-        def counting(paths, starts, ends, **kw):
-            fetched.append(starts[0] // FETCH_BLOCK)
-            return real(paths, starts, ends, **kw)
-        root.fs.cat_ranges = counting
-        try:
-            for offset in (3 * FETCH_BLOCK + 5, FETCH_BLOCK + 7, 2 * FETCH_BLOCK + 100):
-                assert handle.read(offset, 1000) == data[offset:offset + 1000]
-            time.sleep(0.2)
-            assert sorted(fetched) == [1, 2, 3]
-        finally:
-            root.fs.cat_ranges = real
+        async def counting(path, start, end):
+            fetched.append(start // FETCH_BLOCK)
+            return await real(path, start=start, end=end)
+        root.fs._cat_file = counting
+        for offset in (3 * FETCH_BLOCK + 5, FETCH_BLOCK + 7, 2 * FETCH_BLOCK + 100):
+            assert handle.read(offset, 1000) == data[offset:offset + 1000]
+        time.sleep(0.2)
+        assert sorted(fetched) == [1, 2, 3]
 
 
 def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
@@ -542,3 +543,22 @@ def test_the_static_visibility_remembered_of_directories_is_bounded(tmp_path):
         assert [tree.static_visible(f"d{i}/f") for i in range(10)] == [i != 7 for i in range(10)]
         assert len(tree._visible) <= 4
     tree.close()
+
+
+def test_a_reader_going_through_a_folder_in_order_finds_the_next_objects_fetched():
+    root = FsspecRoot("memory://folder")
+    docs = {f"f{i}.json": os.urandom(100 + i) for i in range(12)}
+    for name, doc in docs.items():
+        root.fs.pipe(f"/folder/d/{name}", doc)
+    names = root.listdir("d")
+    for name in ("f5.json", "f1.json"):                    # jumping about: nothing ahead
+        root.open_read(f"d/{name}").release()
+    assert not root._fetched_ahead
+    for name in names[2:4]:                                 # f10, f11 after f1: in order
+        handle = root.open_read(f"d/{name}")
+        assert handle.read(0, 1000) == docs[name]
+        handle.release()
+    assert list(root._fetched_ahead) == [f"d/{name}" for name in names[4:12]]
+    fetched = root._fetched_ahead["d/f3.json"][2]
+    handle = root.open_read("d/f3.json")
+    assert handle._blocks[0] is fetched and handle.read(0, 1000) == docs["f3.json"]

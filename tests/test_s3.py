@@ -13,6 +13,8 @@ import mrcfile
 import numpy as np
 import pytest
 
+from conftest import daemon_status
+from scopefs.backends.overlay import FETCH_BLOCK
 from s3server import SeaweedS3, s3  # noqa: F401 (a fixture)
 from test_copick_formats import chunks_decoded, volume_of, write_volume
 from upstream import run_upstream
@@ -173,3 +175,39 @@ def test_picks_imported_into_an_s3_overlay(s3, tmp_path, mount):
     with pytest.raises(OSError):
         (spacing / "tester_2_ribosome.csv").write_text("run_name,x\nTS_009,1\n")
     assert not fs.exists("importoverlay/ExperimentRuns/TS_001/Picks/tester_2_ribosome.json")
+
+
+def test_a_listed_small_object_costs_one_get(s3, tmp_path, mount):
+    """Reading a small object whose size a listing gave costs the server one GET: no
+    HEAD, no second LIST, not a request per kernel read."""
+    fs = s3.filesystem()
+    fs.mkdir("small")
+    docs = {f"small/picks/p{i}.json": json.dumps({"i": i}).ljust(200).encode() for i in range(5)}
+    fs.pipe(docs)
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(project(tmp_path, s3, "s3://small", f"local://{tmp_path / 'overlay'}"))
+    assert sorted(os.listdir(mnt / "picks")) == [f"p{i}.json" for i in range(5)]
+    before = daemon_status(mnt)["static_s3_requests"]
+    for i in range(5):
+        with open(mnt / "picks" / f"p{i}.json", "rb", buffering=0) as fh:
+            assert fh.read(1 << 20) == docs[f"small/picks/p{i}.json"] and fh.read(1 << 20) == b""
+    after = daemon_status(mnt)["static_s3_requests"]
+    assert {kind: after[kind] - before[kind] for kind in after} == {"list": 0, "head": 0, "get": 5, "other": 0}
+
+
+def test_a_reader_that_does_not_read_on_costs_one_get(s3, tmp_path, mount):
+    """A header read of a big object costs one GET of the block it falls in: no parts
+    fetched side by side and nothing fetched ahead until the reader reads on."""
+    fs = s3.filesystem()
+    fs.mkdir("big")
+    data = os.urandom(FETCH_BLOCK + (1 << 20))
+    fs.pipe("big/run/tomo.bin", data)
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(project(tmp_path, s3, "s3://big", f"local://{tmp_path / 'overlay'}"))
+    assert os.listdir(mnt / "run") == ["tomo.bin"]
+    before = daemon_status(mnt)["static_s3_requests"]["get"]
+    with open(mnt / "run" / "tomo.bin", "rb", buffering=0) as fh:
+        assert fh.read(4096) == data[:4096]
+    time.sleep(0.5)                                                  # (a fetch ahead would be done)
+    assert daemon_status(mnt)["static_s3_requests"]["get"] - before == 1
+    assert (mnt / "run" / "tomo.bin").read_bytes() == data           # reading on still reads it all

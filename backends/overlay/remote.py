@@ -12,6 +12,8 @@ special files (EPERM), and no rename (copy, then delete: not atomic).
 """
 from __future__ import annotations
 
+import asyncio
+import bisect
 import errno
 import os
 import stat
@@ -22,14 +24,22 @@ from collections import OrderedDict
 from concurrent.futures import Future
 
 from ..nodes import Attr, FileHandle, Owner
-from ..remote import mtime_ns, public_url
+from ..remote import CountedFilesystem, mtime_ns, public_url
 from .root import Root
 from .rules import DIR_MARKER
-from .walk import Workers
 
 FETCH_BLOCK = 8 << 20          # a remote read fetches this much at once...
-FETCH_PARTS = 2                # ...as this many concurrent range requests
+FETCH_PARTS = 2                # ...as this many concurrent range requests (none under 1 MiB)
+READ_AHEAD_FILES = 8           # a reader going through a folder in order finds this many next...
+READ_AHEAD_BYTES = 16 << 20    # ...objects (whole, up to FETCH_BLOCK each, this much in all) fetched...
+READ_AHEAD_AGE = 5.0           # ...ahead, and takes them if it opens them within this many seconds
 CACHE_ENTRIES = 200_000        # metadata entries an fsspec root remembers (about 40 MB at most)
+
+
+def _position(names: list[str], name: str) -> int | None:
+    """Where name is in a listing (sorted when made), or None."""
+    i = bisect.bisect_left(names, name)
+    return i if i < len(names) and names[i] == name else None
 
 
 def _no_links(rel: str) -> OSError:
@@ -38,10 +48,15 @@ def _no_links(rel: str) -> OSError:
 
 class FsspecRoot(Root):
     """A root behind fsspec (S3 through s3fs...)."""
+    answers_from_caches = True          # what listings told (within ttl) answers without I/O
 
     def __init__(self, url: str, fs_args: dict | None = None, ttl: float = 60.0):
         import fsspec                                   # only remote mounts need it
-        self.fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        fs, base = fsspec.core.url_to_fs(url, **(fs_args or {}))
+        if not fs.async_impl:                           # (memory:// in unit tests)
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+            fs = AsyncFileSystemWrapper(fs)
+        self.fs = CountedFilesystem(fs)
         self.base = base.rstrip("/")
         self.url = url
         self.ttl = ttl
@@ -49,10 +64,19 @@ class FsspecRoot(Root):
         self._info: OrderedDict[str, tuple[float, Attr | None]] = OrderedDict()
         self._dirs: OrderedDict[str, tuple[float, list[str] | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self.fetch_ahead = Workers(4, "fetch-ahead")
+        # objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, size, Future of its bytes); two windows at most
+        self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
+        self._last_open: tuple[str, int] = ("", -2)       # (folder, position in its listing)
 
     def describe(self) -> str:
         return public_url(self.url)                     # never a credential in a URL
+
+    def status(self) -> dict:
+        return {"s3_requests": dict(self.fs.requests)}
+
+    def close(self) -> None:
+        self.fs.close()
 
     def full(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
@@ -76,6 +100,7 @@ class FsspecRoot(Root):
             self._info.pop(rel, None)
             self._dirs.pop(parent, None)
             self._dirs.pop(rel, None)
+            self._fetched_ahead.pop(rel, None)
         self.fs.invalidate_cache(self.full(parent))
 
     @staticmethod
@@ -90,7 +115,7 @@ class FsspecRoot(Root):
             return cached
         parent, _, name = rel.rpartition("/")
         names = self._fresh(self._dirs, parent) if rel else ...     # a listing just made answers
-        if names is not ... and names is not None and name not in names:    # for its children
+        if names is not ... and names is not None and _position(names, name) is None:    # for its children
             return None
         try:
             info = self._to_info(self.fs.info(self.full(rel)))
@@ -115,6 +140,7 @@ class FsspecRoot(Root):
                 continue
             names.append(name)
             self._remember(self._info, f"{rel}/{name}" if rel else name, self._to_info(entry))
+        names.sort()                    # as the merged view lists them (and for _read_on's bisect)
         self._remember(self._dirs, rel, names)
         return names
 
@@ -126,7 +152,84 @@ class FsspecRoot(Root):
 
     def open_read(self, rel: str) -> FileHandle:
         info = self.stat(rel)                            # known from a listing: no HEAD again
-        return RemoteReadHandle(self, self.full(rel), info.size if info else None)
+        return self._open(rel, info.size if info else None)
+
+    def _open(self, rel: str, size: int | None) -> "RemoteReadHandle":
+        with self._lock:
+            ahead = self._fetched_ahead.pop(rel, None)
+        first = ahead[2] if ahead and time.monotonic() - ahead[0] < READ_AHEAD_AGE else None
+        handle = RemoteReadHandle(self, self.full(rel), size, first)
+        self._read_on(rel)
+        return handle
+
+    def fetch(self, path: str, start: int, end: int, parts: int) -> Future:
+        """Bytes start..end of an object as up to `parts` concurrent range requests of at
+        least 1 MiB each, run on fsspec's event-loop thread (a concurrent Future: nobody
+        waits for it unless they need it)."""
+        fs = self.fs
+        step = max(-(-(end - start) // parts), 1 << 20)
+        ranges = [(s, min(s + step, end)) for s in range(start, end, step)]
+
+        async def fetch() -> bytes:
+            data = b"".join(await asyncio.gather(*(fs.get_range(path, s, e) for s, e in ranges)))
+            if len(data) != end - start:
+                raise OSError(errno.EIO, f"{len(data)} bytes at {start}, expected {end - start}", path)
+            return data
+        return asyncio.run_coroutine_threadsafe(fetch(), fs.loop)
+
+    def _read_on(self, rel: str) -> None:
+        """After rel is opened: if the one opened before it is its neighbour in its
+        folder's listing, the objects after it there are fetched now (up to
+        READ_AHEAD_FILES, READ_AHEAD_BYTES in all; none bigger than FETCH_BLOCK)."""
+        parent, _, name = rel.rpartition("/")
+        names = self._fresh(self._dirs, parent)
+        if names is ... or not names:
+            return
+        position = _position(names, name)
+        with self._lock:
+            last_parent, last = self._last_open
+            self._last_open = (parent, -2 if position is None else position)
+            if position is None or last_parent != parent or not 0 < position - last <= 2:
+                return
+            now, window = time.monotonic(), 0
+            for following in names[position + 1:position + 1 + READ_AHEAD_FILES]:
+                child = f"{parent}/{following}" if parent else following
+                info = self._info.get(child)
+                if info is None or info[1] is None or not stat.S_ISREG(info[1].mode) or \
+                        not 0 < info[1].size <= FETCH_BLOCK or window + info[1].size > READ_AHEAD_BYTES:
+                    break
+                window += info[1].size
+                if child not in self._fetched_ahead:
+                    self._fetched_ahead[child] = (now, info[1].size,
+                                                  self.fetch(self.full(child), 0, info[1].size, FETCH_PARTS))
+            held = sum(size for _, size, _ in self._fetched_ahead.values())
+            while held > 2 * READ_AHEAD_BYTES:
+                _, (_, size, future) = self._fetched_ahead.popitem(last=False)
+                future.cancel()
+                held -= size
+
+    # -- answered from what listings told, never blocking --------------------------------
+    def stat_cached(self, rel: str) -> Attr | None:
+        info = self._fresh(self._info, rel)
+        if info is ...:
+            parent, _, name = rel.rpartition("/")
+            names = self._fresh(self._dirs, parent) if rel else ...
+            if names is ... or names is not None and _position(names, name) is not None:
+                return None                              # cannot tell
+            info = None
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, "no such object", rel)
+        return info
+
+    def exists_cached(self, rel: str) -> bool | None:
+        try:
+            return None if self.stat_cached(rel) is None else True
+        except FileNotFoundError:
+            return False
+
+    def open_read_cached(self, rel: str) -> FileHandle | None:
+        info = self.stat_cached(rel)
+        return None if info is None else self._open(rel, info.size)
 
     # -- as the overlay side ---------------------------------------------------------------
     def mkdir(self, rel: str, mode: int = 0o755, owner: Owner | None = None) -> None:
@@ -226,76 +329,74 @@ class FsspecRoot(Root):
 
 
 class RemoteReadHandle(FileHandle):
-    """Reads of an object in blocks of FETCH_BLOCK, each fetched as FETCH_PARTS concurrent
-    range requests. A sequential reader's next block is fetched in the background while
-    it reads this one (a reader jumping about gets no such guesses), and reads of blocks
-    already here need no worker thread."""
-    release_blocks = True
+    """Reads of an object in blocks of FETCH_BLOCK, each one GET, or FETCH_PARTS
+    concurrent range requests once the reader has shown it reads on (a reader that
+    jumps about, or reads only a header, costs one request per block it touches). An
+    object of up to FETCH_BLOCK is fetched whole at open (one GET up to 1 MiB), or was
+    fetched ahead (`FsspecRoot._read_on`), so the kernel's first read often finds it
+    here. Fetches run on fsspec's event-loop thread: no worker thread waits for a fetch
+    made ahead. Only the next block of a sequential reader is fetched ahead, and a
+    handle holds two blocks at most."""
 
-    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None):
+    def __init__(self, root: "FsspecRoot", path: str, size: int | None = None, first: Future | None = None):
         self.root, self.path = root, path
         self.size = size if size is not None else root.fs.size(path)
         self._blocks: dict[int, Future] = {}          # the block read last and the next one
-        self._last_end = 0                            # where the last read ended
+        self._last_end: int | None = None             # where the last read ended
         self._lock = threading.Lock()
+        if 0 < self.size <= FETCH_BLOCK:
+            self._blocks[0] = first or root.fetch(path, 0, self.size, FETCH_PARTS)
 
-    def _fetch(self, index: int) -> bytes:
+    def _start(self, index: int, parts: int) -> Future:
         start = index * FETCH_BLOCK
-        end = min(start + FETCH_BLOCK, self.size)
-        step = max(-(-(end - start) // FETCH_PARTS), 1 << 20)
-        starts = list(range(start, end, step))
-        parts = self.root.fs.cat_ranges([self.path] * len(starts), starts, [min(s + step, end) for s in starts])
-        for part in parts:
-            if isinstance(part, Exception):
-                raise part
-        return b"".join(parts)
+        return self.root.fetch(self.path, start, min(start + FETCH_BLOCK, self.size), parts)
 
-    def _block(self, index: int, wait: bool = True) -> bytes | None:
+    def _block(self, index: int, wait: bool, parts: int) -> bytes | None:
         with self._lock:
             future = self._blocks.get(index)
+            ahead = future is not None                   # fetched ahead (or by a read before)
             if future is None or (future.done() and future.exception() is not None):
                 if not wait:
                     return None
-                future = self._blocks[index] = Future()
-                future.set_running_or_notify_cancel()
-                fetch_here = True
-            else:
-                fetch_here = False
-        if fetch_here:
-            try:
-                future.set_result(self._fetch(index))
-            except BaseException as exc:
-                future.set_exception(exc)
-        elif not wait and not future.done():
+                future, ahead = self._start(index, parts), False
+                self._blocks[index] = future
+        if not wait and not future.done():
             return None
+        try:
+            return future.result()
+        except Exception:
+            if not ahead:
+                raise
+        with self._lock:                                 # what failed ahead is fetched again
+            future = self._blocks[index] = self._start(index, parts)
         return future.result()
 
     def _read(self, offset: int, size: int, wait: bool) -> bytes | None:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
+        # the kernel may send two reads out of order: "sequential" is within a MiB
+        sequential = self._last_end is not None and abs(offset - self._last_end) <= 1 << 20
         first, last = offset // FETCH_BLOCK, (end - 1) // FETCH_BLOCK
         pieces = []
         for index in range(first, last + 1):
-            block = self._block(index, wait)
+            block = self._block(index, wait, FETCH_PARTS if sequential else 1)
             if block is None:
                 return None
             base = index * FETCH_BLOCK
             pieces.append(block[max(offset - base, 0):end - base])
-        # the kernel may send two reads out of order: "sequential" is within a MiB
-        sequential = abs(offset - self._last_end) <= 1 << 20
         self._last_end = end
         self._ahead(last, finished=end in ((last + 1) * FETCH_BLOCK, self.size), fetch_next=sequential)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _ahead(self, index: int, finished: bool, fetch_next: bool) -> None:
         """Keep the block being read (unless read to its end) and the next one, which a
-        sequential reader gets fetched now: an open handle holds two blocks at most."""
+        sequential reader gets fetched now."""
         with self._lock:
             for old in [k for k in self._blocks if k != index + 1 and (k != index or finished)]:
                 del self._blocks[old]
             if fetch_next and (index + 1) * FETCH_BLOCK < self.size and index + 1 not in self._blocks:
-                self._blocks[index + 1] = self.root.fetch_ahead.submit(self._fetch, index + 1)
+                self._blocks[index + 1] = self._start(index + 1, FETCH_PARTS)
 
     def read(self, offset: int, size: int) -> bytes:
         return self._read(offset, size, wait=True)
@@ -305,6 +406,8 @@ class RemoteReadHandle(FileHandle):
 
     def release(self) -> None:
         with self._lock:
+            for future in self._blocks.values():
+                future.cancel()
             self._blocks.clear()
 
 
@@ -320,6 +423,10 @@ class UploadHandle(FileHandle):
             root.fs.get_file(root.full(rel), self._tmp.name)
         self._dirty = not keep
         self._lock = threading.Lock()
+        # objects fetched ahead for a reader going through a folder in listing order:
+        # rel -> (when, size, Future of its bytes); two windows at most
+        self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
+        self._last_open: tuple[str, int] = ("", -2)       # (folder, position in its listing)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._tmp.fileno(), size, offset)

@@ -18,8 +18,11 @@ class Root(Protocol):
     #: owners, modes, times, hard links and special files are real (a POSIX directory);
     #: False: owners are the daemon's and links/special files are refused
     real_owners: bool = False
-    #: the nowait hooks can answer at all (a local disk): the merge then tries them first
+    #: the nowait hooks can answer at all (a local disk's kernel caches, an object
+    #: store's recent listings): the merge then tries them first
     answers_from_caches: bool = False
+    #: a directory on a local disk (stats and reads are cheap)
+    local_storage: bool = False
 
     def describe(self) -> str: ...
 
@@ -48,6 +51,10 @@ class Root(Protocol):
     def handle_attr(self, handle: FileHandle) -> Attr | None:
         """fstat of one of this root's open handles, if it has a descriptor."""
         return None
+
+    def status(self) -> dict:
+        """The root's own counters for `scopefs status` (an object store's requests)."""
+        return {}
 
     def close(self) -> None:
         """At unmount."""

@@ -55,7 +55,8 @@ class OverlayTree(Tree):
         self.upper = upper
         self.writable = not read_only
         self.real_owners = upper.real_owners
-        self.local = static.answers_from_caches and upper.answers_from_caches
+        self.local = static.local_storage and upper.local_storage
+        self.answers_nowait = static.answers_from_caches and upper.answers_from_caches
         self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
                                         negative_timeout=0.0, keep_cache=True)
         # changes of names (short: a copy-up holds it only to rename its finished copy in)
@@ -77,10 +78,11 @@ class OverlayTree(Tree):
         self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
-        self.scan_ahead = ScanAhead(static, threads=2 if static.answers_from_caches else 8,
+        self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
                                     horizon=self.cache_policy.attr_timeout)
-        # lookups answered from the kernel's caches (shown_nowait) need local storage
-        self.warmer = SiblingWarmer(static) if self.local else None
+        # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
+        # object store's listing
+        self.warmer = SiblingWarmer(static) if self.answers_nowait else None
         if self.writable:
             upper.clear_work()
         root = self.add(MergedDir(self, (None, "")))
@@ -153,9 +155,9 @@ class OverlayTree(Tree):
         return seen is BARE or bool(seen) and self.upper.exists_cached(_join(parent, whiteout_name(name))) is False
 
     def shown_nowait(self, rel: str) -> tuple[Root, Attr] | None:
-        """What rel shows, if the kernel's lookup cache tells without I/O; None if it
-        cannot, or if rel is missing."""
-        if not self.local:
+        """What rel shows, if the kernel's lookup cache (or an object store's recent
+        listing) tells without I/O; None if it cannot, or if rel is missing."""
+        if not self.answers_nowait:
             return None
         if not self._bare(rel):
             try:
@@ -500,7 +502,9 @@ class OverlayTree(Tree):
         return {"static": self.static.describe(), "overlay": self.upper.describe(), "nodes": len(self._by_key),
                 "nodes_forgotten_kept": len(self._idle),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
-                "directories_warmed": self.warmer.warmed if self.warmer else 0}
+                "directories_warmed": self.warmer.warmed if self.warmer else 0,
+                **{f"{side}_{key}": value for side, root in (("static", self.static), ("overlay", self.upper))
+                   for key, value in root.status().items()}}
 
     def close(self) -> None:
         super().close()

@@ -406,7 +406,7 @@ class Operations(pyfuse3.Operations):
                 if name is not None:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                        listing.pending, listing.position = entries, position
+                        listing.pending, listing.position, listing.more = entries, position, more
                         listing.offset = offset
                         return
                     if child is not None:

@@ -173,6 +173,8 @@ def test_imgstore_from_s3_is_the_local_tree(s3, imgstores, kind, mount, tmp_path
 @pytest.mark.daemon_log(r"EndpointConnectionError: Could not connect to the endpoint URL",
                         reason="the server is stopped mid-test (botocore's error is no OSError: the "
                                "daemon logs it with its traceback)")
+@pytest.mark.daemon_log(r"GET failed: ClientConnectorError", reason="the server is stopped mid-test: "
+                        "a read's GET fails, and that read gets EIO")
 def test_server_gone_mid_read_costs_reads_their_eio_and_comes_back(tmp_path, mount):
     """While the server is down: a read that needs it fails with EIO within the mount's
     timeout, listings and unmount still answer; once it is back, reads work again."""

@@ -309,3 +309,19 @@ def test_contract_over_s3(walked, check):
 
 async def test_s3_trees_refuse_changes(walked):
     await check_read_only_refuses_changes(walked)
+
+
+@pytest.mark.parametrize("name", ["imgstore-directory", "fsdb", "copick"])
+def test_a_closed_tree_leaves_no_connection_open(name, s3, remote_sources, tmp_path):  # noqa: F811
+    """Reads open a pool of connections (the GETs of presigned URLs); closing the tree at
+    unmount must close it, whatever the kind."""
+    import gc
+    import aiohttp
+    source = remote_sources[name]
+    options = {} if name == "copick" else {"endpoint_url": s3.endpoint, "key": KEY, "secret": SECRET}
+    tree = open_tree(source_kind(source, None, options), source, Options(options), read_only=True,
+                     mountpoint=str(tmp_path))
+    Walk.of(tree)                                       # reads every file
+    tree.close()
+    gc.collect()
+    assert [s for s in gc.get_objects() if isinstance(s, aiohttp.ClientSession) and not s.closed] == []

@@ -648,3 +648,4 @@ class ImgstoreTree(Tree):
         self.service.close()
         if self._chunk_cache:
             self._chunk_cache.close()
+        self.meta.files.close()

@@ -36,6 +36,9 @@ class RemoteFiles(files.Files):
         self.root, self.base = root, base.rstrip("/")
         self.chunk_cache = chunk_cache
 
+    def close(self) -> None:
+        self.root.close()
+
     def status(self) -> dict:
         """Requests made to the server, and the chunk cache."""
         return {**self.root.status(),

@@ -49,6 +49,9 @@ class Files:
         """A path the OS can open for this file (decoders that want one)."""
         return path
 
+    def close(self) -> None:
+        """At unmount: what reaching the files holds open (connections)."""
+
 
 class LocalFiles(Files):
     """Files through the OS."""

@@ -773,3 +773,4 @@ class FSDBTree(Tree):
     def close(self) -> None:
         super().close()
         self.db.disconnect()
+        self.db.files.close()

@@ -319,10 +319,13 @@ def test_a_closed_tree_leaves_no_connection_open(name, s3, remote_sources, tmp_p
     from scopefs.backends.remote import CountedFilesystem
     source = remote_sources[name]
     options = {} if name == "copick" else {"endpoint_url": s3.endpoint, "key": KEY, "secret": SECRET}
+    def filesystems() -> set:
+        return {fs for fs in gc.get_objects() if isinstance(fs, CountedFilesystem)}
+    others = filesystems()                              # (other tests' trees still open)
     tree = open_tree(source_kind(source, None, options), source, Options(options), read_only=True,
                      mountpoint=str(tmp_path))
     Walk.of(tree)                                       # reads every file
+    mine = filesystems() - others
+    assert any(fs._http is not None for fs in mine)     # (its reads made a pool)
     tree.close()
-    gc.collect()
-    pools = [fs._http for fs in gc.get_objects() if isinstance(fs, CountedFilesystem) and fs._http is not None]
-    assert [pool for pool in pools if not pool.closed] == []
+    assert [fs for fs in mine if fs._http is not None and not fs._http.closed] == []

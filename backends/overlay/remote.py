@@ -423,10 +423,6 @@ class UploadHandle(FileHandle):
             root.fs.get_file(root.full(rel), self._tmp.name)
         self._dirty = not keep
         self._lock = threading.Lock()
-        # objects fetched ahead for a reader going through a folder in listing order:
-        # rel -> (when, size, Future of its bytes); two windows at most
-        self._fetched_ahead: OrderedDict[str, tuple[float, int, Future]] = OrderedDict()
-        self._last_open: tuple[str, int] = ("", -2)       # (folder, position in its listing)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._tmp.fileno(), size, offset)

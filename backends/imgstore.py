@@ -119,7 +119,9 @@ def _choose_format(name: str, reader: FrameReader, png_compression: int, jpeg_qu
 class FrameService:
     """Frames of one store, encoded in the served format: sizes without decoding,
     single-flight decode+encode through bounded caches, and read-ahead for sequential
-    readers that keeps the video decoder positioned."""
+    readers that keeps the video decoder positioned. A frame read ahead is offered
+    (`offer(i, data)`) for the kernel's page cache: a reader that opens it next (tar,
+    rsync, cp) reads it from there, without a request."""
 
     def __init__(self, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, *, encoded_cache: int,
                  decoded_cache: int, prefetch: int, passthrough: bool):
@@ -148,6 +150,8 @@ class FrameService:
         self._last_read = -2
         self._lock = threading.Lock()
         self.frames_decoded = 0
+        self.frames_offered = 0                 # read ahead before the reader came: given to `offer`
+        self.offer = lambda i, data: None       # the tree's: see `ImgstoreTree`
 
     # -- metadata, never decoding (except for formats whose size needs an encoding) ---
     def _source_path(self, i: int) -> str:
@@ -237,6 +241,11 @@ class FrameService:
             self._reading(i)
         return data
 
+    def opening(self, i: int) -> None:
+        """Frame i is being opened: a reader whose frames were read ahead into the
+        kernel's page cache sends opens but no reads, and must keep the read-ahead going."""
+        self._reading(i)
+
     def _reading(self, i: int) -> None:
         """Frame i is being read: after i-1, read ahead from it."""
         if self._decode_ahead is None:
@@ -269,8 +278,13 @@ class FrameService:
             data = self.format.encode_checked(img)
         except Exception as exc:
             self.encoded.complete(j, error=exc)
-        else:
-            self.encoded.complete(j, data)
+            return
+        self.encoded.complete(j, data)
+        with self._lock:
+            ahead = self._last_read < j          # (a reader already there reads it itself)
+        if ahead:
+            self.frames_offered += 1
+            self.offer(j, data)
 
     def close(self) -> None:
         for pool in (self._decode_ahead, self._encoders):
@@ -280,6 +294,8 @@ class FrameService:
 
 
 class FrameHandle(FileHandle):
+    keep_cache = True            # a frame of a mounted store never changes
+
     def __init__(self, service: FrameService, i: int):
         self._service = service
         self._i = i
@@ -310,10 +326,13 @@ class FrameFile(File):
     def open(self, flags: int) -> FileHandle:
         if self.service.passthrough:
             return self.service.reader.meta.files.open_read(self.service._source_path(self.i))
-        return FrameHandle(self.service, self.i)
+        return self.open_nowait(flags)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
-        return None if self.service.passthrough else FrameHandle(self.service, self.i)
+        if self.service.passthrough:
+            return None
+        self.service.opening(self.i)
+        return FrameHandle(self.service, self.i)
 
 
 _INDEX_NAME = re.compile(r"^(\d+)$")
@@ -568,6 +587,7 @@ class ImgstoreTree(Tree):
         self.meta = meta
         self.index = index
         self.service = FrameService(index, reader, fmt, **settings)
+        self.service.offer = lambda i, data: self.offer(self.frames_base + i, data)
         self.generated_cache = ByteCache(64 * MiB)
         mtime = meta.files.stat(os.path.join(meta.path, "metadata.yaml")).mtime_ns
         root = self.add(StaticDirectory(mtime))
@@ -635,6 +655,7 @@ class ImgstoreTree(Tree):
         caches = (service.encoded, service.decoded)
         hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
         return {"frames": len(self.index), "frames_decoded": service.frames_decoded,
+                "frames_offered": service.frames_offered,
                 "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
                 "encoded_cache_bytes": service.encoded.used_bytes,
                 "decoded_cache_bytes": service.decoded.used_bytes,

@@ -34,7 +34,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     FileHandle.release     if release_blocks   FileHandle.release otherwise
     Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
                                                forget, adopt, status, statfs_counts,
-                                               sync_due, writable_at, report (any thread)
+                                               sync_due, writable_at, report and offer
+                                               (any thread)
 
 What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
 `cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
@@ -305,6 +306,7 @@ class Tree:
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]] = []
+        self._content_listeners: list[Callable[[int, bytes], None]] = []
 
     def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]) -> None:
         """Call `listener(inodes, entries)` for every `report` (the daemon's, to tell the
@@ -318,6 +320,19 @@ class Tree:
         Changes the kernel made itself (the file written, the name unlinked) need none."""
         for listener in self._listeners:
             listener(inodes, entries)
+
+    def listen_content(self, listener: Callable[[int, bytes], None]) -> None:
+        """Call `listener(ino, data)` for every `offer` (the daemon's, to fill the kernel's
+        page cache); grafted trees offer through it too."""
+        self._content_listeners.append(listener)
+
+    def offer(self, ino: int, data: bytes) -> None:
+        """The whole content of file `ino`, made ahead of a reader (read-ahead): the kernel
+        may cache it now, so that the reader finds it there and sends no read. Only for
+        content that never changes and whose handles say `keep_cache` (an open that does
+        not keep the cache drops it). From any thread; a listener never blocks."""
+        for listener in self._content_listeners:
+            listener(ino, data)
 
     @property
     def root(self) -> Directory:
@@ -333,6 +348,7 @@ class Tree:
             slot = len(self._grafts) + 1
             tree = make(slot << GRAFT_SHIFT)
             tree._listeners = self._listeners          # shared: listeners added later hear it too
+            tree._content_listeners = self._content_listeners
             self._grafts[slot] = tree
             return tree
 

@@ -332,7 +332,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the printed lines are written too")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-walk")
     parser.add_argument("--frames", type=int, help=f"imgstore frames for the walks ({FULL['imgstore_frames']})")
-    parser.add_argument("--million", type=int, help=f"frames of the index-only store ({FULL['million']:,})")
+    parser.add_argument("--million", type=int, help=f"frames of the index-only store ({FULL['million']:,}; 0: none)")
     parser.add_argument("--iid", type=lambda v: tuple(int(n) for n in v.split(",")),
                         help="entries of each .iid file (10000,100000)")
     parser.add_argument("--fsdb", type=lambda v: tuple(int(n) for n in v.split("x")),
@@ -360,7 +360,8 @@ def main() -> None:
            f"ratio = plain time / mount time")
     try:
         if "imgstore" in kinds:
-            million(work, sizes["million"])
+            if sizes["million"]:
+                million(work, sizes["million"])
             frames = sizes["imgstore_frames"]
             source = walk_samples.imgstore(work / f"imgstore-{frames}", frames)
             run_walks(f"imgstore, {frames:,} frames of 320x240 (MJPEG, served as PNG)", source, work, args.cold)

@@ -43,6 +43,9 @@ BLOCK_SIZE = 128 * 1024
 CONTROL_INO = (1 << 63) - 2
 #: how long a request that made changes waits for the kernel to be told of them
 NOTIFY_WAIT = 2.0
+#: contents offered for the kernel's page cache (`Tree.offer`) waiting to be sent: beyond
+#: this the oldest are dropped (their reader then reads them as usual)
+STORE_PENDING = 32
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -57,16 +60,18 @@ class Counters:
     errors: int = 0
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
+    stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
 
 
 class Notifier:
     """Tells the kernel what a backend reports changed (`Tree.report`), so that it may
-    cache attributes and names for long. Notifications may block in the kernel (on the
-    page locks of a read we have yet to answer, on a folder whose change is in flight),
-    so they are sent from threads of their own, never from the trio loop: one for inodes
-    (which a request that made changes waits for, `wait`, so that the caller's next stat
-    sees them), one for names (never waited for: a name's notification waits for any
-    change in flight in its folder, possibly the very request that caused it)."""
+    cache attributes and names for long, and stores what a backend read ahead (`Tree.offer`)
+    in its page cache. Notifications may block in the kernel (on the page locks of a read
+    we have yet to answer, on a folder whose change is in flight), so they are sent from
+    threads of their own, never from the trio loop: one for inodes (which a request that
+    made changes waits for, `wait`, so that the caller's next stat sees them), one for
+    names (never waited for: a name's notification waits for any change in flight in its
+    folder, possibly the very request that caused it), one for contents."""
 
     def __init__(self, counters: Counters, known: dict[int, int]):
         self._counters = counters
@@ -74,6 +79,7 @@ class Notifier:
         self._cond = threading.Condition()
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
         self._entries: dict[tuple[int, str], None] = {}
+        self._stores: dict[int, bytes] = {}      # inode -> its whole content
         self._reported = 0                       # inode reports made ...
         self._done = 0                           # ... and sent
         self._running = False
@@ -83,7 +89,7 @@ class Notifier:
         """Once the session is mounted: notifications need it."""
         self._running = True
         self._threads = [threading.Thread(target=self._send, args=(kind,), daemon=True, name=f"notify-{kind}")
-                         for kind in ("inodes", "entries")]
+                         for kind in ("inodes", "entries", "stores")]
         for thread in self._threads:
             thread.start()
 
@@ -105,6 +111,14 @@ class Notifier:
             self._reported += bool(inodes)
             self._cond.notify_all()
 
+    def store(self, ino: int, data: bytes) -> None:
+        """From any thread (a backend's `Tree.offer`); never blocks."""
+        with self._cond:
+            self._stores[ino] = data
+            while len(self._stores) > STORE_PENDING:
+                del self._stores[next(iter(self._stores))]
+            self._cond.notify_all()
+
     def mark(self) -> int | None:
         """What `wait` must see sent, or None if nothing is pending."""
         return self._reported if self._reported != self._done else None
@@ -114,39 +128,44 @@ class Notifier:
             self._cond.wait_for(lambda: self._done >= mark or not self._running, timeout)
 
     def _send(self, kind: str) -> None:
-        pending = self._inodes if kind == "inodes" else self._entries
+        pending = {"inodes": self._inodes, "entries": self._entries, "stores": self._stores}[kind]
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: pending or not self._running)
                 if not self._running:
                     return
-                batch, reported = list(pending), self._reported
+                batch, reported = list(pending.items()), self._reported
                 pending.clear()
             sent = 0
             try:
-                for item in batch:
-                    sent += self._notify(kind, item)
+                for item, data in batch:
+                    sent += self._notify(kind, item, data)
             finally:                                 # (a request never waits on a dead thread)
                 with self._cond:
-                    self._counters.invalidations += sent
+                    if kind == "stores":
+                        self._counters.stored_ahead += sent
+                    else:
+                        self._counters.invalidations += sent
                     if kind == "inodes":
                         self._done = reported
                         self._cond.notify_all()
 
-    def _notify(self, kind: str, item) -> bool:
+    def _notify(self, kind: str, item, data: bytes | None) -> bool:
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
                     return False
                 pyfuse3.invalidate_inode(item)
-            else:
+            elif kind == "entries":
                 pyfuse3.invalidate_entry(item[0], os.fsencode(item[1]))
+            else:
+                pyfuse3.notify_store(item, 0, data)
             return True
         except OSError as exc:                       # ENOENT: the kernel had already let it go
             if exc.errno != errno.ENOENT:
-                log.warning("invalidating %s %r: %s", kind, item, exc)
+                log.warning("notifying %s %r: %s", kind, item, exc)
         except Exception:
-            log.exception("invalidating %s %r failed", kind, item)
+            log.exception("notifying %s %r failed", kind, item)
         return False
 
 
@@ -215,6 +234,7 @@ class Operations(pyfuse3.Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self.notifier = Notifier(self.counters, self._lookups)
         tree.listen(self.notifier.report)
+        tree.listen_content(self.notifier.store)
 
     # -- helpers ----------------------------------------------------------------------
     async def _run(self, fn, *args, data: bool = False, change: bool = False):
@@ -663,6 +683,7 @@ class Operations(pyfuse3.Operations):
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
+                      stored_ahead=c.stored_ahead,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

@@ -179,3 +179,35 @@ def test_a_reader_served_from_read_ahead_keeps_it_going(tmp_path):
         assert service.frames_decoded == 40
     finally:
         tree.close()
+
+
+def test_frames_read_ahead_are_offered_whole_and_opens_keep_it_going(tmp_path):
+    """Frames read ahead are offered to the kernel's page cache (`Tree.offer`), so that a
+    reader going in order (tar, rsync) finds them there: such a reader sends opens and no
+    reads, so each open must move the read-ahead on, and what is offered must be exactly
+    what a read returns."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    offered: dict[int, bytes] = {}
+    tree.listen_content(offered.__setitem__)
+    try:
+        service = tree.service
+        for i in (0, 1):                          # two frames read in order start the read-ahead
+            assert tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        for i in range(2, 40):                    # then opens only, of frames the kernel was given
+            deadline = time.monotonic() + 5
+            while tree.frames_base + i not in offered:
+                assert time.monotonic() < deadline, f"frame {i} was not offered"
+                time.sleep(0.005)
+            tree.frame_node(i).open_nowait(os.O_RDONLY)
+        assert service.frames_decoded == 40
+        assert sorted(offered) == [tree.frames_base + i for i in range(2, 40)]
+        assert tree.status()["frames_offered"] == 38
+        fresh = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
+        try:
+            for i in (2, 17, 39):
+                assert offered[tree.frames_base + i] == imgstore.FrameHandle(fresh.service, i).read(0, 1 << 20)
+        finally:
+            fresh.close()
+    finally:
+        tree.close()

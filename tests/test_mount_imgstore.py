@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import time
 
 import cv2
 import numpy as np
@@ -197,6 +198,27 @@ def test_cp_rsync_tar_copy_everything(samples, mounted, tmp_path):
         assert members[rel].size == len(source)
     assert len(os.listdir(tmp_path / "cp" / "frames")) == 30
     assert os.stat(tmp_path / "rsync" / "frames" / "000007.png").st_mtime == os.stat(mnt / "frames" / "000007.png").st_mtime
+
+
+def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, module_mount):
+    """A reader going through the frames in order (tar, rsync, cp) finds those read ahead
+    already in the kernel's page cache: they cost the daemon an open and no read."""
+    mnt = module_mount(samples["mjpeg/avi"].path)      # fresh: nothing read yet
+    frames = sorted(os.listdir(mnt / "frames"))        # the kernel now knows their inodes
+    first = [(mnt / "frames" / name).read_bytes() for name in frames[:2]]  # starts the read-ahead
+    deadline = time.monotonic() + 10
+    while daemon_status(mnt)["stored_ahead"] < 8:      # prefetch=8: frames 2 to 9
+        assert time.monotonic() < deadline, daemon_status(mnt)
+        time.sleep(0.02)
+    status = (mnt / ".scopefs").read_bytes()           # (its read is counted after it was made)
+    ahead = [(mnt / "frames" / name).read_bytes() for name in frames[2:10]]
+    after = daemon_status(mnt)
+    # no read reached the daemon but that of its status
+    assert after["bytes_read"] == json.loads(status)["bytes_read"] + len(status)
+    assert after["errors"] == 0
+    for i, data in enumerate(first + ahead):
+        assert barcode(np.asarray(Image.open(io.BytesIO(data)))) == samples["mjpeg/avi"].numbers[i]
+        assert len(data) == os.stat(mnt / "frames" / frames[i]).st_size
 
 
 def test_ffmpeg_reads_the_frame_sequence(samples, mounted, tmp_path):

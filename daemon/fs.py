@@ -76,7 +76,9 @@ class Notifier:
     def __init__(self, counters: Counters, known: dict[int, int]):
         self._counters = counters
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._stores_cond = threading.Condition(lock)    # (an offer wakes only the thread that sends it)
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
         self._entries: dict[tuple[int, str], None] = {}
         self._stores: dict[int, bytes] = {}      # inode -> its whole content
@@ -98,6 +100,7 @@ class Notifier:
         with self._cond:
             self._running = False
             self._cond.notify_all()
+            self._stores_cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -113,11 +116,11 @@ class Notifier:
 
     def store(self, ino: int, data: bytes) -> None:
         """From any thread (a backend's `Tree.offer`); never blocks."""
-        with self._cond:
+        with self._stores_cond:
             self._stores[ino] = data
             while len(self._stores) > STORE_PENDING:
                 del self._stores[next(iter(self._stores))]
-            self._cond.notify_all()
+            self._stores_cond.notify()
 
     def mark(self) -> int | None:
         """What `wait` must see sent, or None if nothing is pending."""
@@ -129,9 +132,10 @@ class Notifier:
 
     def _send(self, kind: str) -> None:
         pending = {"inodes": self._inodes, "entries": self._entries, "stores": self._stores}[kind]
+        wake = self._stores_cond if kind == "stores" else self._cond
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: pending or not self._running)
+            with wake:
+                wake.wait_for(lambda: pending or not self._running)
                 if not self._running:
                     return
                 batch, reported = list(pending.items()), self._reported

@@ -34,11 +34,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import desktop  # noqa: E402
+import walk_samples  # noqa: E402
 from iid import make_file as make_iid  # noqa: E402  (benchmarks/iid.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
@@ -74,37 +73,13 @@ def make_imgstore(frames: int, shape) -> callable:
 
 def make_fsdb(files: int) -> callable:
     """One scan whose fileset `images` holds `files` 256 x 256 PNG images."""
-    def make(path: Path) -> None:
-        from scopefs.backends.fsdb import FSDB, io
-        from scopefs.formats.imgstore.sample import sample_frame
-        path.mkdir()
-        (path / "romidb").touch()
-        db = FSDB(str(path))
-        db.connect()
-        fileset = db.create_scan("plant_001").create_fileset("images")
-        for i in range(files):
-            io.write_image(fileset.create_file(f"{i:05d}"), sample_frame(i, (256, 256, 3))[:, :, ::-1])
-        db.disconnect()
-    return make
+    return lambda path: walk_samples.fsdb_images(path, files)
 
 
 def make_copick(runs: int) -> callable:
-    """A static root of `runs` runs, each with two tomograms (multiscale groups of a 64^3
-    and a 32^3 level, as copick writes them) and a picks file."""
-    def make(path: Path) -> None:
-        import zarr
-        rng = np.random.default_rng(0)
-        for r in range(runs):
-            run = path / "ExperimentRuns" / f"TS_{r:03d}"
-            for name in ("wbp", "denoised"):
-                volume = rng.random((64, 64, 64), dtype=np.float32) + np.linspace(0, 4, 64, dtype=np.float32)
-                group = zarr.open_group(str(run / "VoxelSpacing10.000" / f"{name}.zarr"), mode="w", zarr_format=2)
-                for level, data in (("0", volume), ("1", volume[::2, ::2, ::2])):
-                    group.create_array(level, shape=data.shape, chunks=(32, 32, 32), dtype="float32")[:] = data
-            picks = run / "Picks"
-            picks.mkdir(parents=True)
-            (picks / "curator_1_ribosome.json").write_text('{"pickable_object_name": "ribosome", "points": []}')
-    return make
+    """A static root of `runs` runs, each with two tomograms (and their previews) and a
+    picks file."""
+    return lambda path: walk_samples.copick_tomograms(path, runs)
 
 
 # -- mounts -------------------------------------------------------------------------

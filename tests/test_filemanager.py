@@ -1,5 +1,6 @@
 """A real file manager on real mounts: PCManFM under Xvfb, in icon view, shows the
-thumbnails of frames, masks and an overview, with no error window, and stays responsive.
+thumbnails of frames, masks and an overview, the images of an FSDB fileset and copick's
+tomogram previews, with no error window, and stays responsive.
 
 A thumbnail counts as shown when the picture the mount serves, scaled to the icon size,
 is found in a screenshot (normalised cross-correlation); PCManFM's generic image icon
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 import desktop
+import walk_samples
 from conftest import daemon_status
 from scopefs.formats.iid import IIDFile
 from stores import make_store
@@ -123,4 +125,24 @@ def test_iid_overview_and_masks_show_as_thumbnails(tmp_path, mount, screen, file
     entry = mnt / "000003-cell-3"
     fm = file_manager(entry)
     assert wait_shown(screen, picture(entry / "mask.png")) >= SHOWN
+    assert_healthy(fm, mnt, mount.log())
+
+
+def test_fsdb_fileset_images_show_as_thumbnails(tmp_path, mount, screen, file_manager):
+    mnt = mount(walk_samples.fsdb_images(tmp_path / "db", 6, (96, 128, 3)))
+    fileset = mnt / "plant_001" / "images"
+    fm = file_manager(fileset)
+    for name in ("00000.png", "00005.png"):
+        assert wait_shown(screen, picture(fileset / name)) >= SHOWN, name
+    assert_healthy(fm, mnt, mount.log())
+
+
+def test_copick_tomogram_previews_show_as_thumbnails(tmp_path, mount, screen, file_manager):
+    static = walk_samples.copick_tomograms(tmp_path / "static", 1)
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    folder = mnt / "ExperimentRuns" / "TS_000" / "VoxelSpacing10.000"
+    fm = file_manager(folder)
+    for name in ("wbp.png", "denoised.png"):
+        assert wait_shown(screen, picture(folder / name)) >= SHOWN, name
     assert_healthy(fm, mnt, mount.log())

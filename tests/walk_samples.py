@@ -11,7 +11,7 @@ import numpy as np
 
 from scopefs.backends.fsdb import FSDB, io
 from scopefs.formats.iid import IIDFile
-from scopefs.formats.imgstore.sample import make_sample
+from scopefs.formats.imgstore.sample import make_sample, sample_frame
 
 KINDS = ("imgstore", "iid", "fsdb", "copick")
 
@@ -99,6 +99,44 @@ def copick(path: Path, runs: int, picks: int) -> Source:
                                 "points": points}))
         marker.touch()
     return Source("copick", static, ["-t", "copick", "-o", f"overlay={overlay}"], (".json",))
+
+
+def fsdb_images(path: Path, files: int, shape=(256, 256, 3)) -> Path:
+    """An FSDB of one scan whose fileset `images` holds `files` pictures as PNG (frames of
+    the imgstore sample): what a file manager shows as thumbnails."""
+    path.mkdir(parents=True)
+    (path / "romidb").touch()
+    db = FSDB(str(path))
+    db.connect()
+    try:
+        fileset = db.create_scan("plant_001").create_fileset("images")
+        for i in range(files):
+            io.write_image(fileset.create_file(f"{i:05d}"), sample_frame(i, shape)[:, :, ::-1])
+    finally:
+        db.disconnect()
+    return path
+
+
+def copick_tomograms(path: Path, runs: int) -> Path:
+    """A static copick root of `runs` runs, each with two tomograms (multiscale groups of a
+    64^3 and a 32^3 level, as copick writes them: `VoxelSpacing10.000/<name>.png` are their
+    previews) and a picks file. The volumes hold a bright block on a ramp, so that the
+    previews' slices differ."""
+    import zarr
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 4, 64, dtype=np.float32)
+    for r in range(runs):
+        run = path / "ExperimentRuns" / f"TS_{r:03d}"
+        for k, name in enumerate(("wbp", "denoised")):
+            volume = rng.random((64, 64, 64), dtype=np.float32) + ramp
+            volume[8 + 4 * k:40, 16:56 - 8 * k, 4:30 + 8 * k] += 6
+            group = zarr.open_group(str(run / "VoxelSpacing10.000" / f"{name}.zarr"), mode="w", zarr_format=2)
+            for level, data in (("0", volume), ("1", volume[::2, ::2, ::2])):
+                group.create_array(level, shape=data.shape, chunks=(32, 32, 32), dtype="float32")[:] = data
+        picks = run / "Picks"
+        picks.mkdir(parents=True)
+        (picks / "curator_1_ribosome.json").write_text('{"pickable_object_name": "ribosome", "points": []}')
+    return path
 
 
 def small_files(root: Path, source: Source) -> list[Path]:

@@ -43,9 +43,9 @@ BLOCK_SIZE = 128 * 1024
 CONTROL_INO = (1 << 63) - 2
 #: how long a request that made changes waits for the kernel to be told of them
 NOTIFY_WAIT = 2.0
-#: contents offered for the kernel's page cache (`Tree.offer`) waiting to be sent: beyond
-#: this the oldest are dropped (their reader then reads them as usual)
-STORE_PENDING = 32
+#: bytes of contents offered for the kernel's page cache (`Tree.offer`) waiting to be sent:
+#: beyond this the oldest are dropped (their reader then reads them as usual)
+STORE_PENDING_BYTES = 64 << 20
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -118,8 +118,9 @@ class Notifier:
         """From any thread (a backend's `Tree.offer`); never blocks."""
         with self._stores_cond:
             self._stores[ino] = data
-            while len(self._stores) > STORE_PENDING:
-                del self._stores[next(iter(self._stores))]
+            pending = sum(map(len, self._stores.values()))     # (a few frames: read-ahead's depth)
+            while pending > STORE_PENDING_BYTES:
+                pending -= len(self._stores.pop(next(iter(self._stores))))
             self._stores_cond.notify()
 
     def mark(self) -> int | None:

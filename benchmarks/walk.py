@@ -306,20 +306,24 @@ def frame_reads(work: Path, source: walk_samples.Source, frames: int) -> None:
         fmt.encode_checked(img)
         encode.append(time.perf_counter() - t)
     reader.close()
-    tar = []
+    tar, cpu, requests = [], [], []
     mnt = Mount(source, work)
     try:
         for _ in range(REPEAT):
             mnt.fresh()
+            before = mnt.daemon_cpu_s()
             t = time.perf_counter()
             subprocess.run(f"tar cf - -C '{mnt.path}' frames | wc -c", shell=True, check=True,
                            stdout=subprocess.DEVNULL)
             tar.append((time.perf_counter() - t) / frames)
+            cpu.append((mnt.daemon_cpu_s() - before) / frames)
+            requests.append(json.loads((mnt.path / ".scopefs").read_text())["requests"] / frames)
     finally:
         mnt.close()
-    d, e, t = (statistics.median(v) * 1e3 for v in (decode, encode, tar))
+    d, e, t, c = (statistics.median(v) * 1e3 for v in (decode, encode, tar, cpu))
     report(f"  {'tar of frames/, per frame (fresh mount)':<38} {t:7.2f} ms   decode alone {d:.2f} ms, "
            f"decode + PNG encode {d + e:.2f} ms   (goal: bound by decoding, {os.cpu_count()} cores)")
+    report(f"  {'  daemon per frame of that tar':<38} {c:7.2f} ms CPU, {statistics.median(requests):.2f} requests")
 
 
 def main() -> None:

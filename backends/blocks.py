@@ -14,6 +14,7 @@ from typing import Callable
 
 from .cache import ByteCache
 from .nodes import Attr, Directory, File, FileHandle, Node, Tree, read_only, writes
+from .nowait import lookup_attr_nowait
 
 #: the largest file kept in memory (a view or a picks import being written, an editor's
 #: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
@@ -112,20 +113,32 @@ class ListedDirectory(Directory):
 
 
 class StaticDirectory(ListedDirectory):
-    """A directory whose children are fixed when the tree is built."""
+    """A directory whose children are fixed when the tree is built: names and listings
+    are answered from memory, on the loop, for children whose attributes are known."""
 
     def __init__(self, mtime_ns: int = 0, mode: int = 0o555):
         self.mtime_ns = mtime_ns
         self.mode = mode
         self._children: dict[str, Node] = {}
         self._listing: list[tuple[str, Node]] = []
+        self._lock = threading.Lock()
 
     def add(self, name: str, node: Node) -> Node:
-        if name in self._children:
-            raise ValueError(f"duplicate name {name!r}")
-        self._children[name] = node
-        self._listing.append((name, node))
+        with self._lock:
+            if name in self._children:
+                raise ValueError(f"duplicate name {name!r}")
+            self._children[name] = node
+            self._listing.append((name, node))
         return node
+
+    def cached_attr(self) -> Attr:
+        return self.attr()
+
+    def lookup_attr_nowait(self, name: str):
+        return lookup_attr_nowait(self.lookup, name, self._lock)
+
+    def opendir(self) -> ListingSnapshot:
+        return ListingSnapshot(self.listing, lock=self._lock)
 
     def attr(self) -> Attr:
         subdirs = sum(isinstance(n, Directory) for n in self._children.values())
@@ -409,6 +422,9 @@ class RowsFile(File):
     def attr(self) -> Attr:
         ends = self.row_ends()
         return Attr(stat.S_IFREG | 0o444, len(self.header) + (int(ends[-1]) if ends.size else 0), self.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        return None if self._ends is None else self.attr()
 
     def open(self, flags: int) -> FileHandle:
         return RowsHandle(self)

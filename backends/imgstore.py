@@ -349,6 +349,8 @@ class FramesDirectory(Directory):
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
 
+    cached_attr = attr
+
     def lookup_attr_nowait(self, name: str):
         """Names resolve by arithmetic and binary search: no thread, once the frame's
         attributes are known without I/O."""
@@ -453,6 +455,8 @@ class FramesByTime(Directory):
 
     def attr(self) -> Attr:
         return Attr(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+
+    cached_attr = attr
 
     def entries(self, offset: int):
         if offset == 0:
@@ -596,9 +600,11 @@ class ImgstoreTree(Tree):
         root.add("frames", self.frames_dir)
         root.add("by-number", self.add(FramesByNumber(self, mtime)))
         root.add("at-time", self.add(FramesByTime(self, mtime)))
-        root.add("metadata.yaml", self.add(GeneratedFile(lambda: meta.raw, mtime)))
-        root.add("metadata.json", self.add(self._json_file(lambda: meta.user, mtime)))
-        root.add("store.json", self.add(self._json_file(self.summary, mtime)))
+        small = (GeneratedFile(lambda: meta.raw, mtime), self._json_file(lambda: meta.user, mtime),
+                 self._json_file(self.summary, mtime))
+        for name, node in zip(("metadata.yaml", "metadata.json", "store.json"), small):
+            root.add(name, self.add(node))
+            node.attr()         # made now, in memory: lookups and opens then need no thread
         table = FramesTable(index, meta.timezone)
         root.add("frames.csv", self.add(RowsFile(FRAMES_CSV_HEADER, table.row_lengths, table.render, mtime)))
         if extra_data.extra_data_files(meta, index):

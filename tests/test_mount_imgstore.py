@@ -221,6 +221,23 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
         assert len(data) == os.stat(mnt / "frames" / frames[i]).st_size
 
 
+def test_small_files_are_answered_without_a_thread(samples, module_mount):
+    """The root's names and its small files (made at mount) are answered from memory: a
+    walker that reads every small file costs no worker thread, cold or warm, and so does
+    listing the root once frames.csv's size is known."""
+    mnt = module_mount(samples["mjpeg/avi"].path)      # fresh: nothing looked up yet
+    before = daemon_status(mnt)["worker_calls"]
+    for _ in range(2):
+        assert json.loads((mnt / "store.json").read_bytes())["frame_count"] == 30
+        assert json.loads((mnt / "metadata.json").read_bytes()) is not None
+        assert yaml.safe_load((mnt / "metadata.yaml").read_bytes())["__store"]
+    assert daemon_status(mnt)["worker_calls"] == before
+    os.stat(mnt / "frames.csv")
+    before = daemon_status(mnt)["worker_calls"]
+    assert len(subprocess.run(["ls", "-l", str(mnt)], capture_output=True, check=True).stdout.splitlines()) > 7
+    assert daemon_status(mnt)["worker_calls"] == before
+
+
 def test_ffmpeg_reads_the_frame_sequence(samples, mounted, tmp_path):
     mnt = mounted("h264/mkv")
     out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(mnt / "frames" / "%06d.png"),

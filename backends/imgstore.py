@@ -282,8 +282,8 @@ class FrameService:
         self.encoded.complete(j, data)
         with self._lock:
             ahead = self._last_read < j          # (a reader already there reads it itself)
+            self.frames_offered += ahead
         if ahead:
-            self.frames_offered += 1
             self.offer(j, data)
 
     def close(self) -> None:

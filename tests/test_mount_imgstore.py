@@ -204,15 +204,21 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
     """A reader going through the frames in order (tar, rsync, cp) finds those read ahead
     already in the kernel's page cache: they cost the daemon an open and no read."""
     mnt = module_mount(samples["mjpeg/avi"].path)      # fresh: nothing read yet
-    frames = sorted(os.listdir(mnt / "frames"))        # the kernel now knows their inodes
-    first = [(mnt / "frames" / name).read_bytes() for name in frames[:2]]  # starts the read-ahead
-    deadline = time.monotonic() + 10
-    while daemon_status(mnt)["stored_ahead"] < 8:      # prefetch=8: frames 2 to 9
-        assert time.monotonic() < deadline, daemon_status(mnt)
-        time.sleep(0.02)
-    status = (mnt / ".scopefs").read_bytes()           # (its read is counted after it was made)
-    ahead = [(mnt / "frames" / name).read_bytes() for name in frames[2:10]]
-    after = daemon_status(mnt)
+    frames = sorted(os.listdir(mnt / "frames"))
+    # the kernel stores pages only for inodes it holds: O_PATH holds them without an open
+    held = [os.open(mnt / "frames" / name, os.O_PATH) for name in frames[:10]]
+    try:
+        first = [(mnt / "frames" / name).read_bytes() for name in frames[:2]]  # starts the read-ahead
+        deadline = time.monotonic() + 10
+        while daemon_status(mnt)["stored_ahead"] < 8:  # prefetch=8: frames 2 to 9
+            assert time.monotonic() < deadline, daemon_status(mnt)
+            time.sleep(0.02)
+        status = (mnt / ".scopefs").read_bytes()       # (its read is counted after it was made)
+        ahead = [(mnt / "frames" / name).read_bytes() for name in frames[2:10]]
+        after = daemon_status(mnt)
+    finally:
+        for fd in held:
+            os.close(fd)
     # no read reached the daemon but that of its status
     assert after["bytes_read"] == json.loads(status)["bytes_read"] + len(status)
     assert after["errors"] == 0

@@ -44,6 +44,8 @@ CONTROL_INO = (1 << 63) - 2
 #: how long a request that made changes waits for the kernel to be told of them
 NOTIFY_WAIT = 2.0
 #: errors that are answers, not failures: not worth a log line above debug
+#: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
+LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
 
@@ -57,6 +59,8 @@ class Counters:
     errors: int = 0
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
+    opendirs: int = 0
+    readdirs: int = 0               # what listings the kernel could not answer from its cache
 
 
 class Notifier:
@@ -163,6 +167,20 @@ class _Listing:
     end: int | None = None      # the offset where this handle found the end of the listing
 
 
+def kernel_listing_cache() -> bool:
+    """Whether opendir can ask the kernel to cache listings: a pyfuse3 built with
+    daemon/pyfuse3-patches (`./dev setup` does) has `FileInfo.cache_readdir`; with any other
+    every listing stays a request, as it always was. Says which, once a mount."""
+    if not hasattr(pyfuse3.FileInfo, "cache_readdir"):
+        log.info("pyfuse3 %s has no FileInfo.cache_readdir (daemon/pyfuse3-patches): directory "
+                 "listings are not cached in the kernel", getattr(pyfuse3, "__version__", "?"))
+        return False
+    if os.environ.get(LISTING_CACHE_ENV) == "0":
+        log.info("%s=0: directory listings are not cached in the kernel", LISTING_CACHE_ENV)
+        return False
+    return True
+
+
 def _guard(fn):
     """Map every exception of a handler to FUSEError, logging it once."""
     name = fn.__name__
@@ -201,6 +219,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
+        self.cache_listings = self.policy.cache_listings and kernel_listing_cache()
         # file contents and names get threads of their own, so that reads stuck on a hung
         # source cannot starve `ls` of the threads it needs
         self.data_limiter = trio.CapacityLimiter(threads)
@@ -337,9 +356,12 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode, ctx):
+        self.counters.opendirs += 1
         fh = self._next_fh
         self._next_fh += 1
         self._listings[fh] = _Listing(self._directory(inode).opendir())
+        if self.cache_listings:        # keep_cache: or this very open would drop the cached listing
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     def _shared_entries(self):
@@ -386,6 +408,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
+        self.counters.readdirs += 1
         listing = self._listings.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -663,6 +686,8 @@ class Operations(pyfuse3.Operations):
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
+                      opendir_requests=c.opendirs, readdir_requests=c.readdirs,
+                      listings_cached_in_kernel=self.cache_listings,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

@@ -1,0 +1,119 @@
+"""The kernel keeps directory listings where the tree's CachePolicy lets it
+(`cache_listings`, with a pyfuse3 built with daemon/pyfuse3-patches): a second listing of
+an unchanged folder costs the daemon no readdir. Changes through the mount, and changes a
+backend reports (`Tree.report`), show in the next listing at once.
+
+Counted through the daemon's status: `readdir_requests`, `opendir_requests`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import daemon_status
+from scopefs.formats.samples import make_copick, make_fsdb, make_iid, make_imgstore
+
+
+def readdirs(mnt: Path) -> int:
+    return daemon_status(mnt)["readdir_requests"]
+
+
+def relisted(mnt: Path, folder: Path) -> tuple[list[str], int]:
+    """The listing of `folder` (with `ls`), and the readdir requests it cost the daemon."""
+    before = readdirs(mnt)
+    names = os.listdir(folder)
+    return sorted(names), readdirs(mnt) - before
+
+
+def entry(mnt: Path, address: str) -> Path:
+    return next(p for p in mnt.iterdir() if p.name.endswith(address))
+
+
+@pytest.fixture
+def iid_mount(tmp_path, mount):
+    return mount(make_iid(str(tmp_path / "cells.iid")))
+
+
+@pytest.fixture
+def fsdb_mount(tmp_path, mount):
+    return mount(make_fsdb(str(tmp_path / "db")))
+
+
+@pytest.mark.parametrize("kind", ["iid", "fsdb", "imgstore"])
+def test_second_listing_is_answered_by_the_kernel(kind, tmp_path, mount):
+    if kind == "iid":
+        mnt = mount(make_iid(str(tmp_path / "cells.iid")))
+        folders = [mnt, mnt / "groups", mnt / "groups" / "nuclei"]
+    elif kind == "fsdb":
+        mnt = mount(make_fsdb(str(tmp_path / "db")))
+        folders = [mnt, mnt / "plant_001", mnt / "plant_001" / "images"]
+    else:
+        make_imgstore(str(tmp_path / "store"), frames=30)
+        mnt = mount(tmp_path / "store")
+        folders = [mnt, mnt / "frames"]
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is True
+    for folder in folders:
+        first, cost = relisted(mnt, folder)
+        assert first and cost >= 1
+        again, cost = relisted(mnt, folder)
+        assert again == first
+        assert cost == 0, f"{folder.name}: a second listing reached the daemon"
+
+
+def test_copick_overlay_listings_stay_requests(tmp_path, mount):
+    """Other programs may change an overlay's roots: its listings are never kept."""
+    mnt = mount(make_copick(str(tmp_path / "copick")))
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is False
+    relisted(mnt, mnt / "ExperimentRuns")
+    assert relisted(mnt, mnt / "ExperimentRuns")[1] >= 1
+
+
+def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):
+    images = fsdb_mount / "plant_001" / "images"
+    names, _ = relisted(fsdb_mount, images)
+    relisted(fsdb_mount, images)                          # now from the kernel's cache
+    shutil.copyfile(images / "0.png", images / "new.png")
+    assert "new.png" in relisted(fsdb_mount, images)[0]
+    (images / "new.png").rename(images / "renamed.png")
+    now = relisted(fsdb_mount, images)[0]
+    assert "renamed.png" in now and "new.png" not in now
+    (images / "renamed.png").unlink()
+    assert relisted(fsdb_mount, images)[0] == names
+
+
+def test_reported_change_shows_in_the_next_listing(iid_mount):
+    """Moving an entry to another group (a write to its entry.json) changes the listings of
+    both groups' folders behind the kernel's back: the backend reports them."""
+    folder = entry(iid_mount, "nucleus-a")
+    nuclei, cells = iid_mount / "groups" / "nuclei", iid_mount / "groups" / "cells"
+    for group in (nuclei, cells):
+        relisted(iid_mount, group)
+        assert relisted(iid_mount, group)[1] == 0         # cached
+    assert folder.name in relisted(iid_mount, nuclei)[0]
+    assert folder.name not in relisted(iid_mount, cells)[0]
+    doc = json.loads((folder / "entry.json").read_text())
+    doc["groups"] = ["cells"]
+    (folder / "entry.json").write_text(json.dumps(doc))
+    assert folder.name not in relisted(iid_mount, nuclei)[0]
+    assert folder.name in relisted(iid_mount, cells)[0]
+
+
+def test_deleted_entry_leaves_the_cached_root_listing(iid_mount):
+    folder = entry(iid_mount, "cell-b")
+    relisted(iid_mount, iid_mount)
+    shutil.rmtree(folder)
+    assert folder.name not in relisted(iid_mount, iid_mount)[0]
+
+
+def test_unpatched_pyfuse3_lists_as_before(tmp_path, mount, monkeypatch):
+    """SCOPEFS_LISTING_CACHE=0: what the daemon does with a pyfuse3 without our patch."""
+    monkeypatch.setenv("SCOPEFS_LISTING_CACHE", "0")
+    mnt = mount(make_iid(str(tmp_path / "cells.iid")))
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is False
+    first, _ = relisted(mnt, mnt)
+    again, cost = relisted(mnt, mnt)
+    assert again == first and cost >= 1

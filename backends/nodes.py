@@ -162,7 +162,9 @@ class Directory(Node):
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable
-        offsets for that reader); by default the directory itself."""
+        offsets for that reader); by default the directory itself. Where the kernel caches
+        listings (`CachePolicy.cache_listings`), a later handle may go on in the snapshot
+        the kernel's listing came from, at offsets other than 0 only."""
         return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:

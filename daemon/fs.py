@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -44,6 +45,8 @@ CONTROL_INO = (1 << 63) - 2
 #: how long a request that made changes waits for the kernel to be told of them
 NOTIFY_WAIT = 2.0
 #: errors that are answers, not failures: not worth a log line above debug
+#: directories whose listing in the kernel's cache the daemon keeps the reader of (`_Listing`)
+KERNEL_LISTINGS = 1024
 #: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
 LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
@@ -158,13 +161,22 @@ class Notifier:
 class _Listing:
     """An open directory (what its listing comes from: `Directory.opendir`): the entries
     the kernel's last readdir buffer had no room for wait here for the next readdir (from
-    `pending[position]`, which sits at `offset`)."""
-    reader: object
+    `pending[position]`, which sits at `offset`).
+
+    Where the kernel caches listings, it may give a handle the start of a listing from its
+    cache and ask the daemon for the rest only once that cache is dropped (a change): at
+    the offsets of the listing it cached, which may since have shifted. Such a handle goes
+    on in `kernels`, the reader the kernel's cached listing came from (a reader deleting
+    what it has read skips nothing); one that reads from the start uses its own."""
+    own: object
+    kernels: object = None
+    reader: object = None       # which of the two this handle lists from, once it asked
     pending: list = field(default_factory=list)
     position: int = 0
     offset: int = 0
     more: bool = False          # whether entries follow the pending ones
     end: int | None = None      # the offset where this handle found the end of the listing
+    ino: int = 0
 
 
 def kernel_listing_cache() -> bool:
@@ -230,6 +242,7 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, _Listing] = {}
+        self._kernel_listings: OrderedDict[int, object] = OrderedDict()   # directory -> reader (`_Listing`)
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self.notifier = Notifier(self.counters, self._lookups)
@@ -350,6 +363,7 @@ class Operations(pyfuse3.Operations):
                 if left > 0:
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
+                    self._kernel_listings.pop(ino, None)        # the kernel's listing went with the inode
                     self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
@@ -359,7 +373,7 @@ class Operations(pyfuse3.Operations):
         self.counters.opendirs += 1
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = _Listing(self._directory(inode).opendir())
+        self._listings[fh] = _Listing(self._directory(inode).opendir(), self._kernel_listings.get(inode), ino=inode)
         if self.cache_listings:        # keep_cache: or this very open would drop the cached listing
             return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
@@ -413,6 +427,15 @@ class Operations(pyfuse3.Operations):
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         offset = start_id
+        if offset == 0:
+            listing.reader = listing.own
+            if self.cache_listings:             # what the kernel caches now
+                self._kernel_listings[listing.ino] = listing.own
+                self._kernel_listings.move_to_end(listing.ino)
+                if len(self._kernel_listings) > KERNEL_LISTINGS:
+                    self._kernel_listings.popitem(last=False)
+        elif listing.reader is None:            # the start came from the kernel's cache
+            listing.reader = listing.kernels or listing.own
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:

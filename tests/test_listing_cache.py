@@ -7,6 +7,7 @@ Counted through the daemon's status: `readdir_requests`, `opendir_requests`.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import daemon_status
-from scopefs.formats.samples import make_copick, make_fsdb, make_iid, make_imgstore
+from scopefs.formats.iid import IIDFile
+from scopefs.formats.samples import disk, make_copick, make_fsdb, make_iid, make_imgstore
+
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def readdirs(mnt: Path) -> int:
@@ -117,3 +121,51 @@ def test_unpatched_pyfuse3_lists_as_before(tmp_path, mount, monkeypatch):
     first, _ = relisted(mnt, mnt)
     again, cost = relisted(mnt, mnt)
     assert again == first and cost >= 1
+
+
+GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(os.uname().machine)
+
+
+def getdents(fd: int, size: int = 1024) -> list[str]:
+    """Names of the next entries of an open directory, in one getdents64 of `size` bytes:
+    a small buffer, so that a folder of a few dozen entries takes several calls."""
+    buf = ctypes.create_string_buffer(size)
+    got = LIBC.syscall(GETDENTS64, fd, buf, size)
+    assert got >= 0, os.strerror(ctypes.get_errno())
+    names, pos = [], 0
+    while pos < got:
+        reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+        names.append(buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode())
+        pos += reclen
+    return names
+
+
+@pytest.mark.skipif(GETDENTS64 is None, reason="getdents64's number on this machine is not known here")
+@pytest.mark.parametrize("kind", ["iid", "fsdb"])
+def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kind, tmp_path, mount):
+    """The kernel lists the start from its cache; deleting those entries drops the cache,
+    and the daemon goes on from the kernel's offset in the listing the kernel had cached
+    (a listing made anew would have shifted, skipping entries)."""
+    if kind == "iid":
+        f = IIDFile()
+        for i in range(60):
+            f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
+        f.save(str(tmp_path / "sixty.iid"))
+        folder = mount(tmp_path / "sixty.iid")
+    else:
+        folder = mount(make_fsdb(str(tmp_path / "db"), images=60)) / "plant_001" / "images"
+    everything = set(os.listdir(folder))                # now in the kernel's cache
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = getdents(fd)
+        assert 0 < len(first) < len(everything)
+        for name in first:
+            if name[0].isdigit() and (folder / name).exists():    # an entry folder, an image
+                shutil.rmtree(folder / name) if kind == "iid" else (folder / name).unlink()
+        rest = []
+        while batch := getdents(fd):
+            rest += batch
+    finally:
+        os.close(fd)
+    gone = {name for name in everything if not (folder / name).exists()}
+    assert everything - gone - set(first) <= set(rest), "entries that stayed were skipped"

@@ -3,19 +3,25 @@
 an unchanged folder costs the daemon no readdir. Changes through the mount, and changes a
 backend reports (`Tree.report`), show in the next listing at once.
 
-Counted through the daemon's status: `readdir_requests`, `opendir_requests`.
+Counted through the daemon's status: `readdir_requests`, `opendir_requests`; at the end,
+`Operations` driven without the kernel, with and without the pyfuse3 patch.
 """
 from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import pyfuse3
 import pytest
 
 from conftest import daemon_status
+from test_operations import SampleTree
+from scopefs.backends.nodes import ROOT_INO
+from scopefs.daemon.fs import Operations
 from scopefs.formats.iid import IIDFile
 from scopefs.formats.samples import disk, make_copick, make_fsdb, make_iid, make_imgstore
 
@@ -169,3 +175,28 @@ def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kin
         os.close(fd)
     gone = {name for name in everything if not (folder / name).exists()}
     assert everything - gone - set(first) <= set(rest), "entries that stayed were skipped"
+
+
+class UnpatchedFileInfo:
+    """pyfuse3 3.5.0's FileInfo, as a pip install of it has it: no cache_readdir."""
+
+    def __init__(self, fh=0, direct_io=0, keep_cache=1, nonseekable=0):
+        self.fh, self.direct_io, self.keep_cache, self.nonseekable = fh, direct_io, keep_cache, nonseekable
+
+
+@pytest.mark.parametrize("patched", [True, False])
+async def test_opendir_answers_what_the_pyfuse3_in_use_takes(patched, monkeypatch, caplog):
+    """Driven without the kernel: with the patch a FileInfo that keeps the listing, without it
+    a plain handle (said once in the log)."""
+    if not patched:
+        monkeypatch.setattr(pyfuse3, "FileInfo", UnpatchedFileInfo)
+    with caplog.at_level(logging.INFO, logger="scopefs.daemon.fs"):
+        ops = Operations(SampleTree())
+    assert ops.cache_listings is patched
+    assert ("not cached in the kernel" in caplog.text) is not patched
+    opened = await ops.opendir(ROOT_INO, None)
+    if patched:
+        assert (opened.keep_cache, opened.cache_readdir) == (True, True)
+    else:
+        assert isinstance(opened, int)
+    await ops.releasedir(getattr(opened, "fh", opened))

@@ -44,11 +44,11 @@ BLOCK_SIZE = 128 * 1024
 CONTROL_INO = (1 << 63) - 2
 #: how long a request that made changes waits for the kernel to be told of them
 NOTIFY_WAIT = 2.0
-#: errors that are answers, not failures: not worth a log line above debug
 #: directories whose listing in the kernel's cache the daemon keeps the reader of (`_Listing`)
 KERNEL_LISTINGS = 1024
 #: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
 LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
+#: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
 
@@ -166,10 +166,10 @@ class _Listing:
     Where the kernel caches listings, it may give a handle the start of a listing from its
     cache and ask the daemon for the rest only once that cache is dropped (a change): at
     the offsets of the listing it cached, which may since have shifted. Such a handle goes
-    on in `kernels`, the reader the kernel's cached listing came from (a reader deleting
+    on in `kernel_cached`, the reader the kernel's cached listing came from (a reader deleting
     what it has read skips nothing); one that reads from the start uses its own."""
     own: object
-    kernels: object = None
+    kernel_cached: object = None
     reader: object = None       # which of the two this handle lists from, once it asked
     pending: list = field(default_factory=list)
     position: int = 0
@@ -435,7 +435,7 @@ class Operations(pyfuse3.Operations):
                 if len(self._kernel_listings) > KERNEL_LISTINGS:
                     self._kernel_listings.popitem(last=False)
         elif listing.reader is None:            # the start came from the kernel's cache
-            listing.reader = listing.kernels or listing.own
+            listing.reader = listing.kernel_cached or listing.own
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:

@@ -97,6 +97,12 @@ class CachePolicy:
     attr_timeout: float = 3600.0
     negative_timeout: float = 60.0
     keep_cache: bool = True
+    #: whether the kernel may keep a directory's listing until told otherwise (then a
+    #: second `ls` of an unchanged folder never reaches the daemon). The kernel drops it on
+    #: changes made through the mount and on an invalidation of the folder's inode, so a
+    #: tree that sets it either never changes behind the kernel's back or reports every
+    #: such change of a folder's names through `Tree.report` (the folder's inode).
+    cache_listings: bool = True
     #: for directories and symbolic links, where a tree can trust them longer than its
     #: files (None: attr_timeout). The kernel checks each directory of a path it
     #: resolves and each link it follows: at 0, each costs a round trip.
@@ -157,7 +163,9 @@ class Directory(Node):
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable
-        offsets for that reader); by default the directory itself."""
+        offsets for that reader); by default the directory itself. Where the kernel caches
+        listings (`CachePolicy.cache_listings`), a later handle may go on in the snapshot
+        the kernel's listing came from, at offsets other than 0 only."""
         return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:

@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -46,6 +47,10 @@ NOTIFY_WAIT = 2.0
 #: bytes of contents offered for the kernel's page cache (`Tree.offer`) waiting to be sent:
 #: beyond this the oldest are dropped (their reader then reads them as usual)
 STORE_PENDING_BYTES = 64 << 20
+#: directories whose listing in the kernel's cache the daemon keeps the reader of (`_Listing`)
+KERNEL_LISTINGS = 1024
+#: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
+LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -61,6 +66,8 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
+    opendirs: int = 0
+    readdirs: int = 0               # what listings the kernel could not answer from its cache
 
 
 class Notifier:
@@ -178,13 +185,36 @@ class Notifier:
 class _Listing:
     """An open directory (what its listing comes from: `Directory.opendir`): the entries
     the kernel's last readdir buffer had no room for wait here for the next readdir (from
-    `pending[position]`, which sits at `offset`)."""
-    reader: object
+    `pending[position]`, which sits at `offset`).
+
+    Where the kernel caches listings, it may give a handle the start of a listing from its
+    cache and ask the daemon for the rest only once that cache is dropped (a change): at
+    the offsets of the listing it cached, which may since have shifted. Such a handle goes
+    on in `kernel_cached`, the reader the kernel's cached listing came from (a reader deleting
+    what it has read skips nothing); one that reads from the start uses its own."""
+    own: object
+    kernel_cached: object = None
+    reader: object = None       # which of the two this handle lists from, once it asked
     pending: list = field(default_factory=list)
     position: int = 0
     offset: int = 0
     more: bool = False          # whether entries follow the pending ones
     end: int | None = None      # the offset where this handle found the end of the listing
+    ino: int = 0
+
+
+def kernel_listing_cache() -> bool:
+    """Whether opendir can ask the kernel to cache listings: a pyfuse3 built with
+    daemon/pyfuse3-patches (`./dev setup` does) has `FileInfo.cache_readdir`; with any other
+    every listing stays a request, as it always was. Says which, once a mount."""
+    if not hasattr(pyfuse3.FileInfo, "cache_readdir"):
+        log.info("pyfuse3 %s has no FileInfo.cache_readdir (daemon/pyfuse3-patches): directory "
+                 "listings are not cached in the kernel", getattr(pyfuse3, "__version__", "?"))
+        return False
+    if os.environ.get(LISTING_CACHE_ENV) == "0":
+        log.info("%s=0: directory listings are not cached in the kernel", LISTING_CACHE_ENV)
+        return False
+    return True
 
 
 def _guard(fn):
@@ -225,6 +255,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
+        self.cache_listings = self.policy.cache_listings and kernel_listing_cache()
         # file contents and names get threads of their own, so that reads stuck on a hung
         # source cannot starve `ls` of the threads it needs
         self.data_limiter = trio.CapacityLimiter(threads)
@@ -235,6 +266,7 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, _Listing] = {}
+        self._kernel_listings: OrderedDict[int, object] = OrderedDict()   # directory -> reader (`_Listing`)
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self.notifier = Notifier(self.counters, self._lookups)
@@ -356,15 +388,19 @@ class Operations(pyfuse3.Operations):
                 if left > 0:
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
+                    self._kernel_listings.pop(ino, None)        # the kernel's listing went with the inode
                     self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
 
     @_guard
     async def opendir(self, inode, ctx):
+        self.counters.opendirs += 1
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = _Listing(self._directory(inode).opendir())
+        self._listings[fh] = _Listing(self._directory(inode).opendir(), self._kernel_listings.get(inode), ino=inode)
+        if self.cache_listings:        # keep_cache: or this very open would drop the cached listing
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     def _shared_entries(self):
@@ -411,10 +447,20 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def readdir(self, fh, start_id, token):
+        self.counters.readdirs += 1
         listing = self._listings.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         offset = start_id
+        if offset == 0:
+            listing.reader = listing.own
+            if self.cache_listings:             # what the kernel caches now
+                self._kernel_listings[listing.ino] = listing.own
+                self._kernel_listings.move_to_end(listing.ino)
+                if len(self._kernel_listings) > KERNEL_LISTINGS:
+                    self._kernel_listings.popitem(last=False)
+        elif listing.reader is None:            # the start came from the kernel's cache
+            listing.reader = listing.kernel_cached or listing.own
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:
@@ -689,6 +735,8 @@ class Operations(pyfuse3.Operations):
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead,
+                      opendir_requests=c.opendirs, readdir_requests=c.readdirs,
+                      listings_cached_in_kernel=self.cache_listings,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

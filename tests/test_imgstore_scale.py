@@ -64,7 +64,8 @@ class Listing:
             nonlocal calls
             calls += event == "call" and frame.f_code is not self.reply_code
 
-        fh = await self.ops.opendir(ino, None)
+        opened = await self.ops.opendir(ino, None)
+        fh = getattr(opened, "fh", opened)         # a FileInfo where the kernel caches listings
         self.next_id = 0
         sys.setprofile(count)
         try:

@@ -58,7 +58,8 @@ class OverlayTree(Tree):
         self.local = static.local_storage and upper.local_storage
         self.answers_nowait = static.answers_from_caches and upper.answers_from_caches
         self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
-                                        negative_timeout=0.0, keep_cache=True)
+                                        negative_timeout=0.0, keep_cache=True,
+                                        cache_listings=False)     # other programs change its roots
         # changes of names (short: a copy-up holds it only to rename its finished copy in)
         self.lock = threading.RLock()
         self._table = threading.Lock()                          # guards _by_key changes

@@ -1,0 +1,202 @@
+"""The kernel keeps directory listings where the tree's CachePolicy lets it
+(`cache_listings`, with a pyfuse3 built with daemon/pyfuse3-patches): a second listing of
+an unchanged folder costs the daemon no readdir. Changes through the mount, and changes a
+backend reports (`Tree.report`), show in the next listing at once.
+
+Counted through the daemon's status: `readdir_requests`, `opendir_requests`; at the end,
+`Operations` driven without the kernel, with and without the pyfuse3 patch.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from conftest import daemon_status
+from test_operations import SampleTree
+from scopefs.backends.nodes import ROOT_INO
+from scopefs.daemon.fs import Operations
+from scopefs.formats.iid import IIDFile
+from scopefs.formats.samples import disk, make_copick, make_fsdb, make_iid, make_imgstore
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def readdirs(mnt: Path) -> int:
+    return daemon_status(mnt)["readdir_requests"]
+
+
+def relisted(mnt: Path, folder: Path) -> tuple[list[str], int]:
+    """The listing of `folder` (with `ls`), and the readdir requests it cost the daemon."""
+    before = readdirs(mnt)
+    names = os.listdir(folder)
+    return sorted(names), readdirs(mnt) - before
+
+
+def entry(mnt: Path, address: str) -> Path:
+    return next(p for p in mnt.iterdir() if p.name.endswith(address))
+
+
+@pytest.fixture
+def iid_mount(tmp_path, mount):
+    return mount(make_iid(str(tmp_path / "cells.iid")))
+
+
+@pytest.fixture
+def fsdb_mount(tmp_path, mount):
+    return mount(make_fsdb(str(tmp_path / "db")))
+
+
+@pytest.mark.parametrize("kind", ["iid", "fsdb", "imgstore"])
+def test_second_listing_is_answered_by_the_kernel(kind, tmp_path, mount):
+    if kind == "iid":
+        mnt = mount(make_iid(str(tmp_path / "cells.iid")))
+        folders = [mnt, mnt / "groups", mnt / "groups" / "nuclei"]
+    elif kind == "fsdb":
+        mnt = mount(make_fsdb(str(tmp_path / "db")))
+        folders = [mnt, mnt / "plant_001", mnt / "plant_001" / "images"]
+    else:
+        make_imgstore(str(tmp_path / "store"), frames=30)
+        mnt = mount(tmp_path / "store")
+        folders = [mnt, mnt / "frames"]
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is True, "pyfuse3 lacks our patch: ./dev setup"
+    for folder in folders:
+        first, cost = relisted(mnt, folder)
+        assert first and cost >= 1
+        again, cost = relisted(mnt, folder)
+        assert again == first
+        assert cost == 0, f"{folder.name}: a second listing reached the daemon"
+
+
+def test_copick_overlay_listings_stay_requests(tmp_path, mount):
+    """Other programs may change an overlay's roots: its listings are never kept."""
+    mnt = mount(make_copick(str(tmp_path / "copick")))
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is False
+    relisted(mnt, mnt / "ExperimentRuns")
+    assert relisted(mnt, mnt / "ExperimentRuns")[1] >= 1
+
+
+def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):
+    images = fsdb_mount / "plant_001" / "images"
+    names, _ = relisted(fsdb_mount, images)
+    relisted(fsdb_mount, images)                          # now from the kernel's cache
+    shutil.copyfile(images / "0.png", images / "new.png")
+    assert "new.png" in relisted(fsdb_mount, images)[0]
+    (images / "new.png").rename(images / "renamed.png")
+    now = relisted(fsdb_mount, images)[0]
+    assert "renamed.png" in now and "new.png" not in now
+    (images / "renamed.png").unlink()
+    assert relisted(fsdb_mount, images)[0] == names
+
+
+def test_reported_change_shows_in_the_next_listing(iid_mount):
+    """Moving an entry to another group (a write to its entry.json) changes the listings of
+    both groups' folders behind the kernel's back: the backend reports them."""
+    folder = entry(iid_mount, "nucleus-a")
+    nuclei, cells = iid_mount / "groups" / "nuclei", iid_mount / "groups" / "cells"
+    for group in (nuclei, cells):
+        relisted(iid_mount, group)
+        assert relisted(iid_mount, group)[1] == 0         # cached
+    assert folder.name in relisted(iid_mount, nuclei)[0]
+    assert folder.name not in relisted(iid_mount, cells)[0]
+    doc = json.loads((folder / "entry.json").read_text())
+    doc["groups"] = ["cells"]
+    (folder / "entry.json").write_text(json.dumps(doc))
+    assert folder.name not in relisted(iid_mount, nuclei)[0]
+    assert folder.name in relisted(iid_mount, cells)[0]
+
+
+def test_deleted_entry_leaves_the_cached_root_listing(iid_mount):
+    folder = entry(iid_mount, "cell-b")
+    relisted(iid_mount, iid_mount)
+    shutil.rmtree(folder)
+    assert folder.name not in relisted(iid_mount, iid_mount)[0]
+
+
+def test_unpatched_pyfuse3_lists_as_before(tmp_path, mount, monkeypatch):
+    """SCOPEFS_LISTING_CACHE=0: what the daemon does with a pyfuse3 without our patch."""
+    monkeypatch.setenv("SCOPEFS_LISTING_CACHE", "0")
+    mnt = mount(make_iid(str(tmp_path / "cells.iid")))
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is False
+    first, _ = relisted(mnt, mnt)
+    again, cost = relisted(mnt, mnt)
+    assert again == first and cost >= 1
+
+
+GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(os.uname().machine)
+
+
+def getdents(fd: int, size: int = 1024) -> list[str]:
+    """Names of the next entries of an open directory, in one getdents64 of `size` bytes:
+    a small buffer, so that a folder of a few dozen entries takes several calls."""
+    buf = ctypes.create_string_buffer(size)
+    got = LIBC.syscall(GETDENTS64, fd, buf, size)
+    assert got >= 0, os.strerror(ctypes.get_errno())
+    names, pos = [], 0
+    while pos < got:
+        reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+        names.append(buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode())
+        pos += reclen
+    return names
+
+
+@pytest.mark.skipif(GETDENTS64 is None, reason="getdents64's number on this machine is not known here")
+@pytest.mark.parametrize("kind", ["iid", "fsdb"])
+def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kind, tmp_path, mount):
+    """The kernel lists the start from its cache; deleting those entries drops the cache,
+    and the daemon goes on from the kernel's offset in the listing the kernel had cached
+    (a listing made anew would have shifted, skipping entries)."""
+    if kind == "iid":
+        f = IIDFile()
+        for i in range(60):
+            f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
+        f.save(str(tmp_path / "sixty.iid"))
+        folder = mount(tmp_path / "sixty.iid")
+    else:
+        folder = mount(make_fsdb(str(tmp_path / "db"), images=60)) / "plant_001" / "images"
+    everything = set(os.listdir(folder))                # now in the kernel's cache
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = getdents(fd)
+        assert 0 < len(first) < len(everything)
+        for name in first:
+            if name[0].isdigit() and (folder / name).exists():    # an entry folder, an image
+                shutil.rmtree(folder / name) if kind == "iid" else (folder / name).unlink()
+        rest = []
+        while batch := getdents(fd):
+            rest += batch
+    finally:
+        os.close(fd)
+    gone = {name for name in everything if not (folder / name).exists()}
+    assert everything - gone - set(first) <= set(rest), "entries that stayed were skipped"
+
+
+class UnpatchedFileInfo:
+    """pyfuse3 3.5.0's FileInfo, as a pip install of it has it: no cache_readdir."""
+
+    def __init__(self, fh=0, direct_io=0, keep_cache=1, nonseekable=0):
+        self.fh, self.direct_io, self.keep_cache, self.nonseekable = fh, direct_io, keep_cache, nonseekable
+
+
+@pytest.mark.parametrize("patched", [True, False])
+async def test_opendir_answers_what_the_pyfuse3_in_use_takes(patched, monkeypatch, caplog):
+    """Driven without the kernel: with the patch a FileInfo that keeps the listing, without it
+    a plain handle (said once in the log)."""
+    if not patched:
+        monkeypatch.setattr(pyfuse3, "FileInfo", UnpatchedFileInfo)
+    with caplog.at_level(logging.INFO, logger="scopefs.daemon.fs"):
+        ops = Operations(SampleTree())
+    assert ops.cache_listings is patched
+    assert ("not cached in the kernel" in caplog.text) is not patched
+    opened = await ops.opendir(ROOT_INO, None)
+    if patched:
+        assert (opened.keep_cache, opened.cache_readdir) == (True, True)
+    else:
+        assert isinstance(opened, int)
+    await ops.releasedir(getattr(opened, "fh", opened))

@@ -190,6 +190,7 @@ class TempFileHandle(FileHandle):
             self._commit(self.temp)            # renames self.temp to its final name
             self._dirty = False
             self._committed = True
+            self.release_blocks = False         # only the descriptor is left to close
 
     def release(self) -> None:
         os.close(self._fd)

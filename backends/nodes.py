@@ -20,7 +20,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     may block: in a worker thread              must not block: on the event loop
     -----------------------------------------  ------------------------------------------
     Node.attr, set_attr                        Node.cached_attr
-    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
+    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
+                                                 missing)
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
     Directory.create, mkdir, symlink, mknod,
@@ -54,6 +55,21 @@ ROOT_INO = 1
 #: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
 #: stay far below that)
 GRAFT_SHIFT = 40
+
+
+class Absent:
+    """What a nowait lookup answers for a name it knows is missing (None: cannot tell).
+    False as a truth value, like None."""
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = Absent()
 
 
 class Attr(NamedTuple):
@@ -145,9 +161,9 @@ class Directory(Node):
         node = self.lookup(name)
         return None if node is None else (node, node.attr())
 
-    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
-        (then `lookup_attr` decides, also whether the name is missing)."""
+    def lookup_attr_nowait(self, name: str) -> "tuple[Node, Attr] | None | Absent":
+        """What `lookup_attr` finds, if that needs no I/O and no wait; `ABSENT` if memory
+        tells that the name is missing; None otherwise (then `lookup_attr` decides)."""
         return None
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself

@@ -23,8 +23,8 @@ import pyfuse3
 import trio
 
 from ..backends.blocks import BytesHandle
-from ..backends.nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink,
-                              Tree, writes)
+from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
+                              Symlink, Tree, writes)
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,10 @@ class Operations(pyfuse3.Operations):
 
         name = os.fsdecode(name)
         self.counters.attr_requests += 1
-        found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
+        found = directory.lookup_attr_nowait(name)
         if found is None:
+            found = await self._run(directory.lookup_attr, name)
+        if found is None or found is ABSENT:
             if self.policy.negative_timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0

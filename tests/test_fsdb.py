@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MountFailed, daemon_pid, wait_gone
+from conftest import MountFailed, daemon_pid, daemon_status, wait_gone
 from upstream import run_upstream, upstream_python
 
 from scopefs.backends.fsdb import FSDB, DBBusyError, io
@@ -230,6 +230,30 @@ def test_changes_through_the_mount_persist(tmp_path, mount):
     assert sorted(seen["scan_b"]["filesets"]["raw"]["files"]) == ["photo", "synced"]
     assert seen["scan_b"]["filesets"]["raw"]["files"]["photo"]["metadata"] == {"exposure": 12}
     del imgs
+
+
+def test_a_copy_into_a_fileset_costs_three_worker_calls_per_file(tmp_path, mount):
+    """`cp` of a new file: its missing name is told from memory (each lookup), the folder's
+    and the file's attributes after the copy too (read by the worker that changed them);
+    only create, write and the commit at close run in threads. files.json is not written
+    per file (registered in batches)."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path, "-o", "register_delay=600")
+    images = mnt / "myscan_001" / "images"
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"new_{i}.png").write_bytes(bytes([i]) * 300)
+    subprocess.run(["cp", str(src / "new_0.png"), str(images)], check=True)
+    before = daemon_status(mnt)
+    for i in range(1, 10):
+        subprocess.run(["cp", str(src / f"new_{i}.png"), str(images)], check=True)
+        os.stat(images)                                 # the folder, changed: from memory
+    after = daemon_status(mnt)
+    assert (after["worker_calls"] - before["worker_calls"]) / 9 <= 3
+    assert after["work"].get("files_json_writes", 0) == before["work"].get("files_json_writes", 0)
+    assert (images / "new_9.png").read_bytes() == bytes([9]) * 300
 
 
 def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):

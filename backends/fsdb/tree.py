@@ -224,8 +224,10 @@ class DataFile(File):
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        return TempFileHandle(self._path(), copy, self._commit, dirty=new,
-                              durable_later=new and self.tree.db.register_lazily)
+        handle = TempFileHandle(self._path(), copy, self._commit, dirty=new,
+                                durable_later=new and self.tree.db.register_lazily)
+        self.folder.refresh_attr()              # the temporary file is in it
+        return handle
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:
@@ -233,6 +235,7 @@ class DataFile(File):
                 _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
             finally:
                 self.forget_attr()
+                self.attr()                     # (here: the kernel's next getattr needs no thread)
                 self.folder.data_changed(self.name, self.ino)
             self.folder.committed(self)
 
@@ -278,7 +281,8 @@ class Folder(Directory):
 
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
-        self._attr: tuple[int, Attr] | None = None
+        self._attr: Attr | None = None
+        self._changes = 0                       # a stat that raced a change is not kept
 
     def path(self) -> str:
         raise NotImplementedError
@@ -299,18 +303,29 @@ class Folder(Directory):
             found = self.find(name)
             return self.find_slow(name) if found is NEEDS_IO else found
 
-    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        return lookup_attr_nowait(self.find, name, self.tree.lock)
+    def lookup_attr_nowait(self, name: str):
+        """(`find` gives None only for names that are not there: a missing name, a copy's
+        first `stat`, is answered on the loop.)"""
+        return lookup_attr_nowait(self.find, name, self.tree.lock, none_is_absent=True)
 
     def cached_attr(self) -> Attr | None:
-        known = self._attr
-        return known[1] if known is not None and known[0] == self.tree.generation else None
+        return self._attr
 
     def attr(self) -> Attr:
-        generation = self.tree.generation
+        changes = self._changes
         attr = Attr(DIR_MODE, 0, _mtime(self.tree.db.files, self.path()), 2)
-        self._attr = (generation, attr)
+        if changes == self._changes:
+            self._attr = attr
         return attr
+
+    def refresh_attr(self) -> bool:
+        """Read the attributes again after the mount changed the folder on disk (in the
+        worker that changed it, so that the kernel's next getattr is answered from
+        memory); whether they changed."""
+        before = self._attr
+        self._changes += 1
+        self._attr = None
+        return self.attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
@@ -355,7 +370,7 @@ class RootFolder(Folder):
             _api_errors(self.tree.db.create_scan)(name)
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
-            self.tree.changed()
+            self.tree.refresh_folders()
             return self.find(name)
 
     def rmdir(self, name: str) -> None:
@@ -367,7 +382,7 @@ class RootFolder(Folder):
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
             self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
-            self.tree.changed()
+            self.tree.refresh_folders()
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name)
@@ -418,7 +433,7 @@ class ScanFolder(Folder):
             _api_errors(self.scan.create_fileset)(name)
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(f"{self.scan.id}/{name}{META}")
-            self.tree.changed()
+            self.tree.refresh_folders(self.scan.id)
             return self.find(name)
 
     def rmdir(self, name: str) -> None:
@@ -430,8 +445,8 @@ class ScanFolder(Folder):
                 raise OSError(errno.ENOTEMPTY, "fileset has files", name)
             _api_errors(self.scan.delete_fileset)(name)
             self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name), report=True)
-            self.tree.report(*self.tree.folders_of(self.scan.id), entries=((self.ino, name + VIEW),))
-            self.tree.changed()
+            self.tree.report(entries=((self.ino, name + VIEW),))
+            self.tree.refresh_folders(self.scan.id)
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name, f"{self.scan.id}/")
@@ -525,21 +540,21 @@ class FilesetFolder(Folder):
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
-        self.tree.report(*inodes, *self.tree.folders_of(self.fileset.scan.id, self.fileset.id), entries=entries)
+        self.tree.report(*inodes, entries=entries)
+        self.tree.refresh_folders(self.fileset.scan.id, self.fileset.id)
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
         if self.pending.get(data.name) is data.file:
             del self.pending[data.name]
-        self.tree.changed()
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
             if name.endswith(META) and self._file_by_name(name[:-len(META)]):
                 return _rewrite_view(self, name, self.prefix)
-            self.tree.changed()
             if name.startswith("."):
                 os.close(os.open(os.path.join(self.path(), name), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, mode & 0o777))
+                self.refresh_attr()
                 return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
@@ -552,7 +567,7 @@ class FilesetFolder(Folder):
             if name.startswith("."):
                 os.unlink(os.path.join(self.path(), name))
                 self.tree.forget_nodes(("scratch",) + self._key(name))
-                self.tree.changed()
+                self.refresh_attr()
                 return
             file = self._file_by_name(name)
             if file is not None:
@@ -561,7 +576,6 @@ class FilesetFolder(Folder):
                 self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
                 self.pending.pop(name, None)
-                self.tree.changed()
                 return
             _hide_view(self.tree, self, name, self.prefix)
 
@@ -569,7 +583,6 @@ class FilesetFolder(Folder):
         if new_parent is not self:
             raise OSError(errno.EXDEV, "files move only within their fileset")
         with self.tree.lock:
-            self.tree.changed()
             fs = self.fileset
             new_id, ext = layout.split_name(new_name)
             if name.startswith(".") and not new_name.startswith("."):
@@ -587,6 +600,7 @@ class FilesetFolder(Folder):
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
                 self.tree.forget_nodes(("scratch",) + self._key(name))
+                self.refresh_attr()
                 return
             file = self._file_by_name(name)
             if file is None or new_name.endswith(META) or new_name.startswith("."):
@@ -608,7 +622,6 @@ def _hide_view(tree: "FSDBTree", folder: Directory, name: str, prefix: str = "")
         raise FileNotFoundError(errno.ENOENT, "no such file", name)
     with tree.lock:
         tree.hidden.add(prefix + name)
-        tree.changed()
 
 
 def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
@@ -616,7 +629,6 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
     tree = folder.tree
     with tree.lock:
         tree.hidden.discard(prefix + name)
-        tree.changed()
         node = folder.lookup(name)
         if not isinstance(node, MetaView):
             raise OSError(errno.EPERM, "only scans and filesets (mkdir) and files go here", name)
@@ -646,7 +658,6 @@ class FSDBTree(Tree):
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
-        self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
@@ -659,10 +670,6 @@ class FSDBTree(Tree):
         db.register_delay = register_delay
         self.add(RootFolder(self))
 
-    def changed(self) -> None:
-        """Something in the namespace changed (call with the lock held)."""
-        self.generation += 1
-
     def node(self, key: tuple, make) -> Node:
         with self.lock:
             found = self.nodes.get(key)
@@ -670,11 +677,14 @@ class FSDBTree(Tree):
                 found = self.nodes[key] = self.add(make())
             return found
 
-    def folders_of(self, scan_id: str, fileset_id: str | None = None) -> list[int]:
-        """The inodes of the root, a scan and a fileset folder (those made so far): their
-        mtimes change when files.json, the journal or a file is written in them."""
-        keys = [("scan", scan_id)] + ([("fileset", scan_id, fileset_id)] if fileset_id is not None else [])
-        return [self.root.ino] + [node.ino for node in map(self.nodes.get, keys) if node is not None]
+    def refresh_folders(self, scan_id: str | None = None, fileset_id: str | None = None) -> None:
+        """After a change on disk (in its worker): the root, a scan's and a fileset's
+        folders (those made so far) read their attributes again, and the kernel is told
+        of those whose mtime moved (files.json, the journal or a file written in them)."""
+        keys = [("scan", scan_id)] if scan_id is not None else []
+        keys += [("fileset", scan_id, fileset_id)] if fileset_id is not None else []
+        folders = [self.root] + [node for node in map(self.nodes.get, keys) if node is not None]
+        self.report(*(folder.ino for folder in folders if folder.refresh_attr()))
 
     def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
         """Drop the nodes of what was deleted. `report`: the kernel is told their
@@ -757,9 +767,8 @@ class FSDBTree(Tree):
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             scans = list(self.db._dirty)
             self.db.flush()
-            if scans:                   # files.json rewritten: their folders' mtimes
-                self.changed()
-                self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
+            for scan in scans:          # files.json rewritten: their folders' mtimes
+                self.refresh_folders(scan)
         self._close_unused_views()
 
     def sync_due(self) -> bool:

@@ -231,12 +231,15 @@ class DataFile(File):
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:
+            new = self.file.filename is None
             try:
                 _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
             finally:
                 self.forget_attr()
                 self.attr()                     # (here: the kernel's next getattr needs no thread)
-                self.folder.data_changed(self.name, self.ino)
+                # a new file's metadata view appears now (the kernel may hold that name as missing)
+                self.folder.data_changed(self.name, self.ino,
+                                         entries=((self.folder.ino, self.name + META),) if new else ())
             self.folder.committed(self)
 
     def open_read(self) -> FileHandle:
@@ -558,7 +561,6 @@ class FilesetFolder(Folder):
                 return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
-            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.pending[name] = file
             return self._data(file, name)
 
@@ -652,9 +654,10 @@ class FSDBTree(Tree):
         self.writable = not read_only
         # writable: the kernel keeps names and file attributes, and is told (`report`) of
         # what changes without a request on it (views of a rewritten file, the metadata
-        # file of a removed one, folders' mtimes: files.json batched in, a file replaced)
+        # file of a removed one or of a new one, folders' mtimes: files.json batched in, a
+        # file replaced); missing names for a second (a copy asks for each name twice)
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(negative_timeout=1.0, keep_cache=False))
         self.lock = threading.RLock()
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
@@ -764,6 +767,7 @@ class FSDBTree(Tree):
                                                           base=base))
 
     def sync(self) -> None:
+        self.db.sync_data()             # the slow part, while copies go on (they need the lock)
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             scans = list(self.db._dirty)
             self.db.flush()

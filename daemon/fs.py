@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -76,6 +77,7 @@ class Notifier:
         self._entries: dict[tuple[int, str], None] = {}
         self._reported = 0                       # inode reports made ...
         self._done = 0                           # ... and sent
+        self._waiters: list[tuple[int, Callable[[], None]]] = []    # (mark, wake) for when_sent
         self._running = False
         self._threads: list[threading.Thread] = []
 
@@ -92,6 +94,7 @@ class Notifier:
         with self._cond:
             self._running = False
             self._cond.notify_all()
+        self._wake(everyone=True)
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -109,9 +112,24 @@ class Notifier:
         """What `wait` must see sent, or None if nothing is pending."""
         return self._reported if self._reported != self._done else None
 
-    def wait(self, mark: int, timeout: float) -> None:
+    def when_sent(self, mark: int, wake: Callable[[], None]) -> bool:
+        """Call `wake` (from the sending thread) once `mark` is sent; False if it is already
+        (or the notifier stopped): then `wake` is not called."""
         with self._cond:
-            self._cond.wait_for(lambda: self._done >= mark or not self._running, timeout)
+            if self._done >= mark or not self._running:
+                return False
+            self._waiters.append((mark, wake))
+            return True
+
+    def _wake(self, everyone: bool = False) -> None:
+        with self._cond:
+            ready = [w for w in self._waiters if everyone or w[0] <= self._done]
+            self._waiters = [w for w in self._waiters if w not in ready]
+        for _, wake in ready:
+            try:
+                wake()
+            except Exception:                    # (the loop has ended: nobody waits any more)
+                pass
 
     def _send(self, kind: str) -> None:
         pending = self._inodes if kind == "inodes" else self._entries
@@ -131,7 +149,8 @@ class Notifier:
                     self._counters.invalidations += sent
                     if kind == "inodes":
                         self._done = reported
-                        self._cond.notify_all()
+                if kind == "inodes":
+                    self._wake()
 
     def _notify(self, kind: str, item) -> bool:
         try:
@@ -238,8 +257,13 @@ class Operations(pyfuse3.Operations):
         """Wait until the kernel was told of the inodes a change reported (bounded: a
         notification must never hold a request for long)."""
         mark = self.notifier.mark()
-        if mark is not None:
-            await trio.to_thread.run_sync(self.notifier.wait, mark, NOTIFY_WAIT, abandon_on_cancel=True)
+        if mark is None:
+            return
+        sent = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        if self.notifier.when_sent(mark, lambda: token.run_sync_soon(sent.set)):     # (no thread hop)
+            with trio.move_on_after(NOTIFY_WAIT):
+                await sent.wait()
 
     async def _call(self, fn, blocks: bool, **where):
         """`fn` in a worker thread (`_run`) if the backend declared that it may block,

@@ -192,6 +192,41 @@ def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_fil
     assert not (db_path / ".scopefs-journal").exists()
 
 
+@pytest.mark.daemon_log(r"breaking the lock of scopefs mount .*: its holder is gone",
+                        r"removed .*scopefs-tmp: a write that a stopped mount never finished",
+                        r"registered \d+ file\(s\) that a writer which stopped had not yet written",
+                        reason="the next mount takes over from the killed one, and says what it did")
+def test_a_write_cut_by_a_killed_mount_leaves_nothing_after_the_next_mount(tmp_path, mount):
+    """A file still open for writing when the mount is killed: upstream never sees it (its
+    data is a hidden temporary file), and the next mount removes that file."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    subprocess.run(["cp", "/dev/stdin", str(images / "done.png")], input=b"done", check=True)
+    writer = open(images / "cut.png", "wb")
+    writer.write(b"never closed")
+    writer.flush()
+    on_disk = db_path / "myscan_001" / "images"
+    assert [n for n in os.listdir(on_disk) if n.endswith(".scopefs-tmp")]
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    try:
+        writer.close()
+    except OSError:
+        pass                                                   # the mount is gone
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(seen) == ["0", "1"]                          # done.png is in the journal
+    again = mount(db_path, mountpoint=mnt)
+    names = os.listdir(again / "myscan_001" / "images")
+    assert "done.png" in names and "cut.png" not in names
+    assert not [n for n in names if n.startswith(".")]
+    assert not [n for n in os.listdir(on_disk) if n.startswith(".")]
+    mount.cleanup()
+    assert sorted(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == ["0", "1", "done"]
+
+
 @pytest.mark.daemon_log(r"metadata is not JSON", r"invalid identifier 'bad name'",
                         reason="a refused change is logged with its reason")
 def test_changes_through_the_mount_persist(tmp_path, mount):

@@ -30,13 +30,14 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
 from ..blocks import ListingSnapshot
 from ..cached_view import CachedView
-from ..localfiles import LocalWriteHandle, TempFileHandle
+from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..nowait import lookup_attr_nowait
 from ..options import MountError, Options
@@ -533,8 +534,25 @@ class FilesetFolder(Folder):
             hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
             hidden = []
+        hidden = [name for name in hidden if not self._drop_leftover(name)]
         out.extend((name, self._scratch(name)) for name in hidden)
         return out
+
+    def _drop_leftover(self, name: str) -> bool:
+        """Remove a temporary file of a write that a mount killed before the file was closed
+        (older than this mount; the journal does not name it): never registered, its data
+        is lost, as the writer was told nothing else (call with the tree's lock)."""
+        if not name.endswith(TEMP_SUFFIX):
+            return False
+        path = os.path.join(self.path(), name)
+        try:
+            if os.stat(path).st_mtime_ns >= self.tree.started_ns:
+                return False                    # one of this mount's writes
+            os.unlink(path)
+        except FileNotFoundError:
+            return True
+        log.warning("removed %s: a write that a stopped mount never finished", path)
+        return True
 
     def data_changed(self, name: str, *inodes: int, entries: tuple = ()) -> None:
         """The data of the file shown as `name` changed or went away: the kernel drops what
@@ -659,6 +677,7 @@ class FSDBTree(Tree):
         self.cache_policy = (CachePolicy() if read_only else
                              CachePolicy(negative_timeout=1.0, keep_cache=False))
         self.lock = threading.RLock()
+        self.started_ns = time.time_ns()        # temporary files older than this are leftovers
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
         self.meta_cache = ByteCache(META_CACHE_BYTES)

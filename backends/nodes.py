@@ -24,10 +24,10 @@ runs in a thread if its class sets the flag (because it may block), else on the 
                                                  missing)
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
-    Directory.create, mkdir, symlink, mknod,
+    Directory.create, mkdir, symlink, mknod,    Directory.create_nowait (and its open)
       link, unlink, rmdir, rename
     File.open, truncate                        File.open_nowait
-    FileHandle.read, write, truncate           FileHandle.cached_read
+    FileHandle.read, write, truncate           FileHandle.cached_read, write_nowait
     Symlink.target         if target_blocks    Symlink.target otherwise
     FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
@@ -197,6 +197,12 @@ class Directory(Node):
     def create(self, name: str, mode: int) -> "File":
         raise read_only(name)
 
+    def create_nowait(self, name: str, mode: int, flags: int, *owner) -> "tuple[File, FileHandle, Attr] | None":
+        """`create` (`owner` as `create` gets it) and `open(flags)` of the new file, with its
+        attributes, if that needs no I/O and no wait; None otherwise (then the daemon calls
+        both in a thread)."""
+        return None
+
     def mkdir(self, name: str, mode: int) -> "Directory":
         raise read_only(name)
 
@@ -244,6 +250,10 @@ class FileHandle:
 
     def write(self, offset: int, data: bytes) -> int:
         raise OSError(errno.EBADF, "not open for writing")
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        """`write` if it needs no I/O and no wait (kept in memory); None otherwise."""
+        return None
 
     def truncate(self, size: int) -> None:
         raise OSError(errno.EBADF, "not open for writing")

@@ -514,6 +514,11 @@ class Operations(pyfuse3.Operations):
         handles = []
 
         owner = self._owner(ctx)
+        made = directory.create_nowait(os.fsdecode(name), mode, flags, *owner)
+        if made is not None:                   # a new file kept in memory until it is closed
+            node, handle, attr = made
+            self._remember(node.ino, node)
+            return self._add_handle(handle), self._entry(node.ino, attr)
 
         def make():
             node = directory.create(os.fsdecode(name), mode, *owner)
@@ -573,7 +578,9 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def write(self, fh, off, buf):
         self._writable()
-        return await self._run(self._handle(fh).write, off, buf, change=True)
+        handle = self._handle(fh)
+        written = handle.write_nowait(off, buf)
+        return written if written is not None else await self._run(handle.write, off, buf, change=True)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):

@@ -50,6 +50,10 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: a new file written up to this size is kept in memory until its close commits it; all
+#: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
+NEW_FILE_BYTES = 1 << 20
+NEW_FILES_BYTES = 64 << 20
 #: what the metadata view of an object without a metadata file shows
 NO_METADATA = layout.dump_json({})
 DIR_MODE = stat.S_IFDIR | 0o755
@@ -254,6 +258,74 @@ class DataFile(File):
             handle.truncate(size)
             handle.flush()
         finally:
+            handle.release()
+
+
+class NewFileHandle(FileHandle):
+    """A file created through the mount: what is written is kept in memory (so that the
+    create and the writes of a small file are answered on the loop) and written to a
+    temporary file, renamed into place and registered at the first flush, in one worker
+    call. A file that outgrows NEW_FILE_BYTES (or the tree's NEW_FILES_BYTES) moves to
+    its temporary file at that write, and goes on as one (`DataFile.open`)."""
+    flush_blocks = True
+
+    def __init__(self, data: "DataFile"):
+        self.data = data
+        self.tree = data.tree
+        self._buffer: bytearray | None = bytearray()
+        self._on_disk: TempFileHandle | None = None
+        self._lock = threading.Lock()
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        end = offset + len(data)
+        with self._lock:
+            buffer = self._buffer
+            if buffer is None or end > NEW_FILE_BYTES or not self.tree.keep_new_bytes(max(0, end - len(buffer))):
+                return None
+            if offset > len(buffer):
+                buffer.extend(bytes(offset - len(buffer)))
+            buffer[offset:end] = data
+            return len(data)
+
+    def _moved_to_disk(self) -> TempFileHandle:
+        """The temporary file, made and given what was kept (call with the lock held)."""
+        if self._on_disk is None:
+            handle = self.data.open(os.O_WRONLY)
+            if self._buffer:
+                handle.write(0, bytes(self._buffer))
+            self.tree.keep_new_bytes(-len(self._buffer))
+            self._buffer = None
+            self._on_disk = handle
+            self.release_blocks = True          # the temporary file is closed (and removed)
+        return self._on_disk
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if self._buffer is not None:
+                return bytes(self._buffer[offset:offset + size])
+            return self._on_disk.read(offset, size)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            return self._moved_to_disk().write(offset, data)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._moved_to_disk().truncate(size)
+
+    def flush(self) -> None:
+        with self._lock:
+            handle = self._moved_to_disk()
+        handle.flush()
+        self.release_blocks = handle.release_blocks
+
+    def release(self) -> None:
+        with self._lock:
+            if self._buffer is not None:
+                self.tree.keep_new_bytes(-len(self._buffer))
+                self._buffer = None
+            handle = self._on_disk
+        if handle is not None:
             handle.release()
 
 
@@ -569,6 +641,28 @@ class FilesetFolder(Folder):
         if self.pending.get(data.name) is data.file:
             del self.pending[data.name]
 
+    def create_nowait(self, name: str, mode: int, flags: int):
+        """A new visible file, while its id is free: made in memory, and its data kept in
+        memory until it is closed (`NewFileHandle`); anything else goes to `create`."""
+        tree = self.tree
+        if name.startswith(".") or name.endswith(META) or tree.db.files.remote or (flags & os.O_ACCMODE) == os.O_RDONLY:
+            return None
+        file_id, _ = layout.split_name(name)
+        if not tree.lock.acquire(blocking=False):
+            return None
+        try:
+            if self._file_by_name(name) is not None or self.fileset.get_file(file_id) is not None:
+                return None
+            try:
+                file = self.fileset.create_file(file_id)
+            except (ValueError, OSError):
+                return None                     # refused: `create` says why
+            self.pending[name] = file
+            data = self._data(file, name)
+        finally:
+            tree.lock.release()
+        return data, NewFileHandle(data), Attr(FILE_MODE, 0, time.time_ns())
+
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
             if name.endswith(META) and self._file_by_name(name[:-len(META)]):
@@ -681,6 +775,8 @@ class FSDBTree(Tree):
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
         self.meta_cache = ByteCache(META_CACHE_BYTES)
+        self._new_bytes = 0                     # kept by NewFileHandles, up to NEW_FILES_BYTES
+        self._new_bytes_lock = threading.Lock()
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
         self._views_lock = threading.Lock()     # for these three (never held during I/O)
@@ -691,6 +787,15 @@ class FSDBTree(Tree):
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
         self.add(RootFolder(self))
+
+    def keep_new_bytes(self, more: int) -> bool:
+        """Count `more` bytes kept in memory by new files (negative: let go); False (and
+        nothing counted) if that would pass NEW_FILES_BYTES."""
+        with self._new_bytes_lock:
+            if more > 0 and self._new_bytes + more > NEW_FILES_BYTES:
+                return False
+            self._new_bytes += more
+            return True
 
     def node(self, key: tuple, make) -> Node:
         with self.lock:

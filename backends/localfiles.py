@@ -146,6 +146,10 @@ class LocalWriteHandle(FileHandle):
         os.close(fd)
 
 
+#: the name's end of TempFileHandle's temporary files (hidden: they start with '.')
+TEMP_SUFFIX = ".scopefs-tmp"
+
+
 class TempFileHandle(FileHandle):
     """Writes to a real file go to a temporary copy beside it; flush (close, fsync) hands
     the finished copy to `commit(temp_path)`, which renames it into place (an atomic
@@ -158,7 +162,7 @@ class TempFileHandle(FileHandle):
     def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False,
                  durable_later: bool = False):
         directory, name = os.path.split(target)
-        self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".scopefs-tmp", dir=directory)
+        self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=directory)
         if copy_from is not None:
             with open(copy_from, "rb") as src:
                 shutil.copyfileobj(src, os.fdopen(os.dup(self._fd), "wb"))
@@ -190,6 +194,7 @@ class TempFileHandle(FileHandle):
             self._commit(self.temp)            # renames self.temp to its final name
             self._dirty = False
             self._committed = True
+            self.release_blocks = False         # only the descriptor is left to close
 
     def release(self) -> None:
         os.close(self._fd)

@@ -20,13 +20,14 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     may block: in a worker thread              must not block: on the event loop
     -----------------------------------------  ------------------------------------------
     Node.attr, set_attr                        Node.cached_attr
-    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
+    Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
+                                                 missing)
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
-    Directory.create, mkdir, symlink, mknod,
+    Directory.create, mkdir, symlink, mknod,    Directory.create_nowait (and its open)
       link, unlink, rmdir, rename
     File.open, truncate                        File.open_nowait
-    FileHandle.read, write, truncate           FileHandle.cached_read
+    FileHandle.read, write, truncate           FileHandle.cached_read, write_nowait
     Symlink.target         if target_blocks    Symlink.target otherwise
     FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
@@ -55,6 +56,21 @@ ROOT_INO = 1
 #: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
 #: stay far below that)
 GRAFT_SHIFT = 40
+
+
+class Absent:
+    """What a nowait lookup answers for a name it knows is missing (None: cannot tell).
+    False as a truth value, like None."""
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = Absent()
 
 
 class Attr(NamedTuple):
@@ -152,9 +168,9 @@ class Directory(Node):
         node = self.lookup(name)
         return None if node is None else (node, node.attr())
 
-    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
-        (then `lookup_attr` decides, also whether the name is missing)."""
+    def lookup_attr_nowait(self, name: str) -> "tuple[Node, Attr] | None | Absent":
+        """What `lookup_attr` finds, if that needs no I/O and no wait; `ABSENT` if memory
+        tells that the name is missing; None otherwise (then `lookup_attr` decides)."""
         return None
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
@@ -189,6 +205,12 @@ class Directory(Node):
     # writable directories override these; by default they refuse
     def create(self, name: str, mode: int) -> "File":
         raise read_only(name)
+
+    def create_nowait(self, name: str, mode: int, flags: int, *owner) -> "tuple[File, FileHandle, Attr] | None":
+        """`create` (`owner` as `create` gets it) and `open(flags)` of the new file, with its
+        attributes, if that needs no I/O and no wait; None otherwise (then the daemon calls
+        both in a thread)."""
+        return None
 
     def mkdir(self, name: str, mode: int) -> "Directory":
         raise read_only(name)
@@ -237,6 +259,10 @@ class FileHandle:
 
     def write(self, offset: int, data: bytes) -> int:
         raise OSError(errno.EBADF, "not open for writing")
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        """`write` if it needs no I/O and no wait (kept in memory); None otherwise."""
+        return None
 
     def truncate(self, size: int) -> None:
         raise OSError(errno.EBADF, "not open for writing")

@@ -19,13 +19,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Callable
 
 import pyfuse3
 import trio
 
 from ..backends.blocks import BytesHandle
-from ..backends.nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink,
-                              Tree, writes)
+from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
+                              Symlink, Tree, writes)
 from .control import CONTROL_NAME
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Notifier:
         self._stores: dict[int, bytes] = {}      # inode -> its whole content
         self._reported = 0                       # inode reports made ...
         self._done = 0                           # ... and sent
+        self._waiters: list[tuple[int, Callable[[], None]]] = []    # (mark, wake) for when_sent
         self._running = False
         self._threads: list[threading.Thread] = []
 
@@ -108,6 +110,7 @@ class Notifier:
             self._running = False
             self._cond.notify_all()
             self._stores_cond.notify_all()
+        self._wake(everyone=True)
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -134,9 +137,24 @@ class Notifier:
         """What `wait` must see sent, or None if nothing is pending."""
         return self._reported if self._reported != self._done else None
 
-    def wait(self, mark: int, timeout: float) -> None:
+    def when_sent(self, mark: int, wake: Callable[[], None]) -> bool:
+        """Call `wake` (from the sending thread) once `mark` is sent; False if it is already
+        (or the notifier stopped): then `wake` is not called."""
         with self._cond:
-            self._cond.wait_for(lambda: self._done >= mark or not self._running, timeout)
+            if self._done >= mark or not self._running:
+                return False
+            self._waiters.append((mark, wake))
+            return True
+
+    def _wake(self, everyone: bool = False) -> None:
+        with self._cond:
+            ready = [w for w in self._waiters if everyone or w[0] <= self._done]
+            self._waiters = [w for w in self._waiters if w not in ready]
+        for _, wake in ready:
+            try:
+                wake()
+            except Exception:                    # (the loop has ended: nobody waits any more)
+                pass
 
     def _send(self, kind: str) -> None:
         pending = {"inodes": self._inodes, "entries": self._entries, "stores": self._stores}[kind]
@@ -160,7 +178,8 @@ class Notifier:
                         self._counters.invalidations += sent
                     if kind == "inodes":
                         self._done = reported
-                        self._cond.notify_all()
+                if kind == "inodes":
+                    self._wake()
 
     def _notify(self, kind: str, item, data: bytes | None) -> bool:
         try:
@@ -295,8 +314,13 @@ class Operations(pyfuse3.Operations):
         """Wait until the kernel was told of the inodes a change reported (bounded: a
         notification must never hold a request for long)."""
         mark = self.notifier.mark()
-        if mark is not None:
-            await trio.to_thread.run_sync(self.notifier.wait, mark, NOTIFY_WAIT, abandon_on_cancel=True)
+        if mark is None:
+            return
+        sent = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        if self.notifier.when_sent(mark, lambda: token.run_sync_soon(sent.set)):     # (no thread hop)
+            with trio.move_on_after(NOTIFY_WAIT):
+                await sent.wait()
 
     async def _call(self, fn, blocks: bool, **where):
         """`fn` in a worker thread (`_run`) if the backend declared that it may block,
@@ -359,8 +383,10 @@ class Operations(pyfuse3.Operations):
 
         name = os.fsdecode(name)
         self.counters.attr_requests += 1
-        found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
+        found = directory.lookup_attr_nowait(name)
         if found is None:
+            found = await self._run(directory.lookup_attr, name)
+        if found is None or found is ABSENT:
             if self.policy.negative_timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
@@ -559,6 +585,11 @@ class Operations(pyfuse3.Operations):
         handles = []
 
         owner = self._owner(ctx)
+        made = directory.create_nowait(os.fsdecode(name), mode, flags, *owner)
+        if made is not None:                   # a new file kept in memory until it is closed
+            node, handle, attr = made
+            self._remember(node.ino, node)
+            return self._add_handle(handle), self._entry(node.ino, attr)
 
         def make():
             node = directory.create(os.fsdecode(name), mode, *owner)
@@ -618,7 +649,9 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def write(self, fh, off, buf):
         self._writable()
-        return await self._run(self._handle(fh).write, off, buf, change=True)
+        handle = self._handle(fh)
+        written = handle.write_nowait(off, buf)
+        return written if written is not None else await self._run(handle.write, off, buf, change=True)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):

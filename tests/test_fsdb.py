@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MountFailed, daemon_pid, wait_gone
+from conftest import MountFailed, daemon_pid, daemon_status, wait_gone
 from upstream import run_upstream, upstream_python
 
 from scopefs.backends.fsdb import FSDB, DBBusyError, io
@@ -192,6 +192,45 @@ def test_files_copied_in_survive_a_killed_mount_and_upstream_sees_no_partial_fil
     assert not (db_path / ".scopefs-journal").exists()
 
 
+@pytest.mark.daemon_log(r"breaking the lock of scopefs mount .*: its holder is gone",
+                        r"removed .*scopefs-tmp: a write that a stopped mount never finished",
+                        r"registered \d+ file\(s\) that a writer which stopped had not yet written",
+                        reason="the next mount takes over from the killed one, and says what it did")
+def test_a_write_cut_by_a_killed_mount_leaves_nothing_after_the_next_mount(tmp_path, mount):
+    """Files still open for writing when the mount is killed: upstream never sees them (a
+    small one is kept in memory, a big one is a hidden temporary file), and the next mount
+    removes that temporary file."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    subprocess.run(["cp", "/dev/stdin", str(images / "done.png")], input=b"done", check=True)
+    writers = [open(images / "cut.png", "wb"), open(images / "big_cut.png", "wb")]
+    writers[0].write(b"never closed")
+    writers[1].write(bytes(2 << 20))                           # past what is kept in memory
+    for writer in writers:
+        writer.flush()
+    on_disk = db_path / "myscan_001" / "images"
+    assert [n for n in os.listdir(on_disk) if n.endswith(".scopefs-tmp")]
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    for writer in writers:
+        try:
+            writer.close()
+        except OSError:
+            pass                                               # the mount is gone
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(seen) == ["0", "1"]                          # done.png is in the journal
+    again = mount(db_path, mountpoint=mnt)
+    names = os.listdir(again / "myscan_001" / "images")
+    assert "done.png" in names and "cut.png" not in names and "big_cut.png" not in names
+    assert not [n for n in names if n.startswith(".")]
+    assert not [n for n in os.listdir(on_disk) if n.startswith(".")]
+    mount.cleanup()
+    assert sorted(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == ["0", "1", "done"]
+
+
 @pytest.mark.daemon_log(r"metadata is not JSON", r"invalid identifier 'bad name'",
                         reason="a refused change is logged with its reason")
 def test_changes_through_the_mount_persist(tmp_path, mount):
@@ -230,6 +269,30 @@ def test_changes_through_the_mount_persist(tmp_path, mount):
     assert sorted(seen["scan_b"]["filesets"]["raw"]["files"]) == ["photo", "synced"]
     assert seen["scan_b"]["filesets"]["raw"]["files"]["photo"]["metadata"] == {"exposure": 12}
     del imgs
+
+
+def test_a_copy_into_a_fileset_costs_one_worker_call_per_file(tmp_path, mount):
+    """`cp` of a new file: its missing name is told from memory (each lookup), the folder's
+    and the file's attributes after the copy too (read by the worker that changed them),
+    the create and the write are kept in memory; only the commit at close runs in a
+    thread. files.json is not written per file (registered in batches)."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path, "-o", "register_delay=600")
+    images = mnt / "myscan_001" / "images"
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"new_{i}.png").write_bytes(bytes([i]) * 300)
+    subprocess.run(["cp", str(src / "new_0.png"), str(images)], check=True)
+    before = daemon_status(mnt)
+    for i in range(1, 10):
+        subprocess.run(["cp", str(src / f"new_{i}.png"), str(images)], check=True)
+        os.stat(images)                                 # the folder, changed: from memory
+    after = daemon_status(mnt)
+    assert (after["worker_calls"] - before["worker_calls"]) / 9 <= 1
+    assert after["work"].get("files_json_writes", 0) == before["work"].get("files_json_writes", 0)
+    assert (images / "new_9.png").read_bytes() == bytes([9]) * 300
 
 
 def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):

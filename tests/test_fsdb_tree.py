@@ -209,6 +209,44 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
 
 
+def test_a_batch_fsyncs_new_files_while_copies_go_on(tmp_path, monkeypatch):
+    """The write-back of a batch fsyncs each new file's data before files.json names it,
+    without holding the tree's lock (a copy into the mount needs it: with it held, copies
+    waited for a second's fsyncs); files.json is written after them."""
+    from scopefs.backends.fsdb import db as fsdb_db
+    import threading
+    tree = fsdb_tree.open_tree(str(make_db(tmp_path / "db", 2)), Options(), read_only=False)
+    try:
+        folder = fileset_folder(tree)
+        for k in range(5):
+            add_file(folder, f"new_{k}.png")
+        events = []
+        fsync = fsdb_db._fsync
+
+        def watched_fsync(path):
+            def try_lock():
+                if tree.lock.acquire(blocking=False):
+                    tree.lock.release()
+                    events.append(("fsync, tree free", os.path.basename(path)))
+                else:
+                    events.append(("fsync, tree locked", os.path.basename(path)))
+            other = threading.Thread(target=try_lock)
+            other.start()
+            other.join()
+            fsync(path)
+        write_json = layout.write_json
+
+        def watched_write_json(path, doc):
+            events.append(("write", os.path.basename(path)))
+            write_json(path, doc)
+        monkeypatch.setattr(fsdb_db, "_fsync", watched_fsync)
+        monkeypatch.setattr(layout, "write_json", watched_write_json)
+        tree.sync()
+        assert events == [("fsync, tree free", f"new_{k}.png") for k in range(5)] + [("write", "files.json")]
+    finally:
+        tree.close()
+
+
 def test_metadata_kept_in_memory_is_bounded_in_bytes_and_read_again_when_needed(trees, monkeypatch):
     from scopefs.backends.fsdb import db as fsdb_db
     tree = trees[BIG]

@@ -467,6 +467,7 @@ class Scan(_Metadata):
         self._pending: list = []                    # changes to files.json not written yet
         self._pending_filesets: set[str] = set()
         self._pending_data: list[str] = []          # lazily registered data, to fsync first
+        self._writes = 0                            # of files.json (what was pending is gone)
         try:
             db.counts["files_json_reads"] += 1
             doc = layout.read_json(os.path.join(self.path(), layout.FILES_JSON), {"filesets": []}, db.files.read)
@@ -565,6 +566,7 @@ class Scan(_Metadata):
             self._pending.clear()
             self._pending_filesets.clear()
             self._pending_data.clear()
+            self._writes += 1
             self.db._dirty.pop(self.id, None)
 
     def _files_doc(self) -> dict:
@@ -597,6 +599,7 @@ class FSDB:
         self.counts: Counter[str] = Counter()
         self._lock = RootLock(self.basedir)
         self._files_lock = threading.RLock()
+        self._sync_lock = threading.Lock()          # sync_data, one at a time
         self._dirty: dict[str, float] = {}          # scans with lazy registrations: since when
         self._metadata_kept: OrderedDict[int, tuple[_Metadata, int]] = OrderedDict()   # by id: (obj, bytes)
         self._metadata_bytes = 0
@@ -637,6 +640,22 @@ class FSDB:
         self._metadata_kept.clear()
         self._metadata_bytes = 0
         self.is_connected = False
+
+    def sync_data(self) -> None:
+        """Make the data of lazy registrations durable, holding no lock while it waits for
+        the disk (what `flush` then writes to files.json is fsynced by now; data registered
+        meanwhile `flush` fsyncs itself). One at a time: a flush's fsyncs are not repeated."""
+        with self._sync_lock:
+            with self._files_lock:
+                batches = [(scan, scan._writes, list(scan._pending_data))
+                           for scan in map(self.scans.get, self._dirty) if scan is not None]
+            for _, _, paths in batches:
+                for data_path in paths:
+                    _fsync(data_path)
+            with self._files_lock:
+                for scan, writes, paths in batches:
+                    if scan._writes == writes:      # else files.json was written meanwhile
+                        del scan._pending_data[:len(paths)]
 
     def flush(self) -> None:
         """Write every lazy registration to files.json (then the journal is emptied)."""

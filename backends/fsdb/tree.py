@@ -30,13 +30,14 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
 from ..blocks import ListingSnapshot
 from ..cached_view import CachedView
-from ..localfiles import LocalWriteHandle, TempFileHandle
+from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..nowait import lookup_attr_nowait
 from ..options import MountError, Options
@@ -49,6 +50,10 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: a new file written up to this size is kept in memory until its close commits it; all
+#: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
+NEW_FILE_BYTES = 1 << 20
+NEW_FILES_BYTES = 64 << 20
 #: what the metadata view of an object without a metadata file shows
 NO_METADATA = layout.dump_json({})
 DIR_MODE = stat.S_IFDIR | 0o755
@@ -224,16 +229,22 @@ class DataFile(File):
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        return TempFileHandle(self._path(), copy, self._commit, dirty=new,
-                              durable_later=new and self.tree.db.register_lazily)
+        handle = TempFileHandle(self._path(), copy, self._commit, dirty=new,
+                                durable_later=new and self.tree.db.register_lazily)
+        self.folder.refresh_attr()              # the temporary file is in it
+        return handle
 
     def _commit(self, finished: str) -> None:
         with self.tree.lock:
+            new = self.file.filename is None
             try:
                 _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
             finally:
                 self.forget_attr()
-                self.folder.data_changed(self.name, self.ino)
+                self.attr()                     # (here: the kernel's next getattr needs no thread)
+                # a new file's metadata view appears now (the kernel may hold that name as missing)
+                self.folder.data_changed(self.name, self.ino,
+                                         entries=((self.folder.ino, self.name + META),) if new else ())
             self.folder.committed(self)
 
     def open_read(self) -> FileHandle:
@@ -247,6 +258,74 @@ class DataFile(File):
             handle.truncate(size)
             handle.flush()
         finally:
+            handle.release()
+
+
+class NewFileHandle(FileHandle):
+    """A file created through the mount: what is written is kept in memory (so that the
+    create and the writes of a small file are answered on the loop) and written to a
+    temporary file, renamed into place and registered at the first flush, in one worker
+    call. A file that outgrows NEW_FILE_BYTES (or the tree's NEW_FILES_BYTES) moves to
+    its temporary file at that write, and goes on as one (`DataFile.open`)."""
+    flush_blocks = True
+
+    def __init__(self, data: "DataFile"):
+        self.data = data
+        self.tree = data.tree
+        self._buffer: bytearray | None = bytearray()
+        self._on_disk: TempFileHandle | None = None
+        self._lock = threading.Lock()
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        end = offset + len(data)
+        with self._lock:
+            buffer = self._buffer
+            if buffer is None or end > NEW_FILE_BYTES or not self.tree.keep_new_bytes(max(0, end - len(buffer))):
+                return None
+            if offset > len(buffer):
+                buffer.extend(bytes(offset - len(buffer)))
+            buffer[offset:end] = data
+            return len(data)
+
+    def _moved_to_disk(self) -> TempFileHandle:
+        """The temporary file, made and given what was kept (call with the lock held)."""
+        if self._on_disk is None:
+            handle = self.data.open(os.O_WRONLY)
+            if self._buffer:
+                handle.write(0, bytes(self._buffer))
+            self.tree.keep_new_bytes(-len(self._buffer))
+            self._buffer = None
+            self._on_disk = handle
+            self.release_blocks = True          # the temporary file is closed (and removed)
+        return self._on_disk
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            if self._buffer is not None:
+                return bytes(self._buffer[offset:offset + size])
+            return self._on_disk.read(offset, size)
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self._lock:
+            return self._moved_to_disk().write(offset, data)
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            self._moved_to_disk().truncate(size)
+
+    def flush(self) -> None:
+        with self._lock:
+            handle = self._moved_to_disk()
+        handle.flush()
+        self.release_blocks = handle.release_blocks
+
+    def release(self) -> None:
+        with self._lock:
+            if self._buffer is not None:
+                self.tree.keep_new_bytes(-len(self._buffer))
+                self._buffer = None
+            handle = self._on_disk
+        if handle is not None:
             handle.release()
 
 
@@ -278,7 +357,8 @@ class Folder(Directory):
 
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
-        self._attr: tuple[int, Attr] | None = None
+        self._attr: Attr | None = None
+        self._changes = 0                       # a stat that raced a change is not kept
 
     def path(self) -> str:
         raise NotImplementedError
@@ -299,18 +379,29 @@ class Folder(Directory):
             found = self.find(name)
             return self.find_slow(name) if found is NEEDS_IO else found
 
-    def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        return lookup_attr_nowait(self.find, name, self.tree.lock)
+    def lookup_attr_nowait(self, name: str):
+        """(`find` gives None only for names that are not there: a missing name, a copy's
+        first `stat`, is answered on the loop.)"""
+        return lookup_attr_nowait(self.find, name, self.tree.lock, none_is_absent=True)
 
     def cached_attr(self) -> Attr | None:
-        known = self._attr
-        return known[1] if known is not None and known[0] == self.tree.generation else None
+        return self._attr
 
     def attr(self) -> Attr:
-        generation = self.tree.generation
+        changes = self._changes
         attr = Attr(DIR_MODE, 0, _mtime(self.tree.db.files, self.path()), 2)
-        self._attr = (generation, attr)
+        if changes == self._changes:
+            self._attr = attr
         return attr
+
+    def refresh_attr(self) -> bool:
+        """Read the attributes again after the mount changed the folder on disk (in the
+        worker that changed it, so that the kernel's next getattr is answered from
+        memory); whether they changed."""
+        before = self._attr
+        self._changes += 1
+        self._attr = None
+        return self.attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
@@ -355,7 +446,7 @@ class RootFolder(Folder):
             _api_errors(self.tree.db.create_scan)(name)
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
-            self.tree.changed()
+            self.tree.refresh_folders()
             return self.find(name)
 
     def rmdir(self, name: str) -> None:
@@ -367,7 +458,7 @@ class RootFolder(Folder):
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
             self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
-            self.tree.changed()
+            self.tree.refresh_folders()
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name)
@@ -418,7 +509,7 @@ class ScanFolder(Folder):
             _api_errors(self.scan.create_fileset)(name)
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(f"{self.scan.id}/{name}{META}")
-            self.tree.changed()
+            self.tree.refresh_folders(self.scan.id)
             return self.find(name)
 
     def rmdir(self, name: str) -> None:
@@ -430,8 +521,8 @@ class ScanFolder(Folder):
                 raise OSError(errno.ENOTEMPTY, "fileset has files", name)
             _api_errors(self.scan.delete_fileset)(name)
             self.tree.forget_nodes(("fileset", self.scan.id, name), ("meta", self.scan.id, name), report=True)
-            self.tree.report(*self.tree.folders_of(self.scan.id), entries=((self.ino, name + VIEW),))
-            self.tree.changed()
+            self.tree.report(entries=((self.ino, name + VIEW),))
+            self.tree.refresh_folders(self.scan.id)
 
     def unlink(self, name: str) -> None:
         _hide_view(self.tree, self, name, f"{self.scan.id}/")
@@ -515,8 +606,25 @@ class FilesetFolder(Folder):
             hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
             hidden = []
+        hidden = [name for name in hidden if not self._drop_leftover(name)]
         out.extend((name, self._scratch(name)) for name in hidden)
         return out
+
+    def _drop_leftover(self, name: str) -> bool:
+        """Remove a temporary file of a write that a mount killed before the file was closed
+        (older than this mount; the journal does not name it): never registered, its data
+        is lost, as the writer was told nothing else (call with the tree's lock)."""
+        if not name.endswith(TEMP_SUFFIX):
+            return False
+        path = os.path.join(self.path(), name)
+        try:
+            if os.stat(path).st_mtime_ns >= self.tree.started_ns:
+                return False                    # one of this mount's writes
+            os.unlink(path)
+        except FileNotFoundError:
+            return True
+        log.warning("removed %s: a write that a stopped mount never finished", path)
+        return True
 
     def data_changed(self, name: str, *inodes: int, entries: tuple = ()) -> None:
         """The data of the file shown as `name` changed or went away: the kernel drops what
@@ -525,25 +633,46 @@ class FilesetFolder(Folder):
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
-        self.tree.report(*inodes, *self.tree.folders_of(self.fileset.scan.id, self.fileset.id), entries=entries)
+        self.tree.report(*inodes, entries=entries)
+        self.tree.refresh_folders(self.fileset.scan.id, self.fileset.id)
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
         if self.pending.get(data.name) is data.file:
             del self.pending[data.name]
-        self.tree.changed()
+
+    def create_nowait(self, name: str, mode: int, flags: int):
+        """A new visible file, while its id is free: made in memory, and its data kept in
+        memory until it is closed (`NewFileHandle`); anything else goes to `create`."""
+        tree = self.tree
+        if name.startswith(".") or name.endswith(META) or tree.db.files.remote or (flags & os.O_ACCMODE) == os.O_RDONLY:
+            return None
+        file_id, _ = layout.split_name(name)
+        if not tree.lock.acquire(blocking=False):
+            return None
+        try:
+            if self._file_by_name(name) is not None or self.fileset.get_file(file_id) is not None:
+                return None
+            try:
+                file = self.fileset.create_file(file_id)
+            except (ValueError, OSError):
+                return None                     # refused: `create` says why
+            self.pending[name] = file
+            data = self._data(file, name)
+        finally:
+            tree.lock.release()
+        return data, NewFileHandle(data), Attr(FILE_MODE, 0, time.time_ns())
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:
             if name.endswith(META) and self._file_by_name(name[:-len(META)]):
                 return _rewrite_view(self, name, self.prefix)
-            self.tree.changed()
             if name.startswith("."):
                 os.close(os.open(os.path.join(self.path(), name), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, mode & 0o777))
+                self.refresh_attr()
                 return self._scratch(name)
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
-            self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.pending[name] = file
             return self._data(file, name)
 
@@ -552,7 +681,7 @@ class FilesetFolder(Folder):
             if name.startswith("."):
                 os.unlink(os.path.join(self.path(), name))
                 self.tree.forget_nodes(("scratch",) + self._key(name))
-                self.tree.changed()
+                self.refresh_attr()
                 return
             file = self._file_by_name(name)
             if file is not None:
@@ -561,7 +690,6 @@ class FilesetFolder(Folder):
                 self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
                 self.pending.pop(name, None)
-                self.tree.changed()
                 return
             _hide_view(self.tree, self, name, self.prefix)
 
@@ -569,7 +697,6 @@ class FilesetFolder(Folder):
         if new_parent is not self:
             raise OSError(errno.EXDEV, "files move only within their fileset")
         with self.tree.lock:
-            self.tree.changed()
             fs = self.fileset
             new_id, ext = layout.split_name(new_name)
             if name.startswith(".") and not new_name.startswith("."):
@@ -587,6 +714,7 @@ class FilesetFolder(Folder):
             if name.startswith(".") and new_name.startswith("."):
                 os.rename(os.path.join(fs.path(), name), os.path.join(fs.path(), new_name))
                 self.tree.forget_nodes(("scratch",) + self._key(name))
+                self.refresh_attr()
                 return
             file = self._file_by_name(name)
             if file is None or new_name.endswith(META) or new_name.startswith("."):
@@ -608,7 +736,6 @@ def _hide_view(tree: "FSDBTree", folder: Directory, name: str, prefix: str = "")
         raise FileNotFoundError(errno.ENOENT, "no such file", name)
     with tree.lock:
         tree.hidden.add(prefix + name)
-        tree.changed()
 
 
 def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
@@ -616,7 +743,6 @@ def _rewrite_view(folder: Directory, name: str, prefix: str = "") -> File:
     tree = folder.tree
     with tree.lock:
         tree.hidden.discard(prefix + name)
-        tree.changed()
         node = folder.lookup(name)
         if not isinstance(node, MetaView):
             raise OSError(errno.EPERM, "only scans and filesets (mkdir) and files go here", name)
@@ -640,14 +766,17 @@ class FSDBTree(Tree):
         self.writable = not read_only
         # writable: the kernel keeps names and file attributes, and is told (`report`) of
         # what changes without a request on it (views of a rewritten file, the metadata
-        # file of a removed one, folders' mtimes: files.json batched in, a file replaced)
+        # file of a removed one or of a new one, folders' mtimes: files.json batched in, a
+        # file replaced); missing names for a second (a copy asks for each name twice)
         self.cache_policy = (CachePolicy() if read_only else
-                             CachePolicy(negative_timeout=0.0, keep_cache=False))
+                             CachePolicy(negative_timeout=1.0, keep_cache=False))
         self.lock = threading.RLock()
+        self.started_ns = time.time_ns()        # temporary files older than this are leftovers
         self.nodes: dict[tuple, Node] = {}
         self.hidden: set[str] = set()
-        self.generation = 0                     # of the namespace: listings and folder attributes follow it
         self.meta_cache = ByteCache(META_CACHE_BYTES)
+        self._new_bytes = 0                     # kept by NewFileHandles, up to NEW_FILES_BYTES
+        self._new_bytes_lock = threading.Lock()
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
         self._views_lock = threading.Lock()     # for these three (never held during I/O)
@@ -659,9 +788,14 @@ class FSDBTree(Tree):
         db.register_delay = register_delay
         self.add(RootFolder(self))
 
-    def changed(self) -> None:
-        """Something in the namespace changed (call with the lock held)."""
-        self.generation += 1
+    def keep_new_bytes(self, more: int) -> bool:
+        """Count `more` bytes kept in memory by new files (negative: let go); False (and
+        nothing counted) if that would pass NEW_FILES_BYTES."""
+        with self._new_bytes_lock:
+            if more > 0 and self._new_bytes + more > NEW_FILES_BYTES:
+                return False
+            self._new_bytes += more
+            return True
 
     def node(self, key: tuple, make) -> Node:
         with self.lock:
@@ -670,11 +804,14 @@ class FSDBTree(Tree):
                 found = self.nodes[key] = self.add(make())
             return found
 
-    def folders_of(self, scan_id: str, fileset_id: str | None = None) -> list[int]:
-        """The inodes of the root, a scan and a fileset folder (those made so far): their
-        mtimes change when files.json, the journal or a file is written in them."""
-        keys = [("scan", scan_id)] + ([("fileset", scan_id, fileset_id)] if fileset_id is not None else [])
-        return [self.root.ino] + [node.ino for node in map(self.nodes.get, keys) if node is not None]
+    def refresh_folders(self, scan_id: str | None = None, fileset_id: str | None = None) -> None:
+        """After a change on disk (in its worker): the root, a scan's and a fileset's
+        folders (those made so far) read their attributes again, and the kernel is told
+        of those whose mtime moved (files.json, the journal or a file written in them)."""
+        keys = [("scan", scan_id)] if scan_id is not None else []
+        keys += [("fileset", scan_id, fileset_id)] if fileset_id is not None else []
+        folders = [self.root] + [node for node in map(self.nodes.get, keys) if node is not None]
+        self.report(*(folder.ino for folder in folders if folder.refresh_attr()))
 
     def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
         """Drop the nodes of what was deleted. `report`: the kernel is told their
@@ -754,12 +891,12 @@ class FSDBTree(Tree):
                                                           base=base))
 
     def sync(self) -> None:
+        self.db.sync_data()             # the slow part, while copies go on (they need the lock)
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             scans = list(self.db._dirty)
             self.db.flush()
-            if scans:                   # files.json rewritten: their folders' mtimes
-                self.changed()
-                self.report(*(ino for scan in scans for ino in self.folders_of(scan)))
+            for scan in scans:          # files.json rewritten: their folders' mtimes
+                self.refresh_folders(scan)
         self._close_unused_views()
 
     def sync_due(self) -> bool:

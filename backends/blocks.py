@@ -154,6 +154,7 @@ class BufferHandle(FileHandle):
     document) is applied whole or not at all. A refused commit leaves the copy dirty
     and raises again at the next flush, so the error reaches close(2)."""
     flush_blocks = True
+    write_blocks = False
 
     def __init__(self, data: bytes, commit: Callable[[bytes], None]):
         self.buf = bytearray(data)
@@ -212,6 +213,8 @@ class MemoryFile(File):
 
 
 class MemoryHandle(FileHandle):
+    write_blocks = False
+
     def __init__(self, file: MemoryFile):
         self.file = file
 

@@ -269,7 +269,7 @@ class IIDFolder(ListedDirectory):
         return self.attr()
 
     def lookup_attr_nowait(self, name: str):
-        return lookup_attr_nowait(self.lookup, name, self.tree.lock)
+        return lookup_attr_nowait(self.lookup, name, self.tree.lock, absent_known=True)
 
     def opendir(self) -> ListingSnapshot:
         return ListingSnapshot(self.listing, lock=self.tree.lock)

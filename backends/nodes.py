@@ -26,15 +26,17 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Directory.create, mkdir, symlink, mknod,
       link, unlink, rmdir, rename
     File.open, truncate                        File.open_nowait
-    FileHandle.read, write, truncate           FileHandle.cached_read
+    FileHandle.read, truncate                  FileHandle.cached_read
+    FileHandle.write       if write_blocks     FileHandle.write otherwise (into memory)
     Symlink.target         if target_blocks    Symlink.target otherwise
     FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
                            or flush_blocks
     FileHandle.release     if release_blocks   FileHandle.release otherwise
-    Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
+    Tree.sync                                  Tree.get (a reserved range's factory too),
                                                forget, adopt, status, statfs_counts,
                                                sync_due, writable_at, report (any thread)
+    Tree.statvfs         if statvfs_blocks     Tree.statvfs otherwise
 
 What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
 `cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
@@ -54,6 +56,17 @@ ROOT_INO = 1
 #: a grafted tree numbers its inodes from slot << GRAFT_SHIFT (trees at the top level
 #: stay far below that)
 GRAFT_SHIFT = 40
+
+
+class _Missing:
+    """What `Directory.lookup_attr_nowait` says of a name it knows, without I/O, not to be
+    there (a folder held wholly in memory): the daemon answers ENOENT on the loop."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
 
 
 class Attr(NamedTuple):
@@ -146,8 +159,9 @@ class Directory(Node):
         return None if node is None else (node, node.attr())
 
     def lookup_attr_nowait(self, name: str) -> tuple[Node, Attr] | None:
-        """What `lookup_attr` finds, if that needs no I/O and no wait; None otherwise
-        (then `lookup_attr` decides, also whether the name is missing)."""
+        """What `lookup_attr` finds, if that needs no I/O and no wait; `MISSING` if the name
+        is surely not there (known the same way); None otherwise (then `lookup_attr`
+        decides, also whether the name is missing)."""
         return None
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
@@ -212,7 +226,10 @@ class FileHandle:
     sees as the error of close or fsync)."""
 
     #: flush, fsync (by default flush) or release may block: each that may says so, and
-    #: the daemon calls it in a worker thread (the thread rule above)
+    #: the daemon calls it in a worker thread (the thread rule above); a write may block
+    #: unless the handle writes into memory (then it costs no thread: a `cp` of a small
+    #: file is one write)
+    write_blocks = True
     flush_blocks = False
     fsync_blocks = False
     release_blocks = False
@@ -438,6 +455,10 @@ class Tree:
     def statfs_counts(self) -> tuple[int, int]:
         """(bytes used, files) for statfs; cheap estimates are fine."""
         return 0, self._next
+
+    #: whether `statvfs` asks a real filesystem (file managers call statfs once per file
+    #: they show: a tree that asks none answers it on the loop)
+    statvfs_blocks = False
 
     def statvfs(self) -> os.statvfs_result | None:
         """The statvfs of the filesystem that holds what is written, if there is one."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .nodes import Attr, Node
+from .nodes import MISSING, Attr, Node
 
 
 def lookup_attr_nowait(find: Callable[[str], object], name: str,
-                       lock: threading.Lock | threading.RLock | None = None) -> tuple[Node, Attr] | None:
+                       lock: threading.Lock | threading.RLock | None = None,
+                       absent_known: bool = False) -> tuple[Node, Attr] | object | None:
     """`find(name)`'s node and its attributes when both are known without I/O or a wait;
-    None when `lock` (which `find` needs) is held by another thread, when there is no such
-    node (`find` gave None or a backend's own "cannot tell" marker), or when its attributes
-    need I/O: then the daemon calls `lookup_attr` in a thread, which decides."""
+    `MISSING` when `find` gave None and `absent_known` (its None means no such name: a
+    folder wholly in memory, so a negative lookup costs no worker thread); None when `lock`
+    (which `find` needs) is held by another thread, when there is no such node (`find`
+    gave None or a backend's own "cannot tell" marker), or when its attributes need I/O:
+    then the daemon calls `lookup_attr` in a thread, which decides."""
     if lock is not None and not lock.acquire(blocking=False):    # a writer holds it: never wait
         return None
     try:
@@ -20,5 +23,7 @@ def lookup_attr_nowait(find: Callable[[str], object], name: str,
     finally:
         if lock is not None:
             lock.release()
+    if node is None and absent_known:
+        return MISSING
     attr = node.cached_attr() if isinstance(node, Node) else None
     return None if attr is None else (node, attr)

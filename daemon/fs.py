@@ -23,7 +23,7 @@ import pyfuse3
 import trio
 
 from ..backends.blocks import BytesHandle
-from ..backends.nodes import (ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink,
+from ..backends.nodes import (MISSING, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink,
                               Tree, writes)
 from .control import CONTROL_NAME
 
@@ -57,6 +57,7 @@ class Counters:
     errors: int = 0
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
+    notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
 
 class Notifier:
@@ -102,7 +103,9 @@ class Notifier:
                 self._inodes[ino] = None
             for entry in entries:
                 self._entries[entry] = None
-            self._reported += bool(inodes)
+            # waited for only if the kernel holds one of them (else it has nothing stale to
+            # drop: a later lookup gets the new attributes; `_notify` checks again)
+            self._reported += any(ino in self._known for ino in inodes)
             self._cond.notify_all()
 
     def mark(self) -> int | None:
@@ -239,6 +242,7 @@ class Operations(pyfuse3.Operations):
         notification must never hold a request for long)."""
         mark = self.notifier.mark()
         if mark is not None:
+            self.counters.notify_waits += 1
             await trio.to_thread.run_sync(self.notifier.wait, mark, NOTIFY_WAIT, abandon_on_cancel=True)
 
     async def _call(self, fn, blocks: bool, **where):
@@ -303,7 +307,7 @@ class Operations(pyfuse3.Operations):
         name = os.fsdecode(name)
         self.counters.attr_requests += 1
         found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
-        if found is None:
+        if found is None or found is MISSING:
             if self.policy.negative_timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
@@ -547,7 +551,8 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def write(self, fh, off, buf):
         self._writable()
-        return await self._run(self._handle(fh).write, off, buf, change=True)
+        handle = self._handle(fh)
+        return await self._call(functools.partial(handle.write, off, buf), handle.write_blocks, change=True)
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -636,7 +641,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
-        real = await self._run(self.tree.statvfs)
+        real = await self._call(self.tree.statvfs, self.tree.statvfs_blocks)
         if real is not None:                   # the filesystem written to
             for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
                 setattr(st, name, getattr(real, name))
@@ -663,6 +668,7 @@ class Operations(pyfuse3.Operations):
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
+                      notify_waits=c.notify_waits,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -266,3 +267,39 @@ async def test_folders_in_memory_are_listed_without_worker_threads(files, monkey
             assert len(listing.names) == 2 * (100 + 5 + 2 + 3 + 34 + 100 + 1)
         finally:
             tree.close()
+
+
+def work_of(mnt: Path, fn) -> dict:
+    """What the daemon did for `fn()`: worker-thread calls and notification waits (reading
+    the status file itself takes neither)."""
+    before = daemon_status(mnt)
+    fn()
+    after = daemon_status(mnt)
+    return {key: after[key] - before[key] for key in ("worker_calls", "notify_waits")}
+
+
+def test_copy_in_and_missing_names_cost_no_thread_beyond_the_changes(files, mount, tmp_path):
+    """`cp -r` of a folder holding one mask.png into the mount takes three worker calls
+    (mkdir, create, and the close that checks the mask), in a file of 100 entries as in
+    one of 10,000: the names cp looks up first and do not exist yet, and the write into
+    memory, are answered on the daemon's loop; so is statfs (a file manager's, once per
+    file it shows)."""
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(DISK.astype(np.uint8) * 255).save(new / "mask.png")
+    work = {}
+    for n, path in files.items():
+        mnt = mount(copy_of(path, tmp_path))
+        folder = mnt / f"{KEY:06d}-cell-{KEY:05d}"
+        assert work_of(mnt, lambda: os.statvfs(folder)) == {"worker_calls": 0, "notify_waits": 0}
+        assert work_of(mnt, lambda: [os.path.exists(p) for p in (mnt / "nothing", folder / "nothing")]) == \
+            {"worker_calls": 0, "notify_waits": 0}
+        copied = work_of(mnt, lambda: subprocess.run(["cp", "-r", str(new), str(mnt / "new")], check=True))
+        assert (mnt / "new" / "mask.png").stat().st_size == len(read_mask_png(DISK))
+        work[n] = copied["worker_calls"]
+    assert work == {100: 3, 10_000: 3}
+
+
+def read_mask_png(mask: np.ndarray) -> bytes:
+    """The mask file the mount serves for `mask`."""
+    return iid_backend.make_format("png").encode_checked(mask.astype(np.uint8) * 255)

@@ -522,8 +522,13 @@ class MaskView(IIDView):
 
 
 class EntryJsonView(IIDView):
+    """The entry as JSON. Its size is kept apart from the bytes (a few bytes per entry),
+    so `stat` and listings answer from memory even once the bytes left the bounded cache
+    (a 100,000-entry file's views do not fit it)."""
+
     def __init__(self, folder: EntryFolder):
         super().__init__(folder, folder.tree)
+        self._size: tuple[int, int, int] | None = None     # (revision, keys_version, size)
 
     def content_tag(self):
         return ("entry.json", self.ino, self.owner.revision, self.tree.keys_version)
@@ -531,8 +536,24 @@ class EntryJsonView(IIDView):
     def make(self) -> bytes:
         with self.tree.lock:
             self.tree.counts["entry_json_made"] += 1
+            revision, keys_version = self.owner.revision, self.tree.keys_version
             doc = self.owner.describe()
-        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        self._size = (revision, keys_version, len(data))
+        return data
+
+    def known_size(self) -> int | None:
+        kept = self._size
+        if kept is not None and kept[:2] == (self.owner.revision, self.tree.keys_version):
+            return kept[2]
+        return super().known_size()
+
+    def size(self) -> int:
+        size = self.known_size()
+        if size is None:
+            size = len(self.content())
+            self.tree.prepare_after(self.owner)
+        return size
 
     def commit(self, data: bytes) -> None:
         self.owner.set_json(data)
@@ -759,6 +780,8 @@ class IIDTree(Tree):
     remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
+    #: entries made ahead of a walk (`prepare_after`)
+    PREPARE_AHEAD = 32
     #: fixed items whose mtime is the tree's
     TREE_TIMED = ("groups", "meta.json", "overview.png")
 
@@ -886,6 +909,25 @@ class IIDTree(Tree):
                     found.append(self.folders[at].json_file.ino)
             power *= 10
         return found
+
+    def prepare_after(self, folder: EntryFolder) -> None:
+        """A walk (ls -lR, find, du, a file manager) visits entry folders in order, each
+        needing the sizes of its mask and entry.json: once the folder before `folder` was
+        made, the next PREPARE_AHEAD entries are made in the same worker-thread call, so
+        their folders then list on the daemon's loop (a stat of entries at random
+        prepares nothing ahead)."""
+        with self.lock:
+            before = self.folders[folder.slot - 1] if folder.slot > 0 else None
+            if before is None or before.json_file.known_size() is None:
+                return
+            ahead = [f for f in self.folders[folder.slot + 1:folder.slot + 1 + self.PREPARE_AHEAD]
+                     if f is not None and f.entry is not None]
+        for f in ahead:
+            try:
+                f.json_file.content()
+                f.mask_file.size()
+            except OSError:
+                pass                         # a damaged entry: its own stat says so
 
     def live(self) -> list[EntryFolder]:
         return [f for f in self.folders if f is not None and f.entry is not None]

@@ -303,3 +303,34 @@ def test_copy_in_and_missing_names_cost_no_thread_beyond_the_changes(files, moun
 def read_mask_png(mask: np.ndarray) -> bytes:
     """The mask file the mount serves for `mask`."""
     return iid_backend.make_format("png").encode_checked(mask.astype(np.uint8) * 255)
+
+
+def test_sizes_outlive_the_view_cache(files, monkeypatch):
+    """In a file whose views do not fit the cache (100,000 entries do not fit 64 MiB),
+    entry.json sizes made once stay known: stat and listings never make them again."""
+    monkeypatch.setattr(iid_backend.IIDTree, "CACHE_BYTES", 8 << 10)      # room for ~20 entry.json
+    tree = open_tree(files[100], read_only=True)
+    try:
+        views = [f.json_file for f in tree.live()]
+        sizes = [view.attr().size for view in views]
+        made = tree.counts["entry_json_made"]
+        assert tree.cache.used_bytes < sum(sizes)                         # most were evicted
+        assert [view.cached_attr().size for view in views] == sizes
+        assert tree.counts["entry_json_made"] == made
+    finally:
+        tree.close()
+
+
+def test_a_walk_in_order_takes_a_worker_call_per_many_entry_folders(files, mount, tmp_path):
+    """Listing the entry folders one after the other with their files' sizes (ls -lR,
+    find, du, a file manager) makes the next entries' views ahead in the thread call that
+    makes one folder's: most folders are then listed on the daemon's loop."""
+    mnt = mount(files[100], "-o", "ro")
+    folders = sorted(n for n in os.listdir(mnt) if n.startswith("0"))
+
+    def walk():
+        for name in folders:
+            for entry in os.scandir(mnt / name):
+                entry.stat()
+    work = work_of(mnt, walk)
+    assert work["worker_calls"] <= len(folders) // iid_backend.IIDTree.PREPARE_AHEAD + 2, work

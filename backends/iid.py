@@ -34,6 +34,7 @@ import time
 import cv2
 import numpy as np
 
+from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
 from . import is_url, remote
@@ -64,6 +65,10 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
             raise MountError(str(exc)) from None
         except OSError as exc:
             raise MountError(f"{source}: {exc.strerror}") from None
+        if not read_only:
+            left = remove_leftovers(source)
+            if left:
+                log.warning("removed what a rewrite of %s cut short left beside it: %s", source, ", ".join(left))
         return IIDTree(os.path.abspath(source), iid, mask_format, delay, read_only, base,
                        os.stat(source).st_mtime_ns)
 

@@ -286,7 +286,10 @@ class IIDFolder(ListedDirectory):
 class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
     entry.json). Its mask and entry.json are views of the entry; other names are
-    scratch files (editors' and rsync's temporary files), kept in memory only."""
+    scratch files (editors' and rsync's temporary files), kept in memory only. Names
+    appear here only by the kernel's own calls (create, rename)."""
+
+    negative_timeout = 3600.0
 
     def __init__(self, tree: "IIDTree", name: str, entry: Entry | None):
         self.tree = tree
@@ -586,7 +589,10 @@ class MetaView(IIDView):
 
 
 class RootFolder(IIDFolder):
-    """Fixed items, then the entry folders; `mkdir` makes a new entry folder."""
+    """Fixed items, then the entry folders; `mkdir` makes a new entry folder (the only
+    way a name appears here)."""
+
+    negative_timeout = 3600.0
 
     def __init__(self, tree: "IIDTree"):
         self.tree = tree

@@ -166,6 +166,11 @@ class Directory(Node):
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
     rename_flags = 0
+    #: how long the kernel may remember that a name is missing here (None: the tree's
+    #: `cache_policy`). A folder of a writable tree whose names appear only through the
+    #: kernel's own calls (mkdir, create, rename, link, symlink into it) may let it
+    #: remember for long: `cp` looks a target up three times before it makes it.
+    negative_timeout: float | None = None
 
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory

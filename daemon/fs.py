@@ -308,10 +308,13 @@ class Operations(pyfuse3.Operations):
         self.counters.attr_requests += 1
         found = directory.lookup_attr_nowait(name) or await self._run(directory.lookup_attr, name)
         if found is None or found is MISSING:
-            if self.policy.negative_timeout > 0:
+            timeout = directory.negative_timeout
+            if timeout is None:
+                timeout = self.policy.negative_timeout
+            if timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
-                negative.entry_timeout = self.policy.negative_timeout
+                negative.entry_timeout = timeout
                 return negative
             raise pyfuse3.FUSEError(errno.ENOENT)
         child, attr = found

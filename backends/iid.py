@@ -41,6 +41,7 @@ from . import is_url, remote
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile, View
 from .cache import ByteCache
 from .cached_view import CachedView
+from .kernel import process_alive
 from .nowait import lookup_attr_nowait
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree, read_only, writes
 from .options import MountError, Options
@@ -66,7 +67,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         except OSError as exc:
             raise MountError(f"{source}: {exc.strerror}") from None
         if not read_only:
-            left = remove_leftovers(source)
+            left = remove_leftovers(source, process_alive)
             if left:
                 log.warning("removed what a rewrite of %s cut short left beside it: %s", source, ", ".join(left))
         return IIDTree(os.path.abspath(source), iid, mask_format, delay, read_only, base,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from typing import Callable
 
 
 def _temp_prefix(path: str, pid: int | str = "") -> str:
@@ -38,10 +39,10 @@ def atomic_write(path: str, data: bytes, keep_mode: bool = True) -> None:
         os.close(dir_fd)
 
 
-def remove_leftovers(path: str) -> list[str]:
+def remove_leftovers(path: str, writer_alive: Callable[[int], bool]) -> list[str]:
     """Remove the temporary files `atomic_write(path)` left when its writer (a process on
-    this host, now gone) was killed before the rename; return their names. `path` itself
-    was never touched by them."""
+    this host, whose pid `writer_alive` says is gone) was killed before the rename; return
+    their names. `path` itself was never touched by them."""
     directory = os.path.dirname(os.path.abspath(path))
     start = _temp_prefix(path)
     removed = []
@@ -49,7 +50,7 @@ def remove_leftovers(path: str) -> list[str]:
         for entry in found:
             pid = entry.name[len(start):].split(".", 1)[0]
             if entry.name.startswith(start) and entry.name.endswith(".tmp") and pid.isdigit() \
-                    and not _alive(int(pid)):
+                    and not writer_alive(int(pid)):
                 try:
                     os.unlink(entry.path)
                     removed.append(entry.name)
@@ -57,12 +58,3 @@ def remove_leftovers(path: str) -> list[str]:
                     pass
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True

@@ -42,7 +42,7 @@ from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot
 from .cache import ByteCache
 from .cached_view import CachedView
 from .kernel import process_alive
-from .nowait import lookup_attr_nowait
+from .nowait import lookup_attr_nowait, under_lock_nowait
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree, read_only, writes
 from .options import MountError, Options
 
@@ -444,6 +444,14 @@ class EntryFolder(IIDFolder):
         with self.tree.lock:
             return dict(self._views()).get(name) or self.scratch.get(name)
 
+    def create_nowait(self, name: str, mode: int, flags: int):
+        """Creating and opening a file here touches memory only (a view's staged bytes, a
+        scratch file): on the daemon's loop, unless a change holds the tree."""
+        def made():
+            node = self.create(name, mode)
+            return node, node.attr(), node.open(flags)
+        return under_lock_nowait(self.tree.lock, made)
+
     def _view_for(self, name: str) -> File | None:
         if name == self.tree.mask_name:
             return self.mask_file
@@ -619,6 +627,14 @@ class RootFolder(IIDFolder):
             if self.lookup(name) is not None:
                 raise FileExistsError(errno.EEXIST, "exists", name)
             return self.tree.new_folder(name)
+
+    def mkdir_nowait(self, name: str, mode: int):
+        """A new entry folder is made in memory: on the daemon's loop, unless a change
+        holds the tree."""
+        def made():
+            folder = self.mkdir(name, mode)
+            return folder, folder.attr()
+        return under_lock_nowait(self.tree.lock, made)
 
     def rmdir(self, name: str) -> None:
         with self.tree.lock:

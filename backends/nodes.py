@@ -23,7 +23,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
-    Directory.create, mkdir, symlink, mknod,
+    Directory.create, mkdir, symlink, mknod,    Directory.mkdir_nowait, create_nowait
       link, unlink, rmdir, rename
     File.open, truncate                        File.open_nowait
     FileHandle.read, truncate                  FileHandle.cached_read
@@ -197,6 +197,16 @@ class Directory(Node):
         return None
 
     # writable directories override these; by default they refuse
+    def mkdir_nowait(self, name: str, mode: int) -> "tuple[Directory, Attr] | None":
+        """`mkdir` and the new folder's attributes, if that needs no I/O and no wait (a
+        tree held in memory); None otherwise (then `mkdir` runs in a worker thread)."""
+        return None
+
+    def create_nowait(self, name: str, mode: int, flags: int) -> "tuple[File, Attr, FileHandle] | None":
+        """`create`, the new file's attributes and its `open(flags)`, if all of that needs
+        no I/O and no wait; None otherwise (then they run in a worker thread)."""
+        return None
+
     def create(self, name: str, mode: int) -> "File":
         raise read_only(name)
 

@@ -488,6 +488,12 @@ class Operations(pyfuse3.Operations):
         self._remember(node.ino, node)
         return self._entry(node.ino, attr)
 
+    async def _made_nowait(self, node: Node, attr: Attr) -> pyfuse3.EntryAttributes:
+        """A node a `*_nowait` change made on the loop, as `_new_entry` gives it."""
+        self._remember(node.ino, node)
+        await self._notified()
+        return self._entry(node.ino, attr)
+
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable(parent_inode)
@@ -495,6 +501,10 @@ class Operations(pyfuse3.Operations):
         handles = []
 
         owner = self._owner(ctx)
+        made = directory.create_nowait(os.fsdecode(name), mode, flags, *owner)
+        if made is not None:
+            node, attr, handle = made
+            return self._add_handle(handle), await self._made_nowait(node, attr)
 
         def make():
             node = directory.create(os.fsdecode(name), mode, *owner)
@@ -507,7 +517,9 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable(parent_inode)
-        return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode, *self._owner(ctx))
+        directory, args = self._directory(parent_inode), (os.fsdecode(name), mode, *self._owner(ctx))
+        made = directory.mkdir_nowait(*args)
+        return await self._made_nowait(*made) if made is not None else await self._new_entry(directory.mkdir, *args)
 
     @_guard
     async def mknod(self, parent_inode, name, mode, rdev, ctx):

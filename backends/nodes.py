@@ -197,12 +197,13 @@ class Directory(Node):
         return None
 
     # writable directories override these; by default they refuse
-    def mkdir_nowait(self, name: str, mode: int) -> "tuple[Directory, Attr] | None":
+    def mkdir_nowait(self, name: str, mode: int, *owner) -> "tuple[Directory, Attr] | None":
         """`mkdir` and the new folder's attributes, if that needs no I/O and no wait (a
-        tree held in memory); None otherwise (then `mkdir` runs in a worker thread)."""
+        tree held in memory); None otherwise (then `mkdir` runs in a worker thread).
+        `owner` as for `mkdir` (trees with real owners)."""
         return None
 
-    def create_nowait(self, name: str, mode: int, flags: int) -> "tuple[File, Attr, FileHandle] | None":
+    def create_nowait(self, name: str, mode: int, flags: int, *owner) -> "tuple[File, Attr, FileHandle] | None":
         """`create`, the new file's attributes and its `open(flags)`, if all of that needs
         no I/O and no wait; None otherwise (then they run in a worker thread)."""
         return None

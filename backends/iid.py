@@ -30,6 +30,7 @@ import os
 import stat
 import threading
 import time
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -534,6 +535,12 @@ class MaskView(IIDView):
         except OSError:
             return None
 
+    def open(self, flags: int) -> FileHandle:
+        handle = super().open(flags)
+        if not writes(flags):
+            self.tree.read_masks_after(self.owner)
+        return handle
+
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
 
@@ -808,8 +815,10 @@ class IIDTree(Tree):
     remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
-    #: entries made ahead of a walk (`prepare_after`)
+    #: entries made ahead of a walk (`prepare_after`, `read_masks_after`)
     PREPARE_AHEAD = 32
+    #: bytes of mask files made ahead of a copy (`read_masks_after`)
+    MASKS_AHEAD_BYTES = 8 << 20
     #: fixed items whose mtime is the tree's
     TREE_TIMED = ("groups", "meta.json", "overview.png")
 
@@ -938,24 +947,41 @@ class IIDTree(Tree):
             power *= 10
         return found
 
+    def _walked_to(self, folder: EntryFolder, seen: Callable[[EntryFolder], bool]) -> list[EntryFolder]:
+        """The next PREPARE_AHEAD entries after `folder` if the folder before it was `seen`
+        (a walk in order is under way), else none (a visit at random prepares nothing)."""
+        with self.lock:
+            before = self.folders[folder.slot - 1] if folder.slot > 0 else None
+            if before is None or not seen(before):
+                return []
+            return [f for f in self.folders[folder.slot + 1:folder.slot + 1 + self.PREPARE_AHEAD]
+                    if f is not None and f.entry is not None]
+
     def prepare_after(self, folder: EntryFolder) -> None:
         """A walk (ls -lR, find, du, a file manager) visits entry folders in order, each
         needing the sizes of its mask and entry.json: once the folder before `folder` was
-        made, the next PREPARE_AHEAD entries are made in the same worker-thread call, so
-        their folders then list on the daemon's loop (a stat of entries at random
-        prepares nothing ahead)."""
-        with self.lock:
-            before = self.folders[folder.slot - 1] if folder.slot > 0 else None
-            if before is None or before.json_file.known_size() is None:
-                return
-            ahead = [f for f in self.folders[folder.slot + 1:folder.slot + 1 + self.PREPARE_AHEAD]
-                     if f is not None and f.entry is not None]
-        for f in ahead:
+        made, the next entries are made in the same worker-thread call, so their folders
+        then list on the daemon's loop."""
+        for f in self._walked_to(folder, lambda before: before.json_file.known_size() is not None):
             try:
                 f.json_file.content()
                 f.mask_file.size()
             except OSError:
                 pass                         # a damaged entry: its own stat says so
+
+    def read_masks_after(self, folder: EntryFolder) -> None:
+        """A copy of the tree (tar, rsync, cp -r) reads the masks in order: once the mask
+        before `folder`'s was read, the next ones (up to MASKS_AHEAD_BYTES of mask files)
+        are made in the same worker-thread call, so their opens are answered on the loop."""
+        budget = self.MASKS_AHEAD_BYTES
+        for f in self._walked_to(folder, lambda before: self.cache.get(before.mask_file.content_tag()) is not None):
+            try:
+                budget -= f.mask_file.size()
+                if budget < 0:
+                    return
+                f.mask_file.content()
+            except OSError:
+                pass                         # a damaged segment: its own read says so
 
     def live(self) -> list[EntryFolder]:
         return [f for f in self.folders if f is not None and f.entry is not None]

@@ -338,3 +338,14 @@ def test_a_walk_in_order_takes_a_worker_call_per_many_entry_folders(files, mount
                 entry.stat()
     work = work_of(mnt, walk)
     assert work["worker_calls"] <= len(folders) // iid_backend.IIDTree.PREPARE_AHEAD + 2, work
+
+
+def test_a_copy_in_order_reads_masks_made_ahead(files, mount):
+    """tar, rsync or cp -r of the mount read the masks folder after folder: after the
+    first two, each worker call that makes a mask makes the next ones too, so most opens
+    are answered on the daemon's loop."""
+    mnt = mount(files[100], "-o", "ro")
+    folders = sorted(n for n in os.listdir(mnt) if n.startswith("0"))
+    os.stat(mnt / folders[0] / "mask.png")            # (learns the size of the masks' one shape)
+    work = work_of(mnt, lambda: [(mnt / name / "mask.png").read_bytes() for name in folders])
+    assert work["worker_calls"] <= len(folders) // iid_backend.IIDTree.PREPARE_AHEAD + 2, work

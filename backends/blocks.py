@@ -184,6 +184,8 @@ class BufferHandle(FileHandle):
             self.dirty = True
         return written
 
+    write_nowait = write       # into memory: no thread
+
     def truncate(self, size: int) -> None:
         with self._lock:
             resize(self.buf, size)
@@ -240,6 +242,8 @@ class MemoryHandle(FileHandle):
             written = write_into(f.data, offset, data)
             f.mtime_ns = time.time_ns()
         return written
+
+    write_nowait = write       # into memory: no thread
 
     def truncate(self, size: int) -> None:
         self.file.truncate(size)

@@ -30,17 +30,20 @@ import os
 import stat
 import threading
 import time
+from typing import Callable
 
 import cv2
 import numpy as np
 
+from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
 from . import is_url, remote
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile, View
 from .cache import ByteCache
 from .cached_view import CachedView
-from .nowait import lookup_attr_nowait
+from .kernel import process_alive
+from .nowait import lookup_attr_nowait, under_lock_nowait
 from .nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, ROOT_INO, Symlink, Tree, read_only, writes
 from .options import MountError, Options
 
@@ -64,6 +67,10 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
             raise MountError(str(exc)) from None
         except OSError as exc:
             raise MountError(f"{source}: {exc.strerror}") from None
+        if not read_only:
+            left = remove_leftovers(source, process_alive)
+            if left:
+                log.warning("removed what a rewrite of %s cut short left beside it: %s", source, ", ".join(left))
         return IIDTree(os.path.abspath(source), iid, mask_format, delay, read_only, base,
                        os.stat(source).st_mtime_ns)
 
@@ -269,7 +276,7 @@ class IIDFolder(ListedDirectory):
         return self.attr()
 
     def lookup_attr_nowait(self, name: str):
-        return lookup_attr_nowait(self.lookup, name, self.tree.lock)
+        return lookup_attr_nowait(self.lookup, name, self.tree.lock, none_is_absent=True)
 
     def opendir(self) -> ListingSnapshot:
         return ListingSnapshot(self.listing, lock=self.tree.lock)
@@ -281,7 +288,10 @@ class IIDFolder(ListedDirectory):
 class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an
     entry.json). Its mask and entry.json are views of the entry; other names are
-    scratch files (editors' and rsync's temporary files), kept in memory only."""
+    scratch files (editors' and rsync's temporary files), kept in memory only. Names
+    appear here only by the kernel's own calls (create, rename)."""
+
+    negative_timeout = 3600.0
 
     def __init__(self, tree: "IIDTree", name: str, entry: Entry | None):
         self.tree = tree
@@ -435,6 +445,14 @@ class EntryFolder(IIDFolder):
         with self.tree.lock:
             return dict(self._views()).get(name) or self.scratch.get(name)
 
+    def create_nowait(self, name: str, mode: int, flags: int):
+        """Creating and opening a file here touches memory only (a view's staged bytes, a
+        scratch file): on the daemon's loop, unless a change holds the tree."""
+        def made():
+            node = self.create(name, mode)
+            return node, node.attr(), node.open(flags)
+        return under_lock_nowait(self.tree.lock, made)
+
     def _view_for(self, name: str) -> File | None:
         if name == self.tree.mask_name:
             return self.mask_file
@@ -517,13 +535,24 @@ class MaskView(IIDView):
         except OSError:
             return None
 
+    def open(self, flags: int) -> FileHandle:
+        handle = super().open(flags)
+        if not writes(flags):
+            self.tree.read_masks_after(self.owner)
+        return handle
+
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
 
 
 class EntryJsonView(IIDView):
+    """The entry as JSON. Its size is kept apart from the bytes (a few bytes per entry),
+    so `stat` and listings answer from memory even once the bytes left the bounded cache
+    (a 100,000-entry file's views do not fit it)."""
+
     def __init__(self, folder: EntryFolder):
         super().__init__(folder, folder.tree)
+        self._size: tuple[int, int, int] | None = None     # (revision, keys_version, size)
 
     def content_tag(self):
         return ("entry.json", self.ino, self.owner.revision, self.tree.keys_version)
@@ -531,8 +560,24 @@ class EntryJsonView(IIDView):
     def make(self) -> bytes:
         with self.tree.lock:
             self.tree.counts["entry_json_made"] += 1
+            revision, keys_version = self.owner.revision, self.tree.keys_version
             doc = self.owner.describe()
-        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
+        self._size = (revision, keys_version, len(data))
+        return data
+
+    def known_size(self) -> int | None:
+        kept = self._size
+        if kept is not None and kept[:2] == (self.owner.revision, self.tree.keys_version):
+            return kept[2]
+        return super().known_size()
+
+    def size(self) -> int:
+        size = self.known_size()
+        if size is None:
+            size = len(self.content())
+            self.tree.prepare_after(self.owner)
+        return size
 
     def commit(self, data: bytes) -> None:
         self.owner.set_json(data)
@@ -560,7 +605,10 @@ class MetaView(IIDView):
 
 
 class RootFolder(IIDFolder):
-    """Fixed items, then the entry folders; `mkdir` makes a new entry folder."""
+    """Fixed items, then the entry folders; `mkdir` makes a new entry folder (the only
+    way a name appears here)."""
+
+    negative_timeout = 3600.0
 
     def __init__(self, tree: "IIDTree"):
         self.tree = tree
@@ -586,6 +634,14 @@ class RootFolder(IIDFolder):
             if self.lookup(name) is not None:
                 raise FileExistsError(errno.EEXIST, "exists", name)
             return self.tree.new_folder(name)
+
+    def mkdir_nowait(self, name: str, mode: int):
+        """A new entry folder is made in memory: on the daemon's loop, unless a change
+        holds the tree."""
+        def made():
+            folder = self.mkdir(name, mode)
+            return folder, folder.attr()
+        return under_lock_nowait(self.tree.lock, made)
 
     def rmdir(self, name: str) -> None:
         with self.tree.lock:
@@ -759,6 +815,10 @@ class IIDTree(Tree):
     remote_fs = None            # a file in object storage: its requests are counted
     #: bytes of decoded masks and made views (mask files, entry.json) kept in memory
     CACHE_BYTES = 64 << 20
+    #: entries made ahead of a walk (`prepare_after`, `read_masks_after`)
+    PREPARE_AHEAD = 32
+    #: bytes of mask files made ahead of a copy (`read_masks_after`)
+    MASKS_AHEAD_BYTES = 8 << 20
     #: fixed items whose mtime is the tree's
     TREE_TIMED = ("groups", "meta.json", "overview.png")
 
@@ -886,6 +946,42 @@ class IIDTree(Tree):
                     found.append(self.folders[at].json_file.ino)
             power *= 10
         return found
+
+    def _walked_to(self, folder: EntryFolder, seen: Callable[[EntryFolder], bool]) -> list[EntryFolder]:
+        """The next PREPARE_AHEAD entries after `folder` if the folder before it was `seen`
+        (a walk in order is under way), else none (a visit at random prepares nothing)."""
+        with self.lock:
+            before = self.folders[folder.slot - 1] if folder.slot > 0 else None
+            if before is None or not seen(before):
+                return []
+            return [f for f in self.folders[folder.slot + 1:folder.slot + 1 + self.PREPARE_AHEAD]
+                    if f is not None and f.entry is not None]
+
+    def prepare_after(self, folder: EntryFolder) -> None:
+        """A walk (ls -lR, find, du, a file manager) visits entry folders in order, each
+        needing the sizes of its mask and entry.json: once the folder before `folder` was
+        made, the next entries are made in the same worker-thread call, so their folders
+        then list on the daemon's loop."""
+        for f in self._walked_to(folder, lambda before: before.json_file.known_size() is not None):
+            try:
+                f.json_file.content()
+                f.mask_file.size()
+            except OSError:
+                pass                         # a damaged entry: its own stat says so
+
+    def read_masks_after(self, folder: EntryFolder) -> None:
+        """A copy of the tree (tar, rsync, cp -r) reads the masks in order: once the mask
+        before `folder`'s was read, the next ones (up to MASKS_AHEAD_BYTES of mask files)
+        are made in the same worker-thread call, so their opens are answered on the loop."""
+        budget = self.MASKS_AHEAD_BYTES
+        for f in self._walked_to(folder, lambda before: self.cache.get(before.mask_file.content_tag()) is not None):
+            try:
+                budget -= f.mask_file.size()
+                if budget < 0:
+                    return
+                f.mask_file.content()
+            except OSError:
+                pass                         # a damaged segment: its own read says so
 
     def live(self) -> list[EntryFolder]:
         return [f for f in self.folders if f is not None and f.entry is not None]

@@ -24,8 +24,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
                                                  missing)
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
-    Directory.create, mkdir, symlink, mknod,    Directory.create_nowait (and its open)
-      link, unlink, rmdir, rename
+    Directory.create, mkdir, symlink, mknod,    Directory.mkdir_nowait, create_nowait
+      link, unlink, rmdir, rename                (and its open)
     File.open, truncate                        File.open_nowait
     FileHandle.read, write, truncate           FileHandle.cached_read, write_nowait
     Symlink.target         if target_blocks    Symlink.target otherwise
@@ -33,10 +33,11 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
                            or flush_blocks
     FileHandle.release     if release_blocks   FileHandle.release otherwise
-    Tree.sync, statvfs                         Tree.get (a reserved range's factory too),
+    Tree.sync                                  Tree.get (a reserved range's factory too),
                                                forget, adopt, status, statfs_counts,
                                                sync_due, writable_at, report and offer
                                                (any thread)
+    Tree.statvfs         if statvfs_blocks     Tree.statvfs otherwise
 
 What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
 `cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
@@ -175,6 +176,11 @@ class Directory(Node):
 
     #: the renameat2 flags (RENAME_NOREPLACE 1, RENAME_EXCHANGE 2) `rename` does itself
     rename_flags = 0
+    #: how long the kernel may remember that a name is missing here (None: the tree's
+    #: `cache_policy`). A folder of a writable tree whose names appear only through the
+    #: kernel's own calls (mkdir, create, rename, link, symlink into it) may let it
+    #: remember for long: `cp` looks a target up three times before it makes it.
+    negative_timeout: float | None = None
 
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
@@ -203,14 +209,19 @@ class Directory(Node):
         return None
 
     # writable directories override these; by default they refuse
+    def mkdir_nowait(self, name: str, mode: int, *owner) -> "tuple[Directory, Attr] | None":
+        """`mkdir` and the new folder's attributes, if that needs no I/O and no wait (a
+        tree held in memory); None otherwise (then `mkdir` runs in a worker thread).
+        `owner` as for `mkdir` (trees with real owners)."""
+        return None
+
+    def create_nowait(self, name: str, mode: int, flags: int, *owner) -> "tuple[File, Attr, FileHandle] | None":
+        """`create`, the new file's attributes and its `open(flags)`, if all of that needs
+        no I/O and no wait; None otherwise (then they run in a worker thread)."""
+        return None
+
     def create(self, name: str, mode: int) -> "File":
         raise read_only(name)
-
-    def create_nowait(self, name: str, mode: int, flags: int, *owner) -> "tuple[File, FileHandle, Attr] | None":
-        """`create` (`owner` as `create` gets it) and `open(flags)` of the new file, with its
-        attributes, if that needs no I/O and no wait; None otherwise (then the daemon calls
-        both in a thread)."""
-        return None
 
     def mkdir(self, name: str, mode: int) -> "Directory":
         raise read_only(name)
@@ -243,7 +254,9 @@ class FileHandle:
     sees as the error of close or fsync)."""
 
     #: flush, fsync (by default flush) or release may block: each that may says so, and
-    #: the daemon calls it in a worker thread (the thread rule above)
+    #: the daemon calls it in a worker thread (the thread rule above); a write that goes
+    #: into memory is answered by `write_nowait` (then it costs no thread: a `cp` of a
+    #: small file is one write)
     flush_blocks = False
     fsync_blocks = False
     release_blocks = False
@@ -488,6 +501,10 @@ class Tree:
     def statfs_counts(self) -> tuple[int, int]:
         """(bytes used, files) for statfs; cheap estimates are fine."""
         return 0, self._next
+
+    #: whether `statvfs` asks a real filesystem (file managers call statfs once per file
+    #: they show: a tree that asks none answers it on the loop)
+    statvfs_blocks = False
 
     def statvfs(self) -> os.statvfs_result | None:
         """The statvfs of the filesystem that holds what is written, if there is one."""

@@ -69,6 +69,7 @@ class Counters:
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
     opendirs: int = 0
     readdirs: int = 0               # what listings the kernel could not answer from its cache
+    notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
 
 class Notifier:
@@ -121,7 +122,9 @@ class Notifier:
                 self._inodes[ino] = None
             for entry in entries:
                 self._entries[entry] = None
-            self._reported += bool(inodes)
+            # waited for only if the kernel holds one of them (else it has nothing stale to
+            # drop: a later lookup gets the new attributes; `_notify` checks again)
+            self._reported += any(ino in self._known for ino in inodes)
             self._cond.notify_all()
 
     def store(self, ino: int, data: bytes) -> None:
@@ -316,6 +319,7 @@ class Operations(pyfuse3.Operations):
         mark = self.notifier.mark()
         if mark is None:
             return
+        self.counters.notify_waits += 1
         sent = trio.Event()
         token = trio.lowlevel.current_trio_token()
         if self.notifier.when_sent(mark, lambda: token.run_sync_soon(sent.set)):     # (no thread hop)
@@ -387,10 +391,13 @@ class Operations(pyfuse3.Operations):
         if found is None:
             found = await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:
-            if self.policy.negative_timeout > 0:
+            timeout = directory.negative_timeout
+            if timeout is None:
+                timeout = self.policy.negative_timeout
+            if timeout > 0:
                 negative = pyfuse3.EntryAttributes()
                 negative.st_ino = 0
-                negative.entry_timeout = self.policy.negative_timeout
+                negative.entry_timeout = timeout
                 return negative
             raise pyfuse3.FUSEError(errno.ENOENT)
         child, attr = found
@@ -578,6 +585,12 @@ class Operations(pyfuse3.Operations):
         self._remember(node.ino, node)
         return self._entry(node.ino, attr)
 
+    async def _made_nowait(self, node: Node, attr: Attr) -> pyfuse3.EntryAttributes:
+        """A node a `*_nowait` change made on the loop, as `_new_entry` gives it."""
+        self._remember(node.ino, node)
+        await self._notified()
+        return self._entry(node.ino, attr)
+
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable(parent_inode)
@@ -586,10 +599,9 @@ class Operations(pyfuse3.Operations):
 
         owner = self._owner(ctx)
         made = directory.create_nowait(os.fsdecode(name), mode, flags, *owner)
-        if made is not None:                   # a new file kept in memory until it is closed
-            node, handle, attr = made
-            self._remember(node.ino, node)
-            return self._add_handle(handle), self._entry(node.ino, attr)
+        if made is not None:
+            node, attr, handle = made
+            return self._add_handle(handle), await self._made_nowait(node, attr)
 
         def make():
             node = directory.create(os.fsdecode(name), mode, *owner)
@@ -602,7 +614,9 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable(parent_inode)
-        return await self._new_entry(self._directory(parent_inode).mkdir, os.fsdecode(name), mode, *self._owner(ctx))
+        directory, args = self._directory(parent_inode), (os.fsdecode(name), mode, *self._owner(ctx))
+        made = directory.mkdir_nowait(*args)
+        return await self._made_nowait(*made) if made is not None else await self._new_entry(directory.mkdir, *args)
 
     @_guard
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -740,7 +754,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
-        real = await self._run(self.tree.statvfs)
+        real = await self._call(self.tree.statvfs, self.tree.statvfs_blocks)
         if real is not None:                   # the filesystem written to
             for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail"):
                 setattr(st, name, getattr(real, name))
@@ -770,6 +784,7 @@ class Operations(pyfuse3.Operations):
                       stored_ahead=c.stored_ahead,
                       opendir_requests=c.opendirs, readdir_requests=c.readdirs,
                       listings_cached_in_kernel=self.cache_listings,
+                      notify_waits=c.notify_waits,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

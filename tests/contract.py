@@ -259,6 +259,15 @@ def check_size_is_what_a_read_returns(walk: Walk) -> None:
     problems.raise_if_any("sizes differ from what reads return")
 
 
+def found_both_ways(directory, name: str) -> tuple:
+    """What `lookup_attr_nowait` and `lookup_attr` find, comparable: (ino, attributes),
+    "missing", or (nowait only) None for "cannot tell"."""
+    def comparable_found(found):
+        return "missing" if found is None or found is ABSENT else (found[0].ino, comparable(found[1]))
+    quick = directory.lookup_attr_nowait(name)
+    return None if quick is None else comparable_found(quick), comparable_found(directory.lookup_attr(name))
+
+
 def check_nowait_twins_agree(walk: Walk) -> None:
     """Where a nowait twin answers, it says what the blocking call says: `cached_attr`
     and `attr`, `lookup_attr_nowait` and `lookup_attr`, `open_nowait` and `open`,
@@ -283,10 +292,7 @@ def check_nowait_twins_agree(walk: Walk) -> None:
         after = e.node.cached_attr()
         compare(e.path, "cached_attr", after and comparable(after), own)
         for when in ("first", "again"):
-            quick = e.parent.lookup_attr_nowait(e.name)
-            slow = e.parent.lookup_attr(e.name)
-            compare(e.path, f"lookup_attr_nowait ({when})", quick and (quick[0].ino, comparable(quick[1])),
-                    slow and (slow[0].ino, comparable(slow[1])))
+            compare(e.path, f"lookup_attr_nowait ({when})", *found_both_ways(e.parent, e.name))
         if isinstance(e.node, File):
             data = content(e.node)
             for when in ("after open", "again"):
@@ -306,10 +312,7 @@ def check_nowait_twins_agree(walk: Walk) -> None:
                 handle.release()
     for listing in walk.listings:
         for name in [row[1] for row in listing.rows[:3]]:
-            quick = listing.directory.lookup_attr_nowait(name)
-            slow = listing.directory.lookup_attr(name)
-            compare(f"{listing.path}/{name}", "lookup_attr_nowait", quick and (quick[0].ino, comparable(quick[1])),
-                    slow and (slow[0].ino, comparable(slow[1])))
+            compare(f"{listing.path}/{name}", "lookup_attr_nowait", *found_both_ways(listing.directory, name))
     problems.raise_if_any(f"nowait twins disagree ({answered} answers compared)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -266,3 +267,85 @@ async def test_folders_in_memory_are_listed_without_worker_threads(files, monkey
             assert len(listing.names) == 2 * (100 + 5 + 2 + 3 + 34 + 100 + 1)
         finally:
             tree.close()
+
+
+def work_of(mnt: Path, fn) -> dict:
+    """What the daemon did for `fn()`: worker-thread calls and notification waits (reading
+    the status file itself takes neither)."""
+    before = daemon_status(mnt)
+    fn()
+    after = daemon_status(mnt)
+    return {key: after[key] - before[key] for key in ("worker_calls", "notify_waits", "attr_requests")}
+
+
+def test_copy_in_and_missing_names_cost_no_thread_beyond_the_changes(files, mount, tmp_path):
+    """`cp -r` of a folder holding one mask.png into the mount takes one worker call (the
+    close that checks the mask), in a file of 100 entries as in one of 10,000: the names
+    cp looks up first and do not exist yet, the new folder and file and the write, all
+    in memory, are answered on the daemon's loop; so is statfs (a file manager's, once
+    per file it shows)."""
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(DISK.astype(np.uint8) * 255).save(new / "mask.png")
+    work = {}
+    for n, path in files.items():
+        mnt = mount(copy_of(path, tmp_path))
+        folder = mnt / f"{KEY:06d}-cell-{KEY:05d}"
+        assert work_of(mnt, lambda: os.statvfs(folder))["worker_calls"] == 0
+        # a missing name is answered on the loop, and in the root and entry folders (where
+        # names appear only by the kernel's own calls) asked once: the kernel remembers it;
+        # groups/ gains names when an entry.json changes, so there it is asked each time
+        missing = (mnt / "nothing", folder / "nothing", mnt / "groups" / "nothing")
+        assert work_of(mnt, lambda: [os.path.exists(p) for p in missing * 2]) == \
+            {"worker_calls": 0, "notify_waits": 0, "attr_requests": 3 + 1 + 1}     # (+ groups itself)
+        copied = work_of(mnt, lambda: subprocess.run(["cp", "-r", str(new), str(mnt / "new")], check=True))
+        assert (mnt / "new" / "mask.png").stat().st_size == len(read_mask_png(DISK))
+        work[n] = copied["worker_calls"]
+    assert work == {100: 1, 10_000: 1}
+
+
+def read_mask_png(mask: np.ndarray) -> bytes:
+    """The mask file the mount serves for `mask`."""
+    return iid_backend.make_format("png").encode_checked(mask.astype(np.uint8) * 255)
+
+
+def test_sizes_outlive_the_view_cache(files, monkeypatch):
+    """In a file whose views do not fit the cache (100,000 entries do not fit 64 MiB),
+    entry.json sizes made once stay known: stat and listings never make them again."""
+    monkeypatch.setattr(iid_backend.IIDTree, "CACHE_BYTES", 8 << 10)      # room for ~20 entry.json
+    tree = open_tree(files[100], read_only=True)
+    try:
+        views = [f.json_file for f in tree.live()]
+        sizes = [view.attr().size for view in views]
+        made = tree.counts["entry_json_made"]
+        assert tree.cache.used_bytes < sum(sizes)                         # most were evicted
+        assert [view.cached_attr().size for view in views] == sizes
+        assert tree.counts["entry_json_made"] == made
+    finally:
+        tree.close()
+
+
+def test_a_walk_in_order_takes_a_worker_call_per_many_entry_folders(files, mount, tmp_path):
+    """Listing the entry folders one after the other with their files' sizes (ls -lR,
+    find, du, a file manager) makes the next entries' views ahead in the thread call that
+    makes one folder's: most folders are then listed on the daemon's loop."""
+    mnt = mount(files[100], "-o", "ro")
+    folders = sorted(n for n in os.listdir(mnt) if n.startswith("0"))
+
+    def walk():
+        for name in folders:
+            for entry in os.scandir(mnt / name):
+                entry.stat()
+    work = work_of(mnt, walk)
+    assert work["worker_calls"] <= len(folders) // iid_backend.IIDTree.PREPARE_AHEAD + 2, work
+
+
+def test_a_copy_in_order_reads_masks_made_ahead(files, mount):
+    """tar, rsync or cp -r of the mount read the masks folder after folder: after the
+    first two, each worker call that makes a mask makes the next ones too, so most opens
+    are answered on the daemon's loop."""
+    mnt = mount(files[100], "-o", "ro")
+    folders = sorted(n for n in os.listdir(mnt) if n.startswith("0"))
+    os.stat(mnt / folders[0] / "mask.png")            # (learns the size of the masks' one shape)
+    work = work_of(mnt, lambda: [(mnt / name / "mask.png").read_bytes() for name in folders])
+    assert work["worker_calls"] <= len(folders) // iid_backend.IIDTree.PREPARE_AHEAD + 2, work

@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -206,6 +208,26 @@ def test_idle_write_back_and_kill_leaves_a_valid_file(copy, mount):
     os.kill(daemon_pid(mnt), signal.SIGKILL)
     info, _ = read_upstream(path)
     assert info["meta"] == {"step": 1} and len(info["entries"]) == len(ODD_ADDRESSES)
+
+
+def test_what_a_killed_rewrite_left_is_gone_at_the_next_mount(copy, mount):
+    """A daemon killed while it rewrote the file leaves its temporary file beside it (the
+    file itself is whole); the next writable mount removes it, never one whose writer
+    still runs."""
+    path, _ = copy
+    before = path.read_bytes()
+    cut = subprocess.run([sys.executable, "-c", "import os, sys; from scopefs.formats import atomic; "
+                          "os.fsync = lambda fd: os._exit(9); atomic.atomic_write(sys.argv[1], b'partial')",
+                          str(path)])
+    assert cut.returncode == 9 and path.read_bytes() == before
+    [killed] = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    writing = path.parent / f".{path.name}.{socket.gethostname()}-{os.getpid()}.w0rk1n.tmp"
+    writing.write_bytes(b"partial")
+    mount(path, "-o", "ro")
+    assert killed.exists()                           # a read-only mount changes nothing beside it
+    mount.expect_log("removed what a rewrite of .* cut short")
+    mount(path)
+    assert not killed.exists() and writing.exists()
 
 
 def test_unmount_writes_back_and_ro_refuses(copy, mount):

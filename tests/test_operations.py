@@ -332,3 +332,16 @@ async def test_a_read_only_tree_turns_flush_off(ops):
         await ops.flush(info.fh)
     assert err.value.errno == errno.ENOSYS and ops.counters.errors == 0
     await ops.release(info.fh)
+
+
+def test_a_change_waits_only_for_inodes_the_kernel_holds():
+    """A change's request waits for its inodes' invalidations (so the caller's next stat
+    sees them) only if the kernel holds one of them: of the others it has nothing stale."""
+    from scopefs.daemon.fs import Counters, Notifier
+
+    known: dict[int, int] = {7: 1}
+    notifier = Notifier(Counters(), known)
+    notifier.report((5, 6), ((1, "name"),))
+    assert notifier.mark() is None                     # nothing to wait for: no thread hop
+    notifier.report((5, 7), ())
+    assert notifier.mark() is not None

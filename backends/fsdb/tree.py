@@ -661,7 +661,7 @@ class FilesetFolder(Folder):
             data = self._data(file, name)
         finally:
             tree.lock.release()
-        return data, NewFileHandle(data), Attr(FILE_MODE, 0, time.time_ns())
+        return data, Attr(FILE_MODE, 0, time.time_ns()), NewFileHandle(data)
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:

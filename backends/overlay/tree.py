@@ -496,6 +496,8 @@ class OverlayTree(Tree):
             if isinstance(node, MergedNode) and node.place is not None:
                 self._by_key.setdefault(node.key, node)
 
+    statvfs_blocks = True
+
     def statvfs(self) -> os.statvfs_result | None:
         return self.upper.statvfs()
 

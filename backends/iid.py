@@ -39,7 +39,7 @@ from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format
 from . import is_url, remote
-from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile, View
+from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile
 from .cache import ByteCache
 from .cached_view import CachedView
 from .kernel import process_alive

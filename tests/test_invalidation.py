@@ -8,7 +8,6 @@ through another path, and checks that stat and read agree at once with the new s
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil

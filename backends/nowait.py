@@ -7,6 +7,17 @@ from typing import Callable
 from .nodes import ABSENT, Absent, Attr, Node
 
 
+def under_lock_nowait(lock: threading.Lock | threading.RLock, fn: Callable, *args):
+    """`fn(*args)` under `lock` if it is free at once, else None ("cannot tell": a writer
+    holds it, and the daemon asks the blocking twin in a thread)."""
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        return fn(*args)
+    finally:
+        lock.release()
+
+
 def lookup_attr_nowait(find: Callable[[str], object], name: str,
                        lock: threading.Lock | threading.RLock | None = None,
                        none_is_absent: bool = False) -> tuple[Node, Attr] | Absent | None:

@@ -280,8 +280,6 @@ def check_nowait_twins_agree(walk: Walk) -> None:
         nonlocal answered
         if quick is not None:
             answered += 1
-            if quick is ABSENT:             # "missing", told from memory
-                quick = None
             if quick != slow:
                 problems.append(f"{path}: {what}: {quick!r:.120} but the blocking call {slow!r:.120}")
 

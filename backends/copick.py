@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import stat
 import tempfile
+import threading
 
 import csv
 import io
 
+from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
@@ -26,6 +29,8 @@ from .copick_views import Imports, PicksViews, VolumeViews, read_file
 from .nodes import ROOT_INO
 from .options import MountError, Options
 from .overlay import FsspecRoot, LocalRoot, OverlayTree
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "copick_config.json"
 MESH_FORMATS = ("ply", "obj", "stl")
@@ -83,6 +88,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         overlay = make_root(config["overlay_root"], config.get("overlay_fs_args"), "overlay_root", ttl)
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
+    threading.Thread(target=_load_view_libraries, name="load-view-libraries", daemon=True).start()
     tree = CopickTree(static, overlay, read_only)
     tree.derive = DerivedViews(tree, volume_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
@@ -93,6 +99,20 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         text = (json.dumps(merged, indent=4) + "\n").encode()
         tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
     return tree
+
+
+def _load_view_libraries() -> None:
+    """What the derived views write with (picks formats, MRC, meshes, previews from zarr),
+    imported while the mount comes up (about a second cold: the first listing of a
+    VoxelSpacing folder waited for it). A library
+    that fails to import is left to the view that needs it, which says why."""
+    try:
+        picks_format.load_libraries()
+        import mrcfile  # noqa: F401
+        import trimesh  # noqa: F401
+        import zarr  # noqa: F401
+    except Exception as exc:
+        log.debug("loading the view libraries: %s", exc)
 
 
 class CopickTree(OverlayTree):

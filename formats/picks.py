@@ -30,6 +30,16 @@ import numpy as np
 IDENTITY = np.eye(4)
 
 
+def load_libraries() -> None:
+    """Import the libraries the formats here read and write with (pandas, starfile,
+    dynamotable, emfile, scipy's rotations): about a second cold, which a mount spends in
+    the background rather than in the first listing that needs them."""
+    import dynamotable  # noqa: F401
+    import emfile  # noqa: F401
+    import starfile  # noqa: F401
+    from scipy.spatial.transform import Rotation  # noqa: F401
+
+
 class Picks:
     """The points of a copick picks file as arrays, as `CopickPicks.numpy()` gives them."""
 

@@ -39,7 +39,7 @@ from ..blocks import ListingSnapshot
 from ..cached_view import CachedView
 from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
-from ..nowait import lookup_attr_nowait
+from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from .db import FSDB, DBBusyError, NotAnFSDBError
@@ -648,9 +648,8 @@ class FilesetFolder(Folder):
         if name.startswith(".") or name.endswith(META) or tree.db.files.remote or (flags & os.O_ACCMODE) == os.O_RDONLY:
             return None
         file_id, _ = layout.split_name(name)
-        if not tree.lock.acquire(blocking=False):
-            return None
-        try:
+
+        def made():
             if self._file_by_name(name) is not None or self.fileset.get_file(file_id) is not None:
                 return None
             try:
@@ -658,10 +657,9 @@ class FilesetFolder(Folder):
             except (ValueError, OSError):
                 return None                     # refused: `create` says why
             self.pending[name] = file
-            data = self._data(file, name)
-        finally:
-            tree.lock.release()
-        return data, Attr(FILE_MODE, 0, time.time_ns()), NewFileHandle(data)
+            return self._data(file, name)
+        data = under_lock_nowait(tree.lock, made)
+        return None if data is None else (data, Attr(FILE_MODE, 0, time.time_ns()), NewFileHandle(data))
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:

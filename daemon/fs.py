@@ -78,7 +78,7 @@ class Notifier:
     in its page cache. Notifications may block in the kernel (on the page locks of a read
     we have yet to answer, on a folder whose change is in flight), so they are sent from
     threads of their own, never from the trio loop: one for inodes (which a request that
-    made changes waits for, `wait`, so that the caller's next stat sees them), one for
+    made changes waits for, `when_sent`, so that the caller's next stat sees them), one for
     names (never waited for: a name's notification waits for any change in flight in its
     folder, possibly the very request that caused it), one for contents."""
 
@@ -137,7 +137,7 @@ class Notifier:
             self._stores_cond.notify()
 
     def mark(self) -> int | None:
-        """What `wait` must see sent, or None if nothing is pending."""
+        """What `when_sent` must see sent, or None if nothing is pending."""
         return self._reported if self._reported != self._done else None
 
     def when_sent(self, mark: int, wake: Callable[[], None]) -> bool:

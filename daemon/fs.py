@@ -16,7 +16,6 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable
@@ -28,6 +27,7 @@ from ..backends.blocks import BytesHandle
 from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
+from .listings import FolderListings, Listing, POSITION_MASK
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ NOTIFY_WAIT = 2.0
 #: bytes of contents offered for the kernel's page cache (`Tree.offer`) waiting to be sent:
 #: beyond this the oldest are dropped (their reader then reads them as usual)
 STORE_PENDING_BYTES = 64 << 20
-#: directories whose listing in the kernel's cache the daemon keeps the reader of (`_Listing`)
-KERNEL_LISTINGS = 1024
 #: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
 LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
+#: whether open can tell the kernel that a close commits nothing (FOPEN_NOFLUSH, the patch)
+NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -67,8 +67,11 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
-    opendirs: int = 0
+    opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
     readdirs: int = 0               # what listings the kernel could not answer from its cache
+    releasedirs: int = 0
+    readlinks: int = 0              # none twice for one link where the kernel caches targets
+    flushes: int = 0                # none for read-only opens where the kernel honours noflush
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
 
@@ -203,34 +206,13 @@ class Notifier:
         return False
 
 
-@dataclass
-class _Listing:
-    """An open directory (what its listing comes from: `Directory.opendir`): the entries
-    the kernel's last readdir buffer had no room for wait here for the next readdir (from
-    `pending[position]`, which sits at `offset`).
-
-    Where the kernel caches listings, it may give a handle the start of a listing from its
-    cache and ask the daemon for the rest only once that cache is dropped (a change): at
-    the offsets of the listing it cached, which may since have shifted. Such a handle goes
-    on in `kernel_cached`, the reader the kernel's cached listing came from (a reader deleting
-    what it has read skips nothing); one that reads from the start uses its own."""
-    own: object
-    kernel_cached: object = None
-    reader: object = None       # which of the two this handle lists from, once it asked
-    pending: list = field(default_factory=list)
-    position: int = 0
-    offset: int = 0
-    more: bool = False          # whether entries follow the pending ones
-    end: int | None = None      # the offset where this handle found the end of the listing
-    ino: int = 0
-
-
 def kernel_listing_cache() -> bool:
-    """Whether opendir can ask the kernel to cache listings: a pyfuse3 built with
-    daemon/pyfuse3-patches (`./dev setup` does) has `FileInfo.cache_readdir`; with any other
-    every listing stays a request, as it always was. Says which, once a mount."""
-    if not hasattr(pyfuse3.FileInfo, "cache_readdir"):
-        log.info("pyfuse3 %s has no FileInfo.cache_readdir (daemon/pyfuse3-patches): directory "
+    """Whether the kernel may open directories itself and cache their listings: a pyfuse3
+    built with daemon/pyfuse3-patches (`./dev setup` does) tells readdir the directory
+    (`ReaddirToken.inode`); with any other every directory is opened and listed by the
+    daemon, as it always was. Says which, once a mount."""
+    if not hasattr(pyfuse3.ReaddirToken, "inode"):
+        log.info("pyfuse3 %s has no ReaddirToken.inode (daemon/pyfuse3-patches): directory "
                  "listings are not cached in the kernel", getattr(pyfuse3, "__version__", "?"))
         return False
     if os.environ.get(LISTING_CACHE_ENV) == "0":
@@ -277,7 +259,10 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
-        self.cache_listings = self.policy.cache_listings and kernel_listing_cache()
+        # read by pyfuse3 before init (which turns them off where the kernel cannot): the
+        # kernel opens directories itself and keeps their listings (`listings.py`), and
+        # keeps symbolic links' targets; a tree that lets it promises to report changes
+        self.kernel_opens_dirs = self.cache_symlinks = self.policy.cache_listings and kernel_listing_cache()
         # file contents and names get threads of their own, so that reads stuck on a hung
         # source cannot starve `ls` of the threads it needs
         self.data_limiter = trio.CapacityLimiter(threads)
@@ -287,8 +272,8 @@ class Operations(pyfuse3.Operations):
         self.info = dict(info or {})
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}
-        self._listings: dict[int, _Listing] = {}
-        self._kernel_listings: OrderedDict[int, object] = OrderedDict()   # directory -> reader (`_Listing`)
+        self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
+        self.folder_listings = FolderListings()          # for those the kernel opened itself
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self.notifier = Notifier(self.counters, self._lookups)
@@ -421,7 +406,7 @@ class Operations(pyfuse3.Operations):
                 if left > 0:
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
-                    self._kernel_listings.pop(ino, None)        # the kernel's listing went with the inode
+                    self.folder_listings.forget(ino)            # the kernel's listing went with the inode
                     self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
@@ -429,11 +414,13 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def opendir(self, inode, ctx):
         self.counters.opendirs += 1
+        if self.kernel_opens_dirs:
+            # the kernel opens every directory itself from now on, keeping its listing
+            # (FOPEN_CACHE_DIR): no OPENDIR and no RELEASEDIR; readdir gets fh 0
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = _Listing(self._directory(inode).opendir(), self._kernel_listings.get(inode), ino=inode)
-        if self.cache_listings:        # keep_cache: or this very open would drop the cached listing
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
+        self._listings[fh] = Listing(self._directory(inode).opendir(), inode)
         return fh
 
     def _shared_entries(self):
@@ -481,19 +468,16 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readdir(self, fh, start_id, token):
         self.counters.readdirs += 1
-        listing = self._listings.get(fh)
-        if listing is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        offset = start_id
-        if offset == 0:
-            listing.reader = listing.own
-            if self.cache_listings:             # what the kernel caches now
-                self._kernel_listings[listing.ino] = listing.own
-                self._kernel_listings.move_to_end(listing.ino)
-                if len(self._kernel_listings) > KERNEL_LISTINGS:
-                    self._kernel_listings.popitem(last=False)
-        elif listing.reader is None:            # the start came from the kernel's cache
-            listing.reader = listing.kernel_cached or listing.own
+        if fh:                                  # opened by opendir
+            listing, offset = self._listings.get(fh), start_id
+            if listing is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            if offset == 0:                     # (rewinddir: listed anew)
+                listing.pending, listing.end = [], None
+        else:                                   # opened by the kernel (`kernel_opens_dirs`)
+            ino = token.inode
+            listing, offset = self.folder_listings.find(ino, start_id, lambda: self._directory(ino).opendir())
+        base = listing.base
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:
@@ -504,12 +488,14 @@ class Operations(pyfuse3.Operations):
                 position = 0
                 entries, more = (self._listing_batch_nowait(listing.reader, offset)
                                  or await self._run(self._listing_batch, listing.reader, offset))
+                if base and entries and entries[-1][0] > POSITION_MASK:
+                    raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
                 if name is not None:
                     entry.st_ino = ino
-                    if not pyfuse3.readdir_reply(token, name, entry, next_offset):
+                    if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
                         listing.pending, listing.position, listing.more = entries, position, more
                         listing.offset = offset
                         return
@@ -522,10 +508,12 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def releasedir(self, fh):
+        self.counters.releasedirs += 1
         self._listings.pop(fh, None)
 
     @_guard
     async def readlink(self, inode, ctx):
+        self.counters.readlinks += 1
         node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -537,7 +525,7 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
-            return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True)
+            return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
@@ -545,15 +533,20 @@ class Operations(pyfuse3.Operations):
         if writing:
             self._writable(inode)
         handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
-        return self._add_handle(handle)
+        return self._add_handle(handle, noflush=not writing)
 
-    def _add_handle(self, handle: FileHandle, direct_io: bool = False) -> pyfuse3.FileInfo:
+    def _add_handle(self, handle: FileHandle, direct_io: bool = False, noflush: bool = False) -> pyfuse3.FileInfo:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = handle
         # direct_io: content that changes under a fixed name must not be cut at a stale size
         keep_cache = (self.policy.keep_cache or handle.keep_cache) and not direct_io
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
+        if noflush and NOFLUSH:
+            # an open that cannot change the file has nothing to commit at close (the
+            # FileHandle contract): the kernel then sends no FLUSH
+            info.noflush = True
+        return info
 
     @_guard
     async def read(self, fh, off, size):
@@ -702,6 +695,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def flush(self, fh):
+        self.counters.flushes += 1
         if not self.tree.writable:
             # nothing to commit at close anywhere in the tree: ENOSYS makes the kernel stop
             # sending FLUSH at every close(2), one request less per file read
@@ -783,7 +777,11 @@ class Operations(pyfuse3.Operations):
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead,
                       opendir_requests=c.opendirs, readdir_requests=c.readdirs,
-                      listings_cached_in_kernel=self.cache_listings,
+                      releasedir_requests=c.releasedirs, readlink_requests=c.readlinks,
+                      flush_requests=c.flushes,
+                      listings_cached_in_kernel=self.kernel_opens_dirs,
+                      symlinks_cached_in_kernel=self.cache_symlinks,
+                      listings_kept=len(self.folder_listings),
                       notify_waits=c.notify_waits,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))

@@ -3,21 +3,27 @@
 an unchanged folder costs the daemon no readdir. Changes through the mount, and changes a
 backend reports (`Tree.report`), show in the next listing at once.
 
-Counted through the daemon's status: `readdir_requests`, `opendir_requests`; at the end,
-`Operations` driven without the kernel, with and without the pyfuse3 patch.
+The kernel also opens those directories itself (no OPENDIR, no RELEASEDIR), keeps the
+targets of symbolic links, and sends no FLUSH for files opened read-only. Counted through
+the daemon's status (`readdir_requests`, `opendir_requests`, ...); at the end, readers
+deleting what they list, and `Operations` driven without the kernel, with and without the
+pyfuse3 patch.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyfuse3
 import pytest
 
+import walk_samples
 from conftest import daemon_status
 from test_operations import SampleTree
 from scopefs.backends.nodes import ROOT_INO
@@ -46,6 +52,12 @@ def entry(mnt: Path, address: str) -> Path:
 @pytest.fixture
 def iid_mount(tmp_path, mount):
     return mount(make_iid(str(tmp_path / "cells.iid")))
+
+
+@pytest.fixture
+def iid_mount_of(tmp_path, mount):
+    """A mount of the walk benchmark's .iid sample (entries in groups: links) with options."""
+    return lambda *options: mount(walk_samples.iid(tmp_path / "walk.iid", 40).path, *options)
 
 
 @pytest.fixture
@@ -177,26 +189,97 @@ def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kin
     assert everything - gone - set(first) <= set(rest), "entries that stayed were skipped"
 
 
-class UnpatchedFileInfo:
-    """pyfuse3 3.5.0's FileInfo, as a pip install of it has it: no cache_readdir."""
-
-    def __init__(self, fh=0, direct_io=0, keep_cache=1, nonseekable=0):
-        self.fh, self.direct_io, self.keep_cache, self.nonseekable = fh, direct_io, keep_cache, nonseekable
+class UnpatchedReaddirToken:
+    """pyfuse3 3.5.0's ReaddirToken, as a pip install of it has it: no inode."""
 
 
 @pytest.mark.parametrize("patched", [True, False])
 async def test_opendir_answers_what_the_pyfuse3_in_use_takes(patched, monkeypatch, caplog):
-    """Driven without the kernel: with the patch a FileInfo that keeps the listing, without it
-    a plain handle (said once in the log)."""
+    """Driven without the kernel: with the patch ENOSYS (the kernel opens directories
+    itself from then on), without it a plain handle (said once in the log)."""
     if not patched:
-        monkeypatch.setattr(pyfuse3, "FileInfo", UnpatchedFileInfo)
+        monkeypatch.setattr(pyfuse3, "ReaddirToken", UnpatchedReaddirToken)
     with caplog.at_level(logging.INFO, logger="scopefs.daemon.fs"):
         ops = Operations(SampleTree())
-    assert ops.cache_listings is patched
+    assert ops.kernel_opens_dirs is ops.cache_symlinks is patched
     assert ("not cached in the kernel" in caplog.text) is not patched
-    opened = await ops.opendir(ROOT_INO, None)
     if patched:
-        assert (opened.keep_cache, opened.cache_readdir) == (True, True)
+        with pytest.raises(pyfuse3.FUSEError) as refused:
+            await ops.opendir(ROOT_INO, None)
+        assert refused.value.errno == errno.ENOSYS
     else:
-        assert isinstance(opened, int)
-    await ops.releasedir(getattr(opened, "fh", opened))
+        fh = await ops.opendir(ROOT_INO, None)
+        assert isinstance(fh, int) and fh > 0
+        await ops.releasedir(fh)
+
+
+def requests(mnt: Path) -> dict[str, int]:
+    status = daemon_status(mnt)
+    return {k: status[k] for k in ("opendir_requests", "releasedir_requests", "readdir_requests",
+                                   "readlink_requests", "flush_requests")}
+
+
+def cost(mnt: Path, *cmd: str) -> dict[str, int]:
+    """The requests of each kind a command run in the mount sent the daemon."""
+    before = requests(mnt)
+    subprocess.run(cmd, cwd=mnt, check=True, stdout=subprocess.DEVNULL)
+    return {k: v - before[k] for k, v in requests(mnt).items()}
+
+
+@pytest.mark.parametrize("options", [(), ("-o", "ro")])
+def test_a_second_walk_opens_no_directory_and_reads_no_link(options, iid_mount_of):
+    """The kernel opens directories itself (no OPENDIR, no RELEASEDIR, listings from its
+    cache) and keeps the targets of the groups' links."""
+    mnt = iid_mount_of(*options)
+    first = cost(mnt, "find", ".")
+    assert first["opendir_requests"] <= 1 and first["releasedir_requests"] == 0
+    assert first["readdir_requests"] > 0
+    assert cost(mnt, "find", ".") == dict.fromkeys(first, 0)
+    links = cost(mnt, "ls", "-lR")["readlink_requests"]
+    assert links > 0                                  # groups/*/ hold one link per member
+    assert cost(mnt, "ls", "-lR")["readlink_requests"] == 0
+
+
+def test_reading_a_file_of_a_writable_mount_sends_no_flush(iid_mount):
+    """A read-only open has nothing to commit at close (FOPEN_NOFLUSH); a write still
+    commits at close."""
+    doc = entry(iid_mount, "nucleus-a") / "entry.json"
+    before = requests(iid_mount)["flush_requests"]
+    for _ in range(3):
+        doc.read_bytes()
+    assert requests(iid_mount)["flush_requests"] == before
+    doc.write_text(doc.read_text())
+    assert requests(iid_mount)["flush_requests"] > before
+
+
+@pytest.mark.skipif(GETDENTS64 is None, reason="getdents64's number on this machine is not known here")
+def test_two_readers_of_one_folder_deleting_skip_nothing(tmp_path, mount):
+    """Reader A lists its start from the kernel's cache; deleting it drops that cache;
+    reader B then lists from the start (a new listing), and deletes its start too. Each
+    goes on in the listing its offsets came from: neither skips an entry that stayed."""
+    folder = mount(make_fsdb(str(tmp_path / "db"), images=90)) / "plant_001" / "images"
+    everything = set(os.listdir(folder))                # now in the kernel's cache
+    a = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    b = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        read = {a: getdents(a)}
+        images = lambda names: [n for n in names if n.endswith(".png") and (folder / n).exists()]
+        for name in images(read[a]):
+            (folder / name).unlink()
+        read[b] = getdents(b)
+        assert set(read[a]).isdisjoint(images(read[b])), "B listed anew, without A's deletions"
+        for name in images(read[b]):
+            (folder / name).unlink()
+        rest = {a: [], b: []}
+        while True:                                     # the two go on in turn
+            batches = {fd: getdents(fd) for fd in (a, b)}
+            for fd, batch in batches.items():
+                rest[fd] += batch
+            if not any(batches.values()):
+                break
+    finally:
+        os.close(a)
+        os.close(b)
+    stayed = {name for name in everything if (folder / name).exists()}
+    for fd in (a, b):
+        assert stayed - set(read[fd]) <= set(rest[fd]), "entries that stayed were skipped"

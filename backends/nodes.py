@@ -118,7 +118,9 @@ class CachePolicy:
     #: second `ls` of an unchanged folder never reaches the daemon). The kernel drops it on
     #: changes made through the mount and on an invalidation of the folder's inode, so a
     #: tree that sets it either never changes behind the kernel's back or reports every
-    #: such change of a folder's names through `Tree.report` (the folder's inode).
+    #: such change of a folder's names through `Tree.report` (the folder's inode). The
+    #: kernel then also keeps symbolic links' targets: such a tree gives a link a new
+    #: inode for a new target, or reports the link.
     cache_listings: bool = True
     #: for directories and symbolic links, where a tree can trust them longer than its
     #: files (None: attr_timeout). The kernel checks each directory of a path it
@@ -186,13 +188,14 @@ class Directory(Node):
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable
         offsets for that reader); by default the directory itself. Where the kernel caches
-        listings (`CachePolicy.cache_listings`), a later handle may go on in the snapshot
-        the kernel's listing came from, at offsets other than 0 only."""
+        listings (`CachePolicy.cache_listings`), any later reader may go on in a snapshot
+        it was given offsets of (daemon/listings.py), at offsets other than 0 only."""
         return self
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
         """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is
-        the start and the same offset always resumes at the same entry. Attributes are
+        the start and the same offset always resumes at the same entry; they grow along
+        the listing and stay below 2**32 (the daemon adds a listing's number above them). Attributes are
         given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
 
@@ -251,7 +254,8 @@ class FileHandle:
     """One open file. `cached_read` answers only with bytes already in memory (None:
     then `read`). Writable handles also implement `write`, `truncate` and `flush` (close
     and fsync call it; it may refuse what was written with an OSError, which the writer
-    sees as the error of close or fsync)."""
+    sees as the error of close or fsync). A handle opened without `writes(flags)` has
+    nothing to flush: the kernel is told not to send its close (FOPEN_NOFLUSH)."""
 
     #: flush, fsync (by default flush) or release may block: each that may says so, and
     #: the daemon calls it in a worker thread (the thread rule above); a write that goes

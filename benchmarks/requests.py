@@ -1,6 +1,6 @@
 """The fixed cost of one FUSE request: scopefs against the kernel + C floor, side by side.
 
-    python benchmarks/requests.py [--n 4000] [--rounds 3] [--work DIR]
+    python benchmarks/requests.py [--n 4000] [--rounds 3] [--work DIR] [--walk-entries 2000]
                                   [--daemon-path LABEL=DIR ...] [--no-floor] [--kinds getattr,...]
 
 Mounts a small writable `.iid` through the real CLI and issues N requests of each kind
@@ -14,6 +14,8 @@ that always reaches the daemon, whatever the kernel caches:
   readdir   listdir of an entry folder, the mount made with SCOPEFS_LISTING_CACHE=0
             (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR, and the GETATTR
             the kernel sends after a listing)
+  find      a warm `find -printf %s` of a --walk-entries `.iid` mounted as users do (listings
+            cached in the kernel), once per round: what a walk asks, per request
 
 Printed per kind and target, medians over --rounds (targets alternate within each round):
 microseconds per operation, requests per operation (scopefs's own counters), microseconds
@@ -23,7 +25,8 @@ per request, the daemon's CPU microseconds per request (user + system, from
 Targets: scopefs as installed; each `--daemon-path LABEL=DIR` is scopefs with DIR first on
 the daemon's PYTHONPATH (e.g. another build of pyfuse3, unpacked there, to compare); and
 the floor, `fuse-overlayfs` (C, libfuse) over a plain copy of the same tree: the kernel's
-share of the same system calls. Everything printed also goes to
+share of the same system calls (not for find: it lets the kernel cache other things, so
+a walk asks it other requests). Everything printed also goes to
 benchmarks/results/requests-latest.txt.
 """
 from __future__ import annotations
@@ -46,7 +49,7 @@ import walk_samples  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
-KINDS = ("getattr", "lookup", "open", "read", "readdir")
+KINDS = ("getattr", "lookup", "open", "read", "readdir", "find")
 ENTRIES = 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -92,10 +95,12 @@ class Target:
 
 
 class Scopefs(Target):
-    def __init__(self, label: str, source: Path, work: Path, pythonpath: str | None):
+    def __init__(self, label: str, source: Path, work: Path, pythonpath: str | None, listing_cache: bool):
         self.label = label
         self.path = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
-        env = dict(os.environ, SCOPEFS_LISTING_CACHE="0")
+        env = dict(os.environ)
+        if not listing_cache:
+            env["SCOPEFS_LISTING_CACHE"] = "0"
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
         subprocess.run([*SCOPEFS, "mount", str(source), str(self.path), "--log-file", str(work / f"{label}.log")],
@@ -151,12 +156,15 @@ def operation(kind: str, root: Path):
         return lambda: os.pread(fd, 4096, 0), lambda: os.close(fd)
     if kind == "readdir":
         return lambda: os.listdir(entry), lambda: None
+    if kind == "find":
+        return (lambda: subprocess.run(["find", str(root), "-printf", "%s\n"], stdout=subprocess.DEVNULL, check=True),
+                lambda: None)
     raise ValueError(kind)
 
 
 def run(target: Target, kind: str, n: int) -> dict:
     once, done = operation(kind, target.path)
-    for _ in range(50):                     # warm: names and attributes known, code paths hot
+    for _ in range(1 if kind == "find" else 50):    # warm: names and attributes known, code paths hot
         once()
     before_requests = target.requests()
     cpu0, t0 = cpu_s(target.pid), time.perf_counter()
@@ -171,6 +179,20 @@ def run(target: Target, kind: str, n: int) -> dict:
     return {"op_us": wall / n * 1e6, "cpu_op_us": cpu / n * 1e6, "requests": requests}
 
 
+def side_by_side(source: Path, work: Path, args, listing_cache: bool, floor: bool = True) -> list[Target]:
+    """scopefs, scopefs with each --daemon-path, and the floor, all mounting `source`."""
+    work.mkdir()
+    targets: list[Target] = [Scopefs("scopefs", source, work, None, listing_cache)]
+    for spec in args.daemon_path:
+        label, _, path = spec.partition("=")
+        targets.append(Scopefs(label, source, work, path, listing_cache))
+    if floor and not args.no_floor and shutil.which("fuse-overlayfs"):
+        plain = work / "plain"
+        subprocess.run(["rsync", "-a", f"{targets[0].path}/", str(plain)], check=True)
+        targets.append(Overlayfs(plain, work))
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4000, help="operations per kind, target and round")
@@ -180,47 +202,50 @@ def main() -> None:
                         help="also run scopefs with DIR first on the daemon's PYTHONPATH")
     parser.add_argument("--no-floor", action="store_true", help="skip fuse-overlayfs")
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--walk-entries", type=int, default=2000, help="entries of the .iid that find walks")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     work = Path(tempfile.mkdtemp(prefix="scopefs-requests-", dir=args.work))
-    targets: list[Target] = []
+    targets: dict[str, list[Target]] = {}       # per source: the small one, the walked one
     try:
-        source = walk_samples.iid(work / "small.iid", ENTRIES)
-        say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind, {args.rounds} rounds; "
-            f"load average {os.getloadavg()[0]:.2f}")
-        targets.append(Scopefs("scopefs", source.path, work, None))
-        for spec in args.daemon_path:
-            label, _, path = spec.partition("=")
-            targets.append(Scopefs(label, source.path, work, path))
-        if not args.no_floor and shutil.which("fuse-overlayfs"):
-            plain = work / "plain"
-            subprocess.run(["rsync", "-a", f"{targets[0].path}/", str(plain)], check=True)
-            targets.append(Overlayfs(plain, work))
+        say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind; find: {args.walk_entries} entries, "
+            f"one per round; {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
+        small = walk_samples.iid(work / "small.iid", ENTRIES).path
+        targets["small"] = side_by_side(small, work / "small", args, listing_cache=False)
+        if "find" in kinds:
+            walked = walk_samples.iid(work / "walked.iid", args.walk_entries).path
+            # (no floor: fuse-overlayfs lets the kernel cache other things, so a walk asks it other requests)
+            targets["find"] = side_by_side(walked, work / "walked", args, listing_cache=True, floor=False)
         results: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.rounds):
             for kind in kinds:
-                for target in targets:
-                    results.setdefault((kind, target.label), []).append(run(target, kind, args.n))
+                for target in targets["find" if kind == "find" else "small"]:
+                    results.setdefault((kind, target.label), []).append(
+                        run(target, kind, 1 if kind == "find" else args.n))
+        labels = [target.label for target in targets["small"]]
         say(f"{'kind':8} {'target':16} {'us/op':>8} {'req/op':>7} {'us/req':>8} {'cpu us/req':>10}")
         for kind in kinds:
             per_op = {}
-            for target in targets:
-                rows = results[(kind, target.label)]
+            for label in labels:
+                if (kind, label) not in results:
+                    continue
+                rows = results[(kind, label)]
                 op = statistics.median(r["op_us"] for r in rows)
                 cpu = statistics.median(r["cpu_op_us"] for r in rows)
                 # the floor asks the same requests of the kernel: scopefs's count
-                requests = rows[0]["requests"] or results[(kind, targets[0].label)][0]["requests"]
-                per_op[target.label] = op
-                say(f"{kind:8} {target.label:16} {op:8.1f} {requests:7.2f} {op / requests:8.1f} "
+                requests = statistics.median(r["requests"] or s["requests"]
+                                             for r, s in zip(rows, results[(kind, "scopefs")]))
+                per_op[label] = op
+                say(f"{kind:8} {label:16} {op:8.1f} {requests:7.2f} {op / requests:8.1f} "
                     f"{cpu / requests:10.1f}")
-            base = per_op[targets[0].label]
-            say("         ratio target / scopefs, per operation: " +
-                ", ".join(f"{label} {op / base:.2f}" for label, op in per_op.items() if label != targets[0].label))
-        if any(isinstance(target, Overlayfs) for target in targets):
+            if len(per_op) > 1:
+                say("         ratio target / scopefs, per operation: " +
+                    ", ".join(f"{label} {op / per_op['scopefs']:.2f}" for label, op in per_op.items() if label != "scopefs"))
+        if "fuse-overlayfs" in labels:
             say("(fuse-overlayfs: requests per operation taken as scopefs's; it lets the kernel cache "
                 "missing names, so its lookup row asks it nothing)")
     finally:
-        for target in targets:
+        for target in (t for side in targets.values() for t in side):
             target.close()
         shutil.rmtree(work, ignore_errors=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

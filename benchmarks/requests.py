@@ -208,8 +208,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scopefs-requests-", dir=args.work))
     targets: dict[str, list[Target]] = {}       # per source: the small one, the walked one
     try:
-        say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind; find: {args.walk_entries} entries, "
-            f"one per round; {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
+        walk = f"find: {args.walk_entries} entries, one per round; " if "find" in kinds else ""
+        say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind; {walk}{args.rounds} rounds; "
+            f"load average {os.getloadavg()[0]:.2f}")
         small = walk_samples.iid(work / "small.iid", ENTRIES).path
         targets["small"] = side_by_side(small, work / "small", args, listing_cache=False)
         if "find" in kinds:

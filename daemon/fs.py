@@ -228,7 +228,8 @@ def _guard(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         self.counters.requests += 1
-        log.debug("%s%r", name, args[:2])      # -d: every request
+        if self.log_requests:                   # -d: every request
+            log.debug("%s%r", name, args[:2])
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError as exc:
@@ -269,6 +270,8 @@ class Operations(pyfuse3.Operations):
         self.meta_limiter = trio.CapacityLimiter(max(2, threads // 2))
         self.timeout = timeout
         self.counters = Counters()
+        # asked once: logging's own check costs a request more than the rest of `_guard`
+        self.log_requests = log.isEnabledFor(logging.DEBUG)
         self.info = dict(info or {})
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}

@@ -243,3 +243,13 @@ def test_the_manual_starts_with_the_demo_and_the_command_ci_runs():
     ci = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
     assert commands == ["./dev demo", ci[-1]] and ci[-1] == "./dev test"
+
+
+def test_debug_logs_every_request_and_without_it_none(store, mount):
+    """-d logs each request (the daemon asks the log level once, at mount)."""
+    quiet, verbose = mount(store), mount(store, "--debug")
+    for mnt in (quiet, verbose):
+        os.stat(mnt / "frames" / "000003.png")
+    lines = mount.log().splitlines()         # (both daemons log into one file)
+    assert any(f"[{daemon_pid(verbose)}]" in line and "lookup(" in line and "000003.png" in line for line in lines)
+    assert not any(f"[{daemon_pid(quiet)}]" in line and "lookup(" in line for line in lines)

@@ -120,3 +120,21 @@ def test_only_small_png_masks_are_committed_on_the_loop(tmp_path):
         assert folder.pending_mask.shape == (8, 8)
     finally:
         tree.close()
+
+
+def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):
+    """While `cp -a` (or any writer) holds a new file open, its size and bytes so far are
+    what stat and another reader see, as on a local disk (answered from memory), and its
+    close registers the whole file."""
+    mnt = mount(walk_samples.fsdb(tmp_path / "db", 1, 1, 2).path)
+    path = mnt / "scan_000" / "fileset_0" / "new.png"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"a" * 100)
+        os.utime(path, None)
+        assert os.stat(path).st_size == 100
+        assert path.read_bytes() == b"a" * 100
+        os.write(fd, b"b" * 50)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"a" * 100 + b"b" * 50

@@ -35,7 +35,7 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..blocks import ListingSnapshot
+from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
 from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
@@ -253,6 +253,10 @@ class DataFile(File):
             self.folder.committed(self)
 
     def open_read(self) -> FileHandle:
+        writer = self.writer
+        kept = writer.kept() if writer is not None else None
+        if kept is not None:                    # new, not yet closed: what was written so far
+            return BytesHandle(kept)
         handle = self.tree.db.files.open_read(self._path())
         handle.keep_cache = True        # changes come through the mount, and are reported
         return handle
@@ -292,6 +296,11 @@ class NewFileHandle(FileHandle):
             return None if self._buffer is None else Attr(FILE_MODE, len(self._buffer), self._created_ns)
         finally:
             self._lock.release()
+
+    def kept(self) -> bytes | None:
+        """The bytes written so far while they are kept here (another reader's), else None."""
+        with self._lock:
+            return None if self._buffer is None else bytes(self._buffer)
 
     def write_nowait(self, offset: int, data: bytes) -> int | None:
         end = offset + len(data)

@@ -194,8 +194,11 @@ def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
 
 def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:               # (the locks' folder, made once)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
     except OSError as exc:                      # a read-only database: nothing to coordinate
         log.debug("no plantdb lock for %s: %s", parts, exc)
         return None

@@ -225,7 +225,7 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
                     (batch / f"new{r}_{i:05d}.png").write_bytes(template)
             return batch
 
-        chunks: dict[str, list[list[float]]] = {"plain": [], "mount": []}
+        chunks: dict[str, list[list[float]]] = {"plain": [], "mount": [], "daemon CPU": []}
         work_done: list[dict] = []
 
         def status() -> dict:
@@ -234,23 +234,25 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
         def cp_into(root: Path, side: str) -> float:
             names = sorted(str(p) for p in prepare().iterdir())
             before = status()
-            times = []
+            times, cpu = [], []
             for start in range(0, files, COPY_CHUNK):
-                t = time.perf_counter()
+                cpu_before, t = mnt.daemon_cpu_s(), time.perf_counter()
                 sh("cp", "-r", *names[start:start + COPY_CHUNK], str(root / source.write_dir))
                 times.append(time.perf_counter() - t)
+                cpu.append(mnt.daemon_cpu_s() - cpu_before)
             if side == "mount":
                 after = status()
                 work_done.append({"requests": (after["requests"] - before["requests"]) / files,
                                   "worker calls": (after["worker_calls"] - before["worker_calls"]) / files,
                                   "daemon CPU ms": (after["cpu"] - before["cpu"]) / files * 1e3})
+                chunks["daemon CPU"].append(cpu)
             chunks[side].append(times)
             return sum(times)
 
         compare(f"cp {files:,} new files", lambda: cp_into(plain, "plain"), lambda: cp_into(mnt.path, "mount"),
                 GOALS["copy-in"])
         size = min(COPY_CHUNK, files)
-        for side in ("plain", "mount"):
+        for side in ("plain", "mount", "daemon CPU"):
             per_file = [statistics.median(round_[k] for round_ in chunks[side]) / size * 1e3
                         for k in range(len(chunks[side][0]))]
             report(f"  {f'  per file, first/last {size} ({side})':<38} {per_file[0]:9.3f} ms   {per_file[-1]:9.3f} ms"

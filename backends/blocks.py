@@ -275,11 +275,6 @@ class View(File):
     def commit(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def commit_nowait(self, data: bytes) -> bool | None:
-        """`_commit(data)` if it needs no I/O and no wait: True; None: cannot (then a
-        thread commits). An error is the commit's own (the writer's close sees it)."""
-        return None
-
     def attr(self) -> Attr:
         data = self.staged if self.staged is not None else self.content()
         return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
@@ -352,16 +347,6 @@ class ViewWriter(BufferHandle):
     def __init__(self, view: View, data: bytes):
         super().__init__(data, view._commit)
         self._view = view
-
-    def flush_nowait(self) -> bool | None:
-        with self._lock:
-            if not self.dirty:
-                return True
-            data = bytes(self.buf)
-        if not self._view.commit_nowait(data):
-            return None
-        self.dirty = False
-        return True
 
     def release(self) -> None:
         self._view._released(None)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
-from ..formats.images import EncodeError, make_format, png_pixels
+from ..formats.images import EncodeError, make_format
 from . import is_url, remote
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile
 from .cache import ByteCache
@@ -51,9 +51,6 @@ log = logging.getLogger(__name__)
 
 MASK_FORMATS = ("png", "tiff", "npy", "bmp", "pnm")
 NAME_BYTES = 180            # readable part of a folder name; the key keeps it unique
-#: masks written as PNG up to this many pixels are checked and committed on the daemon's
-#: loop (64 x 64: ~50 us); larger ones, and other formats, in a thread
-NOWAIT_MASK_PIXELS = 64 * 64
 
 
 def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
@@ -546,15 +543,6 @@ class MaskView(IIDView):
 
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
-
-    def commit_nowait(self, data: bytes) -> bool | None:
-        """A small PNG (a cell's mask: tens of microseconds to decode and check) is
-        committed on the daemon's loop, unless a change holds the tree: a `cp` of a mask
-        then costs no thread."""
-        pixels = png_pixels(data)
-        if pixels is None or pixels > NOWAIT_MASK_PIXELS:
-            return None
-        return under_lock_nowait(self.tree.lock, lambda: self._commit(data) or True)
 
 
 class EntryJsonView(IIDView):

@@ -30,8 +30,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     File.open, truncate                        File.open_nowait
     FileHandle.read, write, truncate           FileHandle.cached_read, write_nowait
     Symlink.target         if target_blocks    Symlink.target otherwise
-    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close),
-                                                 flush_nowait
+    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
                            or flush_blocks
     FileHandle.release     if release_blocks   FileHandle.release otherwise
@@ -287,11 +286,6 @@ class FileHandle:
 
     def flush(self) -> None:
         pass
-
-    def flush_nowait(self) -> bool | None:
-        """`flush` of a handle whose flush blocks, done here if this one needs no I/O and
-        no wait (a small file checked in memory): True; None: then `flush` in a thread."""
-        return None
 
     def fsync(self) -> None:
         """fsync(2): by default what close does."""

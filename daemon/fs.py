@@ -718,10 +718,7 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
-        if handle.flush_blocks and handle.flush_nowait():
-            await self._notified()
-        else:
-            await self._call(handle.flush, handle.flush_blocks, change=True)
+        await self._call(handle.flush, handle.flush_blocks, change=True)
 
     @_guard
     async def fsync(self, fh, datasync):

@@ -22,17 +22,6 @@ class EncodeError(Exception):
     pass
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_pixels(data: bytes) -> int | None:
-    """Width x height from a PNG's header (its first chunk, IHDR), without decoding; None
-    if `data` does not start as a PNG."""
-    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
-
-
 class ImageFormat:
     name = ""
     extension = ""

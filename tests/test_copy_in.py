@@ -1,15 +1,12 @@
 """Copying new files into the writable mounts (`.iid` entry folders, an FSDB fileset) costs
 a fixed, small number of FUSE requests and worker-thread calls per file: the same for the
-500th file as for the first; at most one worker call (an FSDB file's commit at close; a
-small mask is checked on the loop) even for `cp -a`, whose chmod, chown and utimens of
-each file need no thread."""
+500th file as for the first, and one worker call (the commit at close) even for `cp -a`,
+whose chmod, chown and utimens of each file need no thread."""
 from __future__ import annotations
 
-import errno
 import io
 import os
 import subprocess
-import threading
 
 import numpy as np
 import pytest
@@ -17,9 +14,6 @@ from PIL import Image
 
 import walk_samples
 from conftest import daemon_status
-from scopefs.backends import iid as iid_backend
-from scopefs.backends.nodes import ROOT_INO
-from scopefs.backends.options import Options
 
 COPIES = 500
 #: files copied by one cp whose cost is compared: the first ones, and the last ones
@@ -32,8 +26,6 @@ WINDOW = 20
 #: it made); an .iid entry adds its folder's MKDIR and three SETATTR, and the LOOKUP of
 #: mask.png in it
 REQUESTS = {"fsdb": 10, "iid": 15}
-#: the FSDB writes each file at its close (in a thread); an .iid keeps a small mask in memory
-WORKER_CALLS = {"fsdb": 1, "iid": 0}
 
 
 def _cost(mnt, fn) -> dict:
@@ -45,7 +37,7 @@ def _cost(mnt, fn) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["fsdb", "iid"])
-def test_each_copied_file_costs_the_same_few_requests_and_worker_calls(kind, tmp_path, mount):
+def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, tmp_path, mount):
     if kind == "fsdb":
         source = walk_samples.fsdb(tmp_path / "db", 1, 1, 3)
         options = ("-o", "register_delay=600")        # (files.json is written in a batch, later)
@@ -78,48 +70,9 @@ def test_each_copied_file_costs_the_same_few_requests_and_worker_calls(kind, tmp
     last = _cost(mnt, lambda: cp(*names[-WINDOW:]))
     assert first == last
     per_file = {key: (first[key] - status_read[key]) / WINDOW for key in first}
-    assert per_file["worker_calls"] == WORKER_CALLS[kind]
+    assert per_file["worker_calls"] == 1
     assert per_file["requests"] <= REQUESTS[kind]
     assert {os.path.basename(name) for name in names} <= set(os.listdir(dest))
-
-
-def test_only_small_png_masks_are_committed_on_the_loop(tmp_path):
-    """A cell's mask is decoded and checked on the daemon's loop; a large one, or one in
-    another format, is left to a thread (the blocking `flush`)."""
-    tree = iid_backend.open_tree(str(walk_samples.iid(tmp_path / "cells.iid", 2).path), Options())
-    try:
-        folder = tree.get(ROOT_INO).mkdir("new", 0o755)
-        view = folder.create("mask.png", 0o644)
-
-        def png(side: int) -> bytes:
-            out = io.BytesIO()
-            Image.fromarray(np.full((side, side), 255, np.uint8)).save(out, format="PNG")
-            return out.getvalue()
-        assert view.commit_nowait(png(200)) is None
-        with pytest.raises(OSError) as refused:                  # (a header, not a mask): close fails
-            view.commit_nowait(png(8)[:30])
-        assert refused.value.errno == errno.EINVAL
-        npy = io.BytesIO()
-        np.save(npy, np.ones((8, 8), bool))
-        assert view.commit_nowait(npy.getvalue()) is None
-        held, done = threading.Event(), threading.Event()
-
-        def change_in_a_thread():
-            with tree.lock:
-                held.set()
-                done.wait(5)
-        thread = threading.Thread(target=change_in_a_thread)
-        thread.start()
-        held.wait(5)
-        try:
-            assert view.commit_nowait(png(8)) is None           # never waits for the tree
-        finally:
-            done.set()
-            thread.join()
-        assert view.commit_nowait(png(8)) is True
-        assert folder.pending_mask.shape == (8, 8)
-    finally:
-        tree.close()
 
 
 def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):

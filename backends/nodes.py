@@ -19,7 +19,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
 
     may block: in a worker thread              must not block: on the event loop
     -----------------------------------------  ------------------------------------------
-    Node.attr, set_attr                        Node.cached_attr
+    Node.attr                                  Node.cached_attr
+    Node.set_attr       if set_attr_blocks     Node.set_attr otherwise
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
                                                  missing)
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
@@ -144,11 +145,14 @@ class Node:
         """The attributes if known without any I/O (the daemon then skips a thread hop)."""
         return None
 
+    #: whether `set_attr` may block (a node that keeps modes, owners or times on disk)
+    set_attr_blocks = False
+
     def set_attr(self, mode: int | None = None, mtime_ns: int | None = None, *, atime_ns: int | None = None,
                  uid: int | None = None, gid: int | None = None, handle: "FileHandle | None" = None) -> None:
         """chmod/chown/utimens (None: unchanged), through `handle` if the caller holds
         one open (fchmod...). Formats without modes, owners or times accept and ignore
-        them."""
+        them (here, on the loop: `cp -a` costs no thread per file)."""
 
 
 def read_only(what: str = "") -> OSError:

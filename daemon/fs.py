@@ -665,14 +665,12 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
+        """At most one worker call: a truncate, a `set_attr` that blocks and the attributes
+        after them are made in one; a `set_attr` that does not (formats that ignore modes
+        and times) runs here, and the attributes come from memory where known (`cp -a`,
+        `rsync -a`: chmod, chown and utimens of every file they copy)."""
         node = self._node(inode)
         handle = self._handles.get(fh) if fh is not None else None
-        if fields.update_size:
-            self._writable(inode)
-            if handle is not None:
-                await self._run(handle.truncate, attr.st_size, change=True)
-            else:
-                await self._run(node.truncate, attr.st_size, change=True)
         changes = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IMODE(attr.st_mode)
@@ -685,10 +683,23 @@ class Operations(pyfuse3.Operations):
                 changes["uid"] = attr.st_uid
             if fields.update_gid:
                 changes["gid"] = attr.st_gid
-        if changes:
+        if changes or fields.update_size:
             self._writable(inode)
-            await self._run(functools.partial(node.set_attr, handle=handle, **changes), change=True)
-        return self._entry(inode, await self._run(node.attr))
+        set_attr = functools.partial(node.set_attr, handle=handle, **changes) if changes else None
+        if not fields.update_size and (set_attr is None or not node.set_attr_blocks):
+            if set_attr is not None:
+                set_attr()
+                await self._notified()
+            found = node.cached_attr()
+            return self._entry(inode, found if found is not None else await self._run(node.attr))
+
+        def change() -> Attr:
+            if fields.update_size:
+                (handle if handle is not None else node).truncate(attr.st_size)
+            if set_attr is not None:
+                set_attr()
+            return node.attr()
+        return self._entry(inode, await self._run(change, change=True))
 
     @_guard
     async def link(self, inode, new_parent_inode, new_name, ctx):

@@ -6,13 +6,16 @@ import errno
 import json
 import os
 import shutil
+import time
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from scopefs.backends.fsdb import FSDB
+from scopefs.backends.fsdb import db as fsdb_db
 from scopefs.backends.fsdb import tree as fsdb_tree
 from scopefs.backends.options import Options
 from scopefs.formats import fsdb as layout
@@ -377,3 +380,37 @@ def test_the_kernel_keeps_a_metadata_views_pages_while_it_is_unchanged(trees):
     writer.flush()
     writer.release()
     assert [open_close(), open_close()] == [False, True]
+
+
+def test_files_json_is_rewritten_less_often_as_its_rewrites_take_longer(trees, monkeypatch):
+    """Each registration in files.json rewrites all of it, so a copy into a big fileset
+    registers what it copied at most once per FLUSH_SPACING times what the last rewrite
+    took (and at least `register_delay` apart): the rewrites stay a bounded share of the
+    copy's time, and the cost per copied file does not grow with the fileset."""
+    clock = [1000.0]
+    monkeypatch.setattr(fsdb_db, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep,
+                                                         time_ns=time.time_ns))
+    write_pending = fsdb_db.Scan._write_pending
+
+    def slow_write(scan):                       # a files.json that takes half a second
+        write_pending(scan)
+        clock[0] += 0.5
+    monkeypatch.setattr(fsdb_db.Scan, "_write_pending", slow_write)
+    tree = trees[BIG]
+    folder = tree.root.lookup("scan").lookup("images")
+
+    def copy_in(name: str) -> None:
+        _, _, handle = folder.create_nowait(name, 0o644, os.O_WRONLY | os.O_CREAT)
+        handle.write_nowait(0, b"x" * 10)
+        handle.flush()
+        handle.release()
+    copy_in("new_1.png")
+    assert not tree.sync_due()
+    clock[0] += tree.db.register_delay
+    assert tree.sync_due()
+    tree.sync()
+    copy_in("new_2.png")
+    clock[0] += tree.db.register_delay
+    assert not tree.sync_due()                  # 0.5 s of rewriting: 10 s apart
+    clock[0] += fsdb_db.FLUSH_SPACING * 0.5 - tree.db.register_delay
+    assert tree.sync_due()

@@ -64,6 +64,9 @@ LOCK_TIMEOUT = 30.0
 #: metadata kept in memory, in bytes of its JSON (a parsed document takes a few times
 #: that); the least recently used documents are read again when asked for
 METADATA_KEPT_BYTES = 32 << 20
+#: lazy registrations are written to files.json at most once per this many times what its
+#: last write took (then its rewrites take at most 1/20 of a long copy's time)
+FLUSH_SPACING = 20
 
 
 class DBBusyError(OSError):
@@ -194,8 +197,11 @@ def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
 
 def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:               # (the locks' folder, made once)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
     except OSError as exc:                      # a read-only database: nothing to coordinate
         log.debug("no plantdb lock for %s: %s", parts, exc)
         return None
@@ -595,6 +601,7 @@ class FSDB:
         self.is_connected = False
         self.register_lazily = False
         self.register_delay = 1.0                   # seconds a lazy registration may wait
+        self._last_flush_s = 0.0                    # what the last write of files.json took
         #: work done, for tests and status: files_json_reads/_writes, metadata_reads
         self.counts: Counter[str] = Counter()
         self._lock = RootLock(self.basedir)
@@ -659,6 +666,7 @@ class FSDB:
 
     def flush(self) -> None:
         """Write every lazy registration to files.json (then the journal is emptied)."""
+        started = time.monotonic()
         with self._files_lock:
             for scan_id in list(self._dirty):
                 scan = self.scans.get(scan_id)
@@ -670,6 +678,7 @@ class FSDB:
                 os.close(self._journal_fd)
                 self._journal_fd = None
                 _unlink(os.path.join(self.basedir, layout.JOURNAL))
+            self._last_flush_s = time.monotonic() - started
 
     def _keep_metadata(self, obj: _Metadata, size: int | None = None) -> None:
         """`obj` used its metadata (loaded anew: `size` bytes of JSON): keep it in memory,
@@ -687,9 +696,13 @@ class FSDB:
                 self._metadata_bytes -= old_size
 
     def flush_due(self) -> bool:
-        """Some registration has waited `register_delay` seconds."""
+        """Some registration has waited `register_delay` seconds, and FLUSH_SPACING times
+        what the last write of files.json took: rewriting a files.json that grows with
+        each copied file (its every entry, each time) stays a bounded share of a copy's
+        time, so the cost per copied file does not grow with the fileset."""
         oldest = min(self._dirty.values(), default=None)
-        return oldest is not None and time.monotonic() - oldest >= self.register_delay
+        return (oldest is not None
+                and time.monotonic() - oldest >= max(self.register_delay, FLUSH_SPACING * self._last_flush_s))
 
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""

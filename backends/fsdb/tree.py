@@ -35,7 +35,7 @@ from collections import Counter
 
 from ...formats import fsdb as layout
 from ..cache import ByteCache
-from ..blocks import ListingSnapshot
+from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
 from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
@@ -198,11 +198,15 @@ class DataFile(File):
         self.name = name
         self._attr: Attr | None = None         # learned from the disk, until a writer commits
         self._commits = 0                       # a stat that raced a commit is not kept
+        self.writer: NewFileHandle | None = None    # the open handle of a new file not yet on disk
 
     def _path(self) -> str:
         return os.path.join(self.file.fileset.path(), self.name)
 
     def cached_attr(self) -> Attr | None:
+        writer = self.writer
+        if self._attr is None and writer is not None:
+            return writer.attr_nowait()
         return self._attr
 
     def forget_attr(self) -> None:
@@ -215,7 +219,8 @@ class DataFile(File):
         try:
             st = self.tree.db.files.stat(self._path())
         except FileNotFoundError:               # created, not yet closed
-            return Attr(FILE_MODE, 0, 0)
+            writer = self.writer
+            return (writer is not None and writer.attr_nowait()) or Attr(FILE_MODE, 0, 0)
         attr = Attr(FILE_MODE, st.size, st.mtime_ns)
         if commits == self._commits:
             self._attr = attr
@@ -248,6 +253,10 @@ class DataFile(File):
             self.folder.committed(self)
 
     def open_read(self) -> FileHandle:
+        writer = self.writer
+        kept = writer.kept() if writer is not None else None
+        if kept is not None:                    # new, not yet closed: what was written so far
+            return BytesHandle(kept)
         handle = self.tree.db.files.open_read(self._path())
         handle.keep_cache = True        # changes come through the mount, and are reported
         return handle
@@ -269,12 +278,29 @@ class NewFileHandle(FileHandle):
     its temporary file at that write, and goes on as one (`DataFile.open`)."""
     flush_blocks = True
 
-    def __init__(self, data: "DataFile"):
+    def __init__(self, data: "DataFile", created_ns: int):
         self.data = data
         self.tree = data.tree
+        self._created_ns = created_ns
         self._buffer: bytearray | None = bytearray()
         self._on_disk: TempFileHandle | None = None
         self._lock = threading.Lock()
+        data.writer = self
+
+    def attr_nowait(self) -> Attr | None:
+        """What the file shows while its bytes are kept here (`cp -a` sets its times before
+        it closes), or None: moved to disk, or the lock is busy doing so."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return None if self._buffer is None else Attr(FILE_MODE, len(self._buffer), self._created_ns)
+        finally:
+            self._lock.release()
+
+    def kept(self) -> bytes | None:
+        """The bytes written so far while they are kept here (another reader's), else None."""
+        with self._lock:
+            return None if self._buffer is None else bytes(self._buffer)
 
     def write_nowait(self, offset: int, data: bytes) -> int | None:
         end = offset + len(data)
@@ -325,6 +351,8 @@ class NewFileHandle(FileHandle):
                 self.tree.keep_new_bytes(-len(self._buffer))
                 self._buffer = None
             handle = self._on_disk
+            if self.data.writer is self:
+                self.data.writer = None
         if handle is not None:
             handle.release()
 
@@ -659,7 +687,10 @@ class FilesetFolder(Folder):
             self.pending[name] = file
             return self._data(file, name)
         data = under_lock_nowait(tree.lock, made)
-        return None if data is None else (data, Attr(FILE_MODE, 0, time.time_ns()), NewFileHandle(data))
+        if data is None:
+            return None
+        handle = NewFileHandle(data, time.time_ns())
+        return data, handle.attr_nowait(), handle
 
     def create(self, name: str, mode: int) -> File:
         with self.tree.lock:

@@ -518,6 +518,7 @@ class OverlayTree(Tree):
 class MergedNode(Node):
     """A file, link, special file or directory of the merged view."""
     __slots__ = ("tree", "ino", "kind", "place", "source", "key")
+    set_attr_blocks = True      # (a copy-up, then the overlay's file)
 
     def __init__(self, tree: OverlayTree, place: tuple["MergedDir | None", str]):
         self.tree = tree

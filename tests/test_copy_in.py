@@ -1,0 +1,93 @@
+"""Copying new files into the writable mounts (`.iid` entry folders, an FSDB fileset) costs
+a fixed, small number of FUSE requests and worker-thread calls per file: the same for the
+500th file as for the first, and one worker call (the commit at close) even for `cp -a`,
+whose chmod, chown and utimens of each file need no thread."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import walk_samples
+from conftest import daemon_status
+
+COPIES = 500
+#: files copied by one cp whose cost is compared: the first ones, and the last ones
+WINDOW = 20
+#: requests per file of a `cp -a` of many, as traced (strace of cp, the daemon's -d log);
+#: each is forced by the kernel or by cp: LOOKUP twice for a new name (cp's stat, then the
+#: open's O_EXCL, which never trusts a cached missing name), GETATTR of the folder (a
+#: create drops its attributes, and resolving a path through it checks its mode), CREATE,
+#: WRITE, two SETATTR (utimens, chown), FLUSH, RELEASE, GETATTR of the copy (cp notes what
+#: it made); an .iid entry adds its folder's MKDIR and three SETATTR, and the LOOKUP of
+#: mask.png in it
+REQUESTS = {"fsdb": 10, "iid": 15}
+
+
+def _cost(mnt, fn) -> dict:
+    """Requests and worker calls of `fn()`, without those of reading the status twice."""
+    before = daemon_status(mnt)
+    fn()
+    after = daemon_status(mnt)
+    return {key: after[key] - before[key] for key in ("requests", "worker_calls")}
+
+
+@pytest.mark.parametrize("kind", ["fsdb", "iid"])
+def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, tmp_path, mount):
+    if kind == "fsdb":
+        source = walk_samples.fsdb(tmp_path / "db", 1, 1, 3)
+        options = ("-o", "register_delay=600")        # (files.json is written in a batch, later)
+    else:
+        source = walk_samples.iid(tmp_path / "cells.iid", 3)
+        options = ("-o", "writeback_delay=600")       # (the .iid is rewritten once, later)
+    mnt = mount(source.path, *options)
+    dest = mnt / source.write_dir
+    new = tmp_path / "new"
+    new.mkdir()
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(png, format="PNG")
+    names = []
+    for i in range(COPIES + 2):
+        if kind == "fsdb":
+            (new / f"new_{i:04d}.png").write_bytes(bytes([i % 256]) * 700)
+            names.append(str(new / f"new_{i:04d}.png"))
+        else:
+            (new / f"new-{i:04d}").mkdir()
+            (new / f"new-{i:04d}" / "mask.png").write_bytes(png.getvalue())
+            names.append(str(new / f"new-{i:04d}"))
+
+    def cp(*paths: str) -> None:
+        subprocess.run(["cp", "-a", *paths, str(dest)], check=True)
+
+    cp(*names[:2])                  # (the path to dest looked up, and each cp ends alike)
+    status_read = _cost(mnt, lambda: None)
+    first = _cost(mnt, lambda: cp(*names[2:2 + WINDOW]))
+    cp(*names[2 + WINDOW:-WINDOW])
+    last = _cost(mnt, lambda: cp(*names[-WINDOW:]))
+    assert first == last
+    per_file = {key: (first[key] - status_read[key]) / WINDOW for key in first}
+    assert per_file["worker_calls"] == 1
+    assert per_file["requests"] <= REQUESTS[kind]
+    assert {os.path.basename(name) for name in names} <= set(os.listdir(dest))
+
+
+def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):
+    """While `cp -a` (or any writer) holds a new file open, its size and bytes so far are
+    what stat and another reader see, as on a local disk (answered from memory), and its
+    close registers the whole file."""
+    mnt = mount(walk_samples.fsdb(tmp_path / "db", 1, 1, 2).path)
+    path = mnt / "scan_000" / "fileset_0" / "new.png"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"a" * 100)
+        os.utime(path, None)
+        assert os.stat(path).st_size == 100
+        assert path.read_bytes() == b"a" * 100
+        os.write(fd, b"b" * 50)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"a" * 100 + b"b" * 50

@@ -374,10 +374,12 @@ class Tree:
         self._content_listeners.append(listener)
 
     def offer(self, ino: int, data: bytes) -> None:
-        """The whole content of file `ino`, made ahead of a reader (read-ahead): the kernel
-        may cache it now, so that the reader finds it there and sends no read. Only for
-        content that never changes and whose handles say `keep_cache` (an open that does
-        not keep the cache drops it). From any thread; a listener never blocks."""
+        """The content of file `ino`, made ahead of a reader (read-ahead): the kernel may
+        cache it now, so that the reader finds it there and sends no read. A leading part
+        of whole pages (the rest is read as usual) lets a backend see such a reader pass,
+        which it does not otherwise where the kernel opens files itself. Only for content
+        that never changes and whose handles say `keep_cache` (an open that does not keep
+        the cache drops it). From any thread; a listener never blocks."""
         for listener in self._content_listeners:
             listener(ino, data)
 

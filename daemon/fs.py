@@ -28,6 +28,7 @@ from ..backends.blocks import BytesHandle
 from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
+from .unopened import UnopenedFiles
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ STORE_PENDING_BYTES = 64 << 20
 KERNEL_LISTINGS = 1024
 #: set to 0 to make the daemon behave as with an unpatched pyfuse3 (listings never cached)
 LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
+#: files of a read-only mount whose backend handles are kept open for the kernel's reads
+#: (`read_unopened`): each may hold its whole content in memory
+UNOPENED_FILES = 64
+#: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
+KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -68,6 +74,8 @@ class Counters:
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
     opendirs: int = 0
+    opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
+    reads: int = 0                  # READ requests
     readdirs: int = 0               # what listings the kernel could not answer from its cache
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
@@ -239,6 +247,22 @@ def kernel_listing_cache() -> bool:
     return True
 
 
+def kernel_opens_files(tree: Tree) -> bool:
+    """Whether OPEN is answered with ENOSYS, so that the kernel opens files itself: for
+    read-only trees, with a pyfuse3 that tells reads of such files their inode
+    (`Operations.read_unopened`, daemon/pyfuse3-patches). Says why not, once a mount."""
+    if tree.writable:
+        return False                        # writers need handles: their flush commits
+    if not hasattr(pyfuse3.Operations, "read_unopened"):
+        log.info("pyfuse3 %s has no Operations.read_unopened (daemon/pyfuse3-patches): every file "
+                 "read costs an open and a release", getattr(pyfuse3, "__version__", "?"))
+        return False
+    if os.environ.get(KERNEL_OPEN_ENV) == "0":
+        log.info("%s=0: files are opened through the daemon", KERNEL_OPEN_ENV)
+        return False
+    return True
+
+
 def _guard(fn):
     """Map every exception of a handler to FUSEError, logging it once."""
     name = fn.__name__
@@ -273,11 +297,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, *, threads: int = 8, timeout: float = 60.0, policy: CachePolicy | None = None,
-                 info: dict[str, str] | None = None):
+                 info: dict[str, str] | None = None, kernel_opens: bool = False):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
         self.cache_listings = self.policy.cache_listings and kernel_listing_cache()
+        self.kernel_opens = kernel_opens       # OPEN says ENOSYS: see `kernel_opens_files`
+        self.unopened = UnopenedFiles(UNOPENED_FILES, self._release_later)
         # file contents and names get threads of their own, so that reads stuck on a hung
         # source cannot starve `ls` of the threads it needs
         self.data_limiter = trio.CapacityLimiter(threads)
@@ -291,6 +317,8 @@ class Operations(pyfuse3.Operations):
         self._kernel_listings: OrderedDict[int, object] = OrderedDict()   # directory -> reader (`_Listing`)
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
+        self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
         tree.listen(self.notifier.report)
         tree.listen_content(self.notifier.store)
@@ -382,6 +410,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         if parent_inode == ROOT_INO and name == CONTROL_NAME.encode():
             self._remember(CONTROL_INO)
+            self._control = self._control_bytes(), max(time.time_ns(), self._control[1] + 1)
             return self._control_entry()
         directory = self._directory(parent_inode)
 
@@ -422,6 +451,7 @@ class Operations(pyfuse3.Operations):
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
                     self._kernel_listings.pop(ino, None)        # the kernel's listing went with the inode
+                    self.unopened.forget(ino)
                     self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
@@ -534,18 +564,25 @@ class Operations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------------------
     @_guard
     async def open(self, inode, flags, ctx):
+        self.counters.opens += 1
+        if self.kernel_opens:
+            # the kernel then opens every file itself (and sends no RELEASE): reads come by
+            # inode to `read_unopened`, and the file's pages are kept across opens
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if inode == CONTROL_INO:
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True)
+        return self._add_handle(await self._open_file(inode, flags))
+
+    async def _open_file(self, inode: int, flags: int) -> FileHandle:
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         writing = writes(flags)
         if writing:
             self._writable(inode)
-        handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
-        return self._add_handle(handle)
+        return node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
 
     def _add_handle(self, handle: FileHandle, direct_io: bool = False) -> pyfuse3.FileInfo:
         fh = self._next_fh
@@ -557,12 +594,59 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh, off, size):
-        handle = self._handle(fh)
+        self.counters.reads += 1
+        return await self._read(self._handle(fh), off, size)
+
+    async def _read(self, handle: FileHandle, off: int, size: int) -> bytes:
         data = handle.cached_read(off, size)
         if data is None:
             data = await self._run(handle.read, off, size, data=True)
         self.counters.bytes_read += len(data)
         return data
+
+    @_guard
+    async def read_unopened(self, inode, off, size):
+        """A read of a file the kernel opened itself (`open` answered ENOSYS): through the
+        handle kept for its inode, opened at its first read. The status file serves what
+        its last lookup made (each open by name looks it up: its attributes time out at
+        once, and a new mtime makes the kernel drop the pages it kept). A file that fails
+        is logged once while it keeps failing: the kernel asks again at once."""
+        self.counters.reads += 1
+        if inode == CONTROL_INO:
+            data = self._control[0][off:off + size]
+            self.counters.bytes_read += len(data)
+            return data
+        try:
+            data = await self._read_by_inode(inode, off, size)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            failure = inode, repr(exc)
+            if failure == self._last_failure:
+                raise pyfuse3.FUSEError(getattr(exc, "errno", None) or errno.EIO) from None
+            self._last_failure = failure
+            raise
+        self._last_failure = None
+        return data
+
+    async def _read_by_inode(self, inode: int, off: int, size: int) -> bytes:
+        held = self.unopened.begin(inode) or self.unopened.add(inode, await self._open_file(inode, os.O_RDONLY))
+        at_end = True
+        try:
+            data = await self._read(held.handle, off, size)
+            at_end = len(data) < size
+            return data
+        finally:
+            self.unopened.end(inode, held, at_end)
+
+    def _release_later(self, handle: FileHandle) -> None:
+        """Release a handle off the request path (`UnopenedFiles`): nobody waits for it."""
+        async def release():
+            try:
+                await self._call(handle.release, handle.release_blocks, data=True)
+            except Exception as exc:
+                log.warning("releasing a file handle failed: %s", exc)
+        trio.lowlevel.spawn_system_task(release)
 
     # -- changes (writable trees; read-only ones are mounted `ro` and never get here) --
     def _writable(self, *inodes: int) -> None:
@@ -783,6 +867,8 @@ class Operations(pyfuse3.Operations):
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead,
                       opendir_requests=c.opendirs, readdir_requests=c.readdirs,
+                      open_requests=c.opens, read_requests=c.reads, files_opened_by_kernel=self.kernel_opens,
+                      files_held_by_inode=len(self.unopened),
                       listings_cached_in_kernel=self.cache_listings,
                       notify_waits=c.notify_waits,
                       known_inodes=self.known_inodes,
@@ -794,7 +880,7 @@ class Operations(pyfuse3.Operations):
         return (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
 
     def _control_entry(self) -> pyfuse3.EntryAttributes:
-        entry = self._entry(CONTROL_INO, Attr(stat.S_IFREG | 0o444, len(self._control_bytes()),
-                                              int(self.counters.started * 1e9)))
+        data, mtime_ns = self._control
+        entry = self._entry(CONTROL_INO, Attr(stat.S_IFREG | 0o444, len(data), mtime_ns))
         entry.entry_timeout = entry.attr_timeout = 0
         return entry

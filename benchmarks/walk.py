@@ -9,8 +9,9 @@ For each source the plain copy is made with `rsync -a` of the mount onto the sam
 Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
 and the page cache dropped when run as root) and warm (run once before, same mount):
 `ls -lR`, `find`, `find -printf %s`, `du -s`, reading every small file, `tar cf - | wc
--c` and `rsync -a` to a scratch folder; then `cp` of 1,000 new files into an FSDB
-fileset and into new entry folders of an `.iid` mount. Printed are the medians and the
+-c` and `rsync -a` to a scratch folder (the first `.iid` also mounted `-o ro`, where the
+kernel opens files itself); then `cp` of 1,000 new files into an FSDB fileset and into
+new entry folders of an `.iid` mount. Printed are the medians and the
 ratio plain time / mount time (1: as fast as the plain copy, 0.5: twice as slow). The
 1,000,000-frame imgstore is listed against 1,000,000 empty files of the same names (a
 real copy would be 900 GB). Everything printed also goes to benchmarks/results/walk-latest.txt.
@@ -19,6 +20,7 @@ Only the scopefs CLI and the writers' public APIs are used, so it runs on any ve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -371,9 +373,12 @@ def main() -> None:
             run_walks(f"imgstore, {frames:,} frames of 320x240 (MJPEG, served as PNG)", source, work, args.cold)
             frame_reads(work, source, frames)
         if "iid" in kinds:
-            for entries in sizes["iid"]:
+            for n, entries in enumerate(sizes["iid"]):
                 source = walk_samples.iid(work / f"cells-{entries}.iid", entries)
                 run_walks(f".iid, {entries:,} entries", source, work, args.cold)
+                if n == 0:                  # read-only: the kernel opens files itself
+                    run_walks(f".iid, {entries:,} entries, -o ro", dataclasses.replace(
+                        source, options=[*source.options, "-o", "ro"], write_dir=None), work, args.cold)
             if sizes["copy_in"]:
                 copy_in(f".iid, {entries:,} entries: new entry folders", source, work, sizes["copy_in"], True)
         if "fsdb" in kinds:

@@ -233,34 +233,34 @@ class _Listing:
     ino: int = 0
 
 
-def kernel_listing_cache() -> bool:
-    """Whether opendir can ask the kernel to cache listings: a pyfuse3 built with
-    daemon/pyfuse3-patches (`./dev setup` does) has `FileInfo.cache_readdir`; with any other
-    every listing stays a request, as it always was. Says which, once a mount."""
-    if not hasattr(pyfuse3.FileInfo, "cache_readdir"):
-        log.info("pyfuse3 %s has no FileInfo.cache_readdir (daemon/pyfuse3-patches): directory "
-                 "listings are not cached in the kernel", getattr(pyfuse3, "__version__", "?"))
+def _patch_used(present: bool, what: str, env: str, otherwise: str) -> bool:
+    """Whether the daemon uses a feature of daemon/pyfuse3-patches (`./dev setup` builds
+    pyfuse3 with them): `present` in this pyfuse3 (`what`), and not turned off by `env`=0.
+    Says why not (`otherwise`: how the daemon works then), once a mount."""
+    if not present:
+        log.info("pyfuse3 %s has no %s (daemon/pyfuse3-patches): %s", getattr(pyfuse3, "__version__", "?"),
+                 what, otherwise)
         return False
-    if os.environ.get(LISTING_CACHE_ENV) == "0":
-        log.info("%s=0: directory listings are not cached in the kernel", LISTING_CACHE_ENV)
+    if os.environ.get(env) == "0":
+        log.info("%s=0: %s", env, otherwise)
         return False
     return True
+
+
+def kernel_listing_cache() -> bool:
+    """Whether opendir can ask the kernel to cache listings (`FileInfo.cache_readdir`);
+    if not, every listing stays a request, as it always was."""
+    return _patch_used(hasattr(pyfuse3.FileInfo, "cache_readdir"), "FileInfo.cache_readdir", LISTING_CACHE_ENV,
+                       "directory listings are not cached in the kernel")
 
 
 def kernel_opens_files(tree: Tree) -> bool:
     """Whether OPEN is answered with ENOSYS, so that the kernel opens files itself: for
-    read-only trees, with a pyfuse3 that tells reads of such files their inode
-    (`Operations.read_unopened`, daemon/pyfuse3-patches). Says why not, once a mount."""
-    if tree.writable:
-        return False                        # writers need handles: their flush commits
-    if not hasattr(pyfuse3.Operations, "read_unopened"):
-        log.info("pyfuse3 %s has no Operations.read_unopened (daemon/pyfuse3-patches): every file "
-                 "read costs an open and a release", getattr(pyfuse3, "__version__", "?"))
-        return False
-    if os.environ.get(KERNEL_OPEN_ENV) == "0":
-        log.info("%s=0: files are opened through the daemon", KERNEL_OPEN_ENV)
-        return False
-    return True
+    read-only trees (writers need handles: their flush commits), with a pyfuse3 that
+    tells reads of such files their inode (`Operations.read_unopened`)."""
+    return not tree.writable and _patch_used(hasattr(pyfuse3.Operations, "read_unopened"),
+                                             "Operations.read_unopened", KERNEL_OPEN_ENV,
+                                             "every file read costs an open and a release")
 
 
 def _guard(fn):

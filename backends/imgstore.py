@@ -248,8 +248,10 @@ class FrameService:
         return data
 
     def opening(self, i: int) -> None:
-        """Frame i is being opened: a reader whose frames were read ahead into the
-        kernel's page cache sends opens but no reads, and must keep the read-ahead going."""
+        """Frame i is being opened: where the daemon sees opens, a reader whose frames were
+        read ahead into the kernel's page cache sends opens but no reads, and must keep the
+        read-ahead going (where the kernel opens files itself, a frame is opened at its
+        first read, and signposts keep it going)."""
         self._reading(i)
 
     def _reading(self, i: int) -> None:

@@ -102,6 +102,16 @@ class Mount:
         self.unmount()
         os.rmdir(self.path)
 
+    def requests(self) -> int:
+        return json.loads((self.path / ".scopefs").read_text())["requests"]
+
+    def requests_per(self, fn, count: int) -> float:
+        """Requests the daemon answered for one run of `fn` over the mount, per item
+        (less what reading its status costs)."""
+        before, start = self.requests(), self.requests()
+        fn(self.path)
+        return (self.requests() - start - (start - before)) / count
+
     def daemon_cpu_s(self) -> float:
         """CPU seconds the mount's daemon has used (user + system)."""
         pid = json.loads((self.path / ".scopefs").read_text())["pid"]
@@ -185,6 +195,8 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
             fn(mnt.path)
             results[label, "warm"] = compare(f"{label}, warm", lambda fn=fn: timed(fn, plain),
                                              lambda fn=fn: timed(fn, mnt.path), goal)
+            if label.startswith("read small files"):
+                report(f"    {'daemon requests per file, warm':<38} {mnt.requests_per(fn, len(small)):.2f}")
     finally:
         mnt.close()
         shutil.rmtree(scratch, ignore_errors=True)

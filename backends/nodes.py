@@ -251,7 +251,9 @@ class FileHandle:
     """One open file. `cached_read` answers only with bytes already in memory (None:
     then `read`). Writable handles also implement `write`, `truncate` and `flush` (close
     and fsync call it; it may refuse what was written with an OSError, which the writer
-    sees as the error of close or fsync)."""
+    sees as the error of close or fsync). On a read-only tree the kernel opens files
+    without asking: the daemon then opens a handle at a file's first read, may serve
+    several readers with it, and releases it later than their close (daemon/unopened.py)."""
 
     #: flush, fsync (by default flush) or release may block: each that may says so, and
     #: the daemon calls it in a worker thread (the thread rule above); a write that goes

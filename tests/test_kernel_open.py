@@ -64,7 +64,7 @@ def test_files_read_again_cost_no_request(kind, mount, tmp_path):
     assert min(requests_during(mnt, lambda: read_all(files)) for _ in range(3)) <= 2
     assert min(counts_during(mnt, lambda: read_all(files)) for _ in range(3)) == (0, 0)
     state = status(mnt)
-    assert state["files_opened_by_kernel"] and state["open_requests"] <= 1
+    assert state["files_opened_by_kernel"] and state["open_requests"] == 1     # the one answered ENOSYS
     assert state["files_held_by_inode"] <= 64
 
 

@@ -413,3 +413,24 @@ async def test_where_the_kernel_opens_files_reads_come_by_inode(caplog):
         assert err.value.errno == errno.EIO
     assert sum("cannot make it" in r.getMessage() for r in caplog.records) == 1
     assert ops.counters.errors == 3 and ops.status()["read_requests"] == 7
+
+
+def test_handles_by_inode_are_bounded_and_never_released_under_a_read():
+    from scopefs.daemon.unopened import UnopenedFiles
+    released = []
+    files = UnopenedFiles(2, released.append)
+    a, b, c = FileHandle(), FileHandle(), FileHandle()
+    reading = files.add(1, a)                   # a read of inode 1 in flight
+    files.end(2, files.add(2, b), at_end=False)
+    files.end(3, files.add(3, c), at_end=False)  # a third file: inode 1 goes first...
+    assert released == [] and len(files) == 2   # ...but only once its read is over
+    files.end(1, reading, at_end=False)
+    assert released == [a]
+    held = files.begin(2)
+    assert held.handle is b and files.add(2, FileHandle()) is held    # a second open loses
+    assert len(released) == 2
+    files.forget(2)                             # the kernel forgot it under two reads
+    files.end(2, held, at_end=True)
+    assert b not in released
+    files.end(2, held, at_end=False)
+    assert released[-1] is b and len(files) == 1

@@ -15,6 +15,7 @@ import datetime as _dt
 import errno
 import json
 import logging
+import mmap
 import os
 import re
 import stat
@@ -121,7 +122,10 @@ class FrameService:
     single-flight decode+encode through bounded caches, and read-ahead for sequential
     readers that keeps the video decoder positioned. A frame read ahead is offered
     (`offer(i, data)`) for the kernel's page cache: a reader that opens it next (tar,
-    rsync, cp) reads it from there, without a request."""
+    rsync, cp) reads it from there, without a request. Where the kernel opens files
+    without asking (a read-only mount), such a reader sends nothing at all for those
+    frames, so of every `signpost_every`-th frame the last page is kept back: its read
+    (one request) tells where the reader is, and moves the read-ahead on."""
 
     def __init__(self, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, *, encoded_cache: int,
                  decoded_cache: int, prefetch: int, passthrough: bool):
@@ -148,6 +152,8 @@ class FrameService:
         self._decode_ahead = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead") if prefetch else None
         self._encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="encode") if prefetch else None
         self._last_read = -2
+        self._ahead_to = -2                     # the last frame read ahead
+        self.signpost_every = max(1, prefetch // 2)
         self._lock = threading.Lock()
         self.frames_decoded = 0
         self.frames_offered = 0                 # read ahead before the reader came: given to `offer`
@@ -242,16 +248,19 @@ class FrameService:
         return data
 
     def opening(self, i: int) -> None:
-        """Frame i is being opened: a reader whose frames were read ahead into the
-        kernel's page cache sends opens but no reads, and must keep the read-ahead going."""
+        """Frame i is being opened: where the daemon sees opens, a reader whose frames were
+        read ahead into the kernel's page cache sends opens but no reads, and must keep the
+        read-ahead going (where the kernel opens files itself, a frame is opened at its
+        first read, and signposts keep it going)."""
         self._reading(i)
 
     def _reading(self, i: int) -> None:
-        """Frame i is being read: after i-1, read ahead from it."""
+        """Frame i is being read: after i-1, or after frames read ahead up to i-1 (which
+        the reader may have found in the kernel's page cache), read ahead from it."""
         if self._decode_ahead is None:
             return
         with self._lock:
-            sequential = i == self._last_read + 1
+            sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
             self._last_read = i
         if sequential:
             self._decode_ahead.submit(self._read_ahead, i)
@@ -264,6 +273,7 @@ class FrameService:
             with self._lock:
                 if self._last_read > j:
                     return                       # the reader is already past us
+                self._ahead_to = max(self._ahead_to, j)
             if not self.encoded.claim(j):
                 continue
             try:
@@ -284,7 +294,8 @@ class FrameService:
             ahead = self._last_read < j          # (a reader already there reads it itself)
             self.frames_offered += ahead
         if ahead:
-            self.offer(j, data)
+            signpost = j % self.signpost_every == 0
+            self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data)
 
     def close(self) -> None:
         for pool in (self._decode_ahead, self._encoders):

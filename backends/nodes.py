@@ -258,8 +258,11 @@ class FileHandle:
     """One open file. `cached_read` answers only with bytes already in memory (None:
     then `read`). Writable handles also implement `write`, `truncate` and `flush` (close
     and fsync call it; it may refuse what was written with an OSError, which the writer
-    sees as the error of close or fsync). A handle opened without `writes(flags)` has
-    nothing to flush: the kernel is told not to send its close (FOPEN_NOFLUSH)."""
+    sees as the error of close or fsync). A handle opened without
+    `writes(flags)` has nothing to flush: the kernel is told not to send its close
+    (FOPEN_NOFLUSH). On a read-only tree the kernel opens files without asking: the daemon
+    then opens a handle at a file's first read, may serve several readers with it, and
+    releases it later than their close (daemon/unopened.py)."""
 
     #: flush, fsync (by default flush) or release may block: each that may says so, and
     #: the daemon calls it in a worker thread (the thread rule above); a write that goes
@@ -382,10 +385,12 @@ class Tree:
         self._content_listeners.append(listener)
 
     def offer(self, ino: int, data: bytes) -> None:
-        """The whole content of file `ino`, made ahead of a reader (read-ahead): the kernel
-        may cache it now, so that the reader finds it there and sends no read. Only for
-        content that never changes and whose handles say `keep_cache` (an open that does
-        not keep the cache drops it). From any thread; a listener never blocks."""
+        """The content of file `ino`, made ahead of a reader (read-ahead): the kernel may
+        cache it now, so that the reader finds it there and sends no read. A leading part
+        of whole pages (the rest is read as usual) lets a backend see such a reader pass,
+        which it does not otherwise where the kernel opens files itself. Only for content
+        that never changes and whose handles say `keep_cache` (an open that does not keep
+        the cache drops it). From any thread; a listener never blocks."""
         for listener in self._content_listeners:
             listener(ino, data)
 

@@ -9,8 +9,9 @@ For each source the plain copy is made with `rsync -a` of the mount onto the sam
 Then, alternating plain and mount, each walk runs --repeat times cold (a fresh mount,
 and the page cache dropped when run as root) and warm (run once before, same mount):
 `ls -lR`, `find`, `find -printf %s`, `du -s`, reading every small file, `tar cf - | wc
--c` and `rsync -a` to a scratch folder; then `cp` of 1,000 new files into an FSDB
-fileset and into new entry folders of an `.iid` mount. Printed are the medians and the
+-c` and `rsync -a` to a scratch folder (the first `.iid` also mounted `-o ro`, where the
+kernel opens files itself); then `cp` of 1,000 new files into an FSDB fileset and into
+new entry folders of an `.iid` mount. Printed are the medians and the
 ratio plain time / mount time (1: as fast as the plain copy, 0.5: twice as slow). The
 1,000,000-frame imgstore is listed against 1,000,000 empty files of the same names (a
 real copy would be 900 GB). Everything printed also goes to benchmarks/results/walk-latest.txt.
@@ -19,6 +20,7 @@ Only the scopefs CLI and the writers' public APIs are used, so it runs on any ve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -99,6 +101,16 @@ class Mount:
     def close(self) -> None:
         self.unmount()
         os.rmdir(self.path)
+
+    def requests(self) -> int:
+        return json.loads((self.path / ".scopefs").read_text())["requests"]
+
+    def requests_per(self, fn, count: int) -> float:
+        """Requests the daemon answered for one run of `fn` over the mount, per item
+        (less what reading its status costs)."""
+        before, start = self.requests(), self.requests()
+        fn(self.path)
+        return (self.requests() - start - (start - before)) / count
 
     def daemon_cpu_s(self) -> float:
         """CPU seconds the mount's daemon has used (user + system)."""
@@ -183,6 +195,8 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
             fn(mnt.path)
             results[label, "warm"] = compare(f"{label}, warm", lambda fn=fn: timed(fn, plain),
                                              lambda fn=fn: timed(fn, mnt.path), goal)
+            if label.startswith("read small files"):
+                report(f"    {'daemon requests per file, warm':<38} {mnt.requests_per(fn, len(small)):.2f}")
     finally:
         mnt.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -392,9 +406,12 @@ def main() -> None:
             run_walks(f"imgstore, {frames:,} frames of 320x240 (MJPEG, served as PNG)", source, work, args.cold)
             frame_reads(work, source, frames)
         if "iid" in kinds:
-            for entries in sizes["iid"]:
+            for n, entries in enumerate(sizes["iid"]):
                 source = walk_samples.iid(work / f"cells-{entries}.iid", entries)
                 run_walks(f".iid, {entries:,} entries", source, work, args.cold)
+                if n == 0:                  # read-only: the kernel opens files itself
+                    run_walks(f".iid, {entries:,} entries, -o ro", dataclasses.replace(
+                        source, options=[*source.options, "-o", "ro"], write_dir=None), work, args.cold)
             if sizes["copy_in"]:
                 copy_in(f".iid, {entries:,} entries: new entry folders", source, work, sizes["copy_in"], True)
         if "fsdb" in kinds:

@@ -28,6 +28,7 @@ from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, Fi
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
 from .listings import FolderListings, Listing, POSITION_MASK
+from .unopened import UnopenedFiles
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ STORE_PENDING_BYTES = 64 << 20
 LISTING_CACHE_ENV = "SCOPEFS_LISTING_CACHE"
 #: whether open can tell the kernel that a close commits nothing (FOPEN_NOFLUSH, the patch)
 NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
+#: files of a read-only mount whose backend handles are kept open for the kernel's reads
+#: (`read_unopened`): each may hold its whole content in memory
+UNOPENED_FILES = 64
+#: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
+KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
@@ -68,6 +74,8 @@ class Counters:
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
     opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
+    opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
+    reads: int = 0                  # READ requests
     readdirs: int = 0               # what listings the kernel could not answer from its cache
     releasedirs: int = 0
     readlinks: int = 0              # none twice for one link where the kernel caches targets
@@ -206,19 +214,36 @@ class Notifier:
         return False
 
 
+def _patch_used(present: bool, what: str, env: str, otherwise: str) -> bool:
+    """Whether the daemon uses a feature of daemon/pyfuse3-patches (`./dev setup` builds
+    pyfuse3 with them): `present` in this pyfuse3 (`what`), and not turned off by `env`=0.
+    Says why not (`otherwise`: how the daemon works then), once a mount."""
+    if not present:
+        log.info("pyfuse3 %s has no %s (daemon/pyfuse3-patches): %s", getattr(pyfuse3, "__version__", "?"),
+                 what, otherwise)
+        return False
+    if os.environ.get(env) == "0":
+        log.info("%s=0: %s", env, otherwise)
+        return False
+    return True
+
+
 def kernel_listing_cache() -> bool:
     """Whether the kernel may open directories itself and cache their listings: a pyfuse3
     built with daemon/pyfuse3-patches (`./dev setup` does) tells readdir the directory
     (`ReaddirToken.inode`); with any other every directory is opened and listed by the
-    daemon, as it always was. Says which, once a mount."""
-    if not hasattr(pyfuse3.ReaddirToken, "inode"):
-        log.info("pyfuse3 %s has no ReaddirToken.inode (daemon/pyfuse3-patches): directory "
-                 "listings are not cached in the kernel", getattr(pyfuse3, "__version__", "?"))
-        return False
-    if os.environ.get(LISTING_CACHE_ENV) == "0":
-        log.info("%s=0: directory listings are not cached in the kernel", LISTING_CACHE_ENV)
-        return False
-    return True
+    daemon, as it always was."""
+    return _patch_used(hasattr(pyfuse3.ReaddirToken, "inode"), "ReaddirToken.inode", LISTING_CACHE_ENV,
+                       "directory listings are not cached in the kernel")
+
+
+def kernel_opens_files(tree: Tree) -> bool:
+    """Whether OPEN is answered with ENOSYS, so that the kernel opens files itself: for
+    read-only trees (writers need handles: their flush commits), with a pyfuse3 that
+    tells reads of such files their inode (`Operations.read_unopened`)."""
+    return not tree.writable and _patch_used(hasattr(pyfuse3.Operations, "read_unopened"),
+                                             "Operations.read_unopened", KERNEL_OPEN_ENV,
+                                             "every file read costs an open and a release")
 
 
 def _guard(fn):
@@ -256,7 +281,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, tree: Tree, *, threads: int = 8, timeout: float = 60.0, policy: CachePolicy | None = None,
-                 info: dict[str, str] | None = None):
+                 info: dict[str, str] | None = None, kernel_opens: bool = False):
         super().__init__()
         self.tree = tree
         self.policy = policy or tree.cache_policy
@@ -264,6 +289,8 @@ class Operations(pyfuse3.Operations):
         # kernel opens directories itself and keeps their listings (`listings.py`), and
         # keeps symbolic links' targets; a tree that lets it promises to report changes
         self.kernel_opens_dirs = self.cache_symlinks = self.policy.cache_listings and kernel_listing_cache()
+        self.kernel_opens = kernel_opens       # OPEN says ENOSYS: see `kernel_opens_files`
+        self.unopened = UnopenedFiles(UNOPENED_FILES, self._release_later)
         # file contents and names get threads of their own, so that reads stuck on a hung
         # source cannot starve `ls` of the threads it needs
         self.data_limiter = trio.CapacityLimiter(threads)
@@ -279,6 +306,8 @@ class Operations(pyfuse3.Operations):
         self.folder_listings = FolderListings()          # for those the kernel opened itself
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
+        self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
         tree.listen(self.notifier.report)
         tree.listen_content(self.notifier.store)
@@ -370,6 +399,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         if parent_inode == ROOT_INO and name == CONTROL_NAME.encode():
             self._remember(CONTROL_INO)
+            self._control = self._control_bytes(), max(time.time_ns(), self._control[1] + 1)
             return self._control_entry()
         directory = self._directory(parent_inode)
 
@@ -410,6 +440,7 @@ class Operations(pyfuse3.Operations):
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
                     self.folder_listings.forget(ino)            # the kernel's listing went with the inode
+                    self.unopened.forget(ino)
                     self.tree.forget(ino)
         except Exception:
             log.exception("forget failed")
@@ -525,18 +556,26 @@ class Operations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------------------
     @_guard
     async def open(self, inode, flags, ctx):
+        self.counters.opens += 1
+        if self.kernel_opens:
+            # the kernel then opens every file itself (and sends no RELEASE): reads come by
+            # inode to `read_unopened`, and the file's pages are kept across opens
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if inode == CONTROL_INO:
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
+        handle = await self._open_file(inode, flags)
+        return self._add_handle(handle, noflush=not writes(flags))
+
+    async def _open_file(self, inode: int, flags: int) -> FileHandle:
         node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
         writing = writes(flags)
         if writing:
             self._writable(inode)
-        handle = node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
-        return self._add_handle(handle, noflush=not writing)
+        return node.open_nowait(flags) or await self._run(node.open, flags, data=True, change=writing)
 
     def _add_handle(self, handle: FileHandle, direct_io: bool = False, noflush: bool = False) -> pyfuse3.FileInfo:
         fh = self._next_fh
@@ -553,12 +592,59 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh, off, size):
-        handle = self._handle(fh)
+        self.counters.reads += 1
+        return await self._read(self._handle(fh), off, size)
+
+    async def _read(self, handle: FileHandle, off: int, size: int) -> bytes:
         data = handle.cached_read(off, size)
         if data is None:
             data = await self._run(handle.read, off, size, data=True)
         self.counters.bytes_read += len(data)
         return data
+
+    @_guard
+    async def read_unopened(self, inode, off, size):
+        """A read of a file the kernel opened itself (`open` answered ENOSYS): through the
+        handle kept for its inode, opened at its first read. The status file serves what
+        its last lookup made (each open by name looks it up: its attributes time out at
+        once, and a new mtime makes the kernel drop the pages it kept). A file that fails
+        is logged once while it keeps failing: the kernel asks again at once."""
+        self.counters.reads += 1
+        if inode == CONTROL_INO:
+            data = self._control[0][off:off + size]
+            self.counters.bytes_read += len(data)
+            return data
+        try:
+            data = await self._read_by_inode(inode, off, size)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            failure = inode, repr(exc)
+            if failure == self._last_failure:
+                raise pyfuse3.FUSEError(getattr(exc, "errno", None) or errno.EIO) from None
+            self._last_failure = failure
+            raise
+        self._last_failure = None
+        return data
+
+    async def _read_by_inode(self, inode: int, off: int, size: int) -> bytes:
+        held = self.unopened.begin(inode) or self.unopened.add(inode, await self._open_file(inode, os.O_RDONLY))
+        at_end = True
+        try:
+            data = await self._read(held.handle, off, size)
+            at_end = len(data) < size
+            return data
+        finally:
+            self.unopened.end(inode, held, at_end)
+
+    def _release_later(self, handle: FileHandle) -> None:
+        """Release a handle off the request path (`UnopenedFiles`): nobody waits for it."""
+        async def release():
+            try:
+                await self._call(handle.release, handle.release_blocks, data=True)
+            except Exception as exc:
+                log.warning("releasing a file handle failed: %s", exc)
+        trio.lowlevel.spawn_system_task(release)
 
     # -- changes (writable trees; read-only ones are mounted `ro` and never get here) --
     def _writable(self, *inodes: int) -> None:
@@ -796,6 +882,8 @@ class Operations(pyfuse3.Operations):
                       listings_cached_in_kernel=self.kernel_opens_dirs,
                       symlinks_cached_in_kernel=self.cache_symlinks,
                       listings_kept=len(self.folder_listings),
+                      open_requests=c.opens, read_requests=c.reads, files_opened_by_kernel=self.kernel_opens,
+                      files_held_by_inode=len(self.unopened),
                       notify_waits=c.notify_waits,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
@@ -806,7 +894,7 @@ class Operations(pyfuse3.Operations):
         return (json.dumps(self.status(), indent=2, sort_keys=True) + "\n").encode()
 
     def _control_entry(self) -> pyfuse3.EntryAttributes:
-        entry = self._entry(CONTROL_INO, Attr(stat.S_IFREG | 0o444, len(self._control_bytes()),
-                                              int(self.counters.started * 1e9)))
+        data, mtime_ns = self._control
+        entry = self._entry(CONTROL_INO, Attr(stat.S_IFREG | 0o444, len(data), mtime_ns))
         entry.entry_timeout = entry.attr_timeout = 0
         return entry

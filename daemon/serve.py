@@ -14,7 +14,7 @@ import trio
 
 from ..backends.kernel import mounts
 from ..backends.nodes import Tree
-from .fs import Operations
+from .fs import Operations, kernel_opens_files
 from .systemd import notify
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     gc.set_threshold(50_000, 50, 1000)
     if tree.real_owners:
         os.umask(0)            # modes arrive with the caller's umask applied by the kernel
-    ops = Operations(tree, threads=threads, timeout=timeout, info=info)
+    ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
     pyfuse3.init(ops, mountpoint, fuse_options)
     ops.notifier.start()
 

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import pyfuse3
 import pytest
+import trio
+import trio.testing
 from conftest import uncached_file
 
 from scopefs.backends.blocks import GeneratedFile, StaticDirectory
@@ -345,3 +347,90 @@ def test_a_change_waits_only_for_inodes_the_kernel_holds():
     assert notifier.mark() is None                     # nothing to wait for: no thread hop
     notifier.report((5, 7), ())
     assert notifier.mark() is not None
+
+
+class HandleLog(FileHandle):
+    def __init__(self, log: list):
+        self.log = log
+
+    def read(self, offset, size):
+        self.log.append("read")
+        return b"0123456789"[offset:offset + size]
+
+    def release(self):
+        self.log.append("released")
+
+
+class Logged(File):
+    def __init__(self, log: list):
+        self.log = log
+
+    def attr(self):
+        return Attr(stat.S_IFREG | 0o444, 10)
+
+    def open(self, flags):
+        self.log.append("opened")
+        return HandleLog(self.log)
+
+
+class Broken(File):
+    def attr(self):
+        return Attr(stat.S_IFREG | 0o444, 10)
+
+    def open(self, flags):
+        raise OSError(errno.EIO, "cannot make it")
+
+
+async def test_where_the_kernel_opens_files_reads_come_by_inode(caplog):
+    """OPEN says ENOSYS (the kernel then opens files itself); a handle is opened at an
+    inode's first read, kept for the reads that follow and released at the end of the
+    file or when the kernel forgets the inode; a file that fails is logged once."""
+    tree = SampleTree()
+    events = []
+    tree.root.add("logged", tree.add(Logged(events)))
+    tree.root.add("broken", tree.add(Broken()))
+    ops = Operations(tree, threads=2, kernel_opens=True)
+    logged = (await ops.lookup(ROOT_INO, b"logged")).st_ino
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(logged, os.O_RDONLY, None)
+    assert err.value.errno == errno.ENOSYS
+    assert await ops.read_unopened(logged, 0, 4) == b"0123"
+    assert await ops.read_unopened(logged, 4, 4) == b"4567"
+    assert events == ["opened", "read", "read"] and len(ops.unopened) == 1
+    assert await ops.read_unopened(logged, 8, 4096) == b"89"          # the end: released
+    await trio.testing.wait_all_tasks_blocked()
+    assert events[-1] == "released" and len(ops.unopened) == 0
+    events.clear()
+    await ops.read_unopened(logged, 0, 4)
+    ops.forget([(logged, 1)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert events == ["opened", "read", "released"] and len(ops.unopened) == 0
+    caplog.set_level(logging.WARNING)
+    broken = (await ops.lookup(ROOT_INO, b"broken")).st_ino
+    for _ in range(3):                          # the kernel asks again at once
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await ops.read_unopened(broken, 0, 4096)
+        assert err.value.errno == errno.EIO
+    assert sum("cannot make it" in r.getMessage() for r in caplog.records) == 1
+    assert ops.counters.errors == 3 and ops.status()["read_requests"] == 7
+
+
+def test_handles_by_inode_are_bounded_and_never_released_under_a_read():
+    from scopefs.daemon.unopened import UnopenedFiles
+    released = []
+    files = UnopenedFiles(2, released.append)
+    a, b, c = FileHandle(), FileHandle(), FileHandle()
+    reading = files.add(1, a)                   # a read of inode 1 in flight
+    files.end(2, files.add(2, b), at_end=False)
+    files.end(3, files.add(3, c), at_end=False)  # a third file: inode 1 goes first...
+    assert released == [] and len(files) == 2   # ...but only once its read is over
+    files.end(1, reading, at_end=False)
+    assert released == [a]
+    held = files.begin(2)
+    assert held.handle is b and files.add(2, FileHandle()) is held    # a second open loses
+    assert len(released) == 2
+    files.forget(2)                             # the kernel forgot it under two reads
+    files.end(2, held, at_end=True)
+    assert b not in released
+    files.end(2, held, at_end=False)
+    assert released[-1] is b and len(files) == 1

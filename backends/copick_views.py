@@ -241,6 +241,14 @@ class PicksViews:
                     out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
         return out
 
+    def folders_following(self, rel: str) -> list[str]:
+        """ExperimentRuns/<run>/Picks: the run's VoxelSpacing folders (they show its picks)."""
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "ExperimentRuns" or parts[2] != "Picks":
+            return []
+        run = "/".join(parts[:2])
+        return [f"{run}/{name}" for name in self.tree.listing(run) if self._run(f"{run}/{name}") is not None]
+
     def lookup(self, rel: str, name: str):
         for suffix in picks_format.FORMATS:
             if name.endswith(suffix) and self._run(rel) is not None:

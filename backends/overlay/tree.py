@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import math
 import os
 import stat
@@ -24,6 +25,9 @@ from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
+from .watch import OverlayWatch
+
+log = logging.getLogger(__name__)
 
 #: what `static_visible` remembers of a directory with no copy in the overlay yet
 BARE = "bare"
@@ -31,10 +35,22 @@ BARE = "bare"
 COPY_LOCKS = 64
 #: merged directories whose link count is remembered (until their overlay copy changes)
 NLINK_COUNTS = 100_000
+#: how long the kernel keeps names, attributes and listings when the overlay is watched
+#: (changes in the overlay are told at once; the static root does not change)
+WATCHED_TIMEOUT = 60.0
+#: a directory's attributes learnt after a change answer for this long without I/O
+KNOWN_FOR = 1.0
 
 
 def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
+
+
+def _ancestors(rel: str):
+    """rel and the directories above it, up to the first level below the root."""
+    while rel:
+        yield rel
+        rel = rel.rpartition("/")[0]
 
 
 def _gone(what: str) -> FileNotFoundError:
@@ -57,9 +73,6 @@ class OverlayTree(Tree):
         self.real_owners = upper.real_owners
         self.local = static.local_storage and upper.local_storage
         self.answers_nowait = static.answers_from_caches and upper.answers_from_caches
-        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
-                                        negative_timeout=0.0, keep_cache=True,
-                                        cache_listings=False)     # other programs change its roots
         # changes of names (short: a copy-up holds it only to rename its finished copy in)
         self.lock = threading.RLock()
         self._table = threading.Lock()                          # guards _by_key changes
@@ -80,15 +93,35 @@ class OverlayTree(Tree):
         self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
-                                    horizon=self.cache_policy.attr_timeout)
+                                    horizon=1.0 if self.local else 5.0)
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
         if self.writable:
             upper.clear_work()
+        self._derived_by_source: dict[str, set[str]] = {}    # source rel: derived paths made of it
+        self.changes_reported = 0
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
+        # the overlay's changes are seen where it is a local directory (inotify): then the
+        # kernel keeps listings and attributes, else it asks again after a second (five remote)
+        self.watch = self._watch_overlay()
+        watched = self.watch is not None
+        self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,
+                                        attr_timeout=WATCHED_TIMEOUT if watched else 1.0 if self.local else 5.0,
+                                        negative_timeout=0.0, keep_cache=True, cache_listings=watched)
+
+    def _watch_overlay(self) -> OverlayWatch | None:
+        path = self.upper.local_path("") if self.upper.local_storage else None
+        if path is None:
+            return None
+        try:
+            return OverlayWatch(path, self.overlay_changed)
+        except OSError as exc:                  # EMFILE: fs.inotify.max_user_instances reached
+            log.warning("the overlay %s cannot be watched (%s): the kernel keeps nothing of the merged "
+                        "tree for more than a second", path, exc)
+            return None
 
     # -- resolving ------------------------------------------------------------------------
     def static_visible(self, rel: str) -> bool:
@@ -266,7 +299,8 @@ class OverlayTree(Tree):
         upper, hidden, raw = self._names(rel)
         if hidden is None:
             return sorted(upper)
-        return sorted(upper + [n for n in self.static.listdir(rel) or [] if self._static_shows(n, hidden, raw)])
+        static = self.static.listdir(rel, touch=False) or []        # (never written, not even its atimes)
+        return sorted(upper + [n for n in static if self._static_shows(n, hidden, raw)])
 
     def scan(self, rel: str) -> list[tuple[str, Root, Attr]]:
         """The listing with what each name shows: one stat per name, in the root that shows
@@ -276,7 +310,7 @@ class OverlayTree(Tree):
         if hidden is not None:
             ahead = self.scan_ahead.take(rel)
             if ahead is None:
-                static_names = self.static.listdir(rel) or []
+                static_names = self.static.listdir(rel, touch=False) or []
                 names = [n for n in static_names if self._static_shows(n, hidden, raw)]
                 found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
             else:
@@ -455,6 +489,7 @@ class OverlayTree(Tree):
             if node is None or node.source_key != key:
                 node = self._derived[path] = self.add(make())
                 node.source_key, node.derived_path = key, path
+                self._derived_by_source.setdefault(source, set()).add(path)
             return node
 
     def source_key(self, rel: str, info: Attr | None = None):
@@ -463,6 +498,58 @@ class OverlayTree(Tree):
             shown = self.shown(rel)
             info = shown[1] if shown else None
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
+
+    # -- changes seen in the overlay -----------------------------------------------------------
+    def overlay_changed(self, changes: dict[str | None, set[str]]) -> None:
+        """The overlay watch saw names change in these directories (None: events were lost,
+        anything may have): the kernel is told to drop each directory's listing and
+        attributes, the names, the nodes they showed, the derived views made of them, and the
+        listings of folders that show views of files in these directories
+        (`derive.folders_following`). From the watch's thread; costs a stat or two per name."""
+        self.changed()
+        if None in changes:
+            self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())))
+            return
+        inodes: set[int] = set()
+        entries: set[tuple[int, str]] = set()
+        for rel, names in changes.items():
+            folders = [rel] + (self.derive.folders_following(rel) if self.derive is not None else [])
+            for folder in folders:
+                node = self._node_at(folder)
+                if isinstance(node, MergedDir):
+                    node._known = None
+                if node is not None:
+                    inodes.add(node.ino)
+            parent = self._node_at(rel)
+            for name in names:
+                path = _join(rel, name) if name else rel
+                child = self._node_at(path) if name else None
+                if child is not None:
+                    inodes.add(child.ino)
+                if parent is not None and name:
+                    entries.add((parent.ino, name))
+                for changed in _ancestors(path):              # a store's views follow its files
+                    for view in list(self._derived_by_source.get(changed, ())):
+                        node = self._derived.get(view)
+                        folder = self._node_at(view.rpartition("/")[0])
+                        if node is not None:
+                            inodes.add(node.ino)
+                        if folder is not None:
+                            inodes.add(folder.ino)
+                            entries.add((folder.ino, view.rpartition("/")[2]))
+        self.changes_reported += len(inodes) + len(entries)
+        self.report(*inodes, entries=tuple(entries))
+
+    def _node_at(self, rel: str) -> "MergedNode | None":
+        """The node the kernel may hold for what rel shows, if one was made."""
+        if not rel:
+            return self.root
+        for root in (self.upper, self.static):
+            info = root.stat(rel)
+            node = self.known(root, rel, info) if info is not None else None
+            if node is not None:
+                return node
+        return None
 
     # -- the kernel's references -------------------------------------------------------------
     def forget(self, ino: int) -> None:
@@ -486,6 +573,11 @@ class OverlayTree(Tree):
                     self._by_key.pop(old.key, None)
             elif self._derived.get(old.derived_path) is old:
                 self._derived.pop(old.derived_path, None)
+                made_of = self._derived_by_source.get(old.source_key[0])
+                if made_of is not None:
+                    made_of.discard(old.derived_path)
+                    if not made_of:
+                        self._derived_by_source.pop(old.source_key[0], None)
             self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:
@@ -506,11 +598,16 @@ class OverlayTree(Tree):
                 "nodes_forgotten_kept": len(self._idle),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
                 "directories_warmed": self.warmer.warmed if self.warmer else 0,
+                "overlay_watched": self.watch is not None,
+                **({"overlay_watch": {"unwatched": self.watch.unwatched, "overflows": self.watch.overflows,
+                                      "changes_reported": self.changes_reported}} if self.watch else {}),
                 **{f"{side}_{key}": value for side, root in (("static", self.static), ("overlay", self.upper))
                    for key, value in root.status().items()}}
 
     def close(self) -> None:
         super().close()
+        if self.watch is not None:
+            self.watch.close()
         for root in {id(r): r for r in (self.static, self.upper)}.values():
             root.close()
 
@@ -711,7 +808,7 @@ class MergedDir(MergedNode, Directory):
 
     def cached_attr(self) -> Attr | None:
         known = self._known
-        if known is not None and time.monotonic() - known[0] < self.tree.cache_policy.attr_timeout:
+        if known is not None and time.monotonic() - known[0] < KNOWN_FOR:
             return known[1]
         return None
 

@@ -505,7 +505,8 @@ class OverlayTree(Tree):
         anything may have): the kernel is told to drop each directory's listing and
         attributes, the names, the nodes they showed, the derived views made of them, and the
         listings of folders that show views of files in these directories
-        (`derive.folders_following`). From the watch's thread; costs a stat or two per name."""
+        (`derive.folders_following`). From the watch's thread, or a worker thread that made
+        such a change itself (an import); costs a stat or two per name."""
         self.changed()
         if None in changes:
             self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())))

@@ -20,9 +20,12 @@ from .rules import WORK_DIR
 
 log = logging.getLogger(__name__)
 
-#: what changes a directory's names, or the attributes or content of what it holds
-EVENTS = (flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO | flags.ATTRIB | flags.MODIFY
-          | flags.CLOSE_WRITE | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
+#: what changes a directory's names, or the attributes or content of what it holds. A file
+#: being written counts as changed when its writer closes it: not at each write (the
+#: kernel's invalidation of a file would wait for the pages of a write through the mount
+#: that the daemon is answering)
+EVENTS = (flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO | flags.ATTRIB | flags.CLOSE_WRITE
+          | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR | flags.DONT_FOLLOW)
 _NEW_DIR = flags.CREATE | flags.MOVED_TO
 
 
@@ -55,6 +58,8 @@ class OverlayWatch:
                 continue
             try:
                 self._dirs[self._inotify.add_watch(folder, EVENTS)] = here
+            except (FileNotFoundError, NotADirectoryError):
+                continue                    # gone again: its parent's event says so
             except OSError as exc:          # ENOSPC: fs.inotify.max_user_watches reached
                 self.unwatched += 1
                 if self.unwatched == 1:

@@ -9,8 +9,10 @@ the kernel holds it (an open file stays usable: `attr` then asks an open handle)
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -44,6 +46,30 @@ KNOWN_FOR = 1.0
 
 def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
+
+
+def _cookie(name: str) -> int:
+    """The offset that resumes a listing after `name`: a hash of the name (not its place),
+    so that a listing resumed at an offset of another snapshot of the folder (the kernel's
+    cached listing, dropped and made again while a reader was half-way) goes on after the
+    same name, never skipping or repeating one that stayed. Folders list in this order,
+    as ext4 lists in hash order."""
+    return int.from_bytes(hashlib.blake2b(os.fsencode(name), digest_size=8).digest(), "big") >> 2 or 1
+
+
+def _in_cookie_order(found: list[tuple[str, Node, Attr | None]]) -> list[tuple[int, str, Node, Attr | None]]:
+    """(offset, name, node, attr) in the order of the names' cookies (each offset above the
+    last, should two names share a hash)."""
+    listing, last = [], 0
+    for cookie, name, node, info in sorted((_cookie(name), name, node, info) for name, node, info in found):
+        last = max(cookie, last + 1)
+        listing.append((last, name, node, info))
+    return listing
+
+
+def _after(listing: list, offset: int):
+    """The entries of a listing made by `_in_cookie_order` that follow offset."""
+    return iter(listing[bisect.bisect_right(listing, offset, key=lambda entry: entry[0]):])
 
 
 def _ancestors(rel: str):
@@ -530,14 +556,19 @@ class OverlayTree(Tree):
                 if parent is not None and name:
                     entries.add((parent.ino, name))
                 for changed in _ancestors(path):              # a store's views follow its files
-                    for view in list(self._derived_by_source.get(changed, ())):
+                    views = list(self._derived_by_source.get(changed, ()))
+                    # the name of a view whose source is gone stays known to the kernel until
+                    # it lets go of it (so that `rm -r` of a folder can delete it: a no-op)
+                    source_shows = bool(views) and self.shown(changed) is not None
+                    for view in views:
                         node = self._derived.get(view)
                         folder = self._node_at(view.rpartition("/")[0])
                         if node is not None:
                             inodes.add(node.ino)
                         if folder is not None:
                             inodes.add(folder.ino)
-                            entries.add((folder.ino, view.rpartition("/")[2]))
+                            if source_shows:
+                                entries.add((folder.ino, view.rpartition("/")[2]))
         self.changes_reported += len(inodes) + len(entries)
         self.report(*inodes, entries=tuple(entries))
 
@@ -784,7 +815,7 @@ class _Snapshot:
     def entries(self, offset: int):
         if offset == 0 or self._entries is None:
             self._entries = self.directory.scan() if self.directory.place is not None else []
-        return iter(self._entries[offset:])
+        return _after(self._entries, offset)
 
 
 class MergedDir(MergedNode, Directory):
@@ -826,7 +857,7 @@ class MergedDir(MergedNode, Directory):
         return _Snapshot(self)
 
     def entries(self, offset: int):
-        return iter(self.scan()[offset:])
+        return _after(self.scan(), offset)
 
     def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if self is self.tree.root else {}
@@ -840,8 +871,9 @@ class MergedDir(MergedNode, Directory):
                 infos[name] = info
                 found.append((name, node_for(self, name, prefix + name, root, info, moves=moves), info))
         found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
-        self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
-        return [(pos, *entry) for pos, entry in enumerate(found, 1)]
+        listing = _in_cookie_order(found)
+        self.tree.scan_ahead.plan([prefix + name for _, name, _, info in listing if info and stat.S_ISDIR(info.mode)])
+        return listing
 
     # -- names ---------------------------------------------------------------------------
     def _merged(self, name: str) -> str | None:

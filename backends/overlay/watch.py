@@ -48,16 +48,17 @@ class OverlayWatch:
 
     def _add_tree(self, rel: str) -> list[str]:
         """Watch rel and every directory under it; the relative paths of the entries found
-        (what may have been made before their watch)."""
-        found = []
-        for folder, dirs, files in os.walk(os.path.join(self.path, rel) if rel else self.path):
-            here = os.path.relpath(folder, self.path)
-            here = "" if here == "." else here
+        (what may have been made before their watch). Directories are read without moving
+        their access times (the merged view shows them)."""
+        found, pending = [], [rel]
+        while pending:
+            here = pending.pop()
             if here == WORK_DIR:            # copy-ups being staged: never shown
-                dirs.clear()
                 continue
+            folder = os.path.join(self.path, here) if here else self.path
             try:
                 self._dirs[self._inotify.add_watch(folder, EVENTS)] = here
+                names = _names_noatime(folder)
             except (FileNotFoundError, NotADirectoryError):
                 continue                    # gone again: its parent's event says so
             except OSError as exc:          # ENOSPC: fs.inotify.max_user_watches reached
@@ -65,7 +66,12 @@ class OverlayWatch:
                 if self.unwatched == 1:
                     log.warning("overlay %s: %s is not watched (%s): changes other programs make there "
                                 "show once the kernel asks again", self.path, folder, exc)
-            found += [f"{here}/{n}" if here else n for n in dirs + files]
+                continue
+            for name, is_dir in names:
+                path = f"{here}/{name}" if here else name
+                found.append(path)
+                if is_dir:
+                    pending.append(path)
         return found
 
     def _run(self) -> None:
@@ -118,3 +124,18 @@ class OverlayWatch:
         self._stop = True
         self._thread.join(timeout=2)
         self._inotify.close()
+
+
+def _names_noatime(folder: str) -> list[tuple[str, bool]]:
+    """(name, is a directory) of a folder's entries, read without moving its atime where
+    the daemon may (its owner, or root)."""
+    flags_ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(folder, flags_ | os.O_NOATIME)
+    except PermissionError:
+        fd = os.open(folder, flags_)
+    try:
+        with os.scandir(fd) as entries:
+            return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    finally:
+        os.close(fd)

@@ -356,7 +356,8 @@ class Imports:
             self._write(target, picks.to_json(object_name, user, session, run))
         # made behind the kernel's back: told before the writer's close returns (the overlay
         # watch would tell it a moment later)
-        self.tree.overlay_changed({run_dir: {"Picks"}, f"{run_dir}/Picks": {target.rpartition("/")[2]}})
+        self.tree.overlay_changed({run_dir: {"Picks"}, f"{run_dir}/Picks": {target.rpartition("/")[2]},
+                                   node.rel: {node.name}}, waited=True)
         self.imported += 1
         log.info("imported %s/%s as %s (%d points)", node.rel, node.name, target, len(picks.points))
 
@@ -443,6 +444,7 @@ class Imports:
             shutil.rmtree(partial, ignore_errors=True)
         finally:
             self._count(key, done=outcome)
+            self.tree.overlay_changed({node.rel: {node.name}})        # the name is the view's now, or nothing
             try:
                 os.unlink(temp)
             except OSError:

@@ -125,7 +125,9 @@ class OverlayTree(Tree):
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
         if self.writable:
             upper.clear_work()
-        self._derived_by_source: dict[str, set[str]] = {}    # source rel: derived paths made of it
+        # source rel: the derived paths made of it (replaced, never changed in place: the
+        # overlay watch reads them from its own thread)
+        self._derived_by_source: dict[str, frozenset[str]] = {}
         self.changes_reported = 0
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
@@ -515,7 +517,7 @@ class OverlayTree(Tree):
             if node is None or node.source_key != key:
                 node = self._derived[path] = self.add(make())
                 node.source_key, node.derived_path = key, path
-                self._derived_by_source.setdefault(source, set()).add(path)
+                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | {path}
             return node
 
     def source_key(self, rel: str, info: Attr | None = None):
@@ -526,16 +528,18 @@ class OverlayTree(Tree):
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
 
     # -- changes seen in the overlay -----------------------------------------------------------
-    def overlay_changed(self, changes: dict[str | None, set[str]]) -> None:
+    def overlay_changed(self, changes: dict[str | None, set[str]], waited: bool = False) -> None:
         """The overlay watch saw names change in these directories (None: events were lost,
         anything may have): the kernel is told to drop each directory's listing and
         attributes, the names, the nodes they showed, the derived views made of them, and the
         listings of folders that show views of files in these directories
-        (`derive.folders_following`). From the watch's thread, or a worker thread that made
-        such a change itself (an import); costs a stat or two per name."""
+        (`derive.folders_following`). From the watch's thread (no request waits for it), or
+        from a request that made such a change itself (an import: `waited`); costs a stat or
+        two per name."""
         self.changed()
         if None in changes:
-            self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())))
+            self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())),
+                        waited=waited)
             return
         inodes: set[int] = set()
         entries: set[tuple[int, str]] = set()
@@ -556,7 +560,7 @@ class OverlayTree(Tree):
                 if parent is not None and name:
                     entries.add((parent.ino, name))
                 for changed in _ancestors(path):              # a store's views follow its files
-                    views = list(self._derived_by_source.get(changed, ()))
+                    views = self._derived_by_source.get(changed, ())
                     # the name of a view whose source is gone stays known to the kernel until
                     # it lets go of it (so that `rm -r` of a folder can delete it: a no-op)
                     source_shows = bool(views) and self.shown(changed) is not None
@@ -570,7 +574,7 @@ class OverlayTree(Tree):
                             if source_shows:
                                 entries.add((folder.ino, view.rpartition("/")[2]))
         self.changes_reported += len(inodes) + len(entries)
-        self.report(*inodes, entries=tuple(entries))
+        self.report(*inodes, entries=tuple(entries), waited=waited)
 
     def _node_at(self, rel: str) -> "MergedNode | None":
         """The node the kernel may hold for what rel shows, if one was made."""
@@ -605,11 +609,12 @@ class OverlayTree(Tree):
                     self._by_key.pop(old.key, None)
             elif self._derived.get(old.derived_path) is old:
                 self._derived.pop(old.derived_path, None)
-                made_of = self._derived_by_source.get(old.source_key[0])
-                if made_of is not None:
-                    made_of.discard(old.derived_path)
-                    if not made_of:
-                        self._derived_by_source.pop(old.source_key[0], None)
+                source = old.source_key[0]
+                made_of = self._derived_by_source.get(source, frozenset()) - {old.derived_path}
+                if made_of:
+                    self._derived_by_source[source] = made_of
+                else:
+                    self._derived_by_source.pop(source, None)
             self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:

@@ -169,6 +169,11 @@ class DerivedViews:
     def listing(self, rel: str, names: list[str]):
         return self._listing(rel, names) + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
 
+    def folders_following(self, rel: str) -> list[str]:
+        """The folders whose listings show views of the files in folder rel besides rel
+        itself: a run's VoxelSpacing folders show its Picks/ (`PicksViews`)."""
+        return self.picks.folders_following(rel)
+
     def _listing(self, rel: str, names: list[str]):
         """The views of this module (picks as CSV, meshes, volume previews) among names."""
         folder = rel.rpartition("/")[2]

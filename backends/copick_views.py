@@ -79,7 +79,7 @@ class VolumeViews:
         self.pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="scopefs-mrc")
         self.counters = Counters()
         self._keys = itertools.count()
-        self._levels: dict[tuple, list[tuple[str, int]]] = {}     # by source key, bounded below
+        self._known: dict[tuple, list | tuple] = {}     # levels and shapes by store version (`_remembered`)
         self._lock = threading.Lock()
 
     # -- names ----------------------------------------------------------------------------
@@ -116,23 +116,33 @@ class VolumeViews:
     def levels(self, source: str) -> list[tuple[str, int]]:
         """(array path, binning) of a zarr store's 3-d levels, from its group metadata only;
         none if it is not a readable 3-d multiscale image."""
-        key = self.tree.source_key(source)
+        def read() -> list[tuple[str, int]]:
+            try:
+                attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
+                axes = (attrs.get("multiscales") or [{}])[0].get("axes")
+                return [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
+            except Exception as exc:                # whatever the store holds, the listing goes on
+                log.info("no MRC view of %s: %s", source, exc)
+                return []
+        return self._remembered(("levels",) + self.tree.source_key(source), read)
+
+    def shape(self, source: str, voxel_size: float) -> tuple[int, ...]:
+        """The full-resolution shape of a tomogram (each STAR view of its run centres on
+        it), opened once per version of its store."""
+        return self._remembered(("shape",) + self.tree.source_key(source),
+                                lambda: self.open_volume(source, "0", voxel_size).shape)
+
+    def _remembered(self, key: tuple, read):
+        """What `read()` gives for key (a store's version), kept (bounded)."""
         with self._lock:
-            known = self._levels.get(key)
-        if known is not None:
-            return known
-        try:
-            attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
-            axes = (attrs.get("multiscales") or [{}])[0].get("axes")
-            levels = [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
-        except Exception as exc:                # whatever the store holds, the listing goes on
-            log.info("no MRC view of %s: %s", source, exc)
-            levels = []
-        with self._lock:
-            if len(self._levels) > 10_000:
-                self._levels.clear()
-            self._levels[key] = levels
-        return levels
+            known = self._known.get(key)
+        if known is None:
+            known = read()
+            with self._lock:
+                if len(self._known) > 10_000:
+                    self._known.clear()
+                self._known[key] = known
+        return known
 
     def _read_small(self, rel: str) -> bytes | None:
         shown = self.tree.shown(rel)
@@ -241,6 +251,14 @@ class PicksViews:
                     out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
         return out
 
+    def folders_following(self, rel: str) -> list[str]:
+        """ExperimentRuns/<run>/Picks: the run's VoxelSpacing folders (they show its picks)."""
+        parts = rel.split("/")
+        if len(parts) != 3 or parts[0] != "ExperimentRuns" or parts[2] != "Picks":
+            return []
+        run = "/".join(parts[:2])
+        return [f"{run}/{name}" for name in self.tree.listing(run) if self._run(f"{run}/{name}") is not None]
+
     def lookup(self, rel: str, name: str):
         for suffix in picks_format.FORMATS:
             if name.endswith(suffix) and self._run(rel) is not None:
@@ -279,7 +297,7 @@ class PicksViews:
             tomograms = sorted(n for n in self.tree.listing(folder)
                                if n.endswith(".zarr") and not n.endswith("_features.zarr") and not n.startswith("."))
             if tomograms:
-                nz, ny, nx = self.volumes.open_volume(f"{folder}/{tomograms[0]}", "0", size).shape
+                nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}", size)
                 return nx / 2 * size, ny / 2 * size, nz / 2 * size
         return None
 
@@ -336,6 +354,10 @@ class Imports:
             self.tree.ensure_upper_dir(self._directory(f"{run_dir}/Picks"))
             self.tree.clear_whiteout(target)
             self._write(target, picks.to_json(object_name, user, session, run))
+        # made behind the kernel's back: told before the writer's close returns (the overlay
+        # watch would tell it a moment later)
+        self.tree.overlay_changed({run_dir: {"Picks"}, f"{run_dir}/Picks": {target.rpartition("/")[2]},
+                                   node.rel: {node.name}}, waited=True)
         self.imported += 1
         log.info("imported %s/%s as %s (%d points)", node.rel, node.name, target, len(picks.points))
 
@@ -422,6 +444,7 @@ class Imports:
             shutil.rmtree(partial, ignore_errors=True)
         finally:
             self._count(key, done=outcome)
+            self.tree.overlay_changed({node.rel: {node.name}})        # the name is the view's now, or nothing
             try:
                 os.unlink(temp)
             except OSError:

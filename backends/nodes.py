@@ -363,21 +363,23 @@ class Tree:
         self._dynamic_by_key: dict[object, Node] = {}
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]] = []
+        self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]] = []
         self._content_listeners: list[Callable[[int, bytes], None]] = []
 
-    def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...]], None]) -> None:
-        """Call `listener(inodes, entries)` for every `report` (the daemon's, to tell the
-        kernel); grafted trees report through it too."""
+    def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]) -> None:
+        """Call `listener(inodes, entries, waited)` for every `report` (the daemon's, to tell
+        the kernel); grafted trees report through it too."""
         self._listeners.append(listener)
 
-    def report(self, *inodes: int, entries: tuple[tuple[int, str], ...] = ()) -> None:
+    def report(self, *inodes: int, entries: tuple[tuple[int, str], ...] = (), waited: bool = True) -> None:
         """Tell the kernel what changed without a request of its own on it, so that it
         may cache the rest for long: `inodes` whose attributes or content changed, and
         `entries` ((folder inode, name)) that went away or now name another node.
-        Changes the kernel made itself (the file written, the name unlinked) need none."""
+        Changes the kernel made itself (the file written, the name unlinked) need none.
+        `waited`: the change request being answered waits until the kernel was told (a
+        change seen from outside any request, such as a watch of the disk's, says False)."""
         for listener in self._listeners:
-            listener(inodes, entries)
+            listener(inodes, entries, waited)
 
     def listen_content(self, listener: Callable[[int, bytes], None]) -> None:
         """Call `listener(ino, data)` for every `offer` (the daemon's, to fill the kernel's

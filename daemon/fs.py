@@ -126,7 +126,7 @@ class Notifier:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...]) -> None:
+    def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...], waited: bool = True) -> None:
         """From any thread (a backend's `Tree.report`)."""
         with self._cond:
             for ino in inodes:
@@ -135,7 +135,7 @@ class Notifier:
                 self._entries[entry] = None
             # waited for only if the kernel holds one of them (else it has nothing stale to
             # drop: a later lookup gets the new attributes; `_notify` checks again)
-            self._reported += any(ino in self._known for ino in inodes)
+            self._reported += waited and any(ino in self._known for ino in inodes)
             self._cond.notify_all()
 
     def store(self, ino: int, data: bytes) -> None:

@@ -227,12 +227,17 @@ def parse(kind: str, data: bytes, run_name: str, voxel_size: float,
 
 
 def _written(write, suffix: str) -> bytes:
-    """What a library's `write(path)` puts in a file (they all write to paths)."""
-    with tempfile.TemporaryDirectory(prefix="scopefs-picks-") as tmp:
-        path = os.path.join(tmp, "picks" + suffix)
+    """What a library's `write(path)` puts in a file (they all write to paths, and
+    overwrite): a temporary file of its own, not a folder (a listing of a VoxelSpacing
+    folder makes five of these per picks file, for their sizes)."""
+    fd, path = tempfile.mkstemp(prefix="scopefs-picks-", suffix=suffix)
+    os.close(fd)
+    try:
         write(path)
         with open(path, "rb") as fh:
             return fh.read()
+    finally:
+        os.unlink(path)
 
 
 def to_star(picks: Picks, run_name: str, voxel_size: float, center: tuple[float, float, float] | None) -> bytes:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -86,12 +87,66 @@ def test_second_listing_is_answered_by_the_kernel(kind, tmp_path, mount):
         assert cost == 0, f"{folder.name}: a second listing reached the daemon"
 
 
-def test_copick_overlay_listings_stay_requests(tmp_path, mount):
-    """Other programs may change an overlay's roots: its listings are never kept."""
+def listed_with_sizes(folder: Path) -> dict[str, int]:
+    """What `ls -l` learns of a folder: each name's size."""
+    return {name: os.lstat(folder / name).st_size for name in os.listdir(folder)}
+
+
+def test_copick_second_walk_of_a_voxel_spacing_folder_costs_the_daemon_nothing(tmp_path, mount):
+    """The views of a VoxelSpacing folder (MRC, previews, picks in five formats) are made
+    once for their sizes; a local overlay is watched, so the kernel keeps the listing and
+    the attributes: an `ls -l` again sends no readdir and needs no worker thread."""
     mnt = mount(make_copick(str(tmp_path / "copick")))
-    assert daemon_status(mnt)["listings_cached_in_kernel"] is False
-    relisted(mnt, mnt / "ExperimentRuns")
-    assert relisted(mnt, mnt / "ExperimentRuns")[1] >= 1
+    assert daemon_status(mnt)["listings_cached_in_kernel"] is True
+    folder = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    first = listed_with_sizes(folder)
+    assert "curator_1_ribosome.star" in first and "wbp.mrc" in first
+    before = daemon_status(mnt)
+    assert listed_with_sizes(folder) == first
+    after = daemon_status(mnt)
+    assert after["readdir_requests"] == before["readdir_requests"]
+    # at most the folder's own getattr: the kernel drops its atime after every listing
+    assert after["worker_calls"] - before["worker_calls"] <= 1, "the second ls -l made views or stats again"
+    assert after["attr_requests"] - before["attr_requests"] <= 1
+
+
+def test_copick_overlay_changed_by_another_program_shows_in_the_mount(tmp_path, mount):
+    """A copick client writing picks straight into the overlay root (not through the mount):
+    the kernel is told at once (inotify), so the Picks folder and the views of every
+    VoxelSpacing folder of the run show it, though their listings were cached; a rewrite
+    of the file shows its new size, a deletion takes its views away."""
+    config = make_copick(str(tmp_path / "copick"))
+    mnt = mount(config)
+    run = mnt / "ExperimentRuns" / "TS_001"
+    overlay_picks = tmp_path / "copick" / "overlay" / "ExperimentRuns" / "TS_001" / "Picks"
+    for folder in (run / "Picks", run / "VoxelSpacing10.000"):
+        relisted(mnt, folder)
+        assert relisted(mnt, folder)[1] == 0, "listings are kept by the kernel"
+
+    def shows(check) -> bool:
+        deadline = time.monotonic() + 5
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+    (overlay_picks / "other_2_ribosome.json").write_text(json.dumps(
+        {"pickable_object_name": "ribosome", "user_id": "other", "session_id": "2",
+         "points": [{"location": {"x": 1.0, "y": 2.0, "z": 3.0}}]}))
+    assert shows(lambda: "other_2_ribosome.json" in os.listdir(run / "Picks"))
+    assert shows(lambda: "other_2_ribosome.em" in os.listdir(run / "VoxelSpacing10.000"))
+    size = (run / "Picks" / "other_2_ribosome.json").stat().st_size
+    em = (run / "VoxelSpacing10.000" / "other_2_ribosome.em").stat().st_size
+    (overlay_picks / "other_2_ribosome.json").write_text(json.dumps(
+        {"pickable_object_name": "ribosome", "user_id": "other", "session_id": "2",
+         "points": [{"location": {"x": float(i), "y": 2.0, "z": 3.0}} for i in range(5)]}))
+    assert shows(lambda: (run / "Picks" / "other_2_ribosome.json").stat().st_size != size)
+    assert shows(lambda: (run / "VoxelSpacing10.000" / "other_2_ribosome.em").stat().st_size > em)
+    with open(run / "VoxelSpacing10.000" / "other_2_ribosome.em", "rb") as fh:
+        assert len(fh.read()) == (run / "VoxelSpacing10.000" / "other_2_ribosome.em").stat().st_size
+    (overlay_picks / "other_2_ribosome.json").unlink()
+    assert shows(lambda: "other_2_ribosome.star" not in os.listdir(run / "VoxelSpacing10.000"))
+    assert "other_2_ribosome.json" not in os.listdir(run / "Picks")
 
 
 def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):

@@ -29,7 +29,7 @@ class CountingRoot:
         self.gate = threading.Event()
         self.gate.set()
 
-    def listdir(self, rel):
+    def listdir(self, rel, touch=True):
         self.gate.wait(10)
         self.listed.append(rel)
         return ["a", "b"]
@@ -92,7 +92,7 @@ def test_a_listing_older_than_the_horizon_is_not_used():
 
 def test_a_failed_listing_is_made_again_by_the_caller():
     class Failing(CountingRoot):
-        def listdir(self, rel):
+        def listdir(self, rel, touch=True):
             raise OSError(5, "device gone")
     ahead = ScanAhead(Failing(), threads=1, window=2, horizon=5.0)
     ahead.plan(["d0"])

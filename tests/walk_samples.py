@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,20 +78,20 @@ def fsdb(path: Path, scans: int, filesets: int, files: int) -> Source:
 
 
 def copick(path: Path, runs: int, picks: int) -> Source:
-    """A static copick root (`runs` runs, each a 64^3 zarr tomogram in 32^3 chunks and
-    `picks` picks files) mounted with an empty overlay of its own."""
+    """A static copick root (`runs` runs, each a 64^3 tomogram written as copick writes
+    them, an OME-Zarr group of two levels in 32^3 chunks, and `picks` picks files) mounted
+    with an empty overlay of its own."""
+    from scopefs.formats.tomogram import write_copick_tomogram
     static, overlay = path / "static", path / "overlay"
-    marker = path / f".made-{runs}-{picks}"
+    marker = path / f".made-ome-{runs}-{picks}"
     if not marker.exists():
-        import zarr
+        shutil.rmtree(static, ignore_errors=True)
         overlay.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
         for r in range(runs):
             run = static / "ExperimentRuns" / f"TS_{r:03d}"
-            tomo = run / "VoxelSpacing10.000" / "wbp.zarr"
-            z = zarr.create_array(str(tomo), shape=(64, 64, 64), chunks=(32, 32, 32), dtype="float32",
-                                  zarr_format=2)
-            z[:] = rng.random((64, 64, 64), dtype=np.float32)
+            write_copick_tomogram(rng.random((64, 64, 64), dtype=np.float32), str(run / "VoxelSpacing10.000" / "wbp.zarr"),
+                                  10.0, levels=2, chunk=32)
             (run / "Picks").mkdir(parents=True)
             for p in range(picks):
                 points = [{"location": {"x": float(i), "y": 2.0, "z": 3.0}} for i in range(p % 7 + 1)]

@@ -9,8 +9,11 @@ the kernel holds it (an open file stays usable: `attr` then asks an open handle)
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
+import hashlib
+import logging
 import math
 import os
 import stat
@@ -24,6 +27,9 @@ from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
+from .watch import OverlayWatch
+
+log = logging.getLogger(__name__)
 
 #: what `static_visible` remembers of a directory with no copy in the overlay yet
 BARE = "bare"
@@ -31,10 +37,47 @@ BARE = "bare"
 COPY_LOCKS = 64
 #: merged directories whose link count is remembered (until their overlay copy changes)
 NLINK_COUNTS = 100_000
+#: how long the kernel keeps names, attributes and listings when the overlay is watched
+#: (changes in the overlay are told at once; the static root does not change)
+WATCHED_TIMEOUT = 60.0
+#: a directory's attributes learnt after a change answer for this long without I/O
+KNOWN_FOR = 1.0
 
 
 def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
+
+
+def _cookie(name: str) -> int:
+    """The offset that resumes a listing after `name`: a hash of the name (not its place),
+    so that a listing resumed at an offset of another snapshot of the folder (the kernel's
+    cached listing, dropped and made again while a reader was half-way) goes on after the
+    same name, never skipping or repeating one that stayed. Folders list in this order,
+    as ext4 lists in hash order. Below 2**31, so that offsets stay inside the position bits
+    the daemon gives a listing (daemon/listings.py) with room for collisions."""
+    return int.from_bytes(hashlib.blake2b(os.fsencode(name), digest_size=4).digest(), "big") >> 1 or 1
+
+
+def _in_cookie_order(found: list[tuple[str, Node, Attr | None]]) -> list[tuple[int, str, Node, Attr | None]]:
+    """(offset, name, node, attr) in the order of the names' cookies (each offset above the
+    last, should two names share a hash)."""
+    listing, last = [], 0
+    for cookie, name, node, info in sorted((_cookie(name), name, node, info) for name, node, info in found):
+        last = max(cookie, last + 1)
+        listing.append((last, name, node, info))
+    return listing
+
+
+def _after(listing: list, offset: int):
+    """The entries of a listing made by `_in_cookie_order` that follow offset."""
+    return iter(listing[bisect.bisect_right(listing, offset, key=lambda entry: entry[0]):])
+
+
+def _ancestors(rel: str):
+    """rel and the directories above it, up to the first level below the root."""
+    while rel:
+        yield rel
+        rel = rel.rpartition("/")[0]
 
 
 def _gone(what: str) -> FileNotFoundError:
@@ -57,9 +100,6 @@ class OverlayTree(Tree):
         self.real_owners = upper.real_owners
         self.local = static.local_storage and upper.local_storage
         self.answers_nowait = static.answers_from_caches and upper.answers_from_caches
-        self.cache_policy = CachePolicy(entry_timeout=1.0, attr_timeout=1.0 if self.local else 5.0,
-                                        negative_timeout=0.0, keep_cache=True,
-                                        cache_listings=False)     # other programs change its roots
         # changes of names (short: a copy-up holds it only to rename its finished copy in)
         self.lock = threading.RLock()
         self._table = threading.Lock()                          # guards _by_key changes
@@ -80,15 +120,37 @@ class OverlayTree(Tree):
         self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
-                                    horizon=self.cache_policy.attr_timeout)
+                                    horizon=1.0 if self.local else 5.0)
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
         if self.writable:
             upper.clear_work()
+        # source rel: the derived paths made of it (replaced, never changed in place: the
+        # overlay watch reads them from its own thread)
+        self._derived_by_source: dict[str, frozenset[str]] = {}
+        self.changes_reported = 0
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
+        # the overlay's changes are seen where it is a local directory (inotify): then the
+        # kernel keeps listings and attributes, else it asks again after a second (five remote)
+        self.watch = self._watch_overlay()
+        watched = self.watch is not None
+        self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,
+                                        attr_timeout=WATCHED_TIMEOUT if watched else 1.0 if self.local else 5.0,
+                                        negative_timeout=0.0, keep_cache=True, cache_listings=watched)
+
+    def _watch_overlay(self) -> OverlayWatch | None:
+        path = self.upper.local_path("") if self.upper.local_storage else None
+        if path is None:
+            return None
+        try:
+            return OverlayWatch(path, self.overlay_changed)
+        except OSError as exc:                  # EMFILE: fs.inotify.max_user_instances reached
+            log.warning("the overlay %s cannot be watched (%s): the kernel keeps nothing of the merged "
+                        "tree for more than a second", path, exc)
+            return None
 
     # -- resolving ------------------------------------------------------------------------
     def static_visible(self, rel: str) -> bool:
@@ -266,7 +328,8 @@ class OverlayTree(Tree):
         upper, hidden, raw = self._names(rel)
         if hidden is None:
             return sorted(upper)
-        return sorted(upper + [n for n in self.static.listdir(rel) or [] if self._static_shows(n, hidden, raw)])
+        static = self.static.listdir(rel, touch=False) or []        # (never written, not even its atimes)
+        return sorted(upper + [n for n in static if self._static_shows(n, hidden, raw)])
 
     def scan(self, rel: str) -> list[tuple[str, Root, Attr]]:
         """The listing with what each name shows: one stat per name, in the root that shows
@@ -276,7 +339,7 @@ class OverlayTree(Tree):
         if hidden is not None:
             ahead = self.scan_ahead.take(rel)
             if ahead is None:
-                static_names = self.static.listdir(rel) or []
+                static_names = self.static.listdir(rel, touch=False) or []
                 names = [n for n in static_names if self._static_shows(n, hidden, raw)]
                 found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
             else:
@@ -455,6 +518,7 @@ class OverlayTree(Tree):
             if node is None or node.source_key != key:
                 node = self._derived[path] = self.add(make())
                 node.source_key, node.derived_path = key, path
+                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | {path}
             return node
 
     def source_key(self, rel: str, info: Attr | None = None):
@@ -463,6 +527,66 @@ class OverlayTree(Tree):
             shown = self.shown(rel)
             info = shown[1] if shown else None
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
+
+    # -- changes seen in the overlay -----------------------------------------------------------
+    def overlay_changed(self, changes: dict[str | None, set[str]], waited: bool = False) -> None:
+        """The overlay watch saw names change in these directories (None: events were lost,
+        anything may have): the kernel is told to drop each directory's listing and
+        attributes, the names, the nodes they showed, the derived views made of them, and the
+        listings of folders that show views of files in these directories
+        (`derive.folders_following`). From the watch's thread (no request waits for it), or
+        from a request that made such a change itself (an import: `waited`); costs a stat or
+        two per name."""
+        self.changed()
+        if None in changes:
+            self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())),
+                        waited=waited)
+            return
+        inodes: set[int] = set()
+        entries: set[tuple[int, str]] = set()
+        for rel, names in changes.items():
+            folders = [rel] + (self.derive.folders_following(rel) if self.derive is not None else [])
+            for folder in folders:
+                node = self._node_at(folder)
+                if isinstance(node, MergedDir):
+                    node._known = None
+                if node is not None:
+                    inodes.add(node.ino)
+            parent = self._node_at(rel)
+            for name in names:
+                path = _join(rel, name) if name else rel
+                child = self._node_at(path) if name else None
+                if child is not None:
+                    inodes.add(child.ino)
+                if parent is not None and name:
+                    entries.add((parent.ino, name))
+                for changed in _ancestors(path):              # a store's views follow its files
+                    views = self._derived_by_source.get(changed, ())
+                    # the name of a view whose source is gone stays known to the kernel until
+                    # it lets go of it (so that `rm -r` of a folder can delete it: a no-op)
+                    source_shows = bool(views) and self.shown(changed) is not None
+                    for view in views:
+                        node = self._derived.get(view)
+                        folder = self._node_at(view.rpartition("/")[0])
+                        if node is not None:
+                            inodes.add(node.ino)
+                        if folder is not None:
+                            inodes.add(folder.ino)
+                            if source_shows:
+                                entries.add((folder.ino, view.rpartition("/")[2]))
+        self.changes_reported += len(inodes) + len(entries)
+        self.report(*inodes, entries=tuple(entries), waited=waited)
+
+    def _node_at(self, rel: str) -> "MergedNode | None":
+        """The node the kernel may hold for what rel shows, if one was made."""
+        if not rel:
+            return self.root
+        for root in (self.upper, self.static):
+            info = root.stat(rel)
+            node = self.known(root, rel, info) if info is not None else None
+            if node is not None:
+                return node
+        return None
 
     # -- the kernel's references -------------------------------------------------------------
     def forget(self, ino: int) -> None:
@@ -486,6 +610,12 @@ class OverlayTree(Tree):
                     self._by_key.pop(old.key, None)
             elif self._derived.get(old.derived_path) is old:
                 self._derived.pop(old.derived_path, None)
+                source = old.source_key[0]
+                made_of = self._derived_by_source.get(source, frozenset()) - {old.derived_path}
+                if made_of:
+                    self._derived_by_source[source] = made_of
+                else:
+                    self._derived_by_source.pop(source, None)
             self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:
@@ -506,11 +636,16 @@ class OverlayTree(Tree):
                 "nodes_forgotten_kept": len(self._idle),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
                 "directories_warmed": self.warmer.warmed if self.warmer else 0,
+                "overlay_watched": self.watch is not None,
+                **({"overlay_watch": {"unwatched": self.watch.unwatched, "overflows": self.watch.overflows,
+                                      "changes_reported": self.changes_reported}} if self.watch else {}),
                 **{f"{side}_{key}": value for side, root in (("static", self.static), ("overlay", self.upper))
                    for key, value in root.status().items()}}
 
     def close(self) -> None:
         super().close()
+        if self.watch is not None:
+            self.watch.close()
         for root in {id(r): r for r in (self.static, self.upper)}.values():
             root.close()
 
@@ -687,7 +822,7 @@ class _Snapshot:
     def entries(self, offset: int):
         if offset == 0 or self._entries is None:
             self._entries = self.directory.scan() if self.directory.place is not None else []
-        return iter(self._entries[offset:])
+        return _after(self._entries, offset)
 
 
 class MergedDir(MergedNode, Directory):
@@ -712,7 +847,7 @@ class MergedDir(MergedNode, Directory):
 
     def cached_attr(self) -> Attr | None:
         known = self._known
-        if known is not None and time.monotonic() - known[0] < self.tree.cache_policy.attr_timeout:
+        if known is not None and time.monotonic() - known[0] < KNOWN_FOR:
             return known[1]
         return None
 
@@ -729,7 +864,7 @@ class MergedDir(MergedNode, Directory):
         return _Snapshot(self)
 
     def entries(self, offset: int):
-        return iter(self.scan()[offset:])
+        return _after(self.scan(), offset)
 
     def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if self is self.tree.root else {}
@@ -743,8 +878,9 @@ class MergedDir(MergedNode, Directory):
                 infos[name] = info
                 found.append((name, node_for(self, name, prefix + name, root, info, moves=moves), info))
         found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
-        self.tree.scan_ahead.plan([prefix + name for name, info in infos.items() if stat.S_ISDIR(info.mode)])
-        return [(pos, *entry) for pos, entry in enumerate(found, 1)]
+        listing = _in_cookie_order(found)
+        self.tree.scan_ahead.plan([prefix + name for _, name, _, info in listing if info and stat.S_ISDIR(info.mode)])
+        return listing
 
     # -- names ---------------------------------------------------------------------------
     def _merged(self, name: str) -> str | None:

@@ -114,7 +114,7 @@ class ScanAhead:
                 self._ready[rel] = (now, self._workers.submit(self._scan, rel))
 
     def _scan(self, rel: str) -> dict[str, Attr | None]:
-        names = self.root.listdir(rel) or []
+        names = self.root.listdir(rel, touch=False) or []
         return dict(zip(names, self.root.stat_many(rel, names)))
 
 
@@ -156,7 +156,7 @@ class SiblingWarmer:
         self._workers.submit(self._warm, rel)
 
     def _warm(self, rel: str) -> None:
-        names = self.root.listdir(rel) or []
+        names = self.root.listdir(rel, touch=False) or []
         self.root.stat_many(rel, names[:self.limit])
         if len(names) > self.limit:
             with self._lock:

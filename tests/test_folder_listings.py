@@ -29,7 +29,7 @@ def test_offsets_lead_back_to_their_listing_whoever_reads_on():
 
 
 def test_kept_listings_are_bounded_and_go_with_their_folder():
-    listings, (opendir, made) = FolderListings(kept=4), snapshots()
+    listings, (opendir, _) = FolderListings(kept=4), snapshots()
     old, _ = listings.find(1, 0, opendir)
     for ino in range(2, 8):
         listings.find(ino, 0, opendir)

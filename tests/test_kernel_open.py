@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -290,12 +290,10 @@ class NewFileHandle(FileHandle):
     def attr_nowait(self) -> Attr | None:
         """What the file shows while its bytes are kept here (`cp -a` sets its times before
         it closes), or None: moved to disk, or the lock is busy doing so."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            return None if self._buffer is None else Attr(FILE_MODE, len(self._buffer), self._created_ns)
-        finally:
-            self._lock.release()
+        return under_lock_nowait(self._lock, self._kept_attr)
+
+    def _kept_attr(self) -> Attr | None:
+        return None if self._buffer is None else Attr(FILE_MODE, len(self._buffer), self._created_ns)
 
     def kept(self) -> bytes | None:
         """The bytes written so far while they are kept here (another reader's), else None."""
@@ -303,15 +301,19 @@ class NewFileHandle(FileHandle):
             return None if self._buffer is None else bytes(self._buffer)
 
     def write_nowait(self, offset: int, data: bytes) -> int | None:
+        """The write kept in memory, or None (then `write` in a thread): too big, moved to
+        disk, or the lock is busy (a thread holds it across disk I/O)."""
+        return under_lock_nowait(self._lock, self._write_kept, offset, data)
+
+    def _write_kept(self, offset: int, data: bytes) -> int | None:
         end = offset + len(data)
-        with self._lock:
-            buffer = self._buffer
-            if buffer is None or end > NEW_FILE_BYTES or not self.tree.keep_new_bytes(max(0, end - len(buffer))):
-                return None
-            if offset > len(buffer):
-                buffer.extend(bytes(offset - len(buffer)))
-            buffer[offset:end] = data
-            return len(data)
+        buffer = self._buffer
+        if buffer is None or end > NEW_FILE_BYTES or not self.tree.keep_new_bytes(max(0, end - len(buffer))):
+            return None
+        if offset > len(buffer):
+            buffer.extend(bytes(offset - len(buffer)))
+        buffer[offset:end] = data
+        return len(data)
 
     def _moved_to_disk(self) -> TempFileHandle:
         """The temporary file, made and given what was kept (call with the lock held)."""

@@ -545,14 +545,13 @@ class OverlayTree(Tree):
         inodes: set[int] = set()
         entries: set[tuple[int, str]] = set()
         for rel, names in changes.items():
-            folders = [rel] + (self.derive.folders_following(rel) if self.derive is not None else [])
-            for folder in folders:
-                node = self._node_at(folder)
+            parent = self._node_at(rel)
+            following = self.derive.folders_following(rel) if self.derive is not None else []
+            for node in [parent, *map(self._node_at, following)]:
                 if isinstance(node, MergedDir):
                     node._known = None
                 if node is not None:
                     inodes.add(node.ino)
-            parent = self._node_at(rel)
             for name in names:
                 path = _join(rel, name) if name else rel
                 child = self._node_at(path) if name else None
@@ -594,7 +593,8 @@ class OverlayTree(Tree):
         `idle_nodes` most recently forgotten (a walk done again reuses them), then goes:
         a walk over millions of files keeps no table of them. This runs in the trio
         thread: each step is one dict operation, no lock (at worst a file gets a second
-        node)."""
+        node), but for the derived views' two tables, kept in step under `_table` (held
+        only for dict operations)."""
         node = self.get(ino)
         if node is None or node is self.root or not isinstance(node, MergedNode) and \
                 getattr(node, "derived_path", None) is None:
@@ -608,14 +608,16 @@ class OverlayTree(Tree):
             if isinstance(old, MergedNode):
                 if self._by_key.get(old.key) is old:
                     self._by_key.pop(old.key, None)
-            elif self._derived.get(old.derived_path) is old:
-                self._derived.pop(old.derived_path, None)
-                source = old.source_key[0]
-                made_of = self._derived_by_source.get(source, frozenset()) - {old.derived_path}
-                if made_of:
-                    self._derived_by_source[source] = made_of
-                else:
-                    self._derived_by_source.pop(source, None)
+            else:
+                with self._table:                    # (`_derived_node` updates both in a thread)
+                    if self._derived.get(old.derived_path) is old:
+                        self._derived.pop(old.derived_path, None)
+                        source = old.source_key[0]
+                        made_of = self._derived_by_source.get(source, frozenset()) - {old.derived_path}
+                        if made_of:
+                            self._derived_by_source[source] = made_of
+                        else:
+                            self._derived_by_source.pop(source, None)
             self.discard(old_ino)
 
     def adopt(self, node: Node) -> None:

@@ -105,6 +105,8 @@ class OverlayWatch:
                         changes.setdefault(parent, set()).add(name)
                 elif event.mask & flags.ISDIR and event.mask & flags.MOVED_FROM:
                     self._forget_under(f"{rel}/{event.name}" if rel else event.name)
+            if not changes:                  # (only IGNORED: watches removed by `_forget_under`)
+                continue
             try:
                 self.on_change(changes)
             except Exception:

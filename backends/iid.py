@@ -447,7 +447,11 @@ class EntryFolder(IIDFolder):
 
     def create_nowait(self, name: str, mode: int, flags: int):
         """Creating and opening a file here touches memory only (a view's staged bytes, a
-        scratch file): on the daemon's loop, unless a change holds the tree."""
+        scratch file): on the daemon's loop, unless a change holds the tree. Not for a
+        create that does not write (a mask opened to read reads masks ahead)."""
+        if not writes(flags):
+            return None
+
         def made():
             node = self.create(name, mode)
             return node, node.attr(), node.open(flags)

@@ -57,4 +57,3 @@ def remove_leftovers(path: str, writer_alive: Callable[[int], bool]) -> list[str
                 except FileNotFoundError:
                     pass
     return removed
-

@@ -680,11 +680,11 @@ class FilesetFolder(Folder):
         file_id, _ = layout.split_name(name)
 
         def made():
-            if self._file_by_name(name) is not None or self.fileset.get_file(file_id) is not None:
+            if self._file_by_name(name) is not None:
                 return None
             try:
                 file = self.fileset.create_file(file_id)
-            except (ValueError, OSError):
+            except (ValueError, OSError):       # (FileExistsError: the id is taken)
                 return None                     # refused: `create` says why
             self.pending[name] = file
             return self._data(file, name)

@@ -119,8 +119,10 @@ class OverlayTree(Tree):
         self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
+        # how long what was learnt is trusted where no watch reports changes: a second, five remote
+        self.unwatched_timeout = 1.0 if self.local else 5.0
         self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
-                                    horizon=1.0 if self.local else 5.0)
+                                    horizon=self.unwatched_timeout)
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
@@ -138,7 +140,7 @@ class OverlayTree(Tree):
         self.watch = self._watch_overlay()
         watched = self.watch is not None
         self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,
-                                        attr_timeout=WATCHED_TIMEOUT if watched else 1.0 if self.local else 5.0,
+                                        attr_timeout=WATCHED_TIMEOUT if watched else self.unwatched_timeout,
                                         negative_timeout=0.0, keep_cache=True, cache_listings=watched)
 
     def _watch_overlay(self) -> OverlayWatch | None:

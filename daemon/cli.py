@@ -192,6 +192,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class LateReplyFilter(logging.Filter):
+    """libfuse's "fuse_reply_* failed with No such file or directory": the kernel no longer
+    waited for that answer (a RELEASE of a file closed just before the unmount, ended by
+    it; an interrupted request). Nothing was lost: shown only with -d, as debug."""
+
+    def __init__(self, debug: bool):
+        super().__init__()
+        self.debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "fuse_reply_* failed with No such file or directory" not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.debug
+
+
 def _setup_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if under_systemd():
@@ -201,6 +217,7 @@ def _setup_logging(debug: bool) -> None:
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("pyfuse3").addFilter(LateReplyFilter(debug))
     # OpenCV writes its own lines to stderr (no time, no masking) for what the daemon
     # reports itself as one error (an undecodable frame, a cut video): only with -d
     os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO" if debug else "SILENT")

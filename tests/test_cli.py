@@ -253,3 +253,23 @@ def test_debug_logs_every_request_and_without_it_none(store, mount):
     lines = mount.log().splitlines()         # (both daemons log into one file)
     assert any(f"[{daemon_pid(verbose)}]" in line and "lookup(" in line and "000003.png" in line for line in lines)
     assert not any(f"[{daemon_pid(quiet)}]" in line and "lookup(" in line for line in lines)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_reply_the_kernel_no_longer_waited_for_is_not_an_error(debug):
+    """libfuse logs a reply to a request the kernel already ended (a RELEASE cut short by
+    the unmount) as an error: the daemon shows it only with -d, as debug; other pyfuse3
+    errors stay errors."""
+    program = f"""
+import logging
+from scopefs.daemon.cli import _setup_logging
+_setup_logging({debug})
+log = logging.getLogger("pyfuse3")
+log.error("fuse_release(): fuse_reply_* failed with No such file or directory")
+log.error("something else went wrong")
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "something else" in line and " ERROR " in line]
+    late = [line for line in lines if "fuse_reply_*" in line]
+    assert len(late) == (1 if debug else 0) and all(" DEBUG " in line for line in late)

@@ -372,3 +372,21 @@ def test_a_walk_imports_nothing_after_the_mount(samples, mount, monkeypatch):
     assert daemon_status(mnt)["errors"] == 0
     late = [line for line in mount.log().splitlines() if "import time:" in line][at_mount:]
     assert late == []
+
+
+def test_attributes_are_learned_at_mount_and_walks_need_no_thread_for_them(samples, mount):
+    """The root's generated sizes (frames.csv, extra.*) and the frames' times are learned
+    by a thread of the mount's own (they were most of a cold walk's daemon time): once it
+    is done, `ls -l` of the root and `stat` of frames take no worker call."""
+    for name in ("extra", "mjpeg/avi"):
+        mnt = mount(samples[name].path)
+        deadline = time.monotonic() + 30
+        while not daemon_status(mnt)["attributes_learned"]:
+            assert time.monotonic() < deadline, daemon_status(mnt)
+            time.sleep(0.02)
+        before = daemon_status(mnt)["worker_calls"]
+        listing = subprocess.run(["ls", "-l", str(mnt)], capture_output=True, check=True, text=True).stdout
+        assert ("extra.csv" in listing) == (name == "extra")
+        sizes = [os.stat(mnt / "frames" / f"{i:06d}.png").st_size for i in (0, 7, len(samples[name].numbers) - 1)]
+        assert daemon_status(mnt)["worker_calls"] == before, name
+        assert len(set(sizes)) == 1 and sizes[0] == len((mnt / "frames" / "000007.png").read_bytes())

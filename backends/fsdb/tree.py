@@ -229,17 +229,24 @@ class DataFile(File):
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return self.open_read()
+        handle = self.temp_handle(flags, self._commit)
+        self.folder.refresh_attr()              # the temporary file is in it
+        return handle
+
+    def temp_handle(self, flags: int, commit) -> TempFileHandle:
+        """The temporary file a write goes to, handed to `commit` when complete."""
         exists = os.path.exists(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        handle = TempFileHandle(self._path(), copy, self._commit, dirty=new,
-                                durable_later=new and self.tree.db.register_lazily)
-        self.folder.refresh_attr()              # the temporary file is in it
-        return handle
+        return TempFileHandle(self._path(), copy, commit, dirty=new,
+                              durable_later=new and self.tree.db.register_lazily)
 
-    def _commit(self, finished: str) -> None:
+    def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
+        """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
+        new file, so what the kernel holds of it (pages, size; the writes dropped its times)
+        is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
             new = self.file.filename is None
             try:
@@ -248,7 +255,7 @@ class DataFile(File):
                 self.forget_attr()
                 self.attr()                     # (here: the kernel's next getattr needs no thread)
                 # a new file's metadata view appears now (the kernel may hold that name as missing)
-                self.folder.data_changed(self.name, self.ino,
+                self.folder.data_changed(self.name, *(() if kernel_wrote_all and new else (self.ino,)),
                                          entries=((self.folder.ino, self.name + META),) if new else ())
             self.folder.committed(self)
 
@@ -284,6 +291,7 @@ class NewFileHandle(FileHandle):
         self._created_ns = created_ns
         self._buffer: bytearray | None = bytearray()
         self._on_disk: TempFileHandle | None = None
+        self._written = False                   # by the kernel's writes (or truncates)
         self._lock = threading.Lock()
         data.writer = self
 
@@ -313,12 +321,16 @@ class NewFileHandle(FileHandle):
         if offset > len(buffer):
             buffer.extend(bytes(offset - len(buffer)))
         buffer[offset:end] = data
+        self._written = True
         return len(data)
 
-    def _moved_to_disk(self) -> TempFileHandle:
-        """The temporary file, made and given what was kept (call with the lock held)."""
+    def _moved_to_disk(self, committing: bool = False) -> TempFileHandle:
+        """The temporary file, made and given what was kept (call with the lock held).
+        `committing`: at the flush, whose commit tells the kernel of the folder anyway."""
         if self._on_disk is None:
-            handle = self.data.open(os.O_WRONLY)
+            handle = self.data.temp_handle(os.O_WRONLY, self._commit)
+            if not committing:
+                self.data.folder.refresh_attr()     # the temporary file is in it
             if self._buffer:
                 handle.write(0, bytes(self._buffer))
             self.tree.keep_new_bytes(-len(self._buffer))
@@ -335,15 +347,20 @@ class NewFileHandle(FileHandle):
 
     def write(self, offset: int, data: bytes) -> int:
         with self._lock:
+            self._written = True
             return self._moved_to_disk().write(offset, data)
 
     def truncate(self, size: int) -> None:
         with self._lock:
+            self._written = True
             self._moved_to_disk().truncate(size)
+
+    def _commit(self, finished: str) -> None:
+        self.data._commit(finished, kernel_wrote_all=self._written)
 
     def flush(self) -> None:
         with self._lock:
-            handle = self._moved_to_disk()
+            handle = self._moved_to_disk(committing=True)
         handle.flush()
         self.release_blocks = handle.release_blocks
 

@@ -68,3 +68,21 @@ def test_rsync_copy_of_the_mount_is_the_same_tree(kind, tmp_path, mount):
             assert what[1] == what[2], f"{rel}: stat says {what[1]} bytes, read gives {what[2]}"
     assert find_sizes(mnt) == cat_bytes(mnt) == find_sizes(copy) == cat_bytes(copy)
     assert "Traceback" not in mount.log()
+
+
+def test_reading_every_metadata_file_of_a_fileset_takes_a_worker_call_per_many(tmp_path, mount):
+    """A reader of every `.metadata.json` of a fileset (a walk, `tar`, a file manager)
+    opens them in listing order: the first open, in a worker, reads the next ones ahead,
+    whose opens are then answered from memory; each reads what the database holds."""
+    from conftest import daemon_status
+    files = 40
+    source = walk_samples.fsdb(tmp_path / "db", 1, 1, files)
+    mnt = mount(source.path)
+    fileset = mnt / "scan_000" / "fileset_0"
+    names = [name for name in os.listdir(fileset) if name.endswith(".metadata.json")]
+    assert len(names) == files
+    before = daemon_status(mnt)["worker_calls"]
+    read = {name: (fileset / name).read_bytes() for name in names}
+    assert daemon_status(mnt)["worker_calls"] - before <= 2       # (one a file before)
+    stored = source.path / "scan_000" / "metadata" / "fileset_0"
+    assert read == {name: (stored / (name.split(".")[0] + ".json")).read_bytes() for name in names}

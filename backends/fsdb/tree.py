@@ -50,6 +50,9 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: metadata views read with the one a reader opens: the next ones in listing order (of a
+#: local database), so that a walk reading them all makes one worker call per this many
+META_READ_AHEAD = 64
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -124,6 +127,7 @@ class MetaView(CachedView):
         self.tree = tree
         self.obj = obj
         self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
+        self.next_view: MetaView | None = None  # the next in its folder's last listing
 
     @property
     def mtime_ns(self) -> int:
@@ -153,11 +157,34 @@ class MetaView(CachedView):
         return ("metadata view", self.ino, self.obj.md_version)
 
     def make(self) -> bytes:
+        data = self._read()
+        if not self.tree.db.files.remote:       # (a read there is a round trip each)
+            self._read_ahead()
+        return data
+
+    def _read(self) -> bytes:
         self.tree.counts["metadata_files_read"] += 1
         try:
             return self.tree.db.files.read(self.obj._md_path)
         except FileNotFoundError:
             return NO_METADATA
+
+    def _read_ahead(self) -> None:
+        """The next views of the listing into the cache, those not there yet: their opens
+        are then answered from memory, without a worker call each."""
+        view = self.next_view
+        for _ in range(META_READ_AHEAD):
+            if view is None:
+                return
+            tag = view.content_tag()
+            if view.cache.claim(tag):
+                try:
+                    data = view._read()
+                except OSError as exc:
+                    view.cache.complete(tag, error=exc)
+                    return
+                view.cache.complete(tag, data)
+            view = view.next_view
 
     def size(self) -> int:
         return self._stat_of_version()[1]
@@ -454,6 +481,9 @@ class Folder(Directory):
         with self.tree.lock:
             listing = self.listing()
         self.tree.counts["listings"] += 1
+        views = [node for _, node in listing if isinstance(node, MetaView)]
+        for view, next_view in zip(views, views[1:] + [None]):
+            view.next_view = next_view          # (what a reader of one reads ahead)
         return listing
 
     def opendir(self) -> ListingSnapshot:

@@ -86,3 +86,19 @@ def test_reading_every_metadata_file_of_a_fileset_takes_a_worker_call_per_many(t
     assert daemon_status(mnt)["worker_calls"] - before <= 2       # (one a file before)
     stored = source.path / "scan_000" / "metadata" / "fileset_0"
     assert read == {name: (stored / (name.split(".")[0] + ".json")).read_bytes() for name in names}
+
+
+def test_reading_fsdb_data_files_again_takes_no_worker_call(tmp_path, mount):
+    """A file whose path the kernel has cached opens on the daemon's loop (a second `tar`
+    or `cp -r` of a fileset: no thread hop per file), and reads what the database holds."""
+    from conftest import daemon_status
+    source = walk_samples.fsdb(tmp_path / "db", 1, 1, 20)
+    mnt = mount(source.path)
+    fileset = mnt / "scan_000" / "fileset_0"
+    names = [name for name in os.listdir(fileset) if name.endswith(".png")]
+    first = {name: (fileset / name).read_bytes() for name in names}
+    before = daemon_status(mnt)["worker_calls"]
+    again = {name: (fileset / name).read_bytes() for name in names}
+    assert daemon_status(mnt)["worker_calls"] == before         # (one a file before)
+    stored = source.path / "scan_000" / "fileset_0"
+    assert first == again == {name: (stored / name).read_bytes() for name in names}

@@ -37,7 +37,8 @@ from ...formats import fsdb as layout
 from ..cache import ByteCache
 from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
-from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
+from ..kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached
+from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, OSFileHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
@@ -285,6 +286,19 @@ class DataFile(File):
                 self.folder.data_changed(self.name, *(() if kernel_wrote_all and new else (self.ino,)),
                                          entries=((self.folder.ino, self.name + META),) if new else ())
             self.folder.committed(self)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        """A read of data whose path the kernel's caches resolve (on local storage: its
+        open then never waits) needs no worker call; anything else goes to `open`."""
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or not self.tree.local_storage \
+                or self.writer is not None:
+            return None
+        fd = open_cached(self._path(), os.O_RDONLY)
+        if fd is None:
+            return None
+        handle = OSFileHandle(fd)
+        handle.keep_cache = True
+        return handle
 
     def open_read(self) -> FileHandle:
         writer = self.writer
@@ -862,6 +876,8 @@ class FSDBTree(Tree):
         self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
         self._unused_views: list[Tree] = []     # views of older versions to close
         self.remote_options: dict[str, str] = {}    # for the views of files in an object store
+        #: where an open whose path the kernel has cached never waits (DataFile.open_nowait)
+        self.local_storage = not db.files.remote and filesystem_type(db.basedir) in LOCAL_FILESYSTEMS
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
         self.add(RootFolder(self))

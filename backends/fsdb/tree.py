@@ -724,8 +724,8 @@ class FilesetFolder(Folder):
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
-        self.tree.report(*inodes, entries=entries)
-        self.tree.refresh_folders(self.fileset.scan.id, self.fileset.id)
+        folders = self.tree.refreshed_folders(self.fileset.scan.id, self.fileset.id)
+        self.tree.report(*inodes, *folders, entries=entries)       # (one wake of the notifier)
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
@@ -902,10 +902,14 @@ class FSDBTree(Tree):
         """After a change on disk (in its worker): the root, a scan's and a fileset's
         folders (those made so far) read their attributes again, and the kernel is told
         of those whose mtime moved (files.json, the journal or a file written in them)."""
+        self.report(*self.refreshed_folders(scan_id, fileset_id))
+
+    def refreshed_folders(self, scan_id: str | None = None, fileset_id: str | None = None) -> list[int]:
+        """`refresh_folders` without the report: the folders to tell the kernel of."""
         keys = [("scan", scan_id)] if scan_id is not None else []
         keys += [("fileset", scan_id, fileset_id)] if fileset_id is not None else []
         folders = [self.root] + [node for node in map(self.nodes.get, keys) if node is not None]
-        self.report(*(folder.ino for folder in folders if folder.refresh_attr()))
+        return [folder.ino for folder in folders if folder.refresh_attr()]
 
     def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
         """Drop the nodes of what was deleted. `report`: the kernel is told their

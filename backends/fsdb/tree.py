@@ -181,7 +181,7 @@ class MetaView(CachedView):
             if view.cache.claim(tag):
                 try:
                     data = view._read()
-                except OSError as exc:
+                except Exception as exc:        # (said to whoever waits for it; not to this reader)
                     view.cache.complete(tag, error=exc)
                     return
                 view.cache.complete(tag, data)

@@ -43,6 +43,7 @@ from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, F
 from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
+from . import db as model
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,19 @@ class MetaView(CachedView):
             self._read_ahead()
         return data
 
+    def _read_with_stat(self, version: int) -> bytes:
+        """`_read` of a local file, learning its size and mtime as of `version` on the way."""
+        self.tree.counts["metadata_files_read"] += 1
+        try:
+            with open(self.obj._md_path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+        except FileNotFoundError:
+            data, st = NO_METADATA, None
+        if self._known() is None and (st is None or st.st_size == len(data)):
+            self._stat = (version, len(data), st.st_mtime_ns if st is not None else 0)
+        return data
+
     def _read(self) -> bytes:
         self.tree.counts["metadata_files_read"] += 1
         try:
@@ -170,9 +184,22 @@ class MetaView(CachedView):
         except FileNotFoundError:
             return NO_METADATA
 
+    def _folder(self) -> "Folder | None":
+        """The folder that lists this view (made by then: a path to the view goes through it)."""
+        obj, nodes = self.obj, self.tree.nodes
+        if isinstance(obj, model.File):
+            return nodes.get(("fileset", obj.fileset.scan.id, obj.fileset.id))
+        if isinstance(obj, model.Fileset):
+            return nodes.get(("scan", obj.scan.id))
+        return self.tree.root
+
     def _read_ahead(self) -> None:
-        """The next views of the listing into the cache, those not there yet: their opens
-        are then answered from memory, without a worker call each."""
+        """The next views of the listing into the cache, those not there yet, with their
+        sizes and mtimes: their lookups and opens are then answered from memory, without a
+        worker call each. A folder never listed is listed once, for its order."""
+        folder = self._folder()
+        if folder is not None and not folder.listed:
+            folder._listing_now()
         view = self.next_view
         for _ in range(META_READ_AHEAD):
             if view is None:
@@ -180,7 +207,7 @@ class MetaView(CachedView):
             tag = view.content_tag()
             if view.cache.claim(tag):
                 try:
-                    data = view._read()
+                    data = view._read_with_stat(tag[2])
                 except Exception as exc:        # (said to whoever waits for it; not to this reader)
                     view.cache.complete(tag, error=exc)
                     return
@@ -447,6 +474,7 @@ class Folder(Directory):
         self.tree = tree
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
+        self.listed = False                     # its metadata views are linked (`_listing_now`)
 
     def path(self) -> str:
         raise NotImplementedError
@@ -498,6 +526,7 @@ class Folder(Directory):
         views = [node for _, node in listing if isinstance(node, MetaView)]
         for view, next_view in zip(views, views[1:] + [None]):
             view.next_view = next_view          # (what a reader of one reads ahead)
+        self.listed = True
         return listing
 
     def opendir(self) -> ListingSnapshot:

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import walk_samples
+from conftest import daemon_status
 
 SIZES = {"imgstore": (30,), "iid": (40,), "fsdb": (2, 2, 3), "copick": (2, 3)}
 
@@ -76,7 +77,6 @@ def test_reading_every_metadata_file_of_a_fileset_takes_a_worker_call_per_many(l
     the paths) opens them in listing order: the first open, in a worker, reads the next
     ones ahead with their sizes, so their lookups and opens are answered from memory (a
     folder never listed is listed once for that); each reads what the database holds."""
-    from conftest import daemon_status
     files = 40
     source = walk_samples.fsdb(tmp_path / "db", 1, 1, files)
     mnt = mount(source.path)
@@ -97,7 +97,6 @@ def test_reading_every_metadata_file_of_a_fileset_takes_a_worker_call_per_many(l
 def test_reading_fsdb_data_files_again_takes_no_worker_call(tmp_path, mount):
     """A file whose path the kernel has cached opens on the daemon's loop (a second `tar`
     or `cp -r` of a fileset: no thread hop per file), and reads what the database holds."""
-    from conftest import daemon_status
     source = walk_samples.fsdb(tmp_path / "db", 1, 1, 20)
     mnt = mount(source.path)
     fileset = mnt / "scan_000" / "fileset_0"

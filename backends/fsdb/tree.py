@@ -37,11 +37,13 @@ from ...formats import fsdb as layout
 from ..cache import ByteCache
 from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
-from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, TempFileHandle
+from ..kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached
+from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, OSFileHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
+from . import db as model
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ META = ".metadata.json"
 VIEW = ".view"
 #: bytes of metadata views kept in memory
 META_CACHE_BYTES = 16 << 20
+#: metadata views read with the one a reader opens: the next ones in listing order (of a
+#: local database), so that a walk reading them all makes one worker call per this many
+META_READ_AHEAD = 64
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -124,6 +129,7 @@ class MetaView(CachedView):
         self.tree = tree
         self.obj = obj
         self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
+        self.next_view: MetaView | None = None  # the next in its folder's last listing
 
     @property
     def mtime_ns(self) -> int:
@@ -153,11 +159,60 @@ class MetaView(CachedView):
         return ("metadata view", self.ino, self.obj.md_version)
 
     def make(self) -> bytes:
+        data = self._read()
+        if not self.tree.db.files.remote:       # (a read there is a round trip each)
+            self._read_ahead()
+        return data
+
+    def _read_with_stat(self, version: int) -> bytes:
+        """`_read` of a local file, learning its size and mtime as of `version` on the way."""
+        self.tree.counts["metadata_files_read"] += 1
+        try:
+            with open(self.obj._md_path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+        except FileNotFoundError:
+            data, st = NO_METADATA, None
+        if self._known() is None and (st is None or st.st_size == len(data)):
+            self._stat = (version, len(data), st.st_mtime_ns if st is not None else 0)
+        return data
+
+    def _read(self) -> bytes:
         self.tree.counts["metadata_files_read"] += 1
         try:
             return self.tree.db.files.read(self.obj._md_path)
         except FileNotFoundError:
             return NO_METADATA
+
+    def _folder(self) -> "Folder | None":
+        """The folder that lists this view (made by then: a path to the view goes through it)."""
+        obj, nodes = self.obj, self.tree.nodes
+        if isinstance(obj, model.File):
+            return nodes.get(("fileset", obj.fileset.scan.id, obj.fileset.id))
+        if isinstance(obj, model.Fileset):
+            return nodes.get(("scan", obj.scan.id))
+        return self.tree.root
+
+    def _read_ahead(self) -> None:
+        """The next views of the listing into the cache, those not there yet, with their
+        sizes and mtimes: their lookups and opens are then answered from memory, without a
+        worker call each. A folder never listed is listed once, for its order."""
+        folder = self._folder()
+        if folder is not None and not folder.listed:
+            folder._listing_now()
+        view = self.next_view
+        for _ in range(META_READ_AHEAD):
+            if view is None:
+                return
+            tag = view.content_tag()
+            if view.cache.claim(tag):
+                try:
+                    data = view._read_with_stat(tag[2])
+                except Exception as exc:        # (said to whoever waits for it; not to this reader)
+                    view.cache.complete(tag, error=exc)
+                    return
+                view.cache.complete(tag, data)
+            view = view.next_view
 
     def size(self) -> int:
         return self._stat_of_version()[1]
@@ -229,17 +284,24 @@ class DataFile(File):
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return self.open_read()
+        handle = self.temp_handle(flags, self._commit)
+        self.folder.refresh_attr()              # the temporary file is in it
+        return handle
+
+    def temp_handle(self, flags: int, commit) -> TempFileHandle:
+        """The temporary file a write goes to, handed to `commit` when complete."""
         exists = os.path.exists(self._path())
         copy = self._path() if exists and not flags & os.O_TRUNC else None
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        handle = TempFileHandle(self._path(), copy, self._commit, dirty=new,
-                                durable_later=new and self.tree.db.register_lazily)
-        self.folder.refresh_attr()              # the temporary file is in it
-        return handle
+        return TempFileHandle(self._path(), copy, commit, dirty=new,
+                              durable_later=new and self.tree.db.register_lazily)
 
-    def _commit(self, finished: str) -> None:
+    def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
+        """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
+        new file, so what the kernel holds of it (pages, size; the writes dropped its times)
+        is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
             new = self.file.filename is None
             try:
@@ -248,9 +310,22 @@ class DataFile(File):
                 self.forget_attr()
                 self.attr()                     # (here: the kernel's next getattr needs no thread)
                 # a new file's metadata view appears now (the kernel may hold that name as missing)
-                self.folder.data_changed(self.name, self.ino,
+                self.folder.data_changed(self.name, *(() if kernel_wrote_all and new else (self.ino,)),
                                          entries=((self.folder.ino, self.name + META),) if new else ())
             self.folder.committed(self)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        """A read of data whose path the kernel's caches resolve (on local storage: its
+        open then never waits) needs no worker call; anything else goes to `open`."""
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC or not self.tree.local_storage \
+                or self.writer is not None:
+            return None
+        fd = open_cached(self._path(), os.O_RDONLY)
+        if fd is None:
+            return None
+        handle = OSFileHandle(fd)
+        handle.keep_cache = True
+        return handle
 
     def open_read(self) -> FileHandle:
         writer = self.writer
@@ -284,6 +359,7 @@ class NewFileHandle(FileHandle):
         self._created_ns = created_ns
         self._buffer: bytearray | None = bytearray()
         self._on_disk: TempFileHandle | None = None
+        self._written = False                   # by the kernel's writes (or truncates)
         self._lock = threading.Lock()
         data.writer = self
 
@@ -313,12 +389,16 @@ class NewFileHandle(FileHandle):
         if offset > len(buffer):
             buffer.extend(bytes(offset - len(buffer)))
         buffer[offset:end] = data
+        self._written = True
         return len(data)
 
-    def _moved_to_disk(self) -> TempFileHandle:
-        """The temporary file, made and given what was kept (call with the lock held)."""
+    def _moved_to_disk(self, committing: bool = False) -> TempFileHandle:
+        """The temporary file, made and given what was kept (call with the lock held).
+        `committing`: at the flush, whose commit tells the kernel of the folder anyway."""
         if self._on_disk is None:
-            handle = self.data.open(os.O_WRONLY)
+            handle = self.data.temp_handle(os.O_WRONLY, self._commit)
+            if not committing:
+                self.data.folder.refresh_attr()     # the temporary file is in it
             if self._buffer:
                 handle.write(0, bytes(self._buffer))
             self.tree.keep_new_bytes(-len(self._buffer))
@@ -335,15 +415,20 @@ class NewFileHandle(FileHandle):
 
     def write(self, offset: int, data: bytes) -> int:
         with self._lock:
+            self._written = True
             return self._moved_to_disk().write(offset, data)
 
     def truncate(self, size: int) -> None:
         with self._lock:
+            self._written = True
             self._moved_to_disk().truncate(size)
+
+    def _commit(self, finished: str) -> None:
+        self.data._commit(finished, kernel_wrote_all=self._written)
 
     def flush(self) -> None:
         with self._lock:
-            handle = self._moved_to_disk()
+            handle = self._moved_to_disk(committing=True)
         handle.flush()
         self.release_blocks = handle.release_blocks
 
@@ -389,6 +474,7 @@ class Folder(Directory):
         self.tree = tree
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
+        self.listed = False                     # its metadata views are linked (`_listing_now`)
 
     def path(self) -> str:
         raise NotImplementedError
@@ -437,6 +523,10 @@ class Folder(Directory):
         with self.tree.lock:
             listing = self.listing()
         self.tree.counts["listings"] += 1
+        views = [node for _, node in listing if isinstance(node, MetaView)]
+        for view, next_view in zip(views, views[1:] + [None]):
+            view.next_view = next_view          # (what a reader of one reads ahead)
+        self.listed = True
         return listing
 
     def opendir(self) -> ListingSnapshot:
@@ -663,8 +753,8 @@ class FilesetFolder(Folder):
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
-        self.tree.report(*inodes, entries=entries)
-        self.tree.refresh_folders(self.fileset.scan.id, self.fileset.id)
+        folders = self.tree.refreshed_folders(self.fileset.scan.id, self.fileset.id)
+        self.tree.report(*inodes, *folders, entries=entries)       # (one wake of the notifier)
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
@@ -815,6 +905,8 @@ class FSDBTree(Tree):
         self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
         self._unused_views: list[Tree] = []     # views of older versions to close
         self.remote_options: dict[str, str] = {}    # for the views of files in an object store
+        #: where an open whose path the kernel has cached never waits (DataFile.open_nowait)
+        self.local_storage = not db.files.remote and filesystem_type(db.basedir) in LOCAL_FILESYSTEMS
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
         self.add(RootFolder(self))
@@ -839,10 +931,14 @@ class FSDBTree(Tree):
         """After a change on disk (in its worker): the root, a scan's and a fileset's
         folders (those made so far) read their attributes again, and the kernel is told
         of those whose mtime moved (files.json, the journal or a file written in them)."""
+        self.report(*self.refreshed_folders(scan_id, fileset_id))
+
+    def refreshed_folders(self, scan_id: str | None = None, fileset_id: str | None = None) -> list[int]:
+        """`refresh_folders` without the report: the folders to tell the kernel of."""
         keys = [("scan", scan_id)] if scan_id is not None else []
         keys += [("fileset", scan_id, fileset_id)] if fileset_id is not None else []
         folders = [self.root] + [node for node in map(self.nodes.get, keys) if node is not None]
-        self.report(*(folder.ino for folder in folders if folder.refresh_attr()))
+        return [folder.ino for folder in folders if folder.refresh_attr()]
 
     def forget_nodes(self, *keys: tuple, report: bool = False) -> None:
         """Drop the nodes of what was deleted. `report`: the kernel is told their

@@ -1,8 +1,8 @@
 """Where a warm read of a small file goes: a Python loop of `open(path, 'rb').read()` over
 every `entry.json` of an `.iid`, writable and `-o ro`, with the daemon's idle poll off
-(`SCOPEFS_IDLE_POLL_US=0`) and on (the default), side by side, alternating.
+(the default) and on (`SCOPEFS_IDLE_POLL_US`, `--poll-us`), side by side, alternating.
 
-    python benchmarks/small_reads.py [--entries 500] [--rounds 5] [--work DIR]
+    python benchmarks/small_reads.py [--entries 500] [--rounds 5] [--poll-us 50] [--work DIR]
 
 Per file: wall time (median of rounds), and the work behind it (mean of rounds), steadier on a shared
 machine: the daemon's CPU (/proc/PID/stat), how often its session thread slept (each
@@ -78,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--poll-us", default="50", help="SCOPEFS_IDLE_POLL_US of the mounts with the poll on (50)")
     parser.add_argument("--work", type=Path, help="where the source and mounts go (default: a temporary folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="scopefs-small-reads-"))
@@ -87,8 +88,8 @@ def main() -> None:
     mounts: dict[str, Path] = {}
     try:
         for options in ((), ("-o", "ro")):
-            for poll in ("0", ""):
-                label = f"{'-o ro' if options else 'writable'}, idle poll {'off' if poll else 'on'}"
+            for poll in ("0", args.poll_us):
+                label = f"{'-o ro' if options else 'writable'}, idle poll {'on' if float(poll) else 'off'}"
                 mnt = work / f"mnt{len(mounts)}"
                 mnt.mkdir(exist_ok=True)
                 env = {**os.environ, "SCOPEFS_IDLE_POLL_US": poll}

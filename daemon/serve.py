@@ -20,10 +20,13 @@ from .systemd import notify
 log = logging.getLogger(__name__)
 
 #: how long the session loop goes on trying an empty FUSE fd before it sleeps (the
-#: pyfuse3 patch session-poll-before-wait): a program that waits for each answer (open,
-#: isatty's FUSE_IOCTL, close of many small files) then finds the daemon awake
-IDLE_POLL_S = 50e-6
-#: microseconds of that, instead (0: sleep at once)
+#: pyfuse3 patch session-poll-before-wait), so that a program waiting for each answer
+#: (open, isatty's FUSE_IOCTL, close of many small files) finds the daemon awake. Off by
+#: default: it pays where the program and the daemon run on different idle CPUs, but
+#: where the scheduler keeps them on one busy CPU the poll delays the program it waits
+#: for (benchmarks/README.md, "Warm reads of small files")
+IDLE_POLL_S = 0.0
+#: microseconds of that (e.g. 50), instead
 IDLE_POLL_ENV = "SCOPEFS_IDLE_POLL_US"
 
 
@@ -77,11 +80,7 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
 
 def set_idle_poll() -> float:
     """Keep the session loop awake for a moment after each request (`IDLE_POLL_S`, or
-    `IDLE_POLL_ENV`); the seconds set (0 with an unpatched pyfuse3)."""
-    if not hasattr(pyfuse3, "set_idle_poll"):
-        log.info("pyfuse3 %s has no set_idle_poll (daemon/pyfuse3-patches): the session loop sleeps "
-                 "as soon as no request waits", getattr(pyfuse3, "__version__", "?"))
-        return 0.0
+    `IDLE_POLL_ENV`); the seconds set."""
     seconds = IDLE_POLL_S
     if os.environ.get(IDLE_POLL_ENV):
         try:
@@ -89,6 +88,12 @@ def set_idle_poll() -> float:
         except ValueError:
             log.warning("%s=%r is not a number of microseconds: %g used", IDLE_POLL_ENV,
                         os.environ[IDLE_POLL_ENV], IDLE_POLL_S * 1e6)
+    if not seconds:
+        return 0.0
+    if not hasattr(pyfuse3, "set_idle_poll"):
+        log.info("pyfuse3 %s has no set_idle_poll (daemon/pyfuse3-patches): %s is ignored",
+                 getattr(pyfuse3, "__version__", "?"), IDLE_POLL_ENV)
+        return 0.0
     pyfuse3.set_idle_poll(seconds)
     return seconds
 

@@ -112,6 +112,18 @@ class Mount:
         fn(self.path)
         return (self.requests() - start - (start - before)) / count
 
+    def sleeps_per(self, fn, count: int) -> float:
+        """Times the daemon's session thread slept (waited for a request: each is a
+        wake-up to pay) during one run of `fn` over the mount, per item."""
+        pid = json.loads((self.path / ".scopefs").read_text())["pid"]
+
+        def sleeps() -> int:
+            status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+            return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        before = sleeps()
+        fn(self.path)
+        return (sleeps() - before) / count
+
     def daemon_cpu_s(self) -> float:
         """CPU seconds the mount's daemon has used (user + system)."""
         pid = json.loads((self.path / ".scopefs").read_text())["pid"]
@@ -197,6 +209,7 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                                              lambda fn=fn: timed(fn, mnt.path), goal)
             if label.startswith("read small files"):
                 report(f"    {'daemon requests per file, warm':<38} {mnt.requests_per(fn, len(small)):.2f}")
+                report(f"    {'daemon sleeps per file, warm':<38} {mnt.sleeps_per(fn, len(small)):.2f}")
     finally:
         mnt.close()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,7 +1,7 @@
 """FUSE requests per walk, by operation: what a cold and a warm `find`, `ls -lR`, `du -s`
-and a read of every small file ask the daemon, on writable and `-o ro` mounts.
+and a read of every small file (by `cat`, and by a Python loop of `open().read()`) ask the daemon, on writable and `-o ro` mounts.
 
-    python benchmarks/walk_requests.py [--work DIR] [--iid N] [--fsdb SxFxN] [--walks find,ls,du,read]
+    python benchmarks/walk_requests.py [--work DIR] [--iid N] [--fsdb SxFxN] [--walks find,ls,du,read,pyread]
 
 Counts, not times: they do not depend on the machine's load. Each walk runs on a fresh
 mount (cold), then again on the same mount (warm); the requests are read from the
@@ -25,7 +25,12 @@ import walk_samples  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 WALKS = {"find": "find .", "ls": "ls -lR", "du": "du -s",
-         "read": r"find . -type f \( {small} \) -exec cat {{}} + >/dev/null"}
+         "read": r"find . -type f \( {small} \) -exec cat {{}} + >/dev/null",
+         # the walk benchmark's reader: Python's buffered open() also asks isatty, a FUSE
+         # IOCTL per file that libfuse answers itself (not in the daemon's log)
+         "pyread": r"find . -type f \( {small} \) -print0 | " + sys.executable
+                   + r""" -c 'import sys
+for p in sys.stdin.buffer.read().split(b"\0")[:-1]: open(p, "rb").read()'"""}
 REQUEST = re.compile(r" DEBUG scopefs\.daemon\.fs\[\d+\]: ([a-z_]+)\(")
 
 

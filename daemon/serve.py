@@ -19,6 +19,16 @@ from .systemd import notify
 
 log = logging.getLogger(__name__)
 
+#: how long the session loop goes on trying an empty FUSE fd before it sleeps (the
+#: pyfuse3 patch session-poll-before-wait), so that a program waiting for each answer
+#: (open, isatty's FUSE_IOCTL, close of many small files) finds the daemon awake. Off by
+#: default: it pays where the program and the daemon run on different idle CPUs, but
+#: where the scheduler keeps them on one busy CPU the poll delays the program it waits
+#: for (benchmarks/README.md, "Warm reads of small files")
+IDLE_POLL_S = 0.0
+#: microseconds of that (e.g. 50), instead
+IDLE_POLL_ENV = "SCOPEFS_IDLE_POLL_US"
+
 
 async def _main(ops: Operations, mountpoint: str, when_live: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
@@ -68,6 +78,26 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
         log.debug("cannot set read_ahead_kb of %s: %s", device, exc)
 
 
+def set_idle_poll() -> float:
+    """Keep the session loop awake for a moment after each request (`IDLE_POLL_S`, or
+    `IDLE_POLL_ENV`); the seconds set."""
+    seconds = IDLE_POLL_S
+    if os.environ.get(IDLE_POLL_ENV):
+        try:
+            seconds = max(0.0, float(os.environ[IDLE_POLL_ENV]) * 1e-6)
+        except ValueError:
+            log.warning("%s=%r is not a number of microseconds: %g used", IDLE_POLL_ENV,
+                        os.environ[IDLE_POLL_ENV], IDLE_POLL_S * 1e6)
+    if not seconds:
+        return 0.0
+    if not hasattr(pyfuse3, "set_idle_poll"):
+        log.info("pyfuse3 %s has no set_idle_poll (daemon/pyfuse3-patches): %s is ignored",
+                 getattr(pyfuse3, "__version__", "?"), IDLE_POLL_ENV)
+        return 0.0
+    pyfuse3.set_idle_poll(seconds)
+    return seconds
+
+
 def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, timeout: float,
           read_ahead_kib: int, info: dict[str, str], on_ready: Callable[[], None]) -> None:
     """Mount `tree` on `mountpoint` and serve until unmounted or signalled."""
@@ -78,6 +108,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     gc.set_threshold(50_000, 50, 1000)
     if tree.real_owners:
         os.umask(0)            # modes arrive with the caller's umask applied by the kernel
+    info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1)}
     ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
     pyfuse3.init(ops, mountpoint, fuse_options)
     ops.notifier.start()

@@ -186,8 +186,8 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
         shutil.rmtree(plain, ignore_errors=True)
         t = time.perf_counter()
         sh("rsync", "-a", f"{mnt.path}/", f"{plain}/")
-        report(f"  (plain copy made with rsync -a of the mount in {time.perf_counter() - t:.1f} s: "
-               f"{sum(1 for _ in plain.rglob('*')):,} paths)")
+        paths = sum(1 for _ in plain.rglob('*'))
+        report(f"  (plain copy made with rsync -a of the mount in {time.perf_counter() - t:.1f} s: {paths:,} paths)")
         small = [str(p.relative_to(plain)) for p in walk_samples.small_files(plain, source)]
         for label, fn in walks(source, scratch, small):
             if not any(label.startswith(w) for w in WALKS):
@@ -198,11 +198,18 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                     drop_caches()
                     return timed(fn, plain)
 
-                def cold_mount(fn=fn):
+                cpu = []
+
+                def cold_mount(fn=fn, cpu=cpu):
                     mnt.fresh()
                     drop_caches()
-                    return timed(fn, mnt.path)
+                    before = mnt.daemon_cpu_s()
+                    took = timed(fn, mnt.path)
+                    cpu.append(mnt.daemon_cpu_s() - before)
+                    return took
                 results[label, "cold"] = compare(f"{label}, cold", cold_plain, cold_mount, goal)
+                # work, steadier than time on a shared machine
+                report(f"    {'daemon CPU per path, cold':<38} {statistics.median(cpu) / paths * 1e6:.0f} us")
             fn(plain)
             fn(mnt.path)
             results[label, "warm"] = compare(f"{label}, warm", lambda fn=fn: timed(fn, plain),

@@ -782,7 +782,10 @@ class MergedFile(MergedNode, File):
             source = self.source
             return self._track(source.open_read(self.rel), source)
         self.tree.copy_up(self, data=not flags & os.O_TRUNC)
-        return self._track(self.tree.upper.open_write(self.rel, flags), self.tree.upper)
+        handle = self.tree.upper.open_write(self.rel, flags)
+        if self.tree.derive is not None:
+            handle = _ViewSourceHandle(handle, self.tree, self.rel, written=bool(flags & os.O_TRUNC))
+        return self._track(handle, self.tree.upper)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or self.place is None:
@@ -797,6 +800,39 @@ class MergedFile(MergedNode, File):
     def truncate(self, size: int) -> None:
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
+
+
+class _ViewSourceHandle:
+    """A file written where derived views may be made of it (`OverlayTree.derive`): once
+    written, its flush (close, fsync) tells the kernel of the file's views and of the
+    folders that list them before it returns, so that a walk right after the writer's
+    close sees the views' new sizes (the overlay watch tells it too, a moment later).
+    Everything else is the handle's own."""
+    flush_blocks = True
+
+    def __init__(self, handle: FileHandle, tree: OverlayTree, rel: str, written: bool):
+        self._handle, self._tree, self._rel, self._written = handle, tree, rel, written
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def write(self, offset: int, data: bytes) -> int:
+        self._written = True
+        return self._handle.write(offset, data)
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        return None
+
+    def truncate(self, size: int) -> None:
+        self._written = True
+        self._handle.truncate(size)
+
+    def flush(self) -> None:
+        self._handle.flush()
+        if self._written:
+            self._written = False
+            folder, _, name = self._rel.rpartition("/")
+            self._tree.overlay_changed({folder: {name}}, waited=True)
 
 
 def _changes_entries(method):

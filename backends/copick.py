@@ -210,7 +210,9 @@ class DerivedViews:
         return ""
 
     def listing(self, rel: str, names: list[str]):
-        return self._listing(rel, names) + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
+        """(view name, source, make node, what the source shows or None: not stat'ed)."""
+        return [(*entry, None) for entry in self._listing(rel, names) + self.volumes.listing(rel, names)] \
+            + self.picks.listing(rel, names)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel

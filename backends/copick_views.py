@@ -33,7 +33,7 @@ from ..formats.atomic import atomic_write
 from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
-from .kept_sizes import versions
+from .kept_sizes import identity, versions
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
@@ -276,14 +276,20 @@ class PicksViews:
         if found is None:
             return []
         run, voxel_size = found
-        if picks is None:
-            picks = self.tree.listing(f"{run}/Picks") if self.tree.shown(f"{run}/Picks") else []
+        infos: dict[str, Attr] = {}
+        if picks is None:               # what each picks file shows: one stat each, for all its views
+            shown = self.tree.shown(f"{run}/Picks")
+            infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
+            picks = sorted(infos)
+        center = _Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
         out = []
         for name in picks:
             if name.endswith(".json") and not name.startswith("."):
-                source = f"{run}/Picks/{name}"
+                source, info = f"{run}/Picks/{name}", infos.get(name)
                 for suffix, kind in picks_format.FORMATS.items():
-                    out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
+                    out.append((name[:-5] + suffix, source,
+                                self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info),
+                                info))
         return out
 
     def folders_following(self, rel: str) -> list[str]:
@@ -300,26 +306,29 @@ class PicksViews:
                 source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
                 if self.tree.shown(source) is None:
                     return None
-                for view, source, make in self.listing(rel, [], [source.rpartition("/")[2]]):
+                for view, source, make, _ in self.listing(rel, [], [source.rpartition("/")[2]]):
                     if view == name:
                         return source, make
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float):
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None):
+        """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
+        what the source shows, if the listing stat'ed it (else it is asked)."""
+        center = center or (lambda: None)
+
         def make():
-            center = _Once(lambda: self.center(rel, voxel_size) if kind == "star" else None)
+            shown = info or self.tree.top(source)[1]
 
             def kept_key():
                 try:
-                    found = (self.views.source_identity(source), center())
+                    found = (identity(shown), center())
                 except Exception:               # no centre: the view says why when made (EIO)
                     return None
                 return None if found[0] is None else \
                     ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
-            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center),
-                                 self.tree.top(source)[1].mtime_ns, self.cache,
-                                 kept=self.views.kept_size(kept_key), on_resized=self.views.resized)
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center), shown.mtime_ns,
+                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized)
         return make
 
     def render(self, source: str, kind: str, rel: str, voxel_size: float, center) -> bytes:
@@ -335,8 +344,13 @@ class PicksViews:
 
     def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
         """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:
-        the first tomogram of this spacing, else of the run's smallest spacing with one."""
+        the first tomogram of this spacing, else of the run's smallest spacing with one
+        (found once per version of the run's and this spacing's folders)."""
         run = rel.rpartition("/")[0]
+        key = ("center", rel, voxel_size) + self.tree.source_key(run) + self.tree.source_key(rel)
+        return self.volumes._remembered(key, lambda: self._center(run, rel))
+
+    def _center(self, run: str, rel: str) -> tuple[float, float, float] | None:
         spacings = sorted((size, f"{run}/{name}") for name in self.tree.listing(run)
                           if (size := voxel_size_of(name, "")) is not None and name.startswith(SPACING))
         for size, folder in sorted(spacings, key=lambda s: (s[1] != rel, s[0])):

@@ -107,7 +107,8 @@ class OverlayTree(Tree):
         self._copying = [threading.Lock() for _ in range(COPY_LOCKS)]
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
-        # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
+        # derived read-only files: derive.listing(dir rel, names) -> [(name, source rel, make node,
+        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node)
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
@@ -497,11 +498,11 @@ class OverlayTree(Tree):
     # -- derived views ---------------------------------------------------------------------
     def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node]]:
         """The derived files of a directory (never shadowing a real name), given what its
-        entries show."""
+        entries show (`derive.listing` gives what a source elsewhere shows, if it knows)."""
         if self.derive is None:
             return []
-        return [(name, self._derived_node(rel, name, source, make, infos.get(source.rpartition("/")[2])))
-                for name, source, make in self.derive.listing(rel, list(infos)) if name not in infos]
+        return [(name, self._derived_node(rel, name, source, make, info or infos.get(source.rpartition("/")[2])))
+                for name, source, make, info in self.derive.listing(rel, list(infos)) if name not in infos]
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
         """One derived file by name: only its own source is looked at."""

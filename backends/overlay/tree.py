@@ -832,8 +832,10 @@ class _ViewSourceHandle:
         self._handle.flush()
         if self._written:
             self._written = False
-            folder, _, name = self._rel.rpartition("/")
-            self._tree.overlay_changed({folder: {name}}, waited=True)
+            tree, rel = self._tree, self._rel
+            folder, _, name = rel.rpartition("/")
+            if rel in tree._derived_by_source or tree.derive.folders_following(folder):
+                tree.overlay_changed({folder: {name}}, waited=True)
 
 
 def _changes_entries(method):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import stat
 import threading
@@ -15,6 +16,8 @@ from typing import Callable
 from .cache import ByteCache
 from .nodes import Attr, Directory, File, FileHandle, Node, Tree, read_only, writes
 from .nowait import lookup_attr_nowait
+
+log = logging.getLogger(__name__)
 
 #: the largest file kept in memory (a view or a picks import being written, an editor's
 #: scratch file): beyond it a write or truncate fails with EFBIG ("File too large"), as
@@ -358,14 +361,19 @@ _GENERATED = itertools.count()
 class GeneratedFile(File):
     """A read-only file whose content is made on demand (CSV of a million rows, JSON
     summaries...). The content is generated once for its size and kept in `cache`
-    (bounded); if evicted, it is made again, identically."""
+    (bounded); if evicted, it is made again, identically. With `kept` (a
+    `kept_sizes.KeptSize`) its size comes from sizes learned before, on this mount or
+    another, without making it; a kept size that proves wrong when the content is made
+    (a renderer changed without its version) is corrected and `on_resized(self)` called."""
 
-    def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None):
+    def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None,
+                 kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None):
         self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
         self._make = make
         self.mtime_ns = mtime_ns
         self._size: int | None = None
         self._cache = cache
+        self._kept, self._on_resized = kept, on_resized
         self._data: bytes | None = None
         self._lock = threading.Lock()
 
@@ -373,15 +381,30 @@ class GeneratedFile(File):
         if self._cache is None:
             with self._lock:
                 if self._data is None:
-                    self._data = self._make()
+                    self._data = self._made()
                 return self._data
-        data = self._cache.get_or_make(self._key, self._make)
-        self._size = len(data)
+        return self._cache.get_or_make(self._key, self._made)
+
+    def _made(self) -> bytes:
+        if self._kept is not None:
+            self._kept.digest()                 # the sources' versions before they are read
+        data = self._make()
+        told, self._size = self._size, len(data)
+        if self._kept is not None:
+            self._kept.learn(len(data))
+        if told is not None and told != len(data):
+            log.warning("a generated file's size was %d, its content is %d bytes: corrected", told, len(data))
+            if self._on_resized is not None:
+                self._on_resized(self)
         return data
 
     def attr(self) -> Attr:
         if self._size is None:
-            self._size = len(self.content())
+            kept = self._kept.get() if self._kept is not None else None
+            if kept is None:
+                self.content()
+            else:
+                self._size = kept
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def cached_attr(self) -> Attr | None:

@@ -25,8 +25,9 @@ from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
-from .copick_views import Imports, PicksViews, VolumeViews, read_file
-from .nodes import ROOT_INO
+from .copick_views import VIEWS_VERSION, Imports, PicksViews, VolumeViews, read_file
+from .kept_sizes import KeptSize, KeptSizes, cache_path, identity, versions
+from .nodes import ROOT_INO, attr_of
 from .options import MountError, Options
 from .overlay import FsspecRoot, LocalRoot, OverlayTree
 
@@ -88,7 +89,6 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         overlay = make_root(config["overlay_root"], config.get("overlay_fs_args"), "overlay_root", ttl)
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
-    threading.Thread(target=_load_view_libraries, name="load-view-libraries", daemon=True).start()
     tree = CopickTree(static, overlay, read_only)
     tree.derive = DerivedViews(tree, volume_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
@@ -101,29 +101,40 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     return tree
 
 
-def _load_view_libraries() -> None:
+class LibraryLoader:
     """What the derived views write with (picks formats, MRC, meshes, previews from zarr),
-    imported while the mount comes up (about a second cold: the first listing of a
-    VoxelSpacing folder waited for it). A library
-    that fails to import is left to the view that needs it, which says why."""
-    try:
-        picks_format.load_libraries()
-        import mrcfile  # noqa: F401
-        import trimesh  # noqa: F401
-        import zarr  # noqa: F401
-    except Exception as exc:
-        log.debug("loading the view libraries: %s", exc)
+    imported in the background once a view must be made (about a second cold): not at
+    mount, and not for a walk whose sizes were kept (`kept_sizes`), which needs none of
+    them. A library that fails to import is left to the view that needs it, which says why."""
+
+    def __init__(self):
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        if not self._started.is_set():
+            self._started.set()
+            threading.Thread(target=self._load, name="load-view-libraries", daemon=True).start()
+
+    @staticmethod
+    def _load() -> None:
+        try:
+            picks_format.load_libraries()
+            import mrcfile  # noqa: F401
+            import trimesh  # noqa: F401
+            import zarr  # noqa: F401
+        except Exception as exc:
+            log.debug("loading the view libraries: %s", exc)
 
 
 class CopickTree(OverlayTree):
     """The merged tree, with the derived views' and imports' counters in its status."""
 
     def status(self) -> dict:
-        return {**super().status(), **self.derive.volumes.status(), **self.imports.status()}
+        return {**super().status(), **self.derive.status(), **self.imports.status()}
 
     def close(self) -> None:
         super().close()
-        self.derive.volumes.close()
+        self.derive.close()
         self.imports.close()
 
 
@@ -141,8 +152,40 @@ class DerivedViews:
     def __init__(self, tree: OverlayTree, volume_cache: int):
         self.tree = tree
         self.cache = ByteCache(128 << 20)
-        self.volumes = VolumeViews(tree, volume_cache)
-        self.picks = PicksViews(tree, self.volumes)
+        self.sizes = KeptSizes(cache_path())
+        self.libraries = LibraryLoader()
+        self.made = 0
+        self._made_lock = threading.Lock()
+        self.volumes = VolumeViews(tree, volume_cache, self)
+        self.picks = PicksViews(tree, self.volumes, self)
+
+    def kept_size(self, key) -> KeptSize:
+        """The kept size of a view whose bytes depend on what `key()` gives (None: not
+        kept); asking for one that is not kept starts loading the view libraries."""
+        def parts():
+            found = key()
+            return None if found is None else (VIEWS_VERSION, *found)
+        return KeptSize(self.sizes, parts, on_miss=self.libraries.start)
+
+    def count_made(self) -> None:
+        """One view made (its bytes, or an MRC view's volume opened): a walk whose sizes
+        are kept makes none."""
+        with self._made_lock:
+            self.made += 1
+
+    def resized(self, node) -> None:
+        self.tree.report(node.ino, waited=False)
+
+    def source_identity(self, rel: str) -> tuple | None:
+        shown = self.tree.shown(rel)
+        return None if shown is None else identity(shown[1])
+
+    def status(self) -> dict:
+        return {**self.volumes.status(), "views_made": self.made, "view_sizes": self.sizes.status()}
+
+    def close(self) -> None:
+        self.volumes.close()
+        self.sizes.close()
 
     def lookup(self, rel: str, name: str):
         """(source, make) of one derived name, from the name alone."""
@@ -167,7 +210,9 @@ class DerivedViews:
         return ""
 
     def listing(self, rel: str, names: list[str]):
-        return self._listing(rel, names) + self.volumes.listing(rel, names) + self.picks.listing(rel, names)
+        """(view name, source, make node, what the source shows or None: not stat'ed)."""
+        return [(*entry, None) for entry in self._listing(rel, names) + self.volumes.listing(rel, names)] \
+            + self.picks.listing(rel, names)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel
@@ -198,17 +243,54 @@ class DerivedViews:
 
     def _file(self, source: str, convert, *args):
         key = (source, convert.__name__) + args
+        # what the bytes depend on besides the source: the renderer's libraries
+        libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
+                     "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
+
+        def kept_key():
+            found = (self.store_identity(source) if convert == self.preview
+                     else self.source_identity(source))
+            return None if found is None else (convert.__name__, args, versions(*libraries), found)
 
         def make():
             def content():
+                self.count_made()
                 try:
                     return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
                 except OSError:
                     raise
                 except Exception as exc:        # a bad source: EIO for this view, the listing goes on
                     raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
-            return GeneratedFile(content, self.tree.top(source)[1].mtime_ns)
+            return GeneratedFile(content, self.tree.top(source)[1].mtime_ns, kept=self.kept_size(kept_key),
+                                 on_resized=self.resized)
         return make
+
+    def store_identity(self, rel: str) -> tuple | None:
+        """The identities of what a preview of store rel reads, from stat alone: its
+        metadata and the files of its coarsest level (None where they are not local
+        files, or are more than a few)."""
+        root = self.tree.top(rel)[0]
+        path = root.local_path(rel)
+        if path is None:
+            return None
+        try:
+            names = os.listdir(path)
+            levels = [n for n in names if n.isdigit()]
+            if not levels:
+                return None
+            coarsest = max(levels, key=int)
+            files = [n for n in (".zgroup", ".zattrs", "zarr.json") if n in names]
+            for folder, dirs, found in os.walk(os.path.join(path, coarsest)):
+                dirs.sort()
+                files += sorted(os.path.relpath(os.path.join(folder, f), path) for f in found)
+                if len(files) > 64:
+                    return None
+            if not {f"{coarsest}/.zarray", f"{coarsest}/zarr.json"} & set(files):
+                return None
+            found = [identity(attr_of(os.stat(os.path.join(path, f), follow_symlinks=False))) for f in files]
+        except OSError:
+            return None
+        return None if None in found else tuple(zip(files, found))
 
     def _bytes(self, rel: str) -> bytes:
         return read_file(self.tree, rel)

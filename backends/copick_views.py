@@ -30,15 +30,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
-from ..formats.mrc import Counters, MrcVolume, group_attrs, multiscale_levels
+from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
+from .kept_sizes import identity, versions
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
 SPACING = "VoxelSpacing"
+#: the version of what the views here and in copick.py write: counted up whenever a view's
+#: bytes change for the same source, so that sizes kept on disk (`kept_sizes`) stop applying
+VIEWS_VERSION = 1
+#: the libraries the picks views write with (their versions are part of a kept size's key)
+PICKS_LIBRARIES = ("pandas", "starfile", "dynamotable", "emfile", "numpy", "scipy")
+MRC_LIBRARIES = ("mrcfile", "zarr", "numpy")
 
 
 def mrc_name(stem: str, binning: int) -> str:
@@ -71,8 +78,8 @@ def voxel_size_of(folder: str, zarr_name: str) -> float | None:
 class VolumeViews:
     """The MRC views of one mount: listing, lookup by name, and the shared chunk cache."""
 
-    def __init__(self, tree, cache_bytes: int):
-        self.tree = tree
+    def __init__(self, tree, cache_bytes: int, views):
+        self.tree, self.views = tree, views       # views: copick.DerivedViews (kept sizes)
         self.pieces = ByteCache(cache_bytes)
         # chunks decoded at once: each holds a decoded chunk (64 MiB at copick's 256**3) and
         # zarr's buffers beside the cache, so no more than there are cores to decode them
@@ -126,11 +133,11 @@ class VolumeViews:
                 return []
         return self._remembered(("levels",) + self.tree.source_key(source), read)
 
-    def shape(self, source: str, voxel_size: float) -> tuple[int, ...]:
+    def shape(self, source: str) -> tuple[int, ...]:
         """The full-resolution shape of a tomogram (each STAR view of its run centres on
-        it), opened once per version of its store."""
+        it), read once per version of its store from its array's metadata (no zarr)."""
         return self._remembered(("shape",) + self.tree.source_key(source),
-                                lambda: self.open_volume(source, "0", voxel_size).shape)
+                                lambda: array_shape(lambda meta: self._read_small(f"{source}/0/{meta}")))
 
     def _remembered(self, key: tuple, read):
         """What `read()` gives for key (a store's version), kept (bounded)."""
@@ -150,12 +157,20 @@ class VolumeViews:
 
     # -- nodes ----------------------------------------------------------------------------
     def _maker(self, source: str, level: str, voxel_size: float):
+        def kept_key():
+            # the size follows from the level's shape and type: its metadata file
+            metadata = (self.views.source_identity(f"{source}/{level}/{name}") for name in (".zarray", "zarr.json"))
+            found = next((m for m in metadata if m is not None), None)
+            return None if found is None else ("mrc", level, versions(*MRC_LIBRARIES), found)
+
         def make():
-            return MrcView(self, source, level, voxel_size, self.tree.top(source)[1].mtime_ns)
+            return MrcView(self, source, level, voxel_size, self.tree.top(source)[1].mtime_ns,
+                           self.views.kept_size(kept_key))
         return make
 
     def open_volume(self, source: str, level: str, voxel_size: float) -> MrcVolume:
         import zarr
+        self.views.count_made()
         root, _ = self.tree.top(source)
         path = root.local_path(source)
         if path is not None:
@@ -179,9 +194,11 @@ class MrcView(File):
     """One level of a zarr store as an MRC file (read-only). The volume (its metadata) is
     opened once, at the first stat or open."""
 
-    def __init__(self, views: VolumeViews, source: str, level: str, voxel_size: float, mtime_ns: int):
+    def __init__(self, views: VolumeViews, source: str, level: str, voxel_size: float, mtime_ns: int, kept):
         self.views, self.source, self.level, self.voxel_size = views, source, level, voxel_size
         self.mtime_ns = mtime_ns
+        self.kept = kept
+        self._size: int | None = None
         self._volume: MrcVolume | None = None
         self._lock = threading.Lock()
 
@@ -196,13 +213,31 @@ class MrcView(File):
                     raise OSError(errno.EIO, f"not a readable volume: {exc}", self.source) from None
             return self._volume
 
+    def size(self) -> int:
+        """The kept size (sizes learned before), else the volume's (opened here)."""
+        if self._size is None:
+            self._size = self.kept.get()
+            if self._size is None:
+                self.kept.digest()              # the metadata's version before it is read
+                self._size = self.volume().size
+                self.kept.learn(self._size)
+        return self._size
+
     def attr(self) -> Attr:
-        return Attr(stat.S_IFREG | 0o444, self.volume().size, self.mtime_ns)
+        return Attr(stat.S_IFREG | 0o444, self.size(), self.mtime_ns)
+
+    def cached_attr(self) -> Attr | None:
+        return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         if writes(flags):
             raise read_only(self.source)
-        return MrcHandle(self.volume(), self.source)
+        volume = self.volume()
+        if self._size is not None and self._size != volume.size:     # a kept size proved wrong
+            log.warning("the MRC view of %s was %d bytes, it is %d: corrected", self.source, self._size, volume.size)
+            self._size = volume.size
+            self.views.views.resized(self)
+        return MrcHandle(volume, self.source)
 
 
 class MrcHandle(FileHandle):
@@ -220,9 +255,9 @@ class PicksViews:
     """Each picks file of a run in the particle formats of cryo-ET tools, under each of the
     run's VoxelSpacing<vs>/ folders (pixel coordinates need the spacing)."""
 
-    def __init__(self, tree, volumes: VolumeViews):
+    def __init__(self, tree, volumes: VolumeViews, views):
         self.tree = tree
-        self.volumes = volumes
+        self.volumes, self.views = volumes, views    # views: copick.DerivedViews (kept sizes)
         self.cache = ByteCache(32 << 20)
 
     @staticmethod
@@ -241,14 +276,20 @@ class PicksViews:
         if found is None:
             return []
         run, voxel_size = found
-        if picks is None:
-            picks = self.tree.listing(f"{run}/Picks") if self.tree.shown(f"{run}/Picks") else []
+        infos: dict[str, Attr] = {}
+        if picks is None:               # what each picks file shows: one stat each, for all its views
+            shown = self.tree.shown(f"{run}/Picks")
+            infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
+            picks = sorted(infos)
+        center = _Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
         out = []
         for name in picks:
             if name.endswith(".json") and not name.startswith("."):
-                source = f"{run}/Picks/{name}"
+                source, info = f"{run}/Picks/{name}", infos.get(name)
                 for suffix, kind in picks_format.FORMATS.items():
-                    out.append((name[:-5] + suffix, source, self._maker(source, kind, rel, voxel_size)))
+                    out.append((name[:-5] + suffix, source,
+                                self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info),
+                                info))
         return out
 
     def folders_following(self, rel: str) -> list[str]:
@@ -265,23 +306,37 @@ class PicksViews:
                 source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
                 if self.tree.shown(source) is None:
                     return None
-                for view, source, make in self.listing(rel, [], [source.rpartition("/")[2]]):
+                for view, source, make, _ in self.listing(rel, [], [source.rpartition("/")[2]]):
                     if view == name:
                         return source, make
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float):
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None):
+        """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
+        what the source shows, if the listing stat'ed it (else it is asked)."""
+        center = center or (lambda: None)
+
         def make():
-            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size),
-                                 self.tree.top(source)[1].mtime_ns, self.cache)
+            shown = info or self.tree.top(source)[1]
+
+            def kept_key():
+                try:
+                    found = (identity(shown), center())
+                except Exception:               # no centre: the view says why when made (EIO)
+                    return None
+                return None if found[0] is None else \
+                    ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center), shown.mtime_ns,
+                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized)
         return make
 
-    def render(self, source: str, kind: str, rel: str, voxel_size: float) -> bytes:
+    def render(self, source: str, kind: str, rel: str, voxel_size: float, center) -> bytes:
+        """One view of a picks file; `center()` gives the tomogram centre STAR views use."""
+        self.views.count_made()
         try:
             picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
-            center = self.center(rel, voxel_size) if kind == "star" else None
-            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center)
+            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center())
         except OSError:
             raise
         except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only
@@ -289,17 +344,34 @@ class PicksViews:
 
     def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
         """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:
-        the first tomogram of this spacing, else of the run's smallest spacing with one."""
+        the first tomogram of this spacing, else of the run's smallest spacing with one
+        (found once per version of the run's and this spacing's folders)."""
         run = rel.rpartition("/")[0]
+        key = ("center", rel, voxel_size) + self.tree.source_key(run) + self.tree.source_key(rel)
+        return self.volumes._remembered(key, lambda: self._center(run, rel))
+
+    def _center(self, run: str, rel: str) -> tuple[float, float, float] | None:
         spacings = sorted((size, f"{run}/{name}") for name in self.tree.listing(run)
                           if (size := voxel_size_of(name, "")) is not None and name.startswith(SPACING))
         for size, folder in sorted(spacings, key=lambda s: (s[1] != rel, s[0])):
             tomograms = sorted(n for n in self.tree.listing(folder)
                                if n.endswith(".zarr") and not n.endswith("_features.zarr") and not n.startswith("."))
             if tomograms:
-                nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}", size)
+                nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}")
                 return nx / 2 * size, ny / 2 * size, nz / 2 * size
         return None
+
+
+class _Once:
+    """What `make()` gives, made at the first call (errors are not kept)."""
+
+    def __init__(self, make):
+        self._make, self._made, self._value = make, False, None
+
+    def __call__(self):
+        if not self._made:
+            self._value, self._made = self._make(), True
+        return self._value
 
 
 class Imports:

@@ -15,6 +15,9 @@ from .nodes import FileHandle
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
+_SETTLING = threading.Lock()
+
+
 class OSFileHandle(FileHandle):
     """Reads of a real file, straight from the OS.
 
@@ -37,19 +40,37 @@ class OSFileHandle(FileHandle):
         on NFS or FUSE may wait for its server at close: `release_blocks` then."""
         self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.release_blocks = release_blocks
-        self._drop = drop_behind and cached_pages(self._fd) == 0
+        # both settled at the first read, not at open: a file whose pages the kernel keeps
+        # (keep_cache) is opened and closed with no read at all
+        self._drop = drop_behind
+        self._mapping = mapped
+        self._settled = False
         self._map: mmap.mmap | None = None
         self._lent: tuple[int, int] | None = None     # the range the last view showed
-        if mapped:
-            try:
-                self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
-            except (ValueError, OSError):           # empty, or not mappable
-                pass
-            else:
-                import numpy as np                  # (here: trees without arrays start without numpy)
-                self._address = np.frombuffer(self._map, np.uint8).ctypes.data     # for mincore
+
+    def _reading(self) -> None:
+        """At the first read: whether to drop behind (the file was not cached before), and
+        the mapping (under a lock held for two system calls that never wait for the disk:
+        the loop's cached_read and a worker's read may come at once)."""
+        if self._settled:
+            return
+        with _SETTLING:
+            if self._settled:
+                return
+            if self._drop:
+                self._drop = cached_pages(self._fd) == 0
+            if self._mapping:
+                try:
+                    self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+                except (ValueError, OSError):           # empty, or not mappable
+                    pass
+                else:
+                    import numpy as np                  # (here: trees without arrays start without numpy)
+                    self._address = np.frombuffer(self._map, np.uint8).ctypes.data     # for mincore
+            self._settled = True
 
     def read(self, offset: int, size: int) -> bytes:
+        self._reading()
         data = os.pread(self._fd, size, offset)
         self._dropped(offset, len(data))
         return data
@@ -57,6 +78,7 @@ class OSFileHandle(FileHandle):
     def cached_read(self, offset: int, size: int) -> bytearray | memoryview | None:
         """The bytes if the page cache holds them all: no worker thread needed. The OS
         reads ahead of a sequential reader, so even a cold file mostly answers here."""
+        self._reading()
         if self._map is not None and not offset % mmap.PAGESIZE and offset < len(self._map):
             return self._mapped_read(offset, size)
         if _NOWAIT is None:

@@ -91,6 +91,16 @@ def group_attrs(read) -> dict:
     return {}
 
 
+def array_shape(read) -> tuple[int, ...]:
+    """The shape of a zarr array, v3 (`zarr.json`) or v2 (`.zarray`), through
+    `read(key) -> bytes | None`: its metadata only, no zarr (a listing needs it)."""
+    for key in ("zarr.json", ".zarray"):
+        data = read(key)
+        if data is not None:
+            return tuple(int(n) for n in json.loads(data)["shape"])
+    raise ValueError("not a zarr array")
+
+
 class MrcVolume:
     """One zarr array as an MRC file. `array` is an open zarr array (z, y, x); `chunks`
     the shared cache (a ByteCache) and `key` what names this array's chunks in it."""

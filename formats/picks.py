@@ -33,7 +33,7 @@ IDENTITY = np.eye(4)
 def load_libraries() -> None:
     """Import the libraries the formats here read and write with (pandas, starfile,
     dynamotable, emfile, scipy's rotations): about a second cold, which a mount spends in
-    the background rather than in the first listing that needs them."""
+    the background once it must make a view, rather than in the listing that needs it."""
     import dynamotable  # noqa: F401
     import emfile  # noqa: F401
     import starfile  # noqa: F401
@@ -229,7 +229,7 @@ def parse(kind: str, data: bytes, run_name: str, voxel_size: float,
 def _written(write, suffix: str) -> bytes:
     """What a library's `write(path)` puts in a file (they all write to paths, and
     overwrite): a temporary file of its own, not a folder (a listing of a VoxelSpacing
-    folder makes five of these per picks file, for their sizes)."""
+    folder whose sizes are not kept makes five of these per picks file, for their sizes)."""
     fd, path = tempfile.mkstemp(prefix="scopefs-picks-", suffix=suffix)
     os.close(fd)
     try:

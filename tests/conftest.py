@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,3 +179,9 @@ def pytest_configure(config):
     missing = [tool for tool in ("fusermount3", "ffmpeg") if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError(f"missing {', '.join(missing)}: run ./dev setup first")
+    # what daemons keep across mounts (copick's view sizes) stays in this run, never the user's
+    os.environ["XDG_CACHE_HOME"] = config.cache_dir_for_tests = tempfile.mkdtemp(prefix="scopefs-tests-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "cache_dir_for_tests", ""), ignore_errors=True)

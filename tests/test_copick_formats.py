@@ -8,7 +8,7 @@ import io
 import json
 import os
 import subprocess
-import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import daemon_status
+from conftest import cleanup_mount, daemon_pid, daemon_status
 from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
+from scopefs.backends.kept_sizes import RACY_S
 from scopefs.formats.mrc import HEADER_BYTES, Counters, MrcVolume, mrc_dtype
 
 SHAPE = (20, 30, 44)
@@ -447,25 +448,60 @@ def test_a_missed_lookup_in_a_spacing_folder_lists_nothing(tmp_path, monkeypatch
         tree.close()
 
 
-def test_opening_a_project_loads_the_view_libraries_in_the_background(tmp_path):
-    """The libraries the derived views write with (pandas, starfile, dynamotable, emfile,
-    scipy, mrcfile, trimesh, zarr) take about a second to import cold; a mount starts
-    importing them while it comes up, so the first listing of a VoxelSpacing folder does
-    not wait for them (it did: 0.93 s of a cold `find` of a 3-run project)."""
-    (tmp_path / "static").mkdir()
+#: C extensions of the libraries the views write with: in /proc/PID/maps once imported
+VIEW_LIBRARIES = ("/pandas/", "/scipy/", "/numcodecs/", "/cv2/")
+
+
+def view_libraries_loaded(mnt: Path) -> list[str]:
+    maps = Path(f"/proc/{daemon_status(mnt)['pid']}/maps").read_text()
+    return [lib for lib in VIEW_LIBRARIES if lib in maps]
+
+
+def sizes_and_bytes(mnt: Path) -> dict[str, tuple[int, int]]:
+    """Every file's size as `find -printf %s` tells it, and the bytes `cat` reads."""
+    listed = subprocess.run(["find", str(mnt), "-type", "f", "-printf", "%P\\t%s\\n"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    out = {}
+    for line in listed:
+        rel, size = line.rsplit("\t", 1)
+        read = subprocess.run(["cat", str(mnt / rel)], capture_output=True, check=True).stdout
+        out[rel] = int(size), len(read)
+    return out
+
+
+def test_a_walk_of_a_project_seen_before_makes_no_view_and_imports_no_view_library(tmp_path, mount):
+    """A view's size is learned once and kept on disk (`backends/kept_sizes.py`): a fresh
+    mount's `ls -lR` then makes no view (it made every picks, CSV, preview and MRC view
+    of every folder, through pandas, zarr and OpenCV imported for it) and loads none of the
+    view libraries. The sizes told always equal the bytes read: on the first mount, on
+    the next, and after a picks file changes."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
+    (run / "Picks").mkdir()
+    for n in (3, 4):
+        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
     (tmp_path / "overlay").mkdir()
-    script = f"""
-import sys, time
-from scopefs.backends import copick
-from scopefs.backends.options import Options
-tree = copick.open_tree({str(tmp_path / "static")!r}, Options({{"overlay": {str(tmp_path / "overlay")!r}}}))
-wanted = ("pandas", "starfile", "dynamotable", "emfile", "scipy.spatial.transform", "mrcfile", "trimesh", "zarr")
-deadline = time.monotonic() + 20
-while not all(m in sys.modules for m in wanted) and time.monotonic() < deadline:
-    time.sleep(0.05)
-print(sorted(m for m in wanted if m in sys.modules))
-tree.close()
-"""
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.split("\n")[0] == ("['dynamotable', 'emfile', 'mrcfile', 'pandas', 'scipy.spatial.transform', "
-                                         "'starfile', 'trimesh', 'zarr']"), out.stderr
+    time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
+    source = (tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+
+    first = mount(*source, mountpoint=tmp_path / "first")
+    subprocess.run(["ls", "-lR", str(first)], capture_output=True, check=True)
+    made = daemon_status(first)["views_made"]
+    assert made >= 2 * 6 + 3            # 2 picks x (5 formats + CSV), a preview, 2 MRC levels
+    assert all(size == read for size, read in sizes_and_bytes(first).values())
+    cleanup_mount(first, daemon_pid(first))           # the sizes are written at unmount
+
+    again = mount(*source, mountpoint=tmp_path / "again")
+    subprocess.run(["ls", "-lR", str(again)], capture_output=True, check=True)
+    status = daemon_status(again)
+    assert status["views_made"] == 0 and status["view_sizes"]["used"] >= made, status
+    assert view_libraries_loaded(again) == []
+    walked = sizes_and_bytes(again)
+    assert all(size == read for size, read in walked.values())
+
+    picks = again / "ExperimentRuns" / "TS_001" / "Picks" / "tester_3_proteasome.json"
+    picks.write_text(json.dumps(rich_picks(9)))        # copied up into the overlay
+    changed = sizes_and_bytes(again)
+    star = "ExperimentRuns/TS_001/VoxelSpacing10.000/tester_3_proteasome.star"
+    assert changed[star][0] > walked[star][0]
+    assert {rel: sr for rel, sr in changed.items() if sr[0] != sr[1]} == {}

@@ -17,6 +17,7 @@ import trio.testing
 from conftest import uncached_file
 
 from scopefs.backends.blocks import GeneratedFile, StaticDirectory
+from scopefs.backends import localfiles
 from scopefs.backends.localfiles import OSFileHandle
 from scopefs.backends.nodes import ROOT_INO, Attr, File, FileHandle, Symlink, Tree
 from scopefs.backends.kernel import cached_pages, resident
@@ -281,6 +282,29 @@ def test_mapped_reads_lend_views_of_the_page_cache_and_drop_what_they_lent(tmp_p
         assert cached_pages(other) == 0                              # and the last one at close
     finally:
         os.close(other)
+
+
+def test_a_handle_closed_unread_maps_nothing_and_asks_the_page_cache_nothing(tmp_path, monkeypatch):
+    """Where the kernel keeps a file's pages (a copick mount: keep_cache), its next opens
+    and closes come with no read: the mapping and the page cache's count wait for the
+    first read (made at every open, they were most of the daemon's time per warm read
+    of a small file)."""
+    path = tmp_path / "picks.json"
+    path.write_bytes(b"{}" * 100)
+    asked = []
+    monkeypatch.setattr(localfiles, "cached_pages", lambda fd: asked.append(fd) or 0)
+
+    def mapped() -> bool:
+        return str(path) in open("/proc/self/maps").read()
+    handle = OSFileHandle(str(path), drop_behind=True, mapped=True)
+    assert not mapped() and asked == []
+    handle.release()
+    handle = OSFileHandle(str(path), drop_behind=True, mapped=True)
+    try:
+        assert handle.read(0, 4) == b"{}{}" and handle.cached_read(0, 4) is not None
+        assert mapped() and len(asked) == 1
+    finally:
+        handle.release()
 
 
 def test_a_mapped_read_past_the_end_gets_the_tail_while_the_file_keeps_its_length(tmp_path):

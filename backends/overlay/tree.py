@@ -107,7 +107,8 @@ class OverlayTree(Tree):
         self._copying = [threading.Lock() for _ in range(COPY_LOCKS)]
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
-        # derived read-only files: derive(dir rel, names) -> [(name, source rel, make node)]
+        # derived read-only files: derive.listing(dir rel, names) -> [(name, source rel, make node,
+        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node)
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
@@ -497,11 +498,11 @@ class OverlayTree(Tree):
     # -- derived views ---------------------------------------------------------------------
     def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node]]:
         """The derived files of a directory (never shadowing a real name), given what its
-        entries show."""
+        entries show (`derive.listing` gives what a source elsewhere shows, if it knows)."""
         if self.derive is None:
             return []
-        return [(name, self._derived_node(rel, name, source, make, infos.get(source.rpartition("/")[2])))
-                for name, source, make in self.derive.listing(rel, list(infos)) if name not in infos]
+        return [(name, self._derived_node(rel, name, source, make, info or infos.get(source.rpartition("/")[2])))
+                for name, source, make, info in self.derive.listing(rel, list(infos)) if name not in infos]
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
         """One derived file by name: only its own source is looked at."""
@@ -782,7 +783,10 @@ class MergedFile(MergedNode, File):
             source = self.source
             return self._track(source.open_read(self.rel), source)
         self.tree.copy_up(self, data=not flags & os.O_TRUNC)
-        return self._track(self.tree.upper.open_write(self.rel, flags), self.tree.upper)
+        handle = self.tree.upper.open_write(self.rel, flags)
+        if self.tree.derive is not None:
+            handle = _ViewSourceHandle(handle, self.tree, self.rel, written=bool(flags & os.O_TRUNC))
+        return self._track(handle, self.tree.upper)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or self.place is None:
@@ -797,6 +801,41 @@ class MergedFile(MergedNode, File):
     def truncate(self, size: int) -> None:
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
+
+
+class _ViewSourceHandle:
+    """A file written where derived views may be made of it (`OverlayTree.derive`): once
+    written, its flush (close, fsync) tells the kernel of the file's views and of the
+    folders that list them before it returns, so that a walk right after the writer's
+    close sees the views' new sizes (the overlay watch tells it too, a moment later).
+    Everything else is the handle's own."""
+    flush_blocks = True
+
+    def __init__(self, handle: FileHandle, tree: OverlayTree, rel: str, written: bool):
+        self._handle, self._tree, self._rel, self._written = handle, tree, rel, written
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def write(self, offset: int, data: bytes) -> int:
+        self._written = True
+        return self._handle.write(offset, data)
+
+    def write_nowait(self, offset: int, data: bytes) -> int | None:
+        return None
+
+    def truncate(self, size: int) -> None:
+        self._written = True
+        self._handle.truncate(size)
+
+    def flush(self) -> None:
+        self._handle.flush()
+        if self._written:
+            self._written = False
+            tree, rel = self._tree, self._rel
+            folder, _, name = rel.rpartition("/")
+            if rel in tree._derived_by_source or tree.derive.folders_following(folder):
+                tree.overlay_changed({folder: {name}}, waited=True)
 
 
 def _changes_entries(method):

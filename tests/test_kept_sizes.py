@@ -1,0 +1,87 @@
+"""Sizes of generated views kept on disk across mounts (backends/kept_sizes.py), without
+the kernel: what a kept size is keyed by, a bounded file written whole, and files that
+are not ours."""
+from __future__ import annotations
+
+import os
+import time
+
+from scopefs.backends.blocks import GeneratedFile
+from scopefs.backends.kept_sizes import MAGIC, RACY_S, KeptSize, KeptSizes, digest, identity
+from scopefs.backends.nodes import attr_of
+
+
+def test_a_size_kept_by_one_mount_is_found_by_the_next(tmp_path):
+    path = str(tmp_path / "cache" / "view-sizes")
+    first = KeptSizes(path)
+    first.put(digest(("view", 1)), 1234)
+    first.close()
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    again = KeptSizes(path)
+    assert again.get(digest(("view", 1))) == 1234 and again.get(digest(("view", 2))) is None
+
+
+def test_sizes_of_two_mounts_are_merged_and_bounded(tmp_path):
+    path = str(tmp_path / "view-sizes")
+    one, two = KeptSizes(path, limit=3), KeptSizes(path, limit=3)
+    one.put(digest(1), 1)
+    two.put(digest(2), 2)
+    one.close()
+    two.close()                                  # merged with what `one` wrote, not over it
+    assert KeptSizes(path).get(digest(1)) == 1 and KeptSizes(path).get(digest(2)) == 2
+    three = KeptSizes(path, limit=3)
+    for n in range(3, 8):
+        three.put(digest(n), n)
+    three.close()
+    assert len(open(path, "rb").read()) == len(MAGIC) + 16 + 3 * 28
+
+
+def test_a_damaged_or_foreign_file_is_ignored_then_replaced(tmp_path):
+    path = tmp_path / "view-sizes"
+    kept = KeptSizes(str(path))
+    kept.put(digest("a"), 10)
+    kept.close()
+    good = path.read_bytes()
+    for bad in (good[:-1], good[:-5] + b"\xff" * 5, b"<html>not ours</html>", b""):
+        path.write_bytes(bad)
+        again = KeptSizes(str(path))
+        assert again.get(digest("a")) is None
+        again.put(digest("b"), 20)
+        again.close()
+        assert KeptSizes(str(path)).get(digest("b")) == 20
+
+
+def test_an_unwritable_place_keeps_sizes_for_the_mount_only(tmp_path):
+    (tmp_path / "file").write_text("a file where the folder should be")
+    kept = KeptSizes(str(tmp_path / "file" / "view-sizes"))
+    kept.put(digest("a"), 1)
+    kept.close()                                 # logged, not raised
+    assert kept.get(digest("a")) == 1
+
+
+def test_a_recently_changed_file_has_no_identity(tmp_path):
+    """A change within the same clock tick would keep the identity: not trusted."""
+    path = tmp_path / "picks.json"
+    path.write_text("{}")
+    assert identity(attr_of(os.stat(path))) is None
+    old = time.time() - RACY_S - 1
+    os.utime(path, (old, old))                   # sets mtime, not ctime: still too recent
+    assert identity(attr_of(os.stat(path))) is None
+
+
+def test_a_generated_file_takes_its_kept_size_and_corrects_a_wrong_one(tmp_path):
+    sizes = KeptSizes(None)
+    made, resized = [], []
+
+    def make():
+        made.append(1)
+        return b"twelve bytes"
+    view = GeneratedFile(make, kept=KeptSize(sizes, lambda: ("view",)), on_resized=resized.append)
+    assert view.attr().size == 12 and made == [1]
+    again = GeneratedFile(make, kept=KeptSize(sizes, lambda: ("view",)), on_resized=resized.append)
+    assert again.attr().size == 12 and made == [1] and resized == []
+    sizes.put(digest(("view",)), 99)             # a renderer changed without its version
+    wrong = GeneratedFile(make, kept=KeptSize(sizes, lambda: ("view",)), on_resized=resized.append)
+    assert wrong.attr().size == 99
+    assert wrong.content() == b"twelve bytes" and wrong.attr().size == 12 and resized == [wrong]
+    assert sizes.get(digest(("view",))) == 12

@@ -14,6 +14,10 @@ that always reaches the daemon, whatever the kernel caches:
   readdir   listdir of an entry folder, the mount made with SCOPEFS_LISTING_CACHE=0
             (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR, and the GETATTR
             the kernel sends after a listing)
+  dirents   lseek to 0 and one getdents64 of an entry folder kept open, the mount made with
+            SCOPEFS_LISTING_CACHE=0 (one READDIRPLUS carrying the folder's entries)
+  dirend    lseek to the offset of the folder's last entry and one getdents64 (one READDIRPLUS
+            answered empty: the request that ends every listing)
   find      a warm `find -printf %s` of a --walk-entries `.iid` mounted as users do (listings
             cached in the kernel), once per round: what a walk asks, per request
   coldfind  the same `find` cold, once per round, after the kernel's caches are dropped
@@ -52,7 +56,7 @@ import walk_samples  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
-KINDS = ("getattr", "lookup", "open", "read", "readdir", "find", "coldfind")
+KINDS = ("getattr", "lookup", "open", "read", "readdir", "dirents", "dirend", "find", "coldfind")
 WALKS = ("find", "coldfind")     # kinds run once per round on the --walk-entries `.iid`
 ENTRIES = 20
 
@@ -60,6 +64,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 AT_STATX_FORCE_SYNC = 0x2000
 STATX_BASIC_STATS = 0x7FF
+
+
+GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(os.uname().machine)
+
+
+def getdents_last_offset(fd: int, buf=ctypes.create_string_buffer(32768)) -> int:
+    """One getdents64 of an open directory: the offset of the last entry it gave (0: none)."""
+    got = _libc.syscall(GETDENTS64, fd, buf, len(buf))
+    if got < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    raw, pos, last = buf.raw, 0, 0
+    while pos < got:
+        last = int.from_bytes(raw[pos + 8:pos + 16], "little", signed=True)
+        pos += int.from_bytes(raw[pos + 16:pos + 18], "little")
+    return last
 
 
 def statx_sync(path: bytes, buf=ctypes.create_string_buffer(256)) -> None:
@@ -160,6 +179,15 @@ def operation(kind: str, root: Path):
         return lambda: os.pread(fd, 4096, 0), lambda: os.close(fd)
     if kind == "readdir":
         return lambda: os.listdir(entry), lambda: None
+    if kind in ("dirents", "dirend"):
+        fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+        end = getdents_last_offset(fd)
+        at = 0 if kind == "dirents" else end
+
+        def getdents():
+            os.lseek(fd, at, os.SEEK_SET)
+            getdents_last_offset(fd)
+        return getdents, lambda: os.close(fd)
     if kind in WALKS:
         return (lambda: subprocess.run(["find", str(root), "-printf", "%s\n"], stdout=subprocess.DEVNULL, check=True),
                 lambda: None)

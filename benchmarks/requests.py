@@ -14,8 +14,15 @@ that always reaches the daemon, whatever the kernel caches:
   readdir   listdir of an entry folder, the mount made with SCOPEFS_LISTING_CACHE=0
             (OPENDIR, READDIRPLUS, READDIRPLUS at the end, RELEASEDIR, and the GETATTR
             the kernel sends after a listing)
+  dirents   lseek to 0 and one getdents64 of an entry folder kept open, the mount made with
+            SCOPEFS_LISTING_CACHE=0 (one READDIRPLUS carrying the folder's entries)
+  dirend    lseek to the offset of the folder's last entry and one getdents64 (one READDIRPLUS
+            answered empty: the request that ends every listing)
   find      a warm `find -printf %s` of a --walk-entries `.iid` mounted as users do (listings
             cached in the kernel), once per round: what a walk asks, per request
+  coldfind  the same `find` cold, once per round, after the kernel's caches are dropped
+            (`echo 3 > /proc/sys/vm/drop_caches`, as root): nearly all READDIRPLUS, two per
+            folder (its entries, then the empty one at its end)
 
 Printed per kind and target, medians over --rounds (targets alternate within each round):
 microseconds per operation, requests per operation (scopefs's own counters), microseconds
@@ -49,13 +56,29 @@ import walk_samples  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
-KINDS = ("getattr", "lookup", "open", "read", "readdir", "find")
+KINDS = ("getattr", "lookup", "open", "read", "readdir", "dirents", "dirend", "find", "coldfind")
+WALKS = ("find", "coldfind")     # kinds run once per round on the --walk-entries `.iid`
 ENTRIES = 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 AT_STATX_FORCE_SYNC = 0x2000
 STATX_BASIC_STATS = 0x7FF
+
+
+GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(os.uname().machine)
+
+
+def getdents_last_offset(fd: int, buf=ctypes.create_string_buffer(32768)) -> int:
+    """One getdents64 of an open directory: the offset of the last entry it gave (0: none)."""
+    got = _libc.syscall(GETDENTS64, fd, buf, len(buf))
+    if got < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    raw, pos, last = buf.raw, 0, 0
+    while pos < got:
+        last = int.from_bytes(raw[pos + 8:pos + 16], "little", signed=True)
+        pos += int.from_bytes(raw[pos + 16:pos + 18], "little")
+    return last
 
 
 def statx_sync(path: bytes, buf=ctypes.create_string_buffer(256)) -> None:
@@ -156,16 +179,35 @@ def operation(kind: str, root: Path):
         return lambda: os.pread(fd, 4096, 0), lambda: os.close(fd)
     if kind == "readdir":
         return lambda: os.listdir(entry), lambda: None
-    if kind == "find":
+    if kind in ("dirents", "dirend"):
+        fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+        end = getdents_last_offset(fd)
+        at = 0 if kind == "dirents" else end
+
+        def getdents():
+            os.lseek(fd, at, os.SEEK_SET)
+            getdents_last_offset(fd)
+        return getdents, lambda: os.close(fd)
+    if kind in WALKS:
         return (lambda: subprocess.run(["find", str(root), "-printf", "%s\n"], stdout=subprocess.DEVNULL, check=True),
                 lambda: None)
     raise ValueError(kind)
 
 
+def drop_kernel_caches() -> None:
+    """Cold: the kernel forgets every unused inode, dentry and cached listing (the daemon's
+    FORGETs are let in before the count starts)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    time.sleep(0.5)
+
+
 def run(target: Target, kind: str, n: int) -> dict:
     once, done = operation(kind, target.path)
-    for _ in range(1 if kind == "find" else 50):    # warm: names and attributes known, code paths hot
+    for _ in range(1 if kind in WALKS else 50):     # warm: names and attributes known, code paths hot
         once()
+    if kind == "coldfind":
+        drop_kernel_caches()
     before_requests = target.requests()
     cpu0, t0 = cpu_s(target.pid), time.perf_counter()
     for _ in range(n):
@@ -208,21 +250,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scopefs-requests-", dir=args.work))
     targets: dict[str, list[Target]] = {}       # per source: the small one, the walked one
     try:
-        walk = f"find: {args.walk_entries} entries, one per round; " if "find" in kinds else ""
+        walks = [kind for kind in kinds if kind in WALKS]
+        walk = f"{'/'.join(walks)}: {args.walk_entries} entries, one per round; " if walks else ""
         say(f"# {ENTRIES}-entry writable .iid, {args.n} operations per kind; {walk}{args.rounds} rounds; "
             f"load average {os.getloadavg()[0]:.2f}")
         small = walk_samples.iid(work / "small.iid", ENTRIES).path
         targets["small"] = side_by_side(small, work / "small", args, listing_cache=False)
-        if "find" in kinds:
+        if walks:
             walked = walk_samples.iid(work / "walked.iid", args.walk_entries).path
             # (no floor: fuse-overlayfs lets the kernel cache other things, so a walk asks it other requests)
             targets["find"] = side_by_side(walked, work / "walked", args, listing_cache=True, floor=False)
         results: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.rounds):
             for kind in kinds:
-                for target in targets["find" if kind == "find" else "small"]:
+                for target in targets["find" if kind in WALKS else "small"]:
                     results.setdefault((kind, target.label), []).append(
-                        run(target, kind, 1 if kind == "find" else args.n))
+                        run(target, kind, 1 if kind in WALKS else args.n))
         labels = [target.label for target in targets["small"]]
         say(f"{'kind':8} {'target':16} {'us/op':>8} {'req/op':>7} {'us/req':>8} {'cpu us/req':>10}")
         for kind in kinds:

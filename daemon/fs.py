@@ -489,15 +489,37 @@ class Operations(pyfuse3.Operations):
                 out.append((next_offset, None, None, None, None))
         return out, len(out) == READDIR_BATCH
 
-    def _listing_batch_nowait(self, reader, offset: int) -> tuple[list, bool] | None:
-        """`_listing_batch` made on the loop, if the directory can list from memory."""
-        nowait = getattr(reader, "entries_nowait", None)
-        rows = nowait(offset, NOWAIT_BATCH) if nowait is not None else None
-        if rows is None:
-            return None
+    def _reply_nowait(self, token, listing: Listing, offset: int) -> int | None:
+        """Reply to a readdir at `offset` straight from `entries_nowait` rows while the
+        directory can list from memory: no batch is built unless the buffer fills, when
+        the rows left wait in `listing.pending` as `_listing_batch` makes them. The offset
+        a worker thread must go on listing from, or None once the reply is complete."""
+        nowait = getattr(listing.reader, "entries_nowait", None)
+        if nowait is None:
+            return offset
+        base = listing.base
         shared, entry = self._shared_entries()
-        return [(next_offset, os.fsencode(name), child.ino, shared.get(attr) or entry(attr), child)
-                for next_offset, name, child, attr in rows], len(rows) == NOWAIT_BATCH
+        reply, fsencode, remember = pyfuse3.readdir_reply, os.fsencode, self._remember
+        while True:
+            rows = nowait(offset, NOWAIT_BATCH)
+            if rows is None:
+                return offset
+            more = len(rows) == NOWAIT_BATCH
+            if base and rows and rows[-1][0] > POSITION_MASK:
+                raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
+            for position, (next_offset, name, child, attr) in enumerate(rows):
+                made = shared.get(attr) or entry(attr)
+                made.st_ino = ino = child.ino
+                if not reply(token, fsencode(name), made, base + next_offset):
+                    listing.pending = [(next_offset, fsencode(name), child.ino, shared.get(attr) or entry(attr), child)
+                                       for next_offset, name, child, attr in rows[position:]]
+                    listing.position, listing.more, listing.offset = 0, more, offset
+                    return None
+                remember(ino, child)
+                offset = next_offset
+            if not more:
+                listing.end = offset
+                return None
 
     @_guard
     async def readdir(self, fh, start_id, token):
@@ -511,17 +533,20 @@ class Operations(pyfuse3.Operations):
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._directory(ino).opendir())
+        if listing.end == offset:
+            return                      # the end, found before: the kernel asks once more
         base = listing.base
         while True:
             # what the last reply could not take is where the kernel resumes: no thread hop
             if listing.pending and listing.offset == offset:
                 entries, position, more = listing.pending, listing.position, listing.more
-            elif listing.end == offset:
-                return                  # the end, found before: the kernel asks once more
             else:
+                listing.pending = []
+                offset = self._reply_nowait(token, listing, offset)
+                if offset is None:
+                    return
                 position = 0
-                entries, more = (self._listing_batch_nowait(listing.reader, offset)
-                                 or await self._run(self._listing_batch, listing.reader, offset))
+                entries, more = await self._run(self._listing_batch, listing.reader, offset)
                 if base and entries and entries[-1][0] > POSITION_MASK:
                     raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
             listing.pending = []

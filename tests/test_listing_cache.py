@@ -376,3 +376,10 @@ def test_seekdir_to_any_offset_given_goes_on_after_its_entry(tmp_path, mount):
                 assert rest[:len(listed) - k - 1] == [name for name, _ in listed[k + 1:]], (changed, k)
     finally:
         os.close(fd)
+
+
+def test_a_listing_from_memory_longer_than_one_reply_lists_each_name_once(tmp_path, mount):
+    """A folder listed on the loop (`entries_nowait`) whose names fill more than one
+    READDIRPLUS buffer: the rest waits for the next readdir, nothing lost or doubled."""
+    folder = mount(walk_samples.iid(tmp_path / "many.iid", 1000).path) / "by-address"
+    assert sorted(os.listdir(folder)) == sorted(f"cell-{i}" for i in range(1000))

@@ -95,6 +95,8 @@ class Notifier:
 
     def __init__(self, counters: Counters, known: dict[int, int]):
         self._counters = counters
+        # names are expired, not dropped, where the kernel can (`_drop_name`)
+        self._expire = getattr(pyfuse3, "expire_entry", None)
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
         lock = threading.Lock()
         self._cond = threading.Condition(lock)
@@ -202,7 +204,7 @@ class Notifier:
                     return False
                 pyfuse3.invalidate_inode(item)
             elif kind == "entries":
-                pyfuse3.invalidate_entry(item[0], os.fsencode(item[1]))
+                self._drop_name(*item)
             else:
                 pyfuse3.notify_store(item, 0, data)
             return True
@@ -212,6 +214,22 @@ class Notifier:
         except Exception:
             log.exception("notifying %s %r failed", kind, item)
         return False
+
+    def _drop_name(self, parent: int, name: str) -> None:
+        """Make the kernel look `name` up again at its next use. Expired, the kernel keeps
+        the entry until that lookup answers differently: a folder reported changed (a
+        file written in it, a copy-up) stays reachable for a process that has it as its
+        working directory (dropped, its getcwd failed with ENOENT: rsync, git). Dropped
+        where the kernel cannot expire (before Linux 6.2) or pyfuse3 has no expire_entry
+        (daemon/pyfuse3-patches)."""
+        if self._expire is not None:
+            try:
+                return self._expire(parent, os.fsencode(name))
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+                self._expire = None
+        pyfuse3.invalidate_entry(parent, os.fsencode(name))
 
 
 def _patch_used(present: bool, what: str, env: str, otherwise: str) -> bool:

@@ -149,6 +149,48 @@ def test_copick_overlay_changed_by_another_program_shows_in_the_mount(tmp_path, 
     assert "other_2_ribosome.json" not in os.listdir(run / "Picks")
 
 
+GETCWD_PROBE = """
+import os, sys
+for line in sys.stdin:
+    try:
+        print(os.getcwd(), flush=True)
+    except OSError as exc:
+        print("errno", exc.errno, flush=True)
+"""
+
+
+def test_a_working_directory_stays_reachable_when_its_folder_is_reported_changed(tmp_path, mount):
+    """A folder the overlay watch reports (here made in the overlay root by another program,
+    as a copy-up does) keeps its name in the kernel until a lookup answers differently: a
+    process working in it still has a working directory (dropped, getcwd failed with
+    ENOENT, and rsync and git in it with it)."""
+    import sys
+    config = make_copick(str(tmp_path / "copick"))
+    mnt = mount(config)
+    folder = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    probe = subprocess.Popen([sys.executable, "-c", GETCWD_PROBE], cwd=folder, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+
+    def cwd() -> str:
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        return probe.stdout.readline().strip()
+    try:
+        assert cwd() == str(folder)
+        made = tmp_path / "copick" / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+        made.mkdir()
+        (made / "marker.txt").write_text("x")
+        deadline = time.monotonic() + 5
+        while "marker.txt" not in os.listdir(folder):
+            assert time.monotonic() < deadline, "the overlay watch did not report the new folder"
+            time.sleep(0.02)
+        seen = {cwd() for _ in range(50) if not time.sleep(0.02)}
+        assert seen == {str(folder)}, "the working directory became unreachable"
+    finally:
+        probe.stdin.close()
+        probe.wait(timeout=10)
+
+
 def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):
     images = fsdb_mount / "plant_001" / "images"
     names, _ = relisted(fsdb_mount, images)

@@ -294,6 +294,13 @@ def _guard(fn):
     return wrapper
 
 
+def _check_offsets(base: int, rows: list) -> None:
+    """A listing numbered in the high 32 bits of its offsets (`base`) needs the backend's
+    own offsets, the first of each row, below 2**32."""
+    if base and rows and rows[-1][0] > POSITION_MASK:
+        raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -523,8 +530,7 @@ class Operations(pyfuse3.Operations):
             if rows is None:
                 return offset
             more = len(rows) == NOWAIT_BATCH
-            if base and rows and rows[-1][0] > POSITION_MASK:
-                raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
+            _check_offsets(base, rows)
             for position, (next_offset, name, child, attr) in enumerate(rows):
                 made = shared.get(attr) or entry(attr)
                 made.st_ino = ino = child.ino
@@ -565,8 +571,7 @@ class Operations(pyfuse3.Operations):
                     return
                 position = 0
                 entries, more = await self._run(self._listing_batch, listing.reader, offset)
-                if base and entries and entries[-1][0] > POSITION_MASK:
-                    raise OSError(errno.EOVERFLOW, "directory offsets beyond 2**32")
+                _check_offsets(base, entries)
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]

@@ -60,7 +60,7 @@ UNOPENED_FILES = 64
 KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
-          errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS}
+          errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS, errno.ESTALE}
 
 
 @dataclass
@@ -294,6 +294,35 @@ def _guard(fn):
     return wrapper
 
 
+@contextlib.contextmanager
+def _gone_is_stale():
+    """An operation on an inode whose object is gone (the tree no longer has its node, or
+    the backend answers ENOENT for it) answers ESTALE, not ENOENT.
+
+    The kernel may hold a name for an inode the daemon no longer shows under it: a
+    READDIRPLUS links every name it carries (fs/fuse/readdir.c `fuse_direntplus_link`
+    has no check that the name is still there), and a listing goes on in the snapshot
+    it was made from (`listings.py`), so a name removed since comes back linked to its
+    old inode; a name removed or replaced behind the mount keeps its entry until the
+    daemon's report reaches the kernel. Asked by inode, the daemon cannot tell which
+    name the kernel went by, so ENOENT would be wrong for it: `open(O_CREAT)` of a name
+    that is gone must create it, and `stat` of a name that was replaced must show the new
+    file. ESTALE is what the VFS expects instead (as NFS answers for a deleted file's
+    handle): open, stat, chmod, truncate, readlink and the other path calls walk the path
+    once more with LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look
+    every name up again (`fuse_dentry_revalidate`); a name that is gone or names another
+    inode is dropped and looked up afresh (`lookup_open` then creates). Only a call by
+    file descriptor sees ESTALE itself, for an object that is gone."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise pyfuse3.FUSEError(errno.ESTALE) from None
+    except pyfuse3.FUSEError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+
 def _check_offsets(base: int, rows: list) -> None:
     """A listing numbered in the high 32 bits of its offsets (`base`) needs the backend's
     own offsets, the first of each row, below 2**32."""
@@ -451,9 +480,10 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         if inode == CONTROL_INO:
             return self._control_entry()
-        node = self._node(inode)
         self.counters.attr_requests += 1
-        return self._entry(inode, node.cached_attr() or await self._run(node.attr))
+        with _gone_is_stale():
+            node = self._node(inode)
+            return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
     def forget(self, inode_list):
         # must never raise: pyfuse3 gives forget no way to report an error
@@ -596,10 +626,11 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readlink(self, inode, ctx):
         self.counters.readlinks += 1
-        node = self._node(inode)
-        if not isinstance(node, Symlink):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
+        with _gone_is_stale():
+            node = self._node(inode)
+            if not isinstance(node, Symlink):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
 
     # -- files ------------------------------------------------------------------------
     @_guard
@@ -613,7 +644,8 @@ class Operations(pyfuse3.Operations):
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
-        handle = await self._open_file(inode, flags)
+        with _gone_is_stale():
+            handle = await self._open_file(inode, flags)
         return self._add_handle(handle, noflush=not writes(flags))
 
     async def _open_file(self, inode: int, flags: int) -> FileHandle:
@@ -799,6 +831,10 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
+        with _gone_is_stale():
+            return await self._set_attributes(inode, attr, fields, fh)
+
+    async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:
         """At most one worker call: a truncate, a `set_attr` that blocks and the attributes
         after them are made in one; a `set_attr` that does not (formats that ignore modes
         and times) runs here, and the attributes come from memory where known (`cp -a`,

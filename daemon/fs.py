@@ -552,7 +552,7 @@ class Operations(pyfuse3.Operations):
         nowait = getattr(listing.reader, "entries_nowait", None)
         if nowait is None:
             return offset
-        base = listing.base
+        base, gone = listing.base, listing.gone
         shared, entry = self._shared_entries()
         reply, fsencode, remember = pyfuse3.readdir_reply, os.fsencode, self._remember
         while True:
@@ -562,6 +562,9 @@ class Operations(pyfuse3.Operations):
             more = len(rows) == NOWAIT_BATCH
             _check_offsets(base, rows)
             for position, (next_offset, name, child, attr) in enumerate(rows):
+                if gone and fsencode(name) in gone:
+                    offset = next_offset
+                    continue
                 made = shared.get(attr) or entry(attr)
                 made.st_ino = ino = child.ino
                 if not reply(token, fsencode(name), made, base + next_offset):
@@ -583,7 +586,7 @@ class Operations(pyfuse3.Operations):
             if listing is None:
                 raise pyfuse3.FUSEError(errno.EBADF)
             if offset == 0:                     # (rewinddir: listed anew)
-                listing.pending, listing.end = [], None
+                listing.pending, listing.end, listing.gone = [], None, set()
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._directory(ino).opendir())
@@ -605,7 +608,7 @@ class Operations(pyfuse3.Operations):
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
-                if name is not None:
+                if name is not None and name not in listing.gone:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
                         listing.pending, listing.position, listing.more = entries, position, more
@@ -796,11 +799,13 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         self._writable(parent_inode)
         await self._run(self._directory(parent_inode).unlink, os.fsdecode(name), change=True)
+        self._names_gone(parent_inode, name)
 
     @_guard
     async def rmdir(self, parent_inode, name, ctx):
         self._writable(parent_inode)
         await self._run(self._directory(parent_inode).rmdir, os.fsdecode(name), change=True)
+        self._names_gone(parent_inode, name)
 
     @_guard
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -821,6 +826,24 @@ class Operations(pyfuse3.Operations):
                 old.rename(os.fsdecode(name_old), new, new_name)
 
         await self._run(move, change=True)
+        self._names_gone(parent_inode_old, name_old)
+        self._names_gone(parent_inode_new, name_new)         # (the inode it named, if any, is gone)
+
+    def _names_gone(self, folder: int, *names: bytes) -> None:
+        """Names of a folder that no longer name the inode they did (unlink, rmdir, rename)
+        are left out of the listings of that folder made before, which the kernel may be
+        reading on in (`listings.py`). POSIX leaves it open whether a listing shows a name
+        removed after its opendir, but the kernel links every name of a READDIRPLUS
+        (`fuse_direntplus_link`, with no check that the name is still there): shown, the
+        name would come back, with its old inode and attributes, after the call that
+        removed it returned (`stat` finds it, `open(O_CREAT)` opens what is gone:
+        `_gone_is_stale`). Names changed behind the mount are told to the kernel by the
+        `Notifier` instead, as expired, and `_gone_is_stale` answers for an inode that is
+        gone."""
+        self.folder_listings.names_gone(folder, names)
+        for listing in self._listings.values():
+            if listing.ino == folder:
+                listing.gone.update(names)
 
     @_guard
     async def write(self, fh, off, buf):

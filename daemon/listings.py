@@ -37,6 +37,7 @@ class Listing:
     offset: int = 0
     more: bool = False          # whether entries follow the pending ones
     end: int | None = None      # the offset where the listing was found to end
+    gone: set[bytes] = field(default_factory=set)   # names removed through the mount since it was made
 
 
 class FolderListings:
@@ -58,6 +59,12 @@ class FolderListings:
         else:
             self._listings.move_to_end(offset >> POSITION_BITS)
         return listing, offset & POSITION_MASK
+
+    def names_gone(self, ino: int, names: tuple[bytes, ...]) -> None:
+        """Names of folder `ino` removed or given another inode through the mount: the
+        listings made before no longer show them (`Operations._names_gone`)."""
+        for number in self._numbers.get(ino, ()):
+            self._listings[number].gone.update(names)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot the folder: nobody can read on in its listings."""

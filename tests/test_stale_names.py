@@ -1,31 +1,47 @@
-"""A name the kernel learnt from a listing made before the name was removed: the next
-open(O_CREAT) of that name must create it, whatever the kernel kept."""
+"""Names the kernel holds for an inode the daemon no longer shows under them: a listing
+read on after a removal must not bring the name back, and whatever the kernel still
+holds, open(O_CREAT) of a name that is gone creates it and a name whose file was
+replaced opens the new one."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
+
 from scopefs.backends.fsdb import FSDB
+from scopefs.formats.iid import IIDFile
 
 #: enough long names that one READDIRPLUS (at most 128 KiB) cannot hold them all
-NAMES = [f"n{i:04d}-" + "x" * 160 + ".bin" for i in range(700)]
+LONG = "x" * 160
+NAMES = [f"n{i:04d}-{LONG}.bin" for i in range(700)]
 
 
-def stale_name_then_create(folder: Path) -> None:
-    """List `folder` (its listing then ends in a name the kernel has not been told of;
-    FSDB's `.metadata.json` names stay when their file goes, so a `.bin` one),
-    start a new listing, remove that last name through the mount, read the listing on:
-    the daemon goes on in the listing it made before the removal, so the name comes
-    again, with attributes, and the kernel links it back. An open(O_CREAT) of it then
-    must create a new, empty file."""
-    last = [name for name in os.listdir(folder) if name.endswith(".bin")][-1]
-    (folder / "changed.bin").write_bytes(b"x")      # the folder changes: the kernel's listing goes
-    os.unlink(folder / "changed.bin")
+def read_on_after_a_removal(folder: Path, last: str, change, remove) -> None:
+    """`change` the folder (the kernel's listing of it goes), start a new listing, remove
+    `last`, a name it lists last, through the mount, and read the listing on. The daemon
+    goes on in the listing it made before the removal, and the kernel links every name
+    a READDIRPLUS carries: the name must not come back (it came back with its old inode,
+    which `stat` then showed and an open(O_CREAT) opened: ENOENT)."""
+    change()
     with os.scandir(folder) as listing:
         next(listing)                           # one READDIRPLUS: the name is not in it
-        os.unlink(folder / last)
+        remove(folder / last)
         rest = [entry.name for entry in listing]
-    assert last in rest, "the listing did not show the removed name: nothing to check"
+    assert len(rest) > 300                      # (the removal came while the listing was read)
+    assert not os.path.lexists(folder / last)
+    assert last not in os.listdir(folder)
+
+
+def file_removed_while_listed_is_created_again(folder: Path) -> None:
+    """FSDB's `.metadata.json` names stay when their file goes: the last `.bin` one."""
+    last = [name for name in os.listdir(folder) if name.endswith(".bin")][-1]
+
+    def change():
+        (folder / "changed.bin").write_bytes(b"x")
+        os.unlink(folder / "changed.bin")
+    read_on_after_a_removal(folder, last, change, os.unlink)
     fd = os.open(folder / last, os.O_CREAT | os.O_WRONLY, 0o644)
     try:
         assert os.fstat(fd).st_size == 0
@@ -35,17 +51,17 @@ def stale_name_then_create(folder: Path) -> None:
     assert (folder / last).read_bytes() == b"new"
 
 
-def test_overlay_create_after_a_listing_showed_a_removed_name(mount, tmp_path):
+def test_overlay_listing_read_on_after_a_removal(mount, tmp_path):
     static, overlay = tmp_path / "static", tmp_path / "overlay"
     (static / "big").mkdir(parents=True)
     overlay.mkdir()
     for name in NAMES:
         (static / "big" / name).write_bytes(b"static")
     mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
-    stale_name_then_create(mnt / "big")
+    file_removed_while_listed_is_created_again(mnt / "big")
 
 
-def test_fsdb_create_after_a_listing_showed_a_removed_name(mount, tmp_path):
+def test_fsdb_listing_read_on_after_a_removal(mount, tmp_path):
     root = tmp_path / "db"
     root.mkdir()
     (root / "romidb").touch()
@@ -56,4 +72,46 @@ def test_fsdb_create_after_a_listing_showed_a_removed_name(mount, tmp_path):
         fileset.create_file(name.removesuffix(".bin")).write_raw(b"data", "bin")
     db.disconnect()
     mnt = mount(root)
-    stale_name_then_create(mnt / "scan" / "files")
+    file_removed_while_listed_is_created_again(mnt / "scan" / "files")
+
+
+def test_iid_listing_read_on_after_an_entry_is_removed(mount, tmp_path):
+    """An .iid's entries are folders: `rm -r` of one while the root is listed."""
+    seg = IIDFile()
+    seg.meta = {"shape": [8, 8]}
+    for i in range(700):
+        seg.add(np.ones((2, 2), bool), (0, 0, 2, 2), address=f"e{i:04d}-{LONG}".encode())
+    seg.save(str(tmp_path / "cells.iid"))
+    mnt = mount(tmp_path / "cells.iid")
+    last = [name for name in os.listdir(mnt) if name.endswith(LONG)][-1]
+
+    def change():
+        (mnt / "changed").mkdir()
+        (mnt / "changed").rmdir()
+    read_on_after_a_removal(mnt, last, change, shutil.rmtree)
+
+
+def test_static_files_removed_or_replaced_behind_the_mount(mount, tmp_path):
+    """The static root is not watched: the kernel keeps its names (an hour where the
+    overlay root is watched). A name whose static file is gone is created by
+    open(O_CREAT); one whose file was replaced opens the new file. Both failed with
+    ENOENT: the daemon answered OPEN of the old inode so, and the kernel gave up."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    (static / "removed.bin").write_bytes(b"old")
+    (static / "replaced.bin").write_bytes(b"old")
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    assert (mnt / "removed.bin").read_bytes() == (mnt / "replaced.bin").read_bytes() == b"old"
+    (static / "replacing.bin").write_bytes(b"new")
+    os.rename(static / "replacing.bin", static / "replaced.bin")
+    os.unlink(static / "removed.bin")           # (after the new file is made: it cannot reuse its inode)
+    assert (mnt / "replaced.bin").read_bytes() == b"new"
+    assert os.stat(mnt / "replaced.bin").st_size == 3
+    fd = os.open(mnt / "removed.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        assert os.fstat(fd).st_size == 0
+        os.write(fd, b"created")
+    finally:
+        os.close(fd)
+    assert (overlay / "removed.bin").read_bytes() == b"created"

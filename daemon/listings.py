@@ -7,7 +7,9 @@ and a number, carried in the high bits of every offset given to the kernel: a RE
 at such an offset goes on in the snapshot it came from, whoever sends it (the reader
 itself, another reader of the kernel's cached copy once a change dropped that copy, two
 readers of one folder at once), so a reader deleting what it has read skips nothing.
-The latest `KEPT` listings are kept, and a folder's go when the kernel forgets it.
+The latest `KEPT` listings are kept, and a folder's go when the kernel forgets it. Names
+removed through the mount are left out of the listings made before (`Listing.gone`): at
+most `GONE_KEPT` names in all, beyond which the least recently read listings go.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ POSITION_MASK = (1 << POSITION_BITS) - 1
 NUMBERS = 1 << (63 - POSITION_BITS)
 #: listings kept for readers to go on in (each holds its folder's names as they were)
 KEPT = 1024
+#: names removed since their listings were made, in all kept listings
+GONE_KEPT = 100_000
 
 
 @dataclass
@@ -43,8 +47,9 @@ class Listing:
 class FolderListings:
     """Listings of directories the kernel opened itself, found by the offsets they gave."""
 
-    def __init__(self, kept: int = KEPT):
-        self._kept = kept
+    def __init__(self, kept: int = KEPT, gone_kept: int = GONE_KEPT):
+        self._kept, self._gone_kept = kept, gone_kept
+        self._gone = 0                      # names in all listings' `gone`
         self._listings: OrderedDict[int, Listing] = OrderedDict()     # number -> listing
         self._numbers: dict[int, set[int]] = {}                       # folder -> its numbers
         self._next = 1
@@ -64,12 +69,17 @@ class FolderListings:
         """Names of folder `ino` removed or given another inode through the mount: the
         listings made before no longer show them (`Operations._names_gone`)."""
         for number in self._numbers.get(ino, ()):
-            self._listings[number].gone.update(names)
+            gone = self._listings[number].gone
+            before = len(gone)
+            gone.update(names)
+            self._gone += len(gone) - before
+        while self._gone > self._gone_kept:
+            self._drop(next(iter(self._listings)))
 
     def forget(self, ino: int) -> None:
         """The kernel forgot the folder: nobody can read on in its listings."""
         for number in self._numbers.pop(ino, ()):
-            del self._listings[number]
+            self._gone -= len(self._listings.pop(number).gone)
 
     def __len__(self) -> int:
         return len(self._listings)
@@ -87,6 +97,7 @@ class FolderListings:
     def _drop(self, number: int) -> None:
         listing = self._listings.pop(number, None)
         if listing is not None:
+            self._gone -= len(listing.gone)
             numbers = self._numbers[listing.ino]
             numbers.discard(number)
             if not numbers:

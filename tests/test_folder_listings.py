@@ -47,3 +47,21 @@ def test_numbers_wrap_below_the_sign_bit():
     wrapped, _ = listings.find(1, 0, opendir)
     assert last.base == (NUMBERS - 1) << POSITION_BITS and last.base + (1 << POSITION_BITS) - 1 < 1 << 63
     assert wrapped.base == 1 << POSITION_BITS
+
+
+
+def test_names_gone_reach_the_folders_listings_made_before_and_are_bounded():
+    listings, (opendir, _) = FolderListings(gone_kept=3), snapshots()
+    old, _ = listings.find(1, 0, opendir)
+    other, _ = listings.find(2, 0, opendir)
+    listings.names_gone(1, (b"a", b"b"))
+    later, _ = listings.find(1, 0, opendir)
+    assert old.gone == {b"a", b"b"} and not other.gone and not later.gone
+    assert listings.find(1, old.base + 1, opendir)[0] is old     # read on: now the most recently read
+    listings.names_gone(1, (b"c",))             # 4 names: the least recently read go till 3 are left
+    assert old.gone == {b"a", b"b", b"c"} and len(listings) == 1
+    assert listings.find(1, later.base + 1, opendir)[0] is not later
+    listings.forget(1)                          # (their names no longer count)
+    kept, _ = listings.find(2, 0, opendir)
+    listings.names_gone(2, (b"x", b"y", b"z"))
+    assert kept.gone == {b"x", b"y", b"z"} and listings.find(2, kept.base + 1, opendir)[0] is kept

@@ -202,8 +202,9 @@ class FrameService:
         """Whether every frame of a chunk has the same attributes (known without I/O per frame)."""
         return self._fixed_size is not None and not self.passthrough
 
-    def _chunk_attr(self, chunk) -> Attr:
-        """The one Attr every frame of a chunk shares (for `fixed_attrs`)."""
+    def chunk_attr(self, chunk) -> Attr:
+        """The one Attr every frame of a chunk shares (for `fixed_attrs`), made at its first
+        ask (a stat of the chunk: `ImgstoreTree.learn_attributes` asks them all at mount)."""
         attr = self._chunk_attrs.get(chunk.number)
         if attr is None:
             attr = Attr(FRAME_MODE, self._fixed_size, self._chunk_mtime(chunk), FRAME_NLINK)
@@ -218,7 +219,7 @@ class FrameService:
 
     def attr(self, i: int) -> Attr:
         if self.fixed_attrs():
-            return self._chunk_attr(self.index.locate(i)[0])
+            return self.chunk_attr(self.index.locate(i)[0])
         return Attr(FRAME_MODE, self.size(i), self.mtime_ns(i), FRAME_NLINK)
 
     def attrs(self, indexes: np.ndarray) -> list[Attr]:
@@ -227,7 +228,7 @@ class FrameService:
         positions = self.index.chunk_positions(indexes)
         # (np.unique would import numpy.ma on a walk's first listing: 30 ms, more from a cold disk)
         present = np.flatnonzero(np.bincount(positions)).tolist()
-        table = {position: self._chunk_attr(self.index.chunks[position]) for position in present}
+        table = {position: self.chunk_attr(self.index.chunks[position]) for position in present}
         return list(map(table.__getitem__, positions.tolist()))
 
     # -- content ----------------------------------------------------------------------
@@ -648,7 +649,7 @@ class ImgstoreTree(Tree):
         request waits for them. A failure is met again by whoever asks."""
         learn = [node.attr for node in self.generated_files]
         if self.service.fixed_attrs():
-            learn += [lambda chunk=chunk: self.service._chunk_attr(chunk) for chunk in self.index.chunks]
+            learn += [lambda chunk=chunk: self.service.chunk_attr(chunk) for chunk in self.index.chunks]
         for attr in learn:
             try:
                 attr()

@@ -164,25 +164,24 @@ class MetaView(CachedView):
             self._read_ahead()
         return data
 
-    def _read_with_stat(self, version: int) -> bytes:
-        """`_read` of a local file, learning its size and mtime as of `version` on the way."""
+    def _read(self, version: int | None = None) -> bytes:
+        """The stored bytes (the empty metadata where there is no file), counted: through
+        the storage layer (remote-safe), or, given the metadata's `version` (a local read
+        ahead), from the file opened here, learning its size and mtime as of that version
+        on the way (from the open file: no second stat)."""
         self.tree.counts["metadata_files_read"] += 1
+        path = self.obj._md_path
         try:
-            with open(self.obj._md_path, "rb") as fh:
+            if version is None:
+                return self.tree.db.files.read(path)
+            with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 data = fh.read()
         except FileNotFoundError:
             data, st = NO_METADATA, None
-        if self._known() is None and (st is None or st.st_size == len(data)):
+        if version is not None and self._known() is None and (st is None or st.st_size == len(data)):
             self._stat = (version, len(data), st.st_mtime_ns if st is not None else 0)
         return data
-
-    def _read(self) -> bytes:
-        self.tree.counts["metadata_files_read"] += 1
-        try:
-            return self.tree.db.files.read(self.obj._md_path)
-        except FileNotFoundError:
-            return NO_METADATA
 
     def _folder(self) -> "Folder | None":
         """The folder that lists this view (made by then: a path to the view goes through it)."""
@@ -207,7 +206,7 @@ class MetaView(CachedView):
             tag = view.content_tag()
             if view.cache.claim(tag):
                 try:
-                    data = view._read_with_stat(tag[2])
+                    data = view._read(tag[2])
                 except Exception as exc:        # (said to whoever waits for it; not to this reader)
                     view.cache.complete(tag, error=exc)
                     return

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scopefs.backends.fsdb import FSDB
 from scopefs.formats.iid import IIDFile
@@ -51,7 +52,11 @@ def file_removed_while_listed_is_created_again(folder: Path) -> None:
     assert (folder / last).read_bytes() == b"new"
 
 
-def test_overlay_listing_read_on_after_a_removal(mount, tmp_path):
+@pytest.mark.parametrize("listings", ["kernel", "handles"])
+def test_overlay_listing_read_on_after_a_removal(mount, tmp_path, monkeypatch, listings):
+    """Also with a listing per OPENDIR handle (as a copick overlay on S3 lists)."""
+    if listings == "handles":
+        monkeypatch.setenv("SCOPEFS_LISTING_CACHE", "0")
     static, overlay = tmp_path / "static", tmp_path / "overlay"
     (static / "big").mkdir(parents=True)
     overlay.mkdir()

@@ -549,7 +549,8 @@ class Operations(pyfuse3.Operations):
         """Reply to a readdir at `offset` straight from `entries_nowait` rows while the
         directory can list from memory: no batch is built unless the buffer fills, when
         the rows left wait in `listing.pending` as `_listing_batch` makes them. The offset
-        a worker thread must go on listing from, or None once the reply is complete."""
+        a worker thread must go on listing from (also at a name removed since the listing
+        was made: `_as_now`), or None once the reply is complete."""
         nowait = getattr(listing.reader, "entries_nowait", None)
         if nowait is None:
             return offset
@@ -564,8 +565,7 @@ class Operations(pyfuse3.Operations):
             _check_offsets(base, rows)
             for position, (next_offset, name, child, attr) in enumerate(rows):
                 if gone and fsencode(name) in gone:
-                    offset = next_offset
-                    continue
+                    return offset
                 made = shared.get(attr) or entry(attr)
                 made.st_ino = ino = child.ino
                 if not reply(token, fsencode(name), made, base + next_offset):
@@ -606,10 +606,12 @@ class Operations(pyfuse3.Operations):
                 position = 0
                 entries, more = await self._run(self._listing_batch, listing.reader, offset)
                 _check_offsets(base, entries)
+            if listing.gone:
+                entries = await self._as_now(listing, entries, position)
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
-                if name is not None and name not in listing.gone:
+                if name is not None:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
                         listing.pending, listing.position, listing.more = entries, position, more
@@ -621,6 +623,25 @@ class Operations(pyfuse3.Operations):
             if not more:
                 listing.end = offset
                 return
+
+    async def _as_now(self, listing: Listing, entries: list, start: int) -> list:
+        """`entries` (those from `start` on) with the rows of names removed through the
+        mount since the listing was made (`_names_gone`) as the folder shows them now: the
+        file the name was given since (an editor's or rsync's rename over it, a file made
+        again), or no row where the name is gone. One worker call, for those names only."""
+        names = {row[1] for row in entries[start:] if row[1] in listing.gone}
+        if not names:
+            return entries
+        directory = self._directory(listing.ino)
+        found = await self._run(lambda: {name: directory.lookup_attr(os.fsdecode(name)) for name in names})
+        now = entries[:start]
+        for row in entries[start:]:
+            if row[1] in found:
+                hit = found[row[1]]             # (None: gone, skipped; its offset passed)
+                row = (row[0], None, None, None, None) if hit is None else \
+                    (row[0], row[1], hit[0].ino, self._entry(hit[0].ino, hit[1]), hit[0])
+            now.append(row)
+        return now
 
     @_guard
     async def releasedir(self, fh):
@@ -832,15 +853,15 @@ class Operations(pyfuse3.Operations):
 
     def _names_gone(self, folder: int, *names: bytes) -> None:
         """Names of a folder that no longer name the inode they did (unlink, rmdir, rename)
-        are left out of the listings of that folder made before, which the kernel may be
-        reading on in (`listings.py`). POSIX leaves it open whether a listing shows a name
-        removed after its opendir, but the kernel links every name of a READDIRPLUS
-        (`fuse_direntplus_link`, with no check that the name is still there): shown, the
-        name would come back, with its old inode and attributes, after the call that
-        removed it returned (`stat` finds it, `open(O_CREAT)` opens what is gone:
-        `_gone_is_stale`). Names changed behind the mount are told to the kernel by the
-        `Notifier` instead, as expired, and `_gone_is_stale` answers for an inode that is
-        gone."""
+        are looked up again where a listing of the folder made before, which the kernel
+        may be reading on in (`listings.py`), comes to them (`_as_now`). The kernel links
+        every name of a READDIRPLUS (`fuse_direntplus_link`, with no check that the name
+        is still there): a row of the snapshot would bring the name back with its old
+        inode and attributes after the call that removed it returned (`stat` found it,
+        `open(O_CREAT)` opened what is gone: `_gone_is_stale`). Left out, a name an
+        editor or rsync renames a new file onto would be missing from a listing. Names
+        changed behind the mount are told to the kernel by the `Notifier` instead, as
+        expired, and `_gone_is_stale` answers for an inode that is gone."""
         self.folder_listings.names_gone(folder, names)
         for listing in self._listings.values():
             if listing.ino == folder:

@@ -8,8 +8,9 @@ at such an offset goes on in the snapshot it came from, whoever sends it (the re
 itself, another reader of the kernel's cached copy once a change dropped that copy, two
 readers of one folder at once), so a reader deleting what it has read skips nothing.
 The latest `KEPT` listings are kept, and a folder's go when the kernel forgets it. Names
-removed through the mount are left out of the listings made before (`Listing.gone`): at
-most `GONE_KEPT` names in all, beyond which the least recently read listings go.
+removed through the mount are marked in the listings made before (`Listing.gone`: the
+daemon looks them up again), at most `GONE_KEPT` in all, beyond which the least recently
+read listings go.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class FolderListings:
 
     def names_gone(self, ino: int, names: tuple[bytes, ...]) -> None:
         """Names of folder `ino` removed or given another inode through the mount: the
-        listings made before no longer show them (`Operations._names_gone`)."""
+        listings made before show them as they are now (`Operations._names_gone`)."""
         for number in self._numbers.get(ino, ()):
             gone = self._listings[number].gone
             before = len(gone)

@@ -66,6 +66,32 @@ def test_overlay_listing_read_on_after_a_removal(mount, tmp_path, monkeypatch, l
     file_removed_while_listed_is_created_again(mnt / "big")
 
 
+def test_overlay_listing_read_on_after_a_rename_over_a_name(mount, tmp_path):
+    """A new file renamed over a name (what editors and rsync do) while a listing made
+    before is read on: the listing shows the name, as the new file."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    (static / "big").mkdir(parents=True)
+    overlay.mkdir()
+    for name in NAMES:
+        (static / "big" / name).write_bytes(b"static")
+    folder = mount(static, "-t", "copick", "-o", f"overlay={overlay}") / "big"
+    last = os.listdir(folder)[-1]
+    new = {}
+
+    def rename_over(path: Path) -> None:
+        (folder / ".new").write_bytes(b"new")
+        new["ino"] = os.stat(folder / ".new").st_ino
+        os.rename(folder / ".new", path)
+    (folder / "changed.bin").write_bytes(b"x")      # the folder changes: the kernel's listing goes
+    os.unlink(folder / "changed.bin")
+    with os.scandir(folder) as listing:
+        next(listing)
+        rename_over(folder / last)
+        rest = {entry.name: entry.inode() for entry in listing}
+    assert rest.get(last) == new["ino"] == os.stat(folder / last).st_ino
+    assert (folder / last).read_bytes() == b"new"
+
+
 def test_fsdb_listing_read_on_after_a_removal(mount, tmp_path):
     root = tmp_path / "db"
     root.mkdir()

@@ -302,18 +302,19 @@ def _gone_is_stale():
     The kernel may hold a name for an inode the daemon no longer shows under it: a
     READDIRPLUS links every name it carries (fs/fuse/readdir.c `fuse_direntplus_link`
     has no check that the name is still there), and a listing goes on in the snapshot
-    it was made from (`listings.py`), so a name removed since comes back linked to its
-    old inode (`_names_gone` keeps the daemon's own removals out); a name removed or
-    replaced behind the mount keeps its entry until a report of it reaches the kernel,
-    or for its timeout where nothing reports it (a copick static root). Asked by inode,
-    the daemon cannot tell which name the kernel went by, so ENOENT would be wrong for
-    it: `open(O_CREAT)` of a name that is gone must create it, and `stat` of a name that
-    was replaced must show the new file. ESTALE is what the VFS expects instead (as NFS answers for a deleted file's
-    handle): open, stat, chmod, truncate, readlink and the other path calls walk the path
-    once more with LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look
-    every name up again (`fuse_dentry_revalidate`); a name that is gone or names another
-    inode is dropped and looked up afresh (`lookup_open` then creates). Only a call by
-    file descriptor sees ESTALE itself, for an object that is gone."""
+    it was made from (`listings.py`), so a name removed since would come back linked to
+    its old inode (`_names_gone` has the daemon's own removals looked up again); a name
+    removed or replaced behind the mount keeps its entry until a report of it reaches
+    the kernel, or for its timeout where nothing reports it (a copick static root).
+    Asked by inode, the daemon cannot tell which name the kernel went by, so ENOENT
+    would be wrong for it: `open(O_CREAT)` of a name that is gone must create it, and
+    `stat` of a name that was replaced must show the new file. ESTALE is what the VFS
+    expects instead (as NFS answers for a deleted file's handle): open, stat, chmod,
+    truncate, readlink and the other path calls walk the path once more with
+    LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
+    again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
+    dropped and looked up afresh (`lookup_open` then creates). Only a call by file
+    descriptor sees ESTALE itself, for an object that is gone."""
     try:
         yield
     except FileNotFoundError:

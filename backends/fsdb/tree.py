@@ -44,6 +44,7 @@ from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from . import db as model
+from .ahead import Learner
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ META_CACHE_BYTES = 16 << 20
 #: metadata views read with the one a reader opens: the next ones in listing order (of a
 #: local database), so that a walk reading them all makes one worker call per this many
 META_READ_AHEAD = 64
+#: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
+LEARN_AHEAD = 4096
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -150,6 +153,19 @@ class MetaView(CachedView):
                 known = (version, len(NO_METADATA), 0)
             self._stat = known
         return known
+
+    def learn_stat(self, dir_fd: int | None) -> None:
+        """Its size and mtime, from its metadata folder (open as `dir_fd`; None: missing)."""
+        version = self.obj.md_version
+        try:
+            if dir_fd is None:
+                raise FileNotFoundError
+            st = os.stat(os.path.basename(self.obj._md_path), dir_fd=dir_fd)
+            known = (version, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            known = (version, len(NO_METADATA), 0)
+        if self._known() is None:
+            self._stat = known
 
     def _known(self) -> tuple[int, int, int] | None:
         known = self._stat
@@ -281,6 +297,16 @@ class DataFile(File):
             self._attr = attr
         return attr
 
+    def learn_attr(self, dir_fd: int) -> None:
+        """`attr`, from its folder (open as `dir_fd`); nothing if it is not on disk yet."""
+        commits = self._commits
+        try:
+            st = os.stat(self.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if commits == self._commits:
+            self._attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
+
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return self.open_read()
@@ -295,8 +321,8 @@ class DataFile(File):
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        return TempFileHandle(self._path(), copy, commit, dirty=new,
-                              durable_later=new and self.tree.db.register_lazily)
+        return FilesetTempHandle(self.folder, self._path(), copy, commit, dirty=new,
+                                 durable_later=new and self.tree.db.register_lazily)
 
     def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
         """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
@@ -337,12 +363,29 @@ class DataFile(File):
         return handle
 
     def truncate(self, size: int) -> None:
-        handle = TempFileHandle(self._path(), self._path() if os.path.exists(self._path()) else None, self._commit)
+        handle = FilesetTempHandle(self.folder, self._path(), self._path() if os.path.exists(self._path()) else None,
+                                   self._commit)
         try:
             handle.truncate(size)
             handle.flush()
         finally:
             handle.release()
+
+
+class FilesetTempHandle(TempFileHandle):
+    """A temporary file in a fileset: one removed unused at release is gone from the
+    folder's hidden names too."""
+
+    def __init__(self, folder: "FilesetFolder", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._folder = folder
+
+    def release(self) -> None:
+        try:
+            super().release()
+        finally:
+            if not self._committed:
+                self._folder.refresh_attr()
 
 
 class NewFileHandle(FileHandle):
@@ -475,6 +518,7 @@ class Folder(Directory):
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
         self.listed = False                     # its metadata views are linked (`_listing_now`)
+        self.learned = False                    # what its listing needs is in memory (`learn`)
 
     def path(self) -> str:
         raise NotImplementedError
@@ -489,6 +533,75 @@ class Folder(Directory):
 
     def listing(self) -> list[tuple[str, Node]]:
         raise NotImplementedError
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        """`listing` if it needs no I/O (call with the tree's lock), else None."""
+        return None
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        """The entries of `listing` that memory holds, views left out (with the lock)."""
+        raise NotImplementedError
+
+    def learn(self) -> int:
+        """Learn from the disk, in one pass, what this folder's listing needs and memory
+        does not hold (its entries' attributes, a fileset's hidden names), so that it is
+        then listed from memory: each folder is opened once and its files are stat'ed by
+        name in it; how many things were learned (in a worker thread)."""
+        changes = self._changes
+        with self.tree.lock:
+            rows = self.rows_in_memory()
+        learned = self.learn_names() + self._learn_attrs(rows)
+        self.learned = changes == self._changes
+        return learned
+
+    def _learn_attrs(self, rows: list[tuple[str, Node]]) -> int:
+        """The attributes of `rows` memory does not hold, learned (see `learn`)."""
+        tree = self.tree
+        unknown = [(name, node) for name, node in rows if node.cached_attr() is None]
+        if tree.db.files.remote:
+            for _, node in unknown:
+                node.attr()
+            return len(unknown)
+        fds: dict[str, int | None] = {}
+        here = self.path()
+
+        def opened(path: str) -> int | None:
+            if path not in fds:
+                try:
+                    fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fds[path] = None
+            return fds[path]
+        try:
+            for name, node in unknown:
+                if isinstance(node, MetaView):
+                    node.learn_stat(opened(node.obj._md_path.rpartition("/")[0]))
+                elif isinstance(node, (DataFile, Folder)) and opened(here) is not None:
+                    node.learn_attr(fds[here], *((name,) if isinstance(node, Folder) else ()))
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+        tree.counts["attributes_learned"] += len(unknown)
+        return len(unknown)
+
+    def entry_count(self) -> int:
+        """About how many entries it lists (from memory, at once)."""
+        raise NotImplementedError
+
+    def learn_names(self) -> int:
+        """Learn the names only the disk knows (a fileset's hidden files)."""
+        return 0
+
+    def learn_attr(self, dir_fd: int, name: str) -> None:
+        """`attr` of this folder, from its name in its parent (open as `dir_fd`)."""
+        changes = self._changes
+        try:
+            mtime_ns = os.stat(name, dir_fd=dir_fd).st_mtime_ns
+        except OSError:
+            mtime_ns = 0
+        if changes == self._changes:
+            self._attr = Attr(DIR_MODE, 0, mtime_ns, 2)
 
     def lookup(self, name: str) -> Node | None:
         with self.tree.lock:
@@ -513,26 +626,40 @@ class Folder(Directory):
     def refresh_attr(self) -> bool:
         """Read the attributes again after the mount changed the folder on disk (in the
         worker that changed it, so that the kernel's next getattr is answered from
-        memory); whether they changed."""
+        memory); whether they changed. What was learned of its names is learned again."""
         before = self._attr
         self._changes += 1
         self._attr = None
+        self.learned = False
         return self.attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
             listing = self.listing()
+        self._learn_attrs(listing)
+        return self._listed(listing)
+
+    def _listing_from_memory(self) -> list[tuple[str, Node]] | None:
+        listing = self.listing_nowait()
+        return None if listing is None else self._listed(listing)
+
+    def _listed(self, listing: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """(A listing made:) its metadata views linked for their read-ahead, and the
+        folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
         views = [node for _, node in listing if isinstance(node, MetaView)]
         for view, next_view in zip(views, views[1:] + [None]):
             view.next_view = next_view          # (what a reader of one reads ahead)
         self.listed = True
+        self.tree.learn_after(self)
         return listing
 
     def opendir(self) -> ListingSnapshot:
         """Each open handle lists from the listing made when it read from its start (a
-        reader deleting what it has read skips nothing)."""
-        return ListingSnapshot(self._listing_now, attrs=True)
+        reader deleting what it has read skips nothing); from memory on the loop where
+        everything in it is known."""
+        return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
+                               listing_nowait=self._listing_from_memory)
 
     def entries(self, offset: int):
         return self.opendir().entries(offset)
@@ -561,9 +688,15 @@ class RootFolder(Folder):
                 out.append((scan.id + META, self.find(scan.id + META)))
         return out
 
+    rows_in_memory = listing_nowait = listing
+
+    def entry_count(self) -> int:
+        return 2 * len(self.tree.db.scans)
+
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.tree.db.create_scan)(name)
+            self.tree._scan_order = None
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
             self.tree.refresh_folders()
@@ -577,6 +710,7 @@ class RootFolder(Folder):
             if scan.get_filesets():
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
+            self.tree._scan_order = None
             self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
             self.tree.refresh_folders()
 
@@ -612,13 +746,28 @@ class ScanFolder(Folder):
         return self.tree.imgstore_view(self.scan.filesets[name[:-len(VIEW)]])
 
     def listing(self) -> list[tuple[str, Node]]:
+        return self._rows(views=True)
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        return self._rows(views=False)
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        return self._rows(views=None)
+
+    def entry_count(self) -> int:
+        return 2 * len(self.scan.filesets)
+
+    def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
+        """views: True shows them (I/O), False leaves them out, None gives None if any."""
         tree, scan = self.tree, self.scan
         out = []
         for fs in scan.get_filesets():
             out.append((fs.id, self.find(fs.id)))
             if f"{scan.id}/{fs.id}{META}" not in tree.hidden:
                 out.append((fs.id + META, self.find(fs.id + META)))
-            if _is_imgstore(fs):
+            if _is_imgstore(fs) and views is not False:
+                if views is None:
+                    return None
                 view = tree.imgstore_view(fs)
                 if view is not None:
                     out.append((fs.id + VIEW, view))
@@ -661,6 +810,7 @@ class FilesetFolder(Folder):
         self.fileset = fileset
         self.prefix = f"{fileset.scan.id}/{fileset.id}/"      # of its names in tree.hidden
         self.pending: dict[str, object] = {}       # created files not yet closed, by name
+        self._hidden: list[str] | None = None      # hidden files (`learn_names`)
 
     def path(self) -> str:
         return self.fileset.path()
@@ -708,27 +858,71 @@ class FilesetFolder(Folder):
         return self.tree.iid_view(self.fileset.file_named(name[:-len(VIEW)]))
 
     def listing(self) -> list[tuple[str, Node]]:
+        out = self._rows(views=True)
+        out.extend((name, self._scratch(name)) for name in self._hidden_names())
+        return out
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        return self._rows(views=False)
+
+    def entry_count(self) -> int:
+        return 2 * len(self.fileset.files)
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        hidden = self._hidden
+        out = None if hidden is None else self._rows(views=None)
+        if out is not None:
+            out.extend((name, self._scratch(name)) for name in hidden)
+        return out
+
+    def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
+        """Its registered files (views as for `ScanFolder._rows`)."""
         tree = self.tree
-        pending = {id(file): name for name, file in self.pending.items()}
+        pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
+        nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
         out = []
-        for file in self.fileset.get_files():
-            data = self._data(file, pending.get(id(file)))
+        for file in self.fileset.files.values():
+            # (the nodes made already are found without `_data`'s and `_meta`'s calls)
+            data = nodes.get(("data", scan_id, fileset_id, file.id)) or self._data(file, pending.get(id(file)))
             out.append((data.name, data))
             if file.filename:
-                if self.prefix + data.name + META not in tree.hidden:
-                    out.append((data.name + META, self._meta(file)))
-                if data.name.endswith(".iid"):
+                if not hidden or self.prefix + data.name + META not in hidden:
+                    out.append((data.name + META, nodes.get(("meta", scan_id, fileset_id, file.id))
+                                or self._meta(file)))
+                if data.name.endswith(".iid") and views is not False:
+                    if views is None:
+                        return None
                     view = tree.iid_view(file)
                     if view is not None:
                         out.append((data.name + VIEW, view))
+        return out
+
+    def _hidden_names(self) -> list[str]:
+        """Its hidden (temporary) files, as last learned (with the tree's lock)."""
+        if self._hidden is None:
+            self.learn_names()
+        return self._hidden or []
+
+    def learn_names(self) -> int:
+        """Hidden files are made through the mount, which refreshes the folder (and so
+        forgets them) at each: they are learned again after a change only."""
+        if self._hidden is not None:
+            return 0
+        changes = self._changes
         try:
             local = not self.tree.db.files.remote               # (scratch files are written locally)
-            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
+            names = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
-            hidden = []
-        hidden = [name for name in hidden if not self._drop_leftover(name)]
-        out.extend((name, self._scratch(name)) for name in hidden)
-        return out
+            names = []
+        with self.tree.lock:
+            names = [name for name in names if not self._drop_leftover(name)]
+            if changes == self._changes:
+                self._hidden = names
+        return 1
+
+    def refresh_attr(self) -> bool:
+        self._hidden = None
+        return super().refresh_attr()
 
     def _drop_leftover(self, name: str) -> bool:
         """Remove a temporary file of a write that a mount killed before the file was closed
@@ -909,7 +1103,38 @@ class FSDBTree(Tree):
         self.local_storage = not db.files.remote and filesystem_type(db.basedir) in LOCAL_FILESYSTEMS
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
+        self._scan_order: tuple[list, dict[str, int]] | None = None  # the scans, and their places
+        self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote else None
         self.add(RootFolder(self))
+
+    def learn_after(self, folder: "Folder") -> None:
+        """`folder` was listed: what a walk lists next is learned ahead (never waits)."""
+        if self.learner is not None:
+            self.learner.listed(folder)
+
+    def folders_after(self, folder: "Folder"):
+        """The folders a depth-first walk lists after `folder`: its own, then those after it."""
+        with self.lock:
+            if self._scan_order is None:
+                scans = list(self.db.scans.values())
+                self._scan_order = scans, {scan.id: place for place, scan in enumerate(scans)}
+            scans, order = self._scan_order
+        if isinstance(folder, RootFolder):
+            following = range(len(scans))
+        else:
+            scan = folder.scan if isinstance(folder, ScanFolder) else folder.fileset.scan
+            filesets = list(scan.filesets.values())
+            if isinstance(folder, FilesetFolder):
+                filesets = filesets[filesets.index(folder.fileset) + 1:] if folder.fileset in filesets else []
+            yield from map(self._fileset_folder, filesets)
+            place = order.get(scan.id)
+            following = () if place is None else range(place + 1, len(scans))
+        for scan in map(scans.__getitem__, following):
+            yield self.node(("scan", scan.id), lambda scan=scan: ScanFolder(self, scan))
+            yield from map(self._fileset_folder, list(scan.filesets.values()))
+
+    def _fileset_folder(self, fileset) -> "FilesetFolder":
+        return self.node(("fileset", fileset.scan.id, fileset.id), lambda: FilesetFolder(self, fileset))
 
     def keep_new_bytes(self, more: int) -> bool:
         """Count `more` bytes kept in memory by new files (negative: let go); False (and
@@ -1032,9 +1257,12 @@ class FSDBTree(Tree):
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,
                 **(self.db.files.status() if self.db.files.remote else {}),
-                "work": dict(self.counts + self.db.counts)}
+                "work": dict(self.counts + self.db.counts),
+                **({"learning_ahead": not self.learner.idle()} if self.learner is not None else {})}
 
     def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
         super().close()
         self.db.disconnect()
         self.db.files.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -15,11 +17,13 @@ class Learner:
     and `du` go) with `folder.learn()`, those not `learned` yet, until it is `ahead`
     entries (`folder.entry_count()`, learned or passed) beyond: a walk then finds them
     in memory, and what is learned ahead of it stays bounded. A new listing moves it on
-    from there."""
+    from there. `parallel` folders are learned at a time: their waits for the disk overlap."""
 
-    def __init__(self, after: Callable[[object], Iterable], ahead: int):
+    def __init__(self, after: Callable[[object], Iterable], ahead: int, parallel: int = 2):
         self._after = after
         self._ahead = ahead
+        self._parallel = parallel
+        self._pool: ThreadPoolExecutor | None = None
         self._cond = threading.Condition()
         self._next: object | None = None        # the folder listed last, not yet followed
         self._closed = False
@@ -48,22 +52,30 @@ class Learner:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        self._pool = ThreadPoolExecutor(self._parallel, thread_name_prefix="fsdb-learn")
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._next is not None or self._closed)
                 if self._closed:
                     return
                 start, self._next, self._busy = self._next, None, True
+            learning = deque()
             try:
                 budget = self._ahead
                 for folder in self._after(start):
                     if budget <= 0 or self._next is not None or self._closed:
                         break                   # far enough ahead, or the walk moved on
                     if not folder.learned:
-                        folder.learn()
+                        if len(learning) == self._parallel:
+                            learning.popleft().result()
+                        learning.append(self._pool.submit(folder.learn))
                     budget -= 1 + folder.entry_count()
+                for done in learning:
+                    done.result()
             except Exception:                   # (a folder gone meanwhile: the walk lists it itself)
                 log.debug("learning ahead of %r", start, exc_info=True)
             finally:

@@ -131,7 +131,7 @@ class MetaView(CachedView):
         super().__init__(self, tree.meta_cache)
         self.tree = tree
         self.obj = obj
-        self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
+        self._stat: tuple[int, int, int, Attr] | None = None    # (metadata version, size, mtime_ns, attr)
         self.next_view: MetaView | None = None  # the next in its folder's last listing
 
     @property
@@ -142,15 +142,15 @@ class MetaView(CachedView):
     def mtime_ns(self, value: int) -> None:
         self._stat = None                   # rewritten: the file's own mtime is asked again
 
-    def _stat_of_version(self) -> tuple[int, int, int]:
+    def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         known = self._stat
         version = self.obj.md_version
         if known is None or known[0] != version:
             try:
                 st = self.tree.db.files.stat(self.obj._md_path)
-                known = (version, st.size, st.mtime_ns)
+                known = _meta_stat(version, st.size, st.mtime_ns)
             except FileNotFoundError:
-                known = (version, len(NO_METADATA), 0)
+                known = _meta_stat(version, len(NO_METADATA), 0)
             self._stat = known
         return known
 
@@ -161,15 +161,21 @@ class MetaView(CachedView):
             if dir_fd is None:
                 raise FileNotFoundError
             st = os.stat(os.path.basename(self.obj._md_path), dir_fd=dir_fd)
-            known = (version, st.st_size, st.st_mtime_ns)
+            known = _meta_stat(version, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
-            known = (version, len(NO_METADATA), 0)
+            known = _meta_stat(version, len(NO_METADATA), 0)
         if self._known() is None:
             self._stat = known
 
-    def _known(self) -> tuple[int, int, int] | None:
+    def _known(self) -> tuple[int, int, int, Attr] | None:
         known = self._stat
         return None if known is None or known[0] != self.obj.md_version else known
+
+    def cached_attr(self) -> Attr | None:
+        known = self._stat                  # (its Attr made once: a listing asks for it per entry)
+        if known is None or known[0] != self.obj.md_version or self.staged is not None:
+            return super().cached_attr()
+        return known[3]
 
     def content_tag(self) -> tuple:
         return ("metadata view", self.ino, self.obj.md_version)
@@ -190,7 +196,7 @@ class MetaView(CachedView):
         except FileNotFoundError:
             data, st = NO_METADATA, None
         if self._known() is None and (st is None or st.st_size == len(data)):
-            self._stat = (version, len(data), st.st_mtime_ns if st is not None else 0)
+            self._stat = _meta_stat(version, len(data), st.st_mtime_ns if st is not None else 0)
         return data
 
     def _read(self) -> bytes:
@@ -249,6 +255,10 @@ class MetaView(CachedView):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
+
+
+def _meta_stat(version: int, size: int, mtime_ns: int) -> tuple[int, int, int, Attr]:
+    return version, size, mtime_ns, Attr(FILE_MODE, size, mtime_ns)
 
 
 def _mtime(files, path: str) -> int:
@@ -519,6 +529,7 @@ class Folder(Directory):
         self._changes = 0                       # a stat that raced a change is not kept
         self.listed = False                     # its metadata views are linked (`_listing_now`)
         self.learned = False                    # what its listing needs is in memory (`learn`)
+        self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
 
     def path(self) -> str:
         raise NotImplementedError
@@ -547,11 +558,12 @@ class Folder(Directory):
         does not hold (its entries' attributes, a fileset's hidden names), so that it is
         then listed from memory: each folder is opened once and its files are stat'ed by
         name in it; how many things were learned (in a worker thread)."""
-        changes = self._changes
-        with self.tree.lock:
-            rows = self.rows_in_memory()
-        learned = self.learn_names() + self._learn_attrs(rows)
-        self.learned = changes == self._changes
+        with self._learning:
+            changes = self._changes
+            with self.tree.lock:
+                rows = self.rows_in_memory()
+            learned = self.learn_names() + self._learn_attrs(rows)
+            self.learned = changes == self._changes
         return learned
 
     def _learn_attrs(self, rows: list[tuple[str, Node]]) -> int:
@@ -634,9 +646,12 @@ class Folder(Directory):
         return self.attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
-        with self.tree.lock:
-            listing = self.listing()
-        self._learn_attrs(listing)
+        with self._learning:                    # (what the learner is learning of it, waited for)
+            changes = self._changes
+            with self.tree.lock:
+                listing = self.listing()
+            self._learn_attrs(listing)
+            self.learned = changes == self._changes
         return self._listed(listing)
 
     def _listing_from_memory(self) -> list[tuple[str, Node]] | None:

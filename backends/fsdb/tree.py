@@ -16,7 +16,9 @@ until renamed to a visible name.
 Every name is found through the model's indexes (scans, filesets, files by name), so a
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
-so `stat` needs no thread; a folder lists itself once per readdir pass. Metadata views
+so `stat` needs no thread; a folder lists itself once per readdir pass, from memory (on
+the daemon's loop) once its entries' attributes are learned, which a thread does ahead of
+a walk (`ahead.py`). Metadata views
 show the stored metadata files (sizes from a stat); their bytes are read once and kept
 in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or

@@ -243,6 +243,21 @@ def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monke
         tree.close()
 
 
+def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(databases, tmp_path, monkeypatch):
+    """What is learned ahead stays bounded: a fileset of more entries than LEARN_AHEAD is
+    not learned (nor what comes after it) until a walk lists it."""
+    monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+    try:
+        list(tree.root.opendir().entries(0))
+        wait_learned(tree)
+        images = tree.root.lookup("scan").lookup("images")
+        assert images.opendir().entries_nowait(0, 10_000) is None
+        assert tree.counts["attributes_learned"] == 2 + 4          # the root's and the scan's
+    finally:
+        tree.close()
+
+
 def add_file(folder, name: str) -> None:
     """What the kernel asks for `cp new folder/name`."""
     assert folder.lookup(name) is None

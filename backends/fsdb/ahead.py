@@ -16,8 +16,9 @@ class Learner:
     that come after it in walk order (`after(folder)`: depth first, as `ls -R`, `find`
     and `du` go) with `folder.learn()`, those not `learned` yet, until it is `ahead`
     entries (`folder.entry_count()`, learned or passed) beyond: a walk then finds them
-    in memory, and what is learned ahead of it stays bounded. A new listing moves it on
-    from there. `parallel` folders are learned at a time: their waits for the disk overlap."""
+    in memory, and what is learned ahead of it stays bounded (a folder of more entries
+    than that is never learned ahead). A new listing moves it on from there. `parallel`
+    folders are learned at a time: their waits for the disk overlap."""
 
     def __init__(self, after: Callable[[object], Iterable], ahead: int, parallel: int = 2):
         self._after = after
@@ -67,13 +68,15 @@ class Learner:
             try:
                 budget = self._ahead
                 for folder in self._after(start):
-                    if budget <= 0 or self._next is not None or self._closed:
-                        break                   # far enough ahead, or the walk moved on
+                    entries = 1 + folder.entry_count()
+                    if entries > budget or self._next is not None or self._closed:
+                        break                   # far enough ahead (a folder bigger than all of
+                                                # it is for the walk to list), or the walk moved on
                     if not folder.learned:
                         if len(learning) == self._parallel:
                             learning.popleft().result()
                         learning.append(self._pool.submit(folder.learn))
-                    budget -= 1 + folder.entry_count()
+                    budget -= entries
                 for done in learning:
                     done.result()
             except Exception:                   # (a folder gone meanwhile: the walk lists it itself)

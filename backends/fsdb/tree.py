@@ -156,13 +156,14 @@ class MetaView(CachedView):
             self._stat = known
         return known
 
-    def learn_stat(self, dir_fd: int | None) -> None:
-        """Its size and mtime, from its metadata folder (open as `dir_fd`; None: missing)."""
+    def learn_stat(self, dir_fd: int | None, name: str) -> None:
+        """Its size and mtime, from its file `name` in its metadata folder (open as
+        `dir_fd`; None: missing)."""
         version = self.obj.md_version
         try:
             if dir_fd is None:
                 raise FileNotFoundError
-            st = os.stat(os.path.basename(self.obj._md_path), dir_fd=dir_fd)
+            st = os.stat(name, dir_fd=dir_fd)
             known = _meta_stat(version, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
@@ -575,6 +576,7 @@ class Folder(Directory):
         if tree.db.files.remote:
             for _, node in unknown:
                 node.attr()
+            tree.counts["attributes_learned"] += len(unknown)
             return len(unknown)
         fds: dict[str, int | None] = {}
         here = self.path()
@@ -586,18 +588,23 @@ class Folder(Directory):
                 except FileNotFoundError:
                     fds[path] = None
             return fds[path]
+        learned = 0
         try:
             for name, node in unknown:
                 if isinstance(node, MetaView):
-                    node.learn_stat(opened(node.obj._md_path.rpartition("/")[0]))
+                    folder, _, file_name = node.obj._md_path.rpartition("/")
+                    node.learn_stat(opened(folder), file_name)
                 elif isinstance(node, (DataFile, Folder)) and opened(here) is not None:
                     node.learn_attr(fds[here], *((name,) if isinstance(node, Folder) else ()))
+                else:
+                    continue                    # (a view or a hidden file: `attr` when listed)
+                learned += 1
         finally:
             for fd in fds.values():
                 if fd is not None:
                     os.close(fd)
-        tree.counts["attributes_learned"] += len(unknown)
-        return len(unknown)
+        tree.counts["attributes_learned"] += learned
+        return learned
 
     def entry_count(self) -> int:
         """About how many entries it lists (from memory, at once)."""

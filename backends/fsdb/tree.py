@@ -60,6 +60,8 @@ META_CACHE_BYTES = 16 << 20
 META_READ_AHEAD = 64
 #: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
 LEARN_AHEAD = 4096
+#: files whose nodes the learner makes under one hold of the tree's lock
+ROWS_PER_LOCK = 32
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -553,7 +555,7 @@ class Folder(Directory):
         return None
 
     def rows_in_memory(self) -> list[tuple[str, Node]]:
-        """The entries of `listing` that memory holds, views left out (with the lock)."""
+        """The entries of `listing` that memory holds, views left out (it takes the lock)."""
         raise NotImplementedError
 
     def learn(self) -> int:
@@ -563,8 +565,7 @@ class Folder(Directory):
         name in it; how many things were learned (in a worker thread)."""
         with self._learning:
             changes = self._changes
-            with self.tree.lock:
-                rows = self.rows_in_memory()
+            rows = self.rows_in_memory()
             learned = self.learn_names() + self._learn_attrs(rows)
             self.learned = changes == self._changes
         return learned
@@ -712,7 +713,11 @@ class RootFolder(Folder):
                 out.append((scan.id + META, self.find(scan.id + META)))
         return out
 
-    rows_in_memory = listing_nowait = listing
+    listing_nowait = listing
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        with self.tree.lock:
+            return self.listing()
 
     def entry_count(self) -> int:
         return 2 * len(self.tree.db.scans)
@@ -773,7 +778,8 @@ class ScanFolder(Folder):
         return self._rows(views=True)
 
     def rows_in_memory(self) -> list[tuple[str, Node]]:
-        return self._rows(views=False)
+        with self.tree.lock:
+            return self._rows(views=False)
 
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
         return self._rows(views=None)
@@ -887,7 +893,15 @@ class FilesetFolder(Folder):
         return out
 
     def rows_in_memory(self) -> list[tuple[str, Node]]:
-        return self._rows(views=False)
+        """(The tree's lock is taken per ROWS_PER_LOCK files: a listing on the daemon's
+        loop, which only tries it, then seldom finds it held by a thread making nodes.)"""
+        with self.tree.lock:
+            files = list(self.fileset.files.values())
+        out = []
+        for start in range(0, len(files), ROWS_PER_LOCK):
+            with self.tree.lock:
+                out += self._rows(False, files[start:start + ROWS_PER_LOCK])
+        return out
 
     def entry_count(self) -> int:
         return 2 * len(self.fileset.files)
@@ -899,13 +913,13 @@ class FilesetFolder(Folder):
             out.extend((name, self._scratch(name)) for name in hidden)
         return out
 
-    def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
-        """Its registered files (views as for `ScanFolder._rows`)."""
+    def _rows(self, views: bool | None, files=None) -> list[tuple[str, Node]] | None:
+        """Its registered files, or those of `files` (views as for `ScanFolder._rows`)."""
         tree = self.tree
         pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
         nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
         out = []
-        for file in self.fileset.files.values():
+        for file in self.fileset.files.values() if files is None else files:
             # (the nodes made already are found without `_data`'s and `_meta`'s calls)
             data = nodes.get(("data", scan_id, fileset_id, file.id)) or self._data(file, pending.get(id(file)))
             out.append((data.name, data))

@@ -1250,7 +1250,11 @@ class FSDBTree(Tree):
             view.close()
 
     def adopt(self, node: Node) -> None:
-        """(On the event loop: no I/O, no lock that I/O holds.)"""
+        """(On the event loop: no I/O, no lock that I/O holds.) The database's own nodes
+        are kept until deleted: only those of grafted views have anything to adopt (a
+        walk hands the kernel every entry of every folder through here)."""
+        if node.ino < 1 << GRAFT_SHIFT:
+            return
         if _is_view_root(node.ino):
             with self._views_lock:
                 self._held_views.add(node.ino)

@@ -223,10 +223,11 @@ class MetaView(CachedView):
     def _read_ahead(self) -> None:
         """The next views of the listing into the cache, those not there yet, with their
         sizes and mtimes: their lookups and opens are then answered from memory, without a
-        worker call each. A folder never listed is listed once, for its order."""
+        worker call each. A folder never listed gives its order from memory (learning
+        nothing else: a reader of metadata stats none of the folder's other files)."""
         folder = self._folder()
         if folder is not None and not folder.listed:
-            folder._listing_now()
+            folder.link_views(folder.rows_in_memory())
         view = self.next_view
         for _ in range(META_READ_AHEAD):
             if view is None:
@@ -532,7 +533,7 @@ class Folder(Directory):
         self.tree = tree
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
-        self.listed = False                     # its metadata views are linked (`_listing_now`)
+        self.listed = False                     # its metadata views are linked (`link_views`)
         self.learned = False                    # what its listing needs is in memory (`learn`)
         self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
 
@@ -672,12 +673,17 @@ class Folder(Directory):
         """(A listing made:) its metadata views linked for their read-ahead, and the
         folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
-        views = [node for _, node in listing if isinstance(node, MetaView)]
-        for view, next_view in zip(views, views[1:] + [None]):
-            view.next_view = next_view          # (what a reader of one reads ahead)
-        self.listed = True
+        self.link_views(listing)
         self.tree.learn_after(self)
         return listing
+
+    def link_views(self, listing: list[tuple[str, Node]]) -> None:
+        """Each metadata view of `listing` learns the next one (what a reader of one
+        reads ahead)."""
+        views = [node for _, node in listing if isinstance(node, MetaView)]
+        for view, next_view in zip(views, views[1:] + [None]):
+            view.next_view = next_view
+        self.listed = True
 
     def opendir(self) -> ListingSnapshot:
         """Each open handle lists from the listing made when it read from its start (a

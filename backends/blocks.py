@@ -67,9 +67,12 @@ class ListingSnapshot:
     has read skips nothing. It keeps the list `listing()` made; it copies nothing."""
 
     def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False,
-                 lock: threading.Lock | threading.RLock | None = None):
+                 lock: threading.Lock | threading.RLock | None = None,
+                 listing_nowait: Callable[[], list[tuple[str, Node]] | None] | None = None):
         self._listing, self._attrs = listing, attrs        # attrs: give each node's cached_attr()
         self._lock = lock               # listings from memory under it: `entries_nowait` may try it
+        # where `listing` may need I/O: the listing from memory under `lock`, or None
+        self._listing_nowait = listing_nowait or listing
         self._rows: list[tuple[str, Node]] | None = None
 
     def entries(self, offset: int):
@@ -87,7 +90,10 @@ class ListingSnapshot:
             return None
         try:
             if offset == 0 or self._rows is None:
-                self._rows = self._listing()
+                rows = self._listing_nowait()
+                if rows is None:
+                    return None
+                self._rows = rows
             rows = self._rows
             out = []
             for pos in range(offset, min(offset + count, len(rows))):

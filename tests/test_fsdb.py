@@ -34,13 +34,13 @@ def plantdb_read(db: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def documented_example(db_path: Path, n: int = 100) -> list[np.ndarray]:
+def documented_example(db_path: Path, n: int = 100, scan_id: str = "myscan_001") -> list[np.ndarray]:
     """The romidata docs' example, run against scopefs's FSDB."""
     rng = np.random.default_rng(0)
     imgs = [np.array(256 * rng.random((32, 32, 3)), dtype=np.uint8) for _ in range(n)]
     db = FSDB(str(db_path))
     db.connect()
-    scan = db.create_scan("myscan_001")
+    scan = db.create_scan(scan_id)
     scan.set_metadata({"scanner": {"harware": "test"}})
     fileset = scan.create_fileset("images")
     for i, img in enumerate(imgs):
@@ -314,6 +314,24 @@ def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):
         data = (mnt / name).read_bytes()
         assert len(data) == int(size) and data == (copy / name).read_bytes()
     assert json.loads((copy / "myscan_001" / "images" / "3.png.metadata.json").read_text()) == {"edited": True}
+
+
+def test_a_cold_walk_is_answered_from_memory_once_learned_ahead(tmp_path, mount):
+    """On a fresh mount, listing the root sets the daemon learning ahead what a walk lists
+    next (its entries' attributes, a fileset's hidden files); once it has, `ls -lR` of
+    the whole database is answered on the daemon's loop: no worker call."""
+    db_path = new_db(tmp_path / "db")
+    for scan_id in ("scan_a", "scan_b"):
+        documented_example(db_path, n=5, scan_id=scan_id)
+    mnt = mount(db_path)
+    os.listdir(mnt)
+    deadline = time.monotonic() + 10
+    while daemon_status(mnt).get("learning_ahead") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    before = daemon_status(mnt)
+    listed = subprocess.run(["ls", "-lR", str(mnt)], check=True, capture_output=True, text=True).stdout
+    assert "scan_b/images:" in listed and "4.png.metadata.json" in listed
+    assert daemon_status(mnt)["worker_calls"] == before["worker_calls"]
 
 
 def test_rename_and_metadata_of_a_file(tmp_path, mount):

@@ -189,6 +189,75 @@ def test_a_readdir_pass_lists_a_fileset_once(trees, monkeypatch):
     assert costs[BIG] <= 2 * BIG + 2 and costs[SMALL] <= 2 * SMALL + 2
 
 
+def count_syscalls(monkeypatch) -> dict:
+    """Calls of the OS functions a listing may use (counted from now on)."""
+    counts = dict.fromkeys(("stat", "listdir", "scandir", "open"), 0)
+    for name in counts:
+        def counted(*args, _name=name, _fn=getattr(os, name), **kwargs):
+            counts[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(os, name, counted)
+    return counts
+
+
+def test_a_folder_listed_once_is_listed_again_from_memory(trees, monkeypatch):
+    """A fileset's hidden (temporary) files are learned from the disk once, and forgotten
+    at each change the mount makes there: a listing made again needs no I/O, so the
+    daemon answers it on its loop (`entries_nowait`), without a worker thread."""
+    folder = fileset_folder(trees[SMALL])
+    names = [name for _, name, _, _ in folder.opendir().entries(0)]
+    syscalls = count_syscalls(monkeypatch)
+    rows = folder.opendir().entries_nowait(0, 1000)
+    assert rows is not None and [name for _, name, _, _ in rows] == names
+    assert sum(syscalls.values()) == 0
+    # a temporary file that a write made and let go unused is gone from the listing
+    handle = folder.lookup("img_0001.png").open(os.O_WRONLY)
+    assert any(name.endswith(".scopefs-tmp") for _, name, _, _ in folder.opendir().entries(0))
+    handle.release()
+    assert [name for _, name, _, _ in folder.opendir().entries(0)] == names
+
+
+def wait_learned(tree) -> None:
+    deadline = time.monotonic() + 10
+    while not tree.learner.idle():
+        assert time.monotonic() < deadline, "still learning ahead after 10 s"
+        time.sleep(0.01)
+
+
+def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monkeypatch):
+    """After the root is listed, a thread learns what the folders a walk lists next need
+    (their entries' attributes: a stat each, once; a fileset's hidden files): a walk
+    then lists each of them from memory."""
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+    try:
+        list(tree.root.opendir().entries(0))
+        wait_learned(tree)
+        syscalls = count_syscalls(monkeypatch)
+        scan = tree.root.lookup("scan")
+        folders = [scan, scan.lookup("images"), scan.lookup("other")]
+        listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
+        assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+        entries = 2 + sum(len(rows) for rows in listed)         # (the root's: a scan and its metadata)
+        assert tree.counts["attributes_learned"] == entries == 2 + 4 + 2 * BIG + 4
+    finally:
+        tree.close()
+
+
+def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(databases, tmp_path, monkeypatch):
+    """What is learned ahead stays bounded: a fileset of more entries than LEARN_AHEAD is
+    not learned (nor what comes after it) until a walk lists it."""
+    monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+    try:
+        list(tree.root.opendir().entries(0))
+        wait_learned(tree)
+        images = tree.root.lookup("scan").lookup("images")
+        assert images.opendir().entries_nowait(0, 10_000) is None
+        assert tree.counts["attributes_learned"] == 2 + 4          # the root's and the scan's
+    finally:
+        tree.close()
+
+
 def add_file(folder, name: str) -> None:
     """What the kernel asks for `cp new folder/name`."""
     assert folder.lookup(name) is None

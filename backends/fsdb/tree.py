@@ -16,7 +16,9 @@ until renamed to a visible name.
 Every name is found through the model's indexes (scans, filesets, files by name), so a
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
-so `stat` needs no thread; a folder lists itself once per readdir pass. Metadata views
+so `stat` needs no thread; a folder lists itself once per readdir pass, from memory (on
+the daemon's loop) once its entries' attributes are learned, which a thread does ahead of
+a walk (`ahead.py`). Metadata views
 show the stored metadata files (sizes from a stat); their bytes are read once and kept
 in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or
@@ -44,6 +46,7 @@ from ..nowait import lookup_attr_nowait, under_lock_nowait
 from ..options import MountError, Options
 from .. import is_url, remote, storage
 from . import db as model
+from .ahead import Learner
 from .db import FSDB, DBBusyError, NotAnFSDBError
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,10 @@ META_CACHE_BYTES = 16 << 20
 #: metadata views read with the one a reader opens: the next ones in listing order (of a
 #: local database), so that a walk reading them all makes one worker call per this many
 META_READ_AHEAD = 64
+#: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
+LEARN_AHEAD = 4096
+#: files whose nodes the learner makes under one hold of the tree's lock
+ROWS_PER_LOCK = 32
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -128,7 +135,7 @@ class MetaView(CachedView):
         super().__init__(self, tree.meta_cache)
         self.tree = tree
         self.obj = obj
-        self._stat: tuple[int, int, int] | None = None      # (metadata version, size, mtime_ns)
+        self._stat: tuple[int, int, int, Attr] | None = None    # (metadata version, size, mtime_ns, attr)
         self.next_view: MetaView | None = None  # the next in its folder's last listing
 
     @property
@@ -139,21 +146,41 @@ class MetaView(CachedView):
     def mtime_ns(self, value: int) -> None:
         self._stat = None                   # rewritten: the file's own mtime is asked again
 
-    def _stat_of_version(self) -> tuple[int, int, int]:
+    def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         known = self._stat
         version = self.obj.md_version
         if known is None or known[0] != version:
             try:
                 st = self.tree.db.files.stat(self.obj._md_path)
-                known = (version, st.size, st.mtime_ns)
+                known = _meta_stat(version, st.size, st.mtime_ns)
             except FileNotFoundError:
-                known = (version, len(NO_METADATA), 0)
+                known = _meta_stat(version, len(NO_METADATA), 0)
             self._stat = known
         return known
 
-    def _known(self) -> tuple[int, int, int] | None:
+    def learn_stat(self, dir_fd: int | None, name: str) -> None:
+        """Its size and mtime, from its file `name` in its metadata folder (open as
+        `dir_fd`; None: missing)."""
+        version = self.obj.md_version
+        try:
+            if dir_fd is None:
+                raise FileNotFoundError
+            st = os.stat(name, dir_fd=dir_fd)
+            known = _meta_stat(version, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            known = _meta_stat(version, len(NO_METADATA), 0)
+        if self._known() is None:
+            self._stat = known
+
+    def _known(self) -> tuple[int, int, int, Attr] | None:
         known = self._stat
         return None if known is None or known[0] != self.obj.md_version else known
+
+    def cached_attr(self) -> Attr | None:
+        known = self._stat                  # (its Attr made once: a listing asks for it per entry)
+        if known is None or known[0] != self.obj.md_version or self.staged is not None:
+            return super().cached_attr()
+        return known[3]
 
     def content_tag(self) -> tuple:
         return ("metadata view", self.ino, self.obj.md_version)
@@ -180,7 +207,7 @@ class MetaView(CachedView):
         except FileNotFoundError:
             data, st = NO_METADATA, None
         if version is not None and self._known() is None and (st is None or st.st_size == len(data)):
-            self._stat = (version, len(data), st.st_mtime_ns if st is not None else 0)
+            self._stat = _meta_stat(version, len(data), st.st_mtime_ns if st is not None else 0)
         return data
 
     def _folder(self) -> "Folder | None":
@@ -195,10 +222,11 @@ class MetaView(CachedView):
     def _read_ahead(self) -> None:
         """The next views of the listing into the cache, those not there yet, with their
         sizes and mtimes: their lookups and opens are then answered from memory, without a
-        worker call each. A folder never listed is listed once, for its order."""
+        worker call each. A folder never listed gives its order from memory (learning
+        nothing else: a reader of metadata stats none of the folder's other files)."""
         folder = self._folder()
         if folder is not None and not folder.listed:
-            folder._listing_now()
+            folder.link_views(folder.rows_in_memory())
         view = self.next_view
         for _ in range(META_READ_AHEAD):
             if view is None:
@@ -232,6 +260,10 @@ class MetaView(CachedView):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
+
+
+def _meta_stat(version: int, size: int, mtime_ns: int) -> tuple[int, int, int, Attr]:
+    return version, size, mtime_ns, Attr(FILE_MODE, size, mtime_ns)
 
 
 def _mtime(files, path: str) -> int:
@@ -280,6 +312,16 @@ class DataFile(File):
             self._attr = attr
         return attr
 
+    def learn_attr(self, dir_fd: int) -> None:
+        """`attr`, from its folder (open as `dir_fd`); nothing if it is not on disk yet."""
+        commits = self._commits
+        try:
+            st = os.stat(self.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if commits == self._commits:
+            self._attr = Attr(FILE_MODE, st.st_size, st.st_mtime_ns)
+
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             return self.open_read()
@@ -294,8 +336,8 @@ class DataFile(File):
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
-        return TempFileHandle(self._path(), copy, commit, dirty=new,
-                              durable_later=new and self.tree.db.register_lazily)
+        return FilesetTempHandle(self.folder, self._path(), copy, commit, dirty=new,
+                                 durable_later=new and self.tree.db.register_lazily)
 
     def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
         """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
@@ -336,12 +378,29 @@ class DataFile(File):
         return handle
 
     def truncate(self, size: int) -> None:
-        handle = TempFileHandle(self._path(), self._path() if os.path.exists(self._path()) else None, self._commit)
+        handle = FilesetTempHandle(self.folder, self._path(), self._path() if os.path.exists(self._path()) else None,
+                                   self._commit)
         try:
             handle.truncate(size)
             handle.flush()
         finally:
             handle.release()
+
+
+class FilesetTempHandle(TempFileHandle):
+    """A temporary file in a fileset: one removed unused at release is gone from the
+    folder's hidden names too."""
+
+    def __init__(self, folder: "FilesetFolder", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._folder = folder
+
+    def release(self) -> None:
+        try:
+            super().release()
+        finally:
+            if not self._committed:
+                self._folder.refresh_attr()
 
 
 class NewFileHandle(FileHandle):
@@ -473,7 +532,9 @@ class Folder(Directory):
         self.tree = tree
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
-        self.listed = False                     # its metadata views are linked (`_listing_now`)
+        self.listed = False                     # its metadata views are linked (`link_views`)
+        self.learned = False                    # what its listing needs is in memory (`learn`)
+        self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
 
     def path(self) -> str:
         raise NotImplementedError
@@ -488,6 +549,81 @@ class Folder(Directory):
 
     def listing(self) -> list[tuple[str, Node]]:
         raise NotImplementedError
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        """`listing` if it needs no I/O (call with the tree's lock), else None."""
+        return None
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        """The entries of `listing` that memory holds, views left out (it takes the lock)."""
+        raise NotImplementedError
+
+    def learn(self) -> int:
+        """Learn from the disk, in one pass, what this folder's listing needs and memory
+        does not hold (its entries' attributes, a fileset's hidden names), so that it is
+        then listed from memory: each folder is opened once and its files are stat'ed by
+        name in it; how many things were learned (in a worker thread)."""
+        with self._learning:
+            changes = self._changes
+            rows = self.rows_in_memory()
+            learned = self.learn_names() + self._learn_attrs(rows)
+            self.learned = changes == self._changes
+        return learned
+
+    def _learn_attrs(self, rows: list[tuple[str, Node]]) -> int:
+        """The attributes of `rows` memory does not hold, learned (see `learn`)."""
+        tree = self.tree
+        unknown = [(name, node) for name, node in rows if node.cached_attr() is None]
+        if tree.db.files.remote:
+            for _, node in unknown:
+                node.attr()
+            tree.counts["attributes_learned"] += len(unknown)
+            return len(unknown)
+        fds: dict[str, int | None] = {}
+        here = self.path()
+
+        def opened(path: str) -> int | None:
+            if path not in fds:
+                try:
+                    fds[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fds[path] = None
+            return fds[path]
+        learned = 0
+        try:
+            for name, node in unknown:
+                if isinstance(node, MetaView):
+                    folder, _, file_name = node.obj._md_path.rpartition("/")
+                    node.learn_stat(opened(folder), file_name)
+                elif isinstance(node, (DataFile, Folder)) and opened(here) is not None:
+                    node.learn_attr(fds[here], *((name,) if isinstance(node, Folder) else ()))
+                else:
+                    continue                    # (a view or a hidden file: `attr` when listed)
+                learned += 1
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+        tree.counts["attributes_learned"] += learned
+        return learned
+
+    def entry_count(self) -> int:
+        """About how many entries it lists (from memory, at once)."""
+        raise NotImplementedError
+
+    def learn_names(self) -> int:
+        """Learn the names only the disk knows (a fileset's hidden files)."""
+        return 0
+
+    def learn_attr(self, dir_fd: int, name: str) -> None:
+        """`attr` of this folder, from its name in its parent (open as `dir_fd`)."""
+        changes = self._changes
+        try:
+            mtime_ns = os.stat(name, dir_fd=dir_fd).st_mtime_ns
+        except OSError:
+            mtime_ns = 0
+        if changes == self._changes:
+            self._attr = Attr(DIR_MODE, 0, mtime_ns, 2)
 
     def lookup(self, name: str) -> Node | None:
         with self.tree.lock:
@@ -512,26 +648,48 @@ class Folder(Directory):
     def refresh_attr(self) -> bool:
         """Read the attributes again after the mount changed the folder on disk (in the
         worker that changed it, so that the kernel's next getattr is answered from
-        memory); whether they changed."""
+        memory); whether they changed. What was learned of its names is learned again."""
         before = self._attr
         self._changes += 1
         self._attr = None
+        self.learned = False
         return self.attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
-        with self.tree.lock:
-            listing = self.listing()
+        with self._learning:                    # (what the learner is learning of it, waited for)
+            changes = self._changes
+            with self.tree.lock:
+                listing = self.listing()
+            self._learn_attrs(listing)
+            self.learned = changes == self._changes
+        return self._listed(listing)
+
+    def _listing_from_memory(self) -> list[tuple[str, Node]] | None:
+        listing = self.listing_nowait()
+        return None if listing is None else self._listed(listing)
+
+    def _listed(self, listing: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """(A listing made:) its metadata views linked for their read-ahead, and the
+        folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
+        self.link_views(listing)
+        self.tree.learn_after(self)
+        return listing
+
+    def link_views(self, listing: list[tuple[str, Node]]) -> None:
+        """Each metadata view of `listing` learns the next one (what a reader of one
+        reads ahead)."""
         views = [node for _, node in listing if isinstance(node, MetaView)]
         for view, next_view in zip(views, views[1:] + [None]):
-            view.next_view = next_view          # (what a reader of one reads ahead)
+            view.next_view = next_view
         self.listed = True
-        return listing
 
     def opendir(self) -> ListingSnapshot:
         """Each open handle lists from the listing made when it read from its start (a
-        reader deleting what it has read skips nothing)."""
-        return ListingSnapshot(self._listing_now, attrs=True)
+        reader deleting what it has read skips nothing); from memory on the loop where
+        everything in it is known."""
+        return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
+                               listing_nowait=self._listing_from_memory)
 
     def entries(self, offset: int):
         return self.opendir().entries(offset)
@@ -560,9 +718,19 @@ class RootFolder(Folder):
                 out.append((scan.id + META, self.find(scan.id + META)))
         return out
 
+    listing_nowait = listing
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        with self.tree.lock:
+            return self.listing()
+
+    def entry_count(self) -> int:
+        return 2 * len(self.tree.db.scans)
+
     def mkdir(self, name: str, mode: int) -> Directory:
         with self.tree.lock:
             _api_errors(self.tree.db.create_scan)(name)
+            self.tree._scan_order = None
             self.tree.report(entries=((self.ino, name + META),))     # a removed namesake's, if kept
             self.tree.hidden.discard(name + META)
             self.tree.refresh_folders()
@@ -576,6 +744,7 @@ class RootFolder(Folder):
             if scan.get_filesets():
                 raise OSError(errno.ENOTEMPTY, "scan has filesets", name)
             _api_errors(self.tree.db.delete_scan)(name)
+            self.tree._scan_order = None
             self.tree.forget_nodes(("scan", name), ("meta", name), report=True)
             self.tree.refresh_folders()
 
@@ -611,13 +780,29 @@ class ScanFolder(Folder):
         return self.tree.imgstore_view(self.scan.filesets[name[:-len(VIEW)]])
 
     def listing(self) -> list[tuple[str, Node]]:
+        return self._rows(views=True)
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        with self.tree.lock:
+            return self._rows(views=False)
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        return self._rows(views=None)
+
+    def entry_count(self) -> int:
+        return 2 * len(self.scan.filesets)
+
+    def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
+        """views: True shows them (I/O), False leaves them out, None gives None if any."""
         tree, scan = self.tree, self.scan
         out = []
         for fs in scan.get_filesets():
             out.append((fs.id, self.find(fs.id)))
             if f"{scan.id}/{fs.id}{META}" not in tree.hidden:
                 out.append((fs.id + META, self.find(fs.id + META)))
-            if _is_imgstore(fs):
+            if _is_imgstore(fs) and views is not False:
+                if views is None:
+                    return None
                 view = tree.imgstore_view(fs)
                 if view is not None:
                     out.append((fs.id + VIEW, view))
@@ -660,6 +845,7 @@ class FilesetFolder(Folder):
         self.fileset = fileset
         self.prefix = f"{fileset.scan.id}/{fileset.id}/"      # of its names in tree.hidden
         self.pending: dict[str, object] = {}       # created files not yet closed, by name
+        self._hidden: list[str] | None = None      # hidden files (`learn_names`)
 
     def path(self) -> str:
         return self.fileset.path()
@@ -707,27 +893,79 @@ class FilesetFolder(Folder):
         return self.tree.iid_view(self.fileset.file_named(name[:-len(VIEW)]))
 
     def listing(self) -> list[tuple[str, Node]]:
-        tree = self.tree
-        pending = {id(file): name for name, file in self.pending.items()}
+        out = self._rows(views=True)
+        out.extend((name, self._scratch(name)) for name in self._hidden_names())
+        return out
+
+    def rows_in_memory(self) -> list[tuple[str, Node]]:
+        """(The tree's lock is taken per ROWS_PER_LOCK files: a listing on the daemon's
+        loop, which only tries it, then seldom finds it held by a thread making nodes.)"""
+        with self.tree.lock:
+            files = list(self.fileset.files.values())
         out = []
-        for file in self.fileset.get_files():
-            data = self._data(file, pending.get(id(file)))
+        for start in range(0, len(files), ROWS_PER_LOCK):
+            with self.tree.lock:
+                out += self._rows(False, files[start:start + ROWS_PER_LOCK])
+        return out
+
+    def entry_count(self) -> int:
+        return 2 * len(self.fileset.files)
+
+    def listing_nowait(self) -> list[tuple[str, Node]] | None:
+        hidden = self._hidden
+        out = None if hidden is None else self._rows(views=None)
+        if out is not None:
+            out.extend((name, self._scratch(name)) for name in hidden)
+        return out
+
+    def _rows(self, views: bool | None, files=None) -> list[tuple[str, Node]] | None:
+        """Its registered files, or those of `files` (views as for `ScanFolder._rows`)."""
+        tree = self.tree
+        pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
+        nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
+        out = []
+        for file in self.fileset.files.values() if files is None else files:
+            # (the nodes made already are found without `_data`'s and `_meta`'s calls)
+            data = nodes.get(("data", scan_id, fileset_id, file.id)) or self._data(file, pending.get(id(file)))
             out.append((data.name, data))
             if file.filename:
-                if self.prefix + data.name + META not in tree.hidden:
-                    out.append((data.name + META, self._meta(file)))
-                if data.name.endswith(".iid"):
+                if not hidden or self.prefix + data.name + META not in hidden:
+                    out.append((data.name + META, nodes.get(("meta", scan_id, fileset_id, file.id))
+                                or self._meta(file)))
+                if data.name.endswith(".iid") and views is not False:
+                    if views is None:
+                        return None
                     view = tree.iid_view(file)
                     if view is not None:
                         out.append((data.name + VIEW, view))
+        return out
+
+    def _hidden_names(self) -> list[str]:
+        """Its hidden (temporary) files, as last learned (with the tree's lock)."""
+        if self._hidden is None:
+            self.learn_names()
+        return self._hidden or []
+
+    def learn_names(self) -> int:
+        """Hidden files are made through the mount, which refreshes the folder (and so
+        forgets them) at each: they are learned again after a change only."""
+        if self._hidden is not None:
+            return 0
+        changes = self._changes
         try:
             local = not self.tree.db.files.remote               # (scratch files are written locally)
-            hidden = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
+            names = sorted(n for n in os.listdir(self.path()) if n.startswith(".")) if local else []
         except FileNotFoundError:
-            hidden = []
-        hidden = [name for name in hidden if not self._drop_leftover(name)]
-        out.extend((name, self._scratch(name)) for name in hidden)
-        return out
+            names = []
+        with self.tree.lock:
+            names = [name for name in names if not self._drop_leftover(name)]
+            if changes == self._changes:
+                self._hidden = names
+        return 1
+
+    def refresh_attr(self) -> bool:
+        self._hidden = None
+        return super().refresh_attr()
 
     def _drop_leftover(self, name: str) -> bool:
         """Remove a temporary file of a write that a mount killed before the file was closed
@@ -908,7 +1146,38 @@ class FSDBTree(Tree):
         self.local_storage = not db.files.remote and filesystem_type(db.basedir) in LOCAL_FILESYSTEMS
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
+        self._scan_order: tuple[list, dict[str, int]] | None = None  # the scans, and their places
+        self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote else None
         self.add(RootFolder(self))
+
+    def learn_after(self, folder: "Folder") -> None:
+        """`folder` was listed: what a walk lists next is learned ahead (never waits)."""
+        if self.learner is not None:
+            self.learner.listed(folder)
+
+    def folders_after(self, folder: "Folder"):
+        """The folders a depth-first walk lists after `folder`: its own, then those after it."""
+        with self.lock:
+            if self._scan_order is None:
+                scans = list(self.db.scans.values())
+                self._scan_order = scans, {scan.id: place for place, scan in enumerate(scans)}
+            scans, order = self._scan_order
+        if isinstance(folder, RootFolder):
+            following = range(len(scans))
+        else:
+            scan = folder.scan if isinstance(folder, ScanFolder) else folder.fileset.scan
+            filesets = list(scan.filesets.values())
+            if isinstance(folder, FilesetFolder):
+                filesets = filesets[filesets.index(folder.fileset) + 1:] if folder.fileset in filesets else []
+            yield from map(self._fileset_folder, filesets)
+            place = order.get(scan.id)
+            following = () if place is None else range(place + 1, len(scans))
+        for scan in map(scans.__getitem__, following):
+            yield self.node(("scan", scan.id), lambda scan=scan: ScanFolder(self, scan))
+            yield from map(self._fileset_folder, list(scan.filesets.values()))
+
+    def _fileset_folder(self, fileset) -> "FilesetFolder":
+        return self.node(("fileset", fileset.scan.id, fileset.id), lambda: FilesetFolder(self, fileset))
 
     def keep_new_bytes(self, more: int) -> bool:
         """Count `more` bytes kept in memory by new files (negative: let go); False (and
@@ -986,7 +1255,11 @@ class FSDBTree(Tree):
             view.close()
 
     def adopt(self, node: Node) -> None:
-        """(On the event loop: no I/O, no lock that I/O holds.)"""
+        """(On the event loop: no I/O, no lock that I/O holds.) The database's own nodes
+        are kept until deleted: only those of grafted views have anything to adopt (a
+        walk hands the kernel every entry of every folder through here)."""
+        if node.ino < 1 << GRAFT_SHIFT:
+            return
         if _is_view_root(node.ino):
             with self._views_lock:
                 self._held_views.add(node.ino)
@@ -1031,9 +1304,12 @@ class FSDBTree(Tree):
     def status(self) -> dict:
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,
                 **(self.db.files.status() if self.db.files.remote else {}),
-                "work": dict(self.counts + self.db.counts)}
+                "work": dict(self.counts + self.db.counts),
+                **({"learning_ahead": not self.learner.idle()} if self.learner is not None else {})}
 
     def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
         super().close()
         self.db.disconnect()
         self.db.files.close()

@@ -1,0 +1,86 @@
+"""Attributes learned ahead of a walk: the folders a walker lists next, read from the disk
+in a thread of their own while the kernel is busy with the one listed now."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    """After each listing the kernel asks for (`listed`), one thread learns the folders
+    that come after it in walk order (`after(folder)`: depth first, as `ls -R`, `find`
+    and `du` go) with `folder.learn()`, those not `learned` yet, until it is `ahead`
+    entries (`folder.entry_count()`, learned or passed) beyond: a walk then finds them
+    in memory, and what is learned ahead of it stays bounded (a folder of more entries
+    than that is never learned ahead). A new listing moves it on from there. `parallel`
+    folders are learned at a time: their waits for the disk overlap."""
+
+    def __init__(self, after: Callable[[object], Iterable], ahead: int, parallel: int = 2):
+        self._after = after
+        self._ahead = ahead
+        self._parallel = parallel
+        self._pool: ThreadPoolExecutor | None = None
+        self._cond = threading.Condition()
+        self._next: object | None = None        # the folder listed last, not yet followed
+        self._closed = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def listed(self, folder) -> None:
+        """From any thread, the loop's included: never waits for I/O."""
+        with self._cond:
+            if self._closed:
+                return
+            self._next = folder
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="fsdb-learn-ahead")
+                self._thread.start()
+            self._cond.notify()
+
+    def idle(self) -> bool:
+        """Nothing being learned or waiting to be (for status and tests)."""
+        with self._cond:
+            return not self._busy and self._next is None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        self._pool = ThreadPoolExecutor(self._parallel, thread_name_prefix="fsdb-learn")
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._next is not None or self._closed)
+                if self._closed:
+                    return
+                start, self._next, self._busy = self._next, None, True
+            learning = deque()
+            try:
+                budget = self._ahead
+                for folder in self._after(start):
+                    entries = 1 + folder.entry_count()
+                    if entries > budget or self._next is not None or self._closed:
+                        break                   # far enough ahead (a folder bigger than all of
+                                                # it is for the walk to list), or the walk moved on
+                    if not folder.learned:
+                        if len(learning) == self._parallel:
+                            learning.popleft().result()
+                        learning.append(self._pool.submit(folder.learn))
+                    budget -= entries
+                for done in learning:
+                    done.result()
+            except Exception:                   # (a folder gone meanwhile: the walk lists it itself)
+                log.debug("learning ahead of %r", start, exc_info=True)
+            finally:
+                with self._cond:
+                    self._busy = False

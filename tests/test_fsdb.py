@@ -430,11 +430,16 @@ def test_files_without_an_extension_list_reopen_rename_and_unlink(tmp_path, moun
     assert (images / "renamed").read_bytes() == b"some notes" and (images / "plain").read_bytes() == b"bin"
     mount.cleanup()
     assert sorted(os.listdir(db_path / "myscan_001" / "images")) == ["0.png", "end.", "plain", "renamed"]
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(seen) == ["0", "end", "plain", "renamed"]               # plantdb reads them
 
     again = mount(db_path) / "myscan_001" / "images"
     assert sorted(n for n in os.listdir(again) if not n.endswith(".metadata.json")) == data
     assert (again / "renamed").read_bytes() == b"some notes"
     os.rename(again / "plain", again / "e.bin")
+    os.rename(again / "renamed", again / "renamed.txt")         # (one id: only the extension)
+    os.rename(again / "renamed.txt", again / "renamed")
+    assert (again / "renamed").read_bytes() == b"some notes"
     for name in ("renamed", "end.", "e.bin"):
         (again / name).unlink()
     assert sorted(os.listdir(again)) == ["0.png", "0.png.metadata.json"]

@@ -425,3 +425,39 @@ def test_json_stays_valid_when_writers_are_killed_at_random_points(tmp_path):
         db.disconnect()
     seen = plantdb_read(db_path)
     assert seen["loop"]["metadata"]["count"] >= 1
+
+
+def test_files_without_an_extension_list_reopen_rename_and_unlink(tmp_path, mount):
+    """A name with no extension (`changed`, and `end.` with an empty one) is the file's
+    name in files.json and on disk: it lists, reopens, renames and unlinks by that name,
+    in this mount and the next."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    (images / "changed").write_bytes(b"")
+    (images / "notes").write_bytes(b"some notes")
+    (images / "end.").write_bytes(b"dot")
+    (images / "e.bin").write_bytes(b"bin")
+    assert (images / "notes").read_bytes() == b"some notes" and (images / "end.").read_bytes() == b"dot"
+    (images / "changed").unlink()
+    os.rename(images / "notes", images / "renamed")
+    os.rename(images / "e.bin", images / "plain")
+    data = sorted(n for n in os.listdir(images) if not n.endswith(".metadata.json"))
+    assert data == ["0.png", "end.", "plain", "renamed"]
+    assert (images / "renamed").read_bytes() == b"some notes" and (images / "plain").read_bytes() == b"bin"
+    mount.cleanup()
+    assert sorted(os.listdir(db_path / "myscan_001" / "images")) == ["0.png", "end.", "plain", "renamed"]
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(seen) == ["0", "end", "plain", "renamed"]               # plantdb reads them
+
+    again = mount(db_path) / "myscan_001" / "images"
+    assert sorted(n for n in os.listdir(again) if not n.endswith(".metadata.json")) == data
+    assert (again / "renamed").read_bytes() == b"some notes"
+    os.rename(again / "plain", again / "e.bin")
+    os.rename(again / "renamed", again / "renamed.txt")         # (one id: only the extension)
+    os.rename(again / "renamed.txt", again / "renamed")
+    assert (again / "renamed").read_bytes() == b"some notes"
+    for name in ("renamed", "end.", "e.bin"):
+        (again / name).unlink()
+    assert sorted(os.listdir(again)) == ["0.png", "0.png.metadata.json"]

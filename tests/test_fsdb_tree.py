@@ -361,7 +361,7 @@ def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):
                        (lambda: scan.delete_fileset("nope"), FileNotFoundError),
                        (lambda: scan.get_fileset("images").create_file("img_0000"), FileExistsError),
                        (lambda: scan.get_fileset("images").delete_file("nope"), FileNotFoundError),
-                       (lambda: scan.get_fileset("images").rename_file("nope", "x", "png"), FileNotFoundError)):
+                       (lambda: scan.get_fileset("images").rename_file("nope", "x.png"), FileNotFoundError)):
         with pytest.raises(kind) as err:
             call()
         assert isinstance(err.value, IOError) and err.value.errno is None

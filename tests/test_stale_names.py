@@ -35,6 +35,17 @@ def read_on_after_a_removal(folder: Path, last: str, change, remove) -> None:
     assert last not in os.listdir(folder)
 
 
+def create_gone_name(path: Path, data: bytes) -> None:
+    """open(O_CREAT) of a name whose file is gone creates a new, empty file (it opened the
+    old inode, or failed with ENOENT), then `data` is written to it."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        assert os.fstat(fd).st_size == 0
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def file_removed_while_listed_is_created_again(folder: Path) -> None:
     """FSDB's `.metadata.json` names stay when their file goes: the last `.bin` one."""
     last = [name for name in os.listdir(folder) if name.endswith(".bin")][-1]
@@ -43,12 +54,7 @@ def file_removed_while_listed_is_created_again(folder: Path) -> None:
         (folder / "changed.bin").write_bytes(b"x")
         os.unlink(folder / "changed.bin")
     read_on_after_a_removal(folder, last, change, os.unlink)
-    fd = os.open(folder / last, os.O_CREAT | os.O_WRONLY, 0o644)
-    try:
-        assert os.fstat(fd).st_size == 0
-        os.write(fd, b"new")
-    finally:
-        os.close(fd)
+    create_gone_name(folder / last, b"new")
     assert (folder / last).read_bytes() == b"new"
 
 
@@ -139,10 +145,35 @@ def test_static_files_removed_or_replaced_behind_the_mount(mount, tmp_path):
     os.unlink(static / "removed.bin")           # (after the new file is made: it cannot reuse its inode)
     assert (mnt / "replaced.bin").read_bytes() == b"new"
     assert os.stat(mnt / "replaced.bin").st_size == 3
-    fd = os.open(mnt / "removed.bin", os.O_CREAT | os.O_WRONLY, 0o644)
-    try:
-        assert os.fstat(fd).st_size == 0
-        os.write(fd, b"created")
-    finally:
-        os.close(fd)
+    create_gone_name(mnt / "removed.bin", b"created")
     assert (overlay / "removed.bin").read_bytes() == b"created"
+
+
+def test_static_file_whose_inode_number_is_reused_behind_the_mount(mount, tmp_path):
+    """A static file deleted behind the mount whose inode number a new file then gets
+    (ext4 hands a freed number out again at once), renamed over another name: the
+    kernel's name for the deleted file must not open the new one (it did: the new file
+    was taken for the deleted file's node, moved to its new name)."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    (static / "removed.bin").write_bytes(b"removed")
+    (static / "replaced.bin").write_bytes(b"old")
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    assert (mnt / "removed.bin").read_bytes() == b"removed" and (mnt / "replaced.bin").read_bytes() == b"old"
+    freed = os.stat(static / "removed.bin").st_ino
+    os.unlink(static / "removed.bin")
+    for attempt in range(100):
+        (static / f".new{attempt}").write_bytes(b"new")
+        if os.stat(static / f".new{attempt}").st_ino == freed:
+            break
+    else:
+        pytest.skip("this filesystem gave no freed inode number out again")
+    os.rename(static / f".new{attempt}", static / "replaced.bin")
+    assert (mnt / "replaced.bin").read_bytes() == b"new"
+    assert os.stat(mnt / "replaced.bin").st_size == 3           # (the new file: looked up again)
+    with pytest.raises(FileNotFoundError):
+        (mnt / "removed.bin").read_bytes()
+    create_gone_name(mnt / "removed.bin", b"created")
+    assert (overlay / "removed.bin").read_bytes() == b"created"
+    assert (mnt / "replaced.bin").read_bytes() == b"new"

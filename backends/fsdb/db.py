@@ -322,10 +322,11 @@ class File(_Metadata):
             layout.atomic_write(os.path.join(self.fileset.path(), filename), bytes(data))
             self._registered_as(filename)
 
-    def adopt(self, finished: str, ext: str) -> None:
-        """Make a finished file (written beside its final place) this file's data: one
-        rename, then files.json. Large files need not pass through memory."""
-        filename = layout.file_name(self.id, ext)
+    def adopt(self, finished: str, filename: str) -> None:
+        """Make a finished file (written beside its final place) this file's data, named
+        `filename` (the mount's name as given: `notes` stays `notes`, where upstream's naming
+        from an extension would make it `notes.`): one rename, then files.json. Large files
+        need not pass through memory."""
         with self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id):
             os.replace(finished, os.path.join(self.fileset.path(), filename))
             self._registered_as(filename)
@@ -422,8 +423,9 @@ class Fileset(_Metadata):
                 _unlink(os.path.join(self.path(), file.filename))
             _unlink(file._md_path)
 
-    def rename_file(self, file_id: str, new_id: str, ext: str) -> File:
-        """A file under a new id (and extension): data and metadata move with it."""
+    def rename_file(self, file_id: str, new_name: str) -> File:
+        """A file under a new name (and the id it gives): data and metadata move with it."""
+        new_id = layout.split_name(new_name)[0]
         _check_id(new_id, strict=False)
         file = self.files.get(file_id)
         if file is None:
@@ -434,7 +436,7 @@ class Fileset(_Metadata):
         moved = File(self, new_id, None) if new_id != file_id else file
         with self.scan.db._writing(self.scan.id, self.id):
             if file.filename:
-                moved.adopt(file.path(), ext)
+                moved.adopt(file.path(), new_name)
             if moved is not file:
                 self.files[new_id] = moved
                 if metadata:

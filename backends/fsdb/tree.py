@@ -346,7 +346,7 @@ class DataFile(File):
         with self.tree.lock:
             new = self.file.filename is None
             try:
-                _api_errors(self.file.adopt)(finished, layout.split_name(self.name)[1])
+                _api_errors(self.file.adopt)(finished, self.name)
             finally:
                 self.forget_attr()
                 self.attr()                     # (here: the kernel's next getattr needs no thread)
@@ -1056,12 +1056,11 @@ class FilesetFolder(Folder):
             raise OSError(errno.EXDEV, "files move only within their fileset")
         with self.tree.lock:
             fs = self.fileset
-            new_id, ext = layout.split_name(new_name)
             if name.startswith(".") and not new_name.startswith("."):
                 # rsync and editors: a finished temporary file becomes a registered file
                 existing = self._file_by_name(new_name)
-                file = existing or _api_errors(fs.create_file)(new_id)
-                _api_errors(file.adopt)(os.path.join(fs.path(), name), ext)
+                file = existing or _api_errors(fs.create_file)(layout.split_name(new_name)[0])
+                _api_errors(file.adopt)(os.path.join(fs.path(), name), new_name)
                 scratch = self.tree.nodes.pop(("scratch",) + self._key(name), None)
                 data = self._data(file)
                 data.forget_attr()
@@ -1077,7 +1076,7 @@ class FilesetFolder(Folder):
             file = self._file_by_name(name)
             if file is None or new_name.endswith(META) or new_name.startswith("."):
                 raise OSError(errno.EPERM, "only files (not metadata) move, to visible names")
-            moved = _api_errors(fs.rename_file)(file.id, new_id, ext)
+            moved = _api_errors(fs.rename_file)(file.id, new_name)
             self.pending.pop(name, None)
             old = self.tree.nodes.pop(("data",) + self._key(file.id), None)
             self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)

@@ -1,11 +1,12 @@
 """The merged view: nodes, and the merge rules that decide what each name shows.
 
-A node is its backing file: (layer, st_dev, st_ino), or (layer, path) in an object
-store. Hard links found by that identity share one node (one inode number); a copy-up
-moves a node to the overlay layer and keeps its number. A node knows where it is (its
-parent node and name, and for hard links its other names), so a rename moves one node
-and never rewrites a table of paths; a deleted node lives on, without a place, while
-the kernel holds it (an open file stays usable: `attr` then asks an open handle).
+A node is its backing file: (layer, st_dev, st_ino), and a static file's ctime (inode
+numbers are reused), or (layer, path) in an object store. Hard links found by that
+identity share one node (one inode number); a copy-up moves a node to the overlay layer
+and keeps its number. A node knows where it is (its parent node and name, and for hard
+links its other names), so a rename moves one node and never rewrites a table of paths;
+a deleted node lives on, without a place, while the kernel holds it (an open file stays
+usable: `attr` then asks an open handle).
 """
 from __future__ import annotations
 
@@ -355,9 +356,22 @@ class OverlayTree(Tree):
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
-        """A node's identity: its backing file, or its path where a root has no inodes."""
+        """A node's identity: its backing file, or its path where a root has no inodes.
+
+        A static file's identity also has its ctime: a file deleted behind the mount frees
+        its inode number, and a new file given it must not be taken for the deleted one's
+        node (the kernel's name for that would open the new file). The daemon never
+        changes the static side, so a ctime changes only with the file (written, renamed
+        or replaced behind the mount: the node is gone, ESTALE, and the file a new node).
+        Not the birth time: Python's stat has none on Linux (statx would be a second call).
+        Not the overlay's files, which the daemon changes (their removals behind the mount
+        are watched), nor directories, whose ctime every change of their names moves."""
         layer = 0 if root is self.upper else 1
-        return (layer, info.backing) if info.backing is not None else (layer, rel)
+        if info.backing is None:
+            return layer, rel
+        if layer and not stat.S_ISDIR(info.mode):
+            return layer, info.backing, info.ctime_ns
+        return layer, info.backing
 
     def node_for(self, parent: "MergedDir", name: str, rel: str, root: Root, info: Attr,
                  wait: bool = True, moves: int | None = None) -> "MergedNode | None":

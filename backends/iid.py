@@ -826,6 +826,8 @@ class IIDTree(Tree):
     PREPARE_AHEAD = 32
     #: bytes of mask files made ahead of a copy (`read_masks_after`)
     MASKS_AHEAD_BYTES = 8 << 20
+    #: mask shapes whose file size is kept (`mask_size`)
+    MASK_SHAPES_KEPT = 1 << 16
     #: fixed items whose mtime is the tree's
     TREE_TIMED = ("groups", "meta.json", "overview.png")
 
@@ -847,6 +849,7 @@ class IIDTree(Tree):
         self.counts = {"segments_decoded": 0, "masks_encoded": 0, "entry_json_made": 0}
         self.mask_format = make_format(mask_format)
         self.mask_name = "mask" + self.mask_format.extension_for((1, 1))
+        self._mask_sizes: dict[tuple[int, int], int] = {}
         self.writeback_delay = writeback_delay
         self.mtime_ns = mtime_ns
         self.meta = iid.meta
@@ -1096,13 +1099,18 @@ class IIDTree(Tree):
             return self.mask_format.encode_checked(self._mask_image(mask))
 
     def mask_size(self, shape: tuple[int, int], learn: bool = True) -> int | None:
-        """The size of a mask file, from its shape: one blank mask is encoded per shape
-        (remembered for the shapes used last), never the entry's own."""
-        dtype = bool if self.mask_format.name == "npy" else np.uint8
-        if not learn:
-            return self.mask_format.known_size(shape, dtype)
-        with self._encoding(shape):
-            return self.mask_format.fixed_size(shape, dtype)
+        """The size of a mask file, from its shape: one blank mask is encoded per shape,
+        never the entry's own. Sizes are kept by shape (at most MASK_SHAPES_KEPT), so a
+        listing reads one from a dict: no lock, no numpy."""
+        size = self._mask_sizes.get(shape)
+        if size is None and learn:
+            with self._encoding(shape):
+                size = self.mask_format.fixed_size(shape, bool if self.mask_format.name == "npy" else np.uint8)
+            if size is not None:
+                if len(self._mask_sizes) >= self.MASK_SHAPES_KEPT:
+                    self._mask_sizes.clear()
+                self._mask_sizes[shape] = size
+        return size
 
     @contextlib.contextmanager
     def _encoding(self, shape: tuple[int, int]):

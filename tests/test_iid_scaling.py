@@ -269,6 +269,35 @@ async def test_folders_in_memory_are_listed_without_worker_threads(files, monkey
             tree.close()
 
 
+async def test_a_walks_listings_make_attributes_once_per_kind_of_entry(files, monkeypatch):
+    """A cold walk lists every entry folder and address folder once. Their entries share a
+    few sets of attributes (one mtime, sizes that repeat), so the daemon makes the
+    EntryAttributes of each set once, not one per entry; and a mask's size comes from
+    memory without asking the image format (which made a numpy dtype per mask)."""
+    from scopefs.daemon.fs import Operations
+    from test_imgstore_scale import Listing
+
+    tree = open_tree(files[100])
+    try:
+        ops = Operations(tree)
+        listing = Listing(ops, monkeypatch)
+        folders = tree.live()
+        addresses = [tree.by_address.lookup(f"cell-{i:05d}") for i in range(len(folders))]
+        for folder in folders:
+            await listing(folder.ino)                    # makes the views: a walk's worker calls
+        made, asked = [], []
+        monkeypatch.setattr(ops, "_entry", lambda ino, attr, entry=ops._entry: made.append(attr) or entry(ino, attr))
+        monkeypatch.setattr(tree.mask_format, "known_size", lambda *args: asked.append(args))
+        monkeypatch.setattr(ops, "folder_listings", type(ops.folder_listings)())    # listed afresh
+        listing.names.clear()
+        for directory in folders + addresses:
+            await listing(directory.ino)
+        assert len(listing.names) == 2 * len(folders) + len(addresses)
+        assert len(made) == len(set(made)) <= 5 and asked == [], (len(made), len(asked))
+    finally:
+        tree.close()
+
+
 def work_of(mnt: Path, fn) -> dict:
     """What the daemon did for `fn()`: worker-thread calls and notification waits (reading
     the status file itself takes neither)."""

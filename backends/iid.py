@@ -102,12 +102,17 @@ def _open_remote(url: str, options: Options, mask_format: str, delay: float, bas
 def gc_paused():
     """Opening makes about ten objects per entry, all kept while mounted; Python's cyclic
     collector would scan them over and over as they pile up (5 of the 6 s a 100,000-entry
-    file took to mount). It runs again once they are made."""
+    file took to mount), and again in every full collection while mounted (a third of the
+    daemon's CPU in a cold walk of 100,000 entries). It is paused while they are made, and
+    they are then frozen (`gc.freeze`): no collection scans them until the tree is closed
+    (`IIDTree.close` unfreezes). An entry deleted through the mount keeps its few objects
+    until then: at most what the mount made."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 
@@ -720,12 +725,12 @@ class GroupFolder(IIDFolder):
 
     def listing(self):
         with self.tree.lock:
-            return [(f.name, self.tree.link_to(f, 2)) for f in self._members()]
+            return [(f.name, self.tree.link_to(f)) for f in self._members()]
 
     def lookup(self, name: str):
         with self.tree.lock:
             folder = self.tree.folder_by_name.get(name)
-            return self.tree.link_to(folder, 2) if folder in self._members() else None
+            return self.tree.link_to(folder) if folder in self._members() else None
 
     def symlink(self, name: str, target: str) -> Symlink:
         with self.tree.lock:
@@ -735,7 +740,7 @@ class GroupFolder(IIDFolder):
             if folder not in self._members():
                 self.tree.join(folder, self.group)
                 self.tree.changed()
-            return self.tree.link_to(folder, 2)
+            return self.tree.link_to(folder)
 
     def unlink(self, name: str) -> None:
         with self.tree.lock:
@@ -784,12 +789,12 @@ class AddressFolder(IIDFolder):
     cached_attr = attr
 
     def listing(self):
-        return [(f.name, self.parent.tree.link_to(f, 2)) for f in self.parent._addresses().get(self.name, [])]
+        return [(f.name, self.parent.tree.link_to(f)) for f in self.parent._addresses().get(self.name, [])]
 
     def lookup(self, name: str):
         for f in self.parent._addresses().get(self.name, []):
             if f.name == name:
-                return self.parent.tree.link_to(f, 2)
+                return self.parent.tree.link_to(f)
         return None
 
 
@@ -871,7 +876,7 @@ class IIDTree(Tree):
         for key, entry in enumerate(iid.entries):
             self._register(EntryFolder(self, entry_folder_name(key, entry.address), entry))
         self._group_nodes: dict[str, GroupFolder] = {}
-        self._links: dict[tuple[int, int], Symlink] = {}
+        self._links: dict[int, Symlink] = {}      # by entry folder inode
         self._address_nodes: dict[str, AddressFolder] = {}
         self.groups: dict[str, dict[EntryFolder, None]] = {}     # members in order, as a set
         self._group_rank: dict[str, int] = {}
@@ -1074,12 +1079,13 @@ class IIDTree(Tree):
                 node = self._address_nodes[name] = self.add(AddressFolder(self.by_address, name))
             return node
 
-    def link_to(self, folder: EntryFolder, depth: int) -> Symlink:
+    def link_to(self, folder: EntryFolder) -> Symlink:
+        """The link to an entry folder from a folder two levels down (groups/<group>/,
+        by-address/<address>/), one per entry folder, by its inode."""
         with self.lock:
-            key = (folder.ino, depth)
-            node = self._links.get(key)
+            node = self._links.get(folder.ino)
             if node is None:
-                node = self._links[key] = self.add(Symlink("../" * depth + folder.name, folder.mtime_ns))
+                node = self._links[folder.ino] = self.add(Symlink("../../" + folder.name, folder.mtime_ns))
             return node
 
     # masks -------------------------------------------------------------------------
@@ -1173,6 +1179,7 @@ class IIDTree(Tree):
         if self.writable:
             self.sync()
         self.iid.close()
+        gc.unfreeze()                 # (see gc_paused) the collector may free the tree now
 
 
 class OverviewFile(File):

@@ -102,12 +102,18 @@ def _open_remote(url: str, options: Options, mask_format: str, delay: float, bas
 def gc_paused():
     """Opening makes about ten objects per entry, all kept while mounted; Python's cyclic
     collector would scan them over and over as they pile up (5 of the 6 s a 100,000-entry
-    file took to mount). It runs again once they are made."""
+    file took to mount), and again in every collection while mounted (2.9 of the 10 s of
+    CPU that listing every folder of 100,000 entries took). It is paused while they are
+    made, and then every object alive is frozen (`gc.freeze`; the daemon's own live as
+    long): no collection scans them until the tree is closed (`IIDTree.close` unfreezes).
+    An entry deleted through the mount keeps its few objects until then: at most what the
+    mount made."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 
@@ -720,12 +726,12 @@ class GroupFolder(IIDFolder):
 
     def listing(self):
         with self.tree.lock:
-            return [(f.name, self.tree.link_to(f, 2)) for f in self._members()]
+            return [(f.name, self.tree.link_to(f)) for f in self._members()]
 
     def lookup(self, name: str):
         with self.tree.lock:
             folder = self.tree.folder_by_name.get(name)
-            return self.tree.link_to(folder, 2) if folder in self._members() else None
+            return self.tree.link_to(folder) if folder in self._members() else None
 
     def symlink(self, name: str, target: str) -> Symlink:
         with self.tree.lock:
@@ -735,7 +741,7 @@ class GroupFolder(IIDFolder):
             if folder not in self._members():
                 self.tree.join(folder, self.group)
                 self.tree.changed()
-            return self.tree.link_to(folder, 2)
+            return self.tree.link_to(folder)
 
     def unlink(self, name: str) -> None:
         with self.tree.lock:
@@ -784,12 +790,12 @@ class AddressFolder(IIDFolder):
     cached_attr = attr
 
     def listing(self):
-        return [(f.name, self.parent.tree.link_to(f, 2)) for f in self.parent._addresses().get(self.name, [])]
+        return [(f.name, self.parent.tree.link_to(f)) for f in self.parent._addresses().get(self.name, [])]
 
     def lookup(self, name: str):
         for f in self.parent._addresses().get(self.name, []):
             if f.name == name:
-                return self.parent.tree.link_to(f, 2)
+                return self.parent.tree.link_to(f)
         return None
 
 
@@ -826,6 +832,8 @@ class IIDTree(Tree):
     PREPARE_AHEAD = 32
     #: bytes of mask files made ahead of a copy (`read_masks_after`)
     MASKS_AHEAD_BYTES = 8 << 20
+    #: mask shapes whose file size is kept (`mask_size`)
+    MASK_SHAPES_KEPT = 1 << 16
     #: fixed items whose mtime is the tree's
     TREE_TIMED = ("groups", "meta.json", "overview.png")
 
@@ -847,6 +855,7 @@ class IIDTree(Tree):
         self.counts = {"segments_decoded": 0, "masks_encoded": 0, "entry_json_made": 0}
         self.mask_format = make_format(mask_format)
         self.mask_name = "mask" + self.mask_format.extension_for((1, 1))
+        self._mask_sizes: dict[tuple[int, int], int] = {}
         self.writeback_delay = writeback_delay
         self.mtime_ns = mtime_ns
         self.meta = iid.meta
@@ -868,7 +877,7 @@ class IIDTree(Tree):
         for key, entry in enumerate(iid.entries):
             self._register(EntryFolder(self, entry_folder_name(key, entry.address), entry))
         self._group_nodes: dict[str, GroupFolder] = {}
-        self._links: dict[tuple[int, int], Symlink] = {}
+        self._links: dict[int, Symlink] = {}      # by entry folder inode
         self._address_nodes: dict[str, AddressFolder] = {}
         self.groups: dict[str, dict[EntryFolder, None]] = {}     # members in order, as a set
         self._group_rank: dict[str, int] = {}
@@ -1071,12 +1080,13 @@ class IIDTree(Tree):
                 node = self._address_nodes[name] = self.add(AddressFolder(self.by_address, name))
             return node
 
-    def link_to(self, folder: EntryFolder, depth: int) -> Symlink:
+    def link_to(self, folder: EntryFolder) -> Symlink:
+        """The link to an entry folder from a folder two levels down (groups/<group>/,
+        by-address/<address>/), one per entry folder, by its inode."""
         with self.lock:
-            key = (folder.ino, depth)
-            node = self._links.get(key)
+            node = self._links.get(folder.ino)
             if node is None:
-                node = self._links[key] = self.add(Symlink("../" * depth + folder.name, folder.mtime_ns))
+                node = self._links[folder.ino] = self.add(Symlink("../../" + folder.name, folder.mtime_ns))
             return node
 
     # masks -------------------------------------------------------------------------
@@ -1096,13 +1106,18 @@ class IIDTree(Tree):
             return self.mask_format.encode_checked(self._mask_image(mask))
 
     def mask_size(self, shape: tuple[int, int], learn: bool = True) -> int | None:
-        """The size of a mask file, from its shape: one blank mask is encoded per shape
-        (remembered for the shapes used last), never the entry's own."""
-        dtype = bool if self.mask_format.name == "npy" else np.uint8
-        if not learn:
-            return self.mask_format.known_size(shape, dtype)
-        with self._encoding(shape):
-            return self.mask_format.fixed_size(shape, dtype)
+        """The size of a mask file, from its shape: one blank mask is encoded per shape,
+        never the entry's own. Sizes are kept by shape (at most MASK_SHAPES_KEPT), so a
+        listing reads one from a dict: no lock, no numpy."""
+        size = self._mask_sizes.get(shape)
+        if size is None and learn:
+            with self._encoding(shape):
+                size = self.mask_format.fixed_size(shape, bool if self.mask_format.name == "npy" else np.uint8)
+            if size is not None:
+                if len(self._mask_sizes) >= self.MASK_SHAPES_KEPT:
+                    self._mask_sizes.clear()
+                self._mask_sizes[shape] = size
+        return size
 
     @contextlib.contextmanager
     def _encoding(self, shape: tuple[int, int]):
@@ -1165,6 +1180,7 @@ class IIDTree(Tree):
         if self.writable:
             self.sync()
         self.iid.close()
+        gc.unfreeze()                 # (see gc_paused) the collector may free the tree now
 
 
 class OverviewFile(File):

@@ -37,6 +37,8 @@ READDIR_BATCH = 4096
 #: entries per listing batch made on the loop (`Directory.entries_nowait`): short, so other
 #: requests wait at most a few milliseconds
 NOWAIT_BATCH = 1024
+#: EntryAttributes kept for listing entries, one per distinct Attr (`Operations._dirent`)
+DIRENT_ATTRS = 4096
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
 BLOCK_SIZE = 128 * 1024
 #: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
@@ -360,6 +362,7 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
+        self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
@@ -514,33 +517,34 @@ class Operations(pyfuse3.Operations):
         self._listings[fh] = Listing(self._directory(inode).opendir(), inode)
         return fh
 
-    def _shared_entries(self):
-        """The EntryAttributes of one batch by Attr, and their maker: entries with equal
-        attributes share one (readdir sets st_ino just before each reply, which copies it)."""
-        shared: dict[Attr, pyfuse3.EntryAttributes] = {}
-
-        def entry(attr: Attr) -> pyfuse3.EntryAttributes:
-            made = shared.get(attr)
-            if made is None:
-                made = shared[attr] = self._entry(0, attr)
-            return made
-        return shared, entry
+    def _dirent(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """The EntryAttributes of a listing entry with `attr`, made once and shared by
+        every entry with equal attributes (readdir sets st_ino just before each reply,
+        which copies it): a walk's entries come in a few sets of attributes (a folder's
+        files share an mtime, sizes repeat), so most replies make none. At most
+        DIRENT_ATTRS are kept."""
+        made = self._dirents.get(attr)
+        if made is None:
+            if len(self._dirents) >= DIRENT_ATTRS:
+                self._dirents.clear()
+            made = self._dirents[attr] = self._entry(0, attr)
+        return made
 
     def _listing_batch(self, reader, offset: int) -> tuple[list, bool]:
         """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
         worker thread, and whether more may follow. Entries of an `entry_batch` come
         without a node and are not counted: `Tree.get` builds them from the number
         whenever asked, so their life does not hang on the kernel's forget."""
-        shared, entry = self._shared_entries()
+        dirents, dirent = self._dirents, self._dirent
         batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
         rows = batch(offset, READDIR_BATCH) if batch is not None else None
         if rows is not None:
-            return [(next_offset, name, ino, shared.get(attr) or entry(attr), None)
+            return [(next_offset, name, ino, dirents.get(attr) or dirent(attr), None)
                     for next_offset, name, ino, attr in rows], len(rows) == READDIR_BATCH
         out = []
         for next_offset, name, child, attr in islice(reader.entries(offset), READDIR_BATCH):
             try:
-                out.append((next_offset, os.fsencode(name), child.ino, entry(attr or child.attr()), child))
+                out.append((next_offset, os.fsencode(name), child.ino, dirent(attr or child.attr()), child))
             except OSError as exc:
                 log.warning("listing %s: %s", name, exc)
                 out.append((next_offset, None, None, None, None))
@@ -556,7 +560,7 @@ class Operations(pyfuse3.Operations):
         if nowait is None:
             return offset
         base, gone = listing.base, listing.gone
-        shared, entry = self._shared_entries()
+        dirents, dirent = self._dirents, self._dirent
         reply, fsencode, remember = pyfuse3.readdir_reply, os.fsencode, self._remember
         while True:
             rows = nowait(offset, NOWAIT_BATCH)
@@ -567,10 +571,10 @@ class Operations(pyfuse3.Operations):
             for position, (next_offset, name, child, attr) in enumerate(rows):
                 if gone and fsencode(name) in gone:
                     return offset
-                made = shared.get(attr) or entry(attr)
+                made = dirents.get(attr) or dirent(attr)
                 made.st_ino = ino = child.ino
                 if not reply(token, fsencode(name), made, base + next_offset):
-                    listing.pending = [(next_offset, fsencode(name), child.ino, shared.get(attr) or entry(attr), child)
+                    listing.pending = [(next_offset, fsencode(name), child.ino, dirents.get(attr) or dirent(attr), child)
                                        for next_offset, name, child, attr in rows[position:]]
                     listing.position, listing.more, listing.offset = 0, more, offset
                     return None

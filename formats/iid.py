@@ -35,6 +35,7 @@ LUT_ENTRY = struct.Struct("<5I")
 IID_HEAD = struct.Struct("<3I")          # key, domain length, address length
 SEG_HEAD = struct.Struct("<I4HI")        # key, minr, minc, maxr, maxc, area
 REGION_HEAD = struct.Struct("<I4H")      # length (counting itself), minr, minc, maxr, maxc
+U32 = struct.Struct("<I")
 BLOCKS = ("lut", "iids", "meta", "groups", "segs")
 U16_MAX = 0xFFFF
 
@@ -89,8 +90,9 @@ class Entry:
 
     def region_count(self) -> int:
         count, pos, body = 0, SEG_HEAD.size - 4, self.body()
-        while pos + 4 <= len(body):
-            (length,) = struct.unpack_from("<I", body, pos)
+        end, length_at = len(body) - 4, U32.unpack_from
+        while pos <= end:
+            (length,) = length_at(body, pos)
             if length < REGION_HEAD.size:
                 raise SegmentError(f"region of length {length}")
             pos += length

@@ -8,6 +8,7 @@ or of a group's members per entry would add thousands of lines to the larger one
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import subprocess
@@ -115,6 +116,22 @@ def test_stat_and_warm_reads_make_nothing(files):
         assert folder.json_file.cached_attr().size == len(first.read(0, 1 << 16))
     finally:
         tree.close()
+
+
+def test_the_collector_never_scans_a_mounted_tree(files):
+    """A tree's objects (about ten per entry) live as long as the mount: they are made with
+    the collector paused and then frozen, so that no collection scans them while mounted
+    (at 100,000 entries, collections took 2.9 of the 10 s of CPU that listing every
+    folder took); closing the tree gives them back to the collector."""
+    gc.collect()
+    before = len(gc.get_objects())
+    tree = open_tree(files[10_000])
+    try:
+        assert len(gc.get_objects()) - before < 1_000
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        tree.close()
+    assert gc.get_freeze_count() == 0
 
 
 def write(view, data: bytes) -> None:
@@ -267,6 +284,35 @@ async def test_folders_in_memory_are_listed_without_worker_threads(files, monkey
             assert len(listing.names) == 2 * (100 + 5 + 2 + 3 + 34 + 100 + 1)
         finally:
             tree.close()
+
+
+async def test_a_walks_listings_make_attributes_once_per_kind_of_entry(files, monkeypatch):
+    """A cold walk lists every entry folder and address folder once. Their entries share a
+    few sets of attributes (one mtime, sizes that repeat), so the daemon makes the
+    EntryAttributes of each set once, not one per entry; and a mask's size comes from
+    memory without asking the image format (which made a numpy dtype per mask)."""
+    from scopefs.daemon.fs import Operations
+    from test_imgstore_scale import Listing
+
+    tree = open_tree(files[100])
+    try:
+        ops = Operations(tree)
+        listing = Listing(ops, monkeypatch)
+        folders = tree.live()
+        addresses = [tree.by_address.lookup(f"cell-{i:05d}") for i in range(len(folders))]
+        for folder in folders:
+            await listing(folder.ino)                    # makes the views: a walk's worker calls
+        made, asked = [], []
+        monkeypatch.setattr(ops, "_entry", lambda ino, attr, entry=ops._entry: made.append(attr) or entry(ino, attr))
+        monkeypatch.setattr(tree.mask_format, "known_size", lambda *args: asked.append(args))
+        monkeypatch.setattr(ops, "folder_listings", type(ops.folder_listings)())    # listed afresh
+        listing.names.clear()
+        for directory in folders + addresses:
+            await listing(directory.ino)
+        assert len(listing.names) == 2 * len(folders) + len(addresses)
+        assert len(made) == len(set(made)) <= 5 and asked == [], (len(made), len(asked))
+    finally:
+        tree.close()
 
 
 def work_of(mnt: Path, fn) -> dict:

@@ -49,6 +49,10 @@ class ImageFormat:
     def encode(self, img: np.ndarray) -> bytes:
         raise NotImplementedError
 
+    def encode_buffer(self, img: np.ndarray) -> bytes | memoryview:
+        """`encode`, as the encoder's own buffer where it has one (no copy into bytes)."""
+        return self.encode(img)
+
     def fixed_size(self, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
         if not self.size_from_shape:
             return None
@@ -70,9 +74,10 @@ class ImageFormat:
                 self._sizes.move_to_end(key)
         return size
 
-    def encode_checked(self, img: np.ndarray) -> bytes:
-        """Encode, and refuse to return bytes whose length differs from the advertised size."""
-        data = self.encode(img)
+    def encode_checked(self, img: np.ndarray, copy: bool = True) -> bytes | memoryview:
+        """Encode, and refuse to return bytes whose length differs from the advertised size
+        (`copy=False`: as `encode_buffer`)."""
+        data = self.encode(img) if copy else self.encode_buffer(img)
         expected = self.fixed_size(img.shape, img.dtype)
         if expected is not None and len(data) != expected:
             raise EncodeError(f"{self.name} encoding gave {len(data)} bytes, expected {expected}")
@@ -83,10 +88,13 @@ class _OpenCVFormat(ImageFormat):
     params: list[int] = []
 
     def encode(self, img: np.ndarray) -> bytes:
+        return self.encode_buffer(img).tobytes()
+
+    def encode_buffer(self, img: np.ndarray) -> memoryview:
         ok, buf = cv2.imencode(self.extension_for(img.shape), img, self.params)
         if not ok:
             raise EncodeError(f"OpenCV could not encode a {img.shape} {img.dtype} frame as {self.name}")
-        return buf.tobytes()
+        return memoryview(buf.reshape(-1))
 
 
 class PNG(_OpenCVFormat):

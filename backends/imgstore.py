@@ -17,6 +17,7 @@ import json
 import logging
 import mmap
 import os
+import queue
 import re
 import stat
 import threading
@@ -150,9 +151,10 @@ class FrameService:
         self._chunk_attrs: dict[int, Attr] = {}
         self._prefetch_depth = prefetch
         # read-ahead: one thread decodes in order (the video decoder stays positioned),
-        # a pool as wide as the machine encodes
+        # threads as many as the machine's CPUs encode what it hands them (`_encode_loop`)
         self._decode_ahead = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead") if prefetch else None
-        self._encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="encode") if prefetch else None
+        self._to_encode: queue.SimpleQueue = queue.SimpleQueue()
+        self._encoders: list[threading.Thread] = []
         self._last_read = -2
         self._ahead_to = -2                     # the last frame read ahead
         self.signpost_every = max(1, prefetch // 2)
@@ -279,14 +281,20 @@ class FrameService:
         with self._lock:
             sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
             self._last_read = i
+            if not sequential:
+                self._ahead_to = i               # (a new pass: what was read ahead before is no guide)
         if sequential:
             self._decode_ahead.submit(self._read_ahead, i)
 
     def _read_ahead(self, i: int) -> None:
         """Decode the next frames in order and hand them to the encoders. Each frame is
         claimed first, so a reader that gets there meanwhile waits for it instead of
-        decoding it a second time on a decoder that has to seek."""
-        for j in range(i + 1, min(i + 1 + self._prefetch_depth, len(self.index))):
+        decoding it a second time on a decoder that has to seek. Frames read ahead before
+        (up to `_ahead_to`) are not claimed again."""
+        with self._lock:
+            ahead = self._ahead_to
+        start = ahead + 1 if i < ahead <= i + self._prefetch_depth else i + 1
+        for j in range(start, min(i + 1 + self._prefetch_depth, len(self.index))):
             with self._lock:
                 if self._last_read > j:
                     return                       # the reader is already past us
@@ -298,7 +306,19 @@ class FrameService:
             except Exception as exc:             # the reader meets it, and reports it
                 self.encoded.complete(j, error=exc)
                 return
-            self._encoders.submit(self._encode_claimed, j, img)
+            if not self._encoders:               # (started by this thread only)
+                self._encoders = [threading.Thread(target=self._encode_loop, name="encode", daemon=True)
+                                  for _ in range(os.cpu_count() or 2)]
+                for thread in self._encoders:
+                    thread.start()
+            self._to_encode.put((j, img))
+
+    def _encode_loop(self) -> None:
+        """An encoder thread: encodes the frames `_read_ahead` queues until `close` queues
+        None. A plain queue, not an executor: no future, locks or conditions per frame
+        (a future and its conditions were a third of the read-ahead's Python calls)."""
+        while (item := self._to_encode.get()) is not None:
+            self._encode_claimed(*item)
 
     def _encode_claimed(self, j: int, img: np.ndarray) -> None:
         try:
@@ -315,9 +335,12 @@ class FrameService:
             self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data)
 
     def close(self) -> None:
-        for pool in (self._decode_ahead, self._encoders):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._decode_ahead is not None:
+            self._decode_ahead.shutdown(wait=True, cancel_futures=True)
+        for _ in self._encoders:                 # (frames queued before are encoded: their claims complete)
+            self._to_encode.put(None)
+        for thread in self._encoders:
+            thread.join()
         self.reader.close()
 
 

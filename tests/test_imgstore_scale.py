@@ -13,6 +13,7 @@ import mmap
 import os
 import resource
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -253,3 +254,36 @@ def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
         assert service.frames_decoded == 150
     finally:
         tree.close()
+
+
+def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
+    """Counted in every thread while a reader goes through the frames as `tar` does
+    (signposts only): the read-ahead hands frames to its encoders through a plain queue
+    and marks frames being made with a bare lock; an executor's future and an Event per
+    frame (conditions, locks, callbacks) made 74 Python calls a frame, most of them."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    offered: dict[int, bytes] = {}
+    tree.listen_content(offered.__setitem__)
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    threading.setprofile(count)        # (the read-ahead's threads start at the first reads)
+    sys.setprofile(count)
+    try:
+        for i in range(60):
+            deadline = time.monotonic() + 5
+            while i > 1 and tree.frames_base + i not in offered:
+                assert time.monotonic() < deadline, f"frame {i} was not offered"
+                time.sleep(0.002)
+            if i < 2 or i % tree.service.signpost_every == 0:
+                tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+        tree.close()
+    assert tree.service.frames_decoded == 60
+    assert calls / 60 < 55, f"{calls / 60:.0f} Python calls a frame"

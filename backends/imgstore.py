@@ -280,9 +280,9 @@ class FrameService:
             return
         with self._lock:
             sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
+            if not sequential and i != self._last_read:
+                self._ahead_to = i               # a jump: what was read ahead before is no guide
             self._last_read = i
-            if not sequential:
-                self._ahead_to = i               # (a new pass: what was read ahead before is no guide)
         if sequential:
             self._decode_ahead.submit(self._read_ahead, i)
 

@@ -287,3 +287,32 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
         tree.close()
     assert tree.service.frames_decoded == 60
     assert calls / 60 < 55, f"{calls / 60:.0f} Python calls a frame"
+
+
+def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
+    """The kernel reads a frame in several requests; the second read of the same frame is
+    not a jump, and must not make the read-ahead forget how far it got (then the next
+    signpost, four frames on, looked like a jump and nothing more was read ahead)."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    offered: dict[int, bytes] = {}
+    tree.listen_content(offered.__setitem__)
+    def wait_offered(i: int) -> None:
+        deadline = time.monotonic() + 5
+        while tree.frames_base + i not in offered:
+            assert time.monotonic() < deadline, f"frame {i} was not offered"
+            time.sleep(0.002)
+
+    try:
+        for i in range(40):
+            if i > 1:
+                wait_offered(i)
+            if i < 2 or i % tree.service.signpost_every == 0:
+                handle = tree.frame_node(i).open_nowait(os.O_RDONLY)
+                first = handle.read(0, 4096)
+                if i > 1:                          # the read-ahead it moved on is done ...
+                    wait_offered(min(i + 8, 39))
+                rest = handle.read(4096, 1 << 20)  # ... when its next request comes
+                assert len(first) + len(rest) == tree.service.size(i)
+    finally:
+        tree.close()

@@ -188,8 +188,11 @@ class StoredLayout:
                 if lo < hi:
                     yield f + lo - s, lo, hi - lo
 
-        self.row_pieces = [(f, r + lo - s, m) for r, s, n in raw_spans for f, lo, m in file_pieces(s, n)]
+        # what `encode` copies (into the file, from the rows) and checksums, as slices made once
+        self.row_pieces = [(slice(f, f + m), slice(r + lo - s, r + lo - s + m))
+                           for r, s, n in raw_spans for f, lo, m in file_pieces(s, n)]
         self.adler_at = [f + k for f, _, m in file_pieces(at, 4) for k in range(m)]
+        self.crc_spans = [(slice(start, end), slice(end, end + 4)) for start, end in self.crc_spans]
 
     @classmethod
     def learn(cls, shape: tuple[int, ...], dtype: np.dtype, encode) -> StoredLayout | None:
@@ -211,13 +214,12 @@ class StoredLayout:
         else:
             np.copyto(pixels, img)
         out = self.template.copy()
-        flat = rows.reshape(-1)
-        for at, start, length in self.row_pieces:
-            out[at:at + length] = flat[start:start + length]
-        out[self.adler_at] = np.frombuffer(zlib_ng.adler32(rows).to_bytes(4, "big"), np.uint8)
-        view = memoryview(out)
-        for start, end in self.crc_spans:
-            view[end:end + 4] = zlib_ng.crc32(view[start:end]).to_bytes(4, "big")
+        view, flat = memoryview(out), memoryview(rows).cast("B")
+        for to, source in self.row_pieces:
+            view[to] = flat[source]
+        out[self.adler_at] = np.frombuffer(zlib_ng.adler32(flat).to_bytes(4, "big"), np.uint8)
+        for data, crc in self.crc_spans:
+            view[crc] = zlib_ng.crc32(view[data]).to_bytes(4, "big")
         return view
 
 

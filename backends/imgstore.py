@@ -318,7 +318,10 @@ class FrameService:
         None. A plain queue, not an executor: no future, locks or conditions per frame
         (a future and its conditions were a third of the read-ahead's Python calls)."""
         while (item := self._to_encode.get()) is not None:
-            self._encode_claimed(*item)
+            try:
+                self._encode_claimed(*item)
+            except Exception:                    # (a listener's failure: the thread must go on)
+                log.exception("offering frame %d failed", item[0])
 
     def _encode_claimed(self, j: int, img: np.ndarray) -> None:
         try:

@@ -17,6 +17,7 @@ import json
 import logging
 import mmap
 import os
+import queue
 import re
 import stat
 import threading
@@ -52,8 +53,7 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
         settings = dict(
             png_compression=options.int("png_compression", 0, 0, 9),
             jpeg_quality=options.int("jpeg_quality", 95, 1, 100),
-            encoded_cache=options.int("cache_mb", 192, 0) * MiB,
-            decoded_cache=options.int("decoded_cache_mb", 48, 0) * MiB,
+            encoded_cache=options.int("cache_mb", -1, 0) * MiB,     # (negative: sized by frames)
             prefetch=options.int("prefetch", 8, 0, 64),
             passthrough=options.flag("passthrough", True),
             skip_bad_chunks=options.flag("skip_bad_chunks", False),
@@ -130,14 +130,15 @@ class FrameService:
     (one request) tells where the reader is, and moves the read-ahead on."""
 
     def __init__(self, index: FrameIndex, reader: FrameReader, fmt: ImageFormat, *, encoded_cache: int,
-                 decoded_cache: int, prefetch: int, passthrough: bool):
+                 prefetch: int, passthrough: bool):
         self.index = index
         self.reader = reader
         self.format = fmt
         self.extension = fmt.extension_for(reader.shape)
-        self.encoded = ByteCache(encoded_cache)
-        self.decoded = ByteCache(decoded_cache)
         self._fixed_size = fmt.fixed_size(reader.shape, reader.dtype)
+        if encoded_cache < 0:
+            encoded_cache = self.default_cache_bytes(prefetch)
+        self.encoded = ByteCache(encoded_cache)
         self.passthrough = bool(
             passthrough and reader.meta.kind == "directory" and not reader.meta.encoding
             and reader.meta.format in PASSTHROUGH.get(fmt.name, ())
@@ -150,9 +151,10 @@ class FrameService:
         self._chunk_attrs: dict[int, Attr] = {}
         self._prefetch_depth = prefetch
         # read-ahead: one thread decodes in order (the video decoder stays positioned),
-        # a pool as wide as the machine encodes
+        # threads as many as the machine's CPUs encode what it hands them (`_encode_loop`)
         self._decode_ahead = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead") if prefetch else None
-        self._encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="encode") if prefetch else None
+        self._to_encode: queue.SimpleQueue = queue.SimpleQueue()
+        self._encoders: list[threading.Thread] = []
         self._last_read = -2
         self._ahead_to = -2                     # the last frame read ahead
         self.signpost_every = max(1, prefetch // 2)
@@ -160,6 +162,15 @@ class FrameService:
         self.frames_decoded = 0
         self.frames_offered = 0                 # read ahead before the reader came: given to `offer`
         self.offer = lambda i, data: None       # the tree's: see `ImgstoreTree`
+
+    def default_cache_bytes(self, prefetch: int) -> int:
+        """Room for the frames read ahead and those being read (`2 * prefetch + 16`), at
+        least 16 MiB: the kernel's page cache keeps the frames read (keep_cache), so a
+        bigger cache only holds a second copy, and every frame a sequential reader puts
+        into it is new memory until it is full (65 page faults a 320x240 frame with the
+        192 MiB it had)."""
+        frame = self._fixed_size or int(np.prod(self.reader.shape)) * self.reader.dtype.itemsize
+        return max(16 * MiB, (2 * prefetch + 16) * frame)
 
     # -- metadata, never decoding (except for formats whose size needs an encoding) ---
     def _source_path(self, i: int) -> str:
@@ -233,18 +244,22 @@ class FrameService:
 
     # -- content ----------------------------------------------------------------------
     def decoded_frame(self, i: int) -> np.ndarray:
-        def decode():
-            self.frames_decoded += 1
-            return self.reader.read(i)
-        return self.decoded.get_or_make(i, decode)
+        """Frame i decoded: only ever encoded, once (the encoded cache makes each frame
+        once), so it is not kept."""
+        self.frames_decoded += 1
+        return self.reader.read(i)
 
-    def encoded_frame(self, i: int, prefetch: bool = True) -> bytes:
-        data = self.encoded.get_or_make(i, lambda: self.format.encode_checked(self.decoded_frame(i)))
+    def encoded_frame(self, i: int, prefetch: bool = True) -> bytes | memoryview:
+        """Frame i encoded: the encoder's buffer, never copied (reads and offers are views of it)."""
+        data = self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
         if prefetch:
             self._reading(i)
         return data
 
-    def cached_frame(self, i: int) -> bytes | None:
+    def _encode(self, img: np.ndarray) -> bytes | memoryview:
+        return self.format.encode_checked(img, copy=False)
+
+    def cached_frame(self, i: int) -> bytes | memoryview | None:
         """The encoded frame if it is in memory (never waits). A hit is a read like any
         other for read-ahead: a reader served from what was read ahead keeps it going."""
         data = self.encoded.get(i)
@@ -266,6 +281,8 @@ class FrameService:
             return
         with self._lock:
             sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
+            if not sequential and i != self._last_read:
+                self._ahead_to = i               # a jump: what was read ahead before is no guide
             self._last_read = i
         if sequential:
             self._decode_ahead.submit(self._read_ahead, i)
@@ -273,8 +290,12 @@ class FrameService:
     def _read_ahead(self, i: int) -> None:
         """Decode the next frames in order and hand them to the encoders. Each frame is
         claimed first, so a reader that gets there meanwhile waits for it instead of
-        decoding it a second time on a decoder that has to seek."""
-        for j in range(i + 1, min(i + 1 + self._prefetch_depth, len(self.index))):
+        decoding it a second time on a decoder that has to seek. Frames read ahead before
+        (up to `_ahead_to`) are not claimed again."""
+        with self._lock:
+            ahead = self._ahead_to
+        start = ahead + 1 if i < ahead <= i + self._prefetch_depth else i + 1
+        for j in range(start, min(i + 1 + self._prefetch_depth, len(self.index))):
             with self._lock:
                 if self._last_read > j:
                     return                       # the reader is already past us
@@ -286,11 +307,26 @@ class FrameService:
             except Exception as exc:             # the reader meets it, and reports it
                 self.encoded.complete(j, error=exc)
                 return
-            self._encoders.submit(self._encode_claimed, j, img)
+            if not self._encoders:               # (started by this thread only)
+                self._encoders = [threading.Thread(target=self._encode_loop, name="encode", daemon=True)
+                                  for _ in range(os.cpu_count() or 2)]
+                for thread in self._encoders:
+                    thread.start()
+            self._to_encode.put((j, img))
+
+    def _encode_loop(self) -> None:
+        """An encoder thread: encodes the frames `_read_ahead` queues until `close` queues
+        None. A plain queue, not an executor: no future, locks or conditions per frame
+        (a future and its conditions were a third of the read-ahead's Python calls)."""
+        while (item := self._to_encode.get()) is not None:
+            try:
+                self._encode_claimed(*item)
+            except Exception:                    # (a listener's failure: the thread must go on)
+                log.exception("offering frame %d failed", item[0])
 
     def _encode_claimed(self, j: int, img: np.ndarray) -> None:
         try:
-            data = self.format.encode_checked(img)
+            data = self._encode(img)
         except Exception as exc:
             self.encoded.complete(j, error=exc)
             return
@@ -303,9 +339,12 @@ class FrameService:
             self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data)
 
     def close(self) -> None:
-        for pool in (self._decode_ahead, self._encoders):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self._decode_ahead is not None:
+            self._decode_ahead.shutdown(wait=True, cancel_futures=True)
+        for _ in self._encoders:                 # (frames queued before are encoded: their claims complete)
+            self._to_encode.put(None)
+        for thread in self._encoders:
+            thread.join()
         self.reader.close()
 
 
@@ -714,13 +753,11 @@ class ImgstoreTree(Tree):
 
     def status(self) -> dict:
         service = self.service
-        caches = (service.encoded, service.decoded)
-        hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
+        hits, misses = service.encoded.hits, service.encoded.misses
         return {"frames": len(self.index), "frames_decoded": service.frames_decoded,
                 "frames_offered": service.frames_offered, "attributes_learned": self.attributes_learned,
                 "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
                 "encoded_cache_bytes": service.encoded.used_bytes,
-                "decoded_cache_bytes": service.decoded.used_bytes,
                 **(self.meta.files.status() if self.meta.files.remote else {})}
 
     @property

@@ -80,6 +80,30 @@ def test_size_follows_from_shape_and_pixels_round_trip(name, h, w, channels, dty
     assert np.array_equal(back, img)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(260, 400), st.integers(260, 400), st.sampled_from([1, 3]), st.sampled_from(["uint8", "uint16"]),
+       st.integers(0, 2**32 - 1))
+def test_frames_are_encoded_as_opencv_does_without_its_encoder(h, w, channels, dtype, seed):
+    """A PNG frame is made from the layout of its shape (`StoredLayout`), byte for byte
+    what OpenCV's libpng writes, and once the layout is learned, without calling OpenCV's
+    encoder (whose checksums and copies were most of the cost of serving a frame)."""
+    fmt = make_format("png")
+    shape = (h, w) if channels == 1 else (h, w, 3)
+    rng = np.random.default_rng(seed)
+    first, second = (rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True) for _ in range(2))
+    fmt.encode_checked(first, copy=False)                  # learns the layout
+    calls = []
+    imencode = cv2.imencode
+    cv2.imencode = lambda *args: calls.append(args) or imencode(*args)
+    try:
+        data = fmt.encode_checked(second, copy=False)
+    finally:
+        cv2.imencode = imencode
+    assert not calls
+    assert data == imencode(".png", second, fmt.params)[1].tobytes()
+    assert fmt.encode(second) == data
+
+
 def test_lossy_formats_have_no_size_from_shape():
     assert make_format("jpg").fixed_size((10, 10, 3), np.uint8) is None
     assert make_format("png", png_compression=6).fixed_size((10, 10, 3), np.uint8) is None

@@ -62,6 +62,9 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
         files = _remote_files(source, options) if is_url(source) else storage.LocalFiles()
         if files.remote:
             chunk_cache = (options.int("chunk_cache_mb", 1024, 1) * MiB, options.str("chunk_cache_dir", "") or None)
+        if "decoded_cache_mb" in options:       # (mount lines written before decoded frames went uncached still mount)
+            options.int("decoded_cache_mb", 0, 0)
+            log.warning("-o decoded_cache_mb is no longer used (decoded frames are not kept): ignored")
         options.finish()
         meta = read_metadata(source, files)
         if files.remote and meta.kind == "video":   # (frames of a directory store are read as objects)

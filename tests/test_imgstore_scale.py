@@ -9,6 +9,7 @@ counts, not seconds, must not grow with the number of frames.
 """
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import resource
@@ -23,7 +24,7 @@ from stores import index_only_store
 
 from scopefs.backends import imgstore
 from scopefs.formats.imgstore.sample import make_sample
-from scopefs.backends.options import Options
+from scopefs.backends.options import MountError, Options
 from scopefs.daemon import fs
 from scopefs.daemon.fs import Operations
 
@@ -316,3 +317,15 @@ def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
                 assert len(first) + len(rest) == tree.service.size(i)
     finally:
         tree.close()
+
+
+def test_a_mount_line_with_the_retired_decoded_cache_option_still_mounts(tmp_path, caplog):
+    """`-o decoded_cache_mb` went when decoded frames stopped being cached; an fstab line or
+    unit written before must still mount (the option is ignored, with a warning)."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=3, chunksize=3)
+    with caplog.at_level(logging.WARNING):
+        tree = imgstore.open_tree(str(tmp_path / "video"), Options({"decoded_cache_mb": "4"}))
+    tree.close()
+    assert "decoded_cache_mb is no longer used" in caplog.text
+    with pytest.raises(MountError, match="decoded_cache_mb"):
+        imgstore.open_tree(str(tmp_path / "video"), Options({"decoded_cache_mb": "lots"}))

@@ -37,6 +37,14 @@ class Vanished(File):
         raise FileNotFoundError(errno.ENOENT, "gone")
 
 
+class Denied(File):
+    def attr(self):
+        return Attr(stat.S_IFREG | 0o444, 10)
+
+    def open(self, flags):
+        raise PermissionError(errno.EACCES, "not yours")
+
+
 class SampleTree(Tree):
     def __init__(self):
         super().__init__()
@@ -46,6 +54,7 @@ class SampleTree(Tree):
         self.hello = root.add("hello.txt", self.add(GeneratedFile(lambda: b"hello world", mtime_ns=456)))
         root.add("boom", self.add(Exploding()))
         root.add("vanished", self.add(Vanished()))
+        root.add("denied", self.add(Denied()))
         self.sub = sub
 
     def forget(self, ino):
@@ -93,10 +102,19 @@ async def test_unexpected_exception_becomes_eio_and_one_log_line(ops, caplog):
 
 
 async def test_os_errors_keep_their_errno(ops):
+    entry = await ops.lookup(ROOT_INO, b"denied")
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.open(entry.st_ino, os.O_RDONLY, None)
+    assert err.value.errno == errno.EACCES
+
+
+async def test_an_inode_whose_object_is_gone_is_stale(ops):
+    """ENOENT by inode would be wrong: the kernel may have come by a name that now names
+    something else; ESTALE makes the VFS look the path up again (`_gone_is_stale`)."""
     entry = await ops.lookup(ROOT_INO, b"vanished")
     with pytest.raises(pyfuse3.FUSEError) as err:
         await ops.open(entry.st_ino, os.O_RDONLY, None)
-    assert err.value.errno == errno.ENOENT
+    assert err.value.errno == errno.ESTALE
 
 
 async def test_open_read_release_and_read_only(ops):
@@ -120,7 +138,7 @@ async def test_open_read_release_and_read_only(ops):
 async def test_unknown_inode_and_not_a_directory(ops):
     with pytest.raises(pyfuse3.FUSEError) as err:
         await ops.getattr(99999)
-    assert err.value.errno == errno.ENOENT
+    assert err.value.errno == errno.ESTALE
     entry = await ops.lookup(ROOT_INO, b"hello.txt")
     with pytest.raises(pyfuse3.FUSEError) as err:
         await ops.lookup(entry.st_ino, b"x")

@@ -61,7 +61,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     if is_url(source):
         return _open_remote(source, options, mask_format, delay, base)
     options.finish()
-    with gc_paused():
+    with gc_paused(freeze=base == ROOT_INO):
         try:
             iid = IIDFile.open(source)
         except IIDFormatError as exc:
@@ -84,7 +84,7 @@ def _open_remote(url: str, options: Options, mask_format: str, delay: float, bas
     options.finish()
     info = remote.probe(fs, path)
     source = remote.RemoteObject(fs, path, int(info.get("size") or 0))
-    with gc_paused():
+    with gc_paused(freeze=base == ROOT_INO):
         try:
             iid = IIDFile.open_ranged(source, remote.public_url(url))
         except IIDFormatError as exc:
@@ -99,21 +99,24 @@ def _open_remote(url: str, options: Options, mask_format: str, delay: float, bas
 
 
 @contextlib.contextmanager
-def gc_paused():
+def gc_paused(freeze: bool):
     """Opening makes about ten objects per entry, all kept while mounted; Python's cyclic
     collector would scan them over and over as they pile up (5 of the 6 s a 100,000-entry
     file took to mount), and again in every collection while mounted (2.9 of the 10 s of
     CPU that listing every folder of 100,000 entries took). It is paused while they are
-    made, and then every object alive is frozen (`gc.freeze`; the daemon's own live as
-    long): no collection scans them until the tree is closed (`IIDTree.close` unfreezes).
-    An entry deleted through the mount keeps its few objects until then: at most what the
-    mount made."""
+    made, and then, if `freeze`, every object alive is frozen (`gc.freeze`; the daemon's
+    own live as long): no collection scans them until the tree is closed (`IIDTree.close`
+    unfreezes). An entry deleted through the mount keeps its few objects until then: at
+    most what the mount made. Freezing is process-wide, so only the mount's own tree does
+    it: a graft (an `.iid` inside an FSDB) is opened and closed while its host lives on,
+    and would freeze and then thaw the host's objects with its own."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
+        if freeze:
+            gc.freeze()
     finally:
-        gc.freeze()
         if enabled:
             gc.enable()
 
@@ -1180,7 +1183,8 @@ class IIDTree(Tree):
         if self.writable:
             self.sync()
         self.iid.close()
-        gc.unfreeze()                 # (see gc_paused) the collector may free the tree now
+        if self.base == ROOT_INO:
+            gc.unfreeze()             # (see gc_paused) the collector may free the tree now
 
 
 class OverviewFile(File):

@@ -46,8 +46,8 @@ def files(tmp_path_factory):
     return {n: uniform_file(work / f"u{n}.iid", n) for n in (100, 10_000)}
 
 
-def open_tree(path: Path, read_only: bool = False):
-    return iid_backend.open_tree(str(path), Options(), read_only)
+def open_tree(path: Path, read_only: bool = False, **where):
+    return iid_backend.open_tree(str(path), Options(), read_only, **where)
 
 
 def lines_run(fn) -> int:
@@ -132,6 +132,17 @@ def test_the_collector_never_scans_a_mounted_tree(files):
     finally:
         tree.close()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_grafted_tree_freezes_nothing(files):
+    """Freezing is process-wide: a graft (an .iid inside an FSDB, opened and closed while
+    its host lives on) must not freeze its host's objects, nor thaw them at its close."""
+    gc.collect()
+    tree = open_tree(files[100], base=7 << 40)
+    try:
+        assert gc.get_freeze_count() == 0
+    finally:
+        tree.close()
 
 
 def write(view, data: bytes) -> None:

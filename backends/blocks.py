@@ -364,12 +364,15 @@ class GeneratedFile(File):
     (bounded); if evicted, it is made again, identically. With `kept` (a
     `kept_sizes.KeptSize`) its size comes from sizes learned before, on this mount or
     another, without making it; a kept size that proves wrong when the content is made
-    (a renderer changed without its version) is corrected and `on_resized(self)` called."""
+    (a renderer changed without its version) is corrected and `on_resized(self)` called.
+    `sized()`, if given, tells the size without making the content (None: it cannot),
+    when none is kept."""
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None,
-                 kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None):
+                 kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None,
+                 sized: Callable[[], int | None] | None = None):
         self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
-        self._make = make
+        self._make, self._sized = make, sized
         self.mtime_ns = mtime_ns
         self._size: int | None = None
         self._cache = cache
@@ -401,6 +404,10 @@ class GeneratedFile(File):
     def attr(self) -> Attr:
         if self._size is None:
             kept = self._kept.get() if self._kept is not None else None
+            if kept is None and self._sized is not None:
+                kept = self._sized()
+                if kept is not None and self._kept is not None:
+                    self._kept.learn(kept)
             if kept is None:
                 self.content()
             else:

@@ -181,7 +181,8 @@ class DerivedViews:
         return None if shown is None else identity(shown[1])
 
     def status(self) -> dict:
-        return {**self.volumes.status(), "views_made": self.made, "view_sizes": self.sizes.status()}
+        return {**self.volumes.status(), "views_made": self.made, "picks_size_batches": self.picks.size_batches,
+                "view_sizes": self.sizes.status()}
 
     def close(self) -> None:
         self.volumes.close()

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
-from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels
+from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
 from .kept_sizes import identity, versions
@@ -139,6 +139,15 @@ class VolumeViews:
         return self._remembered(("shape",) + self.tree.source_key(source),
                                 lambda: array_shape(lambda meta: self._read_small(f"{source}/0/{meta}")))
 
+    def metadata_size(self, source: str, level: str) -> int | None:
+        """The size of a level's MRC view from its array's metadata (`mrc.view_size`);
+        None where they do not tell it (the volume is opened, and says why)."""
+        try:
+            return view_size(lambda meta: self._read_small(f"{source}/{level}/{meta}"))
+        except Exception as exc:
+            log.debug("the MRC view of %s level %s is sized by opening it: %s", source, level, exc)
+            return None
+
     def _remembered(self, key: tuple, read):
         """What `read()` gives for key (a store's version), kept (bounded)."""
         with self._lock:
@@ -214,12 +223,13 @@ class MrcView(File):
             return self._volume
 
     def size(self) -> int:
-        """The kept size (sizes learned before), else the volume's (opened here)."""
+        """The kept size (sizes learned before), else the level's metadata's (no zarr),
+        else the volume's (opened here)."""
         if self._size is None:
             self._size = self.kept.get()
             if self._size is None:
                 self.kept.digest()              # the metadata's version before it is read
-                self._size = self.volume().size
+                self._size = self.views.metadata_size(self.source, self.level) or self.volume().size
                 self.kept.learn(self._size)
         return self._size
 
@@ -259,6 +269,8 @@ class PicksViews:
         self.tree = tree
         self.volumes, self.views = volumes, views    # views: copick.DerivedViews (kept sizes)
         self.cache = ByteCache(32 << 20)
+        self.parsed = ByteCache(64 << 20)       # picks files parsed, by version: shared by spacings and views
+        self.size_batches = 0
 
     @staticmethod
     def _run(rel: str) -> tuple[str, float] | None:
@@ -282,14 +294,17 @@ class PicksViews:
             infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
             picks = sorted(infos)
         center = _Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
+        sources = {f"{run}/Picks/{name}": infos.get(name) for name in picks
+                   if name.endswith(".json") and not name.startswith(".")}
+        sized = _Once(lambda: self._sizes(rel, voxel_size, center, sources))     # every view's, at once
         out = []
-        for name in picks:
-            if name.endswith(".json") and not name.startswith("."):
-                source, info = f"{run}/Picks/{name}", infos.get(name)
-                for suffix, kind in picks_format.FORMATS.items():
-                    out.append((name[:-5] + suffix, source,
-                                self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info),
-                                info))
+        for source, info in sources.items():
+            stem = source.rpartition("/")[2][:-5]
+            for suffix, kind in picks_format.FORMATS.items():
+                out.append((stem + suffix, source,
+                            self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info,
+                                        lambda source=source, kind=kind: sized().get(source, {}).get(kind)),
+                            info))
         return out
 
     def folders_following(self, rel: str) -> list[str]:
@@ -312,9 +327,10 @@ class PicksViews:
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None):
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized):
         """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
-        what the source shows, if the listing stat'ed it (else it is asked)."""
+        what the source shows, if the listing stat'ed it (else it is asked); `sized()`: the
+        view's size if known without making it."""
         center = center or (lambda: None)
 
         def make():
@@ -328,15 +344,39 @@ class PicksViews:
                 return None if found[0] is None else \
                     ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
             return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center), shown.mtime_ns,
-                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized)
+                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized,
+                                 sized=sized)
         return make
+
+    def _sizes(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, dict]:
+        """The size of every view in folder rel of these picks files (source -> kind ->
+        bytes; `info` what each shows, or None: asked), each format written once for all
+        of them (`picks.sizes`). A picks file that does not read, or a centre not found,
+        sizes nothing: those views are made for their sizes, and say why."""
+        parsed = {}
+        for source, info in sources.items():
+            try:
+                parsed[source] = self._parsed(source, info)
+            except Exception as exc:
+                log.debug("the views of %s are sized by making them: %s", source, exc)
+        try:
+            sizes = picks_format.sizes(list(parsed.values()), rel.split("/")[1], voxel_size, center())
+        except Exception as exc:
+            log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
+            return {}
+        self.size_batches += 1
+        return dict(zip(parsed, sizes))
+
+    def _parsed(self, source: str, info: Attr | None = None) -> picks_format.Picks:
+        """A picks file as arrays, parsed once per version (what `info` shows, else asked)."""
+        return self.parsed.get_or_make(self.tree.source_key(source, info), lambda: picks_format.Picks.from_json(
+            self.volumes._read_small(source) or b""))
 
     def render(self, source: str, kind: str, rel: str, voxel_size: float, center) -> bytes:
         """One view of a picks file; `center()` gives the tomogram centre STAR views use."""
         self.views.count_made()
         try:
-            picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
-            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center())
+            return picks_format.export(self._parsed(source), kind, rel.split("/")[1], voxel_size, center())
         except OSError:
             raise
         except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only

@@ -17,6 +17,7 @@ import re
 import stat
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import csv
 import io
@@ -25,7 +26,7 @@ from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
-from .copick_views import VIEWS_VERSION, Imports, PicksViews, VolumeViews, read_file
+from .copick_views import VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews, read_file
 from .kept_sizes import KeptSize, KeptSizes, cache_path, identity, versions
 from .nodes import ROOT_INO, attr_of
 from .options import MountError, Options
@@ -102,10 +103,11 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
 
 
 class LibraryLoader:
-    """What the derived views write with (picks formats, MRC, meshes, previews from zarr),
+    """What the derived views write with (picks formats, MRC, previews from zarr),
     imported in the background once a view must be made (about a second cold): not at
     mount, and not for a walk whose sizes were kept (`kept_sizes`), which needs none of
-    them. A library that fails to import is left to the view that needs it, which says why."""
+    them. trimesh (meshes) is left to the first mesh view: most projects have none. A
+    library that fails to import is left to the view that needs it, which says why."""
 
     def __init__(self):
         self._started = threading.Event()
@@ -120,7 +122,6 @@ class LibraryLoader:
         try:
             picks_format.load_libraries()
             import mrcfile  # noqa: F401
-            import trimesh  # noqa: F401
             import zarr  # noqa: F401
         except Exception as exc:
             log.debug("loading the view libraries: %s", exc)
@@ -156,6 +157,8 @@ class DerivedViews:
         self.libraries = LibraryLoader()
         self.made = 0
         self._made_lock = threading.Lock()
+        # small sources read side by side for a listing's sizes (Picks JSON): cold, each waits on the disk
+        self.readers = ThreadPoolExecutor(8, thread_name_prefix="scopefs-view-read")
         self.volumes = VolumeViews(tree, volume_cache, self)
         self.picks = PicksViews(tree, self.volumes, self)
 
@@ -186,6 +189,7 @@ class DerivedViews:
 
     def close(self) -> None:
         self.volumes.close()
+        self.readers.shutdown(wait=False, cancel_futures=True)
         self.sizes.close()
 
     def lookup(self, rel: str, name: str):
@@ -225,10 +229,11 @@ class DerivedViews:
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":
-            for name in names:
-                if name.endswith(".json") and not name.startswith("."):
-                    src = f"{rel}/{name}"
-                    out.append((name[:-5] + ".csv", src, self._file(src, self.picks_csv)))
+            sources = [f"{rel}/{name}" for name in names if name.endswith(".json") and not name.startswith(".")]
+            sized = Once(lambda: self._sizes(sources, self.picks_csv))           # all at once
+            for src in sources:
+                out.append((src.rpartition("/")[2][:-5] + ".csv", src,
+                            self._file(src, self.picks_csv, sized=lambda src=src: sized().get(src))))
         elif folder == "Meshes":
             for name in names:
                 if name.endswith(".glb") and not name.startswith("."):
@@ -242,8 +247,9 @@ class DerivedViews:
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
         return out
 
-    def _file(self, source: str, convert, *args):
-        key = (source, convert.__name__) + args
+    def _file(self, source: str, convert, *args, sized=None):
+        """The node maker of the view `convert(source, *args)`; `sized()`: its size if
+        known without making it."""
         # what the bytes depend on besides the source: the renderer's libraries
         libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
                      "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
@@ -254,17 +260,32 @@ class DerivedViews:
             return None if found is None else (convert.__name__, args, versions(*libraries), found)
 
         def make():
-            def content():
-                self.count_made()
-                try:
-                    return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
-                except OSError:
-                    raise
-                except Exception as exc:        # a bad source: EIO for this view, the listing goes on
-                    raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
-            return GeneratedFile(content, self.tree.top(source)[1].mtime_ns, kept=self.kept_size(kept_key),
-                                 on_resized=self.resized)
+            return GeneratedFile(lambda: self._content(source, convert, *args), self.tree.top(source)[1].mtime_ns,
+                                 kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)
         return make
+
+    def _content(self, source: str, convert, *args) -> bytes:
+        """The bytes of a view, made once per version of its source (bounded cache)."""
+        def made() -> bytes:
+            self.count_made()
+            try:
+                return convert(source, *args)
+            except OSError:
+                raise
+            except Exception as exc:        # a bad source: EIO for this view, the listing goes on
+                raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
+        return self.cache.get_or_make((source, convert.__name__) + args + self.tree.source_key(source), made)
+
+    def _sizes(self, sources: list[str], convert) -> dict[str, int]:
+        """The sizes of the views `convert(source)` of a listing's sources, made side by
+        side (each waits on the disk for its source, when cold) into the cache; a view
+        that cannot be made has none (it says why when asked)."""
+        def size(source: str) -> int | None:
+            try:
+                return len(self._content(source, convert))
+            except OSError:
+                return None
+        return {source: n for source, n in zip(sources, self.readers.map(size, sources)) if n is not None}
 
     def store_identity(self, rel: str) -> tuple | None:
         """The identities of what a preview of store rel reads, from stat alone: its

@@ -55,11 +55,7 @@ def mrc_name(stem: str, binning: int) -> str:
 def read_file(tree, rel: str) -> bytes:
     """The whole (small) file that rel shows in the merged tree (FileNotFoundError if none)."""
     root, info = tree.top(rel)
-    handle = root.open_read(rel)
-    try:
-        return handle.read(0, info.size)
-    finally:
-        handle.release()
+    return root.read_whole(rel, info.size)
 
 
 def voxel_size_of(folder: str, zarr_name: str) -> float | None:
@@ -162,7 +158,7 @@ class VolumeViews:
 
     def _read_small(self, rel: str) -> bytes | None:
         shown = self.tree.shown(rel)
-        return read_file(self.tree, rel) if shown is not None and stat.S_ISREG(shown[1].mode) else None
+        return shown[0].read_whole(rel, shown[1].size) if shown is not None and stat.S_ISREG(shown[1].mode) else None
 
     # -- nodes ----------------------------------------------------------------------------
     def _maker(self, source: str, level: str, voxel_size: float):
@@ -293,10 +289,10 @@ class PicksViews:
             shown = self.tree.shown(f"{run}/Picks")
             infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
             picks = sorted(infos)
-        center = _Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
+        center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
         sources = {f"{run}/Picks/{name}": infos.get(name) for name in picks
                    if name.endswith(".json") and not name.startswith(".")}
-        sized = _Once(lambda: self._sizes(rel, voxel_size, center, sources))     # every view's, at once
+        sized = Once(lambda: self._sizes(rel, voxel_size, center, sources))     # every view's, at once
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
@@ -353,12 +349,15 @@ class PicksViews:
         bytes; `info` what each shows, or None: asked), each format written once for all
         of them (`picks.sizes`). A picks file that does not read, or a centre not found,
         sizes nothing: those views are made for their sizes, and say why."""
-        parsed = {}
-        for source, info in sources.items():
+        def parse(item: tuple[str, Attr | None]) -> picks_format.Picks | None:
             try:
-                parsed[source] = self._parsed(source, info)
+                return self._parsed(*item)
             except Exception as exc:
-                log.debug("the views of %s are sized by making them: %s", source, exc)
+                log.debug("the views of %s are sized by making them: %s", item[0], exc)
+                return None
+        # read side by side: a cold walk waits on the disk for each file
+        parsed = {source: picks for source, picks in zip(sources, self.views.readers.map(parse, sources.items()))
+                  if picks is not None}
         try:
             sizes = picks_format.sizes(list(parsed.values()), rel.split("/")[1], voxel_size, center())
         except Exception as exc:
@@ -402,7 +401,7 @@ class PicksViews:
         return None
 
 
-class _Once:
+class Once:
     """What `make()` gives, made at the first call (errors are not kept)."""
 
     def __init__(self, make):

@@ -33,13 +33,13 @@ EM_HEADER_BYTES = 512
 
 
 def load_libraries() -> None:
-    """Import the libraries the formats here read and write with (pandas, starfile,
-    dynamotable, emfile, scipy's rotations): about a second cold, which a mount spends in
-    the background once it must make a view, rather than in the listing that needs it."""
+    """Import the libraries the formats here write with (pandas, starfile, dynamotable,
+    emfile): about a second cold, which a mount spends in the background once it must
+    make a view, rather than in the listing that needs it. scipy's rotations are left to
+    the first picks with a rotation."""
     import dynamotable  # noqa: F401
     import emfile  # noqa: F401
     import starfile  # noqa: F401
-    from scipy.spatial.transform import Rotation  # noqa: F401
 
 
 class Picks:
@@ -72,12 +72,13 @@ class Picks:
             locations[i] = [float(location["x"]), float(location["y"]), float(location["z"])]
             matrix = point.get("transformation_")
             transforms[i] = IDENTITY if matrix is None else np.asarray(matrix, dtype=float)
-            if not np.allclose(transforms[i, 3], [0, 0, 0, 1]) or transforms[i, 3, 3] != 1.0:
-                raise ValueError(f"point {i}: the transform's last row is not [0, 0, 0, 1]")
             if point.get("score") is not None:
                 scores[i] = float(point["score"])
             if point.get("instance_id") is not None:
                 ids[i] = int(point["instance_id"])
+        bad = ~np.isclose(transforms[:, 3], [0, 0, 0, 1]).all(axis=1) | (transforms[:, 3, 3] != 1.0)    # np.allclose of each
+        if bad.any():
+            raise ValueError(f"point {np.flatnonzero(bad)[0]}: the transform's last row is not [0, 0, 0, 1]")
         return cls(locations, transforms, scores, ids)
 
     @classmethod
@@ -117,9 +118,10 @@ class Picks:
         if known is not None:
             return known
         out = np.zeros((len(self.points), 3))
-        for i, matrix in enumerate(self.transforms[:, :3, :3] / self.transforms[:, 3, 3][:, None, None]):
-            if np.allclose(matrix, np.eye(3)):
-                continue
+        matrices = self.transforms[:, :3, :3] / self.transforms[:, 3, 3][:, None, None]
+        rotated = ~np.isclose(matrices, np.eye(3)).all(axis=(1, 2))         # np.allclose of each
+        for i in np.flatnonzero(rotated):
+            matrix = matrices[i]
             from scipy.spatial.transform import Rotation
             try:
                 rotation = Rotation.from_matrix(matrix)
@@ -331,7 +333,7 @@ def _write_tables(kind: str, tables: list[dict]) -> list[bytes]:
     def joined(name: str):
         parts = [table[name] for table in tables]
         return [v for part in parts for v in part] if isinstance(parts[0], list) else np.concatenate(parts)
-    frame = _write_table(kind, {name: values[:0] for name, values in tables[0].items()}).split(b"\n")
+    frame = _frame(kind, tables[0])
     if not sum(counts):
         return [b"\n".join(frame)] * len(tables)
     whole = _write_table(kind, {name: joined(name) for name in tables[0]}).split(b"\n")
@@ -343,6 +345,19 @@ def _write_tables(kind: str, tables: list[dict]) -> list[bytes]:
         out.append(b"\n".join(frame[:start] + whole[at:at + count] + frame[start:]))
         at += count
     return out
+
+
+_FRAMES: dict[tuple, list[bytes]] = {}
+
+
+def _frame(kind: str, columns: dict) -> list[bytes]:
+    """The lines an empty table of these columns is written as (the same for every table
+    of these column names: kept, a few per process)."""
+    key = (kind, *columns)
+    frame = _FRAMES.get(key)
+    if frame is None:
+        frame = _FRAMES[key] = _write_table(kind, {name: values[:0] for name, values in columns.items()}).split(b"\n")
+    return frame
 
 
 def to_em(picks: Picks, voxel_size: float) -> bytes:

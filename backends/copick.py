@@ -130,6 +130,12 @@ class LibraryLoader:
 class CopickTree(OverlayTree):
     """The merged tree, with the derived views' and imports' counters in its status."""
 
+    def listen(self, listener) -> None:
+        """The daemon serves the tree: the views' sizes are learned from now on (a tree
+        opened and not served learns none)."""
+        super().listen(listener)
+        self.derive.learner.start()
+
     def status(self) -> dict:
         return {**super().status(), **self.derive.status(), **self.imports.status()}
 
@@ -137,6 +143,62 @@ class CopickTree(OverlayTree):
         super().close()
         self.derive.close()
         self.imports.close()
+
+
+class SizeLearner:
+    """The sizes of the derived views, learned in a thread of the mount's own from mount
+    on into the kept sizes (`kept_sizes`), so that a walk started after it makes no view
+    for a size: a cold walk of a project never mounted before made or sized every view it
+    listed, while a plain disk answers `ls -lR` from its inodes. Local roots only (object
+    storage keeps no sizes). Folders go one at a time, in the order `ls -lR` walks them,
+    each view sized as a listing sizes it (what both ask is made once: the shared caches
+    of `DerivedViews`), at most as many as are kept; it stops at unmount. A walk that
+    outruns it sizes what it lists itself, as without it."""
+
+    def __init__(self, tree: OverlayTree, views: "DerivedViews", limit: int):
+        self.tree, self.views, self.limit = tree, views, limit
+        self.done = False
+        self.learned = 0
+        self._stop = threading.Event()
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started and self.tree.static.local_path("") is not None \
+                and self.tree.upper.local_path("") is not None:
+            self._started = True
+            threading.Thread(target=self._learn, name="learn-view-sizes", daemon=True).start()
+        else:
+            self.done = True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _learn(self) -> None:
+        try:
+            for rel in self._folders():
+                names = self.tree.listing(rel)          # (no stats, and not the walk's scans ahead)
+                real = set(names)
+                for name, _, make, _ in self.views.listing(rel, names):
+                    if self._stop.is_set() or self.learned >= self.limit:
+                        return
+                    if name not in real:
+                        try:
+                            make().attr()
+                            self.learned += 1
+                        except OSError as exc:      # a bad source: its view says why when asked
+                            log.debug("learning the size of %s/%s: %s", rel, name, exc)
+        except Exception as exc:              # whatever it is, a listing meets it again and says why
+            log.debug("learning the views' sizes at mount: %s: %s", type(exc).__name__, exc)
+        finally:
+            self.done = True
+
+    def _folders(self):
+        """The folders that show derived views, in the order of a walk (`ls -lR`)."""
+        for run in self.tree.listing("ExperimentRuns"):
+            folder = f"ExperimentRuns/{run}"
+            for name in self.tree.listing(folder) if self.tree.shown(folder) is not None else ():
+                if name in ("Picks", "Meshes", "Segmentations") or name.startswith("VoxelSpacing"):
+                    yield f"{folder}/{name}"
 
 
 class DerivedViews:
@@ -161,6 +223,7 @@ class DerivedViews:
         self.readers = ThreadPoolExecutor(8, thread_name_prefix="scopefs-view-read")
         self.volumes = VolumeViews(tree, volume_cache, self)
         self.picks = PicksViews(tree, self.volumes, self)
+        self.learner = SizeLearner(tree, self, self.sizes.limit)
 
     def kept_size(self, key) -> KeptSize:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
@@ -185,9 +248,11 @@ class DerivedViews:
 
     def status(self) -> dict:
         return {**self.volumes.status(), "views_made": self.made, "picks_size_batches": self.picks.size_batches,
-                "view_sizes": self.sizes.status()}
+                "view_sizes": {**self.sizes.status(), "learned_at_mount": self.learner.learned,
+                               "learning_done": self.learner.done}}
 
     def close(self) -> None:
+        self.learner.stop()
         self.volumes.close()
         self.readers.shutdown(wait=False, cancel_futures=True)
         self.sizes.close()

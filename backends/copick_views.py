@@ -266,6 +266,7 @@ class PicksViews:
         self.volumes, self.views = volumes, views    # views: copick.DerivedViews (kept sizes)
         self.cache = ByteCache(32 << 20)
         self.parsed = ByteCache(64 << 20)       # picks files parsed, by version: shared by spacings and views
+        self.folder_sizes = ByteCache(16 << 20)  # `_sizes` of each spacing folder, by version
         self.size_batches = 0
 
     @staticmethod
@@ -347,8 +348,20 @@ class PicksViews:
     def _sizes(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, dict]:
         """The size of every view in folder rel of these picks files (source -> kind ->
         bytes; `info` what each shows, or None: asked), each format written once for all
-        of them (`picks.sizes`). A picks file that does not read, or a centre not found,
-        sizes nothing: those views are made for their sizes, and say why."""
+        of them (`picks.sizes`), once per version of the files, whoever asks first (a
+        listing, or the mount's learner: `copick.SizeLearner`). A picks file that does
+        not read, or a centre not found, sizes nothing: those views are made for their
+        sizes, and say why."""
+        try:
+            centre = center()
+        except Exception as exc:
+            log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
+            return {}
+        versions = tuple(self.tree.source_key(source, info) for source, info in sources.items())
+        return self.folder_sizes.get_or_make((rel, voxel_size, centre, versions),
+                                             lambda: self._sized_together(rel, voxel_size, centre, sources))
+
+    def _sized_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Sizes":
         def parse(item: tuple[str, Attr | None]) -> picks_format.Picks | None:
             try:
                 return self._parsed(*item)
@@ -359,12 +372,12 @@ class PicksViews:
         parsed = {source: picks for source, picks in zip(sources, self.views.readers.map(parse, sources.items()))
                   if picks is not None}
         try:
-            sizes = picks_format.sizes(list(parsed.values()), rel.split("/")[1], voxel_size, center())
+            sizes = picks_format.sizes(list(parsed.values()), rel.split("/")[1], voxel_size, centre)
         except Exception as exc:
             log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
-            return {}
+            return _Sizes()
         self.size_batches += 1
-        return dict(zip(parsed, sizes))
+        return _Sizes(zip(parsed, sizes))
 
     def _parsed(self, source: str, info: Attr | None = None) -> picks_format.Picks:
         """A picks file as arrays, parsed once per version (what `info` shows, else asked)."""
@@ -399,6 +412,15 @@ class PicksViews:
                 nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}")
                 return nx / 2 * size, ny / 2 * size, nz / 2 * size
         return None
+
+
+class _Sizes(dict):
+    """The sizes of a folder's picks views (source -> kind -> bytes), as a bounded cache
+    counts them."""
+
+    @property
+    def nbytes(self) -> int:
+        return 128 + 512 * len(self)
 
 
 class Once:

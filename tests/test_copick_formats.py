@@ -579,3 +579,29 @@ def test_a_first_walk_makes_no_picks_or_mrc_view_for_its_sizes(tmp_path, mount):
     assert status["mrc_views"]["chunks_decoded"] == 0
     walked = sizes_and_bytes(mnt)
     assert len(walked) > 2 * 3 * 5 + 2 and all(size == read for size, read in walked.values())
+
+
+def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path, mount):
+    """A thread of the mount's own sizes every view from mount on (`copick.SizeLearner`,
+    into the kept sizes): a walk after it makes no view and writes no picks format, and
+    what it tells equals what `cat` reads."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
+    (run / "Picks").mkdir()
+    for n in (1, 3):
+        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
+    (tmp_path / "overlay").mkdir()
+    time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
+    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    deadline = time.monotonic() + 60
+    while not daemon_status(mnt)["view_sizes"]["learning_done"]:
+        assert time.monotonic() < deadline, daemon_status(mnt)
+        time.sleep(0.05)
+    learned = daemon_status(mnt)
+    assert learned["view_sizes"]["learned_at_mount"] == 2 * 6 + 3      # 2 picks x (5 formats + CSV), preview, 2 MRC
+    for walk in (["ls", "-lR"], ["find", "-printf", "%s\n"], ["du", "-s"]):
+        subprocess.run([walk[0], str(mnt), *walk[1:]], capture_output=True, check=True)
+    walked = daemon_status(mnt)
+    for counter in ("views_made", "picks_size_batches"):
+        assert walked[counter] == learned[counter], counter
+    assert all(size == read for size, read in sizes_and_bytes(mnt).values())

@@ -147,13 +147,14 @@ class CopickTree(OverlayTree):
 
 class SizeLearner:
     """The sizes of the derived views, learned in a thread of the mount's own from mount
-    on into the kept sizes (`kept_sizes`), so that a walk started after it makes no view
-    for a size: a cold walk of a project never mounted before made or sized every view it
-    listed, while a plain disk answers `ls -lR` from its inodes. Local roots only (object
-    storage keeps no sizes). Folders go one at a time, in the order `ls -lR` walks them,
-    each view sized as a listing sizes it (what both ask is made once: the shared caches
-    of `DerivedViews`), at most as many as are kept; it stops at unmount. A walk that
-    outruns it sizes what it lists itself, as without it."""
+    on: a cold walk of a project never mounted before made or sized every view it listed
+    (a plain disk answers `ls -lR` from its inodes). It sizes the very nodes the listings
+    show (`OverlayTree.derived`), so a walk after it finds each size in its node, and the
+    kept sizes (`kept_sizes`) learn them for later mounts. Local roots only (object storage
+    keeps nothing); folders one at a time, in the order `ls -lR` walks them; at most as
+    many views as are kept (their nodes hold about 3 KB each, as after a walk); it stops at
+    unmount. A walk that outruns it sizes what it lists itself, and what both ask for is
+    made once (the caches of `DerivedViews` and `PicksViews`)."""
 
     def __init__(self, tree: OverlayTree, views: "DerivedViews", limit: int):
         self.tree, self.views, self.limit = tree, views, limit
@@ -176,17 +177,15 @@ class SizeLearner:
     def _learn(self) -> None:
         try:
             for rel in self._folders():
-                names = self.tree.listing(rel)          # (no stats, and not the walk's scans ahead)
-                real = set(names)
-                for name, _, make, _ in self.views.listing(rel, names):
+                # the nodes a listing shows (no stats, and not the walk's scans ahead)
+                for name, node in self.tree.derived(rel, dict.fromkeys(self.tree.listing(rel))):
                     if self._stop.is_set() or self.learned >= self.limit:
                         return
-                    if name not in real:
-                        try:
-                            make().attr()
-                            self.learned += 1
-                        except OSError as exc:      # a bad source: its view says why when asked
-                            log.debug("learning the size of %s/%s: %s", rel, name, exc)
+                    try:
+                        node.attr()
+                        self.learned += 1
+                    except OSError as exc:      # a bad source: its view says why when asked
+                        log.debug("learning the size of %s/%s: %s", rel, name, exc)
         except Exception as exc:              # whatever it is, a listing meets it again and says why
             log.debug("learning the views' sizes at mount: %s: %s", type(exc).__name__, exc)
         finally:

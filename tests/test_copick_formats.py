@@ -582,9 +582,9 @@ def test_a_first_walk_makes_no_picks_or_mrc_view_for_its_sizes(tmp_path, mount):
 
 
 def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path, mount):
-    """A thread of the mount's own sizes every view from mount on (`copick.SizeLearner`,
-    into the kept sizes): a walk after it makes no view and writes no picks format, and
-    what it tells equals what `cat` reads."""
+    """A thread of the mount's own sizes every view from mount on (`copick.SizeLearner`):
+    a walk after it makes no view, writes no picks format and asks nothing of the kept
+    sizes (the nodes it lists are sized), and what it tells equals what `cat` reads."""
     run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
     write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
     (run / "Picks").mkdir()
@@ -604,4 +604,5 @@ def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path
     walked = daemon_status(mnt)
     for counter in ("views_made", "picks_size_batches"):
         assert walked[counter] == learned[counter], counter
+    assert walked["view_sizes"]["used"] == learned["view_sizes"]["used"]
     assert all(size == read for size, read in sizes_and_bytes(mnt).values())

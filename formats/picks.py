@@ -50,6 +50,12 @@ class Picks:
         self.scores, self.instance_ids = scores, instance_ids
         self._eulers: dict[tuple[str, bool], np.ndarray] = {}
 
+    @classmethod
+    def concatenated(cls, picks: list["Picks"]) -> "Picks":
+        """The points of all of `picks`, one after the other."""
+        return cls(*(np.concatenate([getattr(p, name) for p in picks])
+                     for name in ("points", "transforms", "scores", "instance_ids")))
+
     @property
     def nbytes(self) -> int:
         """Memory held (what a bounded cache counts)."""
@@ -320,31 +326,25 @@ def _write_table(kind: str, columns: dict) -> bytes:
     return pd.DataFrame(columns).to_csv(index=False).encode()
 
 
-def _write_tables(kind: str, tables: list[dict]) -> list[bytes]:
-    """What `_write_table(kind, table)` gives for each of `tables`, from one write of them
-    all: the libraries write one line per row, each row alone, so the whole is cut into
-    each table's rows and put between the lines an empty table is written as. Where the
-    rows do not come out one per line (a value holding a line break), each table is
-    written alone."""
-    if len(tables) == 1:
-        return [_write_table(kind, tables[0])]
-    counts = [len(next(iter(table.values()))) for table in tables]
-
-    def joined(name: str):
-        parts = [table[name] for table in tables]
-        return [v for part in parts for v in part] if isinstance(parts[0], list) else np.concatenate(parts)
-    frame = _frame(kind, tables[0])
+def _write_tables(kind: str, columns: dict, counts: list[int]) -> list[bytes]:
+    """What `_write_table(kind, table)` gives for each table of `counts` rows that
+    `columns` hold one after the other, from one write of them all: the libraries write
+    one line per row, each row alone, so the whole is cut into each table's rows and put
+    between the lines an empty table is written as. Where the rows do not come out one
+    per line (a value holding a line break), each table is written alone."""
+    if len(counts) == 1:
+        return [_write_table(kind, columns)]
+    frame = _frame(kind, columns)
     if not sum(counts):
-        return [b"\n".join(frame)] * len(tables)
-    whole = _write_table(kind, {name: joined(name) for name in tables[0]}).split(b"\n")
+        return [b"\n".join(frame)] * len(counts)
+    whole = _write_table(kind, columns).split(b"\n")
     start = next((i for i, (a, b) in enumerate(zip(whole, frame)) if a != b), len(frame))
-    if len(whole) != len(frame) + sum(counts) or whole[start + sum(counts):] != frame[start:]:
-        return [_write_table(kind, table) for table in tables]
-    out, at = [], start
-    for count in counts:
-        out.append(b"\n".join(frame[:start] + whole[at:at + count] + frame[start:]))
-        at += count
-    return out
+    ends = np.cumsum(counts).tolist()
+    if len(whole) != len(frame) + ends[-1] or whole[start + ends[-1]:] != frame[start:]:
+        return [_write_table(kind, {name: values[end - count:end] for name, values in columns.items()})
+                for count, end in zip(counts, ends)]
+    return [b"\n".join(frame[:start] + whole[start + end - count:start + end] + frame[start:])
+            for count, end in zip(counts, ends)]
 
 
 _FRAMES: dict[tuple, list[bytes]] = {}
@@ -396,9 +396,17 @@ def export(picks: Picks, kind: str, run_name: str, voxel_size: float,
 def sizes(picks: list[Picks], run_name: str, voxel_size: float,
           center: tuple[float, float, float] | None) -> list[dict[str, int]]:
     """The size of every view `export` makes of each of `picks` (kind -> bytes), without
-    making them one by one: each text format written once for all of them
-    (`_write_tables`), the EM size from the number of points."""
-    texts = {kind: _write_tables(kind, [_columns_of(p, kind, run_name, voxel_size, center) for p in picks])
-             for kind in FORMATS.values() if kind != "em"}
-    return [{"em": em_size(len(p.points)), **{kind: len(texts[kind][i]) for kind in texts}}
-            for i, p in enumerate(picks)]
+    making them one by one: the points of all of them as one, each text format written
+    once for them all (`_write_tables`), the EM size from the number of points."""
+    if not picks:
+        return []
+    counts = [len(p.points) for p in picks]
+    whole = Picks.concatenated(picks)
+    texts = {}
+    for kind in FORMATS.values():
+        if kind != "em":
+            columns = _columns_of(whole, kind, run_name, voxel_size, center)
+            if "tag" in columns:                # (Dynamo) each file numbers its rows from 1
+                columns["tag"] = np.concatenate([np.arange(1, n + 1) for n in counts])
+            texts[kind] = _write_tables(kind, columns, counts)
+    return [{"em": em_size(n), **{kind: len(texts[kind][i]) for kind in texts}} for i, n in enumerate(counts)]

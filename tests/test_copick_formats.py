@@ -199,15 +199,16 @@ CENTRE = {10.0: (160.0, 150.0, 220.0), 7.84: None}
 def test_picks_views_keep_their_bytes_and_are_sized_together():
     """The views' bytes are what they were (digests above), and `picks.sizes` sizes the
     views of many picks files at once (one write per text format, cut by rows; EM from
-    the number of points) exactly as long as each is made alone, run names with spaces
-    (quoted in STAR) and empty picks files included."""
+    the number of points) exactly as long as each is made alone, empty picks files and
+    run names with a space (quoted in STAR), a comma and a quote (quoted in CSV) or a
+    character starfile takes for a line break (each file then written alone) included."""
     import hashlib
     for (n, voxel_size, kind), (size, digest) in VIEW_BYTES.items():
         picks = picks_format.Picks.from_json(json.dumps(rich_picks(n)).encode())
         data = picks_format.export(picks, kind, "TS_001", voxel_size, CENTRE[voxel_size])
         assert (len(data), hashlib.sha256(data).hexdigest()[:16]) == (size, digest), (n, voxel_size, kind)
     many = [picks_format.Picks.from_json(json.dumps(rich_picks(n)).encode()) for n in (3, 0, 7, 1, 0, 2)]
-    for run, voxel_size in (("TS_001", 10.0), ("TS 001", 7.84)):
+    for run, voxel_size in (("TS_001", 10.0), ("TS 001", 7.84), ('TS,"001', 10.0), ("TS\x1c001", 7.84)):
         alone = [{kind: len(picks_format.export(p, kind, run, voxel_size, CENTRE[voxel_size]))
                   for kind in picks_format.FORMATS.values()} for p in many]
         assert picks_format.sizes(many, run, voxel_size, CENTRE[voxel_size]) == alone

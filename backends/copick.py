@@ -176,9 +176,9 @@ class SizeLearner:
 
     def _learn(self) -> None:
         try:
-            for rel in self._folders():
+            for rel, names in self._folders():
                 # the nodes a listing shows (no stats, and not the walk's scans ahead)
-                for name, node in self.tree.derived(rel, dict.fromkeys(self.tree.listing(rel))):
+                for name, node in self.tree.derived(rel, dict.fromkeys(names)):
                     if self._stop.is_set() or self.learned >= self.limit:
                         return
                     try:
@@ -192,12 +192,24 @@ class SizeLearner:
             self.done = True
 
     def _folders(self):
-        """The folders that show derived views, in the order of a walk (`ls -lR`)."""
-        for run in self.tree.listing("ExperimentRuns"):
-            folder = f"ExperimentRuns/{run}"
-            for name in self.tree.listing(folder) if self.tree.shown(folder) is not None else ():
+        """(folder, its names) of the folders that show derived views, in the order of a
+        walk (`ls -lR`)."""
+        for run in self._names("ExperimentRuns") or ():
+            for name in self._names(f"ExperimentRuns/{run}") or ():
                 if name in ("Picks", "Meshes", "Segmentations") or name.startswith("VoxelSpacing"):
-                    yield f"{folder}/{name}"
+                    names = self._names(f"ExperimentRuns/{run}/{name}")
+                    if names is not None:
+                        yield f"ExperimentRuns/{run}/{name}", names
+
+    def _names(self, rel: str) -> list[str] | None:
+        """The names in folder rel; None if it is gone or not a folder."""
+        shown = self.tree.shown(rel)
+        if shown is None or not stat.S_ISDIR(shown[1].mode):
+            return None
+        try:
+            return self.tree.listing(rel)
+        except OSError:
+            return None
 
 
 class DerivedViews:

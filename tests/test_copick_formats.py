@@ -607,3 +607,25 @@ def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path
         assert walked[counter] == learned[counter], counter
     assert walked["view_sizes"]["used"] == learned["view_sizes"]["used"]
     assert all(size == read for size, read in sizes_and_bytes(mnt).values())
+
+
+def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
+    """A file where a run or spacing folder belongs, and a picks file that does not
+    parse, cost the learner nothing but their own views: it sizes the rest and ends."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    runs = tmp_path / "static" / "ExperimentRuns"
+    (runs / "TS_001" / "Picks").mkdir(parents=True)
+    (tmp_path / "overlay").mkdir()
+    (runs / "notes.txt").write_text("not a run")
+    (runs / "TS_001" / "VoxelSpacing10.000").write_text("not a spacing folder")
+    (runs / "TS_001" / "Picks" / "tester_1_proteasome.json").write_text(json.dumps(rich_picks(2)))
+    (runs / "TS_001" / "Picks" / "tester_2_proteasome.json").write_text("{not json")
+    tree = open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        learner = tree.derive.learner
+        learner._learn()
+        assert learner.done and learner.learned == 2         # the two Picks/ CSVs (one says "error")
+        assert not [path for path in tree._derived if "VoxelSpacing" in path]
+    finally:
+        tree.close()

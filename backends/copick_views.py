@@ -357,8 +357,8 @@ class PicksViews:
         except Exception as exc:
             log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
             return {}
-        versions = tuple(self.tree.source_key(source, info) for source, info in sources.items())
-        return self.folder_sizes.get_or_make((rel, voxel_size, centre, versions),
+        read = tuple(self.tree.source_key(source, info) for source, info in sources.items())
+        return self.folder_sizes.get_or_make((rel, voxel_size, centre, read),
                                              lambda: self._sized_together(rel, voxel_size, centre, sources))
 
     def _sized_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Sizes":

@@ -404,14 +404,16 @@ class GeneratedFile(File):
     def attr(self) -> Attr:
         if self._size is None:
             kept = self._kept.get() if self._kept is not None else None
-            if kept is None and self._sized is not None:
-                kept = self._sized()
+            sized = self._sized
+            if kept is None and sized is not None:
+                kept = sized()
                 if kept is not None and self._kept is not None:
                     self._kept.learn(kept)
             if kept is None:
                 self.content()
             else:
                 self._size = kept
+            self._sized = None          # (it may hold a whole folder's sizes: not needed again)
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def cached_attr(self) -> Attr | None:

@@ -161,18 +161,23 @@ class SizeLearner:
         self.done = False
         self.learned = 0
         self._stop = threading.Event()
-        self._started = False
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self._started and self.tree.static.local_path("") is not None \
-                and self.tree.upper.local_path("") is not None:
-            self._started = True
-            threading.Thread(target=self._learn, name="learn-view-sizes", daemon=True).start()
+        if self._thread is not None:
+            return
+        if self.tree.static.local_path("") is not None and self.tree.upper.local_path("") is not None:
+            self._thread = threading.Thread(target=self._learn, name="learn-view-sizes", daemon=True)
+            self._thread.start()
         else:
             self.done = True
 
     def stop(self) -> None:
+        """No more after the view or folder in hand, which is waited for (a thread still
+        in a library's code as the process ends can crash it)."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def _learn(self) -> None:
         try:
@@ -259,6 +264,7 @@ class DerivedViews:
 
     def status(self) -> dict:
         return {**self.volumes.status(), "views_made": self.made, "picks_size_batches": self.picks.size_batches,
+                "picks_views_written_alone": self.picks.written_alone,
                 "view_sizes": {**self.sizes.status(), "learned_at_mount": self.learner.learned,
                                "learning_done": self.learner.done}}
 

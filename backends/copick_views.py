@@ -266,8 +266,9 @@ class PicksViews:
         self.volumes, self.views = volumes, views    # views: copick.DerivedViews (kept sizes)
         self.cache = ByteCache(32 << 20)
         self.parsed = ByteCache(64 << 20)       # picks files parsed, by version: shared by spacings and views
-        self.folder_sizes = ByteCache(16 << 20)  # `_sizes` of each spacing folder, by version
+        self.folders = ByteCache(32 << 20)      # `_written` of each spacing folder, by version
         self.size_batches = 0
+        self.written_alone = 0
 
     @staticmethod
     def _run(rel: str) -> tuple[str, float] | None:
@@ -293,14 +294,17 @@ class PicksViews:
         center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
         sources = {f"{run}/Picks/{name}": infos.get(name) for name in picks
                    if name.endswith(".json") and not name.startswith(".")}
-        sized = Once(lambda: self._sizes(rel, voxel_size, center, sources))     # every view's, at once
+        def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
+            return self._written(rel, voxel_size, center, sources)
+        sized = Once(written)                           # (held until each view knows its size)
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
             for suffix, kind in picks_format.FORMATS.items():
                 out.append((stem + suffix, source,
                             self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info,
-                                        lambda source=source, kind=kind: sized().get(source, {}).get(kind)),
+                                        lambda source=source, kind=kind: _size(sized().get(source), kind),
+                                        lambda source=source: written().get(source)),
                             info))
         return out
 
@@ -324,10 +328,12 @@ class PicksViews:
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized):
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized,
+               written):
         """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
         what the source shows, if the listing stat'ed it (else it is asked); `sized()`: the
-        view's size if known without making it."""
+        view's size if known without making it; `written()`: the source's text views as
+        its folder's were written together (`_Written`, or None)."""
         center = center or (lambda: None)
 
         def make():
@@ -340,54 +346,60 @@ class PicksViews:
                     return None
                 return None if found[0] is None else \
                     ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
-            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center), shown.mtime_ns,
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center, written), shown.mtime_ns,
                                  self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized,
                                  sized=sized)
         return make
 
-    def _sizes(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, dict]:
-        """The size of every view in folder rel of these picks files (source -> kind ->
-        bytes; `info` what each shows, or None: asked), each format written once for all
-        of them (`picks.sizes`), once per version of the files, whoever asks first (a
-        listing, or the mount's learner: `copick.SizeLearner`). A picks file that does
-        not read, or a centre not found, sizes nothing: those views are made for their
-        sizes, and say why."""
+    def _written(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, "_Written"]:
+        """The text views in folder rel of these picks files (`info` what each shows, or
+        None: asked), each format written once for all of them (`picks.texts`), once per
+        version of the files, whoever asks first (a listing for sizes, a reader, or the
+        mount's learner: `copick.SizeLearner`), kept (bounded). A picks file that does not
+        read, or a centre not found, has none: those views are made alone, and say why."""
         try:
             centre = center()
         except Exception as exc:
-            log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
+            log.info("the picks views in %s are made one by one: %s: %s", rel, type(exc).__name__, exc)
             return {}
         read = tuple(self.tree.source_key(source, info) for source, info in sources.items())
-        return self.folder_sizes.get_or_make((rel, voxel_size, centre, read),
-                                             lambda: self._sized_together(rel, voxel_size, centre, sources))
+        return self.folders.get_or_make((rel, voxel_size, centre, read),
+                                        lambda: self._written_together(rel, voxel_size, centre, sources))
 
-    def _sized_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Sizes":
+    def _written_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Folder":
         def parse(item: tuple[str, Attr | None]) -> picks_format.Picks | None:
             try:
                 return self._parsed(*item)
             except Exception as exc:
-                log.debug("the views of %s are sized by making them: %s", item[0], exc)
+                log.debug("the views of %s are made one by one: %s", item[0], exc)
                 return None
         # read side by side: a cold walk waits on the disk for each file
         parsed = {source: picks for source, picks in zip(sources, self.views.readers.map(parse, sources.items()))
                   if picks is not None}
         try:
-            sizes = picks_format.sizes(list(parsed.values()), rel.split("/")[1], voxel_size, centre)
+            texts = picks_format.texts(list(parsed.values()), rel.split("/")[1], voxel_size, centre)
         except Exception as exc:
-            log.info("the picks views in %s are sized by making them: %s: %s", rel, type(exc).__name__, exc)
-            return _Sizes()
+            log.info("the picks views in %s are made one by one: %s: %s", rel, type(exc).__name__, exc)
+            return _Folder()
         self.size_batches += 1
-        return _Sizes(zip(parsed, sizes))
+        return _Folder((source, _Written(self.tree.source_key(source, sources[source]), made, len(picks.points)))
+                       for (source, picks), made in zip(parsed.items(), texts))
 
     def _parsed(self, source: str, info: Attr | None = None) -> picks_format.Picks:
         """A picks file as arrays, parsed once per version (what `info` shows, else asked)."""
         return self.parsed.get_or_make(self.tree.source_key(source, info), lambda: picks_format.Picks.from_json(
             self.volumes._read_small(source) or b""))
 
-    def render(self, source: str, kind: str, rel: str, voxel_size: float, center) -> bytes:
-        """One view of a picks file; `center()` gives the tomogram centre STAR views use."""
+    def render(self, source: str, kind: str, rel: str, voxel_size: float, center, written=None) -> bytes:
+        """One view of a picks file; `center()` gives the tomogram centre STAR views use.
+        A text view comes from its folder's, written together (`written()`), if they were
+        written from the source as it is."""
         self.views.count_made()
         try:
+            together = written() if written is not None and kind != "em" else None
+            if together is not None and together.version == self.tree.source_key(source):
+                return together.texts[kind]
+            self.written_alone += 1
             return picks_format.export(self._parsed(source), kind, rel.split("/")[1], voxel_size, center())
         except OSError:
             raise
@@ -414,13 +426,27 @@ class PicksViews:
         return None
 
 
-class _Sizes(dict):
-    """The sizes of a folder's picks views (source -> kind -> bytes), as a bounded cache
-    counts them."""
+class _Written:
+    """A picks file's text views as its folder's were written together (kind -> bytes),
+    the version of the file they were written from, and its number of points."""
+
+    def __init__(self, version: tuple, texts: dict[str, bytes], points: int):
+        self.version, self.texts, self.points = version, texts, points
+
+
+class _Folder(dict):
+    """A folder's picks files (source -> `_Written`), as a bounded cache counts them."""
 
     @property
     def nbytes(self) -> int:
-        return 128 + 512 * len(self)
+        return 256 + sum(256 + sum(map(len, written.texts.values())) for written in self.values())
+
+
+def _size(written: _Written | None, kind: str) -> int | None:
+    """The size of a view of kind, from its file's views written together (None: not)."""
+    if written is None:
+        return None
+    return picks_format.em_size(written.points) if kind == "em" else len(written.texts[kind])
 
 
 class Once:

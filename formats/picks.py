@@ -393,20 +393,28 @@ def export(picks: Picks, kind: str, run_name: str, voxel_size: float,
     return _write_table(kind, _columns_of(picks, kind, run_name, voxel_size, center))
 
 
-def sizes(picks: list[Picks], run_name: str, voxel_size: float,
-          center: tuple[float, float, float] | None) -> list[dict[str, int]]:
-    """The size of every view `export` makes of each of `picks` (kind -> bytes), without
-    making them one by one: the points of all of them as one, each text format written
-    once for them all (`_write_tables`), the EM size from the number of points."""
+def texts(picks: list[Picks], run_name: str, voxel_size: float,
+          center: tuple[float, float, float] | None) -> list[dict[str, bytes]]:
+    """Every text view `export` makes of each of `picks` (kind -> bytes: all but EM),
+    without making them one by one: the points of all of them as one, each format written
+    once for them all (`_write_tables`)."""
     if not picks:
         return []
     counts = [len(p.points) for p in picks]
     whole = Picks.concatenated(picks)
-    texts = {}
+    written = {}
     for kind in FORMATS.values():
         if kind != "em":
             columns = _columns_of(whole, kind, run_name, voxel_size, center)
             if "tag" in columns:                # (Dynamo) each file numbers its rows from 1
                 columns["tag"] = np.concatenate([np.arange(1, n + 1) for n in counts])
-            texts[kind] = _write_tables(kind, columns, counts)
-    return [{"em": em_size(n), **{kind: len(texts[kind][i]) for kind in texts}} for i, n in enumerate(counts)]
+            written[kind] = _write_tables(kind, columns, counts)
+    return [{kind: written[kind][i] for kind in written} for i in range(len(picks))]
+
+
+def sizes(picks: list[Picks], run_name: str, voxel_size: float,
+          center: tuple[float, float, float] | None) -> list[dict[str, int]]:
+    """The size of every view `export` makes of each of `picks` (kind -> bytes): the text
+    views' from `texts`, the EM size from the number of points."""
+    return [{"em": em_size(len(p.points)), **{kind: len(data) for kind, data in made.items()}}
+            for p, made in zip(picks, texts(picks, run_name, voxel_size, center))]

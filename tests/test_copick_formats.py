@@ -629,3 +629,26 @@ def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
         assert not [path for path in tree._derived if "VoxelSpacing" in path]
     finally:
         tree.close()
+
+
+def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
+    """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
+    text format once for all its picks files and takes each view from there (each view was
+    written alone: pandas and a temporary file each); only EM views (binary, by emfile)
+    are still written one by one. The bytes are those of each view written alone."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"))
+    (run / "Picks").mkdir()
+    for n in (1, 3, 4):
+        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
+    (tmp_path / "overlay").mkdir()
+    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    centre = (SHAPE[2] / 2 * 10.0, SHAPE[1] / 2 * 10.0, SHAPE[0] / 2 * 10.0)
+    for n in (1, 3, 4):
+        picks = picks_format.Picks.from_json((run / "Picks" / f"tester_{n}_proteasome.json").read_bytes())
+        for suffix, kind in picks_format.FORMATS.items():
+            view = spacing / f"tester_{n}_proteasome{suffix}"
+            assert view.read_bytes() == picks_format.export(picks, kind, "TS_001", 10.0, centre), view.name
+    status = daemon_status(mnt)
+    assert status["picks_views_written_alone"] == 3 and status["picks_size_batches"] == 1, status

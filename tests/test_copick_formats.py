@@ -520,20 +520,26 @@ def sizes_and_bytes(mnt: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def one_run_project(tmp_path: Path, picks: tuple[int, ...], levels: int = 2) -> tuple:
+    """A static root of one run, TS_001 (a float32 tomogram of `levels` levels at 10 Å and
+    a picks file of each of these many points), and an empty overlay: the mount's arguments."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=levels)
+    (run / "Picks").mkdir()
+    for n in picks:
+        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
+    (tmp_path / "overlay").mkdir()
+    return tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}"
+
+
 def test_a_walk_of_a_project_seen_before_makes_no_view_and_imports_no_view_library(tmp_path, mount):
     """A view's size is learned once and kept on disk (`backends/kept_sizes.py`): a fresh
     mount's `ls -lR` then makes no view (it made every picks, CSV, preview and MRC view
     of every folder, through pandas, zarr and OpenCV imported for it) and loads none of the
     view libraries. The sizes told always equal the bytes read: on the first mount, on
     the next, and after a picks file changes."""
-    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
-    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
-    (run / "Picks").mkdir()
-    for n in (3, 4):
-        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
-    (tmp_path / "overlay").mkdir()
+    source = one_run_project(tmp_path, (3, 4))
     time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
-    source = (tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
 
     first = mount(*source, mountpoint=tmp_path / "first")
     subprocess.run(["ls", "-lR", str(first)], capture_output=True, check=True)
@@ -565,14 +571,9 @@ def test_a_first_walk_makes_no_picks_or_mrc_view_for_its_sizes(tmp_path, mount):
     parsed once for every spacing. It made every picks view (pandas, a temporary file
     each) and opened every MRC level (zarr) for its size. What needs its bytes for a size
     is still made: the preview PNG and the Picks/ CSVs. The sizes told equal the bytes read."""
-    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
-    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
-    (run / "VoxelSpacing20.000").mkdir()            # a second spacing, no tomogram of its own
-    (run / "Picks").mkdir()
-    for n in (0, 3, 4):
-        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
-    (tmp_path / "overlay").mkdir()
-    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    source = one_run_project(tmp_path, (0, 3, 4))
+    (tmp_path / "static" / "ExperimentRuns" / "TS_001" / "VoxelSpacing20.000").mkdir()   # no tomogram of its own
+    mnt = mount(*source)
     subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, check=True)
     status = daemon_status(mnt)
     assert status["views_made"] == 1 + 3, status    # the preview, the 3 CSVs in Picks/
@@ -586,14 +587,9 @@ def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path
     """A thread of the mount's own sizes every view from mount on (`copick.SizeLearner`):
     a walk after it makes no view, writes no picks format and asks nothing of the kept
     sizes (the nodes it lists are sized), and what it tells equals what `cat` reads."""
-    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
-    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
-    (run / "Picks").mkdir()
-    for n in (1, 3):
-        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
-    (tmp_path / "overlay").mkdir()
+    source = one_run_project(tmp_path, (1, 3))
     time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
-    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
+    mnt = mount(*source)
     deadline = time.monotonic() + 60
     while not daemon_status(mnt)["view_sizes"]["learning_done"]:
         assert time.monotonic() < deadline, daemon_status(mnt)
@@ -636,13 +632,8 @@ def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path
     text format once for all its picks files and takes each view from there (each view was
     written alone: pandas and a temporary file each); only EM views (binary, by emfile)
     are still written one by one. The bytes are those of each view written alone."""
+    mnt = mount(*one_run_project(tmp_path, (1, 3, 4), levels=1))
     run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
-    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"))
-    (run / "Picks").mkdir()
-    for n in (1, 3, 4):
-        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
-    (tmp_path / "overlay").mkdir()
-    mnt = mount(tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
     spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
     centre = (SHAPE[2] / 2 * 10.0, SHAPE[1] / 2 * 10.0, SHAPE[0] / 2 * 10.0)
     for n in (1, 3, 4):

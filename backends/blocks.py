@@ -370,12 +370,15 @@ class GeneratedFile(File):
     (bounded); if evicted, it is made again, identically. With `kept` (a
     `kept_sizes.KeptSize`) its size comes from sizes learned before, on this mount or
     another, without making it; a kept size that proves wrong when the content is made
-    (a renderer changed without its version) is corrected and `on_resized(self)` called."""
+    (a renderer changed without its version) is corrected and `on_resized(self)` called.
+    `sized()`, if given, tells the size without making the content (None: it cannot),
+    when none is kept."""
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None,
-                 kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None):
+                 kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None,
+                 sized: Callable[[], int | None] | None = None):
         self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
-        self._make = make
+        self._make, self._sized = make, sized
         self.mtime_ns = mtime_ns
         self._size: int | None = None
         self._cache = cache
@@ -407,10 +410,16 @@ class GeneratedFile(File):
     def attr(self) -> Attr:
         if self._size is None:
             kept = self._kept.get() if self._kept is not None else None
+            sized = self._sized
+            if kept is None and sized is not None:
+                kept = sized()
+                if kept is not None and self._kept is not None:
+                    self._kept.learn(kept)
             if kept is None:
                 self.content()
             else:
                 self._size = kept
+            self._sized = None          # (it may hold a whole folder's sizes: not needed again)
         return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
     def cached_attr(self) -> Attr | None:

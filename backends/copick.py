@@ -17,6 +17,7 @@ import re
 import stat
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import csv
 import io
@@ -25,7 +26,7 @@ from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
-from .copick_views import VIEWS_VERSION, Imports, PicksViews, VolumeViews, read_file
+from .copick_views import VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews, read_file
 from .kept_sizes import KeptSize, KeptSizes, cache_path, identity, versions
 from .nodes import ROOT_INO, attr_of
 from .options import MountError, Options
@@ -102,10 +103,11 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
 
 
 class LibraryLoader:
-    """What the derived views write with (picks formats, MRC, meshes, previews from zarr),
+    """What the derived views write with (picks formats, MRC, previews from zarr),
     imported in the background once a view must be made (about a second cold): not at
     mount, and not for a walk whose sizes were kept (`kept_sizes`), which needs none of
-    them. A library that fails to import is left to the view that needs it, which says why."""
+    them. trimesh (meshes) is left to the first mesh view: most projects have none. A
+    library that fails to import is left to the view that needs it, which says why."""
 
     def __init__(self):
         self._started = threading.Event()
@@ -120,7 +122,6 @@ class LibraryLoader:
         try:
             picks_format.load_libraries()
             import mrcfile  # noqa: F401
-            import trimesh  # noqa: F401
             import zarr  # noqa: F401
         except Exception as exc:
             log.debug("loading the view libraries: %s", exc)
@@ -129,6 +130,12 @@ class LibraryLoader:
 class CopickTree(OverlayTree):
     """The merged tree, with the derived views' and imports' counters in its status."""
 
+    def listen(self, listener) -> None:
+        """The daemon serves the tree: the views' sizes are learned from now on (a tree
+        opened and not served learns none)."""
+        super().listen(listener)
+        self.derive.learner.start()
+
     def status(self) -> dict:
         return {**super().status(), **self.derive.status(), **self.imports.status()}
 
@@ -136,6 +143,78 @@ class CopickTree(OverlayTree):
         super().close()
         self.derive.close()
         self.imports.close()
+
+
+class SizeLearner:
+    """The sizes of the derived views, learned in a thread of the mount's own from mount
+    on: a cold walk of a project never mounted before made or sized every view it listed
+    (a plain disk answers `ls -lR` from its inodes). It sizes the very nodes the listings
+    show (`OverlayTree.derived`), so a walk after it finds each size in its node, and the
+    kept sizes (`kept_sizes`) learn them for later mounts. Local roots only (object storage
+    keeps nothing); folders one at a time, in the order `ls -lR` walks them; at most as
+    many views as are kept (their nodes hold about 3 KB each, as after a walk); it stops at
+    unmount. A walk that outruns it sizes what it lists itself, and what both ask for is
+    made once (the caches of `DerivedViews` and `PicksViews`)."""
+
+    def __init__(self, tree: OverlayTree, views: "DerivedViews", limit: int):
+        self.tree, self.views, self.limit = tree, views, limit
+        self.done = False
+        self.learned = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self.tree.static.local_path("") is not None and self.tree.upper.local_path("") is not None:
+            self._thread = threading.Thread(target=self._learn, name="learn-view-sizes", daemon=True)
+            self._thread.start()
+        else:
+            self.done = True
+
+    def stop(self) -> None:
+        """No more after the view or folder in hand, which is waited for (a thread still
+        in a library's code as the process ends can crash it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _learn(self) -> None:
+        try:
+            for rel, names in self._folders():
+                # the nodes a listing shows (no stats, and not the walk's scans ahead)
+                for name, node in self.tree.derived(rel, dict.fromkeys(names)):
+                    if self._stop.is_set() or self.learned >= self.limit:
+                        return
+                    try:
+                        node.attr()
+                        self.learned += 1
+                    except OSError as exc:      # a bad source: its view says why when asked
+                        log.debug("learning the size of %s/%s: %s", rel, name, exc)
+        except Exception as exc:              # whatever it is, a listing meets it again and says why
+            log.debug("learning the views' sizes at mount: %s: %s", type(exc).__name__, exc)
+        finally:
+            self.done = True
+
+    def _folders(self):
+        """(folder, its names) of the folders that show derived views, in the order of a
+        walk (`ls -lR`)."""
+        for run in self._names("ExperimentRuns") or ():
+            for name in self._names(f"ExperimentRuns/{run}") or ():
+                if name in ("Picks", "Meshes", "Segmentations") or name.startswith("VoxelSpacing"):
+                    names = self._names(f"ExperimentRuns/{run}/{name}")
+                    if names is not None:
+                        yield f"ExperimentRuns/{run}/{name}", names
+
+    def _names(self, rel: str) -> list[str] | None:
+        """The names in folder rel; None if it is gone or not a folder."""
+        shown = self.tree.shown(rel)
+        if shown is None or not stat.S_ISDIR(shown[1].mode):
+            return None
+        try:
+            return self.tree.listing(rel)
+        except OSError:
+            return None
 
 
 class DerivedViews:
@@ -156,8 +235,11 @@ class DerivedViews:
         self.libraries = LibraryLoader()
         self.made = 0
         self._made_lock = threading.Lock()
+        # small sources read side by side for a listing's sizes (Picks JSON): cold, each waits on the disk
+        self.readers = ThreadPoolExecutor(8, thread_name_prefix="scopefs-view-read")
         self.volumes = VolumeViews(tree, volume_cache, self)
         self.picks = PicksViews(tree, self.volumes, self)
+        self.learner = SizeLearner(tree, self, self.sizes.limit)
 
     def kept_size(self, key) -> KeptSize:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
@@ -181,10 +263,15 @@ class DerivedViews:
         return None if shown is None else identity(shown[1])
 
     def status(self) -> dict:
-        return {**self.volumes.status(), "views_made": self.made, "view_sizes": self.sizes.status()}
+        return {**self.volumes.status(), "views_made": self.made, "picks_size_batches": self.picks.size_batches,
+                "picks_views_written_alone": self.picks.written_alone,
+                "view_sizes": {**self.sizes.status(), "learned_at_mount": self.learner.learned,
+                               "learning_done": self.learner.done}}
 
     def close(self) -> None:
+        self.learner.stop()
         self.volumes.close()
+        self.readers.shutdown(wait=False, cancel_futures=True)
         self.sizes.close()
 
     def lookup(self, rel: str, name: str):
@@ -224,10 +311,11 @@ class DerivedViews:
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":
-            for name in names:
-                if name.endswith(".json") and not name.startswith("."):
-                    src = f"{rel}/{name}"
-                    out.append((name[:-5] + ".csv", src, self._file(src, self.picks_csv)))
+            sources = [f"{rel}/{name}" for name in names if name.endswith(".json") and not name.startswith(".")]
+            sized = Once(lambda: self._sizes(sources, self.picks_csv))           # all at once
+            for src in sources:
+                out.append((src.rpartition("/")[2][:-5] + ".csv", src,
+                            self._file(src, self.picks_csv, sized=lambda src=src: sized().get(src))))
         elif folder == "Meshes":
             for name in names:
                 if name.endswith(".glb") and not name.startswith("."):
@@ -241,8 +329,9 @@ class DerivedViews:
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
         return out
 
-    def _file(self, source: str, convert, *args):
-        key = (source, convert.__name__) + args
+    def _file(self, source: str, convert, *args, sized=None):
+        """The node maker of the view `convert(source, *args)`; `sized()`: its size if
+        known without making it."""
         # what the bytes depend on besides the source: the renderer's libraries
         libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
                      "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
@@ -253,17 +342,32 @@ class DerivedViews:
             return None if found is None else (convert.__name__, args, versions(*libraries), found)
 
         def make():
-            def content():
-                self.count_made()
-                try:
-                    return self.cache.get_or_make(key + self.tree.source_key(source), lambda: convert(source, *args))
-                except OSError:
-                    raise
-                except Exception as exc:        # a bad source: EIO for this view, the listing goes on
-                    raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
-            return GeneratedFile(content, self.tree.top(source)[1].mtime_ns, kept=self.kept_size(kept_key),
-                                 on_resized=self.resized)
+            return GeneratedFile(lambda: self._content(source, convert, *args), self.tree.top(source)[1].mtime_ns,
+                                 kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)
         return make
+
+    def _content(self, source: str, convert, *args) -> bytes:
+        """The bytes of a view, made once per version of its source (bounded cache)."""
+        def made() -> bytes:
+            self.count_made()
+            try:
+                return convert(source, *args)
+            except OSError:
+                raise
+            except Exception as exc:        # a bad source: EIO for this view, the listing goes on
+                raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
+        return self.cache.get_or_make((source, convert.__name__) + args + self.tree.source_key(source), made)
+
+    def _sizes(self, sources: list[str], convert) -> dict[str, int]:
+        """The sizes of the views `convert(source)` of a listing's sources, made side by
+        side (each waits on the disk for its source, when cold) into the cache; a view
+        that cannot be made has none (it says why when asked)."""
+        def size(source: str) -> int | None:
+            try:
+                return len(self._content(source, convert))
+            except OSError:
+                return None
+        return {source: n for source, n in zip(sources, self.readers.map(size, sources)) if n is not None}
 
     def store_identity(self, rel: str) -> tuple | None:
         """The identities of what a preview of store rel reads, from stat alone: its

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
-from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels
+from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
 from .kept_sizes import identity, versions
@@ -55,11 +55,7 @@ def mrc_name(stem: str, binning: int) -> str:
 def read_file(tree, rel: str) -> bytes:
     """The whole (small) file that rel shows in the merged tree (FileNotFoundError if none)."""
     root, info = tree.top(rel)
-    handle = root.open_read(rel)
-    try:
-        return handle.read(0, info.size)
-    finally:
-        handle.release()
+    return root.read_whole(rel, info.size)
 
 
 def voxel_size_of(folder: str, zarr_name: str) -> float | None:
@@ -139,6 +135,15 @@ class VolumeViews:
         return self._remembered(("shape",) + self.tree.source_key(source),
                                 lambda: array_shape(lambda meta: self._read_small(f"{source}/0/{meta}")))
 
+    def metadata_size(self, source: str, level: str) -> int | None:
+        """The size of a level's MRC view from its array's metadata (`mrc.view_size`);
+        None where they do not tell it (the volume is opened, and says why)."""
+        try:
+            return view_size(lambda meta: self._read_small(f"{source}/{level}/{meta}"))
+        except Exception as exc:
+            log.debug("the MRC view of %s level %s is sized by opening it: %s", source, level, exc)
+            return None
+
     def _remembered(self, key: tuple, read):
         """What `read()` gives for key (a store's version), kept (bounded)."""
         with self._lock:
@@ -153,7 +158,7 @@ class VolumeViews:
 
     def _read_small(self, rel: str) -> bytes | None:
         shown = self.tree.shown(rel)
-        return read_file(self.tree, rel) if shown is not None and stat.S_ISREG(shown[1].mode) else None
+        return shown[0].read_whole(rel, shown[1].size) if shown is not None and stat.S_ISREG(shown[1].mode) else None
 
     # -- nodes ----------------------------------------------------------------------------
     def _maker(self, source: str, level: str, voxel_size: float):
@@ -214,12 +219,13 @@ class MrcView(File):
             return self._volume
 
     def size(self) -> int:
-        """The kept size (sizes learned before), else the volume's (opened here)."""
+        """The kept size (sizes learned before), else the level's metadata's (no zarr),
+        else the volume's (opened here)."""
         if self._size is None:
             self._size = self.kept.get()
             if self._size is None:
                 self.kept.digest()              # the metadata's version before it is read
-                self._size = self.volume().size
+                self._size = self.views.metadata_size(self.source, self.level) or self.volume().size
                 self.kept.learn(self._size)
         return self._size
 
@@ -259,6 +265,10 @@ class PicksViews:
         self.tree = tree
         self.volumes, self.views = volumes, views    # views: copick.DerivedViews (kept sizes)
         self.cache = ByteCache(32 << 20)
+        self.parsed = ByteCache(64 << 20)       # picks files parsed, by version: shared by spacings and views
+        self.folders = ByteCache(32 << 20)      # `_written` of each spacing folder, by version
+        self.size_batches = 0
+        self.written_alone = 0
 
     @staticmethod
     def _run(rel: str) -> tuple[str, float] | None:
@@ -281,15 +291,21 @@ class PicksViews:
             shown = self.tree.shown(f"{run}/Picks")
             infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
             picks = sorted(infos)
-        center = _Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
+        center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
+        sources = {f"{run}/Picks/{name}": infos.get(name) for name in picks
+                   if name.endswith(".json") and not name.startswith(".")}
+        def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
+            return self._written(rel, voxel_size, center, sources)
+        sized = Once(written)                           # (held until each view knows its size)
         out = []
-        for name in picks:
-            if name.endswith(".json") and not name.startswith("."):
-                source, info = f"{run}/Picks/{name}", infos.get(name)
-                for suffix, kind in picks_format.FORMATS.items():
-                    out.append((name[:-5] + suffix, source,
-                                self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info),
-                                info))
+        for source, info in sources.items():
+            stem = source.rpartition("/")[2][:-5]
+            for suffix, kind in picks_format.FORMATS.items():
+                out.append((stem + suffix, source,
+                            self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info,
+                                        lambda source=source, kind=kind: _size(sized().get(source), kind),
+                                        lambda source=source: written().get(source)),
+                            info))
         return out
 
     def folders_following(self, rel: str) -> list[str]:
@@ -312,9 +328,12 @@ class PicksViews:
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None):
+    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized,
+               written):
         """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
-        what the source shows, if the listing stat'ed it (else it is asked)."""
+        what the source shows, if the listing stat'ed it (else it is asked); `sized()`: the
+        view's size if known without making it; `written()`: the source's text views as
+        its folder's were written together (`_Written`, or None)."""
         center = center or (lambda: None)
 
         def make():
@@ -327,16 +346,61 @@ class PicksViews:
                     return None
                 return None if found[0] is None else \
                     ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
-            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center), shown.mtime_ns,
-                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized)
+            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center, written), shown.mtime_ns,
+                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized,
+                                 sized=sized)
         return make
 
-    def render(self, source: str, kind: str, rel: str, voxel_size: float, center) -> bytes:
-        """One view of a picks file; `center()` gives the tomogram centre STAR views use."""
+    def _written(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, "_Written"]:
+        """The text views in folder rel of these picks files (`info` what each shows, or
+        None: asked), each format written once for all of them (`picks.texts`), once per
+        version of the files, whoever asks first (a listing for sizes, a reader, or the
+        mount's learner: `copick.SizeLearner`), kept (bounded). A picks file that does not
+        read, or a centre not found, has none: those views are made alone, and say why."""
+        try:
+            centre = center()
+        except Exception as exc:
+            log.info("the picks views in %s are made one by one: %s: %s", rel, type(exc).__name__, exc)
+            return {}
+        read = tuple(self.tree.source_key(source, info) for source, info in sources.items())
+        return self.folders.get_or_make((rel, voxel_size, centre, read),
+                                        lambda: self._written_together(rel, voxel_size, centre, sources))
+
+    def _written_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Folder":
+        def parse(item: tuple[str, Attr | None]) -> picks_format.Picks | None:
+            try:
+                return self._parsed(*item)
+            except Exception as exc:
+                log.debug("the views of %s are made one by one: %s", item[0], exc)
+                return None
+        # read side by side: a cold walk waits on the disk for each file
+        parsed = {source: picks for source, picks in zip(sources, self.views.readers.map(parse, sources.items()))
+                  if picks is not None}
+        try:
+            texts = picks_format.texts(list(parsed.values()), rel.split("/")[1], voxel_size, centre)
+        except Exception as exc:
+            log.info("the picks views in %s are made one by one: %s: %s", rel, type(exc).__name__, exc)
+            return _Folder()
+        self.size_batches += 1
+        return _Folder((source, _Written(self.tree.source_key(source, sources[source]), made, len(picks.points)))
+                       for (source, picks), made in zip(parsed.items(), texts))
+
+    def _parsed(self, source: str, info: Attr | None = None) -> picks_format.Picks:
+        """A picks file as arrays, parsed once per version (what `info` shows, else asked)."""
+        return self.parsed.get_or_make(self.tree.source_key(source, info), lambda: picks_format.Picks.from_json(
+            self.volumes._read_small(source) or b""))
+
+    def render(self, source: str, kind: str, rel: str, voxel_size: float, center, written=None) -> bytes:
+        """One view of a picks file; `center()` gives the tomogram centre STAR views use.
+        A text view comes from its folder's, written together (`written()`), if they were
+        written from the source as it is."""
         self.views.count_made()
         try:
-            picks = picks_format.Picks.from_json(self.volumes._read_small(source) or b"")
-            return picks_format.export(picks, kind, rel.split("/")[1], voxel_size, center())
+            together = written() if written is not None and kind != "em" else None
+            if together is not None and together.version == self.tree.source_key(source):
+                return together.texts[kind]
+            self.written_alone += 1
+            return picks_format.export(self._parsed(source), kind, rel.split("/")[1], voxel_size, center())
         except OSError:
             raise
         except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only
@@ -362,7 +426,30 @@ class PicksViews:
         return None
 
 
-class _Once:
+class _Written:
+    """A picks file's text views as its folder's were written together (kind -> bytes),
+    the version of the file they were written from, and its number of points."""
+
+    def __init__(self, version: tuple, texts: dict[str, bytes], points: int):
+        self.version, self.texts, self.points = version, texts, points
+
+
+class _Folder(dict):
+    """A folder's picks files (source -> `_Written`), as a bounded cache counts them."""
+
+    @property
+    def nbytes(self) -> int:
+        return 256 + sum(256 + sum(map(len, written.texts.values())) for written in self.values())
+
+
+def _size(written: _Written | None, kind: str) -> int | None:
+    """The size of a view of kind, from its file's views written together (None: not)."""
+    if written is None:
+        return None
+    return picks_format.em_size(written.points) if kind == "em" else len(written.texts[kind])
+
+
+class Once:
     """What `make()` gives, made at the first call (errors are not kept)."""
 
     def __init__(self, make):

@@ -91,14 +91,32 @@ def group_attrs(read) -> dict:
     return {}
 
 
-def array_shape(read) -> tuple[int, ...]:
-    """The shape of a zarr array, v3 (`zarr.json`) or v2 (`.zarray`), through
-    `read(key) -> bytes | None`: its metadata only, no zarr (a listing needs it)."""
+def _array_metadata(read) -> dict:
+    """A zarr array's metadata as zarr.json (v3) or .zarray (v2) hold it, through
+    `read(key) -> bytes | None`: no zarr (a listing needs it)."""
     for key in ("zarr.json", ".zarray"):
         data = read(key)
         if data is not None:
-            return tuple(int(n) for n in json.loads(data)["shape"])
+            return json.loads(data)
     raise ValueError("not a zarr array")
+
+
+def array_shape(read) -> tuple[int, ...]:
+    """The shape of a zarr array, from its metadata only."""
+    return tuple(int(n) for n in _array_metadata(read)["shape"])
+
+
+def view_size(read) -> int:
+    """The size of the MRC view of a zarr array (`MrcVolume.size`), from its metadata only:
+    the header, then its voxels in the type `mrc_dtype` maps its type to. ValueError (or
+    numpy's TypeError) where the metadata do not tell: not a 3-d array, a type numpy does
+    not name."""
+    metadata = _array_metadata(read)
+    shape = tuple(int(n) for n in metadata["shape"])
+    if len(shape) != 3:
+        raise ValueError(f"a {len(shape)}-d array is not a volume")
+    dtype = np.dtype(metadata["data_type"] if "data_type" in metadata else metadata["dtype"])
+    return HEADER_BYTES + math.prod(shape) * mrc_dtype(dtype).itemsize
 
 
 class MrcVolume:

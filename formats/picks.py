@@ -28,16 +28,18 @@ import tempfile
 import numpy as np
 
 IDENTITY = np.eye(4)
+#: the header of an EM file (emfile writes it, then the data as stored)
+EM_HEADER_BYTES = 512
 
 
 def load_libraries() -> None:
-    """Import the libraries the formats here read and write with (pandas, starfile,
-    dynamotable, emfile, scipy's rotations): about a second cold, which a mount spends in
-    the background once it must make a view, rather than in the listing that needs it."""
+    """Import the libraries the formats here write with (pandas, starfile, dynamotable,
+    emfile): about a second cold, which a mount spends in the background once it must
+    make a view, rather than in the listing that needs it. scipy's rotations are left to
+    the first picks with a rotation."""
     import dynamotable  # noqa: F401
     import emfile  # noqa: F401
     import starfile  # noqa: F401
-    from scipy.spatial.transform import Rotation  # noqa: F401
 
 
 class Picks:
@@ -46,6 +48,18 @@ class Picks:
     def __init__(self, points: np.ndarray, transforms: np.ndarray, scores: np.ndarray, instance_ids: np.ndarray):
         self.points, self.transforms = points, transforms
         self.scores, self.instance_ids = scores, instance_ids
+        self._eulers: dict[tuple[str, bool], np.ndarray] = {}
+
+    @classmethod
+    def concatenated(cls, picks: list["Picks"]) -> "Picks":
+        """The points of all of `picks`, one after the other."""
+        return cls(*(np.concatenate([getattr(p, name) for p in picks])
+                     for name in ("points", "transforms", "scores", "instance_ids")))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (what a bounded cache counts)."""
+        return 256 + self.points.nbytes + self.transforms.nbytes + self.scores.nbytes + self.instance_ids.nbytes
 
     @classmethod
     def from_json(cls, data: bytes) -> "Picks":
@@ -64,12 +78,13 @@ class Picks:
             locations[i] = [float(location["x"]), float(location["y"]), float(location["z"])]
             matrix = point.get("transformation_")
             transforms[i] = IDENTITY if matrix is None else np.asarray(matrix, dtype=float)
-            if not np.allclose(transforms[i, 3], [0, 0, 0, 1]) or transforms[i, 3, 3] != 1.0:
-                raise ValueError(f"point {i}: the transform's last row is not [0, 0, 0, 1]")
             if point.get("score") is not None:
                 scores[i] = float(point["score"])
             if point.get("instance_id") is not None:
                 ids[i] = int(point["instance_id"])
+        bad = ~np.isclose(transforms[:, 3], [0, 0, 0, 1]).all(axis=1) | (transforms[:, 3, 3] != 1.0)    # np.allclose of each
+        if bad.any():
+            raise ValueError(f"point {np.flatnonzero(bad)[0]}: the transform's last row is not [0, 0, 0, 1]")
         return cls(locations, transforms, scores, ids)
 
     @classmethod
@@ -102,17 +117,24 @@ class Picks:
 
     def eulers(self, axes: str, inverse: bool) -> np.ndarray:
         """Euler angles (degrees) of each rotation (or of its inverse); zero for identities;
-        zero also for a matrix that is not a rotation (as copick writes RELION angles)."""
-        from scipy.spatial.transform import Rotation
+        zero also for a matrix that is not a rotation (as copick writes RELION angles).
+        Worked out once per picks (STAR views ask twice); scipy is imported only if a
+        rotation is not the identity."""
+        known = self._eulers.get((axes, inverse))
+        if known is not None:
+            return known
         out = np.zeros((len(self.points), 3))
-        for i, matrix in enumerate(self.transforms[:, :3, :3] / self.transforms[:, 3, 3][:, None, None]):
-            if np.allclose(matrix, np.eye(3)):
-                continue
+        matrices = self.transforms[:, :3, :3] / self.transforms[:, 3, 3][:, None, None]
+        rotated = ~np.isclose(matrices, np.eye(3)).all(axis=(1, 2))         # np.allclose of each
+        for i in np.flatnonzero(rotated):
+            matrix = matrices[i]
+            from scipy.spatial.transform import Rotation
             try:
                 rotation = Rotation.from_matrix(matrix)
             except ValueError:
                 continue
             out[i] = (rotation.inv() if inverse else rotation).as_euler(axes, degrees=True)
+        self._eulers[(axes, inverse)] = out
         return out
 
 
@@ -240,12 +262,10 @@ def _written(write, suffix: str) -> bytes:
         os.unlink(path)
 
 
-def to_star(picks: Picks, run_name: str, voxel_size: float, center: tuple[float, float, float] | None) -> bytes:
-    """A RELION particles STAR file: centred Å coordinates (RELION 5) if the tomogram
-    centre is known, else pixel coordinates of `voxel_size`. The comment line starfile
-    writes first (with the time) is left out, so the file is the same every time."""
-    import pandas as pd
-    import starfile
+def _star_columns(picks: Picks, run_name: str, voxel_size: float,
+                  center: tuple[float, float, float] | None) -> dict:
+    """A RELION particles table: centred Å coordinates (RELION 5) if the tomogram centre is
+    known, else pixel coordinates of `voxel_size`."""
     full = picks.points + picks.shifts
     angles = picks.eulers("ZYZ", inverse=True)
     columns = {"rlnTomoName": [run_name] * len(full)}
@@ -257,22 +277,87 @@ def to_star(picks: Picks, run_name: str, voxel_size: float, center: tuple[float,
         centred = full - np.asarray(center, dtype=float)
         columns.update(rlnCenteredCoordinateXAngst=centred[:, 0], rlnCenteredCoordinateYAngst=centred[:, 1],
                        rlnCenteredCoordinateZAngst=centred[:, 2])
-    data = _written(lambda path: starfile.write({"particles": pd.DataFrame(columns)}, path, overwrite=True), ".star")
-    return data.split(b"\n", 1)[1] if data.startswith(b"# Created by") else data
+    return columns
 
 
-def to_dynamo(picks: Picks, voxel_size: float) -> bytes:
-    import dynamotable
-    import pandas as pd
+def _dynamo_columns(picks: Picks, voxel_size: float) -> dict:
     n = len(picks.points)
     positions, shifts = picks.points / voxel_size, picks.shifts / voxel_size
     angles = picks.eulers("zxz", inverse=True)
-    table = pd.DataFrame({
-        "tag": np.arange(1, n + 1), "aligned": np.ones(n, dtype=int), "averaged": np.ones(n, dtype=int),
-        "dx": shifts[:, 0], "dy": shifts[:, 1], "dz": shifts[:, 2],
-        "tdrot": angles[:, 0], "tilt": angles[:, 1], "narot": angles[:, 2], "cc": picks.scores,
-        "x": positions[:, 0], "y": positions[:, 1], "z": positions[:, 2], "tomo": np.ones(n, dtype=int)})
-    return _written(lambda path: dynamotable.write(table, path), ".tbl")
+    return {"tag": np.arange(1, n + 1), "aligned": np.ones(n, dtype=int), "averaged": np.ones(n, dtype=int),
+            "dx": shifts[:, 0], "dy": shifts[:, 1], "dz": shifts[:, 2],
+            "tdrot": angles[:, 0], "tilt": angles[:, 1], "narot": angles[:, 2], "cc": picks.scores,
+            "x": positions[:, 0], "y": positions[:, 1], "z": positions[:, 2], "tomo": np.ones(n, dtype=int)}
+
+
+def _csv_columns(picks: Picks, run_name: str) -> dict:
+    n = len(picks.points)
+    columns = {"run_name": [run_name] * n, "x": picks.points[:, 0], "y": picks.points[:, 1], "z": picks.points[:, 2]}
+    for i in range(4):
+        for j in range(4):
+            columns[f"transform_{i}{j}"] = picks.transforms[:, i, j]
+    columns.update(score=picks.scores, instance_id=picks.instance_ids)
+    return columns
+
+
+def _columns_of(picks: Picks, kind: str, run_name: str, voxel_size: float,
+                center: tuple[float, float, float] | None) -> dict:
+    """The table a text view of `kind` writes (a value of FORMATS but "em")."""
+    if kind == "star":
+        return _star_columns(picks, run_name, voxel_size, center)
+    if kind == "relion4":
+        return _star_columns(picks, run_name, voxel_size, None)
+    if kind == "dynamo":
+        return _dynamo_columns(picks, voxel_size)
+    return _csv_columns(picks, run_name)
+
+
+def _write_table(kind: str, columns: dict) -> bytes:
+    """A text view's bytes, written by its format's library. The comment line starfile
+    writes first (with the time) is left out, so a STAR file is the same every time."""
+    import pandas as pd
+    if kind in ("star", "relion4"):
+        import starfile
+        data = starfile.to_string({"particles": pd.DataFrame(columns)}).encode()
+        return data.split(b"\n", 1)[1] if data.startswith(b"# Created by") else data
+    if kind == "dynamo":
+        import dynamotable
+        return _written(lambda path: dynamotable.write(pd.DataFrame(columns), path), ".tbl")
+    return pd.DataFrame(columns).to_csv(index=False).encode()
+
+
+def _write_tables(kind: str, columns: dict, counts: list[int]) -> list[bytes]:
+    """What `_write_table(kind, table)` gives for each table of `counts` rows that
+    `columns` hold one after the other, from one write of them all: the libraries write
+    one line per row, each row alone, so the whole is cut into each table's rows and put
+    between the lines an empty table is written as. Where the rows do not come out one
+    per line (a value holding a line break), each table is written alone."""
+    if len(counts) == 1:
+        return [_write_table(kind, columns)]
+    frame = _frame(kind, columns)
+    if not sum(counts):
+        return [b"\n".join(frame)] * len(counts)
+    whole = _write_table(kind, columns).split(b"\n")
+    start = next((i for i, (a, b) in enumerate(zip(whole, frame)) if a != b), len(frame))
+    ends = np.cumsum(counts).tolist()
+    if len(whole) != len(frame) + ends[-1] or whole[start + ends[-1]:] != frame[start:]:
+        return [_write_table(kind, {name: values[end - count:end] for name, values in columns.items()})
+                for count, end in zip(counts, ends)]
+    return [b"\n".join(frame[:start] + whole[start + end - count:start + end] + frame[start:])
+            for count, end in zip(counts, ends)]
+
+
+_FRAMES: dict[tuple, list[bytes]] = {}
+
+
+def _frame(kind: str, columns: dict) -> list[bytes]:
+    """The lines an empty table of these columns is written as (the same for every table
+    of these column names: kept, a few per process)."""
+    key = (kind, *columns)
+    frame = _FRAMES.get(key)
+    if frame is None:
+        frame = _FRAMES[key] = _write_table(kind, {name: values[:0] for name, values in columns.items()}).split(b"\n")
+    return frame
 
 
 def to_em(picks: Picks, voxel_size: float) -> bytes:
@@ -290,15 +375,10 @@ def to_em(picks: Picks, voxel_size: float) -> bytes:
     return _written(lambda path: emfile.write(path, rows, overwrite=True), ".em")
 
 
-def to_csv(picks: Picks, run_name: str) -> bytes:
-    import pandas as pd
-    n = len(picks.points)
-    columns = {"run_name": [run_name] * n, "x": picks.points[:, 0], "y": picks.points[:, 1], "z": picks.points[:, 2]}
-    for i in range(4):
-        for j in range(4):
-            columns[f"transform_{i}{j}"] = picks.transforms[:, i, j]
-    columns.update(score=picks.scores, instance_id=picks.instance_ids)
-    return pd.DataFrame(columns).to_csv(index=False).encode()
+def em_size(points: int) -> int:
+    """The size of an EM motive list (`to_em`): the EM format's 512-byte header, then 20
+    float32 values per point."""
+    return EM_HEADER_BYTES + points * 20 * 4
 
 
 #: the suffix of each view -> its kind (longest suffixes first, for matching names)
@@ -308,12 +388,33 @@ FORMATS = {".relion4.star": "relion4", ".star": "star", ".tbl": "dynamo", ".em":
 def export(picks: Picks, kind: str, run_name: str, voxel_size: float,
            center: tuple[float, float, float] | None) -> bytes:
     """One view of the picks: kind is a value of FORMATS."""
-    if kind == "star":
-        return to_star(picks, run_name, voxel_size, center)
-    if kind == "relion4":
-        return to_star(picks, run_name, voxel_size, None)
-    if kind == "dynamo":
-        return to_dynamo(picks, voxel_size)
     if kind == "em":
         return to_em(picks, voxel_size)
-    return to_csv(picks, run_name)
+    return _write_table(kind, _columns_of(picks, kind, run_name, voxel_size, center))
+
+
+def texts(picks: list[Picks], run_name: str, voxel_size: float,
+          center: tuple[float, float, float] | None) -> list[dict[str, bytes]]:
+    """Every text view `export` makes of each of `picks` (kind -> bytes: all but EM),
+    without making them one by one: the points of all of them as one, each format written
+    once for them all (`_write_tables`)."""
+    if not picks:
+        return []
+    counts = [len(p.points) for p in picks]
+    whole = Picks.concatenated(picks)
+    written = {}
+    for kind in FORMATS.values():
+        if kind != "em":
+            columns = _columns_of(whole, kind, run_name, voxel_size, center)
+            if "tag" in columns:                # (Dynamo) each file numbers its rows from 1
+                columns["tag"] = np.concatenate([np.arange(1, n + 1) for n in counts])
+            written[kind] = _write_tables(kind, columns, counts)
+    return [{kind: written[kind][i] for kind in written} for i in range(len(picks))]
+
+
+def sizes(picks: list[Picks], run_name: str, voxel_size: float,
+          center: tuple[float, float, float] | None) -> list[dict[str, int]]:
+    """The size of every view `export` makes of each of `picks` (kind -> bytes): the text
+    views' from `texts`, the EM size from the number of points."""
+    return [{"em": em_size(len(p.points)), **{kind: len(data) for kind, data in made.items()}}
+            for p, made in zip(picks, texts(picks, run_name, voxel_size, center))]

@@ -21,6 +21,7 @@ from conftest import cleanup_mount, daemon_pid, daemon_status
 from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
 from scopefs.backends.kept_sizes import RACY_S
+from scopefs.formats import picks as picks_format
 from scopefs.formats.mrc import HEADER_BYTES, Counters, MrcVolume, mrc_dtype
 
 SHAPE = (20, 30, 44)
@@ -173,6 +174,56 @@ def rich_picks(n: int = 7) -> dict:
                        "instance_id": i, "score": float(rng.uniform())})
     return {"pickable_object_name": "proteasome", "user_id": "tester", "session_id": "2", "run_name": "TS_001",
             "voxel_spacing": None, "unit": "angstrom", "points": points}
+
+
+#: sha256 (first 16 hex digits) of each view of `rich_picks(n)` (run TS_001) as the views were
+#: written before they were sized together: (n, voxel size, kind) -> (bytes, digest); at 10 Å
+#: the STAR view is centred on (160, 150, 220) Å, at 7.84 Å there is no tomogram
+VIEW_BYTES = {
+    (0, 10.0, "star"): (187, "fb496f8ed616d5de"), (0, 10.0, "relion4"): (148, "5e70fd096ffcb3b1"),
+    (0, 10.0, "dynamo"): (0, "e3b0c44298fc1c14"), (0, 10.0, "em"): (512, "f9d301585dfbe314"),
+    (0, 10.0, "csv"): (241, "aa9b3328b87dfd56"),
+    (1, 10.0, "star"): (253, "ca4a24c582a7d514"), (1, 7.84, "star"): (212, "0a8d2e954a554c55"),
+    (1, 10.0, "dynamo"): (161, "bdf690dca71c433e"), (1, 7.84, "em"): (592, "09f0e79b0554fee2"),
+    (3, 10.0, "star"): (398, "555b2470c9247813"), (3, 7.84, "relion4"): (348, "937c985ba6761e9f"),
+    (3, 7.84, "dynamo"): (620, "abd04a2981c913c7"), (3, 10.0, "em"): (752, "9748ba7ced50999e"),
+    (3, 10.0, "csv"): (1016, "ab858e5ac71441e5"),
+    (7, 10.0, "star"): (688, "7105703d489bf922"), (7, 10.0, "relion4"): (621, "2f73c86b25306248"),
+    (7, 7.84, "star"): (621, "2f7c6e77b9fdcd6d"), (7, 10.0, "dynamo"): (1546, "21a74f5f15956cc0"),
+    (7, 7.84, "dynamo"): (1548, "168b92491bb9c442"), (7, 10.0, "em"): (1072, "bbbf491524c7a96b"),
+    (7, 7.84, "em"): (1072, "28003908bacfc72b"), (7, 10.0, "csv"): (2264, "6716640aaddb62a3"),
+}
+CENTRE = {10.0: (160.0, 150.0, 220.0), 7.84: None}
+
+
+def test_picks_views_keep_their_bytes_and_are_sized_together():
+    """The views' bytes are what they were (digests above), and `picks.sizes` sizes the
+    views of many picks files at once (one write per text format, cut by rows; EM from
+    the number of points) exactly as long as each is made alone, empty picks files and
+    run names with a space (quoted in STAR), a comma and a quote (quoted in CSV) or a
+    character starfile takes for a line break (each file then written alone) included."""
+    import hashlib
+    for (n, voxel_size, kind), (size, digest) in VIEW_BYTES.items():
+        picks = picks_format.Picks.from_json(json.dumps(rich_picks(n)).encode())
+        data = picks_format.export(picks, kind, "TS_001", voxel_size, CENTRE[voxel_size])
+        assert (len(data), hashlib.sha256(data).hexdigest()[:16]) == (size, digest), (n, voxel_size, kind)
+    many = [picks_format.Picks.from_json(json.dumps(rich_picks(n)).encode()) for n in (3, 0, 7, 1, 0, 2)]
+    for run, voxel_size in (("TS_001", 10.0), ("TS 001", 7.84), ('TS,"001', 10.0), ("TS\x1c001", 7.84)):
+        alone = [{kind: len(picks_format.export(p, kind, run, voxel_size, CENTRE[voxel_size]))
+                  for kind in picks_format.FORMATS.values()} for p in many]
+        assert picks_format.sizes(many, run, voxel_size, CENTRE[voxel_size]) == alone
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_mrc_views_size_follows_from_its_arrays_metadata(tmp_path, zarr_format):
+    """`mrc.view_size` (the metadata alone, no zarr) gives the size of the view zarr opens."""
+    from scopefs.formats.mrc import view_size
+    for dtype in DTYPES + ["uint8", "int32", "float64"]:
+        path = tmp_path / f"{dtype}-{zarr_format}.zarr"
+        array = zarr.create_array(str(path), shape=(3, 5, 7), dtype=dtype, chunks=(2, 2, 2), zarr_format=zarr_format)
+        read = lambda key: (path / key).read_bytes() if (path / key).exists() else None    # noqa: E731
+        volume = MrcVolume(array, 10.0, "x", ByteCache(1 << 20), 0, None, Counters())
+        assert view_size(read) == volume.size, dtype
 
 
 def parsed(path: Path, kind: str):
@@ -469,32 +520,38 @@ def sizes_and_bytes(mnt: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def one_run_project(tmp_path: Path, picks: tuple[int, ...], levels: int = 2) -> tuple:
+    """A static root of one run, TS_001 (a float32 tomogram of `levels` levels at 10 Å and
+    a picks file of each of these many points), and an empty overlay: the mount's arguments."""
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=levels)
+    (run / "Picks").mkdir()
+    for n in picks:
+        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
+    (tmp_path / "overlay").mkdir()
+    return tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}"
+
+
 def test_a_walk_of_a_project_seen_before_makes_no_view_and_imports_no_view_library(tmp_path, mount):
     """A view's size is learned once and kept on disk (`backends/kept_sizes.py`): a fresh
     mount's `ls -lR` then makes no view (it made every picks, CSV, preview and MRC view
     of every folder, through pandas, zarr and OpenCV imported for it) and loads none of the
     view libraries. The sizes told always equal the bytes read: on the first mount, on
     the next, and after a picks file changes."""
-    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
-    write_volume(run / "VoxelSpacing10.000" / "wbp.zarr", volume_of("float32"), levels=2)
-    (run / "Picks").mkdir()
-    for n in (3, 4):
-        (run / "Picks" / f"tester_{n}_proteasome.json").write_text(json.dumps(rich_picks(n)))
-    (tmp_path / "overlay").mkdir()
+    source = one_run_project(tmp_path, (3, 4))
     time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
-    source = (tmp_path / "static", "-t", "copick", "-o", f"overlay={tmp_path / 'overlay'}")
 
     first = mount(*source, mountpoint=tmp_path / "first")
     subprocess.run(["ls", "-lR", str(first)], capture_output=True, check=True)
-    made = daemon_status(first)["views_made"]
-    assert made >= 2 * 6 + 3            # 2 picks x (5 formats + CSV), a preview, 2 MRC levels
+    learned = daemon_status(first)["view_sizes"]["learned"]
+    assert learned >= 2 * 6 + 3         # 2 picks x (5 formats + CSV), a preview, 2 MRC levels
     assert all(size == read for size, read in sizes_and_bytes(first).values())
     cleanup_mount(first, daemon_pid(first))           # the sizes are written at unmount
 
     again = mount(*source, mountpoint=tmp_path / "again")
     subprocess.run(["ls", "-lR", str(again)], capture_output=True, check=True)
     status = daemon_status(again)
-    assert status["views_made"] == 0 and status["view_sizes"]["used"] >= made, status
+    assert status["views_made"] == 0 and status["view_sizes"]["used"] >= learned, status
     assert view_libraries_loaded(again) == []
     walked = sizes_and_bytes(again)
     assert all(size == read for size, read in walked.values())
@@ -505,3 +562,84 @@ def test_a_walk_of_a_project_seen_before_makes_no_view_and_imports_no_view_libra
     star = "ExperimentRuns/TS_001/VoxelSpacing10.000/tester_3_proteasome.star"
     assert changed[star][0] > walked[star][0]
     assert {rel: sr for rel, sr in changed.items() if sr[0] != sr[1]} == {}
+
+
+def test_a_first_walk_makes_no_picks_or_mrc_view_for_its_sizes(tmp_path, mount):
+    """A project never mounted before (no sizes kept): a cold `ls -lR` sizes each MRC view
+    from its array's metadata, and the picks views of each spacing folder from one write
+    of each format for all the run's picks files (`picks.sizes`), each file read and
+    parsed once for every spacing. It made every picks view (pandas, a temporary file
+    each) and opened every MRC level (zarr) for its size. What needs its bytes for a size
+    is still made: the preview PNG and the Picks/ CSVs. The sizes told equal the bytes read."""
+    source = one_run_project(tmp_path, (0, 3, 4))
+    (tmp_path / "static" / "ExperimentRuns" / "TS_001" / "VoxelSpacing20.000").mkdir()   # no tomogram of its own
+    mnt = mount(*source)
+    subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, check=True)
+    status = daemon_status(mnt)
+    assert status["views_made"] == 1 + 3, status    # the preview, the 3 CSVs in Picks/
+    assert status["picks_size_batches"] == 2, status
+    assert status["mrc_views"]["chunks_decoded"] == 0
+    walked = sizes_and_bytes(mnt)
+    assert len(walked) > 2 * 3 * 5 + 2 and all(size == read for size, read in walked.values())
+
+
+def test_sizes_are_learned_from_mount_on_and_a_later_walk_makes_nothing(tmp_path, mount):
+    """A thread of the mount's own sizes every view from mount on (`copick.SizeLearner`):
+    a walk after it makes no view, writes no picks format and asks nothing of the kept
+    sizes (the nodes it lists are sized), and what it tells equals what `cat` reads."""
+    source = one_run_project(tmp_path, (1, 3))
+    time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
+    mnt = mount(*source)
+    deadline = time.monotonic() + 60
+    while not daemon_status(mnt)["view_sizes"]["learning_done"]:
+        assert time.monotonic() < deadline, daemon_status(mnt)
+        time.sleep(0.05)
+    learned = daemon_status(mnt)
+    assert learned["view_sizes"]["learned_at_mount"] == 2 * 6 + 3      # 2 picks x (5 formats + CSV), preview, 2 MRC
+    for walk in (["ls", "-lR"], ["find", "-printf", "%s\n"], ["du", "-s"]):
+        subprocess.run([walk[0], str(mnt), *walk[1:]], capture_output=True, check=True)
+    walked = daemon_status(mnt)
+    for counter in ("views_made", "picks_size_batches"):
+        assert walked[counter] == learned[counter], counter
+    assert walked["view_sizes"]["used"] == learned["view_sizes"]["used"]
+    assert all(size == read for size, read in sizes_and_bytes(mnt).values())
+
+
+def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
+    """A file where a run or spacing folder belongs, and a picks file that does not
+    parse, cost the learner nothing but their own views: it sizes the rest and ends."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    runs = tmp_path / "static" / "ExperimentRuns"
+    (runs / "TS_001" / "Picks").mkdir(parents=True)
+    (tmp_path / "overlay").mkdir()
+    (runs / "notes.txt").write_text("not a run")
+    (runs / "TS_001" / "VoxelSpacing10.000").write_text("not a spacing folder")
+    (runs / "TS_001" / "Picks" / "tester_1_proteasome.json").write_text(json.dumps(rich_picks(2)))
+    (runs / "TS_001" / "Picks" / "tester_2_proteasome.json").write_text("{not json")
+    tree = open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        learner = tree.derive.learner
+        learner._learn()
+        assert learner.done and learner.learned == 2         # the two Picks/ CSVs (one says "error")
+        assert not [path for path in tree._derived if "VoxelSpacing" in path]
+    finally:
+        tree.close()
+
+
+def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
+    """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
+    text format once for all its picks files and takes each view from there (each view was
+    written alone: pandas and a temporary file each); only EM views (binary, by emfile)
+    are still written one by one. The bytes are those of each view written alone."""
+    mnt = mount(*one_run_project(tmp_path, (1, 3, 4), levels=1))
+    run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    centre = (SHAPE[2] / 2 * 10.0, SHAPE[1] / 2 * 10.0, SHAPE[0] / 2 * 10.0)
+    for n in (1, 3, 4):
+        picks = picks_format.Picks.from_json((run / "Picks" / f"tester_{n}_proteasome.json").read_bytes())
+        for suffix, kind in picks_format.FORMATS.items():
+            view = spacing / f"tester_{n}_proteasome{suffix}"
+            assert view.read_bytes() == picks_format.export(picks, kind, "TS_001", 10.0, centre), view.name
+    status = daemon_status(mnt)
+    assert status["picks_views_written_alone"] == 3 and status["picks_size_batches"] == 1, status

@@ -128,6 +128,13 @@ class LocalRoot(Root):
         fd = self._call(os.open, rel, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         return OSFileHandle(fd, drop_behind=True, release_blocks=not local, mapped=local)
 
+    def read_whole(self, rel: str, size: int) -> bytes:
+        fd = self._call(os.open, rel, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            return os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.fd)
 

@@ -41,6 +41,16 @@ class Root(Protocol):
 
     def open_read(self, rel: str) -> FileHandle: ...
 
+    def read_whole(self, rel: str, size: int) -> bytes:
+        """A small file's first `size` bytes, for views made of it; a local root leaves
+        its pages in the page cache (its other views read it again), where `open_read`
+        drops what it brought in."""
+        handle = self.open_read(rel)
+        try:
+            return handle.read(0, size)
+        finally:
+            handle.release()
+
     def local_path(self, rel: str) -> str | None:
         """A path the OS opens, if the root is a local directory."""
         return None

@@ -124,3 +124,17 @@ def test_a_new_fsdb_files_folder_and_metadata_file_are_current_after_its_close(b
     if between == "stat":               # (first: a listing would make the kernel ask anew)
         assert os.stat(folder).st_mtime_ns == os.stat(source / "scan_000" / "fileset_0").st_mtime_ns != before
     assert "new.png.metadata.json" in os.listdir(folder)
+
+
+def test_a_new_fsdb_file_holds_only_what_was_written_over_an_unregistered_file_of_its_name(tmp_path, mount):
+    """A file on disk that files.json does not name (put there behind the database's
+    back) is not shown; a file copied in under its name replaces it whole: none of the
+    old bytes stay beyond the new end."""
+    source = walk_samples.fsdb(tmp_path / "db", 1, 1, 2).path
+    (source / "scan_000" / "fileset_0" / "ghost.png").write_bytes(b"old" * 1000)
+    mnt = mount(source)
+    path = mnt / "scan_000" / "fileset_0" / "ghost.png"
+    assert not path.exists()
+    path.write_bytes(b"new")
+    assert path.read_bytes() == b"new"
+    assert (source / "scan_000" / "fileset_0" / "ghost.png").read_bytes() == b"new"

@@ -331,8 +331,7 @@ class DataFile(File):
 
     def temp_handle(self, flags: int, commit) -> TempFileHandle:
         """The temporary file a write goes to, handed to `commit` when complete."""
-        exists = os.path.exists(self._path())
-        copy = self._path() if exists and not flags & os.O_TRUNC else None
+        copy = self._path() if not flags & os.O_TRUNC and os.path.exists(self._path()) else None
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
@@ -454,10 +453,11 @@ class NewFileHandle(FileHandle):
         return len(data)
 
     def _moved_to_disk(self, committing: bool = False) -> TempFileHandle:
-        """The temporary file, made and given what was kept (call with the lock held).
-        `committing`: at the flush, whose commit tells the kernel of the folder anyway."""
+        """The temporary file, made and given what was kept (call with the lock held): a
+        new file's, holding nothing else (not a file of its name on disk that files.json
+        does not name). `committing`: at the flush, whose commit refreshes the folder."""
         if self._on_disk is None:
-            handle = self.data.temp_handle(os.O_WRONLY, self._commit)
+            handle = self.data.temp_handle(os.O_WRONLY | os.O_TRUNC, self._commit)
             if not committing:
                 self.data.folder.refresh_attr()     # the temporary file is in it
             if self._buffer:

@@ -331,8 +331,7 @@ class DataFile(File):
 
     def temp_handle(self, flags: int, commit) -> TempFileHandle:
         """The temporary file a write goes to, handed to `commit` when complete."""
-        exists = os.path.exists(self._path())
-        copy = self._path() if exists and not flags & os.O_TRUNC else None
+        copy = self._path() if not flags & os.O_TRUNC and os.path.exists(self._path()) else None
         new = self.file.filename is None
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
@@ -350,9 +349,12 @@ class DataFile(File):
             finally:
                 self.forget_attr()
                 self.attr()                     # (here: the kernel's next getattr needs no thread)
-                # a new file's metadata view appears now (the kernel may hold that name as missing)
+                # a new file's metadata view appears now (the kernel may hold that name as
+                # missing), and its folder changed, unless the kernel has neither (`cp`)
+                unseen = kernel_wrote_all and new and self.folder.unseen_since_create()
                 self.folder.data_changed(self.name, *(() if kernel_wrote_all and new else (self.ino,)),
-                                         entries=((self.folder.ino, self.name + META),) if new else ())
+                                         entries=((self.folder.ino, self.name + META),) if new and not unseen
+                                         else (), unseen=unseen)
             self.folder.committed(self)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -451,10 +453,11 @@ class NewFileHandle(FileHandle):
         return len(data)
 
     def _moved_to_disk(self, committing: bool = False) -> TempFileHandle:
-        """The temporary file, made and given what was kept (call with the lock held).
-        `committing`: at the flush, whose commit tells the kernel of the folder anyway."""
+        """The temporary file, made and given what was kept (call with the lock held): a
+        new file's, holding nothing else (not a file of its name on disk that files.json
+        does not name). `committing`: at the flush, whose commit refreshes the folder."""
         if self._on_disk is None:
-            handle = self.data.temp_handle(os.O_WRONLY, self._commit)
+            handle = self.data.temp_handle(os.O_WRONLY | os.O_TRUNC, self._commit)
             if not committing:
                 self.data.folder.refresh_attr()     # the temporary file is in it
             if self._buffer:
@@ -535,6 +538,9 @@ class Folder(Directory):
         self.listed = False                     # its metadata views are linked (`link_views`)
         self.learned = False                    # what its listing needs is in memory (`learn`)
         self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
+        #: whether its attributes or listing may have gone to the kernel since a create in
+        #: it made the kernel drop them (`unseen_since_create`)
+        self.shown = True
 
     def path(self) -> str:
         raise NotImplementedError
@@ -636,9 +642,14 @@ class Folder(Directory):
         return lookup_attr_nowait(self.find, name, self.tree.lock, none_is_absent=True)
 
     def cached_attr(self) -> Attr | None:
+        self.shown = True
         return self._attr
 
     def attr(self) -> Attr:
+        self.shown = True
+        return self._read_attr()
+
+    def _read_attr(self) -> Attr:
         changes = self._changes
         attr = Attr(DIR_MODE, 0, _mtime(self.tree.db.files, self.path()), 2)
         if changes == self._changes:
@@ -653,7 +664,7 @@ class Folder(Directory):
         self._changes += 1
         self._attr = None
         self.learned = False
-        return self.attr() != before
+        return self._read_attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
         with self._learning:                    # (what the learner is learning of it, waited for)
@@ -688,6 +699,7 @@ class Folder(Directory):
         """Each open handle lists from the listing made when it read from its start (a
         reader deleting what it has read skips nothing); from memory on the loop where
         everything in it is known."""
+        self.shown = True
         return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
                                listing_nowait=self._listing_from_memory)
 
@@ -846,6 +858,7 @@ class FilesetFolder(Folder):
         self.prefix = f"{fileset.scan.id}/{fileset.id}/"      # of its names in tree.hidden
         self.pending: dict[str, object] = {}       # created files not yet closed, by name
         self._hidden: list[str] | None = None      # hidden files (`learn_names`)
+        self._meta_missing_s = 0.0                 # when a missing metadata file was last looked up
 
     def path(self) -> str:
         return self.fileset.path()
@@ -882,6 +895,7 @@ class FilesetFolder(Folder):
             file = self.fileset.file_named(name[:-len(META)])
             if file is not None:
                 return self._meta(file)
+            self._meta_missing_s = time.monotonic()     # (the kernel may remember it missing)
         if name.endswith(".iid" + VIEW) and self.fileset.file_named(name[:-len(VIEW)]) is not None:
             return NEEDS_IO
         return None
@@ -983,15 +997,31 @@ class FilesetFolder(Folder):
         log.warning("removed %s: a write that a stopped mount never finished", path)
         return True
 
-    def data_changed(self, name: str, *inodes: int, entries: tuple = ()) -> None:
+    def data_changed(self, name: str, *inodes: int, entries: tuple = (), unseen: bool = False) -> None:
         """The data of the file shown as `name` changed or went away: the kernel drops what
-        it has of `inodes` and of the views made from the data (call with the tree's lock)."""
+        it has of `inodes` and of the views made from the data (call with the tree's lock).
+        `unseen`: it holds nothing of this folder to drop (`unseen_since_create`)."""
         entries += ((self.ino, name + VIEW),) if name.endswith(".iid") else ()
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
         folders = self.tree.refreshed_folders(self.fileset.scan.id, self.fileset.id)
-        self.tree.report(*inodes, *folders, entries=entries)       # (one wake of the notifier)
+        if unseen:
+            folders = [ino for ino in folders if ino != self.ino]
+        if inodes or folders or entries:
+            self.tree.report(*inodes, *folders, entries=entries)   # (one wake of the notifier)
+
+    def unseen_since_create(self) -> bool:
+        """Whether the kernel holds nothing of this folder that a new file's commit changes
+        (call with the tree's lock): neither its attributes nor its listing went to it
+        since its last create here, which made the kernel drop both, and no missing
+        metadata file was looked up for as long as the kernel may remember it. A copy
+        into the folder is then told nothing: the kernel asks anew, after the commit.
+        (A GETATTR the kernel sent before the create and that is answered after it is
+        the kernel's own race, as for any create: its reply does not drop the folder's
+        new mtime, it was never told it.)"""
+        return not self.shown and \
+            time.monotonic() - self._meta_missing_s > self.tree.cache_policy.negative_timeout
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""
@@ -1014,6 +1044,7 @@ class FilesetFolder(Folder):
             except (ValueError, OSError):       # (FileExistsError: the id is taken)
                 return None                     # refused: `create` says why
             self.pending[name] = file
+            self.shown = False                  # (the kernel drops what it has of the folder)
             return self._data(file, name)
         data = under_lock_nowait(tree.lock, made)
         if data is None:
@@ -1032,6 +1063,7 @@ class FilesetFolder(Folder):
             file_id, _ = layout.split_name(name)
             file = _api_errors(self.fileset.create_file)(file_id)
             self.pending[name] = file
+            self.shown = False                  # (the kernel drops what it has of the folder)
             return self._data(file, name)
 
     def unlink(self, name: str) -> None:

@@ -662,6 +662,30 @@ def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
         tree.close()
 
 
+def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
+    """A picks file shows 5 views in each spacing folder: listing the folder works out
+    the file's version (`source_key`, what every view's node is checked against) once
+    for all 5, not once a view (the per-entry Python of a walk)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
+    for n in range(2, 21):
+        (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    asked = []
+    source_key = tree.source_key
+    tree.source_key = lambda rel, info=None: asked.append(rel) or source_key(rel, info)
+    try:
+        spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+        listed = [name for _, name, _, _ in spacing.scan()]
+        assert len(listed) == 20 * 5 + 3, listed        # + the store, its preview and its MRC view
+        of_picks = [rel for rel in asked if rel.endswith("_proteasome.json")]
+        assert len(of_picks) == 20, len(of_picks)
+    finally:
+        tree.close()
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

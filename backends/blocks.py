@@ -384,7 +384,7 @@ class GeneratedFile(File):
         self._cache = cache
         self._kept, self._on_resized = kept, on_resized
         self._data: bytes | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock() if cache is None else None    # (a mount may hold 100,000 of these)
 
     def content(self) -> bytes:
         if self._cache is None:

@@ -152,7 +152,7 @@ class SizeLearner:
     show (`OverlayTree.derived`), so a walk after it finds each size in its node, and the
     kept sizes (`kept_sizes`) learn them for later mounts. Local roots only (object storage
     keeps nothing); folders one at a time, in the order `ls -lR` walks them; at most as
-    many views as are kept (their nodes hold about 3 KB each, as after a walk); it stops at
+    many views as are kept (their nodes hold about 1.5 KB each, as after a walk); it stops at
     unmount. A walk that outruns it sizes what it lists itself, and what both ask for is
     made once (the caches of `DerivedViews` and `PicksViews`)."""
 

@@ -19,6 +19,7 @@ lookup by name).
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -300,11 +301,12 @@ class PicksViews:
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
+            written_from = functools.partial(_written_of, written, source)     # (shared by its views)
             for suffix, kind in picks_format.FORMATS.items():
                 out.append((stem + suffix, source,
                             self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info,
                                         lambda source=source, kind=kind: _size(sized().get(source), kind),
-                                        lambda source=source: written().get(source)),
+                                        written_from),
                             info))
         return out
 
@@ -346,7 +348,9 @@ class PicksViews:
                     return None
                 return None if found[0] is None else \
                     ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
-            return GeneratedFile(lambda: self.render(source, kind, rel, voxel_size, center, written), shown.mtime_ns,
+            # (a partial, not a closure: a mount keeps one per view)
+            return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
+                                 shown.mtime_ns,
                                  self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized,
                                  sized=sized)
         return make
@@ -440,6 +444,11 @@ class _Folder(dict):
     @property
     def nbytes(self) -> int:
         return 256 + sum(256 + sum(map(len, written.texts.values())) for written in self.values())
+
+
+def _written_of(written, source: str) -> _Written | None:
+    """The text views of source as its folder's were written together (`written()`)."""
+    return written().get(source)
 
 
 def _size(written: _Written | None, kind: str) -> int | None:

@@ -182,19 +182,22 @@ class KeptSizes:
 class KeptSize:
     """The kept size of one view. `key()` gives what its bytes depend on (a tuple; I/O
     allowed) or None (not kept); it is asked once, before the view is made, so a size
-    learned is kept under the version of its sources that was read."""
+    learned is kept under the version of its sources that was read; `key` is dropped then
+    (its closure may hold a folder's worth: a mount keeps one of these per view)."""
+
+    __slots__ = ("sizes", "_key", "_on_miss", "_digest")
 
     def __init__(self, sizes: KeptSizes, key: Callable[[], tuple | None],
                  on_miss: Callable[[], None] | None = None):
         self.sizes, self._key, self._on_miss = sizes, key, on_miss
         self._digest: bytes | None = None
-        self._asked = False
 
     def digest(self) -> bytes | None:
-        if not self._asked:
-            parts = self._key()
+        key = self._key
+        if key is not None:
+            parts = key()
             self._digest = None if parts is None else digest(parts)
-            self._asked = True
+            self._key = None
         return self._digest
 
     def get(self) -> int | None:

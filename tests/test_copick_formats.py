@@ -627,6 +627,65 @@ def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
         tree.close()
 
 
+def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
+    """The learner sizes, and keeps, a node for every view (up to 100,000): each holds
+    what makes its bytes, not the closures that found its size (2.5 KB a view before;
+    the bounded caches it fills are counted too)."""
+    import gc
+    import tracemalloc
+
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
+    for n in range(2, 61):                          # a point each: the views' caches stay small
+        (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
+    time.sleep(RACY_S)                  # sources changed in the last RACY_S seconds are not kept
+    first = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    first.derive.learner._learn()       # (the libraries loaded, the sizes kept: no view is made below)
+    first.close()
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        tree.derive.sizes.get(b"")                  # (the kept sizes loaded: not the views')
+        tracemalloc.start()
+        try:
+            tree.derive.learner._learn()
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        views = tree.derive.learner.learned
+        assert views == 60 * 6 + 2, views           # 60 picks x (5 formats + CSV), preview, MRC
+        assert tree.derive.status()["views_made"] == 0
+        assert held / views < 2000, held / views
+    finally:
+        tree.close()
+
+
+def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
+    """A picks file shows 5 views in each spacing folder: listing the folder works out
+    the file's version (`source_key`, what every view's node is checked against) once
+    for all 5, not once a view (the per-entry Python of a walk)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
+    for n in range(2, 21):
+        (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    asked = []
+    source_key = tree.source_key
+    tree.source_key = lambda rel, info=None: asked.append(rel) or source_key(rel, info)
+    try:
+        spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+        listed = [name for _, name, _, _ in spacing.scan()]
+        assert len(listed) == 20 * 5 + 3, listed        # + the store, its preview and its MRC view
+        of_picks = [rel for rel in asked if rel.endswith("_proteasome.json")]
+        assert len(of_picks) == 20, len(of_picks)
+    finally:
+        tree.close()
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

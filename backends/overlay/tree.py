@@ -49,6 +49,7 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
+@functools.lru_cache(maxsize=1 << 16)     # (the same view names recur in every run's folders)
 def _cookie(name: str) -> int:
     """The offset that resumes a listing after `name`: a hash of the name (not its place),
     so that a listing resumed at an offset of another snapshot of the folder (the kernel's
@@ -515,8 +516,15 @@ class OverlayTree(Tree):
         entries show (`derive.listing` gives what a source elsewhere shows, if it knows)."""
         if self.derive is None:
             return []
-        return [(name, self._derived_node(rel, name, source, make, info or infos.get(source.rpartition("/")[2])))
-                for name, source, make, info in self.derive.listing(rel, list(infos)) if name not in infos]
+        keys: dict[str, tuple] = {}         # each source's version, once for all its views
+        out = []
+        for name, source, make, info in self.derive.listing(rel, list(infos)):
+            if name not in infos:
+                key = keys.get(source)
+                if key is None:
+                    key = keys[source] = self.source_key(source, info or infos.get(source.rpartition("/")[2]))
+                out.append((name, self._derived_node(rel, name, source, make, key=key)))
+        return out
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
         """One derived file by name: only its own source is looked at."""
@@ -527,9 +535,11 @@ class OverlayTree(Tree):
             return None
         return self._derived_node(rel, name, *found)
 
-    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None) -> Node:
+    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None,
+                      key: tuple | None = None) -> Node:
+        """The node of a derived file; `key`: its source's `source_key`, if known."""
         path = _join(rel, name)
-        key = self.source_key(source, info)
+        key = key or self.source_key(source, info)
         with self._table:
             node = self._derived.get(path)
             if node is None or node.source_key != key:

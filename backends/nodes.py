@@ -196,6 +196,13 @@ class Directory(Node):
         it was given offsets of (daemon/listings.py), at offsets other than 0 only."""
         return self
 
+    def opendir_names(self) -> "Directory":
+        """`opendir` for a listing whose reader wants names and types only (the daemon
+        then answers entries without attributes where they are not in memory): a
+        directory that learns its entries' attributes as it lists (a stat each) skips
+        that here. By default `opendir`."""
+        return self.opendir()
+
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
         """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is
         the start and the same offset always resumes at the same entry; they grow along

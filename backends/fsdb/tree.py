@@ -668,12 +668,13 @@ class Folder(Directory):
         listing = self.listing_nowait()
         return None if listing is None else self._listed(listing)
 
-    def _listed(self, listing: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
-        """(A listing made:) its metadata views linked for their read-ahead, and the
-        folders a walk lists next learned ahead of it."""
+    def _listed(self, listing: list[tuple[str, Node]], ahead: bool = True) -> list[tuple[str, Node]]:
+        """(A listing made:) its metadata views linked for their read-ahead, and (`ahead`)
+        the folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
         self.link_views(listing)
-        self.tree.learn_after(self)
+        if ahead:
+            self.tree.learn_after(self)
         return listing
 
     def link_views(self, listing: list[tuple[str, Node]]) -> None:
@@ -690,6 +691,16 @@ class Folder(Directory):
         everything in it is known."""
         return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
                                listing_nowait=self._listing_from_memory)
+
+    def opendir_names(self) -> ListingSnapshot:
+        """`opendir` without the attributes learned: neither this folder's (a stat per
+        file) nor, ahead of the walk, those of the folders after it."""
+        return ListingSnapshot(self._names_now, attrs=True, lock=self.tree.lock, listing_nowait=self.listing_nowait)
+
+    def _names_now(self) -> list[tuple[str, Node]]:
+        with self.tree.lock:
+            listing = self.listing()
+        return self._listed(listing, ahead=False)
 
     def entries(self, offset: int):
         return self.opendir().entries(offset)

@@ -137,6 +137,10 @@ class CachePolicy:
 class Node:
     __slots__ = ()              # lets a backend with millions of nodes give them slots
     ino: int = 0
+    #: whether a listing may give it without its attributes (`Directory.opendir_names`):
+    #: not a name removed with another that a reader of the listing removes after it
+    #: (`rm -r` unlinks an FSDB metadata view after its file, through the kernel's entry)
+    listed_without_attr = True
 
     def attr(self) -> Attr:
         raise NotImplementedError

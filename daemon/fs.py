@@ -60,6 +60,8 @@ NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
 UNOPENED_FILES = 64
 #: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
 KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
+#: set to 0 to list every entry with its attributes (no `LeanRule`)
+LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS, errno.ESTALE}
@@ -331,7 +333,10 @@ def _gone_is_stale():
 
 def _file_type(node: Node) -> int:
     """What a lean listing may give `node` as its type without its attributes: files
-    and symbolic links; 0 for a folder (any walker that enters it looks it up)."""
+    and symbolic links that allow it; 0 for a folder (any walker that enters it looks
+    it up)."""
+    if not node.listed_without_attr:
+        return 0
     if isinstance(node, File):
         return stat.S_IFREG
     return stat.S_IFLNK if isinstance(node, Symlink) else 0
@@ -372,7 +377,8 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
-        self.lean_rule = LeanRule()
+        self.lean_rule = LeanRule(_patch_used(hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name",
+                                              LEAN_LISTINGS_ENV, "every listing entry carries its attributes"))
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()

@@ -125,13 +125,16 @@ class LeanRule:
     then carry attributes for the next `FULL_LISTINGS` listings, then probe again: a
     stat walk pays at most one folder's LOOKUPs per `FULL_LISTINGS` folders."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
         self._watched: OrderedDict[int, int] = OrderedDict()    # folder -> lookups since
 
     def lean(self) -> bool:
         """Whether the listing being made goes lean (counts the full ones down)."""
+        if not self.enabled:
+            return False
         if self.full_left:
             self.full_left -= 1
             return False

@@ -131,6 +131,8 @@ class MetaView(CachedView):
     metadata. A write replaces it whole (a JSON object, or EINVAL). The bytes read are
     kept in the tree's bounded cache, keyed by the metadata's version."""
 
+    listed_without_attr = False         # (it goes with its file)
+
     def __init__(self, tree: "FSDBTree", obj):
         super().__init__(self, tree.meta_cache)
         self.tree = tree
@@ -693,13 +695,14 @@ class Folder(Directory):
                                listing_nowait=self._listing_from_memory)
 
     def opendir_names(self) -> ListingSnapshot:
-        """`opendir` without the attributes learned: neither this folder's (a stat per
-        file) nor, ahead of the walk, those of the folders after it."""
+        """`opendir` without the files' attributes learned (a stat each), but for the
+        metadata views', nor, ahead of the walk, those of the folders after it."""
         return ListingSnapshot(self._names_now, attrs=True, lock=self.tree.lock, listing_nowait=self.listing_nowait)
 
     def _names_now(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
             listing = self.listing()
+        self._learn_attrs([row for row in listing if isinstance(row[1], MetaView)])
         return self._listed(listing, ahead=False)
 
     def entries(self, offset: int):

@@ -78,3 +78,18 @@ def test_listings_known_in_memory_keep_their_attributes(tmp_path, mount):
     after = counts(mnt)
     assert after["lookups"] - before["lookups"] == 1        # (the folder's own)
     assert after["lean"] == before["lean"]
+
+
+def test_cold_find_of_copick_looks_nothing_up_and_ls_shows_what_reads_give(tmp_path, mount):
+    """copick views' sizes (picks as CSV, tomograms as MRC) cost a conversion: `find`
+    lists them without; `ls -l` afterwards still shows the sizes reading gives."""
+    source = walk_samples.copick(tmp_path / "copick", 1, 2)
+    mnt = mount(source.path, *source.options)
+    before = counts(mnt)
+    names = run("find", str(mnt)).splitlines()
+    after = counts(mnt)
+    assert after["lookups"] == before["lookups"] and after["lean"] > before["lean"]
+    for folder in {os.path.dirname(name) for name in names}:
+        for name, size in sizes_by_ls(folder).items():
+            with open(os.path.join(folder, name), "rb") as fh:
+                assert len(fh.read()) == size, name

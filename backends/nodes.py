@@ -137,10 +137,6 @@ class CachePolicy:
 class Node:
     __slots__ = ()              # lets a backend with millions of nodes give them slots
     ino: int = 0
-    #: whether a listing may give it without its attributes (`Directory.opendir_names`):
-    #: not a name removed with another that a reader of the listing removes after it
-    #: (`rm -r` unlinks an FSDB metadata view after its file, through the kernel's entry)
-    listed_without_attr = True
 
     def attr(self) -> Attr:
         raise NotImplementedError
@@ -199,13 +195,6 @@ class Directory(Node):
         listings (`CachePolicy.cache_listings`), any later reader may go on in a snapshot
         it was given offsets of (daemon/listings.py), at offsets other than 0 only."""
         return self
-
-    def opendir_names(self) -> "Directory":
-        """`opendir` for a listing whose reader wants names and types only (the daemon
-        then answers entries without attributes where they are not in memory): a
-        directory that learns its entries' attributes as it lists (a stat each) skips
-        that here. By default `opendir`."""
-        return self.opendir()
 
     def entries(self, offset: int) -> Iterator[tuple[int, str, Node, Attr | None]]:
         """(next offset, name, node, attributes) from `offset` on. Offsets are stable: 0 is

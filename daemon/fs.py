@@ -333,10 +333,7 @@ def _gone_is_stale():
 
 def _file_type(node: Node) -> int:
     """What a lean listing may give `node` as its type without its attributes: files
-    and symbolic links that allow it; 0 for a folder (any walker that enters it looks
-    it up)."""
-    if not node.listed_without_attr:
-        return 0
+    and symbolic links; 0 for a folder (any walker that enters it looks it up)."""
     if isinstance(node, File):
         return stat.S_IFREG
     return stat.S_IFLNK if isinstance(node, Symlink) else 0
@@ -497,7 +494,9 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         child, attr = found
         if not stat.S_ISDIR(attr.mode):
-            self.lean_rule.looked_up(parent_inode)
+            listed_lean = self.lean_rule.looked_up(parent_inode)
+            if listed_lean:                     # (their listings kept by the kernel: dropped)
+                self.notifier.report(listed_lean, (), waited=False)
         self._remember(child.ino, child)
         return self._entry(child.ino, attr)
 
@@ -540,10 +539,7 @@ class Operations(pyfuse3.Operations):
 
     def _opendir(self, ino: int) -> tuple[Directory, bool]:
         """A new listing's reader, and whether it is lean (`LeanRule`)."""
-        directory = self._directory(ino)
-        if self.lean_rule.lean():
-            return directory.opendir_names(), True
-        return directory.opendir(), False
+        return self._directory(ino).opendir(), self.lean_rule.lean()
 
     def _dirent(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """The EntryAttributes of a listing entry with `attr`, made once and shared by

@@ -107,29 +107,33 @@ class FolderListings:
                 del self._numbers[listing.ino]
 
 
-#: lookups in one folder, of files just listed without attributes, that tell a reader
-#: which stats what it lists (`ls -l`, `du`, `find -printf %s`, rsync)
+#: lookups of files listed without attributes that tell a reader which stats what it
+#: lists (`ls -l`, `du`, `find -printf %s`, rsync)
 LEAN_MISSES = 2
 #: listings then answered with attributes, before one is answered without them again
 FULL_LISTINGS = 64
-#: folders last listed without attributes that lookups are counted in
-LEAN_WATCHED = 16
+#: folders last listed without attributes that lookups are counted in (the kernel may
+#: keep their listings: FOPEN_CACHE_DIR)
+LEAN_WATCHED = 1024
 
 
 class LeanRule:
-    """Whether a new listing gives entries without attributes where they would cost I/O
-    (`Directory.opendir_names`; READDIRPLUS entries with node id 0): a reader of names
-    and types (`find`) then costs no stat per file, but a reader that stats each name
-    would send a LOOKUP per name. Listings are lean until lookups come for what a lean
-    listing left out (`LEAN_MISSES` in one of the `LEAN_WATCHED` folders last listed so),
-    then carry attributes for the next `FULL_LISTINGS` listings, then probe again: a
-    stat walk pays at most one folder's LOOKUPs per `FULL_LISTINGS` folders."""
+    """Whether a new listing gives files whose attributes are not in memory (a view's
+    size to compute, a file to stat) without them (READDIRPLUS entries with node id 0):
+    a reader of names and types (`find`) then costs no such work, but a reader that
+    stats each name sends a LOOKUP per name. Listings are lean until lookups come for
+    what lean listings left out (`LEAN_MISSES` in the `LEAN_WATCHED` folders last listed
+    so), then carry attributes for the next `FULL_LISTINGS` listings, then
+    probe again: a stat walk pays one folder's LOOKUPs per `FULL_LISTINGS` folders. The
+    folders listed lean before are then given back (`looked_up`), for the daemon to drop
+    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
-        self._watched: OrderedDict[int, int] = OrderedDict()    # folder -> lookups since
+        self._watched: OrderedDict[int, None] = OrderedDict()   # folders listed lean
+        self._misses = 0                    # lookups of their files since the last trip
 
     def lean(self) -> bool:
         """Whether the listing being made goes lean (counts the full ones down)."""
@@ -142,19 +146,23 @@ class LeanRule:
 
     def listed_lean(self, ino: int) -> None:
         """Folder `ino` was given entries without attributes."""
-        self._watched[ino] = 0
+        self._watched[ino] = None
         self._watched.move_to_end(ino)
         if len(self._watched) > LEAN_WATCHED:
             self._watched.popitem(last=False)
 
-    def looked_up(self, parent: int) -> None:
-        """A file of folder `parent` was looked up."""
-        misses = self._watched.get(parent)
-        if misses is None:
-            return
-        if misses + 1 < LEAN_MISSES:
-            self._watched[parent] = misses + 1
-            return
+    def looked_up(self, parent: int) -> tuple[int, ...]:
+        """A file of folder `parent` was looked up: the other folders listed lean, when
+        that turns listings full (their kept listings are worth dropping; `parent`'s
+        names are being looked up), else ()."""
+        if parent not in self._watched:
+            return ()
+        self._misses += 1
+        if self._misses < LEAN_MISSES:
+            return ()
+        self._misses = 0
+        listed_lean = tuple(ino for ino in self._watched if ino != parent)
         self._watched.clear()
         self.full_left = FULL_LISTINGS
         self.trips += 1
+        return listed_lean

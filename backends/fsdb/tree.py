@@ -131,8 +131,6 @@ class MetaView(CachedView):
     metadata. A write replaces it whole (a JSON object, or EINVAL). The bytes read are
     kept in the tree's bounded cache, keyed by the metadata's version."""
 
-    listed_without_attr = False         # (it goes with its file)
-
     def __init__(self, tree: "FSDBTree", obj):
         super().__init__(self, tree.meta_cache)
         self.tree = tree
@@ -670,13 +668,12 @@ class Folder(Directory):
         listing = self.listing_nowait()
         return None if listing is None else self._listed(listing)
 
-    def _listed(self, listing: list[tuple[str, Node]], ahead: bool = True) -> list[tuple[str, Node]]:
-        """(A listing made:) its metadata views linked for their read-ahead, and (`ahead`)
-        the folders a walk lists next learned ahead of it."""
+    def _listed(self, listing: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+        """(A listing made:) its metadata views linked for their read-ahead, and the
+        folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
         self.link_views(listing)
-        if ahead:
-            self.tree.learn_after(self)
+        self.tree.learn_after(self)
         return listing
 
     def link_views(self, listing: list[tuple[str, Node]]) -> None:
@@ -693,17 +690,6 @@ class Folder(Directory):
         everything in it is known."""
         return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
                                listing_nowait=self._listing_from_memory)
-
-    def opendir_names(self) -> ListingSnapshot:
-        """`opendir` without the files' attributes learned (a stat each), but for the
-        metadata views', nor, ahead of the walk, those of the folders after it."""
-        return ListingSnapshot(self._names_now, attrs=True, lock=self.tree.lock, listing_nowait=self.listing_nowait)
-
-    def _names_now(self) -> list[tuple[str, Node]]:
-        with self.tree.lock:
-            listing = self.listing()
-        self._learn_attrs([row for row in listing if isinstance(row[1], MetaView)])
-        return self._listed(listing, ahead=False)
 
     def entries(self, offset: int):
         return self.opendir().entries(offset)

@@ -657,7 +657,9 @@ def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
         views = tree.derive.learner.learned
         assert views == 60 * 6 + 2, views           # 60 picks x (5 formats + CSV), preview, MRC
         assert tree.derive.status()["views_made"] == 0
-        assert held / views < 2000, held / views
+        # 1,385-1,432 bytes a view alone and 2,038 late in the whole suite (process-wide
+        # caches already full); the old code held 2,400-2,474 alone
+        assert held / views < 2200, held / views
     finally:
         tree.close()
 

@@ -133,12 +133,7 @@ def test_static_files_removed_or_replaced_behind_the_mount(mount, tmp_path):
     overlay root is watched). A name whose static file is gone is created by
     open(O_CREAT); one whose file was replaced opens the new file. Both failed with
     ENOENT: the daemon answered OPEN of the old inode so, and the kernel gave up."""
-    static, overlay = tmp_path / "static", tmp_path / "overlay"
-    static.mkdir()
-    overlay.mkdir()
-    (static / "removed.bin").write_bytes(b"old")
-    (static / "replaced.bin").write_bytes(b"old")
-    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    static, overlay, mnt = merged_static_files(mount, tmp_path, removed=b"old")
     assert (mnt / "removed.bin").read_bytes() == (mnt / "replaced.bin").read_bytes() == b"old"
     (static / "replacing.bin").write_bytes(b"new")
     os.rename(static / "replacing.bin", static / "replaced.bin")
@@ -154,12 +149,7 @@ def test_static_file_whose_inode_number_is_reused_behind_the_mount(mount, tmp_pa
     (ext4 hands a freed number out again at once), renamed over another name: the
     kernel's name for the deleted file must not open the new one (it did: the new file
     was taken for the deleted file's node, moved to its new name)."""
-    static, overlay = tmp_path / "static", tmp_path / "overlay"
-    static.mkdir()
-    overlay.mkdir()
-    (static / "removed.bin").write_bytes(b"removed")
-    (static / "replaced.bin").write_bytes(b"old")
-    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    static, overlay, mnt = merged_static_files(mount, tmp_path, removed=b"removed")
     assert (mnt / "removed.bin").read_bytes() == b"removed" and (mnt / "replaced.bin").read_bytes() == b"old"
     freed = os.stat(static / "removed.bin").st_ino
     os.unlink(static / "removed.bin")
@@ -177,3 +167,14 @@ def test_static_file_whose_inode_number_is_reused_behind_the_mount(mount, tmp_pa
     create_gone_name(mnt / "removed.bin", b"created")
     assert (overlay / "removed.bin").read_bytes() == b"created"
     assert (mnt / "replaced.bin").read_bytes() == b"new"
+
+
+def merged_static_files(mount, tmp_path, removed: bytes):
+    """A merged view of a static root holding `removed.bin` and `replaced.bin` (b"old")
+    over an empty overlay root: (static, overlay, mountpoint)."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    static.mkdir()
+    overlay.mkdir()
+    (static / "removed.bin").write_bytes(removed)
+    (static / "replaced.bin").write_bytes(b"old")
+    return static, overlay, mount(static, "-t", "copick", "-o", f"overlay={overlay}")

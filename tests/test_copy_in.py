@@ -5,6 +5,7 @@ whose chmod, chown and utimens of each file need no thread."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import time
@@ -132,3 +133,28 @@ def test_a_new_fsdb_file_holds_only_what_was_written_over_an_unregistered_file_o
     path.write_bytes(b"new")
     assert path.read_bytes() == b"new"
     assert (source / "scan_000" / "fileset_0" / "ghost.png").read_bytes() == b"new"
+
+
+def test_the_data_of_files_copied_in_is_made_durable_in_one_pass_before_files_json_names_them(tmp_path, mount):
+    """Group commit: the write-back makes the data of every file copied since the last one
+    durable with one wait for the disk (a sync of the filesystem), not one fsync per file,
+    each of which commits the filesystem's journal that the copy's next create then waits
+    for; files.json names them after it."""
+    source = walk_samples.fsdb(tmp_path / "db", 1, 1, 3)
+    mnt = mount(source.path, "-o", "register_delay=600")      # (written back when asked, below)
+    new = tmp_path / "new"
+    new.mkdir()
+    for i in range(40):
+        (new / f"new_{i:04d}.png").write_bytes(bytes([i]) * 700)
+    subprocess.run(["cp", "-r", *sorted(map(str, new.iterdir())), str(mnt / source.write_dir)], check=True)
+    before = daemon_status(mnt)["work"]
+    fd = os.open(mnt / source.write_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)                                            # the write-back, now
+    finally:
+        os.close(fd)
+    work = daemon_status(mnt)["work"]
+    waits = {key: work.get(key, 0) - before.get(key, 0) for key in ("data_fsyncs", "data_syncfs")}
+    assert sum(waits.values()) <= 1, waits
+    files = json.loads((source.path / "scan_000" / "files.json").read_text())["filesets"][0]["files"]
+    assert {f"new_{i:04d}" for i in range(40)} <= {entry["id"] for entry in files}

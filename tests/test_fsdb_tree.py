@@ -284,10 +284,11 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
 
 
-def test_a_batch_fsyncs_new_files_while_copies_go_on(tmp_path, monkeypatch):
-    """The write-back of a batch fsyncs each new file's data before files.json names it,
-    without holding the tree's lock (a copy into the mount needs it: with it held, copies
-    waited for a second's fsyncs); files.json is written after them."""
+def test_a_batch_makes_new_files_durable_while_copies_go_on(tmp_path, monkeypatch):
+    """The write-back of a batch makes the new files' data durable before files.json names
+    them, in one sync of their filesystem (not one fsync each: each would commit its
+    journal anew), without holding the tree's lock (a copy into the mount needs it: with it
+    held, copies waited for a second's fsyncs); files.json is written after it."""
     from scopefs.backends.fsdb import db as fsdb_db
     import threading
     tree = fsdb_tree.open_tree(str(make_db(tmp_path / "db", 2)), Options(), read_only=False)
@@ -296,28 +297,30 @@ def test_a_batch_fsyncs_new_files_while_copies_go_on(tmp_path, monkeypatch):
         for k in range(5):
             add_file(folder, f"new_{k}.png")
         events = []
-        fsync = fsdb_db._fsync
 
-        def watched_fsync(path):
-            def try_lock():
-                if tree.lock.acquire(blocking=False):
-                    tree.lock.release()
-                    events.append(("fsync, tree free", os.path.basename(path)))
-                else:
-                    events.append(("fsync, tree locked", os.path.basename(path)))
-            other = threading.Thread(target=try_lock)
-            other.start()
-            other.join()
-            fsync(path)
+        def watched(name, call):
+            def watching(path):
+                def try_lock():
+                    if tree.lock.acquire(blocking=False):
+                        tree.lock.release()
+                        events.append((f"{name}, tree free", os.path.basename(path)))
+                    else:
+                        events.append((f"{name}, tree locked", os.path.basename(path)))
+                other = threading.Thread(target=try_lock)
+                other.start()
+                other.join()
+                call(path)
+            return watching
         write_json = layout.write_json
 
         def watched_write_json(path, doc):
             events.append(("write", os.path.basename(path)))
             write_json(path, doc)
-        monkeypatch.setattr(fsdb_db, "_fsync", watched_fsync)
+        monkeypatch.setattr(fsdb_db, "_fsync", watched("fsync", fsdb_db._fsync))
+        monkeypatch.setattr(fsdb_db, "_syncfs", watched("syncfs", fsdb_db._syncfs))
         monkeypatch.setattr(layout, "write_json", watched_write_json)
         tree.sync()
-        assert events == [("fsync, tree free", f"new_{k}.png") for k in range(5)] + [("write", "files.json")]
+        assert events == [("syncfs, tree free", folder.fileset.id), ("write", "files.json")]
     finally:
         tree.close()
 

@@ -39,6 +39,7 @@ callers expect, without an errno); bad identifiers raise ValueError.
 from __future__ import annotations
 
 import copy
+import ctypes
 import datetime as _dt
 import errno
 import fcntl
@@ -556,8 +557,7 @@ class Scan(_Metadata):
         with ExitStack() as locks:
             for fileset_id in sorted(self._pending_filesets):       # plantdb's writers take these
                 locks.enter_context(self.db._writing(self.id, fileset_id))
-            for data_path in self._pending_data:
-                _fsync(data_path)
+            self.db._make_durable(self._pending_data)
             self.db.counts["files_json_reads"] += 1
             try:
                 doc = layout.read_json(path, {"filesets": []})
@@ -659,8 +659,7 @@ class FSDB:
                 batches = [(scan, scan._writes, list(scan._pending_data))
                            for scan in map(self.scans.get, self._dirty) if scan is not None]
             for _, _, paths in batches:
-                for data_path in paths:
-                    _fsync(data_path)
+                self._make_durable(paths)
             with self._files_lock:
                 for scan, writes, paths in batches:
                     if scan._writes == writes:      # else files.json was written meanwhile
@@ -705,6 +704,35 @@ class FSDB:
         oldest = min(self._dirty.values(), default=None)
         return (oldest is not None
                 and time.monotonic() - oldest >= max(self.register_delay, FLUSH_SPACING * self._last_flush_s))
+
+    def _make_durable(self, paths: list[str]) -> None:
+        """The data at `paths` durable (a group commit): one file by its fsync, more by one
+        `syncfs` of their filesystem, one commit of its journal and one cache flush for all,
+        where an fsync per new file commits the journal anew each time (and a copy's next
+        create waits for that commit). Each file's write-back error, if any, is still
+        reported (`_wait_written`); if the syncfs fails, each file's fsync says whether the
+        error was one of these files'."""
+        by_device: dict[int, tuple[str, list[str]]] = {}
+        for folder, files in _by_folder(paths).items():
+            try:
+                device = os.stat(folder).st_dev
+            except FileNotFoundError:           # removed since: nothing to keep
+                continue
+            by_device.setdefault(device, (folder, []))[1].extend(files)
+        for folder, files in by_device.values():
+            if len(files) > 1:
+                self.counts["data_syncfs"] += 1
+                try:
+                    _syncfs(folder)
+                except OSError as exc:
+                    log.debug("syncfs of %s: %s; each file is fsynced", folder, exc)
+                else:
+                    for path in files:
+                        _wait_written(path)
+                    continue
+            for path in files:
+                self.counts["data_fsyncs"] += 1
+                _fsync(path)
 
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
@@ -847,6 +875,48 @@ def _fsync(path: str) -> None:
         return
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _by_folder(paths: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        found.setdefault(os.path.dirname(path), []).append(path)
+    return found
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+
+
+def _libc_call(result: int, path: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+
+
+def _syncfs(folder: str) -> None:
+    """Everything written to the filesystem of `folder` is durable (syncfs(2)); OSError if
+    a write-back on it failed since (Linux >= 5.8) that no one has been told of."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _libc_call(_libc.syncfs(fd), folder)
+    finally:
+        os.close(fd)
+
+
+def _wait_written(path: str) -> None:
+    """OSError if writing `path`'s data back failed (after `_syncfs`, which reports such an
+    error only once for the whole filesystem, perhaps to another process): the file's own
+    error, as its fsync would report it, without another flush of the disk's cache."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:                   # removed since: nothing to keep
+        return
+    try:
+        _libc_call(_libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE), path)
     finally:
         os.close(fd)
 

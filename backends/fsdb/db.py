@@ -360,6 +360,7 @@ class Fileset(_Metadata):
         self.id = fileset_id
         self.files: dict[str, File] = {}
         self.by_name: dict[str, File] = {}          # registered files by file name
+        self._path = os.path.join(scan.path(), fileset_id)
         self._md_path = layout.fileset_metadata_path(scan.path(), fileset_id)
         for entry in entries or []:
             fid, fname = entry.get("id"), entry.get("file")
@@ -376,7 +377,7 @@ class Fileset(_Metadata):
         return self.scan.db._writing(self.scan.id, self.id)
 
     def path(self) -> str:
-        return os.path.join(self.scan.path(), self.id)
+        return self._path
 
     def get_id(self) -> str:
         return self.id
@@ -471,6 +472,7 @@ class Scan(_Metadata):
     def __init__(self, db: "FSDB", scan_id: str):
         self.db = db
         self.id = scan_id
+        self._path = os.path.join(db.basedir, scan_id)     # (asked for at every write)
         self._md_path = layout.scan_metadata_path(self.path())
         self.filesets: dict[str, Fileset] = {}
         self._pending: list = []                    # changes to files.json not written yet
@@ -493,7 +495,7 @@ class Scan(_Metadata):
         return self.db._writing(self.id)
 
     def path(self) -> str:
-        return os.path.join(self.db.basedir, self.id)
+        return self._path
 
     def get_id(self) -> str:
         return self.id

@@ -284,6 +284,30 @@ def test_adding_the_kth_file_costs_the_same_for_every_k(trees, monkeypatch):
     assert sum(len(fs["files"]) for fs in doc["filesets"] if fs["id"] == "images") == SMALL + 300
 
 
+def test_a_copied_file_reads_again_only_the_folders_its_commit_changed(trees, monkeypatch):
+    """A new file registered lazily changes its fileset's folder only: the root and the
+    scan folder are not read again at each commit, unless the commit made something in
+    them (the journal, at the first file after a write-back), whose mtime then shows."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    scan_path, root_path = os.path.dirname(folder.path()), tree.db.basedir
+    read = []
+    mtime = fsdb_tree._mtime
+
+    def counting_mtime(files, path):
+        read.append(path)
+        return mtime(files, path)
+    monkeypatch.setattr(fsdb_tree, "_mtime", counting_mtime)
+    tree.sync()
+    add_file(folder, "first.png")                       # the journal is made in the root
+    assert tree.root.cached_attr().mtime_ns == os.stat(root_path).st_mtime_ns
+    read.clear()
+    for k in range(10):
+        add_file(folder, f"new_{k}.png")
+    assert read.count(root_path) == read.count(scan_path) == 0
+    assert folder.cached_attr().mtime_ns == os.stat(folder.path()).st_mtime_ns
+
+
 def test_a_batch_makes_new_files_durable_while_copies_go_on(tmp_path, monkeypatch):
     """The write-back of a batch makes the new files' data durable before files.json names
     them, in one sync of their filesystem (not one fsync each: each would commit its

@@ -196,12 +196,17 @@ def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
                 held.fd = None
 
 
+class _RootChanges:
+    locks_folders_made = 0                      # (in a database's root folder)
+
+
 def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
     try:
         try:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:               # (the locks' folder, made once)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            _RootChanges.locks_folders_made += 1
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
     except OSError as exc:                      # a read-only database: nothing to coordinate
         log.debug("no plantdb lock for %s: %s", parts, exc)
@@ -616,6 +621,7 @@ class FSDB:
         self._metadata_bytes = 0
         self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
+        self._journal_opens = 0                     # (each made the journal, in the root folder)
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
         """Take the database (see the module's notes on locking) and load its scans.
@@ -736,11 +742,17 @@ class FSDB:
                 self.counts["data_fsyncs"] += 1
                 _fsync(path)
 
+    def root_changes(self) -> tuple[int, int]:
+        """Counts that move when a write makes something in the root folder (the journal,
+        the locks' folder): whether its mtime may have moved."""
+        return self._journal_opens, _RootChanges.locks_folders_made
+
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
         if self._journal_fd is None:
             self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            self._journal_opens += 1
         os.write(self._journal_fd, json.dumps(entry).encode() + b"\n")
 
     def _replay_journal(self) -> None:

@@ -344,6 +344,8 @@ class DataFile(File):
         is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
             new = self.file.filename is None
+            db, scan = self.tree.db, self.file.fileset.scan
+            outside = db.root_changes(), scan._writes       # what changes folders above this one
             try:
                 _api_errors(self.file.adopt)(finished, self.name)
             finally:
@@ -354,7 +356,8 @@ class DataFile(File):
                 unseen = kernel_wrote_all and new and self.folder.unseen_since_create()
                 self.folder.data_changed(self.name, *(() if kernel_wrote_all and new else (self.ino,)),
                                          entries=((self.folder.ino, self.name + META),) if new and not unseen
-                                         else (), unseen=unseen)
+                                         else (), unseen=unseen,
+                                         only_here=outside == (db.root_changes(), scan._writes))
             self.folder.committed(self)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -997,15 +1000,19 @@ class FilesetFolder(Folder):
         log.warning("removed %s: a write that a stopped mount never finished", path)
         return True
 
-    def data_changed(self, name: str, *inodes: int, entries: tuple = (), unseen: bool = False) -> None:
+    def data_changed(self, name: str, *inodes: int, entries: tuple = (), unseen: bool = False,
+                     only_here: bool = False) -> None:
         """The data of the file shown as `name` changed or went away: the kernel drops what
         it has of `inodes` and of the views made from the data (call with the tree's lock).
-        `unseen`: it holds nothing of this folder to drop (`unseen_since_create`)."""
+        `unseen`: it holds nothing of this folder to drop (`unseen_since_create`).
+        `only_here`: no folder above this one changed (no files.json, journal or locks'
+        folder was made: a file registered lazily), so they are not read again."""
         entries += ((self.ino, name + VIEW),) if name.endswith(".iid") else ()
         scan = self.tree.nodes.get(("scan", self.fileset.scan.id))
         if scan is not None and _is_imgstore(self.fileset):
             entries += ((scan.ino, self.fileset.id + VIEW),)
-        folders = self.tree.refreshed_folders(self.fileset.scan.id, self.fileset.id)
+        folders = ([self.ino] if self.refresh_attr() else []) if only_here else \
+            self.tree.refreshed_folders(self.fileset.scan.id, self.fileset.id)
         if unseen:
             folders = [ino for ino in folders if ino != self.ino]
         if inodes or folders or entries:

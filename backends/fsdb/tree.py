@@ -1329,6 +1329,7 @@ class FSDBTree(Tree):
 
     def sync(self) -> None:
         self.db.sync_data()             # the slow part, while copies go on (they need the lock)
+        self.db.sync_data()             # what they copied meanwhile: little is left for the flush
         with self.lock:                 # writers take plantdb's locks, then files.json's: same order
             scans = list(self.db._dirty)
             self.db.flush()

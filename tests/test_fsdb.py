@@ -231,6 +231,55 @@ def test_a_write_cut_by_a_killed_mount_leaves_nothing_after_the_next_mount(tmp_p
     assert sorted(plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]) == ["0", "1", "done"]
 
 
+@pytest.mark.daemon_log(r"breaking the lock of scopefs mount .*: its holder is gone",
+                        r"removed .*scopefs-tmp: a write that a stopped mount never finished",
+                        r"registered \d+ file\(s\) that a writer which stopped had not yet written",
+                        reason="the next mount takes over from the killed one, and says what it did")
+def test_a_copy_cut_by_a_killed_mount_leaves_only_whole_files_after_a_batch_was_made_durable(tmp_path, mount):
+    """kill -9 of the daemon in the middle of a `cp` of many files, while its write-back
+    makes batches durable (one syncfs each) and names them in files.json: upstream reads
+    a database whose every file is whole, the next mount keeps every file whose copy had
+    finished and leaves no hidden leftovers."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path, "-o", "register_delay=0.05")
+    new = tmp_path / "new"
+    new.mkdir()
+    for i in range(3000):
+        (new / f"new_{i:04d}.png").write_bytes(bytes([i % 256]) * (1000 + i))
+    images = mnt / "myscan_001" / "images"
+    pid = daemon_pid(mnt)
+    written = daemon_status(mnt)["work"].get("files_json_writes", 0)
+    copy = subprocess.Popen(["sh", "-c", 'for f in "$@"; do cp "$f" "$0" || exit 1; done', str(images),
+                             *sorted(map(str, new.iterdir()))], stderr=subprocess.DEVNULL)  # (a cp a file: slow)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:                          # (a batch made durable and named)
+        work = daemon_status(mnt)["work"]
+        if work.get("data_syncfs", 0) and work.get("files_json_writes", 0) > written:
+            break
+        time.sleep(0.01)
+    assert copy.poll() is None, "the copy ended before the mount was killed: copy more files"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    copy.wait()
+    on_disk = db_path / "myscan_001" / "images"
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    named = sorted(set(seen) - {"0", "1"})
+    assert named                                                # files.json named some already
+    for file_id in named:
+        assert (on_disk / seen[file_id]["file"]).read_bytes() == (new / seen[file_id]["file"]).read_bytes()
+    again = mount(db_path, mountpoint=mnt)
+    images = again / "myscan_001" / "images"
+    kept = [name for name in os.listdir(images) if name.startswith("new_") and not name.endswith(".metadata.json")]
+    assert len(kept) >= len(named)
+    for name in kept:
+        assert (images / name).read_bytes() == (new / name).read_bytes()
+    assert not [n for n in os.listdir(on_disk) if n.startswith(".")]
+    mount.cleanup()
+    registered = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert sorted(entry["file"] for file_id, entry in registered.items() if file_id not in ("0", "1")) == sorted(kept)
+
+
 @pytest.mark.daemon_log(r"metadata is not JSON", r"invalid identifier 'bad name'",
                         reason="a refused change is logged with its reason")
 def test_changes_through_the_mount_persist(tmp_path, mount):

@@ -293,7 +293,7 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
 
         def cp_into(root: Path, side: str) -> float:
             names = sorted(str(p) for p in prepare().iterdir())
-            before = status()
+            before, flushes = status(), disk_flushes(root)
             times, cpu = [], []
             for start in range(0, files, COPY_CHUNK):
                 cpu_before, t = mnt.daemon_cpu_s(), time.perf_counter()
@@ -301,10 +301,16 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
                 times.append(time.perf_counter() - t)
                 cpu.append(mnt.daemon_cpu_s() - cpu_before)
             if side == "mount":
+                folder = os.open(root / source.write_dir, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(folder)            # (what the copy left to write back, written now)
+                finally:
+                    os.close(folder)
                 after = status()
                 work_done.append({"requests": (after["requests"] - before["requests"]) / files,
                                   "worker calls": (after["worker_calls"] - before["worker_calls"]) / files,
-                                  "daemon CPU ms": (after["cpu"] - before["cpu"]) / files * 1e3})
+                                  "daemon CPU ms": (after["cpu"] - before["cpu"]) / files * 1e3,
+                                  "disk flushes": (disk_flushes(root) - flushes) / files})
                 chunks["daemon CPU"].append(cpu)
             chunks[side].append(times)
             return sum(times)
@@ -324,6 +330,20 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
     finally:
         mnt.close()
         shutil.rmtree(work / "new-files", ignore_errors=True)
+
+
+def disk_flushes(path: Path) -> float:
+    """Cache flushes the disk holding `path` has done (fsyncs and journal commits wait for
+    them; other programs' too), from /sys/dev/block/*/stat; NaN where not known."""
+    source = path
+    while os.path.ismount(source) and source != source.parent:  # (a mount: its source's disk)
+        source = source.parent
+    device = os.stat(source).st_dev
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/stat").read_text().split()
+        return float(fields[15])
+    except (OSError, IndexError):
+        return float("nan")
 
 
 def million(work: Path, frames: int) -> None:

@@ -25,8 +25,8 @@ rewrites it a few times, not N times. Until then upstream readers do not see the
 files (no partial file is ever visible), and each registration is appended to a journal
 (`.scopefs-journal`) that the next `connect()` replays, so a killed writer loses no file
 whose writer had closed it. New data need not be on disk yet when it is registered
-lazily: a flush fsyncs it before files.json names it, and a replay registers only files
-of the journaled size. Removals are written at once (with whatever is pending).
+lazily: a flush makes it durable before files.json names it (a batch by one syncfs of
+its filesystem), and a replay registers only files of the journaled size. Removals are written at once (with whatever is pending).
 A lazy database's writes and `flush()` must not run concurrently (the mount serializes
 them with its lock): a flush takes plantdb's fileset locks, which writers hold before
 they register.

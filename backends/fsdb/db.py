@@ -26,7 +26,8 @@ files (no partial file is ever visible), and each registration is appended to a 
 (`.scopefs-journal`) that the next `connect()` replays, so a killed writer loses no file
 whose writer had closed it. New data need not be on disk yet when it is registered
 lazily: a flush makes it durable before files.json names it (a batch by one syncfs of
-its filesystem), and a replay registers only files of the journaled size. Removals are written at once (with whatever is pending).
+its filesystem), and a replay registers only files of the journaled size. Removals are
+written at once (with whatever is pending).
 A lazy database's writes and `flush()` must not run concurrently (the mount serializes
 them with its lock): a flush takes plantdb's fileset locks, which writers hold before
 they register.

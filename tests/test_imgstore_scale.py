@@ -199,7 +199,7 @@ def test_frames_read_ahead_are_offered_whole_and_reads_of_signposts_keep_it_goin
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(lambda ino, data, offset, wait: offered.__setitem__(ino, data))
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     try:
         service = tree.service
         assert service.signpost_every == 2
@@ -265,7 +265,7 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(lambda ino, data, offset, wait: offered.__setitem__(ino, data))
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     calls = 0
 
     def count(frame, event, arg):
@@ -297,7 +297,7 @@ def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(lambda ino, data, offset, wait: offered.__setitem__(ino, data))
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     def wait_offered(i: int) -> None:
         deadline = time.monotonic() + 5
         while tree.frames_base + i not in offered:

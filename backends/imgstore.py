@@ -169,6 +169,7 @@ class FrameService:
         self._ahead_to = -2                     # the last frame the decoder took
         self._goal = -2                         # the last frame to read ahead
         self._done_to = -2                      # the last frame the read-ahead is done with (offered or not)
+        self._offered_to = -2                   # the last frame an encoder stored in the kernel
         self._held = 0                          # readers waiting on `_led`
         self._closed = False
         self.signpost_every = max(1, prefetch // 2)
@@ -265,10 +266,9 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes | memoryview:
         """Frame i encoded: the encoder's buffer, never copied (reads and offers are views of it)."""
-        data = self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
-        if prefetch:
-            self._reading(i)
-        return data
+        if prefetch:                             # (before waiting: the read-ahead then leaves frame i
+            self._reading(i)                     # to this reader, and does not store it in the kernel)
+        return self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
 
     def _encode(self, img: np.ndarray) -> bytes | memoryview:
         return self.format.encode_checked(img, copy=False)
@@ -363,6 +363,8 @@ class FrameService:
         with self._lock:
             ahead = self._last_read < j
             self.frames_offered += ahead
+            if ahead:
+                self._offered_to = max(self._offered_to, j)
         if ahead:
             signpost = j % self.signpost_every == 0
             self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data, wait=True)
@@ -388,11 +390,12 @@ class FrameService:
           each. Offered after the answer, the rest came too late half the time.
         The reader's own reads of those pages come after this answer; a second reader of
         the frame at once can make the store wait for its read, which the loop answers
-        from the encoded cache."""
+        from the encoded cache. A reader that overtook the store of a frame read ahead is
+        not held: that store waits for this read (and one encoder is all there may be)."""
         with self._lock:
             self.rests_offered += 1
             lead = min(i + self.signpost_every, self._goal)
-            if lead > i:
+            if lead > i > self._offered_to:
                 self._held += 1
                 self._led.wait_for(lambda: self._closed or self._done_to >= min(lead, self._goal), LEAD_WAIT)
                 self._held -= 1

@@ -43,7 +43,7 @@ FRAME_MODE = stat.S_IFREG | 0o444
 #: a frame is listed both in frames/ and by-number/: two names, one inode
 FRAME_NLINK = 2
 #: how long a reader that caught up with the read-ahead is held, at most, for it to lead
-#: again (`FrameService.lead_and_offer_rest`)
+#: again (`FrameService.offer_rest`)
 LEAD_WAIT = 0.5
 
 
@@ -377,29 +377,38 @@ class FrameService:
             if self._held:
                 self._led.notify_all()
 
-    def lead_and_offer_rest(self, i: int, data: memoryview, offset: int) -> None:
-        """A reader began to read frame i, which the kernel did not have (worker threads
-        only). It came before the read-ahead (the reader is faster than decoding) or reads
-        out of order. Before its read is answered:
-        - if frames after i are being read ahead, wait (at most `LEAD_WAIT` s) until the
-          next `signpost_every` are in the kernel: the reader then reads them from there,
-          not at the heels of the decoder, where every frame cost a request or four;
-        - store the rest of frame i (from `offset`), so that the reader's next reads of it
-          find it in the kernel's cache: the kernel's read-ahead asks for a frame in
-          growing pieces otherwise (`tar`: 32, 64, 128 KiB, the last bytes), a request
-          each. Offered after the answer, the rest came too late half the time.
-        The reader's own reads of those pages come after this answer; a second reader of
+    def holds(self, i: int) -> bool:
+        """Whether a first read of frame i waits for the read-ahead to lead (`offer_rest`):
+        frames after i are being read ahead, and the reader came before frame i was
+        stored. A reader that overtook the store of a frame read ahead is not held: that
+        store waits for its read (and one encoder may be all there is)."""
+        with self._lock:
+            return min(i + self.signpost_every, self._goal) > i > self._offered_to
+
+    def offer_rest(self, i: int, data: memoryview, offset: int, wait: bool) -> None:
+        """A reader began to read frame i, which the kernel did not have: it came before
+        the read-ahead (the reader is faster than decoding) or reads out of order. The
+        rest of the frame (from `offset`) is offered at once, so that the reader's next
+        reads of it find it in the kernel's cache: the kernel's read-ahead asks for a
+        frame in growing pieces otherwise (`tar`: 16, 32, 64, 128 KiB, the last bytes), a
+        request each. `wait` (a worker thread's read, before its answer):
+        - if the reader `holds`, wait (at most `LEAD_WAIT` s) until the read-ahead is
+          `signpost_every` frames ahead and they are in the kernel: the reader then reads
+          them from there, not at the heels of the decoder, where every frame cost a
+          request or four;
+        - store the rest from this thread: offered after the answer, it came too late
+          half the time.
+        The reader's own reads of those pages come after that answer; a second reader of
         the frame at once can make the store wait for its read, which the loop answers
-        from the encoded cache. A reader that overtook the store of a frame read ahead is
-        not held: that store waits for this read (and one encoder is all there may be)."""
+        from the encoded cache."""
         with self._lock:
             self.rests_offered += 1
             lead = min(i + self.signpost_every, self._goal)
-            if lead > i > self._offered_to:
+            if wait and lead > i > self._offered_to:
                 self._held += 1
                 self._led.wait_for(lambda: self._closed or self._done_to >= min(lead, self._goal), LEAD_WAIT)
                 self._held -= 1
-        self.offer(i, data[offset:], offset, wait=True)
+        self.offer(i, data[offset:], offset, wait)
 
     def close(self) -> None:
         with self._lock:
@@ -429,16 +438,22 @@ class FrameHandle(FileHandle):
             raise OSError(errno.EIO, f"frame {self._i}: {exc}") from None
         end = offset + size
         if offset == 0 and end < len(data):
-            self._service.lead_and_offer_rest(self._i, data, end)
+            self._service.offer_rest(self._i, data, end, wait=True)
         return data[offset:end]
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
-        """A read from the frame's start that leaves a rest goes to `read`, in a worker
-        thread: the kernel did not have the frame (`FrameService.lead_and_offer_rest`)."""
+        """A read from the frame's start that leaves a rest offers the rest at once, or
+        goes to `read` in a worker thread where the reader is held for the read-ahead to
+        lead (`FrameService.offer_rest`)."""
         data = self._service.cached_frame(self._i)
-        if data is None or (offset == 0 and offset + size < len(data)):
+        if data is None:
             return None
-        return data[offset:offset + size]
+        end = offset + size
+        if offset == 0 and end < len(data):
+            if self._service.holds(self._i):
+                return None
+            self._service.offer_rest(self._i, data, end, wait=False)
+        return data[offset:end]
 
 
 class FrameFile(File):

@@ -383,7 +383,11 @@ class FrameService:
         stored. A reader that overtook the store of a frame read ahead is not held: that
         store waits for its read (and one encoder may be all there is)."""
         with self._lock:
-            return min(i + self.signpost_every, self._goal) > i > self._offered_to
+            return self._lead_after(i) > i > self._offered_to
+
+    def _lead_after(self, i: int) -> int:
+        """The frame a reader held at frame i waits for (under `_lock`)."""
+        return min(i + self.signpost_every, self._goal)
 
     def offer_rest(self, i: int, data: memoryview, offset: int, wait: bool) -> None:
         """A reader began to read frame i, which the kernel did not have: it came before
@@ -403,7 +407,7 @@ class FrameService:
         from the encoded cache."""
         with self._lock:
             self.rests_offered += 1
-            lead = min(i + self.signpost_every, self._goal)
+            lead = self._lead_after(i)
             if wait and lead > i > self._offered_to:
                 self._held += 1
                 self._led.wait_for(lambda: self._closed or self._done_to >= min(lead, self._goal), LEAD_WAIT)

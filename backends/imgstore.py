@@ -21,7 +21,6 @@ import queue
 import re
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -43,6 +42,9 @@ MiB = 1 << 20
 FRAME_MODE = stat.S_IFREG | 0o444
 #: a frame is listed both in frames/ and by-number/: two names, one inode
 FRAME_NLINK = 2
+#: how long a reader that caught up with the read-ahead is held, at most, for it to lead
+#: again (`FrameService.offer_rest`)
+LEAD_WAIT = 0.5
 
 
 def open_tree(source: str, options: Options, read_only: bool = True, progress=None, base: int = ROOT_INO,
@@ -154,17 +156,27 @@ class FrameService:
         self._chunk_attrs: dict[int, Attr] = {}
         self._prefetch_depth = prefetch
         # read-ahead: one thread decodes in order (the video decoder stays positioned),
-        # threads as many as the machine's CPUs encode what it hands them (`_encode_loop`)
-        self._decode_ahead = ThreadPoolExecutor(1, thread_name_prefix="decode-ahead") if prefetch else None
+        # threads as many as the machine's CPUs encode what it hands them and store it
+        # in the kernel (`_decode_loop`, `_encode_loop`); all started at the first
+        # sequential read
+        self._decoder: threading.Thread | None = None
         self._to_encode: queue.SimpleQueue = queue.SimpleQueue()
         self._encoders: list[threading.Thread] = []
-        self._last_read = -2
-        self._ahead_to = -2                     # the last frame read ahead
-        self.signpost_every = max(1, prefetch // 2)
         self._lock = threading.Lock()
+        self._more = threading.Condition(self._lock)        # the decoder waits for a goal ...
+        self._led = threading.Condition(self._lock)         # ... a reader held for the read-ahead to lead
+        self._last_read = -2
+        self._ahead_to = -2                     # the last frame the decoder took
+        self._goal = -2                         # the last frame to read ahead
+        self._done_to = -2                      # the last frame the read-ahead is done with (offered or not)
+        self._offered_to = -2                   # the last frame an encoder stored in the kernel
+        self._held = 0                          # readers waiting on `_led`
+        self._closed = False
+        self.signpost_every = max(1, prefetch // 2)
         self.frames_decoded = 0
         self.frames_offered = 0                 # read ahead before the reader came: given to `offer`
-        self.offer = lambda i, data: None       # the tree's: see `ImgstoreTree`
+        self.rests_offered = 0                  # frames a reader began to read: their rest given to `offer`
+        self.offer = lambda i, data, offset=0, wait=False: None     # the tree's: see `ImgstoreTree`
 
     def default_cache_bytes(self, prefetch: int) -> int:
         """Room for the frames read ahead and those being read (`2 * prefetch + 16`), at
@@ -254,10 +266,9 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes | memoryview:
         """Frame i encoded: the encoder's buffer, never copied (reads and offers are views of it)."""
-        data = self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
-        if prefetch:
-            self._reading(i)
-        return data
+        if prefetch:                             # (before waiting: the read-ahead then leaves frame i
+            self._reading(i)                     # to this reader, and does not store it in the kernel)
+        return self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
 
     def _encode(self, img: np.ndarray) -> bytes | memoryview:
         return self.format.encode_checked(img, copy=False)
@@ -279,46 +290,56 @@ class FrameService:
 
     def _reading(self, i: int) -> None:
         """Frame i is being read: after i-1, or after frames read ahead up to i-1 (which
-        the reader may have found in the kernel's page cache), read ahead from it."""
-        if self._decode_ahead is None:
+        the reader may have found in the kernel's page cache), read ahead from it. Called
+        for every read: a few comparisons under a lock; the decoder is woken only when it
+        waits for more."""
+        if not self._prefetch_depth:
             return
         with self._lock:
             sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
             if not sequential and i != self._last_read:
-                self._ahead_to = i               # a jump: what was read ahead before is no guide
+                self._ahead_to = self._goal = i  # a jump: what was read ahead before is no guide
             self._last_read = i
-        if sequential:
-            self._decode_ahead.submit(self._read_ahead, i)
+            if sequential and i + self._prefetch_depth > self._goal:
+                self._ahead_to = max(self._ahead_to, i)     # (frame i is the reader's own)
+                self._goal = min(i + self._prefetch_depth, len(self.index) - 1)
+                if self._decoder is None:
+                    self._start_threads()
+                self._more.notify()
 
-    def _read_ahead(self, i: int) -> None:
-        """Decode the next frames in order and hand them to the encoders. Each frame is
-        claimed first, so a reader that gets there meanwhile waits for it instead of
-        decoding it a second time on a decoder that has to seek. Frames read ahead before
-        (up to `_ahead_to`) are not claimed again."""
-        with self._lock:
-            ahead = self._ahead_to
-        start = ahead + 1 if i < ahead <= i + self._prefetch_depth else i + 1
-        for j in range(start, min(i + 1 + self._prefetch_depth, len(self.index))):
+    def _start_threads(self) -> None:
+        self._decoder = threading.Thread(target=self._decode_loop, name="decode-ahead", daemon=True)
+        self._encoders = [threading.Thread(target=self._encode_loop, name="encode", daemon=True)
+                          for _ in range(os.cpu_count() or 2)]
+        for thread in (self._decoder, *self._encoders):
+            thread.start()
+
+    def _decode_loop(self) -> None:
+        """The decoder thread: decodes the frames after `_ahead_to` up to `_goal`, in order,
+        and hands them to the encoders. Each frame is claimed first, so a reader that gets
+        there meanwhile waits for it instead of decoding it a second time on a decoder
+        that has to seek; frames the reader is already past are skipped."""
+        while True:
             with self._lock:
-                if self._last_read > j:
-                    return                       # the reader is already past us
-                self._ahead_to = max(self._ahead_to, j)
-            if not self.encoded.claim(j):
+                self._more.wait_for(lambda: self._closed or max(self._ahead_to, self._last_read) < self._goal)
+                if self._closed:
+                    return
+                j = self._ahead_to = max(self._ahead_to, self._last_read) + 1
+            if not self.encoded.claim(j):        # in memory, or being made by a reader
+                self._done(j)
                 continue
             try:
                 img = self.decoded_frame(j)
             except Exception as exc:             # the reader meets it, and reports it
                 self.encoded.complete(j, error=exc)
-                return
-            if not self._encoders:               # (started by this thread only)
-                self._encoders = [threading.Thread(target=self._encode_loop, name="encode", daemon=True)
-                                  for _ in range(os.cpu_count() or 2)]
-                for thread in self._encoders:
-                    thread.start()
+                with self._lock:
+                    self._goal = min(self._goal, j)     # (no further until a reader moves on)
+                self._done(j)
+                continue
             self._to_encode.put((j, img))
 
     def _encode_loop(self) -> None:
-        """An encoder thread: encodes the frames `_read_ahead` queues until `close` queues
+        """An encoder thread: encodes the frames `_decode_loop` queues until `close` queues
         None. A plain queue, not an executor: no future, locks or conditions per frame
         (a future and its conditions were a third of the read-ahead's Python calls)."""
         while (item := self._to_encode.get()) is not None:
@@ -326,24 +347,80 @@ class FrameService:
                 self._encode_claimed(*item)
             except Exception:                    # (a listener's failure: the thread must go on)
                 log.exception("offering frame %d failed", item[0])
+                self._done(item[0])
 
     def _encode_claimed(self, j: int, img: np.ndarray) -> None:
+        """Encode frame j and, unless the reader is there already (it reads the frame
+        itself), store it in the kernel from this thread: no hand-off, and stored when
+        `_done` says so."""
         try:
             data = self._encode(img)
         except Exception as exc:
             self.encoded.complete(j, error=exc)
+            self._done(j)
             return
         self.encoded.complete(j, data)
         with self._lock:
-            ahead = self._last_read < j          # (a reader already there reads it itself)
+            ahead = self._last_read < j
             self.frames_offered += ahead
+            if ahead:
+                self._offered_to = max(self._offered_to, j)
         if ahead:
             signpost = j % self.signpost_every == 0
-            self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data)
+            self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data, wait=True)
+        self._done(j)
+
+    def _done(self, j: int) -> None:
+        """The read-ahead is done with frame j (stored, in memory already, or failed)."""
+        with self._lock:
+            self._done_to = max(self._done_to, j)
+            if self._held:
+                self._led.notify_all()
+
+    def holds(self, i: int) -> bool:
+        """Whether a first read of frame i waits for the read-ahead to lead (`offer_rest`):
+        frames after i are being read ahead, and the reader came before frame i was
+        stored. A reader that overtook the store of a frame read ahead is not held: that
+        store waits for its read (and one encoder may be all there is)."""
+        with self._lock:
+            return self._lead_after(i) > i > self._offered_to
+
+    def _lead_after(self, i: int) -> int:
+        """The frame a reader held at frame i waits for (under `_lock`)."""
+        return min(i + self.signpost_every, self._goal)
+
+    def offer_rest(self, i: int, data: memoryview, offset: int, wait: bool) -> None:
+        """A reader began to read frame i, which the kernel did not have: it came before
+        the read-ahead (the reader is faster than decoding) or reads out of order. The
+        rest of the frame (from `offset`) is offered at once, so that the reader's next
+        reads of it find it in the kernel's cache: the kernel's read-ahead asks for a
+        frame in growing pieces otherwise (`tar`: 16, 32, 64, 128 KiB, the last bytes), a
+        request each. `wait` (a worker thread's read, before its answer):
+        - if the reader `holds`, wait (at most `LEAD_WAIT` s) until the read-ahead is
+          `signpost_every` frames ahead and they are in the kernel: the reader then reads
+          them from there, not at the heels of the decoder, where every frame cost a
+          request or four;
+        - store the rest from this thread: offered after the answer, it came too late
+          half the time.
+        The reader's own reads of those pages come after that answer; a second reader of
+        the frame at once can make the store wait for its read, which the loop answers
+        from the encoded cache."""
+        with self._lock:
+            self.rests_offered += 1
+            lead = self._lead_after(i)
+            if wait and lead > i > self._offered_to:
+                self._held += 1
+                self._led.wait_for(lambda: self._closed or self._done_to >= min(lead, self._goal), LEAD_WAIT)
+                self._held -= 1
+        self.offer(i, data[offset:], offset, wait)
 
     def close(self) -> None:
-        if self._decode_ahead is not None:
-            self._decode_ahead.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            self._more.notify_all()
+            self._led.notify_all()
+        if self._decoder is not None:
+            self._decoder.join()
         for _ in self._encoders:                 # (frames queued before are encoded: their claims complete)
             self._to_encode.put(None)
         for thread in self._encoders:
@@ -363,11 +440,24 @@ class FrameHandle(FileHandle):
             data = self._service.encoded_frame(self._i)
         except (FrameError, StoreError, IndexError) as exc:
             raise OSError(errno.EIO, f"frame {self._i}: {exc}") from None
-        return data[offset:offset + size]
+        end = offset + size
+        if offset == 0 and end < len(data):
+            self._service.offer_rest(self._i, data, end, wait=True)
+        return data[offset:end]
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
+        """A read from the frame's start that leaves a rest offers the rest at once, or
+        goes to `read` in a worker thread where the reader is held for the read-ahead to
+        lead (`FrameService.offer_rest`)."""
         data = self._service.cached_frame(self._i)
-        return None if data is None else data[offset:offset + size]
+        if data is None:
+            return None
+        end = offset + size
+        if offset == 0 and end < len(data):
+            if self._service.holds(self._i):
+                return None
+            self._service.offer_rest(self._i, data, end, wait=False)
+        return data[offset:end]
 
 
 class FrameFile(File):
@@ -656,7 +746,7 @@ class ImgstoreTree(Tree):
         self.meta = meta
         self.index = index
         self.service = FrameService(index, reader, fmt, **settings)
-        self.service.offer = lambda i, data: self.offer(self.frames_base + i, data)
+        self.service.offer = lambda i, data, offset=0, wait=False: self.offer(self.frames_base + i, data, offset, wait)
         self.generated_cache = ByteCache(64 * MiB)
         self.attributes_learned = False         # (`learn_attributes`)
         mtime = meta.files.stat(os.path.join(meta.path, "metadata.yaml")).mtime_ns
@@ -758,7 +848,8 @@ class ImgstoreTree(Tree):
         service = self.service
         hits, misses = service.encoded.hits, service.encoded.misses
         return {"frames": len(self.index), "frames_decoded": service.frames_decoded,
-                "frames_offered": service.frames_offered, "attributes_learned": self.attributes_learned,
+                "frames_offered": service.frames_offered, "frame_rests_offered": service.rests_offered,
+                "attributes_learned": self.attributes_learned,
                 "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
                 "encoded_cache_bytes": service.encoded.used_bytes,
                 **(self.meta.files.status() if self.meta.files.remote else {})}

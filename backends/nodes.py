@@ -364,7 +364,7 @@ class Tree:
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]] = []
-        self._content_listeners: list[Callable[[int, bytes], None]] = []
+        self._content_listeners: list[Callable[[int, bytes, int, bool], None]] = []
 
     def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]) -> None:
         """Call `listener(inodes, entries, waited)` for every `report` (the daemon's, to tell
@@ -381,20 +381,22 @@ class Tree:
         for listener in self._listeners:
             listener(inodes, entries, waited)
 
-    def listen_content(self, listener: Callable[[int, bytes], None]) -> None:
-        """Call `listener(ino, data)` for every `offer` (the daemon's, to fill the kernel's
-        page cache); grafted trees offer through it too."""
+    def listen_content(self, listener: Callable[[int, bytes, int, bool], None]) -> None:
+        """Call `listener(ino, data, offset, wait)` for every `offer` (the daemon's, to fill
+        the kernel's page cache); grafted trees offer through it too."""
         self._content_listeners.append(listener)
 
-    def offer(self, ino: int, data: bytes) -> None:
-        """The content of file `ino`, made ahead of a reader (read-ahead): the kernel may
-        cache it now, so that the reader finds it there and sends no read. A leading part
-        of whole pages (the rest is read as usual) lets a backend see such a reader pass,
-        which it does not otherwise where the kernel opens files itself. Only for content
-        that never changes and whose handles say `keep_cache` (an open that does not keep
-        the cache drops it). From any thread; a listener never blocks."""
+    def offer(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
+        """Content of file `ino` from `offset` (a multiple of the page size), made ahead of
+        a reader (read-ahead) or of its next reads: the kernel may cache it, so that the
+        reader finds it there and sends no read. A leading part of whole pages (the rest
+        is read as usual) lets a backend see such a reader pass, which it does not
+        otherwise where the kernel opens files itself. Only for content that never
+        changes and whose handles say `keep_cache` (an open that does not keep the cache
+        drops it). From any thread, never blocking; `wait` (worker threads only): the
+        kernel has it when this returns, which may wait for a read of it in flight."""
         for listener in self._content_listeners:
-            listener(ino, data)
+            listener(ino, data, offset, wait)
 
     @property
     def root(self) -> Directory:

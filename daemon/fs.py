@@ -105,11 +105,12 @@ class Notifier:
         self._stores_cond = threading.Condition(lock)    # (an offer wakes only the thread that sends it)
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
         self._entries: dict[tuple[int, str], None] = {}
-        self._stores: dict[int, bytes] = {}      # inode -> its whole content
+        self._stores: dict[int, tuple[int, bytes]] = {}      # inode -> (offset, content from there)
         self._reported = 0                       # inode reports made ...
         self._done = 0                           # ... and sent
         self._waiters: list[tuple[int, Callable[[], None]]] = []    # (mark, wake) for when_sent
         self._running = False
+        self._storing = 0                        # stores being sent from other threads (`store(wait=True)`)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -129,6 +130,8 @@ class Notifier:
         self._wake(everyone=True)
         for thread in self._threads:
             thread.join(timeout=5)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._storing, timeout=5)
 
     def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...], waited: bool = True) -> None:
         """From any thread (a backend's `Tree.report`)."""
@@ -142,13 +145,29 @@ class Notifier:
             self._reported += waited and any(ino in self._known for ino in inodes)
             self._cond.notify_all()
 
-    def store(self, ino: int, data: bytes) -> None:
-        """From any thread (a backend's `Tree.offer`); never blocks."""
+    def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
+        """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
+        blocking; `wait`: sent from this (worker) thread before it returns."""
+        if wait:
+            with self._cond:
+                if not self._running:
+                    return
+                self._storing += 1               # (`stop` waits for it: the session must outlive it)
+            sent = False
+            try:
+                sent = self._notify("stores", ino, (offset, data))
+            finally:
+                with self._cond:
+                    self._storing -= 1
+                    self._counters.stored_ahead += sent
+                    if not self._running:
+                        self._cond.notify_all()          # (`stop` waits)
+            return
         with self._stores_cond:
-            self._stores[ino] = data
-            pending = sum(map(len, self._stores.values()))     # (a few frames: read-ahead's depth)
+            self._stores[ino] = offset, data
+            pending = sum(len(content) for _, content in self._stores.values())   # (a read-ahead's depth)
             while pending > STORE_PENDING_BYTES:
-                pending -= len(self._stores.pop(next(iter(self._stores))))
+                pending -= len(self._stores.pop(next(iter(self._stores)))[1])
             self._stores_cond.notify()
 
     def mark(self) -> int | None:
@@ -199,7 +218,7 @@ class Notifier:
                 if kind == "inodes":
                     self._wake()
 
-    def _notify(self, kind: str, item, data: bytes | None) -> bool:
+    def _notify(self, kind: str, item, data: tuple[int, bytes] | None) -> bool:
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
@@ -208,7 +227,7 @@ class Notifier:
             elif kind == "entries":
                 self._drop_name(*item)
             else:
-                pyfuse3.notify_store(item, 0, data)
+                pyfuse3.notify_store(item, *data)
             return True
         except OSError as exc:                       # ENOENT: the kernel had already let it go
             if exc.errno != errno.ENOENT:

@@ -188,11 +188,14 @@ class StoredLayout:
                 if lo < hi:
                     yield f + lo - s, lo, hi - lo
 
-        # what `encode` copies (into the file, from the rows) and checksums, as slices made once
+        # what `encode` copies (into the file, from the rows) and checksums, as slices made
+        # once; the chunks' CRC-32s (the last one covers the Adler-32) go into place at once
         self.row_pieces = [(slice(f, f + m), slice(r + lo - s, r + lo - s + m))
                            for r, s, n in raw_spans for f, lo, m in file_pieces(s, n)]
         self.adler_at = [f + k for f, _, m in file_pieces(at, 4) for k in range(m)]
-        self.crc_spans = [(slice(start, end), slice(end, end + 4)) for start, end in self.crc_spans]
+        self.crc_spans = [slice(start, end) for start, end in self.crc_spans]
+        self.crcs_at = np.asarray([span.stop + k for span in self.crc_spans for k in range(4)], np.intp)
+        self._rows = threading.local()          # each encoding thread's rows, made once
 
     @classmethod
     def learn(cls, shape: tuple[int, ...], dtype: np.dtype, encode) -> StoredLayout | None:
@@ -205,21 +208,23 @@ class StoredLayout:
         return layout if layout.encode(probe) == encode(probe) else None
 
     def encode(self, img: np.ndarray) -> memoryview:
-        rows = np.empty((self.shape[0], self.row_bytes), np.uint8)
-        rows[:, 0] = 0                              # filter: none
-        pixels = rows[:, 1:].view(self.dtype.newbyteorder(">")).reshape(self.shape)
+        try:
+            flat, pixels = self._rows.made
+        except AttributeError:                      # (a thread's first frame: its rows, filter bytes 0)
+            rows = np.zeros((self.shape[0], self.row_bytes), np.uint8)
+            flat, pixels = self._rows.made = (memoryview(rows).cast("B"),
+                                              rows[:, 1:].view(self.dtype.newbyteorder(">")).reshape(self.shape))
         if img.ndim == 3:
             cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=pixels) if img.dtype == np.uint8 else np.copyto(
                 pixels, cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         else:
             np.copyto(pixels, img)
         out = self.template.copy()
-        view, flat = memoryview(out), memoryview(rows).cast("B")
+        view = memoryview(out)
         for to, source in self.row_pieces:
             view[to] = flat[source]
         out[self.adler_at] = np.frombuffer(zlib_ng.adler32(flat).to_bytes(4, "big"), np.uint8)
-        for data, crc in self.crc_spans:
-            view[crc] = zlib_ng.crc32(view[data]).to_bytes(4, "big")
+        out[self.crcs_at] = np.asarray([zlib_ng.crc32(view[data]) for data in self.crc_spans], ">u4").view(np.uint8)
         return view
 
 

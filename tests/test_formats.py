@@ -1,6 +1,7 @@
 """Pure format code: the frame index, encoders, extra data, caches (no FUSE)."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -102,6 +103,30 @@ def test_frames_are_encoded_as_opencv_does_without_its_encoder(h, w, channels, d
     assert not calls
     assert data == imencode(".png", second, fmt.params)[1].tobytes()
     assert fmt.encode(second) == data
+
+
+def test_a_frame_encoded_from_its_layout_costs_few_calls_and_no_new_rows():
+    """An encoding through a `StoredLayout` reuses its thread's rows (no fresh 230 KB a
+    frame, which page faults made costly) and writes the chunks' checksums in one
+    assignment: a 320x240 frame took 80 Python and C calls (29 IDAT chunks), 49 now."""
+    fmt = make_format("png")
+    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    first = bytes(fmt.encode_checked(img, copy=False))
+    layout = fmt._layout(img)
+    rows = layout._rows.made[0].obj
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        again = fmt.encode_checked(img, copy=False)
+    finally:
+        sys.setprofile(None)
+    assert again == first and layout._rows.made[0].obj is rows
+    assert len(layout.crc_spans) == 29 and calls < 60, calls
 
 
 def test_lossy_formats_have_no_size_from_shape():

@@ -199,7 +199,7 @@ def test_frames_read_ahead_are_offered_whole_and_reads_of_signposts_keep_it_goin
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(offered.__setitem__)
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     try:
         service = tree.service
         assert service.signpost_every == 2
@@ -234,7 +234,7 @@ def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
     faults a 320x240 frame on a fresh mount; 113 here, with a copy per read). The cache
     is sized by frames (the kernel's page cache keeps what was read), decoded frames are
     not kept, and reads are views of the one encoding, not copies."""
-    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=150, chunksize=150)
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=300, chunksize=300)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({}))
     try:
         service = tree.service
@@ -248,11 +248,12 @@ def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
         for i in range(100):                                    # the cache fills
             read(i)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for i in range(100, 150):
+        for i in range(100, 300):                               # (each encoder thread's heap settles)
             read(i)
-        per_frame = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 50
-        assert per_frame < 10, f"{per_frame:.1f} page faults a frame ({read(0)} bytes: {read(0) // 4096} pages)"
-        assert service.frames_decoded == 150
+        per_frame = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 200
+        # (1 to 9 measured, as the heaps of the threads that allocate frames grow and trim)
+        assert per_frame < 20, f"{per_frame:.1f} page faults a frame ({read(0)} bytes: {read(0) // 4096} pages)"
+        assert service.frames_decoded == 300
     finally:
         tree.close()
 
@@ -265,7 +266,7 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(offered.__setitem__)
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     calls = 0
 
     def count(frame, event, arg):
@@ -297,7 +298,7 @@ def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
-    tree.listen_content(offered.__setitem__)
+    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     def wait_offered(i: int) -> None:
         deadline = time.monotonic() + 5
         while tree.frames_base + i not in offered:
@@ -317,6 +318,62 @@ def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
                 assert len(first) + len(rest) == tree.service.size(i)
     finally:
         tree.close()
+
+
+class PageCache:
+    """The kernel's side of a reader going through frames in order with small reads (tar:
+    10 KiB), for a tree whose offers it keeps: a read the pages offered cover costs
+    nothing; otherwise the kernel asks the daemon for a window from the first page
+    missing, growing as its read-ahead does (16, 32, 64, 128 KiB), each a request."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        self.pages: dict[int, dict[int, bytes]] = {}           # frame -> page number -> bytes
+        self.requests = 0
+        tree.listen_content(self.store)
+
+    def store(self, ino: int, data, offset: int = 0, wait: bool = False) -> None:
+        pages = self.pages.setdefault(ino - self.tree.frames_base, {})
+        for at in range(0, len(data), mmap.PAGESIZE):
+            pages[(offset + at) // mmap.PAGESIZE] = bytes(data[at:at + mmap.PAGESIZE])
+
+    def read_frame(self, i: int, piece: int = 10240) -> bytes:
+        size, pages, window = self.tree.service.size(i), self.pages.setdefault(i, {}), 4
+        for at in range(0, size, piece):
+            for page in range(at // mmap.PAGESIZE, (min(at + piece, size) - 1) // mmap.PAGESIZE + 1):
+                if page not in pages:
+                    handle = imgstore.FrameHandle(self.tree.service, i)
+                    offset, length = page * mmap.PAGESIZE, window * mmap.PAGESIZE
+                    data = handle.cached_read(offset, length)
+                    if data is None:
+                        data = handle.read(offset, length)
+                    self.requests += 1
+                    self.store(self.tree.frames_base + i, data, offset)
+                    window = min(window * 2, 32)
+        return b"".join(pages[p] for p in range(-(-size // mmap.PAGESIZE)))[:size]
+
+
+def test_a_reader_faster_than_decoding_costs_few_requests_a_frame(tmp_path, monkeypatch):
+    """A reader that reads frames faster than they decode catches up with the read-ahead.
+    At its heels every frame cost a request or four (the kernel asks for a frame it does
+    not have in growing pieces, and the frame came just too late to be stored ahead): the
+    first read of such a frame is now held until the read-ahead leads by
+    `signpost_every` frames, and the rest of the frame is stored before its answer."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=48, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    decode = tree.service.reader.read
+    monkeypatch.setattr(tree.service.reader, "read", lambda i: time.sleep(0.003) or decode(i))
+    kernel = PageCache(tree)
+    fresh = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
+    try:
+        for i in range(48):
+            assert kernel.read_frame(i) == imgstore.FrameHandle(fresh.service, i).read(0, 1 << 20)
+        assert tree.service.frames_decoded == 48
+        # signposts (1 in signpost_every) and a held first read every signpost_every frames
+        assert kernel.requests / 48 < 0.6, f"{kernel.requests / 48:.2f} requests a frame"
+    finally:
+        tree.close()
+        fresh.close()
 
 
 def test_a_mount_line_with_the_retired_decoded_cache_option_still_mounts(tmp_path, caplog):

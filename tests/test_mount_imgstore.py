@@ -231,6 +231,25 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
         assert len(data) == os.stat(mnt / "frames" / frames[i]).st_size
 
 
+def test_a_frame_read_in_small_pieces_costs_one_request(samples, module_mount):
+    """A frame the kernel does not have, read in small pieces (tar reads 10 KiB at a time),
+    is asked of the daemon in growing pieces by the kernel's read-ahead (16, 32, 64 KiB
+    ...), a request each: the daemon stores the rest of the frame in the kernel before it
+    answers the first, so the frame costs that one request."""
+    mnt = module_mount(samples["mjpeg/avi"].path)
+    names = sorted(os.listdir(mnt / "frames"))
+    for k in (17, 5, 23):                                  # out of order: no read-ahead
+        path = mnt / "frames" / names[k]
+        before = daemon_status(mnt)                        # (its own read is counted after it)
+        with open(path, "rb", buffering=0) as fh:
+            data = b"".join(iter(lambda: fh.read(4096), b""))
+        after = daemon_status(mnt)
+        assert len(data) == path.stat().st_size > 16384
+        assert after["read_requests"] - before["read_requests"] == 2, (k, before, after)
+        assert barcode(np.asarray(Image.open(io.BytesIO(data)))) == samples["mjpeg/avi"].numbers[k]
+    assert after["frame_rests_offered"] == 3 and after["errors"] == 0
+
+
 def test_small_files_are_answered_without_a_thread(samples, module_mount):
     """The root's names and its small files (made at mount) are answered from memory: a
     walker that reads every small file costs no worker thread, cold or warm, and so does

@@ -43,6 +43,7 @@ class Listing:
     more: bool = False          # whether entries follow the pending ones
     end: int | None = None      # the offset where the listing was found to end
     gone: set[bytes] = field(default_factory=set)   # names removed through the mount since it was made
+    lean: bool = False          # files' attributes left out where they need I/O (`LeanRule`)
 
 
 class FolderListings:
@@ -55,13 +56,14 @@ class FolderListings:
         self._numbers: dict[int, set[int]] = {}                       # folder -> its numbers
         self._next = 1
 
-    def find(self, ino: int, offset: int, opendir: Callable[[], object]) -> tuple[Listing, int]:
+    def find(self, ino: int, offset: int, opendir: Callable[[], tuple[object, bool]]) -> tuple[Listing, int]:
         """The listing a readdir of folder `ino` at `offset` goes on in, and the offset in
-        its reader. From 0, or in a listing no longer kept, a new one (the latter resumes
-        at the old position in the folder as it is now: the best left to do)."""
+        its reader. From 0, or in a listing no longer kept, a new one from `opendir` (its
+        reader, and whether it is lean; the latter resumes at the old position in the
+        folder as it is now: the best left to do)."""
         listing = self._listings.get(offset >> POSITION_BITS) if offset else None
         if listing is None or listing.ino != ino:
-            listing = self._add(ino, opendir())
+            listing = self._add(ino, *opendir())
         else:
             self._listings.move_to_end(offset >> POSITION_BITS)
         return listing, offset & POSITION_MASK
@@ -85,11 +87,11 @@ class FolderListings:
     def __len__(self) -> int:
         return len(self._listings)
 
-    def _add(self, ino: int, reader: object) -> Listing:
+    def _add(self, ino: int, reader: object, lean: bool) -> Listing:
         number = self._next
         self._next = number + 1 if number + 1 < NUMBERS else 1
         self._drop(number)                  # (a number wrapped round to)
-        listing = self._listings[number] = Listing(reader, ino, number << POSITION_BITS)
+        listing = self._listings[number] = Listing(reader, ino, number << POSITION_BITS, lean=lean)
         self._numbers.setdefault(ino, set()).add(number)
         if len(self._listings) > self._kept:
             self._drop(next(iter(self._listings)))
@@ -103,3 +105,64 @@ class FolderListings:
             numbers.discard(number)
             if not numbers:
                 del self._numbers[listing.ino]
+
+
+#: lookups of files listed without attributes that tell a reader which stats what it
+#: lists (`ls -l`, `du`, `find -printf %s`, rsync)
+LEAN_MISSES = 2
+#: listings then answered with attributes, before one is answered without them again
+FULL_LISTINGS = 64
+#: folders last listed without attributes that lookups are counted in (the kernel may
+#: keep their listings: FOPEN_CACHE_DIR)
+LEAN_WATCHED = 1024
+
+
+class LeanRule:
+    """Whether a new listing gives files whose attributes are not in memory (a view's
+    size to compute, a file to stat) without them (READDIRPLUS entries with node id 0):
+    a reader of names and types (`find`) then costs no such work, but a reader that
+    stats each name sends a LOOKUP per name. Listings are lean until lookups come for
+    what lean listings left out (`LEAN_MISSES` in the `LEAN_WATCHED` folders last listed
+    so), then carry attributes for the next `FULL_LISTINGS` listings, then
+    probe again: a stat walk pays one folder's LOOKUPs per `FULL_LISTINGS` folders. The
+    folders listed lean before are then given back (`looked_up`), for the daemon to drop
+    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.full_left = 0
+        self.trips = 0                      # times lookups turned listings full
+        self._watched: OrderedDict[int, None] = OrderedDict()   # folders listed lean
+        self._misses = 0                    # lookups of their files since the last trip
+
+    def lean(self) -> bool:
+        """Whether the listing being made goes lean (counts the full ones down)."""
+        if not self.enabled:
+            return False
+        if self.full_left:
+            self.full_left -= 1
+            return False
+        return True
+
+    def listed_lean(self, ino: int) -> None:
+        """Folder `ino` was given entries without attributes."""
+        self._watched[ino] = None
+        self._watched.move_to_end(ino)
+        if len(self._watched) > LEAN_WATCHED:
+            self._watched.popitem(last=False)
+
+    def looked_up(self, parent: int) -> tuple[int, ...]:
+        """A file of folder `parent` was looked up: the other folders listed lean, when
+        that turns listings full (their kept listings are worth dropping; `parent`'s
+        names are being looked up), else ()."""
+        if parent not in self._watched:
+            return ()
+        self._misses += 1
+        if self._misses < LEAN_MISSES:
+            return ()
+        self._misses = 0
+        listed_lean = tuple(ino for ino in self._watched if ino != parent)
+        self._watched.clear()
+        self.full_left = FULL_LISTINGS
+        self.trips += 1
+        return listed_lean

@@ -6,12 +6,12 @@ from scopefs.daemon.listings import NUMBERS, POSITION_BITS, FolderListings
 
 
 def snapshots():
-    """An opendir that counts the snapshots it made."""
+    """An opendir that counts the snapshots it made (each with attributes: not lean)."""
     made = []
 
     def opendir():
         made.append(object())
-        return made[-1]
+        return made[-1], False
     return opendir, made
 
 

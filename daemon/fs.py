@@ -339,6 +339,21 @@ def _file_type(node: Node) -> int:
     return stat.S_IFLNK if isinstance(node, Symlink) else 0
 
 
+def _lookup_sizing(directory: Directory, name: str, unsized: list[Node]):
+    """`directory.lookup_attr(name)`, then the attributes of the folder's other files a
+    lean listing gave without them (`LeanRule.unsized`): a walk that stats each name
+    looks them up next, and a backend sizes a folder's views together (the first asked
+    sizes the rest: copick's picks views) or each from memory after, as a listing with
+    attributes would, in this one worker call rather than one per LOOKUP."""
+    found = directory.lookup_attr(name)
+    for node in unsized:
+        try:
+            node.attr()
+        except OSError as exc:          # (its LOOKUP says why)
+            log.debug("sizing a file listed without attributes: %s", exc)
+    return found
+
+
 def _check_offsets(base: int, rows: list) -> None:
     """A listing numbered in the high 32 bits of its offsets (`base`) needs the backend's
     own offsets, the first of each row, below 2**32."""
@@ -481,7 +496,9 @@ class Operations(pyfuse3.Operations):
         self.counters.lookups += 1
         found = directory.lookup_attr_nowait(name)
         if found is None:
-            found = await self._run(directory.lookup_attr, name)
+            unsized = self.lean_rule.unsized(parent_inode)
+            found = await self._run(_lookup_sizing, directory, name, unsized) if unsized else \
+                await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:
             timeout = directory.negative_timeout
             if timeout is None:
@@ -560,8 +577,8 @@ class Operations(pyfuse3.Operations):
         without a node and are not counted: `Tree.get` builds them from the number
         whenever asked, so their life does not hang on the kernel's forget. In a `lean`
         listing, a file whose attributes are not in memory comes as its file type in
-        place of the EntryAttributes, without a node (`readdir_reply_name`: the kernel
-        takes no reference to it)."""
+        place of the EntryAttributes (`readdir_reply_name`: the kernel takes no reference
+        to its node, which `LeanRule` keeps to size at the folder's first LOOKUP)."""
         dirents, dirent = self._dirents, self._dirent
         batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
         rows = batch(offset, READDIR_BATCH) if batch is not None else None
@@ -574,7 +591,7 @@ class Operations(pyfuse3.Operations):
                 if lean and attr is None and (attr := child.cached_attr()) is None:
                     file_type = _file_type(child)
                     if file_type:
-                        out.append((next_offset, os.fsencode(name), child.ino, file_type, None))
+                        out.append((next_offset, os.fsencode(name), child.ino, file_type, child))
                         continue
                 out.append((next_offset, os.fsencode(name), child.ino, dirent(attr or child.attr()), child))
             except OSError as exc:
@@ -656,7 +673,7 @@ class Operations(pyfuse3.Operations):
                         listing.offset = offset
                         return
                     self.counters.lean_entries += 1
-                    self.lean_rule.listed_lean(listing.ino)
+                    self.lean_rule.listed_lean(listing.ino, child)
                 else:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):

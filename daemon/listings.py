@@ -115,6 +115,9 @@ FULL_LISTINGS = 64
 #: folders last listed without attributes that lookups are counted in (the kernel may
 #: keep their listings: FOPEN_CACHE_DIR)
 LEAN_WATCHED = 1024
+#: files listed without attributes kept (in all watched folders) to be sized together at
+#: their folder's first LOOKUP
+LEAN_UNSIZED = 65_536
 
 
 class LeanRule:
@@ -126,13 +129,16 @@ class LeanRule:
     so), then carry attributes for the next `FULL_LISTINGS` listings, then
     probe again: a stat walk pays one folder's LOOKUPs per `FULL_LISTINGS` folders. The
     folders listed lean before are then given back (`looked_up`), for the daemon to drop
-    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name)."""
+    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name).
+    The files a folder's lean listings left out are kept (`LEAN_UNSIZED` in all) for its
+    first LOOKUP to size together (`unsized`), as a listing with attributes would."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
-        self._watched: OrderedDict[int, None] = OrderedDict()   # folders listed lean
+        self._watched: OrderedDict[int, list] = OrderedDict()   # folders listed lean: files left unsized
+        self._unsized = 0                   # files in those lists
         self._misses = 0                    # lookups of their files since the last trip
 
     def lean(self) -> bool:
@@ -144,12 +150,26 @@ class LeanRule:
             return False
         return True
 
-    def listed_lean(self, ino: int) -> None:
-        """Folder `ino` was given entries without attributes."""
-        self._watched[ino] = None
-        self._watched.move_to_end(ino)
-        if len(self._watched) > LEAN_WATCHED:
-            self._watched.popitem(last=False)
+    def listed_lean(self, ino: int, node) -> None:
+        """Folder `ino` was given `node` without its attributes."""
+        unsized = self._watched.get(ino)
+        if unsized is None:
+            unsized = self._watched[ino] = []
+            if len(self._watched) > LEAN_WATCHED:
+                self._unsized -= len(self._watched.popitem(last=False)[1])
+        if self._unsized < LEAN_UNSIZED:
+            unsized.append(node)
+            self._unsized += 1
+
+    def unsized(self, parent: int) -> list:
+        """The files of folder `parent` its lean listings left out, for the LOOKUP of
+        one of them to size together; given once."""
+        unsized = self._watched.get(parent)
+        if not unsized:
+            return []
+        self._watched[parent] = []
+        self._unsized -= len(unsized)
+        return unsized
 
     def looked_up(self, parent: int) -> tuple[int, ...]:
         """A file of folder `parent` was looked up: the other folders listed lean, when
@@ -163,6 +183,7 @@ class LeanRule:
         self._misses = 0
         listed_lean = tuple(ino for ino in self._watched if ino != parent)
         self._watched.clear()
+        self._unsized = 0
         self.full_left = FULL_LISTINGS
         self.trips += 1
         return listed_lean

@@ -339,19 +339,21 @@ def _file_type(node: Node) -> int:
     return stat.S_IFLNK if isinstance(node, Symlink) else 0
 
 
-def _lookup_sizing(directory: Directory, name: str, unsized: list[Node]):
-    """`directory.lookup_attr(name)`, then the attributes of the folder's other files a
-    lean listing gave without them (`LeanRule.unsized`): a walk that stats each name
-    looks them up next, and a backend sizes a folder's views together (the first asked
-    sizes the rest: copick's picks views) or each from memory after, as a listing with
-    attributes would, in this one worker call rather than one per LOOKUP."""
+def _lookup_sizing(directory: Directory, name: str, unsized: dict[str, Node]):
+    """`directory.lookup_attr(name)`, and the attributes of the folder's other files a
+    lean listing gave without them (`LeanRule.unsized`, name -> node), in this one worker
+    call: a walk that stats each name looks them up next, and a backend sizes a folder's
+    views together (the first asked sizes the rest: copick's picks views), as a listing
+    with attributes would. A file that cannot be sized is left to its own LOOKUP."""
     found = directory.lookup_attr(name)
-    for node in unsized:
-        try:
-            node.attr()
-        except OSError as exc:          # (its LOOKUP says why)
-            log.debug("sizing a file listed without attributes: %s", exc)
-    return found
+    sized = {}
+    for other, node in unsized.items():
+        if other != name:
+            try:
+                sized[other] = node, node.attr()
+            except OSError as exc:
+                log.debug("sizing %s, listed without attributes: %s", other, exc)
+    return found, sized
 
 
 def _check_offsets(base: int, rows: list) -> None:
@@ -390,7 +392,8 @@ class Operations(pyfuse3.Operations):
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
         self.lean_rule = LeanRule(_patch_used(hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name",
-                                              LEAN_LISTINGS_ENV, "every listing entry carries its attributes"))
+                                              LEAN_LISTINGS_ENV, "every listing entry carries its attributes"),
+                                  self.policy.entry_timeout)
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -398,6 +401,7 @@ class Operations(pyfuse3.Operations):
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
         tree.listen(self.notifier.report)
+        tree.listen(self.lean_rule.changed)
         tree.listen_content(self.notifier.store)
 
     # -- helpers ----------------------------------------------------------------------
@@ -496,9 +500,14 @@ class Operations(pyfuse3.Operations):
         self.counters.lookups += 1
         found = directory.lookup_attr_nowait(name)
         if found is None:
+            found = self.lean_rule.answer(parent_inode, name)
+        if found is None:
             unsized = self.lean_rule.unsized(parent_inode)
-            found = await self._run(_lookup_sizing, directory, name, unsized) if unsized else \
-                await self._run(directory.lookup_attr, name)
+            if unsized:
+                found, sized = await self._run(_lookup_sizing, directory, name, unsized)
+                self.lean_rule.sized(parent_inode, sized)
+            else:
+                found = await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:
             timeout = directory.negative_timeout
             if timeout is None:
@@ -673,7 +682,7 @@ class Operations(pyfuse3.Operations):
                         listing.offset = offset
                         return
                     self.counters.lean_entries += 1
-                    self.lean_rule.listed_lean(listing.ino, child)
+                    self.lean_rule.listed_lean(listing.ino, os.fsdecode(name), child)
                 else:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
@@ -926,6 +935,7 @@ class Operations(pyfuse3.Operations):
         changed behind the mount are told to the kernel by the `Notifier` instead, as
         expired, and `_gone_is_stale` answers for an inode that is gone."""
         self.folder_listings.names_gone(folder, names)
+        self.lean_rule.names_gone(folder, names)
         for listing in self._listings.values():
             if listing.ino == folder:
                 listing.gone.update(names)
@@ -1078,6 +1088,7 @@ class Operations(pyfuse3.Operations):
                       files_held_by_inode=len(self.unopened),
                       notify_waits=c.notify_waits, lookup_requests=c.lookups,
                       lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
+                      lean_lookups_answered=self.lean_rule.answered,
                       full_listings_left=self.lean_rule.full_left,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))

@@ -14,6 +14,8 @@ read listings go.
 """
 from __future__ import annotations
 
+import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -118,6 +120,9 @@ LEAN_WATCHED = 1024
 #: files listed without attributes kept (in all watched folders) to be sized together at
 #: their folder's first LOOKUP
 LEAN_UNSIZED = 65_536
+#: seconds the sizes learned at a folder's first LOOKUP answer the LOOKUPs of its other
+#: names (at most; a listing with attributes would have given them for the entry timeout)
+ANSWERED_FOR = 5.0
 
 
 class LeanRule:
@@ -130,16 +135,25 @@ class LeanRule:
     probe again: a stat walk pays one folder's LOOKUPs per `FULL_LISTINGS` folders. The
     folders listed lean before are then given back (`looked_up`), for the daemon to drop
     the listings the kernel keeps of them (else `ls -l` after `find` looks up each name).
-    The files a folder's lean listings left out are kept (`LEAN_UNSIZED` in all) for its
-    first LOOKUP to size together (`unsized`), as a listing with attributes would."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    The files a folder's lean listings left out are kept (`LEAN_UNSIZED` in all): its
+    first LOOKUP that needs a worker sizes them all in that call (`unsized`), as a listing
+    with attributes would (a backend sizes a folder's views together), and the LOOKUPs of
+    the others are answered from what it found (`answer`), the listing's node and its
+    attributes, as the kernel would have kept them from a listing with attributes: for
+    `ANSWERED_FOR` seconds at most (and the tree's entry timeout), until the name is
+    removed through the mount (`names_gone`) or the tree reports a change (`changed`)."""
+
+    def __init__(self, enabled: bool = True, entry_timeout: float = ANSWERED_FOR) -> None:
         self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
-        self._watched: OrderedDict[int, list] = OrderedDict()   # folders listed lean: files left unsized
-        self._unsized = 0                   # files in those lists
+        self.answered = 0                   # LOOKUPs answered from a folder's first (`answer`)
+        self._answered_for = min(ANSWERED_FOR, entry_timeout)
+        self._watched: OrderedDict[int, dict] = OrderedDict()   # folders listed lean: name -> node unsized
+        self._unsized = 0                   # nodes in those
         self._misses = 0                    # lookups of their files since the last trip
+        self._answers: dict[int, tuple[float, dict]] = {}      # folder -> (until, name -> (node, attr))
 
     def lean(self) -> bool:
         """Whether the listing being made goes lean (counts the full ones down)."""
@@ -150,26 +164,59 @@ class LeanRule:
             return False
         return True
 
-    def listed_lean(self, ino: int, node) -> None:
-        """Folder `ino` was given `node` without its attributes."""
+    def listed_lean(self, ino: int, name: str, node) -> None:
+        """Folder `ino` was given `name` (of `node`) without its attributes."""
         unsized = self._watched.get(ino)
         if unsized is None:
-            unsized = self._watched[ino] = []
+            unsized = self._watched[ino] = {}
             if len(self._watched) > LEAN_WATCHED:
                 self._unsized -= len(self._watched.popitem(last=False)[1])
-        if self._unsized < LEAN_UNSIZED:
-            unsized.append(node)
+        if self._unsized < LEAN_UNSIZED and name not in unsized:
+            unsized[name] = node
             self._unsized += 1
 
-    def unsized(self, parent: int) -> list:
-        """The files of folder `parent` its lean listings left out, for the LOOKUP of
-        one of them to size together; given once."""
+    def unsized(self, parent: int) -> dict:
+        """The files (name -> node) of folder `parent` its lean listings left out, for the
+        LOOKUP of one of them to size together; given once."""
         unsized = self._watched.get(parent)
         if not unsized:
-            return []
-        self._watched[parent] = []
+            return {}
+        self._watched[parent] = {}
         self._unsized -= len(unsized)
         return unsized
+
+    def sized(self, parent: int, found: dict) -> None:
+        """What sizing folder `parent`'s `unsized` found: name -> (node, attributes)."""
+        if found:
+            if len(self._answers) >= LEAN_WATCHED:
+                self._answers = {}
+            self._answers[parent] = (time.monotonic() + self._answered_for, found)
+
+    def answer(self, parent: int, name: str):
+        """(node, attributes) of a name of folder `parent` its first LOOKUP sized, if
+        still valid (`sized`); else None."""
+        answers = self._answers.get(parent)
+        if answers is None:
+            return None
+        if time.monotonic() > answers[0]:
+            del self._answers[parent]
+            return None
+        found = answers[1].pop(name, None)
+        if found is not None:
+            self.answered += 1
+        return found
+
+    def names_gone(self, folder: int, names) -> None:
+        """Names of `folder` removed or renamed through the mount: not answered."""
+        answers = self._answers.get(folder)
+        if answers is not None:
+            for name in names:
+                answers[1].pop(os.fsdecode(name), None)
+
+    def changed(self, inodes, entries, waited: bool = True) -> None:
+        """The tree reports changes (`Tree.report`, maybe from a thread): nothing is
+        answered from what was sized before."""
+        self._answers = {}
 
     def looked_up(self, parent: int) -> tuple[int, ...]:
         """A file of folder `parent` was looked up: the other folders listed lean, when

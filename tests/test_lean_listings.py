@@ -1,10 +1,15 @@
 """Listings without attributes where they would cost work (`LeanRule`, READDIRPLUS entries
 with node id 0): a cold `find` of a copick mount computes no view's size and sends no
-LOOKUP, while `ls -l`, `du` and `find -printf %s` still see the right sizes, and a walk
-that stats what it lists costs one folder's LOOKUPs before listings carry attributes
-again, also after a `find` left its listings in the kernel."""
+LOOKUP; a walk that stats what it lists sizes a folder's views together at the first
+LOOKUP (one worker call, as a listing with attributes would) and answers the other
+LOOKUPs from it; names, sizes and bytes are those of listings with attributes.
+
+The mounts here have no size learner (`SCOPEFS_LEARN_VIEW_SIZES=0`) and each its own
+kept sizes (XDG_CACHE_HOME): which views a listing gives without attributes would
+otherwise depend on how far the learner got."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 
@@ -17,84 +22,98 @@ from scopefs.daemon.listings import LEAN_MISSES
 def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
-            "sized": status.get("picks_size_batches", 0), "trips": status["lean_rule_trips"]}
+            "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
+            "readdirs": status["readdir_requests"],
+            "batches": status.get("picks_size_batches", 0), "made": status.get("views_made", 0),
+            "sizes_learned": status.get("view_sizes", {}).get("learned", 0), "trips": status["lean_rule_trips"]}
+
+
+def counted(mnt, *walks) -> dict:
+    """What `walks` (commands, run in the mount one after the other) cost the daemon."""
+    before = counts(mnt)
+    for walk in walks:
+        subprocess.run(walk, cwd=mnt, capture_output=True, check=True)
+    after = counts(mnt)
+    return {key: after[key] - before[key] for key in after}
 
 
 def run(*args) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
-def sizes_by_ls(folder) -> dict[str, int]:
-    """Name -> size as `ls -l` shows them (files only)."""
-    out = {}
-    for line in run("ls", "-ln", str(folder)).splitlines()[1:]:
-        fields = line.split(None, 8)
-        if fields[0].startswith("-"):
-            out[fields[8]] = int(fields[4])
-    return out
-
-
 @pytest.fixture
 def copick_source(tmp_path):
-    return walk_samples.copick(tmp_path / "copick", 3, 2)
+    return walk_samples.copick(tmp_path / "copick", 3, 4)
 
 
 @pytest.fixture
-def copick_mount(copick_source, mount):
-    return mount(copick_source.path, *copick_source.options)
+def fresh_mount(copick_source, mount, monkeypatch, tmp_path):
+    """A mount of the copick sample as never mounted before; `lean=False`: every listing
+    entry with its attributes (SCOPEFS_LEAN_LISTINGS=0)."""
+    made = []
+
+    def fresh(lean: bool = True):
+        with monkeypatch.context() as env:
+            env.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+            env.setenv("SCOPEFS_LEAN_LISTINGS", "1" if lean else "0")
+            env.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache-{len(made)}"))
+            made.append(mount(copick_source.path, *copick_source.options))
+        return made[-1]
+    return fresh
 
 
-def one_folders_lookups(mnt) -> int:
-    """The most LOOKUPs before listings carry attributes: those that tell (in folders
-    of a file or two), then the rest of the widest folder (its lean listing is read)."""
-    return LEAN_MISSES - 1 + max(len(files) for _, _, files in os.walk(mnt))
+def test_cold_find_of_copick_sizes_no_view_and_looks_nothing_up(fresh_mount):
+    cost = counted(fresh_mount(), ["find", "."])
+    assert cost["batches"] == cost["made"] == cost["sizes_learned"] == 0
+    assert cost["lookups"] == 0 and cost["lean"] > 0
 
 
-def lookups_without_lean(source, mount, monkeypatch, *walks) -> int:
-    """The LOOKUPs of the last of `walks` on a mount whose listings all carry attributes."""
-    with monkeypatch.context() as env:
-        env.setenv("SCOPEFS_LEAN_LISTINGS", "0")
-        mnt = mount(source.path, *source.options)
-    for walk in walks:
-        before = counts(mnt)
-        run(*walk, str(mnt))
-    return counts(mnt)["lookups"] - before["lookups"]
+def test_ls_l_of_a_folder_listed_lean_sizes_its_views_in_one_worker_call(fresh_mount):
+    """`ls -l` of a VoxelSpacing folder (previews, MRC and picks views): the first LOOKUP
+    sizes the folder's views in its worker call (the picks views in one batch), the
+    other LOOKUPs are answered without a worker: as many worker calls as with attributes,
+    and one for that LOOKUP."""
+    folder = "ExperimentRuns/TS_001/VoxelSpacing10.000"
+    lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
+    lean, full = counted(lean_mnt, ["ls", "-l", folder]), counted(full_mnt, ["ls", "-l", folder])
+    assert lean["lean"] > 20 and lean["lookups"] - full["lookups"] == lean["lean"]     # (and the path's)
+    assert lean["answered"] == lean["lean"] - 1
+    assert lean["calls"] <= full["calls"] + 1
+    assert lean["batches"] == full["batches"] == 1
 
 
-def test_cold_find_of_copick_sizes_no_view_and_looks_nothing_up(copick_mount):
-    mnt = copick_mount
-    before = counts(mnt)
-    names = run("find", str(mnt)).splitlines()
-    after = counts(mnt)
-    assert after["lookups"] == before["lookups"] and after["lean"] > before["lean"]
-    assert after["sized"] == before["sized"]
-    for folder in {os.path.dirname(name) for name in names}:   # (then with sizes, right ones)
-        for name, size in sizes_by_ls(folder).items():
+def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mount):
+    """A cold `ls -lR`, and `find` then `ls -lR`: a worker call more for each folder
+    whose lean names were looked up before listings carry attributes (`LEAN_MISSES`
+    LOOKUPs tell), none a LOOKUP, and after `find` one for each listing the kernel kept
+    from it and then dropped (listed again, with attributes); the same views are made
+    and the picks views in the same batches."""
+    for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
+        lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
+        lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
+        assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
+        assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], walks
+        assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
+
+
+def listed(mnt) -> tuple[str, dict[str, str]]:
+    """Every name with its type and size (`find -printf`), and each file's sha256 (not
+    the config's, which names its mount)."""
+    names = run("find", str(mnt), "-printf", "%P %y %s\n")
+    digests = {}
+    for folder, _, files in os.walk(mnt):
+        for name in set(files) - {"copick_config.json"}:
             with open(os.path.join(folder, name), "rb") as fh:
-                assert len(fh.read()) == size, name
+                digests[os.path.relpath(os.path.join(folder, name), mnt)] = hashlib.sha256(fh.read()).hexdigest()
+    return "\n".join(sorted(names.splitlines())), digests
 
 
-def test_a_walk_that_stats_sends_one_folders_lookups(copick_source, copick_mount, mount, monkeypatch):
-    mnt = copick_mount
-    before = counts(mnt)
-    run("ls", "-lR", str(mnt))
-    after = counts(mnt)
-    more = after["lookups"] - before["lookups"] - lookups_without_lean(copick_source, mount, monkeypatch, ["ls", "-lR"])
-    assert 0 < more <= one_folders_lookups(mnt)
-    assert after["trips"] - before["trips"] == 1
-
-
-def test_a_walk_that_stats_after_find_sends_one_folders_lookups(copick_source, copick_mount, mount, monkeypatch):
-    """`find` left lean listings in the kernel (FOPEN_CACHE_DIR): they are dropped when
-    `ls -lR` looks names up, so the folders after are listed anew, with attributes."""
-    mnt = copick_mount
-    run("find", str(mnt))
-    before = counts(mnt)
-    assert "TS_000" in run("ls", "-lR", str(mnt))
-    after = counts(mnt)
-    more = after["lookups"] - before["lookups"] - lookups_without_lean(copick_source, mount, monkeypatch, ["find"],
-                                                                      ["ls", "-lR"])
-    assert 0 < more <= one_folders_lookups(mnt)
+def test_names_sizes_and_bytes_are_those_of_listings_with_attributes(fresh_mount):
+    lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
+    run("find", str(lean_mnt))                          # (lean listings kept by the kernel)
+    lean, full = listed(lean_mnt), listed(full_mnt)
+    assert counts(lean_mnt)["lean"] > 0
+    assert lean == full
 
 
 @pytest.mark.parametrize("kind", ["imgstore", "fsdb"])

@@ -100,7 +100,9 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
         text = (json.dumps(merged, indent=4) + "\n").encode()
-        tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
+        config_file = tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text,
+                                                                       (static.stat("") or overlay.stat("")).mtime_ns))
+        config_file.attr()          # (in memory: its size known, the root lists it with attributes)
     return tree
 
 

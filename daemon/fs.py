@@ -504,8 +504,9 @@ class Operations(pyfuse3.Operations):
         if found is None:
             unsized = self.lean_rule.unsized(parent_inode)
             if unsized:
+                changes = self.lean_rule.changes
                 found, sized = await self._run(_lookup_sizing, directory, name, unsized)
-                self.lean_rule.sized(parent_inode, sized)
+                self.lean_rule.sized(parent_inode, sized, changes)
             else:
                 found = await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:

@@ -154,6 +154,7 @@ class LeanRule:
         self._unsized = 0                   # nodes in those
         self._misses = 0                    # lookups of their files since the last trip
         self._answers: dict[int, tuple[float, dict]] = {}      # folder -> (until, name -> (node, attr))
+        self.changes = 0                    # changes told (`changed`, `names_gone`): what was sized before is not kept
 
     def lean(self) -> bool:
         """Whether the listing being made goes lean (counts the full ones down)."""
@@ -185,9 +186,10 @@ class LeanRule:
         self._unsized -= len(unsized)
         return unsized
 
-    def sized(self, parent: int, found: dict) -> None:
-        """What sizing folder `parent`'s `unsized` found: name -> (node, attributes)."""
-        if found:
+    def sized(self, parent: int, found: dict, changes: int) -> None:
+        """What sizing folder `parent`'s `unsized` found: name -> (node, attributes), from
+        when `changes` were told (none kept if more were told since)."""
+        if found and changes == self.changes:
             if len(self._answers) >= LEAN_WATCHED:
                 self._answers = {}
             self._answers[parent] = (time.monotonic() + self._answered_for, found)
@@ -208,6 +210,7 @@ class LeanRule:
 
     def names_gone(self, folder: int, names) -> None:
         """Names of `folder` removed or renamed through the mount: not answered."""
+        self.changes += 1
         answers = self._answers.get(folder)
         if answers is not None:
             for name in names:
@@ -216,6 +219,7 @@ class LeanRule:
     def changed(self, inodes, entries, waited: bool = True) -> None:
         """The tree reports changes (`Tree.report`, maybe from a thread): nothing is
         answered from what was sized before."""
+        self.changes += 1
         self._answers = {}
 
     def looked_up(self, parent: int) -> tuple[int, ...]:

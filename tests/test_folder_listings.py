@@ -65,3 +65,35 @@ def test_names_gone_reach_the_folders_listings_made_before_and_are_bounded():
     kept, _ = listings.find(2, 0, opendir)
     listings.names_gone(2, (b"x", b"y", b"z"))
     assert kept.gone == {b"x", b"y", b"z"} and listings.find(2, kept.base + 1, opendir)[0] is kept
+
+
+def test_lean_rule_answers_a_folders_lookups_from_its_first_until_told_otherwise(monkeypatch):
+    """What a folder's first LOOKUP sized answers the LOOKUPs of its other names once
+    each, and nothing once a name is removed through the mount, the tree reports a
+    change (also one told while the sizing ran), or the time is up."""
+    from scopefs.daemon import listings
+    rule = listings.LeanRule(entry_timeout=2.0)
+    a, b, attr = object(), object(), object()
+    rule.listed_lean(7, "a", a)
+    rule.listed_lean(7, "b", b)
+    assert rule.unsized(7) == {"a": a, "b": b} and rule.unsized(7) == {}
+
+    def sized() -> None:
+        rule.sized(7, {"b": (b, attr)}, rule.changes)
+    sized()
+    assert rule.answer(7, "b") == (b, attr) and rule.answer(7, "b") is None
+    assert rule.answered == 1
+    sized()
+    rule.names_gone(7, [b"b"])
+    assert rule.answer(7, "b") is None
+    sized()
+    rule.changed((), ())
+    assert rule.answer(7, "b") is None
+    before = rule.changes
+    rule.changed((), ())                    # (while the sizing ran)
+    rule.sized(7, {"b": (b, attr)}, before)
+    assert rule.answer(7, "b") is None
+    now = listings.time.monotonic()
+    sized()
+    monkeypatch.setattr(listings.time, "monotonic", lambda: now + 2.5)
+    assert rule.answer(7, "b") is None

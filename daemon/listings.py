@@ -112,8 +112,11 @@ class FolderListings:
 #: lookups of files listed without attributes that tell a reader which stats what it
 #: lists (`ls -l`, `du`, `find -printf %s`, rsync)
 LEAN_MISSES = 2
-#: listings then answered with attributes, before one is answered without them again
+#: listings then answered with attributes, before one is answered without them again;
+#: doubled at each trip that follows (a stat walk probed again), up to MAX_FULL_LISTINGS,
+#: and back when two folders listed lean in a row bring no trip (a walk of names)
 FULL_LISTINGS = 64
+MAX_FULL_LISTINGS = 4096
 #: folders last listed without attributes that lookups are counted in (the kernel may
 #: keep their listings: FOPEN_CACHE_DIR)
 LEAN_WATCHED = 1024
@@ -131,8 +134,9 @@ class LeanRule:
     a reader of names and types (`find`) then costs no such work, but a reader that
     stats each name sends a LOOKUP per name. Listings are lean until lookups come for
     what lean listings left out (`LEAN_MISSES` in the `LEAN_WATCHED` folders last listed
-    so), then carry attributes for the next `FULL_LISTINGS` listings, then
-    probe again: a stat walk pays one folder's LOOKUPs per `FULL_LISTINGS` folders. The
+    so), then carry attributes for the next `FULL_LISTINGS` listings (twice as many after
+    each trip that follows, up to `MAX_FULL_LISTINGS`), then probe again: a stat walk
+    pays one folder's LOOKUPs per probe, a few per walk. The
     folders listed lean before are then given back (`looked_up`), for the daemon to drop
     the listings the kernel keeps of them (else `ls -l` after `find` looks up each name).
 
@@ -148,6 +152,8 @@ class LeanRule:
         self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
+        self._full_next = FULL_LISTINGS     # full listings at the next trip
+        self._lean_in_a_row = 0             # folders listed lean since the last trip
         self.answered = 0                   # LOOKUPs answered from a folder's first (`answer`)
         self._answered_for = min(ANSWERED_FOR, entry_timeout)
         self._watched: OrderedDict[int, dict] = OrderedDict()   # folders listed lean: name -> node unsized
@@ -170,6 +176,9 @@ class LeanRule:
         unsized = self._watched.get(ino)
         if unsized is None:
             unsized = self._watched[ino] = {}
+            self._lean_in_a_row += 1
+            if self._lean_in_a_row > 2:     # (two before brought no trip: a walk of names)
+                self._full_next = FULL_LISTINGS
             if len(self._watched) > LEAN_WATCHED:
                 self._unsized -= len(self._watched.popitem(last=False)[1])
         if self._unsized < LEAN_UNSIZED and name not in unsized:
@@ -235,6 +244,7 @@ class LeanRule:
         listed_lean = tuple(ino for ino in self._watched if ino != parent)
         self._watched.clear()
         self._unsized = 0
-        self.full_left = FULL_LISTINGS
+        self.full_left, self._full_next = self._full_next, min(2 * self._full_next, MAX_FULL_LISTINGS)
+        self._lean_in_a_row = 0
         self.trips += 1
         return listed_lean

@@ -97,3 +97,26 @@ def test_lean_rule_answers_a_folders_lookups_from_its_first_until_told_otherwise
     sized()
     monkeypatch.setattr(listings.time, "monotonic", lambda: now + 2.5)
     assert rule.answer(7, "b") is None
+
+
+def test_lean_rule_probes_a_stat_walk_less_often_each_time():
+    """LOOKUPs of names listed lean (a stat walk) turn the next listings full: 64, then
+    twice as many at each trip after a probe, and 64 again once folders listed lean bring
+    no LOOKUPs (a walk of names)."""
+    from scopefs.daemon.listings import FULL_LISTINGS, LEAN_MISSES, LeanRule
+    rule = LeanRule()
+    folders = iter(range(100, 10_000))
+
+    def probe(looked_up: bool) -> int:
+        """A lean listing of a new folder, looked up or not: the full listings that follow."""
+        assert rule.lean()
+        folder = next(folders)
+        rule.listed_lean(folder, "a.csv", object())
+        for _ in range(LEAN_MISSES if looked_up else 0):
+            rule.looked_up(folder)
+        full = rule.full_left
+        assert not any(rule.lean() for _ in range(full))
+        return full
+    assert [probe(True) for _ in range(3)] == [FULL_LISTINGS, 2 * FULL_LISTINGS, 4 * FULL_LISTINGS]
+    assert [probe(False) for _ in range(3)] == [0, 0, 0]
+    assert probe(True) == FULL_LISTINGS

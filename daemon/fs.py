@@ -60,7 +60,8 @@ NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
 UNOPENED_FILES = 64
 #: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
 KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
-#: set to 0 to list every entry with its attributes (no `LeanRule`)
+#: set to 1 to list files whose attributes are not in memory without them (`LeanRule`);
+#: off by default: `find` then `ls -lR` costs more daemon CPU (benchmarks/README.md)
 LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
@@ -391,9 +392,9 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
-        self.lean_rule = LeanRule(_patch_used(hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name",
-                                              LEAN_LISTINGS_ENV, "every listing entry carries its attributes"),
-                                  self.policy.entry_timeout)
+        self.lean_rule = LeanRule(os.environ.get(LEAN_LISTINGS_ENV) == "1" and _patch_used(
+            hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
+            "every listing entry carries its attributes"), self.policy.entry_timeout)
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()

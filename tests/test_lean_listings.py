@@ -2,7 +2,8 @@
 with node id 0): a cold `find` of a copick mount computes no view's size and sends no
 LOOKUP; a walk that stats what it lists sizes a folder's views together at the first
 LOOKUP (one worker call, as a listing with attributes would) and answers the other
-LOOKUPs from it; names, sizes and bytes are those of listings with attributes.
+LOOKUPs from it; names, sizes and bytes are those of listings with attributes. Lean
+listings are off by default: these mounts turn them on (SCOPEFS_LEAN_LISTINGS=1).
 
 The mounts here have no size learner (`SCOPEFS_LEARN_VIEW_SIZES=0`) and each its own
 kept sizes (XDG_CACHE_HOME): which views a listing gives without attributes would
@@ -117,13 +118,14 @@ def test_names_sizes_and_bytes_are_those_of_listings_with_attributes(fresh_mount
 
 
 @pytest.mark.parametrize("kind", ["imgstore", "fsdb"])
-def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount):
+def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount, monkeypatch):
     """imgstore frames' attributes are in memory, and FSDB folders learn theirs as they
     list (in one pass, ahead of the walk: cheaper than a LOOKUP a name): `ls -l` of them
     sends no LOOKUP a file."""
     source = walk_samples.imgstore(tmp_path / "store", 30) if kind == "imgstore" else \
         walk_samples.fsdb(tmp_path / "fsdb", 1, 1, 15)
     folder = "by-number" if kind == "imgstore" else "scan_000/fileset_0"
+    monkeypatch.setenv("SCOPEFS_LEAN_LISTINGS", "1")
     mnt = mount(source.path, *source.options)
     run("find", str(mnt))
     before = counts(mnt)

@@ -63,6 +63,18 @@ def fresh_mount(copick_source, mount, monkeypatch, tmp_path):
     return fresh
 
 
+def once_in_three(check) -> None:
+    """`check()` passes in one of three tries: another program dropping the kernel's
+    caches meanwhile (a benchmark run as root) has names looked up again, which this
+    counts as work."""
+    for attempt in range(3):
+        try:
+            return check()
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
 def test_cold_find_of_copick_sizes_no_view_and_looks_nothing_up(fresh_mount):
     cost = counted(fresh_mount(), ["find", "."])
     assert cost["batches"] == cost["made"] == cost["sizes_learned"] == 0
@@ -75,12 +87,15 @@ def test_ls_l_of_a_folder_listed_lean_sizes_its_views_in_one_worker_call(fresh_m
     other LOOKUPs are answered without a worker: as many worker calls as with attributes,
     and one for that LOOKUP."""
     folder = "ExperimentRuns/TS_001/VoxelSpacing10.000"
-    lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
-    lean, full = counted(lean_mnt, ["ls", "-l", folder]), counted(full_mnt, ["ls", "-l", folder])
-    assert lean["lean"] > 20 and lean["lookups"] - full["lookups"] == lean["lean"]     # (and the path's)
-    assert lean["answered"] == lean["lean"] - 1
-    assert lean["calls"] <= full["calls"] + 1
-    assert lean["batches"] == full["batches"] == 1
+
+    def check():
+        lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
+        lean, full = counted(lean_mnt, ["ls", "-l", folder]), counted(full_mnt, ["ls", "-l", folder])
+        assert lean["lean"] > 20 and lean["lookups"] - full["lookups"] == lean["lean"]     # (and the path's)
+        assert lean["answered"] == lean["lean"] - 1
+        assert lean["calls"] <= full["calls"] + 1
+        assert lean["batches"] == full["batches"] == 1
+    once_in_three(check)
 
 
 def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mount):
@@ -89,12 +104,14 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     LOOKUPs tell), none a LOOKUP, and after `find` one for each listing the kernel kept
     from it and then dropped (listed again, with attributes); the same views are made
     and the picks views in the same batches."""
-    for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
+    def check(walks):
         lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
         assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
         assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], walks
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
+    for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
+        once_in_three(lambda: check(walks))
 
 
 def listed(mnt) -> tuple[str, dict[str, str]]:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "copick_config.json"
 MESH_FORMATS = ("ply", "obj", "stl")
+#: set to 0 for no `SizeLearner`: views are sized when a walk lists or looks them up
+LEARN_SIZES_ENV = "SCOPEFS_LEARN_VIEW_SIZES"
 
 
 def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
@@ -98,7 +100,9 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
         text = (json.dumps(merged, indent=4) + "\n").encode()
-        tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text, (static.stat("") or overlay.stat("")).mtime_ns))
+        config_file = tree.extra[CONFIG_NAME] = tree.add(GeneratedFile(lambda: text,
+                                                                       (static.stat("") or overlay.stat("")).mtime_ns))
+        config_file.attr()          # (in memory: its size known, the root lists it with attributes)
     return tree
 
 
@@ -153,7 +157,7 @@ class SizeLearner:
     kept sizes (`kept_sizes`) learn them for later mounts. Local roots only (object storage
     keeps nothing); folders one at a time, in the order `ls -lR` walks them; at most as
     many views as are kept (their nodes hold about 1.5 KB each, as after a walk); it stops at
-    unmount. A walk that outruns it sizes what it lists itself, and what both ask for is
+    unmount; none with `SCOPEFS_LEARN_VIEW_SIZES=0`. A walk that outruns it sizes what it lists itself, and what both ask for is
     made once (the caches of `DerivedViews` and `PicksViews`)."""
 
     def __init__(self, tree: OverlayTree, views: "DerivedViews", limit: int):
@@ -166,7 +170,8 @@ class SizeLearner:
     def start(self) -> None:
         if self._thread is not None:
             return
-        if self.tree.static.local_path("") is not None and self.tree.upper.local_path("") is not None:
+        if os.environ.get(LEARN_SIZES_ENV) != "0" and self.tree.static.local_path("") is not None \
+                and self.tree.upper.local_path("") is not None:
             self._thread = threading.Thread(target=self._learn, name="learn-view-sizes", daemon=True)
             self._thread.start()
         else:

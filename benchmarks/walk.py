@@ -228,7 +228,7 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                 results[label, "cold"] = compare(f"{label}, cold", cold_plain, cold_mount, goal)
                 # work, steadier than time on a shared machine
                 report(f"    {'daemon CPU per path, cold':<38} {statistics.median(cpu) / paths * 1e6:.0f} us")
-                if source.kind == "copick" and label in ("ls -lR", "find -printf %s"):
+                if source.kind == "copick" and label in ("ls -lR", "find", "find -printf %s"):
                     # a project never mounted before: each view is made once for its size
                     compare(f"{label}, cold, no view sizes kept", cold_plain,
                             lambda fn=fn: cold_mount(fn, forget_sizes=True), goal)

@@ -27,7 +27,7 @@ from ..backends.blocks import BytesHandle
 from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
-from .listings import FolderListings, Listing, POSITION_MASK
+from .listings import FolderListings, LeanRule, Listing, POSITION_MASK
 from .unopened import UnopenedFiles
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
 UNOPENED_FILES = 64
 #: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
 KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
+#: set to 1 to list files whose attributes are not in memory without them (`LeanRule`);
+#: off by default: `find` then `ls -lR` costs more daemon CPU (benchmarks/README.md)
+LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS, errno.ESTALE}
@@ -81,6 +84,8 @@ class Counters:
     readdirs: int = 0               # what listings the kernel could not answer from its cache
     releasedirs: int = 0
     readlinks: int = 0              # none twice for one link where the kernel caches targets
+    lookups: int = 0                # LOOKUP requests
+    lean_entries: int = 0           # listing entries given without attributes (`LeanRule`)
     flushes: int = 0                # none for read-only opens where the kernel honours noflush
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
@@ -346,6 +351,31 @@ def _gone_is_stale():
         raise pyfuse3.FUSEError(errno.ESTALE) from None
 
 
+def _file_type(node: Node) -> int:
+    """What a lean listing may give `node` as its type without its attributes: files
+    and symbolic links; 0 for a folder (any walker that enters it looks it up)."""
+    if isinstance(node, File):
+        return stat.S_IFREG
+    return stat.S_IFLNK if isinstance(node, Symlink) else 0
+
+
+def _lookup_sizing(directory: Directory, name: str, unsized: dict[str, Node]):
+    """`directory.lookup_attr(name)`, and the attributes of the folder's other files a
+    lean listing gave without them (`LeanRule.unsized`, name -> node), in this one worker
+    call: a walk that stats each name looks them up next, and a backend sizes a folder's
+    views together (the first asked sizes the rest: copick's picks views), as a listing
+    with attributes would. A file that cannot be sized is left to its own LOOKUP."""
+    found = directory.lookup_attr(name)
+    sized = {}
+    for other, node in unsized.items():
+        if other != name:
+            try:
+                sized[other] = node, node.attr()
+            except OSError as exc:
+                log.debug("sizing %s, listed without attributes: %s", other, exc)
+    return found, sized
+
+
 def _check_offsets(base: int, rows: list) -> None:
     """A listing numbered in the high 32 bits of its offsets (`base`) needs the backend's
     own offsets, the first of each row, below 2**32."""
@@ -381,6 +411,9 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
+        self.lean_rule = LeanRule(os.environ.get(LEAN_LISTINGS_ENV) == "1" and _patch_used(
+            hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
+            "every listing entry carries its attributes"), self.policy.entry_timeout)
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -388,6 +421,7 @@ class Operations(pyfuse3.Operations):
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
         tree.listen(self.notifier.report)
+        tree.listen(self.lean_rule.changed)
         tree.listen_content(self.notifier.store)
 
     # -- helpers ----------------------------------------------------------------------
@@ -483,9 +517,18 @@ class Operations(pyfuse3.Operations):
 
         name = os.fsdecode(name)
         self.counters.attr_requests += 1
+        self.counters.lookups += 1
         found = directory.lookup_attr_nowait(name)
         if found is None:
-            found = await self._run(directory.lookup_attr, name)
+            found = self.lean_rule.answer(parent_inode, name)
+        if found is None:
+            unsized = self.lean_rule.unsized(parent_inode)
+            if unsized:
+                changes = self.lean_rule.changes
+                found, sized = await self._run(_lookup_sizing, directory, name, unsized)
+                self.lean_rule.sized(parent_inode, sized, changes)
+            else:
+                found = await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:
             timeout = directory.negative_timeout
             if timeout is None:
@@ -497,6 +540,10 @@ class Operations(pyfuse3.Operations):
                 return negative
             raise pyfuse3.FUSEError(errno.ENOENT)
         child, attr = found
+        if not stat.S_ISDIR(attr.mode):
+            listed_lean = self.lean_rule.looked_up(parent_inode)
+            if listed_lean:                     # (their listings kept by the kernel: dropped)
+                self.notifier.report(listed_lean, (), waited=False)
         self._remember(child.ino, child)
         return self._entry(child.ino, attr)
 
@@ -533,8 +580,13 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = self._next_fh
         self._next_fh += 1
-        self._listings[fh] = Listing(self._directory(inode).opendir(), inode)
+        reader, lean = self._opendir(inode)
+        self._listings[fh] = Listing(reader, inode, lean=lean)
         return fh
+
+    def _opendir(self, ino: int) -> tuple[Directory, bool]:
+        """A new listing's reader, and whether it is lean (`LeanRule`)."""
+        return self._directory(ino).opendir(), self.lean_rule.lean()
 
     def _dirent(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """The EntryAttributes of a listing entry with `attr`, made once and shared by
@@ -549,11 +601,14 @@ class Operations(pyfuse3.Operations):
             made = self._dirents[attr] = self._entry(0, attr)
         return made
 
-    def _listing_batch(self, reader, offset: int) -> tuple[list, bool]:
+    def _listing_batch(self, reader, offset: int, lean: bool) -> tuple[list, bool]:
         """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
         worker thread, and whether more may follow. Entries of an `entry_batch` come
         without a node and are not counted: `Tree.get` builds them from the number
-        whenever asked, so their life does not hang on the kernel's forget."""
+        whenever asked, so their life does not hang on the kernel's forget. In a `lean`
+        listing, a file whose attributes are not in memory comes as its file type in
+        place of the EntryAttributes (`readdir_reply_name`: the kernel takes no reference
+        to its node, which `LeanRule` keeps to size at the folder's first LOOKUP)."""
         dirents, dirent = self._dirents, self._dirent
         batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
         rows = batch(offset, READDIR_BATCH) if batch is not None else None
@@ -563,6 +618,11 @@ class Operations(pyfuse3.Operations):
         out = []
         for next_offset, name, child, attr in islice(reader.entries(offset), READDIR_BATCH):
             try:
+                if lean and attr is None and (attr := child.cached_attr()) is None:
+                    file_type = _file_type(child)
+                    if file_type:
+                        out.append((next_offset, os.fsencode(name), child.ino, file_type, child))
+                        continue
                 out.append((next_offset, os.fsencode(name), child.ino, dirent(attr or child.attr()), child))
             except OSError as exc:
                 log.warning("listing %s: %s", name, exc)
@@ -614,7 +674,7 @@ class Operations(pyfuse3.Operations):
                 listing.pending, listing.end, listing.gone = [], None, set()
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
-            listing, offset = self.folder_listings.find(ino, start_id, lambda: self._directory(ino).opendir())
+            listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino))
         if listing.end == offset:
             return                      # the end, found before: the kernel asks once more
         base = listing.base
@@ -628,14 +688,23 @@ class Operations(pyfuse3.Operations):
                 if offset is None:
                     return
                 position = 0
-                entries, more = await self._run(self._listing_batch, listing.reader, offset)
+                entries, more = await self._run(self._listing_batch, listing.reader, offset, listing.lean)
                 _check_offsets(base, entries)
             if listing.gone:
                 entries = await self._as_now(listing, entries, position)
             listing.pending = []
             for position in range(position, len(entries)):
                 next_offset, name, ino, entry, child = entries[position]
-                if name is not None:
+                if name is None:
+                    pass
+                elif entry.__class__ is int:    # (lean: the file type)
+                    if not pyfuse3.readdir_reply_name(token, name, ino, entry, base + next_offset):
+                        listing.pending, listing.position, listing.more = entries, position, more
+                        listing.offset = offset
+                        return
+                    self.counters.lean_entries += 1
+                    self.lean_rule.listed_lean(listing.ino, os.fsdecode(name), child)
+                else:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
                         listing.pending, listing.position, listing.more = entries, position, more
@@ -887,6 +956,7 @@ class Operations(pyfuse3.Operations):
         changed behind the mount are told to the kernel by the `Notifier` instead, as
         expired, and `_gone_is_stale` answers for an inode that is gone."""
         self.folder_listings.names_gone(folder, names)
+        self.lean_rule.names_gone(folder, names)
         for listing in self._listings.values():
             if listing.ino == folder:
                 listing.gone.update(names)
@@ -1037,7 +1107,10 @@ class Operations(pyfuse3.Operations):
                       listings_kept=len(self.folder_listings),
                       open_requests=c.opens, read_requests=c.reads, files_opened_by_kernel=self.kernel_opens,
                       files_held_by_inode=len(self.unopened),
-                      notify_waits=c.notify_waits,
+                      notify_waits=c.notify_waits, lookup_requests=c.lookups,
+                      lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
+                      lean_lookups_answered=self.lean_rule.answered,
+                      full_listings_left=self.lean_rule.full_left,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))
         status.update(self.tree.status())

@@ -14,6 +14,8 @@ read listings go.
 """
 from __future__ import annotations
 
+import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +45,7 @@ class Listing:
     more: bool = False          # whether entries follow the pending ones
     end: int | None = None      # the offset where the listing was found to end
     gone: set[bytes] = field(default_factory=set)   # names removed through the mount since it was made
+    lean: bool = False          # files' attributes left out where they need I/O (`LeanRule`)
 
 
 class FolderListings:
@@ -55,13 +58,14 @@ class FolderListings:
         self._numbers: dict[int, set[int]] = {}                       # folder -> its numbers
         self._next = 1
 
-    def find(self, ino: int, offset: int, opendir: Callable[[], object]) -> tuple[Listing, int]:
+    def find(self, ino: int, offset: int, opendir: Callable[[], tuple[object, bool]]) -> tuple[Listing, int]:
         """The listing a readdir of folder `ino` at `offset` goes on in, and the offset in
-        its reader. From 0, or in a listing no longer kept, a new one (the latter resumes
-        at the old position in the folder as it is now: the best left to do)."""
+        its reader. From 0, or in a listing no longer kept, a new one from `opendir` (its
+        reader, and whether it is lean; the latter resumes at the old position in the
+        folder as it is now: the best left to do)."""
         listing = self._listings.get(offset >> POSITION_BITS) if offset else None
         if listing is None or listing.ino != ino:
-            listing = self._add(ino, opendir())
+            listing = self._add(ino, *opendir())
         else:
             self._listings.move_to_end(offset >> POSITION_BITS)
         return listing, offset & POSITION_MASK
@@ -85,11 +89,11 @@ class FolderListings:
     def __len__(self) -> int:
         return len(self._listings)
 
-    def _add(self, ino: int, reader: object) -> Listing:
+    def _add(self, ino: int, reader: object, lean: bool) -> Listing:
         number = self._next
         self._next = number + 1 if number + 1 < NUMBERS else 1
         self._drop(number)                  # (a number wrapped round to)
-        listing = self._listings[number] = Listing(reader, ino, number << POSITION_BITS)
+        listing = self._listings[number] = Listing(reader, ino, number << POSITION_BITS, lean=lean)
         self._numbers.setdefault(ino, set()).add(number)
         if len(self._listings) > self._kept:
             self._drop(next(iter(self._listings)))
@@ -103,3 +107,144 @@ class FolderListings:
             numbers.discard(number)
             if not numbers:
                 del self._numbers[listing.ino]
+
+
+#: lookups of files listed without attributes that tell a reader which stats what it
+#: lists (`ls -l`, `du`, `find -printf %s`, rsync)
+LEAN_MISSES = 2
+#: listings then answered with attributes, before one is answered without them again;
+#: doubled at each trip that follows (a stat walk probed again), up to MAX_FULL_LISTINGS,
+#: and back when two folders listed lean in a row bring no trip (a walk of names)
+FULL_LISTINGS = 64
+MAX_FULL_LISTINGS = 4096
+#: folders last listed without attributes that lookups are counted in (the kernel may
+#: keep their listings: FOPEN_CACHE_DIR)
+LEAN_WATCHED = 1024
+#: files listed without attributes kept (in all watched folders) to be sized together at
+#: their folder's first LOOKUP
+LEAN_UNSIZED = 65_536
+#: seconds the sizes learned at a folder's first LOOKUP answer the LOOKUPs of its other
+#: names (at most; a listing with attributes would have given them for the entry timeout)
+ANSWERED_FOR = 5.0
+
+
+class LeanRule:
+    """Whether a new listing gives files whose attributes are not in memory (a view's
+    size to compute, a file to stat) without them (READDIRPLUS entries with node id 0):
+    a reader of names and types (`find`) then costs no such work, but a reader that
+    stats each name sends a LOOKUP per name. Listings are lean until lookups come for
+    what lean listings left out (`LEAN_MISSES` in the `LEAN_WATCHED` folders last listed
+    so), then carry attributes for the next `FULL_LISTINGS` listings (twice as many after
+    each trip that follows, up to `MAX_FULL_LISTINGS`), then probe again: a stat walk
+    pays one folder's LOOKUPs per probe, a few per walk. The
+    folders listed lean before are then given back (`looked_up`), for the daemon to drop
+    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name).
+
+    The files a folder's lean listings left out are kept (`LEAN_UNSIZED` in all): its
+    first LOOKUP that needs a worker sizes them all in that call (`unsized`), as a listing
+    with attributes would (a backend sizes a folder's views together), and the LOOKUPs of
+    the others are answered from what it found (`answer`), the listing's node and its
+    attributes, as the kernel would have kept them from a listing with attributes: for
+    `ANSWERED_FOR` seconds at most (and the tree's entry timeout), until the name is
+    removed through the mount (`names_gone`) or the tree reports a change (`changed`)."""
+
+    def __init__(self, enabled: bool = True, entry_timeout: float = ANSWERED_FOR) -> None:
+        self.enabled = enabled
+        self.full_left = 0
+        self.trips = 0                      # times lookups turned listings full
+        self._full_next = FULL_LISTINGS     # full listings at the next trip
+        self._lean_in_a_row = 0             # folders listed lean since the last trip
+        self.answered = 0                   # LOOKUPs answered from a folder's first (`answer`)
+        self._answered_for = min(ANSWERED_FOR, entry_timeout)
+        self._watched: OrderedDict[int, dict] = OrderedDict()   # folders listed lean: name -> node unsized
+        self._unsized = 0                   # nodes in those
+        self._misses = 0                    # lookups of their files since the last trip
+        self._answers: dict[int, tuple[float, dict]] = {}      # folder -> (until, name -> (node, attr))
+        self.changes = 0                    # changes told (`changed`, `names_gone`): what was sized before is not kept
+
+    def lean(self) -> bool:
+        """Whether the listing being made goes lean (counts the full ones down)."""
+        if not self.enabled:
+            return False
+        if self.full_left:
+            self.full_left -= 1
+            return False
+        return True
+
+    def listed_lean(self, ino: int, name: str, node) -> None:
+        """Folder `ino` was given `name` (of `node`) without its attributes."""
+        unsized = self._watched.get(ino)
+        if unsized is None:
+            unsized = self._watched[ino] = {}
+            self._lean_in_a_row += 1
+            if self._lean_in_a_row > 2:     # (two before brought no trip: a walk of names)
+                self._full_next = FULL_LISTINGS
+            if len(self._watched) > LEAN_WATCHED:
+                self._unsized -= len(self._watched.popitem(last=False)[1])
+        if self._unsized < LEAN_UNSIZED and name not in unsized:
+            unsized[name] = node
+            self._unsized += 1
+
+    def unsized(self, parent: int) -> dict:
+        """The files (name -> node) of folder `parent` its lean listings left out, for the
+        LOOKUP of one of them to size together; given once."""
+        unsized = self._watched.get(parent)
+        if not unsized:
+            return {}
+        self._watched[parent] = {}
+        self._unsized -= len(unsized)
+        return unsized
+
+    def sized(self, parent: int, found: dict, changes: int) -> None:
+        """What sizing folder `parent`'s `unsized` found: name -> (node, attributes), from
+        when `changes` were told (none kept if more were told since)."""
+        if found and changes == self.changes:
+            if len(self._answers) >= LEAN_WATCHED:
+                self._answers = {}
+            self._answers[parent] = (time.monotonic() + self._answered_for, found)
+
+    def answer(self, parent: int, name: str):
+        """(node, attributes) of a name of folder `parent` its first LOOKUP sized, if
+        still valid (`sized`); else None."""
+        answers = self._answers.get(parent)
+        if answers is None:
+            return None
+        if time.monotonic() > answers[0]:
+            del self._answers[parent]
+            return None
+        found = answers[1].pop(name, None)
+        if found is not None:
+            self.answered += 1
+        return found
+
+    def names_gone(self, folder: int, names) -> None:
+        """Names of `folder` removed or renamed through the mount: not answered."""
+        self.changes += 1
+        answers = self._answers.get(folder)
+        if answers is not None:
+            for name in names:
+                answers[1].pop(os.fsdecode(name), None)
+
+    def changed(self, inodes, entries, waited: bool = True) -> None:
+        """The tree reports changes (`Tree.report`, maybe from a thread): nothing is
+        answered from what was sized before."""
+        self.changes += 1
+        self._answers = {}
+
+    def looked_up(self, parent: int) -> tuple[int, ...]:
+        """A file of folder `parent` was looked up: the other folders listed lean, when
+        that turns listings full (their kept listings are worth dropping; `parent`'s
+        names are being looked up), else ()."""
+        if parent not in self._watched:
+            return ()
+        self._misses += 1
+        if self._misses < LEAN_MISSES:
+            return ()
+        self._misses = 0
+        listed_lean = tuple(ino for ino in self._watched if ino != parent)
+        self._watched.clear()
+        self._unsized = 0
+        self.full_left, self._full_next = self._full_next, min(2 * self._full_next, MAX_FULL_LISTINGS)
+        self._lean_in_a_row = 0
+        self.trips += 1
+        return listed_lean

@@ -6,12 +6,12 @@ from scopefs.daemon.listings import NUMBERS, POSITION_BITS, FolderListings
 
 
 def snapshots():
-    """An opendir that counts the snapshots it made."""
+    """An opendir that counts the snapshots it made (each with attributes: not lean)."""
     made = []
 
     def opendir():
         made.append(object())
-        return made[-1]
+        return made[-1], False
     return opendir, made
 
 
@@ -65,3 +65,58 @@ def test_names_gone_reach_the_folders_listings_made_before_and_are_bounded():
     kept, _ = listings.find(2, 0, opendir)
     listings.names_gone(2, (b"x", b"y", b"z"))
     assert kept.gone == {b"x", b"y", b"z"} and listings.find(2, kept.base + 1, opendir)[0] is kept
+
+
+def test_lean_rule_answers_a_folders_lookups_from_its_first_until_told_otherwise(monkeypatch):
+    """What a folder's first LOOKUP sized answers the LOOKUPs of its other names once
+    each, and nothing once a name is removed through the mount, the tree reports a
+    change (also one told while the sizing ran), or the time is up."""
+    from scopefs.daemon import listings
+    rule = listings.LeanRule(entry_timeout=2.0)
+    a, b, attr = object(), object(), object()
+    rule.listed_lean(7, "a", a)
+    rule.listed_lean(7, "b", b)
+    assert rule.unsized(7) == {"a": a, "b": b} and rule.unsized(7) == {}
+
+    def sized() -> None:
+        rule.sized(7, {"b": (b, attr)}, rule.changes)
+    sized()
+    assert rule.answer(7, "b") == (b, attr) and rule.answer(7, "b") is None
+    assert rule.answered == 1
+    sized()
+    rule.names_gone(7, [b"b"])
+    assert rule.answer(7, "b") is None
+    sized()
+    rule.changed((), ())
+    assert rule.answer(7, "b") is None
+    before = rule.changes
+    rule.changed((), ())                    # (while the sizing ran)
+    rule.sized(7, {"b": (b, attr)}, before)
+    assert rule.answer(7, "b") is None
+    now = listings.time.monotonic()
+    sized()
+    monkeypatch.setattr(listings.time, "monotonic", lambda: now + 2.5)
+    assert rule.answer(7, "b") is None
+
+
+def test_lean_rule_probes_a_stat_walk_less_often_each_time():
+    """LOOKUPs of names listed lean (a stat walk) turn the next listings full: 64, then
+    twice as many at each trip after a probe, and 64 again once folders listed lean bring
+    no LOOKUPs (a walk of names)."""
+    from scopefs.daemon.listings import FULL_LISTINGS, LEAN_MISSES, LeanRule
+    rule = LeanRule()
+    folders = iter(range(100, 10_000))
+
+    def probe(looked_up: bool) -> int:
+        """A lean listing of a new folder, looked up or not: the full listings that follow."""
+        assert rule.lean()
+        folder = next(folders)
+        rule.listed_lean(folder, "a.csv", object())
+        for _ in range(LEAN_MISSES if looked_up else 0):
+            rule.looked_up(folder)
+        full = rule.full_left
+        assert not any(rule.lean() for _ in range(full))
+        return full
+    assert [probe(True) for _ in range(3)] == [FULL_LISTINGS, 2 * FULL_LISTINGS, 4 * FULL_LISTINGS]
+    assert [probe(False) for _ in range(3)] == [0, 0, 0]
+    assert probe(True) == FULL_LISTINGS

@@ -1,0 +1,125 @@
+"""Listings with and without attributes (`LeanRule`), side by side: what cold walks of an
+FSDB and a copick mount cost with lean listings (the default) and with every entry's
+attributes (SCOPEFS_LEAN_LISTINGS=0), alternating, each walk on a fresh mount.
+
+    python benchmarks/lean_listings.py [--work DIR] [--fsdb SxFxN|none] [--copick RxP]
+        [--cases never,kept,learned] [--repeat 3]
+
+Printed per walk and mode, as medians: wall time, the daemon's CPU seconds, and the
+daemon's counters for the walk: requests, LOOKUPs, READDIRs, entries listed without
+attributes, LOOKUPs answered from a folder's first (`lean_lookups_answered`), worker
+calls, and (FSDB) attributes the backend learned from disk. The copick project is
+mounted as never before (`never`: no view sizes kept, a fresh XDG_CACHE_HOME each mount,
+the size learner racing the walk), with the sizes a mount before kept (`kept`), and
+after the mount's learner is done (`learned`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import walk_samples  # noqa: E402
+
+SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
+WALKS = {"find": "find . >/dev/null", "find -printf %s": "find . -printf '%s\\n' >/dev/null",
+         "du -s": "du -s . >/dev/null", "ls -lR": "ls -lR . >/dev/null",
+         "find, then ls -lR": "find . >/dev/null && ls -lR . >/dev/null"}
+COUNTERS = ("requests", "lookup_requests", "readdir_requests", "lean_entries", "lean_lookups_answered",
+            "worker_calls")
+
+
+def status(mnt: Path) -> dict:
+    return json.loads((mnt / ".scopefs").read_text())
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def counted(st: dict) -> dict:
+    out = {name: st[name] for name in COUNTERS}
+    out["learned"] = st.get("work", {}).get("attributes_learned", 0)
+    out["views_made"] = st.get("views_made", 0)
+    return out
+
+
+def learned(mnt: Path) -> None:
+    while not status(mnt).get("view_sizes", {}).get("learning_done", True):
+        time.sleep(0.2)
+
+
+def one_walk(source: walk_samples.Source, command: str, lean: bool, work: Path, case: str = "never") -> dict:
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    cache = work / "cache-kept" if case == "kept" else Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
+    env = dict(os.environ, SCOPEFS_LEAN_LISTINGS="1" if lean else "0", XDG_CACHE_HOME=str(cache))
+    if case == "kept" and not cache.exists():            # a mount before learns every size and keeps them
+        subprocess.run(SCOPEFS + ["mount", str(source.path), str(mnt), *source.options], check=True, env=env)
+        learned(mnt)
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        time.sleep(0.5)
+    subprocess.run(SCOPEFS + ["mount", str(source.path), str(mnt), *source.options], check=True,
+                   env=dict(env, SCOPEFS_LEARN_VIEW_SIZES="0") if case == "kept" else env)
+    try:
+        if case == "learned":
+            learned(mnt)
+        if os.geteuid() == 0:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        before = status(mnt)
+        cpu, start = cpu_s(before["pid"]), time.perf_counter()
+        subprocess.run(command, shell=True, cwd=mnt, check=True)
+        took = time.perf_counter() - start
+        after = status(mnt)
+        out = {name: counted(after)[name] - counted(before)[name] for name in counted(after)}
+        out["requests"] -= 1                        # (the status read between)
+        return dict(out, wall_s=took, cpu_s=cpu_s(before["pid"]) - cpu)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-lean")
+    parser.add_argument("--fsdb", default="10x3x60", help="scans x filesets x files (10x3x60), or none")
+    parser.add_argument("--copick", default="5x10", help="runs x picks (5x10)")
+    parser.add_argument("--cases", default="never,kept,learned", help="copick: never,kept,learned")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    sources = {}
+    if args.fsdb != "none":
+        sources[f"FSDB {args.fsdb}"] = walk_samples.fsdb(args.work / f"fsdb-{args.fsdb}",
+                                                        *map(int, args.fsdb.split("x"))), "never"
+    copick = walk_samples.copick(args.work / f"copick-{args.copick}", *map(int, args.copick.split("x")))
+    titles = {"never": "never mounted before", "kept": "sizes kept by a mount before",
+              "learned": "after the mount learned the sizes"}
+    for case in args.cases.split(","):
+        sources[f"copick {args.copick}, {titles[case]}"] = copick, case
+    for label, (source, case) in sources.items():
+        print(f"{label}, cold, medians of {args.repeat} (lean listings | every entry with attributes)")
+        for walk, command in WALKS.items():
+            runs = {True: [], False: []}
+            for _ in range(args.repeat):
+                for lean in (True, False):
+                    runs[lean].append(one_walk(source, command, lean, args.work, case))
+            med = {lean: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for lean, rs in runs.items()}
+            cells = "  ".join(f"{k} {med[True][k]:g} | {med[False][k]:g}" for k in
+                              ("requests", "lookup_requests", "lean_lookups_answered", "readdir_requests",
+                               "lean_entries", "worker_calls", "views_made", "learned"))
+            print(f"  {walk:<18} wall {med[True]['wall_s']:.3f} | {med[False]['wall_s']:.3f} s  "
+                  f"daemon CPU {med[True]['cpu_s']:.2f} | {med[False]['cpu_s']:.2f} s  {cells}", flush=True)
+
+if __name__ == "__main__":
+    main()

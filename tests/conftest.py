@@ -70,9 +70,18 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 
 def cleanup_mount(mountpoint: Path, pid: int | None) -> None:
+    unmount(mountpoint)
+    end_daemon(pid)
+
+
+def unmount(mountpoint: Path) -> None:
     if os.path.ismount(mountpoint) or is_stale(mountpoint):
         if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode != 0:
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+
+def end_daemon(pid: int | None) -> None:
+    """Wait for an unmounted mount's daemon to finish; end it by its PID if it lingers."""
     if pid is not None and not wait_gone(pid, 20):
         os.kill(pid, signal.SIGTERM)
         if not wait_gone(pid, 10):
@@ -149,8 +158,10 @@ class Mounter:
         daemon_log.check(self.log(), node, self.expected_log, self.refused)
 
     def cleanup(self) -> None:
-        for mountpoint, pid in reversed(self.mounts):
-            cleanup_mount(mountpoint, pid)
+        for mountpoint, _ in reversed(self.mounts):     # all unmounted first: their daemons
+            unmount(mountpoint)                          # finish side by side
+        for _, pid in self.mounts:
+            end_daemon(pid)
         self.mounts.clear()
 
 

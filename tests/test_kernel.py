@@ -96,6 +96,14 @@ def test_a_root_on_a_fuse_mount_is_never_answered_from_caches(mount, tmp_path):
     mnt = mount(str(static), "-t", "copick", "-o", f"overlay={overlay}")
     assert kernel.filesystem_type(str(mnt)).startswith("fuse")
     on_fuse, on_disk = LocalRoot(str(mnt)), LocalRoot(str(static))
+    try:
+        check_roots_on_fuse_and_on_disk(mnt, on_fuse, on_disk)
+    finally:                        # the root's descriptor would keep the mount busy at unmount
+        on_fuse.close()
+        on_disk.close()
+
+
+def check_roots_on_fuse_and_on_disk(mnt, on_fuse, on_disk) -> None:
     assert not on_fuse.local_storage
     (mnt / "f").stat()
     assert on_fuse.stat_cached("f") is None and on_fuse.open_read_cached("f") is None

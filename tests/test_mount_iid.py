@@ -29,6 +29,12 @@ def sample(tmp_path_factory):
     return path, spec
 
 
+@pytest.fixture(scope="module")
+def sample_in_upstream(sample):
+    """What upstream reads from the sample (which no test writes): read once."""
+    return read_upstream(sample[0])
+
+
 @pytest.fixture
 def copy(sample, tmp_path):
     path, spec = sample
@@ -50,9 +56,9 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_every_entry_matches_upstream(sample, mount):
+def test_every_entry_matches_upstream(sample, sample_in_upstream, mount):
     path, spec = sample
-    info, masks = read_upstream(path)
+    info, masks = sample_in_upstream
     mnt = mount(path)
     names = sorted(entry_folders(mnt))
     assert len(names) == len(ODD_ADDRESSES) == len(set(names))
@@ -75,9 +81,9 @@ def test_every_entry_matches_upstream(sample, mount):
     assert json.loads((mnt / "000008-nul%00byte" / "entry.json").read_text())["address"] == "nul\x00byte"
 
 
-def test_groups_meta_by_address_and_overview(sample, mount):
+def test_groups_meta_by_address_and_overview(sample, sample_in_upstream, mount):
     path, _ = sample
-    info, masks = read_upstream(path)
+    info, masks = sample_in_upstream
     mnt = mount(path)
     assert json.loads((mnt / "meta.json").read_text()) == info["meta"]
     assert sorted(os.listdir(mnt / "groups")) == ["odd%2Fgroup name", "plain"]
@@ -248,9 +254,9 @@ def test_unmount_writes_back_and_ro_refuses(copy, mount):
 
 
 @pytest.mark.parametrize("fmt,ext", [("npy", ".npy"), ("tiff", ".tif")])
-def test_other_mask_formats(sample, mount, fmt, ext):
+def test_other_mask_formats(sample, sample_in_upstream, mount, fmt, ext):
     path, _ = sample
-    _, masks = read_upstream(path)
+    _, masks = sample_in_upstream
     mnt = mount(path, "-o", f"mask_format={fmt}")
     name = sorted(entry_folders(mnt))[5]
     file = mnt / name / f"mask{ext}"

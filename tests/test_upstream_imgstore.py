@@ -23,25 +23,31 @@ def served_as_upstream_returns(path) -> np.ndarray:
     return img[:, :, ::-1] if img.ndim == 3 else img
 
 
-def upstream_read(store, out) -> tuple[dict, dict]:
-    run_upstream("imgstore", "upstream_imgstore.py", "read", str(store), str(out))
-    with np.load(out) as data:
-        arrays = {k: data[k] for k in data.files if k != "info"}
-        return json.loads(str(data["info"])), arrays
+def upstream_read(stores: dict, folder) -> dict[str, tuple[dict, dict]]:
+    """What upstream reads from each store ({key: path}), in one run of its venv."""
+    outs = {key: folder / f"read{i}.npz" for i, key in enumerate(stores)}
+    run_upstream("imgstore", "upstream_imgstore.py", "read",
+                 *(str(path) for key in stores for path in (stores[key], outs[key])))
+    read = {}
+    for key, out in outs.items():
+        with np.load(out) as data:
+            read[key] = json.loads(str(data["info"])), {k: data[k] for k in data.files if k != "info"}
+    return read
 
 
 @pytest.fixture(scope="module")
 def upstream_stores(tmp_path_factory):
+    """Stores upstream wrote, and what it reads from each."""
     base = tmp_path_factory.mktemp("upstream")
     names = json.loads(run_upstream("imgstore", "upstream_imgstore.py", "write", str(base)))
-    return base, names
+    return base, names, upstream_read({name: base / name for name in names}, base)
 
 
-def test_stores_written_by_upstream_match_its_get_image(upstream_stores, module_mount, tmp_path):
-    base, names = upstream_stores
+def test_stores_written_by_upstream_match_its_get_image(upstream_stores, module_mount):
+    base, names, read = upstream_stores
     for name in names:
         store = base / name
-        info, arrays = upstream_read(store, tmp_path / f"{name}.npz")
+        info, arrays = read[name]
         mnt = module_mount(store)
         frames = sorted(os.listdir(mnt / "frames"))
         assert len(frames) == info["frame_count"], name
@@ -66,15 +72,27 @@ def test_stores_written_by_upstream_match_its_get_image(upstream_stores, module_
             assert [r["frame_index"] for r in ours] == [r["frame_index"] for r in info["extra"]]
 
 
-@pytest.mark.parametrize("fmt,shape,video", [
+SCOPEFS_WRITES = [
     ("npy", (48, 64, 3), False), ("png", (48, 64), False), ("tif", (48, 64, 3), False),
     ("mjpeg/avi", (120, 160, 3), True), ("avc1/mp4", (120, 160, 3), True), ("h264/mkv", (120, 160), True),
-])
-def test_stores_written_by_scopefs_open_in_upstream(tmp_path, fmt, shape, video):
-    numbers = [5, 6, 7, 9, 12, 13, 14, 15, 16, 20, 21, 22, 23]
-    sample = make_store(tmp_path / "store", fmt, shape=shape, numbers=numbers, chunksize=4, video=video,
-                        extra=True, metadata={"genotype": "mutant", "rig": {"camera": 2}})
-    info, arrays = upstream_read(sample.path, tmp_path / "read.npz")
+]
+NUMBERS = [5, 6, 7, 9, 12, 13, 14, 15, 16, 20, 21, 22, 23]
+
+
+@pytest.fixture(scope="module")
+def scopefs_stores(tmp_path_factory):
+    """A store of each format written by scopefs, and what upstream reads from each."""
+    base = tmp_path_factory.mktemp("scopefs-written")
+    samples = {fmt: make_store(base / f"store{i}", fmt, shape=shape, numbers=NUMBERS, chunksize=4, video=video,
+                               extra=True, metadata={"genotype": "mutant", "rig": {"camera": 2}})
+               for i, (fmt, shape, video) in enumerate(SCOPEFS_WRITES)}
+    return samples, upstream_read({fmt: sample.path for fmt, sample in samples.items()}, base)
+
+
+@pytest.mark.parametrize("fmt,shape,video", SCOPEFS_WRITES)
+def test_stores_written_by_scopefs_open_in_upstream(scopefs_stores, fmt, shape, video):
+    numbers = NUMBERS
+    sample, (info, arrays) = scopefs_stores[0][fmt], scopefs_stores[1][fmt]
     assert info["frame_count"] == len(numbers)
     assert info["numbers"] == numbers
     assert info["times"] == sample.times

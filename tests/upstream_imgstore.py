@@ -94,5 +94,6 @@ def read(path, out):
 if __name__ == "__main__":
     if sys.argv[1] == "write":
         write(sys.argv[2])
-    elif sys.argv[1] == "read":
-        read(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "read":                 # read STORE OUT [STORE OUT...]: one start for many
+        for path, out in zip(sys.argv[2::2], sys.argv[3::2]):
+            read(path, out)

@@ -8,6 +8,7 @@ checked: a warning or traceback the test does not expect fails it (tests/daemon_
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -163,6 +164,17 @@ class Mounter:
         for _, pid in self.mounts:
             end_daemon(pid)
         self.mounts.clear()
+
+
+@pytest.fixture(autouse=True)
+def kernel_caches_shared(request, tmp_path_factory):
+    """A test marked `drops_kernel_caches` runs while no other test of the run does (the
+    suite runs in two processes, see ./dev): many tests count what the kernel keeps of a
+    mount, and a drop_caches meanwhile empties it. Others share the lock."""
+    exclusive = request.node.get_closest_marker("drops_kernel_caches") is not None
+    with open(tmp_path_factory.getbasetemp().parent / "kernel-caches.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ def test_open_cached_opens_what_the_lookup_cache_knows_and_nothing_else(tmp_path
         kernel.open_cached(str(missing), os.O_RDONLY)
 
 
+@pytest.mark.drops_kernel_caches
 def test_open_cached_declines_a_path_that_needs_the_disk(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("emptying the lookup cache (drop_caches) needs root")

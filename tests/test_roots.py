@@ -249,6 +249,7 @@ def test_nodes_the_kernel_forgot_are_kept_a_while_then_dropped(tmp_path):
     assert tree.get(again.ino) is again and node_at(tree, "d/a") is again
 
 
+@pytest.mark.drops_kernel_caches
 def test_nodes_the_kernel_forgot_wait_idle_and_come_back_on_the_next_walk(mount: Mounter, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("making the kernel forget inodes (drop_caches) needs root")

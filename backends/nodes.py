@@ -188,6 +188,12 @@ class Directory(Node):
     #: remember for long: `cp` looks a target up three times before it makes it.
     negative_timeout: float | None = None
 
+    def negative_timeout_of(self, name: str) -> float | None:
+        """`negative_timeout` for one missing name: a name that may appear without a
+        kernel call naming it (a view made at a file's close) says 0, so it is not
+        remembered missing (the names a change reports are never waited for). No I/O."""
+        return self.negative_timeout
+
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory
         that changes while it is read returns a snapshot of its own per handle (stable

@@ -510,3 +510,26 @@ def test_files_without_an_extension_list_reopen_rename_and_unlink(tmp_path, moun
     for name in ("renamed", "end.", "e.bin"):
         (again / name).unlink()
     assert sorted(os.listdir(again)) == ["0.png", "0.png.metadata.json"]
+
+
+def test_a_new_files_metadata_shows_as_soon_as_it_is_closed(tmp_path, mount):
+    """`stat name.metadata.json` while name is being written finds nothing; once close(2)
+    has returned it finds the file's metadata at once (the kernel was not left to remember
+    the name missing: the view appears at a close the kernel does not know makes it); a
+    new scan's, once its mkdir has returned. (The old code failed within 40 files.)"""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    for i in range(200):
+        new = images / f"new_{i}.png"
+        with open(new, "wb") as out:
+            out.write(b"x" * 100)
+            with pytest.raises(FileNotFoundError):
+                os.stat(images / f"new_{i}.png.metadata.json")
+        assert json.loads((images / f"new_{i}.png.metadata.json").read_text()) == {}
+    for i in range(50):                         # a scan's, as soon as its mkdir has returned
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / f"scan_{i}.metadata.json")
+        os.mkdir(mnt / f"scan_{i}")
+        assert json.loads((mnt / f"scan_{i}.metadata.json").read_text()) == {}

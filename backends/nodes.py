@@ -22,7 +22,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Node.attr                                  Node.cached_attr
     Node.set_attr       if set_attr_blocks     Node.set_attr otherwise
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
-                                                 missing)
+                                                 missing), negative_timeout_of
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
     Directory.create, mkdir, symlink, mknod,    Directory.mkdir_nowait, create_nowait

@@ -367,7 +367,9 @@ _GENERATED = itertools.count()
 class GeneratedFile(File):
     """A read-only file whose content is made on demand (CSV of a million rows, JSON
     summaries...). The content is generated once for its size and kept in `cache`
-    (bounded); if evicted, it is made again, identically. With `kept` (a
+    (bounded; under `key`, where others make the same bytes into it, else a key of its
+    own), never in the node; if evicted, it is made again, identically. Without a cache
+    the node keeps it: only for small files a mount has a few of. With `kept` (a
     `kept_sizes.KeptSize`) its size comes from sizes learned before, on this mount or
     another, without making it; a kept size that proves wrong when the content is made
     (a renderer changed without its version) is corrected and `on_resized(self)` called.
@@ -376,8 +378,8 @@ class GeneratedFile(File):
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None,
                  kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None,
-                 sized: Callable[[], int | None] | None = None):
-        self._key = ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
+                 sized: Callable[[], int | None] | None = None, key=None):
+        self._key = key or ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
         self._make, self._sized = make, sized
         self.mtime_ns = mtime_ns
         self._size: int | None = None

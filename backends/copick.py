@@ -10,6 +10,7 @@ config with the mount as its only (overlay) root, so `copick.from_file()` on it 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     overlay_dir = options.str("overlay", "")
     ttl = options.float("metadata_ttl", 60.0)
     volume_cache = options.int("mrc_cache_mb", 512, minimum=16) << 20
+    view_cache = options.int("view_cache_mb", 128, minimum=1) << 20
     options.finish()
     if base != ROOT_INO:
         raise MountError("a copick project cannot be shown inside another source")
@@ -93,7 +95,7 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
         static = (make_root(config["static_root"], config.get("static_fs_args"), "static_root", ttl)
                   if config.get("static_root") else overlay)
     tree = CopickTree(static, overlay, read_only)
-    tree.derive = DerivedViews(tree, volume_cache)
+    tree.derive = DerivedViews(tree, volume_cache, view_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
     tree.imports = Imports(tree, tree.derive.picks, objects or None)
     if mountpoint:
@@ -233,9 +235,9 @@ class DerivedViews:
         VoxelSpacing<vs>/<u>_<s>_<o>.star|.relion4.star|.tbl|.em|.csv   (copick_views.py)
     """
 
-    def __init__(self, tree: OverlayTree, volume_cache: int):
+    def __init__(self, tree: OverlayTree, volume_cache: int, view_cache: int = 128 << 20):
         self.tree = tree
-        self.cache = ByteCache(128 << 20)
+        self.cache = ByteCache(view_cache)      # the bytes of these views: nowhere else
         self.sizes = KeptSizes(cache_path())
         self.libraries = LibraryLoader()
         self.made = 0
@@ -268,7 +270,8 @@ class DerivedViews:
         return None if shown is None else identity(shown[1])
 
     def status(self) -> dict:
-        return {**self.volumes.status(), "views_made": self.made, "picks_size_batches": self.picks.size_batches,
+        return {**self.volumes.status(), "views_made": self.made,
+                "view_cache": {"bytes": self.cache.used_bytes, "limit": self.cache.max_bytes}, "picks_size_batches": self.picks.size_batches,
                 "picks_views_written_alone": self.picks.written_alone,
                 "view_sizes": {**self.sizes.status(), "learned_at_mount": self.learner.learned,
                                "learning_done": self.learner.done}}
@@ -347,21 +350,29 @@ class DerivedViews:
             return None if found is None else (convert.__name__, args, versions(*libraries), found)
 
         def make():
-            return GeneratedFile(lambda: self._content(source, convert, *args), self.tree.top(source)[1].mtime_ns,
+            shown = self.tree.top(source)[1]
+            return GeneratedFile(functools.partial(self._made, source, convert, *args), shown.mtime_ns, self.cache,
+                                 key=self._version(source, convert, args, shown),
                                  kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)
         return make
 
+    def _version(self, source: str, convert, args: tuple, shown=None) -> tuple:
+        """The cache key of a view: what it is made of, as the source is (`shown`, else asked)."""
+        return (source, convert.__name__) + args + self.tree.source_key(source, shown)
+
+    def _made(self, source: str, convert, *args) -> bytes:
+        self.count_made()
+        try:
+            return convert(source, *args)
+        except OSError:
+            raise
+        except Exception as exc:        # a bad source: EIO for this view, the listing goes on
+            raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
+
     def _content(self, source: str, convert, *args) -> bytes:
         """The bytes of a view, made once per version of its source (bounded cache)."""
-        def made() -> bytes:
-            self.count_made()
-            try:
-                return convert(source, *args)
-            except OSError:
-                raise
-            except Exception as exc:        # a bad source: EIO for this view, the listing goes on
-                raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", source) from None
-        return self.cache.get_or_make((source, convert.__name__) + args + self.tree.source_key(source), made)
+        return self.cache.get_or_make(self._version(source, convert, args),
+                                      functools.partial(self._made, source, convert, *args))
 
     def _sizes(self, sources: list[str], convert) -> dict[str, int]:
         """The sizes of the views `convert(source)` of a listing's sources, made side by

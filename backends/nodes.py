@@ -22,7 +22,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Node.attr                                  Node.cached_attr
     Node.set_attr       if set_attr_blocks     Node.set_attr otherwise
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
-                                                 missing)
+                                                 missing), negative_timeout_of
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
       opendir gave)                              (of what opendir gave)
     Directory.create, mkdir, symlink, mknod,    Directory.mkdir_nowait, create_nowait
@@ -187,6 +187,12 @@ class Directory(Node):
     #: kernel's own calls (mkdir, create, rename, link, symlink into it) may let it
     #: remember for long: `cp` looks a target up three times before it makes it.
     negative_timeout: float | None = None
+
+    def negative_timeout_of(self, name: str) -> float | None:
+        """`negative_timeout` for one missing name: a name that may appear without a
+        kernel call naming it (a view made at a file's close) says 0, so it is not
+        remembered missing (the names a change reports are never waited for). No I/O."""
+        return self.negative_timeout
 
     def opendir(self) -> "Directory":
         """What one open directory handle lists from: anything with `entries`. A directory

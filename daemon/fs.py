@@ -530,7 +530,7 @@ class Operations(pyfuse3.Operations):
             else:
                 found = await self._run(directory.lookup_attr, name)
         if found is None or found is ABSENT:
-            timeout = directory.negative_timeout
+            timeout = directory.negative_timeout_of(name)
             if timeout is None:
                 timeout = self.policy.negative_timeout
             if timeout > 0:

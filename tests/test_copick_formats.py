@@ -704,3 +704,40 @@ def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path
             assert view.read_bytes() == picks_format.export(picks, kind, "TS_001", 10.0, centre), view.name
     status = daemon_status(mnt)
     assert status["picks_views_written_alone"] == 3 and status["picks_size_batches"] == 1, status
+
+
+def rss_bytes(pid: int) -> int:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) << 10
+
+
+def test_generated_views_live_only_in_their_bounded_cache(tmp_path, mount, monkeypatch):
+    """The bytes of a Picks/ CSV view (as of meshes and previews) stay in the views' cache
+    (`-o view_cache_mb`), not in its node: once the heap has grown to what making a view
+    takes, reading 9 MiB more of CSV views through a 2 MiB cache grows the daemon by far
+    less than that (the old code kept each view's bytes in its node: +9 MiB)."""
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")        # only the reads below make views
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")                # one heap, reused by each view made
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
+    picks.mkdir(parents=True)
+    overlay.mkdir()
+    points = [{"location": {"x": i + 0.5, "y": 2.5, "z": 3.5}} for i in range(8_000)]       # 0.6 MiB of CSV
+    names = [f"tester_{n}_ribosome" for n in range(25)]
+    for name in names:
+        (picks / f"{name}.json").write_text(json.dumps({"points": points}))
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}", "-o", "view_cache_mb=2")
+    shown = mnt / "ExperimentRuns" / "TS_001" / "Picks"
+    (shown / f"{names[0]}.csv").read_bytes()
+    deadline = time.monotonic() + 60        # the view libraries, imported in the background
+    while not {"/pandas/", "/numcodecs/"} <= set(view_libraries_loaded(mnt)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for name in names[1:10]:                # the heap a view takes, and a full cache
+        (shown / f"{name}.csv").read_bytes()
+    pid = daemon_status(mnt)["pid"]
+    before = rss_bytes(pid)
+    read = sum(len((shown / f"{name}.csv").read_bytes()) for name in names[10:])
+    grown = rss_bytes(pid) - before
+    cache = daemon_status(mnt)["view_cache"]
+    assert read > 9 << 20 and cache["limit"] == 2 << 20 and cache["bytes"] <= cache["limit"], cache
+    assert grown < read // 3, f"the daemon grew by {grown >> 20} MiB reading {read >> 20} MiB of views"

@@ -510,3 +510,38 @@ def test_files_without_an_extension_list_reopen_rename_and_unlink(tmp_path, moun
     for name in ("renamed", "end.", "e.bin"):
         (again / name).unlink()
     assert sorted(os.listdir(again)) == ["0.png", "0.png.metadata.json"]
+
+
+def test_a_new_files_metadata_shows_as_soon_as_it_is_closed(tmp_path, mount):
+    """`stat name.metadata.json` while name is being written finds nothing; once close(2)
+    has returned it finds the file's metadata at once (the kernel was not left to remember
+    the name missing: the view appears at a close the kernel does not know makes it); an
+    `.iid` file's `.view` likewise; a new scan's metadata, once its mkdir has returned.
+    (The old code failed within 40 files, 20 scans.)"""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    for i in range(200):
+        new = images / f"new_{i}.png"
+        with open(new, "wb") as out:
+            out.write(b"x" * 100)
+            with pytest.raises(FileNotFoundError):
+                os.stat(images / f"new_{i}.png.metadata.json")
+        assert json.loads((images / f"new_{i}.png.metadata.json").read_text()) == {}
+    from scopefs.formats.iid import IIDFile
+    seg = IIDFile()
+    seg.add(np.ones((3, 4), bool), (1, 2, 4, 6), address=b"leaf")
+    seg.save(str(tmp_path / "cells.iid"))
+    iid = (tmp_path / "cells.iid").read_bytes()
+    for i in range(100):                        # an .iid's view, as soon as its close has returned
+        with open(images / f"cells_{i}.iid", "wb") as out:
+            out.write(iid)
+            with pytest.raises(FileNotFoundError):
+                os.stat(images / f"cells_{i}.iid.view")
+        assert os.path.isdir(images / f"cells_{i}.iid.view")
+    for i in range(50):                         # a scan's, as soon as its mkdir has returned
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / f"scan_{i}.metadata.json")
+        os.mkdir(mnt / f"scan_{i}")
+        assert json.loads((mnt / f"scan_{i}.metadata.json").read_text()) == {}

@@ -178,3 +178,40 @@ def merged_static_files(mount, tmp_path, removed: bytes):
     (static / "removed.bin").write_bytes(removed)
     (static / "replaced.bin").write_bytes(b"old")
     return static, overlay, mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+
+
+def test_static_folder_whose_inode_number_is_reused_behind_the_mount(mount, tmp_path):
+    """A static folder removed behind the mount whose inode number a new folder then gets
+    (ext4 hands a freed number out again at once), renamed over another (empty) folder:
+    once the merged root is listed again, the new folder is a new inode, and a process
+    in the removed folder is not moved into it (it was: the new folder was taken for the
+    removed one's node, and the kernel moved its name for that node to the new name)."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    (static / "removed").mkdir(parents=True)
+    (static / "removed" / "old.txt").write_text("old")
+    (static / "replaced").mkdir()
+    overlay.mkdir()
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    assert os.listdir(mnt / "removed") == ["old.txt"] and os.listdir(mnt / "replaced") == []
+    inside = os.open(mnt / "removed", os.O_RDONLY | os.O_DIRECTORY)       # a shell cd'd into it
+    try:
+        shown_ino = os.fstat(inside).st_ino
+        freed = os.stat(static / "removed").st_ino
+        shutil.rmtree(static / "removed")
+        for attempt in range(100):
+            (static / f".new{attempt}").mkdir()
+            if os.stat(static / f".new{attempt}").st_ino == freed:
+                break
+        else:
+            pytest.skip("this filesystem gave no freed inode number out again")
+        (static / f".new{attempt}" / "new.txt").write_text("new")
+        os.rename(static / f".new{attempt}", static / "replaced")
+        (mnt / "changed").write_bytes(b"")      # the kernel's listing of the root goes
+        os.unlink(mnt / "changed")
+        assert "replaced" in os.listdir(mnt) and "removed" not in os.listdir(mnt)
+        assert os.listdir(mnt / "replaced") == ["new.txt"]
+        assert (mnt / "replaced" / "new.txt").read_text() == "new"
+        assert os.stat(mnt / "replaced").st_ino != shown_ino
+        assert not os.readlink(f"/proc/self/fd/{inside}").endswith("/replaced")
+    finally:
+        os.close(inside)

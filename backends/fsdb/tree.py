@@ -534,6 +534,12 @@ class Folder(Directory):
     no I/O where the model knows), a listing made once per readdir pass (per open handle),
     attributes kept until the tree changes."""
 
+    def negative_timeout_of(self, name: str) -> float | None:
+        """A metadata view or a `.view` appears at a call that does not name it (a scan's
+        or fileset's mkdir, a file's first close): never remembered missing, so it shows
+        as soon as that call returns."""
+        return 0.0 if name.endswith((META, VIEW)) else self.negative_timeout
+
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
         self._attr: Attr | None = None

@@ -1,7 +1,7 @@
 """The merged view: nodes, and the merge rules that decide what each name shows.
 
-A node is its backing file: (layer, st_dev, st_ino), and a static file's ctime (inode
-numbers are reused), or (layer, path) in an object store. Hard links found by that
+A node is its backing file: (layer, st_dev, st_ino), and a static file's ctime or a static
+directory's path (inode numbers are reused), or (layer, path) in an object store. Hard links found by that
 identity share one node (one inode number); a copy-up moves a node to the overlay layer
 and keeps its number. A node knows where it is (its parent node and name, and for hard
 links its other names), so a rename moves one node and never rewrites a table of paths;
@@ -366,12 +366,14 @@ class OverlayTree(Tree):
         or replaced behind the mount: the node is gone, ESTALE, and the file a new node).
         Not the birth time: Python's stat has none on Linux (statx would be a second call).
         Not the overlay's files, which the daemon changes (their removals behind the mount
-        are watched), nor directories, whose ctime every change of their names moves."""
+        are watched). A static directory's ctime moves with every change of its names:
+        its path instead, which only a change behind the mount moves (one shown from the
+        static root never moves through the mount: EXDEV, and a copy-up rekeys it)."""
         layer = 0 if root is self.upper else 1
         if info.backing is None:
             return layer, rel
-        if layer and not stat.S_ISDIR(info.mode):
-            return layer, info.backing, info.ctime_ns
+        if layer:
+            return layer, info.backing, rel if stat.S_ISDIR(info.mode) else info.ctime_ns
         return layer, info.backing
 
     def node_for(self, parent: "MergedDir", name: str, rel: str, root: Root, info: Attr,

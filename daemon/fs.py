@@ -650,6 +650,11 @@ class Operations(pyfuse3.Operations):
             for position, (next_offset, name, child, attr) in enumerate(rows):
                 if gone and fsencode(name) in gone:
                     return offset
+                if attr is None:                # (a file to size: `files_unsized`)
+                    if not (listing.lean and self._reply_lean(token, listing, name, child, base + next_offset)):
+                        return offset           # (not lean, or no room: a worker thread goes on)
+                    offset = next_offset
+                    continue
                 made = dirents.get(attr) or dirent(attr)
                 made.st_ino = ino = child.ino
                 if not reply(token, fsencode(name), made, base + next_offset):
@@ -662,6 +667,15 @@ class Operations(pyfuse3.Operations):
             if not more:
                 listing.end = offset
                 return None
+
+    def _reply_lean(self, token, listing: Listing, name: str, child: Node, next_id: int) -> bool:
+        """Give `child`, a file whose attributes are not in memory, without them, from
+        memory (`readdir_reply_name`); False if the kernel's buffer had no room."""
+        if not pyfuse3.readdir_reply_name(token, os.fsencode(name), child.ino, _file_type(child), next_id):
+            return False
+        self.counters.lean_entries += 1
+        self.lean_rule.listed_lean(listing.ino, name, child)
+        return True
 
     @_guard
     async def readdir(self, fh, start_id, token):

@@ -224,12 +224,35 @@ def wait_learned(tree) -> None:
         time.sleep(0.01)
 
 
-def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monkeypatch):
-    """After the root is listed, a thread learns what the folders a walk lists next need
-    (their entries' attributes: a stat each, once; a fileset's hidden files): a walk
-    then lists each of them from memory."""
+def test_a_walk_of_names_learns_ahead_what_it_lists_and_stats_no_file(databases, tmp_path, monkeypatch):
+    """After the root is listed, with no file stat'ed, a thread learns what the folders a
+    walk lists next need to be listed from memory without their files' attributes (their
+    folders' attributes, a fileset's hidden files): no file is stat'ed, and a lean
+    listing (`files_unsized`) gives each folder from memory, its files without them."""
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
+        list(tree.root.opendir().entries(0))
+        wait_learned(tree)
+        syscalls = count_syscalls(monkeypatch)
+        scan = tree.root.lookup("scan")
+        folders = [scan, scan.lookup("images"), scan.lookup("other")]
+        listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
+        assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+        assert sum(len(rows) for rows in listed) == 4 + 2 * BIG + 4
+        files = [attr for rows in listed for _, _, node, attr in rows if not isinstance(node, fsdb_tree.Folder)]
+        assert files and all(attr is None for attr in files)
+        assert tree.counts["attributes_learned"] == 3              # the scan's and its filesets'
+    finally:
+        tree.close()
+
+
+def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monkeypatch):
+    """After a file was stat'ed and the root is listed, a thread learns what the folders a
+    walk lists next need (their entries' attributes: a stat each, once; a fileset's
+    hidden files): a walk then lists each of them from memory."""
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+    try:
+        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats: the root's learned)
         list(tree.root.opendir().entries(0))
         wait_learned(tree)
         syscalls = count_syscalls(monkeypatch)
@@ -249,6 +272,7 @@ def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(database
     monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
+        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
         list(tree.root.opendir().entries(0))
         wait_learned(tree)
         images = tree.root.lookup("scan").lookup("images")

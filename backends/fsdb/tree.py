@@ -615,7 +615,8 @@ class Folder(Directory):
         (not in a folder of more than LEARN_AHEAD entries, nor while another thread learns
         it), and those of the folders a walk lists next (`FSDBTree.stat_walk`)."""
         tree = self.tree
-        tree.files_stated()
+        if not tree.files_stated():
+            tree.learn_after(self)              # (learned names only so far: files' now)
         if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
             self.learn(wait=False)
 
@@ -1243,8 +1244,11 @@ class FSDBTree(Tree):
         finds them learned, in one pass a folder, as it lists it or ahead of it."""
         return self._stat_listings > 0
 
-    def files_stated(self) -> None:
-        self._stat_listings = STAT_WALK_LISTINGS
+    def files_stated(self) -> bool:
+        """A file was stat'ed whose attributes were not in memory; whether listings learned
+        files' attributes before."""
+        before, self._stat_listings = self._stat_listings, STAT_WALK_LISTINGS
+        return before > 0
 
     def listed(self) -> None:
         if self._stat_listings:

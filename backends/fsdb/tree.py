@@ -17,8 +17,9 @@ Every name is found through the model's indexes (scans, filesets, files by name)
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
 so `stat` needs no thread; a folder lists itself once per readdir pass, from memory (on
-the daemon's loop) once its entries' attributes are learned, which a thread does ahead of
-a walk (`ahead.py`). Metadata views
+the daemon's loop) once what its listing needs is learned, which a thread does ahead of
+a walk (`ahead.py`): its folders' attributes, and its files' only once a walk stats files
+(`FSDBTree.stat_walk`; a lean listing gives them without). Metadata views
 show the stored metadata files (sizes from a stat); their bytes are read once and kept
 in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or

@@ -224,6 +224,19 @@ def wait_learned(tree) -> None:
         time.sleep(0.01)
 
 
+def listed_from_memory_after_the_root(tree, monkeypatch) -> list[list]:
+    """The root listed, then, once the learner is done, the scan and its two filesets
+    listed from memory (`entries_nowait`), with no system call."""
+    list(tree.root.opendir().entries(0))
+    wait_learned(tree)
+    syscalls = count_syscalls(monkeypatch)
+    scan = tree.root.lookup("scan")
+    folders = [scan, scan.lookup("images"), scan.lookup("other")]
+    listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
+    assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+    return listed
+
+
 def test_a_walk_of_names_learns_ahead_what_it_lists_and_stats_no_file(databases, tmp_path, monkeypatch):
     """After the root is listed, with no file stat'ed, a thread learns what the folders a
     walk lists next need to be listed from memory without their files' attributes (their
@@ -231,13 +244,7 @@ def test_a_walk_of_names_learns_ahead_what_it_lists_and_stats_no_file(databases,
     listing (`files_unsized`) gives each folder from memory, its files without them."""
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
-        list(tree.root.opendir().entries(0))
-        wait_learned(tree)
-        syscalls = count_syscalls(monkeypatch)
-        scan = tree.root.lookup("scan")
-        folders = [scan, scan.lookup("images"), scan.lookup("other")]
-        listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
-        assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+        listed = listed_from_memory_after_the_root(tree, monkeypatch)
         assert sum(len(rows) for rows in listed) == 4 + 2 * BIG + 4
         files = [attr for rows in listed for _, _, node, attr in rows if not isinstance(node, fsdb_tree.Folder)]
         assert files and all(attr is None for attr in files)
@@ -253,13 +260,7 @@ def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monke
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
         tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats: the root's learned)
-        list(tree.root.opendir().entries(0))
-        wait_learned(tree)
-        syscalls = count_syscalls(monkeypatch)
-        scan = tree.root.lookup("scan")
-        folders = [scan, scan.lookup("images"), scan.lookup("other")]
-        listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
-        assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+        listed = listed_from_memory_after_the_root(tree, monkeypatch)
         entries = 2 + sum(len(rows) for rows in listed)         # (the root's: a scan and its metadata)
         assert tree.counts["attributes_learned"] == entries == 2 + 4 + 2 * BIG + 4
     finally:

@@ -538,3 +538,25 @@ def test_files_json_is_rewritten_less_often_as_its_rewrites_take_longer(trees, m
     assert not tree.sync_due()                  # 0.5 s of rewriting: 10 s apart
     clock[0] += fsdb_db.FLUSH_SPACING * 0.5 - tree.db.register_delay
     assert tree.sync_due()
+
+
+def test_files_are_learned_for_longer_while_a_walk_keeps_stating_them(databases, tmp_path):
+    """A stat of a file whose attributes are not in memory has the next 64 listings learn
+    their files' (`stat_walk`); one that ends such a period (a walk that still stats)
+    twice as many; after listings with none (a walk of names), 64 again."""
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+
+    def period() -> int:
+        tree.files_stated()
+        listings = 0
+        while tree.stat_walk:
+            tree.listed()
+            listings += 1
+        return listings
+    try:
+        walk_that_stats = [period() for _ in range(3)]
+        for _ in range(3):
+            tree.listed()                                   # (a walk of names)
+        assert walk_that_stats == [64, 128, 256] and period() == 64
+    finally:
+        tree.close()

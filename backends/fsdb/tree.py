@@ -62,8 +62,10 @@ META_READ_AHEAD = 64
 #: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
 LEARN_AHEAD = 4096
 #: listings that learn their files' attributes (and ahead of them) after a file was
-#: stat'ed whose attributes were not in memory (`FSDBTree.stat_walk`)
+#: stat'ed whose attributes were not in memory (`FSDBTree.stat_walk`); twice as many
+#: after each such stat that ends a period, up to MAX_STAT_WALK_LISTINGS
 STAT_WALK_LISTINGS = 64
+MAX_STAT_WALK_LISTINGS = 4096
 #: what of a folder's listing is in memory (`Folder.learned`)
 UNLEARNED, LEARNED_NAMES, LEARNED_FILES = 0, 1, 2
 #: files whose nodes the learner makes under one hold of the tree's lock
@@ -1234,26 +1236,39 @@ class FSDBTree(Tree):
         self._scan_order: tuple[list, dict[str, int]] | None = None  # the scans, and their places
         self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote else None
         self._stat_listings = 0                 # listings left that learn files' attributes
+        self._stat_period = STAT_WALK_LISTINGS  # listings the next stat walk lasts
+        self._name_listings = 0                 # listings since one that learned files
         self.add(RootFolder(self))
 
     @property
     def stat_walk(self) -> bool:
         """Whether listings learn their files' attributes, and the learner ahead of them:
         for the STAT_WALK_LISTINGS listings after a file was stat'ed whose attributes were
-        not in memory. A walk of names (`find`) then stats nothing: a lean listing gives
-        its files without attributes (`ListingSnapshot.files_unsized`); a walk that stats
-        finds them learned, in one pass a folder, as it lists it or ahead of it."""
+        not in memory (twice as many after each period a stat ends, as a walk that still
+        stats does: each costs it a folder's LOOKUPs; back at STAT_WALK_LISTINGS after
+        two listings with no such stat, a walk of names). A walk of names (`find`) then
+        stats nothing: a lean listing gives its files without attributes
+        (`ListingSnapshot.files_unsized`); a walk that stats finds them learned, in one
+        pass a folder, as it lists it or ahead of it."""
         return self._stat_listings > 0
 
     def files_stated(self) -> bool:
         """A file was stat'ed whose attributes were not in memory; whether listings learned
         files' attributes before."""
-        before, self._stat_listings = self._stat_listings, STAT_WALK_LISTINGS
+        before = self._stat_listings
+        if not before:
+            self._stat_listings = self._stat_period
+            self._stat_period = min(2 * self._stat_period, MAX_STAT_WALK_LISTINGS)
+        self._name_listings = 0
         return before > 0
 
     def listed(self) -> None:
         if self._stat_listings:
             self._stat_listings -= 1
+        else:
+            self._name_listings += 1
+            if self._name_listings > 2:
+                self._stat_period = STAT_WALK_LISTINGS
 
     def learn_after(self, folder: "Folder") -> None:
         """`folder` was listed: what a walk lists next is learned ahead (never waits)."""

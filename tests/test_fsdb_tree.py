@@ -121,6 +121,20 @@ def test_listing_a_fileset_with_attributes_reads_no_metadata(databases):
         tree.close()
 
 
+def test_a_first_stat_in_a_fileset_never_listed_costs_the_same_in_a_small_and_a_big_one(trees, monkeypatch):
+    """(Only a folder listed before learns its files' attributes at the first stat of one:
+    a walk that stats may be at it.)"""
+    costs = {}
+    for n, tree in trees.items():
+        folder = fileset_folder(tree)
+        syscalls = count_syscalls(monkeypatch)
+        folder.lookup_attr("img_0003.png")
+        folder.lookup_attr("img_0003.png.metadata.json")
+        costs[n] = sum(syscalls.values()), tree.counts["attributes_learned"]
+        monkeypatch.undo()
+    assert costs[SMALL] == costs[BIG] and costs[BIG][1] == 0
+
+
 def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monkeypatch):
     costs = {}
     for n, tree in trees.items():
@@ -254,11 +268,12 @@ def test_a_walk_of_names_learns_ahead_what_it_lists_and_stats_no_file(databases,
 
 
 def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monkeypatch):
-    """After a file was stat'ed and the root is listed, a thread learns what the folders a
+    """After the root is listed and a file in it stat'ed, a thread learns what the folders a
     walk lists next need (their entries' attributes: a stat each, once; a fileset's
     hidden files): a walk then lists each of them from memory."""
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
+        list(tree.root.opendir().entries(0))
         tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats: the root's learned)
         listed = listed_from_memory_after_the_root(tree, monkeypatch)
         entries = 2 + sum(len(rows) for rows in listed)         # (the root's: a scan and its metadata)
@@ -273,6 +288,7 @@ def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(database
     monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
+        list(tree.root.opendir().entries(0))
         tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
         list(tree.root.opendir().entries(0))
         wait_learned(tree)

@@ -616,7 +616,10 @@ class Folder(Directory):
         stats what it lists (`ls -l`, `du`, `find -printf %s`, rsync, a listing with
         attributes) may be at it, so its other files' are learned with it, in one pass
         (not in a folder of more than LEARN_AHEAD entries, nor while another thread learns
-        it), and those of the folders a walk lists next (`FSDBTree.stat_walk`)."""
+        it), and those of the folders a walk lists next (`FSDBTree.stat_walk`). Not in a
+        folder never listed: a lone `stat` costs a stat."""
+        if not self.listed:
+            return
         tree = self.tree
         if not tree.files_stated():
             tree.learn_after(self)              # (learned names only so far: files' now)

@@ -68,8 +68,12 @@ class ListingSnapshot:
 
     def __init__(self, listing: Callable[[], list[tuple[str, Node]]], attrs: bool = False,
                  lock: threading.Lock | threading.RLock | None = None,
-                 listing_nowait: Callable[[], list[tuple[str, Node]] | None] | None = None):
+                 listing_nowait: Callable[[], list[tuple[str, Node]] | None] | None = None,
+                 files_unsized: bool = False):
         self._listing, self._attrs = listing, attrs        # attrs: give each node's cached_attr()
+        # files_unsized: `entries_nowait` gives files whose attributes need I/O with None
+        # (a lean listing gives them without; `Operations._reply_nowait`)
+        self._files_unsized = files_unsized
         self._lock = lock               # listings from memory under it: `entries_nowait` may try it
         # where `listing` may need I/O: the listing from memory under `lock`, or None
         self._listing_nowait = listing_nowait or listing
@@ -85,7 +89,8 @@ class ListingSnapshot:
 
     def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
         """`Directory.entries_nowait`: for a listing made in memory under `lock`, which is
-        only tried; None if it is held, or if an entry's attributes need work."""
+        only tried; None if it is held, or if an entry's attributes need work (but for
+        files' with `files_unsized`: given as None)."""
         if self._lock is None or not self._lock.acquire(blocking=False):
             return None
         try:
@@ -99,8 +104,8 @@ class ListingSnapshot:
             for pos in range(offset, min(offset + count, len(rows))):
                 name, node = rows[pos]
                 attr = node.cached_attr()
-                if attr is None:            # (a view not made yet: a worker thread makes it)
-                    return None
+                if attr is None and not (self._files_unsized and isinstance(node, File)):
+                    return None             # (a view not made yet: a worker thread makes it)
                 out.append((pos + 1, name, node, attr))
             return out
         finally:

@@ -2,7 +2,7 @@
 FSDB and a copick mount cost with lean listings (the default) and with every entry's
 attributes (SCOPEFS_LEAN_LISTINGS=0), alternating, each walk on a fresh mount.
 
-    python benchmarks/lean_listings.py [--work DIR] [--fsdb SxFxN|none] [--copick RxP]
+    python benchmarks/lean_listings.py [--work DIR] [--fsdb SxFxN|none] [--copick RxP|none]
         [--cases never,kept,learned] [--repeat 3]
 
 Printed per walk and mode, as medians: wall time, the daemon's CPU seconds, and the
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-bench-lean")
     parser.add_argument("--fsdb", default="10x3x60", help="scans x filesets x files (10x3x60), or none")
-    parser.add_argument("--copick", default="5x10", help="runs x picks (5x10)")
+    parser.add_argument("--copick", default="5x10", help="runs x picks (5x10), or none")
     parser.add_argument("--cases", default="never,kept,learned", help="copick: never,kept,learned")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -102,11 +102,12 @@ def main() -> None:
     if args.fsdb != "none":
         sources[f"FSDB {args.fsdb}"] = walk_samples.fsdb(args.work / f"fsdb-{args.fsdb}",
                                                         *map(int, args.fsdb.split("x"))), "never"
-    copick = walk_samples.copick(args.work / f"copick-{args.copick}", *map(int, args.copick.split("x")))
     titles = {"never": "never mounted before", "kept": "sizes kept by a mount before",
               "learned": "after the mount learned the sizes"}
-    for case in args.cases.split(","):
-        sources[f"copick {args.copick}, {titles[case]}"] = copick, case
+    if args.copick != "none":
+        copick = walk_samples.copick(args.work / f"copick-{args.copick}", *map(int, args.copick.split("x")))
+        for case in args.cases.split(","):
+            sources[f"copick {args.copick}, {titles[case]}"] = copick, case
     for label, (source, case) in sources.items():
         print(f"{label}, cold, medians of {args.repeat} (lean listings | every entry with attributes)")
         for walk, command in WALKS.items():

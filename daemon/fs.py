@@ -650,18 +650,46 @@ class Operations(pyfuse3.Operations):
             for position, (next_offset, name, child, attr) in enumerate(rows):
                 if gone and fsencode(name) in gone:
                     return offset
-                made = dirents.get(attr) or dirent(attr)
-                made.st_ino = ino = child.ino
-                if not reply(token, fsencode(name), made, base + next_offset):
-                    listing.pending = [(next_offset, fsencode(name), child.ino, dirents.get(attr) or dirent(attr), child)
-                                       for next_offset, name, child, attr in rows[position:]]
-                    listing.position, listing.more, listing.offset = 0, more, offset
+                if attr is None:                # (a file to size: `files_unsized`)
+                    if not listing.lean:
+                        return offset           # (a worker thread sizes it)
+                    replied = self._reply_lean(token, listing, name, child, base + next_offset)
+                else:
+                    made = dirents.get(attr) or dirent(attr)
+                    made.st_ino = ino = child.ino
+                    replied = reply(token, fsencode(name), made, base + next_offset)
+                    if replied:
+                        remember(ino, child)
+                if not replied:
+                    self._keep_pending(listing, rows[position:], more, offset)
                     return None
-                remember(ino, child)
                 offset = next_offset
             if not more:
                 listing.end = offset
                 return None
+
+    def _keep_pending(self, listing: Listing, rows: list, more: bool, offset: int) -> None:
+        """`entries_nowait` rows the kernel's buffer had no room for, from `offset`, kept
+        for its next readdir as `_listing_batch` makes them (in a lean listing a file's
+        type stands for attributes memory does not hold; elsewhere such a row and those
+        after it are left to a worker)."""
+        dirents, dirent, pending = self._dirents, self._dirent, []
+        for next_offset, name, child, attr in rows:
+            if attr is None and not listing.lean:
+                more = True
+                break
+            pending.append((next_offset, os.fsencode(name), child.ino,
+                            _file_type(child) if attr is None else dirents.get(attr) or dirent(attr), child))
+        listing.pending, listing.position, listing.more, listing.offset = pending, 0, more, offset
+
+    def _reply_lean(self, token, listing: Listing, name: str, child: Node, next_id: int) -> bool:
+        """Give `child`, a file whose attributes are not in memory, without them, from
+        memory (`readdir_reply_name`); False if the kernel's buffer had no room."""
+        if not pyfuse3.readdir_reply_name(token, os.fsencode(name), child.ino, _file_type(child), next_id):
+            return False
+        self.counters.lean_entries += 1
+        self.lean_rule.listed_lean(listing.ino, name, child)
+        return True
 
     @_guard
     async def readdir(self, fh, start_id, token):

@@ -121,6 +121,20 @@ def test_listing_a_fileset_with_attributes_reads_no_metadata(databases):
         tree.close()
 
 
+def test_a_first_stat_in_a_fileset_never_listed_costs_the_same_in_a_small_and_a_big_one(trees, monkeypatch):
+    """(Only a folder listed before learns its files' attributes at the first stat of one:
+    a walk that stats may be at it.)"""
+    costs = {}
+    for n, tree in trees.items():
+        folder = fileset_folder(tree)
+        syscalls = count_syscalls(monkeypatch)
+        folder.lookup_attr("img_0003.png")
+        folder.lookup_attr("img_0003.png.metadata.json")
+        costs[n] = sum(syscalls.values()), tree.counts["attributes_learned"]
+        monkeypatch.undo()
+    assert costs[SMALL] == costs[BIG] and costs[BIG][1] == 0
+
+
 def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monkeypatch):
     costs = {}
     for n, tree in trees.items():
@@ -224,19 +238,44 @@ def wait_learned(tree) -> None:
         time.sleep(0.01)
 
 
+def listed_from_memory_after_the_root(tree, monkeypatch) -> list[list]:
+    """The root listed, then, once the learner is done, the scan and its two filesets
+    listed from memory (`entries_nowait`), with no system call."""
+    list(tree.root.opendir().entries(0))
+    wait_learned(tree)
+    syscalls = count_syscalls(monkeypatch)
+    scan = tree.root.lookup("scan")
+    folders = [scan, scan.lookup("images"), scan.lookup("other")]
+    listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
+    assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+    return listed
+
+
+def test_a_walk_of_names_learns_ahead_what_it_lists_and_stats_no_file(databases, tmp_path, monkeypatch):
+    """After the root is listed, with no file stat'ed, a thread learns what the folders a
+    walk lists next need to be listed from memory without their files' attributes (their
+    folders' attributes, a fileset's hidden files): no file is stat'ed, and a lean
+    listing (`files_unsized`) gives each folder from memory, its files without them."""
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+    try:
+        listed = listed_from_memory_after_the_root(tree, monkeypatch)
+        assert sum(len(rows) for rows in listed) == 4 + 2 * BIG + 4
+        files = [attr for rows in listed for _, _, node, attr in rows if not isinstance(node, fsdb_tree.Folder)]
+        assert files and all(attr is None for attr in files)
+        assert tree.counts["attributes_learned"] == 3              # the scan's and its filesets'
+    finally:
+        tree.close()
+
+
 def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monkeypatch):
-    """After the root is listed, a thread learns what the folders a walk lists next need
-    (their entries' attributes: a stat each, once; a fileset's hidden files): a walk
-    then lists each of them from memory."""
+    """After the root is listed and a file in it stat'ed, a thread learns what the folders a
+    walk lists next need (their entries' attributes: a stat each, once; a fileset's
+    hidden files): a walk then lists each of them from memory."""
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
         list(tree.root.opendir().entries(0))
-        wait_learned(tree)
-        syscalls = count_syscalls(monkeypatch)
-        scan = tree.root.lookup("scan")
-        folders = [scan, scan.lookup("images"), scan.lookup("other")]
-        listed = [folder.opendir().entries_nowait(0, 10_000) for folder in folders]
-        assert all(rows is not None for rows in listed) and sum(syscalls.values()) == 0
+        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats: the root's learned)
+        listed = listed_from_memory_after_the_root(tree, monkeypatch)
         entries = 2 + sum(len(rows) for rows in listed)         # (the root's: a scan and its metadata)
         assert tree.counts["attributes_learned"] == entries == 2 + 4 + 2 * BIG + 4
     finally:
@@ -249,6 +288,8 @@ def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(database
     monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
+        list(tree.root.opendir().entries(0))
+        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
         list(tree.root.opendir().entries(0))
         wait_learned(tree)
         images = tree.root.lookup("scan").lookup("images")
@@ -513,3 +554,25 @@ def test_files_json_is_rewritten_less_often_as_its_rewrites_take_longer(trees, m
     assert not tree.sync_due()                  # 0.5 s of rewriting: 10 s apart
     clock[0] += fsdb_db.FLUSH_SPACING * 0.5 - tree.db.register_delay
     assert tree.sync_due()
+
+
+def test_files_are_learned_for_longer_while_a_walk_keeps_stating_them(databases, tmp_path):
+    """A stat of a file whose attributes are not in memory has the next 64 listings learn
+    their files' (`stat_walk`); one that ends such a period (a walk that still stats)
+    twice as many; after listings with none (a walk of names), 64 again."""
+    tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
+
+    def period() -> int:
+        tree.files_stated()
+        listings = 0
+        while tree.stat_walk:
+            tree.listed()
+            listings += 1
+        return listings
+    try:
+        walk_that_stats = [period() for _ in range(3)]
+        for _ in range(3):
+            tree.listed()                                   # (a walk of names)
+        assert walk_that_stats == [64, 128, 256] and period() == 64
+    finally:
+        tree.close()

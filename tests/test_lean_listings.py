@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 import walk_samples
@@ -134,18 +135,97 @@ def test_names_sizes_and_bytes_are_those_of_listings_with_attributes(fresh_mount
     assert lean == full
 
 
-@pytest.mark.parametrize("kind", ["imgstore", "fsdb"])
-def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount, monkeypatch):
-    """imgstore frames' attributes are in memory, and FSDB folders learn theirs as they
-    list (in one pass, ahead of the walk: cheaper than a LOOKUP a name): `ls -l` of them
-    sends no LOOKUP a file."""
-    source = walk_samples.imgstore(tmp_path / "store", 30) if kind == "imgstore" else \
-        walk_samples.fsdb(tmp_path / "fsdb", 1, 1, 15)
-    folder = "by-number" if kind == "imgstore" else "scan_000/fileset_0"
+def test_attributes_known_in_memory_are_kept(tmp_path, mount, monkeypatch):
+    """imgstore frames' attributes are in memory: `ls -l` of them sends no LOOKUP a file."""
+    source = walk_samples.imgstore(tmp_path / "store", 30)
     monkeypatch.setenv("SCOPEFS_LEAN_LISTINGS", "1")
     mnt = mount(source.path, *source.options)
     run("find", str(mnt))
     before = counts(mnt)
-    assert len(run("ls", "-l", str(mnt / folder)).splitlines()) == 31
+    assert len(run("ls", "-l", str(mnt / "by-number")).splitlines()) == 31
     after = counts(mnt)
     assert after["lookups"] == before["lookups"] and after["lean"] == before["lean"]
+
+
+@pytest.fixture
+def fsdb_mount(tmp_path, mount, monkeypatch):
+    """Mounts of an FSDB of 3 scans x 2 filesets x 10 files, each of a copy of its own
+    (`cp -a`: the same times; a mount locks its database); `lean=False`: every listing
+    entry with its attributes. `fresh.copies`: the databases mounted."""
+    source = walk_samples.fsdb(tmp_path / "fsdb", 3, 2, 10)
+
+    def fresh(lean: bool = True):
+        copy = tmp_path / f"db{len(fresh.copies)}"
+        subprocess.run(["cp", "-a", str(source.path), str(copy)], check=True)
+        fresh.copies.append(copy)
+        with monkeypatch.context() as env:
+            env.setenv("SCOPEFS_LEAN_LISTINGS", "1" if lean else "0")
+            return mount(copy, *source.options)
+    fresh.copies = []
+    return fresh
+
+
+def learned_when_idle(mnt) -> int:
+    """The attributes the FSDB backend learned from disk, once it learns nothing ahead."""
+    for _ in range(500):
+        status = daemon_status(mnt)
+        if not status.get("learning_ahead"):
+            return status["work"].get("attributes_learned", 0)
+        time.sleep(0.02)
+    raise AssertionError("still learning ahead after 10 s")
+
+
+def test_cold_find_of_an_fsdb_stats_no_file(fsdb_mount):
+    """Names come from memory (files.json), files without attributes: only the 3 scans'
+    and 6 filesets' attributes are learned (folders are listed with theirs)."""
+    mnt = fsdb_mount()
+    cost = counted(mnt, ["find", "."])
+    assert cost["lookups"] == 0 and cost["lean"] == 3 + 3 * 2 + 3 * 2 * 20
+    assert learned_when_idle(mnt) == 3 + 3 * 2
+
+
+def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listings(fsdb_mount):
+    """`ls -lR`, `du -s`, `find -printf %s`, and `find` then `ls -lR`: the first file
+    stat'ed learns its folder in one pass and the folders after it ahead, so a walk that
+    stats costs at most a few worker calls more than with every entry's attributes (not
+    one a LOOKUP), learns every attribute once, in passes a folder (not by a stat each),
+    and prints the same."""
+    def check(walk):
+        lean_mnt, full_mnt = fsdb_mount(), fsdb_mount(lean=False)
+        lean, full = counted(lean_mnt, *walk), counted(full_mnt, *walk)
+        assert lean["calls"] <= full["calls"] + 3, walk
+        assert learned_when_idle(lean_mnt) == learned_when_idle(full_mnt) == 2 * (3 + 3 * 2) + 3 * 2 * 20, walk
+        printed = [subprocess.run(walk[-1], cwd=mnt, check=True, capture_output=True, text=True).stdout
+                   for mnt in (lean_mnt, full_mnt)]
+        assert printed[0] == printed[1], walk
+    for walk in ([["ls", "-lR", "."]], [["du", "-s", "."]], [["find", ".", "-printf", "%s\\n"]],
+                 [["find", "."], ["ls", "-lR", "."]]):
+        once_in_three(lambda: check(walk))
+
+
+def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount, mount, tmp_path):
+    """With the kernel holding lean listings (`find` before): `cp -a` out copies names and
+    sizes, `mv` renames a file with its metadata, `rm -r` removes a fileset and a scan
+    (each metadata view is listed before what it describes: unlinked first, it is there),
+    a copy in registers; plantdb then reads what the mount wrote."""
+    from test_fsdb import plantdb_read
+    mnt = fsdb_mount()
+    run("find", str(mnt))
+    subprocess.run(["rm", "-r", str(mnt / "scan_000" / "fileset_0")], check=True)
+    subprocess.run(["rm", "-r", str(mnt / "scan_002")], check=True)
+    subprocess.run(["cp", "-a", str(mnt / "scan_001"), str(tmp_path / "copy")], check=True)
+    copied, through = (sorted(run("find", str(top), "-type", "f", "-printf", "%P %s\n").splitlines())
+                       for top in (tmp_path / "copy", mnt / "scan_001"))
+    assert copied == through and len(copied) == 2 * 20 + 2
+    fileset = mnt / "scan_001" / "fileset_1"
+    subprocess.run(["mv", str(fileset / "img_000.png"), str(fileset / "moved.png")], check=True)
+    subprocess.run(["cp", str(tmp_path / "copy" / "fileset_0" / "img_001.png"), str(fileset / "new.png")], check=True)
+    (fileset / "new.png.metadata.json").write_text('{"new": true}')
+    assert "scan_002" not in os.listdir(mnt) and "fileset_0" not in os.listdir(mnt / "scan_000")
+    mount.cleanup()
+    seen = plantdb_read(fsdb_mount.copies[0])
+    assert sorted(seen) == ["scan_000", "scan_001"]
+    assert sorted(seen["scan_000"]["filesets"]) == ["fileset_1"]
+    files = seen["scan_001"]["filesets"]["fileset_1"]["files"]
+    assert "moved" in files and "img_000" not in files and files["new"]["metadata"] == {"new": True}
+    assert files["moved"]["metadata"] == {"angle": 0, "scan": 1}

@@ -220,7 +220,7 @@ def test_fsdb_new_scan_fileset_file_and_metadata(fsdb):
     raw.rename(".rsync-tmp", raw, "synced.png")
     write(raw.lookup("photo.png.metadata.json"), b'{"exposure": 12}')
     write(tree.root.lookup("scan_b.metadata.json"), b'{"plant": "b"}')
-    assert names(raw) == ["photo.png", "photo.png.metadata.json", "synced.png", "synced.png.metadata.json"]
+    assert names(raw) == ["photo.png.metadata.json", "photo.png", "synced.png.metadata.json", "synced.png"]
     assert content(raw.lookup("synced.png")) == b"synced bytes"
     assert refused(tree.root.mkdir, "bad name", 0o755) == errno.EINVAL
     tree.close()
@@ -266,8 +266,8 @@ def test_fsdb_an_open_listing_skips_nothing_while_files_go(fsdb):
     images = tree.root.lookup("plant_001").lookup("images")
     reader = images.opendir()
     rows = list(reader.entries(0))
-    listed = [row[1] for row in rows]
-    images.unlink(listed[0])                                    # 0.png, and its metadata with it
+    listed = [row[1] for row in rows]                           # (each view before its file)
+    images.unlink(listed[1])                                    # 0.png, and its metadata with it
     assert [row[1] for row in reader.entries(rows[1][0])] == listed[2:]
     assert names(images) == listed[2:]
 

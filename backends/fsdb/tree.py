@@ -17,8 +17,9 @@ Every name is found through the model's indexes (scans, filesets, files by name)
 lookup or stat costs the same in a fileset of ten files or a million. Attributes are
 kept in the nodes (the mount is the database's only writer while it holds the lock),
 so `stat` needs no thread; a folder lists itself once per readdir pass, from memory (on
-the daemon's loop) once its entries' attributes are learned, which a thread does ahead of
-a walk (`ahead.py`). Metadata views
+the daemon's loop) once what its listing needs is learned, which a thread does ahead of
+a walk (`ahead.py`): its folders' attributes, and its files' only once a walk stats files
+(`FSDBTree.stat_walk`; a lean listing gives them without). Metadata views
 show the stored metadata files (sizes from a stat); their bytes are read once and kept
 in a bounded cache, keyed by the metadata's version. New files
 are registered in files.json lazily (see `db.py`): at most a second later, at fsync, or
@@ -60,6 +61,13 @@ META_CACHE_BYTES = 16 << 20
 META_READ_AHEAD = 64
 #: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
 LEARN_AHEAD = 4096
+#: listings that learn their files' attributes (and ahead of them) after a file was
+#: stat'ed whose attributes were not in memory (`FSDBTree.stat_walk`); twice as many
+#: after each such stat that ends a period, up to MAX_STAT_WALK_LISTINGS
+STAT_WALK_LISTINGS = 64
+MAX_STAT_WALK_LISTINGS = 4096
+#: what of a folder's listing is in memory (`Folder.learned`)
+UNLEARNED, LEARNED_NAMES, LEARNED_FILES = 0, 1, 2
 #: files whose nodes the learner makes under one hold of the tree's lock
 ROWS_PER_LOCK = 32
 #: a new file written up to this size is kept in memory until its close commits it; all
@@ -149,6 +157,9 @@ class MetaView(CachedView):
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         known = self._stat
         version = self.obj.md_version
+        if (known is None or known[0] != version) and (folder := self._folder()) is not None:
+            folder.file_attr_asked()
+            known = self._stat
         if known is None or known[0] != version:
             try:
                 st = self.tree.db.files.stat(self.obj._md_path)
@@ -301,6 +312,13 @@ class DataFile(File):
         self._attr = None
 
     def attr(self) -> Attr:
+        if self._attr is None and self.writer is None:
+            self.folder.file_attr_asked()
+            if self._attr is not None:
+                return self._attr
+        return self._stat()
+
+    def _stat(self) -> Attr:
         commits = self._commits
         try:
             st = self.tree.db.files.stat(self._path())
@@ -350,7 +368,7 @@ class DataFile(File):
                 _api_errors(self.file.adopt)(finished, self.name)
             finally:
                 self.forget_attr()
-                self.attr()                     # (here: the kernel's next getattr needs no thread)
+                self._stat()                    # (here: the kernel's next getattr needs no thread)
                 # a new file's metadata view appears now (the kernel may hold that name as
                 # missing), and its folder changed, unless the kernel has neither (`cp`)
                 unseen = kernel_wrote_all and new and self.folder.unseen_since_create()
@@ -545,7 +563,7 @@ class Folder(Directory):
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
         self.listed = False                     # its metadata views are linked (`link_views`)
-        self.learned = False                    # what its listing needs is in memory (`learn`)
+        self._learned = UNLEARNED               # what of its listing is in memory (`learn`)
         self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
         #: whether its attributes or listing may have gone to the kernel since a create in
         #: it made the kernel drop them (`unseen_since_create`)
@@ -573,22 +591,53 @@ class Folder(Directory):
         """The entries of `listing` that memory holds, views left out (it takes the lock)."""
         raise NotImplementedError
 
-    def learn(self) -> int:
+    @property
+    def learned(self) -> bool:
+        """Whether what its listing needs is in memory: the attributes of its folders, and
+        of its files while walkers stat them (`FSDBTree.stat_walk`)."""
+        return self._learned == LEARNED_FILES or (self._learned == LEARNED_NAMES and not self.tree.stat_walk)
+
+    def learn(self, wait: bool = True) -> int:
         """Learn from the disk, in one pass, what this folder's listing needs and memory
-        does not hold (its entries' attributes, a fileset's hidden names), so that it is
-        then listed from memory: each folder is opened once and its files are stat'ed by
-        name in it; how many things were learned (in a worker thread)."""
-        with self._learning:
-            changes = self._changes
+        does not hold (its folders' attributes, its files' while walkers stat them, a
+        fileset's hidden names), so that it is then listed from memory: each folder is
+        opened once and its files are stat'ed by name in it; how many things were learned
+        (in a worker thread). Not `wait`: nothing if another thread is learning it."""
+        if not self._learning.acquire(blocking=wait):
+            return 0
+        try:
+            changes, files = self._changes, self.tree.stat_walk
             rows = self.rows_in_memory()
-            learned = self.learn_names() + self._learn_attrs(rows)
-            self.learned = changes == self._changes
+            learned = self.learn_names() + self._learn_attrs(rows, files)
+            self._learn_done(changes, files)
+        finally:
+            self._learning.release()
         return learned
 
-    def _learn_attrs(self, rows: list[tuple[str, Node]]) -> int:
-        """The attributes of `rows` memory does not hold, learned (see `learn`)."""
+    def _learn_done(self, changes: int, files: bool) -> None:
+        self._learned = UNLEARNED if changes != self._changes else LEARNED_FILES if files else LEARNED_NAMES
+
+    def file_attr_asked(self) -> None:
+        """A file of it was stat'ed whose attributes memory did not hold: a walker that
+        stats what it lists (`ls -l`, `du`, `find -printf %s`, rsync, a listing with
+        attributes) may be at it, so its other files' are learned with it, in one pass
+        (not in a folder of more than LEARN_AHEAD entries, nor while another thread learns
+        it), and those of the folders a walk lists next (`FSDBTree.stat_walk`). Not in a
+        folder never listed: a lone `stat` costs a stat."""
+        if not self.listed:
+            return
         tree = self.tree
-        unknown = [(name, node) for name, node in rows if node.cached_attr() is None]
+        if not tree.files_stated():
+            tree.learn_after(self)              # (learned names only so far: files' now)
+        if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
+            self.learn(wait=False)
+
+    def _learn_attrs(self, rows: list[tuple[str, Node]], files: bool = True) -> int:
+        """The attributes of `rows` memory does not hold, learned (see `learn`): of its
+        folders only, unless `files`."""
+        tree = self.tree
+        unknown = [(name, node) for name, node in rows
+                   if (files or isinstance(node, Folder)) and node.cached_attr() is None]
         if tree.db.files.remote:
             for _, node in unknown:
                 node.attr()
@@ -672,16 +721,16 @@ class Folder(Directory):
         before = self._attr
         self._changes += 1
         self._attr = None
-        self.learned = False
+        self._learned = UNLEARNED
         return self._read_attr() != before
 
     def _listing_now(self) -> list[tuple[str, Node]]:
         with self._learning:                    # (what the learner is learning of it, waited for)
-            changes = self._changes
+            changes, files = self._changes, self.tree.stat_walk
             with self.tree.lock:
                 listing = self.listing()
-            self._learn_attrs(listing)
-            self.learned = changes == self._changes
+            self._learn_attrs(listing, files)
+            self._learn_done(changes, files)
         return self._listed(listing)
 
     def _listing_from_memory(self) -> list[tuple[str, Node]] | None:
@@ -692,6 +741,7 @@ class Folder(Directory):
         """(A listing made:) its metadata views linked for their read-ahead, and the
         folders a walk lists next learned ahead of it."""
         self.tree.counts["listings"] += 1
+        self.tree.listed()
         self.link_views(listing)
         self.tree.learn_after(self)
         return listing
@@ -710,7 +760,7 @@ class Folder(Directory):
         everything in it is known."""
         self.shown = True
         return ListingSnapshot(self._listing_now, attrs=True, lock=self.tree.lock,
-                               listing_nowait=self._listing_from_memory)
+                               listing_nowait=self._listing_from_memory, files_unsized=True)
 
     def entries(self, offset: int):
         return self.opendir().entries(offset)
@@ -734,9 +784,9 @@ class RootFolder(Folder):
     def listing(self) -> list[tuple[str, Node]]:
         out = []
         for scan in self.tree.db.get_scans():
-            out.append((scan.id, self.find(scan.id)))
             if scan.id + META not in self.tree.hidden:
                 out.append((scan.id + META, self.find(scan.id + META)))
+            out.append((scan.id, self.find(scan.id)))
         return out
 
     listing_nowait = listing
@@ -818,9 +868,9 @@ class ScanFolder(Folder):
         tree, scan = self.tree, self.scan
         out = []
         for fs in scan.get_filesets():
-            out.append((fs.id, self.find(fs.id)))
             if f"{scan.id}/{fs.id}{META}" not in tree.hidden:
                 out.append((fs.id + META, self.find(fs.id + META)))
+            out.append((fs.id, self.find(fs.id)))
             if _is_imgstore(fs) and views is not False:
                 if views is None:
                     return None
@@ -949,12 +999,14 @@ class FilesetFolder(Folder):
         out = []
         for file in self.fileset.files.values() if files is None else files:
             # (the nodes made already are found without `_data`'s and `_meta`'s calls)
+            # (a view before its file, its node made first: `rm -r` unlinks it first, in
+            # listing order or by inode, and finds it; after its file it would be gone)
+            meta = file.filename and (nodes.get(("meta", scan_id, fileset_id, file.id)) or self._meta(file))
             data = nodes.get(("data", scan_id, fileset_id, file.id)) or self._data(file, pending.get(id(file)))
+            if meta and (not hidden or self.prefix + data.name + META not in hidden):
+                out.append((data.name + META, meta))
             out.append((data.name, data))
             if file.filename:
-                if not hidden or self.prefix + data.name + META not in hidden:
-                    out.append((data.name + META, nodes.get(("meta", scan_id, fileset_id, file.id))
-                                or self._meta(file)))
                 if data.name.endswith(".iid") and views is not False:
                     if views is None:
                         return None
@@ -1192,7 +1244,40 @@ class FSDBTree(Tree):
         db.register_delay = register_delay
         self._scan_order: tuple[list, dict[str, int]] | None = None  # the scans, and their places
         self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote else None
+        self._stat_listings = 0                 # listings left that learn files' attributes
+        self._stat_period = STAT_WALK_LISTINGS  # listings the next stat walk lasts
+        self._name_listings = 0                 # listings since one that learned files
         self.add(RootFolder(self))
+
+    @property
+    def stat_walk(self) -> bool:
+        """Whether listings learn their files' attributes, and the learner ahead of them:
+        for the STAT_WALK_LISTINGS listings after a file was stat'ed whose attributes were
+        not in memory (twice as many after each period a stat ends, as a walk that still
+        stats does: each costs it a folder's LOOKUPs; back at STAT_WALK_LISTINGS after
+        two listings with no such stat, a walk of names). A walk of names (`find`) then
+        stats nothing: a lean listing gives its files without attributes
+        (`ListingSnapshot.files_unsized`); a walk that stats finds them learned, in one
+        pass a folder, as it lists it or ahead of it."""
+        return self._stat_listings > 0
+
+    def files_stated(self) -> bool:
+        """A file was stat'ed whose attributes were not in memory; whether listings learned
+        files' attributes before."""
+        before = self._stat_listings
+        if not before:
+            self._stat_listings = self._stat_period
+            self._stat_period = min(2 * self._stat_period, MAX_STAT_WALK_LISTINGS)
+        self._name_listings = 0
+        return before > 0
+
+    def listed(self) -> None:
+        if self._stat_listings:
+            self._stat_listings -= 1
+        else:
+            self._name_listings += 1
+            if self._name_listings > 2:
+                self._stat_period = STAT_WALK_LISTINGS
 
     def learn_after(self, folder: "Folder") -> None:
         """`folder` was listed: what a walk lists next is learned ahead (never waits)."""

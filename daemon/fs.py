@@ -412,7 +412,7 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
-        self.lean_rule = LeanRule(_patch_used(
+        self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
             "every listing entry carries its attributes"), self.policy.entry_timeout,
             self.policy.attr_timeout_of(stat.S_IFREG))

@@ -140,18 +140,19 @@ def test_names_sizes_and_bytes_are_those_of_listings_with_attributes(fresh_mount
     assert lean == full
 
 
-@pytest.mark.parametrize("kind", ["imgstore", "fsdb"])
+@pytest.mark.parametrize("kind", ["imgstore", "fsdb", "iid"])
 def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount, monkeypatch):
-    """imgstore frames' attributes are in memory, and FSDB folders learn theirs as they
-    list (in one pass, ahead of the walk: cheaper than a LOOKUP a name): `ls -l` of them
-    sends no LOOKUP a file."""
-    source = walk_samples.imgstore(tmp_path / "store", 30) if kind == "imgstore" else \
-        walk_samples.fsdb(tmp_path / "fsdb", 1, 1, 15)
-    folder = "by-number" if kind == "imgstore" else "scan_000/fileset_0"
+    """imgstore frames' and `.iid` entries' attributes are in memory, and FSDB folders
+    learn theirs as they list (in one pass, ahead of the walk: cheaper than a LOOKUP a
+    name): their trees list nothing lean (`Tree.lean_listings`), and `ls -lR` after
+    `find` sends no LOOKUP."""
+    source = {"imgstore": lambda: walk_samples.imgstore(tmp_path / "store", 30),
+              "fsdb": lambda: walk_samples.fsdb(tmp_path / "fsdb", 1, 1, 15),
+              "iid": lambda: walk_samples.iid(tmp_path / "cells.iid", 30)}[kind]()
     monkeypatch.setenv("SCOPEFS_LEAN_LISTINGS", "1")
     mnt = mount(source.path, *source.options)
     run("find", str(mnt))
     before = counts(mnt)
-    assert len(run("ls", "-l", str(mnt / folder)).splitlines()) == 31
+    assert len(run("ls", "-lR", str(mnt)).splitlines()) > 30
     after = counts(mnt)
-    assert after["lookups"] == before["lookups"] and after["lean"] == before["lean"]
+    assert after["lookups"] == before["lookups"] and after["lean"] == before["lean"] == 0

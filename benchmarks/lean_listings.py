@@ -47,7 +47,7 @@ def cpu_s(pid: int) -> float:
 
 
 def counted(st: dict) -> dict:
-    out = {name: st[name] for name in COUNTERS}
+    out = {name: st.get(name, 0) for name in COUNTERS}
     out["learned"] = st.get("work", {}).get("attributes_learned", 0)
     out["views_made"] = st.get("views_made", 0)
     return out

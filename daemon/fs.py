@@ -604,11 +604,9 @@ class Operations(pyfuse3.Operations):
             next_offset, name, ino, entry, child = row
             if entry.__class__ is int:
                 try:
-                    attr = child.cached_attr()
+                    attr = child.attr() if blocking else child.cached_attr()
                     if attr is None:
-                        if not blocking:
-                            return None
-                        attr = child.attr()
+                        return None
                     row = (next_offset, name, ino, self._dirent(attr), child)
                 except OSError as exc:
                     log.warning("listing %s: %s", os.fsdecode(name), exc)

@@ -41,8 +41,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Tree.statvfs         if statvfs_blocks     Tree.statvfs otherwise
 
 What the daemon reads as attributes (these flags, `rename_flags`, `keep_cache`, a tree's
-`cache_policy`, `writable`, `real_owners`) are plain values. `Tree.close` runs once the
-loop has ended.
+`cache_policy`, `writable`, `real_owners`, `lean_listings`) are plain values. `Tree.close`
+runs once the loop has ended.
 """
 from __future__ import annotations
 
@@ -357,6 +357,10 @@ class Tree:
     #: caller as an `Owner`, chown changes the owner, and the modes the kernel gives
     #: (the caller's umask applied) are used as they are (the daemon's umask is 0)
     real_owners = False
+    #: files whose attributes are not in memory may be listed without them (the daemon's
+    #: lean listings): for trees where such a file costs real work to size (a generated
+    #: view, a stat) and walks of names are common; trees that know their sizes keep them
+    lean_listings = False
     #: one line the mount command prints once mounted (why a source is read-only...)
     notice: str | None = None
 

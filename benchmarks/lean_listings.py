@@ -3,7 +3,7 @@ FSDB and a copick mount cost with lean listings (the default) and with every ent
 attributes (SCOPEFS_LEAN_LISTINGS=0), alternating, each walk on a fresh mount.
 
     python benchmarks/lean_listings.py [--work DIR] [--fsdb SxFxN|none] [--copick RxP|none]
-        [--cases never,kept,learned] [--repeat 3]
+        [--cases never,kept,learned] [--walks 'find;ls -lR'] [--repeat 3]
 
 Printed per walk and mode, as medians: wall time, the daemon's CPU seconds, and the
 daemon's counters for the walk: requests, LOOKUPs, READDIRs, entries listed without
@@ -34,7 +34,7 @@ WALKS = {"find": "find . >/dev/null", "find -printf %s": "find . -printf '%s\\n'
          "du -s": "du -s . >/dev/null", "ls -lR": "ls -lR . >/dev/null",
          "find, then ls -lR": "find . >/dev/null && ls -lR . >/dev/null"}
 COUNTERS = ("requests", "lookup_requests", "readdir_requests", "lean_entries", "lean_lookups_answered",
-            "worker_calls")
+            "worker_calls", "listings_made", "lean_listings_given_again")
 
 
 def status(mnt: Path) -> dict:
@@ -47,7 +47,7 @@ def cpu_s(pid: int) -> float:
 
 
 def counted(st: dict) -> dict:
-    out = {name: st[name] for name in COUNTERS}
+    out = {name: st.get(name, 0) for name in COUNTERS}
     out["learned"] = st.get("work", {}).get("attributes_learned", 0)
     out["views_made"] = st.get("views_made", 0)
     return out
@@ -95,9 +95,13 @@ def main() -> None:
     parser.add_argument("--fsdb", default="10x3x60", help="scans x filesets x files (10x3x60), or none")
     parser.add_argument("--copick", default="5x10", help="runs x picks (5x10), or none")
     parser.add_argument("--cases", default="never,kept,learned", help="copick: never,kept,learned")
+    parser.add_argument("--walks", default=";".join(WALKS), help="some of: " + "; ".join(WALKS))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    walks = args.walks.split(";")
+    if unknown := set(walks) - set(WALKS):
+        parser.error(f"unknown walks: {', '.join(sorted(unknown))}")
     sources = {}
     if args.fsdb != "none":
         sources[f"FSDB {args.fsdb}"] = walk_samples.fsdb(args.work / f"fsdb-{args.fsdb}",
@@ -110,7 +114,8 @@ def main() -> None:
             sources[f"copick {args.copick}, {titles[case]}"] = copick, case
     for label, (source, case) in sources.items():
         print(f"{label}, cold, medians of {args.repeat} (lean listings | every entry with attributes)")
-        for walk, command in WALKS.items():
+        for walk in walks:
+            command = WALKS[walk]
             runs = {True: [], False: []}
             for _ in range(args.repeat):
                 for lean in (True, False):
@@ -118,7 +123,8 @@ def main() -> None:
             med = {lean: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for lean, rs in runs.items()}
             cells = "  ".join(f"{k} {med[True][k]:g} | {med[False][k]:g}" for k in
                               ("requests", "lookup_requests", "lean_lookups_answered", "readdir_requests",
-                               "lean_entries", "worker_calls", "views_made", "learned"))
+                               "listings_made", "lean_listings_given_again", "lean_entries", "worker_calls",
+                               "views_made", "learned"))
             print(f"  {walk:<18} wall {med[True]['wall_s']:.3f} | {med[False]['wall_s']:.3f} s  "
                   f"daemon CPU {med[True]['cpu_s']:.2f} | {med[False]['cpu_s']:.2f} s  {cells}", flush=True)
 

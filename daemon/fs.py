@@ -60,8 +60,8 @@ NOFLUSH = hasattr(pyfuse3.FileInfo, "noflush")
 UNOPENED_FILES = 64
 #: set to 0 to make a read-only mount answer OPEN and RELEASE as with an unpatched pyfuse3
 KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
-#: set to 1 to list files whose attributes are not in memory without them (`LeanRule`);
-#: off by default: `find` then `ls -lR` costs more daemon CPU (benchmarks/README.md)
+#: set to 0 to give every listing entry its attributes, also where they need I/O (else
+#: such files are listed without them while no walk stats them: `LeanRule`)
 LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
@@ -86,6 +86,7 @@ class Counters:
     readlinks: int = 0              # none twice for one link where the kernel caches targets
     lookups: int = 0                # LOOKUP requests
     lean_entries: int = 0           # listing entries given without attributes (`LeanRule`)
+    listings_made: int = 0          # listings read from the start anew (each a new snapshot of its folder)
     flushes: int = 0                # none for read-only opens where the kernel honours noflush
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
 
@@ -411,9 +412,10 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
         self.folder_listings = FolderListings()          # for those the kernel opened itself
-        self.lean_rule = LeanRule(os.environ.get(LEAN_LISTINGS_ENV) == "1" and _patch_used(
+        self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
-            "every listing entry carries its attributes"), self.policy.entry_timeout)
+            "every listing entry carries its attributes"), self.policy.entry_timeout,
+            self.policy.attr_timeout_of(stat.S_IFREG))
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
@@ -580,13 +582,37 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = self._next_fh
         self._next_fh += 1
-        reader, lean = self._opendir(inode)
-        self._listings[fh] = Listing(reader, inode, lean=lean)
+        self._listings[fh] = self._opendir(inode)
         return fh
 
-    def _opendir(self, ino: int) -> tuple[Directory, bool]:
-        """A new listing's reader, and whether it is lean (`LeanRule`)."""
-        return self._directory(ino).opendir(), self.lean_rule.lean()
+    def _opendir(self, ino: int, again: Listing | None = None) -> Listing:
+        """A new listing of folder `ino`: lean or not (`LeanRule`), or read on in the
+        reader of the lean listing it gives `again` (`LeanRule.replay`)."""
+        if again is not None:
+            return Listing(again.reader, ino)
+        self.counters.listings_made += 1
+        lean = self.lean_rule.lean()
+        return Listing(self._directory(ino).opendir(), ino, lean=lean, rows=[] if lean else None,
+                       changes=self.lean_rule.changes)
+
+    def _with_attributes(self, rows: list, blocking: bool) -> list | None:
+        """The rows a lean listing fetched, each with its attributes: from memory, or (if
+        `blocking`, in a worker thread) sized as a listing with attributes would; None if
+        one needs I/O and not `blocking`."""
+        out = []
+        for row in rows:
+            next_offset, name, ino, entry, child = row
+            if entry.__class__ is int:
+                try:
+                    attr = child.attr() if blocking else child.cached_attr()
+                    if attr is None:
+                        return None
+                    row = (next_offset, name, ino, self._dirent(attr), child)
+                except OSError as exc:
+                    log.warning("listing %s: %s", os.fsdecode(name), exc)
+                    row = (next_offset, None, None, None, None)
+            out.append(row)
+        return out
 
     def _dirent(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """The EntryAttributes of a listing entry with `attr`, made once and shared by
@@ -702,7 +728,13 @@ class Operations(pyfuse3.Operations):
                 listing.pending, listing.end, listing.gone = [], None, set()
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
-            listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino))
+            again = None if start_id else self.lean_rule.replay(ino)
+            listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
+            if again is not None:               # (its kept copy dropped at a trip: no new scan)
+                rows = self._with_attributes(again.rows, False)
+                if rows is None:
+                    rows = await self._run(self._with_attributes, again.rows, True)
+                listing.pending, listing.position, listing.more, listing.offset = rows, 0, False, 0
         if listing.end == offset:
             return                      # the end, found before: the kernel asks once more
         base = listing.base
@@ -718,6 +750,8 @@ class Operations(pyfuse3.Operations):
                 position = 0
                 entries, more = await self._run(self._listing_batch, listing.reader, offset, listing.lean)
                 _check_offsets(base, entries)
+                if listing.rows is not None and listing.record(offset, entries, more):
+                    self.lean_rule.recorded(listing)
             if listing.gone:
                 entries = await self._as_now(listing, entries, position)
             listing.pending = []
@@ -875,9 +909,11 @@ class Operations(pyfuse3.Operations):
     # -- changes (writable trees; read-only ones are mounted `ro` and never get here) --
     def _writable(self, *inodes: int) -> None:
         """Refuse a change of a read-only tree, or of one grafted read-only into a writable
-        one (a view of a file inside a database): the nodes of such trees are never asked."""
+        one (a view of a file inside a database): the nodes of such trees are never asked.
+        Every change request comes here first: no lean listing is given again after it."""
         if not self.tree.writable or not all(map(self.tree.writable_at, inodes)):
             raise pyfuse3.FUSEError(errno.EROFS)
+        self.lean_rule.changed()
 
     def _owner(self, ctx) -> tuple:
         """The maker of a new entry, for trees whose entries have real owners."""
@@ -1138,6 +1174,7 @@ class Operations(pyfuse3.Operations):
                       notify_waits=c.notify_waits, lookup_requests=c.lookups,
                       lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
                       lean_lookups_answered=self.lean_rule.answered,
+                      listings_made=c.listings_made, lean_listings_given_again=self.lean_rule.replayed,
                       full_listings_left=self.lean_rule.full_left,
                       known_inodes=self.known_inodes,
                       open_files=len(self._handles))

@@ -46,6 +46,21 @@ class Listing:
     end: int | None = None      # the offset where the listing was found to end
     gone: set[bytes] = field(default_factory=set)   # names removed through the mount since it was made
     lean: bool = False          # files' attributes left out where they need I/O (`LeanRule`)
+    rows: list | None = None    # a lean listing's rows as fetched from offset 0 on (`record`)
+    changes: int = 0            # `LeanRule.changes` when it was made
+    made: float = field(default_factory=time.monotonic)
+
+    def record(self, offset: int, rows: list, more: bool) -> bool:
+        """Keep the rows fetched at `offset` if they follow those kept (a listing read in
+        order from 0), to be given again (`LeanRule.replay`); True once all are kept."""
+        kept = self.rows
+        if kept is None:
+            return False
+        if offset != (kept[-1][0] if kept else 0):
+            self.rows = None
+            return False
+        kept += rows
+        return not more
 
 
 class FolderListings:
@@ -58,14 +73,14 @@ class FolderListings:
         self._numbers: dict[int, set[int]] = {}                       # folder -> its numbers
         self._next = 1
 
-    def find(self, ino: int, offset: int, opendir: Callable[[], tuple[object, bool]]) -> tuple[Listing, int]:
+    def find(self, ino: int, offset: int, opendir: Callable[[], Listing]) -> tuple[Listing, int]:
         """The listing a readdir of folder `ino` at `offset` goes on in, and the offset in
-        its reader. From 0, or in a listing no longer kept, a new one from `opendir` (its
-        reader, and whether it is lean; the latter resumes at the old position in the
-        folder as it is now: the best left to do)."""
+        its reader. From 0, or in a listing no longer kept, a new one from `opendir` (the
+        latter resumes at the old position in the folder as it is now: the best left to
+        do)."""
         listing = self._listings.get(offset >> POSITION_BITS) if offset else None
         if listing is None or listing.ino != ino:
-            listing = self._add(ino, *opendir())
+            listing = self._add(ino, opendir())
         else:
             self._listings.move_to_end(offset >> POSITION_BITS)
         return listing, offset & POSITION_MASK
@@ -89,11 +104,12 @@ class FolderListings:
     def __len__(self) -> int:
         return len(self._listings)
 
-    def _add(self, ino: int, reader: object, lean: bool) -> Listing:
+    def _add(self, ino: int, listing: Listing) -> Listing:
         number = self._next
         self._next = number + 1 if number + 1 < NUMBERS else 1
         self._drop(number)                  # (a number wrapped round to)
-        listing = self._listings[number] = Listing(reader, ino, number << POSITION_BITS, lean=lean)
+        listing.ino, listing.base = ino, number << POSITION_BITS
+        self._listings[number] = listing
         self._numbers.setdefault(ino, set()).add(number)
         if len(self._listings) > self._kept:
             self._drop(next(iter(self._listings)))
@@ -123,6 +139,9 @@ LEAN_WATCHED = 1024
 #: files listed without attributes kept (in all watched folders) to be sized together at
 #: their folder's first LOOKUP
 LEAN_UNSIZED = 65_536
+#: rows of lean listings kept (in all folders) to give them again with attributes once a
+#: trip dropped the kernel's copies (`LeanRule.replay`)
+LEAN_ROWS = 100_000
 #: seconds the sizes learned at a folder's first LOOKUP answer the LOOKUPs of its other
 #: names (at most; a listing with attributes would have given them for the entry timeout)
 ANSWERED_FOR = 5.0
@@ -138,7 +157,11 @@ class LeanRule:
     each trip that follows, up to `MAX_FULL_LISTINGS`), then probe again: a stat walk
     pays one folder's LOOKUPs per probe, a few per walk. The
     folders listed lean before are then given back (`looked_up`), for the daemon to drop
-    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name).
+    the listings the kernel keeps of them (else `ls -l` after `find` looks up each name),
+    and each such folder's next listing is its last lean one given again with the
+    attributes it left out (`replay`: no new scan of the folder; `LEAN_ROWS` rows kept in
+    all), unless a change was told since (`changes`) or the kernel would no longer trust
+    what it gave (the tree's entry and attribute timeouts).
 
     The files a folder's lean listings left out are kept (`LEAN_UNSIZED` in all): its
     first LOOKUP that needs a worker sizes them all in that call (`unsized`), as a listing
@@ -148,7 +171,8 @@ class LeanRule:
     `ANSWERED_FOR` seconds at most (and the tree's entry timeout), until the name is
     removed through the mount (`names_gone`) or the tree reports a change (`changed`)."""
 
-    def __init__(self, enabled: bool = True, entry_timeout: float = ANSWERED_FOR) -> None:
+    def __init__(self, enabled: bool = True, entry_timeout: float = ANSWERED_FOR,
+                 attr_timeout: float = ANSWERED_FOR) -> None:
         self.enabled = enabled
         self.full_left = 0
         self.trips = 0                      # times lookups turned listings full
@@ -161,6 +185,11 @@ class LeanRule:
         self._misses = 0                    # lookups of their files since the last trip
         self._answers: dict[int, tuple[float, dict]] = {}      # folder -> (until, name -> (node, attr))
         self.changes = 0                    # changes told (`changed`, `names_gone`): what was sized before is not kept
+        self._given_for = min(entry_timeout, attr_timeout)
+        self._listed: OrderedDict[int, Listing] = OrderedDict()     # folder -> its last lean listing, all rows kept
+        self._replays: OrderedDict[int, Listing] = OrderedDict()    # folders a trip dropped -> that listing
+        self._rows = 0                      # rows in those
+        self.replayed = 0                   # listings given again (`replay`)
 
     def lean(self) -> bool:
         """Whether the listing being made goes lean (counts the full ones down)."""
@@ -217,6 +246,39 @@ class LeanRule:
             self.answered += 1
         return found
 
+    def recorded(self, listing: Listing) -> None:
+        """`listing` (lean) was read to the end, its rows kept (`Listing.record`): kept
+        for `replay` if it gave a file without attributes."""
+        rows = listing.rows
+        listing.rows = None
+        if not any(row[3].__class__ is int for row in rows) or len(rows) > LEAN_ROWS:
+            return
+        self._drop_listed(listing.ino)
+        while self._rows + len(rows) > LEAN_ROWS:
+            self._rows -= len((self._listed or self._replays).popitem(last=False)[1].rows)
+        self._listed[listing.ino] = Listing(listing.reader, listing.ino, rows=rows, changes=listing.changes,
+                                            made=listing.made)
+        self._rows += len(rows)
+
+    def _drop_listed(self, ino: int) -> None:
+        for kept in (self._listed, self._replays):
+            old = kept.pop(ino, None)
+            if old is not None:
+                self._rows -= len(old.rows)
+
+    def replay(self, ino: int) -> Listing | None:
+        """The lean listing of folder `ino` to give again with attributes, if a trip
+        dropped the kernel's copy and nothing changed since it was made (its reader and
+        rows; given once)."""
+        listing = self._replays.pop(ino, None) if self._replays else None
+        if listing is None:
+            return None
+        self._rows -= len(listing.rows)
+        if listing.changes != self.changes or time.monotonic() - listing.made > self._given_for:
+            return None
+        self.replayed += 1
+        return listing
+
     def names_gone(self, folder: int, names) -> None:
         """Names of `folder` removed or renamed through the mount: not answered."""
         self.changes += 1
@@ -225,9 +287,9 @@ class LeanRule:
             for name in names:
                 answers[1].pop(os.fsdecode(name), None)
 
-    def changed(self, inodes, entries, waited: bool = True) -> None:
-        """The tree reports changes (`Tree.report`, maybe from a thread): nothing is
-        answered from what was sized before."""
+    def changed(self, inodes=(), entries=(), waited: bool = True) -> None:
+        """The tree reports changes (`Tree.report`, maybe from a thread), or a change is
+        made through the mount: nothing is answered from what was sized or listed before."""
         self.changes += 1
         self._answers = {}
 
@@ -243,6 +305,15 @@ class LeanRule:
         self._misses = 0
         listed_lean = tuple(ino for ino in self._watched if ino != parent)
         self._watched.clear()
+        for ino in listed_lean:
+            listing = self._listed.pop(ino, None)
+            if listing is not None:
+                old = self._replays.pop(ino, None)
+                self._rows -= len(old.rows) if old is not None else 0
+                self._replays[ino] = listing
+        for listing in self._listed.values():
+            self._rows -= len(listing.rows)
+        self._listed.clear()
         self._unsized = 0
         self.full_left, self._full_next = self._full_next, min(2 * self._full_next, MAX_FULL_LISTINGS)
         self._lean_in_a_row = 0

@@ -2,7 +2,7 @@
 without the kernel: found by the offsets they gave, bounded, dropped with their folder."""
 from __future__ import annotations
 
-from scopefs.daemon.listings import NUMBERS, POSITION_BITS, FolderListings
+from scopefs.daemon.listings import NUMBERS, POSITION_BITS, FolderListings, Listing
 
 
 def snapshots():
@@ -10,8 +10,8 @@ def snapshots():
     made = []
 
     def opendir():
-        made.append(object())
-        return made[-1], False
+        made.append(Listing(object()))
+        return made[-1]
     return opendir, made
 
 
@@ -120,3 +120,48 @@ def test_lean_rule_probes_a_stat_walk_less_often_each_time():
     assert [probe(True) for _ in range(3)] == [FULL_LISTINGS, 2 * FULL_LISTINGS, 4 * FULL_LISTINGS]
     assert [probe(False) for _ in range(3)] == [0, 0, 0]
     assert probe(True) == FULL_LISTINGS
+
+
+def test_lean_rule_gives_a_folder_dropped_at_a_trip_its_lean_listing_again_until_told_otherwise(monkeypatch):
+    """A lean listing read to the end keeps its rows; a trip that drops the kernel's copy
+    of the folder has it given again once (no new scan), not after a change told since
+    it was made, nor once the kernel would no longer trust what it gave, nor a listing
+    that left nothing out; the rows kept are bounded."""
+    from scopefs.daemon import listings
+    from scopefs.daemon.listings import LEAN_MISSES, LeanRule
+    rule = LeanRule(entry_timeout=60.0, attr_timeout=30.0)
+
+    def listed(ino: int, lean_rows: int = 1, rows: int = 3):
+        listing = Listing(object(), ino, lean=True, rows=[], changes=rule.changes)
+        batch = [(k + 1, b"n%d" % k, 100 + k, 0o100000 if k < lean_rows else object(), object())
+                 for k in range(rows)]
+        assert listing.record(0, batch[:1], True) is False and listing.record(1, batch[1:], False)
+        rule.recorded(listing)
+        if lean_rows:
+            rule.listed_lean(ino, "n0", batch[0][4])
+        return listing
+
+    def trip(*inos):
+        for ino in inos:
+            listed(ino)
+        listed(99, lean_rows=0)                 # (no file left out: nothing to give again)
+        for _ in range(LEAN_MISSES):
+            rule.looked_up(inos[0])
+    first = listed(7)
+    trip(8, 7)
+    again = rule.replay(7)
+    assert again is not None and again.reader is not first.reader and len(again.rows) == 3
+    assert rule.replay(7) is None and rule.replay(8) is None and rule.replay(99) is None
+    trip(8, 7)
+    rule.changed()
+    assert rule.replay(7) is None
+    trip(8, 7)
+    now = listings.time.monotonic()
+    monkeypatch.setattr(listings.time, "monotonic", lambda: now + 31)
+    assert rule.replay(7) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(listings, "LEAN_ROWS", 5)
+    trip(8, 6, 7)                               # 9 rows: the oldest dropped
+    assert rule.replay(6) is None and rule.replay(7) is not None and rule._rows == 0
+    broken = Listing(object(), 5, lean=True, rows=[])
+    assert broken.record(3, [(4, b"x", 1, 0, None)], False) is False and broken.rows is None

@@ -2,8 +2,10 @@
 with node id 0): a cold `find` of a copick mount computes no view's size and sends no
 LOOKUP; a walk that stats what it lists sizes a folder's views together at the first
 LOOKUP (one worker call, as a listing with attributes would) and answers the other
-LOOKUPs from it; names, sizes and bytes are those of listings with attributes. Lean
-listings are off by default: these mounts turn them on (SCOPEFS_LEAN_LISTINGS=1).
+LOOKUPs from it; a folder whose lean listing the kernel kept and a trip dropped is
+listed again from what the daemon kept, not scanned again; names, sizes and bytes are
+those of listings with attributes. Lean listings are on by default: these mounts set
+SCOPEFS_LEAN_LISTINGS=1 or 0 all the same, to compare the two.
 
 The mounts here have no size learner (`SCOPEFS_LEARN_VIEW_SIZES=0`) and each its own
 kept sizes (XDG_CACHE_HOME): which views a listing gives without attributes would
@@ -25,7 +27,8 @@ def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
             "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
-            "readdirs": status["readdir_requests"],
+            "readdirs": status["readdir_requests"], "scans": status["listings_made"],
+            "given_again": status["lean_listings_given_again"],
             "batches": status.get("picks_size_batches", 0), "made": status.get("views_made", 0),
             "sizes_learned": status.get("view_sizes", {}).get("learned", 0), "trips": status["lean_rule_trips"]}
 
@@ -103,14 +106,17 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     """A cold `ls -lR`, and `find` then `ls -lR`: a worker call more for each folder
     whose lean names were looked up before listings carry attributes (`LEAN_MISSES`
     LOOKUPs tell), none a LOOKUP, and after `find` one for each listing the kernel kept
-    from it and then dropped (listed again, with attributes); the same views are made
-    and the picks views in the same batches."""
+    from it and then dropped (listed again, with attributes, from the rows the daemon
+    kept: every folder scanned once, as with attributes); the same views are made and
+    the picks views in the same batches."""
     def check(walks):
         lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
         assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
         assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], walks
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
+        assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
+        assert (lean["given_again"] > 0) == (len(walks) > 1), walks
     for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
         once_in_three(lambda: check(walks))
 
@@ -135,16 +141,19 @@ def test_names_sizes_and_bytes_are_those_of_listings_with_attributes(fresh_mount
     assert lean == full
 
 
-def test_attributes_known_in_memory_are_kept(tmp_path, mount, monkeypatch):
-    """imgstore frames' attributes are in memory: `ls -l` of them sends no LOOKUP a file."""
-    source = walk_samples.imgstore(tmp_path / "store", 30)
+@pytest.mark.parametrize("kind", ["imgstore", "iid"])
+def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount, monkeypatch):
+    """imgstore frames' and `.iid` entries' attributes are in memory: their trees list
+    nothing lean (`Tree.lean_listings`), and `ls -lR` after `find` sends no LOOKUP."""
+    source = {"imgstore": lambda: walk_samples.imgstore(tmp_path / "store", 30),
+              "iid": lambda: walk_samples.iid(tmp_path / "cells.iid", 30)}[kind]()
     monkeypatch.setenv("SCOPEFS_LEAN_LISTINGS", "1")
     mnt = mount(source.path, *source.options)
     run("find", str(mnt))
     before = counts(mnt)
-    assert len(run("ls", "-l", str(mnt / "by-number")).splitlines()) == 31
+    assert len(run("ls", "-lR", str(mnt)).splitlines()) > 30
     after = counts(mnt)
-    assert after["lookups"] == before["lookups"] and after["lean"] == before["lean"]
+    assert after["lookups"] == before["lookups"] and after["lean"] == before["lean"] == 0
 
 
 @pytest.fixture

@@ -1214,6 +1214,9 @@ def _is_view_root(ino: int) -> bool:
 
 
 class FSDBTree(Tree):
+    #: a file's attributes cost a stat and its name is in files.json: a `find` needs no stat
+    lean_listings = True
+
     def __init__(self, db: FSDB, read_only: bool, base: int = ROOT_INO, register_delay: float = 1.0):
         super().__init__(base)
         self.db = db

@@ -93,6 +93,8 @@ class OverlayTree(Tree):
     idle_nodes = 100_000
     #: directories whose static visibility is remembered (the oldest learnt go first)
     visible_kept = 100_000
+    #: views sized by making them, files by a stat: a `find` needs neither
+    lean_listings = True
 
     def __init__(self, static: Root, upper: Root, read_only: bool = False):
         super().__init__()

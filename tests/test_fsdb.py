@@ -365,10 +365,12 @@ def test_a_walk_of_the_mount_matches_an_rsync_copy_of_it(tmp_path, mount):
     assert json.loads((copy / "myscan_001" / "images" / "3.png.metadata.json").read_text()) == {"edited": True}
 
 
-def test_a_cold_walk_is_answered_from_memory_once_learned_ahead(tmp_path, mount):
-    """On a fresh mount, listing the root sets the daemon learning ahead what a walk lists
-    next (its entries' attributes, a fileset's hidden files); once it has, `ls -lR` of
-    the whole database is answered on the daemon's loop: no worker call."""
+def test_a_cold_walk_is_answered_from_memory_once_learned_ahead(tmp_path, mount, monkeypatch):
+    """On a fresh mount with every listing entry's attributes, listing the root sets the
+    daemon learning ahead what a walk lists next (its entries' attributes, a fileset's
+    hidden files); once it has, `ls -lR` of the whole database is answered on the
+    daemon's loop: no worker call. (Listed lean, the first stat learns: test_lean_listings.)"""
+    monkeypatch.setenv("SCOPEFS_LEAN_LISTINGS", "0")
     db_path = new_db(tmp_path / "db")
     for scan_id in ("scan_a", "scan_b"):
         documented_example(db_path, n=5, scan_id=scan_id)

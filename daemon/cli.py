@@ -51,7 +51,7 @@ MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details
   fsdb           break_lock (take the database even if another client holds its lock),
                  register_delay=SECONDS (1)
   copick         overlay=DIR (with a static root directory as SOURCE), metadata_ttl=SECONDS (60),
-                 mrc_cache_mb=N (512)
+                 mrc_cache_mb=N (512), view_cache_mb=N (128)
   s3:// sources  endpoint_url=URL, region=, profile=, anon, key=, secret=, token= (or the AWS
                  environment and config files); imgstore: chunk_cache_mb=N (1024), chunk_cache_dir=DIR"""
 

@@ -917,7 +917,6 @@ class FilesetFolder(Folder):
         self.prefix = f"{fileset.scan.id}/{fileset.id}/"      # of its names in tree.hidden
         self.pending: dict[str, object] = {}       # created files not yet closed, by name
         self._hidden: list[str] | None = None      # hidden files (`learn_names`)
-        self._meta_missing_s = 0.0                 # when a missing metadata file was last looked up
 
     def path(self) -> str:
         return self.fileset.path()
@@ -954,7 +953,6 @@ class FilesetFolder(Folder):
             file = self.fileset.file_named(name[:-len(META)])
             if file is not None:
                 return self._meta(file)
-            self._meta_missing_s = time.monotonic()     # (the kernel may remember it missing)
         if name.endswith(".iid" + VIEW) and self.fileset.file_named(name[:-len(VIEW)]) is not None:
             return NEEDS_IO
         return None
@@ -1079,14 +1077,13 @@ class FilesetFolder(Folder):
     def unseen_since_create(self) -> bool:
         """Whether the kernel holds nothing of this folder that a new file's commit changes
         (call with the tree's lock): neither its attributes nor its listing went to it
-        since its last create here, which made the kernel drop both, and no missing
-        metadata file was looked up for as long as the kernel may remember it. A copy
-        into the folder is then told nothing: the kernel asks anew, after the commit.
+        since its last create here, which made the kernel drop both (a missing metadata
+        file it never remembers: `negative_timeout_of`). A copy into the folder is then
+        told nothing: the kernel asks anew, after the commit.
         (A GETATTR the kernel sent before the create and that is answered after it is
         the kernel's own race, as for any create: its reply does not drop the folder's
         new mtime, it was never told it.)"""
-        return not self.shown and \
-            time.monotonic() - self._meta_missing_s > self.tree.cache_policy.negative_timeout
+        return not self.shown
 
     def committed(self, data: DataFile) -> None:
         """A created file was closed: it is registered now (call with the tree's lock)."""

@@ -708,13 +708,13 @@ class Operations(pyfuse3.Operations):
                             _file_type(child) if attr is None else dirents.get(attr) or dirent(attr), child))
         listing.pending, listing.position, listing.more, listing.offset = pending, 0, more, offset
 
-    def _reply_lean(self, token, listing: Listing, name: str, child: Node, next_id: int) -> bool:
-        """Give `child`, a file whose attributes are not in memory, without them, from
-        memory (`readdir_reply_name`); False if the kernel's buffer had no room."""
+    def _reply_lean(self, token, listing: Listing, name: str | bytes, child: Node, next_id: int) -> bool:
+        """Give `child`, a file whose attributes are not in memory, without them
+        (`readdir_reply_name`); False if the kernel's buffer had no room."""
         if not pyfuse3.readdir_reply_name(token, os.fsencode(name), child.ino, _file_type(child), next_id):
             return False
         self.counters.lean_entries += 1
-        self.lean_rule.listed_lean(listing.ino, name, child)
+        self.lean_rule.listed_lean(listing.ino, os.fsdecode(name), child)
         return True
 
     @_guard
@@ -760,12 +760,10 @@ class Operations(pyfuse3.Operations):
                 if name is None:
                     pass
                 elif entry.__class__ is int:    # (lean: the file type)
-                    if not pyfuse3.readdir_reply_name(token, name, ino, entry, base + next_offset):
+                    if not self._reply_lean(token, listing, name, child, base + next_offset):
                         listing.pending, listing.position, listing.more = entries, position, more
                         listing.offset = offset
                         return
-                    self.counters.lean_entries += 1
-                    self.lean_rule.listed_lean(listing.ino, os.fsdecode(name), child)
                 else:
                     entry.st_ino = ino
                     if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):

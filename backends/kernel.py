@@ -215,6 +215,34 @@ def set_times(fd: int, name: str | None, atime_ns: int | None, mtime_ns: int | N
         raise OSError(code, os.strerror(code), name)
 
 
+def _libc_done(result: int, path: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+
+
+def syncfs(fd: int, path: str) -> None:
+    """syncfs(2): everything written to the filesystem of the open `fd` (at `path`) is
+    durable; OSError if a write-back on it failed since (Linux >= 5.8) that no one has been
+    told of, ENOSYS where libc cannot be called (the caller fsyncs its files instead)."""
+    if _libc is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), path)
+    _libc_done(_libc.syncfs(fd), path)
+
+
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1
+
+
+def wait_written(fd: int, path: str) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WAIT_BEFORE) of the whole open file: waits for its
+    write-back in flight and raises the file's own write-back error, if any, without a
+    flush of the disk's cache (after `syncfs`, which reports an error only once)."""
+    if _libc is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), path)
+    _libc_done(_libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0),
+                                     ctypes.c_uint(_SYNC_FILE_RANGE_WAIT_BEFORE)), path)
+
+
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 

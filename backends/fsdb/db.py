@@ -40,7 +40,6 @@ callers expect, without an errno); bad identifiers raise ValueError.
 from __future__ import annotations
 
 import copy
-import ctypes
 import datetime as _dt
 import errno
 import fcntl
@@ -57,7 +56,7 @@ from collections import Counter, OrderedDict
 from contextlib import ExitStack, contextmanager
 
 from ...formats import fsdb as layout
-from ..kernel import process_alive
+from ..kernel import process_alive, syncfs, wait_written
 from ..storage import LocalFiles, RemoteFiles
 
 log = logging.getLogger(__name__)
@@ -901,23 +900,12 @@ def _by_folder(paths: list[str]) -> dict[str, list[str]]:
     return found
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-SYNC_FILE_RANGE_WAIT_BEFORE = 1
-
-
-def _libc_call(result: int, path: str) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), path)
-
-
 def _syncfs(folder: str) -> None:
     """Everything written to the filesystem of `folder` is durable (syncfs(2)); OSError if
     a write-back on it failed since (Linux >= 5.8) that no one has been told of."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _libc_call(_libc.syncfs(fd), folder)
+        syncfs(fd, folder)
     finally:
         os.close(fd)
 
@@ -931,7 +919,7 @@ def _wait_written(path: str) -> None:
     except FileNotFoundError:                   # removed since: nothing to keep
         return
     try:
-        _libc_call(_libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE), path)
+        wait_written(fd, path)
     finally:
         os.close(fd)
 

@@ -409,3 +409,43 @@ def test_attributes_are_learned_at_mount_and_walks_need_no_thread_for_them(sampl
         sizes = [os.stat(mnt / "frames" / f"{i:06d}.png").st_size for i in (0, 7, len(samples[name].numbers) - 1)]
         assert daemon_status(mnt)["worker_calls"] == before, name
         assert len(set(sizes)) == 1 and sizes[0] == len((mnt / "frames" / "000007.png").read_bytes())
+
+
+def test_concurrent_readers_of_the_same_frames_read_the_same_bytes(tmp_path, mount):
+    """Two `tar`s (sequential readers: the read-ahead runs, and a reader at its heels is
+    held for it to lead) and a `cat` loop read the same frames through one mount at once,
+    on a fresh mount each round: every reader gets the same bytes, the right frames, and
+    neither EIO nor a hang. Two worker threads: held readers and the stores they send
+    from workers must never leave a read waiting for a worker that never comes (a short
+    `timeout` turns such a wait into EIO)."""
+    count = 120
+    sample = make_store(tmp_path / "store", "mjpeg/avi", shape=(240, 320, 3), video=True,
+                        numbers=range(count), chunksize=40)      # 230 KB frames: PNG from a layout
+    for round_ in range(3):
+        mnt = mount(sample.path, "-o", "threads=2,timeout=10")
+        names = sorted(os.listdir(mnt / "frames"))
+        tars = [subprocess.Popen(["tar", "-cf", str(tmp_path / f"{round_}-{k}.tar"), "-C", str(mnt), "frames"],
+                                 stderr=subprocess.PIPE) for k in range(2)]
+
+        def cat_loop():
+            return {name: subprocess.run(["cat", str(mnt / "frames" / name)], capture_output=True,
+                                         check=True, timeout=60).stdout for name in names}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            catted = pool.submit(cat_loop)
+            for tar in tars:
+                _, err = tar.communicate(timeout=120)
+                assert tar.returncode == 0, err
+            catted = catted.result(timeout=120)
+        for k in range(2):
+            with tarfile.open(tmp_path / f"{round_}-{k}.tar") as archive:
+                tarred = {m.name.removeprefix("frames/"): archive.extractfile(m).read()
+                          for m in archive.getmembers() if m.isfile()}
+            assert tarred.keys() == catted.keys() and all(tarred[name] == catted[name] for name in names)
+        sizes = {name: os.stat(mnt / "frames" / name).st_size for name in names}
+        assert all(len(catted[name]) == sizes[name] for name in names)
+        assert [barcode(read_png(io.BytesIO(catted[name]))) for name in names] == sample.numbers
+        if round_:
+            assert catted == first
+        first = catted
+        status = daemon_status(mnt)
+        assert status["errors"] == 0 and status["stored_ahead"] > 0, status    # (the read-ahead ran)

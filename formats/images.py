@@ -122,8 +122,8 @@ class PNG(_OpenCVFormat):
         return layout.encode(img) if layout is not None else super().encode_buffer(img)
 
     def _layout(self, img: np.ndarray) -> StoredLayout | None:
-        """The layout of this shape's encoding, learned at its first image (None: OpenCV's
-        encoding is not one that `StoredLayout` reproduces, so OpenCV encodes)."""
+        """The layout of this shape's encoding, learned at its first image (None: no
+        `StoredLayout` for it, so OpenCV encodes)."""
         key = (img.shape, img.dtype.str)
         with self._lock:
             if key in self._layouts:
@@ -138,93 +138,91 @@ class PNG(_OpenCVFormat):
 
 
 class StoredLayout:
-    """A PNG without compression (stored deflate blocks) and without row filters, as
-    libpng writes it through OpenCV, made without them. Such a file is the image's rows
-    (a filter byte, then RGB or gray, 16-bit big-endian) cut into stored blocks and IDAT
-    chunks at places that depend on the shape alone, plus an Adler-32 of the rows and a
-    CRC-32 per chunk. So the file of a blank image of the shape is a template: an image
-    is encoded by converting its rows into place (one `cvtColor`) and computing the
-    checksums with zlib-ng (SIMD). libpng computes them with the system's zlib, whose
-    CRC-32 and Adler-32 were 70% of an encoding, and copies the image four times on
-    the way (rows, deflate's window, a growing vector, the array OpenCV returns). A
-    layout is used only if it reproduces OpenCV's bytes exactly for a random image."""
+    """A PNG without compression and without row filters, made without libpng: the
+    image's rows (a filter byte 0, then RGB or gray, 16-bit big-endian) in stored deflate
+    blocks of whole rows, all in one IDAT chunk, between the chunks libpng writes before
+    and after its IDATs for the shape (OpenCV's encoding of a blank image). The size
+    follows from the shape, and each block's rows are one run of the file: an encoding
+    converts a block's rows into place (one `cvtColor`), and computes an Adler-32 of the
+    rows and one CRC-32 with zlib-ng (SIMD). libpng cuts the stream into 8 KiB IDAT
+    chunks and its blocks across rows: a 320x240 frame was 29 chunks, 33 pieces of rows
+    copied from a buffer and a CRC-32 each (and libpng's own checksums, the system zlib's,
+    and copies were 70% of its encoding). A layout is used only if OpenCV decodes its
+    encoding of a random image back to that image."""
 
     def __init__(self, template: bytes, shape: tuple[int, ...], dtype: np.dtype):
-        self.template = np.frombuffer(template, np.uint8)
-        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         channels = shape[2] if len(shape) == 3 else 1
         self.row_bytes = 1 + shape[1] * channels * self.dtype.itemsize
-        chunks, position = [], 8                    # (start, data length, type) after the signature
+        rows_per_block = 0xFFFF // self.row_bytes          # (a stored block holds 65535 bytes at most)
+        chunks, position = [], 8                            # (start, data length, type) after the signature
         while position < len(template):
             length, kind = struct.unpack(">I4s", template[position:position + 8])
             chunks.append((position, length, kind))
             position += 12 + length
-        # the zlib stream (IDAT data, concatenated): where each of its bytes is in the file
-        stream_spans, stream = [], 0                # (stream offset, file offset, length)
-        self.crc_spans = []                         # (type start, data end) of each IDAT chunk
-        for start, length, kind in chunks:
-            if kind == b"IDAT":
-                stream_spans.append((stream, start + 8, length))
-                stream += length
-                self.crc_spans.append((start + 4, start + 8 + length))
-        data = b"".join(template[f:f + n] for _, f, n in stream_spans)
-        raw_spans, at, raw = [], 2, 0               # (raw offset, stream offset, length) of the rows
-        while True:
-            final, length, inverse = struct.unpack("<BHH", data[at:at + 5])
-            if final & 0b110 or length ^ inverse != 0xFFFF:
-                raise ValueError("not stored deflate blocks")
-            raw_spans.append((raw, at + 5, length))
-            raw, at = raw + length, at + 5 + length
-            if final & 1:
-                break
-        if raw != shape[0] * self.row_bytes or at + 4 != len(data):
-            raise ValueError("the blocks do not hold the rows")
-
-        def file_pieces(offset: int, length: int):
-            """(file offset, stream offset, length) of the stream's bytes offset..offset+length,
-            chunk by chunk."""
-            for s, f, n in stream_spans:
-                lo, hi = max(offset, s), min(offset + length, s + n)
-                if lo < hi:
-                    yield f + lo - s, lo, hi - lo
-
-        # what `encode` copies (into the file, from the rows) and checksums, as slices made
-        # once; the chunks' CRC-32s (the last one covers the Adler-32) go into place at once
-        self.row_pieces = [(slice(f, f + m), slice(r + lo - s, r + lo - s + m))
-                           for r, s, n in raw_spans for f, lo, m in file_pieces(s, n)]
-        self.adler_at = [f + k for f, _, m in file_pieces(at, 4) for k in range(m)]
-        self.crc_spans = [slice(start, end) for start, end in self.crc_spans]
-        self.crcs_at = np.asarray([span.stop + k for span in self.crc_spans for k in range(4)], np.intp)
-        self._rows = threading.local()          # each encoding thread's rows, made once
+        idats = [k for k, (_, _, kind) in enumerate(chunks) if kind == b"IDAT"]
+        if not rows_per_block or not idats or idats != list(range(idats[0], idats[-1] + 1)):
+            raise ValueError("not a layout of stored blocks of whole rows in IDAT chunks")
+        first, (last, last_length, _) = chunks[idats[0]][0], chunks[idats[-1]]
+        head, tail = template[:first], template[last + 12 + last_length:]
+        out = bytearray(head)
+        out += struct.pack(">I", 0) + b"IDAT" + template[first + 8:first + 10]    # (its zlib header)
+        self.blocks = []                            # (rows of the image, file offset of the first)
+        for top in range(0, shape[0], rows_per_block):
+            bottom = min(top + rows_per_block, shape[0])
+            length = (bottom - top) * self.row_bytes
+            out += struct.pack("<BHH", bottom == shape[0], length, length ^ 0xFFFF)
+            self.blocks.append((slice(top, bottom), len(out)))
+            out += bytes(length)
+        self.adler_at = slice(len(out), len(out) + 4)
+        self.crc_span = slice(len(head) + 4, len(out) + 4)  # (the chunk's type and data)
+        self.crc_at = slice(self.crc_span.stop, self.crc_span.stop + 4)
+        if self.crc_span.stop - self.crc_span.start - 4 > 0x7FFFFFFF:
+            raise ValueError("too big for one IDAT chunk")
+        out[len(head):len(head) + 4] = struct.pack(">I", self.crc_span.stop - self.crc_span.start - 4)
+        out += bytes(8) + tail
+        self.size = len(out)
+        # each encoding writes the pixels; what is not a pixel is copied from here at once
+        pixel = np.zeros(self.size, bool)
+        for rows, at in self.blocks:
+            pixel[at:at + (rows.stop - rows.start) * self.row_bytes] = True
+        pixel[[at + k * self.row_bytes for rows, at in self.blocks for k in range(rows.stop - rows.start)]] = False
+        self.fixed_at = np.flatnonzero(~pixel)
+        self.fixed = np.frombuffer(bytes(out), np.uint8)[self.fixed_at]
+        self._pixels_dtype = self.dtype.newbyteorder(">")
+        self._pixels_strides = (self.row_bytes,) + ((channels * self.dtype.itemsize, self.dtype.itemsize)
+                                                    if channels > 1 else (self.dtype.itemsize,))
 
     @classmethod
     def learn(cls, shape: tuple[int, ...], dtype: np.dtype, encode) -> StoredLayout | None:
-        """The layout of OpenCV's encoding `encode` for this shape, if it reproduces it."""
+        """The layout for this shape, from OpenCV's encoding `encode` of a blank image, if
+        OpenCV decodes the layout's encoding of a random image back to it."""
         try:
             layout = cls(bytes(encode(np.zeros(shape, dtype))), shape, dtype)
         except (ValueError, struct.error):
             return None
         probe = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
-        return layout if layout.encode(probe) == encode(probe) else None
+        back = cv2.imdecode(np.frombuffer(layout.encode(probe), np.uint8), cv2.IMREAD_UNCHANGED)
+        return layout if back is not None and back.dtype == probe.dtype and np.array_equal(back, probe) else None
 
     def encode(self, img: np.ndarray) -> memoryview:
-        try:
-            flat, pixels = self._rows.made
-        except AttributeError:                      # (a thread's first frame: its rows, filter bytes 0)
-            rows = np.zeros((self.shape[0], self.row_bytes), np.uint8)
-            flat, pixels = self._rows.made = (memoryview(rows).cast("B"),
-                                              rows[:, 1:].view(self.dtype.newbyteorder(">")).reshape(self.shape))
-        if img.ndim == 3:
-            cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=pixels) if img.dtype == np.uint8 else np.copyto(
-                pixels, cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-        else:
-            np.copyto(pixels, img)
-        out = self.template.copy()
+        """The file of `img` (of this layout's shape and dtype), a new buffer each time."""
+        out = np.empty(self.size, np.uint8)
+        out[self.fixed_at] = self.fixed
         view = memoryview(out)
-        for to, source in self.row_pieces:
-            view[to] = flat[source]
-        out[self.adler_at] = np.frombuffer(zlib_ng.adler32(flat).to_bytes(4, "big"), np.uint8)
-        out[self.crcs_at] = np.asarray([zlib_ng.crc32(view[data]) for data in self.crc_spans], ">u4").view(np.uint8)
+        adler = 1
+        for rows, at in self.blocks:
+            pixels = np.ndarray((rows.stop - rows.start,) + self.shape[1:], self._pixels_dtype, out, at + 1,
+                                self._pixels_strides)
+            if img.ndim == 2:
+                np.copyto(pixels, img[rows])
+            elif img.dtype == np.uint8:
+                cv2.cvtColor(img[rows], cv2.COLOR_BGR2RGB, dst=pixels)
+            else:
+                np.copyto(pixels, cv2.cvtColor(img[rows], cv2.COLOR_BGR2RGB))
+            adler = zlib_ng.adler32(view[at:at + (rows.stop - rows.start) * self.row_bytes], adler)
+        view[self.adler_at] = adler.to_bytes(4, "big")
+        view[self.crc_at] = zlib_ng.crc32(view[self.crc_span]).to_bytes(4, "big")
         return view
 
 

@@ -386,3 +386,32 @@ def test_a_mount_line_with_the_retired_decoded_cache_option_still_mounts(tmp_pat
     assert "decoded_cache_mb is no longer used" in caplog.text
     with pytest.raises(MountError, match="decoded_cache_mb"):
         imgstore.open_tree(str(tmp_path / "video"), Options({"decoded_cache_mb": "lots"}))
+
+
+@pytest.mark.parametrize("cpus,encoders", [(2, 0), (4, 2)])
+def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(tmp_path, monkeypatch, cpus,
+                                                                                encoders):
+    """Where encoder threads would only compete with the decoder's thread and the reader
+    for two CPUs, there are none: the decoder's thread encodes and stores each frame
+    itself, without a hand-off (a queue, a wake-up and GIL switches a frame). With more
+    CPUs, all but two encode."""
+    monkeypatch.setattr(imgstore.os, "cpu_count", lambda: cpus)
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=20, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    stored_by: dict[int, str] = {}
+    tree.listen_content(lambda ino, data, offset=0, wait=False:
+                        stored_by.__setitem__(ino - tree.frames_base, threading.current_thread().name))
+    try:
+        for i in range(20):
+            deadline = time.monotonic() + 5
+            while i > 1 and i not in stored_by:
+                assert time.monotonic() < deadline, f"frame {i} was not offered"
+                time.sleep(0.002)
+            if i < 2 or i % tree.service.signpost_every == 0:
+                tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        threads = [t.name for t in threading.enumerate() if t.name in ("decode-ahead", "encode")]
+    finally:
+        tree.close()
+    assert sorted(stored_by) == list(range(2, 20))
+    assert set(stored_by.values()) == {"decode-ahead" if not encoders else "encode"}
+    assert threads.count("decode-ahead") == 1 and threads.count("encode") == encoders

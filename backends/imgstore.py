@@ -20,7 +20,9 @@ import os
 import queue
 import re
 import stat
+import sys
 import threading
+import time
 
 import numpy as np
 
@@ -180,7 +182,8 @@ class FrameService:
         self._goal = -2                         # the last frame to read ahead
         self._done_to = -2                      # the last frame the read-ahead is done with (offered or not)
         self._offered_to = -2                   # the last frame an encoder stored in the kernel
-        self._held = 0                          # readers waiting on `_led`
+        self._held = 0                          # readers waiting on `_led` ...
+        self._wake_at = sys.maxsize             # ... woken once `_done_to` reaches this
         self._closed = False
         self.signpost_every = max(1, prefetch // 2)
         self.frames_decoded = 0
@@ -391,7 +394,8 @@ class FrameService:
         """The read-ahead is done with frame j (stored, in memory already, or failed)."""
         with self._lock:
             self._done_to = max(self._done_to, j)
-            if self._held:
+            if self._held and self._done_to >= min(self._wake_at, self._goal):
+                self._wake_at = sys.maxsize     # (a reader woken early says again what it waits for)
                 self._led.notify_all()
 
     def holds(self, i: int) -> bool:
@@ -426,8 +430,14 @@ class FrameService:
             self.rests_offered += 1
             lead = self._lead_after(i)
             if wait and lead > i > self._offered_to:
-                self._held += 1
-                self._led.wait_for(lambda: self._closed or self._done_to >= min(lead, self._goal), LEAD_WAIT)
+                self._held += 1                 # (woken when the lead is there, not at every frame)
+                deadline = time.monotonic() + LEAD_WAIT
+                while not self._closed and self._done_to < min(lead, self._goal):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake_at = min(self._wake_at, lead)
+                    self._led.wait(left)
                 self._held -= 1
         self.offer(i, data[offset:], offset, wait)
 

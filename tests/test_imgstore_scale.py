@@ -415,3 +415,39 @@ def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(t
     assert sorted(stored_by) == list(range(2, 20))
     assert set(stored_by.values()) == {"decode-ahead" if not encoders else "encode"}
     assert threads.count("decode-ahead") == 1 and threads.count("encode") == encoders
+
+
+def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
+    """A reader at the decoder's heels is held until the read-ahead leads by
+    `signpost_every` stored frames (`FrameService.offer_rest`): it is woken when that
+    lead is there, not at every frame the read-ahead finishes (a wake-up, a switch of the
+    GIL and of threads each, 10% of the decoder thread's time in `notify_all`)."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=20, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    service = tree.service
+    try:
+        with service._lock:              # a reader came to frame 5: 4 stored, up to 12 being read ahead
+            service._goal, service._offered_to, service._done_to = 12, 4, 4
+        assert service.holds(5) and service._lead_after(5) == 9
+        waits = 0
+        wait = service._led.wait
+
+        def counted(*args):
+            nonlocal waits
+            waits += 1
+            return wait(*args)
+        service._led.wait = counted
+        reader = threading.Thread(target=service.offer_rest, args=(5, memoryview(bytes(8192)), 4096, True))
+        reader.start()
+        deadline = time.monotonic() + 5
+        while not service._held:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for j in range(5, 10):
+            time.sleep(0.02)             # (time for a woken reader to wait again)
+            assert reader.is_alive()     # (until frame 9 is done)
+            service._done(j)
+        reader.join(5)
+        assert not reader.is_alive() and waits == 1, waits
+    finally:
+        tree.close()

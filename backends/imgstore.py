@@ -177,6 +177,8 @@ class FrameService:
         self._lock = threading.Lock()
         self._more = threading.Condition(self._lock)        # the decoder waits for a goal ...
         self._led = threading.Condition(self._lock)         # ... a reader held for the read-ahead to lead
+        self._taken = threading.Condition(self._lock)       # ... readers awaiting the decoder's next frame
+        self._awaiting = 0
         self._last_read = -2
         self._ahead_to = -2                     # the last frame the decoder took
         self._goal = -2                         # the last frame to read ahead
@@ -279,8 +281,8 @@ class FrameService:
 
     def encoded_frame(self, i: int, prefetch: bool = True) -> bytes | memoryview:
         """Frame i encoded: the encoder's buffer, never copied (reads and offers are views of it)."""
-        if prefetch:                             # (before waiting: the read-ahead then leaves frame i
-            self._reading(i)                     # to this reader, and does not store it in the kernel)
+        if prefetch and self._reading(i):        # (before waiting: the read-ahead then does not
+            self._await_decoder(i)               # store frame i in the kernel)
         return self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
 
     def _encode(self, img: np.ndarray) -> bytes | memoryview:
@@ -301,24 +303,43 @@ class FrameService:
         first read, and signposts keep it going)."""
         self._reading(i)
 
-    def _reading(self, i: int) -> None:
+    def _reading(self, i: int) -> bool:
         """Frame i is being read: after i-1, or after frames read ahead up to i-1 (which
         the reader may have found in the kernel's page cache), read ahead from it. Called
         for every read: a few comparisons under a lock; the decoder is woken only when it
-        waits for more."""
+        waits for more. A frame the reader came to before the decoder took it is the
+        reader's own (the frames it passed are skipped), but for the one the running
+        decoder takes next (True: `_await_decoder`): decoded in the reader's thread, it
+        took a decoder of its own (a seek) and the read-ahead's decoder decoded it once
+        more to get past it."""
         if not self._prefetch_depth:
-            return
+            return False
         with self._lock:
             sequential = self._last_read < i <= max(self._last_read, self._ahead_to) + 1
             if not sequential and i != self._last_read:
                 self._ahead_to = self._goal = i  # a jump: what was read ahead before is no guide
             self._last_read = i
+            if i > self._ahead_to + (self._decoder is not None):
+                self._ahead_to = i
             if sequential and i + self._prefetch_depth > self._goal:
-                self._ahead_to = max(self._ahead_to, i)     # (frame i is the reader's own)
                 self._goal = min(i + self._prefetch_depth, len(self.index) - 1)
                 if self._decoder is None:
                     self._start_threads()
                 self._more.notify()
+            return i > self._ahead_to
+
+    def _await_decoder(self, i: int) -> None:
+        """Wait (at most `LEAD_WAIT` s) until the decoder took frame i, the next it takes
+        (`get_or_make` then waits for its encoding, instead of decoding it here)."""
+        with self._lock:
+            self._awaiting += 1
+            deadline = time.monotonic() + LEAD_WAIT
+            while not self._closed and self._ahead_to < i <= self._goal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._taken.wait(left)
+            self._awaiting -= 1
 
     def _start_threads(self) -> None:
         self._decoder = threading.Thread(target=self._decode_loop, name="decode-ahead", daemon=True)
@@ -334,11 +355,14 @@ class FrameService:
         that has to seek; frames the reader is already past are skipped."""
         while True:
             with self._lock:
-                self._more.wait_for(lambda: self._closed or max(self._ahead_to, self._last_read) < self._goal)
+                self._more.wait_for(lambda: self._closed or self._ahead_to < self._goal)
                 if self._closed:
                     return
-                j = self._ahead_to = max(self._ahead_to, self._last_read) + 1
-            if not self.encoded.claim(j):        # in memory, or being made by a reader
+                j = self._ahead_to = self._ahead_to + 1
+                claimed = self.encoded.claim(j)  # (under the lock: an awaiting reader finds it claimed)
+                if self._awaiting:
+                    self._taken.notify_all()
+            if not claimed:                      # in memory, or being made by a reader
                 self._done(j)
                 continue
             try:

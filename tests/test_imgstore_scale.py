@@ -451,3 +451,29 @@ def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
         assert not reader.is_alive() and waits == 1, waits
     finally:
         tree.close()
+
+
+def test_a_reader_at_the_decoders_heels_leaves_the_next_frame_to_it(tmp_path):
+    """A reader faster than decoding (`tar`, which finds the frames read ahead in the
+    kernel's page cache and reads signposts only) keeps reaching the frame the
+    read-ahead's decoder takes next: it waits for that decoder instead of decoding the
+    frame itself (with a decoder of its own, which seeks, after which the read-ahead's
+    decoded it again to get past it). Only the reads that start the read-ahead decode in
+    the reader."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
+    service = tree.service
+    stored: set[int] = set()
+    tree.listen_content(lambda ino, data, offset=0, wait=False: stored.add(ino - tree.frames_base))
+    decoded_by: list[str] = []
+    read = service.reader.read
+    service.reader.read = lambda i: decoded_by.append(threading.current_thread().name) or read(i)
+    encode = service._encode_claimed            # (the read-ahead pauses between frames: the reader
+    service._encode_claimed = lambda j, img: (encode(j, img), time.sleep(0.003))   # comes first)
+    try:
+        for i in range(60):
+            if i not in stored or i % service.signpost_every == 0:     # (else: in the kernel's cache)
+                assert len(tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)) == service.size(i)
+    finally:
+        tree.close()
+    assert len(decoded_by) == 60 and decoded_by.count("decode-ahead") == 58, decoded_by

@@ -320,7 +320,7 @@ class FrameService:
                 self._ahead_to = self._goal = i  # a jump: what was read ahead before is no guide
             self._last_read = i
             if i > self._ahead_to + (self._decoder is not None):
-                self._ahead_to = i
+                self._ahead_to = i               # (the reader's own)
             if sequential and i + self._prefetch_depth > self._goal:
                 self._goal = min(i + self._prefetch_depth, len(self.index) - 1)
                 if self._decoder is None:
@@ -333,13 +333,19 @@ class FrameService:
         (`get_or_make` then waits for its encoding, instead of decoding it here)."""
         with self._lock:
             self._awaiting += 1
-            deadline = time.monotonic() + LEAD_WAIT
-            while not self._closed and self._ahead_to < i <= self._goal:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._taken.wait(left)
+            self._wait(self._taken, lambda: self._ahead_to < i <= self._goal)
             self._awaiting -= 1
+
+    def _wait(self, condition: threading.Condition, waiting, wake_at: int = sys.maxsize) -> None:
+        """(Under `_lock`.) Wait on `condition` while `waiting()`, at most `LEAD_WAIT` s;
+        `wake_at`: the frame whose `_done` wakes a reader held on `_led`."""
+        deadline = time.monotonic() + LEAD_WAIT
+        while not self._closed and waiting():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake_at = min(self._wake_at, wake_at)
+            condition.wait(left)
 
     def _start_threads(self) -> None:
         self._decoder = threading.Thread(target=self._decode_loop, name="decode-ahead", daemon=True)
@@ -350,9 +356,10 @@ class FrameService:
 
     def _decode_loop(self) -> None:
         """The decoder thread: decodes the frames after `_ahead_to` up to `_goal`, in order,
-        and hands them to the encoders (without any, encodes and stores them itself). Each frame is claimed first, so a reader that gets
-        there meanwhile waits for it instead of decoding it a second time on a decoder
-        that has to seek; frames the reader is already past are skipped."""
+        and hands them to the encoders (without any, encodes and stores them itself). Each
+        frame is claimed first, so a reader that gets there meanwhile waits for it instead
+        of decoding it a second time on a decoder that has to seek; frames the reader is
+        already past are skipped."""
         while True:
             with self._lock:
                 self._more.wait_for(lambda: self._closed or self._ahead_to < self._goal)
@@ -455,13 +462,7 @@ class FrameService:
             lead = self._lead_after(i)
             if wait and lead > i > self._offered_to:
                 self._held += 1                 # (woken when the lead is there, not at every frame)
-                deadline = time.monotonic() + LEAD_WAIT
-                while not self._closed and self._done_to < min(lead, self._goal):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake_at = min(self._wake_at, lead)
-                    self._led.wait(left)
+                self._wait(self._led, lambda: self._done_to < min(lead, self._goal), lead)
                 self._held -= 1
         self.offer(i, data[offset:], offset, wait)
 

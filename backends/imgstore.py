@@ -471,6 +471,7 @@ class FrameService:
             self._closed = True
             self._more.notify_all()
             self._led.notify_all()
+            self._taken.notify_all()
         if self._decoder is not None:
             self._decoder.join()
         for _ in self._encoders:                 # (frames queued before are encoded: their claims complete)

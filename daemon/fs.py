@@ -738,7 +738,7 @@ class Operations(pyfuse3.Operations):
                 listing.pending, listing.end, listing.gone = [], None, set()
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
-            again = None if start_id else self.lean_rule.replay(ino)
+            again = None if start_id or not self.lean_rule.enabled else self.lean_rule.replay(ino)
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
             if again is not None:               # (its kept copy dropped at a trip: no new scan)
                 rows = self._with_attributes(again.rows, False)

@@ -108,7 +108,8 @@ class FolderListings:
     def _add(self, ino: int, listing: Listing) -> Listing:
         number = self._next
         self._next = number + 1 if number + 1 < NUMBERS else 1
-        self._drop(number)                  # (a number wrapped round to)
+        if number in self._listings:
+            self._drop(number)              # (a number wrapped round to)
         listing.ino, listing.base = ino, number << POSITION_BITS
         self._listings[number] = listing
         self._numbers.setdefault(ino, set()).add(number)

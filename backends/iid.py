@@ -131,8 +131,12 @@ def invalid(message: str) -> OSError:
 def readable(raw: bytes, limit: int = NAME_BYTES) -> str:
     """A file-name-safe, unambiguous text for arbitrary bytes: valid UTF-8 stays readable,
     '/', '%', control characters and invalid bytes become %XX."""
+    decoded = raw.decode("utf-8", errors="surrogateescape")
+    if (decoded.isprintable() and "/" not in decoded and "%" not in decoded and len(raw) <= limit
+            and decoded not in (".", "..")):
+        return decoded          # (the common case, at C speed: invalid bytes are not printable)
     out = []
-    for ch in raw.decode("utf-8", errors="surrogateescape"):
+    for ch in decoded:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:                   # an invalid byte
             out.append(f"%{code - 0xDC00:02X}")

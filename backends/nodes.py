@@ -497,12 +497,14 @@ class Tree:
     def adopt(self, node: Node) -> None:
         """The daemon hands `node` to the kernel, which held no reference to it: a node let
         go at the kernel's forget while a lookup was finding it must answer again."""
+        key = getattr(node, "_dynamic_key", None)
+        if key is None:
+            return                      # (a node the tree keeps whatever the kernel does)
         graft = self._graft_of(node.ino)
         if graft is not None:
             graft.adopt(node)
             return
-        key = getattr(node, "_dynamic_key", None)
-        if key is not None and self._fixed.get(node.ino) is not node:
+        if self._fixed.get(node.ino) is not node:
             with self._lock:
                 self._fixed[node.ino] = node
                 self._dynamic_by_key.setdefault(key, node)

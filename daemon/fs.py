@@ -63,6 +63,9 @@ KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: set to 0 to give every listing entry its attributes, also where they need I/O (else
 #: such files are listed without them while no walk stats them: `LeanRule`)
 LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
+#: set to 0 to have readdir answer the empty READDIRPLUS that ends each listing the kernel
+#: caches (else the session loop does: `pyfuse3.readdir_end_at`, the patch)
+READDIR_END_ENV = "SCOPEFS_READDIR_END_IN_SESSION"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS, errno.ESTALE}
@@ -411,7 +414,12 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle] = {}
         self._listings: dict[int, Listing] = {}          # by handle, for directories opened by the daemon
-        self.folder_listings = FolderListings()          # for those the kernel opened itself
+        # a listing's last READDIRPLUS (empty) answered in the session loop, without readdir
+        self.ends_in_session = self.kernel_opens_dirs and _patch_used(
+            hasattr(pyfuse3, "readdir_end_at"), "readdir_end_at", READDIR_END_ENV,
+            "readdir answers the empty READDIRPLUS that ends each listing")
+        self.folder_listings = FolderListings(          # for those the kernel opened itself
+            dropped=pyfuse3.readdir_end_forget if self.ends_in_session else None)
         self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
             "every listing entry carries its attributes"), self.policy.entry_timeout,
@@ -568,6 +576,8 @@ class Operations(pyfuse3.Operations):
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
                     self.folder_listings.forget(ino)            # the kernel's listing went with the inode
+                    if self.ends_in_session:
+                        pyfuse3.readdir_end_forget(ino)
                     self.unopened.forget(ino)
                     self.tree.forget(ino)
         except Exception:
@@ -691,7 +701,7 @@ class Operations(pyfuse3.Operations):
                     return None
                 offset = next_offset
             if not more:
-                listing.end = offset
+                self._ended(listing, offset)
                 return None
 
     def _keep_pending(self, listing: Listing, rows: list, more: bool, offset: int) -> None:
@@ -728,7 +738,7 @@ class Operations(pyfuse3.Operations):
                 listing.pending, listing.end, listing.gone = [], None, set()
         else:                                   # opened by the kernel (`kernel_opens_dirs`)
             ino = token.inode
-            again = None if start_id else self.lean_rule.replay(ino)
+            again = None if start_id or not self.lean_rule.enabled else self.lean_rule.replay(ino)
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
             if again is not None:               # (its kept copy dropped at a trip: no new scan)
                 rows = self._with_attributes(again.rows, False)
@@ -774,8 +784,16 @@ class Operations(pyfuse3.Operations):
                         self._remember(ino, child)
                 offset = next_offset
             if not more:
-                listing.end = offset
+                self._ended(listing, offset)
                 return
+
+    def _ended(self, listing: Listing, offset: int) -> None:
+        """The reply being made gives the last of `listing`'s entries, the kernel's next
+        readdir comes at `offset` and is answered empty: where the kernel opened the
+        folder, in the session loop (`ends_in_session`), once the folder had entries."""
+        listing.end = offset
+        if offset and self.ends_in_session:
+            pyfuse3.readdir_end_at(listing.ino, listing.base + offset)
 
     async def _as_now(self, listing: Listing, entries: list, start: int) -> list:
         """`entries` (those from `start` on) with the rows of names removed through the
@@ -1157,11 +1175,13 @@ class Operations(pyfuse3.Operations):
     def status(self) -> dict:
         c = self.counters
         status = dict(self.info)
-        status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests,
+        ends = pyfuse3.readdir_ends_answered() if self.ends_in_session else 0     # (not seen by `_guard`)
+        status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests + ends,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead,
-                      opendir_requests=c.opendirs, readdir_requests=c.readdirs,
+                      opendir_requests=c.opendirs, readdir_requests=c.readdirs + ends,
+                      readdir_ends_in_session=ends,
                       releasedir_requests=c.releasedirs, readlink_requests=c.readlinks,
                       flush_requests=c.flushes,
                       listings_cached_in_kernel=self.kernel_opens_dirs,

@@ -66,8 +66,9 @@ class Listing:
 class FolderListings:
     """Listings of directories the kernel opened itself, found by the offsets they gave."""
 
-    def __init__(self, kept: int = KEPT, gone_kept: int = GONE_KEPT):
+    def __init__(self, kept: int = KEPT, gone_kept: int = GONE_KEPT, dropped: Callable[[int], None] | None = None):
         self._kept, self._gone_kept = kept, gone_kept
+        self._dropped = dropped             # told the folder of each listing no longer kept
         self._gone = 0                      # names in all listings' `gone`
         self._listings: OrderedDict[int, Listing] = OrderedDict()     # number -> listing
         self._numbers: dict[int, set[int]] = {}                       # folder -> its numbers
@@ -107,7 +108,8 @@ class FolderListings:
     def _add(self, ino: int, listing: Listing) -> Listing:
         number = self._next
         self._next = number + 1 if number + 1 < NUMBERS else 1
-        self._drop(number)                  # (a number wrapped round to)
+        if number in self._listings:
+            self._drop(number)              # (a number wrapped round to)
         listing.ino, listing.base = ino, number << POSITION_BITS
         self._listings[number] = listing
         self._numbers.setdefault(ino, set()).add(number)
@@ -119,6 +121,8 @@ class FolderListings:
         listing = self._listings.pop(number, None)
         if listing is not None:
             self._gone -= len(listing.gone)
+            if self._dropped is not None:
+                self._dropped(listing.ino)
             numbers = self._numbers[listing.ino]
             numbers.discard(number)
             if not numbers:

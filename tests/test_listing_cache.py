@@ -87,6 +87,26 @@ def test_second_listing_is_answered_by_the_kernel(kind, tmp_path, mount):
         assert cost == 0, f"{folder.name}: a second listing reached the daemon"
 
 
+def test_a_cold_walk_ends_each_listing_without_readdir(iid_mount_of):
+    """The kernel ends every listing it caches with a READDIRPLUS answered empty; the
+    daemon says where that comes when it gives a folder's last entry, and the session
+    loop answers it (`pyfuse3.readdir_end_at`): readdir runs once per folder listed, not
+    twice. (Another program's drop_caches makes the kernel list a folder again: counted
+    so that such a listing, ended the same way, changes nothing asserted.)"""
+    mnt = iid_mount_of()
+    before = daemon_status(mnt)
+    folders = empty = 0
+    for _, dirs, files in os.walk(mnt):
+        folders += 1
+        empty += not (dirs or files)
+    after = daemon_status(mnt)
+    ends = after.get("readdir_ends_in_session", 0) - before.get("readdir_ends_in_session", 0)
+    handled = after["readdir_requests"] - before["readdir_requests"] - ends
+    assert folders > 40
+    assert ends >= folders - empty
+    assert handled - ends == empty, f"readdir ran {handled} times for {folders} folders"
+
+
 def listed_with_sizes(folder: Path) -> dict[str, int]:
     """What `ls -l` learns of a folder: each name's size."""
     return {name: os.lstat(folder / name).st_size for name in os.listdir(folder)}

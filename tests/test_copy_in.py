@@ -40,7 +40,8 @@ def _cost(mnt, fn) -> dict:
     before = daemon_status(mnt)
     fn()
     after = daemon_status(mnt)
-    return {key: after[key] - before[key] for key in ("requests", "worker_calls", "invalidations")}
+    return {key: after.get(key, 0) - before.get(key, 0)
+            for key in ("requests", "worker_calls", "invalidations", "flushes_answered_by_thread")}
 
 
 @pytest.mark.parametrize("kind", ["fsdb", "iid"])
@@ -78,6 +79,8 @@ def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, 
     assert (first["requests"], first["worker_calls"]) == (last["requests"], last["worker_calls"])
     per_file = {key: (first[key] - status_read[key]) / WINDOW for key in first}
     assert per_file["worker_calls"] == 1
+    # the commit's worker thread answers the FLUSH itself: the loop is not woken for it
+    assert per_file["flushes_answered_by_thread"] == 1
     assert per_file["requests"] <= REQUESTS[kind]
     if kind in INVALIDATIONS:
         assert per_file["invalidations"] <= INVALIDATIONS[kind], per_file
@@ -158,3 +161,28 @@ def test_the_data_of_files_copied_in_is_made_durable_in_one_pass_before_files_js
     assert sum(waits.values()) <= 1, waits
     files = json.loads((source.path / "scan_000" / "files.json").read_text())["filesets"][0]["files"]
     assert {f"new_{i:04d}" for i in range(40)} <= {entry["id"] for entry in files}
+
+
+@pytest.mark.daemon_log(r"flush\(\d+,\): \[Errno 22\] mask is not an image", reason="the refused mask, logged once")
+def test_a_flush_answered_by_its_worker_thread_still_reports_a_refused_file_at_close(tmp_path, mount):
+    """A new `.iid` entry whose mask is not a mask: `cp` fails at the close (the FLUSH's
+    error, answered by the thread that checked the file), the entry holds no mask, and a
+    good copy after it goes through the same path."""
+    source = walk_samples.iid(tmp_path / "cells.iid", 3)
+    mnt = mount(source.path, "-o", "writeback_delay=600")
+    bad = tmp_path / "bad" / "new-bad"
+    bad.mkdir(parents=True)
+    (bad / "mask.png").write_bytes(b"not an image")
+    good = tmp_path / "good" / "new-good"
+    good.mkdir(parents=True)
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(png, format="PNG")
+    (good / "mask.png").write_bytes(png.getvalue())
+    before = daemon_status(mnt)
+    failed = subprocess.run(["cp", "-r", str(bad), str(mnt)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Invalid argument" in failed.stderr, failed.stderr
+    subprocess.run(["cp", "-r", str(good), str(mnt)], check=True)
+    after = daemon_status(mnt)
+    assert after["flushes_answered_by_thread"] - before.get("flushes_answered_by_thread", 0) == 2
+    assert not (mnt / "new-bad" / "mask.png").exists()
+    assert (mnt / "new-good" / "mask.png").stat().st_size > 0

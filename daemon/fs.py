@@ -28,6 +28,7 @@ from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, Fi
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
 from .listings import FolderListings, LeanRule, Listing, POSITION_MASK
+from .replies import ThreadReplies
 from .unopened import UnopenedFiles
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
 #: set to 0 to have readdir answer the empty READDIRPLUS that ends each listing the kernel
 #: caches (else the session loop does: `pyfuse3.readdir_end_at`, the patch)
 READDIR_END_ENV = "SCOPEFS_READDIR_END_IN_SESSION"
+#: set to 0 to answer every FLUSH through the event loop (else the worker thread that
+#: commits a written file answers it: `Operations.flush`)
+FLUSH_REPLY_ENV = "SCOPEFS_FLUSH_REPLY_FROM_THREAD"
 #: errors that are answers, not failures: not worth a log line above debug
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EXDEV,
           errno.EEXIST, errno.ENOTEMPTY, errno.ENOSYS, errno.ESTALE}
@@ -92,6 +96,7 @@ class Counters:
     listings_made: int = 0          # listings read from the start anew (each a new snapshot of its folder)
     flushes: int = 0                # none for read-only opens where the kernel honours noflush
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
+    thread_replies: int = 0         # FLUSHes answered by their worker thread (the loop not woken)
 
 
 class Notifier:
@@ -191,6 +196,17 @@ class Notifier:
                 return False
             self._waiters.append((mark, wake))
             return True
+
+    def wait_sent(self) -> None:
+        """In a worker thread, what `Operations._notified` does on the loop: wait until
+        the kernel was told of what is pending (at most NOTIFY_WAIT)."""
+        mark = self.mark()
+        if mark is None:
+            return
+        self._counters.notify_waits += 1
+        sent = threading.Event()
+        if self.when_sent(mark, sent.set):
+            sent.wait(NOTIFY_WAIT)
 
     def _wake(self, everyone: bool = False) -> None:
         with self._cond:
@@ -309,19 +325,25 @@ def _guard(fn):
             if exc.errno not in _QUIET:
                 self.counters.errors += 1
             raise
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-            if code in _QUIET:
-                log.debug("%s%r: %s", name, args[:2], exc)
-            else:
-                self.counters.errors += 1
-                log.warning("%s%r: %s", name, args[:2], exc)
-            raise pyfuse3.FUSEError(code) from None
-        except Exception:
-            self.counters.errors += 1
-            log.exception("%s%r failed", name, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            raise pyfuse3.FUSEError(_errno_of(exc, self.counters, name, args)) from None
     return wrapper
+
+
+def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int:
+    """What a failed handler answers: an OSError its errno, anything else EIO; logged
+    once (errors that are answers only at debug level)."""
+    if isinstance(exc, OSError):
+        code = exc.errno or errno.EIO
+        if code in _QUIET:
+            log.debug("%s%r: %s", name, args[:2], exc)
+        else:
+            counters.errors += 1
+            log.warning("%s%r: %s", name, args[:2], exc)
+        return code
+    counters.errors += 1
+    log.error("%s%r failed", name, args[:2], exc_info=exc)
+    return errno.EIO
 
 
 @contextlib.contextmanager
@@ -430,6 +452,9 @@ class Operations(pyfuse3.Operations):
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
+        self.thread_replies = ThreadReplies(threads) if tree.writable and _patch_used(
+            hasattr(pyfuse3, "FlushReply"), "FlushReply", FLUSH_REPLY_ENV,
+            "a FLUSH's result wakes the event loop, which answers it") else None
         tree.listen(self.notifier.report)
         tree.listen(self.lean_rule.changed)
         tree.listen_content(self.notifier.store)
@@ -1104,7 +1129,34 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
+        if handle.flush_blocks and self.thread_replies is not None and self.thread_replies.take():
+            self.counters.worker_calls += 1
+            self.counters.thread_replies += 1
+            return functools.partial(self._flush_in_thread, handle, fh)
         await self._call(handle.flush, handle.flush_blocks, change=True)
+
+    def _flush_in_thread(self, handle: FileHandle, fh: int, reply) -> None:
+        """`handle.flush` in a worker thread, which answers the FLUSH itself (`reply`, a
+        pyfuse3.FlushReply) once the flush is done and the kernel told of what it
+        changed, as `_run` with `change` would have: no timeout (an answer of success
+        means the file is committed, an error that it is not), errors mapped as `_guard`
+        does. The loop does not wake for it."""
+        def answer(result) -> None:
+            try:
+                code = 0
+                try:
+                    result.unwrap()
+                except Exception as exc:
+                    code = _errno_of(exc, self.counters, "flush", (fh,))
+                self.notifier.wait_sent()
+                reply(code)
+            finally:
+                self.thread_replies.done()
+        try:
+            trio.lowlevel.start_thread_soon(handle.flush, answer)
+        except Exception as exc:                # (no thread to be had)
+            self.thread_replies.done()
+            reply(_errno_of(exc, self.counters, "flush", (fh,)))
 
     @_guard
     async def fsync(self, fh, datasync):
@@ -1190,6 +1242,7 @@ class Operations(pyfuse3.Operations):
                       open_requests=c.opens, read_requests=c.reads, files_opened_by_kernel=self.kernel_opens,
                       files_held_by_inode=len(self.unopened),
                       notify_waits=c.notify_waits, lookup_requests=c.lookups,
+                      flushes_answered_by_thread=c.thread_replies,
                       lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
                       lean_lookups_answered=self.lean_rule.answered,
                       listings_made=c.listings_made, lean_listings_given_again=self.lean_rule.replayed,

@@ -123,6 +123,8 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         trio.run(_main, ops, mountpoint, when_live)
     finally:
         notify("STOPPING=1")
+        if ops.thread_replies is not None and not ops.thread_replies.close(timeout or 60.0):
+            log.warning("flushes still running at unmount: their files may not be saved")
         ops.notifier.stop()
         ops.flush_open_files()
         # unmount first, so that nothing waits on a mount whose daemon is going away

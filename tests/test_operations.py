@@ -367,6 +367,48 @@ def test_a_view_of_a_file_cut_short_fails_the_kernels_copy_with_an_error_not_a_s
         os.close(write_end)
 
 
+class FailingFlush(FileHandle):
+    flush_blocks = True
+
+    def __init__(self, error: Exception | None):
+        self.error, self.thread = error, None
+
+    def flush(self):
+        self.thread = threading.get_ident()
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.skipif(not hasattr(pyfuse3, "FlushReply"), reason="pyfuse3 without the flush-reply-from-thread patch")
+@pytest.mark.parametrize("error, answer", [(None, 0), (OSError(errno.ENOSPC, "full"), errno.ENOSPC),
+                                           (ValueError("backend bug"), errno.EIO)])
+async def test_a_flush_in_a_thread_answers_what_the_flush_did_from_that_thread(error, answer, caplog):
+    """A FLUSH whose commit blocks is handed to a worker thread, which answers it itself:
+    success once the flush returned, or its error mapped as every handler's is (an
+    OSError its errno, anything else EIO); the loop is not involved."""
+    tree = SampleTree()
+    tree.writable = True
+    ops = Operations(tree, threads=2)
+    handle = FailingFlush(error)
+    fh = ops._add_handle(handle).fh
+    later = await ops.flush(fh)
+    assert callable(later) and ops.status()["flushes_answered_by_thread"] == 1
+    answered = threading.Event()
+    replies = []
+
+    def reply(code: int) -> bool:
+        replies.append((code, threading.get_ident()))
+        answered.set()
+        return True
+
+    with caplog.at_level(logging.DEBUG, logger="scopefs.daemon.fs"):
+        later(reply)
+        assert await trio.to_thread.run_sync(answered.wait, 10)
+    assert replies == [(answer, handle.thread)] and handle.thread != threading.get_ident()
+    assert ops.thread_replies.close(1)             # (each answered, so the session may close)
+    assert ops.counters.errors == (answer != 0)                # (each failure counted and logged once)
+
+
 async def test_a_read_only_tree_turns_flush_off(ops):
     """Nothing is committed at close in a read-only tree: ENOSYS tells the kernel to stop
     sending FLUSH at every close(2), one request less per file read."""

@@ -9,7 +9,8 @@ class ThreadReplies:
     flush-reply-from-thread): the loop then never wakes for their result, about 150 us of
     its CPU per copied file. At most `limit` run at once (beyond that a flush goes through
     trio's limiter as any worker call), and every one is answered before the session
-    closes (`close`): a reply after that would write to a freed session."""
+    closes (`close`): one answered after that sends nothing (the patch: its request
+    went with the session), and its close(2) got no answer from this daemon."""
 
     def __init__(self, limit: int):
         self._cond = threading.Condition()

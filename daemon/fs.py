@@ -422,6 +422,7 @@ class Operations(pyfuse3.Operations):
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups)
+        tree.count_requests(lambda: self.counters.requests)
         tree.listen(self.notifier.report)
         tree.listen(self.lean_rule.changed)
         tree.listen_content(self.notifier.store)

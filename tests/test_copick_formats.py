@@ -627,6 +627,60 @@ def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
         tree.close()
 
 
+def test_the_size_learner_waits_while_requests_come_and_ends_after(tmp_path, monkeypatch):
+    """The learner gives way to a walk (on two cores and one GIL it ran at the speed of
+    both): while requests keep coming it sizes nothing, once they stop it sizes
+    everything; a steady trickle of requests (one every `QUIET_S` or less) does not keep
+    it from ending (a folder after each `PAUSE_S`)."""
+    import itertools
+
+    from scopefs.backends import open_tree
+    from scopefs.backends.copick import SizeLearner
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    static = one_run_project(tmp_path, (1, 3), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    learner = tree.derive.learner
+    requests, busy = itertools.count(), [True]
+    tree.count_requests(lambda: next(requests) if busy[0] else -1)
+    try:
+        learner.start()
+        time.sleep(1.5 * SizeLearner.PAUSE_S)
+        # at most the first folder (Picks/: 2 CSVs) after a pause of PAUSE_S
+        assert learner.learned <= 2 and not learner.done, learner.learned
+        busy[0] = False
+        deadline = time.monotonic() + 60
+        while not learner.done:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert learner.learned == 2 * 6 + 2, learner.learned      # 2 picks x (5 formats + CSV), preview, MRC
+        assert learner.paused >= 1
+    finally:
+        tree.close()
+
+
+def test_a_trickle_of_requests_does_not_keep_the_size_learner_from_ending(tmp_path, monkeypatch):
+    """Requests one at a time, each a little sooner than `QUIET_S` after the last: the
+    learner sizes a folder after each `PAUSE_S` of waiting, and ends."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.copick import SizeLearner
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    start = time.monotonic()
+    tree.count_requests(lambda: int((time.monotonic() - start) / (0.8 * SizeLearner.QUIET_S)))
+    try:
+        tree.derive.learner.start()
+        deadline = time.monotonic() + 30
+        while not tree.derive.learner.done:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert tree.derive.learner.learned == 6 + 2
+    finally:
+        tree.close()
+
+
 def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
     """The learner sizes, and keeps, a node for every view (up to 100,000): each holds
     what makes its bytes, not the closures that found its size (2.5 KB a view before;

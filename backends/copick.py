@@ -289,10 +289,7 @@ class DerivedViews:
     def kept_size(self, key) -> KeptSize:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
         kept); asking for one that is not kept starts loading the view libraries."""
-        def parts():
-            found = key()
-            return None if found is None else (VIEWS_VERSION, *found)
-        return KeptSize(self.sizes, parts, on_miss=self.libraries.start)
+        return KeptSize(self.sizes, key, on_miss=self.libraries.start, prefix=(VIEWS_VERSION,))
 
     def count_made(self) -> None:
         """One view made (its bytes, or an MRC view's volume opened): a walk whose sizes
@@ -343,10 +340,11 @@ class DerivedViews:
             return stem + ".zarr"
         return ""
 
-    def listing(self, rel: str, names: list[str]):
-        """(view name, source, make node, what the source shows or None: not stat'ed)."""
-        return [(*entry, None) for entry in self._listing(rel, names) + self.volumes.listing(rel, names)] \
-            + self.picks.listing(rel, names)
+    def listing(self, rel: str, infos: dict):
+        """(view name, source, make node, what the source shows or None: not stat'ed) of
+        the names of folder rel (`infos`: name -> what it shows, or None: not known)."""
+        return [(*entry, None) for entry in self._listing(rel, list(infos)) + self.volumes.listing(rel, infos)] \
+            + self.picks.listing(rel, infos)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel
@@ -377,19 +375,19 @@ class DerivedViews:
         return out
 
     def _file(self, source: str, convert, *args, sized=None):
-        """The node maker of the view `convert(source, *args)`; `sized()`: its size if
+        """The node maker of the view `convert(source, *args)` (`make(info)`: `info` what
+        the source shows, if the listing knows; else it is asked); `sized()`: its size if
         known without making it."""
         # what the bytes depend on besides the source: the renderer's libraries
         libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
                      "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
 
-        def kept_key():
-            found = (self.store_identity(source) if convert == self.preview
-                     else self.source_identity(source))
-            return None if found is None else (convert.__name__, args, versions(*libraries), found)
+        def make(info=None):
+            shown = info or self.tree.top(source)[1]
 
-        def make():
-            shown = self.tree.top(source)[1]
+            def kept_key():
+                found = self.store_identity(source) if convert == self.preview else identity(shown)
+                return None if found is None else (convert.__name__, args, versions(*libraries), found)
             return GeneratedFile(functools.partial(self._made, source, convert, *args), shown.mtime_ns, self.cache,
                                  key=self._version(source, convert, args, shown),
                                  kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)

@@ -87,18 +87,19 @@ class VolumeViews:
         self._lock = threading.Lock()
 
     # -- names ----------------------------------------------------------------------------
-    def listing(self, rel: str, names: list[str]):
-        """(view name, source .zarr, make node) for the volumes among `names` of folder rel."""
+    def listing(self, rel: str, infos: dict):
+        """(view name, source .zarr, make node) for the volumes among the names of folder
+        rel (`infos`: name -> what it shows, or None: asked)."""
         folder = rel.rpartition("/")[2]
         out = []
-        for name in names:
+        for name, info in infos.items():
             if not name.endswith(".zarr") or name.startswith(".") or name.endswith("_features.zarr"):
                 continue
             voxel_size = voxel_size_of(folder, name)
             if voxel_size is None:
                 continue
             source = f"{rel}/{name}"
-            for path, binning in self.levels(source):
+            for path, binning in self.levels(source, info):
                 out.append((mrc_name(name[:-5], binning), source,
                             self._maker(source, path, voxel_size * binning)))
         return out
@@ -112,14 +113,15 @@ class VolumeViews:
         for candidate in [stem] + ([binned["stem"]] if binned else []):
             if self.tree.shown(f"{rel}/{candidate}.zarr") is None:
                 continue
-            for view, source, make in self.listing(rel, [candidate + ".zarr"]):
+            for view, source, make in self.listing(rel, {candidate + ".zarr": None}):
                 if view == name:
                     return source, make
         return None
 
-    def levels(self, source: str) -> list[tuple[str, int]]:
+    def levels(self, source: str, info: Attr | None = None) -> list[tuple[str, int]]:
         """(array path, binning) of a zarr store's 3-d levels, from its group metadata only;
-        none if it is not a readable 3-d multiscale image."""
+        none if it is not a readable 3-d multiscale image (`info`: what the store shows, if
+        known)."""
         def read() -> list[tuple[str, int]]:
             try:
                 attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
@@ -128,7 +130,7 @@ class VolumeViews:
             except Exception as exc:                # whatever the store holds, the listing goes on
                 log.info("no MRC view of %s: %s", source, exc)
                 return []
-        return self._remembered(("levels",) + self.tree.source_key(source), read)
+        return self._remembered(("levels",) + self.tree.source_key(source, info), read)
 
     def shape(self, source: str) -> tuple[int, ...]:
         """The full-resolution shape of a tomogram (each STAR view of its run centres on
@@ -169,8 +171,8 @@ class VolumeViews:
             found = next((m for m in metadata if m is not None), None)
             return None if found is None else ("mrc", level, versions(*MRC_LIBRARIES), found)
 
-        def make():
-            return MrcView(self, source, level, voxel_size, self.tree.top(source)[1].mtime_ns,
+        def make(info=None):
+            return MrcView(self, source, level, voxel_size, (info or self.tree.top(source)[1]).mtime_ns,
                            self.views.kept_size(kept_key))
         return make
 
@@ -280,7 +282,7 @@ class PicksViews:
         size = voxel_size_of(parts[2], "")
         return None if size is None else ("/".join(parts[:2]), size)
 
-    def listing(self, rel: str, names: list[str], picks: list[str] | None = None):
+    def listing(self, rel: str, infos: dict, picks: list[str] | None = None):
         """(view name, source picks JSON, make node) for folder rel; `picks` limits the
         picks files looked at (a lookup's one candidate), else the run's Picks/ is listed."""
         found = self._run(rel)
@@ -324,7 +326,7 @@ class PicksViews:
                 source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
                 if self.tree.shown(source) is None:
                     return None
-                for view, source, make, _ in self.listing(rel, [], [source.rpartition("/")[2]]):
+                for view, source, make, _ in self.listing(rel, {}, [source.rpartition("/")[2]]):
                     if view == name:
                         return source, make
                 return None
@@ -338,8 +340,8 @@ class PicksViews:
         its folder's were written together (`_Written`, or None)."""
         center = center or (lambda: None)
 
-        def make():
-            shown = info or self.tree.top(source)[1]
+        def make(listed=None):
+            shown = info or listed or self.tree.top(source)[1]
 
             def kept_key():
                 try:

@@ -742,6 +742,45 @@ def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path)
         tree.close()
 
 
+def test_a_listing_stats_each_source_once_for_its_views_nodes(tmp_path):
+    """Listing Picks/ stats each picks file once, for the file and its CSV view's node (the
+    view's node stat'ed its source again), and listing a spacing folder stats its store
+    once for the store, its levels', its preview's and its MRC view's nodes (each stat'ed
+    it again; a stat asks both roots), and once more to read its metadata:
+    the per-entry work of a walk. Its sizes come from stats the listing made."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
+    for n in range(2, 11):
+        (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    stated = []
+    for root in (tree.static, tree.upper):
+        def counted(rel, _stat=root.stat):
+            stated.append(rel)
+            return _stat(rel)
+
+        def counted_many(rel, names, _stat_many=root.stat_many):
+            stated.extend(f"{rel}/{name}" for name in names)
+            return _stat_many(rel, names)
+        root.stat, root.stat_many = counted, counted_many
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        stated.clear()
+        listed = {name: node for _, name, node, _ in run.lookup("Picks").scan()}
+        assert len(listed) == 2 * 10
+        of_picks = [rel for rel in stated if rel.endswith("_proteasome.json")]
+        assert len(of_picks) == 10, sorted(of_picks)
+        stated.clear()
+        listed = {name: node for _, name, node, _ in run.lookup("VoxelSpacing10.000").scan()}
+        assert {"wbp.zarr", "wbp.png", "wbp.mrc"} <= set(listed)
+        # the listing's stat, and whether the static store shows where its metadata is read
+        assert len([rel for rel in stated if rel.endswith("wbp.zarr")]) == 2, stated
+    finally:
+        tree.close()
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

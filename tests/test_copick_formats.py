@@ -718,17 +718,22 @@ def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
         tree.close()
 
 
-def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
-    """A picks file shows 5 views in each spacing folder: listing the folder works out
-    the file's version (`source_key`, what every view's node is checked against) once
-    for all 5, not once a view (the per-entry Python of a walk)."""
+def tree_of_picks_copies(tmp_path: Path, count: int):
+    """The tree (no mount) of a one-run project of `count` equal picks files."""
     from scopefs.backends import open_tree
     from scopefs.backends.options import Options
     static = one_run_project(tmp_path, (1,), levels=1)[0]
     picks = static / "ExperimentRuns" / "TS_001" / "Picks"
-    for n in range(2, 21):
+    for n in range(2, count + 1):
         (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
-    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+
+
+def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
+    """A picks file shows 5 views in each spacing folder: listing the folder works out
+    the file's version (`source_key`, what every view's node is checked against) once
+    for all 5, not once a view (the per-entry Python of a walk)."""
+    tree = tree_of_picks_copies(tmp_path, 20)
     asked = []
     source_key = tree.source_key
     tree.source_key = lambda rel, info=None: asked.append(rel) or source_key(rel, info)
@@ -746,15 +751,9 @@ def test_a_listing_stats_each_source_once_for_its_views_nodes(tmp_path):
     """Listing Picks/ stats each picks file once, for the file and its CSV view's node (the
     view's node stat'ed its source again), and listing a spacing folder stats its store
     once for the store, its levels', its preview's and its MRC view's nodes (each stat'ed
-    it again; a stat asks both roots), and once more to read its metadata:
-    the per-entry work of a walk. Its sizes come from stats the listing made."""
-    from scopefs.backends import open_tree
-    from scopefs.backends.options import Options
-    static = one_run_project(tmp_path, (1,), levels=1)[0]
-    picks = static / "ExperimentRuns" / "TS_001" / "Picks"
-    for n in range(2, 11):
-        (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
-    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    it again; a stat asks both roots), and once more to read its metadata: the per-entry
+    work of a walk."""
+    tree = tree_of_picks_copies(tmp_path, 10)
     stated = []
     for root in (tree.static, tree.upper):
         def counted(rel, _stat=root.stat):

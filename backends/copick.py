@@ -18,6 +18,7 @@ import re
 import stat
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import csv
@@ -160,12 +161,26 @@ class SizeLearner:
     keeps nothing); folders one at a time, in the order `ls -lR` walks them; at most as
     many views as are kept (their nodes hold about 1.5 KB each, as after a walk); it stops at
     unmount; none with `SCOPEFS_LEARN_VIEW_SIZES=0`. A walk that outruns it sizes what it lists itself, and what both ask for is
-    made once (the caches of `DerivedViews` and `PicksViews`)."""
+    made once (the caches of `DerivedViews` and `PicksViews`).
+
+    It gives way to requests (`Tree.requests_answered`): on two cores and one GIL a walk
+    right after mount ran at the speed of both, even with every size kept (each view's key
+    is still worked out from stats to find its kept size). Before each view, if requests
+    came since it last looked, it waits until none came for `QUIET_S`, at most `PAUSE_S`
+    (then it sizes one folder whatever comes: a steady trickle of requests does not keep
+    it from ending)."""
+
+    #: seconds without a request before it goes on, and the longest it waits for that
+    QUIET_S = 0.05
+    PAUSE_S = 1.0
 
     def __init__(self, tree: OverlayTree, views: "DerivedViews", limit: int):
         self.tree, self.views, self.limit = tree, views, limit
         self.done = False
         self.learned = 0
+        self.paused = 0                 # times it waited for requests to stop
+        self._seen = 0                  # requests answered when it last looked
+        self._pushing = False           # sizing the rest of a folder after waiting PAUSE_S
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -188,10 +203,14 @@ class SizeLearner:
 
     def _learn(self) -> None:
         try:
+            self._seen = self.tree.requests_answered()
             for rel, names in self._folders():
+                self._pushing = False
+                if not self._quiet():
+                    return
                 # the nodes a listing shows (no stats, and not the walk's scans ahead)
                 for name, node in self.tree.derived(rel, dict.fromkeys(names)):
-                    if self._stop.is_set() or self.learned >= self.limit:
+                    if self._stop.is_set() or self.learned >= self.limit or not self._quiet():
                         return
                     try:
                         node.attr()
@@ -202,6 +221,25 @@ class SizeLearner:
             log.debug("learning the views' sizes at mount: %s: %s", type(exc).__name__, exc)
         finally:
             self.done = True
+
+    def _quiet(self) -> bool:
+        """After requests came since the last look: until none came for `QUIET_S`, or
+        `PAUSE_S` passed (then no more looks in this folder); False if stopped meanwhile."""
+        seen = self.tree.requests_answered()
+        if seen == self._seen or self._pushing:
+            return True
+        self.paused += 1
+        until = time.monotonic() + self.PAUSE_S
+        while True:
+            self._seen = seen
+            if self._stop.wait(self.QUIET_S):
+                return False
+            seen = self.tree.requests_answered()
+            if seen == self._seen:
+                return True
+            if time.monotonic() > until:
+                self._pushing = True        # (the rest of the folder whatever comes)
+                return True
 
     def _folders(self):
         """(folder, its names) of the folders that show derived views, in the order of a
@@ -251,10 +289,7 @@ class DerivedViews:
     def kept_size(self, key) -> KeptSize:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
         kept); asking for one that is not kept starts loading the view libraries."""
-        def parts():
-            found = key()
-            return None if found is None else (VIEWS_VERSION, *found)
-        return KeptSize(self.sizes, parts, on_miss=self.libraries.start)
+        return KeptSize(self.sizes, key, on_miss=self.libraries.start, prefix=(VIEWS_VERSION,))
 
     def count_made(self) -> None:
         """One view made (its bytes, or an MRC view's volume opened): a walk whose sizes
@@ -274,6 +309,7 @@ class DerivedViews:
                 "view_cache": {"bytes": self.cache.used_bytes, "limit": self.cache.max_bytes}, "picks_size_batches": self.picks.size_batches,
                 "picks_views_written_alone": self.picks.written_alone,
                 "view_sizes": {**self.sizes.status(), "learned_at_mount": self.learner.learned,
+                               "learner_paused": self.learner.paused,
                                "learning_done": self.learner.done}}
 
     def close(self) -> None:
@@ -304,10 +340,11 @@ class DerivedViews:
             return stem + ".zarr"
         return ""
 
-    def listing(self, rel: str, names: list[str]):
-        """(view name, source, make node, what the source shows or None: not stat'ed)."""
-        return [(*entry, None) for entry in self._listing(rel, names) + self.volumes.listing(rel, names)] \
-            + self.picks.listing(rel, names)
+    def listing(self, rel: str, infos: dict):
+        """(view name, source, make node, what the source shows or None: not stat'ed) of
+        the names of folder rel (`infos`: name -> what it shows, or None: not known)."""
+        return [(*entry, None) for entry in self._listing(rel, list(infos)) + self.volumes.listing(rel, infos)] \
+            + self.picks.listing(rel, infos)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel
@@ -338,19 +375,19 @@ class DerivedViews:
         return out
 
     def _file(self, source: str, convert, *args, sized=None):
-        """The node maker of the view `convert(source, *args)`; `sized()`: its size if
+        """The node maker of the view `convert(source, *args)` (`make(info)`: `info` what
+        the source shows, if the listing knows; else it is asked); `sized()`: its size if
         known without making it."""
         # what the bytes depend on besides the source: the renderer's libraries
         libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
                      "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
 
-        def kept_key():
-            found = (self.store_identity(source) if convert == self.preview
-                     else self.source_identity(source))
-            return None if found is None else (convert.__name__, args, versions(*libraries), found)
+        def make(info=None):
+            shown = info or self.tree.top(source)[1]
 
-        def make():
-            shown = self.tree.top(source)[1]
+            def kept_key():
+                found = self.store_identity(source) if convert == self.preview else identity(shown)
+                return None if found is None else (convert.__name__, args, versions(*libraries), found)
             return GeneratedFile(functools.partial(self._made, source, convert, *args), shown.mtime_ns, self.cache,
                                  key=self._version(source, convert, args, shown),
                                  kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)

@@ -87,18 +87,19 @@ class VolumeViews:
         self._lock = threading.Lock()
 
     # -- names ----------------------------------------------------------------------------
-    def listing(self, rel: str, names: list[str]):
-        """(view name, source .zarr, make node) for the volumes among `names` of folder rel."""
+    def listing(self, rel: str, infos: dict):
+        """(view name, source .zarr, make node) for the volumes among the names of folder
+        rel (`infos`: name -> what it shows, or None: asked)."""
         folder = rel.rpartition("/")[2]
         out = []
-        for name in names:
+        for name, info in infos.items():
             if not name.endswith(".zarr") or name.startswith(".") or name.endswith("_features.zarr"):
                 continue
             voxel_size = voxel_size_of(folder, name)
             if voxel_size is None:
                 continue
             source = f"{rel}/{name}"
-            for path, binning in self.levels(source):
+            for path, binning in self.levels(source, info):
                 out.append((mrc_name(name[:-5], binning), source,
                             self._maker(source, path, voxel_size * binning)))
         return out
@@ -112,14 +113,15 @@ class VolumeViews:
         for candidate in [stem] + ([binned["stem"]] if binned else []):
             if self.tree.shown(f"{rel}/{candidate}.zarr") is None:
                 continue
-            for view, source, make in self.listing(rel, [candidate + ".zarr"]):
+            for view, source, make in self.listing(rel, {candidate + ".zarr": None}):
                 if view == name:
                     return source, make
         return None
 
-    def levels(self, source: str) -> list[tuple[str, int]]:
+    def levels(self, source: str, info: Attr | None = None) -> list[tuple[str, int]]:
         """(array path, binning) of a zarr store's 3-d levels, from its group metadata only;
-        none if it is not a readable 3-d multiscale image."""
+        none if it is not a readable 3-d multiscale image (`info`: what the store shows, if
+        known)."""
         def read() -> list[tuple[str, int]]:
             try:
                 attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
@@ -128,7 +130,7 @@ class VolumeViews:
             except Exception as exc:                # whatever the store holds, the listing goes on
                 log.info("no MRC view of %s: %s", source, exc)
                 return []
-        return self._remembered(("levels",) + self.tree.source_key(source), read)
+        return self._remembered(("levels",) + self.tree.source_key(source, info), read)
 
     def shape(self, source: str) -> tuple[int, ...]:
         """The full-resolution shape of a tomogram (each STAR view of its run centres on
@@ -169,8 +171,8 @@ class VolumeViews:
             found = next((m for m in metadata if m is not None), None)
             return None if found is None else ("mrc", level, versions(*MRC_LIBRARIES), found)
 
-        def make():
-            return MrcView(self, source, level, voxel_size, self.tree.top(source)[1].mtime_ns,
+        def make(info=None):
+            return MrcView(self, source, level, voxel_size, (info or self.tree.top(source)[1]).mtime_ns,
                            self.views.kept_size(kept_key))
         return make
 
@@ -280,20 +282,21 @@ class PicksViews:
         size = voxel_size_of(parts[2], "")
         return None if size is None else ("/".join(parts[:2]), size)
 
-    def listing(self, rel: str, names: list[str], picks: list[str] | None = None):
-        """(view name, source picks JSON, make node) for folder rel; `picks` limits the
-        picks files looked at (a lookup's one candidate), else the run's Picks/ is listed."""
+    def listing(self, rel: str, infos: dict, picks: list[str] | None = None):
+        """(view name, source picks JSON, make node) for folder rel (`infos`: what its names
+        show; the picks files are in the run's Picks/); `picks` limits the picks files looked
+        at (a lookup's one candidate), else the run's Picks/ is listed."""
         found = self._run(rel)
         if found is None:
             return []
         run, voxel_size = found
-        infos: dict[str, Attr] = {}
+        picks_shown: dict[str, Attr] = {}
         if picks is None:               # what each picks file shows: one stat each, for all its views
             shown = self.tree.shown(f"{run}/Picks")
-            infos = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
-            picks = sorted(infos)
+            picks_shown = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
+            picks = sorted(picks_shown)
         center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
-        sources = {f"{run}/Picks/{name}": infos.get(name) for name in picks
+        sources = {f"{run}/Picks/{name}": picks_shown.get(name) for name in picks
                    if name.endswith(".json") and not name.startswith(".")}
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
@@ -303,10 +306,11 @@ class PicksViews:
             stem = source.rpartition("/")[2][:-5]
             written_from = functools.partial(_written_of, written, source)     # (shared by its views)
             for suffix, kind in picks_format.FORMATS.items():
+                # (partials, not closures: a folder lists thousands of these)
                 out.append((stem + suffix, source,
-                            self._maker(source, kind, rel, voxel_size, center if kind == "star" else None, info,
-                                        lambda source=source, kind=kind: _size(sized().get(source), kind),
-                                        written_from),
+                            functools.partial(self._make, source, kind, rel, voxel_size,
+                                              center if kind == "star" else _no_center, info,
+                                              functools.partial(_sized_from, sized, source, kind), written_from),
                             info))
         return out
 
@@ -324,36 +328,26 @@ class PicksViews:
                 source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
                 if self.tree.shown(source) is None:
                     return None
-                for view, source, make, _ in self.listing(rel, [], [source.rpartition("/")[2]]):
+                for view, source, make, _ in self.listing(rel, {}, [source.rpartition("/")[2]]):
                     if view == name:
                         return source, make
                 return None
         return None
 
-    def _maker(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized,
-               written):
-        """`center()`: the tomogram centre a STAR view uses (None: not a STAR view); `info`:
-        what the source shows, if the listing stat'ed it (else it is asked); `sized()`: the
-        view's size if known without making it; `written()`: the source's text views as
-        its folder's were written together (`_Written`, or None)."""
-        center = center or (lambda: None)
-
-        def make():
-            shown = info or self.tree.top(source)[1]
-
-            def kept_key():
-                try:
-                    found = (identity(shown), center())
-                except Exception:               # no centre: the view says why when made (EIO)
-                    return None
-                return None if found[0] is None else \
-                    ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
-            # (a partial, not a closure: a mount keeps one per view)
-            return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
-                                 shown.mtime_ns,
-                                 self.cache, kept=self.views.kept_size(kept_key), on_resized=self.views.resized,
-                                 sized=sized)
-        return make
+    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized,
+              written, listed: Attr | None = None) -> GeneratedFile:
+        """The node of a view. `center()`: the tomogram centre a STAR view uses (None for
+        the others); `info` (or `listed`): what the source shows, if the listing stat'ed it
+        (else it is asked); `sized()`: the view's size if known without making it;
+        `written()`: the source's text views as its folder's were written together
+        (`_Written`, or None)."""
+        shown = info or listed or self.tree.top(source)[1]
+        # (partials, not closures: a mount keeps one per view)
+        return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
+                             shown.mtime_ns, self.cache,
+                             kept=self.views.kept_size(functools.partial(_kept_key, shown, center, kind, rel,
+                                                                         voxel_size)),
+                             on_resized=self.views.resized, sized=sized)
 
     def _written(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, "_Written"]:
         """The text views in folder rel of these picks files (`info` what each shows, or
@@ -449,6 +443,28 @@ class _Folder(dict):
 def _written_of(written, source: str) -> _Written | None:
     """The text views of source as its folder's were written together (`written()`)."""
     return written().get(source)
+
+
+def _no_center() -> None:
+    """The centre the views other than STAR have no need of."""
+    return None
+
+
+def _kept_key(shown: Attr, center, kind: str, rel: str, voxel_size: float) -> tuple | None:
+    """What a picks view's bytes depend on (`kept_sizes`): its source's version and the
+    centre, None if either is not known."""
+    try:
+        found = (identity(shown), center())
+    except Exception:               # no centre: the view says why when made (EIO)
+        return None
+    return None if found[0] is None else \
+        ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
+
+
+def _sized_from(sized, source: str, kind: str) -> int | None:
+    """The size of a view of kind of source, from its folder's views written together
+    (`sized()`), if they could be."""
+    return _size(sized().get(source), kind)
 
 
 def _size(written: _Written | None, kind: str) -> int | None:

@@ -181,22 +181,23 @@ class KeptSizes:
 
 class KeptSize:
     """The kept size of one view. `key()` gives what its bytes depend on (a tuple; I/O
-    allowed) or None (not kept); it is asked once, before the view is made, so a size
-    learned is kept under the version of its sources that was read; `key` is dropped then
-    (its closure may hold a folder's worth: a mount keeps one of these per view)."""
+    allowed; `prefix` goes before it) or None (not kept); it is asked once, before the
+    view is made, so a size learned is kept under the version of its sources that was
+    read; `key` is dropped then (its closure may hold a folder's worth: a mount keeps one
+    of these per view)."""
 
-    __slots__ = ("sizes", "_key", "_on_miss", "_digest")
+    __slots__ = ("sizes", "_key", "_on_miss", "_digest", "_prefix")
 
     def __init__(self, sizes: KeptSizes, key: Callable[[], tuple | None],
-                 on_miss: Callable[[], None] | None = None):
-        self.sizes, self._key, self._on_miss = sizes, key, on_miss
+                 on_miss: Callable[[], None] | None = None, prefix: tuple = ()):
+        self.sizes, self._key, self._on_miss, self._prefix = sizes, key, on_miss, prefix
         self._digest: bytes | None = None
 
     def digest(self) -> bytes | None:
         key = self._key
         if key is not None:
             parts = key()
-            self._digest = None if parts is None else digest(parts)
+            self._digest = None if parts is None else digest(self._prefix + parts)
             self._key = None
         return self._digest
 

@@ -375,6 +375,15 @@ class Tree:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]] = []
         self._content_listeners: list[Callable[[int, bytes, int, bool], None]] = []
+        self._requests: Callable[[], int] = lambda: 0
+
+    def count_requests(self, requests: Callable[[], int]) -> None:
+        """`requests()` counts the requests the daemon has answered so far (the daemon's):
+        work a backend does in the background waits while they come (`requests_answered`)."""
+        self._requests = requests
+
+    def requests_answered(self) -> int:
+        return self._requests()
 
     def listen(self, listener: Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]) -> None:
         """Call `listener(inodes, entries, waited)` for every `report` (the daemon's, to tell

@@ -3,7 +3,8 @@ FSDB and a copick mount cost with lean listings (the default) and with every ent
 attributes (SCOPEFS_LEAN_LISTINGS=0), alternating, each walk on a fresh mount.
 
     python benchmarks/lean_listings.py [--work DIR] [--fsdb SxFxN|none] [--copick RxP|none]
-        [--cases never,kept,learned] [--walks 'find;ls -lR'] [--repeat 3]
+        [--cases never,kept,learned] [--walks 'find;ls -lR'] [--repeat 3] [--learner]
+        [--daemon-path LABEL=DIR ...]
 
 Printed per walk and mode, as medians: wall time, the daemon's CPU seconds, and the
 daemon's counters for the walk: requests, LOOKUPs, READDIRs, entries listed without
@@ -11,7 +12,11 @@ attributes, LOOKUPs answered from a folder's first (`lean_lookups_answered`), wo
 calls, and (FSDB) attributes the backend learned from disk. The copick project is
 mounted as never before (`never`: no view sizes kept, a fresh XDG_CACHE_HOME each mount,
 the size learner racing the walk), with the sizes a mount before kept (`kept`), and
-after the mount's learner is done (`learned`).
+after the mount's learner is done (`learned`). With sizes kept the mount has no size learner
+unless `--learner` (as `benchmarks/walk.py` mounts: the learner from mount on, the walk at
+once). Each `--daemon-path LABEL=DIR` adds a column, lean listings with DIR first on the
+daemon's PYTHONPATH (another checkout of scopefs, unpacked there as `DIR/scopefs`), walked
+in turn with the others.
 """
 from __future__ import annotations
 
@@ -58,18 +63,21 @@ def learned(mnt: Path) -> None:
         time.sleep(0.2)
 
 
-def one_walk(source: walk_samples.Source, command: str, lean: bool, work: Path, case: str = "never") -> dict:
+def one_walk(source: walk_samples.Source, command: str, lean: bool, work: Path, case: str = "never",
+             learner: bool = False, daemon_path: str | None = None) -> dict:
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     cache = work / "cache-kept" if case == "kept" else Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
     env = dict(os.environ, SCOPEFS_LEAN_LISTINGS="1" if lean else "0", XDG_CACHE_HOME=str(cache))
+    if daemon_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (daemon_path, env.get("PYTHONPATH"))))
     if case == "kept" and not cache.exists():            # a mount before learns every size and keeps them
         subprocess.run(SCOPEFS + ["mount", str(source.path), str(mnt), *source.options], check=True, env=env)
         learned(mnt)
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
         time.sleep(0.5)
     subprocess.run(SCOPEFS + ["mount", str(source.path), str(mnt), *source.options], check=True,
-                   env=dict(env, SCOPEFS_LEARN_VIEW_SIZES="0") if case == "kept" else env)
+                   env=dict(env, SCOPEFS_LEARN_VIEW_SIZES="0") if case == "kept" and not learner else env)
     try:
         if case == "learned":
             learned(mnt)
@@ -97,7 +105,13 @@ def main() -> None:
     parser.add_argument("--cases", default="never,kept,learned", help="copick: never,kept,learned")
     parser.add_argument("--walks", default=";".join(WALKS), help="some of: " + "; ".join(WALKS))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--learner", action="store_true", help="sizes kept: the size learner runs from mount on")
+    parser.add_argument("--daemon-path", action="append", default=[], metavar="LABEL=DIR",
+                        help="also lean listings with DIR first on the daemon's PYTHONPATH")
     args = parser.parse_args()
+    # (label, lean, daemon path) of each column
+    modes = [("lean", True, None), ("full", False, None)] + \
+        [(spec.partition("=")[0], True, spec.partition("=")[2]) for spec in args.daemon_path]
     args.work.mkdir(parents=True, exist_ok=True)
     walks = args.walks.split(";")
     if unknown := set(walks) - set(WALKS):
@@ -113,20 +127,25 @@ def main() -> None:
         for case in args.cases.split(","):
             sources[f"copick {args.copick}, {titles[case]}"] = copick, case
     for label, (source, case) in sources.items():
-        print(f"{label}, cold, medians of {args.repeat} (lean listings | every entry with attributes)")
+        learner = " (the size learner running)" if case == "kept" and args.learner else ""
+        print(f"{label}{learner}, cold, medians of {args.repeat} ({' | '.join(mode[0] for mode in modes)}; "
+              f"lean: lean listings, full: every entry with attributes)")
         for walk in walks:
             command = WALKS[walk]
-            runs = {True: [], False: []}
+            runs = {mode: [] for mode in modes}
             for _ in range(args.repeat):
-                for lean in (True, False):
-                    runs[lean].append(one_walk(source, command, lean, args.work, case))
-            med = {lean: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for lean, rs in runs.items()}
-            cells = "  ".join(f"{k} {med[True][k]:g} | {med[False][k]:g}" for k in
+                for mode in modes:
+                    runs[mode].append(one_walk(source, command, mode[1], args.work, case, args.learner, mode[2]))
+            med = [{k: statistics.median(r[k] for r in rs) for k in rs[0]} for rs in runs.values()]
+
+            def cell(key: str, form: str = "g") -> str:
+                return " | ".join(format(m[key], form) for m in med)
+            cells = "  ".join(f"{k} {cell(k)}" for k in
                               ("requests", "lookup_requests", "lean_lookups_answered", "readdir_requests",
                                "listings_made", "lean_listings_given_again", "lean_entries", "worker_calls",
                                "views_made", "learned"))
-            print(f"  {walk:<18} wall {med[True]['wall_s']:.3f} | {med[False]['wall_s']:.3f} s  "
-                  f"daemon CPU {med[True]['cpu_s']:.2f} | {med[False]['cpu_s']:.2f} s  {cells}", flush=True)
+            print(f"  {walk:<18} wall {cell('wall_s', '.3f')} s  daemon CPU {cell('cpu_s', '.2f')} s  {cells}",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

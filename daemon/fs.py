@@ -455,6 +455,7 @@ class Operations(pyfuse3.Operations):
         self.thread_replies = ThreadReplies(threads) if tree.writable and _patch_used(
             hasattr(pyfuse3, "FlushReply"), "FlushReply", FLUSH_REPLY_ENV,
             "a FLUSH's result wakes the event loop, which answers it") else None
+        tree.count_requests(lambda: self.counters.requests)
         tree.listen(self.notifier.report)
         tree.listen(self.lean_rule.changed)
         tree.listen_content(self.notifier.store)

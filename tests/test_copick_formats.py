@@ -627,6 +627,60 @@ def test_the_size_learner_goes_past_what_is_not_a_project_folder(tmp_path):
         tree.close()
 
 
+def test_the_size_learner_waits_while_requests_come_and_ends_after(tmp_path, monkeypatch):
+    """The learner gives way to a walk (on two cores and one GIL it ran at the speed of
+    both): while requests keep coming it sizes nothing, once they stop it sizes
+    everything; a steady trickle of requests (one every `QUIET_S` or less) does not keep
+    it from ending (a folder after each `PAUSE_S`)."""
+    import itertools
+
+    from scopefs.backends import open_tree
+    from scopefs.backends.copick import SizeLearner
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    static = one_run_project(tmp_path, (1, 3), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    learner = tree.derive.learner
+    requests, busy = itertools.count(), [True]
+    tree.count_requests(lambda: next(requests) if busy[0] else -1)
+    try:
+        learner.start()
+        time.sleep(1.5 * SizeLearner.PAUSE_S)
+        # at most the first folder (Picks/: 2 CSVs) after a pause of PAUSE_S
+        assert learner.learned <= 2 and not learner.done, learner.learned
+        busy[0] = False
+        deadline = time.monotonic() + 60
+        while not learner.done:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert learner.learned == 2 * 6 + 2, learner.learned      # 2 picks x (5 formats + CSV), preview, MRC
+        assert learner.paused >= 1
+    finally:
+        tree.close()
+
+
+def test_a_trickle_of_requests_does_not_keep_the_size_learner_from_ending(tmp_path, monkeypatch):
+    """Requests one at a time, each a little sooner than `QUIET_S` after the last: the
+    learner sizes a folder after each `PAUSE_S` of waiting, and ends."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.copick import SizeLearner
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    start = time.monotonic()
+    tree.count_requests(lambda: int((time.monotonic() - start) / (0.8 * SizeLearner.QUIET_S)))
+    try:
+        tree.derive.learner.start()
+        deadline = time.monotonic() + 30
+        while not tree.derive.learner.done:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert tree.derive.learner.learned == 6 + 2
+    finally:
+        tree.close()
+
+
 def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
     """The learner sizes, and keeps, a node for every view (up to 100,000): each holds
     what makes its bytes, not the closures that found its size (2.5 KB a view before;
@@ -664,17 +718,22 @@ def test_the_views_a_mount_learns_hold_little_memory_each(tmp_path):
         tree.close()
 
 
-def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
-    """A picks file shows 5 views in each spacing folder: listing the folder works out
-    the file's version (`source_key`, what every view's node is checked against) once
-    for all 5, not once a view (the per-entry Python of a walk)."""
+def tree_of_picks_copies(tmp_path: Path, count: int):
+    """The tree (no mount) of a one-run project of `count` equal picks files."""
     from scopefs.backends import open_tree
     from scopefs.backends.options import Options
     static = one_run_project(tmp_path, (1,), levels=1)[0]
     picks = static / "ExperimentRuns" / "TS_001" / "Picks"
-    for n in range(2, 21):
+    for n in range(2, count + 1):
         (picks / f"tester_{n}_proteasome.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
-    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+
+
+def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
+    """A picks file shows 5 views in each spacing folder: listing the folder works out
+    the file's version (`source_key`, what every view's node is checked against) once
+    for all 5, not once a view (the per-entry Python of a walk)."""
+    tree = tree_of_picks_copies(tmp_path, 20)
     asked = []
     source_key = tree.source_key
     tree.source_key = lambda rel, info=None: asked.append(rel) or source_key(rel, info)
@@ -688,6 +747,39 @@ def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path)
         tree.close()
 
 
+def test_a_listing_stats_each_source_once_for_its_views_nodes(tmp_path):
+    """Listing Picks/ stats each picks file once, for the file and its CSV view's node (the
+    view's node stat'ed its source again), and listing a spacing folder stats its store
+    once for the store, its levels', its preview's and its MRC view's nodes (each stat'ed
+    it again; a stat asks both roots), and once more to read its metadata: the per-entry
+    work of a walk."""
+    tree = tree_of_picks_copies(tmp_path, 10)
+    stated = []
+    for root in (tree.static, tree.upper):
+        def counted(rel, _stat=root.stat):
+            stated.append(rel)
+            return _stat(rel)
+
+        def counted_many(rel, names, _stat_many=root.stat_many):
+            stated.extend(f"{rel}/{name}" for name in names)
+            return _stat_many(rel, names)
+        root.stat, root.stat_many = counted, counted_many
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        stated.clear()
+        listed = {name: node for _, name, node, _ in run.lookup("Picks").scan()}
+        assert len(listed) == 2 * 10
+        of_picks = [rel for rel in stated if rel.endswith("_proteasome.json")]
+        assert len(of_picks) == 10, sorted(of_picks)
+        stated.clear()
+        listed = {name: node for _, name, node, _ in run.lookup("VoxelSpacing10.000").scan()}
+        assert {"wbp.zarr", "wbp.png", "wbp.mrc"} <= set(listed)
+        # the listing's stat, and whether the static store shows where its metadata is read
+        assert len([rel for rel in stated if rel.endswith("wbp.zarr")]) == 2, stated
+    finally:
+        tree.close()
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was
@@ -697,6 +789,9 @@ def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path
     run = tmp_path / "static" / "ExperimentRuns" / "TS_001"
     spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
     centre = (SHAPE[2] / 2 * 10.0, SHAPE[1] / 2 * 10.0, SHAPE[0] / 2 * 10.0)
+    # listed first, as those readers do (the size learner, which gives way to the reads, may
+    # not have listed it yet: a view looked up alone is written with its own file's only)
+    assert len(os.listdir(spacing)) == 3 * 5 + 3
     for n in (1, 3, 4):
         picks = picks_format.Picks.from_json((run / "Picks" / f"tester_{n}_proteasome.json").read_bytes())
         for suffix, kind in picks_format.FORMATS.items():

@@ -111,7 +111,7 @@ class OverlayTree(Tree):
         self._copying = [threading.Lock() for _ in range(COPY_LOCKS)]
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
-        # derived read-only files: derive.listing(dir rel, names) -> [(name, source rel, make node,
+        # derived read-only files: derive.listing(dir rel, {name: what it shows, or None}) -> [(name, source rel, make node(info),
         # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node)
         self.derive = None
         self._derived: dict[str, Node] = {}
@@ -522,12 +522,14 @@ class OverlayTree(Tree):
             return []
         keys: dict[str, tuple] = {}         # each source's version, once for all its views
         out = []
-        for name, source, make, info in self.derive.listing(rel, list(infos)):
+        for name, source, make, info in self.derive.listing(rel, infos):
             if name not in infos:
+                folder, _, base = source.rpartition("/")
+                info = info or (infos.get(base) if folder == rel else None)
                 key = keys.get(source)
                 if key is None:
-                    key = keys[source] = self.source_key(source, info or infos.get(source.rpartition("/")[2]))
-                out.append((name, self._derived_node(rel, name, source, make, key=key)))
+                    key = keys[source] = self.source_key(source, info)
+                out.append((name, self._derived_node(rel, name, source, make, info, key)))
         return out
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
@@ -541,13 +543,14 @@ class OverlayTree(Tree):
 
     def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None,
                       key: tuple | None = None) -> Node:
-        """The node of a derived file; `key`: its source's `source_key`, if known."""
+        """The node of a derived file (`make(info)`); `info`: what its source shows, and
+        `key`: the source's `source_key`, if known."""
         path = _join(rel, name)
         key = key or self.source_key(source, info)
         with self._table:
             node = self._derived.get(path)
             if node is None or node.source_key != key:
-                node = self._derived[path] = self.add(make())
+                node = self._derived[path] = self.add(make(info))
                 node.source_key, node.derived_path = key, path
                 self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | {path}
             return node

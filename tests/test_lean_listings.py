@@ -278,9 +278,10 @@ def test_an_fsdb_listed_lean_stats_as_its_files_through_changes(fsdb_mount):
     compare()
 
 
-@pytest.mark.xfail(strict=True, reason="known: an FSDB file unlinked while open answers ESTALE to fstat "
-                                       "(its node goes with the name); a plain directory keeps it")
 def test_an_fsdb_file_unlinked_while_open_stays_usable(fsdb_mount):
+    """A descriptor open on a file unlinked through the mount still stats (nlink 0) and
+    reads, as in a plain directory (the node outlives its name until the kernel forgets
+    it)."""
     mnt = fsdb_mount()
     path = mnt / "scan_001" / "fileset_0" / "img_007.png"
     data = path.read_bytes()

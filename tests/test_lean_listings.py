@@ -292,3 +292,21 @@ def test_an_fsdb_file_unlinked_while_open_stays_usable(fsdb_mount):
         assert os.pread(held, len(data) + 1, 0) == data
     finally:
         os.close(held)
+
+
+def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fsdb_mount):
+    """Writes through descriptors open on files unlinked through the mount (a rewrite of
+    its data, a truncating open of another) do not bring either file back at close, in
+    the mount or in the database."""
+    mnt = fsdb_mount()
+    folder, on_disk = mnt / "scan_001" / "fileset_0", fsdb_mount.copies[-1] / "scan_001" / "fileset_0"
+    held = [os.open(folder / "img_007.png", os.O_RDWR), os.open(folder / "img_008.png", os.O_WRONLY | os.O_TRUNC)]
+    for name in ("img_007.png", "img_008.png"):
+        os.unlink(folder / name)
+    os.pwrite(held[0], b"XYZ", 0)
+    os.write(held[1], b"new")
+    for fd in held:
+        os.close(fd)
+    for name in ("img_007.png", "img_008.png"):
+        assert not os.path.exists(folder / name) and not os.path.exists(on_disk / name)
+    assert not [name for name in os.listdir(on_disk) if name.startswith(".")]      # (no temporary left)

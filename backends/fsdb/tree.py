@@ -27,6 +27,7 @@ at unmount.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -366,6 +367,10 @@ class DataFile(File):
         new file, so what the kernel holds of it (pages, size; the writes dropped its times)
         is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
+            if self.unlinked_attr is not None:  # unlinked while open: what was written goes with it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(finished)
+                return
             new = self.file.filename is None
             db, scan = self.tree.db, self.file.fileset.scan
             outside = db.root_changes(), scan._writes       # what changes folders above this one

@@ -68,15 +68,29 @@ def fresh_mount(copick_source, mount, monkeypatch, tmp_path):
     return fresh
 
 
-def once_in_three(check) -> None:
-    """`check()` passes in one of three tries: another program dropping the kernel's
-    caches meanwhile (a benchmark run as root) has names looked up again, which this
-    counts as work."""
-    for attempt in range(3):
+def caches_dropped() -> int | None:
+    """A count that moves when the kernel's caches are dropped (drop_caches) or its
+    dentries and inodes reclaimed (/proc/vmstat; None: not known)."""
+    try:
+        with open("/proc/vmstat") as fh:
+            return sum(int(line.split()[1]) for line in fh
+                       if line.startswith(("drop_pagecache ", "drop_slab ", "slabs_scanned ")))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def unless_caches_dropped(check, tries: int = 5, any_failure: bool = False) -> None:
+    """`check()`, tried again only when the kernel's caches were dropped or shrunk while it
+    ran (another program's drop_caches: a benchmark run as root): the kernel then looks
+    names up again, which this counts as work. Any other failure fails at once, unless
+    `any_failure` (then up to `tries` times whatever failed)."""
+    for attempt in range(tries):
+        before = caches_dropped()
         try:
             return check()
         except AssertionError:
-            if attempt == 2:
+            after = caches_dropped()
+            if attempt == tries - 1 or (not any_failure and before is not None and after == before):
                 raise
 
 
@@ -100,7 +114,7 @@ def test_ls_l_of_a_folder_listed_lean_sizes_its_views_in_one_worker_call(fresh_m
         assert lean["answered"] == lean["lean"] - 1
         assert lean["calls"] <= full["calls"] + 1
         assert lean["batches"] == full["batches"] == 1
-    once_in_three(check)
+    unless_caches_dropped(check)
 
 
 def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mount):
@@ -119,7 +133,7 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks
     for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
-        once_in_three(lambda: check(walks))
+        unless_caches_dropped(lambda: check(walks))
 
 
 def listed(mnt) -> tuple[str, dict[str, str]]:
@@ -210,7 +224,9 @@ def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listing
         assert printed[0] == printed[1], walk
     for walk in ([["ls", "-lR", "."]], [["du", "-s", "."]], [["find", ".", "-printf", "%s\\n"]],
                  [["find", "."], ["ls", "-lR", "."]]):
-        once_in_three(lambda: check(walk))
+        # (any failure: under load the FSDB learner, which learns folders ahead of the walk
+        # in a thread, can fall behind it, and the walk's stats then cost worker calls)
+        unless_caches_dropped(lambda: check(walk), tries=3, any_failure=True)
 
 
 def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount, mount, tmp_path):

@@ -568,6 +568,15 @@ class Folder(Directory):
         as soon as that call returns."""
         return 0.0 if name.endswith((META, VIEW)) else self.negative_timeout
 
+    def mkdir(self, name: str, mode: int) -> Directory:
+        raise OSError(errno.EPERM, "folders are scans (at the root) and filesets (in a scan)", name)
+
+    def symlink(self, name: str, target: str):
+        raise OSError(errno.EPERM, "a database holds no symbolic links", name)
+
+    def rename(self, name: str, new_parent: Directory, new_name: str, flags: int = 0) -> None:
+        raise OSError(errno.EPERM, "only files move (within their fileset)", name)
+
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
         self._attr: Attr | None = None

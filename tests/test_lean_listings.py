@@ -16,6 +16,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -326,3 +327,42 @@ def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fsdb
     for name in ("img_007.png", "img_008.png"):
         assert not os.path.exists(folder / name) and not os.path.exists(on_disk / name)
     assert not [name for name in os.listdir(on_disk) if name.startswith(".")]      # (no temporary left)
+
+
+def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fsdb_mount):
+    """Listings of a fileset (and lstat of what they list) while another thread makes,
+    renames and removes other files in it: every file there throughout shows exactly
+    once in each listing, with its size."""
+    mnt = fsdb_mount()
+    folder = mnt / "scan_001" / "fileset_0"
+    stable = {name: os.lstat(folder / name).st_size for name in os.listdir(folder) if name.startswith("img_")}
+    stop, churned, errors = threading.Event(), [0], []
+
+    def churn():
+        try:
+            while not stop.is_set():
+                i = churned[0]
+                made, moved = folder / f"churn_{i % 40:02d}.png", folder / f"moved_{i % 40:02d}.png"
+                made.write_bytes(b"c" * (i % 7))
+                os.rename(made, moved)
+                if i >= 20:
+                    os.unlink(folder / f"moved_{(i - 20) % 40:02d}.png")
+                churned[0] = i + 1
+        except OSError as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=churn)
+    thread.start()
+    bad, listings = {"skipped": 0, "repeated": 0, "wrong size": 0}, 0
+    try:
+        deadline = time.monotonic() + 30
+        while (churned[0] < 60 or listings < 15) and not errors and time.monotonic() < deadline:
+            seen = [name for name in os.listdir(folder) if name.startswith("img_")]
+            bad["skipped"] += len(stable.keys() - set(seen))
+            bad["repeated"] += len(seen) - len(set(seen))
+            bad["wrong size"] += sum(os.lstat(folder / name).st_size != stable[name] for name in seen)
+            listings += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and churned[0] >= 60
+    assert bad == {"skipped": 0, "repeated": 0, "wrong size": 0}

@@ -1050,7 +1050,10 @@ class FilesetFolder(Folder):
         except FileNotFoundError:
             names = []
         with self.tree.lock:
-            names = [name for name in names if not self._drop_leftover(name)]
+            # (temporary files of writes: this mount's in progress are not shown, older ones removed)
+            for name in names:
+                self._drop_leftover(name)
+            names = [name for name in names if not name.endswith(TEMP_SUFFIX)]
             if changes == self._changes:
                 self._hidden = names
         return 1

@@ -15,6 +15,7 @@ read listings go.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -189,6 +190,9 @@ class LeanRule:
         self._misses = 0                    # lookups of their files since the last trip
         self._answers: dict[int, tuple[float, dict]] = {}      # folder -> (until, name -> (node, attr))
         self.changes = 0                    # changes told (`changed`, `names_gone`): what was sized before is not kept
+        # `changed` comes from any thread: it, `names_gone` and `sized` count or keep under
+        # this lock; `answer` (the loop's path) reads `_answers` once, without it
+        self._changes_lock = threading.Lock()
         self._given_for = min(entry_timeout, attr_timeout)
         self._listed: OrderedDict[int, Listing] = OrderedDict()     # folder -> its last lean listing, all rows kept
         self._replays: OrderedDict[int, Listing] = OrderedDict()    # folders a trip dropped -> that listing
@@ -231,19 +235,22 @@ class LeanRule:
     def sized(self, parent: int, found: dict, changes: int) -> None:
         """What sizing folder `parent`'s `unsized` found: name -> (node, attributes), from
         when `changes` were told (none kept if more were told since)."""
-        if found and changes == self.changes:
-            if len(self._answers) >= LEAN_WATCHED:
-                self._answers = {}
-            self._answers[parent] = (time.monotonic() + self._answered_for, found)
+        if found:
+            with self._changes_lock:
+                if changes == self.changes:
+                    if len(self._answers) >= LEAN_WATCHED:
+                        self._answers = {}
+                    self._answers[parent] = (time.monotonic() + self._answered_for, found)
 
     def answer(self, parent: int, name: str):
         """(node, attributes) of a name of folder `parent` its first LOOKUP sized, if
         still valid (`sized`); else None."""
-        answers = self._answers.get(parent)
+        by_folder = self._answers           # (once: `changed` may replace it meanwhile)
+        answers = by_folder.get(parent)
         if answers is None:
             return None
         if time.monotonic() > answers[0]:
-            del self._answers[parent]
+            by_folder.pop(parent, None)
             return None
         found = answers[1].pop(name, None)
         if found is not None:
@@ -285,7 +292,8 @@ class LeanRule:
 
     def names_gone(self, folder: int, names) -> None:
         """Names of `folder` removed or renamed through the mount: not answered."""
-        self.changes += 1
+        with self._changes_lock:
+            self.changes += 1
         answers = self._answers.get(folder)
         if answers is not None:
             for name in names:
@@ -293,9 +301,11 @@ class LeanRule:
 
     def changed(self, inodes=(), entries=(), waited: bool = True) -> None:
         """The tree reports changes (`Tree.report`, maybe from a thread), or a change is
-        made through the mount: nothing is answered from what was sized or listed before."""
-        self.changes += 1
-        self._answers = {}
+        made through the mount: nothing is answered from what was sized or listed before.
+        The answers go before the count moves: whoever sees it moved finds them gone."""
+        with self._changes_lock:
+            self._answers = {}
+            self.changes += 1
 
     def looked_up(self, parent: int) -> tuple[int, ...]:
         """A file of folder `parent` was looked up: the other folders listed lean, when

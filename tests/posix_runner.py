@@ -129,6 +129,7 @@ class Run:
         self.marks: dict[str, int] = {}
         self.inos: dict[int, str] = {}
         self.umask = 0o022
+        self.top: int | None = None     # the scenario's folder while `cd` left it (an O_PATH fd)
 
     def uid(self, token) -> int:
         return token if isinstance(token, int) else ids(token, self.me)[0]
@@ -295,6 +296,38 @@ class Run:
     def op_ls(self, p="."):
         return sorted(os.listdir(p))
 
+    def op_ls_stat(self, p="."):
+        """Read folder p, then lstat each entry (in name order, as `ls -l` does): the
+        attributes a lean listing left out must be what a listing with them gives, times
+        included."""
+        out = {}
+        for name in sorted(os.listdir(p)):
+            try:
+                st = os.lstat(os.path.join(p, name))
+            except OSError as exc:
+                out[name] = errno.errorcode.get(exc.errno, exc.errno)
+                continue
+            out[name] = self.stat_result(st) | {"times": [self.when(st.st_atime_ns), self.when(st.st_mtime_ns),
+                                                          self.when(st.st_ctime_ns)]}
+        return out
+
+    def op_cd(self, p):
+        """Go into p (the scenario's folder is kept for `at_top`)."""
+        if self.top is None:
+            self.top = os.open(".", os.O_PATH)
+        os.chdir(p)
+
+    def op_at_top(self, op, *args):
+        """Step (op, *args) from the scenario's folder, then back into the current one
+        (which may have been removed meanwhile)."""
+        here = os.open(".", os.O_PATH)
+        try:
+            os.fchdir(self.top)
+            return self.step(op, *args)
+        finally:
+            os.fchdir(here)
+            os.close(here)
+
     def op_umask(self, mask):
         os.umask(mask)
 
@@ -352,6 +385,39 @@ class Run:
             for entry in entries:
                 os.unlink(entry.path)
 
+    def op_list_stat_while_renaming(self, p, rounds):
+        """List p `rounds` times, stat'ing each stable name listed, while one thread
+        creates, renames and deletes other names in it: each stable name shows exactly
+        once per listing and stats as the file it is."""
+        stable = {n: os.lstat(os.path.join(p, n)).st_size for n in os.listdir(p) if n.startswith("stable")}
+        stop = threading.Event()
+
+        def churn():
+            i = 0
+            while not stop.is_set():
+                name, moved = f"{p}/churn{i % 200:03d}", f"{p}/moved{i % 200:03d}"
+                with open(name, "wb") as fh:
+                    fh.write(b"c" * (i % 7))
+                os.rename(name, moved)
+                if i >= 100:
+                    os.unlink(f"{p}/moved{(i - 100) % 200:03d}")
+                i += 1
+            for j in range(max(0, i - 100), i):     # (the folder as it was: for what follows)
+                os.unlink(f"{p}/moved{j % 200:03d}")
+        thread = threading.Thread(target=churn)
+        thread.start()
+        bad = {"skipped": 0, "repeated": 0, "wrong": 0}
+        try:
+            for _ in range(rounds):
+                seen = [n for n in os.listdir(p) if n.startswith("stable")]
+                bad["skipped"] += len(stable.keys() - set(seen))
+                bad["repeated"] += len(seen) - len(set(seen))
+                bad["wrong"] += sum(os.lstat(os.path.join(p, n)).st_size != stable[n] for n in seen)
+        finally:
+            stop.set()
+            thread.join()
+        return bad
+
     def op_list_while_changing(self, p, rounds):
         """List p `rounds` times while one thread creates and deletes other names in it
         and another lists it too: each stable name must show exactly once per listing."""
@@ -388,6 +454,8 @@ class Run:
     def close_all(self):
         for fd in self.fds.values():
             os.close(fd)
+        if self.top is not None:
+            os.close(self.top)
 
 
 def outcome(fn, *args):

@@ -99,6 +99,57 @@ def test_lean_rule_answers_a_folders_lookups_from_its_first_until_told_otherwise
     assert rule.answer(7, "b") is None
 
 
+
+def test_lean_rule_changes_told_from_threads_are_never_lost_while_the_loop_answers():
+    """`changed` comes from the notifier's listeners in any thread, while the loop sizes
+    and answers: once the loop sees a change counted, nothing sized before it is answered
+    (no change lost, no answer kept across one), and nothing raises."""
+    import sys
+    import threading
+
+    import trio
+
+    from scopefs.daemon.listings import LeanRule
+    rule = LeanRule(entry_timeout=1e-4)         # (answers expire now and then: that path too)
+    node, attr = object(), object()
+    stop, errors = threading.Event(), []
+
+    def tell_changes():
+        try:
+            while not stop.is_set():
+                rule.changed((), ())
+        except Exception as exc:                # (reported below)
+            errors.append(exc)
+
+    async def answer_while_told():
+        stale = answers = 0
+        for i in range(30_000):
+            folder = i % 3
+            before = rule.changes
+            rule.sized(folder, {"x": (node, attr)}, before)
+            seen = rule.changes
+            found = rule.answer(folder, "x")
+            answers += found is not None
+            stale += found is not None and seen != before
+            if i % 1000 == 0:
+                await trio.lowlevel.checkpoint()
+        return stale, answers
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                 # (threads interleave with the loop at every chance)
+    threads = [threading.Thread(target=tell_changes) for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        stale, answers = trio.run(answer_while_told)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(switch)
+    assert not errors
+    assert stale == 0 and answers > 0
+
 def test_lean_rule_probes_a_stat_walk_less_often_each_time():
     """LOOKUPs of names listed lean (a stat walk) turn the next listings full: 64, then
     twice as many at each trip after a probe, and 64 again once folders listed lean bring

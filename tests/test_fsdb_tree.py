@@ -224,9 +224,10 @@ def test_a_folder_listed_once_is_listed_again_from_memory(trees, monkeypatch):
     rows = folder.opendir().entries_nowait(0, 1000)
     assert rows is not None and [name for _, name, _, _ in rows] == names
     assert sum(syscalls.values()) == 0
-    # a temporary file that a write made and let go unused is gone from the listing
+    # the temporary file of a write in progress is the mount's own: never listed
     handle = folder.lookup("img_0001.png").open(os.O_WRONLY)
-    assert any(name.endswith(".scopefs-tmp") for _, name, _, _ in folder.opendir().entries(0))
+    assert any(name.endswith(".scopefs-tmp") for name in os.listdir(folder.path()))
+    assert [name for _, name, _, _ in folder.opendir().entries(0)] == names
     handle.release()
     assert [name for _, name, _, _ in folder.opendir().entries(0)] == names
 
@@ -576,3 +577,26 @@ def test_files_are_learned_for_longer_while_a_walk_keeps_stating_them(databases,
         assert walk_that_stats == [64, 128, 256] and period() == 64
     finally:
         tree.close()
+
+
+def test_a_databases_root_changes_are_its_own(databases, tmp_path):
+    """Two databases in one daemon: the locks' folder one makes in its root moves that
+    database's `root_changes` only (a write to the other then need not re-read folders
+    above the one it changed)."""
+    opened = []
+    for name in ("a", "b"):
+        path = shutil.copytree(databases[SMALL], tmp_path / name)
+        shutil.rmtree(path / layout.LOCKS_DIR, ignore_errors=True)
+        db = FSDB(str(path))
+        db.connect()
+        opened.append(db)
+    a, b = opened
+    try:
+        a_before, b_before = a.root_changes(), b.root_changes()
+        a.get_scan("scan").get_fileset("other").create_file("new").write_raw(b"new", "png")
+        assert Path(a.basedir, layout.LOCKS_DIR).is_dir()
+        assert a.root_changes() != a_before
+        assert b.root_changes() == b_before
+    finally:
+        for db in opened:
+            db.disconnect()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -67,15 +69,29 @@ def fresh_mount(copick_source, mount, monkeypatch, tmp_path):
     return fresh
 
 
-def once_in_three(check) -> None:
-    """`check()` passes in one of three tries: another program dropping the kernel's
-    caches meanwhile (a benchmark run as root) has names looked up again, which this
-    counts as work."""
-    for attempt in range(3):
+def caches_dropped() -> int | None:
+    """A count that moves when the kernel's caches are dropped (drop_caches) or its
+    dentries and inodes reclaimed (/proc/vmstat; None: not known)."""
+    try:
+        with open("/proc/vmstat") as fh:
+            return sum(int(line.split()[1]) for line in fh
+                       if line.startswith(("drop_pagecache ", "drop_slab ", "slabs_scanned ")))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def unless_caches_dropped(check, tries: int = 5, any_failure: bool = False) -> None:
+    """`check()`, tried again only when the kernel's caches were dropped or shrunk while it
+    ran (another program's drop_caches: a benchmark run as root): the kernel then looks
+    names up again, which this counts as work. Any other failure fails at once, unless
+    `any_failure` (then up to `tries` times whatever failed)."""
+    for attempt in range(tries):
+        before = caches_dropped()
         try:
             return check()
         except AssertionError:
-            if attempt == 2:
+            after = caches_dropped()
+            if attempt == tries - 1 or (not any_failure and before is not None and after == before):
                 raise
 
 
@@ -99,7 +115,7 @@ def test_ls_l_of_a_folder_listed_lean_sizes_its_views_in_one_worker_call(fresh_m
         assert lean["answered"] == lean["lean"] - 1
         assert lean["calls"] <= full["calls"] + 1
         assert lean["batches"] == full["batches"] == 1
-    once_in_three(check)
+    unless_caches_dropped(check)
 
 
 def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mount):
@@ -118,7 +134,7 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks
     for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
-        once_in_three(lambda: check(walks))
+        unless_caches_dropped(lambda: check(walks))
 
 
 def listed(mnt) -> tuple[str, dict[str, str]]:
@@ -209,7 +225,9 @@ def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listing
         assert printed[0] == printed[1], walk
     for walk in ([["ls", "-lR", "."]], [["du", "-s", "."]], [["find", ".", "-printf", "%s\\n"]],
                  [["find", "."], ["ls", "-lR", "."]]):
-        once_in_three(lambda: check(walk))
+        # (any failure: under load the FSDB learner, which learns folders ahead of the walk
+        # in a thread, can fall behind it, and the walk's stats then cost worker calls)
+        unless_caches_dropped(lambda: check(walk), tries=3, any_failure=True)
 
 
 def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount, mount, tmp_path):
@@ -238,3 +256,113 @@ def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount
     files = seen["scan_001"]["filesets"]["fileset_1"]["files"]
     assert "moved" in files and "img_000" not in files and files["new"]["metadata"] == {"new": True}
     assert files["moved"]["metadata"] == {"angle": 0, "scan": 1}
+
+
+def test_an_fsdb_listed_lean_stats_as_its_files_through_changes(fsdb_mount):
+    """readdir then lstat of every entry of a fileset listed lean (the first LOOKUP sizes
+    the folder, the others are answered from what it learned) gives each data file's type, size,
+    mtime and nlink as the database's own file has them, also after an append, a
+    truncate, a rename, a copy in, an unlink and an unlink of a file held open (which
+    then stats as unlinked); metadata views are the format's (not compared here)."""
+    mnt = fsdb_mount()
+    fileset = "scan_001/fileset_0"
+    through, backing = mnt / fileset, fsdb_mount.copies[-1] / fileset
+
+    def shape(st: os.stat_result) -> tuple:
+        return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_nlink
+
+    def compare() -> None:
+        listed = sorted(n for n in os.listdir(through) if not n.endswith(".metadata.json"))
+        seen = {name: shape(os.lstat(through / name)) for name in listed}
+        on_disk = {name: shape(os.lstat(backing / name)) for name in sorted(os.listdir(backing))
+                   if not name.startswith(".")}
+        assert seen == on_disk
+
+    compare()
+    assert counts(mnt)["lean"] >= 20                     # (listed without attributes, then looked up)
+    with open(through / "img_003.png", "ab") as fh:
+        fh.write(b"more")
+    os.truncate(through / "img_004.png", 3)
+    os.rename(through / "img_005.png", through / "moved.png")
+    (through / "new.png").write_bytes(b"new")
+    os.unlink(through / "img_006.png")
+    held = os.open(through / "img_007.png", os.O_RDONLY)
+    try:
+        os.unlink(through / "img_007.png")
+        compare()
+    finally:
+        os.close(held)
+    compare()
+
+
+def test_an_fsdb_file_unlinked_while_open_stays_usable(fsdb_mount):
+    """A descriptor open on a file unlinked through the mount still stats (nlink 0) and
+    reads, as in a plain directory (the node outlives its name until the kernel forgets
+    it)."""
+    mnt = fsdb_mount()
+    path = mnt / "scan_001" / "fileset_0" / "img_007.png"
+    data = path.read_bytes()
+    held = os.open(path, os.O_RDONLY)
+    try:
+        os.unlink(path)
+        assert os.fstat(held).st_nlink == 0
+        assert os.pread(held, len(data) + 1, 0) == data
+    finally:
+        os.close(held)
+
+
+def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fsdb_mount):
+    """Writes through descriptors open on files unlinked through the mount (a rewrite of
+    its data, a truncating open of another) do not bring either file back at close, in
+    the mount or in the database."""
+    mnt = fsdb_mount()
+    folder, on_disk = mnt / "scan_001" / "fileset_0", fsdb_mount.copies[-1] / "scan_001" / "fileset_0"
+    held = [os.open(folder / "img_007.png", os.O_RDWR), os.open(folder / "img_008.png", os.O_WRONLY | os.O_TRUNC)]
+    for name in ("img_007.png", "img_008.png"):
+        os.unlink(folder / name)
+    os.pwrite(held[0], b"XYZ", 0)
+    os.write(held[1], b"new")
+    for fd in held:
+        os.close(fd)
+    for name in ("img_007.png", "img_008.png"):
+        assert not os.path.exists(folder / name) and not os.path.exists(on_disk / name)
+    assert not [name for name in os.listdir(on_disk) if name.startswith(".")]      # (no temporary left)
+
+
+def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fsdb_mount):
+    """Listings of a fileset (and lstat of what they list) while another thread makes,
+    renames and removes other files in it: every file there throughout shows exactly
+    once in each listing, with its size."""
+    mnt = fsdb_mount()
+    folder = mnt / "scan_001" / "fileset_0"
+    stable = {name: os.lstat(folder / name).st_size for name in os.listdir(folder) if name.startswith("img_")}
+    stop, churned, errors = threading.Event(), [0], []
+
+    def churn():
+        try:
+            while not stop.is_set():
+                i = churned[0]
+                made, moved = folder / f"churn_{i % 40:02d}.png", folder / f"moved_{i % 40:02d}.png"
+                made.write_bytes(b"c" * (i % 7))
+                os.rename(made, moved)
+                if i >= 20:
+                    os.unlink(folder / f"moved_{(i - 20) % 40:02d}.png")
+                churned[0] = i + 1
+        except OSError as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=churn)
+    thread.start()
+    bad, listings = {"skipped": 0, "repeated": 0, "wrong size": 0}, 0
+    try:
+        deadline = time.monotonic() + 30
+        while (churned[0] < 60 or listings < 15) and not errors and time.monotonic() < deadline:
+            seen = [name for name in os.listdir(folder) if name.startswith("img_")]
+            bad["skipped"] += len(stable.keys() - set(seen))
+            bad["repeated"] += len(seen) - len(set(seen))
+            bad["wrong size"] += sum(os.lstat(folder / name).st_size != stable[name] for name in seen)
+            listings += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and churned[0] >= 60
+    assert bad == {"skipped": 0, "repeated": 0, "wrong size": 0}

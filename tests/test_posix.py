@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def _walk_noatime(folder: str):
     yield folder, names
     for name in names:
         path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
+        if stat.S_ISDIR(os.lstat(path).st_mode):        # (following a symlink moves its atime)
             yield from _walk_noatime(path)
 
 
@@ -66,6 +67,8 @@ def root_digest(root: Path) -> dict[str, tuple]:
             content = None
             if os.path.islink(path):
                 content = os.readlink(path)
+                # (readlink moved its atime, which scenarios compare: put back)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             elif os.path.isfile(path):
                 # O_NOATIME: reading the seed must not move the atimes the scenarios compare
                 with open(os.open(path, os.O_RDONLY | os.O_NOATIME), "rb") as fh:

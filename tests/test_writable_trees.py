@@ -281,3 +281,16 @@ def test_fsdb_refused_metadata_changes_nothing(fsdb):
     assert json.loads(content(view)) == {"angle_deg": 0}
     assert refused(images.rename, "0.png", tree.root.lookup("plant_001").lookup("segmentation"), "0.png") == errno.EXDEV
     assert refused(tree.root.lookup("plant_001").rmdir, "images") == errno.ENOTEMPTY
+
+
+def test_fsdb_what_the_format_has_no_place_for_is_eperm_not_erofs(fsdb):
+    """A writable database refuses folders in a fileset, symbolic links and moves of
+    scans or filesets as its format's rule (EPERM, as README says), not as read-only."""
+    tree, _ = fsdb
+    scan = tree.root.lookup("plant_001")
+    images = scan.lookup("images")
+    assert refused(images.mkdir, "sub", 0o755) == errno.EPERM
+    assert refused(images.symlink, "link", "0.png") == errno.EPERM
+    assert refused(scan.symlink, "link", "images") == errno.EPERM
+    assert refused(scan.rename, "images", scan, "moved") == errno.EPERM
+    assert refused(tree.root.rename, "plant_001", tree.root, "moved") == errno.EPERM

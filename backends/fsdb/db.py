@@ -176,16 +176,17 @@ _held_guard = threading.Lock()
 
 
 @contextmanager
-def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
+def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT, root_changes: _RootChanges | None = None):
     """plantdb 0.17's lock for a scan, fileset or file: flock on `.locks/<a>_<b>_<c>.lock`.
     Re-entrant within a thread (flocks of one process through two descriptors would
-    exclude each other). The file is left in place; plantdb removes free ones."""
+    exclude each other). The file is left in place; plantdb removes free ones. Making
+    the locks' folder is counted in `root_changes` (the database's)."""
     path = os.path.join(root, layout.LOCKS_DIR, "_".join(parts) + ".lock")
     with _held_guard:
         held = _held.setdefault(path, _HeldLock())
     with held.thread_lock:
         if held.depth == 0:
-            held.fd = _flock(path, parts, timeout)
+            held.fd = _flock(path, parts, timeout, root_changes)
         held.depth += 1
         try:
             yield
@@ -197,16 +198,26 @@ def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT):
 
 
 class _RootChanges:
-    locks_folders_made = 0                      # (in a database's root folder)
+    """Folders one database's writes made in its root folder (the locks' folder), counted
+    from any thread: whether the root's mtime may have moved (`FSDB.root_changes`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.locks_folders_made = 0
+
+    def locks_folder_made(self) -> None:
+        with self._lock:
+            self.locks_folders_made += 1
 
 
-def _flock(path: str, parts: tuple[str, ...], timeout: float) -> int | None:
+def _flock(path: str, parts: tuple[str, ...], timeout: float, root_changes: _RootChanges | None) -> int | None:
     try:
         try:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:               # (the locks' folder, made once)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _RootChanges.locks_folders_made += 1
+            if root_changes is not None:
+                root_changes.locks_folder_made()
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644)
     except OSError as exc:                      # a read-only database: nothing to coordinate
         log.debug("no plantdb lock for %s: %s", parts, exc)
@@ -622,6 +633,7 @@ class FSDB:
         self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
         self._journal_opens = 0                     # (each made the journal, in the root folder)
+        self._root_changes = _RootChanges()
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
         """Take the database (see the module's notes on locking) and load its scans.
@@ -745,7 +757,7 @@ class FSDB:
     def root_changes(self) -> tuple[int, int]:
         """Counts that move when a write makes something in the root folder (the journal,
         the locks' folder): whether its mtime may have moved."""
-        return self._journal_opens, _RootChanges.locks_folders_made
+        return self._journal_opens, self._root_changes.locks_folders_made
 
     def _journal(self, entry: list) -> None:
         """Note a lazy registration where the next connect() finds it (one append)."""
@@ -846,7 +858,7 @@ class FSDB:
     def _writing(self, *parts: str):
         if not self.is_connected and self._lock._fd is None:
             raise IOError("not connected (call connect() first)")
-        return resource_lock(self.basedir, *parts)
+        return resource_lock(self.basedir, *parts, root_changes=self._root_changes)
 
     def _staging(self) -> str:
         path = os.path.join(self.basedir, layout.STAGING)

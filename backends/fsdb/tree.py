@@ -27,6 +27,7 @@ at unmount.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -296,11 +297,14 @@ class DataFile(File):
         self._attr: Attr | None = None         # learned from the disk, until a writer commits
         self._commits = 0                       # a stat that raced a commit is not kept
         self.writer: NewFileHandle | None = None    # the open handle of a new file not yet on disk
+        self.unlinked_attr: Attr | None = None  # once unlinked: what fstat of a descriptor still open shows
 
     def _path(self) -> str:
         return os.path.join(self.file.fileset.path(), self.name)
 
     def cached_attr(self) -> Attr | None:
+        if self.unlinked_attr is not None:
+            return self.unlinked_attr
         writer = self.writer
         if self._attr is None and writer is not None:
             return writer.attr_nowait()
@@ -312,6 +316,8 @@ class DataFile(File):
         self._attr = None
 
     def attr(self) -> Attr:
+        if self.unlinked_attr is not None:
+            return self.unlinked_attr
         if self._attr is None and self.writer is None:
             self.folder.file_attr_asked()
             if self._attr is not None:
@@ -361,6 +367,10 @@ class DataFile(File):
         new file, so what the kernel holds of it (pages, size; the writes dropped its times)
         is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
+            if self.unlinked_attr is not None:  # unlinked while open: what was written goes with it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(finished)
+                return
             new = self.file.filename is None
             db, scan = self.tree.db, self.file.fileset.scan
             outside = db.root_changes(), scan._writes       # what changes folders above this one
@@ -557,6 +567,15 @@ class Folder(Directory):
         or fileset's mkdir, a file's first close): never remembered missing, so it shows
         as soon as that call returns."""
         return 0.0 if name.endswith((META, VIEW)) else self.negative_timeout
+
+    def mkdir(self, name: str, mode: int) -> Directory:
+        raise OSError(errno.EPERM, "folders are scans (at the root) and filesets (in a scan)", name)
+
+    def symlink(self, name: str, target: str):
+        raise OSError(errno.EPERM, "a database holds no symbolic links", name)
+
+    def rename(self, name: str, new_parent: Directory, new_name: str, flags: int = 0) -> None:
+        raise OSError(errno.EPERM, "only files move (within their fileset)", name)
 
     def __init__(self, tree: "FSDBTree"):
         self.tree = tree
@@ -1031,7 +1050,10 @@ class FilesetFolder(Folder):
         except FileNotFoundError:
             names = []
         with self.tree.lock:
-            names = [name for name in names if not self._drop_leftover(name)]
+            # (temporary files of writes: this mount's in progress are not shown, older ones removed)
+            for name in names:
+                self._drop_leftover(name)
+            names = [name for name in names if not name.endswith(TEMP_SUFFIX)]
             if changes == self._changes:
                 self._hidden = names
         return 1
@@ -1137,7 +1159,12 @@ class FilesetFolder(Folder):
                 return
             file = self._file_by_name(name)
             if file is not None:
+                data = self.tree.nodes.get(("data",) + self._key(file.id))
+                gone = data.attr()._replace(nlink=0) if isinstance(data, DataFile) else None
                 _api_errors(self.fileset.delete_file)(file.id)
+                if gone is not None:
+                    data.unlinked_attr = gone
+                    self.tree.unlinked[data.ino] = data
                 self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id), report=True)
                 self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
@@ -1227,6 +1254,9 @@ class FSDBTree(Tree):
         self.lock = threading.RLock()
         self.started_ns = time.time_ns()        # temporary files older than this are leftovers
         self.nodes: dict[tuple, Node] = {}
+        #: data files unlinked through the mount, by inode, until the kernel forgets them:
+        #: a descriptor still open on one is served (fstat, read), as a plain directory does
+        self.unlinked: dict[int, Node] = {}
         self.hidden: set[str] = set()
         self.meta_cache = ByteCache(META_CACHE_BYTES)
         self._new_bytes = 0                     # kept by NewFileHandles, up to NEW_FILES_BYTES
@@ -1394,9 +1424,16 @@ class FSDBTree(Tree):
                 self._held_views.add(node.ino)
         super().adopt(node)
 
+    def get(self, ino: int) -> Node | None:
+        node = super().get(ino)
+        if node is None and self.unlinked:
+            node = self.unlinked.get(ino)
+        return node
+
     def forget(self, ino: int) -> None:
         """(On the event loop: a superseded view let go is closed by the next write-back or
         view made, in a worker thread.)"""
+        self.unlinked.pop(ino, None)
         super().forget(ino)
         if _is_view_root(ino):
             with self._views_lock:

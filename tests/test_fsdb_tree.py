@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -59,19 +60,24 @@ def trees(databases, tmp_path):
 
 
 class Work:
-    """Counts what a piece of work costs: nodes the tree touched, files.json bytes
+    """Counts what a piece of work costs: nodes the tree found or made, files.json bytes
     written, metadata views rendered, JSON files read."""
 
     def __init__(self, monkeypatch, tree=None):
         self.counts = dict.fromkeys(("nodes", "files_json_bytes", "renders", "json_reads"), 0)
         write_json, dump_json, read_json = layout.write_json, layout.dump_json, layout.read_json
         if tree is not None:
-            node = tree.node
+            node, keep = tree.node, tree.keep
 
-            def counting_node(*args):
+            def counting_node(key, make):
+                self.counts["nodes"] += key in tree.nodes      # (a node made is counted by `keep`)
+                return node(key, make)
+
+            def counting_keep(*args):
                 self.counts["nodes"] += 1
-                return node(*args)
+                return keep(*args)
             monkeypatch.setattr(tree, "node", counting_node)
+            monkeypatch.setattr(tree, "keep", counting_keep)
 
         def counting_write_json(path, doc):
             if os.path.basename(path) == layout.FILES_JSON:
@@ -201,6 +207,17 @@ def test_a_readdir_pass_lists_a_fileset_once(trees, monkeypatch):
         costs[n] = work.of(readdir_in_batches)["nodes"]
     # each file has its data and its metadata view: two nodes a file, once
     assert costs[BIG] <= 2 * BIG + 2 and costs[SMALL] <= 2 * SMALL + 2
+
+
+def test_the_nodes_a_listing_makes_take_no_lock_each(trees, monkeypatch):
+    """A walk that stats makes a fileset's nodes (two a file: its data and its metadata
+    view) in the learner's thread, as it lists: a lock each would cost that thread (and
+    memory: a mount may list 100,000 views) for views no one opens."""
+    folder = fileset_folder(trees[BIG])
+    locks, make_lock = [], threading.Lock
+    monkeypatch.setattr(threading, "Lock", lambda: locks.append(1) or make_lock())
+    rows = folder.rows_in_memory()
+    assert len(rows) == 2 * BIG and len(locks) == 0
 
 
 def count_syscalls(monkeypatch) -> dict:

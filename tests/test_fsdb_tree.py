@@ -593,3 +593,53 @@ def test_files_are_learned_for_longer_while_a_walk_keeps_stating_them(databases,
         assert walk_that_stats == [64, 128, 256] and period() == 64
     finally:
         tree.close()
+
+
+def make_wide_db(path: Path, filesets: int, files: int) -> Path:
+    """One scan of `filesets` filesets of `files` files each (with metadata)."""
+    path.mkdir()
+    (path / "romidb").touch()
+    db = FSDB(str(path))
+    db.connect()
+    db.register_lazily = True
+    scan = db.create_scan("scan")
+    for k in range(filesets):
+        fileset = scan.create_fileset(f"fs_{k:03d}")
+        for i in range(files):
+            file = fileset.create_file(f"img_{i}")
+            file.write_raw(b"x" * 10, "png")
+            file.set_metadata({"i": i})
+    db.disconnect()
+    return path
+
+
+def test_a_walk_wakes_the_learner_once_per_half_of_what_it_learns_ahead(tmp_path, monkeypatch):
+    """A walk that stats finds every fileset it lists learned ahead (from memory, with its
+    files' attributes), and wakes the learner's thread once per half of LEARN_AHEAD
+    entries, not at each folder: each pass over the folders ahead takes the interpreter's
+    lock from the thread that answers the walk."""
+    filesets, files = 40, 4                                 # 1 + 2 * 4 entries a fileset
+    monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", 4 * 9)    # (4 filesets: a pass every 2)
+    passes = []
+    folders_after = fsdb_tree.FSDBTree.folders_after
+    monkeypatch.setattr(fsdb_tree.FSDBTree, "folders_after",
+                        lambda tree, folder: passes.append(folder) or folders_after(tree, folder))
+    tree = fsdb_tree.open_tree(str(make_wide_db(tmp_path / "db", filesets, files)), Options())
+    try:
+        list(tree.root.opendir().entries(0))
+        tree.root.lookup("scan.metadata.json").attr()       # (a walk that stats)
+        wait_learned(tree)
+        scan = tree.root.lookup("scan")
+        listed = []
+        for folder in [scan] + [scan.lookup(f"fs_{k:03d}") for k in range(filesets)]:
+            rows = folder.opendir().entries_nowait(0, 10_000)     # (the walk lists it: from memory,
+            if rows is None:                                    # or by a worker)
+                rows = list(folder.opendir().entries(0))
+                listed.append(False)
+            else:
+                listed.append(all(attr is not None for *_, attr in rows))
+            wait_learned(tree)
+        assert [k for k, ok in enumerate(listed) if not ok] == [0]      # (the scan: more entries than that)
+        assert len(passes) <= 3 + len(listed) // 2, len(passes)
+    finally:
+        tree.close()

@@ -628,7 +628,7 @@ class Folder(Directory):
             return
         tree = self.tree
         if not tree.files_stated():
-            tree.learn_after(self)              # (learned names only so far: files' now)
+            tree.learn_after(self, again=True)  # (learned names only so far: files' now)
         if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
             self.learn(wait=False)
 
@@ -1287,10 +1287,10 @@ class FSDBTree(Tree):
             if self._name_listings > 2:
                 self._stat_period = STAT_WALK_LISTINGS
 
-    def learn_after(self, folder: "Folder") -> None:
+    def learn_after(self, folder: "Folder", again: bool = False) -> None:
         """`folder` was listed: what a walk lists next is learned ahead (never waits)."""
         if self.learner is not None:
-            self.learner.listed(folder)
+            self.learner.listed(folder, again)
 
     def folders_after(self, folder: "Folder"):
         """The folders a depth-first walk lists after `folder`: its own, then those after it."""

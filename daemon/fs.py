@@ -475,22 +475,27 @@ class Operations(pyfuse3.Operations):
         return node
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
-        """(Its fields set in one call, `__setstate__`: a walk makes one per entry whose
-        attributes differ from the others', the mtime alone, in 2 µs; 5 µs set one by one.)"""
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
-        size = attr.size
+        entry.st_ino = ino
+        entry.entry_timeout = self.policy.entry_timeout
+        entry.attr_timeout = self.policy.attr_timeout_of(attr.mode)
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_size = attr.size
+        entry.st_blksize = BLOCK_SIZE
         if attr.uid is None:                   # synthesized attributes: the daemon's defaults
-            uid, gid, blocks, rdev = self._uid, self._gid, (size + 511) // 512, 0
-            atime_ns = mtime_ns = ctime_ns = attr.mtime_ns
+            entry.st_uid = self._uid
+            entry.st_gid = self._gid
+            entry.st_blocks = (attr.size + 511) // 512
+            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
         else:                                  # a real file's
-            uid, gid, blocks, rdev = attr.uid, attr.gid, attr.blocks, attr.rdev
-            atime_ns, mtime_ns, ctime_ns = attr.atime_ns, attr.mtime_ns, attr.ctime_ns
-        entry.__setstate__({
-            "st_ino": ino, "entry_timeout": self.policy.entry_timeout,
-            "attr_timeout": self.policy.attr_timeout_of(attr.mode), "st_mode": attr.mode,
-            "st_nlink": attr.nlink, "st_size": size, "st_blksize": BLOCK_SIZE, "st_uid": uid, "st_gid": gid,
-            "st_blocks": blocks, "st_rdev": rdev, "st_atime_ns": atime_ns, "st_mtime_ns": mtime_ns,
-            "st_ctime_ns": ctime_ns})
+            entry.st_uid = attr.uid
+            entry.st_gid = attr.gid
+            entry.st_blocks = attr.blocks
+            entry.st_atime_ns = attr.atime_ns
+            entry.st_mtime_ns = attr.mtime_ns
+            entry.st_ctime_ns = attr.ctime_ns
+            entry.st_rdev = attr.rdev
         return entry
 
     def _remember(self, ino: int, node: Node | None = None) -> None:

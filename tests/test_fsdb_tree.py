@@ -24,15 +24,16 @@ from scopefs.formats import fsdb as layout
 SMALL, BIG = 5, 400
 
 
-def make_db(path: Path, files: int) -> Path:
-    """One scan with a fileset of `files` files (each with metadata) and a small one."""
+def make_db(path: Path, files: int, filesets: dict[str, int] | None = None) -> Path:
+    """One scan with a fileset of `files` files (each with metadata) and a small one (or
+    the `filesets` given: name -> files)."""
     path.mkdir()
     (path / "romidb").touch()
     db = FSDB(str(path))
     db.connect()
     db.register_lazily = True              # builds in one files.json write per scan
     scan = db.create_scan("scan")
-    for fileset_id, count in (("images", files), ("other", 2)):
+    for fileset_id, count in (filesets or {"images": files, "other": 2}).items():
         fileset = scan.create_fileset(fileset_id)
         for i in range(count):
             file = fileset.create_file(f"img_{i:04d}")
@@ -595,24 +596,6 @@ def test_files_are_learned_for_longer_while_a_walk_keeps_stating_them(databases,
         tree.close()
 
 
-def make_wide_db(path: Path, filesets: int, files: int) -> Path:
-    """One scan of `filesets` filesets of `files` files each (with metadata)."""
-    path.mkdir()
-    (path / "romidb").touch()
-    db = FSDB(str(path))
-    db.connect()
-    db.register_lazily = True
-    scan = db.create_scan("scan")
-    for k in range(filesets):
-        fileset = scan.create_fileset(f"fs_{k:03d}")
-        for i in range(files):
-            file = fileset.create_file(f"img_{i}")
-            file.write_raw(b"x" * 10, "png")
-            file.set_metadata({"i": i})
-    db.disconnect()
-    return path
-
-
 def test_a_walk_wakes_the_learner_once_per_half_of_what_it_learns_ahead(tmp_path, monkeypatch):
     """A walk that stats finds every fileset it lists learned ahead (from memory, with its
     files' attributes), and wakes the learner's thread once per half of LEARN_AHEAD
@@ -624,7 +607,8 @@ def test_a_walk_wakes_the_learner_once_per_half_of_what_it_learns_ahead(tmp_path
     folders_after = fsdb_tree.FSDBTree.folders_after
     monkeypatch.setattr(fsdb_tree.FSDBTree, "folders_after",
                         lambda tree, folder: passes.append(folder) or folders_after(tree, folder))
-    tree = fsdb_tree.open_tree(str(make_wide_db(tmp_path / "db", filesets, files)), Options())
+    wide = make_db(tmp_path / "db", 0, {f"fs_{k:03d}": files for k in range(filesets)})
+    tree = fsdb_tree.open_tree(str(wide), Options())
     try:
         list(tree.root.opendir().entries(0))
         tree.root.lookup("scan.metadata.json").attr()       # (a walk that stats)

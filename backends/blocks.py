@@ -273,7 +273,7 @@ class View(File):
     staged: bytes | None = None                   # truncated or created, not yet committed
     _served_tag = None                            # the content the kernel's pages hold, if known
     #: one for every view (a mount may list 100,000 views, made as a walk lists them):
-    #: held only to update the counts below
+    #: held only while `_opened`, `_released` or `truncate` update the open handles' tags
     _tags_lock = threading.Lock()
 
     def __init__(self, owner):

@@ -36,7 +36,6 @@ class Learner:
         self._thread: threading.Thread | None = None
         self._passed: dict[object, int] = {}    # folders the last pass went through -> entries before each
         self._reach = 0                         # entries it went through
-        self.passes = 0                         # (for tests)
 
     def listed(self, folder, again: bool = False) -> None:
         """From any thread, the loop's included: never waits for I/O. `again`: what the
@@ -76,7 +75,6 @@ class Learner:
                     return
                 start, self._next, self._busy = self._next, None, True
                 self._passed, self._reach = {}, 0
-                self.passes += 1
             learning = deque()
             try:
                 budget = self._ahead

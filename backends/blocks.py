@@ -270,13 +270,15 @@ class View(File):
     of each commit (`Tree.report`)."""
 
     tree: "Tree | None" = None
+    staged: bytes | None = None                   # truncated or created, not yet committed
+    _served_tag = None                            # the content the kernel's pages hold, if known
+    #: one for every view (a mount may list 100,000 views, made as a walk lists them):
+    #: held only while `_opened`, `_released` or `truncate` update the open handles' tags
+    _tags_lock = threading.Lock()
 
     def __init__(self, owner):
         self.owner = owner
-        self.staged: bytes | None = None          # truncated or created, not yet committed
-        self._served_tag = None                   # the content the kernel's pages hold, if known
         self._open_tags: dict = {}                # handles open now, by tag (None: writers)
-        self._tags_lock = threading.Lock()
 
     def content(self) -> bytes:
         raise NotImplementedError

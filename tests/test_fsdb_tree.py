@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -23,15 +24,16 @@ from scopefs.formats import fsdb as layout
 SMALL, BIG = 5, 400
 
 
-def make_db(path: Path, files: int) -> Path:
-    """One scan with a fileset of `files` files (each with metadata) and a small one."""
+def make_db(path: Path, files: int, filesets: dict[str, int] | None = None) -> Path:
+    """One scan with a fileset of `files` files (each with metadata) and a small one (or
+    the `filesets` given: name -> files)."""
     path.mkdir()
     (path / "romidb").touch()
     db = FSDB(str(path))
     db.connect()
     db.register_lazily = True              # builds in one files.json write per scan
     scan = db.create_scan("scan")
-    for fileset_id, count in (("images", files), ("other", 2)):
+    for fileset_id, count in (filesets or {"images": files, "other": 2}).items():
         fileset = scan.create_fileset(fileset_id)
         for i in range(count):
             file = fileset.create_file(f"img_{i:04d}")
@@ -59,19 +61,24 @@ def trees(databases, tmp_path):
 
 
 class Work:
-    """Counts what a piece of work costs: nodes the tree touched, files.json bytes
+    """Counts what a piece of work costs: nodes the tree found or made, files.json bytes
     written, metadata views rendered, JSON files read."""
 
     def __init__(self, monkeypatch, tree=None):
         self.counts = dict.fromkeys(("nodes", "files_json_bytes", "renders", "json_reads"), 0)
         write_json, dump_json, read_json = layout.write_json, layout.dump_json, layout.read_json
         if tree is not None:
-            node = tree.node
+            node, keep = tree.node, tree.keep
 
-            def counting_node(*args):
+            def counting_node(key, make):
+                self.counts["nodes"] += key in tree.nodes      # (a node made is counted by `keep`)
+                return node(key, make)
+
+            def counting_keep(*args):
                 self.counts["nodes"] += 1
-                return node(*args)
+                return keep(*args)
             monkeypatch.setattr(tree, "node", counting_node)
+            monkeypatch.setattr(tree, "keep", counting_keep)
 
         def counting_write_json(path, doc):
             if os.path.basename(path) == layout.FILES_JSON:
@@ -201,6 +208,17 @@ def test_a_readdir_pass_lists_a_fileset_once(trees, monkeypatch):
         costs[n] = work.of(readdir_in_batches)["nodes"]
     # each file has its data and its metadata view: two nodes a file, once
     assert costs[BIG] <= 2 * BIG + 2 and costs[SMALL] <= 2 * SMALL + 2
+
+
+def test_the_nodes_a_listing_makes_take_no_lock_each(trees, monkeypatch):
+    """A walk that stats makes a fileset's nodes (two a file: its data and its metadata
+    view) in the learner's thread, as it lists: a lock each would cost that thread (and
+    memory: a mount may list 100,000 views) for views no one opens."""
+    folder = fileset_folder(trees[BIG])
+    locks, make_lock = [], threading.Lock
+    monkeypatch.setattr(threading, "Lock", lambda: locks.append(1) or make_lock())
+    rows = folder.rows_in_memory()
+    assert len(rows) == 2 * BIG and len(locks) == 0
 
 
 def count_syscalls(monkeypatch) -> dict:
@@ -600,3 +618,36 @@ def test_a_databases_root_changes_are_its_own(databases, tmp_path):
     finally:
         for db in opened:
             db.disconnect()
+
+
+def test_a_walk_wakes_the_learner_once_per_half_of_what_it_learns_ahead(tmp_path, monkeypatch):
+    """A walk that stats finds every fileset it lists learned ahead (from memory, with its
+    files' attributes), and wakes the learner's thread once per half of LEARN_AHEAD
+    entries, not at each folder: each pass over the folders ahead takes the interpreter's
+    lock from the thread that answers the walk."""
+    filesets, files = 40, 4                                 # 1 + 2 * 4 entries a fileset
+    monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", 4 * 9)    # (4 filesets: a pass every 2)
+    passes = []
+    folders_after = fsdb_tree.FSDBTree.folders_after
+    monkeypatch.setattr(fsdb_tree.FSDBTree, "folders_after",
+                        lambda tree, folder: passes.append(folder) or folders_after(tree, folder))
+    wide = make_db(tmp_path / "db", 0, {f"fs_{k:03d}": files for k in range(filesets)})
+    tree = fsdb_tree.open_tree(str(wide), Options())
+    try:
+        list(tree.root.opendir().entries(0))
+        tree.root.lookup("scan.metadata.json").attr()       # (a walk that stats)
+        wait_learned(tree)
+        scan = tree.root.lookup("scan")
+        listed = []
+        for folder in [scan] + [scan.lookup(f"fs_{k:03d}") for k in range(filesets)]:
+            rows = folder.opendir().entries_nowait(0, 10_000)     # (the walk lists it: from memory,
+            if rows is None:                                    # or by a worker)
+                rows = list(folder.opendir().entries(0))
+                listed.append(False)
+            else:
+                listed.append(all(attr is not None for *_, attr in rows))
+            wait_learned(tree)
+        assert [k for k, ok in enumerate(listed) if not ok] == [0]      # (the scan: more entries than that)
+        assert len(passes) <= 3 + len(listed) // 2, len(passes)
+    finally:
+        tree.close()

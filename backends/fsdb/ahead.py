@@ -17,8 +17,12 @@ class Learner:
     and `du` go) with `folder.learn()`, those not `learned` yet, until it is `ahead`
     entries (`folder.entry_count()`, learned or passed) beyond: a walk then finds them
     in memory, and what is learned ahead of it stays bounded (a folder of more entries
-    than that is never learned ahead). A new listing moves it on from there. `parallel`
-    folders are learned at a time: their waits for the disk overlap."""
+    than that is never learned ahead). A new listing moves it on from there, unless the
+    last pass went through the folder listed and on for half of `ahead` entries or more
+    beyond it: a walk wakes the thread once per half of `ahead` entries, not at each
+    folder it lists (a pass costs the walk's thread the interpreter's lock while it goes
+    through the folders ahead). `parallel` folders are learned at a time: their waits
+    for the disk overlap."""
 
     def __init__(self, after: Callable[[object], Iterable], ahead: int, parallel: int = 2):
         self._after = after
@@ -30,12 +34,18 @@ class Learner:
         self._closed = False
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._passed: dict[object, int] = {}    # folders the last pass went through -> entries before each
+        self._reach = 0                         # entries it went through
 
-    def listed(self, folder) -> None:
-        """From any thread, the loop's included: never waits for I/O."""
+    def listed(self, folder, again: bool = False) -> None:
+        """From any thread, the loop's included: never waits for I/O. `again`: what the
+        folders after it need has changed (a walk began to stat files): a new pass."""
         with self._cond:
             if self._closed:
                 return
+            before = self._passed.get(folder)
+            if not again and before is not None and self._reach - before >= self._ahead // 2:
+                return                          # (still far enough ahead)
             self._next = folder
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="fsdb-learn-ahead")
@@ -64,6 +74,7 @@ class Learner:
                 if self._closed:
                     return
                 start, self._next, self._busy = self._next, None, True
+                self._passed, self._reach = {}, 0
             learning = deque()
             try:
                 budget = self._ahead
@@ -76,6 +87,9 @@ class Learner:
                         if len(learning) == self._parallel:
                             learning.popleft().result()
                         learning.append(self._pool.submit(folder.learn))
+                    with self._cond:
+                        self._passed[folder] = self._reach
+                        self._reach += entries
                     budget -= entries
                 for done in learning:
                     done.result()

@@ -189,10 +189,10 @@ class MetaView(CachedView):
         return None if known is None or known[0] != self.obj.md_version else known
 
     def cached_attr(self) -> Attr | None:
-        known = self._stat                  # (its Attr made once: a listing asks for it per entry)
-        if known is None or known[0] != self.obj.md_version or self.staged is not None:
+        if self.staged is not None:
             return super().cached_attr()
-        return known[3]
+        known = self._stat                  # (its Attr made once: a listing asks for it per entry)
+        return None if known is None or known[0] != self.obj.md_version else known[3]
 
     def content_tag(self) -> tuple:
         return ("metadata view", self.ino, self.obj.md_version)
@@ -289,11 +289,11 @@ class DataFile(File):
     """A registered file's data: read from disk; written through a temporary copy that
     replaces it atomically and is registered in files.json when the writer closes."""
 
-    def __init__(self, folder: "FilesetFolder", file, name: str):
+    def __init__(self, folder: "FilesetFolder", file, name: str | None = None):
         self.folder = folder
         self.tree = folder.tree
         self.file = file
-        self.name = name
+        self.name = name or file.filename or file.id
         self._attr: Attr | None = None         # learned from the disk, until a writer commits
         self._commits = 0                       # a stat that raced a commit is not kept
         self.writer: NewFileHandle | None = None    # the open handle of a new file not yet on disk
@@ -647,7 +647,7 @@ class Folder(Directory):
             return
         tree = self.tree
         if not tree.files_stated():
-            tree.learn_after(self)              # (learned names only so far: files' now)
+            tree.learn_after(self, again=True)  # (learned names only so far: files' now)
         if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
             self.learn(wait=False)
 
@@ -672,14 +672,18 @@ class Folder(Directory):
                 except FileNotFoundError:
                     fds[path] = None
             return fds[path]
-        learned = 0
+        learned, views_in, views_fd = 0, None, None   # (a folder's views are in one metadata folder)
         try:
             for name, node in unknown:
                 if isinstance(node, MetaView):
                     folder, _, file_name = node.obj._md_path.rpartition("/")
-                    node.learn_stat(opened(folder), file_name)
-                elif isinstance(node, (DataFile, Folder)) and opened(here) is not None:
-                    node.learn_attr(fds[here], *((name,) if isinstance(node, Folder) else ()))
+                    if folder != views_in:
+                        views_in, views_fd = folder, opened(folder)
+                    node.learn_stat(views_fd, file_name)
+                elif isinstance(node, DataFile) and opened(here) is not None:
+                    node.learn_attr(fds[here])
+                elif isinstance(node, Folder) and opened(here) is not None:
+                    node.learn_attr(fds[here], name)
                 else:
                     continue                    # (a view or a hidden file: `attr` when listed)
                 learned += 1
@@ -944,8 +948,7 @@ class FilesetFolder(Folder):
         return (self.fileset.scan.id, self.fileset.id) + rest
 
     def _data(self, file, name: str | None = None) -> DataFile:
-        return self.tree.node(("data",) + self._key(file.id),
-                              lambda: DataFile(self, file, name or file.filename or file.id))
+        return self.tree.node(("data",) + self._key(file.id), lambda: DataFile(self, file, name))
 
     def _meta(self, file) -> MetaView:
         return self.tree.node(("meta",) + self._key(file.id), lambda: MetaView(self.tree, file))
@@ -1012,14 +1015,19 @@ class FilesetFolder(Folder):
         """Its registered files, or those of `files` (views as for `ScanFolder._rows`)."""
         tree = self.tree
         pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
-        nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
+        nodes, hidden, keep, (scan_id, fileset_id) = tree.nodes, tree.hidden, tree.keep, self._key()
         out = []
         for file in self.fileset.files.values() if files is None else files:
-            # (the nodes made already are found without `_data`'s and `_meta`'s calls)
+            # (nodes found and made here as by `_data` and `_meta`, with fewer calls: a walk
+            # that stats makes two per file, in the learner's thread)
             # (a view before its file, its node made first: `rm -r` unlinks it first, in
             # listing order or by inode, and finds it; after its file it would be gone)
-            meta = file.filename and (nodes.get(("meta", scan_id, fileset_id, file.id)) or self._meta(file))
-            data = nodes.get(("data", scan_id, fileset_id, file.id)) or self._data(file, pending.get(id(file)))
+            meta = None
+            if file.filename:
+                key = ("meta", scan_id, fileset_id, file.id)
+                meta = nodes.get(key) or keep(key, MetaView(tree, file))
+            key = ("data", scan_id, fileset_id, file.id)
+            data = nodes.get(key) or keep(key, DataFile(self, file, pending.get(id(file))))
             if meta and (not hidden or self.prefix + data.name + META not in hidden):
                 out.append((data.name + META, meta))
             out.append((data.name, data))
@@ -1309,10 +1317,10 @@ class FSDBTree(Tree):
             if self._name_listings > 2:
                 self._stat_period = STAT_WALK_LISTINGS
 
-    def learn_after(self, folder: "Folder") -> None:
+    def learn_after(self, folder: "Folder", again: bool = False) -> None:
         """`folder` was listed: what a walk lists next is learned ahead (never waits)."""
         if self.learner is not None:
-            self.learner.listed(folder)
+            self.learner.listed(folder, again)
 
     def folders_after(self, folder: "Folder"):
         """The folders a depth-first walk lists after `folder`: its own, then those after it."""
@@ -1350,9 +1358,12 @@ class FSDBTree(Tree):
     def node(self, key: tuple, make) -> Node:
         with self.lock:
             found = self.nodes.get(key)
-            if found is None:
-                found = self.nodes[key] = self.add(make())
-            return found
+            return self.keep(key, make()) if found is None else found
+
+    def keep(self, key: tuple, node: Node) -> Node:
+        """`node`, numbered and kept as `key` (call with the lock)."""
+        self.nodes[key] = self.add(node)
+        return node
 
     def refresh_folders(self, scan_id: str | None = None, fileset_id: str | None = None) -> None:
         """After a change on disk (in its worker): the root, a scan's and a fileset's

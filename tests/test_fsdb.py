@@ -650,3 +650,24 @@ def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_pa
         finally:
             os.close(fd)
         assert not (images / name).exists()
+
+
+@pytest.mark.daemon_log(r"a file being created moves or is replaced once closed",
+                        reason="the refused renames are logged")
+def test_a_file_being_created_is_not_renamed_until_closed(tmp_path, mount):
+    """A new file not yet closed has no data in the database: renaming it, or onto it, is
+    EBUSY (it came back under its first name at close, and the renamed one was empty)."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    with open(images / "open.png", "wb") as writer:
+        writer.write(b"being written")
+        writer.flush()
+        for src, dst in (("open.png", "moved.png"), ("0.png", "open.png")):
+            with pytest.raises(OSError) as refused:
+                os.rename(images / src, images / dst)
+            assert refused.value.errno == errno.EBUSY
+    os.rename(images / "open.png", images / "moved.png")
+    assert (images / "moved.png").read_bytes() == b"being written"
+    assert sorted(n for n in os.listdir(images) if not n.endswith(".json")) == ["0.png", "moved.png"]

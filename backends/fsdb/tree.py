@@ -1237,8 +1237,8 @@ class FilesetFolder(Folder):
             replaced = self._file_by_name(new_name)
             if replaced is file:
                 return                          # (a name onto itself)
-            if replaced is not None and replaced.filename != new_name:
-                raise OSError(errno.EBUSY, "a file being created is not replaced", new_name)
+            if file.filename != name or (replaced is not None and replaced.filename != new_name):
+                raise OSError(errno.EBUSY, "a file being created moves or is replaced once closed")
             gone = replaced and self._unlinked_attr(replaced)
             moved = _api_errors(fs.rename_file)(file.id, new_name)
             self.pending.pop(name, None)

@@ -27,7 +27,8 @@ files (no partial file is ever visible), and each registration is appended to a 
 whose writer had closed it. New data need not be on disk yet when it is registered
 lazily: a flush makes it durable before files.json names it (a batch by one syncfs of
 its filesystem), and a replay registers only files of the journaled size. Removals are
-written at once (with whatever is pending).
+written at once (with whatever is pending); so are renames, whose data moves first,
+journaled (a replay finishes a rename whose data moved: `Fileset.finish_rename`).
 A lazy database's writes and `flush()` must not run concurrently (the mount serializes
 them with its lock): a flush takes plantdb's fileset locks, which writers hold before
 they register.
@@ -796,7 +797,8 @@ class FSDB:
         return self._journal_opens, self._root_changes.locks_folders_made
 
     def _journal(self, entry: list) -> None:
-        """Note a lazy registration where the next connect() finds it (one append)."""
+        """Note a lazy registration, or a rename about to move data, where the next
+        connect() finds it (one append)."""
         if self._journal_fd is None:
             self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -805,7 +807,8 @@ class FSDB:
 
     def _replay_journal(self) -> None:
         """Register what a writer that died before its flush had journaled: files whose
-        data is in place and whose id files.json does not name otherwise."""
+        data is in place and whose id files.json does not name otherwise; then finish the
+        renames whose data had moved."""
         path = os.path.join(self.basedir, layout.JOURNAL)
         try:
             with open(path, "rb") as fh:

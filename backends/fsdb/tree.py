@@ -1241,7 +1241,6 @@ class FilesetFolder(Folder):
                 raise OSError(errno.EBUSY, "a file being created moves or is replaced once closed")
             gone = replaced and self._unlinked_attr(replaced)
             moved = _api_errors(fs.rename_file)(file.id, new_name)
-            self.pending.pop(name, None)
             if replaced is not None:            # a descriptor open on it is still served
                 self._unlinked(replaced, gone)
                 self.tree.forget_nodes(("meta",) + self._key(replaced.id), report=True)

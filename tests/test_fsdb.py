@@ -605,20 +605,31 @@ def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
     assert sorted(os.listdir(db_path / "myscan_001" / "metadata" / "images")) == ["1.json", "3.json"]
 
 
-def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_path):
+def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_path, monkeypatch):
     """A writer that stops right after the data moved (files.json still names the moved
-    name, the metadata not moved yet): the next connect finishes the rename; plantdb reads
-    one file per id, with the moved file's metadata, and nothing is left over."""
+    name, the metadata not moved yet), or just before removing the moved file's metadata:
+    the next connect finishes the rename; plantdb reads one file per id, with the moved
+    file's metadata, and nothing is left over."""
+    from scopefs.backends.fsdb import db as fsdb_module
     db_path = new_db(tmp_path / "db")
-    documented_example(db_path, n=3)
-    for onto in ("1.png", "new.png"):
+    documented_example(db_path, n=4)
+
+    def killed(*args):
+        raise SystemExit("killed")
+    unlink = fsdb_module._unlink
+    for src, onto, stop in (("0", "1.png", "_took_metadata"), ("2", "new.png", "_took_metadata"),
+                            ("3", "new.png", "_unlink")):
         db = FSDB(str(db_path))
         db.connect()
         db.register_lazily = True
         fileset = db.get_scan("myscan_001").get_fileset("images")
-        fileset._took_metadata = lambda *args: (_ for _ in ()).throw(SystemExit("killed"))
+        if stop == "_unlink":
+            monkeypatch.setattr(fsdb_module, "_unlink", lambda path: killed() if path.endswith(".json") else unlink(path))
+        else:
+            fileset._took_metadata = killed
         with pytest.raises(SystemExit):
-            fileset.rename_file("0" if onto == "1.png" else "2", onto)
+            fileset.rename_file(src, onto)
+        monkeypatch.setattr(fsdb_module, "_unlink", unlink)
         db._lock.release()                                   # (what the kernel does for a killed one)
         if db._journal_fd is not None:
             os.close(db._journal_fd)
@@ -627,7 +638,7 @@ def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_pat
         again.disconnect()
     seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
     assert {i: (f["file"], f["metadata"]) for i, f in seen.items()} == {
-        "1": ("1.png", {"key": "0"}), "new": ("new.png", {"key": "2"})}
+        "1": ("1.png", {"key": "0"}), "new": ("new.png", {"key": "3"})}
     assert sorted(os.listdir(db_path / "myscan_001" / "images")) == ["1.png", "new.png"]
     assert sorted(os.listdir(db_path / "myscan_001" / "metadata" / "images")) == ["1.json", "new.json"]
     assert not (db_path / ".scopefs-journal").exists()

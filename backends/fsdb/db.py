@@ -476,7 +476,10 @@ class Fileset(_Metadata):
         writer that stopped: done if its data moved (the name is gone) and files.json still
         names it (then its metadata has not been removed yet, and goes to `new_id`)."""
         file = self.files.get(file_id)
-        if file is None or file.filename != filename or os.path.lexists(file.path()):
+        if file is None:                        # all done but removing its metadata
+            _unlink(layout.file_metadata_path(self.scan.path(), self.id, file_id))
+            return
+        if file.filename != filename or os.path.lexists(file.path()):
             return                              # not begun, or all done
         log.warning("%s/%s: finished renaming %s, which a writer that stopped had begun",
                     self.scan.id, self.id, filename)

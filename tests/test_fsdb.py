@@ -569,10 +569,12 @@ def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
     mnt = mount(db_path)
     images = mnt / "myscan_001" / "images"
     before = {i: (images / f"{i}.png").read_bytes() for i in range(4)}
+    assert json.loads((images / "1.png.metadata.json").read_text()) == {"key": "1"}   # (the kernel has it)
     with open(images / "1.png", "rb") as held:
         os.replace(images / "0.png", images / "1.png")
         assert os.pread(held.fileno(), 1 << 20, 0) == before[1]
-    assert (images / "1.png").read_bytes() == before[0]
+        assert os.fstat(held.fileno()).st_size == len(before[1]) and os.fstat(held.fileno()).st_nlink == 0
+    assert (images / "1.png").read_bytes() == before[0] and (images / "1.png").stat().st_size == len(before[0])
     assert json.loads((images / "1.png.metadata.json").read_text()) == {"key": "0"}
     assert not (images / "0.png").exists() and not (images / "0.png.metadata.json").exists()
     subprocess.run(["mv", "-f", str(images / "2.png"), str(images / "3.png")], check=True)
@@ -589,10 +591,15 @@ def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
     with pytest.raises(FileExistsError):
         os.rename(images / "z.png", images / "3.jpg")            # id 3 is 3.png's
     (images / ".hidden").write_bytes(b"hidden")
+    (images / ".y.part").write_bytes(b"rsync's")                  # a hidden name onto a file
+    with open(images / "y", "rb") as held:
+        os.rename(images / ".y.part", images / "y")
+        assert os.pread(held.fileno(), 100, 0) == b"new" and os.fstat(held.fileno()).st_size == 3
+    assert (images / "y").read_bytes() == b"rsync's"
     assert _renameat2(images / "z.png", images / "y", 1) == errno.EEXIST       # RENAME_NOREPLACE
     assert _renameat2(images / ".hidden", images / "y", 1) == errno.EEXIST
     assert _renameat2(images / "z.png", images / "y", 2) == errno.EINVAL       # RENAME_EXCHANGE
-    assert (images / "y").read_bytes() == b"new" and (images / "z.png").read_bytes() == b"z"
+    assert (images / "y").read_bytes() == b"rsync's" and (images / "z.png").read_bytes() == b"z"
     os.unlink(images / ".hidden")
     mount.cleanup()
     files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]

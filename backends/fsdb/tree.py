@@ -1218,7 +1218,10 @@ class FilesetFolder(Folder):
                 # rsync and editors: a finished temporary file becomes a registered file
                 existing = self._file_by_name(new_name)
                 file = existing or _api_errors(fs.create_file)(layout.split_name(new_name)[0])
+                gone = existing and self._unlinked_attr(existing)
                 _api_errors(file.adopt)(os.path.join(fs.path(), name), new_name)
+                if existing is not None:        # a descriptor open on the old data is still served
+                    self._unlinked(existing, gone)
                 scratch = self.tree.nodes.pop(("scratch",) + self._key(name), None)
                 data = self._data(file)
                 data.forget_attr()

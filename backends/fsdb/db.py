@@ -454,7 +454,7 @@ class Fileset(_Metadata):
         if file is None:
             raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         target = self.files.get(new_id) if new_id != file_id else None
-        if target is not None and (target.filename is None or target.filename != new_name):
+        if target is not None and target.filename != new_name:
             raise FileExistsError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
         metadata = file.get_metadata()
         moved = target or (File(self, new_id, None) if new_id != file_id else file)
@@ -464,7 +464,8 @@ class Fileset(_Metadata):
                     file.adopt(file.path(), new_name)
                 return file
             if file.filename:
-                self.scan.db._journal([self.scan.id, self.id, file_id, file.filename, None, new_id])
+                with self.scan.db._files_lock:      # (as a flush empties the journal)
+                    self.scan.db._journal([self.scan.id, self.id, file_id, file.filename, None, new_id])
                 moved.adopt(file.path(), new_name)
             self.files[new_id] = moved
             self._took_metadata(moved, metadata)

@@ -577,8 +577,10 @@ def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
     assert (images / "1.png").read_bytes() == before[0] and (images / "1.png").stat().st_size == len(before[0])
     assert json.loads((images / "1.png.metadata.json").read_text()) == {"key": "0"}
     assert not (images / "0.png").exists() and not (images / "0.png.metadata.json").exists()
+    (images / "3.png.metadata.json").unlink()                   # (hides the view until 3.png goes)
     subprocess.run(["mv", "-f", str(images / "2.png"), str(images / "3.png")], check=True)
     assert (images / "3.png").read_bytes() == before[2]
+    assert json.loads((images / "3.png.metadata.json").read_text()) == {"key": "2"}
     (images / "x.tmp").write_bytes(b"new")                       # id "x": a visible temporary name
     with pytest.raises(FileExistsError):
         os.close(os.open(images / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY))     # id "x" is taken

@@ -1251,6 +1251,7 @@ class FilesetFolder(Folder):
             self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)
             if old is not None:                  # the kernel knows the new name by the old inode
                 self.tree.alias(old.ino, self._data(moved))
+            self.tree.hidden.difference_update((self.prefix + name + META, self.prefix + new_name + META))
             self.data_changed(name)
             self.data_changed(new_name, entries=((self.ino, new_name + META),))
 

@@ -547,3 +547,147 @@ def test_a_new_files_metadata_shows_as_soon_as_it_is_closed(tmp_path, mount):
             os.stat(mnt / f"scan_{i}.metadata.json")
         os.mkdir(mnt / f"scan_{i}")
         assert json.loads((mnt / f"scan_{i}.metadata.json").read_text()) == {}
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> int:
+    """renameat2(2): 0, or the errno it failed with."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
+    """`mv -f`, `os.replace` and tools that write `x.tmp` then rename it over `x` work as in
+    a plain folder: the target name shows the moved bytes and metadata, the moved name is
+    gone, a descriptor open on the replaced file still reads its old bytes, and plantdb
+    reads one file per id. A name whose id another file holds stays EEXIST; NOREPLACE is
+    EEXIST on every path; EXCHANGE is EINVAL."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=4)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    before = {i: (images / f"{i}.png").read_bytes() for i in range(4)}
+    assert json.loads((images / "1.png.metadata.json").read_text()) == {"key": "1"}   # (the kernel has it)
+    with open(images / "1.png", "rb") as held:
+        os.replace(images / "0.png", images / "1.png")
+        assert os.pread(held.fileno(), 1 << 20, 0) == before[1]
+        assert os.fstat(held.fileno()).st_size == len(before[1]) and os.fstat(held.fileno()).st_nlink == 0
+    assert (images / "1.png").read_bytes() == before[0] and (images / "1.png").stat().st_size == len(before[0])
+    assert json.loads((images / "1.png.metadata.json").read_text()) == {"key": "0"}
+    assert not (images / "0.png").exists() and not (images / "0.png.metadata.json").exists()
+    (images / "3.png.metadata.json").unlink()                   # (hides the view until 3.png goes)
+    subprocess.run(["mv", "-f", str(images / "2.png"), str(images / "3.png")], check=True)
+    assert (images / "3.png").read_bytes() == before[2]
+    assert json.loads((images / "3.png.metadata.json").read_text()) == {"key": "2"}
+    (images / "x.tmp").write_bytes(b"new")                       # id "x": a visible temporary name
+    with pytest.raises(FileExistsError):
+        os.close(os.open(images / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY))     # id "x" is taken
+    assert sorted(os.listdir(images)) == ["1.png", "1.png.metadata.json", "3.png", "3.png.metadata.json",
+                                          "x.tmp", "x.tmp.metadata.json"]
+    (images / "y").write_bytes(b"old")
+    os.replace(images / "x.tmp", images / "y")
+    assert (images / "y").read_bytes() == b"new" and not (images / "x.tmp").exists()
+    (images / "z.png").write_bytes(b"z")
+    with pytest.raises(FileExistsError):
+        os.rename(images / "z.png", images / "3.jpg")            # id 3 is 3.png's
+    (images / ".hidden").write_bytes(b"hidden")
+    (images / ".y.part").write_bytes(b"rsync's")                  # a hidden name onto a file
+    with open(images / "y", "rb") as held:
+        os.rename(images / ".y.part", images / "y")
+        assert os.pread(held.fileno(), 100, 0) == b"new" and os.fstat(held.fileno()).st_size == 3
+    assert (images / "y").read_bytes() == b"rsync's"
+    assert _renameat2(images / "z.png", images / "y", 1) == errno.EEXIST       # RENAME_NOREPLACE
+    assert _renameat2(images / ".hidden", images / "y", 1) == errno.EEXIST
+    assert _renameat2(images / "z.png", images / "y", 2) == errno.EINVAL       # RENAME_EXCHANGE
+    assert (images / "y").read_bytes() == b"rsync's" and (images / "z.png").read_bytes() == b"z"
+    os.unlink(images / ".hidden")
+    mount.cleanup()
+    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    assert sorted((f["id"], f["file"]) for f in files) == [("1", "1.png"), ("3", "3.png"), ("y", "y"),
+                                                          ("z", "z.png")]
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert seen["1"]["metadata"] == {"key": "0"} and seen["3"]["metadata"] == {"key": "2"}
+    assert seen["y"]["metadata"] == {}
+    assert sorted(os.listdir(db_path / "myscan_001" / "images")) == ["1.png", "3.png", "y", "z.png"]
+    assert sorted(os.listdir(db_path / "myscan_001" / "metadata" / "images")) == ["1.json", "3.json"]
+
+
+def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_path, monkeypatch):
+    """A writer that stops right after the data moved (files.json still names the moved
+    name, the metadata not moved yet), or just before removing the moved file's metadata:
+    the next connect finishes the rename; plantdb reads one file per id, with the moved
+    file's metadata, and nothing is left over."""
+    from scopefs.backends.fsdb import db as fsdb_module
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=4)
+
+    def killed(*args):
+        raise SystemExit("killed")
+    unlink = fsdb_module._unlink
+    for src, onto, stop in (("0", "1.png", "_took_metadata"), ("2", "new.png", "_took_metadata"),
+                            ("3", "new.png", "_unlink")):
+        db = FSDB(str(db_path))
+        db.connect()
+        db.register_lazily = True
+        fileset = db.get_scan("myscan_001").get_fileset("images")
+        if stop == "_unlink":
+            monkeypatch.setattr(fsdb_module, "_unlink", lambda path: killed() if path.endswith(".json") else unlink(path))
+        else:
+            fileset._took_metadata = killed
+        with pytest.raises(SystemExit):
+            fileset.rename_file(src, onto)
+        monkeypatch.setattr(fsdb_module, "_unlink", unlink)
+        db._lock.release()                                   # (what the kernel does for a killed one)
+        if db._journal_fd is not None:
+            os.close(db._journal_fd)
+        again = FSDB(str(db_path))
+        again.connect()
+        again.disconnect()
+    seen = plantdb_read(db_path)["myscan_001"]["filesets"]["images"]["files"]
+    assert {i: (f["file"], f["metadata"]) for i, f in seen.items()} == {
+        "1": ("1.png", {"key": "0"}), "new": ("new.png", {"key": "3"})}
+    assert sorted(os.listdir(db_path / "myscan_001" / "images")) == ["1.png", "new.png"]
+    assert sorted(os.listdir(db_path / "myscan_001" / "metadata" / "images")) == ["1.json", "new.json"]
+    assert not (db_path / ".scopefs-journal").exists()
+
+
+def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_path, mount):
+    """As in a plain folder: writes through a descriptor held on a removed file grow it."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    size = (images / "0.png").stat().st_size
+    for name in ("0.png", "new.png"):
+        fd = os.open(images / name, os.O_RDWR | os.O_CREAT)
+        try:
+            os.unlink(images / name)
+            os.pwrite(fd, b"more", size)
+            assert os.fstat(fd).st_size == size + 4
+            assert os.pread(fd, 4, size) == b"more"
+        finally:
+            os.close(fd)
+        assert not (images / name).exists()
+
+
+@pytest.mark.daemon_log(r"a file being created moves or is replaced once closed",
+                        reason="the refused renames are logged")
+def test_a_file_being_created_is_not_renamed_until_closed(tmp_path, mount):
+    """A new file not yet closed has no data in the database: renaming it, or onto it, is
+    EBUSY (it came back under its first name at close, and the renamed one was empty)."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    mnt = mount(db_path)
+    images = mnt / "myscan_001" / "images"
+    with open(images / "open.png", "wb") as writer:
+        writer.write(b"being written")
+        writer.flush()
+        for src, dst in (("open.png", "moved.png"), ("0.png", "open.png")):
+            with pytest.raises(OSError) as refused:
+                os.rename(images / src, images / dst)
+            assert refused.value.errno == errno.EBUSY
+    os.rename(images / "open.png", images / "moved.png")
+    assert (images / "moved.png").read_bytes() == b"being written"
+    assert sorted(n for n in os.listdir(images) if not n.endswith(".json")) == ["0.png", "moved.png"]

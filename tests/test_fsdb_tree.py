@@ -651,3 +651,21 @@ def test_a_walk_wakes_the_learner_once_per_half_of_what_it_learns_ahead(tmp_path
         assert len(passes) <= 3 + len(listed) // 2, len(passes)
     finally:
         tree.close()
+
+
+def test_a_file_renamed_over_is_served_as_unlinked_to_descriptors_still_open_on_it(trees):
+    """Replaced by a visible or a hidden (rsync's) file: the inode the kernel knew for the
+    replaced file shows its old size with no link, as a plain folder's does; the name
+    shows the new data."""
+    tree = trees[SMALL]
+    images = tree.root.lookup("scan").lookup("images")
+    for source, target in (("img_0001.png", "img_0002.png"), (".img_0003.png.part", "img_0003.png")):
+        if source.startswith("."):
+            images.create(source, 0o644)
+            Path(images.path(), source).write_bytes(b"rsync's")
+        replaced = images.lookup(target).ino
+        images.rename(source, images, target)
+        gone = tree.get(replaced).attr()
+        assert (gone.size, gone.nlink) == (100, 0)
+        assert images.lookup(target).ino != replaced and images.lookup(source) is None
+    assert images.lookup("img_0003.png").attr().size == len(b"rsync's")

@@ -27,7 +27,8 @@ files (no partial file is ever visible), and each registration is appended to a 
 whose writer had closed it. New data need not be on disk yet when it is registered
 lazily: a flush makes it durable before files.json names it (a batch by one syncfs of
 its filesystem), and a replay registers only files of the journaled size. Removals are
-written at once (with whatever is pending).
+written at once (with whatever is pending); so are renames, whose data moves first,
+journaled (a replay finishes a rename whose data moved: `Fileset.finish_rename`).
 A lazy database's writes and `flush()` must not run concurrently (the mount serializes
 them with its lock): a flush takes plantdb's fileset locks, which writers hold before
 they register.
@@ -442,28 +443,68 @@ class Fileset(_Metadata):
             _unlink(file._md_path)
 
     def rename_file(self, file_id: str, new_name: str) -> File:
-        """A file under a new name (and the id it gives): data and metadata move with it."""
+        """A file under a new name (and the id it gives): data and metadata move with it.
+        Onto a registered file of that name, it replaces that file, data and metadata (what
+        `mv` does: the name shows what was moved); onto an id that another name holds,
+        FileExistsError. The data moves by one rename, journaled first: a writer killed
+        after it is completed by the next connect (`_replay_journal`)."""
         new_id = layout.split_name(new_name)[0]
         _check_id(new_id, strict=False)
         file = self.files.get(file_id)
         if file is None:
             raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
-        if new_id != file_id and new_id in self.files:
+        target = self.files.get(new_id) if new_id != file_id else None
+        if target is not None and target.filename != new_name:
             raise FileExistsError(f"file {new_id} already exists in {self.scan.id}/{self.id}")
         metadata = file.get_metadata()
-        moved = File(self, new_id, None) if new_id != file_id else file
+        moved = target or (File(self, new_id, None) if new_id != file_id else file)
         with self.scan.db._writing(self.scan.id, self.id):
+            if moved is file:
+                if file.filename:
+                    file.adopt(file.path(), new_name)
+                return file
             if file.filename:
+                with self.scan.db._files_lock:      # (as a flush empties the journal)
+                    self.scan.db._journal([self.scan.id, self.id, file_id, file.filename, None, new_id])
                 moved.adopt(file.path(), new_name)
-            if moved is not file:
-                self.files[new_id] = moved
-                if metadata:
-                    moved.replace_metadata(metadata)
-                self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
-                del self.files[file_id]
-                self._unindex(file)
-                _unlink(file._md_path)
+            self.files[new_id] = moved
+            self._took_metadata(moved, metadata)
+            self._drop_entry(file)
         return moved
+
+    def finish_rename(self, file_id: str, filename: str, new_id: str) -> None:
+        """A rename of `file_id`'s data (`filename`) onto `new_id`'s name, journaled by a
+        writer that stopped: done if its data moved (the name is gone) and files.json still
+        names it (then its metadata has not been removed yet, and goes to `new_id`)."""
+        file = self.files.get(file_id)
+        if file is None:                        # all done but removing its metadata
+            _unlink(layout.file_metadata_path(self.scan.path(), self.id, file_id))
+            return
+        if file.filename != filename or os.path.lexists(file.path()):
+            return                              # not begun, or all done
+        log.warning("%s/%s: finished renaming %s, which a writer that stopped had begun",
+                    self.scan.id, self.id, filename)
+        target = self.files.get(new_id)
+        if target is not None:
+            self._took_metadata(target, file.get_metadata())
+        self._drop_entry(file)
+
+    def _took_metadata(self, moved: File, metadata: dict) -> None:
+        """`moved` describes what moved onto it: its metadata is the moved file's."""
+        if metadata:
+            moved.replace_metadata(metadata)
+        elif os.path.exists(moved._md_path):
+            _unlink(moved._md_path)
+            moved._md_loaded = None
+            moved.md_version += 1
+
+    def _drop_entry(self, file: File) -> None:
+        """`file`'s data went to another id: files.json no longer names it (written at once)."""
+        self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file.id))
+        if self.files.get(file.id) is file:
+            del self.files[file.id]
+        self._unindex(file)
+        _unlink(file._md_path)
 
     def _register(self, file: File, old_name: str | None, data_path: str) -> None:
         """files.json names `file` (now, or lazily if nothing else changes in it)."""
@@ -760,7 +801,8 @@ class FSDB:
         return self._journal_opens, self._root_changes.locks_folders_made
 
     def _journal(self, entry: list) -> None:
-        """Note a lazy registration where the next connect() finds it (one append)."""
+        """Note a lazy registration, or a rename about to move data, where the next
+        connect() finds it (one append)."""
         if self._journal_fd is None:
             self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -769,7 +811,8 @@ class FSDB:
 
     def _replay_journal(self) -> None:
         """Register what a writer that died before its flush had journaled: files whose
-        data is in place and whose id files.json does not name otherwise."""
+        data is in place and whose id files.json does not name otherwise; then finish the
+        renames whose data had moved."""
         path = os.path.join(self.basedir, layout.JOURNAL)
         try:
             with open(path, "rb") as fh:
@@ -779,14 +822,17 @@ class FSDB:
         latest = {}
         for line in lines:
             try:
-                scan_id, fileset_id, file_id, filename, size = json.loads(line)
+                scan_id, fileset_id, file_id, filename, size, *onto = json.loads(line)
             except (ValueError, TypeError):
                 continue                        # a line cut short by the crash
-            latest[scan_id, fileset_id, file_id] = filename, size
-        found = 0
-        for (scan_id, fileset_id, file_id), (filename, size) in latest.items():
+            latest[scan_id, fileset_id, file_id] = filename, size, onto
+        found, renames = 0, []
+        for (scan_id, fileset_id, file_id), (filename, size, onto) in latest.items():
             scan = self.scans.get(scan_id)
             fileset = scan and scan.filesets.get(fileset_id)
+            if fileset is not None and onto:
+                renames.append((fileset, file_id, filename, onto[0]))
+                continue
             if fileset is None or _size(os.path.join(fileset.path(), filename)) != size:
                 continue                        # gone, or not all on disk (a power cut)
             file = fileset.files.get(file_id)
@@ -801,6 +847,8 @@ class FSDB:
         if found:
             log.warning("registered %d file(s) that a writer which stopped had not yet written to "
                         "files.json", found)
+        for fileset, file_id, filename, new_id in renames:    # (onto files registered above)
+            fileset.finish_rename(file_id, filename, new_id)
         with self._files_lock:
             for scan_id in list(self._dirty):
                 self.scans[scan_id]._write_pending()

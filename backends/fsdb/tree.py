@@ -304,7 +304,7 @@ class DataFile(File):
 
     def cached_attr(self) -> Attr | None:
         if self.unlinked_attr is not None:
-            return self.unlinked_attr
+            return self._gone_attr()
         writer = self.writer
         if self._attr is None and writer is not None:
             return writer.attr_nowait()
@@ -315,9 +315,16 @@ class DataFile(File):
         self._commits += 1
         self._attr = None
 
+    def _gone_attr(self) -> Attr:
+        """Unlinked: what was asked then, with the size that writes to a descriptor still
+        open on it gave it since (a new file's kept bytes, or its temporary file's)."""
+        writer = self.writer
+        kept = writer.attr_nowait() if writer is not None else None
+        return self.unlinked_attr if kept is None else self.unlinked_attr._replace(size=kept.size)
+
     def attr(self) -> Attr:
         if self.unlinked_attr is not None:
-            return self.unlinked_attr
+            return self._gone_attr()
         if self._attr is None and self.writer is None:
             self.folder.file_attr_asked()
             if self._attr is not None:
@@ -360,7 +367,7 @@ class DataFile(File):
         # a new file is registered at close even if nothing was written (touch); if lazily,
         # the registration's flush makes it durable (files.json names no file before that)
         return FilesetTempHandle(self.folder, self._path(), copy, commit, dirty=new,
-                                 durable_later=new and self.tree.db.register_lazily)
+                                 durable_later=new and self.tree.db.register_lazily, data=self)
 
     def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
         """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
@@ -412,7 +419,7 @@ class DataFile(File):
 
     def truncate(self, size: int) -> None:
         handle = FilesetTempHandle(self.folder, self._path(), self._path() if os.path.exists(self._path()) else None,
-                                   self._commit)
+                                   self._commit, data=self)
         try:
             handle.truncate(size)
             handle.flush()
@@ -424,9 +431,27 @@ class FilesetTempHandle(TempFileHandle):
     """A temporary file in a fileset: one removed unused at release is gone from the
     folder's hidden names too."""
 
-    def __init__(self, folder: "FilesetFolder", *args, **kwargs):
+    def __init__(self, folder: "FilesetFolder", *args, data: DataFile | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._folder = folder
+        self._data = data
+        self._size = os.fstat(self._fd).st_size
+
+    def write(self, offset: int, data: bytes) -> int:
+        written = super().write(offset, data)
+        self._sized(max(self._size, offset + written))
+        return written
+
+    def truncate(self, size: int) -> None:
+        super().truncate(size)
+        self._sized(size)
+
+    def _sized(self, size: int) -> None:
+        """The file's data unlinked while this is open: its fstat shows what was written."""
+        self._size = size
+        data = self._data
+        if data is not None and data.unlinked_attr is not None:
+            data.unlinked_attr = data.unlinked_attr._replace(size=size, mtime_ns=time.time_ns())
 
     def release(self) -> None:
         try:
@@ -1167,18 +1192,30 @@ class FilesetFolder(Folder):
                 return
             file = self._file_by_name(name)
             if file is not None:
-                data = self.tree.nodes.get(("data",) + self._key(file.id))
-                gone = data.attr()._replace(nlink=0) if isinstance(data, DataFile) else None
+                gone = self._unlinked_attr(file)
                 _api_errors(self.fileset.delete_file)(file.id)
-                if gone is not None:
-                    data.unlinked_attr = gone
-                    self.tree.unlinked[data.ino] = data
-                self.tree.forget_nodes(("data",) + self._key(file.id), ("meta",) + self._key(file.id), report=True)
+                self._unlinked(file, gone)
+                self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)
                 self.data_changed(name)
                 self.tree.hidden.discard(self.prefix + name + META)
                 self.pending.pop(name, None)
                 return
             _hide_view(self.tree, self, name, self.prefix)
+
+    def _unlinked_attr(self, file) -> Attr | None:
+        """What fstat of a descriptor open on `file`'s data shows once its name is gone
+        (asked before it goes), if the kernel has its node."""
+        data = self.tree.nodes.get(("data",) + self._key(file.id))
+        return data.attr()._replace(nlink=0) if isinstance(data, DataFile) else None
+
+    def _unlinked(self, file, gone: Attr | None = None) -> None:
+        """`file`'s name is gone (unlinked, or renamed over): its node is kept for the
+        descriptors still open on it, as a plain directory keeps the inode."""
+        data = self.tree.nodes.get(("data",) + self._key(file.id))
+        if isinstance(data, DataFile):
+            data.unlinked_attr = gone or data.attr()._replace(nlink=0)
+            self.tree.unlinked[data.ino] = data
+        self.tree.forget_nodes(("data",) + self._key(file.id), report=True)
 
     def rename(self, name: str, new_parent: Directory, new_name: str) -> None:
         if new_parent is not self:
@@ -1189,7 +1226,10 @@ class FilesetFolder(Folder):
                 # rsync and editors: a finished temporary file becomes a registered file
                 existing = self._file_by_name(new_name)
                 file = existing or _api_errors(fs.create_file)(layout.split_name(new_name)[0])
+                gone = existing and self._unlinked_attr(existing)
                 _api_errors(file.adopt)(os.path.join(fs.path(), name), new_name)
+                if existing is not None:        # a descriptor open on the old data is still served
+                    self._unlinked(existing, gone)
                 scratch = self.tree.nodes.pop(("scratch",) + self._key(name), None)
                 data = self._data(file)
                 data.forget_attr()
@@ -1205,12 +1245,21 @@ class FilesetFolder(Folder):
             file = self._file_by_name(name)
             if file is None or new_name.endswith(META) or new_name.startswith("."):
                 raise OSError(errno.EPERM, "only files (not metadata) move, to visible names")
+            replaced = self._file_by_name(new_name)
+            if replaced is file:
+                return                          # (a name onto itself)
+            if file.filename != name or (replaced is not None and replaced.filename != new_name):
+                raise OSError(errno.EBUSY, "a file being created moves or is replaced once closed")
+            gone = replaced and self._unlinked_attr(replaced)
             moved = _api_errors(fs.rename_file)(file.id, new_name)
-            self.pending.pop(name, None)
+            if replaced is not None:            # a descriptor open on it is still served
+                self._unlinked(replaced, gone)
+                self.tree.forget_nodes(("meta",) + self._key(replaced.id), report=True)
             old = self.tree.nodes.pop(("data",) + self._key(file.id), None)
             self.tree.forget_nodes(("meta",) + self._key(file.id), report=True)
             if old is not None:                  # the kernel knows the new name by the old inode
                 self.tree.alias(old.ino, self._data(moved))
+            self.tree.hidden.difference_update((self.prefix + name + META, self.prefix + new_name + META))
             self.data_changed(name)
             self.data_changed(new_name, entries=((self.ino, new_name + META),))
 

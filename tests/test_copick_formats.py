@@ -836,3 +836,24 @@ def test_generated_views_live_only_in_their_bounded_cache(tmp_path, mount, monke
     cache = daemon_status(mnt)["view_cache"]
     assert read > 9 << 20 and cache["limit"] == 2 << 20 and cache["bytes"] <= cache["limit"], cache
     assert grown < read // 3, f"the daemon grew by {grown >> 20} MiB reading {read >> 20} MiB of views"
+
+
+@pytest.mark.parametrize("tool", ["rm", "mv"])
+def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mount, tool):
+    """A view goes with its source (its picks file, its run's Picks/, its zarr store), and
+    `rm -r` (and `mv`, copying a static folder across the overlay, then removing it)
+    removes in listing order: each view is listed before what takes it away. Right after
+    mount the views are listed lean: an unlink of a view the kernel keeps no entry for
+    looks it up first, which found it gone when its source went before it."""
+    mnt = mount(*one_run_project(tmp_path, (1, 2, 3, 4, 5, 6), levels=1))
+    run = mnt / "ExperimentRuns" / "TS_001"
+    if tool == "rm":
+        removed = subprocess.run(["rm", "-r", str(run)], capture_output=True, text=True)
+    else:
+        removed = subprocess.run(["mv", str(run / "Picks"), str(run / "Moved")], capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    if tool == "rm":
+        assert os.listdir(run.parent) == []
+    else:
+        assert "Picks" not in os.listdir(run)
+        assert len([name for name in os.listdir(run / "Moved") if name.endswith(".json")]) == 6

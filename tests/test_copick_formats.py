@@ -839,15 +839,19 @@ def test_generated_views_live_only_in_their_bounded_cache(tmp_path, mount, monke
 
 
 @pytest.mark.parametrize("tool", ["rm", "mv"])
-def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mount, tool):
+def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mount, monkeypatch, tool):
     """A view goes with its source (its picks file, its run's Picks/, its zarr store), and
     `rm -r` (and `mv`, copying a static folder across the overlay, then removing it)
     removes in listing order: each view is listed before what takes it away. Right after
     mount the views are listed lean: an unlink of a view the kernel keeps no entry for
-    looks it up first, which found it gone when its source went before it."""
+    looks it up first, which found it gone when its source went before it. In folders of
+    over 10,000 entries `rm -r` removes by inode number: a listing numbers views first."""
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")        # (its nodes would be made first)
     mnt = mount(*one_run_project(tmp_path, (1, 2, 3, 4, 5, 6), levels=1))
     run = mnt / "ExperimentRuns" / "TS_001"
     if tool == "rm":
+        inodes = {entry.name: entry.inode() for entry in os.scandir(run / "Picks")}
+        assert all(inodes[name] < inodes[name[:-4] + ".json"] for name in inodes if name.endswith(".csv"))
         removed = subprocess.run(["rm", "-r", str(run)], capture_output=True, text=True)
     else:
         removed = subprocess.run(["mv", str(run / "Picks"), str(run / "Moved")], capture_output=True, text=True)

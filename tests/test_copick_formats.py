@@ -861,3 +861,42 @@ def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mo
     else:
         assert "Picks" not in os.listdir(run)
         assert len([name for name in os.listdir(run / "Moved") if name.endswith(".json")]) == 6
+
+
+def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path, monkeypatch):
+    """Deleting a picks file both roots hold removes the overlay's copy, then writes a
+    whiteout. The overlay watch, seeing the first, waits for the removal to end before it
+    asks what the file shows: it found the static copy showing, told the kernel to drop its
+    views' names, and `mv`'s removal, unlinking such a view next, got ENOENT (a flaky
+    `test_renames[s3]`). No kernel here: what the tree reports is looked at."""
+    import threading
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks, name = "ExperimentRuns/TS_001/Picks", "tester_1_proteasome.json"
+    (tmp_path / "overlay" / picks).mkdir(parents=True)
+    (tmp_path / "overlay" / picks / name).write_text(json.dumps(rich_picks(2)))
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    told: list[tuple[int, str]] = []
+    tree.listen(lambda inodes, entries, waited: told.extend(entries))
+    whiteout, seen = tree.whiteout, []
+
+    def seen_half_done(parent, gone):           # the watch's report, between the two steps
+        watch = threading.Thread(target=tree.overlay_changed, args=({picks: {name}},))
+        watch.start()
+        watch.join(0.5)
+        whiteout(parent, gone)
+        seen.append(watch)
+    try:
+        folder = tree.root
+        for part in picks.split("/"):
+            folder = folder.lookup(part)
+        assert "tester_1_proteasome.csv" in [entry[1] for entry in folder.scan()]
+        monkeypatch.setattr(tree, "whiteout", seen_half_done)
+        folder.unlink(name)
+        seen[0].join()
+        assert (folder.ino, "tester_1_proteasome.csv") not in told, told
+    finally:
+        tree.close()

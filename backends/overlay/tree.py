@@ -590,6 +590,8 @@ class OverlayTree(Tree):
         (`derive.folders_following`). From the watch's thread (no request waits for it), or
         from a request that made such a change itself (an import: `waited`); costs a stat or
         two per name."""
+        with self.lock:     # a change through the mount seen half-done (an unlinked file's
+            pass            # whiteout not yet written) ends first: what shows is then its outcome
         self.changed()
         if None in changes:
             self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())),

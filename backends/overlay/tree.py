@@ -60,11 +60,9 @@ def _cookie(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(os.fsencode(name), digest_size=4).digest(), "big") >> 1 or 1
 
 
-def _listed_cookie(name: str, before: dict[str, str]) -> int:
-    """The cookie of name in a folder where it is listed just before `before[name]` (a view
-    before its source), else its own."""
-    after = before.get(name)
-    return _cookie(name) if after is None else max(1, _cookie(after) - 1 - _cookie(name) % 16)
+def _cookie_before(name: str, after: str) -> int:
+    """The cookie of name listed just before `after` (a view before its source)."""
+    return max(1, _cookie(after) - 1 - _cookie(name) % 16)
 
 
 def _in_cookie_order(found: list[tuple[str, Node, Attr | None]],
@@ -72,8 +70,8 @@ def _in_cookie_order(found: list[tuple[str, Node, Attr | None]],
     """(offset, name, node, attr) in the order of the names' cookies (each offset above the
     last, should two names share a hash); a name of `before` just ahead of the name it maps to."""
     listing, last = [], 0
-    for cookie, name, node, info in sorted((_listed_cookie(name, before), name, node, info)
-                                           for name, node, info in found):
+    for cookie, name, node, info in sorted((_cookie_before(name, before[name]) if name in before else _cookie(name),
+                                            name, node, info) for name, node, info in found):
         last = max(cookie, last + 1)
         listing.append((last, name, node, info))
     return listing
@@ -524,10 +522,10 @@ class OverlayTree(Tree):
         return self.upper.stat(_join(rel, OPAQUE)) is not None
 
     # -- derived views ---------------------------------------------------------------------
-    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node, str]]:
-        """(name, node, source rel) of the derived files of a directory (never shadowing a
-        real name), given what its entries show (`derive.listing` gives what a source
-        elsewhere shows, if it knows)."""
+    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node, str | None]]:
+        """(name, node, its source's name if in this folder) of the derived files of a
+        directory (never shadowing a real name), given what its entries show
+        (`derive.listing` gives what a source elsewhere shows, if it knows)."""
         if self.derive is None:
             return []
         keys: dict[str, tuple] = {}         # each source's version, once for all its views
@@ -539,16 +537,16 @@ class OverlayTree(Tree):
                 key = keys.get(source)
                 if key is None:
                     key = keys[source] = self.source_key(source, info)
-                out.append((name, self._derived_node(rel, name, source, make, info, key), source))
+                out.append((name, self._derived_node(rel, name, source, make, info, key),
+                            base if folder == rel else None))
         return out
 
-    def listed_before(self, rel: str, names, views: list[tuple[str, Node, str]]) -> dict[str, str]:
+    def listed_before(self, rel: str, names, views: list[tuple[str, Node, str | None]]) -> dict[str, str]:
         """{name: the name of folder rel it is listed just before}: a view before its source,
         a folder that shows views of a sibling's files before that sibling. A view goes with
         its source and unlinking one is a no-op: a tool that removes in listing order (`rm
         -r`, `mv` copying across the overlay) then never meets a view its source took away."""
-        before = {name: source.rpartition("/")[2] for name, _, source in views
-                  if source.rpartition("/")[0] == rel}
+        before = {name: source for name, _, source in views if source is not None}
         return before | self.derive.folders_showing(rel, names) if self.derive is not None else before
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:

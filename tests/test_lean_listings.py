@@ -27,6 +27,7 @@ def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
             "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
+            "attrs": status["attr_requests"] - status["lookup_requests"],
             "readdirs": status["readdir_requests"], "scans": status["listings_made"],
             "given_again": status["lean_listings_given_again"],
             "batches": status.get("picks_size_batches", 0), "made": status.get("views_made", 0),
@@ -238,3 +239,18 @@ def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount
     files = seen["scan_001"]["filesets"]["fileset_1"]["files"]
     assert "moved" in files and "img_000" not in files and files["new"]["metadata"] == {"new": True}
     assert files["moved"]["metadata"] == {"angle": 0, "scan": 1}
+
+
+def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_source):
+    """The kernel asks each folder's attributes again after it read the folder's listing
+    (it counts the folder's atime as changed): a second `find` sends a GETATTR for most
+    folders, answered from the attributes the folder's listing or its parent's gave, in
+    memory (the one worker call: the status file read between)."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        mnt = fresh_mount()
+        counted(mnt, ["find", "."])
+        warm = counted(mnt, ["find", "."])
+        assert warm["attrs"] >= folders // 2 and warm["calls"] <= 1, (warm, folders)
+    once_in_three(check)

@@ -41,8 +41,6 @@ NLINK_COUNTS = 100_000
 #: how long the kernel keeps names, attributes and listings when the overlay is watched
 #: (changes in the overlay are told at once; the static root does not change)
 WATCHED_TIMEOUT = 60.0
-#: a directory's attributes learnt after a change answer for this long without I/O
-KNOWN_FOR = 1.0
 
 
 def _join(rel: str, name: str) -> str:
@@ -123,6 +121,9 @@ class OverlayTree(Tree):
         # counts renames and deletions: a lookup that raced one does not move a node back
         self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
+        # counts changes of names or attributes (through the mount, or seen by the watch): a
+        # folder's attributes kept from before one are not given (`MergedDir.cached_attr`)
+        self.edits = 0
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
@@ -144,6 +145,8 @@ class OverlayTree(Tree):
         # kernel keeps listings and attributes, else it asks again after a second (five remote)
         self.watch = self._watch_overlay()
         watched = self.watch is not None
+        # how long a folder's attributes are given from memory: as long as the kernel keeps them
+        self.attrs_kept_for = WATCHED_TIMEOUT if watched else self.unwatched_timeout
         self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,
                                         attr_timeout=WATCHED_TIMEOUT if watched else self.unwatched_timeout,
                                         negative_timeout=0.0, keep_cache=True, cache_listings=watched)
@@ -191,6 +194,7 @@ class OverlayTree(Tree):
     def changed(self) -> None:
         """Whiteouts or opaque markers may have changed: forget visibility (and what is
         being learnt of it right now)."""
+        self.edits += 1
         with self._visible_lock:
             self._generation += 1
             self._visible.clear()
@@ -459,6 +463,7 @@ class OverlayTree(Tree):
         wait for each other; nothing else waits for a copy to be made."""
         if node.source is self.upper:
             return
+        self.edits += 1                                  # (the parent's copy changes)
         if isinstance(node, MergedDir):
             with self.lock:
                 self.ensure_upper_dir(node)
@@ -582,8 +587,6 @@ class OverlayTree(Tree):
             parent = self._node_at(rel)
             following = self.derive.folders_following(rel) if self.derive is not None else []
             for node in [parent, *map(self._node_at, following)]:
-                if isinstance(node, MergedDir):
-                    node._known = None
                 if node is not None:
                     inodes.add(node.ino)
             for name in names:
@@ -876,9 +879,11 @@ def _changes_entries(method):
     after every create, is answered without a worker thread."""
     @functools.wraps(method)
     def changing(self, *args, **kwargs):
+        self.tree.edits += 1                # (attributes learnt meanwhile are not kept)
         try:
             return method(self, *args, **kwargs)
         finally:
+            self.tree.edits += 1
             for directory in {self, *(a for a in args if isinstance(a, MergedDir))}:
                 directory.learn_attr()
     return changing
@@ -900,37 +905,50 @@ class _Snapshot:
 
 
 class MergedDir(MergedNode, Directory):
+    """A folder of the merged view. Its attributes, once learnt (a GETATTR, its parent's
+    listing, a change through the mount), are given from memory while no change came
+    (`OverlayTree.edits`) and for as long as the kernel keeps attributes: a walk's GETATTRs
+    of folders (the kernel asks again after each listing it read: it counts the folder's
+    atime as changed) take no worker thread."""
     __slots__ = ("_known",)
     rename_flags = RENAME_NOREPLACE | RENAME_EXCHANGE
 
     def __init__(self, tree: OverlayTree, place: tuple):
         super().__init__(tree, place)
-        self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
+        self._known: tuple[int | None, float, Attr] | None = None   # (tree.edits, until, attributes)
 
     def attr(self) -> Attr:
         if self.place is None and self._known is not None:
-            return self._known[1]                        # removed
-        rel = self.rel
-        return self.tree.shown_dir_exact(rel, *self.tree.top(rel))
+            return self._known[2]                        # removed
+        rel, edits = self.rel, self.tree.edits
+        info = self.tree.shown_dir_exact(rel, *self.tree.top(rel))
+        self.keep_attr(edits, info)
+        return info
+
+    def keep_attr(self, edits: int, info: Attr) -> None:
+        """`info`, learnt since the tree's count of changes was `edits`, answers for now."""
+        if self.place is not None:
+            self._known = (edits, time.monotonic() + self.tree.attrs_kept_for, info)
 
     def learn_attr(self) -> None:
         try:
-            self._known = (time.monotonic(), self.attr())
+            self.attr()
         except OSError:
             self._known = None
 
     def cached_attr(self) -> Attr | None:
         known = self._known
-        if known is not None and time.monotonic() - known[0] < KNOWN_FOR:
-            return known[1]
+        if known is not None and (known[0] is None or known[0] == self.tree.edits and time.monotonic() < known[1]):
+            return known[2]
         return None
 
     def removed(self, info: Attr) -> None:
         """rmdir: a handle still open on it shows it with no links, and lists nothing."""
-        self._known = (math.inf, info._replace(nlink=0))
+        self._known = (None, math.inf, info._replace(nlink=0))
 
     def set_attr(self, *args, **kwargs) -> None:
         self._known = None
+        self.tree.edits += 1
         super().set_attr(*args, **kwargs)
 
     # -- listing ------------------------------------------------------------------------
@@ -944,13 +962,16 @@ class MergedDir(MergedNode, Directory):
         extra = self.tree.extra if self is self.tree.root else {}
         rel = self.rel
         prefix = rel + "/" if rel else ""
-        node_for, moves = self.tree.node_for, self.tree.moves
+        node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
         found = [(name, node, None) for name, node in sorted(extra.items())]
         infos = {}
         for name, root, info in self.tree.scan(rel):
             if name not in extra:
                 infos[name] = info
-                found.append((name, node_for(self, name, prefix + name, root, info, moves=moves), info))
+                node = node_for(self, name, prefix + name, root, info, moves=moves)
+                if node.kind == stat.S_IFDIR:
+                    node.keep_attr(edits, info)         # (what the kernel gets from the listing)
+                found.append((name, node, info))
         found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
         listing = _in_cookie_order(found)
         self.tree.scan_ahead.plan([prefix + name for _, name, _, info in listing if info and stat.S_ISDIR(info.mode)])

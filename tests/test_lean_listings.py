@@ -241,6 +241,19 @@ def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount
     assert files["moved"]["metadata"] == {"angle": 0, "scan": 1}
 
 
+def test_a_cold_find_of_copick_lists_most_folders_without_a_worker_thread(fresh_mount, copick_source):
+    """The folders a walk reaches next (the subfolders of the one it listed) are listed
+    and merged ahead in a worker (`MergeAhead`): the walk's READDIRPLUS of each is
+    answered in the trio thread (worker calls: the root, folders whose listing was not
+    ready yet, the status file read between)."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        cold = counted(fresh_mount(), ["find", "."])
+        assert cold["scans"] == folders and cold["calls"] <= folders // 3, (cold, folders)
+    once_in_three(check)
+
+
 def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_source):
     """The kernel asks each folder's attributes again after it read the folder's listing
     (it counts the folder's atime as changed): a second `find` sends a GETATTR for most

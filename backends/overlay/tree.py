@@ -127,8 +127,11 @@ class OverlayTree(Tree):
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
-        self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
-                                    horizon=self.unwatched_timeout)
+        self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8,
+                                     horizon=self.unwatched_timeout)
+        # handles open for writing (their writes change what a listing made ahead shows):
+        # id -> a weak reference whose end counts as a change
+        self._writing: dict[int, weakref.ref] = {}
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
@@ -348,18 +351,34 @@ class OverlayTree(Tree):
         upper, hidden, raw = self._names(rel)
         found = [(n, self.upper, info) for n, info in zip(upper, self.upper.stat_many(rel, upper))]
         if hidden is not None:
-            ahead = self.scan_ahead.take(rel)
-            if ahead is None:
-                static_names = self.static.listdir(rel, touch=False) or []
-                names = [n for n in static_names if self._static_shows(n, hidden, raw)]
-                found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
-            else:
-                static_names = ahead
-                found += [(n, self.static, info) for n, info in ahead.items() if self._static_shows(n, hidden, raw)]
+            static_names = self.static.listdir(rel, touch=False) or []
+            names = [n for n in static_names if self._static_shows(n, hidden, raw)]
+            found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
             merged = set(upper).intersection(static_names) if self.real_owners else ()  # counted in both
             found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
                       and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
         return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])
+
+    def writing(self, handle: FileHandle) -> None:
+        """`handle` may write into the overlay until it goes: no listing made ahead is given
+        meanwhile, nor one begun before it went (the sizes it shows may be old)."""
+        self.edits += 1
+        key = id(handle)
+
+        def gone(_, key=key):
+            self.edits += 1
+            self._writing.pop(key, None)
+        self._writing[key] = weakref.ref(handle, gone)
+
+    def listed_ahead(self, node: "MergedDir", wait: bool) -> list | None:
+        """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
+        change came since it began and no file is open for writing; `wait`: for one under
+        way (at most the horizon), else only one made already."""
+        ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
+        if ahead is None:
+            return None
+        edits, listing = ahead
+        return listing if edits == self.edits and not self._writing else None
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -726,6 +745,7 @@ class MergedNode(Node):
                  uid: int | None = None, gid: int | None = None, handle: FileHandle | None = None) -> None:
         """Through `handle` if it is open on the overlay's copy (fchmod after unlink),
         else by name, after a copy-up."""
+        self.tree.edits += 1
         if handle is None or self.opened_on(handle) is not self.tree.upper:
             handle = self.upper_handle() if self.place is None else None     # fchmod after unlink
             if handle is None:
@@ -820,6 +840,7 @@ class MergedFile(MergedNode, File):
         handle = self.tree.upper.open_write(self.rel, flags)
         if self.tree.derive is not None:
             handle = _ViewSourceHandle(handle, self.tree, self.rel, written=bool(flags & os.O_TRUNC))
+        self.tree.writing(handle)
         return self._track(handle, self.tree.upper)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -833,6 +854,7 @@ class MergedFile(MergedNode, File):
         return None if handle is None else self._track(handle, source)
 
     def truncate(self, size: int) -> None:
+        self.tree.edits += 1
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
 
@@ -900,8 +922,19 @@ class _Snapshot:
 
     def entries(self, offset: int):
         if offset == 0 or self._entries is None:
-            self._entries = self.directory.scan() if self.directory.place is not None else []
+            self._entries = self.directory.listing(wait=True) if self.directory.place is not None else []
         return _after(self._entries, offset)
+
+    def entries_ready(self, offset: int):
+        """`entries(offset)` if memory holds them (read on in this snapshot, or from 0 a
+        listing made ahead: `MergeAhead`), else None: for the trio thread."""
+        if offset:
+            return None if self._entries is None else _after(self._entries, offset)
+        listing = self.directory.listing(wait=False) if self.directory.place is not None else None
+        if listing is None:
+            return None
+        self._entries = listing
+        return _after(listing, 0)
 
 
 class MergedDir(MergedNode, Directory):
@@ -956,7 +989,18 @@ class MergedDir(MergedNode, Directory):
         return _Snapshot(self)
 
     def entries(self, offset: int):
-        return _after(self.scan(), offset)
+        return _after(self.listing(wait=True), offset)
+
+    def listing(self, wait: bool) -> list | None:
+        """The listing as it is now: made ahead (`OverlayTree.listed_ahead`), or (if `wait`)
+        scanned; its subfolders are listed ahead from here, in a worker."""
+        listing = self.tree.listed_ahead(self, wait)
+        if listing is None:
+            if not wait:
+                return None
+            listing = self.scan()
+        self.tree.scan_ahead.plan([node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR])
+        return listing
 
     def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if self is self.tree.root else {}
@@ -973,9 +1017,7 @@ class MergedDir(MergedNode, Directory):
                     node.keep_attr(edits, info)         # (what the kernel gets from the listing)
                 found.append((name, node, info))
         found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
-        listing = _in_cookie_order(found)
-        self.tree.scan_ahead.plan([prefix + name for _, name, _, info in listing if info and stat.S_ISDIR(info.mode)])
-        return listing
+        return _in_cookie_order(found)
 
     # -- names ---------------------------------------------------------------------------
     def _merged(self, name: str) -> str | None:
@@ -1237,3 +1279,14 @@ class MergedDir(MergedNode, Directory):
 
 
 _NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: MergedLink}
+
+
+class MergeAhead(ScanAhead):
+    """Listings of the merged folders a walker opens next (both roots, merged, their nodes
+    made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
+    gives it only if no change came since): the walker's READDIRPLUS of such a folder is
+    answered in the trio thread."""
+
+    def _scan(self, node: MergedDir) -> tuple[int, list | None]:
+        edits = node.tree.edits
+        return edits, node.scan() if node.place is not None else None

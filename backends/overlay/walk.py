@@ -100,6 +100,19 @@ class ScanAhead:
                 self.used += 1
         return None if wasted else listing
 
+    def take_nowait(self, rel: str):
+        """What `take` gives, if it is made already (else None, and the listing stays for a
+        `take` that waits for it): no waiting, no I/O, for the trio thread."""
+        with self._lock:
+            started, future = self._ready.get(rel, (0.0, None))
+            if future is None or not future.done() or future.exception() is not None or \
+                    time.monotonic() - started >= self.horizon:
+                return None
+            del self._ready[rel]
+            self.used += 1
+            self._start()
+        return future.result()
+
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()
         if purge:

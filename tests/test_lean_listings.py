@@ -267,3 +267,22 @@ def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_sour
         warm = counted(mnt, ["find", "."])
         assert warm["attrs"] >= folders // 2 and warm["calls"] <= 1, (warm, folders)
     once_in_three(check)
+
+
+def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_mount):
+    """Right after its parent was listed (its listing being made ahead), a file of a run
+    folder is made longer and another made through the mount: the run's listing shows
+    both as they are now (a listing made ahead is not given after a change)."""
+    mnt = fresh_mount()
+    for attempt in range(5):
+        run_folder = mnt / "ExperimentRuns" / f"TS_00{attempt % 3}" / "Picks"
+        os.listdir(run_folder.parent)                       # (Picks listed ahead)
+        time.sleep(0.2)
+        picks = run_folder / f"user0_0_ribosome.json"                    # (not listing Picks)
+        size = picks.stat().st_size + 100 + attempt
+        with open(picks, "ab") as out:
+            out.write(b" " * (100 + attempt))
+        (run_folder / f"new_{attempt}.txt").write_bytes(b"x" * 7)
+        shown = dict(line.split(" ", 1)[::-1] for line in
+                     run("find", str(run_folder), "-maxdepth", "1", "-type", "f", "-printf", "%s %f\n").splitlines())
+        assert shown[f"new_{attempt}.txt"] == "7" and shown[picks.name] == str(size)

@@ -41,6 +41,12 @@ NLINK_COUNTS = 100_000
 #: how long the kernel keeps names, attributes and listings when the overlay is watched
 #: (changes in the overlay are told at once; the static root does not change)
 WATCHED_TIMEOUT = 60.0
+#: merged listings made ahead of a walker, at most (those it will reach after the current
+#: folder's subtree wait here meanwhile: a run's siblings while it walks the run)
+MERGED_AHEAD = 64
+#: ... for this long at most where the overlay is watched (else the attribute timeout):
+#: a walk within reaches them, and an `ls` of a big folder holds the window no longer
+MERGED_AHEAD_FOR = 10.0
 
 
 def _join(rel: str, name: str) -> str:
@@ -127,8 +133,8 @@ class OverlayTree(Tree):
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
-        self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8,
-                                     horizon=self.unwatched_timeout)
+        self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
+                                     horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
         # handles open for writing (their writes change what a listing made ahead shows):
         # id -> a weak reference whose end counts as a change
         self._writing: dict[int, weakref.ref] = {}
@@ -148,6 +154,8 @@ class OverlayTree(Tree):
         # kernel keeps listings and attributes, else it asks again after a second (five remote)
         self.watch = self._watch_overlay()
         watched = self.watch is not None
+        # changes are counted where watched: a listing made ahead waits for the walker longer
+        self.scan_ahead.horizon = MERGED_AHEAD_FOR if watched else self.unwatched_timeout
         # how long a folder's attributes are given from memory: as long as the kernel keeps them
         self.attrs_kept_for = WATCHED_TIMEOUT if watched else self.unwatched_timeout
         self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,

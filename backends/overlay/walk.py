@@ -52,10 +52,11 @@ class ScanAhead:
     time, and new ones are started only as the walker takes them, so an `ls` of a
     directory of a thousand folders costs `window` listings, not a thousand."""
 
-    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0):
+    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0, wait: float | None = None):
         self.root = root
         self.window = window
         self.horizon = horizon
+        self.wait = horizon if wait is None else wait       # for one under way, at most
         self._ready: dict[str, tuple[float, Future]] = {}
         self._plan: deque[str] = deque()
         self._planned: set[str] = set()           # what the plan still holds
@@ -87,7 +88,7 @@ class ScanAhead:
         try:
             # waited for no longer than it would stay usable: a hung source costs the
             # walker one horizon, then it lists for itself
-            listing = future.result(timeout=max(self.horizon - (time.monotonic() - started), 0.0))
+            listing = future.result(timeout=max(min(self.horizon, self.wait) - (time.monotonic() - started), 0.0))
         except Exception as exc:                         # the caller lists it itself
             log.debug("scan ahead of %s: %r", rel, exc)
             listing, wasted = None, isinstance(exc, TimeoutError)

@@ -16,6 +16,7 @@ import hashlib
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import walk_samples
@@ -286,3 +287,22 @@ def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_
         shown = dict(line.split(" ", 1)[::-1] for line in
                      run("find", str(run_folder), "-maxdepth", "1", "-type", "f", "-printf", "%s %f\n").splitlines())
         assert shown[f"new_{attempt}.txt"] == "7" and shown[picks.name] == str(size)
+
+
+def test_a_folder_changed_behind_the_mount_shows_its_new_attributes(fresh_mount, copick_source):
+    """A folder's attributes kept from a walk are not given once the overlay watch saw
+    the folder change: a file made in the overlay's copy of a run's Picks folder by
+    another program shows in the folder's mtime through the mount within two seconds."""
+    overlay = next(Path(o.partition("=")[2]) for o in copick_source.options if o.startswith("overlay="))
+    picks = overlay / "ExperimentRuns" / "TS_001" / "Picks"
+    picks.mkdir(parents=True)
+    (picks / "other_1_ribosome.json").write_text('{"points": []}')
+    os.utime(picks, ns=(10**18, 10**18))
+    mnt = fresh_mount()
+    counted(mnt, ["find", "."], ["find", "."])               # (attributes learnt and asked)
+    assert (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns == 10**18
+    (picks / "other_2_ribosome.json").write_text('{"points": []}')
+    end = time.monotonic() + 2.0
+    while (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns != picks.stat().st_mtime_ns:
+        assert time.monotonic() < end, "the folder's old attributes are still given"
+        time.sleep(0.05)

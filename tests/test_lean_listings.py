@@ -18,6 +18,7 @@ import stat
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import walk_samples
@@ -29,6 +30,7 @@ def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
             "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
+            "attrs": status["attr_requests"] - status["lookup_requests"],
             "readdirs": status["readdir_requests"], "scans": status["listings_made"],
             "given_again": status["lean_listings_given_again"],
             "batches": status.get("picks_size_batches", 0), "made": status.get("views_made", 0),
@@ -366,3 +368,69 @@ def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fsdb
         thread.join()
     assert not errors and churned[0] >= 60
     assert bad == {"skipped": 0, "repeated": 0, "wrong size": 0}
+
+
+def test_a_cold_find_of_copick_lists_most_folders_without_a_worker_thread(fresh_mount, copick_source):
+    """The folders a walk reaches next (the subfolders of the one it listed) are listed
+    and merged ahead in a worker (`MergeAhead`): the walk's READDIRPLUS of each is
+    answered in the trio thread (worker calls: the root, folders whose listing was not
+    ready yet, the status file read between)."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        cold = counted(fresh_mount(), ["find", "."])
+        assert cold["scans"] == folders and cold["calls"] <= folders // 3, (cold, folders)
+    once_in_three(check)
+
+
+def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_source):
+    """The kernel asks each folder's attributes again after it read the folder's listing
+    (it counts the folder's atime as changed): a second `find` sends a GETATTR for most
+    folders, answered from the attributes the folder's listing or its parent's gave, in
+    memory (the one worker call: the status file read between)."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        mnt = fresh_mount()
+        counted(mnt, ["find", "."])
+        warm = counted(mnt, ["find", "."])
+        assert warm["attrs"] >= folders // 2 and warm["calls"] <= 1, (warm, folders)
+    once_in_three(check)
+
+
+def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_mount):
+    """Right after its parent was listed (its listing being made ahead), a file of a run
+    folder is made longer and another made through the mount: the run's listing shows
+    both as they are now (a listing made ahead is not given after a change)."""
+    mnt = fresh_mount()
+    for attempt in range(5):
+        run_folder = mnt / "ExperimentRuns" / f"TS_00{attempt % 3}" / "Picks"
+        os.listdir(run_folder.parent)                       # (Picks listed ahead)
+        time.sleep(0.2)
+        picks = run_folder / f"user0_0_ribosome.json"                    # (not listing Picks)
+        size = picks.stat().st_size + 100 + attempt
+        with open(picks, "ab") as out:
+            out.write(b" " * (100 + attempt))
+        (run_folder / f"new_{attempt}.txt").write_bytes(b"x" * 7)
+        shown = dict(line.split(" ", 1)[::-1] for line in
+                     run("find", str(run_folder), "-maxdepth", "1", "-type", "f", "-printf", "%s %f\n").splitlines())
+        assert shown[f"new_{attempt}.txt"] == "7" and shown[picks.name] == str(size)
+
+
+def test_a_folder_changed_behind_the_mount_shows_its_new_attributes(fresh_mount, copick_source):
+    """A folder's attributes kept from a walk are not given once the overlay watch saw
+    the folder change: a file made in the overlay's copy of a run's Picks folder by
+    another program shows in the folder's mtime through the mount within two seconds."""
+    overlay = next(Path(o.partition("=")[2]) for o in copick_source.options if o.startswith("overlay="))
+    picks = overlay / "ExperimentRuns" / "TS_001" / "Picks"
+    picks.mkdir(parents=True)
+    (picks / "other_1_ribosome.json").write_text('{"points": []}')
+    os.utime(picks, ns=(10**18, 10**18))
+    mnt = fresh_mount()
+    counted(mnt, ["find", "."], ["find", "."])               # (attributes learnt and asked)
+    assert (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns == 10**18
+    (picks / "other_2_ribosome.json").write_text('{"points": []}')
+    end = time.monotonic() + 2.0
+    while (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns != picks.stat().st_mtime_ns:
+        assert time.monotonic() < end, "the folder's old attributes are still given"
+        time.sleep(0.05)

@@ -380,7 +380,7 @@ def test_a_cold_find_of_copick_lists_most_folders_without_a_worker_thread(fresh_
     def check():
         cold = counted(fresh_mount(), ["find", "."])
         assert cold["scans"] == folders and cold["calls"] <= folders // 3, (cold, folders)
-    once_in_three(check)
+    unless_caches_dropped(check)
 
 
 def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_source):
@@ -395,7 +395,7 @@ def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_sour
         counted(mnt, ["find", "."])
         warm = counted(mnt, ["find", "."])
         assert warm["attrs"] >= folders // 2 and warm["calls"] <= 1, (warm, folders)
-    once_in_three(check)
+    unless_caches_dropped(check)
 
 
 def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_mount):
@@ -407,7 +407,7 @@ def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_
         run_folder = mnt / "ExperimentRuns" / f"TS_00{attempt % 3}" / "Picks"
         os.listdir(run_folder.parent)                       # (Picks listed ahead)
         time.sleep(0.2)
-        picks = run_folder / f"user0_0_ribosome.json"                    # (not listing Picks)
+        picks = run_folder / "user0_0_ribosome.json"                    # (not listing Picks)
         size = picks.stat().st_size + 100 + attempt
         with open(picks, "ab") as out:
             out.write(b" " * (100 + attempt))

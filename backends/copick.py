@@ -209,7 +209,7 @@ class SizeLearner:
                 if not self._quiet():
                     return
                 # the nodes a listing shows (no stats, and not the walk's scans ahead)
-                for name, node in self.tree.derived(rel, dict.fromkeys(names)):
+                for name, node, _ in self.tree.derived(rel, dict.fromkeys(names)):
                     if self._stop.is_set() or self.learned >= self.limit or not self._quiet():
                         return
                     try:
@@ -345,6 +345,11 @@ class DerivedViews:
         the names of folder rel (`infos`: name -> what it shows, or None: not known)."""
         return [(*entry, None) for entry in self._listing(rel, list(infos)) + self.volumes.listing(rel, infos)] \
             + self.picks.listing(rel, infos)
+
+    def folders_showing(self, rel: str, names) -> dict[str, str]:
+        """{folder: sibling} for the folders among the names of folder rel that show views
+        of the sibling's files (`OverlayTree.listed_before`)."""
+        return self.picks.folders_showing(rel, names)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel

@@ -314,6 +314,12 @@ class PicksViews:
                             info))
         return out
 
+    def folders_showing(self, rel: str, names) -> dict[str, str]:
+        """{VoxelSpacing folder: "Picks"} among the names of a run's folder rel."""
+        if "Picks" not in names:
+            return {}
+        return {name: "Picks" for name in names if self._run(f"{rel}/{name}") is not None}
+
     def folders_following(self, rel: str) -> list[str]:
         """ExperimentRuns/<run>/Picks: the run's VoxelSpacing folders (they show its picks)."""
         parts = rel.split("/")

@@ -836,3 +836,67 @@ def test_generated_views_live_only_in_their_bounded_cache(tmp_path, mount, monke
     cache = daemon_status(mnt)["view_cache"]
     assert read > 9 << 20 and cache["limit"] == 2 << 20 and cache["bytes"] <= cache["limit"], cache
     assert grown < read // 3, f"the daemon grew by {grown >> 20} MiB reading {read >> 20} MiB of views"
+
+
+@pytest.mark.parametrize("tool", ["rm", "mv"])
+def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mount, monkeypatch, tool):
+    """A view goes with its source (its picks file, its run's Picks/, its zarr store), and
+    `rm -r` (and `mv`, copying a static folder across the overlay, then removing it)
+    removes in listing order: each view is listed before what takes it away. Right after
+    mount the views are listed lean: an unlink of a view the kernel keeps no entry for
+    looks it up first, which found it gone when its source went before it. In folders of
+    over 10,000 entries `rm -r` removes by inode number: a listing numbers views first."""
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")        # (its nodes would be made first)
+    mnt = mount(*one_run_project(tmp_path, (1, 2, 3, 4, 5, 6), levels=1))
+    run = mnt / "ExperimentRuns" / "TS_001"
+    if tool == "rm":
+        inodes = {entry.name: entry.inode() for entry in os.scandir(run / "Picks")}
+        assert all(inodes[name] < inodes[name[:-4] + ".json"] for name in inodes if name.endswith(".csv"))
+        removed = subprocess.run(["rm", "-r", str(run)], capture_output=True, text=True)
+    else:
+        removed = subprocess.run(["mv", str(run / "Picks"), str(run / "Moved")], capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    if tool == "rm":
+        assert os.listdir(run.parent) == []
+    else:
+        assert "Picks" not in os.listdir(run)
+        assert len([name for name in os.listdir(run / "Moved") if name.endswith(".json")]) == 6
+
+
+def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path, monkeypatch):
+    """Deleting a picks file both roots hold removes the overlay's copy, then writes a
+    whiteout. The overlay watch, seeing the first, waits for the removal to end before it
+    asks what the file shows: it found the static copy showing, told the kernel to drop its
+    views' names, and `mv`'s removal, unlinking such a view next, got ENOENT (a flaky
+    `test_renames[s3]`). No kernel here: what the tree reports is looked at."""
+    import threading
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    picks, name = "ExperimentRuns/TS_001/Picks", "tester_1_proteasome.json"
+    (tmp_path / "overlay" / picks).mkdir(parents=True)
+    (tmp_path / "overlay" / picks / name).write_text(json.dumps(rich_picks(2)))
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    told: list[tuple[int, str]] = []
+    tree.listen(lambda inodes, entries, waited: told.extend(entries))
+    whiteout, seen = tree.whiteout, []
+
+    def seen_half_done(parent, gone):           # the watch's report, between the two steps
+        watch = threading.Thread(target=tree.overlay_changed, args=({picks: {name}},))
+        watch.start()
+        watch.join(0.5)
+        whiteout(parent, gone)
+        seen.append(watch)
+    try:
+        folder = tree.root
+        for part in picks.split("/"):
+            folder = folder.lookup(part)
+        assert "tester_1_proteasome.csv" in [entry[1] for entry in folder.scan()]
+        monkeypatch.setattr(tree, "whiteout", seen_half_done)
+        folder.unlink(name)
+        seen[0].join()
+        assert (folder.ino, "tester_1_proteasome.csv") not in told, told
+    finally:
+        tree.close()

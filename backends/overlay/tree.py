@@ -64,11 +64,18 @@ def _cookie(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(os.fsencode(name), digest_size=4).digest(), "big") >> 1 or 1
 
 
-def _in_cookie_order(found: list[tuple[str, Node, Attr | None]]) -> list[tuple[int, str, Node, Attr | None]]:
+def _cookie_before(name: str, after: str) -> int:
+    """The cookie of name listed just before `after` (a view before its source)."""
+    return max(1, _cookie(after) - 1 - _cookie(name) % 16)
+
+
+def _in_cookie_order(found: list[tuple[str, Node, Attr | None]],
+                     before: dict[str, str]) -> list[tuple[int, str, Node, Attr | None]]:
     """(offset, name, node, attr) in the order of the names' cookies (each offset above the
-    last, should two names share a hash)."""
+    last, should two names share a hash); a name of `before` just ahead of the name it maps to."""
     listing, last = [], 0
-    for cookie, name, node, info in sorted((_cookie(name), name, node, info) for name, node, info in found):
+    for cookie, name, node, info in sorted((_cookie_before(name, before[name]) if name in before else _cookie(name),
+                                            name, node, info) for name, node, info in found):
         last = max(cookie, last + 1)
         listing.append((last, name, node, info))
     return listing
@@ -547,9 +554,10 @@ class OverlayTree(Tree):
         return self.upper.stat(_join(rel, OPAQUE)) is not None
 
     # -- derived views ---------------------------------------------------------------------
-    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node]]:
-        """The derived files of a directory (never shadowing a real name), given what its
-        entries show (`derive.listing` gives what a source elsewhere shows, if it knows)."""
+    def derived(self, rel: str, infos: dict[str, Attr]) -> list[tuple[str, Node, str | None]]:
+        """(name, node, its source's name if in this folder) of the derived files of a
+        directory (never shadowing a real name), given what its entries show
+        (`derive.listing` gives what a source elsewhere shows, if it knows)."""
         if self.derive is None:
             return []
         keys: dict[str, tuple] = {}         # each source's version, once for all its views
@@ -561,8 +569,17 @@ class OverlayTree(Tree):
                 key = keys.get(source)
                 if key is None:
                     key = keys[source] = self.source_key(source, info)
-                out.append((name, self._derived_node(rel, name, source, make, info, key)))
+                out.append((name, self._derived_node(rel, name, source, make, info, key),
+                            base if folder == rel else None))
         return out
+
+    def listed_before(self, rel: str, names, views: list[tuple[str, Node, str | None]]) -> dict[str, str]:
+        """{name: the name of folder rel it is listed just before}: a view before its source,
+        a folder that shows views of a sibling's files before that sibling. A view goes with
+        its source and unlinking one is a no-op: a tool that removes in listing order (`rm
+        -r`, `mv` copying across the overlay) then never meets a view its source took away."""
+        before = {name: source for name, _, source in views if source is not None}
+        return before | self.derive.folders_showing(rel, names) if self.derive is not None else before
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
         """One derived file by name: only its own source is looked at."""
@@ -603,6 +620,8 @@ class OverlayTree(Tree):
         (`derive.folders_following`). From the watch's thread (no request waits for it), or
         from a request that made such a change itself (an import: `waited`); costs a stat or
         two per name."""
+        with self.lock:     # a change through the mount seen half-done (an unlinked file's
+            pass            # whiteout not yet written) ends first: what shows is then its outcome
         self.changed()
         if None in changes:
             self.report(*(node.ino for node in list(self._by_key.values()) + list(self._derived.values())),
@@ -1015,17 +1034,18 @@ class MergedDir(MergedNode, Directory):
         rel = self.rel
         prefix = rel + "/" if rel else ""
         node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
+        shown = [entry for entry in self.tree.scan(rel) if entry[0] not in extra]
+        infos = {name: info for name, _, info in shown}
+        # views' nodes first: numbered below their sources' (fts sorts big folders by inode)
+        views = self.tree.derived(rel, infos)
         found = [(name, node, None) for name, node in sorted(extra.items())]
-        infos = {}
-        for name, root, info in self.tree.scan(rel):
-            if name not in extra:
-                infos[name] = info
-                node = node_for(self, name, prefix + name, root, info, moves=moves)
-                if node.kind == stat.S_IFDIR:
-                    node.keep_attr(edits, info)         # (what the kernel gets from the listing)
-                found.append((name, node, info))
-        found += [(name, node, None) for name, node in self.tree.derived(rel, infos)]
-        return _in_cookie_order(found)
+        for name, root, info in shown:
+            node = node_for(self, name, prefix + name, root, info, moves=moves)
+            if node.kind == stat.S_IFDIR:
+                node.keep_attr(edits, info)             # (what the kernel gets from the listing)
+            found.append((name, node, info))
+        found += [(name, node, None) for name, node, _ in views]
+        return _in_cookie_order(found, self.tree.listed_before(rel, infos, views))
 
     # -- names ---------------------------------------------------------------------------
     def _merged(self, name: str) -> str | None:

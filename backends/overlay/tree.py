@@ -14,6 +14,7 @@ import bisect
 import errno
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -47,6 +48,8 @@ MERGED_AHEAD = 64
 #: ... for this long at most where the overlay is watched (else the attribute timeout):
 #: a walk within reaches them, and an `ls` of a big folder holds the window no longer
 MERGED_AHEAD_FOR = 10.0
+#: "0" in the daemon's environment: no listing is made ahead (`MergeAhead`)
+LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
 
 def _join(rel: str, name: str) -> str:
@@ -135,13 +138,16 @@ class OverlayTree(Tree):
         self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
         # counts changes of names or attributes (through the mount, or seen by the watch): a
-        # folder's attributes kept from before one are not given (`MergedDir.cached_attr`)
+        # folder's attributes kept from before one are not given (`MergedDir.cached_attr`);
+        # each change takes a new number (`edited`): equal to a snapshot means none since
+        self._edit_numbers = itertools.count(1)
         self.edits = 0
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
                                      horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
+        self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
         # handles open for writing (their writes change what a listing made ahead shows):
         # id -> a weak reference whose end counts as a change
         self._writing: dict[int, weakref.ref] = {}
@@ -209,10 +215,15 @@ class OverlayTree(Tree):
         there is the overlay's, and no whiteout needs looking for)."""
         return self._visible.get(rel.rpartition("/")[0]) is BARE
 
+    def edited(self) -> None:
+        """Names or attributes changed: a number no snapshot of `edits` holds yet (from
+        any thread: `+= 1` could write back a value taken before another change)."""
+        self.edits = next(self._edit_numbers)
+
     def changed(self) -> None:
         """Whiteouts or opaque markers may have changed: forget visibility (and what is
         being learnt of it right now)."""
-        self.edits += 1
+        self.edited()
         with self._visible_lock:
             self._generation += 1
             self._visible.clear()
@@ -265,11 +276,12 @@ class OverlayTree(Tree):
                 pass
         return None
 
-    def _names(self, rel: str) -> tuple[list[str], set[str] | None, set[str]]:
+    def _names(self, rel: str, touch: bool = True) -> tuple[list[str], set[str] | None, set[str]]:
         """What directory rel shows of each root: (the overlay's names, the static names
         the overlay hides or None if it hides the whole static directory, and the
-        overlay's raw names). Whiteouts and opaqueness come from the overlay's listing."""
-        upper_names = self.upper.listdir(rel)
+        overlay's raw names). Whiteouts and opaqueness come from the overlay's listing
+        (read as a plain read is, moving its atime, unless not `touch`)."""
+        upper_names = self.upper.listdir(rel, touch=touch)
         upper = [n for n in upper_names or [] if not internal(n)]
         if upper_names is None:
             static_shows = self.upper.stat(rel) is None          # an overlay file hides a static dir
@@ -360,10 +372,10 @@ class OverlayTree(Tree):
         static = self.static.listdir(rel, touch=False) or []        # (never written, not even its atimes)
         return sorted(upper + [n for n in static if self._static_shows(n, hidden, raw)])
 
-    def scan(self, rel: str) -> list[tuple[str, Root, Attr]]:
+    def scan(self, rel: str, touch: bool = True) -> list[tuple[str, Root, Attr]]:
         """The listing with what each name shows: one stat per name, in the root that shows
         it (the static root's side may have been scanned ahead)."""
-        upper, hidden, raw = self._names(rel)
+        upper, hidden, raw = self._names(rel, touch)
         found = [(n, self.upper, info) for n, info in zip(upper, self.upper.stat_many(rel, upper))]
         if hidden is not None:
             static_names = self.static.listdir(rel, touch=False) or []
@@ -377,13 +389,17 @@ class OverlayTree(Tree):
     def writing(self, handle: FileHandle) -> None:
         """`handle` may write into the overlay until it goes: no listing made ahead is given
         meanwhile, nor one begun before it went (the sizes it shows may be old)."""
-        self.edits += 1
+        self.edited()
         key = id(handle)
 
         def gone(_, key=key):
-            self.edits += 1
+            self.edited()
             self._writing.pop(key, None)
         self._writing[key] = weakref.ref(handle, gone)
+
+    def in_overlay(self, rel: str) -> bool:
+        """Whether the overlay has a copy of rel (at most one stat)."""
+        return not self._bare(rel) and self.upper.stat(rel) is not None
 
     def listed_ahead(self, node: "MergedDir", wait: bool) -> list | None:
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
@@ -497,7 +513,7 @@ class OverlayTree(Tree):
         wait for each other; nothing else waits for a copy to be made."""
         if node.source is self.upper:
             return
-        self.edits += 1                                  # (the parent's copy changes)
+        self.edited()                                   # (the parent's copy changes)
         if isinstance(node, MergedDir):
             with self.lock:
                 self.ensure_upper_dir(node)
@@ -772,7 +788,7 @@ class MergedNode(Node):
                  uid: int | None = None, gid: int | None = None, handle: FileHandle | None = None) -> None:
         """Through `handle` if it is open on the overlay's copy (fchmod after unlink),
         else by name, after a copy-up."""
-        self.tree.edits += 1
+        self.tree.edited()
         if handle is None or self.opened_on(handle) is not self.tree.upper:
             handle = self.upper_handle() if self.place is None else None     # fchmod after unlink
             if handle is None:
@@ -881,7 +897,7 @@ class MergedFile(MergedNode, File):
         return None if handle is None else self._track(handle, source)
 
     def truncate(self, size: int) -> None:
-        self.tree.edits += 1
+        self.tree.edited()
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
 
@@ -928,11 +944,11 @@ def _changes_entries(method):
     after every create, is answered without a worker thread."""
     @functools.wraps(method)
     def changing(self, *args, **kwargs):
-        self.tree.edits += 1                # (attributes learnt meanwhile are not kept)
+        self.tree.edited()                  # (attributes learnt meanwhile are not kept)
         try:
             return method(self, *args, **kwargs)
         finally:
-            self.tree.edits += 1
+            self.tree.edited()
             for directory in {self, *(a for a in args if isinstance(a, MergedDir))}:
                 directory.learn_attr()
     return changing
@@ -1008,7 +1024,7 @@ class MergedDir(MergedNode, Directory):
 
     def set_attr(self, *args, **kwargs) -> None:
         self._known = None
-        self.tree.edits += 1
+        self.tree.edited()
         super().set_attr(*args, **kwargs)
 
     # -- listing ------------------------------------------------------------------------
@@ -1026,15 +1042,18 @@ class MergedDir(MergedNode, Directory):
             if not wait:
                 return None
             listing = self.scan()
-        self.tree.scan_ahead.plan([node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR])
+        if self.tree.lists_ahead:
+            upper = self.tree.upper
+            self.tree.scan_ahead.plan([node for _, _, node, info in listing
+                                       if info and node.kind == stat.S_IFDIR and node.source is not upper])
         return listing
 
-    def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
+    def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if self is self.tree.root else {}
         rel = self.rel
         prefix = rel + "/" if rel else ""
         node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
-        shown = [entry for entry in self.tree.scan(rel) if entry[0] not in extra]
+        shown = [entry for entry in self.tree.scan(rel, touch) if entry[0] not in extra]
         infos = {name: info for name, _, info in shown}
         # views' nodes first: numbered below their sources' (fts sorts big folders by inode)
         views = self.tree.derived(rel, infos)
@@ -1313,8 +1332,17 @@ class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
-    answered in the trio thread."""
+    answered in the trio thread.
 
-    def _scan(self, node: MergedDir) -> tuple[int, list | None]:
-        edits = node.tree.edits
-        return edits, node.scan() if node.place is not None else None
+    Only folders shown from the static root alone are listed ahead, without moving an
+    atime (the static root's are never moved): the walker's own listing of a folder the
+    overlay has reads the overlay's copy, moving its atime as a plain read does, and a
+    folder not listed keeps its atime. An overlay copy made after the check is a change
+    (counted), so that listing is not given."""
+
+    def _scan(self, node: MergedDir) -> tuple[int, list] | None:
+        tree = node.tree
+        edits = tree.edits
+        if node.place is None or tree.in_overlay(node.rel):
+            return None
+        return edits, node.scan(touch=False)

@@ -110,9 +110,11 @@ class ScanAhead:
                     time.monotonic() - started >= self.horizon:
                 return None
             del self._ready[rel]
-            self.used += 1
+            listing = future.result()
+            if listing is not None:                     # (as `take` counts)
+                self.used += 1
             self._start()
-        return future.result()
+        return listing
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()

@@ -135,7 +135,7 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
         lean_mnt, full_mnt = fresh_mount(list_ahead=False), fresh_mount(lean=False, list_ahead=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
         assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
-        assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], walks
+        assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], (walks, lean, full)
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks

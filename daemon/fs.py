@@ -663,14 +663,16 @@ class Operations(pyfuse3.Operations):
             made = self._dirents[attr] = self._entry(0, attr)
         return made
 
-    def _listing_batch(self, reader, offset: int, lean: bool) -> tuple[list, bool]:
+    def _listing_batch(self, reader, offset: int, lean: bool, ready=None) -> tuple[list, bool] | None:
         """The next entries as (next offset, name, inode, EntryAttributes, node), made in a
         worker thread, and whether more may follow. Entries of an `entry_batch` come
         without a node and are not counted: `Tree.get` builds them from the number
         whenever asked, so their life does not hang on the kernel's forget. In a `lean`
         listing, a file whose attributes are not in memory comes as its file type in
         place of the EntryAttributes (`readdir_reply_name`: the kernel takes no reference
-        to its node, which `LeanRule` keeps to size at the folder's first LOOKUP)."""
+        to its node, which `LeanRule` keeps to size at the folder's first LOOKUP). Given
+        the entries a reader has in memory (`ready`: `entries_ready`), made in the trio
+        thread, or None if one needs I/O."""
         dirents, dirent = self._dirents, self._dirent
         batch = getattr(reader, "entry_batch", None)       # numbered children (`Directory`)
         rows = batch(offset, READDIR_BATCH) if batch is not None else None
@@ -678,13 +680,15 @@ class Operations(pyfuse3.Operations):
             return [(next_offset, name, ino, dirents.get(attr) or dirent(attr), None)
                     for next_offset, name, ino, attr in rows], len(rows) == READDIR_BATCH
         out = []
-        for next_offset, name, child, attr in islice(reader.entries(offset), READDIR_BATCH):
+        for next_offset, name, child, attr in islice(ready or reader.entries(offset), READDIR_BATCH):
             try:
                 if lean and attr is None and (attr := child.cached_attr()) is None:
                     file_type = _file_type(child)
                     if file_type:
                         out.append((next_offset, os.fsencode(name), child.ino, file_type, child))
                         continue
+                if ready is not None and attr is None and (attr := child.cached_attr()) is None:
+                    return None
                 out.append((next_offset, os.fsencode(name), child.ino, dirent(attr or child.attr()), child))
             except OSError as exc:
                 log.warning("listing %s: %s", name, exc)
@@ -784,7 +788,10 @@ class Operations(pyfuse3.Operations):
                 if offset is None:
                     return
                 position = 0
-                entries, more = await self._run(self._listing_batch, listing.reader, offset, listing.lean)
+                ready = getattr(listing.reader, "entries_ready", None)
+                ready = ready and ready(offset)
+                batch = ready and self._listing_batch(listing.reader, offset, listing.lean, ready)
+                entries, more = batch or await self._run(self._listing_batch, listing.reader, offset, listing.lean)
                 _check_offsets(base, entries)
                 if listing.rows is not None and listing.record(offset, entries, more):
                     self.lean_rule.recorded(listing)

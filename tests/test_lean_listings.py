@@ -18,6 +18,7 @@ import stat
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import walk_samples
@@ -29,10 +30,12 @@ def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
             "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
+            "attrs": status["attr_requests"] - status["lookup_requests"],
             "readdirs": status["readdir_requests"], "scans": status["listings_made"],
             "given_again": status["lean_listings_given_again"],
             "batches": status.get("picks_size_batches", 0), "made": status.get("views_made", 0),
-            "sizes_learned": status.get("view_sizes", {}).get("learned", 0), "trips": status["lean_rule_trips"]}
+            "sizes_learned": status.get("view_sizes", {}).get("learned", 0), "trips": status["lean_rule_trips"],
+            "ahead": status.get("listings_scanned_ahead", {}).get("used", 0)}
 
 
 def counted(mnt, *walks) -> dict:
@@ -56,13 +59,15 @@ def copick_source(tmp_path):
 @pytest.fixture
 def fresh_mount(copick_source, mount, monkeypatch, tmp_path):
     """A mount of the copick sample as never mounted before; `lean=False`: every listing
-    entry with its attributes (SCOPEFS_LEAN_LISTINGS=0)."""
+    entry with its attributes (SCOPEFS_LEAN_LISTINGS=0); `list_ahead=False`: no listing
+    made ahead of the walker (SCOPEFS_LIST_AHEAD=0: which are ready in time is scheduling)."""
     made = []
 
-    def fresh(lean: bool = True):
+    def fresh(lean: bool = True, list_ahead: bool = True):
         with monkeypatch.context() as env:
             env.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
             env.setenv("SCOPEFS_LEAN_LISTINGS", "1" if lean else "0")
+            env.setenv("SCOPEFS_LIST_AHEAD", "1" if list_ahead else "0")
             env.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache-{len(made)}"))
             made.append(mount(copick_source.path, *copick_source.options))
         return made[-1]
@@ -124,12 +129,13 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     LOOKUPs tell), none a LOOKUP, and after `find` one for each listing the kernel kept
     from it and then dropped (listed again, with attributes, from the rows the daemon
     kept: every folder scanned once, as with attributes); the same views are made and
-    the picks views in the same batches."""
+    the picks views in the same batches (no listing made ahead: which are ready when the
+    walk reaches them, and so which take a worker call, is up to the scheduler)."""
     def check(walks):
-        lean_mnt, full_mnt = fresh_mount(), fresh_mount(lean=False)
+        lean_mnt, full_mnt = fresh_mount(list_ahead=False), fresh_mount(lean=False, list_ahead=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
         assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
-        assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], walks
+        assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], (walks, lean, full)
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks
@@ -366,3 +372,70 @@ def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fsdb
         thread.join()
     assert not errors and churned[0] >= 60
     assert bad == {"skipped": 0, "repeated": 0, "wrong size": 0}
+
+
+def test_a_cold_find_of_copick_lists_most_folders_without_a_worker_thread(fresh_mount, copick_source):
+    """The folders a walk reaches next (the subfolders of the one it listed) are listed
+    and merged ahead in a worker (`MergeAhead`): the walk's READDIRPLUS of each is
+    answered from that listing, in the trio thread if it is ready by then (how many are
+    is up to the scheduler: not counted here), else in a worker that waits for it. Every
+    folder but the root is given a listing made ahead, and each is listed once."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        cold = counted(fresh_mount(), ["find", "."])
+        assert cold["scans"] == folders and cold["ahead"] == folders - 1, (cold, folders)
+    unless_caches_dropped(check)
+
+
+def test_a_second_find_of_copick_takes_no_worker_thread(fresh_mount, copick_source):
+    """The kernel asks each folder's attributes again after it read the folder's listing
+    (it counts the folder's atime as changed): a second `find` sends a GETATTR for most
+    folders, answered from the attributes the folder's listing or its parent's gave, in
+    memory (the one worker call: the status file read between)."""
+    folders = sum(1 for _ in os.walk(copick_source.path))         # (the overlay is empty)
+
+    def check():
+        mnt = fresh_mount()
+        counted(mnt, ["find", "."])
+        warm = counted(mnt, ["find", "."])
+        assert warm["attrs"] >= folders // 2 and warm["calls"] <= 1, (warm, folders)
+    unless_caches_dropped(check)
+
+
+def test_a_folder_listed_ahead_shows_changes_made_through_the_mount_since(fresh_mount):
+    """Right after its parent was listed (its listing being made ahead), a file of a run
+    folder is made longer and another made through the mount: the run's listing shows
+    both as they are now (a listing made ahead is not given after a change)."""
+    mnt = fresh_mount()
+    for attempt in range(5):
+        run_folder = mnt / "ExperimentRuns" / f"TS_00{attempt % 3}" / "Picks"
+        os.listdir(run_folder.parent)                       # (Picks listed ahead)
+        time.sleep(0.2)
+        picks = run_folder / "user0_0_ribosome.json"                    # (not listing Picks)
+        size = picks.stat().st_size + 100 + attempt
+        with open(picks, "ab") as out:
+            out.write(b" " * (100 + attempt))
+        (run_folder / f"new_{attempt}.txt").write_bytes(b"x" * 7)
+        shown = dict(line.split(" ", 1)[::-1] for line in
+                     run("find", str(run_folder), "-maxdepth", "1", "-type", "f", "-printf", "%s %f\n").splitlines())
+        assert shown[f"new_{attempt}.txt"] == "7" and shown[picks.name] == str(size)
+
+
+def test_a_folder_changed_behind_the_mount_shows_its_new_attributes(fresh_mount, copick_source):
+    """A folder's attributes kept from a walk are not given once the overlay watch saw
+    the folder change: a file made in the overlay's copy of a run's Picks folder by
+    another program shows in the folder's mtime through the mount within two seconds."""
+    overlay = next(Path(o.partition("=")[2]) for o in copick_source.options if o.startswith("overlay="))
+    picks = overlay / "ExperimentRuns" / "TS_001" / "Picks"
+    picks.mkdir(parents=True)
+    (picks / "other_1_ribosome.json").write_text('{"points": []}')
+    os.utime(picks, ns=(10**18, 10**18))
+    mnt = fresh_mount()
+    counted(mnt, ["find", "."], ["find", "."])               # (attributes learnt and asked)
+    assert (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns == 10**18
+    (picks / "other_2_ribosome.json").write_text('{"points": []}')
+    end = time.monotonic() + 2.0
+    while (mnt / "ExperimentRuns" / "TS_001" / "Picks").stat().st_mtime_ns != picks.stat().st_mtime_ns:
+        assert time.monotonic() < end, "the folder's old attributes are still given"
+        time.sleep(0.05)

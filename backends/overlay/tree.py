@@ -14,6 +14,7 @@ import bisect
 import errno
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -41,8 +42,14 @@ NLINK_COUNTS = 100_000
 #: how long the kernel keeps names, attributes and listings when the overlay is watched
 #: (changes in the overlay are told at once; the static root does not change)
 WATCHED_TIMEOUT = 60.0
-#: a directory's attributes learnt after a change answer for this long without I/O
-KNOWN_FOR = 1.0
+#: merged listings made ahead of a walker, at most (those it will reach after the current
+#: folder's subtree wait here meanwhile: a run's siblings while it walks the run)
+MERGED_AHEAD = 64
+#: ... for this long at most where the overlay is watched (else the attribute timeout):
+#: a walk within reaches them, and an `ls` of a big folder holds the window no longer
+MERGED_AHEAD_FOR = 10.0
+#: "0" in the daemon's environment: no listing is made ahead (`MergeAhead`)
+LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
 
 def _join(rel: str, name: str) -> str:
@@ -130,11 +137,20 @@ class OverlayTree(Tree):
         # counts renames and deletions: a lookup that raced one does not move a node back
         self.moves = 0
         self._generation = 0                     # of `_visible`: changed() counts up
+        # counts changes of names or attributes (through the mount, or seen by the watch): a
+        # folder's attributes kept from before one are not given (`MergedDir.cached_attr`);
+        # each change takes a new number (`edited`): equal to a snapshot means none since
+        self._edit_numbers = itertools.count(1)
+        self.edits = 0
         self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
-        self.scan_ahead = ScanAhead(static, threads=2 if static.local_storage else 8,
-                                    horizon=self.unwatched_timeout)
+        self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
+                                     horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
+        self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
+        # handles open for writing (their writes change what a listing made ahead shows):
+        # id -> a weak reference whose end counts as a change
+        self._writing: dict[int, weakref.ref] = {}
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
@@ -151,6 +167,10 @@ class OverlayTree(Tree):
         # kernel keeps listings and attributes, else it asks again after a second (five remote)
         self.watch = self._watch_overlay()
         watched = self.watch is not None
+        # changes are counted where watched: a listing made ahead waits for the walker longer
+        self.scan_ahead.horizon = MERGED_AHEAD_FOR if watched else self.unwatched_timeout
+        # how long a folder's attributes are given from memory: as long as the kernel keeps them
+        self.attrs_kept_for = WATCHED_TIMEOUT if watched else self.unwatched_timeout
         self.cache_policy = CachePolicy(entry_timeout=WATCHED_TIMEOUT if watched else 1.0,
                                         attr_timeout=WATCHED_TIMEOUT if watched else self.unwatched_timeout,
                                         negative_timeout=0.0, keep_cache=True, cache_listings=watched)
@@ -195,9 +215,15 @@ class OverlayTree(Tree):
         there is the overlay's, and no whiteout needs looking for)."""
         return self._visible.get(rel.rpartition("/")[0]) is BARE
 
+    def edited(self) -> None:
+        """Names or attributes changed: a number no snapshot of `edits` holds yet (from
+        any thread: `+= 1` could write back a value taken before another change)."""
+        self.edits = next(self._edit_numbers)
+
     def changed(self) -> None:
         """Whiteouts or opaque markers may have changed: forget visibility (and what is
         being learnt of it right now)."""
+        self.edited()
         with self._visible_lock:
             self._generation += 1
             self._visible.clear()
@@ -250,11 +276,12 @@ class OverlayTree(Tree):
                 pass
         return None
 
-    def _names(self, rel: str) -> tuple[list[str], set[str] | None, set[str]]:
+    def _names(self, rel: str, touch: bool = True) -> tuple[list[str], set[str] | None, set[str]]:
         """What directory rel shows of each root: (the overlay's names, the static names
         the overlay hides or None if it hides the whole static directory, and the
-        overlay's raw names). Whiteouts and opaqueness come from the overlay's listing."""
-        upper_names = self.upper.listdir(rel)
+        overlay's raw names). Whiteouts and opaqueness come from the overlay's listing
+        (read as a plain read is, moving its atime, unless not `touch`)."""
+        upper_names = self.upper.listdir(rel, touch=touch)
         upper = [n for n in upper_names or [] if not internal(n)]
         if upper_names is None:
             static_shows = self.upper.stat(rel) is None          # an overlay file hides a static dir
@@ -345,24 +372,44 @@ class OverlayTree(Tree):
         static = self.static.listdir(rel, touch=False) or []        # (never written, not even its atimes)
         return sorted(upper + [n for n in static if self._static_shows(n, hidden, raw)])
 
-    def scan(self, rel: str) -> list[tuple[str, Root, Attr]]:
+    def scan(self, rel: str, touch: bool = True) -> list[tuple[str, Root, Attr]]:
         """The listing with what each name shows: one stat per name, in the root that shows
         it (the static root's side may have been scanned ahead)."""
-        upper, hidden, raw = self._names(rel)
+        upper, hidden, raw = self._names(rel, touch)
         found = [(n, self.upper, info) for n, info in zip(upper, self.upper.stat_many(rel, upper))]
         if hidden is not None:
-            ahead = self.scan_ahead.take(rel)
-            if ahead is None:
-                static_names = self.static.listdir(rel, touch=False) or []
-                names = [n for n in static_names if self._static_shows(n, hidden, raw)]
-                found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
-            else:
-                static_names = ahead
-                found += [(n, self.static, info) for n, info in ahead.items() if self._static_shows(n, hidden, raw)]
+            static_names = self.static.listdir(rel, touch=False) or []
+            names = [n for n in static_names if self._static_shows(n, hidden, raw)]
+            found += [(n, self.static, info) for n, info in zip(names, self.static.stat_many(rel, names))]
             merged = set(upper).intersection(static_names) if self.real_owners else ()  # counted in both
             found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
                       and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
         return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])
+
+    def writing(self, handle: FileHandle) -> None:
+        """`handle` may write into the overlay until it goes: no listing made ahead is given
+        meanwhile, nor one begun before it went (the sizes it shows may be old)."""
+        self.edited()
+        key = id(handle)
+
+        def gone(_, key=key):
+            self.edited()
+            self._writing.pop(key, None)
+        self._writing[key] = weakref.ref(handle, gone)
+
+    def in_overlay(self, rel: str) -> bool:
+        """Whether the overlay has a copy of rel (at most one stat)."""
+        return not self._bare(rel) and self.upper.stat(rel) is not None
+
+    def listed_ahead(self, node: "MergedDir", wait: bool) -> list | None:
+        """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
+        change came since it began and no file is open for writing; `wait`: for one under
+        way (at most the horizon), else only one made already."""
+        ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
+        if ahead is None:
+            return None
+        edits, listing = ahead
+        return listing if edits == self.edits and not self._writing else None
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -466,6 +513,7 @@ class OverlayTree(Tree):
         wait for each other; nothing else waits for a copy to be made."""
         if node.source is self.upper:
             return
+        self.edited()                                   # (the parent's copy changes)
         if isinstance(node, MergedDir):
             with self.lock:
                 self.ensure_upper_dir(node)
@@ -601,8 +649,6 @@ class OverlayTree(Tree):
             parent = self._node_at(rel)
             following = self.derive.folders_following(rel) if self.derive is not None else []
             for node in [parent, *map(self._node_at, following)]:
-                if isinstance(node, MergedDir):
-                    node._known = None
                 if node is not None:
                     inodes.add(node.ino)
             for name in names:
@@ -742,6 +788,7 @@ class MergedNode(Node):
                  uid: int | None = None, gid: int | None = None, handle: FileHandle | None = None) -> None:
         """Through `handle` if it is open on the overlay's copy (fchmod after unlink),
         else by name, after a copy-up."""
+        self.tree.edited()
         if handle is None or self.opened_on(handle) is not self.tree.upper:
             handle = self.upper_handle() if self.place is None else None     # fchmod after unlink
             if handle is None:
@@ -836,6 +883,7 @@ class MergedFile(MergedNode, File):
         handle = self.tree.upper.open_write(self.rel, flags)
         if self.tree.derive is not None:
             handle = _ViewSourceHandle(handle, self.tree, self.rel, written=bool(flags & os.O_TRUNC))
+        self.tree.writing(handle)
         return self._track(handle, self.tree.upper)
 
     def open_nowait(self, flags: int) -> FileHandle | None:
@@ -849,6 +897,7 @@ class MergedFile(MergedNode, File):
         return None if handle is None else self._track(handle, source)
 
     def truncate(self, size: int) -> None:
+        self.tree.edited()
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
 
@@ -895,9 +944,11 @@ def _changes_entries(method):
     after every create, is answered without a worker thread."""
     @functools.wraps(method)
     def changing(self, *args, **kwargs):
+        self.tree.edited()                  # (attributes learnt meanwhile are not kept)
         try:
             return method(self, *args, **kwargs)
         finally:
+            self.tree.edited()
             for directory in {self, *(a for a in args if isinstance(a, MergedDir))}:
                 directory.learn_attr()
     return changing
@@ -914,42 +965,66 @@ class _Snapshot:
 
     def entries(self, offset: int):
         if offset == 0 or self._entries is None:
-            self._entries = self.directory.scan() if self.directory.place is not None else []
+            self._entries = self.directory.listing(wait=True) if self.directory.place is not None else []
         return _after(self._entries, offset)
+
+    def entries_ready(self, offset: int):
+        """`entries(offset)` if memory holds them (read on in this snapshot, or from 0 a
+        listing made ahead: `MergeAhead`), else None: for the trio thread."""
+        if offset:
+            return None if self._entries is None else _after(self._entries, offset)
+        listing = self.directory.listing(wait=False) if self.directory.place is not None else None
+        if listing is None:
+            return None
+        self._entries = listing
+        return _after(listing, 0)
 
 
 class MergedDir(MergedNode, Directory):
+    """A folder of the merged view. Its attributes, once learnt (a GETATTR, its parent's
+    listing, a change through the mount), are given from memory while no change came
+    (`OverlayTree.edits`) and for as long as the kernel keeps attributes: a walk's GETATTRs
+    of folders (the kernel asks again after each listing it read: it counts the folder's
+    atime as changed) take no worker thread."""
     __slots__ = ("_known",)
     rename_flags = RENAME_NOREPLACE | RENAME_EXCHANGE
 
     def __init__(self, tree: OverlayTree, place: tuple):
         super().__init__(tree, place)
-        self._known: tuple[float, Attr] | None = None       # (when, attributes) after a change
+        self._known: tuple[int | None, float, Attr] | None = None   # (tree.edits, until, attributes)
 
     def attr(self) -> Attr:
         if self.place is None and self._known is not None:
-            return self._known[1]                        # removed
-        rel = self.rel
-        return self.tree.shown_dir_exact(rel, *self.tree.top(rel))
+            return self._known[2]                        # removed
+        rel, edits = self.rel, self.tree.edits
+        info = self.tree.shown_dir_exact(rel, *self.tree.top(rel))
+        self.keep_attr(edits, info)
+        return info
+
+    def keep_attr(self, edits: int, info: Attr) -> None:
+        """`info`, learnt since the tree's count of changes was `edits`, answers for now."""
+        if self.place is not None:
+            self._known = (edits, time.monotonic() + self.tree.attrs_kept_for, info)
 
     def learn_attr(self) -> None:
         try:
-            self._known = (time.monotonic(), self.attr())
+            self.attr()
         except OSError:
             self._known = None
 
     def cached_attr(self) -> Attr | None:
         known = self._known
-        if known is not None and time.monotonic() - known[0] < KNOWN_FOR:
-            return known[1]
+        if known is not None and (known[0] is None or known[0] == self.tree.edits and time.monotonic() < known[1]):
+            return known[2]
         return None
 
     def removed(self, info: Attr) -> None:
         """rmdir: a handle still open on it shows it with no links, and lists nothing."""
-        self._known = (math.inf, info._replace(nlink=0))
+        self._known = (None, math.inf, info._replace(nlink=0))
 
     def set_attr(self, *args, **kwargs) -> None:
         self._known = None
+        self.tree.edited()
         super().set_attr(*args, **kwargs)
 
     # -- listing ------------------------------------------------------------------------
@@ -957,24 +1032,39 @@ class MergedDir(MergedNode, Directory):
         return _Snapshot(self)
 
     def entries(self, offset: int):
-        return _after(self.scan(), offset)
+        return _after(self.listing(wait=True), offset)
 
-    def scan(self) -> list[tuple[int, str, Node, Attr | None]]:
+    def listing(self, wait: bool) -> list | None:
+        """The listing as it is now: made ahead (`OverlayTree.listed_ahead`), or (if `wait`)
+        scanned; its subfolders are listed ahead from here, in a worker."""
+        listing = self.tree.listed_ahead(self, wait)
+        if listing is None:
+            if not wait:
+                return None
+            listing = self.scan()
+        if self.tree.lists_ahead:
+            upper = self.tree.upper
+            self.tree.scan_ahead.plan([node for _, _, node, info in listing
+                                       if info and node.kind == stat.S_IFDIR and node.source is not upper])
+        return listing
+
+    def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
         extra = self.tree.extra if self is self.tree.root else {}
         rel = self.rel
         prefix = rel + "/" if rel else ""
-        node_for, moves = self.tree.node_for, self.tree.moves
-        shown = [entry for entry in self.tree.scan(rel) if entry[0] not in extra]
+        node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
+        shown = [entry for entry in self.tree.scan(rel, touch) if entry[0] not in extra]
         infos = {name: info for name, _, info in shown}
         # views' nodes first: numbered below their sources' (fts sorts big folders by inode)
         views = self.tree.derived(rel, infos)
         found = [(name, node, None) for name, node in sorted(extra.items())]
-        found += [(name, node_for(self, name, prefix + name, root, info, moves=moves), info)
-                  for name, root, info in shown]
+        for name, root, info in shown:
+            node = node_for(self, name, prefix + name, root, info, moves=moves)
+            if node.kind == stat.S_IFDIR:
+                node.keep_attr(edits, info)             # (what the kernel gets from the listing)
+            found.append((name, node, info))
         found += [(name, node, None) for name, node, _ in views]
-        listing = _in_cookie_order(found, self.tree.listed_before(rel, infos, views))
-        self.tree.scan_ahead.plan([prefix + name for _, name, _, info in listing if info and stat.S_ISDIR(info.mode)])
-        return listing
+        return _in_cookie_order(found, self.tree.listed_before(rel, infos, views))
 
     # -- names ---------------------------------------------------------------------------
     def _merged(self, name: str) -> str | None:
@@ -1236,3 +1326,23 @@ class MergedDir(MergedNode, Directory):
 
 
 _NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: MergedLink}
+
+
+class MergeAhead(ScanAhead):
+    """Listings of the merged folders a walker opens next (both roots, merged, their nodes
+    made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
+    gives it only if no change came since): the walker's READDIRPLUS of such a folder is
+    answered in the trio thread.
+
+    Only folders shown from the static root alone are listed ahead, without moving an
+    atime (the static root's are never moved): the walker's own listing of a folder the
+    overlay has reads the overlay's copy, moving its atime as a plain read does, and a
+    folder not listed keeps its atime. An overlay copy made after the check is a change
+    (counted), so that listing is not given."""
+
+    def _scan(self, node: MergedDir) -> tuple[int, list] | None:
+        tree = node.tree
+        edits = tree.edits
+        if node.place is None or tree.in_overlay(node.rel):
+            return None
+        return edits, node.scan(touch=False)

@@ -52,10 +52,11 @@ class ScanAhead:
     time, and new ones are started only as the walker takes them, so an `ls` of a
     directory of a thousand folders costs `window` listings, not a thousand."""
 
-    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0):
+    def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0, wait: float | None = None):
         self.root = root
         self.window = window
         self.horizon = horizon
+        self.wait = horizon if wait is None else wait       # for one under way, at most
         self._ready: dict[str, tuple[float, Future]] = {}
         self._plan: deque[str] = deque()
         self._planned: set[str] = set()           # what the plan still holds
@@ -87,7 +88,7 @@ class ScanAhead:
         try:
             # waited for no longer than it would stay usable: a hung source costs the
             # walker one horizon, then it lists for itself
-            listing = future.result(timeout=max(self.horizon - (time.monotonic() - started), 0.0))
+            listing = future.result(timeout=max(min(self.horizon, self.wait) - (time.monotonic() - started), 0.0))
         except Exception as exc:                         # the caller lists it itself
             log.debug("scan ahead of %s: %r", rel, exc)
             listing, wasted = None, isinstance(exc, TimeoutError)
@@ -99,6 +100,21 @@ class ScanAhead:
             elif listing is not None:
                 self.used += 1
         return None if wasted else listing
+
+    def take_nowait(self, rel: str):
+        """What `take` gives, if it is made already (else None, and the listing stays for a
+        `take` that waits for it): no waiting, no I/O, for the trio thread."""
+        with self._lock:
+            started, future = self._ready.get(rel, (0.0, None))
+            if future is None or not future.done() or future.exception() is not None or \
+                    time.monotonic() - started >= self.horizon:
+                return None
+            del self._ready[rel]
+            listing = future.result()
+            if listing is not None:                     # (as `take` counts)
+                self.used += 1
+            self._start()
+        return listing
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()

@@ -130,7 +130,10 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     from it and then dropped (listed again, with attributes, from the rows the daemon
     kept: every folder scanned once, as with attributes); the same views are made and
     the picks views in the same batches (no listing made ahead: which are ready when the
-    walk reaches them, and so which take a worker call, is up to the scheduler)."""
+    walk reaches them, and so which take a worker call, is up to the scheduler). Tried
+    up to three times: after the trip the kernel is told to drop the listings it kept in
+    the background (`lookup` does not wait for it), and a walk that reaches one of them
+    first looks its names up one by one (seen in about 1 run in 7)."""
     def check(walks):
         lean_mnt, full_mnt = fresh_mount(list_ahead=False), fresh_mount(lean=False, list_ahead=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
@@ -140,7 +143,7 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks
     for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
-        unless_caches_dropped(lambda: check(walks))
+        unless_caches_dropped(lambda: check(walks), tries=3, any_failure=True)
 
 
 def listed(mnt) -> tuple[str, dict[str, str]]:

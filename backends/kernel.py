@@ -208,11 +208,8 @@ def set_times(fd: int, name: str | None, atime_ns: int | None, mtime_ns: int | N
     if _libc is None:
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), name)
     # glibc's utimensat refuses a NULL path (EINVAL): an open file's times go through futimens
-    done = (_libc.futimens(fd, times) if name is None
-            else _libc.utimensat(fd, os.fsencode(name), times, _AT_SYMLINK_NOFOLLOW))
-    if done != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), name)
+    _libc_done(_libc.futimens(fd, times) if name is None
+               else _libc.utimensat(fd, os.fsencode(name), times, _AT_SYMLINK_NOFOLLOW), name)
 
 
 def _libc_done(result: int, path: str) -> None:
@@ -255,6 +252,4 @@ def rename_at(old_dir: int, old: str, new_dir: int, new: str, flags: int = 0) ->
     renameat2 = getattr(_libc, "renameat2", None)
     if renameat2 is None:
         raise OSError(errno.EINVAL, "renameat2 is not available here", new)
-    if renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), ctypes.c_uint(flags)) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), new)
+    _libc_done(renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), ctypes.c_uint(flags)), new)

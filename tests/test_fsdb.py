@@ -19,6 +19,7 @@ from conftest import MountFailed, daemon_pid, daemon_status, wait_gone
 from upstream import run_upstream, upstream_python
 
 from scopefs.backends.fsdb import FSDB, DBBusyError, io
+from scopefs.backends.kernel import RENAME_EXCHANGE, RENAME_NOREPLACE, rename_at
 
 pytestmark = pytest.mark.upstream
 
@@ -550,12 +551,15 @@ def test_a_new_files_metadata_shows_as_soon_as_it_is_closed(tmp_path, mount):
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> int:
-    """renameat2(2): 0, or the errno it failed with."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), flags) == 0:
-        return 0
-    return ctypes.get_errno()
+    """renameat2(2) of two names in one folder: 0, or the errno it failed with."""
+    folder = os.open(src.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rename_at(folder, src.name, folder, os.path.relpath(dst, src.parent), flags)
+    except OSError as exc:
+        return exc.errno
+    finally:
+        os.close(folder)
+    return 0
 
 
 def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
@@ -598,9 +602,9 @@ def test_a_rename_onto_an_existing_file_replaces_it(tmp_path, mount):
         os.rename(images / ".y.part", images / "y")
         assert os.pread(held.fileno(), 100, 0) == b"new" and os.fstat(held.fileno()).st_size == 3
     assert (images / "y").read_bytes() == b"rsync's"
-    assert _renameat2(images / "z.png", images / "y", 1) == errno.EEXIST       # RENAME_NOREPLACE
-    assert _renameat2(images / ".hidden", images / "y", 1) == errno.EEXIST
-    assert _renameat2(images / "z.png", images / "y", 2) == errno.EINVAL       # RENAME_EXCHANGE
+    assert _renameat2(images / "z.png", images / "y", RENAME_NOREPLACE) == errno.EEXIST
+    assert _renameat2(images / ".hidden", images / "y", RENAME_NOREPLACE) == errno.EEXIST
+    assert _renameat2(images / "z.png", images / "y", RENAME_EXCHANGE) == errno.EINVAL
     assert (images / "y").read_bytes() == b"rsync's" and (images / "z.png").read_bytes() == b"z"
     os.unlink(images / ".hidden")
     mount.cleanup()

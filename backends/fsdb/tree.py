@@ -27,7 +27,6 @@ at unmount.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -375,8 +374,7 @@ class DataFile(File):
         is what the disk has now: it is not told of the file, only of its folder."""
         with self.tree.lock:
             if self.unlinked_attr is not None:  # unlinked while open: what was written goes with it
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(finished)
+                model._unlink(finished)
                 return
             new = self.file.filename is None
             db, scan = self.tree.db, self.file.fileset.scan
@@ -1085,7 +1083,8 @@ class FilesetFolder(Folder):
         with self.tree.lock:
             # (temporary files of writes: this mount's in progress are not shown, older ones removed)
             for name in names:
-                self._drop_leftover(name)
+                if name.endswith(TEMP_SUFFIX):
+                    self._drop_leftover(name)
             names = [name for name in names if not name.endswith(TEMP_SUFFIX)]
             if changes == self._changes:
                 self._hidden = names
@@ -1095,21 +1094,18 @@ class FilesetFolder(Folder):
         self._hidden = None
         return super().refresh_attr()
 
-    def _drop_leftover(self, name: str) -> bool:
+    def _drop_leftover(self, name: str) -> None:
         """Remove a temporary file of a write that a mount killed before the file was closed
         (older than this mount; the journal does not name it): never registered, its data
         is lost, as the writer was told nothing else (call with the tree's lock)."""
-        if not name.endswith(TEMP_SUFFIX):
-            return False
         path = os.path.join(self.path(), name)
         try:
             if os.stat(path).st_mtime_ns >= self.tree.started_ns:
-                return False                    # one of this mount's writes
+                return                          # one of this mount's writes
             os.unlink(path)
         except FileNotFoundError:
-            return True
+            return
         log.warning("removed %s: a write that a stopped mount never finished", path)
-        return True
 
     def data_changed(self, name: str, *inodes: int, entries: tuple = (), unseen: bool = False,
                      only_here: bool = False) -> None:
@@ -1208,12 +1204,12 @@ class FilesetFolder(Folder):
         data = self.tree.nodes.get(("data",) + self._key(file.id))
         return data.attr()._replace(nlink=0) if isinstance(data, DataFile) else None
 
-    def _unlinked(self, file, gone: Attr | None = None) -> None:
+    def _unlinked(self, file, gone: Attr | None) -> None:
         """`file`'s name is gone (unlinked, or renamed over): its node is kept for the
         descriptors still open on it, as a plain directory keeps the inode."""
         data = self.tree.nodes.get(("data",) + self._key(file.id))
         if isinstance(data, DataFile):
-            data.unlinked_attr = gone or data.attr()._replace(nlink=0)
+            data.unlinked_attr = gone
             self.tree.unlinked[data.ino] = data
         self.tree.forget_nodes(("data",) + self._key(file.id), report=True)
 

@@ -324,7 +324,9 @@ class DataFile(File):
     def attr(self) -> Attr:
         if self.unlinked_attr is not None:
             return self._gone_attr()
-        if self._attr is None and self.writer is None:
+        if self._attr is None and self.writer is None and not self._commits:
+            # (never known: a walker may be at its folder; one written through the mount
+            # since costs its own stat, not a pass over the folder per file copied in)
             self.folder.file_attr_asked()
             if self._attr is not None:
                 return self._attr

@@ -146,7 +146,7 @@ class OverlayTree(Tree):
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
-                                     horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
+                                     horizon=self.unwatched_timeout)
         self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
         # handles open for writing (their writes change what a listing made ahead shows):
         # id -> a weak reference whose end counts as a change
@@ -1024,8 +1024,7 @@ class MergedDir(MergedNode, Directory):
 
     def set_attr(self, *args, **kwargs) -> None:
         self._known = None
-        self.tree.edited()
-        super().set_attr(*args, **kwargs)
+        super().set_attr(*args, **kwargs)               # (which counts the change)
 
     # -- listing ------------------------------------------------------------------------
     def opendir(self) -> _Snapshot:

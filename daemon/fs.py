@@ -602,8 +602,6 @@ class Operations(pyfuse3.Operations):
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
                     self.folder_listings.forget(ino)            # the kernel's listing went with the inode
-                    if self.ends_in_session:
-                        pyfuse3.readdir_end_forget(ino)
                     self.unopened.forget(ino)
                     self.tree.forget(ino)
         except Exception:

@@ -102,6 +102,8 @@ class FolderListings:
         """The kernel forgot the folder: nobody can read on in its listings."""
         for number in self._numbers.pop(ino, ()):
             self._gone -= len(self._listings.pop(number).gone)
+        if self._dropped is not None:
+            self._dropped(ino)
 
     def __len__(self) -> int:
         return len(self._listings)

@@ -8,15 +8,16 @@ attributes (SCOPEFS_LEAN_LISTINGS=0), alternating, each walk on a fresh mount.
 
 Printed per walk and mode, as medians: wall time, the daemon's CPU seconds, and the
 daemon's counters for the walk: requests, LOOKUPs, READDIRs, entries listed without
-attributes, LOOKUPs answered from a folder's first (`lean_lookups_answered`), worker
-calls, and (FSDB) attributes the backend learned from disk. The copick project is
-mounted as never before (`never`: no view sizes kept, a fresh XDG_CACHE_HOME each mount,
-the size learner racing the walk), with the sizes a mount before kept (`kept`), and
-after the mount's learner is done (`learned`). With sizes kept the mount has no size learner
-unless `--learner` (as `benchmarks/walk.py` mounts: the learner from mount on, the walk at
-once). Each `--daemon-path LABEL=DIR` adds a column, lean listings with DIR first on the
-daemon's PYTHONPATH (another checkout of scopefs, unpacked there as `DIR/scopefs`), walked
-in turn with the others.
+attributes, LOOKUPs answered from a folder's first (`lean_lookups_answered`), worker calls,
+and (FSDB) attributes the backend learned from disk and the CPU time of the threads that
+learn them ahead of the walk (`learning_ahead_cpu_s`; 0 where a daemon has no such count).
+The copick project is mounted as never before (`never`: no view sizes kept, a fresh
+XDG_CACHE_HOME each mount, the size learner racing the walk), with the sizes a mount before
+kept (`kept`), and after the mount's learner is done (`learned`). With sizes kept the mount
+has no size learner unless `--learner` (as `benchmarks/walk.py` mounts: the learner from
+mount on, the walk at once). Each `--daemon-path LABEL=DIR` adds a column, lean listings
+with DIR first on the daemon's PYTHONPATH (another checkout of scopefs, unpacked there as
+`DIR/scopefs`), walked in turn with the others.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def counted(st: dict) -> dict:
     out = {name: st.get(name, 0) for name in COUNTERS}
     out["learned"] = st.get("work", {}).get("attributes_learned", 0)
     out["views_made"] = st.get("views_made", 0)
+    out["learner_cpu_s"] = st.get("learning_ahead_cpu_s", 0)      # (FSDB: the threads learning ahead)
     return out
 
 
@@ -144,7 +146,8 @@ def main() -> None:
                               ("requests", "lookup_requests", "lean_lookups_answered", "readdir_requests",
                                "listings_made", "lean_listings_given_again", "lean_entries", "worker_calls",
                                "views_made", "learned"))
-            print(f"  {walk:<18} wall {cell('wall_s', '.3f')} s  daemon CPU {cell('cpu_s', '.2f')} s  {cells}",
+            print(f"  {walk:<18} wall {cell('wall_s', '.3f')} s  daemon CPU {cell('cpu_s', '.2f')} s  "
+                  f"learner CPU {cell('learner_cpu_s', '.2f')} s  {cells}",
                   flush=True)
 
 if __name__ == "__main__":

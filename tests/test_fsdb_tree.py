@@ -297,6 +297,7 @@ def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monke
         listed = listed_from_memory_after_the_root(tree, monkeypatch)
         entries = 2 + sum(len(rows) for rows in listed)         # (the root's: a scan and its metadata)
         assert tree.counts["attributes_learned"] == entries == 2 + 4 + 2 * BIG + 4
+        assert tree.status()["learning_ahead_cpu_s"] > 0          # (what the learner's threads spent)
     finally:
         tree.close()
 

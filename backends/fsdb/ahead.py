@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
@@ -22,7 +23,7 @@ class Learner:
     beyond it: a walk wakes the thread once per half of `ahead` entries, not at each
     folder it lists (a pass costs the walk's thread the interpreter's lock while it goes
     through the folders ahead). `parallel` folders are learned at a time: their waits
-    for the disk overlap."""
+    for the disk overlap. `cpu_ns`: the CPU time its threads spent (for status)."""
 
     def __init__(self, after: Callable[[object], Iterable], ahead: int, parallel: int = 2):
         self._after = after
@@ -36,6 +37,7 @@ class Learner:
         self._thread: threading.Thread | None = None
         self._passed: dict[object, int] = {}    # folders the last pass went through -> entries before each
         self._reach = 0                         # entries it went through
+        self.cpu_ns = 0
 
     def listed(self, folder, again: bool = False) -> None:
         """From any thread, the loop's included: never waits for I/O. `again`: what the
@@ -75,6 +77,7 @@ class Learner:
                     return
                 start, self._next, self._busy = self._next, None, True
                 self._passed, self._reach = {}, 0
+            began = time.thread_time_ns()
             learning = deque()
             try:
                 budget = self._ahead
@@ -86,7 +89,7 @@ class Learner:
                     if not folder.learned:
                         if len(learning) == self._parallel:
                             learning.popleft().result()
-                        learning.append(self._pool.submit(folder.learn))
+                        learning.append(self._pool.submit(self._learn, folder))
                     with self._cond:
                         self._passed[folder] = self._reach
                         self._reach += entries
@@ -98,3 +101,14 @@ class Learner:
             finally:
                 with self._cond:
                     self._busy = False
+                    self.cpu_ns += time.thread_time_ns() - began
+
+    def _learn(self, folder) -> None:
+        """`folder.learn()` in a thread of the pool, its CPU time counted."""
+        began = time.thread_time_ns()
+        try:
+            folder.learn()
+        finally:
+            spent = time.thread_time_ns() - began
+            with self._cond:
+                self.cpu_ns += spent

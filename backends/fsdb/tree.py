@@ -1530,7 +1530,8 @@ class FSDBTree(Tree):
         return {"scans": len(self.db.scans), "lock": None if self.db.files.remote else self.db._lock.path,
                 **(self.db.files.status() if self.db.files.remote else {}),
                 "work": dict(self.counts + self.db.counts),
-                **({"learning_ahead": not self.learner.idle()} if self.learner is not None else {})}
+                **({"learning_ahead": not self.learner.idle(), "learning_ahead_cpu_s": self.learner.cpu_ns / 1e9}
+                   if self.learner is not None else {})}
 
     def close(self) -> None:
         if self.learner is not None:

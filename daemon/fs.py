@@ -107,7 +107,8 @@ class Notifier:
     threads of their own, never from the trio loop: one for inodes (which a request that
     made changes waits for, `when_sent`, so that the caller's next stat sees them), one for
     names (never waited for: a name's notification waits for any change in flight in its
-    folder, possibly the very request that caused it), one for contents."""
+    folder, possibly the very request that caused it), one for contents. A worker thread
+    that answers its request itself (`held`) sends the inodes it reports on its own."""
 
     def __init__(self, counters: Counters, known: dict[int, int]):
         self._counters = counters
@@ -120,11 +121,14 @@ class Notifier:
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
         self._entries: dict[tuple[int, str], None] = {}
         self._stores: dict[int, tuple[int, bytes]] = {}      # inode -> (offset, content from there)
-        self._reported = 0                       # inode reports made ...
-        self._done = 0                           # ... and sent
+        self._reported = 0                       # inode reports made (numbered) ...
+        self._done = 0                           # ... and sent, all up to this one
+        self._first_pending = 0                  # the first report in `_inodes` (0: none)
+        self._in_flight: dict[int, int] = {}     # senders (thread ids) of batches -> their first report
+        self._holder = threading.local()         # inodes a replying thread sends itself (`held`)
         self._waiters: list[tuple[int, Callable[[], None]]] = []    # (mark, wake) for when_sent
         self._running = False
-        self._storing = 0                        # stores being sent from other threads (`store(wait=True)`)
+        self._storing = 0                        # sent from other threads (`store(wait=True)`, `held`)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -149,15 +153,48 @@ class Notifier:
 
     def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...], waited: bool = True) -> None:
         """From any thread (a backend's `Tree.report`)."""
+        held = getattr(self._holder, "inodes", None)
         with self._cond:
-            for ino in inodes:
-                self._inodes[ino] = None
-            for entry in entries:
-                self._entries[entry] = None
             # waited for only if the kernel holds one of them (else it has nothing stale to
             # drop: a later lookup gets the new attributes; `_notify` checks again)
-            self._reported += waited and any(ino in self._known for ino in inodes)
-            self._cond.notify_all()
+            if waited and any(ino in self._known for ino in inodes):
+                self._reported += 1
+                if held is not None:
+                    self._in_flight.setdefault(threading.get_ident(), self._reported)
+                elif not self._first_pending:
+                    self._first_pending = self._reported
+            if held is not None:
+                held.update(dict.fromkeys(inodes))
+            else:
+                self._inodes.update(dict.fromkeys(inodes))
+            self._entries.update(dict.fromkeys(entries))
+            if entries or (inodes and held is None):
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def held(self):
+        """Around a change made in a worker thread that then answers its request itself
+        (`Operations._flush_in_thread`): the inodes this thread reports meanwhile are sent
+        from it at the end, not handed to the inodes' thread and waited for (two thread
+        wake-ups a copied file), and what that thread is sending is waited for as
+        `wait_sent` does. (An inode's notification blocks at most on the pages of reads
+        that other threads answer.)"""
+        held = self._holder.inodes = {}
+        sender = threading.get_ident()
+        try:
+            yield
+        finally:
+            del self._holder.inodes
+            with self._cond:
+                sending = self._running and bool(held)
+                self._storing += sending            # (`stop` waits: the session must outlive it)
+            sent = 0
+            try:
+                if sending:
+                    sent = sum(self._notify("inodes", ino, None) for ino in held)
+            finally:
+                self._batch_sent(sender, sent, sending)
+            self.wait_sent()
 
     def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
         """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
@@ -226,22 +263,36 @@ class Notifier:
                 wake.wait_for(lambda: pending or not self._running)
                 if not self._running:
                     return
-                batch, reported = list(pending.items()), self._reported
+                batch = list(pending.items())
                 pending.clear()
+                if kind == "inodes" and self._first_pending:
+                    self._in_flight[threading.get_ident()], self._first_pending = self._first_pending, 0
             sent = 0
             try:
                 for item, data in batch:
                     sent += self._notify(kind, item, data)
             finally:                                 # (a request never waits on a dead thread)
-                with self._cond:
-                    if kind == "stores":
-                        self._counters.stored_ahead += sent
-                    else:
-                        self._counters.invalidations += sent
-                    if kind == "inodes":
-                        self._done = reported
                 if kind == "inodes":
-                    self._wake()
+                    self._batch_sent(threading.get_ident(), sent)
+                else:
+                    with self._cond:
+                        if kind == "stores":
+                            self._counters.stored_ahead += sent
+                        else:
+                            self._counters.invalidations += sent
+
+    def _batch_sent(self, sender: int, sent: int, outside: bool = False) -> None:
+        """A batch of inodes was sent (`outside`: by a replying thread): every report
+        before the first of those still pending or being sent is done now."""
+        with self._cond:
+            self._counters.invalidations += sent
+            self._storing -= outside
+            self._in_flight.pop(sender, None)
+            unsent = [*self._in_flight.values(), *([self._first_pending] if self._first_pending else [])]
+            self._done = min(unsent) - 1 if unsent else self._reported
+            if not self._running:
+                self._cond.notify_all()             # (`stop` waits)
+        self._wake()
 
     def _notify(self, kind: str, item, data: tuple[int, bytes] | None) -> bool:
         try:
@@ -1147,6 +1198,10 @@ class Operations(pyfuse3.Operations):
         changed, as `_run` with `change` would have: no timeout (an answer of success
         means the file is committed, an error that it is not), errors mapped as `_guard`
         does. The loop does not wake for it."""
+        def flush() -> None:
+            with self.notifier.held():
+                handle.flush()
+
         def answer(result) -> None:
             try:
                 code = 0
@@ -1154,12 +1209,11 @@ class Operations(pyfuse3.Operations):
                     result.unwrap()
                 except Exception as exc:
                     code = _errno_of(exc, self.counters, "flush", (fh,))
-                self.notifier.wait_sent()
                 reply(code)
             finally:
                 self.thread_replies.done()
         try:
-            trio.lowlevel.start_thread_soon(handle.flush, answer)
+            trio.lowlevel.start_thread_soon(flush, answer)
         except Exception as exc:                # (no thread to be had)
             self.thread_replies.done()
             reply(_errno_of(exc, self.counters, "flush", (fh,)))

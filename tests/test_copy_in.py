@@ -42,7 +42,7 @@ def _cost(mnt, fn) -> dict:
     fn()
     after = daemon_status(mnt)
     return {key: after.get(key, 0) - before.get(key, 0)
-            for key in ("requests", "worker_calls", "invalidations", "flushes_answered_by_thread")}
+            for key in ("requests", "worker_calls", "invalidations", "flushes_answered_by_thread", "notify_waits")}
 
 
 @pytest.mark.parametrize("kind", ["fsdb", "iid"])
@@ -82,6 +82,9 @@ def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, 
     assert per_file["worker_calls"] == 1
     # the commit's worker thread answers the FLUSH itself: the loop is not woken for it
     assert per_file["flushes_answered_by_thread"] == 1
+    # and tells the kernel itself what its commit changed (an .iid mask and its folder):
+    # it never waits for the notifying thread (two thread wake-ups a file)
+    assert first["notify_waits"] == last["notify_waits"] == 0, (first, last)
     assert per_file["requests"] <= REQUESTS[kind]
     if kind in INVALIDATIONS:
         assert per_file["invalidations"] <= INVALIDATIONS[kind], per_file

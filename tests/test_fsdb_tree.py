@@ -369,6 +369,23 @@ def test_a_copied_file_reads_again_only_the_folders_its_commit_changed(trees, mo
     assert folder.cached_attr().mtime_ns == os.stat(folder.path()).st_mtime_ns
 
 
+def test_a_copied_file_asks_the_disk_for_no_size_of_its_empty_temporary_file(trees, monkeypatch):
+    """A new file's temporary file starts empty: its commit knows that size without an
+    fstat (one system call less per file copied in)."""
+    folder = fileset_folder(trees[SMALL])
+    fstats = []
+    fstat = os.fstat
+
+    def counting_fstat(fd):
+        fstats.append(fd)
+        return fstat(fd)
+    monkeypatch.setattr(os, "fstat", counting_fstat)
+    for k in range(10):
+        add_file(folder, f"new_{k}.png")
+    assert fstats == []
+    assert [folder.lookup(f"new_{k}.png").attr().size for k in range(10)] == [len(b"new data")] * 10
+
+
 def test_a_batch_makes_new_files_durable_while_copies_go_on(tmp_path, monkeypatch):
     """The write-back of a batch makes the new files' data durable before files.json names
     them, in one sync of their filesystem (not one fsync each: each would commit its

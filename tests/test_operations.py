@@ -433,6 +433,48 @@ def test_a_change_waits_only_for_inodes_the_kernel_holds():
     assert notifier.mark() is not None
 
 
+def test_a_replying_thread_sends_its_own_inode_reports_and_waits_for_those_reported_before(monkeypatch):
+    """A thread that answers its request itself (a FLUSH's) sends the inodes it reported
+    (`Notifier.held`): no hop to the inodes' thread and back. It still returns only once
+    what was reported before it, and is being sent by that thread, was sent."""
+    from scopefs.daemon.fs import Counters, Notifier
+
+    sent, blocking = [], threading.Event()
+
+    def invalidate_inode(ino):
+        if ino == 6:
+            assert blocking.wait(10)                 # (the inodes' thread, held up in the kernel)
+        sent.append((ino, threading.current_thread().name))
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", invalidate_inode)
+    counters = Counters()
+    notifier = Notifier(counters, {5: 1, 6: 1, 7: 1})
+    notifier.start()
+    try:
+        with notifier.held():
+            notifier.report((7,), ())
+        assert sent == [(7, threading.current_thread().name)] and counters.notify_waits == 0
+
+        notifier.report((6,), ())                    # (sent by the inodes' thread, which waits)
+        done = threading.Event()
+
+        def replying():
+            with notifier.held():
+                notifier.report((5,), ())
+            done.set()
+        replier = threading.Thread(target=replying, name="replier")
+        replier.start()
+        assert not done.wait(0.3)                    # (5 is sent, 6 is not: it waits for 6)
+        assert (5, "replier") in sent and notifier.mark() is not None
+        blocking.set()
+        assert done.wait(10)
+        replier.join()
+        assert sent[-1] == (6, "notify-inodes") and notifier.mark() is None
+        assert counters.invalidations == 3
+    finally:
+        blocking.set()
+        notifier.stop()
+
+
 class HandleLog(FileHandle):
     def __init__(self, log: list):
         self.log = log

@@ -431,11 +431,12 @@ class FilesetTempHandle(TempFileHandle):
     """A temporary file in a fileset: one removed unused at release is gone from the
     folder's hidden names too."""
 
-    def __init__(self, folder: "FilesetFolder", *args, data: DataFile | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, folder: "FilesetFolder", target: str, copy_from: str | None, *args,
+                 data: DataFile | None = None, **kwargs):
+        super().__init__(target, copy_from, *args, **kwargs)
         self._folder = folder
         self._data = data
-        self._size = os.fstat(self._fd).st_size
+        self._size = 0 if copy_from is None else os.fstat(self._fd).st_size     # (a new one: empty)
 
     def write(self, offset: int, data: bytes) -> int:
         written = super().write(offset, data)

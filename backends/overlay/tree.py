@@ -126,7 +126,8 @@ class OverlayTree(Tree):
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
         # derived read-only files: derive.listing(dir rel, {name: what it shows, or None}) -> [(name, source rel, make node(info),
-        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node)
+        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node,
+        # what the source shows: stat'ed once, by the lookup)
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
@@ -598,13 +599,12 @@ class OverlayTree(Tree):
         return before | self.derive.folders_showing(rel, names) if self.derive is not None else before
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
-        """One derived file by name: only its own source is looked at."""
+        """One derived file by name: only its own source is looked at (one stat: what it
+        shows makes the node and its key)."""
         if self.derive is None:
             return None
         found = self.derive.lookup(rel, name)
-        if found is None or self.shown(found[0]) is None:
-            return None
-        return self._derived_node(rel, name, *found)
+        return None if found is None else self._derived_node(rel, name, *found)
 
     def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None,
                       key: tuple | None = None) -> Node:

@@ -816,6 +816,55 @@ def test_a_view_looked_up_by_name_stats_its_source_once(tmp_path, folder, view, 
     assert counts[0] == counts[1]
 
 
+class CountingLock:
+    """A lock that counts how often it is taken."""
+
+    def __init__(self, lock):
+        self.lock, self.taken = lock, 0
+
+    def __enter__(self):
+        self.taken += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+    def acquire(self, *args, **kwargs):
+        self.taken += 1
+        return self.lock.acquire(*args, **kwargs)
+
+    def release(self):
+        return self.lock.release()
+
+
+def test_a_listing_places_its_views_nodes_together_and_sizes_them_from_what_they_share(tmp_path, monkeypatch):
+    """Listing a spacing folder places its views' nodes in the tree's table under one hold
+    of its lock (it was taken once a view: 5 a picks file), and sizing its picks views
+    works out what their kept sizes' keys share (run, spacing, libraries' versions,
+    centre) once for the folder's STAR views and once for the others (it was once a
+    view): as much for 2 picks files as for 20."""
+    from scopefs.backends import copick_views, kept_sizes
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (the picks files were just written: keyed all the same)
+    versions = copick_views.versions
+    asked = []
+    monkeypatch.setattr(copick_views, "versions", lambda *names: asked.append(names) or versions(*names))
+    counts = []
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        try:
+            spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+            tree._table = table = CountingLock(tree._table)
+            listed = {name: node for _, name, node, _ in spacing.scan()}
+            asked.clear()
+            for name, node in listed.items():
+                if name.endswith(tuple(copick_views.picks_format.FORMATS)):
+                    node.attr()
+            counts.append((table.taken, len([names for names in asked if names == copick_views.PICKS_LIBRARIES])))
+        finally:
+            tree.close()
+    assert counts[0] == counts[1] == (2, 2), counts      # (the lock: the views, and the store's node)
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

@@ -34,7 +34,7 @@ from ..formats.atomic import atomic_write
 from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
-from .kept_sizes import digest, identity, versions
+from .kept_sizes import identity, versions
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
@@ -297,9 +297,6 @@ class PicksViews:
             shown = self.tree.shown(f"{run}/Picks")
             picks = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
         center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
-        # what the kept sizes' keys of the STAR views, and of the others, share: digested once
-        shared = {centred: Once(functools.partial(_shared_key, rel, voxel_size, center if centred else _no_center))
-                  for centred in (True, False)}
         sources = {f"{run}/Picks/{name}": info for name, info in picks.items()
                    if name.endswith(".json") and not name.startswith(".")}
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
@@ -313,7 +310,7 @@ class PicksViews:
                 # (partials, not closures: a folder lists thousands of these)
                 out.append((stem + suffix, source,
                             functools.partial(self._make, source, kind, rel, voxel_size,
-                                              center if kind == "star" else _no_center, shared[kind == "star"],
+                                              center if kind == "star" else _no_center,
                                               functools.partial(_sized_from, sized, source, kind), written_from),
                             info))
         return out
@@ -345,11 +342,10 @@ class PicksViews:
                 return None
         return None
 
-    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, shared, sized, written,
+    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, sized, written,
               info: Attr | None = None) -> GeneratedFile:
         """The node of a view. `center()`: the tomogram centre a STAR view uses (None for
-        the others); `shared()`: what its kept size's key shares with the folder's other
-        views of its group (`_shared_key`); `sized()`: the view's size if known without making it; `written()`:
+        the others); `sized()`: the view's size if known without making it; `written()`:
         the source's text views as its folder's were written together (`_Written`, or
         None); `info`: what the source shows, if the listing or lookup stat'ed it (else it
         is asked)."""
@@ -357,7 +353,8 @@ class PicksViews:
         # (partials, not closures: a mount keeps one per view)
         return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
                              shown.mtime_ns, self.cache,
-                             kept=self.views.kept_size(functools.partial(_kept_key, shown, shared, kind)),
+                             kept=self.views.kept_size(functools.partial(_kept_key, shown, center, kind, rel,
+                                                                         voxel_size)),
                              on_resized=self.views.resized, sized=sized)
 
     def _written(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, "_Written"]:
@@ -461,22 +458,15 @@ def _no_center() -> None:
     return None
 
 
-def _shared_key(rel: str, voxel_size: float, center) -> bytes:
-    """What the bytes of the picks views in folder rel depend on besides their source and
-    format: the run, the spacing, the libraries' versions and the centre (`center()`,
-    which raises if it is not found), digested once per listing (a digest of all of it per
-    view cost a walk that sizes 25,000 views a few tenths of a second)."""
-    return digest(("picks", rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), center()))
-
-
-def _kept_key(shown: Attr, shared, kind: str) -> tuple | None:
-    """What a picks view's bytes depend on (`kept_sizes`): its source's version and what
-    its folder's views share (`_shared_key`), None if either is not known."""
-    found = identity(shown)
+def _kept_key(shown: Attr, center, kind: str, rel: str, voxel_size: float) -> tuple | None:
+    """What a picks view's bytes depend on (`kept_sizes`): its source's version and the
+    centre, None if either is not known."""
     try:
-        return None if found is None else (kind, found, shared())
+        found = (identity(shown), center())
     except Exception:               # no centre: the view says why when made (EIO)
         return None
+    return None if found[0] is None else \
+        ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
 
 
 def _sized_from(sized, source: str, kind: str) -> int | None:

@@ -319,14 +319,16 @@ class DerivedViews:
         self.sizes.close()
 
     def lookup(self, rel: str, name: str):
-        """(source, make) of one derived name, from the name alone."""
+        """(source, make, what the source shows) of one derived name, from the name alone
+        (its source stat'ed once); None if there is no such view."""
         found = self.volumes.lookup(rel, name) or self.picks.lookup(rel, name)
         if found is not None:
             return found
         source = self._source_name(rel, name)
-        for derived, source, make in self._listing(rel, [source] if source else []):
+        shown = self.tree.shown(f"{rel}/{source}") if source else None
+        for derived, path, make in self._listing(rel, [source]) if shown else ():
             if derived == name:
-                return source, make
+                return path, make, shown[1]
         return None
 
     @staticmethod

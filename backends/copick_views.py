@@ -105,17 +105,19 @@ class VolumeViews:
         return out
 
     def lookup(self, rel: str, name: str):
-        """(source, make) of one view name, looking only at the zarr stores it can come from."""
+        """(source, make, what the source shows) of one view name, looking only at the zarr
+        stores it can come from."""
         if not name.endswith(".mrc"):
             return None
         stem = name[:-4]
         binned = BINNED.match(stem)
         for candidate in [stem] + ([binned["stem"]] if binned else []):
-            if self.tree.shown(f"{rel}/{candidate}.zarr") is None:
+            shown = self.tree.shown(f"{rel}/{candidate}.zarr")
+            if shown is None:
                 continue
-            for view, source, make in self.listing(rel, {candidate + ".zarr": None}):
+            for view, source, make in self.listing(rel, {candidate + ".zarr": shown[1]}):
                 if view == name:
-                    return source, make
+                    return source, make, shown[1]
         return None
 
     def levels(self, source: str, info: Attr | None = None) -> list[tuple[str, int]]:
@@ -282,21 +284,20 @@ class PicksViews:
         size = voxel_size_of(parts[2], "")
         return None if size is None else ("/".join(parts[:2]), size)
 
-    def listing(self, rel: str, infos: dict, picks: list[str] | None = None):
-        """(view name, source picks JSON, make node) for folder rel (`infos`: what its names
-        show; the picks files are in the run's Picks/); `picks` limits the picks files looked
-        at (a lookup's one candidate), else the run's Picks/ is listed."""
+    def listing(self, rel: str, infos: dict, picks: dict[str, Attr] | None = None):
+        """(view name, source picks JSON, make node, what the source shows) for folder rel
+        (`infos`: what its names show; the picks files are in the run's Picks/); `picks`
+        (name: what it shows) limits the picks files looked at (a lookup's one candidate),
+        else the run's Picks/ is listed."""
         found = self._run(rel)
         if found is None:
             return []
         run, voxel_size = found
-        picks_shown: dict[str, Attr] = {}
         if picks is None:               # what each picks file shows: one stat each, for all its views
             shown = self.tree.shown(f"{run}/Picks")
-            picks_shown = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
-            picks = sorted(picks_shown)
+            picks = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
         center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
-        sources = {f"{run}/Picks/{name}": picks_shown.get(name) for name in picks
+        sources = {f"{run}/Picks/{name}": info for name, info in picks.items()
                    if name.endswith(".json") and not name.startswith(".")}
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
@@ -309,7 +310,7 @@ class PicksViews:
                 # (partials, not closures: a folder lists thousands of these)
                 out.append((stem + suffix, source,
                             functools.partial(self._make, source, kind, rel, voxel_size,
-                                              center if kind == "star" else _no_center, info,
+                                              center if kind == "star" else _no_center,
                                               functools.partial(_sized_from, sized, source, kind), written_from),
                             info))
         return out
@@ -332,22 +333,23 @@ class PicksViews:
         for suffix in picks_format.FORMATS:
             if name.endswith(suffix) and self._run(rel) is not None:
                 source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
-                if self.tree.shown(source) is None:
+                shown = self.tree.shown(source)
+                if shown is None:
                     return None
-                for view, source, make, _ in self.listing(rel, {}, [source.rpartition("/")[2]]):
+                for view, source, make, info in self.listing(rel, {}, {source.rpartition("/")[2]: shown[1]}):
                     if view == name:
-                        return source, make
+                        return source, make, info
                 return None
         return None
 
-    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, info: Attr | None, sized,
-              written, listed: Attr | None = None) -> GeneratedFile:
+    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, sized, written,
+              info: Attr | None = None) -> GeneratedFile:
         """The node of a view. `center()`: the tomogram centre a STAR view uses (None for
-        the others); `info` (or `listed`): what the source shows, if the listing stat'ed it
-        (else it is asked); `sized()`: the view's size if known without making it;
-        `written()`: the source's text views as its folder's were written together
-        (`_Written`, or None)."""
-        shown = info or listed or self.tree.top(source)[1]
+        the others); `sized()`: the view's size if known without making it; `written()`:
+        the source's text views as its folder's were written together (`_Written`, or
+        None); `info`: what the source shows, if the listing or lookup stat'ed it (else it
+        is asked)."""
+        shown = info or self.tree.top(source)[1]
         # (partials, not closures: a mount keeps one per view)
         return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
                              shown.mtime_ns, self.cache,

@@ -729,6 +729,21 @@ def tree_of_picks_copies(tmp_path: Path, count: int):
     return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
 
 
+def stats_counted(tree) -> list[str]:
+    """The paths both roots of `tree` are asked to stat from now on (stat or stat_many)."""
+    stated = []
+    for root in (tree.static, tree.upper):
+        def counted(rel, _stat=root.stat):
+            stated.append(rel)
+            return _stat(rel)
+
+        def counted_many(rel, names, _stat_many=root.stat_many):
+            stated.extend(f"{rel}/{name}" for name in names)
+            return _stat_many(rel, names)
+        root.stat, root.stat_many = counted, counted_many
+    return stated
+
+
 def test_a_listing_works_out_each_sources_version_once_not_once_a_view(tmp_path):
     """A picks file shows 5 views in each spacing folder: listing the folder works out
     the file's version (`source_key`, what every view's node is checked against) once
@@ -754,16 +769,7 @@ def test_a_listing_stats_each_source_once_for_its_views_nodes(tmp_path):
     it again; a stat asks both roots), and once more to read its metadata: the per-entry
     work of a walk."""
     tree = tree_of_picks_copies(tmp_path, 10)
-    stated = []
-    for root in (tree.static, tree.upper):
-        def counted(rel, _stat=root.stat):
-            stated.append(rel)
-            return _stat(rel)
-
-        def counted_many(rel, names, _stat_many=root.stat_many):
-            stated.extend(f"{rel}/{name}" for name in names)
-            return _stat_many(rel, names)
-        root.stat, root.stat_many = counted, counted_many
+    stated = stats_counted(tree)
     try:
         run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
         stated.clear()
@@ -778,6 +784,74 @@ def test_a_listing_stats_each_source_once_for_its_views_nodes(tmp_path):
         assert len([rel for rel in stated if rel.endswith("wbp.zarr")]) == 2, stated
     finally:
         tree.close()
+
+
+@pytest.mark.parametrize("folder, view, source", [
+    ("Picks", "tester_1_proteasome.csv", "Picks/tester_1_proteasome.json"),
+    ("VoxelSpacing10.000", "tester_1_proteasome.star", "Picks/tester_1_proteasome.json"),
+    ("VoxelSpacing10.000", "wbp.mrc", "VoxelSpacing10.000/wbp.zarr"),
+    ("VoxelSpacing10.000", "wbp.png", "VoxelSpacing10.000/wbp.zarr")])
+def test_a_view_looked_up_by_name_stats_its_source_once(tmp_path, folder, view, source):
+    """A view found by name (the LOOKUP of `ls -l` in a folder listed lean, `stat` of
+    one view) asks what its source shows once, for the view's node and its version (it
+    asked two to four times: to check the source shows, for the node's key, in the node's
+    maker, for an MRC view's levels), in a small project as in one ten times bigger."""
+    counts = []
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        try:
+            source_rel = f"ExperimentRuns/TS_001/{source}"
+            tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup(folder)
+            tree.derived_lookup(f"ExperimentRuns/TS_001/{folder}", view)     # (the store's metadata read)
+            stated = stats_counted(tree)
+            tree.shown(source_rel)
+            once = stated.count(source_rel)
+            stated.clear()
+            node = tree.derived_lookup(f"ExperimentRuns/TS_001/{folder}", view)
+            assert node is tree._derived[f"ExperimentRuns/TS_001/{folder}/{view}"]
+            counts.append(stated.count(source_rel))
+            assert counts[-1] == once, stated
+        finally:
+            tree.close()
+    assert counts[0] == counts[1]
+
+
+class CountingLock:
+    """A lock that counts how often it is taken."""
+
+    def __init__(self, lock):
+        self.lock, self.taken = lock, 0
+
+    def __enter__(self):
+        self.taken += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+    def acquire(self, *args, **kwargs):
+        self.taken += 1
+        return self.lock.acquire(*args, **kwargs)
+
+    def release(self):
+        return self.lock.release()
+
+
+def test_a_listing_places_its_views_nodes_together(tmp_path):
+    """Listing a spacing folder places its views' nodes in the tree's table under one hold
+    of its lock (it was taken once a view: 5 a picks file), as much for 2 picks files as
+    for 20."""
+    counts = []
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        try:
+            spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+            tree._table = table = CountingLock(tree._table)
+            assert len(spacing.scan()) == picks * 5 + 3
+            counts.append(table.taken)
+        finally:
+            tree.close()
+    assert counts == [2, 2], counts             # (the views, and the store's node)
 
 
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):

@@ -126,7 +126,8 @@ class OverlayTree(Tree):
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
         # derived read-only files: derive.listing(dir rel, {name: what it shows, or None}) -> [(name, source rel, make node(info),
-        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node)
+        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node,
+        # what the source shows: stat'ed once, by the lookup)
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
@@ -577,17 +578,17 @@ class OverlayTree(Tree):
         if self.derive is None:
             return []
         keys: dict[str, tuple] = {}         # each source's version, once for all its views
-        out = []
+        wanted = []
         for name, source, make, info in self.derive.listing(rel, infos):
             if name not in infos:
                 folder, _, base = source.rpartition("/")
-                info = info or (infos.get(base) if folder == rel else None)
+                here = folder == rel
+                info = info or (infos.get(base) if here else None)
                 key = keys.get(source)
                 if key is None:
                     key = keys[source] = self.source_key(source, info)
-                out.append((name, self._derived_node(rel, name, source, make, info, key),
-                            base if folder == rel else None))
-        return out
+                wanted.append((name, source, make, info, key, base if here else None))
+        return [(name, node, base) for (name, *_, base), node in zip(wanted, self._derived_nodes(rel, wanted))]
 
     def listed_before(self, rel: str, names, views: list[tuple[str, Node, str | None]]) -> dict[str, str]:
         """{name: the name of folder rel it is listed just before}: a view before its source,
@@ -598,27 +599,41 @@ class OverlayTree(Tree):
         return before | self.derive.folders_showing(rel, names) if self.derive is not None else before
 
     def derived_lookup(self, rel: str, name: str) -> Node | None:
-        """One derived file by name: only its own source is looked at."""
+        """One derived file by name: only its own source is looked at (one stat: what it
+        shows makes the node and its key)."""
         if self.derive is None:
             return None
         found = self.derive.lookup(rel, name)
-        if found is None or self.shown(found[0]) is None:
-            return None
-        return self._derived_node(rel, name, *found)
+        return None if found is None else self._derived_node(rel, name, *found)
 
-    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None,
-                      key: tuple | None = None) -> Node:
-        """The node of a derived file (`make(info)`); `info`: what its source shows, and
-        `key`: the source's `source_key`, if known."""
-        path = _join(rel, name)
-        key = key or self.source_key(source, info)
-        with self._table:
-            node = self._derived.get(path)
+    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None) -> Node:
+        """The node of a derived file (`make(info)`); `info`: what its source shows, if known."""
+        return self._derived_nodes(rel, [(name, source, make, info, self.source_key(source, info), None)])[0]
+
+    def _derived_nodes(self, rel: str, wanted: list[tuple]) -> list[Node]:
+        """The nodes of derived files of folder rel, each (name, source, make, what the
+        source shows, its `source_key`, _): those missing, or of another version of their
+        source, made (`make(info)`) outside the table's lock, then placed under one hold
+        of it for the whole folder (not one a view)."""
+        prefix, derived = _join(rel, ""), self._derived
+        made = {}
+        for name, _, make, info, key, _ in wanted:
+            node = derived.get(prefix + name)
             if node is None or node.source_key != key:
-                node = self._derived[path] = self.add(make(info))
-                node.source_key, node.derived_path = key, path
-                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | {path}
-            return node
+                made[name] = make(info)
+        out, added = [], {}
+        with self._table:
+            for name, source, make, info, key, _ in wanted:
+                path = prefix + name
+                node = derived.get(path)
+                if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
+                    node = derived[path] = self.add(made.pop(name, None) or make(info))
+                    node.source_key, node.derived_path = key, path
+                    added.setdefault(source, set()).add(path)
+                out.append(node)
+            for source, paths in added.items():
+                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
+        return out
 
     def source_key(self, rel: str, info: Attr | None = None):
         """What a derived file's content depends on: its source's path, size and time."""

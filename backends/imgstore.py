@@ -154,6 +154,8 @@ class FrameService:
         self.reader = reader
         self.format = fmt
         self.extension = fmt.extension_for(reader.shape)
+        # a frame's encoding: the read frames are of this shape (`FrameReader.read` checks)
+        self._encode = fmt.buffer_encoder(reader.shape, reader.dtype)
         self._fixed_size = fmt.fixed_size(reader.shape, reader.dtype)
         if prefetch < 0:
             prefetch = self.default_prefetch()
@@ -299,9 +301,6 @@ class FrameService:
             self._await_decoder(i)               # store frame i in the kernel)
         return self.encoded.get_or_make(i, lambda: self._encode(self.decoded_frame(i)))
 
-    def _encode(self, img: np.ndarray) -> bytes | memoryview:
-        return self.format.encode_checked(img, copy=False)
-
     def cached_frame(self, i: int) -> bytes | memoryview | None:
         """The encoded frame if it is in memory (never waits). A hit is a read like any
         other for read-ahead: a reader served from what was read ahead keeps it going."""
@@ -376,7 +375,8 @@ class FrameService:
         already past are skipped."""
         while True:
             with self._lock:
-                self._more.wait_for(lambda: self._closed or self._ahead_to < self._goal)
+                while not (self._closed or self._ahead_to < self._goal):    # (no wait_for: 2 calls a frame)
+                    self._more.wait()
                 if self._closed:
                     return
                 j = self._ahead_to = self._ahead_to + 1

@@ -290,7 +290,9 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
     """Counted in every thread while a reader goes through the frames as `tar` does
     (signposts only): the read-ahead hands frames to its encoders through a plain queue
     and marks frames being made with a bare lock; an executor's future and an Event per
-    frame (conditions, locks, callbacks) made 74 Python calls a frame, most of them."""
+    frame (conditions, locks, callbacks) made 74 Python calls a frame, most of them. Then
+    43: the decoder pool's `notify_all` at every frame with nobody waiting, `wait_for`
+    and its predicate, the format's checks and layout lookup at every encoding (33 now)."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
@@ -316,7 +318,7 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
         threading.setprofile(None)
         tree.close()
     assert tree.service.frames_decoded == 60
-    assert calls / 60 < 55, f"{calls / 60:.0f} Python calls a frame"
+    assert calls / 60 < 38, f"{calls / 60:.0f} Python calls a frame"
 
 
 def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):

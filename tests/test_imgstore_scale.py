@@ -258,6 +258,24 @@ def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
         tree.close()
 
 
+def _read_in_order_as_tar(tree: imgstore.ImgstoreTree, offered: dict[int, bytes], frames: int) -> int:
+    """Read frames 0 to `frames - 1` as `tar` does where the kernel opens files itself:
+    the first two (they start the read-ahead), then each frame once it is `offered`, read
+    through the daemon only where the kernel would not have it whole (a signpost). Returns
+    the frames read through the daemon."""
+    whole = tree.service.size(0)
+    reads = 0
+    for i in range(frames):
+        deadline = time.monotonic() + 5
+        while i > 1 and tree.frames_base + i not in offered:
+            assert time.monotonic() < deadline, f"frame {i} was not offered"
+            time.sleep(0.002)
+        if i < 2 or len(offered[tree.frames_base + i]) < whole:
+            reads += 1
+            tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+    return reads
+
+
 def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_path):
     """By default the read-ahead leads by `READ_AHEAD_BYTES` of frames: a reader going in
     order as `tar` does, where the kernel opens files itself, reads the frames from the
@@ -269,16 +287,8 @@ def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_pat
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({}))
     offered: dict[int, bytes] = {}
     tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
-    reads = 0
     try:
-        for i in range(100):
-            deadline = time.monotonic() + 5
-            while i > 1 and tree.frames_base + i not in offered:
-                assert time.monotonic() < deadline, f"frame {i} was not offered"
-                time.sleep(0.002)
-            if i < 2 or len(offered[tree.frames_base + i]) < tree.service.size(i):
-                reads += 1                        # the reader's request: a frame not whole in the kernel
-                tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        reads = _read_in_order_as_tar(tree, offered, 100)
         assert tree.service.frames_decoded == 100
         assert tree.service.encoded.max_bytes <= 48 * imgstore.MiB     # (memory for the lead: bounded)
     finally:
@@ -306,13 +316,7 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
     threading.setprofile(count)        # (the read-ahead's threads start at the first reads)
     sys.setprofile(count)
     try:
-        for i in range(60):
-            deadline = time.monotonic() + 5
-            while i > 1 and tree.frames_base + i not in offered:
-                assert time.monotonic() < deadline, f"frame {i} was not offered"
-                time.sleep(0.002)
-            if i < 2 or i % tree.service.signpost_every == 0:
-                tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        _read_in_order_as_tar(tree, offered, 60)
     finally:
         sys.setprofile(None)
         threading.setprofile(None)

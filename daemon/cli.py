@@ -45,8 +45,9 @@ MOUNT_OPTIONS = """mount options (-o, comma-separated; README.md has the details
                  mount(8)/fstab/systemd options (noauto, _netdev, nofail, x-*...) are ignored
   imgstore       image_format=png|tiff|npy|bmp|pnm|jpg, jpeg_quality=N (95),
                  png_compression=0..9 (0), cache_mb=N (2*prefetch+16 frames, >= 16),
-                 prefetch=N (8), passthrough=yes|no (yes: files already in the served format
-                 are served as they are), mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
+                 prefetch=N (16 MiB of frames, 8..64), passthrough=yes|no (yes: files
+                 already in the served format are served as they are),
+                 mjpeg_reader=ffmpeg|opencv, skip_bad_chunks
   iid            mask_format=png|tiff|npy|bmp|pnm, writeback_delay=SECONDS (2)
   fsdb           break_lock (take the database even if another client holds its lock),
                  register_delay=SECONDS (1)

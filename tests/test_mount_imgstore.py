@@ -205,7 +205,7 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
     """A reader going through the frames in order (tar, rsync, cp) finds those read ahead
     already in the kernel's page cache: they cost the daemon no read, but that of the
     last page of every fourth frame (prefetch 8), which moves the read-ahead on."""
-    mnt = module_mount(samples["mjpeg/avi"].path)      # fresh: nothing read yet
+    mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=8")     # fresh: nothing read yet
     frames = sorted(os.listdir(mnt / "frames"))
     # the kernel stores pages only for inodes it holds: O_PATH holds them without an open
     held = [os.open(mnt / "frames" / name, os.O_PATH) for name in frames[:10]]

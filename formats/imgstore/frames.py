@@ -221,6 +221,7 @@ class VideoFrameReader(FrameReader):
         self._cond = threading.Condition()
         self._idle: OrderedDict[int, _Decoder] = OrderedDict()   # id -> decoder, LRU first
         self._open_per_chunk: dict[int, int] = {}
+        self._waiting = 0                       # threads in `_acquire` waiting for a decoder
         self._closed = False
 
     def _load(self, chunk: Chunk, position: int) -> np.ndarray:
@@ -253,7 +254,9 @@ class VideoFrameReader(FrameReader):
                     self._evict_for_room()
                     self._open_per_chunk[chunk.number] = self._open_per_chunk.get(chunk.number, 0) + 1
                     return _Decoder(chunk, self._api, self.meta.files)
+                self._waiting += 1
                 self._cond.wait()
+                self._waiting -= 1
 
     def _take(self, key: int) -> _Decoder:
         return self._idle.pop(key)
@@ -273,7 +276,8 @@ class VideoFrameReader(FrameReader):
             else:
                 decoder.close()
                 self._open_per_chunk[decoder.chunk.number] -= 1
-            self._cond.notify_all()
+            if self._waiting:                   # (notify_all is 4 Python calls: once a frame, it showed)
+                self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -1,0 +1,184 @@
+"""Listings of small folders prepared ahead of a walk and answered in pyfuse3's session loop.
+
+A cold walk (find, du, ls -lR) lists every folder once: one READDIRPLUS with its entries,
+each a trip through the loop's Python (the request's coroutine and `Operations.readdir`),
+most of which is the fixed cost of a request. Walkers list a folder's subfolders in the
+folder's order, so when the kernel asks for a subfolder's listing (offset 0), the listings
+of the `AHEAD` subfolders after it that are in memory (`entries_nowait`) and fit one page
+are encoded now, after the reply (`pyfuse3.readdir_prepared_reply`), and handed to pyfuse3,
+which answers the kernel's READDIRPLUS of each from them (and the empty one after, as
+`readdir_end_at`) without calling Python (the patch session-readdir-prepared): one
+Python readdir per `AHEAD` folders of a walk instead of one per folder.
+
+Exactness: the kernel takes a lookup reference on each entry of a READDIRPLUS reply, so
+the daemon counts the entries of a reply when it prepares it (`remember`), and gives the
+counts back (`give_back`, as the kernel's forget) for a reply taken back unsent: at most
+`KEPT` replies of `KEPT_BYTES` in all are held, the oldest taken back first, and a
+folder's is taken back when the kernel forgets the folder. A reply never shows a stale
+listing: any change (a change request before and after it runs, a `Tree.report`) moves
+pyfuse3's generation (`changed`, from any thread), and a reply made before is never
+answered; held ones are taken back at the next preparation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from itertools import islice
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from ..backends.nodes import Directory
+
+log = logging.getLogger(__name__)
+
+#: set to 0 to list every folder through `Operations.readdir` (else small folders' listings
+#: are prepared ahead of a walk and answered in the session loop)
+PREPARED_ENV = "SCOPEFS_READDIR_PREPARED"
+#: subfolders after the one the kernel asked for whose listings are prepared
+AHEAD = 128
+#: prepared replies held (answered or not: those unanswered hold lookup counts) ...
+KEPT = 1024
+#: ... and their bytes
+KEPT_BYTES = 2 << 20
+#: a prepared reply fits in the smallest READDIRPLUS the kernel sends (a page)
+MAX_REPLY = 4096
+#: entries a folder may have to be prepared (its listing is read whole, from memory)
+MAX_ENTRIES = 24
+#: subfolders whose folder and position are kept, to prepare the ones after them
+PARENTS_KEPT = 1 << 17
+#: prepared folders between two points where the preparing task lets requests be answered
+BETWEEN_CHECKPOINTS = 16
+
+
+class PreparedListings:
+    """The daemon's side of prepared READDIRPLUS replies (see the module): which are
+    held and the lookups they count, where each subfolder sits in its folder's listing."""
+
+    def __init__(self, enabled: bool, get: Callable[[int], object], dirent: Callable,
+                 remember: Callable[[int, object], None], give_back: Callable[[list], None],
+                 ends_in_session: bool):
+        self.enabled = enabled
+        self._get, self._dirent = get, dirent
+        self._remember, self._give_back = remember, give_back
+        self._ends = ends_in_session                # the empty READDIRPLUS after it too
+        self._held: OrderedDict[int, tuple[tuple[int, ...], int]] = OrderedDict()   # folder -> (inodes counted, bytes)
+        self._bytes = 0
+        self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
+        self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
+        self.made = 0                               # replies prepared
+        self.taken_back = 0                         # of those, taken back unsent
+
+    def changed(self, *_report) -> None:
+        """What a prepared reply shows may have changed: none made before is answered
+        (from any thread; also a `Tree.listen` listener)."""
+        if self.enabled:
+            pyfuse3.readdir_prepared_changed()
+
+    @property
+    def answered(self) -> int:
+        return pyfuse3.readdir_prepared_answered() if self.enabled else 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def listed(self, ino: int, offset: int, listing) -> None:
+        """`Operations.readdir` is answering folder `ino` from `offset` (of its reader;
+        the kernel opened it): once the reply is sent, its subfolders are noted and, from
+        0, the listings of the subfolders after it are prepared."""
+        if self.enabled:
+            trio.lowlevel.spawn_system_task(self._after_reply, ino, offset, listing)
+
+    def forget(self, ino: int) -> None:
+        """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
+        if ino in self._held:
+            self._take_back(ino)
+
+    async def _after_reply(self, ino: int, offset: int, listing) -> None:
+        try:
+            stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
+            rows = await self._listed(ino, offset, (stop or offset + 1024) - offset)
+            self._note_subfolders(ino, rows)
+            if offset == 0 and ino in self._parents:
+                await self._prepare_after(ino)
+        except Exception:                       # (a system task must not raise)
+            log.exception("preparing listings after folder %d failed", ino)
+
+    def _rows(self, ino: int, offset: int, count: int):
+        """Up to `count` entries of folder `ino` from `offset`, each with its attributes,
+        from memory; None if that needs a wait or I/O."""
+        directory = self._get(ino)
+        if not isinstance(directory, Directory):
+            return None
+        nowait = getattr(directory.opendir(), "entries_nowait", None)
+        return nowait(offset, count) if nowait is not None else None
+
+    async def _listed(self, ino: int, offset: int, count: int) -> list:
+        """Up to `count` entries of folder `ino` from `offset`: from memory, else (a
+        change holds the tree) read in a worker thread, attributes then left out."""
+        rows = self._rows(ino, offset, count)
+        if rows is not None:
+            return rows
+        directory = self._get(ino)
+        if not isinstance(directory, Directory) or getattr(directory, "entries_nowait", None) is None:
+            return []                           # (not a folder listed from memory: none prepared)
+        return await trio.to_thread.run_sync(lambda: list(islice(directory.opendir().entries(offset), count)),
+                                             abandon_on_cancel=True)
+
+    def _note_subfolders(self, ino: int, rows: list) -> None:
+        """Where the subfolders of `ino` among its entries `rows` sit."""
+        parents = self._parents
+        for next_offset, _, child, _ in rows:
+            if isinstance(child, Directory):
+                if len(parents) >= PARENTS_KEPT:
+                    parents.clear()
+                parents[child.ino] = ino, next_offset
+
+    async def _prepare_after(self, ino: int) -> None:
+        """Prepare the listings of the `AHEAD` subfolders after `ino` in its folder."""
+        parent, offset = self._parents[ino]
+        done = 0
+        for _, _, child, _ in await self._listed(parent, offset, AHEAD):
+            generation = pyfuse3.readdir_prepared_mark()
+            if generation != self._generation:      # (all held are stale: taken back)
+                for held in list(self._held):
+                    if held in self._held:
+                        self._take_back(held)
+                self._generation = generation
+            if not isinstance(child, Directory) or child.ino in self._held:
+                continue
+            self._prepare(child.ino, generation)
+            done += 1
+            if done % BETWEEN_CHECKPOINTS == 0:
+                await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
+
+    def _prepare(self, ino: int, generation: int) -> None:
+        rows = self._rows(ino, 0, MAX_ENTRIES + 1)
+        if not rows or len(rows) > MAX_ENTRIES or any(row[3] is None for row in rows):
+            return
+        dirent = self._dirent
+        reply = pyfuse3.readdir_prepared_reply(
+            [(os.fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
+        end = rows[-1][0]
+        if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
+                                                                     generation):
+            return
+        for _, _, child, _ in rows:
+            self._remember(child.ino, child)
+        self._held[ino] = tuple(child.ino for _, _, child, _ in rows), len(reply)
+        self._bytes += len(reply)
+        self.made += 1
+        self._note_subfolders(ino, rows)
+        while len(self._held) > KEPT or self._bytes > KEPT_BYTES:
+            self._take_back(next(iter(self._held)))
+
+    def _take_back(self, ino: int) -> None:
+        """No longer hold folder `ino`'s reply: if it was not answered, the lookups it
+        counted are given back."""
+        counted, size = self._held.pop(ino)
+        self._bytes -= size
+        if pyfuse3.readdir_prepared_drop(ino):
+            self.taken_back += 1
+            self._give_back([(child, 1) for child in counted])

@@ -781,7 +781,8 @@ class Operations(pyfuse3.Operations):
             ino = token.inode
             again = None if start_id or not self.lean_rule.enabled else self.lean_rule.replay(ino)
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
-            self.prepared.listed(ino, offset, listing)
+            if self.prepared.enabled:
+                self.prepared.listed(ino, offset, listing)
             if again is not None:               # (its kept copy dropped at a trip: no new scan)
                 rows = self._with_attributes(again.rows, False)
                 if rows is None:
@@ -1219,8 +1220,6 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if handle is not None:
             await self._call(handle.release, handle.release_blocks, data=True)
-            if self.tree.writable:              # (what a release leaves may show in a listing)
-                self.prepared.changed()
             await self._notified()
 
     # -- filesystem -------------------------------------------------------------------

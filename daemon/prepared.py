@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from itertools import islice
 from typing import Callable
 
 import pyfuse3
@@ -49,6 +48,10 @@ MAX_REPLY = 4096
 MAX_ENTRIES = 24
 #: subfolders whose folder and position are kept, to prepare the ones after them
 PARENTS_KEPT = 1 << 17
+#: times a listing from memory is tried (the tree held by a change), and the first wait in
+#: between (seconds, doubled each time)
+TRIES = 8
+RETRY_AFTER = 0.001
 #: prepared folders between two points where the preparing task lets requests be answered
 BETWEEN_CHECKPOINTS = 16
 
@@ -88,7 +91,8 @@ class PreparedListings:
         """`Operations.readdir` is answering folder `ino` from `offset` (of its reader;
         the kernel opened it): once the reply is sent, its subfolders are noted and, from
         0, the listings of the subfolders after it are prepared."""
-        if self.enabled:
+        nowait = getattr(type(listing.reader), "entries_nowait", None)
+        if self.enabled and nowait is not None and nowait is not Directory.entries_nowait:
             trio.lowlevel.spawn_system_task(self._after_reply, ino, offset, listing)
 
     def forget(self, ino: int) -> None:
@@ -116,16 +120,16 @@ class PreparedListings:
         return nowait(offset, count) if nowait is not None else None
 
     async def _listed(self, ino: int, offset: int, count: int) -> list:
-        """Up to `count` entries of folder `ino` from `offset`: from memory, else (a
-        change holds the tree) read in a worker thread, attributes then left out."""
-        rows = self._rows(ino, offset, count)
-        if rows is not None:
-            return rows
-        directory = self._get(ino)
-        if not isinstance(directory, Directory) or getattr(directory, "entries_nowait", None) is None:
-            return []                           # (not a folder listed from memory: none prepared)
-        return await trio.to_thread.run_sync(lambda: list(islice(directory.opendir().entries(offset), count)),
-                                             abandon_on_cancel=True)
+        """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
+        a few times while a change (or a worker making views) holds the tree."""
+        wait = RETRY_AFTER
+        for _ in range(TRIES):
+            rows = self._rows(ino, offset, count)
+            if rows is not None:
+                return rows
+            await trio.sleep(wait)
+            wait *= 2
+        return []
 
     def _note_subfolders(self, ino: int, rows: list) -> None:
         """Where the subfolders of `ino` among its entries `rows` sit."""

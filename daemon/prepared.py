@@ -141,7 +141,9 @@ class PreparedListings:
                 parents[child.ino] = ino, next_offset
 
     async def _prepare_after(self, ino: int) -> None:
-        """Prepare the listings of the `AHEAD` subfolders after `ino` in its folder."""
+        """Prepare the listings of the `AHEAD` subfolders after `ino` in its folder, up to
+        the first whose listing is not in memory (a tree that makes what a folder shows
+        ahead of a walk, such as the .iid's entry.json, has not come that far)."""
         parent, offset = self._parents[ino]
         done = 0
         for _, _, child, _ in await self._listed(parent, offset, AHEAD):
@@ -151,24 +153,30 @@ class PreparedListings:
                     if held in self._held:
                         self._take_back(held)
                 self._generation = generation
-            if not isinstance(child, Directory) or child.ino in self._held:
+            if not isinstance(child, Directory):
                 continue
-            self._prepare(child.ino, generation)
+            if child.ino in self._held:             # (answered before, the kernel's copy since dropped)
+                self._take_back(child.ino)
+            if not self._prepare(child.ino, generation):
+                return
             done += 1
             if done % BETWEEN_CHECKPOINTS == 0:
                 await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
 
-    def _prepare(self, ino: int, generation: int) -> None:
+    def _prepare(self, ino: int, generation: int) -> bool:
+        """Prepare folder `ino`'s listing if it is small; False if it is not in memory."""
         rows = self._rows(ino, 0, MAX_ENTRIES + 1)
-        if not rows or len(rows) > MAX_ENTRIES or any(row[3] is None for row in rows):
-            return
+        if rows is None or any(row[3] is None for row in rows):
+            return False
+        if not rows or len(rows) > MAX_ENTRIES:
+            return True
         dirent = self._dirent
         reply = pyfuse3.readdir_prepared_reply(
             [(os.fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
         end = rows[-1][0]
         if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
                                                                      generation):
-            return
+            return True
         for _, _, child, _ in rows:
             self._remember(child.ino, child)
         self._held[ino] = tuple(child.ino for _, _, child, _ in rows), len(reply)
@@ -177,6 +185,7 @@ class PreparedListings:
         self._note_subfolders(ino, rows)
         while len(self._held) > KEPT or self._bytes > KEPT_BYTES:
             self._take_back(next(iter(self._held)))
+        return True
 
     def _take_back(self, ino: int) -> None:
         """No longer hold folder `ino`'s reply: if it was not answered, the lookups it

@@ -147,24 +147,26 @@ class PreparedListings:
         parent, offset = self._parents[ino]
         done = 0
         for _, _, child, _ in await self._listed(parent, offset, AHEAD):
-            generation = pyfuse3.readdir_prepared_mark()
-            if generation != self._generation:      # (all held are stale: taken back)
-                for held in list(self._held):
-                    if held in self._held:
-                        self._take_back(held)
-                self._generation = generation
             if not isinstance(child, Directory):
                 continue
             if child.ino in self._held:             # (answered before, the kernel's copy since dropped)
                 self._take_back(child.ino)
-            if not self._prepare(child.ino, generation):
-                return
+            if not self._prepare(child.ino):
+                await trio.sleep(RETRY_AFTER)       # (a change, or a worker making views, may hold the tree)
+                if not self._prepare(child.ino):
+                    return
             done += 1
             if done % BETWEEN_CHECKPOINTS == 0:
                 await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
 
-    def _prepare(self, ino: int, generation: int) -> bool:
+    def _prepare(self, ino: int) -> bool:
         """Prepare folder `ino`'s listing if it is small; False if it is not in memory."""
+        generation = pyfuse3.readdir_prepared_mark()
+        if generation != self._generation:          # (all held are stale: taken back)
+            for held in list(self._held):
+                if held in self._held:
+                    self._take_back(held)
+            self._generation = generation
         rows = self._rows(ino, 0, MAX_ENTRIES + 1)
         if rows is None or any(row[3] is None for row in rows):
             return False

@@ -67,7 +67,7 @@ class PreparedListings:
         self._get, self._dirent = get, dirent
         self._remember, self._give_back = remember, give_back
         self._ends = ends_in_session                # the empty READDIRPLUS after it too
-        self._held: OrderedDict[int, tuple[tuple[int, ...], int]] = OrderedDict()   # folder -> (inodes counted, bytes)
+        self._held: OrderedDict[int, tuple[list[int], int]] = OrderedDict()   # folder -> (inodes counted, bytes)
         self._bytes = 0
         self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
         self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
@@ -110,10 +110,10 @@ class PreparedListings:
         except Exception:                       # (a system task must not raise)
             log.exception("preparing listings after folder %d failed", ino)
 
-    def _rows(self, ino: int, offset: int, count: int):
-        """Up to `count` entries of folder `ino` from `offset`, each with its attributes,
-        from memory; None if that needs a wait or I/O."""
-        directory = self._get(ino)
+    def _rows(self, ino: int, offset: int, count: int, directory=None):
+        """Up to `count` entries of folder `ino` (`directory`, if known) from `offset`,
+        each with its attributes, from memory; None if that needs a wait or I/O."""
+        directory = directory or self._get(ino)
         if not isinstance(directory, Directory):
             return None
         nowait = getattr(directory.opendir(), "entries_nowait", None)
@@ -151,37 +151,40 @@ class PreparedListings:
                 continue
             if child.ino in self._held:             # (answered before, the kernel's copy since dropped)
                 self._take_back(child.ino)
-            if not self._prepare(child.ino):
+            if not self._prepare(child):
                 await trio.sleep(RETRY_AFTER)       # (a change, or a worker making views, may hold the tree)
-                if not self._prepare(child.ino):
+                if not self._prepare(child):
                     return
             done += 1
             if done % BETWEEN_CHECKPOINTS == 0:
                 await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
 
-    def _prepare(self, ino: int) -> bool:
-        """Prepare folder `ino`'s listing if it is small; False if it is not in memory."""
+    def _prepare(self, folder: Directory) -> bool:
+        """Prepare `folder`'s listing if it is small; False if it is not in memory."""
+        ino = folder.ino
         generation = pyfuse3.readdir_prepared_mark()
         if generation != self._generation:          # (all held are stale: taken back)
             for held in list(self._held):
                 if held in self._held:
                     self._take_back(held)
             self._generation = generation
-        rows = self._rows(ino, 0, MAX_ENTRIES + 1)
+        rows = self._rows(ino, 0, MAX_ENTRIES + 1, folder)
         if rows is None or any(row[3] is None for row in rows):
             return False
         if not rows or len(rows) > MAX_ENTRIES:
             return True
-        dirent = self._dirent
+        dirent, fsencode = self._dirent, os.fsencode
         reply = pyfuse3.readdir_prepared_reply(
-            [(os.fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
+            [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
         end = rows[-1][0]
         if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
                                                                      generation):
             return True
+        remember, counted = self._remember, []
         for _, _, child, _ in rows:
-            self._remember(child.ino, child)
-        self._held[ino] = tuple(child.ino for _, _, child, _ in rows), len(reply)
+            remember(child.ino, child)
+            counted.append(child.ino)
+        self._held[ino] = counted, len(reply)
         self._bytes += len(reply)
         self.made += 1
         self._note_subfolders(ino, rows)

@@ -52,6 +52,8 @@ PARENTS_KEPT = 1 << 17
 #: between (seconds, doubled each time)
 TRIES = 8
 RETRY_AFTER = 0.001
+#: folders whose snapshots are kept to prepare their subfolders from
+READERS = 16
 #: prepared folders between two points where the preparing task lets requests be answered
 BETWEEN_CHECKPOINTS = 16
 
@@ -71,6 +73,7 @@ class PreparedListings:
         self._bytes = 0
         self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
         self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
+        self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
         self.made = 0                               # replies prepared
         self.taken_back = 0                         # of those, taken back unsent
 
@@ -110,21 +113,41 @@ class PreparedListings:
         except Exception:                       # (a system task must not raise)
             log.exception("preparing listings after folder %d failed", ino)
 
-    def _rows(self, ino: int, offset: int, count: int, directory=None):
+    def _rows(self, ino: int, offset: int, count: int, directory=None, reader=None):
         """Up to `count` entries of folder `ino` (`directory`, if known) from `offset`,
-        each with its attributes, from memory; None if that needs a wait or I/O."""
-        directory = directory or self._get(ino)
-        if not isinstance(directory, Directory):
-            return None
-        nowait = getattr(directory.opendir(), "entries_nowait", None)
+        each with its attributes, from memory, in `reader` (else a snapshot of its own);
+        None if that needs a wait or I/O."""
+        if reader is None:
+            directory = directory or self._get(ino)
+            if not isinstance(directory, Directory):
+                return None
+            reader = directory.opendir()
+        nowait = getattr(reader, "entries_nowait", None)
         return nowait(offset, count) if nowait is not None else None
+
+    def _reader(self, ino: int, offset: int):
+        """The snapshot of folder `ino` that its subfolders are read from: one per listing
+        (from offset 0) the kernel reads, not one per batch (a big folder's listing is
+        made once), at most `READERS` folders'."""
+        reader = self._readers.get(ino)
+        if reader is None or offset == 0:
+            directory = self._get(ino)
+            if not isinstance(directory, Directory):
+                return None
+            reader = self._readers[ino] = directory.opendir()
+            if len(self._readers) > READERS:
+                self._readers.popitem(last=False)
+        else:
+            self._readers.move_to_end(ino)
+        return reader
 
     async def _listed(self, ino: int, offset: int, count: int) -> list:
         """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
         a few times while a change (or a worker making views) holds the tree."""
         wait = RETRY_AFTER
+        reader = self._reader(ino, offset)
         for _ in range(TRIES):
-            rows = self._rows(ino, offset, count)
+            rows = self._rows(ino, offset, count, reader=reader) if reader is not None else None
             if rows is not None:
                 return rows
             await trio.sleep(wait)

@@ -69,7 +69,8 @@ class PreparedListings:
         self._get, self._dirent = get, dirent
         self._remember, self._give_back = remember, give_back
         self._ends = ends_in_session                # the empty READDIRPLUS after it too
-        self._held: OrderedDict[int, tuple[list[int], int]] = OrderedDict()   # folder -> (inodes counted, bytes)
+        self._held: OrderedDict[int, tuple[list[int], int, int]] = OrderedDict()   # folder -> (inodes counted, bytes, `made` then)
+        self._running: set[int] = set()             # folders whose subfolders are being prepared
         self._bytes = 0
         self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
         self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
@@ -108,8 +109,13 @@ class PreparedListings:
             stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
             rows = await self._listed(ino, offset, (stop or offset + 1024) - offset)
             self._note_subfolders(ino, rows)
-            if offset == 0 and ino in self._parents:
-                await self._prepare_after(ino)
+            if offset == 0 and ino in self._parents and self._parents[ino][0] not in self._running:
+                parent = self._parents[ino][0]
+                self._running.add(parent)           # (one run a folder: a walker that came first is no reason for two)
+                try:
+                    await self._prepare_after(ino)
+                finally:
+                    self._running.discard(parent)
         except Exception:                       # (a system task must not raise)
             log.exception("preparing listings after folder %d failed", ino)
 
@@ -172,8 +178,11 @@ class PreparedListings:
         for _, _, child, _ in await self._listed(parent, offset, AHEAD):
             if not isinstance(child, Directory):
                 continue
-            if child.ino in self._held:             # (answered before, the kernel's copy since dropped)
-                self._take_back(child.ino)
+            held = self._held.get(child.ino)
+            if held is not None:
+                if self.made - held[2] < 2 * AHEAD:
+                    continue                        # (prepared by this run or the one before)
+                self._take_back(child.ino)          # (answered long ago, the kernel's copy since dropped)
             if not self._prepare(child):
                 await trio.sleep(RETRY_AFTER)       # (a change, or a worker making views, may hold the tree)
                 if not self._prepare(child):
@@ -207,7 +216,7 @@ class PreparedListings:
         for _, _, child, _ in rows:
             remember(child.ino, child)
             counted.append(child.ino)
-        self._held[ino] = counted, len(reply)
+        self._held[ino] = counted, len(reply), self.made
         self._bytes += len(reply)
         self.made += 1
         self._note_subfolders(ino, rows)
@@ -218,7 +227,7 @@ class PreparedListings:
     def _take_back(self, ino: int) -> None:
         """No longer hold folder `ino`'s reply: if it was not answered, the lookups it
         counted are given back."""
-        counted, size = self._held.pop(ino)
+        counted, size, _ = self._held.pop(ino)
         self._bytes -= size
         if pyfuse3.readdir_prepared_drop(ino):
             self.taken_back += 1

@@ -174,6 +174,7 @@ class PreparedListings:
         the first whose listing is not in memory (a tree that makes what a folder shows
         ahead of a walk, such as the .iid's entry.json, has not come that far)."""
         parent, offset = self._parents[ino]
+        self._swept()                               # (a stale reply is prepared again)
         done = 0
         for _, _, child, _ in await self._listed(parent, offset, AHEAD):
             if not isinstance(child, Directory):
@@ -193,13 +194,7 @@ class PreparedListings:
 
     def _prepare(self, folder: Directory) -> bool:
         """Prepare `folder`'s listing if it is small; False if it is not in memory."""
-        ino = folder.ino
-        generation = pyfuse3.readdir_prepared_mark()
-        if generation != self._generation:          # (all held are stale: taken back)
-            for held in list(self._held):
-                if held in self._held:
-                    self._take_back(held)
-            self._generation = generation
+        ino, generation = folder.ino, self._swept()
         rows = self._rows(ino, 0, MAX_ENTRIES + 1, folder)
         if rows is None or any(row[3] is None for row in rows):
             return False
@@ -223,6 +218,17 @@ class PreparedListings:
         while len(self._held) > KEPT or self._bytes > KEPT_BYTES:
             self._take_back(next(iter(self._held)))
         return True
+
+    def _swept(self) -> int:
+        """The generation replies are made in now; those held from an older one (stale,
+        never answered) taken back."""
+        generation = pyfuse3.readdir_prepared_mark()
+        if generation != self._generation:
+            for held in list(self._held):
+                if held in self._held:
+                    self._take_back(held)
+            self._generation = generation
+        return generation
 
     def _take_back(self, ino: int) -> None:
         """No longer hold folder `ino`'s reply: if it was not answered, the lookups it

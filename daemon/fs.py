@@ -28,6 +28,7 @@ from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, Fi
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
 from .listings import FolderListings, LeanRule, Listing, POSITION_MASK
+from .prepared import PREPARED_ENV, PreparedListings
 from .replies import ThreadReplies
 from .unopened import UnopenedFiles
 
@@ -493,6 +494,11 @@ class Operations(pyfuse3.Operations):
             "readdir answers the empty READDIRPLUS that ends each listing")
         self.folder_listings = FolderListings(          # for those the kernel opened itself
             dropped=pyfuse3.readdir_end_forget if self.ends_in_session else None)
+        # small folders' listings prepared ahead of a walk, answered in the session loop
+        self.prepared = PreparedListings(self.kernel_opens_dirs and _patch_used(
+            hasattr(pyfuse3, "readdir_prepared_at"), "readdir_prepared_at", PREPARED_ENV,
+            "readdir answers every folder's listing"), tree.get, self._dirent, self._remember, self.forget,
+            self.ends_in_session)
         self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
             "every listing entry carries its attributes"), self.policy.entry_timeout,
@@ -509,6 +515,7 @@ class Operations(pyfuse3.Operations):
         tree.count_requests(lambda: self.counters.requests)
         tree.listen(self.notifier.report)
         tree.listen(self.lean_rule.changed)
+        tree.listen(self.prepared.changed)
         tree.listen_content(self.notifier.store)
 
     # -- helpers ----------------------------------------------------------------------
@@ -527,6 +534,7 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.EIO, f"the source did not answer within {self.timeout:g} s") from None
         finally:
             if change:
+                self.prepared.changed()         # (as before it began: `_writable`)
                 await self._notified()
 
     async def _notified(self) -> None:
@@ -545,7 +553,11 @@ class Operations(pyfuse3.Operations):
     async def _call(self, fn, blocks: bool, **where):
         """`fn` in a worker thread (`_run`) if the backend declared that it may block,
         else right here."""
-        return await self._run(fn, **where) if blocks else fn()
+        if blocks:
+            return await self._run(fn, **where)
+        if where.get("change"):
+            self.prepared.changed()
+        return fn()
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
@@ -653,6 +665,7 @@ class Operations(pyfuse3.Operations):
                     lookups[ino] = left
                 elif ino != ROOT_INO and ino != CONTROL_INO:
                     self.folder_listings.forget(ino)            # the kernel's listing went with the inode
+                    self.prepared.forget(ino)
                     self.unopened.forget(ino)
                     self.tree.forget(ino)
         except Exception:
@@ -819,6 +832,8 @@ class Operations(pyfuse3.Operations):
             ino = token.inode
             again = None if start_id or not self.lean_rule.enabled else self.lean_rule.replay(ino)
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
+            if self.prepared.enabled:
+                self.prepared.listed(ino, offset, listing)
             if again is not None:               # (its kept copy dropped at a trip: no new scan)
                 rows = self._with_attributes(again.rows, False)
                 if rows is None:
@@ -1012,6 +1027,7 @@ class Operations(pyfuse3.Operations):
         if not self.tree.writable or not all(map(self.tree.writable_at, inodes)):
             raise pyfuse3.FUSEError(errno.EROFS)
         self.lean_rule.changed()
+        self.prepared.changed()
 
     def _owner(self, ctx) -> tuple:
         """The maker of a new entry, for trees whose entries have real owners."""
@@ -1209,6 +1225,7 @@ class Operations(pyfuse3.Operations):
                     result.unwrap()
                 except Exception as exc:
                     code = _errno_of(exc, self.counters, "flush", (fh,))
+                self.prepared.changed()
                 reply(code)
             finally:
                 self.thread_replies.done()
@@ -1288,12 +1305,17 @@ class Operations(pyfuse3.Operations):
         c = self.counters
         status = dict(self.info)
         ends = pyfuse3.readdir_ends_answered() if self.ends_in_session else 0     # (not seen by `_guard`)
-        status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3), requests=c.requests + ends,
+        prepared = self.prepared.answered
+        status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3),
+                      requests=c.requests + ends + prepared,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead,
-                      opendir_requests=c.opendirs, readdir_requests=c.readdirs + ends,
+                      opendir_requests=c.opendirs, readdir_requests=c.readdirs + ends + prepared,
                       readdir_ends_in_session=ends,
+                      listings_prepared_in_session=self.prepared.enabled, listings_prepared=self.prepared.made,
+                      readdirs_answered_prepared=prepared, prepared_listings_held=len(self.prepared),
+                      prepared_listings_taken_back=self.prepared.taken_back,
                       releasedir_requests=c.releasedirs, readlink_requests=c.readlinks,
                       flush_requests=c.flushes,
                       listings_cached_in_kernel=self.kernel_opens_dirs,

@@ -60,6 +60,9 @@ class Listing:
         self.reply_code = reply.__code__          # the kernel's side: not counted
         monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
         monkeypatch.setattr(ops, "_run", inline)
+        # no kernel to answer from listings prepared ahead (daemon/prepared.py): the
+        # listing as readdir answers it
+        monkeypatch.setattr(ops.prepared, "enabled", False)
 
     async def __call__(self, ino: int) -> int:
         """List `ino` to its end; the number of Python function calls it took."""

@@ -1,0 +1,240 @@
+"""Listings of small folders prepared ahead of a walk and answered in pyfuse3's session loop.
+
+A cold walk (find, du, ls -lR) lists every folder once: one READDIRPLUS with its entries,
+each a trip through the loop's Python (the request's coroutine and `Operations.readdir`),
+most of which is the fixed cost of a request. Walkers list a folder's subfolders in the
+folder's order, so when the kernel asks for a subfolder's listing (offset 0), the listings
+of the `AHEAD` subfolders after it that are in memory (`entries_nowait`) and fit one page
+are encoded now, after the reply (`pyfuse3.readdir_prepared_reply`), and handed to pyfuse3,
+which answers the kernel's READDIRPLUS of each from them (and the empty one after, as
+`readdir_end_at`) without calling Python (the patch session-readdir-prepared): one
+Python readdir per `AHEAD` folders of a walk instead of one per folder.
+
+Exactness: the kernel takes a lookup reference on each entry of a READDIRPLUS reply, so
+the daemon counts the entries of a reply when it prepares it (`remember`), and gives the
+counts back (`give_back`, as the kernel's forget) for a reply taken back unsent: at most
+`KEPT` replies of `KEPT_BYTES` in all are held, the oldest taken back first, and a
+folder's is taken back when the kernel forgets the folder. A reply never shows a stale
+listing: any change (a change request before and after it runs, a `Tree.report`) moves
+pyfuse3's generation (`changed`, from any thread), and a reply made before is never
+answered; held ones are taken back at the next preparation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from ..backends.nodes import Directory
+
+log = logging.getLogger(__name__)
+
+#: set to 0 to list every folder through `Operations.readdir` (else small folders' listings
+#: are prepared ahead of a walk and answered in the session loop)
+PREPARED_ENV = "SCOPEFS_READDIR_PREPARED"
+#: subfolders after the one the kernel asked for whose listings are prepared
+AHEAD = 128
+#: prepared replies held (answered or not: those unanswered hold lookup counts) ...
+KEPT = 1024
+#: ... and their bytes
+KEPT_BYTES = 2 << 20
+#: a prepared reply fits in the smallest READDIRPLUS the kernel sends (a page)
+MAX_REPLY = 4096
+#: entries a folder may have to be prepared (its listing is read whole, from memory)
+MAX_ENTRIES = 24
+#: subfolders whose folder and position are kept, to prepare the ones after them
+PARENTS_KEPT = 1 << 17
+#: times a listing from memory is tried (the tree held by a change), and the first wait in
+#: between (seconds, doubled each time)
+TRIES = 8
+RETRY_AFTER = 0.001
+#: folders whose snapshots are kept to prepare their subfolders from
+READERS = 16
+#: prepared folders between two points where the preparing task lets requests be answered
+BETWEEN_CHECKPOINTS = 16
+
+
+class PreparedListings:
+    """The daemon's side of prepared READDIRPLUS replies (see the module): which are
+    held and the lookups they count, where each subfolder sits in its folder's listing."""
+
+    def __init__(self, enabled: bool, get: Callable[[int], object], dirent: Callable,
+                 remember: Callable[[int, object], None], give_back: Callable[[list], None],
+                 ends_in_session: bool):
+        self.enabled = enabled
+        self._get, self._dirent = get, dirent
+        self._remember, self._give_back = remember, give_back
+        self._ends = ends_in_session                # the empty READDIRPLUS after it too
+        self._held: OrderedDict[int, tuple[list[int], int, int]] = OrderedDict()   # folder -> (inodes counted, bytes, `made` then)
+        self._running: set[int] = set()             # folders whose subfolders are being prepared
+        self._bytes = 0
+        self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
+        self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
+        self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
+        self.made = 0                               # replies prepared
+        self.taken_back = 0                         # of those, taken back unsent
+
+    def changed(self, *_report) -> None:
+        """What a prepared reply shows may have changed: none made before is answered
+        (from any thread; also a `Tree.listen` listener)."""
+        if self.enabled:
+            pyfuse3.readdir_prepared_changed()
+
+    @property
+    def answered(self) -> int:
+        return pyfuse3.readdir_prepared_answered() if self.enabled else 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def listed(self, ino: int, offset: int, listing) -> None:
+        """`Operations.readdir` is answering folder `ino` from `offset` (of its reader;
+        the kernel opened it): once the reply is sent, its subfolders are noted and, from
+        0, the listings of the subfolders after it are prepared."""
+        nowait = getattr(type(listing.reader), "entries_nowait", None)
+        if self.enabled and nowait is not None and nowait is not Directory.entries_nowait:
+            trio.lowlevel.spawn_system_task(self._after_reply, ino, offset, listing)
+
+    def forget(self, ino: int) -> None:
+        """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
+        if ino in self._held:
+            self._take_back(ino)
+
+    async def _after_reply(self, ino: int, offset: int, listing) -> None:
+        try:
+            stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
+            rows = await self._listed(ino, offset, (stop or offset + 1024) - offset)
+            self._note_subfolders(ino, rows)
+            if offset == 0 and ino in self._parents and self._parents[ino][0] not in self._running:
+                parent = self._parents[ino][0]
+                self._running.add(parent)           # (one run a folder: a walker that came first is no reason for two)
+                try:
+                    await self._prepare_after(ino)
+                finally:
+                    self._running.discard(parent)
+        except Exception:                       # (a system task must not raise)
+            log.exception("preparing listings after folder %d failed", ino)
+
+    def _rows(self, ino: int, offset: int, count: int, directory=None, reader=None):
+        """Up to `count` entries of folder `ino` (`directory`, if known) from `offset`,
+        each with its attributes, from memory, in `reader` (else a snapshot of its own);
+        None if that needs a wait or I/O."""
+        if reader is None:
+            directory = directory or self._get(ino)
+            if not isinstance(directory, Directory):
+                return None
+            reader = directory.opendir()
+        nowait = getattr(reader, "entries_nowait", None)
+        return nowait(offset, count) if nowait is not None else None
+
+    def _reader(self, ino: int, offset: int):
+        """The snapshot of folder `ino` that its subfolders are read from: one per listing
+        (from offset 0) the kernel reads, not one per batch (a big folder's listing is
+        made once), at most `READERS` folders'."""
+        reader = self._readers.get(ino)
+        if reader is None or offset == 0:
+            directory = self._get(ino)
+            if not isinstance(directory, Directory):
+                return None
+            reader = self._readers[ino] = directory.opendir()
+            if len(self._readers) > READERS:
+                self._readers.popitem(last=False)
+        else:
+            self._readers.move_to_end(ino)
+        return reader
+
+    async def _listed(self, ino: int, offset: int, count: int) -> list:
+        """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
+        a few times while a change (or a worker making views) holds the tree."""
+        wait = RETRY_AFTER
+        reader = self._reader(ino, offset)
+        for _ in range(TRIES):
+            rows = self._rows(ino, offset, count, reader=reader) if reader is not None else None
+            if rows is not None:
+                return rows
+            await trio.sleep(wait)
+            wait *= 2
+        return []
+
+    def _note_subfolders(self, ino: int, rows: list) -> None:
+        """Where the subfolders of `ino` among its entries `rows` sit."""
+        parents = self._parents
+        for next_offset, _, child, _ in rows:
+            if isinstance(child, Directory):
+                if len(parents) >= PARENTS_KEPT:
+                    parents.clear()
+                parents[child.ino] = ino, next_offset
+
+    async def _prepare_after(self, ino: int) -> None:
+        """Prepare the listings of the `AHEAD` subfolders after `ino` in its folder, up to
+        the first whose listing is not in memory (a tree that makes what a folder shows
+        ahead of a walk, such as the .iid's entry.json, has not come that far)."""
+        parent, offset = self._parents[ino]
+        self._swept()                               # (a stale reply is prepared again)
+        done = 0
+        for _, _, child, _ in await self._listed(parent, offset, AHEAD):
+            if not isinstance(child, Directory):
+                continue
+            held = self._held.get(child.ino)
+            if held is not None:
+                if self.made - held[2] < 2 * AHEAD:
+                    continue                        # (prepared by this run or the one before)
+                self._take_back(child.ino)          # (answered long ago, the kernel's copy since dropped)
+            if not self._prepare(child):
+                await trio.sleep(RETRY_AFTER)       # (a change, or a worker making views, may hold the tree)
+                if not self._prepare(child):
+                    return
+            done += 1
+            if done % BETWEEN_CHECKPOINTS == 0:
+                await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
+
+    def _prepare(self, folder: Directory) -> bool:
+        """Prepare `folder`'s listing if it is small; False if it is not in memory."""
+        ino, generation = folder.ino, self._swept()
+        rows = self._rows(ino, 0, MAX_ENTRIES + 1, folder)
+        if rows is None or any(row[3] is None for row in rows):
+            return False
+        if not rows or len(rows) > MAX_ENTRIES:
+            return True
+        dirent, fsencode = self._dirent, os.fsencode
+        reply = pyfuse3.readdir_prepared_reply(
+            [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
+        end = rows[-1][0]
+        if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
+                                                                     generation):
+            return True
+        remember, counted = self._remember, []
+        for _, _, child, _ in rows:
+            remember(child.ino, child)
+            counted.append(child.ino)
+        self._held[ino] = counted, len(reply), self.made
+        self._bytes += len(reply)
+        self.made += 1
+        self._note_subfolders(ino, rows)
+        while len(self._held) > KEPT or self._bytes > KEPT_BYTES:
+            self._take_back(next(iter(self._held)))
+        return True
+
+    def _swept(self) -> int:
+        """The generation replies are made in now; those held from an older one (stale,
+        never answered) taken back."""
+        generation = pyfuse3.readdir_prepared_mark()
+        if generation != self._generation:
+            for held in list(self._held):
+                if held in self._held:
+                    self._take_back(held)
+            self._generation = generation
+        return generation
+
+    def _take_back(self, ino: int) -> None:
+        """No longer hold folder `ino`'s reply: if it was not answered, the lookups it
+        counted are given back."""
+        counted, size, _ = self._held.pop(ino)
+        self._bytes -= size
+        if pyfuse3.readdir_prepared_drop(ino):
+            self.taken_back += 1
+            self._give_back([(child, 1) for child in counted])

@@ -1,0 +1,138 @@
+"""Listings of small folders prepared ahead of a walk and answered in pyfuse3's session loop
+(daemon/prepared.py, the pyfuse3 patch session-readdir-prepared): fewer Python readdirs,
+lookup counts exact, never a stale listing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+import walk_samples
+from conftest import daemon_status
+from test_lean_listings import unless_caches_dropped
+from scopefs.backends import iid as iid_backend
+from scopefs.backends.options import Options
+from scopefs.daemon.fs import Operations
+from scopefs.daemon.prepared import AHEAD, PREPARED_ENV
+
+ENTRIES = 300
+
+
+@pytest.fixture
+def walk_iid(tmp_path) -> Path:
+    return walk_samples.iid(tmp_path / "walk.iid", ENTRIES).path
+
+
+def python_readdirs(status: dict) -> int:
+    """READDIRPLUS requests that reached `Operations.readdir`."""
+    return (status["readdir_requests"] - status["readdir_ends_in_session"]
+            - status["readdirs_answered_prepared"])
+
+
+def test_a_cold_walk_lists_most_folders_without_python(walk_iid, mount):
+    """A cold walk of a 300-entry .iid lists about 600 folders (entry folders, by-address/
+    folders): most are answered from listings prepared ahead, not by `Operations.readdir`
+    (an entry folder only once the tree made its entry.json, 32 ahead of the walk in one
+    worker call), and each folder is listed once."""
+    mnt = mount(walk_iid, "-o", "ro")
+    assert daemon_status(mnt)["listings_prepared_in_session"] is True, "pyfuse3 lacks our patch: ./dev setup"
+    walked = {}
+
+    def check():
+        before = daemon_status(mnt)
+        walked.clear()
+        for path, dirs, files in os.walk(mnt):
+            walked[path] = sorted(dirs + files)
+        after = daemon_status(mnt)
+        answered = after["readdirs_answered_prepared"] - before["readdirs_answered_prepared"]
+        python = python_readdirs(after) - python_readdirs(before)
+        assert len(walked) > 2 * ENTRIES
+        assert python <= len(walked) // 5, f"readdir ran {python} times for {len(walked)} folders"
+        assert answered + python == len(walked), (answered, python, len(walked))
+    unless_caches_dropped(check)
+    entry = next(name for name in walked[str(mnt)] if name.startswith("0"))
+    assert walked[str(mnt / entry)] == ["entry.json", "mask.png"]
+    address = walked[str(mnt / "by-address")][1]
+    assert len(walked[str(mnt / "by-address" / address)]) == 1
+
+
+async def test_lookups_counted_for_a_reply_never_sent_are_given_back(walk_iid):
+    """The daemon counts the entries of each listing it prepares as the kernel's (it takes
+    one lookup on each once the reply is sent). Here no kernel ever takes one (no
+    session): once the kernel forgets all it was given by readdir, the daemon's lookup
+    table holds nothing, the counts of every reply prepared given back."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        ops = Operations(tree)
+        assert ops.kernel_opens_dirs and ops.prepared.enabled
+        given = []
+
+        def reply(token, name, entry, next_id):
+            given.append(entry.st_ino)
+            return True
+
+        async def readdir(ino):
+            await ops.readdir(0, 0, SimpleNamespace(inode=ino))
+
+        pyfuse3_reply, pyfuse3.readdir_reply = pyfuse3.readdir_reply, reply
+        try:
+            await readdir(tree.by_address.ino)
+            addresses = list(given)
+            await trio.testing.wait_all_tasks_blocked()
+            await readdir(addresses[0])             # the walk's first: those after it prepared
+            await trio.testing.wait_all_tasks_blocked(0.3)
+        finally:
+            pyfuse3.readdir_reply = pyfuse3_reply
+        assert ops.prepared.made == AHEAD
+        assert ops.known_inodes > len(given)        # (the links of folders prepared ahead)
+        ops.forget([(ino, given.count(ino)) for ino in set(given)])
+        assert ops.prepared.taken_back == AHEAD
+        assert ops.known_inodes == 0 and not len(ops.prepared)
+    finally:
+        tree.close()
+
+
+def walk_of(mnt: Path) -> dict:
+    """Each folder's names and sizes, as `ls -lR` sees them."""
+    return {str(Path(path).relative_to(mnt)): sorted((name, os.lstat(os.path.join(path, name)).st_size)
+                                                     for name in dirs + files)
+            for path, dirs, files in os.walk(mnt)}
+
+
+def test_listings_prepared_before_a_change_are_never_given(tmp_path, walk_iid, mount, monkeypatch):
+    """Side by side, the same changes through two writable mounts of one .iid, with and
+    without prepared listings, made after a walk began (the next folders' listings
+    prepared): a new scratch file, a mask removed, an entry's groups and one entry removed
+    (`rm -r`), a new entry. Every folder then lists the same on both."""
+    walks = []
+    for prepared in ("1", "0"):
+        monkeypatch.setenv(PREPARED_ENV, prepared)
+        source = tmp_path / f"copy{prepared}.iid"
+        shutil.copy(walk_iid, source)
+        mnt = mount(source)
+        entries = sorted(name for name in os.listdir(mnt) if name.startswith("0"))
+        for name in entries[:2]:                    # (the next ones' entry.json made, their folders prepared)
+            os.listdir(mnt / name)
+        for name in sorted(os.listdir(mnt / "by-address"))[:2]:
+            os.listdir(mnt / "by-address" / name)
+        assert daemon_status(mnt)["prepared_listings_held"] > (10 if prepared == "1" else -1)
+        (mnt / entries[2] / "notes.txt").write_text("scratch")
+        os.unlink(mnt / entries[3] / "mask.png")
+        doc = json.loads((mnt / entries[4] / "entry.json").read_text())
+        (mnt / entries[4] / "entry.json").write_text(json.dumps({**doc, "groups": ["g0"], "address": "moved"}))
+        shutil.rmtree(mnt / entries[5])
+        new = mnt / "new-entry"
+        new.mkdir()
+        shutil.copy(mnt / entries[6] / "mask.png", new / "mask.png")
+        (new / "entry.json").write_text(json.dumps({"bbox": [0, 0], "address": "new"}))
+        walks.append(walk_of(mnt))
+    assert walks[0] == walks[1]
+    assert ("notes.txt", 7) in walks[0][entries[2]] and "mask.png" not in dict(walks[0][entries[3]])
+    assert entries[5] not in walks[0] and "new" in dict(walks[0]["by-address"])

@@ -85,18 +85,26 @@ def caches_dropped() -> int | None:
         return None
 
 
+class KernelLookedUpAnyway(AssertionError):
+    """A walk of a mount whose listings carry every attribute looked names up (run folders
+    right after their READDIRPLUS, seen at load 8-11 on main's code too, with or without a
+    cache drop counted; the cause not found): a cost compared with it means nothing."""
+
+
 def unless_caches_dropped(check, tries: int = 5, any_failure: bool = False) -> None:
     """`check()`, tried again only when the kernel's caches were dropped or shrunk while it
-    ran (another program's drop_caches: a benchmark run as root): the kernel then looks
-    names up again, which this counts as work. Any other failure fails at once, unless
-    `any_failure` (then up to `tries` times whatever failed)."""
+    ran (another program's drop_caches: a benchmark run as root), or it let entries go
+    (`KernelLookedUpAnyway`): the kernel then looks names up again, which this counts as
+    work. Any other failure fails at once, unless `any_failure` (then up to `tries` times
+    whatever failed)."""
     for attempt in range(tries):
         before = caches_dropped()
         try:
             return check()
-        except AssertionError:
+        except AssertionError as failure:
             after = caches_dropped()
-            if attempt == tries - 1 or (not any_failure and before is not None and after == before):
+            if attempt == tries - 1 or (not any_failure and not isinstance(failure, KernelLookedUpAnyway)
+                                        and before is not None and after == before):
                 raise
 
 
@@ -136,7 +144,9 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     def check(walks):
         lean_mnt, full_mnt = fresh_mount(list_ahead=False), fresh_mount(lean=False, list_ahead=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
-        assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
+        if full["lookups"]:
+            raise KernelLookedUpAnyway(walks, full)
+        assert lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
         assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], (walks, lean, full)
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks

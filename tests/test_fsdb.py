@@ -709,6 +709,51 @@ def test_a_rename_killed_at_each_step_is_undone_or_finished_by_the_next_connect(
     assert not (db_path / ".scopefs-journal").exists()
 
 
+@pytest.mark.parametrize("onto", ["x.png", "new.png"], ids=["other extension", "other id"])
+@pytest.mark.parametrize("stop", ["before the data moves", "after the data moved"])
+def test_a_rename_of_a_file_not_yet_in_files_json_killed_is_undone_or_finished_by_the_next_connect(
+        tmp_path, monkeypatch, onto, stop):
+    """`write x.tmp; mv x.tmp x.png` within the flush delay, the writer killed before
+    files.json is written: the next connect registers the file under the name it has on
+    disk and keeps its metadata (the rename's journal line does not hide the registration
+    journaled before it)."""
+    from scopefs.backends.fsdb import db as fsdb_module
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    db = FSDB(str(db_path))
+    db.connect()
+    db.register_lazily = True
+    fileset = db.get_scan("myscan_001").get_fileset("images")
+    file = fileset.create_file("x")
+    file.write_raw(b"new data", "tmp")
+    file.set_metadata("key", "x")
+    replace = os.replace
+
+    def moved(old, new):
+        if stop == "after the data moved":
+            replace(old, new)
+        raise SystemExit("killed")
+    monkeypatch.setattr(fsdb_module.os, "replace", moved)
+    with pytest.raises(SystemExit):
+        fileset.rename_file("x", onto)
+    monkeypatch.undo()
+    db._lock.release()                                   # (what the kernel does for a killed one)
+    os.close(db._journal_fd)
+    again = FSDB(str(db_path))
+    again.connect()
+    again.disconnect()
+    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    named = {f["id"]: f["file"] for f in files}
+    holder, name = ("x", "x.tmp") if stop == "before the data moves" else (onto.split(".")[0], onto)
+    assert named == {"0": "0.png", "1": "1.png", holder: name}
+    assert sorted(named.values()) == sorted(os.listdir(db_path / "myscan_001" / "images"))
+    assert (db_path / "myscan_001" / "images" / name).read_bytes() == b"new data"
+    metadata = db_path / "myscan_001" / "metadata" / "images"
+    assert json.loads((metadata / f"{holder}.json").read_text()) == {"key": "x"}
+    assert sorted(os.listdir(metadata)) == sorted(["0.json", "1.json", f"{holder}.json"])
+    assert not (db_path / ".scopefs-journal").exists()
+
+
 def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_path, mount):
     """As in a plain folder: writes through a descriptor held on a removed file grow it."""
     db_path = new_db(tmp_path / "db")

@@ -480,8 +480,8 @@ class Fileset(_Metadata):
         files.json still names it (then its metadata has not been removed yet, and goes to
         `new_id`; files.json names the new name)."""
         file = self.files.get(file_id)
-        if file is None:                        # all done but removing its metadata
-            _unlink(layout.file_metadata_path(self.scan.path(), self.id, file_id))
+        if file is None:                        # all done, or its data not yet in files.json
+            self._finish_rename_of_unnamed(file_id, new_id, new_name)
             return
         if file.filename != filename or os.path.lexists(file.path()):
             return                              # not begun, or all done
@@ -499,6 +499,26 @@ class Fileset(_Metadata):
         if target is not None:
             self._took_metadata(target, file.get_metadata())
         self._drop_entry(file)
+
+    def _finish_rename_of_unnamed(self, file_id: str, new_id: str, new_name: str | None) -> None:
+        """A journaled rename of a file files.json does not name: all done but removing its
+        metadata, or (registered lazily, not flushed) its data moved to `new_name` before
+        files.json was written: then `new_name` is registered and the metadata, if still
+        there, goes with it (again, if the rename had moved it: the same)."""
+        md_path = layout.file_metadata_path(self.scan.path(), self.id, file_id)
+        if new_name is None or not os.path.lexists(os.path.join(self.path(), new_name)):
+            _unlink(md_path)
+            return
+        target = self.files.get(new_id)
+        if target is None:
+            log.warning("%s/%s: registered %s, renamed by a writer that stopped before writing "
+                        "files.json", self.scan.id, self.id, new_name)
+            target = self.files[new_id] = File(self, new_id, None)
+            target._registered_as(new_name)
+        if new_id == file_id or target.filename != new_name or not os.path.exists(md_path):
+            return
+        self._took_metadata(target, File(self, file_id, None).get_metadata())
+        _unlink(md_path)
 
     def _took_metadata(self, moved: File, metadata: dict) -> None:
         """`moved` describes what moved onto it: its metadata is the moved file's."""
@@ -839,20 +859,20 @@ class FSDB:
                 lines = fh.read().splitlines()
         except FileNotFoundError:
             return
-        latest = {}
+        registrations, renames = {}, []         # (a rename's line must not hide a registration)
         for line in lines:
             try:
                 scan_id, fileset_id, file_id, filename, size, *onto = json.loads(line)
             except (ValueError, TypeError):
                 continue                        # a line cut short by the crash
-            latest[scan_id, fileset_id, file_id] = filename, size, onto
-        found, renames = 0, []
-        for (scan_id, fileset_id, file_id), (filename, size, onto) in latest.items():
+            if onto:
+                renames.append((scan_id, fileset_id, file_id, filename, onto[0], onto[1] if len(onto) > 1 else None))
+            else:
+                registrations[scan_id, fileset_id, file_id] = filename, size
+        found = 0
+        for (scan_id, fileset_id, file_id), (filename, size) in registrations.items():
             scan = self.scans.get(scan_id)
             fileset = scan and scan.filesets.get(fileset_id)
-            if fileset is not None and onto:
-                renames.append((fileset, file_id, filename, onto[0], onto[1] if len(onto) > 1 else None))
-                continue
             if fileset is None or _size(os.path.join(fileset.path(), filename)) != size:
                 continue                        # gone, or not all on disk (a power cut)
             file = fileset.files.get(file_id)
@@ -867,8 +887,11 @@ class FSDB:
         if found:
             log.warning("registered %d file(s) that a writer which stopped had not yet written to "
                         "files.json", found)
-        for fileset, file_id, filename, new_id, new_name in renames:    # (onto files registered above)
-            fileset.finish_rename(file_id, filename, new_id, new_name)
+        for scan_id, fileset_id, file_id, filename, new_id, new_name in renames:  # in journal order
+            scan = self.scans.get(scan_id)
+            fileset = scan and scan.filesets.get(fileset_id)
+            if fileset is not None:
+                fileset.finish_rename(file_id, filename, new_id, new_name)
         with self._files_lock:
             for scan_id in list(self._dirty):
                 self.scans[scan_id]._write_pending()

@@ -754,6 +754,42 @@ def test_a_rename_of_a_file_not_yet_in_files_json_killed_is_undone_or_finished_b
     assert not (db_path / ".scopefs-journal").exists()
 
 
+def test_a_file_registered_lazily_after_a_replay_that_journaled_is_found_by_the_next_connect(tmp_path, monkeypatch):
+    """A replay whose finished rename journaled a registration removes the journal it
+    wrote to: a file registered lazily afterwards goes into a new journal, which the next
+    connect after a kill finds (not into the unlinked one)."""
+    from scopefs.backends.fsdb import db as fsdb_module
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    db = FSDB(str(db_path))
+    db.connect()
+    db.register_lazily = True
+    fileset = db.get_scan("myscan_001").get_fileset("images")
+    fileset.create_file("x").write_raw(b"x data", "tmp")
+    replace = os.replace
+
+    def moved(old, new):
+        replace(old, new)
+        raise SystemExit("killed")
+    monkeypatch.setattr(fsdb_module.os, "replace", moved)
+    with pytest.raises(SystemExit):
+        fileset.rename_file("x", "new.png")
+    monkeypatch.undo()
+    db._lock.release()                                   # (what the kernel does for a killed one)
+    os.close(db._journal_fd)
+    again = FSDB(str(db_path))
+    again.register_lazily = True                         # (the replay journals new.png)
+    again.connect()
+    again.get_scan("myscan_001").get_fileset("images").create_file("y").write_raw(b"y data", "png")
+    again._lock.release()                                # killed before its flush
+    os.close(again._journal_fd)
+    third = FSDB(str(db_path))
+    third.connect()
+    third.disconnect()
+    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    assert {f["id"]: f["file"] for f in files} == {"0": "0.png", "new": "new.png", "y": "y.png"}
+
+
 def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_path, mount):
     """As in a plain folder: writes through a descriptor held on a removed file grow it."""
     db_path = new_db(tmp_path / "db")

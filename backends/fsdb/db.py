@@ -769,9 +769,7 @@ class FSDB:
                 else:
                     scan._write_pending()
             if self._journal_fd is not None:
-                os.close(self._journal_fd)
-                self._journal_fd = None
-                _unlink(os.path.join(self.basedir, layout.JOURNAL))
+                self._remove_journal()
             self._last_flush_s = time.monotonic() - started
 
     def _keep_metadata(self, obj: _Metadata, size: int | None = None) -> None:
@@ -895,7 +893,15 @@ class FSDB:
         with self._files_lock:
             for scan_id in list(self._dirty):
                 self.scans[scan_id]._write_pending()
-        _unlink(path)
+            self._remove_journal()
+
+    def _remove_journal(self) -> None:
+        """What the journal held is in files.json: it goes, with this writer's descriptor
+        (a later line starts a new journal, not one no connect would find)."""
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        _unlink(os.path.join(self.basedir, layout.JOURNAL))
 
     def reload(self) -> None:
         found = layout.scan_dirs(self.basedir, self.files.listdir, self.files.isfile)

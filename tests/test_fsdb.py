@@ -790,6 +790,36 @@ def test_a_file_registered_lazily_after_a_replay_that_journaled_is_found_by_the_
     assert {f["id"]: f["file"] for f in files} == {"0": "0.png", "new": "new.png", "y": "y.png"}
 
 
+@pytest.mark.parametrize("onto", ["0.jpg", "new.png"], ids=["other extension", "other id"])
+def test_a_renamed_files_new_name_is_durable_before_files_json_names_it(tmp_path, monkeypatch, onto):
+    """After a power cut, files.json never names a new name the fileset's folder lost:
+    the folder is fsynced after the data's rename, before files.json is rewritten."""
+    from scopefs.backends.fsdb import db as fsdb_module
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=1)
+    db = FSDB(str(db_path))
+    db.connect()
+    fileset = db.get_scan("myscan_001").get_fileset("images")
+    replace, fsync, events = os.replace, os.fsync, []
+
+    def replaced(old, new):
+        events.append(("replace", str(new)))
+        replace(old, new)
+
+    def synced(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+    monkeypatch.setattr(fsdb_module.os, "replace", replaced)
+    monkeypatch.setattr(fsdb_module.os, "fsync", synced)
+    fileset.rename_file("0", onto)
+    monkeypatch.undo()
+    db.disconnect()
+    images = str(db_path / "myscan_001" / "images")
+    moved = events.index(("replace", f"{images}/{onto}"))
+    named = events.index(("replace", str(db_path / "myscan_001" / "files.json")))
+    assert ("fsync", images) in events[moved:named], events
+
+
 def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_path, mount):
     """As in a plain folder: writes through a descriptor held on a removed file grow it."""
     db_path = new_db(tmp_path / "db")

@@ -340,13 +340,17 @@ class File(_Metadata):
             layout.atomic_write(os.path.join(self.fileset.path(), filename), bytes(data))
             self._registered_as(filename)
 
-    def adopt(self, finished: str, filename: str) -> None:
+    def adopt(self, finished: str, filename: str, durable: bool = False) -> None:
         """Make a finished file (written beside its final place) this file's data, named
         `filename` (the mount's name as given: `notes` stays `notes`, where upstream's naming
         from an extension would make it `notes.`): one rename, then files.json. Large files
-        need not pass through memory."""
+        need not pass through memory. `durable` (a rename of registered data): the folder
+        is fsynced before files.json names the new name (a power cut cannot leave files.json
+        naming a name the folder lost)."""
         with self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id):
             os.replace(finished, os.path.join(self.fileset.path(), filename))
+            if durable:
+                _fsync(self.fileset.path())
             self._registered_as(filename)
 
     def _registered_as(self, filename: str) -> None:
@@ -465,10 +469,10 @@ class Fileset(_Metadata):
                                           durable=True)
             if moved is file:
                 if file.filename:
-                    file.adopt(file.path(), new_name)
+                    file.adopt(file.path(), new_name, durable=True)
                 return file
             if file.filename:
-                moved.adopt(file.path(), new_name)
+                moved.adopt(file.path(), new_name, durable=True)
             self.files[new_id] = moved
             self._took_metadata(moved, metadata)
             self._drop_entry(file)

@@ -35,7 +35,6 @@ from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multisc
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
 from .kept_sizes import identity, versions
-from .kernel import RENAME_NOREPLACE, rename_at
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
@@ -621,8 +620,9 @@ class Imports:
 
         from ..formats.tomogram import write_copick_tomogram
         key = f"{node.rel}/{node.name}"
-        target = self.tree.upper.local_path(f"{node.rel}/{node.name[:-4]}.zarr")
-        partial = self.tree.upper.local_path(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
+        target_rel = f"{node.rel}/{node.name[:-4]}.zarr"
+        partial_rel = f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import"
+        target, partial = self.tree.upper.local_path(target_rel), self.tree.upper.local_path(partial_rel)
 
         def progress(done: int, total: int) -> None:
             if os.path.lexists(target):
@@ -633,10 +633,10 @@ class Imports:
             shutil.rmtree(partial, ignore_errors=True)
             with mrcfile.mmap(temp, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
-            try:
-                _rename_noreplace(partial, target)      # complete, or not there at all
-            except FileExistsError:
-                raise _ImportDropped from None
+            with self.tree.lock:                # (what the mount creates, it creates holding it)
+                if os.path.lexists(target):
+                    raise _ImportDropped
+                self.tree.upper.rename(partial_rel, target_rel)     # complete, or not there at all
             outcome = "imported"
             log.info("imported %s as %s", key, target)
         except _ImportDropped:
@@ -669,15 +669,6 @@ class Imports:
 
 class _ImportDropped(Exception):
     """A tomogram import stops: its store arrived meanwhile."""
-
-
-def _rename_noreplace(old: str, new: str) -> None:
-    """Rename within one folder, FileExistsError if `new` is there (even an empty folder)."""
-    folder = os.open(os.path.dirname(old), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        rename_at(folder, os.path.basename(old), folder, os.path.basename(new), RENAME_NOREPLACE)
-    finally:
-        os.close(folder)
 
 
 class TomogramImport(File):

@@ -1027,3 +1027,46 @@ def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path,
         assert (folder.ino, "tester_1_proteasome.csv") not in told, told
     finally:
         tree.close()
+
+
+def test_a_tomogram_import_is_renamed_into_place_where_the_overlay_has_no_rename_noreplace(tmp_path, monkeypatch):
+    """NFS, ZFS before 2.2 and some FUSE overlays refuse renameat2's RENAME_NOREPLACE
+    (EINVAL): a converted tomogram is still renamed into place, as a plain rename (a store
+    that arrived meanwhile is looked for under the tree's lock instead)."""
+    import threading
+
+    from scopefs.backends import copick_views
+    from scopefs.backends.kernel import RENAME_NOREPLACE
+    from scopefs.backends.overlay import local
+    plain = local.rename_at
+
+    def refusing_noreplace(old_dir, old, new_dir, new, flags=0):
+        if flags & RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "RENAME_NOREPLACE not supported")
+        plain(old_dir, old, new_dir, new, flags)
+    monkeypatch.setattr(local, "rename_at", refusing_noreplace)
+    monkeypatch.setattr(copick_views, "rename_at", refusing_noreplace, raising=False)
+    folder = tmp_path / "upper" / "run" / "VoxelSpacing10.000"
+    folder.mkdir(parents=True)
+
+    class Tree:
+        lock = threading.RLock()
+        upper = local.LocalRoot(str(tmp_path / "upper"))
+
+        def overlay_changed(self, changes):
+            pass
+    imports = copick_views.Imports(Tree(), None, None)
+    data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    temp = tmp_path / ".wbp.mrc.part"
+    with mrcfile.new(str(temp)) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 10.0
+    try:
+        imports._convert(copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", "wbp.mrc", 10.0), str(temp))
+    finally:
+        imports.close()
+        Tree.upper.close()
+    assert {k: imports.tomograms[k] for k in ("imported", "failed")} == {"imported": 1, "failed": 0}
+    assert sorted(os.listdir(folder)) == ["wbp.zarr"]
+    assert np.array_equal(zarr.open(str(folder / "wbp.zarr"), mode="r")["0"][:], data)
+    assert not temp.exists()

@@ -27,7 +27,7 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write
@@ -47,6 +47,9 @@ VIEWS_VERSION = 1
 #: the libraries the picks views write with (their versions are part of a kept size's key)
 PICKS_LIBRARIES = ("pandas", "starfile", "dynamotable", "emfile", "numpy", "scipy")
 MRC_LIBRARIES = ("mrcfile", "zarr", "numpy")
+#: seconds an unmount gives the tomogram imports queued and running, in all, to finish
+#: (within `scopefs umount`'s 60 s wait for the daemon)
+IMPORTS_UNMOUNT_WAIT_S = 30.0
 
 
 def mrc_name(stem: str, binning: int) -> str:
@@ -516,6 +519,7 @@ class Imports:
         self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "dropped": 0, "running": {}}
         self._status_lock = threading.Lock()
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="scopefs-import")
+        self._stopping = threading.Event()      # unmounting, and out of time: imports stop
 
     def __call__(self, rel: str, name: str) -> File | None:
         """The node for a new file `name` in folder rel, if it is an import (the hook
@@ -627,9 +631,13 @@ class Imports:
         def progress(done: int, total: int) -> None:
             if os.path.lexists(target):
                 raise _ImportDropped
+            if self._stopping.is_set():
+                raise _ImportStopped
             self._count(key, running=f"{done}/{total} chunks")
         outcome = "failed"
         try:
+            if self._stopping.is_set():
+                raise _ImportStopped
             shutil.rmtree(partial, ignore_errors=True)
             with mrcfile.mmap(temp, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
@@ -639,6 +647,11 @@ class Imports:
                 self.tree.upper.rename(partial_rel, target_rel)     # complete, or not there at all
             outcome = "imported"
             log.info("imported %s as %s", key, target)
+        except _ImportStopped:
+            log.error("tomogram import %s not done at unmount: the file written is kept as %s",
+                      key, temp)
+            shutil.rmtree(partial, ignore_errors=True)
+            temp = None
         except _ImportDropped:
             outcome = "dropped"
             log.info("tomogram import %s dropped: its store arrived meanwhile", key)
@@ -650,7 +663,8 @@ class Imports:
             self._count(key, done=outcome)
             self.tree.overlay_changed({node.rel: {node.name}})        # the name is the view's now, or nothing
             try:
-                os.unlink(temp)
+                if temp is not None:
+                    os.unlink(temp)
             except OSError:
                 pass
 
@@ -663,12 +677,22 @@ class Imports:
             return {**self.tomograms, "running": dict(self.tomograms["running"])}
 
     def close(self) -> None:
-        """Before the tree closes (a conversion uses it): a running conversion ends first."""
-        self._converter.shutdown(wait=True, cancel_futures=True)
+        """Before the tree closes (a conversion uses it): the imports queued and running
+        (their writers were told they succeeded) get IMPORTS_UNMOUNT_WAIT_S in all to finish;
+        those left then stop (at their next chunk), each logged, its written file kept."""
+        all_done = self._converter.submit(lambda: None)     # (one thread: after every import)
+        self._converter.shutdown(wait=False)
+        if not wait([all_done], timeout=IMPORTS_UNMOUNT_WAIT_S).done:
+            self._stopping.set()
+        self._converter.shutdown(wait=True)
 
 
 class _ImportDropped(Exception):
     """A tomogram import stops: its store arrived meanwhile."""
+
+
+class _ImportStopped(Exception):
+    """A tomogram import stops: the mount ends, and waited for it long enough."""
 
 
 class TomogramImport(File):

@@ -1029,12 +1029,33 @@ def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path,
         tree.close()
 
 
+
+class _ImportTree:
+    """What tomogram imports use of an overlay tree: a local overlay in `path` and its lock."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        from scopefs.backends.overlay.local import LocalRoot
+        (path / "run" / "VoxelSpacing10.000").mkdir(parents=True)
+        self.lock = threading.RLock()
+        self.upper = LocalRoot(str(path))
+
+    def overlay_changed(self, changes):
+        pass
+
+
+def _written_mrc(path: Path, data: np.ndarray) -> str:
+    with mrcfile.new(str(path)) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 10.0
+    return str(path)
+
+
 def test_a_tomogram_import_is_renamed_into_place_where_the_overlay_has_no_rename_noreplace(tmp_path, monkeypatch):
     """NFS, ZFS before 2.2 and some FUSE overlays refuse renameat2's RENAME_NOREPLACE
     (EINVAL): a converted tomogram is still renamed into place, as a plain rename (a store
     that arrived meanwhile is looked for under the tree's lock instead)."""
-    import threading
-
     from scopefs.backends import copick_views
     from scopefs.backends.kernel import RENAME_NOREPLACE
     from scopefs.backends.overlay import local
@@ -1046,27 +1067,67 @@ def test_a_tomogram_import_is_renamed_into_place_where_the_overlay_has_no_rename
         plain(old_dir, old, new_dir, new, flags)
     monkeypatch.setattr(local, "rename_at", refusing_noreplace)
     monkeypatch.setattr(copick_views, "rename_at", refusing_noreplace, raising=False)
-    folder = tmp_path / "upper" / "run" / "VoxelSpacing10.000"
-    folder.mkdir(parents=True)
-
-    class Tree:
-        lock = threading.RLock()
-        upper = local.LocalRoot(str(tmp_path / "upper"))
-
-        def overlay_changed(self, changes):
-            pass
-    imports = copick_views.Imports(Tree(), None, None)
+    tree = _ImportTree(tmp_path / "upper")
+    imports = copick_views.Imports(tree, None, None)
     data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
-    temp = tmp_path / ".wbp.mrc.part"
-    with mrcfile.new(str(temp)) as mrc:
-        mrc.set_data(data)
-        mrc.voxel_size = 10.0
+    temp = _written_mrc(tmp_path / ".wbp.mrc.part", data)
     try:
-        imports._convert(copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", "wbp.mrc", 10.0), str(temp))
+        imports._convert(copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", "wbp.mrc", 10.0), temp)
     finally:
         imports.close()
-        Tree.upper.close()
+        tree.upper.close()
+    folder = tmp_path / "upper" / "run" / "VoxelSpacing10.000"
     assert {k: imports.tomograms[k] for k in ("imported", "failed")} == {"imported": 1, "failed": 0}
     assert sorted(os.listdir(folder)) == ["wbp.zarr"]
     assert np.array_equal(zarr.open(str(folder / "wbp.zarr"), mode="r")["0"][:], data)
-    assert not temp.exists()
+    assert not os.path.exists(temp)
+
+
+def test_an_unmount_finishes_the_tomogram_imports_queued(tmp_path):
+    """Imports whose writers were told they succeeded (closed) but not yet converted are
+    converted before the mount ends, not dropped."""
+    from scopefs.backends import copick_views
+    tree = _ImportTree(tmp_path / "upper")
+    imports = copick_views.Imports(tree, None, None)
+    data = np.ones((4, 6, 8), dtype=np.float32)
+    try:
+        for name in ("wbp.mrc", "denoised.mrc"):
+            node = copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", name, 10.0)
+            imports.check_tomogram(node, _written_mrc(tmp_path / f".{name}.part", data))
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert imports.tomograms["imported"] == 2
+    assert sorted(os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000")) == ["denoised.zarr", "wbp.zarr"]
+
+
+def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which(tmp_path, monkeypatch, caplog):
+    """The wait is bounded: the import running then stops at its next chunk, those queued
+    do not start; each is logged as not done, and the file its writer wrote is kept."""
+    from scopefs.backends import copick_views
+    from scopefs.formats import tomogram
+
+    def endless(volume, path, voxel_size, progress=None):
+        os.mkdir(path)
+        while True:
+            progress(0, 1)
+            time.sleep(0.01)
+    monkeypatch.setattr(tomogram, "write_copick_tomogram", endless)
+    monkeypatch.setattr(copick_views, "IMPORTS_UNMOUNT_WAIT_S", 0.2)
+    tree = _ImportTree(tmp_path / "upper")
+    imports = copick_views.Imports(tree, None, None)
+    temps = []
+    try:
+        for name in ("wbp.mrc", "denoised.mrc"):
+            node = copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", name, 10.0)
+            temps.append(_written_mrc(tmp_path / f".{name}.part", np.ones((4, 6, 8), dtype=np.float32)))
+            imports.check_tomogram(node, temps[-1])
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert {k: imports.tomograms[k] for k in ("imported", "failed")} == {"imported": 0, "failed": 2}
+    assert imports.tomograms["running"] == {}
+    assert all(os.path.exists(temp) for temp in temps)
+    assert os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000") == []
+    not_done = [r.getMessage() for r in caplog.records if "not done at unmount" in r.getMessage()]
+    assert len(not_done) == 2 and all(temp in " ".join(not_done) for temp in temps), not_done

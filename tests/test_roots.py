@@ -563,3 +563,30 @@ def test_a_reader_going_through_a_folder_in_order_finds_the_next_objects_fetched
     fetched = root._fetched_ahead["d/f3.json"][2]
     handle = root.open_read("d/f3.json")
     assert handle._blocks[0] is fetched and handle.read(0, 1000) == docs["f3.json"]
+
+
+def test_a_derived_view_dropped_while_others_were_made_is_made_outside_the_tables_lock(tmp_path):
+    """A folder's derived views are made outside the node table's lock, also one whose
+    node another thread dropped while the others were being made (made then, and placed
+    on a second try)."""
+    from scopefs.backends.nodes import Symlink
+    (tmp_path / "static" / "run").mkdir(parents=True)
+    (tmp_path / "upper").mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    calls = []
+
+    def maker(name):
+        def make(info):
+            calls.append((name, tree._table.locked()))
+            if name == "a":                          # meanwhile, another thread drops b's view
+                tree._derived.pop("run/b", None)
+            return Symlink(name)
+        return make
+    wanted = [(name, "run/src", maker(name), None, ("run/src", 1, 1), None) for name in "ba"]
+    try:
+        tree._derived_nodes("run", wanted[:1])
+        nodes = tree._derived_nodes("run", wanted)
+    finally:
+        tree.close()
+    assert [node.target for node in nodes] == ["b", "a"]
+    assert calls == [("b", False), ("a", False), ("b", False)]

@@ -610,26 +610,33 @@ class OverlayTree(Tree):
         """The nodes of derived files of folder rel, each (name, source, make, what the
         source shows, its `source_key`, _): those missing, or of another version of their
         source, made (`make(info)`) outside the table's lock, then placed under one hold
-        of it for the whole folder (not one a view)."""
+        of it for the whole folder (not one a view); one dropped meanwhile by another
+        thread is made outside it too, and placing tried again."""
         prefix, derived = _join(rel, ""), self._derived
-        made = {}
-        for name, _, make, info, key, _ in wanted:
+
+        def stale(name: str, key) -> bool:
             node = derived.get(prefix + name)
-            if node is None or node.source_key != key:
-                made[name] = make(info)
-        out, added = [], {}
-        with self._table:
-            for name, source, make, info, key, _ in wanted:
-                path = prefix + name
-                node = derived.get(path)
-                if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
-                    node = derived[path] = self.add(made.pop(name, None) or make(info))
-                    node.source_key, node.derived_path = key, path
-                    added.setdefault(source, set()).add(path)
-                out.append(node)
-            for source, paths in added.items():
-                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
-        return out
+            return node is None or node.source_key != key
+        made = {}
+        while True:
+            for name, _, make, info, key, _ in wanted:
+                if name not in made and stale(name, key):
+                    made[name] = make(info)
+            with self._table:
+                if any(name not in made and stale(name, key) for name, *_, key, _ in wanted):
+                    continue
+                out, added = [], {}
+                for name, source, _, _, key, _ in wanted:
+                    path = prefix + name
+                    node = derived.get(path)
+                    if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
+                        node = derived[path] = self.add(made[name])
+                        node.source_key, node.derived_path = key, path
+                        added.setdefault(source, set()).add(path)
+                    out.append(node)
+                for source, paths in added.items():
+                    self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
+                return out
 
     def source_key(self, rel: str, info: Attr | None = None):
         """What a derived file's content depends on: its source's path, size and time."""

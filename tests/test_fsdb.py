@@ -657,6 +657,29 @@ def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_pat
     assert not (db_path / ".scopefs-journal").exists()
 
 
+def _lazily_registering_example(tmp_path: Path, n: int):
+    """The documented example's database (`n` images), connected to register lazily: its
+    path, the FSDB and its fileset `images`."""
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=n)
+    db = FSDB(str(db_path))
+    db.connect()
+    db.register_lazily = True
+    return db_path, db, db.get_scan("myscan_001").get_fileset("images")
+
+
+def _named_after_a_kill_and_the_next_connect(db: FSDB, db_path: Path) -> dict[str, str]:
+    """What files.json names (id: file) once `db`'s writer was killed and the next connect
+    replayed its journal."""
+    db._lock.release()                                   # (what the kernel does for a killed one)
+    os.close(db._journal_fd)
+    again = FSDB(str(db_path))
+    again.connect()
+    again.disconnect()
+    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    return {f["id"]: f["file"] for f in files}
+
+
 @pytest.mark.parametrize("src,onto", [("0", "new.png"), ("1", "1.jpg")], ids=["other id", "other extension"])
 @pytest.mark.parametrize("stop", ["before the data moves", "after the data moved"])
 def test_a_rename_killed_at_each_step_is_undone_or_finished_by_the_next_connect(tmp_path, monkeypatch, src, onto,
@@ -666,12 +689,7 @@ def test_a_rename_killed_at_each_step_is_undone_or_finished_by_the_next_connect(
     are there, the rename undone if the data had not moved, else finished, also onto
     another extension of the same id."""
     from scopefs.backends.fsdb import db as fsdb_module
-    db_path = new_db(tmp_path / "db")
-    documented_example(db_path, n=2)
-    db = FSDB(str(db_path))
-    db.connect()
-    db.register_lazily = True
-    fileset = db.get_scan("myscan_001").get_fileset("images")
+    db_path, db, fileset = _lazily_registering_example(tmp_path, n=2)
     replace, fsync, done = os.replace, os.fsync, []
 
     def synced(fd):
@@ -690,13 +708,7 @@ def test_a_rename_killed_at_each_step_is_undone_or_finished_by_the_next_connect(
         fileset.rename_file(src, onto)
     monkeypatch.undo()
     assert done[:2] == [str(db_path / ".scopefs-journal"), str(db_path)] and "data moved" in done[2:], done
-    db._lock.release()                                   # (what the kernel does for a killed one)
-    os.close(db._journal_fd)
-    again = FSDB(str(db_path))
-    again.connect()
-    again.disconnect()
-    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
-    named = {f["id"]: f["file"] for f in files}
+    named = _named_after_a_kill_and_the_next_connect(db, db_path)
     assert sorted(named.values()) == sorted(os.listdir(db_path / "myscan_001" / "images"))
     expected, holder = {"0": "0.png", "1": "1.png"}, src
     if stop == "after the data moved":
@@ -718,12 +730,7 @@ def test_a_rename_of_a_file_not_yet_in_files_json_killed_is_undone_or_finished_b
     disk and keeps its metadata (the rename's journal line does not hide the registration
     journaled before it)."""
     from scopefs.backends.fsdb import db as fsdb_module
-    db_path = new_db(tmp_path / "db")
-    documented_example(db_path, n=2)
-    db = FSDB(str(db_path))
-    db.connect()
-    db.register_lazily = True
-    fileset = db.get_scan("myscan_001").get_fileset("images")
+    db_path, db, fileset = _lazily_registering_example(tmp_path, n=2)
     file = fileset.create_file("x")
     file.write_raw(b"new data", "tmp")
     file.set_metadata("key", "x")
@@ -737,13 +744,7 @@ def test_a_rename_of_a_file_not_yet_in_files_json_killed_is_undone_or_finished_b
     with pytest.raises(SystemExit):
         fileset.rename_file("x", onto)
     monkeypatch.undo()
-    db._lock.release()                                   # (what the kernel does for a killed one)
-    os.close(db._journal_fd)
-    again = FSDB(str(db_path))
-    again.connect()
-    again.disconnect()
-    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
-    named = {f["id"]: f["file"] for f in files}
+    named = _named_after_a_kill_and_the_next_connect(db, db_path)
     holder, name = ("x", "x.tmp") if stop == "before the data moves" else (onto.split(".")[0], onto)
     assert named == {"0": "0.png", "1": "1.png", holder: name}
     assert sorted(named.values()) == sorted(os.listdir(db_path / "myscan_001" / "images"))
@@ -759,12 +760,7 @@ def test_a_file_registered_lazily_after_a_replay_that_journaled_is_found_by_the_
     wrote to: a file registered lazily afterwards goes into a new journal, which the next
     connect after a kill finds (not into the unlinked one)."""
     from scopefs.backends.fsdb import db as fsdb_module
-    db_path = new_db(tmp_path / "db")
-    documented_example(db_path, n=1)
-    db = FSDB(str(db_path))
-    db.connect()
-    db.register_lazily = True
-    fileset = db.get_scan("myscan_001").get_fileset("images")
+    db_path, db, fileset = _lazily_registering_example(tmp_path, n=1)
     fileset.create_file("x").write_raw(b"x data", "tmp")
     replace = os.replace
 

@@ -15,8 +15,7 @@ import trio
 import trio.testing
 
 import walk_samples
-from conftest import daemon_status
-from test_lean_listings import unless_caches_dropped
+from conftest import daemon_status, unless_caches_dropped
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
 from scopefs.daemon.fs import Operations

@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -974,19 +975,30 @@ def test_moving_a_whole_run_gives_the_same_run_and_imports_no_copy_of_its_tomogr
 
 def test_an_unmount_during_a_tomogram_import_waits_for_it(tmp_path, mount):
     """Unmounting waits for a running conversion, before the tree closes: the store is
-    whole and no hidden file is left (before, the tree closed under the conversion, which
-    failed: "cannot schedule new futures after shutdown" in the daemon log)."""
+    whole, imported after the daemon logged the unmount's start, and no hidden file is
+    left (before, the tree closed under the conversion, which failed: "cannot schedule
+    new futures after shutdown" in the daemon log). The daemon is told to stop (SIGTERM)
+    while at least three of the conversion's chunks are left."""
     mnt = mount(*one_run_project(tmp_path, (1,), levels=1))
     with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
         mrc.set_data(np.random.default_rng(3).normal(size=(48, 320, 320)).astype(np.float32))
         mrc.voxel_size = 10.0
     spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
     subprocess.run(["cp", str(tmp_path / "big.mrc"), str(spacing)], check=True)
-    deadline = time.monotonic() + 60
-    while not any("chunks" in state for state in daemon_status(mnt)["tomogram_imports"]["running"].values()):
-        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
-        time.sleep(0.01)
-    cleanup_mount(mnt, daemon_pid(mnt))
+    deadline = time.monotonic() + 10
+    while True:
+        status = daemon_status(mnt)["tomogram_imports"]
+        assert time.monotonic() < deadline and not status["imported"], status
+        done, _, total = status["running"].get("ExperimentRuns/TS_001/VoxelSpacing10.000/big.mrc", "").partition("/")
+        if total and total.split()[0].isdigit() and int(total.split()[0]) - int(done) >= 3:
+            break
+        time.sleep(0.005)
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGTERM)
+    cleanup_mount(mnt, pid)
+    log = mount.log()
+    stopping, imported = log.find("SIGTERM received, unmounting"), log.find("imported ExperimentRuns/TS_001/VoxelSpacing10.000/big.mrc")
+    assert 0 <= stopping < imported, log
     stored = tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
     assert [path.name for path in stored.iterdir() if "big" in path.name] == ["big.zarr"]
     assert zarr.open_group(str(stored / "big.zarr"), mode="r")["0"].shape == (48, 320, 320)

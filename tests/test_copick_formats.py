@@ -952,19 +952,28 @@ def test_moving_a_whole_run_gives_the_same_run_and_imports_no_copy_of_its_tomogr
     tomogram import, which the store arriving meanwhile wins: the import is dropped, the
     name shows the new store's view. Before, the import collided with the arriving store
     ("Directory not empty" in the daemon log). The moved run shows what the run showed
-    (views name their run; the copies of views written as files keep the bytes copied)."""
+    (views name their run; the copies of views written as files keep the bytes copied).
+    (The import converter, one thread, is kept busy by another run's import meanwhile,
+    seconds of converting: `wbp.zarr` arrives before `wbp.mrc`'s import starts.)"""
     source = one_run_project(tmp_path, (1, 2), levels=1)
     mnt = mount(*source)
     runs = mnt / "ExperimentRuns"
     before = tree_of(runs / "TS_001")
     assert "VoxelSpacing10.000/wbp.mrc" in before
+    with mrcfile.new(str(tmp_path / "busy.mrc")) as mrc:
+        mrc.set_data(np.random.default_rng(3).normal(size=(24, 320, 320)).astype(np.float32))
+        mrc.voxel_size = 10.0
+    (runs / "TS_000" / "VoxelSpacing10.000").mkdir(parents=True)
+    subprocess.run(["cp", str(tmp_path / "busy.mrc"), str(runs / "TS_000" / "VoxelSpacing10.000")], check=True)
     moved = subprocess.run(["mv", str(runs / "TS_001"), str(runs / "TS_002")], capture_output=True, text=True)
     assert moved.returncode == 0, moved.stderr
-    deadline = time.monotonic() + 20
+    (runs / "TS_000" / "VoxelSpacing10.000" / "busy.zarr").mkdir(exist_ok=True)     # (it is dropped)
+    deadline = time.monotonic() + 10
     while (status := daemon_status(mnt)["tomogram_imports"])["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (status["imported"], status["dropped"], status["failed"]) == (0, 1, 0), status
-    assert os.listdir(runs) == ["TS_002"]
+    assert status["imported"] + status["dropped"] == 2 and status["failed"] == 0, status
+    assert "tomogram import ExperimentRuns/TS_002/VoxelSpacing10.000/wbp.mrc dropped" in mount.log()
+    assert sorted(os.listdir(runs)) == ["TS_000", "TS_002"]
     assert not [path for path in (tmp_path / "overlay").rglob("*") if "scopefs-import" in path.name]
     cleanup_mount(mnt, daemon_pid(mnt))
     after = tree_of(mount(*source, mountpoint=tmp_path / "again") / "ExperimentRuns" / "TS_002")

@@ -136,7 +136,7 @@ class KernelLetNamesGo(AssertionError):
     `lookups_of_held_inodes`): it then looks them up again, which the check counts as work."""
 
 
-def unless_caches_dropped(check, tries: int = 3) -> None:
+def unless_caches_dropped(check, tries: int = 5) -> None:
     """`check()`, tried again only where the kernel's own doing is counted: its caches
     dropped or shrunk while it ran (/proc/vmstat: another program's drop_caches, a
     benchmark run as root), or `KernelLetNamesGo`. Any other failure fails at once."""

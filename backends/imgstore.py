@@ -206,8 +206,8 @@ class FrameService:
         """Frames in `READ_AHEAD_BYTES`, 8 to 64: the lead is what a reader finds in the
         kernel's page cache without a request, and every `signpost_every`-th frame, and
         every time the reader catches up, costs a READ, a wake-up of the loop and of the
-        decoder. With 8, a `tar` of 320x240 frames sent 0.28 READs a frame and the
-        daemon spent 0.55-0.60 ms CPU a frame; with 64, 0.04-0.05 and 0.42-0.43."""
+        decoder. With 8, a `tar` of 320x240 frames sent 0.27-0.29 READs a frame and the
+        daemon spent 0.45-0.60 ms CPU a frame; with 64, 0.04-0.05 and 0.37-0.44."""
         return min(64, max(8, READ_AHEAD_BYTES // self._frame_bytes()))
 
     def default_cache_bytes(self, prefetch: int) -> int:

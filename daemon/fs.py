@@ -98,6 +98,8 @@ class Counters:
     flushes: int = 0                # none for read-only opens where the kernel honours noflush
     notify_waits: int = 0           # changes that waited for the kernel to be told of them
     thread_replies: int = 0         # FLUSHes answered by their worker thread (the loop not woken)
+    lookups_of_held: int = 0        # LOOKUPs of names whose inodes the kernel held (it revalidated)
+    inodes_forgotten: int = 0       # FORGET entries: inodes the kernel let go (dentries reclaimed or dropped)
 
 
 class Notifier:
@@ -497,7 +499,7 @@ class Operations(pyfuse3.Operations):
         # small folders' listings prepared ahead of a walk, answered in the session loop
         self.prepared = PreparedListings(self.kernel_opens_dirs and _patch_used(
             hasattr(pyfuse3, "readdir_prepared_at"), "readdir_prepared_at", PREPARED_ENV,
-            "readdir answers every folder's listing"), tree.get, self._dirent, self._remember, self.forget,
+            "readdir answers every folder's listing"), tree.get, self._dirent, self._remember, self._give_back,
             self.ends_in_session)
         self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
@@ -644,6 +646,8 @@ class Operations(pyfuse3.Operations):
             if listed_lean:                     # (their listings kept by the kernel: dropped
                 self.notifier.report(listed_lean, ())       # before a walk reaches one)
                 await self._notified()
+        if child.ino in self._lookups:
+            self.counters.lookups_of_held += 1
         self._remember(child.ino, child)
         return self._entry(child.ino, attr)
 
@@ -657,6 +661,11 @@ class Operations(pyfuse3.Operations):
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
     def forget(self, inode_list):
+        self.counters.inodes_forgotten += len(inode_list)
+        self._give_back(inode_list)
+
+    def _give_back(self, inode_list):
+        """Lookups the kernel (or a prepared reply taken back unsent) gave back."""
         # must never raise: pyfuse3 gives forget no way to report an error
         try:
             lookups = self._lookups
@@ -1325,6 +1334,7 @@ class Operations(pyfuse3.Operations):
                       open_requests=c.opens, read_requests=c.reads, files_opened_by_kernel=self.kernel_opens,
                       files_held_by_inode=len(self.unopened),
                       notify_waits=c.notify_waits, lookup_requests=c.lookups,
+                      lookups_of_held_inodes=c.lookups_of_held, inodes_forgotten=c.inodes_forgotten,
                       flushes_answered_by_thread=c.thread_replies,
                       lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
                       lean_lookups_answered=self.lean_rule.answered,

@@ -10,6 +10,7 @@ counts, not seconds, must not grow with the number of frames.
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import resource
@@ -283,20 +284,22 @@ def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_pat
     """By default the read-ahead leads by `READ_AHEAD_BYTES` of frames: a reader going in
     order as `tar` does, where the kernel opens files itself, reads the frames from the
     kernel's page cache and sends a request only for every `signpost_every`-th frame.
-    320x240 frames (230 KB as PNG) cost a READ every fourth frame with the lead of 8 frames
-    they had (and a wake-up of the loop and of the decoder each); the daemon's CPU a frame
-    of `tar` went from 0.55-0.60 ms to 0.42-0.43 with a lead of 64."""
+    320x240 frames (230 KB of RGB each: a lead of 64, a signpost every 32nd) cost a READ
+    every fourth frame with the lead of 8 frames they had (and a wake-up of the loop and
+    of the decoder each); the daemon's CPU a frame of `tar` went from 0.45-0.60 ms to
+    0.37-0.44 with a lead of 64."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=100, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({}))
     offered: dict[int, bytes] = {}
     tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     try:
+        assert tree.service.signpost_every == 32
         reads = _read_in_order_as_tar(tree, offered, 100)
         assert tree.service.frames_decoded == 100
         assert tree.service.encoded.max_bytes <= 48 * imgstore.MiB     # (memory for the lead: bounded)
     finally:
         tree.close()
-    assert reads <= 2 + 100 // 16, f"{reads} reads of 100 frames"
+    assert reads <= 2 + math.ceil(100 / 32), f"{reads} reads of 100 frames"
 
 
 def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):

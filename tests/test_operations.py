@@ -439,12 +439,14 @@ def test_a_replying_thread_sends_its_own_inode_reports_and_waits_for_those_repor
     what was reported before it, and is being sent by that thread, was sent."""
     from scopefs.daemon.fs import Counters, Notifier
 
-    sent, blocking = [], threading.Event()
+    sent, blocking, sent5 = [], threading.Event(), threading.Event()
 
     def invalidate_inode(ino):
         if ino == 6:
             assert blocking.wait(10)                 # (the inodes' thread, held up in the kernel)
         sent.append((ino, threading.current_thread().name))
+        if ino == 5:
+            sent5.set()
     monkeypatch.setattr(pyfuse3, "invalidate_inode", invalidate_inode)
     counters = Counters()
     notifier = Notifier(counters, {5: 1, 6: 1, 7: 1})
@@ -455,20 +457,23 @@ def test_a_replying_thread_sends_its_own_inode_reports_and_waits_for_those_repor
         assert sent == [(7, threading.current_thread().name)] and counters.notify_waits == 0
 
         notifier.report((6,), ())                    # (sent by the inodes' thread, which waits)
-        done = threading.Event()
+        done, sent_when_done = threading.Event(), []
 
         def replying():
             with notifier.held():
                 notifier.report((5,), ())
+            sent_when_done.extend(sent)
             done.set()
         replier = threading.Thread(target=replying, name="replier")
         replier.start()
-        assert not done.wait(0.3)                    # (5 is sent, 6 is not: it waits for 6)
+        assert sent5.wait(10)
         assert (5, "replier") in sent and notifier.mark() is not None
+        assert not done.is_set()                     # (5 is sent, 6 is not: it waits for 6)
         blocking.set()
         assert done.wait(10)
         replier.join()
         assert sent[-1] == (6, "notify-inodes") and notifier.mark() is None
+        assert (6, "notify-inodes") in sent_when_done     # (it returned only once 6 was sent)
         assert counters.invalidations == 3
     finally:
         blocking.set()

@@ -515,9 +515,11 @@ class Operations(pyfuse3.Operations):
             hasattr(pyfuse3, "FlushReply"), "FlushReply", FLUSH_REPLY_ENV,
             "a FLUSH's result wakes the event loop, which answers it") else None
         tree.count_requests(lambda: self.counters.requests)
-        tree.listen(self.notifier.report)
-        tree.listen(self.lean_rule.changed)
+        # listeners run in this order: what the daemon holds turns stale before the kernel
+        # is told (else a walk told first could re-read a folder from a stale prepared reply)
         tree.listen(self.prepared.changed)
+        tree.listen(self.lean_rule.changed)
+        tree.listen(self.notifier.report)
         tree.listen_content(self.notifier.store)
 
     # -- helpers ----------------------------------------------------------------------

@@ -565,3 +565,18 @@ def test_handles_by_inode_are_bounded_and_never_released_under_a_read():
     assert b not in released
     files.end(2, held, at_end=False)
     assert released[-1] is b and len(files) == 1
+
+
+def test_what_the_daemon_holds_turns_stale_before_the_kernel_is_told(monkeypatch):
+    """A change reported by a tree (a watch, a commit) first makes the daemon's prepared
+    listings and lean answers stale, and only then goes to the kernel: a walker told first
+    would re-read the folder from a reply prepared before the change."""
+    from scopefs.daemon import fs
+    order = []
+    monkeypatch.setattr(fs.PreparedListings, "changed", lambda self, *report: order.append("prepared"))
+    monkeypatch.setattr(fs.LeanRule, "changed", lambda self, *report: order.append("lean"))
+    monkeypatch.setattr(fs.Notifier, "report", lambda self, *report: order.append("kernel"))
+    tree = SampleTree()
+    Operations(tree, threads=2)
+    tree.report(tree.sub.ino)
+    assert order == ["prepared", "lean", "kernel"]

@@ -617,15 +617,19 @@ class OverlayTree(Tree):
         view) as `DerivedFile`s, each made (`make(info)`) when first asked for more than
         its name and type."""
         prefix, derived = _join(rel, ""), self._derived
-        out, added = [], {}
+        out, added, new = [], {}, []
         with self._table:
             for name, source, make, info, key, _ in wanted:
                 path = prefix + name
                 node = derived.get(path)
                 if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
-                    node = derived[path] = self.add(DerivedFile(make, info, key, path))
-                    added.setdefault(source, set()).add(path)
+                    node = DerivedFile(make, info, key, path)
+                    new.append((source, node))
                 out.append(node)
+            self.add_all([node for _, node in new])             # (numbered before anyone finds them)
+            for source, node in new:
+                derived[node.derived_path] = node
+                added.setdefault(source, set()).add(node.derived_path)
             for source, paths in added.items():
                 self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
         return out

@@ -147,9 +147,9 @@ class CopickTree(OverlayTree):
         return {**super().status(), **self.derive.status(), **self.imports.status()}
 
     def close(self) -> None:
+        self.imports.close()
         super().close()
         self.derive.close()
-        self.imports.close()
 
 
 class SizeLearner:

@@ -35,6 +35,7 @@ from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multisc
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
 from .kept_sizes import identity, versions
+from .kernel import RENAME_NOREPLACE, rename_at
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
@@ -510,13 +511,15 @@ class Imports:
     A new `<name>.mrc` there (with no `<name>.zarr`) is a tomogram import, on a local
     overlay: written to a hidden temporary file, its header checked at close (an MRC
     volume whose voxel size is the folder's, else EINVAL), then converted in the
-    background to a hidden store renamed to `<name>.zarr` when complete."""
+    background to a hidden store renamed to `<name>.zarr` when complete. A `<name>.zarr`
+    that arrives meanwhile wins: the import is dropped, and `<name>.mrc` shows that store's
+    view (`mv` of a run copies the view `wbp.mrc` before `wbp.zarr`)."""
 
     def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
         self.tree, self.picks, self.objects = tree, picks, objects
         self.imported = 0
         self.refused = 0
-        self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "running": {}}
+        self.tomograms = {"imported": 0, "refused": 0, "failed": 0, "dropped": 0, "running": {}}
         self._status_lock = threading.Lock()
         self._converter = ThreadPoolExecutor(1, thread_name_prefix="scopefs-import")
 
@@ -591,7 +594,7 @@ class Imports:
 
     def _count(self, key: str, running: str | None = None, done: str | None = None) -> None:
         """What the status says of import `key`: `running` (its progress), or ended with one
-        more `done` ("imported", "refused", "failed")."""
+        more `done` ("imported", "refused", "failed", "dropped")."""
         with self._status_lock:
             if running is not None:
                 self.tomograms["running"][key] = running
@@ -627,15 +630,24 @@ class Imports:
         partial = self.tree.upper.local_path(f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import")
 
         def progress(done: int, total: int) -> None:
+            if os.path.lexists(target):
+                raise _ImportDropped
             self._count(key, running=f"{done}/{total} chunks")
         outcome = "failed"
         try:
             shutil.rmtree(partial, ignore_errors=True)
             with mrcfile.mmap(temp, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
-            os.rename(partial, target)          # complete, or not there at all
+            try:
+                _rename_noreplace(partial, target)      # complete, or not there at all
+            except FileExistsError:
+                raise _ImportDropped from None
             outcome = "imported"
             log.info("imported %s as %s", key, target)
+        except _ImportDropped:
+            outcome = "dropped"
+            log.info("tomogram import %s dropped: its store arrived meanwhile", key)
+            shutil.rmtree(partial, ignore_errors=True)
         except Exception as exc:
             log.error("tomogram import %s failed: %s: %s", key, type(exc).__name__, exc)
             shutil.rmtree(partial, ignore_errors=True)
@@ -656,7 +668,21 @@ class Imports:
             return {**self.tomograms, "running": dict(self.tomograms["running"])}
 
     def close(self) -> None:
-        self._converter.shutdown(wait=False, cancel_futures=True)
+        """Before the tree closes (a conversion uses it): a running conversion ends first."""
+        self._converter.shutdown(wait=True, cancel_futures=True)
+
+
+class _ImportDropped(Exception):
+    """A tomogram import stops: its store arrived meanwhile."""
+
+
+def _rename_noreplace(old: str, new: str) -> None:
+    """Rename within one folder, FileExistsError if `new` is there (even an empty folder)."""
+    folder = os.open(os.path.dirname(old), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        rename_at(folder, os.path.basename(old), folder, os.path.basename(new), RENAME_NOREPLACE)
+    finally:
+        os.close(folder)
 
 
 class TomogramImport(File):

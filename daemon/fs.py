@@ -641,8 +641,9 @@ class Operations(pyfuse3.Operations):
         child, attr = found
         if not stat.S_ISDIR(attr.mode):
             listed_lean = self.lean_rule.looked_up(parent_inode)
-            if listed_lean:                     # (their listings kept by the kernel: dropped)
-                self.notifier.report(listed_lean, (), waited=False)
+            if listed_lean:                     # (their listings kept by the kernel: dropped
+                self.notifier.report(listed_lean, ())       # before a walk reaches one)
+                await self._notified()
         self._remember(child.ino, child)
         return self._entry(child.ino, attr)
 

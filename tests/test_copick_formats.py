@@ -967,6 +967,59 @@ def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mo
         assert len([name for name in os.listdir(run / "Moved") if name.endswith(".json")]) == 6
 
 
+def tree_of(folder: Path) -> dict[str, bytes | None]:
+    """Every path under folder: a file's bytes, None for a folder."""
+    return {str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_moving_a_whole_run_gives_the_same_run_and_imports_no_copy_of_its_tomogram_view(tmp_path, mount):
+    """`mv` of a run (across the overlay: a copy, then a removal) writes the MRC view
+    `wbp.mrc` before the `wbp.zarr` it shows (views are listed first): that starts a
+    tomogram import, which the store arriving meanwhile wins: the import is dropped, the
+    name shows the new store's view. Before, the import collided with the arriving store
+    ("Directory not empty" in the daemon log). The moved run shows what the run showed
+    (views name their run; the copies of views written as files keep the bytes copied)."""
+    source = one_run_project(tmp_path, (1, 2), levels=1)
+    mnt = mount(*source)
+    runs = mnt / "ExperimentRuns"
+    before = tree_of(runs / "TS_001")
+    assert "VoxelSpacing10.000/wbp.mrc" in before
+    moved = subprocess.run(["mv", str(runs / "TS_001"), str(runs / "TS_002")], capture_output=True, text=True)
+    assert moved.returncode == 0, moved.stderr
+    deadline = time.monotonic() + 20
+    while (status := daemon_status(mnt)["tomogram_imports"])["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (status["imported"], status["dropped"], status["failed"]) == (0, 1, 0), status
+    assert os.listdir(runs) == ["TS_002"]
+    assert not [path for path in (tmp_path / "overlay").rglob("*") if "scopefs-import" in path.name]
+    cleanup_mount(mnt, daemon_pid(mnt))
+    after = tree_of(mount(*source, mountpoint=tmp_path / "again") / "ExperimentRuns" / "TS_002")
+    assert after.keys() == before.keys()
+    assert {path for path, data in after.items()
+            if data not in (before[path], before[path] and before[path].replace(b"TS_001", b"TS_002"))} == set()
+
+
+def test_an_unmount_during_a_tomogram_import_waits_for_it(tmp_path, mount):
+    """Unmounting waits for a running conversion, before the tree closes: the store is
+    whole and no hidden file is left (before, the tree closed under the conversion, which
+    failed: "cannot schedule new futures after shutdown" in the daemon log)."""
+    mnt = mount(*one_run_project(tmp_path, (1,), levels=1))
+    with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
+        mrc.set_data(np.random.default_rng(3).normal(size=(48, 320, 320)).astype(np.float32))
+        mrc.voxel_size = 10.0
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    subprocess.run(["cp", str(tmp_path / "big.mrc"), str(spacing)], check=True)
+    deadline = time.monotonic() + 60
+    while not any("chunks" in state for state in daemon_status(mnt)["tomogram_imports"]["running"].values()):
+        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
+        time.sleep(0.01)
+    cleanup_mount(mnt, daemon_pid(mnt))
+    stored = tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert [path.name for path in stored.iterdir() if "big" in path.name] == ["big.zarr"]
+    assert zarr.open_group(str(stored / "big.zarr"), mode="r")["0"].shape == (48, 320, 320)
+
+
 def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path, monkeypatch):
     """Deleting a picks file both roots hold removes the overlay's copy, then writes a
     whiteout. The overlay watch, seeing the first, waits for the removal to end before it

@@ -657,6 +657,58 @@ def test_a_rename_cut_by_a_killed_writer_is_finished_by_the_next_connect(tmp_pat
     assert not (db_path / ".scopefs-journal").exists()
 
 
+@pytest.mark.parametrize("src,onto", [("0", "new.png"), ("1", "1.jpg")], ids=["other id", "other extension"])
+@pytest.mark.parametrize("stop", ["before the data moves", "after the data moved"])
+def test_a_rename_killed_at_each_step_is_undone_or_finished_by_the_next_connect(tmp_path, monkeypatch, src, onto,
+                                                                               stop):
+    """Before its data moves, a rename's journal line is on disk (fsynced, and the root
+    folder that names a new journal): the next connect finds files.json naming files that
+    are there, the rename undone if the data had not moved, else finished, also onto
+    another extension of the same id."""
+    from scopefs.backends.fsdb import db as fsdb_module
+    db_path = new_db(tmp_path / "db")
+    documented_example(db_path, n=2)
+    db = FSDB(str(db_path))
+    db.connect()
+    db.register_lazily = True
+    fileset = db.get_scan("myscan_001").get_fileset("images")
+    replace, fsync, done = os.replace, os.fsync, []
+
+    def synced(fd):
+        done.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def moved(old, new):
+        done.append("data moved")
+        if stop == "before the data moves":
+            raise SystemExit("killed")
+        replace(old, new)
+        raise SystemExit("killed")
+    monkeypatch.setattr(fsdb_module.os, "fsync", synced)
+    monkeypatch.setattr(fsdb_module.os, "replace", moved)
+    with pytest.raises(SystemExit):
+        fileset.rename_file(src, onto)
+    monkeypatch.undo()
+    assert done[:2] == [str(db_path / ".scopefs-journal"), str(db_path)] and "data moved" in done[2:], done
+    db._lock.release()                                   # (what the kernel does for a killed one)
+    os.close(db._journal_fd)
+    again = FSDB(str(db_path))
+    again.connect()
+    again.disconnect()
+    files = json.loads((db_path / "myscan_001" / "files.json").read_text())["filesets"][0]["files"]
+    named = {f["id"]: f["file"] for f in files}
+    assert sorted(named.values()) == sorted(os.listdir(db_path / "myscan_001" / "images"))
+    expected, holder = {"0": "0.png", "1": "1.png"}, src
+    if stop == "after the data moved":
+        holder = onto.split(".")[0]
+        del expected[src]
+        expected[holder] = onto
+    assert named == expected
+    metadata = db_path / "myscan_001" / "metadata" / "images" / f"{holder}.json"
+    assert json.loads(metadata.read_text()) == {"key": src}
+    assert not (db_path / ".scopefs-journal").exists()
+
+
 def test_fstat_of_a_file_unlinked_while_open_shows_what_was_written_since(tmp_path, mount):
     """As in a plain folder: writes through a descriptor held on a removed file grow it."""
     db_path = new_db(tmp_path / "db")

@@ -29,7 +29,7 @@ from scopefs.daemon.listings import LEAN_MISSES
 def counts(mnt) -> dict:
     status = daemon_status(mnt)
     return {"lookups": status["lookup_requests"], "lean": status["lean_entries"],
-            "answered": status.get("lean_lookups_answered", 0), "calls": status["worker_calls"],
+            "answered": status["lean_lookups_answered"], "calls": status["worker_calls"],
             "attrs": status["attr_requests"] - status["lookup_requests"],
             "readdirs": status["readdir_requests"], "scans": status["listings_made"],
             "given_again": status["lean_listings_given_again"],
@@ -85,18 +85,26 @@ def caches_dropped() -> int | None:
         return None
 
 
+class KernelLookedUpAnyway(AssertionError):
+    """A walk of a mount whose listings carry every attribute looked names up (run folders
+    right after their READDIRPLUS, seen at load 8-11 on main's code too, with or without a
+    cache drop counted; the cause not found): a cost compared with it means nothing."""
+
+
 def unless_caches_dropped(check, tries: int = 5, any_failure: bool = False) -> None:
     """`check()`, tried again only when the kernel's caches were dropped or shrunk while it
-    ran (another program's drop_caches: a benchmark run as root): the kernel then looks
-    names up again, which this counts as work. Any other failure fails at once, unless
-    `any_failure` (then up to `tries` times whatever failed)."""
+    ran (another program's drop_caches: a benchmark run as root), or it let entries go
+    (`KernelLookedUpAnyway`): the kernel then looks names up again, which this counts as
+    work. Any other failure fails at once, unless `any_failure` (then up to `tries` times
+    whatever failed)."""
     for attempt in range(tries):
         before = caches_dropped()
         try:
             return check()
-        except AssertionError:
+        except AssertionError as failure:
             after = caches_dropped()
-            if attempt == tries - 1 or (not any_failure and before is not None and after == before):
+            if attempt == tries - 1 or (not any_failure and not isinstance(failure, KernelLookedUpAnyway)
+                                        and before is not None and after == before):
                 raise
 
 
@@ -130,20 +138,21 @@ def test_ls_lR_after_lean_listings_costs_what_it_costs_with_attributes(fresh_mou
     from it and then dropped (listed again, with attributes, from the rows the daemon
     kept: every folder scanned once, as with attributes); the same views are made and
     the picks views in the same batches (no listing made ahead: which are ready when the
-    walk reaches them, and so which take a worker call, is up to the scheduler). Tried
-    up to three times: after the trip the kernel is told to drop the listings it kept in
-    the background (`lookup` does not wait for it), and a walk that reaches one of them
-    first looks its names up one by one (seen in about 1 run in 7)."""
+    walk reaches them, and so which take a worker call, is up to the scheduler). The
+    LOOKUP that trips waits until the kernel was told to drop the listings it kept: a walk
+    that reached one first looked its names up one by one (about 1 run in 7)."""
     def check(walks):
         lean_mnt, full_mnt = fresh_mount(list_ahead=False), fresh_mount(lean=False, list_ahead=False)
         lean, full = counted(lean_mnt, *walks), counted(full_mnt, *walks)
-        assert full["lookups"] == 0 and lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
+        if full["lookups"]:
+            raise KernelLookedUpAnyway(walks, full)
+        assert lean["lookups"] > LEAN_MISSES and lean["trips"] == 1, walks
         assert lean["calls"] - full["calls"] <= LEAN_MISSES + lean["readdirs"] - full["readdirs"], (walks, lean, full)
         assert (lean["batches"], lean["made"]) == (full["batches"], full["made"]), walks
         assert lean["scans"] == full["scans"] and full["given_again"] == 0, walks
         assert (lean["given_again"] > 0) == (len(walks) > 1), walks
     for walks in ([["ls", "-lR", "."]], [["find", "."], ["ls", "-lR", "."]]):
-        unless_caches_dropped(lambda: check(walks), tries=3, any_failure=True)
+        unless_caches_dropped(lambda: check(walks))
 
 
 def listed(mnt) -> tuple[str, dict[str, str]]:
@@ -182,7 +191,7 @@ def test_attributes_known_in_memory_are_kept(kind, tmp_path, mount, monkeypatch)
 
 
 @pytest.fixture
-def fsdb_mount(tmp_path, mount, monkeypatch):
+def fresh_fsdb_mount(tmp_path, mount, monkeypatch):
     """Mounts of an FSDB of 3 scans x 2 filesets x 10 files, each of a copy of its own
     (`cp -a`: the same times; a mount locks its database); `lean=False`: every listing
     entry with its attributes. `fresh.copies`: the databases mounted."""
@@ -209,23 +218,23 @@ def learned_when_idle(mnt) -> int:
     raise AssertionError("still learning ahead after 10 s")
 
 
-def test_cold_find_of_an_fsdb_stats_no_file(fsdb_mount):
+def test_cold_find_of_an_fsdb_stats_no_file(fresh_fsdb_mount):
     """Names come from memory (files.json), files without attributes: only the 3 scans'
     and 6 filesets' attributes are learned (folders are listed with theirs)."""
-    mnt = fsdb_mount()
+    mnt = fresh_fsdb_mount()
     cost = counted(mnt, ["find", "."])
     assert cost["lookups"] == 0 and cost["lean"] == 3 + 3 * 2 + 3 * 2 * 20
     assert learned_when_idle(mnt) == 3 + 3 * 2
 
 
-def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listings(fsdb_mount):
+def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listings(fresh_fsdb_mount):
     """`ls -lR`, `du -s`, `find -printf %s`, and `find` then `ls -lR`: the first file
     stat'ed learns its folder in one pass and the folders after it ahead, so a walk that
     stats costs at most a few worker calls more than with every entry's attributes (not
     one a LOOKUP), learns every attribute once, in passes a folder (not by a stat each),
     and prints the same."""
     def check(walk):
-        lean_mnt, full_mnt = fsdb_mount(), fsdb_mount(lean=False)
+        lean_mnt, full_mnt = fresh_fsdb_mount(), fresh_fsdb_mount(lean=False)
         lean, full = counted(lean_mnt, *walk), counted(full_mnt, *walk)
         assert lean["calls"] <= full["calls"] + 3, walk
         assert learned_when_idle(lean_mnt) == learned_when_idle(full_mnt) == 2 * (3 + 3 * 2) + 3 * 2 * 20, walk
@@ -239,13 +248,13 @@ def test_stat_walks_of_an_fsdb_listed_lean_cost_the_worker_calls_of_full_listing
         unless_caches_dropped(lambda: check(walk), tries=3, any_failure=True)
 
 
-def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount, mount, tmp_path):
+def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fresh_fsdb_mount, mount, tmp_path):
     """With the kernel holding lean listings (`find` before): `cp -a` out copies names and
     sizes, `mv` renames a file with its metadata, `rm -r` removes a fileset and a scan
     (each metadata view is listed before what it describes: unlinked first, it is there),
     a copy in registers; plantdb then reads what the mount wrote."""
     from test_fsdb import plantdb_read
-    mnt = fsdb_mount()
+    mnt = fresh_fsdb_mount()
     run("find", str(mnt))
     subprocess.run(["rm", "-r", str(mnt / "scan_000" / "fileset_0")], check=True)
     subprocess.run(["rm", "-r", str(mnt / "scan_002")], check=True)
@@ -259,7 +268,7 @@ def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount
     (fileset / "new.png.metadata.json").write_text('{"new": true}')
     assert "scan_002" not in os.listdir(mnt) and "fileset_0" not in os.listdir(mnt / "scan_000")
     mount.cleanup()
-    seen = plantdb_read(fsdb_mount.copies[0])
+    seen = plantdb_read(fresh_fsdb_mount.copies[0])
     assert sorted(seen) == ["scan_000", "scan_001"]
     assert sorted(seen["scan_000"]["filesets"]) == ["fileset_1"]
     files = seen["scan_001"]["filesets"]["fileset_1"]["files"]
@@ -267,15 +276,15 @@ def test_rm_r_mv_and_cp_a_in_an_fsdb_listed_lean_and_plantdb_reads_it(fsdb_mount
     assert files["moved"]["metadata"] == {"angle": 0, "scan": 1}
 
 
-def test_an_fsdb_listed_lean_stats_as_its_files_through_changes(fsdb_mount):
+def test_an_fsdb_listed_lean_stats_as_its_files_through_changes(fresh_fsdb_mount):
     """readdir then lstat of every entry of a fileset listed lean (the first LOOKUP sizes
     the folder, the others are answered from what it learned) gives each data file's type, size,
     mtime and nlink as the database's own file has them, also after an append, a
     truncate, a rename, a copy in, an unlink and an unlink of a file held open (which
     then stats as unlinked); metadata views are the format's (not compared here)."""
-    mnt = fsdb_mount()
+    mnt = fresh_fsdb_mount()
     fileset = "scan_001/fileset_0"
-    through, backing = mnt / fileset, fsdb_mount.copies[-1] / fileset
+    through, backing = mnt / fileset, fresh_fsdb_mount.copies[-1] / fileset
 
     def shape(st: os.stat_result) -> tuple:
         return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_nlink
@@ -304,11 +313,11 @@ def test_an_fsdb_listed_lean_stats_as_its_files_through_changes(fsdb_mount):
     compare()
 
 
-def test_an_fsdb_file_unlinked_while_open_stays_usable(fsdb_mount):
+def test_an_fsdb_file_unlinked_while_open_stays_usable(fresh_fsdb_mount):
     """A descriptor open on a file unlinked through the mount still stats (nlink 0) and
     reads, as in a plain directory (the node outlives its name until the kernel forgets
     it)."""
-    mnt = fsdb_mount()
+    mnt = fresh_fsdb_mount()
     path = mnt / "scan_001" / "fileset_0" / "img_007.png"
     data = path.read_bytes()
     held = os.open(path, os.O_RDONLY)
@@ -320,12 +329,12 @@ def test_an_fsdb_file_unlinked_while_open_stays_usable(fsdb_mount):
         os.close(held)
 
 
-def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fsdb_mount):
+def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fresh_fsdb_mount):
     """Writes through descriptors open on files unlinked through the mount (a rewrite of
     its data, a truncating open of another) do not bring either file back at close, in
     the mount or in the database."""
-    mnt = fsdb_mount()
-    folder, on_disk = mnt / "scan_001" / "fileset_0", fsdb_mount.copies[-1] / "scan_001" / "fileset_0"
+    mnt = fresh_fsdb_mount()
+    folder, on_disk = mnt / "scan_001" / "fileset_0", fresh_fsdb_mount.copies[-1] / "scan_001" / "fileset_0"
     held = [os.open(folder / "img_007.png", os.O_RDWR), os.open(folder / "img_008.png", os.O_WRONLY | os.O_TRUNC)]
     for name in ("img_007.png", "img_008.png"):
         os.unlink(folder / name)
@@ -338,11 +347,11 @@ def test_what_is_written_to_an_fsdb_file_unlinked_while_open_stays_unlinked(fsdb
     assert not [name for name in os.listdir(on_disk) if name.startswith(".")]      # (no temporary left)
 
 
-def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fsdb_mount):
+def test_an_fsdb_fileset_lists_each_file_once_while_others_come_move_and_go(fresh_fsdb_mount):
     """Listings of a fileset (and lstat of what they list) while another thread makes,
     renames and removes other files in it: every file there throughout shows exactly
     once in each listing, with its size."""
-    mnt = fsdb_mount()
+    mnt = fresh_fsdb_mount()
     folder = mnt / "scan_001" / "fileset_0"
     stable = {name: os.lstat(folder / name).st_size for name in os.listdir(folder) if name.startswith("img_")}
     stop, churned, errors = threading.Event(), [0], []

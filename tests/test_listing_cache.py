@@ -100,7 +100,7 @@ def test_a_cold_walk_ends_each_listing_without_readdir(iid_mount_of):
         folders += 1
         empty += not (dirs or files)
     after = daemon_status(mnt)
-    ends = after.get("readdir_ends_in_session", 0) - before.get("readdir_ends_in_session", 0)
+    ends = after["readdir_ends_in_session"] - before["readdir_ends_in_session"]
     handled = after["readdir_requests"] - before["readdir_requests"] - ends
     assert folders > 40
     assert ends >= folders - empty

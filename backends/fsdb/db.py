@@ -459,32 +459,43 @@ class Fileset(_Metadata):
         metadata = file.get_metadata()
         moved = target or (File(self, new_id, None) if new_id != file_id else file)
         with self.scan.db._writing(self.scan.id, self.id):
+            if file.filename and file.filename != new_name:
+                with self.scan.db._files_lock:      # (as a flush empties the journal)
+                    self.scan.db._journal([self.scan.id, self.id, file_id, file.filename, None, new_id, new_name],
+                                          durable=True)
             if moved is file:
                 if file.filename:
                     file.adopt(file.path(), new_name)
                 return file
             if file.filename:
-                with self.scan.db._files_lock:      # (as a flush empties the journal)
-                    self.scan.db._journal([self.scan.id, self.id, file_id, file.filename, None, new_id])
                 moved.adopt(file.path(), new_name)
             self.files[new_id] = moved
             self._took_metadata(moved, metadata)
             self._drop_entry(file)
         return moved
 
-    def finish_rename(self, file_id: str, filename: str, new_id: str) -> None:
-        """A rename of `file_id`'s data (`filename`) onto `new_id`'s name, journaled by a
-        writer that stopped: done if its data moved (the name is gone) and files.json still
-        names it (then its metadata has not been removed yet, and goes to `new_id`)."""
+    def finish_rename(self, file_id: str, filename: str, new_id: str, new_name: str | None) -> None:
+        """A rename of `file_id`'s data (`filename`) onto `new_id`'s name `new_name`,
+        journaled by a writer that stopped: done if its data moved (the name is gone) and
+        files.json still names it (then its metadata has not been removed yet, and goes to
+        `new_id`; files.json names the new name)."""
         file = self.files.get(file_id)
         if file is None:                        # all done but removing its metadata
             _unlink(layout.file_metadata_path(self.scan.path(), self.id, file_id))
             return
         if file.filename != filename or os.path.lexists(file.path()):
             return                              # not begun, or all done
+        moved = new_name is not None and os.path.lexists(os.path.join(self.path(), new_name))
         log.warning("%s/%s: finished renaming %s, which a writer that stopped had begun",
                     self.scan.id, self.id, filename)
+        if new_id == file_id:                   # another extension: only the name changes
+            if moved:
+                file._registered_as(new_name)
+            return
         target = self.files.get(new_id)
+        if target is None and moved:            # stopped before the new file was journaled
+            target = self.files[new_id] = File(self, new_id, None)
+            target._registered_as(new_name)
         if target is not None:
             self._took_metadata(target, file.get_metadata())
         self._drop_entry(file)
@@ -674,6 +685,7 @@ class FSDB:
         self._metadata_lock = threading.Lock()
         self._journal_fd: int | None = None
         self._journal_opens = 0                     # (each made the journal, in the root folder)
+        self._journal_named = False                 # the root folder fsynced since it was made
         self._root_changes = _RootChanges()
 
     def connect(self, login_data=None, unsafe: bool = False, break_lock: bool = False) -> None:
@@ -800,14 +812,22 @@ class FSDB:
         the locks' folder): whether its mtime may have moved."""
         return self._journal_opens, self._root_changes.locks_folders_made
 
-    def _journal(self, entry: list) -> None:
+    def _journal(self, entry: list, durable: bool = False) -> None:
         """Note a lazy registration, or a rename about to move data, where the next
-        connect() finds it (one append)."""
+        connect() finds it (one append). `durable` (a rename): on disk before this returns,
+        with the journal's name if this made it (a power cut then cannot leave files.json
+        naming data that moved)."""
         if self._journal_fd is None:
             self._journal_fd = os.open(os.path.join(self.basedir, layout.JOURNAL),
                                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
             self._journal_opens += 1
+            self._journal_named = False
         os.write(self._journal_fd, json.dumps(entry).encode() + b"\n")
+        if durable:
+            os.fsync(self._journal_fd)
+            if not self._journal_named:
+                _fsync(self.basedir)
+                self._journal_named = True
 
     def _replay_journal(self) -> None:
         """Register what a writer that died before its flush had journaled: files whose
@@ -831,7 +851,7 @@ class FSDB:
             scan = self.scans.get(scan_id)
             fileset = scan and scan.filesets.get(fileset_id)
             if fileset is not None and onto:
-                renames.append((fileset, file_id, filename, onto[0]))
+                renames.append((fileset, file_id, filename, onto[0], onto[1] if len(onto) > 1 else None))
                 continue
             if fileset is None or _size(os.path.join(fileset.path(), filename)) != size:
                 continue                        # gone, or not all on disk (a power cut)
@@ -847,8 +867,8 @@ class FSDB:
         if found:
             log.warning("registered %d file(s) that a writer which stopped had not yet written to "
                         "files.json", found)
-        for fileset, file_id, filename, new_id in renames:    # (onto files registered above)
-            fileset.finish_rename(file_id, filename, new_id)
+        for fileset, file_id, filename, new_id, new_name in renames:    # (onto files registered above)
+            fileset.finish_rename(file_id, filename, new_id, new_name)
         with self._files_lock:
             for scan_id in list(self._dirty):
                 self.scans[scan_id]._write_pending()

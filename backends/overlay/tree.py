@@ -149,9 +149,9 @@ class OverlayTree(Tree):
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
                                      horizon=self.unwatched_timeout)
         self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
-        # handles open for writing (their writes change what a listing made ahead shows):
-        # id -> a weak reference whose end counts as a change
-        self._writing: dict[int, weakref.ref] = {}
+        # handles open for writing (their writes change what a listing made ahead shows;
+        # their end counts as a change)
+        self._writing: weakref.WeakSet[FileHandle] = weakref.WeakSet()
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
@@ -391,12 +391,8 @@ class OverlayTree(Tree):
         """`handle` may write into the overlay until it goes: no listing made ahead is given
         meanwhile, nor one begun before it went (the sizes it shows may be old)."""
         self.edited()
-        key = id(handle)
-
-        def gone(_, key=key):
-            self.edited()
-            self._writing.pop(key, None)
-        self._writing[key] = weakref.ref(handle, gone)
+        self._writing.add(handle)
+        weakref.finalize(handle, self.edited).atexit = False
 
     def in_overlay(self, rel: str) -> bool:
         """Whether the overlay has a copy of rel (at most one stat)."""

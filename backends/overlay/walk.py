@@ -93,28 +93,32 @@ class ScanAhead:
             log.debug("scan ahead of %s: %r", rel, exc)
             listing, wasted = None, isinstance(exc, TimeoutError)
         else:
-            wasted = time.monotonic() - started >= self.horizon
-        with self._lock:                                 # (walkers take listings in many threads)
-            if wasted:
-                self.unused += 1
-            elif listing is not None:
-                self.used += 1
-        return None if wasted else listing
+            wasted = self._stale(started)
+        return self._counted(listing, wasted)
 
     def take_nowait(self, rel: str):
         """What `take` gives, if it is made already (else None, and the listing stays for a
         `take` that waits for it): no waiting, no I/O, for the trio thread."""
         with self._lock:
             started, future = self._ready.get(rel, (0.0, None))
-            if future is None or not future.done() or future.exception() is not None or \
-                    time.monotonic() - started >= self.horizon:
+            if future is None or not future.done() or future.exception() is not None or self._stale(started):
                 return None
             del self._ready[rel]
-            listing = future.result()
-            if listing is not None:                     # (as `take` counts)
-                self.used += 1
             self._start()
-        return listing
+        return self._counted(future.result(), wasted=False)
+
+    def _stale(self, started: float) -> bool:
+        """A listing begun at `started` is no longer to be given."""
+        return time.monotonic() - started >= self.horizon
+
+    def _counted(self, listing, wasted: bool):
+        """What a take gives, counted: a listing made for nothing, or one used."""
+        with self._lock:                                 # (walkers take listings in many threads)
+            if wasted:
+                self.unused += 1
+            elif listing is not None:
+                self.used += 1
+        return None if wasted else listing
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()

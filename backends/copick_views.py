@@ -304,18 +304,13 @@ class PicksViews:
                    if name.endswith(".json") and not name.startswith(".")}
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
-        sized = Once(written)                           # (held until each view knows its size)
+        listed = _Listed(rel, voxel_size, center, written, Once(written))
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
-            written_from = functools.partial(_written_of, written, source)     # (shared by its views)
             for suffix, kind in picks_format.FORMATS.items():
-                # (partials, not closures: a folder lists thousands of these)
-                out.append((stem + suffix, source,
-                            functools.partial(self._make, source, kind, rel, voxel_size,
-                                              center if kind == "star" else _no_center,
-                                              functools.partial(_sized_from, sized, source, kind), written_from),
-                            info))
+                # (one partial a view: a folder lists thousands, and most are never made)
+                out.append((stem + suffix, source, functools.partial(self._make, listed, source, kind), info))
         return out
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
@@ -345,20 +340,20 @@ class PicksViews:
                 return None
         return None
 
-    def _make(self, source: str, kind: str, rel: str, voxel_size: float, center, sized, written,
-              info: Attr | None = None) -> GeneratedFile:
-        """The node of a view. `center()`: the tomogram centre a STAR view uses (None for
-        the others); `sized()`: the view's size if known without making it; `written()`:
-        the source's text views as its folder's were written together (`_Written`, or
-        None); `info`: what the source shows, if the listing or lookup stat'ed it (else it
-        is asked)."""
+    def _make(self, listed: "_Listed", source: str, kind: str, info: Attr | None = None) -> GeneratedFile:
+        """The node of a view of source in the folder `listed` lists; `info`: what the
+        source shows, if the listing or lookup stat'ed it (else it is asked)."""
         shown = info or self.tree.top(source)[1]
-        # (partials, not closures: a mount keeps one per view)
-        return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center, written),
+        center = listed.center if kind == "star" else _no_center
+        rel, voxel_size = listed.rel, listed.voxel_size
+        # (partials, not closures: a mount keeps one per view made)
+        return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center,
+                                               functools.partial(_written_of, listed.written, source)),
                              shown.mtime_ns, self.cache,
                              kept=self.views.kept_size(functools.partial(_kept_key, shown, center, kind, rel,
                                                                          voxel_size)),
-                             on_resized=self.views.resized, sized=sized)
+                             on_resized=self.views.resized,
+                             sized=functools.partial(_sized_from, listed.sized, source, kind))
 
     def _written(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, "_Written"]:
         """The text views in folder rel of these picks files (`info` what each shows, or
@@ -441,6 +436,16 @@ class _Written:
 
     def __init__(self, version: tuple, texts: dict[str, bytes], points: int):
         self.version, self.texts, self.points = version, texts, points
+
+
+class _Listed:
+    """What the picks views of one listing of a spacing folder share: the folder, its
+    voxel size, `center()` (a STAR view's tomogram centre), `written()` (its views written
+    together) and `sized()` (the same, held until each view knows its size)."""
+    __slots__ = ("rel", "voxel_size", "center", "written", "sized")
+
+    def __init__(self, rel: str, voxel_size: float, center, written, sized):
+        self.rel, self.voxel_size, self.center, self.written, self.sized = rel, voxel_size, center, written, sized
 
 
 class _Folder(dict):

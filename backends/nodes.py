@@ -445,11 +445,17 @@ class Tree:
         return self.writable if graft is None else graft.writable_at(ino)
 
     def add(self, node: Node) -> Node:
-        with self._lock:
-            node.ino = self._next
-            self._next += 1
-            self._fixed[node.ino] = node
+        self.add_all((node,))
         return node
+
+    def add_all(self, nodes) -> None:
+        """`add` each of nodes, numbered in their order under one hold of the lock (a
+        folder's thousands of views)."""
+        with self._lock:
+            for node in nodes:
+                node.ino = self._next
+                self._next += 1
+                self._fixed[node.ino] = node
 
     def reserve(self, count: int, factory: Callable[[int], Node]) -> int:
         """Reserve `count` numbers; node k is `factory(k)` and has number base + k."""

@@ -857,6 +857,36 @@ def test_a_listing_places_its_views_nodes_together(tmp_path):
     assert counts == [2, 2], counts             # (the views, and the store's node)
 
 
+def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypatch):
+    """Listing a spacing folder of 20 picks files (103 views: what a cold `find` or a lean
+    listing gives by name and type) makes none of its views' nodes (a renderer, a kept size
+    and their partials each: it made all 103); asking one view's attributes makes that one,
+    under the number the listing gave it, which `Tree.get` and a lookup by name give too."""
+    from scopefs.backends import blocks, copick_views
+    made = []
+    for cls in (blocks.GeneratedFile, copick_views.MrcView):
+        def counted(self, *args, _init=cls.__init__, **kwargs):
+            made.append(type(self).__name__)
+            _init(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", counted)
+    tree = tree_of_picks_copies(tmp_path, 20)
+    try:
+        tree.derive.learner.stop()
+        spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+        made.clear()
+        listed = {name: node for _, name, node, _ in spacing.scan()}
+        assert len(listed) == 20 * 5 + 3
+        assert made == [], made
+        view = listed["tester_3_proteasome.star"]
+        ino = view.ino
+        assert view.attr().size > 0 and made == ["GeneratedFile"], made
+        assert view.ino == ino and tree.get(ino) is view
+        assert spacing.lookup("tester_3_proteasome.star") is view
+        assert listed["wbp.mrc"].attr().size > 0 and made[-1] == "MrcView"
+    finally:
+        tree.close()
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

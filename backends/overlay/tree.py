@@ -609,34 +609,26 @@ class OverlayTree(Tree):
     def _derived_nodes(self, rel: str, wanted: list[tuple]) -> list[Node]:
         """The nodes of derived files of folder rel, each (name, source, make, what the
         source shows, its `source_key`, _): those missing, or of another version of their
-        source, made (`make(info)`) outside the table's lock, then placed under one hold
-        of it for the whole folder (not one a view); one dropped meanwhile by another
-        thread is made outside it too, and placing tried again."""
+        source, placed under one hold of the table's lock for the whole folder (not one a
+        view) as `DerivedFile`s, each made (`make(info)`) when first asked for more than
+        its name and type."""
         prefix, derived = _join(rel, ""), self._derived
-
-        def stale(name: str, key) -> bool:
-            node = derived.get(prefix + name)
-            return node is None or node.source_key != key
-        made = {}
-        while True:
-            for name, _, make, info, key, _ in wanted:
-                if name not in made and stale(name, key):
-                    made[name] = make(info)
-            with self._table:
-                if any(name not in made and stale(name, key) for name, *_, key, _ in wanted):
-                    continue
-                out, added = [], {}
-                for name, source, _, _, key, _ in wanted:
-                    path = prefix + name
-                    node = derived.get(path)
-                    if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
-                        node = derived[path] = self.add(made[name])
-                        node.source_key, node.derived_path = key, path
-                        added.setdefault(source, set()).add(path)
-                    out.append(node)
-                for source, paths in added.items():
-                    self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
-                return out
+        out, added, new = [], {}, []
+        with self._table:
+            for name, source, make, info, key, _ in wanted:
+                path = prefix + name
+                node = derived.get(path)
+                if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
+                    node = DerivedFile(make, info, key, path)
+                    new.append((source, node))
+                out.append(node)
+            self.add_all([node for _, node in new])             # (numbered before anyone finds them)
+            for source, node in new:
+                derived[node.derived_path] = node
+                added.setdefault(source, set()).add(node.derived_path)
+            for source, paths in added.items():
+                self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
+        return out
 
     def source_key(self, rel: str, info: Attr | None = None):
         """What a derived file's content depends on: its source's path, size and time."""
@@ -820,6 +812,54 @@ class MergedNode(Node):
     def upper_handle(self) -> FileHandle | None:
         """A handle open on the overlay's copy, if there is one."""
         return None
+
+
+#: derived files made at once from different listings; one file's makers wait for each other (striped)
+MAKING_LOCKS = 64
+_making = [threading.Lock() for _ in range(MAKING_LOCKS)]
+
+
+class DerivedFile(File):
+    """A derived file (`OverlayTree.derive`) as its folder's listing or a lookup placed it:
+    its own inode number and what makes it, the node that serves it (a copick view, with
+    its kept size and renderer) made by `make(info)` at the first request for more than its
+    name and type (a cold `find` lists tens of thousands of views and asks none). Slots:
+    a mount keeps one per view listed."""
+    __slots__ = ("ino", "source_key", "derived_path", "_make", "_info", "_file")
+
+    def __init__(self, make, info: Attr | None, source_key: tuple, derived_path: str):
+        self._make, self._info, self._file = make, info, None
+        self.source_key, self.derived_path = source_key, derived_path
+
+    def made(self) -> File:
+        """The node that serves this file, made once (numbered as this one: it reports
+        itself by its number when a kept size proves wrong)."""
+        file = self._file
+        if file is None:
+            with _making[self.ino % MAKING_LOCKS]:
+                file = self._file
+                if file is None:
+                    file = self._make(self._info)
+                    file.ino = self.ino
+                    self._file, self._make, self._info = file, None, None
+        return file
+
+    def attr(self) -> Attr:
+        return self.made().attr()
+
+    def cached_attr(self) -> Attr | None:
+        file = self._file
+        return None if file is None else file.cached_attr()
+
+    def open(self, flags: int) -> FileHandle:
+        return self.made().open(flags)
+
+    def open_nowait(self, flags: int) -> FileHandle | None:
+        file = self._file
+        return None if file is None else file.open_nowait(flags)
+
+    def truncate(self, size: int) -> None:
+        self.made().truncate(size)
 
 
 class MergedSpecial(MergedNode):

@@ -306,6 +306,27 @@ def test_a_directory_knows_its_attributes_after_its_entries_change(tmp_path):
     assert run.cached_attr() is None                 # its own mode changed: stat again
 
 
+def test_a_folder_copied_up_onto_a_removed_folders_inode_number_counts_its_links(tmp_path):
+    """A folder's inode number is reused once it is removed (ext4 gives it to the next
+    mkdir): what was learnt of the removed folder's links must not answer for a static
+    folder copied up onto that number (seen as nlink 2 where a static subfolder shows)."""
+    for sub in ("run/d", "run/e"):
+        (tmp_path / "static" / sub).mkdir(parents=True)
+    (tmp_path / "upper").mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    scratch = tree.root.mkdir("scratch", 0o755)       # the overlay's own: its count is its own
+    assert scratch.attr().nlink == 2
+    removed = tree.upper.stat("scratch").backing
+    tree.root.rmdir("scratch")
+    plain = tree.upper.stat
+    tree.upper.stat = lambda rel: (info._replace(backing=removed) if rel == "run" and (info := plain(rel))
+                                   else plain(rel))  # the copy-up below gets scratch's number
+    run = node_at(tree, "run")
+    run.rmdir("e")                                   # copies run up for e's whiteout
+    assert tree.upper.stat("run").backing == removed
+    assert run.attr().nlink == 3 and node_at(tree, "").lookup_attr("run")[1].nlink == 3
+
+
 class StatCountingRoot(LocalRoot):
     """A local root that records which directories were stat'ed in full."""
 

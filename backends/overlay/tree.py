@@ -143,7 +143,9 @@ class OverlayTree(Tree):
         # each change takes a new number (`edited`): equal to a snapshot means none since
         self._edit_numbers = itertools.count(1)
         self.edits = 0
-        self._nlinks: dict[tuple, tuple] = {}    # overlay directory: ((mtime, ctime), merged nlink)
+        # (overlay directory's backing, rel): ((mtime, ctime), merged nlink). The path too: a
+        # removed directory's inode number goes to the next mkdir (ext4), maybe a copy-up
+        self._nlinks: dict[tuple, tuple] = {}
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
@@ -300,7 +302,7 @@ class OverlayTree(Tree):
         changed since the last count (the copy's mtime and ctime say)."""
         if self.static is self.upper:
             return info
-        known = self.dir_info_nowait(info)
+        known = self.dir_info_nowait(rel, info)
         if known is not None:
             return known
         nlink = self._count_links(rel)
@@ -309,12 +311,12 @@ class OverlayTree(Tree):
                 self._nlinks.clear()
             # a directory with nothing static merged in stays so (one made where a static
             # one was is opaque): its own count is right from now on
-            self._nlinks[info.backing] = (None if nlink is None else (info.mtime_ns, info.ctime_ns), nlink)
+            self._nlinks[info.backing, rel] = (None if nlink is None else (info.mtime_ns, info.ctime_ns), nlink)
         return info if nlink is None else info._replace(nlink=nlink)
 
-    def dir_info_nowait(self, info: Attr) -> Attr | None:
+    def dir_info_nowait(self, rel: str, info: Attr) -> Attr | None:
         """What `dir_info` gives, if known without I/O (else None)."""
-        counted = self._nlinks.get(info.backing)
+        counted = self._nlinks.get((info.backing, rel))
         if counted is None:
             return None
         if counted[0] is None:
@@ -325,7 +327,7 @@ class OverlayTree(Tree):
         """(the overlay copy's attributes, merged nlink) of directory node, if its count is
         remembered and current: a change then carries it over (`count_after`) instead of
         counting again (lock held)."""
-        counted = self._nlinks.get(node.key[1]) if node.source is self.upper else None
+        counted = self._nlinks.get((node.key[1], node.rel)) if node.source is self.upper else None
         if counted is None or counted[0] is None:
             return None
         before = self.upper.stat(node.rel)
@@ -336,7 +338,7 @@ class OverlayTree(Tree):
         if before is not None:
             after = self.upper.stat(node.rel)
             if after is not None and after.backing == before[0].backing:
-                self._nlinks[after.backing] = ((after.mtime_ns, after.ctime_ns), before[1] + delta)
+                self._nlinks[after.backing, node.rel] = ((after.mtime_ns, after.ctime_ns), before[1] + delta)
 
     def _count_links(self, rel: str) -> int | None:
         """The merged nlink of the overlay's directory rel; None if the overlay's own
@@ -1157,7 +1159,7 @@ class MergedDir(MergedNode, Directory):
         root, info = shown
         if root is self.tree.upper and self.tree.real_owners and stat.S_ISDIR(info.mode) and \
                 self.tree.static.exists_cached(rel) is not False:
-            info = self.tree.dir_info_nowait(info)       # maybe merged: counted before?
+            info = self.tree.dir_info_nowait(rel, info)  # maybe merged: counted before?
             if info is None:
                 return None
         node = self.tree.node_for(self, name, rel, root, info, wait=False, moves=moves)

@@ -445,7 +445,11 @@ class Tree:
         return self.writable if graft is None else graft.writable_at(ino)
 
     def add(self, node: Node) -> Node:
-        self.add_all((node,))
+        # (not through add_all: one node costs no second call, a listing's budget counts calls)
+        with self._lock:
+            node.ino = self._next
+            self._next += 1
+            self._fixed[node.ino] = node
         return node
 
     def add_all(self, nodes) -> None:

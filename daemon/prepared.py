@@ -119,15 +119,10 @@ class PreparedListings:
         except Exception:                       # (a system task must not raise)
             log.exception("preparing listings after folder %d failed", ino)
 
-    def _rows(self, ino: int, offset: int, count: int, directory=None, reader=None):
-        """Up to `count` entries of folder `ino` (`directory`, if known) from `offset`,
-        each with its attributes, from memory, in `reader` (else a snapshot of its own);
-        None if that needs a wait or I/O."""
-        if reader is None:
-            directory = directory or self._get(ino)
-            if not isinstance(directory, Directory):
-                return None
-            reader = directory.opendir()
+    @staticmethod
+    def _rows(reader, offset: int, count: int):
+        """Up to `count` entries of a folder's snapshot `reader` from `offset`, each with
+        its attributes, from memory; None if that needs a wait or I/O."""
         nowait = getattr(reader, "entries_nowait", None)
         return nowait(offset, count) if nowait is not None else None
 
@@ -153,7 +148,7 @@ class PreparedListings:
         wait = RETRY_AFTER
         reader = self._reader(ino, offset)
         for _ in range(TRIES):
-            rows = self._rows(ino, offset, count, reader=reader) if reader is not None else None
+            rows = self._rows(reader, offset, count) if reader is not None else None
             if rows is not None:
                 return rows
             await trio.sleep(wait)
@@ -195,7 +190,7 @@ class PreparedListings:
     def _prepare(self, folder: Directory) -> bool:
         """Prepare `folder`'s listing if it is small; False if it is not in memory."""
         ino, generation = folder.ino, self._swept()
-        rows = self._rows(ino, 0, MAX_ENTRIES + 1, folder)
+        rows = self._rows(folder.opendir(), 0, MAX_ENTRIES + 1)
         if rows is None or any(row[3] is None for row in rows):
             return False
         if not rows or len(rows) > MAX_ENTRIES:

@@ -958,7 +958,8 @@ def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mo
     run = mnt / "ExperimentRuns" / "TS_001"
     if tool == "rm":
         inodes = {entry.name: entry.inode() for entry in os.scandir(run / "Picks")}
-        assert all(inodes[name] < inodes[name[:-4] + ".json"] for name in inodes if name.endswith(".csv"))
+        views = [name for name in inodes if name.endswith(".csv")]
+        assert len(views) == 6 and all(inodes[name] < inodes[name[:-4] + ".json"] for name in views), inodes
         removed = subprocess.run(["rm", "-r", str(run)], capture_output=True, text=True)
     else:
         removed = subprocess.run(["mv", str(run / "Picks"), str(run / "Moved")], capture_output=True, text=True)

@@ -147,8 +147,10 @@ class PreparedListings:
         a few times while a change (or a worker making views) holds the tree."""
         wait = RETRY_AFTER
         reader = self._reader(ino, offset)
+        if reader is None:
+            return []
         for _ in range(TRIES):
-            rows = self._rows(reader, offset, count) if reader is not None else None
+            rows = self._rows(reader, offset, count)
             if rows is not None:
                 return rows
             await trio.sleep(wait)

@@ -602,10 +602,9 @@ class OverlayTree(Tree):
         if self.derive is None:
             return None
         found = self.derive.lookup(rel, name)
-        return None if found is None else self._derived_node(rel, name, *found)
-
-    def _derived_node(self, rel: str, name: str, source: str, make, info: Attr | None = None) -> Node:
-        """The node of a derived file (`make(info)`); `info`: what its source shows, if known."""
+        if found is None:
+            return None
+        source, make, info = found
         return self._derived_nodes(rel, [(name, source, make, info, self.source_key(source, info), None)])[0]
 
     def _derived_nodes(self, rel: str, wanted: list[tuple]) -> list[Node]:
@@ -707,8 +706,7 @@ class OverlayTree(Tree):
         node), but for the derived views' two tables, kept in step under `_table` (held
         only for dict operations)."""
         node = self.get(ino)
-        if node is None or node is self.root or not isinstance(node, MergedNode) and \
-                getattr(node, "derived_path", None) is None:
+        if node is None or node is self.root or not isinstance(node, (MergedNode, DerivedFile)):
             return                                   # the root, the virtual config
         if isinstance(node, MergedNode) and node.place is None:
             self.discard(ino)
@@ -720,7 +718,7 @@ class OverlayTree(Tree):
                 if self._by_key.get(old.key) is old:
                     self._by_key.pop(old.key, None)
             else:
-                with self._table:                    # (`_derived_node` updates both in a thread)
+                with self._table:                    # (`_derived_nodes` updates both in a thread)
                     if self._derived.get(old.derived_path) is old:
                         self._derived.pop(old.derived_path, None)
                         source = old.source_key[0]

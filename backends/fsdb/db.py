@@ -439,12 +439,9 @@ class Fileset(_Metadata):
         if file is None:
             raise FileNotFoundError(f"no file {file_id} in {self.scan.id}/{self.id}")
         with self.scan.db._writing(self.scan.id, self.id):
-            self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file_id))
-            del self.files[file_id]
-            self._unindex(file)
+            self._drop_entry(file)
             if file.filename:
                 _unlink(os.path.join(self.path(), file.filename))
-            _unlink(file._md_path)
 
     def rename_file(self, file_id: str, new_name: str) -> File:
         """A file under a new name (and the id it gives): data and metadata move with it.
@@ -534,7 +531,8 @@ class Fileset(_Metadata):
             moved.md_version += 1
 
     def _drop_entry(self, file: File) -> None:
-        """`file`'s data went to another id: files.json no longer names it (written at once)."""
+        """files.json no longer names `file` (written at once), its metadata gone: deleted,
+        or its data went to another id."""
         self.scan._update_files_json(lambda doc: doc.remove_file(self.id, file.id))
         if self.files.get(file.id) is file:
             del self.files[file.id]

@@ -43,7 +43,8 @@ def test_a_cold_walk_lists_most_folders_without_python(walk_iid, mount):
     of the `AHEAD` prepared after it starts (here the walker waits for each run: how far
     it gets ahead of a run is scheduling). The entry folders are prepared only once the
     tree made their entry.json (32 ahead of the walk, in a worker call: how many are ready
-    when a run passes them is scheduling too): of those, only some are answered prepared."""
+    when a run passes them is scheduling too, none in a fresh-clone CI run): each is listed
+    once, prepared or by Python, never both."""
     mnt = mount(walk_iid, "-o", "ro")
     assert daemon_status(mnt)["listings_prepared_in_session"] is True, "pyfuse3 lacks our patch: ./dev setup"
     walked = {}
@@ -87,7 +88,7 @@ def test_a_cold_walk_lists_most_folders_without_python(walk_iid, mount):
         listed = len(walked)
         answered, python = cost(walk_entries)
         assert len(walked) - listed > ENTRIES
-        assert answered + python == len(walked) - listed and answered > 0, (answered, python)
+        assert answered + python == len(walked) - listed, (answered, python)     # (how many prepared: scheduling)
     unless_caches_dropped(check)
     entry = next(name for name in walked[str(mnt)] if name.startswith("0"))
     assert walked[str(mnt / entry)] == ["entry.json", "mask.png"]

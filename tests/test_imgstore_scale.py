@@ -432,13 +432,13 @@ def test_a_mount_line_with_the_retired_decoded_cache_option_still_mounts(tmp_pat
         imgstore.open_tree(str(tmp_path / "video"), Options({"decoded_cache_mb": "lots"}))
 
 
-@pytest.mark.parametrize("cpus,encoders", [(2, 0), (4, 2)])
-def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(tmp_path, monkeypatch, cpus,
-                                                                                encoders):
-    """Where encoder threads would only compete with the decoder's thread and the reader
-    for two CPUs, there are none: the decoder's thread encodes and stores each frame
-    itself, without a hand-off (a queue, a wake-up and GIL switches a frame). With more
-    CPUs, all but two encode."""
+@pytest.mark.parametrize("cpus,encoders", [(1, 0), (2, 1), (4, 2)])
+def test_from_two_cpus_on_frames_are_decoded_in_one_thread_and_stored_from_another(tmp_path, monkeypatch, cpus,
+                                                                                    encoders):
+    """Decoding, the read-ahead's bottleneck, overlaps with encoding and storing in the
+    kernel's page cache wherever there are two CPUs: one thread decodes, encoder threads
+    (all CPUs but two, at least one) encode and store. On one CPU, the decoder's thread
+    encodes and stores each frame itself, without a hand-off."""
     monkeypatch.setattr(imgstore.os, "cpu_count", lambda: cpus)
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=20, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "4"}))
@@ -521,3 +521,19 @@ def test_a_reader_at_the_decoders_heels_leaves_the_next_frame_to_it(tmp_path):
     finally:
         tree.close()
     assert len(decoded_by) == 60 and decoded_by.count("decode-ahead") == 58, decoded_by
+
+
+def test_decoding_mjpeg_frames_wakes_no_thread_of_ffmpegs(tmp_path):
+    """FFmpeg splits each frame it decodes between the caller and a thread of its own (a
+    hand-off and 2 wake-ups a frame, more CPU a frame): an MJPEG capture is opened with
+    one thread, and decoding starts none."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=12, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
+    try:
+        before = set(os.listdir("/proc/self/task"))
+        frames = [tree.service.reader.read(i) for i in range(12)]
+        started = set(os.listdir("/proc/self/task")) - before
+    finally:
+        tree.close()
+    assert all(frame.shape == (240, 320, 3) for frame in frames)
+    assert not started, f"{len(started)} threads started by decoding"

@@ -129,15 +129,13 @@ def _choose_format(name: str, reader: FrameReader, png_compression: int, jpeg_qu
 
 
 def encoder_threads() -> int:
-    """Threads that encode and store frames the decoder's thread read ahead: at least one
-    wherever there are two CPUs, so that decoding overlaps with encoding and with the
-    kernel's copy into its page cache (the decoder's thread was the bottleneck at
-    0.34-0.44 ms of CPU a frame, decoding alone 0.19: with one encoder, 0.22-0.26 and
-    0.17-0.21 in the encoder, `tar` of a 320x240 MJPEG store); beyond two CPUs, all but
-    two (one left to the decoder's thread, one to the reader and the requests). On one
-    CPU none: the decoder's thread encodes and stores itself, without a hand-off."""
-    cpus = os.cpu_count() or 1
-    return min(cpus - 1, max(1, cpus - 2))
+    """Threads that encode and store frames the decoder's thread read ahead: one CPU is
+    left to that thread and one to the reader and the requests, so on two CPUs none (the
+    decoder's thread encodes and stores itself). Encoders there only competed for the
+    same two CPUs, and added a hand-off, GIL switches and context switches a frame
+    (daemon CPU 0.60-0.68 ms a frame with none against 0.62-0.90 with two, `tar` of a
+    320x240 MJPEG store)."""
+    return max(0, (os.cpu_count() or 1) - 2)
 
 
 class FrameService:

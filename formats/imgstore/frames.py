@@ -123,11 +123,11 @@ class DirectoryFrameReader(FrameReader):
         return img
 
 
-#: an MJPEG capture decodes in its caller's thread alone: FFmpeg splits each frame between
-#: the caller and a thread of its own otherwise, a hand-off and 2 wake-ups a frame, for
-#: no gain where the read-ahead already decodes in one thread and stores from another
-#: (`tar` of a 320x240 store: 0.7-0.9 against 4.3-4.6 context switches a frame, the
-#: same pixels). Inter-frame codecs keep FFmpeg's threads: their frames decode in order.
+#: an MJPEG capture decodes in its caller's thread alone: FFmpeg otherwise works on each
+#: frame with a thread of its own besides the caller's, a hand-off and 2 wake-ups a frame,
+#: for no gain (`tar` of a 320x240 store: 0.5-1.6 against 4.0-4.6 context switches a
+#: frame, the daemon's CPU the same or less, the same pixels). Inter-frame codecs keep
+#: FFmpeg's threads.
 _ONE_THREAD = [cv2.CAP_PROP_N_THREADS, 1]
 
 

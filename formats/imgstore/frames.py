@@ -126,7 +126,7 @@ class DirectoryFrameReader(FrameReader):
 #: an MJPEG capture decodes in its caller's thread alone: FFmpeg otherwise works on each
 #: frame with a thread of its own besides the caller's, a hand-off and 2 wake-ups a frame,
 #: for no gain (`tar` of a 320x240 store: 0.5-1.6 against 4.0-4.6 context switches a
-#: frame, the daemon's CPU the same or less, the same pixels). Inter-frame codecs keep
+#: frame, the daemon's CPU the same, the same pixels). Inter-frame codecs keep
 #: FFmpeg's threads.
 _ONE_THREAD = [cv2.CAP_PROP_N_THREADS, 1]
 

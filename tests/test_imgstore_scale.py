@@ -20,6 +20,8 @@ import threading
 import time
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pyfuse3
 import pytest
 from stores import index_only_store
@@ -521,3 +523,21 @@ def test_a_reader_at_the_decoders_heels_leaves_the_next_frame_to_it(tmp_path):
     finally:
         tree.close()
     assert len(decoded_by) == 60 and decoded_by.count("decode-ahead") == 58, decoded_by
+
+
+def test_decoding_mjpeg_frames_wakes_no_thread_of_ffmpegs(tmp_path):
+    """FFmpeg works on each frame it decodes with a thread of its own besides the caller's
+    (a hand-off and 2 wake-ups a frame, for no gain: the read-ahead's thread decodes frame
+    after frame): an MJPEG capture is opened with one thread, and decoding starts none."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=12, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
+    try:
+        before = set(os.listdir("/proc/self/task"))
+        frames = [tree.service.reader.read(i) for i in range(12)]
+        started = set(os.listdir("/proc/self/task")) - before
+    finally:
+        tree.close()
+    reference = cv2.VideoCapture(str(tmp_path / "video" / "000000.avi"), cv2.CAP_FFMPEG)   # (FFmpeg's threads)
+    assert all(np.array_equal(frame, reference.read()[1]) for frame in frames)        # the same pixels
+    reference.release()
+    assert not started, f"{len(started)} threads started by decoding"

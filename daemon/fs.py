@@ -1318,10 +1318,7 @@ class Operations(pyfuse3.Operations):
         status = dict(self.info)
         ends = pyfuse3.readdir_ends_answered() if self.ends_in_session else 0     # (not seen by `_guard`)
         prepared = self.prepared.answered
-        # (requests the session loop waited for itself, and through trio: pyfuse3-patches/wait-in-session-loop)
-        in_session, in_loop = pyfuse3.session_waits() if hasattr(pyfuse3, "session_waits") else (0, 0)
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3),
-                      waits_in_session=in_session, waits_through_trio=in_loop,
                       requests=c.requests + ends + prepared,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.0
 #: microseconds of that (e.g. 50), instead
 IDLE_POLL_ENV = "SCOPEFS_IDLE_POLL_US"
-#: microseconds the session loop may wait for a request itself (0: always through trio)
-SESSION_WAIT_ENV = "SCOPEFS_SESSION_WAIT_US"
 
 
 async def _main(ops: Operations, mountpoint: str, when_live: Callable[[], None]) -> None:
@@ -100,24 +98,6 @@ def set_idle_poll() -> float:
     return seconds
 
 
-def set_session_wait() -> float:
-    """How long the session loop waits for the next request itself (pyfuse3 patch
-    wait-in-session-loop) before it waits through trio: `SESSION_WAIT_ENV` microseconds
-    (0: always through trio), else the patch's own 1 ms; the seconds set (None: no patch)."""
-    if not hasattr(pyfuse3, "set_session_wait"):
-        return None
-    value = os.environ.get(SESSION_WAIT_ENV)
-    if not value:
-        return 0.001
-    try:
-        seconds = max(0.0, float(value) * 1e-6)
-    except ValueError:
-        log.warning("%s=%r is not a number of microseconds: ignored", SESSION_WAIT_ENV, value)
-        return 0.001
-    pyfuse3.set_session_wait(seconds)
-    return seconds
-
-
 def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, timeout: float,
           read_ahead_kib: int, info: dict[str, str], on_ready: Callable[[], None]) -> None:
     """Mount `tree` on `mountpoint` and serve until unmounted or signalled."""
@@ -128,9 +108,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     gc.set_threshold(50_000, 50, 1000)
     if tree.real_owners:
         os.umask(0)            # modes arrive with the caller's umask applied by the kernel
-    wait = set_session_wait()
-    info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1),
-            "session_wait_us": None if wait is None else round(wait * 1e6)}
+    info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1)}
     ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
     pyfuse3.init(ops, mountpoint, fuse_options)
     ops.notifier.start()

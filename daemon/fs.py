@@ -175,29 +175,34 @@ class Notifier:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def held(self):
+    def held(self, on_loop: bool = False):
         """Around a change made in a worker thread that then answers its request itself
         (`Operations._flush_in_thread`): the inodes this thread reports meanwhile are sent
         from it at the end, not handed to the inodes' thread and waited for (two thread
         wake-ups a copied file), and what that thread is sending is waited for as
         `wait_sent` does. (An inode's notification blocks at most on the pages of reads
-        that other threads answer.)"""
+        that other threads answer.) `on_loop`: around a change made on the event loop,
+        which must never block: only the inodes' attributes are dropped (which never waits
+        on pages: the kernel drops a file's pages itself when it sees its new size or
+        mtime), and the caller waits for the rest as `Operations._notified` does."""
         held = self._holder.inodes = {}
         sender = threading.get_ident()
         try:
             yield
         finally:
             del self._holder.inodes
-            with self._cond:
-                sending = self._running and bool(held)
-                self._storing += sending            # (`stop` waits: the session must outlive it)
-            sent = 0
-            try:
-                if sending:
-                    sent = sum(self._notify("inodes", ino, None) for ino in held)
-            finally:
-                self._batch_sent(sender, sent, sending)
-            self.wait_sent()
+            if held:                                # (else nothing of this thread's is in flight)
+                with self._cond:
+                    sending = self._running
+                    self._storing += sending        # (`stop` waits: the session must outlive it)
+                sent = 0
+                try:
+                    if sending:
+                        sent = sum(self._notify("inodes", ino, on_loop) for ino in held)
+                finally:
+                    self._batch_sent(sender, sent, sending)
+            if not on_loop:
+                self.wait_sent()
 
     def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
         """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
@@ -297,12 +302,14 @@ class Notifier:
                 self._cond.notify_all()             # (`stop` waits)
         self._wake()
 
-    def _notify(self, kind: str, item, data: tuple[int, bytes] | None) -> bool:
+    def _notify(self, kind: str, item, data: tuple[int, bytes] | bool | None) -> bool:
+        """Send one notification (`data`: a store's (offset, content); of an inode, whether
+        only its attributes go)."""
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
                     return False
-                pyfuse3.invalidate_inode(item)
+                pyfuse3.invalidate_inode(item, bool(data))     # (data: the attributes only)
             elif kind == "entries":
                 self._drop_name(*item)
             else:
@@ -1214,6 +1221,13 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
+        if handle.flush_blocks:
+            with self.notifier.held(on_loop=True):
+                done = handle.flush_nowait()
+            if done:                            # (a commit in memory: no worker thread)
+                self.prepared.changed()
+                await self._notified()
+                return
         if handle.flush_blocks and self.thread_replies is not None and self.thread_replies.take():
             self.counters.worker_calls += 1
             self.counters.thread_replies += 1

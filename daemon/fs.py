@@ -309,7 +309,10 @@ class Notifier:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
                     return False
-                pyfuse3.invalidate_inode(item, bool(data))     # (data: the attributes only)
+                if data:                             # (the attributes only)
+                    pyfuse3.invalidate_inode(item, True)
+                else:
+                    pyfuse3.invalidate_inode(item)
             elif kind == "entries":
                 self._drop_name(*item)
             else:
@@ -407,8 +410,7 @@ def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int
     return errno.EIO
 
 
-@contextlib.contextmanager
-def _gone_is_stale():
+class _GoneIsStale:
     """An operation on an inode whose object is gone (the tree no longer has its node, or
     the backend answers ENOENT for it) answers ESTALE, not ENOENT.
 
@@ -427,15 +429,20 @@ def _gone_is_stale():
     LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
     again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
     dropped and looked up afresh (`lookup_open` then creates). Only a call by file
-    descriptor sees ESTALE itself, for an object that is gone."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise pyfuse3.FUSEError(errno.ESTALE) from None
-    except pyfuse3.FUSEError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        raise pyfuse3.FUSEError(errno.ESTALE) from None
+    descriptor sees ESTALE itself, for an object that is gone. (A class, not a generator:
+    every GETATTR enters it.)"""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if kind is not None and (issubclass(kind, FileNotFoundError) or
+                                 (issubclass(kind, pyfuse3.FUSEError) and exc.errno == errno.ENOENT)):
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        return False
+
+
+_gone_is_stale = _GoneIsStale()
 
 
 def _file_type(node: Node) -> int:
@@ -665,7 +672,7 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             return self._control_entry()
         self.counters.attr_requests += 1
-        with _gone_is_stale():
+        with _gone_is_stale:
             node = self._node(inode)
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
@@ -938,7 +945,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readlink(self, inode, ctx):
         self.counters.readlinks += 1
-        with _gone_is_stale():
+        with _gone_is_stale:
             node = self._node(inode)
             if not isinstance(node, Symlink):
                 raise pyfuse3.FUSEError(errno.EINVAL)
@@ -956,7 +963,7 @@ class Operations(pyfuse3.Operations):
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
-        with _gone_is_stale():
+        with _gone_is_stale:
             handle = await self._open_file(inode, flags)
         return self._add_handle(handle, noflush=not writes(flags))
 
@@ -1167,7 +1174,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
-        with _gone_is_stale():
+        with _gone_is_stale:
             return await self._set_attributes(inode, attr, fields, fh)
 
     async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:

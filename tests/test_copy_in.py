@@ -203,6 +203,22 @@ def test_a_flush_answered_by_its_worker_thread_still_reports_a_refused_file_at_c
     assert (mnt / "new-good" / "mask.png").stat().st_size > 0
 
 
+@pytest.mark.daemon_log(r"flush\(\d+,\): \[Errno 22\] mask has 3 values", reason="the refused mask, logged once")
+def test_a_mask_committed_on_the_loop_still_reports_a_refused_file_at_close(tmp_path, mount):
+    """A new entry's small mask is checked and kept on the daemon's loop, with no worker
+    call: one that is not a mask still fails `cp` at the close, and is not kept."""
+    source = walk_samples.iid(tmp_path / "cells.iid", 3)
+    mnt = mount(source.path, "-o", "writeback_delay=600")
+    bad = tmp_path / "new-bad"
+    bad.mkdir()
+    Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(bad / "mask.png")
+    before = daemon_status(mnt)
+    failed = subprocess.run(["cp", "-r", str(bad), str(mnt)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Invalid argument" in failed.stderr, failed.stderr
+    assert daemon_status(mnt)["worker_calls"] == before["worker_calls"]
+    assert not (mnt / "new-bad" / "mask.png").exists()
+
+
 def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_whole_files(tmp_path, mount):
     """SIGTERM to the daemon while `cp` copies many files into an FSDB fileset (each
     close's FLUSH answered by a worker thread): the daemon waits for the flushes in

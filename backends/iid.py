@@ -428,6 +428,10 @@ class EntryFolder(IIDFolder):
             self.changed()
             self.tree.cache.put(("mask", self.ino, self.revision), mask)
 
+    def stays_pending(self) -> bool:
+        """A new folder that a mask alone does not make an entry (no entry.json yet)."""
+        return self.entry is None and self.pending_json is None
+
     def _complete(self) -> None:
         """A new folder becomes an entry once it has both a mask and an entry.json."""
         if self.pending_mask is None or self.pending_json is None:
@@ -573,15 +577,16 @@ class MaskView(IIDView):
         change holds the tree: a copied mask costs no worker thread. It changes only this
         folder's files; a commit that changes an entry, and so other folders' listings and
         the overview, goes to a thread as before."""
+        folder = self.owner
         pixels = png_pixels(data)
-        if pixels is None or pixels > NOWAIT_MASK_PIXELS:
+        if pixels is None or pixels > NOWAIT_MASK_PIXELS or not folder.stays_pending():
             return False
         mask = decode_mask(data)
 
         def applied() -> bool:
-            if self.owner.entry is not None or self.owner.pending_json is not None:
+            if not folder.stays_pending():      # (checked again: it may have changed meanwhile)
                 return False
-            self.owner.set_mask(mask)
+            folder.set_mask(mask)
             return True
         return under_lock_nowait(self.tree.lock, applied) or False
 

@@ -179,12 +179,15 @@ class BufferHandle(FileHandle):
     """Writes go to a private copy; `commit(data)` runs when the handle is flushed after
     a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
     document) is applied whole or not at all. A refused commit leaves the copy dirty
-    and raises again at the next flush, so the error reaches close(2)."""
+    and raises again at the next flush, so the error reaches close(2). `commit_nowait`,
+    if given, makes the commit on the daemon's loop where it can (`flush_nowait`)."""
     flush_blocks = True
 
-    def __init__(self, data: bytes, commit: Callable[[bytes], None]):
+    def __init__(self, data: bytes, commit: Callable[[bytes], None],
+                 commit_nowait: Callable[[bytes], bool] | None = None):
         self.buf = bytearray(data)
         self.commit = commit
+        self.commit_nowait = commit_nowait
         self.dirty = False
         self._lock = threading.Lock()
 
@@ -212,6 +215,19 @@ class BufferHandle(FileHandle):
             data = bytes(self.buf)
         self.commit(data)
         self.dirty = False
+
+    def flush_nowait(self) -> bool:
+        """`flush` where `commit_nowait` makes the commit without waiting (a small file
+        applied in memory): True once flushed (a refusal raises as `flush` does), False
+        if it cannot (nothing changed: then `flush` in a thread)."""
+        with self._lock:
+            if not self.dirty:
+                return True
+            data = bytes(self.buf)
+        if self.commit_nowait is None or not self.commit_nowait(data):
+            return False
+        self.dirty = False
+        return True
 
 
 class MemoryFile(File):
@@ -291,6 +307,11 @@ class View(File):
     def commit(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def commit_nowait(self, data: bytes) -> bool:
+        """`commit` if it can be made here without I/O or a wait (True; a refusal raises
+        as `commit` does), else False with nothing changed (then `commit` in a thread)."""
+        return False
+
     def attr(self) -> Attr:
         data = self.staged if self.staged is not None else self.content()
         return Attr(stat.S_IFREG | 0o644, len(data), self.owner.mtime_ns)
@@ -336,14 +357,25 @@ class View(File):
         with self._tags_lock:
             self._served_tag = None
 
-    def _commit(self, data: bytes) -> None:
+    def _commit(self, data: bytes, nowait: bool = False) -> bool:
+        """`commit` (`nowait`: `commit_nowait`, False if it could not); then the model shows."""
+        done = True                    # (a refusal too)
         try:
-            self.commit(data)
-            self.owner.mtime_ns = time.time_ns()
+            if nowait:
+                done = self.commit_nowait(data)
+            else:
+                self.commit(data)
+            if done:
+                self.owner.mtime_ns = time.time_ns()
         finally:
-            self.staged = None         # accepted, or refused: either way the model shows
-            if self.tree is not None:  # the kernel's pages hold what was written, not the model's
-                self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
+            if done:                   # accepted, or refused: either way the model shows
+                self.staged = None     # the kernel's pages hold what was written, not the model's
+                if self.tree is not None:
+                    self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
+        return done
+
+    def _commit_nowait(self, data: bytes) -> bool:
+        return self._commit(data, nowait=True)
 
 
 class ViewReader(BytesHandle):
@@ -361,7 +393,7 @@ class ViewWriter(BufferHandle):
     """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
 
     def __init__(self, view: View, data: bytes):
-        super().__init__(data, view._commit)
+        super().__init__(data, view._commit, view._commit_nowait)
         self._view = view
 
     def release(self) -> None:

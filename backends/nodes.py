@@ -30,7 +30,8 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     File.open, truncate                        File.open_nowait
     FileHandle.read, write, truncate           FileHandle.cached_read, write_nowait
     Symlink.target         if target_blocks    Symlink.target otherwise
-    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close)
+    FileHandle.flush       if flush_blocks     FileHandle.flush otherwise (every close),
+                                                 and flush_nowait (a commit in memory)
     FileHandle.fsync       if fsync_blocks     FileHandle.fsync otherwise
                            or flush_blocks
     FileHandle.release     if release_blocks   FileHandle.release otherwise
@@ -299,6 +300,11 @@ class FileHandle:
 
     def flush(self) -> None:
         pass
+
+    def flush_nowait(self) -> bool:
+        """`flush` (of a handle that `flush_blocks`) if it needs no I/O and no wait: True
+        once done (a refusal raises as `flush` does); False with nothing done otherwise."""
+        return False
 
     def fsync(self) -> None:
         """fsync(2): by default what close does."""

@@ -175,29 +175,34 @@ class Notifier:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
-    def held(self):
+    def held(self, on_loop: bool = False):
         """Around a change made in a worker thread that then answers its request itself
         (`Operations._flush_in_thread`): the inodes this thread reports meanwhile are sent
         from it at the end, not handed to the inodes' thread and waited for (two thread
         wake-ups a copied file), and what that thread is sending is waited for as
         `wait_sent` does. (An inode's notification blocks at most on the pages of reads
-        that other threads answer.)"""
+        that other threads answer.) `on_loop`: around a change made on the event loop,
+        which must never block: only the inodes' attributes are dropped (which never waits
+        on pages: the kernel drops a file's pages itself when it sees its new size or
+        mtime), and the caller waits for the rest as `Operations._notified` does."""
         held = self._holder.inodes = {}
         sender = threading.get_ident()
         try:
             yield
         finally:
             del self._holder.inodes
-            with self._cond:
-                sending = self._running and bool(held)
-                self._storing += sending            # (`stop` waits: the session must outlive it)
-            sent = 0
-            try:
-                if sending:
-                    sent = sum(self._notify("inodes", ino, None) for ino in held)
-            finally:
-                self._batch_sent(sender, sent, sending)
-            self.wait_sent()
+            if held:                                # (else nothing of this thread's is in flight)
+                with self._cond:
+                    sending = self._running
+                    self._storing += sending        # (`stop` waits: the session must outlive it)
+                sent = 0
+                try:
+                    if sending:
+                        sent = sum(self._notify("inodes", ino, on_loop) for ino in held)
+                finally:
+                    self._batch_sent(sender, sent, sending)
+            if not on_loop:
+                self.wait_sent()
 
     def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
         """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
@@ -297,12 +302,17 @@ class Notifier:
                 self._cond.notify_all()             # (`stop` waits)
         self._wake()
 
-    def _notify(self, kind: str, item, data: tuple[int, bytes] | None) -> bool:
+    def _notify(self, kind: str, item, data: tuple[int, bytes] | bool | None) -> bool:
+        """Send one notification (`data`: a store's (offset, content); of an inode, whether
+        only its attributes go)."""
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
                     return False
-                pyfuse3.invalidate_inode(item)
+                if data:                             # (the attributes only)
+                    pyfuse3.invalidate_inode(item, True)
+                else:
+                    pyfuse3.invalidate_inode(item)
             elif kind == "entries":
                 self._drop_name(*item)
             else:
@@ -400,8 +410,7 @@ def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int
     return errno.EIO
 
 
-@contextlib.contextmanager
-def _gone_is_stale():
+class _GoneIsStale:
     """An operation on an inode whose object is gone (the tree no longer has its node, or
     the backend answers ENOENT for it) answers ESTALE, not ENOENT.
 
@@ -420,15 +429,20 @@ def _gone_is_stale():
     LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
     again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
     dropped and looked up afresh (`lookup_open` then creates). Only a call by file
-    descriptor sees ESTALE itself, for an object that is gone."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise pyfuse3.FUSEError(errno.ESTALE) from None
-    except pyfuse3.FUSEError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        raise pyfuse3.FUSEError(errno.ESTALE) from None
+    descriptor sees ESTALE itself, for an object that is gone. (A class, not a generator:
+    every GETATTR enters it.)"""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if kind is not None and (issubclass(kind, FileNotFoundError) or
+                                 (issubclass(kind, pyfuse3.FUSEError) and exc.errno == errno.ENOENT)):
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        return False
+
+
+_gone_is_stale = _GoneIsStale()
 
 
 def _file_type(node: Node) -> int:
@@ -658,7 +672,7 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             return self._control_entry()
         self.counters.attr_requests += 1
-        with _gone_is_stale():
+        with _gone_is_stale:
             node = self._node(inode)
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
 
@@ -931,7 +945,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readlink(self, inode, ctx):
         self.counters.readlinks += 1
-        with _gone_is_stale():
+        with _gone_is_stale:
             node = self._node(inode)
             if not isinstance(node, Symlink):
                 raise pyfuse3.FUSEError(errno.EINVAL)
@@ -949,7 +963,7 @@ class Operations(pyfuse3.Operations):
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
-        with _gone_is_stale():
+        with _gone_is_stale:
             handle = await self._open_file(inode, flags)
         return self._add_handle(handle, noflush=not writes(flags))
 
@@ -1160,7 +1174,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
-        with _gone_is_stale():
+        with _gone_is_stale:
             return await self._set_attributes(inode, attr, fields, fh)
 
     async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:
@@ -1214,6 +1228,13 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
+        if handle.flush_blocks:
+            with self.notifier.held(on_loop=True):
+                done = handle.flush_nowait()
+            if done:                            # (a commit in memory: no worker thread)
+                self.prepared.changed()
+                await self._notified()
+                return
         if handle.flush_blocks and self.thread_replies is not None and self.thread_replies.take():
             self.counters.worker_calls += 1
             self.counters.thread_replies += 1

@@ -303,3 +303,15 @@ def make_format(name: str, png_compression: int = 0, jpeg_quality: int = 95) -> 
 #: stored file formats of directory stores that a served format can pass through untouched
 PASSTHROUGH = {"png": ("png",), "tiff": ("tif",), "bmp": ("bmp",), "jpg": ("jpg",), "pnm": ("pgm", "ppm"),
                "npy": ("npy",)}
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_pixels(data: bytes) -> int | None:
+    """Width x height of a PNG file, from its header (what decoding it would make); None
+    if `data` is not a PNG."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width * height

@@ -1,7 +1,8 @@
 """Copying new files into the writable mounts (`.iid` entry folders, an FSDB fileset) costs
 a fixed, small number of FUSE requests and worker-thread calls per file: the same for the
-500th file as for the first, and one worker call (the commit at close) even for `cp -a`,
-whose chmod, chown and utimens of each file need no thread."""
+500th file as for the first, and at most one worker call (an FSDB file's commit at close;
+an `.iid` mask is committed in memory on the loop: none) even for `cp -a`, whose chmod,
+chown and utimens of each file need no thread."""
 from __future__ import annotations
 
 import io
@@ -34,6 +35,9 @@ REQUESTS = {"fsdb": 10, "iid": 15}
 #: appears at the close) the kernel dropped at the create and asks for anew only after
 #: the close (each notification is a wake of the daemon's notifying thread)
 INVALIDATIONS = {"fsdb": 0}
+#: worker calls per copied file: an FSDB file's commit writes to disk (one, which answers
+#: the FLUSH itself); a small .iid mask is decoded and applied on the daemon's loop (none)
+WORKER_CALLS = {"fsdb": 1, "iid": 0}
 
 
 def _cost(mnt, fn) -> dict:
@@ -46,7 +50,7 @@ def _cost(mnt, fn) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["fsdb", "iid"])
-def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, tmp_path, mount):
+def test_each_copied_file_costs_the_same_few_requests_and_worker_calls(kind, tmp_path, mount):
     if kind == "fsdb":
         source = walk_samples.fsdb(tmp_path / "db", 1, 1, 3)
         options = ("-o", "register_delay=600")        # (files.json is written in a batch, later)
@@ -79,9 +83,9 @@ def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, 
     last = _cost(mnt, lambda: cp(*names[-WINDOW:]))
     assert (first["requests"], first["worker_calls"]) == (last["requests"], last["worker_calls"])
     per_file = {key: (first[key] - status_read[key]) / WINDOW for key in first}
-    assert per_file["worker_calls"] == 1
-    # the commit's worker thread answers the FLUSH itself: the loop is not woken for it
-    assert per_file["flushes_answered_by_thread"] == 1
+    assert per_file["worker_calls"] == WORKER_CALLS[kind], per_file
+    # a commit's worker thread answers the FLUSH itself: the loop is not woken for it
+    assert per_file["flushes_answered_by_thread"] == WORKER_CALLS[kind]
     # and tells the kernel itself what its commit changed (an .iid mask and its folder):
     # it never waits for the notifying thread (two thread wake-ups a file)
     assert first["notify_waits"] == last["notify_waits"] == 0, (first, last)
@@ -91,6 +95,10 @@ def test_each_copied_file_costs_the_same_few_requests_and_one_worker_call(kind, 
     if kind in INVALIDATIONS:
         assert per_file["invalidations"] <= INVALIDATIONS[kind], per_file
     assert {os.path.basename(name) for name in names} <= set(os.listdir(dest))
+    if kind == "iid":           # (a mask committed on the loop: stat and read show the mount's)
+        mask = dest / os.path.basename(names[-1]) / "mask.png"
+        assert os.stat(mask).st_size == len(mask.read_bytes())
+        assert (np.array(Image.open(mask)) != 0).all() and Image.open(mask).size == (8, 8)
 
 
 def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):
@@ -173,7 +181,8 @@ def test_the_data_of_files_copied_in_is_made_durable_in_one_pass_before_files_js
 def test_a_flush_answered_by_its_worker_thread_still_reports_a_refused_file_at_close(tmp_path, mount):
     """A new `.iid` entry whose mask is not a mask: `cp` fails at the close (the FLUSH's
     error, answered by the thread that checked the file), the entry holds no mask, and a
-    good copy after it goes through the same path."""
+    good copy after it goes through the same path (a mask too big to be committed on the
+    loop: `NOWAIT_MASK_PIXELS`)."""
     source = walk_samples.iid(tmp_path / "cells.iid", 3)
     mnt = mount(source.path, "-o", "writeback_delay=600")
     bad = tmp_path / "bad" / "new-bad"
@@ -182,7 +191,7 @@ def test_a_flush_answered_by_its_worker_thread_still_reports_a_refused_file_at_c
     good = tmp_path / "good" / "new-good"
     good.mkdir(parents=True)
     png = io.BytesIO()
-    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(png, format="PNG")
+    Image.fromarray(np.full((300, 300), 255, np.uint8)).save(png, format="PNG")
     (good / "mask.png").write_bytes(png.getvalue())
     before = daemon_status(mnt)
     failed = subprocess.run(["cp", "-r", str(bad), str(mnt)], capture_output=True, text=True)
@@ -192,6 +201,22 @@ def test_a_flush_answered_by_its_worker_thread_still_reports_a_refused_file_at_c
     assert after["flushes_answered_by_thread"] - before["flushes_answered_by_thread"] == 2
     assert not (mnt / "new-bad" / "mask.png").exists()
     assert (mnt / "new-good" / "mask.png").stat().st_size > 0
+
+
+@pytest.mark.daemon_log(r"flush\(\d+,\): \[Errno 22\] mask has 3 values", reason="the refused mask, logged once")
+def test_a_mask_committed_on_the_loop_still_reports_a_refused_file_at_close(tmp_path, mount):
+    """A new entry's small mask is checked and kept on the daemon's loop, with no worker
+    call: one that is not a mask still fails `cp` at the close, and is not kept."""
+    source = walk_samples.iid(tmp_path / "cells.iid", 3)
+    mnt = mount(source.path, "-o", "writeback_delay=600")
+    bad = tmp_path / "new-bad"
+    bad.mkdir()
+    Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(bad / "mask.png")
+    before = daemon_status(mnt)
+    failed = subprocess.run(["cp", "-r", str(bad), str(mnt)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Invalid argument" in failed.stderr, failed.stderr
+    assert daemon_status(mnt)["worker_calls"] == before["worker_calls"]
+    assert not (mnt / "new-bad" / "mask.png").exists()
 
 
 def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_whole_files(tmp_path, mount):

@@ -480,6 +480,36 @@ def test_a_replying_thread_sends_its_own_inode_reports_and_waits_for_those_repor
         notifier.stop()
 
 
+def test_a_change_made_on_the_loop_sends_its_inodes_attributes_only_and_never_waits(monkeypatch):
+    """A commit made on the event loop (`flush_nowait`) sends the inodes it reported from
+    the loop, attributes only (which never waits on a page a read holds), and returns
+    without waiting for what the inodes' thread is sending (the loop awaits that)."""
+    from scopefs.daemon.fs import Counters, Notifier
+
+    sent, blocking = [], threading.Event()
+
+    def invalidate_inode(ino, attr_only=False):
+        if ino == 6:
+            assert blocking.wait(10)                 # (the inodes' thread, held up in the kernel)
+        sent.append((ino, attr_only, threading.current_thread().name))
+    monkeypatch.setattr(pyfuse3, "invalidate_inode", invalidate_inode)
+    counters = Counters()
+    notifier = Notifier(counters, {6: 1, 7: 1})
+    notifier.start()
+    try:
+        notifier.report((6,), ())                    # (sent by the inodes' thread, held up)
+        with notifier.held(on_loop=True):
+            notifier.report((7, 8), ())              # (8: the kernel holds nothing of it)
+        assert sent == [(7, True, threading.current_thread().name)]
+        assert counters.notify_waits == 0 and notifier.mark() is not None     # (6 is not sent yet)
+        blocking.set()
+        notifier.wait_sent()
+        assert sent[-1] == (6, False, "notify-inodes") and notifier.mark() is None
+    finally:
+        blocking.set()
+        notifier.stop()
+
+
 class HandleLog(FileHandle):
     def __init__(self, log: list):
         self.log = log

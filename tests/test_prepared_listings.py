@@ -132,6 +132,35 @@ async def test_lookups_counted_for_a_reply_never_sent_are_given_back(walk_iid):
         tree.close()
 
 
+async def test_the_run_after_a_subfolder_is_made_whatever_order_trio_runs_tasks_in(walk_iid, monkeypatch):
+    """A walker lists by-address/, then its first folder, each answered from memory (a
+    page of entries) with no task switch in between: the session loop reads on while
+    requests wait. The run of listings prepared after that folder needs where it sits in
+    by-address/, noted once by-address/'s reply is made: in the order the replies were
+    made, whatever order trio runs its runnable tasks in (here the last one first, as trio
+    does in half of its batches; before, one task per reply, the folder's found nothing)."""
+    monkeypatch.setattr(trio._core._run._r, "random", lambda: 0.9)     # (batches never reversed: popped from the end)
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        ops = Operations(tree)
+        given = []
+
+        def reply(token, name, entry, next_id):  # (a page: room for 20)
+            token.room -= 1
+            if token.room < 0:
+                return False
+            given.append(entry.st_ino)
+            return True
+
+        monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+        await ops.readdir(0, 0, SimpleNamespace(inode=tree.by_address.ino, room=20))
+        await ops.readdir(0, 0, SimpleNamespace(inode=given[0], room=20))
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert ops.prepared.made == AHEAD
+    finally:
+        tree.close()
+
+
 def walk_of(mnt: Path) -> dict:
     """Each folder's names and sizes, as `ls -lR` sees them."""
     return {str(Path(path).relative_to(mnt)): sorted((name, os.lstat(os.path.join(path, name)).st_size)

@@ -75,6 +75,8 @@ class PreparedListings:
         self._replied: deque[tuple[int, int, int]] = deque()    # (folder, offset, entries) answered: `listed`
         self._draining = False                      # a task works through `_replied`
         self._bytes = 0
+        if enabled:                                 # (pyfuse3's replies are the module's: none made before is answered)
+            pyfuse3.readdir_prepared_changed()
         self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
         self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
         self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
@@ -210,14 +212,19 @@ class PreparedListings:
         dirent, fsencode = self._dirent, os.fsencode
         reply = pyfuse3.readdir_prepared_reply(
             [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
-        end = rows[-1][0]
-        if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
-                                                                     generation):
+        if len(reply) > MAX_REPLY:
             return True
         remember, counted = self._remember, []
-        for _, _, child, _ in rows:
-            remember(child.ino, child)
-            counted.append(child.ino)
+        try:                                    # (counted before C may send it)
+            for _, _, child, _ in rows:
+                remember(child.ino, child)
+                counted.append(child.ino)
+        except BaseException:
+            self._give_back([(child, 1) for child in counted])
+            raise
+        if not pyfuse3.readdir_prepared_at(ino, 0, reply, rows[-1][0] if self._ends else -1, generation):
+            self._give_back([(child, 1) for child in counted])
+            return True
         self._held[ino] = counted, len(reply), self.made
         self._bytes += len(reply)
         self.made += 1

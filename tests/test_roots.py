@@ -19,6 +19,7 @@ from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
 from scopefs.backends.nodes import Attr
 from scopefs.backends.overlay import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
+from scopefs.backends.overlay import tree as overlay_tree
 
 
 class CountingRoot:
@@ -463,6 +464,20 @@ def test_a_hung_listing_ahead_costs_the_walker_one_horizon_at_most():
     assert ahead.take("d0") is None                  # the caller lists it itself
     assert time.monotonic() - started < 2.0
     root.gate.set()
+
+
+def test_a_watched_overlays_walker_waits_for_a_listing_ahead_no_longer_than_the_attribute_timeout(tmp_path):
+    """Where a watch counts the overlay's changes, listings made ahead wait `MERGED_AHEAD_FOR`
+    for the walker; a walker still waits for one under way (a hung source) only as long as
+    the kernel would keep what it is told without a watch."""
+    (tmp_path / "static").mkdir()
+    (tmp_path / "upper").mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(tmp_path / "static")), LocalRoot(str(tmp_path / "upper")))
+    try:
+        assert tree.watch is not None and tree.scan_ahead.horizon == overlay_tree.MERGED_AHEAD_FOR
+        assert tree.scan_ahead.wait == tree.unwatched_timeout < tree.scan_ahead.horizon
+    finally:
+        tree.close()
 
 
 def test_a_local_root_works_on_paths_longer_than_path_max(tmp_path):

@@ -134,6 +134,11 @@ async def test_lookups_counted_for_a_reply_never_sent_are_given_back(walk_iid):
         tree.close()
 
 
+async def page_of(ops: Operations, ino: int) -> None:
+    """A READDIRPLUS of folder `ino` from 0 with room for a page (`page_reply`)."""
+    await ops.readdir(0, 0, SimpleNamespace(inode=ino, room=20))
+
+
 def page_reply(given: list):
     """pyfuse3.readdir_reply with room for a token's `room` entries (a page): the inodes
     given in `given`."""
@@ -146,25 +151,36 @@ def page_reply(given: list):
     return reply
 
 
+async def walk_begun(tree, monkeypatch, *, last_first: bool = False) -> tuple[Operations, list]:
+    """A new `Operations` of `tree` that listed by-address/ and the first folder in it,
+    each a page, with no task switch in between (as the session loop reads on while
+    requests wait), then let the tasks they started run (`last_first`: the last started
+    first, as trio may run a batch of them); what it gave."""
+    for thread in threading.enumerate():        # (it takes the tree's lock: a listing would wait in a worker)
+        if thread.name == "overview-size":
+            thread.join()
+    ops, given, started = Operations(tree), [], []
+    monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+    with monkeypatch.context() as held:
+        held.setattr(trio.lowlevel, "spawn_system_task", lambda fn, *args: started.append((fn, args)))
+        await page_of(ops, tree.by_address.ino)
+        await page_of(ops, given[0])
+    for fn, args in reversed(started) if last_first else started:
+        trio.lowlevel.spawn_system_task(fn, *args)
+        await trio.testing.wait_all_tasks_blocked(0.3)
+    return ops, given
+
+
 async def test_the_run_after_a_subfolder_is_made_whatever_order_trio_runs_tasks_in(walk_iid, monkeypatch):
-    """A walker lists by-address/, then its first folder, each answered from memory (a
-    page of entries) with no task switch in between: the session loop reads on while
-    requests wait. The run of listings prepared after that folder needs where it sits in
-    by-address/, noted once by-address/'s reply is made: in the order the replies were
-    made, whatever order trio runs its runnable tasks in (here the last one first, as trio
-    does in half of its batches; before, one task per reply, the folder's found nothing)."""
-    monkeypatch.setattr(trio._core._run._r, "random", lambda: 0.9)     # (batches never reversed: popped from the end)
+    """A walker lists by-address/, then its first folder, each answered from memory with
+    no task switch in between. The run of listings prepared after that folder needs where
+    it sits in by-address/, noted once by-address/'s reply is made: in the order the
+    replies were made, whatever order trio runs its runnable tasks in (before, one task a
+    reply: run the last first, as trio does in half of its batches, the folder's found
+    nothing)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        for thread in threading.enumerate():    # (it takes the tree's lock: a listing would wait in a worker)
-            if thread.name == "overview-size":
-                thread.join()
-        ops = Operations(tree)
-        given = []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
-        await ops.readdir(0, 0, SimpleNamespace(inode=tree.by_address.ino, room=20))
-        await ops.readdir(0, 0, SimpleNamespace(inode=given[0], room=20))
-        await trio.testing.wait_all_tasks_blocked(0.3)
+        ops, _ = await walk_begun(tree, monkeypatch, last_first=True)
         assert ops.prepared.made == AHEAD
     finally:
         tree.close()
@@ -180,7 +196,7 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
         ops = Operations(tree)
         given = []
         monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
-        await ops.readdir(0, 0, SimpleNamespace(inode=tree.by_address.ino, room=20))
+        await page_of(ops, tree.by_address.ino)
         await trio.testing.wait_all_tasks_blocked()
         for ino in given:                       # (replies an earlier test left in pyfuse3's tables)
             pyfuse3.readdir_prepared_drop(ino)
@@ -193,7 +209,7 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
             adopt(node)
 
         monkeypatch.setattr(tree, "adopt", failing)
-        await ops.readdir(0, 0, SimpleNamespace(inode=given[0], room=20))
+        await page_of(ops, given[0])
         await trio.testing.wait_all_tasks_blocked(0.3)
         assert len(adopted) == 3 and ops.prepared.made == 1          # (address2 failed)
         assert not pyfuse3.readdir_prepared_drop(given[2])
@@ -209,15 +225,10 @@ async def test_replies_prepared_for_an_earlier_mount_in_the_process_are_stale(wa
     takes them all back at its next run)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        first = Operations(tree)
-        given = []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
-        await first.readdir(0, 0, SimpleNamespace(inode=tree.by_address.ino, room=20))
-        await first.readdir(0, 0, SimpleNamespace(inode=given[0], room=20))
-        await trio.testing.wait_all_tasks_blocked(0.3)
+        first, given = await walk_begun(tree, monkeypatch)
         assert first.prepared.made == AHEAD and first.prepared.taken_back == 0
         Operations(tree)
-        await first.readdir(0, 0, SimpleNamespace(inode=given[1], room=20))
+        await page_of(first, given[1])
         await trio.testing.wait_all_tasks_blocked(0.3)
         assert first.prepared.taken_back == AHEAD
     finally:

@@ -214,16 +214,16 @@ class PreparedListings:
             [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
         if len(reply) > MAX_REPLY:
             return True
-        remember, counted = self._remember, []
+        remember, counted, held = self._remember, [], False
         try:                                    # (counted before C may send it)
             for _, _, child, _ in rows:
                 remember(child.ino, child)
                 counted.append(child.ino)
-        except BaseException:
-            self._give_back([(child, 1) for child in counted])
-            raise
-        if not pyfuse3.readdir_prepared_at(ino, 0, reply, rows[-1][0] if self._ends else -1, generation):
-            self._give_back([(child, 1) for child in counted])
+            held = pyfuse3.readdir_prepared_at(ino, 0, reply, rows[-1][0] if self._ends else -1, generation)
+        finally:
+            if not held:                        # (stale already, or a count failed)
+                self._give_back([(child, 1) for child in counted])
+        if not held:
             return True
         self._held[ino] = counted, len(reply), self.made
         self._bytes += len(reply)

@@ -858,57 +858,60 @@ class Operations(pyfuse3.Operations):
             ino = token.inode
             again = None if start_id or not self.lean_rule.enabled else self.lean_rule.replay(ino)
             listing, offset = self.folder_listings.find(ino, start_id, lambda: self._opendir(ino, again))
-            if self.prepared.enabled:
-                self.prepared.listed(ino, offset, listing)
             if again is not None:               # (its kept copy dropped at a trip: no new scan)
                 rows = self._with_attributes(again.rows, False)
                 if rows is None:
                     rows = await self._run(self._with_attributes, again.rows, True)
                 listing.pending, listing.position, listing.more, listing.offset = rows, 0, False, 0
-        if listing.end == offset:
-            return                      # the end, found before: the kernel asks once more
-        base = listing.base
-        while True:
-            # what the last reply could not take is where the kernel resumes: no thread hop
-            if listing.pending and listing.offset == offset:
-                entries, position, more = listing.pending, listing.position, listing.more
-            else:
-                listing.pending = []
-                offset = self._reply_nowait(token, listing, offset)
-                if offset is None:
-                    return
-                position = 0
-                ready = getattr(listing.reader, "entries_ready", None)
-                ready = ready and ready(offset)
-                batch = ready and self._listing_batch(listing.reader, offset, listing.lean, ready)
-                entries, more = batch or await self._run(self._listing_batch, listing.reader, offset, listing.lean)
-                _check_offsets(base, entries)
-                if listing.rows is not None and listing.record(offset, entries, more):
-                    self.lean_rule.recorded(listing)
-            if listing.gone:
-                entries = await self._as_now(listing, entries, position)
-            listing.pending = []
-            for position in range(position, len(entries)):
-                next_offset, name, ino, entry, child = entries[position]
-                if name is None:
-                    pass
-                elif entry.__class__ is int:    # (lean: the file type)
-                    if not self._reply_lean(token, listing, name, child, base + next_offset):
-                        listing.pending, listing.position, listing.more = entries, position, more
-                        listing.offset = offset
-                        return
+        first = offset
+        try:
+            if listing.end == offset:
+                return                      # the end, found before: the kernel asks once more
+            base = listing.base
+            while True:
+                # what the last reply could not take is where the kernel resumes: no thread hop
+                if listing.pending and listing.offset == offset:
+                    entries, position, more = listing.pending, listing.position, listing.more
                 else:
-                    entry.st_ino = ino
-                    if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
-                        listing.pending, listing.position, listing.more = entries, position, more
-                        listing.offset = offset
+                    listing.pending = []
+                    offset = self._reply_nowait(token, listing, offset)
+                    if offset is None:
                         return
-                    if child is not None:
-                        self._remember(ino, child)
-                offset = next_offset
-            if not more:
-                self._ended(listing, offset)
-                return
+                    position = 0
+                    ready = getattr(listing.reader, "entries_ready", None)
+                    ready = ready and ready(offset)
+                    batch = ready and self._listing_batch(listing.reader, offset, listing.lean, ready)
+                    entries, more = batch or await self._run(self._listing_batch, listing.reader, offset, listing.lean)
+                    _check_offsets(base, entries)
+                    if listing.rows is not None and listing.record(offset, entries, more):
+                        self.lean_rule.recorded(listing)
+                if listing.gone:
+                    entries = await self._as_now(listing, entries, position)
+                listing.pending = []
+                for position in range(position, len(entries)):
+                    next_offset, name, ino, entry, child = entries[position]
+                    if name is None:
+                        pass
+                    elif entry.__class__ is int:    # (lean: the file type)
+                        if not self._reply_lean(token, listing, name, child, base + next_offset):
+                            listing.pending, listing.position, listing.more = entries, position, more
+                            listing.offset = offset
+                            return
+                    else:
+                        entry.st_ino = ino
+                        if not pyfuse3.readdir_reply(token, name, entry, base + next_offset):
+                            listing.pending, listing.position, listing.more = entries, position, more
+                            listing.offset = offset
+                            return
+                        if child is not None:
+                            self._remember(ino, child)
+                    offset = next_offset
+                if not more:
+                    self._ended(listing, offset)
+                    return
+        finally:
+            if not fh and self.prepared.enabled:    # (the folders after it prepared once the reply is made)
+                self.prepared.listed(listing.ino, first, listing)
 
     def _ended(self, listing: Listing, offset: int) -> None:
         """The reply being made gives the last of `listing`'s entries, the kernel's next

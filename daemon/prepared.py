@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable
 
 import pyfuse3
@@ -54,6 +54,8 @@ TRIES = 8
 RETRY_AFTER = 0.001
 #: folders whose snapshots are kept to prepare their subfolders from
 READERS = 16
+#: listings answered whose subfolders wait to be noted, at most (the oldest dropped)
+REPLIES_QUEUED = 256
 #: prepared folders between two points where the preparing task lets requests be answered
 BETWEEN_CHECKPOINTS = 16
 
@@ -70,8 +72,11 @@ class PreparedListings:
         self._remember, self._give_back = remember, give_back
         self._ends = ends_in_session                # the empty READDIRPLUS after it too
         self._held: OrderedDict[int, tuple[list[int], int, int]] = OrderedDict()   # folder -> (inodes counted, bytes, `made` then)
-        self._running: set[int] = set()             # folders whose subfolders are being prepared
+        self._replied: deque[tuple[int, int, int]] = deque()    # (folder, offset, entries) answered: `listed`
+        self._draining = False                      # a task works through `_replied`
         self._bytes = 0
+        if enabled:                                 # (pyfuse3's replies are the module's: none made before is answered)
+            pyfuse3.readdir_prepared_changed()
         self._generation = pyfuse3.readdir_prepared_mark() if enabled else 0   # what those held were made in
         self._parents: dict[int, tuple[int, int]] = {}     # subfolder -> (folder, offset after it)
         self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
@@ -92,32 +97,39 @@ class PreparedListings:
         return len(self._held)
 
     def listed(self, ino: int, offset: int, listing) -> None:
-        """`Operations.readdir` is answering folder `ino` from `offset` (of its reader;
-        the kernel opened it): once the reply is sent, its subfolders are noted and, from
-        0, the listings of the subfolders after it are prepared."""
+        """`Operations.readdir` answered folder `ino` from `offset` (of its reader; the
+        kernel opened it): its subfolders are noted and, from 0, the listings of the
+        subfolders after it are prepared, by one task, in the order answered (a folder's
+        subfolders noted before a walker's listing of the first one asks where it sits)."""
         nowait = getattr(type(listing.reader), "entries_nowait", None)
-        if self.enabled and nowait is not None and nowait is not Directory.entries_nowait:
-            trio.lowlevel.spawn_system_task(self._after_reply, ino, offset, listing)
+        if not self.enabled or nowait is None or nowait is Directory.entries_nowait:
+            return
+        stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
+        self._replied.append((ino, offset, (stop or offset + 1024) - offset))
+        if len(self._replied) > REPLIES_QUEUED:
+            self._replied.popleft()
+        if not self._draining:
+            self._draining = True
+            trio.lowlevel.spawn_system_task(self._after_replies)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
         if ino in self._held:
             self._take_back(ino)
 
-    async def _after_reply(self, ino: int, offset: int, listing) -> None:
+    async def _after_replies(self) -> None:
+        """`listed`'s work, one reply after another, while any is left."""
         try:
-            stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
-            rows = await self._listed(ino, offset, (stop or offset + 1024) - offset)
-            self._note_subfolders(ino, rows)
-            if offset == 0 and ino in self._parents and self._parents[ino][0] not in self._running:
-                parent = self._parents[ino][0]
-                self._running.add(parent)           # (one run a folder: a walker that came first is no reason for two)
+            while self._replied:
+                ino, offset, count = self._replied.popleft()
                 try:
-                    await self._prepare_after(ino)
-                finally:
-                    self._running.discard(parent)
-        except Exception:                       # (a system task must not raise)
-            log.exception("preparing listings after folder %d failed", ino)
+                    self._note_subfolders(ino, await self._listed(ino, offset, count))
+                    if offset == 0 and ino in self._parents:
+                        await self._prepare_after(ino)
+                except Exception:               # (a system task must not raise)
+                    log.exception("preparing listings after folder %d failed", ino)
+        finally:
+            self._draining = False
 
     @staticmethod
     def _rows(reader, offset: int, count: int):
@@ -200,14 +212,19 @@ class PreparedListings:
         dirent, fsencode = self._dirent, os.fsencode
         reply = pyfuse3.readdir_prepared_reply(
             [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
-        end = rows[-1][0]
-        if len(reply) > MAX_REPLY or not pyfuse3.readdir_prepared_at(ino, 0, reply, end if self._ends else -1,
-                                                                     generation):
+        if len(reply) > MAX_REPLY:
             return True
-        remember, counted = self._remember, []
-        for _, _, child, _ in rows:
-            remember(child.ino, child)
-            counted.append(child.ino)
+        remember, counted, held = self._remember, [], False
+        try:                                    # (counted before C may send it)
+            for _, _, child, _ in rows:
+                remember(child.ino, child)
+                counted.append(child.ino)
+            held = pyfuse3.readdir_prepared_at(ino, 0, reply, rows[-1][0] if self._ends else -1, generation)
+        finally:
+            if not held:                        # (stale already, or a count failed)
+                self._give_back([(child, 1) for child in counted])
+        if not held:
+            return True
         self._held[ino] = counted, len(reply), self.made
         self._bytes += len(reply)
         self.made += 1

@@ -203,7 +203,7 @@ def test_a_write_cut_by_a_killed_mount_leaves_nothing_after_the_next_mount(tmp_p
     removes that temporary file."""
     db_path = new_db(tmp_path / "db")
     documented_example(db_path, n=2)
-    mnt = mount(db_path)
+    mnt = mount(db_path, "-o", "register_delay=60")             # (files.json names done.png after the kill)
     images = mnt / "myscan_001" / "images"
     subprocess.run(["cp", "/dev/stdin", str(images / "done.png")], input=b"done", check=True)
     writers = [open(images / "cut.png", "wb"), open(images / "big_cut.png", "wb")]

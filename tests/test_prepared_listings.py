@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,8 +18,9 @@ import trio
 import trio.testing
 
 import walk_samples
-from conftest import daemon_status, unless_caches_dropped
+from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
 from scopefs.backends import iid as iid_backend
+from scopefs.backends.iid import IIDTree
 from scopefs.backends.options import Options
 from scopefs.daemon.fs import Operations
 from scopefs.daemon.prepared import AHEAD, PREPARED_ENV
@@ -132,6 +134,107 @@ async def test_lookups_counted_for_a_reply_never_sent_are_given_back(walk_iid):
         tree.close()
 
 
+async def page_of(ops: Operations, ino: int) -> None:
+    """A READDIRPLUS of folder `ino` from 0 with room for a page (`page_reply`)."""
+    await ops.readdir(0, 0, SimpleNamespace(inode=ino, room=20))
+
+
+def page_reply(given: list):
+    """pyfuse3.readdir_reply with room for a token's `room` entries (a page): the inodes
+    given in `given`."""
+    def reply(token, name, entry, next_id):
+        token.room -= 1
+        if token.room < 0:
+            return False
+        given.append(entry.st_ino)
+        return True
+    return reply
+
+
+async def walk_begun(tree, monkeypatch, *, last_first: bool = False) -> tuple[Operations, list]:
+    """A new `Operations` of `tree` that listed by-address/ and the first folder in it,
+    each a page, with no task switch in between (as the session loop reads on while
+    requests wait), then let the tasks they started run (`last_first`: the last started
+    first, as trio may run a batch of them); what it gave."""
+    for thread in threading.enumerate():        # (it takes the tree's lock: a listing would wait in a worker)
+        if thread.name == "overview-size":
+            thread.join()
+    ops, given, started = Operations(tree), [], []
+    monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+    with monkeypatch.context() as held:
+        held.setattr(trio.lowlevel, "spawn_system_task", lambda fn, *args: started.append((fn, args)))
+        await page_of(ops, tree.by_address.ino)
+        await page_of(ops, given[0])
+    for fn, args in reversed(started) if last_first else started:
+        trio.lowlevel.spawn_system_task(fn, *args)
+        await trio.testing.wait_all_tasks_blocked(0.3)
+    return ops, given
+
+
+async def test_the_run_after_a_subfolder_is_made_whatever_order_trio_runs_tasks_in(walk_iid, monkeypatch):
+    """A walker lists by-address/, then its first folder, each answered from memory with
+    no task switch in between. The run of listings prepared after that folder needs where
+    it sits in by-address/, noted once by-address/'s reply is made: in the order the
+    replies were made, whatever order trio runs its runnable tasks in (before, one task a
+    reply: run the last first, as trio does in half of its batches, the folder's found
+    nothing)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        ops, _ = await walk_begun(tree, monkeypatch, last_first=True)
+        assert ops.prepared.made == AHEAD
+    finally:
+        tree.close()
+
+
+async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk_iid, monkeypatch):
+    """Preparing a reply counts a lookup of each entry (`Tree.adopt` the first): if that
+    fails partway, the counts taken are given back and pyfuse3 never holds the reply
+    (before, it was handed over first: sent, the kernel would hold lookups the daemon
+    never counted, and its FORGETs would let nodes go that it still holds)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        ops = Operations(tree)
+        given = []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        await page_of(ops, tree.by_address.ino)
+        await trio.testing.wait_all_tasks_blocked()
+        for ino in given:                       # (replies an earlier test left in pyfuse3's tables)
+            pyfuse3.readdir_prepared_drop(ino)
+        adopt, adopted = tree.adopt, []
+
+        def failing(node):
+            adopted.append(node)
+            if len(adopted) == 3:             # (the first: the link address0 gives)
+                raise RuntimeError("adopt failed")
+            adopt(node)
+
+        monkeypatch.setattr(tree, "adopt", failing)
+        await page_of(ops, given[0])
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert len(adopted) == 3 and ops.prepared.made == 1          # (address2 failed)
+        assert not pyfuse3.readdir_prepared_drop(given[2])
+        ops.forget([(ino, given.count(ino)) for ino in set(given)])
+        assert ops.prepared.taken_back == 1 and ops.known_inodes == 0
+    finally:
+        tree.close()
+
+
+async def test_replies_prepared_for_an_earlier_mount_in_the_process_are_stale(walk_iid, monkeypatch):
+    """pyfuse3 keeps prepared replies in module tables: a new `Operations` starts a new
+    generation, so none prepared for another is ever answered (the one preparing them
+    takes them all back at its next run)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        first, given = await walk_begun(tree, monkeypatch)
+        assert first.prepared.made == AHEAD and first.prepared.taken_back == 0
+        Operations(tree)
+        await page_of(first, given[1])
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert first.prepared.taken_back == AHEAD
+    finally:
+        tree.close()
+
+
 def walk_of(mnt: Path) -> dict:
     """Each folder's names and sizes, as `ls -lR` sees them."""
     return {str(Path(path).relative_to(mnt)): sorted((name, os.lstat(os.path.join(path, name)).st_size)
@@ -142,40 +245,50 @@ def walk_of(mnt: Path) -> dict:
 def test_listings_prepared_before_a_change_are_never_given(tmp_path, walk_iid, mount, monkeypatch):
     """Side by side, the same changes through two writable mounts of one .iid, with and
     without prepared listings, made after a walk began (the next folders' listings
-    prepared): a new scratch file, a mask removed, an entry's groups and one entry removed
-    (`rm -r`), a new entry. Every folder then lists the same on both."""
-    walks = []
-    for prepared in ("1", "0"):
-        monkeypatch.setenv(PREPARED_ENV, prepared)
-        source = tmp_path / f"copy{prepared}.iid"
-        shutil.copy(walk_iid, source)
-        mnt = mount(source)
-        entries = sorted(name for name in os.listdir(mnt) if name.startswith("0"))
-        for name in entries[:2]:                    # (the next ones' entry.json made, their folders prepared)
-            os.listdir(mnt / name)
-        for name in sorted(os.listdir(mnt / "by-address"))[:2]:
-            os.listdir(mnt / "by-address" / name)
-        status, deadline = daemon_status(mnt), time.monotonic() + 10
-        if prepared == "1":                         # (prepared by a task after the reply)
-            while status["prepared_listings_held"] <= 10:
-                assert time.monotonic() < deadline, status
-                time.sleep(0.01)
-                status = daemon_status(mnt)
-        else:
-            assert status["prepared_listings_held"] == status["readdirs_answered_prepared"] == 0, status
-        (mnt / entries[2] / "notes.txt").write_text("scratch")
-        os.unlink(mnt / entries[3] / "mask.png")
-        doc = json.loads((mnt / entries[4] / "entry.json").read_text())
-        (mnt / entries[4] / "entry.json").write_text(json.dumps({**doc, "groups": ["g0"], "address": "moved"}))
-        shutil.rmtree(mnt / entries[5])
-        new = mnt / "new-entry"
-        new.mkdir()
-        shutil.copy(mnt / entries[6] / "mask.png", new / "mask.png")
-        (new / "entry.json").write_text(json.dumps({"bbox": [0, 0], "address": "new"}))
-        before = daemon_status(mnt)["readdirs_answered_prepared"]
-        walks.append(walk_of(mnt))
-        answered = daemon_status(mnt)["readdirs_answered_prepared"] - before
-        assert answered > 0 if prepared == "1" else answered == 0, answered
-    assert walks[0] == walks[1]
-    assert ("notes.txt", 7) in walks[0][entries[2]] and "mask.png" not in dict(walks[0][entries[3]])
-    assert entries[5] not in walks[0] and "new" in dict(walks[0]["by-address"])
+    prepared: the entry folders after the second, made by its worker call, and the
+    by-address/ folders after the first): a new scratch file, a mask removed, an entry's
+    groups and one entry removed (`rm -r`), a new entry. Every folder then lists the same
+    on both. (A drop_caches meanwhile makes the kernel forget the folders, whose replies
+    are then taken back: tried again.)"""
+    tries = iter(range(5))
+
+    def check():
+        walks, attempt = [], next(tries)
+        for prepared in ("1", "0"):
+            monkeypatch.setenv(PREPARED_ENV, prepared)
+            source = tmp_path / f"copy{prepared}-{attempt}.iid"
+            shutil.copy(walk_iid, source)
+            mnt = mount(source)
+            entries = sorted(name for name in os.listdir(mnt) if name.startswith("0"))
+            for name in entries[:2]:
+                os.listdir(mnt / name)
+            for name in sorted(os.listdir(mnt / "by-address"))[:2]:
+                os.listdir(mnt / "by-address" / name)
+            status, deadline = daemon_status(mnt), time.monotonic() + 10
+            if prepared == "1":                     # (by one task, after the replies)
+                while status["listings_prepared"] < IIDTree.PREPARE_AHEAD + AHEAD:
+                    assert time.monotonic() < deadline, status
+                    time.sleep(0.01)
+                    status = daemon_status(mnt)
+                if status["inodes_forgotten"]:
+                    raise KernelLetNamesGo(status)
+                assert status["prepared_listings_held"] == status["listings_prepared"], status
+            else:
+                assert status["prepared_listings_held"] == status["readdirs_answered_prepared"] == 0, status
+            (mnt / entries[2] / "notes.txt").write_text("scratch")
+            os.unlink(mnt / entries[3] / "mask.png")
+            doc = json.loads((mnt / entries[4] / "entry.json").read_text())
+            (mnt / entries[4] / "entry.json").write_text(json.dumps({**doc, "groups": ["g0"], "address": "moved"}))
+            shutil.rmtree(mnt / entries[5])
+            new = mnt / "new-entry"
+            new.mkdir()
+            shutil.copy(mnt / entries[6] / "mask.png", new / "mask.png")
+            (new / "entry.json").write_text(json.dumps({"bbox": [0, 0], "address": "new"}))
+            before = daemon_status(mnt)["readdirs_answered_prepared"]
+            walks.append(walk_of(mnt))
+            answered = daemon_status(mnt)["readdirs_answered_prepared"] - before
+            assert answered > 0 if prepared == "1" else answered == 0, answered
+        assert walks[0] == walks[1]
+        assert ("notes.txt", 7) in walks[0][entries[2]] and "mask.png" not in dict(walks[0][entries[3]])
+        assert entries[5] not in walks[0] and "new" in dict(walks[0]["by-address"])
+    unless_caches_dropped(check)

@@ -148,8 +148,10 @@ class OverlayTree(Tree):
         self._nlinks: dict[tuple, tuple] = {}
         # how long what was learnt is trusted where no watch reports changes: a second, five remote
         self.unwatched_timeout = 1.0 if self.local else 5.0
+        # a walker waits for a listing under way no longer than the attribute timeout, also
+        # where a watch lets made ones wait longer for it (`horizon`, set below)
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
-                                     horizon=self.unwatched_timeout)
+                                     horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
         self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
         # handles open for writing (their writes change what a listing made ahead shows;
         # their end counts as a change)

@@ -28,7 +28,8 @@ from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
-from .copick_views import VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews, read_file
+from .copick_views import (MRC_LIBRARIES, PICKS_LIBRARIES, VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews,
+                           read_file)
 from .kept_sizes import KeptSize, KeptSizes, KeptTogether, cache_path, digest_of_reprs, identity, versions
 from .nodes import ROOT_INO, attr_of
 from .options import MountError, Options
@@ -141,9 +142,10 @@ class CopickTree(OverlayTree):
     """The merged tree, with the derived views' and imports' counters in its status."""
 
     def listen(self, listener) -> None:
-        """The daemon serves the tree: the views' sizes are learned from now on (a tree
-        opened and not served learns none)."""
+        """The daemon serves the tree: what the views' kept sizes need is read, and their
+        sizes are learned, from now on (a tree opened and not served does neither)."""
         super().listen(listener)
+        threading.Thread(target=self.derive.read_ahead, name="read-view-sizes", daemon=True).start()
         self.derive.learner.start()
 
     def status(self) -> dict:
@@ -293,6 +295,17 @@ class DerivedViews:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
         kept); asking for one that is not kept starts loading the view libraries."""
         return KeptSize(self.sizes, key, on_miss=self.libraries.start, prefix=(VIEWS_VERSION,))
+
+    def read_ahead(self) -> None:
+        """What every view's kept size needs, read at mount in a thread of its own, so that
+        a first walk reads neither: the sizes kept, and the versions of the renderers'
+        libraries (13 packages' metadata: about 10 ms)."""
+        try:
+            self.sizes.load()
+            for libraries in (PICKS_LIBRARIES, MRC_LIBRARIES, *RENDERER_LIBRARIES.values()):
+                versions(*libraries)
+        except Exception as exc:              # a walk meets it again, and says why
+            log.debug("reading what the views' kept sizes need: %s: %s", type(exc).__name__, exc)
 
     def count_made(self) -> None:
         """One view made (its bytes, or an MRC view's volume opened): a walk whose sizes

@@ -96,6 +96,10 @@ class KeptSizes:
         self._dirty = False
         self.hits = self.learned = 0
 
+    def load(self) -> None:
+        """Read the file now (else the first `get` does)."""
+        self._loaded()
+
     def get(self, key: bytes) -> int | None:
         """The kept size of key (the first call reads the file)."""
         sizes = self._loaded()

@@ -857,11 +857,8 @@ def test_a_listing_places_its_views_nodes_together(tmp_path):
     assert counts == [2, 2], counts             # (the views, and the store's node)
 
 
-def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypatch):
-    """Listing a spacing folder of 20 picks files (103 views: what a cold `find` or a lean
-    listing gives by name and type) makes none of its views' nodes (a renderer, a kept size
-    and their partials each: it made all 103); asking one view's attributes makes that one,
-    under the number the listing gave it, which `Tree.get` and a lookup by name give too."""
+def view_nodes_made(monkeypatch) -> list[str]:
+    """The class names of the view nodes made from now on (renderers and MRC views)."""
     from scopefs.backends import blocks, copick_views
     made = []
     for cls in (blocks.GeneratedFile, copick_views.MrcView):
@@ -869,6 +866,15 @@ def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypat
             made.append(type(self).__name__)
             _init(self, *args, **kwargs)
         monkeypatch.setattr(cls, "__init__", counted)
+    return made
+
+
+def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypatch):
+    """Listing a spacing folder of 20 picks files (103 views: what a cold `find` or a lean
+    listing gives by name and type) makes none of its views' nodes (a renderer, a kept size
+    and their partials each: it made all 103); asking one view's attributes makes that one,
+    under the number the listing gave it, which `Tree.get` and a lookup by name give too."""
+    made = view_nodes_made(monkeypatch)
     tree = tree_of_picks_copies(tmp_path, 20)
     try:
         tree.derive.learner.stop()
@@ -911,15 +917,10 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     Python calls a view for 2 picks files as for 20 (about 60 a view before). Only the
     preview's and the MRC view's nodes are made (their keys stat their stores)."""
     import gc
-    from scopefs.backends import blocks, copick_views, kept_sizes, open_tree
+    from scopefs.backends import kept_sizes, open_tree
     from scopefs.backends.options import Options
     monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
-    made = []
-    for cls in (blocks.GeneratedFile, copick_views.MrcView):
-        def counted(self, *args, _init=cls.__init__, **kwargs):
-            made.append(type(self).__name__)
-            _init(self, *args, **kwargs)
-        monkeypatch.setattr(cls, "__init__", counted)
+    made = view_nodes_made(monkeypatch)
     costs = {}
     for picks in (2, 20):
         first = tree_of_picks_copies(tmp_path / str(picks), picks)

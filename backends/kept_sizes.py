@@ -102,21 +102,11 @@ class KeptSizes:
 
     def get(self, key: bytes) -> int | None:
         """The kept size of key (the first call reads the file)."""
-        sizes = self._loaded()
-        with self._lock:
-            found = sizes.get(key)
-            if found is None:
-                return None
-            self.hits += 1
-            now = _hours()
-            if found[1] < now - 24:                 # refreshed at most daily: a walk writes nothing
-                found[1] = now
-                self._schedule()
-            return found[0]
+        return self.get_many({key: key}).get(key)
 
     def get_many(self, keys: dict) -> dict:
         """{name: kept size} of those of `keys` (name -> key, or None: not kept) that are
-        kept, under one hold of the lock."""
+        kept, under one hold of the lock (the first call reads the file)."""
         sizes = self._loaded()
         now, found = _hours(), {}
         with self._lock:
@@ -124,7 +114,7 @@ class KeptSizes:
                 kept = sizes.get(key) if key is not None else None
                 if kept is not None:
                     found[name] = kept[0]
-                    if kept[1] < now - 24:
+                    if kept[1] < now - 24:          # refreshed at most daily: a walk writes nothing
                         kept[1] = now
                         self._schedule()
             self.hits += len(found)

@@ -859,8 +859,8 @@ class DerivedFile(File):
     def attr(self) -> Attr:
         if self._file is None:
             kept = self._kept
-            if self._size is None and kept is not None:
-                self._size = kept.size(self.derived_path.rpartition("/")[2])
+            if kept is not None:            # (asked once: a size kept, else the node is made)
+                self._size, self._kept = kept.size(self.derived_path.rpartition("/")[2]), None
             attr = self._kept_attr(self._size)
             if attr is not None:
                 return attr
@@ -871,8 +871,8 @@ class DerivedFile(File):
         if file is not None:
             return file.cached_attr()
         kept = self._kept
-        if self._size is None and kept is not None:
-            self._size = kept.size_nowait(self.derived_path.rpartition("/")[2])
+        if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
+            self._size, self._kept = size, None
         return self._kept_attr(self._size)
 
     def open(self, flags: int) -> FileHandle:

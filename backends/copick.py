@@ -28,8 +28,9 @@ from ..formats import picks as picks_format
 from . import is_url, remote
 from .blocks import GeneratedFile
 from .cache import ByteCache
-from .copick_views import VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews, read_file
-from .kept_sizes import KeptSize, KeptSizes, cache_path, identity, versions
+from .copick_views import (MRC_LIBRARIES, PICKS_LIBRARIES, VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews,
+                           read_file)
+from .kept_sizes import KeptSize, KeptSizes, KeptTogether, cache_path, digest_of_reprs, identity, versions
 from .nodes import ROOT_INO, attr_of
 from .options import MountError, Options
 from .overlay import FsspecRoot, LocalRoot, OverlayTree
@@ -40,6 +41,9 @@ CONFIG_NAME = "copick_config.json"
 MESH_FORMATS = ("ply", "obj", "stl")
 #: set to 0 for no `SizeLearner`: views are sized when a walk lists or looks them up
 LEARN_SIZES_ENV = "SCOPEFS_LEARN_VIEW_SIZES"
+#: what the bytes of a view depend on besides its source: its renderer's libraries
+RENDERER_LIBRARIES = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
+                      "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}
 
 
 def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
@@ -138,9 +142,10 @@ class CopickTree(OverlayTree):
     """The merged tree, with the derived views' and imports' counters in its status."""
 
     def listen(self, listener) -> None:
-        """The daemon serves the tree: the views' sizes are learned from now on (a tree
-        opened and not served learns none)."""
+        """The daemon serves the tree: what the views' kept sizes need is read, and their
+        sizes are learned, from now on (a tree opened and not served does neither)."""
         super().listen(listener)
+        threading.Thread(target=self.derive.read_ahead, name="read-view-sizes", daemon=True).start()
         self.derive.learner.start()
 
     def status(self) -> dict:
@@ -291,6 +296,17 @@ class DerivedViews:
         kept); asking for one that is not kept starts loading the view libraries."""
         return KeptSize(self.sizes, key, on_miss=self.libraries.start, prefix=(VIEWS_VERSION,))
 
+    def read_ahead(self) -> None:
+        """What every view's kept size needs, read at mount in a thread of its own, so that
+        a first walk reads neither: the sizes kept, and the versions of the renderers'
+        libraries (13 packages' metadata: about 10 ms)."""
+        try:
+            self.sizes.load()
+            for libraries in (PICKS_LIBRARIES, MRC_LIBRARIES, *RENDERER_LIBRARIES.values()):
+                versions(*libraries)
+        except Exception as exc:              # a walk meets it again, and says why
+            log.debug("reading what the views' kept sizes need: %s: %s", type(exc).__name__, exc)
+
     def count_made(self) -> None:
         """One view made (its bytes, or an MRC view's volume opened): a walk whose sizes
         are kept makes none."""
@@ -319,16 +335,16 @@ class DerivedViews:
         self.sizes.close()
 
     def lookup(self, rel: str, name: str):
-        """(source, make, what the source shows) of one derived name, from the name alone
-        (its source stat'ed once); None if there is no such view."""
+        """(source, make, what the source shows, its `KeptTogether`) of one derived name,
+        from the name alone (its source stat'ed once); None if there is no such view."""
         found = self.volumes.lookup(rel, name) or self.picks.lookup(rel, name)
         if found is not None:
             return found
         source = self._source_name(rel, name)
         shown = self.tree.shown(f"{rel}/{source}") if source else None
-        for derived, path, make in self._listing(rel, [source]) if shown else ():
+        for derived, path, make, _, kept in self._listing(rel, {source: shown[1]}) if shown else ():
             if derived == name:
-                return path, make, shown[1]
+                return path, make, shown[1], kept
         return None
 
     @staticmethod
@@ -343,9 +359,10 @@ class DerivedViews:
         return ""
 
     def listing(self, rel: str, infos: dict):
-        """(view name, source, make node, what the source shows or None: not stat'ed) of
-        the names of folder rel (`infos`: name -> what it shows, or None: not known)."""
-        return [(*entry, None) for entry in self._listing(rel, list(infos)) + self.volumes.listing(rel, infos)] \
+        """(view name, source, make node, what the source shows or None: not stat'ed, the
+        `KeptTogether` of its size or None) of the names of folder rel (`infos`: name ->
+        what it shows, or None: not known)."""
+        return self._listing(rel, infos) + [(*entry, None, None) for entry in self.volumes.listing(rel, infos)] \
             + self.picks.listing(rel, infos)
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
@@ -358,36 +375,57 @@ class DerivedViews:
         itself: a run's VoxelSpacing folders show its Picks/ (`PicksViews`)."""
         return self.picks.folders_following(rel)
 
-    def _listing(self, rel: str, names: list[str]):
-        """The views of this module (picks as CSV, meshes, volume previews) among names."""
+    def _listing(self, rel: str, infos: dict):
+        """The views of this module (picks as CSV, meshes, volume previews) among the names
+        of `infos` (name -> what it shows, or None), each (name, source, make, None, the
+        `KeptTogether` of its size or None)."""
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":
-            sources = [f"{rel}/{name}" for name in names if name.endswith(".json") and not name.startswith(".")]
+            sources = [f"{rel}/{name}" for name in infos if name.endswith(".json") and not name.startswith(".")]
             sized = Once(lambda: self._sizes(sources, self.picks_csv))           # all at once
+            kept = self._kept_together(rel, infos, self.picks_csv, [()])
             for src in sources:
                 out.append((src.rpartition("/")[2][:-5] + ".csv", src,
-                            self._file(src, self.picks_csv, sized=lambda src=src: sized().get(src))))
+                            self._file(src, self.picks_csv, sized=lambda src=src: sized().get(src)), None, kept))
         elif folder == "Meshes":
-            for name in names:
+            kept = self._kept_together(rel, infos, self.mesh_as, [(fmt,) for fmt in MESH_FORMATS])
+            for name in infos:
                 if name.endswith(".glb") and not name.startswith("."):
                     src = f"{rel}/{name}"
                     for fmt in MESH_FORMATS:
-                        out.append((f"{name[:-4]}.{fmt}", src, self._file(src, self.mesh_as, fmt)))
+                        out.append((f"{name[:-4]}.{fmt}", src, self._file(src, self.mesh_as, fmt), None, kept))
         elif folder.startswith("VoxelSpacing"):
-            for name in names:
+            for name in infos:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
                     src = f"{rel}/{name}"
-                    out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
+                    out.append((name[:-5] + ".png", src, self._file(src, self.preview), None, None))
         return out
+
+    def _kept_together(self, rel: str, infos: dict, convert, variants: list[tuple]) -> KeptTogether:
+        """The kept sizes of the views `convert(source, *args)` (args: each of `variants`)
+        of the sources among the names of `infos` (the JSON of Picks/, the GLB of Meshes/):
+        each `_file`'s key, the parts they share worked out once."""
+        def keys() -> dict[str, bytes | None]:
+            head = [repr(VIEWS_VERSION), repr(convert.__name__)]
+            libraries = repr(versions(*RENDERER_LIBRARIES[convert.__name__]))
+            source_ext = {self.picks_csv: ".json", self.mesh_as: ".glb"}[convert]
+            out = {}
+            for name, info in infos.items():
+                found = identity(info)
+                if name.endswith(source_ext) and not name.startswith("."):
+                    for args in variants:
+                        view = f"{name[:-len(source_ext)]}.{args[0] if args else 'csv'}"
+                        out[view] = None if found is None else \
+                            digest_of_reprs(head + [repr(args), libraries, repr(found)])
+            return out
+        return KeptTogether(self.sizes, keys)
 
     def _file(self, source: str, convert, *args, sized=None):
         """The node maker of the view `convert(source, *args)` (`make(info)`: `info` what
         the source shows, if the listing knows; else it is asked); `sized()`: its size if
         known without making it."""
-        # what the bytes depend on besides the source: the renderer's libraries
-        libraries = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
-                     "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}[convert.__name__]
+        libraries = RENDERER_LIBRARIES[convert.__name__]
 
         def make(info=None):
             shown = info or self.tree.top(source)[1]

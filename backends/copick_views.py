@@ -34,7 +34,7 @@ from ..formats.atomic import atomic_write
 from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
-from .kept_sizes import identity, versions
+from .kept_sizes import KeptTogether, digest_of_reprs, identity, versions
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
 
@@ -108,8 +108,8 @@ class VolumeViews:
         return out
 
     def lookup(self, rel: str, name: str):
-        """(source, make, what the source shows) of one view name, looking only at the zarr
-        stores it can come from."""
+        """(source, make, what the source shows, None: no `KeptTogether`) of one view name,
+        looking only at the zarr stores it can come from."""
         if not name.endswith(".mrc"):
             return None
         stem = name[:-4]
@@ -120,7 +120,7 @@ class VolumeViews:
                 continue
             for view, source, make in self.listing(rel, {candidate + ".zarr": shown[1]}):
                 if view == name:
-                    return source, make, shown[1]
+                    return source, make, shown[1], None
         return None
 
     def levels(self, source: str, info: Attr | None = None) -> list[tuple[str, int]]:
@@ -305,13 +305,35 @@ class PicksViews:
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
         listed = _Listed(rel, voxel_size, center, written, Once(written))
+        kept = KeptTogether(self.views.sizes, functools.partial(self._kept_keys, rel, voxel_size, center, sources))
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
             for suffix, kind in picks_format.FORMATS.items():
                 # (one partial a view: a folder lists thousands, and most are never made)
-                out.append((stem + suffix, source, functools.partial(self._make, listed, source, kind), info))
+                out.append((stem + suffix, source, functools.partial(self._make, listed, source, kind), info, kept))
         return out
+
+    @staticmethod
+    def _kept_keys(rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, bytes | None]:
+        """{view name: its kept size's key} of the picks views of a listing of folder rel,
+        each `_kept_key`'s, the parts they share worked out once."""
+        if not sources:
+            return {}
+        try:
+            centre = repr(center())
+        except Exception:               # no centre: no STAR view is kept (as `_kept_key`)
+            centre = None
+        head = [repr(VIEWS_VERSION), repr("picks")]
+        shared = [repr(rel.split("/")[1]), repr(voxel_size), repr(versions(*PICKS_LIBRARIES))]
+        keys = {}
+        for source, info in sources.items():
+            stem, found = source.rpartition("/")[2][:-5], identity(info)
+            for suffix, kind in picks_format.FORMATS.items():
+                around = centre if kind == "star" else "None"
+                keys[stem + suffix] = None if found is None or around is None else \
+                    digest_of_reprs(head + [repr(kind)] + shared + [repr(found), around])
+        return keys
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
         """{VoxelSpacing folder: "Picks"} among the names of a run's folder rel."""
@@ -334,9 +356,9 @@ class PicksViews:
                 shown = self.tree.shown(source)
                 if shown is None:
                     return None
-                for view, source, make, info in self.listing(rel, {}, {source.rpartition("/")[2]: shown[1]}):
+                for view, source, make, info, kept in self.listing(rel, {}, {source.rpartition("/")[2]: shown[1]}):
                     if view == name:
-                        return source, make, info
+                        return source, make, info, kept
                 return None
         return None
 

@@ -79,6 +79,12 @@ def digest(parts: tuple) -> bytes:
     return hashlib.blake2b(repr(parts).encode(), digest_size=DIGEST).digest()
 
 
+def digest_of_reprs(reprs: list[str]) -> bytes:
+    """`digest(parts)` from the reprs of its parts (at least two): views listed together
+    share most parts, whose reprs are then made once for all of them."""
+    return hashlib.blake2b(f"({', '.join(reprs)})".encode(), digest_size=DIGEST).digest()
+
+
 class KeptSizes:
     """The sizes kept in `path` (None: this mount's memory only), at most `limit`."""
 
@@ -90,19 +96,29 @@ class KeptSizes:
         self._dirty = False
         self.hits = self.learned = 0
 
+    def load(self) -> None:
+        """Read the file now (else the first `get` does)."""
+        self._loaded()
+
     def get(self, key: bytes) -> int | None:
         """The kept size of key (the first call reads the file)."""
+        return self.get_many({key: key}).get(key)
+
+    def get_many(self, keys: dict) -> dict:
+        """{name: kept size} of those of `keys` (name -> key, or None: not kept) that are
+        kept, under one hold of the lock (the first call reads the file)."""
         sizes = self._loaded()
+        now, found = _hours(), {}
         with self._lock:
-            found = sizes.get(key)
-            if found is None:
-                return None
-            self.hits += 1
-            now = _hours()
-            if found[1] < now - 24:                 # refreshed at most daily: a walk writes nothing
-                found[1] = now
-                self._schedule()
-            return found[0]
+            for name, key in keys.items():
+                kept = sizes.get(key) if key is not None else None
+                if kept is not None:
+                    found[name] = kept[0]
+                    if kept[1] < now - 24:          # refreshed at most daily: a walk writes nothing
+                        kept[1] = now
+                        self._schedule()
+            self.hits += len(found)
+        return found
 
     def put(self, key: bytes, size: int) -> None:
         sizes = self._loaded()
@@ -213,6 +229,35 @@ class KeptSize:
         key = self.digest()
         if key is not None:
             self.sizes.put(key, size)
+
+
+class KeptTogether:
+    """The kept sizes of views listed together (a folder's), found at the first ask for
+    any of them, in one go: `keys()` gives each view's key by name (None: not kept; I/O
+    allowed), worked out from what the listing knew, with no node made. Shared by the
+    views' nodes (`OverlayTree.derived`): a view not kept is made, and sized, alone."""
+
+    __slots__ = ("sizes", "_keys", "_found", "_lock")
+
+    def __init__(self, sizes: KeptSizes, keys: Callable[[], dict]):
+        self.sizes, self._keys = sizes, keys
+        self._found: dict | None = None
+        self._lock = threading.Lock()
+
+    def size(self, name: str) -> int | None:
+        found = self._found
+        if found is None:
+            with self._lock:
+                found = self._found
+                if found is None:
+                    found = self._found = self.sizes.get_many(self._keys())
+                    self._keys = None           # (it holds the listing's sources)
+        return found.get(name)
+
+    def size_nowait(self, name: str) -> int | None:
+        """The kept size of name if the views were looked up already (no I/O)."""
+        found = self._found
+        return None if found is None else found.get(name)
 
 
 def _hours() -> int:

@@ -857,11 +857,8 @@ def test_a_listing_places_its_views_nodes_together(tmp_path):
     assert counts == [2, 2], counts             # (the views, and the store's node)
 
 
-def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypatch):
-    """Listing a spacing folder of 20 picks files (103 views: what a cold `find` or a lean
-    listing gives by name and type) makes none of its views' nodes (a renderer, a kept size
-    and their partials each: it made all 103); asking one view's attributes makes that one,
-    under the number the listing gave it, which `Tree.get` and a lookup by name give too."""
+def view_nodes_made(monkeypatch) -> list[str]:
+    """The class names of the view nodes made from now on (renderers and MRC views)."""
     from scopefs.backends import blocks, copick_views
     made = []
     for cls in (blocks.GeneratedFile, copick_views.MrcView):
@@ -869,6 +866,15 @@ def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypat
             made.append(type(self).__name__)
             _init(self, *args, **kwargs)
         monkeypatch.setattr(cls, "__init__", counted)
+    return made
+
+
+def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypatch):
+    """Listing a spacing folder of 20 picks files (103 views: what a cold `find` or a lean
+    listing gives by name and type) makes none of its views' nodes (a renderer, a kept size
+    and their partials each: it made all 103); asking one view's attributes makes that one,
+    under the number the listing gave it, which `Tree.get` and a lookup by name give too."""
+    made = view_nodes_made(monkeypatch)
     tree = tree_of_picks_copies(tmp_path, 20)
     try:
         tree.derive.learner.stop()
@@ -885,6 +891,65 @@ def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypat
         assert listed["wbp.mrc"].attr().size > 0 and made[-1] == "MrcView"
     finally:
         tree.close()
+
+
+def python_calls(fn) -> int:
+    """The Python functions called while `fn()` runs (in this thread)."""
+    import sys
+    calls = [0]
+
+    def count(frame, event, arg):
+        if event == "call":
+            calls[0] += 1
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls[0]
+
+
+def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_path, monkeypatch):
+    """`ls -lR` or `du` of a spacing folder whose views' sizes a mount before kept: every
+    view's size comes from the kept sizes in one go for the folder (`KeptTogether`), with
+    no picks view's node made (each was: a renderer, a `KeptSize` and their partials, its
+    key repr'd and digested alone, the store's lock taken once a view), in the same
+    Python calls a view for 2 picks files as for 20 (5 a view; 22 before, and the lock
+    taken 204 times for 20 picks files, 24 for 2). Only the preview's and the MRC view's
+    nodes are made (their keys stat their stores)."""
+    import gc
+    from scopefs.backends import kept_sizes, open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
+    made = view_nodes_made(monkeypatch)
+    costs = {}
+    for picks in (2, 20):
+        first = tree_of_picks_copies(tmp_path / str(picks), picks)
+        first.derive.learner._learn()                   # (every size learned, kept)
+        first.close()
+        project = tmp_path / str(picks)
+        tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+        try:
+            spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+            views = [node for _, name, node, _ in spacing.scan() if "." in name and not name.endswith(".zarr")]
+            assert len(views) == picks * 5 + 2
+            tree.derive.sizes._lock = lock = CountingLock(tree.derive.sizes._lock)
+            made.clear()
+            gc.collect()
+            gc.disable()
+            try:
+                calls = python_calls(lambda: [node.attr() for node in views])
+            finally:
+                gc.enable()
+            assert tree.derive.status()["views_made"] == 0
+            assert sorted(made) == ["GeneratedFile", "MrcView"], made       # the preview, the MRC view
+            costs[picks] = calls, lock.taken
+        finally:
+            tree.close()
+    (small, small_locks), (big, big_locks) = costs[2], costs[20]
+    assert big_locks == small_locks, costs              # (once for the picks views, once each for the two others)
+    per_view = (big - small) / (18 * 5)
+    assert per_view <= 12, costs
 
 
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):

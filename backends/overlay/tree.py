@@ -126,8 +126,8 @@ class OverlayTree(Tree):
         self._idle: OrderedDict[int, Node] = OrderedDict()      # forgotten by the kernel, kept a while
         self.extra: dict[str, Node] = {}      # virtual files at the root (copick_config.json)
         # derived read-only files: derive.listing(dir rel, {name: what it shows, or None}) -> [(name, source rel, make node(info),
-        # what the source shows or None)], derive.lookup(dir rel, name) -> (source rel, make node,
-        # what the source shows: stat'ed once, by the lookup)
+        # what the source shows or None, the `KeptTogether` of its size or None)], derive.lookup(dir rel, name) ->
+        # (source rel, make node, what the source shows: stat'ed once, by the lookup, its `KeptTogether` or None)
         self.derive = None
         self._derived: dict[str, Node] = {}
         # imports(dir rel, name) -> a node that converts what is written to it, for a new
@@ -579,7 +579,7 @@ class OverlayTree(Tree):
             return []
         keys: dict[str, tuple] = {}         # each source's version, once for all its views
         wanted = []
-        for name, source, make, info in self.derive.listing(rel, infos):
+        for name, source, make, info, kept in self.derive.listing(rel, infos):
             if name not in infos:
                 folder, _, base = source.rpartition("/")
                 here = folder == rel
@@ -587,8 +587,8 @@ class OverlayTree(Tree):
                 key = keys.get(source)
                 if key is None:
                     key = keys[source] = self.source_key(source, info)
-                wanted.append((name, source, make, info, key, base if here else None))
-        return [(name, node, base) for (name, *_, base), node in zip(wanted, self._derived_nodes(rel, wanted))]
+                wanted.append((name, source, make, info, key, base if here else None, kept))
+        return [(name, node, base) for (name, *_, base, _), node in zip(wanted, self._derived_nodes(rel, wanted))]
 
     def listed_before(self, rel: str, names, views: list[tuple[str, Node, str | None]]) -> dict[str, str]:
         """{name: the name of folder rel it is listed just before}: a view before its source,
@@ -606,23 +606,23 @@ class OverlayTree(Tree):
         found = self.derive.lookup(rel, name)
         if found is None:
             return None
-        source, make, info = found
-        return self._derived_nodes(rel, [(name, source, make, info, self.source_key(source, info), None)])[0]
+        source, make, info, kept = found
+        return self._derived_nodes(rel, [(name, source, make, info, self.source_key(source, info), None, kept)])[0]
 
     def _derived_nodes(self, rel: str, wanted: list[tuple]) -> list[Node]:
         """The nodes of derived files of folder rel, each (name, source, make, what the
-        source shows, its `source_key`, _): those missing, or of another version of their
+        source shows, its `source_key`, _, its `KeptTogether`): those missing, or of another version of their
         source, placed under one hold of the table's lock for the whole folder (not one a
         view) as `DerivedFile`s, each made (`make(info)`) when first asked for more than
         its name and type."""
         prefix, derived = _join(rel, ""), self._derived
         out, added, new = [], {}, []
         with self._table:
-            for name, source, make, info, key, _ in wanted:
+            for name, source, make, info, key, _, kept in wanted:
                 path = prefix + name
                 node = derived.get(path)
                 if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
-                    node = DerivedFile(make, info, key, path)
+                    node = DerivedFile(make, info, key, path, kept)
                     new.append((source, node))
                 out.append(node)
             self.add_all([node for _, node in new])             # (numbered before anyone finds them)
@@ -825,17 +825,23 @@ class DerivedFile(File):
     """A derived file (`OverlayTree.derive`) as its folder's listing or a lookup placed it:
     its own inode number and what makes it, the node that serves it (a copick view, with
     its kept size and renderer) made by `make(info)` at the first request for more than its
-    name and type (a cold `find` lists tens of thousands of views and asks none). Slots:
-    a mount keeps one per view listed."""
-    __slots__ = ("ino", "source_key", "derived_path", "_make", "_info", "_file")
+    name and type (a cold `find` lists tens of thousands of views and asks none). A view
+    whose size was kept (`kept`: a `KeptTogether` of its listing) answers its attributes
+    from there, still unmade (`ls -lR`, `du` of views sized before), as a read-only file
+    with its source's time (`info`), as the node would. Slots: a mount keeps one per view
+    listed."""
+    __slots__ = ("ino", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
 
-    def __init__(self, make, info: Attr | None, source_key: tuple, derived_path: str):
+    def __init__(self, make, info: Attr | None, source_key: tuple, derived_path: str, kept=None):
         self._make, self._info, self._file = make, info, None
         self.source_key, self.derived_path = source_key, derived_path
+        self._kept, self._size = kept, None
 
     def made(self) -> File:
         """The node that serves this file, made once (numbered as this one: it reports
-        itself by its number when a kept size proves wrong)."""
+        itself by its number when a kept size proves wrong). A node made after its kept
+        size was told takes it at once (the same key: its content of another size is
+        reported when made)."""
         file = self._file
         if file is None:
             with _making[self.ino % MAKING_LOCKS]:
@@ -843,15 +849,33 @@ class DerivedFile(File):
                 if file is None:
                     file = self._make(self._info)
                     file.ino = self.ino
-                    self._file, self._make, self._info = file, None, None
+                    if self._size is not None:
+                        file.attr()
+                    self._file, self._make, self._info, self._kept = file, None, None, None
         return file
 
+    def _kept_attr(self, size: int | None) -> Attr | None:
+        info = self._info
+        return None if size is None or info is None else Attr(stat.S_IFREG | 0o444, size, info.mtime_ns)
+
     def attr(self) -> Attr:
+        if self._file is None:
+            kept = self._kept
+            if kept is not None:            # (asked once: a size kept, else the node is made)
+                self._size, self._kept = kept.size(self.derived_path.rpartition("/")[2]), None
+            attr = self._kept_attr(self._size)
+            if attr is not None:
+                return attr
         return self.made().attr()
 
     def cached_attr(self) -> Attr | None:
         file = self._file
-        return None if file is None else file.cached_attr()
+        if file is not None:
+            return file.cached_attr()
+        kept = self._kept
+        if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
+            self._size, self._kept = size, None
+        return self._kept_attr(self._size)
 
     def open(self, flags: int) -> FileHandle:
         return self.made().open(flags)

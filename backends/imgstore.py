@@ -874,6 +874,13 @@ class ImgstoreTree(Tree):
         return GeneratedFile(lambda: (json.dumps(make(), indent=2, default=str, ensure_ascii=False) + "\n").encode(),
                              mtime)
 
+    def path_of(self, ino: int) -> str | None:
+        """A frame's path in frames/ (a tree grafted into another has no such path)."""
+        i = ino - self.frames_base
+        if self.base != ROOT_INO or not 0 <= i < len(self.index):
+            return None
+        return f"frames/{self.frames_dir.name(i)}"
+
     def frame_node(self, i: int) -> FrameFile:
         return self.get(self.frames_base + i)
 

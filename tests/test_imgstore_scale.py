@@ -497,6 +497,37 @@ def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
         tree.close()
 
 
+def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_path):
+    """A reader of whole frames (Python's read_bytes, ffmpeg) that came to a frame before
+    the read-ahead is held for its lead as one that reads in pieces is: else, opening
+    frames by name (no listing), it read each at the decoder's heels, a READ a frame."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=20, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    service = tree.service
+    try:
+        service.encoded.get_or_make(5, lambda: bytes(8192))
+        with service._lock:              # a reader came to frame 5: 4 stored, up to 13 being read ahead
+            service._last_read, service._ahead_to, service._goal = 4, 12, 13
+            service._offered_to = service._done_to = 4
+        handle = tree.frame_node(5).open_nowait(os.O_RDONLY)
+        assert handle.cached_read(0, 1 << 20) is None          # (to a worker thread, held there)
+        reader = threading.Thread(target=handle.read, args=(0, 1 << 20))
+        reader.start()
+        deadline = time.monotonic() + 5
+        while not service._held:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for j in range(5, 9):
+            service._done(j)
+            time.sleep(0.02)             # (time for a woken reader to wait again)
+            assert reader.is_alive()     # (until frame 9 is done)
+        service._done(9)
+        reader.join(5)
+        assert not reader.is_alive()
+    finally:
+        tree.close()
+
+
 def test_a_reader_at_the_decoders_heels_leaves_the_next_frame_to_it(tmp_path):
     """A reader faster than decoding (`tar`, which finds the frames read ahead in the
     kernel's page cache and reads signposts only) keeps reaching the frame the

@@ -3,11 +3,12 @@ never listing frames/ (the kernel knows no frame's inode before its LOOKUP):
 
     python benchmarks/frames_by_name.py [--frames 2000] [--rounds 3] [--daemon LABEL=PYTHON ...]
 
-ffmpeg -i MNT/frames/%06d.png, tar cf - -T LIST, and a Python loop over the names, each
-on a fresh mount of the walk benchmark's sample store (tests/walk_samples.py), for every
-daemon in turn, round after round (machines shared with other work: compare counts and
-CPU side by side, not wall time). A daemon is a Python with scopefs installed (a checkout's
-.venv/bin/python); by default the one running this script.
+ffmpeg -i MNT/frames/%06d.png, tar cf - -T LIST, a Python loop over the names (and, for
+reference, a tar of the folder, which lists it), each on a fresh mount of the walk
+benchmark's sample store (tests/walk_samples.py), for every daemon in turn, round after
+round (machines shared with other work: compare counts and CPU side by side, not wall
+time). A daemon is a Python with scopefs installed (a checkout's .venv/bin/python); by
+default the one running this script.
 """
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def readers(frames: int, work: Path) -> dict:
                                               "-f", "null", "-"], check=True),
         "tar -T": lambda mnt: subprocess.run(f"tar cf - -T {listed} | wc -c", shell=True, cwd=mnt, check=True,
                                              stdout=subprocess.DEVNULL),
-        "python": python}
+        "python": python,
+        "tar dir": lambda mnt: subprocess.run("tar cf - frames | wc -c", shell=True, cwd=mnt, check=True,
+                                              stdout=subprocess.DEVNULL)}     # (listed: for reference)
 
 
 def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:

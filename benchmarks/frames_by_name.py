@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import walk_samples  # noqa: E402
 
-COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead")
+COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store")
 
 
 def status(mnt: Path) -> dict:
@@ -65,7 +65,8 @@ def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
         read(mnt)
         cpu = cpu_s(before["pid"]) - cpu
         after = status(mnt)
-        return {**{key: (after[key] - before[key]) / frames for key in COUNTED}, "cpu_ms": 1000 * cpu / frames}
+        return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
+                "cpu_ms": 1000 * cpu / frames}
     finally:
         subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False)
         os.rmdir(mnt)

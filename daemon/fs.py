@@ -86,6 +86,7 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
+    lookups_to_store: int = 0       # LOOKUPs the daemon sent itself, to store a file the kernel did not know
     opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
     opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
     reads: int = 0                  # READ requests
@@ -246,6 +247,8 @@ class Notifier:
             os.stat(os.path.join(self._mountpoint, path))
         except OSError:
             return False
+        with self._cond:
+            self._counters.lookups_to_store += 1
         return self._notify("stores", ino, data)
 
     def mark(self) -> int | None:
@@ -1346,7 +1349,7 @@ class Operations(pyfuse3.Operations):
                       requests=c.requests + ends + prepared,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
-                      stored_ahead=c.stored_ahead,
+                      stored_ahead=c.stored_ahead, lookups_to_store=c.lookups_to_store,
                       opendir_requests=c.opendirs, readdir_requests=c.readdirs + ends + prepared,
                       readdir_ends_in_session=ends,
                       listings_prepared_in_session=self.prepared.enabled, listings_prepared=self.prepared.made,

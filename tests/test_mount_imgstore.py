@@ -247,7 +247,7 @@ def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, modul
     after = daemon_status(mnt)
     signposts = 2                              # frames 4 and 8: their last page
     assert after["read_requests"] - before["read_requests"] == 1 + signposts, (before, after)
-    assert after["errors"] == 0
+    assert after["errors"] == 0 and after["lookups_to_store"] >= 8
     for i, data in enumerate(first + ahead):
         assert barcode(np.asarray(Image.open(io.BytesIO(data)))) == samples["mjpeg/avi"].numbers[i]
         assert len(data) == os.stat(mnt / names[i]).st_size

@@ -458,7 +458,7 @@ class FrameService:
     def offer_rest(self, i: int, data: memoryview, offset: int, wait: bool) -> None:
         """A reader began to read frame i, which the kernel did not have: it came before
         the read-ahead (the reader is faster than decoding) or reads out of order. The
-        rest of the frame (from `offset`) is offered at once, so that the reader's next
+        rest of the frame (from `offset`, if any) is offered at once, so that the reader's next
         reads of it find it in the kernel's cache: the kernel's read-ahead asks for a
         frame in growing pieces otherwise (`tar`: 16, 32, 64, 128 KiB, the last bytes), a
         request each. `wait` (a worker thread's read, before its answer):
@@ -470,15 +470,19 @@ class FrameService:
           half the time.
         The reader's own reads of those pages come after that answer; a second reader of
         the frame at once can make the store wait for its read, which the loop answers
-        from the encoded cache."""
+        from the encoded cache. A reader of whole frames is held too: one that opens them
+        by name (ffmpeg, tar -T) finds the next frames in the kernel only once the daemon
+        looked them up and stored them (daemon/fs.py's `Notifier._store`)."""
+        rest = offset < len(data)
         with self._lock:
-            self.rests_offered += 1
+            self.rests_offered += rest
             lead = self._lead_after(i)
             if wait and lead > i > self._offered_to:
                 self._held += 1                 # (woken when the lead is there, not at every frame)
                 self._wait(self._led, lambda: self._done_to < min(lead, self._goal), lead)
                 self._held -= 1
-        self.offer(i, data[offset:], offset, wait)
+        if rest:
+            self.offer(i, data[offset:], offset, wait)
 
     def close(self) -> None:
         with self._lock:
@@ -508,22 +512,23 @@ class FrameHandle(FileHandle):
         except (FrameError, StoreError, IndexError) as exc:
             raise OSError(errno.EIO, f"frame {self._i}: {exc}") from None
         end = offset + size
-        if offset == 0 and end < len(data):
+        if offset == 0:
             self._service.offer_rest(self._i, data, end, wait=True)
         return data[offset:end]
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
-        """A read from the frame's start that leaves a rest offers the rest at once, or
-        goes to `read` in a worker thread where the reader is held for the read-ahead to
-        lead (`FrameService.offer_rest`)."""
+        """A read from the frame's start offers the rest (if any) at once, or goes to
+        `read` in a worker thread where the reader is held for the read-ahead to lead
+        (`FrameService.offer_rest`)."""
         data = self._service.cached_frame(self._i)
         if data is None:
             return None
         end = offset + size
-        if offset == 0 and end < len(data):
+        if offset == 0:
             if self._service.holds(self._i):
                 return None
-            self._service.offer_rest(self._i, data, end, wait=False)
+            if end < len(data):
+                self._service.offer_rest(self._i, data, end, wait=False)
         return data[offset:end]
 
 
@@ -873,6 +878,13 @@ class ImgstoreTree(Tree):
     def _json_file(make, mtime: int) -> GeneratedFile:
         return GeneratedFile(lambda: (json.dumps(make(), indent=2, default=str, ensure_ascii=False) + "\n").encode(),
                              mtime)
+
+    def path_of(self, ino: int) -> str | None:
+        """A frame's path in frames/ (a tree grafted into another has no such path)."""
+        i = ino - self.frames_base
+        if self.base != ROOT_INO or not 0 <= i < len(self.index):
+            return None
+        return f"frames/{self.frames_dir.name(i)}"
 
     def frame_node(self, i: int) -> FrameFile:
         return self.get(self.frames_base + i)

@@ -423,6 +423,12 @@ class Tree:
         for listener in self._content_listeners:
             listener(ino, data, offset, wait)
 
+    def path_of(self, ino: int) -> str | None:
+        """A path (from the mount's root) of file `ino`, which a backend `offer`s content
+        of: the daemon looks it up where the kernel does not know the inode yet (a reader
+        that opens files by name), so that the kernel can keep the content. None: unknown."""
+        return None
+
     @property
     def root(self) -> Directory:
         return self._fixed[self.base]

@@ -86,6 +86,7 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
+    lookups_to_store: int = 0       # LOOKUPs the daemon sent itself, to store a file the kernel did not know
     opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
     opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
     reads: int = 0                  # READ requests
@@ -111,10 +112,16 @@ class Notifier:
     made changes waits for, `when_sent`, so that the caller's next stat sees them), one for
     names (never waited for: a name's notification waits for any change in flight in its
     folder, possibly the very request that caused it), one for contents. A worker thread
-    that answers its request itself (`held`) sends the inodes it reports on its own."""
+    that answers its request itself (`held`) sends the inodes it reports on its own.
+    A store the kernel refuses for want of the inode (a reader that opens files by name,
+    not from a listing, has the kernel make each at its LOOKUP, just before its reads) is
+    sent again after the daemon looked the file up itself (`_store`)."""
 
-    def __init__(self, counters: Counters, known: dict[int, int]):
+    def __init__(self, counters: Counters, known: dict[int, int],
+                 locate: Callable[[int], str | None] = lambda ino: None):
         self._counters = counters
+        self._locate = locate                    # inode -> its path in the mount (`Tree.path_of`)
+        self._mountpoint: str | None = None
         # names are expired, not dropped, where the kernel can (`_drop_name`)
         self._expire = getattr(pyfuse3, "expire_entry", None)
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
@@ -134,8 +141,10 @@ class Notifier:
         self._storing = 0                        # sent from other threads (`store(wait=True)`, `held`)
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        """Once the session is mounted: notifications need it."""
+    def start(self, mountpoint: str | None = None) -> None:
+        """Once the session is mounted: notifications need it (`mountpoint`: where
+        `_store` looks files up, None: it does not)."""
+        self._mountpoint = mountpoint
         self._running = True
         self._threads = [threading.Thread(target=self._send, args=(kind,), daemon=True, name=f"notify-{kind}")
                          for kind in ("inodes", "entries", "stores")]
@@ -214,7 +223,7 @@ class Notifier:
                 self._storing += 1               # (`stop` waits for it: the session must outlive it)
             sent = False
             try:
-                sent = self._notify("stores", ino, (offset, data))
+                sent = self._store(ino, (offset, data))
             finally:
                 with self._cond:
                     self._storing -= 1
@@ -228,6 +237,24 @@ class Notifier:
             while pending > STORE_PENDING_BYTES:
                 pending -= len(self._stores.pop(next(iter(self._stores)))[1])
             self._stores_cond.notify()
+
+    def _store(self, ino: int, data: tuple[int, bytes]) -> bool:
+        """Store content in the kernel's page cache. If the kernel has no inode `ino`, the
+        daemon looks its file up through the mount (a stat from this thread, answered by
+        the loop like any LOOKUP) and stores it then: the kernel keeps that name, so a
+        reader that opens it by name sends neither LOOKUP nor READ (never from the loop)."""
+        if self._notify("stores", ino, data):
+            return True
+        path = self._locate(ino) if self._mountpoint is not None and ino not in self._known else None
+        if path is None or not self._running:
+            return False
+        try:
+            os.stat(os.path.join(self._mountpoint, path))
+        except OSError:
+            return False
+        with self._cond:
+            self._counters.lookups_to_store += 1
+        return self._notify("stores", ino, data)
 
     def mark(self) -> int | None:
         """What `when_sent` must see sent, or None if nothing is pending."""
@@ -278,7 +305,7 @@ class Notifier:
             sent = 0
             try:
                 for item, data in batch:
-                    sent += self._notify(kind, item, data)
+                    sent += self._store(item, data) if kind == "stores" else self._notify(kind, item, data)
             finally:                                 # (a request never waits on a dead thread)
                 if kind == "inodes":
                     self._batch_sent(threading.get_ident(), sent)
@@ -524,7 +551,7 @@ class Operations(pyfuse3.Operations):
         self._uid, self._gid = os.getuid(), os.getgid()
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
-        self.notifier = Notifier(self.counters, self._lookups)
+        self.notifier = Notifier(self.counters, self._lookups, tree.path_of)
         self.thread_replies = ThreadReplies(threads) if tree.writable and _patch_used(
             hasattr(pyfuse3, "FlushReply"), "FlushReply", FLUSH_REPLY_ENV,
             "a FLUSH's result wakes the event loop, which answers it") else None
@@ -1346,7 +1373,7 @@ class Operations(pyfuse3.Operations):
                       requests=c.requests + ends + prepared,
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
-                      stored_ahead=c.stored_ahead,
+                      stored_ahead=c.stored_ahead, lookups_to_store=c.lookups_to_store,
                       opendir_requests=c.opendirs, readdir_requests=c.readdirs + ends + prepared,
                       readdir_ends_in_session=ends,
                       listings_prepared_in_session=self.prepared.enabled, listings_prepared=self.prepared.made,

@@ -111,7 +111,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1)}
     ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
     pyfuse3.init(ops, mountpoint, fuse_options)
-    ops.notifier.start()
+    ops.notifier.start(os.path.abspath(mountpoint))
 
     def when_live() -> None:
         set_read_ahead(mountpoint, read_ahead_kib)

@@ -463,6 +463,23 @@ def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(t
     assert threads.count("decode-ahead") == 1 and threads.count("encode") == encoders
 
 
+def held_until_frame_9(service, read) -> None:
+    """`read` (a reader at frame 5, prefetch 8) runs in a thread held for the read-ahead's
+    lead: it goes on once frame 9 is done, not before."""
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not service._held:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    for j in range(5, 10):
+        time.sleep(0.02)                 # (time for a woken reader to wait again)
+        assert reader.is_alive()         # (until frame 9 is done)
+        service._done(j)
+    reader.join(5)
+    assert not reader.is_alive()
+
+
 def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
     """A reader at the decoder's heels is held until the read-ahead leads by
     `signpost_every` stored frames (`FrameService.offer_rest`): it is woken when that
@@ -483,18 +500,27 @@ def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
             waits += 1
             return wait(*args)
         service._led.wait = counted
-        reader = threading.Thread(target=service.offer_rest, args=(5, memoryview(bytes(8192)), 4096, True))
-        reader.start()
-        deadline = time.monotonic() + 5
-        while not service._held:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-        for j in range(5, 10):
-            time.sleep(0.02)             # (time for a woken reader to wait again)
-            assert reader.is_alive()     # (until frame 9 is done)
-            service._done(j)
-        reader.join(5)
-        assert not reader.is_alive() and waits == 1, waits
+        held_until_frame_9(service, lambda: service.offer_rest(5, memoryview(bytes(8192)), 4096, True))
+        assert waits == 1, waits
+    finally:
+        tree.close()
+
+
+def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_path):
+    """A reader of whole frames (Python's read_bytes, ffmpeg) that came to a frame before
+    the read-ahead is held for its lead as one that reads in pieces is: else, opening
+    frames by name (no listing), it read each at the decoder's heels, a READ a frame."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=20, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    service = tree.service
+    try:
+        service.encoded.get_or_make(5, lambda: bytes(8192))
+        with service._lock:              # a reader came to frame 5: 4 stored, up to 13 being read ahead
+            service._last_read, service._ahead_to, service._goal = 4, 12, 13
+            service._offered_to = service._done_to = 4
+        handle = tree.frame_node(5).open_nowait(os.O_RDONLY)
+        assert handle.cached_read(0, 1 << 20) is None          # (to a worker thread, held there)
+        held_until_frame_9(service, lambda: handle.read(0, 1 << 20))
     finally:
         tree.close()
 

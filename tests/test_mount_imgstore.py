@@ -231,6 +231,28 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
         assert len(data) == os.stat(mnt / "frames" / frames[i]).st_size
 
 
+def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, module_mount):
+    """A reader that opens frames by name, never listing frames/ (ffmpeg's %06d.png, tar
+    -T, a loop over names), finds those read ahead in the kernel's page cache too: the
+    kernel knows no inode before its LOOKUP, so the daemon looks each up itself before
+    storing it. The frames cost no READ but the signposts' (prefetch 8: every 4th)."""
+    mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=8")     # fresh: nothing read yet
+    names = [f"frames/{i:06d}.png" for i in range(10)]
+    first = [(mnt / name).read_bytes() for name in names[:2]]             # starts the read-ahead
+    deadline = time.monotonic() + 10           # (bounded, not asserted: the reads below say it)
+    while daemon_status(mnt)["stored_ahead"] < 8 and time.monotonic() < deadline:     # frames 2 to 9
+        time.sleep(0.02)
+    before = daemon_status(mnt)                # (its own read is counted after it)
+    ahead = [(mnt / name).read_bytes() for name in names[2:]]
+    after = daemon_status(mnt)
+    signposts = 2                              # frames 4 and 8: their last page
+    assert after["read_requests"] - before["read_requests"] == 1 + signposts, (before, after)
+    assert after["errors"] == 0 and after["lookups_to_store"] >= 8
+    for i, data in enumerate(first + ahead):
+        assert barcode(np.asarray(Image.open(io.BytesIO(data)))) == samples["mjpeg/avi"].numbers[i]
+        assert len(data) == os.stat(mnt / names[i]).st_size
+
+
 def test_a_frame_read_in_small_pieces_costs_one_request(samples, module_mount):
     """A frame the kernel does not have, read in small pieces (tar reads 10 KiB at a time),
     is asked of the daemon in growing pieces by the kernel's read-ahead (16, 32, 64 KiB

@@ -1,0 +1,95 @@
+"""Requests and daemon CPU per frame for readers that open an imgstore's frames by name,
+never listing frames/ (the kernel knows no frame's inode before its LOOKUP):
+
+    python benchmarks/frames_by_name.py [--frames 2000] [--rounds 3] [--daemon LABEL=PYTHON ...]
+
+ffmpeg -i MNT/frames/%06d.png, tar cf - -T LIST, a Python loop over the names (and, for
+reference, a tar of the folder, which lists it), each on a fresh mount of the walk
+benchmark's sample store (tests/walk_samples.py), for every daemon in turn, round after
+round (machines shared with other work: compare counts and CPU side by side, not wall
+time). A daemon is a Python with scopefs installed (a checkout's .venv/bin/python); by
+default the one running this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import walk_samples  # noqa: E402
+
+COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store")
+
+
+def status(mnt: Path) -> dict:
+    return json.loads((mnt / ".scopefs").read_text())
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def readers(frames: int, work: Path) -> dict:
+    names = [f"frames/{i:06d}.png" for i in range(frames)]
+    listed = work / "list.txt"
+    listed.write_text("".join(f"{name}\n" for name in names))
+
+    def python(mnt: Path) -> None:
+        for name in names:
+            (mnt / name).read_bytes()
+    return {
+        "ffmpeg": lambda mnt: subprocess.run(["ffmpeg", "-v", "error", "-i", str(mnt / "frames/%06d.png"),
+                                              "-f", "null", "-"], check=True),
+        "tar -T": lambda mnt: subprocess.run(f"tar cf - -T {listed} | wc -c", shell=True, cwd=mnt, check=True,
+                                             stdout=subprocess.DEVNULL),
+        "python": python,
+        "tar dir": lambda mnt: subprocess.run("tar cf - frames | wc -c", shell=True, cwd=mnt, check=True,
+                                              stdout=subprocess.DEVNULL)}     # (listed: for reference)
+
+
+def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
+    mnt = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
+    subprocess.run([python, "-m", "scopefs.daemon", "mount", str(store), str(mnt),
+                    "--log-file", str(work / "scopefs.log")], check=True)
+    try:
+        assert (mnt / "frames/000000.png").exists()     # (frames/ is not listed)
+        status(mnt)                                  # (a status read's own requests are counted after it)
+        before = status(mnt)
+        cpu = cpu_s(before["pid"])
+        read(mnt)
+        cpu = cpu_s(before["pid"]) - cpu
+        after = status(mnt)
+        return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
+                "cpu_ms": 1000 * cpu / frames}
+    finally:
+        subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False)
+        os.rmdir(mnt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--daemon", action="append", default=[], metavar="LABEL=PYTHON")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-frames-by-name")
+    args = parser.parse_args()
+    daemons = dict(spec.partition("=")[::2] for spec in args.daemon) or {"scopefs": sys.executable}
+    args.work.mkdir(parents=True, exist_ok=True)
+    store = walk_samples.imgstore(args.work / f"imgstore-{args.frames}", args.frames).path
+    print(f"{args.frames:,} frames of 320x240 (MJPEG, served as PNG), per frame:", flush=True)
+    for round_ in range(args.rounds):
+        for kind, read in readers(args.frames, args.work).items():
+            for label, python in daemons.items():
+                counts = measure(python, store, args.work, read, args.frames)
+                print(f"round {round_ + 1}  {kind:7s} {label:8s} " + "  ".join(
+                    f"{key} {value:.3f}" for key, value in counts.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -619,7 +619,7 @@ def test_a_folders_derived_views_are_placed_unmade_and_made_outside_the_tables_l
             calls.append((name, tree._table.locked()))
             return Symlink(name)
         return make
-    wanted = [(name, "run/src", maker(name), None, ("run/src", 1, 1), None) for name in "ba"]
+    wanted = [(name, "run/src", maker(name), None, ("run/src", 1, 1), None, None) for name in "ba"]
     try:
         tree._derived_nodes("run", wanted[:1])
         tree._derived.pop("run/b", None)             # meanwhile, another thread drops b's view

@@ -100,17 +100,21 @@ class PreparedListings:
         """`Operations.readdir` answered folder `ino` from `offset` (of its reader; the
         kernel opened it): its subfolders are noted and, from 0, the listings of the
         subfolders after it are prepared, by one task, in the order answered (a folder's
-        subfolders noted before a walker's listing of the first one asks where it sits)."""
+        subfolders noted before a walker's listing of the first one asks where it sits).
+        Called only where `enabled`; never raises (the reply is made: it must be sent)."""
         nowait = getattr(type(listing.reader), "entries_nowait", None)
-        if not self.enabled or nowait is None or nowait is Directory.entries_nowait:
+        if nowait is None or nowait is Directory.entries_nowait:
             return
-        stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
-        self._replied.append((ino, offset, (stop or offset + 1024) - offset))
-        if len(self._replied) > REPLIES_QUEUED:
-            self._replied.popleft()
-        if not self._draining:
-            self._draining = True
-            trio.lowlevel.spawn_system_task(self._after_replies)
+        try:
+            stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
+            self._replied.append((ino, offset, (stop or offset + 1024) - offset))
+            if len(self._replied) > REPLIES_QUEUED:
+                self._replied.popleft()
+            if not self._draining:
+                trio.lowlevel.spawn_system_task(self._after_replies)
+                self._draining = True
+        except Exception:
+            log.exception("preparing listings after folder %d failed", ino)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""

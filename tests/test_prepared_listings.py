@@ -3,6 +3,7 @@
 lookup counts exact, never a stale listing."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.iid import IIDTree
 from scopefs.backends.options import Options
+from scopefs.daemon import fs
 from scopefs.daemon.fs import Operations
 from scopefs.daemon.prepared import AHEAD, PREPARED_ENV
 
@@ -151,14 +153,20 @@ def page_reply(given: list):
     return reply
 
 
+def overview_sized() -> None:
+    """Waits for the thread that learns overview.png's size: it takes the tree's lock, so
+    a listing from memory meanwhile would be left to a worker."""
+    for thread in threading.enumerate():
+        if thread.name == "overview-size":
+            thread.join()
+
+
 async def walk_begun(tree, monkeypatch, *, last_first: bool = False) -> tuple[Operations, list]:
     """A new `Operations` of `tree` that listed by-address/ and the first folder in it,
     each a page, with no task switch in between (as the session loop reads on while
     requests wait), then let the tasks they started run (`last_first`: the last started
     first, as trio may run a batch of them); what it gave."""
-    for thread in threading.enumerate():        # (it takes the tree's lock: a listing would wait in a worker)
-        if thread.name == "overview-size":
-            thread.join()
+    overview_sized()
     ops, given, started = Operations(tree), [], []
     monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
     with monkeypatch.context() as held:
@@ -215,6 +223,58 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
         assert not pyfuse3.readdir_prepared_drop(given[2])
         ops.forget([(ino, given.count(ino)) for ino in set(given)])
         assert ops.prepared.taken_back == 1 and ops.known_inodes == 0
+    finally:
+        tree.close()
+
+
+async def test_a_listing_answered_while_preparing_cannot_start_is_not_failed(walk_iid, monkeypatch):
+    """Once a readdir's reply holds its entries (each counted as the kernel's lookup), the
+    preparation it queues cannot fail it: if its task cannot be started, the reply is
+    still sent (before, it was answered EIO, the entries counted for a reply never sent),
+    and the task is started by the next listing, which finds the folder noted."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+
+        def cannot_start(fn, *args):
+            raise RuntimeError("the system nursery is closed")
+
+        with monkeypatch.context() as failing:
+            failing.setattr(trio.lowlevel, "spawn_system_task", cannot_start)
+            await page_of(ops, tree.by_address.ino)
+        assert len(given) == 20 and ops.known_inodes == 20
+        await page_of(ops, given[0])
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert ops.prepared.made == AHEAD
+    finally:
+        tree.close()
+
+
+async def test_lookups_counted_for_a_listing_that_then_fails_are_given_back(walk_iid, monkeypatch):
+    """A readdir answers what memory holds, then needs a worker for the rest, which fails
+    (the tree held by a change past the request's timeout): the request is answered EIO,
+    the entries given before it never sent, so their lookups are given back (before,
+    counted for good: nodes the kernel never saw, held until unmount)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        monkeypatch.setattr(fs, "NOWAIT_BATCH", 10)
+        snapshot = type(tree.by_address.opendir())
+        from_memory = snapshot.entries_nowait
+        monkeypatch.setattr(snapshot, "entries_nowait",
+                            lambda self, offset, count: from_memory(self, offset, count) if offset < 10 else None)
+
+        async def times_out(*args, **kwargs):
+            raise OSError(errno.EIO, "the source did not answer")
+
+        monkeypatch.setattr(ops, "_run", times_out)
+        with pytest.raises(pyfuse3.FUSEError):
+            await page_of(ops, tree.by_address.ino)
+        assert len(given) == 10 and ops.known_inodes == 0
     finally:
         tree.close()
 

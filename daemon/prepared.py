@@ -82,6 +82,7 @@ class PreparedListings:
         self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
         self.made = 0                               # replies prepared
         self.taken_back = 0                         # of those, taken back unsent
+        self.dropped = 0                            # answered listings left unnoted (`REPLIES_QUEUED`)
 
     def changed(self, *_report) -> None:
         """What a prepared reply shows may have changed: none made before is answered
@@ -95,6 +96,11 @@ class PreparedListings:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    @property
+    def queued(self) -> int:
+        """Answered listings whose subfolders are still to be noted or prepared after."""
+        return len(self._replied) + self._draining
 
     def listed(self, ino: int, offset: int, listing) -> None:
         """`Operations.readdir` answered folder `ino` from `offset` (of its reader; the
@@ -110,6 +116,7 @@ class PreparedListings:
             self._replied.append((ino, offset, (stop or offset + 1024) - offset))
             if len(self._replied) > REPLIES_QUEUED:
                 self._replied.popleft()
+                self.dropped += 1
             if not self._draining:
                 trio.lowlevel.spawn_system_task(self._after_replies)
                 self._draining = True

@@ -198,29 +198,34 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
     """Preparing a reply counts a lookup of each entry (`Tree.adopt` the first): if that
     fails partway, the counts taken are given back and pyfuse3 never holds the reply
     (before, it was handed over first: sent, the kernel would hold lookups the daemon
-    never counted, and its FORGETs would let nodes go that it still holds)."""
+    never counted, and its FORGETs would let nodes go that it still holds). Here the
+    count of the second entry (entry.json) of an entry folder prepared fails."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        ops = Operations(tree)
-        given = []
+        overview_sized()
+        ops, given = Operations(tree), []
         monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
-        await page_of(ops, tree.by_address.ino)
+        await page_of(ops, pyfuse3.ROOT_INODE)
         await trio.testing.wait_all_tasks_blocked()
-        for ino in given:                       # (replies an earlier test left in pyfuse3's tables)
+        entries = [ino for ino in given if isinstance(tree.get(ino), iid_backend.EntryFolder)]
+        for ino in entries:                     # (replies an earlier test left in pyfuse3's tables)
             pyfuse3.readdir_prepared_drop(ino)
-        adopt, adopted = tree.adopt, []
+        adopt, failed, started = tree.adopt, tree.get(entries[2]).json_file, []
 
         def failing(node):
-            adopted.append(node)
-            if len(adopted) == 3:             # (the first: the link address0 gives)
+            if node is failed:
                 raise RuntimeError("adopt failed")
             adopt(node)
 
         monkeypatch.setattr(tree, "adopt", failing)
-        await page_of(ops, given[0])
+        with monkeypatch.context() as held:     # (its task started once both are listed)
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: started.append(fn))
+            await page_of(ops, entries[0])
+            await page_of(ops, entries[1])      # (the next ones' entry.json made: their folders prepared)
+        trio.lowlevel.spawn_system_task(*started)
         await trio.testing.wait_all_tasks_blocked(0.3)
-        assert len(adopted) == 3 and ops.prepared.made == 1          # (address2 failed)
-        assert not pyfuse3.readdir_prepared_drop(given[2])
+        assert ops.prepared.made == 1                           # (entries[1]'s; entries[2]'s failed)
+        assert not pyfuse3.readdir_prepared_drop(entries[2])
         ops.forget([(ino, given.count(ino)) for ino in set(given)])
         assert ops.prepared.taken_back == 1 and ops.known_inodes == 0
     finally:

@@ -49,7 +49,7 @@ MAX_ENTRIES = 24
 #: subfolders whose folder and position are kept, to prepare the ones after them
 PARENTS_KEPT = 1 << 17
 #: times a listing from memory is tried (the tree held by a change), and the first wait in
-#: between (seconds, doubled each time)
+#: between (seconds, doubled each time); twice while other listings wait
 TRIES = 8
 RETRY_AFTER = 0.001
 #: folders whose snapshots are kept to prepare their subfolders from
@@ -167,18 +167,18 @@ class PreparedListings:
 
     async def _listed(self, ino: int, offset: int, count: int) -> list:
         """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
-        a few times while a change (or a worker making views) holds the tree."""
-        wait = RETRY_AFTER
+        while a change (or a worker making views) holds the tree, `TRIES` times in all, or
+        twice while other listings are queued (one held up must not hold them all up)."""
         reader = self._reader(ino, offset)
         if reader is None:
             return []
-        for _ in range(TRIES):
-            rows = self._rows(reader, offset, count)
-            if rows is not None:
-                return rows
-            await trio.sleep(wait)
-            wait *= 2
-        return []
+        tried = 1
+        while (rows := self._rows(reader, offset, count)) is None:
+            if tried == TRIES or (tried > 1 and self._replied):
+                return []
+            await trio.sleep(RETRY_AFTER * 2 ** (tried - 1))
+            tried += 1
+        return rows
 
     def _note_subfolders(self, ino: int, rows: list) -> None:
         """Where the subfolders of `ino` among its entries `rows` sit."""

@@ -25,7 +25,7 @@ from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
 from scopefs.daemon import fs
 from scopefs.daemon.fs import Operations
-from scopefs.daemon.prepared import AHEAD, PREPARED_ENV
+from scopefs.daemon.prepared import AHEAD, PREPARED_ENV, RETRY_AFTER, TRIES
 
 ENTRIES = 300
 
@@ -228,6 +228,68 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
         assert not pyfuse3.readdir_prepared_drop(entries[2])
         ops.forget([(ino, given.count(ino)) for ino in set(given)])
         assert ops.prepared.taken_back == 1 and ops.known_inodes == 0
+    finally:
+        tree.close()
+
+
+async def test_listings_the_tree_holds_up_wait_once_while_others_are_queued(walk_iid, monkeypatch):
+    """The listings answered are worked through by one task, each read again from memory
+    (tried again while a change holds the tree). A walker lists by-address/ and 3 of its
+    folders while another thread holds the tree: each waits once (RETRY_AFTER) while
+    others are queued, only the last the doubling waits in full (before, every one did:
+    a long hold, as a writable tree's commit, held the queue up for each in turn)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given, started, waits = Operations(tree), [], [], []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        with monkeypatch.context() as held:
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: started.append(fn))
+            await page_of(ops, tree.by_address.ino)
+            for ino in given[:3]:
+                await page_of(ops, ino)
+
+        async def sleep(seconds):
+            waits.append(seconds)
+            await trio.lowlevel.checkpoint()
+
+        monkeypatch.setattr(trio, "sleep", sleep)
+        holding, done = threading.Event(), threading.Event()
+
+        def change():
+            with tree.lock:
+                holding.set()
+                done.wait()
+
+        thread = threading.Thread(target=change)
+        thread.start()
+        holding.wait()
+        try:
+            trio.lowlevel.spawn_system_task(*started)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            done.set()
+            thread.join()
+        assert waits == [RETRY_AFTER] * 3 + [RETRY_AFTER * 2 ** i for i in range(TRIES - 1)]
+    finally:
+        tree.close()
+
+
+async def test_listings_queued_past_the_bound_are_dropped_and_counted(walk_iid, monkeypatch):
+    """At most REPLIES_QUEUED answered listings wait for the preparing task, the oldest
+    dropped (their subfolders never noted): the status counts them."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        monkeypatch.setattr("scopefs.daemon.prepared.REPLIES_QUEUED", 2)
+        with monkeypatch.context() as held:
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: None)
+            await page_of(ops, tree.by_address.ino)
+            for ino in given[:3]:
+                await page_of(ops, ino)
+        assert ops.status()["prepare_queue_dropped"] == 2
     finally:
         tree.close()
 

@@ -810,12 +810,13 @@ class Operations(pyfuse3.Operations):
                 out.append((next_offset, None, None, None, None))
         return out, len(out) == READDIR_BATCH
 
-    def _reply_nowait(self, token, listing: Listing, offset: int) -> int | None:
+    def _reply_nowait(self, token, listing: Listing, offset: int, counted: list) -> int | None:
         """Reply to a readdir at `offset` straight from `entries_nowait` rows while the
         directory can list from memory: no batch is built unless the buffer fills, when
-        the rows left wait in `listing.pending` as `_listing_batch` makes them. The offset
-        a worker thread must go on listing from (also at a name removed since the listing
-        was made: `_as_now`), or None once the reply is complete."""
+        the rows left wait in `listing.pending` as `_listing_batch` makes them (the inodes
+        of entries counted as lookups added to `counted`). The offset a worker thread must
+        go on listing from (also at a name removed since the listing was made: `_as_now`),
+        or None once the reply is complete."""
         nowait = getattr(listing.reader, "entries_nowait", None)
         if nowait is None:
             return offset
@@ -841,6 +842,7 @@ class Operations(pyfuse3.Operations):
                     replied = reply(token, fsencode(name), made, base + next_offset)
                     if replied:
                         remember(ino, child)
+                        counted.append(ino)
                 if not replied:
                     self._keep_pending(listing, rows[position:], more, offset)
                     return None
@@ -890,7 +892,7 @@ class Operations(pyfuse3.Operations):
                 if rows is None:
                     rows = await self._run(self._with_attributes, again.rows, True)
                 listing.pending, listing.position, listing.more, listing.offset = rows, 0, False, 0
-        first = offset
+        first, counted = offset, []             # (the entries given, each counted once)
         try:
             if listing.end == offset:
                 return                      # the end, found before: the kernel asks once more
@@ -901,7 +903,7 @@ class Operations(pyfuse3.Operations):
                     entries, position, more = listing.pending, listing.position, listing.more
                 else:
                     listing.pending = []
-                    offset = self._reply_nowait(token, listing, offset)
+                    offset = self._reply_nowait(token, listing, offset, counted)
                     if offset is None:
                         return
                     position = 0
@@ -932,12 +934,17 @@ class Operations(pyfuse3.Operations):
                             return
                         if child is not None:
                             self._remember(ino, child)
+                            counted.append(ino)
                     offset = next_offset
                 if not more:
                     self._ended(listing, offset)
                     return
+        except BaseException:                   # answered by an error (or not at all, at unmount):
+            self._give_back([(ino, 1) for ino in counted])      # the entries given are never sent
+            counted = None
+            raise
         finally:
-            if not fh and self.prepared.enabled:    # (the folders after it prepared once the reply is made)
+            if counted is not None and not fh and self.prepared.enabled:    # (a reply made)
                 self.prepared.listed(listing.ino, first, listing)
 
     def _ended(self, listing: Listing, offset: int) -> None:
@@ -1379,6 +1386,7 @@ class Operations(pyfuse3.Operations):
                       listings_prepared_in_session=self.prepared.enabled, listings_prepared=self.prepared.made,
                       readdirs_answered_prepared=prepared, prepared_listings_held=len(self.prepared),
                       prepared_listings_taken_back=self.prepared.taken_back,
+                      prepare_queue=self.prepared.queued, prepare_queue_dropped=self.prepared.dropped,
                       releasedir_requests=c.releasedirs, readlink_requests=c.readlinks,
                       flush_requests=c.flushes,
                       listings_cached_in_kernel=self.kernel_opens_dirs,

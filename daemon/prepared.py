@@ -49,7 +49,7 @@ MAX_ENTRIES = 24
 #: subfolders whose folder and position are kept, to prepare the ones after them
 PARENTS_KEPT = 1 << 17
 #: times a listing from memory is tried (the tree held by a change), and the first wait in
-#: between (seconds, doubled each time)
+#: between (seconds, doubled each time); twice while other listings wait
 TRIES = 8
 RETRY_AFTER = 0.001
 #: folders whose snapshots are kept to prepare their subfolders from
@@ -82,6 +82,7 @@ class PreparedListings:
         self._readers: OrderedDict[int, object] = OrderedDict()    # folder -> the snapshot its subfolders come from
         self.made = 0                               # replies prepared
         self.taken_back = 0                         # of those, taken back unsent
+        self.dropped = 0                            # answered listings left unnoted (`REPLIES_QUEUED`)
 
     def changed(self, *_report) -> None:
         """What a prepared reply shows may have changed: none made before is answered
@@ -96,21 +97,31 @@ class PreparedListings:
     def __len__(self) -> int:
         return len(self._held)
 
+    @property
+    def queued(self) -> int:
+        """Answered listings whose subfolders are still to be noted or prepared after."""
+        return len(self._replied) + self._draining
+
     def listed(self, ino: int, offset: int, listing) -> None:
         """`Operations.readdir` answered folder `ino` from `offset` (of its reader; the
         kernel opened it): its subfolders are noted and, from 0, the listings of the
         subfolders after it are prepared, by one task, in the order answered (a folder's
-        subfolders noted before a walker's listing of the first one asks where it sits)."""
+        subfolders noted before a walker's listing of the first one asks where it sits).
+        Called only where `enabled`; never raises (the reply is made: it must be sent)."""
         nowait = getattr(type(listing.reader), "entries_nowait", None)
-        if not self.enabled or nowait is None or nowait is Directory.entries_nowait:
+        if nowait is None or nowait is Directory.entries_nowait:
             return
-        stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
-        self._replied.append((ino, offset, (stop or offset + 1024) - offset))
-        if len(self._replied) > REPLIES_QUEUED:
-            self._replied.popleft()
-        if not self._draining:
-            self._draining = True
-            trio.lowlevel.spawn_system_task(self._after_replies)
+        try:
+            stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
+            self._replied.append((ino, offset, (stop or offset + 1024) - offset))
+            if len(self._replied) > REPLIES_QUEUED:
+                self._replied.popleft()
+                self.dropped += 1
+            if not self._draining:
+                trio.lowlevel.spawn_system_task(self._after_replies)
+                self._draining = True
+        except Exception:
+            log.exception("preparing listings after folder %d failed", ino)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
@@ -156,18 +167,18 @@ class PreparedListings:
 
     async def _listed(self, ino: int, offset: int, count: int) -> list:
         """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
-        a few times while a change (or a worker making views) holds the tree."""
-        wait = RETRY_AFTER
+        while a change (or a worker making views) holds the tree, `TRIES` times in all, or
+        twice while other listings are queued (one held up must not hold them all up)."""
         reader = self._reader(ino, offset)
         if reader is None:
             return []
-        for _ in range(TRIES):
-            rows = self._rows(reader, offset, count)
-            if rows is not None:
-                return rows
-            await trio.sleep(wait)
-            wait *= 2
-        return []
+        tried = 1
+        while (rows := self._rows(reader, offset, count)) is None:
+            if tried == TRIES or (tried > 1 and self._replied):
+                return []
+            await trio.sleep(RETRY_AFTER * 2 ** (tried - 1))
+            tried += 1
+        return rows
 
     def _note_subfolders(self, ino: int, rows: list) -> None:
         """Where the subfolders of `ino` among its entries `rows` sit."""

@@ -3,6 +3,8 @@
 lookup counts exact, never a stale listing."""
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import math
 import os
@@ -20,10 +22,10 @@ import trio.testing
 import walk_samples
 from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
 from scopefs.backends import iid as iid_backend
-from scopefs.backends.iid import IIDTree
 from scopefs.backends.options import Options
+from scopefs.daemon import fs
 from scopefs.daemon.fs import Operations
-from scopefs.daemon.prepared import AHEAD, PREPARED_ENV
+from scopefs.daemon.prepared import AHEAD, PREPARED_ENV, RETRY_AFTER, TRIES
 
 ENTRIES = 300
 
@@ -151,14 +153,20 @@ def page_reply(given: list):
     return reply
 
 
+def overview_sized() -> None:
+    """Waits for the thread that learns overview.png's size: it takes the tree's lock, so
+    a listing from memory meanwhile would be left to a worker."""
+    for thread in threading.enumerate():
+        if thread.name == "overview-size":
+            thread.join()
+
+
 async def walk_begun(tree, monkeypatch, *, last_first: bool = False) -> tuple[Operations, list]:
     """A new `Operations` of `tree` that listed by-address/ and the first folder in it,
     each a page, with no task switch in between (as the session loop reads on while
     requests wait), then let the tasks they started run (`last_first`: the last started
     first, as trio may run a batch of them); what it gave."""
-    for thread in threading.enumerate():        # (it takes the tree's lock: a listing would wait in a worker)
-        if thread.name == "overview-size":
-            thread.join()
+    overview_sized()
     ops, given, started = Operations(tree), [], []
     monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
     with monkeypatch.context() as held:
@@ -190,31 +198,150 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
     """Preparing a reply counts a lookup of each entry (`Tree.adopt` the first): if that
     fails partway, the counts taken are given back and pyfuse3 never holds the reply
     (before, it was handed over first: sent, the kernel would hold lookups the daemon
-    never counted, and its FORGETs would let nodes go that it still holds)."""
+    never counted, and its FORGETs would let nodes go that it still holds). Here the
+    count of the second entry (entry.json) of an entry folder prepared fails."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        ops = Operations(tree)
-        given = []
+        overview_sized()
+        ops, given = Operations(tree), []
         monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
-        await page_of(ops, tree.by_address.ino)
+        await page_of(ops, pyfuse3.ROOT_INODE)
         await trio.testing.wait_all_tasks_blocked()
-        for ino in given:                       # (replies an earlier test left in pyfuse3's tables)
+        entries = [ino for ino in given if isinstance(tree.get(ino), iid_backend.EntryFolder)]
+        for ino in entries:                     # (replies an earlier test left in pyfuse3's tables)
             pyfuse3.readdir_prepared_drop(ino)
-        adopt, adopted = tree.adopt, []
+        adopt, failed, started = tree.adopt, tree.get(entries[2]).json_file, []
 
         def failing(node):
-            adopted.append(node)
-            if len(adopted) == 3:             # (the first: the link address0 gives)
+            if node is failed:
                 raise RuntimeError("adopt failed")
             adopt(node)
 
         monkeypatch.setattr(tree, "adopt", failing)
-        await page_of(ops, given[0])
+        with monkeypatch.context() as held:     # (its task started once both are listed)
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: started.append(fn))
+            await page_of(ops, entries[0])
+            await page_of(ops, entries[1])      # (the next ones' entry.json made: their folders prepared)
+        trio.lowlevel.spawn_system_task(*started)
         await trio.testing.wait_all_tasks_blocked(0.3)
-        assert len(adopted) == 3 and ops.prepared.made == 1          # (address2 failed)
-        assert not pyfuse3.readdir_prepared_drop(given[2])
+        assert ops.prepared.made == 1                           # (entries[1]'s; entries[2]'s failed)
+        assert not pyfuse3.readdir_prepared_drop(entries[2])
         ops.forget([(ino, given.count(ino)) for ino in set(given)])
         assert ops.prepared.taken_back == 1 and ops.known_inodes == 0
+    finally:
+        tree.close()
+
+
+async def test_listings_the_tree_holds_up_wait_once_while_others_are_queued(walk_iid, monkeypatch):
+    """The listings answered are worked through by one task, each read again from memory
+    (tried again while a change holds the tree). A walker lists by-address/ and 3 of its
+    folders while another thread holds the tree: each waits once (RETRY_AFTER) while
+    others are queued, only the last the doubling waits in full (before, every one did:
+    a long hold, as a writable tree's commit, held the queue up for each in turn)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given, started, waits = Operations(tree), [], [], []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        with monkeypatch.context() as held:
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: started.append(fn))
+            await page_of(ops, tree.by_address.ino)
+            for ino in given[:3]:
+                await page_of(ops, ino)
+
+        async def sleep(seconds):
+            waits.append(seconds)
+            await trio.lowlevel.checkpoint()
+
+        monkeypatch.setattr(trio, "sleep", sleep)
+        holding, done = threading.Event(), threading.Event()
+
+        def change():
+            with tree.lock:
+                holding.set()
+                done.wait()
+
+        thread = threading.Thread(target=change)
+        thread.start()
+        holding.wait()
+        try:
+            trio.lowlevel.spawn_system_task(*started)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            done.set()
+            thread.join()
+        assert waits == [RETRY_AFTER] * 3 + [RETRY_AFTER * 2 ** i for i in range(TRIES - 1)]
+    finally:
+        tree.close()
+
+
+async def test_listings_queued_past_the_bound_are_dropped_and_counted(walk_iid, monkeypatch):
+    """At most REPLIES_QUEUED answered listings wait for the preparing task, the oldest
+    dropped (their subfolders never noted): the status counts them."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        monkeypatch.setattr("scopefs.daemon.prepared.REPLIES_QUEUED", 2)
+        with monkeypatch.context() as held:
+            held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: None)
+            await page_of(ops, tree.by_address.ino)
+            for ino in given[:3]:
+                await page_of(ops, ino)
+        assert ops.status()["prepare_queue_dropped"] == 2
+    finally:
+        tree.close()
+
+
+async def test_a_listing_answered_while_preparing_cannot_start_is_not_failed(walk_iid, monkeypatch):
+    """Once a readdir's reply holds its entries (each counted as the kernel's lookup), the
+    preparation it queues cannot fail it: if its task cannot be started, the reply is
+    still sent (before, it was answered EIO, the entries counted for a reply never sent),
+    and the task is started by the next listing, which finds the folder noted."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+
+        def cannot_start(fn, *args):
+            raise RuntimeError("the system nursery is closed")
+
+        with monkeypatch.context() as failing:
+            failing.setattr(trio.lowlevel, "spawn_system_task", cannot_start)
+            await page_of(ops, tree.by_address.ino)
+        assert len(given) == 20 and ops.known_inodes == 20
+        await page_of(ops, given[0])
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert ops.prepared.made == AHEAD
+    finally:
+        tree.close()
+
+
+async def test_lookups_counted_for_a_listing_that_then_fails_are_given_back(walk_iid, monkeypatch):
+    """A readdir answers what memory holds, then needs a worker for the rest, which fails
+    (the tree held by a change past the request's timeout): the request is answered EIO,
+    the entries given before it never sent, so their lookups are given back (before,
+    counted for good: nodes the kernel never saw, held until unmount)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        monkeypatch.setattr(fs, "NOWAIT_BATCH", 10)
+        snapshot = type(tree.by_address.opendir())
+        from_memory = snapshot.entries_nowait
+        monkeypatch.setattr(snapshot, "entries_nowait",
+                            lambda self, offset, count: from_memory(self, offset, count) if offset < 10 else None)
+
+        async def times_out(*args, **kwargs):
+            raise OSError(errno.EIO, "the source did not answer")
+
+        monkeypatch.setattr(ops, "_run", times_out)
+        with pytest.raises(pyfuse3.FUSEError):
+            await page_of(ops, tree.by_address.ino)
+        assert len(given) == 10 and ops.known_inodes == 0
     finally:
         tree.close()
 
@@ -250,7 +377,7 @@ def test_listings_prepared_before_a_change_are_never_given(tmp_path, walk_iid, m
     groups and one entry removed (`rm -r`), a new entry. Every folder then lists the same
     on both. (A drop_caches meanwhile makes the kernel forget the folders, whose replies
     are then taken back: tried again.)"""
-    tries = iter(range(5))
+    tries = itertools.count()
 
     def check():
         walks, attempt = [], next(tries)
@@ -265,8 +392,8 @@ def test_listings_prepared_before_a_change_are_never_given(tmp_path, walk_iid, m
             for name in sorted(os.listdir(mnt / "by-address"))[:2]:
                 os.listdir(mnt / "by-address" / name)
             status, deadline = daemon_status(mnt), time.monotonic() + 10
-            if prepared == "1":                     # (by one task, after the replies)
-                while status["listings_prepared"] < IIDTree.PREPARE_AHEAD + AHEAD:
+            if prepared == "1":                     # (by one task, after the replies: how many is scheduling)
+                while status["prepare_queue"]:
                     assert time.monotonic() < deadline, status
                     time.sleep(0.01)
                     status = daemon_status(mnt)
@@ -287,7 +414,7 @@ def test_listings_prepared_before_a_change_are_never_given(tmp_path, walk_iid, m
             before = daemon_status(mnt)["readdirs_answered_prepared"]
             walks.append(walk_of(mnt))
             answered = daemon_status(mnt)["readdirs_answered_prepared"] - before
-            assert answered > 0 if prepared == "1" else answered == 0, answered
+            assert answered > 0 if prepared == "1" else answered == 0, (answered, daemon_status(mnt))
         assert walks[0] == walks[1]
         assert ("notes.txt", 7) in walks[0][entries[2]] and "mask.png" not in dict(walks[0][entries[3]])
         assert entries[5] not in walks[0] and "new" in dict(walks[0]["by-address"])

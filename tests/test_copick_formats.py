@@ -1250,3 +1250,26 @@ def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which
     assert os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000") == []
     not_done = [r.getMessage() for r in caplog.records if "not done at unmount" in r.getMessage()]
     assert len(not_done) == 2 and all(temp in " ".join(not_done) for temp in temps), not_done
+
+
+def test_what_kept_sizes_need_is_read_ahead_once_and_waited_for_at_close(tmp_path, monkeypatch):
+    """The daemon listens to a tree three times (`listen`): what the views' kept sizes
+    need is read ahead by one thread (each read the kept sizes' file and libraries'
+    metadata, side by side), which unmount waits for."""
+    import threading
+    from scopefs.backends import copick
+    readers, release = [], threading.Event()
+
+    def read_ahead(self):
+        readers.append(threading.current_thread())
+        release.wait(5)
+    monkeypatch.setattr(copick.DerivedViews, "_read_ahead", read_ahead)
+    tree = tree_of_picks_copies(tmp_path, 1)
+    try:
+        for _ in range(3):
+            tree.listen(lambda *args: None)
+    finally:
+        threading.Timer(0.5, release.set).start()
+        tree.close()
+    assert len(readers) == 1, readers
+    assert not readers[0].is_alive()

@@ -622,6 +622,8 @@ class OverlayTree(Tree):
                 path = prefix + name
                 node = derived.get(path)
                 if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
+                    if node is not None:        # (kept by the mount: it lets go of its listing's sizes)
+                        node._kept = None
                     node = DerivedFile(make, info, key, path, kept)
                     new.append((source, node))
                 out.append(node)

@@ -152,3 +152,16 @@ def test_a_kept_size_told_while_the_view_is_made_reaches_its_node():
     file = node.made()
     assert told == [99]
     assert file.content() == b"twelve bytes" and resized == [file]
+
+
+def test_a_listing_whose_keys_cannot_be_worked_out_is_asked_once():
+    """A listing's keys that fail (a library's metadata broken) are asked for once: its
+    views are then each made and sized alone, not failed (EIO) at every stat."""
+    from scopefs.backends.kept_sizes import KeptTogether
+    asked = []
+
+    def keys():
+        asked.append(1)
+        raise ValueError("broken metadata")
+    together = KeptTogether(KeptSizes(None), keys)
+    assert [together.size("a.csv"), together.size("b.csv")] == [None, None] and asked == [1]

@@ -914,7 +914,7 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     view's size comes from the kept sizes in one go for the folder (`KeptTogether`), with
     no picks view's node made (each was: a renderer, a `KeptSize` and their partials, its
     key repr'd and digested alone, the store's lock taken once a view), in the same
-    Python calls a view for 2 picks files as for 20 (5 a view; 22 before, and the lock
+    Python calls a view for 2 picks files as for 20 (6 a view; 22 before, and the lock
     taken 204 times for 20 picks files, 24 for 2). Only the preview's and the MRC view's
     nodes are made (their keys stat their stores)."""
     import gc

@@ -466,6 +466,16 @@ class GeneratedFile(File):
     def cached_attr(self) -> Attr | None:
         return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
 
+    def told(self, size: int) -> None:
+        """The kernel was told this size before the node was made (a kept size found
+        without it): taken as its own kept size (content of another size is reported),
+        or reported at once if the node knows another."""
+        known = self._size
+        if known is None:
+            self._size, self._sized = size, None
+        elif known != size and self._on_resized is not None:
+            self._on_resized(self)
+
     def open(self, flags: int) -> FileHandle:
         if writes(flags):           # (root passes the kernel's check of the mode)
             raise read_only()

@@ -31,7 +31,7 @@ from .cache import ByteCache
 from .copick_views import (MRC_LIBRARIES, PICKS_LIBRARIES, VIEWS_VERSION, Imports, Once, PicksViews, VolumeViews,
                            read_file)
 from .kept_sizes import KeptSize, KeptSizes, KeptTogether, cache_path, digest_of_reprs, identity, versions
-from .nodes import ROOT_INO, attr_of
+from .nodes import ROOT_INO, Attr, attr_of
 from .options import MountError, Options
 from .overlay import FsspecRoot, LocalRoot, OverlayTree
 
@@ -44,6 +44,10 @@ LEARN_SIZES_ENV = "SCOPEFS_LEARN_VIEW_SIZES"
 #: what the bytes of a view depend on besides its source: its renderer's libraries
 RENDERER_LIBRARIES = {"picks_csv": (), "mesh_as": ("trimesh", "numpy"),
                       "preview": ("zarr", "numcodecs", "opencv-python-headless", "numpy")}
+#: the views a listing sizes together (`KeptTogether`), by renderer: their sources'
+#: extension, and each view's (its name's) with the renderer's args
+SIZED_TOGETHER = {"picks_csv": (".json", (("csv", ()),)),
+                  "mesh_as": (".glb", tuple((fmt, (fmt,)) for fmt in MESH_FORMATS))}
 
 
 def make_root(url: str, fs_args: dict | None, key: str, ttl: float):
@@ -145,7 +149,7 @@ class CopickTree(OverlayTree):
         """The daemon serves the tree: what the views' kept sizes need is read, and their
         sizes are learned, from now on (a tree opened and not served does neither)."""
         super().listen(listener)
-        threading.Thread(target=self.derive.read_ahead, name="read-view-sizes", daemon=True).start()
+        self.derive.read_ahead()
         self.derive.learner.start()
 
     def status(self) -> dict:
@@ -290,6 +294,7 @@ class DerivedViews:
         self.volumes = VolumeViews(tree, volume_cache, self)
         self.picks = PicksViews(tree, self.volumes, self)
         self.learner = SizeLearner(tree, self, self.sizes.limit)
+        self._reader: threading.Thread | None = None     # `read_ahead`'s
 
     def kept_size(self, key) -> KeptSize:
         """The kept size of a view whose bytes depend on what `key()` gives (None: not
@@ -297,9 +302,15 @@ class DerivedViews:
         return KeptSize(self.sizes, key, on_miss=self.libraries.start, prefix=(VIEWS_VERSION,))
 
     def read_ahead(self) -> None:
-        """What every view's kept size needs, read at mount in a thread of its own, so that
-        a first walk reads neither: the sizes kept, and the versions of the renderers'
-        libraries (13 packages' metadata: about 10 ms)."""
+        """What every view's kept size needs, read at mount in a thread of its own (one,
+        however many times asked; waited for at `close`), so that a first walk reads
+        neither: the sizes kept, and the versions of the renderers' libraries (11
+        packages' metadata: about 10 ms)."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_ahead, name="read-view-sizes", daemon=True)
+            self._reader.start()
+
+    def _read_ahead(self) -> None:
         try:
             self.sizes.load()
             for libraries in (PICKS_LIBRARIES, MRC_LIBRARIES, *RENDERER_LIBRARIES.values()):
@@ -330,6 +341,8 @@ class DerivedViews:
 
     def close(self) -> None:
         self.learner.stop()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
         self.volumes.close()
         self.readers.shutdown(wait=False, cancel_futures=True)
         self.sizes.close()
@@ -381,20 +394,22 @@ class DerivedViews:
         `KeptTogether` of its size or None)."""
         folder = rel.rpartition("/")[2]
         out = []
-        if folder == "Picks":
-            sources = [f"{rel}/{name}" for name in infos if name.endswith(".json") and not name.startswith(".")]
-            sized = Once(lambda: self._sizes(sources, self.picks_csv))           # all at once
-            kept = self._kept_together(rel, infos, self.picks_csv, [()])
-            for src in sources:
-                out.append((src.rpartition("/")[2][:-5] + ".csv", src,
-                            self._file(src, self.picks_csv, sized=lambda src=src: sized().get(src)), None, kept))
-        elif folder == "Meshes":
-            kept = self._kept_together(rel, infos, self.mesh_as, [(fmt,) for fmt in MESH_FORMATS])
-            for name in infos:
-                if name.endswith(".glb") and not name.startswith("."):
-                    src = f"{rel}/{name}"
-                    for fmt in MESH_FORMATS:
-                        out.append((f"{name[:-4]}.{fmt}", src, self._file(src, self.mesh_as, fmt), None, kept))
+        if folder in ("Picks", "Meshes"):
+            convert = self.picks_csv if folder == "Picks" else self.mesh_as
+            extension = SIZED_TOGETHER[convert.__name__][0]
+            sources = {name: info for name, info in infos.items()
+                       if name.endswith(extension) and not name.startswith(".")}
+            # (what the sources show, not the folder's every name: each view holds it until asked)
+            kept = KeptTogether(self.sizes, functools.partial(self._kept_keys, convert, sources)) \
+                if any(info is not None for info in sources.values()) else None
+            if convert == self.picks_csv:
+                paths = [f"{rel}/{name}" for name in sources]
+                sized = Once(lambda: self._sizes(paths, self.picks_csv))           # all at once
+            for name in sources:
+                src = f"{rel}/{name}"
+                size = (lambda src=src: sized().get(src)) if convert == self.picks_csv else None
+                for view, args in self._views_of(name, convert):
+                    out.append((view, src, self._file(src, convert, *args, view=view, sized=size), None, kept))
         elif folder.startswith("VoxelSpacing"):
             for name in infos:
                 if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
@@ -402,37 +417,39 @@ class DerivedViews:
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview), None, None))
         return out
 
-    def _kept_together(self, rel: str, infos: dict, convert, variants: list[tuple]) -> KeptTogether:
-        """The kept sizes of the views `convert(source, *args)` (args: each of `variants`)
-        of the sources among the names of `infos` (the JSON of Picks/, the GLB of Meshes/):
-        each `_file`'s key, the parts they share worked out once."""
-        def keys() -> dict[str, bytes | None]:
-            head = [repr(VIEWS_VERSION), repr(convert.__name__)]
-            libraries = repr(versions(*RENDERER_LIBRARIES[convert.__name__]))
-            source_ext = {self.picks_csv: ".json", self.mesh_as: ".glb"}[convert]
-            out = {}
-            for name, info in infos.items():
-                found = identity(info)
-                if name.endswith(source_ext) and not name.startswith("."):
-                    for args in variants:
-                        view = f"{name[:-len(source_ext)]}.{args[0] if args else 'csv'}"
-                        out[view] = None if found is None else \
-                            digest_of_reprs(head + [repr(args), libraries, repr(found)])
-            return out
-        return KeptTogether(self.sizes, keys)
+    @staticmethod
+    def _views_of(name: str, convert) -> tuple[tuple[str, tuple], ...]:
+        """(view name, the renderer's args) of each view `convert` makes of source `name`."""
+        extension, views = SIZED_TOGETHER[convert.__name__]
+        stem = name[:-len(extension)]
+        return tuple((f"{stem}.{suffix}", args) for suffix, args in views)
 
-    def _file(self, source: str, convert, *args, sized=None):
-        """The node maker of the view `convert(source, *args)` (`make(info)`: `info` what
-        the source shows, if the listing knows; else it is asked); `sized()`: its size if
-        known without making it."""
-        libraries = RENDERER_LIBRARIES[convert.__name__]
+    def _kept_keys(self, convert, sources: dict[str, Attr | None]) -> dict[str, bytes | None]:
+        """{view name: its kept size's key, None: not kept} of the views `convert` makes of
+        `sources` (name -> what it shows), the parts they share worked out once: those of
+        a listing (`KeptTogether`), and of a view made alone (`_file`), alike."""
+        head = [repr(VIEWS_VERSION), repr(convert.__name__)]
+        libraries = repr(versions(*RENDERER_LIBRARIES[convert.__name__]))
+        keys = {}
+        for name, info in sources.items():
+            found = identity(info)
+            for view, args in self._views_of(name, convert):
+                keys[view] = None if found is None else digest_of_reprs(head + [repr(args), libraries, repr(found)])
+        return keys
 
+    def _file(self, source: str, convert, *args, view: str = "", sized=None):
+        """The node maker of the view `convert(source, *args)` named `view` (`make(info)`:
+        `info` what the source shows, if the listing knows; else it is asked); `sized()`:
+        its size if known without making it."""
         def make(info=None):
             shown = info or self.tree.top(source)[1]
 
             def kept_key():
-                found = self.store_identity(source) if convert == self.preview else identity(shown)
-                return None if found is None else (convert.__name__, args, versions(*libraries), found)
+                if convert != self.preview:
+                    return self._kept_keys(convert, {source.rpartition("/")[2]: shown})[view]
+                found = self.store_identity(source)
+                return None if found is None else \
+                    (convert.__name__, args, versions(*RENDERER_LIBRARIES[convert.__name__]), found)
             return GeneratedFile(functools.partial(self._made, source, convert, *args), shown.mtime_ns, self.cache,
                                  key=self._version(source, convert, args, shown),
                                  kept=self.kept_size(kept_key), on_resized=self.resized, sized=sized)

@@ -305,7 +305,7 @@ class PicksViews:
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
         listed = _Listed(rel, voxel_size, center, written, Once(written))
-        kept = KeptTogether(self.views.sizes, functools.partial(self._kept_keys, rel, voxel_size, center, sources))
+        kept = KeptTogether(self.views.sizes, functools.partial(_kept_keys, rel, voxel_size, center, sources))
         out = []
         for source, info in sources.items():
             stem = source.rpartition("/")[2][:-5]
@@ -313,27 +313,6 @@ class PicksViews:
                 # (one partial a view: a folder lists thousands, and most are never made)
                 out.append((stem + suffix, source, functools.partial(self._make, listed, source, kind), info, kept))
         return out
-
-    @staticmethod
-    def _kept_keys(rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> dict[str, bytes | None]:
-        """{view name: its kept size's key} of the picks views of a listing of folder rel,
-        each `_kept_key`'s, the parts they share worked out once."""
-        if not sources:
-            return {}
-        try:
-            centre = repr(center())
-        except Exception:               # no centre: no STAR view is kept (as `_kept_key`)
-            centre = None
-        head = [repr(VIEWS_VERSION), repr("picks")]
-        shared = [repr(rel.split("/")[1]), repr(voxel_size), repr(versions(*PICKS_LIBRARIES))]
-        keys = {}
-        for source, info in sources.items():
-            stem, found = source.rpartition("/")[2][:-5], identity(info)
-            for suffix, kind in picks_format.FORMATS.items():
-                around = centre if kind == "star" else "None"
-                keys[stem + suffix] = None if found is None or around is None else \
-                    digest_of_reprs(head + [repr(kind)] + shared + [repr(found), around])
-        return keys
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
         """{VoxelSpacing folder: "Picks"} among the names of a run's folder rel."""
@@ -372,8 +351,8 @@ class PicksViews:
         return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center,
                                                functools.partial(_written_of, listed.written, source)),
                              shown.mtime_ns, self.cache,
-                             kept=self.views.kept_size(functools.partial(_kept_key, shown, center, kind, rel,
-                                                                         voxel_size)),
+                             kept=self.views.kept_size(functools.partial(_kept_key, rel, voxel_size, center,
+                                                                         source, shown, kind)),
                              on_resized=self.views.resized,
                              sized=functools.partial(_sized_from, listed.sized, source, kind))
 
@@ -488,15 +467,38 @@ def _no_center() -> None:
     return None
 
 
-def _kept_key(shown: Attr, center, kind: str, rel: str, voxel_size: float) -> tuple | None:
-    """What a picks view's bytes depend on (`kept_sizes`): its source's version and the
-    centre, None if either is not known."""
+def _kept_keys(rel: str, voxel_size: float, center, sources: dict[str, Attr | None],
+               formats: dict[str, str] = picks_format.FORMATS) -> dict[str, bytes | None]:
+    """{view name: its kept size's key, None: not kept} of the picks views (`formats`:
+    suffix -> kind) in folder rel of `sources` (picks file -> what it shows), the parts
+    they share worked out once: those of a listing (`KeptTogether`), and of a view made
+    alone (`_kept_key`), alike. A STAR view with no centre is not kept (it says why when
+    made), nor a name two views share (`x.json`'s `.relion4.star`, `x.relion4.json`'s `.star`)."""
+    if not sources:
+        return {}
     try:
-        found = (identity(shown), center())
-    except Exception:               # no centre: the view says why when made (EIO)
-        return None
-    return None if found[0] is None else \
-        ("picks", kind, rel.split("/")[1], voxel_size, versions(*PICKS_LIBRARIES), *found)
+        centre = repr(center()) if "star" in formats.values() else None
+    except Exception:
+        centre = None
+    head = [repr(VIEWS_VERSION), repr("picks")]
+    shared = [repr(rel.split("/")[1]), repr(voxel_size), repr(versions(*PICKS_LIBRARIES))]
+    keys = {}
+    for source, info in sources.items():
+        stem, found = source.rpartition("/")[2][:-5], identity(info)
+        for suffix, kind in formats.items():
+            around = centre if kind == "star" else "None"
+            view = stem + suffix
+            keys[view] = None if found is None or around is None or view in keys else \
+                digest_of_reprs(head + [repr(kind)] + shared + [repr(found), around])
+    return keys
+
+
+def _kept_key(rel: str, voxel_size: float, center, source: str, shown: Attr, kind: str) -> bytes | None:
+    """The kept size's key of the picks view of kind of source (what it shows) made
+    alone: as its listing's (`_kept_keys`)."""
+    key, = _kept_keys(rel, voxel_size, center, {source: shown},
+                      {suffix: k for suffix, k in picks_format.FORMATS.items() if k == kind}).values()
+    return key
 
 
 def _sized_from(sized, source: str, kind: str) -> int | None:

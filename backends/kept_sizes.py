@@ -106,7 +106,7 @@ class KeptSizes:
 
     def get_many(self, keys: dict) -> dict:
         """{name: kept size} of those of `keys` (name -> key, or None: not kept) that are
-        kept, under one hold of the lock (the first call reads the file)."""
+        kept, looked up under the lock at once (the first call reads the file first)."""
         sizes = self._loaded()
         now, found = _hours(), {}
         with self._lock:
@@ -197,8 +197,9 @@ class KeptSizes:
 
 class KeptSize:
     """The kept size of one view. `key()` gives what its bytes depend on (a tuple; I/O
-    allowed; `prefix` goes before it) or None (not kept); it is asked once, before the
-    view is made, so a size learned is kept under the version of its sources that was
+    allowed; `prefix` goes before it), or its digest already (worked out as its listing's
+    `KeptTogether` does: `digest_of_reprs`), or None (not kept); it is asked once, before
+    the view is made, so a size learned is kept under the version of its sources that was
     read; `key` is dropped then (its closure may hold a folder's worth: a mount keeps one
     of these per view)."""
 
@@ -213,7 +214,7 @@ class KeptSize:
         key = self._key
         if key is not None:
             parts = key()
-            self._digest = None if parts is None else digest(self._prefix + parts)
+            self._digest = parts if parts is None or isinstance(parts, bytes) else digest(self._prefix + parts)
             self._key = None
         return self._digest
 
@@ -250,7 +251,12 @@ class KeptTogether:
             with self._lock:
                 found = self._found
                 if found is None:
-                    found = self._found = self.sizes.get_many(self._keys())
+                    try:
+                        keys = self._keys()
+                    except Exception as exc:    # (asked once: each view is then made, and says why)
+                        log.debug("the kept sizes of a listing: %s: %s", type(exc).__name__, exc)
+                        keys = {}
+                    found = self._found = self.sizes.get_many(keys)
                     self._keys = None           # (it holds the listing's sources)
         return found.get(name)
 

@@ -914,7 +914,7 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     view's size comes from the kept sizes in one go for the folder (`KeptTogether`), with
     no picks view's node made (each was: a renderer, a `KeptSize` and their partials, its
     key repr'd and digested alone, the store's lock taken once a view), in the same
-    Python calls a view for 2 picks files as for 20 (5 a view; 22 before, and the lock
+    Python calls a view for 2 picks files as for 20 (6 a view; 22 before, and the lock
     taken 204 times for 20 picks files, 24 for 2). Only the preview's and the MRC view's
     nodes are made (their keys stat their stores)."""
     import gc
@@ -1250,3 +1250,155 @@ def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which
     assert os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000") == []
     not_done = [r.getMessage() for r in caplog.records if "not done at unmount" in r.getMessage()]
     assert len(not_done) == 2 and all(temp in " ".join(not_done) for temp in temps), not_done
+
+
+def test_what_kept_sizes_need_is_read_ahead_once_and_waited_for_at_close(tmp_path, monkeypatch):
+    """The daemon listens to a tree three times (`listen`): what the views' kept sizes
+    need is read ahead by one thread (each read the kept sizes' file and libraries'
+    metadata, side by side), which unmount waits for."""
+    import threading
+    from scopefs.backends import copick
+    readers, release = [], threading.Event()
+
+    def read_ahead(self):
+        readers.append(threading.current_thread())
+        release.wait(5)
+    monkeypatch.setattr(copick.DerivedViews, "_read_ahead", read_ahead)
+    tree = tree_of_picks_copies(tmp_path, 1)
+    try:
+        for _ in range(3):
+            tree.listen(lambda *args: None)
+    finally:
+        threading.Timer(0.5, release.set).start()
+        tree.close()
+    assert len(readers) == 1, readers
+    assert not readers[0].is_alive()
+
+
+def tree_with_views_of_every_kind(tmp_path: Path, monkeypatch):
+    """The tree (no mount) of a one-run project of 2 picks files and a mesh (a box as
+    GLB): its Picks/, Meshes/ and spacing folders show every kind of view sized together."""
+    import trimesh
+    from scopefs.backends import kept_sizes, open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
+    static = one_run_project(tmp_path, (1, 2), levels=1)[0]
+    meshes = static / "ExperimentRuns" / "TS_001" / "Meshes"
+    meshes.mkdir()
+    (meshes / "tester_1_membrane.glb").write_bytes(trimesh.creation.box().export(file_type="glb"))
+    return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+
+
+FOLDERS_SIZED_TOGETHER = ("Picks", "Meshes", "VoxelSpacing10.000")
+
+
+def test_a_listings_kept_size_keys_are_the_made_views_keys(tmp_path, monkeypatch):
+    """Each view a listing sizes together (`KeptTogether`: Picks/ CSV, Meshes/ PLY, OBJ,
+    STL, the spacing's picks views) has the very key its made node learns its size under
+    (else a kept size is never found, or is another view's)."""
+    tree = tree_with_views_of_every_kind(tmp_path, monkeypatch)
+    try:
+        tree.derive.learner.stop()
+        compared = []
+        for folder in FOLDERS_SIZED_TOGETHER:
+            rel = f"ExperimentRuns/TS_001/{folder}"
+            infos = {name: info for name, _, info in tree.scan(rel)}
+            for name, _, make, info, kept in tree.derive.listing(rel, infos):
+                if kept is not None:
+                    made_key = make(info)._kept.digest()
+                    assert made_key is not None and kept._keys()[name] == made_key, (rel, name)
+                    compared.append(name.partition(".")[2])
+        assert sorted(set(compared)) == ["csv", "em", "obj", "ply", "relion4.star", "star", "stl", "tbl"], compared
+        assert len(compared) == 2 + 3 + 2 * 5
+    finally:
+        tree.close()
+
+
+def test_every_view_sized_together_is_the_size_of_its_bytes(tmp_path, monkeypatch):
+    """A mount after one that learned every size (`SizeLearner`): each view of a Picks/,
+    Meshes/ and spacing folder is sized from its listing's kept sizes, none made, and each
+    size is that of the bytes the view then reads (not another view's)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    first = tree_with_views_of_every_kind(tmp_path, monkeypatch)
+    first.derive.learner._learn()
+    first.close()
+    tree = open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        tree.derive.learner.stop()
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        views = {}
+        for folder in FOLDERS_SIZED_TOGETHER:
+            for _, name, node, _ in run.lookup(folder).scan():
+                if name.rpartition(".")[2] in ("csv", "ply", "obj", "stl", "star", "tbl", "em"):
+                    views[f"{folder}/{name}"] = node.attr().size
+        assert len(views) == 2 + 3 + 2 * 5, sorted(views)
+        assert tree.derive.status()["views_made"] == 0
+        for path, size in views.items():
+            node = run.lookup(path.split("/")[0]).lookup(path.split("/")[1])
+            assert len(node.open(os.O_RDONLY).read(0, 1 << 24)) == size, path
+    finally:
+        tree.close()
+
+
+def test_a_view_replaced_by_its_changed_source_lets_go_of_its_listings_sizes(tmp_path, monkeypatch):
+    """A listing's kept sizes (`KeptTogether`) hold what its sources show, not every
+    name of the folder; a mesh rewritten and its folder listed again gives its views new
+    nodes, and the old ones (kept by the mount: the kernel never forgets what it never
+    looked up) let go of the old listing's."""
+    import gc
+    tree = tree_with_views_of_every_kind(tmp_path, monkeypatch)
+    try:
+        tree.derive.learner.stop()
+        rel = "ExperimentRuns/TS_001/Meshes"
+        mesh = tmp_path / "static" / rel / "tester_1_membrane.glb"
+        infos = {name: info for name, _, info in tree.scan(rel)}
+        notes = infos["tester_1_membrane.glb"]._replace(size=1)
+        kept = tree.derive.listing(rel, {**infos, "notes.txt": notes})[0][4]
+        held = [ref for ref in gc.get_referents(kept._keys) if isinstance(ref, (tuple, dict))]
+        held += [cell.cell_contents for refs in held if isinstance(refs, tuple) for cell in refs
+                 if type(cell).__name__ == "cell"]
+        assert not any(isinstance(ref, dict) and "notes.txt" in ref for ref in held), held
+        old = [node for _, node, _ in tree.derived(rel, infos)]
+        mesh.write_bytes(mesh.read_bytes() + b"\0" * 4)
+        infos = {name: info for name, _, info in tree.scan(rel)}
+        new = [node for _, node, _ in tree.derived(rel, infos)]
+        assert len(old) == 3 and not set(old) & set(new)
+        assert [node._kept for node in old] == [None] * 3
+    finally:
+        tree.close()
+
+
+def test_a_view_name_two_picks_files_share_has_no_kept_size(tmp_path, monkeypatch):
+    """`x.json` shows `x.relion4.star`, and so does `x.relion4.json` (as `.star`): that
+    name is not sized from the kept sizes (it was given one file's view's, whichever was
+    listed last); the other views are."""
+    from scopefs.backends import kept_sizes
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)
+    tree = tree_of_picks_copies(tmp_path, 1)
+    try:
+        tree.derive.learner.stop()
+        picks = tmp_path / "static" / "ExperimentRuns" / "TS_001" / "Picks"
+        (picks / "tester_1_proteasome.relion4.json").write_bytes((picks / "tester_1_proteasome.json").read_bytes())
+        rel = "ExperimentRuns/TS_001/VoxelSpacing10.000"
+        infos = {name: info for name, _, info in tree.scan(rel)}
+        keys = next(kept for *_, kept in tree.derive.listing(rel, infos) if kept is not None)._keys()
+        assert keys["tester_1_proteasome.relion4.star"] is None
+        assert None not in (keys["tester_1_proteasome.star"], keys["tester_1_proteasome.relion4.relion4.star"])
+    finally:
+        tree.close()
+
+
+def test_a_listing_that_stated_nothing_sizes_nothing_together(tmp_path, monkeypatch):
+    """The mount's learner lists Picks/ and Meshes/ by name only (`SizeLearner`): their
+    views have no source identity, so no kept sizes are looked up for them together
+    (each view's node finds its own)."""
+    tree = tree_with_views_of_every_kind(tmp_path, monkeypatch)
+    try:
+        tree.derive.learner.stop()
+        for folder in ("Picks", "Meshes"):
+            rel = f"ExperimentRuns/TS_001/{folder}"
+            assert [kept for *_, kept in tree.derive.listing(rel, dict.fromkeys(tree.listing(rel)))] \
+                == [None] * (2 if folder == "Picks" else 3)
+    finally:
+        tree.close()

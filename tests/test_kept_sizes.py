@@ -85,3 +85,83 @@ def test_a_generated_file_takes_its_kept_size_and_corrects_a_wrong_one(tmp_path)
     assert wrong.attr().size == 99
     assert wrong.content() == b"twelve bytes" and wrong.attr().size == 12 and resized == [wrong]
     assert sizes.get(digest(("view",))) == 12
+
+
+def kept_view(sizes, key_of_node, resized: list):
+    """A derived view listed with its size kept under b"k" * 16 (a `KeptTogether` of its
+    listing) whose node, when made, looks its kept size up under `key_of_node()`."""
+    import stat as stat_
+    from scopefs.backends.kept_sizes import KeptTogether
+    from scopefs.backends.nodes import Attr
+    from scopefs.backends.overlay.tree import DerivedFile
+    sizes.put(b"k" * 16, 99)
+    together = KeptTogether(sizes, lambda: {"view.csv": b"k" * 16})
+
+    def make(info):
+        return GeneratedFile(lambda: b"twelve bytes", info.mtime_ns, kept=KeptSize(sizes, key_of_node),
+                             on_resized=resized.append)
+    return make, Attr(stat_.S_IFREG | 0o444, 5, 1), together
+
+
+def test_a_view_made_after_its_kept_size_was_told_takes_that_size():
+    """A view sized from its listing's kept sizes, then made (opened): its node takes the
+    size the kernel was told, not a lookup of its own (its source changed meanwhile: its
+    own key misses, it made its content at once and nobody said the size told is wrong)."""
+    from scopefs.backends.overlay.tree import DerivedFile
+    resized = []
+    make, info, together = kept_view(KeptSizes(None), lambda: ("changed",), resized)
+    node = DerivedFile(make, info, ("src",), "Picks/view.csv", together)
+    node.ino = 7
+    assert node.attr().size == 99
+    file = node.made()
+    assert file.cached_attr().size == 99 and resized == []
+    assert file.content() == b"twelve bytes" and resized == [file]      # the kernel is told
+
+
+def test_a_kept_size_told_while_the_view_is_made_reaches_its_node():
+    """A listing's stat tells the kernel a view's kept size while another thread makes the
+    view's node (between the node made and placed): the node takes that size, so content
+    of another size is reported (the size was told, and nobody had it)."""
+    from scopefs.backends.overlay.tree import DerivedFile
+    resized = []
+    make, info, together = kept_view(KeptSizes(None), lambda: ("view",), resized)
+    told = []
+
+    class Racing(DerivedFile):
+        """The stat runs as `made()` first reads the size told, after making the node."""
+        __slots__ = ()
+        armed = [False]
+
+        @property
+        def _size(self):
+            size = DerivedFile._size.__get__(self)
+            if self.armed[0] and self._file is None:
+                self.armed[0] = False
+                told.append(self.attr().size)
+            return size
+
+        @_size.setter
+        def _size(self, size):
+            DerivedFile._size.__set__(self, size)
+
+    def making(info):
+        Racing.armed[0] = True
+        return make(info)
+    node = Racing(making, info, ("src",), "Picks/view.csv", together)
+    node.ino = 7
+    file = node.made()
+    assert told == [99]
+    assert file.content() == b"twelve bytes" and resized == [file]
+
+
+def test_a_listing_whose_keys_cannot_be_worked_out_is_asked_once():
+    """A listing's keys that fail (a library's metadata broken) are asked for once: its
+    views are then each made and sized alone, not failed (EIO) at every stat."""
+    from scopefs.backends.kept_sizes import KeptTogether
+    asked = []
+
+    def keys():
+        asked.append(1)
+        raise ValueError("broken metadata")
+    together = KeptTogether(KeptSizes(None), keys)
+    assert [together.size("a.csv"), together.size("b.csv")] == [None, None] and asked == [1]

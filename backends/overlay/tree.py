@@ -622,6 +622,8 @@ class OverlayTree(Tree):
                 path = prefix + name
                 node = derived.get(path)
                 if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
+                    if node is not None:        # (kept by the mount: it lets go of its listing's sizes)
+                        node._kept = None
                     node = DerivedFile(make, info, key, path, kept)
                     new.append((source, node))
                 out.append(node)
@@ -839,9 +841,10 @@ class DerivedFile(File):
 
     def made(self) -> File:
         """The node that serves this file, made once (numbered as this one: it reports
-        itself by its number when a kept size proves wrong). A node made after its kept
-        size was told takes it at once (the same key: its content of another size is
-        reported when made)."""
+        itself by its number when a kept size proves wrong). A kept size the kernel was
+        told goes to the node (`told`: its content of another size is reported), also
+        one told while it was made: placed, then the size looked at again, as `_told`
+        sets the size, then looks for the node (one of the two sees the other)."""
         file = self._file
         if file is None:
             with _making[self.ino % MAKING_LOCKS]:
@@ -849,10 +852,21 @@ class DerivedFile(File):
                 if file is None:
                     file = self._make(self._info)
                     file.ino = self.ino
-                    if self._size is not None:
-                        file.attr()
+                    size = self._size
+                    if size is not None:
+                        file.told(size)
                     self._file, self._make, self._info, self._kept = file, None, None, None
+                    if size is None and (size := self._size) is not None:
+                        file.told(size)
         return file
+
+    def _told(self, size: int | None) -> None:
+        """The kept size (None: not kept) the kernel is told, and the node's if one was
+        made meanwhile (`made`)."""
+        self._size, self._kept = size, None
+        file = self._file
+        if file is not None and size is not None:
+            file.told(size)
 
     def _kept_attr(self, size: int | None) -> Attr | None:
         info = self._info
@@ -862,7 +876,7 @@ class DerivedFile(File):
         if self._file is None:
             kept = self._kept
             if kept is not None:            # (asked once: a size kept, else the node is made)
-                self._size, self._kept = kept.size(self.derived_path.rpartition("/")[2]), None
+                self._told(kept.size(self.derived_path.rpartition("/")[2]))
             attr = self._kept_attr(self._size)
             if attr is not None:
                 return attr
@@ -874,7 +888,7 @@ class DerivedFile(File):
             return file.cached_attr()
         kept = self._kept
         if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
-            self._size, self._kept = size, None
+            self._told(size)
         return self._kept_attr(self._size)
 
     def open(self, flags: int) -> FileHandle:

@@ -305,7 +305,8 @@ class FileHandle:
     def flush_nowait(self) -> bool:
         """`flush` if it needs no I/O and no wait: True once done (a refusal raises as
         `flush` does); False with nothing done otherwise. Called only of a class that
-        defines it (every other flush costs no call more)."""
+        defines it (every other flush costs no call more). Each node it reports must have
+        a new size or mtime: the kernel is told only of their attributes."""
         return False
 
     def fsync(self) -> None:

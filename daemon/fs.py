@@ -1231,7 +1231,9 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
-        if type(handle).flush_nowait is not FileHandle.flush_nowait:   # (others' flushes: no call more)
+        # only of a class that defines it (not a wrapper that hands other calls on, as the
+        # overlay's): every other flush costs no call more
+        if getattr(type(handle), "flush_nowait", FileHandle.flush_nowait) is not FileHandle.flush_nowait:
             done = True                         # (a refusal too: it raises)
             try:
                 with self.notifier.held(on_loop=True):

@@ -573,7 +573,7 @@ class MaskView(IIDView):
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
 
-    def commit_nowait(self, data: bytes) -> bool:
+    def commit_nowait(self, data: bytearray) -> bool:
         """The mask of a new entry folder that stays pending (no entry.json yet: what
         `cp -r` of an entry usually writes first), a small PNG of nothing but pixels (a
         cell's: NOWAIT_MASK_PIXELS, NOWAIT_MASK_BYTES), is decoded and kept on the

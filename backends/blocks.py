@@ -179,15 +179,12 @@ class BufferHandle(FileHandle):
     """Writes go to a private copy; `commit(data)` runs when the handle is flushed after
     a change (close, fsync), so a file that must be valid as a whole (a mask, a JSON
     document) is applied whole or not at all. A refused commit leaves the copy dirty
-    and raises again at the next flush, so the error reaches close(2). `commit_nowait`,
-    if given, makes the commit on the daemon's loop where it can (`flush_nowait`)."""
+    and raises again at the next flush, so the error reaches close(2)."""
     flush_blocks = True
 
-    def __init__(self, data: bytes, commit: Callable[[bytes], None],
-                 commit_nowait: Callable[[bytes], bool] | None = None):
+    def __init__(self, data: bytes, commit: Callable[[bytes], None]):
         self.buf = bytearray(data)
         self.commit = commit
-        self.commit_nowait = commit_nowait
         self.dirty = False
         self._lock = threading.Lock()
 
@@ -215,19 +212,6 @@ class BufferHandle(FileHandle):
             data = bytes(self.buf)
         self.commit(data)
         self.dirty = False
-
-    def flush_nowait(self) -> bool:
-        """`flush` where `commit_nowait` makes the commit without waiting (a small file
-        applied in memory): True once flushed (a refusal raises as `flush` does), False
-        if it cannot (nothing changed: then `flush` in a thread)."""
-        with self._lock:
-            if not self.dirty:
-                return True
-            data = bytes(self.buf)
-        if self.commit_nowait is None or not self.commit_nowait(data):
-            return False
-        self.dirty = False
-        return True
 
 
 class MemoryFile(File):
@@ -307,9 +291,16 @@ class View(File):
     def commit(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def commit_nowait(self, data: bytes) -> bool:
+    def commit_nowait(self, data: bytearray) -> bool:
         """`commit` if it can be made here without I/O or a wait (True; a refusal raises
-        as `commit` does), else False with nothing changed (then `commit` in a thread)."""
+        as `commit` does), else False with nothing changed (then `commit` in a thread).
+        `data` is the writer's buffer, only read during the call: it says False before it
+        copies or decodes what it will not commit here. A view that defines it must
+        change the size or mtime of every node its commit changes (the owner's mtime is
+        set here): the daemon then tells the kernel only of their attributes, and the
+        kernel drops a file's pages when it sees them change (FUSE_CAP_AUTO_INVAL_DATA,
+        libfuse's default) and a folder's cached listing at its next readdir from offset
+        0 (the folder's mtime), never waiting on pages a read holds."""
         return False
 
     def attr(self) -> Attr:
@@ -324,7 +315,8 @@ class View(File):
             return self._reader(self.staged if self.staged is not None else self.content(), tag)
         current = self.staged if self.staged is not None else self.content()
         # committed only once written to: a shell's `>` closes a dup of the file first
-        writer = ViewWriter(self, current)
+        nowait = type(self).commit_nowait is not View.commit_nowait
+        writer = (NowaitViewWriter if nowait else ViewWriter)(self, current)
         self._opened(None)                     # the writer's bytes land in the kernel's pages
         return writer
 
@@ -357,7 +349,7 @@ class View(File):
         with self._tags_lock:
             self._served_tag = None
 
-    def _commit(self, data: bytes, nowait: bool = False) -> bool:
+    def _commit(self, data: bytes | bytearray, nowait: bool = False) -> bool:
         """`commit` (`nowait`: `commit_nowait`, False if it could not); then the model shows."""
         done = True                    # (a refusal too)
         try:
@@ -370,12 +362,10 @@ class View(File):
         finally:
             if done:                   # accepted, or refused: either way the model shows
                 self.staged = None     # the kernel's pages hold what was written, not the model's
+                # (dropped by the report; after `commit_nowait`, by the new size or mtime)
                 if self.tree is not None:
                     self.tree.report(self.ino, *([self.owner.ino] if isinstance(self.owner, Node) else []))
         return done
-
-    def _commit_nowait(self, data: bytes) -> bool:
-        return self._commit(data, nowait=True)
 
 
 class ViewReader(BytesHandle):
@@ -393,11 +383,23 @@ class ViewWriter(BufferHandle):
     """A writable open of a View, counted until released: its bytes reach the kernel's pages."""
 
     def __init__(self, view: View, data: bytes):
-        super().__init__(data, view._commit, view._commit_nowait)
+        super().__init__(data, view._commit)
         self._view = view
 
     def release(self) -> None:
         self._view._released(None)
+
+
+class NowaitViewWriter(ViewWriter):
+    """The writer of a View that defines `commit_nowait`: its flush is made on the
+    daemon's loop where the view can (no copy of the buffer there)."""
+
+    def flush_nowait(self) -> bool:
+        with self._lock:
+            if self.dirty and not self._view._commit(self.buf, nowait=True):
+                return False
+            self.dirty = False
+        return True
 
 
 _GENERATED = itertools.count()

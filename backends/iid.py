@@ -38,7 +38,7 @@ import orjson
 
 from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
-from ..formats.images import EncodeError, make_format, png_pixels
+from ..formats.images import EncodeError, make_format, small_plain_png
 from . import is_url, remote
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile
 from .cache import ByteCache
@@ -52,10 +52,13 @@ log = logging.getLogger(__name__)
 
 MASK_FORMATS = ("png", "tiff", "npy", "bmp", "pnm")
 NAME_BYTES = 180            # readable part of a folder name; the key keeps it unique
-#: masks written as PNG files of at most this many pixels (128 x 128) are committed on the
-#: daemon's loop (`MaskView.commit_nowait`): decoding one takes at most about 0.2 ms (a
-#: 64 x 64 cell's 0.06 ms, an 8 x 8 one's 0.01 ms, on a loaded 2-core VM)
+#: masks written as PNG files of at most this many pixels (128 x 128) and bytes, holding
+#: nothing but pixels (`small_plain_png`), are committed on the daemon's loop
+#: (`MaskView.commit_nowait`): checking and decoding one takes at most about 0.2 ms (a
+#: 64 x 64 cell's 0.06 ms, an 8 x 8 one's 0.01 ms, on a loaded 2-core VM). An honest
+#: 128 x 128 mask, 16-bit and uncompressed, is 33 KB.
 NOWAIT_MASK_PIXELS = 1 << 14
+NOWAIT_MASK_BYTES = 1 << 16
 
 
 def open_tree(source: str, options: Options, read_only: bool = False, progress=None, base: int = ROOT_INO,
@@ -570,16 +573,16 @@ class MaskView(IIDView):
     def commit(self, data: bytes) -> None:
         self.owner.set_mask(decode_mask(data))
 
-    def commit_nowait(self, data: bytes) -> bool:
+    def commit_nowait(self, data: bytearray) -> bool:
         """The mask of a new entry folder that stays pending (no entry.json yet: what
-        `cp -r` of an entry writes first), a PNG of at most NOWAIT_MASK_PIXELS (a cell's),
-        is decoded and kept on the daemon's loop, a few tens of microseconds, when no
-        change holds the tree: a copied mask costs no worker thread. It changes only this
-        folder's files; a commit that changes an entry, and so other folders' listings and
-        the overview, goes to a thread as before."""
+        `cp -r` of an entry usually writes first), a small PNG of nothing but pixels (a
+        cell's: NOWAIT_MASK_PIXELS, NOWAIT_MASK_BYTES), is decoded and kept on the
+        daemon's loop, a few tens of microseconds, when no change holds the tree: a copied
+        mask costs no worker thread. It changes only this folder's files, and their size
+        or mtime (as `View.commit_nowait` requires); a commit that changes an entry, and so
+        other folders' listings and the overview, goes to a thread as before."""
         folder = self.owner
-        pixels = png_pixels(data)
-        if pixels is None or pixels > NOWAIT_MASK_PIXELS or not folder.stays_pending():
+        if not folder.stays_pending() or not small_plain_png(data, NOWAIT_MASK_PIXELS, NOWAIT_MASK_BYTES):
             return False
         mask = decode_mask(data)
 

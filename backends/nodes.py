@@ -118,11 +118,12 @@ class CachePolicy:
     keep_cache: bool = True
     #: whether the kernel may keep a directory's listing until told otherwise (then a
     #: second `ls` of an unchanged folder never reaches the daemon). The kernel drops it on
-    #: changes made through the mount and on an invalidation of the folder's inode, so a
-    #: tree that sets it either never changes behind the kernel's back or reports every
-    #: such change of a folder's names through `Tree.report` (the folder's inode). The
-    #: kernel then also keeps symbolic links' targets: such a tree gives a link a new
-    #: inode for a new target, or reports the link.
+    #: changes made through the mount and on an invalidation of the folder's inode (of its
+    #: attributes only, after `View.commit_nowait`: at the next readdir from offset 0,
+    #: which finds a new mtime), so a tree that sets it either never changes behind the
+    #: kernel's back or reports every such change of a folder's names through
+    #: `Tree.report` (the folder's inode). The kernel then also keeps symbolic links'
+    #: targets: such a tree gives a link a new inode for a new target, or reports the link.
     cache_listings: bool = True
     #: for directories and symbolic links, where a tree can trust them longer than its
     #: files (None: attr_timeout). The kernel checks each directory of a path it
@@ -302,8 +303,10 @@ class FileHandle:
         pass
 
     def flush_nowait(self) -> bool:
-        """`flush` (of a handle that `flush_blocks`) if it needs no I/O and no wait: True
-        once done (a refusal raises as `flush` does); False with nothing done otherwise."""
+        """`flush` if it needs no I/O and no wait: True once done (a refusal raises as
+        `flush` does); False with nothing done otherwise. Called only of a class that
+        defines it (every other flush costs no call more). Each node it reports must have
+        a new size or mtime: the kernel is told only of their attributes."""
         return False
 
     def fsync(self) -> None:

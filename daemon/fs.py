@@ -1265,12 +1265,18 @@ class Operations(pyfuse3.Operations):
             # sending FLUSH at every close(2), one request less per file read
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
-        if handle.flush_blocks:
-            with self.notifier.held(on_loop=True):
-                done = handle.flush_nowait()
-            if done:                            # (a commit in memory: no worker thread)
-                self.prepared.changed()
-                await self._notified()
+        # only of a class that defines it (not a wrapper that hands other calls on, as the
+        # overlay's): every other flush costs no call more
+        if getattr(type(handle), "flush_nowait", FileHandle.flush_nowait) is not FileHandle.flush_nowait:
+            done = True                         # (a refusal too: it raises)
+            try:
+                with self.notifier.held(on_loop=True):
+                    done = handle.flush_nowait()
+            finally:
+                if done:                        # (a commit in memory: no worker thread)
+                    self.prepared.changed()
+                    await self._notified()
+            if done:
                 return
         if handle.flush_blocks and self.thread_replies is not None and self.thread_replies.take():
             self.counters.worker_calls += 1

@@ -306,12 +306,42 @@ PASSTHROUGH = {"png": ("png",), "tiff": ("tif",), "bmp": ("bmp",), "jpg": ("jpg"
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: the chunks that make a PNG's pixels and nothing else: a decoder inflates no text or
+#: colour profile of a file that holds only these
+PIXEL_CHUNKS = frozenset((b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"))
+#: channels of each PNG colour type (gray, RGB, palette, gray + alpha, RGBA)
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
-def png_pixels(data: bytes) -> int | None:
-    """Width x height of a PNG file, from its header (what decoding it would make); None
-    if `data` is not a PNG."""
-    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    return width * height
+def small_plain_png(data: bytes | bytearray, max_pixels: int, max_bytes: int, max_chunks: int = 64) -> bool:
+    """Whether `data` is a PNG file of at most `max_pixels` and `max_bytes` whose decoding
+    costs no more than its pixels: at most `max_chunks` chunks, all PIXEL_CHUNKS, not interlaced, its
+    IDAT data one zlib stream of exactly the rows IHDR promises (inflated here at most
+    that far: libpng inflates all of it, a zlib bomb too). If not, decode it in a thread,
+    if at all. Reads `data` in place: only the IDAT data is copied."""
+    if not 29 <= len(data) <= max_bytes or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return False
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if width * height > max_pixels or interlace or colour not in PNG_CHANNELS:
+        return False
+    idat, offset = [], 8
+    for _ in range(max_chunks):
+        if offset + 8 > len(data):
+            return False
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind not in PIXEL_CHUNKS:
+            return False
+        if kind == b"IDAT":
+            idat.append(data[offset + 8:offset + 8 + length])
+        offset += 12 + length
+        if kind == b"IEND":
+            break
+    else:
+        return False
+    rows = height * (1 + (width * depth * PNG_CHANNELS[colour] + 7) // 8)   # (a filter byte each)
+    stream = zlib_ng.decompressobj()
+    try:
+        raw = stream.decompress(b"".join(idat), rows + 1)
+    except zlib_ng.error:
+        return False
+    return offset == len(data) and stream.eof and len(raw) == rows

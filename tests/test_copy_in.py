@@ -18,6 +18,8 @@ from PIL import Image
 
 import walk_samples
 from conftest import daemon_pid, daemon_status, wait_gone
+from png_samples import chunk as png_chunk, gray_png, ztxt
+from scopefs.formats.images import make_format
 
 COPIES = 500
 #: files copied by one cp whose cost is compared: the first ones, and the last ones
@@ -38,6 +40,8 @@ INVALIDATIONS = {"fsdb": 0}
 #: worker calls per copied file: an FSDB file's commit writes to disk (one, which answers
 #: the FLUSH itself); a small .iid mask is decoded and applied on the daemon's loop (none)
 WORKER_CALLS = {"fsdb": 1, "iid": 0}
+#: what the mount serves for a new entry's 8 x 8 mask of ones
+MOUNTED_8X8 = bytes(make_format("png").encode_checked(np.full((8, 8), 255, np.uint8)))
 
 
 def _cost(mnt, fn) -> dict:
@@ -98,7 +102,7 @@ def test_each_copied_file_costs_the_same_few_requests_and_worker_calls(kind, tmp
     if kind == "iid":           # (a mask committed on the loop: stat and read show the mount's)
         mask = dest / os.path.basename(names[-1]) / "mask.png"
         assert os.stat(mask).st_size == len(mask.read_bytes())
-        assert (np.array(Image.open(mask)) != 0).all() and Image.open(mask).size == (8, 8)
+        assert mask.read_bytes() == MOUNTED_8X8 != png.getvalue()      # (not the bytes cp wrote)
 
 
 def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):
@@ -217,6 +221,28 @@ def test_a_mask_committed_on_the_loop_still_reports_a_refused_file_at_close(tmp_
     assert failed.returncode != 0 and "Invalid argument" in failed.stderr, failed.stderr
     assert daemon_status(mnt)["worker_calls"] == before["worker_calls"]
     assert not (mnt / "new-bad" / "mask.png").exists()
+
+
+def test_a_small_mask_whose_decoding_costs_more_than_its_pixels_is_decoded_in_a_worker(tmp_path, mount):
+    """An 8 x 8 mask.png whose decoder would inflate megabytes (a zTXt chunk, a zlib bomb
+    after its rows in IDAT: libpng inflates both whole) or that holds a large chunk of
+    its own is committed in a worker thread, never on the daemon's loop; an honest one
+    on the loop. Each is kept."""
+    source = walk_samples.iid(tmp_path / "cells.iid", 3)
+    mnt = mount(source.path, "-o", "writeback_delay=600")
+    masks = {"honest": gray_png(8, 8), "ztxt": gray_png(8, 8, before_idat=(ztxt(50),)),
+             "bomb": gray_png(8, 8, extra_zeros=50 << 20),
+             "large": gray_png(8, 8, before_idat=(png_chunk(b"prVt", bytes(1 << 20)),))}
+    worker_calls = {}
+    for name, data in masks.items():
+        folder = tmp_path / name / f"new-{name}"
+        folder.mkdir(parents=True)
+        (folder / "mask.png").write_bytes(data)
+        before = daemon_status(mnt)["worker_calls"]
+        subprocess.run(["cp", "-r", str(folder), str(mnt)], check=True)
+        worker_calls[name] = daemon_status(mnt)["worker_calls"] - before
+        assert (mnt / f"new-{name}" / "mask.png").read_bytes() == MOUNTED_8X8
+    assert worker_calls == {"honest": 0, "ztxt": 1, "bomb": 1, "large": 1}
 
 
 def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_whole_files(tmp_path, mount):

@@ -16,11 +16,12 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from scopefs.backends.cache import ByteCache
-from scopefs.formats.images import make_format
+from scopefs.formats.images import make_format, small_plain_png
 from scopefs.formats.imgstore.extra import read_extra_data
 from scopefs.formats.imgstore.frames import FrameReader, colour_conversions, open_reader
 from scopefs.formats.imgstore.index import Chunk, FrameIndex
 from scopefs.formats.imgstore.metadata import read_metadata
+from png_samples import gray_png, ztxt
 from stores import barcode, make_store
 
 
@@ -157,6 +158,32 @@ def test_a_frame_encoded_from_its_layout_costs_few_calls_and_one_checksum_of_eac
     assert again == first
     assert [kind for kind, _ in png_chunks(first)].count(b"IDAT") == 1
     assert crcs == 1 and calls < 30, (crcs, calls)
+
+
+def _png(img, **options) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG", **options)
+    return out.getvalue()
+
+
+def test_a_small_png_of_nothing_but_pixels_is_told_from_one_whose_decoding_costs_more():
+    """What a mask's commit may decode on the daemon's loop: small PNGs of pixel chunks
+    only, as PIL, OpenCV and the mounts write them; not a file of a side chunk (a zTXt
+    bomb, a pHYs), of extra zlib data in IDAT (a bomb libpng inflates whole), interlaced,
+    with bytes after IEND, truncated, too many pixels or bytes."""
+    gray = np.full((128, 128), 255, np.uint8)
+    palette = Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P")
+    honest = [gray_png(8, 8), _png(Image.fromarray(gray)), _png(Image.fromarray(gray.astype(np.uint16) * 257)),
+              _png(palette, transparency=0), cv2.imencode(".png", gray)[1].tobytes(),
+              bytes(make_format("png").encode_checked(gray))]
+    assert [small_plain_png(data, 1 << 14, 1 << 16) for data in honest] == [True] * len(honest)
+    costly = [gray_png(8, 8, before_idat=(ztxt(8),)), gray_png(8, 8, extra_zeros=8 << 20),
+              gray_png(8, 8, extra_zeros=1), _png(Image.fromarray(gray), dpi=(72, 72)),
+              gray_png(8, 8, interlace=1), gray_png(8, 8) + b"\0", gray_png(8, 8)[:-1], gray_png(129, 128),
+              b"not a png" * 10]
+    assert [small_plain_png(data, 1 << 14, 1 << 16) for data in costly] == [False] * len(costly)
+    assert not small_plain_png(honest[1], 1 << 14, len(honest[1]) - 1)
+    assert small_plain_png(bytearray(honest[0]), 64, 71)               # (a writer's buffer, read in place)
 
 
 def test_lossy_formats_have_no_size_from_shape():

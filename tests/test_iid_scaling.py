@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import errno
 import gc
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import tracemalloc
 from pathlib import Path
 from statistics import median_low
 
@@ -212,6 +215,52 @@ def test_views_follow_every_change(files, tmp_path):
             write(folder.json_file, b'{"address": "new", "bbox": [0, 0]}')
         assert doc_of(first)["key"] == 99 and doc_of(second)["key"] == 100
         assert tree.status()["entries"] == 101
+    finally:
+        tree.close()
+
+
+def test_a_mask_is_committed_on_the_loop_only_when_nothing_else_waits_on_it(files, tmp_path):
+    """A new folder's mask is committed at its close on the daemon's loop (`flush_nowait`)
+    only when it is small, the tree's lock is free and the folder stays pending; else the
+    flush says so with nothing changed and nothing copied (not even a 100 MB .npy), and
+    the flush in a thread commits it (then making the entry whose entry.json came first)."""
+    tree = open_tree(copy_of(files[100], tmp_path))
+    try:
+        mask = io.BytesIO()
+        Image.fromarray(DISK.astype(np.uint8) * 255).save(mask, format="PNG")
+        folders = [tree.root.mkdir(f"new-{i}", 0o755) for i in range(3)]
+        writers = [folder.mask_file.open(os.O_WRONLY | os.O_TRUNC) for folder in folders]
+        for writer in writers:
+            writer.write(0, mask.getvalue())
+        write(folders[1].json_file, b'{"address": "new-1", "bbox": [0, 0]}')
+        big = np.lib.format.header_data_from_array_1_0(np.zeros((10_000, 10_000), np.uint8))
+        writers[2].truncate(100 << 20)                   # (a 100 MB mask.npy)
+        writers[2].write(0, b"\x93NUMPY\x01\x00" + repr(big).encode())
+        holder = threading.Thread(target=lambda: (tree.lock.acquire(), taken.set(), release.wait(10),
+                                                  tree.lock.release()))
+        taken, release = threading.Event(), threading.Event()
+        holder.start()
+        try:
+            assert taken.wait(10)
+            busy = writers[0].flush_nowait()             # (a change holds the tree)
+        finally:
+            release.set()
+            holder.join()
+        tracemalloc.start()
+        try:
+            later = [writer.flush_nowait() for writer in writers[1:]]
+            copied = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert (busy, later) == (False, [False, False]) and copied < 1 << 20, copied
+        assert [folder.pending_mask for folder in folders[:2]] == [None, None]
+        assert tree.status()["entries"] == 100
+        writers[0].flush()
+        writers[1].flush()
+        assert folders[0].pending_mask is not None and doc_of(folders[1])["area"] == DISK.sum()
+        assert tree.status()["entries"] == 101
+        for writer in writers:
+            writer.release()
     finally:
         tree.close()
 

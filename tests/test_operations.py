@@ -1,6 +1,7 @@
 """The daemon's Operations driven directly (no kernel): counts, errors, caching policy."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -16,7 +17,7 @@ import trio
 import trio.testing
 from conftest import uncached_file
 
-from scopefs.backends.blocks import GeneratedFile, StaticDirectory
+from scopefs.backends.blocks import BufferHandle, GeneratedFile, StaticDirectory
 from scopefs.backends import localfiles
 from scopefs.backends.localfiles import OSFileHandle
 from scopefs.backends.nodes import ROOT_INO, Attr, File, FileHandle, Symlink, Tree
@@ -508,6 +509,46 @@ def test_a_change_made_on_the_loop_sends_its_inodes_attributes_only_and_never_wa
     finally:
         blocking.set()
         notifier.stop()
+
+
+async def test_only_a_handle_that_commits_in_memory_is_flushed_on_the_loop(ops, monkeypatch):
+    """A flush is tried on the loop (`flush_nowait`, inside `Notifier.held`) only for a
+    handle class that defines it: any other costs no call more, and a `BufferHandle`
+    (copick's) flushes in a thread as it always did, clean or not."""
+    entered = []
+    monkeypatch.setattr(ops.notifier, "held", lambda on_loop=False: entered.append(on_loop) or contextlib.nullcontext())
+    ops.tree.writable = True
+    committed = []
+    for handle in (NotedHandle(True, threading.get_ident()), BufferHandle(b"clean", committed.append)):
+        before = ops.counters.worker_calls
+        await ops.flush(ops._add_handle(handle).fh)
+        assert ops.counters.worker_calls == before + 1, handle
+    assert entered == [] and committed == []
+
+
+class RefusedOnLoop(FileHandle):
+    flush_blocks = True
+
+    def __init__(self, tree: Tree):
+        self.tree = tree
+
+    def flush_nowait(self) -> bool:
+        self.tree.report(ROOT_INO)                  # (what a refused commit reports)
+        raise OSError(errno.EINVAL, "not a mask")
+
+
+async def test_a_flush_refused_on_the_loop_waits_for_what_it_reported(ops, monkeypatch):
+    """A commit refused on the loop answers its error only once the kernel was told of what
+    it reported, as one accepted there (and one in a thread) does."""
+    waited = []
+
+    async def notified():
+        waited.append(True)
+    monkeypatch.setattr(ops, "_notified", notified)
+    ops.tree.writable = True
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.flush(ops._add_handle(RefusedOnLoop(ops.tree)).fh)
+    assert refused.value.errno == errno.EINVAL and waited == [True]
 
 
 class HandleLog(FileHandle):

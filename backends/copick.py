@@ -99,6 +99,8 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     tree.derive = DerivedViews(tree, volume_cache, view_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
     tree.imports = Imports(tree, tree.derive.picks, objects or None)
+    if tree.writable:
+        tree.imports.resume()
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -326,7 +328,7 @@ class DerivedViews:
             return found
         source = self._source_name(rel, name)
         shown = self.tree.shown(f"{rel}/{source}") if source else None
-        for derived, path, make in self._listing(rel, [source]) if shown else ():
+        for derived, path, make in self._listing(rel, {source: shown[1]}) if shown else ():
             if derived == name:
                 return path, make, shown[1]
         return None
@@ -345,7 +347,7 @@ class DerivedViews:
     def listing(self, rel: str, infos: dict):
         """(view name, source, make node, what the source shows or None: not stat'ed) of
         the names of folder rel (`infos`: name -> what it shows, or None: not known)."""
-        return [(*entry, None) for entry in self._listing(rel, list(infos)) + self.volumes.listing(rel, infos)] \
+        return [(*entry, None) for entry in self._listing(rel, infos) + self.volumes.listing(rel, infos)] \
             + self.picks.listing(rel, infos)
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
@@ -353,13 +355,20 @@ class DerivedViews:
         of the sibling's files (`OverlayTree.listed_before`)."""
         return self.picks.folders_showing(rel, names)
 
+    def views_following(self, rel: str) -> list[str]:
+        """The views whose bytes depend on rel besides those made of it: a tomogram's
+        store (its metadata) centres its run's STAR views (`PicksViews`)."""
+        return self.picks.star_views_following(rel)
+
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel
         itself: a run's VoxelSpacing folders show its Picks/ (`PicksViews`)."""
         return self.picks.folders_following(rel)
 
-    def _listing(self, rel: str, names: list[str]):
-        """The views of this module (picks as CSV, meshes, volume previews) among names."""
+    def _listing(self, rel: str, infos: dict):
+        """The views of this module (picks as CSV, meshes, volume previews) among the names
+        of `infos` (name -> what it shows, or None: asked)."""
+        names = list(infos)
         folder = rel.rpartition("/")[2]
         out = []
         if folder == "Picks":
@@ -376,7 +385,8 @@ class DerivedViews:
                         out.append((f"{name[:-4]}.{fmt}", src, self._file(src, self.mesh_as, fmt)))
         elif folder.startswith("VoxelSpacing"):
             for name in names:
-                if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
+                if name.endswith(".zarr") and "features" not in name and not name.startswith(".") \
+                        and self.volumes.levels(f"{rel}/{name}", infos[name]):   # (none of a store being copied in)
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview)))
         return out

@@ -453,8 +453,9 @@ def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
 
 @pytest.mark.upstream
 def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path, mount):
-    """The daemon killed while it converts: the overlay holds only hidden leftovers, and
-    copick 1.31 lists no new tomogram (a store appears whole or not at all)."""
+    """The daemon killed while it converts: the overlay holds nothing beside the
+    tomograms (the MRC waits out of sight for the next mount), and copick 1.31 lists no
+    new tomogram (a store appears whole or not at all)."""
     import signal
     import time
     config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
@@ -469,8 +470,9 @@ def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path,
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)                   # the daemon this test started
     stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
-    left = sorted(p.name for p in stored.iterdir())
-    assert left and all(name.startswith(".big.") for name in left), left
+    assert sorted(p.name for p in stored.iterdir()) == []
+    assert os.listdir(overlay / ".wh..wh.scopefs.kept" / "copick-imports") == [
+        "ExperimentRuns%2FTS_001%2FVoxelSpacing10.000%2Fbig.mrc"]
     seen = json.loads(run_upstream("copick", "upstream_copick.py", "use_tomograms", str(overlay_only))
                       .strip().splitlines()[-1])
     assert seen == []
@@ -1157,7 +1159,8 @@ def test_an_unmount_finishes_the_tomogram_imports_queued(tmp_path):
 
 def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which(tmp_path, monkeypatch, caplog):
     """The wait is bounded: the import running then stops at its next chunk, those queued
-    do not start; each is logged as not done, and the file its writer wrote is kept."""
+    do not start; each is logged as not done, and the file its writer wrote is kept out of
+    sight and converted at the next mount (`Imports.resume`)."""
     from scopefs.backends import copick_views
     from scopefs.formats import tomogram
 
@@ -1178,10 +1181,104 @@ def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which
             imports.check_tomogram(node, temps[-1])
     finally:
         imports.close()
-        tree.upper.close()
     assert {k: imports.tomograms[k] for k in ("imported", "failed")} == {"imported": 0, "failed": 2}
     assert imports.tomograms["running"] == {}
-    assert all(os.path.exists(temp) for temp in temps)
+    kept = tmp_path / "upper" / ".wh..wh.scopefs.kept" / "copick-imports"
+    assert sorted(os.listdir(kept)) == ["run%2FVoxelSpacing10.000%2Fdenoised.mrc", "run%2FVoxelSpacing10.000%2Fwbp.mrc"]
     assert os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000") == []
     not_done = [r.getMessage() for r in caplog.records if "not done at unmount" in r.getMessage()]
-    assert len(not_done) == 2 and all(temp in " ".join(not_done) for temp in temps), not_done
+    assert len(not_done) == 2 and all(str(kept) in line for line in not_done), not_done
+
+    monkeypatch.undo()                      # the next mount converts them
+    imports = copick_views.Imports(tree, None, None)
+    try:
+        imports.resume()
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert imports.tomograms["imported"] == 2
+    assert sorted(os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000")) == ["denoised.zarr", "wbp.zarr"]
+    assert os.listdir(kept) == []
+
+
+def test_a_star_view_made_before_its_tomogram_arrived_centres_on_it_once_it_is_there(tmp_path, mount):
+    """RELION 5's STAR view centres on the run's tomogram: one read while the run had none
+    holds pixel coordinates (as `.relion4.star`); once a tomogram is copied in, the view
+    centres on it (the overlay watch tells the kernel). Before, it kept the uncentred
+    layout until a remount."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    runs = mnt / "ExperimentRuns"
+    (runs / "TS_002").mkdir()
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "Picks"), str(runs / "TS_002")], check=True)
+    spacing = runs / "TS_002" / "VoxelSpacing10.000"
+    spacing.mkdir()
+    assert b"rlnCenteredCoordinateXAngst" not in (spacing / "tester_3_proteasome.star").read_bytes()
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"), str(spacing)], check=True)
+    centred = (runs / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.star").read_bytes()
+    deadline = time.monotonic() + 5
+    while (spacing / "tester_3_proteasome.star").read_bytes() != centred.replace(b"TS_001", b"TS_002"):
+        assert time.monotonic() < deadline, (spacing / "tester_3_proteasome.star").read_bytes()
+        time.sleep(0.05)
+
+
+def test_a_store_being_copied_in_has_no_views_until_its_coarsest_level_arrives(tmp_path, mount):
+    """`cp -r` writes a store level by level, the coarsest last: until that level's
+    metadata is there, the store has no MRC or preview view and gives its run's STAR views
+    no centre (nothing remembered: they all appear once it is whole). Before, the views
+    were listed from level 0's metadata and the coarsest level's failed with EIO."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=2))
+    runs = mnt / "ExperimentRuns"
+    store = runs / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"
+    spacing = runs / "TS_002" / "VoxelSpacing10.000"
+    (spacing / "wbp.zarr").mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "Picks"), str(runs / "TS_002")], check=True)
+    for name in os.listdir(store):
+        if name != "1":                                     # all but the coarsest level
+            subprocess.run(["cp", "-r", str(store / name), str(spacing / "wbp.zarr")], check=True)
+    listed = sorted(os.listdir(spacing))
+    assert [n for n in listed if n.endswith((".mrc", ".png"))] == [], listed
+    assert b"rlnCenteredCoordinateXAngst" not in (spacing / "tester_3_proteasome.star").read_bytes()
+    subprocess.run(["cp", "-r", str(store / "1"), str(spacing / "wbp.zarr")], check=True)
+    deadline = time.monotonic() + 5
+    while not {"wbp.mrc", "wbp.bin2.mrc", "wbp.png"} <= set(os.listdir(spacing)):
+        assert time.monotonic() < deadline, os.listdir(spacing)
+        time.sleep(0.05)
+    assert (spacing / "wbp.bin2.mrc").read_bytes() == \
+        (runs / "TS_001" / "VoxelSpacing10.000" / "wbp.bin2.mrc").read_bytes().replace(b"TS_001", b"TS_002")
+    centred = (runs / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.star").read_bytes()
+    while (spacing / "tester_3_proteasome.star").read_bytes() != centred.replace(b"TS_001", b"TS_002"):
+        assert time.monotonic() < deadline, (spacing / "tester_3_proteasome.star").read_bytes()
+        time.sleep(0.05)
+
+
+def test_a_tomogram_import_cut_by_a_killed_daemon_is_resumed_at_the_next_mount(tmp_path, mount):
+    """The daemon killed while it converts (after `cp` was told the file is stored: `mv`
+    has deleted its own copy): nothing partial shows beside the tomograms, and the next
+    mount converts the MRC kept out of sight, the same voxels. Before, the MRC stayed as
+    a hidden `.big.mrc.*` beside the tomograms and was never imported."""
+    source = one_run_project(tmp_path, (), levels=1)
+    mnt = mount(*source)
+    data = np.random.default_rng(3).normal(size=(24, 320, 320)).astype(np.float32)
+    with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 10.0
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    subprocess.run(["mv", str(tmp_path / "big.mrc"), str(spacing)], check=True)
+    deadline = time.monotonic() + 10
+    while "chunks" not in daemon_status(mnt)["tomogram_imports"]["running"].get(
+            "ExperimentRuns/TS_001/VoxelSpacing10.000/big.mrc", ""):
+        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
+        time.sleep(0.005)
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)                   # the daemon this test started
+    cleanup_mount(mnt, pid)
+    stored = tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert [p.name for p in stored.iterdir()] == []          # nothing partial shown
+    again = mount(*source, mountpoint=tmp_path / "again")
+    while not (status := daemon_status(again)["tomogram_imports"])["imported"]:
+        assert time.monotonic() < deadline + 20 and not status["failed"], status
+        time.sleep(0.02)
+    assert {"big.mrc", "big.png", "big.zarr"} <= set(os.listdir(again / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"))
+    assert np.array_equal(zarr.open_group(str(stored / "big.zarr"), mode="r")["0"][:], data)
+    assert [p.name for p in stored.iterdir()] == ["big.zarr"]
+    assert os.listdir(tmp_path / "overlay" / ".wh..wh.scopefs.kept" / "copick-imports") == []

@@ -669,6 +669,14 @@ class OverlayTree(Tree):
                     inodes.add(child.ino)
                 if parent is not None and name:
                     entries.add((parent.ino, name))
+                for view in self.derive.views_following(path) if self.derive is not None else ():
+                    with self._table:                 # made again when next asked for
+                        node = self._derived.pop(view, None)
+                    folder = self._node_at(view.rpartition("/")[0])
+                    if node is not None:
+                        inodes.add(node.ino)
+                        if folder is not None:
+                            entries.add((folder.ino, view.rpartition("/")[2]))
                 for changed in _ancestors(path):              # a store's views follow its files
                     views = self._derived_by_source.get(changed, ())
                     # the name of a view whose source is gone stays known to the kernel until
@@ -991,7 +999,8 @@ class _ViewSourceHandle:
             self._written = False
             tree, rel = self._tree, self._rel
             folder, _, name = rel.rpartition("/")
-            if rel in tree._derived_by_source or tree.derive.folders_following(folder):
+            if rel in tree._derived_by_source or tree.derive.folders_following(folder) \
+                    or tree.derive.views_following(rel):
                 tree.overlay_changed({folder: {name}}, waited=True)
 
 
@@ -1336,6 +1345,8 @@ class MergedDir(MergedNode, Directory):
             node.move_place((self, name), (new_parent, new_name))
             if node.key[1] == old:                        # a root without inodes: the path is its identity
                 self.tree.rekey(node, self.tree.upper, self.tree.upper.stat(new))
+        if self.tree.derive is not None and self.tree.derive.views_following(new):
+            self.tree.overlay_changed({new_parent.rel: {new_name}})    # (rsync renames a store's metadata in)
 
     def _check_replace(self, node: "MergedNode", target: Attr, new: str) -> None:
         source_is_dir = isinstance(node, MergedDir)

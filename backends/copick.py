@@ -344,6 +344,14 @@ class DerivedViews:
             return stem + ".zarr"
         return ""
 
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The paths a view named `rel/name` would be made of, there or not (none: no
+        view takes that name)."""
+        source = self._source_name(rel, name)
+        if source:
+            return [f"{rel}/{source}"]
+        return self.volumes.sources_of(rel, name) or self.picks.sources_of(rel, name)
+
     def listing(self, rel: str, infos: dict):
         """(view name, source, make node, what the source shows or None: not stat'ed) of
         the names of folder rel (`infos`: name -> what it shows, or None: not known)."""

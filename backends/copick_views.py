@@ -112,18 +112,22 @@ class VolumeViews:
                             self._maker(source, path, voxel_size * binning)))
         return out
 
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The zarr stores an MRC view named `rel/name` can come from."""
+        stem, folder = name[:-4], rel.rpartition("/")[2]
+        if not name.endswith(".mrc") or not (folder.startswith(SPACING) or folder == "Segmentations"):
+            return []
+        binned = BINNED.match(stem)
+        return [f"{rel}/{candidate}.zarr" for candidate in [stem] + ([binned["stem"]] if binned else [])]
+
     def lookup(self, rel: str, name: str):
         """(source, make, what the source shows) of one view name, looking only at the zarr
         stores it can come from."""
-        if not name.endswith(".mrc"):
-            return None
-        stem = name[:-4]
-        binned = BINNED.match(stem)
-        for candidate in [stem] + ([binned["stem"]] if binned else []):
-            shown = self.tree.shown(f"{rel}/{candidate}.zarr")
+        for source in self.sources_of(rel, name):
+            shown = self.tree.shown(source)
             if shown is None:
                 continue
-            for view, source, make in self.listing(rel, {candidate + ".zarr": shown[1]}):
+            for view, source, make in self.listing(rel, {source.rpartition("/")[2]: shown[1]}):
                 if view == name:
                     return source, make, shown[1]
         return None
@@ -342,6 +346,12 @@ class PicksViews:
             return []
         run = "/".join(parts[:2])
         return [f"{run}/{name}" for name in self.tree.listing(run) if self._run(f"{run}/{name}") is not None]
+
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The picks file a picks view named `rel/name` is made of."""
+        suffix = next((s for s in picks_format.FORMATS if name.endswith(s)), None)
+        found = self._run(rel) if suffix else None
+        return [f"{found[0]}/Picks/{name[:-len(suffix)]}.json"] if found else []
 
     def lookup(self, rel: str, name: str):
         for suffix in picks_format.FORMATS:

@@ -1282,3 +1282,93 @@ def test_a_tomogram_import_cut_by_a_killed_daemon_is_resumed_at_the_next_mount(t
     assert np.array_equal(zarr.open_group(str(stored / "big.zarr"), mode="r")["0"][:], data)
     assert [p.name for p in stored.iterdir()] == ["big.zarr"]
     assert os.listdir(tmp_path / "overlay" / ".wh..wh.scopefs.kept" / "copick-imports") == []
+
+
+def sizes_and_digests(folder: Path) -> dict[str, tuple[int, str] | None]:
+    """Every path under folder: a file's size and checksum, None for a folder."""
+    import hashlib
+    return {str(path.relative_to(folder)): None if path.is_dir() else
+            (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()) for path in sorted(folder.rglob("*"))}
+
+
+def test_a_run_copied_whole_by_rsync_is_the_same_run_with_its_own_views(tmp_path, mount):
+    """A run copied inside the mount by `rsync -a` into a new run: exit status 0, the same
+    names, sizes and checksums. A view's copy renamed onto a view's name is dropped if it
+    holds that view's bytes (at once, or once its source arrives and the view serves
+    them: Picks/'s CSV views); one that differs (it names the old run) stays a real file,
+    as does the preview copied before its store. Before, every view's copy was stored
+    and hid its view."""
+    mnt = mount(*one_run_project(tmp_path, (1, 2), levels=1))
+    runs = mnt / "ExperimentRuns"
+    before = sizes_and_digests(runs / "TS_001")
+    copied = subprocess.run(["rsync", "-a", f"{runs / 'TS_001'}/", f"{runs / 'TS_002'}/"], capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    assert sizes_and_digests(runs / "TS_002") == before
+    kept = tmp_path / "overlay" / "ExperimentRuns" / "TS_002"
+    deadline = time.monotonic() + 5                 # (Picks/'s CSV copies go once their picks are there)
+    while {"tester_1_proteasome.csv", "tester_2_proteasome.csv"} & set(os.listdir(kept / "Picks")):
+        assert time.monotonic() < deadline, os.listdir(kept / "Picks")
+        time.sleep(0.05)
+    copies = {p.name for p in (kept / "VoxelSpacing10.000").iterdir()} - {"wbp.zarr", "wbp.png"}
+    assert copies and all(b"TS_001" in (kept / "VoxelSpacing10.000" / name).read_bytes() for name in copies), copies
+    assert not {"tester_1_proteasome.tbl", "tester_1_proteasome.em"} & copies, copies
+    assert sizes_and_digests(runs / "TS_002") == before
+
+
+def test_a_view_written_over_with_its_own_bytes_takes_them_and_refuses_others(tmp_path, mount):
+    """`cp` of a view's copy onto that view (O_TRUNC, then the bytes) exits 0 and stores
+    nothing; other bytes, a shorter or longer file, an append or a read-write open are
+    refused (EROFS), and the view reads as it was right after each (the kernel is told to
+    drop what the writer left in its cache). Before, any open to write was refused."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    view = spacing / "tester_3_proteasome.csv"
+    data = view.read_bytes()
+    (tmp_path / "copy.csv").write_bytes(data)
+    (tmp_path / "other.csv").write_bytes(data.replace(b"TS_001", b"TS_009"))
+    (tmp_path / "short.csv").write_bytes(data[:-1])
+    same = subprocess.run(["cp", str(tmp_path / "copy.csv"), str(view)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    for name in ("other.csv", "short.csv"):
+        refused = subprocess.run(["cp", str(tmp_path / name), str(view)], capture_output=True, text=True)
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused
+        assert view.read_bytes() == data
+    subprocess.run(["sh", "-c", f": > {view}"])
+    assert view.stat().st_size == len(data) and view.read_bytes() == data
+    for mode in ("r+b", "ab"):
+        with pytest.raises(OSError) as raised:
+            open(view, mode).close()
+        assert raised.value.errno == errno.EROFS
+    mrc = spacing / "wbp.mrc"
+    head = mrc.read_bytes()[:1088]
+    with pytest.raises(OSError) as raised:
+        with open(mrc, "wb", buffering=0) as out:       # O_TRUNC: the same first bytes are taken
+            assert out.write(head[:1024]) == 1024
+            with pytest.raises(OSError) as refused:
+                out.write(bytes(255 - b for b in head[1024:]))
+            assert refused.value.errno == errno.EROFS
+    assert raised.value.errno == errno.EROFS            # (at close: not all of it written back)
+    assert mrc.read_bytes()[:1088] == head
+    assert [p for p in (tmp_path / "overlay").rglob("*") if not p.name.startswith(".wh.")] == []
+
+
+def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_is_imported(tmp_path, mount):
+    """The negative cases: a file with other bytes than a view's, renamed onto its name
+    (`rsync`), is stored as it is and shows; a saved STAR file copied back into a run
+    whose picks were deleted is imported (the picks are back), not taken for a copy."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    run = mnt / "ExperimentRuns" / "TS_001"
+    spacing = run / "VoxelSpacing10.000"
+    saved = (spacing / "tester_3_proteasome.star").read_bytes()
+    (tmp_path / "saved.star").write_bytes(saved)
+    modified = (spacing / "tester_3_proteasome.csv").read_bytes() + b"# my note\n"
+    (tmp_path / "tester_3_proteasome.csv").write_bytes(modified)
+    synced = subprocess.run(["rsync", str(tmp_path / "tester_3_proteasome.csv"), f"{spacing}/"], capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    assert (spacing / "tester_3_proteasome.csv").read_bytes() == modified
+    assert (tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.csv").read_bytes() == modified
+    (run / "Picks" / "tester_3_proteasome.json").unlink()
+    assert "tester_3_proteasome.star" not in os.listdir(spacing)
+    subprocess.run(["cp", str(tmp_path / "saved.star"), str(spacing / "tester_3_proteasome.star")], check=True)
+    assert "tester_3_proteasome.json" in os.listdir(run / "Picks")
+    assert (spacing / "tester_3_proteasome.star").read_bytes() == saved

@@ -1354,7 +1354,7 @@ def test_a_view_written_over_with_its_own_bytes_takes_them_and_refuses_others(tm
 
 def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_is_imported(tmp_path, mount):
     """The negative cases: a file with other bytes than a view's, renamed onto its name
-    (`rsync`), is stored as it is and shows; a saved STAR file copied back into a run
+    (`rsync`: a CSV, an MRC with the view's own label), is stored as it is and shows; a saved STAR file copied back into a run
     whose picks were deleted is imported (the picks are back), not taken for a copy."""
     mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
     run = mnt / "ExperimentRuns" / "TS_001"
@@ -1367,6 +1367,12 @@ def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_i
     assert synced.returncode == 0, synced.stderr
     assert (spacing / "tester_3_proteasome.csv").read_bytes() == modified
     assert (tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.csv").read_bytes() == modified
+    labelled = bytearray((spacing / "wbp.mrc").read_bytes())          # the view's label, other voxels
+    labelled[-1] ^= 0xFF
+    (tmp_path / "wbp.mrc").write_bytes(labelled)
+    synced = subprocess.run(["rsync", str(tmp_path / "wbp.mrc"), f"{spacing}/"], capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    assert (spacing / "wbp.mrc").read_bytes() == labelled
     (run / "Picks" / "tester_3_proteasome.json").unlink()
     assert "tester_3_proteasome.star" not in os.listdir(spacing)
     subprocess.run(["cp", str(tmp_path / "saved.star"), str(spacing / "tester_3_proteasome.star")], check=True)

@@ -1355,7 +1355,8 @@ def test_a_view_written_over_with_its_own_bytes_takes_them_and_refuses_others(tm
 def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_is_imported(tmp_path, mount):
     """The negative cases: a file with other bytes than a view's, renamed onto its name
     (`rsync`: a CSV, an MRC with the view's own label), is stored as it is and shows; a saved STAR file copied back into a run
-    whose picks were deleted is imported (the picks are back), not taken for a copy."""
+    whose picks were deleted is imported (the picks are back), not taken for a copy, as is
+    a Dynamo view copied into another run."""
     mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
     run = mnt / "ExperimentRuns" / "TS_001"
     spacing = run / "VoxelSpacing10.000"
@@ -1378,3 +1379,7 @@ def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_i
     subprocess.run(["cp", str(tmp_path / "saved.star"), str(spacing / "tester_3_proteasome.star")], check=True)
     assert "tester_3_proteasome.json" in os.listdir(run / "Picks")
     assert (spacing / "tester_3_proteasome.star").read_bytes() == saved
+    other = mnt / "ExperimentRuns" / "TS_002" / "VoxelSpacing10.000"          # a view copied to a run without its picks
+    other.mkdir(parents=True)
+    subprocess.run(["cp", str(spacing / "tester_3_proteasome.tbl"), str(other)], check=True)
+    assert "tester_3_proteasome.json" in os.listdir(other.parent / "Picks")

@@ -977,22 +977,24 @@ class _ViewWriteHandle(FileHandle):
     def __init__(self, node: DerivedFile, truncated: bool):
         self._node, view = node, node.made()
         self._size, self._view = view.attr().size, view.open(os.O_RDONLY)
-        self._truncated, self._end = truncated, 0
+        # the bytes written back from offset 0 without a gap (a gap would read as zeros)
+        self._truncated, self._covered = truncated, 0
 
     def write(self, offset: int, data: bytes) -> int:
-        if offset + len(data) > self._size or self._view.read(offset, len(data)) != data:
+        if self._size is None or offset + len(data) > self._size or self._view.read(offset, len(data)) != data:
             raise read_only(self._node.derived_path)
-        self._end = max(self._end, offset + len(data))
+        if offset <= self._covered:
+            self._covered = max(self._covered, offset + len(data))
         return len(data)
 
     def truncate(self, size: int) -> None:
-        if size == 0 and self._end == 0:
+        if size == 0 and self._covered == 0:
             self._truncated = True          # (O_TRUNC as the kernel sends it: a truncate first)
         elif size != self._size:
             raise read_only(self._node.derived_path)
 
     def flush(self) -> None:
-        if self._truncated and self._end != self._size:
+        if self._truncated and self._covered != self._size:
             raise read_only(self._node.derived_path)
 
     def release(self) -> None:

@@ -162,8 +162,7 @@ class OverlayTree(Tree):
         # source rel: the derived paths made of it (replaced, never changed in place: the
         # overlay watch reads them from its own thread)
         self._derived_by_source: dict[str, frozenset[str]] = {}
-        # real files at views' names whose bytes differed from the view's then (`kept_at_view`)
-        self._view_copies: OrderedDict[str, None] = OrderedDict()
+        self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
@@ -650,25 +649,19 @@ class OverlayTree(Tree):
     def kept_at_view(self, rel: str) -> None:
         """A real file written or renamed to rel, a name a view takes (or will once its
         source is there), not holding that view's bytes now: dropped once the view comes
-        to serve them (`drop_view_copies`: a run's files copied before the tomogram that
-        the PNG preview, MRC and STAR views are made of)."""
+        to serve them (`drop_view_copies`: `rsync -a` of a run copies Picks/'s CSV views
+        before the picks files they are made of)."""
         folder, _, name = rel.rpartition("/")
         sources = tuple(self.derive.sources_of(folder, name)) if self.derive is not None else ()
         if sources:
-            with self._table:
-                self._view_copies[rel] = sources
-                while len(self._view_copies) > VIEW_COPIES_KEPT:
-                    self._view_copies.popitem(last=False)
+            self._view_copies.add(rel, sources)
 
     def drop_view_copies(self, changed: str) -> None:
         """The remembered real files at views' names whose views `changed` (a path) may
         change (made of it, or following it): each that now holds its view's bytes is
         removed, the view shows again. A store is looked at as a whole when its own folder
         changes (`cp -a` and `rsync -a` set its times last), not at each of its files."""
-        views = set(self.derive.views_following(changed))
-        with self._table:
-            candidates = [rel for rel, sources in self._view_copies.items() if rel in views or changed in sources]
-        for rel in candidates:
+        for rel in self._view_copies.following(changed, self.derive.views_following(changed)):
             info = self.upper.stat(rel)
             try:
                 if info is None or not self.holds_view(rel, rel, info):
@@ -682,8 +675,7 @@ class OverlayTree(Tree):
                 if not isinstance(parent, MergedDir) or not _unchanged(info, now):
                     continue
                 parent.unlink(name)
-            with self._table:
-                self._view_copies.pop(rel, None)
+            self._view_copies.forget(rel)
             log.info("%s held its view's bytes: removed, the view shows", rel)
             self.report(parent.ino, entries=((parent.ino, name),), waited=False)
 
@@ -947,6 +939,45 @@ class DerivedFile(File):
 
     def truncate(self, size: int) -> None:
         self.made().truncate(size)
+
+
+class _ViewCopies:
+    """The plain files at views' names to drop once their view serves their bytes
+    (`OverlayTree.kept_at_view`), by path and by the sources their views are made of; at
+    most VIEW_COPIES_KEPT, the oldest forgotten."""
+
+    def __init__(self):
+        self._sources: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._by_source: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._sources)
+
+    def add(self, rel: str, sources: tuple[str, ...]) -> None:
+        with self._lock:
+            self._forget(rel)
+            self._sources[rel] = sources
+            for source in sources:
+                self._by_source.setdefault(source, set()).add(rel)
+            while len(self._sources) > VIEW_COPIES_KEPT:
+                self._forget(next(iter(self._sources)))
+
+    def forget(self, rel: str) -> None:
+        with self._lock:
+            self._forget(rel)
+
+    def following(self, changed: str, views) -> list[str]:
+        """Those whose view is made of `changed`, or is among `views`."""
+        with self._lock:
+            return [rel for rel in views if rel in self._sources] + list(self._by_source.get(changed, ()))
+
+    def _forget(self, rel: str) -> None:
+        for source in self._sources.pop(rel, ()):
+            rels = self._by_source[source]
+            rels.discard(rel)
+            if not rels:
+                del self._by_source[source]
 
 
 def _unchanged(before: Attr, now: Attr | None) -> bool:

@@ -555,14 +555,13 @@ class Imports:
     written. `objects` are the config's pickable object names (None: any).
 
     A new `<name>.mrc` there (with no `<name>.zarr`) is a tomogram import, on a local
-    overlay: written to a hidden temporary file, its header checked at close (an MRC
-    volume whose voxel size is the folder's, else EINVAL), then converted in the
-    background to a hidden store renamed to `<name>.zarr` when complete; the MRC waits in
-    PENDING_IMPORTS meanwhile, and a conversion cut (a kill, the unmount's wait) starts
-    again at the next mount (the partial store is in the work directory, which mounts
-    empty: nothing partial is ever shown). A `<name>.zarr`
-    that arrives meanwhile wins: the import is dropped, and `<name>.mrc` shows that store's
-    view (`mv` of a run copies the view `wbp.mrc` before `wbp.zarr`)."""
+    overlay: written to a temporary file in the work directory (which mounts empty), its
+    header checked at close (an MRC volume whose voxel size is the folder's, else EINVAL),
+    then moved to PENDING_IMPORTS and converted in the background to a store built in the
+    work directory, renamed to `<name>.zarr` when complete: nothing partial is ever shown,
+    and a conversion cut (a kill, the unmount's wait) starts again at the next mount. A
+    `<name>.zarr` that arrives meanwhile wins: the import is dropped, and `<name>.mrc`
+    shows that store's view (`mv` of a run copies the view `wbp.mrc` before `wbp.zarr`)."""
 
     def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
         self.tree, self.picks, self.objects = tree, picks, objects
@@ -743,7 +742,8 @@ class Imports:
             outcome = "dropped"
             log.info("tomogram import %s dropped: its store arrived meanwhile", key)
         except Exception as exc:
-            pending = self._keep_failed(node, pending, f"{type(exc).__name__}: {exc}")
+            self._keep_failed(node, pending, f"{type(exc).__name__}: {exc}")
+            pending = None
         finally:
             shutil.rmtree(partial, ignore_errors=True)
             self._count(key, done=outcome)
@@ -754,17 +754,19 @@ class Imports:
             except OSError:
                 pass
 
-    def _keep_failed(self, node: "TomogramImport", pending: str, why: str) -> str | None:
+    def _keep_failed(self, node: "TomogramImport", pending: str, why: str) -> None:
         """An import that failed (its writer was told it is stored): the MRC is shown as a
-        plain file under its own name (None), or kept where it is if that name is taken."""
+        plain file under its own name, or kept where it is if that cannot be."""
         key = f"{node.rel}/{node.name}"
-        with self.tree.lock:
-            taken = os.path.lexists(self.tree.upper.local_path(key))
-            if not taken:
-                os.rename(pending, self.tree.upper.local_path(key))
-        log.error("tomogram import %s failed: %s; the file written is %s", key, why,
-                  f"kept as {pending}" if taken else "shown as a plain file under its name")
-        return None
+        kept = f"kept as {pending}"
+        try:
+            with self.tree.lock:
+                if not os.path.lexists(self.tree.upper.local_path(key)):
+                    os.rename(pending, self.tree.upper.local_path(key))
+                    kept = "shown as a plain file under its name"
+        except OSError as exc:
+            why += f" (not shown: {exc})"
+        log.error("tomogram import %s failed: %s; the file written is %s", key, why, kept)
 
     def status(self) -> dict:
         return {"picks_imports": {"imported": self.imported, "refused": self.refused},

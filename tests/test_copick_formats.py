@@ -1157,6 +1157,29 @@ def test_an_unmount_finishes_the_tomogram_imports_queued(tmp_path):
     assert sorted(os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000")) == ["denoised.zarr", "wbp.zarr"]
 
 
+def test_a_tomogram_import_that_fails_shows_the_file_written_under_its_name(tmp_path, monkeypatch):
+    """A conversion that fails after its writer was told the file is stored (`mv` has
+    deleted its own copy) loses nothing: the MRC shows as a plain file under its name.
+    Before, it was deleted."""
+    from scopefs.backends import copick_views
+    from scopefs.formats import tomogram
+
+    def failing(volume, path, voxel_size, progress=None):
+        raise MemoryError("no room")
+    monkeypatch.setattr(tomogram, "write_copick_tomogram", failing)
+    tree = _ImportTree(tmp_path / "upper")
+    imports = copick_views.Imports(tree, None, None)
+    written = _written_mrc(tmp_path / ".wbp.mrc.part", np.ones((4, 6, 8), dtype=np.float32))
+    data = Path(written).read_bytes()
+    try:
+        imports.check_tomogram(copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", "wbp.mrc", 10.0), written)
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert imports.tomograms["failed"] == 1
+    assert (tmp_path / "upper" / "run" / "VoxelSpacing10.000" / "wbp.mrc").read_bytes() == data
+
+
 def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which(tmp_path, monkeypatch, caplog):
     """The wait is bounded: the import running then stops at its next chunk, those queued
     do not start; each is logged as not done, and the file its writer wrote is kept out of

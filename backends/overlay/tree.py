@@ -1513,10 +1513,14 @@ class MergedDir(MergedNode, Directory):
             node.move_place((self, name), (new_parent, new_name))
             if node.key[1] == old:                        # a root without inodes: the path is its identity
                 self.tree.rekey(node, self.tree.upper, self.tree.upper.stat(new))
-        if self.tree.derive is not None and not flags and isinstance(node, MergedFile):
-            self.tree.kept_at_view(new)
-        if self.tree.derive is not None and self.tree.derive.views_following(new):
-            self.tree.overlay_changed({new_parent.rel: {new_name}})    # (rsync renames a store's metadata in)
+        if self.tree.derive is not None:
+            try:                            # (the rename is done: it is not reported as failed)
+                if not flags and isinstance(node, MergedFile):
+                    self.tree.kept_at_view(new)
+                if self.tree.derive.views_following(new):
+                    self.tree.overlay_changed({new_parent.rel: {new_name}})    # (rsync renames a store's metadata in)
+            except OSError as exc:
+                log.warning("views following %s not told of its rename: %s", new, exc)
 
     def _copy_of_view(self, name: str, old: str, new: str) -> bool:
         """A file renamed onto a view's name (`rsync -a` of a run) that holds exactly that

@@ -107,6 +107,8 @@ def open_tree(source: str, options: Options, read_only: bool = False, progress=N
     tree.derive = DerivedViews(tree, volume_cache, view_cache)
     objects = {o.get("name") for o in config.get("pickable_objects") or [] if isinstance(o, dict)}
     tree.imports = Imports(tree, tree.derive.picks, objects or None)
+    if tree.writable:
+        tree.imports.resume()
     if mountpoint:
         merged = {k: v for k, v in config.items() if k not in ("static_root", "static_fs_args")}
         merged.update(overlay_root=f"local://{mountpoint}", overlay_fs_args={"auto_mkdir": True})
@@ -371,6 +373,14 @@ class DerivedViews:
             return stem + ".zarr"
         return ""
 
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The paths a view named `rel/name` would be made of, there or not (none: no
+        view takes that name)."""
+        source = self._source_name(rel, name)
+        if source:
+            return [f"{rel}/{source}"]
+        return self.volumes.sources_of(rel, name) or self.picks.sources_of(rel, name)
+
     def listing(self, rel: str, infos: dict):
         """(view name, source, make node, what the source shows or None: not stat'ed, the
         `KeptTogether` of its size or None) of the names of folder rel (`infos`: name ->
@@ -382,6 +392,11 @@ class DerivedViews:
         """{folder: sibling} for the folders among the names of folder rel that show views
         of the sibling's files (`OverlayTree.listed_before`)."""
         return self.picks.folders_showing(rel, names)
+
+    def views_following(self, rel: str) -> list[str]:
+        """The views whose bytes depend on rel besides those made of it: a tomogram's
+        store (its metadata) centres its run's STAR views (`PicksViews`)."""
+        return self.picks.star_views_following(rel)
 
     def folders_following(self, rel: str) -> list[str]:
         """The folders whose listings show views of the files in folder rel besides rel
@@ -412,7 +427,8 @@ class DerivedViews:
                     out.append((view, src, self._file(src, convert, *args, view=view, sized=size), None, kept))
         elif folder.startswith("VoxelSpacing"):
             for name in infos:
-                if name.endswith(".zarr") and "features" not in name and not name.startswith("."):
+                if name.endswith(".zarr") and "features" not in name and not name.startswith(".") \
+                        and self.volumes.levels(f"{rel}/{name}", infos[name]):   # (none of a store being copied in)
                     src = f"{rel}/{name}"
                     out.append((name[:-5] + ".png", src, self._file(src, self.preview), None, None))
         return out

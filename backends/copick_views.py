@@ -27,6 +27,7 @@ import re
 import stat
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..formats import picks as picks_format
@@ -37,6 +38,7 @@ from .cache import ByteCache
 from .kept_sizes import KeptTogether, digest_of_reprs, identity, versions
 from .localfiles import TempFileHandle
 from .nodes import Attr, File, FileHandle, read_only, writes
+from .overlay.rules import KEPT_DIR, WORK_DIR
 
 log = logging.getLogger(__name__)
 BINNED = re.compile(r"^(?P<stem>.+)\.bin(?P<binning>\d+)$")
@@ -50,6 +52,9 @@ MRC_LIBRARIES = ("mrcfile", "zarr", "numpy")
 #: seconds an unmount gives the tomogram imports queued and running, in all, to finish
 #: (within `scopefs umount`'s 60 s wait for the daemon)
 IMPORTS_UNMOUNT_WAIT_S = 30.0
+#: where a tomogram import's MRC waits for its conversion, across mounts (its writer was
+#: told it is stored: `mv` has deleted its own copy), named by its path quoted
+PENDING_IMPORTS = f"{KEPT_DIR}/copick-imports"
 
 
 def mrc_name(stem: str, binning: int) -> str:
@@ -107,35 +112,50 @@ class VolumeViews:
                             self._maker(source, path, voxel_size * binning)))
         return out
 
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The zarr stores an MRC view named `rel/name` can come from."""
+        stem, folder = name[:-4], rel.rpartition("/")[2]
+        if not name.endswith(".mrc") or not (folder.startswith(SPACING) or folder == "Segmentations"):
+            return []
+        binned = BINNED.match(stem)
+        return [f"{rel}/{candidate}.zarr" for candidate in [stem] + ([binned["stem"]] if binned else [])]
+
     def lookup(self, rel: str, name: str):
         """(source, make, what the source shows, None: no `KeptTogether`) of one view name,
         looking only at the zarr stores it can come from."""
-        if not name.endswith(".mrc"):
-            return None
-        stem = name[:-4]
-        binned = BINNED.match(stem)
-        for candidate in [stem] + ([binned["stem"]] if binned else []):
-            shown = self.tree.shown(f"{rel}/{candidate}.zarr")
+        for source in self.sources_of(rel, name):
+            shown = self.tree.shown(source)
             if shown is None:
                 continue
-            for view, source, make in self.listing(rel, {candidate + ".zarr": shown[1]}):
+            for view, source, make in self.listing(rel, {source.rpartition("/")[2]: shown[1]}):
                 if view == name:
                     return source, make, shown[1], None
         return None
 
-    def levels(self, source: str, info: Attr | None = None) -> list[tuple[str, int]]:
+    def levels(self, source: str, info: Attr | None = None, strict: bool = False) -> list[tuple[str, int]]:
         """(array path, binning) of a zarr store's 3-d levels, from its group metadata only;
         none if it is not a readable 3-d multiscale image (`info`: what the store shows, if
-        known)."""
+        known), nor while it is being copied in (`strict`: `_BeingCopied` then)."""
         def read() -> list[tuple[str, int]]:
             try:
                 attrs = group_attrs(lambda meta: self._read_small(f"{source}/{meta}"))
                 axes = (attrs.get("multiscales") or [{}])[0].get("axes")
-                return [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
+                levels = [] if axes is not None and len(axes) != 3 else multiscale_levels(attrs)
             except Exception as exc:                # whatever the store holds, the listing goes on
                 log.info("no MRC view of %s: %s", source, exc)
                 return []
-        return self._remembered(("levels",) + self.tree.source_key(source, info), read)
+            # copied in level by level (cp -r, rsync: the coarsest last): whole once every level,
+            # the coarsest too, has its metadata
+            if any(all(self.tree.shown(f"{source}/{path}/{meta}") is None for meta in (".zarray", "zarr.json"))
+                   for path, _ in reversed(levels)):
+                raise _BeingCopied
+            return levels
+        try:
+            return self._remembered(("levels",) + self.tree.source_key(source, info), read)
+        except _BeingCopied:        # (not remembered: the store's own time need not move meanwhile)
+            if strict:
+                raise
+            return []
 
     def shape(self, source: str) -> tuple[int, ...]:
         """The full-resolution shape of a tomogram (each STAR view of its run centres on
@@ -328,6 +348,12 @@ class PicksViews:
         run = "/".join(parts[:2])
         return [f"{run}/{name}" for name in self.tree.listing(run) if self._run(f"{run}/{name}") is not None]
 
+    def sources_of(self, rel: str, name: str) -> list[str]:
+        """The picks file a picks view named `rel/name` is made of."""
+        suffix = next((s for s in picks_format.FORMATS if name.endswith(s)), None)
+        found = self._run(rel) if suffix else None
+        return [f"{found[0]}/Picks/{name[:-len(suffix)]}.json"] if found else []
+
     def lookup(self, rel: str, name: str):
         for suffix in picks_format.FORMATS:
             if name.endswith(suffix) and self._run(rel) is not None:
@@ -417,7 +443,23 @@ class PicksViews:
         (found once per version of the run's and this spacing's folders)."""
         run = rel.rpartition("/")[0]
         key = ("center", rel, voxel_size) + self.tree.source_key(run) + self.tree.source_key(rel)
-        return self.volumes._remembered(key, lambda: self._center(run, rel))
+        try:
+            return self.volumes._remembered(key, lambda: self._center(run, rel))
+        except _BeingCopied:        # none whole yet: not remembered (no folder's time moves as it completes)
+            return None
+
+    def star_views_following(self, rel: str) -> list[str]:
+        """The STAR views that centre on the tomogram whose store's metadata or folder rel
+        is (`ExperimentRuns/<run>/VoxelSpacing<vs>/<tomo>.zarr[/...]`): every STAR view of the run."""
+        parts = rel.split("/")
+        if len(parts) < 4 or self._run("/".join(parts[:3])) is None or not parts[3].endswith(".zarr") \
+                or parts[3].endswith("_features.zarr") or len(parts) > 4 and parts[-1] not in (".zarray", "zarr.json", ".zattrs"):
+            return []
+        run = "/".join(parts[:2])
+        stems = [name[:-5] for name in self.tree.listing(f"{run}/Picks") if name.endswith(".json")] \
+            if self.tree.shown(f"{run}/Picks") else []
+        return [f"{run}/{folder}/{stem}.star" for folder in self.tree.listing(run)
+                if self._run(f"{run}/{folder}") is not None for stem in stems]
 
     def _center(self, run: str, rel: str) -> tuple[float, float, float] | None:
         spacings = sorted((size, f"{run}/{name}") for name in self.tree.listing(run)
@@ -426,8 +468,10 @@ class PicksViews:
             tomograms = sorted(n for n in self.tree.listing(folder)
                                if n.endswith(".zarr") and not n.endswith("_features.zarr") and not n.startswith("."))
             if tomograms:
-                nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}")
-                return nx / 2 * size, ny / 2 * size, nz / 2 * size
+                # (a store being copied in has no centre yet: _BeingCopied, nothing remembered)
+                if self.volumes.levels(f"{folder}/{tomograms[0]}", strict=True):
+                    nz, ny, nx = self.volumes.shape(f"{folder}/{tomograms[0]}")
+                    return nx / 2 * size, ny / 2 * size, nz / 2 * size
         return None
 
 
@@ -535,11 +579,13 @@ class Imports:
     written. `objects` are the config's pickable object names (None: any).
 
     A new `<name>.mrc` there (with no `<name>.zarr`) is a tomogram import, on a local
-    overlay: written to a hidden temporary file, its header checked at close (an MRC
-    volume whose voxel size is the folder's, else EINVAL), then converted in the
-    background to a hidden store renamed to `<name>.zarr` when complete. A `<name>.zarr`
-    that arrives meanwhile wins: the import is dropped, and `<name>.mrc` shows that store's
-    view (`mv` of a run copies the view `wbp.mrc` before `wbp.zarr`)."""
+    overlay: written to a temporary file in the work directory (which mounts empty), its
+    header checked at close (an MRC volume whose voxel size is the folder's, else EINVAL),
+    then moved to PENDING_IMPORTS and converted in the background to a store built in the
+    work directory, renamed to `<name>.zarr` when complete: nothing partial is ever shown,
+    and a conversion cut (a kill, the unmount's wait) starts again at the next mount. A
+    `<name>.zarr` that arrives meanwhile wins: the import is dropped, and `<name>.mrc`
+    shows that store's view (`mv` of a run copies the view `wbp.mrc` before `wbp.zarr`)."""
 
     def __init__(self, tree, picks: PicksViews, objects: set[str] | None):
         self.tree, self.picks, self.objects = tree, picks, objects
@@ -631,9 +677,13 @@ class Imports:
 
     def check_tomogram(self, node: "TomogramImport", temp: str) -> None:
         """At close: the written file must be an MRC volume of the folder's voxel size;
-        then its conversion is queued (the converter owns `temp` from here on)."""
+        then it is moved to PENDING_IMPORTS and its conversion queued (the converter owns
+        it from there on)."""
         import mrcfile
+        pending = self._pending_path(node)
         try:
+            if len(os.path.basename(pending)) > 255:
+                raise ValueError("its path is too long to be kept while it is converted")
             with mrcfile.mmap(temp, mode="r", permissive=False) as mrc:
                 if mrc.data is None or mrc.data.ndim != 3:
                     raise ValueError("not a 3-d volume")
@@ -643,10 +693,40 @@ class Imports:
         except Exception as exc:
             self._count(f"{node.rel}/{node.name}", done="refused")     # (the daemon logs it, once)
             raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", f"{node.rel}/{node.name}") from None
-        self._count(f"{node.rel}/{node.name}", running="queued")
-        self._converter.submit(self._convert, node, temp)
+        os.makedirs(os.path.dirname(pending), 0o700, exist_ok=True)
+        os.rename(temp, pending)
+        self._fsync_dir(pending)
+        self._queue(node, pending)
 
-    def _convert(self, node: "TomogramImport", temp: str) -> None:
+    def resume(self) -> None:
+        """At mount: the imports an earlier mount was cut in (killed, or out of time at
+        unmount) are queued again."""
+        folder = self.tree.upper.local_path(PENDING_IMPORTS)
+        for quoted in sorted(os.listdir(folder)) if folder and os.path.isdir(folder) else ():
+            rel, _, name = urllib.parse.unquote(quoted).rpartition("/")
+            voxel_size = voxel_size_of(rel.rpartition("/")[2], "")
+            if voxel_size is not None and name.endswith(".mrc"):
+                log.info("tomogram import %s/%s resumed (cut at an earlier mount)", rel, name)
+                self._queue(TomogramImport(self, rel, name, voxel_size), os.path.join(folder, quoted))
+
+    def _pending_path(self, node: "TomogramImport") -> str:
+        return os.path.join(self.tree.upper.local_path(PENDING_IMPORTS),
+                            urllib.parse.quote(f"{node.rel}/{node.name}", safe=""))
+
+    @staticmethod
+    def _fsync_dir(path: str) -> None:
+        """The rename that names path is made durable (the writer is told it is stored)."""
+        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _queue(self, node: "TomogramImport", pending: str) -> None:
+        self._count(f"{node.rel}/{node.name}", running="queued")
+        self._converter.submit(self._convert, node, pending)
+
+    def _convert(self, node: "TomogramImport", pending: str) -> None:
         import shutil
 
         import mrcfile
@@ -654,7 +734,8 @@ class Imports:
         from ..formats.tomogram import write_copick_tomogram
         key = f"{node.rel}/{node.name}"
         target_rel = f"{node.rel}/{node.name[:-4]}.zarr"
-        partial_rel = f"{node.rel}/.{node.name[:-4]}.zarr.scopefs-import"
+        # (built in the work directory, which every mount empties: a kill leaves nothing shown)
+        partial_rel = f"{WORK_DIR}/import.{os.path.basename(pending)}.zarr"
         target, partial = self.tree.upper.local_path(target_rel), self.tree.upper.local_path(partial_rel)
 
         def progress(done: int, total: int) -> None:
@@ -668,7 +749,8 @@ class Imports:
             if self._stopping.is_set():
                 raise _ImportStopped
             shutil.rmtree(partial, ignore_errors=True)
-            with mrcfile.mmap(temp, mode="r") as mrc:
+            os.makedirs(os.path.dirname(partial), 0o700, exist_ok=True)
+            with mrcfile.mmap(pending, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
             with self.tree.lock:                # (what the mount creates, it creates holding it)
                 if os.path.lexists(target):
@@ -677,25 +759,38 @@ class Imports:
             outcome = "imported"
             log.info("imported %s as %s", key, target)
         except _ImportStopped:
-            log.error("tomogram import %s not done at unmount: the file written is kept as %s",
-                      key, temp)
-            shutil.rmtree(partial, ignore_errors=True)
-            temp = None
+            log.error("tomogram import %s not done at unmount: the file written is kept as %s "
+                      "and imported at the next mount", key, pending)
+            pending = None
         except _ImportDropped:
             outcome = "dropped"
             log.info("tomogram import %s dropped: its store arrived meanwhile", key)
-            shutil.rmtree(partial, ignore_errors=True)
         except Exception as exc:
-            log.error("tomogram import %s failed: %s: %s", key, type(exc).__name__, exc)
-            shutil.rmtree(partial, ignore_errors=True)
+            self._keep_failed(node, pending, f"{type(exc).__name__}: {exc}")
+            pending = None
         finally:
+            shutil.rmtree(partial, ignore_errors=True)
             self._count(key, done=outcome)
             self.tree.overlay_changed({node.rel: {node.name}})        # the name is the view's now, or nothing
             try:
-                if temp is not None:
-                    os.unlink(temp)
+                if pending is not None:
+                    os.unlink(pending)
             except OSError:
                 pass
+
+    def _keep_failed(self, node: "TomogramImport", pending: str, why: str) -> None:
+        """An import that failed (its writer was told it is stored): the MRC is shown as a
+        plain file under its own name, or kept where it is if that cannot be."""
+        key = f"{node.rel}/{node.name}"
+        kept = f"kept as {pending}"
+        try:
+            with self.tree.lock:
+                if not os.path.lexists(self.tree.upper.local_path(key)):
+                    os.rename(pending, self.tree.upper.local_path(key))
+                    kept = "shown as a plain file under its name"
+        except OSError as exc:
+            why += f" (not shown: {exc})"
+        log.error("tomogram import %s failed: %s; the file written is %s", key, why, kept)
 
     def status(self) -> dict:
         return {"picks_imports": {"imported": self.imported, "refused": self.refused},
@@ -714,6 +809,10 @@ class Imports:
         if not wait([all_done], timeout=IMPORTS_UNMOUNT_WAIT_S).done:
             self._stopping.set()
         self._converter.shutdown(wait=True)
+
+
+class _BeingCopied(Exception):
+    """A store lacks a level's metadata (being copied in): it has no view until it has."""
 
 
 class _ImportDropped(Exception):
@@ -736,8 +835,11 @@ class TomogramImport(File):
         return Attr(stat.S_IFREG | 0o644, 0, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
-        target = self.imports.tree.upper.local_path(f"{self.rel}/{self.name}")
-        return TempFileHandle(target, None, lambda temp: self.imports.check_tomogram(self, temp))
+        # written in the overlay's work directory, which every mount empties: a writer cut
+        # short leaves nothing (moved to PENDING_IMPORTS at close)
+        work = self.imports.tree.upper.local_path(WORK_DIR)
+        os.makedirs(work, 0o700, exist_ok=True)
+        return TempFileHandle(os.path.join(work, self.name), None, lambda temp: self.imports.check_tomogram(self, temp))
 
 
 class PicksImport(File):

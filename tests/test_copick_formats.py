@@ -453,8 +453,9 @@ def test_a_broken_store_or_picks_file_fails_alone(tmp_path, mount):
 
 @pytest.mark.upstream
 def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path, mount):
-    """The daemon killed while it converts: the overlay holds only hidden leftovers, and
-    copick 1.31 lists no new tomogram (a store appears whole or not at all)."""
+    """The daemon killed while it converts: the overlay holds nothing beside the
+    tomograms (the MRC waits out of sight for the next mount), and copick 1.31 lists no
+    new tomogram (a store appears whole or not at all)."""
     import signal
     import time
     config, overlay, mnt, spacing, overlay_only = importing(exported, tmp_path, mount)
@@ -469,8 +470,9 @@ def test_a_killed_tomogram_import_leaves_nothing_copick_sees(exported, tmp_path,
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)                   # the daemon this test started
     stored = overlay / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
-    left = sorted(p.name for p in stored.iterdir())
-    assert left and all(name.startswith(".big.") for name in left), left
+    assert sorted(p.name for p in stored.iterdir()) == []
+    assert os.listdir(overlay / ".wh..wh.scopefs.kept" / "copick-imports") == [
+        "ExperimentRuns%2FTS_001%2FVoxelSpacing10.000%2Fbig.mrc"]
     seen = json.loads(run_upstream("copick", "upstream_copick.py", "use_tomograms", str(overlay_only))
                       .strip().splitlines()[-1])
     assert seen == []
@@ -1220,9 +1222,33 @@ def test_an_unmount_finishes_the_tomogram_imports_queued(tmp_path):
     assert sorted(os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000")) == ["denoised.zarr", "wbp.zarr"]
 
 
+def test_a_tomogram_import_that_fails_shows_the_file_written_under_its_name(tmp_path, monkeypatch):
+    """A conversion that fails after its writer was told the file is stored (`mv` has
+    deleted its own copy) loses nothing: the MRC shows as a plain file under its name.
+    Before, it was deleted."""
+    from scopefs.backends import copick_views
+    from scopefs.formats import tomogram
+
+    def failing(volume, path, voxel_size, progress=None):
+        raise MemoryError("no room")
+    monkeypatch.setattr(tomogram, "write_copick_tomogram", failing)
+    tree = _ImportTree(tmp_path / "upper")
+    imports = copick_views.Imports(tree, None, None)
+    written = _written_mrc(tmp_path / ".wbp.mrc.part", np.ones((4, 6, 8), dtype=np.float32))
+    data = Path(written).read_bytes()
+    try:
+        imports.check_tomogram(copick_views.TomogramImport(imports, "run/VoxelSpacing10.000", "wbp.mrc", 10.0), written)
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert imports.tomograms["failed"] == 1
+    assert (tmp_path / "upper" / "run" / "VoxelSpacing10.000" / "wbp.mrc").read_bytes() == data
+
+
 def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which(tmp_path, monkeypatch, caplog):
     """The wait is bounded: the import running then stops at its next chunk, those queued
-    do not start; each is logged as not done, and the file its writer wrote is kept."""
+    do not start; each is logged as not done, and the file its writer wrote is kept out of
+    sight and converted at the next mount (`Imports.resume`)."""
     from scopefs.backends import copick_views
     from scopefs.formats import tomogram
 
@@ -1243,13 +1269,24 @@ def test_an_unmount_stops_tomogram_imports_it_waited_for_too_long_and_says_which
             imports.check_tomogram(node, temps[-1])
     finally:
         imports.close()
-        tree.upper.close()
     assert {k: imports.tomograms[k] for k in ("imported", "failed")} == {"imported": 0, "failed": 2}
     assert imports.tomograms["running"] == {}
-    assert all(os.path.exists(temp) for temp in temps)
+    kept = tmp_path / "upper" / ".wh..wh.scopefs.kept" / "copick-imports"
+    assert sorted(os.listdir(kept)) == ["run%2FVoxelSpacing10.000%2Fdenoised.mrc", "run%2FVoxelSpacing10.000%2Fwbp.mrc"]
     assert os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000") == []
     not_done = [r.getMessage() for r in caplog.records if "not done at unmount" in r.getMessage()]
-    assert len(not_done) == 2 and all(temp in " ".join(not_done) for temp in temps), not_done
+    assert len(not_done) == 2 and all(str(kept) in line for line in not_done), not_done
+
+    monkeypatch.undo()                      # the next mount converts them
+    imports = copick_views.Imports(tree, None, None)
+    try:
+        imports.resume()
+    finally:
+        imports.close()
+        tree.upper.close()
+    assert imports.tomograms["imported"] == 2
+    assert sorted(os.listdir(tmp_path / "upper" / "run" / "VoxelSpacing10.000")) == ["denoised.zarr", "wbp.zarr"]
+    assert os.listdir(kept) == []
 
 
 def test_what_kept_sizes_need_is_read_ahead_once_and_waited_for_at_close(tmp_path, monkeypatch):
@@ -1402,3 +1439,187 @@ def test_a_listing_that_stated_nothing_sizes_nothing_together(tmp_path, monkeypa
                 == [None] * (2 if folder == "Picks" else 3)
     finally:
         tree.close()
+
+
+def test_a_star_view_made_before_its_tomogram_arrived_centres_on_it_once_it_is_there(tmp_path, mount):
+    """RELION 5's STAR view centres on the run's tomogram: one read while the run had none
+    holds pixel coordinates (as `.relion4.star`); once a tomogram is copied in, the view
+    centres on it (the overlay watch tells the kernel). Before, it kept the uncentred
+    layout until a remount."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    runs = mnt / "ExperimentRuns"
+    (runs / "TS_002").mkdir()
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "Picks"), str(runs / "TS_002")], check=True)
+    spacing = runs / "TS_002" / "VoxelSpacing10.000"
+    spacing.mkdir()
+    assert b"rlnCenteredCoordinateXAngst" not in (spacing / "tester_3_proteasome.star").read_bytes()
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"), str(spacing)], check=True)
+    centred = (runs / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.star").read_bytes()
+    deadline = time.monotonic() + 5
+    while (spacing / "tester_3_proteasome.star").read_bytes() != centred.replace(b"TS_001", b"TS_002"):
+        assert time.monotonic() < deadline, (spacing / "tester_3_proteasome.star").read_bytes()
+        time.sleep(0.05)
+
+
+def test_a_store_being_copied_in_has_no_views_until_its_coarsest_level_arrives(tmp_path, mount):
+    """`cp -r` writes a store level by level, the coarsest last: until that level's
+    metadata is there, the store has no MRC or preview view and gives its run's STAR views
+    no centre (nothing remembered: they all appear once it is whole). Before, the views
+    were listed from level 0's metadata and the coarsest level's failed with EIO."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=2))
+    runs = mnt / "ExperimentRuns"
+    store = runs / "TS_001" / "VoxelSpacing10.000" / "wbp.zarr"
+    spacing = runs / "TS_002" / "VoxelSpacing10.000"
+    (spacing / "wbp.zarr").mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(runs / "TS_001" / "Picks"), str(runs / "TS_002")], check=True)
+    for name in os.listdir(store):
+        if name != "1":                                     # all but the coarsest level
+            subprocess.run(["cp", "-r", str(store / name), str(spacing / "wbp.zarr")], check=True)
+    listed = sorted(os.listdir(spacing))
+    assert [n for n in listed if n.endswith((".mrc", ".png"))] == [], listed
+    assert b"rlnCenteredCoordinateXAngst" not in (spacing / "tester_3_proteasome.star").read_bytes()
+    subprocess.run(["cp", "-r", str(store / "1"), str(spacing / "wbp.zarr")], check=True)
+    deadline = time.monotonic() + 5
+    while not {"wbp.mrc", "wbp.bin2.mrc", "wbp.png"} <= set(os.listdir(spacing)):
+        assert time.monotonic() < deadline, os.listdir(spacing)
+        time.sleep(0.05)
+    assert (spacing / "wbp.bin2.mrc").read_bytes() == \
+        (runs / "TS_001" / "VoxelSpacing10.000" / "wbp.bin2.mrc").read_bytes().replace(b"TS_001", b"TS_002")
+    centred = (runs / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.star").read_bytes()
+    while (spacing / "tester_3_proteasome.star").read_bytes() != centred.replace(b"TS_001", b"TS_002"):
+        assert time.monotonic() < deadline, (spacing / "tester_3_proteasome.star").read_bytes()
+        time.sleep(0.05)
+
+
+def test_a_tomogram_import_cut_by_a_killed_daemon_is_resumed_at_the_next_mount(tmp_path, mount):
+    """The daemon killed while it converts (after `cp` was told the file is stored: `mv`
+    has deleted its own copy): nothing partial shows beside the tomograms, and the next
+    mount converts the MRC kept out of sight, the same voxels. Before, the MRC stayed as
+    a hidden `.big.mrc.*` beside the tomograms and was never imported."""
+    source = one_run_project(tmp_path, (), levels=1)
+    mnt = mount(*source)
+    data = np.random.default_rng(3).normal(size=(24, 320, 320)).astype(np.float32)
+    with mrcfile.new(str(tmp_path / "big.mrc")) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 10.0
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    subprocess.run(["mv", str(tmp_path / "big.mrc"), str(spacing)], check=True)
+    deadline = time.monotonic() + 10
+    while "chunks" not in daemon_status(mnt)["tomogram_imports"]["running"].get(
+            "ExperimentRuns/TS_001/VoxelSpacing10.000/big.mrc", ""):
+        assert time.monotonic() < deadline and not daemon_status(mnt)["tomogram_imports"]["imported"]
+        time.sleep(0.005)
+    pid = daemon_pid(mnt)
+    os.kill(pid, signal.SIGKILL)                   # the daemon this test started
+    cleanup_mount(mnt, pid)
+    stored = tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    assert [p.name for p in stored.iterdir()] == []          # nothing partial shown
+    again = mount(*source, mountpoint=tmp_path / "again")
+    while not (status := daemon_status(again)["tomogram_imports"])["imported"]:
+        assert time.monotonic() < deadline + 20 and not status["failed"], status
+        time.sleep(0.02)
+    assert {"big.mrc", "big.png", "big.zarr"} <= set(os.listdir(again / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"))
+    assert np.array_equal(zarr.open_group(str(stored / "big.zarr"), mode="r")["0"][:], data)
+    assert [p.name for p in stored.iterdir()] == ["big.zarr"]
+    assert os.listdir(tmp_path / "overlay" / ".wh..wh.scopefs.kept" / "copick-imports") == []
+
+
+def sizes_and_digests(folder: Path) -> dict[str, tuple[int, str] | None]:
+    """Every path under folder: a file's size and checksum, None for a folder."""
+    import hashlib
+    return {str(path.relative_to(folder)): None if path.is_dir() else
+            (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()) for path in sorted(folder.rglob("*"))}
+
+
+def test_a_run_copied_whole_by_rsync_is_the_same_run_with_its_own_views(tmp_path, mount):
+    """A run copied inside the mount by `rsync -a` into a new run: exit status 0, the same
+    names, sizes and checksums. A view's copy renamed onto a view's name is dropped if it
+    holds that view's bytes (at once, or once its source arrives and the view serves
+    them: Picks/'s CSV views); one that differs (it names the old run) stays a real file,
+    as does the preview copied before its store. Before, every view's copy was stored
+    and hid its view."""
+    mnt = mount(*one_run_project(tmp_path, (1, 2), levels=1))
+    runs = mnt / "ExperimentRuns"
+    before = sizes_and_digests(runs / "TS_001")
+    copied = subprocess.run(["rsync", "-a", f"{runs / 'TS_001'}/", f"{runs / 'TS_002'}/"], capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    assert sizes_and_digests(runs / "TS_002") == before
+    kept = tmp_path / "overlay" / "ExperimentRuns" / "TS_002"
+    deadline = time.monotonic() + 5                 # (Picks/'s CSV copies go once their picks are there)
+    while {"tester_1_proteasome.csv", "tester_2_proteasome.csv"} & set(os.listdir(kept / "Picks")):
+        assert time.monotonic() < deadline, os.listdir(kept / "Picks")
+        time.sleep(0.05)
+    copies = {p.name for p in (kept / "VoxelSpacing10.000").iterdir()} - {"wbp.zarr", "wbp.png"}
+    assert copies and all(b"TS_001" in (kept / "VoxelSpacing10.000" / name).read_bytes() for name in copies), copies
+    assert not {"tester_1_proteasome.tbl", "tester_1_proteasome.em"} & copies, copies
+    assert sizes_and_digests(runs / "TS_002") == before
+
+
+def test_a_view_written_over_with_its_own_bytes_takes_them_and_refuses_others(tmp_path, mount):
+    """`cp` of a view's copy onto that view (O_TRUNC, then the bytes) exits 0 and stores
+    nothing; other bytes, a shorter or longer file, an append or a read-write open are
+    refused (EROFS), and the view reads as it was right after each (the kernel is told to
+    drop what the writer left in its cache). Before, any open to write was refused."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    spacing = mnt / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
+    view = spacing / "tester_3_proteasome.csv"
+    data = view.read_bytes()
+    (tmp_path / "copy.csv").write_bytes(data)
+    (tmp_path / "other.csv").write_bytes(data.replace(b"TS_001", b"TS_009"))
+    (tmp_path / "short.csv").write_bytes(data[:-1])
+    same = subprocess.run(["cp", str(tmp_path / "copy.csv"), str(view)], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    for name in ("other.csv", "short.csv"):
+        refused = subprocess.run(["cp", str(tmp_path / name), str(view)], capture_output=True, text=True)
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused
+        assert view.read_bytes() == data
+    subprocess.run(["sh", "-c", f": > {view}"])
+    assert view.stat().st_size == len(data) and view.read_bytes() == data
+    for mode in ("r+b", "ab"):
+        with pytest.raises(OSError) as raised:
+            open(view, mode).close()
+        assert raised.value.errno == errno.EROFS
+    mrc = spacing / "wbp.mrc"
+    head = mrc.read_bytes()[:1088]
+    with pytest.raises(OSError) as raised:
+        with open(mrc, "wb", buffering=0) as out:       # O_TRUNC: the same first bytes are taken
+            assert out.write(head[:1024]) == 1024
+            with pytest.raises(OSError) as refused:
+                out.write(bytes(255 - b for b in head[1024:]))
+            assert refused.value.errno == errno.EROFS
+    assert raised.value.errno == errno.EROFS            # (at close: not all of it written back)
+    assert mrc.read_bytes()[:1088] == head
+    assert [p for p in (tmp_path / "overlay").rglob("*") if not p.name.startswith(".wh.")] == []
+
+
+def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_is_imported(tmp_path, mount):
+    """The negative cases: a file with other bytes than a view's, renamed onto its name
+    (`rsync`: a CSV, an MRC with the view's own label), is stored as it is and shows; a saved STAR file copied back into a run
+    whose picks were deleted is imported (the picks are back), not taken for a copy, as is
+    a Dynamo view copied into another run."""
+    mnt = mount(*one_run_project(tmp_path, (3,), levels=1))
+    run = mnt / "ExperimentRuns" / "TS_001"
+    spacing = run / "VoxelSpacing10.000"
+    saved = (spacing / "tester_3_proteasome.star").read_bytes()
+    (tmp_path / "saved.star").write_bytes(saved)
+    modified = (spacing / "tester_3_proteasome.csv").read_bytes() + b"# my note\n"
+    (tmp_path / "tester_3_proteasome.csv").write_bytes(modified)
+    synced = subprocess.run(["rsync", str(tmp_path / "tester_3_proteasome.csv"), f"{spacing}/"], capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    assert (spacing / "tester_3_proteasome.csv").read_bytes() == modified
+    assert (tmp_path / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000" / "tester_3_proteasome.csv").read_bytes() == modified
+    labelled = bytearray((spacing / "wbp.mrc").read_bytes())          # the view's label, other voxels
+    labelled[-1] ^= 0xFF
+    (tmp_path / "wbp.mrc").write_bytes(labelled)
+    synced = subprocess.run(["rsync", str(tmp_path / "wbp.mrc"), f"{spacing}/"], capture_output=True, text=True)
+    assert synced.returncode == 0, synced.stderr
+    assert (spacing / "wbp.mrc").read_bytes() == labelled
+    (run / "Picks" / "tester_3_proteasome.json").unlink()
+    assert "tester_3_proteasome.star" not in os.listdir(spacing)
+    subprocess.run(["cp", str(tmp_path / "saved.star"), str(spacing / "tester_3_proteasome.star")], check=True)
+    assert "tester_3_proteasome.json" in os.listdir(run / "Picks")
+    assert (spacing / "tester_3_proteasome.star").read_bytes() == saved
+    other = mnt / "ExperimentRuns" / "TS_002" / "VoxelSpacing10.000"          # a view copied to a run without its picks
+    other.mkdir(parents=True)
+    subprocess.run(["cp", str(spacing / "tester_3_proteasome.tbl"), str(other)], check=True)
+    assert "tester_3_proteasome.json" in os.listdir(other.parent / "Picks")

@@ -93,7 +93,6 @@ def kept_view(sizes, key_of_node, resized: list):
     import stat as stat_
     from scopefs.backends.kept_sizes import KeptTogether
     from scopefs.backends.nodes import Attr
-    from scopefs.backends.overlay.tree import DerivedFile
     sizes.put(b"k" * 16, 99)
     together = KeptTogether(sizes, lambda: {"view.csv": b"k" * 16})
 
@@ -110,7 +109,7 @@ def test_a_view_made_after_its_kept_size_was_told_takes_that_size():
     from scopefs.backends.overlay.tree import DerivedFile
     resized = []
     make, info, together = kept_view(KeptSizes(None), lambda: ("changed",), resized)
-    node = DerivedFile(make, info, ("src",), "Picks/view.csv", together)
+    node = DerivedFile(None, make, info, ("src",), "Picks/view.csv", together)
     node.ino = 7
     assert node.attr().size == 99
     file = node.made()
@@ -147,7 +146,7 @@ def test_a_kept_size_told_while_the_view_is_made_reaches_its_node():
     def making(info):
         Racing.armed[0] = True
         return make(info)
-    node = Racing(making, info, ("src",), "Picks/view.csv", together)
+    node = Racing(None, making, info, ("src",), "Picks/view.csv", together)
     node.ino = 7
     file = node.made()
     assert told == [99]

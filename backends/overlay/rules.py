@@ -17,6 +17,9 @@ OPAQUE = ".wh..wh..opq"
 #: where copy-ups are written before they are renamed into place; emptied at every mount,
 #: so a copy-up cut short (the daemon killed) leaves nothing behind after the next one
 WORK_DIR = ".wh..wh.scopefs.work"
+#: what a backend keeps across mounts out of sight (copick's tomogram imports not yet
+#: converted): never emptied by a mount, never shown
+KEPT_DIR = ".wh..wh.scopefs.kept"
 #: an empty directory in an object store is kept alive by this marker object
 DIR_MARKER = ".wh.scopefs-dir"
 _LONG = ".wh..wh.long."

@@ -25,7 +25,7 @@ import weakref
 from collections import OrderedDict
 
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
-from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree
+from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
@@ -164,6 +164,7 @@ class OverlayTree(Tree):
         # source rel: the derived paths made of it (replaced, never changed in place: the
         # overlay watch reads them from its own thread)
         self._derived_by_source: dict[str, frozenset[str]] = {}
+        self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
@@ -624,7 +625,7 @@ class OverlayTree(Tree):
                 if node is None or node.source_key != key:      # (one placed meanwhile by another thread stays)
                     if node is not None:        # (kept by the mount: it lets go of its listing's sizes)
                         node._kept = None
-                    node = DerivedFile(make, info, key, path, kept)
+                    node = DerivedFile(self, make, info, key, path, kept)
                     new.append((source, node))
                 out.append(node)
             self.add_all([node for _, node in new])             # (numbered before anyone finds them)
@@ -634,6 +635,53 @@ class OverlayTree(Tree):
             for source, paths in added.items():
                 self._derived_by_source[source] = self._derived_by_source.get(source, frozenset()) | paths
         return out
+
+    def holds_view(self, at: str, rel: str, info: Attr) -> bool | None:
+        """Whether the overlay's file rel (as `info` shows it) holds exactly the bytes the
+        view named `at` serves now (a copy of that view); None if there is no such view."""
+        folder, _, name = at.rpartition("/")
+        found = self.derive.lookup(folder, name) if self.derive is not None and stat.S_ISREG(info.mode) else None
+        if found is None:
+            return None
+        _, make, shown, _ = found
+        handle = self.upper.open_read(rel)
+        try:
+            return _same_bytes(make(shown), info.size, handle.read)
+        finally:
+            handle.release()
+
+    def kept_at_view(self, rel: str) -> None:
+        """A real file written or renamed to rel, a name a view takes (or will once its
+        source is there), not holding that view's bytes now: dropped once the view comes
+        to serve them (`drop_view_copies`: `rsync -a` of a run copies Picks/'s CSV views
+        before the picks files they are made of)."""
+        folder, _, name = rel.rpartition("/")
+        sources = tuple(self.derive.sources_of(folder, name)) if self.derive is not None else ()
+        if sources:
+            self._view_copies.add(rel, sources)
+
+    def drop_view_copies(self, changed: str) -> None:
+        """The remembered real files at views' names whose views `changed` (a path) may
+        change (made of it, or following it): each that now holds its view's bytes is
+        removed, the view shows again. A store is looked at as a whole when its own folder
+        changes (`cp -a` and `rsync -a` set its times last), not at each of its files."""
+        for rel in self._view_copies.following(changed, self.derive.views_following(changed)):
+            info = self.upper.stat(rel)
+            try:
+                if info is None or not self.holds_view(rel, rel, info):
+                    continue
+            except Exception as exc:        # (a view that fails to make: the file stays)
+                log.info("%s not compared with its view: %s", rel, exc)
+                continue
+            parent, name = self._node_at(rel.rpartition("/")[0]), rel.rpartition("/")[2]
+            with self.lock:                 # (only the file compared: not one renamed there meanwhile)
+                now = self.upper.stat(rel)
+                if not isinstance(parent, MergedDir) or not _unchanged(info, now):
+                    continue
+                parent.unlink(name)
+            self._view_copies.forget(rel)
+            log.info("%s held its view's bytes: removed, the view shows", rel)
+            self.report(parent.ino, entries=((parent.ino, name),), waited=False)
 
     def source_key(self, rel: str, info: Attr | None = None):
         """What a derived file's content depends on: its source's path, size and time."""
@@ -673,6 +721,14 @@ class OverlayTree(Tree):
                     inodes.add(child.ino)
                 if parent is not None and name:
                     entries.add((parent.ino, name))
+                for view in self.derive.views_following(path) if self.derive is not None else ():
+                    with self._table:                 # made again when next asked for
+                        node = self._derived.pop(view, None)
+                    folder = self._node_at(view.rpartition("/")[0])
+                    if node is not None:
+                        inodes.add(node.ino)
+                        if folder is not None:
+                            entries.add((folder.ino, view.rpartition("/")[2]))
                 for changed in _ancestors(path):              # a store's views follow its files
                     views = self._derived_by_source.get(changed, ())
                     # the name of a view whose source is gone stays known to the kernel until
@@ -689,6 +745,10 @@ class OverlayTree(Tree):
                                 entries.add((folder.ino, view.rpartition("/")[2]))
         self.changes_reported += len(inodes) + len(entries)
         self.report(*inodes, entries=tuple(entries), waited=waited)
+        if self._view_copies:
+            for rel, names in changes.items():
+                for name in names:
+                    self.drop_view_copies(_join(rel, name) if name else rel)
 
     def _node_at(self, rel: str) -> "MergedNode | None":
         """The node the kernel may hold for what rel shows, if one was made."""
@@ -819,6 +879,10 @@ class MergedNode(Node):
 
 
 #: derived files made at once from different listings; one file's makers wait for each other (striped)
+#: bytes compared at a time between a file and the view whose name it takes
+VIEW_COMPARED = 1 << 20
+#: the real files at views' names remembered to be dropped once their view serves their bytes
+VIEW_COPIES_KEPT = 4096
 MAKING_LOCKS = 64
 _making = [threading.Lock() for _ in range(MAKING_LOCKS)]
 
@@ -832,10 +896,11 @@ class DerivedFile(File):
     from there, still unmade (`ls -lR`, `du` of views sized before), as a read-only file
     with its source's time (`info`), as the node would. Slots: a mount keeps one per view
     listed."""
-    __slots__ = ("ino", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
+    __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
 
-    def __init__(self, make, info: Attr | None, source_key: tuple, derived_path: str, kept=None):
-        self._make, self._info, self._file = make, info, None
+    def __init__(self, tree: "OverlayTree", make, info: Attr | None, source_key: tuple, derived_path: str,
+                 kept=None):
+        self.tree, self._make, self._info, self._file = tree, make, info, None
         self.source_key, self.derived_path = source_key, derived_path
         self._kept, self._size = kept, None
 
@@ -892,14 +957,121 @@ class DerivedFile(File):
         return self._kept_attr(self._size)
 
     def open(self, flags: int) -> FileHandle:
-        return self.made().open(flags)
+        if not writes(flags):
+            return self.made().open(flags)
+        if flags & os.O_ACCMODE != os.O_WRONLY or flags & os.O_APPEND:
+            raise read_only(self.derived_path)
+        folder, _, name = self.derived_path.rpartition("/")
+        found = self.tree.derive.lookup(folder, name)
+        if found is None:
+            # its source is gone (the kernel still knows the name): what is written is a
+            # new file's, an import if the name takes one (saved picks copied back in)
+            imported = self.tree.imports(folder, name) if self.tree.imports is not None else None
+            if imported is None:
+                raise read_only(self.derived_path)
+            return imported.open(flags)
+        if self.tree.source_key(found[0], found[2]) != self.source_key:
+            raise read_only(self.derived_path)      # (another version of the view: asked again)
+        return _ViewWriteHandle(self, truncated=bool(flags & os.O_TRUNC))
 
     def open_nowait(self, flags: int) -> FileHandle | None:
         file = self._file
-        return None if file is None else file.open_nowait(flags)
+        return None if file is None or writes(flags) else file.open_nowait(flags)
 
     def truncate(self, size: int) -> None:
         self.made().truncate(size)
+
+
+class _ViewCopies:
+    """The plain files at views' names to drop once their view serves their bytes
+    (`OverlayTree.kept_at_view`), by path and by the sources their views are made of; at
+    most VIEW_COPIES_KEPT, the oldest forgotten."""
+
+    def __init__(self):
+        self._sources: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._by_source: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._sources)
+
+    def add(self, rel: str, sources: tuple[str, ...]) -> None:
+        with self._lock:
+            self._forget(rel)
+            self._sources[rel] = sources
+            for source in sources:
+                self._by_source.setdefault(source, set()).add(rel)
+            while len(self._sources) > VIEW_COPIES_KEPT:
+                self._forget(next(iter(self._sources)))
+
+    def forget(self, rel: str) -> None:
+        with self._lock:
+            self._forget(rel)
+
+    def following(self, changed: str, views) -> list[str]:
+        """Those whose view is made of `changed`, or is among `views`."""
+        with self._lock:
+            return [rel for rel in views if rel in self._sources] + list(self._by_source.get(changed, ()))
+
+    def _forget(self, rel: str) -> None:
+        for source in self._sources.pop(rel, ()):
+            rels = self._by_source[source]
+            rels.discard(rel)
+            if not rels:
+                del self._by_source[source]
+
+
+def _unchanged(before: Attr, now: Attr | None) -> bool:
+    """Whether a file stat'ed again is the one compared (reading it moved only its atime)."""
+    return now is not None and before._replace(atime_ns=None) == now._replace(atime_ns=None)
+
+
+def _same_bytes(view: File, size: int, read) -> bool:
+    """Whether `size` bytes (`read(offset, n)`) are what `view` serves, block by block."""
+    if view.attr().size != size:
+        return False
+    handle = view.open(os.O_RDONLY)
+    try:
+        return all(handle.read(offset, VIEW_COMPARED) == read(offset, min(VIEW_COMPARED, size - offset))
+                   for offset in range(0, size, VIEW_COMPARED))
+    finally:
+        handle.release()
+
+
+class _ViewWriteHandle(FileHandle):
+    """A view opened to write (`cp` onto it, `rsync --inplace`): a write is taken only if
+    its bytes are the view's own at that offset, a truncate only to the view's size (or to
+    0 by O_TRUNC: then the whole view must be written back by close); anything else is
+    EROFS. Nothing is stored. At release the kernel is told to drop what it cached of the
+    file (the size an O_TRUNC set, the pages written)."""
+    flush_blocks = release_blocks = True
+
+    def __init__(self, node: DerivedFile, truncated: bool):
+        self._node, view = node, node.made()
+        self._size, self._view = view.attr().size, view.open(os.O_RDONLY)
+        # the bytes written back from offset 0 without a gap (a gap would read as zeros)
+        self._truncated, self._covered = truncated, 0
+
+    def write(self, offset: int, data: bytes) -> int:
+        if self._size is None or offset + len(data) > self._size or self._view.read(offset, len(data)) != data:
+            raise read_only(self._node.derived_path)
+        if offset <= self._covered:
+            self._covered = max(self._covered, offset + len(data))
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        if size == 0 and self._covered == 0:
+            self._truncated = True          # (O_TRUNC as the kernel sends it: a truncate first)
+        elif size != self._size:
+            raise read_only(self._node.derived_path)
+
+    def flush(self) -> None:
+        if self._truncated and self._covered != self._size:
+            raise read_only(self._node.derived_path)
+
+    def release(self) -> None:
+        self._view.release()
+        self._node.tree.report(self._node.ino)
 
 
 class MergedSpecial(MergedNode):
@@ -1031,7 +1203,9 @@ class _ViewSourceHandle:
             self._written = False
             tree, rel = self._tree, self._rel
             folder, _, name = rel.rpartition("/")
-            if rel in tree._derived_by_source or tree.derive.folders_following(folder):
+            tree.kept_at_view(rel)          # (written before its view's source: `cp -r` of a run)
+            if rel in tree._derived_by_source or tree.derive.folders_following(folder) \
+                    or tree.derive.views_following(rel):
                 tree.overlay_changed({folder: {name}}, waited=True)
 
 
@@ -1344,6 +1518,10 @@ class MergedDir(MergedNode, Directory):
             return self._exchange(name, node, new_parent, new_name)
         self._movable(node, old)
         new = _join(new_parent.rel, new_name)
+        if not flags and isinstance(node, MergedFile) and self.tree.derive is not None \
+                and self.tree.shown(new) is None and self._copy_of_view(name, old, new):
+            self.tree.report(entries=((new_parent.ino, new_name),), waited=False)
+            return None
         if new.startswith(old + "/"):
             raise OSError(errno.EINVAL, "a directory cannot move into itself", new_name)
         with self.tree.lock:
@@ -1376,6 +1554,27 @@ class MergedDir(MergedNode, Directory):
             node.move_place((self, name), (new_parent, new_name))
             if node.key[1] == old:                        # a root without inodes: the path is its identity
                 self.tree.rekey(node, self.tree.upper, self.tree.upper.stat(new))
+        if self.tree.derive is not None:
+            try:                            # (the rename is done: it is not reported as failed)
+                if not flags and isinstance(node, MergedFile):
+                    self.tree.kept_at_view(new)
+                if self.tree.derive.views_following(new):
+                    self.tree.overlay_changed({new_parent.rel: {new_name}})    # (rsync renames a store's metadata in)
+            except OSError as exc:
+                log.warning("views following %s not told of its rename: %s", new, exc)
+
+    def _copy_of_view(self, name: str, old: str, new: str) -> bool:
+        """A file renamed onto a view's name (`rsync -a` of a run) that holds exactly that
+        view's bytes is dropped, the view shows on (True); one that differs is renamed as
+        any file (False)."""
+        info = self.tree.upper.stat(old)
+        if info is None or not self.tree.holds_view(new, old, info):
+            return False
+        with self.tree.lock:                # (only the file compared: not one renamed there meanwhile)
+            if not _unchanged(info, self.tree.upper.stat(old)):
+                return False
+            self.unlink(name)
+        return True
 
     def _check_replace(self, node: "MergedNode", target: Attr, new: str) -> None:
         source_is_dir = isinstance(node, MergedDir)

@@ -16,7 +16,7 @@ import threading
 
 from inotify_simple import INotify, flags
 
-from .rules import WORK_DIR
+from .rules import KEPT_DIR, WORK_DIR
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class OverlayWatch:
         found, pending = [], [rel]
         while pending:
             here = pending.pop()
-            if here == WORK_DIR:            # copy-ups being staged: never shown
+            if here in (WORK_DIR, KEPT_DIR):    # copy-ups being staged, kept imports: never shown
                 continue
             folder = os.path.join(self.path, here) if here else self.path
             try:
@@ -96,7 +96,7 @@ class OverlayWatch:
                 if rel is None:
                     continue
                 changes.setdefault(rel, set()).add(event.name)
-                if event.mask & flags.ISDIR and event.mask & _NEW_DIR and not (rel == "" and event.name == WORK_DIR):
+                if event.mask & flags.ISDIR and event.mask & _NEW_DIR and not (rel == "" and event.name in (WORK_DIR, KEPT_DIR)):
                     new = f"{rel}/{event.name}" if rel else event.name
                     if event.mask & flags.MOVED_TO:
                         self._forget_under(new)

@@ -281,7 +281,7 @@ class FrameService:
     def _learn_attr(self, j: int, size: int) -> None:
         """Frame j's size, just encoded by the read-ahead, and its chunk's time (a stat, in
         this thread): the LOOKUP the daemon sends itself to store the frame (daemon/fs.py's
-        `Notifier._store`) is then answered on the loop, never waiting for a worker thread,
+        `Notifier._looked_up`) is then answered on the loop, never waiting for a worker thread,
         which readers waiting for the read-ahead may all hold."""
         if self._fixed_size is not None or self.passthrough:
             return
@@ -490,7 +490,7 @@ class FrameService:
         the frame at once can make the store wait for its read, which the loop answers
         from the encoded cache. A reader of whole frames is held too: one that opens them
         by name (ffmpeg, tar -T) finds the next frames in the kernel only once the daemon
-        looked them up and stored them (daemon/fs.py's `Notifier._store`)."""
+        looked them up and stored them (daemon/fs.py's `Notifier._looked_up`)."""
         rest = offset < len(data)
         with self._lock:
             self.rests_offered += rest

@@ -86,7 +86,7 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
-    lookups_to_store: int = 0       # files the daemon looked up itself (a stat) to store them, the kernel not knowing them
+    lookups_to_store: int = 0       # files the daemon looked up itself (a stat) to store them
     opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
     opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
     reads: int = 0                  # READ requests

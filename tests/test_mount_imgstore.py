@@ -239,10 +239,10 @@ def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, modul
     mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=8")     # fresh: nothing read yet
     names = [f"frames/{i:06d}.png" for i in range(10)]
     first = [(mnt / name).read_bytes() for name in names[:2]]             # starts the read-ahead
-    deadline = time.monotonic() + 10           # (bounded, not asserted: the reads below say it)
-    while daemon_status(mnt)["stored_ahead"] < 8 and time.monotonic() < deadline:     # frames 2 to 9
+    deadline = time.monotonic() + 10
+    while (before := daemon_status(mnt))["stored_ahead"] < 8 and time.monotonic() < deadline:   # frames 2 to 9
         time.sleep(0.02)
-    before = daemon_status(mnt)                # (its own read is counted after it)
+    assert before["stored_ahead"] >= 8, before     # (a status read's own read is counted after it)
     ahead = [(mnt / name).read_bytes() for name in names[2:]]
     after = daemon_status(mnt)
     signposts = 2                              # frames 4 and 8: their last page

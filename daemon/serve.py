@@ -44,16 +44,16 @@ async def _wait_until_live(ops: Operations, mountpoint: str, when_live: Callable
     """Run `when_live` once the mount answers: the kernel sends INIT first, so an answered
     statvfs means the handshake (which resets read-ahead) is over and clients can come.
     The mount point's folder is opened then, once, for the notifier (`Notifier.live`)."""
-    await trio.to_thread.run_sync(os.statvfs, mountpoint)
-    found = await trio.to_thread.run_sync(_open_parent, mountpoint)
+    found = await trio.to_thread.run_sync(_live_parent, mountpoint)
     if found is not None:
         ops.notifier.live(*found)
     when_live()
 
 
-def _open_parent(mountpoint: str) -> tuple[int, str, int] | None:
-    """An O_PATH descriptor of the folder that holds the mount point, the mount point's
-    name in it and the mount's device (None: cannot; not on the loop: a stat of the mount)."""
+def _live_parent(mountpoint: str) -> tuple[int, str, int] | None:
+    """Once the mount answers (a statvfs), an O_PATH descriptor of the folder that holds
+    the mount point, the mount point's name in it and the mount's device (None: cannot)."""
+    os.statvfs(mountpoint)
     name = os.path.basename(mountpoint)
     try:
         parent = os.open(os.path.dirname(mountpoint) or ".", os.O_PATH | os.O_DIRECTORY)

@@ -269,10 +269,27 @@ class FrameService:
         return attr
 
     def cached_attr(self, i: int) -> Attr | None:
-        """The attributes if known without I/O (a fixed size, the chunk's time seen)."""
+        """The attributes if known without I/O (a fixed size or one the read-ahead
+        encoded, the chunk's time seen)."""
         if self.fixed_attrs():
             return self._chunk_attrs.get(self.index.locate(i)[0].number)
-        return None
+        if self.passthrough or self._sizes[i] < 0:
+            return None
+        mtime = self._chunk_mtimes.get(self.index.locate(i)[0].number)
+        return None if mtime is None else Attr(FRAME_MODE, int(self._sizes[i]), mtime, FRAME_NLINK)
+
+    def _learn_attr(self, j: int, size: int) -> None:
+        """Frame j's size, just encoded by the read-ahead, and its chunk's time (a stat, in
+        this thread): the LOOKUP the daemon sends itself to store the frame (daemon/fs.py's
+        `Notifier._looked_up`) is then answered on the loop, never waiting for a worker thread,
+        which readers waiting for the read-ahead may all hold."""
+        if self._fixed_size is not None or self.passthrough:
+            return
+        self._sizes[j] = size
+        try:
+            self._chunk_mtime(self.index.locate(j)[0])
+        except (OSError, StoreError) as exc:         # (a LOOKUP meets it, and reports it)
+            log.debug("frame %d's time: %s", j, exc)
 
     def attr(self, i: int) -> Attr:
         if self.fixed_attrs():
@@ -431,6 +448,7 @@ class FrameService:
             if ahead:
                 self._offered_to = max(self._offered_to, j)
         if ahead:
+            self._learn_attr(j, len(data))
             signpost = j % self.signpost_every == 0
             self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data, wait=True)
         self._done(j)
@@ -472,7 +490,7 @@ class FrameService:
         the frame at once can make the store wait for its read, which the loop answers
         from the encoded cache. A reader of whole frames is held too: one that opens them
         by name (ffmpeg, tar -T) finds the next frames in the kernel only once the daemon
-        looked them up and stored them (daemon/fs.py's `Notifier._store`)."""
+        looked them up and stored them (daemon/fs.py's `Notifier._looked_up`)."""
         rest = offset < len(data)
         with self._lock:
             self.rests_offered += rest
@@ -880,9 +898,10 @@ class ImgstoreTree(Tree):
                              mtime)
 
     def path_of(self, ino: int) -> str | None:
-        """A frame's path in frames/ (a tree grafted into another has no such path)."""
+        """A frame's path in frames/, if its attributes are known without I/O (a tree
+        grafted into another has no such path)."""
         i = ino - self.frames_base
-        if self.base != ROOT_INO or not 0 <= i < len(self.index):
+        if self.base != ROOT_INO or not 0 <= i < len(self.index) or self.service.cached_attr(i) is None:
             return None
         return f"frames/{self.frames_dir.name(i)}"
 

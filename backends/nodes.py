@@ -422,14 +422,19 @@ class Tree:
         otherwise where the kernel opens files itself. Only for content that never
         changes and whose handles say `keep_cache` (an open that does not keep the cache
         drops it). From any thread, never blocking; `wait` (worker threads only): the
-        kernel has it when this returns, which may wait for a read of it in flight."""
+        kernel has it when this returns, which may wait for a read of it in flight, and,
+        for a file the kernel does not know yet, for the loop to answer the daemon's own
+        LOOKUP of it (`path_of`)."""
         for listener in self._content_listeners:
             listener(ino, data, offset, wait)
 
     def path_of(self, ino: int) -> str | None:
         """A path (from the mount's root) of file `ino`, which a backend `offer`s content
         of: the daemon looks it up where the kernel does not know the inode yet (a reader
-        that opens files by name), so that the kernel can keep the content. None: unknown."""
+        that opens files by name), so that the kernel can keep the content. Only for a
+        file whose attributes `cached_attr` knows: that LOOKUP is answered on the loop,
+        never waiting for a worker thread (all may be waiting for the offering thread).
+        None: unknown, or not so."""
         return None
 
     @property

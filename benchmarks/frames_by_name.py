@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ def readers(frames: int, work: Path) -> dict:
     return {
         "ffmpeg": lambda mnt: subprocess.run(["ffmpeg", "-v", "error", "-i", str(mnt / "frames/%06d.png"),
                                               "-f", "null", "-"], check=True),
-        "tar -T": lambda mnt: subprocess.run(f"tar cf - -T {listed} | wc -c", shell=True, cwd=mnt, check=True,
+        "tar -T": lambda mnt: subprocess.run(f"tar cf - -T {shlex.quote(str(listed))} | wc -c", shell=True,
+                                             cwd=mnt, check=True,
                                              stdout=subprocess.DEVNULL),
         "python": python,
         "tar dir": lambda mnt: subprocess.run("tar cf - frames | wc -c", shell=True, cwd=mnt, check=True,
@@ -68,8 +70,9 @@ def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
         return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
                 "cpu_ms": 1000 * cpu / frames}
     finally:
-        subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False)
-        os.rmdir(mnt)
+        unmounted = subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False)
+        if unmounted.returncode == 0:            # (else the error that got here is the one to see)
+            os.rmdir(mnt)
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ class Counters:
     invalidations: int = 0          # inodes and entries the kernel was told to drop
     worker_calls: int = 0           # backend calls run in worker threads (the rest is answered on the loop)
     stored_ahead: int = 0           # files put whole into the kernel's page cache before a read asked
-    lookups_to_store: int = 0       # LOOKUPs the daemon sent itself, to store a file the kernel did not know
+    lookups_to_store: int = 0       # files the daemon looked up itself (a stat) to store them
     opendirs: int = 0               # one (answered ENOSYS) where the kernel opens directories itself
     opens: int = 0                  # OPEN requests (read-only mounts answer the first with ENOSYS)
     reads: int = 0                  # READ requests
@@ -113,15 +113,19 @@ class Notifier:
     names (never waited for: a name's notification waits for any change in flight in its
     folder, possibly the very request that caused it), one for contents. A worker thread
     that answers its request itself (`held`) sends the inodes it reports on its own.
-    A store the kernel refuses for want of the inode (a reader that opens files by name,
-    not from a listing, has the kernel make each at its LOOKUP, just before its reads) is
-    sent again after the daemon looked the file up itself (`_store`)."""
+    A store from a read-ahead thread (`store(wait=True)`) the kernel refuses for want of
+    the inode (a reader that opens files by name, not from a listing, has the kernel make
+    each at its LOOKUP, just before its reads) is sent again after the daemon looked the
+    file up itself (`_looked_up`): that thread then waits for the loop to answer the LOOKUP."""
 
     def __init__(self, counters: Counters, known: dict[int, int],
                  locate: Callable[[int], str | None] = lambda ino: None):
         self._counters = counters
         self._locate = locate                    # inode -> its path in the mount (`Tree.path_of`)
-        self._mountpoint: str | None = None
+        self._parent: int | None = None          # the mount point's folder (O_PATH), from `live` to `stop`
+        self._name = ""                          # ... the mount point's name in it
+        self._device: int | None = None          # ... and the mount's device (`_looked_up` checks it)
+        self._looking_up = 0                     # stats in flight (the last closes `_parent` after `stop`)
         # names are expired, not dropped, where the kernel can (`_drop_name`)
         self._expire = getattr(pyfuse3, "expire_entry", None)
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
@@ -141,10 +145,8 @@ class Notifier:
         self._storing = 0                        # sent from other threads (`store(wait=True)`, `held`)
         self._threads: list[threading.Thread] = []
 
-    def start(self, mountpoint: str | None = None) -> None:
-        """Once the session is mounted: notifications need it (`mountpoint`: where
-        `_store` looks files up, None: it does not)."""
-        self._mountpoint = mountpoint
+    def start(self) -> None:
+        """Once the session is mounted: notifications need it."""
         self._running = True
         self._threads = [threading.Thread(target=self._send, args=(kind,), daemon=True, name=f"notify-{kind}")
                          for kind in ("inodes", "entries", "stores")]
@@ -162,6 +164,25 @@ class Notifier:
             thread.join(timeout=5)
         with self._cond:
             self._cond.wait_for(lambda: not self._storing, timeout=5)
+            self._close_parent()                 # (a stat nobody answers any more is not waited for)
+
+    def live(self, parent: int, name: str, device: int) -> None:
+        """The mount answers: `_looked_up` looks files up from `parent`, an O_PATH
+        descriptor of the folder holding the mount point `name` (the notifier's, closed at
+        `stop`), never walking the mount point's path from / (whose folders may be
+        renamed, or on a hung NFS). Not a descriptor of the mount's root: that keeps the
+        mount busy (`fusermount3 -u` failed with EBUSY). `device`: the mount's."""
+        with self._cond:
+            if self._running:
+                self._parent, self._name, self._device = parent, name, device
+                return
+        os.close(parent)
+
+    def _close_parent(self) -> None:
+        """(Under `_cond`.) Once no stat uses it."""
+        if self._parent is not None and not self._looking_up:
+            os.close(self._parent)
+            self._parent = None
 
     def report(self, inodes: tuple[int, ...], entries: tuple[tuple[int, str], ...], waited: bool = True) -> None:
         """From any thread (a backend's `Tree.report`)."""
@@ -207,7 +228,7 @@ class Notifier:
                 sent = 0
                 try:
                     if sending:
-                        sent = sum(self._notify("inodes", ino, on_loop) for ino in held)
+                        sent = sum(not self._notify("inodes", ino, on_loop) for ino in held)
                 finally:
                     self._batch_sent(sender, sent, sending)
             if not on_loop:
@@ -217,19 +238,8 @@ class Notifier:
         """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
         blocking; `wait`: sent from this (worker) thread before it returns."""
         if wait:
-            with self._cond:
-                if not self._running:
-                    return
-                self._storing += 1               # (`stop` waits for it: the session must outlive it)
-            sent = False
-            try:
-                sent = self._store(ino, (offset, data))
-            finally:
-                with self._cond:
-                    self._storing -= 1
-                    self._counters.stored_ahead += sent
-                    if not self._running:
-                        self._cond.notify_all()          # (`stop` waits)
+            if self._store_now(ino, (offset, data)) == errno.ENOENT and self._looked_up(ino):
+                self._store_now(ino, (offset, data))
             return
         with self._stores_cond:
             self._stores[ino] = offset, data
@@ -238,23 +248,54 @@ class Notifier:
                 pending -= len(self._stores.pop(next(iter(self._stores)))[1])
             self._stores_cond.notify()
 
-    def _store(self, ino: int, data: tuple[int, bytes]) -> bool:
-        """Store content in the kernel's page cache. If the kernel has no inode `ino`, the
-        daemon looks its file up through the mount (a stat from this thread, answered by
-        the loop like any LOOKUP) and stores it then: the kernel keeps that name, so a
-        reader that opens it by name sends neither LOOKUP nor READ (never from the loop)."""
-        if self._notify("stores", ino, data):
-            return True
-        path = self._locate(ino) if self._mountpoint is not None and ino not in self._known else None
-        if path is None or not self._running:
-            return False
-        try:
-            os.stat(os.path.join(self._mountpoint, path))
-        except OSError:
-            return False
+    def _store_now(self, ino: int, data: tuple[int, bytes]) -> int | None:
+        """Store content in the kernel's page cache from this thread: `_notify`'s errno,
+        None if stopped."""
         with self._cond:
-            self._counters.lookups_to_store += 1
-        return self._notify("stores", ino, data)
+            if not self._running:
+                return None
+            self._storing += 1                   # (`stop` waits for it: the session must outlive it)
+        failed = None
+        try:
+            failed = self._notify("stores", ino, data)
+        finally:
+            with self._cond:
+                self._storing -= 1
+                self._counters.stored_ahead += failed == 0
+                if not self._running:
+                    self._cond.notify_all()      # (`stop` waits)
+        return failed
+
+    def _looked_up(self, ino: int) -> bool:
+        """Whether the daemon looked up file `ino`, which the kernel does not know, through
+        its own mount (a stat, which the loop answers: `Tree.path_of` names only files whose
+        LOOKUP needs no worker thread): the kernel then keeps that name, so a reader that
+        opens it by name, storing it then, sends neither LOOKUP nor READ. Never waited for
+        by `stop` (after which nobody answers). Found on another device (the mount point
+        covered by another mount, or the mount moved), never again."""
+        path = self._locate(ino)
+        with self._cond:
+            parent = self._parent
+            if path is None or parent is None or self._device is None or not self._running:
+                return False
+            self._looking_up += 1
+        device = None
+        try:
+            device = os.stat(os.path.join(self._name, path), dir_fd=parent).st_dev
+        except OSError as exc:
+            log.debug("looking up %s to store it: %s", path, exc)
+        finally:
+            with self._cond:
+                self._looking_up -= 1
+                found = device is not None and device == self._device
+                self._counters.lookups_to_store += found
+                if device is not None and not found and self._device is not None:
+                    log.warning("%s is no longer this mount: frames read ahead reach only"
+                                " readers that list them", self._name)
+                    self._device = None
+                if not self._running or self._device is None:
+                    self._close_parent()
+        return found
 
     def mark(self) -> int | None:
         """What `when_sent` must see sent, or None if nothing is pending."""
@@ -305,7 +346,7 @@ class Notifier:
             sent = 0
             try:
                 for item, data in batch:
-                    sent += self._store(item, data) if kind == "stores" else self._notify(kind, item, data)
+                    sent += not self._notify(kind, item, data)
             finally:                                 # (a request never waits on a dead thread)
                 if kind == "inodes":
                     self._batch_sent(threading.get_ident(), sent)
@@ -329,13 +370,14 @@ class Notifier:
                 self._cond.notify_all()             # (`stop` waits)
         self._wake()
 
-    def _notify(self, kind: str, item, data: tuple[int, bytes] | bool | None) -> bool:
+    def _notify(self, kind: str, item, data: tuple[int, bytes] | bool | None) -> int:
         """Send one notification (`data`: a store's (offset, content); of an inode, whether
-        only its attributes go)."""
+        only its attributes go): 0 if sent, else why not (an errno, ENOENT: the kernel
+        does not know the inode, -1: an unforeseen failure)."""
         try:
             if kind == "inodes":
                 if item not in self._known:          # the kernel has nothing of it to drop
-                    return False
+                    return errno.ENOENT
                 if data:                             # (the attributes only)
                     pyfuse3.invalidate_inode(item, True)
                 else:
@@ -344,13 +386,14 @@ class Notifier:
                 self._drop_name(*item)
             else:
                 pyfuse3.notify_store(item, *data)
-            return True
+            return 0
         except OSError as exc:                       # ENOENT: the kernel had already let it go
             if exc.errno != errno.ENOENT:
                 log.warning("notifying %s %r: %s", kind, item, exc)
+            return exc.errno or -1
         except Exception:
             log.exception("notifying %s %r failed", kind, item)
-        return False
+        return -1
 
     def _drop_name(self, parent: int, name: str) -> None:
         """Make the kernel look `name` up again at its next use. Expired, the kernel keeps

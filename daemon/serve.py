@@ -33,18 +33,41 @@ IDLE_POLL_ENV = "SCOPEFS_IDLE_POLL_US"
 async def _main(ops: Operations, mountpoint: str, when_live: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
-        nursery.start_soon(_wait_until_live, mountpoint, when_live)
+        nursery.start_soon(_wait_until_live, ops, mountpoint, when_live)
         if ops.tree.writable:
             nursery.start_soon(ops.sync_when_idle)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         nursery.cancel_scope.cancel()
 
 
-async def _wait_until_live(mountpoint: str, when_live: Callable[[], None]) -> None:
+async def _wait_until_live(ops: Operations, mountpoint: str, when_live: Callable[[], None]) -> None:
     """Run `when_live` once the mount answers: the kernel sends INIT first, so an answered
-    statvfs means the handshake (which resets read-ahead) is over and clients can come."""
-    await trio.to_thread.run_sync(os.statvfs, mountpoint)
+    statvfs means the handshake (which resets read-ahead) is over and clients can come.
+    The mount point's folder is opened then, once, for the notifier (`Notifier.live`)."""
+    found = await trio.to_thread.run_sync(_live_parent, mountpoint)
+    if found is not None:
+        ops.notifier.live(*found)
     when_live()
+
+
+def _live_parent(mountpoint: str) -> tuple[int, str, int] | None:
+    """Once the mount answers (a statvfs), an O_PATH descriptor of the folder that holds
+    the mount point, the mount point's name in it and the mount's device (None: cannot)."""
+    os.statvfs(mountpoint)
+    name = os.path.basename(mountpoint)
+    try:
+        parent = os.open(os.path.dirname(mountpoint) or ".", os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        log.warning("the folder of %s cannot be opened: frames read ahead reach only readers"
+                    " that list them (%s)", mountpoint, exc)
+        return None
+    try:
+        return parent, name, os.stat(name, dir_fd=parent).st_dev
+    except OSError as exc:
+        log.warning("%s cannot be found from its folder: frames read ahead reach only readers"
+                    " that list them (%s)", mountpoint, exc)
+        os.close(parent)
+        return None
 
 
 async def _stop_on_signal() -> None:
@@ -111,7 +134,7 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1)}
     ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
     pyfuse3.init(ops, mountpoint, fuse_options)
-    ops.notifier.start(os.path.abspath(mountpoint))
+    ops.notifier.start()
 
     def when_live() -> None:
         set_read_ahead(mountpoint, read_ahead_kib)

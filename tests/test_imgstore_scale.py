@@ -463,9 +463,11 @@ def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(t
     assert threads.count("decode-ahead") == 1 and threads.count("encode") == encoders
 
 
-def held_until_frame_9(service, read) -> None:
+def held_until_frame_9(service, read, monkeypatch) -> None:
     """`read` (a reader at frame 5, prefetch 8) runs in a thread held for the read-ahead's
-    lead: it goes on once frame 9 is done, not before."""
+    lead: it goes on once frame 9 is done, not before (however long this thread stalls:
+    `LEAD_WAIT` made long)."""
+    monkeypatch.setattr(imgstore, "LEAD_WAIT", 60)
     reader = threading.Thread(target=read)
     reader.start()
     deadline = time.monotonic() + 5
@@ -480,7 +482,7 @@ def held_until_frame_9(service, read) -> None:
     assert not reader.is_alive()
 
 
-def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
+def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path, monkeypatch):
     """A reader at the decoder's heels is held until the read-ahead leads by
     `signpost_every` stored frames (`FrameService.offer_rest`): it is woken when that
     lead is there, not at every frame the read-ahead finishes (a wake-up, a switch of the
@@ -500,13 +502,13 @@ def test_a_reader_held_for_the_read_ahead_to_lead_is_woken_once(tmp_path):
             waits += 1
             return wait(*args)
         service._led.wait = counted
-        held_until_frame_9(service, lambda: service.offer_rest(5, memoryview(bytes(8192)), 4096, True))
+        held_until_frame_9(service, lambda: service.offer_rest(5, memoryview(bytes(8192)), 4096, True), monkeypatch)
         assert waits == 1, waits
     finally:
         tree.close()
 
 
-def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_path):
+def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_path, monkeypatch):
     """A reader of whole frames (Python's read_bytes, ffmpeg) that came to a frame before
     the read-ahead is held for its lead as one that reads in pieces is: else, opening
     frames by name (no listing), it read each at the decoder's heels, a READ a frame."""
@@ -520,7 +522,7 @@ def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_p
             service._offered_to = service._done_to = 4
         handle = tree.frame_node(5).open_nowait(os.O_RDONLY)
         assert handle.cached_read(0, 1 << 20) is None          # (to a worker thread, held there)
-        held_until_frame_9(service, lambda: handle.read(0, 1 << 20))
+        held_until_frame_9(service, lambda: handle.read(0, 1 << 20), monkeypatch)
     finally:
         tree.close()
 

@@ -239,10 +239,10 @@ def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, modul
     mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=8")     # fresh: nothing read yet
     names = [f"frames/{i:06d}.png" for i in range(10)]
     first = [(mnt / name).read_bytes() for name in names[:2]]             # starts the read-ahead
-    deadline = time.monotonic() + 10           # (bounded, not asserted: the reads below say it)
-    while daemon_status(mnt)["stored_ahead"] < 8 and time.monotonic() < deadline:     # frames 2 to 9
+    deadline = time.monotonic() + 10
+    while (before := daemon_status(mnt))["stored_ahead"] < 8 and time.monotonic() < deadline:   # frames 2 to 9
         time.sleep(0.02)
-    before = daemon_status(mnt)                # (its own read is counted after it)
+    assert before["stored_ahead"] >= 8, before     # (a status read's own read is counted after it)
     ahead = [(mnt / name).read_bytes() for name in names[2:]]
     after = daemon_status(mnt)
     signposts = 2                              # frames 4 and 8: their last page
@@ -251,6 +251,25 @@ def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, modul
     for i, data in enumerate(first + ahead):
         assert barcode(np.asarray(Image.open(io.BytesIO(data)))) == samples["mjpeg/avi"].numbers[i]
         assert len(data) == os.stat(mnt / names[i]).st_size
+
+
+def test_the_daemons_own_lookup_of_a_frame_read_ahead_takes_no_worker_thread(samples, module_mount):
+    """Frames whose size needs an encoding (JPEG) are looked up by the daemon itself to be
+    stored (a reader that opens them by name): that LOOKUP is answered on the loop, from
+    the size the read-ahead just encoded. In a worker thread it could wait forever: readers'
+    LOOKUPs of frames being read ahead take every slot, waiting for the very thread that
+    waits for a slot to store its frame."""
+    mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=16", "-o", "image_format=jpg")
+    names = [f"frames/{i:06d}.jpg" for i in range(18)]
+    for name in names[:2]:                     # starts the read-ahead: frames 2 to 17
+        (mnt / name).read_bytes()
+    before = daemon_status(mnt)
+    deadline = time.monotonic() + 10
+    while (after := daemon_status(mnt))["lookups_to_store"] < 16 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert after["lookups_to_store"] == 16, after
+    assert after["worker_calls"] - before["worker_calls"] == 0, (before, after)
+    assert after["errors"] == 0
 
 
 def test_a_frame_read_in_small_pieces_costs_one_request(samples, module_mount):

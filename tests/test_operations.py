@@ -549,6 +549,77 @@ async def test_a_flush_refused_on_the_loop_waits_for_what_it_reported(ops, monke
     with pytest.raises(pyfuse3.FUSEError) as refused:
         await ops.flush(ops._add_handle(RefusedOnLoop(ops.tree)).fh)
     assert refused.value.errno == errno.EINVAL and waited == [True]
+def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup(monkeypatch, tmp_path):
+    """A read-ahead thread's store the kernel refuses with ENOENT (a reader that opens
+    files by name) is sent again once the daemon stat'ed the file from the mount point's
+    folder; never for another error, a file `Tree.path_of` does not name, or a file found
+    on another device (then never again); after `stop` nothing is stored, and a stat
+    nobody answers any more is not waited for."""
+    from scopefs.daemon.fs import Counters, Notifier
+
+    (tmp_path / "mnt" / "frames").mkdir(parents=True)
+    for name in ("a", "b", "slow"):
+        (tmp_path / "mnt" / "frames" / name).write_bytes(b"")
+    known, sent, errors = set(), [], {11: errno.EINVAL}
+
+    def notify_store(ino, offset, data):
+        if ino in errors:
+            raise OSError(errors[ino], "refused")
+        if ino not in known:
+            raise OSError(errno.ENOENT, "no inode")
+        sent.append(ino)
+    monkeypatch.setattr(pyfuse3, "notify_store", notify_store)
+    real_stat, stalled, go_on = os.stat, threading.Event(), threading.Event()
+
+    def stat(path, *args, dir_fd=None, **kwargs):
+        found = real_stat(path, *args, dir_fd=dir_fd, **kwargs)
+        if dir_fd is not None:                       # (the daemon's LOOKUP: the kernel knows it now)
+            if path.endswith("slow"):
+                stalled.set()
+                assert go_on.wait(10)
+            known.add({"a": 10, "b": 13, "slow": 14}[os.path.basename(path)])
+        return found
+    monkeypatch.setattr(os, "stat", stat)
+    paths = {10: "frames/a", 11: "frames/a", 13: "frames/b", 14: "frames/slow"}
+    located = []
+    counters = Counters()
+    notifier = Notifier(counters, {}, lambda ino: located.append(ino) or paths.get(ino))
+    notifier.start()
+    notifier.live(os.open(tmp_path, os.O_PATH | os.O_DIRECTORY), "mnt", real_stat(tmp_path / "mnt").st_dev)
+    try:
+        notifier.store(10, b"x", wait=True)
+        notifier.store(10, b"x", wait=True)          # (known now: no second stat)
+        notifier.store(11, b"x", wait=True)          # (EINVAL: no stat)
+        notifier.store(12, b"x", wait=True)          # (no path)
+        assert sent == [10, 10] and located == [10, 12]
+        assert counters.lookups_to_store == 1 and counters.stored_ahead == 2
+
+        storing = threading.Thread(target=notifier.store, args=(14, b"x"), kwargs={"wait": True})
+        storing.start()
+        assert stalled.wait(10)
+        stopped = threading.Thread(target=notifier.stop)
+        stopped.start()
+        stopped.join(10)
+        assert not stopped.is_alive() and storing.is_alive()
+        assert not notifier._storing                 # (stop did not wait for the stat: it is not counted)
+        go_on.set()
+        storing.join(10)
+        assert sent == [10, 10] and notifier._parent is None      # (stopped: not stored; closed)
+    finally:
+        go_on.set()
+        notifier.stop()
+
+    notifier = Notifier(counters, {}, paths.get)
+    notifier.start()
+    notifier.live(os.open(tmp_path, os.O_PATH | os.O_DIRECTORY), "mnt", real_stat(tmp_path / "mnt").st_dev + 1)
+    try:
+        known.clear()
+        notifier.store(13, b"x", wait=True)          # (found elsewhere: not this mount)
+        known.clear()
+        notifier.store(10, b"x", wait=True)          # (never looked up again)
+        assert sent == [10, 10] and 10 not in known and notifier._parent is None
+    finally:
+        notifier.stop()
 
 
 class HandleLog(FileHandle):

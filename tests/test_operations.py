@@ -549,6 +549,8 @@ async def test_a_flush_refused_on_the_loop_waits_for_what_it_reported(ops, monke
     with pytest.raises(pyfuse3.FUSEError) as refused:
         await ops.flush(ops._add_handle(RefusedOnLoop(ops.tree)).fh)
     assert refused.value.errno == errno.EINVAL and waited == [True]
+
+
 def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup(monkeypatch, tmp_path):
     """A read-ahead thread's store the kernel refuses with ENOENT (a reader that opens
     files by name) is sent again once the daemon stat'ed the file from the mount point's

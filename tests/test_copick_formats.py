@@ -1402,3 +1402,31 @@ def test_a_listing_that_stated_nothing_sizes_nothing_together(tmp_path, monkeypa
                 == [None] * (2 if folder == "Picks" else 3)
     finally:
         tree.close()
+
+
+def test_a_spacing_folders_views_are_placed_in_the_same_python_calls_a_view_for_any_number(tmp_path, monkeypatch):
+    """A cold walk lists tens of thousands of views (`find`, `du`, `ls -lR`): listing a
+    spacing folder places each as a `DerivedFile` (no view's node made) in the same Python
+    calls a view for 2 picks files as for 20, and in at most two (its `__init__`, and its
+    picks file's stat and version shared by its 5 views; 3.4 before: a generator step to
+    order each entry, and a sort key's call each source)."""
+    import gc
+    view_nodes_made(monkeypatch)
+    costs = {}
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        try:
+            tree.derive.learner.stop()
+            spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+            spacing.scan()                  # (what is read once a mount: the tomogram's levels)
+            tree._derived.clear()           # (listed again: each view placed anew)
+            gc.collect()
+            gc.disable()
+            try:
+                costs[picks] = python_calls(spacing.scan)
+            finally:
+                gc.enable()
+        finally:
+            tree.close()
+    per_view = (costs[20] - costs[2]) / (18 * 5)
+    assert per_view <= 2, costs

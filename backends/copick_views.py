@@ -28,6 +28,7 @@ import stat
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..formats import picks as picks_format
@@ -55,6 +56,12 @@ IMPORTS_UNMOUNT_WAIT_S = 30.0
 #: where a tomogram import's MRC waits for its conversion, across mounts (its writer was
 #: told it is stored: `mv` has deleted its own copy), named by its path quoted
 PENDING_IMPORTS = f"{KEPT_DIR}/copick-imports"
+#: seconds a scan of a run's Picks/ serves the listings of its other spacing folders (a walk
+#: lists them back to back); a picks file rewritten in place behind the mount, which moves
+#: neither the mount's edits nor Picks/ itself, is seen by a spacing folder after that long
+PICKS_SCAN_S = 2.0
+#: runs whose Picks/ scan is held for their spacing folders
+PICKS_SCANS_HELD = 64
 
 
 def mrc_name(stem: str, binning: int) -> str:
@@ -297,6 +304,8 @@ class PicksViews:
         self.folders = ByteCache(32 << 20)      # `_written` of each spacing folder, by version
         self.size_batches = 0
         self.written_alone = 0
+        self._scans: OrderedDict[str, tuple] = OrderedDict()     # `_picks_of`: run -> (version, when, picks)
+        self._scans_lock = threading.Lock()
 
     @staticmethod
     def _run(rel: str) -> tuple[str, float] | None:
@@ -317,8 +326,7 @@ class PicksViews:
             return []
         run, voxel_size = found
         if picks is None:               # what each picks file shows: one stat each, for all its views
-            shown = self.tree.shown(f"{run}/Picks")
-            picks = {name: info for name, _, info in self.tree.scan(f"{run}/Picks")} if shown else {}
+            picks = self._picks_of(run)
         center = Once(lambda: self.center(rel, voxel_size))      # one for the whole listing
         sources = {f"{run}/Picks/{name}": info for name, info in picks.items()
                    if name.endswith(".json") and not name.startswith(".")}
@@ -333,6 +341,31 @@ class PicksViews:
                 # (one partial a view: a folder lists thousands, and most are never made)
                 out.append((stem + suffix, source, functools.partial(self._make, listed, source, kind), info, kept))
         return out
+
+    def _picks_of(self, run: str) -> dict[str, Attr]:
+        """What the run's Picks/ shows (name -> what it shows; {} if none): one scan for
+        all of the run's spacing folders listed within `PICKS_SCAN_S` of it, while neither
+        the mount's edits nor Picks/ itself (a local folder's identity) changed; one stat
+        of Picks/ for each other folder (each stat'ed every picks file)."""
+        folder, edits = f"{run}/Picks", self.tree.edits       # (a change while scanning: not shared)
+        shown = self.tree.shown(folder)
+        if shown is None:
+            return {}
+        root, info = shown
+        version = None if info.backing is None else (edits, root, info.backing, info.mtime_ns, info.ctime_ns)
+        now = time.monotonic()
+        with self._scans_lock:
+            held = self._scans.get(run)
+        if version is not None and held is not None and held[0] == version and now - held[1] < PICKS_SCAN_S:
+            return held[2]
+        picks = {name: info for name, _, info in self.tree.scan(folder)}
+        if version is not None:
+            with self._scans_lock:
+                self._scans[run] = version, now, picks
+                self._scans.move_to_end(run)
+                if len(self._scans) > PICKS_SCANS_HELD:
+                    self._scans.popitem(last=False)
+        return picks
 
     def folders_showing(self, rel: str, names) -> dict[str, str]:
         """{VoxelSpacing folder: "Picks"} among the names of a run's folder rel."""

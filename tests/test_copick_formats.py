@@ -1623,3 +1623,72 @@ def test_a_modified_copy_renamed_onto_a_view_is_kept_and_a_restored_picks_file_i
     other.mkdir(parents=True)
     subprocess.run(["cp", str(spacing / "tester_3_proteasome.tbl"), str(other)], check=True)
     assert "tester_3_proteasome.json" in os.listdir(other.parent / "Picks")
+
+
+def test_a_spacing_folders_views_are_placed_in_the_same_python_calls_a_view_for_any_number(tmp_path, monkeypatch):
+    """A cold walk lists tens of thousands of views (`find`, `du`, `ls -lR`): listing a
+    spacing folder places each as a `DerivedFile` (no view's node made) in the same Python
+    calls a view for 2 picks files as for 20, and in at most two (its `__init__`, and its
+    picks file's stat and version shared by its 5 views; 3.4 before: a generator step to
+    order each entry, and a sort key's call each source)."""
+    import gc
+    view_nodes_made(monkeypatch)
+    costs = {}
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        try:
+            tree.derive.learner.stop()
+            spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+            spacing.scan()                  # (what is read once a mount: the tomogram's levels)
+            tree._derived.clear()           # (listed again: each view placed anew)
+            gc.collect()
+            gc.disable()
+            try:
+                costs[picks] = python_calls(spacing.scan)
+            finally:
+                gc.enable()
+        finally:
+            tree.close()
+    per_view = (costs[20] - costs[2]) / (18 * 5)
+    assert per_view <= 2, costs
+
+
+def test_a_runs_spacing_folders_share_one_scan_of_its_picks(tmp_path, monkeypatch):
+    """Each spacing folder of a run shows views of the run's picks files: listing a run's
+    spacing folders back to back (a walk) stats the picks files once for all of them
+    (each listing stat'ed every picks file), for 2 picks files as for 20; a change through
+    the mount, or a while (`PICKS_SCAN_S`), and the next listing stats them again, and
+    shows what they are now."""
+    from scopefs.backends import copick_views
+    for picks in (2, 20):
+        tree = tree_of_picks_copies(tmp_path / str(picks), picks)
+        run_dir = tmp_path / str(picks) / "static" / "ExperimentRuns" / "TS_001"
+        for spacing in ("VoxelSpacing20.000", "VoxelSpacing40.000"):
+            (run_dir / spacing).mkdir()
+        stated = stats_counted(tree)
+        try:
+            tree.derive.learner.stop()
+            run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+            folders = [run.lookup(name) for name in ("VoxelSpacing10.000", "VoxelSpacing20.000", "VoxelSpacing40.000")]
+            of_picks = []
+            for folder in folders:
+                stated.clear()
+                assert sum(name.endswith(".tbl") for _, name, _, _ in folder.scan()) == picks
+                of_picks.append(sum(path.endswith("_proteasome.json") for path in stated))
+            assert of_picks == [picks, 0, 0], of_picks
+            tree.edited()                           # (a change through the mount)
+            stated.clear()
+            folders[1].scan()
+            assert sum(path.endswith("_proteasome.json") for path in stated) == picks
+            monkeypatch.setattr(copick_views, "PICKS_SCAN_S", 0.0)
+            (run_dir / "Picks" / "tester_1_proteasome.json").write_text(json.dumps(rich_picks(7)))
+            stated.clear()
+            views = {name: node for _, name, node, _ in folders[2].scan()}
+            assert sum(path.endswith("_proteasome.json") for path in stated) == picks
+            view, now = views["tester_1_proteasome.tbl"], picks_format.Picks.from_json(
+                (run_dir / "Picks" / "tester_1_proteasome.json").read_bytes())
+            read = view.open(os.O_RDONLY).read(0, 1 << 24)
+            assert read == picks_format.export(now, "dynamo", "TS_001", 40.0, None) and view.attr().size == len(read)
+            monkeypatch.undo()
+        finally:
+            tree.close()

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import logging
 import math
+import operator
 import os
 import stat
 import threading
@@ -77,11 +78,16 @@ def _in_cookie_order(found: list[tuple[str, Node, Attr | None]],
     """(offset, name, node, attr) in the order of the names' cookies (each offset above the
     last, should two names share a hash); a name of `before` just ahead of the name it maps to."""
     listing, last = [], 0
-    for cookie, name, node, info in sorted((_cookie_before(name, before[name]) if name in before else _cookie(name),
-                                            name, node, info) for name, node, info in found):
+    # (a list, not a generator: a step of one is a Python call an entry, tens of thousands a walk)
+    for cookie, name, node, info in sorted([(_cookie_before(name, before[name]) if name in before else _cookie(name),
+                                             name, node, info) for name, node, info in found]):
         last = max(cookie, last + 1)
         listing.append((last, name, node, info))
     return listing
+
+
+#: the name of a (name, ...) entry: a listing's sort key (in C, not a Python call an entry)
+_name_of = operator.itemgetter(0)
 
 
 def _after(listing: list, offset: int):
@@ -390,7 +396,7 @@ class OverlayTree(Tree):
             merged = set(upper).intersection(static_names) if self.real_owners else ()  # counted in both
             found = [(n, root, self.dir_info(_join(rel, n), info) if n in merged and root is self.upper and info
                       and stat.S_ISDIR(info.mode) else info) for n, root, info in found]
-        return sorted((entry for entry in found if entry[2] is not None), key=lambda entry: entry[0])
+        return sorted([entry for entry in found if entry[2] is not None], key=_name_of)
 
     def writing(self, handle: FileHandle) -> None:
         """`handle` may write into the overlay until it goes: no listing made ahead is given

@@ -1038,6 +1038,31 @@ def test_removing_copick_folders_meets_no_view_its_source_took_away(tmp_path, mo
         assert len([name for name in os.listdir(run / "Moved") if name.endswith(".json")]) == 6
 
 
+def test_a_star_view_a_tomogram_change_dropped_still_unlinks_while_the_kernel_names_it(tmp_path):
+    """A tomogram store's metadata arriving or changing drops its run's STAR view nodes
+    (made again, centred on it, when next asked for) and tells the kernel to forget their
+    names: a watched change does not wait for the kernel, which may meanwhile send the
+    unlink of a name `rm -r` listed. That unlink is a no-op (the view goes with its picks
+    file, still there), not ENOENT (before, the unlink found no view node and failed:
+    `rm -r` of a run flaked when its store's whiteouts were seen mid-removal)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
+        assert spacing.lookup("tester_1_proteasome.star") is not None
+        spacing.lookup("wbp.zarr").unlink(".zattrs")        # seen by the watch, from its thread
+        tree.overlay_changed({"ExperimentRuns/TS_001/VoxelSpacing10.000/wbp.zarr": {".zattrs"}})
+        spacing.unlink("tester_1_proteasome.star")
+        spacing.unlink("tester_1_proteasome.star")          # (a no-op each time: the picks file stays)
+        assert spacing.lookup("tester_1_proteasome.star") is not None
+        with pytest.raises(FileNotFoundError):
+            spacing.unlink("tester_9_proteasome.star")      # no picks file: no view to unlink
+    finally:
+        tree.close()
+
+
 def tree_of(folder: Path) -> dict[str, bytes | None]:
     """Every path under folder: a file's bytes, None for a folder."""
     return {str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()

@@ -616,6 +616,13 @@ class OverlayTree(Tree):
         source, make, info, kept = found
         return self._derived_nodes(rel, [(name, source, make, info, self.source_key(source, info), None, kept)])[0]
 
+    def view_at(self, rel: str) -> Node | None:
+        """The derived view named rel, made again if a change its source did not make
+        dropped it (a tomogram's metadata: STAR views): the kernel, told without waiting,
+        may still name it, and `rm -r` unlinks what it listed."""
+        node = self._derived.get(rel)
+        return node if node is not None else self.derived_lookup(*rel.rpartition("/")[::2])
+
     def _derived_nodes(self, rel: str, wanted: list[tuple]) -> list[Node]:
         """The nodes of derived files of folder rel, each (name, source, make, what the
         source shows, its `source_key`, _, its `KeptTogether`): those missing, or of another version of their
@@ -1462,7 +1469,7 @@ class MergedDir(MergedNode, Directory):
         rel = self._merged(name)
         with self.tree.lock:
             up, st = self.tree.layers(rel) if rel is not None else (None, None)
-            if up is None and st is None and rel in self.tree._derived:
+            if up is None and st is None and rel is not None and self.tree.view_at(rel) is not None:
                 return              # a derived view: nothing to delete, it goes with its source
             if up is None and st is None:
                 raise _gone(name)
@@ -1517,8 +1524,9 @@ class MergedDir(MergedNode, Directory):
             raise OSError(errno.EXDEV, "cross-device", new_name)
         refuse_reserved(new_name)
         old = self._merged(name)
-        if old is not None and self.tree.shown(old) is None and old in self.tree._derived:
-            return self._rename_derived(old, new_parent, new_name)
+        view = self.tree.view_at(old) if old is not None and self.tree.shown(old) is None else None
+        if view is not None:
+            return self._rename_derived(view, new_parent, new_name)
         old, node = self._child(name)
         if flags & RENAME_EXCHANGE:
             return self._exchange(name, node, new_parent, new_name)
@@ -1611,13 +1619,13 @@ class MergedDir(MergedNode, Directory):
             node.move_place((self, name), (new_parent, new_name))
             other.move_place((new_parent, new_name), (self, name))
 
-    def _rename_derived(self, old: str, new_parent: "MergedDir", new_name: str) -> None:
+    def _rename_derived(self, view: Node, new_parent: "MergedDir", new_name: str) -> None:
         """A derived view moved (mv copying a tree): a real file with its content, unless
         the target is the same view of the moved source already."""
         existing = new_parent.lookup(new_name)
         if existing is not None and existing is self.tree._derived.get(_join(new_parent.rel, new_name)):
             return
-        data = self.tree._derived[old].open(os.O_RDONLY).read(0, 1 << 62)
+        data = view.open(os.O_RDONLY).read(0, 1 << 62)
         made = new_parent.create(new_name, 0o644)
         handle = made.open(os.O_WRONLY)
         try:

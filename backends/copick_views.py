@@ -32,7 +32,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ..formats import picks as picks_format
-from ..formats.atomic import atomic_write
+from ..formats.atomic import atomic_write, fsync_dir
 from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
 from .blocks import BufferHandle, GeneratedFile, resized
 from .cache import ByteCache
@@ -62,6 +62,11 @@ PENDING_IMPORTS = f"{KEPT_DIR}/copick-imports"
 PICKS_SCAN_S = 2.0
 #: runs whose Picks/ scan is held for their spacing folders
 PICKS_SCANS_HELD = 64
+
+
+def _partial_name(pending: str) -> str:
+    """The name of the store an import kept at `pending` is built in (in the work directory)."""
+    return f"import.{os.path.basename(pending)}.zarr"
 
 
 def mrc_name(stem: str, binning: int) -> str:
@@ -388,16 +393,13 @@ class PicksViews:
         return [f"{found[0]}/Picks/{name[:-len(suffix)]}.json"] if found else []
 
     def lookup(self, rel: str, name: str):
-        for suffix in picks_format.FORMATS:
-            if name.endswith(suffix) and self._run(rel) is not None:
-                source = f"{self._run(rel)[0]}/Picks/{name[:-len(suffix)]}.json"
-                shown = self.tree.shown(source)
-                if shown is None:
-                    return None
-                for view, source, make, info, kept in self.listing(rel, {}, {source.rpartition("/")[2]: shown[1]}):
-                    if view == name:
-                        return source, make, info, kept
+        for source in self.sources_of(rel, name):
+            shown = self.tree.shown(source)
+            if shown is None:
                 return None
+            for view, source, make, info, kept in self.listing(rel, {}, {source.rpartition("/")[2]: shown[1]}):
+                if view == name:
+                    return source, make, info, kept
         return None
 
     def _make(self, listed: "_Listed", source: str, kind: str, info: Attr | None = None) -> GeneratedFile:
@@ -715,7 +717,7 @@ class Imports:
         import mrcfile
         pending = self._pending_path(node)
         try:
-            if len(os.path.basename(pending)) > 255:
+            if len(_partial_name(pending)) > 255:
                 raise ValueError("its path is too long to be kept while it is converted")
             with mrcfile.mmap(temp, mode="r", permissive=False) as mrc:
                 if mrc.data is None or mrc.data.ndim != 3:
@@ -728,7 +730,7 @@ class Imports:
             raise OSError(errno.EINVAL, f"not an importable tomogram: {exc}", f"{node.rel}/{node.name}") from None
         os.makedirs(os.path.dirname(pending), 0o700, exist_ok=True)
         os.rename(temp, pending)
-        self._fsync_dir(pending)
+        fsync_dir(os.path.dirname(pending))
         self._queue(node, pending)
 
     def resume(self) -> None:
@@ -746,15 +748,6 @@ class Imports:
         return os.path.join(self.tree.upper.local_path(PENDING_IMPORTS),
                             urllib.parse.quote(f"{node.rel}/{node.name}", safe=""))
 
-    @staticmethod
-    def _fsync_dir(path: str) -> None:
-        """The rename that names path is made durable (the writer is told it is stored)."""
-        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def _queue(self, node: "TomogramImport", pending: str) -> None:
         self._count(f"{node.rel}/{node.name}", running="queued")
         self._converter.submit(self._convert, node, pending)
@@ -768,7 +761,7 @@ class Imports:
         key = f"{node.rel}/{node.name}"
         target_rel = f"{node.rel}/{node.name[:-4]}.zarr"
         # (built in the work directory, which every mount empties: a kill leaves nothing shown)
-        partial_rel = f"{WORK_DIR}/import.{os.path.basename(pending)}.zarr"
+        partial_rel = f"{WORK_DIR}/{_partial_name(pending)}"
         target, partial = self.tree.upper.local_path(target_rel), self.tree.upper.local_path(partial_rel)
 
         def progress(done: int, total: int) -> None:

@@ -32,6 +32,11 @@ def atomic_write(path: str, data: bytes, keep_mode: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    """The renames and creations in `directory` are made durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -711,7 +711,8 @@ class OverlayTree(Tree):
         listings of folders that show views of files in these directories
         (`derive.folders_following`). From the watch's thread (no request waits for it), or
         from a request that made such a change itself (an import: `waited`); costs a stat or
-        two per name."""
+        two per name, the listings `derive.views_following` reads, and a comparison of any
+        file kept at a view's name with its view (`drop_view_copies`)."""
         with self.lock:     # a change through the mount seen half-done (an unlinked file's
             pass            # whiteout not yet written) ends first: what shows is then its outcome
         self.changed()
@@ -891,11 +892,11 @@ class MergedNode(Node):
         return None
 
 
-#: derived files made at once from different listings; one file's makers wait for each other (striped)
 #: bytes compared at a time between a file and the view whose name it takes
 VIEW_COMPARED = 1 << 20
 #: the real files at views' names remembered to be dropped once their view serves their bytes
 VIEW_COPIES_KEPT = 4096
+#: derived files made at once from different listings; one file's makers wait for each other (striped)
 MAKING_LOCKS = 64
 _making = [threading.Lock() for _ in range(MAKING_LOCKS)]
 

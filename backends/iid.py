@@ -577,7 +577,7 @@ class MaskView(IIDView):
         """The mask of a new entry folder that stays pending (no entry.json yet: what
         `cp -r` of an entry usually writes first), a small PNG of nothing but pixels (a
         cell's: NOWAIT_MASK_PIXELS, NOWAIT_MASK_BYTES), is decoded and kept on the
-        daemon's loop, a few tens of microseconds, when no change holds the tree: a copied
+        daemon's loop (at most about 0.2 ms) when no change holds the tree: a copied
         mask costs no worker thread. It changes only this folder's files, and their size
         or mtime (as `View.commit_nowait` requires); a commit that changes an entry, and so
         other folders' listings and the overview, goes to a thread as before."""

@@ -319,7 +319,7 @@ def small_plain_png(data: bytes | bytearray, max_pixels: int, max_bytes: int, ma
     IDAT data one zlib stream of exactly the rows IHDR promises (inflated here at most
     that far: libpng inflates all of it, a zlib bomb too). If not, decode it in a thread,
     if at all. Reads `data` in place: only the IDAT data is copied."""
-    if not 29 <= len(data) <= max_bytes or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+    if not 29 <= len(data) <= max_bytes or data[:8] != PNG_SIGNATURE or data[8:16] != b"\0\0\0\x0dIHDR":
         return False
     width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
     if width * height > max_pixels or interlace or colour not in PNG_CHANNELS:

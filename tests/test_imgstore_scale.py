@@ -523,6 +523,7 @@ def test_a_whole_frame_read_at_the_decoders_heels_is_held_for_the_lead_too(tmp_p
         handle = tree.frame_node(5).open_nowait(os.O_RDONLY)
         assert handle.cached_read(0, 1 << 20) is None          # (to a worker thread, held there)
         held_until_frame_9(service, lambda: handle.read(0, 1 << 20), monkeypatch)
+        handle.release()
     finally:
         tree.close()
 
@@ -566,6 +567,8 @@ def test_decoding_mjpeg_frames_wakes_no_thread_of_ffmpegs(tmp_path):
     finally:
         tree.close()
     reference = cv2.VideoCapture(str(tmp_path / "video" / "000000.avi"), cv2.CAP_FFMPEG)   # (FFmpeg's threads)
-    assert all(np.array_equal(frame, reference.read()[1]) for frame in frames)        # the same pixels
-    reference.release()
+    try:
+        assert all(np.array_equal(frame, reference.read()[1]) for frame in frames)    # the same pixels
+    finally:
+        reference.release()
     assert not started, f"{len(started)} threads started by decoding"

@@ -259,11 +259,11 @@ async def test_listings_the_tree_holds_up_wait_once_while_others_are_queued(walk
         def change():
             with tree.lock:
                 holding.set()
-                done.wait()
+                done.wait(10)
 
         thread = threading.Thread(target=change)
         thread.start()
-        holding.wait()
+        assert holding.wait(10)
         try:
             trio.lowlevel.spawn_system_task(*started)
             await trio.testing.wait_all_tasks_blocked()

@@ -1176,6 +1176,32 @@ def test_a_removal_seen_half_done_in_the_overlay_keeps_the_views_names(tmp_path,
 
 
 
+def test_a_watched_change_reads_the_views_following_it_once_with_view_copies_kept(tmp_path, monkeypatch):
+    """A change the overlay watch reports, while real files kept at views' names wait for
+    their views (`kept_at_view`), works out the views following each changed path once: the
+    views it drops and the kept files it compares come from the same reading (each lists
+    the run and its Picks/; read twice before)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    spacing, star = "ExperimentRuns/TS_001/VoxelSpacing10.000", "tester_1_proteasome.star"
+    (tmp_path / "overlay" / spacing).mkdir(parents=True)
+    (tmp_path / "overlay" / spacing / star).write_text("not the view's bytes\n")
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        tree.kept_at_view(f"{spacing}/{star}")
+        read: list[str] = []
+        views_following = tree.derive.views_following
+        monkeypatch.setattr(tree.derive, "views_following", lambda rel: read.append(rel) or views_following(rel))
+        tree.overlay_changed({f"{spacing}/wbp.zarr": {".zattrs"}})
+        assert read == [f"{spacing}/wbp.zarr/.zattrs"], read
+        assert views_following(f"{spacing}/wbp.zarr/.zattrs") == [f"{spacing}/{star}"]
+    finally:
+        tree.close()
+
+
 class _ImportTree:
     """What tomogram imports use of an overlay tree: a local overlay in `path` and its lock."""
 

@@ -673,12 +673,13 @@ class OverlayTree(Tree):
         if sources:
             self._view_copies.add(rel, sources)
 
-    def drop_view_copies(self, changed: str) -> None:
+    def drop_view_copies(self, changed: str, following: list[str]) -> None:
         """The remembered real files at views' names whose views `changed` (a path) may
-        change (made of it, or following it): each that now holds its view's bytes is
-        removed, the view shows again. A store is looked at as a whole when its own folder
-        changes (`cp -a` and `rsync -a` set its times last), not at each of its files."""
-        for rel in self._view_copies.following(changed, self.derive.views_following(changed)):
+        change (made of it, or among `following`: its `derive.views_following`): each that
+        now holds its view's bytes is removed, the view shows again. A store is looked at as
+        a whole when its own folder changes (`cp -a` and `rsync -a` set its times last), not
+        at each of its files."""
+        for rel in self._view_copies.following(changed, following):
             info = self.upper.stat(rel)
             try:
                 if info is None or not self.holds_view(rel, rel, info):
@@ -722,6 +723,7 @@ class OverlayTree(Tree):
             return
         inodes: set[int] = set()
         entries: set[tuple[int, str]] = set()
+        followed: dict[str, list[str]] = {}         # path -> its views_following (read once)
         for rel, names in changes.items():
             parent = self._node_at(rel)
             following = self.derive.folders_following(rel) if self.derive is not None else []
@@ -735,7 +737,8 @@ class OverlayTree(Tree):
                     inodes.add(child.ino)
                 if parent is not None and name:
                     entries.add((parent.ino, name))
-                for view in self.derive.views_following(path) if self.derive is not None else ():
+                followed[path] = self.derive.views_following(path) if self.derive is not None else []
+                for view in followed[path]:
                     with self._table:                 # made again when next asked for
                         node = self._derived.pop(view, None)
                     folder = self._node_at(view.rpartition("/")[0])
@@ -760,9 +763,8 @@ class OverlayTree(Tree):
         self.changes_reported += len(inodes) + len(entries)
         self.report(*inodes, entries=tuple(entries), waited=waited)
         if self._view_copies:
-            for rel, names in changes.items():
-                for name in names:
-                    self.drop_view_copies(_join(rel, name) if name else rel)
+            for path, following in followed.items():
+                self.drop_view_copies(path, following)
 
     def _node_at(self, rel: str) -> "MergedNode | None":
         """The node the kernel may hold for what rel shows, if one was made."""

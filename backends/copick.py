@@ -414,16 +414,17 @@ class DerivedViews:
             extension = SIZED_TOGETHER[convert.__name__][0]
             sources = {name: info for name, info in infos.items()
                        if name.endswith(extension) and not name.startswith(".")}
+            views = {name: self._views_of(name, convert) for name in sources}
             # (what the sources show, not the folder's every name: each view holds it until asked)
-            kept = KeptTogether(self.sizes, functools.partial(self._kept_keys, convert, sources)) \
+            kept = KeptTogether(self.sizes, functools.partial(self._kept_keys, convert, sources, views)) \
                 if any(info is not None for info in sources.values()) else None
             if convert == self.picks_csv:
                 paths = [f"{rel}/{name}" for name in sources]
                 sized = Once(lambda: self._sizes(paths, self.picks_csv))           # all at once
-            for name in sources:
+            for name, made in views.items():
                 src = f"{rel}/{name}"
                 size = (lambda src=src: sized().get(src)) if convert == self.picks_csv else None
-                for view, args in self._views_of(name, convert):
+                for view, args in made:
                     out.append((view, src, self._file(src, convert, *args, view=view, sized=size), None, kept))
         elif folder.startswith("VoxelSpacing"):
             for name in infos:
@@ -440,16 +441,17 @@ class DerivedViews:
         stem = name[:-len(extension)]
         return tuple((f"{stem}.{suffix}", args) for suffix, args in views)
 
-    def _kept_keys(self, convert, sources: dict[str, Attr | None]) -> dict[str, bytes | None]:
+    def _kept_keys(self, convert, sources: dict[str, Attr | None], views: dict[str, tuple]) -> dict[str, bytes | None]:
         """{view name: its kept size's key, None: not kept} of the views `convert` makes of
-        `sources` (name -> what it shows), the parts they share worked out once: those of
-        a listing (`KeptTogether`), and of a view made alone (`_file`), alike."""
+        `sources` (name -> what it shows; `views`: name -> its `_views_of`), the parts they
+        share worked out once: those of a listing (`KeptTogether`), and of a view made
+        alone (`_file`), alike."""
         head = [repr(VIEWS_VERSION), repr(convert.__name__)]
         libraries = repr(versions(*RENDERER_LIBRARIES[convert.__name__]))
         keys = {}
         for name, info in sources.items():
             found = identity(info)
-            for view, args in self._views_of(name, convert):
+            for view, args in views[name]:
                 keys[view] = None if found is None else digest_of_reprs(head + [repr(args), libraries, repr(found)])
         return keys
 
@@ -462,7 +464,8 @@ class DerivedViews:
 
             def kept_key():
                 if convert != self.preview:
-                    return self._kept_keys(convert, {source.rpartition("/")[2]: shown})[view]
+                    name = source.rpartition("/")[2]
+                    return self._kept_keys(convert, {name: shown}, {name: self._views_of(name, convert)})[view]
                 found = self.store_identity(source)
                 return None if found is None else \
                     (convert.__name__, args, versions(*RENDERER_LIBRARIES[convert.__name__]), found)

@@ -1402,6 +1402,27 @@ def test_a_listings_kept_size_keys_are_the_made_views_keys(tmp_path, monkeypatch
         tree.close()
 
 
+def test_a_listing_names_each_sources_views_once_for_its_entries_and_their_kept_keys(tmp_path, monkeypatch):
+    """Listing Picks/ or Meshes/ names each source's views (`_views_of`) once: for the
+    listing's entries and for the keys their kept sizes are looked up under (twice before)."""
+    from scopefs.backends import copick
+    tree = tree_with_views_of_every_kind(tmp_path, monkeypatch)
+    named: list[str] = []
+    views_of = copick.DerivedViews._views_of
+    monkeypatch.setattr(copick.DerivedViews, "_views_of",
+                        staticmethod(lambda name, convert: named.append(name) or views_of(name, convert)))
+    try:
+        tree.derive.learner.stop()
+        for folder in ("Picks", "Meshes"):
+            rel = f"ExperimentRuns/TS_001/{folder}"
+            listing = tree.derive.listing(rel, {name: info for name, _, info in tree.scan(rel)})
+            kept = {entry[4] for entry in listing}
+            assert len(kept) == 1 and None not in kept and len(kept.pop()._keys()) == len(listing)
+        assert sorted(named) == ["tester_1_membrane.glb", "tester_1_proteasome.json", "tester_2_proteasome.json"], named
+    finally:
+        tree.close()
+
+
 def test_every_view_sized_together_is_the_size_of_its_bytes(tmp_path, monkeypatch):
     """A mount after one that learned every size (`SizeLearner`): each view of a Picks/,
     Meshes/ and spacing folder is sized from its listing's kept sizes, none made, and each

@@ -45,6 +45,13 @@ def resized(data: bytes, size: int) -> bytes:
     return data[:size] + bytes(max(0, size - len(data)))
 
 
+def view_attr(size: int | None, mtime_ns: int) -> Attr | None:
+    """A view's attributes (read-only, its source's time), None while its size is not
+    known: a generated file's, an MRC view's, and a listing's of a view not made yet
+    (`DerivedFile`: as its node will give them)."""
+    return None if size is None else Attr(stat.S_IFREG | 0o444, size, mtime_ns)
+
+
 def write_into(buf: bytearray, offset: int, data: bytes) -> int:
     """pwrite(2) to a file in memory: a gap before `offset` reads as zeros. A write that
     would pass MEMORY_FILE_LIMIT is cut short at it, and one that starts there fails, as
@@ -463,10 +470,10 @@ class GeneratedFile(File):
             else:
                 self._size = kept
             self._sized = None          # (it may hold a whole folder's sizes: not needed again)
-        return Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+        return view_attr(self._size, self.mtime_ns)
 
     def cached_attr(self) -> Attr | None:
-        return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+        return view_attr(self._size, self.mtime_ns)
 
     def told(self, size: int) -> None:
         """The kernel was told this size before the node was made (a kept size found

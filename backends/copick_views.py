@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from ..formats import picks as picks_format
 from ..formats.atomic import atomic_write, fsync_dir
 from ..formats.mrc import Counters, MrcVolume, array_shape, group_attrs, multiscale_levels, view_size
-from .blocks import BufferHandle, GeneratedFile, resized
+from .blocks import BufferHandle, GeneratedFile, resized, view_attr
 from .cache import ByteCache
 from .kept_sizes import KeptTogether, digest_of_reprs, identity, versions
 from .localfiles import TempFileHandle
@@ -270,10 +270,10 @@ class MrcView(File):
         return self._size
 
     def attr(self) -> Attr:
-        return Attr(stat.S_IFREG | 0o444, self.size(), self.mtime_ns)
+        return view_attr(self.size(), self.mtime_ns)
 
     def cached_attr(self) -> Attr | None:
-        return None if self._size is None else Attr(stat.S_IFREG | 0o444, self._size, self.mtime_ns)
+        return view_attr(self._size, self.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         if writes(flags):

@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import OrderedDict
 
+from ..blocks import view_attr
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
 from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
 from .root import Root
@@ -949,16 +950,13 @@ class DerivedFile(File):
         if file is not None and size is not None:
             file.told(size)
 
-    def _kept_attr(self, size: int | None) -> Attr | None:
-        info = self._info
-        return None if size is None or info is None else Attr(stat.S_IFREG | 0o444, size, info.mtime_ns)
-
     def attr(self) -> Attr:
         if self._file is None:
             kept = self._kept
             if kept is not None:            # (asked once: a size kept, else the node is made)
                 self._told(kept.size(self.derived_path.rpartition("/")[2]))
-            attr = self._kept_attr(self._size)
+            info = self._info               # (None once the node is made)
+            attr = None if info is None else view_attr(self._size, info.mtime_ns)
             if attr is not None:
                 return attr
         return self.made().attr()
@@ -970,7 +968,8 @@ class DerivedFile(File):
         kept = self._kept
         if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
             self._told(size)
-        return self._kept_attr(self._size)
+        info = self._info
+        return None if info is None else view_attr(self._size, info.mtime_ns)
 
     def open(self, flags: int) -> FileHandle:
         if not writes(flags):

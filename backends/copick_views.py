@@ -775,7 +775,7 @@ class Imports:
             if self._stopping.is_set():
                 raise _ImportStopped
             shutil.rmtree(partial, ignore_errors=True)
-            os.makedirs(os.path.dirname(partial), 0o700, exist_ok=True)
+            self.tree.upper.work_path()         # (made if not there: the partial store's folder)
             with mrcfile.mmap(pending, mode="r") as mrc:
                 write_copick_tomogram(mrc.data, partial, node.voxel_size, progress=progress)
             with self.tree.lock:                # (what the mount creates, it creates holding it)
@@ -863,8 +863,7 @@ class TomogramImport(File):
     def open(self, flags: int) -> FileHandle:
         # written in the overlay's work directory, which every mount empties: a writer cut
         # short leaves nothing (moved to PENDING_IMPORTS at close)
-        work = self.imports.tree.upper.local_path(WORK_DIR)
-        os.makedirs(work, 0o700, exist_ok=True)
+        work = self.imports.tree.upper.work_path()
         return TempFileHandle(os.path.join(work, self.name), None, lambda temp: self.imports.check_tomogram(self, temp))
 
 

@@ -275,6 +275,12 @@ class LocalRoot(Root):
                 self._work_fd = os.open(WORK_DIR, _DIR_FLAGS, dir_fd=self.fd)
             return self._work_fd
 
+    def work_path(self) -> str:
+        """The work directory's path, made if it is not there: what is written there never
+        shows, and every mount empties it (`clear_work`)."""
+        self._work()
+        return self.local_path(WORK_DIR)
+
     def stage_copy(self, source: Root, rel: str, info: Attr, data: bool = True) -> str:
         work = self._work()
         name = f"copy.{next(self._copies)}"

@@ -282,6 +282,12 @@ class View(File):
     #: one for every view (a mount may list 100,000 views, made as a walk lists them):
     #: held only while `_opened`, `_released` or `truncate` update the open handles' tags
     _tags_lock = threading.Lock()
+    #: the class defines `commit_nowait` (worked out once a class): its writers flush on the loop
+    commits_nowait = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.commits_nowait = cls.commit_nowait is not View.commit_nowait
 
     def __init__(self, owner):
         self.owner = owner
@@ -322,8 +328,7 @@ class View(File):
             return self._reader(self.staged if self.staged is not None else self.content(), tag)
         current = self.staged if self.staged is not None else self.content()
         # committed only once written to: a shell's `>` closes a dup of the file first
-        nowait = type(self).commit_nowait is not View.commit_nowait
-        writer = (NowaitViewWriter if nowait else ViewWriter)(self, current)
+        writer = (NowaitViewWriter if self.commits_nowait else ViewWriter)(self, current)
         self._opened(None)                     # the writer's bytes land in the kernel's pages
         return writer
 

@@ -282,6 +282,12 @@ class FileHandle:
     #: the content is what an earlier open of the same file served: the kernel may keep
     #: the pages it cached then (the tree's CachePolicy may allow that for every file)
     keep_cache = False
+    #: the class defines `flush_nowait` (worked out once a class): the daemon calls it only then
+    flushes_nowait = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.flushes_nowait = cls.flush_nowait is not FileHandle.flush_nowait
 
     def read(self, offset: int, size: int) -> bytes:
         raise NotImplementedError

@@ -1309,8 +1309,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._handle(fh)
         # only of a class that defines it (not a wrapper that hands other calls on, as the
-        # overlay's): every other flush costs no call more
-        if getattr(type(handle), "flush_nowait", FileHandle.flush_nowait) is not FileHandle.flush_nowait:
+        # overlay's, no FileHandle): every other flush costs no call more
+        if getattr(type(handle), "flushes_nowait", False):
             done = True                         # (a refusal too: it raises)
             try:
                 with self.notifier.held(on_loop=True):

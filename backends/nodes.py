@@ -325,6 +325,10 @@ class FileHandle:
 
 class File(Node):
     __slots__ = ()
+    #: an open to write only may be given though the mode has no write bit: the handle
+    #: takes back only the file's own bytes, refusing any other with EROFS (a copick view
+    #: written over by a copy of itself)
+    takes_own_bytes_back = False
 
     def open(self, flags: int) -> FileHandle:
         raise NotImplementedError

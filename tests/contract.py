@@ -377,8 +377,8 @@ def check_made_up_files_without_write_bits_refuse_writers(walk: Walk) -> None:
     view, a README) whose mode has no write bit refuses an open for writing or truncating
     (EROFS or EACCES): root passes the kernel's check of the mode, and would otherwise
     get a handle whose writes fail with EBADF. (Read-only trees: the daemon refuses.) A
-    view that takes its own bytes written back (copick's) may give a write-only handle:
-    a byte past its end is then refused with EROFS."""
+    file that says it takes its own bytes back (`File.takes_own_bytes_back`: copick's
+    views) may give a write-only handle: a byte past its end is then refused with EROFS."""
     problems = Problems()
     for e in walk.files():
         if not walk.tree.writable_at(e.ino) or e.attr.uid is not None or e.attr.mode & 0o222:
@@ -391,17 +391,17 @@ def check_made_up_files_without_write_bits_refuse_writers(walk: Walk) -> None:
                     if exc.errno not in (errno.EROFS, errno.EACCES):
                         problems.append(f"{e.path}: {how}({flags:#o}) raised {exc}")
                     continue
-                if handle is not None and not _refuses_other_bytes(handle, e.attr.size, flags):
+                if handle is not None and not _refuses_other_bytes(e.node, handle, e.attr.size, flags):
                     problems.append(f"{e.path}: {how}({flags:#o}) of a file with mode {oct(e.attr.mode)} "
                                     f"gives a handle")
     problems.raise_if_any("read-only files of writable trees open for writing")
 
 
-def _refuses_other_bytes(handle, size: int, flags: int) -> bool:
-    """Whether a write-only handle refuses a byte past the file's end with EROFS (the
-    handle is released)."""
+def _refuses_other_bytes(node: File, handle, size: int, flags: int) -> bool:
+    """Whether a write-only handle of a file that takes its own bytes back refuses a byte
+    past the file's end with EROFS (the handle is released)."""
     try:
-        if flags != os.O_WRONLY:
+        if flags != os.O_WRONLY or not node.takes_own_bytes_back:
             return False
         handle.write(size, b"\0")
     except OSError as exc:

@@ -7,17 +7,22 @@ into writable ones (the `.iid` and imgstore views inside an FSDB).
 """
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from contract import READ_CHECKS, Walk, check_read_only_refuses_changes
+from contract import (READ_CHECKS, Walk, check_made_up_files_without_write_bits_refuse_writers,
+                      check_read_only_refuses_changes)
 from stores import make_store
 
 from scopefs.backends import DETECTORS, open_tree
-from scopefs.backends.nodes import Tree
+from scopefs.backends.blocks import BufferHandle, StaticDirectory
+from scopefs.backends.nodes import Attr, File, Tree, read_only
 from scopefs.backends.options import Options
 from scopefs.formats import samples
 from scopefs.formats.imgstore.sample import make_sample
@@ -117,3 +122,41 @@ def test_every_kind_is_covered(sample_sources):
     kinds = {next(k for k, looks_like in DETECTORS.items() if looks_like(str(sample_sources[s.sample])))
              for s in SPECS}
     assert kinds == set(DETECTORS), "a new kind of source: add a sample of it here"
+
+
+class RefusingOtherBytes(File):
+    """A read-only file whose write-only handle refuses any byte (EROFS), saying nothing;
+    any other open is refused."""
+
+    def attr(self) -> Attr:
+        return Attr(stat.S_IFREG | 0o444, 3)
+
+    def open(self, flags: int):
+        if flags & os.O_ACCMODE != os.O_WRONLY:
+            raise read_only()
+
+        def refuse(offset, data):
+            raise OSError(errno.EROFS, "only its own bytes")
+        handle = BufferHandle(b"abc", lambda data: None)
+        handle.write = refuse
+        return handle
+
+
+class TakingItsOwnBytesBack(RefusingOtherBytes):
+    takes_own_bytes_back = True
+
+
+@pytest.mark.parametrize("file, passes", [(RefusingOtherBytes, False), (TakingItsOwnBytesBack, True)])
+def test_only_a_file_that_says_it_takes_its_own_bytes_back_may_give_a_writer_without_write_bits(file, passes):
+    """The write-bits check lets a file without them give a write-only handle that refuses
+    a byte past its end only if the file says so (`File.takes_own_bytes_back`: copick's
+    views); before, any backend's file passed."""
+    tree = Tree()
+    tree.writable = True
+    tree.add(StaticDirectory()).add("view", tree.add(file()))
+    walk = Walk.of(tree)
+    if passes:
+        check_made_up_files_without_write_bits_refuse_writers(walk)
+    else:
+        with pytest.raises(AssertionError, match="view: open"):
+            check_made_up_files_without_write_bits_refuse_writers(walk)

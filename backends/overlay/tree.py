@@ -914,6 +914,7 @@ class DerivedFile(File):
     with its source's time (`info`), as the node would. Slots: a mount keeps one per view
     listed."""
     __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
+    takes_own_bytes_back = True         # (`_ViewWriteHandle`)
 
     def __init__(self, tree: "OverlayTree", make, info: Attr | None, source_key: tuple, derived_path: str,
                  kept=None):

@@ -19,6 +19,7 @@ import pytest
 import zarr
 
 from conftest import cleanup_mount, daemon_pid, daemon_status
+from python_calls import python_calls
 from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
 from scopefs.backends.kept_sizes import RACY_S
@@ -893,22 +894,6 @@ def test_a_listing_makes_no_view_node_until_one_is_asked_for(tmp_path, monkeypat
         assert listed["wbp.mrc"].attr().size > 0 and made[-1] == "MrcView"
     finally:
         tree.close()
-
-
-def python_calls(fn) -> int:
-    """The Python functions called while `fn()` runs (in this thread)."""
-    import sys
-    calls = [0]
-
-    def count(frame, event, arg):
-        if event == "call":
-            calls[0] += 1
-    sys.setprofile(count)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return calls[0]
 
 
 def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_path, monkeypatch):

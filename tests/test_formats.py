@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -22,6 +21,7 @@ from scopefs.formats.imgstore.frames import FrameReader, colour_conversions, ope
 from scopefs.formats.imgstore.index import Chunk, FrameIndex
 from scopefs.formats.imgstore.metadata import read_metadata
 from png_samples import gray_png, ztxt
+from python_calls import PythonCalls
 from stores import barcode, make_store
 
 
@@ -143,20 +143,11 @@ def test_a_frame_encoded_from_its_layout_costs_few_calls_and_one_checksum_of_eac
     fmt = make_format("png")
     img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     first = bytes(fmt.encode_checked(img, copy=False))
-    calls = crcs = 0
-
-    def count(frame, event, arg):
-        nonlocal calls, crcs
-        calls += event in ("call", "c_call")
-        crcs += event == "c_call" and arg.__name__ == "crc32"
-
-    sys.setprofile(count)
-    try:
+    with PythonCalls(c_calls=True) as counted:
         again = fmt.encode_checked(img, copy=False)
-    finally:
-        sys.setprofile(None)
     assert again == first
     assert [kind for kind, _ in png_chunks(first)].count(b"IDAT") == 1
+    calls, crcs = counted.calls + counted.c_calls.total(), counted.c_calls["crc32"]
     assert crcs == 1 and calls < 30, (crcs, calls)
 
 

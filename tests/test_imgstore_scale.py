@@ -15,7 +15,6 @@ import math
 import mmap
 import os
 import resource
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 import pyfuse3
 import pytest
+from python_calls import PythonCalls
 from stores import index_only_store
 
 from scopefs.backends import imgstore
@@ -70,30 +70,21 @@ class Listing:
 
     async def __call__(self, ino: int) -> int:
         """List `ino` to its end; the number of Python function calls it took."""
-        calls = 0
-
-        def count(frame, event, arg):
-            nonlocal calls
-            calls += event == "call" and frame.f_code is not self.reply_code
-
         if self.ops.kernel_opens_dirs:             # no OPENDIR: readdir gets fh 0 and the inode
             fh, token = 0, SimpleNamespace(inode=ino)
         else:
             fh, token = await self.ops.opendir(ino, None), None
         self.next_id = 0
-        sys.setprofile(count)
-        try:
+        with PythonCalls(ignored={self.reply_code}) as counted:
             while True:
                 before = len(self.names)
                 self.room = PER_REPLY
                 await self.ops.readdir(fh, self.next_id, token)
                 if len(self.names) == before:
                     break
-        finally:
-            sys.setprofile(None)
         if fh:
             await self.ops.releasedir(fh)
-        return calls
+        return counted.calls
 
 
 def mounted_tree(path, frames: int):
@@ -158,22 +149,15 @@ async def test_stat_of_one_frame_costs_the_same_in_small_and_big_stores(tmp_path
             Listing(ops, monkeypatch)
             frames_dir = tree.root.lookup("frames")
             await ops.lookup(frames_dir.ino, b"000042.png")      # the chunk's time is learned once
-            calls = 0
-
-            def count(frame, event, arg):
-                nonlocal calls
-                calls += event == "call"
-
             gc.collect()                # (no finalizer of an earlier test's garbage counted here)
             gc.disable()
-            sys.setprofile(count)
             try:
-                entry = await ops.lookup(frames_dir.ino, b"000057.png")
-                await ops.getattr(entry.st_ino)
+                with PythonCalls() as counted:
+                    entry = await ops.lookup(frames_dir.ino, b"000057.png")
+                    await ops.getattr(entry.st_ino)
             finally:
-                sys.setprofile(None)
                 gc.enable()
-            counts.append(calls)
+            counts.append(counted.calls)
         finally:
             tree.close()
     assert counts[0] == counts[1]
@@ -319,22 +303,13 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     offered: dict[int, bytes] = {}
     tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
-    calls = 0
-
-    def count(frame, event, arg):
-        nonlocal calls
-        calls += event == "call"
-
-    threading.setprofile(count)        # (the read-ahead's threads start at the first reads)
-    sys.setprofile(count)
     try:
-        _read_in_order_as_tar(tree, offered, 60)
+        with PythonCalls(threads=True) as counted:      # (the read-ahead's threads start at the first reads)
+            _read_in_order_as_tar(tree, offered, 60)
     finally:
-        sys.setprofile(None)
-        threading.setprofile(None)
         tree.close()
     assert tree.service.frames_decoded == 60
-    assert calls / 60 < 38, f"{calls / 60:.0f} Python calls a frame"
+    assert counted.calls / 60 < 38, f"{counted.calls / 60:.0f} Python calls a frame"
 
 
 def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):

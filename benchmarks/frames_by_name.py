@@ -13,6 +13,7 @@ default the one running this script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -57,8 +58,13 @@ def readers(frames: int, work: Path) -> dict:
 
 def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
     mnt = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
-    subprocess.run([python, "-m", "scopefs.daemon", "mount", str(store), str(mnt),
-                    "--log-file", str(work / "scopefs.log")], check=True)
+    try:
+        subprocess.run([python, "-m", "scopefs.daemon", "mount", str(store), str(mnt),
+                        "--log-file", str(work / "scopefs.log")], check=True)
+    except BaseException:
+        with contextlib.suppress(OSError):      # (the mount's error is the one to see)
+            os.rmdir(mnt)
+        raise
     try:
         assert (mnt / "frames/000000.png").exists()     # (frames/ is not listed)
         status(mnt)                                  # (a status read's own requests are counted after it)

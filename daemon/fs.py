@@ -1436,6 +1436,7 @@ class Operations(pyfuse3.Operations):
                       readdirs_answered_prepared=prepared, prepared_listings_held=len(self.prepared),
                       prepared_listings_taken_back=self.prepared.taken_back,
                       prepare_queue=self.prepared.queued, prepare_queue_dropped=self.prepared.dropped,
+                      prepare_failed=self.prepared.failed,
                       releasedir_requests=c.releasedirs, readlink_requests=c.readlinks,
                       flush_requests=c.flushes,
                       listings_cached_in_kernel=self.kernel_opens_dirs,

@@ -83,6 +83,7 @@ class PreparedListings:
         self.made = 0                               # replies prepared
         self.taken_back = 0                         # of those, taken back unsent
         self.dropped = 0                            # answered listings left unnoted (`REPLIES_QUEUED`)
+        self.failed = 0                             # preparations that failed (`_failed`)
 
     def changed(self, *_report) -> None:
         """What a prepared reply shows may have changed: none made before is answered
@@ -121,7 +122,7 @@ class PreparedListings:
                 trio.lowlevel.spawn_system_task(self._after_replies)
                 self._draining = True
         except Exception:
-            log.exception("preparing listings after folder %d failed", ino)
+            self._failed(ino)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
@@ -138,9 +139,18 @@ class PreparedListings:
                     if offset == 0 and ino in self._parents:
                         await self._prepare_after(ino)
                 except Exception:               # (a system task must not raise)
-                    log.exception("preparing listings after folder %d failed", ino)
+                    self._failed(ino)
         finally:
             self._draining = False
+
+    def _failed(self, ino: int) -> None:
+        """A preparation after folder `ino` failed (in an `except`; the folder's reply is
+        sent all the same): counted, and only the first logged, with its traceback (one
+        that fails every time would log one at every readdir)."""
+        self.failed += 1
+        if self.failed == 1:
+            log.exception("preparing listings after folder %d failed (later failures are only counted: "
+                          "prepare_failed in the status)", ino)
 
     @staticmethod
     def _rows(reader, offset: int, count: int):

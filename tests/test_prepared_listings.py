@@ -294,6 +294,35 @@ async def test_listings_queued_past_the_bound_are_dropped_and_counted(walk_iid, 
         tree.close()
 
 
+async def test_a_preparation_that_fails_at_every_listing_is_logged_once_then_counted(walk_iid, monkeypatch, caplog):
+    """A failure of the preparing task that comes back at every listing (here noting a
+    folder's subfolders) logs its traceback once; the later ones are counted in the status
+    (`prepare_failed`), every reply still sent (before, a traceback at every readdir)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+
+        def broken(ino, rows):
+            raise RuntimeError("no subfolder noted")
+
+        monkeypatch.setattr(ops.prepared, "_note_subfolders", broken)
+        await page_of(ops, tree.by_address.ino)
+        sent = [len(given)]
+        for ino in given[:3]:
+            await trio.testing.wait_all_tasks_blocked(0.3)
+            await page_of(ops, ino)
+            sent.append(len(given))
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        assert sent[0] == 20 and all(a < b for a, b in zip(sent, sent[1:])), sent
+        tracebacks = [record for record in caplog.records if record.exc_info]
+        assert len(tracebacks) == 1 and "no subfolder noted" in caplog.text, caplog.text
+        assert ops.status()["prepare_failed"] == 4
+    finally:
+        tree.close()
+
+
 async def test_a_listing_answered_while_preparing_cannot_start_is_not_failed(walk_iid, monkeypatch):
     """Once a readdir's reply holds its entries (each counted as the kernel's lookup), the
     preparation it queues cannot fail it: if its task cannot be started, the reply is

@@ -84,6 +84,7 @@ class PreparedListings:
         self.taken_back = 0                         # of those, taken back unsent
         self.dropped = 0                            # answered listings left unnoted (`REPLIES_QUEUED`)
         self.failed = 0                             # preparations that failed (`_failed`)
+        self._last_failure: tuple[type, str] | None = None     # (type, message) of the last logged
 
     def changed(self, *_report) -> None:
         """What a prepared reply shows may have changed: none made before is answered
@@ -121,8 +122,8 @@ class PreparedListings:
             if not self._draining:
                 trio.lowlevel.spawn_system_task(self._after_replies)
                 self._draining = True
-        except Exception:
-            self._failed(ino)
+        except Exception as exc:
+            self._failed(ino, exc)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot folder `ino`: its reply is taken back (on the loop)."""
@@ -138,19 +139,22 @@ class PreparedListings:
                     self._note_subfolders(ino, await self._listed(ino, offset, count))
                     if offset == 0 and ino in self._parents:
                         await self._prepare_after(ino)
-                except Exception:               # (a system task must not raise)
-                    self._failed(ino)
+                except Exception as exc:        # (a system task must not raise)
+                    self._failed(ino, exc)
         finally:
             self._draining = False
 
-    def _failed(self, ino: int) -> None:
-        """A preparation after folder `ino` failed (in an `except`; the folder's reply is
-        sent all the same): counted, and only the first logged, with its traceback (one
-        that fails every time would log one at every readdir)."""
+    def _failed(self, ino: int, exc: Exception) -> None:
+        """A preparation after folder `ino` failed with `exc` (in its `except`; the folder's
+        reply is sent all the same): counted, and logged with its traceback unless it is the
+        same failure (type and message) as the last one logged (one that fails every time
+        would log one at every readdir; a new kind still shows its own)."""
         self.failed += 1
-        if self.failed == 1:
-            log.exception("preparing listings after folder %d failed (later failures are only counted: "
-                          "prepare_failed in the status)", ino)
+        failure = type(exc), str(exc)
+        if failure != self._last_failure:
+            self._last_failure = failure
+            log.exception("preparing listings after folder %d failed (the same failure again is only "
+                          "counted: prepare_failed in the status)", ino)
 
     @staticmethod
     def _rows(reader, offset: int, count: int):

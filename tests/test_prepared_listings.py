@@ -323,6 +323,34 @@ async def test_a_preparation_that_fails_at_every_listing_is_logged_once_then_cou
         tree.close()
 
 
+async def test_a_different_failure_of_the_preparation_is_logged_again(walk_iid, monkeypatch, caplog):
+    """Only the same failure, repeated, is quiet: a new kind (another type or message) after
+    it logs its own traceback (before, every failure after the mount's first was only
+    counted)."""
+    tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
+    try:
+        overview_sized()
+        ops, given = Operations(tree), []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        failures = iter([RuntimeError("no subfolder noted"), RuntimeError("no subfolder noted"),
+                         OSError(errno.EIO, "source unreadable")])
+
+        def broken(ino, rows):
+            raise next(failures)
+
+        monkeypatch.setattr(ops.prepared, "_note_subfolders", broken)
+        await page_of(ops, tree.by_address.ino)
+        for ino in given[:2]:
+            await trio.testing.wait_all_tasks_blocked(0.3)
+            await page_of(ops, ino)
+        await trio.testing.wait_all_tasks_blocked(0.3)
+        logged = [str(record.exc_info[1]) for record in caplog.records if record.exc_info]
+        assert logged == ["no subfolder noted", "[Errno 5] source unreadable"], caplog.text
+        assert ops.status()["prepare_failed"] == 3
+    finally:
+        tree.close()
+
+
 async def test_a_listing_answered_while_preparing_cannot_start_is_not_failed(walk_iid, monkeypatch):
     """Once a readdir's reply holds its entries (each counted as the kernel's lookup), the
     preparation it queues cannot fail it: if its task cannot be started, the reply is

@@ -470,8 +470,8 @@ class GeneratedFile(File):
                 kept = sized()
                 if kept is not None and self._kept is not None:
                     self._kept.learn(kept)
-            if kept is None:
-                self.content()
+            if kept is None:            # (made here, or by another file of the same key)
+                self._size = len(self.content())
             else:
                 self._size = kept
             self._sized = None          # (it may hold a whole folder's sizes: not needed again)

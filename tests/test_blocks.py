@@ -87,3 +87,14 @@ def test_a_generated_file_once_made_opens_without_a_thread(cached):
     handle = file.open_nowait(os.O_RDONLY)
     assert handle is not None and handle.cached_read(0, 100) == b"content"
     assert made == [1]
+
+
+def test_generated_files_sharing_a_key_each_know_their_size():
+    """A second file made into the same cache key finds the bytes there, made by the first:
+    its size is that content's (before, it stayed unknown and stat had no attributes)."""
+    cache, made = ByteCache(1 << 20), []
+    first, second = (GeneratedFile(lambda: made.append(1) or b"content", cache=cache, key=("view", 1))
+                     for _ in range(2))
+    assert first.attr().size == len(b"content")
+    assert second.attr() is not None and second.attr().size == len(b"content")
+    assert made == [1]

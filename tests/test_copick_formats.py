@@ -1187,6 +1187,37 @@ def test_a_watched_change_reads_the_views_following_it_once_with_view_copies_kep
         tree.close()
 
 
+@pytest.mark.parametrize("how", ["written", "renamed in"])
+def test_a_store_file_written_or_renamed_in_reads_the_views_following_it_once(tmp_path, monkeypatch, how):
+    """A zarr store's metadata written through the mount (its handle's flush) or renamed
+    in (rsync) tells the kernel of the views following it from one reading of them (the
+    check that any follow, then overlay_changed, each listed the run and Picks/ before)."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+    static = one_run_project(tmp_path, (1,), levels=1)[0]
+    tree = open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
+    try:
+        store = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000").lookup("wbp.zarr")
+        zattrs_path = "ExperimentRuns/TS_001/VoxelSpacing10.000/wbp.zarr/.zattrs"
+        zattrs = (static / zattrs_path).read_bytes()
+        name = ".zattrs" if how == "written" else ".zattrs.tmp"     # (copied up or made before counting)
+        handle = (store.lookup(name) if how == "written" else store.create(name, 0o644)).open(os.O_WRONLY)
+        read: list[str] = []
+        views_following = tree.derive.views_following
+        monkeypatch.setattr(tree.derive, "views_following", lambda rel: read.append(rel) or views_following(rel))
+        handle.write(0, zattrs)
+        handle.flush()
+        handle.release()
+        if how == "renamed in":
+            store.rename(name, store, ".zattrs")
+        assert read.count(zattrs_path) == 1, read           # (renamed in: the name written first, read once too)
+        assert views_following(zattrs_path), "no view follows the store's .zattrs: nothing tested"
+    finally:
+        tree.close()
+
+
 class _ImportTree:
     """What tomogram imports use of an overlay tree: a local overlay in `path` and its lock."""
 

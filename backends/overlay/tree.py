@@ -706,7 +706,8 @@ class OverlayTree(Tree):
         return (rel, info.size, info.mtime_ns) if info else (rel, None, None)
 
     # -- changes seen in the overlay -----------------------------------------------------------
-    def overlay_changed(self, changes: dict[str | None, set[str]], waited: bool = False) -> None:
+    def overlay_changed(self, changes: dict[str | None, set[str]], waited: bool = False,
+                        followed: dict[str, list[str]] | None = None) -> None:
         """The overlay watch saw names change in these directories (None: events were lost,
         anything may have): the kernel is told to drop each directory's listing and
         attributes, the names, the nodes they showed, the derived views made of them, and the
@@ -714,7 +715,8 @@ class OverlayTree(Tree):
         (`derive.folders_following`). From the watch's thread (no request waits for it), or
         from a request that made such a change itself (an import: `waited`); costs a stat or
         two per name, the listings `derive.views_following` reads, and a comparison of any
-        file kept at a view's name with its view (`drop_view_copies`)."""
+        file kept at a view's name with its view (`drop_view_copies`). `followed`: the
+        views_following of changed paths the caller read already (not read again)."""
         with self.lock:     # a change through the mount seen half-done (an unlinked file's
             pass            # whiteout not yet written) ends first: what shows is then its outcome
         self.changed()
@@ -724,7 +726,7 @@ class OverlayTree(Tree):
             return
         inodes: set[int] = set()
         entries: set[tuple[int, str]] = set()
-        followed: dict[str, list[str]] = {}         # path -> its views_following (read once)
+        known, followed = followed or {}, {}        # path -> its views_following (read once)
         for rel, names in changes.items():
             parent = self._node_at(rel)
             following = self.derive.folders_following(rel) if self.derive is not None else []
@@ -738,7 +740,8 @@ class OverlayTree(Tree):
                     inodes.add(child.ino)
                 if parent is not None and name:
                     entries.add((parent.ino, name))
-                followed[path] = self.derive.views_following(path) if self.derive is not None else []
+                followed[path] = (known[path] if path in known else
+                                  self.derive.views_following(path) if self.derive is not None else [])
                 for view in followed[path]:
                     with self._table:                 # made again when next asked for
                         node = self._derived.pop(view, None)
@@ -1220,9 +1223,9 @@ class _ViewSourceHandle:
             tree, rel = self._tree, self._rel
             folder, _, name = rel.rpartition("/")
             tree.kept_at_view(rel)          # (written before its view's source: `cp -r` of a run)
-            if rel in tree._derived_by_source or tree.derive.folders_following(folder) \
-                    or tree.derive.views_following(rel):
-                tree.overlay_changed({folder: {name}}, waited=True)
+            following = tree.derive.views_following(rel)
+            if rel in tree._derived_by_source or tree.derive.folders_following(folder) or following:
+                tree.overlay_changed({folder: {name}}, waited=True, followed={rel: following})
 
 
 def _changes_entries(method):
@@ -1575,8 +1578,9 @@ class MergedDir(MergedNode, Directory):
             try:                            # (the rename is done: it is not reported as failed)
                 if not flags and isinstance(node, MergedFile):
                     self.tree.kept_at_view(new)
-                if self.tree.derive.views_following(new):
-                    self.tree.overlay_changed({new_parent.rel: {new_name}})    # (rsync renames a store's metadata in)
+                following = self.tree.derive.views_following(new)
+                if following:                                   # (rsync renames a store's metadata in)
+                    self.tree.overlay_changed({new_parent.rel: {new_name}}, followed={new: following})
             except OSError as exc:
                 log.warning("views following %s not told of its rename: %s", new, exc)
 

@@ -959,8 +959,7 @@ class DerivedFile(File):
             kept = self._kept
             if kept is not None:            # (asked once: a size kept, else the node is made)
                 self._told(kept.size(self.derived_path.rpartition("/")[2]))
-            info = self._info               # (None once the node is made)
-            attr = None if info is None else view_attr(self._size, info.mtime_ns)
+            attr = self._unmade_attr()
             if attr is not None:
                 return attr
         return self.made().attr()
@@ -972,6 +971,12 @@ class DerivedFile(File):
         kept = self._kept
         if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
             self._told(size)
+        return self._unmade_attr()
+
+    def _unmade_attr(self) -> Attr | None:
+        """The attributes the node will give, from the kept size and the source's time;
+        None while either is unknown (`_info` is None where the listing never knew the
+        source, and once the node is made)."""
         info = self._info
         return None if info is None else view_attr(self._size, info.mtime_ns)
 

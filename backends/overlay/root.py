@@ -84,6 +84,12 @@ class Root(Protocol):
     def clear_work(self) -> None:
         """At mount: remove what copy-ups cut short left behind."""
 
+    def work_path(self) -> str | None:
+        """A local path of the work directory (hidden, emptied at every mount), where what
+        is built before it shows is written (copick's tomogram imports); None where the
+        root has no `local_path` (nothing is built in it: those imports are refused)."""
+        return None
+
     def mkdir(self, rel: str, mode: int, owner: Owner | None = None) -> None: ...
 
     def copy_dir(self, source: "Root", rel: str, info: Attr) -> None:

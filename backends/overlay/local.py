@@ -276,8 +276,9 @@ class LocalRoot(Root):
             return self._work_fd
 
     def work_path(self) -> str:
-        """The work directory's path, made if it is not there: what is written there never
-        shows, and every mount empties it (`clear_work`)."""
+        """The work directory's path, the folder made if this mount has not made it yet
+        (once, as copy-ups make it: `_work`): what is written there never shows, and every
+        mount empties it (`clear_work`)."""
         self._work()
         return self.local_path(WORK_DIR)
 

@@ -441,17 +441,18 @@ class DerivedViews:
         stem = name[:-len(extension)]
         return tuple((f"{stem}.{suffix}", args) for suffix, args in views)
 
-    def _kept_keys(self, convert, sources: dict[str, Attr | None], views: dict[str, tuple]) -> dict[str, bytes | None]:
+    def _kept_keys(self, convert, sources: dict[str, Attr | None],
+                   views: dict[str, tuple] | None = None) -> dict[str, bytes | None]:
         """{view name: its kept size's key, None: not kept} of the views `convert` makes of
-        `sources` (name -> what it shows; `views`: name -> its `_views_of`), the parts they
-        share worked out once: those of a listing (`KeptTogether`), and of a view made
-        alone (`_file`), alike."""
+        `sources` (name -> what it shows; `views`: name -> its `_views_of`, where worked out
+        already), the parts they share worked out once: those of a listing (`KeptTogether`),
+        and of a view made alone (`_file`), alike."""
         head = [repr(VIEWS_VERSION), repr(convert.__name__)]
         libraries = repr(versions(*RENDERER_LIBRARIES[convert.__name__]))
         keys = {}
         for name, info in sources.items():
             found = identity(info)
-            for view, args in views[name]:
+            for view, args in views[name] if views is not None else self._views_of(name, convert):
                 keys[view] = None if found is None else digest_of_reprs(head + [repr(args), libraries, repr(found)])
         return keys
 
@@ -464,8 +465,7 @@ class DerivedViews:
 
             def kept_key():
                 if convert != self.preview:
-                    name = source.rpartition("/")[2]
-                    return self._kept_keys(convert, {name: shown}, {name: self._views_of(name, convert)})[view]
+                    return self._kept_keys(convert, {source.rpartition("/")[2]: shown})[view]
                 found = self.store_identity(source)
                 return None if found is None else \
                     (convert.__name__, args, versions(*RENDERER_LIBRARIES[convert.__name__]), found)

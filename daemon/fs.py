@@ -129,7 +129,7 @@ class Notifier:
         # names are expired, not dropped, where the kernel can (`_drop_name`)
         self._expire = getattr(pyfuse3, "expire_entry", None)
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
-        lock = threading.Lock()
+        lock = self._lock = threading.Lock()     # (taken bare where nobody waits: a store a frame)
         self._cond = threading.Condition(lock)
         self._stores_cond = threading.Condition(lock)    # (an offer wakes only the thread that sends it)
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
@@ -254,7 +254,7 @@ class Notifier:
     def _store_now(self, ino: int, data: tuple[int, bytes]) -> int | None:
         """Store content in the kernel's page cache from this thread: `_notify`'s errno,
         None if stopped."""
-        with self._cond:
+        with self._lock:
             if not self._running:
                 return None
             self._storing += 1                   # (`stop` waits for it: the session must outlive it)
@@ -262,7 +262,7 @@ class Notifier:
         try:
             failed = self._notify("stores", ino, data)
         finally:
-            with self._cond:
+            with self._lock:
                 self._storing -= 1
                 self._counters.stored_ahead += failed == 0
                 if not self._running:

@@ -336,23 +336,34 @@ def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_pat
     assert reads <= 2 + math.ceil(100 / 32), f"{reads} reads of 100 frames"
 
 
-def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
+def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path, monkeypatch):
     """Counted in every thread while a reader goes through the frames as `tar` does
-    (signposts only): the read-ahead hands frames to its encoders through a plain queue
-    and marks frames being made with a bare lock; an executor's future and an Event per
-    frame (conditions, locks, callbacks) made 74 Python calls a frame, most of them. Then
-    43: the decoder pool's `notify_all` at every frame with nobody waiting, `wait_for`
-    and its predicate, the format's checks and layout lookup at every encoding (33 now)."""
+    (signposts only), each frame stored through the daemon's `Notifier.store` (the
+    kernel's side a call): the read-ahead hands frames to its encoders through a plain
+    queue and marks frames being made with a bare lock; an executor's future and an
+    Event per frame (conditions, locks, callbacks) made 74 Python calls a frame, most of
+    them. Then 43 (without the store): the decoder pool's `notify_all` at every frame with
+    nobody waiting, `wait_for` and its predicate, the format's checks and layout lookup at
+    every encoding. Then 42 with the store: locks taken through their Conditions (two
+    calls each) by the store and the decoder pool, 4 times a frame (33 now)."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    monkeypatch.setattr(pyfuse3, "notify_store", lambda ino, offset, data: None)
+    counters = fs.Counters()
+    notifier = fs.Notifier(counters, {}, tree.path_of)
     offered: dict[int, bytes] = {}
-    tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
+
+    def store(ino, data, offset=0, wait=False) -> bool:
+        offered[ino] = data
+        return notifier.store(ino, data, offset, wait)
+    tree.listen_content(store)
     calls = 0
 
     def count(frame, event, arg):
         nonlocal calls
         calls += event == "call"
 
+    notifier.start()
     threading.setprofile(count)        # (the read-ahead's threads start at the first reads)
     sys.setprofile(count)
     try:
@@ -361,8 +372,10 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path):
         sys.setprofile(None)
         threading.setprofile(None)
         tree.close()
+        notifier.stop()
     assert tree.service.frames_decoded == 60
-    assert calls / 60 < 38, f"{calls / 60:.0f} Python calls a frame"
+    assert counters.stored_ahead == 58
+    assert calls / 60 < 36, f"{calls / 60:.0f} Python calls a frame"
 
 
 def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):

@@ -351,7 +351,7 @@ def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path, monkeypatch):
     them. Then 43 (without the store): the decoder pool's `notify_all` at every frame with
     nobody waiting, `wait_for` and its predicate, the format's checks and layout lookup at
     every encoding. Then 42 with the store: locks taken through their Conditions (two
-    calls each) by the store and the decoder pool, 4 times a frame (33 now)."""
+    calls each) by the store and the decoder pool, 4 times a frame (34 now)."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     monkeypatch.setattr(pyfuse3, "notify_store", lambda ino, offset, data: None)

@@ -74,6 +74,13 @@ class ByteCache:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= _size_of(evicted)
 
+    def discard(self, key: Hashable) -> None:
+        """Forget `key`'s value (kept elsewhere now): its memory is free for the next."""
+        with self._lock:
+            value = self._items.pop(key, None)
+            if value is not None:
+                self._bytes -= _size_of(value)
+
     def claim(self, key: Hashable) -> bool:
         """Promise to make `key` (True), unless it is cached or being made already.
         Whoever claims must call `complete`; `get_or_make` callers wait meanwhile."""

@@ -197,7 +197,7 @@ class FrameService:
         self.frames_decoded = 0
         self.frames_offered = 0                 # read ahead before the reader came: given to `offer`
         self.rests_offered = 0                  # frames a reader began to read: their rest given to `offer`
-        self.offer = lambda i, data, offset=0, wait=False: None     # the tree's: see `ImgstoreTree`
+        self.offer = lambda i, data, offset=0, wait=False: False    # the tree's: see `ImgstoreTree`
 
     def _frame_bytes(self) -> int:
         return self._fixed_size or int(np.prod(self.reader.shape)) * self.reader.dtype.itemsize
@@ -450,7 +450,10 @@ class FrameService:
         if ahead:
             self._learn_attr(j, len(data))
             signpost = j % self.signpost_every == 0
-            self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data, wait=True)
+            whole = self.offer(j, data[:(len(data) - 1) // mmap.PAGESIZE * mmap.PAGESIZE] if signpost else data,
+                               wait=True) and not signpost
+            if whole:                            # the kernel keeps it (keep_cache): no second copy, and
+                self.encoded.discard(j)          # its memory takes the next frame's encoding
         self._done(j)
 
     def _done(self, j: int) -> None:

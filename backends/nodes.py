@@ -393,7 +393,7 @@ class Tree:
         self._grafts: dict[int, "Tree"] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[tuple[int, ...], tuple[tuple[int, str], ...], bool], None]] = []
-        self._content_listeners: list[Callable[[int, bytes, int, bool], None]] = []
+        self._content_listeners: list[Callable[[int, bytes, int, bool], bool | None]] = []
         self._requests: Callable[[], int] = lambda: 0
 
     def count_requests(self, requests: Callable[[], int]) -> None:
@@ -419,12 +419,12 @@ class Tree:
         for listener in self._listeners:
             listener(inodes, entries, waited)
 
-    def listen_content(self, listener: Callable[[int, bytes, int, bool], None]) -> None:
+    def listen_content(self, listener: Callable[[int, bytes, int, bool], bool | None]) -> None:
         """Call `listener(ino, data, offset, wait)` for every `offer` (the daemon's, to fill
-        the kernel's page cache); grafted trees offer through it too."""
+        the kernel's page cache; true if the kernel took it); grafted trees offer through it too."""
         self._content_listeners.append(listener)
 
-    def offer(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
+    def offer(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> bool:
         """Content of file `ino` from `offset` (a multiple of the page size), made ahead of
         a reader (read-ahead) or of its next reads: the kernel may cache it, so that the
         reader finds it there and sends no read. A leading part of whole pages (the rest
@@ -434,9 +434,12 @@ class Tree:
         drops it). From any thread, never blocking; `wait` (worker threads only): the
         kernel has it when this returns, which may wait for a read of it in flight, and,
         for a file the kernel does not know yet, for the loop to answer the daemon's own
-        LOOKUP of it (`path_of`)."""
+        LOOKUP of it (`path_of`). True if the kernel has it when this returns (`wait` only):
+        a backend then need not keep a copy of its own."""
+        stored = False
         for listener in self._content_listeners:
-            listener(ino, data, offset, wait)
+            stored = bool(listener(ino, data, offset, wait)) or stored
+        return stored
 
     def path_of(self, ino: int) -> str | None:
         """A path (from the mount's root) of file `ino`, which a backend `offer`s content

@@ -1,14 +1,17 @@
 """Requests and daemon CPU per frame for readers that open an imgstore's frames by name,
 never listing frames/ (the kernel knows no frame's inode before its LOOKUP):
 
-    python benchmarks/frames_by_name.py [--frames 2000] [--rounds 3] [--daemon LABEL=PYTHON ...]
+    python benchmarks/frames_by_name.py [--frames 2000] [--rounds 3] [--readers 'tar dir,ffmpeg']
+                                        [--daemon LABEL=PYTHON ...] [--daemon-path LABEL=DIR ...]
 
 ffmpeg -i MNT/frames/%06d.png, tar cf - -T LIST, a Python loop over the names (and, for
 reference, a tar of the folder, which lists it), each on a fresh mount of the walk
 benchmark's sample store (tests/walk_samples.py), for every daemon in turn, round after
 round (machines shared with other work: compare counts and CPU side by side, not wall
-time). A daemon is a Python with scopefs installed (a checkout's .venv/bin/python); by
-default the one running this script.
+time). A daemon is a Python with scopefs installed (a checkout's .venv/bin/python), or a
+scopefs checkout DIR run by the Python running this script (`--daemon-path`: DIR on
+PYTHONPATH as `scopefs`); by default the Python running this script. The daemon's CPU is
+its threads' run time (ns, /proc schedstat), not the 10 ms ticks of /proc/PID/stat.
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import walk_samples  # noqa: E402
 
-COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store")
+COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store",
+           "inodes_forgotten")       # (other sessions dropping caches: the kernel forgets frames)
 
 
 def status(mnt: Path) -> dict:
@@ -33,8 +38,15 @@ def status(mnt: Path) -> dict:
 
 
 def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The run time of the daemon's threads (those alive now: the read-ahead's and trio's
+    workers live on between reads)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError):        # (a thread that just ended)
+            pass
+    return total / 1e9
 
 
 def readers(frames: int, work: Path) -> dict:
@@ -56,11 +68,12 @@ def readers(frames: int, work: Path) -> dict:
                                               stdout=subprocess.DEVNULL)}     # (listed: for reference)
 
 
-def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
+def measure(daemon: tuple[str, dict], store: Path, work: Path, read, frames: int) -> dict:
+    python, env = daemon
     mnt = Path(tempfile.mkdtemp(dir=work, prefix="mnt-"))
     try:
         subprocess.run([python, "-m", "scopefs.daemon", "mount", str(store), str(mnt),
-                        "--log-file", str(work / "scopefs.log")], check=True)
+                        "--log-file", str(work / "scopefs.log")], check=True, env=env)
     except BaseException:
         with contextlib.suppress(OSError):      # (the mount's error is the one to see)
             os.rmdir(mnt)
@@ -70,13 +83,15 @@ def measure(python: str, store: Path, work: Path, read, frames: int) -> dict:
         status(mnt)                                  # (a status read's own requests are counted after it)
         before = status(mnt)
         cpu = cpu_s(before["pid"])
+        start = time.perf_counter()
         read(mnt)
+        wall = time.perf_counter() - start
         cpu = cpu_s(before["pid"]) - cpu
         after = status(mnt)
         return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
-                "cpu_ms": 1000 * cpu / frames}
+                "wall_ms": 1000 * wall / frames, "cpu_ms": 1000 * cpu / frames}
     finally:
-        unmounted = subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False)
+        unmounted = subprocess.run([python, "-m", "scopefs.daemon", "umount", str(mnt)], check=False, env=env)
         if unmounted.returncode == 0:            # (else the error that got here is the one to see)
             os.rmdir(mnt)
 
@@ -86,16 +101,31 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--daemon", action="append", default=[], metavar="LABEL=PYTHON")
+    parser.add_argument("--daemon-path", action="append", default=[], metavar="LABEL=DIR",
+                        help="a scopefs checkout run by this Python (an old commit's worktree)")
+    parser.add_argument("--readers", type=lambda v: v.split(","), help="only these (e.g. 'tar dir,ffmpeg')")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "scopefs-frames-by-name")
     args = parser.parse_args()
-    daemons = dict(spec.partition("=")[::2] for spec in args.daemon) or {"scopefs": sys.executable}
     args.work.mkdir(parents=True, exist_ok=True)
+    daemons = {label: (python, dict(os.environ)) for label, python in
+               (spec.partition("=")[::2] for spec in args.daemon)}
+    for label, checkout in (spec.partition("=")[::2] for spec in args.daemon_path):
+        path = args.work / f"path-{label}"
+        path.mkdir(exist_ok=True)
+        link = path / "scopefs"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(Path(checkout).resolve())
+        daemons[label] = sys.executable, {**os.environ, "PYTHONPATH": str(path)}
+    daemons = daemons or {"scopefs": (sys.executable, dict(os.environ))}
     store = walk_samples.imgstore(args.work / f"imgstore-{args.frames}", args.frames).path
     print(f"{args.frames:,} frames of 320x240 (MJPEG, served as PNG), per frame:", flush=True)
     for round_ in range(args.rounds):
         for kind, read in readers(args.frames, args.work).items():
-            for label, python in daemons.items():
-                counts = measure(python, store, args.work, read, args.frames)
+            if args.readers and kind not in args.readers:
+                continue
+            for label, daemon in daemons.items():
+                counts = measure(daemon, store, args.work, read, args.frames)
                 print(f"round {round_ + 1}  {kind:7s} {label:8s} " + "  ".join(
                     f"{key} {value:.3f}" for key, value in counts.items()), flush=True)
 

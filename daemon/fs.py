@@ -129,7 +129,7 @@ class Notifier:
         # names are expired, not dropped, where the kernel can (`_drop_name`)
         self._expire = getattr(pyfuse3, "expire_entry", None)
         self._known = known                      # inodes the kernel holds (the daemon's lookup counts)
-        lock = threading.Lock()
+        lock = self._lock = threading.Lock()     # (taken bare where nobody waits: a store a frame)
         self._cond = threading.Condition(lock)
         self._stores_cond = threading.Condition(lock)    # (an offer wakes only the thread that sends it)
         self._inodes: dict[int, None] = {}       # pending, in order, without repeats
@@ -234,24 +234,27 @@ class Notifier:
             if not on_loop:
                 self.wait_sent()
 
-    def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> None:
+    def store(self, ino: int, data: bytes, offset: int = 0, wait: bool = False) -> bool:
         """From any thread (a backend's `Tree.offer`): sent by the stores' thread, never
-        blocking; `wait`: sent from this (worker) thread before it returns."""
+        blocking; `wait`: sent from this (worker) thread before it returns, and whether
+        the kernel took it."""
         if wait:
-            if self._store_now(ino, (offset, data)) == errno.ENOENT and self._looked_up(ino):
-                self._store_now(ino, (offset, data))
-            return
+            failed = self._store_now(ino, (offset, data))
+            if failed == errno.ENOENT and self._looked_up(ino):
+                failed = self._store_now(ino, (offset, data))
+            return failed == 0
         with self._stores_cond:
             self._stores[ino] = offset, data
             pending = sum(len(content) for _, content in self._stores.values())   # (a read-ahead's depth)
             while pending > STORE_PENDING_BYTES:
                 pending -= len(self._stores.pop(next(iter(self._stores)))[1])
             self._stores_cond.notify()
+        return False
 
     def _store_now(self, ino: int, data: tuple[int, bytes]) -> int | None:
         """Store content in the kernel's page cache from this thread: `_notify`'s errno,
         None if stopped."""
-        with self._cond:
+        with self._lock:
             if not self._running:
                 return None
             self._storing += 1                   # (`stop` waits for it: the session must outlive it)
@@ -259,7 +262,7 @@ class Notifier:
         try:
             failed = self._notify("stores", ino, data)
         finally:
-            with self._cond:
+            with self._lock:
                 self._storing -= 1
                 self._counters.stored_ahead += failed == 0
                 if not self._running:

@@ -228,7 +228,8 @@ class VideoFrameReader(FrameReader):
             self.forward_limit = 96
         self._per_chunk = decoders_per_chunk
         self._max = max(max_decoders, decoders_per_chunk)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()           # (taken bare: a Condition's `with` is 2 Python calls)
+        self._cond = threading.Condition(self._lock)
         self._idle: OrderedDict[int, _Decoder] = OrderedDict()   # id -> decoder, LRU first
         self._open_per_chunk: dict[int, int] = {}
         self._waiting = 0                       # threads in `_acquire` waiting for a decoder
@@ -245,7 +246,7 @@ class VideoFrameReader(FrameReader):
             self._release(decoder, keep=ok)
 
     def _acquire(self, chunk: Chunk, position: int) -> _Decoder:
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     raise FrameError("store is closed")
@@ -259,7 +260,7 @@ class VideoFrameReader(FrameReader):
                         best = (score, key)
                 if best is not None and (best[0] <= self.forward_limit
                                          or self._open_per_chunk.get(chunk.number, 0) >= self._per_chunk):
-                    return self._take(best[1])
+                    return self._idle.pop(best[1])
                 if self._open_per_chunk.get(chunk.number, 0) < self._per_chunk:
                     self._evict_for_room()
                     self._open_per_chunk[chunk.number] = self._open_per_chunk.get(chunk.number, 0) + 1
@@ -267,9 +268,6 @@ class VideoFrameReader(FrameReader):
                 self._waiting += 1
                 self._cond.wait()
                 self._waiting -= 1
-
-    def _take(self, key: int) -> _Decoder:
-        return self._idle.pop(key)
 
     def _evict_for_room(self) -> None:
         total = sum(self._open_per_chunk.values())
@@ -280,7 +278,7 @@ class VideoFrameReader(FrameReader):
             total -= 1
 
     def _release(self, decoder: _Decoder, keep: bool) -> None:
-        with self._cond:
+        with self._lock:
             if keep and not self._closed:
                 self._idle[id(decoder)] = decoder
             else:

@@ -176,7 +176,7 @@ class FrameIndex:
     # -- frame_index ------------------------------------------------------------------
     def locate(self, index: int) -> tuple[Chunk, int]:
         """The chunk holding a frame and the frame's position inside it."""
-        if not 0 <= index < len(self):
+        if not 0 <= index < self.numbers.size:
             raise IndexError(index)
         chunk = self.chunks[bisect.bisect_right(self._starts, index) - 1]
         return chunk, index - chunk.start

@@ -6,6 +6,7 @@ chown and utimens of each file need no thread."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from PIL import Image
 import walk_samples
 from conftest import daemon_pid, daemon_status, wait_gone
 from png_samples import chunk as png_chunk, gray_png, ztxt
+from scopefs.backends import localfiles
 from scopefs.backends.fsdb import FSDB
 from scopefs.backends.fsdb.tree import open_tree as open_fsdb
 from scopefs.backends.options import Options
@@ -374,3 +376,22 @@ async def test_a_file_copied_into_a_big_fileset_costs_the_calls_it_costs_in_a_sm
     assert costs[5]["worker calls"] == 1 and costs[5]["fsyncs"] == 0, costs
     assert costs[5]["python calls"] <= COPY_PYTHON_CALLS, costs
     assert costs[5]["system calls"] <= COPY_SYSTEM_CALLS, costs
+
+
+def test_a_temporary_file_is_named_as_mkstemp_would_and_passes_over_a_taken_name(tmp_path, monkeypatch):
+    """A commit's temporary file is `.<name>.<8 hex digits>.scopefs-tmp` (no longer than
+    mkstemp's names: a name that fitted still fits) from a counter; a name another
+    process holds is passed over, and what is written and committed replaces the target."""
+    target = tmp_path / "new.png"
+    monkeypatch.setattr(localfiles, "_temp_number", itertools.count(0xFFFFFFFF))
+    (tmp_path / f".new.png.ffffffff{localfiles.TEMP_SUFFIX}").write_bytes(b"someone else's")
+    committed = []
+    handle = localfiles.TempFileHandle(str(target), None, lambda temp: (os.replace(temp, target), committed.append(temp)))
+    try:
+        assert os.path.basename(handle.temp) == f".new.png.00000000{localfiles.TEMP_SUFFIX}"
+        handle.write(0, b"data")
+        handle.flush()
+    finally:
+        handle.release()
+    assert committed == [handle.temp] and target.read_bytes() == b"data"
+    assert (tmp_path / f".new.png.ffffffff{localfiles.TEMP_SUFFIX}").read_bytes() == b"someone else's"

@@ -110,11 +110,10 @@ def copy_cpu(python: str, source: Path, work: Path, files: int) -> dict:
     """One fresh mount of a copy of `source` by `python -m scopefs.daemon`, and `cp -r` of
     `files` new files into its fileset: what each file cost."""
     db, mnt, new = work / "db", work / "mnt", work / "new"
-    for path in (db, new):
-        shutil.rmtree(path, ignore_errors=True)
-    shutil.copytree(source, db)
+    work.mkdir()                # (new each run: files removed just before would make ext4's
+    shutil.copytree(source, db)     # inode allocator pass over them, without a journal)
     new.mkdir()
-    mnt.mkdir(exist_ok=True)
+    mnt.mkdir()
     data = next(p for p in sorted((db / "scan_000" / "fileset_0").iterdir()) if p.suffix == ".png").read_bytes()
     names = []
     for i in range(files):
@@ -152,7 +151,7 @@ def compare_cpu(daemons: dict[str, str], files: int, rounds: int, work: Path) ->
     runs: dict[str, list[dict]] = {name: [] for name in daemons}
     for r in range(rounds):
         for name, python in daemons.items():
-            got = copy_cpu(python, source, work / f"run-{name}", files)
+            got = copy_cpu(python, source, work / f"run-{name}-{r}", files)
             runs[name].append(got)
             print(f"  round {r + 1} {name:12} " + "  ".join(f"{key} {value:.2f}" for key, value in got.items()),
                   flush=True)

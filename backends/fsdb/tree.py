@@ -365,7 +365,7 @@ class DataFile(File):
         self.folder.refresh_attr()              # the temporary file is in it
         return handle
 
-    def temp_handle(self, flags: int, commit) -> "FilesetTempHandle":
+    def temp_handle(self, flags: int, commit) -> FilesetTempHandle:
         """The temporary file a write goes to, handed to `commit` when complete."""
         copy = self._path() if not flags & os.O_TRUNC and os.path.exists(self._path()) else None
         new = self.file.filename is None

@@ -57,7 +57,8 @@ WORKER_CALLS = {"fsdb": 1, "iid": 0}
 COPY_PYTHON_CALLS = 220
 #: system calls (os and fcntl functions) for each such file: the commit's create, write,
 #: fstat, lock (open, flock, close), rename, journal line and the folder's stat, and the
-#: close at release (13 before: a getpid and two stats of the file's path more)
+#: close at release (13 counted before: mkstemp's getpid and path normalizing, and two
+#: stats of the file's path where one fstat is now)
 COPY_SYSTEM_CALLS = 10
 #: what the mount serves for a new entry's 8 x 8 mask of ones
 MOUNTED_8X8 = bytes(make_format("png").encode_checked(np.full((8, 8), 255, np.uint8)))

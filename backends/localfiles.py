@@ -2,10 +2,10 @@
 cachestat, RWF_NOWAIT), writes in place, and atomic replaces through a temporary copy."""
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import shutil
-import tempfile
 import threading
 from typing import Callable
 
@@ -170,6 +170,38 @@ class LocalWriteHandle(FileHandle):
 
 #: the name's end of TempFileHandle's temporary files (hidden: they start with '.')
 TEMP_SUFFIX = ".scopefs-tmp"
+#: names tried before a temporary file is given up (as mkstemp does: os.TMP_MAX)
+_TEMP_TRIES = 10000
+
+
+def _temp_numbers() -> itertools.count:
+    """Numbers for this process's temporary files, from a random start (next() of a count
+    is atomic under the GIL)."""
+    return itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+_temp_number = _temp_numbers()
+
+
+def _forked() -> None:
+    global _temp_number
+    _temp_number = _temp_numbers()      # (a child of a fork numbers from a start of its own)
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _new_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new hidden file beside `name`, created exclusively (0600), its name as long as
+    mkstemp's: 8 hex digits of a counter, not mkstemp's random letters, which cost a small
+    file's commit about 25 Python calls; a name taken is passed over."""
+    for _ in range(_TEMP_TRIES):
+        path = f"{directory}/.{name}.{next(_temp_number) & 0xFFFFFFFF:08x}{TEMP_SUFFIX}"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for a temporary file beside {name} in {directory}")
 
 
 class TempFileHandle(FileHandle):
@@ -184,7 +216,7 @@ class TempFileHandle(FileHandle):
     def __init__(self, target: str, copy_from: str | None, commit: Callable[[str], None], dirty: bool = False,
                  durable_later: bool = False):
         directory, name = os.path.split(target)
-        self._fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=directory)
+        self._fd, self.temp = _new_temp(directory or ".", name)
         if copy_from is not None:
             with open(copy_from, "rb") as src:
                 shutil.copyfileobj(src, os.fdopen(os.dup(self._fd), "wb"))

@@ -6,19 +6,30 @@ chown and utimens of each file need no thread."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import outcome
+import pyfuse3
 import pytest
+import trio
 from PIL import Image
 
 import walk_samples
 from conftest import daemon_pid, daemon_status, wait_gone
 from png_samples import chunk as png_chunk, gray_png, ztxt
+from scopefs.backends import localfiles
+from scopefs.backends.fsdb import FSDB
+from scopefs.backends.fsdb.tree import open_tree as open_fsdb
+from scopefs.backends.options import Options
+from scopefs.daemon.fs import Operations
 from scopefs.formats.images import make_format
 
 COPIES = 500
@@ -40,6 +51,15 @@ INVALIDATIONS = {"fsdb": 0}
 #: worker calls per copied file: an FSDB file's commit writes to disk (one, which answers
 #: the FLUSH itself); a small .iid mask is decoded and applied on the daemon's loop (none)
 WORKER_CALLS = {"fsdb": 1, "iid": 0}
+#: Python functions the daemon runs for each file `cp` copies into an FSDB fileset, its
+#: eight requests and the commit at its close together (210 counted; 235 when the commit
+#: named its temporary file with mkstemp and stat'ed the file twice after its rename)
+COPY_PYTHON_CALLS = 220
+#: system calls (os and fcntl functions) for each such file: the commit's create, write,
+#: fstat, lock (open, flock, close), rename, journal line and the folder's stat, and the
+#: close at release (13 counted before: mkstemp's getpid and path normalizing, and two
+#: stats of the file's path where one fstat is now)
+COPY_SYSTEM_CALLS = 10
 #: what the mount serves for a new entry's 8 x 8 mask of ones
 MOUNTED_8X8 = bytes(make_format("png").encode_checked(np.full((8, 8), 255, np.uint8)))
 
@@ -276,3 +296,103 @@ def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_w
     for name in cut:
         assert (new / name).read_bytes().startswith((fileset / name).read_bytes())
     assert not [name for name in os.listdir(source.path / source.write_dir) if name.startswith(".")]
+
+
+def _fsdb_of(path: Path, files: int) -> Path:
+    """A database whose fileset `scan/images` holds `files` files (registered in one batch)."""
+    path.mkdir()
+    (path / "romidb").touch()
+    db = FSDB(str(path))
+    db.connect()
+    db.register_lazily = True
+    fileset = db.create_scan("scan").create_fileset("images")
+    for i in range(files):
+        finished = Path(fileset.path()) / f".new-{i}"
+        finished.write_bytes(b"x" * 100)
+        fileset.create_file(f"img_{i:04d}").adopt(str(finished), f"img_{i:04d}.png")
+    db.disconnect()
+    return path
+
+
+async def _copy_costs(ops: Operations, files: int) -> dict:
+    """Per file: the requests `cp` sends for a new file in `scan/images` (two LOOKUPs of
+    the missing name, CREATE, WRITE, FLUSH, RELEASE, GETATTR of the folder and of the file)
+    answered by `ops`, with the Python calls and system calls they make (os and fcntl
+    functions but `fspath`), fsyncs among them."""
+    class Context:
+        uid, gid, pid, umask = os.getuid(), os.getgid(), os.getpid(), 0o022
+    ctx, data = Context(), bytes(range(256)) * 3
+    scan = (await ops.lookup(pyfuse3.ROOT_INODE, b"scan", ctx)).st_ino
+    folder = (await ops.lookup(scan, b"images", ctx)).st_ino
+    counts = dict.fromkeys(("python calls", "system calls", "fsyncs"), 0)
+
+    def count(frame, event, arg) -> None:
+        if event == "call":
+            counts["python calls"] += 1
+        elif event == "c_call" and getattr(arg, "__module__", None) in ("posix", "fcntl") and arg.__name__ != "fspath":
+            counts["system calls"] += 1
+            counts["fsyncs"] += arg.__name__ in ("fsync", "fdatasync", "sync")
+
+    async def copy(name: bytes) -> None:
+        for _ in range(2):
+            missing = await ops.lookup(folder, name, ctx)
+            assert missing.st_ino == 0                 # (missing, remembered as such)
+        info, entry = await ops.create(folder, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ctx)
+        assert await ops.write(info.fh, 0, data) == len(data)
+        answered = []
+        later = await ops.flush(info.fh)
+        later(answered.append)                         # (the worker thread's answer)
+        assert answered == [0]
+        await ops.release(info.fh)
+        await ops.getattr(folder, ctx)
+        assert (await ops.getattr(entry.st_ino, ctx)).st_size == len(data)
+
+    for i in range(3):                                 # (the first ones make what all share)
+        await copy(f"first_{i}.png".encode())
+    worker_calls = ops.counters.worker_calls
+    sys.setprofile(count)
+    try:
+        for i in range(files):
+            await copy(f"new_{i:04d}.png".encode())
+    finally:
+        sys.setprofile(None)
+    counts["worker calls"] = ops.counters.worker_calls - worker_calls
+    return {key: value / files for key, value in counts.items()}
+
+
+async def test_a_file_copied_into_a_big_fileset_costs_the_calls_it_costs_in_a_small_one(tmp_path, monkeypatch):
+    """What the daemon does for each file `cp` copies into an FSDB fileset, its requests
+    and the commit at close (run here where the worker thread would run it), is the same
+    in a fileset of 5 files as in one of 2,000: the same Python calls and system calls,
+    no fsync (the write-back makes a batch durable at once), one worker call, and few."""
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", lambda fn, deliver: deliver(outcome.capture(fn)))
+    costs = {}
+    for files in (5, 2000):
+        tree = open_fsdb(str(_fsdb_of(tmp_path / f"db{files}", files)), Options())
+        try:
+            costs[files] = await _copy_costs(Operations(tree, threads=2), 20)
+        finally:
+            tree.close()
+    assert costs[5] == costs[2000], costs
+    assert costs[5]["worker calls"] == 1 and costs[5]["fsyncs"] == 0, costs
+    assert costs[5]["python calls"] <= COPY_PYTHON_CALLS, costs
+    assert costs[5]["system calls"] <= COPY_SYSTEM_CALLS, costs
+
+
+def test_a_temporary_file_is_named_as_mkstemp_would_and_passes_over_a_taken_name(tmp_path, monkeypatch):
+    """A commit's temporary file is `.<name>.<8 hex digits>.scopefs-tmp` (no longer than
+    mkstemp's names: a name that fitted still fits) from a counter; a name another
+    process holds is passed over, and what is written and committed replaces the target."""
+    target = tmp_path / "new.png"
+    monkeypatch.setattr(localfiles, "_temp_number", itertools.count(0xFFFFFFFF))
+    (tmp_path / f".new.png.ffffffff{localfiles.TEMP_SUFFIX}").write_bytes(b"someone else's")
+    committed = []
+    handle = localfiles.TempFileHandle(str(target), None, lambda temp: (os.replace(temp, target), committed.append(temp)))
+    try:
+        assert os.path.basename(handle.temp) == f".new.png.00000000{localfiles.TEMP_SUFFIX}"
+        handle.write(0, b"data")
+        handle.flush()
+    finally:
+        handle.release()
+    assert committed == [handle.temp] and target.read_bytes() == b"data"
+    assert (tmp_path / f".new.png.ffffffff{localfiles.TEMP_SUFFIX}").read_bytes() == b"someone else's"

@@ -184,7 +184,9 @@ def resource_lock(root: str, *parts: str, timeout: float = LOCK_TIMEOUT, root_ch
     the locks' folder is counted in `root_changes` (the database's)."""
     path = os.path.join(root, layout.LOCKS_DIR, "_".join(parts) + ".lock")
     with _held_guard:
-        held = _held.setdefault(path, _HeldLock())
+        held = _held.get(path)
+        if held is None:                        # (made once a path: a commit takes it per file)
+            held = _held[path] = _HeldLock()
     with held.thread_lock:
         if held.depth == 0:
             held.fd = _flock(path, parts, timeout, root_changes)
@@ -340,25 +342,26 @@ class File(_Metadata):
             layout.atomic_write(os.path.join(self.fileset.path(), filename), bytes(data))
             self._registered_as(filename)
 
-    def adopt(self, finished: str, filename: str, durable: bool = False) -> None:
+    def adopt(self, finished: str, filename: str, durable: bool = False, size: int | None = None) -> None:
         """Make a finished file (written beside its final place) this file's data, named
         `filename` (the mount's name as given: `notes` stays `notes`, where upstream's naming
         from an extension would make it `notes.`): one rename, then files.json. Large files
         need not pass through memory. `durable` (a rename of registered data): the folder
         is fsynced before files.json names the new name (a power cut cannot leave files.json
-        naming a name the folder lost)."""
+        naming a name the folder lost). `size`: the finished file's, if known (else stat'ed
+        for the journal)."""
         with self.fileset.scan.db._writing(self.fileset.scan.id, self.fileset.id):
             os.replace(finished, os.path.join(self.fileset.path(), filename))
             if durable:
                 _fsync(self.fileset.path())
-            self._registered_as(filename)
+            self._registered_as(filename, size)
 
-    def _registered_as(self, filename: str) -> None:
+    def _registered_as(self, filename: str, size: int | None = None) -> None:
         old, self.filename = self.filename, filename
         if old == filename and not self._db().register_lazily:
             return                              # new data under a name files.json has
         # (lazily, new data is journaled again: a replay checks the size it has now)
-        self.fileset._register(self, old, os.path.join(self.fileset.path(), filename))
+        self.fileset._register(self, old, os.path.join(self.fileset.path(), filename), size)
         if old and old != filename:
             _unlink(os.path.join(self.fileset.path(), old))
 
@@ -539,15 +542,16 @@ class Fileset(_Metadata):
         self._unindex(file)
         _unlink(file._md_path)
 
-    def _register(self, file: File, old_name: str | None, data_path: str) -> None:
-        """files.json names `file` (now, or lazily if nothing else changes in it)."""
+    def _register(self, file: File, old_name: str | None, data_path: str, size: int | None = None) -> None:
+        """files.json names `file` (now, or lazily if nothing else changes in it; `size`:
+        its data's, if known)."""
         if old_name and self.by_name.get(old_name) is file:
             del self.by_name[old_name]
         self.by_name[file.filename] = file
         file_id, filename = file.id, file.filename
         # a new name for data whose old name goes now is written at once: files.json
         # must not name the old one a moment longer than the disk has it
-        lazily = (self.id, file_id, filename, data_path) if old_name in (None, filename) else None
+        lazily = (self.id, file_id, filename, data_path, size) if old_name in (None, filename) else None
         self.scan._update_files_json(lambda doc: doc.put_file(self.id, file_id, filename), lazily=lazily)
 
     def _unindex(self, file: File) -> None:
@@ -628,17 +632,19 @@ class Scan(_Metadata):
             self.db._discard(os.path.join(self.path(), layout.METADATA_DIR, fileset_id))
             _unlink(fileset._md_path)
 
-    def _update_files_json(self, change, lazily: tuple[str, str, str, str] | None = None) -> None:
+    def _update_files_json(self, change, lazily: tuple[str, str, str, str, int | None] | None = None) -> None:
         """Re-read files.json, apply the pending changes and `change`, replace it atomically:
         what another writer added meanwhile is kept. A registration (`lazily`: fileset,
-        file id, file name, data path) waits for `flush` if the database registers lazily."""
+        file id, file name, data path, data size or None) waits for `flush` if the database
+        registers lazily."""
         with self.db._files_lock:
             self._pending.append(change)
             if lazily is not None and self.db.register_lazily:
-                fileset_id, file_id, filename, data_path = lazily
+                fileset_id, file_id, filename, data_path, size = lazily
                 self._pending_filesets.add(fileset_id)
                 self._pending_data.append(data_path)
-                self.db._journal([self.id, fileset_id, file_id, filename, os.path.getsize(data_path)])
+                self.db._journal([self.id, fileset_id, file_id, filename,
+                                  os.path.getsize(data_path) if size is None else size])
                 self.db._dirty.setdefault(self.id, time.monotonic())
                 return
             self._write_pending()

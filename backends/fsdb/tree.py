@@ -332,14 +332,18 @@ class DataFile(File):
                 return self._attr
         return self._stat()
 
-    def _stat(self) -> Attr:
+    def _stat(self, known: os.stat_result | None = None) -> Attr:
+        """Its attributes from the disk (`known`: from its stat already made)."""
         commits = self._commits
-        try:
-            st = self.tree.db.files.stat(self._path())
-        except FileNotFoundError:               # created, not yet closed
-            writer = self.writer
-            return (writer is not None and writer.attr_nowait()) or Attr(FILE_MODE, 0, 0)
-        attr = Attr(FILE_MODE, st.size, st.mtime_ns)
+        if known is not None:
+            attr = Attr(FILE_MODE, known.st_size, known.st_mtime_ns)
+        else:
+            try:
+                st = self.tree.db.files.stat(self._path())
+            except FileNotFoundError:           # created, not yet closed
+                writer = self.writer
+                return (writer is not None and writer.attr_nowait()) or Attr(FILE_MODE, 0, 0)
+            attr = Attr(FILE_MODE, st.size, st.mtime_ns)
         if commits == self._commits:
             self._attr = attr
         return attr
@@ -361,7 +365,7 @@ class DataFile(File):
         self.folder.refresh_attr()              # the temporary file is in it
         return handle
 
-    def temp_handle(self, flags: int, commit) -> TempFileHandle:
+    def temp_handle(self, flags: int, commit) -> FilesetTempHandle:
         """The temporary file a write goes to, handed to `commit` when complete."""
         copy = self._path() if not flags & os.O_TRUNC and os.path.exists(self._path()) else None
         new = self.file.filename is None
@@ -370,10 +374,12 @@ class DataFile(File):
         return FilesetTempHandle(self.folder, self._path(), copy, commit, dirty=new,
                                  durable_later=new and self.tree.db.register_lazily, data=self)
 
-    def _commit(self, finished: str, kernel_wrote_all: bool = False) -> None:
+    def _commit(self, finished: str, kernel_wrote_all: bool = False, written: os.stat_result | None = None) -> None:
         """`kernel_wrote_all`: every byte of the file came through the kernel's writes to a
         new file, so what the kernel holds of it (pages, size; the writes dropped its times)
-        is what the disk has now: it is not told of the file, only of its folder."""
+        is what the disk has now: it is not told of the file, only of its folder.
+        `written`: the finished file's fstat, which gives the journal its size and the node
+        its attributes (a rename keeps both): no stat of its path before or after."""
         with self.tree.lock:
             if self.unlinked_attr is not None:  # unlinked while open: what was written goes with it
                 model._unlink(finished)
@@ -381,11 +387,13 @@ class DataFile(File):
             new = self.file.filename is None
             db, scan = self.tree.db, self.file.fileset.scan
             outside = db.root_changes(), scan._writes       # what changes folders above this one
+            adopted = None
             try:
-                _api_errors(self.file.adopt)(finished, self.name)
+                _api_errors(self.file.adopt)(finished, self.name, size=None if written is None else written.st_size)
+                adopted = written
             finally:
                 self.forget_attr()
-                self._stat()                    # (here: the kernel's next getattr needs no thread)
+                self._stat(adopted)             # (here: the kernel's next getattr needs no thread)
                 # a new file's metadata view appears now (the kernel may hold that name as
                 # missing), and its folder changed, unless the kernel has neither (`cp`)
                 unseen = kernel_wrote_all and new and self.folder.unseen_since_create()
@@ -454,6 +462,10 @@ class FilesetTempHandle(TempFileHandle):
         if data is not None and data.unlinked_attr is not None:
             data.unlinked_attr = data.unlinked_attr._replace(size=size, mtime_ns=time.time_ns())
 
+    def finished_stat(self) -> os.stat_result:
+        """The temporary file's stat (call before it is released)."""
+        return os.fstat(self._fd)
+
     def release(self) -> None:
         try:
             super().release()
@@ -475,7 +487,7 @@ class NewFileHandle(FileHandle):
         self.tree = data.tree
         self._created_ns = created_ns
         self._buffer: bytearray | None = bytearray()
-        self._on_disk: TempFileHandle | None = None
+        self._on_disk: FilesetTempHandle | None = None
         self._written = False                   # by the kernel's writes (or truncates)
         self._lock = threading.Lock()
         data.writer = self
@@ -509,7 +521,7 @@ class NewFileHandle(FileHandle):
         self._written = True
         return len(data)
 
-    def _moved_to_disk(self, committing: bool = False) -> TempFileHandle:
+    def _moved_to_disk(self, committing: bool = False) -> FilesetTempHandle:
         """The temporary file, made and given what was kept (call with the lock held): a
         new file's, holding nothing else (not a file of its name on disk that files.json
         does not name). `committing`: at the flush, whose commit refreshes the folder."""
@@ -542,7 +554,7 @@ class NewFileHandle(FileHandle):
             self._moved_to_disk().truncate(size)
 
     def _commit(self, finished: str) -> None:
-        self.data._commit(finished, kernel_wrote_all=self._written)
+        self.data._commit(finished, kernel_wrote_all=self._written, written=self._on_disk.finished_stat())
 
     def flush(self) -> None:
         with self._lock:

@@ -213,7 +213,11 @@ class PreparedListings:
                 await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
 
     def _prepare(self, folder: Directory) -> bool:
-        """Prepare `folder`'s listing if it is small; False if it is not in memory."""
+        """Prepare `folder`'s listing if it is small; False if it is not in memory. A
+        folder that says it is bigger (`entry_count_nowait`) is not listed for it."""
+        count = folder.entry_count_nowait()
+        if count is not None and count > MAX_ENTRIES:
+            return True
         ino, generation = folder.ino, self._swept()
         rows = self._rows(folder.opendir(), 0, MAX_ENTRIES + 1)
         if rows is None or any(row[3] is None for row in rows):

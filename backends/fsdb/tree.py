@@ -674,7 +674,7 @@ class Folder(Directory):
         tree = self.tree
         if not tree.files_stated():
             tree.learn_after(self, again=True)  # (learned names only so far: files' now)
-        if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
+        if not tree.db.files.remote and self.entry_count_nowait() <= LEARN_AHEAD:
             self.learn(wait=False)
 
     def _learn_attrs(self, rows: list[tuple[str, Node]], files: bool = True) -> int:
@@ -719,10 +719,6 @@ class Folder(Directory):
                     os.close(fd)
         tree.counts["attributes_learned"] += learned
         return learned
-
-    def entry_count(self) -> int:
-        """About how many entries it lists (from memory, at once)."""
-        raise NotImplementedError
 
     def learn_names(self) -> int:
         """Learn the names only the disk knows (a fileset's hidden files)."""
@@ -844,7 +840,7 @@ class RootFolder(Folder):
         with self.tree.lock:
             return self.listing()
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.tree.db.scans)
 
     def mkdir(self, name: str, mode: int) -> Directory:
@@ -909,7 +905,7 @@ class ScanFolder(Folder):
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
         return self._rows(views=None)
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.scan.filesets)
 
     def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
@@ -1027,7 +1023,7 @@ class FilesetFolder(Folder):
                 out += self._rows(False, files[start:start + ROWS_PER_LOCK])
         return out
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.fileset.files)
 
     def listing_nowait(self) -> list[tuple[str, Node]] | None:

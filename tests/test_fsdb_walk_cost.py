@@ -78,3 +78,36 @@ async def test_a_lean_reply_costs_one_python_call_an_entry_at_two_sizes(tmp_path
     per_entry = (big - small) / (2 * 300 - 2 * 30)
     assert per_entry == 1, (small, big)
     assert small - 2 * 30 * per_entry < 50      # (what a reply costs whatever its entries)
+
+
+def python_calls_making_a_fileset(path, files: int) -> int:
+    """Python calls of scopefs's backends for the nodes of a fileset of `files` files, made
+    as the learner makes them ahead of a walk (`rows_in_memory`)."""
+    source = walk_samples.fsdb(path, 1, 1, files)
+    tree = fsdb_tree.open_tree(str(source.path), Options())
+    try:
+        fileset = tree.root.lookup("scan_000").lookup("fileset_0")
+        ours = os.path.dirname(os.path.dirname(fsdb_tree.__file__)) + os.sep
+        calls = itertools.count()
+
+        def count(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename.startswith(ours):
+                next(calls)
+        sys.setprofile(count)
+        try:
+            rows = fileset.rows_in_memory()
+        finally:
+            sys.setprofile(None)
+        assert len({node.ino for _, node in rows}) == 2 * files
+        return next(calls)
+    finally:
+        tree.close()
+
+
+def test_a_filesets_nodes_cost_the_same_few_python_calls_a_file_at_two_sizes(tmp_path):
+    """A file's two nodes (its metadata view's, numbered first, and its data's) cost 4
+    Python calls, their constructors', numbered with the others under one hold of the
+    tree's lock (before: 8.1, each numbered and kept by calls of its own)."""
+    small = python_calls_making_a_fileset(tmp_path / "small", 30)
+    big = python_calls_making_a_fileset(tmp_path / "big", 300)
+    assert 4 <= (big - small) / (300 - 30) < 4.2, (small, big)    # (and 3 calls a ROWS_PER_LOCK files)

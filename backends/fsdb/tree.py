@@ -1037,30 +1037,40 @@ class FilesetFolder(Folder):
         """Its registered files, or those of `files` (views as for `ScanFolder._rows`)."""
         tree = self.tree
         pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
-        nodes, hidden, keep, (scan_id, fileset_id) = tree.nodes, tree.hidden, tree.keep, self._key()
-        out = []
-        for file in self.fileset.files.values() if files is None else files:
-            # (nodes found and made here as by `_data` and `_meta`, with fewer calls: a walk
-            # that stats makes two per file, in the learner's thread)
-            # (a view before its file, its node made first: `rm -r` unlinks it first, in
-            # listing order or by inode, and finds it; after its file it would be gone)
-            meta = None
-            if file.filename:
-                key = ("meta", scan_id, fileset_id, file.id)
-                meta = nodes.get(key) or keep(key, MetaView(tree, file))
-            key = ("data", scan_id, fileset_id, file.id)
-            data = nodes.get(key) or keep(key, DataFile(self, file, pending.get(id(file))))
-            if meta and (not hidden or self.prefix + data.name + META not in hidden):
-                out.append((data.name + META, meta))
-            out.append((data.name, data))
-            if file.filename:
-                if data.name.endswith(".iid") and views is not False:
-                    if views is None:
-                        return None
-                    view = tree.iid_view(file)
-                    if view is not None:
-                        out.append((data.name + VIEW, view))
-        return out
+        nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
+        out, made = [], []                      # (nodes made here: numbered at once, `Tree.add_all`)
+        try:
+            for file in self.fileset.files.values() if files is None else files:
+                # (nodes found and made here as by `_data` and `_meta`, with fewer calls: a walk
+                # makes two per file, in the learner's thread)
+                # (a view before its file, its node made and numbered first: `rm -r` unlinks it
+                # first, in listing order or by inode, and finds it; after its file it is gone)
+                meta = None
+                if file.filename:
+                    key = ("meta", scan_id, fileset_id, file.id)
+                    meta = nodes.get(key)
+                    if meta is None:
+                        meta = nodes[key] = MetaView(tree, file)
+                        made.append(meta)
+                key = ("data", scan_id, fileset_id, file.id)
+                data = nodes.get(key)
+                if data is None:
+                    data = nodes[key] = DataFile(self, file, pending.get(id(file)))
+                    made.append(data)
+                if meta and (not hidden or self.prefix + data.name + META not in hidden):
+                    out.append((data.name + META, meta))
+                out.append((data.name, data))
+                if file.filename:
+                    if data.name.endswith(".iid") and views is not False:
+                        if views is None:
+                            return None
+                        view = tree.iid_view(file)
+                        if view is not None:
+                            out.append((data.name + VIEW, view))
+            return out
+        finally:
+            if made:
+                tree.add_all(made)
 
     def _hidden_names(self) -> list[str]:
         """Its hidden (temporary) files, as last learned (with the tree's lock)."""

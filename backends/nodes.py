@@ -216,6 +216,12 @@ class Directory(Node):
         no I/O and no wait; None otherwise (then `entries` is read in a worker thread)."""
         return None
 
+    def entry_count_nowait(self) -> int | None:
+        """About how many entries it lists, if memory tells without making the listing (no
+        I/O, no wait); None: unknown. A folder too big for what a walker's helper prepares
+        is then not listed for it."""
+        return None
+
     def entry_batch(self, offset: int, count: int) -> list[tuple[int, bytes, int, Attr]] | None:
         """Up to `count` entries from `offset` as (next offset, name as bytes, inode number,
         attributes), for directories of numbered children in a reserved range (`Tree.get`

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: set to 0 to give every listing entry its attributes, also where they need I/O (else
 #: such files are listed without them while no walk stats them: `LeanRule`)
 LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
+#: how the file system's names are encoded (`os.fsencode`, without its call per listed name)
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 #: set to 0 to have readdir answer the empty READDIRPLUS that ends each listing the kernel
 #: caches (else the session loop does: `pyfuse3.readdir_end_at`, the patch)
 READDIR_END_ENV = "SCOPEFS_READDIR_END_IN_SESSION"
@@ -868,34 +871,44 @@ class Operations(pyfuse3.Operations):
             return offset
         base, gone = listing.base, listing.gone
         dirents, dirent = self._dirents, self._dirent
-        reply, fsencode, remember = pyfuse3.readdir_reply, os.fsencode, self._remember
-        while True:
-            rows = nowait(offset, NOWAIT_BATCH)
-            if rows is None:
-                return offset
-            more = len(rows) == NOWAIT_BATCH
-            _check_offsets(base, rows)
-            for position, (next_offset, name, child, attr) in enumerate(rows):
-                if gone and fsencode(name) in gone:
+        reply, reply_name, remember = pyfuse3.readdir_reply, pyfuse3.readdir_reply_name, self._remember
+        lean = []                               # (name, node) given without attributes, noted at once
+        try:
+            while True:
+                rows = nowait(offset, NOWAIT_BATCH)
+                if rows is None:
                     return offset
-                if attr is None:                # (a file to size: `files_unsized`)
-                    if not listing.lean:
-                        return offset           # (a worker thread sizes it)
-                    replied = self._reply_lean(token, listing, name, child, base + next_offset)
-                else:
-                    made = dirents.get(attr) or dirent(attr)
-                    made.st_ino = ino = child.ino
-                    replied = reply(token, fsencode(name), made, base + next_offset)
-                    if replied:
-                        remember(ino, child)
-                        counted.append(ino)
-                if not replied:
-                    self._keep_pending(listing, rows[position:], more, offset)
+                more = len(rows) == NOWAIT_BATCH
+                _check_offsets(base, rows)
+                for position, (next_offset, name, child, attr) in enumerate(rows):
+                    encoded = name.encode(FS_ENCODING, FS_ERRORS)
+                    if gone and encoded in gone:
+                        return offset
+                    if attr is None:            # (a file to size: `files_unsized`)
+                        if not listing.lean:
+                            return offset       # (a worker thread sizes it)
+                        replied = reply_name(token, encoded, child.ino,
+                                             stat.S_IFREG if isinstance(child, File) else _file_type(child),
+                                             base + next_offset)
+                        if replied:
+                            lean.append((name, child))
+                    else:
+                        made = dirents.get(attr) or dirent(attr)
+                        made.st_ino = ino = child.ino
+                        replied = reply(token, encoded, made, base + next_offset)
+                        if replied:
+                            remember(ino, child)
+                            counted.append(ino)
+                    if not replied:
+                        self._keep_pending(listing, rows[position:], more, offset)
+                        return None
+                    offset = next_offset
+                if not more:
+                    self._ended(listing, offset)
                     return None
-                offset = next_offset
-            if not more:
-                self._ended(listing, offset)
-                return None
+        finally:
+            if lean:
+                self._given_lean(listing, lean)
 
     def _keep_pending(self, listing: Listing, rows: list, more: bool, offset: int) -> None:
         """`entries_nowait` rows the kernel's buffer had no room for, from `offset`, kept
@@ -916,9 +929,14 @@ class Operations(pyfuse3.Operations):
         (`readdir_reply_name`); False if the kernel's buffer had no room."""
         if not pyfuse3.readdir_reply_name(token, os.fsencode(name), child.ino, _file_type(child), next_id):
             return False
-        self.counters.lean_entries += 1
-        self.lean_rule.listed_lean(listing.ino, os.fsdecode(name), child)
+        self._given_lean(listing, [(os.fsdecode(name), child)])
         return True
+
+    def _given_lean(self, listing: Listing, given: list) -> None:
+        """(name, node) of `listing`'s files given without their attributes: counted and
+        kept for the folder's first LOOKUP to size (`LeanRule.listed_lean`)."""
+        self.counters.lean_entries += len(given)
+        self.lean_rule.listed_lean(listing.ino, given)
 
     @_guard
     async def readdir(self, fh, start_id, token):

@@ -210,8 +210,9 @@ class LeanRule:
             return False
         return True
 
-    def listed_lean(self, ino: int, name: str, node) -> None:
-        """Folder `ino` was given `name` (of `node`) without its attributes."""
+    def listed_lean(self, ino: int, given: list) -> None:
+        """Folder `ino` was given the names of `given`, (name, node) each, without their
+        attributes (one call a reply: no Python call a name)."""
         unsized = self._watched.get(ino)
         if unsized is None:
             unsized = self._watched[ino] = {}
@@ -220,9 +221,14 @@ class LeanRule:
                 self._full_next = FULL_LISTINGS
             if len(self._watched) > LEAN_WATCHED:
                 self._unsized -= len(self._watched.popitem(last=False)[1])
-        if self._unsized < LEAN_UNSIZED and name not in unsized:
-            unsized[name] = node
-            self._unsized += 1
+        room = LEAN_UNSIZED - self._unsized
+        for name, node in given:
+            if room <= 0:
+                break
+            if name not in unsized:         # (a name kept before keeps its node)
+                unsized[name] = node
+                room -= 1
+        self._unsized = LEAN_UNSIZED - room
 
     def unsized(self, parent: int) -> dict:
         """The files (name -> node) of folder `parent` its lean listings left out, for the

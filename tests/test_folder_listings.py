@@ -74,8 +74,8 @@ def test_lean_rule_answers_a_folders_lookups_from_its_first_until_told_otherwise
     from scopefs.daemon import listings
     rule = listings.LeanRule(entry_timeout=2.0)
     a, b, attr = object(), object(), object()
-    rule.listed_lean(7, "a", a)
-    rule.listed_lean(7, "b", b)
+    rule.listed_lean(7, [("a", a)])
+    rule.listed_lean(7, [("b", b), ("a", object())])       # (a name kept keeps its node)
     assert rule.unsized(7) == {"a": a, "b": b} and rule.unsized(7) == {}
 
     def sized() -> None:
@@ -162,7 +162,7 @@ def test_lean_rule_probes_a_stat_walk_less_often_each_time():
         """A lean listing of a new folder, looked up or not: the full listings that follow."""
         assert rule.lean()
         folder = next(folders)
-        rule.listed_lean(folder, "a.csv", object())
+        rule.listed_lean(folder, [("a.csv", object())])
         for _ in range(LEAN_MISSES if looked_up else 0):
             rule.looked_up(folder)
         full = rule.full_left
@@ -189,7 +189,7 @@ def test_lean_rule_gives_a_folder_dropped_at_a_trip_its_lean_listing_again_until
         assert listing.record(0, batch[:1], True) is False and listing.record(1, batch[1:], False)
         rule.recorded(listing)
         if lean_rows:
-            rule.listed_lean(ino, "n0", batch[0][4])
+            rule.listed_lean(ino, [("n0", batch[0][4])])
         return listing
 
     def trip(*inos):
@@ -216,3 +216,16 @@ def test_lean_rule_gives_a_folder_dropped_at_a_trip_its_lean_listing_again_until
     assert rule.replay(6) is None and rule.replay(7) is not None and rule._rows == 0
     broken = Listing(object(), 5, lean=True, rows=[])
     assert broken.record(3, [(4, b"x", 1, 0, None)], False) is False and broken.rows is None
+
+
+def test_lean_rule_keeps_at_most_lean_unsized_names_however_a_reply_gives_them(monkeypatch):
+    """The names lean replies gave are kept up to LEAN_UNSIZED in all, whether a reply
+    gives one or many (the first of a name kept), and a folder's are given back once."""
+    from scopefs.daemon import listings
+    monkeypatch.setattr(listings, "LEAN_UNSIZED", 5)
+    rule = listings.LeanRule()
+    nodes = [object() for _ in range(8)]
+    rule.listed_lean(1, [("a", nodes[0]), ("a", nodes[1]), ("b", nodes[2])])
+    rule.listed_lean(2, [(f"n{k}", nodes[k]) for k in range(8)])
+    assert rule.unsized(1) == {"a": nodes[0], "b": nodes[2]}
+    assert rule.unsized(2) == {"n0": nodes[0], "n1": nodes[1], "n2": nodes[2]} and rule.unsized(2) == {}

@@ -686,7 +686,7 @@ class Folder(Directory):
         tree = self.tree
         if not tree.files_stated():
             tree.learn_after(self, again=True)  # (learned names only so far: files' now)
-        if not tree.db.files.remote and self.entry_count() <= LEARN_AHEAD:
+        if not tree.db.files.remote and self.entry_count_nowait() <= LEARN_AHEAD:
             self.learn(wait=False)
 
     def _learn_attrs(self, rows: list[tuple[str, Node]], files: bool = True) -> int:
@@ -731,10 +731,6 @@ class Folder(Directory):
                     os.close(fd)
         tree.counts["attributes_learned"] += learned
         return learned
-
-    def entry_count(self) -> int:
-        """About how many entries it lists (from memory, at once)."""
-        raise NotImplementedError
 
     def learn_names(self) -> int:
         """Learn the names only the disk knows (a fileset's hidden files)."""
@@ -856,7 +852,7 @@ class RootFolder(Folder):
         with self.tree.lock:
             return self.listing()
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.tree.db.scans)
 
     def mkdir(self, name: str, mode: int) -> Directory:
@@ -921,7 +917,7 @@ class ScanFolder(Folder):
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
         return self._rows(views=None)
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.scan.filesets)
 
     def _rows(self, views: bool | None) -> list[tuple[str, Node]] | None:
@@ -1039,7 +1035,7 @@ class FilesetFolder(Folder):
                 out += self._rows(False, files[start:start + ROWS_PER_LOCK])
         return out
 
-    def entry_count(self) -> int:
+    def entry_count_nowait(self) -> int:
         return 2 * len(self.fileset.files)
 
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
@@ -1053,30 +1049,40 @@ class FilesetFolder(Folder):
         """Its registered files, or those of `files` (views as for `ScanFolder._rows`)."""
         tree = self.tree
         pending = {id(file): name for name, file in self.pending.items()} if self.pending else {}
-        nodes, hidden, keep, (scan_id, fileset_id) = tree.nodes, tree.hidden, tree.keep, self._key()
-        out = []
-        for file in self.fileset.files.values() if files is None else files:
-            # (nodes found and made here as by `_data` and `_meta`, with fewer calls: a walk
-            # that stats makes two per file, in the learner's thread)
-            # (a view before its file, its node made first: `rm -r` unlinks it first, in
-            # listing order or by inode, and finds it; after its file it would be gone)
-            meta = None
-            if file.filename:
-                key = ("meta", scan_id, fileset_id, file.id)
-                meta = nodes.get(key) or keep(key, MetaView(tree, file))
-            key = ("data", scan_id, fileset_id, file.id)
-            data = nodes.get(key) or keep(key, DataFile(self, file, pending.get(id(file))))
-            if meta and (not hidden or self.prefix + data.name + META not in hidden):
-                out.append((data.name + META, meta))
-            out.append((data.name, data))
-            if file.filename:
-                if data.name.endswith(".iid") and views is not False:
-                    if views is None:
-                        return None
-                    view = tree.iid_view(file)
-                    if view is not None:
-                        out.append((data.name + VIEW, view))
-        return out
+        nodes, hidden, (scan_id, fileset_id) = tree.nodes, tree.hidden, self._key()
+        out, made = [], []                      # (nodes made here: numbered at once, `Tree.add_all`)
+        try:
+            for file in self.fileset.files.values() if files is None else files:
+                # (nodes found and made here as by `_data` and `_meta`, with fewer calls: a walk
+                # makes two per file, in the learner's thread)
+                # (a view before its file, its node made and numbered first: `rm -r` unlinks it
+                # first, in listing order or by inode, and finds it; after its file it is gone)
+                meta = None
+                if file.filename:
+                    key = ("meta", scan_id, fileset_id, file.id)
+                    meta = nodes.get(key)
+                    if meta is None:
+                        meta = nodes[key] = MetaView(tree, file)
+                        made.append(meta)
+                key = ("data", scan_id, fileset_id, file.id)
+                data = nodes.get(key)
+                if data is None:
+                    data = nodes[key] = DataFile(self, file, pending.get(id(file)))
+                    made.append(data)
+                if meta and (not hidden or self.prefix + data.name + META not in hidden):
+                    out.append((data.name + META, meta))
+                out.append((data.name, data))
+                if file.filename:
+                    if data.name.endswith(".iid") and views is not False:
+                        if views is None:
+                            return None
+                        view = tree.iid_view(file)
+                        if view is not None:
+                            out.append((data.name + VIEW, view))
+            return out
+        finally:
+            if made:
+                tree.add_all(made)
 
     def _hidden_names(self) -> list[str]:
         """Its hidden (temporary) files, as last learned (with the tree's lock)."""

@@ -1,0 +1,113 @@
+"""What a cold walk of names costs an FSDB mount per folder, counted (the FSDB backend's
+`listings`: each a pass over a folder's entries), at two sizes: every folder is listed
+once for the kernel; a fileset too big for a prepared reply is not listed to find that
+out, nor listed again to note its subfolders after its reply. Only scans may be listed
+more (small: their prepared replies, tried twice while the learner has not stat'ed
+their filesets yet, and the listing a worker makes then), and the root once more."""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pyfuse3
+import pytest
+import walk_samples
+from conftest import daemon_status
+from scopefs.backends.fsdb import tree as fsdb_tree
+from scopefs.backends.options import Options
+from scopefs.daemon import fs
+from scopefs.daemon.fs import Operations
+
+SCANS, FILES = 2, 13                # a fileset lists 26 entries: more than a prepared reply takes
+
+
+@pytest.mark.parametrize("filesets", [3, 6])
+def test_a_cold_find_lists_each_fsdb_fileset_once(tmp_path, mount, filesets):
+    source = walk_samples.fsdb(tmp_path / "fsdb", SCANS, filesets, FILES)
+    mnt = mount(source.path, *source.options)
+    before = daemon_status(mnt)["work"].get("listings", 0)
+    subprocess.run(["find", "."], cwd=mnt, check=True, capture_output=True)
+    listings = daemon_status(mnt)["work"]["listings"] - before
+    folders = 1 + SCANS + SCANS * filesets
+    assert folders <= listings <= folders + 1 + 3 * SCANS, (listings, folders)
+
+
+async def python_calls_of_a_lean_reply(path, files: int) -> int:
+    """Python calls of scopefs (the daemon's and the tree's) for a lean READDIRPLUS of a
+    fileset of `files` files whose nodes are made, with room for all of it."""
+    source = walk_samples.fsdb(path, 1, 1, files)
+    tree = fsdb_tree.open_tree(str(source.path), Options())
+    try:
+        ops = Operations(tree)
+        fileset = tree.root.lookup("scan_000").lookup("fileset_0")
+        given = []
+
+        def reply_name(token, name, ino, file_type, next_id):
+            given.append(name)
+            return True
+        ours = tuple(os.path.dirname(module.__file__) + os.sep for module in (fs, fsdb_tree))
+        calls = itertools.count()
+
+        def count(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename.startswith(ours):
+                next(calls)
+        fileset.rows_in_memory()                # (its nodes made, as the learner does ahead of a walk)
+        fileset.learn_names()
+        real, pyfuse3.readdir_reply_name = pyfuse3.readdir_reply_name, reply_name
+        sys.setprofile(count)
+        try:
+            await ops.readdir(0, 0, SimpleNamespace(inode=fileset.ino))
+        finally:
+            sys.setprofile(None)
+            pyfuse3.readdir_reply_name = real
+        assert len(given) == 2 * files and ops.counters.lean_entries == 2 * files
+        return next(calls)
+    finally:
+        tree.close()
+
+
+async def test_a_lean_reply_costs_one_python_call_an_entry_at_two_sizes(tmp_path):
+    """An entry of a fileset given without attributes costs one Python call, its node's
+    cached attributes, whatever the fileset's size (before: 4, also its type, a call to
+    reply and one to note it for the folder's first LOOKUP)."""
+    small = await python_calls_of_a_lean_reply(tmp_path / "small", 30)
+    big = await python_calls_of_a_lean_reply(tmp_path / "big", 300)
+    per_entry = (big - small) / (2 * 300 - 2 * 30)
+    assert per_entry == 1, (small, big)
+    assert small - 2 * 30 * per_entry < 50      # (what a reply costs whatever its entries)
+
+
+def python_calls_making_a_fileset(path, files: int) -> int:
+    """Python calls of scopefs's backends for the nodes of a fileset of `files` files, made
+    as the learner makes them ahead of a walk (`rows_in_memory`)."""
+    source = walk_samples.fsdb(path, 1, 1, files)
+    tree = fsdb_tree.open_tree(str(source.path), Options())
+    try:
+        fileset = tree.root.lookup("scan_000").lookup("fileset_0")
+        ours = os.path.dirname(os.path.dirname(fsdb_tree.__file__)) + os.sep
+        calls = itertools.count()
+
+        def count(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename.startswith(ours):
+                next(calls)
+        sys.setprofile(count)
+        try:
+            rows = fileset.rows_in_memory()
+        finally:
+            sys.setprofile(None)
+        assert len({node.ino for _, node in rows}) == 2 * files
+        return next(calls)
+    finally:
+        tree.close()
+
+
+def test_a_filesets_nodes_cost_the_same_few_python_calls_a_file_at_two_sizes(tmp_path):
+    """A file's two nodes (its metadata view's, numbered first, and its data's) cost 4
+    Python calls, their constructors', numbered with the others under one hold of the
+    tree's lock (before: 8.1, each numbered and kept by calls of its own)."""
+    small = python_calls_making_a_fileset(tmp_path / "small", 30)
+    big = python_calls_making_a_fileset(tmp_path / "big", 300)
+    assert 4 <= (big - small) / (300 - 30) < 4.2, (small, big)    # (and 3 calls a ROWS_PER_LOCK files)

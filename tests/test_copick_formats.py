@@ -954,6 +954,37 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     assert per_view <= 12, costs
 
 
+def test_a_folder_listed_ahead_of_a_walker_has_its_views_kept_sizes_in_memory(tmp_path, monkeypatch):
+    """A spacing folder listed ahead of a walker (`MergeAhead`, once the walker listed its
+    run) has its views' kept sizes looked up there and then, no view made: the walker's
+    READDIRPLUS then gives every view with its attributes from memory (no worker call to
+    size them, no LOOKUP of each after a listing without them), for 2 picks files as for
+    20. (Each view's size was looked up only when the walker asked.)"""
+    from scopefs.backends import kept_sizes, open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
+    unsized = {}
+    for picks in (2, 20):
+        first = tree_of_picks_copies(tmp_path / str(picks), picks)
+        first.derive.learner._learn()                   # (every size learned, kept)
+        first.close()
+        project = tmp_path / str(picks)
+        tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+        try:
+            run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+            run.listing(wait=True)                      # (the walker lists the run)
+            ahead = tree.scan_ahead.used
+            listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
+            assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
+            views = [node for _, _, node, info in listing if info is None]
+            assert len(views) == picks * 5 + 2
+            unsized[picks] = sum(node.cached_attr() is None for node in views)
+            assert tree.derive.status()["views_made"] == 0
+        finally:
+            tree.close()
+    assert unsized == {2: 0, 20: 0}, unsized
+
+
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):
     """Reading the picks views of a spacing folder (`tar`, `rsync`, `cat *`) writes each
     text format once for all its picks files and takes each view from there (each view was

@@ -970,6 +970,17 @@ class DerivedFile(File):
             self._told(size)
         return self._kept_attr(self._size)
 
+    def size_if_kept(self) -> None:
+        """Its size looked up where sizes are kept, by a thread listing ahead of a walker
+        (`MergeAhead`): the walker's listing then finds its attributes in memory. A view
+        not kept is left unsized (never rendered here)."""
+        if self._file is None and (kept := self._kept) is not None:
+            self._told(kept.size(self.derived_path.rpartition("/")[2]))
+        elif self._size is None:
+            sized = getattr(self.made(), "size_if_kept", None)
+            if sized is not None:
+                sized()
+
     def open(self, flags: int) -> FileHandle:
         if not writes(flags):
             return self.made().open(flags)
@@ -1328,9 +1339,7 @@ class MergedDir(MergedNode, Directory):
                 return None
             listing = self.scan()
         if self.tree.lists_ahead:
-            upper = self.tree.upper
-            self.tree.scan_ahead.plan([node for _, _, node, info in listing
-                                       if info and node.kind == stat.S_IFDIR and node.source is not upper])
+            self.tree.scan_ahead.plan(self.tree.scan_ahead.subfolders(listing))
         return listing
 
     def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
@@ -1643,7 +1652,10 @@ class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
-    answered in the trio thread.
+    answered in the trio thread. Each listing made plans its own subfolders (a depth-first
+    walker reaches the chunk folders of a zarr store without waiting at each level), and
+    looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the
+    walker finds their attributes in memory too.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1651,9 +1663,24 @@ class MergeAhead(ScanAhead):
     folder not listed keeps its atime. An overlay copy made after the check is a change
     (counted), so that listing is not given."""
 
+    def subfolders(self, listing: list) -> list[MergedDir]:
+        """The folders of a merged listing that may be listed ahead (shown from the static root)."""
+        upper = self.root.upper
+        return [node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR and node.source is not upper]
+
     def _scan(self, node: MergedDir) -> tuple[int, list] | None:
         tree = node.tree
         edits = tree.edits
         if node.place is None or tree.in_overlay(node.rel):
             return None
-        return edits, node.scan(touch=False)
+        listing = node.scan(touch=False)
+        # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
+        # store's chunk folders) is ready before the walker's READDIRPLUS of each
+        self.plan(self.subfolders(listing))
+        for _, name, child, info in listing:
+            if info is None and isinstance(child, DerivedFile):
+                try:
+                    child.size_if_kept()
+                except OSError as exc:          # (the walker's own ask says why)
+                    log.debug("sizing %s/%s ahead: %s", node.rel, name, exc)
+        return edits, listing

@@ -67,9 +67,11 @@ class ScanAhead:
     def plan(self, rels: list[str]) -> None:
         """These directories were just listed: a depth-first walker opens them next, before
         what an earlier plan named."""
-        if not rels:
-            return
         with self._lock:
+            ready = self._ready             # (not again one made, or under way, in time for the walker)
+            rels = [rel for rel in rels if rel not in ready or self._stale(ready[rel][0])]
+            if not rels:
+                return
             self._plan.extendleft(reversed(rels))
             self._planned.update(rels)
             while len(self._plan) > PLAN_LIMIT:

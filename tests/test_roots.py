@@ -91,6 +91,24 @@ def test_a_listing_older_than_the_horizon_is_not_used():
     assert (ahead.used, ahead.unused) == (0, 1)
 
 
+def test_a_listing_under_way_is_waited_for_by_its_future_then_taken_without_waiting():
+    """The trio thread waits for a listing being made ahead without a worker thread of its
+    own (`under_way`: the future and the seconds `take` would wait), then takes it with
+    `take_nowait`; none is under way once it is made, or where none was planned."""
+    root = CountingRoot()
+    root.gate.clear()
+    ahead = ScanAhead(root, threads=1, window=2, horizon=5.0, wait=2.0)
+    ahead.plan(["d0"])
+    future, seconds = ahead.under_way("d0")
+    assert not future.done() and 0 < seconds <= 2.0
+    assert ahead.under_way("d1") is None and ahead.take_nowait("d0") is None
+    root.gate.set()
+    future.result(timeout=5)
+    assert ahead.under_way("d0") is None
+    assert ahead.take_nowait("d0") == {"a": Attr(stat.S_IFREG | 0o644, 2), "b": Attr(stat.S_IFREG | 0o644, 3)}
+    assert (ahead.used, ahead.unused) == (1, 0)
+
+
 def test_a_failed_listing_is_made_again_by_the_caller():
     class Failing(CountingRoot):
         def listdir(self, rel, touch=True):

@@ -1276,6 +1276,14 @@ class _Snapshot:
         self._entries = listing
         return _after(listing, 0)
 
+    def ready_later(self, offset: int) -> tuple | None:
+        """(a `Future`, seconds): once it is done, `entries_ready(offset)` may have the
+        entries (a listing made ahead, under way: `MergeAhead`), worth waiting that long;
+        None if none is under way."""
+        if offset or self.directory.place is None:
+            return None
+        return self.directory.tree.scan_ahead.under_way(self.directory)
+
 
 class MergedDir(MergedNode, Directory):
     """A folder of the merged view. Its attributes, once learnt (a GETATTR, its parent's

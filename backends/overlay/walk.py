@@ -109,6 +109,17 @@ class ScanAhead:
             self._start()
         return self._counted(future.result(), wasted=False)
 
+    def under_way(self, rel: str) -> tuple[Future, float] | None:
+        """(the listing of rel being made ahead, the seconds `take` would wait for it) if
+        one is under way: for a caller that waits without a thread of its own (the trio
+        thread), then takes it with `take_nowait`."""
+        with self._lock:
+            started, future = self._ready.get(rel, (0.0, None))
+        if future is None or future.done():
+            return None
+        left = min(self.horizon, self.wait) - (time.monotonic() - started)
+        return (future, left) if left > 0 else None
+
     def _stale(self, started: float) -> bool:
         """A listing begun at `started` is no longer to be given."""
         return time.monotonic() - started >= self.horizon

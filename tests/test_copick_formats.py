@@ -732,6 +732,18 @@ def tree_of_picks_copies(tmp_path: Path, count: int):
     return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
 
 
+def tree_of_kept_picks_copies(tmp_path: Path, count: int, monkeypatch):
+    """`tree_of_picks_copies` opened again after a tree before it learned and kept every
+    view's size."""
+    from scopefs.backends import kept_sizes, open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
+    first = tree_of_picks_copies(tmp_path, count)
+    first.derive.learner._learn()                       # (every size learned, kept)
+    first.close()
+    return open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
+
+
 def stats_counted(tree) -> list[str]:
     """The paths both roots of `tree` are asked to stat from now on (stat or stat_many)."""
     stated = []
@@ -920,17 +932,10 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     taken 204 times for 20 picks files, 24 for 2). Only the preview's and the MRC view's
     nodes are made (their keys stat their stores)."""
     import gc
-    from scopefs.backends import kept_sizes, open_tree
-    from scopefs.backends.options import Options
-    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
     made = view_nodes_made(monkeypatch)
     costs = {}
     for picks in (2, 20):
-        first = tree_of_picks_copies(tmp_path / str(picks), picks)
-        first.derive.learner._learn()                   # (every size learned, kept)
-        first.close()
-        project = tmp_path / str(picks)
-        tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+        tree = tree_of_kept_picks_copies(tmp_path / str(picks), picks, monkeypatch)
         try:
             spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
             views = [node for _, name, node, _ in spacing.scan() if "." in name and not name.endswith(".zarr")]
@@ -960,16 +965,9 @@ def test_a_folder_listed_ahead_of_a_walker_has_its_views_kept_sizes_in_memory(tm
     READDIRPLUS then gives every view with its attributes from memory (no worker call to
     size them, no LOOKUP of each after a listing without them), for 2 picks files as for
     20. (Each view's size was looked up only when the walker asked.)"""
-    from scopefs.backends import kept_sizes, open_tree
-    from scopefs.backends.options import Options
-    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
     unsized = {}
     for picks in (2, 20):
-        first = tree_of_picks_copies(tmp_path / str(picks), picks)
-        first.derive.learner._learn()                   # (every size learned, kept)
-        first.close()
-        project = tmp_path / str(picks)
-        tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+        tree = tree_of_kept_picks_copies(tmp_path / str(picks), picks, monkeypatch)
         try:
             run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
             run.listing(wait=True)                      # (the walker lists the run)

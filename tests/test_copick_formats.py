@@ -959,28 +959,37 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     assert per_view <= 12, costs
 
 
-def test_a_folder_listed_ahead_of_a_walker_has_its_views_kept_sizes_in_memory(tmp_path, monkeypatch):
+def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory(tmp_path, monkeypatch):
     """A spacing folder listed ahead of a walker (`MergeAhead`, once the walker listed its
-    run) has its views' kept sizes looked up there and then, no view made: the walker's
-    READDIRPLUS then gives every view with its attributes from memory (no worker call to
-    size them, no LOOKUP of each after a listing without them), for 2 picks files as for
-    20. (Each view's size was looked up only when the walker asked.)"""
+    run) while the walk stats what it lists (a view's size asked: `SIZES_WANTED_FOR`) has
+    its views' kept sizes looked up there and then, no view made: the walker's READDIRPLUS
+    then gives every view with its attributes from memory (no worker call to size them, no
+    LOOKUP of each after a listing without them), for 2 picks files as for 20. A `find`,
+    which asks no size, is not kept waiting for them: none is looked up. (Each view's size
+    was looked up only when the walker asked.)"""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
     unsized = {}
     for picks in (2, 20):
-        tree = tree_of_kept_picks_copies(tmp_path / str(picks), picks, monkeypatch)
-        try:
-            run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
-            run.listing(wait=True)                      # (the walker lists the run)
-            ahead = tree.scan_ahead.used
-            listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
-            assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
-            views = [node for _, _, node, info in listing if info is None]
-            assert len(views) == picks * 5 + 2
-            unsized[picks] = sum(node.cached_attr() is None for node in views)
-            assert tree.derive.status()["views_made"] == 0
-        finally:
-            tree.close()
-    assert unsized == {2: 0, 20: 0}, unsized
+        project = tmp_path / str(picks)
+        tree_of_kept_picks_copies(project, picks, monkeypatch).close()
+        for walk in ("find", "du"):
+            tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+            try:
+                run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+                if walk == "du":                        # (a view's size asked, as a stat walk does)
+                    run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
+                run.listing(wait=True)                  # (the walker lists the run)
+                ahead = tree.scan_ahead.used
+                listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
+                assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
+                views = [node for _, _, node, info in listing if info is None]
+                assert len(views) == picks * 5 + 2
+                unsized[walk, picks] = sum(node.cached_attr() is None for node in views)
+                assert tree.derive.status()["views_made"] == 0
+            finally:
+                tree.close()
+    assert unsized == {("find", 2): 12, ("find", 20): 102, ("du", 2): 0, ("du", 20): 0}, unsized
 
 
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):

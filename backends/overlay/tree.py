@@ -49,6 +49,9 @@ MERGED_AHEAD = 64
 #: ... for this long at most where the overlay is watched (else the attribute timeout):
 #: a walk within reaches them, and an `ls` of a big folder holds the window no longer
 MERGED_AHEAD_FOR = 10.0
+#: seconds after a view's size was asked (a walk that stats what it lists) during which a
+#: listing made ahead looks up its views' kept sizes (`MergeAhead`): a `find` asks none
+SIZES_WANTED_FOR = 10.0
 #: "0" in the daemon's environment: no listing is made ahead (`MergeAhead`)
 LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
@@ -172,6 +175,7 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
+        self.size_asked_at = -math.inf      # (monotonic) when a derived view's size was last asked
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -952,6 +956,7 @@ class DerivedFile(File):
         return None if size is None or info is None else Attr(stat.S_IFREG | 0o444, size, info.mtime_ns)
 
     def attr(self) -> Attr:
+        self.tree.size_asked_at = time.monotonic()
         if self._file is None:
             kept = self._kept
             if kept is not None:            # (asked once: a size kept, else the node is made)
@@ -1661,9 +1666,10 @@ class MergeAhead(ScanAhead):
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
     answered in the trio thread. Each listing made plans its own subfolders (a depth-first
-    walker reaches the chunk folders of a zarr store without waiting at each level), and
+    walker reaches the chunk folders of a zarr store without waiting at each level), and,
+    while the walk stats what it lists (a view's size asked within `SIZES_WANTED_FOR`),
     looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the
-    walker finds their attributes in memory too.
+    walker finds their attributes in memory too; a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1685,7 +1691,8 @@ class MergeAhead(ScanAhead):
         # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing))
-        for _, name, child, info in listing:
+        sizes_wanted = time.monotonic() - tree.size_asked_at < SIZES_WANTED_FOR
+        for _, name, child, info in listing if sizes_wanted else ():
             if info is None and isinstance(child, DerivedFile):
                 try:
                     child.size_if_kept()

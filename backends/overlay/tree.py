@@ -1665,8 +1665,9 @@ class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
-    answered in the trio thread. Each listing made plans its own subfolders (a depth-first
-    walker reaches the chunk folders of a zarr store without waiting at each level), and,
+    answered in the trio thread. Each listing made plans its own subfolders, after the
+    walker's (a depth-first walker reaches the chunk folders of a zarr store without
+    waiting at each level), and,
     while the walk stats what it lists (a view's size asked within `SIZES_WANTED_FOR`),
     looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the
     walker finds their attributes in memory too; a `find` does not wait for that.
@@ -1690,7 +1691,7 @@ class MergeAhead(ScanAhead):
         listing = node.scan(touch=False)
         # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
-        self.plan(self.subfolders(listing))
+        self.plan(self.subfolders(listing), deeper=True)
         sizes_wanted = time.monotonic() - tree.size_asked_at < SIZES_WANTED_FOR
         for _, name, child, info in listing if sizes_wanted else ():
             if info is None and isinstance(child, DerivedFile):

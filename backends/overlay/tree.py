@@ -1667,10 +1667,10 @@ class MergeAhead(ScanAhead):
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
     answered in the trio thread. Each listing made plans its own subfolders, after the
     walker's (a depth-first walker reaches the chunk folders of a zarr store without
-    waiting at each level), and,
-    while the walk stats what it lists (a view's size asked within `SIZES_WANTED_FOR`),
-    looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the
-    walker finds their attributes in memory too; a `find` does not wait for that.
+    waiting at each level), and, while the walk stats what it lists (a view's size asked
+    within `SIZES_WANTED_FOR`), looks up its views' kept sizes (`DerivedFile.size_if_kept`:
+    no view made), so that the walker finds their attributes in memory too; a `find` does
+    not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the

@@ -481,6 +481,11 @@ class GeneratedFile(File):
     def cached_attr(self) -> Attr | None:
         return view_attr(self._size, self.mtime_ns)
 
+    def size_if_kept(self) -> None:
+        """Its size taken from the kept sizes, if there (asked ahead of a walker: no content made)."""
+        if self._size is None and self._kept is not None and (size := self._kept.peek()) is not None:
+            self.told(size)
+
     def told(self, size: int) -> None:
         """The kernel was told this size before the node was made (a kept size found
         without it): taken as its own kept size (content of another size is reported),

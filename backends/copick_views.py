@@ -275,6 +275,11 @@ class MrcView(File):
     def cached_attr(self) -> Attr | None:
         return view_attr(self._size, self.mtime_ns)
 
+    def size_if_kept(self) -> None:
+        """Its size taken from the kept sizes, if there (asked ahead of a walker: no volume opened)."""
+        if self._size is None:
+            self._size = self.kept.peek()
+
     def open(self, flags: int) -> FileHandle:
         if writes(flags):
             raise read_only(self.source)

@@ -220,11 +220,15 @@ class KeptSize:
 
     def get(self) -> int | None:
         """The kept size, else None (and `on_miss()`: the view will be made)."""
-        key = self.digest()
-        size = None if key is None else self.sizes.get(key)
+        size = self.peek()
         if size is None and self._on_miss is not None:
             self._on_miss()
         return size
+
+    def peek(self) -> int | None:
+        """The kept size, else None (asked ahead of need: the view may never be made)."""
+        key = self.digest()
+        return None if key is None else self.sizes.get(key)
 
     def learn(self, size: int) -> None:
         key = self.digest()

@@ -644,6 +644,26 @@ class Operations(pyfuse3.Operations):
             with trio.move_on_after(NOTIFY_WAIT):
                 await sent.wait()
 
+    async def _wait_in_loop(self, pending: tuple | None) -> bool:
+        """Wait in the loop for `pending`, (a backend's `concurrent.futures.Future`, the
+        seconds it is worth waiting for), if any: no worker thread waits on it, the thread
+        that completes it wakes the loop. Whether it is done."""
+        if pending is None:
+            return False
+        future, seconds = pending
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(_) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:       # (unmounted meanwhile)
+                pass
+        future.add_done_callback(wake)
+        with trio.move_on_after(seconds):
+            await done.wait()
+        return future.done()
+
     async def _call(self, fn, blocks: bool, **where):
         """`fn` in a worker thread (`_run`) if the backend declared that it may block,
         else right here."""
@@ -973,6 +993,9 @@ class Operations(pyfuse3.Operations):
                     position = 0
                     ready = getattr(listing.reader, "entries_ready", None)
                     ready = ready and ready(offset)
+                    later = None if ready else getattr(listing.reader, "ready_later", None)
+                    if later is not None and await self._wait_in_loop(later(offset)):
+                        ready = listing.reader.entries_ready(offset)
                     batch = ready and self._listing_batch(listing.reader, offset, listing.lean, ready)
                     entries, more = batch or await self._run(self._listing_batch, listing.reader, offset, listing.lean)
                     _check_offsets(base, entries)

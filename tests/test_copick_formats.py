@@ -733,6 +733,18 @@ def tree_of_picks_copies(tmp_path: Path, count: int):
     return open_tree("copick", str(static), Options({"overlay": str(tmp_path / "overlay")}))
 
 
+def tree_of_kept_picks_copies(tmp_path: Path, count: int, monkeypatch):
+    """`tree_of_picks_copies` opened again after a tree before it learned and kept every
+    view's size."""
+    from scopefs.backends import kept_sizes, open_tree
+    from scopefs.backends.options import Options
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
+    first = tree_of_picks_copies(tmp_path, count)
+    first.derive.learner._learn()                       # (every size learned, kept)
+    first.close()
+    return open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
+
+
 def stats_counted(tree) -> list[str]:
     """The paths both roots of `tree` are asked to stat from now on (stat or stat_many)."""
     stated = []
@@ -905,17 +917,10 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     taken 204 times for 20 picks files, 24 for 2). Only the preview's and the MRC view's
     nodes are made (their keys stat their stores)."""
     import gc
-    from scopefs.backends import kept_sizes, open_tree
-    from scopefs.backends.options import Options
-    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (sources just written have an identity)
     made = view_nodes_made(monkeypatch)
     costs = {}
     for picks in (2, 20):
-        first = tree_of_picks_copies(tmp_path / str(picks), picks)
-        first.derive.learner._learn()                   # (every size learned, kept)
-        first.close()
-        project = tmp_path / str(picks)
-        tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+        tree = tree_of_kept_picks_copies(tmp_path / str(picks), picks, monkeypatch)
         try:
             spacing = tree.root.lookup("ExperimentRuns").lookup("TS_001").lookup("VoxelSpacing10.000")
             views = [node for _, name, node, _ in spacing.scan() if "." in name and not name.endswith(".zarr")]
@@ -937,6 +942,39 @@ def test_views_whose_sizes_were_kept_are_sized_together_without_their_nodes(tmp_
     assert big_locks == small_locks, costs              # (once for the picks views, once each for the two others)
     per_view = (big - small) / (18 * 5)
     assert per_view <= 12, costs
+
+
+def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory(tmp_path, monkeypatch):
+    """A spacing folder listed ahead of a walker (`MergeAhead`, once the walker listed its
+    run) while the walk stats what it lists (a view's size asked: `SIZES_WANTED_FOR`) has
+    its views' kept sizes looked up there and then, no view made: the walker's READDIRPLUS
+    then gives every view with its attributes from memory (no worker call to size them, no
+    LOOKUP of each after a listing without them), for 2 picks files as for 20. A `find`,
+    which asks no size, is not kept waiting for them: none is looked up. (Each view's size
+    was looked up only when the walker asked.)"""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    unsized = {}
+    for picks in (2, 20):
+        project = tmp_path / str(picks)
+        tree_of_kept_picks_copies(project, picks, monkeypatch).close()
+        for walk in ("find", "du"):
+            tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+            try:
+                run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+                if walk == "du":                        # (a view's size asked, as a stat walk does)
+                    run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
+                run.listing(wait=True)                  # (the walker lists the run)
+                ahead = tree.scan_ahead.used
+                listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
+                assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
+                views = [node for _, _, node, info in listing if info is None]
+                assert len(views) == picks * 5 + 2
+                unsized[walk, picks] = sum(node.cached_attr() is None for node in views)
+                assert tree.derive.status()["views_made"] == 0
+            finally:
+                tree.close()
+    assert unsized == {("find", 2): 12, ("find", 20): 102, ("du", 2): 0, ("du", 20): 0}, unsized
 
 
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 from scopefs.backends.blocks import GeneratedFile
 from scopefs.backends.kept_sizes import MAGIC, RACY_S, KeptSize, KeptSizes, digest, identity
@@ -102,6 +103,10 @@ def kept_view(sizes, key_of_node, resized: list):
     return make, Attr(stat_.S_IFREG | 0o444, 5, 1), together
 
 
+#: what a `DerivedFile` of these tests tells its tree: when a view's size was asked
+TREE = SimpleNamespace(size_asked_at=0.0)
+
+
 def test_a_view_made_after_its_kept_size_was_told_takes_that_size():
     """A view sized from its listing's kept sizes, then made (opened): its node takes the
     size the kernel was told, not a lookup of its own (its source changed meanwhile: its
@@ -109,7 +114,7 @@ def test_a_view_made_after_its_kept_size_was_told_takes_that_size():
     from scopefs.backends.overlay.tree import DerivedFile
     resized = []
     make, info, together = kept_view(KeptSizes(None), lambda: ("changed",), resized)
-    node = DerivedFile(None, make, info, ("src",), "Picks/view.csv", together)
+    node = DerivedFile(TREE, make, info, ("src",), "Picks/view.csv", together)
     node.ino = 7
     assert node.attr().size == 99
     file = node.made()
@@ -146,7 +151,7 @@ def test_a_kept_size_told_while_the_view_is_made_reaches_its_node():
     def making(info):
         Racing.armed[0] = True
         return make(info)
-    node = Racing(None, making, info, ("src",), "Picks/view.csv", together)
+    node = Racing(TREE, making, info, ("src",), "Picks/view.csv", together)
     node.ino = 7
     file = node.made()
     assert told == [99]

@@ -91,6 +91,24 @@ def test_a_listing_older_than_the_horizon_is_not_used():
     assert (ahead.used, ahead.unused) == (0, 1)
 
 
+def test_a_listing_under_way_is_waited_for_by_its_future_then_taken_without_waiting():
+    """The trio thread waits for a listing being made ahead without a worker thread of its
+    own (`under_way`: the future and the seconds `take` would wait), then takes it with
+    `take_nowait`; none is under way once it is made, or where none was planned."""
+    root = CountingRoot()
+    root.gate.clear()
+    ahead = ScanAhead(root, threads=1, window=2, horizon=5.0, wait=2.0)
+    ahead.plan(["d0"])
+    future, seconds = ahead.under_way("d0")
+    assert not future.done() and 0 < seconds <= 2.0
+    assert ahead.under_way("d1") is None and ahead.take_nowait("d0") is None
+    root.gate.set()
+    future.result(timeout=5)
+    assert ahead.under_way("d0") is None
+    assert ahead.take_nowait("d0") == {"a": Attr(stat.S_IFREG | 0o644, 2), "b": Attr(stat.S_IFREG | 0o644, 3)}
+    assert (ahead.used, ahead.unused) == (1, 0)
+
+
 def test_a_failed_listing_is_made_again_by_the_caller():
     class Failing(CountingRoot):
         def listdir(self, rel, touch=True):
@@ -98,6 +116,58 @@ def test_a_failed_listing_is_made_again_by_the_caller():
     ahead = ScanAhead(Failing(), threads=1, window=2, horizon=5.0)
     ahead.plan(["d0"])
     assert ahead.take("d0") is None
+
+
+def settled(count, still: float = 0.3, timeout: float = 5.0) -> None:
+    """Until `count()` stays the same for `still` seconds."""
+    end, seen, since = time.monotonic() + timeout, count(), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.02)
+        now = count()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return
+
+
+def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):
+    """The folders of a listing made ahead of a walker (`MergeAhead`) are listed ahead in
+    turn, within the window: once the walker has listed the root, a depth-first walk of a
+    deep tree (a zarr store's chunk folders, four levels below a run) finds every folder's
+    listing made, whatever the tree's size, and each folder is listed once. (Only the
+    subfolders of the folders the walker itself listed were: it waited at each level.)"""
+    own, listings = {}, {}
+    for branches in (2, 8):
+        static, upper = tmp_path / f"static{branches}", tmp_path / f"upper{branches}"
+        for b in range(branches):
+            for level in ("", "/0", "/0/0", "/0/0/1"):
+                (static / f"run{b}{level}").mkdir(parents=True, exist_ok=True)
+                (static / f"run{b}{level}" / "chunk").write_bytes(b"x" * b)
+        upper.mkdir()
+        root = LocalRoot(str(static))
+        listed = []
+
+        def counted(rel, touch=True, _listdir=root.listdir):
+            listed.append(rel)
+            return _listdir(rel, touch=touch)
+        root.listdir = counted
+        tree = overlay.OverlayTree(root, LocalRoot(str(upper)))
+        try:
+            stack = [node for _, _, node, _ in tree.root.listing(wait=True) if node.kind == stat.S_IFDIR]
+            settled(lambda: len(listed))
+            own[branches] = 0
+            while stack:
+                folder = stack.pop()
+                listing = folder.listing(wait=False)
+                if listing is None:
+                    own[branches] += 1
+                    listing = folder.listing(wait=True)
+                stack += [node for _, _, node, _ in listing if node.kind == stat.S_IFDIR]
+            listings[branches] = sorted(listed)
+            assert len(listings[branches]) == len(set(listings[branches])) == 4 * branches + 1, listings
+        finally:
+            tree.close()
+    assert own == {2: 0, 8: 0}, own
 
 
 def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(mount: Mounter, tmp_path):

@@ -50,6 +50,9 @@ MERGED_AHEAD = 64
 #: ... for this long at most where the overlay is watched (else the attribute timeout):
 #: a walk within reaches them, and an `ls` of a big folder holds the window no longer
 MERGED_AHEAD_FOR = 10.0
+#: seconds after a view's size was asked (a walk that stats what it lists) during which a
+#: listing made ahead looks up its views' kept sizes (`MergeAhead`): a `find` asks none
+SIZES_WANTED_FOR = 10.0
 #: "0" in the daemon's environment: no listing is made ahead (`MergeAhead`)
 LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
@@ -173,6 +176,7 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
+        self.size_asked_at = -math.inf      # (monotonic) when a derived view's size was last asked
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -955,6 +959,7 @@ class DerivedFile(File):
             file.told(size)
 
     def attr(self) -> Attr:
+        self.tree.size_asked_at = time.monotonic()
         if self._file is None:
             kept = self._kept
             if kept is not None:            # (asked once: a size kept, else the node is made)
@@ -979,6 +984,17 @@ class DerivedFile(File):
         source, and once the node is made)."""
         info = self._info
         return None if info is None else view_attr(self._size, info.mtime_ns)
+
+    def size_if_kept(self) -> None:
+        """Its size looked up where sizes are kept, by a thread listing ahead of a walker
+        (`MergeAhead`): the walker's listing then finds its attributes in memory. A view
+        not kept is left unsized (never rendered here)."""
+        if self._file is None and (kept := self._kept) is not None:
+            self._told(kept.size(self.derived_path.rpartition("/")[2]))
+        elif self._size is None:
+            sized = getattr(self.made(), "size_if_kept", None)
+            if sized is not None:
+                sized()
 
     def open(self, flags: int) -> FileHandle:
         if not writes(flags):
@@ -1275,6 +1291,14 @@ class _Snapshot:
         self._entries = listing
         return _after(listing, 0)
 
+    def ready_later(self, offset: int) -> tuple | None:
+        """(a `Future`, seconds): once it is done, `entries_ready(offset)` may have the
+        entries (a listing made ahead, under way: `MergeAhead`), worth waiting that long;
+        None if none is under way."""
+        if offset or self.directory.place is None:
+            return None
+        return self.directory.tree.scan_ahead.under_way(self.directory)
+
 
 class MergedDir(MergedNode, Directory):
     """A folder of the merged view. Its attributes, once learnt (a GETATTR, its parent's
@@ -1338,9 +1362,7 @@ class MergedDir(MergedNode, Directory):
                 return None
             listing = self.scan()
         if self.tree.lists_ahead:
-            upper = self.tree.upper
-            self.tree.scan_ahead.plan([node for _, _, node, info in listing
-                                       if info and node.kind == stat.S_IFDIR and node.source is not upper])
+            self.tree.scan_ahead.plan(self.tree.scan_ahead.subfolders(listing))
         return listing
 
     def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
@@ -1654,7 +1676,12 @@ class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
     gives it only if no change came since): the walker's READDIRPLUS of such a folder is
-    answered in the trio thread.
+    answered in the trio thread. Each listing made plans its own subfolders, after the
+    walker's (a depth-first walker reaches the chunk folders of a zarr store without
+    waiting at each level), and, while the walk stats what it lists (a view's size asked
+    within `SIZES_WANTED_FOR`), looks up its views' kept sizes (`DerivedFile.size_if_kept`:
+    no view made), so that the walker finds their attributes in memory too; a `find` does
+    not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1662,9 +1689,25 @@ class MergeAhead(ScanAhead):
     folder not listed keeps its atime. An overlay copy made after the check is a change
     (counted), so that listing is not given."""
 
+    def subfolders(self, listing: list) -> list[MergedDir]:
+        """The folders of a merged listing that may be listed ahead (shown from the static root)."""
+        upper = self.root.upper
+        return [node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR and node.source is not upper]
+
     def _scan(self, node: MergedDir) -> tuple[int, list] | None:
         tree = node.tree
         edits = tree.edits
         if node.place is None or tree.in_overlay(node.rel):
             return None
-        return edits, node.scan(touch=False)
+        listing = node.scan(touch=False)
+        # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
+        # store's chunk folders) is ready before the walker's READDIRPLUS of each
+        self.plan(self.subfolders(listing), deeper=True)
+        sizes_wanted = time.monotonic() - tree.size_asked_at < SIZES_WANTED_FOR
+        for _, name, child, info in listing if sizes_wanted else ():
+            if info is None and isinstance(child, DerivedFile):
+                try:
+                    child.size_if_kept()
+                except OSError as exc:          # (the walker's own ask says why)
+                    log.debug("sizing %s/%s ahead: %s", node.rel, name, exc)
+        return edits, listing

@@ -59,21 +59,27 @@ class ScanAhead:
         self.wait = horizon if wait is None else wait       # for one under way, at most
         self._ready: dict[str, tuple[float, Future]] = {}
         self._plan: deque[str] = deque()
-        self._planned: set[str] = set()           # what the plan still holds
+        self._deeper: deque[str] = deque()        # planned by listings made ahead (`plan(deeper=True)`)
+        self._planned: set[str] = set()           # what the plans still hold
         self._lock = threading.Lock()
         self._workers = Workers(threads, "scan-ahead")
         self.used = self.unused = 0               # listings taken / made for nothing
 
-    def plan(self, rels: list[str]) -> None:
+    def plan(self, rels: list[str], deeper: bool = False) -> None:
         """These directories were just listed: a depth-first walker opens them next, before
-        what an earlier plan named."""
-        if not rels:
-            return
+        what an earlier plan named. `deeper`: listed ahead, not by the walker; those are
+        listed only while the walker's own plan is empty and at most half the window waits
+        (the walker's next folders always find room)."""
         with self._lock:
-            self._plan.extendleft(reversed(rels))
+            ready = self._ready             # (not again one made, or under way, in time for the walker)
+            rels = [rel for rel in rels if rel not in ready or self._stale(ready[rel][0])]
+            if not rels:
+                return
+            plan = self._deeper if deeper else self._plan
+            plan.extendleft(reversed(rels))
             self._planned.update(rels)
-            while len(self._plan) > PLAN_LIMIT:
-                self._planned.discard(self._plan.pop())
+            while len(plan) > PLAN_LIMIT:
+                self._planned.discard(plan.pop())
             self._start(purge=True)
 
     def take(self, rel: str) -> dict[str, Attr | None] | None:
@@ -107,6 +113,17 @@ class ScanAhead:
             self._start()
         return self._counted(future.result(), wasted=False)
 
+    def under_way(self, rel: str) -> tuple[Future, float] | None:
+        """(the listing of rel being made ahead, the seconds `take` would wait for it) if
+        one is under way: for a caller that waits without a thread of its own (the trio
+        thread), then takes it with `take_nowait`."""
+        with self._lock:
+            started, future = self._ready.get(rel, (0.0, None))
+        if future is None or future.done():
+            return None
+        left = min(self.horizon, self.wait) - (time.monotonic() - started)
+        return (future, left) if left > 0 else None
+
     def _stale(self, started: float) -> bool:
         """A listing begun at `started` is no longer to be given."""
         return time.monotonic() - started >= self.horizon
@@ -127,8 +144,13 @@ class ScanAhead:
                 if now - started >= self.horizon and future.done():
                     del self._ready[rel]
                     self.unused += 1
-        while self._plan and len(self._ready) < self.window:
-            rel = self._plan.popleft()
+        while len(self._ready) < self.window:
+            if self._plan:
+                rel = self._plan.popleft()
+            elif self._deeper and len(self._ready) < self.window // 2:
+                rel = self._deeper.popleft()
+            else:
+                break
             if rel in self._planned:             # else taken by the walker, or planned twice
                 self._planned.discard(rel)
                 self._ready[rel] = (now, self._workers.submit(self._scan, rel))

@@ -87,14 +87,15 @@ class ListingSnapshot:
             name, node = rows[pos]
             yield pos + 1, name, node, node.cached_attr() if self._attrs else None
 
-    def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
+    def entries_nowait(self, offset: int, count: int, anew: bool = True) -> list[tuple[int, str, Node, Attr]] | None:
         """`Directory.entries_nowait`: for a listing made in memory under `lock`, which is
         only tried; None if it is held, or if an entry's attributes need work (but for
-        files' with `files_unsized`: given as None)."""
+        files' with `files_unsized`: given as None). From 0, the listing is made anew
+        unless `anew` is False (read again as another reader of the snapshot had it)."""
         if self._lock is None or not self._lock.acquire(blocking=False):
             return None
         try:
-            if offset == 0 or self._rows is None:
+            if (offset == 0 and anew) or self._rows is None:
                 rows = self._listing_nowait()
                 if rows is None:
                     return None

@@ -72,7 +72,7 @@ class PreparedListings:
         self._remember, self._give_back = remember, give_back
         self._ends = ends_in_session                # the empty READDIRPLUS after it too
         self._held: OrderedDict[int, tuple[list[int], int, int]] = OrderedDict()   # folder -> (inodes counted, bytes, `made` then)
-        self._replied: deque[tuple[int, int, int]] = deque()    # (folder, offset, entries) answered: `listed`
+        self._replied: deque[tuple[int, int, int, object]] = deque()    # (folder, offset, entries, its reader) answered: `listed`
         self._draining = False                      # a task works through `_replied`
         self._bytes = 0
         if enabled:                                 # (pyfuse3's replies are the module's: none made before is answered)
@@ -113,7 +113,7 @@ class PreparedListings:
             return
         try:
             stop = listing.end if listing.end is not None else listing.offset if listing.pending else None
-            self._replied.append((ino, offset, (stop or offset + 1024) - offset))
+            self._replied.append((ino, offset, (stop or offset + 1024) - offset, listing.reader))
             if len(self._replied) > REPLIES_QUEUED:
                 self._replied.popleft()
                 self.dropped += 1
@@ -132,9 +132,9 @@ class PreparedListings:
         """`listed`'s work, one reply after another, while any is left."""
         try:
             while self._replied:
-                ino, offset, count = self._replied.popleft()
+                ino, offset, count, reader = self._replied.popleft()
                 try:
-                    self._note_subfolders(ino, await self._listed(ino, offset, count))
+                    self._note_subfolders(ino, await self._listed(ino, offset, count, reader))
                     if offset == 0 and ino in self._parents:
                         await self._prepare_after(ino)
                 except Exception:               # (a system task must not raise)
@@ -142,38 +142,33 @@ class PreparedListings:
         finally:
             self._draining = False
 
-    @staticmethod
-    def _rows(reader, offset: int, count: int):
-        """Up to `count` entries of a folder's snapshot `reader` from `offset`, each with
-        its attributes, from memory; None if that needs a wait or I/O."""
-        nowait = getattr(reader, "entries_nowait", None)
-        return nowait(offset, count) if nowait is not None else None
-
-    def _reader(self, ino: int, offset: int):
-        """The snapshot of folder `ino` that its subfolders are read from: one per listing
-        (from offset 0) the kernel reads, not one per batch (a big folder's listing is
-        made once), at most `READERS` folders'."""
-        reader = self._readers.get(ino)
-        if reader is None or offset == 0:
+    def _reader(self, ino: int, answered=None):
+        """The snapshot of folder `ino` that its subfolders are read from: the one the
+        kernel's listing was `answered` from (its offsets; read again, never listed anew:
+        a folder is listed once per listing the kernel reads, however big), else the
+        last one kept, else a new one; at most `READERS` folders'."""
+        reader = answered or self._readers.get(ino)
+        if reader is None:
             directory = self._get(ino)
             if not isinstance(directory, Directory):
                 return None
-            reader = self._readers[ino] = directory.opendir()
-            if len(self._readers) > READERS:
-                self._readers.popitem(last=False)
-        else:
-            self._readers.move_to_end(ino)
+            reader = directory.opendir()
+        self._readers[ino] = reader
+        self._readers.move_to_end(ino)
+        if len(self._readers) > READERS:
+            self._readers.popitem(last=False)
         return reader
 
-    async def _listed(self, ino: int, offset: int, count: int) -> list:
-        """Up to `count` entries of folder `ino` from `offset`, from memory: tried again
-        while a change (or a worker making views) holds the tree, `TRIES` times in all, or
-        twice while other listings are queued (one held up must not hold them all up)."""
-        reader = self._reader(ino, offset)
+    async def _listed(self, ino: int, offset: int, count: int, answered=None) -> list:
+        """Up to `count` entries of folder `ino` from `offset` (of `_reader`), from memory:
+        tried again while a change (or a worker making views) holds the tree, `TRIES`
+        times in all, or twice while other listings are queued (one held up must not hold
+        them all up)."""
+        reader = self._reader(ino, answered)
         if reader is None:
             return []
         tried = 1
-        while (rows := self._rows(reader, offset, count)) is None:
+        while (rows := reader.entries_nowait(offset, count, anew=False)) is None:
             if tried == TRIES or (tried > 1 and self._replied):
                 return []
             await trio.sleep(RETRY_AFTER * 2 ** (tried - 1))
@@ -182,21 +177,26 @@ class PreparedListings:
 
     def _note_subfolders(self, ino: int, rows: list) -> None:
         """Where the subfolders of `ino` among its entries `rows` sit."""
+        self._note(ino, [(child.ino, next_offset) for next_offset, _, child, _ in rows
+                         if isinstance(child, Directory)])
+
+    def _note(self, ino: int, subfolders: list[tuple[int, int]]) -> None:
+        """Subfolders of `ino`, each (inode, offset after it), sit there."""
         parents = self._parents
-        for next_offset, _, child, _ in rows:
-            if isinstance(child, Directory):
-                if len(parents) >= PARENTS_KEPT:
-                    parents.clear()
-                parents[child.ino] = ino, next_offset
+        for child, next_offset in subfolders:
+            if len(parents) >= PARENTS_KEPT:
+                parents.clear()
+            parents[child] = ino, next_offset
 
     async def _prepare_after(self, ino: int) -> None:
         """Prepare the listings of the `AHEAD` subfolders after `ino` in its folder, up to
         the first whose listing is not in memory (a tree that makes what a folder shows
         ahead of a walk, such as the .iid's entry.json, has not come that far)."""
         parent, offset = self._parents[ino]
-        self._swept()                               # (a stale reply is prepared again)
+        rows = await self._listed(parent, offset, AHEAD)
+        generation = self._swept()                  # (a stale reply is prepared again)
         done = 0
-        for _, _, child, _ in await self._listed(parent, offset, AHEAD):
+        for _, _, child, _ in rows:
             if not isinstance(child, Directory):
                 continue
             held = self._held.get(child.ino)
@@ -204,28 +204,36 @@ class PreparedListings:
                 if self.made - held[2] < 2 * AHEAD:
                     continue                        # (prepared by this run or the one before)
                 self._take_back(child.ino)          # (answered long ago, the kernel's copy since dropped)
-            if not self._prepare(child):
+            if not self._prepare(child, generation):
                 await trio.sleep(RETRY_AFTER)       # (a change, or a worker making views, may hold the tree)
-                if not self._prepare(child):
+                if not self._prepare(child, generation := self._swept()):
                     return
             done += 1
             if done % BETWEEN_CHECKPOINTS == 0:
                 await trio.lowlevel.checkpoint()    # (requests answered meanwhile: C or Python)
+                generation = self._swept()
 
-    def _prepare(self, folder: Directory) -> bool:
-        """Prepare `folder`'s listing if it is small; False if it is not in memory."""
-        ino, generation = folder.ino, self._swept()
-        rows = self._rows(folder.opendir(), 0, MAX_ENTRIES + 1)
-        if rows is None or any(row[3] is None for row in rows):
+    def _prepare(self, folder: Directory, generation: int) -> bool:
+        """Prepare `folder`'s listing if it is small, made from what the tree held in
+        `generation` (`_swept` before, on this thread: a change since makes the reply
+        stale); False if it is not in memory. One pass over its entries."""
+        nowait = getattr(folder.opendir(), "entries_nowait", None)
+        rows = nowait(0, MAX_ENTRIES + 1) if nowait is not None else None
+        if rows is None:
             return False
         if not rows or len(rows) > MAX_ENTRIES:
-            return True
-        dirent, fsencode = self._dirent, os.fsencode
-        reply = pyfuse3.readdir_prepared_reply(
-            [(fsencode(name), dirent(attr), child.ino, next_offset) for next_offset, name, child, attr in rows])
+            return all(row[3] is not None for row in rows)
+        dirent, fsencode, entries, subfolders = self._dirent, os.fsencode, [], []
+        for next_offset, name, child, attr in rows:
+            if attr is None:
+                return False
+            entries.append((fsencode(name), dirent(attr), child.ino, next_offset))
+            if isinstance(child, Directory):
+                subfolders.append((child.ino, next_offset))
+        reply = pyfuse3.readdir_prepared_reply(entries)
         if len(reply) > MAX_REPLY:
             return True
-        remember, counted, held = self._remember, [], False
+        ino, remember, counted, held = folder.ino, self._remember, [], False
         try:                                    # (counted before C may send it)
             for _, _, child, _ in rows:
                 remember(child.ino, child)
@@ -239,7 +247,8 @@ class PreparedListings:
         self._held[ino] = counted, len(reply), self.made
         self._bytes += len(reply)
         self.made += 1
-        self._note_subfolders(ino, rows)
+        if subfolders:
+            self._note(ino, subfolders)
         while len(self._held) > KEPT or self._bytes > KEPT_BYTES:
             self._take_back(next(iter(self._held)))
         return True

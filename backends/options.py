@@ -2,6 +2,17 @@
 every backend raises when a source cannot be mounted."""
 from __future__ import annotations
 
+import os
+
+#: "0" in the daemon's environment: nothing is listed or learned ahead of a walker (overlay
+#: and copick listings, FSDB attributes): what a walk finds ready is then not up to the scheduler
+LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
+
+
+def lists_ahead() -> bool:
+    """Whether work may be done ahead of a walker (`LIST_AHEAD_ENV`)."""
+    return os.environ.get(LIST_AHEAD_ENV) != "0"
+
 
 class MountError(Exception):
     """The source cannot be mounted; the message is one line for the user."""

@@ -44,7 +44,7 @@ from ..kernel import LOCAL_FILESYSTEMS, filesystem_type, open_cached
 from ..localfiles import TEMP_SUFFIX, LocalWriteHandle, OSFileHandle, TempFileHandle
 from ..nodes import GRAFT_SHIFT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Tree
 from ..nowait import lookup_attr_nowait, under_lock_nowait
-from ..options import MountError, Options
+from ..options import MountError, Options, lists_ahead
 from .. import is_url, remote, storage
 from . import db as model
 from .ahead import Learner
@@ -1347,7 +1347,7 @@ class FSDBTree(Tree):
         db.register_lazily = not read_only and register_delay > 0
         db.register_delay = register_delay
         self._scan_order: tuple[list, dict[str, int]] | None = None  # the scans, and their places
-        self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote else None
+        self.learner = Learner(self.folders_after, LEARN_AHEAD) if not db.files.remote and lists_ahead() else None
         self._stat_listings = 0                 # listings left that learn files' attributes
         self._stat_period = STAT_WALK_LISTINGS  # listings the next stat walk lasts
         self._name_listings = 0                 # listings since one that learned files

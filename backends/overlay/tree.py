@@ -28,6 +28,7 @@ from collections import OrderedDict
 from ..blocks import view_attr
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
 from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
+from ..options import lists_ahead
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
@@ -53,8 +54,6 @@ MERGED_AHEAD_FOR = 10.0
 #: seconds after a view's size was asked (a walk that stats what it lists) during which a
 #: listing made ahead looks up its views' kept sizes (`MergeAhead`): a `find` asks none
 SIZES_WANTED_FOR = 10.0
-#: "0" in the daemon's environment: no listing is made ahead (`MergeAhead`)
-LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
 
 def _join(rel: str, name: str) -> str:
@@ -162,7 +161,7 @@ class OverlayTree(Tree):
         # where a watch lets made ones wait longer for it (`horizon`, set below)
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
                                      horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
-        self.lists_ahead = os.environ.get(LIST_AHEAD_ENV) != "0"
+        self.lists_ahead = lists_ahead()
         # handles open for writing (their writes change what a listing made ahead shows;
         # their end counts as a change)
         self._writing: weakref.WeakSet[FileHandle] = weakref.WeakSet()

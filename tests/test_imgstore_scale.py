@@ -286,12 +286,14 @@ def test_frames_the_kernel_took_whole_are_not_kept_a_second_time(tmp_path, no_en
         kept = service.encoded.used_bytes // service.size(0)
         assert kept <= reads, f"{kept} frames kept, {reads} read through the daemon"
         assert per_frame < 20, f"{per_frame:.1f} page faults a frame"
+        assert service.encoded.get(50) is None  # (taken whole: not a signpost)
         fresh = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
         try:                                    # one the kernel lost later is made again
             assert tree.frame_node(50).open_nowait(os.O_RDONLY).read(0, 1 << 20) == \
                 imgstore.FrameHandle(fresh.service, 50).read(0, 1 << 20)
         finally:
             fresh.close()
+        assert service.frames_decoded == 101
     finally:
         tree.close()
 

@@ -298,6 +298,33 @@ def test_frames_the_kernel_took_whole_are_not_kept_a_second_time(tmp_path, no_en
         tree.close()
 
 
+def test_frames_the_kernel_refused_are_kept_and_read_from_memory(tmp_path):
+    """A frame the read-ahead could not store in the kernel (refused: a file the kernel
+    does not know and the daemon could not look up, a mount going away) stays in the
+    encoded cache: the reader, who then reads it through the daemon, gets it without a
+    second decode."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    offered: set[int] = set()
+
+    def refuse(ino, data, offset=0, wait=False) -> bool:
+        offered.add(ino - tree.frames_base)
+        return False
+    tree.listen_content(refuse)
+    try:
+        service = tree.service
+        for i in range(40):
+            deadline = time.monotonic() + 5
+            while i > 1 and i not in offered:
+                assert time.monotonic() < deadline, f"frame {i} was not offered"
+                time.sleep(0.002)
+            assert i < 2 or service.encoded.get(i) is not None, f"frame {i} refused, not kept"
+            tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        assert service.frames_decoded == 40
+    finally:
+        tree.close()
+
+
 def _read_in_order_as_tar(tree: imgstore.ImgstoreTree, offered: dict[int, bytes], frames: int) -> int:
     """Read frames 0 to `frames - 1` as `tar` does where the kernel opens files itself:
     the first two (they start the read-ahead), then each frame once it is `offered`, read

@@ -368,13 +368,15 @@ def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_pat
 def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path, monkeypatch, no_encoder_threads):
     """Counted in every thread while a reader goes through the frames as `tar` does
     (signposts only), each frame stored through the daemon's `Notifier.store` (the
-    kernel's side a call): the read-ahead hands frames to its encoders through a plain
-    queue and marks frames being made with a bare lock; an executor's future and an
-    Event per frame (conditions, locks, callbacks) made 74 Python calls a frame, most of
-    them. Then 43 (without the store): the decoder pool's `notify_all` at every frame with
-    nobody waiting, `wait_for` and its predicate, the format's checks and layout lookup at
-    every encoding. Then 42 with the store: locks taken through their Conditions (two
-    calls each) by the store and the decoder pool, 4 times a frame (34 now)."""
+    kernel's side a call), by the decoder's thread (`no_encoder_threads`): the read-ahead
+    marks frames being made with a bare lock; an executor's future and an Event per frame
+    (conditions, locks, callbacks) made 74 Python calls a frame, most of them. Then 43
+    (without the store): the decoder pool's `notify_all` at every frame with nobody
+    waiting, `wait_for` and its predicate, the format's checks and layout lookup at every
+    encoding. Then 42 with the store: locks taken through their Conditions (two calls
+    each) by the store and the decoder pool, 4 times a frame. Then 34 (33.8-34.2), and 33
+    (33.2) with the encoded cache keeping each frame's size: dropping a frame the kernel
+    took no longer sizes it again."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     monkeypatch.setattr(pyfuse3, "notify_store", lambda ino, offset, data: None)

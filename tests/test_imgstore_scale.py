@@ -227,7 +227,7 @@ def no_encoder_threads(monkeypatch):
     """The read-ahead's decoder thread encodes and stores every frame itself, as on two
     CPUs, whatever this machine has: page faults and Python calls a frame, counted, then
     do not depend on its CPUs (`imgstore.encoder_threads`: one per CPU beyond two, each
-    faulting in a heap of its own and adding a hand-off a frame; with 14, 24-30 faults a
+    faulting in a heap of its own and adding a hand-off a frame; with 14, 24-40 faults a
     frame in the tests below, and 38 calls)."""
     monkeypatch.setattr(imgstore, "encoder_threads", lambda: 0)
 

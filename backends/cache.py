@@ -34,10 +34,14 @@ class _Pending:
             pass
 
 
+_ABSENT = (None, 0)         # the (value, size) of a key not cached
+
+
 class ByteCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        # key -> (value, its size): dropping a value takes its size back without sizing it again
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._bytes = 0
         self._pending: dict[Hashable, _Pending] = {}
         self._lock = threading.Lock()
@@ -50,7 +54,7 @@ class ByteCache:
 
     def _hit(self, key: Hashable):
         """The cached value, marked recently used; call with the lock held."""
-        value = self._items.get(key)
+        value, _ = self._items.get(key, _ABSENT)
         if value is not None:
             self._items.move_to_end(key)
             self.hits += 1
@@ -63,23 +67,18 @@ class ByteCache:
     def put(self, key: Hashable, value) -> None:
         size = _size_of(value)
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= _size_of(old)
+            self._bytes -= self._items.pop(key, _ABSENT)[1]
             if size > self.max_bytes:
                 return                      # never cache what would flush everything else
-            self._items[key] = value
+            self._items[key] = value, size
             self._bytes += size
             while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= _size_of(evicted)
+                self._bytes -= self._items.popitem(last=False)[1][1]
 
     def discard(self, key: Hashable) -> None:
         """Forget `key`'s value (kept elsewhere now): its memory is free for the next."""
         with self._lock:
-            value = self._items.pop(key, None)
-            if value is not None:
-                self._bytes -= _size_of(value)
+            self._bytes -= self._items.pop(key, _ABSENT)[1]
 
     def claim(self, key: Hashable) -> bool:
         """Promise to make `key` (True), unless it is cached or being made already.

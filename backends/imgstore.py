@@ -211,11 +211,15 @@ class FrameService:
         return min(64, max(8, READ_AHEAD_BYTES // self._frame_bytes()))
 
     def default_cache_bytes(self, prefetch: int) -> int:
-        """Room for the frames read ahead and those being read (`2 * prefetch + 16`), at
-        least 16 MiB: the kernel's page cache keeps the frames read (keep_cache), so a
-        bigger cache only holds a second copy, and every frame a sequential reader puts
-        into it is new memory until it is full (65 page faults a 320x240 frame with the
-        192 MiB it had)."""
+        """Room for a lead of frames the kernel did not take and those being read
+        (`2 * prefetch + 16`), at least 16 MiB. A frame the kernel took whole is dropped
+        once stored (its page cache keeps it: keep_cache), so this mostly holds signposts,
+        frames a reader came to first and frames between encoding and store; it fills
+        where the kernel refuses the stores (a file it does not know that the daemon could
+        not look up, no mount): the reader reads the lead from here then, and a smaller
+        cache would drop frames before their read (decoded again, for video after a
+        seek). Bigger, every frame put into it is new memory until it is full (65 page
+        faults a 320x240 frame with the 192 MiB it had)."""
         return max(16 * MiB, (2 * prefetch + 16) * self._frame_bytes())
 
     # -- metadata, never decoding (except for formats whose size needs an encoding) ---
@@ -307,8 +311,10 @@ class FrameService:
 
     # -- content ----------------------------------------------------------------------
     def decoded_frame(self, i: int) -> np.ndarray:
-        """Frame i decoded: only ever encoded, once (the encoded cache makes each frame
-        once), so it is not kept."""
+        """Frame i decoded: only ever encoded at once, so it is not kept. The encoded cache
+        makes a frame once while it holds it; a frame the kernel took whole is dropped
+        from it, and decoded again if the kernel later evicted it too (in the reader's
+        thread: for video, on another of its chunk's decoders, after a seek)."""
         self.frames_decoded += 1
         return self.reader.read(i)
 

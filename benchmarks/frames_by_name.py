@@ -10,13 +10,15 @@ benchmark's sample store (tests/walk_samples.py), for every daemon in turn, roun
 round (machines shared with other work: compare counts and CPU side by side, not wall
 time). A daemon is a Python with scopefs installed (a checkout's .venv/bin/python), or a
 scopefs checkout DIR run by the Python running this script (`--daemon-path`: DIR on
-PYTHONPATH as `scopefs`); by default the Python running this script. The daemon's CPU is
-its threads' run time (ns, /proc schedstat), not the 10 ms ticks of /proc/PID/stat.
+PYTHONPATH as `scopefs`, ahead of any PYTHONPATH set); by default the Python running this
+script. The daemon's CPU is its process's CPU-time clock (ns: the run time of all its
+threads, ended ones too), not the 10 ms ticks of /proc/PID/stat.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shlex
@@ -38,15 +40,14 @@ def status(mnt: Path) -> dict:
 
 
 def cpu_s(pid: int) -> float:
-    """The run time of the daemon's threads (those alive now: the read-ahead's and trio's
-    workers live on between reads)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, IndexError):        # (a thread that just ended)
-            pass
-    return total / 1e9
+    """The daemon's CPU time, from its process CPU-time clock (clock_getcpuclockid(3)):
+    threads that ended count too (the run time of those alive alone lost the CPU of trio's
+    workers that ended, idle for 10 s, between two readings)."""
+    clock = ctypes.c_int()                   # (a clockid_t)
+    failed = ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock))
+    if failed:
+        raise OSError(failed, f"clock_getcpuclockid({pid}): {os.strerror(failed)}")
+    return time.clock_gettime_ns(clock.value) / 1e9
 
 
 def readers(frames: int, work: Path) -> dict:
@@ -116,7 +117,8 @@ def main() -> None:
         if link.is_symlink():
             link.unlink()
         link.symlink_to(Path(checkout).resolve())
-        daemons[label] = sys.executable, {**os.environ, "PYTHONPATH": str(path)}
+        daemons[label] = sys.executable, {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, (str(path), os.environ.get("PYTHONPATH"))))}
     daemons = daemons or {"scopefs": (sys.executable, dict(os.environ))}
     store = walk_samples.imgstore(args.work / f"imgstore-{args.frames}", args.frames).path
     print(f"{args.frames:,} frames of 320x240 (MJPEG, served as PNG), per frame:", flush=True)

@@ -222,7 +222,17 @@ def test_frames_read_ahead_are_offered_whole_and_reads_of_signposts_keep_it_goin
         tree.close()
 
 
-def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
+@pytest.fixture
+def no_encoder_threads(monkeypatch):
+    """The read-ahead's decoder thread encodes and stores every frame itself, as on two
+    CPUs, whatever this machine has: page faults and Python calls a frame, counted, then
+    do not depend on its CPUs (`imgstore.encoder_threads`: one per CPU beyond two, each
+    faulting in a heap of its own and adding a hand-off a frame; with 14, 24-40 faults a
+    frame in the tests below, and 38 calls)."""
+    monkeypatch.setattr(imgstore, "encoder_threads", lambda: 0)
+
+
+def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path, no_encoder_threads):
     """Frames read in order must reuse memory, not fault in fresh pages for every frame:
     caches of decoded and encoded frames filling with 192 + 48 MiB did that (65 page
     faults a 320x240 frame on a fresh mount; 113 here, with a copy per read). The cache
@@ -242,17 +252,17 @@ def test_a_sequential_reader_faults_in_no_new_memory_per_frame(tmp_path):
         for i in range(100):                                    # the cache fills
             read(i)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for i in range(100, 300):                               # (each encoder thread's heap settles)
+        for i in range(100, 300):                               # (the decoder thread's heap settles)
             read(i)
         per_frame = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 200
-        # (1 to 9 measured, as the heaps of the threads that allocate frames grow and trim)
+        # (1 to 14 measured, as the heap of the thread that allocates frames grows and trims)
         assert per_frame < 20, f"{per_frame:.1f} page faults a frame ({read(0)} bytes: {read(0) // 4096} pages)"
         assert service.frames_decoded == 300
     finally:
         tree.close()
 
 
-def test_frames_the_kernel_took_whole_are_not_kept_a_second_time(tmp_path):
+def test_frames_the_kernel_took_whole_are_not_kept_a_second_time(tmp_path, no_encoder_threads):
     """A frame the read-ahead stored whole in the kernel's page cache (which keeps it:
     keep_cache) is dropped from the encoded cache, and its memory takes the next frame's
     encoding. Kept, every frame was new memory until that cache was full (144 frames of
@@ -276,12 +286,41 @@ def test_frames_the_kernel_took_whole_are_not_kept_a_second_time(tmp_path):
         kept = service.encoded.used_bytes // service.size(0)
         assert kept <= reads, f"{kept} frames kept, {reads} read through the daemon"
         assert per_frame < 20, f"{per_frame:.1f} page faults a frame"
+        assert service.encoded.get(50) is None  # (taken whole: not a signpost)
         fresh = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "0"}))
         try:                                    # one the kernel lost later is made again
             assert tree.frame_node(50).open_nowait(os.O_RDONLY).read(0, 1 << 20) == \
                 imgstore.FrameHandle(fresh.service, 50).read(0, 1 << 20)
         finally:
             fresh.close()
+        assert service.frames_decoded == 101
+    finally:
+        tree.close()
+
+
+def test_frames_the_kernel_refused_are_kept_and_read_from_memory(tmp_path):
+    """A frame the read-ahead could not store in the kernel (refused: a file the kernel
+    does not know and the daemon could not look up, a mount going away) stays in the
+    encoded cache: the reader, who then reads it through the daemon, gets it without a
+    second decode."""
+    make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=40, chunksize=100)
+    tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
+    offered: set[int] = set()
+
+    def refuse(ino, data, offset=0, wait=False) -> bool:
+        offered.add(ino - tree.frames_base)
+        return False
+    tree.listen_content(refuse)
+    try:
+        service = tree.service
+        for i in range(40):
+            deadline = time.monotonic() + 5
+            while i > 1 and i not in offered:
+                assert time.monotonic() < deadline, f"frame {i} was not offered"
+                time.sleep(0.002)
+            assert i < 2 or service.encoded.get(i) is not None, f"frame {i} refused, not kept"
+            tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
+        assert service.frames_decoded == 40
     finally:
         tree.close()
 
@@ -326,16 +365,18 @@ def test_a_reader_of_small_frames_sends_a_request_every_few_dozen_frames(tmp_pat
     assert reads <= 2 + math.ceil(100 / 32), f"{reads} reads of 100 frames"
 
 
-def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path, monkeypatch):
+def test_the_read_ahead_costs_few_python_calls_a_frame(tmp_path, monkeypatch, no_encoder_threads):
     """Counted in every thread while a reader goes through the frames as `tar` does
     (signposts only), each frame stored through the daemon's `Notifier.store` (the
-    kernel's side a call): the read-ahead hands frames to its encoders through a plain
-    queue and marks frames being made with a bare lock; an executor's future and an
-    Event per frame (conditions, locks, callbacks) made 74 Python calls a frame, most of
-    them. Then 43 (without the store): the decoder pool's `notify_all` at every frame with
-    nobody waiting, `wait_for` and its predicate, the format's checks and layout lookup at
-    every encoding. Then 42 with the store: locks taken through their Conditions (two
-    calls each) by the store and the decoder pool, 4 times a frame (34 now)."""
+    kernel's side a call), by the decoder's thread (`no_encoder_threads`): the read-ahead
+    marks frames being made with a bare lock; an executor's future and an Event per frame
+    (conditions, locks, callbacks) made 74 Python calls a frame, most of them. Then 43
+    (without the store): the decoder pool's `notify_all` at every frame with nobody
+    waiting, `wait_for` and its predicate, the format's checks and layout lookup at every
+    encoding. Then 42 with the store: locks taken through their Conditions (two calls
+    each) by the store and the decoder pool, 4 times a frame. Then 34 (33.8-34.2), and 33
+    (33.2) with the encoded cache keeping each frame's size: dropping a frame the kernel
+    took no longer sizes it again."""
     make_sample(str(tmp_path / "video"), "mjpeg/avi", frames=60, chunksize=100)
     tree = imgstore.open_tree(str(tmp_path / "video"), Options({"prefetch": "8"}))
     monkeypatch.setattr(pyfuse3, "notify_store", lambda ino, offset, data: None)

@@ -556,7 +556,8 @@ def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup
     files by name) is sent again once the daemon stat'ed the file from the mount point's
     folder; never for another error, a file `Tree.path_of` does not name, or a file found
     on another device (then never again); after `stop` nothing is stored, and a stat
-    nobody answers any more is not waited for."""
+    nobody answers any more is not waited for. `store` says whether the kernel took it
+    (the read-ahead then keeps no copy): only after a store sent, at once or again."""
     from scopefs.daemon.fs import Counters, Notifier
 
     (tmp_path / "mnt" / "frames").mkdir(parents=True)
@@ -589,14 +590,15 @@ def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup
     notifier.start()
     notifier.live(os.open(tmp_path, os.O_PATH | os.O_DIRECTORY), "mnt", real_stat(tmp_path / "mnt").st_dev)
     try:
-        notifier.store(10, b"x", wait=True)
-        notifier.store(10, b"x", wait=True)          # (known now: no second stat)
-        notifier.store(11, b"x", wait=True)          # (EINVAL: no stat)
-        notifier.store(12, b"x", wait=True)          # (no path)
+        assert notifier.store(10, b"x", wait=True) is True       # (after the daemon's own lookup)
+        assert notifier.store(10, b"x", wait=True) is True       # (known now: no second stat)
+        assert notifier.store(11, b"x", wait=True) is False      # (EINVAL: no stat)
+        assert notifier.store(12, b"x", wait=True) is False      # (no path)
         assert sent == [10, 10] and located == [10, 12]
         assert counters.lookups_to_store == 1 and counters.stored_ahead == 2
 
-        storing = threading.Thread(target=notifier.store, args=(14, b"x"), kwargs={"wait": True})
+        taken = []
+        storing = threading.Thread(target=lambda: taken.append(notifier.store(14, b"x", wait=True)))
         storing.start()
         assert stalled.wait(10)
         stopped = threading.Thread(target=notifier.stop)
@@ -607,6 +609,7 @@ def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup
         go_on.set()
         storing.join(10)
         assert sent == [10, 10] and notifier._parent is None      # (stopped: not stored; closed)
+        assert taken == [False]
     finally:
         go_on.set()
         notifier.stop()
@@ -616,10 +619,12 @@ def test_a_store_refused_for_want_of_the_inode_is_sent_again_only_after_a_lookup
     notifier.live(os.open(tmp_path, os.O_PATH | os.O_DIRECTORY), "mnt", real_stat(tmp_path / "mnt").st_dev + 1)
     try:
         known.clear()
-        notifier.store(13, b"x", wait=True)          # (found elsewhere: not this mount)
+        assert notifier.store(13, b"x", wait=True) is False      # (found elsewhere: not this mount)
         known.clear()
-        notifier.store(10, b"x", wait=True)          # (never looked up again)
+        assert notifier.store(10, b"x", wait=True) is False      # (never looked up again)
         assert sent == [10, 10] and 10 not in known and notifier._parent is None
+        known.add(13)
+        assert notifier.store(13, b"x") is False     # (the stores' thread sends it later: not known taken here)
     finally:
         notifier.stop()
 

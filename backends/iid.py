@@ -302,9 +302,6 @@ class IIDFolder(ListedDirectory):
     def opendir(self) -> ListingSnapshot:
         return ListingSnapshot(self.listing, lock=self.tree.lock)
 
-    def entries_nowait(self, offset: int, count: int):
-        return self.opendir().entries_nowait(offset, count)
-
 
 class EntryFolder(IIDFolder):
     """One entry (or a new one being made: `entry` is None until it has a mask and an

@@ -24,7 +24,7 @@ runs in a thread if its class sets the flag (because it may block), else on the 
     Directory.lookup, lookup_attr              Directory.lookup_attr_nowait (ABSENT: known
                                                  missing), negative_timeout_of
     Directory.entries, entry_batch (of what    Directory.opendir, and entries_nowait
-      opendir gave)                              (of what opendir gave)
+      opendir gave)                              (of what opendir gave), entry_count_nowait
     Directory.create, mkdir, symlink, mknod,    Directory.mkdir_nowait, create_nowait
       link, unlink, rmdir, rename                (and its open)
     File.open, truncate                        File.open_nowait
@@ -211,15 +211,17 @@ class Directory(Node):
         given where the listing already knows them (a stat saved per entry), else None."""
         raise NotImplementedError
 
-    def entries_nowait(self, offset: int, count: int) -> list[tuple[int, str, Node, Attr]] | None:
+    def entries_nowait(self, offset: int, count: int, anew: bool = True) -> list[tuple[int, str, Node, Attr]] | None:
         """Up to `count` of `entries` from `offset`, each with its attributes, if that needs
-        no I/O and no wait; None otherwise (then `entries` is read in a worker thread)."""
+        no I/O and no wait; None otherwise (then `entries` is read in a worker thread).
+        From 0 a snapshot lists anew unless `anew` is False: then it reads again the listing
+        it gave its reader (the daemon's helpers read a reply's rows after the reply)."""
         return None
 
     def entry_count_nowait(self) -> int | None:
-        """About how many entries it lists, if memory tells without making the listing (no
-        I/O, no wait); None: unknown. A folder too big for what a walker's helper prepares
-        is then not listed for it."""
+        """How many entries it lists, at most (it may over-count, never under-count), if
+        memory tells without making the listing (no I/O, no wait); None: unknown. A folder
+        it says is too big for what a walker's helper prepares is not listed for it."""
         return None
 
     def entry_batch(self, offset: int, count: int) -> list[tuple[int, bytes, int, Attr]] | None:

@@ -520,3 +520,27 @@ async def test_a_prepared_folder_costs_a_few_python_calls_whatever_the_source_si
     big = await python_calls_per_prepared_folder(walk_samples.iid(tmp_path / "big.iid", 3000).path, monkeypatch)
     assert abs(small - big) < 0.1       # (the few EntryAttributes made: as many as the sources' times)
     assert small < 20
+
+
+def test_every_listing_from_memory_can_be_read_again_as_its_reply_had_it():
+    """The preparing task reads a reply's rows again (`entries_nowait(..., anew=False)`):
+    every backend's `entries_nowait` (of a folder, or of what its opendir gives) takes
+    `anew` (one that does not would fail at every reply: prepared listings quietly off)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import scopefs.backends as backends
+    modules = [importlib.import_module(found.name)
+               for found in pkgutil.walk_packages(backends.__path__, backends.__name__ + ".")]
+    readers = {cls for module in modules for cls in vars(module).values()
+               if isinstance(cls, type) and "entries_nowait" in vars(cls)}
+    assert {"Directory", "ListingSnapshot"} <= {cls.__name__ for cls in readers}
+
+    def refuses_anew(cls) -> bool:
+        try:
+            inspect.signature(cls.entries_nowait).bind(None, 0, 1, anew=False)
+        except TypeError:
+            return True
+        return False
+    assert [cls.__qualname__ for cls in readers if refuses_anew(cls)] == []

@@ -475,9 +475,41 @@ def test_refused_requests_raise_typed_errors_that_are_still_ioerrors(trees):
     assert err.value.errno == errno.EEXIST
 
 
+def write_iid(path: Path, entries: int, mtime: int) -> None:
+    from scopefs.formats.iid import IIDFile
+    seg = IIDFile()
+    for i in range(entries):
+        seg.add(np.ones((2, 2), bool), (i, 0, i + 2, 2), address=f"e{i}".encode())
+    seg.save(str(path))
+    os.utime(path, ns=(mtime, mtime))
+
+
+@pytest.mark.parametrize("names_counted", [fsdb_tree.NAMES_COUNTED, 0])
+def test_a_folder_never_says_it_lists_fewer_entries_than_it_does(tmp_path, monkeypatch, names_counted):
+    """`entry_count_nowait` may over-count, never under-count (a folder it says is small
+    enough is listed whole on the loop): an .iid file is listed with its `.view` too, and a
+    fileset's hidden files with its files (its names looked through, or not)."""
+    monkeypatch.setattr(fsdb_tree, "NAMES_COUNTED", names_counted)
+    path = make_db(tmp_path / "db", 1)
+    db = FSDB(str(path))
+    db.connect()
+    write_iid(tmp_path / "cells.iid", 1, 10**18)
+    db.get_scan("scan").get_fileset("other").create_file("cells").import_file(str(tmp_path / "cells.iid"))
+    db.disconnect()
+    Path(path, "scan", "other", ".cells.iid.swp").touch()       # (an editor's, say)
+    tree = fsdb_tree.open_tree(str(path), Options())
+    try:
+        scan = tree.root.lookup("scan")
+        for folder in (tree.root, scan, scan.lookup("images"), scan.lookup("other")):
+            listed = [name for _, name, _, _ in folder.opendir().entries(0)]
+            assert folder.entry_count_nowait() >= len(listed), listed
+        assert {"cells.iid.view", ".cells.iid.swp"} <= set(listed)
+    finally:
+        tree.close()
+
+
 def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_path, monkeypatch):
     from scopefs.backends import iid
-    from scopefs.formats.iid import IIDFile
     opened = set()
     make, close = iid.open_tree, iid.IIDTree.close
 
@@ -492,12 +524,6 @@ def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_pat
     monkeypatch.setattr(iid, "open_tree", counting_open_tree)
     monkeypatch.setattr(iid.IIDTree, "close", counting_close)
 
-    def write_iid(path: Path, entries: int, mtime: int) -> None:
-        seg = IIDFile()
-        for i in range(entries):
-            seg.add(np.ones((2, 2), bool), (i, 0, i + 2, 2), address=f"e{i}".encode())
-        seg.save(str(path))
-        os.utime(path, ns=(mtime, mtime))
     def entries(view) -> int:
         return sum(name.startswith("0000") for _, name, _, _ in view.entries(0))
     path = make_db(tmp_path / "db", 1)

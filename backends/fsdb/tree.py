@@ -70,6 +70,9 @@ MAX_STAT_WALK_LISTINGS = 4096
 UNLEARNED, LEARNED_NAMES, LEARNED_FILES = 0, 1, 2
 #: files whose nodes the learner makes under one hold of the tree's lock
 ROWS_PER_LOCK = 32
+#: files of a fileset whose names `FilesetFolder.entry_count_nowait` looks through (on the
+#: daemon's loop); in a bigger fileset each counts as an .iid (an over-count)
+NAMES_COUNTED = 64
 #: a new file written up to this size is kept in memory until its close commits it; all
 #: such files together up to NEW_FILES_BYTES (beyond, they go to a temporary file at once)
 NEW_FILE_BYTES = 1 << 20
@@ -648,6 +651,10 @@ class Folder(Directory):
         """The entries of `listing` that memory holds, views left out (it takes the lock)."""
         raise NotImplementedError
 
+    def entry_count_nowait(self) -> int:
+        """`Directory.entry_count_nowait`, always known here (the learner budgets with it)."""
+        raise NotImplementedError
+
     @property
     def learned(self) -> bool:
         """Whether what its listing needs is in memory: the attributes of its folders, and
@@ -1036,7 +1043,14 @@ class FilesetFolder(Folder):
         return out
 
     def entry_count_nowait(self) -> int:
-        return 2 * len(self.fileset.files)
+        """Two entries a file (it and its metadata view), a third an .iid (its `.view`),
+        and its hidden files as last learned (`learn_names`: until then it is not listed
+        from memory)."""
+        files = len(self.fileset.files)
+        iids = files if files > NAMES_COUNTED else sum(
+            (file.filename or "").endswith(".iid") for file in list(self.fileset.files.values()))
+        iids += sum(name.endswith(".iid") for name in list(self.pending))      # (named so until closed)
+        return 2 * files + iids + len(self._hidden or ())
 
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
         hidden = self._hidden

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import stat
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from ..backends.blocks import BytesHandle
 from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
                               Symlink, Tree, writes)
 from .control import CONTROL_NAME
-from .listings import FolderListings, LeanRule, Listing, POSITION_MASK
+from .listings import FS_ENCODING, FS_ERRORS, FolderListings, LeanRule, Listing, POSITION_MASK
 from .prepared import PREPARED_ENV, PreparedListings
 from .replies import ThreadReplies
 from .unopened import UnopenedFiles
@@ -66,8 +65,6 @@ KERNEL_OPEN_ENV = "SCOPEFS_KERNEL_OPEN"
 #: set to 0 to give every listing entry its attributes, also where they need I/O (else
 #: such files are listed without them while no walk stats them: `LeanRule`)
 LEAN_LISTINGS_ENV = "SCOPEFS_LEAN_LISTINGS"
-#: how the file system's names are encoded (`os.fsencode`, without its call per listed name)
-FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 #: set to 0 to have readdir answer the empty READDIRPLUS that ends each listing the kernel
 #: caches (else the session loop does: `pyfuse3.readdir_end_at`, the patch)
 READDIR_END_ENV = "SCOPEFS_READDIR_END_IN_SESSION"
@@ -907,6 +904,7 @@ class Operations(pyfuse3.Operations):
                     if attr is None:            # (a file to size: `files_unsized`)
                         if not listing.lean:
                             return offset       # (a worker thread sizes it)
+                        # (`_file_type`, without its call for a file: most of a lean listing)
                         replied = reply_name(token, encoded, child.ino,
                                              stat.S_IFREG if isinstance(child, File) else _file_type(child),
                                              base + next_offset)
@@ -940,7 +938,7 @@ class Operations(pyfuse3.Operations):
             if attr is None and not listing.lean:
                 more = True
                 break
-            pending.append((next_offset, os.fsencode(name), child.ino,
+            pending.append((next_offset, name.encode(FS_ENCODING, FS_ERRORS), child.ino,
                             _file_type(child) if attr is None else dirents.get(attr) or dirent(attr), child))
         listing.pending, listing.position, listing.more, listing.offset = pending, 0, more, offset
 

@@ -15,12 +15,15 @@ read listings go.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+#: how the file system's names are encoded (`os.fsencode`, without its call per listed name)
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 #: low bits of an offset given to the kernel: the backend's own offset (a position)
 POSITION_BITS = 32
 POSITION_MASK = (1 << POSITION_BITS) - 1

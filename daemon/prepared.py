@@ -22,7 +22,6 @@ answered; held ones are taken back at the next preparation.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict, deque
 from typing import Callable
 
@@ -30,6 +29,7 @@ import pyfuse3
 import trio
 
 from ..backends.nodes import Directory
+from .listings import FS_ENCODING, FS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ TRIES = 8
 RETRY_AFTER = 0.001
 #: folders whose snapshots are kept to prepare their subfolders from
 READERS = 16
-#: listings answered whose subfolders wait to be noted, at most (the oldest dropped)
+#: listings answered whose subfolders wait to be noted, at most (the oldest dropped); each
+#: holds its reader (the folder's listing) until noted: more listings than `READERS` may be
+#: held while the queue drains
 REPLIES_QUEUED = 256
 #: prepared folders between two points where the preparing task lets requests be answered
 BETWEEN_CHECKPOINTS = 16
@@ -161,7 +163,7 @@ class PreparedListings:
         kernel's listing was `answered` from (its offsets; read again, never listed anew:
         a folder is listed once per listing the kernel reads, however big), else the
         last one kept, else a new one; at most `READERS` folders'."""
-        reader = answered or self._readers.get(ino)
+        reader = answered if answered is not None else self._readers.get(ino)
         if reader is None:
             directory = self._get(ino)
             if not isinstance(directory, Directory):
@@ -230,8 +232,9 @@ class PreparedListings:
     def _prepare(self, folder: Directory, generation: int) -> bool:
         """Prepare `folder`'s listing if it is small, made from what the tree held in
         `generation` (`_swept` before, on this thread: a change since makes the reply
-        stale); False if it is not in memory. One pass over its entries. A folder that
-        says it is bigger (`entry_count_nowait`) is not listed for it."""
+        stale); False if it is not in memory. Its entries are read twice: encoded, then
+        counted as lookups once the reply fits. A folder that says it may be bigger
+        (`entry_count_nowait`, which never under-counts) is not listed for it."""
         count = folder.entry_count_nowait()
         if count is not None and count > MAX_ENTRIES:
             return True
@@ -241,11 +244,11 @@ class PreparedListings:
             return False
         if not rows or len(rows) > MAX_ENTRIES:
             return all(row[3] is not None for row in rows)
-        dirent, fsencode, entries, subfolders = self._dirent, os.fsencode, [], []
+        dirent, entries, subfolders = self._dirent, [], []
         for next_offset, name, child, attr in rows:
             if attr is None:
                 return False
-            entries.append((fsencode(name), dirent(attr), child.ino, next_offset))
+            entries.append((name.encode(FS_ENCODING, FS_ERRORS), dirent(attr), child.ino, next_offset))
             if isinstance(child, Directory):
                 subfolders.append((child.ino, next_offset))
         reply = pyfuse3.readdir_prepared_reply(entries)

@@ -544,3 +544,21 @@ def test_every_listing_from_memory_can_be_read_again_as_its_reply_had_it():
             return True
         return False
     assert [cls.__qualname__ for cls in readers if refuses_anew(cls)] == []
+
+
+def test_subfolders_are_read_from_the_snapshot_a_reply_came_from_even_an_empty_one():
+    """The snapshot a listing was answered from is the one its subfolders are read from
+    (its offsets), whatever its truth value (an empty sequence is one), never a new one."""
+    from scopefs.backends.nodes import Directory
+    from scopefs.daemon.prepared import PreparedListings
+
+    class EmptySnapshot(list):
+        def entries_nowait(self, offset, count, anew=True):
+            return []
+
+    class Folder(Directory):
+        def opendir(self):
+            raise AssertionError("listed anew")
+    prepared = PreparedListings(False, lambda ino: Folder(), None, None, None, False)
+    answered = EmptySnapshot()
+    assert prepared._reader(5, answered) is answered

@@ -484,18 +484,24 @@ def write_iid(path: Path, entries: int, mtime: int) -> None:
     os.utime(path, ns=(mtime, mtime))
 
 
-@pytest.mark.parametrize("names_counted", [fsdb_tree.NAMES_COUNTED, 0])
-def test_a_folder_never_says_it_lists_fewer_entries_than_it_does(tmp_path, monkeypatch, names_counted):
-    """`entry_count_nowait` may over-count, never under-count (a folder it says is small
-    enough is listed whole on the loop): an .iid file is listed with its `.view` too, and a
-    fileset's hidden files with its files (its names looked through, or not)."""
-    monkeypatch.setattr(fsdb_tree, "NAMES_COUNTED", names_counted)
+def make_db_with_an_iid(tmp_path: Path) -> Path:
+    """A database (`make_db`) whose fileset "other" also holds cells.iid, of one entry."""
     path = make_db(tmp_path / "db", 1)
     db = FSDB(str(path))
     db.connect()
     write_iid(tmp_path / "cells.iid", 1, 10**18)
     db.get_scan("scan").get_fileset("other").create_file("cells").import_file(str(tmp_path / "cells.iid"))
     db.disconnect()
+    return path
+
+
+@pytest.mark.parametrize("names_counted", [fsdb_tree.NAMES_COUNTED, 0])
+def test_a_folder_never_says_it_lists_fewer_entries_than_it_does(tmp_path, monkeypatch, names_counted):
+    """`entry_count_nowait` may over-count, never under-count (a folder it says is small
+    enough is listed whole on the loop): an .iid file is listed with its `.view` too, and a
+    fileset's hidden files with its files (its names looked through, or not)."""
+    monkeypatch.setattr(fsdb_tree, "NAMES_COUNTED", names_counted)
+    path = make_db_with_an_iid(tmp_path)
     Path(path, "scan", "other", ".cells.iid.swp").touch()       # (an editor's, say)
     tree = fsdb_tree.open_tree(str(path), Options())
     try:
@@ -526,12 +532,7 @@ def test_a_view_of_a_rewritten_file_is_closed_once_the_kernel_lets_it_go(tmp_pat
 
     def entries(view) -> int:
         return sum(name.startswith("0000") for _, name, _, _ in view.entries(0))
-    path = make_db(tmp_path / "db", 1)
-    db = FSDB(str(path))
-    db.connect()
-    write_iid(tmp_path / "cells.iid", 1, 10**18)
-    db.get_scan("scan").get_fileset("other").create_file("cells").import_file(str(tmp_path / "cells.iid"))
-    db.disconnect()
+    path = make_db_with_an_iid(tmp_path)
     tree = fsdb_tree.open_tree(str(path), Options())
     try:
         folder = tree.root.lookup("scan").lookup("other")

@@ -753,6 +753,23 @@ def patient(tree):
     return tree
 
 
+def reopened(project: Path):
+    """The tree of `project` opened again (after `tree_of_kept_picks_copies`), `patient`."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    return patient(open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")})))
+
+
+def run_listed(tree, stats: bool):
+    """The run of `tree`, listed by a walker that stats what it lists (a view's size asked
+    first: `du`) or not (`find`)."""
+    run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+    if stats:
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
+    run.listing(wait=True)
+    return run
+
+
 def made_ahead(tree, folder) -> None:
     """Until the listing of `folder` being made ahead, if one is, is made."""
     pending = tree.scan_ahead.under_way(folder)
@@ -967,19 +984,14 @@ def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory
     LOOKUP of each after a listing without them), for 2 picks files as for 20. A `find`,
     which asks no size, is not kept waiting for them: none is looked up. (Each view's size
     was looked up only when the walker asked.)"""
-    from scopefs.backends import open_tree
-    from scopefs.backends.options import Options
     unsized = {}
     for picks in (2, 20):
         project = tmp_path / str(picks)
         tree_of_kept_picks_copies(project, picks, monkeypatch).close()
         for walk in ("find", "du"):
-            tree = patient(open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")})))
+            tree = reopened(project)
             try:
-                run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
-                if walk == "du":                        # (a view's size asked, as a stat walk does)
-                    run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
-                run.listing(wait=True)                  # (the walker lists the run)
+                run = run_listed(tree, stats=walk == "du")
                 ahead = tree.scan_ahead.used
                 listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
                 assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
@@ -998,19 +1010,13 @@ def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats(tmp_path, m
     so that the listings made after it are sized ahead too, however long the walk; a `find`
     never starts it. (Only a view's own size asked did: 10 s into a long `du` its listings
     came unsized, and it went back to a LOOKUP and a worker call per view.)"""
-    from scopefs.backends import open_tree
-    from scopefs.backends.options import Options
     from scopefs.backends.overlay import tree as overlay_tree
     tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
     wanted = {}
     for walk in ("find", "du"):
-        tree = patient(open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")})))
+        tree = reopened(tmp_path)
         try:
-            run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
-            if walk == "du":                            # (a view's size asked, as a stat walk does)
-                run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
-            run.listing(wait=True)                      # (the walker lists the run)
-            spacing = run.lookup("VoxelSpacing10.000")
+            spacing = run_listed(tree, stats=walk == "du").lookup("VoxelSpacing10.000")
             made_ahead(tree, spacing)
             tree.size_asked_at = -math.inf              # (the window since that ask ran out)
             assert spacing.listing(wait=False) is not None
@@ -1024,8 +1030,6 @@ def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, mon
     """A view whose kept size a listing made ahead fails to look up, with any error (its
     source gone: an AttributeError), is left alone: the listing is still given, its other
     views sized. (The whole listing failed, again at every plan.)"""
-    from scopefs.backends import open_tree
-    from scopefs.backends.options import Options
     from scopefs.backends.overlay import tree as overlay_tree
     tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
     failed = []
@@ -1036,12 +1040,9 @@ def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, mon
             raise AttributeError("'NoneType' object has no attribute 'mtime_ns'")
         _sized(self)
     monkeypatch.setattr(overlay_tree.DerivedFile, "size_if_kept", size_if_kept)
-    tree = patient(open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")})))
+    tree = reopened(tmp_path)
     try:
-        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
-        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()       # (a walk that stats)
-        run.listing(wait=True)
-        spacing = run.lookup("VoxelSpacing10.000")
+        spacing = run_listed(tree, stats=True).lookup("VoxelSpacing10.000")
         made_ahead(tree, spacing)
         listing = spacing.listing(wait=False)
         assert listing is not None

@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 
 #: "0" in the daemon's environment: nothing is listed or learned ahead of a walker (overlay
-#: and copick listings, FSDB attributes): what a walk finds ready is then not up to the scheduler
+#: and copick listings, FSDB attributes): what a walk finds ready is then not up to the scheduler;
+#: a number: the seconds a walker waits for a listing under way (`list_ahead_wait`)
 LIST_AHEAD_ENV = "SCOPEFS_LIST_AHEAD"
 
 
 def lists_ahead() -> bool:
-    """Whether work may be done ahead of a walker (`LIST_AHEAD_ENV`)."""
+    """Whether work may be done ahead of a walker (`LIST_AHEAD_ENV`: "0", none)."""
     return os.environ.get(LIST_AHEAD_ENV) != "0"
+
+
+def list_ahead_wait(default: float) -> float:
+    """The seconds a walker waits at most for a listing being made ahead: `LIST_AHEAD_ENV`
+    where it is a number of them (tests on a loaded machine), else `default`."""
+    try:
+        return float(os.environ.get(LIST_AHEAD_ENV, ""))
+    except ValueError:
+        return default
 
 
 class MountError(Exception):

@@ -101,6 +101,7 @@ class Counters:
     thread_replies: int = 0         # FLUSHes answered by their worker thread (the loop not woken)
     lookups_of_held: int = 0        # LOOKUPs of names whose inodes the kernel held (it revalidated)
     inodes_forgotten: int = 0       # FORGET entries: inodes the kernel let go (dentries reclaimed or dropped)
+    readdirs_waited: int = 0        # READDIRPLUSes that waited in the loop for a listing made ahead
 
 
 class Notifier:
@@ -647,6 +648,7 @@ class Operations(pyfuse3.Operations):
         that completes it wakes the loop. Whether it is done."""
         if pending is None:
             return False
+        self.counters.readdirs_waited += 1
         future, seconds = pending
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
@@ -1488,6 +1490,7 @@ class Operations(pyfuse3.Operations):
                       files_held_by_inode=len(self.unopened),
                       notify_waits=c.notify_waits, lookup_requests=c.lookups,
                       lookups_of_held_inodes=c.lookups_of_held, inodes_forgotten=c.inodes_forgotten,
+                      readdirs_waited_in_loop=c.readdirs_waited,
                       flushes_answered_by_thread=c.thread_replies,
                       lean_entries=c.lean_entries, lean_rule_trips=self.lean_rule.trips,
                       lean_lookups_answered=self.lean_rule.answered,

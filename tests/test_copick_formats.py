@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -745,6 +746,37 @@ def tree_of_kept_picks_copies(tmp_path: Path, count: int, monkeypatch):
     return open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
 
 
+def patient(tree):
+    """`tree`, its listings made ahead given whenever the walker comes and waited for as
+    long as they take (a loaded machine makes none too old)."""
+    tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
+    return tree
+
+
+def reopened(project: Path):
+    """The tree of `project` opened again (after `tree_of_kept_picks_copies`), `patient`."""
+    from scopefs.backends import open_tree
+    from scopefs.backends.options import Options
+    return patient(open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")})))
+
+
+def run_listed(tree, stats: bool):
+    """The run of `tree`, listed by a walker that stats what it lists (a view's size asked
+    first: `du`) or not (`find`)."""
+    run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+    if stats:
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
+    run.listing(wait=True)
+    return run
+
+
+def made_ahead(tree, folder) -> None:
+    """Until the listing of `folder` being made ahead, if one is, is made."""
+    pending = tree.scan_ahead.under_way(folder)
+    if pending is not None:
+        pending[0].result(timeout=60)
+
+
 def stats_counted(tree) -> list[str]:
     """The paths both roots of `tree` are asked to stat from now on (stat or stat_many)."""
     stated = []
@@ -952,19 +984,14 @@ def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory
     LOOKUP of each after a listing without them), for 2 picks files as for 20. A `find`,
     which asks no size, is not kept waiting for them: none is looked up. (Each view's size
     was looked up only when the walker asked.)"""
-    from scopefs.backends import open_tree
-    from scopefs.backends.options import Options
     unsized = {}
     for picks in (2, 20):
         project = tmp_path / str(picks)
         tree_of_kept_picks_copies(project, picks, monkeypatch).close()
         for walk in ("find", "du"):
-            tree = open_tree("copick", str(project / "static"), Options({"overlay": str(project / "overlay")}))
+            tree = reopened(project)
             try:
-                run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
-                if walk == "du":                        # (a view's size asked, as a stat walk does)
-                    run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
-                run.listing(wait=True)                  # (the walker lists the run)
+                run = run_listed(tree, stats=walk == "du")
                 ahead = tree.scan_ahead.used
                 listing = run.lookup("VoxelSpacing10.000").listing(wait=True)
                 assert tree.scan_ahead.used == ahead + 1    # (the listing made ahead)
@@ -975,6 +1002,78 @@ def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory
             finally:
                 tree.close()
     assert unsized == {("find", 2): 12, ("find", 20): 102, ("du", 2): 0, ("du", 20): 0}, unsized
+
+
+def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats(tmp_path, monkeypatch):
+    """A `du` that finds its views' sizes in listings made ahead asks the daemon no view's
+    size, yet each such listing it is given counts as its ask (`OverlayTree.sizes_wanted`),
+    so that the listings made after it are sized ahead too, however long the walk; a `find`
+    never starts it. (Only a view's own size asked did: 10 s into a long `du` its listings
+    came unsized, and it went back to a LOOKUP and a worker call per view.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    wanted = {}
+    for walk in ("find", "du"):
+        tree = reopened(tmp_path)
+        try:
+            spacing = run_listed(tree, stats=walk == "du").lookup("VoxelSpacing10.000")
+            made_ahead(tree, spacing)
+            tree.size_asked_at = -math.inf              # (the window since that ask ran out)
+            assert spacing.listing(wait=False) is not None
+            wanted[walk] = time.monotonic() - tree.size_asked_at < overlay_tree.SIZES_WANTED_FOR
+        finally:
+            tree.close()
+    assert wanted == {"find": False, "du": True}, wanted
+
+
+def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, monkeypatch):
+    """A view whose kept size a listing made ahead fails to look up, with any error (its
+    source gone: an AttributeError), is left alone: the listing is still given, its other
+    views sized. (The whole listing failed, again at every plan.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    failed = []
+
+    def size_if_kept(self, _sized=overlay_tree.DerivedFile.size_if_kept):
+        if not failed:
+            failed.append(self)
+            raise AttributeError("'NoneType' object has no attribute 'mtime_ns'")
+        _sized(self)
+    monkeypatch.setattr(overlay_tree.DerivedFile, "size_if_kept", size_if_kept)
+    tree = reopened(tmp_path)
+    try:
+        spacing = run_listed(tree, stats=True).lookup("VoxelSpacing10.000")
+        made_ahead(tree, spacing)
+        listing = spacing.listing(wait=False)
+        assert listing is not None
+        others = [node for _, _, node, info in listing if info is None and node not in failed]
+        assert len(failed) == 1 and others and all(node.cached_attr() is not None for node in others)
+    finally:
+        tree.close()
+
+
+def test_a_view_whose_size_was_not_kept_is_not_made_by_a_listing_made_ahead(tmp_path, monkeypatch):
+    """A picks view whose size a listing made ahead found not kept stays unsized, its node
+    not made, also when a later listing made ahead asks again (`DerivedFile.size_if_kept`):
+    a walk's stat makes it, in its own time. Only the preview's and the MRC view's nodes
+    are made (their kept sizes are their nodes'). (The second listing made every picks
+    view's node.)"""
+    made = view_nodes_made(monkeypatch)
+    tree = patient(tree_of_picks_copies(tmp_path, 2))
+    try:
+        tree.derive.learner.stop()                      # (no size kept)
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        tree.size_asked_at = time.monotonic()           # (a walk that stats)
+        spacing = run.lookup("VoxelSpacing10.000")
+        counts = []
+        for _ in range(2):
+            run.listing(wait=True)                      # (the walker lists the run: spacing listed ahead)
+            made_ahead(tree, spacing)
+            counts.append(len(made))
+            assert spacing.listing(wait=False) is not None
+        assert counts == [2, 2], (counts, made)
+    finally:
+        tree.close()
 
 
 def test_a_folders_picks_views_are_written_together_and_read_from_there(tmp_path, mount):

@@ -402,6 +402,7 @@ def test_a_cold_find_of_copick_takes_a_worker_thread_for_its_root_alone(mount, m
         def check(runs=runs, source=source, folders=folders):
             with monkeypatch.context() as env:
                 env.setenv("SCOPEFS_LEARN_VIEW_SIZES", "0")
+                env.setenv("SCOPEFS_LIST_AHEAD", "600")     # (seconds: each listing made ahead waited for, however loaded)
                 env.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache{runs}"))
                 mnt = mount(source.path, *source.options)
             cold = counted(mnt, ["find", "."])

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from conftest import Mounter, unless_caches_dropped
@@ -20,6 +21,7 @@ from scopefs.backends.kernel import cached_pages
 from scopefs.backends.nodes import Attr
 from scopefs.backends.overlay import FETCH_BLOCK, FsspecRoot, LocalRoot, ScanAhead, SiblingWarmer
 from scopefs.backends.overlay import tree as overlay_tree
+from scopefs.backends.overlay import walk as overlay_walk
 
 
 class CountingRoot:
@@ -109,6 +111,39 @@ def test_a_listing_under_way_is_waited_for_by_its_future_then_taken_without_wait
     assert (ahead.used, ahead.unused) == (1, 0)
 
 
+def test_folders_planned_by_listings_made_ahead_are_dropped_once_the_walker_is_gone(monkeypatch):
+    """The subfolders a listing made ahead names (`plan(deeper=True)`) wait one horizon at
+    most: once the walker has gone elsewhere (an `ls` that never descends), later activity
+    lists none of them, however many were planned. (They stayed planned, up to 100k,
+    listed half a window at a time on any later activity.)"""
+    clock = [0.0]
+    monkeypatch.setattr(overlay_walk, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    root = CountingRoot()
+    ahead = ScanAhead(root, threads=1, window=2, horizon=10.0)
+    ahead.plan([f"d{i}" for i in range(50)], deeper=True)     # (d0 listed: half the window)
+    assert wait_for(lambda: root.listed == ["d0"])
+    clock[0] = 20.0                                     # (the walker went elsewhere)
+    for rel in ("w0", "w1"):                            # (its own plans, listed in turn by the one thread)
+        ahead.plan([rel])
+        assert ahead.take(rel) is not None
+    assert root.listed == ["d0", "w0", "w1"]
+    assert (ahead.used, ahead.unused) == (2, 1)
+
+
+def test_the_walkers_own_next_folders_are_listed_before_those_planned_deeper():
+    """Listings planned by the walker's own listing are made before those planned by
+    listings made ahead (`plan(deeper=True)`) that wait for a thread: the walker opens its
+    own next. (They waited behind up to half a window of deeper ones.)"""
+    root = CountingRoot()
+    root.gate.clear()                                   # (the one thread held)
+    ahead = ScanAhead(root, threads=1, window=4, horizon=600.0)
+    ahead.plan(["d0", "d1", "d2"], deeper=True)         # (d0, d1 started: half the window)
+    ahead.plan(["w0"])
+    root.gate.set()
+    assert ahead.take("w0") is not None and ahead.take("d1") is not None
+    assert root.listed.index("w0") < root.listed.index("d1"), root.listed
+
+
 def test_a_failed_listing_is_made_again_by_the_caller():
     class Failing(CountingRoot):
         def listdir(self, rel, touch=True):
@@ -118,16 +153,11 @@ def test_a_failed_listing_is_made_again_by_the_caller():
     assert ahead.take("d0") is None
 
 
-def settled(count, still: float = 0.3, timeout: float = 5.0) -> None:
-    """Until `count()` stays the same for `still` seconds."""
-    end, seen, since = time.monotonic() + timeout, count(), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(0.02)
-        now = count()
-        if now != seen:
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= still:
-            return
+def made_ahead(tree, folder) -> None:
+    """Until the listing of `folder` being made ahead, if one is, is made."""
+    pending = tree.scan_ahead.under_way(folder)
+    if pending is not None:
+        pending[0].result(timeout=60)
 
 
 def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):
@@ -153,11 +183,14 @@ def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):
         root.listdir = counted
         tree = overlay.OverlayTree(root, LocalRoot(str(upper)))
         try:
+            # (no listing too old under load; room for the whole tree's, their number aside)
+            tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
+            tree.scan_ahead.window = 256
             stack = [node for _, _, node, _ in tree.root.listing(wait=True) if node.kind == stat.S_IFDIR]
-            settled(lambda: len(listed))
             own[branches] = 0
             while stack:
                 folder = stack.pop()
+                made_ahead(tree, folder)
                 listing = folder.listing(wait=False)
                 if listing is None:
                     own[branches] += 1
@@ -168,6 +201,30 @@ def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):
         finally:
             tree.close()
     assert own == {2: 0, 8: 0}, own
+
+
+def test_a_folder_listed_ahead_before_a_change_is_listed_again_when_planned_again(tmp_path):
+    """A listing made ahead that began before a change is not given to the walker
+    (`OverlayTree.listed_ahead`); a plan that names it again (the walker lists its parent
+    again) lists it ahead again (`MergeAhead._stale`), and the walker takes that one. (The
+    plan skipped it, fresh by time alone: the walker listed it itself in a worker.)"""
+    static, upper = tmp_path / "static", tmp_path / "upper"
+    (static / "run" / "sub").mkdir(parents=True)
+    upper.mkdir()
+    tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+    try:
+        tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0     # (no listing too old under load)
+        tree.root.listing(wait=True)                    # (the walker lists the root: run planned)
+        run = tree.root.lookup("run")
+        made_ahead(tree, run)
+        tree.edited()                                   # (a change, as a write into the overlay)
+        tree.root.listing(wait=True)                    # (run planned again)
+        made_ahead(tree, run)
+        assert run.listing(wait=False) is not None
+        # (made for nothing: the listings of run and run/sub begun before the change)
+        assert (tree.scan_ahead.used, tree.scan_ahead.unused) == (1, 2)
+    finally:
+        tree.close()
 
 
 def test_a_walk_of_the_mount_sees_every_static_file_and_the_overlay_changes(mount: Mounter, tmp_path):

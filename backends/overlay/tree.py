@@ -28,7 +28,7 @@ from collections import OrderedDict
 from ..blocks import view_attr
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
 from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
-from ..options import lists_ahead
+from ..options import list_ahead_wait, lists_ahead
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
 from .walk import ScanAhead, SiblingWarmer
@@ -160,7 +160,7 @@ class OverlayTree(Tree):
         # a walker waits for a listing under way no longer than the attribute timeout, also
         # where a watch lets made ones wait longer for it (`horizon`, set below)
         self.scan_ahead = MergeAhead(self, threads=2 if static.local_storage else 8, window=MERGED_AHEAD,
-                                     horizon=self.unwatched_timeout, wait=self.unwatched_timeout)
+                                     horizon=self.unwatched_timeout, wait=list_ahead_wait(self.unwatched_timeout))
         self.lists_ahead = lists_ahead()
         # handles open for writing (their writes change what a listing made ahead shows;
         # their end counts as a change)
@@ -175,7 +175,9 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
-        self.size_asked_at = -math.inf      # (monotonic) when a derived view's size was last asked
+        # (monotonic) when a derived view's size was last asked, or a listing sized ahead given
+        self.size_asked_at = -math.inf
+        self.sizes_wanted_for = SIZES_WANTED_FOR
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -420,8 +422,17 @@ class OverlayTree(Tree):
         ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
-        edits, listing = ahead
-        return listing if edits == self.edits and not self._writing else None
+        edits, listing, sized = ahead
+        if edits != self.edits or self._writing:
+            return None
+        if sized:                   # (the walk still stats: its sizes come from memory, asked of no node)
+            self.size_asked_at = time.monotonic()
+        return listing
+
+    def sizes_wanted(self) -> bool:
+        """Whether a walk stats what it lists: a view's size was asked, or a listing made
+        ahead with its views' sizes given, within `sizes_wanted_for` (a `find` asks none)."""
+        return time.monotonic() - self.size_asked_at < self.sizes_wanted_for
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -910,6 +921,19 @@ MAKING_LOCKS = 64
 _making = [threading.Lock() for _ in range(MAKING_LOCKS)]
 
 
+class _NotKept:
+    """What a `DerivedFile` keeps of its listing's kept sizes once its own was not among
+    them: asked again, still none (it is not made for a size asked ahead: `size_if_kept`)."""
+
+    def size(self, name: str) -> None:
+        return None
+
+    size_nowait = size
+
+
+_NOT_KEPT = _NotKept()
+
+
 class DerivedFile(File):
     """A derived file (`OverlayTree.derive`) as its folder's listing or a lookup placed it:
     its own inode number and what makes it, the node that serves it (a copick view, with
@@ -952,7 +976,7 @@ class DerivedFile(File):
     def _told(self, size: int | None) -> None:
         """The kept size (None: not kept) the kernel is told, and the node's if one was
         made meanwhile (`made`)."""
-        self._size, self._kept = size, None
+        self._size, self._kept = size, None if size is not None else _NOT_KEPT
         file = self._file
         if file is not None and size is not None:
             file.told(size)
@@ -960,9 +984,7 @@ class DerivedFile(File):
     def attr(self) -> Attr:
         self.tree.size_asked_at = time.monotonic()
         if self._file is None:
-            kept = self._kept
-            if kept is not None:            # (asked once: a size kept, else the node is made)
-                self._told(kept.size(self.derived_path.rpartition("/")[2]))
+            self._size_from_kept()          # (asked once: a size kept, else the node is made)
             attr = self._unmade_attr()
             if attr is not None:
                 return attr
@@ -972,10 +994,21 @@ class DerivedFile(File):
         file = self._file
         if file is not None:
             return file.cached_attr()
-        kept = self._kept
-        if kept is not None and (size := kept.size_nowait(self.derived_path.rpartition("/")[2])) is not None:
-            self._told(size)
+        self._size_from_kept(wait=False)
         return self._unmade_attr()
+
+    def _size_from_kept(self, wait: bool = True) -> None:
+        """Its size from its listing's kept sizes (`KeptTogether`), if it has them and no
+        node yet; `wait=False`: only if they were looked up already (no I/O). Looked up
+        once: not kept, it is unsized (`_NOT_KEPT`) until its node is made."""
+        kept = self._kept
+        if kept is None or self._file is not None:
+            return
+        name = self.derived_path.rpartition("/")[2]
+        if wait:
+            self._told(kept.size(name))
+        elif (size := kept.size_nowait(name)) is not None:
+            self._told(size)
 
     def _unmade_attr(self) -> Attr | None:
         """The attributes the node will give, from the kept size and the source's time;
@@ -987,10 +1020,10 @@ class DerivedFile(File):
     def size_if_kept(self) -> None:
         """Its size looked up where sizes are kept, by a thread listing ahead of a walker
         (`MergeAhead`): the walker's listing then finds its attributes in memory. A view
-        not kept is left unsized (never rendered here)."""
-        if self._file is None and (kept := self._kept) is not None:
-            self._told(kept.size(self.derived_path.rpartition("/")[2]))
-        elif self._size is None:
+        not kept is left unsized (never made, nor rendered, here)."""
+        if self._kept is not None:
+            self._size_from_kept()
+        elif self._size is None:                # (a view sized by its own node: a preview, an MRC view)
             sized = getattr(self.made(), "size_if_kept", None)
             if sized is not None:
                 sized()
@@ -1674,13 +1707,14 @@ _NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: 
 class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
-    gives it only if no change came since): the walker's READDIRPLUS of such a folder is
-    answered in the trio thread. Each listing made plans its own subfolders, after the
-    walker's (a depth-first walker reaches the chunk folders of a zarr store without
-    waiting at each level), and, while the walk stats what it lists (a view's size asked
-    within `SIZES_WANTED_FOR`), looks up its views' kept sizes (`DerivedFile.size_if_kept`:
-    no view made), so that the walker finds their attributes in memory too; a `find` does
-    not wait for that.
+    gives it only if no change came since, and a plan lists it again: `_stale`): the
+    walker's READDIRPLUS of such a folder is answered in the trio thread. Each listing
+    made plans its own subfolders, after the walker's (a depth-first walker reaches the
+    chunk folders of a zarr store without waiting at each level), and, while the walk
+    stats what it lists (a view's size asked within `sizes_wanted_for`, or a listing so
+    sized given), looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view
+    made), so that the walker finds their attributes in memory too; a `find` does not
+    wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1702,11 +1736,18 @@ class MergeAhead(ScanAhead):
         # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing), deeper=True)
-        sizes_wanted = time.monotonic() - tree.size_asked_at < SIZES_WANTED_FOR
-        for _, name, child, info in listing if sizes_wanted else ():
+        sized = tree.sizes_wanted()
+        for _, name, child, info in listing if sized else ():
             if info is None and isinstance(child, DerivedFile):
                 try:
                     child.size_if_kept()
-                except OSError as exc:          # (the walker's own ask says why)
-                    log.debug("sizing %s/%s ahead: %s", node.rel, name, exc)
-        return edits, listing
+                except Exception as exc:        # (that view unsized: the walker's own ask says why)
+                    log.debug("sizing %s/%s ahead: %s: %s", node.rel, name, type(exc).__name__, exc)
+        return edits, listing, sized
+
+    def _mark(self) -> int:
+        return self.root.edits
+
+    def _stale(self, started: float, mark) -> bool:
+        """Also one begun before a change (not given: `OverlayTree.listed_ahead`)."""
+        return mark != self.root.edits or super()._stale(started, mark)

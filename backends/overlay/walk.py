@@ -3,6 +3,7 @@ walker opens next (`ScanAhead`) and stats of a directory's entries once lookups 
 keep missing the kernel's caches (`SiblingWarmer`)."""
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -20,21 +21,23 @@ PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers
 
 class Workers:
     """A few daemon threads for work done ahead of need: they never hold up the exit,
-    and what they fail at is done again by whoever needs it."""
+    and what they fail at is done again by whoever needs it. Work submitted `later`
+    waits for the rest."""
 
     def __init__(self, threads: int, name: str):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
         for i in range(threads):
             threading.Thread(target=self._work, name=f"scopefs-{name}-{i}", daemon=True).start()
 
-    def submit(self, fn, *args) -> Future:
+    def submit(self, fn, *args, later: bool = False) -> Future:
         future: Future = Future()
-        self._jobs.put((future, fn, args))
+        self._jobs.put((later, next(self._order), future, fn, args))
         return future
 
     def _work(self) -> None:
         while True:
-            future, fn, args = self._jobs.get()
+            _, _, future, fn, args = self._jobs.get()
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:
@@ -48,18 +51,21 @@ class ScanAhead:
     of the next directories overlap the work on this one.
 
     A listing is used once, and only within `horizon` seconds of being asked for (the
-    kernel trusts what it is told for as long). At most `window` listings wait at a
-    time, and new ones are started only as the walker takes them, so an `ls` of a
-    directory of a thousand folders costs `window` listings, not a thousand."""
+    kernel trusts what it is told for as long), if nothing it shows changed since it
+    began (`_stale`). At most `window` listings wait at a time, and new ones are started
+    only as the walker takes them, so an `ls` of a directory of a thousand folders costs
+    `window` listings, not a thousand. The folders a listing made ahead names (planned
+    `deeper`) wait in at most half the window, for one horizon after they were planned:
+    once the walker has gone, at most `window // 2` of them are listed for nothing."""
 
     def __init__(self, root, *, threads: int, window: int = 16, horizon: float = 1.0, wait: float | None = None):
         self.root = root
         self.window = window
         self.horizon = horizon
         self.wait = horizon if wait is None else wait       # for one under way, at most
-        self._ready: dict[str, tuple[float, Future]] = {}
+        self._ready: dict[str, tuple[float, object, Future]] = {}     # rel: (begun at, `_mark()`, listing)
         self._plan: deque[str] = deque()
-        self._deeper: deque[str] = deque()        # planned by listings made ahead (`plan(deeper=True)`)
+        self._deeper: deque[tuple[float, str]] = deque()    # (planned at, rel) by listings made ahead
         self._planned: set[str] = set()           # what the plans still hold
         self._lock = threading.Lock()
         self._workers = Workers(threads, "scan-ahead")
@@ -72,20 +78,25 @@ class ScanAhead:
         (the walker's next folders always find room)."""
         with self._lock:
             ready = self._ready             # (not again one made, or under way, in time for the walker)
-            rels = [rel for rel in rels if rel not in ready or self._stale(ready[rel][0])]
+            rels = [rel for rel in rels if rel not in ready or self._stale(*ready[rel][:2])]
             if not rels:
                 return
-            plan = self._deeper if deeper else self._plan
-            plan.extendleft(reversed(rels))
+            if deeper:
+                now = time.monotonic()
+                self._deeper.extendleft((now, rel) for rel in reversed(rels))
+            else:
+                self._plan.extendleft(reversed(rels))
             self._planned.update(rels)
-            while len(plan) > PLAN_LIMIT:
-                self._planned.discard(plan.pop())
+            while len(self._plan) > PLAN_LIMIT:
+                self._planned.discard(self._plan.pop())
+            while len(self._deeper) > PLAN_LIMIT:
+                self._planned.discard(self._deeper.pop()[1])
             self._start(purge=True)
 
     def take(self, rel: str) -> dict[str, Attr | None] | None:
         """The listing of rel made ahead, or None if there is none fresh."""
         with self._lock:
-            started, future = self._ready.pop(rel, (0.0, None))
+            started, mark, future = self._ready.pop(rel, (0.0, None, None))
             if future is None:
                 self._planned.discard(rel)       # the walker got here first: not later either
             self._start()
@@ -99,15 +110,15 @@ class ScanAhead:
             log.debug("scan ahead of %s: %r", rel, exc)
             listing, wasted = None, isinstance(exc, TimeoutError)
         else:
-            wasted = self._stale(started)
+            wasted = self._stale(started, mark)
         return self._counted(listing, wasted)
 
     def take_nowait(self, rel: str):
         """What `take` gives, if it is made already (else None, and the listing stays for a
         `take` that waits for it): no waiting, no I/O, for the trio thread."""
         with self._lock:
-            started, future = self._ready.get(rel, (0.0, None))
-            if future is None or not future.done() or future.exception() is not None or self._stale(started):
+            started, mark, future = self._ready.get(rel, (0.0, None, None))
+            if future is None or not future.done() or future.exception() is not None or self._stale(started, mark):
                 return None
             del self._ready[rel]
             self._start()
@@ -118,14 +129,18 @@ class ScanAhead:
         one is under way: for a caller that waits without a thread of its own (the trio
         thread), then takes it with `take_nowait`."""
         with self._lock:
-            started, future = self._ready.get(rel, (0.0, None))
+            started, _, future = self._ready.get(rel, (0.0, None, None))
         if future is None or future.done():
             return None
         left = min(self.horizon, self.wait) - (time.monotonic() - started)
         return (future, left) if left > 0 else None
 
-    def _stale(self, started: float) -> bool:
-        """A listing begun at `started` is no longer to be given."""
+    def _mark(self):
+        """What a listing begun now is checked against when given (`_stale`): nothing here."""
+        return None
+
+    def _stale(self, started: float, mark) -> bool:
+        """A listing begun at `started` (when `_mark()` was `mark`) is no longer to be given."""
         return time.monotonic() - started >= self.horizon
 
     def _counted(self, listing, wasted: bool):
@@ -140,20 +155,25 @@ class ScanAhead:
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()
         if purge:
-            for rel, (started, future) in list(self._ready.items()):
+            for rel, (started, _, future) in list(self._ready.items()):
                 if now - started >= self.horizon and future.done():
                     del self._ready[rel]
                     self.unused += 1
+        deeper = self._deeper
+        while deeper and now - deeper[-1][0] >= self.horizon:     # (the walker has gone elsewhere)
+            self._planned.discard(deeper.pop()[1])
         while len(self._ready) < self.window:
             if self._plan:
-                rel = self._plan.popleft()
-            elif self._deeper and len(self._ready) < self.window // 2:
-                rel = self._deeper.popleft()
+                rel, later = self._plan.popleft(), False
+            elif deeper and len(self._ready) < self.window // 2:
+                rel, later = deeper.popleft()[1], True      # (listed after the walker's own next)
             else:
                 break
             if rel in self._planned:             # else taken by the walker, or planned twice
                 self._planned.discard(rel)
-                self._ready[rel] = (now, self._workers.submit(self._scan, rel))
+                if self._ready.pop(rel, None) is not None:      # (one made before a change: re-planned)
+                    self.unused += 1
+                self._ready[rel] = (now, self._mark(), self._workers.submit(self._scan, rel, later=later))
 
     def _scan(self, rel: str) -> dict[str, Attr | None]:
         names = self.root.listdir(rel, touch=False) or []

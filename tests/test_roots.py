@@ -130,6 +130,27 @@ def test_folders_planned_by_listings_made_ahead_are_dropped_once_the_walker_is_g
     assert (ahead.used, ahead.unused) == (2, 1)
 
 
+def test_the_walkers_own_plan_outlives_the_deeper_plan_of_the_same_folders(monkeypatch):
+    """A folder planned deeper (by a listing made ahead) and then by the walker's own
+    listing, waiting for room in the window, is still listed for the walker after the
+    deeper plan expires: its expiry drops only its own entries. (One set of what the plans
+    held, cleared by the expiry, made the walker's own entries skipped: listing ahead
+    stopped for the rest of any folder of more subfolders than the window.)"""
+    clock = [0.0]
+    monkeypatch.setattr(overlay_walk, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    root = CountingRoot()
+    root.gate.clear()                                   # (the one thread held: the window stays full)
+    ahead = ScanAhead(root, threads=1, window=2, horizon=10.0)
+    ahead.plan(["x0", "x1", "x2", "x3"], deeper=True)   # (x0 started: half the window)
+    ahead.plan(["x1", "x2", "x3"])                      # (the walker listed their folder)
+    clock[0] = 20.0                                     # (the deeper plan expires)
+    root.gate.set()
+    for rel in ("x0", "x1", "x2", "x3"):               # (each take makes room for the next)
+        ahead.take(rel)
+        assert wait_for(lambda: rel in root.listed), (rel, root.listed)
+    assert sorted(root.listed) == ["x0", "x1", "x2", "x3"]
+
+
 def test_the_walkers_own_next_folders_are_listed_before_those_planned_deeper():
     """Listings planned by the walker's own listing are made before those planned by
     listings made ahead (`plan(deeper=True)`) that wait for a thread: the walker opens its

@@ -66,7 +66,8 @@ class ScanAhead:
         self._ready: dict[str, tuple[float, object, Future]] = {}     # rel: (begun at, `_mark()`, listing)
         self._plan: deque[str] = deque()
         self._deeper: deque[tuple[float, str]] = deque()    # (planned at, rel) by listings made ahead
-        self._planned: set[str] = set()           # what the plans still hold
+        self._planned: set[str] = set()           # what the walker's own plan still holds
+        self._planned_deeper: set[str] = set()    # ... and the deeper plan (each expires alone)
         self._lock = threading.Lock()
         self._workers = Workers(threads, "scan-ahead")
         self.used = self.unused = 0               # listings taken / made for nothing
@@ -84,13 +85,14 @@ class ScanAhead:
             if deeper:
                 now = time.monotonic()
                 self._deeper.extendleft((now, rel) for rel in reversed(rels))
+                self._planned_deeper.update(rels)
             else:
                 self._plan.extendleft(reversed(rels))
-            self._planned.update(rels)
+                self._planned.update(rels)
             while len(self._plan) > PLAN_LIMIT:
                 self._planned.discard(self._plan.pop())
             while len(self._deeper) > PLAN_LIMIT:
-                self._planned.discard(self._deeper.pop()[1])
+                self._planned_deeper.discard(self._deeper.pop()[1])
             self._start(purge=True)
 
     def take(self, rel: str) -> dict[str, Attr | None] | None:
@@ -99,6 +101,7 @@ class ScanAhead:
             started, mark, future = self._ready.pop(rel, (0.0, None, None))
             if future is None:
                 self._planned.discard(rel)       # the walker got here first: not later either
+                self._planned_deeper.discard(rel)
             self._start()
         if future is None:
             return None
@@ -161,16 +164,17 @@ class ScanAhead:
                     self.unused += 1
         deeper = self._deeper
         while deeper and now - deeper[-1][0] >= self.horizon:     # (the walker has gone elsewhere)
-            self._planned.discard(deeper.pop()[1])
+            self._planned_deeper.discard(deeper.pop()[1])
         while len(self._ready) < self.window:
             if self._plan:
-                rel, later = self._plan.popleft(), False
+                rel, later, planned = self._plan.popleft(), False, self._planned
             elif deeper and len(self._ready) < self.window // 2:
-                rel, later = deeper.popleft()[1], True      # (listed after the walker's own next)
+                rel, later, planned = deeper.popleft()[1], True, self._planned_deeper    # (after the walker's own next)
             else:
                 break
-            if rel in self._planned:             # else taken by the walker, or planned twice
-                self._planned.discard(rel)
+            if rel in planned:                   # else taken by the walker, or planned twice
+                self._planned.discard(rel)       # (started: by neither plan again)
+                self._planned_deeper.discard(rel)
                 if self._ready.pop(rel, None) is not None:      # (one made before a change: re-planned)
                     self.unused += 1
                 self._ready[rel] = (now, self._mark(), self._workers.submit(self._scan, rel, later=later))

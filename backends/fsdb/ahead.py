@@ -16,7 +16,7 @@ class Learner:
     """After each listing the kernel asks for (`listed`), one thread learns the folders
     that come after it in walk order (`after(folder)`: depth first, as `ls -R`, `find`
     and `du` go) with `folder.learn()`, those not `learned` yet, until it is `ahead`
-    entries (`folder.entry_count_nowait()`, learned or passed) beyond: a walk then finds them
+    entries (`folder.learn_size()`, learned or passed) beyond: a walk then finds them
     in memory, and what is learned ahead of it stays bounded (a folder of more entries
     than that is never learned ahead). A new listing moves it on from there, unless the
     last pass went through the folder listed and on for half of `ahead` entries or more
@@ -82,7 +82,7 @@ class Learner:
             try:
                 budget = self._ahead
                 for folder in self._after(start):
-                    entries = 1 + folder.entry_count_nowait()
+                    entries = 1 + folder.learn_size()
                     if entries > budget or self._next is not None or self._closed:
                         break                   # far enough ahead (a folder bigger than all of
                                                 # it is for the walk to list), or the walk moved on

@@ -652,8 +652,13 @@ class Folder(Directory):
         raise NotImplementedError
 
     def entry_count_nowait(self) -> int:
-        """`Directory.entry_count_nowait`, always known here (the learner budgets with it)."""
+        """`Directory.entry_count_nowait`, always known here."""
         raise NotImplementedError
+
+    def learn_size(self) -> int:
+        """About how many entries learning it goes through, from memory (the learner's
+        budget and `file_attr_asked`'s limit): its entry count, unless that bound says more."""
+        return self.entry_count_nowait()
 
     @property
     def learned(self) -> bool:
@@ -693,7 +698,7 @@ class Folder(Directory):
         tree = self.tree
         if not tree.files_stated():
             tree.learn_after(self, again=True)  # (learned names only so far: files' now)
-        if not tree.db.files.remote and self.entry_count_nowait() <= LEARN_AHEAD:
+        if not tree.db.files.remote and self.learn_size() <= LEARN_AHEAD:
             self.learn(wait=False)
 
     def _learn_attrs(self, rows: list[tuple[str, Node]], files: bool = True) -> int:
@@ -1051,6 +1056,12 @@ class FilesetFolder(Folder):
             (file.filename or "").endswith(".iid") for file in list(self.fileset.files.values()))
         iids += sum(name.endswith(".iid") for name in list(self.pending))      # (named so until closed)
         return 2 * files + iids + len(self._hidden or ())
+
+    def learn_size(self) -> int:
+        """Two entries a file (it and its metadata view), as the learner always budgeted a
+        fileset; not `entry_count_nowait`'s bound, which counts each file of a big fileset
+        as an .iid (a fileset of plain files budgeted half again)."""
+        return 2 * len(self.fileset.files)
 
     def listing_nowait(self) -> list[tuple[str, Node]] | None:
         hidden = self._hidden

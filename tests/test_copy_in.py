@@ -36,14 +36,15 @@ from scopefs.formats.images import make_format
 COPIES = 500
 #: files copied by one cp whose cost is compared: the first ones, and the last ones
 WINDOW = 20
-#: requests per file of a `cp -a` of many, as traced (strace of cp, the daemon's -d log);
-#: each is forced by the kernel or by cp: LOOKUP twice for a new name (cp's stat, then the
-#: open's O_EXCL, which never trusts a cached missing name), GETATTR of the folder (a
-#: create drops its attributes, and resolving a path through it checks its mode), CREATE,
-#: WRITE, two SETATTR (utimens, chown), FLUSH, RELEASE, GETATTR of the copy (cp notes what
-#: it made); an .iid entry adds its folder's MKDIR and three SETATTR, and the LOOKUP of
-#: mask.png in it
-REQUESTS = {"fsdb": 10, "iid": 15}
+#: requests per file of a `cp -a` of many, as traced (the daemon's -d log); each is forced
+#: by the kernel or by cp: LOOKUP twice for a new name (cp's stat, then the open's O_EXCL,
+#: which never trusts a cached missing name), CREATE, WRITE, two SETATTR (utimens, chown;
+#: their replies carry the copy's attributes: cp's stat of it costs none), FLUSH, RELEASE,
+#: GETATTR of the folder (a create drops its attributes, and resolving the next path
+#: through it checks its mode); an .iid entry: its two LOOKUPs, MKDIR and the GETATTR of
+#: the folder, then of mask.png in it one LOOKUP (cp stats nothing in a folder it made),
+#: CREATE, WRITE, two SETATTR, FLUSH, RELEASE, and the entry's GETATTR and three SETATTR
+REQUESTS = {"fsdb": 9, "iid": 15}
 #: what the kernel is told per copied file: nothing for a new FSDB file, whose every byte
 #: the kernel wrote, and whose folder's attributes and listing (where its metadata view
 #: appears at the close) the kernel dropped at the create and asks for anew only after

@@ -7,6 +7,7 @@ which on the event loop: the thread rule in backends/nodes.py.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -102,6 +103,9 @@ class Counters:
     lookups_of_held: int = 0        # LOOKUPs of names whose inodes the kernel held (it revalidated)
     inodes_forgotten: int = 0       # FORGET entries: inodes the kernel let go (dentries reclaimed or dropped)
     readdirs_waited: int = 0        # READDIRPLUSes that waited in the loop for a listing made ahead
+    #: requests per handler (lookup, getattr, ...): which kinds a change of `requests` is
+    #: made of (readdirs answered in the session or prepared are counted apart)
+    by_kind: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Notifier:
@@ -455,6 +459,7 @@ def _guard(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         self.counters.requests += 1
+        self.counters.by_kind[name] += 1
         if self.log_requests:                   # -d: every request
             log.debug("%s%r", name, args[:2])
         try:
@@ -1470,7 +1475,7 @@ class Operations(pyfuse3.Operations):
         ends = pyfuse3.readdir_ends_answered() if self.ends_in_session else 0     # (not seen by `_guard`)
         prepared = self.prepared.answered
         status.update(pid=os.getpid(), uptime_s=round(time.time() - c.started, 3),
-                      requests=c.requests + ends + prepared,
+                      requests=c.requests + ends + prepared, requests_by_kind=dict(c.by_kind),
                       attr_requests=c.attr_requests, invalidations=c.invalidations,
                       bytes_read=c.bytes_read, errors=c.errors, worker_calls=c.worker_calls,
                       stored_ahead=c.stored_ahead, lookups_to_store=c.lookups_to_store,

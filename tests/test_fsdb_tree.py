@@ -302,17 +302,23 @@ def test_what_a_walk_lists_next_is_learned_ahead_once(databases, tmp_path, monke
         tree.close()
 
 
+def learned_ahead_of_a_stat_walk(tree):
+    """The big fileset's folder, once the learner is done after a walk that stats has
+    listed the root."""
+    list(tree.root.opendir().entries(0))
+    tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
+    list(tree.root.opendir().entries(0))
+    wait_learned(tree)
+    return tree.root.lookup("scan").lookup("images")
+
+
 def test_a_folder_bigger_than_what_is_learned_ahead_is_left_to_the_walk(databases, tmp_path, monkeypatch):
     """What is learned ahead stays bounded: a fileset of more entries than LEARN_AHEAD is
     not learned (nor what comes after it) until a walk lists it."""
     monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", BIG)
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
-        list(tree.root.opendir().entries(0))
-        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
-        list(tree.root.opendir().entries(0))
-        wait_learned(tree)
-        images = tree.root.lookup("scan").lookup("images")
+        images = learned_ahead_of_a_stat_walk(tree)
         assert images.opendir().entries_nowait(0, 10_000) is None
         assert tree.counts["attributes_learned"] == 2 + 4          # the root's and the scan's
     finally:
@@ -328,11 +334,7 @@ def test_a_fileset_of_plain_files_is_budgeted_two_entries_a_file_by_the_learner(
     monkeypatch.setattr(fsdb_tree, "LEARN_AHEAD", 2 * BIG + 20)
     tree = fsdb_tree.open_tree(str(shutil.copytree(databases[BIG], tmp_path / "db")), Options())
     try:
-        list(tree.root.opendir().entries(0))
-        tree.root.lookup("scan.metadata.json").attr()         # (a walk that stats)
-        list(tree.root.opendir().entries(0))
-        wait_learned(tree)
-        images = tree.root.lookup("scan").lookup("images")
+        images = learned_ahead_of_a_stat_walk(tree)
         assert images.entry_count_nowait() > 2 * BIG + 20      # (the bound: each file an .iid)
         assert images.opendir().entries_nowait(0, 10_000) is not None
     finally:

@@ -393,7 +393,11 @@ async def test_a_file_copied_into_a_big_fileset_costs_the_calls_it_costs_in_a_sm
             costs[files] = await _copy_costs(Operations(tree, threads=2), 20)
         finally:
             tree.close()
-    assert costs[5] == costs[2000], costs
+    exact = ("system calls", "fsyncs", "worker calls")
+    assert [costs[5][key] for key in exact] == [costs[2000][key] for key in exact], costs
+    # (trio's run loop shares the counted thread: a pass of its own now and then, not per
+    # file, moved one run by 2 calls in 20 files in a fresh-clone CI run)
+    assert abs(costs[5]["python calls"] - costs[2000]["python calls"]) <= 0.5, costs
     assert costs[5]["worker calls"] == 1 and costs[5]["fsyncs"] == 0, costs
     assert costs[5]["python calls"] <= COPY_PYTHON_CALLS, costs
     assert costs[5]["system calls"] <= COPY_SYSTEM_CALLS, costs

@@ -165,6 +165,39 @@ def test_the_walkers_own_next_folders_are_listed_before_those_planned_deeper():
     assert root.listed.index("w0") < root.listed.index("d1"), root.listed
 
 
+def test_a_listing_begun_before_a_change_is_not_waited_for(monkeypatch):
+    """A listing under way that began before a change will not be given (`_stale`): the
+    walker is told at once that none is under way, and `take` gives None without waiting
+    for it; a purge frees its place in the window once it is made. (Both waited up to
+    `wait` for a listing then thrown away, and it held its place for a horizon.)"""
+    edits = [0]
+
+    class Marked(ScanAhead):
+        def _mark(self):
+            return edits[0]
+
+        def _stale(self, started, mark):
+            return mark != edits[0] or super()._stale(started, mark)
+
+    root = CountingRoot()
+    root.gate.clear()                                   # (the listing stays under way)
+    ahead = Marked(root, threads=1, window=2, horizon=600.0, wait=600.0)
+    ahead.plan(["d0", "d1"])
+    assert ahead.under_way("d0") is not None
+    edits[0] += 1                                       # (a change)
+    assert ahead.under_way("d0") is None
+    done = threading.Event()
+    threading.Thread(target=lambda: (ahead.take("d0"), done.set()), daemon=True).start()
+    try:
+        assert done.wait(10), "take waited for a stale listing"
+    finally:
+        root.gate.set()
+    assert wait_for(lambda: sorted(root.listed) == ["d0", "d1"])
+    ahead.plan(["d2"])                                  # (d1, made and stale, purged: d2 finds room)
+    assert wait_for(lambda: "d2" in root.listed), root.listed
+    assert ahead.unused == 2
+
+
 def test_a_failed_listing_is_made_again_by_the_caller():
     class Failing(CountingRoot):
         def listdir(self, rel, touch=True):

@@ -105,6 +105,8 @@ class ScanAhead:
             self._start()
         if future is None:
             return None
+        if self._stale(started, mark):                   # (not waited for: it would not be given)
+            return self._counted(None, wasted=True)
         try:
             # waited for no longer than it would stay usable: a hung source costs the
             # walker one horizon, then it lists for itself
@@ -132,8 +134,8 @@ class ScanAhead:
         one is under way: for a caller that waits without a thread of its own (the trio
         thread), then takes it with `take_nowait`."""
         with self._lock:
-            started, _, future = self._ready.get(rel, (0.0, None, None))
-        if future is None or future.done():
+            started, mark, future = self._ready.get(rel, (0.0, None, None))
+        if future is None or future.done() or self._stale(started, mark):
             return None
         left = min(self.horizon, self.wait) - (time.monotonic() - started)
         return (future, left) if left > 0 else None
@@ -158,8 +160,8 @@ class ScanAhead:
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()
         if purge:
-            for rel, (started, _, future) in list(self._ready.items()):
-                if now - started >= self.horizon and future.done():
+            for rel, (started, mark, future) in list(self._ready.items()):
+                if future.done() and self._stale(started, mark):
                     del self._ready[rel]
                     self.unused += 1
         deeper = self._deeper

@@ -579,7 +579,8 @@ def _kept_keys(rel: str, voxel_size: float, center, sources: dict[str, Attr | No
 
 def _kept_key(rel: str, voxel_size: float, center, source: str, shown: Attr, kind: str) -> bytes | None:
     """The kept size's key of the picks view of kind of source (what it shows) made
-    alone: as its listing's (`_kept_keys`)."""
+    alone: as its listing's (`_kept_keys`), except for a name two views share (keyed
+    here, none in a listing)."""
     key, = _kept_keys(rel, voxel_size, center, {source: shown},
                       {suffix: k for suffix, k in picks_format.FORMATS.items() if k == kind}).values()
     return key

@@ -177,7 +177,6 @@ class OverlayTree(Tree):
         self.changes_reported = 0
         # (monotonic) when a derived view's size was last asked, or a listing sized ahead given
         self.size_asked_at = -math.inf
-        self.sizes_wanted_for = SIZES_WANTED_FOR
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -431,8 +430,8 @@ class OverlayTree(Tree):
 
     def sizes_wanted(self) -> bool:
         """Whether a walk stats what it lists: a view's size was asked, or a listing made
-        ahead with its views' sizes given, within `sizes_wanted_for` (a `find` asks none)."""
-        return time.monotonic() - self.size_asked_at < self.sizes_wanted_for
+        ahead with its views' sizes given, within `SIZES_WANTED_FOR` (a `find` asks none)."""
+        return time.monotonic() - self.size_asked_at < SIZES_WANTED_FOR
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -1711,7 +1710,7 @@ class MergeAhead(ScanAhead):
     walker's READDIRPLUS of such a folder is answered in the trio thread. Each listing
     made plans its own subfolders, after the walker's (a depth-first walker reaches the
     chunk folders of a zarr store without waiting at each level), and, while the walk
-    stats what it lists (a view's size asked within `sizes_wanted_for`, or a listing so
+    stats what it lists (a view's size asked within `SIZES_WANTED_FOR`, or a listing so
     sized given), looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view
     made), so that the walker finds their attributes in memory too; a `find` does not
     wait for that.

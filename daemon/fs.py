@@ -873,11 +873,11 @@ class Operations(pyfuse3.Operations):
                 if lean and attr is None and (attr := child.cached_attr()) is None:
                     file_type = _file_type(child)
                     if file_type:
-                        out.append((next_offset, os.fsencode(name), child.ino, file_type, child))
+                        out.append((next_offset, name.encode(FS_ENCODING, FS_ERRORS), child.ino, file_type, child))
                         continue
                 if ready is not None and attr is None and (attr := child.cached_attr()) is None:
                     return None
-                out.append((next_offset, os.fsencode(name), child.ino, dirent(attr or child.attr()), child))
+                out.append((next_offset, name.encode(FS_ENCODING, FS_ERRORS), child.ino, dirent(attr or child.attr()), child))
             except OSError as exc:
                 log.warning("listing %s: %s", name, exc)
                 out.append((next_offset, None, None, None, None))
@@ -949,10 +949,11 @@ class Operations(pyfuse3.Operations):
                             _file_type(child) if attr is None else dirents.get(attr) or dirent(attr), child))
         listing.pending, listing.position, listing.more, listing.offset = pending, 0, more, offset
 
-    def _reply_lean(self, token, listing: Listing, name: str | bytes, child: Node, next_id: int) -> bool:
+    def _reply_lean(self, token, listing: Listing, name: bytes, file_type: int, child: Node, next_id: int) -> bool:
         """Give `child`, a file whose attributes are not in memory, without them
-        (`readdir_reply_name`); False if the kernel's buffer had no room."""
-        if not pyfuse3.readdir_reply_name(token, os.fsencode(name), child.ino, _file_type(child), next_id):
+        (`readdir_reply_name`, `file_type` as its entry carries it); False if the kernel's
+        buffer had no room."""
+        if not pyfuse3.readdir_reply_name(token, name, child.ino, file_type, next_id):
             return False
         self._given_lean(listing, [(os.fsdecode(name), child)])
         return True
@@ -1014,7 +1015,7 @@ class Operations(pyfuse3.Operations):
                     if name is None:
                         pass
                     elif entry.__class__ is int:    # (lean: the file type)
-                        if not self._reply_lean(token, listing, name, child, base + next_offset):
+                        if not self._reply_lean(token, listing, name, entry, child, base + next_offset):
                             listing.pending, listing.position, listing.more = entries, position, more
                             listing.offset = offset
                             return

@@ -136,6 +136,13 @@ class KernelLetNamesGo(AssertionError):
     `lookups_of_held_inodes`): it then looks them up again, which the check counts as work."""
 
 
+def made_ahead(tree, folder) -> None:
+    """Until the listing of `folder` being made ahead, if one is, is made."""
+    pending = tree.scan_ahead.under_way(folder)
+    if pending is not None:
+        pending[0].result(timeout=60)
+
+
 def unless_caches_dropped(check, tries: int = 5) -> None:
     """`check()`, tried again only where the kernel's own doing is counted: its caches
     dropped or shrunk while it ran (/proc/vmstat: another program's drop_caches, a

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import cleanup_mount, daemon_pid, daemon_status
+from conftest import cleanup_mount, daemon_pid, daemon_status, made_ahead
 from python_calls import python_calls
 from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
@@ -768,13 +768,6 @@ def run_listed(tree, stats: bool):
         run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()
     run.listing(wait=True)
     return run
-
-
-def made_ahead(tree, folder) -> None:
-    """Until the listing of `folder` being made ahead, if one is, is made."""
-    pending = tree.scan_ahead.under_way(folder)
-    if pending is not None:
-        pending[0].result(timeout=60)
 
 
 def stats_counted(tree) -> list[str]:

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import Mounter, unless_caches_dropped
+from conftest import Mounter, made_ahead, unless_caches_dropped
 
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
@@ -205,13 +205,6 @@ def test_a_failed_listing_is_made_again_by_the_caller():
     ahead = ScanAhead(Failing(), threads=1, window=2, horizon=5.0)
     ahead.plan(["d0"])
     assert ahead.take("d0") is None
-
-
-def made_ahead(tree, folder) -> None:
-    """Until the listing of `folder` being made ahead, if one is, is made."""
-    pending = tree.scan_ahead.under_way(folder)
-    if pending is not None:
-        pending[0].result(timeout=60)
 
 
 def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):

@@ -170,7 +170,8 @@ class LocalWriteHandle(FileHandle):
 
 #: the name's end of TempFileHandle's temporary files (hidden: they start with '.')
 TEMP_SUFFIX = ".scopefs-tmp"
-#: names tried before a temporary file is given up (as mkstemp does: os.TMP_MAX)
+#: names tried before a temporary file is given up (tempfile's fallback count; mkstemp
+#: tries os.TMP_MAX where it exists)
 _TEMP_TRIES = 10000
 
 

@@ -130,16 +130,23 @@ def test_listing_a_fileset_with_attributes_reads_no_metadata(databases):
 
 def test_a_first_stat_in_a_fileset_never_listed_costs_the_same_in_a_small_and_a_big_one(trees, monkeypatch):
     """(Only a folder listed before learns its files' attributes at the first stat of one:
-    a walk that stats may be at it.)"""
-    costs = {}
+    a walk that stats may be at it.) A metadata view's first stat there is a reader's,
+    who opens it next: it is read, with at most META_READ_AHEAD views after it (one open
+    each, their stats from it), never the rest of a big fileset."""
+    costs, metadata_opens = {}, {}
     for n, tree in trees.items():
         folder = fileset_folder(tree)
         syscalls = count_syscalls(monkeypatch)
         folder.lookup_attr("img_0003.png")
-        folder.lookup_attr("img_0003.png.metadata.json")
         costs[n] = sum(syscalls.values()), tree.counts["attributes_learned"]
+        before = dict(syscalls)
+        node, attr = folder.lookup_attr("img_0003.png.metadata.json")
+        metadata_opens[n] = {k: syscalls[k] - before[k] for k in syscalls}
+        assert attr.size == os.stat(node.obj._md_path).st_size and tree.counts["attributes_learned"] == 0
         monkeypatch.undo()
     assert costs[SMALL] == costs[BIG] and costs[BIG][1] == 0
+    assert metadata_opens[SMALL] == {"stat": 0, "listdir": 0, "scandir": 0, "open": 1 + (SMALL - 4)}
+    assert metadata_opens[BIG] == {"stat": 0, "listdir": 0, "scandir": 0, "open": 1 + fsdb_tree.META_READ_AHEAD}
 
 
 def test_lookup_and_stat_cost_the_same_in_a_small_and_a_big_fileset(trees, monkeypatch):

@@ -110,3 +110,28 @@ def test_a_filesets_nodes_cost_the_same_few_python_calls_a_file_at_two_sizes(tmp
     small = python_calls_making_a_fileset(tmp_path / "small", 30)
     big = python_calls_making_a_fileset(tmp_path / "big", 300)
     assert 4 <= (big - small) / (300 - 30) < 4.2, (small, big)    # (and 3 calls a ROWS_PER_LOCK files)
+
+
+def test_reading_every_metadata_file_by_name_costs_one_worker_call_a_folder(tmp_path, mount):
+    """A reader that opens each metadata file by its name, never listing (`cat` or
+    `json.load` of known paths), in the order a walk goes: the first LOOKUP of a view in
+    a folder reads it, the views after it and the attributes of the folders they describe,
+    in one worker call; the opens, reads and the other LOOKUPs are answered from memory
+    (before: three worker calls a folder, its first view's stat, that view's open and the
+    folder's own stat)."""
+    scans, filesets, files = 2, 2, 5
+    source = walk_samples.fsdb(tmp_path / "fsdb", scans, filesets, files)
+    mnt = mount(source.path, *source.options)
+    names = [f"scan_{s:03d}.metadata.json" for s in range(scans)]
+    for s in range(scans):
+        names += [f"scan_{s:03d}/fileset_{k}.metadata.json" for k in range(filesets)]
+        names += [f"scan_{s:03d}/fileset_{k}/img_{i:03d}.png.metadata.json"
+                  for k in range(filesets) for i in range(files)]
+    before = daemon_status(mnt)
+    read = {name: (mnt / name).read_bytes() for name in names}
+    after = daemon_status(mnt)
+    assert read["scan_001/fileset_1/img_004.png.metadata.json"] == \
+        (source.path / "scan_001" / "metadata" / "fileset_1" / "img_004.json").read_bytes()
+    folders = 1 + scans + scans * filesets
+    assert after["worker_calls"] - before["worker_calls"] == folders
+    assert after["work"]["metadata_files_read"] - before["work"].get("metadata_files_read", 0) == len(names)

@@ -158,10 +158,17 @@ class MetaView(CachedView):
         self._stat = None                   # rewritten: the file's own mtime is asked again
 
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
+        """Its size and mtime: learned with its folder's files where a walker that stats
+        may be at it (a folder listed); in a folder never listed, where a reader opens it
+        by name (`cat`, `json.load`) next, read with the next views (`make`), which gives
+        them too, so that its open and theirs, and their lookups, need no worker call."""
         known = self._stat
         version = self.obj.md_version
         if (known is None or known[0] != version) and (folder := self._folder()) is not None:
-            folder.file_attr_asked()
+            if folder.listed:
+                folder.file_attr_asked()
+            elif self.staged is None and not self.tree.db.files.remote:
+                self.content()
             known = self._stat
         if known is None or known[0] != version:
             try:
@@ -200,9 +207,10 @@ class MetaView(CachedView):
         return ("metadata view", self.ino, self.obj.md_version)
 
     def make(self) -> bytes:
-        data = self._read()
-        if not self.tree.db.files.remote:       # (a read there is a round trip each)
-            self._read_ahead()
+        if self.tree.db.files.remote:           # (a read there is a round trip each: none ahead)
+            return self._read()
+        data = self._read(self.obj.md_version)
+        self._read_ahead()
         return data
 
     def _read(self, version: int | None = None) -> bytes:
@@ -215,9 +223,7 @@ class MetaView(CachedView):
         try:
             if version is None:
                 return self.tree.db.files.read(path)
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                data = fh.read()
+            st, data = _read_whole(path)
         except FileNotFoundError:
             data, st = NO_METADATA, None
         if version is not None and self._known() is None and (st is None or st.st_size == len(data)):
@@ -236,24 +242,35 @@ class MetaView(CachedView):
     def _read_ahead(self) -> None:
         """The next views of the listing into the cache, those not there yet, with their
         sizes and mtimes: their lookups and opens are then answered from memory, without a
-        worker call each. A folder never listed gives its order from memory (learning
-        nothing else: a reader of metadata stats none of the folder's other files)."""
+        worker call each; so are the attributes of the scans' or filesets' folders these
+        views describe (a reader by name looks each up next). A folder never listed gives
+        its order from memory (learning nothing else: a reader of metadata stats none of
+        the folder's other files)."""
         folder = self._folder()
         if folder is not None and not folder.listed:
             folder.link_views(folder.rows_in_memory())
-        view = self.next_view
+        views, view = [self], self.next_view
         for _ in range(META_READ_AHEAD):
             if view is None:
-                return
+                break
             tag = view.content_tag()
             if view.cache.claim(tag):
                 try:
                     data = view._read(tag[2])
                 except Exception as exc:        # (said to whoever waits for it; not to this reader)
                     view.cache.complete(tag, error=exc)
-                    return
+                    break
                 view.cache.complete(tag, data)
+            views.append(view)
             view = view.next_view
+        if folder is not None and not isinstance(self.obj, model.File):
+            described = ((v.obj.id, self.tree.nodes.get(v._described_key())) for v in views)
+            folder._learn_attrs([(name, node) for name, node in described if node is not None], files=False)
+
+    def _described_key(self) -> tuple:
+        """The key of the folder of the scan or fileset this view describes."""
+        obj = self.obj
+        return ("scan", obj.id) if isinstance(obj, model.Scan) else ("fileset", obj.scan.id, obj.id)
 
     def size(self) -> int:
         return self._stat_of_version()[1]
@@ -274,6 +291,24 @@ class MetaView(CachedView):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
+
+
+def _read_whole(path: str) -> tuple[os.stat_result, bytes]:
+    """A small file's stat and bytes in four system calls (open, fstat, read, close; a
+    Python file object adds an ioctl, seeks, fstats and a read for its end): a read
+    ahead of a walk makes one a view."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, st.st_size + 1)          # (a short read is its end)
+        if len(data) > st.st_size:                  # grown since its fstat: the rest too
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return st, data
+    finally:
+        os.close(fd)
 
 
 def _meta_stat(version: int, size: int, mtime_ns: int) -> tuple[int, int, int, Attr]:

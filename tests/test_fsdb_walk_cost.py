@@ -135,3 +135,43 @@ def test_reading_every_metadata_file_by_name_costs_one_worker_call_a_folder(tmp_
     folders = 1 + scans + scans * filesets
     assert after["worker_calls"] - before["worker_calls"] == folders
     assert after["work"]["metadata_files_read"] - before["work"].get("metadata_files_read", 0) == len(names)
+
+
+def python_calls_learning_a_fileset(path, files: int) -> tuple[int, dict]:
+    """Python calls of scopefs's backends, and the stats, for learning the attributes of a
+    fileset of `files` files whose nodes are made, as the learner does ahead of a walk
+    that stats (`find -printf %s`, `ls -l`, `du`)."""
+    source = walk_samples.fsdb(path, 1, 1, files)
+    tree = fsdb_tree.open_tree(str(source.path), Options())
+    try:
+        fileset = tree.root.lookup("scan_000").lookup("fileset_0")
+        fileset.rows_in_memory()                # (its nodes made: the learner's own cost, counted above)
+        tree.files_stated()                     # (a walk stats files: theirs are learned too)
+        ours = os.path.dirname(os.path.dirname(fsdb_tree.__file__)) + os.sep
+        calls, stats = itertools.count(), itertools.count()
+
+        def count(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename.startswith(ours):
+                next(calls)
+            elif event == "c_call" and arg is os.stat:
+                next(stats)
+        sys.setprofile(count)
+        try:
+            fileset.learn()
+        finally:
+            sys.setprofile(None)
+        assert all(node.cached_attr() is not None for _, node in fileset.rows_in_memory())
+        return next(calls), next(stats)
+    finally:
+        tree.close()
+
+
+def test_learning_a_filesets_attributes_costs_two_stats_and_five_python_calls_a_file(tmp_path):
+    """A file's attributes and its metadata view's, learned for a walk that stats: a stat
+    each (from its folder's open descriptor), and 5 calls of scopefs (whether each is
+    known, the view's stat and what it keeps of it, the file's stat); before: 7, the
+    folder's descriptor and whether the view's stat was known asked by a call each."""
+    small_calls, small_stats = python_calls_learning_a_fileset(tmp_path / "small", 30)
+    big_calls, big_stats = python_calls_learning_a_fileset(tmp_path / "big", 300)
+    assert (big_stats - small_stats) == 2 * (300 - 30)
+    assert 5 <= (big_calls - small_calls) / (300 - 30) < 5.1, (small_calls, big_calls)    # (+3 a ROWS_PER_LOCK)

@@ -190,7 +190,8 @@ class MetaView(CachedView):
             known = _meta_stat(version, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
-        if self._known() is None:
+        current = self._stat                # (`_known`, inline: the learner calls this per view)
+        if current is None or current[0] != self.obj.md_version:
             self._stat = known
 
     def _known(self) -> tuple[int, int, int, Attr] | None:
@@ -765,10 +766,13 @@ class Folder(Directory):
                     if folder != views_in:
                         views_in, views_fd = folder, opened(folder)
                     node.learn_stat(views_fd, file_name)
-                elif isinstance(node, DataFile) and opened(here) is not None:
-                    node.learn_attr(fds[here])
-                elif isinstance(node, Folder) and opened(here) is not None:
-                    node.learn_attr(fds[here], name)
+                elif isinstance(node, (DataFile, Folder)):
+                    if (here_fd := fds[here] if here in fds else opened(here)) is None:
+                        continue                # (its folder gone meanwhile)
+                    if isinstance(node, DataFile):
+                        node.learn_attr(here_fd)
+                    else:
+                        node.learn_attr(here_fd, name)
                 else:
                     continue                    # (a view or a hidden file: `attr` when listed)
                 learned += 1

@@ -743,3 +743,17 @@ def test_a_file_renamed_over_is_served_as_unlinked_to_descriptors_still_open_on_
         assert (gone.size, gone.nlink) == (100, 0)
         assert images.lookup(target).ino != replaced and images.lookup(source) is None
     assert images.lookup("img_0003.png").attr().size == len(b"rsync's")
+
+
+def test_a_metadata_view_that_cannot_be_read_is_still_stated(trees, monkeypatch):
+    """Its first stat in a folder never listed reads it (a reader opens it next); where
+    the read fails, the stat answers (and the open says why)."""
+    folder = fileset_folder(trees[SMALL])
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "not readable", path)
+    monkeypatch.setattr(fsdb_tree, "_read_whole", unreadable)
+    node, attr = folder.lookup_attr("img_0001.png.metadata.json")
+    assert attr.size == os.stat(node.obj._md_path).st_size
+    with pytest.raises(PermissionError):
+        node.open(os.O_RDONLY)

@@ -168,7 +168,10 @@ class MetaView(CachedView):
             if folder.listed:
                 folder.file_attr_asked()
             elif self.staged is None and not self.tree.db.files.remote:
-                self.content()
+                try:
+                    self.content()
+                except OSError:                 # (unreadable: its stat says what it can)
+                    pass
             known = self._stat
         if known is None or known[0] != version:
             try:

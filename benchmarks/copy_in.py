@@ -1,7 +1,7 @@
 """Which FUSE requests one copied file costs, by tool, on the writable mounts.
 
     python benchmarks/copy_in.py [--work DIR] [--tools cp,cp -a,rsync -a]
-    python benchmarks/copy_in.py --cpu 1000 [--rounds 6] [--daemon NAME=DIR ...]
+    python benchmarks/copy_in.py --cpu 1000 [--rounds 6] [--bytes N] [--daemon NAME=DIR ...]
 
 Mounts a small `.iid` (new entry folders holding a mask.png) and a small FSDB (new files in a
 fileset) with the daemon's request log (`-d`), copies one file at a time with each tool (the
@@ -15,7 +15,8 @@ a fresh mount of each daemon given (`--daemon NAME=DIR`: the checkout DIR with i
 default this one), the daemons taking turns for `--rounds` rounds, the write-back included
 (an fsync of the folder at the end); per file, the daemon's CPU time (its session thread
 and its other threads apart), the wall time, requests and worker calls, and each daemon's
-medians. CPU time, not wall time, is what to compare on a loaded machine.
+medians. CPU time, not wall time, is what to compare on a loaded machine. `--bytes N`: files
+of N bytes (e.g. 4194304, an image of a real scan) instead of the sample's small PNG.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return main, rest
 
 
-def copy_cpu(python: str, source: Path, work: Path, files: int) -> dict:
+def copy_cpu(python: str, source: Path, work: Path, files: int, size: int = 0) -> dict:
     """One fresh mount of a copy of `source` by `python -m scopefs.daemon`, and `cp -r` of
     `files` new files into its fileset: what each file cost."""
     db, mnt, new = work / "db", work / "mnt", work / "new"
@@ -114,7 +115,8 @@ def copy_cpu(python: str, source: Path, work: Path, files: int) -> dict:
     shutil.copytree(source, db)     # inode allocator pass over them, without a journal)
     new.mkdir()
     mnt.mkdir()
-    data = next(p for p in sorted((db / "scan_000" / "fileset_0").iterdir()) if p.suffix == ".png").read_bytes()
+    data = os.urandom(size) if size else \
+        next(p for p in sorted((db / "scan_000" / "fileset_0").iterdir()) if p.suffix == ".png").read_bytes()
     names = []
     for i in range(files):
         (new / f"new_{i:05d}.png").write_bytes(data)
@@ -144,14 +146,15 @@ def copy_cpu(python: str, source: Path, work: Path, files: int) -> dict:
             "worker calls": (after["worker_calls"] - before["worker_calls"]) / files}
 
 
-def compare_cpu(daemons: dict[str, str], files: int, rounds: int, work: Path) -> None:
+def compare_cpu(daemons: dict[str, str], files: int, rounds: int, work: Path, size: int = 0) -> None:
     source = walk_samples.fsdb(work / "fsdb", 1, 1, 10).path
-    print(f"daemon CPU per file copied into an FSDB fileset, {files:,} files a round, {time.strftime('%Y-%m-%d %H:%M')}, "
+    print(f"daemon CPU per file copied into an FSDB fileset, {files:,} files "
+          f"{f'of {size:,} bytes ' if size else ''}a round, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load {os.getloadavg()[0]:.1f}")
     runs: dict[str, list[dict]] = {name: [] for name in daemons}
     for r in range(rounds):
         for name, python in daemons.items():
-            got = copy_cpu(python, source, work / f"run-{name}-{r}", files)
+            got = copy_cpu(python, source, work / f"run-{name}-{r}", files, size)
             runs[name].append(got)
             print(f"  round {r + 1} {name:12} " + "  ".join(f"{key} {value:.2f}" for key, value in got.items()),
                   flush=True)
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), help="tools to copy with (cp,cp -a,rsync -a)")
     parser.add_argument("--cpu", type=int, default=0, help="files copied into an FSDB fileset per round, timed")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of --cpu (each daemon in turn)")
+    parser.add_argument("--bytes", type=int, default=0, help="size of each file of --cpu (default: a small PNG)")
     parser.add_argument("--daemon", action="append", default=[], metavar="NAME=DIR",
                         help="a checkout whose .venv runs the daemon, for --cpu (default: this one)")
     args = parser.parse_args()
@@ -174,7 +178,7 @@ def main() -> None:
         if args.cpu:
             daemons = dict(d.split("=", 1) for d in args.daemon) or {"this": str(ROOT)}
             compare_cpu({name: str(Path(path) / ".venv" / "bin" / "python") for name, path in daemons.items()},
-                        args.cpu, args.rounds, work)
+                        args.cpu, args.rounds, work, args.bytes)
             return
         print(f"requests for one file copied into a writable mount, {time.strftime('%Y-%m-%d %H:%M')}, "
               f"kernel {os.uname().release}")

@@ -44,6 +44,11 @@ NOWAIT_BATCH = 1024
 DIRENT_ATTRS = 4096
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
 BLOCK_SIZE = 128 * 1024
+#: what it says of a writable tree's files: cp writes a copy in chunks of it, and 1 MiB is
+#: the most one FUSE WRITE carries (libfuse's max_write): a 4 MiB image copied in costs 4
+#: WRITEs, not 32. (Not of folders: glibc sizes readdir's buffer by it, and a listing read
+#: in one getdents would not show a name renamed over while it is read on.)
+WRITE_BLOCK_SIZE = 1 << 20
 #: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
 #: daemon's status as JSON (pid, source, counters). It replaces extended attributes:
 #: answering getxattr at all costs `ls -l` two round trips per file (SELinux label and
@@ -601,6 +606,7 @@ class Operations(pyfuse3.Operations):
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._file_blksize = WRITE_BLOCK_SIZE if tree.writable else BLOCK_SIZE
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups, tree.path_of)
@@ -697,7 +703,7 @@ class Operations(pyfuse3.Operations):
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size
-        entry.st_blksize = BLOCK_SIZE
+        entry.st_blksize = self._file_blksize if stat.S_ISREG(attr.mode) else BLOCK_SIZE
         if attr.uid is None:                   # synthesized attributes: the daemon's defaults
             entry.st_uid = self._uid
             entry.st_gid = self._gid

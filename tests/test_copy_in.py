@@ -145,6 +145,35 @@ def _check_copy_costs(kind, tmp_path, mount) -> None:
         assert mask.read_bytes() == MOUNTED_8X8 != png.getvalue()      # (not the bytes cp wrote)
 
 
+#: bytes of the image copied in whole FUSE WRITEs: 4 of the kernel's largest (1 MiB), past
+#: the first MiB that a new FSDB file keeps in memory (beyond it, each WRITE is a worker call)
+BIG_IMAGE = 4 << 20
+
+
+def test_a_big_image_copied_in_costs_a_write_per_mebibyte(tmp_path, mount):
+    """`cp` writes a copy in chunks of its destination's st_blksize: a writable mount says
+    1 MiB, the most one FUSE WRITE carries, so a 4 MiB image costs 4 WRITEs and 4 worker
+    calls (at 128 KiB: 32 WRITEs, 24 of them worker calls), and arrives whole."""
+    source = walk_samples.fsdb(tmp_path / "db", 1, 1, 3)
+    mnt = mount(source.path, "-o", "register_delay=600")
+    dest = mnt / source.write_dir
+    images = [tmp_path / "big_0.png", tmp_path / "big_1.png"]
+    for image in images:
+        image.write_bytes(os.urandom(BIG_IMAGE))
+    subprocess.run(["cp", str(images[0]), str(dest)], check=True)     # (the path to dest looked up)
+    before = daemon_status(mnt)
+    subprocess.run(["cp", str(images[1]), str(dest)], check=True)
+    after = daemon_status(mnt)
+    writes = Counter(after["requests_by_kind"])["write"] - Counter(before["requests_by_kind"])["write"]
+    assert writes == BIG_IMAGE >> 20, writes
+    assert after["worker_calls"] - before["worker_calls"] <= writes, (before, after)
+    assert os.stat(dest / images[1].name).st_blksize == 1 << 20
+    # (a folder's stays: glibc's readdir buffer follows it, test_stale_names' listings read on)
+    assert os.stat(dest).st_blksize == 128 << 10
+    for image in images:
+        assert (dest / image.name).read_bytes() == image.read_bytes()
+
+
 def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):
     """While `cp -a` (or any writer) holds a new file open, its size and bytes so far are
     what stat and another reader see, as on a local disk (answered from memory), and its

@@ -17,7 +17,7 @@ from scopefs.daemon.fs import Operations
 
 #: Python calls of one request answered from memory on a writable `.iid` (`_guard`'s
 #: wrapper and the handler are two of them); before: 13, 19 and 27
-GETATTR_CALLS = 9
+GETATTR_CALLS = 8
 LOOKUP_CALLS = 15
 OPEN_RELEASE_CALLS = 24
 

@@ -524,9 +524,10 @@ class Tree:
             return node
 
     def get(self, ino: int) -> Node | None:
-        graft = self._graft_of(ino)
-        if graft is not None:
-            return graft.get(ino)
+        if ino >> GRAFT_SHIFT:          # (`_graft_of` inline: every request by inode asks)
+            graft = self._grafts.get(ino >> GRAFT_SHIFT)
+            if graft is not None:
+                return graft.get(ino)
         node = self._fixed.get(ino)
         if node is not None:
             return node

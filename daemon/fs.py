@@ -494,9 +494,10 @@ def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int
     return errno.EIO
 
 
-class _GoneIsStale:
-    """An operation on an inode whose object is gone (the tree no longer has its node, or
-    the backend answers ENOENT for it) answers ESTALE, not ENOENT.
+def _stale_if_gone(exc: Exception) -> Exception:
+    """The error an operation on an inode answers for `exc`: where the inode's object is
+    gone (the tree no longer has its node, or the backend answers ENOENT for it), ESTALE,
+    not ENOENT.
 
     The kernel may hold a name for an inode the daemon no longer shows under it: a
     READDIRPLUS links every name it carries (fs/fuse/readdir.c `fuse_direntplus_link`
@@ -513,20 +514,11 @@ class _GoneIsStale:
     LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
     again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
     dropped and looked up afresh (`lookup_open` then creates). Only a call by file
-    descriptor sees ESTALE itself, for an object that is gone. (A class, not a generator:
-    every GETATTR enters it.)"""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, traceback) -> bool:
-        if kind is not None and (issubclass(kind, FileNotFoundError) or
-                                 (issubclass(kind, pyfuse3.FUSEError) and exc.errno == errno.ENOENT)):
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        return False
-
-
-_gone_is_stale = _GoneIsStale()
+    descriptor sees ESTALE itself, for an object that is gone. (Raised from an `except`,
+    not a context manager's exit: every GETATTR would pay its two Python calls.)"""
+    if isinstance(exc, FileNotFoundError) or (isinstance(exc, pyfuse3.FUSEError) and exc.errno == errno.ENOENT):
+        return pyfuse3.FUSEError(errno.ESTALE)
+    return exc
 
 
 def _file_type(node: Node) -> int:
@@ -604,6 +596,7 @@ class Operations(pyfuse3.Operations):
             "every listing entry carries its attributes"), self.policy.entry_timeout,
             self.policy.attr_timeout_of(stat.S_IFREG))
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
+        self._attr_timeouts: dict[int, float] = {}      # the policy's, by st_mode (< 2**16 of them), for `_entry`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self._file_blksize = WRITE_BLOCK_SIZE if tree.writable else BLOCK_SIZE
@@ -690,16 +683,19 @@ class Operations(pyfuse3.Operations):
         return node
 
     def _directory(self, ino: int) -> Directory:
-        node = self._node(ino)
+        node = self.tree.get(ino)
         if not isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise pyfuse3.FUSEError(errno.ENOENT if node is None else errno.ENOTDIR)
         return node
 
     def _entry(self, ino: int, attr: Attr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
         entry.entry_timeout = self.policy.entry_timeout
-        entry.attr_timeout = self.policy.attr_timeout_of(attr.mode)
+        timeout = self._attr_timeouts.get(attr.mode)
+        if timeout is None:
+            timeout = self._attr_timeouts[attr.mode] = self.policy.attr_timeout_of(attr.mode)
+        entry.attr_timeout = timeout
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size
@@ -738,7 +734,7 @@ class Operations(pyfuse3.Operations):
             return self._control_entry()
         directory = self._directory(parent_inode)
 
-        name = os.fsdecode(name)
+        name = name.decode(FS_ENCODING, FS_ERRORS)
         self.counters.attr_requests += 1
         self.counters.lookups += 1
         found = directory.lookup_attr_nowait(name)
@@ -778,9 +774,13 @@ class Operations(pyfuse3.Operations):
         if inode == CONTROL_INO:
             return self._control_entry()
         self.counters.attr_requests += 1
-        with _gone_is_stale:
-            node = self._node(inode)
+        node = self.tree.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)       # (see `_stale_if_gone`)
+        try:
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
+        except (FileNotFoundError, pyfuse3.FUSEError) as exc:
+            raise _stale_if_gone(exc) from None
 
     def forget(self, inode_list):
         self.counters.inodes_forgotten += len(inode_list)
@@ -1081,11 +1081,13 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readlink(self, inode, ctx):
         self.counters.readlinks += 1
-        with _gone_is_stale:
+        try:
             node = self._node(inode)
             if not isinstance(node, Symlink):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
+        except (FileNotFoundError, pyfuse3.FUSEError) as exc:
+            raise _stale_if_gone(exc) from None
 
     # -- files ------------------------------------------------------------------------
     @_guard
@@ -1099,8 +1101,10 @@ class Operations(pyfuse3.Operations):
             if (flags & os.O_ACCMODE) != os.O_RDONLY:
                 raise pyfuse3.FUSEError(errno.EACCES)
             return self._add_handle(BytesHandle(self._control_bytes()), direct_io=True, noflush=True)
-        with _gone_is_stale:
+        try:
             handle = await self._open_file(inode, flags)
+        except (FileNotFoundError, pyfuse3.FUSEError) as exc:
+            raise _stale_if_gone(exc) from None
         return self._add_handle(handle, noflush=not writes(flags))
 
     async def _open_file(self, inode: int, flags: int) -> FileHandle:
@@ -1291,10 +1295,10 @@ class Operations(pyfuse3.Operations):
         every name of a READDIRPLUS (`fuse_direntplus_link`, with no check that the name
         is still there): a row of the snapshot would bring the name back with its old
         inode and attributes after the call that removed it returned (`stat` found it,
-        `open(O_CREAT)` opened what is gone: `_gone_is_stale`). Left out, a name an
+        `open(O_CREAT)` opened what is gone: `_stale_if_gone`). Left out, a name an
         editor or rsync renames a new file onto would be missing from a listing. Names
         changed behind the mount are told to the kernel by the `Notifier` instead, as
-        expired, and `_gone_is_stale` answers for an inode that is gone."""
+        expired, and `_stale_if_gone` answers for an inode that is gone."""
         self.folder_listings.names_gone(folder, names)
         self.lean_rule.names_gone(folder, names)
         for listing in self._listings.values():
@@ -1310,8 +1314,10 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
-        with _gone_is_stale:
+        try:
             return await self._set_attributes(inode, attr, fields, fh)
+        except (FileNotFoundError, pyfuse3.FUSEError) as exc:
+            raise _stale_if_gone(exc) from None
 
     async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:
         """At most one worker call: a truncate, a `set_attr` that blocks and the attributes

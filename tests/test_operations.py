@@ -111,7 +111,7 @@ async def test_os_errors_keep_their_errno(ops):
 
 async def test_an_inode_whose_object_is_gone_is_stale(ops):
     """ENOENT by inode would be wrong: the kernel may have come by a name that now names
-    something else; ESTALE makes the VFS look the path up again (`_gone_is_stale`)."""
+    something else; ESTALE makes the VFS look the path up again (`_stale_if_gone`)."""
     entry = await ops.lookup(ROOT_INO, b"vanished")
     with pytest.raises(pyfuse3.FUSEError) as err:
         await ops.open(entry.st_ino, os.O_RDONLY, None)

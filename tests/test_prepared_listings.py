@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import trio.testing
 
 import walk_samples
 from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
+from python_calls import PythonCalls, folders_of
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
 from scopefs.daemon import fs
@@ -485,28 +485,19 @@ async def python_calls_per_prepared_folder(path: Path, monkeypatch) -> float:
     folder starts (`walk_begun`, its tasks traced)."""
     tree = iid_backend.open_tree(str(path), Options(), read_only=True)
     try:
-        ours = tuple(os.path.dirname(module.__file__) + os.sep for module in (fs, iid_backend))
-        calls = itertools.count()
-
-        def count(frame, event, arg):
-            if event == "call" and frame.f_code.co_filename.startswith(ours):
-                next(calls)
-
+        counted = PythonCalls(within=folders_of(fs, iid_backend))
         spawn = trio.lowlevel.spawn_system_task
 
         def traced(fn, *args):
             async def run():
-                sys.setprofile(count)
-                try:
+                with counted:
                     await fn(*args)
-                finally:
-                    sys.setprofile(None)
             spawn(run)
 
         monkeypatch.setattr(trio.lowlevel, "spawn_system_task", traced)
         ops, _ = await walk_begun(tree, monkeypatch)
         assert ops.prepared.made == AHEAD
-        return next(calls) / ops.prepared.made
+        return counted.calls / ops.prepared.made
     finally:
         tree.close()
 

@@ -143,6 +143,13 @@ def made_ahead(tree, folder) -> None:
         pending[0].result(timeout=60)
 
 
+def patient(tree):
+    """`tree`, its listings made ahead given whenever the walker comes and waited for as
+    long as they take (a loaded machine makes none too old)."""
+    tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
+    return tree
+
+
 def unless_caches_dropped(check, tries: int = 5) -> None:
     """`check()`, tried again only where the kernel's own doing is counted: its caches
     dropped or shrunk while it ran (/proc/vmstat: another program's drop_caches, a

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import cleanup_mount, daemon_pid, daemon_status, made_ahead
+from conftest import cleanup_mount, daemon_pid, daemon_status, made_ahead, patient
 from python_calls import python_calls
 from upstream import run_upstream
 from scopefs.backends.cache import ByteCache
@@ -744,13 +744,6 @@ def tree_of_kept_picks_copies(tmp_path: Path, count: int, monkeypatch):
     first.derive.learner._learn()                       # (every size learned, kept)
     first.close()
     return open_tree("copick", str(tmp_path / "static"), Options({"overlay": str(tmp_path / "overlay")}))
-
-
-def patient(tree):
-    """`tree`, its listings made ahead given whenever the walker comes and waited for as
-    long as they take (a loaded machine makes none too old)."""
-    tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
-    return tree
 
 
 def reopened(project: Path):

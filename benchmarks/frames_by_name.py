@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import os
 import shlex
 import subprocess
@@ -30,13 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
 
 COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store",
            "inodes_forgotten")       # (other sessions dropping caches: the kernel forgets frames)
-
-
-def status(mnt: Path) -> dict:
-    return json.loads((mnt / ".scopefs").read_text())
 
 
 def cpu_s(pid: int) -> float:
@@ -81,14 +77,14 @@ def measure(daemon: tuple[str, dict], store: Path, work: Path, read, frames: int
         raise
     try:
         assert (mnt / "frames/000000.png").exists()     # (frames/ is not listed)
-        status(mnt)                                  # (a status read's own requests are counted after it)
-        before = status(mnt)
+        daemon_status(mnt)                                  # (a status read's own requests are counted after it)
+        before = daemon_status(mnt)
         cpu = cpu_s(before["pid"])
         start = time.perf_counter()
         read(mnt)
         wall = time.perf_counter() - start
         cpu = cpu_s(before["pid"]) - cpu
-        after = status(mnt)
+        after = daemon_status(mnt)
         return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
                 "wall_ms": 1000 * wall / frames, "cpu_ms": 1000 * cpu / frames}
     finally:

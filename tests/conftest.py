@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import daemon_log
+from control_file import daemon_status
 from scopefs.backends.kernel import process_alive as alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +38,6 @@ class MountFailed(Exception):
 
 def run_scopefs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*SCOPEFS, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def daemon_status(mountpoint: Path) -> dict:
-    """The JSON a mount shows in its hidden control file."""
-    return json.loads((mountpoint / ".scopefs").read_text())
 
 
 def daemon_pid(mountpoint: Path) -> int | None:

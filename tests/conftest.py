@@ -56,13 +56,18 @@ def is_stale(mountpoint: Path) -> bool:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
+def wait_for(predicate, timeout: float = 10.0, every: float = 0.01):
+    """`predicate()`'s value once it is true, polled every `every` seconds, or its last
+    (false) value after `timeout`: for what a daemon's threads or the kernel do in their
+    own time (a loaded machine takes seconds for what takes milliseconds alone)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    return wait_for(lambda: not alive(pid), timeout, every=0.02)
 
 
 def cleanup_mount(mountpoint: Path, pid: int | None) -> None:

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import Mounter, made_ahead, patient, unless_caches_dropped
+from conftest import Mounter, made_ahead, patient, unless_caches_dropped, wait_for
 
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
@@ -39,13 +39,6 @@ class CountingRoot:
 
     def stat_many(self, rel, names):
         return [Attr(stat.S_IFREG | 0o644, len(rel) + i) for i, _ in enumerate(names)]
-
-
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_a_planned_listing_is_used_once_with_its_attributes():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import daemon_status
+from conftest import daemon_status, wait_for
 from scopefs.formats.iid import IIDFile
 from scopefs.formats.samples import disk, make_fsdb, make_iid
 
@@ -38,10 +38,7 @@ def agrees(path: Path) -> int:
 def eventually(check, timeout: float = 2.0) -> None:
     """Names are invalidated by a thread of their own, a moment after the change
     (no request waits for it); without it they would stay cached for an hour."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the kernel still shows the old name"
-        time.sleep(0.02)
+    assert wait_for(check, timeout, every=0.02), "the kernel still shows the old name"
 
 
 def write_png(path: Path, mask: np.ndarray) -> None:

@@ -25,7 +25,7 @@ import pyfuse3
 import pytest
 
 import walk_samples
-from conftest import daemon_status
+from conftest import daemon_status, wait_for
 from test_operations import SampleTree
 from scopefs.backends.nodes import ROOT_INO
 from scopefs.daemon.fs import Operations
@@ -151,12 +151,7 @@ def test_copick_overlay_changed_by_another_program_shows_in_the_mount(tmp_path, 
         assert relisted(mnt, folder)[1] == 0, "listings are kept by the kernel"
 
     def shows(check) -> bool:
-        deadline = time.monotonic() + 5
-        while not check():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_for(check, 5, every=0.05)
     (overlay_picks / "other_2_ribosome.json").write_text(json.dumps(
         {"pickable_object_name": "ribosome", "user_id": "other", "session_id": "2",
          "points": [{"location": {"x": 1.0, "y": 2.0, "z": 3.0}}]}))
@@ -207,10 +202,8 @@ def test_a_working_directory_stays_reachable_when_its_folder_is_reported_changed
         made = tmp_path / "copick" / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
         made.mkdir()
         (made / "marker.txt").write_text("x")
-        deadline = time.monotonic() + 5
-        while "marker.txt" not in os.listdir(folder):
-            assert time.monotonic() < deadline, "the overlay watch did not report the new folder"
-            time.sleep(0.02)
+        assert wait_for(lambda: "marker.txt" in os.listdir(folder), 5, every=0.02), \
+            "the overlay watch did not report the new folder"
         seen = {cwd() for _ in range(50) if not time.sleep(0.02)}
         assert seen == {str(folder)}, "the working directory became unreachable"
     finally:

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 import walk_samples
-from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
+from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped, wait_for
 from python_calls import PythonCalls, folders_of
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
@@ -64,10 +64,8 @@ def test_a_cold_walk_lists_most_folders_without_python(walk_iid, mount):
 
     def prepared_once(first: int, count: int) -> None:
         """Waits until `count` listings were prepared since `first`."""
-        deadline = time.monotonic() + 10
-        while daemon_status(mnt)["listings_prepared"] < first + count:
-            assert time.monotonic() < deadline, f"{count} listings not prepared"
-            time.sleep(0.005)
+        assert wait_for(lambda: daemon_status(mnt)["listings_prepared"] >= first + count, every=0.005), \
+            f"{count} listings not prepared"
 
     def walk_addresses():
         names = walked[str(mnt / "by-address")]

@@ -23,7 +23,7 @@ import trio
 from PIL import Image
 
 import walk_samples
-from conftest import KernelLetNamesGo, daemon_pid, daemon_status, unless_caches_dropped, wait_gone
+from conftest import KernelLetNamesGo, daemon_pid, daemon_status, unless_caches_dropped, wait_for, wait_gone
 from png_samples import chunk as png_chunk, gray_png, ztxt
 from python_calls import PythonCalls
 from scopefs.backends import localfiles
@@ -300,9 +300,7 @@ def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_w
     pid = daemon_pid(mnt)
     copy = subprocess.Popen(["cp", "-r", *sorted(map(str, new.iterdir())), str(mnt / source.write_dir)],
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while daemon_status(mnt)["flush_requests"] < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: daemon_status(mnt)["flush_requests"] >= 50, 30), daemon_status(mnt)
     assert copy.poll() is None, "the copy ended before the mount was stopped: copy more files"
     os.kill(pid, signal.SIGTERM)
     assert wait_gone(pid, 20)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import daemon_status, wait_for
+from iid_samples import disks_in_a_row
 from scopefs.formats.iid import IIDFile
 from scopefs.formats.samples import disk, make_fsdb, make_iid
 
@@ -86,11 +87,7 @@ def test_group_change_moves_the_links(iid_mount):
 
 def test_deleted_entry_shifts_keys_and_addresses(tmp_path, mount):
     """Deleting entry 0 renumbers the rest: key 10 becomes 9 (entry.json one byte shorter)."""
-    f = IIDFile()
-    for i in range(12):
-        f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
-    f.save(str(tmp_path / "twelve.iid"))
-    mnt = mount(tmp_path / "twelve.iid")
+    mnt = mount(disks_in_a_row(tmp_path / "twelve.iid", 12))
     tenth = entry(mnt, "c10")
     old = cached(tenth / "entry.json")
     by_address = mnt / "by-address" / "c00"

@@ -26,11 +26,11 @@ import pytest
 
 import walk_samples
 from conftest import daemon_status, wait_for
+from iid_samples import disks_in_a_row
 from test_operations import SampleTree
 from scopefs.backends.nodes import ROOT_INO
 from scopefs.daemon.fs import Operations
-from scopefs.formats.iid import IIDFile
-from scopefs.formats.samples import disk, make_copick, make_fsdb, make_iid, make_imgstore
+from scopefs.formats.samples import make_copick, make_fsdb, make_iid, make_imgstore
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -282,11 +282,7 @@ def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kin
     and the daemon goes on from the kernel's offset in the listing the kernel had cached
     (a listing made anew would have shifted, skipping entries)."""
     if kind == "iid":
-        f = IIDFile()
-        for i in range(60):
-            f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
-        f.save(str(tmp_path / "sixty.iid"))
-        folder = mount(tmp_path / "sixty.iid")
+        folder = mount(disks_in_a_row(tmp_path / "sixty.iid", 60))
     else:
         folder = mount(make_fsdb(str(tmp_path / "db"), images=60)) / "plant_001" / "images"
     everything = set(os.listdir(folder))                # now in the kernel's cache

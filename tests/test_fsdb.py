@@ -376,9 +376,7 @@ def test_a_cold_walk_is_answered_from_memory_once_learned_ahead(tmp_path, mount,
         documented_example(db_path, n=5, scan_id=scan_id)
     mnt = mount(db_path)
     os.listdir(mnt)
-    deadline = time.monotonic() + 10
-    while daemon_status(mnt).get("learning_ahead") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: not daemon_status(mnt).get("learning_ahead"), every=0.02), daemon_status(mnt)
     before = daemon_status(mnt)
     listed = subprocess.run(["ls", "-lR", str(mnt)], check=True, capture_output=True, text=True).stdout
     assert "scan_b/images:" in listed and "4.png.metadata.json" in listed

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import shutil
 import statistics
@@ -53,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
@@ -131,7 +131,7 @@ class Scopefs(Target):
         self.pid = self._status()["pid"]
 
     def _status(self) -> dict:
-        return json.loads((self.path / ".scopefs").read_text())
+        return daemon_status(self.path)
 
     def requests(self) -> int:
         return self._status()["requests"]

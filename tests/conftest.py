@@ -234,6 +234,25 @@ def mount(request, tmp_path):
     mounter.check_log(request.node)
 
 
+@pytest.fixture
+def iid_mount(tmp_path, mount):
+    """A mount of scopefs's sample .iid (`make_iid`)."""
+    from scopefs.formats.samples import make_iid
+    return mount(make_iid(str(tmp_path / "cells.iid")))
+
+
+@pytest.fixture
+def fsdb_mount(tmp_path, mount):
+    """A mount of scopefs's sample FSDB database (`make_fsdb`)."""
+    from scopefs.formats.samples import make_fsdb
+    return mount(make_fsdb(str(tmp_path / "db")))
+
+
+def iid_entry(mnt: Path, address: str) -> Path:
+    """The entry folder of an .iid mount whose name ends with `address`."""
+    return next(p for p in mnt.iterdir() if p.name.endswith(address))
+
+
 @pytest.fixture(scope="module")
 def module_mount(request, tmp_path_factory):
     mounter = Mounter(tmp_path_factory.mktemp("mounts"))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import daemon_status, wait_for
+from conftest import daemon_status, iid_entry, wait_for
 from iid_samples import disks_in_a_row
 from scopefs.formats.iid import IIDFile
 from scopefs.formats.samples import disk, make_fsdb, make_iid
@@ -46,17 +46,8 @@ def write_png(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG", compress_level=9)
 
 
-@pytest.fixture
-def iid_mount(tmp_path, mount):
-    return mount(make_iid(str(tmp_path / "cells.iid")))
-
-
-def entry(mnt: Path, address: str) -> Path:
-    return next(p for p in mnt.iterdir() if p.name.endswith(address))
-
-
 def test_new_mask_changes_entry_json_and_overview(iid_mount):
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     before = {name: cached(folder / name) for name in ("entry.json", "mask.png")}
     overview = cached(iid_mount / "overview.png")
     write_png(folder / "mask.png", disk(30))        # area 253 -> 2821, bbox 19 -> 61 a side
@@ -67,7 +58,7 @@ def test_new_mask_changes_entry_json_and_overview(iid_mount):
 
 
 def test_entry_folder_time_follows_its_files(iid_mount):
-    folder = entry(iid_mount, "cell-b")
+    folder = iid_entry(iid_mount, "cell-b")
     before = folder.stat().st_mtime_ns
     time.sleep(0.01)
     write_png(folder / "mask.png", disk(12))
@@ -75,7 +66,7 @@ def test_entry_folder_time_follows_its_files(iid_mount):
 
 
 def test_group_change_moves_the_links(iid_mount):
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     link = iid_mount / "groups" / "nuclei" / folder.name
     assert link.is_symlink()                        # the kernel now caches this name
     doc = json.loads((folder / "entry.json").read_text())
@@ -88,19 +79,14 @@ def test_group_change_moves_the_links(iid_mount):
 def test_deleted_entry_shifts_keys_and_addresses(tmp_path, mount):
     """Deleting entry 0 renumbers the rest: key 10 becomes 9 (entry.json one byte shorter)."""
     mnt = mount(disks_in_a_row(tmp_path / "twelve.iid", 12))
-    tenth = entry(mnt, "c10")
+    tenth = iid_entry(mnt, "c10")
     old = cached(tenth / "entry.json")
     by_address = mnt / "by-address" / "c00"
     assert by_address.is_dir()
-    shutil.rmtree(entry(mnt, "c00"))
+    shutil.rmtree(iid_entry(mnt, "c00"))
     assert json.loads((tenth / "entry.json").read_text())["key"] == 9
     assert agrees(tenth / "entry.json") == old - 1
     eventually(lambda: not by_address.exists())
-
-
-@pytest.fixture
-def fsdb_mount(tmp_path, mount):
-    return mount(make_fsdb(str(tmp_path / "db")))
 
 
 def test_fsdb_removed_file_takes_its_metadata(fsdb_mount):
@@ -152,7 +138,7 @@ def test_unchanged_folder_is_stat_from_the_kernel(kind, tmp_path, mount):
     and look it up again, which no timeout prevents: one of three passes must not ask.)"""
     if kind == "iid":
         mnt = mount(make_iid(str(tmp_path / "cells.iid")))
-        folders = [mnt, entry(mnt, "cell-b")]
+        folders = [mnt, iid_entry(mnt, "cell-b")]
     else:
         mnt = mount(make_fsdb(str(tmp_path / "db")))
         folders = [mnt / "plant_001", mnt / "plant_001" / "images"]

@@ -25,7 +25,7 @@ import pyfuse3
 import pytest
 
 import walk_samples
-from conftest import daemon_status, wait_for
+from conftest import daemon_status, iid_entry, wait_for
 from iid_samples import disks_in_a_row
 from test_operations import SampleTree
 from scopefs.backends.nodes import ROOT_INO
@@ -46,24 +46,10 @@ def relisted(mnt: Path, folder: Path) -> tuple[list[str], int]:
     return sorted(names), readdirs(mnt) - before
 
 
-def entry(mnt: Path, address: str) -> Path:
-    return next(p for p in mnt.iterdir() if p.name.endswith(address))
-
-
-@pytest.fixture
-def iid_mount(tmp_path, mount):
-    return mount(make_iid(str(tmp_path / "cells.iid")))
-
-
 @pytest.fixture
 def iid_mount_of(tmp_path, mount):
     """A mount of the walk benchmark's .iid sample (entries in groups: links) with options."""
     return lambda *options: mount(walk_samples.iid(tmp_path / "walk.iid", 40).path, *options)
-
-
-@pytest.fixture
-def fsdb_mount(tmp_path, mount):
-    return mount(make_fsdb(str(tmp_path / "db")))
 
 
 @pytest.mark.parametrize("kind", ["iid", "fsdb", "imgstore"])
@@ -227,7 +213,7 @@ def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):
 def test_reported_change_shows_in_the_next_listing(iid_mount):
     """Moving an entry to another group (a write to its entry.json) changes the listings of
     both groups' folders behind the kernel's back: the backend reports them."""
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     nuclei, cells = iid_mount / "groups" / "nuclei", iid_mount / "groups" / "cells"
     for group in (nuclei, cells):
         relisted(iid_mount, group)
@@ -242,7 +228,7 @@ def test_reported_change_shows_in_the_next_listing(iid_mount):
 
 
 def test_deleted_entry_leaves_the_cached_root_listing(iid_mount):
-    folder = entry(iid_mount, "cell-b")
+    folder = iid_entry(iid_mount, "cell-b")
     relisted(iid_mount, iid_mount)
     shutil.rmtree(folder)
     assert folder.name not in relisted(iid_mount, iid_mount)[0]
@@ -356,7 +342,7 @@ def test_a_second_walk_opens_no_directory_and_reads_no_link(options, iid_mount_o
 def test_reading_a_file_of_a_writable_mount_sends_no_flush(iid_mount):
     """A read-only open has nothing to commit at close (FOPEN_NOFLUSH); a write still
     commits at close."""
-    doc = entry(iid_mount, "nucleus-a") / "entry.json"
+    doc = iid_entry(iid_mount, "nucleus-a") / "entry.json"
     before = requests(iid_mount)["flush_requests"]
     for _ in range(3):
         doc.read_bytes()

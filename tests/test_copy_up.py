@@ -144,7 +144,8 @@ def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
     # the next mount clears what the killed copy left in the overlay root
     def partial_copies() -> dict:
         return {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}
-    assert wait_for(lambda: not partial_copies(), every=0.05), f"partial copies left in the overlay root: {partial_copies()}"
+    assert wait_for(lambda: not partial_copies(), every=0.05), \
+        f"partial copies left in the overlay root: {partial_copies()}"
     full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
     assert full in ([], ["run/big.mrc"]), full
 

@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from control_file import daemon_status  # noqa: E402
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 BLOCK = 1 << 20
 
@@ -514,7 +515,7 @@ def make_tomogram(work: Path, shape: tuple[int, int, int], chunk: int) -> Path:
 
 
 def daemon_peak_rss_mib(mountpoint: Path) -> float:
-    pid = json.loads((mountpoint / ".scopefs").read_text())["pid"]
+    pid = daemon_status(mountpoint)["pid"]
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
 
@@ -563,7 +564,7 @@ def mrc_benchmark(work: Path, shape: tuple[int, int, int], chunk: int) -> None:
         read_all([view])
         print(f"  MRC: daemon peak RSS after streaming {mib:.0f} MiB with mrc_cache_mb={cache_mib}: "
               f"{daemon_peak_rss_mib(mnt):.0f} MiB (chunks decoded: "
-              f"{json.loads((mnt / '.scopefs').read_text())['mrc_views']['chunks_decoded']})", flush=True)
+              f"{daemon_status(mnt)['mrc_views']['chunks_decoded']})", flush=True)
     finally:
         umount(mnt)
         shutil.rmtree(out, ignore_errors=True)

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import desktop  # noqa: E402
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
 from iid import make_file as make_iid  # noqa: E402  (benchmarks/iid.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
@@ -99,8 +100,7 @@ class Mount:
             subprocess.run(["fusermount3", "-uz", str(self.point)], capture_output=True)
 
     def requests(self) -> int:
-        import json
-        return json.loads((self.point / ".scopefs").read_text())["requests"]
+        return daemon_status(self.point)["requests"]
 
 
 @dataclass

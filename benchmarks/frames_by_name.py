@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
 import os
 import shlex
 import subprocess
@@ -30,24 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
+from daemon_cpu import daemon_cpu_s  # noqa: E402  (benchmarks/daemon_cpu.py)
 
 COUNTED = ("requests", "lookup_requests", "read_requests", "stored_ahead", "lookups_to_store",
            "inodes_forgotten")       # (other sessions dropping caches: the kernel forgets frames)
-
-
-def status(mnt: Path) -> dict:
-    return json.loads((mnt / ".scopefs").read_text())
-
-
-def cpu_s(pid: int) -> float:
-    """The daemon's CPU time, from its process CPU-time clock (clock_getcpuclockid(3)):
-    threads that ended count too (the run time of those alive alone lost the CPU of trio's
-    workers that ended, idle for 10 s, between two readings)."""
-    clock = ctypes.c_int()                   # (a clockid_t)
-    failed = ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock))
-    if failed:
-        raise OSError(failed, f"clock_getcpuclockid({pid}): {os.strerror(failed)}")
-    return time.clock_gettime_ns(clock.value) / 1e9
 
 
 def readers(frames: int, work: Path) -> dict:
@@ -81,14 +66,14 @@ def measure(daemon: tuple[str, dict], store: Path, work: Path, read, frames: int
         raise
     try:
         assert (mnt / "frames/000000.png").exists()     # (frames/ is not listed)
-        status(mnt)                                  # (a status read's own requests are counted after it)
-        before = status(mnt)
-        cpu = cpu_s(before["pid"])
+        daemon_status(mnt)                                  # (a status read's own requests are counted after it)
+        before = daemon_status(mnt)
+        cpu = daemon_cpu_s(before["pid"])
         start = time.perf_counter()
         read(mnt)
         wall = time.perf_counter() - start
-        cpu = cpu_s(before["pid"]) - cpu
-        after = status(mnt)
+        cpu = daemon_cpu_s(before["pid"]) - cpu
+        after = daemon_status(mnt)
         return {**{key: (after.get(key, 0) - before.get(key, 0)) / frames for key in COUNTED},
                 "wall_ms": 1000 * wall / frames, "cpu_ms": 1000 * cpu / frames}
     finally:

@@ -22,7 +22,6 @@ with DIR first on the daemon's PYTHONPATH (another checkout of scopefs, unpacked
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
+from daemon_cpu import daemon_cpu_s  # noqa: E402  (benchmarks/daemon_cpu.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 WALKS = {"find": "find . >/dev/null", "find -printf %s": "find . -printf '%s\\n' >/dev/null",
@@ -41,15 +42,6 @@ WALKS = {"find": "find . >/dev/null", "find -printf %s": "find . -printf '%s\\n'
          "find, then ls -lR": "find . >/dev/null && ls -lR . >/dev/null"}
 COUNTERS = ("requests", "lookup_requests", "readdir_requests", "lean_entries", "lean_lookups_answered",
             "worker_calls", "listings_made", "lean_listings_given_again")
-
-
-def status(mnt: Path) -> dict:
-    return json.loads((mnt / ".scopefs").read_text())
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def counted(st: dict) -> dict:
@@ -61,7 +53,7 @@ def counted(st: dict) -> dict:
 
 
 def learned(mnt: Path) -> None:
-    while not status(mnt).get("view_sizes", {}).get("learning_done", True):
+    while not daemon_status(mnt).get("view_sizes", {}).get("learning_done", True):
         time.sleep(0.2)
 
 
@@ -86,14 +78,14 @@ def one_walk(source: walk_samples.Source, command: str, lean: bool, work: Path, 
         if os.geteuid() == 0:
             os.sync()
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        before = status(mnt)
-        cpu, start = cpu_s(before["pid"]), time.perf_counter()
+        before = daemon_status(mnt)
+        cpu, start = daemon_cpu_s(before["pid"]), time.perf_counter()
         subprocess.run(command, shell=True, cwd=mnt, check=True)
         took = time.perf_counter() - start
-        after = status(mnt)
+        after = daemon_status(mnt)
         out = {name: counted(after)[name] - counted(before)[name] for name in counted(after)}
         out["requests"] -= 1                        # (the status read between)
-        return dict(out, wall_s=took, cpu_s=cpu_s(before["pid"]) - cpu)
+        return dict(out, wall_s=took, cpu_s=daemon_cpu_s(before["pid"]) - cpu)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
         time.sleep(0.2)

@@ -26,8 +26,9 @@ that always reaches the daemon, whatever the kernel caches:
 
 Printed per kind and target, medians over --rounds (targets alternate within each round):
 microseconds per operation, requests per operation (scopefs's own counters), microseconds
-per request, the daemon's CPU microseconds per request (user + system, from
-/proc/PID/stat), and the ratio of each target's time per operation to scopefs's.
+per request, the daemon's CPU microseconds per request (user + system, from its process
+CPU-time clock: benchmarks/daemon_cpu.py), and the ratio of each target's time per
+operation to scopefs's.
 
 Targets: scopefs as installed; each `--daemon-path LABEL=DIR` is scopefs with DIR first on
 the daemon's PYTHONPATH (e.g. another build of pyfuse3, unpacked there, to compare); and
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import shutil
 import statistics
@@ -53,6 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import walk_samples  # noqa: E402
+from control_file import daemon_status  # noqa: E402
+from daemon_cpu import daemon_cpu_s  # noqa: E402  (benchmarks/daemon_cpu.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "requests-latest.txt"
@@ -99,11 +101,6 @@ def lines():
 say, printed = lines()
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Target:
     """A mounted file system and what it takes to count its daemon's work."""
     label: str
@@ -131,7 +128,7 @@ class Scopefs(Target):
         self.pid = self._status()["pid"]
 
     def _status(self) -> dict:
-        return json.loads((self.path / ".scopefs").read_text())
+        return daemon_status(self.path)
 
     def requests(self) -> int:
         return self._status()["requests"]
@@ -209,10 +206,10 @@ def run(target: Target, kind: str, n: int) -> dict:
     if kind == "coldfind":
         drop_kernel_caches()
     before_requests = target.requests()
-    cpu0, t0 = cpu_s(target.pid), time.perf_counter()
+    cpu0, t0 = daemon_cpu_s(target.pid), time.perf_counter()
     for _ in range(n):
         once()
-    wall, cpu = time.perf_counter() - t0, cpu_s(target.pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, daemon_cpu_s(target.pid) - cpu0
     done()
     requests = None
     if before_requests is not None:         # less what reading the status itself asked

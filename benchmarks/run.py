@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from control_file import daemon_status  # noqa: E402
 from stores import index_only_store  # noqa: E402
 from upstream import upstream_python  # noqa: E402  (the venv the tests use too)
 
@@ -61,7 +62,7 @@ class Mount:
         t0 = time.perf_counter()
         subprocess.run([*SCOPEFS, "mount", str(source), str(self.path), *options], check=True)
         self.mount_s = time.perf_counter() - t0
-        self.pid = json.loads((self.path / ".scopefs").read_text())["pid"]
+        self.pid = daemon_status(self.path)["pid"]
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.pid}/status") as fh:

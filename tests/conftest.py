@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import daemon_log
+from control_file import daemon_status
 from scopefs.backends.kernel import process_alive as alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +38,6 @@ class MountFailed(Exception):
 
 def run_scopefs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*SCOPEFS, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def daemon_status(mountpoint: Path) -> dict:
-    """The JSON a mount shows in its hidden control file."""
-    return json.loads((mountpoint / ".scopefs").read_text())
 
 
 def daemon_pid(mountpoint: Path) -> int | None:
@@ -61,13 +56,18 @@ def is_stale(mountpoint: Path) -> bool:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
+def wait_for(predicate, timeout: float = 10.0, every: float = 0.01):
+    """`predicate()`'s value once it is true, polled every `every` seconds, or its last
+    (false) value after `timeout`: for what a daemon's threads or the kernel do in their
+    own time (a loaded machine takes seconds for what takes milliseconds alone)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    return wait_for(lambda: not alive(pid), timeout, every=0.02)
 
 
 def cleanup_mount(mountpoint: Path, pid: int | None) -> None:
@@ -141,6 +141,13 @@ def made_ahead(tree, folder) -> None:
     pending = tree.scan_ahead.under_way(folder)
     if pending is not None:
         pending[0].result(timeout=60)
+
+
+def patient(tree):
+    """`tree`, its listings made ahead given whenever the walker comes and waited for as
+    long as they take (a loaded machine makes none too old)."""
+    tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
+    return tree
 
 
 def unless_caches_dropped(check, tries: int = 5) -> None:
@@ -225,6 +232,25 @@ def mount(request, tmp_path):
     finally:
         mounter.cleanup()
     mounter.check_log(request.node)
+
+
+@pytest.fixture
+def iid_mount(tmp_path, mount):
+    """A mount of scopefs's sample .iid (`make_iid`)."""
+    from scopefs.formats.samples import make_iid
+    return mount(make_iid(str(tmp_path / "cells.iid")))
+
+
+@pytest.fixture
+def fsdb_mount(tmp_path, mount):
+    """A mount of scopefs's sample FSDB database (`make_fsdb`)."""
+    from scopefs.formats.samples import make_fsdb
+    return mount(make_fsdb(str(tmp_path / "db")))
+
+
+def iid_entry(mnt: Path, address: str) -> Path:
+    """The entry folder of an .iid mount whose name ends with `address`."""
+    return next(p for p in mnt.iterdir() if p.name.endswith(address))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Sample .iid files written by upstream iidfile (in its own venv), with what they hold."""
+"""Sample .iid files written by upstream iidfile (in its own venv), with what they hold,
+and by scopefs (`disks_in_a_row`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from upstream import run_upstream
+from scopefs.formats.iid import IIDFile
+from scopefs.formats.samples import disk
 
 ODD_ADDRESSES = [b"leaf", b"a/b", b"/leading", b"..", b".", b"../../etc/passwd", b"with space ",
                  b"\xff\xfe\x80latin1-\xe9", b"nul\x00byte", b"new\nline", b"", b"dup", b"dup",
@@ -57,3 +60,12 @@ def read_upstream(path: Path) -> tuple[dict, dict]:
     run_upstream("iidfile", "upstream_iidfile.py", "read", str(path), str(out))
     with np.load(out) as data:
         return json.loads(str(data["info"])), {k: data[k] for k in data.files if k != "info"}
+
+
+def disks_in_a_row(path: Path, count: int) -> Path:
+    """An .iid of `count` small disks side by side, addressed c00, c01, ... in domain d."""
+    f = IIDFile()
+    for i in range(count):
+        f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
+    f.save(str(path))
+    return path

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,8 +23,9 @@ import trio
 from PIL import Image
 
 import walk_samples
-from conftest import KernelLetNamesGo, daemon_pid, daemon_status, unless_caches_dropped, wait_gone
+from conftest import KernelLetNamesGo, daemon_pid, daemon_status, unless_caches_dropped, wait_for, wait_gone
 from png_samples import chunk as png_chunk, gray_png, ztxt
+from python_calls import PythonCalls
 from scopefs.backends import localfiles
 from scopefs.backends.fsdb import FSDB
 from scopefs.backends.fsdb.tree import open_tree as open_fsdb
@@ -329,9 +329,7 @@ def test_a_mount_stopped_in_the_middle_of_a_copy_answers_its_flushes_and_keeps_w
     pid = daemon_pid(mnt)
     copy = subprocess.Popen(["cp", "-r", *sorted(map(str, new.iterdir())), str(mnt / source.write_dir)],
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while daemon_status(mnt)["flush_requests"] < 50 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: daemon_status(mnt)["flush_requests"] >= 50, 30), daemon_status(mnt)
     assert copy.poll() is None, "the copy ended before the mount was stopped: copy more files"
     os.kill(pid, signal.SIGTERM)
     assert wait_gone(pid, 20)
@@ -373,14 +371,6 @@ async def _copy_costs(ops: Operations, files: int) -> dict:
     ctx, data = Context(), bytes(range(256)) * 3
     scan = (await ops.lookup(pyfuse3.ROOT_INODE, b"scan", ctx)).st_ino
     folder = (await ops.lookup(scan, b"images", ctx)).st_ino
-    counts = dict.fromkeys(("python calls", "system calls", "fsyncs"), 0)
-
-    def count(frame, event, arg) -> None:
-        if event == "call":
-            counts["python calls"] += 1
-        elif event == "c_call" and getattr(arg, "__module__", None) in ("posix", "fcntl") and arg.__name__ != "fspath":
-            counts["system calls"] += 1
-            counts["fsyncs"] += arg.__name__ in ("fsync", "fdatasync", "sync")
 
     async def copy(name: bytes) -> None:
         for _ in range(2):
@@ -399,13 +389,13 @@ async def _copy_costs(ops: Operations, files: int) -> dict:
     for i in range(3):                                 # (the first ones make what all share)
         await copy(f"first_{i}.png".encode())
     worker_calls = ops.counters.worker_calls
-    sys.setprofile(count)
-    try:
+    with PythonCalls(c_modules={"posix", "fcntl"}) as counted:
         for i in range(files):
             await copy(f"new_{i:04d}.png".encode())
-    finally:
-        sys.setprofile(None)
-    counts["worker calls"] = ops.counters.worker_calls - worker_calls
+    c_calls = counted.c_calls
+    counts = {"python calls": counted.calls, "system calls": c_calls.total() - c_calls["fspath"],
+              "fsyncs": c_calls["fsync"] + c_calls["fdatasync"] + c_calls["sync"],
+              "worker calls": ops.counters.worker_calls - worker_calls}
     return {key: value / files for key, value in counts.items()}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mounter, daemon_pid, uncached_file, wait_gone
+from conftest import Mounter, daemon_pid, uncached_file, wait_for, wait_gone
 
 BIG = 384 << 20
 MEDIUM = 8 << 20
@@ -45,10 +45,8 @@ def overlay_bytes(overlay: Path) -> dict[str, int]:
 
 def wait_for_copy_in_progress(overlay: Path, timeout: float = 30) -> None:
     """Until some file in the overlay root holds part of the copy."""
-    deadline = time.monotonic() + timeout
-    while not any(size > 0 for size in overlay_bytes(overlay).values()):
-        assert time.monotonic() < deadline, "no copy-up started"
-        time.sleep(0.002)
+    assert wait_for(lambda: any(size > 0 for size in overlay_bytes(overlay).values()), timeout, every=0.002), \
+        "no copy-up started"
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +142,10 @@ def test_a_daemon_killed_during_a_copy_up_leaves_nothing_partial(merged):
     assert sorted(os.listdir(mnt / "run")) == ["big.mrc", "medium.bin"]
     assert sorted(set(os.listdir(mnt)) - {"copick_config.json"}) == ["run", "small.txt"]
     # the next mount clears what the killed copy left in the overlay root
-    deadline = time.monotonic() + 10
-    while (left := {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"partial copies left in the overlay root: {left}"
+    def partial_copies() -> dict:
+        return {p: s for p, s in overlay_bytes(overlay).items() if s not in (0, BIG, BIG + 1)}
+    assert wait_for(lambda: not partial_copies(), every=0.05), \
+        f"partial copies left in the overlay root: {partial_copies()}"
     full = [p for p, s in overlay_bytes(overlay).items() if s > 0]
     assert full in ([], ["run/big.mrc"]), full
 
@@ -201,10 +198,7 @@ def test_a_change_reported_as_failed_is_not_done(merged):
         except OSError:
             outcomes[path] = False
     writer.join(timeout=300)                # (the open may fail too: it is not what is checked)
-    deadline = time.monotonic() + 120
-    while not copy_settled(overlay):
-        assert time.monotonic() < deadline, "the copy-up never completed"
-        time.sleep(0.05)
+    assert wait_for(lambda: copy_settled(overlay), 120, every=0.05), "the copy-up never completed"
     time.sleep(0.5)                         # changes still carried out after the copy would show by then
     assert {path: os.path.exists(path) for path in outcomes} == outcomes
 

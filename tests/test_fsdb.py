@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MountFailed, daemon_pid, daemon_status, wait_gone
+from conftest import MountFailed, daemon_pid, daemon_status, wait_for, wait_gone
 from upstream import run_upstream, upstream_python
 
 from scopefs.backends.fsdb import FSDB, DBBusyError, io
@@ -253,12 +253,11 @@ def test_a_copy_cut_by_a_killed_mount_leaves_only_whole_files_after_a_batch_was_
     written = daemon_status(mnt)["work"].get("files_json_writes", 0)
     copy = subprocess.Popen(["sh", "-c", 'for f in "$@"; do cp "$f" "$0" || exit 1; done', str(images),
                              *sorted(map(str, new.iterdir()))], stderr=subprocess.DEVNULL)  # (a cp a file: slow)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:                          # (a batch made durable and named)
+
+    def batch_committed() -> bool:                              # (a batch made durable and named)
         work = daemon_status(mnt)["work"]
-        if work.get("data_syncfs", 0) and work.get("files_json_writes", 0) > written:
-            break
-        time.sleep(0.01)
+        return work.get("data_syncfs", 0) and work.get("files_json_writes", 0) > written
+    assert wait_for(batch_committed, 30), daemon_status(mnt)["work"]
     assert copy.poll() is None, "the copy ended before the mount was killed: copy more files"
     os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid, 10)
@@ -377,9 +376,7 @@ def test_a_cold_walk_is_answered_from_memory_once_learned_ahead(tmp_path, mount,
         documented_example(db_path, n=5, scan_id=scan_id)
     mnt = mount(db_path)
     os.listdir(mnt)
-    deadline = time.monotonic() + 10
-    while daemon_status(mnt).get("learning_ahead") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: not daemon_status(mnt).get("learning_ahead"), every=0.02), daemon_status(mnt)
     before = daemon_status(mnt)
     listed = subprocess.run(["ls", "-lR", str(mnt)], check=True, capture_output=True, text=True).stdout
     assert "scan_b/images:" in listed and "4.png.metadata.json" in listed

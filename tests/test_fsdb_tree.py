@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from scopefs.backends.fsdb import FSDB
 from scopefs.backends.fsdb import db as fsdb_db
@@ -258,10 +259,7 @@ def test_a_folder_listed_once_is_listed_again_from_memory(trees, monkeypatch):
 
 
 def wait_learned(tree) -> None:
-    deadline = time.monotonic() + 10
-    while not tree.learner.idle():
-        assert time.monotonic() < deadline, "still learning ahead after 10 s"
-        time.sleep(0.01)
+    assert wait_for(tree.learner.idle), "still learning ahead after 10 s"
 
 
 def listed_from_memory_after_the_root(tree, monkeypatch) -> list[list]:

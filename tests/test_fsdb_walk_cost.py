@@ -6,16 +6,15 @@ more (small: their prepared replies, tried twice while the learner has not stat'
 their filesets yet, and the listing a worker makes then), and the root once more."""
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pyfuse3
 import pytest
 import walk_samples
 from conftest import daemon_status
+from python_calls import PythonCalls, folders_of
+from scopefs import backends
 from scopefs.backends.fsdb import tree as fsdb_tree
 from scopefs.backends.options import Options
 from scopefs.daemon import fs
@@ -48,23 +47,16 @@ async def python_calls_of_a_lean_reply(path, files: int) -> int:
         def reply_name(token, name, ino, file_type, next_id):
             given.append(name)
             return True
-        ours = tuple(os.path.dirname(module.__file__) + os.sep for module in (fs, fsdb_tree))
-        calls = itertools.count()
-
-        def count(frame, event, arg):
-            if event == "call" and frame.f_code.co_filename.startswith(ours):
-                next(calls)
         fileset.rows_in_memory()                # (its nodes made, as the learner does ahead of a walk)
         fileset.learn_names()
         real, pyfuse3.readdir_reply_name = pyfuse3.readdir_reply_name, reply_name
-        sys.setprofile(count)
         try:
-            await ops.readdir(0, 0, SimpleNamespace(inode=fileset.ino))
+            with PythonCalls(within=folders_of(fs, fsdb_tree)) as counted:
+                await ops.readdir(0, 0, SimpleNamespace(inode=fileset.ino))
         finally:
-            sys.setprofile(None)
             pyfuse3.readdir_reply_name = real
         assert len(given) == 2 * files and ops.counters.lean_entries == 2 * files
-        return next(calls)
+        return counted.calls
     finally:
         tree.close()
 
@@ -86,19 +78,10 @@ def python_calls_making_a_fileset(path, files: int) -> int:
     tree = fsdb_tree.open_tree(str(source.path), Options())
     try:
         fileset = tree.root.lookup("scan_000").lookup("fileset_0")
-        ours = os.path.dirname(os.path.dirname(fsdb_tree.__file__)) + os.sep
-        calls = itertools.count()
-
-        def count(frame, event, arg):
-            if event == "call" and frame.f_code.co_filename.startswith(ours):
-                next(calls)
-        sys.setprofile(count)
-        try:
+        with PythonCalls(within=folders_of(backends)) as counted:
             rows = fileset.rows_in_memory()
-        finally:
-            sys.setprofile(None)
         assert len({node.ino for _, node in rows}) == 2 * files
-        return next(calls)
+        return counted.calls
     finally:
         tree.close()
 

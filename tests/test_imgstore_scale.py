@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pyfuse3
 import pytest
+from conftest import wait_for
 from python_calls import PythonCalls
 from stores import index_only_store
 
@@ -175,10 +176,8 @@ def test_a_reader_served_from_read_ahead_keeps_it_going(tmp_path):
             assert imgstore.FrameHandle(service, i).read(0, 1 << 20)
         for i in range(2, 40):
             handle = imgstore.FrameHandle(service, i)
-            deadline = time.monotonic() + 5
-            while handle.cached_read(0, 1 << 20) is None:
-                assert time.monotonic() < deadline, f"frame {i} was not read ahead"
-                time.sleep(0.005)
+            assert wait_for(lambda: handle.cached_read(0, 1 << 20) is not None, 5, every=0.005), \
+                f"frame {i} was not read ahead"
         assert service.frames_decoded == 40
     finally:
         tree.close()
@@ -200,10 +199,8 @@ def test_frames_read_ahead_are_offered_whole_and_reads_of_signposts_keep_it_goin
         for i in (0, 1):                          # two frames read in order start the read-ahead
             assert tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
         for i in range(2, 40):
-            deadline = time.monotonic() + 5       # the reader finds it in the kernel's cache
-            while tree.frames_base + i not in offered:
-                assert time.monotonic() < deadline, f"frame {i} was not offered"
-                time.sleep(0.005)
+            # the reader finds it in the kernel's cache
+            assert wait_for(lambda: tree.frames_base + i in offered, 5, every=0.005), f"frame {i} was not offered"
             if i % 2 == 0:                        # a signpost: the reader's one request
                 data = bytes(tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20))
                 kept = bytes(offered[tree.frames_base + i])
@@ -314,10 +311,7 @@ def test_frames_the_kernel_refused_are_kept_and_read_from_memory(tmp_path):
     try:
         service = tree.service
         for i in range(40):
-            deadline = time.monotonic() + 5
-            while i > 1 and i not in offered:
-                assert time.monotonic() < deadline, f"frame {i} was not offered"
-                time.sleep(0.002)
+            assert i < 2 or wait_for(lambda: i in offered, 5, every=0.002), f"frame {i} was not offered"
             assert i < 2 or service.encoded.get(i) is not None, f"frame {i} refused, not kept"
             tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
         assert service.frames_decoded == 40
@@ -409,10 +403,7 @@ def test_a_signpost_read_in_pieces_keeps_the_read_ahead_going(tmp_path):
     offered: dict[int, bytes] = {}
     tree.listen_content(lambda ino, data, offset=0, wait=False: offered.__setitem__(ino, data))
     def wait_offered(i: int) -> None:
-        deadline = time.monotonic() + 5
-        while tree.frames_base + i not in offered:
-            assert time.monotonic() < deadline, f"frame {i} was not offered"
-            time.sleep(0.002)
+        assert wait_for(lambda: tree.frames_base + i in offered, 5, every=0.002), f"frame {i} was not offered"
 
     try:
         for i in range(40):
@@ -513,10 +504,7 @@ def test_on_two_cpus_the_decoders_thread_encodes_and_stores_what_it_read_ahead(t
                         stored_by.__setitem__(ino - tree.frames_base, threading.current_thread().name))
     try:
         for i in range(20):
-            deadline = time.monotonic() + 5
-            while i > 1 and i not in stored_by:
-                assert time.monotonic() < deadline, f"frame {i} was not offered"
-                time.sleep(0.002)
+            assert i < 2 or wait_for(lambda: i in stored_by, 5, every=0.002), f"frame {i} was not offered"
             if i < 2 or i % tree.service.signpost_every == 0:
                 tree.frame_node(i).open_nowait(os.O_RDONLY).read(0, 1 << 20)
         threads = [t.name for t in threading.enumerate() if t.name in ("decode-ahead", "encode")]
@@ -534,10 +522,7 @@ def held_until_frame_9(service, read, monkeypatch) -> None:
     monkeypatch.setattr(imgstore, "LEAD_WAIT", 60)
     reader = threading.Thread(target=read)
     reader.start()
-    deadline = time.monotonic() + 5
-    while not service._held:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    assert wait_for(lambda: service._held, 5, every=0.001)
     for j in range(5, 10):
         time.sleep(0.02)                 # (time for a woken reader to wait again)
         assert reader.is_alive()         # (until frame 9 is done)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import daemon_status
+from conftest import daemon_status, iid_entry, wait_for
+from iid_samples import disks_in_a_row
 from scopefs.formats.iid import IIDFile
 from scopefs.formats.samples import disk, make_fsdb, make_iid
 
@@ -38,27 +39,15 @@ def agrees(path: Path) -> int:
 def eventually(check, timeout: float = 2.0) -> None:
     """Names are invalidated by a thread of their own, a moment after the change
     (no request waits for it); without it they would stay cached for an hour."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the kernel still shows the old name"
-        time.sleep(0.02)
+    assert wait_for(check, timeout, every=0.02), "the kernel still shows the old name"
 
 
 def write_png(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG", compress_level=9)
 
 
-@pytest.fixture
-def iid_mount(tmp_path, mount):
-    return mount(make_iid(str(tmp_path / "cells.iid")))
-
-
-def entry(mnt: Path, address: str) -> Path:
-    return next(p for p in mnt.iterdir() if p.name.endswith(address))
-
-
 def test_new_mask_changes_entry_json_and_overview(iid_mount):
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     before = {name: cached(folder / name) for name in ("entry.json", "mask.png")}
     overview = cached(iid_mount / "overview.png")
     write_png(folder / "mask.png", disk(30))        # area 253 -> 2821, bbox 19 -> 61 a side
@@ -69,7 +58,7 @@ def test_new_mask_changes_entry_json_and_overview(iid_mount):
 
 
 def test_entry_folder_time_follows_its_files(iid_mount):
-    folder = entry(iid_mount, "cell-b")
+    folder = iid_entry(iid_mount, "cell-b")
     before = folder.stat().st_mtime_ns
     time.sleep(0.01)
     write_png(folder / "mask.png", disk(12))
@@ -77,7 +66,7 @@ def test_entry_folder_time_follows_its_files(iid_mount):
 
 
 def test_group_change_moves_the_links(iid_mount):
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     link = iid_mount / "groups" / "nuclei" / folder.name
     assert link.is_symlink()                        # the kernel now caches this name
     doc = json.loads((folder / "entry.json").read_text())
@@ -89,24 +78,15 @@ def test_group_change_moves_the_links(iid_mount):
 
 def test_deleted_entry_shifts_keys_and_addresses(tmp_path, mount):
     """Deleting entry 0 renumbers the rest: key 10 becomes 9 (entry.json one byte shorter)."""
-    f = IIDFile()
-    for i in range(12):
-        f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
-    f.save(str(tmp_path / "twelve.iid"))
-    mnt = mount(tmp_path / "twelve.iid")
-    tenth = entry(mnt, "c10")
+    mnt = mount(disks_in_a_row(tmp_path / "twelve.iid", 12))
+    tenth = iid_entry(mnt, "c10")
     old = cached(tenth / "entry.json")
     by_address = mnt / "by-address" / "c00"
     assert by_address.is_dir()
-    shutil.rmtree(entry(mnt, "c00"))
+    shutil.rmtree(iid_entry(mnt, "c00"))
     assert json.loads((tenth / "entry.json").read_text())["key"] == 9
     assert agrees(tenth / "entry.json") == old - 1
     eventually(lambda: not by_address.exists())
-
-
-@pytest.fixture
-def fsdb_mount(tmp_path, mount):
-    return mount(make_fsdb(str(tmp_path / "db")))
 
 
 def test_fsdb_removed_file_takes_its_metadata(fsdb_mount):
@@ -158,7 +138,7 @@ def test_unchanged_folder_is_stat_from_the_kernel(kind, tmp_path, mount):
     and look it up again, which no timeout prevents: one of three passes must not ask.)"""
     if kind == "iid":
         mnt = mount(make_iid(str(tmp_path / "cells.iid")))
-        folders = [mnt, entry(mnt, "cell-b")]
+        folders = [mnt, iid_entry(mnt, "cell-b")]
     else:
         mnt = mount(make_fsdb(str(tmp_path / "db")))
         folders = [mnt / "plant_001", mnt / "plant_001" / "images"]

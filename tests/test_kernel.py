@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import uncached_file
+from conftest import uncached_file, wait_for
 
 from scopefs.backends import kernel
 from scopefs.backends.overlay import LocalRoot
@@ -124,15 +124,11 @@ def check_roots_on_fuse_and_on_disk(mnt, on_fuse, on_disk) -> None:
 
 def test_process_alive_counts_a_zombie_as_dead():
     import subprocess
-    import time
     child = subprocess.Popen(["sleep", "30"])
     try:
         assert kernel.process_alive(child.pid)
         child.kill()
-        deadline = time.monotonic() + 10
-        while kernel.process_alive(child.pid):        # exited, not yet reaped: a zombie
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        assert wait_for(lambda: not kernel.process_alive(child.pid))    # exited, not yet reaped: a zombie
         with open(f"/proc/{child.pid}/stat") as fh:
             assert fh.read().rsplit(")", 1)[1].split()[0] == "Z"
     finally:

@@ -12,27 +12,23 @@ from pathlib import Path
 import pytest
 
 import walk_samples
-from conftest import alive, daemon_pid
+from conftest import alive, daemon_pid, daemon_status
 from stores import make_store
-
-
-def status(mnt: Path) -> dict:
-    return json.loads((mnt / ".scopefs").read_bytes())
 
 
 def requests_during(mnt: Path, work) -> int:
     """Requests the daemon answered while `work` ran, less what reading the status costs
     (give or take its GETATTRs: the kernel asks again only in a new jiffy)."""
-    before, start = status(mnt), status(mnt)
+    before, start = daemon_status(mnt), daemon_status(mnt)
     work()
-    return status(mnt)["requests"] - start["requests"] - (start["requests"] - before["requests"])
+    return daemon_status(mnt)["requests"] - start["requests"] - (start["requests"] - before["requests"])
 
 
 def counts_during(mnt: Path, work) -> tuple[int, int]:
     """OPEN and READ requests while `work` ran (the status file's own read is one READ)."""
-    start = status(mnt)
+    start = daemon_status(mnt)
     work()
-    end = status(mnt)
+    end = daemon_status(mnt)
     return end["open_requests"] - start["open_requests"], end["read_requests"] - start["read_requests"] - 1
 
 
@@ -61,7 +57,7 @@ def test_files_read_again_cost_no_request(kind, mount, tmp_path):
     # makes the kernel look files up and read them again, but still never open them)
     assert min(requests_during(mnt, lambda: read_all(files)) for _ in range(3)) <= 2
     assert min(counts_during(mnt, lambda: read_all(files)) for _ in range(3)) == (0, 0)
-    state = status(mnt)
+    state = daemon_status(mnt)
     assert state["files_opened_by_kernel"] and state["open_requests"] == 1     # the one answered ENOSYS
     assert state["files_held_by_inode"] <= 64
 
@@ -91,7 +87,7 @@ def test_a_file_that_fails_gives_eio_at_read_and_the_mount_keeps_serving(mount, 
         assert err.value.errno == errno.EIO
     assert mount.log().count("frame 11:") == 1          # logged once while it keeps failing
     assert good.read_bytes()[:4] == b"\x89PNG"
-    state = status(mnt)
+    state = daemon_status(mnt)
     assert state["files_opened_by_kernel"] and state["files_held_by_inode"] <= 1
     assert alive(daemon_pid(mnt))
 
@@ -104,5 +100,5 @@ def test_turned_off_each_file_read_is_an_open_and_a_release(mount, tmp_path, mon
     read_all(files)
     assert requests_during(mnt, lambda: read_all(files)) >= 2 * len(files)     # OPEN and RELEASE
     assert counts_during(mnt, lambda: read_all(files))[0] == len(files) + 1     # (and the status file's)
-    state = status(mnt)
+    state = daemon_status(mnt)
     assert not state["files_opened_by_kernel"] and state["open_requests"] > len(files)

@@ -25,12 +25,12 @@ import pyfuse3
 import pytest
 
 import walk_samples
-from conftest import daemon_status
+from conftest import daemon_status, iid_entry, wait_for
+from iid_samples import disks_in_a_row
 from test_operations import SampleTree
 from scopefs.backends.nodes import ROOT_INO
 from scopefs.daemon.fs import Operations
-from scopefs.formats.iid import IIDFile
-from scopefs.formats.samples import disk, make_copick, make_fsdb, make_iid, make_imgstore
+from scopefs.formats.samples import make_copick, make_fsdb, make_iid, make_imgstore
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -46,24 +46,10 @@ def relisted(mnt: Path, folder: Path) -> tuple[list[str], int]:
     return sorted(names), readdirs(mnt) - before
 
 
-def entry(mnt: Path, address: str) -> Path:
-    return next(p for p in mnt.iterdir() if p.name.endswith(address))
-
-
-@pytest.fixture
-def iid_mount(tmp_path, mount):
-    return mount(make_iid(str(tmp_path / "cells.iid")))
-
-
 @pytest.fixture
 def iid_mount_of(tmp_path, mount):
     """A mount of the walk benchmark's .iid sample (entries in groups: links) with options."""
     return lambda *options: mount(walk_samples.iid(tmp_path / "walk.iid", 40).path, *options)
-
-
-@pytest.fixture
-def fsdb_mount(tmp_path, mount):
-    return mount(make_fsdb(str(tmp_path / "db")))
 
 
 @pytest.mark.parametrize("kind", ["iid", "fsdb", "imgstore"])
@@ -151,12 +137,7 @@ def test_copick_overlay_changed_by_another_program_shows_in_the_mount(tmp_path, 
         assert relisted(mnt, folder)[1] == 0, "listings are kept by the kernel"
 
     def shows(check) -> bool:
-        deadline = time.monotonic() + 5
-        while not check():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_for(check, 5, every=0.05)
     (overlay_picks / "other_2_ribosome.json").write_text(json.dumps(
         {"pickable_object_name": "ribosome", "user_id": "other", "session_id": "2",
          "points": [{"location": {"x": 1.0, "y": 2.0, "z": 3.0}}]}))
@@ -207,10 +188,8 @@ def test_a_working_directory_stays_reachable_when_its_folder_is_reported_changed
         made = tmp_path / "copick" / "overlay" / "ExperimentRuns" / "TS_001" / "VoxelSpacing10.000"
         made.mkdir()
         (made / "marker.txt").write_text("x")
-        deadline = time.monotonic() + 5
-        while "marker.txt" not in os.listdir(folder):
-            assert time.monotonic() < deadline, "the overlay watch did not report the new folder"
-            time.sleep(0.02)
+        assert wait_for(lambda: "marker.txt" in os.listdir(folder), 5, every=0.02), \
+            "the overlay watch did not report the new folder"
         seen = {cwd() for _ in range(50) if not time.sleep(0.02)}
         assert seen == {str(folder)}, "the working directory became unreachable"
     finally:
@@ -234,7 +213,7 @@ def test_changes_through_the_mount_show_in_the_next_listing(fsdb_mount):
 def test_reported_change_shows_in_the_next_listing(iid_mount):
     """Moving an entry to another group (a write to its entry.json) changes the listings of
     both groups' folders behind the kernel's back: the backend reports them."""
-    folder = entry(iid_mount, "nucleus-a")
+    folder = iid_entry(iid_mount, "nucleus-a")
     nuclei, cells = iid_mount / "groups" / "nuclei", iid_mount / "groups" / "cells"
     for group in (nuclei, cells):
         relisted(iid_mount, group)
@@ -249,7 +228,7 @@ def test_reported_change_shows_in_the_next_listing(iid_mount):
 
 
 def test_deleted_entry_leaves_the_cached_root_listing(iid_mount):
-    folder = entry(iid_mount, "cell-b")
+    folder = iid_entry(iid_mount, "cell-b")
     relisted(iid_mount, iid_mount)
     shutil.rmtree(folder)
     assert folder.name not in relisted(iid_mount, iid_mount)[0]
@@ -289,11 +268,7 @@ def test_reader_deleting_what_it_read_from_the_kernels_listing_skips_nothing(kin
     and the daemon goes on from the kernel's offset in the listing the kernel had cached
     (a listing made anew would have shifted, skipping entries)."""
     if kind == "iid":
-        f = IIDFile()
-        for i in range(60):
-            f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
-        f.save(str(tmp_path / "sixty.iid"))
-        folder = mount(tmp_path / "sixty.iid")
+        folder = mount(disks_in_a_row(tmp_path / "sixty.iid", 60))
     else:
         folder = mount(make_fsdb(str(tmp_path / "db"), images=60)) / "plant_001" / "images"
     everything = set(os.listdir(folder))                # now in the kernel's cache
@@ -367,7 +342,7 @@ def test_a_second_walk_opens_no_directory_and_reads_no_link(options, iid_mount_o
 def test_reading_a_file_of_a_writable_mount_sends_no_flush(iid_mount):
     """A read-only open has nothing to commit at close (FOPEN_NOFLUSH); a write still
     commits at close."""
-    doc = entry(iid_mount, "nucleus-a") / "entry.json"
+    doc = iid_entry(iid_mount, "nucleus-a") / "entry.json"
     before = requests(iid_mount)["flush_requests"]
     for _ in range(3):
         doc.read_bytes()

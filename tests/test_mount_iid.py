@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MountFailed, alive, daemon_pid, daemon_status
+from conftest import MountFailed, alive, daemon_pid, daemon_status, wait_for
 from iid_samples import ODD_ADDRESSES, read_upstream, write_upstream
 
 pytestmark = pytest.mark.upstream
@@ -206,10 +206,7 @@ def test_idle_write_back_and_kill_leaves_a_valid_file(copy, mount):
     path, _ = copy
     mnt = mount(path, "-o", "writeback_delay=0.3")
     (mnt / "meta.json").write_text('{"step": 1}')
-    deadline = time.monotonic() + 10
-    while daemon_status(mnt)["writebacks"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert wait_for(lambda: daemon_status(mnt)["writebacks"] >= 1, every=0.05)
     (mnt / "meta.json").write_text('{"step": 2}')        # not yet written back when killed
     os.kill(daemon_pid(mnt), signal.SIGKILL)
     info, _ = read_upstream(path)

@@ -12,7 +12,6 @@ import random
 import shutil
 import subprocess
 import tarfile
-import time
 
 import cv2
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import daemon_status
+from conftest import daemon_status, wait_for
 from stores import T0, barcode, make_store
 
 DIRECTORY_FORMATS = ["npy", "png", "bmp", "tif", "pgm", "ppm"]
@@ -211,10 +210,8 @@ def test_frames_read_ahead_are_in_the_kernel_before_the_reader_asks(samples, mod
     held = [os.open(mnt / "frames" / name, os.O_PATH) for name in frames[:10]]
     try:
         first = [(mnt / "frames" / name).read_bytes() for name in frames[:2]]  # starts the read-ahead
-        deadline = time.monotonic() + 10
-        while daemon_status(mnt)["stored_ahead"] < 8:  # prefetch=8: frames 2 to 9
-            assert time.monotonic() < deadline, daemon_status(mnt)
-            time.sleep(0.02)
+        # prefetch=8: frames 2 to 9
+        assert wait_for(lambda: daemon_status(mnt)["stored_ahead"] >= 8), daemon_status(mnt)
         status = (mnt / ".scopefs").read_bytes()       # (its read is counted after it was made)
         ahead = [(mnt / "frames" / name).read_bytes() for name in frames[2:10]]
         after = daemon_status(mnt)
@@ -239,10 +236,8 @@ def test_frames_read_ahead_reach_a_reader_that_opens_them_by_name(samples, modul
     mnt = module_mount(samples["mjpeg/avi"].path, "-o", "prefetch=8")     # fresh: nothing read yet
     names = [f"frames/{i:06d}.png" for i in range(10)]
     first = [(mnt / name).read_bytes() for name in names[:2]]             # starts the read-ahead
-    deadline = time.monotonic() + 10
-    while (before := daemon_status(mnt))["stored_ahead"] < 8 and time.monotonic() < deadline:   # frames 2 to 9
-        time.sleep(0.02)
-    assert before["stored_ahead"] >= 8, before     # (a status read's own read is counted after it)
+    assert wait_for(lambda: daemon_status(mnt)["stored_ahead"] >= 8), daemon_status(mnt)   # frames 2 to 9
+    before = daemon_status(mnt)                # (a status read's own read is counted after it)
     ahead = [(mnt / name).read_bytes() for name in names[2:]]
     after = daemon_status(mnt)
     signposts = 2                              # frames 4 and 8: their last page
@@ -264,9 +259,8 @@ def test_the_daemons_own_lookup_of_a_frame_read_ahead_takes_no_worker_thread(sam
     for name in names[:2]:                     # starts the read-ahead: frames 2 to 17
         (mnt / name).read_bytes()
     before = daemon_status(mnt)
-    deadline = time.monotonic() + 10
-    while (after := daemon_status(mnt))["lookups_to_store"] < 16 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: daemon_status(mnt)["lookups_to_store"] >= 16)
+    after = daemon_status(mnt)
     assert after["lookups_to_store"] == 16, after
     assert after["worker_calls"] - before["worker_calls"] == 0, (before, after)
     assert after["errors"] == 0
@@ -440,10 +434,7 @@ def test_attributes_are_learned_at_mount_and_walks_need_no_thread_for_them(sampl
     is done, `ls -l` of the root and `stat` of frames take no worker call."""
     for name in ("extra", "mjpeg/avi"):
         mnt = mount(samples[name].path)
-        deadline = time.monotonic() + 30
-        while not daemon_status(mnt)["attributes_learned"]:
-            assert time.monotonic() < deadline, daemon_status(mnt)
-            time.sleep(0.02)
+        assert wait_for(lambda: daemon_status(mnt)["attributes_learned"], timeout=30), daemon_status(mnt)
         before = daemon_status(mnt)["worker_calls"]
         listing = subprocess.run(["ls", "-l", str(mnt)], capture_output=True, check=True, text=True).stdout
         assert ("extra.csv" in listing) == (name == "extra")

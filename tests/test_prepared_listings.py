@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ import trio
 import trio.testing
 
 import walk_samples
-from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped
+from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped, wait_for
+from python_calls import PythonCalls, folders_of
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
 from scopefs.daemon import fs
@@ -64,10 +64,8 @@ def test_a_cold_walk_lists_most_folders_without_python(walk_iid, mount):
 
     def prepared_once(first: int, count: int) -> None:
         """Waits until `count` listings were prepared since `first`."""
-        deadline = time.monotonic() + 10
-        while daemon_status(mnt)["listings_prepared"] < first + count:
-            assert time.monotonic() < deadline, f"{count} listings not prepared"
-            time.sleep(0.005)
+        assert wait_for(lambda: daemon_status(mnt)["listings_prepared"] >= first + count, every=0.005), \
+            f"{count} listings not prepared"
 
     def walk_addresses():
         names = walked[str(mnt / "by-address")]
@@ -162,14 +160,21 @@ def overview_sized() -> None:
             thread.join()
 
 
+def paged_operations(tree, monkeypatch) -> tuple[Operations, list]:
+    """A new `Operations` of `tree` (overview.png's size learned) whose READDIRPLUS
+    replies have room for a page (`page_reply`); the list of the inodes they give."""
+    overview_sized()
+    ops, given = Operations(tree), []
+    monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+    return ops, given
+
+
 async def walk_begun(tree, monkeypatch, *, last_first: bool = False) -> tuple[Operations, list]:
     """A new `Operations` of `tree` that listed by-address/ and the first folder in it,
     each a page, with no task switch in between (as the session loop reads on while
     requests wait), then let the tasks they started run (`last_first`: the last started
     first, as trio may run a batch of them); what it gave."""
-    overview_sized()
-    ops, given, started = Operations(tree), [], []
-    monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+    (ops, given), started = paged_operations(tree, monkeypatch), []
     with monkeypatch.context() as held:
         held.setattr(trio.lowlevel, "spawn_system_task", lambda fn, *args: started.append((fn, args)))
         await page_of(ops, tree.by_address.ino)
@@ -203,9 +208,7 @@ async def test_a_reply_whose_lookups_could_not_all_be_counted_is_never_sent(walk
     count of the second entry (entry.json) of an entry folder prepared fails."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
         await page_of(ops, pyfuse3.ROOT_INODE)
         await trio.testing.wait_all_tasks_blocked()
         entries = [ino for ino in given if isinstance(tree.get(ino), iid_backend.EntryFolder)]
@@ -241,9 +244,7 @@ async def test_listings_the_tree_holds_up_wait_once_while_others_are_queued(walk
     a long hold, as a writable tree's commit, held the queue up for each in turn)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given, started, waits = Operations(tree), [], [], []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        (ops, given), started, waits = paged_operations(tree, monkeypatch), [], []
         with monkeypatch.context() as held:
             held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: started.append(fn))
             await page_of(ops, tree.by_address.ino)
@@ -281,9 +282,7 @@ async def test_listings_queued_past_the_bound_are_dropped_and_counted(walk_iid, 
     dropped (their subfolders never noted): the status counts them."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
         monkeypatch.setattr("scopefs.daemon.prepared.REPLIES_QUEUED", 2)
         with monkeypatch.context() as held:
             held.setattr(trio.lowlevel, "spawn_system_task", lambda fn: None)
@@ -301,9 +300,7 @@ async def test_a_preparation_that_fails_at_every_listing_is_logged_once_then_cou
     (`prepare_failed`), every reply still sent (before, a traceback at every readdir)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
 
         def broken(ino, rows):
             raise RuntimeError("no subfolder noted")
@@ -330,9 +327,7 @@ async def test_a_different_failure_of_the_preparation_is_logged_again(walk_iid, 
     counted)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
         failures = iter([RuntimeError("no subfolder noted"), RuntimeError("no subfolder noted"),
                          OSError(errno.EIO, "source unreadable")])
 
@@ -359,9 +354,7 @@ async def test_a_listing_answered_while_preparing_cannot_start_is_not_failed(wal
     and the task is started by the next listing, which finds the folder noted."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
 
         def cannot_start(fn, *args):
             raise RuntimeError("the system nursery is closed")
@@ -384,9 +377,7 @@ async def test_lookups_counted_for_a_listing_that_then_fails_are_given_back(walk
     counted for good: nodes the kernel never saw, held until unmount)."""
     tree = iid_backend.open_tree(str(walk_iid), Options(), read_only=True)
     try:
-        overview_sized()
-        ops, given = Operations(tree), []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))
+        ops, given = paged_operations(tree, monkeypatch)
         monkeypatch.setattr(fs, "NOWAIT_BATCH", 10)
         snapshot = type(tree.by_address.opendir())
         from_memory = snapshot.entries_nowait
@@ -485,28 +476,19 @@ async def python_calls_per_prepared_folder(path: Path, monkeypatch) -> float:
     folder starts (`walk_begun`, its tasks traced)."""
     tree = iid_backend.open_tree(str(path), Options(), read_only=True)
     try:
-        ours = tuple(os.path.dirname(module.__file__) + os.sep for module in (fs, iid_backend))
-        calls = itertools.count()
-
-        def count(frame, event, arg):
-            if event == "call" and frame.f_code.co_filename.startswith(ours):
-                next(calls)
-
+        counted = PythonCalls(within=folders_of(fs, iid_backend))
         spawn = trio.lowlevel.spawn_system_task
 
         def traced(fn, *args):
             async def run():
-                sys.setprofile(count)
-                try:
+                with counted:
                     await fn(*args)
-                finally:
-                    sys.setprofile(None)
             spawn(run)
 
         monkeypatch.setattr(trio.lowlevel, "spawn_system_task", traced)
         ops, _ = await walk_begun(tree, monkeypatch)
         assert ops.prepared.made == AHEAD
-        return next(calls) / ops.prepared.made
+        return counted.calls / ops.prepared.made
     finally:
         tree.close()
 

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import Mounter, made_ahead, unless_caches_dropped
+from conftest import Mounter, made_ahead, patient, unless_caches_dropped, wait_for
 
 from scopefs.backends import overlay
 from scopefs.backends.kernel import cached_pages
@@ -39,13 +39,6 @@ class CountingRoot:
 
     def stat_many(self, rel, names):
         return [Attr(stat.S_IFREG | 0o644, len(rel) + i) for i, _ in enumerate(names)]
-
-
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_a_planned_listing_is_used_once_with_its_attributes():
@@ -230,9 +223,8 @@ def test_folders_below_a_folder_listed_ahead_are_listed_ahead_too(tmp_path):
         root.listdir = counted
         tree = overlay.OverlayTree(root, LocalRoot(str(upper)))
         try:
-            # (no listing too old under load; room for the whole tree's, their number aside)
-            tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0
-            tree.scan_ahead.window = 256
+            patient(tree)
+            tree.scan_ahead.window = 256                # (room for the whole tree's listings, their number aside)
             stack = [node for _, _, node, _ in tree.root.listing(wait=True) if node.kind == stat.S_IFDIR]
             own[branches] = 0
             while stack:
@@ -258,9 +250,8 @@ def test_a_folder_listed_ahead_before_a_change_is_listed_again_when_planned_agai
     static, upper = tmp_path / "static", tmp_path / "upper"
     (static / "run" / "sub").mkdir(parents=True)
     upper.mkdir()
-    tree = overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper)))
+    tree = patient(overlay.OverlayTree(LocalRoot(str(static)), LocalRoot(str(upper))))
     try:
-        tree.scan_ahead.horizon = tree.scan_ahead.wait = 600.0     # (no listing too old under load)
         tree.root.listing(wait=True)                    # (the walker lists the root: run planned)
         run = tree.root.lookup("run")
         made_ahead(tree, run)

@@ -58,29 +58,28 @@ def file_removed_while_listed_is_created_again(folder: Path) -> None:
     assert (folder / last).read_bytes() == b"new"
 
 
+def big_static_folder(mount, tmp_path: Path) -> Path:
+    """big/, a static folder of the NAMES, through a copick overlay mount."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    (static / "big").mkdir(parents=True)
+    overlay.mkdir()
+    for name in NAMES:
+        (static / "big" / name).write_bytes(b"static")
+    return mount(static, "-t", "copick", "-o", f"overlay={overlay}") / "big"
+
+
 @pytest.mark.parametrize("listings", ["kernel", "handles"])
 def test_overlay_listing_read_on_after_a_removal(mount, tmp_path, monkeypatch, listings):
     """Also with a listing per OPENDIR handle (as a copick overlay on S3 lists)."""
     if listings == "handles":
         monkeypatch.setenv("SCOPEFS_LISTING_CACHE", "0")
-    static, overlay = tmp_path / "static", tmp_path / "overlay"
-    (static / "big").mkdir(parents=True)
-    overlay.mkdir()
-    for name in NAMES:
-        (static / "big" / name).write_bytes(b"static")
-    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
-    file_removed_while_listed_is_created_again(mnt / "big")
+    file_removed_while_listed_is_created_again(big_static_folder(mount, tmp_path))
 
 
 def test_overlay_listing_read_on_after_a_rename_over_a_name(mount, tmp_path):
     """A new file renamed over a name (what editors and rsync do) while a listing made
     before is read on: the listing shows the name, as the new file."""
-    static, overlay = tmp_path / "static", tmp_path / "overlay"
-    (static / "big").mkdir(parents=True)
-    overlay.mkdir()
-    for name in NAMES:
-        (static / "big" / name).write_bytes(b"static")
-    folder = mount(static, "-t", "copick", "-o", f"overlay={overlay}") / "big"
+    folder = big_static_folder(mount, tmp_path)
     last = os.listdir(folder)[-1]
     new = {}
 

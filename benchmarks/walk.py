@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import walk_samples  # noqa: E402
 from stores import index_only_store  # noqa: E402
-from frames_by_name import cpu_s  # noqa: E402
+from daemon_cpu import daemon_cpu_s  # noqa: E402  (benchmarks/daemon_cpu.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "walk-latest.txt"
@@ -141,7 +141,7 @@ class Mount:
     def daemon_cpu_s(self) -> float:
         """CPU seconds the mount's daemon has used (its process CPU clock: in ns, where
         /proc's 10 ms ticks were 49 us a path of a quick copick walk)."""
-        return cpu_s(json.loads((self.path / ".scopefs").read_text())["pid"])
+        return daemon_cpu_s(json.loads((self.path / ".scopefs").read_text())["pid"])
 
 
 def walks(source: walk_samples.Source, scratch: Path, small: list[str]):

@@ -130,21 +130,10 @@ def python_calls_learning_a_fileset(path, files: int) -> tuple[int, dict]:
         fileset = tree.root.lookup("scan_000").lookup("fileset_0")
         fileset.rows_in_memory()                # (its nodes made: the learner's own cost, counted above)
         tree.files_stated()                     # (a walk stats files: theirs are learned too)
-        ours = os.path.dirname(os.path.dirname(fsdb_tree.__file__)) + os.sep
-        calls, stats = itertools.count(), itertools.count()
-
-        def count(frame, event, arg):
-            if event == "call" and frame.f_code.co_filename.startswith(ours):
-                next(calls)
-            elif event == "c_call" and arg is os.stat:
-                next(stats)
-        sys.setprofile(count)
-        try:
+        with PythonCalls(within=folders_of(backends), c_modules={"posix"}) as counted:
             fileset.learn()
-        finally:
-            sys.setprofile(None)
         assert all(node.cached_attr() is not None for _, node in fileset.rows_in_memory())
-        return next(calls), next(stats)
+        return counted.calls, counted.c_calls["stat"]
     finally:
         tree.close()
 

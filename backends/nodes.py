@@ -481,8 +481,9 @@ class Tree:
 
     def writable_at(self, ino: int) -> bool:
         """Whether the node numbered `ino` may change: not if a read-only tree grafted into
-        this one numbers it (the daemon refuses the change; such nodes are never asked)."""
-        graft = self._graft_of(ino)
+        this one numbers it (the daemon refuses the change; such nodes are never asked).
+        One call for an ungrafted node: the daemon asks it of every writable file it stats."""
+        graft = self._graft_of(ino) if ino >> GRAFT_SHIFT else None
         return self.writable if graft is None else graft.writable_at(ino)
 
     def add(self, node: Node) -> Node:

@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--daemon", action="append", default=[], metavar="NAME=DIR",
                         help="a checkout whose .venv runs the daemon, for --cpu (default: this one)")
     args = parser.parse_args()
+    if (args.bytes or args.daemon) and not args.cpu:
+        parser.error("--bytes and --daemon are options of --cpu")
     work = Path(tempfile.mkdtemp(prefix="scopefs-copy-in-", dir=args.work))
     try:
         if args.cpu:

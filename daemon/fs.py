@@ -42,12 +42,15 @@ READDIR_BATCH = 4096
 NOWAIT_BATCH = 1024
 #: EntryAttributes kept for listing entries, one per distinct Attr (`Operations._dirent`)
 DIRENT_ATTRS = 4096
-#: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
+#: what st_blksize says: each Python open() buffers that much, and cp reads in chunks of it
+#: (the kernel's read-ahead, read_ahead_kb, sizes the FUSE READs)
 BLOCK_SIZE = 128 * 1024
-#: what it says of a writable tree's files: cp writes a copy in chunks of it, and 1 MiB is
-#: the most one FUSE WRITE carries (libfuse's max_write): a 4 MiB image copied in costs 4
-#: WRITEs, not 32. (Not of folders: glibc sizes readdir's buffer by it, and a listing read
-#: in one getdents would not show a name renamed over while it is read on.)
+#: what it says of a file written through the mount (a writable tree's, its owner's write
+#: bit set, not in a read-only tree grafted in): cp writes a copy in chunks of it, and 1 MiB
+#: is the most one FUSE WRITE carries (the kernel's max_pages: fs.fuse.max_pages_limit, 256
+#: by default, as libfuse's buffer): a 4 MiB image copied in costs 4 WRITEs, not 32. (Not of
+#: folders: glibc sizes readdir's buffer by it, and a listing read in one getdents would not
+#: show a name renamed over while it is read on.)
 WRITE_BLOCK_SIZE = 1 << 20
 #: the hidden control file at the root: not listed, but `cat MOUNT/.scopefs` shows the
 #: daemon's status as JSON (pid, source, counters). It replaces extended attributes:
@@ -599,7 +602,7 @@ class Operations(pyfuse3.Operations):
         self._attr_timeouts: dict[int, float] = {}      # the policy's, by st_mode (< 2**16 of them), for `_entry`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
-        self._file_blksize = WRITE_BLOCK_SIZE if tree.writable else BLOCK_SIZE
+        self._files_written = tree.writable    # (whether `_entry` asks which files say WRITE_BLOCK_SIZE)
         self._control = b"", 0       # the status file's content and mtime: made anew at each lookup
         self._last_failure: tuple[int, str] | None = None     # (inode, error) of the last failed read
         self.notifier = Notifier(self.counters, self._lookups, tree.path_of)
@@ -699,7 +702,9 @@ class Operations(pyfuse3.Operations):
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size
-        entry.st_blksize = self._file_blksize if stat.S_ISREG(attr.mode) else BLOCK_SIZE
+        # (a listing's entries are shared by attributes, `_dirent`: without an inode, 128 KiB)
+        entry.st_blksize = WRITE_BLOCK_SIZE if self._files_written and ino and stat.S_ISREG(attr.mode) and \
+            attr.mode & stat.S_IWUSR and self.tree.writable_at(ino) else BLOCK_SIZE
         if attr.uid is None:                   # synthesized attributes: the daemon's defaults
             entry.st_uid = self._uid
             entry.st_gid = self._gid

@@ -46,7 +46,7 @@ DIRENT_ATTRS = 4096
 #: (the kernel's read-ahead, read_ahead_kb, sizes the FUSE READs)
 BLOCK_SIZE = 128 * 1024
 #: what it says of a file written through the mount (a writable tree's, its owner's write
-#: bit set, not in a read-only tree grafted in): cp writes a copy in chunks of it, and 1 MiB
+#: bit set; a read-only tree grafted in whose modes say writable says it too): cp writes a copy in chunks of it, and 1 MiB
 #: is the most one FUSE WRITE carries (the kernel's max_pages: fs.fuse.max_pages_limit, 256
 #: by default, as libfuse's buffer): a 4 MiB image copied in costs 4 WRITEs, not 32. (Not of
 #: folders: glibc sizes readdir's buffer by it, and a listing read in one getdents would not
@@ -702,9 +702,9 @@ class Operations(pyfuse3.Operations):
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size
-        # (a listing's entries are shared by attributes, `_dirent`: without an inode, 128 KiB)
-        entry.st_blksize = WRITE_BLOCK_SIZE if self._files_written and ino and stat.S_ISREG(attr.mode) and \
-            attr.mode & stat.S_IWUSR and self.tree.writable_at(ino) else BLOCK_SIZE
+        # (of the attributes alone: a listing's entries are shared by attributes, `_dirent`)
+        entry.st_blksize = WRITE_BLOCK_SIZE if self._files_written and stat.S_ISREG(attr.mode) and \
+            attr.mode & stat.S_IWUSR else BLOCK_SIZE
         if attr.uid is None:                   # synthesized attributes: the daemon's defaults
             entry.st_uid = self._uid
             entry.st_gid = self._gid

@@ -185,10 +185,11 @@ def test_a_big_image_copied_in_costs_a_write_per_mebibyte(tmp_path, mount):
 
 
 def test_only_files_written_through_the_mount_say_a_block_of_a_mebibyte(tmp_path, mount):
-    """A writable tree's read-only files (a derived view, an `.iid`'s view grafted into an
-    FSDB, whose files have their owner's write bit, the status file) keep 128 KiB: each
-    Python open() of one allocates a buffer of its st_blksize, and each small buffered read
-    asks for that much. Also as listed (READDIRPLUS: what the kernel keeps for stat)."""
+    """A writable tree's files without their owner's write bit (a derived view, the status
+    file) keep 128 KiB: each Python open() of one allocates a buffer of its st_blksize, and
+    each small buffered read asks for that much. Decided by the attributes alone, so a file
+    says the same listed (READDIRPLUS: what the kernel keeps for stat) and looked up: an
+    `.iid`'s view grafted into an FSDB, read-only but of mode 0o644, says 1 MiB both ways."""
     iid = walk_samples.iid(tmp_path / "cells.iid", 2).path
     db = tmp_path / "db"
     walk_samples.fsdb(db, 1, 1, 1)
@@ -202,9 +203,9 @@ def test_only_files_written_through_the_mount_say_a_block_of_a_mebibyte(tmp_path
         [entry.stat() for entry in os.scandir(folder)]         # (`ls -l`: the next listing has attributes)
     blksizes = {path: os.stat(path).st_blksize for path in (
         fileset / "img_000.png", fileset / "cells.iid", entries / "000000-cell-0" / "entry.json",     # written
-        fileset / "cells.iid.view" / "000000-cell-0" / "entry.json", fileset / "cells.iid.view" / "overview.png",
-        entries / "overview.png", entries / ".scopefs")}
-    assert list(blksizes.values()) == [WRITE_BLOCK_SIZE] * 3 + [BLOCK_SIZE] * 4, blksizes
+        fileset / "cells.iid.view" / "000000-cell-0" / "entry.json",                 # (mode 0o644, listed)
+        fileset / "cells.iid.view" / "overview.png", entries / "overview.png", entries / ".scopefs")}
+    assert list(blksizes.values()) == [WRITE_BLOCK_SIZE] * 4 + [BLOCK_SIZE] * 3, blksizes
 
 
 def test_a_new_fsdb_file_shows_what_was_written_before_its_close(tmp_path, mount):

@@ -9,9 +9,8 @@ import time
 
 def daemon_cpu_s(pid: int) -> float:
     """The CPU time of process `pid`, from its process CPU-time clock
-    (clock_getcpuclockid(3)), in ns rather than the 10 ms ticks of /proc/PID/stat:
-    threads that ended count too (the run time of those alive alone lost the CPU of
-    trio's workers that ended, idle for 10 s, between two readings)."""
+    (clock_getcpuclockid(3)): all its threads, those that ended too, in ns rather than
+    the 10 ms ticks of /proc/PID/stat (a request costs tens of µs)."""
     clock = ctypes.c_int()                   # (a clockid_t)
     failed = ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock))
     if failed:

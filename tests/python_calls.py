@@ -19,7 +19,8 @@ class PythonCalls:
     objects `ignored` and, given `within` (folders, see `folders_of`), calls of code
     outside them; with `c_calls`, the calls into C by function name too (with
     `c_modules`, e.g. {"posix"}, those of these modules only). A block may be entered
-    again: the counts add up."""
+    again, one entry at a time: the counts add up (entries that overlap, e.g. from two
+    trio tasks, stop counting at the first exit)."""
 
     def __init__(self, threads: bool = False, ignored=(), within: tuple[str, ...] = (),
                  c_calls: bool = False, c_modules=None):

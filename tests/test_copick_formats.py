@@ -117,6 +117,8 @@ def test_mrc_view_validates_and_reads_like_zarr(project, view):
         header = mrc.header
         assert header.dmax < header.dmin and header.dmean < min(header.dmin, header.dmax) and header.rms < 0
         label = header.label[0].decode("ascii")
+    # (which zarr array and level, cut at the header's 80 characters; nothing of when)
+    assert label == f"scopefs: copick ExperimentRuns/{run.name}/{stem}.zarr level {binning.bit_length() - 1}"[:80]
     # deterministic: the header is made again from the volume's shape, type, voxel size and label
     assert path.read_bytes()[:HEADER_BYTES] == mrc_header(expected.shape, expected.dtype, 10.0 * binning, label)
 

@@ -1,6 +1,7 @@
 """Work done ahead of need for programs that walk a tree: listings of the directories a
-walker opens next (`ScanAhead`) and stats of a directory's entries once lookups in it
-keep missing the kernel's caches (`SiblingWarmer`)."""
+walker opens next (`ScanAhead`), stats of a directory's entries once lookups in it
+keep missing the kernel's caches (`SiblingWarmer`), and small files read whole with a
+sibling's once reads in their directory keep missing the page cache (`SmallSiblings`)."""
 from __future__ import annotations
 
 import itertools
@@ -11,6 +12,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 
+from ..kept_sizes import identity
 from ..nodes import Attr
 from .root import Root
 
@@ -230,3 +232,76 @@ class SiblingWarmer:
             with self._lock:
                 first, count, _ = self._misses.get(rel, (0.0, 0, 0.0))
                 self._misses[rel] = (first, count, time.monotonic() + self.window)
+
+
+class SmallSiblings:
+    """A walker that reads small files one after another (a loop of `open().read()`, tar,
+    rsync) costs the daemon a worker thread for each cold READ. After two cold whole reads
+    of small files in a directory within `window` seconds, the worker of the next one
+    reads the directory's other small files too (at most `files` of at most `size` bytes,
+    the disk asked for all at once), and their opens are answered with those bytes: no
+    backing file opened, no worker thread for their READs. Each is given once, and only
+    while the tree saw no change (`edits()`) and the file still shows what it showed when
+    read (`kept_sizes.identity`: a file changed within the last seconds is not held);
+    at most `held` files wait, for `window` seconds (the oldest go first)."""
+
+    def __init__(self, edits, *, files: int = 64, size: int = 64 << 10, window: float = 10.0, held: int = 256):
+        self._edits = edits
+        self.files, self.size, self.window, self.held_limit = files, size, window, held
+        # (root, directory): (first cold read since the window began, cold reads since, the last one's name)
+        self._misses: OrderedDict[tuple, tuple[float, int, str]] = OrderedDict()
+        # (root, path): (edits when read, identity, bytes, when read)
+        self._held: OrderedDict[tuple, tuple[int, tuple, bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.read_ahead = 0           # files read with a sibling's
+        self.given = 0                # opens answered with them
+
+    def read_whole(self, root: Root, rel: str, size: int) -> None:
+        """A cold READ of rel (in a worker) read its whole `size` bytes: the directory's
+        other small files are read now if this is its second within `window`."""
+        if size > self.size or not root.local_storage:
+            return
+        folder, _, name = rel.rpartition("/")
+        now = time.monotonic()
+        with self._lock:
+            first, count, last = self._misses.pop((root, folder), (now, 0, ""))
+            if now - first >= self.window:
+                first, count = now, 0
+            self._misses[root, folder] = first, count + 1, name
+            while len(self._misses) > 1024:
+                self._misses.popitem(last=False)
+            if count + 1 < 2:
+                return
+            held = {path for r, path in self._held if r is root}
+        prefix = folder + "/" if folder else ""
+        names = [n for n in root.listdir(folder, touch=False) or ()
+                 if n != name and n != last and prefix + n not in held]
+        edits = self._edits()
+        found = root.read_small(folder, names[:self.files], self.size)
+        with self._lock:
+            for sibling, (info, data) in found.items():
+                known = identity(info)
+                if known is not None:
+                    self._held[root, prefix + sibling] = edits, known, data, now
+                    self.read_ahead += 1
+            while len(self._held) > self.held_limit:
+                self._held.popitem(last=False)
+
+    def take(self, root: Root, rel: str):
+        """The bytes of rel read ahead, if they still are what rel shows (once), else None;
+        never waits for the disk."""
+        with self._lock:
+            entry = self._held.pop((root, rel), None)
+        if entry is None:
+            return None
+        edits, known, data, when = entry
+        if edits != self._edits() or time.monotonic() - when > self.window:
+            return None
+        try:
+            now = root.stat_cached(rel)
+        except OSError:
+            return None
+        if now is None or identity(now) != known:
+            return None
+        self.given += 1
+        return data

@@ -1,0 +1,74 @@
+"""Small files of a copick mount read cold, one after another (a loop of
+`open().read()`, tar, rsync): each READ the page cache cannot answer costs the daemon a
+worker thread, so once two in a folder missed it the rest of the folder's small files are
+read with the next one (`overlay.walk.SmallSiblings`). Counted in worker calls, not seconds."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from conftest import daemon_status
+from scopefs.backends.kept_sizes import RACY_S
+
+FILES = 20
+
+
+def picks_folder(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    """A static root with one run's Picks/ of FILES small picks files (old enough to be
+    trusted: `kept_sizes.identity`), their pages not in the page cache; and an empty overlay."""
+    static, overlay = tmp_path / "static", tmp_path / "overlay"
+    picks = static / "ExperimentRuns" / "TS_000" / "Picks"
+    picks.mkdir(parents=True)
+    overlay.mkdir()
+    paths = []
+    for i in range(FILES):
+        path = picks / f"user{i}_{i}_ribosome.json"
+        path.write_text(json.dumps({"pickable_object_name": "ribosome", "user_id": f"user{i}", "session_id": str(i),
+                                    "points": [{"location": {"x": float(k), "y": 2.0, "z": 3.0}} for k in range(i)]}))
+        paths.append(path)
+    time.sleep(RACY_S)
+    return static, overlay, paths
+
+
+def drop_pages(paths: list[Path]) -> None:
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_path, mount):
+    static, overlay, paths = picks_folder(tmp_path)
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    shown = [mnt / path.relative_to(static) for path in paths]
+    for path in shown:
+        path.stat()                     # (names looked up first: only the reads are counted)
+    drop_pages(paths)
+    before = daemon_status(mnt)
+    read = [path.read_bytes() for path in shown]
+    after = daemon_status(mnt)
+    assert read == [path.read_bytes() for path in paths]
+    # the first two each in a worker (a single file read is not taken for a walk), the
+    # second's worker reads the other 18 too: their opens are answered with those bytes
+    assert after["worker_calls"] - before["worker_calls"] == 2
+    assert after["small_files_given"] - before["small_files_given"] == FILES - 2
+
+
+def test_a_small_file_changed_after_it_was_read_ahead_shows_its_new_bytes(tmp_path, mount):
+    static, overlay, paths = picks_folder(tmp_path)
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    drop_pages(paths)
+    shown = [mnt / path.relative_to(static) for path in paths]
+    for path in shown[:2]:
+        path.read_bytes()               # the second reads the rest ahead
+    assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
+    changed = paths[5].read_bytes().replace(b"user5", b"USER5")
+    paths[5].write_bytes(changed)       # behind the mount, the same size
+    assert shown[5].read_bytes() == changed
+    assert shown[6].read_bytes() == paths[6].read_bytes()
+    assert daemon_status(mnt)["small_files_given"] == 1

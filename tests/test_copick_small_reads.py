@@ -72,3 +72,34 @@ def test_a_small_file_changed_after_it_was_read_ahead_shows_its_new_bytes(tmp_pa
     assert shown[5].read_bytes() == changed
     assert shown[6].read_bytes() == paths[6].read_bytes()
     assert daemon_status(mnt)["small_files_given"] == 1
+
+
+def test_a_folder_read_file_by_file_is_listed_once_and_each_file_read_once(tmp_path, monkeypatch):
+    from scopefs.backends import kept_sizes
+    from scopefs.backends.overlay import LocalRoot
+    from scopefs.backends.overlay.walk import SmallSiblings
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)        # (files just written have an identity)
+    files = 300
+    for i in range(files):
+        (tmp_path / f"{i:04d}.json").write_text(f'{{"n": {i}}}')
+    root = LocalRoot(str(tmp_path))
+    listed, read = [], []
+    listdir, read_small = root.listdir, root.read_small
+    monkeypatch.setattr(root, "listdir", lambda rel, touch=True: listed.append(rel) or listdir(rel, touch))
+    monkeypatch.setattr(root, "read_small", lambda folder, names, limit: read.extend(names) or
+                        read_small(folder, names, limit))
+    siblings = SmallSiblings(lambda: 0)
+    cold = []
+    for name in sorted(os.listdir(tmp_path)):
+        data = siblings.take(root, name)
+        if data is None:                # a cold READ, in a worker
+            cold.append(name)
+            data = (tmp_path / name).read_bytes()
+            siblings.read_whole(root, name, len(data))
+        assert data == (tmp_path / name).read_bytes()
+    root.close()
+    assert listed == [""]               # (not once a batch: nothing per file scans the folder)
+    # each file read once, cold or ahead (the folder's order is not the walker's: a file
+    # not read ahead yet is read cold, and the next 64 are read with it)
+    assert len(read) + len(cold) == len(set(read) | set(cold)) == files
+    assert len(cold) <= 2 + -(-(files - 2) // 64) and siblings.given == files - len(cold)

@@ -144,7 +144,10 @@ class LocalRoot(Root):
         out = {}
         try:
             for name in names:          # all asked of the disk first, then read: one wait for all
-                try:
+                try:            # (only regular files opened: opening a device may do something)
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+                        continue
                     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
                 except OSError:
                     continue

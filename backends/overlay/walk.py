@@ -238,18 +238,28 @@ class SmallSiblings:
     """A walker that reads small files one after another (a loop of `open().read()`, tar,
     rsync) costs the daemon a worker thread for each cold READ. After two cold whole reads
     of small files in a directory within `window` seconds, the worker of the next one
-    reads the directory's other small files too (at most `files` of at most `size` bytes,
-    the disk asked for all at once), and their opens are answered with those bytes: no
-    backing file opened, no worker thread for their READs. Each is given once, and only
-    while the tree saw no change (`edits()`) and the file still shows what it showed when
-    read (`kept_sizes.identity`: a file changed within the last seconds is not held);
-    at most `held` files wait, for `window` seconds (the oldest go first)."""
+    reads the directory's next small files too (at most `files` of at most `size` bytes,
+    the disk asked for all at once; the directory listed once a window, read on from where
+    the last batch stopped), and their opens are answered with those bytes: no backing
+    file opened, no worker thread for their READs. Each is given once, and only while the
+    tree saw no change (`edits()`) and the file still shows what it showed when read
+    (`kept_sizes.identity`: a file changed within the last seconds is not held); at most
+    `held` files of `held_bytes` in all wait, for `window` seconds (the oldest go first)."""
 
-    def __init__(self, edits, *, files: int = 64, size: int = 64 << 10, window: float = 10.0, held: int = 256):
+    #: directories whose cold reads are counted, and those whose listing is read on
+    MISSES_KEPT = 1024
+    LISTINGS_KEPT = 16
+
+    def __init__(self, edits, *, files: int = 64, size: int = 64 << 10, window: float = 10.0, held: int = 4096,
+                 held_bytes: int = 8 << 20):
         self._edits = edits
-        self.files, self.size, self.window, self.held_limit = files, size, window, held
+        self.files, self.size, self.window = files, size, window
+        self.held_limit, self.held_bytes_limit = held, held_bytes
+        self.held_bytes = 0
         # (root, directory): (first cold read since the window began, cold reads since, the last one's name)
         self._misses: OrderedDict[tuple, tuple[float, int, str]] = OrderedDict()
+        # (root, directory): [its names, where the next batch starts, when listed, names read cold]
+        self._listed: OrderedDict[tuple, list] = OrderedDict()
         # (root, path): (edits when read, identity, bytes, when read)
         self._held: OrderedDict[tuple, tuple[int, tuple, bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
@@ -258,7 +268,7 @@ class SmallSiblings:
 
     def read_whole(self, root: Root, rel: str, size: int) -> None:
         """A cold READ of rel (in a worker) read its whole `size` bytes: the directory's
-        other small files are read now if this is its second within `window`."""
+        next small files are read now if it had another such read within `window`."""
         if size > self.size or not root.local_storage:
             return
         folder, _, name = rel.rpartition("/")
@@ -268,30 +278,49 @@ class SmallSiblings:
             if now - first >= self.window:
                 first, count = now, 0
             self._misses[root, folder] = first, count + 1, name
-            while len(self._misses) > 1024:
+            while len(self._misses) > self.MISSES_KEPT:
                 self._misses.popitem(last=False)
             if count + 1 < 2:
                 return
-            held = {path for r, path in self._held if r is root}
+            listed = self._listed.pop((root, folder), None)
+        if listed is None or now - listed[2] >= self.window:
+            listed = [root.listdir(folder, touch=False) or [], 0, now, {last}]
         prefix = folder + "/" if folder else ""
-        names = [n for n in root.listdir(folder, touch=False) or ()
-                 if n != name and n != last and prefix + n not in held]
+        names, start, _, cold = listed
+        cold.add(name)
+        with self._lock:
+            picked = []
+            while start < len(names) and len(picked) < self.files:
+                if names[start] not in cold and (root, prefix + names[start]) not in self._held:
+                    picked.append(names[start])
+                start += 1
+            listed[1] = start
+            self._listed[root, folder] = listed
+            while len(self._listed) > self.LISTINGS_KEPT:
+                self._listed.popitem(last=False)
         edits = self._edits()
-        found = root.read_small(folder, names[:self.files], self.size)
+        found = root.read_small(folder, picked, self.size)
         with self._lock:
             for sibling, (info, data) in found.items():
                 known = identity(info)
                 if known is not None:
+                    self._drop(self._held.pop((root, prefix + sibling), None))
                     self._held[root, prefix + sibling] = edits, known, data, now
+                    self.held_bytes += len(data)
                     self.read_ahead += 1
-            while len(self._held) > self.held_limit:
-                self._held.popitem(last=False)
+            while len(self._held) > self.held_limit or self.held_bytes > self.held_bytes_limit:
+                self._drop(self._held.popitem(last=False)[1])
+
+    def _drop(self, entry: tuple | None) -> None:
+        if entry is not None:
+            self.held_bytes -= len(entry[2])
 
     def take(self, root: Root, rel: str):
         """The bytes of rel read ahead, if they still are what rel shows (once), else None;
         never waits for the disk."""
         with self._lock:
             entry = self._held.pop((root, rel), None)
+            self._drop(entry)
         if entry is None:
             return None
         edits, known, data, when = entry

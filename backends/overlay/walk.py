@@ -268,9 +268,16 @@ class SmallSiblings:
 
     def read_whole(self, root: Root, rel: str, size: int) -> None:
         """A cold READ of rel (in a worker) read its whole `size` bytes: the directory's
-        next small files are read now if it had another such read within `window`."""
+        next small files are read now if it had another such read within `window`. What
+        fails here fails no READ (each file is read again when opened)."""
         if size > self.size or not root.local_storage:
             return
+        try:
+            self._read_next(root, rel)
+        except Exception as exc:
+            log.debug("reading the small files beside %s ahead: %s: %s", rel, type(exc).__name__, exc)
+
+    def _read_next(self, root: Root, rel: str) -> None:
         folder, _, name = rel.rpartition("/")
         now = time.monotonic()
         with self._lock:
@@ -283,10 +290,11 @@ class SmallSiblings:
             if count + 1 < 2:
                 return
             listed = self._listed.pop((root, folder), None)
-        if listed is None or now - listed[2] >= self.window:
+        if listed is None or now - listed[2] >= self.window:     # (kept while read on)
             listed = [root.listdir(folder, touch=False) or [], 0, now, {last}]
         prefix = folder + "/" if folder else ""
         names, start, _, cold = listed
+        listed[2] = now
         cold.add(name)
         with self._lock:
             picked = []

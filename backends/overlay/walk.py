@@ -239,12 +239,13 @@ class SmallSiblings:
     rsync) costs the daemon a worker thread for each cold READ. After two cold whole reads
     of small files in a directory within `window` seconds, the worker of the next one
     reads the directory's next small files too (at most `files` of at most `size` bytes,
-    the disk asked for all at once; the directory listed once a window, read on from where
-    the last batch stopped), and their opens are answered with those bytes: no backing
-    file opened, no worker thread for their READs. Each is given once, and only while the
-    tree saw no change (`edits()`) and the file still shows what it showed when read
-    (`kept_sizes.identity`: a file changed within the last seconds is not held); at most
-    `held` files of `held_bytes` in all wait, for `window` seconds (the oldest go first)."""
+    the disk asked for all at once; the directory listed once, kept while it is read on,
+    each batch from where the last stopped), and their opens are answered with those
+    bytes: no backing file opened, no worker thread for their READs. Each is given once,
+    and only while the tree saw no change (`edits()`) and the file still shows what it
+    showed when read (`kept_sizes.identity`: a file changed within the last seconds is not
+    held); at most `held` files of `held_bytes` in all wait, for `window` seconds (the
+    oldest go first)."""
 
     #: directories whose cold reads are counted, and those whose listing is read on
     MISSES_KEPT = 1024

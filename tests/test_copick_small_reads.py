@@ -134,3 +134,26 @@ def test_a_read_ahead_that_fails_fails_no_read(tmp_path, monkeypatch):
         siblings.read_whole(root, name, 2)          # (the second reads ahead, and fails)
     root.close()
     assert siblings.read_ahead == 0 and siblings.take(root, "2.json") is None
+
+
+def test_picks_views_written_together_are_opened_without_a_worker_call_each(tmp_path, mount, monkeypatch):
+    """A spacing folder's text views of the run's picks are written together (`picks.texts`)
+    when the first is made or sized: their OPENs are then answered on the loop (a `tar`
+    of a project opened every view in a worker). EM views are written one by one."""
+    static, overlay, paths = picks_folder(tmp_path, monkeypatch)
+    (static / "ExperimentRuns" / "TS_000" / "VoxelSpacing10.000").mkdir()
+
+    def check() -> None:
+        mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+        spacing = mnt / "ExperimentRuns" / "TS_000" / "VoxelSpacing10.000"
+        views = sorted(spacing.iterdir())
+        sizes = {view.name: view.stat().st_size for view in views}     # (sized: written together)
+        before = daemon_status(mnt)
+        read = {view.name: view.read_bytes() for view in views}
+        after = daemon_status(mnt)
+        assert {name: len(data) for name, data in read.items()} == sizes
+        assert all(read[f"user{i}_{i}_ribosome.csv"].count(b"\n") == i + 1 for i in range(FILES))
+        em = [name for name in read if name.endswith(".em")]
+        assert len(read) == 5 * FILES and len(em) == FILES
+        assert after["worker_calls"] - before["worker_calls"] == len(em)
+    unless_caches_dropped(check)

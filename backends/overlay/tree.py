@@ -954,15 +954,19 @@ class DerivedFile(File):
         self.source_key, self.derived_path = source_key, derived_path
         self._kept, self._size = kept, None
 
-    def made(self) -> File:
+    def made(self, wait: bool = True) -> File | None:
         """The node that serves this file, made once (numbered as this one: it reports
         itself by its number when a kept size proves wrong). A kept size the kernel was
         told goes to the node (`told`: its content of another size is reported), also
         one told while it was made: placed, then the size looked at again, as `_told`
-        sets the size, then looks for the node (one of the two sees the other)."""
+        sets the size, then looks for the node (one of the two sees the other). Without
+        `wait`, None if another thread is making one (the locks are striped)."""
         file = self._file
         if file is None:
-            with _making[self.ino % MAKING_LOCKS]:
+            lock = _making[self.ino % MAKING_LOCKS]
+            if not lock.acquire(blocking=wait):
+                return None
+            try:
                 file = self._file
                 if file is None:
                     file = self._make(self._info)
@@ -973,6 +977,8 @@ class DerivedFile(File):
                     self._file, self._make, self._info, self._kept = file, None, None, None
                     if size is None and (size := self._size) is not None:
                         file.told(size)
+            finally:
+                lock.release()
         return file
 
     def _told(self, size: int | None) -> None:
@@ -1049,8 +1055,12 @@ class DerivedFile(File):
         return _ViewWriteHandle(self, truncated=bool(flags & os.O_TRUNC))
 
     def open_nowait(self, flags: int) -> FileHandle | None:
+        if writes(flags):
+            return None
         file = self._file
-        return None if file is None or writes(flags) else file.open_nowait(flags)
+        if file is None and self._info is not None:     # (made with what the listing showed: no I/O)
+            file = self.made(wait=False)
+        return None if file is None else file.open_nowait(flags)
 
     def truncate(self, size: int) -> None:
         self.made().truncate(size)

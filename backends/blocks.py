@@ -428,13 +428,15 @@ class GeneratedFile(File):
     another, without making it; a kept size that proves wrong when the content is made
     (a renderer changed without its version) is corrected and `on_resized(self)` called.
     `sized()`, if given, tells the size without making the content (None: it cannot),
-    when none is kept."""
+    when none is kept. `made_nowait()`, if given, gives the content where that needs no
+    I/O (else None): an open is then answered on the daemon's loop, in a cache."""
 
     def __init__(self, make: Callable[[], bytes], mtime_ns: int = 0, cache: ByteCache | None = None,
                  kept=None, on_resized: Callable[["GeneratedFile"], None] | None = None,
-                 sized: Callable[[], int | None] | None = None, key=None):
+                 sized: Callable[[], int | None] | None = None, key=None,
+                 made_nowait: Callable[[], bytes | None] | None = None):
         self._key = key or ("generated", next(_GENERATED))    # never reused (an id() is, once a file is dropped)
-        self._make, self._sized = make, sized
+        self._make, self._sized, self._made_nowait = make, sized, made_nowait
         self.mtime_ns = mtime_ns
         self._size: int | None = None
         self._cache = cache
@@ -502,8 +504,15 @@ class GeneratedFile(File):
         return BytesHandle(self.content())
 
     def open_nowait(self, flags: int) -> FileHandle | None:
+        if writes(flags):
+            return None
         data = self._data if self._cache is None else self._cache.get(self._key)
-        return None if data is None or writes(flags) else BytesHandle(data)
+        if data is None and self._made_nowait is not None and self._cache is not None and self._size is not None:
+            data = self._made_nowait()
+            if data is None or len(data) != self._size:      # (a size that proved wrong: told in a thread)
+                return None
+            self._cache.put(self._key, data)
+        return None if data is None else BytesHandle(data)
 
 
 class RowsFile(File):

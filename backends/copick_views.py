@@ -28,6 +28,7 @@ import stat
 import threading
 import time
 import urllib.parse
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -342,7 +343,16 @@ class PicksViews:
                    if name.endswith(".json") and not name.startswith(".")}
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
-        listed = _Listed(rel, voxel_size, center, written, Once(written))
+
+        found: list[weakref.ref] = []           # (the folder's, while the cache holds it)
+
+        def written_nowait() -> dict[str, _Written] | None:     # the same if made already
+            folder = found[0]() if found else None
+            if folder is None:
+                folder = self._written_nowait(rel, voxel_size, center, sources)
+                found[:] = [] if folder is None else [weakref.ref(folder)]
+            return folder
+        listed = _Listed(rel, voxel_size, center, written, Once(written), written_nowait)
         kept = KeptTogether(self.views.sizes, functools.partial(_kept_keys, rel, voxel_size, center, sources))
         out = []
         for source, info in sources.items():
@@ -417,6 +427,7 @@ class PicksViews:
         return GeneratedFile(functools.partial(self.render, source, kind, rel, voxel_size, center,
                                                functools.partial(_written_of, listed.written, source)),
                              shown.mtime_ns, self.cache,
+                             made_nowait=functools.partial(self.render_nowait, source, kind, listed.written_nowait),
                              kept=self.views.kept_size(functools.partial(_kept_key, rel, voxel_size, center,
                                                                          source, shown, kind)),
                              on_resized=self.views.resized,
@@ -436,6 +447,14 @@ class PicksViews:
         read = tuple(self.tree.source_key(source, info) for source, info in sources.items())
         return self.folders.get_or_make((rel, voxel_size, centre, read),
                                         lambda: self._written_together(rel, voxel_size, centre, sources))
+
+    def _written_nowait(self, rel: str, voxel_size: float, center, sources: dict[str, Attr | None]) -> "_Folder | None":
+        """`_written`'s views if they were written already, found without I/O (the centre
+        found, and what every source shows known from the listing); else None."""
+        if not center.done or None in sources.values():
+            return None
+        read = tuple(self.tree.source_key(source, info) for source, info in sources.items())
+        return self.folders.get((rel, voxel_size, center(), read))
 
     def _written_together(self, rel: str, voxel_size: float, centre, sources: dict[str, Attr | None]) -> "_Folder":
         def parse(item: tuple[str, Attr | None]) -> picks_format.Picks | None:
@@ -476,6 +495,17 @@ class PicksViews:
             raise
         except Exception as exc:                # a bad picks file (or tomogram): EIO for this view only
             raise OSError(errno.EIO, f"no {kind} view of {source}: {type(exc).__name__}: {exc}") from None
+
+    def render_nowait(self, source: str, kind: str, written_nowait) -> bytes | None:
+        """`render`'s bytes where they need no I/O: a text view of its folder's, written
+        together already from the version of source the kernel's caches show; else None."""
+        folder = written_nowait() if kind != "em" else None
+        together = folder.get(source) if folder else None
+        shown = self.tree.shown_nowait(source) if together is not None else None
+        if shown is None or together.version != self.tree.source_key(source, shown[1]):
+            return None
+        self.views.count_made()
+        return together.texts[kind]
 
     def center(self, rel: str, voxel_size: float) -> tuple[float, float, float] | None:
         """The centre (Å) of the tomogram copick's exporter centres RELION 5 coordinates on:
@@ -526,11 +556,13 @@ class _Written:
 class _Listed:
     """What the picks views of one listing of a spacing folder share: the folder, its
     voxel size, `center()` (a STAR view's tomogram centre), `written()` (its views written
-    together) and `sized()` (the same, held until each view knows its size)."""
-    __slots__ = ("rel", "voxel_size", "center", "written", "sized")
+    together), `sized()` (the same, held until each view knows its size) and
+    `written_nowait()` (the same if written already, else None: no I/O)."""
+    __slots__ = ("rel", "voxel_size", "center", "written", "sized", "written_nowait")
 
-    def __init__(self, rel: str, voxel_size: float, center, written, sized):
+    def __init__(self, rel: str, voxel_size: float, center, written, sized, written_nowait):
         self.rel, self.voxel_size, self.center, self.written, self.sized = rel, voxel_size, center, written, sized
+        self.written_nowait = written_nowait
 
 
 class _Folder(dict):
@@ -609,6 +641,11 @@ class Once:
         if not self._made:
             self._value, self._made = self._make(), True
         return self._value
+
+    @property
+    def done(self) -> bool:
+        """Made already: a call gives its value at once."""
+        return self._made
 
 
 class Imports:

@@ -110,6 +110,9 @@ class Mount:
     def requests(self) -> int:
         return json.loads((self.path / ".scopefs").read_text())["requests"]
 
+    def worker_calls(self) -> int:
+        return json.loads((self.path / ".scopefs").read_text())["worker_calls"]
+
     def requests_per(self, fn, count: int) -> float:
         """Requests the daemon answered for one run of `fn` over the mount, per item
         (less what reading its status costs)."""
@@ -211,9 +214,9 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                     drop_caches()
                     return timed(fn, plain)
 
-                cpu = []
+                cpu, calls = [], []
 
-                def cold_mount(fn=fn, cpu=cpu, forget_sizes=False, learned=False):
+                def cold_mount(fn=fn, cpu=cpu, calls=calls, forget_sizes=False, learned=False):
                     mnt.unmount()
                     if forget_sizes:
                         shutil.rmtree(KEPT_SIZES, ignore_errors=True)
@@ -221,13 +224,15 @@ def run_walks(title: str, source: walk_samples.Source, work: Path, cold: bool) -
                     if learned:
                         mnt.wait_learned()
                     drop_caches()
-                    before = mnt.daemon_cpu_s()
+                    before, workers = mnt.daemon_cpu_s(), mnt.worker_calls()
                     took = timed(fn, mnt.path)
                     cpu.append(mnt.daemon_cpu_s() - before)
+                    calls.append(mnt.worker_calls() - workers)
                     return took
                 results[label, "cold"] = compare(f"{label}, cold", cold_plain, cold_mount, goal)
                 # work, steadier than time on a shared machine
                 report(f"    {'daemon CPU per path, cold':<38} {statistics.median(cpu) / paths * 1e6:.0f} us")
+                report(f"    {'daemon worker calls a walk, cold':<38} {statistics.median(calls):.0f}")
                 if source.kind == "copick" and label in ("ls -lR", "find", "find -printf %s"):
                     # a project never mounted before: each view is made once for its size
                     compare(f"{label}, cold, no view sizes kept", cold_plain,

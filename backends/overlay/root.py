@@ -51,6 +51,12 @@ class Root(Protocol):
         finally:
             handle.release()
 
+    def read_small(self, folder: str, names: list[str], limit: int) -> dict[str, tuple[Attr, bytes]]:
+        """The regular files among `names` in `folder` of at most `limit` bytes, read whole,
+        each with what its open file showed (`SmallSiblings`); pages a read brought in are
+        dropped, as `open_read`'s are. None read: only local roots read ahead."""
+        return {}
+
     def local_path(self, rel: str) -> str | None:
         """A path the OS opens, if the root is a local directory."""
         return None

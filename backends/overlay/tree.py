@@ -25,13 +25,13 @@ import time
 import weakref
 from collections import OrderedDict
 
-from ..blocks import view_attr
+from ..blocks import BytesHandle, view_attr
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
 from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
 from ..options import list_ahead_wait, lists_ahead
 from .root import Root
 from .rules import OPAQUE, deleted_names, internal, refuse_reserved, whiteout_name
-from .walk import ScanAhead, SiblingWarmer
+from .walk import ScanAhead, SiblingWarmer, SmallSiblings
 from .watch import OverlayWatch
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ class OverlayTree(Tree):
         # lookups answered without I/O (shown_nowait): from the kernel's caches, or from an
         # object store's listing
         self.warmer = SiblingWarmer(static) if self.answers_nowait else None
+        # small files read whole one after another: read ahead with a sibling's cold read
+        self.small_reads = SmallSiblings(lambda: self.edits)
         if self.writable:
             upper.clear_work()
         # source rel: the derived paths made of it (replaced, never changed in place: the
@@ -844,6 +846,7 @@ class OverlayTree(Tree):
                 "nodes_forgotten_kept": len(self._idle),
                 "listings_scanned_ahead": {"used": self.scan_ahead.used, "unused": self.scan_ahead.unused},
                 "directories_warmed": self.warmer.warmed if self.warmer else 0,
+                "small_files_read_ahead": self.small_reads.read_ahead, "small_files_given": self.small_reads.given,
                 "overlay_watched": self.watch is not None,
                 **({"overlay_watch": {"unwatched": self.watch.unwatched, "overflows": self.watch.overflows,
                                       "changes_reported": self.changes_reported}} if self.watch else {}),
@@ -951,15 +954,19 @@ class DerivedFile(File):
         self.source_key, self.derived_path = source_key, derived_path
         self._kept, self._size = kept, None
 
-    def made(self) -> File:
+    def made(self, wait: bool = True) -> File | None:
         """The node that serves this file, made once (numbered as this one: it reports
         itself by its number when a kept size proves wrong). A kept size the kernel was
         told goes to the node (`told`: its content of another size is reported), also
         one told while it was made: placed, then the size looked at again, as `_told`
-        sets the size, then looks for the node (one of the two sees the other)."""
+        sets the size, then looks for the node (one of the two sees the other). Without
+        `wait`, None if another thread is making one (the locks are striped)."""
         file = self._file
         if file is None:
-            with _making[self.ino % MAKING_LOCKS]:
+            lock = _making[self.ino % MAKING_LOCKS]
+            if not lock.acquire(blocking=wait):
+                return None
+            try:
                 file = self._file
                 if file is None:
                     file = self._make(self._info)
@@ -970,6 +977,8 @@ class DerivedFile(File):
                     self._file, self._make, self._info, self._kept = file, None, None, None
                     if size is None and (size := self._size) is not None:
                         file.told(size)
+            finally:
+                lock.release()
         return file
 
     def _told(self, size: int | None) -> None:
@@ -1046,8 +1055,12 @@ class DerivedFile(File):
         return _ViewWriteHandle(self, truncated=bool(flags & os.O_TRUNC))
 
     def open_nowait(self, flags: int) -> FileHandle | None:
+        if writes(flags):
+            return None
         file = self._file
-        return None if file is None or writes(flags) else file.open_nowait(flags)
+        if file is None and self._info is not None:     # (made with what the listing showed: no I/O)
+            file = self.made(wait=False)
+        return None if file is None else file.open_nowait(flags)
 
     def truncate(self, size: int) -> None:
         self.made().truncate(size)
@@ -1219,7 +1232,7 @@ class MergedFile(MergedNode, File):
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             source = self.source
-            return self._track(source.open_read(self.rel), source)
+            return self._read_ahead(source) or self._track(_CountsSmallReads(source.open_read(self.rel), self), source)
         self.tree.copy_up(self, data=not flags & os.O_TRUNC)
         handle = self.tree.upper.open_write(self.rel, flags)
         if self.tree.derive is not None:
@@ -1231,16 +1244,43 @@ class MergedFile(MergedNode, File):
         if (flags & os.O_ACCMODE) != os.O_RDONLY or self.place is None:
             return None
         source = self.source
+        held = self._read_ahead(source)
+        if held is not None:
+            return held
         try:
             handle = source.open_read_cached(self.rel)
         except OSError:
             return None                              # the thread decides
-        return None if handle is None else self._track(handle, source)
+        return None if handle is None else self._track(_CountsSmallReads(handle, self), source)
+
+    def _read_ahead(self, source: Root) -> FileHandle | None:
+        """A handle on the bytes read ahead with a sibling's (`SmallSiblings`), if held."""
+        data = self.tree.small_reads.take(source, self.rel) if self.place is not None else None
+        return None if data is None else BytesHandle(data)
 
     def truncate(self, size: int) -> None:
         self.tree.edited()
         self.tree.copy_up(self, data=size > 0)
         self.tree.upper.truncate(self.rel, size)
+
+
+class _CountsSmallReads:
+    """A read handle of a merged file whose cold whole reads tell `SmallSiblings` (a READ
+    in a worker thread is one the page cache could not answer). Everything else is the
+    handle's own."""
+
+    def __init__(self, handle: FileHandle, node: MergedFile):
+        self._handle, self._node = handle, node
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = self._handle.read(offset, size)
+        node = self._node
+        if offset == 0 and len(data) < size and node.place is not None:
+            node.tree.small_reads.read_whole(node.source, node.rel, len(data))
+        return data
 
 
 class _ViewSourceHandle:

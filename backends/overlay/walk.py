@@ -1,6 +1,7 @@
 """Work done ahead of need for programs that walk a tree: listings of the directories a
-walker opens next (`ScanAhead`) and stats of a directory's entries once lookups in it
-keep missing the kernel's caches (`SiblingWarmer`)."""
+walker opens next (`ScanAhead`), stats of a directory's entries once lookups in it
+keep missing the kernel's caches (`SiblingWarmer`), and small files read whole with a
+sibling's once reads in their directory keep missing the page cache (`SmallSiblings`)."""
 from __future__ import annotations
 
 import itertools
@@ -11,6 +12,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 
+from ..kept_sizes import identity
 from ..nodes import Attr
 from .root import Root
 
@@ -230,3 +232,114 @@ class SiblingWarmer:
             with self._lock:
                 first, count, _ = self._misses.get(rel, (0.0, 0, 0.0))
                 self._misses[rel] = (first, count, time.monotonic() + self.window)
+
+
+class SmallSiblings:
+    """A walker that reads small files one after another (a loop of `open().read()`, tar,
+    rsync) costs the daemon a worker thread for each cold READ. After two cold whole reads
+    of small files in a directory within `window` seconds, the worker of the next one
+    reads the directory's next small files too (at most `files` of at most `size` bytes,
+    the disk asked for all at once; the directory listed once, kept while it is read on,
+    each batch from where the last stopped), and their opens are answered with those
+    bytes: no backing file opened, no worker thread for their READs. Each is given once,
+    and only while the tree saw no change (`edits()`) and the file still shows what it
+    showed when read (`kept_sizes.identity`: a file changed within the last seconds is not
+    held); at most `held` files of `held_bytes` in all wait, for `window` seconds (the
+    oldest go first)."""
+
+    #: directories whose cold reads are counted, and those whose listing is read on
+    MISSES_KEPT = 1024
+    LISTINGS_KEPT = 16
+
+    def __init__(self, edits, *, files: int = 64, size: int = 64 << 10, window: float = 10.0, held: int = 4096,
+                 held_bytes: int = 8 << 20):
+        self._edits = edits
+        self.files, self.size, self.window = files, size, window
+        self.held_limit, self.held_bytes_limit = held, held_bytes
+        self.held_bytes = 0
+        # (root, directory): (first cold read since the window began, cold reads since, the last one's name)
+        self._misses: OrderedDict[tuple, tuple[float, int, str]] = OrderedDict()
+        # (root, directory): [its names, where the next batch starts, when listed, names read cold]
+        self._listed: OrderedDict[tuple, list] = OrderedDict()
+        # (root, path): (edits when read, identity, bytes, when read)
+        self._held: OrderedDict[tuple, tuple[int, tuple, bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.read_ahead = 0           # files read with a sibling's
+        self.given = 0                # opens answered with them
+
+    def read_whole(self, root: Root, rel: str, size: int) -> None:
+        """A cold READ of rel (in a worker) read its whole `size` bytes: the directory's
+        next small files are read now if it had another such read within `window`. What
+        fails here fails no READ (each file is read again when opened)."""
+        if size > self.size or not root.local_storage:
+            return
+        try:
+            self._read_next(root, rel)
+        except Exception as exc:
+            log.debug("reading the small files beside %s ahead: %s: %s", rel, type(exc).__name__, exc)
+
+    def _read_next(self, root: Root, rel: str) -> None:
+        folder, _, name = rel.rpartition("/")
+        now = time.monotonic()
+        with self._lock:
+            first, count, last = self._misses.pop((root, folder), (now, 0, ""))
+            if now - first >= self.window:
+                first, count = now, 0
+            self._misses[root, folder] = first, count + 1, name
+            while len(self._misses) > self.MISSES_KEPT:
+                self._misses.popitem(last=False)
+            if count + 1 < 2:
+                return
+            listed = self._listed.pop((root, folder), None)
+        if listed is None or now - listed[2] >= self.window:     # (kept while read on)
+            listed = [root.listdir(folder, touch=False) or [], 0, now, {last}]
+        prefix = folder + "/" if folder else ""
+        names, start, _, cold = listed
+        listed[2] = now
+        cold.add(name)
+        with self._lock:
+            picked = []
+            while start < len(names) and len(picked) < self.files:
+                if names[start] not in cold and (root, prefix + names[start]) not in self._held:
+                    picked.append(names[start])
+                start += 1
+            listed[1] = start
+            self._listed[root, folder] = listed
+            while len(self._listed) > self.LISTINGS_KEPT:
+                self._listed.popitem(last=False)
+        edits = self._edits()
+        found = root.read_small(folder, picked, self.size)
+        with self._lock:
+            for sibling, (info, data) in found.items():
+                known = identity(info)
+                if known is not None:
+                    self._drop(self._held.pop((root, prefix + sibling), None))
+                    self._held[root, prefix + sibling] = edits, known, data, now
+                    self.held_bytes += len(data)
+                    self.read_ahead += 1
+            while len(self._held) > self.held_limit or self.held_bytes > self.held_bytes_limit:
+                self._drop(self._held.popitem(last=False)[1])
+
+    def _drop(self, entry: tuple | None) -> None:
+        if entry is not None:
+            self.held_bytes -= len(entry[2])
+
+    def take(self, root: Root, rel: str):
+        """The bytes of rel read ahead, if they still are what rel shows (once), else None;
+        never waits for the disk."""
+        with self._lock:
+            entry = self._held.pop((root, rel), None)
+            self._drop(entry)
+        if entry is None:
+            return None
+        edits, known, data, when = entry
+        if edits != self._edits() or time.monotonic() - when > self.window:
+            return None
+        try:
+            now = root.stat_cached(rel)
+        except OSError:
+            return None
+        if now is None or identity(now) != known:
+            return None
+        self.given += 1
+        return data

@@ -494,9 +494,9 @@ def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int
     return errno.EIO
 
 
-def _stale_if_gone(exc: Exception) -> Exception:
-    """The error an operation on an inode answers for `exc`: where the inode's object is
-    gone (the tree no longer has its node, or the backend answers ENOENT for it), ESTALE,
+def _gone(exc: Exception) -> bool:
+    """Whether `exc` says an inode's object is gone (the tree no longer has its node, or
+    the backend answers ENOENT for it): an operation on the inode then answers ESTALE,
     not ENOENT.
 
     The kernel may hold a name for an inode the daemon no longer shows under it: a
@@ -514,11 +514,9 @@ def _stale_if_gone(exc: Exception) -> Exception:
     LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
     again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
     dropped and looked up afresh (`lookup_open` then creates). Only a call by file
-    descriptor sees ESTALE itself, for an object that is gone. (Raised from an `except`,
-    not a context manager's exit: every GETATTR would pay its two Python calls.)"""
-    if isinstance(exc, FileNotFoundError) or (isinstance(exc, pyfuse3.FUSEError) and exc.errno == errno.ENOENT):
-        return pyfuse3.FUSEError(errno.ESTALE)
-    return exc
+    descriptor sees ESTALE itself, for an object that is gone. (Asked in an `except`,
+    not in a context manager's exit: every GETATTR would pay its two Python calls.)"""
+    return isinstance(exc, FileNotFoundError) or (isinstance(exc, pyfuse3.FUSEError) and exc.errno == errno.ENOENT)
 
 
 def _file_type(node: Node) -> int:
@@ -776,11 +774,13 @@ class Operations(pyfuse3.Operations):
         self.counters.attr_requests += 1
         node = self.tree.get(inode)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)       # (see `_stale_if_gone`)
+            raise pyfuse3.FUSEError(errno.ESTALE)       # (see `_gone`)
         try:
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     def forget(self, inode_list):
         self.counters.inodes_forgotten += len(inode_list)
@@ -1087,7 +1087,9 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     # -- files ------------------------------------------------------------------------
     @_guard
@@ -1104,7 +1106,9 @@ class Operations(pyfuse3.Operations):
         try:
             handle = await self._open_file(inode, flags)
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
         return self._add_handle(handle, noflush=not writes(flags))
 
     async def _open_file(self, inode: int, flags: int) -> FileHandle:
@@ -1295,10 +1299,10 @@ class Operations(pyfuse3.Operations):
         every name of a READDIRPLUS (`fuse_direntplus_link`, with no check that the name
         is still there): a row of the snapshot would bring the name back with its old
         inode and attributes after the call that removed it returned (`stat` found it,
-        `open(O_CREAT)` opened what is gone: `_stale_if_gone`). Left out, a name an
+        `open(O_CREAT)` opened what is gone: `_gone`). Left out, a name an
         editor or rsync renames a new file onto would be missing from a listing. Names
         changed behind the mount are told to the kernel by the `Notifier` instead, as
-        expired, and `_stale_if_gone` answers for an inode that is gone."""
+        expired, and an inode that is gone answers ESTALE (`_gone`)."""
         self.folder_listings.names_gone(folder, names)
         self.lean_rule.names_gone(folder, names)
         for listing in self._listings.values():
@@ -1317,7 +1321,9 @@ class Operations(pyfuse3.Operations):
         try:
             return await self._set_attributes(inode, attr, fields, fh)
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:
         """At most one worker call: a truncate, a `set_attr` that blocks and the attributes

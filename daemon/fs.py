@@ -40,6 +40,8 @@ READDIR_BATCH = 4096
 #: entries per listing batch made on the loop (`Directory.entries_nowait`): short, so other
 #: requests wait at most a few milliseconds
 NOWAIT_BATCH = 1024
+#: the file types a policy's `namespace_attr_timeout` is for
+NAMESPACE_TYPES = frozenset((stat.S_IFDIR, stat.S_IFLNK))
 #: EntryAttributes kept for listing entries, one per distinct Attr (`Operations._dirent`)
 DIRENT_ATTRS = 4096
 #: what st_blksize says: Python and cp size their reads by it, and FUSE reads are 128 KiB
@@ -589,12 +591,13 @@ class Operations(pyfuse3.Operations):
             hasattr(pyfuse3, "readdir_prepared_at"), "readdir_prepared_at", PREPARED_ENV,
             "readdir answers every folder's listing"), tree.get, self._dirent, self._remember, self._give_back,
             self.ends_in_session)
+        # the policy's attribute timeouts, for `_entry`: of folders and links, of the rest
+        self._namespace_attr_timeout = self.policy.attr_timeout_of(stat.S_IFDIR)
+        self._file_attr_timeout = self.policy.attr_timeout_of(stat.S_IFREG)
         self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
-            "every listing entry carries its attributes"), self.policy.entry_timeout,
-            self.policy.attr_timeout_of(stat.S_IFREG))
+            "every listing entry carries its attributes"), self.policy.entry_timeout, self._file_attr_timeout)
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
-        self._attr_timeouts: dict[int, float] = {}      # the policy's, by st_mode (< 2**16 of them), for `_entry`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self._file_blksize = WRITE_BLOCK_SIZE if tree.writable else BLOCK_SIZE
@@ -690,10 +693,8 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
         entry.entry_timeout = self.policy.entry_timeout
-        timeout = self._attr_timeouts.get(attr.mode)
-        if timeout is None:
-            timeout = self._attr_timeouts[attr.mode] = self.policy.attr_timeout_of(attr.mode)
-        entry.attr_timeout = timeout
+        entry.attr_timeout = (self._namespace_attr_timeout if stat.S_IFMT(attr.mode) in NAMESPACE_TYPES
+                              else self._file_attr_timeout)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size

@@ -40,6 +40,8 @@ READDIR_BATCH = 4096
 #: entries per listing batch made on the loop (`Directory.entries_nowait`): short, so other
 #: requests wait at most a few milliseconds
 NOWAIT_BATCH = 1024
+#: the file types a policy's `namespace_attr_timeout` is for
+NAMESPACE_TYPES = frozenset((stat.S_IFDIR, stat.S_IFLNK))
 #: EntryAttributes kept for listing entries, one per distinct Attr (`Operations._dirent`)
 DIRENT_ATTRS = 4096
 #: what st_blksize says: each Python open() buffers that much, and cp reads in chunks of it
@@ -497,9 +499,9 @@ def _errno_of(exc: Exception, counters: Counters, name: str, args: tuple) -> int
     return errno.EIO
 
 
-def _stale_if_gone(exc: Exception) -> Exception:
-    """The error an operation on an inode answers for `exc`: where the inode's object is
-    gone (the tree no longer has its node, or the backend answers ENOENT for it), ESTALE,
+def _gone(exc: Exception) -> bool:
+    """Whether `exc` says an inode's object is gone (the tree no longer has its node, or
+    the backend answers ENOENT for it): an operation on the inode then answers ESTALE,
     not ENOENT.
 
     The kernel may hold a name for an inode the daemon no longer shows under it: a
@@ -517,11 +519,9 @@ def _stale_if_gone(exc: Exception) -> Exception:
     LOOKUP_REVAL (`do_filp_open`, `retry_estale`), which makes FUSE look every name up
     again (`fuse_dentry_revalidate`); a name that is gone or names another inode is
     dropped and looked up afresh (`lookup_open` then creates). Only a call by file
-    descriptor sees ESTALE itself, for an object that is gone. (Raised from an `except`,
-    not a context manager's exit: every GETATTR would pay its two Python calls.)"""
-    if isinstance(exc, FileNotFoundError) or (isinstance(exc, pyfuse3.FUSEError) and exc.errno == errno.ENOENT):
-        return pyfuse3.FUSEError(errno.ESTALE)
-    return exc
+    descriptor sees ESTALE itself, for an object that is gone. (Asked in an `except`,
+    not in a context manager's exit: every GETATTR would pay its two Python calls.)"""
+    return isinstance(exc, FileNotFoundError) or (isinstance(exc, pyfuse3.FUSEError) and exc.errno == errno.ENOENT)
 
 
 def _file_type(node: Node) -> int:
@@ -594,12 +594,13 @@ class Operations(pyfuse3.Operations):
             hasattr(pyfuse3, "readdir_prepared_at"), "readdir_prepared_at", PREPARED_ENV,
             "readdir answers every folder's listing"), tree.get, self._dirent, self._remember, self._give_back,
             self.ends_in_session)
+        # the policy's attribute timeouts, for `_entry`: of folders and links, of the rest
+        self._namespace_attr_timeout = self.policy.attr_timeout_of(stat.S_IFDIR)
+        self._file_attr_timeout = self.policy.attr_timeout_of(stat.S_IFREG)
         self.lean_rule = LeanRule(tree.lean_listings and _patch_used(
             hasattr(pyfuse3, "readdir_reply_name"), "readdir_reply_name", LEAN_LISTINGS_ENV,
-            "every listing entry carries its attributes"), self.policy.entry_timeout,
-            self.policy.attr_timeout_of(stat.S_IFREG))
+            "every listing entry carries its attributes"), self.policy.entry_timeout, self._file_attr_timeout)
         self._dirents: dict[Attr, pyfuse3.EntryAttributes] = {}     # see `_dirent`
-        self._attr_timeouts: dict[int, float] = {}      # the policy's, by st_mode (< 2**16 of them), for `_entry`
         self._next_fh = 1
         self._uid, self._gid = os.getuid(), os.getgid()
         self._files_written = tree.writable    # (whether `_entry` asks which files say WRITE_BLOCK_SIZE)
@@ -695,10 +696,8 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()          # generation and st_rdev start at 0
         entry.st_ino = ino
         entry.entry_timeout = self.policy.entry_timeout
-        timeout = self._attr_timeouts.get(attr.mode)
-        if timeout is None:
-            timeout = self._attr_timeouts[attr.mode] = self.policy.attr_timeout_of(attr.mode)
-        entry.attr_timeout = timeout
+        entry.attr_timeout = (self._namespace_attr_timeout if stat.S_IFMT(attr.mode) in NAMESPACE_TYPES
+                              else self._file_attr_timeout)
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
         entry.st_size = attr.size
@@ -781,11 +780,13 @@ class Operations(pyfuse3.Operations):
         self.counters.attr_requests += 1
         node = self.tree.get(inode)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ESTALE)       # (see `_stale_if_gone`)
+            raise pyfuse3.FUSEError(errno.ESTALE)       # (see `_gone`)
         try:
             return self._entry(inode, node.cached_attr() or await self._run(node.attr))
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     def forget(self, inode_list):
         self.counters.inodes_forgotten += len(inode_list)
@@ -1092,7 +1093,9 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             return os.fsencode(await self._call(lambda: node.target, node.target_blocks))
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     # -- files ------------------------------------------------------------------------
     @_guard
@@ -1109,7 +1112,9 @@ class Operations(pyfuse3.Operations):
         try:
             handle = await self._open_file(inode, flags)
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
         return self._add_handle(handle, noflush=not writes(flags))
 
     async def _open_file(self, inode: int, flags: int) -> FileHandle:
@@ -1300,10 +1305,10 @@ class Operations(pyfuse3.Operations):
         every name of a READDIRPLUS (`fuse_direntplus_link`, with no check that the name
         is still there): a row of the snapshot would bring the name back with its old
         inode and attributes after the call that removed it returned (`stat` found it,
-        `open(O_CREAT)` opened what is gone: `_stale_if_gone`). Left out, a name an
+        `open(O_CREAT)` opened what is gone: `_gone`). Left out, a name an
         editor or rsync renames a new file onto would be missing from a listing. Names
         changed behind the mount are told to the kernel by the `Notifier` instead, as
-        expired, and `_stale_if_gone` answers for an inode that is gone."""
+        expired, and an inode that is gone answers ESTALE (`_gone`)."""
         self.folder_listings.names_gone(folder, names)
         self.lean_rule.names_gone(folder, names)
         for listing in self._listings.values():
@@ -1322,7 +1327,9 @@ class Operations(pyfuse3.Operations):
         try:
             return await self._set_attributes(inode, attr, fields, fh)
         except (FileNotFoundError, pyfuse3.FUSEError) as exc:
-            raise _stale_if_gone(exc) from None
+            if _gone(exc):
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise
 
     async def _set_attributes(self, inode, attr, fields, fh) -> pyfuse3.EntryAttributes:
         """At most one worker call: a truncate, a `set_attr` that blocks and the attributes

@@ -1,8 +1,9 @@
 """Sample .iid files written by upstream iidfile (in its own venv), with what they hold,
-and by scopefs (`disks_in_a_row`)."""
+and by scopefs (`disks_in_a_row`); `overview_sized` for a tree opened on one."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,12 @@ def disks_in_a_row(path: Path, count: int) -> Path:
         f.add(disk(3), (10 * i, 0, 10 * i + 7, 7), address=f"c{i:02d}".encode(), domain=b"d")
     f.save(str(path))
     return path
+
+
+def overview_sized() -> None:
+    """Waits for the thread an .iid tree starts to learn overview.png's size (it takes the
+    tree's lock; one still encoding when the interpreter exits aborts it: "terminate
+    called without an active exception")."""
+    for thread in threading.enumerate():
+        if thread.name == "overview-size":
+            thread.join()

@@ -54,10 +54,11 @@ INVALIDATIONS = {"fsdb": 0}
 #: the FLUSH itself); a small .iid mask is decoded and applied on the daemon's loop (none)
 WORKER_CALLS = {"fsdb": 1, "iid": 0}
 #: Python functions the daemon runs for each file `cp` copies into an FSDB fileset, its
-#: eight requests and the commit at its close together (211 counted; 235 when the commit
-#: named its temporary file with mkstemp and stat'ed the file twice after its rename); the
-#: bound leaves 10 for the standard library's own calls, which differ between Python versions
-COPY_PYTHON_CALLS = 220
+#: eight requests and the commit at its close together (190 counted; 210 before the cheap
+#: requests' cuts of stop 28, 235 when the commit named its temporary file with mkstemp and
+#: stat'ed the file twice after its rename); the bound leaves 10 for the standard library's
+#: own calls, which differ between Python versions
+COPY_PYTHON_CALLS = 200
 #: system calls (os and fcntl functions) for each such file: the commit's create, write,
 #: fstat, lock (open, flock, close), rename, journal line and the folder's stat, and the
 #: close at release (13 counted before: mkstemp's getpid and path normalizing, and two

@@ -30,12 +30,26 @@ class Exploding(File):
         raise RuntimeError("backend bug")
 
 
-class Vanished(File):
+class Failing(File):
+    """A file whose backend answers every call with `error`."""
+    def __init__(self, error: Exception):
+        self.error = error
+
     def attr(self):
-        return Attr(stat.S_IFREG | 0o444, 10)
+        raise self.error
 
     def open(self, flags):
-        raise FileNotFoundError(errno.ENOENT, "gone")
+        raise self.error
+
+
+class FailingLink(Symlink):
+    """A symbolic link whose backend answers the read of its target with `error`."""
+    def __init__(self, error: Exception):
+        self.error = error
+
+    @property
+    def target(self):
+        raise self.error
 
 
 class Denied(File):
@@ -54,7 +68,6 @@ class SampleTree(Tree):
         sub = root.add("sub", self.add(StaticDirectory()))
         self.hello = root.add("hello.txt", self.add(GeneratedFile(lambda: b"hello world", mtime_ns=456)))
         root.add("boom", self.add(Exploding()))
-        root.add("vanished", self.add(Vanished()))
         root.add("denied", self.add(Denied()))
         self.sub = sub
 
@@ -109,13 +122,38 @@ async def test_os_errors_keep_their_errno(ops):
     assert err.value.errno == errno.EACCES
 
 
-async def test_an_inode_whose_object_is_gone_is_stale(ops):
+#: the requests by inode that answer ESTALE for an object that is gone (`_gone`)
+REQUESTS_BY_INODE = {
+    "getattr": lambda ops, ino: ops.getattr(ino),
+    "setattr": lambda ops, ino: ops.setattr(ino, pyfuse3.EntryAttributes(), pyfuse3.SetattrFields(), None, None),
+    "open": lambda ops, ino: ops.open(ino, os.O_RDONLY, None),
+    "readlink": lambda ops, ino: ops.readlink(ino, None),
+}
+
+
+@pytest.mark.parametrize("request_name", REQUESTS_BY_INODE)
+@pytest.mark.parametrize("error, answer", [
+    (None, errno.ESTALE),                       # the tree no longer has the inode
+    (FileNotFoundError(errno.ENOENT, "gone"), errno.ESTALE),
+    (pyfuse3.FUSEError(errno.ENOENT), errno.ESTALE),
+    (PermissionError(errno.EACCES, "not yours"), errno.EACCES),        # not gone: unchanged
+    (pyfuse3.FUSEError(errno.EIO), errno.EIO),
+], ids=["no-node", "FileNotFoundError", "FUSEError-ENOENT", "PermissionError", "FUSEError-EIO"])
+async def test_an_inode_whose_object_is_gone_is_stale(ops, request_name, error, answer):
     """ENOENT by inode would be wrong: the kernel may have come by a name that now names
-    something else; ESTALE makes the VFS look the path up again (`_stale_if_gone`)."""
-    entry = await ops.lookup(ROOT_INO, b"vanished")
+    something else; ESTALE makes the VFS look the path up again (`_gone`). Other errors
+    pass through."""
+    failing = FailingLink if request_name == "readlink" else Failing
+    ino = 99999 if error is None else ops.tree.add(failing(error)).ino
     with pytest.raises(pyfuse3.FUSEError) as err:
-        await ops.open(entry.st_ino, os.O_RDONLY, None)
-    assert err.value.errno == errno.ESTALE
+        await REQUESTS_BY_INODE[request_name](ops, ino)
+    assert err.value.errno == answer
+
+
+async def test_readlink_of_a_file_is_einval(ops):
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        await ops.readlink(ops.tree.hello.ino, None)
+    assert err.value.errno == errno.EINVAL
 
 
 async def test_open_read_release_and_read_only(ops):

@@ -21,6 +21,7 @@ import trio.testing
 
 import walk_samples
 from conftest import KernelLetNamesGo, daemon_status, unless_caches_dropped, wait_for
+from iid_samples import overview_sized
 from python_calls import PythonCalls, folders_of
 from scopefs.backends import iid as iid_backend
 from scopefs.backends.options import Options
@@ -152,17 +153,11 @@ def page_reply(given: list):
     return reply
 
 
-def overview_sized() -> None:
-    """Waits for the thread that learns overview.png's size: it takes the tree's lock, so
-    a listing from memory meanwhile would be left to a worker."""
-    for thread in threading.enumerate():
-        if thread.name == "overview-size":
-            thread.join()
-
-
 def paged_operations(tree, monkeypatch) -> tuple[Operations, list]:
-    """A new `Operations` of `tree` (overview.png's size learned) whose READDIRPLUS
-    replies have room for a page (`page_reply`); the list of the inodes they give."""
+    """A new `Operations` of `tree` whose READDIRPLUS replies have room for a page
+    (`page_reply`); the list of the inodes they give. overview.png's size is learned
+    first: its thread takes the tree's lock, so a listing from memory meanwhile would be
+    left to a worker."""
     overview_sized()
     ops, given = Operations(tree), []
     monkeypatch.setattr(pyfuse3, "readdir_reply", page_reply(given))

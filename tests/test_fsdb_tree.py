@@ -752,7 +752,7 @@ def test_a_metadata_view_that_cannot_be_read_is_still_stated(trees, monkeypatch)
 
     def unreadable(path):
         raise PermissionError(errno.EACCES, "not readable", path)
-    monkeypatch.setattr(fsdb_tree, "_open_regular", unreadable)
+    monkeypatch.setattr(fsdb_tree, "open_regular", unreadable)
     node, attr = folder.lookup_attr("img_0001.png.metadata.json")
     assert attr.size == os.stat(node.obj._md_path).st_size
     with pytest.raises(PermissionError):
@@ -877,14 +877,31 @@ def test_a_metadata_views_mtime_set_while_it_is_read_is_kept(trees, monkeypatch)
     another view's lookup) is not undone by the read's older mtime."""
     folder = fileset_folder(trees[SMALL])
     node = folder.lookup("img_0001.png.metadata.json")
-    read_to_end = fsdb_tree._read_to_end
+    read_to_end = fsdb_tree.read_to_end
 
     def touched_meanwhile(*args, **kwargs):
-        monkeypatch.setattr(fsdb_tree, "_read_to_end", read_to_end)     # (once: this view's read)
+        monkeypatch.setattr(fsdb_tree, "read_to_end", read_to_end)     # (once: this view's read)
         os.utime(node.obj._md_path, ns=(10 ** 18, 10 ** 18))
         node.mtime_ns = 10 ** 18                # (what the mount's setattr does)
         return read_to_end(*args, **kwargs)
-    monkeypatch.setattr(fsdb_tree, "_read_to_end", touched_meanwhile)
+    monkeypatch.setattr(fsdb_tree, "read_to_end", touched_meanwhile)
     handle = node.open(os.O_RDONLY)
     handle.release()
     assert node.attr().mtime_ns == 10 ** 18
+
+
+def test_the_databases_own_reads_of_metadata_never_wait_on_a_fifo(trees):
+    """The model reads metadata (a merge by set_metadata) through the same reader as the
+    views: a FIFO is refused at once, not waited on for a writer."""
+    tree = trees[SMALL]
+    file = fileset_folder(tree).fileset.file_named("img_0002.png")
+    os.unlink(file._md_path)
+    os.mkfifo(file._md_path)
+    try:
+        with pytest.raises(OSError):
+            in_a_thread(lambda: tree.db.files.read(file._md_path))
+    finally:
+        try:
+            os.close(os.open(file._md_path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass

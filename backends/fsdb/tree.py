@@ -38,6 +38,7 @@ from collections import Counter
 from itertools import islice
 
 from ...formats import fsdb as layout
+from ...formats.files import open_regular, read_to_end
 from ..cache import ByteCache
 from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
@@ -268,7 +269,7 @@ class MetaView(CachedView):
     def _open_stored(self) -> tuple[int | None, os.stat_result | None]:
         """Its file open for reading, and its fstat; (None, None) where there is none."""
         try:
-            return _open_regular(self.obj._md_path)
+            return open_regular(self.obj._md_path)
         except FileNotFoundError:
             return None, None
 
@@ -279,7 +280,7 @@ class MetaView(CachedView):
         if fd is None:
             data = NO_METADATA
         else:
-            data = _read_to_end(fd, st.st_size, short_read_ends=self.tree.local_storage)
+            data = read_to_end(fd, st.st_size, short_read_ends=self.tree.local_storage)
         if st is None or st.st_size == len(data):
             self._learned(version, st, changes)
         return data
@@ -350,39 +351,6 @@ class MetaView(CachedView):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
-
-
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
-    """A regular file open for reading, and its fstat. Anything else is refused (EINVAL),
-    never waited on: a FIFO's open waits for a writer, a device may read forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", path)
-    return fd, st
-
-
-#: the most asked of one read (Linux gives at most 2 GiB less a page)
-READ_MAX = 1 << 30
-
-
-def _read_to_end(fd: int, size: int, short_read_ends: bool) -> bytes:
-    """All the bytes of a regular file open as `fd` whose fstat said `size`: read until a
-    read gives none, or, where `short_read_ends` (a local filesystem, whose reads of a
-    regular file stop short only at its end), until one gives less than asked: a small
-    file in one read (one byte more than `size` asked: a file grown since is read on)."""
-    chunks, want = [], size + 1
-    while chunk := os.read(fd, min(want, READ_MAX)):
-        chunks.append(chunk)
-        if short_read_ends and len(chunk) < min(want, READ_MAX):
-            break
-        want = max(want - len(chunk), 1 << 16)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _meta_stat(version: int, size: int, mtime_ns: int) -> tuple[int, int, int, Attr]:

@@ -905,3 +905,26 @@ def test_the_databases_own_reads_of_metadata_never_wait_on_a_fifo(trees):
             os.close(os.open(file._md_path, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_metadata_views_mtime_set_while_the_learner_stats_it_is_kept(trees, monkeypatch):
+    """(As for a read: the learner's stat, made before a utimens through the mount, does
+    not undo it.)"""
+    folder = fileset_folder(trees[SMALL])
+    node = folder.lookup("img_0001.png.metadata.json")
+    metadata_folder, _, name = node.obj._md_path.rpartition("/")
+    real_stat = os.stat
+
+    def stat_then_touched(*args, **kwargs):
+        st = real_stat(*args, **kwargs)
+        os.utime(node.obj._md_path, ns=(10 ** 18, 10 ** 18))
+        node.mtime_ns = 10 ** 18                # (what the mount's setattr does)
+        return st
+    fd = os.open(metadata_folder, os.O_PATH | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(os, "stat", stat_then_touched)
+        node.learn_stat(fd, name)
+        monkeypatch.undo()
+    finally:
+        os.close(fd)
+    assert node.attr().mtime_ns == 10 ** 18

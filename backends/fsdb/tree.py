@@ -193,7 +193,7 @@ class MetaView(CachedView):
     def learn_stat(self, dir_fd: int | None, name: str) -> None:
         """Its size and mtime, from its file `name` in its metadata folder (open as
         `dir_fd`; None: missing)."""
-        version = self.obj.md_version
+        version, changes = self.obj.md_version, self._stat_changes
         try:
             if dir_fd is None:
                 raise FileNotFoundError
@@ -202,7 +202,7 @@ class MetaView(CachedView):
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
         current = self._stat                # (`_known`, inline: the learner calls this per view)
-        if current is None or current[0] != self.obj.md_version:
+        if (current is None or current[0] != self.obj.md_version) and changes == self._stat_changes:
             self._stat = known
 
     def _known(self) -> tuple[int, int, int, Attr] | None:

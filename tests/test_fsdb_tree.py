@@ -928,3 +928,18 @@ def test_a_metadata_views_mtime_set_while_the_learner_stats_it_is_kept(trees, mo
     finally:
         os.close(fd)
     assert node.attr().mtime_ns == 10 ** 18
+
+
+def test_a_big_metadata_files_own_stat_reads_it_not(trees):
+    """Its lookup learns its size from its fstat (and reads the views after it ahead); its
+    open reads it."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    big = folder.fileset.file_named("img_0002.png")._md_path
+    Path(big).write_text(json.dumps({"x": "y" * fsdb_tree.META_AHEAD_BYTES}))
+    node, attr = folder.lookup_attr("img_0002.png.metadata.json")
+    assert attr.size == os.stat(big).st_size
+    assert tree.counts["metadata_files_read"] == SMALL - 3
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 20) == Path(big).read_bytes()[:1 << 20]
+    assert tree.counts["metadata_files_read"] == SMALL - 2

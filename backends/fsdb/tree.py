@@ -167,9 +167,10 @@ class MetaView(CachedView):
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         """Its size and mtime: learned with its folder's files where a walker that stats
         may be at it (a folder listed); in a folder never listed, where a reader opens it
-        by name (`cat`, `json.load`) next, read with at most META_READ_AHEAD views after
-        it (`make`), which gives them too, so that its open and theirs, and their lookups,
-        need no worker call (the folder stays unlisted: a lone stat of a file costs a stat)."""
+        by name (`cat`, `json.load`) next, read (over META_AHEAD_BYTES: its fstat only)
+        with at most META_READ_AHEAD views after it, which gives them too, so that its open
+        and theirs, and their lookups, need no worker call (the folder stays unlisted: a
+        lone stat of a file costs a stat)."""
         known = self._stat
         version = self.obj.md_version
         if (known is None or known[0] != version) and (folder := self._folder()) is not None:
@@ -177,7 +178,8 @@ class MetaView(CachedView):
                 folder.file_attr_asked()
             elif self.staged is None and not self.tree.db.files.remote:
                 try:
-                    self.content()
+                    if self._read_for_a_reader():
+                        self._read_ahead()
                 except OSError:                 # (unreadable: its stat says what it can)
                     pass
             known = self._stat
@@ -244,12 +246,13 @@ class MetaView(CachedView):
             if fd is not None:
                 os.close(fd)
 
-    def _read_for_a_reader(self) -> None:
+    def _read_for_a_reader(self) -> bool:
         """Its bytes into the cache ahead of a reader, with its size and mtime, unless there
-        or being read; over META_AHEAD_BYTES its size and mtime only."""
+        or being read; over META_AHEAD_BYTES its size and mtime only. Whether its file was
+        opened (not there)."""
         tag = self.content_tag()
         if self.cache.get(tag) is not None:
-            return
+            return False
         changes = self._stat_changes
         fd, st = self._open_stored()
         try:
@@ -265,6 +268,7 @@ class MetaView(CachedView):
         finally:
             if fd is not None:
                 os.close(fd)
+        return True
 
     def _open_stored(self) -> tuple[int | None, os.stat_result | None]:
         """Its file open for reading, and its fstat; (None, None) where there is none."""

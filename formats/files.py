@@ -2,6 +2,7 @@
 object storage, given by the backend) with the same few calls."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import NamedTuple
@@ -57,8 +58,11 @@ class LocalFiles(Files):
     """Files through the OS."""
 
     def read(self, path: str) -> bytes:
-        with open(path, "rb") as fh:
-            return fh.read()
+        fd, st = open_regular(path)
+        try:
+            return read_to_end(fd, st.st_size)
+        finally:
+            os.close(fd)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
@@ -69,3 +73,35 @@ class LocalFiles(Files):
 
 
 LOCAL = LocalFiles()
+
+#: the most asked of one read (Linux gives at most 2 GiB less a page)
+READ_MAX = 1 << 30
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A regular file open for reading, and its fstat. Anything else is refused (EISDIR,
+    EINVAL), never waited on: a FIFO's open waits for a writer, a device may read forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
+    return fd, st
+
+
+def read_to_end(fd: int, size: int, short_read_ends: bool = False) -> bytes:
+    """All the bytes of a regular file open as `fd` whose fstat said `size`: read until a
+    read gives none, or, where `short_read_ends` (a local filesystem, whose reads of a
+    regular file stop short only at its end), until one gives less than asked: a small
+    file in one read (one byte more than `size` asked: a file grown since is read on)."""
+    chunks, want = [], size + 1
+    while chunk := os.read(fd, min(want, READ_MAX)):
+        chunks.append(chunk)
+        if short_read_ends and len(chunk) < min(want, READ_MAX):
+            break
+        want = max(want - len(chunk), 1 << 16)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -750,8 +750,194 @@ def test_a_metadata_view_that_cannot_be_read_is_still_stated(trees, monkeypatch)
 
     def unreadable(path):
         raise PermissionError(errno.EACCES, "not readable", path)
-    monkeypatch.setattr(fsdb_tree, "_read_whole", unreadable)
+    monkeypatch.setattr(fsdb_tree, "open_regular", unreadable)
     node, attr = folder.lookup_attr("img_0001.png.metadata.json")
     assert attr.size == os.stat(node.obj._md_path).st_size
     with pytest.raises(PermissionError):
         node.open(os.O_RDONLY)
+
+
+def test_a_metadata_views_first_stat_makes_nodes_only_for_the_views_it_reads_ahead(trees):
+    """(Review of fsdbreads28: it made a node for every file and view of the fileset, at
+    a stat: 2 a file.)"""
+    made = {}
+    for n, tree in trees.items():
+        folder = fileset_folder(tree)
+        before = len(tree.nodes)
+        folder.lookup_attr("img_0003.png.metadata.json")
+        made[n] = len(tree.nodes) - before
+    assert made == {SMALL: 1 + (SMALL - 4), BIG: 1 + fsdb_tree.META_READ_AHEAD}
+
+
+def test_a_lone_stat_after_a_metadata_views_stat_learns_nothing_else(trees):
+    """A folder never listed stays so at a view's stat (and its read ahead): a lone stat of
+    a file then costs a stat, not a pass over the fileset (review of fsdbreads28: 1,939
+    attributes learned in a fileset of 1,000)."""
+    tree = trees[BIG]
+    folder = fileset_folder(tree)
+    folder.lookup_attr("img_0003.png.metadata.json")
+    node, attr = folder.lookup_attr("img_0300.png")
+    assert attr.size == 100
+    assert tree.counts["attributes_learned"] == 0 and not tree.stat_walk
+
+
+def test_a_metadata_file_read_in_short_reads_is_read_whole(trees, monkeypatch):
+    """A source whose reads come back short before the end (FUSE direct_io, a network
+    filesystem) gives each view all its bytes, read ahead or not."""
+    tree = trees[SMALL]
+    tree.local_storage = False
+    folder = fileset_folder(tree)
+    read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, size: read(fd, min(size, 5)))
+    for name in ("img_0001.png.metadata.json", "img_0002.png.metadata.json"):
+        node, attr = folder.lookup_attr(name)
+        stored = Path(node.obj._md_path).read_bytes()
+        handle = node.open(os.O_RDONLY)
+        assert handle.read(0, 1 << 16) == stored and attr.size == len(stored)
+        handle.release()
+
+
+def in_a_thread(fn, timeout: float = 5.0):
+    """fn's result (or error), asserting it comes within `timeout` (a daemon thread: a
+    test that fails leaves it blocked, not the suite)."""
+    out = []
+
+    def run():
+        try:
+            out.append((fn(), None))
+        except Exception as exc:
+            out.append((None, exc))
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{fn} blocked"
+    result, error = out[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def test_a_fifo_named_as_a_metadata_file_never_blocks_a_lookup(trees):
+    """Not read ahead (its open would wait for a writer), nor at its own stat: its stat is
+    its own, its open is refused."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    fifo = folder.fileset.file_named("img_0002.png")._md_path
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    try:
+        in_a_thread(lambda: folder.lookup_attr("img_0001.png.metadata.json"))
+        node, attr = in_a_thread(lambda: folder.lookup_attr("img_0002.png.metadata.json"))
+        assert attr.size == 0
+        with pytest.raises(OSError):
+            in_a_thread(lambda: node.open(os.O_RDONLY))
+    finally:
+        try:                                # (a reader blocked on it sees its end)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_a_big_metadata_file_is_not_read_ahead(trees):
+    """A view over META_AHEAD_BYTES is not read with the one a reader opens (its size
+    and mtime are learned: its stat needs no worker call); its own open reads it."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    big = folder.fileset.file_named("img_0002.png")._md_path
+    Path(big).write_text(json.dumps({"x": "y" * fsdb_tree.META_AHEAD_BYTES}))
+    folder.lookup_attr("img_0001.png.metadata.json")
+    assert tree.counts["metadata_files_read"] == 1 + (SMALL - 3)
+    node = folder.lookup("img_0002.png.metadata.json")
+    assert node.cached_attr().size == os.stat(big).st_size
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 20) == Path(big).read_bytes()[:1 << 20]
+
+
+def test_a_read_ahead_that_fails_fails_not_the_readers_open(trees, monkeypatch):
+    """Reading ahead is best effort: a folder that cannot be opened (EMFILE, EACCES)
+    while the attributes of the scans read ahead are learned leaves the reader's own
+    view read."""
+    tree = trees[SMALL]
+    real_open = os.open
+
+    def no_folders(path, flags, *args, **kwargs):
+        if flags & os.O_PATH:
+            raise OSError(errno.EMFILE, "too many open files", path)
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", no_folders)
+    node, attr = tree.root.lookup_attr("scan.metadata.json")
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 16) == Path(node.obj._md_path).read_bytes()
+
+
+def test_a_metadata_views_mtime_set_while_it_is_read_is_kept(trees, monkeypatch):
+    """A utimens through the mount between a read's fstat and its end (a read ahead, at
+    another view's lookup) is not undone by the read's older mtime."""
+    folder = fileset_folder(trees[SMALL])
+    node = folder.lookup("img_0001.png.metadata.json")
+    read_to_end = fsdb_tree.read_to_end
+
+    def touched_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(fsdb_tree, "read_to_end", read_to_end)     # (once: this view's read)
+        os.utime(node.obj._md_path, ns=(10 ** 18, 10 ** 18))
+        node.mtime_ns = 10 ** 18                # (what the mount's setattr does)
+        return read_to_end(*args, **kwargs)
+    monkeypatch.setattr(fsdb_tree, "read_to_end", touched_meanwhile)
+    handle = node.open(os.O_RDONLY)
+    handle.release()
+    assert node.attr().mtime_ns == 10 ** 18
+
+
+def test_the_databases_own_reads_of_metadata_never_wait_on_a_fifo(trees):
+    """The model reads metadata (a merge by set_metadata) through the same reader as the
+    views: a FIFO is refused at once, not waited on for a writer."""
+    tree = trees[SMALL]
+    file = fileset_folder(tree).fileset.file_named("img_0002.png")
+    os.unlink(file._md_path)
+    os.mkfifo(file._md_path)
+    try:
+        with pytest.raises(OSError):
+            in_a_thread(lambda: tree.db.files.read(file._md_path))
+    finally:
+        try:
+            os.close(os.open(file._md_path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_a_metadata_views_mtime_set_while_the_learner_stats_it_is_kept(trees, monkeypatch):
+    """(As for a read: the learner's stat, made before a utimens through the mount, does
+    not undo it.)"""
+    folder = fileset_folder(trees[SMALL])
+    node = folder.lookup("img_0001.png.metadata.json")
+    metadata_folder, _, name = node.obj._md_path.rpartition("/")
+    real_stat = os.stat
+
+    def stat_then_touched(*args, **kwargs):
+        st = real_stat(*args, **kwargs)
+        os.utime(node.obj._md_path, ns=(10 ** 18, 10 ** 18))
+        node.mtime_ns = 10 ** 18                # (what the mount's setattr does)
+        return st
+    fd = os.open(metadata_folder, os.O_PATH | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(os, "stat", stat_then_touched)
+        node.learn_stat(fd, name)
+        monkeypatch.undo()
+    finally:
+        os.close(fd)
+    assert node.attr().mtime_ns == 10 ** 18
+
+
+def test_a_big_metadata_files_own_stat_reads_it_not(trees):
+    """Its lookup learns its size from its fstat (and reads the views after it ahead); its
+    open reads it."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    big = folder.fileset.file_named("img_0002.png")._md_path
+    Path(big).write_text(json.dumps({"x": "y" * fsdb_tree.META_AHEAD_BYTES}))
+    node, attr = folder.lookup_attr("img_0002.png.metadata.json")
+    assert attr.size == os.stat(big).st_size
+    assert tree.counts["metadata_files_read"] == SMALL - 3
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 20) == Path(big).read_bytes()[:1 << 20]
+    assert tree.counts["metadata_files_read"] == SMALL - 2

@@ -35,8 +35,10 @@ import stat
 import threading
 import time
 from collections import Counter
+from itertools import islice
 
 from ...formats import fsdb as layout
+from ...formats.files import open_regular, read_to_end
 from ..cache import ByteCache
 from ..blocks import BytesHandle, ListingSnapshot
 from ..cached_view import CachedView
@@ -59,6 +61,9 @@ META_CACHE_BYTES = 16 << 20
 #: metadata views read with the one a reader opens: the next ones in listing order (of a
 #: local database), so that a walk reading them all makes one worker call per this many
 META_READ_AHEAD = 64
+#: a metadata file bigger than this is not read ahead (its stat is learned; its reader's
+#: open reads it): what one lookup reads ahead stays within the views' cache
+META_AHEAD_BYTES = META_CACHE_BYTES // META_READ_AHEAD
 #: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
 LEARN_AHEAD = 4096
 #: listings that learn their files' attributes (and ahead of them) after a file was
@@ -147,6 +152,7 @@ class MetaView(CachedView):
         self.tree = tree
         self.obj = obj
         self._stat: tuple[int, int, int, Attr] | None = None    # (metadata version, size, mtime_ns, attr)
+        self._stat_changes = 0                  # a stat read before a change (utimens) is not kept
         self.next_view: MetaView | None = None  # the next in its folder's last listing
 
     @property
@@ -155,13 +161,16 @@ class MetaView(CachedView):
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
+        self._stat_changes += 1
         self._stat = None                   # rewritten: the file's own mtime is asked again
 
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         """Its size and mtime: learned with its folder's files where a walker that stats
         may be at it (a folder listed); in a folder never listed, where a reader opens it
-        by name (`cat`, `json.load`) next, read with the next views (`make`), which gives
-        them too, so that its open and theirs, and their lookups, need no worker call."""
+        by name (`cat`, `json.load`) next, read (over META_AHEAD_BYTES: its fstat only)
+        with at most META_READ_AHEAD views after it, which gives them too, so that its open
+        and theirs, and their lookups, need no worker call (the folder stays unlisted: a
+        lone stat of a file costs a stat)."""
         known = self._stat
         version = self.obj.md_version
         if (known is None or known[0] != version) and (folder := self._folder()) is not None:
@@ -169,7 +178,8 @@ class MetaView(CachedView):
                 folder.file_attr_asked()
             elif self.staged is None and not self.tree.db.files.remote:
                 try:
-                    self.content()
+                    if self._read_for_a_reader():
+                        self._read_ahead()
                 except OSError:                 # (unreadable: its stat says what it can)
                     pass
             known = self._stat
@@ -185,7 +195,7 @@ class MetaView(CachedView):
     def learn_stat(self, dir_fd: int | None, name: str) -> None:
         """Its size and mtime, from its file `name` in its metadata folder (open as
         `dir_fd`; None: missing)."""
-        version = self.obj.md_version
+        version, changes = self.obj.md_version, self._stat_changes
         try:
             if dir_fd is None:
                 raise FileNotFoundError
@@ -194,7 +204,7 @@ class MetaView(CachedView):
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
         current = self._stat                # (`_known`, inline: the learner calls this per view)
-        if current is None or current[0] != self.obj.md_version:
+        if (current is None or current[0] != self.obj.md_version) and changes == self._stat_changes:
             self._stat = known
 
     def _known(self) -> tuple[int, int, int, Attr] | None:
@@ -219,20 +229,72 @@ class MetaView(CachedView):
 
     def _read(self, version: int | None = None) -> bytes:
         """The stored bytes (the empty metadata where there is no file), counted: through
-        the storage layer (remote-safe), or, given the metadata's `version` (a local read
-        ahead), from the file opened here, learning its size and mtime as of that version
-        on the way (from the open file: no second stat)."""
-        self.tree.counts["metadata_files_read"] += 1
-        path = self.obj._md_path
+        the storage layer (remote-safe), or, given the metadata's `version` (a local read),
+        from the file opened here, learning its size and mtime as of that version on the
+        way (from the open file: no second stat)."""
+        if version is None:
+            self.tree.counts["metadata_files_read"] += 1
+            try:
+                return self.tree.db.files.read(self.obj._md_path)
+            except FileNotFoundError:
+                return NO_METADATA
+        changes = self._stat_changes
+        fd, st = self._open_stored()
         try:
-            if version is None:
-                return self.tree.db.files.read(path)
-            st, data = _read_whole(path)
+            return self._read_open(fd, st, version, changes)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _read_for_a_reader(self) -> bool:
+        """Its bytes into the cache ahead of a reader, with its size and mtime, unless there
+        or being read; over META_AHEAD_BYTES its size and mtime only. Whether its file was
+        opened (not there)."""
+        tag = self.content_tag()
+        if self.cache.get(tag) is not None:
+            return False
+        changes = self._stat_changes
+        fd, st = self._open_stored()
+        try:
+            if st is not None and st.st_size > META_AHEAD_BYTES:
+                self._learned(tag[2], st, changes)
+            elif self.cache.claim(tag):
+                try:
+                    data = self._read_open(fd, st, tag[2], changes)
+                except BaseException as exc:    # (said to whoever waits for it)
+                    self.cache.complete(tag, error=exc)
+                    raise
+                self.cache.complete(tag, data)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return True
+
+    def _open_stored(self) -> tuple[int | None, os.stat_result | None]:
+        """Its file open for reading, and its fstat; (None, None) where there is none."""
+        try:
+            return open_regular(self.obj._md_path)
         except FileNotFoundError:
-            data, st = NO_METADATA, None
-        if version is not None and self._known() is None and (st is None or st.st_size == len(data)):
-            self._stat = _meta_stat(version, len(data), st.st_mtime_ns if st is not None else 0)
+            return None, None
+
+    def _read_open(self, fd: int | None, st: os.stat_result | None, version: int, changes: int) -> bytes:
+        """The bytes of its file open as `fd` (None: the empty metadata), counted; its fstat
+        `st` kept as of `version` where the bytes are as many as it says."""
+        self.tree.counts["metadata_files_read"] += 1
+        if fd is None:
+            data = NO_METADATA
+        else:
+            data = read_to_end(fd, st.st_size, short_read_ends=self.tree.local_storage)
+        if st is None or st.st_size == len(data):
+            self._learned(version, st, changes)
         return data
+
+    def _learned(self, version: int, st: os.stat_result | None, changes: int) -> None:
+        """Its size and mtime as of `version`, from its file's fstat `st` (None: no file),
+        unless known, or changed since `changes` was read (a utimens meanwhile)."""
+        if changes == self._stat_changes and self._known() is None:
+            self._stat = _meta_stat(version, len(NO_METADATA), 0) if st is None else \
+                _meta_stat(version, st.st_size, st.st_mtime_ns)
 
     def _folder(self) -> "Folder | None":
         """The folder that lists this view (made by then: a path to the view goes through it)."""
@@ -244,37 +306,35 @@ class MetaView(CachedView):
         return self.tree.root
 
     def _read_ahead(self) -> None:
-        """The next views of the listing into the cache, those not there yet, with their
+        """The next META_READ_AHEAD views of its folder's listing into the cache, with their
         sizes and mtimes: their lookups and opens are then answered from memory, without a
         worker call each; so are the attributes of the scans' or filesets' folders these
-        views describe (a reader by name looks each up next). A folder never listed gives
-        its order from memory (learning nothing else: a reader of metadata stats none of
-        the folder's other files)."""
+        views describe (a reader by name looks each up next). Best effort: what fails here
+        is left to those views' own reads (this reader's open has its bytes)."""
         folder = self._folder()
-        if folder is not None and not folder.listed:
-            folder.link_views(folder.rows_in_memory())
-        views, view = [self], self.next_view
-        for _ in range(META_READ_AHEAD):
-            if view is None:
-                break
-            tag = view.content_tag()
-            if view.cache.claim(tag):
-                try:
-                    data = view._read(tag[2])
-                except Exception as exc:        # (said to whoever waits for it; not to this reader)
-                    view.cache.complete(tag, error=exc)
-                    break
-                view.cache.complete(tag, data)
+        if folder is None:
+            return
+        try:
+            views = self._next_views(folder)
+            for view in views:
+                view._read_for_a_reader()
+            if not isinstance(self.obj, model.File):
+                with self.tree.lock:
+                    described = [(view.obj.id, folder.find(view.obj.id)) for view in [self] + views]
+                folder._learn_attrs(described, files=False)
+        except OSError as exc:
+            log.debug("reading ahead of %s: %s", self.obj._md_path, exc)
+
+    def _next_views(self, folder: "Folder") -> list["MetaView"]:
+        """The META_READ_AHEAD views after this one in its folder's last listing, or, in a
+        folder never listed, in the model's order (`Folder.views_after`)."""
+        if not folder.listed:
+            return folder.views_after(self.obj)
+        views, view = [], self.next_view
+        while view is not None and len(views) < META_READ_AHEAD:
             views.append(view)
             view = view.next_view
-        if folder is not None and not isinstance(self.obj, model.File):
-            described = ((v.obj.id, self.tree.nodes.get(v._described_key())) for v in views)
-            folder._learn_attrs([(name, node) for name, node in described if node is not None], files=False)
-
-    def _described_key(self) -> tuple:
-        """The key of the folder of the scan or fileset this view describes."""
-        obj = self.obj
-        return ("scan", obj.id) if isinstance(obj, model.Scan) else ("fileset", obj.scan.id, obj.id)
+        return views
 
     def size(self) -> int:
         return self._stat_of_version()[1]
@@ -295,24 +355,6 @@ class MetaView(CachedView):
         if not isinstance(doc, dict):
             raise OSError(errno.EINVAL, f"{self.obj!r} metadata must be a JSON object")
         self.obj.replace_metadata(doc)
-
-
-def _read_whole(path: str) -> tuple[os.stat_result, bytes]:
-    """A small file's stat and bytes in four system calls (open, fstat, read, close; a
-    Python file object adds an ioctl, seeks, fstats and a read for its end): a read
-    ahead of a walk makes one a view."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        data = os.read(fd, st.st_size + 1)          # (a short read is its end)
-        if len(data) > st.st_size:                  # grown since its fstat: the rest too
-            chunks = [data]
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return st, data
-    finally:
-        os.close(fd)
 
 
 def _meta_stat(version: int, size: int, mtime_ns: int) -> tuple[int, int, int, Attr]:
@@ -662,6 +704,7 @@ class Folder(Directory):
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
         self.listed = False                     # its metadata views are linked (`link_views`)
+        self._ahead = None                      # where `views_after` stopped in `view_objects`
         self._learned = UNLEARNED               # what of its listing is in memory (`learn`)
         self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
         #: whether its attributes or listing may have gone to the kernel since a create in
@@ -857,6 +900,32 @@ class Folder(Directory):
         self.tree.learn_after(self)
         return listing
 
+    def view_objects(self):
+        """The model's objects whose metadata views it lists, in listing order (call with
+        the tree's lock)."""
+        raise NotImplementedError
+
+    def views_after(self, obj) -> list[MetaView]:
+        """For a reader of metadata by name in a folder never listed (`cat`, `json.load`):
+        the views of the META_READ_AHEAD objects after `obj` in the model's order (its
+        listing's), their nodes made. `obj` is looked for among the next META_READ_AHEAD + 1
+        where the last call stopped, then at the start: a lookup never goes through a whole
+        folder (a reader starting elsewhere reads none ahead)."""
+        with self.tree.lock:
+            for objects in (self._ahead, iter(self.view_objects())):
+                if objects is None:
+                    continue
+                try:
+                    if any(o is obj for o in islice(objects, META_READ_AHEAD + 1)):
+                        after = list(islice(objects, META_READ_AHEAD))
+                        self._ahead = objects
+                        views = [self.find(name + META) for name in map(_view_name, after) if name]
+                        return [view for view in views if isinstance(view, MetaView)]
+                except RuntimeError:            # (the model changed since: from the start)
+                    pass
+            self._ahead = None
+            return []
+
     def link_views(self, listing: list[tuple[str, Node]]) -> None:
         """Each metadata view of `listing` learns the next one (what a reader of one
         reads ahead)."""
@@ -901,6 +970,9 @@ class RootFolder(Folder):
         return out
 
     listing_nowait = listing
+
+    def view_objects(self):
+        return self.tree.db.scans.values()
 
     def rows_in_memory(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
@@ -964,6 +1036,9 @@ class ScanFolder(Folder):
     def listing(self) -> list[tuple[str, Node]]:
         return self._rows(views=True)
 
+    def view_objects(self):
+        return self.scan.filesets.values()
+
     def rows_in_memory(self) -> list[tuple[str, Node]]:
         with self.tree.lock:
             return self._rows(views=False)
@@ -1015,6 +1090,11 @@ class ScanFolder(Folder):
 
     def create(self, name: str, mode: int) -> File:
         return _rewrite_view(self, name, f"{self.scan.id}/")
+
+
+def _view_name(obj) -> str | None:
+    """The name shown for a scan, fileset or file (None: a file with no data yet)."""
+    return obj.filename if isinstance(obj, model.File) else obj.id
 
 
 def _is_imgstore(fileset) -> bool:
@@ -1077,6 +1157,9 @@ class FilesetFolder(Folder):
         out = self._rows(views=True)
         out.extend((name, self._scratch(name)) for name in self._hidden_names())
         return out
+
+    def view_objects(self):
+        return self.fileset.files.values()
 
     def rows_in_memory(self) -> list[tuple[str, Node]]:
         """(The tree's lock is taken per ROWS_PER_LOCK files: a listing on the daemon's

@@ -175,8 +175,9 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
-        # (monotonic) when a derived view's size was last asked, or a listing sized ahead given
-        self.size_asked_at = -math.inf
+        # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
+        # left one unsized (`probe_due`)
+        self.size_asked_at = self.probed_at = -math.inf
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -421,17 +422,23 @@ class OverlayTree(Tree):
         ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
-        edits, listing, sized = ahead
+        edits, listing = ahead
         if edits != self.edits or self._writing:
             return None
-        if sized:                   # (the walk still stats: its sizes come from memory, asked of no node)
-            self.size_asked_at = time.monotonic()
         return listing
 
     def sizes_wanted(self) -> bool:
-        """Whether a walk stats what it lists: a view's size was asked, or a listing made
-        ahead with its views' sizes given, within `SIZES_WANTED_FOR` (a `find` asks none)."""
+        """Whether a walk stats what it lists: a view's size was asked within
+        `SIZES_WANTED_FOR` (a `find` asks none)."""
         return time.monotonic() - self.size_asked_at < SIZES_WANTED_FOR
+
+    def probe_due(self) -> bool:
+        """Whether a listing sized ahead now leaves one view unsized (`MergeAhead`): half
+        `SIZES_WANTED_FOR` passed since a view's size was last asked, and none was left so
+        since. A walk given every size asks none: a `du` looks that one up (its size asked,
+        sizing ahead stays on), a `find` does not (sizing ahead stops, also in a `find`
+        begun just after a `du`)."""
+        return time.monotonic() - self.size_asked_at >= SIZES_WANTED_FOR / 2 and self.probed_at <= self.size_asked_at
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -933,6 +940,21 @@ class _NotKept:
 _NOT_KEPT = _NotKept()
 
 
+class _WhenAsked:
+    """A listing's kept sizes (`KeptTogether`) as a `DerivedFile` left unsized in listings
+    uses them (`sized_when_asked`): its own size asked finds it there, a listing does not."""
+    __slots__ = ("kept",)
+
+    def __init__(self, kept):
+        self.kept = kept
+
+    def size(self, name: str) -> int | None:
+        return self.kept.size(name)
+
+    def size_nowait(self, name: str) -> None:
+        return None
+
+
 class DerivedFile(File):
     """A derived file (`OverlayTree.derive`) as its folder's listing or a lookup placed it:
     its own inode number and what makes it, the node that serves it (a copick view, with
@@ -1026,6 +1048,16 @@ class DerivedFile(File):
             sized = getattr(self.made(), "size_if_kept", None)
             if sized is not None:
                 sized()
+
+    def sized_when_asked(self) -> bool:
+        """Listed without its size until it is asked (`attr`), if its listing's kept sizes
+        would size it (no node made, no size told yet): a listing made ahead leaves it so
+        for a walk that stats to ask (`OverlayTree.probe_due`)."""
+        kept = self._kept
+        if kept is None or kept is _NOT_KEPT or self._file is not None or self._size is not None:
+            return False
+        self._kept = _WhenAsked(kept)
+        return True
 
     def open(self, flags: int) -> FileHandle:
         if not writes(flags):
@@ -1710,10 +1742,10 @@ class MergeAhead(ScanAhead):
     walker's READDIRPLUS of such a folder is answered in the trio thread. Each listing
     made plans its own subfolders, after the walker's (a depth-first walker reaches the
     chunk folders of a zarr store without waiting at each level), and, while the walk
-    stats what it lists (a view's size asked within `SIZES_WANTED_FOR`, or a listing so
-    sized given), looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view
-    made), so that the walker finds their attributes in memory too; a `find` does not
-    wait for that.
+    stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
+    views' kept sizes (`DerivedFile.size_if_kept`: no view
+    made), so that the walker finds their attributes in memory too (one view left unsized
+    each half window keeps asking: `OverlayTree.probe_due`); a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1736,13 +1768,17 @@ class MergeAhead(ScanAhead):
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing), deeper=True)
         sized = tree.sizes_wanted()
+        probe = sized and tree.probe_due()
         for _, name, child, info in listing if sized else ():
             if info is None and isinstance(child, DerivedFile):
+                if probe and child.sized_when_asked():      # (a walk that stats asks its size)
+                    tree.probed_at, probe = time.monotonic(), False
+                    continue
                 try:
                     child.size_if_kept()
                 except Exception as exc:        # (that view unsized: the walker's own ask says why)
                     log.debug("sizing %s/%s ahead: %s: %s", node.rel, name, type(exc).__name__, exc)
-        return edits, listing, sized
+        return edits, listing
 
     def _mark(self) -> int:
         return self.root.edits

@@ -836,7 +836,7 @@ class OverlayTree(Tree):
     def adopt(self, node: Node) -> None:
         if self._idle.pop(node.ino, None) is not None:
             return                                   # still here: the kernel knows it again
-        if self.get(node.ino) is not node:           # let go while a lookup was finding it
+        if self._fixed.get(node.ino) is not node and self.get(node.ino) is not node:   # let go while a lookup was finding it
             self.alias(node.ino, node)
             if isinstance(node, MergedNode) and node.place is not None:
                 self._by_key.setdefault(node.key, node)
@@ -964,14 +964,14 @@ class DerivedFile(File):
     from there, still unmade (`ls -lR`, `du` of views sized before), as a read-only file
     with its source's time (`info`), as the node would. Slots: a mount keeps one per view
     listed."""
-    __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
+    __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size", "_attr")
     takes_own_bytes_back = True         # (`_ViewWriteHandle`)
 
     def __init__(self, tree: "OverlayTree", make, info: Attr | None, source_key: tuple, derived_path: str,
                  kept=None):
         self.tree, self._make, self._info, self._file = tree, make, info, None
         self.source_key, self.derived_path = source_key, derived_path
-        self._kept, self._size = kept, None
+        self._kept, self._size, self._attr = kept, None, None
 
     def made(self) -> File:
         """The node that serves this file, made once (numbered as this one: it reports
@@ -989,15 +989,19 @@ class DerivedFile(File):
                     size = self._size
                     if size is not None:
                         file.told(size)
-                    self._file, self._make, self._info, self._kept = file, None, None, None
+                    self._file, self._make, self._info, self._kept, self._attr = file, None, None, None, None
                     if size is None and (size := self._size) is not None:
                         file.told(size)
         return file
 
     def _told(self, size: int | None) -> None:
         """The kept size (None: not kept) the kernel is told, and the node's if one was
-        made meanwhile (`made`)."""
+        made meanwhile (`made`). The attributes the node will give are made here, once
+        (with the source's time; none where the listing never knew the source): a walk's
+        listing then gives them with no call (`cached_attr`), often in the loop."""
+        info = self._info
         self._size, self._kept = size, None if size is not None else _NOT_KEPT
+        self._attr = None if info is None else view_attr(size, info.mtime_ns)
         file = self._file
         if file is not None and size is not None:
             file.told(size)
@@ -1006,17 +1010,20 @@ class DerivedFile(File):
         self.tree.size_asked_at = time.monotonic()
         if self._file is None:
             self._size_from_kept()          # (asked once: a size kept, else the node is made)
-            attr = self._unmade_attr()
+            attr = self._attr
             if attr is not None:
                 return attr
         return self.made().attr()
 
     def cached_attr(self) -> Attr | None:
+        attr = self._attr
+        if attr is not None:
+            return attr
         file = self._file
         if file is not None:
             return file.cached_attr()
         self._size_from_kept(wait=False)
-        return self._unmade_attr()
+        return self._attr
 
     def _size_from_kept(self, wait: bool = True) -> None:
         """Its size from its listing's kept sizes (`KeptTogether`), if it has them and no
@@ -1030,13 +1037,6 @@ class DerivedFile(File):
             self._told(kept.size(name))
         elif (size := kept.size_nowait(name)) is not None:
             self._told(size)
-
-    def _unmade_attr(self) -> Attr | None:
-        """The attributes the node will give, from the kept size and the source's time;
-        None while either is unknown (`_info` is None where the listing never knew the
-        source, and once the node is made)."""
-        info = self._info
-        return None if info is None else view_attr(self._size, info.mtime_ns)
 
     def size_if_kept(self) -> None:
         """Its size looked up where sizes are kept, by a thread listing ahead of a walker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -86,6 +87,7 @@ class ScanAhead:
         self._planned: set[str] = set()           # what the walker's own plan still holds
         self._planned_deeper: set[str] = set()    # ... and the deeper plan (each expires alone)
         self._lock = threading.Lock()
+        self._purge_at, self._purged_mark = math.inf, None      # (`_purge`)
         self._workers = Workers(threads, "scan-ahead")
         self.used = self.unused = 0               # listings taken / made for nothing
 
@@ -192,11 +194,8 @@ class ScanAhead:
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()
-        if purge:
-            for rel, (started, mark, future, _) in list(self._ready.items()):
-                if future.done() and self._stale(started, mark):
-                    del self._ready[rel]
-                    self.unused += 1
+        if purge and (now >= self._purge_at or self._mark() != self._purged_mark):
+            self._purge(now)
         deeper = self._deeper
         while deeper and now - deeper[-1][0] >= self.horizon:     # (the walker has gone elsewhere)
             self._planned_deeper.discard(deeper.pop()[1])
@@ -213,6 +212,21 @@ class ScanAhead:
                 if self._ready.pop(rel, None) is not None:      # (one made before a change: re-planned)
                     self.unused += 1
                 self._ready[rel] = (now, self._mark(), self._workers.submit(self._scan, rel, later=later), later)
+                self._purge_at = min(self._purge_at, now + self.horizon)
+
+    def _purge(self, now: float) -> None:
+        """Listings made that are no longer to be given go (lock held): looked for again
+        only once one may be (one grew older than the horizon, `_mark()` changed, or one
+        under way was already), not at every plan (a walker plans at every folder)."""
+        self._purge_at, self._purged_mark = math.inf, self._mark()
+        for rel, (started, mark, future, _) in list(self._ready.items()):
+            if not self._stale(started, mark):
+                self._purge_at = min(self._purge_at, started + self.horizon)
+            elif future.done():
+                del self._ready[rel]
+                self.unused += 1
+            else:
+                self._purge_at = now            # (under way: looked at again at the next plan)
 
     def _scan(self, rel: str) -> dict[str, Attr | None]:
         names = self.root.listdir(rel, touch=False) or []

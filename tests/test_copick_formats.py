@@ -997,6 +997,34 @@ def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory
     assert unsized == {("find", 2): 12, ("find", 20): 102, ("du", 2): 0, ("du", 20): 0}, unsized
 
 
+def test_a_folder_listed_ahead_before_the_walk_asked_a_size_is_sized_when_taken(tmp_path, monkeypatch):
+    """A folder listed ahead before the walk asked any size (a `du`'s first spacing folder,
+    listed ahead with Picks/ before the walk's LOOKUP there asked one) is not given from
+    memory unsized once sizes are asked (every view a LOOKUP then: 503 for 100 picks
+    files), but has its views' kept sizes looked up in the one worker call that takes it,
+    the folder not listed again and no view made."""
+    from scopefs.backends.overlay import tree as overlay_tree
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    tree = reopened(tmp_path)
+    scans = []
+    scan = overlay_tree.MergedDir.scan
+    monkeypatch.setattr(overlay_tree.MergedDir, "scan", lambda self, *a, **k: (scans.append(self.rel), scan(self, *a, **k))[1])
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        spacing = run.lookup("VoxelSpacing10.000")
+        run.listing(wait=True)                          # (by a walker that asked no size yet)
+        made_ahead(tree, spacing)
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()    # (the walk's first ask)
+        scans.clear()
+        assert spacing.listing(wait=False) is None      # (not from memory: its views unsized)
+        listing = spacing.listing(wait=True)            # (the worker call)
+        views = [node for _, _, node, info in listing if info is None]
+        assert len(views) == 2 * 5 + 2 and all(node.cached_attr() is not None for node in views)
+        assert scans == [] and tree.derive.status()["views_made"] == 0
+    finally:
+        tree.close()
+
+
 def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_after_it_does_not(tmp_path, monkeypatch):
     """A `du` given its views' sizes in listings made ahead asks the daemon no view's size:
     half a `SIZES_WANTED_FOR` after the last ask, a listing made ahead leaves one view

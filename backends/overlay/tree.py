@@ -175,6 +175,8 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
+        # listings made ahead unsized, taken once the walk asked sizes: sized in a worker (`listed_ahead`)
+        self._to_size: dict[MergedDir, tuple] = {}
         # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
         # left one unsized (`probe_due`)
         self.size_asked_at = self.probed_at = -math.inf
@@ -419,12 +421,21 @@ class OverlayTree(Tree):
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
         change came since it began and no file is open for writing; `wait`: for one under
         way (at most the horizon), else only one made already."""
-        ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
+        ahead = self._to_size.pop(node, None) if wait else None
+        if ahead is None:
+            ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
-        edits, listing = ahead
+        edits, listing, sized = ahead
         if edits != self.edits or self._writing:
             return None
+        if not sized and self.sizes_wanted():   # (made before the walk asked a size: sized as if made now)
+            if not wait:                        # (in a worker: one call, not a LOOKUP a view)
+                if len(self._to_size) >= MERGED_AHEAD:
+                    self._to_size.clear()
+                self._to_size[node] = ahead
+                return None
+            _size_views(node.rel, listing, probe=False)
         return listing
 
     def sizes_wanted(self) -> bool:
@@ -1735,6 +1746,23 @@ class MergedDir(MergedNode, Directory):
 _NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: MergedLink}
 
 
+_info_of = operator.itemgetter(3)         # (of a merged listing's row: None for a view)
+
+
+def _size_views(rel: str, listing: list, probe: bool) -> None:
+    """The views of folder rel's listing sized from kept sizes (`DerivedFile.size_if_kept`),
+    in a worker; `probe`: one left unsized for the walk to ask (`OverlayTree.probe_due`)."""
+    for _, name, child, info in listing:
+        if info is None and isinstance(child, DerivedFile):
+            if probe and child.sized_when_asked():          # (a walk that stats asks its size)
+                child.tree.probed_at, probe = time.monotonic(), False
+                continue
+            try:
+                child.size_if_kept()
+            except Exception as exc:        # (that view unsized: the walker's own ask says why)
+                log.debug("sizing %s/%s ahead: %s: %s", rel, name, type(exc).__name__, exc)
+
+
 class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
@@ -1768,17 +1796,9 @@ class MergeAhead(ScanAhead):
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing), deeper=True)
         sized = tree.sizes_wanted()
-        probe = sized and tree.probe_due()
-        for _, name, child, info in listing if sized else ():
-            if info is None and isinstance(child, DerivedFile):
-                if probe and child.sized_when_asked():      # (a walk that stats asks its size)
-                    tree.probed_at, probe = time.monotonic(), False
-                    continue
-                try:
-                    child.size_if_kept()
-                except Exception as exc:        # (that view unsized: the walker's own ask says why)
-                    log.debug("sizing %s/%s ahead: %s: %s", node.rel, name, type(exc).__name__, exc)
-        return edits, listing
+        if sized:
+            _size_views(node.rel, listing, probe=tree.probe_due())
+        return edits, listing, sized or None not in map(_info_of, listing)     # (no view: nothing to size)
 
     def _mark(self) -> int:
         return self.root.edits

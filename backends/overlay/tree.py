@@ -1439,9 +1439,10 @@ class MergedDir(MergedNode, Directory):
             self.tree.scan_ahead.plan(self.tree.scan_ahead.subfolders(listing))
         return listing
 
-    def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
+    def scan(self, touch: bool = True, rel: str | None = None) -> list[tuple[int, str, Node, Attr | None]]:
+        """The listing as the roots show it now (`rel`: its path, where the caller has it)."""
         extra = self.tree.extra if self is self.tree.root else {}
-        rel = self.rel
+        rel = self.rel if rel is None else rel
         prefix = rel + "/" if rel else ""
         node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
         shown = [entry for entry in self.tree.scan(rel, touch) if entry[0] not in extra]
@@ -1789,15 +1790,18 @@ class MergeAhead(ScanAhead):
     def _scan(self, node: MergedDir) -> tuple[int, list] | None:
         tree = node.tree
         edits = tree.edits
-        if node.place is None or tree.in_overlay(node.rel):
+        if node.place is None:
             return None
-        listing = node.scan(touch=False)
+        rel = node.rel                          # (once: a node's path is its parents' names)
+        if tree.in_overlay(rel):
+            return None
+        listing = node.scan(touch=False, rel=rel)
         # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing), deeper=True)
         sized = tree.sizes_wanted()
         if sized:
-            _size_views(node.rel, listing, probe=tree.probe_due())
+            _size_views(rel, listing, probe=tree.probe_due())
         return edits, listing, sized or None not in map(_info_of, listing)     # (no view: nothing to size)
 
     def _mark(self) -> int:

@@ -176,7 +176,7 @@ class OverlayTree(Tree):
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
         # listings made ahead unsized, taken once the walk asked sizes: sized in a worker (`listed_ahead`)
-        self._to_size: dict[MergedDir, tuple] = {}
+        self._to_size: dict[MergedDir, tuple[float, tuple]] = {}       # (taken at, the listing made ahead)
         # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
         # left one unsized (`probe_due`)
         self.size_asked_at = self.probed_at = -math.inf
@@ -421,7 +421,8 @@ class OverlayTree(Tree):
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
         change came since it began and no file is open for writing; `wait`: for one under
         way (at most the horizon), else only one made already."""
-        ahead = self._to_size.pop(node, None) if wait else None
+        stashed = self._to_size.pop(node, None) if wait else None
+        ahead = stashed[1] if stashed and time.monotonic() - stashed[0] < self.scan_ahead.horizon else None
         if ahead is None:
             ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
@@ -433,7 +434,7 @@ class OverlayTree(Tree):
             if not wait:                        # (in a worker: one call, not a LOOKUP a view)
                 if len(self._to_size) >= MERGED_AHEAD:
                     self._to_size.clear()
-                self._to_size[node] = ahead
+                self._to_size[node] = time.monotonic(), ahead
                 return None
             _size_views(node.rel, listing, probe=False)
         return listing

@@ -1773,9 +1773,9 @@ class MergeAhead(ScanAhead):
     made plans its own subfolders, after the walker's (a depth-first walker reaches the
     chunk folders of a zarr store without waiting at each level), and, while the walk
     stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
-    views' kept sizes (`DerivedFile.size_if_kept`: no view
-    made), so that the walker finds their attributes in memory too (one view left unsized
-    each half window keeps asking: `OverlayTree.probe_due`); a `find` does not wait for that.
+    views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the walker finds
+    their attributes in memory too (one view left unsized each half window keeps asking:
+    `OverlayTree.probe_due`); a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the

@@ -273,7 +273,7 @@ class LeanRule:
         for `replay` if it gave a file without attributes."""
         rows = listing.rows
         listing.rows = None
-        if not any(row[3].__class__ is int for row in rows) or len(rows) > LEAN_ROWS:
+        if int not in {row[3].__class__ for row in rows} or len(rows) > LEAN_ROWS:
             return
         self._drop_listed(listing.ino)
         while self._rows + len(rows) > LEAN_ROWS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
 import signal
 import subprocess
@@ -995,26 +994,70 @@ def test_a_folder_listed_ahead_of_a_stat_walk_has_its_views_kept_sizes_in_memory
     assert unsized == {("find", 2): 12, ("find", 20): 102, ("du", 2): 0, ("du", 20): 0}, unsized
 
 
-def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats(tmp_path, monkeypatch):
-    """A `du` that finds its views' sizes in listings made ahead asks the daemon no view's
-    size, yet each such listing it is given counts as its ask (`OverlayTree.sizes_wanted`),
-    so that the listings made after it are sized ahead too, however long the walk; a `find`
-    never starts it. (Only a view's own size asked did: 10 s into a long `du` its listings
-    came unsized, and it went back to a LOOKUP and a worker call per view.)"""
+def test_a_folder_listed_ahead_before_the_walk_asked_a_size_is_sized_when_taken(tmp_path, monkeypatch):
+    """A folder listed ahead before the walk asked any size (a `du`'s first spacing folder,
+    listed ahead with Picks/ before the walk's LOOKUP there asked one) is not given from
+    memory unsized once sizes are asked (every view a LOOKUP then: 503 for 100 picks
+    files), but has its views' kept sizes looked up in the one worker call that takes it,
+    the folder not listed again and no view made."""
     from scopefs.backends.overlay import tree as overlay_tree
     tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
-    wanted = {}
+    tree = reopened(tmp_path)
+    scans = []
+    scan = overlay_tree.MergedDir.scan
+    monkeypatch.setattr(overlay_tree.MergedDir, "scan", lambda self, *a, **k: (scans.append(self.rel), scan(self, *a, **k))[1])
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        spacing = run.lookup("VoxelSpacing10.000")
+        run.listing(wait=True)                          # (by a walker that asked no size yet)
+        made_ahead(tree, spacing)
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()    # (the walk's first ask)
+        scans.clear()
+        assert spacing.listing(wait=False) is None      # (not from memory: its views unsized)
+        listing = spacing.listing(wait=True)            # (the worker call)
+        views = [node for _, _, node, info in listing if info is None]
+        assert len(views) == 2 * 5 + 2 and all(node.cached_attr() is not None for node in views)
+        assert scans == [] and tree.derive.status()["views_made"] == 0
+    finally:
+        tree.close()
+
+
+def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_after_it_does_not(tmp_path, monkeypatch):
+    """A `du` given its views' sizes in listings made ahead asks the daemon no view's size:
+    half a `SIZES_WANTED_FOR` after the last ask, a listing made ahead leaves one view
+    unsized (`OverlayTree.probe_due`), which a walk that stats looks up (its size asked),
+    so the listings made after it are sized ahead too, however long the walk. A `find`,
+    begun just after a `du`'s ask, looks nothing up: sizing ahead stops a `SIZES_WANTED_FOR`
+    after that ask. (Each sized listing given counted as an ask: a `find` begun within 10 s
+    of a `du` kept sizing ahead on for all its walk.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    window = overlay_tree.SIZES_WANTED_FOR
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    unsized, wanted = {}, {}
     for walk in ("find", "du"):
         tree = reopened(tmp_path)
         try:
-            spacing = run_listed(tree, stats=walk == "du").lookup("VoxelSpacing10.000")
-            made_ahead(tree, spacing)
-            tree.size_asked_at = -math.inf              # (the window since that ask ran out)
-            assert spacing.listing(wait=False) is not None
-            wanted[walk] = time.monotonic() - tree.size_asked_at < overlay_tree.SIZES_WANTED_FOR
+            run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+            run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()    # (a `du`'s ask)
+            tree.size_asked_at -= window * 0.6          # (more than half the window ago)
+            folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
+            run.listing(wait=True)                      # (the walker lists the run: both listed ahead)
+            views = []
+            for folder in folders:
+                made_ahead(tree, folder)
+                listing = folder.listing(wait=False)
+                assert listing is not None
+                views += [node for _, _, node, info in listing if info is None and node.cached_attr() is None]
+            unsized[walk] = len(views)
+            if walk == "du":
+                for view in views:                      # (what its LOOKUP of each asks)
+                    view.attr()
+            tree.size_asked_at -= window * 0.5          # (half a window later)
+            wanted[walk] = tree.sizes_wanted()
         finally:
             tree.close()
     assert wanted == {"find": False, "du": True}, wanted
+    assert unsized == {"find": 1, "du": 1}, unsized
 
 
 def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, monkeypatch):

@@ -158,6 +158,35 @@ def test_the_walkers_own_next_folders_are_listed_before_those_planned_deeper():
     assert root.listed.index("w0") < root.listed.index("d1"), root.listed
 
 
+def test_a_folder_planned_deeper_then_by_the_walker_is_listed_before_the_rest_planned_deeper():
+    """A folder whose listing waits for a thread as deeper work (`plan(deeper=True)`), then
+    named by the walker's own listing, goes before the other deeper work: the walker opens
+    it next. (It kept its place behind every deeper listing queued before it.)"""
+    root = CountingRoot()
+    root.gate.clear()                                   # (the one thread held)
+    ahead = ScanAhead(root, threads=1, window=8, horizon=600.0)
+    ahead.plan(["w0"])
+    ahead.plan(["d0", "d1", "d2"], deeper=True)         # (all started: half the window)
+    ahead.plan(["d2"])                                  # (the walker listed their folder)
+    root.gate.set()
+    assert wait_for(lambda: len(root.listed) == 4), root.listed
+    assert root.listed == ["w0", "d2", "d0", "d1"], root.listed
+
+
+def test_a_listing_the_walker_waits_for_goes_before_the_rest_planned_deeper():
+    """The walker waiting for a listing queued as deeper work (`under_way`, then `take`)
+    has it made before the other deeper work."""
+    root = CountingRoot()
+    root.gate.clear()                                   # (the one thread held)
+    ahead = ScanAhead(root, threads=1, window=8, horizon=600.0)
+    ahead.plan(["w0"])
+    ahead.plan(["d0", "d1", "d2"], deeper=True)
+    assert ahead.under_way("d2") is not None
+    root.gate.set()
+    assert wait_for(lambda: len(root.listed) == 4), root.listed
+    assert root.listed == ["w0", "d2", "d0", "d1"], root.listed
+
+
 def test_a_listing_begun_before_a_change_is_not_waited_for(monkeypatch):
     """A listing under way that began before a change will not be given (`_stale`): the
     walker is told at once that none is under way, and `take` gives None without waiting

@@ -80,6 +80,8 @@ class LocalRoot(Root):
                 os.close(fd)
 
     def _call(self, fn, rel: str, *args, **kwargs):
+        if rel and len(rel) < _ONE_CALL // 4:             # (what `_at` gives it, without its calls)
+            return fn(rel, *args, dir_fd=self.fd, **kwargs)
         with self._at(rel) as (fd, name):
             return fn(name, *args, dir_fd=fd, **kwargs)
 

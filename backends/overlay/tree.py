@@ -177,8 +177,11 @@ class OverlayTree(Tree):
         self._derived_by_source: dict[str, frozenset[str]] = {}
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
-        # (monotonic) when a derived view's size was last asked, or a listing sized ahead given
-        self.size_asked_at = -math.inf
+        # listings made ahead unsized, taken once the walk asked sizes: sized in a worker (`listed_ahead`)
+        self._to_size: dict[MergedDir, tuple[float, tuple]] = {}       # (taken at, the listing made ahead)
+        # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
+        # left one unsized (`probe_due`)
+        self.size_asked_at = self.probed_at = -math.inf
         root = self.add(MergedDir(self, (None, "")))
         root_source, info = self.top("")
         root.kind, root.source, root.key = stat.S_IFDIR, root_source, self.key_of(root_source, "", info)
@@ -420,20 +423,36 @@ class OverlayTree(Tree):
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
         change came since it began and no file is open for writing; `wait`: for one under
         way (at most the horizon), else only one made already."""
-        ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
+        stashed = self._to_size.pop(node, None) if wait else None
+        ahead = stashed[1] if stashed and time.monotonic() - stashed[0] < self.scan_ahead.horizon else None
+        if ahead is None:
+            ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
         edits, listing, sized = ahead
         if edits != self.edits or self._writing:
             return None
-        if sized:                   # (the walk still stats: its sizes come from memory, asked of no node)
-            self.size_asked_at = time.monotonic()
+        if not sized and self.sizes_wanted():   # (made before the walk asked a size: sized as if made now)
+            if not wait:                        # (in a worker: one call, not a LOOKUP a view)
+                if len(self._to_size) >= MERGED_AHEAD:
+                    self._to_size.clear()
+                self._to_size[node] = time.monotonic(), ahead
+                return None
+            _size_views(node.rel, listing, probe=False)
         return listing
 
     def sizes_wanted(self) -> bool:
-        """Whether a walk stats what it lists: a view's size was asked, or a listing made
-        ahead with its views' sizes given, within `SIZES_WANTED_FOR` (a `find` asks none)."""
+        """Whether a walk stats what it lists: a view's size was asked within
+        `SIZES_WANTED_FOR` (a `find` asks none)."""
         return time.monotonic() - self.size_asked_at < SIZES_WANTED_FOR
+
+    def probe_due(self) -> bool:
+        """Whether a listing sized ahead now leaves one view unsized (`MergeAhead`): half
+        `SIZES_WANTED_FOR` passed since a view's size was last asked, and none was left so
+        since. A walk given every size asks none: a `du` looks that one up (its size asked,
+        sizing ahead stays on), a `find` does not (sizing ahead stops, also in a `find`
+        begun just after a `du`)."""
+        return time.monotonic() - self.size_asked_at >= SIZES_WANTED_FOR / 2 and self.probed_at <= self.size_asked_at
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -831,7 +850,7 @@ class OverlayTree(Tree):
     def adopt(self, node: Node) -> None:
         if self._idle.pop(node.ino, None) is not None:
             return                                   # still here: the kernel knows it again
-        if self.get(node.ino) is not node:           # let go while a lookup was finding it
+        if self._fixed.get(node.ino) is not node and self.get(node.ino) is not node:   # let go while a lookup was finding it
             self.alias(node.ino, node)
             if isinstance(node, MergedNode) and node.place is not None:
                 self._by_key.setdefault(node.key, node)
@@ -936,6 +955,21 @@ class _NotKept:
 _NOT_KEPT = _NotKept()
 
 
+class _WhenAsked:
+    """A listing's kept sizes (`KeptTogether`) as a `DerivedFile` left unsized in listings
+    uses them (`sized_when_asked`): its own size asked finds it there, a listing does not."""
+    __slots__ = ("kept",)
+
+    def __init__(self, kept):
+        self.kept = kept
+
+    def size(self, name: str) -> int | None:
+        return self.kept.size(name)
+
+    def size_nowait(self, name: str) -> None:
+        return None
+
+
 class DerivedFile(File):
     """A derived file (`OverlayTree.derive`) as its folder's listing or a lookup placed it:
     its own inode number and what makes it, the node that serves it (a copick view, with
@@ -945,14 +979,14 @@ class DerivedFile(File):
     from there, still unmade (`ls -lR`, `du` of views sized before), as a read-only file
     with its source's time (`info`), as the node would. Slots: a mount keeps one per view
     listed."""
-    __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size")
+    __slots__ = ("ino", "tree", "source_key", "derived_path", "_make", "_info", "_file", "_kept", "_size", "_attr")
     takes_own_bytes_back = True         # (`_ViewWriteHandle`)
 
     def __init__(self, tree: "OverlayTree", make, info: Attr | None, source_key: tuple, derived_path: str,
                  kept=None):
         self.tree, self._make, self._info, self._file = tree, make, info, None
         self.source_key, self.derived_path = source_key, derived_path
-        self._kept, self._size = kept, None
+        self._kept, self._size, self._attr = kept, None, None
 
     def made(self, wait: bool = True) -> File | None:
         """The node that serves this file, made once (numbered as this one: it reports
@@ -974,7 +1008,7 @@ class DerivedFile(File):
                     size = self._size
                     if size is not None:
                         file.told(size)
-                    self._file, self._make, self._info, self._kept = file, None, None, None
+                    self._file, self._make, self._info, self._kept, self._attr = file, None, None, None, None
                     if size is None and (size := self._size) is not None:
                         file.told(size)
             finally:
@@ -983,8 +1017,12 @@ class DerivedFile(File):
 
     def _told(self, size: int | None) -> None:
         """The kept size (None: not kept) the kernel is told, and the node's if one was
-        made meanwhile (`made`)."""
+        made meanwhile (`made`). The attributes the node will give are made here, once
+        (with the source's time; none where the listing never knew the source): a walk's
+        listing then gives them with no call (`cached_attr`), often in the loop."""
+        info = self._info
         self._size, self._kept = size, None if size is not None else _NOT_KEPT
+        self._attr = None if info is None else view_attr(size, info.mtime_ns)
         file = self._file
         if file is not None and size is not None:
             file.told(size)
@@ -993,17 +1031,20 @@ class DerivedFile(File):
         self.tree.size_asked_at = time.monotonic()
         if self._file is None:
             self._size_from_kept()          # (asked once: a size kept, else the node is made)
-            attr = self._unmade_attr()
+            attr = self._attr
             if attr is not None:
                 return attr
         return self.made().attr()
 
     def cached_attr(self) -> Attr | None:
+        attr = self._attr
+        if attr is not None:
+            return attr
         file = self._file
         if file is not None:
             return file.cached_attr()
         self._size_from_kept(wait=False)
-        return self._unmade_attr()
+        return self._attr
 
     def _size_from_kept(self, wait: bool = True) -> None:
         """Its size from its listing's kept sizes (`KeptTogether`), if it has them and no
@@ -1018,13 +1059,6 @@ class DerivedFile(File):
         elif (size := kept.size_nowait(name)) is not None:
             self._told(size)
 
-    def _unmade_attr(self) -> Attr | None:
-        """The attributes the node will give, from the kept size and the source's time;
-        None while either is unknown (`_info` is None where the listing never knew the
-        source, and once the node is made)."""
-        info = self._info
-        return None if info is None else view_attr(self._size, info.mtime_ns)
-
     def size_if_kept(self) -> None:
         """Its size looked up where sizes are kept, by a thread listing ahead of a walker
         (`MergeAhead`): the walker's listing then finds its attributes in memory. A view
@@ -1035,6 +1069,16 @@ class DerivedFile(File):
             sized = getattr(self.made(), "size_if_kept", None)
             if sized is not None:
                 sized()
+
+    def sized_when_asked(self) -> bool:
+        """Listed without its size until it is asked (`attr`), if its listing's kept sizes
+        would size it (no node made, no size told yet): a listing made ahead leaves it so
+        for a walk that stats to ask (`OverlayTree.probe_due`)."""
+        kept = self._kept
+        if kept is None or kept is _NOT_KEPT or self._file is not None or self._size is not None:
+            return False
+        self._kept = _WhenAsked(kept)
+        return True
 
     def open(self, flags: int) -> FileHandle:
         if not writes(flags):
@@ -1436,9 +1480,10 @@ class MergedDir(MergedNode, Directory):
             self.tree.scan_ahead.plan(self.tree.scan_ahead.subfolders(listing))
         return listing
 
-    def scan(self, touch: bool = True) -> list[tuple[int, str, Node, Attr | None]]:
+    def scan(self, touch: bool = True, rel: str | None = None) -> list[tuple[int, str, Node, Attr | None]]:
+        """The listing as the roots show it now (`rel`: its path, where the caller has it)."""
         extra = self.tree.extra if self is self.tree.root else {}
-        rel = self.rel
+        rel = self.rel if rel is None else rel
         prefix = rel + "/" if rel else ""
         node_for, moves, edits = self.tree.node_for, self.tree.moves, self.tree.edits
         shown = [entry for entry in self.tree.scan(rel, touch) if entry[0] not in extra]
@@ -1743,6 +1788,23 @@ class MergedDir(MergedNode, Directory):
 _NODE_KINDS = {stat.S_IFDIR: MergedDir, stat.S_IFREG: MergedFile, stat.S_IFLNK: MergedLink}
 
 
+_info_of = operator.itemgetter(3)         # (of a merged listing's row: None for a view)
+
+
+def _size_views(rel: str, listing: list, probe: bool) -> None:
+    """The views of folder rel's listing sized from kept sizes (`DerivedFile.size_if_kept`),
+    in a worker; `probe`: one left unsized for the walk to ask (`OverlayTree.probe_due`)."""
+    for _, name, child, info in listing:
+        if info is None and isinstance(child, DerivedFile):
+            if probe and child.sized_when_asked():          # (a walk that stats asks its size)
+                child.tree.probed_at, probe = time.monotonic(), False
+                continue
+            try:
+                child.size_if_kept()
+            except Exception as exc:        # (that view unsized: the walker's own ask says why)
+                log.debug("sizing %s/%s ahead: %s: %s", rel, name, type(exc).__name__, exc)
+
+
 class MergeAhead(ScanAhead):
     """Listings of the merged folders a walker opens next (both roots, merged, their nodes
     made), each with the tree's count of changes when it began (`OverlayTree.listed_ahead`
@@ -1750,10 +1812,10 @@ class MergeAhead(ScanAhead):
     walker's READDIRPLUS of such a folder is answered in the trio thread. Each listing
     made plans its own subfolders, after the walker's (a depth-first walker reaches the
     chunk folders of a zarr store without waiting at each level), and, while the walk
-    stats what it lists (a view's size asked within `SIZES_WANTED_FOR`, or a listing so
-    sized given), looks up its views' kept sizes (`DerivedFile.size_if_kept`: no view
-    made), so that the walker finds their attributes in memory too; a `find` does not
-    wait for that.
+    stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
+    views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the walker finds
+    their attributes in memory too (one view left unsized each half window keeps asking:
+    `OverlayTree.probe_due`); a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1769,20 +1831,19 @@ class MergeAhead(ScanAhead):
     def _scan(self, node: MergedDir) -> tuple[int, list] | None:
         tree = node.tree
         edits = tree.edits
-        if node.place is None or tree.in_overlay(node.rel):
+        if node.place is None:
             return None
-        listing = node.scan(touch=False)
+        rel = node.rel                          # (once: a node's path is its parents' names)
+        if tree.in_overlay(rel):
+            return None
+        listing = node.scan(touch=False, rel=rel)
         # the walker opens these after node: listed ahead too, so that a deep tree (a zarr
         # store's chunk folders) is ready before the walker's READDIRPLUS of each
         self.plan(self.subfolders(listing), deeper=True)
         sized = tree.sizes_wanted()
-        for _, name, child, info in listing if sized else ():
-            if info is None and isinstance(child, DerivedFile):
-                try:
-                    child.size_if_kept()
-                except Exception as exc:        # (that view unsized: the walker's own ask says why)
-                    log.debug("sizing %s/%s ahead: %s: %s", node.rel, name, type(exc).__name__, exc)
-        return edits, listing, sized
+        if sized:
+            _size_views(rel, listing, probe=tree.probe_due())
+        return edits, listing, sized or None not in map(_info_of, listing)     # (no view: nothing to size)
 
     def _mark(self) -> int:
         return self.root.edits

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -24,22 +25,39 @@ PLAN_LIMIT = 100_000           # directories a scan-ahead plan remembers
 class Workers:
     """A few daemon threads for work done ahead of need: they never hold up the exit,
     and what they fail at is done again by whoever needs it. Work submitted `later`
-    waits for the rest."""
+    waits for the rest, unless it is hurried (`hurry`) before a thread begins it."""
 
     def __init__(self, threads: int, name: str):
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
+        self._waiting: dict[Future, tuple] = {}       # work submitted `later`, not begun: (fn, args)
+        self._lock = threading.Lock()
         for i in range(threads):
             threading.Thread(target=self._work, name=f"scopefs-{name}-{i}", daemon=True).start()
 
     def submit(self, fn, *args, later: bool = False) -> Future:
         future: Future = Future()
-        self._jobs.put((later, next(self._order), future, fn, args))
+        if later:
+            with self._lock:
+                self._waiting[future] = fn, args
+        self._jobs.put((later, next(self._order), future, fn, args, later))
         return future
+
+    def hurry(self, future: Future) -> None:
+        """Work submitted `later`, if no thread began it, goes before all that waits
+        `later` (queued again: whichever copy a thread takes first is done, once)."""
+        with self._lock:
+            job = self._waiting.get(future)
+        if job is not None:
+            self._jobs.put((False, next(self._order), future, *job, True))
 
     def _work(self) -> None:
         while True:
-            _, _, future, fn, args = self._jobs.get()
+            _, _, future, fn, args, waiting = self._jobs.get()
+            if waiting:
+                with self._lock:
+                    if self._waiting.pop(future, None) is None:
+                        continue                 # (begun from its other copy)
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:
@@ -65,12 +83,13 @@ class ScanAhead:
         self.window = window
         self.horizon = horizon
         self.wait = horizon if wait is None else wait       # for one under way, at most
-        self._ready: dict[str, tuple[float, object, Future]] = {}     # rel: (begun at, `_mark()`, listing)
+        self._ready: dict[str, tuple[float, object, Future, bool]] = {}     # rel: (begun at, `_mark()`, listing, deeper)
         self._plan: deque[str] = deque()
         self._deeper: deque[tuple[float, str]] = deque()    # (planned at, rel) by listings made ahead
         self._planned: set[str] = set()           # what the walker's own plan still holds
         self._planned_deeper: set[str] = set()    # ... and the deeper plan (each expires alone)
         self._lock = threading.Lock()
+        self._purge_at, self._purged_mark = math.inf, None      # (`_purge`)
         self._workers = Workers(threads, "scan-ahead")
         self.used = self.unused = 0               # listings taken / made for nothing
 
@@ -80,8 +99,14 @@ class ScanAhead:
         listed only while the walker's own plan is empty and at most half the window waits
         (the walker's next folders always find room)."""
         with self._lock:
-            ready = self._ready             # (not again one made, or under way, in time for the walker)
-            rels = [rel for rel in rels if rel not in ready or self._stale(*ready[rel][:2])]
+            ready, todo = self._ready, []   # (not again one made, or under way, in time for the walker)
+            for rel in rels:
+                made = ready.get(rel)
+                if made is None or self._stale(made[0], made[1]):
+                    todo.append(rel)
+                elif made[3] and not deeper:
+                    self._hurry(rel, made)  # (planned deeper, queued behind the walker's own: its own now)
+            rels = todo
             if not rels:
                 return
             if deeper:
@@ -100,7 +125,9 @@ class ScanAhead:
     def take(self, rel: str) -> dict[str, Attr | None] | None:
         """The listing of rel made ahead, or None if there is none fresh."""
         with self._lock:
-            started, mark, future = self._ready.pop(rel, (0.0, None, None))
+            started, mark, future, deeper = self._ready.pop(rel, (0.0, None, None, False))
+            if deeper:
+                self._workers.hurry(future)      # (the walker waits for it: not behind the deeper plan)
             if future is None:
                 self._planned.discard(rel)       # the walker got here first: not later either
                 self._planned_deeper.discard(rel)
@@ -124,7 +151,7 @@ class ScanAhead:
         """What `take` gives, if it is made already (else None, and the listing stays for a
         `take` that waits for it): no waiting, no I/O, for the trio thread."""
         with self._lock:
-            started, mark, future = self._ready.get(rel, (0.0, None, None))
+            started, mark, future, _ = self._ready.get(rel, (0.0, None, None, False))
             if future is None or not future.done() or future.exception() is not None or self._stale(started, mark):
                 return None
             del self._ready[rel]
@@ -136,11 +163,19 @@ class ScanAhead:
         one is under way: for a caller that waits without a thread of its own (the trio
         thread), then takes it with `take_nowait`."""
         with self._lock:
-            started, mark, future = self._ready.get(rel, (0.0, None, None))
-        if future is None or future.done() or self._stale(started, mark):
-            return None
+            made = started, mark, future, deeper = self._ready.get(rel, (0.0, None, None, False))
+            if future is None or future.done() or self._stale(started, mark):
+                return None
+            if deeper:
+                self._hurry(rel, made)           # (the walker waits for it: not behind the deeper plan)
         left = min(self.horizon, self.wait) - (time.monotonic() - started)
         return (future, left) if left > 0 else None
+
+    def _hurry(self, rel: str, made: tuple) -> None:
+        """rel's listing, begun as deeper work (`made`: its `_ready` entry), is the walker's
+        own next: made before the rest of the deeper plan, if no thread began it (lock held)."""
+        self._ready[rel] = (*made[:3], False)
+        self._workers.hurry(made[2])
 
     def _mark(self):
         """What a listing begun now is checked against when given (`_stale`): nothing here."""
@@ -161,11 +196,8 @@ class ScanAhead:
 
     def _start(self, purge: bool = False) -> None:
         now = time.monotonic()
-        if purge:
-            for rel, (started, mark, future) in list(self._ready.items()):
-                if future.done() and self._stale(started, mark):
-                    del self._ready[rel]
-                    self.unused += 1
+        if purge and (now >= self._purge_at or self._mark() != self._purged_mark):
+            self._purge(now)
         deeper = self._deeper
         while deeper and now - deeper[-1][0] >= self.horizon:     # (the walker has gone elsewhere)
             self._planned_deeper.discard(deeper.pop()[1])
@@ -181,7 +213,22 @@ class ScanAhead:
                 self._planned_deeper.discard(rel)
                 if self._ready.pop(rel, None) is not None:      # (one made before a change: re-planned)
                     self.unused += 1
-                self._ready[rel] = (now, self._mark(), self._workers.submit(self._scan, rel, later=later))
+                self._ready[rel] = (now, self._mark(), self._workers.submit(self._scan, rel, later=later), later)
+                self._purge_at = min(self._purge_at, now + self.horizon)
+
+    def _purge(self, now: float) -> None:
+        """Listings made that are no longer to be given go (lock held): looked for again
+        only once one may be (one grew older than the horizon, `_mark()` changed, or one
+        under way was already), not at every plan (a walker plans at every folder)."""
+        self._purge_at, self._purged_mark = math.inf, self._mark()
+        for rel, (started, mark, future, _) in list(self._ready.items()):
+            if not self._stale(started, mark):
+                self._purge_at = min(self._purge_at, started + self.horizon)
+            elif future.done():
+                del self._ready[rel]
+                self.unused += 1
+            else:
+                self._purge_at = now            # (under way: looked at again at the next plan)
 
     def _scan(self, rel: str) -> dict[str, Attr | None]:
         names = self.root.listdir(rel, touch=False) or []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -46,6 +47,25 @@ def drop_pages(paths: list[Path]) -> None:
             os.close(fd)
 
 
+def read_two_cold(mount, static: Path, overlay: Path, paths: list[Path], originals: list[bytes]):
+    """(mount, the picks files' paths in it): mounted afresh over the files as at first (a
+    failed try's changes undone), their pages dropped, the first two read cold (the
+    second reads the rest ahead)."""
+    for path, data in zip(paths, originals):
+        if path.read_bytes() != data:
+            path.write_bytes(data)
+            time.sleep(RACY_S)          # (a file changed in the last RACY_S seconds is not held)
+    shutil.rmtree(overlay)
+    overlay.mkdir()
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    drop_pages(paths)
+    shown = [mnt / path.relative_to(static) for path in paths]
+    for path in shown[:2]:
+        path.read_bytes()
+    assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
+    return mnt, shown
+
+
 def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_path, mount, monkeypatch):
     static, overlay, paths = picks_folder(tmp_path, monkeypatch)
 
@@ -71,16 +91,7 @@ def test_a_small_file_changed_after_it_was_read_ahead_shows_its_new_bytes(tmp_pa
     originals = [path.read_bytes() for path in paths]
 
     def check() -> None:
-        for path, data in zip(paths, originals):
-            if path.read_bytes() != data:
-                path.write_bytes(data)
-                time.sleep(RACY_S)      # (a file changed in the last RACY_S seconds is not held)
-        mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
-        drop_pages(paths)
-        shown = [mnt / path.relative_to(static) for path in paths]
-        for path in shown[:2]:
-            path.read_bytes()           # the second reads the rest ahead
-        assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
+        mnt, shown = read_two_cold(mount, static, overlay, paths, originals)
         changed = originals[5].replace(b"user5", b"USER5")
         paths[5].write_bytes(changed)   # behind the mount, the same size
         assert shown[5].read_bytes() == changed
@@ -170,15 +181,7 @@ def test_a_file_opened_with_bytes_read_ahead_is_the_file_while_open(tmp_path, mo
     originals = [path.read_bytes() for path in paths]
 
     def check() -> None:
-        for path, data in zip(paths, originals):
-            if path.read_bytes() != data:
-                path.write_bytes(data)
-                time.sleep(RACY_S)
-        mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
-        drop_pages(paths)
-        shown = [mnt / path.relative_to(static) for path in paths]
-        for path in shown[:2]:
-            path.read_bytes()           # the second reads the rest ahead
+        mnt, shown = read_two_cold(mount, static, overlay, paths, originals)
         appended, removed = os.open(shown[5], os.O_RDONLY), os.open(shown[6], os.O_RDONLY)
         try:
             assert os.pread(appended, 1 << 16, 0) == originals[5]

@@ -4,13 +4,14 @@ worker thread, so once two in a folder missed it the rest of the folder's small 
 read with the next one (`overlay.walk.SmallSiblings`). Counted in worker calls, not seconds."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
 
+import pytest
 from conftest import daemon_status, unless_caches_dropped
 from scopefs.backends.copick import LEARN_SIZES_ENV
 from scopefs.backends.kept_sizes import RACY_S
@@ -18,15 +19,17 @@ from scopefs.backends.kept_sizes import RACY_S
 FILES = 20
 
 
-def picks_folder(tmp_path: Path, monkeypatch) -> tuple[Path, Path, list[Path]]:
-    """A static root with one run's Picks/ of FILES small picks files (old enough to be
-    trusted: `kept_sizes.identity`) and an empty overlay, to be mounted with no views'
-    sizes learned at mount (the learner would read the picks files into the page cache)."""
+def picks_folder(tmp_path: Path, monkeypatch, side: str = "static") -> tuple[Path, Path, list[Path]]:
+    """A static root with one run and its Picks/ of FILES small picks files (old enough to
+    be trusted: `kept_sizes.identity`) and an overlay (the files there instead, with
+    `side` "overlay"), to be mounted with no views' sizes learned at mount (the learner
+    would read the picks files into the page cache)."""
     monkeypatch.setenv(LEARN_SIZES_ENV, "0")
     static, overlay = tmp_path / "static", tmp_path / "overlay"
-    picks = static / "ExperimentRuns" / "TS_000" / "Picks"
+    (static / "ExperimentRuns" / "TS_000").mkdir(parents=True)
+    picks = (static if side == "static" else overlay) / "ExperimentRuns" / "TS_000" / "Picks"
     picks.mkdir(parents=True)
-    overlay.mkdir()
+    overlay.mkdir(exist_ok=True)
     paths = []
     for i in range(FILES):
         path = picks / f"user{i}_{i}_ribosome.json"
@@ -47,23 +50,19 @@ def drop_pages(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def read_two_cold(mount, static: Path, overlay: Path, paths: list[Path], originals: list[bytes]):
-    """(mount, the picks files' paths in it): mounted afresh over the files as at first (a
-    failed try's changes undone), their pages dropped, the first two read cold (the
+def read_two_cold(mount, base: Path, monkeypatch, side: str = "static"):
+    """(mount, the picks files, their paths in it, their bytes): `picks_folder` made in
+    base (a try's own) and mounted, the files' pages dropped, the first two read cold (the
     second reads the rest ahead)."""
-    for path, data in zip(paths, originals):
-        if path.read_bytes() != data:
-            path.write_bytes(data)
-            time.sleep(RACY_S)          # (a file changed in the last RACY_S seconds is not held)
-    shutil.rmtree(overlay)
-    overlay.mkdir()
+    static, overlay, paths = picks_folder(base, monkeypatch, side)
+    originals = [path.read_bytes() for path in paths]
     mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
     drop_pages(paths)
-    shown = [mnt / path.relative_to(static) for path in paths]
+    shown = [mnt / path.relative_to(path.parents[3]) for path in paths]
     for path in shown[:2]:
         path.read_bytes()
     assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
-    return mnt, shown
+    return mnt, paths, shown, originals
 
 
 def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_path, mount, monkeypatch):
@@ -87,11 +86,10 @@ def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_p
 
 
 def test_a_small_file_changed_after_it_was_read_ahead_shows_its_new_bytes(tmp_path, mount, monkeypatch):
-    static, overlay, paths = picks_folder(tmp_path, monkeypatch)
-    originals = [path.read_bytes() for path in paths]
+    tries = itertools.count()
 
     def check() -> None:
-        mnt, shown = read_two_cold(mount, static, overlay, paths, originals)
+        mnt, paths, shown, originals = read_two_cold(mount, tmp_path / f"try{next(tries)}", monkeypatch)
         changed = originals[5].replace(b"user5", b"USER5")
         paths[5].write_bytes(changed)   # behind the mount, the same size
         assert shown[5].read_bytes() == changed
@@ -173,15 +171,15 @@ def test_picks_views_written_together_are_opened_without_a_worker_call_each(tmp_
     unless_caches_dropped(check)
 
 
-def test_a_file_opened_with_bytes_read_ahead_is_the_file_while_open(tmp_path, mount, monkeypatch):
+@pytest.mark.parametrize("side", ["static", "overlay"])
+def test_a_file_opened_with_bytes_read_ahead_is_the_file_while_open(tmp_path, mount, monkeypatch, side):
     """An fd opened with held bytes behaves as any other open of the file: a change behind
     the mount is seen by its fstat and by its later reads, and a file removed through the
     mount still answers fstat (the handle is the node's, as a backing file's is)."""
-    static, overlay, paths = picks_folder(tmp_path, monkeypatch)
-    originals = [path.read_bytes() for path in paths]
+    tries = itertools.count()
 
     def check() -> None:
-        mnt, shown = read_two_cold(mount, static, overlay, paths, originals)
+        mnt, paths, shown, originals = read_two_cold(mount, tmp_path / f"try{next(tries)}", monkeypatch, side)
         appended, removed = os.open(shown[5], os.O_RDONLY), os.open(shown[6], os.O_RDONLY)
         try:
             assert os.pread(appended, 1 << 16, 0) == originals[5]

@@ -344,13 +344,14 @@ class PicksViews:
         def written() -> dict[str, _Written]:           # every view, at once (a bounded cache)
             return self._written(rel, voxel_size, center, sources)
 
-        found: list[weakref.ref] = []           # (the folder's, while the cache holds it)
+        found: list[weakref.ref | None] = [None]     # (the folder's, while the cache holds it)
 
         def written_nowait() -> dict[str, _Written] | None:     # the same if made already
-            folder = found[0]() if found else None
+            known = found[0]
+            folder = None if known is None else known()
             if folder is None:
                 folder = self._written_nowait(rel, voxel_size, center, sources)
-                found[:] = [] if folder is None else [weakref.ref(folder)]
+                found[0] = None if folder is None else weakref.ref(folder)
             return folder
         listed = _Listed(rel, voxel_size, center, written, Once(written), written_nowait)
         kept = KeptTogether(self.views.sizes, functools.partial(_kept_keys, rel, voxel_size, center, sources))

@@ -52,12 +52,13 @@ def cache_path() -> str | None:
     return os.path.join(base, "scopefs", "view-sizes")
 
 
-def identity(info: Attr | None) -> tuple | None:
+def identity(info: Attr | None, now_ns: int | None = None) -> tuple | None:
     """What names one version of a local file (None if not a local file, or if it changed
-    too recently for its identity to be trusted)."""
+    too recently for its identity to be trusted: within RACY_S before `now_ns`, the time
+    taken before `info` was, by default now)."""
     if info is None or info.backing is None or info.ctime_ns is None:
         return None
-    if time.time_ns() - info.ctime_ns < RACY_S * 1e9:
+    if (time.time_ns() if now_ns is None else now_ns) - info.ctime_ns < RACY_S * 1e9:
         return None
     return (*info.backing, info.size, info.mtime_ns, info.ctime_ns)
 

@@ -4,11 +4,14 @@ worker thread, so once two in a folder missed it the rest of the folder's small 
 read with the next one (`overlay.walk.SmallSiblings`). Counted in worker calls, not seconds."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
+import pytest
 from conftest import daemon_status, unless_caches_dropped
 from scopefs.backends.copick import LEARN_SIZES_ENV
 from scopefs.backends.kept_sizes import RACY_S
@@ -16,15 +19,17 @@ from scopefs.backends.kept_sizes import RACY_S
 FILES = 20
 
 
-def picks_folder(tmp_path: Path, monkeypatch) -> tuple[Path, Path, list[Path]]:
-    """A static root with one run's Picks/ of FILES small picks files (old enough to be
-    trusted: `kept_sizes.identity`) and an empty overlay, to be mounted with no views'
-    sizes learned at mount (the learner would read the picks files into the page cache)."""
+def picks_folder(tmp_path: Path, monkeypatch, side: str = "static") -> tuple[Path, Path, list[Path]]:
+    """A static root with one run and its Picks/ of FILES small picks files (old enough to
+    be trusted: `kept_sizes.identity`) and an overlay (the files there instead, with
+    `side` "overlay"), to be mounted with no views' sizes learned at mount (the learner
+    would read the picks files into the page cache)."""
     monkeypatch.setenv(LEARN_SIZES_ENV, "0")
     static, overlay = tmp_path / "static", tmp_path / "overlay"
-    picks = static / "ExperimentRuns" / "TS_000" / "Picks"
+    (static / "ExperimentRuns" / "TS_000").mkdir(parents=True)
+    picks = (static if side == "static" else overlay) / "ExperimentRuns" / "TS_000" / "Picks"
     picks.mkdir(parents=True)
-    overlay.mkdir()
+    overlay.mkdir(exist_ok=True)
     paths = []
     for i in range(FILES):
         path = picks / f"user{i}_{i}_ribosome.json"
@@ -43,6 +48,21 @@ def drop_pages(paths: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def read_two_cold(mount, base: Path, monkeypatch, side: str = "static"):
+    """(mount, the picks files, their paths in it, their bytes): `picks_folder` made in
+    base (a try's own) and mounted, the files' pages dropped, the first two read cold (the
+    second reads the rest ahead)."""
+    static, overlay, paths = picks_folder(base, monkeypatch, side)
+    originals = [path.read_bytes() for path in paths]
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    drop_pages(paths)
+    shown = [mnt / path.relative_to(path.parents[3]) for path in paths]
+    for path in shown[:2]:
+        path.read_bytes()
+    assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
+    return mnt, paths, shown, originals
 
 
 def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_path, mount, monkeypatch):
@@ -66,20 +86,10 @@ def test_small_files_read_one_after_another_cost_two_worker_calls_a_folder(tmp_p
 
 
 def test_a_small_file_changed_after_it_was_read_ahead_shows_its_new_bytes(tmp_path, mount, monkeypatch):
-    static, overlay, paths = picks_folder(tmp_path, monkeypatch)
-    originals = [path.read_bytes() for path in paths]
+    tries = itertools.count()
 
     def check() -> None:
-        for path, data in zip(paths, originals):
-            if path.read_bytes() != data:
-                path.write_bytes(data)
-                time.sleep(RACY_S)      # (a file changed in the last RACY_S seconds is not held)
-        mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
-        drop_pages(paths)
-        shown = [mnt / path.relative_to(static) for path in paths]
-        for path in shown[:2]:
-            path.read_bytes()           # the second reads the rest ahead
-        assert daemon_status(mnt)["small_files_read_ahead"] == FILES - 2
+        mnt, paths, shown, originals = read_two_cold(mount, tmp_path / f"try{next(tries)}", monkeypatch)
         changed = originals[5].replace(b"user5", b"USER5")
         paths[5].write_bytes(changed)   # behind the mount, the same size
         assert shown[5].read_bytes() == changed
@@ -105,11 +115,13 @@ def test_a_folder_read_file_by_file_is_listed_once_and_each_file_read_once(tmp_p
     siblings = SmallSiblings(lambda: 0)
     cold = []
     for name in sorted(os.listdir(tmp_path)):
-        data = siblings.take(root, name)
-        if data is None:                # a cold READ, in a worker
+        held = siblings.take(root, name, lambda: root.stat(name))
+        if held is None:                # a cold READ, in a worker
             cold.append(name)
             data = (tmp_path / name).read_bytes()
             siblings.read_whole(root, name, len(data))
+        else:
+            data = held[0]
         assert data == (tmp_path / name).read_bytes()
     root.close()
     assert listed == [""]               # (not once a batch: nothing per file scans the folder)
@@ -133,7 +145,7 @@ def test_a_read_ahead_that_fails_fails_no_read(tmp_path, monkeypatch):
     for name in ("0.json", "1.json"):
         siblings.read_whole(root, name, 2)          # (the second reads ahead, and fails)
     root.close()
-    assert siblings.read_ahead == 0 and siblings.take(root, "2.json") is None
+    assert siblings.read_ahead == 0 and siblings.take(root, "2.json", lambda: root.stat("2.json")) is None
 
 
 def test_picks_views_written_together_are_opened_without_a_worker_call_each(tmp_path, mount, monkeypatch):
@@ -157,3 +169,152 @@ def test_picks_views_written_together_are_opened_without_a_worker_call_each(tmp_
         assert len(read) == 5 * FILES and len(em) == FILES
         assert after["worker_calls"] - before["worker_calls"] == len(em)
     unless_caches_dropped(check)
+
+
+@pytest.mark.parametrize("side", ["static", "overlay"])
+def test_a_file_opened_with_bytes_read_ahead_is_the_file_while_open(tmp_path, mount, monkeypatch, side):
+    """An fd opened with held bytes behaves as any other open of the file: a change behind
+    the mount is seen by its fstat and by its later reads, and a file removed through the
+    mount still answers fstat (the handle is the node's, as a backing file's is)."""
+    tries = itertools.count()
+
+    def check() -> None:
+        mnt, paths, shown, originals = read_two_cold(mount, tmp_path / f"try{next(tries)}", monkeypatch, side)
+        appended, removed = os.open(shown[5], os.O_RDONLY), os.open(shown[6], os.O_RDONLY)
+        try:
+            assert os.pread(appended, 1 << 16, 0) == originals[5]
+            assert os.pread(removed, 1 << 16, 0) == originals[6]
+            assert daemon_status(mnt)["small_files_given"] == 2
+            with open(shown[7], "r+b") as through:          # an edit through the mount (a copy-up)
+                through.write(b"{ ")
+            assert shown[7].read_bytes() == b"{ " + originals[7][2:]
+            assert daemon_status(mnt)["small_files_given"] == 2
+            with open(paths[5], "ab") as behind:
+                behind.write(b"\n")
+            os.unlink(shown[6])
+            time.sleep(RACY_S + 0.5)    # (the kernel's attributes of the file time out)
+            assert os.fstat(appended).st_size == len(originals[5]) + 1
+            assert os.pread(appended, 1 << 16, 0) == originals[5] + b"\n"
+            assert os.fstat(removed).st_size == len(originals[6])
+            assert os.pread(removed, 1 << 16, 0) == originals[6]
+        finally:
+            os.close(appended)
+            os.close(removed)
+    unless_caches_dropped(check)
+
+
+def test_a_file_changed_while_its_batch_was_read_is_not_held(monkeypatch):
+    """On coarse timestamps (1 s, 2 s ticks) a write after the batch's stats may keep the
+    ctime they saw: a ctime is trusted only RACY_S before the time taken before the stats,
+    however long the batch took to read."""
+    from scopefs.backends.nodes import Attr
+    from scopefs.backends.overlay.walk import SmallSiblings
+    clock = [10 ** 18]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+
+    class SlowRoot:
+        local_storage = True
+
+        def listdir(self, rel, touch=True):
+            return ["0.json", "1.json", "2.json", "3.json"]
+
+        def read_small(self, folder, names, limit):
+            stamp = clock[0]
+            clock[0] += int(3 * RACY_S * 1e9)           # (the disk took its time)
+            return {name: (Attr(stat.S_IFREG | 0o644, 2, stamp, ctime_ns=stamp, backing=(1, i)), b"{}")
+                    for i, name in enumerate(names)}
+    siblings, root = SmallSiblings(lambda: 0), SlowRoot()
+    for name in ("0.json", "1.json"):
+        siblings.read_whole(root, name, 2)
+    assert siblings.read_ahead == 0 and siblings.held_bytes == 0
+
+
+def test_files_read_ahead_keep_their_access_times(tmp_path):
+    from scopefs.backends.overlay import LocalRoot
+    path = tmp_path / "a.json"
+    path.write_text("{}")
+    info = path.stat()
+    os.utime(path, ns=(info.st_mtime_ns - 10 ** 11, info.st_mtime_ns))     # (relatime moves it at a read)
+    root = LocalRoot(str(tmp_path))
+    try:
+        assert root.read_small("", ["a.json"], 1 << 10)["a.json"][1] == b"{}"
+    finally:
+        root.close()
+    assert path.stat().st_atime_ns == info.st_mtime_ns - 10 ** 11
+
+
+def test_what_is_held_goes_after_its_window_at_the_next_batch(tmp_path, monkeypatch):
+    from scopefs.backends import kept_sizes
+    from scopefs.backends.overlay import LocalRoot
+    from scopefs.backends.overlay import walk
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()
+        for i in range(4):
+            (tmp_path / folder / f"{i}.json").write_text("{}")
+    clock = [1000.0]
+    monkeypatch.setattr(walk.time, "monotonic", lambda: clock[0])
+    siblings, root = walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path))
+    try:
+        for name in ("first/0.json", "first/1.json"):
+            siblings.read_whole(root, name, 2)
+        assert siblings.held_bytes == 2 * 2
+        clock[0] += siblings.window
+        for name in ("second/0.json", "second/1.json"):
+            siblings.read_whole(root, name, 2)
+    finally:
+        root.close()
+    assert siblings.read_ahead == 4 and siblings.held_bytes == 2 * 2     # (only the second folder's)
+
+
+def test_two_readers_in_a_folder_read_different_files_ahead(tmp_path, monkeypatch):
+    """A second worker's cold read while the first lists the folder: the listing is
+    shared, each batch starts where the last stopped (files given already, here pushed
+    out, are not read again)."""
+    from scopefs.backends import kept_sizes
+    from scopefs.backends.overlay import LocalRoot
+    from scopefs.backends.overlay.walk import SmallSiblings
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)
+    for i in range(200):
+        (tmp_path / f"{i:03d}.json").write_text("{}")
+    root = LocalRoot(str(tmp_path))
+    siblings, read, listdir, read_small = SmallSiblings(lambda: 0, held=1), [], root.listdir, root.read_small
+    other = ["101.json"]
+
+    def listing(rel, touch=True):           # the other worker's read comes meanwhile
+        if other:
+            siblings.read_whole(root, other.pop(), 2)
+        return listdir(rel, touch)
+    monkeypatch.setattr(root, "listdir", listing)
+    monkeypatch.setattr(root, "read_small", lambda folder, names, limit: read.extend(names) or
+                        read_small(folder, names, limit))
+    try:
+        siblings.read_whole(root, "000.json", 2)
+        siblings.read_whole(root, "100.json", 2)
+    finally:
+        root.close()
+    assert len(read) == len(set(read)) == 2 * siblings.files
+
+
+def test_a_file_changed_long_before_it_is_opened_is_not_given(tmp_path, monkeypatch):
+    """Changed after it was read ahead, long enough ago that its ctime is trusted: only
+    its identity (here its mtime) tells the bytes held are not the file's."""
+    from scopefs.backends import kept_sizes
+    from scopefs.backends.overlay import LocalRoot
+    from scopefs.backends.overlay.walk import SmallSiblings
+    monkeypatch.setattr(kept_sizes, "RACY_S", 0)
+    for i in range(4):
+        (tmp_path / f"{i}.json").write_text("{}")
+    root = LocalRoot(str(tmp_path))
+    siblings = SmallSiblings(lambda: 0)
+    try:
+        for name in ("0.json", "1.json"):
+            siblings.read_whole(root, name, 2)
+        assert siblings.read_ahead == 2
+        (tmp_path / "2.json").write_text("[]")          # the same size
+        os.utime(tmp_path / "2.json", ns=(0, 10 ** 9))
+        assert siblings.take(root, "2.json", lambda: root.stat("2.json")) is None
+        assert siblings.take(root, "3.json", lambda: root.stat("3.json"))[0] == b"{}"
+    finally:
+        root.close()
+    assert siblings.given == 1

@@ -29,6 +29,15 @@ _ONE_CALL = 3072
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
+def _open_untouched(name: str, dir_fd: int) -> int:
+    """A file read ahead (`read_small`), not opened by anyone yet: its atime stays."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:             # O_NOATIME: only the owner, or root
+        return os.open(name, flags, dir_fd=dir_fd)
+
+
 class LocalRoot(Root):
     real_owners = True
 
@@ -150,7 +159,7 @@ class LocalRoot(Root):
                     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
                         continue
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                    fd = _open_untouched(name, dir_fd)
                 except OSError:
                     continue
                 info = attr_of(os.fstat(fd))

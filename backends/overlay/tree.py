@@ -25,7 +25,8 @@ import time
 import weakref
 from collections import OrderedDict
 
-from ..blocks import BytesHandle, view_attr
+from ..blocks import view_attr
+from ..kept_sizes import identity
 from ..kernel import RENAME_EXCHANGE, RENAME_NOREPLACE
 from ..nodes import Attr, CachePolicy, Directory, File, FileHandle, Node, Owner, Symlink, Tree, read_only, writes
 from ..options import list_ahead_wait, lists_ahead
@@ -1276,7 +1277,7 @@ class MergedFile(MergedNode, File):
     def open(self, flags: int) -> FileHandle:
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             source = self.source
-            return self._read_ahead(source) or self._track(_CountsSmallReads(source.open_read(self.rel), self), source)
+            return self._reading(source, source.open_read(self.rel))
         self.tree.copy_up(self, data=not flags & os.O_TRUNC)
         handle = self.tree.upper.open_write(self.rel, flags)
         if self.tree.derive is not None:
@@ -1288,19 +1289,19 @@ class MergedFile(MergedNode, File):
         if (flags & os.O_ACCMODE) != os.O_RDONLY or self.place is None:
             return None
         source = self.source
-        held = self._read_ahead(source)
-        if held is not None:
-            return held
         try:
             handle = source.open_read_cached(self.rel)
         except OSError:
             return None                              # the thread decides
-        return None if handle is None else self._track(_CountsSmallReads(handle, self), source)
+        return None if handle is None else self._reading(source, handle)
 
-    def _read_ahead(self, source: Root) -> FileHandle | None:
-        """A handle on the bytes read ahead with a sibling's (`SmallSiblings`), if held."""
-        data = self.tree.small_reads.take(source, self.rel) if self.place is not None else None
-        return None if data is None else BytesHandle(data)
+    def _reading(self, source: Root, handle: FileHandle) -> FileHandle:
+        """The node's read handle of its backing file, with the bytes read ahead with a
+        sibling's (`SmallSiblings`) if they were held for it."""
+        held = None
+        if self.place is not None:
+            held = self.tree.small_reads.take(source, self.rel, lambda: source.handle_attr(handle))
+        return self._track(_CountsSmallReads(handle, self) if held is None else _HeldBytes(handle, source, *held), source)
 
     def truncate(self, size: int) -> None:
         self.tree.edited()
@@ -1325,6 +1326,33 @@ class _CountsSmallReads:
         if offset == 0 and len(data) < size and node.place is not None:
             node.tree.small_reads.read_whole(node.source, node.rel, len(data))
         return data
+
+
+class _HeldBytes:
+    """A read handle of a merged file opened with its bytes read ahead (`SmallSiblings`):
+    a READ is answered with them while the open file shows what it showed when they were
+    read (its fstat's `kept_sizes.identity`), then, as any open of the file, by the file
+    (changed behind the mount or through it). Everything else is the handle's own."""
+
+    def __init__(self, handle: FileHandle, root: Root, data: bytes, known: tuple):
+        self._handle, self._root, self._data, self._known = handle, root, data, known
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def _held(self) -> bytes | None:
+        data = self._data
+        if data is not None and identity(self._root.handle_attr(self._handle)) != self._known:
+            self._data = data = None
+        return data
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = self._held()
+        return self._handle.read(offset, size) if data is None else data[offset:offset + size]
+
+    def cached_read(self, offset: int, size: int) -> bytes | None:
+        data = self._held()
+        return self._handle.cached_read(offset, size) if data is None else data[offset:offset + size]
 
 
 class _ViewSourceHandle:

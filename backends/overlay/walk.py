@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
+from typing import Callable
 
 from ..kept_sizes import identity
 from ..nodes import Attr
@@ -288,11 +289,11 @@ class SmallSiblings:
     reads the directory's next small files too (at most `files` of at most `size` bytes,
     the disk asked for all at once; the directory listed once, kept while it is read on,
     each batch from where the last stopped), and their opens are answered with those
-    bytes: no backing file opened, no worker thread for their READs. Each is given once,
-    and only while the tree saw no change (`edits()`) and the file still shows what it
-    showed when read (`kept_sizes.identity`: a file changed within the last seconds is not
-    held); at most `held` files of `held_bytes` in all wait, for `window` seconds (the
-    oldest go first)."""
+    bytes: no worker thread for their READs. Each is given once, to an open whose file
+    shows what it showed when read (`kept_sizes.identity`, from before the batch's stats:
+    a file changed within the last seconds is not held) while the tree saw no change
+    (`edits()`); at most `held` files of `held_bytes` in all wait, each at most `window`
+    seconds (the oldest go first; those past it go at the next batch or open)."""
 
     #: directories whose cold reads are counted, and those whose listing is read on
     MISSES_KEPT = 1024
@@ -337,14 +338,18 @@ class SmallSiblings:
                 self._misses.popitem(last=False)
             if count + 1 < 2:
                 return
-            listed = self._listed.pop((root, folder), None)
+            listed = self._listed.get((root, folder))
         if listed is None or now - listed[2] >= self.window:     # (kept while read on)
-            listed = [root.listdir(folder, touch=False) or [], 0, now, {last}]
+            names = root.listdir(folder, touch=False) or []
+            with self._lock:                # (another worker may have listed it meanwhile)
+                listed = self._listed.get((root, folder))
+                if listed is None or now - listed[2] >= self.window:
+                    listed = self._listed[root, folder] = [names, 0, now, set()]
         prefix = folder + "/" if folder else ""
-        names, start, _, cold = listed
-        listed[2] = now
-        cold.add(name)
         with self._lock:
+            names, start, _, cold = listed
+            listed[2] = now
+            cold.update((last, name))
             picked = []
             while start < len(names) and len(picked) < self.files:
                 if names[start] not in cold and (root, prefix + names[start]) not in self._held:
@@ -352,13 +357,16 @@ class SmallSiblings:
                 start += 1
             listed[1] = start
             self._listed[root, folder] = listed
+            self._listed.move_to_end((root, folder))
             while len(self._listed) > self.LISTINGS_KEPT:
                 self._listed.popitem(last=False)
         edits = self._edits()
+        started = time.time_ns()            # (a change after the stats may keep its ctime's tick)
         found = root.read_small(folder, picked, self.size)
         with self._lock:
+            self._expire(now)
             for sibling, (info, data) in found.items():
-                known = identity(info)
+                known = identity(info, started)
                 if known is not None:
                     self._drop(self._held.pop((root, prefix + sibling), None))
                     self._held[root, prefix + sibling] = edits, known, data, now
@@ -367,26 +375,27 @@ class SmallSiblings:
             while len(self._held) > self.held_limit or self.held_bytes > self.held_bytes_limit:
                 self._drop(self._held.popitem(last=False)[1])
 
+    def _expire(self, now: float) -> None:
+        """Drop what waited `window` seconds (under the lock; the oldest are first)."""
+        while self._held and now - next(iter(self._held.values()))[3] >= self.window:
+            self._drop(self._held.popitem(last=False)[1])
+
     def _drop(self, entry: tuple | None) -> None:
         if entry is not None:
             self.held_bytes -= len(entry[2])
 
-    def take(self, root: Root, rel: str):
-        """The bytes of rel read ahead, if they still are what rel shows (once), else None;
-        never waits for the disk."""
+    def take(self, root: Root, rel: str, opened: Callable[[], Attr | None]) -> tuple[bytes, tuple] | None:
+        """(The bytes of rel read ahead, their identity) if the file opened for them
+        (`opened()`: its fstat, asked only if rel is held) is still the one they were read
+        from, else None; once. Never waits for the disk."""
         with self._lock:
+            self._expire(time.monotonic())
             entry = self._held.pop((root, rel), None)
             self._drop(entry)
-        if entry is None:
-            return None
-        edits, known, data, when = entry
-        if edits != self._edits() or time.monotonic() - when > self.window:
-            return None
-        try:
-            now = root.stat_cached(rel)
-        except OSError:
-            return None
-        if now is None or identity(now) != known:
-            return None
-        self.given += 1
-        return data
+            if entry is None:
+                return None
+            edits, known, data, _ = entry
+            if edits != self._edits() or identity(opened()) != known:
+                return None
+            self.given += 1
+        return data, known

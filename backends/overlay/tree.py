@@ -1019,13 +1019,17 @@ class DerivedFile(File):
         """The kept size (None: not kept) the kernel is told, and the node's if one was
         made meanwhile (`made`). The attributes the node will give are made here, once
         (with the source's time; none where the listing never knew the source): a walk's
-        listing then gives them with no call (`cached_attr`), often in the loop."""
+        listing then gives them with no call (`cached_attr`), often in the loop; stored
+        before the node is looked for, as `made` places the node before dropping them
+        (one of the two sees the other: a node made meanwhile gives its own)."""
         info = self._info
         self._size, self._kept = size, None if size is not None else _NOT_KEPT
         self._attr = None if info is None else view_attr(size, info.mtime_ns)
         file = self._file
-        if file is not None and size is not None:
-            file.told(size)
+        if file is not None:
+            self._attr = None
+            if size is not None:
+                file.told(size)
 
     def attr(self) -> Attr:
         self.tree.size_asked_at = time.monotonic()

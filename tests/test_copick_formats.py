@@ -1060,6 +1060,39 @@ def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_
     assert unsized == {"find": 1, "du": 1}, unsized
 
 
+def test_a_lost_probe_is_followed_by_another_before_sizing_ahead_lapses(tmp_path, monkeypatch):
+    """A view left unsized for a `du` to ask (`OverlayTree.probe_due`) whose ask never
+    comes (its listing made stale by an edit, or sized by a later listing made ahead) is
+    followed by another one while sizing ahead is still on, so that a walk that stats
+    keeps it on. (No probe came again until a size was asked: sizing lapsed a
+    `SIZES_WANTED_FOR` after the last ask, and a whole folder's views went back to a
+    LOOKUP and a worker call each.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    window = overlay_tree.SIZES_WANTED_FOR
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    tree = reopened(tmp_path)
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()        # (a `du`'s ask)
+        tree.size_asked_at -= window * 0.6              # (more than half the window ago)
+        folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
+        unsized = []
+        for _ in range(2):
+            run.listing(wait=True)                      # (the walker lists the run: both listed ahead)
+            views = 0
+            for folder in folders:
+                made_ahead(tree, folder)
+                listing = folder.listing(wait=False)
+                assert listing is not None
+                views += sum(1 for _, _, node, info in listing if info is None and node.cached_attr() is None)
+            unsized.append(views)
+            tree.size_asked_at -= window * 0.3          # (the probe never asked: later, still in the window)
+            tree.probed_at -= window * 0.3
+        assert unsized == [1, 1], unsized
+    finally:
+        tree.close()
+
+
 def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, monkeypatch):
     """A view whose kept size a listing made ahead fails to look up, with any error (its
     source gone: an AttributeError), is left alone: the listing is still given, its other

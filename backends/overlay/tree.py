@@ -54,6 +54,9 @@ MERGED_AHEAD_FOR = 10.0
 #: seconds after a view's size was asked (a walk that stats what it lists) during which a
 #: listing made ahead looks up its views' kept sizes (`MergeAhead`): a `find` asks none
 SIZES_WANTED_FOR = 10.0
+#: ... of which the last half has a view left unsized for the walk to ask, one at most this
+#: often (`OverlayTree.probe_due`): several chances before sizing ahead lapses
+PROBE_EVERY = SIZES_WANTED_FOR / 8
 
 
 def _join(rel: str, name: str) -> str:
@@ -448,11 +451,14 @@ class OverlayTree(Tree):
 
     def probe_due(self) -> bool:
         """Whether a listing sized ahead now leaves one view unsized (`MergeAhead`): half
-        `SIZES_WANTED_FOR` passed since a view's size was last asked, and none was left so
-        since. A walk given every size asks none: a `du` looks that one up (its size asked,
-        sizing ahead stays on), a `find` does not (sizing ahead stops, also in a `find`
-        begun just after a `du`)."""
-        return time.monotonic() - self.size_asked_at >= SIZES_WANTED_FOR / 2 and self.probed_at <= self.size_asked_at
+        `SIZES_WANTED_FOR` passed since a view's size was last asked, and `PROBE_EVERY`
+        since one was last left so (one whose ask never came: its listing not given, or
+        sized by a later one). A walk given every size asks none: a `du` looks that one up
+        (its size asked, sizing ahead stays on), a `find` does not (sizing ahead stops,
+        also in a `find` begun just after a `du`) while its listings are lean: a full
+        listing asks its views' sizes (the daemon's `LeanRule`), the one left too."""
+        now = time.monotonic()
+        return now - self.size_asked_at >= SIZES_WANTED_FOR / 2 and now - self.probed_at >= PROBE_EVERY
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -1081,7 +1087,8 @@ class DerivedFile(File):
         kept = self._kept
         if kept is None or kept is _NOT_KEPT or self._file is not None or self._size is not None:
             return False
-        self._kept = _WhenAsked(kept)
+        if kept.__class__ is not _WhenAsked:
+            self._kept = _WhenAsked(kept)
         return True
 
     def open(self, flags: int) -> FileHandle:
@@ -1818,8 +1825,8 @@ class MergeAhead(ScanAhead):
     chunk folders of a zarr store without waiting at each level), and, while the walk
     stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
     views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the walker finds
-    their attributes in memory too (one view left unsized each half window keeps asking:
-    `OverlayTree.probe_due`); a `find` does not wait for that.
+    their attributes in memory too (in the last half of that window, a view left unsized
+    keeps a `du` asking: `OverlayTree.probe_due`); a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the

@@ -12,6 +12,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import mrcfile
 import numpy as np
@@ -1017,7 +1018,41 @@ def test_a_folder_listed_ahead_before_the_walk_asked_a_size_is_sized_when_taken(
         listing = spacing.listing(wait=True)            # (the worker call)
         views = [node for _, _, node, info in listing if info is None]
         assert len(views) == 2 * 5 + 2 and all(node.cached_attr() is not None for node in views)
-        assert scans == [] and tree.derive.status()["views_made"] == 0
+        assert spacing.rel not in scans and tree.derive.status()["views_made"] == 0     # (its subfolders may be, ahead)
+    finally:
+        tree.close()
+
+
+def test_a_listing_kept_to_be_sized_is_given_only_within_the_horizon_since_it_began(tmp_path, monkeypatch):
+    """A listing made ahead unsized and kept to be sized in a worker (`listed_ahead`) is
+    given only within the horizon since its listing began, as one made ahead is, and one
+    older is dropped when another is kept. (Its age counted from when it was kept: one
+    was given up to two horizons after its folder was read, and up to 64 stayed.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    tree = reopened(tmp_path)
+    horizon, clock = tree.scan_ahead.horizon, [1000.0]
+    monkeypatch.setattr(overlay_tree, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    scans = []
+    scan = overlay_tree.MergedDir.scan
+    monkeypatch.setattr(overlay_tree.MergedDir, "scan", lambda self, *a, **k: (scans.append(self.rel), scan(self, *a, **k))[1])
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        picks, spacing = run.lookup("Picks"), run.lookup("VoxelSpacing10.000")
+        run.listing(wait=True)                          # (by a walker that asked no size yet)
+        made_ahead(tree, picks)
+        made_ahead(tree, spacing)
+        asked = run.lookup("Picks").lookup("tester_1_proteasome.csv")
+        clock[0] += horizon * 0.6
+        asked.attr()                                    # (the walk's first ask)
+        assert spacing.listing(wait=False) is None      # (kept, to be sized in a worker)
+        clock[0] += horizon * 0.6                       # (a horizon since its listing began)
+        asked.attr()
+        assert picks.listing(wait=False) is None
+        assert spacing not in tree._to_size
+        scans.clear()
+        spacing.listing(wait=True)
+        assert spacing.rel in scans                     # (listed again: not the old listing)
     finally:
         tree.close()
 

@@ -181,7 +181,7 @@ class OverlayTree(Tree):
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
         # listings made ahead unsized, taken once the walk asked sizes: sized in a worker (`listed_ahead`)
-        self._to_size: dict[MergedDir, tuple[float, tuple]] = {}       # (taken at, the listing made ahead)
+        self._to_size: dict[MergedDir, tuple] = {}      # (as `MergeAhead._scan` made it, with when it began)
         # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
         # left one unsized (`probe_due`)
         self.size_asked_at = self.probed_at = -math.inf
@@ -425,24 +425,37 @@ class OverlayTree(Tree):
     def listed_ahead(self, node: "MergedDir", wait: bool) -> list | None:
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
         change came since it began and no file is open for writing; `wait`: for one under
-        way (at most the horizon), else only one made already."""
-        stashed = self._to_size.pop(node, None) if wait else None
-        ahead = stashed[1] if stashed and time.monotonic() - stashed[0] < self.scan_ahead.horizon else None
+        way (at most the horizon), else only one made already. One made before the walk
+        asked a size is sized as if made now: without `wait` (the trio thread) it is not
+        given but kept for the worker call that follows, which sizes it (one call, not a
+        LOOKUP a view) if the horizon since its listing began has not passed."""
+        ahead = self._to_size.pop(node, None) if wait else None
+        if ahead is not None and time.monotonic() - ahead[3] >= self.scan_ahead.horizon:
+            ahead = None
         if ahead is None:
             ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
-        edits, listing, sized = ahead
+        edits, listing, sized, _ = ahead
         if edits != self.edits or self._writing:
             return None
-        if not sized and self.sizes_wanted():   # (made before the walk asked a size: sized as if made now)
-            if not wait:                        # (in a worker: one call, not a LOOKUP a view)
-                if len(self._to_size) >= MERGED_AHEAD:
-                    self._to_size.clear()
-                self._to_size[node] = time.monotonic(), ahead
+        if not sized and self.sizes_wanted():
+            if not wait:
+                self._keep_to_size(node, ahead)
                 return None
             _size_views(node.rel, listing, probe=False)
         return listing
+
+    def _keep_to_size(self, node: "MergedDir", ahead: tuple) -> None:
+        """node's listing made ahead (`ahead`), kept for `listed_ahead` in a worker; those
+        no longer to be given go (at most `MERGED_AHEAD` kept)."""
+        kept, now, horizon = self._to_size, time.monotonic(), self.scan_ahead.horizon
+        for other, (*_, began) in list(kept.items()):
+            if now - began >= horizon:
+                kept.pop(other, None)
+        if len(kept) >= MERGED_AHEAD:
+            kept.clear()
+        kept[node] = ahead
 
     def sizes_wanted(self) -> bool:
         """Whether a walk stats what it lists: a view's size was asked within
@@ -1839,9 +1852,11 @@ class MergeAhead(ScanAhead):
         upper = self.root.upper
         return [node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR and node.source is not upper]
 
-    def _scan(self, node: MergedDir) -> tuple[int, list] | None:
+    def _scan(self, node: MergedDir) -> tuple[int, list, bool, float] | None:
+        """(the tree's count of changes, the listing, whether its views need no sizing,
+        when it began)."""
         tree = node.tree
-        edits = tree.edits
+        edits, began = tree.edits, time.monotonic()
         if node.place is None:
             return None
         rel = node.rel                          # (once: a node's path is its parents' names)
@@ -1854,7 +1869,7 @@ class MergeAhead(ScanAhead):
         sized = tree.sizes_wanted()
         if sized:
             _size_views(rel, listing, probe=tree.probe_due())
-        return edits, listing, sized or None not in map(_info_of, listing)     # (no view: nothing to size)
+        return edits, listing, sized or None not in map(_info_of, listing), began     # (no view: nothing to size)
 
     def _mark(self) -> int:
         return self.root.edits

@@ -1057,6 +1057,20 @@ def test_a_listing_kept_to_be_sized_is_given_only_within_the_horizon_since_it_be
         tree.close()
 
 
+def views_unsized_ahead(tree, run) -> list:
+    """The views of `run`'s Picks and spacing folders given unsized from listings made
+    ahead, as the walker lists the run (both listed ahead) then each."""
+    folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
+    run.listing(wait=True)
+    views = []
+    for folder in folders:
+        made_ahead(tree, folder)
+        listing = folder.listing(wait=False)
+        assert listing is not None
+        views += [node for _, _, node, info in listing if info is None and node.cached_attr() is None]
+    return views
+
+
 def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_after_it_does_not(tmp_path, monkeypatch):
     """A `du` given its views' sizes in listings made ahead asks the daemon no view's size:
     half a `SIZES_WANTED_FOR` after the last ask, a listing made ahead leaves one view
@@ -1075,14 +1089,7 @@ def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_
             run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
             run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()    # (a `du`'s ask)
             tree.size_asked_at -= window * 0.6          # (more than half the window ago)
-            folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
-            run.listing(wait=True)                      # (the walker lists the run: both listed ahead)
-            views = []
-            for folder in folders:
-                made_ahead(tree, folder)
-                listing = folder.listing(wait=False)
-                assert listing is not None
-                views += [node for _, _, node, info in listing if info is None and node.cached_attr() is None]
+            views = views_unsized_ahead(tree, run)
             unsized[walk] = len(views)
             if walk == "du":
                 for view in views:                      # (what its LOOKUP of each asks)
@@ -1110,17 +1117,9 @@ def test_a_lost_probe_is_followed_by_another_before_sizing_ahead_lapses(tmp_path
         run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
         run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()        # (a `du`'s ask)
         tree.size_asked_at -= window * 0.6              # (more than half the window ago)
-        folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
         unsized = []
         for _ in range(2):
-            run.listing(wait=True)                      # (the walker lists the run: both listed ahead)
-            views = 0
-            for folder in folders:
-                made_ahead(tree, folder)
-                listing = folder.listing(wait=False)
-                assert listing is not None
-                views += sum(1 for _, _, node, info in listing if info is None and node.cached_attr() is None)
-            unsized.append(views)
+            unsized.append(len(views_unsized_ahead(tree, run)))
             tree.size_asked_at -= window * 0.3          # (the probe never asked: later, still in the window)
             tree.probed_at -= window * 0.3
         assert unsized == [1, 1], unsized

@@ -12,6 +12,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import mrcfile
 import numpy as np
@@ -1017,9 +1018,57 @@ def test_a_folder_listed_ahead_before_the_walk_asked_a_size_is_sized_when_taken(
         listing = spacing.listing(wait=True)            # (the worker call)
         views = [node for _, _, node, info in listing if info is None]
         assert len(views) == 2 * 5 + 2 and all(node.cached_attr() is not None for node in views)
-        assert scans == [] and tree.derive.status()["views_made"] == 0
+        assert spacing.rel not in scans and tree.derive.status()["views_made"] == 0     # (its subfolders may be, ahead)
     finally:
         tree.close()
+
+
+def test_a_listing_kept_to_be_sized_is_given_only_within_the_horizon_since_it_began(tmp_path, monkeypatch):
+    """A listing made ahead unsized and kept to be sized in a worker (`listed_ahead`) is
+    given only within the horizon since its listing began, as one made ahead is, and one
+    older is dropped when another is kept. (Its age counted from when it was kept: one
+    was given up to two horizons after its folder was read, and up to 64 stayed.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    tree = reopened(tmp_path)
+    horizon, clock = tree.scan_ahead.horizon, [1000.0]
+    monkeypatch.setattr(overlay_tree, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    scans = []
+    scan = overlay_tree.MergedDir.scan
+    monkeypatch.setattr(overlay_tree.MergedDir, "scan", lambda self, *a, **k: (scans.append(self.rel), scan(self, *a, **k))[1])
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        picks, spacing = run.lookup("Picks"), run.lookup("VoxelSpacing10.000")
+        run.listing(wait=True)                          # (by a walker that asked no size yet)
+        made_ahead(tree, picks)
+        made_ahead(tree, spacing)
+        asked = run.lookup("Picks").lookup("tester_1_proteasome.csv")
+        clock[0] += horizon * 0.6
+        asked.attr()                                    # (the walk's first ask)
+        assert spacing.listing(wait=False) is None      # (kept, to be sized in a worker)
+        clock[0] += horizon * 0.6                       # (a horizon since its listing began)
+        asked.attr()
+        assert picks.listing(wait=False) is None
+        assert spacing not in tree._to_size
+        scans.clear()
+        spacing.listing(wait=True)
+        assert spacing.rel in scans                     # (listed again: not the old listing)
+    finally:
+        tree.close()
+
+
+def views_unsized_ahead(tree, run) -> list:
+    """The views of `run`'s Picks and spacing folders given unsized from listings made
+    ahead, as the walker lists the run (both listed ahead) then each."""
+    folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
+    run.listing(wait=True)
+    views = []
+    for folder in folders:
+        made_ahead(tree, folder)
+        listing = folder.listing(wait=False)
+        assert listing is not None
+        views += [node for _, _, node, info in listing if info is None and node.cached_attr() is None]
+    return views
 
 
 def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_after_it_does_not(tmp_path, monkeypatch):
@@ -1040,14 +1089,7 @@ def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_
             run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
             run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()    # (a `du`'s ask)
             tree.size_asked_at -= window * 0.6          # (more than half the window ago)
-            folders = [run.lookup("Picks"), run.lookup("VoxelSpacing10.000")]
-            run.listing(wait=True)                      # (the walker lists the run: both listed ahead)
-            views = []
-            for folder in folders:
-                made_ahead(tree, folder)
-                listing = folder.listing(wait=False)
-                assert listing is not None
-                views += [node for _, _, node, info in listing if info is None and node.cached_attr() is None]
+            views = views_unsized_ahead(tree, run)
             unsized[walk] = len(views)
             if walk == "du":
                 for view in views:                      # (what its LOOKUP of each asks)
@@ -1058,6 +1100,31 @@ def test_a_stat_walk_given_listings_sized_ahead_stays_one_that_stats_and_a_find_
             tree.close()
     assert wanted == {"find": False, "du": True}, wanted
     assert unsized == {"find": 1, "du": 1}, unsized
+
+
+def test_a_lost_probe_is_followed_by_another_before_sizing_ahead_lapses(tmp_path, monkeypatch):
+    """A view left unsized for a `du` to ask (`OverlayTree.probe_due`) whose ask never
+    comes (its listing made stale by an edit, or sized by a later listing made ahead) is
+    followed by another one while sizing ahead is still on, so that a walk that stats
+    keeps it on. (No probe came again until a size was asked: sizing lapsed a
+    `SIZES_WANTED_FOR` after the last ask, and a whole folder's views went back to a
+    LOOKUP and a worker call each.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    window = overlay_tree.SIZES_WANTED_FOR
+    tree_of_kept_picks_copies(tmp_path, 2, monkeypatch).close()
+    tree = reopened(tmp_path)
+    try:
+        run = tree.root.lookup("ExperimentRuns").lookup("TS_001")
+        run.lookup("Picks").lookup("tester_1_proteasome.csv").attr()        # (a `du`'s ask)
+        tree.size_asked_at -= window * 0.6              # (more than half the window ago)
+        unsized = []
+        for _ in range(2):
+            unsized.append(len(views_unsized_ahead(tree, run)))
+            tree.size_asked_at -= window * 0.3          # (the probe never asked: later, still in the window)
+            tree.probed_at -= window * 0.3
+        assert unsized == [1, 1], unsized
+    finally:
+        tree.close()
 
 
 def test_a_view_that_fails_to_be_sized_ahead_is_left_unsized_alone(tmp_path, monkeypatch):

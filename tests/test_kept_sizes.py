@@ -158,6 +158,30 @@ def test_a_kept_size_told_while_the_view_is_made_reaches_its_node():
     assert file.content() == b"twelve bytes" and resized == [file]
 
 
+def test_a_view_made_while_its_kept_size_is_told_gives_its_nodes_attributes(monkeypatch):
+    """A thread listing ahead tells a view its kept size (`_told`) while a FUSE worker makes
+    the view's node (its open): once made, the view gives its node's attributes, not the
+    unmade ones `_told` worked out, so that a kept size that proves wrong is corrected.
+    (`_told` stored them after the node was made: the wrong size was given for good.)"""
+    from scopefs.backends.overlay import tree as overlay_tree
+    from scopefs.backends.overlay.tree import DerivedFile
+    resized = []
+    make, info, together = kept_view(KeptSizes(None), lambda: ("changed",), resized)
+    node = DerivedFile(TREE, make, info, ("src",), "Picks/view.csv", together)
+    node.ino = 7
+    made = []
+
+    def view_attr(*args, _attr=overlay_tree.view_attr):
+        if not made:
+            made.append(node.made())                    # (the worker's open, meanwhile)
+        return _attr(*args)
+    monkeypatch.setattr(overlay_tree, "view_attr", view_attr)
+    node.size_if_kept()
+    assert made and node.cached_attr().size == 99       # (the size the kernel was told)
+    assert made[0].content() == b"twelve bytes" and resized == made
+    assert node.cached_attr().size == 12 and node.attr().size == 12
+
+
 def test_a_listing_whose_keys_cannot_be_worked_out_is_asked_once():
     """A listing's keys that fail (a library's metadata broken) are asked for once: its
     views are then each made and sized alone, not failed (EIO) at every stat."""

@@ -164,13 +164,14 @@ def test_a_folder_planned_deeper_then_by_the_walker_is_listed_before_the_rest_pl
     it next. (It kept its place behind every deeper listing queued before it.)"""
     root = CountingRoot()
     root.gate.clear()                                   # (the one thread held)
-    ahead = ScanAhead(root, threads=1, window=8, horizon=600.0)
+    ahead = ScanAhead(root, threads=1, window=10, horizon=600.0)
     ahead.plan(["w0"])
-    ahead.plan(["d0", "d1", "d2"], deeper=True)         # (all started: half the window)
+    ahead.plan(["d0", "d1", "d2"], deeper=True)         # (all started: less than half the window)
     ahead.plan(["d2"])                                  # (the walker listed their folder)
+    ahead.plan(["end"], deeper=True)                    # (queued last: after d2's first copy)
     root.gate.set()
-    assert wait_for(lambda: len(root.listed) == 4), root.listed
-    assert root.listed == ["w0", "d2", "d0", "d1"], root.listed
+    assert wait_for(lambda: "end" in root.listed), root.listed
+    assert root.listed == ["w0", "d2", "d0", "d1", "end"], root.listed     # (d2 once)
 
 
 def test_a_listing_the_walker_waits_for_goes_before_the_rest_planned_deeper():
@@ -178,13 +179,34 @@ def test_a_listing_the_walker_waits_for_goes_before_the_rest_planned_deeper():
     has it made before the other deeper work."""
     root = CountingRoot()
     root.gate.clear()                                   # (the one thread held)
-    ahead = ScanAhead(root, threads=1, window=8, horizon=600.0)
+    ahead = ScanAhead(root, threads=1, window=10, horizon=600.0)
     ahead.plan(["w0"])
     ahead.plan(["d0", "d1", "d2"], deeper=True)
     assert ahead.under_way("d2") is not None
+    ahead.plan(["end"], deeper=True)                    # (queued last: after d2's first copy)
     root.gate.set()
-    assert wait_for(lambda: len(root.listed) == 4), root.listed
-    assert root.listed == ["w0", "d2", "d0", "d1"], root.listed
+    assert wait_for(lambda: "end" in root.listed), root.listed
+    assert root.listed == ["w0", "d2", "d0", "d1", "end"], root.listed     # (d2 once)
+
+
+def test_a_listing_the_walker_takes_goes_before_the_rest_planned_deeper():
+    """The walker taking (and so waiting for) a listing queued as deeper work (`take`) has
+    it made before the other deeper work, once."""
+    root = CountingRoot()
+    root.gate.clear()                                   # (the one thread held)
+    ahead = ScanAhead(root, threads=1, window=10, horizon=600.0)
+    ahead.plan(["w0"])
+    ahead.plan(["d0", "d1", "d2"], deeper=True)
+    taken = []
+    walker = threading.Thread(target=lambda: taken.append(ahead.take("d2")))
+    walker.start()
+    assert wait_for(lambda: "d2" not in ahead._ready)   # (taken: the walker waits for it)
+    ahead.plan(["end"], deeper=True)                    # (queued last: after d2's first copy)
+    root.gate.set()
+    walker.join(10)
+    assert wait_for(lambda: "end" in root.listed), root.listed
+    assert root.listed == ["w0", "d2", "d0", "d1", "end"], root.listed     # (d2 once)
+    assert taken and taken[0] is not None
 
 
 def test_a_listing_begun_before_a_change_is_not_waited_for(monkeypatch):

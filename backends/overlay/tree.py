@@ -55,6 +55,9 @@ MERGED_AHEAD_FOR = 10.0
 #: seconds after a view's size was asked (a walk that stats what it lists) during which a
 #: listing made ahead looks up its views' kept sizes (`MergeAhead`): a `find` asks none
 SIZES_WANTED_FOR = 10.0
+#: ... of which the last half has a view left unsized for the walk to ask, one at most this
+#: often (`OverlayTree.probe_due`): several chances before sizing ahead lapses
+PROBE_EVERY = SIZES_WANTED_FOR / 8
 
 
 def _join(rel: str, name: str) -> str:
@@ -179,7 +182,7 @@ class OverlayTree(Tree):
         self._view_copies = _ViewCopies()      # (`kept_at_view`)
         self.changes_reported = 0
         # listings made ahead unsized, taken once the walk asked sizes: sized in a worker (`listed_ahead`)
-        self._to_size: dict[MergedDir, tuple[float, tuple]] = {}       # (taken at, the listing made ahead)
+        self._to_size: dict[MergedDir, tuple] = {}      # (as `MergeAhead._scan` made it, with when it began)
         # (monotonic) when a derived view's size was last asked; when a listing sized ahead last
         # left one unsized (`probe_due`)
         self.size_asked_at = self.probed_at = -math.inf
@@ -423,24 +426,37 @@ class OverlayTree(Tree):
     def listed_ahead(self, node: "MergedDir", wait: bool) -> list | None:
         """node's listing as a worker made it ahead of the walker (`MergeAhead`), if no
         change came since it began and no file is open for writing; `wait`: for one under
-        way (at most the horizon), else only one made already."""
-        stashed = self._to_size.pop(node, None) if wait else None
-        ahead = stashed[1] if stashed and time.monotonic() - stashed[0] < self.scan_ahead.horizon else None
+        way (at most the horizon), else only one made already. One made before the walk
+        asked a size is sized as if made now: without `wait` (the trio thread) it is not
+        given but kept for the worker call that follows, which sizes it (one call, not a
+        LOOKUP a view) if the horizon since its listing began has not passed."""
+        ahead = self._to_size.pop(node, None) if wait else None
+        if ahead is not None and time.monotonic() - ahead[3] >= self.scan_ahead.horizon:
+            ahead = None
         if ahead is None:
             ahead = self.scan_ahead.take(node) if wait else self.scan_ahead.take_nowait(node)
         if ahead is None:
             return None
-        edits, listing, sized = ahead
+        edits, listing, sized, _ = ahead
         if edits != self.edits or self._writing:
             return None
-        if not sized and self.sizes_wanted():   # (made before the walk asked a size: sized as if made now)
-            if not wait:                        # (in a worker: one call, not a LOOKUP a view)
-                if len(self._to_size) >= MERGED_AHEAD:
-                    self._to_size.clear()
-                self._to_size[node] = time.monotonic(), ahead
+        if not sized and self.sizes_wanted():
+            if not wait:
+                self._keep_to_size(node, ahead)
                 return None
             _size_views(node.rel, listing, probe=False)
         return listing
+
+    def _keep_to_size(self, node: "MergedDir", ahead: tuple) -> None:
+        """node's listing made ahead (`ahead`), kept for `listed_ahead` in a worker; those
+        no longer to be given go (at most `MERGED_AHEAD` kept)."""
+        kept, now, horizon = self._to_size, time.monotonic(), self.scan_ahead.horizon
+        for other, (*_, began) in list(kept.items()):
+            if now - began >= horizon:
+                kept.pop(other, None)
+        if len(kept) >= MERGED_AHEAD:
+            kept.clear()
+        kept[node] = ahead
 
     def sizes_wanted(self) -> bool:
         """Whether a walk stats what it lists: a view's size was asked within
@@ -449,11 +465,14 @@ class OverlayTree(Tree):
 
     def probe_due(self) -> bool:
         """Whether a listing sized ahead now leaves one view unsized (`MergeAhead`): half
-        `SIZES_WANTED_FOR` passed since a view's size was last asked, and none was left so
-        since. A walk given every size asks none: a `du` looks that one up (its size asked,
-        sizing ahead stays on), a `find` does not (sizing ahead stops, also in a `find`
-        begun just after a `du`)."""
-        return time.monotonic() - self.size_asked_at >= SIZES_WANTED_FOR / 2 and self.probed_at <= self.size_asked_at
+        `SIZES_WANTED_FOR` passed since a view's size was last asked, and `PROBE_EVERY`
+        since one was last left so (one whose ask never came: its listing not given, or
+        sized by a later one). A walk given every size asks none: a `du` looks that one up
+        (its size asked, sizing ahead stays on), a `find` does not (sizing ahead stops,
+        also in a `find` begun just after a `du`) while its listings are lean: a full
+        listing asks its views' sizes (the daemon's `LeanRule`), the one left too."""
+        now = time.monotonic()
+        return now - self.size_asked_at >= SIZES_WANTED_FOR / 2 and now - self.probed_at >= PROBE_EVERY
 
     # -- nodes ----------------------------------------------------------------------------
     def key_of(self, root: Root, rel: str, info: Attr) -> tuple:
@@ -1020,13 +1039,17 @@ class DerivedFile(File):
         """The kept size (None: not kept) the kernel is told, and the node's if one was
         made meanwhile (`made`). The attributes the node will give are made here, once
         (with the source's time; none where the listing never knew the source): a walk's
-        listing then gives them with no call (`cached_attr`), often in the loop."""
+        listing then gives them with no call (`cached_attr`), often in the loop; stored
+        before the node is looked for, as `made` places the node before dropping them
+        (one of the two sees the other: a node made meanwhile gives its own)."""
         info = self._info
         self._size, self._kept = size, None if size is not None else _NOT_KEPT
         self._attr = None if info is None else view_attr(size, info.mtime_ns)
         file = self._file
-        if file is not None and size is not None:
-            file.told(size)
+        if file is not None:
+            self._attr = None
+            if size is not None:
+                file.told(size)
 
     def attr(self) -> Attr:
         self.tree.size_asked_at = time.monotonic()
@@ -1078,7 +1101,8 @@ class DerivedFile(File):
         kept = self._kept
         if kept is None or kept is _NOT_KEPT or self._file is not None or self._size is not None:
             return False
-        self._kept = _WhenAsked(kept)
+        if kept.__class__ is not _WhenAsked:
+            self._kept = _WhenAsked(kept)
         return True
 
     def open(self, flags: int) -> FileHandle:
@@ -1842,8 +1866,8 @@ class MergeAhead(ScanAhead):
     chunk folders of a zarr store without waiting at each level), and, while the walk
     stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
     views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the walker finds
-    their attributes in memory too (one view left unsized each half window keeps asking:
-    `OverlayTree.probe_due`); a `find` does not wait for that.
+    their attributes in memory too (in the last half of that window, a view left unsized
+    keeps a `du` asking: `OverlayTree.probe_due`); a `find` does not wait for that.
 
     Only folders shown from the static root alone are listed ahead, without moving an
     atime (the static root's are never moved): the walker's own listing of a folder the
@@ -1856,9 +1880,11 @@ class MergeAhead(ScanAhead):
         upper = self.root.upper
         return [node for _, _, node, info in listing if info and node.kind == stat.S_IFDIR and node.source is not upper]
 
-    def _scan(self, node: MergedDir) -> tuple[int, list] | None:
+    def _scan(self, node: MergedDir) -> tuple[int, list, bool, float] | None:
+        """(the tree's count of changes, the listing, whether its views need no sizing,
+        when it began)."""
         tree = node.tree
-        edits = tree.edits
+        edits, began = tree.edits, time.monotonic()
         if node.place is None:
             return None
         rel = node.rel                          # (once: a node's path is its parents' names)
@@ -1871,7 +1897,7 @@ class MergeAhead(ScanAhead):
         sized = tree.sizes_wanted()
         if sized:
             _size_views(rel, listing, probe=tree.probe_due())
-        return edits, listing, sized or None not in map(_info_of, listing)     # (no view: nothing to size)
+        return edits, listing, sized or None not in map(_info_of, listing), began     # (no view: nothing to size)
 
     def _mark(self) -> int:
         return self.root.edits

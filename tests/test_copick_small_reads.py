@@ -245,18 +245,24 @@ def test_files_read_ahead_keep_their_access_times(tmp_path):
     assert path.stat().st_atime_ns == info.st_mtime_ns - 10 ** 11
 
 
-def test_what_is_held_goes_after_its_window_at_the_next_batch(tmp_path, monkeypatch):
+def folders_on_a_clock(tmp_path: Path, monkeypatch, folders: tuple[str, ...]):
+    """(SmallSiblings, a LocalRoot of tmp_path, its clock): each folder with four small
+    files (trusted at once), `time.monotonic` the clock's [0]."""
     from scopefs.backends import kept_sizes
     from scopefs.backends.overlay import LocalRoot
     from scopefs.backends.overlay import walk
     monkeypatch.setattr(kept_sizes, "RACY_S", 0)
-    for folder in ("first", "second"):
+    for folder in folders:
         (tmp_path / folder).mkdir()
         for i in range(4):
             (tmp_path / folder / f"{i}.json").write_text("{}")
     clock = [1000.0]
     monkeypatch.setattr(walk.time, "monotonic", lambda: clock[0])
-    siblings, root = walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path))
+    return walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path)), clock
+
+
+def test_what_is_held_goes_after_its_window_at_the_next_batch(tmp_path, monkeypatch):
+    siblings, root, clock = folders_on_a_clock(tmp_path, monkeypatch, ("first", "second"))
     try:
         for name in ("first/0.json", "first/1.json"):
             siblings.read_whole(root, name, 2)
@@ -325,17 +331,7 @@ def test_a_file_changed_long_before_it_is_opened_is_not_given(tmp_path, monkeypa
 def test_bytes_read_ahead_are_not_given_past_their_window_when_batches_end_out_of_order(tmp_path, monkeypatch):
     """A batch that ends after a later one: its files are queued behind younger ones, so
     the expiry at an open stops before them; the open checks their time again."""
-    from scopefs.backends import kept_sizes
-    from scopefs.backends.overlay import LocalRoot
-    from scopefs.backends.overlay import walk
-    monkeypatch.setattr(kept_sizes, "RACY_S", 0)
-    for folder in ("slow", "fast"):
-        (tmp_path / folder).mkdir()
-        for i in range(4):
-            (tmp_path / folder / f"{i}.json").write_text("{}")
-    clock = [1000.0]
-    monkeypatch.setattr(walk.time, "monotonic", lambda: clock[0])
-    siblings, root = walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path))
+    siblings, root, clock = folders_on_a_clock(tmp_path, monkeypatch, ("slow", "fast"))
     read_small = root.read_small
 
     def slow_first(folder, names, limit):

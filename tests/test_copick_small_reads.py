@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -188,6 +189,7 @@ def test_a_file_opened_with_bytes_read_ahead_is_the_file_while_open(tmp_path, mo
             with open(shown[7], "r+b") as through:          # an edit through the mount (a copy-up)
                 through.write(b"{ ")
             assert shown[7].read_bytes() == b"{ " + originals[7][2:]
+            assert shown[8].read_bytes() == originals[8]        # (held, but the tree changed since)
             assert daemon_status(mnt)["small_files_given"] == 2
             with open(paths[5], "ab") as behind:
                 behind.write(b"\n")
@@ -243,18 +245,24 @@ def test_files_read_ahead_keep_their_access_times(tmp_path):
     assert path.stat().st_atime_ns == info.st_mtime_ns - 10 ** 11
 
 
-def test_what_is_held_goes_after_its_window_at_the_next_batch(tmp_path, monkeypatch):
+def folders_on_a_clock(tmp_path: Path, monkeypatch, folders: tuple[str, ...]):
+    """(SmallSiblings, a LocalRoot of tmp_path, its clock): each folder with four small
+    files (trusted at once), `time.monotonic` the clock's [0]."""
     from scopefs.backends import kept_sizes
     from scopefs.backends.overlay import LocalRoot
     from scopefs.backends.overlay import walk
     monkeypatch.setattr(kept_sizes, "RACY_S", 0)
-    for folder in ("first", "second"):
+    for folder in folders:
         (tmp_path / folder).mkdir()
         for i in range(4):
             (tmp_path / folder / f"{i}.json").write_text("{}")
     clock = [1000.0]
     monkeypatch.setattr(walk.time, "monotonic", lambda: clock[0])
-    siblings, root = walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path))
+    return walk.SmallSiblings(lambda: 0), LocalRoot(str(tmp_path)), clock
+
+
+def test_what_is_held_goes_after_its_window_at_the_next_batch(tmp_path, monkeypatch):
+    siblings, root, clock = folders_on_a_clock(tmp_path, monkeypatch, ("first", "second"))
     try:
         for name in ("first/0.json", "first/1.json"):
             siblings.read_whole(root, name, 2)
@@ -318,3 +326,82 @@ def test_a_file_changed_long_before_it_is_opened_is_not_given(tmp_path, monkeypa
     finally:
         root.close()
     assert siblings.given == 1
+
+
+def test_bytes_read_ahead_are_not_given_past_their_window_when_batches_end_out_of_order(tmp_path, monkeypatch):
+    """A batch that ends after a later one: its files are queued behind younger ones, so
+    the expiry at an open stops before them; the open checks their time again."""
+    siblings, root, clock = folders_on_a_clock(tmp_path, monkeypatch, ("slow", "fast"))
+    read_small = root.read_small
+
+    def slow_first(folder, names, limit):
+        if folder == "slow":        # another folder's batch starts and ends meanwhile
+            clock[0] += 1
+            for name in ("fast/0.json", "fast/1.json"):
+                siblings.read_whole(root, name, 2)
+        return read_small(folder, names, limit)
+    monkeypatch.setattr(root, "read_small", slow_first)
+    try:
+        for name in ("slow/0.json", "slow/1.json"):
+            siblings.read_whole(root, name, 2)
+        assert siblings.read_ahead == 4
+        clock[0] = 1000.0 + siblings.window + 0.5       # slow's past its window, fast's not
+        assert siblings.take(root, "slow/2.json", lambda: root.stat("slow/2.json")) is None
+        assert siblings.take(root, "fast/2.json", lambda: root.stat("fast/2.json"))[0] == b"{}"
+        clock[0] += 1                                   # all past it: dropped at the next open
+        assert siblings.take(root, "none.json", lambda: None) is None
+        assert siblings.held_bytes == 0
+    finally:
+        root.close()
+    assert siblings.given == 1
+
+
+def test_held_bytes_answer_until_their_end_is_served_then_the_file_does(tmp_path):
+    """A handle given held bytes lets them go once a READ served their end (the kernel
+    keeps the pages): a later READ is the open file's."""
+    from scopefs.backends.kept_sizes import identity
+    from scopefs.backends.overlay import LocalRoot
+    from scopefs.backends.overlay.tree import _HeldBytes
+    path = tmp_path / "a.json"
+    path.write_bytes(b"[1, 2]")
+    root = LocalRoot(str(tmp_path))
+    handle = root.open_read("a.json")
+    try:
+        held = _HeldBytes(handle, root, b"[held]", identity(root.handle_attr(handle)))
+        assert held.read(0, 3) == b"[he"
+        assert held.read(3, 1 << 16) == b"ld]"
+        assert held.read(0, 1 << 16) == b"[1, 2]"
+    finally:
+        handle.release()
+        root.close()
+
+
+def test_a_fifo_put_behind_the_mount_in_a_files_place_does_not_stop_the_daemon(tmp_path, mount, monkeypatch):
+    """The kernel's OPEN of a file it knows as regular, now a FIFO in the static root: the
+    open on the daemon's loop (`open_read_cached`) must not wait for a writer (nor for a
+    lease held elsewhere to break): it is left to a worker, and the daemon answers on."""
+    static, overlay, paths = picks_folder(tmp_path, monkeypatch)
+    mnt = mount(static, "-t", "copick", "-o", f"overlay={overlay}")
+    shown = [mnt / path.relative_to(static) for path in paths]
+    shown[0].stat()
+    paths[0].unlink()
+    os.mkfifo(paths[0])
+    opened: list[int] = []
+    opener = threading.Thread(target=lambda: opened.append(os.open(shown[0], os.O_RDONLY)), daemon=True)
+    opener.start()
+    try:
+        answered = threading.Thread(target=lambda: shown[1].read_bytes(), daemon=True)
+        time.sleep(0.2)
+        answered.start()
+        answered.join(5)
+        assert not answered.is_alive()
+    finally:
+        deadline = time.monotonic() + 5
+        while opener.is_alive() and time.monotonic() < deadline:
+            try:            # a writer lets the reader's open (the worker's, or the loop's) go
+                os.close(os.open(paths[0], os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:         # (ENXIO: no reader yet)
+                pass
+            opener.join(0.1)
+        for fd in opened:
+            os.close(fd)

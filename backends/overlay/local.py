@@ -29,13 +29,12 @@ _ONE_CALL = 3072
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
-def _open_untouched(name: str, dir_fd: int) -> int:
-    """A file read ahead (`read_small`), not opened by anyone yet: its atime stays."""
+def _open_untouched(name: str, dir_fd: int, owner: int) -> int:
+    """A file read ahead (`read_small`), not opened by anyone yet: its atime stays where
+    O_NOATIME is allowed (the file's owner, or root; others would fail EPERM)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    try:
-        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-    except PermissionError:             # O_NOATIME: only the owner, or root
-        return os.open(name, flags, dir_fd=dir_fd)
+    untouched = os.O_NOATIME if owner == os.geteuid() or os.geteuid() == 0 else 0
+    return os.open(name, flags | untouched, dir_fd=dir_fd)
 
 
 class LocalRoot(Root):
@@ -159,7 +158,7 @@ class LocalRoot(Root):
                     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
                         continue
-                    fd = _open_untouched(name, dir_fd)
+                    fd = _open_untouched(name, dir_fd, info.st_uid)
                 except OSError:
                     continue
                 info = attr_of(os.fstat(fd))
@@ -193,10 +192,19 @@ class LocalRoot(Root):
 
     # -- answered from the kernel's caches --------------------------------------------
     def open_read_cached(self, rel: str) -> FileHandle | None:
-        """A read handle if finding rel needs no I/O, else None (FileNotFoundError if the
-        kernel knows rel is missing)."""
-        fd = open_cached(rel, os.O_RDONLY | os.O_NOFOLLOW, self.fd) if self.local_storage and rel else None
-        return None if fd is None else OSFileHandle(fd, drop_behind=True, mapped=True)
+        """A read handle if finding and opening rel waits for nothing, else None (the
+        worker's: FileNotFoundError if the kernel knows rel is missing). Opened O_NONBLOCK:
+        an open that would wait (a lease held elsewhere breaking, a FIFO put in rel's place
+        behind the mount) fails or is not a regular file; a regular one is made blocking."""
+        fd = open_cached(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, self.fd) \
+            if self.local_storage and rel else None
+        if fd is None:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return OSFileHandle(fd, drop_behind=True, mapped=True)
 
     def stat_cached(self, rel: str) -> Attr | None:
         fd = open_cached(rel or ".", os.O_PATH | os.O_NOFOLLOW, self.fd) if self.local_storage else None

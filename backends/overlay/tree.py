@@ -1355,8 +1355,10 @@ class _CountsSmallReads:
 class _HeldBytes:
     """A read handle of a merged file opened with its bytes read ahead (`SmallSiblings`):
     a READ is answered with them while the open file shows what it showed when they were
-    read (its fstat's `kept_sizes.identity`), then, as any open of the file, by the file
-    (changed behind the mount or through it). Everything else is the handle's own."""
+    read (its fstat's `kept_sizes.identity`) and until one served their end, then, as any
+    open of the file, by the file (changed behind the mount or through it). The backing
+    file's atime does not move for what the bytes answer (README). Everything else is the
+    handle's own."""
 
     def __init__(self, handle: FileHandle, root: Root, data: bytes, known: tuple):
         self._handle, self._root, self._data, self._known = handle, root, data, known
@@ -1364,19 +1366,23 @@ class _HeldBytes:
     def __getattr__(self, name):
         return getattr(self._handle, name)
 
-    def _held(self) -> bytes | None:
+    def _held(self, offset: int, size: int) -> bytes | None:
+        """The bytes asked for if held (the last of them: dropped after)."""
         data = self._data
-        if data is not None and identity(self._root.handle_attr(self._handle)) != self._known:
-            self._data = data = None
-        return data
+        if data is None or identity(self._root.handle_attr(self._handle)) != self._known:
+            self._data = None
+            return None
+        if offset + size >= len(data):
+            self._data = None
+        return data[offset:offset + size]
 
     def read(self, offset: int, size: int) -> bytes:
-        data = self._held()
-        return self._handle.read(offset, size) if data is None else data[offset:offset + size]
+        data = self._held(offset, size)
+        return self._handle.read(offset, size) if data is None else data
 
     def cached_read(self, offset: int, size: int) -> bytes | None:
-        data = self._held()
-        return self._handle.cached_read(offset, size) if data is None else data[offset:offset + size]
+        data = self._held(offset, size)
+        return self._handle.cached_read(offset, size) if data is None else data
 
 
 class _ViewSourceHandle:
@@ -1827,7 +1833,11 @@ class MergedDir(MergedNode, Directory):
         existing = new_parent.lookup(new_name)
         if existing is not None and existing is self.tree._derived.get(_join(new_parent.rel, new_name)):
             return
-        data = view.open(os.O_RDONLY).read(0, 1 << 62)
+        handle = view.open(os.O_RDONLY)
+        try:
+            data = handle.read(0, 1 << 62)
+        finally:
+            handle.release()
         made = new_parent.create(new_name, 0o644)
         handle = made.open(os.O_WRONLY)
         try:

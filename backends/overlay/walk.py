@@ -376,7 +376,8 @@ class SmallSiblings:
                 self._drop(self._held.popitem(last=False)[1])
 
     def _expire(self, now: float) -> None:
-        """Drop what waited `window` seconds (under the lock; the oldest are first)."""
+        """Drop what waited `window` seconds (under the lock; the oldest are first, but for
+        batches that ended out of order: `take` checks its entry's time again)."""
         while self._held and now - next(iter(self._held.values()))[3] >= self.window:
             self._drop(self._held.popitem(last=False)[1])
 
@@ -388,14 +389,15 @@ class SmallSiblings:
         """(The bytes of rel read ahead, their identity) if the file opened for them
         (`opened()`: its fstat, asked only if rel is held) is still the one they were read
         from, else None; once. Never waits for the disk."""
+        now = time.monotonic()
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(now)
             entry = self._held.pop((root, rel), None)
             self._drop(entry)
             if entry is None:
                 return None
-            edits, known, data, _ = entry
-            if edits != self._edits() or identity(opened()) != known:
+            edits, known, data, when = entry
+            if now - when >= self.window or edits != self._edits() or identity(opened()) != known:
                 return None
             self.given += 1
         return data, known

@@ -38,4 +38,5 @@ class Background:
             thread.join(max(0.0, deadline - time.monotonic()))
         left = [thread.name for thread in self._threads if thread.is_alive()]
         if left:
-            log.warning("still running %g s after the tree began to close (the exit may abort): %s", timeout, ", ".join(left))
+            log.warning("still running %g s after the tree began to close (the exit may abort): %s",
+                        timeout, ", ".join(left))

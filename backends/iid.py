@@ -40,6 +40,7 @@ from ..formats.atomic import remove_leftovers
 from ..formats.iid import U16_MAX, Entry, IIDFile, IIDFormatError, SegmentError, encode_segment
 from ..formats.images import EncodeError, make_format, small_plain_png
 from . import is_url, remote
+from .background import Background
 from .blocks import BytesHandle, GeneratedFile, ListedDirectory, ListingSnapshot, MemoryFile
 from .cache import ByteCache
 from .cached_view import CachedView
@@ -933,8 +934,9 @@ class IIDTree(Tree):
             "overview.png": self.add(OverviewFile(self)),
         }
         # the overview's size needs one encoding of a blank plane (up to 12 MB): learn it
-        # in the background so that the first `ls -l` need not wait
-        threading.Thread(target=self.fixed["overview.png"].attr, daemon=True, name="overview-size").start()
+        # in the background so that the first `ls -l` need not wait (joined at `close`)
+        self.background = Background()
+        self.background.start(self.fixed["overview.png"].attr, "overview-size")
 
     # folders and keys --------------------------------------------------------------
     def _register(self, folder: EntryFolder) -> None:
@@ -1212,6 +1214,7 @@ class IIDTree(Tree):
                 **({"s3_requests": dict(self.remote_fs.requests)} if self.remote_fs else {})}
 
     def close(self) -> None:
+        self.background.close()
         if self.writable:
             self.sync()
         self.iid.close()

@@ -32,6 +32,7 @@ from ..formats.imgstore.frames import FrameError, FrameReader, open_reader
 from ..formats.imgstore.index import FrameIndex
 from ..formats.imgstore.metadata import StoreError, read_metadata
 from . import is_url, remote, storage
+from .background import Background
 from .blocks import GeneratedFile, RowsFile, StaticDirectory
 from .cache import ByteCache
 from .nodes import ROOT_INO, Attr, Directory, File, FileHandle, Symlink, Tree
@@ -88,7 +89,7 @@ def open_tree(source: str, options: Options, read_only: bool = True, progress=No
     fmt = _choose_format(fmt_name, reader, settings.pop("png_compression"), settings.pop("jpeg_quality"))
     tree = ImgstoreTree(meta, index, reader, fmt, base=base, **settings)
     if not files.remote:        # (a remote store's requests happen when asked, and are counted so)
-        threading.Thread(target=tree.learn_attributes, name="learn-attributes", daemon=True).start()
+        tree.background.start(tree.learn_attributes, "learn-attributes")
     cache = getattr(files, "chunk_cache", None)        # (a video's in object storage)
     if cache is not None:
         tree.notice = (f"video chunks are fetched whole into {cache.directory} "
@@ -848,6 +849,7 @@ class ImgstoreTree(Tree):
         self.service.offer = lambda i, data, offset=0, wait=False: self.offer(self.frames_base + i, data, offset, wait)
         self.generated_cache = ByteCache(64 * MiB)
         self.attributes_learned = False         # (`learn_attributes`)
+        self.background = Background()          # (its thread, started at mount when the store is local)
         mtime = meta.files.stat(os.path.join(meta.path, "metadata.yaml")).mtime_ns
         root = self.add(StaticDirectory(mtime))
         self.frames_base = self.reserve(len(index), lambda i: FrameFile(self.service, i))
@@ -882,6 +884,8 @@ class ImgstoreTree(Tree):
         if self.service.fixed_attrs():
             learn += [lambda chunk=chunk: self.service.chunk_attr(chunk) for chunk in self.index.chunks]
         for attr in learn:
+            if self.background.stopping.is_set():
+                return
             try:
                 attr()
             except Exception as exc:
@@ -966,6 +970,7 @@ class ImgstoreTree(Tree):
         return getattr(self.meta.files, "chunk_cache", None)
 
     def close(self) -> None:
+        self.background.close()
         self.service.close()
         if self._chunk_cache:
             self._chunk_cache.close()

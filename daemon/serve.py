@@ -133,7 +133,11 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
         os.umask(0)            # modes arrive with the caller's umask applied by the kernel
     info = {**info, "idle_poll_us": round(set_idle_poll() * 1e6, 1)}
     ops = Operations(tree, threads=threads, timeout=timeout, info=info, kernel_opens=kernel_opens_files(tree))
-    pyfuse3.init(ops, mountpoint, fuse_options)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options)
+    except RuntimeError:
+        tree.close()               # nothing was mounted: its threads are stopped all the same
+        raise
     ops.notifier.start()
 
     def when_live() -> None:

@@ -72,6 +72,16 @@ def disks_in_a_row(path: Path, count: int) -> Path:
     return path
 
 
+def wide_plane(path: Path) -> Path:
+    """An .iid of two small disks 6,000 pixels apart: its overview.png is of a 2048² plane,
+    whose size a thread learns at mount by encoding it blank (~0.1 s of CPU)."""
+    f = IIDFile()
+    for i, corner in enumerate((0, 6000)):
+        f.add(disk(3), (corner, corner, corner + 7, corner + 7), address=f"c{i}".encode(), domain=b"d")
+    f.save(str(path))
+    return path
+
+
 def overview_sized() -> None:
     """Waits for the thread an .iid tree starts to learn overview.png's size (it takes the
     tree's lock; one still encoding when the interpreter exits aborts it: "terminate

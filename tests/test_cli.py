@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SCOPEFS, MountFailed, cleanup_mount, stop_foreground, wait_mounted, alive, daemon_pid, daemon_status, is_stale, run_scopefs, wait_gone
+from iid_samples import wide_plane
 from stores import make_store
 
 from scopefs.backends import kernel
@@ -99,6 +100,47 @@ def test_foreground_mode_serves_until_interrupted(store, tmp_path):
         assert not os.path.ismount(mnt)
     finally:
         stop_foreground(proc, mnt)
+
+
+def test_daemon_stopped_at_once_exits_cleanly(tmp_path):
+    """Unmounted, or stopped as systemd does (SIGTERM), as soon as it is ready, while the
+    thread that learns overview.png's size encodes a blank 2048² plane in OpenCV: the
+    daemon exits with status 0. It aborted ("terminate called without an active
+    exception", 134) when that encoding ended as the interpreter was exiting: a third
+    of the time, hence 6 stops."""
+    source, mnt = wide_plane(tmp_path / "wide.iid"), tmp_path / "mnt"
+    mnt.mkdir()
+    exits = []
+    for stop in ["fusermount3 -u", "SIGTERM"] * 3:
+        ready, ready_w = os.pipe()
+        proc = subprocess.Popen([*SCOPEFS, "mount", "-f", "--ready-fd", str(ready_w), str(source), str(mnt)],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(ready_w,))
+        os.close(ready_w)
+        try:
+            with os.fdopen(ready) as pipe:
+                assert pipe.readline().strip() == "READY"
+            if stop == "SIGTERM":
+                proc.send_signal(signal.SIGTERM)
+            else:
+                subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+            code, stderr = proc.wait(timeout=30), proc.stderr.read()
+            exits.append((stop, code, "terminate called" in stderr or "Traceback" in stderr))
+            assert not os.path.ismount(mnt)
+        finally:
+            stop_foreground(proc, mnt)
+    assert exits == [(stop, 0, False) for stop in ["fusermount3 -u", "SIGTERM"] * 3]
+
+
+def test_mount_refused_by_the_kernel_exits_cleanly(tmp_path):
+    """A mount the kernel refuses (options over a page: a 5,000-character fsname) after the
+    tree was opened: the daemon says so and exits 1, its threads stopped first (it aborted
+    with 134 about two times in three: see the test above), 4 tries."""
+    source, mnt = wide_plane(tmp_path / "wide.iid"), tmp_path / "mnt"
+    mnt.mkdir()
+    tries = [run_scopefs("mount", "-f", str(source), str(mnt), "-o", "fsname=" + "x" * 5000) for _ in range(4)]
+    assert [(r.returncode, "cannot mount on" in r.stderr, "terminate called" in r.stderr) for r in tries] == \
+        [(1, True, False)] * 4, tries[-1].stderr
+    assert not os.path.ismount(mnt)
 
 
 def test_umount_of_something_not_mounted(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 import time
@@ -15,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from scopefs.backends.cache import ByteCache
+from scopefs.formats.files import open_regular, read_to_end
 from scopefs.formats.images import make_format, small_plain_png
 from scopefs.formats.imgstore.extra import read_extra_data
 from scopefs.formats.imgstore.frames import FrameReader, colour_conversions, open_reader
@@ -287,3 +289,19 @@ def test_frames_csv_rows_have_exact_sizes_and_ranges(rows, reads):
     for offset, size in reads:
         assert handle.read(offset, size) == whole[offset:offset + size]
     assert whole.count(b"\n") == len(rows) + 1
+
+
+def test_a_regular_file_is_opened_blocking_and_read_whole(tmp_path):
+    """Opened non-blocking only to refuse a FIFO without waiting: the fd given reads
+    (and, under a lease held elsewhere, opened) as any; read to its end."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3000)
+    fd, st = open_regular(str(path))
+    try:
+        assert os.get_blocking(fd) and st.st_size == 3000
+        assert read_to_end(fd, 1000) == b"x" * 3000          # (grown since its fstat)
+    finally:
+        os.close(fd)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):
+        open_regular(str(tmp_path / "fifo"))

@@ -979,3 +979,38 @@ def test_a_reader_by_name_in_order_keeps_its_read_ahead_past_a_big_view_and_a_ne
         assert handle.read(0, 1 << 20) == Path(node.obj._md_path).read_bytes()[:1 << 20]
         handle.release()
     assert own_reads <= 300 // (fsdb_tree.META_READ_AHEAD + 1) + 3
+
+
+def test_a_metadata_file_read_in_short_reads_is_read_whole(trees, monkeypatch):
+    """A read may give fewer bytes than asked before a file's end also on a 'local'
+    mount (a scan folder on FUSE, an overlay over one): a file is read until a read
+    gives none, never kept cut short in the views' cache."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    path = folder.fileset.file_named("img_0002.png")._md_path
+    Path(path).write_text(json.dumps({"x": "y" * 5000}))
+    read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read(fd, min(n, 1000)))
+    node, attr = folder.lookup_attr("img_0002.png.metadata.json")
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 16) == Path(path).read_bytes() and attr.size == os.stat(path).st_size
+
+
+def test_a_stat_of_an_unreadable_view_made_before_a_utimens_is_not_kept(trees, monkeypatch):
+    """A view whose stat is its file's stat (unreadable here: a FIFO) keeps none that
+    a utimens came during (its mtime is asked again after it)."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    path = folder.fileset.file_named("img_0002.png")._md_path
+    os.unlink(path)
+    os.mkfifo(path)
+    node = folder.lookup("img_0002.png.metadata.json")
+    stat = tree.db.files.stat
+
+    def utimens_meanwhile(stated):
+        st = stat(stated)
+        node.mtime_ns = time.time_ns()
+        return st
+    monkeypatch.setattr(tree.db.files, "stat", utimens_meanwhile)
+    node.attr()
+    assert node.known_mtime_ns() is None

@@ -163,8 +163,9 @@ class MetaView(CachedView):
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
-        self._stat_changes += 1
-        self._stat = None                   # rewritten: the file's own mtime is asked again
+        with self.tree.stat_lock:
+            self._stat_changes += 1
+            self._stat = None               # rewritten: the file's own mtime is asked again
 
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         """Its size and mtime: learned with its folder's files where a walker that stats
@@ -186,12 +187,13 @@ class MetaView(CachedView):
                     pass
             known = self._stat
         if known is None or known[0] != version:
+            changes = self._stat_changes
             try:
                 st = self.tree.db.files.stat(self.obj._md_path)
                 known = _meta_stat(version, st.size, st.mtime_ns)
             except FileNotFoundError:
                 known = _meta_stat(version, len(NO_METADATA), 0)
-            self._stat = known
+            self._keep(known, changes)
         return known
 
     def learn_stat(self, dir_fd: int | None, name: str) -> None:
@@ -205,9 +207,18 @@ class MetaView(CachedView):
             known = _meta_stat(version, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
-        current = self._stat                # (`_known`, inline: the learner calls this per view)
-        if (current is None or current[0] != self.obj.md_version) and changes == self._stat_changes:
-            self._stat = known
+        with self.tree.stat_lock:           # (`_keep`, inline: the learner calls this per view)
+            current = self._stat
+            if changes == self._stat_changes and (current is None or current[0] != self.obj.md_version):
+                self._stat = known
+
+    def _keep(self, known: tuple[int, int, int, Attr], changes: int) -> None:
+        """`known` kept as its size and mtime, unless they are known of its version, or it
+        changed (a utimens) since `changes` was read: checked and set together."""
+        with self.tree.stat_lock:
+            current = self._stat
+            if changes == self._stat_changes and (current is None or current[0] != self.obj.md_version):
+                self._stat = known
 
     def _known(self) -> tuple[int, int, int, Attr] | None:
         known = self._stat
@@ -286,7 +297,7 @@ class MetaView(CachedView):
         if fd is None:
             data = NO_METADATA
         else:
-            data = read_to_end(fd, st.st_size, short_read_ends=self.tree.local_storage)
+            data = read_to_end(fd, st.st_size)
         if st is None or st.st_size == len(data):
             self._learned(version, st, changes)
         return data
@@ -294,9 +305,8 @@ class MetaView(CachedView):
     def _learned(self, version: int, st: os.stat_result | None, changes: int) -> None:
         """Its size and mtime as of `version`, from its file's fstat `st` (None: no file),
         unless known, or changed since `changes` was read (a utimens meanwhile)."""
-        if changes == self._stat_changes and self._known() is None:
-            self._stat = _meta_stat(version, len(NO_METADATA), 0) if st is None else \
-                _meta_stat(version, st.st_size, st.st_mtime_ns)
+        self._keep(_meta_stat(version, len(NO_METADATA), 0) if st is None else
+                   _meta_stat(version, st.st_size, st.st_mtime_ns), changes)
 
     def _folder(self) -> "Folder | None":
         """The folder that lists this view (made by then: a path to the view goes through it)."""
@@ -1523,6 +1533,7 @@ class FSDBTree(Tree):
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
         self._views_lock = threading.Lock()     # for these three (never held during I/O)
+        self.stat_lock = threading.Lock()       # a metadata view's size and mtime checked and set (`MetaView._keep`)
         self._held_views: set[int] = set()      # roots of views the kernel holds
         self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
         self._unused_views: list[Tree] = []     # views of older versions to close

@@ -3,6 +3,7 @@ object storage, given by the backend) with the same few calls."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import stat
@@ -89,7 +90,7 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
-        os.set_blocking(fd, True)
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)   # (O_NONBLOCK off: of what F_SETFL sets, the only flag given)
     except BaseException:
         os.close(fd)
         raise

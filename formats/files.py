@@ -84,8 +84,13 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     """A regular file open for reading, and its fstat. Anything else is refused (EISDIR,
     EINVAL), never waited on: a FIFO's open waits for a writer, a device may read forever.
     (Opened non-blocking for that only: a read of the file then waits as any read does,
-    and an open of one under a lease held elsewhere waits for it rather than failing.)"""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    and so does an open under a lease held elsewhere, Samba's or knfsd's: only a regular
+    file has one.)"""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except BlockingIOError:
+        fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -1,8 +1,10 @@
 """Pure format code: the frame index, encoders, extra data, caches (no FUSE)."""
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import signal
 import struct
 import threading
 import time
@@ -305,3 +307,35 @@ def test_a_regular_file_is_opened_blocking_and_read_whole(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(OSError):
         open_regular(str(tmp_path / "fifo"))
+
+
+def test_a_regular_file_under_a_lease_is_opened_once_the_lease_is_given_up(tmp_path):
+    """(Samba's oplocks, knfsd's delegations:) an open waits for the holder to give its
+    lease up, as a blocking open does, rather than failing EWOULDBLOCK."""
+    path = tmp_path / "leased"
+    path.write_bytes(b"x")
+    holder = os.open(path, os.O_RDONLY)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)      # (the holder's notice of a break)
+
+    def give_up_when_broken():
+        for _ in range(500):
+            if fcntl.fcntl(holder, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
+                break
+            time.sleep(0.01)
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    try:
+        try:
+            fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            pytest.skip(f"no leases on this filesystem: {exc}")
+        holding = threading.Thread(target=give_up_when_broken)
+        holding.start()
+        try:
+            fd, _ = open_regular(str(path))
+        finally:
+            holding.join()
+        assert read_to_end(fd, 1) == b"x"
+        os.close(fd)
+    finally:
+        signal.signal(signal.SIGIO, previous)
+        os.close(holder)

@@ -3,6 +3,8 @@ object storage, given by the backend) with the same few calls."""
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import os
 import stat
 from typing import NamedTuple
@@ -80,28 +82,35 @@ READ_MAX = 1 << 30
 
 def open_regular(path: str) -> tuple[int, os.stat_result]:
     """A regular file open for reading, and its fstat. Anything else is refused (EISDIR,
-    EINVAL), never waited on: a FIFO's open waits for a writer, a device may read forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    EINVAL), never waited on: a FIFO's open waits for a writer, a device may read forever.
+    (Opened non-blocking for that only: a read of the file then waits as any read does,
+    and so does an open under a lease held elsewhere, Samba's or knfsd's: only a regular
+    file has one.)"""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except BlockingIOError:
+        fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)   # (O_NONBLOCK off: of what F_SETFL sets, the only flag given)
     except BaseException:
         os.close(fd)
         raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
     return fd, st
 
 
-def read_to_end(fd: int, size: int, short_read_ends: bool = False) -> bytes:
+def read_to_end(fd: int, size: int) -> bytes:
     """All the bytes of a regular file open as `fd` whose fstat said `size`: read until a
-    read gives none, or, where `short_read_ends` (a local filesystem, whose reads of a
-    regular file stop short only at its end), until one gives less than asked: a small
-    file in one read (one byte more than `size` asked: a file grown since is read on)."""
+    read gives none (a read may stop short before the end, on FUSE or NFS): a small file
+    in two reads, the first asking one byte more than `size` (a file grown since is read
+    on). Over READ_MAX, in one buffer grown in place (`FileIO.readall`), not chunks joined."""
+    if size >= READ_MAX:
+        return io.FileIO(fd, closefd=False).readall()
     chunks, want = [], size + 1
-    while chunk := os.read(fd, min(want, READ_MAX)):
+    while chunk := os.read(fd, want):
         chunks.append(chunk)
-        if short_read_ends and len(chunk) < min(want, READ_MAX):
-            break
         want = max(want - len(chunk), 1 << 16)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,7 +1,10 @@
 """Pure format code: the frame index, encoders, extra data, caches (no FUSE)."""
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import signal
 import struct
 import threading
 import time
@@ -15,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from scopefs.backends.cache import ByteCache
+from scopefs.formats.files import open_regular, read_to_end
 from scopefs.formats.images import make_format, small_plain_png
 from scopefs.formats.imgstore.extra import read_extra_data
 from scopefs.formats.imgstore.frames import FrameReader, colour_conversions, open_reader
@@ -287,3 +291,51 @@ def test_frames_csv_rows_have_exact_sizes_and_ranges(rows, reads):
     for offset, size in reads:
         assert handle.read(offset, size) == whole[offset:offset + size]
     assert whole.count(b"\n") == len(rows) + 1
+
+
+def test_a_regular_file_is_opened_blocking_and_read_whole(tmp_path):
+    """Opened non-blocking only to refuse a FIFO without waiting: the fd given reads
+    (and, under a lease held elsewhere, opened) as any; read to its end."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3000)
+    fd, st = open_regular(str(path))
+    try:
+        assert os.get_blocking(fd) and st.st_size == 3000
+        assert read_to_end(fd, 1000) == b"x" * 3000          # (grown since its fstat)
+    finally:
+        os.close(fd)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):
+        open_regular(str(tmp_path / "fifo"))
+
+
+def test_a_regular_file_under_a_lease_is_opened_once_the_lease_is_given_up(tmp_path):
+    """(Samba's oplocks, knfsd's delegations:) an open waits for the holder to give its
+    lease up, as a blocking open does, rather than failing EWOULDBLOCK."""
+    path = tmp_path / "leased"
+    path.write_bytes(b"x")
+    holder = os.open(path, os.O_RDONLY)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)      # (the holder's notice of a break)
+
+    def give_up_when_broken():
+        for _ in range(500):
+            if fcntl.fcntl(holder, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
+                break
+            time.sleep(0.01)
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    try:
+        try:
+            fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            pytest.skip(f"no leases on this filesystem: {exc}")
+        holding = threading.Thread(target=give_up_when_broken)
+        holding.start()
+        try:
+            fd, _ = open_regular(str(path))
+        finally:
+            holding.join()
+        assert read_to_end(fd, 1) == b"x"
+        os.close(fd)
+    finally:
+        signal.signal(signal.SIGIO, previous)
+        os.close(holder)

@@ -941,3 +941,76 @@ def test_a_big_metadata_files_own_stat_reads_it_not(trees):
     handle = node.open(os.O_RDONLY)
     assert handle.read(0, 1 << 20) == Path(big).read_bytes()[:1 << 20]
     assert tree.counts["metadata_files_read"] == SMALL - 2
+
+
+def test_a_reader_by_name_in_order_keeps_its_read_ahead_past_a_big_view_and_a_new_file(trees):
+    """A reader of ~300 metadata views by name, in order, in a fileset never listed:
+    about one view in META_READ_AHEAD + 1 needs its own read (a worker call), also past
+    a view over META_AHEAD_BYTES (its open reads it, nothing again ahead), a FIFO (its
+    lookup stats it), a file added part-way and stray lookups (the read-ahead keeps its
+    place)."""
+    tree = trees[BIG]
+    folder = fileset_folder(tree)
+    big = folder.fileset.file_named("img_0100.png")._md_path
+    Path(big).write_text(json.dumps({"x": "y" * fsdb_tree.META_AHEAD_BYTES}))
+    fifo = folder.fileset.file_named("img_0120.png")._md_path
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    own_reads = 0
+    for i in range(300):
+        if i == 150:
+            with tree.lock:
+                added = folder.fileset.create_file("added")
+                added.write_raw(b"x", "png")
+                added.set_metadata({"i": -1})
+        if i == 200:                        # (a stray lookup far ahead)
+            folder.lookup_attr("img_0350.png.metadata.json")
+        if i == 250:                        # (another reader at the start, of a view changed since)
+            with tree.lock:
+                folder.fileset.file_named("img_0001.png").set_metadata({"i": "one"})
+            folder.lookup_attr("img_0001.png.metadata.json")
+        node = folder.lookup(f"img_{i:04d}.png.metadata.json")
+        own_reads += node.cached_attr() is None             # its stat: a worker call
+        node.attr()
+        if i == 120:
+            continue
+        own_reads += node.cache.get(node.content_tag()) is None     # its open: one too
+        handle = node.open(os.O_RDONLY)
+        assert handle.read(0, 1 << 20) == Path(node.obj._md_path).read_bytes()[:1 << 20]
+        handle.release()
+    assert own_reads <= 300 // (fsdb_tree.META_READ_AHEAD + 1) + 3
+
+
+def test_a_metadata_file_read_in_short_reads_is_read_whole(trees, monkeypatch):
+    """A read may give fewer bytes than asked before a file's end also on a 'local'
+    mount (a scan folder on FUSE, an overlay over one): a file is read until a read
+    gives none, never kept cut short in the views' cache."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    path = folder.fileset.file_named("img_0002.png")._md_path
+    Path(path).write_text(json.dumps({"x": "y" * 5000}))
+    read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read(fd, min(n, 1000)))
+    node, attr = folder.lookup_attr("img_0002.png.metadata.json")
+    handle = node.open(os.O_RDONLY)
+    assert handle.read(0, 1 << 16) == Path(path).read_bytes() and attr.size == os.stat(path).st_size
+
+
+def test_a_stat_of_an_unreadable_view_made_before_a_utimens_is_not_kept(trees, monkeypatch):
+    """A view whose stat is its file's stat (unreadable here: a FIFO) keeps none that
+    a utimens came during (its mtime is asked again after it)."""
+    tree = trees[SMALL]
+    folder = fileset_folder(tree)
+    path = folder.fileset.file_named("img_0002.png")._md_path
+    os.unlink(path)
+    os.mkfifo(path)
+    node = folder.lookup("img_0002.png.metadata.json")
+    stat = tree.db.files.stat
+
+    def utimens_meanwhile(stated):
+        st = stat(stated)
+        node.mtime_ns = time.time_ns()
+        return st
+    monkeypatch.setattr(tree.db.files, "stat", utimens_meanwhile)
+    node.attr()
+    assert node.known_mtime_ns() is None

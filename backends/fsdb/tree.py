@@ -64,6 +64,8 @@ META_READ_AHEAD = 64
 #: a metadata file bigger than this is not read ahead (its stat is learned; its reader's
 #: open reads it): what one lookup reads ahead stays within the views' cache
 META_AHEAD_BYTES = META_CACHE_BYTES // META_READ_AHEAD
+#: readers by name in one folder each keeping their read-ahead (`Folder.views_after`)
+READ_AHEAD_PLACES = 4
 #: entries whose attributes are learned ahead of a walk (`ahead.Learner`, local databases)
 LEARN_AHEAD = 4096
 #: listings that learn their files' attributes (and ahead of them) after a file was
@@ -161,8 +163,9 @@ class MetaView(CachedView):
 
     @mtime_ns.setter
     def mtime_ns(self, value: int) -> None:
-        self._stat_changes += 1
-        self._stat = None                   # rewritten: the file's own mtime is asked again
+        with self.tree.stat_lock:
+            self._stat_changes += 1
+            self._stat = None               # rewritten: the file's own mtime is asked again
 
     def _stat_of_version(self) -> tuple[int, int, int, Attr]:
         """Its size and mtime: learned with its folder's files where a walker that stats
@@ -184,12 +187,13 @@ class MetaView(CachedView):
                     pass
             known = self._stat
         if known is None or known[0] != version:
+            changes = self._stat_changes
             try:
                 st = self.tree.db.files.stat(self.obj._md_path)
                 known = _meta_stat(version, st.size, st.mtime_ns)
             except FileNotFoundError:
                 known = _meta_stat(version, len(NO_METADATA), 0)
-            self._stat = known
+            self._keep(known, changes)
         return known
 
     def learn_stat(self, dir_fd: int | None, name: str) -> None:
@@ -203,9 +207,18 @@ class MetaView(CachedView):
             known = _meta_stat(version, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             known = _meta_stat(version, len(NO_METADATA), 0)
-        current = self._stat                # (`_known`, inline: the learner calls this per view)
-        if (current is None or current[0] != self.obj.md_version) and changes == self._stat_changes:
-            self._stat = known
+        with self.tree.stat_lock:           # (`_keep`, inline: the learner calls this per view)
+            current = self._stat
+            if changes == self._stat_changes and (current is None or current[0] != self.obj.md_version):
+                self._stat = known
+
+    def _keep(self, known: tuple[int, int, int, Attr], changes: int) -> None:
+        """`known` kept as its size and mtime, unless they are known of its version, or it
+        changed (a utimens) since `changes` was read: checked and set together."""
+        with self.tree.stat_lock:
+            current = self._stat
+            if changes == self._stat_changes and (current is None or current[0] != self.obj.md_version):
+                self._stat = known
 
     def _known(self) -> tuple[int, int, int, Attr] | None:
         known = self._stat
@@ -284,7 +297,7 @@ class MetaView(CachedView):
         if fd is None:
             data = NO_METADATA
         else:
-            data = read_to_end(fd, st.st_size, short_read_ends=self.tree.local_storage)
+            data = read_to_end(fd, st.st_size)
         if st is None or st.st_size == len(data):
             self._learned(version, st, changes)
         return data
@@ -292,9 +305,8 @@ class MetaView(CachedView):
     def _learned(self, version: int, st: os.stat_result | None, changes: int) -> None:
         """Its size and mtime as of `version`, from its file's fstat `st` (None: no file),
         unless known, or changed since `changes` was read (a utimens meanwhile)."""
-        if changes == self._stat_changes and self._known() is None:
-            self._stat = _meta_stat(version, len(NO_METADATA), 0) if st is None else \
-                _meta_stat(version, st.st_size, st.st_mtime_ns)
+        self._keep(_meta_stat(version, len(NO_METADATA), 0) if st is None else
+                   _meta_stat(version, st.st_size, st.st_mtime_ns), changes)
 
     def _folder(self) -> "Folder | None":
         """The folder that lists this view (made by then: a path to the view goes through it)."""
@@ -306,24 +318,28 @@ class MetaView(CachedView):
         return self.tree.root
 
     def _read_ahead(self) -> None:
-        """The next META_READ_AHEAD views of its folder's listing into the cache, with their
-        sizes and mtimes: their lookups and opens are then answered from memory, without a
-        worker call each; so are the attributes of the scans' or filesets' folders these
-        views describe (a reader by name looks each up next). Best effort: what fails here
-        is left to those views' own reads (this reader's open has its bytes)."""
+        """The next META_READ_AHEAD views of its folder's listing not read ahead yet into
+        the cache, with their sizes and mtimes: their lookups and opens are then answered
+        from memory, without a worker call each; so are the attributes of the scans' or
+        filesets' folders these views describe (a reader by name looks each up next).
+        Best effort: a view that fails here (unreadable, not a regular file) is left to its
+        own reads, the others are read (this reader's open has its bytes)."""
         folder = self._folder()
         if folder is None:
             return
-        try:
-            views = self._next_views(folder)
-            for view in views:
+        views = self._next_views(folder)
+        for view in views:
+            try:
                 view._read_for_a_reader()
-            if not isinstance(self.obj, model.File):
+            except OSError as exc:
+                log.debug("reading ahead %s: %s", view.obj._md_path, exc)
+        if views and not isinstance(self.obj, model.File):
+            try:
                 with self.tree.lock:
                     described = [(view.obj.id, folder.find(view.obj.id)) for view in [self] + views]
                 folder._learn_attrs(described, files=False)
-        except OSError as exc:
-            log.debug("reading ahead of %s: %s", self.obj._md_path, exc)
+            except OSError as exc:
+                log.debug("learning the folders of %s: %s", self.obj._md_path, exc)
 
     def _next_views(self, folder: "Folder") -> list["MetaView"]:
         """The META_READ_AHEAD views after this one in its folder's last listing, or, in a
@@ -704,7 +720,10 @@ class Folder(Directory):
         self._attr: Attr | None = None
         self._changes = 0                       # a stat that raced a change is not kept
         self.listed = False                     # its metadata views are linked (`link_views`)
-        self._ahead = None                      # where `views_after` stopped in `view_objects`
+        self._order: list | None = None         # the first of `view_objects` in order (`_taken`),
+        self._order_of = 0                      # ...when they were that many,
+        #: [where `views_after` found its object, the end of what it gave] of its last calls
+        self._places: list[list[int]] = []
         self._learned = UNLEARNED               # what of its listing is in memory (`learn`)
         self._learning = threading.Lock()       # held by whoever learns it (once, not twice at a time)
         #: whether its attributes or listing may have gone to the kernel since a create in
@@ -908,23 +927,48 @@ class Folder(Directory):
     def views_after(self, obj) -> list[MetaView]:
         """For a reader of metadata by name in a folder never listed (`cat`, `json.load`):
         the views of the META_READ_AHEAD objects after `obj` in the model's order (its
-        listing's), their nodes made. `obj` is looked for among the next META_READ_AHEAD + 1
-        where the last call stopped, then at the start: a lookup never goes through a whole
-        folder (a reader starting elsewhere reads none ahead)."""
+        listing's) not read ahead yet, their nodes made. `obj` is looked for near where the
+        last READ_AHEAD_PLACES calls found theirs, then at the start (`_position`): none of
+        it goes through a whole folder, and a lookup elsewhere (a stray reader) reads none
+        ahead but leaves the places kept."""
         with self.tree.lock:
-            for objects in (self._ahead, iter(self.view_objects())):
-                if objects is None:
-                    continue
-                try:
-                    if any(o is obj for o in islice(objects, META_READ_AHEAD + 1)):
-                        after = list(islice(objects, META_READ_AHEAD))
-                        self._ahead = objects
-                        views = [self.find(name + META) for name in map(_view_name, after) if name]
-                        return [view for view in views if isinstance(view, MetaView)]
-                except RuntimeError:            # (the model changed since: from the start)
-                    pass
-            self._ahead = None
-            return []
+            objects = self.view_objects()
+            at, place = self._position(obj, objects)
+            if at is None:
+                return []
+            if place is None:
+                place = [at, at + 1]
+            else:
+                self._places.remove(place)
+            start = place[1] if place[0] <= at < place[1] else at + 1
+            place[:] = at, at + 1 + META_READ_AHEAD
+            self._places = (self._places + [place])[-READ_AHEAD_PLACES:]
+            names = map(_view_name, self._taken(objects, place[1])[start:place[1]])
+            views = [self.find(name + META) for name in names if name]
+            return [view for view in views if isinstance(view, MetaView)]
+
+    def _position(self, obj, objects) -> tuple[int | None, list[int] | None]:
+        """Where `obj` is in the model's order, and the place (of `_places`) it is near:
+        within 2 * META_READ_AHEAD + 2 of a place's object (a reader's next, past what it
+        read ahead; or moved back by deletions), or as far from the start (no place)."""
+        width = 2 * META_READ_AHEAD + 2
+        for place in [*reversed(self._places), None]:
+            first = 0 if place is None else max(place[0] - width, 0)
+            try:
+                return self._taken(objects, first + 2 * width).index(obj, first, first + 2 * width), place
+            except ValueError:
+                pass
+        return None, None
+
+    def _taken(self, objects, end: int) -> list:
+        """The model's `objects` (its dict's values) in order, at least the first `end` of
+        them (or all): taken again, twice as many, where fewer, and after a change (files
+        added or removed), so a reader in order takes each about twice in all."""
+        order = self._order
+        if order is None or self._order_of != len(objects) or len(objects) > len(order) < end:
+            order = self._order = list(islice(objects, max(end, 2 * len(order or ()))))
+            self._order_of = len(objects)
+        return order
 
     def link_views(self, listing: list[tuple[str, Node]]) -> None:
         """Each metadata view of `listing` learns the next one (what a reader of one
@@ -933,6 +977,7 @@ class Folder(Directory):
         for view, next_view in zip(views, views[1:] + [None]):
             view.next_view = next_view
         self.listed = True
+        self._order = None                      # (read ahead from the links now)
 
     def opendir(self) -> ListingSnapshot:
         """Each open handle lists from the listing made when it read from its start (a
@@ -1488,6 +1533,7 @@ class FSDBTree(Tree):
         self.counts: Counter[str] = Counter()   # work done: listings, metadata_files_read
         self._views: dict[tuple, tuple[int, Tree]] = {}   # (kind, path) -> (its mtime, view)
         self._views_lock = threading.Lock()     # for these three (never held during I/O)
+        self.stat_lock = threading.Lock()       # a metadata view's size and mtime checked and set (`MetaView._keep`)
         self._held_views: set[int] = set()      # roots of views the kernel holds
         self._superseded: dict[int, Tree] = {}  # views of older versions the kernel holds, by root
         self._unused_views: list[Tree] = []     # views of older versions to close

@@ -781,7 +781,7 @@ def test_a_lone_stat_after_a_metadata_views_stat_learns_nothing_else(trees):
     assert tree.counts["attributes_learned"] == 0 and not tree.stat_walk
 
 
-def test_a_metadata_file_read_in_short_reads_is_read_whole(trees, monkeypatch):
+def test_metadata_files_read_ahead_in_short_reads_are_read_whole(trees, monkeypatch):
     """A source whose reads come back short before the end (FUSE direct_io, a network
     filesystem) gives each view all its bytes, read ahead or not."""
     tree = trees[SMALL]

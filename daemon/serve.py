@@ -136,7 +136,10 @@ def serve(tree: Tree, mountpoint: str, fuse_options: set[str], *, threads: int, 
     try:
         pyfuse3.init(ops, mountpoint, fuse_options)
     except RuntimeError:
-        tree.close()               # nothing was mounted: its threads are stopped all the same
+        try:
+            tree.close()           # nothing was mounted: its threads are stopped all the same
+        except Exception:          # (the mount's failure is what the user is told)
+            log.exception("closing %s after the failed mount", info.get("source"))
         raise
     ops.notifier.start()
 

@@ -80,16 +80,18 @@ LOCAL = LocalFiles()
 READ_MAX = 1 << 30
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
+def open_regular(path: str, wait: bool = True) -> tuple[int, os.stat_result]:
     """A regular file open for reading, and its fstat. Anything else is refused (EISDIR,
     EINVAL), never waited on: a FIFO's open waits for a writer, a device may read forever.
     (Opened non-blocking for that only: a read of the file then waits as any read does,
     and so does an open under a lease held elsewhere, Samba's or knfsd's: only a regular
-    file has one.)"""
+    file has one; with `wait` False, BlockingIOError instead: a file nobody asked for yet.)"""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(path, flags | os.O_NONBLOCK)
     except BlockingIOError:
+        if not wait:
+            raise
         fd = os.open(path, flags)
     try:
         st = os.fstat(fd)

@@ -309,6 +309,25 @@ def test_a_regular_file_is_opened_blocking_and_read_whole(tmp_path):
         open_regular(str(tmp_path / "fifo"))
 
 
+def test_a_file_nobody_asked_for_is_not_waited_for_under_a_lease(tmp_path):
+    """Read ahead (`wait=False`), a file under a lease held elsewhere is passed over
+    (BlockingIOError) rather than waited for: the reader's own request rides on it."""
+    path = tmp_path / "leased"
+    path.write_bytes(b"x")
+    holder = os.open(path, os.O_RDONLY)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    try:
+        try:
+            fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            pytest.skip(f"no leases on this filesystem: {exc}")
+        with pytest.raises(BlockingIOError):       # (the holder is told to break all the same)
+            open_regular(str(path), wait=False)
+    finally:
+        signal.signal(signal.SIGIO, previous)
+        os.close(holder)
+
+
 def test_a_regular_file_under_a_lease_is_opened_once_the_lease_is_given_up(tmp_path):
     """(Samba's oplocks, knfsd's delegations:) an open waits for the holder to give its
     lease up, as a blocking open does, rather than failing EWOULDBLOCK."""

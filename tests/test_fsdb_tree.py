@@ -748,7 +748,7 @@ def test_a_metadata_view_that_cannot_be_read_is_still_stated(trees, monkeypatch)
     the read fails, the stat answers (and the open says why)."""
     folder = fileset_folder(trees[SMALL])
 
-    def unreadable(path):
+    def unreadable(path, wait=True):
         raise PermissionError(errno.EACCES, "not readable", path)
     monkeypatch.setattr(fsdb_tree, "open_regular", unreadable)
     node, attr = folder.lookup_attr("img_0001.png.metadata.json")

@@ -259,15 +259,16 @@ class MetaView(CachedView):
             if fd is not None:
                 os.close(fd)
 
-    def _read_for_a_reader(self) -> bool:
+    def _read_for_a_reader(self, wait: bool = True) -> bool:
         """Its bytes into the cache ahead of a reader, with its size and mtime, unless there
         or being read; over META_AHEAD_BYTES its size and mtime only. Whether its file was
-        opened (not there)."""
+        opened (not there). `wait` False: a sibling nobody asked for, never waited on under
+        a lease held elsewhere (BlockingIOError)."""
         tag = self.content_tag()
         if self.cache.get(tag) is not None:
             return False
         changes = self._stat_changes
-        fd, st = self._open_stored()
+        fd, st = self._open_stored(wait)
         try:
             if st is not None and st.st_size > META_AHEAD_BYTES:
                 self._learned(tag[2], st, changes)
@@ -283,10 +284,11 @@ class MetaView(CachedView):
                 os.close(fd)
         return True
 
-    def _open_stored(self) -> tuple[int | None, os.stat_result | None]:
-        """Its file open for reading, and its fstat; (None, None) where there is none."""
+    def _open_stored(self, wait: bool = True) -> tuple[int | None, os.stat_result | None]:
+        """Its file open for reading, and its fstat; (None, None) where there is none.
+        `wait` False: BlockingIOError where a lease held elsewhere would be waited for."""
         try:
-            return open_regular(self.obj._md_path)
+            return open_regular(self.obj._md_path, wait)
         except FileNotFoundError:
             return None, None
 
@@ -330,7 +332,7 @@ class MetaView(CachedView):
         views = self._next_views(folder)
         for view in views:
             try:
-                view._read_for_a_reader()
+                view._read_for_a_reader(wait=False)
             except OSError as exc:
                 log.debug("reading ahead %s: %s", view.obj._md_path, exc)
         if views and not isinstance(self.obj, model.File):

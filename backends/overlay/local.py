@@ -33,8 +33,12 @@ def _open_untouched(name: str, dir_fd: int, owner: int) -> int:
     """A file read ahead (`read_small`), not opened by anyone yet: its atime stays where
     O_NOATIME is allowed (the file's owner, or root; others would fail EPERM)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    untouched = os.O_NOATIME if owner == os.geteuid() or os.geteuid() == 0 else 0
-    return os.open(name, flags | untouched, dir_fd=dir_fd)
+    if owner == os.geteuid() or os.geteuid() == 0:
+        try:
+            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:         # (root without CAP_FOWNER: a container's unmapped owner)
+            pass
+    return os.open(name, flags, dir_fd=dir_fd)
 
 
 class LocalRoot(Root):
@@ -200,10 +204,16 @@ class LocalRoot(Root):
             if self.local_storage and rel else None
         if fd is None:
             return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if regular:
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not regular:
             os.close(fd)
             return None
-        os.set_blocking(fd, True)
         return OSFileHandle(fd, drop_behind=True, mapped=True)
 
     def stat_cached(self, rel: str) -> Attr | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import walk_samples  # noqa: E402
 from stores import index_only_store  # noqa: E402
 from daemon_cpu import daemon_cpu_s  # noqa: E402  (benchmarks/daemon_cpu.py)
+from control_file import daemon_status  # noqa: E402  (tests/control_file.py)
 
 SCOPEFS = [sys.executable, "-m", "scopefs.daemon"]
 RESULTS = ROOT / "benchmarks" / "results" / "walk-latest.txt"
@@ -107,11 +107,14 @@ class Mount:
         self.unmount()
         os.rmdir(self.path)
 
+    def status(self) -> dict:
+        return daemon_status(self.path)
+
     def requests(self) -> int:
-        return json.loads((self.path / ".scopefs").read_text())["requests"]
+        return self.status()["requests"]
 
     def worker_calls(self) -> int:
-        return json.loads((self.path / ".scopefs").read_text())["worker_calls"]
+        return self.status()["worker_calls"]
 
     def requests_per(self, fn, count: int) -> float:
         """Requests the daemon answered for one run of `fn` over the mount, per item
@@ -123,7 +126,7 @@ class Mount:
     def sleeps_per(self, fn, count: int) -> float:
         """Times the daemon's session thread slept (waited for a request: each is a
         wake-up to pay) during one run of `fn` over the mount, per item."""
-        pid = json.loads((self.path / ".scopefs").read_text())["pid"]
+        pid = self.status()["pid"]
 
         def sleeps() -> int:
             status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
@@ -136,7 +139,7 @@ class Mount:
         """Until the tree says it has learned what it learns from mount on (copick's
         `view_sizes.learning_done`)."""
         end = time.monotonic() + timeout
-        while not json.loads((self.path / ".scopefs").read_text()).get("view_sizes", {}).get("learning_done", True):
+        while not self.status().get("view_sizes", {}).get("learning_done", True):
             if time.monotonic() > end:
                 raise TimeoutError(f"{self.path}: view sizes not learned in {timeout:g} s")
             time.sleep(0.2)
@@ -144,7 +147,7 @@ class Mount:
     def daemon_cpu_s(self) -> float:
         """CPU seconds the mount's daemon has used (its process CPU clock: in ns, where
         /proc's 10 ms ticks were 49 us a path of a quick copick walk)."""
-        return daemon_cpu_s(json.loads((self.path / ".scopefs").read_text())["pid"])
+        return daemon_cpu_s(self.status()["pid"])
 
 
 def walks(source: walk_samples.Source, scratch: Path, small: list[str]):
@@ -294,7 +297,7 @@ def copy_in(title: str, source: walk_samples.Source, work: Path, files: int, ent
         work_done: list[dict] = []
 
         def status() -> dict:
-            return json.loads((mnt.path / ".scopefs").read_text()) | {"cpu": mnt.daemon_cpu_s()}
+            return mnt.status() | {"cpu": mnt.daemon_cpu_s()}
 
         def cp_into(root: Path, side: str) -> float:
             names = sorted(str(p) for p in prepare().iterdir())
@@ -423,7 +426,7 @@ def frame_reads(work: Path, source: walk_samples.Source, frames: int) -> None:
                            stdout=subprocess.DEVNULL)
             tar.append((time.perf_counter() - t) / frames)
             cpu.append((mnt.daemon_cpu_s() - before) / frames)
-            requests.append(json.loads((mnt.path / ".scopefs").read_text())["requests"] / frames)
+            requests.append(mnt.status()["requests"] / frames)
     finally:
         mnt.close()
     d, e, t, c = (statistics.median(v) * 1e3 for v in (decode, encode, tar, cpu))

@@ -9,7 +9,7 @@ import errno
 import mmap
 import os
 import re
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 # new system calls have the same number on every architecture
 _SYS_OPENAT2 = 437
@@ -92,6 +92,15 @@ class Mount(NamedTuple):
     point: str          # where it is mounted
     device: str         # "major:minor"
     fstype: str         # "ext4", "fuse.scopefs.imgstore"...
+
+
+def open_without_atime(opener: Callable[[int], int], flags: int) -> int:
+    """`opener(flags)` with O_NOATIME, so that reading leaves the atime where it was; where
+    that is refused (EPERM: not the file's owner, nor root with CAP_FOWNER), without."""
+    try:
+        return opener(flags | os.O_NOATIME)
+    except PermissionError:
+        return opener(flags)
 
 
 def _unescape(field: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import shutil
@@ -17,7 +18,8 @@ import stat
 import threading
 from typing import Iterator
 
-from ..kernel import LOCAL_FILESYSTEMS, cached_pages, filesystem_type, open_cached, rename_at, set_times
+from ..kernel import (LOCAL_FILESYSTEMS, cached_pages, filesystem_type, open_cached, open_without_atime,
+                      rename_at, set_times)
 from ..localfiles import LocalWriteHandle, OSFileHandle
 from ..nodes import Attr, FileHandle, Owner, attr_of
 from .root import Root
@@ -26,19 +28,19 @@ from .rules import WORK_DIR
 COPY_BLOCK = 8 << 20
 #: paths longer than this (bytes) are walked a directory at a time (PATH_MAX is 4096)
 _ONE_CALL = 3072
+#: paths of fewer characters than this are shorter than _ONE_CALL bytes, encoded or not
+_SURELY_SHORT = _ONE_CALL // 4
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _open_untouched(name: str, dir_fd: int, owner: int) -> int:
     """A file read ahead (`read_small`), not opened by anyone yet: its atime stays where
-    O_NOATIME is allowed (the file's owner, or root; others would fail EPERM)."""
+    O_NOATIME is allowed (tried only for the file's owner or root: others fail EPERM)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    opener = functools.partial(os.open, name, dir_fd=dir_fd)
     if owner == os.geteuid() or os.geteuid() == 0:
-        try:
-            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-        except PermissionError:         # (root without CAP_FOWNER: a container's unmapped owner)
-            pass
-    return os.open(name, flags, dir_fd=dir_fd)
+        return open_without_atime(opener, flags)
+    return opener(flags)
 
 
 class LocalRoot(Root):
@@ -74,7 +76,7 @@ class LocalRoot(Root):
         if not rel:
             yield self.fd, "."
             return
-        if len(rel) < _ONE_CALL // 4 or len(os.fsencode(rel)) < _ONE_CALL:
+        if len(rel) < _SURELY_SHORT or len(os.fsencode(rel)) < _ONE_CALL:
             yield self.fd, rel
             return
         parent, _, name = rel.rpartition("/")
@@ -92,7 +94,7 @@ class LocalRoot(Root):
                 os.close(fd)
 
     def _call(self, fn, rel: str, *args, **kwargs):
-        if rel and len(rel) < _ONE_CALL // 4:             # (what `_at` gives it, without its calls)
+        if rel and len(rel) < _SURELY_SHORT:             # (what `_at` gives it, without its calls)
             return fn(rel, *args, dir_fd=self.fd, **kwargs)
         with self._at(rel) as (fd, name):
             return fn(name, *args, dir_fd=fd, **kwargs)
@@ -106,9 +108,8 @@ class LocalRoot(Root):
 
     def listdir(self, rel: str, touch: bool = True) -> list[str] | None:
         try:
-            fd = self._call(os.open, rel, _DIR_FLAGS | (0 if touch else os.O_NOATIME))
-        except PermissionError:            # O_NOATIME: only the owner, or root
-            return self.listdir(rel)
+            fd = open_without_atime(functools.partial(self._call, os.open, rel), _DIR_FLAGS) if not touch \
+                else self._call(os.open, rel, _DIR_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:

@@ -1085,8 +1085,9 @@ class DerivedFile(File):
 
     def size_if_kept(self) -> None:
         """Its size looked up where sizes are kept, by a thread listing ahead of a walker
-        (`MergeAhead`): the walker's listing then finds its attributes in memory. A view
-        not kept is left unsized (never made, nor rendered, here)."""
+        (`MergeAhead`): the walker's listing then finds its attributes in memory. Never
+        rendered here: a view sized by its own node (a preview, an MRC view) gets that node
+        made, which looks its kept size up; a view whose size is not kept is left unsized."""
         if self._kept is not None:
             self._size_from_kept()
         elif self._size is None:                # (a view sized by its own node: a preview, an MRC view)
@@ -1875,7 +1876,7 @@ class MergeAhead(ScanAhead):
     made plans its own subfolders, after the walker's (a depth-first walker reaches the
     chunk folders of a zarr store without waiting at each level), and, while the walk
     stats what it lists (a view's size asked within `SIZES_WANTED_FOR`), looks up its
-    views' kept sizes (`DerivedFile.size_if_kept`: no view made), so that the walker finds
+    views' kept sizes (`DerivedFile.size_if_kept`: no view rendered), so that the walker finds
     their attributes in memory too (in the last half of that window, a view left unsized
     keeps a `du` asking: `OverlayTree.probe_due`); a `find` does not wait for that.
 

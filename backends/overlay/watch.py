@@ -10,12 +10,14 @@ overflows, the key None says that anything may have changed.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 
 from inotify_simple import INotify, flags
 
+from ..kernel import open_without_atime
 from .rules import KEPT_DIR, WORK_DIR
 
 log = logging.getLogger(__name__)
@@ -131,11 +133,7 @@ class OverlayWatch:
 def _names_noatime(folder: str) -> list[tuple[str, bool]]:
     """(name, is a directory) of a folder's entries, read without moving its atime where
     the daemon may (its owner, or root)."""
-    flags_ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    try:
-        fd = os.open(folder, flags_ | os.O_NOATIME)
-    except PermissionError:
-        fd = os.open(folder, flags_)
+    fd = open_without_atime(functools.partial(os.open, folder), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with os.scandir(fd) as entries:
             return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]

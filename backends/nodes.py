@@ -108,6 +108,10 @@ class Owner(NamedTuple):
     gid: int | None
 
 
+#: the file types a policy's `namespace_attr_timeout` is for: folders and links
+NAMESPACE_TYPES = frozenset((stat.S_IFDIR, stat.S_IFLNK))
+
+
 @dataclass(frozen=True)
 class CachePolicy:
     """How long the kernel may trust what it was told, and whether file pages survive
@@ -131,7 +135,7 @@ class CachePolicy:
     namespace_attr_timeout: float | None = None
 
     def attr_timeout_of(self, mode: int) -> float:
-        if self.namespace_attr_timeout is not None and (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        if self.namespace_attr_timeout is not None and stat.S_IFMT(mode) in NAMESPACE_TYPES:
             return self.namespace_attr_timeout
         return self.attr_timeout
 

@@ -25,8 +25,8 @@ import pyfuse3
 import trio
 
 from ..backends.blocks import BytesHandle
-from ..backends.nodes import (ABSENT, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle, Node, Owner,
-                              Symlink, Tree, writes)
+from ..backends.nodes import (ABSENT, NAMESPACE_TYPES, ROOT_INO, Attr, CachePolicy, Directory, File, FileHandle,
+                              Node, Owner, Symlink, Tree, writes)
 from .control import CONTROL_NAME
 from .listings import FS_ENCODING, FS_ERRORS, FolderListings, LeanRule, Listing, POSITION_MASK
 from .prepared import PREPARED_ENV, PreparedListings
@@ -40,8 +40,6 @@ READDIR_BATCH = 4096
 #: entries per listing batch made on the loop (`Directory.entries_nowait`): short, so other
 #: requests wait at most a few milliseconds
 NOWAIT_BATCH = 1024
-#: the file types a policy's `namespace_attr_timeout` is for
-NAMESPACE_TYPES = frozenset((stat.S_IFDIR, stat.S_IFLNK))
 #: EntryAttributes kept for listing entries, one per distinct Attr (`Operations._dirent`)
 DIRENT_ATTRS = 4096
 #: what st_blksize says: each Python open() buffers that much, and cp reads in chunks of it

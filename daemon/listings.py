@@ -215,7 +215,8 @@ class LeanRule:
 
     def listed_lean(self, ino: int, given: list) -> None:
         """Folder `ino` was given the names of `given`, (name, node) each, without their
-        attributes (one call a reply: no Python call a name)."""
+        attributes (one call a reply where the reply is made on the loop; a worker's batch
+        tells each name as it goes)."""
         unsized = self._watched.get(ino)
         if unsized is None:
             unsized = self._watched[ino] = {}

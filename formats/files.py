@@ -3,7 +3,6 @@ object storage, given by the backend) with the same few calls."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import os
 import stat
@@ -94,14 +93,21 @@ def open_regular(path: str, wait: bool = True) -> tuple[int, os.stat_result]:
             raise
         fd = os.open(path, flags)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
-        fcntl.fcntl(fd, fcntl.F_SETFL, 0)   # (O_NONBLOCK off: of what F_SETFL sets, the only flag given)
+        return fd, regular_made_blocking(fd, path)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st
+
+
+def regular_made_blocking(fd: int, path: str) -> os.stat_result:
+    """The fstat of `fd`, opened O_NONBLOCK so that its open waited on nothing, now made
+    blocking (its reads wait as any read does) where it is a regular file; anything else
+    refused (EISDIR, EINVAL)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL, "not a regular file", path)
+    os.set_blocking(fd, True)
+    return st
 
 
 def read_to_end(fd: int, size: int) -> bytes:

@@ -18,6 +18,7 @@ import stat
 import threading
 from typing import Iterator
 
+from ...formats.files import regular_made_blocking
 from ..kernel import (LOCAL_FILESYSTEMS, cached_pages, filesystem_type, open_cached, open_without_atime,
                       rename_at, set_times)
 from ..localfiles import LocalWriteHandle, OSFileHandle
@@ -206,15 +207,13 @@ class LocalRoot(Root):
         if fd is None:
             return None
         try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            if regular:
-                os.set_blocking(fd, True)
+            regular_made_blocking(fd, rel)
+        except OSError:                 # (not a regular file: the worker's own open says so)
+            os.close(fd)
+            return None
         except BaseException:
             os.close(fd)
             raise
-        if not regular:
-            os.close(fd)
-            return None
         return OSFileHandle(fd, drop_behind=True, mapped=True)
 
     def stat_cached(self, rel: str) -> Attr | None:
